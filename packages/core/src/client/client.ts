@@ -1,0 +1,383 @@
+import {
+  encodeHttpRequestHead,
+  encodeHttpResponseHead,
+  encodeIcapRequest,
+  type HeaderPairs,
+  type HttpRequestHeadInit,
+  type HttpResponseHeadInit,
+} from '../protocol/encoder.js';
+import { endpointLabel, type IcapTlsOptions, type ServerEndpoint } from './connection.js';
+import { IcapError, IcapErrorCodes } from './errors.js';
+import {
+  extensionOf,
+  type IcapServiceOptions,
+  OptionsCache,
+  parseOptions,
+  type TransferPolicy,
+  transferPolicy,
+} from './options.js';
+import { Pool, type PoolStats } from './pool.js';
+import { type BodyInput, type BodySource, toBodySource } from './source.js';
+import { type IcapResponse, Transaction, type TransactionRequest } from './transaction.js';
+
+export const DEFAULT_ICAP_PORT = 1344;
+export const DEFAULT_ICAPS_PORT = 11344;
+const VERSION = '0.1.0';
+
+export interface IcapClientOptions {
+  /**
+   * The server: `icap://host[:port]` or `icaps://host[:port]` (ICAPS, TLS). Ports default to
+   * 1344 and 11344. Any path is ignored: the service is named per request.
+   */
+  url: string | URL;
+  /** TLS options for `icaps://` (ca, cert/key, servername, ciphers, minVersion, ...). */
+  tls?: IcapTlsOptions | undefined;
+  /** Most connections open at once (the server's `Max-Connections` lowers it). Default 32. */
+  maxConnections?: number | undefined;
+  /** ms to establish TCP (and TLS). Default 10 000. */
+  connectTimeout?: number | undefined;
+  /** ms without any byte moving while the transaction waits for one. Default 60 000. */
+  ioTimeout?: number | undefined;
+  /** ms for a whole request (OPTIONS included), unless the request gives its own. Default 60 000. */
+  timeout?: number | undefined;
+  /** ms an idle keep-alive connection is kept. Default 30 000. */
+  keepAliveTimeout?: number | undefined;
+  /** Largest ICAP header section, and largest encapsulated header area. Default 64 KiB. */
+  maxHeaderSize?: number | undefined;
+  /**
+   * Fetch each service's OPTIONS before using it and honour them (`Methods`, `Preview`,
+   * `Max-Connections`, `Transfer-*`). Default true.
+   */
+  useOptions?: boolean | undefined;
+  /** ms to keep OPTIONS when the server sends no `Options-TTL`. Default 60 000. */
+  defaultOptionsTtl?: number | undefined;
+  /** ICAP headers sent on every request (for example an API key header). */
+  headers?: HeaderPairs | undefined;
+  /** `User-Agent` on ICAP requests; false sends none. */
+  userAgent?: string | false | undefined;
+}
+
+export interface IcapRequestOptions {
+  method: 'REQMOD' | 'RESPMOD';
+  /** Service path and arguments, for example `/avscan` or `/srv?mode=x`. */
+  service: string;
+  /** The HTTP request (REQMOD: the one to adapt; RESPMOD: the one that produced the response). */
+  httpRequest?: HttpRequestHeadInit | undefined;
+  /** The HTTP response to adapt (RESPMOD). */
+  httpResponse?: HttpResponseHeadInit | undefined;
+  /** The HTTP body; omit or null for a message without a body. */
+  body?: BodyInput | null | undefined;
+  /** Length of the body when known (encapsulated `Content-Length`, smaller `Preview`). */
+  bodyLength?: number | undefined;
+  /** Preview bytes wanted (capped by the server's OPTIONS `Preview`); false sends no preview. Default 4096. */
+  preview?: number | false | undefined;
+  /** Offer `Allow: 204` (the caller keeps the whole body to replay). Default true. */
+  allow204?: boolean | undefined;
+  /** More ICAP headers for this request. */
+  headers?: HeaderPairs | undefined;
+  signal?: AbortSignal | undefined;
+  /** ms for the whole request, the response body included. */
+  timeout?: number | undefined;
+  /** Extension used for `Transfer-*` (default: from the HTTP request target). */
+  fileExtension?: string | undefined;
+  /** Honour `Transfer-Ignore` by not sending the message at all. Default true. */
+  honourTransferIgnore?: boolean | undefined;
+}
+
+/** Returned instead of a response when `Transfer-Ignore` says the server does not want the message. */
+export interface IcapSkipped {
+  skipped: 'transfer-ignore';
+  extension: string;
+  options: IcapServiceOptions;
+}
+
+/**
+ * A client for one ICAP server: a keep-alive connection pool, the OPTIONS of each service it
+ * uses, and transactions with preview, 204 and early-response handling. A request that fails
+ * on a reused connection before any response byte arrives is retried once on a fresh
+ * connection, if its body can be replayed (the keep-alive race: the server closed the idle
+ * connection just as it was reused).
+ */
+export class IcapClient {
+  readonly endpoint: ServerEndpoint;
+  readonly label: string;
+  readonly #pool: Pool;
+  readonly #options: OptionsCache;
+  readonly #connectTimeout: number;
+  readonly #ioTimeout: number;
+  readonly #timeout: number;
+  readonly #maxHeaderSize: number;
+  readonly #useOptions: boolean;
+  readonly #defaultOptionsTtl: number;
+  readonly #headers: HeaderPairs;
+  readonly #userAgent: string | undefined;
+  readonly #hostHeader: string;
+  #closed = false;
+
+  constructor(options: IcapClientOptions) {
+    this.endpoint = parseServerUrl(options.url, options.tls);
+    this.label = endpointLabel(this.endpoint);
+    this.#connectTimeout = positive(options.connectTimeout, 10_000, 'connectTimeout');
+    this.#ioTimeout = positive(options.ioTimeout, 60_000, 'ioTimeout');
+    this.#timeout = positive(options.timeout, 60_000, 'timeout');
+    this.#maxHeaderSize = positive(options.maxHeaderSize, 64 * 1024, 'maxHeaderSize');
+    this.#useOptions = options.useOptions ?? true;
+    this.#defaultOptionsTtl = positive(options.defaultOptionsTtl, 60_000, 'defaultOptionsTtl');
+    this.#headers = options.headers ?? [];
+    this.#userAgent = options.userAgent === false ? undefined : (options.userAgent ?? `icapkit/${VERSION}`);
+    const { host, port } = this.endpoint;
+    this.#hostHeader = `${host.includes(':') ? `[${host}]` : host}:${port}`;
+    this.#pool = new Pool(this.endpoint, {
+      maxConnections: positive(options.maxConnections, 32, 'maxConnections'),
+      keepAliveTimeout: positive(options.keepAliveTimeout, 30_000, 'keepAliveTimeout'),
+      connectTimeout: this.#connectTimeout,
+    });
+    this.#options = new OptionsCache((service) => this.#fetchOptions(service));
+  }
+
+  get stats(): PoolStats {
+    return this.#pool.stats;
+  }
+
+  /** The pool, for instrumentation (new-connection hook). */
+  get pool(): Pool {
+    return this.#pool;
+  }
+
+  /** `icap://host:port/service` for a service path. */
+  uri(service: string): string {
+    return `${this.label}${service.startsWith('/') ? '' : '/'}${service}`;
+  }
+
+  /** The service's OPTIONS, from the cache when fresh. */
+  options(service: string, init: { signal?: AbortSignal | undefined; refresh?: boolean } = {}): Promise<IcapServiceOptions> {
+    if (init.refresh) this.#options.invalidate(service);
+    return this.#options.get(service, init.signal);
+  }
+
+  /** OPTIONS already fetched for the service, without fetching. */
+  cachedOptions(service: string): IcapServiceOptions | undefined {
+    return this.#options.peek(service);
+  }
+
+  /** Drops cached OPTIONS (all services when none is named). */
+  invalidateOptions(service?: string): void {
+    this.#options.invalidate(service);
+  }
+
+  /**
+   * Sends a REQMOD or RESPMOD. Resolves with the final response once its head is read (its
+   * body then streams), or with {@link IcapSkipped} when the server's `Transfer-Ignore` covers
+   * the message. Rejects with an {@link IcapError}.
+   */
+  async request(init: IcapRequestOptions): Promise<IcapResponse | IcapSkipped> {
+    if (this.#closed) throw new IcapError(IcapErrorCodes.CLOSED_CLIENT, 'the ICAP client was closed');
+    const timeout = positive(init.timeout, this.#timeout, 'timeout');
+    const { signal, cleanup } = this.#requestSignal(init.signal, timeout, `${init.method} ${this.uri(init.service)}`);
+    try {
+      let preview: number | undefined = init.preview === false ? undefined : (init.preview ?? 4096);
+      let policy: TransferPolicy = 'preview';
+      const target = init.httpRequest?.target ?? '/';
+      const extension = init.fileExtension ?? extensionOf(target);
+      if (this.#useOptions) {
+        const opts = await this.#options.get(init.service, signal);
+        if (opts.methods.length > 0 && !opts.methods.includes(init.method)) {
+          throw new IcapError(
+            IcapErrorCodes.METHOD_NOT_SUPPORTED,
+            `ICAP service ${this.uri(init.service)} does not support ${init.method} (Methods: ${opts.methods.join(', ')})`,
+          );
+        }
+        this.#pool.setServerLimit(opts.maxConnections);
+        policy = transferPolicy(opts, extension);
+        if (policy === 'ignore' && (init.honourTransferIgnore ?? true)) {
+          cleanup();
+          return { skipped: 'transfer-ignore', extension, options: opts };
+        }
+        preview = preview === undefined || opts.preview === undefined ? undefined : Math.min(preview, opts.preview);
+      }
+      if (policy === 'complete') preview = undefined;
+      const source: BodySource | null = init.body === undefined || init.body === null ? null : toBodySource(init.body);
+      const bodyLength = init.bodyLength ?? source?.length;
+      if (source !== null && bodyLength !== undefined && preview !== undefined) preview = Math.min(preview, bodyLength);
+      const tx = this.#encode(init, source, bodyLength, preview);
+      const response = await this.#attempt(tx, signal);
+      this.#options.noteIstag(init.service, response.istag);
+      response.done.then(cleanup, cleanup);
+      return response;
+    } catch (err) {
+      cleanup();
+      throw err;
+    }
+  }
+
+  /** Closes idle connections and refuses new requests; requests under way finish. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    this.#pool.close();
+  }
+
+  /** Destroys every connection now, transactions under way included. */
+  destroy(): void {
+    this.#closed = true;
+    this.#pool.destroy();
+  }
+
+  #encode(init: IcapRequestOptions, source: BodySource | null, bodyLength: number | undefined, preview: number | undefined) {
+    const hasBody = source !== null;
+    const contentLength = hasBody ? bodyLength : 0;
+    let httpRequestHead: Buffer | undefined;
+    let httpResponseHead: Buffer | undefined;
+    if (init.method === 'REQMOD') {
+      if (init.httpRequest === undefined) {
+        throw new IcapError(IcapErrorCodes.INVALID_ARGUMENT, 'REQMOD needs httpRequest');
+      }
+      httpRequestHead = encodeHttpRequestHead(init.httpRequest, { contentLength });
+    } else {
+      if (init.httpResponse === undefined) {
+        throw new IcapError(IcapErrorCodes.INVALID_ARGUMENT, 'RESPMOD needs httpResponse');
+      }
+      if (init.httpRequest !== undefined) httpRequestHead = encodeHttpRequestHead(init.httpRequest);
+      httpResponseHead = encodeHttpResponseHead(init.httpResponse, { contentLength });
+    }
+    const encoded = encodeIcapRequest({
+      method: init.method,
+      uri: this.uri(init.service),
+      host: this.#hostHeader,
+      httpRequestHead,
+      httpResponseHead,
+      hasBody,
+      preview: hasBody ? preview : undefined,
+      allow204: init.allow204 ?? true,
+      headers: [...this.#headers, ...(init.headers ?? [])],
+      userAgent: this.#userAgent,
+    });
+    const req: TransactionRequest = {
+      method: init.method,
+      head: encoded.head,
+      icapHeaders: encoded.icapHeaders,
+      body: source,
+      preview: hasBody ? preview : undefined,
+      allow204: init.allow204 ?? true,
+    };
+    return req;
+  }
+
+  async #attempt(req: TransactionRequest, signal: AbortSignal): Promise<IcapResponse> {
+    let fresh = false;
+    for (;;) {
+      const lease = await this.#pool.acquire(signal, fresh);
+      const tx = new Transaction(
+        lease.connection,
+        lease.reused,
+        req,
+        { ioTimeout: this.#ioTimeout, maxHeaderSize: this.#maxHeaderSize, signal },
+        (reusable) => this.#pool.release(lease.connection, reusable),
+      );
+      try {
+        return await tx.run();
+      } catch (err) {
+        const retriable =
+          !fresh &&
+          lease.reused &&
+          !tx.receivedAny &&
+          !signal.aborted &&
+          (req.body === null || req.body.replayable) &&
+          err instanceof IcapError &&
+          (err.code === IcapErrorCodes.RESET || err.code === IcapErrorCodes.CLOSED);
+        if (!retriable) throw err;
+        fresh = true;
+      }
+    }
+  }
+
+  async #fetchOptions(service: string): Promise<IcapServiceOptions> {
+    const { signal, cleanup } = this.#requestSignal(undefined, this.#timeout, `OPTIONS ${this.uri(service)}`);
+    try {
+      const encoded = encodeIcapRequest({
+        method: 'OPTIONS',
+        uri: this.uri(service),
+        host: this.#hostHeader,
+        hasBody: false,
+        headers: this.#headers,
+        userAgent: this.#userAgent,
+      });
+      const res = await this.#attempt(
+        { method: 'OPTIONS', head: encoded.head, icapHeaders: encoded.icapHeaders, body: null, preview: undefined, allow204: false },
+        signal,
+      );
+      res.body?.resume();
+      await res.done;
+      if (res.status !== 200) {
+        throw new IcapError(
+          IcapErrorCodes.SERVER_STATUS,
+          `OPTIONS ${this.uri(service)} answered ${res.status} ${res.reason}`.trim(),
+          { status: res.status },
+        );
+      }
+      const opts = parseOptions(res, this.#defaultOptionsTtl);
+      this.#pool.setServerLimit(opts.maxConnections);
+      return opts;
+    } finally {
+      cleanup();
+    }
+  }
+
+  /** One signal for a request: the caller's, plus the request timeout. */
+  #requestSignal(outer: AbortSignal | undefined, timeout: number, what: string) {
+    const ac = new AbortController();
+    const onOuterAbort = () =>
+      ac.abort(
+        outer!.reason instanceof IcapError
+          ? outer!.reason
+          : new IcapError(IcapErrorCodes.ABORTED, `${what} was aborted`, { cause: outer!.reason }),
+      );
+    if (outer?.aborted) onOuterAbort();
+    else outer?.addEventListener('abort', onOuterAbort, { once: true });
+    const timer = setTimeout(() => {
+      ac.abort(new IcapError(IcapErrorCodes.TIMEOUT, `${what} took longer than ${timeout} ms`));
+    }, timeout);
+    let cleaned = false;
+    const cleanup = () => {
+      if (cleaned) return;
+      cleaned = true;
+      clearTimeout(timer);
+      outer?.removeEventListener('abort', onOuterAbort);
+    };
+    return { signal: ac.signal, cleanup };
+  }
+}
+
+export function isSkipped(r: IcapResponse | IcapSkipped): r is IcapSkipped {
+  return (r as IcapSkipped).skipped !== undefined;
+}
+
+/** Parses `icap://host[:port]` / `icaps://host[:port]` into an endpoint. */
+export function parseServerUrl(url: string | URL, tls?: IcapTlsOptions): ServerEndpoint {
+  let u: URL;
+  try {
+    u = typeof url === 'string' ? new URL(url) : url;
+  } catch {
+    throw new IcapError(IcapErrorCodes.INVALID_ARGUMENT, `invalid ICAP server URL ${JSON.stringify(String(url))}`);
+  }
+  const secure = u.protocol === 'icaps:';
+  if (!secure && u.protocol !== 'icap:') {
+    throw new IcapError(
+      IcapErrorCodes.INVALID_ARGUMENT,
+      `ICAP server URL must start with icap:// or icaps:// (got ${JSON.stringify(String(url))})`,
+    );
+  }
+  const host = u.hostname.replace(/^\[(.*)\]$/, '$1');
+  if (host === '') throw new IcapError(IcapErrorCodes.INVALID_ARGUMENT, `ICAP server URL has no host: ${String(url)}`);
+  const port = u.port === '' ? (secure ? DEFAULT_ICAPS_PORT : DEFAULT_ICAP_PORT) : Number(u.port);
+  return { host, port, tls: secure ? (tls ?? {}) : false };
+}
+
+function positive(v: number | undefined, fallback: number, name: string): number {
+  if (v === undefined) return fallback;
+  if (!Number.isFinite(v) || v <= 0) {
+    throw new IcapError(IcapErrorCodes.INVALID_ARGUMENT, `${name} must be a positive number of ms/bytes (got ${v})`, {
+      field: name,
+    });
+  }
+  return v;
+}

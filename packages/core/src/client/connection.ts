@@ -1,0 +1,141 @@
+import * as net from 'node:net';
+import * as tls from 'node:tls';
+import { fromSocketError, IcapError, IcapErrorCodes } from './errors.js';
+
+/** TLS settings for ICAPS, the usual Node TLS options. */
+export interface IcapTlsOptions {
+  ca?: string | Buffer | Array<string | Buffer> | undefined;
+  cert?: string | Buffer | Array<string | Buffer> | undefined;
+  key?: string | Buffer | Array<string | Buffer> | undefined;
+  passphrase?: string | undefined;
+  pfx?: string | Buffer | undefined;
+  /** SNI name and the name the certificate is checked against; defaults to the host. */
+  servername?: string | undefined;
+  ciphers?: string | undefined;
+  minVersion?: tls.SecureVersion | undefined;
+  maxVersion?: tls.SecureVersion | undefined;
+  /** Defaults to true. Turning it off accepts any certificate: for tests only. */
+  rejectUnauthorized?: boolean | undefined;
+  checkServerIdentity?: ((host: string, cert: tls.PeerCertificate) => Error | undefined) | undefined;
+}
+
+/** Where one ICAP server listens. */
+export interface ServerEndpoint {
+  host: string;
+  port: number;
+  /** ICAPS: TLS from the first byte (RFC 3507 §4.3.1 upgrade is not used in the field). */
+  tls?: IcapTlsOptions | false | undefined;
+}
+
+export function endpointLabel(e: ServerEndpoint): string {
+  const host = e.host.includes(':') ? `[${e.host}]` : e.host;
+  return `${e.tls ? 'icaps' : 'icap'}://${host}:${e.port}`;
+}
+
+let nextId = 1;
+
+/** One socket to an ICAP server. Transactions borrow it from the pool one at a time. */
+export class Connection {
+  readonly id = nextId++;
+  readonly socket: net.Socket;
+  readonly label: string;
+  /** Completed transactions on this connection. */
+  requests = 0;
+  readonly createdAt = Date.now();
+
+  private constructor(socket: net.Socket, label: string) {
+    this.socket = socket;
+    this.label = label;
+  }
+
+  get remoteAddress(): string | undefined {
+    return this.socket.remoteAddress;
+  }
+  get remotePort(): number | undefined {
+    return this.socket.remotePort;
+  }
+  get localPort(): number | undefined {
+    return this.socket.localPort;
+  }
+
+  /** Still usable: not destroyed, and neither side has half-closed it. */
+  get usable(): boolean {
+    const s = this.socket;
+    return !s.destroyed && s.readable && s.writable && s.readyState === 'open';
+  }
+
+  destroy(): void {
+    this.socket.destroy();
+  }
+
+  static open(endpoint: ServerEndpoint, connectTimeout: number, signal?: AbortSignal): Promise<Connection> {
+    const label = endpointLabel(endpoint);
+    return new Promise<Connection>((resolve, reject) => {
+      if (signal?.aborted) {
+        reject(signal.reason);
+        return;
+      }
+      let socket: net.Socket;
+      const tlsOpts = endpoint.tls;
+      try {
+        if (tlsOpts) {
+          const servername = tlsOpts.servername ?? (net.isIP(endpoint.host) ? undefined : endpoint.host);
+          socket = tls.connect({
+            host: endpoint.host,
+            port: endpoint.port,
+            ...stripUndefined(tlsOpts),
+            ...(servername === undefined ? {} : { servername }),
+          });
+        } else {
+          socket = net.connect({ host: endpoint.host, port: endpoint.port });
+        }
+      } catch (err) {
+        reject(fromSocketError(err, 'connect', label));
+        return;
+      }
+      const timer = setTimeout(() => {
+        finish(
+          new IcapError(
+            IcapErrorCodes.CONNECT_TIMEOUT,
+            `connecting to ICAP server ${label} took longer than ${connectTimeout} ms`,
+          ),
+        );
+      }, connectTimeout);
+      const onAbort = () => finish(signal!.reason);
+      const onError = (err: Error) => finish(fromSocketError(err, 'connect', label));
+      const onClose = () =>
+        finish(new IcapError(IcapErrorCodes.CONNECT, `ICAP server ${label} closed the connection during connect`));
+      const onConnect = () => finish(null);
+      const finish = (err: unknown) => {
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+        socket.removeListener('error', onError);
+        socket.removeListener('close', onClose);
+        socket.removeListener(tlsOpts ? 'secureConnect' : 'connect', onConnect);
+        if (err !== null) {
+          socket.destroy();
+          reject(err);
+          return;
+        }
+        socket.setNoDelay(true);
+        socket.setKeepAlive(true, 30_000);
+        // A safety net: an error that races with a listener being swapped (pool <-> transaction)
+        // must never crash the process; the owners' own listeners act on it.
+        socket.on('error', ignoreError);
+        resolve(new Connection(socket, label));
+      };
+      signal?.addEventListener('abort', onAbort, { once: true });
+      socket.once('error', onError);
+      socket.once('close', onClose);
+      socket.once(tlsOpts ? 'secureConnect' : 'connect', onConnect);
+    });
+  }
+}
+
+function ignoreError(): void {}
+
+function stripUndefined<T extends object>(o: T): Partial<T> {
+  const out: Partial<T> = {};
+  for (const [k, v] of Object.entries(o)) if (v !== undefined) (out as Record<string, unknown>)[k] = v;
+  return out;
+}

@@ -1,0 +1,137 @@
+/**
+ * Errors with stable codes. Every failure the client or the engine reports is an
+ * {@link IcapError} whose `code` is one of {@link IcapErrorCode}; where RFC 3507 §6.2 names an
+ * application error for the situation, `rfcCode` carries it (1000-1005).
+ *
+ * `instanceof IcapError` works across duplicate copies of the package (the dual-package
+ * hazard) because it checks a global brand rather than the prototype chain, as undici does.
+ */
+
+export const IcapErrorCodes = {
+  /** TCP connect refused or failed (RFC 3507 §6.2 ICAP_CANT_CONNECT). */
+  CONNECT: 'ICAP_ERR_CONNECT',
+  /** TCP/TLS connect did not finish within connectTimeout (ICAP_CANT_CONNECT). */
+  CONNECT_TIMEOUT: 'ICAP_ERR_CONNECT_TIMEOUT',
+  /** TLS handshake failed or the certificate was rejected (ICAP_CANT_CONNECT). */
+  TLS: 'ICAP_ERR_TLS',
+  /** The whole transaction took longer than its response timeout; the socket was destroyed. */
+  TIMEOUT: 'ICAP_ERR_TIMEOUT',
+  /** No byte moved in either direction for ioTimeout while the transaction needed one. */
+  IO_TIMEOUT: 'ICAP_ERR_IO_TIMEOUT',
+  /** The server reset the connection (ICAP_SERVER_RESPONSE_RESET). */
+  RESET: 'ICAP_ERR_RESET',
+  /** The server closed the connection before a complete response (ICAP_SERVER_RESPONSE_CLOSE / UNEXPECTED_CLOSE). */
+  CLOSED: 'ICAP_ERR_CLOSED',
+  /** The response broke RFC 3507 framing or rules (ICAP_SERVER_UNKNOWN_CODE for unknown status codes). */
+  PROTOCOL: 'ICAP_ERR_PROTOCOL',
+  /** A header section of the response exceeded maxHeaderSize. */
+  HEADERS_TOO_LARGE: 'ICAP_ERR_HEADERS_TOO_LARGE',
+  /** A body returned by the ICAP server exceeded the allowed size. */
+  BODY_TOO_LARGE: 'ICAP_ERR_BODY_TOO_LARGE',
+  /** The ICAP server answered with a 4xx or 5xx status. */
+  SERVER_STATUS: 'ICAP_ERR_SERVER_STATUS',
+  /** The service does not support the ICAP method (its OPTIONS `Methods` lacks it). */
+  METHOD_NOT_SUPPORTED: 'ICAP_ERR_METHOD_NOT_SUPPORTED',
+  /** The transaction was cancelled through its AbortSignal. */
+  ABORTED: 'ICAP_ERR_ABORTED',
+  /** Reading the HTTP body to be scanned failed (for example the HTTP client went away). */
+  BODY_SOURCE: 'ICAP_ERR_BODY_SOURCE',
+  /** The client or pool was closed. */
+  CLOSED_CLIENT: 'ICAP_ERR_CLIENT_CLOSED',
+  /** No ICAP server is available (all suspended or none configured). */
+  NO_SERVER: 'ICAP_ERR_NO_SERVER',
+  /** A profile or option is invalid; the message names the field. */
+  INVALID_PROFILE: 'ICAP_ERR_INVALID_PROFILE',
+  /** An argument to the client is invalid (for example a header value with CR/LF). */
+  INVALID_ARGUMENT: 'ICAP_ERR_INVALID_ARGUMENT',
+} as const;
+
+export type IcapErrorCode = (typeof IcapErrorCodes)[keyof typeof IcapErrorCodes];
+
+/** RFC 3507 §6.2 application error codes. */
+export const RfcErrorCodes = {
+  ICAP_CANT_CONNECT: 1000,
+  ICAP_SERVER_RESPONSE_CLOSE: 1001,
+  ICAP_SERVER_RESPONSE_RESET: 1002,
+  ICAP_SERVER_UNKNOWN_CODE: 1003,
+  ICAP_SERVER_UNEXPECTED_CLOSE_204: 1004,
+  ICAP_SERVER_UNEXPECTED_CLOSE: 1005,
+} as const;
+
+export type RfcErrorCode = (typeof RfcErrorCodes)[keyof typeof RfcErrorCodes];
+
+const DEFAULT_RFC_CODE: Partial<Record<IcapErrorCode, RfcErrorCode>> = {
+  ICAP_ERR_CONNECT: RfcErrorCodes.ICAP_CANT_CONNECT,
+  ICAP_ERR_CONNECT_TIMEOUT: RfcErrorCodes.ICAP_CANT_CONNECT,
+  ICAP_ERR_TLS: RfcErrorCodes.ICAP_CANT_CONNECT,
+  ICAP_ERR_RESET: RfcErrorCodes.ICAP_SERVER_RESPONSE_RESET,
+  ICAP_ERR_CLOSED: RfcErrorCodes.ICAP_SERVER_UNEXPECTED_CLOSE,
+};
+
+const BRAND = Symbol.for('icapkit.error');
+
+export interface IcapErrorOptions {
+  cause?: unknown;
+  rfcCode?: RfcErrorCode;
+  /** ICAP status code, for SERVER_STATUS errors. */
+  status?: number;
+  /** The profile field an INVALID_PROFILE error is about. */
+  field?: string;
+}
+
+export class IcapError extends Error {
+  readonly code: IcapErrorCode;
+  readonly rfcCode: RfcErrorCode | undefined;
+  readonly status: number | undefined;
+  readonly field: string | undefined;
+
+  constructor(code: IcapErrorCode, message: string, options: IcapErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'IcapError';
+    this.code = code;
+    this.rfcCode = options.rfcCode ?? DEFAULT_RFC_CODE[code];
+    this.status = options.status;
+    this.field = options.field;
+    Object.defineProperty(this, BRAND, { value: true });
+  }
+
+  static override [Symbol.hasInstance](value: unknown): boolean {
+    return typeof value === 'object' && value !== null && (value as Record<symbol, unknown>)[BRAND] === true;
+  }
+}
+
+export function isIcapError(value: unknown, code?: IcapErrorCode): value is IcapError {
+  return value instanceof IcapError && (code === undefined || value.code === code);
+}
+
+/** Turns a socket-level error into an IcapError with the right code. */
+export function fromSocketError(err: unknown, phase: 'connect' | 'io', target: string): IcapError {
+  if (err instanceof IcapError) return err;
+  const e = err as NodeJS.ErrnoException & { library?: string; reason?: string };
+  const sys = e?.code ?? '';
+  const msg = e?.message ?? String(err);
+  if (sys === 'ECONNRESET' || sys === 'EPIPE') {
+    return new IcapError(IcapErrorCodes.RESET, `ICAP server ${target} reset the connection (${sys})`, {
+      cause: err,
+    });
+  }
+  if (
+    sys.startsWith('ERR_SSL') ||
+    sys.startsWith('ERR_TLS') ||
+    sys.includes('CERT') ||
+    sys === 'DEPTH_ZERO_SELF_SIGNED_CERT' ||
+    sys === 'SELF_SIGNED_CERT_IN_CHAIN' ||
+    sys === 'ERR_TLS_CERT_ALTNAME_INVALID' ||
+    e?.library === 'SSL routines'
+  ) {
+    return new IcapError(IcapErrorCodes.TLS, `TLS with ICAP server ${target} failed: ${msg}`, { cause: err });
+  }
+  if (phase === 'connect') {
+    return new IcapError(IcapErrorCodes.CONNECT, `cannot connect to ICAP server ${target}: ${msg}`, {
+      cause: err,
+    });
+  }
+  return new IcapError(IcapErrorCodes.RESET, `connection to ICAP server ${target} failed: ${msg}`, {
+    cause: err,
+  });
+}

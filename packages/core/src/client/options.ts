@@ -1,0 +1,197 @@
+import { type Headers, splitList } from '../protocol/headers.js';
+import { IcapError, IcapErrorCodes } from './errors.js';
+import type { IcapResponse } from './transaction.js';
+
+/** A service's capabilities, from its OPTIONS response (RFC 3507 §4.10). */
+export interface IcapServiceOptions {
+  /** ICAP methods the service supports (`Methods`). */
+  methods: string[];
+  istag: string | undefined;
+  service: string | undefined;
+  serviceId: string | undefined;
+  /** Preview bytes the server wants (`Preview`); undefined: the server does not take previews. */
+  preview: number | undefined;
+  /** The server can answer 204 outside a preview (`Allow: 204`). */
+  allow204: boolean;
+  /** `Max-Connections`, when given. */
+  maxConnections: number | undefined;
+  /** `Options-TTL` in seconds, when given. */
+  optionsTtl: number | undefined;
+  transferPreview: string[];
+  transferIgnore: string[];
+  transferComplete: string[];
+  /** Headers the server asks clients to add (`X-Include`). */
+  include: string[];
+  headers: Headers;
+  rawHeaders: string;
+  /** Epoch ms. */
+  fetchedAt: number;
+  /** Epoch ms after which these options must be fetched again. */
+  expiresAt: number;
+}
+
+export type TransferPolicy = 'preview' | 'complete' | 'ignore';
+
+/** Reads an OPTIONS response. `defaultTtl` (ms) applies when the server sends no `Options-TTL`. */
+export function parseOptions(res: IcapResponse, defaultTtl: number, now = Date.now()): IcapServiceOptions {
+  const h = res.headers;
+  const methods = splitList(h.get('methods')).map((m) => m.toUpperCase());
+  const preview = optionalInt(h.get('preview'), 'Preview');
+  const maxConnections = optionalInt(h.get('max-connections'), 'Max-Connections');
+  const optionsTtl = optionalInt(h.get('options-ttl'), 'Options-TTL');
+  const lower = (v: string | undefined) => splitList(v).map((s) => s.toLowerCase());
+  const ttlMs = optionsTtl === undefined ? defaultTtl : optionsTtl * 1000;
+  return {
+    methods,
+    istag: res.istag,
+    service: h.get('service'),
+    serviceId: h.get('service-id') ?? h.get('serviceid'),
+    preview,
+    allow204: splitList(h.get('allow')).includes('204'),
+    maxConnections: maxConnections !== undefined && maxConnections > 0 ? maxConnections : undefined,
+    optionsTtl,
+    transferPreview: lower(h.get('transfer-preview')),
+    transferIgnore: lower(h.get('transfer-ignore')),
+    transferComplete: lower(h.get('transfer-complete')),
+    include: splitList(h.get('x-include')),
+    headers: h,
+    rawHeaders: res.rawHeaders,
+    fetchedAt: now,
+    expiresAt: now + ttlMs,
+  };
+}
+
+function optionalInt(v: string | undefined, name: string): number | undefined {
+  if (v === undefined || v.trim() === '') return undefined;
+  const t = v.trim();
+  if (!/^\d{1,10}$/.test(t)) {
+    throw new IcapError(IcapErrorCodes.PROTOCOL, `OPTIONS response has an invalid ${name}: ${JSON.stringify(v)}`);
+  }
+  return Number(t);
+}
+
+/**
+ * How a message whose URL (or file name) ends in `extension` is to be sent, from
+ * `Transfer-Preview`, `Transfer-Ignore` and `Transfer-Complete`: a listed extension takes its
+ * list's policy; others take the policy of the list holding `*`; with no `*`, preview.
+ */
+export function transferPolicy(options: IcapServiceOptions, extension: string | undefined): TransferPolicy {
+  const ext = extension?.toLowerCase();
+  if (ext !== undefined && ext !== '') {
+    if (options.transferIgnore.includes(ext)) return 'ignore';
+    if (options.transferComplete.includes(ext)) return 'complete';
+    if (options.transferPreview.includes(ext)) return 'preview';
+  }
+  if (options.transferIgnore.includes('*')) return 'ignore';
+  if (options.transferComplete.includes('*')) return 'complete';
+  return 'preview';
+}
+
+/** The extension of the last path segment of a request target, lower-cased ('' when none). */
+export function extensionOf(target: string): string {
+  let path = target;
+  const q = path.search(/[?#]/);
+  if (q !== -1) path = path.slice(0, q);
+  const slash = path.lastIndexOf('/');
+  const name = path.slice(slash + 1);
+  const dot = name.lastIndexOf('.');
+  return dot <= 0 ? '' : name.slice(dot + 1).toLowerCase();
+}
+
+interface Entry {
+  value: IcapServiceOptions | undefined;
+  inflight: Promise<IcapServiceOptions> | undefined;
+  stale: boolean;
+}
+
+/**
+ * OPTIONS per service: fetched on first use, kept until `Options-TTL` runs out, refreshed in
+ * the background shortly before that (so requests do not wait for it), and marked stale when a
+ * response carries a different ISTag (the service changed, so its options may have too).
+ * Concurrent callers share one fetch.
+ */
+export class OptionsCache {
+  readonly #fetch: (service: string) => Promise<IcapServiceOptions>;
+  readonly #entries = new Map<string, Entry>();
+  /** Refresh when less than this share of the TTL is left. */
+  readonly #refreshAhead: number;
+  /** Called with background refresh failures (the cached options stay in use until they expire). */
+  onRefreshError: ((service: string, err: unknown) => void) | undefined;
+
+  constructor(
+    fetch: (service: string) => Promise<IcapServiceOptions>,
+    refreshAhead = 0.1,
+  ) {
+    this.#fetch = fetch;
+    this.#refreshAhead = refreshAhead;
+  }
+
+  peek(service: string): IcapServiceOptions | undefined {
+    return this.#entries.get(service)?.value;
+  }
+
+  async get(service: string, signal?: AbortSignal, now = Date.now()): Promise<IcapServiceOptions> {
+    let entry = this.#entries.get(service);
+    if (entry === undefined) {
+      entry = { value: undefined, inflight: undefined, stale: false };
+      this.#entries.set(service, entry);
+    }
+    const v = entry.value;
+    if (v !== undefined && !entry.stale && now < v.expiresAt) {
+      const left = v.expiresAt - now;
+      if (left < (v.expiresAt - v.fetchedAt) * this.#refreshAhead && entry.inflight === undefined) {
+        this.#start(service, entry).catch((err: unknown) => this.onRefreshError?.(service, err));
+      }
+      return v;
+    }
+    // One shared fetch, bounded by the client's own timeout; each caller waits with its own signal.
+    return this.#wait(entry.inflight ?? this.#start(service, entry), signal);
+  }
+
+  /** A response carried this ISTag: if it differs from the cached one, refetch next time. */
+  noteIstag(service: string, istag: string | undefined): void {
+    const entry = this.#entries.get(service);
+    if (entry?.value !== undefined && istag !== undefined && entry.value.istag !== istag) entry.stale = true;
+  }
+
+  invalidate(service?: string): void {
+    if (service === undefined) this.#entries.clear();
+    else this.#entries.delete(service);
+  }
+
+  #start(service: string, entry: Entry): Promise<IcapServiceOptions> {
+    const p = this.#fetch(service).then(
+      (value) => {
+        entry.value = value;
+        entry.stale = false;
+        entry.inflight = undefined;
+        return value;
+      },
+      (err: unknown) => {
+        entry.inflight = undefined;
+        throw err;
+      },
+    );
+    entry.inflight = p;
+    return p;
+  }
+
+  #wait(p: Promise<IcapServiceOptions>, signal: AbortSignal | undefined): Promise<IcapServiceOptions> {
+    if (signal === undefined) return p;
+    if (signal.aborted) return Promise.reject(signal.reason);
+    return new Promise((resolve, reject) => {
+      const onAbort = () => reject(signal.reason);
+      signal.addEventListener('abort', onAbort, { once: true });
+      p.then(
+        (v) => {
+          signal.removeEventListener('abort', onAbort);
+          resolve(v);
+        },
+        (e: unknown) => {
+          signal.removeEventListener('abort', onAbort);
+          reject(e);
+        },
+      );
+    });
+  }
+}

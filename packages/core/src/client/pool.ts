@@ -1,0 +1,260 @@
+import { Connection, type ServerEndpoint } from './connection.js';
+import { IcapError, IcapErrorCodes } from './errors.js';
+
+export interface PoolOptions {
+  /** Most connections open at once to this server (further requests wait). */
+  maxConnections: number;
+  /** An idle connection is closed after this many ms. */
+  keepAliveTimeout: number;
+  connectTimeout: number;
+}
+
+export interface PoolStats {
+  /** Connections open now (busy + idle). */
+  open: number;
+  busy: number;
+  idle: number;
+  /** Connections being established. */
+  connecting: number;
+  /** Requests waiting for a connection. */
+  pending: number;
+  /** Connections created since the pool started. */
+  created: number;
+  /** The limit in force: the configured one or the server's `Max-Connections`, whichever is lower. */
+  limit: number;
+}
+
+export interface Lease {
+  connection: Connection;
+  /** True when the connection already served a transaction (it may have gone stale). */
+  reused: boolean;
+}
+
+interface Waiter {
+  resolve: (lease: Lease) => void;
+  reject: (err: unknown) => void;
+  signal: AbortSignal | undefined;
+  onAbort: () => void;
+  fresh: boolean;
+}
+
+/**
+ * Keep-alive connections to one ICAP server. One transaction per connection at a time (ICAP
+ * has no pipelining); the most recently used idle connection is handed out first, so the
+ * others age out. Idle sockets are unreferenced (they never keep the process alive), watched
+ * for the server closing them, and closed after `keepAliveTimeout`.
+ */
+export class Pool {
+  readonly endpoint: ServerEndpoint;
+  readonly #options: PoolOptions;
+  readonly #idle: Connection[] = [];
+  readonly #busy = new Set<Connection>();
+  readonly #waiters: Waiter[] = [];
+  readonly #idleCleanup = new Map<Connection, () => void>();
+  #connecting = 0;
+  #created = 0;
+  #serverLimit = Number.POSITIVE_INFINITY;
+  #closed = false;
+  /** Called with each new connection (for metrics and diagnostics). */
+  onConnect: ((connection: Connection) => void) | undefined;
+
+  constructor(endpoint: ServerEndpoint, options: PoolOptions) {
+    this.endpoint = endpoint;
+    this.#options = options;
+  }
+
+  get limit(): number {
+    return Math.max(1, Math.min(this.#options.maxConnections, this.#serverLimit));
+  }
+
+  /** Applies the server's `Max-Connections` (from OPTIONS). */
+  setServerLimit(max: number | undefined): void {
+    this.#serverLimit = max === undefined || !(max > 0) ? Number.POSITIVE_INFINITY : max;
+  }
+
+  get stats(): PoolStats {
+    return {
+      open: this.#busy.size + this.#idle.length,
+      busy: this.#busy.size,
+      idle: this.#idle.length,
+      connecting: this.#connecting,
+      pending: this.#waiters.length,
+      created: this.#created,
+      limit: this.limit,
+    };
+  }
+
+  /**
+   * A connection for one transaction. `fresh` skips idle connections (used to retry after a
+   * stale keep-alive connection failed).
+   */
+  acquire(signal?: AbortSignal, fresh = false): Promise<Lease> {
+    if (this.#closed) return Promise.reject(closedError());
+    if (signal?.aborted) return Promise.reject(signal.reason);
+    if (!fresh) {
+      const lease = this.#takeIdle();
+      if (lease !== undefined) return Promise.resolve(lease);
+    }
+    return new Promise<Lease>((resolve, reject) => {
+      const waiter: Waiter = {
+        resolve,
+        reject,
+        signal,
+        fresh,
+        onAbort: () => {
+          const at = this.#waiters.indexOf(waiter);
+          if (at !== -1) this.#waiters.splice(at, 1);
+          reject(signal!.reason);
+        },
+      };
+      signal?.addEventListener('abort', waiter.onAbort, { once: true });
+      this.#waiters.push(waiter);
+      this.#dispatch();
+    });
+  }
+
+  /** Returns a connection after a transaction; `reusable` false closes it. */
+  release(connection: Connection, reusable: boolean): void {
+    if (!this.#busy.delete(connection)) return;
+    if (reusable && !this.#closed && connection.usable && this.#busy.size + this.#idle.length < this.limit) {
+      connection.requests++;
+      const waiter = this.#nextWaiter(false);
+      if (waiter !== undefined) {
+        this.#busy.add(connection);
+        waiter.resolve({ connection, reused: true });
+      } else {
+        this.#park(connection);
+      }
+    } else {
+      connection.destroy();
+    }
+    this.#dispatch();
+  }
+
+  /** Closes idle connections now, fails waiting requests; busy ones close when released. */
+  close(): void {
+    this.#closed = true;
+    for (const c of this.#idle.splice(0)) this.#unpark(c, true);
+    for (const w of this.#waiters.splice(0)) {
+      w.signal?.removeEventListener('abort', w.onAbort);
+      w.reject(closedError());
+    }
+  }
+
+  /** Destroys every connection, busy ones included. */
+  destroy(): void {
+    this.close();
+    for (const c of this.#busy) c.destroy();
+    this.#busy.clear();
+  }
+
+  #takeIdle(): Lease | undefined {
+    while (this.#idle.length > 0) {
+      const c = this.#idle.pop()!;
+      this.#unpark(c, false);
+      if (c.usable) {
+        this.#busy.add(c);
+        return { connection: c, reused: true };
+      }
+      c.destroy();
+    }
+    return undefined;
+  }
+
+  #nextWaiter(fresh: boolean): Waiter | undefined {
+    const at = this.#waiters.findIndex((w) => w.fresh === fresh);
+    if (at === -1) return undefined;
+    const [w] = this.#waiters.splice(at, 1);
+    w!.signal?.removeEventListener('abort', w!.onAbort);
+    return w;
+  }
+
+  /** Starts connections for waiting requests while under the limit. */
+  #dispatch(): void {
+    while (this.#waiters.length > 0 && !this.#closed) {
+      const first = this.#waiters[0]!;
+      if (!first.fresh && this.#idle.length > 0) {
+        const lease = this.#takeIdle();
+        if (lease !== undefined) {
+          this.#nextWaiter(false)!.resolve(lease);
+          continue;
+        }
+      }
+      // Over the limit, an idle connection is closed to make room for a new one.
+      if (this.#busy.size + this.#connecting + this.#idle.length >= this.limit && this.#idle.length > 0) {
+        this.#unpark(this.#idle.shift()!, true);
+      }
+      if (this.#busy.size + this.#connecting >= this.limit) return;
+      const waiter = this.#waiters.shift()!;
+      waiter.signal?.removeEventListener('abort', waiter.onAbort);
+      this.#connect(waiter);
+    }
+  }
+
+  #connect(waiter: Waiter): void {
+    this.#connecting++;
+    Connection.open(this.endpoint, this.#options.connectTimeout, waiter.signal).then(
+      (connection) => {
+        this.#connecting--;
+        this.#created++;
+        if (this.#closed || waiter.signal?.aborted) {
+          connection.destroy();
+          waiter.reject(waiter.signal?.aborted ? waiter.signal.reason : closedError());
+          this.#dispatch();
+          return;
+        }
+        this.#busy.add(connection);
+        this.onConnect?.(connection);
+        waiter.resolve({ connection, reused: false });
+      },
+      (err: unknown) => {
+        this.#connecting--;
+        waiter.reject(err);
+        this.#dispatch();
+      },
+    );
+  }
+
+  #park(c: Connection): void {
+    const socket = c.socket;
+    const drop = () => {
+      const at = this.#idle.indexOf(c);
+      if (at !== -1) this.#idle.splice(at, 1);
+      this.#unpark(c, true);
+    };
+    // Any byte from the server while idle is a protocol violation; a close or error means
+    // the server ended the keep-alive connection.
+    const onData = () => drop();
+    socket.on('data', onData);
+    socket.on('end', drop);
+    socket.on('close', drop);
+    socket.on('error', drop);
+    socket.on('timeout', drop);
+    socket.setTimeout(this.#options.keepAliveTimeout);
+    socket.unref();
+    socket.resume();
+    this.#idleCleanup.set(c, () => {
+      socket.removeListener('data', onData);
+      socket.removeListener('end', drop);
+      socket.removeListener('close', drop);
+      socket.removeListener('error', drop);
+      socket.removeListener('timeout', drop);
+      socket.setTimeout(0);
+      socket.ref();
+    });
+    this.#idle.push(c);
+  }
+
+  #unpark(c: Connection, destroy: boolean): void {
+    const cleanup = this.#idleCleanup.get(c);
+    if (cleanup !== undefined) {
+      this.#idleCleanup.delete(c);
+      cleanup();
+    }
+    if (destroy) c.destroy();
+  }
+}
+
+function closedError(): IcapError {
+  return new IcapError(IcapErrorCodes.CLOSED_CLIENT, 'the ICAP client was closed');
+}

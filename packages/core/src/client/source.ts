@@ -1,0 +1,82 @@
+/**
+ * What a transaction reads the HTTP body from. A source is *replayable* when it can be read
+ * again from the first byte, which lets the client retry on a fresh connection (stale
+ * keep-alive socket) and the engine fail over to another server.
+ */
+
+/** A body that can be opened again from its first byte, any number of times. */
+export interface ReplayableBody {
+  /** A fresh reader from the first byte. */
+  open(): AsyncIterator<Uint8Array>;
+  /** Total length in bytes when known in advance. */
+  readonly length?: number | undefined;
+  readonly replayable: true;
+}
+
+export type BodyInput = string | Uint8Array | ReplayableBody | AsyncIterable<Uint8Array> | Iterable<Uint8Array>;
+
+export interface BodySource {
+  open(): AsyncIterator<Uint8Array>;
+  readonly replayable: boolean;
+  readonly length: number | undefined;
+}
+
+export function isReplayableBody(value: unknown): value is ReplayableBody {
+  return (
+    typeof value === 'object' &&
+    value !== null &&
+    (value as ReplayableBody).replayable === true &&
+    typeof (value as ReplayableBody).open === 'function'
+  );
+}
+
+export function toBodySource(input: BodyInput): BodySource {
+  if (typeof input === 'string') return bufferSource(Buffer.from(input));
+  if (input instanceof Uint8Array) return bufferSource(input);
+  if (isReplayableBody(input)) return { open: () => input.open(), replayable: true, length: input.length };
+  if (Symbol.asyncIterator in input) {
+    let opened = false;
+    return {
+      replayable: false,
+      length: undefined,
+      open() {
+        if (opened) throw new Error('this body source can be read only once');
+        opened = true;
+        return (input as AsyncIterable<Uint8Array>)[Symbol.asyncIterator]();
+      },
+    };
+  }
+  const items = [...(input as Iterable<Uint8Array>)];
+  let length = 0;
+  for (const b of items) length += b.length;
+  return {
+    replayable: true,
+    length,
+    open: () => {
+      let i = 0;
+      return {
+        next: () =>
+          Promise.resolve(
+            i < items.length ? { done: false as const, value: items[i++]! } : { done: true as const, value: undefined },
+          ),
+      };
+    },
+  };
+}
+
+function bufferSource(buf: Uint8Array): BodySource {
+  return {
+    replayable: true,
+    length: buf.length,
+    open: () => {
+      let done = buf.length === 0;
+      return {
+        next: () => {
+          if (done) return Promise.resolve({ done: true as const, value: undefined });
+          done = true;
+          return Promise.resolve({ done: false as const, value: buf });
+        },
+      };
+    },
+  };
+}

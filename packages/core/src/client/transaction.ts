@@ -1,0 +1,596 @@
+import { Readable } from 'node:stream';
+import { chunkHeader, CRLF, type IcapRequestMethod, LAST_CHUNK, LAST_CHUNK_IEOF } from '../protocol/encoder.js';
+import type { Headers } from '../protocol/headers.js';
+import {
+  type EncapsulatedEntry,
+  type EncapsulatedHttpRequestHead,
+  type EncapsulatedHttpResponseHead,
+  IcapParser,
+  type IcapResponseHead,
+} from '../protocol/parser.js';
+import type { Connection } from './connection.js';
+import { fromSocketError, IcapError, IcapErrorCodes, RfcErrorCodes } from './errors.js';
+import type { BodySource } from './source.js';
+
+/**
+ * One ICAP exchange on one connection: write the request (preview first when asked), read the
+ * response concurrently, and hand the connection back to the pool when both are over.
+ *
+ * Reading and writing are flow-controlled independently: the writer waits for `drain` and for
+ * its body source, the reader pauses the socket when the consumer of the response body is
+ * slow. A final response may arrive at any time, even while the body is still being written
+ * (an early verdict, an early error): the writer then stops, the answer stands, and a write
+ * error that follows is not reported over it. The connection is reused only when the request
+ * message was written to its end, the response was read to its end, and neither side asked
+ * for `Connection: close`.
+ */
+
+export interface TransactionRequest {
+  method: IcapRequestMethod;
+  /** ICAP head plus encapsulated HTTP headers. */
+  head: Buffer;
+  /** The ICAP header lines sent, for logs. */
+  icapHeaders: string;
+  body: BodySource | null;
+  /** Preview size in bytes; undefined sends no preview. */
+  preview: number | undefined;
+  allow204: boolean;
+}
+
+export interface TransactionOptions {
+  ioTimeout: number;
+  maxHeaderSize: number;
+  /** Aborts the transaction; its reason (an IcapError) is what the caller sees. */
+  signal: AbortSignal;
+}
+
+/** Facts about a finished exchange. */
+export interface TransactionSummary {
+  bytesSent: number;
+  bytesReceived: number;
+  /** Epoch ms when the first ICAP byte was written. */
+  startedAt: number;
+  /** ms from the first ICAP byte sent to the last ICAP byte received. */
+  latencyMs: number;
+  /** Whether the connection went back to the pool. */
+  reused: boolean;
+}
+
+export interface ConnectionInfo {
+  id: number;
+  /** The connection had served earlier transactions. */
+  reused: boolean;
+  remoteAddress: string | undefined;
+  remotePort: number | undefined;
+  localPort: number | undefined;
+}
+
+/** A final ICAP response. Its body, if any, streams in `body`. */
+export interface IcapResponse {
+  status: number;
+  reason: string;
+  version: string;
+  headers: Headers;
+  /** The ICAP header lines received, for logs. */
+  rawHeaders: string;
+  /** ISTag without its quotes, when present. */
+  istag: string | undefined;
+  encapsulated: EncapsulatedEntry[] | null;
+  /** Encapsulated HTTP request head (a modified request), if any. */
+  httpRequest: EncapsulatedHttpRequestHead | null;
+  /** Encapsulated HTTP response head (request satisfaction, a block page), if any. */
+  httpResponse: EncapsulatedHttpResponseHead | null;
+  /**
+   * The encapsulated body, chunk framing removed. Read it to its end (or destroy it) to
+   * finish the transaction; the connection is reused only if it is read to its end.
+   */
+  body: Readable | null;
+  method: IcapRequestMethod;
+  /** The ICAP header lines sent, for logs. */
+  requestHeaders: string;
+  /** A preview was sent. */
+  previewSent: boolean;
+  /** The server answered before asking for more than the preview (a verdict inside the preview). */
+  answeredInPreview: boolean;
+  /** The whole HTTP body had been sent to the server when it answered. */
+  completeBodySent: boolean;
+  connection: ConnectionInfo;
+  /** Settles when the exchange is over: the response read to its end, or a failure. */
+  done: Promise<TransactionSummary>;
+}
+
+type WriteState = 'head' | 'preview' | 'awaiting-continue' | 'rest' | 'finished' | 'stopped';
+
+const NOT_READY = Symbol('not-ready');
+const STOP = Symbol('stop');
+const NOT_READY_PROMISE = Promise.resolve(NOT_READY);
+/** Buffered output is flushed to the socket when it grows past this. */
+const FLUSH_AT = 256 * 1024;
+
+interface Deferred<T> {
+  promise: Promise<T>;
+  resolve: (v: T) => void;
+  reject: (e: unknown) => void;
+}
+
+function deferred<T>(): Deferred<T> {
+  let resolve!: (v: T) => void;
+  let reject!: (e: unknown) => void;
+  const promise = new Promise<T>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  return { promise, resolve, reject };
+}
+
+function noop(): void {}
+
+export class Transaction {
+  readonly #conn: Connection;
+  readonly #reusedConnection: boolean;
+  readonly #req: TransactionRequest;
+  readonly #opts: TransactionOptions;
+  readonly #release: (reusable: boolean) => void;
+  readonly #parser: IcapParser<IcapResponseHead>;
+
+  readonly #response = deferred<IcapResponse>();
+  readonly #done = deferred<TransactionSummary>();
+  readonly #continue = deferred<boolean>();
+  readonly #stop = deferred<typeof STOP>();
+
+  #writeState: WriteState = 'head';
+  /** The request message on the wire ends with a last-chunk (or had no body). */
+  #terminated = false;
+  #ieofSent = false;
+  #stopped = false;
+  #finished = false;
+  #responseResolved = false;
+  #receivedAny = false;
+  #pausedForBody = false;
+  #body: Readable | null = null;
+  #finalHead: IcapResponseHead | null = null;
+  #iterator: AsyncIterator<Uint8Array> | null = null;
+  #out: Buffer[] = [];
+  #outBytes = 0;
+  #bytesSent = 0;
+  #bytesReceived = 0;
+  #startedAt = 0;
+  #startedHr = 0;
+  #lastByteHr = 0;
+
+  constructor(
+    conn: Connection,
+    reusedConnection: boolean,
+    req: TransactionRequest,
+    opts: TransactionOptions,
+    release: (reusable: boolean) => void,
+  ) {
+    this.#conn = conn;
+    this.#reusedConnection = reusedConnection;
+    this.#req = req;
+    this.#opts = opts;
+    this.#release = release;
+    this.#response.promise.catch(noop);
+    this.#done.promise.catch(noop);
+    this.#continue.promise.catch(noop);
+    this.#parser = new IcapParser<IcapResponseHead>(
+      'response',
+      {
+        onHead: (head) => this.#onHead(head),
+        onBody: (data) => this.#onBody(data),
+        onEnd: () => this.#onEnd(),
+      },
+      { maxHeaderSize: opts.maxHeaderSize },
+    );
+  }
+
+  /** Any response byte arrived (a failure after that is never retried). */
+  get receivedAny(): boolean {
+    return this.#receivedAny;
+  }
+
+  /** Starts the exchange; resolves with the final response head. */
+  run(): Promise<IcapResponse> {
+    const s = this.#conn.socket;
+    if (this.#opts.signal.aborted) {
+      this.#fail(this.#opts.signal.reason);
+      return this.#response.promise;
+    }
+    s.on('data', this.#onData);
+    s.on('end', this.#onSocketEnd);
+    s.on('error', this.#onSocketError);
+    s.on('close', this.#onSocketClose);
+    s.on('timeout', this.#onTimeout);
+    s.setTimeout(this.#opts.ioTimeout);
+    s.resume();
+    this.#opts.signal.addEventListener('abort', this.#onAbort);
+    this.#write().catch((err: unknown) => {
+      this.#fail(
+        err instanceof IcapError
+          ? err
+          : new IcapError(IcapErrorCodes.BODY_SOURCE, `reading the body to scan failed: ${errMessage(err)}`, {
+              cause: err,
+            }),
+      );
+    });
+    return this.#response.promise;
+  }
+
+  // ---------------------------------------------------------------- writing
+
+  async #write(): Promise<void> {
+    const req = this.#req;
+    this.#startedAt = Date.now();
+    this.#startedHr = performance.now();
+    this.#queue(req.head);
+    if (req.body === null) {
+      this.#terminated = true;
+      this.#writeState = 'finished';
+      await this.#flush();
+      return;
+    }
+    const it = req.body.open();
+    this.#iterator = it;
+    let carry: Buffer | null = null;
+    if (req.preview !== undefined) {
+      this.#writeState = 'preview';
+      const preview = req.preview;
+      let sent = 0;
+      let ended = false;
+      // Read until the preview is full and one more byte is known to exist, or the body ends.
+      while (carry === null) {
+        const r = await this.#pull(it);
+        if (r === STOP) return;
+        if (r.done) {
+          ended = true;
+          break;
+        }
+        let chunk = asBuffer(r.value);
+        const room = preview - sent;
+        if (chunk.length > room) {
+          carry = chunk.subarray(room);
+          chunk = chunk.subarray(0, room);
+        }
+        if (chunk.length > 0) {
+          this.#queueChunk(chunk);
+          sent += chunk.length;
+        }
+      }
+      this.#terminated = true;
+      if (ended) {
+        this.#ieofSent = true;
+        this.#writeState = 'finished';
+        this.#queue(LAST_CHUNK_IEOF);
+        await this.#flush();
+        this.#closeIterator();
+        return;
+      }
+      this.#writeState = 'awaiting-continue';
+      this.#queue(LAST_CHUNK);
+      if (!(await this.#flush())) return;
+      const go = await this.#continue.promise;
+      if (!go || this.#stopped) return;
+      this.#terminated = false;
+      this.#writeState = 'rest';
+      if (carry !== null && carry.length > 0) this.#queueChunk(carry);
+    } else {
+      this.#writeState = 'rest';
+    }
+    for (;;) {
+      const r = await this.#pull(it);
+      if (r === STOP) return;
+      if (r.done) break;
+      const chunk = asBuffer(r.value);
+      if (chunk.length > 0) this.#queueChunk(chunk);
+      if (this.#outBytes >= FLUSH_AT && !(await this.#flush())) return;
+    }
+    this.#terminated = true;
+    this.#writeState = 'finished';
+    this.#queue(LAST_CHUNK);
+    await this.#flush();
+    this.#closeIterator();
+  }
+
+  /**
+   * The next body chunk. Output gathered so far stays corked while the source has data ready
+   * (so head, chunks and the last-chunk leave in one write); it is flushed before waiting.
+   */
+  async #pull(it: AsyncIterator<Uint8Array>): Promise<IteratorResult<Uint8Array> | typeof STOP> {
+    if (this.#stopped) return STOP;
+    const p = it.next();
+    p.catch(noop);
+    let r: IteratorResult<Uint8Array> | typeof NOT_READY | typeof STOP = await Promise.race([p, NOT_READY_PROMISE]);
+    if (r === NOT_READY) {
+      if (!(await this.#flush())) return STOP;
+      r = await Promise.race([p, this.#stop.promise]);
+    }
+    if (this.#stopped) return STOP;
+    return r;
+  }
+
+  #queue(b: Buffer): void {
+    this.#out.push(b);
+    this.#outBytes += b.length;
+  }
+
+  #queueChunk(b: Buffer): void {
+    this.#queue(chunkHeader(b.length));
+    this.#queue(b);
+    this.#queue(CRLF);
+  }
+
+  /** Writes the gathered output; waits for `drain` if the socket asks. False when stopped. */
+  async #flush(): Promise<boolean> {
+    if (this.#stopped) return false;
+    const s = this.#conn.socket;
+    if (this.#out.length > 0) {
+      s.cork();
+      for (const b of this.#out) s.write(b);
+      s.uncork();
+      this.#bytesSent += this.#outBytes;
+      this.#out = [];
+      this.#outBytes = 0;
+    }
+    if (s.writableNeedDrain) {
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          s.removeListener('drain', done);
+          resolve();
+        };
+        s.on('drain', done);
+        this.#stop.promise.then(done, done);
+      });
+    }
+    return !this.#stopped;
+  }
+
+  #stopWriting(): void {
+    if (this.#stopped) return;
+    this.#stopped = true;
+    if (this.#writeState !== 'finished') this.#writeState = 'stopped';
+    this.#stop.resolve(STOP);
+    this.#continue.resolve(false);
+    this.#closeIterator();
+  }
+
+  #closeIterator(): void {
+    const it = this.#iterator;
+    this.#iterator = null;
+    if (it?.return !== undefined) {
+      try {
+        it.return().catch(noop);
+      } catch {
+        // a source that cannot be closed is left to its owner
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------- reading
+
+  readonly #onData = (buf: Buffer): void => {
+    this.#bytesReceived += buf.length;
+    this.#receivedAny = true;
+    this.#lastByteHr = performance.now();
+    try {
+      this.#parser.execute(buf);
+    } catch (err) {
+      this.#fail(err);
+    }
+  };
+
+  #onHead(head: IcapResponseHead): void {
+    if (head.status === 100) {
+      if (this.#writeState !== 'awaiting-continue') {
+        throw new IcapError(
+          IcapErrorCodes.PROTOCOL,
+          this.#ieofSent
+            ? 'ICAP server sent 100 Continue after a preview that ended with ieof'
+            : 'ICAP server sent 100 Continue without a preview to continue',
+        );
+      }
+      this.#continue.resolve(true);
+      return;
+    }
+    const req = this.#req;
+    const previewPhase =
+      req.preview !== undefined &&
+      (this.#ieofSent || this.#writeState === 'preview' || this.#writeState === 'awaiting-continue');
+    if (head.status === 204 && !req.allow204 && !previewPhase) {
+      throw new IcapError(IcapErrorCodes.PROTOCOL, 'ICAP 204 outside the preview although Allow: 204 was not offered', {
+        rfcCode: RfcErrorCodes.ICAP_SERVER_UNEXPECTED_CLOSE_204,
+      });
+    }
+    checkEncapsulated(req.method, head);
+    this.#finalHead = head;
+    const completeBodySent = req.body === null || this.#writeState === 'finished';
+    // The answer is in: stop sending (the server will not read more of this request).
+    this.#stopWriting();
+    if (head.body !== null) {
+      const socket = this.#conn.socket;
+      this.#body = new Readable({
+        highWaterMark: 64 * 1024,
+        read: () => {
+          if (this.#pausedForBody) {
+            this.#pausedForBody = false;
+            if (!this.#finished) socket.resume();
+          }
+        },
+        destroy: (err, cb) => {
+          if (!this.#finished) {
+            this.#fail(err ?? new IcapError(IcapErrorCodes.ABORTED, 'the ICAP response body was destroyed before its end'));
+          }
+          cb(err);
+        },
+      });
+    }
+    const conn = this.#conn;
+    const istag = head.headers.get('istag');
+    this.#responseResolved = true;
+    this.#response.resolve({
+      status: head.status,
+      reason: head.reason,
+      version: head.version,
+      headers: head.headers,
+      rawHeaders: head.rawHeaders,
+      istag: istag === undefined ? undefined : istag.replace(/^"(.*)"$/, '$1'),
+      encapsulated: head.encapsulated,
+      httpRequest: head.httpRequest,
+      httpResponse: head.httpResponse,
+      body: this.#body,
+      method: req.method,
+      requestHeaders: req.icapHeaders,
+      previewSent: req.preview !== undefined,
+      answeredInPreview: previewPhase,
+      completeBodySent,
+      connection: {
+        id: conn.id,
+        reused: this.#reusedConnection,
+        remoteAddress: conn.remoteAddress,
+        remotePort: conn.remotePort,
+        localPort: conn.localPort,
+      },
+      done: this.#done.promise,
+    });
+  }
+
+  #onBody(data: Buffer): void {
+    const body = this.#body;
+    if (body === null || this.#finished) return;
+    if (!body.push(data) && !this.#pausedForBody) {
+      this.#pausedForBody = true;
+      this.#conn.socket.pause();
+    }
+  }
+
+  #onEnd(): void {
+    const head = this.#finalHead;
+    if (head === null) return;
+    this.#finished = true;
+    const conn = this.#conn;
+    const closeAsked =
+      /\bclose\b/i.test(head.headers.get('connection') ?? '') ||
+      this.#req.head.includes('\r\nConnection: close\r\n');
+    const reusable =
+      this.#terminated &&
+      (this.#writeState === 'finished' || this.#writeState === 'stopped') &&
+      !closeAsked &&
+      this.#parser.leftover === 0 &&
+      conn.usable;
+    this.#cleanup();
+    this.#body?.push(null);
+    const end = this.#lastByteHr || performance.now();
+    this.#done.resolve({
+      bytesSent: this.#bytesSent,
+      bytesReceived: this.#bytesReceived,
+      startedAt: this.#startedAt,
+      latencyMs: Math.max(0, end - this.#startedHr),
+      reused: reusable,
+    });
+    this.#release(reusable);
+  }
+
+  // ---------------------------------------------------------------- failure
+
+  readonly #onSocketEnd = (): void => {
+    this.#fail(this.#closedError());
+  };
+
+  readonly #onSocketClose = (): void => {
+    this.#fail(this.#closedError());
+  };
+
+  readonly #onSocketError = (err: Error): void => {
+    this.#fail(fromSocketError(err, 'io', this.#conn.label));
+  };
+
+  readonly #onTimeout = (): void => {
+    if (this.#pausedForBody) return;
+    this.#fail(
+      new IcapError(
+        IcapErrorCodes.IO_TIMEOUT,
+        `no data moved on the connection to ${this.#conn.label} for ${this.#opts.ioTimeout} ms`,
+      ),
+    );
+  };
+
+  readonly #onAbort = (): void => {
+    this.#fail(this.#opts.signal.reason);
+  };
+
+  #closedError(): IcapError {
+    const duringPreview = !this.#receivedAny && this.#writeState !== 'finished' && this.#req.preview !== undefined;
+    return new IcapError(
+      IcapErrorCodes.CLOSED,
+      this.#receivedAny
+        ? `ICAP server ${this.#conn.label} closed the connection in the middle of its response`
+        : `ICAP server ${this.#conn.label} closed the connection without responding`,
+      {
+        rfcCode: duringPreview
+          ? RfcErrorCodes.ICAP_SERVER_UNEXPECTED_CLOSE
+          : RfcErrorCodes.ICAP_SERVER_RESPONSE_CLOSE,
+      },
+    );
+  }
+
+  #fail(err: unknown): void {
+    if (this.#finished) return;
+    this.#finished = true;
+    const error =
+      err instanceof IcapError
+        ? err
+        : new IcapError(IcapErrorCodes.PROTOCOL, `ICAP transaction failed: ${errMessage(err)}`, { cause: err });
+    this.#stopWriting();
+    this.#parser.close();
+    this.#cleanup();
+    this.#conn.destroy();
+    if (!this.#responseResolved) {
+      this.#response.reject(error);
+    } else if (this.#body !== null && !this.#body.destroyed) {
+      this.#body.destroy(error);
+    }
+    this.#done.reject(error);
+    this.#release(false);
+  }
+
+  #cleanup(): void {
+    const s = this.#conn.socket;
+    s.removeListener('data', this.#onData);
+    s.removeListener('end', this.#onSocketEnd);
+    s.removeListener('error', this.#onSocketError);
+    s.removeListener('close', this.#onSocketClose);
+    s.removeListener('timeout', this.#onTimeout);
+    s.setTimeout(0);
+    this.#opts.signal.removeEventListener('abort', this.#onAbort);
+    this.#stopWriting();
+  }
+}
+
+/** The entities a final response may encapsulate, per ICAP method (RFC 3507 §4.4.1). */
+function checkEncapsulated(method: IcapRequestMethod, head: IcapResponseHead): void {
+  const names = head.encapsulated?.map((e) => e.name) ?? [];
+  const has = (n: string) => names.includes(n as EncapsulatedEntry['name']);
+  if ((head.status === 200 || head.status === 201) && head.encapsulated === null && method !== 'OPTIONS') {
+    throw new IcapError(IcapErrorCodes.PROTOCOL, `ICAP ${head.status} response without an Encapsulated header`);
+  }
+  if (method === 'OPTIONS') {
+    if (has('req-hdr') || has('res-hdr') || has('req-body') || has('res-body')) {
+      throw new IcapError(IcapErrorCodes.PROTOCOL, `OPTIONS response encapsulates HTTP messages: ${names.join(', ')}`);
+    }
+    return;
+  }
+  if (has('opt-body')) throw new IcapError(IcapErrorCodes.PROTOCOL, `${method} response has an opt-body`);
+  if (method === 'RESPMOD' && has('req-body')) {
+    throw new IcapError(IcapErrorCodes.PROTOCOL, 'RESPMOD response carries a req-body');
+  }
+  if (method === 'REQMOD' && ((has('req-body') && has('res-hdr')) || (has('res-body') && !has('res-hdr')))) {
+    throw new IcapError(IcapErrorCodes.PROTOCOL, `inconsistent REQMOD response Encapsulated: ${names.join(', ')}`);
+  }
+}
+
+function asBuffer(v: Uint8Array): Buffer {
+  return Buffer.isBuffer(v) ? v : Buffer.from(v.buffer, v.byteOffset, v.byteLength);
+}
+
+function errMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}

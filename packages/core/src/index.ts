@@ -1,0 +1,12 @@
+export * from './client/client.js';
+export type { IcapTlsOptions, ServerEndpoint } from './client/connection.js';
+export { endpointLabel } from './client/connection.js';
+export * from './client/errors.js';
+export * from './client/options.js';
+export type { Lease, PoolOptions, PoolStats } from './client/pool.js';
+export type { BodyInput, BodySource, ReplayableBody } from './client/source.js';
+export { isReplayableBody, toBodySource } from './client/source.js';
+export type { ConnectionInfo, IcapResponse, TransactionSummary } from './client/transaction.js';
+export * from './protocol/encoder.js';
+export * from './protocol/headers.js';
+export * from './protocol/parser.js';

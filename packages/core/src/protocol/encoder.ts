@@ -1,0 +1,253 @@
+import { IcapError, IcapErrorCodes } from '../client/errors.js';
+import { isSafeFieldValue, isToken } from './headers.js';
+
+/**
+ * Encoding of ICAP requests (and, for the embedded server, responses): the ICAP head with
+ * `Encapsulated` offsets computed on bytes, the encapsulated HTTP header sections, and chunk
+ * framing for bodies. Pure functions over buffers; nothing here touches a socket.
+ */
+
+export const CRLF = Buffer.from('\r\n');
+/** Ends a chunked body (or a preview that the body continues after). */
+export const LAST_CHUNK = Buffer.from('0\r\n\r\n');
+/** Ends a preview that contains the whole body (RFC 3507 §4.5). */
+export const LAST_CHUNK_IEOF = Buffer.from('0; ieof\r\n\r\n');
+
+/** A header list as pairs; several pairs may share a name. */
+export type HeaderPairs = ReadonlyArray<readonly [name: string, value: string]>;
+
+/**
+ * Header input accepted from callers: pairs, Node's `rawHeaders` (a flat name/value list that
+ * keeps case and repetition), or Node's `headers` object.
+ */
+export type HeaderInput = HeaderPairs | readonly string[] | Readonly<Record<string, string | readonly string[] | undefined>>;
+
+export function toPairs(input: HeaderInput | undefined): Array<[string, string]> {
+  if (input === undefined) return [];
+  if (Array.isArray(input)) {
+    if (input.length === 0) return [];
+    if (typeof input[0] === 'string') {
+      const flat = input as readonly string[];
+      const out: Array<[string, string]> = [];
+      for (let i = 0; i + 1 < flat.length; i += 2) out.push([flat[i]!, flat[i + 1]!]);
+      return out;
+    }
+    return (input as HeaderPairs).map(([n, v]) => [n, v]);
+  }
+  const out: Array<[string, string]> = [];
+  for (const [name, value] of Object.entries(input as Record<string, string | readonly string[] | undefined>)) {
+    if (value === undefined) continue;
+    if (typeof value === 'string') out.push([name, value]);
+    else for (const v of value) out.push([name, v]);
+  }
+  return out;
+}
+
+/**
+ * Hop-by-hop fields (RFC 9110 §7.6.1) never go into an encapsulated header section (RFC 3507
+ * §4.4.2); nor do fields that only describe this connection's framing.
+ */
+const HOP_BY_HOP = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-authenticate',
+  'proxy-authorization',
+  'proxy-connection',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+  'http2-settings',
+]);
+
+export interface HttpRequestHeadInit {
+  method: string;
+  /** Request target as sent by the client (origin-form `/path?q`, or absolute-form). */
+  target: string;
+  /** Defaults to `HTTP/1.1`; HTTP/2 requests are always encapsulated as HTTP/1.1. */
+  httpVersion?: string;
+  headers?: HeaderInput;
+}
+
+export interface HttpResponseHeadInit {
+  status: number;
+  reason?: string;
+  httpVersion?: string;
+  headers?: HeaderInput;
+}
+
+export interface EncodeHttpOptions {
+  /**
+   * Length of the body that will follow, when known. A `Content-Length` field is written with
+   * it (replacing any given one); when unknown, a given `Content-Length` is dropped, since it
+   * cannot be trusted to describe the bytes actually scanned.
+   */
+  contentLength?: number | undefined;
+}
+
+/**
+ * Builds an encapsulated HTTP/1.1 request head. HTTP/2 pseudo-headers (`:method`, `:path`,
+ * `:authority`, `:scheme`) become the request line and `Host`; hop-by-hop fields and the
+ * fields named by `Connection` are left out.
+ */
+export function encodeHttpRequestHead(init: HttpRequestHeadInit, options: EncodeHttpOptions = {}): Buffer {
+  const pairs = toPairs(init.headers);
+  let method = init.method;
+  let target = init.target;
+  let authority: string | undefined;
+  const kept = filterHeaders(pairs, options, (name, value) => {
+    if (name === ':method') method = value;
+    else if (name === ':path') target = value;
+    else if (name === ':authority') authority = value;
+  });
+  if (authority !== undefined && !kept.some(([n]) => n.toLowerCase() === 'host')) kept.unshift(['Host', authority]);
+  if (!isToken(method)) throw invalid(`HTTP method ${JSON.stringify(method)} is not a token`);
+  if (target === '' || /[\s\x00-\x1f\x7f]/.test(target)) throw invalid(`HTTP request target ${JSON.stringify(target)} is not valid`);
+  const version = init.httpVersion === undefined || init.httpVersion.startsWith('2') ? 'HTTP/1.1' : httpVersion(init.httpVersion);
+  return headBytes(`${method} ${target} ${version}`, kept);
+}
+
+/** Builds an encapsulated HTTP response head (hop-by-hop fields left out). */
+export function encodeHttpResponseHead(init: HttpResponseHeadInit, options: EncodeHttpOptions = {}): Buffer {
+  if (!Number.isInteger(init.status) || init.status < 100 || init.status > 999) throw invalid(`HTTP status ${init.status}`);
+  const reason = init.reason ?? '';
+  if (!isSafeFieldValue(reason)) throw invalid('HTTP reason phrase contains CR, LF or NUL');
+  const kept = filterHeaders(toPairs(init.headers), options, () => {});
+  const version = init.httpVersion === undefined || init.httpVersion.startsWith('2') ? 'HTTP/1.1' : httpVersion(init.httpVersion);
+  return headBytes(`${version} ${init.status} ${reason}`.trimEnd(), kept);
+}
+
+function httpVersion(v: string): string {
+  const s = v.startsWith('HTTP/') ? v : `HTTP/${v}`;
+  if (!/^HTTP\/\d\.\d$/.test(s)) throw invalid(`HTTP version ${JSON.stringify(v)}`);
+  return s;
+}
+
+function filterHeaders(
+  pairs: Array<[string, string]>,
+  options: EncodeHttpOptions,
+  onPseudo: (name: string, value: string) => void,
+): Array<[string, string]> {
+  const named = new Set<string>();
+  for (const [n, v] of pairs) {
+    if (n.toLowerCase() === 'connection') for (const t of v.split(',')) named.add(t.trim().toLowerCase());
+  }
+  const kept: Array<[string, string]> = [];
+  for (const [name, value] of pairs) {
+    if (name.startsWith(':')) {
+      onPseudo(name.toLowerCase(), value);
+      continue;
+    }
+    const key = name.toLowerCase();
+    if (HOP_BY_HOP.has(key) || named.has(key) || key === 'content-length') continue;
+    kept.push([name, value]);
+  }
+  if (options.contentLength !== undefined) kept.push(['Content-Length', String(options.contentLength)]);
+  return kept;
+}
+
+/**
+ * Start line plus header lines plus the empty line, as bytes. A value made only of code
+ * points up to U+00FF is written byte for byte (Latin-1, as Node's HTTP parser hands header
+ * values over), anything else as UTF-8. Names must be tokens; values must not contain CR, LF
+ * or NUL: a header can never split into two on the wire.
+ */
+export function headBytes(startLine: string, pairs: Iterable<readonly [string, string]>): Buffer {
+  let s = `${startLine}\r\n`;
+  for (const [name, value] of pairs) {
+    if (!isToken(name)) throw invalid(`header name ${JSON.stringify(name)} is not a token`);
+    if (!isSafeFieldValue(value)) throw invalid(`header ${name} has CR, LF or NUL in its value`);
+    s += `${name}: ${value}\r\n`;
+  }
+  s += '\r\n';
+  return encodeText(s);
+}
+
+function encodeText(s: string): Buffer {
+  for (let i = 0; i < s.length; i++) {
+    if (s.charCodeAt(i) > 0xff) return Buffer.from(s, 'utf8');
+  }
+  return Buffer.from(s, 'latin1');
+}
+
+export type IcapRequestMethod = 'REQMOD' | 'RESPMOD' | 'OPTIONS';
+
+export interface IcapRequestInit {
+  method: IcapRequestMethod;
+  /** The full ICAP URI: `icap://host:port/service?args`. */
+  uri: string;
+  /** Value of the `Host` header (host and port of the ICAP server). */
+  host: string;
+  /** Encapsulated HTTP request head (from {@link encodeHttpRequestHead}). */
+  httpRequestHead?: Buffer | undefined;
+  /** Encapsulated HTTP response head (RESPMOD). */
+  httpResponseHead?: Buffer | undefined;
+  /** Whether a chunked body follows the head. */
+  hasBody: boolean;
+  /** `Preview: n` (omit for no preview). */
+  preview?: number | undefined;
+  /** Offer `Allow: 204`. */
+  allow204?: boolean | undefined;
+  /** More ICAP headers (for example `X-Client-IP`, `Proxy-Authorization`). */
+  headers?: HeaderPairs | undefined;
+  userAgent?: string | undefined;
+}
+
+export interface EncodedIcapRequest {
+  /** ICAP head followed by the encapsulated HTTP sections: everything before the body. */
+  head: Buffer;
+  /** The ICAP header lines as sent (start line excluded), for logs. */
+  icapHeaders: string;
+}
+
+/** Encodes an ICAP request up to (not including) its chunked body. */
+export function encodeIcapRequest(init: IcapRequestInit): EncodedIcapRequest {
+  const entries: string[] = [];
+  let offset = 0;
+  if (init.httpRequestHead !== undefined) {
+    entries.push(`req-hdr=${offset}`);
+    offset += init.httpRequestHead.length;
+  }
+  if (init.httpResponseHead !== undefined) {
+    entries.push(`res-hdr=${offset}`);
+    offset += init.httpResponseHead.length;
+  }
+  if (init.method === 'OPTIONS') {
+    entries.push('null-body=0');
+  } else if (init.hasBody) {
+    entries.push(`${init.method === 'RESPMOD' ? 'res-body' : 'req-body'}=${offset}`);
+  } else {
+    entries.push(`null-body=${offset}`);
+  }
+  const lines: Array<[string, string]> = [['Host', init.host]];
+  for (const [n, v] of init.headers ?? []) lines.push([n, v]);
+  if (init.userAgent !== undefined) lines.push(['User-Agent', init.userAgent]);
+  if (init.allow204) lines.push(['Allow', '204']);
+  if (init.preview !== undefined && init.method !== 'OPTIONS') lines.push(['Preview', String(init.preview)]);
+  lines.push(['Encapsulated', entries.join(', ')]);
+  const headBuf = headBytes(`${init.method} ${init.uri} ICAP/1.0`, lines);
+  const icapHeaders = headBuf.toString('latin1', headBuf.indexOf(0x0a) + 1, headBuf.length - 2);
+  const parts = [headBuf];
+  if (init.httpRequestHead !== undefined) parts.push(init.httpRequestHead);
+  if (init.httpResponseHead !== undefined) parts.push(init.httpResponseHead);
+  return { head: parts.length === 1 ? headBuf : Buffer.concat(parts), icapHeaders };
+}
+
+const chunkHeaderCache: Buffer[] = [];
+
+/** `<hex size>\r\n`, the line before a chunk of `size` bytes. */
+export function chunkHeader(size: number): Buffer {
+  if (size < 4096) {
+    let b = chunkHeaderCache[size];
+    if (b === undefined) {
+      b = Buffer.from(`${size.toString(16)}\r\n`, 'latin1');
+      chunkHeaderCache[size] = b;
+    }
+    return b;
+  }
+  return Buffer.from(`${size.toString(16)}\r\n`, 'latin1');
+}
+
+function invalid(message: string): IcapError {
+  return new IcapError(IcapErrorCodes.INVALID_ARGUMENT, message);
+}

@@ -1,0 +1,212 @@
+import { isUtf8 } from 'node:buffer';
+import { IcapError, IcapErrorCodes } from '../client/errors.js';
+
+/**
+ * A case-insensitive, order-preserving multimap of header fields. Names keep the case they
+ * were given in (for faithful re-encoding and logging); lookups ignore case. A value that was
+ * folded over several lines (obs-fold, as in `X-Violations-Found`) reads as one value with each
+ * fold replaced by a single space, and its lines stay available through {@link lines}.
+ */
+export class Headers implements Iterable<[name: string, value: string]> {
+  readonly #fields: Field[] = [];
+
+  constructor(init?: Iterable<readonly [string, string]> | Record<string, string | readonly string[] | undefined>) {
+    if (init === undefined) return;
+    if (Symbol.iterator in init) {
+      for (const [name, value] of init as Iterable<readonly [string, string]>) this.append(name, value);
+    } else {
+      for (const [name, value] of Object.entries(init)) {
+        if (value === undefined) continue;
+        if (typeof value === 'string') this.append(name, value);
+        else for (const v of value) this.append(name, v);
+      }
+    }
+  }
+
+  /** The first value of the field, or undefined. */
+  get(name: string): string | undefined {
+    const key = name.toLowerCase();
+    for (const f of this.#fields) if (f.key === key) return f.value;
+    return undefined;
+  }
+
+  /** Every value of the field, in order. */
+  getAll(name: string): string[] {
+    const key = name.toLowerCase();
+    const out: string[] = [];
+    for (const f of this.#fields) if (f.key === key) out.push(f.value);
+    return out;
+  }
+
+  /** The lines of the first value as received: the first line, then each folded continuation line. */
+  lines(name: string): string[] | undefined {
+    const key = name.toLowerCase();
+    for (const f of this.#fields) if (f.key === key) return f.lines ?? [f.value];
+    return undefined;
+  }
+
+  has(name: string): boolean {
+    const key = name.toLowerCase();
+    return this.#fields.some((f) => f.key === key);
+  }
+
+  append(name: string, value: string, lines?: string[]): this {
+    const field: Field = { name, key: name.toLowerCase(), value };
+    if (lines !== undefined && lines.length > 1) field.lines = lines;
+    this.#fields.push(field);
+    return this;
+  }
+
+  /** Replaces every value of the field with one value, keeping the position of the first. */
+  set(name: string, value: string): this {
+    const key = name.toLowerCase();
+    const at = this.#fields.findIndex((f) => f.key === key);
+    if (at === -1) return this.append(name, value);
+    this.#fields[at] = { name, key, value };
+    for (let i = this.#fields.length - 1; i > at; i--) if (this.#fields[i]!.key === key) this.#fields.splice(i, 1);
+    return this;
+  }
+
+  delete(name: string): boolean {
+    const key = name.toLowerCase();
+    const before = this.#fields.length;
+    for (let i = this.#fields.length - 1; i >= 0; i--) if (this.#fields[i]!.key === key) this.#fields.splice(i, 1);
+    return this.#fields.length !== before;
+  }
+
+  get size(): number {
+    return this.#fields.length;
+  }
+
+  *[Symbol.iterator](): IterableIterator<[string, string]> {
+    for (const f of this.#fields) yield [f.name, f.value];
+  }
+
+  /** A plain object with lower-case names; repeated fields become arrays. */
+  toObject(): Record<string, string | string[]> {
+    const out: Record<string, string | string[]> = {};
+    for (const f of this.#fields) {
+      const prev = out[f.key];
+      if (prev === undefined) out[f.key] = f.value;
+      else if (Array.isArray(prev)) prev.push(f.value);
+      else out[f.key] = [prev, f.value];
+    }
+    return out;
+  }
+
+  /** `Name: value\r\n` lines (folded values are written unfolded). */
+  toString(): string {
+    let s = '';
+    for (const f of this.#fields) s += `${f.name}: ${f.value}\r\n`;
+    return s;
+  }
+}
+
+interface Field {
+  name: string;
+  key: string;
+  value: string;
+  lines?: string[];
+}
+
+/** RFC 9110 token characters, the only ones allowed in a field name. */
+const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+
+export function isToken(s: string): boolean {
+  return TOKEN.test(s);
+}
+
+/** True when the value can be written on the wire without splitting or ending the header line. */
+export function isSafeFieldValue(s: string): boolean {
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c === 0x0d || c === 0x0a || c === 0x00) return false;
+  }
+  return true;
+}
+
+export type HeaderCharset = 'utf8-or-latin1' | 'latin1';
+
+export interface ParsedHeaderBlock {
+  /** The start line (status or request line), without its line ending. */
+  startLine: string;
+  headers: Headers;
+  /** The header lines exactly as received (start line excluded), for logs. */
+  rawHeaders: string;
+}
+
+/**
+ * Parses a complete header block: a start line, header lines, and the empty line that ends it.
+ * `block` must contain exactly that (the terminating empty line included or not).
+ *
+ * Tolerates what servers send in the wild: bare LF line ends, no space after the colon, folded
+ * continuation lines (joined with one space, as Squid does), and non-ASCII values (decoded as
+ * UTF-8 when the block is valid UTF-8, else as Latin-1). Rejects a line without a colon and a
+ * field name that is not a token, because a lenient guess there can change a verdict.
+ */
+export function parseHeaderBlock(
+  block: Buffer,
+  what: string,
+  charset: HeaderCharset = 'utf8-or-latin1',
+  maxFields = 1000,
+): ParsedHeaderBlock {
+  const text = charset === 'latin1' || !isUtf8(block) ? block.toString('latin1') : block.toString('utf8');
+  const lines = text.split('\n');
+  for (let i = 0; i < lines.length; i++) {
+    const l = lines[i]!;
+    if (l.endsWith('\r')) lines[i] = l.slice(0, -1);
+  }
+  while (lines.length > 0 && lines[lines.length - 1] === '') lines.pop();
+  const startLine = lines[0] ?? '';
+  const headers = new Headers();
+  let pendingName: string | undefined;
+  let pendingLines: string[] = [];
+  let count = 0;
+  const flush = () => {
+    if (pendingName === undefined) return;
+    headers.append(pendingName, pendingLines.join(' '), pendingLines);
+    pendingName = undefined;
+    pendingLines = [];
+  };
+  for (let i = 1; i < lines.length; i++) {
+    const line = lines[i]!;
+    if (line === '') throw protocolError(`${what}: empty line inside the header section`);
+    const first = line.charCodeAt(0);
+    if (first === 0x20 || first === 0x09) {
+      if (pendingName === undefined) throw protocolError(`${what}: continuation line before any header`);
+      pendingLines.push(line.trim());
+      continue;
+    }
+    flush();
+    const colon = line.indexOf(':');
+    if (colon <= 0) throw protocolError(`${what}: malformed header line ${JSON.stringify(truncate(line))}`);
+    const name = line.slice(0, colon);
+    if (!TOKEN.test(name)) throw protocolError(`${what}: invalid header name ${JSON.stringify(truncate(name))}`);
+    if (++count > maxFields) {
+      throw new IcapError(IcapErrorCodes.HEADERS_TOO_LARGE, `${what}: more than ${maxFields} header fields`);
+    }
+    pendingName = name;
+    pendingLines = [line.slice(colon + 1).trim()];
+  }
+  flush();
+  const firstLineEnd = text.indexOf('\n');
+  const rawHeaders = firstLineEnd === -1 ? '' : text.slice(firstLineEnd + 1).replace(/\r?\n\r?\n?$/, '\r\n');
+  return { startLine, headers, rawHeaders };
+}
+
+function truncate(s: string): string {
+  return s.length > 80 ? `${s.slice(0, 80)}…` : s;
+}
+
+function protocolError(message: string): IcapError {
+  return new IcapError(IcapErrorCodes.PROTOCOL, message);
+}
+
+/** Splits a comma-separated header value into trimmed, non-empty items. */
+export function splitList(value: string | undefined): string[] {
+  if (value === undefined) return [];
+  return value
+    .split(',')
+    .map((s) => s.trim())
+    .filter((s) => s !== '');
+}

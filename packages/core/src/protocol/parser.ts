@@ -1,0 +1,488 @@
+import { IcapError, IcapErrorCodes, RfcErrorCodes } from '../client/errors.js';
+import { type Headers, parseHeaderBlock } from './headers.js';
+
+/**
+ * Incremental ICAP message parser: a state machine over bytes that never needs the end of
+ * the connection to find the end of a message. It frames a message by its start line and
+ * headers, its `Encapsulated` header (which sizes the encapsulated HTTP header sections and
+ * says whether a chunked body follows), and the chunked body itself.
+ *
+ * The same parser reads ICAP responses (for the client) and ICAP requests (for a server).
+ * Body data is handed out as slices of the buffers given to {@link IcapParser.execute}, without
+ * copying. A `100 Continue` response is an interim message: it is reported through `onHead`
+ * and the parser goes straight on to the next message.
+ */
+
+export type EncapsulatedName = 'req-hdr' | 'res-hdr' | 'req-body' | 'res-body' | 'opt-body' | 'null-body';
+
+export interface EncapsulatedEntry {
+  name: EncapsulatedName;
+  offset: number;
+}
+
+export type BodyKind = 'req-body' | 'res-body' | 'opt-body';
+
+/** An encapsulated HTTP header section (request or response head). */
+export interface EncapsulatedHttpHead {
+  startLine: string;
+  headers: Headers;
+  /** The exact bytes of the section, its empty line included. */
+  raw: Buffer;
+}
+
+export interface EncapsulatedHttpRequestHead extends EncapsulatedHttpHead {
+  method: string;
+  target: string;
+  version: string;
+}
+
+export interface EncapsulatedHttpResponseHead extends EncapsulatedHttpHead {
+  status: number;
+  reason: string;
+  version: string;
+}
+
+interface IcapHeadBase {
+  version: string;
+  headers: Headers;
+  /** The ICAP header lines as received (start line excluded), for logs. */
+  rawHeaders: string;
+  /** The parsed `Encapsulated` header, or null when the message has none. */
+  encapsulated: EncapsulatedEntry[] | null;
+  httpRequest: EncapsulatedHttpRequestHead | null;
+  httpResponse: EncapsulatedHttpResponseHead | null;
+  /** Which chunked body follows the head, or null when there is none. */
+  body: BodyKind | null;
+}
+
+export interface IcapResponseHead extends IcapHeadBase {
+  kind: 'response';
+  status: number;
+  reason: string;
+}
+
+export interface IcapRequestHead extends IcapHeadBase {
+  kind: 'request';
+  method: string;
+  uri: string;
+}
+
+export type IcapHead = IcapResponseHead | IcapRequestHead;
+
+export interface ParserHandler<H extends IcapHead> {
+  /** A complete head (ICAP headers and encapsulated HTTP headers) was read. */
+  onHead(head: H): void;
+  /** A slice of chunked body data (chunk framing removed). */
+  onBody(data: Buffer): void;
+  /**
+   * The message (or, for a preview, the previewed part of its body) is complete. `ieof` is
+   * true when the last chunk carried the `ieof` extension.
+   */
+  onEnd(ieof: boolean): void;
+}
+
+export interface ParserOptions {
+  /** Largest ICAP header section, and largest encapsulated header area, in bytes. Default 64 KiB. */
+  maxHeaderSize?: number;
+  /** Longest chunk-size line (with extensions). Default 4096 bytes. */
+  maxChunkLineSize?: number;
+  /** Largest trailer section. Default 16 KiB. */
+  maxTrailerSize?: number;
+}
+
+const enum State {
+  Head = 0,
+  Encapsulated = 1,
+  ChunkSize = 2,
+  ChunkData = 3,
+  ChunkDataEnd = 4,
+  Trailer = 5,
+  Done = 6,
+}
+
+const EMPTY = Buffer.alloc(0);
+const LF = 0x0a;
+const CR = 0x0d;
+
+export class IcapParser<H extends IcapHead = IcapHead> {
+  readonly #kind: H['kind'];
+  readonly #handler: ParserHandler<H>;
+  readonly #maxHeaderSize: number;
+  readonly #maxChunkLine: number;
+  readonly #maxTrailer: number;
+
+  #state = State.Head;
+  #pending: Buffer | null = null;
+  #scanFrom = 0;
+  #head: H | null = null;
+  #encapLength = 0;
+  #chunkRemaining = 0;
+  #ieof = false;
+  #trailerBytes = 0;
+  #executing = false;
+  #closed = false;
+  /** Bytes consumed since construction, for diagnostics. */
+  bytesRead = 0;
+
+  constructor(kind: H['kind'], handler: ParserHandler<H>, options: ParserOptions = {}) {
+    this.#kind = kind;
+    this.#handler = handler;
+    this.#maxHeaderSize = options.maxHeaderSize ?? 64 * 1024;
+    this.#maxChunkLine = options.maxChunkLineSize ?? 4096;
+    this.#maxTrailer = options.maxTrailerSize ?? 16 * 1024;
+  }
+
+  /** True between messages: nothing of a next message has been read yet. */
+  get idle(): boolean {
+    return (this.#state === State.Head || this.#state === State.Done) && (this.#pending?.length ?? 0) === 0;
+  }
+
+  /** True when the current message has been read completely. */
+  get done(): boolean {
+    return this.#state === State.Done;
+  }
+
+  /** Bytes received after the end of the current message (not yet parsed). */
+  get leftover(): number {
+    return this.#state === State.Done ? (this.#pending?.length ?? 0) : 0;
+  }
+
+  /** Feeds bytes. Throws an IcapError on a framing or syntax error. */
+  execute(chunk: Buffer): void {
+    if (this.#closed) return;
+    this.bytesRead += chunk.length;
+    let data = chunk;
+    if (this.#pending !== null) {
+      data = chunk.length === 0 ? this.#pending : Buffer.concat([this.#pending, chunk]);
+      this.#pending = null;
+    }
+    this.#executing = true;
+    try {
+      this.#run(data);
+    } finally {
+      this.#executing = false;
+    }
+  }
+
+  /** Starts on the next message (after the current one is done). */
+  reset(): void {
+    this.#state = State.Head;
+    this.#head = null;
+    this.#scanFrom = 0;
+    this.#ieof = false;
+    this.#resumePending();
+  }
+
+  /**
+   * Server side of a preview: after answering `100 Continue`, the client sends the rest of
+   * the body as more chunks. Reading continues with them.
+   */
+  continueBody(): void {
+    if (this.#state !== State.Done || this.#head === null || this.#head.body === null) {
+      throw new Error('continueBody() is only valid after a previewed body ended');
+    }
+    this.#state = State.ChunkSize;
+    this.#ieof = false;
+    this.#resumePending();
+  }
+
+  /** Stops all further callbacks. */
+  close(): void {
+    this.#closed = true;
+    this.#pending = null;
+  }
+
+  #resumePending(): void {
+    if (!this.#executing && this.#pending !== null && !this.#closed) this.execute(EMPTY);
+  }
+
+  #run(data: Buffer): void {
+    let i = 0;
+    while (i < data.length && !this.#closed) {
+      switch (this.#state) {
+        case State.Head: {
+          const next = this.#readHead(data, i);
+          if (next < 0) return;
+          i = next;
+          break;
+        }
+        case State.Encapsulated: {
+          if (data.length - i < this.#encapLength) {
+            this.#pending = data.subarray(i);
+            return;
+          }
+          this.#readEncapsulated(data.subarray(i, i + this.#encapLength));
+          i += this.#encapLength;
+          this.#afterHeaders();
+          break;
+        }
+        case State.ChunkSize: {
+          const nl = data.indexOf(LF, i);
+          if (nl === -1) {
+            if (data.length - i > this.#maxChunkLine) throw protocol('chunk-size line too long');
+            this.#pending = data.subarray(i);
+            return;
+          }
+          if (nl - i > this.#maxChunkLine) throw protocol('chunk-size line too long');
+          this.#readChunkSize(data.toString('latin1', i, data[nl - 1] === CR ? nl - 1 : nl));
+          i = nl + 1;
+          break;
+        }
+        case State.ChunkData: {
+          const n = Math.min(this.#chunkRemaining, data.length - i);
+          const slice = data.subarray(i, i + n);
+          this.#chunkRemaining -= n;
+          i += n;
+          if (this.#chunkRemaining === 0) this.#state = State.ChunkDataEnd;
+          this.#handler.onBody(slice);
+          break;
+        }
+        case State.ChunkDataEnd: {
+          if (data[i] === LF) {
+            i += 1;
+          } else if (data[i] === CR) {
+            if (i + 1 >= data.length) {
+              this.#pending = data.subarray(i);
+              return;
+            }
+            if (data[i + 1] !== LF) throw protocol('chunk data not followed by CRLF');
+            i += 2;
+          } else {
+            throw protocol('chunk data not followed by CRLF (chunk longer than its size?)');
+          }
+          this.#state = State.ChunkSize;
+          break;
+        }
+        case State.Trailer: {
+          const nl = data.indexOf(LF, i);
+          if (nl === -1) {
+            if (this.#trailerBytes + (data.length - i) > this.#maxTrailer) throw protocol('trailer section too large');
+            this.#pending = data.subarray(i);
+            return;
+          }
+          const lineLength = nl - i - (data[nl - 1] === CR ? 1 : 0);
+          this.#trailerBytes += nl + 1 - i;
+          if (this.#trailerBytes > this.#maxTrailer) throw protocol('trailer section too large');
+          i = nl + 1;
+          if (lineLength <= 0) this.#finish(this.#ieof);
+          break;
+        }
+        case State.Done: {
+          this.#pending = data.subarray(i);
+          return;
+        }
+      }
+    }
+  }
+
+  /** Returns the index after the head, or -1 when more data is needed. */
+  #readHead(data: Buffer, start: number): number {
+    // Skip empty lines before a start line (RFC 9112 §2.2 robustness).
+    let i = start;
+    if (this.#scanFrom === 0) {
+      while (i < data.length && (data[i] === CR || data[i] === LF)) i++;
+      if (i === data.length) return -1;
+    }
+    const end = findHeadEnd(data, i + Math.max(0, this.#scanFrom - 3));
+    if (end === -1) {
+      if (data.length - i > this.#maxHeaderSize) {
+        throw new IcapError(
+          IcapErrorCodes.HEADERS_TOO_LARGE,
+          `ICAP ${this.#kind} headers exceed maxHeaderSize (${this.#maxHeaderSize} bytes)`,
+        );
+      }
+      this.#pending = data.subarray(i);
+      this.#scanFrom = data.length - i;
+      return -1;
+    }
+    if (end - i > this.#maxHeaderSize) {
+      throw new IcapError(
+        IcapErrorCodes.HEADERS_TOO_LARGE,
+        `ICAP ${this.#kind} headers exceed maxHeaderSize (${this.#maxHeaderSize} bytes)`,
+      );
+    }
+    this.#scanFrom = 0;
+    this.#head = this.#parseHead(data.subarray(i, end));
+    const encap = this.#head.encapsulated;
+    const bodyEntry = encap?.[encap.length - 1];
+    this.#encapLength = bodyEntry?.offset ?? 0;
+    if (this.#encapLength > this.#maxHeaderSize) {
+      throw new IcapError(
+        IcapErrorCodes.HEADERS_TOO_LARGE,
+        `encapsulated HTTP headers exceed maxHeaderSize (${this.#maxHeaderSize} bytes)`,
+      );
+    }
+    if (this.#encapLength > 0) {
+      this.#state = State.Encapsulated;
+    } else {
+      this.#afterHeaders();
+    }
+    return end;
+  }
+
+  #parseHead(block: Buffer): H {
+    const { startLine, headers, rawHeaders } = parseHeaderBlock(block, `ICAP ${this.#kind}`);
+    const encapsulatedValue = headers.get('encapsulated');
+    const encapsulated = encapsulatedValue === undefined ? null : parseEncapsulated(encapsulatedValue);
+    const last = encapsulated?.[encapsulated.length - 1];
+    const body = last === undefined || last.name === 'null-body' ? null : (last.name as BodyKind);
+    const base = { headers, rawHeaders, encapsulated, httpRequest: null, httpResponse: null, body };
+    if (this.#kind === 'response') {
+      const m = /^(ICAP\/\d\.\d) +(\d{3})(?: (.*))?$/.exec(startLine);
+      if (m === null) {
+        throw protocol(`invalid ICAP status line ${JSON.stringify(startLine.slice(0, 80))}`);
+      }
+      const status = Number(m[2]);
+      if (status < 100 || status > 599) {
+        throw new IcapError(IcapErrorCodes.PROTOCOL, `unknown ICAP status code ${status}`, {
+          rfcCode: RfcErrorCodes.ICAP_SERVER_UNKNOWN_CODE,
+        });
+      }
+      if ((status === 100 || status === 204) && body !== null) {
+        throw protocol(`ICAP ${status} response must not carry a body (Encapsulated: ${encapsulatedValue})`);
+      }
+      const head: IcapResponseHead = { kind: 'response', version: m[1]!, status, reason: m[3] ?? '', ...base };
+      return head as H;
+    }
+    const m = /^([!#$%&'*+\-.^_`|~0-9A-Za-z]+) +(\S+) +(ICAP\/\d\.\d)$/.exec(startLine);
+    if (m === null) throw protocol(`invalid ICAP request line ${JSON.stringify(startLine.slice(0, 80))}`);
+    const head: IcapRequestHead = { kind: 'request', method: m[1]!, uri: m[2]!, version: m[3]!, ...base };
+    return head as H;
+  }
+
+  #readEncapsulated(area: Buffer): void {
+    const head = this.#head!;
+    const entries = head.encapsulated!;
+    for (let k = 0; k < entries.length - 1; k++) {
+      const entry = entries[k]!;
+      const section = area.subarray(entry.offset, entries[k + 1]!.offset);
+      // The section must end with its empty line: an offset that is off by a byte would
+      // otherwise move bytes between the headers and the body without anyone noticing.
+      if (!endsWithEmptyLine(section)) {
+        throw protocol(`encapsulated ${entry.name} section does not end with an empty line (wrong Encapsulated offset?)`);
+      }
+      const parsed = parseHeaderBlock(section, `encapsulated ${entry.name}`, 'latin1');
+      if (entry.name === 'req-hdr') {
+        const m = /^(\S+) +(\S+) +(HTTP\/\d\.\d)$/.exec(parsed.startLine);
+        if (m === null) throw protocol(`invalid encapsulated request line ${JSON.stringify(parsed.startLine.slice(0, 80))}`);
+        head.httpRequest = { ...parsed, raw: section, method: m[1]!, target: m[2]!, version: m[3]! };
+      } else {
+        const m = /^(HTTP\/\d\.\d) +(\d{3})(?: (.*))?$/.exec(parsed.startLine);
+        if (m === null) throw protocol(`invalid encapsulated status line ${JSON.stringify(parsed.startLine.slice(0, 80))}`);
+        head.httpResponse = { ...parsed, raw: section, status: Number(m[2]), reason: m[3] ?? '', version: m[1]! };
+      }
+    }
+  }
+
+  #afterHeaders(): void {
+    const head = this.#head!;
+    const interim = head.kind === 'response' && head.status === 100;
+    this.#handler.onHead(head);
+    if (this.#closed) return;
+    if (interim) {
+      // 100 Continue: the final response follows on the same connection.
+      this.#state = State.Head;
+      this.#head = null;
+      return;
+    }
+    if (head.body === null) {
+      this.#finish(false);
+    } else {
+      this.#state = State.ChunkSize;
+    }
+  }
+
+  #readChunkSize(line: string): void {
+    const semi = line.indexOf(';');
+    const sizeText = (semi === -1 ? line : line.slice(0, semi)).trim();
+    if (!/^[0-9a-fA-F]{1,13}$/.test(sizeText)) throw protocol(`invalid chunk size ${JSON.stringify(line.slice(0, 40))}`);
+    const size = Number.parseInt(sizeText, 16);
+    let ieof = false;
+    if (semi !== -1) {
+      for (const ext of line.slice(semi + 1).split(';')) {
+        if (ext.trim().toLowerCase() === 'ieof') ieof = true;
+      }
+    }
+    if (size === 0) {
+      this.#ieof = ieof;
+      this.#trailerBytes = 0;
+      this.#state = State.Trailer;
+      return;
+    }
+    if (ieof) throw protocol('ieof extension on a non-zero chunk');
+    this.#chunkRemaining = size;
+    this.#state = State.ChunkData;
+  }
+
+  #finish(ieof: boolean): void {
+    this.#state = State.Done;
+    this.#handler.onEnd(ieof);
+  }
+}
+
+function protocol(message: string): IcapError {
+  return new IcapError(IcapErrorCodes.PROTOCOL, message);
+}
+
+function endsWithEmptyLine(b: Buffer): boolean {
+  const n = b.length;
+  if (n >= 2 && b[n - 1] === LF && b[n - 2] === LF) return true;
+  return n >= 4 && b[n - 1] === LF && b[n - 2] === CR && b[n - 3] === LF;
+}
+
+/** Index just past the empty line ending a header section, or -1. Accepts CRLF or bare LF. */
+function findHeadEnd(data: Buffer, from: number): number {
+  let i = data.indexOf(LF, from);
+  while (i !== -1) {
+    const next = data[i + 1];
+    if (next === LF) return i + 2;
+    if (next === CR) {
+      if (i + 2 >= data.length) return -1;
+      if (data[i + 2] === LF) return i + 3;
+    }
+    if (next === undefined) return -1;
+    i = data.indexOf(LF, i + 1);
+  }
+  return -1;
+}
+
+const ENCAPSULATED_NAMES: ReadonlySet<string> = new Set([
+  'req-hdr',
+  'res-hdr',
+  'req-body',
+  'res-body',
+  'opt-body',
+  'null-body',
+]);
+
+/**
+ * Parses and validates an `Encapsulated` header value (RFC 3507 §4.4.1): known entity names,
+ * decimal byte offsets starting at 0 and strictly increasing, header sections before exactly
+ * one body entry (`*-body` or `null-body`) which comes last, `req-hdr` before `res-hdr`.
+ */
+export function parseEncapsulated(value: string): EncapsulatedEntry[] {
+  const entries: EncapsulatedEntry[] = [];
+  const seen = new Set<string>();
+  for (const part of value.split(',')) {
+    const m = /^\s*([A-Za-z-]+)\s*=\s*(\d{1,10})\s*$/.exec(part);
+    if (m === null) throw protocol(`invalid Encapsulated header ${JSON.stringify(value.slice(0, 120))}`);
+    const name = m[1]!.toLowerCase();
+    if (!ENCAPSULATED_NAMES.has(name)) throw protocol(`unknown Encapsulated entity ${JSON.stringify(name)}`);
+    if (seen.has(name)) throw protocol(`duplicate Encapsulated entity ${name}`);
+    seen.add(name);
+    entries.push({ name: name as EncapsulatedName, offset: Number(m[2]) });
+  }
+  if (entries.length === 0) throw protocol('empty Encapsulated header');
+  const bodyAt = entries.findIndex((e) => e.name.endsWith('-body'));
+  if (bodyAt !== entries.length - 1) throw protocol(`Encapsulated must end with exactly one body entry: ${value}`);
+  if (entries[0]!.offset !== 0) throw protocol(`Encapsulated offsets must start at 0: ${value}`);
+  for (let k = 1; k < entries.length; k++) {
+    if (entries[k]!.offset <= entries[k - 1]!.offset) {
+      throw protocol(`Encapsulated offsets must increase: ${value}`);
+    }
+  }
+  if (seen.has('req-hdr') && seen.has('res-hdr') && entries[0]!.name !== 'req-hdr') {
+    throw protocol(`Encapsulated req-hdr must come before res-hdr: ${value}`);
+  }
+  return entries;
+}
