@@ -80,6 +80,8 @@ export interface IcapRequestOptions {
   timeout?: number | undefined;
   /** Extension used for `Transfer-*` (default: from the HTTP request target). */
   fileExtension?: string | undefined;
+  /** Called when the server answers the preview with 100 Continue (it wants the rest of the body). */
+  onContinue?: (() => void) | undefined;
   /** Honour `Transfer-Ignore` by not sending the message at all. Default true. */
   honourTransferIgnore?: boolean | undefined;
 }
@@ -150,7 +152,10 @@ export class IcapClient {
   }
 
   /** The service's OPTIONS, from the cache when fresh. */
-  options(service: string, init: { signal?: AbortSignal | undefined; refresh?: boolean } = {}): Promise<IcapServiceOptions> {
+  options(
+    service: string,
+    init: { signal?: AbortSignal | undefined; refresh?: boolean } = {},
+  ): Promise<IcapServiceOptions> {
     if (init.refresh) this.#options.invalidate(service);
     return this.#options.get(service, init.signal);
   }
@@ -173,7 +178,11 @@ export class IcapClient {
   async request(init: IcapRequestOptions): Promise<IcapResponse | IcapSkipped> {
     if (this.#closed) throw new IcapError(IcapErrorCodes.CLOSED_CLIENT, 'the ICAP client was closed');
     const timeout = positive(init.timeout, this.#timeout, 'timeout');
-    const { signal, cleanup } = this.#requestSignal(init.signal, timeout, `${init.method} ${this.uri(init.service)}`);
+    const { signal, cleanup } = this.#requestSignal(
+      init.signal,
+      timeout,
+      `${init.method} ${this.uri(init.service)}`,
+    );
     try {
       let preview: number | undefined = init.preview === false ? undefined : (init.preview ?? 4096);
       let policy: TransferPolicy = 'preview';
@@ -193,12 +202,15 @@ export class IcapClient {
           cleanup();
           return { skipped: 'transfer-ignore', extension, options: opts };
         }
-        preview = preview === undefined || opts.preview === undefined ? undefined : Math.min(preview, opts.preview);
+        preview =
+          preview === undefined || opts.preview === undefined ? undefined : Math.min(preview, opts.preview);
       }
       if (policy === 'complete') preview = undefined;
-      const source: BodySource | null = init.body === undefined || init.body === null ? null : toBodySource(init.body);
+      const source: BodySource | null =
+        init.body === undefined || init.body === null ? null : toBodySource(init.body);
       const bodyLength = init.bodyLength ?? source?.length;
-      if (source !== null && bodyLength !== undefined && preview !== undefined) preview = Math.min(preview, bodyLength);
+      if (source !== null && bodyLength !== undefined && preview !== undefined)
+        preview = Math.min(preview, bodyLength);
       const tx = this.#encode(init, source, bodyLength, preview);
       const response = await this.#attempt(tx, signal);
       this.#options.noteIstag(init.service, response.istag);
@@ -222,7 +234,12 @@ export class IcapClient {
     this.#pool.destroy();
   }
 
-  #encode(init: IcapRequestOptions, source: BodySource | null, bodyLength: number | undefined, preview: number | undefined) {
+  #encode(
+    init: IcapRequestOptions,
+    source: BodySource | null,
+    bodyLength: number | undefined,
+    preview: number | undefined,
+  ) {
     const hasBody = source !== null;
     const contentLength = hasBody ? bodyLength : 0;
     let httpRequestHead: Buffer | undefined;
@@ -258,6 +275,7 @@ export class IcapClient {
       body: source,
       preview: hasBody ? preview : undefined,
       allow204: init.allow204 ?? true,
+      onContinue: init.onContinue,
     };
     return req;
   }
@@ -302,7 +320,15 @@ export class IcapClient {
         userAgent: this.#userAgent,
       });
       const res = await this.#attempt(
-        { method: 'OPTIONS', head: encoded.head, icapHeaders: encoded.icapHeaders, body: null, preview: undefined, allow204: false },
+        {
+          method: 'OPTIONS',
+          head: encoded.head,
+          icapHeaders: encoded.icapHeaders,
+          body: null,
+          preview: undefined,
+          allow204: false,
+          onContinue: undefined,
+        },
         signal,
       );
       res.body?.resume();
@@ -357,7 +383,10 @@ export function parseServerUrl(url: string | URL, tls?: IcapTlsOptions): ServerE
   try {
     u = typeof url === 'string' ? new URL(url) : url;
   } catch {
-    throw new IcapError(IcapErrorCodes.INVALID_ARGUMENT, `invalid ICAP server URL ${JSON.stringify(String(url))}`);
+    throw new IcapError(
+      IcapErrorCodes.INVALID_ARGUMENT,
+      `invalid ICAP server URL ${JSON.stringify(String(url))}`,
+    );
   }
   const secure = u.protocol === 'icaps:';
   if (!secure && u.protocol !== 'icap:') {
@@ -367,7 +396,8 @@ export function parseServerUrl(url: string | URL, tls?: IcapTlsOptions): ServerE
     );
   }
   const host = u.hostname.replace(/^\[(.*)\]$/, '$1');
-  if (host === '') throw new IcapError(IcapErrorCodes.INVALID_ARGUMENT, `ICAP server URL has no host: ${String(url)}`);
+  if (host === '')
+    throw new IcapError(IcapErrorCodes.INVALID_ARGUMENT, `ICAP server URL has no host: ${String(url)}`);
   const port = u.port === '' ? (secure ? DEFAULT_ICAPS_PORT : DEFAULT_ICAP_PORT) : Number(u.port);
   return { host, port, tls: secure ? (tls ?? {}) : false };
 }
@@ -375,9 +405,13 @@ export function parseServerUrl(url: string | URL, tls?: IcapTlsOptions): ServerE
 function positive(v: number | undefined, fallback: number, name: string): number {
   if (v === undefined) return fallback;
   if (!Number.isFinite(v) || v <= 0) {
-    throw new IcapError(IcapErrorCodes.INVALID_ARGUMENT, `${name} must be a positive number of ms/bytes (got ${v})`, {
-      field: name,
-    });
+    throw new IcapError(
+      IcapErrorCodes.INVALID_ARGUMENT,
+      `${name} must be a positive number of ms/bytes (got ${v})`,
+      {
+        field: name,
+      },
+    );
   }
   return v;
 }

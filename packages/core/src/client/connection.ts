@@ -102,9 +102,23 @@ export class Connection {
         );
       }, connectTimeout);
       const onAbort = () => finish(signal!.reason);
-      const onError = (err: Error) => finish(fromSocketError(err, 'connect', label));
+      // With TLS, an error after the TCP connection is up is a TLS (handshake, certificate) error.
+      let tcpUp = false;
+      const onTcp = () => {
+        tcpUp = true;
+      };
+      const onError = (err: Error) =>
+        finish(
+          tlsOpts && tcpUp && !(err instanceof IcapError)
+            ? new IcapError(IcapErrorCodes.TLS, `TLS with ICAP server ${label} failed: ${err.message}`, {
+                cause: err,
+              })
+            : fromSocketError(err, 'connect', label),
+        );
       const onClose = () =>
-        finish(new IcapError(IcapErrorCodes.CONNECT, `ICAP server ${label} closed the connection during connect`));
+        finish(
+          new IcapError(IcapErrorCodes.CONNECT, `ICAP server ${label} closed the connection during connect`),
+        );
       const onConnect = () => finish(null);
       const finish = (err: unknown) => {
         clearTimeout(timer);
@@ -112,6 +126,7 @@ export class Connection {
         socket.removeListener('error', onError);
         socket.removeListener('close', onClose);
         socket.removeListener(tlsOpts ? 'secureConnect' : 'connect', onConnect);
+        socket.removeListener('connect', onTcp);
         if (err !== null) {
           socket.destroy();
           reject(err);
@@ -128,6 +143,7 @@ export class Connection {
       socket.once('error', onError);
       socket.once('close', onClose);
       socket.once(tlsOpts ? 'secureConnect' : 'connect', onConnect);
+      if (tlsOpts) socket.once('connect', onTcp);
     });
   }
 }

@@ -34,6 +34,8 @@ export const IcapErrorCodes = {
   METHOD_NOT_SUPPORTED: 'ICAP_ERR_METHOD_NOT_SUPPORTED',
   /** The transaction was cancelled through its AbortSignal. */
   ABORTED: 'ICAP_ERR_ABORTED',
+  /** The HTTP request body is larger than the profile's bufferSize. */
+  REQUEST_TOO_LARGE: 'ICAP_ERR_REQUEST_TOO_LARGE',
   /** Reading the HTTP body to be scanned failed (for example the HTTP client went away). */
   BODY_SOURCE: 'ICAP_ERR_BODY_SOURCE',
   /** The client or pool was closed. */

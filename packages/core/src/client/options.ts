@@ -65,7 +65,10 @@ function optionalInt(v: string | undefined, name: string): number | undefined {
   if (v === undefined || v.trim() === '') return undefined;
   const t = v.trim();
   if (!/^\d{1,10}$/.test(t)) {
-    throw new IcapError(IcapErrorCodes.PROTOCOL, `OPTIONS response has an invalid ${name}: ${JSON.stringify(v)}`);
+    throw new IcapError(
+      IcapErrorCodes.PROTOCOL,
+      `OPTIONS response has an invalid ${name}: ${JSON.stringify(v)}`,
+    );
   }
   return Number(t);
 }
@@ -118,10 +121,7 @@ export class OptionsCache {
   /** Called with background refresh failures (the cached options stay in use until they expire). */
   onRefreshError: ((service: string, err: unknown) => void) | undefined;
 
-  constructor(
-    fetch: (service: string) => Promise<IcapServiceOptions>,
-    refreshAhead = 0.1,
-  ) {
+  constructor(fetch: (service: string) => Promise<IcapServiceOptions>, refreshAhead = 0.1) {
     this.#fetch = fetch;
     this.#refreshAhead = refreshAhead;
   }

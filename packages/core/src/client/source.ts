@@ -13,7 +13,12 @@ export interface ReplayableBody {
   readonly replayable: true;
 }
 
-export type BodyInput = string | Uint8Array | ReplayableBody | AsyncIterable<Uint8Array> | Iterable<Uint8Array>;
+export type BodyInput =
+  | string
+  | Uint8Array
+  | ReplayableBody
+  | AsyncIterable<Uint8Array>
+  | Iterable<Uint8Array>;
 
 export interface BodySource {
   open(): AsyncIterator<Uint8Array>;
@@ -57,7 +62,9 @@ export function toBodySource(input: BodyInput): BodySource {
       return {
         next: () =>
           Promise.resolve(
-            i < items.length ? { done: false as const, value: items[i++]! } : { done: true as const, value: undefined },
+            i < items.length
+              ? { done: false as const, value: items[i++]! }
+              : { done: true as const, value: undefined },
           ),
       };
     },

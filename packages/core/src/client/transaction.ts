@@ -1,5 +1,11 @@
 import { Readable } from 'node:stream';
-import { chunkHeader, CRLF, type IcapRequestMethod, LAST_CHUNK, LAST_CHUNK_IEOF } from '../protocol/encoder.js';
+import {
+  CRLF,
+  chunkHeader,
+  type IcapRequestMethod,
+  LAST_CHUNK,
+  LAST_CHUNK_IEOF,
+} from '../protocol/encoder.js';
 import type { Headers } from '../protocol/headers.js';
 import {
   type EncapsulatedEntry,
@@ -35,6 +41,7 @@ export interface TransactionRequest {
   /** Preview size in bytes; undefined sends no preview. */
   preview: number | undefined;
   allow204: boolean;
+  onContinue: (() => void) | undefined;
 }
 
 export interface TransactionOptions {
@@ -299,7 +306,10 @@ export class Transaction {
     if (this.#stopped) return STOP;
     const p = it.next();
     p.catch(noop);
-    let r: IteratorResult<Uint8Array> | typeof NOT_READY | typeof STOP = await Promise.race([p, NOT_READY_PROMISE]);
+    let r: IteratorResult<Uint8Array> | typeof NOT_READY | typeof STOP = await Promise.race([
+      p,
+      NOT_READY_PROMISE,
+    ]);
     if (r === NOT_READY) {
       if (!(await this.#flush())) return STOP;
       r = await Promise.race([p, this.#stop.promise]);
@@ -388,6 +398,7 @@ export class Transaction {
             : 'ICAP server sent 100 Continue without a preview to continue',
         );
       }
+      this.#req.onContinue?.();
       this.#continue.resolve(true);
       return;
     }
@@ -396,9 +407,13 @@ export class Transaction {
       req.preview !== undefined &&
       (this.#ieofSent || this.#writeState === 'preview' || this.#writeState === 'awaiting-continue');
     if (head.status === 204 && !req.allow204 && !previewPhase) {
-      throw new IcapError(IcapErrorCodes.PROTOCOL, 'ICAP 204 outside the preview although Allow: 204 was not offered', {
-        rfcCode: RfcErrorCodes.ICAP_SERVER_UNEXPECTED_CLOSE_204,
-      });
+      throw new IcapError(
+        IcapErrorCodes.PROTOCOL,
+        'ICAP 204 outside the preview although Allow: 204 was not offered',
+        {
+          rfcCode: RfcErrorCodes.ICAP_SERVER_UNEXPECTED_CLOSE_204,
+        },
+      );
     }
     checkEncapsulated(req.method, head);
     this.#finalHead = head;
@@ -417,7 +432,10 @@ export class Transaction {
         },
         destroy: (err, cb) => {
           if (!this.#finished) {
-            this.#fail(err ?? new IcapError(IcapErrorCodes.ABORTED, 'the ICAP response body was destroyed before its end'));
+            this.#fail(
+              err ??
+                new IcapError(IcapErrorCodes.ABORTED, 'the ICAP response body was destroyed before its end'),
+            );
           }
           cb(err);
         },
@@ -518,7 +536,8 @@ export class Transaction {
   };
 
   #closedError(): IcapError {
-    const duringPreview = !this.#receivedAny && this.#writeState !== 'finished' && this.#req.preview !== undefined;
+    const duringPreview =
+      !this.#receivedAny && this.#writeState !== 'finished' && this.#req.preview !== undefined;
     return new IcapError(
       IcapErrorCodes.CLOSED,
       this.#receivedAny
@@ -538,7 +557,9 @@ export class Transaction {
     const error =
       err instanceof IcapError
         ? err
-        : new IcapError(IcapErrorCodes.PROTOCOL, `ICAP transaction failed: ${errMessage(err)}`, { cause: err });
+        : new IcapError(IcapErrorCodes.PROTOCOL, `ICAP transaction failed: ${errMessage(err)}`, {
+            cause: err,
+          });
     this.#stopWriting();
     this.#parser.close();
     this.#cleanup();
@@ -570,11 +591,17 @@ function checkEncapsulated(method: IcapRequestMethod, head: IcapResponseHead): v
   const names = head.encapsulated?.map((e) => e.name) ?? [];
   const has = (n: string) => names.includes(n as EncapsulatedEntry['name']);
   if ((head.status === 200 || head.status === 201) && head.encapsulated === null && method !== 'OPTIONS') {
-    throw new IcapError(IcapErrorCodes.PROTOCOL, `ICAP ${head.status} response without an Encapsulated header`);
+    throw new IcapError(
+      IcapErrorCodes.PROTOCOL,
+      `ICAP ${head.status} response without an Encapsulated header`,
+    );
   }
   if (method === 'OPTIONS') {
     if (has('req-hdr') || has('res-hdr') || has('req-body') || has('res-body')) {
-      throw new IcapError(IcapErrorCodes.PROTOCOL, `OPTIONS response encapsulates HTTP messages: ${names.join(', ')}`);
+      throw new IcapError(
+        IcapErrorCodes.PROTOCOL,
+        `OPTIONS response encapsulates HTTP messages: ${names.join(', ')}`,
+      );
     }
     return;
   }
@@ -583,7 +610,10 @@ function checkEncapsulated(method: IcapRequestMethod, head: IcapResponseHead): v
     throw new IcapError(IcapErrorCodes.PROTOCOL, 'RESPMOD response carries a req-body');
   }
   if (method === 'REQMOD' && ((has('req-body') && has('res-hdr')) || (has('res-body') && !has('res-hdr')))) {
-    throw new IcapError(IcapErrorCodes.PROTOCOL, `inconsistent REQMOD response Encapsulated: ${names.join(', ')}`);
+    throw new IcapError(
+      IcapErrorCodes.PROTOCOL,
+      `inconsistent REQMOD response Encapsulated: ${names.join(', ')}`,
+    );
   }
 }
 

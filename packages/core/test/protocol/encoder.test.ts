@@ -68,7 +68,11 @@ describe('encodeHttpRequestHead', () => {
     ).toString();
     expect(withLen).toContain('Content-Length: 3\r\n');
     expect(withLen).not.toContain('999999');
-    const unknown = encodeHttpRequestHead({ method: 'POST', target: '/', headers: { 'content-length': '5' } }).toString();
+    const unknown = encodeHttpRequestHead({
+      method: 'POST',
+      target: '/',
+      headers: { 'content-length': '5' },
+    }).toString();
     expect(unknown).not.toMatch(/content-length/i);
   });
 
@@ -77,7 +81,13 @@ describe('encodeHttpRequestHead', () => {
       method: 'GET',
       target: '/ignored',
       httpVersion: '2.0',
-      headers: { ':method': 'PUT', ':path': '/files/a.txt', ':authority': 'api.example:8443', ':scheme': 'https', accept: '*/*' },
+      headers: {
+        ':method': 'PUT',
+        ':path': '/files/a.txt',
+        ':authority': 'api.example:8443',
+        ':scheme': 'https',
+        accept: '*/*',
+      },
     }).toString();
     expect(head).toBe('PUT /files/a.txt HTTP/1.1\r\nHost: api.example:8443\r\naccept: */*\r\n\r\n');
   });
@@ -96,7 +106,10 @@ describe('encodeHttpRequestHead', () => {
   it.each([
     [{ method: 'PO ST', target: '/' }, /not a token/],
     [{ method: 'POST', target: '/a b' }, /request target/],
-    [{ method: 'POST', target: '/', headers: [['X-A', 'x\r\nInjected: 1']] as Array<[string, string]> }, /CR, LF or NUL/],
+    [
+      { method: 'POST', target: '/', headers: [['X-A', 'x\r\nInjected: 1']] as Array<[string, string]> },
+      /CR, LF or NUL/,
+    ],
     [{ method: 'POST', target: '/', headers: [['Bad Name', 'x']] as Array<[string, string]> }, /not a token/],
   ])('refuses what would break the wire format: %j', (init, message) => {
     expect(() => encodeHttpRequestHead(init)).toThrowError(message);
@@ -106,7 +119,10 @@ describe('encodeHttpRequestHead', () => {
 describe('encodeHttpResponseHead', () => {
   it('encodes a status line and headers', () => {
     expect(
-      encodeHttpResponseHead({ status: 200, reason: 'OK', headers: { 'content-type': 'text/plain', connection: 'close' } }, { contentLength: 5 }).toString(),
+      encodeHttpResponseHead(
+        { status: 200, reason: 'OK', headers: { 'content-type': 'text/plain', connection: 'close' } },
+        { contentLength: 5 },
+      ).toString(),
     ).toBe('HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nContent-Length: 5\r\n\r\n');
   });
 });
@@ -144,10 +160,24 @@ describe('encodeIcapRequest', () => {
 
   it('uses null-body for a message without a body and for OPTIONS', () => {
     const http = encodeHttpRequestHead({ method: 'GET', target: '/' });
-    const r = encodeIcapRequest({ method: 'REQMOD', uri: 'icap://h/s', host: 'h', httpRequestHead: http, hasBody: false });
+    const r = encodeIcapRequest({
+      method: 'REQMOD',
+      uri: 'icap://h/s',
+      host: 'h',
+      httpRequestHead: http,
+      hasBody: false,
+    });
     expect(r.icapHeaders).toContain(`Encapsulated: req-hdr=0, null-body=${http.length}\r\n`);
-    const o = encodeIcapRequest({ method: 'OPTIONS', uri: 'icap://h/s', host: 'h', hasBody: false, preview: 5 });
-    expect(o.head.toString()).toBe('OPTIONS icap://h/s ICAP/1.0\r\nHost: h\r\nEncapsulated: null-body=0\r\n\r\n');
+    const o = encodeIcapRequest({
+      method: 'OPTIONS',
+      uri: 'icap://h/s',
+      host: 'h',
+      hasBody: false,
+      preview: 5,
+    });
+    expect(o.head.toString()).toBe(
+      'OPTIONS icap://h/s ICAP/1.0\r\nHost: h\r\nEncapsulated: null-body=0\r\n\r\n',
+    );
   });
 
   it('encodes RESPMOD with both heads', () => {
@@ -161,12 +191,20 @@ describe('encodeIcapRequest', () => {
       httpResponseHead: res,
       hasBody: true,
     });
-    expect(r.icapHeaders).toContain(`Encapsulated: req-hdr=0, res-hdr=${req.length}, res-body=${req.length + res.length}`);
+    expect(r.icapHeaders).toContain(
+      `Encapsulated: req-hdr=0, res-hdr=${req.length}, res-body=${req.length + res.length}`,
+    );
   });
 
   it('refuses ICAP header values with CR/LF', () => {
     expect(() =>
-      encodeIcapRequest({ method: 'OPTIONS', uri: 'icap://h/s', host: 'h', hasBody: false, headers: [['X-Key', 'a\nb']] }),
+      encodeIcapRequest({
+        method: 'OPTIONS',
+        uri: 'icap://h/s',
+        host: 'h',
+        hasBody: false,
+        headers: [['X-Key', 'a\nb']],
+      }),
     ).toThrowError(/CR, LF or NUL/);
   });
 });

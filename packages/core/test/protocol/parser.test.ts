@@ -1,6 +1,11 @@
 import { describe, expect, it } from 'vitest';
 import { IcapError } from '../../src/client/errors.js';
-import { IcapParser, type IcapRequestHead, type IcapResponseHead, parseEncapsulated } from '../../src/protocol/parser.js';
+import {
+  IcapParser,
+  type IcapRequestHead,
+  type IcapResponseHead,
+  parseEncapsulated,
+} from '../../src/protocol/parser.js';
 
 interface Event {
   type: 'head' | 'body' | 'end';
@@ -91,8 +96,16 @@ describe('IcapParser (responses)', () => {
 
   it('treats 100 Continue as interim and goes on to the final response', () => {
     const { parser, events } = collect('response');
-    parser.execute(Buffer.from('ICAP/1.0 100 Continue\r\n\r\nICAP/1.0 204 No Content\r\nISTag: "x"\r\nEncapsulated: null-body=0\r\n\r\n'));
-    expect(events.map((e) => (e.type === 'head' ? (e.head as IcapResponseHead).status : e.type))).toEqual([100, 204, 'end']);
+    parser.execute(
+      Buffer.from(
+        'ICAP/1.0 100 Continue\r\n\r\nICAP/1.0 204 No Content\r\nISTag: "x"\r\nEncapsulated: null-body=0\r\n\r\n',
+      ),
+    );
+    expect(events.map((e) => (e.type === 'head' ? (e.head as IcapResponseHead).status : e.type))).toEqual([
+      100,
+      204,
+      'end',
+    ]);
   });
 
   it('tolerates bare LF line ends, no space after the colon, and leading empty lines', () => {
@@ -106,7 +119,10 @@ describe('IcapParser (responses)', () => {
   it('decodes non-ASCII header values as UTF-8', () => {
     const { parser, events } = collect('response');
     parser.execute(
-      Buffer.from('ICAP/1.0 204 No Content\r\nX-Response-Description: Gelöscht\r\nISTag: "t"\r\n\r\n', 'utf8'),
+      Buffer.from(
+        'ICAP/1.0 204 No Content\r\nX-Response-Description: Gelöscht\r\nISTag: "t"\r\n\r\n',
+        'utf8',
+      ),
     );
     expect((events[0]!.head as IcapResponseHead).headers.get('x-response-description')).toBe('Gelöscht');
   });
@@ -128,11 +144,17 @@ describe('IcapParser (responses)', () => {
 
   it('keeps bytes after a complete message as leftover and parses them after reset()', () => {
     const { parser, events } = collect('response');
-    parser.execute(Buffer.from('ICAP/1.0 204 No Content\r\nISTag: "a"\r\n\r\nICAP/1.0 204 No Content\r\nISTag: "b"\r\n\r\n'));
+    parser.execute(
+      Buffer.from(
+        'ICAP/1.0 204 No Content\r\nISTag: "a"\r\n\r\nICAP/1.0 204 No Content\r\nISTag: "b"\r\n\r\n',
+      ),
+    );
     expect(events.filter((e) => e.type === 'head')).toHaveLength(1);
     expect(parser.leftover).toBeGreaterThan(0);
     parser.reset();
-    const heads = events.filter((e) => e.type === 'head').map((e) => (e.head as IcapResponseHead).headers.get('istag'));
+    const heads = events
+      .filter((e) => e.type === 'head')
+      .map((e) => (e.head as IcapResponseHead).headers.get('istag'));
     expect(heads).toEqual(['"a"', '"b"']);
   });
 
@@ -163,9 +185,9 @@ describe('IcapParser (responses)', () => {
 
   it('rejects encapsulated header areas over maxHeaderSize', () => {
     const { parser } = collect('response', { maxHeaderSize: 100 });
-    expect(() => parser.execute(Buffer.from('ICAP/1.0 200 OK\r\nEncapsulated: res-hdr=0, res-body=5000\r\n\r\n'))).toThrowError(
-      expect.objectContaining({ code: 'ICAP_ERR_HEADERS_TOO_LARGE' }),
-    );
+    expect(() =>
+      parser.execute(Buffer.from('ICAP/1.0 200 OK\r\nEncapsulated: res-hdr=0, res-body=5000\r\n\r\n')),
+    ).toThrowError(expect.objectContaining({ code: 'ICAP_ERR_HEADERS_TOO_LARGE' }));
   });
 
   it.each([
@@ -205,7 +227,9 @@ describe('IcapParser (responses)', () => {
 
   it('streams a chunk larger than the input buffers without accumulating it', () => {
     const { parser, events } = collect('response');
-    parser.execute(Buffer.from('ICAP/1.0 200 OK\r\nEncapsulated: res-hdr=0, res-body=19\r\n\r\nHTTP/1.1 200 OK\r\n\r\n'));
+    parser.execute(
+      Buffer.from('ICAP/1.0 200 OK\r\nEncapsulated: res-hdr=0, res-body=19\r\n\r\nHTTP/1.1 200 OK\r\n\r\n'),
+    );
     parser.execute(Buffer.from('100000\r\n'));
     for (let i = 0; i < 16; i++) parser.execute(Buffer.alloc(65536, 0x61));
     const sizes = events.filter((e) => e.type === 'body').map((e) => e.data!.length);
