@@ -20,7 +20,10 @@ export type HeaderPairs = ReadonlyArray<readonly [name: string, value: string]>;
  * Header input accepted from callers: pairs, Node's `rawHeaders` (a flat name/value list that
  * keeps case and repetition), or Node's `headers` object.
  */
-export type HeaderInput = HeaderPairs | readonly string[] | Readonly<Record<string, string | readonly string[] | undefined>>;
+export type HeaderInput =
+  | HeaderPairs
+  | readonly string[]
+  | Readonly<Record<string, string | readonly string[] | undefined>>;
 
 export function toPairs(input: HeaderInput | undefined): Array<[string, string]> {
   if (input === undefined) return [];
@@ -35,7 +38,9 @@ export function toPairs(input: HeaderInput | undefined): Array<[string, string]>
     return (input as HeaderPairs).map(([n, v]) => [n, v]);
   }
   const out: Array<[string, string]> = [];
-  for (const [name, value] of Object.entries(input as Record<string, string | readonly string[] | undefined>)) {
+  for (const [name, value] of Object.entries(
+    input as Record<string, string | readonly string[] | undefined>,
+  )) {
     if (value === undefined) continue;
     if (typeof value === 'string') out.push([name, value]);
     else for (const v of value) out.push([name, v]);
@@ -100,20 +105,29 @@ export function encodeHttpRequestHead(init: HttpRequestHeadInit, options: Encode
     else if (name === ':path') target = value;
     else if (name === ':authority') authority = value;
   });
-  if (authority !== undefined && !kept.some(([n]) => n.toLowerCase() === 'host')) kept.unshift(['Host', authority]);
+  if (authority !== undefined && !kept.some(([n]) => n.toLowerCase() === 'host'))
+    kept.unshift(['Host', authority]);
   if (!isToken(method)) throw invalid(`HTTP method ${JSON.stringify(method)} is not a token`);
-  if (target === '' || /[\s\x00-\x1f\x7f]/.test(target)) throw invalid(`HTTP request target ${JSON.stringify(target)} is not valid`);
-  const version = init.httpVersion === undefined || init.httpVersion.startsWith('2') ? 'HTTP/1.1' : httpVersion(init.httpVersion);
+  if (target === '' || /[\s\x00-\x1f\x7f]/.test(target))
+    throw invalid(`HTTP request target ${JSON.stringify(target)} is not valid`);
+  const version =
+    init.httpVersion === undefined || init.httpVersion.startsWith('2')
+      ? 'HTTP/1.1'
+      : httpVersion(init.httpVersion);
   return headBytes(`${method} ${target} ${version}`, kept);
 }
 
 /** Builds an encapsulated HTTP response head (hop-by-hop fields left out). */
 export function encodeHttpResponseHead(init: HttpResponseHeadInit, options: EncodeHttpOptions = {}): Buffer {
-  if (!Number.isInteger(init.status) || init.status < 100 || init.status > 999) throw invalid(`HTTP status ${init.status}`);
+  if (!Number.isInteger(init.status) || init.status < 100 || init.status > 999)
+    throw invalid(`HTTP status ${init.status}`);
   const reason = init.reason ?? '';
   if (!isSafeFieldValue(reason)) throw invalid('HTTP reason phrase contains CR, LF or NUL');
   const kept = filterHeaders(toPairs(init.headers), options, () => {});
-  const version = init.httpVersion === undefined || init.httpVersion.startsWith('2') ? 'HTTP/1.1' : httpVersion(init.httpVersion);
+  const version =
+    init.httpVersion === undefined || init.httpVersion.startsWith('2')
+      ? 'HTTP/1.1'
+      : httpVersion(init.httpVersion);
   return headBytes(`${version} ${init.status} ${reason}`.trimEnd(), kept);
 }
 

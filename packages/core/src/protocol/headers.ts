@@ -10,7 +10,9 @@ import { IcapError, IcapErrorCodes } from '../client/errors.js';
 export class Headers implements Iterable<[name: string, value: string]> {
   readonly #fields: Field[] = [];
 
-  constructor(init?: Iterable<readonly [string, string]> | Record<string, string | readonly string[] | undefined>) {
+  constructor(
+    init?: Iterable<readonly [string, string]> | Record<string, string | readonly string[] | undefined>,
+  ) {
     if (init === undefined) return;
     if (Symbol.iterator in init) {
       for (const [name, value] of init as Iterable<readonly [string, string]>) this.append(name, value);
@@ -63,14 +65,16 @@ export class Headers implements Iterable<[name: string, value: string]> {
     const at = this.#fields.findIndex((f) => f.key === key);
     if (at === -1) return this.append(name, value);
     this.#fields[at] = { name, key, value };
-    for (let i = this.#fields.length - 1; i > at; i--) if (this.#fields[i]!.key === key) this.#fields.splice(i, 1);
+    for (let i = this.#fields.length - 1; i > at; i--)
+      if (this.#fields[i]!.key === key) this.#fields.splice(i, 1);
     return this;
   }
 
   delete(name: string): boolean {
     const key = name.toLowerCase();
     const before = this.#fields.length;
-    for (let i = this.#fields.length - 1; i >= 0; i--) if (this.#fields[i]!.key === key) this.#fields.splice(i, 1);
+    for (let i = this.#fields.length - 1; i >= 0; i--)
+      if (this.#fields[i]!.key === key) this.#fields.splice(i, 1);
     return this.#fields.length !== before;
   }
 
@@ -181,7 +185,8 @@ export function parseHeaderBlock(
     const colon = line.indexOf(':');
     if (colon <= 0) throw protocolError(`${what}: malformed header line ${JSON.stringify(truncate(line))}`);
     const name = line.slice(0, colon);
-    if (!TOKEN.test(name)) throw protocolError(`${what}: invalid header name ${JSON.stringify(truncate(name))}`);
+    if (!TOKEN.test(name))
+      throw protocolError(`${what}: invalid header name ${JSON.stringify(truncate(name))}`);
     if (++count > maxFields) {
       throw new IcapError(IcapErrorCodes.HEADERS_TOO_LARGE, `${what}: more than ${maxFields} header fields`);
     }

@@ -90,7 +90,7 @@ export interface ParserOptions {
   maxTrailerSize?: number;
 }
 
-const enum State {
+enum State {
   Head = 0,
   Encapsulated = 1,
   ChunkSize = 2,
@@ -256,7 +256,8 @@ export class IcapParser<H extends IcapHead = IcapHead> {
         case State.Trailer: {
           const nl = data.indexOf(LF, i);
           if (nl === -1) {
-            if (this.#trailerBytes + (data.length - i) > this.#maxTrailer) throw protocol('trailer section too large');
+            if (this.#trailerBytes + (data.length - i) > this.#maxTrailer)
+              throw protocol('trailer section too large');
             this.#pending = data.subarray(i);
             return;
           }
@@ -341,7 +342,13 @@ export class IcapParser<H extends IcapHead = IcapHead> {
       if ((status === 100 || status === 204) && body !== null) {
         throw protocol(`ICAP ${status} response must not carry a body (Encapsulated: ${encapsulatedValue})`);
       }
-      const head: IcapResponseHead = { kind: 'response', version: m[1]!, status, reason: m[3] ?? '', ...base };
+      const head: IcapResponseHead = {
+        kind: 'response',
+        version: m[1]!,
+        status,
+        reason: m[3] ?? '',
+        ...base,
+      };
       return head as H;
     }
     const m = /^([!#$%&'*+\-.^_`|~0-9A-Za-z]+) +(\S+) +(ICAP\/\d\.\d)$/.exec(startLine);
@@ -359,17 +366,29 @@ export class IcapParser<H extends IcapHead = IcapHead> {
       // The section must end with its empty line: an offset that is off by a byte would
       // otherwise move bytes between the headers and the body without anyone noticing.
       if (!endsWithEmptyLine(section)) {
-        throw protocol(`encapsulated ${entry.name} section does not end with an empty line (wrong Encapsulated offset?)`);
+        throw protocol(
+          `encapsulated ${entry.name} section does not end with an empty line (wrong Encapsulated offset?)`,
+        );
       }
       const parsed = parseHeaderBlock(section, `encapsulated ${entry.name}`, 'latin1');
       if (entry.name === 'req-hdr') {
         const m = /^(\S+) +(\S+) +(HTTP\/\d\.\d)$/.exec(parsed.startLine);
-        if (m === null) throw protocol(`invalid encapsulated request line ${JSON.stringify(parsed.startLine.slice(0, 80))}`);
+        if (m === null)
+          throw protocol(
+            `invalid encapsulated request line ${JSON.stringify(parsed.startLine.slice(0, 80))}`,
+          );
         head.httpRequest = { ...parsed, raw: section, method: m[1]!, target: m[2]!, version: m[3]! };
       } else {
         const m = /^(HTTP\/\d\.\d) +(\d{3})(?: (.*))?$/.exec(parsed.startLine);
-        if (m === null) throw protocol(`invalid encapsulated status line ${JSON.stringify(parsed.startLine.slice(0, 80))}`);
-        head.httpResponse = { ...parsed, raw: section, status: Number(m[2]), reason: m[3] ?? '', version: m[1]! };
+        if (m === null)
+          throw protocol(`invalid encapsulated status line ${JSON.stringify(parsed.startLine.slice(0, 80))}`);
+        head.httpResponse = {
+          ...parsed,
+          raw: section,
+          status: Number(m[2]),
+          reason: m[3] ?? '',
+          version: m[1]!,
+        };
       }
     }
   }
@@ -395,7 +414,8 @@ export class IcapParser<H extends IcapHead = IcapHead> {
   #readChunkSize(line: string): void {
     const semi = line.indexOf(';');
     const sizeText = (semi === -1 ? line : line.slice(0, semi)).trim();
-    if (!/^[0-9a-fA-F]{1,13}$/.test(sizeText)) throw protocol(`invalid chunk size ${JSON.stringify(line.slice(0, 40))}`);
+    if (!/^[0-9a-fA-F]{1,13}$/.test(sizeText))
+      throw protocol(`invalid chunk size ${JSON.stringify(line.slice(0, 40))}`);
     const size = Number.parseInt(sizeText, 16);
     let ieof = false;
     if (semi !== -1) {
@@ -474,7 +494,8 @@ export function parseEncapsulated(value: string): EncapsulatedEntry[] {
   }
   if (entries.length === 0) throw protocol('empty Encapsulated header');
   const bodyAt = entries.findIndex((e) => e.name.endsWith('-body'));
-  if (bodyAt !== entries.length - 1) throw protocol(`Encapsulated must end with exactly one body entry: ${value}`);
+  if (bodyAt !== entries.length - 1)
+    throw protocol(`Encapsulated must end with exactly one body entry: ${value}`);
   if (entries[0]!.offset !== 0) throw protocol(`Encapsulated offsets must start at 0: ${value}`);
   for (let k = 1; k < entries.length; k++) {
     if (entries[k]!.offset <= entries[k - 1]!.offset) {

@@ -1,0 +1,151 @@
+import { createHash } from 'node:crypto';
+import { crc32 } from 'node:zlib';
+import type { PinoLike } from './profile.js';
+import type { Violation } from './verdict/index.js';
+
+/**
+ * The `icap_log` record: one per HTTP request, in the shape of the reference product's log
+ * (snake_case JSON, the same field names and enum values), so the same log queries work.
+ * `request_logs` has one entry per ICAP transaction tried (a failover adds entries).
+ */
+
+export type IcapAction = 'ICAP_DISABLED' | 'ICAP_PASSED' | 'ICAP_MODIFIED' | 'ICAP_BLOCKED' | 'ICAP_FAILED';
+
+export type Significance =
+  | 'ICAP_BLOCKED'
+  | 'ICAP_MODIFIED'
+  | 'ICAP_ERROR'
+  | 'SLOW_RESPONSE'
+  | 'BUFFER_SIZE_EXCEEDED'
+  | 'FAIL_OPEN'
+  | 'CLIENT_ABORTED'
+  | 'UNSCANNABLE';
+
+export interface IcapRequestLog {
+  action: IcapAction;
+  icap_method: 'ICAP_METHOD_REQMOD' | 'ICAP_METHOD_RESPMOD';
+  http_method: string;
+  icap_response_code?: number;
+  http_response_code?: number;
+  icap_absolute_uri: string;
+  complete_body_sent: boolean;
+  pool_name: { val: string; crc32: number };
+  pool_uuid: string;
+  icap_server_ip?: string;
+  icap_server_port: number;
+  source_port?: number;
+  /** ms from the first ICAP byte sent to the last received, as the reference product writes it (a string). */
+  latency: string;
+  icap_headers_sent_to_server: string;
+  icap_headers_received_from_server?: string;
+  modified_content_length?: number;
+  vendor: 'ICAP_VENDOR_GENERIC' | 'ICAP_VENDOR_OPSWAT' | 'ICAP_VENDOR_LASTLINE';
+  reason?: string;
+  threat_id?: string;
+  violations?: Violation[];
+  opswat_log?: { reason?: string; threat_id?: string; violations: Violation[] };
+  nsx_defender_log?: { score?: number; status_url?: string; task_uuid?: string; status?: string };
+  /** Beyond the reference schema: */
+  istag?: string;
+  preview_size?: number;
+  connection_reused?: boolean;
+  error_code?: string;
+  error_message?: string;
+}
+
+export interface IcapLog {
+  action: IcapAction;
+  request_logs: IcapRequestLog[];
+  profile_name: string;
+  /** The policy rule that decided (absent when no rules are configured). */
+  rule_name?: string;
+  /** Why the request was (not) scanned. */
+  policy_reason: 'rule' | 'no-rule-matched' | 'no-rules' | 'no-body';
+  significant: boolean;
+  significance: Significance[];
+  http_method: string;
+  /** Path of the request (query string removed). */
+  uri_path: string;
+  client_ip?: string;
+  /** Status the middleware answered with, when it answered (403, 413, 503). */
+  http_response_code?: number;
+  /** Which failure action applied, when one did. */
+  fail_action?: 'fail-closed' | 'fail-open';
+  /** Body bytes received from the HTTP client. */
+  request_body_length?: number;
+  /** Epoch ms. */
+  start_time: number;
+  /** ms the request spent in the middleware. */
+  duration: number;
+  /** Stable error code when the scan failed. */
+  error_code?: string;
+  error_message?: string;
+  /** Names of the files, when the scan was per file (multipart). */
+  file_names?: string[];
+}
+
+export function httpMethodEnum(method: string): string {
+  return `HTTP_METHOD_${method.toUpperCase().replace(/[^A-Z0-9]/g, '_')}`;
+}
+
+export function vendorEnum(vendor: string): IcapRequestLog['vendor'] {
+  if (vendor === 'opswat') return 'ICAP_VENDOR_OPSWAT';
+  if (vendor === 'nsx-defender') return 'ICAP_VENDOR_LASTLINE';
+  return 'ICAP_VENDOR_GENERIC';
+}
+
+const poolNameCache = new Map<string, { name: { val: string; crc32: number }; uuid: string }>();
+
+/** `{ val, crc32 }` as the reference product writes pool names, and a stable pool UUID. */
+export function poolIdentity(name: string): { name: { val: string; crc32: number }; uuid: string } {
+  let id = poolNameCache.get(name);
+  if (id === undefined) {
+    const h = createHash('sha1').update(`icapkit-pool:${name}`).digest('hex');
+    id = {
+      name: { val: name, crc32: crc32(name) },
+      uuid: `poolgroup-${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20, 32)}`,
+    };
+    poolNameCache.set(name, id);
+  }
+  return id;
+}
+
+/** Replaces the values of the named headers in a raw `Name: value\r\n` block. */
+export function redactHeaderBlock(raw: string, names: ReadonlySet<string>): string {
+  if (raw === '') return raw;
+  return raw.replace(/^([^:\r\n]+):[ \t]*([^\r\n]*)/gm, (line, name: string) =>
+    names.has(name.trim().toLowerCase()) ? `${name}: [REDACTED]` : line,
+  );
+}
+
+/** Sends a finished record to `onLog` and the logger, at a level that fits the action. */
+export function emitLog(
+  log: IcapLog,
+  onLog: ((log: IcapLog) => void) | undefined,
+  logger: PinoLike | undefined,
+): void {
+  if (onLog !== undefined) {
+    try {
+      onLog(log);
+    } catch (err) {
+      logger?.error({ err }, 'icapkit: onLog threw');
+    }
+  }
+  if (logger === undefined) return;
+  const obj = { icap_log: log };
+  switch (log.action) {
+    case 'ICAP_BLOCKED':
+      logger.warn(obj, 'icap: request blocked');
+      break;
+    case 'ICAP_FAILED':
+      logger.error(obj, 'icap: scan failed');
+      break;
+    case 'ICAP_MODIFIED':
+      logger.info(obj, 'icap: request modified');
+      break;
+    default:
+      if (log.significant) logger.warn(obj, 'icap: significant');
+      else
+        logger.debug(obj, log.action === 'ICAP_PASSED' ? 'icap: request passed' : 'icap: scanning disabled');
+  }
+}

@@ -1,0 +1,608 @@
+import { DEFAULT_ICAP_PORT, DEFAULT_ICAPS_PORT } from '../client/client.js';
+import type { IcapTlsOptions } from '../client/connection.js';
+import { IcapError, IcapErrorCodes } from '../client/errors.js';
+import { isSafeFieldValue, isToken } from '../protocol/headers.js';
+import type { IcapLog } from './log.js';
+import { type CompiledPolicy, compilePolicy, type PolicyRule } from './policy.js';
+import { DEFAULT_NSX_STATUS_URL, type Vendor } from './verdict/index.js';
+
+/**
+ * The ICAP profile: what to scan, where, and what to do when scanning is not possible. Field
+ * names follow the reference product's IcapProfile in camelCase; sizes are bytes (or strings
+ * such as '50mb'), times are ms. Validated once, at start-up: an invalid profile throws an
+ * IcapError (ICAP_ERR_INVALID_PROFILE) whose message names the field and the allowed range.
+ */
+export interface IcapProfile {
+  /** Appears in every log record. */
+  name: string;
+  /**
+   * The ICAP servers: one `icap://host[:port]` / `icaps://host[:port]` URL, a list of them (one
+   * pool), or a full pool group with named pools by priority.
+   */
+  poolGroup: string | readonly string[] | PoolGroupConfig;
+  /** Path and arguments of the ICAP service, e.g. '/avscan', '/OMSScanReq-AV', '/lastline'. */
+  serviceUri: string;
+  /** How the server reports verdicts. Default 'generic'. */
+  vendor?: Vendor | undefined;
+  /** Offer `Allow: 204` and hold the whole body to replay it on a 204. Default true. */
+  allow204?: boolean | undefined;
+  /** Largest body held for scanning, bytes or '50mb'. Default 50 MiB (range 1 byte - 50 MiB... up to 4 GiB). */
+  bufferSize?: number | string | undefined;
+  /** Body larger than bufferSize: 'fail-closed' answers 413, 'fail-open' passes it unscanned. Default 'fail-closed'. */
+  bufferSizeExceedAction?: FailureAction | undefined;
+  /** Use RFC 3507 preview. Default true. */
+  enablePreview?: boolean | undefined;
+  /** Preview bytes, 0-5000, capped by the server's OPTIONS `Preview`. Default 5000. */
+  previewSize?: number | undefined;
+  /** ms the request may wait for ICAP; then the failure action runs. Default 60000 (50-3600000). */
+  responseTimeout?: number | undefined;
+  /** ms after which a scan makes the log entry significant. Default 10000. */
+  slowResponseWarningThreshold?: number | undefined;
+  /** ICAP failure (connect, timeout, protocol, 4xx/5xx, reset): 'fail-closed' answers 503, 'fail-open' passes. Default 'fail-closed'. */
+  failAction?: FailureAction | undefined;
+  nsxDefenderConfig?:
+    | {
+        /** Template of the analysis URL; `$uuid` is replaced by the task UUID. */
+        statusUrl?: string | undefined;
+        /** Forward X-Lastline-Status/Score/Task to the HTTP client. Default true. */
+        forwardLastlineHeaders?: boolean | undefined;
+      }
+    | undefined;
+  /** TLS options for ICAPS servers (a pool's own `tls` object overrides them). */
+  tls?: IcapTlsOptions | undefined;
+  /** HTTP security policy: named rules, first match wins. */
+  rules?: readonly PolicyRule[] | undefined;
+  /** Receives one record per HTTP request. */
+  onLog?: ((log: IcapLog) => void) | undefined;
+  /** A pino-compatible logger (`info(obj, msg)` ...). Adapters default to the framework's request logger. */
+  logger?: PinoLike | undefined;
+  /** 'page': our own 403 (HTML or JSON by Accept); 'relay': the ICAP server's block response. Default 'page'. */
+  blockResponse?: 'page' | 'relay' | undefined;
+  /** ICAP headers added to every request (e.g. an API key). Values are redacted in logs. */
+  icapHeaders?: Readonly<Record<string, string>> | undefined;
+  /** Send `X-Client-IP` with the HTTP client's address. Default false. */
+  sendClientIp?: boolean | undefined;
+  /** Encapsulate the request target in absolute form (`http://host/path`), as a proxy does. Default true. */
+  absoluteUri?: boolean | undefined;
+  /** More header names whose values are redacted in logs (Authorization-like ones always are). */
+  redactHeaders?: readonly string[] | undefined;
+  /** Connections and timeouts of each server's client. */
+  connection?:
+    | {
+        maxConnections?: number | undefined;
+        connectTimeout?: number | undefined;
+        keepAliveTimeout?: number | undefined;
+        ioTimeout?: number | undefined;
+      }
+    | undefined;
+  /** Server health: consecutive failures before a server is suspended, and how often a suspended one is probed. */
+  health?: { failureLimit?: number | undefined; probeInterval?: number | undefined } | undefined;
+  /** How a pool spreads requests over its servers. Default 'least-outstanding'. */
+  loadBalancing?: LoadBalancing | undefined;
+}
+
+export type FailureAction = 'fail-closed' | 'fail-open';
+export type LoadBalancing = 'least-outstanding' | 'round-robin';
+
+export interface PoolGroupConfig {
+  /** Name in logs. Default the profile name + '-pool-group'. */
+  name?: string | undefined;
+  pools: readonly PoolConfig[];
+}
+
+export interface PoolConfig {
+  name: string;
+  /** Higher first; pools of equal priority keep their order. Default 10. */
+  priority?: number | undefined;
+  servers: ReadonlyArray<string | ServerConfig>;
+  /** ICAPS for every server of the pool (true, or TLS options). */
+  tls?: boolean | IcapTlsOptions | undefined;
+  loadBalancing?: LoadBalancing | undefined;
+}
+
+export interface ServerConfig {
+  host: string;
+  /** Default 1344, or 11344 with TLS. */
+  port?: number | undefined;
+  tls?: boolean | IcapTlsOptions | undefined;
+}
+
+export interface PinoLike {
+  debug(obj: object, msg?: string): void;
+  info(obj: object, msg?: string): void;
+  warn(obj: object, msg?: string): void;
+  error(obj: object, msg?: string): void;
+}
+
+export interface ResolvedServer {
+  host: string;
+  port: number;
+  tls: IcapTlsOptions | false;
+  /** `icap://host:port` / `icaps://host:port`. */
+  url: string;
+}
+
+export interface ResolvedPool {
+  name: string;
+  priority: number;
+  servers: ResolvedServer[];
+  loadBalancing: LoadBalancing;
+}
+
+/** A validated profile with every default filled in. */
+export interface ResolvedProfile {
+  name: string;
+  poolGroupName: string;
+  pools: ResolvedPool[];
+  serviceUri: string;
+  vendor: Vendor;
+  allow204: boolean;
+  bufferSize: number;
+  bufferSizeExceedAction: FailureAction;
+  enablePreview: boolean;
+  previewSize: number;
+  responseTimeout: number;
+  slowResponseWarningThreshold: number;
+  failAction: FailureAction;
+  nsxStatusUrl: string;
+  forwardLastlineHeaders: boolean;
+  policy: CompiledPolicy;
+  onLog: ((log: IcapLog) => void) | undefined;
+  logger: PinoLike | undefined;
+  blockResponse: 'page' | 'relay';
+  icapHeaders: Array<[string, string]>;
+  sendClientIp: boolean;
+  absoluteUri: boolean;
+  redactHeaders: Set<string>;
+  maxConnections: number;
+  connectTimeout: number;
+  keepAliveTimeout: number;
+  ioTimeout: number;
+  failureLimit: number;
+  probeInterval: number;
+}
+
+export const PROFILE_DEFAULTS = {
+  vendor: 'generic',
+  allow204: true,
+  bufferSize: 50 * 1024 * 1024,
+  bufferSizeExceedAction: 'fail-closed',
+  enablePreview: true,
+  previewSize: 5000,
+  responseTimeout: 60_000,
+  slowResponseWarningThreshold: 10_000,
+  failAction: 'fail-closed',
+  blockResponse: 'page',
+  maxConnections: 32,
+  connectTimeout: 5_000,
+  keepAliveTimeout: 30_000,
+  failureLimit: 3,
+  probeInterval: 5_000,
+} as const;
+
+/** Header names whose values never appear in logs. */
+const ALWAYS_REDACTED = [
+  'authorization',
+  'proxy-authorization',
+  'cookie',
+  'set-cookie',
+  'x-mdcloud-apikey',
+  'x-api-key',
+  'apikey',
+];
+
+const PROFILE_KEYS = new Set([
+  'name',
+  'poolGroup',
+  'serviceUri',
+  'vendor',
+  'allow204',
+  'bufferSize',
+  'bufferSizeExceedAction',
+  'enablePreview',
+  'previewSize',
+  'responseTimeout',
+  'slowResponseWarningThreshold',
+  'failAction',
+  'nsxDefenderConfig',
+  'tls',
+  'rules',
+  'onLog',
+  'logger',
+  'blockResponse',
+  'icapHeaders',
+  'sendClientIp',
+  'absoluteUri',
+  'redactHeaders',
+  'connection',
+  'health',
+  'loadBalancing',
+]);
+
+function fail(field: string, message: string): never {
+  throw new IcapError(IcapErrorCodes.INVALID_PROFILE, `invalid ICAP profile: ${field} ${message}`, { field });
+}
+
+function describe(v: unknown): string {
+  if (typeof v === 'string') return JSON.stringify(v);
+  if (typeof v === 'function') return 'a function';
+  if (Array.isArray(v)) return 'an array';
+  if (v === null) return 'null';
+  if (typeof v === 'object') return 'an object';
+  return String(v);
+}
+
+function checkKeys(obj: object, allowed: ReadonlySet<string>, field: string): void {
+  for (const key of Object.keys(obj)) {
+    if (!allowed.has(key)) {
+      fail(`${field}.${key}`, `is not a known option (known: ${[...allowed].join(', ')})`);
+    }
+  }
+}
+
+function oneOf<T extends string>(v: unknown, allowed: readonly T[], field: string, fallback: T): T {
+  if (v === undefined) return fallback;
+  if (typeof v !== 'string' || !(allowed as readonly string[]).includes(v)) {
+    fail(field, `must be one of ${allowed.map((a) => `'${a}'`).join(', ')} (got ${describe(v)})`);
+  }
+  return v as T;
+}
+
+function bool(v: unknown, field: string, fallback: boolean): boolean {
+  if (v === undefined) return fallback;
+  if (typeof v !== 'boolean') fail(field, `must be true or false (got ${describe(v)})`);
+  return v;
+}
+
+function integer(
+  v: unknown,
+  field: string,
+  fallback: number,
+  min: number,
+  max: number,
+  unit: string,
+): number {
+  if (v === undefined) return fallback;
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
+    fail(field, `must be an integer from ${min} to ${max} ${unit} (got ${describe(v)})`);
+  }
+  return v;
+}
+
+const SIZE_UNITS: Record<string, number> = {
+  '': 1,
+  b: 1,
+  kb: 1024,
+  k: 1024,
+  kib: 1024,
+  mb: 1024 ** 2,
+  m: 1024 ** 2,
+  mib: 1024 ** 2,
+  gb: 1024 ** 3,
+  g: 1024 ** 3,
+  gib: 1024 ** 3,
+};
+
+/** Bytes from a number or a string such as '50mb', '512 KiB', '1.5gb' (binary units). */
+export function parseSize(v: unknown, field: string): number {
+  if (typeof v === 'number') return v;
+  if (typeof v !== 'string')
+    fail(field, `must be a number of bytes or a size such as '50mb' (got ${describe(v)})`);
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(v);
+  const unit = m === null ? undefined : SIZE_UNITS[m[2]!.toLowerCase()];
+  if (m === null || unit === undefined) {
+    fail(field, `must be a number of bytes or a size such as '50mb', '512kb', '1gb' (got ${describe(v)})`);
+  }
+  return Math.floor(Number(m[1]) * unit);
+}
+
+const MAX_BUFFER = 4 * 1024 ** 3;
+
+export function resolveProfile(profile: IcapProfile): ResolvedProfile {
+  if (typeof profile !== 'object' || profile === null || Array.isArray(profile)) {
+    fail('profile', `must be an object (got ${describe(profile)})`);
+  }
+  checkKeys(profile, PROFILE_KEYS, 'profile');
+  const p = profile as IcapProfile;
+  if (typeof p.name !== 'string' || p.name.trim() === '')
+    fail('profile.name', `is required: a non-empty string (got ${describe(p.name)})`);
+  if (typeof p.serviceUri !== 'string' || !/^\/[^\s]*$/.test(p.serviceUri)) {
+    fail(
+      'profile.serviceUri',
+      `must be the service path starting with '/', e.g. '/avscan' (got ${describe(p.serviceUri)})`,
+    );
+  }
+  const tlsDefault = p.tls;
+  if (tlsDefault !== undefined && (typeof tlsDefault !== 'object' || tlsDefault === null)) {
+    fail('profile.tls', `must be an object of TLS options (got ${describe(tlsDefault)})`);
+  }
+  const loadBalancing = oneOf(
+    p.loadBalancing,
+    ['least-outstanding', 'round-robin'],
+    'profile.loadBalancing',
+    'least-outstanding',
+  );
+  const { name: poolGroupName, pools } = resolvePoolGroup(p.poolGroup, p.name, tlsDefault, loadBalancing);
+
+  const bufferSize = parseSize(p.bufferSize ?? PROFILE_DEFAULTS.bufferSize, 'profile.bufferSize');
+  if (!Number.isInteger(bufferSize) || bufferSize < 1 || bufferSize > MAX_BUFFER) {
+    fail('profile.bufferSize', `must be from 1 byte to 4gb (got ${describe(p.bufferSize)})`);
+  }
+  const responseTimeout = integer(
+    p.responseTimeout,
+    'profile.responseTimeout',
+    PROFILE_DEFAULTS.responseTimeout,
+    50,
+    3_600_000,
+    'ms',
+  );
+  const nsx = p.nsxDefenderConfig;
+  if (nsx !== undefined) {
+    if (typeof nsx !== 'object' || nsx === null) fail('profile.nsxDefenderConfig', 'must be an object');
+    checkKeys(nsx, new Set(['statusUrl', 'forwardLastlineHeaders']), 'profile.nsxDefenderConfig');
+    if (
+      nsx.statusUrl !== undefined &&
+      (typeof nsx.statusUrl !== 'string' || !/^https?:\/\//.test(nsx.statusUrl))
+    ) {
+      fail(
+        'profile.nsxDefenderConfig.statusUrl',
+        `must be an http(s) URL template with $uuid (got ${describe(nsx.statusUrl)})`,
+      );
+    }
+  }
+  if (p.onLog !== undefined && typeof p.onLog !== 'function')
+    fail('profile.onLog', `must be a function (got ${describe(p.onLog)})`);
+  if (p.logger !== undefined) {
+    for (const level of ['debug', 'info', 'warn', 'error'] as const) {
+      if (typeof (p.logger as unknown as Record<string, unknown>)[level] !== 'function') {
+        fail('profile.logger', `must be a pino-compatible logger with a ${level}() method`);
+      }
+    }
+  }
+  const icapHeaders: Array<[string, string]> = [];
+  if (p.icapHeaders !== undefined) {
+    if (typeof p.icapHeaders !== 'object' || p.icapHeaders === null)
+      fail('profile.icapHeaders', 'must be an object of header names to values');
+    for (const [k, v] of Object.entries(p.icapHeaders)) {
+      if (!isToken(k)) fail(`profile.icapHeaders.${k}`, 'is not a valid header name');
+      if (typeof v !== 'string' || !isSafeFieldValue(v))
+        fail(`profile.icapHeaders.${k}`, 'must be a string without CR, LF or NUL');
+      if (['host', 'encapsulated', 'preview', 'allow'].includes(k.toLowerCase())) {
+        fail(`profile.icapHeaders.${k}`, 'is set by the client itself and cannot be overridden');
+      }
+      icapHeaders.push([k, v]);
+    }
+  }
+  const redact = new Set(ALWAYS_REDACTED);
+  if (p.redactHeaders !== undefined) {
+    if (!Array.isArray(p.redactHeaders)) fail('profile.redactHeaders', 'must be an array of header names');
+    p.redactHeaders.forEach((h, i) => {
+      if (typeof h !== 'string' || !isToken(h)) fail(`profile.redactHeaders[${i}]`, 'must be a header name');
+      redact.add(h.toLowerCase());
+    });
+  }
+  for (const k of Object.keys(p.icapHeaders ?? {})) {
+    if (/key|token|secret|auth|pass/i.test(k)) redact.add(k.toLowerCase());
+  }
+  const conn = p.connection ?? {};
+  if (typeof conn !== 'object' || conn === null) fail('profile.connection', 'must be an object');
+  checkKeys(
+    conn,
+    new Set(['maxConnections', 'connectTimeout', 'keepAliveTimeout', 'ioTimeout']),
+    'profile.connection',
+  );
+  const health = p.health ?? {};
+  if (typeof health !== 'object' || health === null) fail('profile.health', 'must be an object');
+  checkKeys(health, new Set(['failureLimit', 'probeInterval']), 'profile.health');
+
+  return {
+    name: p.name,
+    poolGroupName,
+    pools,
+    serviceUri: p.serviceUri,
+    vendor: oneOf(p.vendor, ['generic', 'opswat', 'nsx-defender'], 'profile.vendor', PROFILE_DEFAULTS.vendor),
+    allow204: bool(p.allow204, 'profile.allow204', PROFILE_DEFAULTS.allow204),
+    bufferSize,
+    bufferSizeExceedAction: oneOf(
+      p.bufferSizeExceedAction,
+      ['fail-closed', 'fail-open'],
+      'profile.bufferSizeExceedAction',
+      PROFILE_DEFAULTS.bufferSizeExceedAction,
+    ),
+    enablePreview: bool(p.enablePreview, 'profile.enablePreview', PROFILE_DEFAULTS.enablePreview),
+    previewSize: integer(
+      p.previewSize,
+      'profile.previewSize',
+      PROFILE_DEFAULTS.previewSize,
+      0,
+      5000,
+      'bytes',
+    ),
+    responseTimeout,
+    slowResponseWarningThreshold: integer(
+      p.slowResponseWarningThreshold,
+      'profile.slowResponseWarningThreshold',
+      PROFILE_DEFAULTS.slowResponseWarningThreshold,
+      1,
+      3_600_000,
+      'ms',
+    ),
+    failAction: oneOf(
+      p.failAction,
+      ['fail-closed', 'fail-open'],
+      'profile.failAction',
+      PROFILE_DEFAULTS.failAction,
+    ),
+    nsxStatusUrl: nsx?.statusUrl ?? DEFAULT_NSX_STATUS_URL,
+    forwardLastlineHeaders: bool(
+      nsx?.forwardLastlineHeaders,
+      'profile.nsxDefenderConfig.forwardLastlineHeaders',
+      true,
+    ),
+    policy: compilePolicy(p.rules, 'profile.rules'),
+    onLog: p.onLog,
+    logger: p.logger,
+    blockResponse: oneOf(
+      p.blockResponse,
+      ['page', 'relay'],
+      'profile.blockResponse',
+      PROFILE_DEFAULTS.blockResponse,
+    ),
+    icapHeaders,
+    sendClientIp: bool(p.sendClientIp, 'profile.sendClientIp', false),
+    absoluteUri: bool(p.absoluteUri, 'profile.absoluteUri', true),
+    redactHeaders: redact,
+    maxConnections: integer(
+      conn.maxConnections,
+      'profile.connection.maxConnections',
+      PROFILE_DEFAULTS.maxConnections,
+      1,
+      10_000,
+      'connections',
+    ),
+    connectTimeout: integer(
+      conn.connectTimeout,
+      'profile.connection.connectTimeout',
+      PROFILE_DEFAULTS.connectTimeout,
+      1,
+      3_600_000,
+      'ms',
+    ),
+    keepAliveTimeout: integer(
+      conn.keepAliveTimeout,
+      'profile.connection.keepAliveTimeout',
+      PROFILE_DEFAULTS.keepAliveTimeout,
+      1,
+      3_600_000,
+      'ms',
+    ),
+    ioTimeout: integer(conn.ioTimeout, 'profile.connection.ioTimeout', responseTimeout, 1, 3_600_000, 'ms'),
+    failureLimit: integer(
+      health.failureLimit,
+      'profile.health.failureLimit',
+      PROFILE_DEFAULTS.failureLimit,
+      1,
+      1000,
+      'failures',
+    ),
+    probeInterval: integer(
+      health.probeInterval,
+      'profile.health.probeInterval',
+      PROFILE_DEFAULTS.probeInterval,
+      10,
+      3_600_000,
+      'ms',
+    ),
+  };
+}
+
+function resolvePoolGroup(
+  v: IcapProfile['poolGroup'],
+  profileName: string,
+  tlsDefault: IcapTlsOptions | undefined,
+  loadBalancing: LoadBalancing,
+): { name: string; pools: ResolvedPool[] } {
+  const field = 'profile.poolGroup';
+  const defaultName = `${profileName}-pool-group`;
+  if (typeof v === 'string' || Array.isArray(v)) {
+    const urls: unknown[] = typeof v === 'string' ? [v] : [...(v as readonly unknown[])];
+    if (urls.length === 0) fail(field, 'must name at least one ICAP server');
+    const servers = urls.map((u, i) =>
+      serverFromUrl(u, typeof v === 'string' ? field : `${field}[${i}]`, tlsDefault),
+    );
+    return {
+      name: defaultName,
+      pools: [{ name: `${profileName}-pool`, priority: 10, servers, loadBalancing }],
+    };
+  }
+  if (typeof v !== 'object' || v === null) {
+    fail(field, `is required: an icap:// URL, a list of URLs, or { pools: [...] } (got ${describe(v)})`);
+  }
+  const group = v as PoolGroupConfig;
+  checkKeys(group, new Set(['name', 'pools']), field);
+  if (group.name !== undefined && (typeof group.name !== 'string' || group.name === ''))
+    fail(`${field}.name`, 'must be a non-empty string');
+  if (!Array.isArray(group.pools) || group.pools.length === 0)
+    fail(`${field}.pools`, 'must be a non-empty array of pools');
+  const names = new Set<string>();
+  const pools = group.pools.map((pool, i): ResolvedPool => {
+    const pf = `${field}.pools[${i}]`;
+    if (typeof pool !== 'object' || pool === null) fail(pf, 'must be an object');
+    checkKeys(pool, new Set(['name', 'priority', 'servers', 'tls', 'loadBalancing']), pf);
+    if (typeof pool.name !== 'string' || pool.name === '')
+      fail(`${pf}.name`, 'is required: a non-empty string');
+    if (names.has(pool.name)) fail(`${pf}.name`, `duplicates pool name ${JSON.stringify(pool.name)}`);
+    names.add(pool.name);
+    const priority = integer(pool.priority, `${pf}.priority`, 10, 0, 1_000_000, '');
+    if (!Array.isArray(pool.servers) || pool.servers.length === 0)
+      fail(`${pf}.servers`, 'must be a non-empty array');
+    const poolTls = tlsOption(pool.tls, `${pf}.tls`, tlsDefault);
+    const servers = (pool.servers as ReadonlyArray<string | ServerConfig>).map((s, k): ResolvedServer => {
+      const sf = `${pf}.servers[${k}]`;
+      if (typeof s === 'string') return serverFromUrl(s, sf, tlsDefault, poolTls);
+      if (typeof s !== 'object' || s === null) fail(sf, 'must be an icap:// URL or { host, port, tls }');
+      checkKeys(s, new Set(['host', 'port', 'tls']), sf);
+      if (typeof s.host !== 'string' || s.host === '') fail(`${sf}.host`, 'is required');
+      const tls = s.tls === undefined ? poolTls : tlsOption(s.tls, `${sf}.tls`, tlsDefault);
+      const port = integer(s.port, `${sf}.port`, tls ? DEFAULT_ICAPS_PORT : DEFAULT_ICAP_PORT, 1, 65535, '');
+      return makeServer(s.host, port, tls);
+    });
+    return {
+      name: pool.name,
+      priority,
+      servers,
+      loadBalancing: oneOf(
+        pool.loadBalancing,
+        ['least-outstanding', 'round-robin'],
+        `${pf}.loadBalancing`,
+        loadBalancing,
+      ),
+    };
+  });
+  // Higher priority first; a stable sort keeps the configured order among equals.
+  pools.sort((a, b) => b.priority - a.priority);
+  return { name: group.name ?? defaultName, pools };
+}
+
+function tlsOption(
+  v: unknown,
+  field: string,
+  tlsDefault: IcapTlsOptions | undefined,
+): IcapTlsOptions | false {
+  if (v === undefined || v === false) return false;
+  if (v === true) return tlsDefault ?? {};
+  if (typeof v === 'object' && v !== null) return { ...(tlsDefault ?? {}), ...(v as IcapTlsOptions) };
+  fail(field, `must be true, false or TLS options (got ${describe(v)})`);
+}
+
+function serverFromUrl(
+  u: unknown,
+  field: string,
+  tlsDefault: IcapTlsOptions | undefined,
+  poolTls: IcapTlsOptions | false = false,
+): ResolvedServer {
+  if (typeof u !== 'string') fail(field, `must be an icap:// or icaps:// URL (got ${describe(u)})`);
+  let url: URL;
+  try {
+    url = new URL(u);
+  } catch {
+    fail(field, `is not a valid URL: ${JSON.stringify(u)}`);
+  }
+  if (url.protocol !== 'icap:' && url.protocol !== 'icaps:')
+    fail(field, `must start with icap:// or icaps:// (got ${JSON.stringify(u)})`);
+  if (url.pathname !== '' && url.pathname !== '/') {
+    fail(
+      field,
+      `must not contain a service path (${JSON.stringify(url.pathname)}): set profile.serviceUri instead`,
+    );
+  }
+  const secure = url.protocol === 'icaps:';
+  const tls = secure ? poolTls || tlsDefault || {} : false;
+  const port = url.port === '' ? (secure ? DEFAULT_ICAPS_PORT : DEFAULT_ICAP_PORT) : Number(url.port);
+  return makeServer(url.hostname.replace(/^\[(.*)\]$/, '$1'), port, tls);
+}
+
+function makeServer(host: string, port: number, tls: IcapTlsOptions | false): ResolvedServer {
+  const h = host.includes(':') ? `[${host}]` : host;
+  return { host, port, tls, url: `${tls ? 'icaps' : 'icap'}://${h}:${port}` };
+}

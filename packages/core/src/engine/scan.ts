@@ -1,0 +1,888 @@
+import type { Readable } from 'node:stream';
+import { isSkipped } from '../client/client.js';
+import { IcapError, type IcapErrorCode, IcapErrorCodes } from '../client/errors.js';
+import type { IcapResponse } from '../client/transaction.js';
+import { isSafeFieldValue, isToken } from '../protocol/headers.js';
+import { AdaptedBody, BodyStore } from './body.js';
+import {
+  emitLog,
+  httpMethodEnum,
+  type IcapAction,
+  type IcapLog,
+  type IcapRequestLog,
+  poolIdentity,
+  redactHeaderBlock,
+  vendorEnum,
+} from './log.js';
+import type { PolicyDecision } from './policy.js';
+import { PoolGroup, type ServerHandle, type ServerStatus } from './pool-group.js';
+import { type IcapProfile, type PinoLike, type ResolvedProfile, resolveProfile } from './profile.js';
+import { absoluteTarget, type HttpRequestFacts, pathOf, requestFacts, type ScanRequest } from './request.js';
+import { buildResponse, type ClientResponse } from './respond.js';
+import { readVerdict, type Verdict } from './verdict/index.js';
+
+/**
+ * The one entry point the framework adapters call: `engine.scan(req)` reads the request body
+ * (as it arrives), runs the ICAP transaction against the profile's servers (failing over while
+ * the body can be replayed), and says what to do with the request:
+ *
+ * - `pass`: continue to the application; `body` is the original body (replayed from what was
+ *   held, or null when the request was not touched at all);
+ * - `rewrite`: continue with the ICAP server's modified request (new method, URL, headers, body);
+ * - `respond`: answer the client with `status`, `headers`, `body` (403, 413, 503) and stop;
+ * - `aborted`: the client went away (or the caller aborted); nothing to answer.
+ *
+ * No byte of the body reaches the application before the verdict allows it (fail closed),
+ * unless the profile says fail-open for the situation at hand. Every call produces one
+ * `icap_log` record, delivered to `onLog` and the logger, and attached to the outcome.
+ */
+
+export interface ScanOptions {
+  signal?: AbortSignal | undefined;
+  /** A request logger (pino-compatible) to use instead of the profile's. */
+  logger?: PinoLike | undefined;
+  /** Shown on block pages so users can quote it. */
+  requestId?: string | undefined;
+}
+
+interface OutcomeBase {
+  action: IcapAction;
+  log: IcapLog;
+  /** Threat name when blocked. */
+  threat: string | undefined;
+  /** Headers to add to the response sent to the client (NSX Defender X-Lastline-*). */
+  responseHeaders: Array<[string, string]>;
+  /** Frees what the scan still holds. Adapters call it once the response is finished. */
+  dispose(): void;
+}
+
+export interface PassOutcome extends OutcomeBase {
+  kind: 'pass';
+  /** The body for the application, or null when the request body was never read. */
+  body: Readable | null;
+}
+
+export interface RewriteOutcome extends OutcomeBase {
+  kind: 'rewrite';
+  method: string;
+  /** Origin-form request target. */
+  url: string;
+  /** Request headers for the application; `content-length` is the new body's length. */
+  headers: Array<[string, string]>;
+  body: Readable;
+  contentLength: number;
+}
+
+export interface RespondOutcome extends OutcomeBase {
+  kind: 'respond';
+  status: number;
+  headers: Array<[string, string]>;
+  body: Buffer;
+  /** The request body was not read to its end: close the connection after the response. */
+  closeConnection: boolean;
+}
+
+export interface AbortedOutcome extends OutcomeBase {
+  kind: 'aborted';
+  error: IcapError;
+}
+
+export type ScanOutcome = PassOutcome | RewriteOutcome | RespondOutcome | AbortedOutcome;
+
+/** setTimeout's largest delay: the engine bounds transactions with its own signal. */
+const NO_CLIENT_TIMEOUT = 2_147_483_647;
+/** How long a refused request's remaining body is read (and discarded) before answering. */
+const DRAIN_WAIT = 5_000;
+/** Largest ICAP block page relayed to the client. */
+const MAX_RELAY_BODY = 1024 * 1024;
+/** A response body we do not need is read up to this size to keep the connection; larger ones are dropped. */
+const MAX_DRAIN = 64 * 1024;
+
+/** Errors that say something about the server (count against its health; worth trying another). */
+const SERVER_FAULTS = new Set<IcapErrorCode>([
+  IcapErrorCodes.CONNECT,
+  IcapErrorCodes.CONNECT_TIMEOUT,
+  IcapErrorCodes.TLS,
+  IcapErrorCodes.RESET,
+  IcapErrorCodes.CLOSED,
+  IcapErrorCodes.PROTOCOL,
+  IcapErrorCodes.HEADERS_TOO_LARGE,
+  IcapErrorCodes.BODY_TOO_LARGE,
+  IcapErrorCodes.IO_TIMEOUT,
+  IcapErrorCodes.SERVER_STATUS,
+  IcapErrorCodes.METHOD_NOT_SUPPORTED,
+]);
+
+type AttemptResult =
+  | { type: 'clean'; res: IcapResponse | null; verdict: Verdict | null; skipped: string | undefined }
+  | { type: 'blocked'; res: IcapResponse; verdict: Verdict; relay: ClientResponse | undefined }
+  | { type: 'adapted'; res: IcapResponse; verdict: Verdict; adapted: AdaptedBody };
+
+export class IcapEngine {
+  readonly profile: ResolvedProfile;
+  readonly #group: PoolGroup;
+  #closed = false;
+
+  constructor(profile: IcapProfile) {
+    this.profile = resolveProfile(profile);
+    this.#group = new PoolGroup(this.profile);
+  }
+
+  /** Whether the policy sends this request to ICAP (nothing is read). */
+  decide(req: ScanRequest): PolicyDecision {
+    return this.profile.policy.evaluate(requestFacts(req));
+  }
+
+  /** Health and connections of every server. */
+  status(): ServerStatus[] {
+    return this.#group.status();
+  }
+
+  /** The pool group (for instrumentation). */
+  get poolGroup(): PoolGroup {
+    return this.#group;
+  }
+
+  /** Stops probes and closes every ICAP connection. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    this.#group.close();
+  }
+
+  async scan(req: ScanRequest, options: ScanOptions = {}): Promise<ScanOutcome> {
+    const p = this.profile;
+    const t0 = performance.now();
+    const facts = requestFacts(req);
+    const decision = p.policy.evaluate(facts);
+    const log: IcapLog = {
+      action: 'ICAP_DISABLED',
+      request_logs: [],
+      profile_name: p.name,
+      policy_reason: decision.reason,
+      significant: false,
+      significance: [],
+      http_method: httpMethodEnum(facts.method),
+      uri_path: pathOf(facts.target),
+      start_time: Date.now(),
+      duration: 0,
+    };
+    if (decision.rule !== undefined) log.rule_name = decision.rule;
+    if (facts.clientIp !== undefined) log.client_ip = facts.clientIp;
+    const logger = options.logger ?? p.logger;
+    let store: BodyStore | null = null;
+    const finish = <T extends ScanOutcome>(outcome: T): T => {
+      log.action = outcome.action;
+      log.duration = Math.round(performance.now() - t0);
+      if (store !== null) log.request_body_length = store.received;
+      if (outcome.kind === 'respond') log.http_response_code = outcome.status;
+      log.significant = log.significance.length > 0;
+      emitLog(log, p.onLog, logger);
+      return outcome;
+    };
+
+    if (!decision.scan) return finish(pass('ICAP_DISABLED', log, null, null, []));
+    if (this.#closed) {
+      return finish(
+        this.#failed(
+          new IcapError(IcapErrorCodes.CLOSED_CLIENT, 'the ICAP engine was closed'),
+          facts,
+          log,
+          null,
+          options,
+        ),
+      );
+    }
+    if (facts.contentLength !== undefined && facts.contentLength > p.bufferSize) {
+      return finish(this.#tooLarge(facts, log, null, options));
+    }
+
+    const control = new AbortController();
+    const abort = (err: IcapError) => {
+      if (!control.signal.aborted) control.abort(err);
+    };
+    if (facts.hasBody) {
+      store = new BodyStore({
+        limit: p.bufferSize,
+        retainAll: p.allow204,
+        hash: !p.allow204,
+        onExceeded: () =>
+          abort(
+            new IcapError(
+              IcapErrorCodes.REQUEST_TOO_LARGE,
+              `the request body is larger than bufferSize (${p.bufferSize} bytes)`,
+            ),
+          ),
+      });
+      store.attach(req);
+    }
+    // responseTimeout bounds how long the request waits for ICAP once its body has arrived:
+    // a slow upload is not a slow scanner (stalls while uploading are bounded by ioTimeout).
+    let settled = false;
+    let timer: NodeJS.Timeout | undefined;
+    let waitStart = performance.now();
+    const armTimer = () => {
+      if (settled) return;
+      waitStart = performance.now();
+      timer = setTimeout(
+        () =>
+          abort(
+            new IcapError(
+              IcapErrorCodes.TIMEOUT,
+              `ICAP scan took longer than responseTimeout (${p.responseTimeout} ms)`,
+            ),
+          ),
+        p.responseTimeout,
+      );
+    };
+    const s = store;
+    if (s === null) armTimer();
+    else {
+      void s.whenEnded().then(() => {
+        if (s.error !== undefined) {
+          abort(
+            new IcapError(
+              IcapErrorCodes.BODY_SOURCE,
+              'the HTTP client went away before its request body was complete',
+              {
+                cause: s.error,
+              },
+            ),
+          );
+        } else armTimer();
+      });
+    }
+    const onCallerAbort = () =>
+      abort(new IcapError(IcapErrorCodes.ABORTED, 'the scan was aborted', { cause: options.signal?.reason }));
+    if (options.signal?.aborted) onCallerAbort();
+    else options.signal?.addEventListener('abort', onCallerAbort, { once: true });
+
+    try {
+      const result = await this.#withFailover(facts, store, control.signal, log);
+      settled = true;
+      clearTimeout(timer);
+      const waited = performance.now() - waitStart;
+      if (waited > p.slowResponseWarningThreshold) log.significance.push('SLOW_RESPONSE');
+      if (result.verdict?.unscannable) log.significance.push('UNSCANNABLE');
+      // The application gets a body only once all of it is here (the store holds it anyway).
+      if (result.type === 'clean') await bodyComplete(store, p.bufferSize);
+      return finish(await this.#apply(result, facts, log, store, options));
+    } catch (err) {
+      settled = true;
+      clearTimeout(timer);
+      const error =
+        err instanceof IcapError
+          ? err
+          : new IcapError(
+              IcapErrorCodes.PROTOCOL,
+              `ICAP scan failed: ${err instanceof Error ? err.message : String(err)}`,
+              {
+                cause: err,
+              },
+            );
+      log.error_code = error.code;
+      log.error_message = error.message;
+      return finish(await this.#onError(error, facts, log, store, options));
+    } finally {
+      options.signal?.removeEventListener('abort', onCallerAbort);
+    }
+  }
+
+  /** What a failed scan turns into: 413, an aborted request, or the failure action. */
+  async #onError(
+    error: IcapError,
+    facts: HttpRequestFacts,
+    log: IcapLog,
+    store: BodyStore | null,
+    options: ScanOptions,
+  ): Promise<ScanOutcome> {
+    if (error.code === IcapErrorCodes.REQUEST_TOO_LARGE) return this.#tooLarge(facts, log, store, options);
+    if (error.code === IcapErrorCodes.BODY_SOURCE || error.code === IcapErrorCodes.ABORTED) {
+      log.significance.push('CLIENT_ABORTED');
+      store?.dispose();
+      return { ...base('ICAP_FAILED', log, undefined, [], () => {}), kind: 'aborted', error };
+    }
+    if (this.profile.failAction === 'fail-open' && (store === null || store.complete)) {
+      // Passing unscanned still needs the whole body first (and it may turn out too large).
+      try {
+        await bodyComplete(store, this.profile.bufferSize);
+      } catch (err) {
+        const e = err as IcapError;
+        log.error_code = e.code;
+        log.error_message = e.message;
+        return this.#onError(e, facts, log, store, options);
+      }
+    }
+    return this.#failed(error, facts, log, store, options);
+  }
+
+  // ---------------------------------------------------------------- ICAP attempts
+
+  async #withFailover(
+    facts: HttpRequestFacts,
+    store: BodyStore | null,
+    signal: AbortSignal,
+    log: IcapLog,
+  ): Promise<AttemptResult> {
+    const tried = new Set<ServerHandle>();
+    let lastError: unknown;
+    for (;;) {
+      let handle: ServerHandle;
+      try {
+        handle = this.#group.pick(tried);
+      } catch (err) {
+        throw lastError ?? err;
+      }
+      tried.add(handle);
+      const entry = this.#newEntry(handle, facts);
+      log.request_logs.push(entry);
+      handle.outstanding++;
+      try {
+        const result = await this.#attempt(handle, facts, store, signal, entry);
+        handle.succeeded();
+        return result;
+      } catch (err) {
+        const error =
+          err instanceof IcapError
+            ? err
+            : new IcapError(IcapErrorCodes.PROTOCOL, String(err), { cause: err });
+        entry.action = 'ICAP_FAILED';
+        entry.error_code = error.code;
+        entry.error_message = error.message;
+        const serverFault = SERVER_FAULTS.has(error.code) && !signal.aborted;
+        if (serverFault) handle.failed(error);
+        const replayable = store === null || store.complete;
+        if (!serverFault || !replayable) throw error;
+        lastError = error;
+      } finally {
+        handle.outstanding--;
+      }
+    }
+  }
+
+  async #attempt(
+    handle: ServerHandle,
+    facts: HttpRequestFacts,
+    store: BodyStore | null,
+    signal: AbortSignal,
+    entry: IcapRequestLog,
+  ): Promise<AttemptResult> {
+    const p = this.profile;
+    const extraHeaders: Array<[string, string]> = [];
+    if (p.sendClientIp && facts.clientIp !== undefined)
+      extraHeaders.push(['X-Client-IP', facts.clientIp.replace(/^::ffff:/, '')]);
+    const r = await handle.client.request({
+      method: 'REQMOD',
+      service: p.serviceUri,
+      httpRequest: {
+        method: facts.method,
+        target: p.absoluteUri ? absoluteTarget(facts) : facts.target,
+        httpVersion: facts.httpVersion,
+        headers: facts.headerPairs,
+      },
+      body: store,
+      bodyLength: facts.chunked ? undefined : facts.contentLength,
+      preview: p.enablePreview ? p.previewSize : false,
+      allow204: p.allow204,
+      headers: extraHeaders,
+      signal,
+      timeout: NO_CLIENT_TIMEOUT,
+      onContinue: () => store?.stopHolding(),
+    });
+    if (isSkipped(r)) {
+      entry.action = 'ICAP_PASSED';
+      entry.reason = `Transfer-Ignore: ${r.extension}`;
+      return { type: 'clean', res: null, verdict: null, skipped: r.extension };
+    }
+    const res = r;
+    this.#fillEntry(entry, res);
+    const verdict = readVerdict(
+      p.vendor,
+      {
+        method: 'REQMOD',
+        status: res.status,
+        reasonPhrase: res.reason,
+        headers: res.headers,
+        httpRequest: res.httpRequest,
+        httpResponse: res.httpResponse,
+        fileName: facts.fileName,
+      },
+      { nsxStatusUrl: p.nsxStatusUrl, forwardLastlineHeaders: p.forwardLastlineHeaders },
+    );
+    fillVerdict(entry, verdict, p.vendor);
+    switch (verdict.kind) {
+      case 'error': {
+        await drain(res);
+        throw new IcapError(
+          IcapErrorCodes.SERVER_STATUS,
+          `ICAP server ${handle.server.url} answered ${res.status} ${res.reason}`.trim(),
+          { status: res.status },
+        );
+      }
+      case 'clean': {
+        await drain(res);
+        entry.latency = String(Math.round((await res.done).latencyMs));
+        entry.action = 'ICAP_PASSED';
+        return { type: 'clean', res, verdict, skipped: undefined };
+      }
+      case 'blocked': {
+        let relay: ClientResponse | undefined;
+        if (p.blockResponse === 'relay' && res.httpResponse !== null) {
+          relay = await readRelay(res);
+        } else {
+          await drain(res);
+        }
+        entry.latency = String(Math.round((await res.done).latencyMs));
+        entry.action = 'ICAP_BLOCKED';
+        entry.http_response_code = relay?.status ?? 403;
+        return { type: 'blocked', res, verdict, relay };
+      }
+      case 'adapted': {
+        const adapted = new AdaptedBody(store, p.bufferSize);
+        if (res.body !== null) {
+          for await (const chunk of res.body as AsyncIterable<Buffer>) {
+            if (!adapted.write(chunk)) {
+              res.body.destroy();
+              throw new IcapError(
+                IcapErrorCodes.BODY_TOO_LARGE,
+                `the body returned by the ICAP server is larger than bufferSize (${p.bufferSize} bytes)`,
+              );
+            }
+          }
+        }
+        entry.latency = String(Math.round((await res.done).latencyMs));
+        // Whether the returned body equals the original can only be said once the original is complete.
+        await bodyComplete(store, p.bufferSize);
+        return { type: 'adapted', res, verdict, adapted };
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------- outcomes
+
+  async #apply(
+    result: AttemptResult,
+    facts: HttpRequestFacts,
+    log: IcapLog,
+    store: BodyStore | null,
+    options: ScanOptions,
+  ): Promise<ScanOutcome> {
+    const entry = log.request_logs.at(-1);
+    const clientHeaders = result.verdict?.client_headers ?? [];
+    const dispose = () => store?.dispose();
+    if (result.type === 'clean') {
+      return pass('ICAP_PASSED', log, store, null, clientHeaders);
+    }
+    if (result.type === 'blocked') {
+      log.significance.push('ICAP_BLOCKED');
+      const threat = result.verdict.threat_id;
+      const reported = result.verdict.violations[0]?.file_name;
+      const fileName =
+        reported !== undefined && reported !== '' && reported !== '-' ? reported : facts.fileName;
+      let response: ClientResponse;
+      const closeConnection = !(await drainRequest(store));
+      if (result.relay !== undefined) {
+        response = result.relay;
+        if (closeConnection) response.headers.push(['Connection', 'close']);
+      } else {
+        response = buildResponse('blocked', facts.headers.get('accept'), {
+          threat,
+          fileName,
+          requestId: options.requestId,
+          closeConnection,
+        });
+      }
+      return {
+        ...base('ICAP_BLOCKED', log, threat, clientHeaders, dispose),
+        kind: 'respond',
+        status: response.status,
+        headers: [...response.headers, ...clientHeaders],
+        body: response.body,
+        closeConnection,
+      };
+    }
+    // adapted
+    const { res, adapted } = result;
+    const head = res.httpRequest;
+    const sameHead = head === null || sameRequestHead(head, facts, this.profile.absoluteUri);
+    if (adapted.identical() && sameHead) {
+      if (entry !== undefined) entry.action = 'ICAP_PASSED';
+      if (store?.retaining) return pass('ICAP_PASSED', log, store, null, clientHeaders);
+      return pass('ICAP_PASSED', log, null, adapted.stream(), clientHeaders, dispose);
+    }
+    log.significance.push('ICAP_MODIFIED');
+    if (entry !== undefined) {
+      entry.action = 'ICAP_MODIFIED';
+      entry.modified_content_length = adapted.length;
+    }
+    const body = adapted.stream();
+    store?.dispose();
+    const rewritten = rewriteHead(head, facts, adapted.length);
+    return {
+      ...base('ICAP_MODIFIED', log, undefined, clientHeaders, () => body.destroy()),
+      kind: 'rewrite',
+      method: rewritten.method,
+      url: rewritten.url,
+      headers: rewritten.headers,
+      body,
+      contentLength: adapted.length,
+    };
+  }
+
+  /** bufferSize exceeded (declared or while reading). */
+  #tooLarge(
+    facts: HttpRequestFacts,
+    log: IcapLog,
+    store: BodyStore | null,
+    options: ScanOptions,
+  ): ScanOutcome {
+    const p = this.profile;
+    log.significance.push('BUFFER_SIZE_EXCEEDED');
+    log.fail_action = p.bufferSizeExceedAction;
+    log.error_code ??= IcapErrorCodes.REQUEST_TOO_LARGE;
+    log.error_message ??= `the request body is larger than bufferSize (${p.bufferSize} bytes)`;
+    if (p.bufferSizeExceedAction === 'fail-open') {
+      // Unscanned, as the profile allows: the request untouched (what was read is put back),
+      // or, if it ended already, the whole held body replayed.
+      if (store === null) {
+        log.significance.push('FAIL_OPEN');
+        return pass('ICAP_FAILED', log, null, null, []);
+      }
+      if (store.ended && store.complete) {
+        log.significance.push('FAIL_OPEN');
+        return pass('ICAP_FAILED', log, store, null, []);
+      }
+      if (store.restore()) {
+        log.significance.push('FAIL_OPEN');
+        return pass('ICAP_FAILED', log, null, null, []);
+      }
+      log.error_message +=
+        ' (the body was already streamed to the ICAP server and not kept, so it cannot pass unscanned)';
+    }
+    store?.dispose();
+    const response = buildResponse('too-large', facts.headers.get('accept'), {
+      requestId: options.requestId,
+      closeConnection: true,
+    });
+    return {
+      ...base('ICAP_FAILED', log, undefined, [], () => {}),
+      kind: 'respond',
+      status: response.status,
+      headers: response.headers,
+      body: response.body,
+      closeConnection: true,
+    };
+  }
+
+  /** The ICAP side failed: failAction decides. */
+  #failed(
+    error: IcapError,
+    facts: HttpRequestFacts,
+    log: IcapLog,
+    store: BodyStore | null,
+    options: ScanOptions,
+  ): ScanOutcome {
+    const p = this.profile;
+    log.significance.push('ICAP_ERROR');
+    log.fail_action = p.failAction;
+    log.error_code = error.code;
+    log.error_message = error.message;
+    if (p.failAction === 'fail-open') {
+      if (store === null || store.complete) {
+        log.significance.push('FAIL_OPEN');
+        return pass('ICAP_FAILED', log, store, null, []);
+      }
+      log.error_message +=
+        ' (the body was already streamed to the ICAP server and not kept, so it cannot pass unscanned)';
+    }
+    store?.dispose();
+    const closeConnection = store !== null && !store.ended;
+    const response = buildResponse('unavailable', facts.headers.get('accept'), {
+      requestId: options.requestId,
+      closeConnection,
+    });
+    return {
+      ...base('ICAP_FAILED', log, undefined, [], () => {}),
+      kind: 'respond',
+      status: response.status,
+      headers: response.headers,
+      body: response.body,
+      closeConnection,
+    };
+  }
+
+  // ---------------------------------------------------------------- log entries
+
+  #newEntry(handle: ServerHandle, facts: HttpRequestFacts): IcapRequestLog {
+    const p = this.profile;
+    const pool = poolIdentity(handle.pool.name);
+    return {
+      action: 'ICAP_FAILED',
+      icap_method: 'ICAP_METHOD_REQMOD',
+      http_method: httpMethodEnum(facts.method),
+      icap_absolute_uri: handle.client.uri(p.serviceUri),
+      complete_body_sent: false,
+      pool_name: pool.name,
+      pool_uuid: pool.uuid,
+      icap_server_ip: handle.server.host,
+      icap_server_port: handle.server.port,
+      latency: '0',
+      icap_headers_sent_to_server: '',
+      vendor: vendorEnum(p.vendor),
+    };
+  }
+
+  #fillEntry(entry: IcapRequestLog, res: IcapResponse): void {
+    const redact = this.profile.redactHeaders;
+    entry.icap_response_code = res.status;
+    entry.complete_body_sent = res.completeBodySent;
+    if (res.connection.remoteAddress !== undefined) entry.icap_server_ip = res.connection.remoteAddress;
+    if (res.connection.remotePort !== undefined) entry.icap_server_port = res.connection.remotePort;
+    if (res.connection.localPort !== undefined) entry.source_port = res.connection.localPort;
+    entry.icap_headers_sent_to_server = redactHeaderBlock(res.requestHeaders, redact);
+    entry.icap_headers_received_from_server = redactHeaderBlock(res.rawHeaders, redact);
+    if (res.istag !== undefined) entry.istag = res.istag;
+    const preview = /(?:^|\n)Preview: (\d+)/.exec(res.requestHeaders);
+    if (preview !== null) entry.preview_size = Number(preview[1]);
+    entry.connection_reused = res.connection.reused;
+  }
+}
+
+/** Creates an engine for a profile (validated now; throws ICAP_ERR_INVALID_PROFILE). */
+export function createEngine(profile: IcapProfile): IcapEngine {
+  return new IcapEngine(profile);
+}
+
+function base(
+  action: IcapAction,
+  log: IcapLog,
+  threat: string | undefined,
+  responseHeaders: Array<[string, string]>,
+  dispose: () => void,
+): OutcomeBase {
+  let disposed = false;
+  return {
+    action,
+    log,
+    threat,
+    responseHeaders,
+    dispose: () => {
+      if (disposed) return;
+      disposed = true;
+      dispose();
+    },
+  };
+}
+
+/** A pass outcome: the held original (replayed), a given body, or nothing (request untouched). */
+function pass(
+  action: IcapAction,
+  log: IcapLog,
+  store: BodyStore | null,
+  body: Readable | null,
+  responseHeaders: Array<[string, string]>,
+  dispose?: () => void,
+): PassOutcome {
+  let stream = body;
+  if (store !== null) {
+    // Open the replay first: its reader keeps the bytes that release() would otherwise drop.
+    stream = store.stream();
+    store.release();
+  }
+  const s = stream;
+  return {
+    ...base(action, log, undefined, responseHeaders, () => {
+      dispose?.();
+      store?.dispose();
+      if (s !== null && !s.readableEnded) s.destroy();
+    }),
+    kind: 'pass',
+    body: stream,
+  };
+}
+
+function fillVerdict(entry: IcapRequestLog, v: Verdict, vendor: string): void {
+  if (v.reason !== undefined) entry.reason = v.reason;
+  if (v.threat_id !== undefined) entry.threat_id = v.threat_id;
+  if (v.violations.length > 0) entry.violations = v.violations;
+  if (vendor === 'opswat' && v.opswat_log !== undefined) entry.opswat_log = v.opswat_log;
+  if (vendor === 'nsx-defender' && v.nsx_defender_log !== undefined)
+    entry.nsx_defender_log = v.nsx_defender_log;
+}
+
+/**
+ * Waits for the whole request body. Throws ICAP_ERR_REQUEST_TOO_LARGE when it outgrows the
+ * limit and ICAP_ERR_BODY_SOURCE when the client goes away.
+ */
+async function bodyComplete(store: BodyStore | null, limit: number): Promise<void> {
+  if (store === null) return;
+  await store.whenEnded();
+  if (store.exceeded) {
+    throw new IcapError(
+      IcapErrorCodes.REQUEST_TOO_LARGE,
+      `the request body is larger than bufferSize (${limit} bytes)`,
+    );
+  }
+  if (store.error !== undefined) {
+    throw new IcapError(
+      IcapErrorCodes.BODY_SOURCE,
+      'the HTTP client went away before its request body was complete',
+      {
+        cause: store.error,
+      },
+    );
+  }
+}
+
+/** Reads and discards a response body we do not need (small ones keep the connection alive). */
+async function drain(res: IcapResponse): Promise<void> {
+  const body = res.body;
+  if (body === null) return;
+  let n = 0;
+  for await (const chunk of body as AsyncIterable<Buffer>) {
+    n += chunk.length;
+    if (n > MAX_DRAIN) {
+      body.destroy();
+      return;
+    }
+  }
+}
+
+/** The ICAP server's own block response, relayed with sanitised headers and a bounded body. */
+async function readRelay(res: IcapResponse): Promise<ClientResponse> {
+  const http = res.httpResponse!;
+  const chunks: Buffer[] = [];
+  let n = 0;
+  if (res.body !== null) {
+    for await (const chunk of res.body as AsyncIterable<Buffer>) {
+      n += chunk.length;
+      if (n > MAX_RELAY_BODY) {
+        res.body.destroy();
+        break;
+      }
+      chunks.push(chunk);
+    }
+  }
+  const body = n > MAX_RELAY_BODY ? Buffer.from('Blocked\n') : Buffer.concat(chunks, n);
+  const headers: Array<[string, string]> = [];
+  for (const [name, value] of http.headers) {
+    const key = name.toLowerCase();
+    if (RELAY_DROP.has(key) || !isToken(name) || !isSafeFieldValue(value)) continue;
+    headers.push([name, value]);
+  }
+  headers.push(['Content-Length', String(body.length)], ['Cache-Control', 'no-store']);
+  const status = http.status >= 200 && http.status <= 599 ? http.status : 403;
+  return { status, headers, body };
+}
+
+const RELAY_DROP = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-authenticate',
+  'proxy-connection',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+  'content-length',
+  'set-cookie',
+  'cache-control',
+]);
+
+/**
+ * Before refusing a request, read (and discard) the rest of its body for a short while, so
+ * the client is not reset while still sending and the connection can be kept. True when the
+ * body was read to its end.
+ */
+async function drainRequest(store: BodyStore | null): Promise<boolean> {
+  if (store === null || store.ended) return true;
+  if (store.error !== undefined) return false;
+  store.release();
+  let timer: NodeJS.Timeout | undefined;
+  const ended = await Promise.race([
+    store.whenEnded().then(() => store.error === undefined),
+    new Promise<boolean>((resolve) => {
+      timer = setTimeout(() => resolve(false), DRAIN_WAIT);
+    }),
+  ]);
+  clearTimeout(timer);
+  store.dispose();
+  return ended;
+}
+
+/** Fields of a returned request head that do not make it a modification. */
+const IGNORED_IN_COMPARISON = new Set([
+  'via',
+  'content-length',
+  'transfer-encoding',
+  'date',
+  'connection',
+  'keep-alive',
+]);
+
+function comparableHeaders(pairs: Iterable<readonly [string, string]>): string[] {
+  const out: string[] = [];
+  for (const [n, v] of pairs) {
+    const key = n.toLowerCase();
+    if (key.startsWith(':') || IGNORED_IN_COMPARISON.has(key) || key.startsWith('x-lastline-')) continue;
+    out.push(`${key}:${v.trim()}`);
+  }
+  return out.sort();
+}
+
+function sameRequestHead(
+  head: NonNullable<IcapResponse['httpRequest']>,
+  facts: HttpRequestFacts,
+  absolute: boolean,
+): boolean {
+  if (head.method.toUpperCase() !== facts.method) return false;
+  const sentTarget = absolute ? absoluteTarget(facts) : facts.target;
+  if (head.target !== sentTarget && originForm(head.target) !== originForm(facts.target)) return false;
+  const a = comparableHeaders(head.headers);
+  const b = comparableHeaders(facts.headerPairs.filter(([n]) => !HOP_BY_HOP.has(n.toLowerCase())));
+  return a.length === b.length && a.every((x, i) => x === b[i]);
+}
+
+const HOP_BY_HOP = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-authenticate',
+  'proxy-authorization',
+  'proxy-connection',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+  'http2-settings',
+]);
+
+function originForm(target: string): string {
+  const m = /^[a-z][a-z0-9+.-]*:\/\/[^/?#]*(.*)$/i.exec(target);
+  if (m === null) return target;
+  return m[1] === '' ? '/' : m[1]!;
+}
+
+/** The request head for the application from a modified request: sanitised, with the new length. */
+function rewriteHead(
+  head: IcapResponse['httpRequest'],
+  facts: HttpRequestFacts,
+  length: number,
+): { method: string; url: string; headers: Array<[string, string]> } {
+  const source: Iterable<readonly [string, string]> = head?.headers ?? facts.headerPairs;
+  const headers: Array<[string, string]> = [];
+  for (const [name, value] of source) {
+    const key = name.toLowerCase();
+    if (
+      key.startsWith(':') ||
+      HOP_BY_HOP.has(key) ||
+      key === 'content-length' ||
+      key.startsWith('x-lastline-')
+    )
+      continue;
+    if (!isToken(name) || !isSafeFieldValue(value)) continue;
+    headers.push([name, value]);
+  }
+  headers.push(['content-length', String(length)]);
+  const method = head !== null && isToken(head.method) ? head.method.toUpperCase() : facts.method;
+  const url = head !== null ? originForm(head.target) : facts.target;
+  return { method, url: url.startsWith('/') ? url : facts.target, headers };
+}

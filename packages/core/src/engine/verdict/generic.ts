@@ -1,0 +1,272 @@
+import type { Headers } from '../../protocol/headers.js';
+import {
+  cleanText,
+  contentDispositionFilename,
+  type InfectionFound,
+  infectionResolution,
+  lastPathSegment,
+  parseInfectionFound,
+  parseViolations,
+} from './fields.js';
+import type { Verdict, VerdictInput, Violation } from './index.js';
+
+/**
+ * The generic reading of an ICAP response (the rules are written down in index.ts). The OPSWAT
+ * and NSX Defender readers start from the same {@link Analysis} and add their logs.
+ */
+
+/** Standard reason phrases, for an error reason when the status line had none. */
+const STATUS_PHRASES: Readonly<Record<number, string>> = {
+  100: 'Continue',
+  200: 'OK',
+  201: 'Created',
+  202: 'Accepted',
+  204: 'No Content',
+  206: 'Partial Content',
+  400: 'Bad Request',
+  403: 'Forbidden',
+  404: 'ICAP Service Not Found',
+  405: 'Method Not Allowed For Service',
+  408: 'Request Timeout',
+  418: 'Bad Composition',
+  500: 'Server Error',
+  501: 'Method Not Implemented',
+  502: 'Bad Gateway',
+  503: 'Service Overloaded',
+  505: 'ICAP Version Not Supported By Server',
+  539: 'Aborted - No AV scanning license',
+};
+
+const REDIRECTS: ReadonlySet<number> = new Set([301, 302, 303, 307, 308]);
+const UNSCANNABLE_ERROR_CODES: ReadonlySet<string> = new Set([
+  'decode_error',
+  'max_archive_layers_exceeded',
+  'password_protected',
+]);
+const ALLOW_RESPONSE_INFO: ReadonlySet<string> = new Set(['allowed', 'passed', 'clean']);
+
+export interface Analysis {
+  input: VerdictInput;
+  /** Every X-Infection-Found of the ICAP headers, parsed. */
+  infections: InfectionFound[];
+  /** The ICAP X-Virus-ID, unless empty or a clean marker (`no threats`). */
+  virusId: string | undefined;
+  violations: Violation[];
+  blockedReason: string | undefined;
+  responseDesc: string | undefined;
+  responseDescription: string | undefined;
+  /** The message was refused (decides `blocked` on a 200/201). */
+  blocked: boolean;
+  /** An infection, violation or virus name was reported ('Infected' as the fallback reason). */
+  infected: boolean;
+  /** The server said explicitly that the message is fine. */
+  explicitAllow: boolean;
+  threatId: string | undefined;
+  unscannable: boolean;
+  /** The encapsulated X-Blocked value (Sophos), for a reason. */
+  httpBlocked: string | undefined;
+}
+
+export function readGeneric(input: VerdictInput): Verdict {
+  return decide(analyse(input));
+}
+
+export function analyse(input: VerdictInput): Analysis {
+  const h = input.headers;
+  const heads: Headers[] = [];
+  if (input.httpResponse !== null) heads.push(input.httpResponse.headers);
+  if (input.httpRequest !== null) heads.push(input.httpRequest.headers);
+
+  // ICAP-level signals.
+  const infections = h.getAll('x-infection-found').map(parseInfectionFound);
+  const virusId = notCleanVirusId(h.get('x-virus-id'));
+  const blockedReason = cleanText(h.get('x-blocked-reason'));
+  const responseDesc = cleanText(h.get('x-response-desc'));
+  const responseDescription = cleanText(h.get('x-response-description'));
+  const responseInfo = h.get('x-response-info')?.trim().toLowerCase();
+  const fsecure = h.get('x-fsecure-scan-result');
+  const fsecureInfected = fsecure !== undefined && fsecure.trim().toLowerCase() !== 'clean';
+
+  const violationLines = h.lines('x-violations-found');
+  const parsed = violationLines === undefined ? undefined : parseViolations(violationLines);
+  let violationsSignal = false;
+  if (parsed !== undefined) {
+    if (parsed.count !== undefined) violationsSignal = parsed.count > 0;
+    else
+      violationsSignal = parsed.violations.length > 0 || (violationLines ?? []).some((l) => l.trim() !== '');
+  }
+
+  // Signals in the encapsulated HTTP headers.
+  let httpBlocked: string | undefined;
+  let httpBlockedPresent = false;
+  let httpVirusId: string | undefined;
+  const httpInfections: InfectionFound[] = [];
+  for (const hh of heads) {
+    if (hh.has('x-blocked')) {
+      httpBlockedPresent = true;
+      httpBlocked ??= cleanText(hh.get('x-blocked'));
+    }
+    httpVirusId ??= notCleanVirusId(hh.get('x-virus-id'));
+    for (const v of hh.getAll('x-infection-found')) httpInfections.push(parseInfectionFound(v));
+  }
+
+  // Violations: the X-Violations-Found lines, else one built from X-Infection-Found.
+  let violations = parsed?.violations ?? [];
+  const firstInfection = infections[0] ?? httpInfections[0];
+  if (violations.length === 0 && firstInfection !== undefined) {
+    violations = [
+      {
+        file_name: fileNameOf(input) ?? '',
+        threat_name: firstInfection.threat ?? virusId ?? httpVirusId ?? '',
+        resolution: infectionResolution(firstInfection.resolution),
+      },
+    ];
+  }
+
+  const infectionPresent = infections.length > 0 || httpInfections.length > 0;
+  const satisfaction = satisfactionBlock(input);
+  const blocked =
+    satisfaction ||
+    infectionPresent ||
+    violationsSignal ||
+    h.has('x-blocked-reason') ||
+    responseInfo === 'blocked' ||
+    fsecureInfected ||
+    virusId !== undefined ||
+    httpBlockedPresent ||
+    httpVirusId !== undefined;
+  const infected =
+    infectionPresent ||
+    violationsSignal ||
+    virusId !== undefined ||
+    httpVirusId !== undefined ||
+    fsecureInfected;
+  const explicitAllow =
+    !blocked &&
+    ((responseInfo !== undefined && ALLOW_RESPONSE_INFO.has(responseInfo)) ||
+      fsecure?.trim().toLowerCase() === 'clean' ||
+      h.get('x-virus-id')?.trim().toLowerCase() === 'no threats');
+
+  const threatId =
+    infections.find((i) => i.threat !== undefined)?.threat ??
+    virusId ??
+    (fsecureInfected ? cleanText(h.get('x-fsecure-infection-name')) : undefined) ??
+    httpVirusId ??
+    httpInfections.find((i) => i.threat !== undefined)?.threat ??
+    violations.find((v) => v.threat_name !== '')?.threat_name;
+
+  const unscannable =
+    infections.some((i) => i.type === 2) ||
+    httpInfections.some((i) => i.type === 2) ||
+    h
+      .getAll('x-error-code')
+      .flatMap((v) => v.split(','))
+      .some((code) => UNSCANNABLE_ERROR_CODES.has(code.trim().toLowerCase()));
+
+  return {
+    input,
+    infections,
+    virusId,
+    violations,
+    blockedReason,
+    responseDesc,
+    responseDescription,
+    blocked,
+    infected,
+    explicitAllow,
+    threatId,
+    unscannable,
+    httpBlocked,
+  };
+}
+
+/** The vendor-neutral verdict from an analysis (no vendor logs, no client headers). */
+export function decide(a: Analysis): Verdict {
+  const { input } = a;
+  const status = input.status;
+  const base = {
+    threat_id: a.threatId,
+    violations: a.violations,
+    unscannable: a.unscannable,
+    client_headers: [] as Array<[string, string]>,
+  };
+  const described = a.blockedReason ?? a.responseDesc ?? a.responseDescription;
+  if (status === 204) return { kind: 'clean', reason: described, ...base };
+  if (status === 200 || status === 201) {
+    if (a.blocked) return { kind: 'blocked', reason: blockReason(a, described), ...base };
+    if (input.httpRequest !== null || input.httpResponse !== null)
+      return { kind: 'adapted', reason: described, ...base };
+    if (a.explicitAllow) return { kind: 'clean', reason: described, ...base };
+    return {
+      kind: 'error',
+      reason: `${statusText(input)} without an encapsulated HTTP message`,
+      ...base,
+    };
+  }
+  return { kind: 'error', reason: statusText(input), ...base };
+}
+
+/** An error verdict carrying nothing but a reason (used when reading the response failed). */
+export function errorVerdict(input: VerdictInput, detail: string): Verdict {
+  let prefix = 'ICAP';
+  try {
+    prefix = statusText(input);
+  } catch {
+    // keep the bare prefix
+  }
+  return {
+    kind: 'error',
+    reason: cleanText(`${prefix}: ${detail}`),
+    threat_id: undefined,
+    violations: [],
+    unscannable: false,
+    client_headers: [],
+  };
+}
+
+/** `ICAP <status> <reason phrase>`. */
+export function statusText(input: VerdictInput): string {
+  const status = Number.isInteger(input.status) ? input.status : 0;
+  const phrase = cleanText(input.reasonPhrase) ?? STATUS_PHRASES[status];
+  return phrase === undefined ? `ICAP ${status}` : `ICAP ${status} ${phrase}`;
+}
+
+function blockReason(a: Analysis, described: string | undefined): string | undefined {
+  if (described !== undefined) return described;
+  if (a.infected) return 'Infected';
+  if (a.httpBlocked !== undefined) return a.httpBlocked;
+  const res = a.input.httpResponse;
+  if (res !== null) return cleanText(res.reason) ?? `HTTP ${res.status}`;
+  return undefined;
+}
+
+/**
+ * REQMOD answered with an HTTP response (request satisfaction) whatever its status; RESPMOD
+ * answered with a block page (403, a redirect, or a reason phrase naming a virus or a block).
+ */
+function satisfactionBlock(input: VerdictInput): boolean {
+  const res = input.httpResponse;
+  if (res === null) return false;
+  if (input.method !== 'RESPMOD') return true;
+  return res.status === 403 || REDIRECTS.has(res.status) || /virus|infect|block/i.test(res.reason);
+}
+
+/** An X-Virus-ID value naming a threat: not empty and not Kaspersky's `no threats`. */
+function notCleanVirusId(value: string | undefined): string | undefined {
+  const v = cleanText(value);
+  if (v === undefined || v.toLowerCase() === 'no threats') return undefined;
+  return v;
+}
+
+/** The scanned file's name, as far as the encapsulated heads tell it. */
+function fileNameOf(input: VerdictInput): string | undefined {
+  return (
+    contentDispositionFilename(input.httpRequest?.headers.get('content-disposition')) ??
+    // In RESPMOD the encapsulated response is the scanned one; in REQMOD it is a block page.
+    (input.method === 'RESPMOD'
+      ? contentDispositionFilename(input.httpResponse?.headers.get('content-disposition'))
+      : undefined) ??
+    lastPathSegment(input.httpRequest?.target) ??
+    cleanText(input.fileName)
+  );
+}

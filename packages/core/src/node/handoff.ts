@@ -1,0 +1,124 @@
+import { IncomingMessage } from 'node:http';
+import { Readable } from 'node:stream';
+
+/**
+ * Handing a body to the application after the middleware has read the request stream.
+ *
+ * Body parsers (body-parser, multer, co-body, formidable, Fastify's parsers, busboy) read the
+ * request stream itself and skip silently, or fail, when it was already consumed. So after a
+ * scan the request must be readable again, with the approved body, the right
+ * `content-length` and no `transfer-encoding`:
+ *
+ * - {@link rearmRequest} makes the same request object readable again (Express, Fastify,
+ *   HTTP/2 compatibility requests: their frameworks close over that object);
+ * - {@link requestWithBody} builds a fresh `IncomingMessage` carrying the body (Koa, whose
+ *   context lets the request be swapped, and where no live stream is re-initialised).
+ *
+ * Both only make sense once the original body was read to its end (the engine's pass and
+ * rewrite outcomes guarantee it).
+ */
+
+export interface BodyHandoff {
+  body: Readable;
+  /** Length of `body`; written to `content-length` (and `transfer-encoding` removed). */
+  contentLength: number;
+  /** Replacement request headers (a modified request); otherwise the request's own are kept. */
+  headers?: ReadonlyArray<readonly [string, string]> | undefined;
+  method?: string | undefined;
+  url?: string | undefined;
+}
+
+type Requestish = Readable & {
+  headers: Record<string, string | string[] | undefined>;
+  rawHeaders?: string[];
+  method?: string | undefined;
+  url?: string | undefined;
+};
+
+/** Makes `req` readable again, from `handoff.body`, in place. */
+export function rearmRequest(req: Requestish, handoff: BodyHandoff): void {
+  const state = (req as unknown as { _readableState?: { highWaterMark?: number } })._readableState;
+  const highWaterMark = state?.highWaterMark ?? 64 * 1024;
+  // Re-run the Readable constructor on the object: a fresh stream state (not ended, not
+  // destroyed), listeners kept. The request's own _read is replaced by one pulling from the body.
+  Readable.call(req as unknown as Readable, { highWaterMark, read: pull(req, handoff.body) } as never);
+  // IncomingMessage sets this in its constructor so that Readable never reads ahead by itself.
+  (req as unknown as { _readableState: { readingMore: boolean } })._readableState.readingMore = true;
+  applyHead(req, handoff);
+}
+
+/** A new request with the original's metadata and socket, reading from `handoff.body`. */
+export function requestWithBody(req: IncomingMessage, handoff: BodyHandoff): IncomingMessage {
+  const fresh = new IncomingMessage(req.socket);
+  fresh.method = req.method;
+  fresh.url = req.url;
+  fresh.httpVersion = req.httpVersion;
+  fresh.httpVersionMajor = req.httpVersionMajor;
+  fresh.httpVersionMinor = req.httpVersionMinor;
+  fresh.headers = { ...req.headers };
+  fresh.rawHeaders = [...req.rawHeaders];
+  fresh.trailers = req.trailers;
+  fresh.rawTrailers = req.rawTrailers;
+  fresh.complete = true;
+  fresh._read = pull(fresh, handoff.body);
+  applyHead(fresh, handoff);
+  // The application may listen for the client going away on either object.
+  req.once('close', () => {
+    if (!fresh.readableEnded) fresh.destroy();
+  });
+  return fresh;
+}
+
+function pull(target: Readable, body: Readable): () => void {
+  let started = false;
+  return () => {
+    if (!started) {
+      started = true;
+      body.on('data', (chunk: Buffer) => {
+        if (!target.push(chunk)) body.pause();
+      });
+      body.once('end', () => target.push(null));
+      body.once('error', (err) => target.destroy(err));
+      return;
+    }
+    body.resume();
+  };
+}
+
+function applyHead(req: Requestish, handoff: BodyHandoff): void {
+  if (handoff.method !== undefined) req.method = handoff.method;
+  if (handoff.url !== undefined) req.url = handoff.url;
+  const headers = req.headers;
+  if (handoff.headers !== undefined) {
+    for (const key of Object.keys(headers)) if (!key.startsWith(':')) delete headers[key];
+    for (const [name, value] of handoff.headers) {
+      const key = name.toLowerCase();
+      const prev = headers[key];
+      if (prev === undefined) headers[key] = value;
+      else if (key === 'set-cookie') headers[key] = [...(Array.isArray(prev) ? prev : [prev]), value];
+      else headers[key] = `${Array.isArray(prev) ? prev.join(', ') : prev}, ${value}`;
+    }
+  }
+  headers['content-length'] = String(handoff.contentLength);
+  delete headers['transfer-encoding'];
+  if (Array.isArray(req.rawHeaders)) {
+    const raw: string[] = [];
+    const source =
+      handoff.headers ??
+      pairs(req.rawHeaders).filter(
+        ([n]) => !['content-length', 'transfer-encoding'].includes(n.toLowerCase()),
+      );
+    for (const [n, v] of source) {
+      if (n.toLowerCase() === 'content-length' || n.toLowerCase() === 'transfer-encoding') continue;
+      raw.push(n, v);
+    }
+    raw.push('Content-Length', String(handoff.contentLength));
+    req.rawHeaders = raw;
+  }
+}
+
+function pairs(raw: string[]): Array<[string, string]> {
+  const out: Array<[string, string]> = [];
+  for (let i = 0; i + 1 < raw.length; i += 2) out.push([raw[i]!, raw[i + 1]!]);
+  return out;
+}
