@@ -8,6 +8,9 @@ const src = (pkg: string) => fileURLToPath(new URL(`./packages/${pkg}/src/index.
 export const alias = {
   '@icapkit/core': src('core'),
   '@icapkit/testing': src('testing'),
+  '@icapkit/express': src('express'),
+  '@icapkit/fastify': src('fastify'),
+  '@icapkit/koa': src('koa'),
 };
 
 export default defineConfig({

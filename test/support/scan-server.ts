@@ -52,7 +52,7 @@ export async function startScanServer(engine: IcapEngine): Promise<ScanServer> {
         url: outcome.url,
       });
     } else if (outcome.body !== null) {
-      rearmRequest(req, { body: outcome.body, contentLength: Number(outcome.log.request_body_length ?? 0) });
+      rearmRequest(req, { body: outcome.body, contentLength: outcome.contentLength ?? 0 });
     }
     const chunks: Buffer[] = [];
     for await (const c of req) chunks.push(c as Buffer);

@@ -58,8 +58,10 @@ interface OutcomeBase {
 
 export interface PassOutcome extends OutcomeBase {
   kind: 'pass';
-  /** The body for the application, or null when the request body was never read. */
+  /** The body for the application, or null when the request was left untouched (read it as usual). */
   body: Readable | null;
+  /** Length of `body` (when there is one). */
+  contentLength: number | undefined;
 }
 
 export interface RewriteOutcome extends OutcomeBase {
@@ -507,7 +509,7 @@ export class IcapEngine {
     if (adapted.identical() && sameHead) {
       if (entry !== undefined) entry.action = 'ICAP_PASSED';
       if (store?.retaining) return pass('ICAP_PASSED', log, store, null, clientHeaders);
-      return pass('ICAP_PASSED', log, null, adapted.stream(), clientHeaders, dispose);
+      return pass('ICAP_PASSED', log, null, adapted.stream(), clientHeaders, dispose, adapted.length);
     }
     log.significance.push('ICAP_MODIFIED');
     if (entry !== undefined) {
@@ -647,6 +649,21 @@ export class IcapEngine {
   }
 }
 
+/** What the application can read about the scan of its request (`req.icap`, `request.icap`, `ctx.state.icap`). */
+export interface IcapRequestInfo {
+  action: IcapAction;
+  /** Threat name when blocked. */
+  threat: string | undefined;
+  /** The policy rule that decided, if any. */
+  rule: string | undefined;
+  /** The full icap_log record. */
+  log: IcapLog;
+}
+
+export function requestInfo(outcome: ScanOutcome): IcapRequestInfo {
+  return { action: outcome.action, threat: outcome.threat, rule: outcome.log.rule_name, log: outcome.log };
+}
+
 /** Creates an engine for a profile (validated now; throws ICAP_ERR_INVALID_PROFILE). */
 export function createEngine(profile: IcapProfile): IcapEngine {
   return new IcapEngine(profile);
@@ -681,11 +698,14 @@ function pass(
   body: Readable | null,
   responseHeaders: Array<[string, string]>,
   dispose?: () => void,
+  length?: number,
 ): PassOutcome {
   let stream = body;
+  let contentLength = length;
   if (store !== null) {
     // Open the replay first: its reader keeps the bytes that release() would otherwise drop.
     stream = store.stream();
+    contentLength = store.received;
     store.release();
   }
   const s = stream;
@@ -697,6 +717,7 @@ function pass(
     }),
     kind: 'pass',
     body: stream,
+    contentLength,
   };
 }
 

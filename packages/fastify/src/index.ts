@@ -1,0 +1,137 @@
+import {
+  createEngine,
+  type IcapEngine,
+  type IcapProfile,
+  type IcapRequestInfo,
+  rearmRequest,
+  requestInfo,
+  type ScanOutcome,
+} from '@icapkit/core';
+import type { FastifyPluginAsync, FastifyReply, FastifyRequest, preParsingAsyncHookHandler } from 'fastify';
+import fp from 'fastify-plugin';
+
+/**
+ * Fastify plugin: requests the profile's rules select are scanned by the ICAP server in a
+ * `preParsing` hook placed before any other, so the content-type parsers (JSON, and
+ * @fastify/multipart, which reads `request.raw` itself) see only an approved body: the
+ * original one replayed, or the ICAP server's rewritten one, with a matching length.
+ *
+ *   await fastify.register(icap, { name: 'uploads', poolGroup: 'icap://127.0.0.1:1344', serviceUri: '/avscan' });
+ *   fastify.post('/avatar', { config: { icap: false } }, handler);             // opt out
+ *   fastify.post('/docs', { config: { icap: { serviceUri: '/cdr' } } }, handler); // per-route profile
+ */
+
+export type IcapRouteOptions = Partial<IcapProfile> | false;
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** Set by @icapkit/fastify once the request was scanned (or not). */
+    icap: IcapRequestInfo | null;
+  }
+  interface FastifyContextConfig {
+    /** false: not scanned; an object: this route's profile overrides. */
+    icap?: IcapRouteOptions;
+  }
+  interface FastifyInstance {
+    /** The default engine of @icapkit/fastify. */
+    icapEngine: IcapEngine;
+  }
+}
+
+export type IcapPluginOptions = IcapProfile;
+
+const plugin: FastifyPluginAsync<IcapPluginOptions> = async (fastify, profile) => {
+  const engine = createEngine(profileOf(profile));
+  const routeEngines: IcapEngine[] = [];
+  fastify.decorate('icapEngine', engine);
+  fastify.decorateRequest('icap', null);
+  fastify.addHook('onRoute', (route) => {
+    const config = (route.config as { icap?: IcapRouteOptions } | undefined)?.icap;
+    if (config === false) return;
+    let routeEngine = engine;
+    if (config !== undefined) {
+      routeEngine = createEngine({ ...profileOf(profile), ...config });
+      routeEngines.push(routeEngine);
+    }
+    const hook = scanHook(routeEngine);
+    const existing = route.preParsing;
+    // First of all preParsing hooks: nothing may read the body before it was approved.
+    route.preParsing =
+      existing === undefined ? [hook] : [hook, ...(Array.isArray(existing) ? existing : [existing])];
+  });
+  fastify.addHook('onClose', async () => {
+    await Promise.all([engine.close(), ...routeEngines.map((e) => e.close())]);
+  });
+};
+
+/** The profile without Fastify's own plugin options. */
+function profileOf(options: IcapPluginOptions): IcapProfile {
+  const {
+    prefix: _p,
+    logLevel: _l,
+    logSerializers: _s,
+    ...rest
+  } = options as IcapPluginOptions & Record<string, unknown>;
+  return rest as unknown as IcapProfile;
+}
+
+function scanHook(engine: IcapEngine): preParsingAsyncHookHandler {
+  return async function icapPreParsing(request: FastifyRequest, reply: FastifyReply, payload) {
+    const raw = request.raw;
+    const wireLength = Number(raw.headers['content-length'] ?? Number.NaN);
+    const ac = new AbortController();
+    const onClose = () => {
+      if (!reply.raw.writableFinished) ac.abort();
+    };
+    reply.raw.once('close', onClose);
+    let outcome: ScanOutcome;
+    try {
+      outcome = await engine.scan(raw, {
+        signal: ac.signal,
+        logger: request.log,
+        requestId: String(request.id),
+      });
+    } finally {
+      reply.raw.removeListener('close', onClose);
+    }
+    reply.raw.once('close', () => outcome.dispose());
+    request.icap = requestInfo(outcome);
+    switch (outcome.kind) {
+      case 'aborted':
+        reply.hijack();
+        raw.destroy();
+        return payload;
+      case 'respond': {
+        const headers: Record<string, string> = {};
+        for (const [n, v] of outcome.headers) headers[n] = v;
+        await reply.code(outcome.status).headers(headers).send(outcome.body);
+        return payload;
+      }
+      case 'rewrite':
+        rearmRequest(raw, {
+          body: outcome.body,
+          contentLength: outcome.contentLength,
+          headers: outcome.headers,
+          method: outcome.method,
+          url: outcome.url,
+        });
+        break;
+      case 'pass':
+        if (outcome.body === null) {
+          for (const [n, v] of outcome.responseHeaders) reply.header(n, v);
+          return payload;
+        }
+        rearmRequest(raw, { body: outcome.body, contentLength: outcome.contentLength ?? 0 });
+        break;
+    }
+    for (const [n, v] of outcome.responseHeaders) reply.header(n, v);
+    // Fastify compares the bytes the parser reads with content-length: the re-armed request's
+    // content-length is the body's. receivedEncodedLength keeps the wire length for bodyLimit.
+    const stream = raw as typeof raw & { receivedEncodedLength?: number };
+    if (Number.isFinite(wireLength)) stream.receivedEncodedLength = wireLength;
+    return stream;
+  };
+}
+
+export const icap = fp(plugin, { fastify: '5.x', name: '@icapkit/fastify' });
+export default icap;
