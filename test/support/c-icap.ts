@@ -17,7 +17,7 @@ import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
 import { connect as tlsConnect } from 'node:tls';
 import { describe } from 'vitest';
-import { EICAR_MD5, EICAR_SIZE } from './eicar.js';
+import { EICAR_MD5, EICAR_SIZE, eicarBytes } from './eicar.js';
 
 export const LOOPBACK = '127.0.0.1';
 
@@ -25,6 +25,13 @@ export const LOOPBACK = '127.0.0.1';
 export const CLAMAV_DB_DIR = '/var/lib/clamav';
 export const EICAR_SIGNATURE_FILE = join(CLAMAV_DB_DIR, 'icapkit-eicar.hdb');
 const EICAR_SIGNATURE = `${EICAR_MD5}:${EICAR_SIZE}:Eicar-Test-Signature\n`;
+/**
+ * The .hdb signature matches a file that is exactly EICAR; this body signature (.ndb,
+ * `Name:TargetType:Offset:Hex`) also finds it inside a larger body (a multipart form, an
+ * archive member), as ClamAV's real EICAR signature does. Built at runtime, not stored.
+ */
+export const EICAR_BODY_SIGNATURE_FILE = join(CLAMAV_DB_DIR, 'icapkit-eicar.ndb');
+const EICAR_BODY_SIGNATURE = `Eicar-Test-Signature:0:*:${eicarBytes().toString('hex')}\n`;
 
 const MODULE_DIR_CANDIDATES = [
   '/usr/lib/x86_64-linux-gnu/c_icap',
@@ -244,16 +251,25 @@ async function makeCertificates(certDir: string): Promise<{ caFile: string; cert
 
 /** Writes the EICAR MD5 signature into ClamAV's database folder (no-op when already there). */
 export async function installEicarSignature(): Promise<void> {
+  for (const [file, content] of [
+    [EICAR_SIGNATURE_FILE, EICAR_SIGNATURE],
+    [EICAR_BODY_SIGNATURE_FILE, EICAR_BODY_SIGNATURE],
+  ] as const) {
+    await installSignature(file, content);
+  }
+}
+
+async function installSignature(file: string, content: string): Promise<void> {
   try {
-    if (readFileSync(EICAR_SIGNATURE_FILE, 'utf8') === EICAR_SIGNATURE) return;
+    if (readFileSync(file, 'utf8') === content) return;
   } catch {
     // absent: write it
   }
   try {
     await mkdir(CLAMAV_DB_DIR, { recursive: true });
-    const tmp = `${EICAR_SIGNATURE_FILE}.${process.pid}.tmp`;
-    await writeFile(tmp, EICAR_SIGNATURE, { mode: 0o644 });
-    await rename(tmp, EICAR_SIGNATURE_FILE);
+    const tmp = `${file}.${process.pid}.tmp`;
+    await writeFile(tmp, content, { mode: 0o644 });
+    await rename(tmp, file);
   } catch (err) {
     const why = err instanceof Error ? err.message : String(err);
     throw new Error(

@@ -251,6 +251,9 @@ export class BodyStore implements ReplayableBody {
     if (s === undefined || s.readableEnded || this.#base !== 0 || this.#error !== undefined) return false;
     this.detach();
     for (let i = this.#chunks.length - 1; i >= 0; i--) s.unshift(this.#chunks[i]!);
+    // detach() paused the stream explicitly; a parser that only adds a 'data' listener (raw-body)
+    // would then wait forever. Back to the state of a stream nobody has read yet.
+    (s as { readableFlowing: boolean | null }).readableFlowing = null;
     this.#chunks = [];
     this.#base = this.#received;
     for (const r of this.#readers) r.abandon();

@@ -113,8 +113,17 @@ function applyHead(req: Requestish, handoff: BodyHandoff): void {
       raw.push(n, v);
     }
     raw.push('Content-Length', String(handoff.contentLength));
-    req.rawHeaders = raw;
+    // HTTP/2 compatibility requests derive rawHeaders from headers (a getter only).
+    if (hasSetter(req, 'rawHeaders')) req.rawHeaders = raw;
   }
+}
+
+function hasSetter(obj: object, key: string): boolean {
+  for (let o: object | null = obj; o !== null; o = Object.getPrototypeOf(o)) {
+    const d = Object.getOwnPropertyDescriptor(o, key);
+    if (d !== undefined) return d.set !== undefined || d.writable === true;
+  }
+  return true;
 }
 
 function pairs(raw: string[]): Array<[string, string]> {
