@@ -159,19 +159,21 @@ function compileStringMatch(v: unknown, field: string, caseDefault = false): Tes
     });
   }
   if (m.regex !== undefined) {
-    const res = stringList(m.regex, `${field}.regex`).map((src, i) => {
-      if (src.length > MAX_REGEX) invalid(`${field}.regex[${i}]`, `is longer than ${MAX_REGEX} characters`);
-      try {
-        return new RegExp(src, cs ? 'u' : 'iu');
-      } catch (err) {
-        invalid(`${field}.regex[${i}]`, `is not a valid regular expression: ${(err as Error).message}`);
-      }
-    });
+    const res = stringList(m.regex, `${field}.regex`).map((src, i) => compileRegex(src, cs, `${field}.regex[${i}]`));
     tests.push((s) => res.some((re) => re.test(s)));
   }
   if (tests.length === 0) invalid(field, 'needs at least one of exact, prefix, suffix, contains, regex');
   const any: Test = (s) => tests.some((t) => t(s));
   return m.negate ? (s) => !any(s) : any;
+}
+
+function compileRegex(src: string, caseSensitive: boolean, field: string): RegExp {
+  if (src.length > MAX_REGEX) invalid(field, `is longer than ${MAX_REGEX} characters`);
+  try {
+    return new RegExp(src, caseSensitive ? 'u' : 'iu');
+  } catch (err) {
+    return invalid(field, `is not a valid regular expression: ${(err as Error).message}`);
+  }
 }
 
 function compileCriteria(
