@@ -417,9 +417,12 @@ export class Transaction {
     }
     checkEncapsulated(req.method, head);
     this.#finalHead = head;
-    const completeBodySent = req.body === null || this.#writeState === 'finished';
-    // The answer is in: stop sending (the server will not read more of this request).
-    this.#stopWriting();
+    // A 200/201 that streams back the adapted message may come before the server has read the
+    // whole request (data trickling, a streaming echo): it needs the rest to produce its
+    // body, so sending goes on. Any other early answer (204, a block, an error) ends sending.
+    const adaptedBody = req.method === 'RESPMOD' ? 'res-body' : 'req-body';
+    const keepSending = (head.status === 200 || head.status === 201) && head.body === adaptedBody;
+    if (!keepSending) this.#stopWriting();
     if (head.body !== null) {
       const socket = this.#conn.socket;
       this.#body = new Readable({
@@ -442,6 +445,7 @@ export class Transaction {
       });
     }
     const conn = this.#conn;
+    const tx = this;
     const istag = head.headers.get('istag');
     this.#responseResolved = true;
     this.#response.resolve({
@@ -459,7 +463,9 @@ export class Transaction {
       requestHeaders: req.icapHeaders,
       previewSent: req.preview !== undefined,
       answeredInPreview: previewPhase,
-      completeBodySent,
+      get completeBodySent() {
+        return req.body === null || tx.#writeState === 'finished';
+      },
       connection: {
         id: conn.id,
         reused: this.#reusedConnection,
@@ -484,6 +490,8 @@ export class Transaction {
     const head = this.#finalHead;
     if (head === null) return;
     this.#finished = true;
+    // The response is complete: anything of the request not yet sent will not be read.
+    this.#stopWriting();
     const conn = this.#conn;
     const closeAsked =
       /\bclose\b/i.test(head.headers.get('connection') ?? '') ||

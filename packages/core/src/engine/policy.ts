@@ -159,7 +159,9 @@ function compileStringMatch(v: unknown, field: string, caseDefault = false): Tes
     });
   }
   if (m.regex !== undefined) {
-    const res = stringList(m.regex, `${field}.regex`).map((src, i) => compileRegex(src, cs, `${field}.regex[${i}]`));
+    const res = stringList(m.regex, `${field}.regex`).map((src, i) =>
+      compileRegex(src, cs, `${field}.regex[${i}]`),
+    );
     tests.push((s) => res.some((re) => re.test(s)));
   }
   if (tests.length === 0) invalid(field, 'needs at least one of exact, prefix, suffix, contains, regex');

@@ -1,0 +1,37 @@
+/**
+ * Scripted misbehaviour: a test's `script(request)` returns one of these for a request (decided
+ * when its ICAP head arrives), and the server misbehaves that way for that request only.
+ */
+export type FaultMoment = 'on-head' | 'after-preview' | 'mid-body' | 'mid-response';
+
+export type Fault =
+  /** Answer normally, after `ms`. */
+  | { kind: 'delay'; ms: number }
+  /** Never answer (keep reading, until the client gives up or the server closes). */
+  | { kind: 'hang' }
+  /** Close the connection (FIN) at that moment. */
+  | { kind: 'close'; when: FaultMoment }
+  /** Reset the connection (RST) at that moment. */
+  | { kind: 'reset'; when: FaultMoment }
+  /** Answer with this ICAP status (e.g. 500, 503, 404, 400) and `Encapsulated: null-body=0`. */
+  | { kind: 'status'; status: number; reason?: string }
+  /** Answer with bytes that are not ICAP, then close. */
+  | { kind: 'garbage'; bytes?: string | Buffer }
+  /** Send `100 Continue` even though the preview ended with ieof. */
+  | { kind: 'continue-after-ieof' }
+  /** Answer with a header section of about this many bytes. */
+  | { kind: 'oversized-headers'; bytes: number }
+  /** Answer 200 with a chunk that never ends (written with backpressure until the client closes). */
+  | { kind: 'endless-chunk' }
+  /** Send 100 Continue after the preview, then never read or answer. */
+  | { kind: 'stall-after-continue' }
+  /** Answer with a block page right after the ICAP head, before reading the body (then discard it). */
+  | { kind: 'early-response' }
+  /** Answer normally with `Connection: close`, then close. */
+  | { kind: 'connection-close' }
+  /** Answer normally without an ISTag header. */
+  | { kind: 'no-istag' }
+  /** Send exactly these bytes as the response (after the request was read). */
+  | { kind: 'raw'; response: Buffer | string };
+
+export type FaultKind = Fault['kind'];
