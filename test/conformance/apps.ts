@@ -232,6 +232,8 @@ async function startKoa(framework: 'koa3' | 'koa2', profile: IcapProfile, option
   const Koa = (framework === 'koa3' ? Koa3 : Koa2) as unknown as typeof Koa3;
   const seen: Seen[] = [];
   const app = new Koa();
+  // Koa reports client aborts (the abort scenario) through app 'error'; keep them off stderr.
+  app.silent = true;
   const mw = koaIcap(profile);
   app.use(mw as unknown as Koa3.Middleware);
   const useBodyParser = options.koaParser === '@koa/bodyparser';

@@ -78,7 +78,6 @@ function profileOf(options: IcapPluginOptions): IcapProfile {
 function scanHook(engine: IcapEngine): preParsingAsyncHookHandler {
   return async function icapPreParsing(request: FastifyRequest, reply: FastifyReply, payload) {
     const raw = request.raw;
-    const wireLength = Number(raw.headers['content-length'] ?? Number.NaN);
     const ac = new AbortController();
     const onClose = () => {
       if (!reply.raw.writableFinished) ac.abort();
@@ -125,11 +124,9 @@ function scanHook(engine: IcapEngine): preParsingAsyncHookHandler {
         break;
     }
     for (const [n, v] of outcome.responseHeaders) reply.header(n, v);
-    // Fastify compares the bytes the parser reads with content-length: the re-armed request's
-    // content-length is the body's. receivedEncodedLength keeps the wire length for bodyLimit.
-    const stream = raw as typeof raw & { receivedEncodedLength?: number };
-    if (Number.isFinite(wireLength)) stream.receivedEncodedLength = wireLength;
-    return stream;
+    // The re-armed request carries the approved body's own content-length, which is what
+    // Fastify checks the bytes its parser reads against (so no receivedEncodedLength here).
+    return raw;
   };
 }
 

@@ -435,9 +435,17 @@ export class Transaction {
         },
         destroy: (err, cb) => {
           if (!this.#finished) {
+            // The consumer stopped reading (destroy, or a break out of for await).
             this.#fail(
-              err ??
-                new IcapError(IcapErrorCodes.ABORTED, 'the ICAP response body was destroyed before its end'),
+              err instanceof IcapError
+                ? err
+                : new IcapError(
+                    IcapErrorCodes.ABORTED,
+                    'the ICAP response body was destroyed before its end',
+                    {
+                      cause: err ?? undefined,
+                    },
+                  ),
             );
           }
           cb(err);
