@@ -295,8 +295,14 @@ class Session {
     const fault = this.#srv.script?.(rec);
     this.#fault = fault;
     if (fault !== undefined) rec.verdict = 'fault';
-    if (fault?.kind === 'close' && fault.when === 'on-head') return this.#kill('close');
-    if (fault?.kind === 'reset' && fault.when === 'on-head') return this.#kill('reset');
+    if (fault?.kind === 'close' && fault.when === 'on-head') {
+      this.#kill('close');
+      return;
+    }
+    if (fault?.kind === 'reset' && fault.when === 'on-head') {
+      this.#kill('reset');
+      return;
+    }
     if (fault?.kind === 'hang') {
       this.#discard = true;
       return;
@@ -324,8 +330,14 @@ class Session {
     if (this.#discard) return;
     this.#scanner!.feed(data);
     this.#chunks.push(data);
-    if (this.#fault?.kind === 'close' && this.#fault.when === 'mid-body') return this.#kill('close');
-    if (this.#fault?.kind === 'reset' && this.#fault.when === 'mid-body') return this.#kill('reset');
+    if (this.#fault?.kind === 'close' && this.#fault.when === 'mid-body') {
+      this.#kill('close');
+      return;
+    }
+    if (this.#fault?.kind === 'reset' && this.#fault.when === 'mid-body') {
+      this.#kill('reset');
+      return;
+    }
     if (this.#streaming) {
       this.#chunks = [];
       this.#writeChunk(data);
@@ -338,8 +350,14 @@ class Session {
     const fault = this.#fault;
     const previewEnd = rec.preview !== undefined && !rec.continued && !ieof && head.body !== null;
     if (previewEnd && !this.#discard) {
-      if (fault?.kind === 'close' && fault.when === 'after-preview') return this.#kill('close');
-      if (fault?.kind === 'reset' && fault.when === 'after-preview') return this.#kill('reset');
+      if (fault?.kind === 'close' && fault.when === 'after-preview') {
+        this.#kill('close');
+        return;
+      }
+      if (fault?.kind === 'reset' && fault.when === 'after-preview') {
+        this.#kill('reset');
+        return;
+      }
       const found = this.#scanner!.found;
       if (found !== undefined && (rec.service === '/avscan' || rec.service === '/modify')) {
         // A verdict inside the preview: no need to see the rest.
@@ -636,8 +654,14 @@ class Session {
   }
 
   #writeChunk(data: Buffer): void {
-    if (this.#fault?.kind === 'close' && this.#fault.when === 'mid-response') return this.#kill('close');
-    if (this.#fault?.kind === 'reset' && this.#fault.when === 'mid-response') return this.#kill('reset');
+    if (this.#fault?.kind === 'close' && this.#fault.when === 'mid-response') {
+      this.#kill('close');
+      return;
+    }
+    if (this.#fault?.kind === 'reset' && this.#fault.when === 'mid-response') {
+      this.#kill('reset');
+      return;
+    }
     this.#write(Buffer.concat([chunkHeader(data.length), data, CRLF]));
   }
 
@@ -693,7 +717,8 @@ class Session {
           'ICAP/1.0 200 OK\r\nISTag: "x"\r\nEncapsulated: res-hdr=0, res-body=19\r\n\r\nHTTP/1.1 200 OK\r\n\r\n10\r\npartial',
         ),
       );
-      return this.#kill('close');
+      this.#kill('close');
+      return;
     }
     if (fault?.kind === 'reset' && fault.when === 'mid-response') {
       this.#write(
@@ -701,7 +726,8 @@ class Session {
           'ICAP/1.0 200 OK\r\nISTag: "x"\r\nEncapsulated: res-hdr=0, res-body=19\r\n\r\nHTTP/1.1 200 OK\r\n\r\n10\r\npartial',
         ),
       );
-      return this.#kill('reset');
+      this.#kill('reset');
+      return;
     }
     answer();
     if (this.#fault?.kind === 'endless-chunk' || this.#fault?.kind === 'garbage') return;
