@@ -330,11 +330,13 @@ class Session {
     if (this.#discard) return;
     this.#scanner!.feed(data);
     this.#chunks.push(data);
-    if (this.#fault?.kind === 'close' && this.#fault.when === 'mid-body') {
+    // Mid-body: past the preview (once the rest of the body is flowing), or at once without one.
+    const midBody = rec.preview === undefined || rec.continued;
+    if (midBody && this.#fault?.kind === 'close' && this.#fault.when === 'mid-body') {
       this.#kill('close');
       return;
     }
-    if (this.#fault?.kind === 'reset' && this.#fault.when === 'mid-body') {
+    if (midBody && this.#fault?.kind === 'reset' && this.#fault.when === 'mid-body') {
       this.#kill('reset');
       return;
     }
