@@ -1,6 +1,8 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import {
+  type ContinueServer,
   createEngine,
+  guardExpectContinue,
   type IcapEngine,
   type IcapProfile,
   type IcapRequestInfo,
@@ -36,6 +38,11 @@ export interface IcapMiddleware {
   readonly engine: IcapEngine;
   /** Closes the engine's ICAP connections and probes. */
   close(): Promise<void>;
+  /**
+   * Answers requests with `Expect: 100-continue` that would be refused anyway (413, 415)
+   * before they send their body: `mw.guardExpectContinue(app.listen(3000))`. Returns the server.
+   */
+  guardExpectContinue<S extends ContinueServer>(server: S): S;
 }
 
 export interface IcapExpressOptions {
@@ -53,7 +60,14 @@ export function icap(profile: IcapProfile, options: IcapExpressOptions = {}): Ic
       (err: unknown) => next(err),
     );
   };
-  return Object.assign(middleware, { engine, close: () => engine.close() });
+  return Object.assign(middleware, {
+    engine,
+    close: () => engine.close(),
+    guardExpectContinue<S extends ContinueServer>(server: S): S {
+      guardExpectContinue(server, (req) => engine.preflight(req));
+      return server;
+    },
+  });
 }
 
 export default icap;

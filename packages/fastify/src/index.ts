@@ -1,5 +1,6 @@
 import {
   createEngine,
+  guardExpectContinue,
   type IcapEngine,
   type IcapProfile,
   type IcapRequestInfo,
@@ -45,21 +46,39 @@ const plugin: FastifyPluginAsync<IcapPluginOptions> = async (fastify, profile) =
   const routeEngines: IcapEngine[] = [];
   fastify.decorate('icapEngine', engine);
   fastify.decorateRequest('icap', null);
+  // Which engine (or none) each route handler has, for Expect: 100-continue answers.
+  const byHandler = new Map<unknown, IcapEngine | false>();
   fastify.addHook('onRoute', (route) => {
     const config = (route.config as { icap?: IcapRouteOptions } | undefined)?.icap;
-    if (config === false) return;
+    if (config === false) {
+      if (!byHandler.has(route.handler)) byHandler.set(route.handler, false);
+      return;
+    }
     let routeEngine = engine;
     if (config !== undefined) {
       routeEngine = createEngine({ ...profileOf(profile), ...config });
       routeEngines.push(routeEngine);
     }
+    byHandler.set(route.handler, routeEngine);
     const hook = scanHook(routeEngine);
     const existing = route.preParsing;
     // First of all preParsing hooks: nothing may read the body before it was approved.
     route.preParsing =
       existing === undefined ? [hook] : [hook, ...(Array.isArray(existing) ? existing : [existing])];
   });
+  // Requests with Expect: 100-continue that are refused anyway (413, 415) are answered before
+  // they send their body.
+  const unguard = guardExpectContinue(fastify.server as never, async (req) => {
+    const route = fastify.findRoute({
+      method: (req.method ?? 'GET') as 'GET',
+      url: (req.url ?? '/').split('?')[0] ?? '/',
+    });
+    const routeEngine = route === null ? engine : (byHandler.get(route.handler) ?? engine);
+    if (routeEngine === false) return null;
+    return routeEngine.preflight(req);
+  });
   fastify.addHook('onClose', async () => {
+    unguard();
     await Promise.all([engine.close(), ...routeEngines.map((e) => e.close())]);
   });
 };

@@ -1,7 +1,9 @@
 import { IncomingMessage, type ServerResponse } from 'node:http';
 import {
   type BodyHandoff,
+  type ContinueServer,
   createEngine,
+  guardExpectContinue,
   type IcapEngine,
   type IcapProfile,
   type IcapRequestInfo,
@@ -41,6 +43,11 @@ export interface IcapKoaMiddleware {
   (ctx: KoaContextLike, next: () => Promise<unknown>): Promise<void>;
   readonly engine: IcapEngine;
   close(): Promise<void>;
+  /**
+   * Answers requests with `Expect: 100-continue` that would be refused anyway (413, 415)
+   * before they send their body: `mw.guardExpectContinue(app.listen(3000))`. Returns the server.
+   */
+  guardExpectContinue<S extends ContinueServer>(server: S): S;
 }
 
 export interface IcapKoaOptions {
@@ -94,7 +101,14 @@ export function icap(profile: IcapProfile, options: IcapKoaOptions = {}): IcapKo
     for (const [n, v] of outcome.responseHeaders) ctx.set(n, v);
     await next();
   };
-  return Object.assign(middleware, { engine, close: () => engine.close() });
+  return Object.assign(middleware, {
+    engine,
+    close: () => engine.close(),
+    guardExpectContinue<S extends ContinueServer>(server: S): S {
+      guardExpectContinue(server, (req) => engine.preflight(req));
+      return server;
+    },
+  });
 }
 
 export default icap;

@@ -226,6 +226,7 @@ class Session {
   #fault: Fault | undefined;
   #scanner: StreamScanner | null = null;
   #chunks: Buffer[] = [];
+  #keepBody = true;
   #raw: Buffer[] = [];
   #rawBytes = 0;
   /** Responding with a streamed echo: body chunks are sent back as they arrive. */
@@ -290,6 +291,15 @@ class Session {
     this.#srv.requests.push(rec);
     this.#scanner = new StreamScanner(this.#srv.signatures);
     this.#chunks = [];
+    // Keep the body only when an answer may need it (an echo, a rewrite, a 200 for lack of
+    // Allow: 204) or the test wants it recorded: a large upload answered 204 costs no memory.
+    const may204 =
+      rec.allow204 && this.#srv.options.allow204 !== false && !/(?:^|&)allow204=off(?:&|$)/.test(rec.query);
+    this.#keepBody =
+      this.#srv.options.recordBodies !== false ||
+      rec.service !== '/avscan' ||
+      !may204 ||
+      this.#srv.options.vendor === 'nsx-defender';
     this.#streaming = false;
     this.#discard = false;
     const fault = this.#srv.script?.(rec);
@@ -329,7 +339,7 @@ class Session {
     if (!rec.continued) rec.previewBytes += data.length;
     if (this.#discard) return;
     this.#scanner!.feed(data);
-    this.#chunks.push(data);
+    if (this.#keepBody) this.#chunks.push(data);
     // Mid-body: past the preview (once the rest of the body is flowing), or at once without one.
     const midBody = rec.preview === undefined || rec.continued;
     if (midBody && this.#fault?.kind === 'close' && this.#fault.when === 'mid-body') {

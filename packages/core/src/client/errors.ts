@@ -36,6 +36,12 @@ export const IcapErrorCodes = {
   ABORTED: 'ICAP_ERR_ABORTED',
   /** The HTTP request body is larger than the profile's bufferSize. */
   REQUEST_TOO_LARGE: 'ICAP_ERR_REQUEST_TOO_LARGE',
+  /** A multipart/form-data body is malformed or over a limit (status 400 or 413). */
+  MULTIPART: 'ICAP_ERR_MULTIPART',
+  /** The request's content type is not allowed by the profile (415). */
+  CONTENT_TYPE: 'ICAP_ERR_CONTENT_TYPE',
+  /** A temp file for a large body could not be written. */
+  SPOOL: 'ICAP_ERR_SPOOL',
   /** Reading the HTTP body to be scanned failed (for example the HTTP client went away). */
   BODY_SOURCE: 'ICAP_ERR_BODY_SOURCE',
   /** The client or pool was closed. */

@@ -143,13 +143,14 @@ export class Transaction {
   readonly #response = deferred<IcapResponse>();
   readonly #done = deferred<TransactionSummary>();
   readonly #continue = deferred<boolean>();
-  readonly #stop = deferred<typeof STOP>();
 
   #writeState: WriteState = 'head';
   /** The request message on the wire ends with a last-chunk (or had no body). */
   #terminated = false;
   #ieofSent = false;
   #stopped = false;
+  /** Ends the writer's current wait (see #until). */
+  #interrupt: (() => void) | null = null;
   #finished = false;
   #responseResolved = false;
   #receivedAny = false;
@@ -312,10 +313,35 @@ export class Transaction {
     ]);
     if (r === NOT_READY) {
       if (!(await this.#flush())) return STOP;
-      r = await Promise.race([p, this.#stop.promise]);
+      r = await this.#until(p);
     }
     if (this.#stopped) return STOP;
     return r;
+  }
+
+  /**
+   * Waits for `p`, or for the writer to be stopped. Not Promise.race with a promise that lives
+   * as long as the transaction: every race would leave a reaction on it holding its result (a
+   * body chunk) until the transaction ends, so memory would grow with the body.
+   */
+  #until<T>(p: Promise<T>): Promise<T | typeof STOP> {
+    if (this.#stopped) return Promise.resolve(STOP);
+    return new Promise<T | typeof STOP>((resolve, reject) => {
+      this.#interrupt = () => {
+        this.#interrupt = null;
+        resolve(STOP);
+      };
+      p.then(
+        (v) => {
+          this.#interrupt = null;
+          resolve(v);
+        },
+        (e: unknown) => {
+          this.#interrupt = null;
+          reject(e);
+        },
+      );
+    });
   }
 
   #queue(b: Buffer): void {
@@ -342,14 +368,14 @@ export class Transaction {
       this.#outBytes = 0;
     }
     if (s.writableNeedDrain) {
-      await new Promise<void>((resolve) => {
-        const done = () => {
-          s.removeListener('drain', done);
-          resolve();
-        };
-        s.on('drain', done);
-        this.#stop.promise.then(done, done);
-      });
+      let onDrain: (() => void) | undefined;
+      await this.#until(
+        new Promise<void>((resolve) => {
+          onDrain = resolve;
+          s.once('drain', resolve);
+        }),
+      );
+      if (onDrain !== undefined) s.removeListener('drain', onDrain);
     }
     return !this.#stopped;
   }
@@ -358,7 +384,7 @@ export class Transaction {
     if (this.#stopped) return;
     this.#stopped = true;
     if (this.#writeState !== 'finished') this.#writeState = 'stopped';
-    this.#stop.resolve(STOP);
+    this.#interrupt?.();
     this.#continue.resolve(false);
     this.#closeIterator();
   }

@@ -1,4 +1,8 @@
-import { createHash, type Hash } from 'node:crypto';
+import { createHash, type Hash, randomBytes } from 'node:crypto';
+import { unlinkSync } from 'node:fs';
+import { type FileHandle, open, unlink } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import type { ReplayableBody } from '../client/source.js';
 
@@ -8,12 +12,16 @@ import type { ReplayableBody } from '../client/source.js';
  *
  * - `retainAll` (Allow: 204 mode): every byte is kept until the verdict, so a 204 can replay
  *   the original bytes to the application and a failed server can be replaced by another one.
- *   The client is read as fast as it sends (memory is bounded by `limit`).
+ *   The client is read as fast as it sends (what is held is bounded by `limit`).
  * - otherwise (streaming mode): the client is paused while the slowest reader lags more than
  *   `highWaterMark` bytes behind, so a slow ICAP server slows the upload instead of growing
  *   memory. Bytes are held until {@link BodyStore.stopHolding} (called when the server asks for
  *   more than the preview: until then a 204 may still need to replay them), and from then on
  *   released as soon as every reader has passed them.
+ *
+ * Above `memoryThreshold` held bytes, the body moves to a temp file in `spoolDir` (mode 0600),
+ * so a large bufferSize does not mean large memory. The file is removed by {@link dispose}, when
+ * the last replay has read it after {@link release}, and at process exit at the latest.
  *
  * `limit` is the scan limit (the profile's bufferSize): crossing it calls `onExceeded` once.
  * After the verdict, {@link BodyStore.release} turns the store into a pass-through for the
@@ -24,23 +32,25 @@ export interface BodyStoreOptions {
   limit: number;
   retainAll: boolean;
   highWaterMark?: number;
-  /** Keep a running SHA-256 of the body (to recognise an identical echo when bytes are not retained). */
+  /** Keep a running SHA-256 of the body (to recognise an identical echo when bytes are not held in memory). */
   hash?: boolean;
   onExceeded?: () => void;
+  /** Held bytes above which the body moves to a temp file. Default: never. */
+  memoryThreshold?: number;
+  /** Folder for temp files. Default: the OS temp folder. */
+  spoolDir?: string;
 }
 
-interface Waiter {
-  resolve: (r: IteratorResult<Buffer>) => void;
-  reject: (e: unknown) => void;
-}
+/** Spool writes outstanding above which the client is paused. */
+const SPOOL_PENDING_MAX = 4 * 1024 * 1024;
+/** Bytes read from a spool file at a time. */
+const SPOOL_READ = 256 * 1024;
 
 export class BodyStore implements ReplayableBody {
   readonly replayable = true as const;
   #chunks: Buffer[] = [];
   /** Absolute offset of #chunks[0]. */
   #base = 0;
-  /** Index (absolute, counting released chunks) of #chunks[0]. */
-  #baseIndex = 0;
   #received = 0;
   #ended = false;
   #error: unknown = undefined;
@@ -48,7 +58,11 @@ export class BodyStore implements ReplayableBody {
   #limit: number;
   #retainAll: boolean;
   #holding = true;
+  #released = false;
   readonly #hwm: number;
+  readonly #memoryThreshold: number;
+  readonly #spoolDir: string;
+  #spool: Spool | null = null;
   #hash: Hash | undefined;
   #digest: string | undefined;
   readonly #onExceeded: (() => void) | undefined;
@@ -56,11 +70,14 @@ export class BodyStore implements ReplayableBody {
   #source: Readable | undefined;
   #paused = false;
   #endWaiters: Array<() => void> = [];
+  #disposed = false;
 
   constructor(options: BodyStoreOptions) {
     this.#limit = options.limit;
     this.#retainAll = options.retainAll;
     this.#hwm = options.highWaterMark ?? 1024 * 1024;
+    this.#memoryThreshold = options.memoryThreshold ?? Number.POSITIVE_INFINITY;
+    this.#spoolDir = options.spoolDir ?? tmpdir();
     this.#hash = options.hash ? createHash('sha256') : undefined;
     this.#onExceeded = options.onExceeded;
   }
@@ -88,11 +105,26 @@ export class BodyStore implements ReplayableBody {
   }
   /** True while every byte is still held (a reader from the first byte can be opened). */
   get complete(): boolean {
-    return this.#base === 0;
+    return this.#base === 0 && !this.#disposed;
+  }
+  /** The body lives in a temp file. */
+  get spooled(): boolean {
+    return this.#spool !== null;
+  }
+  /** Path of the temp file, while there is one. */
+  get spoolPath(): string | undefined {
+    return this.#spool?.path;
   }
   /** Bytes held in memory now. */
   get held(): number {
-    return this.#received - this.#base;
+    return this.#spool === null ? this.#received - this.#base : this.#spool.pending;
+  }
+  /**
+   * Bytes can be compared in memory ({@link equalsAt}, {@link slices}): every byte is held in
+   * memory and will stay there.
+   */
+  get canCompare(): boolean {
+    return this.#retainAll && this.#spool === null && (this.#ended || this.#memoryThreshold >= this.#limit);
   }
   /** SHA-256 (hex) of the whole body, when hashing was asked for and the body has ended. */
   get sha256(): string | undefined {
@@ -133,6 +165,11 @@ export class BodyStore implements ReplayableBody {
     this.#onEnd();
   }
 
+  /** Fails the body directly. */
+  fail(err: unknown): void {
+    this.#fail(err);
+  }
+
   /** Resolves when the body has ended, failed, or outgrown the limit (check the flags). */
   whenEnded(): Promise<void> {
     if (this.#ended || this.#error !== undefined || this.#exceeded) return Promise.resolve();
@@ -141,19 +178,20 @@ export class BodyStore implements ReplayableBody {
 
   /** A reader from the first byte. Fails if bytes were already released. */
   open(): AsyncIterator<Buffer> {
-    if (this.#base !== 0) throw new Error('the start of this body was already released');
-    const cursor = new Cursor(this, 0);
+    if (this.#base !== 0 || this.#disposed) throw new Error('the start of this body was already released');
+    const cursor = new Cursor(this);
     this.#readers.add(cursor);
     return cursor;
   }
 
   /**
    * After the verdict: no limit any more, nothing retained for replay beyond what readers
-   * still need; memory is released behind the (last) reader.
+   * still need; memory (and the temp file, once read) is released behind the last reader.
    */
   release(): void {
     this.#retainAll = false;
     this.#holding = false;
+    this.#released = true;
     this.#limit = Number.POSITIVE_INFINITY;
     this.#trim();
     this.#flow();
@@ -202,11 +240,11 @@ export class BodyStore implements ReplayableBody {
   }
 
   /**
-   * Whether the held bytes at `offset` equal `data`. False when they are not (or not all)
-   * held or received.
+   * Whether the held bytes at `offset` equal `data` (memory only, see {@link canCompare}).
+   * False when they are not (or not all) held or received.
    */
   equalsAt(offset: number, data: Buffer): boolean {
-    if (offset < this.#base || offset + data.length > this.#received) return false;
+    if (this.#spool !== null || offset < this.#base || offset + data.length > this.#received) return false;
     let idx = 0;
     let pos = this.#base;
     while (idx < this.#chunks.length && pos + this.#chunks[idx]!.length <= offset) {
@@ -227,9 +265,10 @@ export class BodyStore implements ReplayableBody {
     return true;
   }
 
-  /** The held bytes from offset 0 up to `end` as a list of slices (no copy). */
+  /** The held bytes from offset 0 up to `end` as a list of slices (memory only, no copy). */
   slices(end: number): Buffer[] {
-    if (this.#base !== 0) throw new Error('the start of this body was already released');
+    if (this.#base !== 0 || this.#spool !== null)
+      throw new Error('the start of this body is not held in memory');
     const out: Buffer[] = [];
     let pos = 0;
     for (const c of this.#chunks) {
@@ -246,45 +285,101 @@ export class BodyStore implements ReplayableBody {
    * of its buffer (`unshift`), so the application reads the whole body from the source itself.
    * False when that is not possible (the source already ended, or bytes were released).
    */
-  restore(): boolean {
+  async restore(): Promise<boolean> {
     const s = this.#source;
-    if (s === undefined || s.readableEnded || this.#base !== 0 || this.#error !== undefined) return false;
+    if (
+      s === undefined ||
+      s.readableEnded ||
+      this.#base !== 0 ||
+      this.#error !== undefined ||
+      this.#disposed
+    ) {
+      return false;
+    }
     this.detach();
-    for (let i = this.#chunks.length - 1; i >= 0; i--) s.unshift(this.#chunks[i]!);
+    let chunks = this.#chunks;
+    if (this.#spool !== null) {
+      try {
+        chunks = await this.#spool.readAll();
+      } catch {
+        return false;
+      }
+    }
+    if (s.readableEnded) return false;
+    for (let i = chunks.length - 1; i >= 0; i--) s.unshift(chunks[i]!);
     // detach() paused the stream explicitly; a parser that only adds a 'data' listener (raw-body)
     // would then wait forever. Back to the state of a stream nobody has read yet.
     (s as { readableFlowing: boolean | null }).readableFlowing = null;
-    this.#chunks = [];
-    this.#base = this.#received;
-    for (const r of this.#readers) r.abandon();
-    this.#readers.clear();
+    this.#dropStorage();
     return true;
   }
 
-  /** Drops everything and stops reading. */
+  /** Drops everything, stops reading, removes the temp file. */
   dispose(): void {
+    if (this.#disposed) return;
     this.detach();
+    this.#dropStorage();
+  }
+
+  #dropStorage(): void {
+    this.#disposed = true;
+    if (!this.#ended && this.#error === undefined) {
+      this.#error = new Error('the body was discarded before it was complete');
+      this.#settleEnd(false);
+    }
     this.#chunks = [];
     this.#base = this.#received;
-    for (const r of this.#readers) r.abandon();
+    // A reader still inside the body fails (it must never take a cut-off body for a whole one).
+    const discarded = new Error('the body was discarded before it was read to its end');
+    for (const r of this.#readers) r.discard(discarded);
     this.#readers.clear();
+    this.#closeSpool();
+  }
+
+  #closeSpool(): void {
+    const spool = this.#spool;
+    if (spool === null) return;
+    this.#spool = null;
+    void spool.close();
   }
 
   // ---------------------------------------------------------------- internals, used by Cursor
 
-  /** The chunk with absolute index `index`, or undefined when not (yet) there. */
-  chunkAt(index: number): Buffer | undefined {
-    return this.#chunks[index - this.#baseIndex];
+  /** The next bytes at `offset` if they are in memory now, else undefined. */
+  memoryAt(cursor: Cursor): Buffer | undefined {
+    if (this.#spool !== null || cursor.offset >= this.#received) return undefined;
+    // Cursors read whole chunks; the hint keeps the lookup O(1).
+    let idx = cursor.hint - this.#chunkIndexBase;
+    if (idx < 0 || idx >= this.#chunks.length || this.#chunkStart(idx) !== cursor.offset)
+      idx = this.#findChunk(cursor.offset);
+    if (idx === -1) return undefined;
+    cursor.hint = idx + this.#chunkIndexBase + 1;
+    const start = this.#chunkStart(idx);
+    const c = this.#chunks[idx]!;
+    return start === cursor.offset ? c : c.subarray(cursor.offset - start);
   }
 
-  get baseIndex(): number {
-    return this.#baseIndex;
+  /** Reads from the temp file at the cursor, once those bytes are written. */
+  spoolRead(cursor: Cursor): Promise<Buffer | undefined> | undefined {
+    const spool = this.#spool;
+    if (spool === null) return undefined;
+    if (cursor.offset >= spool.flushed)
+      return cursor.offset < this.#received
+        ? spool.whenFlushed(cursor.offset).then(() => undefined)
+        : undefined;
+    return spool.read(cursor.offset, SPOOL_READ);
+  }
+
+  get receivedSoFar(): number {
+    return this.#received;
   }
 
   readerDone(cursor: Cursor): void {
     this.#readers.delete(cursor);
     this.#trim();
     this.#flow();
+    // After the verdict, once the last replay has read everything, nothing needs the bytes.
+    if (this.#released && this.#ended && this.#readers.size === 0) this.#dropStorage();
   }
 
   advanced(): void {
@@ -292,11 +387,40 @@ export class BodyStore implements ReplayableBody {
     this.#flow();
   }
 
+  // chunk bookkeeping: #chunkStarts[i] is the absolute offset of #chunks[i]
+  #chunkStarts: number[] = [];
+  #chunkIndexBase = 0;
+
+  #chunkStart(idx: number): number {
+    return this.#chunkStarts[idx]!;
+  }
+
+  #findChunk(offset: number): number {
+    let lo = 0;
+    let hi = this.#chunks.length - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      const start = this.#chunkStarts[mid]!;
+      if (offset < start) hi = mid - 1;
+      else if (offset >= start + this.#chunks[mid]!.length) lo = mid + 1;
+      else return mid;
+    }
+    return -1;
+  }
+
   readonly #onData = (chunk: Buffer): void => {
-    if (chunk.length === 0) return;
-    this.#chunks.push(chunk);
+    if (chunk.length === 0 || this.#disposed) return;
+    const start = this.#received;
     this.#received += chunk.length;
     this.#hash?.update(chunk);
+    if (this.#spool !== null) {
+      this.#spool.append(chunk);
+    } else {
+      this.#chunks.push(chunk);
+      this.#chunkStarts.push(start);
+      if ((this.#retainAll || this.#holding) && this.#received - this.#base > this.#memoryThreshold)
+        this.#spill();
+    }
     if (!this.#exceeded && this.#received > this.#limit) {
       this.#exceeded = true;
       this.#onExceeded?.();
@@ -305,6 +429,20 @@ export class BodyStore implements ReplayableBody {
     for (const r of this.#readers) r.wake();
     this.#flow();
   };
+
+  /** Moves what is held to a temp file; from now on the body is written there. */
+  #spill(): void {
+    const spool = new Spool(this.#spoolDir, this.#base, () => {
+      for (const r of this.#readers) r.wake();
+      this.#flow();
+    });
+    this.#spool = spool;
+    for (const c of this.#chunks) spool.append(c);
+    this.#chunks = [];
+    this.#chunkStarts = [];
+    this.#chunkIndexBase = 0;
+    spool.ready.catch((err: unknown) => this.#fail(err));
+  }
 
   readonly #onEnd = (): void => {
     if (this.#ended) return;
@@ -353,19 +491,21 @@ export class BodyStore implements ReplayableBody {
     this.#source = undefined;
   }
 
-  /** Releases the chunks every reader has passed (not while retaining or holding). */
+  /** Releases the memory chunks every reader has passed (not while retaining or holding). */
   #trim(): void {
-    if (this.#retainAll || this.#holding) return;
-    let minIndex = this.#baseIndex + this.#chunks.length;
-    for (const r of this.#readers) minIndex = Math.min(minIndex, r.index);
-    const drop = minIndex - this.#baseIndex;
-    if (drop <= 0) return;
-    for (let i = 0; i < drop; i++) this.#base += this.#chunks[i]!.length;
+    if (this.#retainAll || this.#holding || this.#spool !== null) return;
+    let min = this.#received;
+    for (const r of this.#readers) min = Math.min(min, r.offset);
+    let drop = 0;
+    while (drop < this.#chunks.length && this.#chunkStarts[drop]! + this.#chunks[drop]!.length <= min) drop++;
+    if (drop === 0) return;
+    this.#base = this.#chunkStarts[drop - 1]! + this.#chunks[drop - 1]!.length;
     this.#chunks.splice(0, drop);
-    this.#baseIndex = minIndex;
+    this.#chunkStarts.splice(0, drop);
+    this.#chunkIndexBase += drop;
   }
 
-  /** Pauses the source while readers lag too far behind (streaming mode only). */
+  /** Pauses the source while readers lag too far behind, or while the temp file cannot keep up. */
   #flow(): void {
     const s = this.#source;
     if (s === undefined) return;
@@ -375,10 +515,12 @@ export class BodyStore implements ReplayableBody {
       for (const r of this.#readers) minOffset = Math.min(minOffset, r.offset);
       lag = this.#received - minOffset;
     }
-    if (lag > this.#hwm && !this.#paused) {
+    const spoolBehind = this.#spool !== null && this.#spool.pending > SPOOL_PENDING_MAX;
+    const pause = lag > this.#hwm || spoolBehind;
+    if (pause && !this.#paused) {
       this.#paused = true;
       s.pause();
-    } else if (lag <= this.#hwm && this.#paused) {
+    } else if (!pause && this.#paused) {
       this.#paused = false;
       s.resume();
     }
@@ -390,32 +532,40 @@ function ignore(): void {}
 /** One reader's position in a BodyStore. */
 class Cursor implements AsyncIterator<Buffer> {
   readonly #store: BodyStore;
-  /** Absolute index of the next chunk. */
-  index: number;
-  /** Absolute byte offset of the next chunk. */
+  /** Absolute byte offset of the next byte. */
   offset = 0;
-  #waiter: Waiter | undefined;
+  /** Index hint of the next memory chunk. */
+  hint = 0;
+  #waiter: { resolve: (r: IteratorResult<Buffer>) => void; reject: (e: unknown) => void } | undefined;
   #done = false;
+  #reading = false;
 
-  constructor(store: BodyStore, index: number) {
+  constructor(store: BodyStore) {
     this.#store = store;
-    this.index = index;
   }
 
   next(): Promise<IteratorResult<Buffer>> {
     if (this.#done) return Promise.resolve({ done: true, value: undefined });
     const r = this.#take();
     if (r !== undefined) return Promise.resolve(r);
-    const err = this.#store.error;
-    if (err !== undefined) return Promise.reject(err);
     return new Promise((resolve, reject) => {
       this.#waiter = { resolve, reject };
+      this.wake();
     });
   }
 
   return(): Promise<IteratorResult<Buffer>> {
     this.abandon();
     return Promise.resolve({ done: true, value: undefined });
+  }
+
+  /** The store dropped its bytes: a pending read fails, and so does every further one. */
+  discard(err: Error): void {
+    if (this.#done) return;
+    this.#done = true;
+    const w = this.#waiter;
+    this.#waiter = undefined;
+    w?.reject(err);
   }
 
   abandon(): void {
@@ -429,11 +579,35 @@ class Cursor implements AsyncIterator<Buffer> {
 
   wake(): void {
     const w = this.#waiter;
-    if (w === undefined) return;
+    if (w === undefined || this.#reading) return;
     const r = this.#take();
     if (r !== undefined) {
       this.#waiter = undefined;
       w.resolve(r);
+      return;
+    }
+    const pending = this.#store.spoolRead(this);
+    if (pending !== undefined) {
+      this.#reading = true;
+      pending.then(
+        (buf) => {
+          this.#reading = false;
+          if (this.#done) return;
+          if (buf === undefined || buf.length === 0) {
+            this.wake();
+            return;
+          }
+          this.offset += buf.length;
+          this.#waiter = undefined;
+          this.#store.advanced();
+          w.resolve({ done: false, value: buf });
+        },
+        (err: unknown) => {
+          this.#reading = false;
+          this.#waiter = undefined;
+          w.reject(err);
+        },
+      );
       return;
     }
     const err = this.#store.error;
@@ -443,16 +617,15 @@ class Cursor implements AsyncIterator<Buffer> {
     }
   }
 
+  /** What can be answered without waiting: bytes in memory, or the end. */
   #take(): IteratorResult<Buffer> | undefined {
-    const chunk = this.#store.chunkAt(this.index);
+    const chunk = this.#store.memoryAt(this);
     if (chunk !== undefined) {
-      this.index++;
       this.offset += chunk.length;
       this.#store.advanced();
       return { done: false, value: chunk };
     }
-    if (this.index < this.#store.baseIndex) throw new Error('reader fell behind released data');
-    if (this.#store.ended) {
+    if (this.#store.ended && this.offset >= this.#store.receivedSoFar) {
       this.#done = true;
       this.#store.readerDone(this);
       return { done: true, value: undefined };
@@ -461,16 +634,137 @@ class Cursor implements AsyncIterator<Buffer> {
   }
 }
 
+// ---------------------------------------------------------------- temp files
+
+const liveSpools = new Set<string>();
+let exitHookInstalled = false;
+
+function removeAtExit(path: string): void {
+  liveSpools.add(path);
+  if (exitHookInstalled) return;
+  exitHookInstalled = true;
+  process.once('exit', () => {
+    for (const p of liveSpools) {
+      try {
+        unlinkSync(p);
+      } catch {
+        // already gone
+      }
+    }
+  });
+}
+
+/** Temp files currently held by body stores (for leak checks in tests). */
+export function openSpoolFiles(): string[] {
+  return [...liveSpools];
+}
+
+/** An append-only temp file holding a body from absolute offset `base` on. */
+class Spool {
+  readonly path: string;
+  readonly #base: number;
+  readonly ready: Promise<FileHandle>;
+  #chain: Promise<unknown>;
+  /** Absolute offset up to which bytes are written. */
+  flushed: number;
+  #appended: number;
+  #closed = false;
+  readonly #onProgress: () => void;
+  #flushWaiters: Array<{ offset: number; resolve: () => void }> = [];
+
+  constructor(dir: string, base: number, onProgress: () => void) {
+    this.path = join(dir, `icapkit-${process.pid}-${randomBytes(8).toString('hex')}.body`);
+    this.#base = base;
+    this.flushed = base;
+    this.#appended = base;
+    this.#onProgress = onProgress;
+    removeAtExit(this.path);
+    this.ready = open(this.path, 'wx+', 0o600);
+    this.#chain = this.ready;
+  }
+
+  /** Bytes appended but not yet written. */
+  get pending(): number {
+    return this.#appended - this.flushed;
+  }
+
+  append(chunk: Buffer): void {
+    const position = this.#appended - this.#base;
+    this.#appended += chunk.length;
+    this.#chain = this.#chain.then(async () => {
+      if (this.#closed) return;
+      const fh = await this.ready;
+      let written = 0;
+      while (written < chunk.length) {
+        const r = await fh.write(chunk, written, chunk.length - written, position + written);
+        written += r.bytesWritten;
+      }
+      this.flushed += chunk.length;
+      const waiters = this.#flushWaiters.filter((w) => w.offset < this.flushed);
+      this.#flushWaiters = this.#flushWaiters.filter((w) => w.offset >= this.flushed);
+      for (const w of waiters) w.resolve();
+      this.#onProgress();
+    });
+    this.#chain.catch(() => {});
+  }
+
+  whenFlushed(offset: number): Promise<void> {
+    if (offset < this.flushed || this.#closed) return Promise.resolve();
+    return new Promise((resolve) => this.#flushWaiters.push({ offset, resolve }));
+  }
+
+  async read(offset: number, max: number): Promise<Buffer> {
+    const fh = await this.ready;
+    const n = Math.min(max, this.flushed - offset);
+    const buf = Buffer.allocUnsafe(n);
+    let got = 0;
+    while (got < n) {
+      const r = await fh.read(buf, got, n - got, offset - this.#base + got);
+      if (r.bytesRead === 0) break;
+      got += r.bytesRead;
+    }
+    return got === n ? buf : buf.subarray(0, got);
+  }
+
+  /** Everything, once written (for restore). */
+  async readAll(): Promise<Buffer[]> {
+    await this.#chain;
+    const out: Buffer[] = [];
+    for (let at = this.#base; at < this.flushed; ) {
+      const b = await this.read(at, SPOOL_READ);
+      if (b.length === 0) break;
+      out.push(b);
+      at += b.length;
+    }
+    return out;
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const w of this.#flushWaiters) w.resolve();
+    this.#flushWaiters = [];
+    try {
+      await this.#chain.catch(() => {});
+      const fh = await this.ready;
+      await fh.close();
+    } catch {
+      // the file could not be opened: nothing to close
+    }
+    await unlink(this.path).catch(() => {});
+    liveSpools.delete(this.path);
+  }
+}
+
 /**
  * The body an ICAP server sent back (a 200 with a modified or echoed message), read in full
  * before the application sees any of it (fail closed: a server that aborts its answer half-way
  * must not leave half a body with the application), and compared with the original.
  *
- * When the original is still held, the returned bytes are compared as they arrive and nothing
- * is stored while they match, so an echo costs no memory; from the first difference on, the
- * returned bytes are kept and the result is the original's matching prefix plus those bytes.
- * When the original was not held (streaming mode), the returned body is kept and compared by
- * length and SHA-256.
+ * When the original is held in memory, the returned bytes are compared as they arrive and
+ * nothing is stored while they match, so an echo costs no memory; from the first difference on,
+ * the returned bytes are kept and the result is the original's matching prefix plus those bytes.
+ * Otherwise the returned body is kept (spooled like any body) and compared by length and SHA-256.
  */
 export class AdaptedBody {
   readonly #original: BodyStore | null;
@@ -478,16 +772,20 @@ export class AdaptedBody {
   readonly #compare: boolean;
   #offset = 0;
   #divergedAt = -1;
-  #chunks: Buffer[] = [];
-  #stored = 0;
+  readonly #stored: BodyStore;
   readonly #hash: Hash | undefined;
 
-  /** `limit`: largest body accepted; above it `write` throws. */
-  constructor(original: BodyStore | null, limit: number) {
+  /** `limit`: largest body accepted; above it `write` returns false. */
+  constructor(
+    original: BodyStore | null,
+    limit: number,
+    storage: { memoryThreshold?: number; spoolDir?: string } = {},
+  ) {
     this.#original = original;
     this.#limit = limit;
-    this.#compare = original?.retaining === true;
+    this.#compare = original?.canCompare === true;
     this.#hash = this.#compare ? undefined : createHash('sha256');
+    this.#stored = new BodyStore({ limit, retainAll: true, ...storage });
   }
 
   get length(): number {
@@ -504,8 +802,7 @@ export class AdaptedBody {
       }
       this.#divergedAt = this.#offset;
     }
-    this.#chunks.push(chunk);
-    this.#stored += chunk.length;
+    this.#stored.push(chunk);
     this.#hash?.update(chunk);
     this.#offset += chunk.length;
     return true;
@@ -523,27 +820,24 @@ export class AdaptedBody {
 
   /** The returned body as a stream (matching prefix from the original, then the stored bytes). */
   stream(): Readable {
+    this.#stored.end();
     const prefix = this.#compare
       ? this.#original!.slices(this.#divergedAt === -1 ? this.#offset : this.#divergedAt)
       : [];
-    const parts = [...prefix, ...this.#chunks];
-    this.#chunks = [];
-    let i = 0;
-    return new Readable({
-      highWaterMark: 64 * 1024,
-      read() {
-        for (;;) {
-          const part = parts[i];
-          if (part === undefined) {
-            this.push(null);
-            return;
-          }
-          parts[i++] = EMPTY;
-          if (!this.push(part)) return;
-        }
-      },
-    });
+    const rest = this.#stored.stream();
+    this.#stored.release();
+    if (prefix.length === 0) return rest;
+    return Readable.from(
+      (async function* () {
+        yield* prefix;
+        yield* rest;
+      })(),
+      { objectMode: false },
+    );
+  }
+
+  /** Frees the stored bytes (and their temp file). */
+  dispose(): void {
+    this.#stored.dispose();
   }
 }
-
-const EMPTY = Buffer.alloc(0);

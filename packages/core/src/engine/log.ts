@@ -19,7 +19,10 @@ export type Significance =
   | 'BUFFER_SIZE_EXCEEDED'
   | 'FAIL_OPEN'
   | 'CLIENT_ABORTED'
-  | 'UNSCANNABLE';
+  | 'UNSCANNABLE'
+  | 'MULTIPART_REFUSED'
+  | 'CONTENT_TYPE_REFUSED'
+  | 'PARTS_REMOVED';
 
 export interface IcapRequestLog {
   action: IcapAction;
@@ -46,6 +49,8 @@ export interface IcapRequestLog {
   opswat_log?: { reason?: string; threat_id?: string; violations: Violation[] };
   nsx_defender_log?: { score?: number; status_url?: string; task_uuid?: string; status?: string };
   /** Beyond the reference schema: */
+  /** The scanned part's file (or field) name, in per-file multipart scanning. */
+  file_name?: string;
   istag?: string;
   preview_size?: number;
   connection_reused?: boolean;
@@ -82,6 +87,8 @@ export interface IcapLog {
   error_message?: string;
   /** Names of the files, when the scan was per file (multipart). */
   file_names?: string[];
+  /** Parts removed from the form (infectedPartAction 'strip'). */
+  removed_parts?: Array<{ field: string; file_name?: string; threat_id?: string }>;
 }
 
 export function httpMethodEnum(method: string): string {

@@ -1,3 +1,4 @@
+import { tmpdir } from 'node:os';
 import { DEFAULT_ICAP_PORT, DEFAULT_ICAPS_PORT } from '../client/client.js';
 import type { IcapTlsOptions } from '../client/connection.js';
 import { IcapError, IcapErrorCodes } from '../client/errors.js';
@@ -79,6 +80,44 @@ export interface IcapProfile {
   health?: { failureLimit?: number | undefined; probeInterval?: number | undefined } | undefined;
   /** How a pool spreads requests over its servers. Default 'least-outstanding'. */
   loadBalancing?: LoadBalancing | undefined;
+  /** Held bytes above which a body moves to a temp file (bytes or '8mb'). Default 8 MiB. */
+  memoryThreshold?: number | string | undefined;
+  /** Folder for those temp files. Default the OS temp folder. */
+  spoolDir?: string | undefined;
+  /** Media types a request body may have (e.g. ['multipart/form-data', 'image/*']); others get 415 before the body is read. */
+  allowedContentTypes?: readonly string[] | undefined;
+  /** multipart/form-data: scan each file on its own ('per-file', default) or the raw body as one object ('whole'). */
+  multipart?: 'per-file' | 'whole' | undefined;
+  /** Per-file mode: scan non-file fields too ('scan', default) or not ('skip'). */
+  multipartFields?: 'scan' | 'skip' | undefined;
+  /** Per-file mode, an infected part: refuse the whole request ('block', default) or remove that part ('strip'). */
+  infectedPartAction?: 'block' | 'strip' | undefined;
+  /** Per-file mode: parts scanned at once. Default 4. */
+  multipartConcurrency?: number | undefined;
+  /** Per-file mode: busboy limits; crossing any refuses the request (413). */
+  multipartLimits?: MultipartLimits | undefined;
+}
+
+/** Multipart limits with every value filled in. */
+export type ResolvedMultipartLimits = { [K in keyof MultipartLimits]-?: number };
+
+export interface MultipartLimits {
+  /** Default 1000. */
+  files?: number | undefined;
+  /** Default 1000. */
+  fields?: number | undefined;
+  /** Default 2000. */
+  parts?: number | undefined;
+  /** Bytes of one file. Default bufferSize. */
+  fileSize?: number | undefined;
+  /** Bytes of one field value. Default 1 MiB. */
+  fieldSize?: number | undefined;
+  /** Bytes of one field name. Default 200. */
+  fieldNameSize?: number | undefined;
+  /** Header lines of one part. Default 100. */
+  headerPairs?: number | undefined;
+  /** Bytes of one part's headers. Default 16 KiB. */
+  headerSize?: number | undefined;
 }
 
 export type FailureAction = 'fail-closed' | 'fail-open';
@@ -160,6 +199,14 @@ export interface ResolvedProfile {
   ioTimeout: number;
   failureLimit: number;
   probeInterval: number;
+  memoryThreshold: number;
+  spoolDir: string;
+  allowedContentTypes: string[] | undefined;
+  multipart: 'per-file' | 'whole';
+  multipartFields: 'scan' | 'skip';
+  infectedPartAction: 'block' | 'strip';
+  multipartConcurrency: number;
+  multipartLimits: ResolvedMultipartLimits;
 }
 
 export const PROFILE_DEFAULTS = {
@@ -178,6 +225,11 @@ export const PROFILE_DEFAULTS = {
   keepAliveTimeout: 30_000,
   failureLimit: 3,
   probeInterval: 5_000,
+  memoryThreshold: 8 * 1024 * 1024,
+  multipart: 'per-file',
+  multipartFields: 'scan',
+  infectedPartAction: 'block',
+  multipartConcurrency: 4,
 } as const;
 
 /** Header names whose values never appear in logs. */
@@ -217,6 +269,14 @@ const PROFILE_KEYS = new Set([
   'connection',
   'health',
   'loadBalancing',
+  'memoryThreshold',
+  'spoolDir',
+  'allowedContentTypes',
+  'multipart',
+  'multipartFields',
+  'infectedPartAction',
+  'multipartConcurrency',
+  'multipartLimits',
 ]);
 
 function fail(field: string, message: string): never {
@@ -395,6 +455,51 @@ export function resolveProfile(profile: IcapProfile): ResolvedProfile {
   if (typeof health !== 'object' || health === null) fail('profile.health', 'must be an object');
   checkKeys(health, new Set(['failureLimit', 'probeInterval']), 'profile.health');
 
+  const memoryThreshold = parseSize(
+    p.memoryThreshold ?? PROFILE_DEFAULTS.memoryThreshold,
+    'profile.memoryThreshold',
+  );
+  if (!Number.isInteger(memoryThreshold) || memoryThreshold < 0 || memoryThreshold > MAX_BUFFER) {
+    fail('profile.memoryThreshold', `must be from 0 to 4gb (got ${describe(p.memoryThreshold)})`);
+  }
+  if (p.spoolDir !== undefined && (typeof p.spoolDir !== 'string' || p.spoolDir === '')) {
+    fail('profile.spoolDir', `must be a folder path (got ${describe(p.spoolDir)})`);
+  }
+  let allowedContentTypes: string[] | undefined;
+  if (p.allowedContentTypes !== undefined) {
+    if (!Array.isArray(p.allowedContentTypes) || p.allowedContentTypes.length === 0) {
+      fail('profile.allowedContentTypes', 'must be a non-empty array of media types');
+    }
+    allowedContentTypes = p.allowedContentTypes.map((t, i) => {
+      const lower = typeof t === 'string' ? t.trim().toLowerCase() : '';
+      if (!/^[a-z0-9!#$&^_.+-]+\/(?:\*|[a-z0-9!#$&^_.+-]+)$/.test(lower)) {
+        fail(
+          `profile.allowedContentTypes[${i}]`,
+          `is not a media type such as 'image/png' or 'image/*' (got ${describe(t)})`,
+        );
+      }
+      return lower;
+    });
+  }
+  const limits = p.multipartLimits ?? {};
+  if (typeof limits !== 'object' || limits === null) fail('profile.multipartLimits', 'must be an object');
+  checkKeys(
+    limits,
+    new Set([
+      'files',
+      'fields',
+      'parts',
+      'fileSize',
+      'fieldSize',
+      'fieldNameSize',
+      'headerPairs',
+      'headerSize',
+    ]),
+    'profile.multipartLimits',
+  );
+  const lim = (k: keyof MultipartLimits, fallback: number, max: number) =>
+    integer(limits[k], `profile.multipartLimits.${k}`, fallback, 1, max, k.endsWith('Size') ? 'bytes' : '');
+
   return {
     name: p.name,
     poolGroupName,
@@ -493,6 +598,41 @@ export function resolveProfile(profile: IcapProfile): ResolvedProfile {
       3_600_000,
       'ms',
     ),
+
+    memoryThreshold,
+    spoolDir: p.spoolDir ?? tmpdir(),
+    allowedContentTypes,
+    multipart: oneOf(p.multipart, ['per-file', 'whole'], 'profile.multipart', PROFILE_DEFAULTS.multipart),
+    multipartFields: oneOf(
+      p.multipartFields,
+      ['scan', 'skip'],
+      'profile.multipartFields',
+      PROFILE_DEFAULTS.multipartFields,
+    ),
+    infectedPartAction: oneOf(
+      p.infectedPartAction,
+      ['block', 'strip'],
+      'profile.infectedPartAction',
+      PROFILE_DEFAULTS.infectedPartAction,
+    ),
+    multipartConcurrency: integer(
+      p.multipartConcurrency,
+      'profile.multipartConcurrency',
+      PROFILE_DEFAULTS.multipartConcurrency,
+      1,
+      64,
+      'parts',
+    ),
+    multipartLimits: {
+      files: lim('files', 1000, 100_000),
+      fields: lim('fields', 1000, 100_000),
+      parts: lim('parts', 2000, 200_000),
+      fileSize: lim('fileSize', bufferSize, MAX_BUFFER),
+      fieldSize: lim('fieldSize', 1024 * 1024, MAX_BUFFER),
+      fieldNameSize: lim('fieldNameSize', 200, 64 * 1024),
+      headerPairs: lim('headerPairs', 100, 10_000),
+      headerSize: lim('headerSize', 16 * 1024, 1024 * 1024),
+    },
   };
 }
 

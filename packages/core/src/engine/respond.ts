@@ -5,7 +5,7 @@
  * are, since they help the person who uploaded the file.
  */
 
-export type ResponseKind = 'blocked' | 'too-large' | 'unavailable' | 'bad-request';
+export type ResponseKind = 'blocked' | 'too-large' | 'unavailable' | 'bad-request' | 'unsupported-type';
 
 export interface ClientResponse {
   status: number;
@@ -44,6 +44,11 @@ const TEXT: Record<ResponseKind, { status: number; title: string; detail: string
     status: 400,
     title: 'Malformed upload',
     detail: 'This upload could not be read.',
+  },
+  'unsupported-type': {
+    status: 415,
+    title: 'Upload type not accepted',
+    detail: 'This kind of upload is not accepted here.',
   },
 };
 

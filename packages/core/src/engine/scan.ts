@@ -2,7 +2,7 @@ import type { Readable } from 'node:stream';
 import { isSkipped } from '../client/client.js';
 import { IcapError, type IcapErrorCode, IcapErrorCodes } from '../client/errors.js';
 import type { IcapResponse } from '../client/transaction.js';
-import { isSafeFieldValue, isToken } from '../protocol/headers.js';
+import { Headers, isSafeFieldValue, isToken } from '../protocol/headers.js';
 import { AdaptedBody, BodyStore } from './body.js';
 import {
   emitLog,
@@ -14,11 +14,12 @@ import {
   redactHeaderBlock,
   vendorEnum,
 } from './log.js';
+import { boundaryOf, isMultipartFormData, type Part, parseMultipart, rebuildMultipart } from './multipart.js';
 import type { PolicyDecision } from './policy.js';
 import { PoolGroup, type ServerHandle, type ServerStatus } from './pool-group.js';
 import { type IcapProfile, type PinoLike, type ResolvedProfile, resolveProfile } from './profile.js';
 import { absoluteTarget, type HttpRequestFacts, pathOf, requestFacts, type ScanRequest } from './request.js';
-import { buildResponse, type ClientResponse } from './respond.js';
+import { buildResponse, type ClientResponse, type ResponseKind } from './respond.js';
 import { readVerdict, type Verdict } from './verdict/index.js';
 
 /**
@@ -156,20 +157,7 @@ export class IcapEngine {
     const t0 = performance.now();
     const facts = requestFacts(req);
     const decision = p.policy.evaluate(facts);
-    const log: IcapLog = {
-      action: 'ICAP_DISABLED',
-      request_logs: [],
-      profile_name: p.name,
-      policy_reason: decision.reason,
-      significant: false,
-      significance: [],
-      http_method: httpMethodEnum(facts.method),
-      uri_path: pathOf(facts.target),
-      start_time: Date.now(),
-      duration: 0,
-    };
-    if (decision.rule !== undefined) log.rule_name = decision.rule;
-    if (facts.clientIp !== undefined) log.client_ip = facts.clientIp;
+    const log = newLog(p.name, facts, decision);
     const logger = options.logger ?? p.logger;
     let store: BodyStore | null = null;
     const finish = <T extends ScanOutcome>(outcome: T): T => {
@@ -183,6 +171,8 @@ export class IcapEngine {
     };
 
     if (!decision.scan) return finish(pass('ICAP_DISABLED', log, null, null, []));
+    const early = await this.#early(facts, log, options);
+    if (early !== null) return finish(early);
     if (this.#closed) {
       return finish(
         this.#failed(
@@ -194,19 +184,22 @@ export class IcapEngine {
         ),
       );
     }
-    if (facts.contentLength !== undefined && facts.contentLength > p.bufferSize) {
-      return finish(this.#tooLarge(facts, log, null, options));
-    }
+    const contentType = facts.headers.get('content-type');
+    const perFile = facts.hasBody && p.multipart === 'per-file' && isMultipartFormData(contentType);
 
     const control = new AbortController();
     const abort = (err: IcapError) => {
       if (!control.signal.aborted) control.abort(err);
     };
     if (facts.hasBody) {
+      // Per-file scanning replays the original form when every part is clean: hold all of it.
+      const retainAll = p.allow204 || perFile;
       store = new BodyStore({
         limit: p.bufferSize,
-        retainAll: p.allow204,
-        hash: !p.allow204,
+        retainAll,
+        hash: !retainAll || p.memoryThreshold < p.bufferSize,
+        memoryThreshold: p.memoryThreshold,
+        spoolDir: p.spoolDir,
         onExceeded: () =>
           abort(
             new IcapError(
@@ -259,6 +252,14 @@ export class IcapEngine {
     else options.signal?.addEventListener('abort', onCallerAbort, { once: true });
 
     try {
+      if (perFile) {
+        const outcome = await this.#scanParts(facts, store!, contentType!, control.signal, log, options);
+        settled = true;
+        clearTimeout(timer);
+        if (performance.now() - waitStart > p.slowResponseWarningThreshold)
+          log.significance.push('SLOW_RESPONSE');
+        return finish(outcome);
+      }
       const result = await this.#withFailover(facts, store, control.signal, log);
       settled = true;
       clearTimeout(timer);
@@ -271,6 +272,19 @@ export class IcapEngine {
     } catch (err) {
       settled = true;
       clearTimeout(timer);
+      // Whatever failed on the way, a client that went away is an abort, not an ICAP failure.
+      const clientGone =
+        store?.error !== undefined &&
+        !(err instanceof IcapError && err.code === IcapErrorCodes.REQUEST_TOO_LARGE);
+      if (clientGone) {
+        err = new IcapError(
+          IcapErrorCodes.BODY_SOURCE,
+          'the HTTP client went away before its request body was complete',
+          {
+            cause: store?.error,
+          },
+        );
+      }
       const error =
         err instanceof IcapError
           ? err
@@ -289,6 +303,47 @@ export class IcapEngine {
     }
   }
 
+  /**
+   * Decides what needs no body: for a request the rules select, a declared length above
+   * bufferSize (413, or the untouched request with fail-open) and a content type the profile
+   * does not allow (415). Null: the body must be scanned.
+   */
+  async #early(facts: HttpRequestFacts, log: IcapLog, options: ScanOptions): Promise<ScanOutcome | null> {
+    const p = this.profile;
+    const contentType = facts.headers.get('content-type');
+    if (
+      facts.hasBody &&
+      p.allowedContentTypes !== undefined &&
+      !mediaTypeAllowed(contentType, p.allowedContentTypes)
+    ) {
+      const reason = `content type ${JSON.stringify(contentType ?? '(none)')} is not allowed`;
+      return this.#refuse('unsupported-type', 415, reason, facts, log, null, options);
+    }
+    if (facts.contentLength !== undefined && facts.contentLength > p.bufferSize) {
+      return this.#tooLarge(facts, log, null, options);
+    }
+    return null;
+  }
+
+  /**
+   * For a request that announced `Expect: 100-continue`: the answer that can be given before
+   * the client sends its body (413, 415), or null when the body is wanted. A refusal is logged
+   * like any other; a fail-open pass is not a refusal (null).
+   */
+  async preflight(req: ScanRequest, options: ScanOptions = {}): Promise<RespondOutcome | null> {
+    const facts = requestFacts(req);
+    const decision = this.profile.policy.evaluate(facts);
+    if (!decision.scan) return null;
+    const log = newLog(this.profile.name, facts, decision);
+    const early = await this.#early(facts, log, options);
+    if (early === null || early.kind !== 'respond') return null;
+    log.action = early.action;
+    log.http_response_code = early.status;
+    log.significant = true;
+    emitLog(log, this.profile.onLog, options.logger ?? this.profile.logger);
+    return early;
+  }
+
   /** What a failed scan turns into: 413, an aborted request, or the failure action. */
   async #onError(
     error: IcapError,
@@ -298,6 +353,18 @@ export class IcapEngine {
     options: ScanOptions,
   ): Promise<ScanOutcome> {
     if (error.code === IcapErrorCodes.REQUEST_TOO_LARGE) return this.#tooLarge(facts, log, store, options);
+    if (error.code === IcapErrorCodes.MULTIPART) {
+      const status = error.status === 413 ? 413 : 400;
+      return this.#refuse(
+        status === 413 ? 'too-large' : 'bad-request',
+        status,
+        error.message,
+        facts,
+        log,
+        store,
+        options,
+      );
+    }
     if (error.code === IcapErrorCodes.BODY_SOURCE || error.code === IcapErrorCodes.ABORTED) {
       log.significance.push('CLIENT_ABORTED');
       store?.dispose();
@@ -317,6 +384,181 @@ export class IcapEngine {
     return this.#failed(error, facts, log, store, options);
   }
 
+  // ---------------------------------------------------------------- multipart, part by part
+
+  /**
+   * multipart/form-data scanned per file: each part (and each non-empty field, unless
+   * skipped) is its own ICAP request named after its file, `multipartConcurrency` at a time.
+   * All clean: the original form is replayed. A part blocked: 403 naming it, or (strip) the
+   * form rebuilt without it. A part rewritten: the form rebuilt with the new content.
+   */
+  async #scanParts(
+    facts: HttpRequestFacts,
+    store: BodyStore,
+    contentType: string,
+    signal: AbortSignal,
+    log: IcapLog,
+    options: ScanOptions,
+  ): Promise<ScanOutcome> {
+    const p = this.profile;
+    const boundary = boundaryOf(contentType);
+    const local = new AbortController();
+    const onAbort = () => local.abort(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    const run = limiter(p.multipartConcurrency);
+    const scans: Array<Promise<PartResult>> = [];
+    // Every part, as soon as it starts: a failed parse must still dispose what was created.
+    const parts: Part[] = [];
+    const disposeParts = () => {
+      for (const part of parts) part.store?.dispose();
+    };
+    try {
+      await parseMultipart(
+        contentType,
+        store.open(),
+        { limits: p.multipartLimits, storage: { memoryThreshold: p.memoryThreshold, spoolDir: p.spoolDir } },
+        (part) => {
+          parts.push(part);
+          if (part.kind === 'field' && (p.multipartFields === 'skip' || part.value === '')) return;
+          scans.push(run(() => this.#scanPart(part, facts, local.signal, log)));
+        },
+      );
+    } catch (err) {
+      local.abort(err);
+      await Promise.allSettled(scans);
+      disposeParts();
+      throw err;
+    } finally {
+      signal.removeEventListener('abort', onAbort);
+    }
+    const settled = await Promise.allSettled(scans);
+    const rejected = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (rejected !== undefined) {
+      disposeParts();
+      throw rejected.reason;
+    }
+    const results = settled.map((r) => (r as PromiseFulfilledResult<PartResult>).value);
+    log.file_names = parts.filter((x) => x.kind === 'file').map((x) => x.fileName ?? '');
+    const clientHeaders = results.flatMap((r) => r.verdict?.client_headers ?? []);
+    if (results.some((r) => r.verdict?.unscannable)) log.significance.push('UNSCANNABLE');
+
+    const blocked = results.filter((r) => r.type === 'blocked');
+    if (blocked.length > 0 && p.infectedPartAction === 'block') {
+      const first = blocked[0]!;
+      log.significance.push('ICAP_BLOCKED');
+      disposeParts();
+      const response = buildResponse('blocked', facts.headers.get('accept'), {
+        threat: first.verdict?.threat_id,
+        fileName: first.part.fileName ?? first.part.field,
+        requestId: options.requestId,
+      });
+      return {
+        ...base('ICAP_BLOCKED', log, first.verdict?.threat_id, clientHeaders, () => store.dispose()),
+        kind: 'respond',
+        status: response.status,
+        headers: [...response.headers, ...clientHeaders],
+        body: response.body,
+        closeConnection: false,
+      };
+    }
+    const failed = results.filter((r) => r.type === 'failed');
+    if (failed.length > 0) {
+      if (p.failAction === 'fail-closed') {
+        disposeParts();
+        throw failed[0]!.error;
+      }
+      log.significance.push('ICAP_ERROR', 'FAIL_OPEN');
+      log.fail_action = 'fail-open';
+      log.error_code = failed[0]!.error!.code;
+      log.error_message = failed[0]!.error!.message;
+    }
+    const modified = results.filter((r) => r.type === 'modified');
+    if (blocked.length === 0 && modified.length === 0) {
+      disposeParts();
+      return pass(failed.length > 0 ? 'ICAP_FAILED' : 'ICAP_PASSED', log, store, null, clientHeaders);
+    }
+    // Rebuild the form: without the blocked parts (strip), with the rewritten ones.
+    const byIndex = new Map(results.map((r) => [r.part.index, r]));
+    const kept = parts
+      .filter((part) => byIndex.get(part.index)?.type !== 'blocked')
+      .map((part) => {
+        const r = byIndex.get(part.index);
+        return r?.type === 'modified' && r.adapted !== undefined
+          ? { part, content: { stream: () => r.adapted!.stream(), length: r.adapted.length } }
+          : { part };
+      });
+    if (blocked.length > 0) {
+      log.significance.push('ICAP_BLOCKED', 'PARTS_REMOVED');
+      log.removed_parts = blocked.map((r) => {
+        const removed: { field: string; file_name?: string; threat_id?: string } = { field: r.part.field };
+        if (r.part.fileName !== undefined) removed.file_name = r.part.fileName;
+        if (r.verdict?.threat_id !== undefined) removed.threat_id = r.verdict.threat_id;
+        return removed;
+      });
+    }
+    if (modified.length > 0) log.significance.push('ICAP_MODIFIED');
+    const rebuilt = rebuildMultipart(boundary, kept);
+    const headers = facts.headerPairs.filter(([n]) => {
+      const k = n.toLowerCase();
+      return !k.startsWith(':') && !HOP_BY_HOP.has(k) && k !== 'content-length';
+    });
+    headers.push(['content-length', String(rebuilt.length)]);
+    store.dispose();
+    return {
+      ...base('ICAP_MODIFIED', log, blocked[0]?.verdict?.threat_id, clientHeaders, () => {
+        rebuilt.body.destroy();
+        disposeParts();
+        for (const r of modified) r.adapted?.dispose();
+      }),
+      kind: 'rewrite',
+      method: facts.method,
+      url: facts.target,
+      headers,
+      body: rebuilt.body,
+      contentLength: rebuilt.length,
+    };
+  }
+
+  /** One part as its own ICAP request. ICAP failures are a result; aborts and client errors throw. */
+  async #scanPart(
+    part: Part,
+    facts: HttpRequestFacts,
+    signal: AbortSignal,
+    log: IcapLog,
+  ): Promise<PartResult> {
+    await part.done;
+    let body = part.store;
+    if (body === null) {
+      body = new BodyStore({ limit: Number.POSITIVE_INFINITY, retainAll: true });
+      body.push(Buffer.from(part.value ?? '', 'utf8'));
+      body.end();
+    }
+    const subject = partFacts(facts, part, body.received);
+    const entries: IcapRequestLog[] = [];
+    try {
+      const result = await this.#withFailover(subject, body, signal, log, entries);
+      for (const entry of entries) nameEntry(entry, part);
+      if (result.type === 'clean') return { part, type: 'clean', verdict: result.verdict ?? undefined };
+      if (result.type === 'blocked') return { part, type: 'blocked', verdict: result.verdict };
+      const identical = result.adapted.identical();
+      const entry = entries.at(-1);
+      if (entry !== undefined) {
+        entry.action = identical ? 'ICAP_PASSED' : 'ICAP_MODIFIED';
+        if (!identical) entry.modified_content_length = result.adapted.length;
+      }
+      return identical
+        ? { part, type: 'clean', verdict: result.verdict }
+        : { part, type: 'modified', verdict: result.verdict, adapted: result.adapted };
+    } catch (err) {
+      for (const entry of entries) nameEntry(entry, part);
+      if (err instanceof IcapError && SERVER_FAULTS.has(err.code) && !signal.aborted)
+        return { part, type: 'failed', error: err };
+      if (err instanceof IcapError && err.code === IcapErrorCodes.NO_SERVER)
+        return { part, type: 'failed', error: err };
+      throw err;
+    }
+  }
+
   // ---------------------------------------------------------------- ICAP attempts
 
   async #withFailover(
@@ -324,6 +566,7 @@ export class IcapEngine {
     store: BodyStore | null,
     signal: AbortSignal,
     log: IcapLog,
+    entries?: IcapRequestLog[],
   ): Promise<AttemptResult> {
     const tried = new Set<ServerHandle>();
     let lastError: unknown;
@@ -337,6 +580,7 @@ export class IcapEngine {
       tried.add(handle);
       const entry = this.#newEntry(handle, facts);
       log.request_logs.push(entry);
+      entries?.push(entry);
       handle.outstanding++;
       try {
         const result = await this.#attempt(handle, facts, store, signal, entry);
@@ -439,7 +683,10 @@ export class IcapEngine {
         return { type: 'blocked', res, verdict, relay };
       }
       case 'adapted': {
-        const adapted = new AdaptedBody(store, p.bufferSize);
+        const adapted = new AdaptedBody(store, p.bufferSize, {
+          memoryThreshold: p.memoryThreshold,
+          spoolDir: p.spoolDir,
+        });
         if (res.body !== null) {
           for await (const chunk of res.body as AsyncIterable<Buffer>) {
             if (!adapted.write(chunk)) {
@@ -530,13 +777,47 @@ export class IcapEngine {
     };
   }
 
-  /** bufferSize exceeded (declared or while reading). */
-  #tooLarge(
+  /**
+   * A request refused for what it is, not for what the ICAP server said: a malformed or
+   * over-limit multipart form, a content type the profile does not allow. Never subject to the
+   * failure action.
+   */
+  #refuse(
+    kind: ResponseKind,
+    status: 400 | 413 | 415,
+    reason: string,
     facts: HttpRequestFacts,
     log: IcapLog,
     store: BodyStore | null,
     options: ScanOptions,
   ): ScanOutcome {
+    log.significance.push(status === 415 ? 'CONTENT_TYPE_REFUSED' : 'MULTIPART_REFUSED');
+    log.error_code ??= status === 415 ? IcapErrorCodes.CONTENT_TYPE : IcapErrorCodes.MULTIPART;
+    log.error_message ??= reason;
+    const closeConnection = store === null ? facts.hasBody : !store.ended;
+    store?.dispose();
+    const response = buildResponse(kind, facts.headers.get('accept'), {
+      detail: capitalise(reason),
+      requestId: options.requestId,
+      closeConnection,
+    });
+    return {
+      ...base('ICAP_BLOCKED', log, undefined, [], () => {}),
+      kind: 'respond',
+      status,
+      headers: response.headers,
+      body: response.body,
+      closeConnection,
+    };
+  }
+
+  /** bufferSize exceeded (declared or while reading). */
+  async #tooLarge(
+    facts: HttpRequestFacts,
+    log: IcapLog,
+    store: BodyStore | null,
+    options: ScanOptions,
+  ): Promise<ScanOutcome> {
     const p = this.profile;
     log.significance.push('BUFFER_SIZE_EXCEEDED');
     log.fail_action = p.bufferSizeExceedAction;
@@ -553,7 +834,7 @@ export class IcapEngine {
         log.significance.push('FAIL_OPEN');
         return pass('ICAP_FAILED', log, store, null, []);
       }
-      if (store.restore()) {
+      if (await store.restore()) {
         log.significance.push('FAIL_OPEN');
         return pass('ICAP_FAILED', log, null, null, []);
       }
@@ -649,6 +930,103 @@ export class IcapEngine {
   }
 }
 
+interface PartResult {
+  part: Part;
+  type: 'clean' | 'blocked' | 'modified' | 'failed';
+  verdict?: Verdict | undefined;
+  adapted?: AdaptedBody | undefined;
+  error?: IcapError | undefined;
+}
+
+function newLog(profileName: string, facts: HttpRequestFacts, decision: PolicyDecision): IcapLog {
+  const log: IcapLog = {
+    action: 'ICAP_DISABLED',
+    request_logs: [],
+    profile_name: profileName,
+    policy_reason: decision.reason,
+    significant: false,
+    significance: [],
+    http_method: httpMethodEnum(facts.method),
+    uri_path: pathOf(facts.target),
+    start_time: Date.now(),
+    duration: 0,
+  };
+  if (decision.rule !== undefined) log.rule_name = decision.rule;
+  if (facts.clientIp !== undefined) log.client_ip = facts.clientIp;
+  return log;
+}
+
+/** Runs at most `n` tasks at once. */
+function limiter(n: number): <T>(task: () => Promise<T>) => Promise<T> {
+  let active = 0;
+  const queue: Array<() => void> = [];
+  return <T>(task: () => Promise<T>) =>
+    new Promise<T>((resolve, reject) => {
+      const start = () => {
+        active++;
+        task()
+          .then(resolve, reject)
+          .finally(() => {
+            active--;
+            queue.shift()?.();
+          });
+      };
+      if (active < n) start();
+      else queue.push(start);
+    });
+}
+
+/** The encapsulated request for one part: the original request line, the part's own headers. */
+function partFacts(facts: HttpRequestFacts, part: Part, length: number): HttpRequestFacts {
+  const name = part.fileName ?? part.field;
+  const pairs: Array<[string, string]> = [];
+  if (facts.host !== undefined) pairs.push(['Host', facts.host]);
+  pairs.push(
+    ['Content-Type', part.mimeType],
+    ['Content-Disposition', contentDisposition(part.kind === 'file' ? 'attachment' : 'form-data', name)],
+  );
+  return {
+    ...facts,
+    method: 'POST',
+    headerPairs: pairs,
+    headers: new Headers(pairs),
+    hasBody: true,
+    contentLength: length,
+    chunked: false,
+    fileName: name,
+  };
+}
+
+/** A Content-Disposition value safe on the wire, with the UTF-8 name in filename* (RFC 6266). */
+function contentDisposition(type: string, name: string): string {
+  const ascii = name.replace(/[^\x20-\x7e]|["\\]/g, '_');
+  const encoded = encodeURIComponent(name).replace(
+    /['()*]/g,
+    (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`,
+  );
+  return ascii === name
+    ? `${type}; filename="${name}"`
+    : `${type}; filename="${ascii}"; filename*=UTF-8''${encoded}`;
+}
+
+/** Names a part's log entry and its violations after the part. */
+function nameEntry(entry: IcapRequestLog, part: Part): void {
+  const name = part.fileName ?? part.field;
+  entry.file_name = name;
+  for (const v of entry.violations ?? []) if (v.file_name === '' || v.file_name === '-') v.file_name = name;
+}
+
+function mediaTypeAllowed(contentType: string | undefined, allowed: readonly string[]): boolean {
+  if (contentType === undefined) return false;
+  const media = contentType.split(';')[0]!.trim().toLowerCase();
+  const major = media.split('/')[0];
+  return allowed.some((t) => t === media || (t.endsWith('/*') && t.slice(0, -2) === major));
+}
+
+function capitalise(s: string): string {
+  return s.length === 0 ? s : `${s[0]!.toUpperCase()}${s.slice(1)}.`;
+}
+
 /** What the application can read about the scan of its request (`req.icap`, `request.icap`, `ctx.state.icap`). */
 export interface IcapRequestInfo {
   action: IcapAction;
@@ -656,12 +1034,20 @@ export interface IcapRequestInfo {
   threat: string | undefined;
   /** The policy rule that decided, if any. */
   rule: string | undefined;
+  /** Parts removed from a multipart form (infectedPartAction 'strip'). */
+  removed: NonNullable<IcapLog['removed_parts']>;
   /** The full icap_log record. */
   log: IcapLog;
 }
 
 export function requestInfo(outcome: ScanOutcome): IcapRequestInfo {
-  return { action: outcome.action, threat: outcome.threat, rule: outcome.log.rule_name, log: outcome.log };
+  return {
+    action: outcome.action,
+    threat: outcome.threat,
+    rule: outcome.log.rule_name,
+    removed: outcome.log.removed_parts ?? [],
+    log: outcome.log,
+  };
 }
 
 /** Creates an engine for a profile (validated now; throws ICAP_ERR_INVALID_PROFILE). */

@@ -131,3 +131,63 @@ function pairs(raw: string[]): Array<[string, string]> {
   for (let i = 0; i + 1 < raw.length; i += 2) out.push([raw[i]!, raw[i + 1]!]);
   return out;
 }
+
+/** A server that emits `checkContinue` (node:http and node:https servers). */
+export interface ContinueServer {
+  on(
+    event: 'checkContinue',
+    listener: (req: IncomingMessage, res: import('node:http').ServerResponse) => void,
+  ): unknown;
+  off(
+    event: 'checkContinue',
+    listener: (req: IncomingMessage, res: import('node:http').ServerResponse) => void,
+  ): unknown;
+  emit(event: 'request', req: IncomingMessage, res: import('node:http').ServerResponse): boolean;
+}
+
+/** An answer decided before the body is sent. */
+export interface EarlyAnswer {
+  status: number;
+  headers: ReadonlyArray<readonly [string, string]>;
+  body: Buffer;
+}
+
+/**
+ * Requests with `Expect: 100-continue` get their answer before they send the body when it can
+ * be decided from the head (413 for a declared length over the limit, 415 for a refused
+ * content type); others get `100 Continue` and go on to the application as usual. Node sends
+ * `100 Continue` by itself unless a `checkContinue` listener exists: this installs one.
+ * Returns a function that removes it.
+ */
+export function guardExpectContinue(
+  server: ContinueServer,
+  decide: (req: IncomingMessage) => Promise<EarlyAnswer | null>,
+): () => void {
+  const listener = (req: IncomingMessage, res: import('node:http').ServerResponse) => {
+    decide(req).then(
+      (answer) => {
+        if (answer === null) {
+          res.writeContinue();
+          server.emit('request', req, res);
+          return;
+        }
+        res.shouldKeepAlive = false;
+        res.writeHead(
+          answer.status,
+          [
+            ...answer.headers.filter(([n]) => n.toLowerCase() !== 'connection'),
+            ['Connection', 'close'],
+          ].flat(),
+        );
+        res.end(answer.body);
+      },
+      () => {
+        // Deciding failed: let the request through; the middleware decides with the body.
+        res.writeContinue();
+        server.emit('request', req, res);
+      },
+    );
+  };
+  server.on('checkContinue', listener);
+  return () => server.off('checkContinue', listener);
+}

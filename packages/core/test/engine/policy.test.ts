@@ -1,291 +1,1239 @@
 import { describe, expect, it } from 'vitest';
+import { IcapError, IcapErrorCodes } from '../../src/client/errors.js';
 import {
   compilePolicy,
+  type PolicyDecision,
   type PolicyRule,
   pathCandidates,
   type RequestFacts,
+  type RuleMatch,
 } from '../../src/engine/policy.js';
 import { Headers } from '../../src/protocol/headers.js';
 
-function facts(
-  over: Partial<Omit<RequestFacts, 'headers'>> & { headers?: Record<string, string> } = {},
-): RequestFacts {
+type FactsInit = Partial<Omit<RequestFacts, 'headers'>> & {
+  headers?: Record<string, string | string[]> | Array<[string, string]>;
+};
+
+function facts(over: FactsInit = {}): RequestFacts {
+  const h = over.headers ?? {};
   return {
     method: over.method ?? 'POST',
     target: over.target ?? '/upload',
     host: 'host' in over ? over.host : 'app.example.com',
-    headers: new Headers(over.headers ?? {}),
+    headers: Array.isArray(h) ? new Headers(h) : new Headers(h),
     clientIp: 'clientIp' in over ? over.clientIp : '10.1.2.3',
     hasBody: over.hasBody ?? true,
   };
 }
 
-const decide = (rules: PolicyRule[] | undefined, f: RequestFacts) => compilePolicy(rules).evaluate(f);
+const decide = (rules: readonly PolicyRule[] | undefined, f: RequestFacts): PolicyDecision =>
+  compilePolicy(rules).evaluate(f);
 
-describe('policy without rules', () => {
-  it('scans every request with a body and nothing else', () => {
+const scanned = (rule: string): PolicyDecision => ({ scan: true, rule, reason: 'rule' });
+const skipped = (rule: string): PolicyDecision => ({ scan: false, rule, reason: 'rule' });
+const NO_MATCH: PolicyDecision = { scan: false, rule: undefined, reason: 'no-rule-matched' };
+
+/** One enabling rule named 'r' with the given match; anything else matches nothing. */
+const only = (match: RuleMatch): PolicyRule[] => [{ name: 'r', match, action: 'enable-icap' }];
+const onlyDecides = (match: RuleMatch, f: FactsInit) => decide(only(match), facts(f));
+
+describe('no rules', () => {
+  it('undefined rules scan a request with a body', () => {
     expect(decide(undefined, facts())).toEqual({ scan: true, rule: undefined, reason: 'no-rules' });
+  });
+
+  it('an empty list scans a request with a body', () => {
+    expect(decide([], facts({ method: 'GET', target: '/anything' }))).toEqual({
+      scan: true,
+      rule: undefined,
+      reason: 'no-rules',
+    });
+  });
+
+  it('a request without a body is not scanned (no-body)', () => {
+    expect(decide(undefined, facts({ hasBody: false }))).toEqual({
+      scan: false,
+      rule: undefined,
+      reason: 'no-body',
+    });
     expect(decide([], facts({ hasBody: false }))).toEqual({
       scan: false,
       rule: undefined,
       reason: 'no-body',
     });
   });
+
+  it('exposes the rules it was given, as a frozen copy', () => {
+    const rules: PolicyRule[] = [{ name: 'a', action: 'skip' }];
+    const p = compilePolicy(rules);
+    expect(p.rules).toEqual(rules);
+    expect(p.rules).not.toBe(rules);
+    expect(Object.isFrozen(p.rules)).toBe(true);
+    expect(compilePolicy(undefined).rules).toEqual([]);
+  });
 });
 
-describe('rule criteria', () => {
-  const scanIf = (match: PolicyRule['match']): PolicyRule[] => [{ name: 'r', match, action: 'enable-icap' }];
+describe('rule order and actions', () => {
+  const rules: PolicyRule[] = [
+    { name: 'off', enabled: false, match: { path: '/upload' }, action: 'skip' },
+    { name: 'scan-upload', match: { path: '/upload' }, action: 'enable-icap' },
+    { name: 'skip-upload-too', match: { path: '/upload' }, action: 'skip' },
+    { name: 'skip-api', match: { path: '/api' }, action: 'skip' },
+    { name: 'scan-api-too', match: { path: '/api' }, action: 'enable-icap' },
+  ];
 
-  it('first match wins, disabled rules are skipped, no match does not scan', () => {
-    const rules: PolicyRule[] = [
-      { name: 'off', enabled: false, match: { path: '/upload' }, action: 'skip' },
-      { name: 'scan', match: { path: '/upload' }, action: 'enable-icap' },
-      { name: 'skip-all', action: 'skip' },
+  it('the first matching enabled rule decides (enable before a later skip)', () => {
+    expect(decide(rules, facts({ target: '/upload' }))).toEqual(scanned('scan-upload'));
+  });
+
+  it('the first matching rule decides (skip before a later enable)', () => {
+    expect(decide(rules, facts({ target: '/api/x' }))).toEqual(skipped('skip-api'));
+  });
+
+  it('a disabled rule is ignored', () => {
+    const withOff: PolicyRule[] = [
+      { name: 'off', enabled: false, action: 'enable-icap' },
+      { name: 'on', enabled: true, match: { path: '/x' }, action: 'enable-icap' },
     ];
-    expect(decide(rules, facts())).toEqual({ scan: true, rule: 'scan', reason: 'rule' });
-    expect(decide(rules, facts({ target: '/other' }))).toEqual({
-      scan: false,
-      rule: 'skip-all',
-      reason: 'rule',
-    });
-    expect(decide([{ name: 'x', match: { path: '/x' }, action: 'enable-icap' }], facts())).toEqual({
-      scan: false,
-      rule: undefined,
-      reason: 'no-rule-matched',
-    });
+    expect(decide(withOff, facts({ target: '/y' }))).toEqual(NO_MATCH);
+    expect(decide(withOff, facts({ target: '/x' }))).toEqual(scanned('on'));
   });
 
-  it('an enabling rule scans even a request without a body', () => {
-    expect(
-      decide([{ name: 'all', action: 'enable-icap' }], facts({ hasBody: false, method: 'GET' })).scan,
-    ).toBe(true);
+  it('nothing matched: not scanned, reason no-rule-matched', () => {
+    expect(decide(rules, facts({ target: '/other' }))).toEqual(NO_MATCH);
   });
 
-  it('method (and method-override headers)', () => {
-    const rules = scanIf({ method: ['post', 'PUT'] });
-    expect(decide(rules, facts({ method: 'PUT' })).scan).toBe(true);
-    expect(decide(rules, facts({ method: 'GET' })).scan).toBe(false);
-    expect(decide(rules, facts({ method: 'GET', headers: { 'X-HTTP-Method-Override': 'POST' } })).scan).toBe(
-      true,
+  it('only disabled rules: nothing matches (not the no-rules default)', () => {
+    expect(decide([{ name: 'off', enabled: false, action: 'enable-icap' }], facts())).toEqual(NO_MATCH);
+  });
+
+  it('a rule without match, or with an empty match, matches every request', () => {
+    expect(decide([{ name: 'all', action: 'enable-icap' }], facts({ target: '/z', method: 'GET' }))).toEqual(
+      scanned('all'),
     );
-    expect(decide(rules, facts({ method: 'GET', headers: { 'x-method-override': 'put' } })).scan).toBe(true);
+    expect(decide([{ name: 'all', match: {}, action: 'skip' }], facts())).toEqual(skipped('all'));
   });
 
-  it('path: exact, prefix, suffix, contains, regex, case, negate', () => {
-    expect(decide(scanIf({ path: { exact: ['/upload'] } }), facts({ target: '/upload?x=1' })).scan).toBe(
-      true,
-    );
-    expect(decide(scanIf({ path: { exact: ['/upload'] } }), facts({ target: '/uploads' })).scan).toBe(false);
-    expect(decide(scanIf({ path: { suffix: ['.pdf'] } }), facts({ target: '/a/B.PDF' })).scan).toBe(true);
+  it("'enable-icap' scans even a request without a body", () => {
     expect(
-      decide(scanIf({ path: { suffix: ['.pdf'], caseSensitive: true } }), facts({ target: '/a/B.PDF' })).scan,
-    ).toBe(false);
-    expect(decide(scanIf({ path: { contains: ['/files/'] } }), facts({ target: '/api/files/1' })).scan).toBe(
-      true,
-    );
-    expect(
-      decide(scanIf({ path: { regex: ['^/v[0-9]+/upload$'] } }), facts({ target: '/V2/upload' })).scan,
-    ).toBe(true);
-    expect(
-      decide(scanIf({ path: { prefix: ['/public'], negate: true } }), facts({ target: '/upload' })).scan,
-    ).toBe(true);
-    expect(
-      decide(scanIf({ path: { prefix: ['/public'], negate: true } }), facts({ target: '/public/a' })).scan,
-    ).toBe(false);
+      decide([{ name: 'all', action: 'enable-icap' }], facts({ hasBody: false, method: 'GET' })),
+    ).toEqual(scanned('all'));
   });
 
-  it('host, with ports and wildcards', () => {
-    const rules = scanIf({ host: ['api.example.com', '*.uploads.test'] });
-    expect(decide(rules, facts({ host: 'API.example.com:8443' })).scan).toBe(true);
-    expect(decide(rules, facts({ host: 'eu.uploads.test' })).scan).toBe(true);
-    expect(decide(rules, facts({ host: 'uploads.test' })).scan).toBe(false);
-    expect(decide(rules, facts({ host: 'evil-uploads.test' })).scan).toBe(false);
-    expect(decide(rules, facts({ host: undefined })).scan).toBe(false);
+  it("'skip' does not scan a request with a body", () => {
+    expect(decide([{ name: 'none', action: 'skip' }], facts({ hasBody: true }))).toEqual(skipped('none'));
   });
 
-  it('headers present, absent, value', () => {
-    expect(
-      decide(scanIf({ headers: [{ name: 'x-scan', present: true }] }), facts({ headers: { 'X-Scan': '' } }))
-        .scan,
-    ).toBe(true);
-    expect(
-      decide(
-        scanIf({ headers: [{ name: 'x-trusted', present: false }] }),
-        facts({ headers: { 'x-trusted': '1' } }),
-      ).scan,
-    ).toBe(false);
-    expect(decide(scanIf({ headers: [{ name: 'x-trusted', present: false }] }), facts()).scan).toBe(true);
-    expect(
-      decide(
-        scanIf({ headers: [{ name: 'x-tier', value: 'free' }] }),
-        facts({ headers: { 'x-tier': 'FREE' } }),
-      ).scan,
-    ).toBe(true);
-    expect(
-      decide(
-        scanIf({ headers: [{ name: 'x-tier', value: { prefix: ['pro'] } }] }),
-        facts({ headers: { 'x-tier': 'free' } }),
-      ).scan,
-    ).toBe(false);
-  });
-
-  it('content type by media type, parameters and case ignored, wildcards', () => {
-    const rules = scanIf({ contentType: ['multipart/form-data', 'image/*'] });
-    expect(
-      decide(rules, facts({ headers: { 'content-type': 'Multipart/Form-Data; boundary=x' } })).scan,
-    ).toBe(true);
-    expect(decide(rules, facts({ headers: { 'content-type': 'image/png' } })).scan).toBe(true);
-    expect(decide(rules, facts({ headers: { 'content-type': 'application/json' } })).scan).toBe(false);
-    expect(decide(rules, facts()).scan).toBe(false);
-  });
-
-  it('query parameters, repeated and encoded', () => {
-    const rules = scanIf({ query: [{ name: 'mode', value: 'upload' }] });
-    expect(decide(rules, facts({ target: '/x?a=1&mode=view&mode=upload' })).scan).toBe(true);
-    expect(decide(rules, facts({ target: '/x?m%6Fde=%75pload' })).scan).toBe(true);
-    expect(decide(rules, facts({ target: '/x?mode=view' })).scan).toBe(false);
-    expect(
-      decide(scanIf({ query: [{ name: 'raw', present: true }] }), facts({ target: '/x?raw' })).scan,
-    ).toBe(true);
-  });
-
-  it('client IPs and CIDRs, v4, v6 and IPv4-mapped', () => {
-    const rules = scanIf({ clientIp: ['10.0.0.0/8', '2001:db8::/32', '192.168.1.7'] });
-    expect(decide(rules, facts({ clientIp: '10.200.1.1' })).scan).toBe(true);
-    expect(decide(rules, facts({ clientIp: '::ffff:10.9.9.9' })).scan).toBe(true);
-    expect(decide(rules, facts({ clientIp: '2001:db8:1::5' })).scan).toBe(true);
-    expect(decide(rules, facts({ clientIp: '192.168.1.7' })).scan).toBe(true);
-    expect(decide(rules, facts({ clientIp: '192.168.1.8' })).scan).toBe(false);
-    expect(decide(rules, facts({ clientIp: undefined })).scan).toBe(false);
-  });
-
-  it('all criteria of a rule must hold', () => {
-    const rules = scanIf({ method: ['POST'], path: '/upload', contentType: ['multipart/form-data'] });
-    expect(
-      decide(rules, facts({ headers: { 'content-type': 'multipart/form-data; boundary=a' } })).scan,
-    ).toBe(true);
-    expect(
-      decide(rules, facts({ method: 'PUT', headers: { 'content-type': 'multipart/form-data' } })).scan,
-    ).toBe(false);
+  it('a compiled policy can be evaluated many times with the same answers', () => {
+    const p = compilePolicy(rules);
+    for (let i = 0; i < 3; i++) {
+      expect(p.evaluate(facts({ target: '/upload' }))).toEqual(scanned('scan-upload'));
+      expect(p.evaluate(facts({ target: '/api' }))).toEqual(skipped('skip-api'));
+    }
   });
 });
 
-describe('bypass attempts', () => {
+describe('method', () => {
+  const match: RuleMatch = { method: ['post', 'PUT'] };
+
+  it('matches case-insensitively, any of the list', () => {
+    expect(onlyDecides(match, { method: 'POST' })).toEqual(scanned('r'));
+    expect(onlyDecides(match, { method: 'put' })).toEqual(scanned('r'));
+    expect(onlyDecides(match, { method: 'GET' })).toEqual(NO_MATCH);
+    expect(onlyDecides(match, { method: 'PATCH' })).toEqual(NO_MATCH);
+  });
+
+  it.each(['X-HTTP-Method-Override', 'x-http-method', 'X-Method-Override'])(
+    'a %s header naming a listed method matches',
+    (header) => {
+      expect(onlyDecides(match, { method: 'GET', headers: { [header]: 'put' } })).toEqual(scanned('r'));
+    },
+  );
+
+  it('override headers with comma lists and several fields are all considered', () => {
+    expect(
+      onlyDecides(match, { method: 'GET', headers: { 'x-http-method-override': 'DELETE, POST' } }),
+    ).toEqual(scanned('r'));
+    expect(
+      onlyDecides(match, {
+        method: 'GET',
+        headers: [
+          ['X-HTTP-Method', 'HEAD'],
+          ['X-HTTP-Method', 'PUT'],
+        ],
+      }),
+    ).toEqual(scanned('r'));
+  });
+
+  it('an override naming an unlisted method does not match', () => {
+    expect(onlyDecides(match, { method: 'GET', headers: { 'x-http-method-override': 'DELETE' } })).toEqual(
+      NO_MATCH,
+    );
+  });
+
+  it('other headers are not method overrides', () => {
+    expect(onlyDecides(match, { method: 'GET', headers: { 'x-method': 'POST' } })).toEqual(NO_MATCH);
+  });
+});
+
+describe('path', () => {
+  it('a plain string is a prefix', () => {
+    expect(onlyDecides({ path: '/upload' }, { target: '/upload/a/b?x=1' })).toEqual(scanned('r'));
+    expect(onlyDecides({ path: '/upload' }, { target: '/uploads' })).toEqual(scanned('r'));
+    expect(onlyDecides({ path: '/upload' }, { target: '/api/upload' })).toEqual(NO_MATCH);
+  });
+
+  it('exact ignores the query and fragment', () => {
+    expect(onlyDecides({ path: { exact: ['/upload'] } }, { target: '/upload?x=1#f' })).toEqual(scanned('r'));
+    expect(onlyDecides({ path: { exact: ['/upload'] } }, { target: '/uploads' })).toEqual(NO_MATCH);
+  });
+
+  it('suffix', () => {
+    expect(onlyDecides({ path: { suffix: ['.pdf', '.zip'] } }, { target: '/a/b.ZIP' })).toEqual(scanned('r'));
+    expect(onlyDecides({ path: { suffix: ['.pdf'] } }, { target: '/a/b.pdf.txt' })).toEqual(NO_MATCH);
+  });
+
+  it('contains', () => {
+    expect(onlyDecides({ path: { contains: ['/files/'] } }, { target: '/api/FILES/1' })).toEqual(
+      scanned('r'),
+    );
+    expect(onlyDecides({ path: { contains: ['/files/'] } }, { target: '/api/files' })).toEqual(NO_MATCH);
+  });
+
+  it('regex, unanchored unless anchored, case-insensitive by default', () => {
+    expect(onlyDecides({ path: { regex: ['^/v[0-9]+/upload$'] } }, { target: '/V2/Upload' })).toEqual(
+      scanned('r'),
+    );
+    expect(onlyDecides({ path: { regex: ['^/v[0-9]+/upload$'] } }, { target: '/v2/upload/x' })).toEqual(
+      NO_MATCH,
+    );
+    expect(onlyDecides({ path: { regex: ['upload'] } }, { target: '/x/upload/y' })).toEqual(scanned('r'));
+  });
+
+  it('caseSensitive applies to every list and to regexes', () => {
+    const cs = (m: Omit<NonNullable<Exclude<RuleMatch['path'], string>>, 'caseSensitive'>) => ({
+      path: { ...m, caseSensitive: true },
+    });
+    expect(onlyDecides(cs({ prefix: ['/Upload'] }), { target: '/Upload' })).toEqual(scanned('r'));
+    expect(onlyDecides(cs({ prefix: ['/Upload'] }), { target: '/upload' })).toEqual(NO_MATCH);
+    expect(onlyDecides(cs({ exact: ['/a'] }), { target: '/A' })).toEqual(NO_MATCH);
+    expect(onlyDecides(cs({ suffix: ['.pdf'] }), { target: '/a/B.PDF' })).toEqual(NO_MATCH);
+    expect(onlyDecides(cs({ contains: ['x'] }), { target: '/X' })).toEqual(NO_MATCH);
+    expect(onlyDecides(cs({ regex: ['^/a$'] }), { target: '/A' })).toEqual(NO_MATCH);
+    expect(onlyDecides(cs({ regex: ['^/a$'] }), { target: '/a' })).toEqual(scanned('r'));
+  });
+
+  it('lists are ORed', () => {
+    const m: RuleMatch = { path: { exact: ['/a'], prefix: ['/b/'], suffix: ['.c'], regex: ['^/d'] } };
+    for (const target of ['/a', '/b/1', '/x.c', '/dd'])
+      expect(onlyDecides(m, { target })).toEqual(scanned('r'));
+    expect(onlyDecides(m, { target: '/e' })).toEqual(NO_MATCH);
+  });
+
+  it('negate inverts the match', () => {
+    const m: RuleMatch = { path: { prefix: ['/public'], negate: true } };
+    expect(onlyDecides(m, { target: '/upload' })).toEqual(scanned('r'));
+    expect(onlyDecides(m, { target: '/public/a' })).toEqual(NO_MATCH);
+  });
+
+  it("exact '*' matches the asterisk-form target", () => {
+    expect(onlyDecides({ path: { exact: ['*'] } }, { target: '*', method: 'OPTIONS' })).toEqual(scanned('r'));
+  });
+
+  it('non-ASCII paths match their percent-encoded UTF-8 form', () => {
+    expect(onlyDecides({ path: { exact: ['/été'] } }, { target: '/%C3%A9t%C3%A9' })).toEqual(scanned('r'));
+  });
+});
+
+describe('host', () => {
+  const m: RuleMatch = { host: ['api.example.com', '*.uploads.test', '[2001:db8::1]', '192.0.2.7'] };
+
+  it.each([
+    ['api.example.com', true],
+    ['API.Example.COM', true],
+    ['api.example.com:8443', true],
+    ['api.example.com.', true],
+    ['eu.uploads.test', true],
+    ['a.b.uploads.test:444', true],
+    ['EU.UPLOADS.TEST:80', true],
+    ['[2001:db8::1]:8080', true],
+    ['192.0.2.7:3000', true],
+    ['uploads.test', false],
+    ['evil-uploads.test', false],
+    ['api.example.com.evil.test', false],
+    ['xapi.example.com', false],
+    ['example.com', false],
+  ])('Host %s matches: %s', (host, matches) => {
+    expect(onlyDecides(m, { host })).toEqual(matches ? scanned('r') : NO_MATCH);
+  });
+
+  it('no Host does not match', () => {
+    expect(onlyDecides(m, { host: undefined })).toEqual(NO_MATCH);
+  });
+
+  it('the authority of an absolute-form target is a reading too', () => {
+    expect(onlyDecides(m, { host: 'other.test', target: 'http://API.example.com:80/upload' })).toEqual(
+      scanned('r'),
+    );
+    expect(onlyDecides(m, { host: undefined, target: 'https://x.uploads.test/' })).toEqual(scanned('r'));
+    expect(onlyDecides(m, { host: 'other.test', target: 'http://other.test/upload' })).toEqual(NO_MATCH);
+  });
+
+  it('a host skip rule cannot hide a request whose absolute-form target names a scanned host', () => {
+    const rules: PolicyRule[] = [
+      { name: 'skip-static', match: { host: ['static.example.com'] }, action: 'skip' },
+      { name: 'scan-rest', action: 'enable-icap' },
+    ];
+    expect(
+      decide(rules, facts({ host: 'static.example.com', target: 'http://app.example.com/upload' })),
+    ).toEqual(scanned('scan-rest'));
+    expect(decide(rules, facts({ host: 'static.example.com:443' }))).toEqual(skipped('skip-static'));
+  });
+});
+
+describe('headers', () => {
+  it('present: true requires the field, any value', () => {
+    const m: RuleMatch = { headers: [{ name: 'x-scan', present: true }] };
+    expect(onlyDecides(m, { headers: { 'X-Scan': '' } })).toEqual(scanned('r'));
+    expect(onlyDecides(m, {})).toEqual(NO_MATCH);
+  });
+
+  it('no present and no value also requires the field', () => {
+    const m: RuleMatch = { headers: [{ name: 'X-Scan' }] };
+    expect(onlyDecides(m, { headers: { 'x-scan': '1' } })).toEqual(scanned('r'));
+    expect(onlyDecides(m, {})).toEqual(NO_MATCH);
+  });
+
+  it('present: false requires the field to be absent', () => {
+    const m: RuleMatch = { headers: [{ name: 'x-trusted', present: false }] };
+    expect(onlyDecides(m, { headers: { 'X-Trusted': '1' } })).toEqual(NO_MATCH);
+    expect(onlyDecides(m, {})).toEqual(scanned('r'));
+  });
+
+  it('a string value is an exact, case-insensitive match', () => {
+    const m: RuleMatch = { headers: [{ name: 'x-tier', value: 'free' }] };
+    expect(onlyDecides(m, { headers: { 'x-tier': 'FREE' } })).toEqual(scanned('r'));
+    expect(onlyDecides(m, { headers: { 'x-tier': 'freemium' } })).toEqual(NO_MATCH);
+    expect(onlyDecides(m, {})).toEqual(NO_MATCH);
+  });
+
+  it('a StringMatch value, with caseSensitive and negate', () => {
+    expect(
+      onlyDecides(
+        { headers: [{ name: 'x-tier', value: { prefix: ['pro'] } }] },
+        { headers: { 'x-tier': 'Pro-1' } },
+      ),
+    ).toEqual(scanned('r'));
+    expect(
+      onlyDecides(
+        { headers: [{ name: 'x-tier', value: { exact: ['pro'], caseSensitive: true } }] },
+        { headers: { 'x-tier': 'PRO' } },
+      ),
+    ).toEqual(NO_MATCH);
+    expect(
+      onlyDecides(
+        { headers: [{ name: 'x-tier', value: { exact: ['internal'], negate: true } }] },
+        { headers: { 'x-tier': 'external' } },
+      ),
+    ).toEqual(scanned('r'));
+    expect(
+      onlyDecides(
+        { headers: [{ name: 'x-tier', value: { regex: ['^t[0-9]$'] } }] },
+        { headers: { 'x-tier': 'T7' } },
+      ),
+    ).toEqual(scanned('r'));
+  });
+
+  it('a repeated field matches when any of its values does', () => {
+    const m: RuleMatch = { headers: [{ name: 'x-tag', value: 'upload' }] };
+    expect(
+      onlyDecides(m, {
+        headers: [
+          ['x-tag', 'a'],
+          ['X-Tag', 'upload'],
+        ],
+      }),
+    ).toEqual(scanned('r'));
+  });
+
+  it('all header criteria must hold', () => {
+    const m: RuleMatch = {
+      headers: [
+        { name: 'x-a', present: true },
+        { name: 'x-b', present: false },
+      ],
+    };
+    expect(onlyDecides(m, { headers: { 'x-a': '1' } })).toEqual(scanned('r'));
+    expect(onlyDecides(m, { headers: { 'x-a': '1', 'x-b': '1' } })).toEqual(NO_MATCH);
+    expect(onlyDecides(m, {})).toEqual(NO_MATCH);
+  });
+});
+
+describe('content type', () => {
+  const m: RuleMatch = { contentType: ['Multipart/Form-Data', 'image/*'] };
+
+  it.each([
+    ['multipart/form-data; boundary=----x', true],
+    ['MULTIPART/FORM-DATA;boundary="a;b"', true],
+    ['  multipart/form-data  ', true],
+    ['image/png', true],
+    ['Image/SVG+XML; charset=utf-8', true],
+    ['application/json', false],
+    ['multipart/mixed; boundary=x', false],
+    ['text/plain; x=multipart/form-data', false],
+    ['image', false],
+  ])('%s matches: %s', (ct, matches) => {
+    expect(onlyDecides(m, { headers: { 'Content-Type': ct } })).toEqual(matches ? scanned('r') : NO_MATCH);
+  });
+
+  it('no Content-Type does not match', () => {
+    expect(onlyDecides(m, {})).toEqual(NO_MATCH);
+  });
+
+  it('*/* matches any present content type', () => {
+    expect(onlyDecides({ contentType: ['*/*'] }, { headers: { 'content-type': 'x/y' } })).toEqual(
+      scanned('r'),
+    );
+    expect(onlyDecides({ contentType: ['*/*'] }, {})).toEqual(NO_MATCH);
+  });
+
+  it('a second Content-Type field cannot steer the request into a skip rule', () => {
+    const rules: PolicyRule[] = [
+      { name: 'skip-json', match: { contentType: ['application/json'] }, action: 'skip' },
+      { name: 'scan-forms', match: { contentType: ['multipart/form-data'] }, action: 'enable-icap' },
+    ];
+    const twoTypes: Array<[string, string]> = [
+      ['Content-Type', 'application/json'],
+      ['Content-Type', 'multipart/form-data; boundary=x'],
+    ];
+    expect(decide(rules, facts({ headers: twoTypes }))).toEqual(scanned('scan-forms'));
+    expect(decide(rules, facts({ headers: { 'content-type': 'application/json' } }))).toEqual(
+      skipped('skip-json'),
+    );
+  });
+
+  it('an unlisted type in a rule with other types does not match a wildcard of another rule', () => {
+    const rules: PolicyRule[] = [
+      { name: 'png', match: { contentType: ['image/png'] }, action: 'skip' },
+      { name: 'images', match: { contentType: ['image/*'] }, action: 'enable-icap' },
+    ];
+    expect(decide(rules, facts({ headers: { 'content-type': 'image/png' } }))).toEqual(skipped('png'));
+    expect(decide(rules, facts({ headers: { 'content-type': 'image/gif' } }))).toEqual(scanned('images'));
+  });
+});
+
+describe('query', () => {
+  it('a string value is an exact match against any repeated value', () => {
+    const m: RuleMatch = { query: [{ name: 'mode', value: 'upload' }] };
+    expect(onlyDecides(m, { target: '/x?a=1&mode=view&mode=upload' })).toEqual(scanned('r'));
+    expect(onlyDecides(m, { target: '/x?mode=view&mode=edit' })).toEqual(NO_MATCH);
+    expect(onlyDecides(m, { target: '/x' })).toEqual(NO_MATCH);
+  });
+
+  it('names and values are percent-decoded, + is a space', () => {
+    expect(
+      onlyDecides({ query: [{ name: 'mode', value: 'upload' }] }, { target: '/x?m%6Fde=%75pload' }),
+    ).toEqual(scanned('r'));
+    expect(
+      onlyDecides({ query: [{ name: 'file name', value: 'a b' }] }, { target: '/x?file+name=a%20b' }),
+    ).toEqual(scanned('r'));
+    expect(onlyDecides({ query: [{ name: 'q', value: 'a&b' }] }, { target: '/x?q=a%26b' })).toEqual(
+      scanned('r'),
+    );
+  });
+
+  it('values match case-insensitively by default; names are exact', () => {
+    expect(onlyDecides({ query: [{ name: 'mode', value: 'upload' }] }, { target: '/x?mode=UPLOAD' })).toEqual(
+      scanned('r'),
+    );
+    expect(onlyDecides({ query: [{ name: 'mode', value: 'upload' }] }, { target: '/x?MODE=upload' })).toEqual(
+      NO_MATCH,
+    );
+  });
+
+  it('present with and without a value, and absent', () => {
+    expect(onlyDecides({ query: [{ name: 'raw', present: true }] }, { target: '/x?raw' })).toEqual(
+      scanned('r'),
+    );
+    expect(onlyDecides({ query: [{ name: 'raw', present: true }] }, { target: '/x?raw=' })).toEqual(
+      scanned('r'),
+    );
+    expect(onlyDecides({ query: [{ name: 'raw', present: true }] }, { target: '/x?rawer=1' })).toEqual(
+      NO_MATCH,
+    );
+    expect(onlyDecides({ query: [{ name: 'raw', present: false }] }, { target: '/x?raw=1' })).toEqual(
+      NO_MATCH,
+    );
+    expect(onlyDecides({ query: [{ name: 'raw', present: false }] }, { target: '/x?a=1' })).toEqual(
+      scanned('r'),
+    );
+  });
+
+  it('the fragment is not part of the query', () => {
+    expect(onlyDecides({ query: [{ name: 'a', value: '1' }] }, { target: '/x?a=1#b=2' })).toEqual(
+      scanned('r'),
+    );
+    expect(onlyDecides({ query: [{ name: 'b', present: true }] }, { target: '/x?a=1#b=2' })).toEqual(
+      NO_MATCH,
+    );
+  });
+
+  it('StringMatch values and absolute-form targets', () => {
+    expect(
+      onlyDecides({ query: [{ name: 'f', value: { suffix: ['.exe'] } }] }, { target: 'http://h/x?f=a.EXE' }),
+    ).toEqual(scanned('r'));
+  });
+
+  it('all query criteria must hold', () => {
+    const m: RuleMatch = {
+      query: [
+        { name: 'a', value: '1' },
+        { name: 'b', present: true },
+      ],
+    };
+    expect(onlyDecides(m, { target: '/x?b&a=1' })).toEqual(scanned('r'));
+    expect(onlyDecides(m, { target: '/x?a=1' })).toEqual(NO_MATCH);
+  });
+});
+
+describe('client IP', () => {
+  const m: RuleMatch = { clientIp: ['10.0.0.0/8', '192.168.1.7', '2001:db8::/32', '::1', '172.16.0.0/12'] };
+
+  it.each([
+    ['10.200.1.1', true],
+    ['192.168.1.7', true],
+    ['192.168.1.8', false],
+    ['172.31.255.255', true],
+    ['172.32.0.0', false],
+    ['11.0.0.1', false],
+    ['2001:db8:1::5', true],
+    ['2001:DB8::1', true],
+    ['2001:db9::1', false],
+    ['::1', true],
+    ['::2', false],
+    ['::ffff:10.9.9.9', true],
+    ['::FFFF:192.168.1.7', true],
+    ['::ffff:a01:203', true],
+    ['::ffff:11.0.0.1', false],
+    ['not-an-ip', false],
+  ])('%s matches: %s', (clientIp, matches) => {
+    expect(onlyDecides(m, { clientIp })).toEqual(matches ? scanned('r') : NO_MATCH);
+  });
+
+  it('no client address does not match', () => {
+    expect(onlyDecides(m, { clientIp: undefined })).toEqual(NO_MATCH);
+  });
+
+  it('/0 matches every address of its family', () => {
+    expect(onlyDecides({ clientIp: ['0.0.0.0/0'] }, { clientIp: '203.0.113.9' })).toEqual(scanned('r'));
+    expect(onlyDecides({ clientIp: ['::/0'] }, { clientIp: '2001:db8::9' })).toEqual(scanned('r'));
+    expect(onlyDecides({ clientIp: ['0.0.0.0/0'] }, { clientIp: '2001:db8::9' })).toEqual(NO_MATCH);
+  });
+
+  it('a /32 and a /128 are single addresses', () => {
+    expect(onlyDecides({ clientIp: ['10.0.0.1/32'] }, { clientIp: '10.0.0.1' })).toEqual(scanned('r'));
+    expect(onlyDecides({ clientIp: ['10.0.0.1/32'] }, { clientIp: '10.0.0.2' })).toEqual(NO_MATCH);
+    expect(onlyDecides({ clientIp: ['2001:db8::1/128'] }, { clientIp: '2001:db8::1' })).toEqual(scanned('r'));
+    expect(onlyDecides({ clientIp: ['2001:db8::1/128'] }, { clientIp: '2001:db8::2' })).toEqual(NO_MATCH);
+  });
+});
+
+describe('criteria combined', () => {
+  const rules: PolicyRule[] = [
+    {
+      name: 'uploads',
+      match: {
+        method: ['POST'],
+        path: '/upload',
+        host: ['*.example.com'],
+        contentType: ['multipart/form-data'],
+        headers: [{ name: 'authorization', present: true }],
+        query: [{ name: 'async', present: false }],
+        clientIp: ['10.0.0.0/8'],
+      },
+      action: 'enable-icap',
+    },
+  ];
+  const good: FactsInit = {
+    headers: { 'content-type': 'multipart/form-data; boundary=b', authorization: 'Bearer x' },
+  };
+
+  it('matches when every criterion holds', () => {
+    expect(decide(rules, facts(good))).toEqual(scanned('uploads'));
+  });
+
+  it.each<[string, FactsInit]>([
+    ['method', { method: 'PUT' }],
+    ['path', { target: '/download' }],
+    ['host', { host: 'example.org' }],
+    ['content type', { headers: { 'content-type': 'text/plain', authorization: 'x' } }],
+    ['header', { headers: { 'content-type': 'multipart/form-data' } }],
+    ['query', { target: '/upload?async=1' }],
+    ['client IP', { clientIp: '192.0.2.1' }],
+  ])('does not match when the %s does not', (_, over) => {
+    expect(decide(rules, facts({ ...good, ...over }))).toEqual(NO_MATCH);
+  });
+});
+
+describe('bypass resistance', () => {
+  // An allow-list: only an exact '/upload' is scanned, public files are skipped, the rest too.
   const rules: PolicyRule[] = [
     { name: 'skip-public', match: { path: '/public' }, action: 'skip' },
-    { name: 'scan-upload', match: { path: '/upload' }, action: 'enable-icap' },
+    { name: 'scan-upload', match: { path: { exact: ['/upload'] } }, action: 'enable-icap' },
+    { name: 'skip-rest', action: 'skip' },
   ];
+
   it.each([
     '/upload',
     '/UPLOAD',
-    '/Upload/x',
+    '/UpLoAd',
     '/upl%6Fad',
-    '/%75pload',
+    '/%75%70%6c%6f%61%64',
     '/%2575pload',
+    '/upl%256Fad',
     '//upload',
+    '///upload',
+    '/upload/',
+    '/upload//',
+    '/upload/.',
+    '/upload/x/..',
     '/./upload',
+    '/%2e/upload',
+    '\\upload',
+    '/%5Cupload',
+    '/upload;x=1',
+    '/upload;jsessionid=ABC/',
+    '/upload%3Bx',
     '/public/../upload',
     '/public/..%2Fupload',
+    '/public/..%2fupload',
     '/public/%2e%2e/upload',
     '/public/%2E%2E%2Fupload',
-    '/public/..%5Cupload',
-    '\\upload',
-    '/upload;jsessionid=1',
-    'http://app.example.com/upload?x=1',
-    '/a/../upload',
-  ])('%s is scanned', (target) => {
-    expect(decide(rules, facts({ target }))).toEqual({ scan: true, rule: 'scan-upload', reason: 'rule' });
+    '/public/.%2e/upload',
+    '/public/%252e%252e/upload',
+    '/public/..\\upload',
+    '/public/%5C..%5Cupload',
+    '/public/..;/upload',
+    '/public/a/../../upload',
+    '/public//../upload',
+    'http://app.example.com/upload',
+    'HTTP://app.example.com:8080/upload?x=1',
+    'http://app.example.com/public/../upload',
+    'http://app.example.com\\upload',
+    'upload',
+  ])('%s is scanned by scan-upload', (target) => {
+    expect(decide(rules, facts({ target }))).toEqual(scanned('scan-upload'));
   });
 
-  it('a real public path is still skipped', () => {
-    expect(decide(rules, facts({ target: '/public/logo.png' }))).toEqual({
-      scan: false,
-      rule: 'skip-public',
-      reason: 'rule',
-    });
+  it.each([
+    ['/public/logo.png', 'skip-public'],
+    ['/PUBLIC/logo.png', 'skip-public'],
+    ['/public/upload', 'skip-public'],
+    ['/uploads', 'skip-rest'],
+    ['/upload.exe', 'skip-rest'],
+    ['/api/upload', 'skip-rest'],
+    ['/%25252575pload', 'skip-rest'],
+    ['/upload%2x', 'skip-rest'],
+    ['/x?next=/upload', 'skip-rest'],
+    ['http://upload/x', 'skip-rest'],
+  ])('%s is still skipped by %s', (target, rule) => {
+    expect(decide(rules, facts({ target }))).toEqual(skipped(rule));
   });
 
-  it('a method override cannot dodge a method rule', () => {
+  it('a traversal cannot reach a skip rule past an enable-everything rule', () => {
+    const denyByDefault: PolicyRule[] = [
+      { name: 'skip-health', match: { path: { exact: ['/health'] } }, action: 'skip' },
+      { name: 'skip-static', match: { path: '/static/' }, action: 'skip' },
+      { name: 'scan-all', action: 'enable-icap' },
+    ];
+    for (const target of [
+      '/static/../upload',
+      '/static/%2e%2e/upload',
+      '/static/..%2fupload',
+      '/health/../x',
+    ]) {
+      expect(decide(denyByDefault, facts({ target }))).toEqual(scanned('scan-all'));
+    }
+    expect(decide(denyByDefault, facts({ target: '/static/a.css' }))).toEqual(skipped('skip-static'));
+    expect(decide(denyByDefault, facts({ target: '/health' }))).toEqual(skipped('skip-health'));
+  });
+
+  it('a negated path cannot be dodged by an alternative spelling', () => {
+    const r: PolicyRule[] = [
+      {
+        name: 'scan-non-public',
+        match: { path: { prefix: ['/public/'], negate: true } },
+        action: 'enable-icap',
+      },
+    ];
+    expect(decide(r, facts({ target: '/public/../upload' }))).toEqual(scanned('scan-non-public'));
+    expect(decide(r, facts({ target: '/public/a' }))).toEqual(NO_MATCH);
+  });
+
+  it('a method override saying POST on a GET is scanned', () => {
+    const r: PolicyRule[] = [
+      { name: 'skip-get', match: { method: ['GET', 'HEAD'] }, action: 'skip' },
+      { name: 'scan-post', match: { method: ['POST', 'PUT'] }, action: 'enable-icap' },
+    ];
+    expect(decide(r, facts({ method: 'GET', headers: { 'X-HTTP-Method-Override': 'POST' } }))).toEqual(
+      scanned('scan-post'),
+    );
+    expect(decide(r, facts({ method: 'GET' }))).toEqual(skipped('skip-get'));
+  });
+
+  it('a method override saying GET on a POST does not skip it', () => {
     const r: PolicyRule[] = [
       { name: 'skip-get', match: { method: ['GET'] }, action: 'skip' },
       { name: 'scan-post', match: { method: ['POST'] }, action: 'enable-icap' },
     ];
-    expect(decide(r, facts({ method: 'GET', headers: { 'x-http-method-override': 'POST' } })).rule).toBe(
-      'scan-post',
+    expect(decide(r, facts({ method: 'POST', headers: { 'x-method-override': 'GET' } }))).toEqual(
+      scanned('scan-post'),
     );
   });
 
-  it('pathCandidates covers decoded, resolved and collapsed readings', () => {
-    const c = pathCandidates('/a//b/%2e%2e/c;x=1?q');
-    expect(c).toContain('/a//b/%2e%2e/c;x=1');
-    expect(c).toContain('/a/c');
-    expect(c).toContain('/a/c;x=1');
+  it('method and path readings combine', () => {
+    const r: PolicyRule[] = [
+      {
+        name: 'scan-post-upload',
+        match: { method: ['POST'], path: { exact: ['/upload'] } },
+        action: 'enable-icap',
+      },
+    ];
+    expect(
+      decide(
+        r,
+        facts({ method: 'GET', target: '/public/%2e%2e/upload', headers: { 'x-http-method': 'post' } }),
+      ),
+    ).toEqual(scanned('scan-post-upload'));
+  });
+
+  it('when no reading scans, the first skipping rule is named', () => {
+    const r: PolicyRule[] = [
+      { name: 'skip-encoded', match: { path: { contains: ['%'] } }, action: 'skip' },
+      { name: 'skip-x', match: { path: { exact: ['/x'] } }, action: 'skip' },
+    ];
+    // raw '/%78' reaches skip-encoded, decoded '/x' reaches skip-x: both skip.
+    expect(decide(r, facts({ target: '/%78' }))).toEqual(skipped('skip-encoded'));
+    // raw '/%41' skips, decoded '/A' matches nothing: still a skip by rule.
+    expect(decide(r, facts({ target: '/%41' }))).toEqual(skipped('skip-encoded'));
+  });
+
+  it('an enabling reading wins over a skipping one and is named', () => {
+    const r: PolicyRule[] = [
+      { name: 'skip-encoded', match: { path: { contains: ['%'] } }, action: 'skip' },
+      { name: 'scan-x', match: { path: { exact: ['/x'] } }, action: 'enable-icap' },
+    ];
+    expect(decide(r, facts({ target: '/%78' }))).toEqual(scanned('scan-x'));
+  });
+});
+
+describe('pathCandidates', () => {
+  it('a plain path is its only reading', () => {
+    expect(pathCandidates('/api/v1/upload')).toEqual(['/api/v1/upload']);
+    expect(pathCandidates('/a.b/c..d/.e')).toEqual(['/a.b/c..d/.e']);
+    expect(pathCandidates('/')).toEqual(['/']);
+  });
+
+  it('removes the query and the fragment', () => {
+    expect(pathCandidates('/upload?x=1#y')).toEqual(['/upload']);
+    expect(pathCandidates('/upload#y?x')).toEqual(['/upload']);
+    expect(pathCandidates('?x')).toEqual(['/']);
+  });
+
+  it('takes the path of an absolute-form target', () => {
+    expect(pathCandidates('http://h:8080/a/b?q')).toEqual(['/a/b']);
+    expect(pathCandidates('https://user@h')).toEqual(['/']);
+    expect(pathCandidates('http://h?q')).toEqual(['/']);
+  });
+
+  it('lists the raw path first, then its readings, without duplicates', () => {
+    const c = pathCandidates('/public/..%2Fupload');
+    expect(c[0]).toBe('/public/..%2Fupload');
+    expect(c).toContain('/public/../upload');
+    expect(c).toContain('/upload');
+    expect(new Set(c).size).toBe(c.length);
+  });
+
+  it('decodes %2F and %5C, and leaves invalid escapes as they are', () => {
+    expect(pathCandidates('/a%2Fb')).toContain('/a/b');
+    expect(pathCandidates('/a%5Cb')).toEqual(expect.arrayContaining(['/a\\b', '/a/b']));
+    expect(pathCandidates('/a%zz%4')).toEqual(['/a%zz%4']);
+    expect(pathCandidates('/%%41')).toEqual(['/%%41', '/%A']);
+  });
+
+  it('decodes at most twice', () => {
+    const c = pathCandidates('/%25252e');
+    expect(c).toEqual(['/%25252e', '/%252e', '/%2e', '/']);
+    expect(c).not.toContain('/.');
+    expect(pathCandidates('/%2525252e')).not.toContain('/%2e');
+  });
+
+  it('resolves dot segments per RFC 3986, %2e included', () => {
+    expect(pathCandidates('/a/b/c/./../../g')).toContain('/a/g');
+    expect(pathCandidates('/../a')).toContain('/a');
+    expect(pathCandidates('/a/b/..')).toEqual(['/a/b/..', '/a/', '/a']);
+    expect(pathCandidates('/a/%2E%2e/b')).toContain('/b');
+    expect(pathCandidates('/a/.%2E/b')).toContain('/b');
+    expect(pathCandidates('/a/..x/b')).toEqual(['/a/..x/b']);
+  });
+
+  it('collapses slashes before and after resolving dots', () => {
+    const c = pathCandidates('/a//../b');
+    expect(c).toContain('/a/b'); // resolved, then collapsed
+    expect(c).toContain('/b'); // collapsed, then resolved
+  });
+
+  it('drops ;params from every segment', () => {
+    expect(pathCandidates('/a;x=1/b;y')).toContain('/a/b');
+    expect(pathCandidates('/upload;jsessionid=1')).toEqual(['/upload;jsessionid=1', '/upload']);
+  });
+
+  it('turns backslashes into slashes', () => {
+    expect(pathCandidates('/a\\b\\..\\c')).toContain('/a/c');
+  });
+
+  it('adds a leading slash to a path without one', () => {
+    expect(pathCandidates('upload')).toEqual(['upload', '/upload']);
+  });
+
+  it('stays bounded on a hostile path', () => {
+    const hostile = `/${'%252e%252e;a=b\\.%2F/'.repeat(300)}x`;
+    const t0 = performance.now();
+    const c = pathCandidates(`${hostile}?q=1`);
+    expect(performance.now() - t0).toBeLessThan(2000);
+    expect(c[0]).toBe(hostile);
+    expect(c.length).toBeLessThanOrEqual(512);
   });
 });
 
 describe('validation at start-up', () => {
-  it.each([
-    [{}, 'rules', /must be an array/],
-    [[{ match: {}, action: 'skip' }], 'rules[0].name', /is required/],
-    [[{ name: 'a', action: 'block' }], 'rules[0].action', /must be 'enable-icap' or 'skip'/],
+  const rule = (match: unknown, extra: Record<string, unknown> = {}) => [
+    { name: 'a', action: 'skip', match, ...extra },
+  ];
+
+  function failure(rules: unknown, prefix?: string): IcapError {
+    try {
+      if (prefix === undefined) compilePolicy(rules as PolicyRule[]);
+      else compilePolicy(rules as PolicyRule[], prefix);
+    } catch (err) {
+      expect(err).toBeInstanceOf(IcapError);
+      return err as IcapError;
+    }
+    throw new Error('compilePolicy did not throw');
+  }
+
+  it.each<[string, unknown, string, RegExp]>([
     [
+      'rules not an array',
+      { name: 'a' },
+      'rules',
+      /^invalid ICAP profile: rules must be an array of rules \(got \{"name":"a"\}\)$/,
+    ],
+    ['rules a string', 'all', 'rules', /^invalid ICAP profile: rules must be an array of rules/],
+    [
+      'a rule that is not an object',
+      [null],
+      'rules[0]',
+      /^invalid ICAP profile: rules\[0\] must be an object/,
+    ],
+    ['a rule that is an array', [[]], 'rules[0]', /^invalid ICAP profile: rules\[0\] must be an object/],
+    [
+      'an unknown rule key',
+      [{ name: 'a', action: 'skip', mtach: {} }],
+      'rules[0].mtach',
+      /^invalid ICAP profile: rules\[0\]\.mtach is not a known option of a rule \(known: name, enabled, match, action\)$/,
+    ],
+    [
+      'a missing name',
+      [{ action: 'skip' }],
+      'rules[0].name',
+      /^invalid ICAP profile: rules\[0\]\.name is required: a non-empty string/,
+    ],
+    ['a blank name', [{ name: '  ', action: 'skip' }], 'rules[0].name', /is required: a non-empty string/],
+    ['a name that is not a string', [{ name: 7, action: 'skip' }], 'rules[0].name', /is required.*\(got 7\)/],
+    [
+      'a name with a line break',
+      [{ name: 'a\nb', action: 'skip' }],
+      'rules[0].name',
+      /^invalid ICAP profile: rules\[0\]\.name must not contain control characters$/,
+    ],
+    [
+      'a duplicate name',
       [
         { name: 'a', action: 'skip' },
+        { name: 'b', action: 'skip' },
         { name: 'a', action: 'skip' },
       ],
-      'rules[1].name',
-      /duplicates rule name/,
+      'rules[2].name',
+      /^invalid ICAP profile: rules\[2\]\.name duplicates the name of rules\[0\] \("a"\)$/,
     ],
-    [[{ name: 'a', action: 'skip', mtach: {} }], 'rules[0].mtach', /is not a known option/],
     [
-      [{ name: 'a', action: 'skip', match: { pathh: '/x' } }],
+      'an unknown action',
+      [{ name: 'a', action: 'block' }],
+      'rules[0].action',
+      /^invalid ICAP profile: rules\[0\]\.action must be 'enable-icap' or 'skip' \(got "block"\)$/,
+    ],
+    [
+      'a missing action',
+      [{ name: 'a' }],
+      'rules[0].action',
+      /must be 'enable-icap' or 'skip' \(got undefined\)/,
+    ],
+    [
+      'enabled not boolean',
+      [{ name: 'a', action: 'skip', enabled: 'yes' }],
+      'rules[0].enabled',
+      /must be true or false/,
+    ],
+    [
+      'match not an object',
+      rule('/upload'),
+      'rules[0].match',
+      /^invalid ICAP profile: rules\[0\]\.match must be an object/,
+    ],
+    [
+      'an unknown match key',
+      rule({ pathh: '/x' }),
       'rules[0].match.pathh',
-      /is not a known option/,
+      /^invalid ICAP profile: rules\[0\]\.match\.pathh is not a known option of a rule's match \(known: method, path, host, headers, contentType, query, clientIp\)$/,
     ],
     [
-      [{ name: 'a', action: 'skip', match: { path: { regex: ['(unclosed'] } } }],
+      'method not an array',
+      rule({ method: 'POST' }),
+      'rules[0].match.method',
+      /must be a non-empty array of strings/,
+    ],
+    ['method empty', rule({ method: [] }), 'rules[0].match.method', /must be a non-empty array of strings/],
+    [
+      'method not a string',
+      rule({ method: ['POST', 1] }),
+      'rules[0].match.method[1]',
+      /must be a string \(got 1\)/,
+    ],
+    [
+      'method not a token',
+      rule({ method: ['GE T'] }),
+      'rules[0].match.method[0]',
+      /^invalid ICAP profile: rules\[0\]\.match\.method\[0\] is not an HTTP method \(a token\) \(got "GE T"\)$/,
+    ],
+    ['method empty string', rule({ method: [''] }), 'rules[0].match.method[0]', /is not an HTTP method/],
+    ['path a number', rule({ path: 1 }), 'rules[0].match.path', /must be a string or an object/],
+    [
+      'path without a slash',
+      rule({ path: 'upload' }),
+      'rules[0].match.path',
+      /must start with '\/' \(got "upload"\)/,
+    ],
+    [
+      'path with no list',
+      rule({ path: {} }),
+      'rules[0].match.path',
+      /needs at least one of exact, prefix, suffix, contains, regex/,
+    ],
+    [
+      'path only flags',
+      rule({ path: { caseSensitive: true } }),
+      'rules[0].match.path',
+      /needs at least one of/,
+    ],
+    [
+      'path unknown key',
+      rule({ path: { prefx: ['/a'] } }),
+      'rules[0].match.path.prefx',
+      /is not a known option of a string match/,
+    ],
+    [
+      'path prefix without slash',
+      rule({ path: { prefix: ['/a', 'b'] } }),
+      'rules[0].match.path.prefix[1]',
+      /must start with '\/'/,
+    ],
+    [
+      'path exact without slash',
+      rule({ path: { exact: ['a'] } }),
+      'rules[0].match.path.exact[0]',
+      /must start with '\/'/,
+    ],
+    [
+      'path exact not an array',
+      rule({ path: { exact: '/a' } }),
+      'rules[0].match.path.exact',
+      /must be a non-empty array/,
+    ],
+    [
+      'path suffix empty',
+      rule({ path: { suffix: [] } }),
+      'rules[0].match.path.suffix',
+      /must be a non-empty array/,
+    ],
+    [
+      'path contains not strings',
+      rule({ path: { contains: [null] } }),
+      'rules[0].match.path.contains[0]',
+      /must be a string/,
+    ],
+    [
+      'path caseSensitive not boolean',
+      rule({ path: { prefix: ['/a'], caseSensitive: 'no' } }),
+      'rules[0].match.path.caseSensitive',
+      /must be true or false/,
+    ],
+    [
+      'path negate not boolean',
+      rule({ path: { prefix: ['/a'], negate: 1 } }),
+      'rules[0].match.path.negate',
+      /must be true or false/,
+    ],
+    [
+      'a regex too long',
+      rule({ path: { regex: ['a'.repeat(1001)] } }),
       'rules[0].match.path.regex[0]',
-      /not a valid regular expression/,
+      /^invalid ICAP profile: rules\[0\]\.match\.path\.regex\[0\] is longer than 1000 characters \(1001\)$/,
     ],
     [
-      [{ name: 'a', action: 'skip', match: { path: { regex: ['a'.repeat(1001)] } } }],
+      'a regex not a string',
+      rule({ path: { regex: [/a/] } }),
       'rules[0].match.path.regex[0]',
-      /longer than 1000/,
+      /must be a string/,
     ],
-    [[{ name: 'a', action: 'skip', match: { path: {} } }], 'rules[0].match.path', /needs at least one of/],
+    ['host not an array', rule({ host: 'a.com' }), 'rules[0].match.host', /non-empty array/],
     [
-      [{ name: 'a', action: 'skip', match: { clientIp: ['10.0.0.0/33'] } }],
+      'host with a port',
+      rule({ host: ['a.com:8080'] }),
+      'rules[0].match.host[0]',
+      /is not a host name, IP address or \*\.domain wildcard/,
+    ],
+    ['host empty', rule({ host: [''] }), 'rules[0].match.host[0]', /is not a host name/],
+    ['host bare star', rule({ host: ['*'] }), 'rules[0].match.host[0]', /is not a host name/],
+    ['host inner star', rule({ host: ['a.*.com'] }), 'rules[0].match.host[0]', /is not a host name/],
+    ['host with a path', rule({ host: ['a.com/x'] }), 'rules[0].match.host[0]', /is not a host name/],
+    ['host wildcard IP', rule({ host: ['*.10.0.0.1'] }), 'rules[0].match.host[0]', /is not a host name/],
+    [
+      'headers not an array',
+      rule({ headers: { name: 'x' } }),
+      'rules[0].match.headers',
+      /must be a non-empty array of \{ name, present, value \}/,
+    ],
+    ['headers empty', rule({ headers: [] }), 'rules[0].match.headers', /non-empty array/],
+    [
+      'a header criterion not an object',
+      rule({ headers: ['x-a'] }),
+      'rules[0].match.headers[0]',
+      /must be an object/,
+    ],
+    [
+      'a header criterion unknown key',
+      rule({ headers: [{ name: 'x', vlaue: 'a' }] }),
+      'rules[0].match.headers[0].vlaue',
+      /is not a known option of a header criterion/,
+    ],
+    [
+      'a header name missing',
+      rule({ headers: [{ present: true }] }),
+      'rules[0].match.headers[0].name',
+      /is required: a header field name/,
+    ],
+    [
+      'a header name invalid',
+      rule({ headers: [{ name: 'x a' }] }),
+      'rules[0].match.headers[0].name',
+      /is not a valid header field name/,
+    ],
+    [
+      'header present not boolean',
+      rule({ headers: [{ name: 'x', present: 'yes' }] }),
+      'rules[0].match.headers[0].present',
+      /must be true or false/,
+    ],
+    [
+      'header absent with a value',
+      rule({ headers: [{ name: 'x', present: false, value: 'a' }] }),
+      'rules[0].match.headers[0].value',
+      /cannot be combined with present: false/,
+    ],
+    [
+      'header value a number',
+      rule({ headers: [{ name: 'x', value: 1 }] }),
+      'rules[0].match.headers[0].value',
+      /must be a string or an object/,
+    ],
+    [
+      'header value with no list',
+      rule({ headers: [{ name: 'x', value: { negate: true } }] }),
+      'rules[0].match.headers[0].value',
+      /needs at least one of/,
+    ],
+    [
+      'a header value regex invalid',
+      rule({ headers: [{ name: 'x', value: { regex: ['a', '['] } }] }),
+      'rules[0].match.headers[0].value.regex[1]',
+      /^invalid ICAP profile: rules\[0\]\.match\.headers\[0\]\.value\.regex\[1\] is not a valid regular expression: /,
+    ],
+    [
+      'contentType not an array',
+      rule({ contentType: 'image/png' }),
+      'rules[0].match.contentType',
+      /non-empty array/,
+    ],
+    [
+      'contentType without a subtype',
+      rule({ contentType: ['json'] }),
+      'rules[0].match.contentType[0]',
+      /is not a media type \(type\/subtype, type\/\* or \*\/\*, without parameters\) \(got "json"\)/,
+    ],
+    [
+      'contentType with parameters',
+      rule({ contentType: ['text/plain; charset=utf-8'] }),
+      'rules[0].match.contentType[0]',
+      /is not a media type/,
+    ],
+    [
+      'contentType wildcard major',
+      rule({ contentType: ['*/json'] }),
+      'rules[0].match.contentType[0]',
+      /is not a media type/,
+    ],
+    ['query not an array', rule({ query: 'a=1' }), 'rules[0].match.query', /non-empty array/],
+    [
+      'a query name empty',
+      rule({ query: [{ name: '' }] }),
+      'rules[0].match.query[0].name',
+      /is required: a query parameter name/,
+    ],
+    [
+      'a query criterion unknown key',
+      rule({ query: [{ name: 'a', presnt: true }] }),
+      'rules[0].match.query[0].presnt',
+      /is not a known option of a query criterion/,
+    ],
+    [
+      'query absent with a value',
+      rule({ query: [{ name: 'a', present: false, value: { exact: ['1'] } }] }),
+      'rules[0].match.query[0].value',
+      /cannot be combined/,
+    ],
+    [
+      'query value regex too long',
+      rule({ query: [{ name: 'a', value: { regex: ['x'.repeat(2000)] } }] }),
+      'rules[0].match.query[0].value.regex[0]',
+      /longer than 1000 characters/,
+    ],
+    ['clientIp not an array', rule({ clientIp: '10.0.0.1' }), 'rules[0].match.clientIp', /non-empty array/],
+    [
+      'clientIp not an address',
+      rule({ clientIp: ['not-an-ip'] }),
+      'rules[0].match.clientIp[0]',
+      /^invalid ICAP profile: rules\[0\]\.match\.clientIp\[0\] is not an IP address or CIDR \(got "not-an-ip"\)$/,
+    ],
+    [
+      'clientIp a host name',
+      rule({ clientIp: ['localhost'] }),
+      'rules[0].match.clientIp[0]',
+      /is not an IP address or CIDR/,
+    ],
+    [
+      'clientIp bad IPv4 address',
+      rule({ clientIp: ['10.0.0.256/8'] }),
+      'rules[0].match.clientIp[0]',
+      /is not an IP address or CIDR/,
+    ],
+    [
+      'clientIp IPv4 prefix too long',
+      rule({ clientIp: ['10.0.0.0/33'] }),
+      'rules[0].match.clientIp[0]',
+      /^invalid ICAP profile: rules\[0\]\.match\.clientIp\[0\] has an invalid prefix length, IPv4 allows \/0 to \/32 \(got "10\.0\.0\.0\/33"\)$/,
+    ],
+    [
+      'clientIp IPv6 prefix too long',
+      rule({ clientIp: ['2001:db8::/129'] }),
+      'rules[0].match.clientIp[0]',
+      /IPv6 allows \/0 to \/128/,
+    ],
+    [
+      'clientIp prefix not a number',
+      rule({ clientIp: ['10.0.0.0/x'] }),
       'rules[0].match.clientIp[0]',
       /invalid prefix length/,
     ],
     [
-      [{ name: 'a', action: 'skip', match: { clientIp: ['not-an-ip'] } }],
+      'clientIp negative prefix',
+      rule({ clientIp: ['10.0.0.0/-1'] }),
       'rules[0].match.clientIp[0]',
-      /not an IP address/,
+      /invalid prefix length/,
     ],
     [
-      [{ name: 'a', action: 'skip', match: { method: ['GE T'] } }],
-      'rules[0].match.method[0]',
-      /not an HTTP method/,
+      'clientIp empty prefix',
+      rule({ clientIp: ['10.0.0.0/'] }),
+      'rules[0].match.clientIp[0]',
+      /invalid prefix length/,
     ],
     [
-      [{ name: 'a', action: 'skip', match: { contentType: ['json'] } }],
-      'rules[0].match.contentType[0]',
-      /not a media type/,
+      'clientIp two prefixes',
+      rule({ clientIp: ['10.0.0.0/8/8'] }),
+      'rules[0].match.clientIp[0]',
+      /invalid prefix length/,
     ],
     [
-      [{ name: 'a', action: 'skip', match: { headers: [{ present: true }] } }],
-      'rules[0].match.headers[0].name',
-      /is required/,
+      'an error in a disabled rule',
+      [{ name: 'a', enabled: false, action: 'skip', match: { path: { regex: ['('] } } }],
+      'rules[0].match.path.regex[0]',
+      /is not a valid regular expression/,
     ],
-  ])('%j -> %s', (rules, field, message) => {
+  ])('%s', (_, rules, field, message) => {
+    const err = failure(rules);
+    expect(err.code).toBe(IcapErrorCodes.INVALID_PROFILE);
+    expect(err.field).toBe(field);
+    expect(err.message.startsWith(`invalid ICAP profile: ${field} `)).toBe(true);
+    expect(err.message).toMatch(message);
+  });
+
+  it('names the regex with its rule index and the engine reason', () => {
+    const bad = '(unclosed';
+    const err = failure([
+      { name: 'a', action: 'skip' },
+      { name: 'b', action: 'skip' },
+      { name: 'c', action: 'skip', match: { path: { regex: ['^/ok$', bad] } } },
+    ]);
+    expect(err.field).toBe('rules[2].match.path.regex[1]');
+    let reason = '';
     try {
-      compilePolicy(rules as unknown as PolicyRule[]);
-      expect.unreachable();
-    } catch (err) {
-      expect(err).toMatchObject({ code: 'ICAP_ERR_INVALID_PROFILE', field });
-      expect((err as Error).message).toMatch(message);
-      expect((err as Error).message).toContain(field);
+      new RegExp(bad, 'i');
+    } catch (e) {
+      reason = (e as Error).message;
     }
+    expect(err.message).toBe(
+      `invalid ICAP profile: rules[2].match.path.regex[1] is not a valid regular expression: ${reason}`,
+    );
+    expect(err.cause).toBeUndefined();
+  });
+
+  it('uses the field prefix it is given', () => {
+    const err = failure([{ name: 'a', action: 'scan' }], 'profile.rules');
+    expect(err.field).toBe('profile.rules[0].action');
+    expect(err.message).toBe(
+      "invalid ICAP profile: profile.rules[0].action must be 'enable-icap' or 'skip' (got \"scan\")",
+    );
+    expect(failure('x', 'profile.rules').field).toBe('profile.rules');
+  });
+
+  it('accepts the edge of every limit', () => {
+    expect(() =>
+      compilePolicy([
+        {
+          name: 'edges',
+          enabled: true,
+          match: {
+            method: ['M-SEARCH', 'get'],
+            path: { regex: ['a'.repeat(1000)], exact: ['*'] },
+            host: ['*.example.com', 'EXAMPLE.com.', '[::1]', '::2', '10.0.0.1'],
+            headers: [{ name: 'x', value: '' }],
+            contentType: ['*/*', 'Image/*', 'application/vnd.api+json'],
+            query: [{ name: 'a b', present: true }],
+            clientIp: ['0.0.0.0/0', '10.0.0.1/32', '::/0', '2001:db8::/128', '::ffff:10.0.0.0/104'],
+          },
+          action: 'enable-icap',
+        },
+      ]),
+    ).not.toThrow();
   });
 });
