@@ -16,6 +16,7 @@ export * from './engine/profile.js';
 export type { ScanRequest } from './engine/request.js';
 export * from './engine/respond.js';
 export * from './engine/scan.js';
+export * from './engine/telemetry.js';
 export * from './engine/verdict/index.js';
 export * from './node/handoff.js';
 export * from './protocol/encoder.js';

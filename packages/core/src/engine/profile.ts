@@ -5,6 +5,7 @@ import { IcapError, IcapErrorCodes } from '../client/errors.js';
 import { isSafeFieldValue, isToken } from '../protocol/headers.js';
 import type { IcapLog } from './log.js';
 import { type CompiledPolicy, compilePolicy, type PolicyRule } from './policy.js';
+import type { MetricsOptions } from './telemetry.js';
 import { DEFAULT_NSX_STATUS_URL, type Vendor } from './verdict/index.js';
 
 /**
@@ -96,6 +97,8 @@ export interface IcapProfile {
   multipartConcurrency?: number | undefined;
   /** Per-file mode: busboy limits; crossing any refuses the request (413). */
   multipartLimits?: MultipartLimits | undefined;
+  /** Prometheus metrics in your prom-client registry (OpenTelemetry metrics need no option). */
+  metrics?: MetricsOptions | undefined;
 }
 
 /** Multipart limits with every value filled in. */
@@ -207,6 +210,7 @@ export interface ResolvedProfile {
   infectedPartAction: 'block' | 'strip';
   multipartConcurrency: number;
   multipartLimits: ResolvedMultipartLimits;
+  metrics: MetricsOptions;
 }
 
 export const PROFILE_DEFAULTS = {
@@ -277,6 +281,7 @@ const PROFILE_KEYS = new Set([
   'infectedPartAction',
   'multipartConcurrency',
   'multipartLimits',
+  'metrics',
 ]);
 
 function fail(field: string, message: string): never {
@@ -500,6 +505,24 @@ export function resolveProfile(profile: IcapProfile): ResolvedProfile {
   const lim = (k: keyof MultipartLimits, fallback: number, max: number) =>
     integer(limits[k], `profile.multipartLimits.${k}`, fallback, 1, max, k.endsWith('Size') ? 'bytes' : '');
 
+  const metricsOptions = p.metrics ?? {};
+  if (typeof metricsOptions !== 'object' || metricsOptions === null)
+    fail('profile.metrics', 'must be an object');
+  checkKeys(metricsOptions, new Set(['registry', 'prefix']), 'profile.metrics');
+  const reg = metricsOptions.registry as unknown as Record<string, unknown> | undefined;
+  if (
+    reg !== undefined &&
+    (typeof reg?.registerMetric !== 'function' || typeof reg.removeSingleMetric !== 'function')
+  ) {
+    fail('profile.metrics.registry', 'must be a prom-client Registry (registerMetric, removeSingleMetric)');
+  }
+  if (metricsOptions.prefix !== undefined && !/^[a-zA-Z_:][a-zA-Z0-9_:]*$/.test(metricsOptions.prefix)) {
+    fail(
+      'profile.metrics.prefix',
+      `must be a valid Prometheus metric name prefix (got ${describe(metricsOptions.prefix)})`,
+    );
+  }
+
   return {
     name: p.name,
     poolGroupName,
@@ -633,6 +656,7 @@ export function resolveProfile(profile: IcapProfile): ResolvedProfile {
       headerPairs: lim('headerPairs', 100, 10_000),
       headerSize: lim('headerSize', 16 * 1024, 1024 * 1024),
     },
+    metrics: metricsOptions,
   };
 }
 

@@ -20,6 +20,7 @@ import { PoolGroup, type ServerHandle, type ServerStatus } from './pool-group.js
 import { type IcapProfile, type PinoLike, type ResolvedProfile, resolveProfile } from './profile.js';
 import { absoluteTarget, type HttpRequestFacts, pathOf, requestFacts, type ScanRequest } from './request.js';
 import { buildResponse, type ClientResponse, type ResponseKind } from './respond.js';
+import { type ScanScope, Telemetry } from './telemetry.js';
 import { readVerdict, type Verdict } from './verdict/index.js';
 
 /**
@@ -124,11 +125,18 @@ type AttemptResult =
 export class IcapEngine {
   readonly profile: ResolvedProfile;
   readonly #group: PoolGroup;
+  readonly #telemetry: Telemetry;
   #closed = false;
 
   constructor(profile: IcapProfile) {
     this.profile = resolveProfile(profile);
     this.#group = new PoolGroup(this.profile);
+    this.#telemetry = new Telemetry(
+      this.profile.name,
+      this.profile.vendor,
+      this.#group,
+      this.profile.metrics,
+    );
   }
 
   /** Whether the policy sends this request to ICAP (nothing is read). */
@@ -149,6 +157,7 @@ export class IcapEngine {
   /** Stops probes and closes every ICAP connection. */
   async close(): Promise<void> {
     this.#closed = true;
+    this.#telemetry.close();
     this.#group.close();
   }
 
@@ -159,6 +168,7 @@ export class IcapEngine {
     const decision = p.policy.evaluate(facts);
     const log = newLog(p.name, facts, decision);
     const logger = options.logger ?? p.logger;
+    const scope = this.#telemetry.scanStart(facts.method, log.uri_path);
     let store: BodyStore | null = null;
     const finish = <T extends ScanOutcome>(outcome: T): T => {
       log.action = outcome.action;
@@ -166,6 +176,7 @@ export class IcapEngine {
       if (store !== null) log.request_body_length = store.received;
       if (outcome.kind === 'respond') log.http_response_code = outcome.status;
       log.significant = log.significance.length > 0;
+      this.#telemetry.scanEnd(scope, log, store?.received ?? 0);
       emitLog(log, p.onLog, logger);
       return outcome;
     };
@@ -253,14 +264,22 @@ export class IcapEngine {
 
     try {
       if (perFile) {
-        const outcome = await this.#scanParts(facts, store!, contentType!, control.signal, log, options);
+        const outcome = await this.#scanParts(
+          facts,
+          store!,
+          contentType!,
+          control.signal,
+          log,
+          options,
+          scope,
+        );
         settled = true;
         clearTimeout(timer);
         if (performance.now() - waitStart > p.slowResponseWarningThreshold)
           log.significance.push('SLOW_RESPONSE');
         return finish(outcome);
       }
-      const result = await this.#withFailover(facts, store, control.signal, log);
+      const result = await this.#withFailover(facts, store, control.signal, log, scope);
       settled = true;
       clearTimeout(timer);
       const waited = performance.now() - waitStart;
@@ -340,6 +359,7 @@ export class IcapEngine {
     log.action = early.action;
     log.http_response_code = early.status;
     log.significant = true;
+    this.#telemetry.scanEnd(this.#telemetry.scanStart(facts.method, log.uri_path), log, 0);
     emitLog(log, this.profile.onLog, options.logger ?? this.profile.logger);
     return early;
   }
@@ -399,6 +419,7 @@ export class IcapEngine {
     signal: AbortSignal,
     log: IcapLog,
     options: ScanOptions,
+    scope: ScanScope,
   ): Promise<ScanOutcome> {
     const p = this.profile;
     const boundary = boundaryOf(contentType);
@@ -420,7 +441,7 @@ export class IcapEngine {
         (part) => {
           parts.push(part);
           if (part.kind === 'field' && (p.multipartFields === 'skip' || part.value === '')) return;
-          scans.push(run(() => this.#scanPart(part, facts, local.signal, log)));
+          scans.push(run(() => this.#scanPart(part, facts, local.signal, log, scope)));
         },
       );
     } catch (err) {
@@ -525,6 +546,7 @@ export class IcapEngine {
     facts: HttpRequestFacts,
     signal: AbortSignal,
     log: IcapLog,
+    scope: ScanScope,
   ): Promise<PartResult> {
     await part.done;
     let body = part.store;
@@ -536,7 +558,7 @@ export class IcapEngine {
     const subject = partFacts(facts, part, body.received);
     const entries: IcapRequestLog[] = [];
     try {
-      const result = await this.#withFailover(subject, body, signal, log, entries);
+      const result = await this.#withFailover(subject, body, signal, log, scope, entries);
       for (const entry of entries) nameEntry(entry, part);
       if (result.type === 'clean') return { part, type: 'clean', verdict: result.verdict ?? undefined };
       if (result.type === 'blocked') return { part, type: 'blocked', verdict: result.verdict };
@@ -566,6 +588,7 @@ export class IcapEngine {
     store: BodyStore | null,
     signal: AbortSignal,
     log: IcapLog,
+    scope: ScanScope,
     entries?: IcapRequestLog[],
   ): Promise<AttemptResult> {
     const tried = new Set<ServerHandle>();
@@ -583,8 +606,18 @@ export class IcapEngine {
       entries?.push(entry);
       handle.outstanding++;
       try {
-        const result = await this.#attempt(handle, facts, store, signal, entry);
+        this.#telemetry.transactionStart(scope, handle, this.profile.serviceUri);
+        const result = await this.#attempt(handle, facts, store, signal, entry, scope);
         handle.succeeded();
+        this.#telemetry.transactionVerdict(
+          scope,
+          handle,
+          this.profile.serviceUri,
+          entry.icap_response_code ?? 0,
+          result.verdict?.kind ?? 'clean',
+          result.verdict?.threat_id,
+          Number(entry.latency),
+        );
         return result;
       } catch (err) {
         const error =
@@ -594,6 +627,7 @@ export class IcapEngine {
         entry.action = 'ICAP_FAILED';
         entry.error_code = error.code;
         entry.error_message = error.message;
+        this.#telemetry.transactionError(scope, handle, this.profile.serviceUri, error);
         const serverFault = SERVER_FAULTS.has(error.code) && !signal.aborted;
         if (serverFault) handle.failed(error);
         const replayable = store === null || store.complete;
@@ -611,6 +645,7 @@ export class IcapEngine {
     store: BodyStore | null,
     signal: AbortSignal,
     entry: IcapRequestLog,
+    scope: ScanScope,
   ): Promise<AttemptResult> {
     const p = this.profile;
     const extraHeaders: Array<[string, string]> = [];
@@ -632,7 +667,10 @@ export class IcapEngine {
       headers: extraHeaders,
       signal,
       timeout: NO_CLIENT_TIMEOUT,
-      onContinue: () => store?.stopHolding(),
+      onContinue: () => {
+        store?.stopHolding();
+        this.#telemetry.transactionPreview(scope, handle, p.serviceUri);
+      },
     });
     if (isSkipped(r)) {
       entry.action = 'ICAP_PASSED';
