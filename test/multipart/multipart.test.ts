@@ -207,9 +207,11 @@ describe('real clients', () => {
     const bad = new FormData();
     bad.append('doc', eicar(), { filename: 'e.com' });
     const blocked = await new Promise<number>((resolve, reject) => {
-      bad.submit(`${app!.url}/multipart`, (err, res) =>
-        err ? reject(err) : (res.resume(), resolve(res.statusCode ?? 0)),
-      );
+      bad.submit(`${app!.url}/multipart`, (err, res) => {
+        if (err) return reject(err);
+        res.resume();
+        resolve(res.statusCode ?? 0);
+      });
     });
     expect(blocked).toBe(403);
   });
@@ -415,7 +417,11 @@ async function hashingServer(engine: IcapEngine) {
   return {
     seen,
     url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
-    close: () => new Promise<void>((r) => (server.closeAllConnections(), server.close(() => r()))),
+    close: () =>
+      new Promise<void>((r) => {
+        server.closeAllConnections();
+        server.close(() => r());
+      }),
   };
 }
 
@@ -586,7 +592,11 @@ describe('answers given before the body is sent', () => {
       await new Promise((r) => server.once('listening', r));
       return {
         url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
-        close: async () => (server.closeAllConnections(), server.close(), mw.close()),
+        close: async () => {
+          server.closeAllConnections();
+          server.close();
+          await mw.close();
+        },
       };
     },
     fastify: async (p: IcapProfile) => {
@@ -615,7 +625,11 @@ describe('answers given before the body is sent', () => {
       await new Promise((r) => server.once('listening', r));
       return {
         url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
-        close: async () => (server.closeAllConnections(), server.close(), mw.close()),
+        close: async () => {
+          server.closeAllConnections();
+          server.close();
+          await mw.close();
+        },
       };
     },
   };
