@@ -40,6 +40,8 @@ export const IcapErrorCodes = {
   MULTIPART: 'ICAP_ERR_MULTIPART',
   /** The request's content type is not allowed by the profile (415). */
   CONTENT_TYPE: 'ICAP_ERR_CONTENT_TYPE',
+  /** A Content-Encoding the profile does not accept, or a body that cannot be decoded. */
+  CONTENT_ENCODING: 'ICAP_ERR_CONTENT_ENCODING',
   /** A temp file for a large body could not be written. */
   SPOOL: 'ICAP_ERR_SPOOL',
   /** Reading the HTTP body to be scanned failed (for example the HTTP client went away). */

@@ -22,6 +22,7 @@ export type Significance =
   | 'UNSCANNABLE'
   | 'MULTIPART_REFUSED'
   | 'CONTENT_TYPE_REFUSED'
+  | 'CONTENT_ENCODING_REFUSED'
   | 'PARTS_REMOVED';
 
 export interface IcapRequestLog {

@@ -97,6 +97,12 @@ export interface IcapProfile {
   multipartConcurrency?: number | undefined;
   /** Per-file mode: busboy limits; crossing any refuses the request (413). */
   multipartLimits?: MultipartLimits | undefined;
+  /**
+   * Compressed request bodies (Content-Encoding gzip, deflate, br): 'decode' (default) scans
+   * the decoded bytes (bounded by bufferSize) and hands the application the original ones;
+   * 'refuse' answers 415. Other or stacked encodings always get 415.
+   */
+  contentEncoding?: 'decode' | 'refuse' | undefined;
   /** Prometheus metrics in your prom-client registry (OpenTelemetry metrics need no option). */
   metrics?: MetricsOptions | undefined;
 }
@@ -211,6 +217,7 @@ export interface ResolvedProfile {
   multipartConcurrency: number;
   multipartLimits: ResolvedMultipartLimits;
   metrics: MetricsOptions;
+  contentEncoding: 'decode' | 'refuse';
 }
 
 export const PROFILE_DEFAULTS = {
@@ -282,6 +289,7 @@ const PROFILE_KEYS = new Set([
   'multipartConcurrency',
   'multipartLimits',
   'metrics',
+  'contentEncoding',
 ]);
 
 function fail(field: string, message: string): never {
@@ -657,6 +665,7 @@ export function resolveProfile(profile: IcapProfile): ResolvedProfile {
       headerSize: lim('headerSize', 16 * 1024, 1024 * 1024),
     },
     metrics: metricsOptions,
+    contentEncoding: oneOf(p.contentEncoding, ['decode', 'refuse'], 'profile.contentEncoding', 'decode'),
   };
 }
 

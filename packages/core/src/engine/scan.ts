@@ -1,4 +1,5 @@
-import type { Readable } from 'node:stream';
+import type { Readable, Transform } from 'node:stream';
+import { createBrotliDecompress, createGunzip, createInflate } from 'node:zlib';
 import { isSkipped } from '../client/client.js';
 import { IcapError, type IcapErrorCode, IcapErrorCodes } from '../client/errors.js';
 import type { IcapResponse } from '../client/transaction.js';
@@ -12,6 +13,7 @@ import {
   type IcapRequestLog,
   poolIdentity,
   redactHeaderBlock,
+  type Significance,
   vendorEnum,
 } from './log.js';
 import { boundaryOf, isMultipartFormData, type Part, parseMultipart, rebuildMultipart } from './multipart.js';
@@ -204,7 +206,7 @@ export class IcapEngine {
     };
     if (facts.hasBody) {
       // Per-file scanning replays the original form when every part is clean: hold all of it.
-      const retainAll = p.allow204 || perFile;
+      const retainAll = p.allow204 || perFile || contentCodingOf(facts) !== 'identity';
       store = new BodyStore({
         limit: p.bufferSize,
         retainAll,
@@ -221,6 +223,10 @@ export class IcapEngine {
       });
       store.attach(req);
     }
+    // What the ICAP server sees: the body as sent, or decoded when it is compressed.
+    const decoding = store !== null ? this.#decode(facts, store, abort) : null;
+    const scanned = decoding?.store ?? store;
+    const scanFacts = decoding?.facts ?? facts;
     // responseTimeout bounds how long the request waits for ICAP once its body has arrived:
     // a slow upload is not a slow scanner (stalls while uploading are bounded by ioTimeout).
     let settled = false;
@@ -265,61 +271,121 @@ export class IcapEngine {
     try {
       if (perFile) {
         const outcome = await this.#scanParts(
-          facts,
-          store!,
+          scanFacts,
+          scanned!,
           contentType!,
           control.signal,
           log,
           options,
           scope,
+          store!,
         );
         settled = true;
         clearTimeout(timer);
         if (performance.now() - waitStart > p.slowResponseWarningThreshold)
           log.significance.push('SLOW_RESPONSE');
-        return finish(outcome);
+        return finish(withDispose(outcome, decoding?.store));
       }
-      const result = await this.#withFailover(facts, store, control.signal, log, scope);
+      const result = await this.#withFailover(scanFacts, scanned, control.signal, log, scope);
       settled = true;
       clearTimeout(timer);
       const waited = performance.now() - waitStart;
       if (waited > p.slowResponseWarningThreshold) log.significance.push('SLOW_RESPONSE');
       if (result.verdict?.unscannable) log.significance.push('UNSCANNABLE');
       // The application gets a body only once all of it is here (the store holds it anyway).
-      if (result.type === 'clean') await bodyComplete(store, p.bufferSize);
-      return finish(await this.#apply(result, facts, log, store, options));
-    } catch (err) {
+      if (result.type === 'clean') {
+        await bodyComplete(scanned, p.bufferSize);
+        await bodyComplete(store, p.bufferSize);
+      }
+      return finish(
+        withDispose(await this.#apply(result, facts, log, store, options, scanFacts), decoding?.store),
+      );
+    } catch (caught) {
       settled = true;
       clearTimeout(timer);
       // Whatever failed on the way, a client that went away is an abort, not an ICAP failure.
       const clientGone =
         store?.error !== undefined &&
-        !(err instanceof IcapError && err.code === IcapErrorCodes.REQUEST_TOO_LARGE);
-      if (clientGone) {
-        err = new IcapError(
-          IcapErrorCodes.BODY_SOURCE,
-          'the HTTP client went away before its request body was complete',
-          {
-            cause: store?.error,
-          },
-        );
-      }
-      const error =
-        err instanceof IcapError
-          ? err
+        !(caught instanceof IcapError && caught.code === IcapErrorCodes.REQUEST_TOO_LARGE);
+      const error = clientGone
+        ? new IcapError(
+            IcapErrorCodes.BODY_SOURCE,
+            'the HTTP client went away before its request body was complete',
+            { cause: store?.error },
+          )
+        : caught instanceof IcapError
+          ? caught
           : new IcapError(
               IcapErrorCodes.PROTOCOL,
-              `ICAP scan failed: ${err instanceof Error ? err.message : String(err)}`,
-              {
-                cause: err,
-              },
+              `ICAP scan failed: ${caught instanceof Error ? caught.message : String(caught)}`,
+              { cause: caught },
             );
       log.error_code = error.code;
       log.error_message = error.message;
+      decoding?.store.dispose();
       return finish(await this.#onError(error, facts, log, store, options));
     } finally {
       options.signal?.removeEventListener('abort', onCallerAbort);
     }
+  }
+
+  /**
+   * A compressed body (gzip, deflate, br) decoded for the scan, into a store of its own
+   * (bounded by bufferSize, so a zip bomb stops there, and spooled like any body). The
+   * encapsulated request loses Content-Encoding and Content-Length, since the ICAP server gets
+   * the decoded bytes; the application still gets the original ones.
+   */
+  #decode(
+    facts: HttpRequestFacts,
+    raw: BodyStore,
+    abort: (err: IcapError) => void,
+  ): { store: BodyStore; facts: HttpRequestFacts } | null {
+    const coding = contentCodingOf(facts);
+    const make = DECODERS.get(coding);
+    if (coding === 'identity' || make === undefined) return null;
+    const p = this.profile;
+    const decoded = new BodyStore({
+      limit: p.bufferSize,
+      retainAll: true,
+      hash: p.memoryThreshold < p.bufferSize,
+      memoryThreshold: p.memoryThreshold,
+      spoolDir: p.spoolDir,
+      onExceeded: () =>
+        abort(
+          new IcapError(
+            IcapErrorCodes.REQUEST_TOO_LARGE,
+            `the decoded request body is larger than bufferSize (${p.bufferSize} bytes)`,
+          ),
+        ),
+    });
+    const source = raw.stream();
+    const decoder = make();
+    decoder.on('error', (err) => {
+      decoded.fail(
+        new IcapError(
+          IcapErrorCodes.CONTENT_ENCODING,
+          `the ${coding} body cannot be decoded: ${err.message}`,
+          { cause: err },
+        ),
+      );
+      source.destroy();
+    });
+    source.on('error', (err) => decoded.fail(err));
+    source.pipe(decoder);
+    decoded.attach(decoder);
+    const pairs = facts.headerPairs.filter(
+      ([n]) => !['content-encoding', 'content-length'].includes(n.toLowerCase()),
+    );
+    return {
+      store: decoded,
+      facts: {
+        ...facts,
+        headerPairs: pairs,
+        headers: new Headers(pairs),
+        contentLength: undefined,
+        chunked: true,
+      },
+    };
   }
 
   /**
@@ -329,6 +395,23 @@ export class IcapEngine {
    */
   async #early(facts: HttpRequestFacts, log: IcapLog, options: ScanOptions): Promise<ScanOutcome | null> {
     const p = this.profile;
+    const coding = contentCodingOf(facts);
+    if (facts.hasBody && coding !== 'identity' && (p.contentEncoding === 'refuse' || !DECODERS.has(coding))) {
+      const reason =
+        p.contentEncoding === 'refuse'
+          ? `compressed uploads (Content-Encoding: ${coding}) are not accepted`
+          : `Content-Encoding ${JSON.stringify(coding)} is not supported`;
+      return this.#refuse(
+        'unsupported-type',
+        415,
+        IcapErrorCodes.CONTENT_ENCODING,
+        reason,
+        facts,
+        log,
+        null,
+        options,
+      );
+    }
     const contentType = facts.headers.get('content-type');
     if (
       facts.hasBody &&
@@ -336,7 +419,16 @@ export class IcapEngine {
       !mediaTypeAllowed(contentType, p.allowedContentTypes)
     ) {
       const reason = `content type ${JSON.stringify(contentType ?? '(none)')} is not allowed`;
-      return this.#refuse('unsupported-type', 415, reason, facts, log, null, options);
+      return this.#refuse(
+        'unsupported-type',
+        415,
+        IcapErrorCodes.CONTENT_TYPE,
+        reason,
+        facts,
+        log,
+        null,
+        options,
+      );
     }
     if (facts.contentLength !== undefined && facts.contentLength > p.bufferSize) {
       return this.#tooLarge(facts, log, null, options);
@@ -373,11 +465,15 @@ export class IcapEngine {
     options: ScanOptions,
   ): Promise<ScanOutcome> {
     if (error.code === IcapErrorCodes.REQUEST_TOO_LARGE) return this.#tooLarge(facts, log, store, options);
+    if (error.code === IcapErrorCodes.CONTENT_ENCODING) {
+      return this.#refuse('bad-request', 400, error.code, error.message, facts, log, store, options);
+    }
     if (error.code === IcapErrorCodes.MULTIPART) {
       const status = error.status === 413 ? 413 : 400;
       return this.#refuse(
         status === 413 ? 'too-large' : 'bad-request',
         status,
+        error.code,
         error.message,
         facts,
         log,
@@ -420,6 +516,7 @@ export class IcapEngine {
     log: IcapLog,
     options: ScanOptions,
     scope: ScanScope,
+    replay: BodyStore = store,
   ): Promise<ScanOutcome> {
     const p = this.profile;
     const boundary = boundaryOf(contentType);
@@ -474,7 +571,10 @@ export class IcapEngine {
         requestId: options.requestId,
       });
       return {
-        ...base('ICAP_BLOCKED', log, first.verdict?.threat_id, clientHeaders, () => store.dispose()),
+        ...base('ICAP_BLOCKED', log, first.verdict?.threat_id, clientHeaders, () => {
+          store.dispose();
+          replay.dispose();
+        }),
         kind: 'respond',
         status: response.status,
         headers: [...response.headers, ...clientHeaders],
@@ -496,7 +596,7 @@ export class IcapEngine {
     const modified = results.filter((r) => r.type === 'modified');
     if (blocked.length === 0 && modified.length === 0) {
       disposeParts();
-      return pass(failed.length > 0 ? 'ICAP_FAILED' : 'ICAP_PASSED', log, store, null, clientHeaders);
+      return pass(failed.length > 0 ? 'ICAP_FAILED' : 'ICAP_PASSED', log, replay, null, clientHeaders);
     }
     // Rebuild the form: without the blocked parts (strip), with the rewritten ones.
     const byIndex = new Map(results.map((r) => [r.part.index, r]));
@@ -525,6 +625,7 @@ export class IcapEngine {
     });
     headers.push(['content-length', String(rebuilt.length)]);
     store.dispose();
+    replay.dispose();
     return {
       ...base('ICAP_MODIFIED', log, blocked[0]?.verdict?.threat_id, clientHeaders, () => {
         rebuilt.body.destroy();
@@ -752,6 +853,7 @@ export class IcapEngine {
     log: IcapLog,
     store: BodyStore | null,
     options: ScanOptions,
+    sentFacts: HttpRequestFacts = facts,
   ): Promise<ScanOutcome> {
     const entry = log.request_logs.at(-1);
     const clientHeaders = result.verdict?.client_headers ?? [];
@@ -790,7 +892,7 @@ export class IcapEngine {
     // adapted
     const { res, adapted } = result;
     const head = res.httpRequest;
-    const sameHead = head === null || sameRequestHead(head, facts, this.profile.absoluteUri);
+    const sameHead = head === null || sameRequestHead(head, sentFacts, this.profile.absoluteUri);
     if (adapted.identical() && sameHead) {
       if (entry !== undefined) entry.action = 'ICAP_PASSED';
       if (store?.retaining) return pass('ICAP_PASSED', log, store, null, clientHeaders);
@@ -823,14 +925,15 @@ export class IcapEngine {
   #refuse(
     kind: ResponseKind,
     status: 400 | 413 | 415,
+    code: IcapErrorCode,
     reason: string,
     facts: HttpRequestFacts,
     log: IcapLog,
     store: BodyStore | null,
     options: ScanOptions,
   ): ScanOutcome {
-    log.significance.push(status === 415 ? 'CONTENT_TYPE_REFUSED' : 'MULTIPART_REFUSED');
-    log.error_code ??= status === 415 ? IcapErrorCodes.CONTENT_TYPE : IcapErrorCodes.MULTIPART;
+    log.significance.push(REFUSAL_SIGNIFICANCE[code] ?? 'MULTIPART_REFUSED');
+    log.error_code ??= code;
     log.error_message ??= reason;
     const closeConnection = store === null ? facts.hasBody : !store.ended;
     store?.dispose();
@@ -974,6 +1077,43 @@ interface PartResult {
   verdict?: Verdict | undefined;
   adapted?: AdaptedBody | undefined;
   error?: IcapError | undefined;
+}
+
+/** The log's significance for a request refused for what it is. */
+const REFUSAL_SIGNIFICANCE: Partial<Record<IcapErrorCode, Significance>> = {
+  [IcapErrorCodes.CONTENT_TYPE]: 'CONTENT_TYPE_REFUSED',
+  [IcapErrorCodes.CONTENT_ENCODING]: 'CONTENT_ENCODING_REFUSED',
+  [IcapErrorCodes.MULTIPART]: 'MULTIPART_REFUSED',
+};
+
+/** Content decoders for the codings a request body may use. */
+const DECODERS = new Map<string, () => Transform>([
+  ['gzip', () => createGunzip()],
+  ['x-gzip', () => createGunzip()],
+  ['deflate', () => createInflate()],
+  ['br', () => createBrotliDecompress()],
+]);
+
+/** The body's content coding: 'identity', one coding, or the whole header for stacked ones. */
+function contentCodingOf(facts: HttpRequestFacts): string {
+  const values = facts.headers.getAll('content-encoding');
+  const codings = values
+    .flatMap((v) => v.split(','))
+    .map((c) => c.trim().toLowerCase())
+    .filter((c) => c !== '' && c !== 'identity');
+  if (codings.length === 0) return 'identity';
+  return codings.length === 1 ? codings[0]! : codings.join(', ');
+}
+
+/** Adds `store.dispose()` to an outcome's dispose. */
+function withDispose<T extends ScanOutcome>(outcome: T, store: BodyStore | undefined): T {
+  if (store === undefined) return outcome;
+  const inner = outcome.dispose;
+  outcome.dispose = () => {
+    inner();
+    store.dispose();
+  };
+  return outcome;
 }
 
 function newLog(profileName: string, facts: HttpRequestFacts, decision: PolicyDecision): IcapLog {
