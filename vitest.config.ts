@@ -11,12 +11,18 @@ export const alias = {
   '@icapkit/express': src('express'),
   '@icapkit/fastify': src('fastify'),
   '@icapkit/koa': src('koa'),
+  '@icapkit/cli': src('cli'),
 };
 
 export default defineConfig({
   resolve: { alias },
   test: {
-    include: ['packages/*/test/**/*.test.ts', 'test/**/*.test.ts', 'examples/*/test/**/*.test.ts'],
+    include: [
+      'packages/*/test/**/*.test.ts',
+      'test/**/*.test.ts',
+      'examples/*/test/**/*.test.ts',
+      'bench/test/**/*.test.ts',
+    ],
     testTimeout: 30_000,
     hookTimeout: 60_000,
     pool: 'forks',
