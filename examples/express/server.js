@@ -1,0 +1,101 @@
+/**
+ * An Express 5 upload service whose uploads are scanned by an ICAP server (antivirus) before
+ * multer or the handler see a byte of them.
+ *
+ *   node examples/express/server.js                              # with the embedded ICAP server
+ *   ICAP_URL=icap://127.0.0.1:1344 node examples/express/server.js  # with c-icap
+ *
+ * POST /upload (multipart, file in the field `file`) answers
+ * `{ ok, file, size, sha256, icap: { action } }`; blocked uploads get icapkit's 403 (an HTML
+ * page, or problem+json for `Accept: application/json`). GET / is the upload page.
+ */
+import { once } from 'node:events';
+import { icap } from '@icapkit/express';
+import { eicar, startIcapServer } from '@icapkit/testing';
+import express from 'express';
+import multer from 'multer';
+import {
+  acceptedPage,
+  isMain,
+  main,
+  NO_FILE,
+  scanLogger,
+  uploadPage,
+  uploadResult,
+  wantsHtml,
+  withDefaults,
+} from '../shared/demo.js';
+
+export async function start(options = {}) {
+  const config = withDefaults(options);
+  // No ICAP_URL: an embedded ICAP server on a free loopback port (it detects EICAR).
+  const embedded = config.icapUrl === undefined ? await startIcapServer({ host: '127.0.0.1' }) : null;
+  const icapUrl = config.icapUrl ?? embedded.url();
+
+  const scan = icap({
+    name: 'uploads',
+    poolGroup: icapUrl, // icap://host:1344, or a list of servers, or pools by priority
+    serviceUri: config.serviceUri, // /avscan
+    bufferSize: config.maxUpload, // larger uploads: 413
+    failAction: config.failOpen ? 'fail-open' : 'fail-closed', // ICAP server down: 503, or pass unscanned
+    connection: { connectTimeout: 2000 }, // fail fast when the ICAP server is unreachable
+    onLog: scanLogger(config.print), // one line per scan
+  });
+  const app = express();
+  // First: nothing reads the body before the ICAP server approved it.
+  app.use(scan);
+
+  app.get('/', (_req, res) => {
+    res.type('html').send(uploadPage);
+  });
+
+  // multer parses the approved body (icapkit answered 413 already for one above MAX_UPLOAD).
+  const upload = multer({
+    storage: multer.memoryStorage(),
+    limits: { files: 1, fileSize: config.maxUpload },
+  });
+  app.post('/upload', upload.single('file'), (req, res) => {
+    if (req.file === undefined) {
+      res.status(400).json(NO_FILE);
+      return;
+    }
+    const result = uploadResult(req.file.originalname, req.file.buffer, req.icap);
+    if (wantsHtml(req.headers.accept)) res.type('html').send(acceptedPage(result));
+    else res.json(result);
+  });
+
+  // multer errors (another field name, two files, a broken form): 400 in JSON.
+  app.use((err, _req, res, _next) => {
+    const status = err instanceof multer.MulterError ? 400 : (err.status ?? err.statusCode ?? 500);
+    res.status(status).json({ ok: false, error: status === 500 ? 'Internal error' : err.message });
+  });
+
+  const server = app.listen(config.port, config.host);
+  try {
+    await once(server, 'listening');
+  } catch (err) {
+    await scan.close();
+    await embedded?.close();
+    throw err; // e.g. EADDRINUSE
+  }
+  const { port } = server.address();
+  let closed;
+  return {
+    framework: 'Express',
+    url: `http://${config.host}:${port}`,
+    icapUrl,
+    embedded: embedded !== null,
+    close() {
+      closed ??= (async () => {
+        server.closeAllConnections();
+        await new Promise((resolve) => server.close(() => resolve()));
+        await scan.close();
+        await embedded?.close();
+      })();
+      return closed;
+    },
+  };
+}
+
+// `node server.js`: settings from the environment, a banner saying how to try it, Ctrl-C to stop.
+if (isMain(import.meta.url)) await main(start, eicar());
