@@ -1,0 +1,159 @@
+/**
+ * One benchmark application, run as its own process so its RSS and CPU are its own.
+ *
+ *   node dist/app.js <express|fastify|koa> [icap-url service]
+ *
+ * Without an ICAP URL it is the "no scanning" ceiling (and Squid's origin). With one, icapkit's
+ * middleware for that framework scans every POST with the default profile (plus the JSON in
+ * BENCH_PROFILE, if set). Routes:
+ *
+ *   POST /upload   reads the body as a stream into a SHA-1 and answers 200 with the digest
+ *   GET  /__stats  { rss, hwm, icap: engine.status() } (never scanned)
+ *
+ * Prints `READY {"port":N}` once listening; stops on SIGTERM/SIGINT.
+ */
+import { createHash } from 'node:crypto';
+import type { IncomingMessage } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Readable } from 'node:stream';
+import type { IcapEngine, IcapProfile } from '@icapkit/core';
+import { icap as expressIcap } from '@icapkit/express';
+import { icap as fastifyIcap } from '@icapkit/fastify';
+import { icap as koaIcap } from '@icapkit/koa';
+import express from 'express';
+import Fastify from 'fastify';
+import Koa from 'koa';
+import { memOf } from './util.js';
+
+const [framework, icapUrl, service] = process.argv.slice(2);
+const BODY_LIMIT = 256 * 1024 * 1024;
+
+function profile(): IcapProfile | null {
+  if (icapUrl === undefined) return null;
+  const extra = process.env.BENCH_PROFILE
+    ? (JSON.parse(process.env.BENCH_PROFILE) as Partial<IcapProfile>)
+    : {};
+  return { name: 'bench', poolGroup: icapUrl, serviceUri: service ?? '/avscan', ...extra };
+}
+
+/** Reads a stream to its end into a SHA-1: the application "uses" every byte it accepted. */
+function digest(stream: Readable): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const h = createHash('sha1');
+    stream.on('data', (c: Buffer) => h.update(c));
+    stream.once('end', () => resolve(h.digest('hex')));
+    stream.once('error', reject);
+  });
+}
+
+function stats(engine: IcapEngine | undefined): string {
+  return JSON.stringify({ ...memOf(process.pid), icap: engine?.status() ?? null });
+}
+
+async function startExpress(p: IcapProfile | null): Promise<{ port: number; close(): Promise<void> }> {
+  const app = express();
+  app.disable('x-powered-by');
+  app.disable('etag');
+  const mw = p ? expressIcap(p) : undefined;
+  app.get('/__stats', (_req, res) => {
+    res.type('json').send(stats(mw?.engine));
+  });
+  if (mw) app.use(mw);
+  app.post('/upload', (req, res, next) => {
+    digest(req).then((d) => res.send(d), next);
+  });
+  const server = app.listen(0, '127.0.0.1');
+  server.keepAliveTimeout = 60_000;
+  await new Promise<void>((r) => server.once('listening', () => r()));
+  return {
+    port: (server.address() as AddressInfo).port,
+    close: async () => {
+      server.closeAllConnections();
+      await new Promise<void>((r) => server.close(() => r()));
+      await mw?.close();
+    },
+  };
+}
+
+async function startFastify(p: IcapProfile | null): Promise<{ port: number; close(): Promise<void> }> {
+  const app = Fastify({ logger: false, bodyLimit: BODY_LIMIT, keepAliveTimeout: 60_000 });
+  if (p) await app.register(fastifyIcap, p);
+  // Every content type (octet-stream, multipart) goes to the handler as a digest of the raw stream.
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser('*', { bodyLimit: BODY_LIMIT }, (_req, payload, done) => {
+    digest(payload as Readable).then(
+      (d) => done(null, d),
+      (err: Error) => done(err),
+    );
+  });
+  app.get('/__stats', { config: { icap: false } }, async (_req, reply) => {
+    reply.type('application/json');
+    return stats(p ? app.icapEngine : undefined);
+  });
+  app.post('/upload', async (req) => req.body as string);
+  await app.listen({ port: 0, host: '127.0.0.1' });
+  return { port: (app.server.address() as AddressInfo).port, close: () => app.close() };
+}
+
+async function startKoa(p: IcapProfile | null): Promise<{ port: number; close(): Promise<void> }> {
+  const app = new Koa();
+  app.silent = true;
+  const mw = p ? koaIcap(p) : undefined;
+  app.use(async (ctx, next) => {
+    if (ctx.path === '/__stats') {
+      ctx.type = 'json';
+      ctx.body = stats(mw?.engine);
+      return;
+    }
+    await next();
+  });
+  if (mw) app.use(mw as unknown as Koa.Middleware);
+  app.use(async (ctx) => {
+    if (ctx.method === 'POST' && ctx.path === '/upload') {
+      ctx.body = await digest(ctx.req as IncomingMessage);
+      return;
+    }
+    ctx.status = 404;
+  });
+  const server = app.listen(0, '127.0.0.1');
+  server.keepAliveTimeout = 60_000;
+  await new Promise<void>((r) => server.once('listening', () => r()));
+  return {
+    port: (server.address() as AddressInfo).port,
+    close: async () => {
+      server.closeAllConnections();
+      await new Promise<void>((r) => server.close(() => r()));
+      await mw?.close();
+    },
+  };
+}
+
+async function main(): Promise<void> {
+  const p = profile();
+  const start =
+    framework === 'express'
+      ? startExpress
+      : framework === 'fastify'
+        ? startFastify
+        : framework === 'koa'
+          ? startKoa
+          : undefined;
+  if (start === undefined) throw new Error(`unknown framework ${framework}`);
+  const app = await start(p);
+  let stopping = false;
+  const stop = () => {
+    if (stopping) return;
+    stopping = true;
+    // A cpu profile (--cpu-prof) is written when the process exits normally.
+    app.close().finally(() => process.exit(0));
+    setTimeout(() => process.exit(0), 2000).unref();
+  };
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
+  process.stdout.write(`READY ${JSON.stringify({ port: app.port, pid: process.pid })}\n`);
+}
+
+main().catch((err: unknown) => {
+  console.error(err);
+  process.exit(1);
+});

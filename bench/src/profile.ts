@@ -1,0 +1,216 @@
+/**
+ * CPU profile of an icapkit application under load (V8 `--cpu-prof`), and the self/inclusive
+ * time of its functions, ours (packages/core) first.
+ *
+ *   node bench/dist/profile.js [--framework=express] [--service=204|avscan|echo|none]
+ *                              [--cells=10k/8] [--seconds=8] [--out=DIR]
+ *   node bench/dist/profile.js --analyze=FILE.cpuprofile
+ *
+ * Defaults: Express + icapkit -> embedded 204 server, 10 KiB POSTs, 8 clients, 8 s.
+ */
+import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { join, relative } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { type BodyId, makeBodies } from './bodies.js';
+import { startCIcap } from './cicap.js';
+import { startTcpCounter } from './counter.js';
+import { pickTool, runLoad, warmUp } from './load.js';
+import { killAllChildren, startChild } from './util.js';
+
+const HERE = fileURLToPath(new URL('.', import.meta.url));
+const ROOT = join(HERE, '..', '..');
+
+interface ProfileNode {
+  id: number;
+  callFrame: { functionName: string; url: string; lineNumber: number; columnNumber: number };
+  hitCount?: number;
+  children?: number[];
+}
+interface CpuProfile {
+  nodes: ProfileNode[];
+  startTime: number;
+  endTime: number;
+  samples: number[];
+  timeDeltas: number[];
+}
+
+export interface FnTime {
+  key: string;
+  fn: string;
+  where: string;
+  selfMs: number;
+  totalMs: number;
+}
+
+function whereOf(url: string, line: number): string {
+  if (url === '') return '(native)';
+  let path = url.startsWith('file://') ? fileURLToPath(url) : url;
+  if (path.startsWith(ROOT)) path = relative(ROOT, path);
+  path = path.replace(/node_modules\/\.pnpm\/[^/]+\/node_modules\//, 'node_modules/');
+  return `${path}:${line + 1}`;
+}
+
+/** Self and inclusive ms per function (inclusive counts a sample once per function on its stack). */
+export function analyze(profile: CpuProfile): { fns: FnTime[]; totalMs: number } {
+  const byId = new Map<number, ProfileNode>();
+  const parent = new Map<number, number>();
+  for (const n of profile.nodes) byId.set(n.id, n);
+  for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
+  const fns = new Map<string, FnTime>();
+  const keyOf = (n: ProfileNode) => {
+    const cf = n.callFrame;
+    const fn = cf.functionName || '(anonymous)';
+    const where = whereOf(cf.url, cf.lineNumber);
+    const key = `${fn} ${where}`;
+    if (!fns.has(key)) fns.set(key, { key, fn, where, selfMs: 0, totalMs: 0 });
+    return key;
+  };
+  let totalMs = 0;
+  for (let i = 0; i < profile.samples.length; i++) {
+    const dt = (profile.timeDeltas[i + 1] ?? profile.timeDeltas[i] ?? 0) / 1000;
+    totalMs += dt;
+    let id: number | undefined = profile.samples[i]!;
+    const leaf = byId.get(id)!;
+    fns.get(keyOf(leaf))!.selfMs += dt;
+    const seen = new Set<string>();
+    while (id !== undefined) {
+      const n = byId.get(id)!;
+      const k = keyOf(n);
+      if (!seen.has(k)) {
+        seen.add(k);
+        fns.get(k)!.totalMs += dt;
+      }
+      id = parent.get(id);
+    }
+  }
+  return { fns: [...fns.values()], totalMs };
+}
+
+function category(f: FnTime): string {
+  const w = f.where;
+  if (f.fn === '(idle)') return 'idle';
+  if (f.fn === '(garbage collector)') return 'GC';
+  if (f.fn === '(program)') return 'V8/native (program)';
+  if (w.startsWith('packages/core/')) return 'icapkit core';
+  if (w.startsWith('packages/')) return `icapkit ${w.split('/')[1]}`;
+  if (w.startsWith('bench/')) return 'bench app';
+  if (w.startsWith('node:')) return 'Node.js internals';
+  if (w.includes('node_modules/')) return `npm: ${w.split('node_modules/')[1]!.split('/')[0]}`;
+  return 'other/native';
+}
+
+export function report(profile: CpuProfile, top = 25): string {
+  const { fns, totalMs } = analyze(profile);
+  const busy = totalMs - fns.filter((f) => f.fn === '(idle)').reduce((n, f) => n + f.selfMs, 0);
+  const out: string[] = [];
+  out.push(
+    `Profile: ${(totalMs / 1000).toFixed(1)} s sampled, ${(busy / 1000).toFixed(1)} s busy (not idle).`,
+  );
+  out.push('');
+  const cats = new Map<string, number>();
+  for (const f of fns) cats.set(category(f), (cats.get(category(f)) ?? 0) + f.selfMs);
+  out.push('Self time by origin (% of busy time):', '');
+  out.push('| origin | self ms | % busy |', '|---|--:|--:|');
+  for (const [c, ms] of [...cats].sort((a, b) => b[1] - a[1])) {
+    if (c === 'idle') continue;
+    out.push(`| ${c} | ${ms.toFixed(0)} | ${((ms / busy) * 100).toFixed(1)} |`);
+  }
+  const table = (title: string, list: FnTime[], by: 'selfMs' | 'totalMs') => {
+    out.push(
+      '',
+      title,
+      '',
+      '| function | where | self ms | self % | incl. ms | incl. % |',
+      '|---|---|--:|--:|--:|--:|',
+    );
+    for (const f of [...list].sort((a, b) => b[by] - a[by]).slice(0, top)) {
+      out.push(
+        `| ${f.fn.replace(/\|/g, '\\|')} | ${f.where} | ${f.selfMs.toFixed(0)} | ${((f.selfMs / busy) * 100).toFixed(1)} | ${f.totalMs.toFixed(0)} | ${((f.totalMs / busy) * 100).toFixed(1)} |`,
+      );
+    }
+  };
+  const ours = fns.filter((f) => f.where.startsWith('packages/'));
+  table('Top functions of icapkit (packages/*) by self time:', ours, 'selfMs');
+  table('Top functions of icapkit (packages/*) by inclusive time:', ours, 'totalMs');
+  table(
+    'Top functions overall by self time:',
+    fns.filter((f) => f.fn !== '(idle)'),
+    'selfMs',
+  );
+  return out.join('\n');
+}
+
+async function main(): Promise<void> {
+  const opts = new Map<string, string>();
+  for (const a of process.argv.slice(2)) {
+    const m = /^--([^=]+)=(.*)$/.exec(a);
+    if (!m) throw new Error(`unknown argument ${a}`);
+    opts.set(m[1]!, m[2]!);
+  }
+  const analyzeFile = opts.get('analyze');
+  if (analyzeFile !== undefined) {
+    console.log(report(JSON.parse(await readFile(analyzeFile, 'utf8')) as CpuProfile));
+    return;
+  }
+  const framework = opts.get('framework') ?? 'express';
+  const service = opts.get('service') ?? '204';
+  const [bodyId, clientsText] = (opts.get('cells') ?? '10k/8').split('/') as [BodyId, string];
+  const clients = Number(clientsText);
+  const seconds = Number(opts.get('seconds') ?? 8);
+  const outDir = opts.get('out') ?? join(HERE, '..', 'results', 'profile');
+  await rm(outDir, { recursive: true, force: true });
+  await mkdir(outDir, { recursive: true });
+
+  const { dir, bodies } = await makeBodies([bodyId]);
+  const body = bodies.get(bodyId)!;
+  const none = service === 'none';
+  const cicap = service === '204' || none ? undefined : await startCIcap();
+  const embedded =
+    service === '204' ? await startChild(process.execPath, [join(HERE, 'icap204.js')]) : undefined;
+  const icapPort = embedded ? (embedded.ready.port as number) : (cicap?.port ?? 9);
+  const counter = await startTcpCounter(icapPort);
+  try {
+    const app = await startChild(
+      process.execPath,
+      [
+        '--cpu-prof',
+        `--cpu-prof-dir=${outDir}`,
+        join(HERE, 'app.js'),
+        framework,
+        ...(none ? [] : [`icap://127.0.0.1:${counter.port}`, service === 'echo' ? '/echo' : '/avscan']),
+      ],
+      { timeoutMs: 20_000 },
+    );
+    const url = `http://127.0.0.1:${app.ready.port as number}/upload`;
+    await warmUp(url, body, clients, 2);
+    const r = await runLoad(pickTool(), url, body, clients, seconds);
+    console.error(
+      `profile: ${framework} -> ${service}, ${body.label}, ${clients} clients: ${r.rps.toFixed(0)} req/s, ` +
+        `p50 ${r.p50.toFixed(1)} ms, p99 ${r.p99.toFixed(1)} ms, ICAP connections ${counter.accepted()}`,
+    );
+    await app.stop();
+    const file = (await readdir(outDir)).find((f) => f.endsWith('.cpuprofile'));
+    if (!file) throw new Error(`no .cpuprofile written in ${outDir}`);
+    const text = report(JSON.parse(await readFile(join(outDir, file), 'utf8')) as CpuProfile);
+    const header =
+      `Profile of ${framework} + icapkit -> ${service === '204' ? 'embedded 204 server' : `c-icap ${service}`}, ` +
+      `${body.label} POSTs, ${clients} clients, ${seconds} s: ${r.rps.toFixed(0)} req/s (with the profiler on).\n` +
+      `File: ${relative(ROOT, join(outDir, file))}\n\n`;
+    await writeFile(join(outDir, 'report.md'), header + text + '\n');
+    console.log(header + text);
+  } finally {
+    await counter.close();
+    await embedded?.stop();
+    await cicap?.stop();
+    await rm(dir, { recursive: true, force: true });
+    killAllChildren();
+  }
+}
+
+if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
+  main().catch((err: unknown) => {
+    console.error(err);
+    killAllChildren();
+    process.exit(1);
+  });
+}

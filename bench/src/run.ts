@@ -1,0 +1,639 @@
+/**
+ * icapkit benchmark: starts c-icap (ClamAV `avscan`, `echo`), the embedded 204 server, Squid and
+ * the applications on loopback, runs the same HTTP load against every path and prints one
+ * markdown table plus ratios. See bench/README.md.
+ *
+ *   node bench/dist/run.js [--short] [--only=REGEX] [--out=DIR] [--update-readme]
+ *
+ * --short (or BENCH_SHORT=1): one small cell per path, a few seconds each (CI smoke test).
+ * --only=REGEX: only paths whose id matches (e.g. --only='express|squid|raw').
+ * --cells=LIST: only these cells, e.g. --cells=10k/8,1m/1 (bodies 10k, 1m, 32m, mp5), every selected path.
+ * --out=DIR: where latest.md / latest.json go (default bench/results).
+ * --update-readme: also replace the table in bench/README.md.
+ */
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { request as httpRequest } from 'node:http';
+import { cpus, totalmem } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { type Body, type BodyId, makeBodies } from './bodies.js';
+import { CICAP_TUNING, type CIcap, cIcapMissing, eicarBytes, groupPids, startCIcap } from './cicap.js';
+import { startTcpCounter, type TcpCounter } from './counter.js';
+import { type LoadResult, type LoadTool, pickTool, runLoad, warmUp } from './load.js';
+import { type Squid, squidMissing, squidVersion, startSquid } from './squid.js';
+import { renderReport } from './table.js';
+import { type Child, cpuOf, findOnPath, killAllChildren, memOf, resetPeakRss, startChild } from './util.js';
+
+const HERE = dirname(fileURLToPath(import.meta.url));
+const BENCH_DIR = join(HERE, '..');
+
+/* ------------------------------------------------------------------ paths and cells */
+
+export type Framework = 'express' | 'fastify' | 'koa';
+export type Service = 'avscan' | 'echo' | '204';
+
+export interface PathDef {
+  id: string;
+  kind: 'ceiling' | 'icapkit' | 'squid' | 'raw';
+  framework?: Framework;
+  service?: Service;
+  /** 1: every cell; 2: the reduced set (see CELLS). */
+  tier: 1 | 2;
+}
+
+export interface CellDef {
+  body: BodyId;
+  clients: number;
+}
+
+const FRAMEWORKS: Framework[] = ['express', 'fastify', 'koa'];
+const SERVICES: Service[] = ['avscan', 'echo', '204'];
+
+export const PATHS: PathDef[] = [
+  ...FRAMEWORKS.map(
+    (f): PathDef => ({ id: `ceiling-${f}`, kind: 'ceiling', framework: f, tier: f === 'express' ? 1 : 2 }),
+  ),
+  ...FRAMEWORKS.flatMap((f) =>
+    SERVICES.map(
+      (s): PathDef => ({
+        id: `${f}-${s}`,
+        kind: 'icapkit',
+        framework: f,
+        service: s,
+        tier: f === 'express' ? 1 : 2,
+      }),
+    ),
+  ),
+  { id: 'squid-avscan', kind: 'squid', framework: 'express', service: 'avscan', tier: 1 },
+  { id: 'squid-echo', kind: 'squid', framework: 'express', service: 'echo', tier: 1 },
+  ...SERVICES.map((s): PathDef => ({ id: `raw-${s}`, kind: 'raw', service: s, tier: 1 })),
+];
+
+/** Full mode. Order: every path runs a cell before the next cell starts (drift hits all alike). */
+export const CELLS: CellDef[] = [
+  { body: '10k', clients: 1 },
+  { body: '10k', clients: 8 },
+  { body: '10k', clients: 64 },
+  { body: '1m', clients: 1 },
+  { body: '1m', clients: 8 },
+  { body: '1m', clients: 64 },
+  { body: 'mp5', clients: 8 },
+  { body: '32m', clients: 1 },
+  { body: '32m', clients: 8 },
+];
+
+/** Which (path, cell) pairs run in full mode; the others "add nothing" (README explains). */
+export function runs(path: PathDef, cell: CellDef): boolean {
+  if (cell.body === '32m') {
+    // 32 MiB: only the comparison that matters (avscan, ours vs Squid vs raw) and the isolation (204).
+    return (
+      (path.kind === 'ceiling' && path.framework === 'express') ||
+      (path.service !== 'echo' && path.tier === 1 && path.kind !== 'ceiling')
+    );
+  }
+  if (path.tier === 2) {
+    // Fastify and Koa share the engine with Express: the cells where the framework could differ.
+    return (
+      (cell.body === '10k' && cell.clients === 8) ||
+      (cell.body === '1m' && cell.clients === 8) ||
+      cell.body === 'mp5'
+    );
+  }
+  return true;
+}
+
+/* ------------------------------------------------------------------ results */
+
+export interface CellResult {
+  path: string;
+  kind: PathDef['kind'];
+  framework: Framework | undefined;
+  service: Service | undefined;
+  body: BodyId;
+  bodyLabel: string;
+  clients: number;
+  ok: number;
+  errors: number;
+  rps: number;
+  p50: number;
+  p99: number;
+  /** Peak RSS (bytes) of the process holding the bodies: the app, or Squid; the generator for raw. */
+  peakRss: number;
+  /** RSS right after start (bytes), before any request. */
+  baseRss: number;
+  /** ICAP TCP connections accepted by the counting proxy during the cell (warm-up included). */
+  icapOpened: number | undefined;
+  icapPeakOpen: number | undefined;
+  /** Of those, opened during the measured window. */
+  icapOpenedMeasured: number | undefined;
+  /** What the client itself says it created (icapkit engine / raw IcapClient). */
+  clientCreated: number | undefined;
+  /** CPU used during the measured window, in % of one core. */
+  cpuApp: number | undefined;
+  cpuIcap: number | undefined;
+  cpuOrigin: number | undefined;
+  note: string | undefined;
+}
+
+export interface Machine {
+  date: string;
+  nproc: number;
+  cpuModel: string;
+  ramGiB: number;
+  node: string;
+  kernel: string;
+  cicap: string;
+  squid: string;
+  loadTool: string;
+  mode: 'full' | 'short';
+  warmupS: number;
+  measureS: number;
+  measure32mS: number;
+  totalS: number;
+}
+
+/* ------------------------------------------------------------------ main */
+
+interface Args {
+  short: boolean;
+  only: RegExp | undefined;
+  out: string;
+  updateReadme: boolean;
+  cells: CellDef[] | undefined;
+}
+
+function parseArgs(argv: string[]): Args {
+  const a: Args = {
+    short: process.env.BENCH_SHORT === '1' || process.env.BENCH_SHORT === 'true',
+    only: undefined,
+    out: join(BENCH_DIR, 'results'),
+    updateReadme: false,
+    cells: undefined,
+  };
+  for (const arg of argv) {
+    if (arg === '--short') a.short = true;
+    else if (arg.startsWith('--only=')) a.only = new RegExp(arg.slice(7));
+    else if (arg.startsWith('--out=')) a.out = arg.slice(6);
+    else if (arg === '--update-readme') a.updateReadme = true;
+    else if (arg.startsWith('--cells=')) {
+      a.cells = arg
+        .slice(8)
+        .split(',')
+        .map((c) => {
+          const [body, clients] = c.split('/');
+          if (!['10k', '1m', '32m', 'mp5'].includes(body ?? '') || !(Number(clients) > 0)) {
+            throw new Error(`--cells: ${c} is not BODY/CLIENTS (BODY: 10k, 1m, 32m, mp5)`);
+          }
+          return { body: body as BodyId, clients: Number(clients) };
+        });
+    } else if (arg === '--help' || arg === '-h') {
+      console.log(readFileSync(fileURLToPath(import.meta.url), 'utf8').split('*/')[0]);
+      process.exit(0);
+    } else throw new Error(`unknown argument ${arg}`);
+  }
+  return a;
+}
+
+function dpkgVersion(pkg: string): string {
+  try {
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: dpkg-query's own format syntax
+    return execFileSync('dpkg-query', ['-W', '-f=${Version}', pkg], {
+      encoding: 'utf8',
+      timeout: 5000,
+    }).trim();
+  } catch {
+    return 'unknown';
+  }
+}
+
+function wrkVersion(): string {
+  try {
+    execFileSync('wrk', ['-v'], { encoding: 'utf8', timeout: 5000, stdio: ['ignore', 'pipe', 'pipe'] });
+  } catch (err) {
+    const out = String((err as { stdout?: string }).stdout ?? '');
+    const m = /wrk (\S+)/.exec(out);
+    if (m) return `wrk ${m[1]}`;
+  }
+  return 'wrk';
+}
+
+const appScript = join(HERE, 'app.js');
+const rawScript = join(HERE, 'rawload.js');
+const icap204Script = join(HERE, 'icap204.js');
+
+interface Env {
+  cicap: CIcap;
+  embedded: Child;
+  embeddedPort: number;
+  bodies: Map<BodyId, Body>;
+  tool: LoadTool;
+  warmupS: number;
+  measureS: number;
+  measure32mS: number;
+}
+
+function icapTargetPort(env: Env, service: Service): number {
+  return service === '204' ? env.embeddedPort : env.cicap.port;
+}
+
+/** The service path on the target server: the embedded server answers 204 on /avscan. */
+function servicePath(service: Service): string {
+  return service === 'echo' ? '/echo' : '/avscan';
+}
+
+async function startApp(framework: Framework, icapUrl?: string, service?: string): Promise<Child> {
+  const args = [appScript, framework];
+  if (icapUrl !== undefined) args.push(icapUrl, service ?? '/avscan');
+  return startChild(process.execPath, args, { timeoutMs: 20_000 });
+}
+
+/** One POST on its own connection (Squid closes the client connection after an ICAP block). */
+function post(url: string, body: Buffer, contentType: string): Promise<{ status: number; text: string }> {
+  return new Promise((resolve, reject) => {
+    const u = new URL(url);
+    const req = httpRequest(
+      {
+        host: u.hostname,
+        port: u.port,
+        path: u.pathname,
+        method: 'POST',
+        agent: false,
+        timeout: 60_000,
+        headers: { 'content-type': contentType, 'content-length': body.length, connection: 'close' },
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        const done = () =>
+          resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString('utf8') });
+        res.once('end', done);
+        // Squid 5.7 sends c-icap's block page chunked and closes before the last chunk: keep the status.
+        res.once('error', done);
+      },
+    );
+    req.once('timeout', () => req.destroy(new Error(`POST ${url} timed out`)));
+    req.once('error', (err) => reject(new Error(`POST ${url}: ${err.message}`)));
+    req.end(body);
+  });
+}
+
+async function statsOf(port: number): Promise<{ created: number | undefined }> {
+  try {
+    const res = await fetch(`http://127.0.0.1:${port}/__stats`, { signal: AbortSignal.timeout(5000) });
+    const j = (await res.json()) as { icap: Array<{ connections: { created: number } }> | null };
+    return { created: j.icap?.reduce((n, s) => n + s.connections.created, 0) };
+  } catch {
+    return { created: undefined };
+  }
+}
+
+function cpuSum(pids: number[]): number {
+  return pids.reduce((n, p) => n + cpuOf(p), 0);
+}
+
+/** Verifies, before measuring, that icapkit (each framework) and Squid block EICAR via c-icap avscan. */
+async function verifyEicar(env: Env): Promise<string[]> {
+  const lines: string[] = [];
+  const eicar = eicarBytes();
+  const url = env.cicap.url('/avscan');
+  for (const f of FRAMEWORKS) {
+    const app = await startApp(f, `icap://127.0.0.1:${env.cicap.port}`, '/avscan');
+    try {
+      const port = app.ready.port as number;
+      const bad = await post(`http://127.0.0.1:${port}/upload`, eicar, 'application/octet-stream');
+      const good = await post(
+        `http://127.0.0.1:${port}/upload`,
+        Buffer.from('hello'),
+        'application/octet-stream',
+      );
+      if (bad.status !== 403 || good.status !== 200) {
+        throw new Error(`${f}+icapkit -> c-icap avscan: EICAR gave ${bad.status}, clean gave ${good.status}`);
+      }
+      lines.push(`${f} + icapkit -> c-icap avscan: EICAR 403, clean 200`);
+    } finally {
+      await app.stop();
+    }
+  }
+  const origin = await startApp('express');
+  let squid: Squid | undefined;
+  try {
+    squid = await startSquid({ originPort: origin.ready.port as number, icapUrl: url });
+    const bad = await post(`http://127.0.0.1:${squid.port}/upload`, eicar, 'application/octet-stream');
+    const good = await post(
+      `http://127.0.0.1:${squid.port}/upload`,
+      Buffer.from('hello'),
+      'application/octet-stream',
+    );
+    if (bad.status !== 403 || good.status !== 200) {
+      throw new Error(
+        `Squid -> c-icap avscan: EICAR gave ${bad.status}, clean gave ${good.status}\n${await squid.logs()}`,
+      );
+    }
+    lines.push('Squid -> c-icap avscan: EICAR 403, clean 200');
+  } finally {
+    await squid?.stop();
+    await origin.stop();
+  }
+  return lines;
+}
+
+async function runCell(env: Env, path: PathDef, cell: CellDef): Promise<CellResult> {
+  const body = env.bodies.get(cell.body)!;
+  const big = cell.body === '32m';
+  const warmupS = big ? Math.max(env.warmupS, 2) : env.warmupS;
+  const measureS = big ? env.measure32mS : env.measureS;
+  const result: CellResult = {
+    path: path.id,
+    kind: path.kind,
+    framework: path.framework,
+    service: path.service,
+    body: cell.body,
+    bodyLabel: body.label,
+    clients: cell.clients,
+    ok: 0,
+    errors: 0,
+    rps: 0,
+    p50: 0,
+    p99: 0,
+    peakRss: 0,
+    baseRss: 0,
+    icapOpened: undefined,
+    icapPeakOpen: undefined,
+    icapOpenedMeasured: undefined,
+    clientCreated: undefined,
+    cpuApp: undefined,
+    cpuIcap: undefined,
+    cpuOrigin: undefined,
+    note: undefined,
+  };
+  const icapPids = (service: Service | undefined) =>
+    service === undefined ? [] : service === '204' ? [env.embedded.pid] : groupPids(env.cicap.pid);
+
+  let counter: TcpCounter | undefined;
+  const stops: Array<() => Promise<void>> = [];
+  try {
+    if (path.service !== undefined) counter = await startTcpCounter(icapTargetPort(env, path.service));
+    const icapServer = counter ? `icap://127.0.0.1:${counter.port}` : undefined;
+
+    if (path.kind === 'raw') {
+      const gen = await startChild(
+        process.execPath,
+        [
+          rawScript,
+          `icap://127.0.0.1:${counter!.port}`,
+          servicePath(path.service!),
+          body.file,
+          body.contentType,
+          String(cell.clients),
+          String(warmupS * 1000),
+          String(measureS * 1000),
+        ],
+        { timeoutMs: 20_000 },
+      );
+      stops.push(() => gen.stop());
+      const icap0 = cpuSum(icapPids(path.service));
+      const r = (await gen.result()) as {
+        requests: number;
+        errors: number;
+        durationS: number;
+        rps: number;
+        p50: number;
+        p99: number;
+        connectionsCreated: number;
+        firstError?: string;
+      };
+      // The generator's own window includes its warm-up; CPU of c-icap over the whole run.
+      const icap1 = cpuSum(icapPids(path.service));
+      Object.assign(result, {
+        ok: r.requests,
+        errors: r.errors,
+        rps: r.rps,
+        p50: r.p50,
+        p99: r.p99,
+        clientCreated: r.connectionsCreated,
+        cpuIcap: ((icap1 - icap0) / (warmupS + measureS)) * 100,
+      });
+      if (r.errors > 0) result.note = `errors: ${r.firstError ?? '?'}`;
+    } else {
+      let appChild: Child | undefined;
+      let origin: Child | undefined;
+      let target: string;
+      let measured: number;
+      if (path.kind === 'squid') {
+        origin = await startApp('express');
+        stops.push(() => origin!.stop());
+        const squid = await startSquid({
+          originPort: origin.ready.port as number,
+          icapUrl: `${icapServer!}${servicePath(path.service!)}`,
+        });
+        stops.unshift(() => squid.stop());
+        target = `http://127.0.0.1:${squid.port}/upload`;
+        measured = squid.pid;
+      } else {
+        appChild = await startApp(
+          path.framework!,
+          icapServer,
+          path.service ? servicePath(path.service) : undefined,
+        );
+        stops.push(() => appChild!.stop());
+        target = `http://127.0.0.1:${appChild.ready.port as number}/upload`;
+        measured = appChild.pid;
+      }
+      result.baseRss = memOf(measured).rss;
+      resetPeakRss(measured);
+      // One request first: the application must get exactly the bytes sent.
+      const data = await readFile(body.file);
+      const check = await post(target, data, body.contentType);
+      const expected = createHash('sha1').update(data).digest('hex');
+      if (check.status !== 200 || check.text !== expected) {
+        result.note = `check failed: ${check.status} ${check.text.slice(0, 80)}`;
+      }
+      await warmUp(target, body, cell.clients, warmupS);
+      const opened0 = counter?.accepted() ?? 0;
+      const pids = { app: [measured], icap: icapPids(path.service), origin: origin ? [origin.pid] : [] };
+      const c0 = { app: cpuSum(pids.app), icap: cpuSum(pids.icap), origin: cpuSum(pids.origin) };
+      const t0 = performance.now();
+      const r: LoadResult = await runLoad(env.tool, target, body, cell.clients, measureS);
+      const wall = (performance.now() - t0) / 1000;
+      if (counter) {
+        result.icapOpened = counter.accepted();
+        result.icapOpenedMeasured = counter.accepted() - opened0;
+        result.icapPeakOpen = counter.peakOpen();
+      }
+      const c1 = { app: cpuSum(pids.app), icap: cpuSum(pids.icap), origin: cpuSum(pids.origin) };
+      result.peakRss = memOf(measured).hwm;
+      Object.assign(result, {
+        ok: r.ok,
+        errors: r.errors,
+        rps: r.rps,
+        p50: r.p50,
+        p99: r.p99,
+        cpuApp: ((c1.app - c0.app) / wall) * 100,
+        cpuIcap: path.service ? ((c1.icap - c0.icap) / wall) * 100 : undefined,
+        cpuOrigin: origin ? ((c1.origin - c0.origin) / wall) * 100 : undefined,
+      });
+      if (appChild && path.kind === 'icapkit') {
+        result.clientCreated = (await statsOf(appChild.ready.port as number)).created;
+      }
+      if (r.errors > 0 && result.note === undefined) result.note = `${r.errors} errors`;
+    }
+    if (counter && result.icapOpened === undefined) {
+      result.icapOpened = counter.accepted();
+      result.icapPeakOpen = counter.peakOpen();
+    }
+  } catch (err) {
+    result.note = `failed: ${err instanceof Error ? err.message.split('\n')[0] : String(err)}`;
+  } finally {
+    for (const stop of stops) await stop().catch(() => undefined);
+    await counter?.close();
+  }
+  return result;
+}
+
+function fmtCell(r: CellResult): string {
+  const conns = r.icapOpened === undefined ? '' : ` icap=${r.icapOpened}/${r.icapPeakOpen}`;
+  return (
+    `${r.path.padEnd(16)} ${r.bodyLabel.padEnd(18)} c=${String(r.clients).padEnd(3)} ` +
+    `${r.rps.toFixed(0).padStart(6)} req/s p50=${r.p50.toFixed(1)}ms p99=${r.p99.toFixed(1)}ms ` +
+    `rss=${(r.peakRss / 2 ** 20).toFixed(0)}MiB${conns}${r.note ? `  [${r.note}]` : ''}`
+  );
+}
+
+async function main(): Promise<void> {
+  const args = parseArgs(process.argv.slice(2));
+  const t0 = Date.now();
+  const missing = [...cIcapMissing(), ...squidMissing()];
+  if (missing.length > 0) {
+    console.error(`bench: missing prerequisites: ${missing.join('; ')}`);
+    console.error('install: apt-get install -y c-icap libc-icap-mod-virus-scan squid wrk');
+    process.exit(2);
+  }
+  const tool = pickTool();
+  const short = args.short;
+  const warmupS = short ? 1 : 1;
+  const measureS = short ? 1 : 3;
+  const measure32mS = short ? 1 : 6;
+  /** Full mode stops starting cells past this (the whole run must stay under 10 minutes). */
+  const budgetMs = short ? 5 * 60_000 : 9 * 60_000;
+
+  const paths = PATHS.filter((p) => args.only === undefined || args.only.test(p.id));
+  const cells: CellDef[] = args.cells ?? (short ? [{ body: '10k', clients: 8 }] : CELLS);
+  /** Explicit --cells run every selected path in every selected cell. */
+  const all = short || args.cells !== undefined;
+  const bodyIds = [...new Set(cells.map((c) => c.body))];
+
+  let cicap: CIcap | undefined;
+  let embedded: Child | undefined;
+  let bodiesDir: string | undefined;
+  const cleanup = async () => {
+    await embedded?.stop().catch(() => undefined);
+    await cicap?.stop().catch(() => undefined);
+    if (bodiesDir) await rm(bodiesDir, { recursive: true, force: true });
+    killAllChildren();
+  };
+  let interrupted = false;
+  const onSignal = (sig: string) => {
+    if (interrupted) return;
+    interrupted = true;
+    console.error(`\nbench: ${sig}, stopping everything`);
+    const hard = setTimeout(() => {
+      killAllChildren();
+      process.exit(130);
+    }, 8000);
+    cleanup().finally(() => {
+      clearTimeout(hard);
+      process.exit(130);
+    });
+  };
+  process.on('SIGINT', () => onSignal('SIGINT'));
+  process.on('SIGTERM', () => onSignal('SIGTERM'));
+
+  const results: CellResult[] = [];
+  try {
+    const made = await makeBodies(bodyIds);
+    bodiesDir = made.dir;
+    cicap = await startCIcap();
+    embedded = await startChild(process.execPath, [icap204Script], { timeoutMs: 20_000 });
+    const env: Env = {
+      cicap,
+      embedded,
+      embeddedPort: embedded.ready.port as number,
+      bodies: made.bodies,
+      tool,
+      warmupS,
+      measureS,
+      measure32mS,
+    };
+    console.error(`bench: ${short ? 'short' : 'full'} mode, load tool ${tool}, c-icap on ${cicap.port}`);
+    for (const line of await verifyEicar(env)) console.error(`bench: verified ${line}`);
+
+    for (const cell of cells) {
+      for (const path of paths) {
+        if (!all && !runs(path, cell)) continue;
+        if (Date.now() - t0 > budgetMs) {
+          console.error(`bench: time budget spent, skipping ${path.id} ${cell.body} c=${cell.clients}`);
+          continue;
+        }
+        const r = await runCell(env, path, cell);
+        results.push(r);
+        console.error(`bench: ${fmtCell(r)}`);
+      }
+    }
+  } finally {
+    await cleanup();
+  }
+
+  const machine: Machine = {
+    date: new Date().toISOString(),
+    nproc: cpus().length,
+    cpuModel: cpus()[0]?.model ?? 'unknown',
+    ramGiB: Math.round((totalmem() / 2 ** 30) * 10) / 10,
+    node: process.version,
+    kernel: (() => {
+      try {
+        return readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim();
+      } catch {
+        return 'unknown';
+      }
+    })(),
+    cicap: `c-icap ${dpkgVersion('c-icap')}, libc-icap-mod-virus-scan ${dpkgVersion('libc-icap-mod-virus-scan')}, libclamav ${dpkgVersion('libclamav12') === 'unknown' ? dpkgVersion('libclamav11') : dpkgVersion('libclamav12')}`,
+    squid: `Squid ${squidVersion()}`,
+    loadTool: tool === 'wrk' && findOnPath('wrk') ? wrkVersion() : 'autocannon 9',
+    mode: short ? 'short' : 'full',
+    warmupS,
+    measureS,
+    measure32mS,
+    totalS: Math.round((Date.now() - t0) / 1000),
+  };
+  const report = renderReport(results, machine, { cicapTuning: CICAP_TUNING });
+  console.log(report);
+  await mkdir(args.out, { recursive: true });
+  const base = short ? 'short' : 'latest';
+  await writeFile(join(args.out, `${base}.md`), `${report}\n`);
+  await writeFile(join(args.out, `${base}.json`), `${JSON.stringify({ machine, results }, null, 2)}\n`);
+  if (args.updateReadme) {
+    const readme = join(BENCH_DIR, 'README.md');
+    const text = await readFile(readme, 'utf8');
+    const startTag = '<!-- bench:results:start -->';
+    const endTag = '<!-- bench:results:end -->';
+    const a = text.indexOf(startTag);
+    const b = text.indexOf(endTag);
+    if (a !== -1 && b > a) {
+      await writeFile(readme, `${text.slice(0, a + startTag.length)}\n${report}\n${text.slice(b)}`);
+    }
+  }
+  const failed = results.filter((r) => r.note?.startsWith('failed') || r.note?.startsWith('check failed'));
+  if (failed.length > 0) {
+    console.error(`bench: ${failed.length} cell(s) failed`);
+    process.exitCode = 1;
+  }
+}
+
+main().catch((err: unknown) => {
+  console.error(err);
+  killAllChildren();
+  process.exit(1);
+});

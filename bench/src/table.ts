@@ -1,0 +1,174 @@
+/** Renders the benchmark's results as markdown: the table, the ratios and the targets. */
+import type { CellResult, Machine } from './run.js';
+
+const MiB = 2 ** 20;
+/** icapkit's default `bufferSize` (the profile does not change it). */
+export const DEFAULT_BUFFER_SIZE = 50 * MiB;
+
+const FW: Record<string, string> = { express: 'Express', fastify: 'Fastify', koa: 'Koa' };
+const SVC: Record<string, string> = {
+  avscan: 'c-icap avscan',
+  echo: 'c-icap echo',
+  '204': 'embedded 204',
+};
+
+export function pathLabel(r: Pick<CellResult, 'kind' | 'framework' | 'service'>): string {
+  switch (r.kind) {
+    case 'ceiling':
+      return `${FW[r.framework!]}, no scanning (ceiling)`;
+    case 'icapkit':
+      return `${FW[r.framework!]} + icapkit → ${SVC[r.service!]}`;
+    case 'squid':
+      return `Squid → ${SVC[r.service!]} → Express`;
+    case 'raw':
+      return `raw IcapClient → ${SVC[r.service!]}`;
+  }
+}
+
+const n0 = (v: number) => (v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2));
+const ms = (v: number) => (v >= 100 ? v.toFixed(0) : v.toFixed(1));
+const ratio = (a: number, b: number | undefined) =>
+  b === undefined || b === 0 || a === 0 ? '—' : `${(a / b).toFixed(2)}×`;
+
+function cellKey(r: Pick<CellResult, 'body' | 'clients'>): string {
+  return `${r.body}/${r.clients}`;
+}
+
+function rssText(r: CellResult): string {
+  if (r.peakRss === 0) return '—';
+  const growth = r.baseRss > 0 ? ` (+${Math.max(0, (r.peakRss - r.baseRss) / MiB).toFixed(0)})` : '';
+  return `${(r.peakRss / MiB).toFixed(0)}${growth}`;
+}
+
+function connText(r: CellResult): string {
+  if (r.icapOpened === undefined) return '—';
+  const client =
+    r.clientCreated !== undefined && r.clientCreated !== r.icapOpened ? ` (client: ${r.clientCreated})` : '';
+  return `${r.icapOpened} / ${r.icapPeakOpen}${client}`;
+}
+
+const pct = (v: number | undefined) => (v === undefined ? '—' : v.toFixed(0));
+
+export function renderReport(
+  results: CellResult[],
+  m: Machine,
+  extra: { cicapTuning: Record<string, number> },
+): string {
+  const out: string[] = [];
+  out.push(
+    `Machine: ${m.nproc} CPU (${m.cpuModel}), ${m.ramGiB} GiB RAM, Linux ${m.kernel}, Node ${m.node}; ` +
+      `${m.cicap}; ${m.squid}; load: ${m.loadTool}. ${m.date.slice(0, 16).replace('T', ' ')} UTC, ` +
+      `${m.mode} mode (warm-up ${m.warmupS} s, measure ${m.measureS} s; 32 MiB: ${m.measure32mS} s), ` +
+      `whole run ${m.totalS} s.`,
+  );
+  out.push('');
+  out.push(
+    `c-icap: ${Object.entries(extra.cicapTuning)
+      .map(([k, v]) => `${k} ${v}`)
+      .join(', ')}.`,
+  );
+  out.push('');
+  out.push(
+    '| Body | Clients | Path | req/s | p50 ms | p99 ms | peak RSS MiB (growth) | ICAP conns opened / peak open | CPU % app | CPU % ICAP server | Notes |',
+  );
+  out.push('|---|--:|---|--:|--:|--:|--:|--:|--:|--:|---|');
+  const byCell = new Map<string, CellResult[]>();
+  for (const r of results) {
+    const k = cellKey(r);
+    if (!byCell.has(k)) byCell.set(k, []);
+    byCell.get(k)!.push(r);
+  }
+  for (const rows of byCell.values()) {
+    for (const r of rows) {
+      const cpuApp = r.kind === 'raw' ? '—' : pct(r.cpuApp);
+      const notes = [
+        r.note,
+        r.kind === 'squid' ? `RSS, CPU: squid; origin CPU ${pct(r.cpuOrigin)}%` : undefined,
+      ]
+        .filter(Boolean)
+        .join('; ');
+      out.push(
+        `| ${r.bodyLabel} | ${r.clients} | ${pathLabel(r)} | ${n0(r.rps)} | ${ms(r.p50)} | ${ms(r.p99)} | ${r.kind === 'raw' ? '—' : rssText(r)} | ${connText(r)} | ${cpuApp} | ${pct(r.cpuIcap)} | ${notes} |`,
+      );
+    }
+  }
+
+  // Ratios.
+  out.push('');
+  out.push('Ratios (requests/s; same body, same clients, same ICAP service):');
+  out.push('');
+  out.push(
+    '| Body | Clients | icapkit path | req/s | ÷ Squid | ÷ ceiling (same framework) | ÷ raw ICAP capacity |',
+  );
+  out.push('|---|--:|---|--:|--:|--:|--:|');
+  const find = (rows: CellResult[], pred: (r: CellResult) => boolean) => rows.find(pred);
+  for (const rows of byCell.values()) {
+    for (const r of rows.filter((x) => x.kind === 'icapkit')) {
+      const squid = find(rows, (x) => x.kind === 'squid' && x.service === r.service);
+      const ceiling = find(rows, (x) => x.kind === 'ceiling' && x.framework === r.framework);
+      const raw = find(rows, (x) => x.kind === 'raw' && x.service === r.service);
+      out.push(
+        `| ${r.bodyLabel} | ${r.clients} | ${pathLabel(r)} | ${n0(r.rps)} | ${ratio(r.rps, squid?.rps)} | ${ratio(r.rps, ceiling?.rps)} | ${ratio(r.rps, raw?.rps)} |`,
+      );
+    }
+  }
+
+  out.push('');
+  out.push(...renderTargets(results));
+  return out.join('\n');
+}
+
+export function renderTargets(results: CellResult[]): string[] {
+  const out: string[] = ['Targets (computed from this run):', ''];
+  const icapkit = results.filter((r) => r.kind === 'icapkit');
+  const same = (a: CellResult, b: CellResult) => a.body === b.body && a.clients === b.clients;
+
+  const t1: string[] = [];
+  let t1ok = 0;
+  let t1all = 0;
+  for (const r of icapkit.filter((x) => x.service === 'avscan' && (x.body === '10k' || x.body === '1m'))) {
+    const s = results.find((x) => x.kind === 'squid' && x.service === 'avscan' && same(x, r));
+    if (!s || s.rps === 0) continue;
+    t1all++;
+    const v = r.rps / s.rps;
+    if (v >= 1.5) t1ok++;
+    else t1.push(`${FW[r.framework!]} ${r.bodyLabel} c=${r.clients}: ${v.toFixed(2)}×`);
+  }
+  out.push(
+    `- icapkit ≥ 1.5× Squid req/s (avscan, 10 KiB and 1 MiB): ${t1ok}/${t1all} cells met` +
+      (t1.length ? `; missed: ${t1.join(', ')}` : ''),
+  );
+
+  const t2: string[] = [];
+  let t2ok = 0;
+  let t2all = 0;
+  for (const r of icapkit.filter((x) => x.service === 'avscan' && x.body === '1m')) {
+    const raw = results.find((x) => x.kind === 'raw' && x.service === 'avscan' && same(x, r));
+    if (!raw || raw.rps === 0) continue;
+    t2all++;
+    const v = r.rps / raw.rps;
+    if (v >= 0.9) t2ok++;
+    else t2.push(`${FW[r.framework!]} c=${r.clients}: ${(v * 100).toFixed(0)}%`);
+  }
+  out.push(
+    `- icapkit ≥ 90% of raw ICAP capacity at 1 MiB (avscan): ${t2ok}/${t2all} cells met` +
+      (t2.length ? `; missed: ${t2.join(', ')}` : ''),
+  );
+
+  const t3 = icapkit.filter((r) => r.icapOpened !== undefined && r.icapOpened > r.clients);
+  out.push(
+    `- ≤ 1 ICAP connection per concurrent client: ${icapkit.length - t3.length}/${icapkit.length} cells met` +
+      (t3.length
+        ? `; missed: ${t3.map((r) => `${FW[r.framework!]}→${r.service} ${r.bodyLabel} c=${r.clients}: ${r.icapOpened}`).join(', ')}`
+        : ''),
+  );
+
+  const t4 = icapkit.filter((r) => r.peakRss - r.baseRss > r.clients * DEFAULT_BUFFER_SIZE);
+  out.push(
+    `- RSS growth ≤ clients × bufferSize (${DEFAULT_BUFFER_SIZE / MiB} MiB): ${icapkit.length - t4.length}/${icapkit.length} cells met` +
+      (t4.length
+        ? `; missed: ${t4.map((r) => `${r.path} ${r.bodyLabel} c=${r.clients}: +${((r.peakRss - r.baseRss) / MiB).toFixed(0)} MiB`).join(', ')}`
+        : ''),
+  );
+  return out;
+}

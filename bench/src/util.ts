@@ -1,0 +1,234 @@
+/** Small helpers shared by the benchmark's processes: ports, /proc readings, child processes. */
+import { type ChildProcess, type SpawnOptions, spawn } from 'node:child_process';
+import { accessSync, constants as fsConstants, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { createServer, Socket } from 'node:net';
+import { delimiter, join } from 'node:path';
+
+export const LOOPBACK = '127.0.0.1';
+
+export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+export function findOnPath(name: string): string | null {
+  for (const dir of (process.env.PATH ?? '').split(delimiter).concat(['/usr/sbin', '/sbin'])) {
+    if (!dir) continue;
+    const candidate = join(dir, name);
+    try {
+      accessSync(candidate, fsConstants.X_OK);
+      if (statSync(candidate).isFile()) return candidate;
+    } catch {
+      // not there
+    }
+  }
+  return null;
+}
+
+export function firstExisting(paths: readonly string[]): string | null {
+  for (const p of paths) {
+    try {
+      statSync(p);
+      return p;
+    } catch {
+      // next
+    }
+  }
+  return null;
+}
+
+/** A loopback port that was free a moment ago. */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.unref();
+    srv.once('error', reject);
+    srv.listen(0, LOOPBACK, () => {
+      const addr = srv.address();
+      const port = typeof addr === 'object' && addr ? addr.port : 0;
+      srv.close(() => (port > 0 ? resolve(port) : reject(new Error('freePort: no port'))));
+    });
+  });
+}
+
+export function canConnect(port: number, timeoutMs: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = new Socket();
+    const done = (ok: boolean) => {
+      socket.destroy();
+      resolve(ok);
+    };
+    socket.setTimeout(timeoutMs, () => done(false));
+    socket.once('error', () => done(false));
+    socket.connect(port, LOOPBACK, () => done(true));
+  });
+}
+
+export function killGroup(pid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(-pid, signal);
+  } catch {
+    // gone
+  }
+}
+
+/** Resolves true when the child exited within `ms`. */
+export function waitExit(child: ChildProcess, ms: number): Promise<boolean> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve(true);
+  return new Promise((resolve) => {
+    const t = setTimeout(() => resolve(false), ms);
+    child.once('exit', () => {
+      clearTimeout(t);
+      resolve(true);
+    });
+  });
+}
+
+/** VmRSS and VmHWM (peak RSS) of a process, in bytes (0 when unreadable). */
+export function memOf(pid: number): { rss: number; hwm: number } {
+  try {
+    const s = readFileSync(`/proc/${pid}/status`, 'utf8');
+    const kb = (name: string) => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(s)?.[1] ?? 0) * 1024;
+    return { rss: kb('VmRSS'), hwm: kb('VmHWM') };
+  } catch {
+    return { rss: 0, hwm: 0 };
+  }
+}
+
+/** Resets a process's peak RSS (VmHWM) to its current RSS (Linux >= 4.0, own or root). */
+export function resetPeakRss(pid: number): boolean {
+  try {
+    writeFileSync(`/proc/${pid}/clear_refs`, '5');
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const CLK_TCK = 100;
+/** CPU seconds (user + system) used so far by a process (0 when unreadable). */
+export function cpuOf(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(f[11]) + Number(f[12])) / CLK_TCK;
+  } catch {
+    return 0;
+  }
+}
+
+/* ------------------------------------------------------------------ child processes */
+
+const children = new Set<ChildProcess>();
+let hooksInstalled = false;
+
+/** Kills every child started through {@link startChild} (SIGKILL to its group). */
+export function killAllChildren(): void {
+  for (const c of children) if (c.pid !== undefined) killGroup(c.pid, 'SIGKILL');
+  children.clear();
+}
+
+function installHooks(): void {
+  if (hooksInstalled) return;
+  hooksInstalled = true;
+  process.once('exit', killAllChildren);
+}
+
+/** Registers an externally spawned child so it is killed on exit too. */
+export function track(child: ChildProcess): void {
+  installHooks();
+  children.add(child);
+  child.once('exit', () => children.delete(child));
+}
+
+export interface Child {
+  process: ChildProcess;
+  pid: number;
+  /** The JSON object the child printed on its `READY ` line. */
+  ready: Record<string, unknown>;
+  /** Last output lines, for error messages. */
+  output(): string;
+  /** Resolves with the child's final `RESULT ` JSON line (or rejects when it exits without one). */
+  result(): Promise<Record<string, unknown>>;
+  stop(): Promise<void>;
+}
+
+/**
+ * Spawns a process in its own process group and waits for a line `READY {json}` on stdout.
+ * A later `RESULT {json}` line is available through result().
+ */
+export function startChild(
+  cmd: string,
+  args: string[],
+  opts: { env?: NodeJS.ProcessEnv; cwd?: string; timeoutMs?: number; waitReady?: boolean } = {},
+): Promise<Child> {
+  installHooks();
+  const spawnOpts: SpawnOptions = {
+    detached: true,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, ...opts.env },
+  };
+  if (opts.cwd !== undefined) spawnOpts.cwd = opts.cwd;
+  const child = spawn(cmd, args, spawnOpts);
+  children.add(child);
+  let out = '';
+  let buf = '';
+  let readyResolve: ((v: Record<string, unknown>) => void) | undefined;
+  let resultValue: Record<string, unknown> | undefined;
+  const keep = (s: string) => {
+    out = (out + s).slice(-16_000);
+  };
+  child.stdout?.setEncoding('utf8');
+  child.stderr?.setEncoding('utf8');
+  child.stdout?.on('data', (s: string) => {
+    keep(s);
+    buf += s;
+    let i = buf.indexOf('\n');
+    while (i !== -1) {
+      const line = buf.slice(0, i);
+      buf = buf.slice(i + 1);
+      if (line.startsWith('READY ')) readyResolve?.(JSON.parse(line.slice(6)) as Record<string, unknown>);
+      if (line.startsWith('RESULT ')) resultValue = JSON.parse(line.slice(7)) as Record<string, unknown>;
+      i = buf.indexOf('\n');
+    }
+  });
+  child.stderr?.on('data', keep);
+  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  child.once('exit', () => children.delete(child));
+  const stop = async () => {
+    if (child.pid === undefined) return;
+    killGroup(child.pid, 'SIGTERM');
+    if (!(await waitExit(child, 3000))) killGroup(child.pid, 'SIGKILL');
+    await waitExit(child, 3000);
+  };
+  const make = (ready: Record<string, unknown>): Child => ({
+    process: child,
+    pid: child.pid!,
+    ready,
+    output: () => out,
+    result: async () => {
+      await exited;
+      if (resultValue === undefined) {
+        throw new Error(`${cmd} ${args.join(' ')} ended without a result (exit ${child.exitCode})\n${out}`);
+      }
+      return resultValue;
+    },
+    stop,
+  });
+  if (opts.waitReady === false) return Promise.resolve(make({}));
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      void stop();
+      reject(new Error(`${cmd} ${args.join(' ')} not ready within ${opts.timeoutMs ?? 15_000} ms\n${out}`));
+    }, opts.timeoutMs ?? 15_000);
+    readyResolve = (v) => {
+      clearTimeout(timer);
+      resolve(make(v));
+    };
+    child.once('exit', (code, signal) => {
+      clearTimeout(timer);
+      reject(new Error(`${cmd} ${args.join(' ')} exited (${code ?? signal}) before it was ready\n${out}`));
+    });
+    child.once('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+  });
+}

@@ -1,0 +1,92 @@
+/**
+ * Smoke test of the benchmark: `bench/dist/run.js --short` starts c-icap, the embedded server,
+ * Squid and every application, runs one small cell per path and prints the table. No timing
+ * assertion: only that it runs, every path produced a row, and everything it started is gone.
+ *
+ * Skipped when c-icap or Squid is not installed, or the bench was not built (`pnpm run build`),
+ * except under CI=true, where that is a failure.
+ */
+import { execFile } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { describe, expect, it } from 'vitest';
+import { cIcapMissing } from '../src/cicap.js';
+import { squidMissing } from '../src/squid.js';
+
+const BENCH = fileURLToPath(new URL('..', import.meta.url));
+const RUN = join(BENCH, 'dist', 'run.js');
+
+const missing = [...cIcapMissing(), ...squidMissing()];
+if (!existsSync(RUN)) missing.push(`${RUN} (run pnpm run build first)`);
+if (missing.length > 0 && process.env.CI === 'true') {
+  throw new Error(
+    `CI=true but the benchmark's prerequisites are missing: ${missing.join('; ')}. ` +
+      'Install: apt-get install -y c-icap libc-icap-mod-virus-scan squid (wrk optional: autocannon is the fallback)',
+  );
+}
+
+/** Processes whose command line mentions `needle` (to check nothing was left running). */
+function processesWith(needle: string): number[] {
+  const pids: number[] = [];
+  for (const e of readdirSync('/proc')) {
+    if (!/^\d+$/.test(e) || Number(e) === process.pid) continue;
+    try {
+      if (readFileSync(`/proc/${e}/cmdline`, 'utf8').includes(needle)) pids.push(Number(e));
+    } catch {
+      // gone
+    }
+  }
+  return pids;
+}
+
+describe.skipIf(missing.length > 0)('bench --short', () => {
+  it('runs every path once and prints one table with ratios', { timeout: 240_000 }, async () => {
+    const out = await mkdtemp(join(tmpdir(), 'icapkit-bench-smoke-'));
+    try {
+      const { code, stdout, stderr } = await new Promise<{
+        code: number | null;
+        stdout: string;
+        stderr: string;
+      }>((resolve) => {
+        execFile(
+          process.execPath,
+          [RUN, '--short', `--out=${out}`],
+          { timeout: 220_000, killSignal: 'SIGINT', maxBuffer: 16 * 1024 * 1024 },
+          (err, so, se) =>
+            resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout: so, stderr: se }),
+        );
+      });
+      expect(code, `bench failed:\n${stderr}\n${stdout}`).toBe(0);
+      // The table, the ratios and the targets.
+      expect(stdout).toContain('| Body | Clients | Path | req/s | p50 ms | p99 ms |');
+      expect(stdout).toContain('÷ Squid');
+      expect(stdout).toContain('Targets (computed from this run)');
+      const json = JSON.parse(await readFile(join(out, 'short.json'), 'utf8')) as {
+        results: Array<{ path: string; ok: number; note?: string }>;
+      };
+      const paths = json.results.map((r) => r.path);
+      for (const p of [
+        'ceiling-express',
+        'express-avscan',
+        'fastify-echo',
+        'koa-204',
+        'squid-avscan',
+        'raw-avscan',
+      ]) {
+        expect(paths).toContain(p);
+      }
+      for (const r of json.results) {
+        expect(r.note ?? '', `${r.path}: ${r.note}`).not.toMatch(/^(failed|check failed)/);
+        expect(r.ok, r.path).toBeGreaterThan(0);
+      }
+      // Nothing it started outlives it.
+      expect(processesWith('icapkit-bench-')).toEqual([]);
+      expect(processesWith(join(BENCH, 'dist'))).toEqual([]);
+    } finally {
+      await rm(out, { recursive: true, force: true });
+    }
+  });
+});
