@@ -36,7 +36,10 @@ export interface IcapClientOptions {
   maxConnections?: number | undefined;
   /** ms to establish TCP (and TLS). Default 10 000. */
   connectTimeout?: number | undefined;
-  /** ms without any byte moving while the transaction waits for one. Default 60 000. */
+  /**
+   * ms without any byte moving while the transaction waits for the server. Not while it waits
+   * for its own body source or for the reader of the response body. Default 60 000.
+   */
   ioTimeout?: number | undefined;
   /** ms for a whole request (OPTIONS included), unless the request gives its own. Default 60 000. */
   timeout?: number | undefined;

@@ -46,6 +46,8 @@ export const IcapErrorCodes = {
   SPOOL: 'ICAP_ERR_SPOOL',
   /** Reading the HTTP body to be scanned failed (for example the HTTP client went away). */
   BODY_SOURCE: 'ICAP_ERR_BODY_SOURCE',
+  /** The HTTP client sent nothing of its request body for bodyTimeout (408). */
+  BODY_TIMEOUT: 'ICAP_ERR_BODY_TIMEOUT',
   /** The client or pool was closed. */
   CLOSED_CLIENT: 'ICAP_ERR_CLIENT_CLOSED',
   /** No ICAP server is available (all suspended or none configured). */

@@ -155,6 +155,8 @@ export class Transaction {
   #responseResolved = false;
   #receivedAny = false;
   #pausedForBody = false;
+  /** The writer waits for its body source: the server has all it was sent, the stall is not its own. */
+  #awaitingSource = false;
   #body: Readable | null = null;
   #finalHead: IcapResponseHead | null = null;
   #iterator: AsyncIterator<Uint8Array> | null = null;
@@ -313,7 +315,12 @@ export class Transaction {
     ]);
     if (r === NOT_READY) {
       if (!(await this.#flush())) return STOP;
-      r = await this.#until(p);
+      this.#awaitingSource = true;
+      try {
+        r = await this.#until(p);
+      } finally {
+        this.#awaitingSource = false;
+      }
     }
     if (this.#stopped) return STOP;
     return r;
@@ -564,7 +571,9 @@ export class Transaction {
   };
 
   readonly #onTimeout = (): void => {
-    if (this.#pausedForBody) return;
+    // Idle because our side is slow (the response's reader, or the body's source): not the
+    // server's fault. Whoever owns the source bounds its stalls (the engine's bodyTimeout).
+    if (this.#pausedForBody || this.#awaitingSource) return;
     this.#fail(
       new IcapError(
         IcapErrorCodes.IO_TIMEOUT,

@@ -39,6 +39,12 @@ export interface BodyStoreOptions {
   memoryThreshold?: number;
   /** Folder for temp files. Default: the OS temp folder. */
   spoolDir?: string;
+  /**
+   * ms the source may send nothing while the store is reading it (not while the store holds it
+   * back for slow readers): then `onIdle` is called once. Default: no limit.
+   */
+  idleTimeout?: number;
+  onIdle?: () => void;
 }
 
 /** Spool writes outstanding above which the client is paused. */
@@ -71,6 +77,9 @@ export class BodyStore implements ReplayableBody {
   #paused = false;
   #endWaiters: Array<() => void> = [];
   #disposed = false;
+  readonly #idleTimeout: number | undefined;
+  readonly #onIdle: (() => void) | undefined;
+  #idleTimer: NodeJS.Timeout | undefined;
 
   constructor(options: BodyStoreOptions) {
     this.#limit = options.limit;
@@ -80,6 +89,8 @@ export class BodyStore implements ReplayableBody {
     this.#spoolDir = options.spoolDir ?? tmpdir();
     this.#hash = options.hash ? createHash('sha256') : undefined;
     this.#onExceeded = options.onExceeded;
+    this.#idleTimeout = options.idleTimeout;
+    this.#onIdle = options.onIdle;
   }
 
   /** Bytes received so far. */
@@ -141,7 +152,29 @@ export class BodyStore implements ReplayableBody {
     source.on('error', this.#onError);
     source.on('close', this.#onClose);
     if (source.isPaused()) source.resume();
+    this.#armIdle();
   }
+
+  /** (Re)starts the idle timer while the source is being read. */
+  #armIdle(): void {
+    if (this.#idleTimeout === undefined || this.#source === undefined || this.#paused) return;
+    if (this.#idleTimer === undefined) {
+      this.#idleTimer = setTimeout(this.#onIdleTimeout, this.#idleTimeout);
+      this.#idleTimer.unref();
+    } else this.#idleTimer.refresh();
+  }
+
+  #stopIdle(): void {
+    if (this.#idleTimer === undefined) return;
+    clearTimeout(this.#idleTimer);
+    this.#idleTimer = undefined;
+  }
+
+  readonly #onIdleTimeout = (): void => {
+    this.#idleTimer = undefined;
+    if (this.#ended || this.#error !== undefined || this.#exceeded || this.#disposed) return;
+    this.#onIdle?.();
+  };
 
   /** Stops reading from the source (it is left paused, listeners removed). */
   detach(): void {
@@ -153,6 +186,7 @@ export class BodyStore implements ReplayableBody {
     s.removeListener('error', this.#onError);
     s.removeListener('close', this.#onClose);
     s.pause();
+    this.#stopIdle();
   }
 
   /** Feeds bytes directly (for sources that are not streams). */
@@ -428,6 +462,7 @@ export class BodyStore implements ReplayableBody {
     }
     for (const r of this.#readers) r.wake();
     this.#flow();
+    if (this.#source !== undefined) this.#armIdle();
   };
 
   /** Moves what is held to a temp file; from now on the body is written there. */
@@ -480,6 +515,7 @@ export class BodyStore implements ReplayableBody {
   }
 
   #detachListeners(): void {
+    this.#stopIdle();
     const s = this.#source;
     if (s === undefined) return;
     s.removeListener('data', this.#onData);
@@ -520,9 +556,12 @@ export class BodyStore implements ReplayableBody {
     if (pause && !this.#paused) {
       this.#paused = true;
       s.pause();
+      // Held back by us, not idle on the client's side.
+      this.#stopIdle();
     } else if (!pause && this.#paused) {
       this.#paused = false;
       s.resume();
+      this.#armIdle();
     }
   }
 }
@@ -827,13 +866,16 @@ export class AdaptedBody {
     const rest = this.#stored.stream();
     this.#stored.release();
     if (prefix.length === 0) return rest;
-    return Readable.from(
+    const whole = Readable.from(
       (async function* () {
         yield* prefix;
         yield* rest;
       })(),
       { objectMode: false },
     );
+    // Destroyed before it reached `rest` (still in the prefix): `rest` and its temp file go too.
+    whole.once('close', () => rest.destroy());
+    return whole;
   }
 
   /** Frees the stored bytes (and their temp file). */

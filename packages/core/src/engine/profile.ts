@@ -40,6 +40,12 @@ export interface IcapProfile {
   responseTimeout?: number | undefined;
   /** ms after which a scan makes the log entry significant. Default 10000. */
   slowResponseWarningThreshold?: number | undefined;
+  /**
+   * ms the HTTP client may send nothing in the middle of its request body; then the scan is
+   * cancelled and the client gets 408 (never the failure action: there is no whole body to
+   * pass). A stalled client never counts against the ICAP server's health. Default 30000 (50-3600000).
+   */
+  bodyTimeout?: number | undefined;
   /** ICAP failure (connect, timeout, protocol, 4xx/5xx, reset): 'fail-closed' answers 503, 'fail-open' passes. Default 'fail-closed'. */
   failAction?: FailureAction | undefined;
   nsxDefenderConfig?:
@@ -191,6 +197,7 @@ export interface ResolvedProfile {
   previewSize: number;
   responseTimeout: number;
   slowResponseWarningThreshold: number;
+  bodyTimeout: number;
   failAction: FailureAction;
   nsxStatusUrl: string;
   forwardLastlineHeaders: boolean;
@@ -229,6 +236,7 @@ export const PROFILE_DEFAULTS = {
   previewSize: 5000,
   responseTimeout: 60_000,
   slowResponseWarningThreshold: 10_000,
+  bodyTimeout: 30_000,
   failAction: 'fail-closed',
   blockResponse: 'page',
   maxConnections: 32,
@@ -266,6 +274,7 @@ const PROFILE_KEYS = new Set([
   'previewSize',
   'responseTimeout',
   'slowResponseWarningThreshold',
+  'bodyTimeout',
   'failAction',
   'nsxDefenderConfig',
   'tls',
@@ -563,6 +572,7 @@ export function resolveProfile(profile: IcapProfile): ResolvedProfile {
       3_600_000,
       'ms',
     ),
+    bodyTimeout: integer(p.bodyTimeout, 'profile.bodyTimeout', PROFILE_DEFAULTS.bodyTimeout, 50, 3_600_000, 'ms'),
     failAction: oneOf(
       p.failAction,
       ['fail-closed', 'fail-open'],

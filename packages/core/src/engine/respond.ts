@@ -5,7 +5,13 @@
  * are, since they help the person who uploaded the file.
  */
 
-export type ResponseKind = 'blocked' | 'too-large' | 'unavailable' | 'bad-request' | 'unsupported-type';
+export type ResponseKind =
+  | 'blocked'
+  | 'too-large'
+  | 'unavailable'
+  | 'bad-request'
+  | 'unsupported-type'
+  | 'timeout';
 
 export interface ClientResponse {
   status: number;
@@ -49,6 +55,11 @@ const TEXT: Record<ResponseKind, { status: number; title: string; detail: string
     status: 415,
     title: 'Upload type not accepted',
     detail: 'This kind of upload is not accepted here.',
+  },
+  timeout: {
+    status: 408,
+    title: 'Upload timed out',
+    detail: 'This upload stopped arriving before it was complete, so it was not accepted.',
   },
 };
 

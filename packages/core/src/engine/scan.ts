@@ -220,6 +220,14 @@ export class IcapEngine {
               `the request body is larger than bufferSize (${p.bufferSize} bytes)`,
             ),
           ),
+        idleTimeout: p.bodyTimeout,
+        onIdle: () =>
+          abort(
+            new IcapError(
+              IcapErrorCodes.BODY_TIMEOUT,
+              `the HTTP client sent nothing of its request body for bodyTimeout (${p.bodyTimeout} ms)`,
+            ),
+          ),
       });
       store.attach(req);
     }
@@ -481,6 +489,7 @@ export class IcapEngine {
         options,
       );
     }
+    if (error.code === IcapErrorCodes.BODY_TIMEOUT) return this.#clientTimeout(error, facts, log, store, options);
     if (error.code === IcapErrorCodes.BODY_SOURCE || error.code === IcapErrorCodes.ABORTED) {
       log.significance.push('CLIENT_ABORTED');
       store?.dispose();
@@ -826,20 +835,26 @@ export class IcapEngine {
           memoryThreshold: p.memoryThreshold,
           spoolDir: p.spoolDir,
         });
-        if (res.body !== null) {
-          for await (const chunk of res.body as AsyncIterable<Buffer>) {
-            if (!adapted.write(chunk)) {
-              res.body.destroy();
-              throw new IcapError(
-                IcapErrorCodes.BODY_TOO_LARGE,
-                `the body returned by the ICAP server is larger than bufferSize (${p.bufferSize} bytes)`,
-              );
+        try {
+          if (res.body !== null) {
+            for await (const chunk of res.body as AsyncIterable<Buffer>) {
+              if (!adapted.write(chunk)) {
+                res.body.destroy();
+                throw new IcapError(
+                  IcapErrorCodes.BODY_TOO_LARGE,
+                  `the body returned by the ICAP server is larger than bufferSize (${p.bufferSize} bytes)`,
+                );
+              }
             }
           }
+          entry.latency = String(Math.round((await res.done).latencyMs));
+          // Whether the returned body equals the original can only be said once the original is complete.
+          await bodyComplete(store, p.bufferSize);
+        } catch (err) {
+          // What was stored of the returned body (in memory or a temp file) goes with the attempt.
+          adapted.dispose();
+          throw err;
         }
-        entry.latency = String(Math.round((await res.done).latencyMs));
-        // Whether the returned body equals the original can only be said once the original is complete.
-        await bodyComplete(store, p.bufferSize);
         return { type: 'adapted', res, verdict, adapted };
       }
     }
@@ -895,7 +910,11 @@ export class IcapEngine {
     const sameHead = head === null || sameRequestHead(head, sentFacts, this.profile.absoluteUri);
     if (adapted.identical() && sameHead) {
       if (entry !== undefined) entry.action = 'ICAP_PASSED';
-      if (store?.retaining) return pass('ICAP_PASSED', log, store, null, clientHeaders);
+      if (store?.retaining) {
+        // The original is replayed: what was kept of the echo (in hash mode, maybe a temp file) goes.
+        adapted.dispose();
+        return pass('ICAP_PASSED', log, store, null, clientHeaders);
+      }
       return pass('ICAP_PASSED', log, null, adapted.stream(), clientHeaders, dispose, adapted.length);
     }
     log.significance.push('ICAP_MODIFIED');
@@ -1031,6 +1050,32 @@ export class IcapEngine {
       headers: response.headers,
       body: response.body,
       closeConnection,
+    };
+  }
+
+  /** The HTTP client stalled in the middle of its body: 408, whatever the failure action. */
+  #clientTimeout(
+    error: IcapError,
+    facts: HttpRequestFacts,
+    log: IcapLog,
+    store: BodyStore | null,
+    options: ScanOptions,
+  ): ScanOutcome {
+    log.significance.push('CLIENT_TIMEOUT');
+    log.error_code = error.code;
+    log.error_message = error.message;
+    store?.dispose();
+    const response = buildResponse('timeout', facts.headers.get('accept'), {
+      requestId: options.requestId,
+      closeConnection: true,
+    });
+    return {
+      ...base('ICAP_FAILED', log, undefined, [], () => {}),
+      kind: 'respond',
+      status: response.status,
+      headers: response.headers,
+      body: response.body,
+      closeConnection: true,
     };
   }
 
