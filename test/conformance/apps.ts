@@ -12,7 +12,7 @@ import { readFile } from 'node:fs/promises';
 import { createServer as createHttp2Server, type Http2Server } from 'node:http2';
 import type { AddressInfo } from 'node:net';
 import fastifyMultipart from '@fastify/multipart';
-import type { IcapProfile, IcapRequestInfo } from '@icapkit/core';
+import type { IcapEngine, IcapProfile, IcapRequestInfo } from '@icapkit/core';
 import { icap as expressIcap } from '@icapkit/express';
 import { icap as fastifyIcap } from '@icapkit/fastify';
 import { icap as koaIcap } from '@icapkit/koa';
@@ -53,6 +53,8 @@ export interface App {
   url: string;
   http2: boolean;
   seen: Seen[];
+  /** The adapter's scanning engine (health, connections). */
+  engine: IcapEngine;
   close(): Promise<void>;
 }
 
@@ -143,6 +145,7 @@ async function startExpress(framework: 'express5' | 'express4', profile: IcapPro
     http2: false,
     url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
     seen,
+    engine: mw.engine,
     close: async () => {
       server.closeAllConnections();
       await new Promise<void>((resolve) => server.close(() => resolve()));
@@ -224,6 +227,7 @@ async function startFastify(profile: IcapProfile, options: AppOptions): Promise<
     http2: options.http2 === true,
     url: `http://127.0.0.1:${port}`,
     seen,
+    engine: app.icapEngine,
     close: () => app.close(),
   };
 }
@@ -300,6 +304,7 @@ async function startKoa(framework: 'koa3' | 'koa2', profile: IcapProfile, option
     http2: options.http2 === true,
     url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
     seen,
+    engine: mw.engine,
     close: async () => {
       if ('closeAllConnections' in server) server.closeAllConnections();
       await new Promise<void>((resolve) => server.close(() => resolve()));

@@ -22,8 +22,11 @@ export type Fault =
   | { kind: 'continue-after-ieof' }
   /** Answer with a header section of about this many bytes. */
   | { kind: 'oversized-headers'; bytes: number }
-  /** Answer 200 with a chunk that never ends (written with backpressure until the client closes). */
-  | { kind: 'endless-chunk' }
+  /**
+   * Answer 200 with a chunk that never ends (written with backpressure until the client closes):
+   * the body of an HTTP response (default), or of a modified request (`in: 'request'`).
+   */
+  | { kind: 'endless-chunk'; in?: 'response' | 'request' }
   /** Send 100 Continue after the preview, then never read or answer. */
   | { kind: 'stall-after-continue' }
   /** Answer with a block page right after the ICAP head, before reading the body (then discard it). */

@@ -109,6 +109,11 @@ export interface IcapTestServer {
   setScript(fn: ((req: RecordedRequest) => Fault | undefined) | undefined): void;
   /** Forgets recorded requests. */
   reset(): void;
+  /**
+   * Destroys every open connection (one stalled on purpose, say), and resolves once they are
+   * closed; the server keeps listening.
+   */
+  closeConnections(): Promise<void>;
   /** Stops listening and destroys every connection and timer. */
   close(): Promise<void>;
 }
@@ -175,8 +180,20 @@ class TestServer {
       reset: () => {
         this.requests.length = 0;
       },
+      closeConnections: () => this.closeConnections(),
       close: () => this.close(),
     };
+  }
+
+  async closeConnections(): Promise<void> {
+    const closing = [...this.sockets].map(
+      (s) =>
+        new Promise<void>((resolve) =>
+          s.destroyed && s.closed ? resolve() : s.once('close', () => resolve()),
+        ),
+    );
+    for (const s of this.sockets) s.destroy();
+    await Promise.all(closing);
   }
 
   accept(socket: Socket): void {
@@ -462,7 +479,7 @@ class Session {
       return;
     }
     if (fault?.kind === 'endless-chunk') {
-      this.#endless(rec);
+      this.#endless(rec, head, fault.in ?? 'response');
       return;
     }
     if (!['/avscan', '/echo', '/modify'].includes(rec.service)) {
@@ -677,16 +694,20 @@ class Session {
     this.#write(Buffer.concat([chunkHeader(data.length), data, CRLF]));
   }
 
-  #endless(rec: RecordedRequest): void {
+  #endless(rec: RecordedRequest, head: IcapRequestHead, where: 'response' | 'request'): void {
     rec.status = 200;
-    const http = encodeHttpResponseHead({
-      status: 200,
-      reason: 'OK',
-      headers: [['Content-Type', 'application/octet-stream']],
-    });
+    const http =
+      where === 'request'
+        ? this.#adaptedHead(head, undefined, [])
+        : encodeHttpResponseHead({
+            status: 200,
+            reason: 'OK',
+            headers: [['Content-Type', 'application/octet-stream']],
+          });
+    const kind = where === 'request' ? 'req' : 'res';
     this.#write(
       Buffer.concat([
-        this.#icapHead(200, 'OK', [], `res-hdr=0, res-body=${http.length}`),
+        this.#icapHead(200, 'OK', [], `${kind}-hdr=0, ${kind}-body=${http.length}`),
         http,
         Buffer.from('7fffffffffff\r\n'),
       ]),
