@@ -572,7 +572,14 @@ export function resolveProfile(profile: IcapProfile): ResolvedProfile {
       3_600_000,
       'ms',
     ),
-    bodyTimeout: integer(p.bodyTimeout, 'profile.bodyTimeout', PROFILE_DEFAULTS.bodyTimeout, 50, 3_600_000, 'ms'),
+    bodyTimeout: integer(
+      p.bodyTimeout,
+      'profile.bodyTimeout',
+      PROFILE_DEFAULTS.bodyTimeout,
+      50,
+      3_600_000,
+      'ms',
+    ),
     failAction: oneOf(
       p.failAction,
       ['fail-closed', 'fail-open'],

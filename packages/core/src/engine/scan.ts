@@ -489,7 +489,8 @@ export class IcapEngine {
         options,
       );
     }
-    if (error.code === IcapErrorCodes.BODY_TIMEOUT) return this.#clientTimeout(error, facts, log, store, options);
+    if (error.code === IcapErrorCodes.BODY_TIMEOUT)
+      return this.#clientTimeout(error, facts, log, store, options);
     if (error.code === IcapErrorCodes.BODY_SOURCE || error.code === IcapErrorCodes.ABORTED) {
       log.significance.push('CLIENT_ABORTED');
       store?.dispose();
