@@ -11,6 +11,7 @@ export type ResponseKind =
   | 'unavailable'
   | 'bad-request'
   | 'unsupported-type'
+  | 'unsupported-transfer-coding'
   | 'timeout';
 
 export interface ClientResponse {
@@ -55,6 +56,11 @@ const TEXT: Record<ResponseKind, { status: number; title: string; detail: string
     status: 415,
     title: 'Upload type not accepted',
     detail: 'This kind of upload is not accepted here.',
+  },
+  'unsupported-transfer-coding': {
+    status: 501,
+    title: 'Upload framing not supported',
+    detail: 'This upload uses a transfer coding that is not supported here.',
   },
   timeout: {
     status: 408,

@@ -403,6 +403,20 @@ export class IcapEngine {
    */
   async #early(facts: HttpRequestFacts, log: IcapLog, options: ScanOptions): Promise<ScanOutcome | null> {
     const p = this.profile;
+    const transfer = transferCodingOf(facts);
+    if (transfer !== 'chunked' && transfer !== undefined) {
+      // Node only removes the chunked framing: the body would reach the application still coded.
+      return this.#refuse(
+        'unsupported-transfer-coding',
+        501,
+        IcapErrorCodes.CONTENT_ENCODING,
+        `Transfer-Encoding ${JSON.stringify(transfer)} is not supported (only chunked)`,
+        facts,
+        log,
+        null,
+        options,
+      );
+    }
     const coding = contentCodingOf(facts);
     if (facts.hasBody && coding !== 'identity' && (p.contentEncoding === 'refuse' || !DECODERS.has(coding))) {
       const reason =
@@ -944,7 +958,7 @@ export class IcapEngine {
    */
   #refuse(
     kind: ResponseKind,
-    status: 400 | 413 | 415,
+    status: 400 | 413 | 415 | 501,
     code: IcapErrorCode,
     reason: string,
     facts: HttpRequestFacts,
@@ -1149,6 +1163,17 @@ function contentCodingOf(facts: HttpRequestFacts): string {
     .filter((c) => c !== '' && c !== 'identity');
   if (codings.length === 0) return 'identity';
   return codings.length === 1 ? codings[0]! : codings.join(', ');
+}
+
+/** The request's transfer codings ('chunked', or the whole list when there is more), if any. */
+function transferCodingOf(facts: HttpRequestFacts): string | undefined {
+  const values = facts.headers.getAll('transfer-encoding');
+  if (values.length === 0) return undefined;
+  const codings = values
+    .flatMap((v) => v.split(','))
+    .map((c) => c.trim().toLowerCase())
+    .filter((c) => c !== '');
+  return codings.length === 1 ? codings[0] : codings.join(', ');
 }
 
 /** Adds `store.dispose()` to an outcome's dispose. */
@@ -1394,14 +1419,16 @@ async function readRelay(res: IcapResponse): Promise<ClientResponse> {
     }
   }
   const body = n > MAX_RELAY_BODY ? Buffer.from('Blocked\n') : Buffer.concat(chunks, n);
+  const named = connectionNamed(http.headers);
   const headers: Array<[string, string]> = [];
   for (const [name, value] of http.headers) {
     const key = name.toLowerCase();
-    if (RELAY_DROP.has(key) || !isToken(name) || !isSafeFieldValue(value)) continue;
+    if (RELAY_DROP.has(key) || named.has(key) || !isToken(name) || !isSafeFieldValue(value)) continue;
     headers.push([name, value]);
   }
   headers.push(['Content-Length', String(body.length)], ['Cache-Control', 'no-store']);
-  const status = http.status >= 200 && http.status <= 599 ? http.status : 403;
+  // A blocked upload never looks accepted: a 2xx (or odd) page goes out as 403; a redirect stays.
+  const status = http.status >= 300 && http.status <= 599 ? http.status : 403;
   return { status, headers, body };
 }
 
@@ -1486,6 +1513,19 @@ const HOP_BY_HOP = new Set([
   'http2-settings',
 ]);
 
+/** Field names listed in `Connection` (hop-by-hop by declaration), lower-cased. */
+function connectionNamed(headers: Iterable<readonly [string, string]>): Set<string> {
+  const named = new Set<string>();
+  for (const [name, value] of headers) {
+    if (name.toLowerCase() !== 'connection') continue;
+    for (const token of value.split(',')) {
+      const t = token.trim().toLowerCase();
+      if (t !== '') named.add(t);
+    }
+  }
+  return named;
+}
+
 function originForm(target: string): string {
   const m = /^[a-z][a-z0-9+.-]*:\/\/[^/?#]*(.*)$/i.exec(target);
   if (m === null) return target;
@@ -1499,12 +1539,14 @@ function rewriteHead(
   length: number,
 ): { method: string; url: string; headers: Array<[string, string]> } {
   const source: Iterable<readonly [string, string]> = head?.headers ?? facts.headerPairs;
+  const named = connectionNamed(source);
   const headers: Array<[string, string]> = [];
   for (const [name, value] of source) {
     const key = name.toLowerCase();
     if (
       key.startsWith(':') ||
       HOP_BY_HOP.has(key) ||
+      named.has(key) ||
       key === 'content-length' ||
       key.startsWith('x-lastline-')
     )
