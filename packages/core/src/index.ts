@@ -1,3 +1,4 @@
+export * from './analytics/index.js';
 export * from './client/client.js';
 export type { IcapTlsOptions, ServerEndpoint } from './client/connection.js';
 export { endpointLabel } from './client/connection.js';

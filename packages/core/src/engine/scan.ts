@@ -95,6 +95,9 @@ export interface AbortedOutcome extends OutcomeBase {
 
 export type ScanOutcome = PassOutcome | RewriteOutcome | RespondOutcome | AbortedOutcome;
 
+/** Receives every finished `icap_log` record of an engine (see `engine.addLogListener`). */
+export type LogListener = (log: Readonly<IcapLog>) => void;
+
 /** setTimeout's largest delay: the engine bounds transactions with its own signal. */
 const NO_CLIENT_TIMEOUT = 2_147_483_647;
 /** How long a refused request's remaining body is read (and discarded) before answering. */
@@ -128,6 +131,7 @@ export class IcapEngine {
   readonly profile: ResolvedProfile;
   readonly #group: PoolGroup;
   readonly #telemetry: Telemetry;
+  readonly #logListeners = new Set<LogListener>();
   #closed = false;
 
   constructor(profile: IcapProfile) {
@@ -156,6 +160,31 @@ export class IcapEngine {
     return this.#group;
   }
 
+  /**
+   * Adds a receiver of every `icap_log` record, after the profile's `onLog` and the logger
+   * (which it does not replace). Returns the function that removes it. A listener that throws
+   * is reported to the logger and does not affect the scan or the other listeners.
+   */
+  addLogListener(listener: LogListener): () => void {
+    const entry: LogListener = (log) => listener(log);
+    this.#logListeners.add(entry);
+    return () => {
+      this.#logListeners.delete(entry);
+    };
+  }
+
+  /** Sends a finished record to `onLog`, the logger and the log listeners. */
+  #emit(log: IcapLog, logger: PinoLike | undefined): void {
+    emitLog(log, this.profile.onLog, logger);
+    for (const listener of this.#logListeners) {
+      try {
+        listener(log);
+      } catch (err) {
+        logger?.error({ err }, 'icapkit: a log listener threw');
+      }
+    }
+  }
+
   /** Stops probes and closes every ICAP connection. */
   async close(): Promise<void> {
     this.#closed = true;
@@ -179,7 +208,7 @@ export class IcapEngine {
       if (outcome.kind === 'respond') log.http_response_code = outcome.status;
       log.significant = log.significance.length > 0;
       this.#telemetry.scanEnd(scope, log, store?.received ?? 0);
-      emitLog(log, p.onLog, logger);
+      this.#emit(log, logger);
       return outcome;
     };
 
@@ -474,7 +503,7 @@ export class IcapEngine {
     log.http_response_code = early.status;
     log.significant = true;
     this.#telemetry.scanEnd(this.#telemetry.scanStart(facts.method, log.uri_path), log, 0);
-    emitLog(log, this.profile.onLog, options.logger ?? this.profile.logger);
+    this.#emit(log, options.logger ?? this.profile.logger);
     return early;
   }
 
