@@ -11,6 +11,8 @@ import {
   requestInfo,
 } from '@icapkit/core';
 
+export * from './analytics.js';
+
 /**
  * Express middleware: every request the profile's rules select is scanned by the ICAP server
  * before the next handler runs. Blocked uploads get 403, oversized ones 413, scanner failures

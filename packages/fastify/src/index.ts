@@ -11,6 +11,8 @@ import {
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest, preParsingAsyncHookHandler } from 'fastify';
 import fp from 'fastify-plugin';
 
+export * from './analytics.js';
+
 /**
  * Fastify plugin: requests the profile's rules select are scanned by the ICAP server in a
  * `preParsing` hook placed before any other, so the content-type parsers (JSON, and

@@ -13,6 +13,8 @@ import {
   requestWithBody,
 } from '@icapkit/core';
 
+export * from './analytics.js';
+
 /**
  * Koa middleware: requests the profile's rules select are scanned by the ICAP server before
  * downstream middleware runs. Approved requests continue with `ctx.req` replaced by a fresh
