@@ -7,15 +7,18 @@
  *
  * POST /upload (multipart, file in the field `file`) answers
  * `{ ok, file, size, sha256, icap: { action } }`; blocked uploads get icapkit's 403 (an HTML
- * page, or problem+json for `Accept: application/json`). GET / is the upload page.
+ * page, or problem+json for `Accept: application/json`). GET / is the upload page,
+ * GET /icap-analytics/ the log analytics page.
  */
 import { once } from 'node:events';
-import { icap } from '@icapkit/express';
+import { icap, icapAnalytics, loopbackOnly, tokenGuard } from '@icapkit/express';
 import { eicar, startIcapServer } from '@icapkit/testing';
 import express from 'express';
 import multer from 'multer';
 import {
+  ANALYTICS_PATH,
   acceptedPage,
+  analyticsGuard,
   isMain,
   main,
   NO_FILE,
@@ -41,8 +44,12 @@ export async function start(options = {}) {
     connection: { connectTimeout: 2000 }, // fail fast when the ICAP server is unreachable
     onLog: scanLogger(config.print), // one line per scan
   });
+  // The log analytics page (the last scans, every value a filter), before the scanner so its
+  // own requests are not logged: local connections only, or ICAP_ANALYTICS_TOKEN.
+  const analytics = icapAnalytics(scan, { guard: analyticsGuard(config, { loopbackOnly, tokenGuard }) });
   const app = express();
-  // First: nothing reads the body before the ICAP server approved it.
+  app.use(ANALYTICS_PATH, analytics);
+  // Then: nothing reads the body before the ICAP server approved it.
   app.use(scan);
 
   app.get('/', (_req, res) => {
@@ -74,6 +81,7 @@ export async function start(options = {}) {
   try {
     await once(server, 'listening');
   } catch (err) {
+    analytics.close();
     await scan.close();
     await embedded?.close();
     throw err; // e.g. EADDRINUSE
@@ -83,12 +91,14 @@ export async function start(options = {}) {
   return {
     framework: 'Express',
     url: `http://${config.host}:${port}`,
+    analyticsUrl: `http://${config.host}:${port}${ANALYTICS_PATH}/`,
     icapUrl,
     embedded: embedded !== null,
     close() {
       closed ??= (async () => {
         server.closeAllConnections();
         await new Promise((resolve) => server.close(() => resolve()));
+        analytics.close();
         await scan.close();
         await embedded?.close();
       })();

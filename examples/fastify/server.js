@@ -7,14 +7,17 @@
  *
  * POST /upload (multipart, file in the field `file`) answers
  * `{ ok, file, size, sha256, icap: { action } }`; blocked uploads get icapkit's 403 (an HTML
- * page, or problem+json for `Accept: application/json`). GET / is the upload page.
+ * page, or problem+json for `Accept: application/json`). GET / is the upload page,
+ * GET /icap-analytics/ the log analytics page.
  */
 import multipart from '@fastify/multipart';
-import { icap } from '@icapkit/fastify';
+import { icap, icapAnalytics, loopbackOnly, tokenGuard } from '@icapkit/fastify';
 import { eicar, startIcapServer } from '@icapkit/testing';
 import Fastify from 'fastify';
 import {
+  ANALYTICS_PATH,
   acceptedPage,
+  analyticsGuard,
   isMain,
   main,
   NO_FILE,
@@ -41,6 +44,12 @@ export async function start(options = {}) {
     failAction: config.failOpen ? 'fail-open' : 'fail-closed', // ICAP server down: 503, or pass unscanned
     connection: { connectTimeout: 2000 }, // fail fast when the ICAP server is unreachable
     onLog: scanLogger(config.print), // one line per scan
+  });
+  // The log analytics page (the last scans, every value a filter); its routes are not scanned:
+  // local connections only, or ICAP_ANALYTICS_TOKEN.
+  await app.register(icapAnalytics, {
+    prefix: ANALYTICS_PATH,
+    guard: analyticsGuard(config, { loopbackOnly, tokenGuard }),
   });
   await app.register(multipart, { limits: { files: 1, fileSize: config.maxUpload } });
 
@@ -71,6 +80,7 @@ export async function start(options = {}) {
   return {
     framework: 'Fastify',
     url: `http://${config.host}:${port}`,
+    analyticsUrl: `http://${config.host}:${port}${ANALYTICS_PATH}/`,
     icapUrl,
     embedded: embedded !== null,
     close() {

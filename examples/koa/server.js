@@ -7,16 +7,19 @@
  *
  * POST /upload (multipart, file in the field `file`) answers
  * `{ ok, file, size, sha256, icap: { action } }`; blocked uploads get icapkit's 403 (an HTML
- * page, or problem+json for `Accept: application/json`). GET / is the upload page.
+ * page, or problem+json for `Accept: application/json`). GET / is the upload page,
+ * GET /icap-analytics/ the log analytics page.
  */
 import { once } from 'node:events';
 import { readFile, rm } from 'node:fs/promises';
-import { icap } from '@icapkit/koa';
+import { icap, icapAnalytics, loopbackOnly, tokenGuard } from '@icapkit/koa';
 import { eicar, startIcapServer } from '@icapkit/testing';
 import Koa from 'koa';
 import { koaBody } from 'koa-body';
 import {
+  ANALYTICS_PATH,
   acceptedPage,
+  analyticsGuard,
   isMain,
   main,
   NO_FILE,
@@ -54,6 +57,13 @@ export async function start(options = {}) {
       if (ctx.status === 500) ctx.app.emit('error', err, ctx);
     }
   });
+  // The log analytics page (the last scans, every value a filter), before the scanner so its
+  // own requests are not logged: local connections only, or ICAP_ANALYTICS_TOKEN.
+  const analytics = icapAnalytics(scan, {
+    prefix: ANALYTICS_PATH,
+    guard: analyticsGuard(config, { loopbackOnly, tokenGuard }),
+  });
+  app.use(analytics);
   // Before any body parser: nothing reads the body before the ICAP server approved it.
   app.use(scan);
   // koa-body (formidable) parses the approved body into temporary files.
@@ -97,6 +107,7 @@ export async function start(options = {}) {
   try {
     await once(server, 'listening');
   } catch (err) {
+    analytics.close();
     await scan.close();
     await embedded?.close();
     throw err; // e.g. EADDRINUSE
@@ -106,12 +117,14 @@ export async function start(options = {}) {
   return {
     framework: 'Koa',
     url: `http://${config.host}:${port}`,
+    analyticsUrl: `http://${config.host}:${port}${ANALYTICS_PATH}/`,
     icapUrl,
     embedded: embedded !== null,
     close() {
       closed ??= (async () => {
         server.closeAllConnections();
         await new Promise((resolve) => server.close(() => resolve()));
+        analytics.close();
         await scan.close();
         await embedded?.close();
       })();

@@ -23,6 +23,9 @@ export const DEFAULT_MAX_UPLOAD = 50 * 1024 * 1024;
  *   ICAP_SERVICE    ICAP service path (default /avscan, or the path given in ICAP_URL)
  *   ICAP_FAIL_OPEN  1: pass uploads unscanned when the ICAP server fails (default: answer 503)
  *   MAX_UPLOAD      largest upload in bytes or '10mb' (default 50mb): larger ones get 413
+ *   ICAP_ANALYTICS_TOKEN  a secret of 16+ characters: the log analytics page wants it (HTTP Basic
+ *                   password, any user name, or `Authorization: Bearer`) instead of answering
+ *                   local connections only
  */
 export function configFromEnv(env = process.env) {
   const icapUrl = env.ICAP_URL?.trim() || undefined;
@@ -42,7 +45,20 @@ export function configFromEnv(env = process.env) {
     serviceUri: serviceUri ?? '/avscan',
     failOpen: env.ICAP_FAIL_OPEN === '1' || env.ICAP_FAIL_OPEN === 'true',
     maxUpload: parseSize(env.MAX_UPLOAD?.trim() || DEFAULT_MAX_UPLOAD),
+    analyticsToken: env.ICAP_ANALYTICS_TOKEN?.trim() || undefined,
   };
+}
+
+/** Where the examples serve the log analytics page (mounted before the scanning middleware). */
+export const ANALYTICS_PATH = '/icap-analytics';
+
+/**
+ * Who may see the log analytics page: with a token (ICAP_ANALYTICS_TOKEN), whoever presents it;
+ * without one, connections from this machine only. `guards` are the adapter's `loopbackOnly`
+ * and `tokenGuard`.
+ */
+export function analyticsGuard(config, { loopbackOnly, tokenGuard }) {
+  return config.analyticsToken === undefined ? loopbackOnly : tokenGuard(config.analyticsToken);
 }
 
 /** Fills in what `start(options)` was not given (tests pass only a few options). */
@@ -54,6 +70,7 @@ export function withDefaults(options = {}) {
     serviceUri: '/avscan',
     failOpen: false,
     maxUpload: DEFAULT_MAX_UPLOAD,
+    analyticsToken: undefined,
     print: (line) => console.log(line),
     ...options,
   };
@@ -174,7 +191,17 @@ export function escapeHtml(s) {
  * EICAR test string is put together from its two halves by printf, so that no file of the
  * repository contains it (antivirus on developer machines would quarantine the file).
  */
-export function banner({ framework, url, icapUrl, serviceUri, embedded, failOpen, eicar }) {
+export function banner({
+  framework,
+  url,
+  icapUrl,
+  serviceUri,
+  embedded,
+  failOpen,
+  eicar,
+  analyticsUrl,
+  analyticsToken,
+}) {
   const text = eicar.toString('latin1');
   const half = Math.floor(text.length / 2);
   const quote = (s) => `'${s.replace(/'/g, `'\\''`)}'`;
@@ -186,6 +213,15 @@ export function banner({ framework, url, icapUrl, serviceUri, embedded, failOpen
     `  upload page   ${url}/`,
     `  ICAP server   ${icapUrl}${serviceUri}${embedded ? '  (embedded @icapkit/testing server; ICAP_URL=icap://host:1344 for a real one)' : ''}`,
     `  on failure    ${failOpen ? 'fail-open: uploads pass unscanned' : 'fail-closed: 503 (ICAP_FAIL_OPEN=1 lets uploads pass unscanned)'}`,
+    ...(analyticsUrl === undefined
+      ? []
+      : [
+          `  log analytics ${analyticsUrl}  ${
+            analyticsToken === undefined
+              ? '(connections from this machine only; set ICAP_ANALYTICS_TOKEN to require a token instead)'
+              : '(token required: any user name, the ICAP_ANALYTICS_TOKEN value as password)'
+          }`,
+        ]),
     '',
     'Try it:',
     `  curl -F file=@README.md ${upload}`,
