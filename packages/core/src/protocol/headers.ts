@@ -178,7 +178,7 @@ export function parseHeaderBlock(
     const first = line.charCodeAt(0);
     if (first === 0x20 || first === 0x09) {
       if (pendingName === undefined) throw protocolError(`${what}: continuation line before any header`);
-      pendingLines.push(line.trim());
+      pendingLines.push(trimOws(line));
       continue;
     }
     flush();
@@ -191,12 +191,25 @@ export function parseHeaderBlock(
       throw new IcapError(IcapErrorCodes.HEADERS_TOO_LARGE, `${what}: more than ${maxFields} header fields`);
     }
     pendingName = name;
-    pendingLines = [line.slice(colon + 1).trim()];
+    pendingLines = [trimOws(line.slice(colon + 1))];
   }
   flush();
   const firstLineEnd = text.indexOf('\n');
   const rawHeaders = firstLineEnd === -1 ? '' : text.slice(firstLineEnd + 1).replace(/\r?\n\r?\n?$/, '\r\n');
   return { startLine, headers, rawHeaders };
+}
+
+/**
+ * Strips optional whitespace (SP and HTAB, RFC 9110 §5.6.3) from both ends. Not String#trim:
+ * it also strips U+00A0, which is how the byte 0xA0 reads in Latin-1 (the last byte of a UTF-8
+ * `à`), and other Unicode spaces that belong to the value.
+ */
+export function trimOws(s: string): string {
+  let start = 0;
+  let end = s.length;
+  while (start < end && (s.charCodeAt(start) === 0x20 || s.charCodeAt(start) === 0x09)) start++;
+  while (end > start && (s.charCodeAt(end - 1) === 0x20 || s.charCodeAt(end - 1) === 0x09)) end--;
+  return start === 0 && end === s.length ? s : s.slice(start, end);
 }
 
 function truncate(s: string): string {

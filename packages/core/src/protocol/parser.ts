@@ -1,5 +1,5 @@
 import { IcapError, IcapErrorCodes, RfcErrorCodes } from '../client/errors.js';
-import { type Headers, parseHeaderBlock } from './headers.js';
+import { type Headers, parseHeaderBlock, trimOws } from './headers.js';
 
 /**
  * Incremental ICAP message parser: a state machine over bytes that never needs the end of
@@ -413,7 +413,9 @@ export class IcapParser<H extends IcapHead = IcapHead> {
 
   #readChunkSize(line: string): void {
     const semi = line.indexOf(';');
-    const sizeText = (semi === -1 ? line : line.slice(0, semi)).trim();
+    // SP and HTAB around the size are tolerated (BWS); String#trim would also take \v, \f and
+    // U+00A0 (the byte 0xA0) for whitespace and accept `\v5` as a size.
+    const sizeText = trimOws(semi === -1 ? line : line.slice(0, semi));
     if (!/^[0-9a-fA-F]{1,13}$/.test(sizeText))
       throw protocol(`invalid chunk size ${JSON.stringify(line.slice(0, 40))}`);
     const size = Number.parseInt(sizeText, 16);
