@@ -128,7 +128,8 @@ export function encodeHttpResponseHead(init: HttpResponseHeadInit, options: Enco
     init.httpVersion === undefined || init.httpVersion.startsWith('2')
       ? 'HTTP/1.1'
       : httpVersion(init.httpVersion);
-  return headBytes(`${version} ${init.status} ${reason}`.trimEnd(), kept);
+  // The reason phrase as given (it may end in whitespace); no separator when there is none.
+  return headBytes(reason === '' ? `${version} ${init.status}` : `${version} ${init.status} ${reason}`, kept);
 }
 
 function httpVersion(v: string): string {
@@ -216,6 +217,9 @@ export interface EncodedIcapRequest {
 
 /** Encodes an ICAP request up to (not including) its chunked body. */
 export function encodeIcapRequest(init: IcapRequestInit): EncodedIcapRequest {
+  // The URI goes into the request line: a space or line break there would split it.
+  if (init.uri === '' || /[\s\x00-\x1f\x7f]/.test(init.uri))
+    throw invalid(`ICAP URI ${JSON.stringify(init.uri)} is not valid`);
   const entries: string[] = [];
   let offset = 0;
   if (init.httpRequestHead !== undefined) {
@@ -234,7 +238,12 @@ export function encodeIcapRequest(init: IcapRequestInit): EncodedIcapRequest {
     entries.push(`null-body=${offset}`);
   }
   const lines: Array<[string, string]> = [['Host', init.host]];
-  for (const [n, v] of init.headers ?? []) lines.push([n, v]);
+  for (const [n, v] of init.headers ?? []) {
+    // A second Encapsulated or Preview would frame the message differently for the server
+    // (it reads the first): these two are written here and nowhere else.
+    if (/^(?:encapsulated|preview)$/i.test(n)) throw invalid(`ICAP header ${n} is set by the encoder itself`);
+    lines.push([n, v]);
+  }
   if (init.userAgent !== undefined) lines.push(['User-Agent', init.userAgent]);
   if (init.allow204) lines.push(['Allow', '204']);
   if (init.preview !== undefined && init.method !== 'OPTIONS') lines.push(['Preview', String(init.preview)]);
