@@ -484,6 +484,10 @@ export class Transaction {
           cb(err);
         },
       });
+      // The body may fail before anyone reads it (a misframed chunk in the same read as the
+      // head): the error stays on the stream for its reader and rejects `done`, and is not an
+      // uncaught 'error' event that would end the process.
+      this.#body.on('error', noop);
     }
     const conn = this.#conn;
     const tx = this;

@@ -802,6 +802,7 @@ export class IcapEngine {
     scope: ScanScope,
   ): Promise<AttemptResult> {
     const p = this.profile;
+    const started = performance.now();
     const extraHeaders: Array<[string, string]> = [];
     if (p.sendClientIp && facts.clientIp !== undefined)
       extraHeaders.push(['X-Client-IP', facts.clientIp.replace(/^::ffff:/, '')]);
@@ -858,7 +859,7 @@ export class IcapEngine {
       }
       case 'clean': {
         await drain(res);
-        entry.latency = String(Math.round((await res.done).latencyMs));
+        entry.latency = await latencyOf(res, started);
         entry.action = 'ICAP_PASSED';
         return { type: 'clean', res, verdict, skipped: undefined };
       }
@@ -869,7 +870,7 @@ export class IcapEngine {
         } else {
           await drain(res);
         }
-        entry.latency = String(Math.round((await res.done).latencyMs));
+        entry.latency = await latencyOf(res, started);
         entry.action = 'ICAP_BLOCKED';
         entry.http_response_code = relay?.status ?? 403;
         return { type: 'blocked', res, verdict, relay };
@@ -1430,6 +1431,20 @@ async function drain(res: IcapResponse): Promise<void> {
       return;
     }
   }
+}
+
+/**
+ * The exchange's latency for the log, once it is over. A response body we stopped reading
+ * ourselves (drain and relay stop at their limits) ends the exchange with an abort of our own
+ * making: the verdict read from the head stands; it is neither a server failure nor the client
+ * going away.
+ */
+async function latencyOf(res: IcapResponse, started: number): Promise<string> {
+  if (res.body !== null && !res.body.readableEnded) {
+    await res.done.catch(() => undefined);
+    return String(Math.round(performance.now() - started));
+  }
+  return String(Math.round((await res.done).latencyMs));
 }
 
 /** The ICAP server's own block response, relayed with sanitised headers and a bounded body. */
