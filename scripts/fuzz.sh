@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Nightly fuzzing of the ICAP parser and encoder: every property in test/fuzz with
+# ICAPKIT_FUZZ_RUNS generated inputs (default 100 000), the whole run bounded by
+# ICAPKIT_FUZZ_TIMEOUT seconds (default 3600). Prints the inputs and time of each property.
+#
+#   scripts/fuzz.sh                           # 100 000 inputs per property
+#   ICAPKIT_FUZZ_RUNS=1000000 scripts/fuzz.sh # more
+#   ICAPKIT_FUZZ_SEED=<seed> ICAPKIT_FUZZ_PATH=<path> scripts/fuzz.sh  # replay a reported failure
+#
+# (The fail-closed property of test/hardening takes ICAPKIT_FAIL_CLOSED_RUNS.)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+runs="${ICAPKIT_FUZZ_RUNS:-100000}"
+limit="${ICAPKIT_FUZZ_TIMEOUT:-3600}"
+report="$(mktemp -t icapkit-fuzz.XXXXXX)"
+trap 'rm -f "$report"' EXIT
+
+echo "fuzz: ${runs} inputs per property, at most ${limit} s"
+start=$(date +%s)
+status=0
+ICAPKIT_FUZZ_RUNS="$runs" ICAPKIT_FUZZ_REPORT="$report" \
+  timeout --kill-after=30 "$limit" npx vitest run test/fuzz || status=$?
+elapsed=$(($(date +%s) - start))
+
+node - "$report" "$elapsed" "$status" <<'JS'
+const [file, elapsed, status] = process.argv.slice(2);
+const lines = require('node:fs').readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l));
+let total = 0;
+console.log(`\n${'property'.padEnd(61)}${'inputs'.padStart(10)}${'seconds'.padStart(10)}  result`);
+for (const l of lines) {
+  total += l.runs;
+  console.log(`${l.property.padEnd(61)}${String(l.runs).padStart(10)}${(l.ms / 1000).toFixed(1).padStart(10)}  ${l.failed ? 'FAILED' : 'ok'}`);
+}
+const verdict = status === '0' ? 'passed' : status === '124' ? 'timed out' : 'failed';
+console.log(`\n${lines.length} properties, ${total} inputs in ${elapsed} s: ${verdict}`);
+JS
+exit "$status"
