@@ -11,36 +11,13 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { main } from '@icapkit/cli';
 import { afterAll, beforeAll, expect, it } from 'vitest';
+import { run } from '../../packages/cli/test/helpers.js';
 import { type CIcapServer, describeWithCIcap, freePort, startCIcap } from '../support/c-icap.js';
 import { runCIcapClient } from '../support/c-icap-client.js';
 import { EICAR_THREAT, eicarBytes } from '../support/eicar.js';
 
 const BIN = fileURLToPath(new URL('../../packages/cli/dist/bin.js', import.meta.url));
-
-async function run(argv: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  let stdout = '';
-  let stderr = '';
-  const code = await main(argv, {
-    stdout: {
-      write: (s: string) => {
-        stdout += s;
-        return true;
-      },
-    },
-    stderr: {
-      write: (s: string) => {
-        stderr += s;
-        return true;
-      },
-      isTTY: false,
-      columns: 120,
-    },
-    env: {},
-  });
-  return { code, stdout, stderr };
-}
 
 function text(n: number): Buffer {
   const b = Buffer.alloc(n);
