@@ -118,7 +118,10 @@ function scanHook(engine: IcapEngine): preParsingAsyncHookHandler {
     request.icap = requestInfo(outcome);
     switch (outcome.kind) {
       case 'aborted':
+        // Nothing to answer: close the connection itself (destroying a request whose body was
+        // read to its end would leave the socket open).
         reply.hijack();
+        if (!reply.raw.destroyed) reply.raw.destroy();
         raw.destroy();
         return payload;
       case 'respond': {

@@ -251,6 +251,8 @@ class Session {
   /** Everything further of this request is read and dropped (an answer went out early, or a hang). */
   #discard = false;
   #dead = false;
+  /** An endless chunk is being written: this connection never serves another request. */
+  #pumping = false;
 
   constructor(srv: TestServer, socket: Socket, id: number) {
     this.#srv = srv;
@@ -713,6 +715,7 @@ class Session {
       ]),
     );
     const block = Buffer.alloc(64 * 1024, 0x41);
+    this.#pumping = true;
     const pump = () => {
       while (!this.#dead && !this.#socket.destroyed) {
         if (!this.#socket.write(block)) {
@@ -763,7 +766,10 @@ class Session {
       return;
     }
     answer();
-    if (this.#fault?.kind === 'endless-chunk' || this.#fault?.kind === 'garbage') return;
+    // The connection is over (garbage, then closed) or still busy (an endless chunk being
+    // pumped). Otherwise the answer was a normal one (EICAR found in the preview before the
+    // fault could play): the connection serves the next request.
+    if (this.#dead || this.#pumping) return;
     this.#next();
   }
 
