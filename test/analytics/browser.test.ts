@@ -12,7 +12,6 @@
  * Skipped when c-icap or /usr/bin/chromium is missing, except with CI=true, where that is an error.
  * ICAPKIT_SCREENSHOTS=/some/dir keeps screenshots of each state.
  */
-import { existsSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -20,38 +19,16 @@ import { join } from 'node:path';
 import { createLogAnalytics, type LogAnalytics, loopbackOnly } from '@icapkit/core';
 import { icap, icapAnalytics } from '@icapkit/express';
 import express from 'express';
-import { type Browser, chromium, type Locator, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { deadIcapUrl, postFile, send } from '../demo/helpers.js';
+import { haveChromium, launchChromium, readable } from '../support/browser.js';
 import { type CIcapServer, describeWithCIcap, startCIcap } from '../support/c-icap.js';
 import { EICAR_THREAT, eicarBytes } from '../support/eicar.js';
 import { entry, FakeEngine, record } from './records.js';
 
-const CHROMIUM = '/usr/bin/chromium';
-const haveChromium = existsSync(CHROMIUM);
-if (!haveChromium && process.env.CI === 'true') {
-  throw new Error(`CI=true but ${CHROMIUM} is missing: apt-get install -y chromium`);
-}
-
-const ARGS = [
-  '--headless=new',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-];
-
 const HOSTILE_FILE = '<img src=x onerror=alert(1)>.com';
 const SHOTS = process.env.ICAPKIT_SCREENSHOTS;
-
-/** Rendered text, as a person reads it. */
-function readable(locator: Locator): Promise<string> {
-  // biome-ignore lint/performance/useDomNodeTextContent: the rendered text is the point here
-  return locator.innerText();
-}
 
 interface Watched {
   page: Page;
@@ -172,7 +149,7 @@ describeWithCIcap('log analytics page in Chromium, with records from c-icap', ()
       expect(statuses).toEqual([200, 200, 200, 200, 403, 403, 200, 503]);
       expect(analytics.analytics.ring.size).toBe(8);
 
-      browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS, timeout: 30_000 });
+      browser = await launchChromium();
       watched = await watchedPage(browser);
       page = watched.page;
     });
@@ -362,7 +339,7 @@ describe.skipIf(!haveChromium)('log analytics page in Chromium: hostile values',
     });
     server = app.listen(0, '127.0.0.1');
     await new Promise<void>((resolve) => server.once('listening', () => resolve()));
-    browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS, timeout: 30_000 });
+    browser = await launchChromium();
   });
 
   afterAll(async () => {

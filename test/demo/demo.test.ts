@@ -8,37 +8,14 @@
  * Skipped when /usr/bin/chromium is missing, except with CI=true, where that is an error.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { EICAR_NAME, eicar } from '@icapkit/testing';
-import { type Browser, chromium, type Locator, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { haveChromium, launchChromium, readable } from '../support/browser.js';
 import { deadIcapUrl, EXAMPLES, type Example } from './helpers.js';
-
-const CHROMIUM = '/usr/bin/chromium';
-const haveChromium = existsSync(CHROMIUM);
-if (!haveChromium && process.env.CI === 'true') {
-  throw new Error(`CI=true but ${CHROMIUM} is missing: apt-get install -y chromium`);
-}
-
-const ARGS = [
-  '--headless=new',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-];
-
-/** The text a person reads: rendered, so hidden elements and CSS count (unlike textContent). */
-function readable(locator: Locator): Promise<string> {
-  // biome-ignore lint/performance/useDomNodeTextContent: the rendered text is the point here
-  return locator.innerText();
-}
 
 describe.skipIf(!haveChromium)('demo page in Chromium', () => {
   let browser: Browser;
@@ -70,7 +47,7 @@ describe.skipIf(!haveChromium)('demo page in Chromium', () => {
     demo = await EXAMPLES.express({ port: 0, print: () => {} });
     started.push(demo);
     // Playwright gives the browser a fresh user-data dir of its own, removed on close.
-    browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS, timeout: 30_000 });
+    browser = await launchChromium();
   });
 
   afterAll(async () => {
