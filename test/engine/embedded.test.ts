@@ -293,6 +293,30 @@ describe('outcomes in both failure actions', () => {
 });
 
 describe('engine details', () => {
+  it('a body held in a temp file: an identical 200 echo passes, a same-length rewrite is a modification', async () => {
+    const { app: a, icap: s } = await setup({}, { memoryThreshold: '16kb', serviceUri: '/echo' });
+    const body = Buffer.alloc(100_000, 'a');
+    body.write('tail EVIL', body.length - 9);
+    const echoed = await post(a.url, body);
+    expect(echoed.status).toBe(200);
+    expect(s.requests.find((r) => r.method === 'REQMOD')?.status).toBe(200);
+    expect(a.logs[0]!.action).toBe('ICAP_PASSED');
+    expect(a.seen[0]!.body.equals(body)).toBe(true);
+    // The same body through /modify: EVIL -> GOOD keeps the length, only the bytes differ.
+    await app?.close();
+    await engine?.close();
+    await icap?.close();
+    const m = await setup(
+      { rewrite: { from: 'EVIL', to: 'GOOD' } },
+      { memoryThreshold: '16kb', serviceUri: '/modify' },
+    );
+    const modified = await post(m.app.url, body);
+    expect(modified.status).toBe(200);
+    expect(m.app.logs[0]!.action).toBe('ICAP_MODIFIED');
+    expect(m.app.seen[0]!.body.toString('latin1').endsWith('tail GOOD')).toBe(true);
+    expect(m.app.seen[0]!.body.length).toBe(body.length);
+  });
+
   it('above slowResponseWarningThreshold the entry is significant but the request is served', async () => {
     const { app: a } = await setup(
       { script: (r) => (r.method === 'OPTIONS' ? undefined : { kind: 'delay', ms: 150 }) },

@@ -137,6 +137,10 @@ export class BodyStore implements ReplayableBody {
   get canCompare(): boolean {
     return this.#retainAll && this.#spool === null && (this.#ended || this.#memoryThreshold >= this.#limit);
   }
+  /** A running SHA-256 is kept (the bytes themselves are not all kept). */
+  get hashing(): boolean {
+    return this.#hash !== undefined;
+  }
   /** SHA-256 (hex) of the whole body, when hashing was asked for and the body has ended. */
   get sha256(): string | undefined {
     if (this.#digest === undefined && this.#hash !== undefined && this.#ended)
@@ -364,9 +368,11 @@ export class BodyStore implements ReplayableBody {
     this.#chunks = [];
     this.#base = this.#received;
     // A reader still inside the body fails (it must never take a cut-off body for a whole one).
-    const discarded = new Error('the body was discarded before it was read to its end');
-    for (const r of this.#readers) r.discard(discarded);
-    this.#readers.clear();
+    if (this.#readers.size > 0) {
+      const discarded = new Error('the body was discarded before it was read to its end');
+      for (const r of this.#readers) r.discard(discarded);
+      this.#readers.clear();
+    }
     this.#closeSpool();
   }
 
@@ -823,7 +829,9 @@ export class AdaptedBody {
     this.#original = original;
     this.#limit = limit;
     this.#compare = original?.canCompare === true;
-    this.#hash = this.#compare ? undefined : createHash('sha256');
+    // Compared on the fly when the original is in memory; by hash when the original was only
+    // hashed (streamed, not kept); otherwise against the kept original (a temp file) at the end.
+    this.#hash = !this.#compare && original?.hashing === true ? createHash('sha256') : undefined;
     this.#stored = new BodyStore({ limit, retainAll: true, ...storage });
   }
 
@@ -848,13 +856,15 @@ export class AdaptedBody {
   }
 
   /** True when the returned body is byte for byte the original one. */
-  identical(): boolean {
+  async identical(): Promise<boolean> {
     const original = this.#original;
     if (original === null) return this.#offset === 0;
-    if (this.#compare) return this.#divergedAt === -1 && original.ended && this.#offset === original.received;
-    return (
-      original.ended && this.#offset === original.received && this.#hash!.digest('hex') === original.sha256
-    );
+    if (!original.ended || this.#offset !== original.received) return false;
+    if (this.#compare) return this.#divergedAt === -1;
+    if (this.#hash !== undefined) return this.#hash.digest('hex') === original.sha256;
+    if (!original.complete) return false;
+    this.#stored.end();
+    return sameBytes(original.open(), this.#stored.open());
   }
 
   /** The returned body as a stream (matching prefix from the original, then the stored bytes). */
@@ -881,5 +891,35 @@ export class AdaptedBody {
   /** Frees the stored bytes (and their temp file). */
   dispose(): void {
     this.#stored.dispose();
+  }
+}
+
+/** Whether two readers yield the same bytes (chunked differently, maybe). Closes both. */
+async function sameBytes(a: AsyncIterator<Buffer>, b: AsyncIterator<Buffer>): Promise<boolean> {
+  let x: Buffer = Buffer.alloc(0);
+  let y: Buffer = Buffer.alloc(0);
+  try {
+    for (;;) {
+      if (x.length === 0) {
+        const r = await a.next();
+        if (!r.done) x = r.value;
+        else {
+          if (y.length > 0) return false;
+          return (await b.next()).done === true;
+        }
+      }
+      if (y.length === 0) {
+        const r = await b.next();
+        if (r.done) return false;
+        y = r.value;
+      }
+      const n = Math.min(x.length, y.length);
+      if (!x.subarray(0, n).equals(y.subarray(0, n))) return false;
+      x = x.subarray(n);
+      y = y.subarray(n);
+    }
+  } finally {
+    void a.return?.();
+    void b.return?.();
   }
 }

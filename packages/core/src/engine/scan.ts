@@ -3,7 +3,7 @@ import { createBrotliDecompress, createGunzip, createInflate } from 'node:zlib';
 import { isSkipped } from '../client/client.js';
 import { IcapError, type IcapErrorCode, IcapErrorCodes } from '../client/errors.js';
 import type { IcapResponse } from '../client/transaction.js';
-import { Headers, isSafeFieldValue, isToken } from '../protocol/headers.js';
+import { endToEndHeaders, Headers, isSafeFieldValue, isToken } from '../protocol/headers.js';
 import { AdaptedBody, BodyStore } from './body.js';
 import {
   emitLog,
@@ -239,7 +239,7 @@ export class IcapEngine {
       store = new BodyStore({
         limit: p.bufferSize,
         retainAll,
-        hash: !retainAll || p.memoryThreshold < p.bufferSize,
+        hash: !retainAll,
         memoryThreshold: p.memoryThreshold,
         spoolDir: p.spoolDir,
         onExceeded: () =>
@@ -384,7 +384,6 @@ export class IcapEngine {
     const decoded = new BodyStore({
       limit: p.bufferSize,
       retainAll: true,
-      hash: p.memoryThreshold < p.bufferSize,
       memoryThreshold: p.memoryThreshold,
       spoolDir: p.spoolDir,
       onExceeded: () =>
@@ -437,7 +436,6 @@ export class IcapEngine {
       // Node only removes the chunked framing: the body would reach the application still coded.
       return this.#refuse(
         'unsupported-transfer-coding',
-        501,
         IcapErrorCodes.CONTENT_ENCODING,
         `Transfer-Encoding ${JSON.stringify(transfer)} is not supported (only chunked)`,
         facts,
@@ -454,7 +452,6 @@ export class IcapEngine {
           : `Content-Encoding ${JSON.stringify(coding)} is not supported`;
       return this.#refuse(
         'unsupported-type',
-        415,
         IcapErrorCodes.CONTENT_ENCODING,
         reason,
         facts,
@@ -470,16 +467,7 @@ export class IcapEngine {
       !mediaTypeAllowed(contentType, p.allowedContentTypes)
     ) {
       const reason = `content type ${JSON.stringify(contentType ?? '(none)')} is not allowed`;
-      return this.#refuse(
-        'unsupported-type',
-        415,
-        IcapErrorCodes.CONTENT_TYPE,
-        reason,
-        facts,
-        log,
-        null,
-        options,
-      );
+      return this.#refuse('unsupported-type', IcapErrorCodes.CONTENT_TYPE, reason, facts, log, null, options);
     }
     if (facts.contentLength !== undefined && facts.contentLength > p.bufferSize) {
       return this.#tooLarge(facts, log, null, options);
@@ -517,13 +505,11 @@ export class IcapEngine {
   ): Promise<ScanOutcome> {
     if (error.code === IcapErrorCodes.REQUEST_TOO_LARGE) return this.#tooLarge(facts, log, store, options);
     if (error.code === IcapErrorCodes.CONTENT_ENCODING) {
-      return this.#refuse('bad-request', 400, error.code, error.message, facts, log, store, options);
+      return this.#refuse('bad-request', error.code, error.message, facts, log, store, options);
     }
     if (error.code === IcapErrorCodes.MULTIPART) {
-      const status = error.status === 413 ? 413 : 400;
       return this.#refuse(
-        status === 413 ? 'too-large' : 'bad-request',
-        status,
+        error.status === 413 ? 'too-large' : 'bad-request',
         error.code,
         error.message,
         facts,
@@ -672,10 +658,7 @@ export class IcapEngine {
     }
     if (modified.length > 0) log.significance.push('ICAP_MODIFIED');
     const rebuilt = rebuildMultipart(boundary, kept);
-    const headers = facts.headerPairs.filter(([n]) => {
-      const k = n.toLowerCase();
-      return !k.startsWith(':') && !HOP_BY_HOP.has(k) && k !== 'content-length';
-    });
+    const headers = endToEndHeaders(facts.headerPairs).filter(([n]) => n.toLowerCase() !== 'content-length');
     headers.push(['content-length', String(rebuilt.length)]);
     store.dispose();
     replay.dispose();
@@ -716,7 +699,7 @@ export class IcapEngine {
       for (const entry of entries) nameEntry(entry, part);
       if (result.type === 'clean') return { part, type: 'clean', verdict: result.verdict ?? undefined };
       if (result.type === 'blocked') return { part, type: 'blocked', verdict: result.verdict };
-      const identical = result.adapted.identical();
+      const identical = await result.adapted.identical();
       const entry = entries.at(-1);
       if (entry !== undefined) {
         entry.action = identical ? 'ICAP_PASSED' : 'ICAP_MODIFIED';
@@ -953,7 +936,7 @@ export class IcapEngine {
     const { res, adapted } = result;
     const head = res.httpRequest;
     const sameHead = head === null || sameRequestHead(head, sentFacts, this.profile.absoluteUri);
-    if (adapted.identical() && sameHead) {
+    if (sameHead && (await adapted.identical())) {
       if (entry !== undefined) entry.action = 'ICAP_PASSED';
       if (store?.retaining) {
         // The original is replayed: what was kept of the echo (in hash mode, maybe a temp file) goes.
@@ -988,7 +971,6 @@ export class IcapEngine {
    */
   #refuse(
     kind: ResponseKind,
-    status: 400 | 413 | 415 | 501,
     code: IcapErrorCode,
     reason: string,
     facts: HttpRequestFacts,
@@ -1001,19 +983,7 @@ export class IcapEngine {
     log.error_message ??= reason;
     const closeConnection = store === null ? facts.hasBody : !store.ended;
     store?.dispose();
-    const response = buildResponse(kind, facts.headers.get('accept'), {
-      detail: capitalise(reason),
-      requestId: options.requestId,
-      closeConnection,
-    });
-    return {
-      ...base('ICAP_BLOCKED', log, undefined, [], () => {}),
-      kind: 'respond',
-      status,
-      headers: response.headers,
-      body: response.body,
-      closeConnection,
-    };
+    return answer('ICAP_BLOCKED', log, kind, facts, options, closeConnection, capitalise(reason));
   }
 
   /** bufferSize exceeded (declared or while reading). */
@@ -1047,18 +1017,7 @@ export class IcapEngine {
         ' (the body was already streamed to the ICAP server and not kept, so it cannot pass unscanned)';
     }
     store?.dispose();
-    const response = buildResponse('too-large', facts.headers.get('accept'), {
-      requestId: options.requestId,
-      closeConnection: true,
-    });
-    return {
-      ...base('ICAP_FAILED', log, undefined, [], () => {}),
-      kind: 'respond',
-      status: response.status,
-      headers: response.headers,
-      body: response.body,
-      closeConnection: true,
-    };
+    return answer('ICAP_FAILED', log, 'too-large', facts, options, true);
   }
 
   /** The ICAP side failed: failAction decides. */
@@ -1083,19 +1042,7 @@ export class IcapEngine {
         ' (the body was already streamed to the ICAP server and not kept, so it cannot pass unscanned)';
     }
     store?.dispose();
-    const closeConnection = store !== null && !store.ended;
-    const response = buildResponse('unavailable', facts.headers.get('accept'), {
-      requestId: options.requestId,
-      closeConnection,
-    });
-    return {
-      ...base('ICAP_FAILED', log, undefined, [], () => {}),
-      kind: 'respond',
-      status: response.status,
-      headers: response.headers,
-      body: response.body,
-      closeConnection,
-    };
+    return answer('ICAP_FAILED', log, 'unavailable', facts, options, store !== null && !store.ended);
   }
 
   /** The HTTP client stalled in the middle of its body: 408, whatever the failure action. */
@@ -1110,18 +1057,7 @@ export class IcapEngine {
     log.error_code = error.code;
     log.error_message = error.message;
     store?.dispose();
-    const response = buildResponse('timeout', facts.headers.get('accept'), {
-      requestId: options.requestId,
-      closeConnection: true,
-    });
-    return {
-      ...base('ICAP_FAILED', log, undefined, [], () => {}),
-      kind: 'respond',
-      status: response.status,
-      headers: response.headers,
-      body: response.body,
-      closeConnection: true,
-    };
+    return answer('ICAP_FAILED', log, 'timeout', facts, options, true);
   }
 
   // ---------------------------------------------------------------- log entries
@@ -1356,6 +1292,31 @@ function base(
 }
 
 /** A pass outcome: the held original (replayed), a given body, or nothing (request untouched). */
+/** The middleware's own answer (403 aside): a 400/408/413/415/501/503 page or problem+json. */
+function answer(
+  action: IcapAction,
+  log: IcapLog,
+  kind: ResponseKind,
+  facts: HttpRequestFacts,
+  options: ScanOptions,
+  closeConnection: boolean,
+  detail?: string,
+): RespondOutcome {
+  const response = buildResponse(kind, facts.headers.get('accept'), {
+    detail,
+    requestId: options.requestId,
+    closeConnection,
+  });
+  return {
+    ...base(action, log, undefined, [], () => {}),
+    kind: 'respond',
+    status: response.status,
+    headers: response.headers,
+    body: response.body,
+    closeConnection,
+  };
+}
+
 function pass(
   action: IcapAction,
   log: IcapLog,
@@ -1463,11 +1424,10 @@ async function readRelay(res: IcapResponse): Promise<ClientResponse> {
     }
   }
   const body = n > MAX_RELAY_BODY ? Buffer.from('Blocked\n') : Buffer.concat(chunks, n);
-  const named = connectionNamed(http.headers);
   const headers: Array<[string, string]> = [];
-  for (const [name, value] of http.headers) {
+  for (const [name, value] of endToEndHeaders(http.headers)) {
     const key = name.toLowerCase();
-    if (RELAY_DROP.has(key) || named.has(key) || !isToken(name) || !isSafeFieldValue(value)) continue;
+    if (RELAY_DROP.has(key) || !isToken(name) || !isSafeFieldValue(value)) continue;
     headers.push([name, value]);
   }
   headers.push(['Content-Length', String(body.length)], ['Cache-Control', 'no-store']);
@@ -1476,19 +1436,8 @@ async function readRelay(res: IcapResponse): Promise<ClientResponse> {
   return { status, headers, body };
 }
 
-const RELAY_DROP = new Set([
-  'connection',
-  'keep-alive',
-  'proxy-authenticate',
-  'proxy-connection',
-  'te',
-  'trailer',
-  'transfer-encoding',
-  'upgrade',
-  'content-length',
-  'set-cookie',
-  'cache-control',
-]);
+/** Besides the hop-by-hop fields: what a relayed block page must not set on our response. */
+const RELAY_DROP = new Set(['content-length', 'set-cookie', 'cache-control']);
 
 /**
  * Before refusing a request, read (and discard) the rest of its body for a short while, so
@@ -1540,34 +1489,8 @@ function sameRequestHead(
   const sentTarget = absolute ? absoluteTarget(facts) : facts.target;
   if (head.target !== sentTarget && originForm(head.target) !== originForm(facts.target)) return false;
   const a = comparableHeaders(head.headers);
-  const b = comparableHeaders(facts.headerPairs.filter(([n]) => !HOP_BY_HOP.has(n.toLowerCase())));
+  const b = comparableHeaders(endToEndHeaders(facts.headerPairs));
   return a.length === b.length && a.every((x, i) => x === b[i]);
-}
-
-const HOP_BY_HOP = new Set([
-  'connection',
-  'keep-alive',
-  'proxy-authenticate',
-  'proxy-authorization',
-  'proxy-connection',
-  'te',
-  'trailer',
-  'transfer-encoding',
-  'upgrade',
-  'http2-settings',
-]);
-
-/** Field names listed in `Connection` (hop-by-hop by declaration), lower-cased. */
-function connectionNamed(headers: Iterable<readonly [string, string]>): Set<string> {
-  const named = new Set<string>();
-  for (const [name, value] of headers) {
-    if (name.toLowerCase() !== 'connection') continue;
-    for (const token of value.split(',')) {
-      const t = token.trim().toLowerCase();
-      if (t !== '') named.add(t);
-    }
-  }
-  return named;
 }
 
 function originForm(target: string): string {
@@ -1583,18 +1506,10 @@ function rewriteHead(
   length: number,
 ): { method: string; url: string; headers: Array<[string, string]> } {
   const source: Iterable<readonly [string, string]> = head?.headers ?? facts.headerPairs;
-  const named = connectionNamed(source);
   const headers: Array<[string, string]> = [];
-  for (const [name, value] of source) {
+  for (const [name, value] of endToEndHeaders(source)) {
     const key = name.toLowerCase();
-    if (
-      key.startsWith(':') ||
-      HOP_BY_HOP.has(key) ||
-      named.has(key) ||
-      key === 'content-length' ||
-      key.startsWith('x-lastline-')
-    )
-      continue;
+    if (key === 'content-length' || key.startsWith('x-lastline-')) continue;
     if (!isToken(name) || !isSafeFieldValue(value)) continue;
     headers.push([name, value]);
   }

@@ -1,5 +1,5 @@
 import { IcapError, IcapErrorCodes } from '../client/errors.js';
-import { isSafeFieldValue, isToken } from './headers.js';
+import { connectionNamed, HOP_BY_HOP_FIELDS, isSafeFieldValue, isToken } from './headers.js';
 
 /**
  * Encoding of ICAP requests (and, for the embedded server, responses): the ICAP head with
@@ -47,23 +47,6 @@ export function toPairs(input: HeaderInput | undefined): Array<[string, string]>
   }
   return out;
 }
-
-/**
- * Hop-by-hop fields (RFC 9110 §7.6.1) never go into an encapsulated header section (RFC 3507
- * §4.4.2); nor do fields that only describe this connection's framing.
- */
-const HOP_BY_HOP = new Set([
-  'connection',
-  'keep-alive',
-  'proxy-authenticate',
-  'proxy-authorization',
-  'proxy-connection',
-  'te',
-  'trailer',
-  'transfer-encoding',
-  'upgrade',
-  'http2-settings',
-]);
 
 export interface HttpRequestHeadInit {
   method: string;
@@ -143,10 +126,8 @@ function filterHeaders(
   options: EncodeHttpOptions,
   onPseudo: (name: string, value: string) => void,
 ): Array<[string, string]> {
-  const named = new Set<string>();
-  for (const [n, v] of pairs) {
-    if (n.toLowerCase() === 'connection') for (const t of v.split(',')) named.add(t.trim().toLowerCase());
-  }
+  // Hop-by-hop fields (and those `Connection` names) never go into an encapsulated section.
+  const named = connectionNamed(pairs);
   const kept: Array<[string, string]> = [];
   for (const [name, value] of pairs) {
     if (name.startsWith(':')) {
@@ -154,7 +135,7 @@ function filterHeaders(
       continue;
     }
     const key = name.toLowerCase();
-    if (HOP_BY_HOP.has(key) || named.has(key) || key === 'content-length') continue;
+    if (HOP_BY_HOP_FIELDS.has(key) || named.has(key) || key === 'content-length') continue;
     kept.push([name, value]);
   }
   if (options.contentLength !== undefined) kept.push(['Content-Length', String(options.contentLength)]);

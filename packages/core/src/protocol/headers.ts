@@ -120,6 +120,46 @@ export function isToken(s: string): boolean {
   return TOKEN.test(s);
 }
 
+/**
+ * Hop-by-hop fields (RFC 9110 §7.6.1, plus HTTP/2's `HTTP2-Settings`): they describe one
+ * connection, so they are never encapsulated (RFC 3507 §4.4.2) nor passed on from an ICAP answer.
+ */
+export const HOP_BY_HOP_FIELDS: ReadonlySet<string> = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-authenticate',
+  'proxy-authorization',
+  'proxy-connection',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+  'http2-settings',
+]);
+
+/** Field names listed in `Connection` fields (hop-by-hop by declaration), lower-cased. */
+export function connectionNamed(headers: Iterable<readonly [string, string]>): Set<string> {
+  const named = new Set<string>();
+  for (const [name, value] of headers) {
+    if (name.toLowerCase() !== 'connection') continue;
+    for (const token of value.split(',')) {
+      const t = token.trim().toLowerCase();
+      if (t !== '') named.add(t);
+    }
+  }
+  return named;
+}
+
+/** The end-to-end fields of a list: no hop-by-hop field, none that `Connection` names, no pseudo-header. */
+export function endToEndHeaders<T extends readonly [string, string]>(headers: Iterable<T>): T[] {
+  const list = [...headers];
+  const named = connectionNamed(list);
+  return list.filter(([n]) => {
+    const k = n.toLowerCase();
+    return !k.startsWith(':') && !HOP_BY_HOP_FIELDS.has(k) && !named.has(k);
+  });
+}
+
 /** True when the value can be written on the wire without splitting or ending the header line. */
 export function isSafeFieldValue(s: string): boolean {
   for (let i = 0; i < s.length; i++) {
