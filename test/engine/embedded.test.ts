@@ -104,7 +104,7 @@ describe("the seeds' icap_log records, reproduced from the same ICAP answers", (
           ),
         ),
       },
-      { vendor: 'opswat' },
+      { vendor: 'opswat', previewMinBodySize: 0 },
     );
     const r = await post(a.url, 'x'.repeat(653));
     expect(r.status).toBe(403);
@@ -293,6 +293,24 @@ describe('outcomes in both failure actions', () => {
 });
 
 describe('engine details', () => {
+  it('preview: a body of at most previewMinBodySize goes whole (one round trip), a larger one is previewed', async () => {
+    const { app: a, icap: s } = await setup({ recordBodies: false });
+    const sent = () => s.requests.filter((r) => r.method === 'REQMOD').at(-1)!;
+    expect((await post(a.url, Buffer.alloc(60_000, 'a'))).status).toBe(200);
+    expect(sent().preview).toBeUndefined();
+    expect(sent().allow204).toBe(true);
+    expect((await post(a.url, Buffer.alloc(70_000, 'a'))).status).toBe(200);
+    expect(sent().preview).toBe(1024);
+    expect(a.logs[1]!.request_logs[0]!.preview_size).toBe(1024);
+    // 0: every body is previewed (here within the preview, ending with ieof).
+    await app?.close();
+    await engine?.close();
+    await icap?.close();
+    const z = await setup({ recordBodies: false }, { previewMinBodySize: 0 });
+    expect((await post(z.app.url, 'small')).status).toBe(200);
+    expect(z.icap.requests.filter((r) => r.method === 'REQMOD').at(-1)!.preview).toBe(5);
+  });
+
   it('a body held in a temp file: an identical 200 echo passes, a same-length rewrite is a modification', async () => {
     const { app: a, icap: s } = await setup({}, { memoryThreshold: '16kb', serviceUri: '/echo' });
     const body = Buffer.alloc(100_000, 'a');

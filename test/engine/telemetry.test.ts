@@ -232,6 +232,7 @@ describe('diagnostics_channel', () => {
             { name: 'second', priority: 1, servers: [icap.url()] },
           ],
         },
+        previewMinBodySize: 0,
       });
       expect(await post(a.url, Buffer.alloc(5000, 0x61))).toBe(200);
       const seq = events.map(([n]) => n.replace('icapkit:', ''));

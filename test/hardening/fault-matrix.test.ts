@@ -110,6 +110,8 @@ interface Case {
   /** The ICAP server the profile points at (default: the plain embedded one). */
   server?: () => { poolGroup: string; tls?: IcapProfile['tls'] };
   serviceUri?: string;
+  /** Profile settings of the case. */
+  profile?: Partial<IcapProfile>;
   /** What the handler must get, when not the body sent (a rewrite). */
   handlerBody?: Buffer;
   /** A fresh script for the embedded server, per run of the case. */
@@ -142,6 +144,7 @@ const CASES: Case[] = [
   },
   {
     name: 'ICAP server stalls after 100 Continue',
+    profile: { previewMinBodySize: 0 },
     script: icapFault({ kind: 'stall-after-continue' }),
     expected: serverFailure(['ICAP_ERR_IO_TIMEOUT']),
   },
@@ -172,6 +175,7 @@ const CASES: Case[] = [
   },
   {
     name: 'ICAP server sends 100 Continue after ieof',
+    profile: { previewMinBodySize: 0 },
     script: icapFault({ kind: 'continue-after-ieof' }),
     body: SMALL,
     expected: serverFailure(['ICAP_ERR_PROTOCOL']),
@@ -401,6 +405,7 @@ describe.each(FRAMEWORKS)('fault matrix: %s', (framework) => {
           connection: { ioTimeout: TIMEOUTS.ioTimeout, connectTimeout: 500 },
           health: { failureLimit: 100 },
           onLog: (l) => logs.push(l),
+          ...c.profile,
         });
         const run: Run = { app, logs };
         try {

@@ -233,10 +233,19 @@ describeWithCIcap('engine against real c-icap', () => {
   });
 
   it('without preview (enablePreview false) and with previews of 0 and 1 byte', async () => {
-    for (const p of [{ enablePreview: false }, { previewSize: 0 }, { previewSize: 1 }]) {
+    for (const p of [
+      { enablePreview: false },
+      { previewSize: 0, previewMinBodySize: 0 },
+      { previewSize: 1, previewMinBodySize: 0 },
+      // the default: a small body goes whole, a large one with a preview
+      {},
+    ]) {
       const s = await start(p);
       expect((await post(s.url, text(10_000))).status).toBe(200);
       expect((await post(s.url, eicarBytes())).status).toBe(403);
+      expect((await post(s.url, text(200_000))).status).toBe(200);
+      const big = Buffer.concat([text(150_000), eicarBytes(), text(50_000)]);
+      expect((await post(s.url, big)).status).toBe(403);
       await app?.close();
       await engine?.close();
     }

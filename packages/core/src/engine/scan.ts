@@ -800,7 +800,7 @@ export class IcapEngine {
       },
       body: store,
       bodyLength: facts.chunked ? undefined : facts.contentLength,
-      preview: p.enablePreview ? p.previewSize : false,
+      preview: p.enablePreview && !smallBody(facts, p.previewMinBodySize) ? p.previewSize : false,
       allow204: p.allow204,
       headers: extraHeaders,
       signal,
@@ -1129,6 +1129,11 @@ function contentCodingOf(facts: HttpRequestFacts): string {
     .filter((c) => c !== '' && c !== 'identity');
   if (codings.length === 0) return 'identity';
   return codings.length === 1 ? codings[0]! : codings.join(', ');
+}
+
+/** A body small enough to send whole: a preview would cost a round trip to spare a few bytes. */
+function smallBody(facts: HttpRequestFacts, limit: number): boolean {
+  return !facts.chunked && facts.contentLength !== undefined && facts.contentLength <= limit;
 }
 
 /** The request's transfer codings ('chunked', or the whole list when there is more), if any. */
