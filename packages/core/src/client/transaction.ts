@@ -132,6 +132,11 @@ function deferred<T>(): Deferred<T> {
 
 function noop(): void {}
 
+/** Resolves with NOT_READY after the event loop's current turn (I/O callbacks included). */
+function nextTurn(): Promise<typeof NOT_READY> {
+  return new Promise((resolve) => setImmediate(resolve, NOT_READY));
+}
+
 export class Transaction {
   readonly #conn: Connection;
   readonly #reusedConnection: boolean;
@@ -313,6 +318,11 @@ export class Transaction {
       p,
       NOT_READY_PROMISE,
     ]);
+    if (r === NOT_READY && this.#outBytes > 0) {
+      // The next bytes are often one turn away (Node hands a request body over on the tick
+      // after its head): wait that turn, so head, chunks and last chunk leave in one write.
+      r = await Promise.race([p, nextTurn()]);
+    }
     if (r === NOT_READY) {
       if (!(await this.#flush())) return STOP;
       this.#awaitingSource = true;
