@@ -163,11 +163,25 @@ export function renderTargets(results: CellResult[]): string[] {
         : ''),
   );
 
-  const t4 = icapkit.filter((r) => r.peakRss - r.baseRss > r.clients * DEFAULT_BUFFER_SIZE);
+  // What icapkit adds: the growth beyond that of the same framework without scanning in the
+  // same cell (a fresh Node process grows by some 50-70 MiB of heap and code whatever it serves).
+  const added = (r: CellResult) => {
+    const ceiling = results.find((x) => x.kind === 'ceiling' && x.framework === r.framework && same(x, r));
+    const own = r.peakRss - r.baseRss;
+    return ceiling === undefined ? own : own - Math.max(0, ceiling.peakRss - ceiling.baseRss);
+  };
+  const t4 = icapkit.filter((r) => added(r) > r.clients * DEFAULT_BUFFER_SIZE);
+  const worst = icapkit.reduce<CellResult | undefined>(
+    (w, r) => (w === undefined || added(r) > added(w) ? r : w),
+    undefined,
+  );
   out.push(
-    `- RSS growth ≤ clients × bufferSize (${DEFAULT_BUFFER_SIZE / MiB} MiB): ${icapkit.length - t4.length}/${icapkit.length} cells met` +
+    `- RSS growth beyond the same framework's own ≤ clients × bufferSize (${DEFAULT_BUFFER_SIZE / MiB} MiB): ${icapkit.length - t4.length}/${icapkit.length} cells met` +
+      (worst
+        ? ` (largest: ${worst.path} ${worst.bodyLabel} c=${worst.clients}: ${(added(worst) / MiB).toFixed(0)} MiB)`
+        : '') +
       (t4.length
-        ? `; missed: ${t4.map((r) => `${r.path} ${r.bodyLabel} c=${r.clients}: +${((r.peakRss - r.baseRss) / MiB).toFixed(0)} MiB`).join(', ')}`
+        ? `; missed: ${t4.map((r) => `${r.path} ${r.bodyLabel} c=${r.clients}: +${(added(r) / MiB).toFixed(0)} MiB`).join(', ')}`
         : ''),
   );
   return out;
