@@ -1,40 +1,14 @@
 /**
- * Starts a real c-icap (Debian `c-icap` + `libc-icap-mod-virus-scan`) on loopback for the
- * benchmark: services `avscan` (ClamAV, allow204) and `echo`. Adapted from
- * test/support/c-icap.ts (same EICAR signature install), without TLS and with a config sized
- * for load: enough children and threads that c-icap is not an artificial bottleneck, and
- * unlimited requests per keep-alive connection (so "connections opened" counts the client's
- * behaviour, not c-icap's `MaxKeepAliveRequests`).
+ * The benchmark's c-icap: @icapkit/testing's launcher (services `avscan` with ClamAV and
+ * allow204, and `echo`), with a configuration sized for load: enough children and threads that
+ * c-icap is not an artificial bottleneck, and unlimited requests per keep-alive connection (so
+ * "connections opened" counts the client's behaviour, not c-icap's `MaxKeepAliveRequests`).
  */
-import { type ChildProcess, spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
-import { mkdir, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import {
-  canConnect,
-  findOnPath,
-  firstExisting,
-  freePort,
-  killGroup,
-  LOOPBACK,
-  sleep,
-  track,
-  waitExit,
-} from './util.js';
+import { type CIcapServer, startCIcap as startTestingCIcap } from '@icapkit/testing';
 
-const CLAMAV_DB_DIR = '/var/lib/clamav';
-const MODULE_DIR_CANDIDATES = [
-  '/usr/lib/x86_64-linux-gnu/c_icap',
-  '/usr/lib/aarch64-linux-gnu/c_icap',
-  '/usr/lib/c_icap',
-  '/usr/local/lib/c_icap',
-  '/usr/lib64/c_icap',
-];
-const TEMPLATE_DIR_CANDIDATES = ['/usr/share/c_icap/templates', '/usr/local/share/c_icap/templates'];
-const MAGIC_FILE_CANDIDATES = ['/etc/c-icap/c-icap.magic', '/usr/local/etc/c-icap.magic'];
-const REQUIRED_MODULES = ['srv_echo.so', 'virus_scan.so', 'clamav_mod.so'];
+export { cIcapMissing, eicar as eicarBytes } from '@icapkit/testing';
+export type CIcap = CIcapServer;
 
 /** c-icap settings used by the benchmark (also printed in bench/README.md). */
 export const CICAP_TUNING = {
@@ -48,163 +22,17 @@ export const CICAP_TUNING = {
   MaxMemObject: 1048576,
 } as const;
 
-/** The EICAR test file, rebuilt at runtime (same encoding as test/support/eicar.ts). */
-export function eicarBytes(): Buffer {
-  const parts = [
-    'KkgrSCQhRUxJRi1UU0VULVNVUklWSVROQS1EUkFETkFUUy1SQUNJRSR9',
-    'NylDQzcpXlAoNDVYWlBcNFtQQUAlUCFPNVg=',
-  ];
-  const bytes = Buffer.from(Buffer.from(parts.join(''), 'base64')).reverse();
-  if (createHash('md5').update(bytes).digest('hex') !== '44d88612fea8a8f36de82e1278abb02f') {
-    throw new Error('eicarBytes(): wrong assembly');
-  }
-  return bytes;
-}
-
-function moduleDir(): string | null {
-  for (const dir of MODULE_DIR_CANDIDATES) {
-    if (REQUIRED_MODULES.every((m) => firstExisting([join(dir, m)]) !== null)) return dir;
-  }
-  return null;
-}
-
-/** What is missing to run c-icap (empty when everything is there). */
-export function cIcapMissing(): string[] {
-  const missing: string[] = [];
-  if (!findOnPath('c-icap')) missing.push('c-icap binary (Debian package c-icap)');
-  if (!moduleDir()) missing.push(`c-icap modules ${REQUIRED_MODULES.join(', ')} (libc-icap-mod-virus-scan)`);
-  return missing;
-}
-
-async function installSignature(file: string, content: string): Promise<void> {
-  try {
-    if (readFileSync(file, 'utf8') === content) return;
-  } catch {
-    // absent
-  }
-  await mkdir(CLAMAV_DB_DIR, { recursive: true });
-  const tmp = `${file}.${process.pid}.tmp`;
-  await writeFile(tmp, content, { mode: 0o644 });
-  await rename(tmp, file);
-}
-
-/** The same two signatures as test/support/c-icap.ts (whole-file MD5 and in-body hex). */
-export async function installEicarSignature(): Promise<void> {
-  const eicar = eicarBytes();
-  await installSignature(
-    join(CLAMAV_DB_DIR, 'icapkit-eicar.hdb'),
-    `44d88612fea8a8f36de82e1278abb02f:68:Eicar-Test-Signature\n`,
-  );
-  await installSignature(
-    join(CLAMAV_DB_DIR, 'icapkit-eicar.ndb'),
-    `Eicar-Test-Signature:0:*:${eicar.toString('hex')}\n`,
-  );
-}
-
-export interface CIcap {
-  port: number;
-  pid: number;
-  dir: string;
-  url(service: string): string;
-  /** pids of the c-icap processes (main + children), for CPU/RSS accounting. */
-  pids(): number[];
-  logs(): Promise<string>;
-  stop(): Promise<void>;
-}
-
-export async function startCIcap(): Promise<CIcap> {
-  const missing = cIcapMissing();
-  if (missing.length > 0) throw new Error(`c-icap cannot start, missing: ${missing.join('; ')}`);
-  const modules = moduleDir()!;
-  const templates = firstExisting(TEMPLATE_DIR_CANDIDATES) ?? '/usr/share/c_icap/templates';
-  const magic = firstExisting(MAGIC_FILE_CANDIDATES);
-  await installEicarSignature();
-  const dir = await mkdtemp(join(tmpdir(), 'icapkit-bench-cicap-'));
-  await mkdir(join(dir, 'tmp'));
-  const port = await freePort();
-  const t = CICAP_TUNING;
-  const conf = [
-    '# Generated by icapkit bench/src/cicap.ts',
-    `PidFile ${join(dir, 'c-icap.pid')}`,
-    `CommandsSocket ${join(dir, 'c-icap.ctl')}`,
-    `ServerLog ${join(dir, 'server.log')}`,
-    `AccessLog ${join(dir, 'access.log')}`,
-    `TmpDir ${join(dir, 'tmp')}`,
-    `Port ${LOOPBACK}:${port}`,
-    'Timeout 60',
-    `MaxKeepAliveRequests ${t.MaxKeepAliveRequests}`,
-    `KeepAliveTimeout ${t.KeepAliveTimeout}`,
-    `StartServers ${t.StartServers}`,
-    `MaxServers ${t.MaxServers}`,
-    `ThreadsPerChild ${t.ThreadsPerChild}`,
-    `MinSpareThreads ${t.MinSpareThreads}`,
-    `MaxSpareThreads ${t.MaxSpareThreads}`,
-    'MaxRequestsPerChild 0',
-    'ServerAdmin icapkit-bench@localhost',
-    'ServerName icapkit-bench',
-    `MaxMemObject ${t.MaxMemObject}`,
-    'DebugLevel 0',
-    `ModulesDir ${modules}`,
-    `ServicesDir ${modules}`,
-    `TemplateDir ${templates}/`,
-    'TemplateDefaultLanguage en',
-    ...(magic ? [`LoadMagicFile ${magic}`] : []),
-    'Service echo srv_echo.so',
-    'Module common clamav_mod.so',
-    'Service antivirus_module virus_scan.so',
-    'ServiceAlias avscan virus_scan?allow204=on&sizelimit=off&mode=simple',
-    'virus_scan.ScanFileTypes TEXT DATA EXECUTABLE ARCHIVE GIF JPEG MSOFFICE',
-    'virus_scan.MaxObjectSize 200M',
-    'virus_scan.DefaultEngine clamav',
-    'clamav_mod.MaxScanSize 200M',
-    '',
-  ].join('\n');
-  const confFile = join(dir, 'c-icap.conf');
-  await writeFile(confFile, conf);
-  const child: ChildProcess = spawn('c-icap', ['-N', '-f', confFile, '-D', '-d', '0'], {
-    cwd: dir,
-    detached: true,
-    stdio: ['ignore', 'pipe', 'pipe'],
+export function startCIcap(): Promise<CIcap> {
+  return startTestingCIcap({
+    maxKeepAliveRequests: CICAP_TUNING.MaxKeepAliveRequests,
+    keepAliveTimeout: CICAP_TUNING.KeepAliveTimeout,
+    debugLevel: 0,
+    // Later directives override the launcher's defaults.
+    extraConfig: Object.entries(CICAP_TUNING)
+      .filter(([k]) => k !== 'MaxKeepAliveRequests' && k !== 'KeepAliveTimeout')
+      .map(([k, v]) => `${k} ${v}`)
+      .join('\n'),
   });
-  track(child);
-  let output = '';
-  const keep = (c: Buffer) => {
-    output = (output + c.toString('utf8')).slice(-32_000);
-  };
-  child.stdout?.on('data', keep);
-  child.stderr?.on('data', keep);
-  let exited = false;
-  child.once('exit', () => {
-    exited = true;
-  });
-  const pid = child.pid!;
-  const stop = async () => {
-    killGroup(pid, 'SIGTERM');
-    if (!(await waitExit(child, 3000))) killGroup(pid, 'SIGKILL');
-    await waitExit(child, 3000);
-    await rm(dir, { recursive: true, force: true });
-  };
-  const deadline = Date.now() + 15_000;
-  while (Date.now() < deadline) {
-    if (exited) break;
-    if (await canConnect(port, 500)) {
-      return {
-        port,
-        pid,
-        dir,
-        url: (service) => `icap://${LOOPBACK}:${port}/${service.replace(/^\/+/, '')}`,
-        pids: () => groupPids(pid),
-        logs: async () => {
-          const server = await readFile(join(dir, 'server.log'), 'utf8').catch(() => '');
-          return `${server.slice(-8000)}\n--- output ---\n${output}`;
-        },
-        stop,
-      };
-    }
-    await sleep(100);
-  }
-  await stop();
-  throw new Error(`c-icap did not start on port ${port}\n${output}`);
 }
 
 /** Processes of a process group (pgid = leader pid), from /proc. */

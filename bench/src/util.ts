@@ -22,18 +22,6 @@ export function findOnPath(name: string): string | null {
   return null;
 }
 
-export function firstExisting(paths: readonly string[]): string | null {
-  for (const p of paths) {
-    try {
-      statSync(p);
-      return p;
-    } catch {
-      // next
-    }
-  }
-  return null;
-}
-
 /** A loopback port that was free a moment ago. */
 export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -129,13 +117,6 @@ function installHooks(): void {
   if (hooksInstalled) return;
   hooksInstalled = true;
   process.once('exit', killAllChildren);
-}
-
-/** Registers an externally spawned child so it is killed on exit too. */
-export function track(child: ChildProcess): void {
-  installHooks();
-  children.add(child);
-  child.once('exit', () => children.delete(child));
 }
 
 export interface Child {

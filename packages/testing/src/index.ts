@@ -1,3 +1,5 @@
+export type { CIcapServer, StartCIcapOptions } from './c-icap.js';
+export { CICAP_EICAR_THREAT, cIcapMissing, startCIcap } from './c-icap.js';
 export type { Fault, FaultKind, FaultMoment } from './faults.js';
 export type { IcapServerOptions, IcapTestServer, RecordedRequest } from './server.js';
 export { startIcapServer } from './server.js';
