@@ -10,7 +10,7 @@
  * page, or problem+json for `Accept: application/json`). GET / is the upload page,
  * GET /icap-analytics/ the log analytics page.
  */
-import { once } from 'node:events';
+import { createServer } from 'node:http';
 import { icap, icapAnalytics, loopbackOnly, tokenGuard } from '@icapkit/express';
 import { eicar, startIcapServer } from '@icapkit/testing';
 import express from 'express';
@@ -23,6 +23,7 @@ import {
   main,
   NO_FILE,
   scanLogger,
+  serve,
   uploadPage,
   uploadResult,
   wantsHtml,
@@ -77,34 +78,13 @@ export async function start(options = {}) {
     res.status(status).json({ ok: false, error: status === 500 ? 'Internal error' : err.message });
   });
 
-  const server = app.listen(config.port, config.host);
-  try {
-    await once(server, 'listening');
-  } catch (err) {
-    analytics.close();
-    await scan.close();
-    await embedded?.close();
-    throw err; // e.g. EADDRINUSE
-  }
-  const { port } = server.address();
-  let closed;
-  return {
+  return serve(createServer(app), {
     framework: 'Express',
-    url: `http://${config.host}:${port}`,
-    analyticsUrl: `http://${config.host}:${port}${ANALYTICS_PATH}/`,
+    config,
     icapUrl,
     embedded: embedded !== null,
-    close() {
-      closed ??= (async () => {
-        server.closeAllConnections();
-        await new Promise((resolve) => server.close(() => resolve()));
-        analytics.close();
-        await scan.close();
-        await embedded?.close();
-      })();
-      return closed;
-    },
-  };
+    closers: [() => analytics.close(), () => scan.close(), async () => embedded?.close()],
+  });
 }
 
 // `node server.js`: settings from the environment, a banner saying how to try it, Ctrl-C to stop.

@@ -10,8 +10,9 @@
  * page, or problem+json for `Accept: application/json`). GET / is the upload page,
  * GET /icap-analytics/ the log analytics page.
  */
-import { once } from 'node:events';
+
 import { readFile, rm } from 'node:fs/promises';
+import { createServer } from 'node:http';
 import { icap, icapAnalytics, loopbackOnly, tokenGuard } from '@icapkit/koa';
 import { eicar, startIcapServer } from '@icapkit/testing';
 import Koa from 'koa';
@@ -24,6 +25,7 @@ import {
   main,
   NO_FILE,
   scanLogger,
+  serve,
   uploadPage,
   uploadResult,
   wantsHtml,
@@ -103,34 +105,13 @@ export async function start(options = {}) {
     ctx.body = { ok: false, error: 'Not found' };
   });
 
-  const server = app.listen(config.port, config.host);
-  try {
-    await once(server, 'listening');
-  } catch (err) {
-    analytics.close();
-    await scan.close();
-    await embedded?.close();
-    throw err; // e.g. EADDRINUSE
-  }
-  const { port } = server.address();
-  let closed;
-  return {
+  return serve(createServer(app.callback()), {
     framework: 'Koa',
-    url: `http://${config.host}:${port}`,
-    analyticsUrl: `http://${config.host}:${port}${ANALYTICS_PATH}/`,
+    config,
     icapUrl,
     embedded: embedded !== null,
-    close() {
-      closed ??= (async () => {
-        server.closeAllConnections();
-        await new Promise((resolve) => server.close(() => resolve()));
-        analytics.close();
-        await scan.close();
-        await embedded?.close();
-      })();
-      return closed;
-    },
-  };
+    closers: [() => analytics.close(), () => scan.close(), async () => embedded?.close()],
+  });
 }
 
 // `node server.js`: settings from the environment, a banner saying how to try it, Ctrl-C to stop.

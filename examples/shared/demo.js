@@ -5,6 +5,7 @@
  * each example's server.js shows only what is specific to its framework.
  */
 import { createHash } from 'node:crypto';
+import { once } from 'node:events';
 import { readFileSync, realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
@@ -234,6 +235,41 @@ export function banner({
 }
 
 /** Runs `close` on Ctrl-C or SIGTERM; a second signal (or a close stuck for 10 s) exits at once. */
+/**
+ * Listens with a node:http server and returns the example's handle: its address, and close()
+ * that stops the server, then each of `closers` (the analytics page, the middleware's ICAP
+ * connections, the embedded ICAP server).
+ */
+export async function serve(server, { framework, config, icapUrl, embedded, closers }) {
+  const closeAll = async () => {
+    for (const close of closers) await close();
+  };
+  server.listen(config.port, config.host);
+  try {
+    await once(server, 'listening');
+  } catch (err) {
+    await closeAll();
+    throw err; // e.g. EADDRINUSE
+  }
+  const { port } = server.address();
+  let closed;
+  return {
+    framework,
+    url: `http://${config.host}:${port}`,
+    analyticsUrl: `http://${config.host}:${port}${ANALYTICS_PATH}/`,
+    icapUrl,
+    embedded,
+    close() {
+      closed ??= (async () => {
+        server.closeAllConnections();
+        await new Promise((resolve) => server.close(() => resolve()));
+        await closeAll();
+      })();
+      return closed;
+    },
+  };
+}
+
 export function closeOnSignal(close, print = (line) => console.log(line)) {
   let closing = false;
   const onSignal = (signal) => {
