@@ -10,6 +10,7 @@
  * --cells=LIST: only these cells, e.g. --cells=10k/8,1m/1 (bodies 10k, 1m, 32m, mp5), every selected path.
  * --out=DIR: where latest.md / latest.json go (default bench/results).
  * --update-readme: also replace the table in bench/README.md.
+ * --from=FILE: run nothing; render the results saved in FILE (a latest.json) again.
  */
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -163,6 +164,7 @@ interface Args {
   out: string;
   updateReadme: boolean;
   cells: CellDef[] | undefined;
+  from: string | undefined;
 }
 
 function parseArgs(argv: string[]): Args {
@@ -172,12 +174,14 @@ function parseArgs(argv: string[]): Args {
     out: join(BENCH_DIR, 'results'),
     updateReadme: false,
     cells: undefined,
+    from: undefined,
   };
   for (const arg of argv) {
     if (arg === '--short') a.short = true;
     else if (arg.startsWith('--only=')) a.only = new RegExp(arg.slice(7));
     else if (arg.startsWith('--out=')) a.out = arg.slice(6);
     else if (arg === '--update-readme') a.updateReadme = true;
+    else if (arg.startsWith('--from=')) a.from = arg.slice(7);
     else if (arg.startsWith('--cells=')) {
       a.cells = arg
         .slice(8)
@@ -504,6 +508,14 @@ function fmtCell(r: CellResult): string {
 
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
+  if (args.from !== undefined) {
+    const saved = JSON.parse(await readFile(args.from, 'utf8')) as {
+      machine: Machine;
+      results: CellResult[];
+    };
+    await publish(saved.results, saved.machine, args);
+    return;
+  }
   const t0 = Date.now();
   const missing = [...cIcapMissing(), ...squidMissing()];
   if (missing.length > 0) {
@@ -608,12 +620,19 @@ async function main(): Promise<void> {
     measure32mS,
     totalS: Math.round((Date.now() - t0) / 1000),
   };
+  await publish(results, machine, args);
+}
+
+/** Prints the report, writes latest.md / latest.json, and with --update-readme the README's table. */
+async function publish(results: CellResult[], machine: Machine, args: Args): Promise<void> {
   const report = renderReport(results, machine, { cicapTuning: CICAP_TUNING });
   console.log(report);
   await mkdir(args.out, { recursive: true });
-  const base = short ? 'short' : 'latest';
+  const base = machine.mode === 'short' ? 'short' : 'latest';
   await writeFile(join(args.out, `${base}.md`), `${report}\n`);
-  await writeFile(join(args.out, `${base}.json`), `${JSON.stringify({ machine, results }, null, 2)}\n`);
+  if (args.from === undefined) {
+    await writeFile(join(args.out, `${base}.json`), `${JSON.stringify({ machine, results }, null, 2)}\n`);
+  }
   if (args.updateReadme) {
     const readme = join(BENCH_DIR, 'README.md');
     const text = await readFile(readme, 'utf8');

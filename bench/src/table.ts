@@ -49,6 +49,16 @@ function connText(r: CellResult): string {
 
 const pct = (v: number | undefined) => (v === undefined ? '—' : v.toFixed(0));
 
+/**
+ * Requests per CPU-second of every process on the request's path (application or Squid, its
+ * origin, the ICAP server): how much of the machine each path needs for the same work, where
+ * req/s alone favours a path that spreads over more processes on an idle core.
+ */
+function perCpu(r: CellResult): number {
+  const cpu = ((r.cpuApp ?? 0) + (r.cpuIcap ?? 0) + (r.cpuOrigin ?? 0)) / 100;
+  return cpu > 0 ? r.rps / cpu : 0;
+}
+
 export function renderReport(
   results: CellResult[],
   m: Machine,
@@ -98,9 +108,9 @@ export function renderReport(
   out.push('Ratios (requests/s; same body, same clients, same ICAP service):');
   out.push('');
   out.push(
-    '| Body | Clients | icapkit path | req/s | ÷ Squid | ÷ ceiling (same framework) | ÷ raw ICAP capacity |',
+    '| Body | Clients | icapkit path | req/s | ÷ Squid | ÷ Squid per CPU-second | ÷ ceiling (same framework) | ÷ raw ICAP capacity |',
   );
-  out.push('|---|--:|---|--:|--:|--:|--:|');
+  out.push('|---|--:|---|--:|--:|--:|--:|--:|');
   const find = (rows: CellResult[], pred: (r: CellResult) => boolean) => rows.find(pred);
   for (const rows of byCell.values()) {
     for (const r of rows.filter((x) => x.kind === 'icapkit')) {
@@ -108,7 +118,7 @@ export function renderReport(
       const ceiling = find(rows, (x) => x.kind === 'ceiling' && x.framework === r.framework);
       const raw = find(rows, (x) => x.kind === 'raw' && x.service === r.service);
       out.push(
-        `| ${r.bodyLabel} | ${r.clients} | ${pathLabel(r)} | ${n0(r.rps)} | ${ratio(r.rps, squid?.rps)} | ${ratio(r.rps, ceiling?.rps)} | ${ratio(r.rps, raw?.rps)} |`,
+        `| ${r.bodyLabel} | ${r.clients} | ${pathLabel(r)} | ${n0(r.rps)} | ${ratio(r.rps, squid?.rps)} | ${squid === undefined ? '—' : ratio(perCpu(r), perCpu(squid))} | ${ratio(r.rps, ceiling?.rps)} | ${ratio(r.rps, raw?.rps)} |`,
       );
     }
   }
