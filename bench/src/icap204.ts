@@ -1,22 +1,46 @@
 /**
- * The embedded ICAP server of @icapkit/testing in its own process, answering 204 to every clean
- * REQMOD (after reading the whole body, as c-icap's avscan does): the ICAP side costs almost
- * nothing, so what is left is our own overhead. Prints `READY {"port":N}`.
+ * The embedded ICAP server of @icapkit/testing in its own process. Prints `READY {"port":N,"pid":N}`.
+ *
+ *   node dist/icap204.js            answers 204 to every clean REQMOD (after reading the whole
+ *                                   body, as c-icap's avscan does): the ICAP side costs almost
+ *                                   nothing, so what is left is the client's own overhead;
+ *   node dist/icap204.js --faults   also misbehaves for a request whose encapsulated HTTP request
+ *                                   carries `X-Soak-Fault: <kind>` (the soak test's ICAP server).
  */
-import { startIcapServer } from '@icapkit/testing';
+import { type Fault, type RecordedRequest, startIcapServer } from '@icapkit/testing';
 
-const server = await startIcapServer({
-  host: '127.0.0.1',
-  port: 0,
-  recordBodies: false,
-  keepAliveTimeout: 600_000,
-});
-const stop = () => {
-  server.close().finally(() => process.exit(0));
-  setTimeout(() => process.exit(0), 2000).unref();
+/** What `X-Soak-Fault` can ask for. */
+export const SOAK_FAULTS: Record<string, Fault> = {
+  reset: { kind: 'reset', when: 'mid-body' },
+  'reset-early': { kind: 'reset', when: 'on-head' },
+  'status-500': { kind: 'status', status: 500 },
+  garbage: { kind: 'garbage' },
+  hang: { kind: 'hang' },
+  'endless-chunk': { kind: 'endless-chunk', in: 'request' },
+  'oversized-headers': { kind: 'oversized-headers', bytes: 200_000 },
 };
-process.on('SIGTERM', stop);
-process.on('SIGINT', stop);
-// recordBodies:false keeps bodies out; the per-request records still pile up: forget them.
-setInterval(() => server.reset(), 1000).unref();
-process.stdout.write(`READY ${JSON.stringify({ port: server.port, pid: process.pid })}\n`);
+
+function soakFault(r: RecordedRequest): Fault | undefined {
+  if (r.method === 'OPTIONS') return undefined;
+  const kind = r.httpRequest?.headers.get('x-soak-fault');
+  return kind === undefined ? undefined : SOAK_FAULTS[kind];
+}
+
+if (process.argv[1]?.endsWith('icap204.js') === true) {
+  const server = await startIcapServer({
+    host: '127.0.0.1',
+    port: 0,
+    recordBodies: false,
+    keepAliveTimeout: 600_000,
+    script: process.argv.includes('--faults') ? soakFault : undefined,
+  });
+  const stop = () => {
+    server.close().finally(() => process.exit(0));
+    setTimeout(() => process.exit(0), 2000).unref();
+  };
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
+  // recordBodies:false keeps bodies out; the per-request records still pile up: forget them.
+  setInterval(() => server.reset(), 1000).unref();
+  process.stdout.write(`READY ${JSON.stringify({ port: server.port, pid: process.pid })}\n`);
+}

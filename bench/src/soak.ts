@@ -7,7 +7,7 @@
  *
  *   node bench/dist/soak.js [--duration=600] [--connections=32] [--framework=express] [--out=FILE]
  *
- * Processes: the application (bench/dist/app.js) and the ICAP server (bench/dist/soak-icap.js)
+ * Processes: the application (bench/dist/app.js) and the ICAP server (bench/dist/icap204.js --faults)
  * run on their own, so the RSS measured is the application's alone. Prints a markdown report
  * and a `RESULT {json}` line; exits 1 on any wrong verdict.
  */
@@ -199,7 +199,7 @@ async function main(): Promise<void> {
   const connections = Number(args.connections ?? 32);
   const framework = args.framework ?? 'express';
 
-  const icap = await startChild(process.execPath, [join(HERE, 'soak-icap.js')]);
+  const icap = await startChild(process.execPath, [join(HERE, 'icap204.js'), '--faults']);
   const profile = {
     responseTimeout: 2000,
     bodyTimeout: 5000,

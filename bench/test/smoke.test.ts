@@ -1,7 +1,9 @@
 /**
- * Smoke test of the benchmark: `bench/dist/run.js --short` starts c-icap, the embedded server,
- * Squid and every application, runs one small cell per path and prints the table. No timing
- * assertion: only that it runs, every path produced a row, and everything it started is gone.
+ * Smoke tests of the benchmark and the soak: `bench/dist/run.js --short` starts c-icap, the
+ * embedded server, Squid and every application, runs one small cell per path and prints the
+ * table; `bench/dist/soak.js` sends a few seconds of mixed clean, infected and faulty uploads. No
+ * timing assertion: only that they run, every path produced a row, every soak answer was right,
+ * and everything they started is gone.
  *
  * Skipped when c-icap or Squid is not installed, or the bench was not built (`pnpm run build`),
  * except under CI=true, where that is a failure.
@@ -18,6 +20,7 @@ import { squidMissing } from '../src/squid.js';
 
 const BENCH = fileURLToPath(new URL('..', import.meta.url));
 const RUN = join(BENCH, 'dist', 'run.js');
+const SOAK = join(BENCH, 'dist', 'soak.js');
 
 const missing = [...cIcapMissing(), ...squidMissing()];
 if (!existsSync(RUN)) missing.push(`${RUN} (run pnpm run build first)`);
@@ -88,5 +91,32 @@ describe.skipIf(missing.length > 0)('bench --short', () => {
     } finally {
       await rm(out, { recursive: true, force: true });
     }
+  });
+
+  // In the same file as the run above, so the two never overlap (each checks that no process of
+  // bench/dist is left, which the other's would be). `pnpm soak` runs it for ten minutes.
+  it('a short soak: every answer is the one its request must get', { timeout: 90_000 }, async () => {
+    const { code, stdout } = await new Promise<{ code: number | null; stdout: string }>((resolve) => {
+      execFile(
+        process.execPath,
+        [SOAK, '--duration=6', '--connections=8'],
+        { timeout: 60_000, maxBuffer: 4 * 1024 * 1024 },
+        (err, out) => resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout: out }),
+      );
+    });
+    const line = stdout.split('\n').find((l) => l.startsWith('RESULT '));
+    expect(line, stdout).toBeDefined();
+    const result = JSON.parse(line!.slice(7)) as {
+      total: number;
+      wrong: number;
+      scenarios: Record<string, { count: number; wrong: number }>;
+    };
+    expect(result.wrong, stdout).toBe(0);
+    expect(code).toBe(0);
+    expect(result.total).toBeGreaterThan(100);
+    // The mix reached the application: clean, infected and faulty requests all happened.
+    for (const s of ['clean-10k', 'eicar-10k', 'icap-status-500'])
+      expect(result.scenarios[s]?.count).toBeGreaterThan(0);
+    expect(processesWith(join(BENCH, 'dist'))).toEqual([]);
   });
 });
