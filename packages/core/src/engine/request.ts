@@ -28,6 +28,10 @@ export interface HttpRequestFacts extends RequestFacts {
   /** Declared `Content-Length`, when there is exactly one valid value. */
   contentLength: number | undefined;
   chunked: boolean;
+  /** The body's content coding: 'identity', one coding, or the whole list for stacked ones. */
+  contentCoding: string;
+  /** The transfer codings ('chunked', or the whole list when there is more), if any. */
+  transferCoding: string | undefined;
   /** File name from `Content-Disposition`, else the last segment of the path (for logs and block pages). */
   fileName: string | undefined;
 }
@@ -71,8 +75,20 @@ export function requestFacts(req: ScanRequest): HttpRequestFacts {
     scheme,
     contentLength,
     chunked,
+    contentCoding: codingsOf(headers, 'content-encoding', true) ?? 'identity',
+    transferCoding: codingsOf(headers, 'transfer-encoding', false),
     fileName: fileNameOf(headers.get('content-disposition'), target),
   };
+}
+
+/** The codings a field lists, lower-cased and joined (`identity` left out if asked); undefined for none. */
+function codingsOf(headers: Headers, name: string, dropIdentity: boolean): string | undefined {
+  const codings = headers
+    .getAll(name)
+    .flatMap((v) => v.split(','))
+    .map((c) => c.trim().toLowerCase())
+    .filter((c) => c !== '' && !(dropIdentity && c === 'identity'));
+  return codings.length === 0 ? undefined : codings.join(', ');
 }
 
 function fileNameOf(disposition: string | undefined, target: string): string | undefined {

@@ -235,7 +235,7 @@ export class IcapEngine {
     };
     if (facts.hasBody) {
       // Per-file scanning replays the original form when every part is clean: hold all of it.
-      const retainAll = p.allow204 || perFile || contentCodingOf(facts) !== 'identity';
+      const retainAll = p.allow204 || perFile || facts.contentCoding !== 'identity';
       store = new BodyStore({
         limit: p.bufferSize,
         retainAll,
@@ -377,7 +377,7 @@ export class IcapEngine {
     raw: BodyStore,
     abort: (err: IcapError) => void,
   ): { store: BodyStore; facts: HttpRequestFacts } | null {
-    const coding = contentCodingOf(facts);
+    const coding = facts.contentCoding;
     const make = DECODERS.get(coding);
     if (coding === 'identity' || make === undefined) return null;
     const p = this.profile;
@@ -420,6 +420,7 @@ export class IcapEngine {
         headers: new Headers(pairs),
         contentLength: undefined,
         chunked: true,
+        contentCoding: 'identity',
       },
     };
   }
@@ -431,7 +432,7 @@ export class IcapEngine {
    */
   async #early(facts: HttpRequestFacts, log: IcapLog, options: ScanOptions): Promise<ScanOutcome | null> {
     const p = this.profile;
-    const transfer = transferCodingOf(facts);
+    const transfer = facts.transferCoding;
     if (transfer !== 'chunked' && transfer !== undefined) {
       // Node only removes the chunked framing: the body would reach the application still coded.
       return this.#refuse(
@@ -444,7 +445,7 @@ export class IcapEngine {
         options,
       );
     }
-    const coding = contentCodingOf(facts);
+    const coding = facts.contentCoding;
     if (facts.hasBody && coding !== 'identity' && (p.contentEncoding === 'refuse' || !DECODERS.has(coding))) {
       const reason =
         p.contentEncoding === 'refuse'
@@ -1120,31 +1121,9 @@ const DECODERS = new Map<string, () => Transform>([
   ['br', () => createBrotliDecompress()],
 ]);
 
-/** The body's content coding: 'identity', one coding, or the whole header for stacked ones. */
-function contentCodingOf(facts: HttpRequestFacts): string {
-  const values = facts.headers.getAll('content-encoding');
-  const codings = values
-    .flatMap((v) => v.split(','))
-    .map((c) => c.trim().toLowerCase())
-    .filter((c) => c !== '' && c !== 'identity');
-  if (codings.length === 0) return 'identity';
-  return codings.length === 1 ? codings[0]! : codings.join(', ');
-}
-
 /** A body small enough to send whole: a preview would cost a round trip to spare a few bytes. */
 function smallBody(facts: HttpRequestFacts, limit: number): boolean {
   return !facts.chunked && facts.contentLength !== undefined && facts.contentLength <= limit;
-}
-
-/** The request's transfer codings ('chunked', or the whole list when there is more), if any. */
-function transferCodingOf(facts: HttpRequestFacts): string | undefined {
-  const values = facts.headers.getAll('transfer-encoding');
-  if (values.length === 0) return undefined;
-  const codings = values
-    .flatMap((v) => v.split(','))
-    .map((c) => c.trim().toLowerCase())
-    .filter((c) => c !== '');
-  return codings.length === 1 ? codings[0] : codings.join(', ');
 }
 
 /** Adds `store.dispose()` to an outcome's dispose. */
