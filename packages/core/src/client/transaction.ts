@@ -655,12 +655,8 @@ export class Transaction {
 function checkEncapsulated(method: IcapRequestMethod, head: IcapResponseHead): void {
   const names = head.encapsulated?.map((e) => e.name) ?? [];
   const has = (n: string) => names.includes(n as EncapsulatedEntry['name']);
-  if ((head.status === 200 || head.status === 201) && head.encapsulated === null && method !== 'OPTIONS') {
-    throw new IcapError(
-      IcapErrorCodes.PROTOCOL,
-      `ICAP ${head.status} response without an Encapsulated header`,
-    );
-  }
+  // A 200/201 without Encapsulated carries no message ("no header means no body"): the verdict
+  // reader decides (a threat header blocks, an explicit allow is clean, anything else an error).
   if (method === 'OPTIONS') {
     if (has('req-hdr') || has('res-hdr') || has('req-body') || has('res-body')) {
       throw new IcapError(

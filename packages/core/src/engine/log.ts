@@ -44,7 +44,8 @@ export interface IcapRequestLog {
   icap_headers_sent_to_server: string;
   icap_headers_received_from_server?: string;
   modified_content_length?: number;
-  vendor: 'ICAP_VENDOR_GENERIC' | 'ICAP_VENDOR_OPSWAT' | 'ICAP_VENDOR_LASTLINE';
+  /** The profile's `vendor` (the reference product's three names stay as they were). */
+  vendor: IcapVendorEnum;
   reason?: string;
   threat_id?: string;
   violations?: Violation[];
@@ -97,10 +98,35 @@ export function httpMethodEnum(method: string): string {
   return `HTTP_METHOD_${method.toUpperCase().replace(/[^A-Z0-9]/g, '_')}`;
 }
 
+export type IcapVendorEnum =
+  | 'ICAP_VENDOR_GENERIC'
+  | 'ICAP_VENDOR_OPSWAT'
+  | 'ICAP_VENDOR_LASTLINE'
+  | 'ICAP_VENDOR_CICAP'
+  | 'ICAP_VENDOR_KASPERSKY'
+  | 'ICAP_VENDOR_ESET'
+  | 'ICAP_VENDOR_SYMANTEC'
+  | 'ICAP_VENDOR_MCAFEE'
+  | 'ICAP_VENDOR_TRENDMICRO'
+  | 'ICAP_VENDOR_SOPHOS'
+  | 'ICAP_VENDOR_FSECURE';
+
+const VENDOR_ENUM: Readonly<Record<string, IcapVendorEnum>> = {
+  generic: 'ICAP_VENDOR_GENERIC',
+  opswat: 'ICAP_VENDOR_OPSWAT',
+  'nsx-defender': 'ICAP_VENDOR_LASTLINE',
+  'c-icap': 'ICAP_VENDOR_CICAP',
+  kaspersky: 'ICAP_VENDOR_KASPERSKY',
+  eset: 'ICAP_VENDOR_ESET',
+  symantec: 'ICAP_VENDOR_SYMANTEC',
+  mcafee: 'ICAP_VENDOR_MCAFEE',
+  'trend-micro': 'ICAP_VENDOR_TRENDMICRO',
+  sophos: 'ICAP_VENDOR_SOPHOS',
+  'f-secure': 'ICAP_VENDOR_FSECURE',
+};
+
 export function vendorEnum(vendor: string): IcapRequestLog['vendor'] {
-  if (vendor === 'opswat') return 'ICAP_VENDOR_OPSWAT';
-  if (vendor === 'nsx-defender') return 'ICAP_VENDOR_LASTLINE';
-  return 'ICAP_VENDOR_GENERIC';
+  return Object.hasOwn(VENDOR_ENUM, vendor) ? VENDOR_ENUM[vendor]! : 'ICAP_VENDOR_GENERIC';
 }
 
 const poolNameCache = new Map<string, { name: { val: string; crc32: number }; uuid: string }>();

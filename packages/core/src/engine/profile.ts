@@ -6,7 +6,7 @@ import { isSafeFieldValue, isToken } from '../protocol/headers.js';
 import type { IcapLog } from './log.js';
 import { type CompiledPolicy, compilePolicy, type PolicyRule } from './policy.js';
 import type { MetricsOptions } from './telemetry.js';
-import { DEFAULT_NSX_STATUS_URL, type Vendor } from './verdict/index.js';
+import { DEFAULT_NSX_STATUS_URL, type Vendor, VENDORS } from './verdict/index.js';
 
 /**
  * The ICAP profile: what to scan, where, and what to do when scanning is not possible. Field
@@ -339,6 +339,37 @@ function oneOf<T extends string>(v: unknown, allowed: readonly T[], field: strin
   return v as T;
 }
 
+/** Names people write for a vendor, with the `vendor` value that reads that server. */
+const VENDOR_HINTS: Readonly<Record<string, Vendor>> = {
+  clamav: 'c-icap',
+  cicap: 'c-icap',
+  squidclamav: 'generic',
+  metadefender: 'opswat',
+  lastline: 'nsx-defender',
+  nsx: 'nsx-defender',
+  kwts: 'kaspersky',
+  mwg: 'mcafee',
+  skyhigh: 'mcafee',
+  broadcom: 'symantec',
+  trend: 'trend-micro',
+  trendmicro: 'trend-micro',
+  savdi: 'sophos',
+  fsecure: 'f-secure',
+};
+
+function vendorOf(v: unknown): Vendor {
+  if (v === undefined) return PROFILE_DEFAULTS.vendor;
+  if (typeof v === 'string' && (VENDORS as readonly string[]).includes(v)) return v as Vendor;
+  const key = typeof v === 'string' ? v.toLowerCase().replace(/[^a-z]/g, '') : '';
+  const exact = VENDORS.find((x) => x.replace(/[^a-z]/g, '') === key);
+  const hint = exact ?? (Object.hasOwn(VENDOR_HINTS, key) ? VENDOR_HINTS[key] : undefined);
+  fail(
+    'profile.vendor',
+    `must be one of ${VENDORS.map((a) => `'${a}'`).join(', ')} (got ${describe(v)})` +
+      (hint !== undefined ? `; did you mean '${hint}'?` : ''),
+  );
+}
+
 function bool(v: unknown, field: string, fallback: boolean): boolean {
   if (v === undefined) return fallback;
   if (typeof v !== 'boolean') fail(field, `must be true or false (got ${describe(v)})`);
@@ -561,7 +592,7 @@ export function resolveProfile(profile: IcapProfile): ResolvedProfile {
     poolGroupName,
     pools,
     serviceUri: p.serviceUri,
-    vendor: oneOf(p.vendor, ['generic', 'opswat', 'nsx-defender'], 'profile.vendor', PROFILE_DEFAULTS.vendor),
+    vendor: vendorOf(p.vendor),
     allow204: bool(p.allow204, 'profile.allow204', PROFILE_DEFAULTS.allow204),
     bufferSize,
     bufferSizeExceedAction: oneOf(

@@ -848,13 +848,22 @@ export class IcapEngine {
         return { type: 'clean', res, verdict, skipped: undefined };
       }
       case 'blocked': {
+        // The threat is named in the head: the block stands even when the block page cannot be
+        // read to its end (the server closes or resets after its answer). Our own page then.
         let relay: ClientResponse | undefined;
-        if (p.blockResponse === 'relay' && res.httpResponse !== null) {
-          relay = await readRelay(res);
-        } else {
-          await drain(res);
+        try {
+          if (p.blockResponse === 'relay' && res.httpResponse !== null) {
+            relay = await readRelay(res);
+          } else {
+            await drain(res);
+          }
+        } catch {
+          relay = undefined;
+          res.body?.destroy();
         }
-        entry.latency = await latencyOf(res, started);
+        entry.latency = await latencyOf(res, started).catch(() =>
+          String(Math.round(performance.now() - started)),
+        );
         entry.action = 'ICAP_BLOCKED';
         entry.http_response_code = relay?.status ?? 403;
         return { type: 'blocked', res, verdict, relay };

@@ -72,7 +72,10 @@ describe('resolveProfile', () => {
   it.each([
     [{ name: '' }, 'profile.name', /is required/],
     [{ serviceUri: 'avscan' }, 'profile.serviceUri', /starting with '\/'/],
-    [{ vendor: 'kaspersky' }, 'profile.vendor', /must be one of 'generic', 'opswat', 'nsx-defender'/],
+    [{ vendor: 'avira' }, 'profile.vendor', /must be one of 'generic', 'opswat', 'nsx-defender', 'c-icap'/],
+    [{ vendor: 'ClamAV' }, 'profile.vendor', /\(got "ClamAV"\); did you mean 'c-icap'\?/],
+    [{ vendor: 'Kaspersky' }, 'profile.vendor', /did you mean 'kaspersky'\?/],
+    [{ vendor: 42 }, 'profile.vendor', /must be one of .* \(got 42\)$/],
     [{ previewSize: 6000 }, 'profile.previewSize', /integer from 0 to 5000 bytes \(got 6000\)/],
     [{ previewSize: 1.5 }, 'profile.previewSize', /integer from 0 to 5000/],
     [{ responseTimeout: 10 }, 'profile.responseTimeout', /from 50 to 3600000 ms/],

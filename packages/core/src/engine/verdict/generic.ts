@@ -9,6 +9,7 @@ import {
   parseViolations,
 } from './fields.js';
 import type { Verdict, VerdictInput, Violation } from './index.js';
+import { VENDOR_RULES, type VendorRules } from './vendors.js';
 
 /**
  * The generic reading of an ICAP response (the rules are written down in index.ts). The OPSWAT
@@ -43,6 +44,8 @@ const UNSCANNABLE_ERROR_CODES: ReadonlySet<string> = new Set([
   'max_archive_layers_exceeded',
   'password_protected',
 ]);
+/** X-Error-Code values that are a refusal by policy, not a failure: a block. */
+const BLOCKING_ERROR_CODES: ReadonlySet<string> = new Set(['file_type_blocked', 'file_extension_blocked']);
 const ALLOW_RESPONSE_INFO: ReadonlySet<string> = new Set(['allowed', 'passed', 'clean']);
 
 export interface Analysis {
@@ -55,8 +58,14 @@ export interface Analysis {
   blockedReason: string | undefined;
   responseDesc: string | undefined;
   responseDescription: string | undefined;
-  /** The message was refused (decides `blocked` on a 200/201). */
+  /** A threat or refusal signal is present (decides `blocked`, whatever the ICAP status). */
   blocked: boolean;
+  /**
+   * Every threat reported says it was repaired (Resolution=1, violations REPAIRED or section
+   * removed), the answer carries the returned message and nothing else refuses it: a
+   * modification, when the vendor's rules read Resolution=1 that way.
+   */
+  repaired: boolean;
   /** An infection, violation or virus name was reported ('Infected' as the fallback reason). */
   infected: boolean;
   /** The server said explicitly that the message is fine. */
@@ -65,13 +74,15 @@ export interface Analysis {
   unscannable: boolean;
   /** The encapsulated X-Blocked value (Sophos), for a reason. */
   httpBlocked: string | undefined;
+  /** An X-Error-Code that refuses by policy (`file_type_blocked`), for a reason. */
+  errorCodeBlock: string | undefined;
 }
 
-export function readGeneric(input: VerdictInput): Verdict {
-  return decide(analyse(input));
+export function readGeneric(input: VerdictInput, rules: VendorRules = VENDOR_RULES.generic): Verdict {
+  return decide(analyse(input, rules), rules);
 }
 
-export function analyse(input: VerdictInput): Analysis {
+export function analyse(input: VerdictInput, rules: VendorRules = VENDOR_RULES.generic): Analysis {
   const h = input.headers;
   const heads: Headers[] = [];
   if (input.httpResponse !== null) heads.push(input.httpResponse.headers);
@@ -80,12 +91,22 @@ export function analyse(input: VerdictInput): Analysis {
   // ICAP-level signals.
   const infections = h.getAll('x-infection-found').map(parseInfectionFound);
   const virusId = notCleanVirusId(h.get('x-virus-id'));
-  const blockedReason = cleanText(h.get('x-blocked-reason'));
+  // McAfee (custom rules) and owncloud-style clients: X-Virus-Name, read like X-Virus-ID.
+  const virusName = notCleanVirusId(h.get('x-virus-name'));
+  const blockedReason =
+    cleanText(h.get('x-blocked-reason')) ??
+    cleanText(h.get('x-block-reason')) ??
+    cleanText(h.get('x-mwg-block-reason'));
   const responseDesc = cleanText(h.get('x-response-desc'));
   const responseDescription = cleanText(h.get('x-response-description'));
   const responseInfo = h.get('x-response-info')?.trim().toLowerCase();
   const fsecure = h.get('x-fsecure-scan-result');
   const fsecureInfected = fsecure !== undefined && fsecure.trim().toLowerCase() !== 'clean';
+  const errorCodes = h
+    .getAll('x-error-code')
+    .flatMap((v) => v.split(','))
+    .map((code) => code.trim().toLowerCase());
+  const errorCodeBlock = errorCodes.find((code) => BLOCKING_ERROR_CODES.has(code));
 
   const violationLines = h.lines('x-violations-found');
   const parsed = violationLines === undefined ? undefined : parseViolations(violationLines);
@@ -117,7 +138,7 @@ export function analyse(input: VerdictInput): Analysis {
     violations = [
       {
         file_name: fileNameOf(input) ?? '',
-        threat_name: firstInfection.threat ?? virusId ?? httpVirusId ?? '',
+        threat_name: firstInfection.threat ?? virusId ?? virusName ?? httpVirusId ?? '',
         resolution: infectionResolution(firstInfection.resolution),
       },
     ];
@@ -125,22 +146,43 @@ export function analyse(input: VerdictInput): Analysis {
 
   const infectionPresent = infections.length > 0 || httpInfections.length > 0;
   const satisfaction = satisfactionBlock(input);
-  const blocked =
+  // Refusals: signals that say "blocked" whatever was (or was not) repaired.
+  const refused =
     satisfaction ||
-    infectionPresent ||
-    violationsSignal ||
     h.has('x-blocked-reason') ||
+    blockedReason !== undefined ||
     responseInfo === 'blocked' ||
-    fsecureInfected ||
-    virusId !== undefined ||
+    errorCodeBlock !== undefined ||
     httpBlockedPresent ||
-    httpVirusId !== undefined;
+    fsecureInfected;
   const infected =
     infectionPresent ||
     violationsSignal ||
     virusId !== undefined ||
+    virusName !== undefined ||
     httpVirusId !== undefined ||
     fsecureInfected;
+  const blocked = refused || infected;
+
+  // A repair: every report carries a resolution and every one says repaired, and the answer
+  // returns the message (REQMOD: the request; RESPMOD: the response, not a block page).
+  const allInfections = [...infections, ...httpInfections];
+  const parsedViolations = parsed?.violations ?? [];
+  const violationsComplete =
+    parsed === undefined || (parsed.count !== undefined && parsed.count === parsedViolations.length);
+  const returnsMessage =
+    input.method === 'RESPMOD'
+      ? input.httpResponse !== null
+      : input.httpRequest !== null && input.httpResponse === null;
+  const repaired =
+    rules.repairs &&
+    !refused &&
+    returnsMessage &&
+    violationsComplete &&
+    allInfections.length + parsedViolations.length > 0 &&
+    allInfections.every((i) => i.resolution === 1) &&
+    parsedViolations.every((v) => v.resolution !== 'ICAP_FILE_NOT_REPAIRED');
+
   const explicitAllow =
     !blocked &&
     ((responseInfo !== undefined && ALLOW_RESPONSE_INFO.has(responseInfo)) ||
@@ -150,6 +192,7 @@ export function analyse(input: VerdictInput): Analysis {
   const threatId =
     infections.find((i) => i.threat !== undefined)?.threat ??
     virusId ??
+    virusName ??
     (fsecureInfected ? cleanText(h.get('x-fsecure-infection-name')) : undefined) ??
     httpVirusId ??
     httpInfections.find((i) => i.threat !== undefined)?.threat ??
@@ -158,10 +201,7 @@ export function analyse(input: VerdictInput): Analysis {
   const unscannable =
     infections.some((i) => i.type === 2) ||
     httpInfections.some((i) => i.type === 2) ||
-    h
-      .getAll('x-error-code')
-      .flatMap((v) => v.split(','))
-      .some((code) => UNSCANNABLE_ERROR_CODES.has(code.trim().toLowerCase()));
+    errorCodes.some((code) => UNSCANNABLE_ERROR_CODES.has(code));
 
   return {
     input,
@@ -172,16 +212,21 @@ export function analyse(input: VerdictInput): Analysis {
     responseDesc,
     responseDescription,
     blocked,
+    repaired,
     infected,
     explicitAllow,
     threatId,
     unscannable,
     httpBlocked,
+    errorCodeBlock,
   };
 }
 
-/** The vendor-neutral verdict from an analysis (no vendor logs, no client headers). */
-export function decide(a: Analysis): Verdict {
+/**
+ * The verdict from an analysis (no vendor logs, no client headers). A threat signal decides
+ * first, whatever the ICAP status; then the vendor's status rules; then the status.
+ */
+export function decide(a: Analysis, rules: VendorRules = VENDOR_RULES.generic): Verdict {
   const { input } = a;
   const status = input.status;
   const base = {
@@ -191,9 +236,18 @@ export function decide(a: Analysis): Verdict {
     client_headers: [] as Array<[string, string]>,
   };
   const described = a.blockedReason ?? a.responseDesc ?? a.responseDescription;
+  const success = status === 200 || status === 201;
+  if (a.blocked) {
+    if (a.repaired && success) return { kind: 'adapted', reason: described, ...base };
+    return { kind: 'blocked', reason: blockReason(a, described), ...base };
+  }
+  const rule = Object.hasOwn(rules.statuses, status) ? rules.statuses[status] : undefined;
+  const ruleApplies = rule !== undefined && (rule.phrase === undefined || rule.phrase.test(input.reasonPhrase ?? ''));
+  if (ruleApplies && rule.kind === 'blocked') {
+    return { kind: 'blocked', reason: described ?? rule.reason ?? statusText(input), ...base };
+  }
   if (status === 204) return { kind: 'clean', reason: described, ...base };
-  if (status === 200 || status === 201) {
-    if (a.blocked) return { kind: 'blocked', reason: blockReason(a, described), ...base };
+  if (success) {
     if (input.httpRequest !== null || input.httpResponse !== null)
       return { kind: 'adapted', reason: described, ...base };
     if (a.explicitAllow) return { kind: 'clean', reason: described, ...base };
@@ -203,6 +257,7 @@ export function decide(a: Analysis): Verdict {
       ...base,
     };
   }
+  if (ruleApplies && rule.unscannable === true) base.unscannable = true;
   return { kind: 'error', reason: statusText(input), ...base };
 }
 
@@ -235,19 +290,23 @@ function blockReason(a: Analysis, described: string | undefined): string | undef
   if (described !== undefined) return described;
   if (a.infected) return 'Infected';
   if (a.httpBlocked !== undefined) return a.httpBlocked;
+  if (a.errorCodeBlock !== undefined) return a.errorCodeBlock;
   const res = a.input.httpResponse;
   if (res !== null) return cleanText(res.reason) ?? `HTTP ${res.status}`;
   return undefined;
 }
 
 /**
- * REQMOD answered with an HTTP response (request satisfaction) whatever its status; RESPMOD
- * answered with a block page (403, a redirect, or a reason phrase naming a virus or a block).
+ * The encapsulated HTTP response is a block page. On a 200/201 in REQMOD, any response
+ * (request satisfaction: the upload is not forwarded, whatever the page's status). Otherwise (a
+ * RESPMOD 200/201, where the response is the adapted one, and every other ICAP status, where a
+ * page may come with an error): a 403, a redirect, or a reason phrase naming a virus or a block
+ * (McAfee's `403 VirusFound`).
  */
 function satisfactionBlock(input: VerdictInput): boolean {
   const res = input.httpResponse;
   if (res === null) return false;
-  if (input.method !== 'RESPMOD') return true;
+  if (input.method !== 'RESPMOD' && (input.status === 200 || input.status === 201)) return true;
   return res.status === 403 || REDIRECTS.has(res.status) || /virus|infect|block/i.test(res.reason);
 }
 

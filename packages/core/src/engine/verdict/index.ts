@@ -9,37 +9,56 @@ import { readOpswat } from './opswat.js';
  * heads) reads as clean / blocked / adapted / error, per vendor. Synthesised from
  * shared/reference/vendor-verdicts.md §3.3 and the vendor table there.
  *
- * Kind, by ICAP status:
- * - 204 -> clean (whatever headers come along: a server in a passive/monitoring mode may report a
- *   threat and still let the message through; threat_id/violations are filled for the log).
- * - 200 / 201 -> blocked when any block signal below is present; otherwise adapted when the
- *   response encapsulates an HTTP head (the engine compares bodies to tell an identical echo from
- *   a modification); otherwise (no encapsulated head at all) clean when the server explicitly
- *   allowed (X-Response-Info allowed/passed/clean, X-Virus-ID `no threats`, X-FSecure-Scan-Result
- *   clean), else error: a 200 must carry the entire adapted message (RFC 3507 §4.3.3).
- * - anything else (100 or other 1xx as a final status, 202, 206 which we never offer, 3xx, 4xx,
- *   5xx, vendor codes 418, 539...) -> error, reason `ICAP <status> <reason phrase>`. OPSWAT's
- *   ICAP 403 (FILEMOD) is an error too, not a block.
+ * Order of the decision (the first that applies):
+ * 1. A threat signal (below) -> blocked, WHATEVER THE ICAP STATUS: 200, 201, 204, 403, 405,
+ *    418, 500, 539... A threat always wins over a clean marker (`X-Response-Info: Allowed`,
+ *    `X-Virus-ID: no threats`) and over an error status, so a threat verdict is never routed
+ *    through failAction. One exception, a repair: on a 200/201 that returns the message, when
+ *    every threat reported says it was repaired and nothing refuses the message (see
+ *    "repaired") -> adapted (the engine delivers the returned, disinfected body).
+ * 2. The vendor's status rules (vendors.ts): ESET's `405 Forbidden` -> blocked; Symantec's
+ *    539 -> error, unscannable.
+ * 3. By status: 204 -> clean. 200 / 201 -> adapted when the response encapsulates an HTTP head
+ *    (the engine compares bodies to tell an identical echo from a modification); otherwise
+ *    clean on an explicit allow (X-Response-Info allowed/passed/clean, X-Virus-ID `no threats`,
+ *    X-FSecure-Scan-Result clean), else error (a 200 must carry the entire adapted message,
+ *    RFC 3507 §4.3.3). Anything else (1xx as a final status, 202, 206 which we never offer, 3xx,
+ *    4xx, 5xx, vendor codes 418, 539...) -> error, reason `ICAP <status> <reason phrase>`; so is
+ *    OPSWAT's ICAP 403 (FILEMOD) and an ICAP 403 without a threat signal.
  *
- * Block signals (200/201 only):
- * - request satisfaction: a REQMOD answered with an encapsulated HTTP response (res-hdr), whatever
- *   its status: 403, a 3xx redirect (SquidClamav), even a 2xx patience page: the upload is not
- *   forwarded;
- * - RESPMOD: an encapsulated response whose status is 403 or a redirect (301/302/303/307/308), or
- *   whose reason phrase says virus/infected/blocked (McAfee `403 VirusFound`): the engine only
- *   sends 2xx responses to scan, so such a status is the server's block page;
- * - ICAP headers: X-Infection-Found present; X-Violations-Found with a count > 0 (or an unreadable
- *   count with violation lines); X-Blocked-Reason present; X-Response-Info `blocked`
- *   (case-insensitive); X-FSecure-Scan-Result present and not `clean`; X-Virus-ID present and not
- *   empty nor `no threats` (Kaspersky's clean);
- * - encapsulated HTTP headers (modified request or response): X-Blocked, X-Infection-Found
- *   present, X-Virus-ID as above (Sophos puts its verdict there).
- * NSX Defender's X-Lastline-Status/Score never block by themselves (no invented blocks).
+ * Threat signals: refusals
+ * - a block page: on a REQMOD 200/201, any encapsulated HTTP response (request satisfaction,
+ *   whatever its status: 403, a 3xx redirect (SquidClamav), even a 2xx patience page); on a
+ *   RESPMOD 200/201 and on every other ICAP status, an encapsulated response whose status is
+ *   403 or a redirect (301/302/303/307/308), or whose reason phrase says virus/infected/blocked
+ *   (McAfee `403 VirusFound`);
+ * - X-Blocked-Reason present; X-Block-Reason or X-MWG-Block-Reason (McAfee custom rules) not
+ *   empty; X-Response-Info `blocked` (case-insensitive); X-Error-Code `file_type_blocked` /
+ *   `file_extension_blocked`; X-FSecure-Scan-Result present and not `clean`;
+ * - X-Blocked present in the encapsulated HTTP headers (Sophos);
+ * and threat names
+ * - X-Infection-Found present (any Type, any Resolution; see "repaired");
+ * - X-Violations-Found with a count > 0 (or an unreadable count with violation lines);
+ * - X-Virus-ID or X-Virus-Name present and not empty nor `no threats` (Kaspersky's clean);
+ * - in the encapsulated HTTP headers: X-Infection-Found present, X-Virus-ID as above.
+ * Not threat signals: `X-Response-Info: Allowed|passed|clean`, `X-Virus-ID: no threats`, an
+ * empty X-Virus-ID, `X-FSecure-Scan-Result: clean`, X-Error-Code decode_error /
+ * password_protected / max_archive_layers_exceeded (unscannable, an error), NSX Defender's
+ * X-Lastline-Status/Score (no invented blocks), X-Response-Desc alone.
+ *
+ * repaired: the vendor reads Resolution=1 as a repair (every vendor but NSX Defender, which
+ * writes Resolution=1 on its blocks), the answer is a 200/201 returning the message (REQMOD:
+ * req-hdr and no res-hdr; RESPMOD: res-hdr that is not a block page), there is at least one
+ * X-Infection-Found or violation line, every X-Infection-Found says Resolution=1, every
+ * violation says REPAIRED (1) or VIOLATING_SECTION_REMOVED (2), the X-Violations-Found count
+ * matches its lines, and no refusal signal is present. A Resolution of 0 or 2, a missing one,
+ * an X-Virus-ID without any X-Infection-Found, a repair reported on a 204 or on an error status:
+ * blocked.
  *
  * threat_id: X-Infection-Found `Threat=` (up to the first `;` outside parentheses, trimmed, so a
  * `LastlineArtifact(score=..;md5=..;uuid=..)` stays whole and a Kaspersky comma list is kept as one
- * string), else X-Virus-ID (non-clean), else X-FSecure-Infection-Name, else the encapsulated
- * X-Virus-ID, else the first violation's threat name.
+ * string), else X-Virus-ID (non-clean), else X-Virus-Name, else X-FSecure-Infection-Name, else
+ * the encapsulated X-Virus-ID, else the first violation's threat name.
  *
  * violations: X-Violations-Found lines (count, then 4 lines per violation: file name, threat
  * name, problem id, resolution 0 NOT_REPAIRED / 1 REPAIRED / 2 VIOLATING_SECTION_REMOVED, unknown
@@ -48,24 +67,31 @@ import { readOpswat } from './opswat.js';
  * Content-Disposition filename or its target's last path segment, else ''; Resolution 1 ->
  * REPAIRED, 0 and 2 (deleted/blocked) -> NOT_REPAIRED).
  *
- * reason: X-Blocked-Reason, else X-Response-Desc, else X-Response-Description (ESET, UTF-8); for a
- * block only: else 'Infected' when an infection, violation or virus id was reported, else the
- * encapsulated X-Blocked value, else the satisfaction response's reason phrase ('Forbidden').
- * An error's reason is always `ICAP <status> <reason phrase>`.
+ * reason: X-Blocked-Reason, else X-Block-Reason, else X-MWG-Block-Reason, else X-Response-Desc,
+ * else X-Response-Description (ESET, UTF-8); for a block only: else 'Infected' when an
+ * infection, violation or virus id was reported, else the encapsulated X-Blocked value, else
+ * the blocking X-Error-Code, else the block page's reason phrase ('Forbidden'). An error's
+ * reason is always `ICAP <status> <reason phrase>`.
  *
- * unscannable: X-Infection-Found Type=2 (container violation, encrypted archive), or X-Error-Code
- * decode_error / max_archive_layers_exceeded / password_protected. It never changes the kind
- * (a 500 with X-Error-Code is error + unscannable; an OPSWAT Type=2 block is blocked + unscannable).
+ * unscannable: X-Infection-Found Type=2 (container violation, encrypted archive), X-Error-Code
+ * decode_error / max_archive_layers_exceeded / password_protected, Symantec's 539. It never
+ * changes the kind (a 500 with X-Error-Code is error + unscannable; an OPSWAT Type=2 block is
+ * blocked + unscannable).
  *
- * Vendors: 'generic' understands every header above (including OPSWAT's and NSX Defender's, so a
- * forgotten vendor setting cannot turn a block into a clean); 'opswat' adds opswat_log;
- * 'nsx-defender' adds nsx_defender_log (score, task uuid, status URL, X-Lastline-Status) and, when
- * forwarding is on, the validated X-Lastline-Status/Score/Task as client_headers.
+ * Vendors (vendors.ts): every vendor reads every signal above (so a forgotten or wrong vendor
+ * setting cannot turn a block into a clean); a vendor adds its status rules, its repair reading,
+ * its name in the log record, and 'opswat' adds opswat_log; 'nsx-defender' adds
+ * nsx_defender_log (score, task uuid, status URL, X-Lastline-Status) and, when forwarding is on,
+ * the validated X-Lastline-Status/Score/Task as client_headers.
  *
- * readVerdict never throws: an unexpected failure reads as an error verdict.
+ * readVerdict never throws: an unexpected failure reads as an error verdict, or as a block when
+ * a threat header is present at all.
  */
 
-export type Vendor = 'generic' | 'opswat' | 'nsx-defender';
+import { VENDOR_RULES, type Vendor } from './vendors.js';
+
+export type { StatusRule, Vendor, VendorRules } from './vendors.js';
+export { isVendor, VENDOR_RULES, VENDORS } from './vendors.js';
 
 export type Resolution = 'ICAP_FILE_NOT_REPAIRED' | 'ICAP_FILE_REPAIRED' | 'ICAP_VIOLATING_SECTION_REMOVED';
 
@@ -141,12 +167,29 @@ export function readVerdict(vendor: Vendor, input: VerdictInput, options: Verdic
       case 'nsx-defender':
         return readNsxDefender(input, options);
       default:
-        return readGeneric(input);
+        return readGeneric(input, VENDOR_RULES[vendor] ?? VENDOR_RULES.generic);
     }
   } catch (err) {
-    return errorVerdict(
+    const v = errorVerdict(
       input,
       `unreadable ICAP verdict: ${err instanceof Error ? err.message : String(err)}`,
     );
+    if (namesThreat(input)) v.kind = 'blocked';
+    return v;
+  }
+}
+
+/** ICAP headers whose mere presence names a threat (the fallback when the reading failed). */
+const THREAT_HEADERS = ['x-infection-found', 'x-violations-found', 'x-blocked-reason', 'x-virus-id', 'x-virus-name'];
+
+function namesThreat(input: VerdictInput): boolean {
+  try {
+    return THREAT_HEADERS.some((name) => {
+      const value = input.headers.get(name);
+      const v = value?.trim().toLowerCase();
+      return v !== undefined && v !== '' && v !== '0' && v !== 'no threats';
+    });
+  } catch {
+    return false;
   }
 }

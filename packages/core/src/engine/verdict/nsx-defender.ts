@@ -8,6 +8,7 @@ import {
 } from './fields.js';
 import { analyse, decide } from './generic.js';
 import type { NsxDefenderLog, Verdict, VerdictInput, VerdictOptions } from './index.js';
+import { VENDOR_RULES } from './vendors.js';
 
 export const DEFAULT_NSX_STATUS_URL = 'https://user.lastline.com/portal#/analyst/task/$uuid/overview';
 
@@ -26,8 +27,9 @@ export const DEFAULT_NSX_STATUS_URL = 'https://user.lastline.com/portal#/analyst
  * known. With forwarding on, the X-Lastline-* headers that validate go to client_headers.
  */
 export function readNsxDefender(input: VerdictInput, options: VerdictOptions): Verdict {
-  const a = analyse(input);
-  const verdict = decide(a);
+  const rules = VENDOR_RULES['nsx-defender'];
+  const a = analyse(input, rules);
+  const verdict = decide(a, rules);
 
   const artifacts: LastlineArtifact[] = [];
   for (const i of a.infections) {

@@ -112,22 +112,24 @@ describe('X-Infection-Found oddities', () => {
   });
 
   it('file name of a built violation: Content-Disposition (RFC 8187) first, then the target', () => {
+    // Resolution=1 on a returned request: a repair, the returned request is the disinfected one.
     const named = generic(inputOf(INFECTION_WITH_NAMED_REQUEST));
-    expect(named.kind).toBe('blocked');
+    expect(named.kind).toBe('adapted');
     expect(named.violations).toEqual([
       { file_name: 'résumé.pdf', threat_name: 'W97M.Downloader', resolution: 'ICAP_FILE_REPAIRED' },
     ]);
     const target = generic(inputOf(INFECTION_WITH_TARGET_ONLY));
+    expect(target.kind).toBe('blocked');
     expect(target.violations).toEqual([
       { file_name: 'report v2.docx', threat_name: 'W97M.Downloader', resolution: 'ICAP_FILE_NOT_REPAIRED' },
     ]);
   });
 
-  it('X-Infection-Found on a 204 leaves it clean (passive modes), with the threat kept for the log', () => {
+  it('X-Infection-Found on a 204 blocks (a threat wins over the status), with the threat in the log', () => {
     const v = generic(bareInput(204, [['X-Infection-Found', 'Type=0; Resolution=0; Threat=Eicar;']]));
-    expect(v.kind).toBe('clean');
+    expect(v.kind).toBe('blocked');
     expect(v.threat_id).toBe('Eicar');
-    expect(v.reason).toBeUndefined();
+    expect(v.reason).toBe('Infected');
   });
 });
 
