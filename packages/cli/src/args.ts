@@ -40,7 +40,8 @@ in the order given:
   ERROR    path  ICAP_ERR_<CODE>: message
 
   --server <url>        ICAP server and service (or ICAPKIT_SERVER)
-  --vendor <name>       how verdicts are read: generic (default), opswat, nsx-defender
+  --vendor <name>       how verdicts are read: generic (default), opswat, nsx-defender,
+                        c-icap, kaspersky, eset, symantec, mcafee, trend-micro, sophos, f-secure
   --preview <n>         preview size in bytes (default 4096, capped by the server's Preview)
   --no-preview          send the whole file without a preview
   --no-204              do not offer Allow: 204 (the server returns the file)

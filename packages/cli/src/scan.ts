@@ -13,6 +13,7 @@ import {
   isSkipped,
   type ReplayableBody,
   readVerdict,
+  VENDORS,
   type Vendor,
 } from '@icapkit/core';
 import { ExitCode, type IcapUrl, parseIcapUrl, parseIntOption, UsageError } from './args.js';
@@ -62,7 +63,6 @@ const SCAN_OPTIONS = {
   'scan-all': { type: 'boolean' },
 } as const;
 
-const VENDORS: readonly Vendor[] = ['generic', 'opswat', 'nsx-defender'];
 const DEFAULT_TIMEOUT = 300_000;
 const DEFAULT_CONCURRENCY = 4;
 const DEFAULT_PREVIEW = 4096;

@@ -8,3 +8,4 @@ export { EICAR_NAME, eicar, StreamScanner } from './signatures.js';
 export type { CertificateOptions, TestCertificate } from './tls.js';
 export { generateTestCertificate } from './tls.js';
 export type { VendorStyle } from './vendors.js';
+export { VENDOR_STYLES } from './vendors.js';

@@ -605,28 +605,30 @@ class Session {
 
   #sendBlock(rec: RecordedRequest, threat: string, fileName: string): void {
     rec.verdict = 'infected';
-    rec.status = 200;
     const vendor = this.#srv.options.vendor ?? 'c-icap';
     const a = blockAnswer(vendor, {
       threat,
       fileName,
       md5: this.#scanner?.md5() ?? createHash('md5').digest('hex'),
     });
-    const http = encodeHttpResponseHead({ status: a.httpStatus, reason: a.httpReason, headers: a.httpHead });
-    const icap = this.#icapHead(200, 'OK', a.icapHeaders, undefined);
-    // Folded lines and Encapsulated go after the plain headers (headBytes cannot fold).
-    const withoutEnd = icap.subarray(0, icap.length - 2);
-    this.#write(
-      Buffer.concat([
-        withoutEnd,
-        Buffer.from(`${a.foldedLines}Encapsulated: res-hdr=0, res-body=${http.length}\r\n\r\n`, 'latin1'),
-        http,
-        chunkHeader(a.page.length),
-        a.page,
-        CRLF,
-        LAST_CHUNK,
-      ]),
-    );
+    rec.status = a.icapStatus;
+    const http = a.http === null ? null : encodeHttpResponseHead(a.http);
+    const icap = this.#icapHead(a.icapStatus, a.icapReason, a.icapHeaders, undefined);
+    // Folded (or raw UTF-8) lines and Encapsulated go after the plain headers (headBytes cannot fold).
+    let encapsulated = '';
+    if (http === null) encapsulated = a.noEncapsulated === true ? '' : 'Encapsulated: null-body=0\r\n';
+    else
+      encapsulated = `Encapsulated: res-hdr=0, ${a.page === null ? 'null-body' : 'res-body'}=${http.length}\r\n`;
+    const parts = [
+      icap.subarray(0, icap.length - 2),
+      Buffer.from(`${a.foldedLines}${encapsulated}\r\n`, 'latin1'),
+    ];
+    if (http !== null) parts.push(http);
+    if (a.page !== null) {
+      if (a.page.length > 0) parts.push(chunkHeader(a.page.length), a.page, CRLF);
+      parts.push(LAST_CHUNK);
+    }
+    this.#write(Buffer.concat(parts));
   }
 
   /** 200 with the (possibly modified) message: request for REQMOD, response for RESPMOD. */

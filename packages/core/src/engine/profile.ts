@@ -6,7 +6,7 @@ import { isSafeFieldValue, isToken } from '../protocol/headers.js';
 import type { IcapLog } from './log.js';
 import { type CompiledPolicy, compilePolicy, type PolicyRule } from './policy.js';
 import type { MetricsOptions } from './telemetry.js';
-import { DEFAULT_NSX_STATUS_URL, type Vendor, VENDORS } from './verdict/index.js';
+import { DEFAULT_NSX_STATUS_URL, VENDORS, type Vendor } from './verdict/index.js';
 
 /**
  * The ICAP profile: what to scan, where, and what to do when scanning is not possible. Field

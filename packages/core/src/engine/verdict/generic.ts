@@ -242,7 +242,8 @@ export function decide(a: Analysis, rules: VendorRules = VENDOR_RULES.generic): 
     return { kind: 'blocked', reason: blockReason(a, described), ...base };
   }
   const rule = Object.hasOwn(rules.statuses, status) ? rules.statuses[status] : undefined;
-  const ruleApplies = rule !== undefined && (rule.phrase === undefined || rule.phrase.test(input.reasonPhrase ?? ''));
+  const ruleApplies =
+    rule !== undefined && (rule.phrase === undefined || rule.phrase.test(input.reasonPhrase ?? ''));
   if (ruleApplies && rule.kind === 'blocked') {
     return { kind: 'blocked', reason: described ?? rule.reason ?? statusText(input), ...base };
   }

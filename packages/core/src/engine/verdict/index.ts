@@ -180,7 +180,13 @@ export function readVerdict(vendor: Vendor, input: VerdictInput, options: Verdic
 }
 
 /** ICAP headers whose mere presence names a threat (the fallback when the reading failed). */
-const THREAT_HEADERS = ['x-infection-found', 'x-violations-found', 'x-blocked-reason', 'x-virus-id', 'x-virus-name'];
+const THREAT_HEADERS = [
+  'x-infection-found',
+  'x-violations-found',
+  'x-blocked-reason',
+  'x-virus-id',
+  'x-virus-name',
+];
 
 function namesThreat(input: VerdictInput): boolean {
   try {
