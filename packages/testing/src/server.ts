@@ -612,7 +612,8 @@ class Session {
       md5: this.#scanner?.md5() ?? createHash('md5').digest('hex'),
     });
     rec.status = a.icapStatus;
-    const http = a.http === null ? null : encodeHttpResponseHead(a.http);
+    const http =
+      a.http === null ? null : encodeHttpResponseHead(a.http, { contentLength: a.page?.length ?? 0 });
     const icap = this.#icapHead(a.icapStatus, a.icapReason, a.icapHeaders, undefined);
     // Folded (or raw UTF-8) lines and Encapsulated go after the plain headers (headBytes cannot fold).
     let encapsulated = '';

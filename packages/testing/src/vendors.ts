@@ -54,7 +54,7 @@ export interface BlockAnswer {
    * that need obs-fold (X-Violations-Found) or raw UTF-8 (ESET's X-Response-Description).
    */
   foldedLines: string;
-  /** The encapsulated HTTP response (the block page's head); null: none. */
+  /** The encapsulated HTTP response (the block page's head, Content-Length added from `page`); null: none. */
   http: { status: number; reason: string; headers: Array<[string, string]> } | null;
   /** The block page; null: the head alone (`null-body`). */
   page: Buffer | null;
@@ -96,11 +96,8 @@ function pageAnswer(
     http: {
       status: options.status ?? 403,
       reason: options.reason ?? 'Forbidden',
-      headers: [
-        ['Content-Type', 'text/html'],
-        ...(options.httpHeaders ?? []),
-        ['Content-Length', String(page.length)],
-      ],
+      // Content-Length is written by the server from the page.
+      headers: [['Content-Type', 'text/html'], ...(options.httpHeaders ?? [])],
     },
     page,
   };
@@ -183,7 +180,7 @@ export function blockAnswer(vendor: VendorStyle, input: BlockInput): BlockAnswer
           ['X-Response-Info', 'Blocked'],
         ],
         foldedLines: `X-Response-Description: ${utf8Raw('Gelöscht')}\r\n`,
-        http: { status: 403, reason: 'Forbidden', headers: [['Content-Length', '0']] },
+        http: { status: 403, reason: 'Forbidden', headers: [] },
         page: null,
       };
     case 'symantec':
@@ -236,10 +233,7 @@ export function blockAnswer(vendor: VendorStyle, input: BlockInput): BlockAnswer
         http: {
           status: 307,
           reason: 'Temporary Redirect',
-          headers: [
-            ['Location', 'http://127.0.0.1/virus-found.html'],
-            ['Content-Length', '0'],
-          ],
+          headers: [['Location', 'http://127.0.0.1/virus-found.html']],
         },
         page: null,
       };
