@@ -390,7 +390,7 @@ describe('usage errors: exit 64, message and short usage on stderr, nothing on s
     ['not a URL', ['scan', 'f', '--server', 'localhost:1344'], /must start with icap:\/\/|not a URL/],
     ['http URL', ['scan', 'f', '--server', 'http://127.0.0.1/avscan'], /must start with icap:\/\//],
     ['no service', ['scan', 'f', '--server', 'icap://127.0.0.1:1344'], /must name the ICAP service/],
-    ['bad vendor', ['scan', 'f', '--server', 'icap://h/s', '--vendor', 'mcafee'], /--vendor must be one of/],
+    ['bad vendor', ['scan', 'f', '--server', 'icap://h/s', '--vendor', 'avira'], /--vendor must be one of/],
     [
       'bad preview',
       ['scan', 'f', '--server', 'icap://h/s', '--preview', '1k'],
