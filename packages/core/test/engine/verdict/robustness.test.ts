@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import {
   DEFAULT_NSX_STATUS_URL,
   readVerdict,
-  type Vendor,
+  VENDORS,
   type VerdictInput,
   type VerdictOptions,
 } from '../../../src/engine/verdict/index.js';
@@ -20,7 +20,6 @@ import {
 import { bareInput, inputOf } from './parse.js';
 
 const OPTS: VerdictOptions = { nsxStatusUrl: DEFAULT_NSX_STATUS_URL, forwardLastlineHeaders: true };
-const VENDORS: Vendor[] = ['generic', 'opswat', 'nsx-defender'];
 const generic = (input: VerdictInput) => readVerdict('generic', input, OPTS);
 
 describe('malformed X-Violations-Found', () => {
