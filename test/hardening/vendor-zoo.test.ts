@@ -3,9 +3,10 @@
  * (shared/reference/vendor-verdicts.md), block styles on 200, 201, 204, 403, 405, 418, 500 and
  * 539 included, and each style runs against Express 5, Fastify and Koa 3 in both failure
  * modes, read with the matching vendor profile and with 'generic' (a forgotten vendor setting
- * must not lose a block):
- * - an EICAR upload (inside the preview, and with a body past the preview) gets 403, the
- *   handler is never called, and the log says ICAP_BLOCKED with the threat and the vendor;
+ * must not lose a block), and with `blockResponse: 'relay'`:
+ * - an EICAR upload (inside the preview, and with a body past the preview) gets 403 (the
+ *   relayed SquidClamav redirect: 307), the handler is never called, and the log says
+ *   ICAP_BLOCKED with the threat and the vendor;
  * - a clean upload passes unchanged (the handler gets the bytes sent), ICAP_PASSED.
  */
 import type { IcapLog, IcapRequestLog, Vendor } from '@icapkit/core';
@@ -95,9 +96,11 @@ async function waitFor(condition: () => boolean, withinMs = 5000): Promise<void>
 describe.each(FRAMEWORKS)('vendor zoo: %s', (framework) => {
   describe.each(FAIL_ACTIONS)('%s', (failAction) => {
     it.each(STYLES)('$style', async ({ style, vendor, log: logVendor }) => {
-      for (const [profileVendor, expectedLogVendor] of [
-        [vendor, logVendor],
-        ['generic', 'ICAP_VENDOR_GENERIC'],
+      for (const [profileVendor, expectedLogVendor, blockResponse] of [
+        [vendor, logVendor, 'page'],
+        ['generic', 'ICAP_VENDOR_GENERIC', 'page'],
+        // The server's own block response, relayed: its status (SquidClamav's redirect stays a 307).
+        [vendor, logVendor, 'relay'],
       ] as const) {
         const logs: IcapLog[] = [];
         const app = await startApp(framework, {
@@ -106,6 +109,7 @@ describe.each(FRAMEWORKS)('vendor zoo: %s', (framework) => {
           serviceUri: '/avscan',
           vendor: profileVendor,
           failAction,
+          blockResponse,
           previewSize: 1024,
           responseTimeout: 5000,
           onLog: (l) => logs.push(l),
@@ -118,8 +122,8 @@ describe.each(FRAMEWORKS)('vendor zoo: %s', (framework) => {
               headers: { 'content-type': 'application/octet-stream' },
               timeoutMs: 10_000,
             });
-            const where = `${style} read as ${profileVendor}, ${what}`;
-            expect(r.status, where).toBe(403);
+            const where = `${style} read as ${profileVendor} (${blockResponse}), ${what}`;
+            expect(r.status, where).toBe(blockResponse === 'relay' && style === 'squidclamav' ? 307 : 403);
             expect(app.seen, where).toHaveLength(0);
             await waitFor(() => logs.length > before);
             const log = logs.at(-1)!;
@@ -141,7 +145,7 @@ describe.each(FRAMEWORKS)('vendor zoo: %s', (framework) => {
               headers: { 'content-type': 'application/octet-stream' },
               timeoutMs: 10_000,
             });
-            const where = `${style} read as ${profileVendor}, ${what}`;
+            const where = `${style} read as ${profileVendor} (${blockResponse}), ${what}`;
             expect(r.status, where).toBe(200);
             expect(app.seen.length, where).toBe(seen + 1);
             expect(app.seen.at(-1)!.raw?.equals(body), where).toBe(true);

@@ -90,18 +90,20 @@ export function analyse(input: VerdictInput, rules: VendorRules = VENDOR_RULES.g
 
   // ICAP-level signals.
   const infections = h.getAll('x-infection-found').map(parseInfectionFound);
-  const virusId = notCleanVirusId(h.get('x-virus-id'));
+  // Every value of a field counts (a threat in a second field is still a threat).
+  const virusId = firstThreat(h.getAll('x-virus-id'));
   // McAfee (custom rules) and owncloud-style clients: X-Virus-Name, read like X-Virus-ID.
-  const virusName = notCleanVirusId(h.get('x-virus-name'));
-  const blockedReason =
-    cleanText(h.get('x-blocked-reason')) ??
-    cleanText(h.get('x-block-reason')) ??
-    cleanText(h.get('x-mwg-block-reason'));
+  const virusName = firstThreat(h.getAll('x-virus-name'));
+  const blockedReason = firstText([
+    ...h.getAll('x-blocked-reason'),
+    ...h.getAll('x-block-reason'),
+    ...h.getAll('x-mwg-block-reason'),
+  ]);
   const responseDesc = cleanText(h.get('x-response-desc'));
   const responseDescription = cleanText(h.get('x-response-description'));
-  const responseInfo = h.get('x-response-info')?.trim().toLowerCase();
-  const fsecure = h.get('x-fsecure-scan-result');
-  const fsecureInfected = fsecure !== undefined && fsecure.trim().toLowerCase() !== 'clean';
+  const responseInfos = h.getAll('x-response-info').map((v) => v.trim().toLowerCase());
+  const fsecure = h.getAll('x-fsecure-scan-result').map((v) => v.trim().toLowerCase());
+  const fsecureInfected = fsecure.some((v) => v !== 'clean');
   const errorCodes = h
     .getAll('x-error-code')
     .flatMap((v) => v.split(','))
@@ -127,7 +129,7 @@ export function analyse(input: VerdictInput, rules: VendorRules = VENDOR_RULES.g
       httpBlockedPresent = true;
       httpBlocked ??= cleanText(hh.get('x-blocked'));
     }
-    httpVirusId ??= notCleanVirusId(hh.get('x-virus-id'));
+    httpVirusId ??= firstThreat(hh.getAll('x-virus-id'));
     for (const v of hh.getAll('x-infection-found')) httpInfections.push(parseInfectionFound(v));
   }
 
@@ -151,7 +153,7 @@ export function analyse(input: VerdictInput, rules: VendorRules = VENDOR_RULES.g
     satisfaction ||
     h.has('x-blocked-reason') ||
     blockedReason !== undefined ||
-    responseInfo === 'blocked' ||
+    responseInfos.includes('blocked') ||
     errorCodeBlock !== undefined ||
     httpBlockedPresent ||
     fsecureInfected;
@@ -185,8 +187,8 @@ export function analyse(input: VerdictInput, rules: VendorRules = VENDOR_RULES.g
 
   const explicitAllow =
     !blocked &&
-    ((responseInfo !== undefined && ALLOW_RESPONSE_INFO.has(responseInfo)) ||
-      fsecure?.trim().toLowerCase() === 'clean' ||
+    (responseInfos.some((v) => ALLOW_RESPONSE_INFO.has(v)) ||
+      fsecure.includes('clean') ||
       h.get('x-virus-id')?.trim().toLowerCase() === 'no threats');
 
   const threatId =
@@ -309,6 +311,24 @@ function satisfactionBlock(input: VerdictInput): boolean {
   if (res === null) return false;
   if (input.method !== 'RESPMOD' && (input.status === 200 || input.status === 201)) return true;
   return res.status === 403 || REDIRECTS.has(res.status) || /virus|infect|block/i.test(res.reason);
+}
+
+/** The first of the values that names a threat. */
+function firstThreat(values: readonly string[]): string | undefined {
+  for (const v of values) {
+    const t = notCleanVirusId(v);
+    if (t !== undefined) return t;
+  }
+  return undefined;
+}
+
+/** The first of the values with text. */
+function firstText(values: readonly string[]): string | undefined {
+  for (const v of values) {
+    const t = cleanText(v);
+    if (t !== undefined) return t;
+  }
+  return undefined;
 }
 
 /** An X-Virus-ID value naming a threat: not empty and not Kaspersky's `no threats`. */

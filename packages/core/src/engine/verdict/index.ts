@@ -190,11 +190,12 @@ const THREAT_HEADERS = [
 
 function namesThreat(input: VerdictInput): boolean {
   try {
-    return THREAT_HEADERS.some((name) => {
-      const value = input.headers.get(name);
-      const v = value?.trim().toLowerCase();
-      return v !== undefined && v !== '' && v !== '0' && v !== 'no threats';
-    });
+    return THREAT_HEADERS.some((name) =>
+      input.headers.getAll(name).some((value) => {
+        const v = value.trim().toLowerCase();
+        return v !== '' && v !== '0' && v !== 'no threats';
+      }),
+    );
   } catch {
     return false;
   }

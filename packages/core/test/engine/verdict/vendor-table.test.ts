@@ -5,6 +5,7 @@
  * Every response is built as raw bytes and parsed, so folding, UTF-8 and the Encapsulated
  * offsets are those of the wire.
  */
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { vendorEnum } from '../../../src/engine/log.js';
 import {
@@ -441,6 +442,17 @@ const ROWS: Row[] = [
     kind: 'blocked',
     reason: 'Policy',
   },
+  {
+    name: 'a threat in a second field of the same name: X-Response-Info: passed, then blocked',
+    response: raw('ICAP/1.0 204 No Content', ['X-Response-Info: passed', 'X-Response-Info: blocked']),
+    kind: 'blocked',
+  },
+  {
+    name: 'X-Virus-ID: no threats, then X-Virus-ID naming one',
+    response: raw('ICAP/1.0 204 No Content', ['X-Virus-ID: no threats', 'X-Virus-ID: Trojan.Y']),
+    kind: 'blocked',
+    threat: 'Trojan.Y',
+  },
   // ------------------------------------------------------------ repairs
   {
     name: 'repair: Resolution=1 on a returned request is a modification (nsx-defender: a block)',
@@ -580,5 +592,64 @@ describe('vendor specifics', () => {
       };
       expect(readVerdict(vendor, clean, OPTS).kind).toBe('error');
     }
+  });
+});
+
+describe('property: a threat signal blocks on any status, next to any clean marker, for every vendor', () => {
+  /** Signals that name a threat and can never read as a repair. */
+  const THREATS: Array<[string, string]> = [
+    ['X-Infection-Found', 'Type=0; Resolution=2; Threat=EICAR;'],
+    ['X-Infection-Found', 'Type=1; Resolution=0; Threat=Policy;'],
+    ['X-Infection-Found', 'Type=2; Threat=Encrypted;'],
+    ['X-Virus-ID', 'Trojan.X'],
+    ['X-Virus-Name', 'Trojan.X'],
+    ['X-Blocked-Reason', 'Infected'],
+    ['X-Block-Reason', 'Virus found'],
+    ['X-Response-Info', 'BLOCKED'],
+    ['X-FSecure-Scan-Result', 'infected'],
+    ['X-Error-Code', 'file_extension_blocked'],
+  ];
+  const CLEAN_MARKERS: Array<[string, string]> = [
+    ['X-Response-Info', 'Allowed'],
+    ['X-Response-Info', 'passed'],
+    ['X-Virus-ID', 'no threats'],
+    ['X-FSecure-Scan-Result', 'clean'],
+    ['X-Error-Code', 'password_protected'],
+    ['X-Response-Desc', 'OK'],
+  ];
+
+  it('holds for random statuses, signals and markers', () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 101, max: 599 }),
+        fc.constantFrom(...VENDORS),
+        fc.constantFrom(...THREATS),
+        fc.subarray(CLEAN_MARKERS),
+        fc.boolean(),
+        fc.constantFrom('REQMOD' as const, 'RESPMOD' as const),
+        (status, vendor, threat, markers, threatFirst, method) => {
+          const headers = threatFirst ? [threat, ...markers] : [...markers, threat];
+          const v = readVerdict(vendor, bareInput(status, headers, method), OPTS);
+          expect(v.kind).toBe('blocked');
+        },
+      ),
+      { numRuns: 2000 },
+    );
+  });
+
+  it('without a threat signal, a clean marker never blocks and a non-2xx status is an error', () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 101, max: 599 }).filter((s) => s !== 200 && s !== 201 && s !== 204),
+        fc.constantFrom(...VENDORS),
+        fc.subarray(CLEAN_MARKERS),
+        (status, vendor, markers) => {
+          const v = readVerdict(vendor, bareInput(status, markers), OPTS);
+          // ESET's 405 is a block by its reason phrase only; bareInput has none.
+          expect(v.kind).toBe('error');
+        },
+      ),
+      { numRuns: 1000 },
+    );
   });
 });
