@@ -41,6 +41,8 @@ import { readOpswat } from './opswat.js';
  * - X-Violations-Found with a count > 0 (or an unreadable count with violation lines);
  * - X-Virus-ID or X-Virus-Name present and not empty nor `no threats` (Kaspersky's clean);
  * - in the encapsulated HTTP headers: X-Infection-Found present, X-Virus-ID as above.
+ * Every value of a repeated field counts: `X-Response-Info: passed` followed by
+ * `X-Response-Info: blocked` is a block.
  * Not threat signals: `X-Response-Info: Allowed|passed|clean`, `X-Virus-ID: no threats`, an
  * empty X-Virus-ID, `X-FSecure-Scan-Result: clean`, X-Error-Code decode_error /
  * password_protected / max_archive_layers_exceeded (unscannable, an error), NSX Defender's
