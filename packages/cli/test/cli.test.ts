@@ -206,6 +206,25 @@ describe('scan: verdicts and exit codes', () => {
     }
   });
 
+  it.each(['icap-403', 'icap-539', 'icap-204', 'symantec'] as const)(
+    'a threat header wins over the status line (%s): BLOCKED, exit 1',
+    async (style) => {
+      const s = await startIcapServer({ vendor: style, recordBodies: false });
+      try {
+        const r = await run(['scan', eicarFile, cleanFile, '--server', s.url('/avscan')]);
+        expect(r.code).toBe(1);
+        expect(r.stdout).toMatch(
+          new RegExp(
+            `^BLOCKED ${eicarFile.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}  threat=Eicar-Test-Signature`,
+          ),
+        );
+        expect(r.stdout).toContain(`CLEAN  ${cleanFile}\n`);
+      } finally {
+        await s.close();
+      }
+    },
+  );
+
   it('Transfer-Ignore: SKIPPED without sending (exit 0); --scan-all sends it anyway', async () => {
     const s = await startIcapServer({ transfer: { preview: ['*'], ignore: ['mp4'] } });
     try {
