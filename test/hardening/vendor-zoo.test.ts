@@ -7,13 +7,14 @@
  * - an EICAR upload (inside the preview, and with a body past the preview) gets 403 (the
  *   relayed SquidClamav redirect: 307), the handler is never called, and the log says
  *   ICAP_BLOCKED with the threat and the vendor;
+ * - an EICAR file in a multipart form (scanned per file) blocks the form the same way;
  * - a clean upload passes unchanged (the handler gets the bytes sent), ICAP_PASSED.
  */
 import type { IcapLog, IcapRequestLog, Vendor } from '@icapkit/core';
 import { EICAR_NAME, eicar, type IcapTestServer, startIcapServer, type VendorStyle } from '@icapkit/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Framework, startApp } from '../conformance/apps.js';
-import { send } from '../support/http-client.js';
+import { multipart, send } from '../support/http-client.js';
 
 const FRAMEWORKS: Framework[] = ['express5', 'fastify', 'koa3'];
 const FAIL_ACTIONS = ['fail-closed', 'fail-open'] as const;
@@ -136,6 +137,25 @@ describe.each(FRAMEWORKS)('vendor zoo: %s', (framework) => {
             if (style === 'nsx-defender')
               expect(entry.threat_id, where).toMatch(/^LastlineArtifact\(score=100;/);
             else expect(entry.threat_id, where).toBe(EICAR_NAME);
+          }
+          if (blockResponse === 'page') {
+            // Per-file multipart scanning: the infected part blocks the whole form.
+            const before = logs.length;
+            const form = multipart([
+              { name: 'note', data: Buffer.from('a field') },
+              { name: 'f', filename: 'eicar.com', data: eicar() },
+            ]);
+            const r = await send(app.url, '/multipart', {
+              body: form.body,
+              headers: { 'content-type': form.contentType },
+              timeoutMs: 10_000,
+            });
+            const where = `${style} read as ${profileVendor}, multipart`;
+            expect(r.status, where).toBe(403);
+            expect(app.seen, where).toHaveLength(0);
+            await waitFor(() => logs.length > before);
+            expect(logs.at(-1)!.action, where).toBe('ICAP_BLOCKED');
+            expect(logs.at(-1)!.fail_action, where).toBeUndefined();
           }
           for (const [what, body] of CLEAN) {
             const before = logs.length;
