@@ -135,9 +135,10 @@ export interface NsxDefenderLog {
 
 export interface Verdict {
   /**
-   * clean: 204 or an explicit allow without adaptation; blocked: the server refuses the message;
-   * adapted: a 200/201 carrying a (possibly) modified message — the engine compares bodies to tell
-   * an identical echo from a modification; error: the server failed (4xx/5xx, 1xx/3xx finals, unknown).
+   * clean: 204 or an explicit allow without adaptation, and no threat signal; blocked: a threat
+   * signal or a refusal, whatever the ICAP status; adapted: a 200/201 carrying a (possibly)
+   * modified or repaired message — the engine compares bodies to tell an identical echo from a
+   * modification; error: the server failed (4xx/5xx, 1xx/3xx finals, unknown) and named no threat.
    */
   kind: 'clean' | 'blocked' | 'adapted' | 'error';
   /** e.g. 'Infected', 'No security rule matched', 'ICAP 500 Server Error'. */
