@@ -215,3 +215,70 @@ describe.each(FRAMEWORKS)('a threat named in the head blocks when the block page
     });
   });
 });
+
+/** Hand-made answers whose shape the client must hand to the verdict reader, not refuse. */
+const PAGE_HTTP = 'HTTP/1.1 403 Forbidden\r\nContent-Type: text/html\r\nContent-Length: 7\r\n\r\n';
+const PAGE_BODY = '7\r\nBlocked\r\n0\r\n\r\n';
+const SHAPES: Array<{ name: string; response: string; threat: string | undefined }> = [
+  {
+    name: 'ICAP 403 with an encapsulated 403 page and no vendor header',
+    response: `ICAP/1.0 403 Forbidden\r\nISTag: "Z"\r\nEncapsulated: res-hdr=0, res-body=${PAGE_HTTP.length}\r\n\r\n${PAGE_HTTP}${PAGE_BODY}`,
+    threat: undefined,
+  },
+  {
+    name: 'ICAP 500 with X-Infection-Found and a page',
+    response: `ICAP/1.0 500 Server Error\r\nISTag: "Z"\r\nX-Infection-Found: Type=0; Resolution=2; Threat=${EICAR_NAME};\r\nEncapsulated: res-hdr=0, res-body=${PAGE_HTTP.length}\r\n\r\n${PAGE_HTTP}${PAGE_BODY}`,
+    threat: EICAR_NAME,
+  },
+  {
+    name: 'ICAP 204 with X-Infection-Found and an encapsulated 403 head (null-body)',
+    response: `ICAP/1.0 204 No Content\r\nISTag: "Z"\r\nX-Infection-Found: Type=0; Resolution=2; Threat=${EICAR_NAME};\r\nEncapsulated: res-hdr=0, null-body=${PAGE_HTTP.length}\r\n\r\n${PAGE_HTTP}`,
+    threat: EICAR_NAME,
+  },
+  {
+    name: 'ICAP 200 with X-Virus-ID and no Encapsulated header',
+    response: `ICAP/1.0 200 OK\r\nISTag: "Z"\r\nX-Virus-ID: ${EICAR_NAME}\r\n\r\n`,
+    threat: EICAR_NAME,
+  },
+  {
+    name: 'ICAP 418 with X-Response-Info: Blocked',
+    response: 'ICAP/1.0 418 Bad composition\r\nISTag: "Z"\r\nX-Response-Info: Blocked\r\n\r\n',
+    threat: undefined,
+  },
+];
+
+describe.each(FRAMEWORKS)('threat shapes the client passes to the verdict reader: %s', (framework) => {
+  describe.each(FAIL_ACTIONS)('%s', (failAction) => {
+    it.each(SHAPES)('$name', async ({ response, threat }) => {
+      const server = await startIcapServer({
+        recordBodies: false,
+        script: (r) => (r.method === 'OPTIONS' ? undefined : { kind: 'raw', response }),
+      });
+      const logs: IcapLog[] = [];
+      const app = await startApp(framework, {
+        name: 'zoo-shapes',
+        poolGroup: server.url(),
+        serviceUri: '/avscan',
+        failAction,
+        responseTimeout: 5000,
+        onLog: (l) => logs.push(l),
+      });
+      try {
+        const r = await send(app.url, '/raw', {
+          body: text(500, 4),
+          headers: { 'content-type': 'application/octet-stream' },
+          timeoutMs: 10_000,
+        });
+        expect(r.status).toBe(403);
+        expect(app.seen).toHaveLength(0);
+        await waitFor(() => logs.length > 0);
+        const log = logs.at(-1)!;
+        expect(log.action).toBe('ICAP_BLOCKED');
+        expect(log.request_logs.at(-1)!.threat_id).toBe(threat);
+      } finally {
+        await app.close();
+        await server.close();
+      }
+    });
+  });
+});
