@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { type IcapProfile, parseSize, resolveProfile } from '../../src/engine/profile.js';
+import { VENDORS } from '../../src/engine/verdict/index.js';
 
 const base: IcapProfile = { name: 'p', poolGroup: 'icap://127.0.0.1', serviceUri: '/avscan' };
 
@@ -59,6 +60,23 @@ describe('resolveProfile', () => {
     expect(full.pools.map((p) => p.name)).toEqual(['high', 'low']);
     expect(full.pools[0]!.servers[0]).toMatchObject({ url: 'icaps://d:11344', tls: { ca: 'CA' } });
     expect(full.pools[0]!.loadBalancing).toBe('round-robin');
+  });
+
+  it('accepts every vendor profile', () => {
+    expect(VENDORS).toEqual([
+      'generic',
+      'opswat',
+      'nsx-defender',
+      'c-icap',
+      'kaspersky',
+      'eset',
+      'symantec',
+      'mcafee',
+      'trend-micro',
+      'sophos',
+      'f-secure',
+    ]);
+    for (const vendor of VENDORS) expect(resolveProfile({ ...base, vendor }).vendor).toBe(vendor);
   });
 
   it('parses sizes', () => {
