@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { PassThrough, Readable } from 'node:stream';
 import { BodyStore } from './body.js';
-import { multipartError, type PartHead, type ParseEvent, MultipartParser } from './multipart-parser.js';
+import { MultipartParser, multipartError, type ParseEvent, type PartHead } from './multipart-parser.js';
 import { boundaryFrom, type MediaType, parseMediaType, SyntaxProblem } from './multipart-syntax.js';
 import type { ResolvedMultipartLimits } from './profile.js';
 
@@ -173,7 +173,10 @@ export async function validateMultipart(
 }
 
 /** The next chunk, or the signal's reason once it is aborted (a stalled body does not hold the parse). */
-function nextOrAbort(source: AsyncIterator<Buffer>, signal: AbortSignal | undefined): Promise<IteratorResult<Buffer>> {
+function nextOrAbort(
+  source: AsyncIterator<Buffer>,
+  signal: AbortSignal | undefined,
+): Promise<IteratorResult<Buffer>> {
   if (signal === undefined) return source.next();
   if (signal.aborted) return Promise.reject(signal.reason);
   return new Promise((resolve, reject) => {
@@ -239,7 +242,8 @@ export function canonicalForm(parts: RebuiltPart[], boundary = freshBoundary()):
   };
   for (const { part, content } of parts) {
     let head = `--${boundary}\r\nContent-Disposition: form-data; name="${escapeQuoted(part.head.nameBytes)}"`;
-    if (part.head.fileNameBytes !== undefined) head += `; filename="${escapeQuoted(part.head.fileNameBytes)}"`;
+    if (part.head.fileNameBytes !== undefined)
+      head += `; filename="${escapeQuoted(part.head.fileNameBytes)}"`;
     head += '\r\n';
     if (part.head.contentType !== undefined) head += `Content-Type: ${part.head.contentType}\r\n`;
     // Byte strings: latin1 writes each char back as the byte it was read from.
