@@ -230,7 +230,8 @@ export function freshBoundary(): string {
 
 /**
  * The form the application gets: `parts` in order, each with regenerated part headers
- * (Content-Disposition form-data with name and filename, the Content-Type as sent) and its
+ * (Content-Disposition form-data with name and filename, the Content-Type as sent, for a file
+ * application/octet-stream when it had none) and its
  * own or replacement content, under a fresh boundary. Its length is known in advance.
  */
 export function canonicalForm(parts: RebuiltPart[], boundary = freshBoundary()): CanonicalForm {
@@ -245,7 +246,9 @@ export function canonicalForm(parts: RebuiltPart[], boundary = freshBoundary()):
     if (part.head.fileNameBytes !== undefined)
       head += `; filename="${escapeQuoted(part.head.fileNameBytes)}"`;
     head += '\r\n';
+    // A file without a Content-Type is a field to formidable: give it one, so every parser agrees.
     if (part.head.contentType !== undefined) head += `Content-Type: ${part.head.contentType}\r\n`;
+    else if (part.kind === 'file') head += 'Content-Type: application/octet-stream\r\n';
     // Byte strings: latin1 writes each char back as the byte it was read from.
     add(Buffer.from(`${head}\r\n`, 'latin1'));
     if (content !== undefined) {
