@@ -11,8 +11,9 @@ import type { IcapLog, IcapProfile } from '@icapkit/core';
 import { eicar, type IcapTestServer, startIcapServer } from '@icapkit/testing';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { type App, type Framework, type Seen, startApp } from '../conformance/apps.js';
-import { type CIcapServer, describeWithCIcap, startCIcap } from '../support/c-icap.js';
+import { type CIcapServer, describeWithCIcap, freePort, startCIcap } from '../support/c-icap.js';
 import { send } from '../support/http-client.js';
+import { rawExchange } from '../support/raw-http.js';
 
 interface Variant {
   label: string;
@@ -363,6 +364,82 @@ describe('multipart: whole', () => {
     expect(r.status).toBe(400);
     expect(app.seen).toHaveLength(0);
     expect(logs[0]).toMatchObject({ error_code: 'ICAP_ERR_MULTIPART', http_response_code: 400 });
+  });
+});
+
+describe('fail-open with the ICAP server down: a client cannot choose it with a malformed form', () => {
+  for (const mode of ['per-file', 'whole'] as const) {
+    for (const framework of ['express5', 'koa3'] as const) {
+      it(`${mode}, ${framework}: ambiguous shapes still get 400; a well-formed form passes unscanned as the profile allows`, async () => {
+        const logs: IcapLog[] = [];
+        const app = await startApp(framework, {
+          name: 'fail-open',
+          poolGroup: `icap://127.0.0.1:${await freePort()}`,
+          serviceUri: '/avscan',
+          failAction: 'fail-open',
+          multipart: mode,
+          onLog: (l) => logs.push(l),
+        });
+        try {
+          for (const [name, contentType, body] of SHAPES.filter(([n]) =>
+            [
+              '--BQ inside a file (formidable)',
+              'a part without a name',
+              'Content-Transfer-Encoding: base64',
+              'an epilogue',
+            ].includes(n),
+          )) {
+            const r = await send(app.url, '/multipart', {
+              body: Buffer.from(body, 'latin1'),
+              headers: { 'content-type': contentType },
+            });
+            expect([name, r.status]).toEqual([name, 400]);
+          }
+          expect(app.seen).toHaveLength(0);
+          expect(
+            logs.every((l) => l.error_code === 'ICAP_ERR_MULTIPART' && l.fail_action === undefined),
+          ).toBe(true);
+          const ok = await send(app.url, '/multipart', {
+            body: `${clean}${close}`,
+            headers: { 'content-type': ct() },
+          });
+          expect(ok.status).toBe(200);
+          expect(app.seen[0]!.files!.map((f) => f.data.toString())).toEqual(['clean text']);
+          expect(logs.at(-1)).toMatchObject({ action: 'ICAP_FAILED', fail_action: 'fail-open' });
+          // Per-file mode delivers its own serialisation even unscanned; whole mode the bytes sent.
+          const boundary = /boundary=(\S+)$/.exec(String(app.seen[0]!.headers['content-type']))![1];
+          if (mode === 'per-file') expect(boundary).toMatch(/^----icapkit/);
+          else expect(boundary).toBe(B);
+        } finally {
+          await app.close();
+        }
+      });
+    }
+  }
+});
+
+describe('fail-open, whole mode: the ICAP failure comes before the malformed end of the form', () => {
+  it('the form is still checked to its end: 400, not the raw body passed unscanned', async () => {
+    const logs: IcapLog[] = [];
+    const app = await startApp('express5', {
+      name: 'fail-open-whole',
+      poolGroup: `icap://127.0.0.1:${await freePort()}`,
+      serviceUri: '/avscan',
+      failAction: 'fail-open',
+      multipart: 'whole',
+      onLog: (l) => logs.push(l),
+    });
+    try {
+      const tail = `${part(CD('f', 'e.com'), E)}${close}`;
+      const head = `POST /multipart HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: ${ct()}\r\nContent-Length: ${clean.length + close.length + tail.length}\r\n\r\n`;
+      // The connection to the ICAP server is refused while the client is still sending.
+      const r = await rawExchange(app.url, [head, clean, { pause: 500 }, close, tail], { responses: 1 });
+      expect(r.responses[0]?.status).toBe(400);
+      expect(app.seen).toHaveLength(0);
+      expect(logs[0]).toMatchObject({ error_code: 'ICAP_ERR_MULTIPART' });
+    } finally {
+      await app.close();
+    }
   });
 });
 
