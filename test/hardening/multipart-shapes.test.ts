@@ -469,6 +469,33 @@ describe('a threat found before the form turns out malformed', () => {
   });
 });
 
+describe("multipartFields: 'skip'", () => {
+  it('a field whose name holds filename= is scanned anyway', async () => {
+    const app = await startApp('koa3', {
+      name: 'skip',
+      poolGroup: icap.url(),
+      serviceUri: '/avscan',
+      multipartFields: 'skip',
+    });
+    try {
+      // Serialised as name="x; filename=e.com; ": a regex-based parser could find a file name in it.
+      const sneaky = part('Content-Disposition: form-data; name="x; filename=e.com; "', E) + close;
+      expect(
+        (await send(app.url, '/multipart', { body: sneaky, headers: { 'content-type': ct() } })).status,
+      ).toBe(403);
+      // A plain field is skipped, as the profile says.
+      const plain = part(CD('comment'), 'not scanned') + close;
+      expect(
+        (await send(app.url, '/multipart', { body: plain, headers: { 'content-type': ct() } })).status,
+      ).toBe(200);
+      expect(scanned().some((b) => b.toString() === 'not scanned')).toBe(false);
+      expect(app.seen[0]!.fields).toMatchObject({ comment: 'not scanned' });
+    } finally {
+      await app.close();
+    }
+  });
+});
+
 describe('otherMultipart: whole', () => {
   it('scans multipart/mixed as raw bytes when the profile says so (EICAR found, clean passes)', async () => {
     const app = await startApp('express5', {

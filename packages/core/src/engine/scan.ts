@@ -1247,8 +1247,9 @@ const FORM_HEADERS_REPLACED = new Set([
 
 /**
  * Whether a part is scanned: files always; fields unless `multipartFields: 'skip'`, and even
- * then a field whose name holds `filename` (formidable finds `filename=` anywhere in the
- * Content-Disposition, so it could make a file of it).
+ * then a field whose name holds `filename` (a parser that finds `filename=` with a regex over
+ * the whole Content-Disposition value could make a file of it; formidable 3.5 does not, but
+ * the cost of scanning such a field is nil).
  */
 function mustScanPart(part: Part, fields: 'scan' | 'skip'): boolean {
   if (part.kind === 'file' || fields === 'scan') return true;
