@@ -7,6 +7,7 @@
  * never runs, an ICAP_ERR_MULTIPART log record) or the handler gets only content the ICAP server
  * scanned. The 97-byte request that used to exit the process gets a 400 and the app keeps serving.
  */
+import { gzipSync } from 'node:zlib';
 import type { IcapLog, IcapProfile } from '@icapkit/core';
 import { eicar, type IcapTestServer, startIcapServer } from '@icapkit/testing';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -467,6 +468,33 @@ describe('a threat found before the form turns out malformed', () => {
       await app.close();
     }
   });
+});
+
+describe('a gzip-compressed form', () => {
+  for (const framework of ['express5', 'fastify', 'koa3'] as const) {
+    it(`${framework}: scanned decoded, delivered as the decoded canonical form without Content-Encoding`, async () => {
+      const app = await startApp(framework, { name: 'gzip', poolGroup: icap.url(), serviceUri: '/avscan' });
+      try {
+        const headers = { 'content-type': ct(), 'content-encoding': 'gzip' };
+        const bad = await send(app.url, '/multipart', {
+          body: gzipSync(Buffer.from(`${clean}${part(CD('f', 'e.com'), E)}${close}`, 'latin1')),
+          headers,
+        });
+        expect(bad.status).toBe(403);
+        const ok = await send(app.url, '/multipart', {
+          body: gzipSync(Buffer.from(`${clean}${close}`)),
+          headers,
+        });
+        expect(ok.status).toBe(200);
+        const seen = app.seen[0]!;
+        expect(seen.files!.map((f) => f.data.toString())).toEqual(['clean text']);
+        expect(seen.headers['content-encoding']).toBeUndefined();
+        expect(String(seen.headers['content-type'])).toMatch(/boundary=----icapkit/);
+      } finally {
+        await app.close();
+      }
+    });
+  }
 });
 
 describe("multipartFields: 'skip'", () => {
