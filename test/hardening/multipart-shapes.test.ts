@@ -2,7 +2,7 @@
  * Multipart shapes that parsers read differently, each hiding an EICAR file from a scanner that
  * would parse them one way while the application's parser (multer, @fastify/multipart,
  * koa-body + formidable, a raw-body reader) parses them another. In Express 5/4, Fastify
- * (HTTP/1.1 and HTTP/2) and Koa 3/2, against the embedded ICAP server (recording what it
+ * (HTTP/1.1 and HTTP/2) and Koa 3/2 (and Koa 3 over HTTP/2), against the embedded ICAP server (recording what it
  * scanned) and, for a subset, a real c-icap + ClamAV. Each shape is refused (4xx, the handler
  * never runs, an ICAP_ERR_MULTIPART log record) or the handler gets only content the ICAP server
  * scanned. The 97-byte request that used to exit the process gets a 400 and the app keeps serving.
@@ -29,6 +29,7 @@ const VARIANTS: Variant[] = [
   { label: 'fastify h2', framework: 'fastify', http2: true },
   { label: 'koa3', framework: 'koa3', http2: false },
   { label: 'koa2', framework: 'koa2', http2: false },
+  { label: 'koa3 h2', framework: 'koa3', http2: true },
 ];
 
 const B = 'B0undary';
