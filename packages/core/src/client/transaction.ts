@@ -17,6 +17,7 @@ import {
 import type { Connection } from './connection.js';
 import { fromSocketError, IcapError, IcapErrorCodes, RfcErrorCodes } from './errors.js';
 import type { BodySource } from './source.js';
+import { keepReadingAfterWriteError } from './write-error.js';
 
 /**
  * One ICAP exchange on one connection: write the request (preview first when asked), read the
@@ -165,6 +166,14 @@ export class Transaction {
   #body: Readable | null = null;
   #finalHead: IcapResponseHead | null = null;
   #iterator: AsyncIterator<Uint8Array> | null = null;
+  /**
+   * Writing failed (EPIPE, ECONNRESET: the server stopped reading, often because it has
+   * answered). Sending stops; the response side reads on until the answer is complete or the
+   * connection is gone, and this error is reported only if no complete answer came.
+   */
+  #writeError: Error | undefined;
+  /** Undoes the hook that keeps the socket reading after a write error. */
+  #unhookWriteError: (() => void) | undefined;
   #out: Buffer[] = [];
   #outBytes = 0;
   #bytesSent = 0;
@@ -378,7 +387,7 @@ export class Transaction {
     const s = this.#conn.socket;
     if (this.#out.length > 0) {
       s.cork();
-      for (const b of this.#out) s.write(b);
+      for (const b of this.#out) s.write(b, this.#onWritten);
       s.uncork();
       this.#bytesSent += this.#outBytes;
       this.#out = [];
@@ -396,6 +405,21 @@ export class Transaction {
     }
     return !this.#stopped;
   }
+
+  /**
+   * A write's callback. Node destroys a socket whose write failed, right after this callback,
+   * and destroying it drops whatever the server sent that was not read yet: the answer of a
+   * server that replied early and closed. So the socket is kept and reads on (see
+   * write-error.ts); only the request side is over.
+   */
+  readonly #onWritten = (err?: Error | null): void => {
+    if (err === undefined || err === null || this.#writeError !== undefined || this.#finished) return;
+    const s = this.#conn.socket;
+    if (s.destroyed) return;
+    this.#writeError = err;
+    this.#unhookWriteError = keepReadingAfterWriteError(s, err);
+    this.#stopWriting();
+  };
 
   #stopWriting(): void {
     if (this.#stopped) return;
@@ -433,6 +457,8 @@ export class Transaction {
 
   #onHead(head: IcapResponseHead): void {
     if (head.status === 100) {
+      // Sending already failed: the server's go-ahead comes too late to matter; read on.
+      if (this.#writeError !== undefined) return;
       if (this.#writeState !== 'awaiting-continue') {
         throw new IcapError(
           IcapErrorCodes.PROTOCOL,
@@ -573,15 +599,24 @@ export class Transaction {
   // ---------------------------------------------------------------- failure
 
   readonly #onSocketEnd = (): void => {
-    this.#fail(this.#closedError());
+    this.#fail(this.#writeFailure() ?? this.#closedError());
   };
 
   readonly #onSocketClose = (): void => {
-    this.#fail(this.#closedError());
+    this.#fail(this.#writeFailure() ?? this.#closedError());
   };
 
+  /** A failed write, as the error for an exchange that then ended without a complete answer. */
+  #writeFailure(): IcapError | undefined {
+    return this.#writeError === undefined
+      ? undefined
+      : fromSocketError(this.#writeError, 'io', this.#conn.label);
+  }
+
   readonly #onSocketError = (err: Error): void => {
-    this.#fail(fromSocketError(err, 'io', this.#conn.label));
+    // A read error after a failed write (the reset that made the write fail): the write's
+    // error says it better.
+    this.#fail(this.#writeFailure() ?? fromSocketError(err, 'io', this.#conn.label));
   };
 
   readonly #onTimeout = (): void => {
@@ -646,6 +681,8 @@ export class Transaction {
     s.removeListener('close', this.#onSocketClose);
     s.removeListener('timeout', this.#onTimeout);
     s.setTimeout(0);
+    this.#unhookWriteError?.();
+    this.#unhookWriteError = undefined;
     this.#opts.signal.removeEventListener('abort', this.#onAbort);
     this.#stopWriting();
   }
