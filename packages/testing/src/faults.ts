@@ -59,6 +59,13 @@ export type Fault =
       then: 'close' | 'reset' | 'keep-alive';
       continue?: boolean;
       after?: number;
+      /** Send the answer without its last 20 bytes (the head complete, the block page cut off). */
+      truncate?: boolean;
+      /**
+       * Called right before the answer is written (synchronously): a test can make more of its
+       * upload arrive in the same instant as the answer and the close.
+       */
+      beforeAnswer?: () => void;
       onClosed?: () => void;
     };
 

@@ -262,6 +262,8 @@ class Session {
   #pumping = false;
   /** Body bytes seen past the preview while an early-verdict fault waits for `after` of them. */
   #earlyBytes = 0;
+  /** The next answer goes out without this many trailing bytes (early-verdict `truncate`). */
+  #cutNextWrite = 0;
 
   constructor(srv: TestServer, socket: Socket, id: number) {
     this.#srv = srv;
@@ -583,6 +585,8 @@ class Session {
     fault: Extract<Fault, { kind: 'early-verdict' }>,
   ): void {
     this.#discard = true;
+    fault.beforeAnswer?.();
+    if (fault.truncate) this.#cutNextWrite = 20;
     this.#sendBlock(rec, this.#scanner?.found ?? EICAR_NAME, fileNameOf(head));
     if (fault.then === 'keep-alive') return;
     const onClosed = fault.onClosed;
@@ -776,6 +780,10 @@ class Session {
 
   #write(b: Buffer): void {
     if (this.#dead || this.#socket.destroyed) return;
+    if (this.#cutNextWrite > 0) {
+      b = b.subarray(0, Math.max(0, b.length - this.#cutNextWrite));
+      this.#cutNextWrite = 0;
+    }
     if (!this.#socket.write(b)) {
       // Backpressure: read no more until the client has taken what was sent.
       this.#socket.pause();

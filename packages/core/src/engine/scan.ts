@@ -849,10 +849,16 @@ export class IcapEngine {
       }
       case 'blocked': {
         let relay: ClientResponse | undefined;
-        if (p.blockResponse === 'relay' && res.httpResponse !== null) {
-          relay = await readRelay(res);
-        } else {
-          await drain(res);
+        // The verdict is in the head: a block page cut off (the server closed or reset the
+        // connection after its answer) still blocks, with our own page.
+        try {
+          if (p.blockResponse === 'relay' && res.httpResponse !== null) {
+            relay = await readRelay(res);
+          } else {
+            await drain(res);
+          }
+        } catch {
+          relay = undefined;
         }
         entry.latency = await latencyOf(res, started);
         entry.action = 'ICAP_BLOCKED';
