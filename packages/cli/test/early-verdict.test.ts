@@ -32,12 +32,18 @@ describe('scan: early verdict, then the server goes away', () => {
     for (const withContinue of [true, false]) {
       it(`then ${then === 'close' ? 'FIN' : 'RST'}${withContinue ? ' (after 100 Continue)' : ' (no 100 Continue)'}: BLOCKED in 20 of 20 runs`, async () => {
         server.setScript((q) =>
-          q.method === 'OPTIONS' ? undefined : { kind: 'early-verdict', then, continue: withContinue, after: 1 },
+          q.method === 'OPTIONS'
+            ? undefined
+            : { kind: 'early-verdict', then, continue: withContinue, after: 1 },
         );
         try {
           for (let i = 0; i < 20; i++) {
             const r = await run(['scan', file, '--server', server.url('/avscan'), '--json']);
-            const result = JSON.parse(r.stdout) as { verdict: string; errorCode: string | null; threat: string };
+            const result = JSON.parse(r.stdout) as {
+              verdict: string;
+              errorCode: string | null;
+              threat: string;
+            };
             expect({ run: i, verdict: result.verdict, errorCode: result.errorCode }).toEqual({
               run: i,
               verdict: 'blocked',

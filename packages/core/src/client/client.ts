@@ -85,7 +85,11 @@ export interface IcapRequestOptions {
   fileExtension?: string | undefined;
   /** Called when the server answers the preview with 100 Continue (it wants the rest of the body). */
   onContinue?: (() => void) | undefined;
-  /** Honour `Transfer-Ignore` by not sending the message at all. Default true. */
+  /**
+   * Honour `Transfer-Ignore` by not sending the message at all. Default false: the extension
+   * comes from the request target (or `fileExtension`), which whoever sends the message
+   * chooses, so honouring it lets them skip the scan; turn it on only where that is acceptable.
+   */
   honourTransferIgnore?: boolean | undefined;
 }
 
@@ -201,7 +205,7 @@ export class IcapClient {
         }
         this.#pool.setServerLimit(opts.maxConnections);
         policy = transferPolicy(opts, extension);
-        if (policy === 'ignore' && (init.honourTransferIgnore ?? true)) {
+        if (policy === 'ignore' && (init.honourTransferIgnore ?? false)) {
           cleanup();
           return { skipped: 'transfer-ignore', extension, options: opts };
         }

@@ -803,6 +803,7 @@ export class IcapEngine {
       bodyLength: facts.chunked ? undefined : facts.contentLength,
       preview: p.enablePreview && !smallBody(facts, p.previewMinBodySize) ? p.previewSize : false,
       allow204: p.allow204,
+      honourTransferIgnore: p.transferIgnore === 'extension',
       headers: extraHeaders,
       signal,
       timeout: NO_CLIENT_TIMEOUT,
