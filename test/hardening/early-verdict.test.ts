@@ -73,9 +73,9 @@ async function waitFor(condition: () => boolean, withinMs = 5000): Promise<void>
 }
 
 const VARIANTS = [
-  { name: 'then FIN', then: 'close', truncate: false },
-  { name: 'then RST', then: 'reset', truncate: false },
-  { name: 'then RST, the block page cut off', then: 'reset', truncate: true },
+  { name: 'then FIN', ending: 'close', truncate: false },
+  { name: 'then RST', ending: 'reset', truncate: false },
+  { name: 'then RST, the block page cut off', ending: 'reset', truncate: true },
 ] as const;
 
 describe.each(FRAMEWORKS)('early verdict then close: %s', (framework) => {
@@ -102,7 +102,7 @@ describe.each(FRAMEWORKS)('early verdict then close: %s', (framework) => {
                 ? undefined
                 : {
                     kind: 'early-verdict',
-                    then: v.then,
+                    ending: v.ending,
                     after: 1,
                     truncate: v.truncate,
                     beforeAnswer: () => hold.release(),

@@ -34,7 +34,7 @@ describe('scan: early verdict, then the server goes away', () => {
         server.setScript((q) =>
           q.method === 'OPTIONS'
             ? undefined
-            : { kind: 'early-verdict', then, continue: withContinue, after: 1 },
+            : { kind: 'early-verdict', ending: then, continue: withContinue, after: 1 },
         );
         try {
           for (let i = 0; i < 20; i++) {

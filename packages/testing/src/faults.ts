@@ -46,7 +46,7 @@ export type Fault =
    * client is still sending. With `continue` (default true) the preview is answered with
    * `100 Continue` first and the block goes out once `after` (default 1) more body bytes came
    * (0: right after the 100); with `continue: false` it goes out as soon as the ICAP head is
-   * read. Then, `then`:
+   * read. Then, by `ending`:
    * - `close`: FIN right after the answer, the rest never read (the socket is destroyed once
    *   the FIN is out, so what the client sends next is answered with an RST);
    * - `reset`: RST right after the answer;
@@ -56,7 +56,7 @@ export type Fault =
    */
   | {
       kind: 'early-verdict';
-      then: 'close' | 'reset' | 'keep-alive';
+      ending: 'close' | 'reset' | 'keep-alive';
       continue?: boolean;
       after?: number;
       /** Send the answer without its last 20 bytes (the head complete, the block page cut off). */

@@ -588,13 +588,13 @@ class Session {
     fault.beforeAnswer?.();
     if (fault.truncate) this.#cutNextWrite = 20;
     this.#sendBlock(rec, this.#scanner?.found ?? EICAR_NAME, fileNameOf(head));
-    if (fault.then === 'keep-alive') return;
+    if (fault.ending === 'keep-alive') return;
     const onClosed = fault.onClosed;
     if (onClosed !== undefined) {
       if (this.#socket.closed) queueMicrotask(onClosed);
       else this.#socket.once('close', () => onClosed());
     }
-    this.#kill(fault.then);
+    this.#kill(fault.ending);
   }
 
   #rewrite(body: Buffer, rec: RecordedRequest): Buffer | null {

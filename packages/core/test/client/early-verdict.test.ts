@@ -40,7 +40,7 @@ async function once(then: 'close' | 'reset' | 'keep-alive', withContinue: boolea
   server.setScript((req) =>
     req.method === 'OPTIONS'
       ? undefined
-      : { kind: 'early-verdict', then, continue: withContinue, after: 1, onClosed: opened },
+      : { kind: 'early-verdict', ending: then, continue: withContinue, after: 1, onClosed: opened },
   );
   const client = new IcapClient({ url: server.url(), timeout: 5000, ioTimeout: 5000 });
   try {
