@@ -54,7 +54,8 @@ in the order given:
   --json                one JSON object per file and line (no progress, no summary)
 
 options: prints the service's OPTIONS (Methods, ISTag, Service, Preview, Allow 204,
-Options-TTL, Max-Connections, Transfer-*). --json prints one JSON object.
+Options-TTL, Max-Connections, Transfer-*). --json prints one JSON object. An answer
+without the required ISTag or Methods header is printed, named on stderr, and exits 2.
 
 Connection options (both commands):
   --tls-ca <file>       PEM CA certificate(s) to verify an icaps:// server with

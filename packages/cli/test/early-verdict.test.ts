@@ -59,3 +59,26 @@ describe('scan: early verdict, then the server goes away', () => {
     }
   }
 });
+
+describe('options: an answer without the required headers', () => {
+  it('names ISTag and Methods on stderr and exits 2 (text and --json)', async () => {
+    const s = await startIcapServer({ incompleteOptions: true });
+    try {
+      const r = await run(['options', s.url('/avscan')]);
+      expect(r.code).toBe(2);
+      expect(r.stdout).toContain('  Methods:           -\n');
+      expect(r.stderr).toBe('icapkit: the OPTIONS response lacks required headers: ISTag, Methods\n');
+      const j = await run(['options', s.url('/avscan'), '--json']);
+      expect(j.code).toBe(2);
+      expect(JSON.parse(j.stdout)).toMatchObject({ missingHeaders: ['ISTag', 'Methods'], istag: null });
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('a complete answer: exit 0, missingHeaders empty', async () => {
+    const r = await run(['options', server.url('/avscan'), '--json']);
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout).missingHeaders).toEqual([]);
+  });
+});

@@ -484,7 +484,15 @@ export class Transaction {
         },
       );
     }
-    checkEncapsulated(req.method, head);
+    // An error status (4xx/5xx) is an answer whatever its Encapsulated says: some servers send
+    // a 500 with `opt-body=0` and no body. Its status is what matters; a body it may announce
+    // is not read (an OPTIONS error has nothing to say in one, a misframed one cannot be
+    // trusted), and the connection is not reused, since what follows the head is unknown.
+    let ignoreBody = false;
+    if (head.status >= 400 && head.body !== null) {
+      ignoreBody = req.method === 'OPTIONS' || !encapsulatedFits(req.method, head);
+    }
+    if (!ignoreBody) checkEncapsulated(req.method, head);
     this.#finalHead = head;
     // A 200/201 that streams back the adapted message may come before the server has read the
     // whole request (data trickling, a streaming echo): it needs the rest to produce its
@@ -492,7 +500,7 @@ export class Transaction {
     const adaptedBody = req.method === 'RESPMOD' ? 'res-body' : 'req-body';
     const keepSending = (head.status === 200 || head.status === 201) && head.body === adaptedBody;
     if (!keepSending) this.#stopWriting();
-    if (head.body !== null) {
+    if (head.body !== null && !ignoreBody) {
       const socket = this.#conn.socket;
       this.#body = new Readable({
         highWaterMark: 64 * 1024,
@@ -556,6 +564,7 @@ export class Transaction {
       },
       done: this.#done.promise,
     });
+    if (ignoreBody) this.#onEnd(true);
   }
 
   #onBody(data: Buffer): void {
@@ -567,9 +576,9 @@ export class Transaction {
     }
   }
 
-  #onEnd(): void {
+  #onEnd(forceClose = false): void {
     const head = this.#finalHead;
-    if (head === null) return;
+    if (head === null || this.#finished) return;
     this.#finished = true;
     // The response is complete: anything of the request not yet sent will not be read.
     this.#stopWriting();
@@ -578,6 +587,7 @@ export class Transaction {
       /\bclose\b/i.test(head.headers.get('connection') ?? '') ||
       this.#req.head.includes('\r\nConnection: close\r\n');
     const reusable =
+      !forceClose &&
       this.#terminated &&
       (this.#writeState === 'finished' || this.#writeState === 'stopped') &&
       !closeAsked &&
@@ -685,6 +695,15 @@ export class Transaction {
     this.#unhookWriteError = undefined;
     this.#opts.signal.removeEventListener('abort', this.#onAbort);
     this.#stopWriting();
+  }
+}
+
+function encapsulatedFits(method: IcapRequestMethod, head: IcapResponseHead): boolean {
+  try {
+    checkEncapsulated(method, head);
+    return true;
+  } catch {
+    return false;
   }
 }
 
