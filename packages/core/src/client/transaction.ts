@@ -387,7 +387,10 @@ export class Transaction {
     const s = this.#conn.socket;
     if (this.#out.length > 0) {
       s.cork();
-      for (const b of this.#out) s.write(b, this.#onWritten);
+      // One callback per batch (the last write): a failed batch calls every callback in it.
+      const last = this.#out.length - 1;
+      for (let i = 0; i < last; i++) s.write(this.#out[i]!);
+      s.write(this.#out[last]!, this.#onWritten);
       s.uncork();
       this.#bytesSent += this.#outBytes;
       this.#out = [];

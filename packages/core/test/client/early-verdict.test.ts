@@ -6,18 +6,40 @@
  * (EPIPE/ECONNRESET) while the answer waits unread in the kernel. The answer must win, every
  * time.
  */
-import { eicar, type IcapTestServer, startIcapServer } from '@icapkit/testing';
+import {
+  eicar,
+  generateTestCertificate,
+  type IcapTestServer,
+  startIcapServer,
+  type TestCertificate,
+} from '@icapkit/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { IcapClient, isSkipped } from '../../src/client/client.js';
 
 let server: IcapTestServer;
+let tlsServer: IcapTestServer;
+let cert: TestCertificate;
 
 beforeAll(async () => {
   server = await startIcapServer({ recordBodies: false });
+  cert = await generateTestCertificate();
+  tlsServer = await startIcapServer({ recordBodies: false, tls: { cert: cert.cert, key: cert.key } });
 });
 afterAll(async () => {
   await server.close();
+  await tlsServer.close();
+  await cert.cleanup();
 });
+
+function tcpHandles(): number {
+  return process.getActiveResourcesInfo().filter((r) => r === 'TCPSocketWrap').length;
+}
+
+async function waitFor(condition: () => boolean, withinMs = 3000): Promise<boolean> {
+  const deadline = Date.now() + withinMs;
+  while (!condition() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  return condition();
+}
 
 const MiB = 1024 * 1024;
 
@@ -32,7 +54,12 @@ async function* upload(gate: Promise<void>, first: number): AsyncGenerator<Buffe
   for (let i = 0; i < 4; i++) yield Buffer.alloc(MiB, 0x62);
 }
 
-async function once(then: 'close' | 'reset' | 'keep-alive', withContinue: boolean) {
+async function once(
+  then: 'close' | 'reset' | 'keep-alive',
+  withContinue: boolean,
+  srv: IcapTestServer = server,
+) {
+  const server = srv;
   let opened!: () => void;
   const closed = new Promise<void>((r) => {
     opened = r;
@@ -42,7 +69,12 @@ async function once(then: 'close' | 'reset' | 'keep-alive', withContinue: boolea
       ? undefined
       : { kind: 'early-verdict', ending: then, continue: withContinue, after: 1, onClosed: opened },
   );
-  const client = new IcapClient({ url: server.url(), timeout: 5000, ioTimeout: 5000 });
+  const client = new IcapClient({
+    url: server.url(),
+    timeout: 5000,
+    ioTimeout: 5000,
+    ...(server.tls ? { tls: { ca: cert.ca } } : {}),
+  });
   try {
     await client.options('/avscan');
     // keep-alive: the server never closes; the rest is released at once.
@@ -82,6 +114,19 @@ describe('early verdict, then the server goes away: the answer is read and stand
       }, 60_000);
     }
   }
+
+  // TLS reads the TCP socket on its own, so this held on main too; here it checks that keeping
+  // the socket after a failed write costs nothing with TLS either (and leaves no socket).
+  it('over ICAPS (TLS) too: reset after 100 Continue, 10 of 10; no socket left behind', async () => {
+    const before = tcpHandles();
+    for (let i = 0; i < 10; i++) {
+      const { r } = await once('reset', true, tlsServer);
+      expect(r.status).toBe(200);
+      expect(r.httpResponse?.status).toBe(403);
+    }
+    // The client's sockets are destroyed once their exchange is over (the server's own may linger briefly).
+    expect(await waitFor(() => tcpHandles() <= before)).toBe(true);
+  }, 60_000);
 
   it('keep-alive (the server reads and drops the rest): the answer stands, nothing left busy', async () => {
     for (let i = 0; i < 5; i++) {
