@@ -474,6 +474,29 @@ export class Transaction {
       this.#continue.resolve(true);
       return;
     }
+    try {
+      this.#onFinalHead(head);
+    } catch (err) {
+      // The head was read whole: it goes with the error, so a verdict in it is not lost.
+      if (err instanceof IcapError && err.head === undefined) {
+        throw new IcapError(err.code, err.message, {
+          cause: err.cause,
+          ...(err.rfcCode === undefined ? {} : { rfcCode: err.rfcCode }),
+          ...(err.status === undefined ? {} : { status: err.status }),
+          head: {
+            status: head.status,
+            reason: head.reason,
+            headers: head.headers,
+            rawHeaders: head.rawHeaders,
+            httpResponse: head.httpResponse,
+          },
+        });
+      }
+      throw err;
+    }
+  }
+
+  #onFinalHead(head: IcapResponseHead): void {
     const req = this.#req;
     const previewPhase =
       req.preview !== undefined &&

@@ -15,6 +15,7 @@ import {
 } from '@icapkit/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { IcapClient, isSkipped } from '../../src/client/client.js';
+import type { IcapError } from '../../src/client/errors.js';
 
 let server: IcapTestServer;
 let tlsServer: IcapTestServer;
@@ -150,6 +151,39 @@ describe('early verdict, then the server goes away: the answer is read and stand
           preview: false,
         }),
       ).rejects.toMatchObject({ code: expect.stringMatching(/^ICAP_ERR_(RESET|CLOSED)$/) });
+    } finally {
+      client.destroy();
+      server.setScript(undefined);
+    }
+  });
+
+  it('a final head that breaks a framing rule is kept on the error (a threat it names is not lost)', async () => {
+    server.setScript((req) =>
+      req.method === 'OPTIONS'
+        ? undefined
+        : {
+            kind: 'raw',
+            response:
+              'ICAP/1.0 200 OK\r\nISTag: "x"\r\nX-Infection-Found: Type=0; Resolution=2; Threat=Eicar;\r\n' +
+              'Encapsulated: res-body=0\r\n\r\n0\r\n\r\n',
+          },
+    );
+    const client = new IcapClient({ url: server.url(), timeout: 5000 });
+    try {
+      const err = await client
+        .request({
+          method: 'REQMOD',
+          service: '/avscan',
+          httpRequest: { method: 'POST', target: '/x', headers: { host: 'app' } },
+          body: eicar(),
+        })
+        .then(
+          () => undefined,
+          (e: unknown) => e as IcapError,
+        );
+      expect(err?.code).toBe('ICAP_ERR_PROTOCOL');
+      expect(err?.head?.status).toBe(200);
+      expect(err?.head?.headers.get('x-infection-found')).toContain('Threat=Eicar');
     } finally {
       client.destroy();
       server.setScript(undefined);
