@@ -73,9 +73,21 @@ async function waitFor(condition: () => boolean, withinMs = 5000): Promise<void>
 }
 
 const VARIANTS = [
-  { name: 'then FIN', ending: 'close', truncate: false },
-  { name: 'then RST', ending: 'reset', truncate: false },
-  { name: 'then RST, the block page cut off', ending: 'reset', truncate: true },
+  { name: 'then FIN', ending: 'close', truncate: false, withContinue: true },
+  { name: 'then RST', ending: 'reset', truncate: false, withContinue: true },
+  { name: 'then RST, the block page cut off', ending: 'reset', truncate: true, withContinue: true },
+  {
+    name: 'on the ICAP head (no 100 Continue), then RST',
+    ending: 'reset',
+    truncate: false,
+    withContinue: false,
+  },
+  {
+    name: 'then no close (the rest read and dropped)',
+    ending: 'keep-alive',
+    truncate: false,
+    withContinue: true,
+  },
 ] as const;
 
 describe.each(FRAMEWORKS)('early verdict then close: %s', (framework) => {
@@ -103,6 +115,7 @@ describe.each(FRAMEWORKS)('early verdict then close: %s', (framework) => {
                 : {
                     kind: 'early-verdict',
                     ending: v.ending,
+                    continue: v.withContinue,
                     after: 1,
                     truncate: v.truncate,
                     beforeAnswer: () => hold.release(),
