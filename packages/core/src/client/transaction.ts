@@ -27,7 +27,10 @@ import { keepReadingAfterWriteError } from './write-error.js';
  * its body source, the reader pauses the socket when the consumer of the response body is
  * slow. A final response may arrive at any time, even while the body is still being written
  * (an early verdict, an early error): the writer then stops, the answer stands, and a write
- * error that follows is not reported over it. The connection is reused only when the request
+ * error that follows is not reported over it. A write that fails before the answer was read
+ * (the server answered, then closed or reset without reading the rest) ends only the sending:
+ * the socket reads on until the answer is complete or the connection is gone, and the write
+ * error is reported only when no complete answer came. The connection is reused only when the request
  * message was written to its end, the response was read to its end, and neither side asked
  * for `Connection: close`.
  */
