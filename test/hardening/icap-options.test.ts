@@ -49,7 +49,11 @@ async function withApp(
 }
 
 const upload = (url: string) =>
-  send(url, '/raw', { body: BODY, headers: { 'content-type': 'application/octet-stream' }, timeoutMs: 10_000 });
+  send(url, '/raw', {
+    body: BODY,
+    headers: { 'content-type': 'application/octet-stream' },
+    timeoutMs: 10_000,
+  });
 
 describe.each(FRAMEWORKS)('ICAP OPTIONS and odd error answers: %s', (framework) => {
   for (const failAction of ['fail-closed', 'fail-open'] as const) {
