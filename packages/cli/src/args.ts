@@ -49,11 +49,14 @@ in the order given:
   --timeout <ms>        time limit per file, response included (default 300000)
   --concurrency <n>     files scanned at once (default 4)
   --output-dir <dir>    write the bodies the server modified there, under their file names
-  --scan-all            send files even when the server's Transfer-Ignore lists their extension
+  --transfer-ignore     skip (not send) files whose extension the server's Transfer-Ignore
+                        lists; by default every file is sent (a file name is no verdict)
+  --scan-all            send every file (the default; overrides --transfer-ignore)
   --json                one JSON object per file and line (no progress, no summary)
 
 options: prints the service's OPTIONS (Methods, ISTag, Service, Preview, Allow 204,
-Options-TTL, Max-Connections, Transfer-*). --json prints one JSON object.
+Options-TTL, Max-Connections, Transfer-*). --json prints one JSON object. An answer
+without the required ISTag or Methods header is printed, named on stderr, and exits 2.
 
 Connection options (both commands):
   --tls-ca <file>       PEM CA certificate(s) to verify an icaps:// server with

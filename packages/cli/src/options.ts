@@ -31,6 +31,8 @@ export interface OptionsReport {
   xInclude: string[];
   /** Every OPTIONS response header, names lower-cased. */
   headers: Record<string, string | string[]>;
+  /** Required headers (RFC 3507 §4.10.2: `ISTag`, `Methods`) the response lacks; the exit code is then 2. */
+  missingHeaders: string[];
 }
 
 export function optionsReport(url: string, o: IcapServiceOptions): OptionsReport {
@@ -49,6 +51,7 @@ export function optionsReport(url: string, o: IcapServiceOptions): OptionsReport
     transferComplete: o.transferComplete,
     xInclude: o.include,
     headers: o.headers.toObject(),
+    missingHeaders: o.missingHeaders,
   };
 }
 
@@ -91,6 +94,13 @@ export async function runOptions(argv: string[], io: CliIo, help: () => number):
   try {
     const report = optionsReport(given, await client.options(url.service));
     io.stdout.write(values.json ? `${JSON.stringify(report)}\n` : formatOptions(report));
+    if (report.missingHeaders.length > 0) {
+      // Not an ICAP server as RFC 3507 describes one: say which headers, and fail.
+      io.stderr.write(
+        `icapkit: the OPTIONS response lacks required header${report.missingHeaders.length > 1 ? 's' : ''}: ${report.missingHeaders.join(', ')}\n`,
+      );
+      return ExitCode.ERROR;
+    }
     return ExitCode.OK;
   } catch (err) {
     const code = err instanceof IcapError ? err.code : 'ICAP_ERR_PROTOCOL';

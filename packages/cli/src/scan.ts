@@ -28,7 +28,7 @@ export interface FileResult {
   /**
    * clean: 204, an explicit allow, or a 200 returning the file unchanged; blocked: the server
    * refused it; modified: the server returned a different body; skipped: the server's
-   * Transfer-Ignore lists its extension (not sent); error: no verdict.
+   * Transfer-Ignore lists its extension (not sent; only with --transfer-ignore); error: no verdict.
    */
   verdict: 'clean' | 'blocked' | 'modified' | 'skipped' | 'error';
   /** ICAP status of the final response. */
@@ -61,6 +61,7 @@ const SCAN_OPTIONS = {
   concurrency: { type: 'string', short: 'j' },
   'output-dir': { type: 'string', short: 'o' },
   'scan-all': { type: 'boolean' },
+  'transfer-ignore': { type: 'boolean' },
 } as const;
 
 const DEFAULT_TIMEOUT = 300_000;
@@ -140,7 +141,8 @@ export function parseScanArgs(argv: string[], env: CliIo['env']): ScanSettings |
     json: values.json === true,
     concurrency,
     outputDir,
-    scanAll: values['scan-all'] === true,
+    // A file's name is no verdict: files are sent whatever their extension unless asked.
+    scanAll: values['scan-all'] === true || values['transfer-ignore'] !== true,
     client: clientOptions(url, values, { timeout: DEFAULT_TIMEOUT, maxConnections: concurrency }),
   };
 }

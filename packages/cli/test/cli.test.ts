@@ -225,23 +225,27 @@ describe('scan: verdicts and exit codes', () => {
     },
   );
 
-  it('Transfer-Ignore: SKIPPED without sending (exit 0); --scan-all sends it anyway', async () => {
+  it('Transfer-Ignore: sent anyway by default (a file name is no verdict); SKIPPED only with --transfer-ignore', async () => {
     const s = await startIcapServer({ transfer: { preview: ['*'], ignore: ['mp4'] } });
     try {
       const video = join(dir, 'movie.mp4');
       await writeFile(video, eicar());
-      const r = await run(['scan', video, '--server', s.url('/avscan'), '--json']);
-      expect(r.code).toBe(0);
-      expect(JSON.parse(r.stdout)).toMatchObject({ verdict: 'skipped', reason: 'Transfer-Ignore: mp4' });
-      expect(s.requests.filter((q) => q.method === 'REQMOD')).toHaveLength(0);
-      const t = await run(['scan', video, '--server', s.url('/avscan')]);
-      expect(t.stdout).toBe(`SKIPPED ${video}  (Transfer-Ignore: mp4, not sent)\n`);
-      const all = await run(['scan', video, '--server', s.url('/avscan'), '--scan-all']);
-      expect(all.code).toBe(1);
-      expect(all.stdout).toMatch(/^BLOCKED /);
+      const dflt = await run(['scan', video, '--server', s.url('/avscan')]);
+      expect(dflt.code).toBe(1);
+      expect(dflt.stdout).toMatch(/^BLOCKED /);
       expect(s.requests.find((q) => q.method === 'REQMOD')?.httpRequest?.headers.get('content-type')).toBe(
         'video/mp4',
       );
+      s.reset();
+      const r = await run(['scan', video, '--server', s.url('/avscan'), '--json', '--transfer-ignore']);
+      expect(r.code).toBe(0);
+      expect(JSON.parse(r.stdout)).toMatchObject({ verdict: 'skipped', reason: 'Transfer-Ignore: mp4' });
+      expect(s.requests.filter((q) => q.method === 'REQMOD')).toHaveLength(0);
+      const t = await run(['scan', video, '--server', s.url('/avscan'), '--transfer-ignore']);
+      expect(t.stdout).toBe(`SKIPPED ${video}  (Transfer-Ignore: mp4, not sent)\n`);
+      const all = await run(['scan', video, '--server', s.url('/avscan'), '--transfer-ignore', '--scan-all']);
+      expect(all.code).toBe(1);
+      expect(all.stdout).toMatch(/^BLOCKED /);
     } finally {
       await s.close();
     }

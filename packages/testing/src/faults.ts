@@ -14,8 +14,11 @@ export type Fault =
   | { kind: 'close'; when: FaultMoment }
   /** Reset the connection (RST) at that moment. */
   | { kind: 'reset'; when: FaultMoment }
-  /** Answer with this ICAP status (e.g. 500, 503, 404, 400) and `Encapsulated: null-body=0`. */
-  | { kind: 'status'; status: number; reason?: string }
+  /**
+   * Answer with this ICAP status (e.g. 500, 503, 404, 400) and `Encapsulated: null-body=0`, or
+   * the `encapsulated` given (say `opt-body=0`, as some servers send with a 500, no body following).
+   */
+  | { kind: 'status'; status: number; reason?: string; encapsulated?: string }
   /** Answer with bytes that are not ICAP, then close. */
   | { kind: 'garbage'; bytes?: string | Buffer }
   /** Send `100 Continue` even though the preview ended with ieof. */
@@ -36,6 +39,34 @@ export type Fault =
   /** Answer normally without an ISTag header. */
   | { kind: 'no-istag' }
   /** Send exactly these bytes as the response (after the request was read). */
-  | { kind: 'raw'; response: Buffer | string };
+  | { kind: 'raw'; response: Buffer | string }
+  /**
+   * A scanner that refuses a file from its first bytes (RFC 3507 §4.5 allows an answer before
+   * the body is complete): a complete block answer (in the server's vendor style) while the
+   * client is still sending. With `continue` (default true) the preview is answered with
+   * `100 Continue` first and the block goes out once `after` (default 1) more body bytes came
+   * (0: right after the 100); with `continue: false` it goes out as soon as the ICAP head is
+   * read. Then, by `ending`:
+   * - `close`: FIN right after the answer, the rest never read (the socket is destroyed once
+   *   the FIN is out, so what the client sends next is answered with an RST);
+   * - `reset`: RST right after the answer;
+   * - `keep-alive`: the rest of the body is read and dropped; the connection stays usable.
+   * `onClosed` is called once the server's socket is closed (close, reset): a test can hold
+   * the rest of its upload until then, to make the client write into the closed connection.
+   */
+  | {
+      kind: 'early-verdict';
+      ending: 'close' | 'reset' | 'keep-alive';
+      continue?: boolean;
+      after?: number;
+      /** Send the answer without its last 20 bytes (the head complete, the block page cut off). */
+      truncate?: boolean;
+      /**
+       * Called right before the answer is written (synchronously): a test can make more of its
+       * upload arrive in the same instant as the answer and the close.
+       */
+      beforeAnswer?: () => void;
+      onClosed?: () => void;
+    };
 
 export type FaultKind = Fault['kind'];

@@ -67,6 +67,10 @@ export interface IcapServerOptions {
   recordBodies?: boolean | undefined;
   /** nsx-defender: answer a clean REQMOD with a 200 adding X-Lastline-* to the request, instead of 204. */
   nsxLastlineHeadersOnClean?: boolean | undefined;
+  /** ISTag churn: every answer (OPTIONS included) carries a new ISTag (`<istag>-<n>`). */
+  istagChurn?: boolean | undefined;
+  /** OPTIONS answers leave out the headers RFC 3507 requires (`ISTag`, `Methods`). */
+  incompleteOptions?: boolean | undefined;
 }
 
 export interface RecordedRequest {
@@ -226,8 +230,11 @@ class TestServer {
     await closed;
   }
 
+  #istagSerial = 0;
+
   get istag(): string {
-    return this.options.istag ?? DEFAULT_ISTAG;
+    const base = this.options.istag ?? DEFAULT_ISTAG;
+    return this.options.istagChurn ? `${base}-${++this.#istagSerial}` : base;
   }
 }
 
@@ -253,6 +260,10 @@ class Session {
   #dead = false;
   /** An endless chunk is being written: this connection never serves another request. */
   #pumping = false;
+  /** Body bytes seen past the preview while an early-verdict fault waits for `after` of them. */
+  #earlyBytes = 0;
+  /** The next answer goes out without this many trailing bytes (early-verdict `truncate`). */
+  #cutNextWrite = 0;
 
   constructor(srv: TestServer, socket: Socket, id: number) {
     this.#srv = srv;
@@ -341,6 +352,11 @@ class Session {
       this.#sendBlock(rec, EICAR_NAME, '');
       return;
     }
+    this.#earlyBytes = 0;
+    if (fault?.kind === 'early-verdict' && fault.continue === false) {
+      this.#earlyVerdict(rec, head, fault);
+      return;
+    }
     if (
       rec.service === '/echo' &&
       head.method !== 'OPTIONS' &&
@@ -373,6 +389,11 @@ class Session {
       this.#chunks = [];
       this.#writeChunk(data);
     }
+    const f = this.#fault;
+    if (midBody && f?.kind === 'early-verdict' && !this.#discard) {
+      this.#earlyBytes += data.length;
+      if (this.#earlyBytes >= (f.after ?? 1)) this.#earlyVerdict(rec, this.#head!, f);
+    }
   }
 
   #onEnd(ieof: boolean): void {
@@ -390,7 +411,11 @@ class Session {
         return;
       }
       const found = this.#scanner!.found;
-      if (found !== undefined && (rec.service === '/avscan' || rec.service === '/modify')) {
+      if (
+        found !== undefined &&
+        fault?.kind !== 'early-verdict' &&
+        (rec.service === '/avscan' || rec.service === '/modify')
+      ) {
         // A verdict inside the preview: no need to see the rest.
         this.#finish(() => this.#sendBlock(rec, found, fileNameOf(head)));
         return;
@@ -408,6 +433,7 @@ class Session {
       }
       if (rec.service === '/echo' && fault === undefined) this.#startEcho();
       this.#parser.continueBody();
+      if (fault?.kind === 'early-verdict' && fault.after === 0) this.#earlyVerdict(rec, head, fault);
       return;
     }
     rec.ieof = ieof;
@@ -419,7 +445,7 @@ class Session {
     this.#raw = [];
     this.#rawBytes = 0;
     if (this.#discard) {
-      if (fault?.kind === 'early-response') this.#next();
+      if (fault?.kind === 'early-response' || fault?.kind === 'early-verdict') this.#next();
       return;
     }
     if (ieof && fault?.kind === 'continue-after-ieof')
@@ -452,7 +478,7 @@ class Session {
       this.#write(
         headBytes(`ICAP/1.0 ${fault.status} ${fault.reason ?? reasonOf(fault.status)}`, [
           ['ISTag', `"${srv.istag}"`],
-          ['Encapsulated', 'null-body=0'],
+          ['Encapsulated', fault.encapsulated ?? 'null-body=0'],
         ]),
       );
       return;
@@ -552,6 +578,25 @@ class Session {
     this.#sendAdapted(rec, head, body, []);
   }
 
+  /** The early-verdict fault: a complete block now, then close, reset or read on. */
+  #earlyVerdict(
+    rec: RecordedRequest,
+    head: IcapRequestHead,
+    fault: Extract<Fault, { kind: 'early-verdict' }>,
+  ): void {
+    this.#discard = true;
+    fault.beforeAnswer?.();
+    if (fault.truncate) this.#cutNextWrite = 20;
+    this.#sendBlock(rec, this.#scanner?.found ?? EICAR_NAME, fileNameOf(head));
+    if (fault.ending === 'keep-alive') return;
+    const onClosed = fault.onClosed;
+    if (onClosed !== undefined) {
+      if (this.#socket.closed) queueMicrotask(onClosed);
+      else this.#socket.once('close', () => onClosed());
+    }
+    this.#kill(fault.ending);
+  }
+
   #rewrite(body: Buffer, rec: RecordedRequest): Buffer | null {
     const rw = this.#srv.options.rewrite;
     if (rw === undefined) return null;
@@ -571,7 +616,10 @@ class Session {
 
   #icapHead(status: number, reason: string, extra: Array<[string, string]>, encapsulated?: string): Buffer {
     const lines: Array<[string, string]> = [['Server', 'icapkit-testing/0.1']];
-    if (this.#fault?.kind !== 'no-istag') lines.push(['ISTag', `"${this.#srv.istag}"`]);
+    const noIstag =
+      this.#fault?.kind === 'no-istag' ||
+      (this.#srv.options.incompleteOptions === true && this.#head?.method === 'OPTIONS');
+    if (!noIstag) lines.push(['ISTag', `"${this.#srv.istag}"`]);
     if (this.#closeAfter()) lines.push(['Connection', 'close']);
     lines.push(...extra);
     if (encapsulated !== undefined) lines.push(['Encapsulated', encapsulated]);
@@ -590,6 +638,7 @@ class Session {
       ['Methods', 'REQMOD, RESPMOD'],
       ['Service', 'icapkit-testing ICAP server'],
     ];
+    if (o.incompleteOptions) lines.shift();
     if (o.optionsTtl !== null) lines.push(['Options-TTL', String(o.optionsTtl ?? 3600)]);
     if (o.maxConnections !== undefined) lines.push(['Max-Connections', String(o.maxConnections)]);
     if (o.allow204 !== false) lines.push(['Allow', '204']);
@@ -734,6 +783,10 @@ class Session {
 
   #write(b: Buffer): void {
     if (this.#dead || this.#socket.destroyed) return;
+    if (this.#cutNextWrite > 0) {
+      b = b.subarray(0, Math.max(0, b.length - this.#cutNextWrite));
+      this.#cutNextWrite = 0;
+    }
     if (!this.#socket.write(b)) {
       // Backpressure: read no more until the client has taken what was sent.
       this.#socket.pause();

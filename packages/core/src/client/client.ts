@@ -54,6 +54,16 @@ export interface IcapClientOptions {
   useOptions?: boolean | undefined;
   /** ms to keep OPTIONS when the server sends no `Options-TTL`. Default 60 000. */
   defaultOptionsTtl?: number | undefined;
+  /**
+   * ms: a response with another ISTag than the cached OPTIONS (the service changed) refetches
+   * them at most once per this interval. Default 30 000; 0 refetches on every change.
+   */
+  optionsRefreshInterval?: number | undefined;
+  /**
+   * Called with a warning about the server (an OPTIONS response without the required `ISTag`
+   * or `Methods`); the answer is used anyway.
+   */
+  onWarning?: ((message: string, details: { service: string; missingHeaders: string[] }) => void) | undefined;
   /** ICAP headers sent on every request (for example an API key header). */
   headers?: HeaderPairs | undefined;
   /** `User-Agent` on ICAP requests; false sends none. */
@@ -85,7 +95,11 @@ export interface IcapRequestOptions {
   fileExtension?: string | undefined;
   /** Called when the server answers the preview with 100 Continue (it wants the rest of the body). */
   onContinue?: (() => void) | undefined;
-  /** Honour `Transfer-Ignore` by not sending the message at all. Default true. */
+  /**
+   * Honour `Transfer-Ignore` by not sending the message at all. Default false: the extension
+   * comes from the request target (or `fileExtension`), which whoever sends the message
+   * chooses, so honouring it lets them skip the scan; turn it on only where that is acceptable.
+   */
   honourTransferIgnore?: boolean | undefined;
 }
 
@@ -117,6 +131,7 @@ export class IcapClient {
   readonly #headers: HeaderPairs;
   readonly #userAgent: string | undefined;
   readonly #hostHeader: string;
+  readonly #onWarning: IcapClientOptions['onWarning'];
   #closed = false;
 
   constructor(options: IcapClientOptions) {
@@ -137,7 +152,14 @@ export class IcapClient {
       keepAliveTimeout: positive(options.keepAliveTimeout, 30_000, 'keepAliveTimeout'),
       connectTimeout: this.#connectTimeout,
     });
-    this.#options = new OptionsCache((service) => this.#fetchOptions(service));
+    this.#onWarning = options.onWarning;
+    this.#options = new OptionsCache(
+      (service) => this.#fetchOptions(service),
+      0.1,
+      options.optionsRefreshInterval === 0
+        ? 0
+        : positive(options.optionsRefreshInterval, 30_000, 'optionsRefreshInterval'),
+    );
   }
 
   get stats(): PoolStats {
@@ -201,7 +223,7 @@ export class IcapClient {
         }
         this.#pool.setServerLimit(opts.maxConnections);
         policy = transferPolicy(opts, extension);
-        if (policy === 'ignore' && (init.honourTransferIgnore ?? true)) {
+        if (policy === 'ignore' && (init.honourTransferIgnore ?? false)) {
           cleanup();
           return { skipped: 'transfer-ignore', extension, options: opts };
         }
@@ -344,6 +366,16 @@ export class IcapClient {
         );
       }
       const opts = parseOptions(res, this.#defaultOptionsTtl);
+      if (opts.missingHeaders.length > 0) {
+        try {
+          this.#onWarning?.(
+            `OPTIONS ${this.uri(service)} lacks the required ${opts.missingHeaders.join(' and ')} header${opts.missingHeaders.length > 1 ? 's' : ''}`,
+            { service, missingHeaders: opts.missingHeaders },
+          );
+        } catch {
+          // a throwing warning sink does not fail the request
+        }
+      }
       this.#pool.setServerLimit(opts.maxConnections);
       return opts;
     } finally {

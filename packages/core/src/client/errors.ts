@@ -7,6 +7,9 @@
  * hazard) because it checks a global brand rather than the prototype chain, as undici does.
  */
 
+import type { Headers } from '../protocol/headers.js';
+import type { EncapsulatedHttpResponseHead } from '../protocol/parser.js';
+
 export const IcapErrorCodes = {
   /** TCP connect refused or failed (RFC 3507 §6.2 ICAP_CANT_CONNECT). */
   CONNECT: 'ICAP_ERR_CONNECT',
@@ -82,6 +85,19 @@ const DEFAULT_RFC_CODE: Partial<Record<IcapErrorCode, RfcErrorCode>> = {
 
 const BRAND = Symbol.for('icapkit.error');
 
+/**
+ * A final ICAP response head that was received complete but could not be used as an answer
+ * (it broke a framing rule): kept on the error, so a verdict it names (threat headers, an
+ * encapsulated 403) is not lost with it.
+ */
+export interface IcapReceivedHead {
+  status: number;
+  reason: string;
+  headers: Headers;
+  rawHeaders: string;
+  httpResponse: EncapsulatedHttpResponseHead | null;
+}
+
 export interface IcapErrorOptions {
   cause?: unknown;
   rfcCode?: RfcErrorCode;
@@ -89,6 +105,8 @@ export interface IcapErrorOptions {
   status?: number;
   /** The profile field an INVALID_PROFILE error is about. */
   field?: string;
+  /** The final response head received before the error, if any (see {@link IcapReceivedHead}). */
+  head?: IcapReceivedHead;
 }
 
 export class IcapError extends Error {
@@ -96,6 +114,8 @@ export class IcapError extends Error {
   readonly rfcCode: RfcErrorCode | undefined;
   readonly status: number | undefined;
   readonly field: string | undefined;
+  /** The complete final response head received before the failure, when there was one. */
+  readonly head: IcapReceivedHead | undefined;
 
   constructor(code: IcapErrorCode, message: string, options: IcapErrorOptions = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
@@ -104,6 +124,7 @@ export class IcapError extends Error {
     this.rfcCode = options.rfcCode ?? DEFAULT_RFC_CODE[code];
     this.status = options.status;
     this.field = options.field;
+    this.head = options.head;
     Object.defineProperty(this, BRAND, { value: true });
   }
 

@@ -24,6 +24,11 @@ export interface IcapServiceOptions {
   include: string[];
   headers: Headers;
   rawHeaders: string;
+  /**
+   * Headers RFC 3507 §4.10.2 requires in an OPTIONS response that it lacks (`ISTag`,
+   * `Methods`): the answer is used, but the server is misconfigured or not an ICAP server.
+   */
+  missingHeaders: string[];
   /** Epoch ms. */
   fetchedAt: number;
   /** Epoch ms after which these options must be fetched again. */
@@ -41,6 +46,9 @@ export function parseOptions(res: IcapResponse, defaultTtl: number, now = Date.n
   const optionsTtl = optionalInt(h.get('options-ttl'), 'Options-TTL');
   const lower = (v: string | undefined) => splitList(v).map((s) => s.toLowerCase());
   const ttlMs = optionsTtl === undefined ? defaultTtl : optionsTtl * 1000;
+  const missingHeaders: string[] = [];
+  if ((h.get('istag') ?? '').trim() === '') missingHeaders.push('ISTag');
+  if (methods.length === 0) missingHeaders.push('Methods');
   return {
     methods,
     istag: res.istag,
@@ -56,6 +64,7 @@ export function parseOptions(res: IcapResponse, defaultTtl: number, now = Date.n
     include: splitList(h.get('x-include')),
     headers: h,
     rawHeaders: res.rawHeaders,
+    missingHeaders,
     fetchedAt: now,
     expiresAt: now + ttlMs,
   };
@@ -111,19 +120,28 @@ interface Entry {
  * OPTIONS per service: fetched on first use, kept until `Options-TTL` runs out, refreshed in
  * the background shortly before that (so requests do not wait for it), and marked stale when a
  * response carries a different ISTag (the service changed, so its options may have too).
- * Concurrent callers share one fetch.
+ * A stale entry is fetched again only once `minRefreshInterval` has passed since it was
+ * fetched: a server whose ISTag changes on every answer costs one OPTIONS per interval, not one
+ * per request. Concurrent callers share one fetch.
  */
 export class OptionsCache {
   readonly #fetch: (service: string) => Promise<IcapServiceOptions>;
   readonly #entries = new Map<string, Entry>();
   /** Refresh when less than this share of the TTL is left. */
   readonly #refreshAhead: number;
+  /** ms: an ISTag change refreshes options fetched at least this long ago, not younger ones. */
+  readonly #minRefreshInterval: number;
   /** Called with background refresh failures (the cached options stay in use until they expire). */
   onRefreshError: ((service: string, err: unknown) => void) | undefined;
 
-  constructor(fetch: (service: string) => Promise<IcapServiceOptions>, refreshAhead = 0.1) {
+  constructor(
+    fetch: (service: string) => Promise<IcapServiceOptions>,
+    refreshAhead = 0.1,
+    minRefreshInterval = 30_000,
+  ) {
     this.#fetch = fetch;
     this.#refreshAhead = refreshAhead;
+    this.#minRefreshInterval = minRefreshInterval;
   }
 
   peek(service: string): IcapServiceOptions | undefined {
@@ -137,7 +155,8 @@ export class OptionsCache {
       this.#entries.set(service, entry);
     }
     const v = entry.value;
-    if (v !== undefined && !entry.stale && now < v.expiresAt) {
+    const staleDue = entry.stale && v !== undefined && now - v.fetchedAt >= this.#minRefreshInterval;
+    if (v !== undefined && !staleDue && now < v.expiresAt) {
       const left = v.expiresAt - now;
       if (left < (v.expiresAt - v.fetchedAt) * this.#refreshAhead && entry.inflight === undefined) {
         this.#start(service, entry).catch((err: unknown) => this.onRefreshError?.(service, err));

@@ -17,6 +17,7 @@ import {
 import type { Connection } from './connection.js';
 import { fromSocketError, IcapError, IcapErrorCodes, RfcErrorCodes } from './errors.js';
 import type { BodySource } from './source.js';
+import { keepReadingAfterWriteError } from './write-error.js';
 
 /**
  * One ICAP exchange on one connection: write the request (preview first when asked), read the
@@ -26,7 +27,10 @@ import type { BodySource } from './source.js';
  * its body source, the reader pauses the socket when the consumer of the response body is
  * slow. A final response may arrive at any time, even while the body is still being written
  * (an early verdict, an early error): the writer then stops, the answer stands, and a write
- * error that follows is not reported over it. The connection is reused only when the request
+ * error that follows is not reported over it. A write that fails before the answer was read
+ * (the server answered, then closed or reset without reading the rest) ends only the sending:
+ * the socket reads on until the answer is complete or the connection is gone, and the write
+ * error is reported only when no complete answer came. The connection is reused only when the request
  * message was written to its end, the response was read to its end, and neither side asked
  * for `Connection: close`.
  */
@@ -165,6 +169,14 @@ export class Transaction {
   #body: Readable | null = null;
   #finalHead: IcapResponseHead | null = null;
   #iterator: AsyncIterator<Uint8Array> | null = null;
+  /**
+   * Writing failed (EPIPE, ECONNRESET: the server stopped reading, often because it has
+   * answered). Sending stops; the response side reads on until the answer is complete or the
+   * connection is gone, and this error is reported only if no complete answer came.
+   */
+  #writeError: Error | undefined;
+  /** Undoes the hook that keeps the socket reading after a write error. */
+  #unhookWriteError: (() => void) | undefined;
   #out: Buffer[] = [];
   #outBytes = 0;
   #bytesSent = 0;
@@ -378,7 +390,10 @@ export class Transaction {
     const s = this.#conn.socket;
     if (this.#out.length > 0) {
       s.cork();
-      for (const b of this.#out) s.write(b);
+      // One callback per batch (the last write): a failed batch calls every callback in it.
+      const last = this.#out.length - 1;
+      for (let i = 0; i < last; i++) s.write(this.#out[i]!);
+      s.write(this.#out[last]!, this.#onWritten);
       s.uncork();
       this.#bytesSent += this.#outBytes;
       this.#out = [];
@@ -396,6 +411,21 @@ export class Transaction {
     }
     return !this.#stopped;
   }
+
+  /**
+   * A write's callback. Node destroys a socket whose write failed, right after this callback,
+   * and destroying it drops whatever the server sent that was not read yet: the answer of a
+   * server that replied early and closed. So the socket is kept and reads on (see
+   * write-error.ts); only the request side is over.
+   */
+  readonly #onWritten = (err?: Error | null): void => {
+    if (err === undefined || err === null || this.#writeError !== undefined || this.#finished) return;
+    const s = this.#conn.socket;
+    if (s.destroyed) return;
+    this.#writeError = err;
+    this.#unhookWriteError = keepReadingAfterWriteError(s, err);
+    this.#stopWriting();
+  };
 
   #stopWriting(): void {
     if (this.#stopped) return;
@@ -433,6 +463,8 @@ export class Transaction {
 
   #onHead(head: IcapResponseHead): void {
     if (head.status === 100) {
+      // Sending already failed: the server's go-ahead comes too late to matter; read on.
+      if (this.#writeError !== undefined) return;
       if (this.#writeState !== 'awaiting-continue') {
         throw new IcapError(
           IcapErrorCodes.PROTOCOL,
@@ -445,6 +477,29 @@ export class Transaction {
       this.#continue.resolve(true);
       return;
     }
+    try {
+      this.#onFinalHead(head);
+    } catch (err) {
+      // The head was read whole: it goes with the error, so a verdict in it is not lost.
+      if (err instanceof IcapError && err.head === undefined) {
+        throw new IcapError(err.code, err.message, {
+          cause: err.cause,
+          ...(err.rfcCode === undefined ? {} : { rfcCode: err.rfcCode }),
+          ...(err.status === undefined ? {} : { status: err.status }),
+          head: {
+            status: head.status,
+            reason: head.reason,
+            headers: head.headers,
+            rawHeaders: head.rawHeaders,
+            httpResponse: head.httpResponse,
+          },
+        });
+      }
+      throw err;
+    }
+  }
+
+  #onFinalHead(head: IcapResponseHead): void {
     const req = this.#req;
     const previewPhase =
       req.preview !== undefined &&
@@ -458,7 +513,15 @@ export class Transaction {
         },
       );
     }
-    checkEncapsulated(req.method, head);
+    // An error status (4xx/5xx) is an answer whatever its Encapsulated says: some servers send
+    // a 500 with `opt-body=0` and no body. Its status is what matters; a body it may announce
+    // is not read (an OPTIONS error has nothing to say in one, a misframed one cannot be
+    // trusted), and the connection is not reused, since what follows the head is unknown.
+    let ignoreBody = false;
+    if (head.status >= 400 && head.body !== null) {
+      ignoreBody = req.method === 'OPTIONS' || !encapsulatedFits(req.method, head);
+    }
+    if (!ignoreBody) checkEncapsulated(req.method, head);
     this.#finalHead = head;
     // A 200/201 that streams back the adapted message may come before the server has read the
     // whole request (data trickling, a streaming echo): it needs the rest to produce its
@@ -466,7 +529,7 @@ export class Transaction {
     const adaptedBody = req.method === 'RESPMOD' ? 'res-body' : 'req-body';
     const keepSending = (head.status === 200 || head.status === 201) && head.body === adaptedBody;
     if (!keepSending) this.#stopWriting();
-    if (head.body !== null) {
+    if (head.body !== null && !ignoreBody) {
       const socket = this.#conn.socket;
       this.#body = new Readable({
         highWaterMark: 64 * 1024,
@@ -530,6 +593,7 @@ export class Transaction {
       },
       done: this.#done.promise,
     });
+    if (ignoreBody) this.#onEnd(true);
   }
 
   #onBody(data: Buffer): void {
@@ -541,9 +605,9 @@ export class Transaction {
     }
   }
 
-  #onEnd(): void {
+  #onEnd(forceClose = false): void {
     const head = this.#finalHead;
-    if (head === null) return;
+    if (head === null || this.#finished) return;
     this.#finished = true;
     // The response is complete: anything of the request not yet sent will not be read.
     this.#stopWriting();
@@ -552,6 +616,7 @@ export class Transaction {
       /\bclose\b/i.test(head.headers.get('connection') ?? '') ||
       this.#req.head.includes('\r\nConnection: close\r\n');
     const reusable =
+      !forceClose &&
       this.#terminated &&
       (this.#writeState === 'finished' || this.#writeState === 'stopped') &&
       !closeAsked &&
@@ -573,15 +638,24 @@ export class Transaction {
   // ---------------------------------------------------------------- failure
 
   readonly #onSocketEnd = (): void => {
-    this.#fail(this.#closedError());
+    this.#fail(this.#writeFailure() ?? this.#closedError());
   };
 
   readonly #onSocketClose = (): void => {
-    this.#fail(this.#closedError());
+    this.#fail(this.#writeFailure() ?? this.#closedError());
   };
 
+  /** A failed write, as the error for an exchange that then ended without a complete answer. */
+  #writeFailure(): IcapError | undefined {
+    return this.#writeError === undefined
+      ? undefined
+      : fromSocketError(this.#writeError, 'io', this.#conn.label);
+  }
+
   readonly #onSocketError = (err: Error): void => {
-    this.#fail(fromSocketError(err, 'io', this.#conn.label));
+    // A read error after a failed write (the reset that made the write fail): the write's
+    // error says it better.
+    this.#fail(this.#writeFailure() ?? fromSocketError(err, 'io', this.#conn.label));
   };
 
   readonly #onTimeout = (): void => {
@@ -646,8 +720,19 @@ export class Transaction {
     s.removeListener('close', this.#onSocketClose);
     s.removeListener('timeout', this.#onTimeout);
     s.setTimeout(0);
+    this.#unhookWriteError?.();
+    this.#unhookWriteError = undefined;
     this.#opts.signal.removeEventListener('abort', this.#onAbort);
     this.#stopWriting();
+  }
+}
+
+function encapsulatedFits(method: IcapRequestMethod, head: IcapResponseHead): boolean {
+  try {
+    checkEncapsulated(method, head);
+    return true;
+  } catch {
+    return false;
   }
 }
 

@@ -46,6 +46,7 @@ export class ServerHandle {
       ioTimeout: profile.ioTimeout,
       timeout: profile.responseTimeout,
       headers: profile.icapHeaders,
+      onWarning: (message, details) => profile.logger?.warn({ icap_server: server.url, ...details }, message),
     });
   }
 

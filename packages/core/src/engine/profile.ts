@@ -78,6 +78,15 @@ export interface IcapProfile {
   sendClientIp?: boolean | undefined;
   /** Encapsulate the request target in absolute form (`http://host/path`), as a proxy does. Default true. */
   absoluteUri?: boolean | undefined;
+  /**
+   * The ICAP server's `Transfer-Ignore` (OPTIONS: "do not send me files of these types"). 'off'
+   * (default): ignored, every body is scanned. 'extension': a request whose URL ends in a listed
+   * extension is not scanned at all; the HTTP client chooses its URL, so this lets any client
+   * skip the scan of any upload by naming it `*.jpg`: only for routes whose content is not
+   * trusted anyway. (Sniffing the type from the first bytes would not be sound either: a
+   * JPEG header is as easy to send as a `.jpg` name.)
+   */
+  transferIgnore?: 'off' | 'extension' | undefined;
   /** More header names whose values are redacted in logs (Authorization-like ones always are). */
   redactHeaders?: readonly string[] | undefined;
   /** Connections and timeouts of each server's client. */
@@ -226,6 +235,7 @@ export interface ResolvedProfile {
   icapHeaders: Array<[string, string]>;
   sendClientIp: boolean;
   absoluteUri: boolean;
+  transferIgnore: 'off' | 'extension';
   redactHeaders: Set<string>;
   maxConnections: number;
   connectTimeout: number;
@@ -307,6 +317,7 @@ const PROFILE_KEYS = new Set([
   'icapHeaders',
   'sendClientIp',
   'absoluteUri',
+  'transferIgnore',
   'redactHeaders',
   'connection',
   'health',
@@ -666,6 +677,7 @@ export function resolveProfile(profile: IcapProfile): ResolvedProfile {
     icapHeaders,
     sendClientIp: bool(p.sendClientIp, 'profile.sendClientIp', false),
     absoluteUri: bool(p.absoluteUri, 'profile.absoluteUri', true),
+    transferIgnore: oneOf(p.transferIgnore, ['off', 'extension'], 'profile.transferIgnore', 'off'),
     redactHeaders: redact,
     maxConnections: integer(
       conn.maxConnections,

@@ -898,6 +898,8 @@ export class IcapEngine {
             ? err
             : new IcapError(IcapErrorCodes.PROTOCOL, String(err), { cause: err });
         entry.action = 'ICAP_FAILED';
+        // An ICAP error status stays in the record, whatever else was wrong with the answer.
+        if (error.status !== undefined) entry.icap_response_code ??= error.status;
         entry.error_code = error.code;
         entry.error_message = error.message;
         this.#telemetry.transactionError(scope, handle, this.profile.serviceUri, error);
@@ -938,6 +940,7 @@ export class IcapEngine {
       bodyLength: facts.chunked ? undefined : facts.contentLength,
       preview: p.enablePreview && !smallBody(facts, p.previewMinBodySize) ? p.previewSize : false,
       allow204: p.allow204,
+      honourTransferIgnore: p.transferIgnore === 'extension',
       headers: extraHeaders,
       signal,
       timeout: NO_CLIENT_TIMEOUT,

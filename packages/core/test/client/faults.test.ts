@@ -266,12 +266,15 @@ describe('client under server faults', () => {
       optionsTtl: 3600,
       transfer: { ignore: ['jpg'], complete: ['exe'], preview: ['*'] },
     });
-    const c = newClient(server.url());
+    // No rate limit on ISTag-change refreshes here (options.test.ts has the limited case).
+    const c = newClient(server.url(), { optionsRefreshInterval: 0 });
     const jpg = await c.request({
       method: 'REQMOD',
       service: '/avscan',
       httpRequest: { method: 'POST', target: '/a/photo.JPG' },
       body: eicar(),
+      // Off by default (the client names the file); asked for here.
+      honourTransferIgnore: true,
     });
     expect(isSkipped(jpg)).toBe(true);
     const exe = await c.request({
