@@ -113,8 +113,13 @@ async function run(engine: IcapEngine, req: IncomingMessage, res: ServerResponse
       if ('originalUrl' in req) (req as { originalUrl: string }).originalUrl = outcome.url;
       break;
     case 'pass':
+      // A re-serialised multipart form comes with its own content-type (a fresh boundary).
       if (outcome.body !== null)
-        rearmRequest(req, { body: outcome.body, contentLength: outcome.contentLength ?? 0 });
+        rearmRequest(req, {
+          body: outcome.body,
+          contentLength: outcome.contentLength ?? 0,
+          headers: outcome.headers,
+        });
       break;
   }
   for (const [name, value] of outcome.responseHeaders) res.setHeader(name, value);

@@ -144,7 +144,12 @@ function scanHook(engine: IcapEngine): preParsingAsyncHookHandler {
           for (const [n, v] of outcome.responseHeaders) reply.header(n, v);
           return payload;
         }
-        rearmRequest(raw, { body: outcome.body, contentLength: outcome.contentLength ?? 0 });
+        // A re-serialised multipart form comes with its own content-type (a fresh boundary).
+        rearmRequest(raw, {
+          body: outcome.body,
+          contentLength: outcome.contentLength ?? 0,
+          headers: outcome.headers,
+        });
         break;
     }
     for (const [n, v] of outcome.responseHeaders) reply.header(n, v);

@@ -96,8 +96,13 @@ export function icap(profile: IcapProfile, options: IcapKoaOptions = {}): IcapKo
         });
         break;
       case 'pass':
+        // A re-serialised multipart form comes with its own content-type (a fresh boundary).
         if (outcome.body !== null)
-          swap(ctx, { body: outcome.body, contentLength: outcome.contentLength ?? 0 });
+          swap(ctx, {
+            body: outcome.body,
+            contentLength: outcome.contentLength ?? 0,
+            headers: outcome.headers,
+          });
         break;
     }
     for (const [n, v] of outcome.responseHeaders) ctx.set(n, v);

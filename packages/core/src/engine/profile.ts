@@ -99,15 +99,26 @@ export interface IcapProfile {
   spoolDir?: string | undefined;
   /** Media types a request body may have (e.g. ['multipart/form-data', 'image/*']); others get 415 before the body is read. */
   allowedContentTypes?: readonly string[] | undefined;
-  /** multipart/form-data: scan each file on its own ('per-file', default) or the raw body as one object ('whole'). */
+  /**
+   * multipart/form-data: scan each file on its own and hand the application a form serialised
+   * from the strict parse ('per-file', default), or scan the raw body as one object after the
+   * same strict parser checked it ('whole'). Either way a form parsers could read differently
+   * is refused (400).
+   */
   multipart?: 'per-file' | 'whole' | undefined;
+  /**
+   * multipart types other than form-data (mixed, related, alternative...): refused with 415
+   * ('refuse', default: some body parsers read any multipart/* as a form), or scanned as raw
+   * bytes like any other body ('whole'; only for applications that read them as raw bytes).
+   */
+  otherMultipart?: 'refuse' | 'whole' | undefined;
   /** Per-file mode: scan non-file fields too ('scan', default) or not ('skip'). */
   multipartFields?: 'scan' | 'skip' | undefined;
   /** Per-file mode, an infected part: refuse the whole request ('block', default) or remove that part ('strip'). */
   infectedPartAction?: 'block' | 'strip' | undefined;
   /** Per-file mode: parts scanned at once. Default 4. */
   multipartConcurrency?: number | undefined;
-  /** Per-file mode: busboy limits; crossing any refuses the request (413). */
+  /** Limits of the multipart parser (both modes); crossing any refuses the request (413). */
   multipartLimits?: MultipartLimits | undefined;
   /**
    * Compressed request bodies (Content-Encoding gzip, deflate, br): 'decode' (default) scans
@@ -226,6 +237,7 @@ export interface ResolvedProfile {
   spoolDir: string;
   allowedContentTypes: string[] | undefined;
   multipart: 'per-file' | 'whole';
+  otherMultipart: 'refuse' | 'whole';
   multipartFields: 'scan' | 'skip';
   infectedPartAction: 'block' | 'strip';
   multipartConcurrency: number;
@@ -254,6 +266,7 @@ export const PROFILE_DEFAULTS = {
   probeInterval: 5_000,
   memoryThreshold: 8 * 1024 * 1024,
   multipart: 'per-file',
+  otherMultipart: 'refuse',
   multipartFields: 'scan',
   infectedPartAction: 'block',
   multipartConcurrency: 4,
@@ -302,6 +315,7 @@ const PROFILE_KEYS = new Set([
   'spoolDir',
   'allowedContentTypes',
   'multipart',
+  'otherMultipart',
   'multipartFields',
   'infectedPartAction',
   'multipartConcurrency',
@@ -668,6 +682,12 @@ export function resolveProfile(profile: IcapProfile): ResolvedProfile {
     spoolDir: p.spoolDir ?? tmpdir(),
     allowedContentTypes,
     multipart: oneOf(p.multipart, ['per-file', 'whole'], 'profile.multipart', PROFILE_DEFAULTS.multipart),
+    otherMultipart: oneOf(
+      p.otherMultipart,
+      ['refuse', 'whole'],
+      'profile.otherMultipart',
+      PROFILE_DEFAULTS.otherMultipart,
+    ),
     multipartFields: oneOf(
       p.multipartFields,
       ['scan', 'skip'],

@@ -16,7 +16,15 @@ import {
   type Significance,
   vendorEnum,
 } from './log.js';
-import { boundaryOf, isMultipartFormData, type Part, parseMultipart, rebuildMultipart } from './multipart.js';
+import {
+  boundaryOf,
+  canonicalForm,
+  isMultipart,
+  isMultipartFormData,
+  type Part,
+  parseMultipart,
+  validateMultipart,
+} from './multipart.js';
 import type { PolicyDecision } from './policy.js';
 import { PoolGroup, type ServerHandle, type ServerStatus } from './pool-group.js';
 import { type IcapProfile, type PinoLike, type ResolvedProfile, resolveProfile } from './profile.js';
@@ -66,6 +74,13 @@ export interface PassOutcome extends OutcomeBase {
   body: Readable | null;
   /** Length of `body` (when there is one). */
   contentLength: number | undefined;
+  /**
+   * Replacement request headers for the application, when `body` is not the request's own
+   * bytes (a multipart form icapkit serialised again: a new content-type with a fresh
+   * boundary; content-length is `contentLength`; no transfer-encoding or content-encoding).
+   * Undefined: keep the request's headers.
+   */
+  headers?: Array<[string, string]> | undefined;
 }
 
 export interface RewriteOutcome extends OutcomeBase {
@@ -120,6 +135,16 @@ const SERVER_FAULTS = new Set<IcapErrorCode>([
   IcapErrorCodes.IO_TIMEOUT,
   IcapErrorCodes.SERVER_STATUS,
   IcapErrorCodes.METHOD_NOT_SUPPORTED,
+]);
+
+/** Errors that are the HTTP client's doing (never the failure action's business). */
+const CLIENT_SIDE = new Set<IcapErrorCode>([
+  IcapErrorCodes.MULTIPART,
+  IcapErrorCodes.REQUEST_TOO_LARGE,
+  IcapErrorCodes.CONTENT_ENCODING,
+  IcapErrorCodes.BODY_TIMEOUT,
+  IcapErrorCodes.BODY_SOURCE,
+  IcapErrorCodes.ABORTED,
 ]);
 
 type AttemptResult =
@@ -228,6 +253,7 @@ export class IcapEngine {
     }
     const contentType = facts.headers.get('content-type');
     const perFile = facts.hasBody && p.multipart === 'per-file' && isMultipartFormData(contentType);
+    const wholeForm = facts.hasBody && p.multipart === 'whole' && isMultipartFormData(contentType);
 
     const control = new AbortController();
     const abort = (err: IcapError) => {
@@ -264,6 +290,9 @@ export class IcapEngine {
     const decoding = store !== null ? this.#decode(facts, store, abort) : null;
     const scanned = decoding?.store ?? store;
     const scanFacts = decoding?.facts ?? facts;
+    // Whole mode: the raw form is scanned as one object, and checked by the strict parser while
+    // it arrives (a form parsers could read differently is refused, as in per-file mode).
+    const formCheck = wholeForm && scanned !== null ? this.#checkForm(contentType!, scanned, abort) : null;
     // responseTimeout bounds how long the request waits for ICAP once its body has arrived:
     // a slow upload is not a slow scanner (stalls while uploading are bounded by ioTimeout).
     let settled = false;
@@ -334,6 +363,10 @@ export class IcapEngine {
         await bodyComplete(scanned, p.bufferSize);
         await bodyComplete(store, p.bufferSize);
       }
+      if (formCheck !== null && result.type !== 'blocked') {
+        const problem = await formCheck;
+        if (problem !== undefined) throw problem;
+      }
       return finish(
         withDispose(await this.#apply(result, facts, log, store, options, scanFacts), decoding?.store),
       );
@@ -344,7 +377,7 @@ export class IcapEngine {
       const clientGone =
         store?.error !== undefined &&
         !(caught instanceof IcapError && caught.code === IcapErrorCodes.REQUEST_TOO_LARGE);
-      const error = clientGone
+      let error = clientGone
         ? new IcapError(
             IcapErrorCodes.BODY_SOURCE,
             'the HTTP client went away before its request body was complete',
@@ -357,10 +390,18 @@ export class IcapEngine {
               `ICAP scan failed: ${caught instanceof Error ? caught.message : String(caught)}`,
               { cause: caught },
             );
+      // Fail-open never hands over a form the strict parser did not read to its end: per-file
+      // mode only passes forms it serialised itself; whole mode waits for the check.
+      let canReplay = !perFile;
+      if (formCheck !== null && !CLIENT_SIDE.has(error.code) && store?.ended && store.error === undefined) {
+        const problem = await formCheck;
+        if (problem !== undefined) error = problem;
+      }
       log.error_code = error.code;
       log.error_message = error.message;
       decoding?.store.dispose();
-      return finish(await this.#onError(error, facts, log, store, options));
+      if (error.code === IcapErrorCodes.MULTIPART) canReplay = false;
+      return finish(await this.#onError(error, facts, log, store, options, canReplay));
     } finally {
       options.signal?.removeEventListener('abort', onCallerAbort);
     }
@@ -470,10 +511,58 @@ export class IcapEngine {
       const reason = `content type ${JSON.stringify(contentType ?? '(none)')} is not allowed`;
       return this.#refuse('unsupported-type', IcapErrorCodes.CONTENT_TYPE, reason, facts, log, null, options);
     }
+    const multipart = this.#multipartEarly(facts, contentType, log, options);
+    if (multipart !== null) return multipart;
     if (facts.contentLength !== undefined && facts.contentLength > p.bufferSize) {
       return this.#tooLarge(facts, log, null, options);
     }
     return null;
+  }
+
+  /**
+   * A multipart body, from its head: multipart/form-data needs a Content-Type every parser
+   * reads the same boundary from (400 otherwise); other multipart types are refused (415)
+   * unless the profile scans them as raw bytes.
+   */
+  #multipartEarly(
+    facts: HttpRequestFacts,
+    contentType: string | undefined,
+    log: IcapLog,
+    options: ScanOptions,
+  ): ScanOutcome | null {
+    if (!facts.hasBody || !isMultipart(contentType)) return null;
+    if (!isMultipartFormData(contentType)) {
+      if (this.profile.otherMultipart === 'whole') return null;
+      const media = contentType!.split(';')[0]!.trim().toLowerCase();
+      const reason = `${media} bodies are not accepted (multipart/form-data is)`;
+      return this.#refuse('unsupported-type', IcapErrorCodes.MULTIPART, reason, facts, log, null, options);
+    }
+    try {
+      boundaryOf(contentType!);
+    } catch (err) {
+      const e = err as IcapError;
+      return this.#refuse('bad-request', e.code, e.message, facts, log, null, options);
+    }
+    return null;
+  }
+
+  /**
+   * Whole mode: the strict multipart parser over the body as it arrives. Resolves with the
+   * problem it found (and aborts the scan with it), or undefined.
+   */
+  #checkForm(
+    contentType: string,
+    body: BodyStore,
+    abort: (err: IcapError) => void,
+  ): Promise<IcapError | undefined> {
+    return validateMultipart(contentType, body.open(), this.profile.multipartLimits).then(
+      () => undefined,
+      (err: unknown) => {
+        if (!(err instanceof IcapError) || err.code !== IcapErrorCodes.MULTIPART) return undefined;
+        abort(err);
+        return err;
+      },
+    );
   }
 
   /**
@@ -503,6 +592,7 @@ export class IcapEngine {
     log: IcapLog,
     store: BodyStore | null,
     options: ScanOptions,
+    canReplay = true,
   ): Promise<ScanOutcome> {
     if (error.code === IcapErrorCodes.REQUEST_TOO_LARGE) return this.#tooLarge(facts, log, store, options);
     if (error.code === IcapErrorCodes.CONTENT_ENCODING) {
@@ -534,19 +624,21 @@ export class IcapEngine {
         const e = err as IcapError;
         log.error_code = e.code;
         log.error_message = e.message;
-        return this.#onError(e, facts, log, store, options);
+        return this.#onError(e, facts, log, store, options, canReplay);
       }
     }
-    return this.#failed(error, facts, log, store, options);
+    return this.#failed(error, facts, log, store, options, canReplay);
   }
 
   // ---------------------------------------------------------------- multipart, part by part
 
   /**
-   * multipart/form-data scanned per file: each part (and each non-empty field, unless
-   * skipped) is its own ICAP request named after its file, `multipartConcurrency` at a time.
-   * All clean: the original form is replayed. A part blocked: 403 naming it, or (strip) the
-   * form rebuilt without it. A part rewritten: the form rebuilt with the new content.
+   * multipart/form-data scanned per file: the strict parser splits the form (refusing what it
+   * cannot read one way only), each part (and each non-empty field, unless skipped) is its own
+   * ICAP request named after its file, `multipartConcurrency` at a time. The application always
+   * gets a form serialised from this parse (canonicalForm): all clean, every part (pass, with
+   * new content-type and content-length headers); a part blocked, 403 naming it, or (strip) the
+   * form without it; a part rewritten, the form with the new content.
    */
   async #scanParts(
     facts: HttpRequestFacts,
@@ -559,16 +651,17 @@ export class IcapEngine {
     replay: BodyStore = store,
   ): Promise<ScanOutcome> {
     const p = this.profile;
-    const boundary = boundaryOf(contentType);
     const local = new AbortController();
     const onAbort = () => local.abort(signal.reason);
-    signal.addEventListener('abort', onAbort, { once: true });
+    if (signal.aborted) onAbort();
+    else signal.addEventListener('abort', onAbort, { once: true });
     const run = limiter(p.multipartConcurrency);
     const scans: Array<Promise<PartResult>> = [];
+    const scannedParts: Part[] = [];
     // Every part, as soon as it starts: a failed parse must still dispose what was created.
     const parts: Part[] = [];
     const disposeParts = () => {
-      for (const part of parts) part.store?.dispose();
+      for (const part of parts) part.store.dispose();
     };
     try {
       await parseMultipart(
@@ -577,9 +670,14 @@ export class IcapEngine {
         { limits: p.multipartLimits, storage: { memoryThreshold: p.memoryThreshold, spoolDir: p.spoolDir } },
         (part) => {
           parts.push(part);
-          if (part.kind === 'field' && (p.multipartFields === 'skip' || part.value === '')) return;
-          scans.push(run(() => this.#scanPart(part, facts, local.signal, log, scope)));
+          if (!mustScanPart(part, p.multipartFields)) return;
+          // A scan failing for its own reason must not be an unhandled rejection before it is awaited.
+          const scan = run(() => this.#scanPart(part, facts, local.signal, log, scope));
+          scan.catch(() => {});
+          scans.push(scan);
+          scannedParts.push(part);
         },
+        local.signal,
       );
     } catch (err) {
       local.abort(err);
@@ -590,12 +688,22 @@ export class IcapEngine {
       signal.removeEventListener('abort', onAbort);
     }
     const settled = await Promise.allSettled(scans);
-    const rejected = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (rejected !== undefined) {
+    const results: PartResult[] = [];
+    for (const [i, r] of settled.entries()) {
+      if (r.status === 'fulfilled') {
+        results.push(r.value);
+        continue;
+      }
+      // The whole form was parsed: a scan stopped by responseTimeout is an ICAP failure of that
+      // part (the failure action decides); anything else (the client, an abort) ends the scan.
+      const e = r.reason;
+      if (e instanceof IcapError && e.code === IcapErrorCodes.TIMEOUT) {
+        results.push({ part: scannedParts[i]!, type: 'failed', error: e });
+        continue;
+      }
       disposeParts();
-      throw rejected.reason;
+      throw e;
     }
-    const results = settled.map((r) => (r as PromiseFulfilledResult<PartResult>).value);
     log.file_names = parts.filter((x) => x.kind === 'file').map((x) => x.fileName ?? '');
     const clientHeaders = results.flatMap((r) => r.verdict?.client_headers ?? []);
     if (results.some((r) => r.verdict?.unscannable)) log.significance.push('UNSCANNABLE');
@@ -634,11 +742,8 @@ export class IcapEngine {
       log.error_message = failed[0]!.error!.message;
     }
     const modified = results.filter((r) => r.type === 'modified');
-    if (blocked.length === 0 && modified.length === 0) {
-      disposeParts();
-      return pass(failed.length > 0 ? 'ICAP_FAILED' : 'ICAP_PASSED', log, replay, null, clientHeaders);
-    }
-    // Rebuild the form: without the blocked parts (strip), with the rewritten ones.
+    // The form for the application: serialised from the parse, without the blocked parts
+    // (strip), with the rewritten ones, under a fresh boundary.
     const byIndex = new Map(results.map((r) => [r.part.index, r]));
     const kept = parts
       .filter((part) => byIndex.get(part.index)?.type !== 'blocked')
@@ -648,6 +753,24 @@ export class IcapEngine {
           ? { part, content: { stream: () => r.adapted!.stream(), length: r.adapted.length } }
           : { part };
       });
+    const form = canonicalForm(kept);
+    const headers = endToEndHeaders(facts.headerPairs).filter(
+      ([n]) => !FORM_HEADERS_REPLACED.has(n.toLowerCase()),
+    );
+    headers.push(['content-type', form.contentType], ['content-length', String(form.length)]);
+    store.dispose();
+    replay.dispose();
+    const disposeForm = () => {
+      form.body.destroy();
+      disposeParts();
+      for (const r of modified) r.adapted?.dispose();
+    };
+    if (blocked.length === 0 && modified.length === 0) {
+      const action = failed.length > 0 ? 'ICAP_FAILED' : 'ICAP_PASSED';
+      const outcome = pass(action, log, null, form.body, clientHeaders, disposeForm, form.length);
+      outcome.headers = headers;
+      return outcome;
+    }
     if (blocked.length > 0) {
       log.significance.push('ICAP_BLOCKED', 'PARTS_REMOVED');
       log.removed_parts = blocked.map((r) => {
@@ -658,23 +781,14 @@ export class IcapEngine {
       });
     }
     if (modified.length > 0) log.significance.push('ICAP_MODIFIED');
-    const rebuilt = rebuildMultipart(boundary, kept);
-    const headers = endToEndHeaders(facts.headerPairs).filter(([n]) => n.toLowerCase() !== 'content-length');
-    headers.push(['content-length', String(rebuilt.length)]);
-    store.dispose();
-    replay.dispose();
     return {
-      ...base('ICAP_MODIFIED', log, blocked[0]?.verdict?.threat_id, clientHeaders, () => {
-        rebuilt.body.destroy();
-        disposeParts();
-        for (const r of modified) r.adapted?.dispose();
-      }),
+      ...base('ICAP_MODIFIED', log, blocked[0]?.verdict?.threat_id, clientHeaders, disposeForm),
       kind: 'rewrite',
       method: facts.method,
       url: facts.target,
       headers,
-      body: rebuilt.body,
-      contentLength: rebuilt.length,
+      body: form.body,
+      contentLength: form.length,
     };
   }
 
@@ -687,12 +801,9 @@ export class IcapEngine {
     scope: ScanScope,
   ): Promise<PartResult> {
     await part.done;
-    let body = part.store;
-    if (body === null) {
-      body = new BodyStore({ limit: Number.POSITIVE_INFINITY, retainAll: true });
-      body.push(Buffer.from(part.value ?? '', 'utf8'));
-      body.end();
-    }
+    // A field is scanned as its raw bytes (whatever its charset): what the application gets.
+    const body = part.store;
+    if (part.kind === 'field' && body.received === 0) return { part, type: 'clean', verdict: undefined };
     const subject = partFacts(facts, part, body.received);
     const entries: IcapRequestLog[] = [];
     try {
@@ -1028,13 +1139,17 @@ export class IcapEngine {
     log: IcapLog,
     store: BodyStore | null,
     options: ScanOptions,
+    canReplay = true,
   ): ScanOutcome {
     const p = this.profile;
     log.significance.push('ICAP_ERROR');
     log.fail_action = p.failAction;
     log.error_code = error.code;
     log.error_message = error.message;
-    if (p.failAction === 'fail-open') {
+    if (p.failAction === 'fail-open' && !canReplay) {
+      log.error_message +=
+        ' (a multipart form passes only as icapkit serialised it from a complete parse, which this request did not get)';
+    } else if (p.failAction === 'fail-open') {
       if (store === null || store.complete) {
         log.significance.push('FAIL_OPEN');
         return pass('ICAP_FAILED', log, store, null, []);
@@ -1096,6 +1211,24 @@ export class IcapEngine {
     if (preview !== null) entry.preview_size = Number(preview[1]);
     entry.connection_reused = res.connection.reused;
   }
+}
+
+/** Request headers a canonical multipart form replaces (or drops: it has no transfer or content coding). */
+const FORM_HEADERS_REPLACED = new Set([
+  'content-type',
+  'content-length',
+  'transfer-encoding',
+  'content-encoding',
+]);
+
+/**
+ * Whether a part is scanned: files always; fields unless `multipartFields: 'skip'`, and even
+ * then a field whose name holds `filename` (formidable finds `filename=` anywhere in the
+ * Content-Disposition, so it could make a file of it).
+ */
+function mustScanPart(part: Part, fields: 'scan' | 'skip'): boolean {
+  if (part.kind === 'file' || fields === 'scan') return true;
+  return /filename/i.test(part.head.nameBytes);
 }
 
 interface PartResult {
