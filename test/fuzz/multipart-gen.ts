@@ -67,103 +67,116 @@ export interface BodyModel {
   tag: string;
 }
 
-const eol = fc.constantFrom('\r\n', '\r\n', '\r\n', '\r\n', '\n', '');
-const delimiterSuffix = fc.oneof(
-  { weight: 8, arbitrary: fc.constant('') },
-  { weight: 3, arbitrary: fc.constantFrom(' ', '\t', '  ', 'X', '-X', ' junk', 'Q', '-', '--x', ' X-Pad: 1') },
-);
+/**
+ * `valid` or, with probability `wild` (per cent), `anomalous`: each input draws one rate, so
+ * some inputs are well-formed forms with one odd piece and others are chaos throughout.
+ */
+function maybe<T>(wild: number, valid: fc.Arbitrary<T>, anomalous: fc.Arbitrary<T>): fc.Arbitrary<T> {
+  if (wild <= 0) return valid;
+  return fc.oneof({ weight: 100 - wild, arbitrary: valid }, { weight: wild, arbitrary: anomalous });
+}
 
-const dispositionType = fc.constantFrom(
-  'form-data',
-  'form-data',
-  'form-data',
-  'form-data',
-  'FORM-DATA',
-  'attachment',
-  'inline',
-  null,
-);
-const nameSpelling = fc.constantFrom(
-  (n: string) => `name="${n}"`,
-  (n: string) => `name="${n}"`,
-  (n: string) => `name=${n}`,
-  (n: string) => `NAME="${n}"`,
-  (n: string) => `name = "${n}"`,
-  (n: string) => `name="${n}"; name="dup"`,
-  null,
-);
-const fileNameSpelling = fc.constantFrom(
-  null,
-  null,
-  'filename="a.txt"',
-  'filename="a.txt"',
-  'filename=a.txt',
-  'filename = "x.bin"',
-  'filename="m.bin";',
-  'filename=m[1].bin',
-  'filename="x" junk',
-  `filename*=utf-8''e%C3%A9.txt`,
-  `filename="a.txt"; filename*=utf-8''b.com`,
-  'filename=""',
-  'filename="a\\"b.txt"',
-);
-const partContentType = fc.constantFrom(
-  null,
-  null,
-  'text/plain',
-  'text/plain; charset=utf-8',
-  'text/plain; charset=latin1',
-  'text/plain; charset=x-unknown-42',
-  'text/plain; charset=utf-16be',
-  'application/octet-stream',
-  'multipart/mixed; boundary=Zq9',
-);
-const transferEncoding = fc.constantFrom(null, null, null, 'base64', 'BASE64', 'quoted-printable', '7bit', 'binary');
-const extraHeader = fc.constantFrom(
-  'X-Junk: 1',
-  'Content-Disposition: form-data; name="dup"',
-  'junk without colon',
-  ' folded: continuation',
-  'Content-Type: application/x-evil',
-  'Content-Length: 3',
-);
+const nameSpellings: Record<string, (n: string) => string> = {
+  quoted: (n) => `name="${n}"`,
+  bare: (n) => `name=${n}`,
+  upper: (n) => `NAME="${n}"`,
+  spaced: (n) => `name = "${n}"`,
+  duplicate: (n) => `name="${n}"; name="dup"`,
+};
 
-const headersArb = fc
-  .record({
-    type: dispositionType,
-    name: nameSpelling,
-    fileName: fileNameSpelling,
-    sep: fc.constantFrom('; ', ';', ' ; ', ';\r\n '),
-    trailing: fc.constantFrom('', '', '', ';', ' junk'),
-    contentType: partContentType,
-    cte: transferEncoding,
-    extras: fc.array(extraHeader, { maxLength: 2 }),
-    dispositionFirst: fc.boolean(),
-    fieldIndex: fc.integer({ min: 0, max: 3 }),
-  })
-  .map((h) => {
-    const lines: string[] = [];
-    if (h.type !== null) {
-      const params = [
-        h.name === null ? null : h.name(`f${h.fieldIndex}`),
-        h.fileName,
-      ].filter((x): x is string => x !== null);
-      lines.push(`Content-Disposition: ${[h.type, ...params].join(h.sep)}${h.trailing}`);
-    }
-    if (h.contentType !== null) lines.push(`Content-Type: ${h.contentType}`);
-    if (h.cte !== null) lines.push(`Content-Transfer-Encoding: ${h.cte}`);
-    if (!h.dispositionFirst) lines.reverse();
-    return [...lines, ...h.extras];
-  });
+function headersArb(wild: number): fc.Arbitrary<string[]> {
+  return fc
+    .record({
+      type: maybe(
+        wild,
+        fc.constant<string | null>('form-data'),
+        fc.constantFrom<string | null>('FORM-DATA', 'attachment', 'inline', null),
+      ),
+      name: maybe(
+        wild,
+        fc.constant<string | null>('quoted'),
+        fc.constantFrom<string | null>('bare', 'upper', 'spaced', 'duplicate', null),
+      ),
+      fileName: maybe(
+        wild,
+        fc.constantFrom<string | null>(null, 'filename="a.txt"', 'filename="e.com"'),
+        fc.constantFrom<string | null>(
+          'filename=a.txt',
+          'filename = "x.bin"',
+          'filename="m.bin";',
+          'filename=m[1].bin',
+          'filename="x" junk',
+          `filename*=utf-8''e%C3%A9.txt`,
+          `filename="a.txt"; filename*=utf-8''b.com`,
+          'filename=""',
+          'filename="a\\"b.txt"',
+        ),
+      ),
+      sep: maybe(wild, fc.constant('; '), fc.constantFrom(';', ' ; ', ';\r\n ')),
+      trailing: maybe(wild, fc.constant(''), fc.constantFrom(';', ' junk')),
+      contentType: maybe(
+        wild,
+        fc.constantFrom<string | null>(
+          null,
+          'text/plain',
+          'text/plain; charset=utf-8',
+          'application/octet-stream',
+        ),
+        fc.constantFrom<string | null>(
+          'text/plain; charset=latin1',
+          'text/plain; charset=x-unknown-42',
+          'text/plain; charset=utf-16be',
+          'multipart/mixed; boundary=Zq9',
+        ),
+      ),
+      cte: maybe(
+        wild,
+        fc.constant<string | null>(null),
+        fc.constantFrom<string | null>('base64', 'BASE64', 'quoted-printable', '7bit', 'binary'),
+      ),
+      extras: maybe(
+        wild,
+        fc.constant<string[]>([]),
+        fc.array(
+          fc.constantFrom(
+            'X-Junk: 1',
+            'Content-Disposition: form-data; name="dup"',
+            'junk without colon',
+            ' folded: continuation',
+            'Content-Type: application/x-evil',
+            'Content-Length: 3',
+          ),
+          { minLength: 1, maxLength: 2 },
+        ),
+      ),
+      dispositionFirst: maybe(wild, fc.constant(true), fc.constant(false)),
+      fieldIndex: fc.integer({ min: 0, max: 3 }),
+    })
+    .map((h) => {
+      const lines: string[] = [];
+      if (h.type !== null) {
+        const params = [
+          h.name === null ? null : nameSpellings[h.name]!(`f${h.fieldIndex}`),
+          h.fileName,
+        ].filter((x): x is string => x !== null);
+        lines.push(`Content-Disposition: ${[h.type, ...params].join(h.sep)}${h.trailing}`);
+      }
+      if (h.contentType !== null) lines.push(`Content-Type: ${h.contentType}`);
+      if (h.cte !== null) lines.push(`Content-Transfer-Encoding: ${h.cte}`);
+      if (!h.dispositionFirst) lines.reverse();
+      return [...lines, ...h.extras];
+    });
+}
 
+const ofArb = fc.constantFrom<'text' | 'eicar'>('text', 'eicar');
 const contentArb: fc.Arbitrary<Content> = fc.oneof(
   { weight: 4, arbitrary: fc.constant<Content>({ kind: 'text' }) },
   { weight: 4, arbitrary: fc.constant<Content>({ kind: 'eicar' }) },
   { weight: 1, arbitrary: fc.constant<Content>({ kind: 'empty' }) },
   { weight: 1, arbitrary: fc.constant<Content>({ kind: 'eicar-in-text' }) },
-  { weight: 2, arbitrary: fc.constantFrom<'text' | 'eicar'>('text', 'eicar').map((of): Content => ({ kind: 'base64', of })) },
-  { weight: 2, arbitrary: fc.constantFrom<'text' | 'eicar'>('text', 'eicar').map((of): Content => ({ kind: 'qp', of })) },
-  { weight: 1, arbitrary: fc.constantFrom<'text' | 'eicar'>('text', 'eicar').map((of): Content => ({ kind: 'utf16be', of })) },
+  { weight: 2, arbitrary: ofArb.map((of): Content => ({ kind: 'base64', of })) },
+  { weight: 2, arbitrary: ofArb.map((of): Content => ({ kind: 'qp', of })) },
+  { weight: 1, arbitrary: ofArb.map((of): Content => ({ kind: 'utf16be', of })) },
   { weight: 1, arbitrary: fc.constant<Content>({ kind: 'latin1' }) },
   { weight: 1, arbitrary: fc.constant<Content>({ kind: 'crlf-text' }) },
   {
@@ -178,89 +191,103 @@ const contentArb: fc.Arbitrary<Content> = fc.oneof(
   },
 );
 
-const partArb: fc.Arbitrary<PartModel> = fc.record({
-  boundary: fc.oneof(
-    { weight: 6, arbitrary: fc.constant<'main' | 'other'>('main') },
-    { weight: 1, arbitrary: fc.constant<'main' | 'other'>('other') },
-  ),
-  suffix: delimiterSuffix,
-  eol,
-  headers: headersArb,
-  headerEol: fc.constantFrom('\r\n', '\r\n', '\r\n', '\n'),
-  content: contentArb,
-  tail: eol,
-});
+function partArb(wild: number): fc.Arbitrary<PartModel> {
+  const eol = maybe(wild, fc.constant('\r\n'), fc.constantFrom('\n', ''));
+  return fc.record({
+    boundary: maybe(wild, fc.constant<'main' | 'other'>('main'), fc.constant<'main' | 'other'>('other')),
+    suffix: maybe(
+      wild,
+      fc.constant(''),
+      fc.constantFrom(' ', '\t', '  ', 'X', '-X', ' junk', 'Q', '-', '--x', ' X-Pad: 1'),
+    ),
+    eol,
+    headers: headersArb(wild),
+    headerEol: maybe(wild, fc.constant('\r\n'), fc.constant('\n')),
+    content: contentArb,
+    tail: eol,
+  });
+}
 
-const boundaryParam = fc.constantFrom(
-  `boundary=${MAIN}`,
-  `boundary=${MAIN}`,
-  `boundary="${MAIN}"`,
-  `boundary = ${MAIN}`,
-  `BOUNDARY=${MAIN}`,
-  `boundary="${MAIN}" `,
-);
-const extraParam = fc.constantFrom(
-  `boundary*=utf-8''${OTHER}`,
-  `boundary=${OTHER}`,
-  `xboundary=${OTHER}`,
-  `x="boundary=${OTHER}"`,
-  'charset=utf-8',
-  `boundary="${OTHER}"`,
-);
+function modelArb(wild: number): fc.Arbitrary<BodyModel> {
+  return fc
+    .record({
+      media: maybe(
+        wild,
+        fc.constant('multipart/form-data'),
+        fc.constantFrom('Multipart/Form-Data', 'multipart/mixed', 'multipart/related'),
+      ),
+      main: maybe(
+        wild,
+        fc.constantFrom([`boundary=${MAIN}`], [`boundary="${MAIN}"`]),
+        fc.constantFrom([`boundary = ${MAIN}`], [`BOUNDARY=${MAIN}`], [`boundary="${MAIN}" `], []),
+      ),
+      extra: maybe(
+        wild,
+        fc.constant<string[]>([]),
+        fc.array(
+          fc.constantFrom(
+            `boundary*=utf-8''${OTHER}`,
+            `boundary=${OTHER}`,
+            `xboundary=${OTHER}`,
+            `x="boundary=${OTHER}"`,
+            'charset=utf-8',
+            `boundary="${OTHER}"`,
+          ),
+          { minLength: 1, maxLength: 2 },
+        ),
+      ),
+      extraFirst: fc.boolean(),
+      preamble: maybe(wild, fc.constant(''), fc.constantFrom('\r\n', 'preamble text\r\n', `--${OTHER}\r\n`)),
+      parts: fc.array(partArb(wild), { minLength: 0, maxLength: 4 }),
+      closeAt: maybe(
+        wild,
+        fc.constant<'end' | 'none' | number>('end'),
+        fc.oneof(fc.constant<'end' | 'none' | number>('none'), fc.integer({ min: 0, max: 3 })),
+      ),
+      closeSuffix: maybe(wild, fc.constant(''), fc.constantFrom(' ', 'junk', '--')),
+      closeEol: maybe(wild, fc.constant('\r\n'), fc.constantFrom('', '\n')),
+      epilogue: maybe(
+        wild,
+        fc.constant(''),
+        fc.constantFrom(
+          '\r\n',
+          'epilogue',
+          `--${MAIN}\r\nContent-Disposition: form-data; name="late"; filename="late.com"\r\n\r\n${eicar().toString('latin1')}\r\n--${MAIN}--\r\n`,
+        ),
+      ),
+      truncate: maybe(wild, fc.constant(null), fc.integer({ min: 0, max: 999 })),
+      pieces: fc.array(fc.integer({ min: 1, max: 400 }), { minLength: 1, maxLength: 4 }),
+      pauses: fc.array(fc.integer({ min: 0, max: 2 }), { minLength: 1, maxLength: 3 }),
+      tag: fc.integer({ min: 0, max: 2 ** 31 - 1 }).map((n) => n.toString(36)),
+    })
+    .map(
+      (m): BodyModel => ({
+        media: m.media,
+        params: m.extraFirst ? [...m.extra, ...m.main] : [...m.main, ...m.extra],
+        preamble: m.preamble,
+        parts: m.parts,
+        closeAfter:
+          m.closeAt === 'none'
+            ? null
+            : m.closeAt === 'end'
+              ? m.parts.length
+              : Math.min(m.closeAt, m.parts.length),
+        closeSuffix: m.closeSuffix,
+        closeEol: m.closeEol,
+        epilogue: m.epilogue,
+        truncate: m.truncate,
+        pieces: m.pieces,
+        pauses: m.pauses,
+        tag: m.tag,
+      }),
+    );
+}
 
-export const bodyModelArb: fc.Arbitrary<BodyModel> = fc
-  .record({
-    media: fc.constantFrom(
-      'multipart/form-data',
-      'multipart/form-data',
-      'multipart/form-data',
-      'multipart/form-data',
-      'Multipart/Form-Data',
-      'multipart/mixed',
-      'multipart/related',
-    ),
-    main: fc.oneof({ weight: 12, arbitrary: boundaryParam.map((p) => [p]) }, { weight: 1, arbitrary: fc.constant([]) }),
-    extra: fc.oneof({ weight: 3, arbitrary: fc.constant([]) }, { weight: 1, arbitrary: fc.array(extraParam, { maxLength: 2 }) }),
-    extraFirst: fc.boolean(),
-    preamble: fc.constantFrom('', '', '', '\r\n', 'preamble text\r\n', `--${OTHER}\r\n`),
-    parts: fc.array(partArb, { minLength: 0, maxLength: 4 }),
-    closeAt: fc.oneof(
-      { weight: 6, arbitrary: fc.constant<'end' | 'none' | number>('end') },
-      { weight: 1, arbitrary: fc.constant<'end' | 'none' | number>('none') },
-      { weight: 1, arbitrary: fc.integer({ min: 0, max: 3 }) },
-    ),
-    closeSuffix: fc.constantFrom('', '', '', '', ' ', 'junk', '--'),
-    closeEol: fc.constantFrom('\r\n', '\r\n', '\r\n', '', '\n'),
-    epilogue: fc.constantFrom(
-      '',
-      '',
-      '',
-      '',
-      '\r\n',
-      'epilogue',
-      `--${MAIN}\r\nContent-Disposition: form-data; name="late"; filename="late.com"\r\n\r\n${eicar().toString('latin1')}\r\n--${MAIN}--\r\n`,
-    ),
-    truncate: fc.oneof({ weight: 8, arbitrary: fc.constant(null) }, { weight: 1, arbitrary: fc.integer({ min: 0, max: 999 }) }),
-    pieces: fc.array(fc.integer({ min: 1, max: 400 }), { minLength: 1, maxLength: 4 }),
-    pauses: fc.array(fc.integer({ min: 0, max: 2 }), { minLength: 1, maxLength: 3 }),
-    tag: fc.integer({ min: 0, max: 2 ** 31 - 1 }).map((n) => n.toString(36)),
-  })
-  .map(
-    (m): BodyModel => ({
-      media: m.media,
-      params: m.extraFirst ? [...m.extra, ...m.main] : [...m.main, ...m.extra],
-      preamble: m.preamble,
-      parts: m.parts,
-      closeAfter: m.closeAt === 'none' ? null : m.closeAt === 'end' ? m.parts.length : Math.min(m.closeAt, m.parts.length),
-      closeSuffix: m.closeSuffix,
-      closeEol: m.closeEol,
-      epilogue: m.epilogue,
-      truncate: m.truncate,
-      pieces: m.pieces,
-      pauses: m.pauses,
-      tag: m.tag,
-    }),
-  );
+/**
+ * The generator: per input a rate of anomalies (none: a well-formed form with clean, EICAR or
+ * encoded contents; 3 %: about one odd piece; 40 %: chaos), then the model.
+ */
+export const bodyModelArb: fc.Arbitrary<BodyModel> = fc.constantFrom(0, 3, 3, 10, 40).chain(modelArb);
 
 // ---------------------------------------------------------------- rendering
 
@@ -270,7 +297,10 @@ function qp(data: Buffer): Buffer {
   let out = '';
   for (const [i, b] of [...data].entries()) {
     if (i === Math.floor(data.length / 2)) out += '=\r\n';
-    out += /[a-z]/i.test(String.fromCharCode(b)) && i % 3 !== 0 ? String.fromCharCode(b) : `=${b.toString(16).toUpperCase().padStart(2, '0')}`;
+    out +=
+      /[a-z]/i.test(String.fromCharCode(b)) && i % 3 !== 0
+        ? String.fromCharCode(b)
+        : `=${b.toString(16).toUpperCase().padStart(2, '0')}`;
   }
   return Buffer.from(out, 'latin1');
 }

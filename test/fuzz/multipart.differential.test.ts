@@ -16,7 +16,7 @@
  * exception or unhandled rejection while a request is handled. After the run each app still
  * answers.
  *
- * Size: `ICAPKIT_MULTIPART_FUZZ_RUNS` inputs (default 40, each sent to every framework);
+ * Size: `ICAPKIT_MULTIPART_FUZZ_RUNS` inputs (default 100, each sent to every framework);
  * under `scripts/fuzz.sh` (ICAPKIT_FUZZ_RUNS set) it defaults to ICAPKIT_FUZZ_RUNS / 50.
  * ICAPKIT_FUZZ_SEED / ICAPKIT_FUZZ_PATH replay a failure. A counterexample is printed as the
  * request (Content-Type and body bytes), the profile, and per framework the status, the scanned
@@ -33,7 +33,10 @@ import { bodyModelArb, render, showBody } from './multipart-gen.js';
 import { checkAsyncProperty, FUZZ_RUNS, runsFromEnv } from './support.js';
 
 const LARGE = process.env.ICAPKIT_FUZZ_RUNS !== undefined;
-const RUNS = runsFromEnv('ICAPKIT_MULTIPART_FUZZ_RUNS', LARGE ? Math.max(1, Math.round(FUZZ_RUNS / 50)) : 40);
+const RUNS = runsFromEnv(
+  'ICAPKIT_MULTIPART_FUZZ_RUNS',
+  LARGE ? Math.max(1, Math.round(FUZZ_RUNS / 50)) : 100,
+);
 const FRAMEWORKS: Framework[] = LARGE
   ? ['express5', 'express4', 'fastify', 'koa3', 'koa2']
   : ['express5', 'fastify', 'koa3'];
@@ -51,6 +54,8 @@ let icap: IcapTestServer;
 const apps = new Map<string, App>();
 /** Uncaught exceptions and unhandled rejections, with what was running. */
 const crashes: string[] = [];
+/** Outcomes per framework and status, printed after the run (how much of the input space passed). */
+const tally = new Map<string, number>();
 const onUncaught = (err: unknown) => crashes.push(`uncaughtException while ${phase.now}: ${String(err)}`);
 const onRejection = (err: unknown) => crashes.push(`unhandledRejection while ${phase.now}: ${String(err)}`);
 
@@ -105,8 +110,12 @@ describe('multipart differential fuzz', () => {
               pauses: model.pauses,
             });
             const crashed = crashes.slice(before);
+            const key = `${framework} ${outcome.status ?? 'closed'}`;
+            tally.set(key, (tally.get(key) ?? 0) + 1);
             if (outcome.violations.length > 0 || crashed.length > 0) failed = true;
-            reports.push(`--- ${framework}\n${showOutcome(outcome)}${crashed.length ? `\n${crashed.join('\n')}` : ''}`);
+            reports.push(
+              `--- ${framework}\n${showOutcome(outcome)}${crashed.length ? `\n${crashed.join('\n')}` : ''}`,
+            );
           }
           if (failed)
             throw new Error(
@@ -115,6 +124,12 @@ describe('multipart differential fuzz', () => {
             );
         }),
         RUNS,
+      );
+      console.log(
+        `multipart differential: ${[...tally]
+          .sort()
+          .map(([k, n]) => `${k}: ${n}`)
+          .join(', ')}`,
       );
       expect(crashes).toEqual([]);
     },
