@@ -8,7 +8,14 @@ import {
   requestInfo,
   type ScanOutcome,
 } from '@icapkit/core';
-import type { FastifyPluginAsync, FastifyReply, FastifyRequest, preParsingAsyncHookHandler } from 'fastify';
+import type {
+  FastifyInstance,
+  FastifyPluginAsync,
+  FastifyReply,
+  FastifyRequest,
+  preParsingAsyncHookHandler,
+  preParsingHookHandler,
+} from 'fastify';
 import fp from 'fastify-plugin';
 
 export * from './analytics.js';
@@ -22,6 +29,14 @@ export * from './analytics.js';
  *   await fastify.register(icap, { name: 'uploads', poolGroup: 'icap://127.0.0.1:1344', serviceUri: '/avscan' });
  *   fastify.post('/avatar', { config: { icap: false } }, handler);             // opt out
  *   fastify.post('/docs', { config: { icap: { serviceUri: '/cdr' } } }, handler); // per-route profile
+ *
+ * Coverage is explicit: once the application is ready, every route that can receive a body
+ * (any method but GET, HEAD and TRACE) must be scanned by this plugin or opted out with
+ * `config: { icap: false }`. A route the plugin cannot reach (declared before the plugin was
+ * registered, or in a context that is not the plugin's or below it) makes `ready()` / `listen()`
+ * fail with ICAP_ERR_UNSCANNED_ROUTE naming it, or only warns (log and process warning) with
+ * `unscannedRoutes: 'warn'`. Not-found handlers of the plugin's context and below are scanned
+ * too (a custom one may read the body), unless their `config.icap` is false.
  */
 
 export type IcapRouteOptions = Partial<IcapProfile> | false;
@@ -41,7 +56,30 @@ declare module 'fastify' {
   }
 }
 
-export type IcapPluginOptions = IcapProfile;
+export interface IcapPluginOptions extends IcapProfile {
+  /**
+   * A route that can receive a body but is not scanned (declared before the plugin, or out of
+   * its encapsulation context): 'error' (default) makes start-up fail, 'warn' logs a warning
+   * naming each such route and starts anyway.
+   */
+  unscannedRoutes?: 'error' | 'warn' | undefined;
+}
+
+/** Code of the start-up error (and warning) about routes that are not scanned. */
+export const UNSCANNED_ROUTE = 'ICAP_ERR_UNSCANNED_ROUTE';
+
+/** Start-up refused: some routes that can receive a body are not scanned. */
+export class UnscannedRouteError extends Error {
+  readonly code = UNSCANNED_ROUTE;
+  constructor(
+    message: string,
+    /** Each as 'METHOD[,METHOD] /path'. */
+    readonly routes: string[],
+  ) {
+    super(message);
+    this.name = 'UnscannedRouteError';
+  }
+}
 
 const plugin: FastifyPluginAsync<IcapPluginOptions> = async (fastify, profile) => {
   const engine = createEngine(profileOf(profile));
@@ -54,6 +92,8 @@ const plugin: FastifyPluginAsync<IcapPluginOptions> = async (fastify, profile) =
     const config = (route.config as { icap?: IcapRouteOptions } | undefined)?.icap;
     if (config === false) {
       if (!byHandler.has(route.handler)) byHandler.set(route.handler, false);
+      // Marks the route as opted out for the coverage check (a no-op).
+      route.preParsing = appendHook(route.preParsing, icapNotScanned);
       return;
     }
     let routeEngine = engine;
@@ -67,6 +107,23 @@ const plugin: FastifyPluginAsync<IcapPluginOptions> = async (fastify, profile) =
     // First of all preParsing hooks: nothing may read the body before it was approved.
     route.preParsing =
       existing === undefined ? [hook] : [hook, ...(Array.isArray(existing) ? existing : [existing])];
+  });
+  // Not-found handlers of this context and below get no onRoute: scanned by a context hook
+  // that does nothing for routes (their own hook, placed by onRoute, scans them).
+  fastify.addHook('preParsing', notFoundHook(engine));
+  fastify.addHook('onReady', async function icapCoverage() {
+    const unscanned = unscannedRoutes(fastify);
+    if (unscanned.length === 0) return;
+    const message =
+      `@icapkit/fastify: ${unscanned.length === 1 ? 'a route that can receive a body is' : `${unscanned.length} routes that can receive a body are`} ` +
+      `not scanned: ${unscanned.join('; ')}. Register @icapkit/fastify before declaring them, on their ` +
+      `context or a parent of it, or opt a route out with config: { icap: false }.`;
+    if (profile.unscannedRoutes === 'warn') {
+      fastify.log.warn({ code: UNSCANNED_ROUTE, routes: unscanned }, message);
+      process.emitWarning(message, { code: UNSCANNED_ROUTE });
+      return;
+    }
+    throw new UnscannedRouteError(message, unscanned);
   });
   // Requests with Expect: 100-continue that are refused anyway (413, 415) are answered before
   // they send their body.
@@ -91,9 +148,90 @@ function profileOf(options: IcapPluginOptions): IcapProfile {
     prefix: _p,
     logLevel: _l,
     logSerializers: _s,
+    unscannedRoutes: _u,
     ...rest
   } = options as IcapPluginOptions & Record<string, unknown>;
   return rest as unknown as IcapProfile;
+}
+
+/** The route's preParsing hooks with `hook` added last. */
+function appendHook<T>(existing: T | T[] | undefined, hook: T): T[] {
+  if (existing === undefined) return [hook];
+  return [...(Array.isArray(existing) ? existing : [existing]), hook];
+}
+
+/** Placed on routes opted out with `config: { icap: false }`, so the coverage check sees them. */
+const icapNotScanned: preParsingHookHandler = function icapNotScanned(_request, _reply, payload, done) {
+  done(null, payload);
+};
+
+/** A context preParsing hook that scans what a not-found handler could read. */
+function notFoundHook(engine: IcapEngine): preParsingHookHandler {
+  const scan = scanHook(engine);
+  return function icapNotFound(request, reply, payload, done) {
+    const config = (request.routeOptions.config as { icap?: IcapRouteOptions } | undefined)?.icap;
+    if (!request.is404 || config === false) {
+      done(null, payload);
+      return;
+    }
+    scan.call(request.server, request, reply, payload).then(
+      (p) => done(null, p as typeof payload),
+      (err: Error) => done(err, payload),
+    );
+  };
+}
+
+const BODYLESS = new Set(['GET', 'HEAD', 'TRACE']);
+const COVERED = /\b(?:icapPreParsing|icapNotScanned)\b/;
+
+/**
+ * Routes of the whole application (Fastify's router is shared by all contexts) that accept a
+ * method with a body and carry neither this plugin's scanning hook nor its opt-out marker, as
+ * 'METHOD[,METHOD] /path'. Read from `printRoutes` with hooks, the one public view of all routes
+ * and of each route's preParsing hooks: a tree whose node labels, joined from the root, are the
+ * paths; a node line may end with its methods, and the lines under it (same indentation, no
+ * branch) list more methods of the same path and each route's hooks.
+ */
+export function unscannedRoutes(fastify: FastifyInstance): string[] {
+  const text = fastify.printRoutes({ includeHooks: true });
+  const out: string[] = [];
+  const labels: string[] = [];
+  let current: { path: string; methods: string[]; covered: boolean } | null = null;
+  const flush = () => {
+    if (current === null || current.covered) return;
+    const withBody = current.methods.filter((m) => !BODYLESS.has(m));
+    if (withBody.length > 0) out.push(`${withBody.join(',')} ${current.path}`);
+    current = null;
+  };
+  for (const line of text.split('\n')) {
+    const m = /^((?:[│ ] {3})*)([├└]── )?(.*)$/u.exec(line);
+    if (m === null || m[3] === '') continue;
+    const depth = m[1]!.length / 4;
+    const rest = m[3]!;
+    const hook = /^• \((\w+)\) (.*)$/u.exec(rest);
+    if (hook !== null) {
+      if (current !== null && hook[1] === 'preParsing' && COVERED.test(hook[2]!)) current.covered = true;
+      continue;
+    }
+    const route = /^(.*) \(([A-Z][A-Z0-9_-]*(?:, [A-Z][A-Z0-9_-]*)*)\)$/u.exec(rest);
+    const label = route === null ? rest : route[1]!;
+    // A new node (branch drawn) at `depth`; otherwise another route of the node above.
+    const nodeDepth = m[2] === undefined ? depth - 1 : depth;
+    if (m[2] !== undefined) {
+      labels.length = depth;
+      labels[depth] = label;
+    }
+    flush();
+    if (route !== null) {
+      current = {
+        path: labels.slice(0, nodeDepth + 1).join(''),
+        methods: route[2]!.split(', '),
+        covered: false,
+      };
+    }
+  }
+  flush();
+  return out;
 }
 
 function scanHook(engine: IcapEngine): preParsingAsyncHookHandler {

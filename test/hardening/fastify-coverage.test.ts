@@ -1,0 +1,246 @@
+/**
+ * Fastify coverage is explicit: every route that can receive a body is scanned by
+ * @icapkit/fastify, or opted out with `config: { icap: false }`, or the application refuses to
+ * start (ICAP_ERR_UNSCANNED_ROUTE naming the route), or, with `unscannedRoutes: 'warn'`, starts
+ * with a warning naming it. Routes the plugin cannot reach: declared before it was registered
+ * (also by not awaiting `register`), in a parent context, in a sibling context. Not-found
+ * handlers, which get no onRoute hook, are scanned in the plugin's context and below.
+ */
+import type { AddressInfo } from 'node:net';
+import { icap, UNSCANNED_ROUTE, UnscannedRouteError, unscannedRoutes } from '@icapkit/fastify';
+import { eicar, type IcapTestServer, startIcapServer } from '@icapkit/testing';
+import Fastify, { type FastifyInstance } from 'fastify';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { send } from '../support/http-client.js';
+
+let server: IcapTestServer;
+beforeAll(async () => {
+  server = await startIcapServer({ recordBodies: true });
+});
+afterAll(() => server?.close());
+
+const profile = () => ({ name: 'coverage', poolGroup: server.url(), serviceUri: '/avscan', onLog: () => {} });
+
+let app: FastifyInstance | undefined;
+afterEach(async () => {
+  await app?.close();
+  app = undefined;
+});
+
+function octetParser(a: FastifyInstance) {
+  a.addContentTypeParser('application/octet-stream', { parseAs: 'buffer' }, (_req, body, done) =>
+    done(null, body),
+  );
+}
+
+async function refusal(a: FastifyInstance): Promise<UnscannedRouteError> {
+  const err = await a.ready().then(
+    () => null,
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(UnscannedRouteError);
+  expect((err as UnscannedRouteError).code).toBe(UNSCANNED_ROUTE);
+  return err as UnscannedRouteError;
+}
+
+describe('@icapkit/fastify: a route that can receive a body and is not scanned stops start-up', () => {
+  it('a route declared before the plugin on the same (root) context', async () => {
+    app = Fastify();
+    app.post('/early', async () => 'unscanned');
+    app.get('/early-read', async () => 'bodyless: fine');
+    await app.register(icap, profile());
+    app.put('/late', async () => 'scanned');
+    const err = await refusal(app);
+    expect(err.routes).toEqual(['POST /early']);
+    expect(err.message).toContain('POST /early');
+  });
+
+  it('a route declared after a register() that was not awaited (the plugin loads later)', async () => {
+    app = Fastify();
+    app.register(icap, profile());
+    app.post('/no-await', async () => 'unscanned');
+    const err = await refusal(app);
+    expect(err.routes).toEqual(['POST /no-await']);
+  });
+
+  it('a route in a parent context and one in a sibling context of an encapsulated plugin', async () => {
+    app = Fastify();
+    app.patch('/parent', async () => 'unscanned');
+    await app.register(
+      async (uploads) => {
+        await uploads.register(icap, profile());
+        uploads.post('/in', async () => 'scanned');
+      },
+      { prefix: '/uploads' },
+    );
+    await app.register(
+      async (other) => {
+        other.post('/sibling/:id', async () => 'unscanned');
+        other.delete('/sibling', async () => 'unscanned');
+      },
+      { prefix: '/other' },
+    );
+    const err = await refusal(app);
+    expect(err.routes.sort()).toEqual(['DELETE /other/sibling', 'PATCH /parent', 'POST /other/sibling/:id']);
+  });
+
+  it('one route with several methods is named with the methods that carry a body', async () => {
+    app = Fastify();
+    app.route({ method: ['GET', 'POST', 'PUT'], url: '/both', handler: async () => 'x' });
+    await app.register(icap, profile());
+    const err = await refusal(app);
+    expect(err.routes).toEqual(['POST,PUT /both']);
+  });
+
+  it('names each route by its full path, whatever the shape of the route tree', async () => {
+    app = Fastify();
+    app.post('/before', async () => 'x');
+    app.register(
+      async (c) => {
+        c.post('/a/:id', async () => 1);
+        c.put('/b/*', async () => 1);
+        c.post('/b/:x/y(^\\d+)z', async () => 1);
+        c.post('/sibling/:id', async () => 1);
+        c.delete('/sibling', async () => 1);
+        c.post('/', async () => 1);
+      },
+      { prefix: '/p' },
+    );
+    app.get('/g', async () => 1);
+    app.post('/*', async () => 1);
+    await app.register(icap, profile());
+    app.post('/after', async () => 'scanned');
+    const err = await refusal(app);
+    expect(err.routes.sort()).toEqual(
+      [
+        'POST /before',
+        'POST /p',
+        'POST /p/',
+        'POST /p/a/:id',
+        'PUT /p/b/*',
+        'POST /p/b/:x/y(^\\d+)z',
+        'DELETE /p/sibling',
+        'POST /p/sibling/:id',
+        'POST /*',
+      ].sort(),
+    );
+  });
+
+  it("unscannedRoutes: 'warn' starts, and warns naming the route (log and process warning)", async () => {
+    const logs: string[] = [];
+    const warnings: Error[] = [];
+    const onWarning = (w: Error) => warnings.push(w);
+    process.on('warning', onWarning);
+    try {
+      app = Fastify({
+        logger: { level: 'warn', stream: { write: (line: string) => void logs.push(line) } },
+      });
+      octetParser(app);
+      app.post('/early', async () => 'unscanned');
+      await app.register(icap, { ...profile(), unscannedRoutes: 'warn' });
+      await app.listen({ port: 0, host: '127.0.0.1' });
+      const deadline = Date.now() + 5_000;
+      while (
+        !warnings.some((w) => (w as { code?: string }).code === UNSCANNED_ROUTE) &&
+        Date.now() < deadline
+      )
+        await new Promise((r) => setTimeout(r, 10));
+      const warning = warnings.find((w) => (w as { code?: string }).code === UNSCANNED_ROUTE);
+      expect(warning?.message).toContain('POST /early');
+      expect(logs.some((l) => l.includes(UNSCANNED_ROUTE) && l.includes('POST /early'))).toBe(true);
+    } finally {
+      process.off('warning', onWarning);
+    }
+  });
+
+  it('starts when every route with a body is scanned or opted out, in any context below the plugin', async () => {
+    app = Fastify();
+    app.get('/before', async () => 'bodyless');
+    await app.register(icap, profile());
+    app.post('/a', async () => 'scanned');
+    app.post('/webhook', { config: { icap: false } }, async () => 'opted out');
+    await app.register(
+      async (child) => {
+        child.put('/b/*', async () => 'scanned');
+        child.register(async (grandchild) => {
+          grandchild.post('/c/:id', async () => 'scanned');
+        });
+      },
+      { prefix: '/child' },
+    );
+    await app.ready();
+    expect(unscannedRoutes(app)).toEqual([]);
+  });
+});
+
+describe('@icapkit/fastify: not-found handlers', () => {
+  it('a not-found handler that reads the body gets only a scanned body (EICAR: 403, clean: the handler)', async () => {
+    const seen: unknown[] = [];
+    app = Fastify();
+    await app.register(icap, profile());
+    octetParser(app);
+    app.setNotFoundHandler(async (req, reply) => {
+      seen.push(req.body);
+      return reply.code(404).send({ missing: req.url });
+    });
+    await app.listen({ port: 0, host: '127.0.0.1' });
+    const url = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`;
+    const headers = { 'content-type': 'application/octet-stream' };
+    const before = server.requests.length;
+    const blocked = await send(url, '/nowhere', { body: eicar(), headers });
+    expect(blocked.status).toBe(403);
+    expect(seen).toEqual([]);
+    const clean = await send(url, '/nowhere', { body: 'clean bytes', headers });
+    expect(clean.status).toBe(404);
+    expect(seen.map((b) => Buffer.from(b as Buffer).toString())).toEqual(['clean bytes']);
+    const scanned = server.requests.slice(before).filter((r) => r.method === 'REQMOD');
+    expect(scanned.map((r) => r.body?.toString('latin1'))).toEqual([
+      eicar().toString('latin1'),
+      'clean bytes',
+    ]);
+  });
+
+  it('a not-found handler in a child context of the plugin is scanned too; config icap false opts one out', async () => {
+    app = Fastify();
+    await app.register(icap, profile());
+    octetParser(app);
+    await app.register(
+      async (child) => {
+        child.setNotFoundHandler(async (_req, reply) => reply.code(404).send('child'));
+      },
+      { prefix: '/scanned' },
+    );
+    await app.register(
+      async (child) => {
+        child.setNotFoundHandler({ config: { icap: false } } as never, async (_req, reply) =>
+          reply.code(404).send('not scanned'),
+        );
+      },
+      { prefix: '/optout' },
+    );
+    await app.listen({ port: 0, host: '127.0.0.1' });
+    const url = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`;
+    const headers = { 'content-type': 'application/octet-stream' };
+    expect((await send(url, '/scanned/x', { body: eicar(), headers })).status).toBe(403);
+    const before = server.requests.length;
+    const out = await send(url, '/optout/x', { body: eicar(), headers });
+    expect({ status: out.status, text: out.text }).toEqual({ status: 404, text: 'not scanned' });
+    expect(server.requests.slice(before).filter((r) => r.method === 'REQMOD')).toEqual([]);
+  });
+
+  it('routes are scanned once (the not-found hook does nothing for them)', async () => {
+    app = Fastify();
+    await app.register(icap, profile());
+    octetParser(app);
+    app.post('/upload', async (req) => ({ length: (req.body as Buffer).length }));
+    await app.listen({ port: 0, host: '127.0.0.1' });
+    const url = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`;
+    const before = server.requests.length;
+    const r = await send(url, '/upload', {
+      body: 'one scan',
+      headers: { 'content-type': 'application/octet-stream' },
+    });
+    expect(r.status).toBe(200);
+    expect(server.requests.slice(before).filter((q) => q.method === 'REQMOD')).toHaveLength(1);
+  });
+});
