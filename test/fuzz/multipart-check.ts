@@ -120,6 +120,7 @@ export async function exchange(app: App, icap: IcapTestServer, w: Wire): Promise
       parsed = await parseAll(delivered.body, delivered.contentType, phase);
       for (const p of parsed) {
         for (const item of p.items) {
+          if (!Buffer.isBuffer(item.content)) item.content = String(item.content ?? '');
           if (hasEicar(item.content)) violations.push(`${p.parser} extracted EICAR: ${showItem(item)}`);
           else if (!contains(scanned, item.content))
             violations.push(`${p.parser} extracted content nobody scanned: ${showItem(item)}`);

@@ -90,9 +90,8 @@ function describe(err: unknown): string {
   return String(err);
 }
 
-function collect(stream: NodeJS.ReadableStream): Promise<Buffer> {
+function collect(stream: NodeJS.ReadableStream, chunks: Buffer[] = []): Promise<Buffer> {
   return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
     stream.on('data', (c: Buffer) => chunks.push(c));
     stream.on('end', () => resolve(Buffer.concat(chunks)));
     stream.on('error', reject);
@@ -113,7 +112,7 @@ export function parseWithMulter(body: Buffer, contentType: string | undefined): 
     });
     for (const [name, value] of Object.entries(req.body ?? {})) {
       for (const v of Array.isArray(value) ? value : [value])
-        items.push({ kind: 'field', name, content: String(v) });
+        items.push({ kind: 'field', name, content: v === undefined ? '' : String(v) });
     }
     for (const f of req.files ?? [])
       items.push({ kind: 'file', name: f.fieldname, fileName: f.originalname, content: f.buffer });
@@ -127,16 +126,24 @@ export function parseWithFastifyBusboy(body: Buffer, contentType: string | undef
     const bb = new FastifyBusboy({ headers: req.headers as never });
     const pending: Array<Promise<void>> = [];
     await new Promise<void>((resolve, reject) => {
-      bb.on('field', (name: string, value: string) => {
-        items.push({ kind: 'field', name, content: value });
+      bb.on('field', (name: string, value: string | undefined) => {
+        // A charset the parser cannot decode gives undefined: nothing extracted.
+        items.push({ kind: 'field', name, content: value ?? '' });
       });
       bb.on('file', (name: string, stream: NodeJS.ReadableStream, fileName: string) => {
         const item: Extracted = { kind: 'file', name, fileName, content: Buffer.alloc(0) };
         items.push(item);
+        // Errors of the file stream are the parser's error too (reported through 'error').
+        const chunks: Buffer[] = [];
         pending.push(
-          collect(stream).then((data) => {
-            item.content = data;
-          }),
+          collect(stream, chunks).then(
+            (data) => {
+              item.content = data;
+            },
+            () => {
+              item.content = Buffer.concat(chunks);
+            },
+          ),
         );
       });
       bb.on('error', reject);
@@ -195,16 +202,23 @@ export function parseWithBusboy(body: Buffer, contentType: string | undefined): 
     const bb = busboy({ headers: req.headers });
     const pending: Array<Promise<void>> = [];
     await new Promise<void>((resolve, reject) => {
-      bb.on('field', (name, value) => {
-        items.push({ kind: 'field', name, content: value });
+      bb.on('field', (name, value: string | undefined) => {
+        items.push({ kind: 'field', name, content: value ?? '' });
       });
       bb.on('file', (name, stream, info) => {
         const item: Extracted = { kind: 'file', name, fileName: info.filename, content: Buffer.alloc(0) };
         items.push(item);
+        // Errors of the file stream are the parser's error too (reported through 'error').
+        const chunks: Buffer[] = [];
         pending.push(
-          collect(stream).then((data) => {
-            item.content = data;
-          }),
+          collect(stream, chunks).then(
+            (data) => {
+              item.content = data;
+            },
+            () => {
+              item.content = Buffer.concat(chunks);
+            },
+          ),
         );
       });
       bb.on('error', reject);
