@@ -150,7 +150,10 @@ export class MultipartParser {
     const buf = this.#buf;
     const have = Math.min(buf.length, d.length);
     if (!buf.subarray(0, have).equals(d.subarray(0, have)))
-      throw multipartError(400, 'multipart body does not start with its boundary (data before the first part)');
+      throw multipartError(
+        400,
+        'multipart body does not start with its boundary (data before the first part)',
+      );
     if (buf.length < d.length + 2) {
       if (atEnd && buf.length > 0)
         throw multipartError(400, 'multipart body does not end with its closing boundary (truncated)');
@@ -180,7 +183,8 @@ export class MultipartParser {
   }
 
   #beginPart(): void {
-    if (++this.#parts > this.#limits.parts) throw multipartError(413, `more than ${this.#limits.parts} parts`);
+    if (++this.#parts > this.#limits.parts)
+      throw multipartError(413, `more than ${this.#limits.parts} parts`);
     this.#state = 'headers';
     this.#headerBytes = 0;
     this.#headerLines = [];
@@ -195,7 +199,10 @@ export class MultipartParser {
         if (this.#headerBytes + buf.length > limits.headerSize)
           throw multipartError(413, `part headers larger than ${limits.headerSize} bytes`);
         if (atEnd)
-          throw multipartError(400, 'multipart body does not end with its closing boundary (truncated in part headers)');
+          throw multipartError(
+            400,
+            'multipart body does not end with its closing boundary (truncated in part headers)',
+          );
         return false;
       }
       this.#headerBytes += lf + 1;
@@ -224,7 +231,8 @@ export class MultipartParser {
       if (line[0] === ' ' || line[0] === '\t')
         throw multipartError(400, 'a part header is folded over more than one line (obsolete line folding)');
       const m = /^([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*(.*?)[ \t]*$/s.exec(line);
-      if (m === null) throw multipartError(400, `a part header is malformed: ${JSON.stringify(line.slice(0, 60))}`);
+      if (m === null)
+        throw multipartError(400, `a part header is malformed: ${JSON.stringify(line.slice(0, 60))}`);
       const name = m[1]!.toLowerCase();
       const value = m[2]!;
       // Control characters (NUL, DEL...) other than HTAB have no business in a header value.
@@ -239,7 +247,8 @@ export class MultipartParser {
     if (dispValue === undefined) throw multipartError(400, 'a part has no Content-Disposition header');
     const disp: Disposition | string = parseDisposition(dispValue);
     if (typeof disp === 'string') throw multipartError(400, `a part header is malformed: ${disp}`);
-    if (disp.name === undefined) throw multipartError(400, 'a part has no name (Content-Disposition without name=)');
+    if (disp.name === undefined)
+      throw multipartError(400, 'a part has no name (Content-Disposition without name=)');
     if (disp.name.length > limits.fieldNameSize)
       throw multipartError(413, `a field name is longer than the allowed ${limits.fieldNameSize} bytes`);
     const contentType = seen.get('content-type');

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { PassThrough, Readable } from 'node:stream';
 import { BodyStore } from './body.js';
-import { multipartError, type PartHead, type ParseEvent, MultipartParser } from './multipart-parser.js';
+import { MultipartParser, multipartError, type ParseEvent, type PartHead } from './multipart-parser.js';
 import { boundaryFrom, type MediaType, parseMediaType, SyntaxProblem } from './multipart-syntax.js';
 import type { ResolvedMultipartLimits } from './profile.js';
 
@@ -173,7 +173,10 @@ export async function validateMultipart(
 }
 
 /** The next chunk, or the signal's reason once it is aborted (a stalled body does not hold the parse). */
-function nextOrAbort(source: AsyncIterator<Buffer>, signal: AbortSignal | undefined): Promise<IteratorResult<Buffer>> {
+function nextOrAbort(
+  source: AsyncIterator<Buffer>,
+  signal: AbortSignal | undefined,
+): Promise<IteratorResult<Buffer>> {
   if (signal === undefined) return source.next();
   if (signal.aborted) return Promise.reject(signal.reason);
   return new Promise((resolve, reject) => {
@@ -227,7 +230,8 @@ export function freshBoundary(): string {
 
 /**
  * The form the application gets: `parts` in order, each with regenerated part headers
- * (Content-Disposition form-data with name and filename, the Content-Type as sent) and its
+ * (Content-Disposition form-data with name and filename, the Content-Type as sent, for a file
+ * application/octet-stream when it had none) and its
  * own or replacement content, under a fresh boundary. Its length is known in advance.
  */
 export function canonicalForm(parts: RebuiltPart[], boundary = freshBoundary()): CanonicalForm {
@@ -239,9 +243,12 @@ export function canonicalForm(parts: RebuiltPart[], boundary = freshBoundary()):
   };
   for (const { part, content } of parts) {
     let head = `--${boundary}\r\nContent-Disposition: form-data; name="${escapeQuoted(part.head.nameBytes)}"`;
-    if (part.head.fileNameBytes !== undefined) head += `; filename="${escapeQuoted(part.head.fileNameBytes)}"`;
+    if (part.head.fileNameBytes !== undefined)
+      head += `; filename="${escapeQuoted(part.head.fileNameBytes)}"`;
     head += '\r\n';
+    // A file without a Content-Type is a field to formidable: give it one, so every parser agrees.
     if (part.head.contentType !== undefined) head += `Content-Type: ${part.head.contentType}\r\n`;
+    else if (part.kind === 'file') head += 'Content-Type: application/octet-stream\r\n';
     // Byte strings: latin1 writes each char back as the byte it was read from.
     add(Buffer.from(`${head}\r\n`, 'latin1'));
     if (content !== undefined) {

@@ -393,9 +393,12 @@ export class IcapEngine {
       // Fail-open never hands over a form the strict parser did not read to its end: per-file
       // mode only passes forms it serialised itself; whole mode waits for the check.
       let canReplay = !perFile;
-      if (formCheck !== null && !CLIENT_SIDE.has(error.code) && store?.ended && store.error === undefined) {
-        const problem = await formCheck;
-        if (problem !== undefined) error = problem;
+      if (formCheck !== null && !CLIENT_SIDE.has(error.code) && p.failAction === 'fail-open' && store !== null) {
+        await store.whenEnded();
+        if (store.ended && !store.exceeded && store.error === undefined) {
+          const problem = await formCheck;
+          if (problem !== undefined) error = problem;
+        }
       }
       log.error_code = error.code;
       log.error_message = error.message;
