@@ -41,7 +41,7 @@ export interface ParseResult {
 }
 
 /** Each parser's time limit (they are given a complete body, so only a bug could make them wait). */
-const PARSE_DEADLINE_MS = 5_000;
+const PARSE_DEADLINE_MS = 2_000;
 
 /** A request as the framework hands it to a parser: an IncomingMessage carrying `body`. */
 function fakeRequest(body: Buffer, contentType: string | undefined): IncomingMessage {

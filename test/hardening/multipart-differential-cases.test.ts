@@ -80,6 +80,12 @@ const CASES: Case[] = [
     body: `--${B}\r\nContent-Transfer-Encoding: 7bit\r\nContent-Disposition: form-data; name="f0"\r\n\r\nclean\r\n--${B}--\r\n`,
   },
   {
+    name: 'a field with Content-Transfer-Encoding: 8bit',
+    found: 'formidable builds a StringDecoder("8bit"): an unhandled rejection (a koa-body app exits)',
+    contentType: CT,
+    body: `--${B}\r\nContent-Disposition: form-data; name="f0"\r\nContent-Transfer-Encoding: 8bit\r\n\r\nclean\r\n--${B}--\r\n`,
+  },
+  {
     name: 'a quoted-printable field',
     found: 'formidable builds a StringDecoder("quoted-printable"): an unhandled rejection',
     contentType: CT,
