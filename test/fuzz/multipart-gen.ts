@@ -118,21 +118,23 @@ function headersArb(wild: number): fc.Arbitrary<string[]> {
         wild,
         fc.constantFrom<string | null>(
           null,
+          null,
           'text/plain',
           'text/plain; charset=utf-8',
+          'text/plain; charset=latin1',
           'application/octet-stream',
         ),
         fc.constantFrom<string | null>(
-          'text/plain; charset=latin1',
           'text/plain; charset=x-unknown-42',
           'text/plain; charset=utf-16be',
           'multipart/mixed; boundary=Zq9',
         ),
       ),
+      // 7bit, 8bit and binary are identity encodings (RFC 2045), legal where any is.
       cte: maybe(
         wild,
-        fc.constant<string | null>(null),
-        fc.constantFrom<string | null>('base64', 'BASE64', 'quoted-printable', '7bit', 'binary'),
+        fc.constantFrom<string | null>(null, null, null, null, null, null, null, '7bit', '8bit', 'binary'),
+        fc.constantFrom<string | null>('base64', 'BASE64', 'quoted-printable', '7BIT', 'x-custom'),
       ),
       extras: maybe(
         wild,
