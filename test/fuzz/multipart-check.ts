@@ -13,7 +13,9 @@
  * - an item some parser extracted whose content is in no scanned body (as bytes; a string as
  *   its UTF-8 bytes, its Latin-1 bytes when it has no code point above U+00FF, or as a part of
  *   a scanned body decoded as UTF-8, invalid sequences included); empty content needs no scan;
- * - EICAR in any extracted item.
+ * - EICAR in any extracted item;
+ * - a parser that crashes on the delivered bytes (formidable rejects a promise nobody awaits on
+ *   some part headers: the application exits).
  */
 import { eicar, type IcapTestServer } from '@icapkit/testing';
 import type { App } from '../conformance/apps.js';
@@ -119,6 +121,8 @@ export async function exchange(app: App, icap: IcapTestServer, w: Wire): Promise
       delivered = { body: seen.raw, contentType: Array.isArray(ct) ? ct.join(', ') : ct };
       parsed = await parseAll(delivered.body, delivered.contentType, phase);
       for (const p of parsed) {
+        if (p.crash !== undefined)
+          violations.push(`${p.parser} crashed on the delivered bytes (an unhandled rejection): ${p.crash}`);
         for (const item of p.items) {
           if (!Buffer.isBuffer(item.content)) item.content = String(item.content ?? '');
           if (hasEicar(item.content)) violations.push(`${p.parser} extracted EICAR: ${showItem(item)}`);

@@ -218,7 +218,7 @@ function modelArb(wild: number): fc.Arbitrary<BodyModel> {
         fc.constant('multipart/form-data'),
         fc.constantFrom('Multipart/Form-Data', 'multipart/mixed', 'multipart/related'),
       ),
-      main: maybe(
+      main: maybe<string[]>(
         wild,
         fc.constantFrom([`boundary=${MAIN}`], [`boundary="${MAIN}"`]),
         fc.constantFrom([`boundary = ${MAIN}`], [`BOUNDARY=${MAIN}`], [`boundary="${MAIN}" `], []),

@@ -38,6 +38,11 @@ export interface ParseResult {
   parser: ParserName;
   items: Extracted[];
   error: string | null;
+  /**
+   * A rejection the parser leaves unhandled (an application using it exits, Node's default):
+   * formidable's part handler is async and nobody awaits it.
+   */
+  crash?: string | undefined;
 }
 
 /** Each parser's time limit (they are given a complete body, so only a bug could make them wait). */
@@ -64,11 +69,11 @@ function withDeadline(parser: ParserName, run: (items: Extracted[]) => Promise<v
   const items: Extracted[] = [];
   return new Promise<ParseResult>((resolve) => {
     let settled = false;
-    const settle = (error: string | null) => {
+    const settle = (error: string | null, crash?: string) => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
-      resolve({ parser, items: [...items], error });
+      resolve({ parser, items: [...items], error, ...(crash === undefined ? {} : { crash }) });
     };
     const timer = setTimeout(() => settle(`no end within ${PARSE_DEADLINE_MS} ms`), PARSE_DEADLINE_MS);
     let p: Promise<void>;
@@ -80,10 +85,13 @@ function withDeadline(parser: ParserName, run: (items: Extracted[]) => Promise<v
     }
     p.then(
       () => settle(null),
-      (err: unknown) => settle(describe(err)),
+      (err: unknown) =>
+        err instanceof ParserCrash ? settle(`crashed: ${err.message}`, err.message) : settle(describe(err)),
     );
   });
 }
+
+class ParserCrash extends Error {}
 
 function describe(err: unknown): string {
   if (err instanceof Error) return `${err.name}: ${err.message}`;
@@ -189,10 +197,24 @@ export function parseWithFormidable(body: Buffer, contentType: string | undefine
       item.name = name;
       item.fileName = (file as { originalFilename?: string | null }).originalFilename ?? undefined;
     });
+    // formidable calls its async part handler without awaiting it: a rejection there is
+    // unhandled in an application. Observed here (and so handled) to report it at once.
+    const internals = form as unknown as {
+      _handlePart(part: unknown): Promise<void>;
+      onPart(part: unknown): void;
+    };
+    let crashed: (reason: string) => void = () => {};
+    const crash = new Promise<never>((_resolve, reject) => {
+      crashed = (reason) => reject(new ParserCrash(reason));
+    });
+    crash.catch(() => {});
+    internals.onPart = (part: unknown) => {
+      internals._handlePart(part).catch((err: unknown) => crashed(describe(err)));
+    };
     form.on('field', (name: string, value: string) => {
       items.push({ kind: 'field', name, content: value });
     });
-    await form.parse(req);
+    await Promise.race([form.parse(req), crash]);
   });
 }
 

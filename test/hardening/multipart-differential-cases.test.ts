@@ -145,23 +145,30 @@ const profile = (multipart: 'per-file' | 'whole'): IcapProfile => ({
 });
 
 describe.each(MODES)('multipart differential cases, %s mode', (mode) => {
-  it.each(FRAMEWORKS)('%s: every case is refused or delivers only scanned content to all five parsers', async (framework) => {
-    const app = await startCaptureApp(framework, profile(mode));
-    try {
-      const failures: string[] = [];
-      for (const c of CASES) {
-        const before = crashes.length;
-        const o = await exchange(app, icap, { contentType: c.contentType, body: Buffer.from(c.body, 'latin1') });
-        const crashed = crashes.slice(before);
-        if (o.violations.length > 0 || crashed.length > 0)
-          failures.push(`${c.name} (found: ${c.found})\n${showOutcome(o)}\n${crashed.join('\n')}`);
-        if (c.found === '(control case)' && o.status !== 200) failures.push(`control case: status ${o.status}`);
+  it.each(FRAMEWORKS)(
+    '%s: every case is refused or delivers only scanned content to all five parsers',
+    async (framework) => {
+      const app = await startCaptureApp(framework, profile(mode));
+      try {
+        const failures: string[] = [];
+        for (const c of CASES) {
+          const before = crashes.length;
+          const o = await exchange(app, icap, {
+            contentType: c.contentType,
+            body: Buffer.from(c.body, 'latin1'),
+          });
+          const crashed = crashes.slice(before);
+          if (o.violations.length > 0 || crashed.length > 0)
+            failures.push(`${c.name} (found: ${c.found})\n${showOutcome(o)}\n${crashed.join('\n')}`);
+          if (c.found === '(control case)' && o.status !== 200)
+            failures.push(`control case: status ${o.status}`);
+        }
+        expect(failures, failures.join('\n\n')).toEqual([]);
+      } finally {
+        await app.close();
       }
-      expect(failures, failures.join('\n\n')).toEqual([]);
-    } finally {
-      await app.close();
-    }
-  });
+    },
+  );
 });
 
 // ---------------------------------------------------------------- the 97-byte request
@@ -174,7 +181,11 @@ function post1(url: string, path: string, body: string, contentType: string): Pr
   return new Promise((resolve) => {
     const req = h1request(new URL(path, url), {
       method: 'POST',
-      headers: { 'content-type': contentType, 'content-length': Buffer.byteLength(body), connection: 'close' },
+      headers: {
+        'content-type': contentType,
+        'content-length': Buffer.byteLength(body),
+        connection: 'close',
+      },
       timeout: 10_000,
     });
     req.on('response', (res) => {
@@ -197,41 +208,43 @@ const VARIANTS: Array<{ framework: Framework; http2: boolean }> = [
 ];
 
 describe('the 97-byte request (a file part without a name)', () => {
-  it.each(VARIANTS)('$framework (http2: $http2): 400, the handler never runs, and the process keeps serving', async ({
-    framework,
-    http2,
-  }) => {
-    expect(Buffer.byteLength(NAMELESS)).toBe(97);
-    let app: App | undefined;
-    try {
-      app = await startApp(framework, profile('per-file'), { http2 });
-      const before = crashes.length;
-      const first = http2
-        ? (
-            await send(app.url, '/multipart', {
-              body: NAMELESS,
-              headers: { 'content-type': 'multipart/form-data; boundary=b' },
-              http2: true,
-            })
-          ).status
-        : await post1(app.url, '/multipart', NAMELESS, 'multipart/form-data; boundary=b');
-      expect(first).toBe(400);
-      expect(app.seen.filter((s) => s.route === 'multipart')).toEqual([]);
-      // The process keeps serving: a well-formed upload on a new connection is scanned and handled.
-      const form =
-        '--b\r\nContent-Disposition: form-data; name="doc"; filename="a.txt"\r\nContent-Type: text/plain\r\n\r\nhello\r\n--b--\r\n';
-      const second = await send(app.url, '/multipart', {
-        body: form,
-        headers: { 'content-type': 'multipart/form-data; boundary=b' },
-        http2,
-      });
-      expect(second.status).toBe(200);
-      const seen = app.seen.filter((s) => s.route === 'multipart');
-      expect(seen).toHaveLength(1);
-      expect(seen[0]!.files?.map((f) => [f.field, f.name, f.data.toString()])).toEqual([['doc', 'a.txt', 'hello']]);
-      expect(crashes.slice(before)).toEqual([]);
-    } finally {
-      await app?.close();
-    }
-  });
+  it.each(VARIANTS)(
+    '$framework (http2: $http2): 400, the handler never runs, and the process keeps serving',
+    async ({ framework, http2 }) => {
+      expect(Buffer.byteLength(NAMELESS)).toBe(97);
+      let app: App | undefined;
+      try {
+        app = await startApp(framework, profile('per-file'), { http2 });
+        const before = crashes.length;
+        const first = http2
+          ? (
+              await send(app.url, '/multipart', {
+                body: NAMELESS,
+                headers: { 'content-type': 'multipart/form-data; boundary=b' },
+                http2: true,
+              })
+            ).status
+          : await post1(app.url, '/multipart', NAMELESS, 'multipart/form-data; boundary=b');
+        expect(first).toBe(400);
+        expect(app.seen.filter((s) => s.route === 'multipart')).toEqual([]);
+        // The process keeps serving: a well-formed upload on a new connection is scanned and handled.
+        const form =
+          '--b\r\nContent-Disposition: form-data; name="doc"; filename="a.txt"\r\nContent-Type: text/plain\r\n\r\nhello\r\n--b--\r\n';
+        const second = await send(app.url, '/multipart', {
+          body: form,
+          headers: { 'content-type': 'multipart/form-data; boundary=b' },
+          http2,
+        });
+        expect(second.status).toBe(200);
+        const seen = app.seen.filter((s) => s.route === 'multipart');
+        expect(seen).toHaveLength(1);
+        expect(seen[0]!.files?.map((f) => [f.field, f.name, f.data.toString()])).toEqual([
+          ['doc', 'a.txt', 'hello'],
+        ]);
+        expect(crashes.slice(before)).toEqual([]);
+      } finally {
+        await app?.close();
+      }
+    },
+  );
 });
