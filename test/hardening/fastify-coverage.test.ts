@@ -1,10 +1,11 @@
 /**
  * Fastify coverage is explicit: every route that can receive a body is scanned by
- * @icapkit/fastify, or opted out with `config: { icap: false }`, or the application refuses to
- * start (ICAP_ERR_UNSCANNED_ROUTE naming the route), or, with `unscannedRoutes: 'warn'`, starts
- * with a warning naming it. Routes the plugin cannot reach: declared before it was registered
- * (also by not awaiting `register`), in a parent context, in a sibling context. Not-found
- * handlers, which get no onRoute hook, are scanned in the plugin's context and below.
+ * @icapkit/fastify before any other preParsing hook, or opted out with `config: { icap: false }`,
+ * or the application refuses to start (ICAP_ERR_UNSCANNED_ROUTE naming the route), or, with
+ * `unscannedRoutes: 'warn'`, starts with a warning naming it. The plugin's one context hook
+ * reaches routes of its context (also those declared before it, or after a register() that was
+ * not awaited) and below, and not-found handlers there; it cannot reach a parent or sibling
+ * context, or a child context loaded before it, and hooks added before it run first.
  */
 import type { AddressInfo } from 'node:net';
 import { icap, UNSCANNED_ROUTE, UnscannedRouteError, unscannedRoutes } from '@icapkit/fastify';
@@ -43,26 +44,50 @@ async function refusal(a: FastifyInstance): Promise<UnscannedRouteError> {
   return err as UnscannedRouteError;
 }
 
-describe('@icapkit/fastify: a route that can receive a body and is not scanned stops start-up', () => {
-  it('a route declared before the plugin on the same (root) context', async () => {
-    app = Fastify();
-    app.post('/early', async () => 'unscanned');
-    app.get('/early-read', async () => 'bodyless: fine');
-    await app.register(icap, profile());
-    app.put('/late', async () => 'scanned');
-    const err = await refusal(app);
-    expect(err.routes).toEqual(['POST /early']);
-    expect(err.message).toContain('POST /early');
-  });
+async function listening(a: FastifyInstance): Promise<string> {
+  await a.listen({ port: 0, host: '127.0.0.1' });
+  return `http://127.0.0.1:${(a.server.address() as AddressInfo).port}`;
+}
 
-  it('a route declared after a register() that was not awaited (the plugin loads later)', async () => {
+const OCTETS = { 'content-type': 'application/octet-stream' };
+
+describe("@icapkit/fastify: routes of the plugin's context are scanned, wherever they were declared", () => {
+  it('a route declared before the plugin on the same context, and one after a register() not awaited', async () => {
     app = Fastify();
+    octetParser(app);
+    const seen: string[] = [];
+    app.post('/early', async (req) => {
+      seen.push('early');
+      return { length: (req.body as Buffer).length };
+    });
     app.register(icap, profile());
-    app.post('/no-await', async () => 'unscanned');
-    const err = await refusal(app);
-    expect(err.routes).toEqual(['POST /no-await']);
+    app.post('/no-await', async () => {
+      seen.push('no-await');
+      return 'ok';
+    });
+    const url = await listening(app);
+    expect(unscannedRoutes(app)).toEqual([]);
+    for (const path of ['/early', '/no-await']) {
+      expect((await send(url, path, { body: eicar(), headers: OCTETS })).status, path).toBe(403);
+      expect((await send(url, path, { body: 'clean', headers: OCTETS })).status, path).toBe(200);
+    }
+    expect(seen).toEqual(['early', 'no-await']);
   });
 
+  it('a child context loaded before the plugin registered on the root is scanned too', async () => {
+    app = Fastify();
+    octetParser(app);
+    app.register(async (early) => {
+      early.post('/early-child', async () => 'ok');
+    });
+    await app.register(icap, profile());
+    const url = await listening(app);
+    expect(unscannedRoutes(app)).toEqual([]);
+    expect((await send(url, '/early-child', { body: eicar(), headers: OCTETS })).status).toBe(403);
+  });
+});
+
+describe('@icapkit/fastify: a route that can receive a body and is not scanned first stops start-up', () => {
   it('a route in a parent context and one in a sibling context of an encapsulated plugin', async () => {
     app = Fastify();
     app.patch('/parent', async () => 'unscanned');
@@ -86,10 +111,57 @@ describe('@icapkit/fastify: a route that can receive a body and is not scanned s
 
   it('one route with several methods is named with the methods that carry a body', async () => {
     app = Fastify();
-    app.route({ method: ['GET', 'POST', 'PUT'], url: '/both', handler: async () => 'x' });
-    await app.register(icap, profile());
+    await app.register(async (other) => {
+      other.route({ method: ['GET', 'POST', 'PUT'], url: '/both', handler: async () => 'x' });
+    });
+    await app.register(async (uploads) => {
+      await uploads.register(icap, profile());
+    });
     const err = await refusal(app);
     expect(err.routes).toEqual(['POST,PUT /both']);
+  });
+
+  it('a preParsing hook that runs before the scan (added before the plugin) is named', async () => {
+    app = Fastify();
+    app.addHook('preParsing', async function readsTheBodyFirst(_req, _reply, payload) {
+      return payload;
+    });
+    await app.register(icap, profile());
+    app.addHook('preParsing', async function afterTheScan(_req, _reply, payload) {
+      return payload;
+    });
+    app.post('/upload', { preParsing: [async (_r, _p, payload) => payload] }, async () => 'x');
+    const err = await refusal(app);
+    expect(err.routes).toEqual(['POST /upload (preParsing hook "readsTheBodyFirst" runs before the scan)']);
+  });
+
+  it("hooks added after the plugin and a route's own hooks run after the scan: they get approved bytes", async () => {
+    app = Fastify();
+    await app.register(icap, profile());
+    const order: string[] = [];
+    app.addHook('preParsing', async (req, _reply, payload) => {
+      order.push(`context hook, scanned: ${req.icap?.action}`);
+      return payload;
+    });
+    octetParser(app);
+    app.post(
+      '/upload',
+      {
+        preParsing: [
+          async (req, _reply, payload) => {
+            order.push(`route hook, scanned: ${req.icap?.action}`);
+            return payload;
+          },
+        ],
+      },
+      async () => 'ok',
+    );
+    const url = await listening(app);
+    expect(unscannedRoutes(app)).toEqual([]);
+    expect((await send(url, '/upload', { body: eicar(), headers: OCTETS })).status).toBe(403);
+    expect(order).toEqual([]);
+    expect((await send(url, '/upload', { body: 'clean', headers: OCTETS })).status).toBe(200);
+    expect(order).toEqual(['context hook, scanned: ICAP_PASSED', 'route hook, scanned: ICAP_PASSED']);
   });
 
   it('names each route by its full path, whatever the shape of the route tree', async () => {
@@ -108,8 +180,10 @@ describe('@icapkit/fastify: a route that can receive a body and is not scanned s
     );
     app.get('/g', async () => 1);
     app.post('/*', async () => 1);
-    await app.register(icap, profile());
-    app.post('/after', async () => 'scanned');
+    await app.register(async (uploads) => {
+      await uploads.register(icap, profile());
+      uploads.post('/after', async () => 'scanned');
+    });
     const err = await refusal(app);
     expect(err.routes.sort()).toEqual(
       [
@@ -137,7 +211,9 @@ describe('@icapkit/fastify: a route that can receive a body and is not scanned s
       });
       octetParser(app);
       app.post('/early', async () => 'unscanned');
-      await app.register(icap, { ...profile(), unscannedRoutes: 'warn' });
+      await app.register(async (uploads) => {
+        await uploads.register(icap, { ...profile(), unscannedRoutes: 'warn' });
+      });
       await app.listen({ port: 0, host: '127.0.0.1' });
       const deadline = Date.now() + 5_000;
       while (
