@@ -12,7 +12,6 @@
  *
  * Prints `READY {"port":N}` once listening; stops on SIGTERM/SIGINT.
  */
-import { createHash } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Readable } from 'node:stream';
@@ -23,6 +22,7 @@ import { icap as koaIcap } from '@icapkit/koa';
 import express from 'express';
 import Fastify from 'fastify';
 import Koa from 'koa';
+import { BodyDigest } from './bodies.js';
 import { memOf } from './util.js';
 
 const [framework, icapUrl, service] = process.argv.slice(2);
@@ -36,12 +36,15 @@ function profile(): IcapProfile | null {
   return { name: 'bench', poolGroup: icapUrl, serviceUri: service ?? '/avscan', ...extra };
 }
 
-/** Reads a stream to its end into a SHA-1: the application "uses" every byte it accepted. */
-function digest(stream: Readable): Promise<string> {
+/**
+ * Reads a stream to its end into a SHA-1: the application "uses" every byte it accepted. A
+ * multipart form's boundary (icapkit gives it a fresh one) is replaced by a fixed token first.
+ */
+function digest(stream: Readable, contentType: string | undefined): Promise<string> {
   return new Promise((resolve, reject) => {
-    const h = createHash('sha1');
+    const h = new BodyDigest(contentType);
     stream.on('data', (c: Buffer) => h.update(c));
-    stream.once('end', () => resolve(h.digest('hex')));
+    stream.once('end', () => resolve(h.digest()));
     stream.once('error', reject);
   });
 }
@@ -60,7 +63,7 @@ async function startExpress(p: IcapProfile | null): Promise<{ port: number; clos
   });
   if (mw) app.use(mw);
   app.post('/upload', (req, res, next) => {
-    digest(req).then((d) => res.send(d), next);
+    digest(req, req.headers['content-type']).then((d) => res.send(d), next);
   });
   const server = app.listen(0, '127.0.0.1');
   server.keepAliveTimeout = 60_000;
@@ -80,8 +83,8 @@ async function startFastify(p: IcapProfile | null): Promise<{ port: number; clos
   if (p) await app.register(fastifyIcap, p);
   // Every content type (octet-stream, multipart) goes to the handler as a digest of the raw stream.
   app.removeAllContentTypeParsers();
-  app.addContentTypeParser('*', { bodyLimit: BODY_LIMIT }, (_req, payload, done) => {
-    digest(payload as Readable).then(
+  app.addContentTypeParser('*', { bodyLimit: BODY_LIMIT }, (req, payload, done) => {
+    digest(payload as Readable, req.headers['content-type']).then(
       (d) => done(null, d),
       (err: Error) => done(err),
     );
@@ -110,7 +113,7 @@ async function startKoa(p: IcapProfile | null): Promise<{ port: number; close():
   if (mw) app.use(mw as unknown as Koa.Middleware);
   app.use(async (ctx) => {
     if (ctx.method === 'POST' && ctx.path === '/upload') {
-      ctx.body = await digest(ctx.req as IncomingMessage);
+      ctx.body = await digest(ctx.req as IncomingMessage, ctx.req.headers['content-type']);
       return;
     }
     ctx.status = 404;

@@ -15,6 +15,61 @@ export interface Body {
   sha1: string;
 }
 
+/**
+ * icapkit hands the application a multipart form it serialised again under a fresh random
+ * boundary, so the digest of a form is taken with its boundary (read from the Content-Type the
+ * application got) replaced by this token: the same bytes, whoever chose the boundary.
+ */
+const BOUNDARY_TOKEN = Buffer.from('--icapkit-bench-boundary');
+
+/** The boundary of a multipart Content-Type, if any. */
+export function boundaryOf(contentType: string | undefined): string | undefined {
+  if (contentType === undefined || !/^\s*multipart\//i.test(contentType)) return undefined;
+  return /;\s*boundary="?([^";]+)"?/i.exec(contentType)?.[1];
+}
+
+/** A SHA-1 fed in chunks, with every `--boundary` replaced by one token (streaming, bounded carry). */
+export class BodyDigest {
+  readonly #h = createHash('sha1');
+  readonly #needle: Buffer | undefined;
+  #carry = Buffer.alloc(0);
+
+  constructor(contentType: string | undefined) {
+    const b = boundaryOf(contentType);
+    this.#needle = b === undefined ? undefined : Buffer.from(`--${b}`, 'latin1');
+  }
+
+  update(chunk: Buffer): void {
+    const needle = this.#needle;
+    if (needle === undefined) {
+      this.#h.update(chunk);
+      return;
+    }
+    const buf = this.#carry.length > 0 ? Buffer.concat([this.#carry, chunk]) : chunk;
+    let i = 0;
+    for (let j = buf.indexOf(needle); j !== -1; j = buf.indexOf(needle, i)) {
+      this.#h.update(buf.subarray(i, j));
+      this.#h.update(BOUNDARY_TOKEN);
+      i = j + needle.length;
+    }
+    const keep = Math.max(i, buf.length - needle.length + 1);
+    this.#h.update(buf.subarray(i, keep));
+    this.#carry = Buffer.from(buf.subarray(keep));
+  }
+
+  digest(): string {
+    this.#h.update(this.#carry);
+    return this.#h.digest('hex');
+  }
+}
+
+/** The digest the application answers for `data` sent with `contentType`. */
+export function bodyDigest(data: Buffer, contentType: string | undefined): string {
+  const d = new BodyDigest(contentType);
+  d.update(data);
+  return d.digest();
+}
+
 const KiB = 1024;
 const MiB = 1024 * KiB;
 /** Each file of the multipart body. */
@@ -70,7 +125,7 @@ export async function makeBodies(
       file,
       size: data.length,
       contentType,
-      sha1: createHash('sha1').update(data).digest('hex'),
+      sha1: bodyDigest(data, contentType),
     });
   }
   return { dir, bodies };

@@ -13,14 +13,13 @@
  * --from=FILE: run nothing; render the results saved in FILE (a latest.json) again.
  */
 import { execFileSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { request as httpRequest } from 'node:http';
 import { cpus, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { type Body, type BodyId, makeBodies } from './bodies.js';
+import { type Body, type BodyId, bodyDigest, makeBodies } from './bodies.js';
 import { CICAP_TUNING, type CIcap, cIcapMissing, eicarBytes, groupPids, startCIcap } from './cicap.js';
 import { startTcpCounter, type TcpCounter } from './counter.js';
 import { type LoadResult, type LoadTool, pickTool, runLoad, warmUp } from './load.js';
@@ -451,7 +450,7 @@ async function runCell(env: Env, path: PathDef, cell: CellDef): Promise<CellResu
       // One request first: the application must get exactly the bytes sent.
       const data = await readFile(body.file);
       const check = await post(target, data, body.contentType);
-      const expected = createHash('sha1').update(data).digest('hex');
+      const expected = bodyDigest(data, body.contentType);
       if (check.status !== 200 || check.text !== expected) {
         result.note = `check failed: ${check.status} ${check.text.slice(0, 80)}`;
       }

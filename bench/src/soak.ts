@@ -11,13 +11,13 @@
  * run on their own, so the RSS measured is the application's alone. Prints a markdown report
  * and a `RESULT {json}` line; exits 1 on any wrong verdict.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import { Agent, request as httpRequest } from 'node:http';
 import { cpus } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { multipart } from './bodies.js';
+import { bodyDigest, multipart } from './bodies.js';
 import { eicarBytes } from './cicap.js';
 import { killAllChildren, memOf, sleep, startChild } from './util.js';
 
@@ -219,7 +219,7 @@ async function main(): Promise<void> {
   // Pre-build a pool of bodies per scenario so the driver spends its time sending, not hashing.
   const pool = makers.map((make) => Array.from({ length: 8 }, make));
   const expected = pool.map((list) =>
-    list.map((s) => (s.digestOf ? createHash('sha1').update(s.digestOf).digest('hex') : undefined)),
+    list.map((s) => (s.digestOf ? bodyDigest(s.digestOf, s.headers['content-type']) : undefined)),
   );
   const weights = pool.map((list) => list[0]!.weight);
   const totalWeight = weights.reduce((a, b) => a + b, 0);

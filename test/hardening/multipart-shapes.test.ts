@@ -443,6 +443,59 @@ describe('fail-open, whole mode: the ICAP failure comes before the malformed end
   });
 });
 
+describe('a threat found before the form turns out malformed', () => {
+  it('is not lost: 403 naming it, not 400', async () => {
+    const logs: IcapLog[] = [];
+    const app = await startApp('express5', {
+      name: 'threat-first',
+      poolGroup: icap.url(),
+      serviceUri: '/avscan',
+      onLog: (l) => logs.push(l),
+    });
+    try {
+      // The infected part ends where the clean one begins: both in the first chunk.
+      const infected = part(`${CD('f', 'e.com')}\r\nContent-Type: application/octet-stream`, E) + clean;
+      const rest = `--${B} X-Pad: 1\r\n${CD('g', 'x.txt')}\r\n\r\nmore\r\n${close}`;
+      const head = `POST /multipart HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: ${ct()}\r\nContent-Length: ${infected.length + rest.length}\r\n\r\n`;
+      // The infected part is complete (and scanned) before the malformed delimiter arrives.
+      const r = await rawExchange(app.url, [head, infected, { pause: 700 }, rest], { responses: 1 });
+      expect(r.responses[0]?.status).toBe(403);
+      expect(app.seen).toHaveLength(0);
+      expect(logs[0]).toMatchObject({ action: 'ICAP_BLOCKED', error_code: 'ICAP_ERR_MULTIPART' });
+      expect(logs[0]!.significance).toEqual(expect.arrayContaining(['ICAP_BLOCKED', 'MULTIPART_REFUSED']));
+    } finally {
+      await app.close();
+    }
+  });
+});
+
+describe("multipartFields: 'skip'", () => {
+  it('a field whose name holds filename= is scanned anyway', async () => {
+    const app = await startApp('koa3', {
+      name: 'skip',
+      poolGroup: icap.url(),
+      serviceUri: '/avscan',
+      multipartFields: 'skip',
+    });
+    try {
+      // Serialised as name="x; filename=e.com; ": a regex-based parser could find a file name in it.
+      const sneaky = part('Content-Disposition: form-data; name="x; filename=e.com; "', E) + close;
+      expect(
+        (await send(app.url, '/multipart', { body: sneaky, headers: { 'content-type': ct() } })).status,
+      ).toBe(403);
+      // A plain field is skipped, as the profile says.
+      const plain = part(CD('comment'), 'not scanned') + close;
+      expect(
+        (await send(app.url, '/multipart', { body: plain, headers: { 'content-type': ct() } })).status,
+      ).toBe(200);
+      expect(scanned().some((b) => b.toString() === 'not scanned')).toBe(false);
+      expect(app.seen[0]!.fields).toMatchObject({ comment: 'not scanned' });
+    } finally {
+      await app.close();
+    }
+  });
+});
+
 describe('otherMultipart: whole', () => {
   it('scans multipart/mixed as raw bytes when the profile says so (EICAR found, clean passes)', async () => {
     const app = await startApp('express5', {

@@ -124,7 +124,12 @@ export async function parseMultipart(
         current = { part, pipe };
         onPart(part);
       } else if (e.type === 'data') {
-        if (current !== undefined && !current.pipe.write(e.data)) await drained(current.pipe);
+        if (current !== undefined && !current.pipe.write(e.data)) {
+          // The store takes more once its temp file caught up; a store that failed (spool
+          // error) never will: its end settles the wait, and its error ends the parse.
+          await Promise.race([drained(current.pipe), current.part.done]);
+          if (current.part.store.error !== undefined) throw current.part.store.error;
+        }
       } else if (e.type === 'end-part') {
         current?.pipe.end();
         current = undefined;

@@ -393,7 +393,12 @@ export class IcapEngine {
       // Fail-open never hands over a form the strict parser did not read to its end: per-file
       // mode only passes forms it serialised itself; whole mode waits for the check.
       let canReplay = !perFile;
-      if (formCheck !== null && !CLIENT_SIDE.has(error.code) && p.failAction === 'fail-open' && store !== null) {
+      if (
+        formCheck !== null &&
+        !CLIENT_SIDE.has(error.code) &&
+        p.failAction === 'fail-open' &&
+        store !== null
+      ) {
         await store.whenEnded();
         if (store.ended && !store.exceeded && store.error === undefined) {
           const problem = await formCheck;
@@ -666,6 +671,27 @@ export class IcapEngine {
     const disposeParts = () => {
       for (const part of parts) part.store.dispose();
     };
+    /** 403 naming the first infected part. */
+    const blockedPart = (first: PartResult, clientHeaders: Array<[string, string]> = []): ScanOutcome => {
+      log.significance.push('ICAP_BLOCKED');
+      const response = buildResponse('blocked', facts.headers.get('accept'), {
+        threat: first.verdict?.threat_id,
+        fileName: first.part.fileName ?? first.part.field,
+        requestId: options.requestId,
+      });
+      return {
+        ...base('ICAP_BLOCKED', log, first.verdict?.threat_id, clientHeaders, () => {
+          store.dispose();
+          replay.dispose();
+        }),
+        kind: 'respond',
+        status: response.status,
+        headers: [...response.headers, ...clientHeaders],
+        body: response.body,
+        // The rest of a malformed form may not have been read.
+        closeConnection: !store.ended,
+      };
+    };
     try {
       await parseMultipart(
         contentType,
@@ -684,8 +710,20 @@ export class IcapEngine {
       );
     } catch (err) {
       local.abort(err);
-      await Promise.allSettled(scans);
+      const done = await Promise.allSettled(scans);
       disposeParts();
+      // A threat already found is not lost to a malformed rest of the form: 403, not 400.
+      const threat = done.find(
+        (r): r is PromiseFulfilledResult<PartResult> =>
+          r.status === 'fulfilled' && r.value.type === 'blocked',
+      );
+      if (threat !== undefined && err instanceof IcapError && err.code === IcapErrorCodes.MULTIPART) {
+        log.file_names = parts.filter((x) => x.kind === 'file').map((x) => x.fileName ?? '');
+        log.significance.push('MULTIPART_REFUSED');
+        log.error_code = err.code;
+        log.error_message = err.message;
+        return blockedPart(threat.value);
+      }
       throw err;
     } finally {
       signal.removeEventListener('abort', onAbort);
@@ -713,25 +751,8 @@ export class IcapEngine {
 
     const blocked = results.filter((r) => r.type === 'blocked');
     if (blocked.length > 0 && p.infectedPartAction === 'block') {
-      const first = blocked[0]!;
-      log.significance.push('ICAP_BLOCKED');
       disposeParts();
-      const response = buildResponse('blocked', facts.headers.get('accept'), {
-        threat: first.verdict?.threat_id,
-        fileName: first.part.fileName ?? first.part.field,
-        requestId: options.requestId,
-      });
-      return {
-        ...base('ICAP_BLOCKED', log, first.verdict?.threat_id, clientHeaders, () => {
-          store.dispose();
-          replay.dispose();
-        }),
-        kind: 'respond',
-        status: response.status,
-        headers: [...response.headers, ...clientHeaders],
-        body: response.body,
-        closeConnection: false,
-      };
+      return blockedPart(blocked[0]!, clientHeaders);
     }
     const failed = results.filter((r) => r.type === 'failed');
     if (failed.length > 0) {
@@ -1226,8 +1247,9 @@ const FORM_HEADERS_REPLACED = new Set([
 
 /**
  * Whether a part is scanned: files always; fields unless `multipartFields: 'skip'`, and even
- * then a field whose name holds `filename` (formidable finds `filename=` anywhere in the
- * Content-Disposition, so it could make a file of it).
+ * then a field whose name holds `filename` (a parser that finds `filename=` with a regex over
+ * the whole Content-Disposition value could make a file of it; formidable 3.5 does not, but
+ * the cost of scanning such a field is nil).
  */
 function mustScanPart(part: Part, fields: 'scan' | 'skip'): boolean {
   if (part.kind === 'file' || fields === 'scan') return true;

@@ -1,8 +1,11 @@
+import { tmpdir } from 'node:os';
+import busboy from 'busboy';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { IcapError } from '../../src/client/errors.js';
-import { boundaryOf } from '../../src/engine/multipart.js';
+import { boundaryOf, canonicalForm, parseMultipart } from '../../src/engine/multipart.js';
 import { MultipartParser } from '../../src/engine/multipart-parser.js';
+import { resolveProfile } from '../../src/engine/profile.js';
 
 const LIMITS = {
   files: 20,
@@ -324,6 +327,96 @@ describe('strict multipart parser: chunking does not matter', () => {
         for (const p of r.parts) expect(p.data).not.toMatch(/(^|[\r\n])--bnd/);
       }),
       { numRuns: 2000 },
+    );
+  });
+});
+
+describe('canonical form', () => {
+  const limits = { ...LIMITS };
+  async function* chunks(body: Buffer, size: number) {
+    for (let i = 0; i < body.length; i += size) yield body.subarray(i, i + size);
+  }
+  async function readAll(s: NodeJS.ReadableStream): Promise<Buffer> {
+    const out: Buffer[] = [];
+    for await (const c of s) out.push(c as Buffer);
+    return Buffer.concat(out);
+  }
+
+  it('re-serialises what was parsed (names, file names, content types, bytes) under a fresh boundary; busboy reads the same', async () => {
+    const body = form(
+      file(
+        'Content-Disposition: form-data; name="t"\r\nContent-Type: text/plain; charset=utf-16be',
+        '\xff\x00a',
+      ),
+      file(
+        'Content-Disposition: form-data; name=doc; filename="r\xc3\xa9sum\xc3\xa9 1.pdf"\r\nX-Extra: 1',
+        `%PDF\r\n-${B}`,
+      ),
+      file('Content-Disposition: form-data; name="e"; filename=""\r\nContent-Transfer-Encoding: binary', ''),
+    );
+    const parts = await parseMultipart(
+      `multipart/form-data; boundary=${B}`,
+      chunks(body, 7)[Symbol.asyncIterator](),
+      {
+        limits,
+        storage: { memoryThreshold: 1 << 20, spoolDir: tmpdir() },
+      },
+      () => {},
+    );
+    try {
+      const canon = canonicalForm(parts.map((part) => ({ part })));
+      expect(canon.boundary).toMatch(/^----icapkit[0-9a-f]{32}$/);
+      expect(canon.contentType).toBe(`multipart/form-data; boundary=${canon.boundary}`);
+      const bytes = await readAll(canon.body);
+      expect(bytes.length).toBe(canon.length);
+      const c = canon.boundary;
+      expect(bytes.toString('latin1')).toBe(
+        `--${c}\r\nContent-Disposition: form-data; name="t"\r\nContent-Type: text/plain; charset=utf-16be\r\n\r\n\xff\x00a\r\n` +
+          `--${c}\r\nContent-Disposition: form-data; name="doc"; filename="r\xc3\xa9sum\xc3\xa9 1.pdf"\r\nContent-Type: application/octet-stream\r\n\r\n%PDF\r\n-${B}\r\n` +
+          `--${c}\r\nContent-Disposition: form-data; name="e"; filename=""\r\nContent-Type: application/octet-stream\r\n\r\n\r\n` +
+          `--${c}--\r\n`,
+      );
+      expect(parse(c, bytes).parts.map((p) => [p.name, p.filename, p.data])).toEqual([
+        ['t', undefined, '\xff\x00a'],
+        ['doc', 'r\xc3\xa9sum\xc3\xa9 1.pdf', `%PDF\r\n-${B}`],
+        ['e', '', ''],
+      ]);
+      expect(parts.map((p) => [p.field, p.fileName, p.mimeType])).toEqual([
+        ['t', undefined, 'text/plain'],
+        ['doc', 'résumé 1.pdf', 'application/octet-stream'],
+        ['e', '', 'application/octet-stream'],
+      ]);
+      // busboy (multer's parser) finds the same files with the same bytes.
+      const files: Array<[string, string | undefined, string]> = [];
+      await new Promise<void>((resolve, reject) => {
+        const bb = busboy({ headers: { 'content-type': canon.contentType }, defParamCharset: 'utf8' });
+        bb.on('file', (name, stream, info) => {
+          const got: Buffer[] = [];
+          stream.on('data', (d: Buffer) => got.push(d));
+          stream.on('end', () => files.push([name, info.filename, Buffer.concat(got).toString('latin1')]));
+        });
+        bb.on('close', resolve);
+        bb.on('error', reject);
+        bb.end(bytes);
+      });
+      expect(files).toEqual([
+        ['doc', 'résumé 1.pdf', `%PDF\r\n-${B}`],
+        // (busboy reports an empty file name as undefined, still as a file)
+        ['e', undefined, ''],
+      ]);
+    } finally {
+      for (const p of parts) p.store.dispose();
+    }
+  });
+});
+
+describe('profile.otherMultipart', () => {
+  it("defaults to 'refuse', accepts 'whole', names the field otherwise", () => {
+    const base = { name: 'p', poolGroup: 'icap://127.0.0.1', serviceUri: '/avscan' };
+    expect(resolveProfile(base).otherMultipart).toBe('refuse');
+    expect(resolveProfile({ ...base, otherMultipart: 'whole' }).otherMultipart).toBe('whole');
+    expect(() => resolveProfile({ ...base, otherMultipart: 'scan' as never })).toThrow(
+      /profile\.otherMultipart.*must be one of 'refuse', 'whole'/,
     );
   });
 });
