@@ -8,7 +8,7 @@
  * context, or a child context loaded before it, and hooks added before it run first.
  */
 import type { AddressInfo } from 'node:net';
-import { icap, UNSCANNED_ROUTE, UnscannedRouteError, unscannedRoutes } from '@icapkit/fastify';
+import { findUnscannedRoutes, icap, UNSCANNED_ROUTE, UnscannedRouteError } from '@icapkit/fastify';
 import { eicar, type IcapTestServer, startIcapServer } from '@icapkit/testing';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -66,7 +66,7 @@ describe("@icapkit/fastify: routes of the plugin's context are scanned, wherever
       return 'ok';
     });
     const url = await listening(app);
-    expect(unscannedRoutes(app)).toEqual([]);
+    expect(findUnscannedRoutes(app)).toEqual([]);
     for (const path of ['/early', '/no-await']) {
       expect((await send(url, path, { body: eicar(), headers: OCTETS })).status, path).toBe(403);
       expect((await send(url, path, { body: 'clean', headers: OCTETS })).status, path).toBe(200);
@@ -82,7 +82,7 @@ describe("@icapkit/fastify: routes of the plugin's context are scanned, wherever
     });
     await app.register(icap, profile());
     const url = await listening(app);
-    expect(unscannedRoutes(app)).toEqual([]);
+    expect(findUnscannedRoutes(app)).toEqual([]);
     expect((await send(url, '/early-child', { body: eicar(), headers: OCTETS })).status).toBe(403);
   });
 });
@@ -157,7 +157,7 @@ describe('@icapkit/fastify: a route that can receive a body and is not scanned f
       async () => 'ok',
     );
     const url = await listening(app);
-    expect(unscannedRoutes(app)).toEqual([]);
+    expect(findUnscannedRoutes(app)).toEqual([]);
     expect((await send(url, '/upload', { body: eicar(), headers: OCTETS })).status).toBe(403);
     expect(order).toEqual([]);
     expect((await send(url, '/upload', { body: 'clean', headers: OCTETS })).status).toBe(200);
@@ -245,7 +245,7 @@ describe('@icapkit/fastify: a route that can receive a body and is not scanned f
       { prefix: '/child' },
     );
     await app.ready();
-    expect(unscannedRoutes(app)).toEqual([]);
+    expect(findUnscannedRoutes(app)).toEqual([]);
   });
 });
 

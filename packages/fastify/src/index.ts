@@ -140,7 +140,7 @@ const plugin: FastifyPluginAsync<IcapPluginOptions> = async (fastify, profile) =
       );
   });
   fastify.addHook('onReady', async function icapCoverage() {
-    const unscanned = unscannedRoutes(fastify);
+    const unscanned = findUnscannedRoutes(fastify);
     if (unscanned.length === 0) return;
     const message =
       `@icapkit/fastify: ${unscanned.length === 1 ? 'a route that can receive a body is' : `${unscanned.length} routes that can receive a body are`} ` +
@@ -216,7 +216,7 @@ function hookNames(list: string): string[] {
  * the lines under it (same indentation, no branch) list more methods of the same path and
  * each route's hooks.
  */
-export function unscannedRoutes(fastify: FastifyInstance): string[] {
+export function findUnscannedRoutes(fastify: FastifyInstance): string[] {
   const text = fastify.printRoutes({ includeHooks: true });
   const out: string[] = [];
   const labels: string[] = [];
