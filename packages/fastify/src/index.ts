@@ -8,7 +8,14 @@ import {
   requestInfo,
   type ScanOutcome,
 } from '@icapkit/core';
-import type { FastifyPluginAsync, FastifyReply, FastifyRequest, preParsingAsyncHookHandler } from 'fastify';
+import type {
+  FastifyInstance,
+  FastifyPluginAsync,
+  FastifyReply,
+  FastifyRequest,
+  preParsingAsyncHookHandler,
+  preParsingHookHandler,
+} from 'fastify';
 import fp from 'fastify-plugin';
 
 export * from './analytics.js';
@@ -22,6 +29,16 @@ export * from './analytics.js';
  *   await fastify.register(icap, { name: 'uploads', poolGroup: 'icap://127.0.0.1:1344', serviceUri: '/avscan' });
  *   fastify.post('/avatar', { config: { icap: false } }, handler);             // opt out
  *   fastify.post('/docs', { config: { icap: { serviceUri: '/cdr' } } }, handler); // per-route profile
+ *
+ * One `preParsing` hook on the plugin's context scans every request of that context and below
+ * (routes, also those declared there before the plugin loaded, and not-found handlers), and
+ * runs before the preParsing hooks added after it and every route's own. Coverage is explicit:
+ * once the application is ready, every route that can receive a body (any method but GET,
+ * HEAD and TRACE) must be scanned first, or opted out with `config: { icap: false }`. A route
+ * the plugin cannot reach (in a parent or sibling context, or in a child context loaded before
+ * it) or where another preParsing hook runs before the scan makes `ready()` / `listen()` fail
+ * with ICAP_ERR_UNSCANNED_ROUTE naming it, or only warns (log and process warning) with
+ * `unscannedRoutes: 'warn'`.
  */
 
 export type IcapRouteOptions = Partial<IcapProfile> | false;
@@ -41,7 +58,30 @@ declare module 'fastify' {
   }
 }
 
-export type IcapPluginOptions = IcapProfile;
+export interface IcapPluginOptions extends IcapProfile {
+  /**
+   * A route that can receive a body but is not scanned (declared before the plugin, or out of
+   * its encapsulation context): 'error' (default) makes start-up fail, 'warn' logs a warning
+   * naming each such route and starts anyway.
+   */
+  unscannedRoutes?: 'error' | 'warn' | undefined;
+}
+
+/** Code of the start-up error (and warning) about routes that are not scanned. */
+export const UNSCANNED_ROUTE = 'ICAP_ERR_UNSCANNED_ROUTE';
+
+/** Start-up refused: some routes that can receive a body are not scanned. */
+export class UnscannedRouteError extends Error {
+  readonly code = UNSCANNED_ROUTE;
+  constructor(
+    message: string,
+    /** Each as 'METHOD[,METHOD] /path'. */
+    readonly routes: string[],
+  ) {
+    super(message);
+    this.name = 'UnscannedRouteError';
+  }
+}
 
 const plugin: FastifyPluginAsync<IcapPluginOptions> = async (fastify, profile) => {
   const engine = createEngine(profileOf(profile));
@@ -50,23 +90,68 @@ const plugin: FastifyPluginAsync<IcapPluginOptions> = async (fastify, profile) =
   fastify.decorateRequest('icap', null);
   // Which engine (or none) each route handler has, for Expect: 100-continue answers.
   const byHandler = new Map<unknown, IcapEngine | false>();
+  // The engine of each route profile (`config: { icap: {...} }`), by the profile object.
+  const byProfile = new WeakMap<object, IcapEngine>();
   fastify.addHook('onRoute', (route) => {
     const config = (route.config as { icap?: IcapRouteOptions } | undefined)?.icap;
     if (config === false) {
       if (!byHandler.has(route.handler)) byHandler.set(route.handler, false);
+      // Marks the route as opted out for the coverage check (a no-op).
+      route.preParsing = appendHook(route.preParsing, icapNotScanned);
       return;
     }
     let routeEngine = engine;
-    if (config !== undefined) {
-      routeEngine = createEngine({ ...profileOf(profile), ...config });
-      routeEngines.push(routeEngine);
+    if (config !== undefined && config !== null && typeof config === 'object') {
+      routeEngine = byProfile.get(config) ?? createEngine({ ...profileOf(profile), ...config });
+      if (!byProfile.has(config)) {
+        byProfile.set(config, routeEngine);
+        routeEngines.push(routeEngine);
+      }
     }
     byHandler.set(route.handler, routeEngine);
-    const hook = scanHook(routeEngine);
-    const existing = route.preParsing;
-    // First of all preParsing hooks: nothing may read the body before it was approved.
-    route.preParsing =
-      existing === undefined ? [hook] : [hook, ...(Array.isArray(existing) ? existing : [existing])];
+  });
+  // One context hook scans every request of this context and below: routes (also those
+  // declared in this context before the plugin loaded: Fastify gives a route its context's
+  // hooks when the application gets ready) and not-found handlers, which get no onRoute. Added
+  // when the plugin loads, it runs before the preParsing hooks added after it, and before every
+  // route's own: nothing reads the body before it was approved (the coverage check below names
+  // routes where another hook comes first).
+  const scans = new Map<IcapEngine, preParsingAsyncHookHandler>();
+  const scanOf = (e: IcapEngine) => {
+    let hook = scans.get(e);
+    if (hook === undefined) {
+      hook = scanHook(e);
+      scans.set(e, hook);
+    }
+    return hook;
+  };
+  fastify.addHook('preParsing', function icapScan(request, reply, payload, done) {
+    const config = (request.routeOptions.config as { icap?: IcapRouteOptions } | undefined)?.icap;
+    if (config === false) {
+      done(null, payload);
+      return;
+    }
+    const routeEngine = config !== undefined && config !== null ? (byProfile.get(config) ?? engine) : engine;
+    scanOf(routeEngine)
+      .call(this, request, reply, payload)
+      .then(
+        (p) => done(null, p as typeof payload),
+        (err: Error) => done(err, payload),
+      );
+  });
+  fastify.addHook('onReady', async function icapCoverage() {
+    const unscanned = findUnscannedRoutes(fastify);
+    if (unscanned.length === 0) return;
+    const message =
+      `@icapkit/fastify: ${unscanned.length === 1 ? 'a route that can receive a body is' : `${unscanned.length} routes that can receive a body are`} ` +
+      `not scanned first: ${unscanned.join('; ')}. Register @icapkit/fastify on the root instance (or on a context ` +
+      'holding these routes) before adding other preParsing hooks, or opt a route out with config: { icap: false }.';
+    if (profile.unscannedRoutes === 'warn') {
+      fastify.log.warn({ code: UNSCANNED_ROUTE, routes: unscanned }, message);
+      process.emitWarning(message, { code: UNSCANNED_ROUTE });
+      return;
+    }
+    throw new UnscannedRouteError(message, unscanned);
   });
   // Requests with Expect: 100-continue that are refused anyway (413, 415) are answered before
   // they send their body.
@@ -91,9 +176,97 @@ function profileOf(options: IcapPluginOptions): IcapProfile {
     prefix: _p,
     logLevel: _l,
     logSerializers: _s,
+    unscannedRoutes: _u,
     ...rest
   } = options as IcapPluginOptions & Record<string, unknown>;
   return rest as unknown as IcapProfile;
+}
+
+/** The route's preParsing hooks with `hook` added last. */
+function appendHook<T>(existing: T | T[] | undefined, hook: T): T[] {
+  if (existing === undefined) return [hook];
+  return [...(Array.isArray(existing) ? existing : [existing]), hook];
+}
+
+/** Placed on routes opted out with `config: { icap: false }`, so the coverage check sees them. */
+const icapNotScanned: preParsingHookHandler = function icapNotScanned(_request, _reply, payload, done) {
+  done(null, payload);
+};
+
+const BODYLESS = new Set(['GET', 'HEAD', 'TRACE']);
+
+/** Names of the hooks in a printRoutes hook list (`["a()","b()"]`). */
+function hookNames(list: string): string[] {
+  try {
+    const parsed: unknown = JSON.parse(list);
+    if (Array.isArray(parsed)) return parsed.map((n) => String(n).replace(/\(\)$/, ''));
+  } catch {
+    // not JSON: fall through
+  }
+  return [...list.matchAll(/"([^"]*)"/g)].map((m) => m[1]!.replace(/\(\)$/, ''));
+}
+
+/**
+ * Routes of the whole application (Fastify's router is shared by all contexts) that accept a
+ * method with a body and are not scanned first, as 'METHOD[,METHOD] /path': without this
+ * plugin's scanning hook (and not opted out), or with another preParsing hook before it
+ * (named: 'POST /x (preParsing hook "h" runs before the scan)'). Read from `printRoutes` with
+ * hooks, the one public view of all routes and of each route's hooks in order: a tree whose
+ * node labels, joined from the root, are the paths; a node line may end with its methods, and
+ * the lines under it (same indentation, no branch) list more methods of the same path and
+ * each route's hooks.
+ */
+export function findUnscannedRoutes(fastify: FastifyInstance): string[] {
+  const text = fastify.printRoutes({ includeHooks: true });
+  const out: string[] = [];
+  const labels: string[] = [];
+  let current: { path: string; methods: string[]; preParsing: string[] } | null = null;
+  const flush = () => {
+    const route = current;
+    current = null;
+    if (route === null) return;
+    const withBody = route.methods.filter((m) => !BODYLESS.has(m));
+    if (withBody.length === 0 || route.preParsing.includes('icapNotScanned')) return;
+    const at = route.preParsing.indexOf('icapScan');
+    const name = `${withBody.join(',')} ${route.path}`;
+    if (at === -1) out.push(name);
+    else if (at > 0)
+      out.push(
+        `${name} (preParsing ${at === 1 ? 'hook' : 'hooks'} ${route.preParsing
+          .slice(0, at)
+          .map((h) => JSON.stringify(h))
+          .join(', ')} ${at === 1 ? 'runs' : 'run'} before the scan)`,
+      );
+  };
+  for (const line of text.split('\n')) {
+    const m = /^((?:[│ ] {3})*)([├└]── )?(.*)$/u.exec(line);
+    if (m === null || m[3] === '') continue;
+    const depth = m[1]!.length / 4;
+    const rest = m[3]!;
+    const hook = /^• \((\w+)\) (.*)$/u.exec(rest);
+    if (hook !== null) {
+      if (current !== null && hook[1] === 'preParsing') current.preParsing = hookNames(hook[2]!);
+      continue;
+    }
+    const route = /^(.*) \(([A-Z][A-Z0-9_-]*(?:, [A-Z][A-Z0-9_-]*)*)\)$/u.exec(rest);
+    const label = route === null ? rest : route[1]!;
+    // A new node (branch drawn) at `depth`; otherwise another route of the node above.
+    const nodeDepth = m[2] === undefined ? depth - 1 : depth;
+    if (m[2] !== undefined) {
+      labels.length = depth;
+      labels[depth] = label;
+    }
+    flush();
+    if (route !== null) {
+      current = {
+        path: labels.slice(0, nodeDepth + 1).join(''),
+        methods: route[2]!.split(', '),
+        preParsing: [],
+      };
+    }
+  }
+  flush();
+  return out;
 }
 
 function scanHook(engine: IcapEngine): preParsingAsyncHookHandler {
