@@ -284,6 +284,18 @@ describe.each(VARIANTS)('$label', ({ framework, http2 }) => {
     expect(app.seen).toHaveLength(0);
   });
 
+  it('a field labelled utf-16be reaches every parser as the bytes scanned, not decoded into text the scanner never saw', async () => {
+    // EICAR written in UTF-16BE: the scanner sees the UTF-16 bytes; a parser honouring the
+    // label would hand the handler the EICAR string. The canonical form drops the label.
+    const utf16 = Buffer.from(E, 'utf16le').swap16().toString('latin1');
+    const body = part(`${CD('comment')}\r\nContent-Type: text/plain; charset=utf-16be`, utf16) + close;
+    const r = await post('/multipart', ct(), body);
+    expect(r.status).toBe(200);
+    const seen = app.seen[0]!;
+    expect(JSON.stringify(seen.fields ?? {})).not.toContain('EICAR-STANDARD-ANTIVIRUS-TEST-FILE');
+    expect(scanned().some((b) => b.toString('latin1') === utf16)).toBe(true);
+  });
+
   it('EICAR in a well-formed form is blocked (403), the handler never runs', async () => {
     const r = await post('/multipart', ct(), `${clean}${part(CD('f', 'e.com'), E)}${close}`);
     expect(r.status).toBe(403);
@@ -350,6 +362,42 @@ describe('multipart: whole', () => {
       expect(r.status).toBe(200);
       expect(app.seen[0]!.files![0]!.data.toString()).toBe('clean text');
       expect(scanned().some((b) => b.toString('latin1') === good)).toBe(true);
+    });
+  }
+
+  for (const framework of ['express5', 'fastify', 'koa3'] as const) {
+    it(`${framework}: part headers that make parsers transform content are refused (Content-Transfer-Encoding, a field charset other than UTF-8)`, async () => {
+      app = await startApp(framework, {
+        name: 'whole',
+        poolGroup: icap.url(),
+        serviceUri: '/avscan',
+        multipart: 'whole',
+        onLog: (l) => logs.push(l),
+      });
+      const utf16 = Buffer.from(E, 'utf16le').swap16().toString('latin1');
+      const bodies = [
+        // formidable throws on `new StringDecoder('8bit')` in a callback nobody awaits.
+        part(`${CD('f0')}\r\nContent-Transfer-Encoding: 8bit`, 'clean'),
+        part(`${CD('f1', 'a.txt')}\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: 7bit`, 'clean'),
+        part(`${CD('comment')}\r\nContent-Type: text/plain; charset=utf-16be`, utf16),
+      ];
+      for (const b of bodies) {
+        const r = await send(app.url, '/multipart', {
+          body: Buffer.from(b + close, 'latin1'),
+          headers: { 'content-type': ct() },
+        });
+        expect(r.status, b.slice(0, 90)).toBe(400);
+      }
+      expect(app.seen).toHaveLength(0);
+      expect(logs.every((l) => l.error_code === 'ICAP_ERR_MULTIPART')).toBe(true);
+      // UTF-8 fields and files without a transfer encoding pass as sent.
+      const ok =
+        part(`${CD('title')}\r\nContent-Type: text/plain; charset=utf-8`, 'h\xc3\xa9') + clean + close;
+      const r = await send(app.url, '/multipart', {
+        body: Buffer.from(ok, 'latin1'),
+        headers: { 'content-type': ct() },
+      });
+      expect(r.status).toBe(200);
     });
   }
 

@@ -89,9 +89,18 @@ export class MultipartParser {
   #files = 0;
   #fields = 0;
 
-  constructor(boundary: string, limits: ResolvedMultipartLimits) {
+  /**
+   * Whole mode: the application gets the bytes as sent, so part headers that make parsers
+   * transform content are refused too: any Content-Transfer-Encoding (RFC 7578 §4.7: senders
+   * must not; formidable crashes on `7bit`), and a field charset other than UTF-8/US-ASCII
+   * (busboy and formidable decode it into text the scanner never saw as such).
+   */
+  readonly #asSent: boolean;
+
+  constructor(boundary: string, limits: ResolvedMultipartLimits, options: { asSent?: boolean } = {}) {
     this.#dash = Buffer.from(`--${boundary}`, 'latin1');
     this.#limits = limits;
+    this.#asSent = options.asSent ?? false;
   }
 
   /** Parses a chunk; returns what it found. Throws ICAP_ERR_MULTIPART on an anomaly. */
@@ -265,6 +274,19 @@ export class MultipartParser {
         `a part has Content-Transfer-Encoding ${JSON.stringify(cte)} (only 7bit, 8bit and binary are accepted)`,
       );
     const kind = disp.filename !== undefined ? 'file' : 'field';
+    if (this.#asSent) {
+      if (cte !== undefined)
+        throw multipartError(
+          400,
+          'a part has a Content-Transfer-Encoding header (not accepted when the form is passed as sent)',
+        );
+      const charset = media?.params.get('charset')?.toLowerCase();
+      if (kind === 'field' && charset !== undefined && charset !== 'utf-8' && charset !== 'us-ascii')
+        throw multipartError(
+          400,
+          `a field has charset ${JSON.stringify(charset)} (parsers would decode it; only UTF-8 is accepted when the form is passed as sent)`,
+        );
+    }
     if (kind === 'file' && ++this.#files > limits.files)
       throw multipartError(413, `more than ${limits.files} files`);
     if (kind === 'field' && ++this.#fields > limits.fields)

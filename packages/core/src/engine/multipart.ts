@@ -164,7 +164,7 @@ export async function validateMultipart(
   source: AsyncIterator<Buffer>,
   limits: ResolvedMultipartLimits,
 ): Promise<void> {
-  const parser = new MultipartParser(boundaryOf(contentType), limits);
+  const parser = new MultipartParser(boundaryOf(contentType), limits, { asSent: true });
   try {
     for (;;) {
       const r = await source.next();
@@ -235,8 +235,8 @@ export function freshBoundary(): string {
 
 /**
  * The form the application gets: `parts` in order, each with regenerated part headers
- * (Content-Disposition form-data with name and filename, the Content-Type as sent, for a file
- * application/octet-stream when it had none) and its
+ * (Content-Disposition form-data with name and filename; for a file the Content-Type as sent, or
+ * application/octet-stream when it had none; for a field none) and its
  * own or replacement content, under a fresh boundary. Its length is known in advance.
  */
 export function canonicalForm(parts: RebuiltPart[], boundary = freshBoundary()): CanonicalForm {
@@ -252,8 +252,10 @@ export function canonicalForm(parts: RebuiltPart[], boundary = freshBoundary()):
       head += `; filename="${escapeQuoted(part.head.fileNameBytes)}"`;
     head += '\r\n';
     // A file without a Content-Type is a field to formidable: give it one, so every parser agrees.
-    if (part.head.contentType !== undefined) head += `Content-Type: ${part.head.contentType}\r\n`;
-    else if (part.kind === 'file') head += 'Content-Type: application/octet-stream\r\n';
+    // A field goes without one: its bytes are what was scanned, and a charset label would make
+    // parsers decode them into other text (UTF-16, say), so every parser reads them as UTF-8.
+    if (part.kind === 'file')
+      head += `Content-Type: ${part.head.contentType ?? 'application/octet-stream'}\r\n`;
     // Byte strings: latin1 writes each char back as the byte it was read from.
     add(Buffer.from(`${head}\r\n`, 'latin1'));
     if (content !== undefined) {

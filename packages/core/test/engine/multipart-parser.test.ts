@@ -342,7 +342,7 @@ describe('canonical form', () => {
     return Buffer.concat(out);
   }
 
-  it('re-serialises what was parsed (names, file names, content types, bytes) under a fresh boundary; busboy reads the same', async () => {
+  it('re-serialises what was parsed (names, file names, file content types, bytes; fields without a charset label) under a fresh boundary; busboy reads the same', async () => {
     const body = form(
       file(
         'Content-Disposition: form-data; name="t"\r\nContent-Type: text/plain; charset=utf-16be',
@@ -371,7 +371,7 @@ describe('canonical form', () => {
       expect(bytes.length).toBe(canon.length);
       const c = canon.boundary;
       expect(bytes.toString('latin1')).toBe(
-        `--${c}\r\nContent-Disposition: form-data; name="t"\r\nContent-Type: text/plain; charset=utf-16be\r\n\r\n\xff\x00a\r\n` +
+        `--${c}\r\nContent-Disposition: form-data; name="t"\r\n\r\n\xff\x00a\r\n` +
           `--${c}\r\nContent-Disposition: form-data; name="doc"; filename="r\xc3\xa9sum\xc3\xa9 1.pdf"\r\nContent-Type: application/octet-stream\r\n\r\n%PDF\r\n-${B}\r\n` +
           `--${c}\r\nContent-Disposition: form-data; name="e"; filename=""\r\nContent-Type: application/octet-stream\r\n\r\n\r\n` +
           `--${c}--\r\n`,
