@@ -241,6 +241,18 @@ const SHAPES: Array<{ name: string; response: string; threat: string | undefined
     threat: EICAR_NAME,
   },
   {
+    // The head breaks a framing rule (opt-body in a REQMOD answer): the client refuses the
+    // answer, yet the threat its head names still blocks.
+    name: 'ICAP 200 with X-Infection-Found and an opt-body (a framing error after a complete head)',
+    response: `ICAP/1.0 200 OK\r\nISTag: "Z"\r\nX-Infection-Found: Type=0; Resolution=2; Threat=${EICAR_NAME};\r\nEncapsulated: opt-body=0\r\n\r\n0\r\n\r\n`,
+    threat: EICAR_NAME,
+  },
+  {
+    name: 'ICAP 200 with X-Virus-ID and an inconsistent Encapsulated (res-body without res-hdr)',
+    response: `ICAP/1.0 200 OK\r\nISTag: "Z"\r\nX-Virus-ID: ${EICAR_NAME}\r\nEncapsulated: res-body=0\r\n\r\n0\r\n\r\n`,
+    threat: EICAR_NAME,
+  },
+  {
     name: 'ICAP 418 with X-Response-Info: Blocked',
     response: 'ICAP/1.0 418 Bad composition\r\nISTag: "Z"\r\nX-Response-Info: Blocked\r\n\r\n',
     threat: undefined,

@@ -149,7 +149,7 @@ const CLIENT_SIDE = new Set<IcapErrorCode>([
 
 type AttemptResult =
   | { type: 'clean'; res: IcapResponse | null; verdict: Verdict | null; skipped: string | undefined }
-  | { type: 'blocked'; res: IcapResponse; verdict: Verdict; relay: ClientResponse | undefined }
+  | { type: 'blocked'; res: IcapResponse | null; verdict: Verdict; relay: ClientResponse | undefined }
   | { type: 'adapted'; res: IcapResponse; verdict: Verdict; adapted: AdaptedBody };
 
 export class IcapEngine {
@@ -927,7 +927,7 @@ export class IcapEngine {
     const extraHeaders: Array<[string, string]> = [];
     if (p.sendClientIp && facts.clientIp !== undefined)
       extraHeaders.push(['X-Client-IP', facts.clientIp.replace(/^::ffff:/, '')]);
-    const r = await handle.client.request({
+    const exchange = handle.client.request({
       method: 'REQMOD',
       service: p.serviceUri,
       httpRequest: {
@@ -949,6 +949,15 @@ export class IcapEngine {
         this.#telemetry.transactionPreview(scope, handle, p.serviceUri);
       },
     });
+    const headBlock: { result?: AttemptResult | null } = {};
+    const r = await exchange.catch((err: unknown) => {
+      // A head received whole that then broke a framing rule still names its verdict: a threat
+      // in it blocks (a threat verdict is never lost); anything else stays the error it was.
+      headBlock.result = err instanceof IcapError ? this.#blockedByHead(err, facts, entry, started) : null;
+      if (headBlock.result === null) throw err;
+      return null;
+    });
+    if (r === null) return headBlock.result!;
     if (isSkipped(r)) {
       entry.action = 'ICAP_PASSED';
       entry.reason = `Transfer-Ignore: ${r.extension}`;
@@ -1034,6 +1043,41 @@ export class IcapEngine {
         return { type: 'adapted', res, verdict, adapted };
       }
     }
+  }
+
+  /** A threat named in the head carried by a failed exchange's error, as a block; else null. */
+  #blockedByHead(
+    err: IcapError,
+    facts: HttpRequestFacts,
+    entry: IcapRequestLog,
+    started: number,
+  ): AttemptResult | null {
+    const head = err.head;
+    if (head === undefined) return null;
+    const p = this.profile;
+    const verdict = readVerdict(
+      p.vendor,
+      {
+        method: 'REQMOD',
+        status: head.status,
+        reasonPhrase: head.reason,
+        headers: head.headers,
+        httpRequest: null,
+        httpResponse: head.httpResponse,
+        fileName: facts.fileName,
+      },
+      { nsxStatusUrl: p.nsxStatusUrl, forwardLastlineHeaders: p.forwardLastlineHeaders },
+    );
+    if (verdict.kind !== 'blocked') return null;
+    fillVerdict(entry, verdict, p.vendor);
+    entry.icap_response_code = head.status;
+    entry.icap_headers_received_from_server = redactHeaderBlock(head.rawHeaders, p.redactHeaders);
+    entry.error_code = err.code;
+    entry.error_message = err.message;
+    entry.latency = String(Math.round(performance.now() - started));
+    entry.action = 'ICAP_BLOCKED';
+    entry.http_response_code = 403;
+    return { type: 'blocked', res: null, verdict, relay: undefined };
   }
 
   // ---------------------------------------------------------------- outcomes
