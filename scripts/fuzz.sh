@@ -7,7 +7,8 @@
 #   ICAPKIT_FUZZ_RUNS=1000000 scripts/fuzz.sh # more
 #   ICAPKIT_FUZZ_SEED=<seed> ICAPKIT_FUZZ_PATH=<path> scripts/fuzz.sh  # replay a reported failure
 #
-# (The fail-closed property of test/hardening takes ICAPKIT_FAIL_CLOSED_RUNS.)
+# (The fail-closed property of test/hardening takes ICAPKIT_FAIL_CLOSED_RUNS; the client-cannot-fail-open
+# property, run here too, takes ICAPKIT_CLIENT_FAIL_OPEN_RUNS, default 2000 requests per framework.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,8 +20,10 @@ trap 'rm -f "$report"' EXIT
 echo "fuzz: ${runs} inputs per property, at most ${limit} s"
 start=$(date +%s)
 status=0
+# The client-cannot-fail-open property (real apps, one request per input) gets its own, smaller count.
 ICAPKIT_FUZZ_RUNS="$runs" ICAPKIT_FUZZ_REPORT="$report" \
-  timeout --kill-after=30 "$limit" npx vitest run test/fuzz || status=$?
+  ICAPKIT_CLIENT_FAIL_OPEN_RUNS="${ICAPKIT_CLIENT_FAIL_OPEN_RUNS:-2000}" \
+  timeout --kill-after=30 "$limit" npx vitest run test/fuzz test/hardening/client-cannot-fail-open.property.test.ts || status=$?
 elapsed=$(($(date +%s) - start))
 
 node - "$report" "$elapsed" "$status" <<'JS'

@@ -393,7 +393,7 @@ describe('a client can never choose fail-open (fail-open profile, healthy scanne
       });
       expect(plain).toBe(403);
       expect(leaked(app)).toEqual([]);
-    }, 60_000);
+    }, Math.max(60_000, RUNS * 150));
   }
 
   // The cases found by hand, each pinned: refused with 400 before any ICAP attempt, never FAIL_OPEN.
