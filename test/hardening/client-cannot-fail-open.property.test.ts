@@ -358,42 +358,46 @@ describe('a client can never choose fail-open (fail-open profile, healthy scanne
   const send = (t: Target, app: App, spec: Spec) => (t.h2 ? sendHttp2(app, spec) : sendHttp1(app, spec));
 
   for (const t of TARGETS) {
-    it(`${nameOf(t)}: no client-controlled field lets EICAR through (${RUNS} requests)`, async () => {
-      const app = apps.get(nameOf(t))!;
-      await checkAsyncProperty(
-        `client cannot fail open: ${nameOf(t)}`,
-        fc.asyncProperty(specArb, async (spec) => {
-          const before = logs.length;
-          const seenBefore = app.seen.length;
-          const status = await send(t, app, spec);
-          const found = leaked(app, seenBefore);
-          if (found.length > 0 || status === 200) {
-            const log = logs.slice(before).at(-1);
-            throw new Error(
-              `status ${status}; ${found.join('; ')}; log: ${log?.action} ${log?.error_code ?? ''} ${log?.error_message ?? ''}`,
-            );
-          }
-        }),
-        RUNS,
-      );
-      // The scanner was never suspended by what the clients sent, and still blocks.
-      expect(app.engine.status().every((s) => s.state === 'up')).toBe(true);
-      const plain = await send(t, app, {
-        method: 'POST',
-        host: '127.0.0.1',
-        hostMode: 'one',
-        suffix: '',
-        absolute: false,
-        headers: [],
-        framing: 'length',
-        coding: 'none',
-        padBefore: Buffer.alloc(0),
-        padAfter: Buffer.alloc(0),
-        pieces: 1,
-      });
-      expect(plain).toBe(403);
-      expect(leaked(app)).toEqual([]);
-    }, Math.max(60_000, RUNS * 150));
+    it(
+      `${nameOf(t)}: no client-controlled field lets EICAR through (${RUNS} requests)`,
+      async () => {
+        const app = apps.get(nameOf(t))!;
+        await checkAsyncProperty(
+          `client cannot fail open: ${nameOf(t)}`,
+          fc.asyncProperty(specArb, async (spec) => {
+            const before = logs.length;
+            const seenBefore = app.seen.length;
+            const status = await send(t, app, spec);
+            const found = leaked(app, seenBefore);
+            if (found.length > 0 || status === 200) {
+              const log = logs.slice(before).at(-1);
+              throw new Error(
+                `status ${status}; ${found.join('; ')}; log: ${log?.action} ${log?.error_code ?? ''} ${log?.error_message ?? ''}`,
+              );
+            }
+          }),
+          RUNS,
+        );
+        // The scanner was never suspended by what the clients sent, and still blocks.
+        expect(app.engine.status().every((s) => s.state === 'up')).toBe(true);
+        const plain = await send(t, app, {
+          method: 'POST',
+          host: '127.0.0.1',
+          hostMode: 'one',
+          suffix: '',
+          absolute: false,
+          headers: [],
+          framing: 'length',
+          coding: 'none',
+          padBefore: Buffer.alloc(0),
+          padAfter: Buffer.alloc(0),
+          pieces: 1,
+        });
+        expect(plain).toBe(403);
+        expect(leaked(app)).toEqual([]);
+      },
+      Math.max(60_000, RUNS * 150),
+    );
   }
 
   // The cases found by hand, each pinned: refused with 400 before any ICAP attempt, never FAIL_OPEN.
