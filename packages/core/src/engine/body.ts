@@ -65,7 +65,7 @@ const ARENA_SIZE = 64 * 1024;
  * byte, however the client cut its body.
  */
 const WAKE_AT = 16 * 1024;
-const WAKE_DELAY = 1;
+const WAKE_DELAY = 4;
 /** Bytes read from a spool file at a time. */
 const SPOOL_READ = 256 * 1024;
 
