@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
+import { toBodySource } from '../../src/client/source.js';
 import { BodyStore } from '../../src/engine/body.js';
 import { chunkHeader } from '../../src/protocol/encoder.js';
 
@@ -99,6 +100,20 @@ describe('BodyStore: small chunks are coalesced', () => {
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('toBodySource: a list of small pieces', () => {
+  it('is read (and so framed) in pieces of 16 KiB, not one per item', async () => {
+    const body = pattern(100_000);
+    const items: Uint8Array[] = [];
+    for (let i = 0; i < body.length; i++) items.push(body.subarray(i, i + 1));
+    items.push(pattern(40_000));
+    const source = toBodySource(items);
+    expect(source.length).toBe(140_000);
+    const { bytes, reads } = await readAll(source.open() as AsyncIterator<Buffer>);
+    expect(bytes.equals(Buffer.concat([body, pattern(40_000)]))).toBe(true);
+    expect(reads).toBeLessThanOrEqual(Math.ceil(100_000 / (16 * 1024)) + 2);
   });
 });
 
