@@ -56,7 +56,8 @@ const SPOOL_PENDING_MAX = 4 * 1024 * 1024;
  * kept with its own object and backing store, and read, hashed and framed one by one.
  */
 const COALESCE_BELOW = 16 * 1024;
-/** Size of one arena small chunks are copied into. */
+/** Size of the arenas small chunks are copied into: the first is small (most bodies are), each next one twice as large, up to the largest. */
+const FIRST_ARENA = 4 * 1024;
 const ARENA_SIZE = 64 * 1024;
 /**
  * Bytes received since readers were last woken from which they are woken at once; below, at
@@ -100,6 +101,7 @@ export class BodyStore implements ReplayableBody {
   /** Where small chunks are copied; the last entry of #chunks grows in it while #tailGrows. */
   #arena: Buffer | null = null;
   #arenaUsed = 0;
+  #nextArena = FIRST_ARENA;
   #tailGrows = false;
   /** Start in #arena of the last chunk, while it grows there. */
   #tailStart = 0;
@@ -535,7 +537,8 @@ export class BodyStore implements ReplayableBody {
       return;
     }
     if (arena === null || this.#arenaUsed + chunk.length > arena.length) {
-      arena = Buffer.allocUnsafeSlow(ARENA_SIZE);
+      arena = Buffer.allocUnsafeSlow(Math.max(this.#nextArena, chunk.length));
+      this.#nextArena = Math.min(ARENA_SIZE, this.#nextArena * 2);
       this.#arena = arena;
       this.#arenaUsed = 0;
     }

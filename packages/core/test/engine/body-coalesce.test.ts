@@ -36,11 +36,11 @@ describe('BodyStore: small chunks are coalesced', () => {
     const store = new BodyStore({ limit: 2 * MiB, retainAll: true });
     for (let i = 0; i < body.length; i++) store.push(body.subarray(i, i + 1));
     store.end();
-    // 64 KiB arenas: 16 pieces for 1 MiB (not a million).
-    expect(store.pieces).toBeLessThanOrEqual(17);
+    // Arenas of 4, 8, 16, 32 KiB, then 64 KiB: about 20 pieces for 1 MiB (not a million).
+    expect(store.pieces).toBeLessThanOrEqual(21);
     const { bytes, reads } = await readAll(store.open());
     expect(bytes.equals(body)).toBe(true);
-    expect(reads).toBeLessThanOrEqual(17);
+    expect(reads).toBeLessThanOrEqual(21);
     expect(store.equalsAt(12345, body.subarray(12345, 99999))).toBe(true);
     expect(Buffer.concat(store.slices(MiB)).equals(body)).toBe(true);
     store.dispose();
