@@ -400,6 +400,46 @@ describe('a client can never choose fail-open (fail-open profile, healthy scanne
     );
   }
 
+  // A scanner that refuses what it was sent (ICAP 4xx naming no threat) refused the client's
+  // request, not failed: fail closed, and the server is not suspended for it.
+  for (const t of TARGETS.filter((x) => !x.h2)) {
+    it(`${nameOf(t)}: an ICAP 4xx to the REQMOD fails closed (503) under fail-open, the server stays up`, async () => {
+      const app = apps.get(nameOf(t))!;
+      // 413 (the server's own size limit: the client chooses the size) and 400, in turn.
+      let n = 0;
+      server.setScript((r) =>
+        r.httpRequest?.headers.get('x-refuse') !== undefined
+          ? { kind: 'status', status: n++ % 2 === 0 ? 413 : 400 }
+          : undefined,
+      );
+      try {
+        for (let i = 0; i < 6; i++) {
+          const before = logs.length;
+          const seenBefore = app.seen.length;
+          const ex = await rawExchange(
+            app.url,
+            [
+              Buffer.from(
+                `POST /raw HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Case: refused\r\nX-Refuse: 1\r\nContent-Type: application/octet-stream\r\nContent-Length: ${EICAR.length + i}\r\n\r\n`,
+              ),
+              Buffer.concat([EICAR, Buffer.alloc(i, 0x20)]),
+            ],
+            { waitMs: REQUEST_BOUND_MS, responses: 1 },
+          );
+          expect(ex.responses[0]?.status).toBe(503);
+          expect(leaked(app, seenBefore)).toEqual([]);
+          const log = logs.slice(before).at(-1)!;
+          expect(log.error_code).toBe('ICAP_ERR_SERVER_STATUS');
+          expect(log.fail_action).toBe('fail-closed');
+          expect(log.significance).not.toContain('FAIL_OPEN');
+        }
+        expect(app.engine.status().every((s) => s.state === 'up' && s.consecutiveFailures === 0)).toBe(true);
+      } finally {
+        server.setScript(undefined);
+      }
+    });
+  }
+
   // The cases found by hand, each pinned: refused with 400 before any ICAP attempt, never FAIL_OPEN.
   const pinned: Array<{ what: string; h2: boolean; spec: Partial<Spec> }> = [
     { what: 'Host with U+00A0', h2: false, spec: { host: '127.0.0.1\xa0' } },

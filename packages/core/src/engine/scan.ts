@@ -157,7 +157,7 @@ const ICAP_SIDE_FAILURES = new Set<IcapErrorCode>([
 const REQMOD_REFUSALS = new WeakSet<IcapError>();
 
 /** Whether the failure action (fail-open) may apply to this error. */
-export function takesFailAction(error: IcapError): boolean {
+function takesFailAction(error: IcapError): boolean {
   return ICAP_SIDE_FAILURES.has(error.code) && !REQMOD_REFUSALS.has(error);
 }
 
