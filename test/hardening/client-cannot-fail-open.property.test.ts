@@ -440,6 +440,35 @@ describe('a client can never choose fail-open (fail-open profile, healthy scanne
     });
   }
 
+  // A nameless multipart field used to throw inside the engine, and every exception was an "ICAP
+  // failure": under fail-open the form passed unscanned. Whatever the multipart code makes of it
+  // now, it must not reach the handler.
+  for (const t of TARGETS.filter((x) => !x.h2)) {
+    it(`${nameOf(t)}: a nameless multipart field with EICAR never reaches the handler`, async () => {
+      const app = apps.get(nameOf(t))!;
+      const seenBefore = app.seen.length;
+      const form = Buffer.concat([
+        Buffer.from('--b0\r\nContent-Disposition: form-data\r\n\r\n'),
+        EICAR,
+        Buffer.from('\r\n--b0\r\nContent-Disposition: form-data; name="f"; filename="a.txt"\r\n\r\n'),
+        EICAR,
+        Buffer.from('\r\n--b0--\r\n'),
+      ]);
+      const ex = await rawExchange(
+        app.url,
+        [
+          Buffer.from(
+            `POST /multipart HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Case: nameless\r\nContent-Type: multipart/form-data; boundary=b0\r\nContent-Length: ${form.length}\r\n\r\n`,
+          ),
+          form,
+        ],
+        { waitMs: REQUEST_BOUND_MS, responses: 1 },
+      );
+      expect(ex.responses[0]?.status).not.toBe(200);
+      expect(app.seen.slice(seenBefore)).toEqual([]);
+    });
+  }
+
   // The cases found by hand, each pinned: refused with 400 before any ICAP attempt, never FAIL_OPEN.
   const pinned: Array<{ what: string; h2: boolean; spec: Partial<Spec> }> = [
     { what: 'Host with U+00A0', h2: false, spec: { host: '127.0.0.1\xa0' } },
