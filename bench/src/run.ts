@@ -11,6 +11,8 @@
  * --out=DIR: where latest.md / latest.json go (default bench/results).
  * --update-readme: also replace the table in bench/README.md.
  * --from=FILE: run nothing; render the results saved in FILE (a latest.json) again.
+ * --tiny-chunks: run only the "1 MiB in 1-byte chunks vs the plain framework" row (tinychunks.ts:
+ *   time and CPU ratios, RSS growth; needs no c-icap or Squid).
  */
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
@@ -25,6 +27,7 @@ import { startTcpCounter, type TcpCounter } from './counter.js';
 import { type LoadResult, type LoadTool, pickTool, runLoad, warmUp } from './load.js';
 import { type Squid, squidMissing, squidVersion, startSquid } from './squid.js';
 import { renderReport } from './table.js';
+import { renderTinyChunks, runTinyChunks } from './tinychunks.js';
 import { type Child, cpuOf, findOnPath, killAllChildren, memOf, resetPeakRss, startChild } from './util.js';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -164,6 +167,7 @@ interface Args {
   updateReadme: boolean;
   cells: CellDef[] | undefined;
   from: string | undefined;
+  tinyChunks: boolean;
 }
 
 function parseArgs(argv: string[]): Args {
@@ -174,6 +178,7 @@ function parseArgs(argv: string[]): Args {
     updateReadme: false,
     cells: undefined,
     from: undefined,
+    tinyChunks: false,
   };
   for (const arg of argv) {
     if (arg === '--short') a.short = true;
@@ -181,6 +186,7 @@ function parseArgs(argv: string[]): Args {
     else if (arg.startsWith('--out=')) a.out = arg.slice(6);
     else if (arg === '--update-readme') a.updateReadme = true;
     else if (arg.startsWith('--from=')) a.from = arg.slice(7);
+    else if (arg === '--tiny-chunks') a.tinyChunks = true;
     else if (arg.startsWith('--cells=')) {
       a.cells = arg
         .slice(8)
@@ -507,6 +513,14 @@ function fmtCell(r: CellResult): string {
 
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
+  if (args.tinyChunks) {
+    try {
+      console.log(renderTinyChunks(await runTinyChunks()));
+    } finally {
+      killAllChildren();
+    }
+    return;
+  }
   if (args.from !== undefined) {
     const saved = JSON.parse(await readFile(args.from, 'utf8')) as {
       machine: Machine;

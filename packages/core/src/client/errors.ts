@@ -59,6 +59,13 @@ export const IcapErrorCodes = {
   INVALID_PROFILE: 'ICAP_ERR_INVALID_PROFILE',
   /** An argument to the client is invalid (for example a header value with CR/LF). */
   INVALID_ARGUMENT: 'ICAP_ERR_INVALID_ARGUMENT',
+  /**
+   * The HTTP request head cannot be sent to the ICAP server as the application reads it (a Host
+   * that is not a host, a target with non-ASCII or whitespace, a control character in a value): 400.
+   */
+  BAD_REQUEST: 'ICAP_ERR_BAD_REQUEST',
+  /** An unexpected failure inside icapkit (a bug): fails closed, whatever the failure action. */
+  INTERNAL: 'ICAP_ERR_INTERNAL',
 } as const;
 
 export type IcapErrorCode = (typeof IcapErrorCodes)[keyof typeof IcapErrorCodes];

@@ -51,7 +51,7 @@ export function toBodySource(input: BodyInput): BodySource {
       },
     };
   }
-  const items = [...(input as Iterable<Uint8Array>)];
+  const items = coalesce(input as Iterable<Uint8Array>);
   let length = 0;
   for (const b of items) length += b.length;
   return {
@@ -86,4 +86,36 @@ function bufferSource(buf: Uint8Array): BodySource {
       };
     },
   };
+}
+
+/** Pieces below this size are joined (up to it) before they are framed as ICAP chunks. */
+const COALESCE_BELOW = 16 * 1024;
+
+/**
+ * The items of a list, consecutive small ones joined: a body given as a million 1-byte pieces
+ * is framed (and written) as a few dozen chunks, not a million.
+ */
+function coalesce(input: Iterable<Uint8Array>): Uint8Array[] {
+  const out: Uint8Array[] = [];
+  let run: Uint8Array[] = [];
+  let runBytes = 0;
+  const flush = () => {
+    if (run.length === 1) out.push(run[0]!);
+    else if (run.length > 1) out.push(Buffer.concat(run, runBytes));
+    run = [];
+    runBytes = 0;
+  };
+  for (const b of input) {
+    if (b.length === 0) continue;
+    if (b.length >= COALESCE_BELOW) {
+      flush();
+      out.push(b);
+      continue;
+    }
+    run.push(b);
+    runBytes += b.length;
+    if (runBytes >= COALESCE_BELOW) flush();
+  }
+  flush();
+  return out;
 }

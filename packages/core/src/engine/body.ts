@@ -49,6 +49,24 @@ export interface BodyStoreOptions {
 
 /** Spool writes outstanding above which the client is paused. */
 const SPOOL_PENDING_MAX = 4 * 1024 * 1024;
+/**
+ * Chunks smaller than this are copied into a shared arena instead of being kept as they came:
+ * a body sent in 1-byte pieces costs the same memory (and the same number of ICAP chunks
+ * downstream) as one sent in large ones. Each small Buffer Node hands over would otherwise be
+ * kept with its own object and backing store, and read, hashed and framed one by one.
+ */
+const COALESCE_BELOW = 16 * 1024;
+/** Size of the arenas small chunks are copied into: the first is small (most bodies are), each next one twice as large, up to the largest. */
+const FIRST_ARENA = 4 * 1024;
+const ARENA_SIZE = 64 * 1024;
+/**
+ * Bytes received since readers were last woken from which they are woken at once; below, at
+ * most once per {@link WAKE_DELAY} ms. A reader waiting at the end of a body that trickles in
+ * then reads (and the ICAP client frames) a few hundred pieces a second at most, not one per
+ * byte, however the client cut its body.
+ */
+const WAKE_AT = 16 * 1024;
+const WAKE_DELAY = 4;
 /** Bytes read from a spool file at a time. */
 const SPOOL_READ = 256 * 1024;
 
@@ -80,6 +98,16 @@ export class BodyStore implements ReplayableBody {
   readonly #idleTimeout: number | undefined;
   readonly #onIdle: (() => void) | undefined;
   #idleTimer: NodeJS.Timeout | undefined;
+  /** Where small chunks are copied; the last entry of #chunks grows in it while #tailGrows. */
+  #arena: Buffer | null = null;
+  #arenaUsed = 0;
+  #nextArena = FIRST_ARENA;
+  #tailGrows = false;
+  /** Start in #arena of the last chunk, while it grows there. */
+  #tailStart = 0;
+  /** Bytes received since readers were last woken, and whether a wake is scheduled. */
+  #unwoken = 0;
+  #wakeTimer: NodeJS.Timeout | undefined;
 
   constructor(options: BodyStoreOptions) {
     this.#limit = options.limit;
@@ -125,6 +153,10 @@ export class BodyStore implements ReplayableBody {
   /** Path of the temp file, while there is one. */
   get spoolPath(): string | undefined {
     return this.#spool?.path;
+  }
+  /** Pieces the bytes held in memory are kept in (small chunks share one): bounded by bytes, not by how they came. */
+  get pieces(): number {
+    return this.#chunks.length;
   }
   /** Bytes held in memory now. */
   get held(): number {
@@ -361,11 +393,15 @@ export class BodyStore implements ReplayableBody {
 
   #dropStorage(): void {
     this.#disposed = true;
+    clearTimeout(this.#wakeTimer);
+    this.#wakeTimer = undefined;
     if (!this.#ended && this.#error === undefined) {
       this.#error = new Error('the body was discarded before it was complete');
       this.#settleEnd(false);
     }
     this.#chunks = [];
+    this.#tailGrows = false;
+    this.#arena = null;
     this.#base = this.#received;
     // A reader still inside the body fails (it must never take a cut-off body for a whole one).
     if (this.#readers.size > 0) {
@@ -456,8 +492,7 @@ export class BodyStore implements ReplayableBody {
     if (this.#spool !== null) {
       this.#spool.append(chunk);
     } else {
-      this.#chunks.push(chunk);
-      this.#chunkStarts.push(start);
+      this.#store(chunk, start);
       if ((this.#retainAll || this.#holding) && this.#received - this.#base > this.#memoryThreshold)
         this.#spill();
     }
@@ -466,10 +501,54 @@ export class BodyStore implements ReplayableBody {
       this.#onExceeded?.();
       this.#settleEnd(false);
     }
-    for (const r of this.#readers) r.wake();
+    this.#unwoken += chunk.length;
+    if (this.#unwoken >= WAKE_AT || this.#exceeded) this.#wakeReaders();
+    else if (this.#wakeTimer === undefined && this.#readers.size > 0) {
+      // Small pieces: readers get what arrived meanwhile in one read, not piece by piece.
+      this.#wakeTimer = setTimeout(this.#wakeReaders, WAKE_DELAY);
+    }
     this.#flow();
     if (this.#source !== undefined) this.#armIdle();
   };
+
+  readonly #wakeReaders = (): void => {
+    if (this.#wakeTimer !== undefined) {
+      clearTimeout(this.#wakeTimer);
+      this.#wakeTimer = undefined;
+    }
+    this.#unwoken = 0;
+    for (const r of this.#readers) r.wake();
+  };
+
+  /** Keeps a chunk in memory: small ones copied into the arena, extending the last chunk there. */
+  #store(chunk: Buffer, start: number): void {
+    if (chunk.length >= COALESCE_BELOW) {
+      this.#tailGrows = false;
+      this.#chunks.push(chunk);
+      this.#chunkStarts.push(start);
+      return;
+    }
+    let arena = this.#arena;
+    if (this.#tailGrows && arena !== null && this.#arenaUsed + chunk.length <= arena.length) {
+      chunk.copy(arena, this.#arenaUsed);
+      this.#arenaUsed += chunk.length;
+      // Bytes already in the arena never change: readers holding the shorter view keep valid bytes.
+      this.#chunks[this.#chunks.length - 1] = arena.subarray(this.#tailStart, this.#arenaUsed);
+      return;
+    }
+    if (arena === null || this.#arenaUsed + chunk.length > arena.length) {
+      arena = Buffer.allocUnsafeSlow(Math.max(this.#nextArena, chunk.length));
+      this.#nextArena = Math.min(ARENA_SIZE, this.#nextArena * 2);
+      this.#arena = arena;
+      this.#arenaUsed = 0;
+    }
+    this.#tailStart = this.#arenaUsed;
+    chunk.copy(arena, this.#arenaUsed);
+    this.#arenaUsed += chunk.length;
+    this.#tailGrows = true;
+    this.#chunks.push(arena.subarray(this.#tailStart, this.#arenaUsed));
+    this.#chunkStarts.push(start);
+  }
 
   /** Moves what is held to a temp file; from now on the body is written there. */
   #spill(): void {
@@ -479,6 +558,8 @@ export class BodyStore implements ReplayableBody {
     });
     this.#spool = spool;
     for (const c of this.#chunks) spool.append(c);
+    this.#tailGrows = false;
+    this.#arena = null;
     this.#chunks = [];
     this.#chunkStarts = [];
     this.#chunkIndexBase = 0;
@@ -488,7 +569,7 @@ export class BodyStore implements ReplayableBody {
   readonly #onEnd = (): void => {
     if (this.#ended) return;
     this.#ended = true;
-    for (const r of this.#readers) r.wake();
+    this.#wakeReaders();
     this.#settleEnd();
   };
 
@@ -509,7 +590,7 @@ export class BodyStore implements ReplayableBody {
   #fail(err: unknown): void {
     if (this.#ended || this.#error !== undefined) return;
     this.#error = err;
-    for (const r of this.#readers) r.wake();
+    this.#wakeReaders();
     this.#settleEnd();
   }
 
@@ -541,6 +622,8 @@ export class BodyStore implements ReplayableBody {
     let drop = 0;
     while (drop < this.#chunks.length && this.#chunkStarts[drop]! + this.#chunks[drop]!.length <= min) drop++;
     if (drop === 0) return;
+    // The growing last chunk goes too: the next small chunk starts a new one.
+    if (drop === this.#chunks.length) this.#tailGrows = false;
     this.#base = this.#chunkStarts[drop - 1]! + this.#chunks[drop - 1]!.length;
     this.#chunks.splice(0, drop);
     this.#chunkStarts.splice(0, drop);
@@ -733,24 +816,46 @@ class Spool {
     return this.#appended - this.flushed;
   }
 
+  /**
+   * Queues bytes for the file. What is appended while a write is under way goes out in the
+   * next write, as one piece: a body arriving in tiny chunks costs a few large writes.
+   */
   append(chunk: Buffer): void {
-    const position = this.#appended - this.#base;
     this.#appended += chunk.length;
-    this.#chain = this.#chain.then(async () => {
-      if (this.#closed) return;
+    this.#queued.push(chunk);
+    this.#queuedBytes += chunk.length;
+    if (this.#writing) return;
+    this.#writing = true;
+    this.#chain = this.#chain.then(() => this.#writeQueued());
+    this.#chain.catch(() => {});
+  }
+
+  #queued: Buffer[] = [];
+  #queuedBytes = 0;
+  #writing = false;
+
+  async #writeQueued(): Promise<void> {
+    while (this.#queued.length > 0 && !this.#closed) {
+      const parts = this.#queued;
+      const n = this.#queuedBytes;
+      this.#queued = [];
+      this.#queuedBytes = 0;
+      // Writes are sequential: the next one starts where the file ends.
+      const position = this.flushed - this.#base;
       const fh = await this.ready;
+      const buf = parts.length === 1 ? parts[0]! : Buffer.concat(parts, n);
       let written = 0;
-      while (written < chunk.length) {
-        const r = await fh.write(chunk, written, chunk.length - written, position + written);
+      while (written < n) {
+        const r = await fh.write(buf, written, n - written, position + written);
         written += r.bytesWritten;
       }
-      this.flushed += chunk.length;
+      this.flushed += n;
       const waiters = this.#flushWaiters.filter((w) => w.offset < this.flushed);
       this.#flushWaiters = this.#flushWaiters.filter((w) => w.offset >= this.flushed);
       for (const w of waiters) w.resolve();
       this.#onProgress();
-    });
-    this.#chain.catch(() => {});
+    }
+    this.#writing = false;
   }
 
   whenFlushed(offset: number): Promise<void> {

@@ -24,6 +24,7 @@ export type Significance =
   | 'MULTIPART_REFUSED'
   | 'CONTENT_TYPE_REFUSED'
   | 'CONTENT_ENCODING_REFUSED'
+  | 'REQUEST_REFUSED'
   | 'PARTS_REMOVED';
 
 export interface IcapRequestLog {

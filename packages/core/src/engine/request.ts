@@ -1,5 +1,6 @@
 import type { Readable } from 'node:stream';
-import { Headers } from '../protocol/headers.js';
+import { encodeHttpRequestHead } from '../protocol/encoder.js';
+import { Headers, isToken } from '../protocol/headers.js';
 import type { RequestFacts } from './policy.js';
 
 /**
@@ -133,7 +134,8 @@ function pairsOf(req: ScanRequest): Array<[string, string]> {
 /** The request target in absolute form (`http://host/path`), as a proxy sends it to ICAP. */
 export function absoluteTarget(facts: HttpRequestFacts): string {
   if (/^[a-z][a-z0-9+.-]*:\/\//i.test(facts.target)) return facts.target;
-  const host = facts.host ?? 'localhost';
+  // An empty Host (allowed by HTTP/1.1) would read `http:///path`, which URL parsers take apart differently.
+  const host = facts.host || 'localhost';
   const path = facts.target.startsWith('/') ? facts.target : `/${facts.target}`;
   return `${facts.scheme}://${host}${path}`;
 }
@@ -145,4 +147,67 @@ export function pathOf(target: string): string {
   if (abs !== null) t = t.slice(abs[0].length) || '/';
   const q = t.search(/[?#]/);
   return q === -1 ? t : t.slice(0, q);
+}
+
+/**
+ * An authority as RFC 3986 allows it in a URI (`host[:port]`, the host a reg-name, IPv4 or an
+ * IP literal). Anything else in Host or `:authority` (a space, a tab, U+00A0, `/`, `?`, `#`, `@`)
+ * would change how the ICAP server splits the absolute URI it gets (another host, another path).
+ */
+const AUTHORITY = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]{0,5})?$/;
+/** Visible ASCII, the only characters of a request target (RFC 9112 §3.2, RFC 3986). */
+const TARGET = /^[\x21-\x7e]+$/;
+/** A field value as the ICAP server must read it: no control character but HTAB, no leading or trailing whitespace. */
+const UNSAFE_VALUE = /[\x00-\x08\x0a-\x1f\x7f]|^[ \t]|[ \t]$/;
+
+/**
+ * Why the request head the engine would encapsulate cannot be sent to the ICAP server as the
+ * application reads it, or undefined when it can. Everything checked comes from the HTTP
+ * client (method, target, Host, `:authority`, `:path`, header names and values), so a problem
+ * here is the client's: the request is refused (400) before any ICAP attempt, and never
+ * reaches the failure action. `absolute`: the profile sends the target in absolute form.
+ */
+export function encapsulationProblem(facts: HttpRequestFacts, absolute: boolean): string | undefined {
+  if (!isToken(facts.method)) return 'the request method is not a token';
+  const target = facts.target;
+  if (!TARGET.test(target)) return 'the request target contains characters other than visible ASCII';
+  const absoluteForm = /^[a-z][a-z0-9+.-]*:\/\//i.test(target);
+  if (!absoluteForm && !target.startsWith('/') && !(target === '*' && facts.method === 'OPTIONS'))
+    return 'the request target is neither a path nor an absolute URI';
+  if (absoluteForm) {
+    const authority = /^[a-z][a-z0-9+.-]*:\/\/([^/?#]*)/i.exec(target)![1]!;
+    if (authority.includes('@') || !AUTHORITY.test(authority))
+      return 'the authority of the request target is not a valid host';
+  }
+  const hosts = facts.headers.getAll('host');
+  if (hosts.length > 1) return 'the request has more than one Host field';
+  const authorities = facts.headers.getAll(':authority');
+  if (authorities.length > 1) return 'the request has more than one :authority';
+  if (hosts.length === 1 && authorities.length === 1 && hosts[0] !== authorities[0])
+    return 'Host and :authority differ';
+  for (const paths of [':path', ':method', ':scheme']) {
+    if (facts.headers.getAll(paths).length > 1) return `the request has more than one ${paths}`;
+  }
+  const host = hosts[0] ?? authorities[0];
+  if (host !== undefined && !AUTHORITY.test(host)) return 'the Host of the request is not a valid host';
+  for (const [name, value] of facts.headerPairs) {
+    const field = name.startsWith(':') ? name.slice(1) : name;
+    if (!isToken(field)) return 'a header name is not a token';
+    if (UNSAFE_VALUE.test(value))
+      return `the ${name} header has a control character or surrounding whitespace`;
+    for (let i = 0; i < value.length; i++) {
+      if (value.charCodeAt(i) > 0xff) return `the ${name} header has a character that is not one byte`;
+    }
+  }
+  try {
+    encodeHttpRequestHead({
+      method: facts.method,
+      target: absolute ? absoluteTarget(facts) : target,
+      httpVersion: facts.httpVersion,
+      headers: facts.headerPairs,
+    });
+  } catch (err) {
+    return `the request head cannot be encapsulated: ${err instanceof Error ? err.message : String(err)}`;
+  }
+  return undefined;
 }

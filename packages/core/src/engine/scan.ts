@@ -28,7 +28,14 @@ import {
 import type { PolicyDecision } from './policy.js';
 import { PoolGroup, type ServerHandle, type ServerStatus } from './pool-group.js';
 import { type IcapProfile, type PinoLike, type ResolvedProfile, resolveProfile } from './profile.js';
-import { absoluteTarget, type HttpRequestFacts, pathOf, requestFacts, type ScanRequest } from './request.js';
+import {
+  absoluteTarget,
+  encapsulationProblem,
+  type HttpRequestFacts,
+  pathOf,
+  requestFacts,
+  type ScanRequest,
+} from './request.js';
 import { buildResponse, type ClientResponse, type ResponseKind } from './respond.js';
 import { type ScanScope, Telemetry } from './telemetry.js';
 import { readVerdict, type Verdict } from './verdict/index.js';
@@ -146,6 +153,38 @@ const CLIENT_SIDE = new Set<IcapErrorCode>([
   IcapErrorCodes.BODY_SOURCE,
   IcapErrorCodes.ABORTED,
 ]);
+
+/**
+ * Failures of the ICAP side, the only errors the failure action applies to (an allow-list):
+ * anything else (the client's doing, a local failure, an unexpected exception) fails closed.
+ */
+const ICAP_SIDE_FAILURES = new Set<IcapErrorCode>([
+  IcapErrorCodes.CONNECT,
+  IcapErrorCodes.CONNECT_TIMEOUT,
+  IcapErrorCodes.TLS,
+  IcapErrorCodes.TIMEOUT,
+  IcapErrorCodes.IO_TIMEOUT,
+  IcapErrorCodes.RESET,
+  IcapErrorCodes.CLOSED,
+  IcapErrorCodes.PROTOCOL,
+  IcapErrorCodes.HEADERS_TOO_LARGE,
+  IcapErrorCodes.BODY_TOO_LARGE,
+  IcapErrorCodes.SERVER_STATUS,
+  IcapErrorCodes.METHOD_NOT_SUPPORTED,
+  IcapErrorCodes.NO_SERVER,
+  IcapErrorCodes.CLOSED_CLIENT,
+]);
+
+/**
+ * ICAP 4xx answers to a REQMOD: the server refused what it was sent, which carries what the
+ * HTTP client chose (its size, its headers). Never a reason to pass the request unscanned.
+ */
+const REQMOD_REFUSALS = new WeakSet<IcapError>();
+
+/** Whether the failure action (fail-open) may apply to this error. */
+function takesFailAction(error: IcapError): boolean {
+  return ICAP_SIDE_FAILURES.has(error.code) && !REQMOD_REFUSALS.has(error);
+}
 
 type AttemptResult =
   | { type: 'clean'; res: IcapResponse | null; verdict: Verdict | null; skipped: string | undefined }
@@ -386,7 +425,7 @@ export class IcapEngine {
         : caught instanceof IcapError
           ? caught
           : new IcapError(
-              IcapErrorCodes.PROTOCOL,
+              IcapErrorCodes.INTERNAL,
               `ICAP scan failed: ${caught instanceof Error ? caught.message : String(caught)}`,
               { cause: caught },
             );
@@ -407,9 +446,11 @@ export class IcapEngine {
       }
       log.error_code = error.code;
       log.error_message = error.message;
+      // Decoded past bufferSize: the wire size alone says nothing, so this never fails open.
+      const decodedTooLarge = decoding?.store.exceeded === true;
       decoding?.store.dispose();
       if (error.code === IcapErrorCodes.MULTIPART) canReplay = false;
-      return finish(await this.#onError(error, facts, log, store, options, canReplay));
+      return finish(await this.#onError(error, facts, log, store, options, canReplay, decodedTooLarge));
     } finally {
       options.signal?.removeEventListener('abort', onCallerAbort);
     }
@@ -481,6 +522,10 @@ export class IcapEngine {
    */
   async #early(facts: HttpRequestFacts, log: IcapLog, options: ScanOptions): Promise<ScanOutcome | null> {
     const p = this.profile;
+    // What the ICAP server would be sent must be what the application reads: else 400, never failAction.
+    const problem = encapsulationProblem(facts, p.absoluteUri);
+    if (problem !== undefined)
+      return this.#refuse('bad-request', IcapErrorCodes.BAD_REQUEST, problem, facts, log, null, options);
     const transfer = facts.transferCoding;
     if (transfer !== 'chunked' && transfer !== undefined) {
       // Node only removes the chunked framing: the body would reach the application still coded.
@@ -601,8 +646,10 @@ export class IcapEngine {
     store: BodyStore | null,
     options: ScanOptions,
     canReplay = true,
+    decodedTooLarge = false,
   ): Promise<ScanOutcome> {
-    if (error.code === IcapErrorCodes.REQUEST_TOO_LARGE) return this.#tooLarge(facts, log, store, options);
+    if (error.code === IcapErrorCodes.REQUEST_TOO_LARGE)
+      return this.#tooLarge(facts, log, store, options, decodedTooLarge);
     if (error.code === IcapErrorCodes.CONTENT_ENCODING) {
       return this.#refuse('bad-request', error.code, error.message, facts, log, store, options);
     }
@@ -624,6 +671,8 @@ export class IcapEngine {
       store?.dispose();
       return { ...base('ICAP_FAILED', log, undefined, [], () => {}), kind: 'aborted', error };
     }
+    // Only a failure of the ICAP side may take the failure action; anything else fails closed.
+    if (!takesFailAction(error)) return this.#failed(error, facts, log, store, options, false, canReplay);
     if (this.profile.failAction === 'fail-open' && (store === null || store.complete)) {
       // Passing unscanned still needs the whole body first (and it may turn out too large).
       try {
@@ -635,7 +684,7 @@ export class IcapEngine {
         return this.#onError(e, facts, log, store, options, canReplay);
       }
     }
-    return this.#failed(error, facts, log, store, options, canReplay);
+    return this.#failed(error, facts, log, store, options, undefined, canReplay);
   }
 
   // ---------------------------------------------------------------- multipart, part by part
@@ -846,7 +895,7 @@ export class IcapEngine {
         : { part, type: 'modified', verdict: result.verdict, adapted: result.adapted };
     } catch (err) {
       for (const entry of entries) nameEntry(entry, part);
-      if (err instanceof IcapError && SERVER_FAULTS.has(err.code) && !signal.aborted)
+      if (err instanceof IcapError && SERVER_FAULTS.has(err.code) && takesFailAction(err) && !signal.aborted)
         return { part, type: 'failed', error: err };
       if (err instanceof IcapError && err.code === IcapErrorCodes.NO_SERVER)
         return { part, type: 'failed', error: err };
@@ -866,12 +915,14 @@ export class IcapEngine {
   ): Promise<AttemptResult> {
     const tried = new Set<ServerHandle>();
     let lastError: unknown;
+    // A server that refused the request (ICAP 4xx) decides, whatever the next one does.
+    let refusal: IcapError | undefined;
     for (;;) {
       let handle: ServerHandle;
       try {
         handle = this.#group.pick(tried);
       } catch (err) {
-        throw lastError ?? err;
+        throw refusal ?? lastError ?? err;
       }
       tried.add(handle);
       const entry = this.#newEntry(handle, facts);
@@ -896,14 +947,17 @@ export class IcapEngine {
         const error =
           err instanceof IcapError
             ? err
-            : new IcapError(IcapErrorCodes.PROTOCOL, String(err), { cause: err });
+            : new IcapError(IcapErrorCodes.INTERNAL, String(err), { cause: err });
+        if (REQMOD_REFUSALS.has(error)) refusal ??= error;
         entry.action = 'ICAP_FAILED';
         // An ICAP error status stays in the record, whatever else was wrong with the answer.
         if (error.status !== undefined) entry.icap_response_code ??= error.status;
         entry.error_code = error.code;
         entry.error_message = error.message;
         this.#telemetry.transactionError(scope, handle, this.profile.serviceUri, error);
-        const serverFault = SERVER_FAULTS.has(error.code) && !signal.aborted;
+        // A refusal (ICAP 4xx) is about the request, not the server: it must not let clients
+        // suspend a healthy server (and so switch fail-open on for everyone).
+        const serverFault = SERVER_FAULTS.has(error.code) && !REQMOD_REFUSALS.has(error) && !signal.aborted;
         if (serverFault) handle.failed(error);
         const replayable = store === null || store.complete;
         if (!serverFault || !replayable) throw error;
@@ -982,11 +1036,13 @@ export class IcapEngine {
     switch (verdict.kind) {
       case 'error': {
         await drain(res);
-        throw new IcapError(
+        const error = new IcapError(
           IcapErrorCodes.SERVER_STATUS,
           `ICAP server ${handle.server.url} answered ${res.status} ${res.reason}`.trim(),
           { status: res.status },
         );
+        if (res.status < 500) REQMOD_REFUSALS.add(error);
+        throw error;
       }
       case 'clean': {
         await drain(res);
@@ -1184,13 +1240,17 @@ export class IcapEngine {
     log: IcapLog,
     store: BodyStore | null,
     options: ScanOptions,
+    decoded = false,
   ): Promise<ScanOutcome> {
     const p = this.profile;
+    // Decoded past bufferSize (a small compressed body): the parser downstream would decode it
+    // too, so passing it unscanned would let a few KiB switch fail-open on. Always 413.
+    const open = p.bufferSizeExceedAction === 'fail-open' && !decoded;
     log.significance.push('BUFFER_SIZE_EXCEEDED');
-    log.fail_action = p.bufferSizeExceedAction;
+    log.fail_action = open ? 'fail-open' : 'fail-closed';
     log.error_code ??= IcapErrorCodes.REQUEST_TOO_LARGE;
     log.error_message ??= `the request body is larger than bufferSize (${p.bufferSize} bytes)`;
-    if (p.bufferSizeExceedAction === 'fail-open') {
+    if (open) {
       // Unscanned, as the profile allows: the request untouched (what was read is put back),
       // or, if it ended already, the whole held body replayed.
       if (store === null) {
@@ -1212,24 +1272,24 @@ export class IcapEngine {
     return answer('ICAP_FAILED', log, 'too-large', facts, options, true);
   }
 
-  /** The ICAP side failed: failAction decides. */
+  /** The ICAP side failed: failAction decides (`open` false: fail closed whatever it says). */
   #failed(
     error: IcapError,
     facts: HttpRequestFacts,
     log: IcapLog,
     store: BodyStore | null,
     options: ScanOptions,
+    open = this.profile.failAction === 'fail-open',
     canReplay = true,
   ): ScanOutcome {
-    const p = this.profile;
     log.significance.push('ICAP_ERROR');
-    log.fail_action = p.failAction;
+    log.fail_action = open ? 'fail-open' : 'fail-closed';
     log.error_code = error.code;
     log.error_message = error.message;
-    if (p.failAction === 'fail-open' && !canReplay) {
+    if (open && !canReplay) {
       log.error_message +=
         ' (a multipart form passes only as icapkit serialised it from a complete parse, which this request did not get)';
-    } else if (p.failAction === 'fail-open') {
+    } else if (open) {
       if (store === null || store.complete) {
         log.significance.push('FAIL_OPEN');
         return pass('ICAP_FAILED', log, store, null, []);
@@ -1325,6 +1385,7 @@ const REFUSAL_SIGNIFICANCE: Partial<Record<IcapErrorCode, Significance>> = {
   [IcapErrorCodes.CONTENT_TYPE]: 'CONTENT_TYPE_REFUSED',
   [IcapErrorCodes.CONTENT_ENCODING]: 'CONTENT_ENCODING_REFUSED',
   [IcapErrorCodes.MULTIPART]: 'MULTIPART_REFUSED',
+  [IcapErrorCodes.BAD_REQUEST]: 'REQUEST_REFUSED',
 };
 
 /** Content decoders for the codings a request body may use. */

@@ -237,15 +237,27 @@ export function encodeIcapRequest(init: IcapRequestInit): EncodedIcapRequest {
   return { head: parts.length === 1 ? headBuf : Buffer.concat(parts), icapHeaders };
 }
 
-const chunkHeaderCache: Buffer[] = [];
+/** Chunk sizes whose header line is kept ready. */
+const SMALL_CHUNK = 4096;
+/** Bytes per kept header line: up to three hex digits and CRLF. */
+const HEADER_SLOT = 5;
+/**
+ * The kept header lines, views over one arena of their own. Not `Buffer.from` per line: each
+ * such small Buffer is a slice of Node's shared 8 KiB pool and would keep a whole slab alive.
+ */
+const chunkHeaders: Buffer[] = [];
+let chunkHeaderArena: Buffer | undefined;
 
 /** `<hex size>\r\n`, the line before a chunk of `size` bytes. */
 export function chunkHeader(size: number): Buffer {
-  if (size < 4096) {
-    let b = chunkHeaderCache[size];
+  if (size >= 0 && size < SMALL_CHUNK && Number.isInteger(size)) {
+    let b = chunkHeaders[size];
     if (b === undefined) {
-      b = Buffer.from(`${size.toString(16)}\r\n`, 'latin1');
-      chunkHeaderCache[size] = b;
+      chunkHeaderArena ??= Buffer.allocUnsafeSlow(SMALL_CHUNK * HEADER_SLOT);
+      const at = size * HEADER_SLOT;
+      const n = chunkHeaderArena.write(`${size.toString(16)}\r\n`, at, 'latin1');
+      b = chunkHeaderArena.subarray(at, at + n);
+      chunkHeaders[size] = b;
     }
     return b;
   }

@@ -1,0 +1,176 @@
+/**
+ * "1 MiB in 1-byte chunks vs the plain framework": a body sent as 1-byte HTTP chunks (Nagle
+ * off, one write per chunk), so the application's HTTP parser hands it over one byte at a time,
+ * whatever TCP does. Each framework runs twice in its own process: alone (no scanning) and with
+ * icapkit against the embedded ICAP server (204 after reading the whole body). Reported per
+ * framework: the time to the answer, the application's CPU seconds and its peak RSS growth,
+ * and the ratios icapkit / plain (the goal: time ≤ 2×, RSS growth ≤ 2× the body).
+ *
+ *   node bench/dist/tinychunks.js [--size=1048576] [--frameworks=express,fastify,koa]
+ *   node bench/dist/run.js --tiny-chunks          (the same, from the main script)
+ *
+ * Prints a markdown table and a `RESULT {json}` line.
+ */
+import { connect } from 'node:net';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { type Child, cpuOf, killAllChildren, memOf, resetPeakRss, sleep, startChild } from './util.js';
+
+const HERE = dirname(fileURLToPath(import.meta.url));
+
+export interface TinyChunkRow {
+  framework: string;
+  scanned: boolean;
+  status: number;
+  ms: number;
+  cpuS: number;
+  rssGrowthMiB: number;
+}
+
+export interface TinyChunkReport {
+  size: number;
+  rows: TinyChunkRow[];
+  ratios: Array<{
+    framework: string;
+    time: number;
+    cpu: number;
+    /** (peak RSS growth with icapkit − without) / body size. */
+    extraRssOverBody: number;
+  }>;
+}
+
+/** Sends `size` body bytes as 1-byte chunks; resolves with the status and the ms to the answer. */
+export function sendTinyChunks(
+  port: number,
+  size: number,
+  path = '/upload',
+  timeoutMs = 120_000,
+): Promise<{ status: number; ms: number }> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({ host: '127.0.0.1', port });
+    socket.setNoDelay(true);
+    const t0 = performance.now();
+    let got = '';
+    let done = false;
+    const timer = setTimeout(() => finish(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs);
+    const finish = (err?: Error) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      socket.destroy();
+      const status = Number(/^HTTP\/1\.1 (\d{3})/.exec(got)?.[1] ?? 0);
+      if (err !== undefined && status === 0) reject(err);
+      else resolve({ status, ms: performance.now() - t0 });
+    };
+    socket.setEncoding('latin1');
+    socket.on('data', (d: string) => {
+      got += d;
+      // One complete response head is enough (the body of the answer is a digest or a short page).
+      if (/\r\n\r\n/.test(got)) finish();
+    });
+    socket.on('error', (err) => finish(err));
+    socket.on('close', () => finish(new Error('closed without an answer')));
+    socket.once('connect', async () => {
+      socket.write(
+        `POST ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n`,
+      );
+      const frame = Buffer.from('1\r\na\r\n');
+      for (let i = 0; i < size && !done; i++) {
+        if (!socket.write(frame)) await new Promise<void>((r) => socket.once('drain', () => r()));
+      }
+      if (!done) socket.write('0\r\n\r\n');
+    });
+  });
+}
+
+async function measure(app: Child, size: number): Promise<Omit<TinyChunkRow, 'framework' | 'scanned'>> {
+  const port = app.ready.port as number;
+  await sleep(200);
+  const rss0 = memOf(app.pid).rss;
+  resetPeakRss(app.pid);
+  const cpu0 = cpuOf(app.pid);
+  const r = await sendTinyChunks(port, size);
+  const cpuS = cpuOf(app.pid) - cpu0;
+  const hwm = memOf(app.pid).hwm;
+  return { status: r.status, ms: r.ms, cpuS, rssGrowthMiB: Math.max(0, hwm - rss0) / 2 ** 20 };
+}
+
+export async function runTinyChunks(
+  size = 1024 * 1024,
+  frameworks: string[] = ['express', 'fastify', 'koa'],
+): Promise<TinyChunkReport> {
+  const icap = await startChild(process.execPath, [join(HERE, 'icap204.js')], { timeoutMs: 20_000 });
+  const rows: TinyChunkRow[] = [];
+  try {
+    for (const framework of frameworks) {
+      for (const scanned of [false, true]) {
+        const args = [join(HERE, 'app.js'), framework];
+        if (scanned) args.push(`icap://127.0.0.1:${icap.ready.port as number}`, '/avscan');
+        const app = await startChild(process.execPath, args, {
+          timeoutMs: 20_000,
+          env: { BENCH_PROFILE: JSON.stringify({ bufferSize: 4 * size }) },
+        });
+        try {
+          rows.push({ framework, scanned, ...(await measure(app, size)) });
+        } finally {
+          await app.stop();
+        }
+      }
+    }
+  } finally {
+    await icap.stop();
+  }
+  const ratios = frameworks.map((framework) => {
+    const plain = rows.find((r) => r.framework === framework && !r.scanned)!;
+    const scanned = rows.find((r) => r.framework === framework && r.scanned)!;
+    return {
+      framework,
+      time: scanned.ms / plain.ms,
+      cpu: scanned.cpuS / Math.max(plain.cpuS, 0.01),
+      extraRssOverBody: ((scanned.rssGrowthMiB - plain.rssGrowthMiB) * 2 ** 20) / size,
+    };
+  });
+  return { size, rows, ratios };
+}
+
+export function renderTinyChunks(report: TinyChunkReport): string {
+  const lines = [
+    `1 MiB-class body (${report.size} bytes) in 1-byte chunks, Nagle off:`,
+    '',
+    '| Framework | Path | status | time ms | app CPU s | peak RSS growth MiB |',
+    '| --------- | ---- | -----: | ------: | --------: | ------------------: |',
+  ];
+  for (const r of report.rows) {
+    lines.push(
+      `| ${r.framework} | ${r.scanned ? 'icapkit → embedded 204' : 'plain'} | ${r.status} | ${r.ms.toFixed(0)} | ${r.cpuS.toFixed(2)} | ${r.rssGrowthMiB.toFixed(1)} |`,
+    );
+  }
+  lines.push('', '| Framework | time icapkit/plain | CPU icapkit/plain | extra RSS growth / body |');
+  lines.push('| --------- | ----------------: | ----------------: | ----------------: |');
+  for (const q of report.ratios) {
+    lines.push(
+      `| ${q.framework} | ${q.time.toFixed(2)}× | ${q.cpu.toFixed(2)}× | ${q.extraRssOverBody.toFixed(2)}× |`,
+    );
+  }
+  return lines.join('\n');
+}
+
+if (process.argv[1]?.endsWith('tinychunks.js') === true) {
+  let size = 1024 * 1024;
+  let frameworks = ['express', 'fastify', 'koa'];
+  for (const arg of process.argv.slice(2)) {
+    if (arg.startsWith('--size=')) size = Number(arg.slice(7));
+    else if (arg.startsWith('--frameworks=')) frameworks = arg.slice(13).split(',');
+    else throw new Error(`unknown argument ${arg}`);
+  }
+  runTinyChunks(size, frameworks)
+    .then((report) => {
+      console.log(renderTinyChunks(report));
+      console.log(`RESULT ${JSON.stringify(report)}`);
+    })
+    .catch((err: unknown) => {
+      console.error(err);
+      killAllChildren();
+      process.exit(1);
+    });
+}
