@@ -41,6 +41,11 @@ export interface IcapClientOptions {
    * for its own body source or for the reader of the response body. Default 60 000.
    */
   ioTimeout?: number | undefined;
+  /**
+   * ms a request waits for a free connection when all `maxConnections` are busy; then it
+   * fails with ICAP_ERR_SATURATED (so a caller can try another server). Default: no limit.
+   */
+  queueTimeout?: number | undefined;
   /** ms for a whole request (OPTIONS included), unless the request gives its own. Default 60 000. */
   timeout?: number | undefined;
   /** ms an idle keep-alive connection is kept. Default 30 000. */
@@ -136,6 +141,8 @@ export class IcapClient {
       maxConnections: positive(options.maxConnections, 32, 'maxConnections'),
       keepAliveTimeout: positive(options.keepAliveTimeout, 30_000, 'keepAliveTimeout'),
       connectTimeout: this.#connectTimeout,
+      queueTimeout:
+        options.queueTimeout === undefined ? undefined : positive(options.queueTimeout, 0, 'queueTimeout'),
     });
     this.#options = new OptionsCache((service) => this.#fetchOptions(service));
   }

@@ -18,7 +18,9 @@ import {
 } from './log.js';
 import { boundaryOf, isMultipartFormData, type Part, parseMultipart, rebuildMultipart } from './multipart.js';
 import type { PolicyDecision } from './policy.js';
+import { AttemptWatch } from './attempt-watch.js';
 import { PoolGroup, type ServerHandle, type ServerStatus } from './pool-group.js';
+import { classifyFailure, reportTransition } from './retry.js';
 import { type IcapProfile, type PinoLike, type ResolvedProfile, resolveProfile } from './profile.js';
 import { absoluteTarget, type HttpRequestFacts, pathOf, requestFacts, type ScanRequest } from './request.js';
 import { buildResponse, type ClientResponse, type ResponseKind } from './respond.js';
@@ -107,8 +109,10 @@ const MAX_RELAY_BODY = 1024 * 1024;
 /** A response body we do not need is read up to this size to keep the connection; larger ones are dropped. */
 const MAX_DRAIN = 64 * 1024;
 
-/** Errors that say something about the server (count against its health; worth trying another). */
+/** Errors of the ICAP side (a part that meets one failed; the failure action applies). See retry.ts for health and retries. */
 const SERVER_FAULTS = new Set<IcapErrorCode>([
+  IcapErrorCodes.STALLED,
+  IcapErrorCodes.SATURATED,
   IcapErrorCodes.CONNECT,
   IcapErrorCodes.CONNECT_TIMEOUT,
   IcapErrorCodes.TLS,
@@ -143,6 +147,10 @@ export class IcapEngine {
       this.#group,
       this.profile.metrics,
     );
+    this.#group.onStateChange = (server, _state, change) => {
+      this.#telemetry.serverState(server, change);
+      reportTransition(this.profile.logger, this.profile.name, server, change);
+    };
   }
 
   /** Whether the policy sends this request to ICAP (nothing is read). */
@@ -729,6 +737,8 @@ export class IcapEngine {
     scope: ScanScope,
     entries?: IcapRequestLog[],
   ): Promise<AttemptResult> {
+    // One try per server, next healthy server or pool after a failure, all within the
+    // request's responseTimeout (its signal): see engine/retry.ts for what is retried.
     const tried = new Set<ServerHandle>();
     let lastError: unknown;
     for (;;) {
@@ -738,15 +748,17 @@ export class IcapEngine {
       } catch (err) {
         throw lastError ?? err;
       }
+      const ticket = handle.begin();
       tried.add(handle);
       const entry = this.#newEntry(handle, facts);
       log.request_logs.push(entry);
       entries?.push(entry);
       handle.outstanding++;
+      const watch = new AttemptWatch(signal, this.profile.stallTimeout, handle.server.url);
       try {
         this.#telemetry.transactionStart(scope, handle, this.profile.serviceUri);
-        const result = await this.#attempt(handle, facts, store, signal, entry, scope);
-        handle.succeeded();
+        const result = await this.#attempt(handle, facts, store, watch.signal, entry, scope, watch);
+        handle.succeeded(ticket);
         this.#telemetry.transactionVerdict(
           scope,
           handle,
@@ -766,12 +778,15 @@ export class IcapEngine {
         entry.error_code = error.code;
         entry.error_message = error.message;
         this.#telemetry.transactionError(scope, handle, this.profile.serviceUri, error);
-        const serverFault = SERVER_FAULTS.has(error.code) && !signal.aborted;
-        if (serverFault) handle.failed(error);
+        const failure = classifyFailure(error, signal, watch);
+        if (failure.health) handle.failed(error, ticket);
+        else handle.abandoned(ticket);
         const replayable = store === null || store.complete;
-        if (!serverFault || !replayable) throw error;
+        if (!failure.retry || !replayable) throw error;
         lastError = error;
       } finally {
+        watch.dispose();
+        handle.abandoned(ticket);
         handle.outstanding--;
       }
     }
@@ -784,9 +799,11 @@ export class IcapEngine {
     signal: AbortSignal,
     entry: IcapRequestLog,
     scope: ScanScope,
+    watch?: AttemptWatch,
   ): Promise<AttemptResult> {
     const p = this.profile;
     const started = performance.now();
+    if (store === null) watch?.start();
     const extraHeaders: Array<[string, string]> = [];
     if (p.sendClientIp && facts.clientIp !== undefined)
       extraHeaders.push(['X-Client-IP', facts.clientIp.replace(/^::ffff:/, '')]);
@@ -799,7 +816,7 @@ export class IcapEngine {
         httpVersion: facts.httpVersion,
         headers: facts.headerPairs,
       },
-      body: store,
+      body: store !== null && watch !== undefined ? watch.wrap(store) : store,
       bodyLength: facts.chunked ? undefined : facts.contentLength,
       preview: p.enablePreview && !smallBody(facts, p.previewMinBodySize) ? p.previewSize : false,
       allow204: p.allow204,
@@ -807,6 +824,7 @@ export class IcapEngine {
       signal,
       timeout: NO_CLIENT_TIMEOUT,
       onContinue: () => {
+        watch?.progress();
         store?.stopHolding();
         this.#telemetry.transactionPreview(scope, handle, p.serviceUri);
       },
@@ -817,6 +835,7 @@ export class IcapEngine {
       return { type: 'clean', res: null, verdict: null, skipped: r.extension };
     }
     const res = r;
+    watch?.progress();
     this.#fillEntry(entry, res);
     const verdict = readVerdict(
       p.vendor,
@@ -848,6 +867,8 @@ export class IcapEngine {
         return { type: 'clean', res, verdict, skipped: undefined };
       }
       case 'blocked': {
+        // The verdict is known: nothing may turn it into a failure now.
+        watch?.stop();
         let relay: ClientResponse | undefined;
         if (p.blockResponse === 'relay' && res.httpResponse !== null) {
           relay = await readRelay(res);
@@ -867,6 +888,7 @@ export class IcapEngine {
         try {
           if (res.body !== null) {
             for await (const chunk of res.body as AsyncIterable<Buffer>) {
+              watch?.received(chunk.length);
               if (!adapted.write(chunk)) {
                 res.body.destroy();
                 throw new IcapError(
@@ -877,6 +899,7 @@ export class IcapEngine {
             }
           }
           entry.latency = String(Math.round((await res.done).latencyMs));
+          watch?.stop();
           // Whether the returned body equals the original can only be said once the original is complete.
           await bodyComplete(store, p.bufferSize);
         } catch (err) {

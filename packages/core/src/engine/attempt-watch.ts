@@ -1,0 +1,155 @@
+import { IcapError, IcapErrorCodes } from '../client/errors.js';
+import type { ReplayableBody } from '../client/source.js';
+
+/** Answer-body bytes that count as one step of progress (a trickle of single bytes does not). */
+const RESPONSE_PROGRESS_BYTES = 16 * 1024;
+
+/**
+ * One ICAP attempt's own cancellation, and its no-progress watchdog.
+ *
+ * The attempt gets a signal of its own (a child of the request's), so one server can be given
+ * up on while the request goes on with the next. The watchdog fails the attempt with
+ * ICAP_ERR_STALLED when, for `stallTimeout`, it is the server's turn and nothing moves
+ * forward. Progress is:
+ *
+ * - the exchange taking the next chunk of the body (the server took the previous ones);
+ * - the server's 100 Continue, its answer head, each 16 KiB of its answer body.
+ *
+ * It starts when the exchange starts sending the body (a connection was obtained and OPTIONS
+ * are known: before that, connectTimeout, queueTimeout and the OPTIONS timeout bound the wait),
+ * and pauses while the exchange waits for the HTTP client's next bytes: a slow upload is never
+ * the server's fault. A server that answers one byte at a time, or takes nothing more of the
+ * body, or never answers, is caught within `stallTimeout`, whatever `ioTimeout` says.
+ */
+export class AttemptWatch {
+  readonly #controller = new AbortController();
+  readonly #parent: AbortSignal;
+  readonly #stallTimeout: number;
+  readonly #label: string;
+  #timer: NodeJS.Timeout | undefined;
+  #started = false;
+  /** The exchange waits for the HTTP client's body. */
+  #paused = false;
+  #done = false;
+  #responseBytes = 0;
+  /** The watchdog fired. */
+  stalled = false;
+
+  constructor(parent: AbortSignal, stallTimeout: number, label: string) {
+    this.#parent = parent;
+    this.#stallTimeout = stallTimeout;
+    this.#label = label;
+    if (parent.aborted) this.#controller.abort(parent.reason);
+    else parent.addEventListener('abort', this.#onParentAbort, { once: true });
+  }
+
+  /** The attempt's signal: aborted with the request's, or by the watchdog. */
+  get signal(): AbortSignal {
+    return this.#controller.signal;
+  }
+
+  /** Whether the server was being waited for (the watchdog running, not paused for the client). */
+  get waitingForServer(): boolean {
+    return this.#started && !this.#paused && !this.#done;
+  }
+
+  /** Starts watching now (an exchange without a body). */
+  start(): void {
+    if (this.#started || this.#done) return;
+    this.#started = true;
+    this.#arm();
+  }
+
+  /** The body as the exchange reads it: every chunk it takes is progress, every wait for the client a pause. */
+  wrap(body: ReplayableBody): ReplayableBody {
+    const watch = this;
+    return {
+      replayable: true,
+      get length() {
+        return body.length;
+      },
+      open(): AsyncIterator<Uint8Array> {
+        const inner = body.open();
+        watch.#paused = false;
+        watch.start();
+        watch.progress();
+        return {
+          next: () => {
+            watch.#paused = true;
+            const p = inner.next();
+            return p.then(
+              (r) => {
+                watch.#paused = false;
+                watch.progress();
+                return r;
+              },
+              (err: unknown) => {
+                watch.#paused = false;
+                throw err;
+              },
+            );
+          },
+          return: (value?: unknown) => {
+            watch.#paused = false;
+            return inner.return !== undefined
+              ? inner.return(value)
+              : Promise.resolve({ done: true as const, value: undefined });
+          },
+        };
+      },
+    };
+  }
+
+  /** Something moved forward (100 Continue, the answer head). */
+  progress(): void {
+    if (!this.#started || this.#done || this.#paused) return;
+    this.#responseBytes = 0;
+    this.#arm();
+  }
+
+  /** Bytes of the answer's body were read; every 16 KiB is progress. */
+  received(bytes: number): void {
+    this.#responseBytes += bytes;
+    if (this.#responseBytes >= RESPONSE_PROGRESS_BYTES) this.progress();
+  }
+
+  /** The server's part is over (or its verdict is known): nothing more to watch. */
+  stop(): void {
+    this.#done = true;
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    this.#timer = undefined;
+  }
+
+  /** Ends the attempt's signal bookkeeping. */
+  dispose(): void {
+    this.stop();
+    this.#parent.removeEventListener('abort', this.#onParentAbort);
+  }
+
+  #arm(): void {
+    if (this.#timer !== undefined) this.#timer.refresh();
+    else {
+      this.#timer = setTimeout(this.#fire, this.#stallTimeout);
+      this.#timer.unref();
+    }
+  }
+
+  readonly #fire = (): void => {
+    this.#timer = undefined;
+    if (this.#done || this.#controller.signal.aborted) return;
+    // Paused: the wait is the client's. Watching resumes with its next chunk.
+    if (this.#paused) return;
+    this.stalled = true;
+    this.#done = true;
+    this.#controller.abort(
+      new IcapError(
+        IcapErrorCodes.STALLED,
+        `ICAP server ${this.#label} made no progress for stallTimeout (${this.#stallTimeout} ms)`,
+      ),
+    );
+  };
+
+  readonly #onParentAbort = (): void => {
+    this.#controller.abort(this.#parent.reason);
+  };
+}
