@@ -15,10 +15,11 @@ const RESPONSE_PROGRESS_BYTES = 16 * 1024;
  * - the exchange taking the next chunk of the body (the server took the previous ones);
  * - the server's 100 Continue, its answer head, each 16 KiB of its answer body.
  *
- * It starts when the exchange starts sending the body (a connection was obtained and OPTIONS
- * are known: before that, connectTimeout, queueTimeout and the OPTIONS timeout bound the wait),
- * and pauses while the exchange waits for the HTTP client's next bytes: a slow upload is never
- * the server's fault. A server that answers one byte at a time, or takes nothing more of the
+ * It runs from the start of the attempt (OPTIONS not answered count too) and pauses while the
+ * exchange waits for the HTTP client's next bytes: a slow upload is never the server's fault.
+ * Until the exchange has a connection, it does not fire while the server has requests waiting
+ * for a connection or connecting (`busy`): queueTimeout and connectTimeout bound those, with
+ * errors of their own. A server that answers one byte at a time, or takes nothing more of the
  * body, or never answers, is caught within `stallTimeout`, whatever `ioTimeout` says.
  */
 export class AttemptWatch {
@@ -26,6 +27,9 @@ export class AttemptWatch {
   readonly #parent: AbortSignal;
   readonly #stallTimeout: number;
   readonly #label: string;
+  readonly #busy: () => boolean;
+  /** The exchange opened the body: it has its connection. */
+  #opened = false;
   #timer: NodeJS.Timeout | undefined;
   #started = false;
   /** The exchange waits for the HTTP client's body. */
@@ -35,10 +39,11 @@ export class AttemptWatch {
   /** The watchdog fired. */
   stalled = false;
 
-  constructor(parent: AbortSignal, stallTimeout: number, label: string) {
+  constructor(parent: AbortSignal, stallTimeout: number, label: string, busy: () => boolean = () => false) {
     this.#parent = parent;
     this.#stallTimeout = stallTimeout;
     this.#label = label;
+    this.#busy = busy;
     if (parent.aborted) this.#controller.abort(parent.reason);
     else parent.addEventListener('abort', this.#onParentAbort, { once: true });
   }
@@ -50,10 +55,10 @@ export class AttemptWatch {
 
   /** Whether the server was being waited for (the watchdog running, not paused for the client). */
   get waitingForServer(): boolean {
-    return this.#started && !this.#paused && !this.#done;
+    return this.#started && !this.#paused && !this.#done && (this.#opened || !this.#busy());
   }
 
-  /** Starts watching now (an exchange without a body). */
+  /** Starts watching (at the start of the attempt). */
   start(): void {
     if (this.#started || this.#done) return;
     this.#started = true;
@@ -70,6 +75,7 @@ export class AttemptWatch {
       },
       open(): AsyncIterator<Uint8Array> {
         const inner = body.open();
+        watch.#opened = true;
         watch.#paused = false;
         watch.start();
         watch.progress();
@@ -139,6 +145,11 @@ export class AttemptWatch {
     if (this.#done || this.#controller.signal.aborted) return;
     // Paused: the wait is the client's. Watching resumes with its next chunk.
     if (this.#paused) return;
+    // Perhaps still waiting for a connection: bounded elsewhere; look again later.
+    if (!this.#opened && this.#busy()) {
+      this.#arm();
+      return;
+    }
     this.stalled = true;
     this.#done = true;
     this.#controller.abort(

@@ -97,9 +97,13 @@ export class ServerHandle {
       keepAliveTimeout: profile.keepAliveTimeout,
       ioTimeout: profile.ioTimeout,
       queueTimeout: profile.queueTimeout,
-      // Bounds OPTIONS (before a request, and the probes): a server that does not answer them
-      // within stallTimeout is as stalled as one that does not answer a request.
-      timeout: Math.min(profile.stallTimeout, profile.responseTimeout),
+      // Bounds OPTIONS (before a request, and the probes): waiting for a connection, connecting,
+      // then stallTimeout for the answer; a server that does not answer them in that time is as
+      // stalled as one that does not answer a request (and the request can still go elsewhere).
+      timeout: Math.min(
+        profile.responseTimeout,
+        profile.queueTimeout + profile.connectTimeout + profile.stallTimeout,
+      ),
       headers: profile.icapHeaders,
     });
   }

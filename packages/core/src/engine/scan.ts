@@ -754,7 +754,10 @@ export class IcapEngine {
       log.request_logs.push(entry);
       entries?.push(entry);
       handle.outstanding++;
-      const watch = new AttemptWatch(signal, this.profile.stallTimeout, handle.server.url);
+      const watch = new AttemptWatch(signal, this.profile.stallTimeout, handle.server.url, () => {
+        const st = handle.client.stats;
+        return st.pending > 0 || st.connecting > 0;
+      });
       try {
         this.#telemetry.transactionStart(scope, handle, this.profile.serviceUri);
         const result = await this.#attempt(handle, facts, store, watch.signal, entry, scope, watch);
@@ -803,7 +806,7 @@ export class IcapEngine {
   ): Promise<AttemptResult> {
     const p = this.profile;
     const started = performance.now();
-    if (store === null) watch?.start();
+    watch?.start();
     const extraHeaders: Array<[string, string]> = [];
     if (p.sendClientIp && facts.clientIp !== undefined)
       extraHeaders.push(['X-Client-IP', facts.clientIp.replace(/^::ffff:/, '')]);
