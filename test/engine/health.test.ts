@@ -270,6 +270,22 @@ describe('timeouts and stalls count toward health', () => {
     expect(s.lastError).toMatch(/responseTimeout/);
   }, 20_000);
 
+  it('a slow scan with no other server to go to is waited for (a stall is acted on only when a retry is possible)', async () => {
+    const slow = await icapServer(reqmod({ kind: 'delay', ms: 600 }));
+    const { engine, app } = await engineServer({
+      name: 'slow-alone',
+      poolGroup: slow.url(),
+      serviceUri: '/avscan',
+      responseTimeout: 5000,
+      connection: { stallTimeout: 150 },
+      health: { failureLimit: 1 },
+    });
+    const r = await upload(app.url, text(2000));
+    expect(r.status).toBe(200);
+    expect(app.logs[0]!.request_logs.map((e) => e.error_code)).toEqual([undefined]);
+    expect(engine.status()[0]).toMatchObject({ state: 'up', consecutiveFailures: 0 });
+  }, 20_000);
+
   it('a client pausing longer than stallTimeout in the middle of its body is not a stalled server', async () => {
     const good = await icapServer();
     const app = await startApp('express5', {

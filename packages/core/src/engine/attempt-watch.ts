@@ -17,6 +17,11 @@ const RESPONSE_PROGRESS_BYTES = 16 * 1024;
  *
  * It runs from the start of the attempt (OPTIONS not answered count too) and pauses while the
  * exchange waits for the HTTP client's next bytes: a slow upload is never the server's fault.
+ *
+ * A stall is worth acting on only when the request can go elsewhere (`canRetry`: its body is
+ * still held and another server is available): otherwise the attempt goes on, bounded by the
+ * request's responseTimeout (a slow scan with nowhere else to go is better waited for).
+ *
  * Until the exchange has a connection, it does not fire while the server has requests waiting
  * for a connection or connecting (`busy`): queueTimeout and connectTimeout bound those, with
  * errors of their own. A server that answers one byte at a time, or takes nothing more of the
@@ -28,6 +33,7 @@ export class AttemptWatch {
   readonly #stallTimeout: number;
   readonly #label: string;
   readonly #busy: () => boolean;
+  readonly #canRetry: () => boolean;
   /** The exchange opened the body: it has its connection. */
   #opened = false;
   #timer: NodeJS.Timeout | undefined;
@@ -39,11 +45,17 @@ export class AttemptWatch {
   /** The watchdog fired. */
   stalled = false;
 
-  constructor(parent: AbortSignal, stallTimeout: number, label: string, busy: () => boolean = () => false) {
+  constructor(
+    parent: AbortSignal,
+    stallTimeout: number,
+    label: string,
+    hooks: { busy?: () => boolean; canRetry?: () => boolean } = {},
+  ) {
     this.#parent = parent;
     this.#stallTimeout = stallTimeout;
     this.#label = label;
-    this.#busy = busy;
+    this.#busy = hooks.busy ?? (() => false);
+    this.#canRetry = hooks.canRetry ?? (() => true);
     if (parent.aborted) this.#controller.abort(parent.reason);
     else parent.addEventListener('abort', this.#onParentAbort, { once: true });
   }
@@ -147,6 +159,11 @@ export class AttemptWatch {
     if (this.#paused) return;
     // Perhaps still waiting for a connection: bounded elsewhere; look again later.
     if (!this.#opened && this.#busy()) {
+      this.#arm();
+      return;
+    }
+    // Nowhere else to go: waiting on is the better choice (look again later: a server may come back).
+    if (!this.#canRetry()) {
       this.#arm();
       return;
     }

@@ -335,6 +335,11 @@ export class PoolGroup {
     );
   }
 
+  /** Whether {@link pick} would find a server not in `tried`. */
+  hasAlternative(tried: ReadonlySet<ServerHandle>): boolean {
+    return this.#pools.some((e) => e.servers.some((s) => s.available && !tried.has(s)));
+  }
+
   status(): ServerStatus[] {
     return this.servers.map((s) => s.status());
   }

@@ -754,9 +754,9 @@ export class IcapEngine {
       log.request_logs.push(entry);
       entries?.push(entry);
       handle.outstanding++;
-      const watch = new AttemptWatch(signal, this.profile.stallTimeout, handle.server.url, () => {
-        const st = handle.client.stats;
-        return st.pending > 0 || st.connecting > 0;
+      const watch = new AttemptWatch(signal, this.profile.stallTimeout, handle.server.url, {
+        busy: () => handle.client.stats.pending > 0 || handle.client.stats.connecting > 0,
+        canRetry: () => (store === null || store.complete) && this.#group.hasAlternative(tried),
       });
       try {
         this.#telemetry.transactionStart(scope, handle, this.profile.serviceUri);
