@@ -95,17 +95,18 @@ export class AttemptWatch {
           next: () => {
             watch.#paused = true;
             const p = inner.next();
-            return p.then(
-              (r) => {
+            // Watched on the side: the exchange gets the reader's own promise, so a chunk
+            // already there is taken in the same turn (no extra tick, no extra flush).
+            p.then(
+              () => {
                 watch.#paused = false;
                 watch.progress();
-                return r;
               },
-              (err: unknown) => {
+              () => {
                 watch.#paused = false;
-                throw err;
               },
             );
+            return p;
           },
           return: (value?: unknown) => {
             watch.#paused = false;
