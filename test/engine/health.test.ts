@@ -15,7 +15,13 @@ import {
   type PinoLike,
   type ServerStateMessage,
 } from '@icapkit/core';
-import { eicar, type Fault, type IcapTestServer, type RecordedRequest, startIcapServer } from '@icapkit/testing';
+import {
+  eicar,
+  type Fault,
+  type IcapTestServer,
+  type RecordedRequest,
+  startIcapServer,
+} from '@icapkit/testing';
 import { afterEach, describe, expect, it } from 'vitest';
 import { type App, type Framework, startApp } from '../conformance/apps.js';
 import { freePort } from '../support/c-icap.js';
@@ -143,8 +149,12 @@ describe('pool A failing, pool B healthy: every request answered by pool B, no 5
         );
         // Six at once (they all meet pool A before it is suspended), then six more.
         const replies = [
-          ...(await Promise.all(bodies.slice(0, 6).map((b) => send(app.url, '/raw', { body: b, headers: OCTETS })))),
-          ...(await Promise.all(bodies.slice(6).map((b) => send(app.url, '/raw', { body: b, headers: OCTETS })))),
+          ...(await Promise.all(
+            bodies.slice(0, 6).map((b) => send(app.url, '/raw', { body: b, headers: OCTETS })),
+          )),
+          ...(await Promise.all(
+            bodies.slice(6).map((b) => send(app.url, '/raw', { body: b, headers: OCTETS })),
+          )),
         ];
         expect(replies.map((r) => r.status)).toEqual(bodies.map((_, i) => (i % 4 === 3 ? 403 : 200)));
         // The handler got exactly the clean bodies, each whole.
@@ -247,7 +257,9 @@ describe('timeouts and stalls count toward health', () => {
     for (let i = 0; i < 3; i++) expect((await upload(app.url, text(3000, i))).status).toBe(200);
     const t = engine.status().find((s) => s.pool === 'A')!;
     expect(t.state).toBe('suspended');
-    const onTrickle = app.logs.flatMap((l) => l.request_logs).filter((e) => e.icap_server_port === trickle.port);
+    const onTrickle = app.logs
+      .flatMap((l) => l.request_logs)
+      .filter((e) => e.icap_server_port === trickle.port);
     expect(onTrickle.map((e) => e.error_code)).toEqual(['ICAP_ERR_STALLED', 'ICAP_ERR_STALLED']);
   }, 20_000);
 
@@ -308,6 +320,40 @@ describe('timeouts and stalls count toward health', () => {
     expect(r.responses[0]?.status).toBe(200);
     expect(app.seen[0]!.raw!.equals(body)).toBe(true);
     expect(app.engine.status()[0]).toMatchObject({ state: 'up', consecutiveFailures: 0 });
+  }, 20_000);
+});
+
+describe('a threat verdict is never lost to a retry', () => {
+  it('a block whose page breaks off after the head still blocks (fail-open, another server available)', async () => {
+    const http = 'HTTP/1.1 403 Forbidden\r\nContent-Type: text/html\r\n\r\n';
+    const broken = await icapServer(
+      reqmod({
+        kind: 'raw',
+        response:
+          'ICAP/1.0 200 OK\r\nISTag: "x"\r\nX-Infection-Found: Type=0; Resolution=2; Threat=Eicar-Test-Signature;\r\n' +
+          `Encapsulated: res-hdr=0, res-body=${http.length}\r\n\r\n${http}400\r\n<html>blocked`,
+      }),
+    );
+    const lenient = await icapServer(() => ({ kind: 'status', status: 500 }));
+    const { engine, app } = await engineServer({
+      name: 'verdict',
+      poolGroup: {
+        pools: [
+          { name: 'A', priority: 2, servers: [broken.url()] },
+          { name: 'B', priority: 1, servers: [lenient.url()] },
+        ],
+      },
+      serviceUri: '/avscan',
+      failAction: 'fail-open',
+      responseTimeout: 3000,
+      connection: { ioTimeout: 200, stallTimeout: 200 },
+    });
+    const r = await upload(app.url, text(3000));
+    expect(r.status).toBe(403);
+    expect(app.seen).toHaveLength(0);
+    expect(app.logs[0]!.action).toBe('ICAP_BLOCKED');
+    expect(app.logs[0]!.request_logs.map((e) => e.icap_server_port)).toEqual([broken.port]);
+    expect(engine.status().find((s) => s.pool === 'B')!.consecutiveFailures).toBe(0);
   }, 20_000);
 });
 
@@ -386,7 +432,9 @@ describe('circuit breaker: suspension, half-open trial, backoff', () => {
     expect(last.request_logs.map((e) => e.icap_server_port)).toEqual([flaky.port]);
 
     // Each transition reported once, in order, on the channel and in the logger alike.
-    const seq = transitions().map((m) => `${m.from}->${m.to}${m.backoff === undefined ? '' : `@${m.backoff}`}`);
+    const seq = transitions().map(
+      (m) => `${m.from}->${m.to}${m.backoff === undefined ? '' : `@${m.backoff}`}`,
+    );
     expect(seq).toEqual([
       'up->suspended@150',
       'suspended->half-open',
@@ -414,7 +462,11 @@ describe('circuit breaker: suspension, half-open trial, backoff', () => {
   it('a slow success that started before a suspension does not revive the server', async () => {
     let mode: 'slow' | 'fail' = 'slow';
     const server = await icapServer((r) =>
-      r.method === 'OPTIONS' ? undefined : mode === 'slow' ? { kind: 'delay', ms: 300 } : { kind: 'status', status: 500 },
+      r.method === 'OPTIONS'
+        ? undefined
+        : mode === 'slow'
+          ? { kind: 'delay', ms: 300 }
+          : { kind: 'status', status: 500 },
     );
     const good = await icapServer();
     const { engine, app } = await engineServer({
@@ -471,13 +523,17 @@ describe('a saturated pool spills over', () => {
     expect(waited).toBeLessThan(1200);
     const spilled = app.logs.filter((l) => l.request_logs.at(-1)!.icap_server_port === good.port);
     expect(spilled).toHaveLength(3);
-    for (const l of spilled) expect(attempts(l)).toEqual([
-      { port: slow.port, error: 'ICAP_ERR_SATURATED' },
-      { port: good.port, error: undefined },
-    ]);
+    for (const l of spilled)
+      expect(attempts(l)).toEqual([
+        { port: slow.port, error: 'ICAP_ERR_SATURATED' },
+        { port: good.port, error: undefined },
+      ]);
     expect((await Promise.all(holders)).map((r) => r.status)).toEqual([200, 200]);
     // Busy is not broken.
-    expect(engine.status().find((s) => s.pool === 'A')).toMatchObject({ state: 'up', consecutiveFailures: 0 });
+    expect(engine.status().find((s) => s.pool === 'A')).toMatchObject({
+      state: 'up',
+      consecutiveFailures: 0,
+    });
   }, 20_000);
 
   it('with no other server, a saturated one answers 503 ICAP_ERR_SATURATED after queueTimeout (fail-closed)', async () => {

@@ -513,7 +513,14 @@ export function resolveProfile(profile: IcapProfile): ResolvedProfile {
   if (typeof conn !== 'object' || conn === null) fail('profile.connection', 'must be an object');
   checkKeys(
     conn,
-    new Set(['maxConnections', 'connectTimeout', 'keepAliveTimeout', 'ioTimeout', 'stallTimeout', 'queueTimeout']),
+    new Set([
+      'maxConnections',
+      'connectTimeout',
+      'keepAliveTimeout',
+      'ioTimeout',
+      'stallTimeout',
+      'queueTimeout',
+    ]),
     'profile.connection',
   );
   const health = p.health ?? {};

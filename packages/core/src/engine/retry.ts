@@ -1,5 +1,4 @@
-import { type IcapErrorCode, IcapErrorCodes } from '../client/errors.js';
-import { IcapError } from '../client/errors.js';
+import { IcapError, type IcapErrorCode, IcapErrorCodes } from '../client/errors.js';
 import type { ServerHandle, ServerTransition } from './pool-group.js';
 import type { PinoLike } from './profile.js';
 

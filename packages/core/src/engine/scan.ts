@@ -4,6 +4,7 @@ import { isSkipped } from '../client/client.js';
 import { IcapError, type IcapErrorCode, IcapErrorCodes } from '../client/errors.js';
 import type { IcapResponse } from '../client/transaction.js';
 import { endToEndHeaders, Headers, isSafeFieldValue, isToken } from '../protocol/headers.js';
+import { AttemptWatch } from './attempt-watch.js';
 import { AdaptedBody, BodyStore } from './body.js';
 import {
   emitLog,
@@ -18,12 +19,11 @@ import {
 } from './log.js';
 import { boundaryOf, isMultipartFormData, type Part, parseMultipart, rebuildMultipart } from './multipart.js';
 import type { PolicyDecision } from './policy.js';
-import { AttemptWatch } from './attempt-watch.js';
 import { PoolGroup, type ServerHandle, type ServerStatus } from './pool-group.js';
-import { classifyFailure, reportTransition } from './retry.js';
 import { type IcapProfile, type PinoLike, type ResolvedProfile, resolveProfile } from './profile.js';
 import { absoluteTarget, type HttpRequestFacts, pathOf, requestFacts, type ScanRequest } from './request.js';
 import { buildResponse, type ClientResponse, type ResponseKind } from './respond.js';
+import { classifyFailure, reportTransition } from './retry.js';
 import { type ScanScope, Telemetry } from './telemetry.js';
 import { readVerdict, type Verdict } from './verdict/index.js';
 
@@ -873,12 +873,20 @@ export class IcapEngine {
         // The verdict is known: nothing may turn it into a failure now.
         watch?.stop();
         let relay: ClientResponse | undefined;
-        if (p.blockResponse === 'relay' && res.httpResponse !== null) {
-          relay = await readRelay(res);
-        } else {
-          await drain(res);
+        try {
+          if (p.blockResponse === 'relay' && res.httpResponse !== null) {
+            relay = await readRelay(res);
+          } else {
+            await drain(res);
+          }
+        } catch {
+          // The page broke off (reset, stall): the verdict read from the head still blocks,
+          // with our own page; it is never retried elsewhere or turned into a failure.
+          relay = undefined;
         }
-        entry.latency = await latencyOf(res, started);
+        entry.latency = await latencyOf(res, started).catch(() =>
+          String(Math.round(performance.now() - started)),
+        );
         entry.action = 'ICAP_BLOCKED';
         entry.http_response_code = relay?.status ?? 403;
         return { type: 'blocked', res, verdict, relay };
