@@ -22,6 +22,7 @@ import {
   type RecordedRequest,
   startIcapServer,
 } from '@icapkit/testing';
+import { Registry } from 'prom-client';
 import { afterEach, describe, expect, it } from 'vitest';
 import { type App, type Framework, startApp } from '../conformance/apps.js';
 import { freePort } from '../support/c-icap.js';
@@ -372,6 +373,7 @@ describe('circuit breaker: suspension, half-open trial, backoff', () => {
     const onState = (m: unknown) => published.push({ ...(m as ServerStateMessage), at: performance.now() });
     dc.subscribe('icapkit:server:state', onState);
     toClose.push({ close: () => dc.unsubscribe('icapkit:server:state', onState) });
+    const registry = new Registry();
     const { engine, app } = await engineServer({
       name: 'breaker',
       poolGroup: {
@@ -383,6 +385,7 @@ describe('circuit breaker: suspension, half-open trial, backoff', () => {
       serviceUri: '/avscan',
       responseTimeout: 3000,
       logger,
+      metrics: { registry },
       // Backoffs long enough that no probe slips in between a step and its check on a busy machine.
       health: { failureLimit: 1, probeInterval: 400, maxProbeInterval: 10_000, successThreshold: 2 },
     });
@@ -455,6 +458,10 @@ describe('circuit breaker: suspension, half-open trial, backoff', () => {
     }
     expect(logged.find((l) => l.obj.to === 'suspended')!.msg).toContain(flaky.url());
     expect(flakyStatus().suspensions).toBe(3);
+    // And counted once each in Prometheus.
+    const prom = await registry.getSingleMetricAsString('icapkit_icap_server_transitions_total');
+    const count = (state: string) => Number(new RegExp(`state="${state}"\\} (\\d+)`).exec(prom)?.[1] ?? 0);
+    expect([count('suspended'), count('half-open'), count('up')]).toEqual([3, 3, 1]);
   }, 30_000);
 
   it('a slow success that started before a suspension does not revive the server', async () => {
