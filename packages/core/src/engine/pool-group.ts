@@ -131,7 +131,9 @@ export class ServerHandle {
       }
       return;
     }
-    if (this.state === 'up') this.consecutiveFailures = 0;
+    // A success from before the last transition says nothing about the server now.
+    const current = ticket === undefined || ticket.generation === this.#generation;
+    if (this.state === 'up' && current) this.consecutiveFailures = 0;
   }
 
   /** A transaction failed in a way that says something about the server. */
