@@ -561,3 +561,35 @@ describe('a saturated pool spills over', () => {
     expect(engine.status()[0]).toMatchObject({ state: 'up', consecutiveFailures: 0 });
   }, 20_000);
 });
+
+describe('health and retry options', () => {
+  it('defaults follow responseTimeout and connectTimeout; invalid values name their field', () => {
+    const base = { name: 'opts', poolGroup: 'icap://127.0.0.1:1', serviceUri: '/avscan' };
+    const engine = createEngine({ ...base, responseTimeout: 9000, connection: { connectTimeout: 1000 } });
+    toClose.push(engine);
+    expect(engine.profile).toMatchObject({
+      stallTimeout: 3000,
+      queueTimeout: 1000,
+      failureLimit: 3,
+      probeInterval: 5000,
+      maxProbeInterval: 60_000,
+      successThreshold: 3,
+    });
+    for (const [over, field] of [
+      [{ connection: { stallTimeout: 0 } }, 'profile.connection.stallTimeout'],
+      [{ connection: { queueTimeout: 1.5 } }, 'profile.connection.queueTimeout'],
+      [{ health: { successThreshold: 0 } }, 'profile.health.successThreshold'],
+      [{ health: { maxProbeInterval: 'soon' } }, 'profile.health.maxProbeInterval'],
+      [{ health: { backoff: 1 } }, 'profile.health'],
+    ] as Array<[Partial<IcapProfile>, string]>) {
+      let caught: unknown;
+      try {
+        createEngine({ ...base, ...over });
+      } catch (err) {
+        caught = err;
+      }
+      expect(caught).toMatchObject({ code: 'ICAP_ERR_INVALID_PROFILE' });
+      expect((caught as Error).message).toContain(field);
+    }
+  });
+});
