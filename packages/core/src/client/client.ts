@@ -90,6 +90,11 @@ export interface IcapRequestOptions {
   fileExtension?: string | undefined;
   /** Called when the server answers the preview with 100 Continue (it wants the rest of the body). */
   onContinue?: (() => void) | undefined;
+  /**
+   * ms this request may wait for a free connection (the client's `queueTimeout` when left out;
+   * `Infinity`: no limit).
+   */
+  queueTimeout?: number | undefined;
   /** Honour `Transfer-Ignore` by not sending the message at all. Default true. */
   honourTransferIgnore?: boolean | undefined;
 }
@@ -222,7 +227,7 @@ export class IcapClient {
       if (source !== null && bodyLength !== undefined && preview !== undefined)
         preview = Math.min(preview, bodyLength);
       const tx = this.#encode(init, source, bodyLength, preview);
-      const response = await this.#attempt(tx, signal);
+      const response = await this.#attempt(tx, signal, init.queueTimeout);
       this.#options.noteIstag(init.service, response.istag);
       response.done.then(cleanup, cleanup);
       return response;
@@ -290,10 +295,14 @@ export class IcapClient {
     return req;
   }
 
-  async #attempt(req: TransactionRequest, signal: AbortSignal): Promise<IcapResponse> {
+  async #attempt(
+    req: TransactionRequest,
+    signal: AbortSignal,
+    queueTimeout?: number | undefined,
+  ): Promise<IcapResponse> {
     let fresh = false;
     for (;;) {
-      const lease = await this.#pool.acquire(signal, fresh);
+      const lease = await this.#pool.acquire(signal, fresh, queueTimeout);
       const tx = new Transaction(
         lease.connection,
         lease.reused,

@@ -93,9 +93,10 @@ export class Pool {
 
   /**
    * A connection for one transaction. `fresh` skips idle connections (used to retry after a
-   * stale keep-alive connection failed).
+   * stale keep-alive connection failed). `queueTimeout` overrides the pool's for this wait
+   * (`Infinity`: no limit).
    */
-  acquire(signal?: AbortSignal, fresh = false): Promise<Lease> {
+  acquire(signal?: AbortSignal, fresh = false, queueTimeout = this.#options.queueTimeout): Promise<Lease> {
     if (this.#closed) return Promise.reject(closedError());
     if (signal?.aborted) return Promise.reject(signal.reason);
     if (!fresh) {
@@ -119,8 +120,8 @@ export class Pool {
       signal?.addEventListener('abort', waiter.onAbort, { once: true });
       this.#waiters.push(waiter);
       this.#dispatch();
-      const wait = this.#options.queueTimeout;
-      if (wait !== undefined && this.#waiters.includes(waiter)) {
+      const wait = queueTimeout;
+      if (wait !== undefined && Number.isFinite(wait) && this.#waiters.includes(waiter)) {
         // Still queued: every connection is busy. The wait is bounded, so the caller can go elsewhere.
         waiter.timer = setTimeout(() => {
           const at = this.#waiters.indexOf(waiter);

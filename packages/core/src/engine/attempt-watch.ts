@@ -70,6 +70,11 @@ export class AttemptWatch {
     return this.#started && !this.#paused && !this.#done && (this.#opened || !this.#busy());
   }
 
+  /** Whether the request could go to another server now (its body held, one available). */
+  canRetry(): boolean {
+    return this.#canRetry();
+  }
+
   /** Starts watching (at the start of the attempt). */
   start(): void {
     if (this.#started || this.#done) return;

@@ -97,9 +97,10 @@ export interface IcapProfile {
          */
         stallTimeout?: number | undefined;
         /**
-         * ms a request waits for a free connection to a server whose connections are all busy;
-         * then it tries the next healthy server or pool (ICAP_ERR_SATURATED when none is left).
-         * Default the smaller of connectTimeout and stallTimeout.
+         * ms a request waits for a free connection to a server whose connections are all busy,
+         * when another server could take it (ICAP_ERR_SATURATED, then the next healthy server
+         * or pool); with nowhere else to go it waits on, within responseTimeout. Default the
+         * smaller of connectTimeout and stallTimeout.
          */
         queueTimeout?: number | undefined;
       }

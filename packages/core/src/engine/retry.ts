@@ -9,8 +9,8 @@ import type { PinoLike } from './profile.js';
  * - A failure of the server (cannot connect, TLS, reset, close, garbage, a 4xx/5xx answer,
  *   ioTimeout, a stall, OPTIONS not answered in time) counts against its health and the
  *   request is retried on the next server, once per server.
- * - All connections busy for queueTimeout (saturated) is retried elsewhere but is no failure
- *   of the server.
+ * - All connections busy for queueTimeout (saturated; the wait is bounded only when another
+ *   server is available) is retried elsewhere but is no failure of the server.
  * - The request's own responseTimeout ends the request (no time is left to try another
  *   server); it counts against the server when the server was the one being waited for.
  * - Anything the HTTP client caused (it went away, its body is too large or stalled) is

@@ -826,6 +826,8 @@ export class IcapEngine {
       headers: extraHeaders,
       signal,
       timeout: NO_CLIENT_TIMEOUT,
+      // Waiting for a busy server's connection is bounded only when the request can go elsewhere.
+      queueTimeout: watch === undefined || watch.canRetry() ? p.queueTimeout : Number.POSITIVE_INFINITY,
       onContinue: () => {
         watch?.progress();
         store?.stopHolding();
