@@ -96,7 +96,6 @@ export class ServerHandle {
       connectTimeout: profile.connectTimeout,
       keepAliveTimeout: profile.keepAliveTimeout,
       ioTimeout: profile.ioTimeout,
-      queueTimeout: profile.queueTimeout,
       // Bounds OPTIONS (before a request, and the probes): waiting for a connection, connecting,
       // then stallTimeout for the answer; a server that does not answer them in that time is as
       // stalled as one that does not answer a request (and the request can still go elsewhere).
