@@ -12,7 +12,7 @@ export { openSpoolFiles } from './engine/body.js';
 export * from './engine/log.js';
 export type { Part } from './engine/multipart.js';
 export * from './engine/policy.js';
-export type { ServerState, ServerStatus } from './engine/pool-group.js';
+export type { ServerState, ServerStatus, ServerTransition } from './engine/pool-group.js';
 export * from './engine/profile.js';
 export type { ScanRequest } from './engine/request.js';
 export * from './engine/respond.js';

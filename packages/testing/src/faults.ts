@@ -38,6 +38,11 @@ export type Fault =
   | { kind: 'connection-close' }
   /** Answer normally without an ISTag header. */
   | { kind: 'no-istag' }
+  /**
+   * Answer normally, but trickle every byte of the answer (100 Continue included): `bytes`
+   * (default 1) every `intervalMs`. The connection never idles long, yet nothing completes.
+   */
+  | { kind: 'trickle'; intervalMs: number; bytes?: number }
   /** Send exactly these bytes as the response (after the request was read). */
   | { kind: 'raw'; response: Buffer | string }
   /**

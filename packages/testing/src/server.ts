@@ -264,6 +264,8 @@ class Session {
   #earlyBytes = 0;
   /** The next answer goes out without this many trailing bytes (early-verdict `truncate`). */
   #cutNextWrite = 0;
+  /** A trickled answer: bytes still to send, a few at a time. */
+  #drip: { queue: Buffer[]; intervalMs: number; bytes: number } | null = null;
 
   constructor(srv: TestServer, socket: Socket, id: number) {
     this.#srv = srv;
@@ -787,6 +789,15 @@ class Session {
       b = b.subarray(0, Math.max(0, b.length - this.#cutNextWrite));
       this.#cutNextWrite = 0;
     }
+    const fault = this.#fault;
+    if (this.#drip !== null || fault?.kind === 'trickle') {
+      if (this.#drip === null && fault?.kind === 'trickle') {
+        this.#drip = { queue: [], intervalMs: fault.intervalMs, bytes: Math.max(1, fault.bytes ?? 1) };
+        this.#srv.setTimer(() => this.#dripNext(), fault.intervalMs);
+      }
+      this.#drip!.queue.push(b);
+      return;
+    }
     if (!this.#socket.write(b)) {
       // Backpressure: read no more until the client has taken what was sent.
       this.#socket.pause();
@@ -794,6 +805,35 @@ class Session {
         if (!this.#dead && !this.#discardPaused()) this.#socket.resume();
       });
     }
+  }
+
+  /** Sends the next few bytes of a trickled answer. */
+  #dripNext(): void {
+    const drip = this.#drip;
+    if (drip === null || this.#dead || this.#socket.destroyed) {
+      this.#drip = null;
+      return;
+    }
+    let n = drip.bytes;
+    const out: Buffer[] = [];
+    while (n > 0 && drip.queue.length > 0) {
+      const first = drip.queue[0]!;
+      if (first.length <= n) {
+        out.push(first);
+        n -= first.length;
+        drip.queue.shift();
+      } else {
+        out.push(first.subarray(0, n));
+        drip.queue[0] = first.subarray(n);
+        n = 0;
+      }
+    }
+    if (out.length > 0) this.#socket.write(Buffer.concat(out));
+    if (drip.queue.length === 0) {
+      this.#drip = null;
+      return;
+    }
+    this.#srv.setTimer(() => this.#dripNext(), drip.intervalMs);
   }
 
   #discardPaused(): boolean {

@@ -41,6 +41,11 @@ export interface IcapClientOptions {
    * for its own body source or for the reader of the response body. Default 60 000.
    */
   ioTimeout?: number | undefined;
+  /**
+   * ms a request waits for a free connection when all `maxConnections` are busy; then it
+   * fails with ICAP_ERR_SATURATED (so a caller can try another server). Default: no limit.
+   */
+  queueTimeout?: number | undefined;
   /** ms for a whole request (OPTIONS included), unless the request gives its own. Default 60 000. */
   timeout?: number | undefined;
   /** ms an idle keep-alive connection is kept. Default 30 000. */
@@ -95,6 +100,11 @@ export interface IcapRequestOptions {
   fileExtension?: string | undefined;
   /** Called when the server answers the preview with 100 Continue (it wants the rest of the body). */
   onContinue?: (() => void) | undefined;
+  /**
+   * ms this request may wait for a free connection (the client's `queueTimeout` when left out;
+   * `Infinity`: no limit).
+   */
+  queueTimeout?: number | undefined;
   /**
    * Honour `Transfer-Ignore` by not sending the message at all. Default false: the extension
    * comes from the request target (or `fileExtension`), which whoever sends the message
@@ -151,6 +161,8 @@ export class IcapClient {
       maxConnections: positive(options.maxConnections, 32, 'maxConnections'),
       keepAliveTimeout: positive(options.keepAliveTimeout, 30_000, 'keepAliveTimeout'),
       connectTimeout: this.#connectTimeout,
+      queueTimeout:
+        options.queueTimeout === undefined ? undefined : positive(options.queueTimeout, 0, 'queueTimeout'),
     });
     this.#onWarning = options.onWarning;
     this.#options = new OptionsCache(
@@ -237,7 +249,7 @@ export class IcapClient {
       if (source !== null && bodyLength !== undefined && preview !== undefined)
         preview = Math.min(preview, bodyLength);
       const tx = this.#encode(init, source, bodyLength, preview);
-      const response = await this.#attempt(tx, signal);
+      const response = await this.#attempt(tx, signal, init.queueTimeout);
       this.#options.noteIstag(init.service, response.istag);
       response.done.then(cleanup, cleanup);
       return response;
@@ -305,10 +317,14 @@ export class IcapClient {
     return req;
   }
 
-  async #attempt(req: TransactionRequest, signal: AbortSignal): Promise<IcapResponse> {
+  async #attempt(
+    req: TransactionRequest,
+    signal: AbortSignal,
+    queueTimeout?: number | undefined,
+  ): Promise<IcapResponse> {
     let fresh = false;
     for (;;) {
-      const lease = await this.#pool.acquire(signal, fresh);
+      const lease = await this.#pool.acquire(signal, fresh, queueTimeout);
       const tx = new Transaction(
         lease.connection,
         lease.reused,

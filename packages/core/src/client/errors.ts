@@ -21,6 +21,13 @@ export const IcapErrorCodes = {
   TIMEOUT: 'ICAP_ERR_TIMEOUT',
   /** No byte moved in either direction for ioTimeout while the transaction needed one. */
   IO_TIMEOUT: 'ICAP_ERR_IO_TIMEOUT',
+  /**
+   * The server made no progress (took no body, sent no answer) for stallTimeout while it was
+   * its turn; counts against its health, and the request is retried on another server.
+   */
+  STALLED: 'ICAP_ERR_STALLED',
+  /** Every connection to the server stayed busy for queueTimeout; the request tries another server. */
+  SATURATED: 'ICAP_ERR_SATURATED',
   /** The server reset the connection (ICAP_SERVER_RESPONSE_RESET). */
   RESET: 'ICAP_ERR_RESET',
   /** The server closed the connection before a complete response (ICAP_SERVER_RESPONSE_CLOSE / UNEXPECTED_CLOSE). */

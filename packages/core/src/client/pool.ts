@@ -7,6 +7,11 @@ export interface PoolOptions {
   /** An idle connection is closed after this many ms. */
   keepAliveTimeout: number;
   connectTimeout: number;
+  /**
+   * ms a request may wait for a connection while all of them are busy (at the limit); then it
+   * is rejected with ICAP_ERR_SATURATED. Default: no limit.
+   */
+  queueTimeout?: number | undefined;
 }
 
 export interface PoolStats {
@@ -36,6 +41,8 @@ interface Waiter {
   signal: AbortSignal | undefined;
   onAbort: () => void;
   fresh: boolean;
+  /** Bounds the wait in the queue (queueTimeout). */
+  timer: NodeJS.Timeout | undefined;
 }
 
 /**
@@ -86,9 +93,10 @@ export class Pool {
 
   /**
    * A connection for one transaction. `fresh` skips idle connections (used to retry after a
-   * stale keep-alive connection failed).
+   * stale keep-alive connection failed). `queueTimeout` overrides the pool's for this wait
+   * (`Infinity`: no limit).
    */
-  acquire(signal?: AbortSignal, fresh = false): Promise<Lease> {
+  acquire(signal?: AbortSignal, fresh = false, queueTimeout = this.#options.queueTimeout): Promise<Lease> {
     if (this.#closed) return Promise.reject(closedError());
     if (signal?.aborted) return Promise.reject(signal.reason);
     if (!fresh) {
@@ -101,15 +109,33 @@ export class Pool {
         reject,
         signal,
         fresh,
+        timer: undefined,
         onAbort: () => {
           const at = this.#waiters.indexOf(waiter);
           if (at !== -1) this.#waiters.splice(at, 1);
+          if (waiter.timer !== undefined) clearTimeout(waiter.timer);
           reject(signal!.reason);
         },
       };
       signal?.addEventListener('abort', waiter.onAbort, { once: true });
       this.#waiters.push(waiter);
       this.#dispatch();
+      const wait = queueTimeout;
+      if (wait !== undefined && Number.isFinite(wait) && this.#waiters.includes(waiter)) {
+        // Still queued: every connection is busy. The wait is bounded, so the caller can go elsewhere.
+        waiter.timer = setTimeout(() => {
+          const at = this.#waiters.indexOf(waiter);
+          if (at === -1) return;
+          this.#waiters.splice(at, 1);
+          signal?.removeEventListener('abort', waiter.onAbort);
+          reject(
+            new IcapError(
+              IcapErrorCodes.SATURATED,
+              `all ${this.limit} connections to ICAP server ${this.endpoint.host}:${this.endpoint.port} stayed busy for queueTimeout (${wait} ms)`,
+            ),
+          );
+        }, wait);
+      }
     });
   }
 
@@ -137,6 +163,7 @@ export class Pool {
     for (const c of this.#idle.splice(0)) this.#unpark(c, true);
     for (const w of this.#waiters.splice(0)) {
       w.signal?.removeEventListener('abort', w.onAbort);
+      if (w.timer !== undefined) clearTimeout(w.timer);
       w.reject(closedError());
     }
   }
@@ -166,6 +193,7 @@ export class Pool {
     if (at === -1) return undefined;
     const [w] = this.#waiters.splice(at, 1);
     w!.signal?.removeEventListener('abort', w!.onAbort);
+    if (w!.timer !== undefined) clearTimeout(w!.timer);
     return w;
   }
 
@@ -187,6 +215,7 @@ export class Pool {
       if (this.#busy.size + this.#connecting >= this.limit) return;
       const waiter = this.#waiters.shift()!;
       waiter.signal?.removeEventListener('abort', waiter.onAbort);
+      if (waiter.timer !== undefined) clearTimeout(waiter.timer);
       this.#connect(waiter);
     }
   }

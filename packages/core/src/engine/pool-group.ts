@@ -4,13 +4,30 @@ import type { ResolvedPool, ResolvedProfile, ResolvedServer } from './profile.js
 
 /**
  * The ICAP servers of a profile: pools by priority, each with servers that share its load.
- * A server that fails `failureLimit` times in a row is suspended; a suspended server gets an
- * OPTIONS probe every `probeInterval` and comes back on the first success. A request goes to
- * the highest-priority pool that has a server up and not yet tried for this request, to the
- * server with the fewest outstanding requests (ties taken in turn) or simply in turn.
+ *
+ * Each server's health is a circuit breaker:
+ *
+ * - `up`: takes requests. `failureLimit` failures in a row (connect errors, resets, protocol
+ *   errors, 5xx answers, timeouts and stalls) suspend it.
+ * - `suspended`: takes no request. After a backoff (`probeInterval`, doubled after each failed
+ *   probe or trial, up to `maxProbeInterval`) an OPTIONS probe runs: a failed probe doubles the
+ *   backoff, a successful one makes the server half-open.
+ * - `half-open`: one trial request at a time goes to the server (the request can still be
+ *   retried elsewhere if the trial fails before an answer). `successThreshold` successful trials
+ *   in a row bring it back `up`; a failed one suspends it again with the backoff doubled.
+ *
+ * A server suspended again within `maxProbeInterval` of coming back keeps doubling its
+ * backoff (it is flapping); one that stayed up longer starts again from `probeInterval`.
+ * Results of requests that started before the last transition do not move the state (a slow
+ * success from before a suspension does not revive the server). Each transition is reported
+ * once through `onStateChange`.
+ *
+ * A request goes to the highest-priority pool that has a server available and not yet tried
+ * for this request: a half-open server waiting for its trial first, otherwise the up server
+ * with the fewest outstanding requests (ties taken in turn) or simply in turn.
  */
 
-export type ServerState = 'up' | 'suspended';
+export type ServerState = 'up' | 'suspended' | 'half-open';
 
 export interface ServerStatus {
   pool: string;
@@ -20,6 +37,31 @@ export interface ServerStatus {
   consecutiveFailures: number;
   lastError: string | undefined;
   connections: IcapClient['stats'];
+  /** Times the server was suspended since the engine started. */
+  suspensions: number;
+  /** While suspended: ms between the suspension (or last failed probe) and the next probe. */
+  backoff: number | undefined;
+  /** While half-open: successful trials in a row so far. */
+  trialSuccesses: number;
+}
+
+/** One transition of a server's health, reported once. */
+export interface ServerTransition {
+  from: ServerState;
+  to: ServerState;
+  /** Why: the error that tipped it, the probe's result, the trials. */
+  reason: string;
+  /** When suspended: ms until the next probe. */
+  backoff?: number | undefined;
+  consecutiveFailures: number;
+}
+
+/** One attempt on a server, from `begin()` to its result. */
+export interface AttemptTicket {
+  readonly generation: number;
+  /** The half-open server's trial request. */
+  readonly trial: boolean;
+  settled: boolean;
 }
 
 export class ServerHandle {
@@ -30,7 +72,17 @@ export class ServerHandle {
   consecutiveFailures = 0;
   state: ServerState = 'up';
   lastError: string | undefined;
+  suspensions = 0;
+  #trialSuccesses = 0;
+  #trialInFlight = false;
+  /** Incremented on every transition. */
+  #generation = 0;
+  /** Backoff exponent: the next probe waits probeInterval * 2^level (capped). */
+  #level = 0;
+  #backoff: number | undefined;
+  #upSince = 0;
   #probe: NodeJS.Timeout | undefined;
+  #closed = false;
   readonly #group: PoolGroup;
 
   constructor(group: PoolGroup, pool: ResolvedPool, server: ResolvedServer, profile: ResolvedProfile) {
@@ -44,23 +96,74 @@ export class ServerHandle {
       connectTimeout: profile.connectTimeout,
       keepAliveTimeout: profile.keepAliveTimeout,
       ioTimeout: profile.ioTimeout,
-      timeout: profile.responseTimeout,
+      // Bounds OPTIONS (before a request, and the probes): waiting for a connection, connecting,
+      // then stallTimeout for the answer; a server that does not answer them in that time is as
+      // stalled as one that does not answer a request (and the request can still go elsewhere).
+      timeout: Math.min(
+        profile.responseTimeout,
+        profile.queueTimeout + profile.connectTimeout + profile.stallTimeout,
+      ),
       headers: profile.icapHeaders,
       onWarning: (message, details) => profile.logger?.warn({ icap_server: server.url, ...details }, message),
     });
   }
 
+  /** Whether a request may be sent here now (up, or half-open with no trial under way). */
+  get available(): boolean {
+    return this.state === 'up' || (this.state === 'half-open' && !this.#trialInFlight);
+  }
+
+  /** Starts an attempt (right after {@link PoolGroup.pick} chose this server). */
+  begin(): AttemptTicket {
+    const trial = this.state === 'half-open' && !this.#trialInFlight;
+    if (trial) this.#trialInFlight = true;
+    return { generation: this.#generation, trial, settled: false };
+  }
+
   /** A transaction went well. */
-  succeeded(): void {
-    this.consecutiveFailures = 0;
-    if (this.state === 'suspended') this.#revive();
+  succeeded(ticket?: AttemptTicket): void {
+    if (!this.#settle(ticket)) return;
+    if (ticket?.trial === true && this.state === 'half-open' && ticket.generation === this.#generation) {
+      this.#trialSuccesses++;
+      this.consecutiveFailures = 0;
+      if (this.#trialSuccesses >= this.#group.successThreshold) {
+        this.#transition('up', `${this.#trialSuccesses} trial requests in a row succeeded`);
+      }
+      return;
+    }
+    // A success from before the last transition says nothing about the server now.
+    const current = ticket === undefined || ticket.generation === this.#generation;
+    if (this.state === 'up' && current) this.consecutiveFailures = 0;
   }
 
   /** A transaction failed in a way that says something about the server. */
-  failed(err: unknown): void {
+  failed(err: unknown, ticket?: AttemptTicket): void {
+    if (!this.#settle(ticket)) return;
+    const message = err instanceof Error ? err.message : String(err);
+    this.lastError = message;
+    const current = ticket === undefined || ticket.generation === this.#generation;
+    if (this.state === 'half-open') {
+      if (ticket?.trial === true && current) {
+        this.consecutiveFailures++;
+        this.#suspend(this.#level + 1, `the trial request failed: ${message}`);
+      }
+      return;
+    }
+    if (this.state !== 'up' || !current) return;
     this.consecutiveFailures++;
-    this.lastError = err instanceof Error ? err.message : String(err);
-    if (this.state === 'up' && this.consecutiveFailures >= this.#group.failureLimit) this.#suspend();
+    if (this.consecutiveFailures >= this.#group.failureLimit) {
+      // Suspended again soon after coming back: still failing, the backoff keeps growing.
+      const flapping = this.#upSince > 0 && performance.now() - this.#upSince < this.#group.maxProbeInterval;
+      this.#suspend(
+        flapping ? this.#level + 1 : 0,
+        `${this.consecutiveFailures} failures in a row, the last: ${message}`,
+      );
+    }
+  }
+
+  /** The attempt ended without a verdict on the server (the HTTP client went away, say). */
+  abandoned(ticket: AttemptTicket): void {
+    this.#settle(ticket);
   }
 
   status(): ServerStatus {
@@ -72,35 +175,97 @@ export class ServerHandle {
       consecutiveFailures: this.consecutiveFailures,
       lastError: this.lastError,
       connections: this.client.stats,
+      suspensions: this.suspensions,
+      backoff: this.state === 'suspended' ? this.#backoff : undefined,
+      trialSuccesses: this.state === 'half-open' ? this.#trialSuccesses : 0,
     };
   }
 
   close(): void {
-    if (this.#probe !== undefined) clearInterval(this.#probe);
+    this.#closed = true;
+    if (this.#probe !== undefined) clearTimeout(this.#probe);
     this.#probe = undefined;
     this.client.destroy();
   }
 
-  #suspend(): void {
-    this.state = 'suspended';
-    this.#group.onStateChange?.(this, 'suspended');
-    this.#probe = setInterval(() => {
-      this.client.options(this.#group.serviceUri, { refresh: true }).then(
-        () => this.succeeded(),
-        (err: unknown) => {
-          this.lastError = err instanceof Error ? err.message : String(err);
-        },
-      );
-    }, this.#group.probeInterval);
+  /** Marks the ticket settled (once); false when it was already. */
+  #settle(ticket: AttemptTicket | undefined): boolean {
+    if (ticket === undefined) return true;
+    if (ticket.settled) return false;
+    ticket.settled = true;
+    if (ticket.trial && ticket.generation === this.#generation) this.#trialInFlight = false;
+    return true;
+  }
+
+  #delay(level: number): number {
+    const g = this.#group;
+    return Math.min(g.maxProbeInterval, g.probeInterval * 2 ** Math.min(level, 30));
+  }
+
+  #suspend(level: number, reason: string): void {
+    this.#level = Math.min(level, this.#levelCap());
+    this.suspensions++;
+    this.#transition('suspended', reason);
+  }
+
+  /** The smallest level whose delay reaches maxProbeInterval. */
+  #levelCap(): number {
+    let l = 0;
+    while (this.#delay(l) < this.#group.maxProbeInterval && l < 30) l++;
+    return l;
+  }
+
+  #schedule(): void {
+    if (this.#probe !== undefined) clearTimeout(this.#probe);
+    this.#backoff = this.#delay(this.#level);
+    this.#probe = setTimeout(() => this.#runProbe(), this.#backoff);
     this.#probe.unref();
   }
 
-  #revive(): void {
-    if (this.#probe !== undefined) clearInterval(this.#probe);
+  #runProbe(): void {
     this.#probe = undefined;
-    this.state = 'up';
-    this.consecutiveFailures = 0;
-    this.#group.onStateChange?.(this, 'up');
+    if (this.#closed || this.state !== 'suspended') return;
+    const generation = this.#generation;
+    this.client.options(this.#group.serviceUri, { refresh: true }).then(
+      () => {
+        if (this.#closed || this.state !== 'suspended' || this.#generation !== generation) return;
+        this.#transition('half-open', 'the OPTIONS probe succeeded');
+      },
+      (err: unknown) => {
+        if (this.#closed || this.state !== 'suspended' || this.#generation !== generation) return;
+        this.lastError = err instanceof Error ? err.message : String(err);
+        this.#level = Math.min(this.#level + 1, this.#levelCap());
+        this.#schedule();
+      },
+    );
+  }
+
+  #transition(to: ServerState, reason: string): void {
+    const from = this.state;
+    this.state = to;
+    this.#generation++;
+    this.#trialInFlight = false;
+    this.#trialSuccesses = 0;
+    if (this.#probe !== undefined) clearTimeout(this.#probe);
+    this.#probe = undefined;
+    this.#backoff = undefined;
+    if (to === 'up') {
+      this.consecutiveFailures = 0;
+      this.#upSince = performance.now();
+    }
+    if (to === 'suspended' && !this.#closed) this.#schedule();
+    const change: ServerTransition = {
+      from,
+      to,
+      reason,
+      backoff: this.#backoff,
+      consecutiveFailures: this.consecutiveFailures,
+    };
+    try {
+      this.#group.onStateChange?.(this, to, change);
+    } catch {
+      // a reporter that throws does not change the server's health
+    }
   }
 }
 
@@ -115,15 +280,19 @@ export class PoolGroup {
   readonly serviceUri: string;
   readonly failureLimit: number;
   readonly probeInterval: number;
+  readonly maxProbeInterval: number;
+  readonly successThreshold: number;
   readonly #pools: PoolEntry[];
-  /** Called when a server is suspended or comes back. */
-  onStateChange: ((server: ServerHandle, state: ServerState) => void) | undefined;
+  /** Called once per transition of a server's health (suspended, half-open, up). */
+  onStateChange: ((server: ServerHandle, state: ServerState, change: ServerTransition) => void) | undefined;
 
   constructor(profile: ResolvedProfile) {
     this.name = profile.poolGroupName;
     this.serviceUri = profile.serviceUri;
     this.failureLimit = profile.failureLimit;
     this.probeInterval = profile.probeInterval;
+    this.maxProbeInterval = profile.maxProbeInterval;
+    this.successThreshold = profile.successThreshold;
     this.#pools = profile.pools.map((pool) => ({
       pool,
       servers: pool.servers.map((s) => new ServerHandle(this, pool, s, profile)),
@@ -135,11 +304,17 @@ export class PoolGroup {
     return this.#pools.flatMap((p) => p.servers);
   }
 
-  /** The server for the next attempt of a request, or an ICAP_ERR_NO_SERVER error. */
+  /**
+   * The server for the next attempt of a request, or an ICAP_ERR_NO_SERVER error. Call
+   * `begin()` on it right away (a half-open server's trial is given to this attempt).
+   */
   pick(tried: ReadonlySet<ServerHandle>): ServerHandle {
     for (const entry of this.#pools) {
-      const candidates = entry.servers.filter((s) => s.state === 'up' && !tried.has(s));
+      const candidates = entry.servers.filter((s) => s.available && !tried.has(s));
       if (candidates.length === 0) continue;
+      // A half-open server waiting for its trial gets this request.
+      const trial = candidates.find((s) => s.state === 'half-open');
+      if (trial !== undefined) return trial;
       if (candidates.length === 1) return candidates[0]!;
       if (entry.pool.loadBalancing === 'round-robin') {
         const s = candidates[entry.next % candidates.length]!;
@@ -153,13 +328,18 @@ export class PoolGroup {
       entry.next = (entry.next + 1) % 1_000_000;
       return s;
     }
-    const down = this.servers.filter((s) => s.state === 'suspended').length;
+    const down = this.servers.filter((s) => s.state !== 'up').length;
     throw new IcapError(
       IcapErrorCodes.NO_SERVER,
       tried.size > 0
-        ? `no other ICAP server to try (${tried.size} tried, ${down} suspended)`
-        : `no ICAP server is available (${down} suspended)`,
+        ? `no other ICAP server to try (${tried.size} tried, ${down} suspended or on trial)`
+        : `no ICAP server is available (${down} suspended or on trial)`,
     );
+  }
+
+  /** Whether {@link pick} would find a server not in `tried`. */
+  hasAlternative(tried: ReadonlySet<ServerHandle>): boolean {
+    return this.#pools.some((e) => e.servers.some((s) => s.available && !tried.has(s)));
   }
 
   status(): ServerStatus[] {

@@ -96,10 +96,39 @@ export interface IcapProfile {
         connectTimeout?: number | undefined;
         keepAliveTimeout?: number | undefined;
         ioTimeout?: number | undefined;
+        /**
+         * ms an established ICAP exchange may go without progress (a body chunk taken by the
+         * server, its 100 Continue, its answer head, 16 KiB of its answer body) while it is the
+         * server's turn; then the attempt fails with ICAP_ERR_STALLED, counts against the
+         * server's health and the request is retried on the next server. Time spent waiting
+         * for the HTTP client's body never counts. Default a third of responseTimeout, so a
+         * retry fits in the responseTimeout budget.
+         */
+        stallTimeout?: number | undefined;
+        /**
+         * ms a request waits for a free connection to a server whose connections are all busy,
+         * when another server could take it (ICAP_ERR_SATURATED, then the next healthy server
+         * or pool); with nowhere else to go it waits on, within responseTimeout. Default the
+         * smaller of connectTimeout and stallTimeout.
+         */
+        queueTimeout?: number | undefined;
       }
     | undefined;
-  /** Server health: consecutive failures before a server is suspended, and how often a suspended one is probed. */
-  health?: { failureLimit?: number | undefined; probeInterval?: number | undefined } | undefined;
+  /**
+   * Server health, a circuit breaker: `failureLimit` consecutive failures suspend a server;
+   * after `probeInterval` an OPTIONS probe runs, and when it succeeds the server is half-open:
+   * one trial request at a time, `successThreshold` consecutive successes bring it back.
+   * A failed probe or trial suspends it again with the interval doubled, up to
+   * `maxProbeInterval`; so does a new suspension within `maxProbeInterval` of coming back.
+   */
+  health?:
+    | {
+        failureLimit?: number | undefined;
+        probeInterval?: number | undefined;
+        maxProbeInterval?: number | undefined;
+        successThreshold?: number | undefined;
+      }
+    | undefined;
   /** How a pool spreads requests over its servers. Default 'least-outstanding'. */
   loadBalancing?: LoadBalancing | undefined;
   /** Held bytes above which a body moves to a temp file (bytes or '8mb'). Default 8 MiB. */
@@ -241,8 +270,12 @@ export interface ResolvedProfile {
   connectTimeout: number;
   keepAliveTimeout: number;
   ioTimeout: number;
+  stallTimeout: number;
+  queueTimeout: number;
   failureLimit: number;
   probeInterval: number;
+  maxProbeInterval: number;
+  successThreshold: number;
   memoryThreshold: number;
   spoolDir: string;
   allowedContentTypes: string[] | undefined;
@@ -274,6 +307,8 @@ export const PROFILE_DEFAULTS = {
   keepAliveTimeout: 30_000,
   failureLimit: 3,
   probeInterval: 5_000,
+  maxProbeInterval: 60_000,
+  successThreshold: 3,
   memoryThreshold: 8 * 1024 * 1024,
   multipart: 'per-file',
   otherMultipart: 'refuse',
@@ -535,12 +570,47 @@ export function resolveProfile(profile: IcapProfile): ResolvedProfile {
   if (typeof conn !== 'object' || conn === null) fail('profile.connection', 'must be an object');
   checkKeys(
     conn,
-    new Set(['maxConnections', 'connectTimeout', 'keepAliveTimeout', 'ioTimeout']),
+    new Set([
+      'maxConnections',
+      'connectTimeout',
+      'keepAliveTimeout',
+      'ioTimeout',
+      'stallTimeout',
+      'queueTimeout',
+    ]),
     'profile.connection',
   );
   const health = p.health ?? {};
   if (typeof health !== 'object' || health === null) fail('profile.health', 'must be an object');
-  checkKeys(health, new Set(['failureLimit', 'probeInterval']), 'profile.health');
+  checkKeys(
+    health,
+    new Set(['failureLimit', 'probeInterval', 'maxProbeInterval', 'successThreshold']),
+    'profile.health',
+  );
+  const connectTimeout = integer(
+    conn.connectTimeout,
+    'profile.connection.connectTimeout',
+    PROFILE_DEFAULTS.connectTimeout,
+    1,
+    3_600_000,
+    'ms',
+  );
+  const stallTimeout = integer(
+    conn.stallTimeout,
+    'profile.connection.stallTimeout',
+    Math.max(1, Math.floor(responseTimeout / 3)),
+    1,
+    3_600_000,
+    'ms',
+  );
+  const probeInterval = integer(
+    health.probeInterval,
+    'profile.health.probeInterval',
+    PROFILE_DEFAULTS.probeInterval,
+    10,
+    3_600_000,
+    'ms',
+  );
 
   const previewMinBodySize = parseSize(
     p.previewMinBodySize ?? PROFILE_DEFAULTS.previewMinBodySize,
@@ -687,14 +757,7 @@ export function resolveProfile(profile: IcapProfile): ResolvedProfile {
       10_000,
       'connections',
     ),
-    connectTimeout: integer(
-      conn.connectTimeout,
-      'profile.connection.connectTimeout',
-      PROFILE_DEFAULTS.connectTimeout,
-      1,
-      3_600_000,
-      'ms',
-    ),
+    connectTimeout,
     keepAliveTimeout: integer(
       conn.keepAliveTimeout,
       'profile.connection.keepAliveTimeout',
@@ -704,6 +767,15 @@ export function resolveProfile(profile: IcapProfile): ResolvedProfile {
       'ms',
     ),
     ioTimeout: integer(conn.ioTimeout, 'profile.connection.ioTimeout', responseTimeout, 1, 3_600_000, 'ms'),
+    stallTimeout,
+    queueTimeout: integer(
+      conn.queueTimeout,
+      'profile.connection.queueTimeout',
+      Math.min(connectTimeout, stallTimeout),
+      1,
+      3_600_000,
+      'ms',
+    ),
     failureLimit: integer(
       health.failureLimit,
       'profile.health.failureLimit',
@@ -712,13 +784,25 @@ export function resolveProfile(profile: IcapProfile): ResolvedProfile {
       1000,
       'failures',
     ),
-    probeInterval: integer(
-      health.probeInterval,
-      'profile.health.probeInterval',
-      PROFILE_DEFAULTS.probeInterval,
-      10,
-      3_600_000,
-      'ms',
+    probeInterval,
+    maxProbeInterval: Math.max(
+      probeInterval,
+      integer(
+        health.maxProbeInterval,
+        'profile.health.maxProbeInterval',
+        PROFILE_DEFAULTS.maxProbeInterval,
+        10,
+        3_600_000,
+        'ms',
+      ),
+    ),
+    successThreshold: integer(
+      health.successThreshold,
+      'profile.health.successThreshold',
+      PROFILE_DEFAULTS.successThreshold,
+      1,
+      1000,
+      'successes',
     ),
 
     memoryThreshold,

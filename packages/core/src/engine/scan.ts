@@ -4,6 +4,7 @@ import { isSkipped } from '../client/client.js';
 import { IcapError, type IcapErrorCode, IcapErrorCodes } from '../client/errors.js';
 import type { IcapResponse } from '../client/transaction.js';
 import { endToEndHeaders, Headers, isSafeFieldValue, isToken } from '../protocol/headers.js';
+import { AttemptWatch } from './attempt-watch.js';
 import { AdaptedBody, BodyStore } from './body.js';
 import {
   emitLog,
@@ -37,6 +38,7 @@ import {
   type ScanRequest,
 } from './request.js';
 import { buildResponse, type ClientResponse, type ResponseKind } from './respond.js';
+import { classifyFailure, reportTransition } from './retry.js';
 import { type ScanScope, Telemetry } from './telemetry.js';
 import { readVerdict, type Verdict } from './verdict/index.js';
 
@@ -129,8 +131,10 @@ const MAX_RELAY_BODY = 1024 * 1024;
 /** A response body we do not need is read up to this size to keep the connection; larger ones are dropped. */
 const MAX_DRAIN = 64 * 1024;
 
-/** Errors that say something about the server (count against its health; worth trying another). */
+/** Errors of the ICAP side (a part that meets one failed; the failure action applies). See retry.ts for health and retries. */
 const SERVER_FAULTS = new Set<IcapErrorCode>([
+  IcapErrorCodes.STALLED,
+  IcapErrorCodes.SATURATED,
   IcapErrorCodes.CONNECT,
   IcapErrorCodes.CONNECT_TIMEOUT,
   IcapErrorCodes.TLS,
@@ -207,6 +211,10 @@ export class IcapEngine {
       this.#group,
       this.profile.metrics,
     );
+    this.#group.onStateChange = (server, _state, change) => {
+      this.#telemetry.serverState(server, change);
+      reportTransition(this.profile.logger, this.profile.name, server, change);
+    };
   }
 
   /** Whether the policy sends this request to ICAP (nothing is read). */
@@ -913,6 +921,8 @@ export class IcapEngine {
     scope: ScanScope,
     entries?: IcapRequestLog[],
   ): Promise<AttemptResult> {
+    // One try per server, next healthy server or pool after a failure, all within the
+    // request's responseTimeout (its signal): see engine/retry.ts for what is retried.
     const tried = new Set<ServerHandle>();
     let lastError: unknown;
     // A server that refused the request (ICAP 4xx) decides, whatever the next one does.
@@ -924,15 +934,20 @@ export class IcapEngine {
       } catch (err) {
         throw refusal ?? lastError ?? err;
       }
+      const ticket = handle.begin();
       tried.add(handle);
       const entry = this.#newEntry(handle, facts);
       log.request_logs.push(entry);
       entries?.push(entry);
       handle.outstanding++;
+      const watch = new AttemptWatch(signal, this.profile.stallTimeout, handle.server.url, {
+        busy: () => handle.client.stats.pending > 0 || handle.client.stats.connecting > 0,
+        canRetry: () => (store === null || store.complete) && this.#group.hasAlternative(tried),
+      });
       try {
         this.#telemetry.transactionStart(scope, handle, this.profile.serviceUri);
-        const result = await this.#attempt(handle, facts, store, signal, entry, scope);
-        handle.succeeded();
+        const result = await this.#attempt(handle, facts, store, watch.signal, entry, scope, watch);
+        handle.succeeded(ticket);
         this.#telemetry.transactionVerdict(
           scope,
           handle,
@@ -955,14 +970,17 @@ export class IcapEngine {
         entry.error_code = error.code;
         entry.error_message = error.message;
         this.#telemetry.transactionError(scope, handle, this.profile.serviceUri, error);
+        const failure = classifyFailure(error, signal, watch);
         // A refusal (ICAP 4xx) is about the request, not the server: it must not let clients
         // suspend a healthy server (and so switch fail-open on for everyone).
-        const serverFault = SERVER_FAULTS.has(error.code) && !REQMOD_REFUSALS.has(error) && !signal.aborted;
-        if (serverFault) handle.failed(error);
+        if (failure.health && !REQMOD_REFUSALS.has(error)) handle.failed(error, ticket);
+        else handle.abandoned(ticket);
         const replayable = store === null || store.complete;
-        if (!serverFault || !replayable) throw error;
+        if (!failure.retry || !replayable) throw error;
         lastError = error;
       } finally {
+        watch.dispose();
+        handle.abandoned(ticket);
         handle.outstanding--;
       }
     }
@@ -975,9 +993,11 @@ export class IcapEngine {
     signal: AbortSignal,
     entry: IcapRequestLog,
     scope: ScanScope,
+    watch?: AttemptWatch,
   ): Promise<AttemptResult> {
     const p = this.profile;
     const started = performance.now();
+    watch?.start();
     const extraHeaders: Array<[string, string]> = [];
     if (p.sendClientIp && facts.clientIp !== undefined)
       extraHeaders.push(['X-Client-IP', facts.clientIp.replace(/^::ffff:/, '')]);
@@ -990,7 +1010,7 @@ export class IcapEngine {
         httpVersion: facts.httpVersion,
         headers: facts.headerPairs,
       },
-      body: store,
+      body: store !== null && watch !== undefined ? watch.wrap(store) : store,
       bodyLength: facts.chunked ? undefined : facts.contentLength,
       preview: p.enablePreview && !smallBody(facts, p.previewMinBodySize) ? p.previewSize : false,
       allow204: p.allow204,
@@ -998,7 +1018,10 @@ export class IcapEngine {
       headers: extraHeaders,
       signal,
       timeout: NO_CLIENT_TIMEOUT,
+      // Waiting for a busy server's connection is bounded only when the request can go elsewhere.
+      queueTimeout: watch === undefined || watch.canRetry() ? p.queueTimeout : Number.POSITIVE_INFINITY,
       onContinue: () => {
+        watch?.progress();
         store?.stopHolding();
         this.#telemetry.transactionPreview(scope, handle, p.serviceUri);
       },
@@ -1018,6 +1041,7 @@ export class IcapEngine {
       return { type: 'clean', res: null, verdict: null, skipped: r.extension };
     }
     const res = r;
+    watch?.progress();
     this.#fillEntry(entry, res);
     const verdict = readVerdict(
       p.vendor,
@@ -1053,6 +1077,8 @@ export class IcapEngine {
       case 'blocked': {
         // The threat is named in the head: the block stands even when the block page cannot be
         // read to its end (the server closes or resets after its answer). Our own page then.
+        // Nothing may turn this verdict into a failure now.
+        watch?.stop();
         let relay: ClientResponse | undefined;
         try {
           if (p.blockResponse === 'relay' && res.httpResponse !== null) {
@@ -1061,6 +1087,8 @@ export class IcapEngine {
             await drain(res);
           }
         } catch {
+          // The page broke off (reset, stall): the verdict read from the head still blocks,
+          // with our own page; it is never retried elsewhere or turned into a failure.
           relay = undefined;
           res.body?.destroy();
         }
@@ -1079,6 +1107,7 @@ export class IcapEngine {
         try {
           if (res.body !== null) {
             for await (const chunk of res.body as AsyncIterable<Buffer>) {
+              watch?.received(chunk.length);
               if (!adapted.write(chunk)) {
                 res.body.destroy();
                 throw new IcapError(
@@ -1089,6 +1118,7 @@ export class IcapEngine {
             }
           }
           entry.latency = String(Math.round((await res.done).latencyMs));
+          watch?.stop();
           // Whether the returned body equals the original can only be said once the original is complete.
           await bodyComplete(store, p.bufferSize);
         } catch (err) {

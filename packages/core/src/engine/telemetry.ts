@@ -14,7 +14,7 @@ import {
 } from '@opentelemetry/api';
 import type { IcapError } from '../client/errors.js';
 import type { IcapAction, IcapLog } from './log.js';
-import type { PoolGroup, ServerHandle } from './pool-group.js';
+import type { PoolGroup, ServerHandle, ServerState, ServerTransition } from './pool-group.js';
 
 /**
  * What the engine tells the outside world besides the log record:
@@ -22,7 +22,8 @@ import type { PoolGroup, ServerHandle } from './pool-group.js';
  * - `diagnostics_channel` events (free when nobody subscribes), named like undici's:
  *   `icapkit:scan:start`, `icapkit:scan:end`, `icapkit:transaction:start`,
  *   `icapkit:transaction:preview`, `icapkit:transaction:verdict`, `icapkit:transaction:error`,
- *   `icapkit:client:connect`;
+ *   `icapkit:client:connect`, `icapkit:server:state` (a server's health changed: suspended,
+ *   half-open, up; once per transition);
  * - `NODE_DEBUG=icapkit` lines (`util.debuglog`);
  * - OpenTelemetry metrics and a span per scan through `@opentelemetry/api` (no-ops unless the
  *   application registered an SDK);
@@ -44,6 +45,7 @@ export const ScanChannels = {
   transactionVerdict: dc.channel('icapkit:transaction:verdict'),
   transactionError: dc.channel('icapkit:transaction:error'),
   connect: dc.channel('icapkit:client:connect'),
+  serverState: dc.channel('icapkit:server:state'),
 } as const;
 
 /** Payloads of the diagnostics_channel events. */
@@ -73,6 +75,16 @@ export interface TransactionVerdictMessage extends TransactionMessage {
 }
 export interface TransactionErrorMessage extends TransactionMessage {
   error: IcapError;
+}
+export interface ServerStateMessage {
+  profile: string;
+  pool: string;
+  server: string;
+  from: ServerState;
+  to: ServerState;
+  reason: string;
+  /** When suspended: ms until the next probe. */
+  backoff: number | undefined;
 }
 export interface ConnectMessage {
   pool: string;
@@ -130,6 +142,7 @@ export class Telemetry {
   readonly #scanOutcomes: Counter;
   readonly #scanBytes: Counter;
   readonly #icapDuration: Histogram;
+  readonly #transitions: Counter;
   readonly #observe: (r: ObservableResult) => void;
   readonly #observeCreated: (r: ObservableResult) => void;
   readonly #observeHealth: (r: ObservableResult) => void;
@@ -160,6 +173,9 @@ export class Telemetry {
       unit: 's',
       description: 'Duration of ICAP transactions',
       advice: { explicitBucketBoundaries: DURATION_BUCKETS },
+    });
+    this.#transitions = meter.createCounter('icapkit.server.transitions', {
+      description: 'Changes of ICAP server health (to suspended, half-open or up)',
     });
     const connections = meter.createObservableGauge('icapkit.connections', {
       description: 'ICAP connections by state',
@@ -315,6 +331,24 @@ export class Telemetry {
     debug('scan %d: %s failed: %s %s', scope.id, server.server.url, error.code, error.message);
   }
 
+  /** A server's health changed (reported once per transition). */
+  serverState(server: ServerHandle, change: ServerTransition): void {
+    this.#transitions.add(1, { ...serverAttrs(server), 'icapkit.server.state': change.to });
+    this.#prom?.transition(server, change.to);
+    if (ScanChannels.serverState.hasSubscribers) {
+      ScanChannels.serverState.publish({
+        profile: this.#profile,
+        pool: server.pool.name,
+        server: server.server.url,
+        from: change.from,
+        to: change.to,
+        reason: change.reason,
+        backoff: change.backoff,
+      } satisfies ServerStateMessage);
+    }
+    debug('server %s: %s -> %s (%s)', server.server.url, change.from, change.to, change.reason);
+  }
+
   close(): void {
     for (const g of this.#gauges) g.removeCallback(g.cb);
     this.#prom?.unregister();
@@ -336,6 +370,7 @@ class PromState {
   readonly #names: string[] = [];
   readonly #outcomes = new Map<string, number>();
   readonly #errors = new Map<string, number>();
+  readonly #transitions = new Map<string, number>();
   readonly #buckets = new Map<string, { counts: number[]; sum: number; count: number }>();
   #bytes = 0;
 
@@ -402,6 +437,16 @@ class PromState {
         labels: { pool: s.pool.name, server: s.server.url },
       })),
     );
+    metric(
+      'icap_server_transitions_total',
+      'Changes of ICAP server health by server and new state (suspended, half-open, up)',
+      'counter',
+      () =>
+        [...this.#transitions].map(([k, value]) => {
+          const [pool, server, state] = k.split('\u0000') as [string, string, string];
+          return { value, labels: { pool, server, state } };
+        }),
+    );
     metric('icap_server_up', '1 when the ICAP server is up, 0 when suspended', 'gauge', () =>
       group.servers.map((s) => ({
         value: s.state === 'up' ? 1 : 0,
@@ -428,6 +473,11 @@ class PromState {
   error(server: ServerHandle, code: string): void {
     const k = `${server.server.url}\u0000${code}`;
     this.#errors.set(k, (this.#errors.get(k) ?? 0) + 1);
+  }
+
+  transition(server: ServerHandle, state: ServerState): void {
+    const k = `${server.pool.name}\u0000${server.server.url}\u0000${state}`;
+    this.#transitions.set(k, (this.#transitions.get(k) ?? 0) + 1);
   }
 
   unregister(): void {

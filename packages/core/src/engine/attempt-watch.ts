@@ -1,0 +1,189 @@
+import { IcapError, IcapErrorCodes } from '../client/errors.js';
+import type { ReplayableBody } from '../client/source.js';
+
+/** Answer-body bytes that count as one step of progress (a trickle of single bytes does not). */
+const RESPONSE_PROGRESS_BYTES = 16 * 1024;
+
+/**
+ * One ICAP attempt's own cancellation, and its no-progress watchdog.
+ *
+ * The attempt gets a signal of its own (a child of the request's), so one server can be given
+ * up on while the request goes on with the next. The watchdog fails the attempt with
+ * ICAP_ERR_STALLED when, for `stallTimeout`, it is the server's turn and nothing moves
+ * forward. Progress is:
+ *
+ * - the exchange taking the next chunk of the body (the server took the previous ones);
+ * - the server's 100 Continue, its answer head, each 16 KiB of its answer body.
+ *
+ * It runs from the start of the attempt (OPTIONS not answered count too) and pauses while the
+ * exchange waits for the HTTP client's next bytes: a slow upload is never the server's fault.
+ *
+ * A stall is worth acting on only when the request can go elsewhere (`canRetry`: its body is
+ * still held and another server is available): otherwise the attempt goes on, bounded by the
+ * request's responseTimeout (a slow scan with nowhere else to go is better waited for).
+ *
+ * Until the exchange has a connection, it does not fire while the server has requests waiting
+ * for a connection or connecting (`busy`): queueTimeout and connectTimeout bound those, with
+ * errors of their own. A server that answers one byte at a time, or takes nothing more of the
+ * body, or never answers, is caught within `stallTimeout`, whatever `ioTimeout` says.
+ */
+export class AttemptWatch {
+  readonly #controller = new AbortController();
+  readonly #parent: AbortSignal;
+  readonly #stallTimeout: number;
+  readonly #label: string;
+  readonly #busy: () => boolean;
+  readonly #canRetry: () => boolean;
+  /** The exchange opened the body: it has its connection. */
+  #opened = false;
+  #timer: NodeJS.Timeout | undefined;
+  #started = false;
+  /** The exchange waits for the HTTP client's body. */
+  #paused = false;
+  #done = false;
+  #responseBytes = 0;
+  /** The watchdog fired. */
+  stalled = false;
+
+  constructor(
+    parent: AbortSignal,
+    stallTimeout: number,
+    label: string,
+    hooks: { busy?: () => boolean; canRetry?: () => boolean } = {},
+  ) {
+    this.#parent = parent;
+    this.#stallTimeout = stallTimeout;
+    this.#label = label;
+    this.#busy = hooks.busy ?? (() => false);
+    this.#canRetry = hooks.canRetry ?? (() => true);
+    if (parent.aborted) this.#controller.abort(parent.reason);
+    else parent.addEventListener('abort', this.#onParentAbort, { once: true });
+  }
+
+  /** The attempt's signal: aborted with the request's, or by the watchdog. */
+  get signal(): AbortSignal {
+    return this.#controller.signal;
+  }
+
+  /** Whether the server was being waited for (the watchdog running, not paused for the client). */
+  get waitingForServer(): boolean {
+    return this.#started && !this.#paused && !this.#done && (this.#opened || !this.#busy());
+  }
+
+  /** Whether the request could go to another server now (its body held, one available). */
+  canRetry(): boolean {
+    return this.#canRetry();
+  }
+
+  /** Starts watching (at the start of the attempt). */
+  start(): void {
+    if (this.#started || this.#done) return;
+    this.#started = true;
+    this.#arm();
+  }
+
+  /** The body as the exchange reads it: every chunk it takes is progress, every wait for the client a pause. */
+  wrap(body: ReplayableBody): ReplayableBody {
+    const watch = this;
+    return {
+      replayable: true,
+      get length() {
+        return body.length;
+      },
+      open(): AsyncIterator<Uint8Array> {
+        const inner = body.open();
+        watch.#opened = true;
+        watch.#paused = false;
+        watch.start();
+        watch.progress();
+        return {
+          next: () => {
+            watch.#paused = true;
+            const p = inner.next();
+            // Watched on the side: the exchange gets the reader's own promise, so a chunk
+            // already there is taken in the same turn (no extra tick, no extra flush).
+            p.then(
+              () => {
+                watch.#paused = false;
+                watch.progress();
+              },
+              () => {
+                watch.#paused = false;
+              },
+            );
+            return p;
+          },
+          return: (value?: unknown) => {
+            watch.#paused = false;
+            return inner.return !== undefined
+              ? inner.return(value)
+              : Promise.resolve({ done: true as const, value: undefined });
+          },
+        };
+      },
+    };
+  }
+
+  /** Something moved forward (100 Continue, the answer head). */
+  progress(): void {
+    if (!this.#started || this.#done || this.#paused) return;
+    this.#responseBytes = 0;
+    this.#arm();
+  }
+
+  /** Bytes of the answer's body were read; every 16 KiB is progress. */
+  received(bytes: number): void {
+    this.#responseBytes += bytes;
+    if (this.#responseBytes >= RESPONSE_PROGRESS_BYTES) this.progress();
+  }
+
+  /** The server's part is over (or its verdict is known): nothing more to watch. */
+  stop(): void {
+    this.#done = true;
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    this.#timer = undefined;
+  }
+
+  /** Ends the attempt's signal bookkeeping. */
+  dispose(): void {
+    this.stop();
+    this.#parent.removeEventListener('abort', this.#onParentAbort);
+  }
+
+  #arm(): void {
+    if (this.#timer !== undefined) this.#timer.refresh();
+    else {
+      this.#timer = setTimeout(this.#fire, this.#stallTimeout);
+      this.#timer.unref();
+    }
+  }
+
+  readonly #fire = (): void => {
+    this.#timer = undefined;
+    if (this.#done || this.#controller.signal.aborted) return;
+    // Paused: the wait is the client's. Watching resumes with its next chunk.
+    if (this.#paused) return;
+    // Perhaps still waiting for a connection: bounded elsewhere; look again later.
+    if (!this.#opened && this.#busy()) {
+      this.#arm();
+      return;
+    }
+    // Nowhere else to go: waiting on is the better choice (look again later: a server may come back).
+    if (!this.#canRetry()) {
+      this.#arm();
+      return;
+    }
+    this.stalled = true;
+    this.#done = true;
+    this.#controller.abort(
+      new IcapError(
+        IcapErrorCodes.STALLED,
+        `ICAP server ${this.#label} made no progress for stallTimeout (${this.#stallTimeout} ms)`,
+      ),
+    );
+  };
+
+  readonly #onParentAbort = (): void => {
+    this.#controller.abort(this.#parent.reason);
+  };
+}

@@ -1,0 +1,88 @@
+import { IcapError, type IcapErrorCode, IcapErrorCodes } from '../client/errors.js';
+import type { ServerHandle, ServerTransition } from './pool-group.js';
+import type { PinoLike } from './profile.js';
+
+/**
+ * The retry rule: what one failed ICAP attempt means for its server's health, and whether the
+ * request goes on to the next healthy server or pool.
+ *
+ * - A failure of the server (cannot connect, TLS, reset, close, garbage, a 4xx/5xx answer,
+ *   ioTimeout, a stall, OPTIONS not answered in time) counts against its health and the
+ *   request is retried on the next server, once per server.
+ * - All connections busy for queueTimeout (saturated; the wait is bounded only when another
+ *   server is available) is retried elsewhere but is no failure of the server.
+ * - The request's own responseTimeout ends the request (no time is left to try another
+ *   server); it counts against the server when the server was the one being waited for.
+ * - Anything the HTTP client caused (it went away, its body is too large or stalled) is
+ *   neither.
+ *
+ * The caller retries only while the body is still held from its first byte (always in
+ * Allow: 204 mode; in streaming mode until the server asked for more than the preview).
+ */
+
+/** Errors that say something about the server: they count against its health. */
+export const HEALTH_FAULTS: ReadonlySet<IcapErrorCode> = new Set<IcapErrorCode>([
+  IcapErrorCodes.CONNECT,
+  IcapErrorCodes.CONNECT_TIMEOUT,
+  IcapErrorCodes.TLS,
+  IcapErrorCodes.RESET,
+  IcapErrorCodes.CLOSED,
+  IcapErrorCodes.PROTOCOL,
+  IcapErrorCodes.HEADERS_TOO_LARGE,
+  IcapErrorCodes.BODY_TOO_LARGE,
+  IcapErrorCodes.IO_TIMEOUT,
+  IcapErrorCodes.SERVER_STATUS,
+  IcapErrorCodes.METHOD_NOT_SUPPORTED,
+  IcapErrorCodes.STALLED,
+  // Only seen with the request still running: its OPTIONS were not answered in time.
+  IcapErrorCodes.TIMEOUT,
+]);
+
+export interface FailureClass {
+  /** Counts against the server's health. */
+  health: boolean;
+  /** The request may go on to the next server (if its body is still held). */
+  retry: boolean;
+}
+
+export function classifyFailure(
+  error: IcapError,
+  requestSignal: AbortSignal,
+  attempt: { readonly waitingForServer: boolean },
+): FailureClass {
+  if (requestSignal.aborted) {
+    const reason = requestSignal.reason;
+    const timedOut = reason instanceof IcapError && reason.code === IcapErrorCodes.TIMEOUT;
+    return { health: timedOut && attempt.waitingForServer, retry: false };
+  }
+  if (HEALTH_FAULTS.has(error.code)) return { health: true, retry: true };
+  if (error.code === IcapErrorCodes.SATURATED) return { health: false, retry: true };
+  return { health: false, retry: false };
+}
+
+/** A server's health transition in the profile's logger: a warning when it leaves `up`, info otherwise. */
+export function reportTransition(
+  logger: PinoLike | undefined,
+  profile: string,
+  server: ServerHandle,
+  change: ServerTransition,
+): void {
+  if (logger === undefined) return;
+  const record = {
+    icapkit: 'server-state',
+    profile,
+    pool: server.pool.name,
+    server: server.server.url,
+    from: change.from,
+    to: change.to,
+    reason: change.reason,
+    backoff: change.backoff,
+  };
+  const msg = `icapkit: ICAP server ${server.server.url} ${change.from} -> ${change.to}`;
+  try {
+    if (change.to === 'suspended') logger.warn(record, msg);
+    else logger.info(record, msg);
+  } catch {
+    // a logger that throws does not change the server's health
+  }
+}
