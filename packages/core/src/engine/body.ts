@@ -714,6 +714,7 @@ class Spool {
   flushed: number;
   #appended: number;
   #closed = false;
+  #unlinked = false;
   readonly #onProgress: () => void;
   #flushWaiters: Array<{ offset: number; resolve: () => void }> = [];
 
@@ -784,20 +785,38 @@ class Spool {
     return out;
   }
 
+  /**
+   * Removes the file and closes it. The name goes first, synchronously if the file exists
+   * already (a write still under way goes to the nameless file, which the close then frees), so
+   * a disposed body leaves no file behind by the time the response is sent; else as soon as it
+   * is created. Where an open file cannot be removed (Windows), after the close.
+   */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
     for (const w of this.#flushWaiters) w.resolve();
     this.#flushWaiters = [];
+    this.#unlinkNow();
     try {
-      await this.#chain.catch(() => {});
       const fh = await this.ready;
+      if (!this.#unlinked) this.#unlinkNow();
+      await this.#chain.catch(() => {});
       await fh.close();
     } catch {
       // the file could not be opened: nothing to close
     }
-    await unlink(this.path).catch(() => {});
+    if (!this.#unlinked) await unlink(this.path).catch(() => {});
     liveSpools.delete(this.path);
+  }
+
+  #unlinkNow(): void {
+    try {
+      unlinkSync(this.path);
+      this.#unlinked = true;
+      liveSpools.delete(this.path);
+    } catch {
+      // still open elsewhere (Windows) or gone: removed after the close
+    }
   }
 }
 
