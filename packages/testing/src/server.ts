@@ -67,6 +67,12 @@ export interface IcapServerOptions {
   recordBodies?: boolean | undefined;
   /** nsx-defender: answer a clean REQMOD with a 200 adding X-Lastline-* to the request, instead of 204. */
   nsxLastlineHeadersOnClean?: boolean | undefined;
+  /**
+   * Like servers that need the body's length (Kaspersky style): a REQMOD whose encapsulated
+   * request has a body but no `Content-Length` is answered `ICAP/1.0 400` at once (its body is
+   * read and discarded).
+   */
+  lengthRequired?: boolean | undefined;
 }
 
 export interface RecordedRequest {
@@ -339,6 +345,25 @@ class Session {
     if (fault?.kind === 'early-response') {
       this.#discard = true;
       this.#sendBlock(rec, EICAR_NAME, '');
+      return;
+    }
+    if (
+      this.#srv.options.lengthRequired === true &&
+      head.method === 'REQMOD' &&
+      head.body === 'req-body' &&
+      head.httpRequest?.headers.get('content-length') === undefined
+    ) {
+      // Answered now, the body discarded as it comes (then the next request), as for early-response.
+      this.#discard = true;
+      this.#fault = { kind: 'early-response' };
+      rec.status = 400;
+      this.#write(
+        headBytes('ICAP/1.0 400 Bad Request', [
+          ['ISTag', `"${this.#srv.istag}"`],
+          ['X-Error', 'Content-Length of the encapsulated request is required'],
+          ['Encapsulated', 'null-body=0'],
+        ]),
+      );
       return;
     }
     if (

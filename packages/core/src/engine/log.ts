@@ -24,7 +24,8 @@ export type Significance =
   | 'MULTIPART_REFUSED'
   | 'CONTENT_TYPE_REFUSED'
   | 'CONTENT_ENCODING_REFUSED'
-  | 'PARTS_REMOVED';
+  | 'PARTS_REMOVED'
+  | 'CLIENT_LIMITED';
 
 export interface IcapRequestLog {
   action: IcapAction;

@@ -5,6 +5,7 @@ import { IcapError, type IcapErrorCode, IcapErrorCodes } from '../client/errors.
 import type { IcapResponse } from '../client/transaction.js';
 import { endToEndHeaders, Headers, isSafeFieldValue, isToken } from '../protocol/headers.js';
 import { AdaptedBody, BodyStore } from './body.js';
+import { ClientIntake, whenReadyToScan } from './intake.js';
 import {
   emitLog,
   httpMethodEnum,
@@ -132,10 +133,12 @@ export class IcapEngine {
   readonly #group: PoolGroup;
   readonly #telemetry: Telemetry;
   readonly #logListeners = new Set<LogListener>();
+  readonly #intake: ClientIntake;
   #closed = false;
 
   constructor(profile: IcapProfile) {
     this.profile = resolveProfile(profile);
+    this.#intake = new ClientIntake(this.profile.maxBodiesPerClient);
     this.#group = new PoolGroup(this.profile);
     this.#telemetry = new Telemetry(
       this.profile.name,
@@ -153,6 +156,11 @@ export class IcapEngine {
   /** Health and connections of every server. */
   status(): ServerStatus[] {
     return this.#group.status();
+  }
+
+  /** Uploads from a client address still arriving (what maxBodiesPerClient limits; counted only with it). */
+  uploadsArriving(address: string): number {
+    return this.#intake.count(address);
   }
 
   /** The pool group (for instrumentation). */
@@ -233,6 +241,21 @@ export class IcapEngine {
     const abort = (err: IcapError) => {
       if (!control.signal.aborted) control.abort(err);
     };
+    // One client address holds at most maxBodiesPerClient uploads in intake (429 beyond).
+    const leaveIntake = facts.hasBody ? this.#intake.enter(facts.clientIp) : () => {};
+    if (leaveIntake === null) {
+      return finish(
+        this.#refuse(
+          'too-many',
+          IcapErrorCodes.CLIENT_LIMIT,
+          `this client already has ${p.maxBodiesPerClient} uploads arriving (maxBodiesPerClient)`,
+          facts,
+          log,
+          null,
+          options,
+        ),
+      );
+    }
     if (facts.hasBody) {
       // Per-file scanning replays the original form when every part is clean: hold all of it.
       const retainAll = p.allow204 || perFile || facts.contentCoding !== 'identity';
@@ -259,6 +282,25 @@ export class IcapEngine {
           ),
       });
       store.attach(req);
+    }
+    // bodyDeadline bounds the whole upload (a trickle never idles long enough for bodyTimeout).
+    let deadline: NodeJS.Timeout | undefined;
+    if (store !== null) {
+      deadline = setTimeout(
+        () =>
+          abort(
+            new IcapError(
+              IcapErrorCodes.BODY_TIMEOUT,
+              `the HTTP client did not send its whole request body within bodyDeadline (${p.bodyDeadline} ms)`,
+            ),
+          ),
+        p.bodyDeadline,
+      );
+      const stopDeadline = () => {
+        clearTimeout(deadline);
+        leaveIntake();
+      };
+      void store.whenEnded().then(stopDeadline);
     }
     // What the ICAP server sees: the body as sent, or decoded when it is compressed.
     const decoding = store !== null ? this.#decode(facts, store, abort) : null;
@@ -323,7 +365,21 @@ export class IcapEngine {
           log.significance.push('SLOW_RESPONSE');
         return finish(withDispose(outcome, decoding?.store));
       }
-      const result = await this.#withFailover(scanFacts, scanned, control.signal, log, scope);
+      // The ICAP connection is taken once the body can be fed at the scanner's speed; a body
+      // complete by then is sent with its length.
+      let sendFacts = scanFacts;
+      if (scanned !== null) {
+        await whenReadyToScan(
+          scanned,
+          decoding === null ? req : null,
+          { holdBytes: p.holdBodySize, minRate: p.minBodyRate, wholeBody: p.lengthRequired },
+          t0,
+          control.signal,
+        );
+        if (scanned.ended && scanned.error === undefined && !scanned.exceeded)
+          sendFacts = { ...scanFacts, contentLength: scanned.received, chunked: false };
+      }
+      const result = await this.#withFailover(sendFacts, scanned, control.signal, log, scope);
       settled = true;
       clearTimeout(timer);
       const waited = performance.now() - waitStart;
@@ -335,7 +391,7 @@ export class IcapEngine {
         await bodyComplete(store, p.bufferSize);
       }
       return finish(
-        withDispose(await this.#apply(result, facts, log, store, options, scanFacts), decoding?.store),
+        withDispose(await this.#apply(result, facts, log, store, options, sendFacts), decoding?.store),
       );
     } catch (caught) {
       settled = true;
@@ -363,6 +419,8 @@ export class IcapEngine {
       return finish(await this.#onError(error, facts, log, store, options));
     } finally {
       options.signal?.removeEventListener('abort', onCallerAbort);
+      clearTimeout(deadline);
+      leaveIntake();
     }
   }
 
@@ -1111,6 +1169,7 @@ const REFUSAL_SIGNIFICANCE: Partial<Record<IcapErrorCode, Significance>> = {
   [IcapErrorCodes.CONTENT_TYPE]: 'CONTENT_TYPE_REFUSED',
   [IcapErrorCodes.CONTENT_ENCODING]: 'CONTENT_ENCODING_REFUSED',
   [IcapErrorCodes.MULTIPART]: 'MULTIPART_REFUSED',
+  [IcapErrorCodes.CLIENT_LIMIT]: 'CLIENT_LIMITED',
 };
 
 /** Content decoders for the codings a request body may use. */
