@@ -460,7 +460,9 @@ describe('disk spooling', () => {
         } catch (err) {
           samplerError = err;
         }
-      }, 50);
+        // Not more often: a full collection every few ms leaves a busy machine little time for
+        // the upload (a held body would stay held for many samples anyway).
+      }, 250);
       const status = await new Promise<number>((resolve, reject) => {
         const req = httpRequest(
           `${app.url}/upload`,
