@@ -4,6 +4,7 @@
  * (a chunked one too), and lengthRequired holds every body whole for servers that need one;
  * maxBodiesPerClient caps what one address holds (429). In Express, Fastify and Koa.
  */
+import { Readable } from 'node:stream';
 import { createEngine, type IcapLog, type IcapProfile } from '@icapkit/core';
 import { type IcapTestServer, type RecordedRequest, startIcapServer } from '@icapkit/testing';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -207,5 +208,34 @@ describe('intake profile options', () => {
     const f = createEngine({ ...base, previewMinBodySize: '16kb', holdBodySize: undefined });
     expect(f.profile.holdBodySize).toBe(16 * 1024);
     await f.close();
+  });
+});
+
+describe('embedded server records', () => {
+  it('keep copies of the heads, not slices pinning the reads they came in (up to 64 KiB of body each)', async () => {
+    const engine = createEngine({ name: 'r', poolGroup: plain.url(), serviceUri: '/avscan' });
+    try {
+      const body = text(300_000, 4);
+      const r = await engine.scan(
+        Object.assign(Readable.from([body]), {
+          method: 'POST',
+          url: '/upload',
+          headers: {
+            host: 'a',
+            'content-type': 'application/octet-stream',
+            'content-length': String(body.length),
+          },
+          httpVersion: '1.1',
+        }) as never,
+      );
+      expect(r.action).toBe('ICAP_PASSED');
+      r.dispose();
+      const rec = reqmods(plain).at(-1)!;
+      // A buffer of its own: its memory is its bytes.
+      expect(rec.rawHead.buffer.byteLength).toBe(rec.rawHead.byteLength);
+      expect(rec.httpRequest!.raw.buffer.byteLength).toBe(rec.httpRequest!.raw.byteLength);
+    } finally {
+      await engine.close();
+    }
   });
 });

@@ -295,9 +295,12 @@ class Session {
       service: url.path,
       query: url.query,
       headers: head.headers,
-      httpRequest: head.httpRequest,
-      httpResponse: head.httpResponse,
-      rawHead: rawAll.subarray(0, headLength(rawAll, head)),
+      // Copies: a slice would keep the whole read (up to 64 KiB of body) alive with the record.
+      httpRequest:
+        head.httpRequest === null ? null : { ...head.httpRequest, raw: copyOf(head.httpRequest.raw) },
+      httpResponse:
+        head.httpResponse === null ? null : { ...head.httpResponse, raw: copyOf(head.httpResponse.raw) },
+      rawHead: copyOf(rawAll.subarray(0, headLength(rawAll, head))),
       raw: undefined,
       preview: optionalInt(head.headers.get('preview')),
       previewBytes: 0,
@@ -839,6 +842,13 @@ class Session {
     );
     this.#kill('close');
   }
+}
+
+/** The bytes in a buffer of their own (not a slice of a larger one). */
+function copyOf(b: Buffer): Buffer {
+  const out = Buffer.alloc(b.length);
+  b.copy(out);
+  return out;
 }
 
 function parseUri(uri: string): { path: string; query: string } {
