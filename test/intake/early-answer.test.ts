@@ -5,7 +5,8 @@
  * reading gets the whole answer, not EPIPE or a reset. Beyond the bound the connection goes.
  */
 import { connect } from 'node:net';
-import type { IcapProfile } from '@icapkit/core';
+import type { IcapLog, IcapProfile } from '@icapkit/core';
+import { eicar, startIcapServer } from '@icapkit/testing';
 import { afterEach, describe, expect, it } from 'vitest';
 import { type App, type Framework, startApp } from '../conformance/apps.js';
 import { freePort } from '../support/c-icap.js';
@@ -164,5 +165,37 @@ describe.each(FRAMEWORKS)('early answers are readable: %s', (framework) => {
     expect(r.status).toBe(503);
     expect(r.complete).toBe(true);
     expect(Date.now() - t0).toBeLessThan(8000);
+  });
+});
+
+describe.each(FRAMEWORKS)('a block decided early does not store the rest of the body: %s', (framework) => {
+  it('EICAR in the first bytes of a 32 MiB upload: 403, and at most drainAfterAnswer.bytes more were held', async () => {
+    const icap = await startIcapServer({ recordBodies: false });
+    const logs: IcapLog[] = [];
+    try {
+      app = await startApp(framework, {
+        name: 'early-block',
+        poolGroup: icap.url(),
+        serviceUri: '/avscan',
+        bufferSize: '64mb',
+        drainAfterAnswer: { bytes: '1mb' },
+        onLog: (l) => logs.push(l),
+      });
+      const big = Buffer.concat([eicar(), Buffer.alloc(32 * 1024 * 1024 - eicar().length, 0x64)]);
+      const r = await sendThenRead(app.url, head(big.length), big, 20_000);
+      // The client is told (while sending, or after): it never got through to the handler.
+      expect(r.status === undefined || r.status === 403).toBe(true);
+      expect(app.seen).toHaveLength(0);
+      const deadline = Date.now() + 10_000;
+      while (logs.length === 0 && Date.now() < deadline) await new Promise((res) => setTimeout(res, 20));
+      expect(logs[0]!.action).toBe('ICAP_BLOCKED');
+      // Before the answer, what arrived was stored: bounded by drainAfterAnswer.bytes (plus what
+      // arrived before the verdict and one read), not the whole 32 MiB.
+      expect(logs[0]!.request_body_length).toBeLessThan(12 * 1024 * 1024);
+    } finally {
+      await app?.close();
+      app = undefined;
+      await icap.close();
+    }
   });
 });

@@ -970,7 +970,7 @@ export class IcapEngine {
       const fileName =
         reported !== undefined && reported !== '' && reported !== '-' ? reported : facts.fileName;
       let response: ClientResponse;
-      const closeConnection = !(await drainRequest(store));
+      const closeConnection = !(await drainRequest(store, this.profile));
       if (result.relay !== undefined) {
         response = result.relay;
         if (closeConnection) response.headers.push(['Connection', 'close']);
@@ -1485,19 +1485,30 @@ const RELAY_DROP = new Set(['content-length', 'set-cookie', 'cache-control']);
 /**
  * Before refusing a request, read (and discard) the rest of its body for a short while, so
  * the client is not reset while still sending and the connection can be kept. True when the
- * body was read to its end.
+ * body was read to its end. Bounded in time and in bytes (drainAfterAnswer): what arrives
+ * meanwhile is still stored (in memory or the temp file) until the store is disposed, and a
+ * fast client must not fill either. Past the bounds the adapter goes on discarding (bounded
+ * again) after the answer, without storing.
  */
-async function drainRequest(store: BodyStore | null): Promise<boolean> {
+async function drainRequest(
+  store: BodyStore | null,
+  limits: { drainBytes: number; drainTimeout: number },
+): Promise<boolean> {
   if (store === null || store.ended) return true;
   if (store.error !== undefined) return false;
   store.release();
+  const stopAt = store.received + limits.drainBytes;
+  const deadline = performance.now() + Math.min(DRAIN_WAIT, limits.drainTimeout);
   let timer: NodeJS.Timeout | undefined;
-  const ended = await Promise.race([
-    store.whenEnded().then(() => store.error === undefined),
-    new Promise<boolean>((resolve) => {
-      timer = setTimeout(() => resolve(false), DRAIN_WAIT);
-    }),
-  ]);
+  const ended = await new Promise<boolean>((resolve) => {
+    void store.whenEnded().then(() => resolve(store.error === undefined));
+    // Checked every 20 ms, at most DRAIN_WAIT / 20 times.
+    const check = () => {
+      if (store.received > stopAt || performance.now() >= deadline) resolve(false);
+      else timer = setTimeout(check, 20);
+    };
+    check();
+  });
   clearTimeout(timer);
   store.dispose();
   return ended;
