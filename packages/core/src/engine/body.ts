@@ -71,7 +71,7 @@ export class BodyStore implements ReplayableBody {
   #spool: Spool | null = null;
   #hash: Hash | undefined;
   #digest: string | undefined;
-  readonly #onExceeded: (() => void) | undefined;
+  #onExceeded: (() => void) | undefined;
   readonly #readers = new Set<Cursor>();
   #source: Readable | undefined;
   #paused = false;
@@ -233,6 +233,16 @@ export class BodyStore implements ReplayableBody {
     this.#limit = Number.POSITIVE_INFINITY;
     this.#trim();
     this.#flow();
+  }
+
+  /**
+   * After {@link release}, for a body that is read only to be discarded: at most `bytes` more
+   * may arrive; past them the store counts as exceeded (whenEnded() resolves, `exceeded` is
+   * true, nothing else is called), so what is still stored meanwhile stays bounded.
+   */
+  limitRest(bytes: number): void {
+    this.#onExceeded = undefined;
+    this.#limit = this.#received + bytes;
   }
 
   /** Streaming mode: bytes already read by every reader need not be held any more. */

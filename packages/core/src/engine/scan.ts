@@ -1497,18 +1497,14 @@ async function drainRequest(
   if (store === null || store.ended) return true;
   if (store.error !== undefined) return false;
   store.release();
-  const stopAt = store.received + limits.drainBytes;
-  const deadline = performance.now() + Math.min(DRAIN_WAIT, limits.drainTimeout);
+  store.limitRest(limits.drainBytes);
   let timer: NodeJS.Timeout | undefined;
-  const ended = await new Promise<boolean>((resolve) => {
-    void store.whenEnded().then(() => resolve(store.error === undefined));
-    // Checked every 20 ms, at most DRAIN_WAIT / 20 times.
-    const check = () => {
-      if (store.received > stopAt || performance.now() >= deadline) resolve(false);
-      else timer = setTimeout(check, 20);
-    };
-    check();
-  });
+  const ended = await Promise.race([
+    store.whenEnded().then(() => store.ended && store.error === undefined && !store.exceeded),
+    new Promise<boolean>((resolve) => {
+      timer = setTimeout(() => resolve(false), Math.min(DRAIN_WAIT, limits.drainTimeout));
+    }),
+  ]);
   clearTimeout(timer);
   store.dispose();
   return ended;
