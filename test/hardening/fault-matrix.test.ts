@@ -386,6 +386,9 @@ describe.each(FRAMEWORKS)('fault matrix: %s', (framework) => {
   describe.each(['fail-closed', 'fail-open'] as const)('%s', (failAction) => {
     for (const c of CASES) {
       it(c.name, async () => {
+        // A port found free just now: one found at the start of the file may have been taken
+        // since by another process on a shared machine (answering garbage, not refusing).
+        closedPort = await freePort();
         const target = c.server?.() ?? { poolGroup: plain.url() };
         plain.setScript(c.script?.());
         const baseline = activeResources();

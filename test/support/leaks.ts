@@ -52,9 +52,28 @@ export async function settleResources(
   return above;
 }
 
-/** Files left in a spool folder, plus spool files the engine still has open anywhere. */
-export async function leftoverSpoolFiles(dir: string): Promise<string[]> {
+/** Files in a spool folder, plus spool files the engine still has open anywhere. */
+async function spoolFilesNow(dir: string): Promise<string[]> {
   return [...(await readdir(dir)), ...openSpoolFiles()];
+}
+
+/**
+ * Files left in a spool folder, plus spool files the engine still has open anywhere, after
+ * waiting (bounded) for them to go: a body store removes its file when it is disposed, but one
+ * whose creation is still under way (the fs thread pool is busy on a loaded machine) is removed
+ * once it exists, a moment after the request's end.
+ */
+export async function leftoverSpoolFiles(
+  dir: string,
+  options: { withinMs?: number } = {},
+): Promise<string[]> {
+  const deadline = Date.now() + (options.withinMs ?? 2000);
+  let left = await spoolFilesNow(dir);
+  while (left.length > 0 && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 25));
+    left = await spoolFilesNow(dir);
+  }
+  return left;
 }
 
 /** Collects MaxListenersExceededWarning while installed. */

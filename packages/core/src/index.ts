@@ -20,6 +20,7 @@ export * from './engine/scan.js';
 export * from './engine/telemetry.js';
 export * from './engine/verdict/index.js';
 export * from './node/handoff.js';
+export * from './node/linger.js';
 export * from './protocol/encoder.js';
 export * from './protocol/headers.js';
 export * from './protocol/parser.js';

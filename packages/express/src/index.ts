@@ -2,6 +2,8 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import {
   type ContinueServer,
   createEngine,
+  drainAfterAnswer,
+  drainLimits,
   guardExpectContinue,
   type IcapEngine,
   type IcapProfile,
@@ -95,11 +97,12 @@ async function run(engine: IcapEngine, req: IncomingMessage, res: ServerResponse
       if (!res.destroyed) res.destroy();
       return false;
     case 'respond':
+      // The rest of an unread body is still read (bounded), so the client gets the answer.
+      if (outcome.closeConnection) drainAfterAnswer(req, drainLimits(engine));
       if (!res.headersSent) {
         res.writeHead(outcome.status, outcome.headers.flat());
         res.end(outcome.body);
       }
-      if (outcome.closeConnection) req.resume();
       return false;
     case 'rewrite':
       rearmRequest(req, {

@@ -1,5 +1,7 @@
 import {
   createEngine,
+  drainAfterAnswer,
+  drainLimits,
   guardExpectContinue,
   type IcapEngine,
   type IcapProfile,
@@ -298,6 +300,8 @@ function scanHook(engine: IcapEngine): preParsingAsyncHookHandler {
         raw.destroy();
         return payload;
       case 'respond': {
+        // The rest of an unread body is still read (bounded), so the client gets the answer.
+        if (outcome.closeConnection) drainAfterAnswer(raw, drainLimits(engine));
         const headers: Record<string, string> = {};
         for (const [n, v] of outcome.headers) headers[n] = v;
         await reply.code(outcome.status).headers(headers).send(outcome.body);

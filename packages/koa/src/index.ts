@@ -3,6 +3,8 @@ import {
   type BodyHandoff,
   type ContinueServer,
   createEngine,
+  drainAfterAnswer,
+  drainLimits,
   guardExpectContinue,
   type IcapEngine,
   type IcapProfile,
@@ -82,6 +84,8 @@ export function icap(profile: IcapProfile, options: IcapKoaOptions = {}): IcapKo
         if (!res.destroyed) res.destroy();
         return;
       case 'respond':
+        // The rest of an unread body is still read (bounded), so the client gets the answer.
+        if (outcome.closeConnection) drainAfterAnswer(ctx.req, drainLimits(engine));
         ctx.status = outcome.status;
         for (const [n, v] of outcome.headers) if (n.toLowerCase() !== 'content-length') ctx.set(n, v);
         ctx.body = outcome.body;

@@ -71,6 +71,12 @@ export interface IcapServerOptions {
   istagChurn?: boolean | undefined;
   /** OPTIONS answers leave out the headers RFC 3507 requires (`ISTag`, `Methods`). */
   incompleteOptions?: boolean | undefined;
+  /**
+   * Like servers that need the body's length (Kaspersky style): a REQMOD whose encapsulated
+   * request has a body but no `Content-Length` is answered `ICAP/1.0 400` at once (its body is
+   * read and discarded).
+   */
+  lengthRequired?: boolean | undefined;
 }
 
 export interface RecordedRequest {
@@ -302,9 +308,12 @@ class Session {
       service: url.path,
       query: url.query,
       headers: head.headers,
-      httpRequest: head.httpRequest,
-      httpResponse: head.httpResponse,
-      rawHead: rawAll.subarray(0, headLength(rawAll, head)),
+      // Copies: a slice would keep the whole read (up to 64 KiB of body) alive with the record.
+      httpRequest:
+        head.httpRequest === null ? null : { ...head.httpRequest, raw: copyOf(head.httpRequest.raw) },
+      httpResponse:
+        head.httpResponse === null ? null : { ...head.httpResponse, raw: copyOf(head.httpResponse.raw) },
+      rawHead: copyOf(rawAll.subarray(0, headLength(rawAll, head))),
       raw: undefined,
       preview: optionalInt(head.headers.get('preview')),
       previewBytes: 0,
@@ -357,6 +366,25 @@ class Session {
     this.#earlyBytes = 0;
     if (fault?.kind === 'early-verdict' && fault.continue === false) {
       this.#earlyVerdict(rec, head, fault);
+      return;
+    }
+    if (
+      this.#srv.options.lengthRequired === true &&
+      head.method === 'REQMOD' &&
+      head.body === 'req-body' &&
+      head.httpRequest?.headers.get('content-length') === undefined
+    ) {
+      // Answered now, the body discarded as it comes (then the next request), as for early-response.
+      this.#discard = true;
+      this.#fault = { kind: 'early-response' };
+      rec.status = 400;
+      this.#write(
+        headBytes('ICAP/1.0 400 Bad Request', [
+          ['ISTag', `"${this.#srv.istag}"`],
+          ['X-Error', 'Content-Length of the encapsulated request is required'],
+          ['Encapsulated', 'null-body=0'],
+        ]),
+      );
       return;
     }
     if (
@@ -910,6 +938,13 @@ class Session {
     );
     this.#kill('close');
   }
+}
+
+/** The bytes in a buffer of their own (not a slice of a larger one). */
+function copyOf(b: Buffer): Buffer {
+  const out = Buffer.alloc(b.length);
+  b.copy(out);
+  return out;
 }
 
 function parseUri(uri: string): { path: string; query: string } {

@@ -58,6 +58,8 @@ export const IcapErrorCodes = {
   BODY_SOURCE: 'ICAP_ERR_BODY_SOURCE',
   /** The HTTP client sent nothing of its request body for bodyTimeout (408). */
   BODY_TIMEOUT: 'ICAP_ERR_BODY_TIMEOUT',
+  /** The HTTP client's address already has maxBodiesPerClient uploads arriving (429). */
+  CLIENT_LIMIT: 'ICAP_ERR_CLIENT_LIMIT',
   /** The client or pool was closed. */
   CLOSED_CLIENT: 'ICAP_ERR_CLIENT_CLOSED',
   /** No ICAP server is available (all suspended or none configured). */

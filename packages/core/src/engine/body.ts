@@ -89,7 +89,7 @@ export class BodyStore implements ReplayableBody {
   #spool: Spool | null = null;
   #hash: Hash | undefined;
   #digest: string | undefined;
-  readonly #onExceeded: (() => void) | undefined;
+  #onExceeded: (() => void) | undefined;
   readonly #readers = new Set<Cursor>();
   #source: Readable | undefined;
   #paused = false;
@@ -265,6 +265,16 @@ export class BodyStore implements ReplayableBody {
     this.#limit = Number.POSITIVE_INFINITY;
     this.#trim();
     this.#flow();
+  }
+
+  /**
+   * After {@link release}, for a body that is read only to be discarded: at most `bytes` more
+   * may arrive; past them the store counts as exceeded (whenEnded() resolves, `exceeded` is
+   * true, nothing else is called), so what is still stored meanwhile stays bounded.
+   */
+  limitRest(bytes: number): void {
+    this.#onExceeded = undefined;
+    this.#limit = this.#received + bytes;
   }
 
   /** Streaming mode: bytes already read by every reader need not be held any more. */
@@ -797,6 +807,7 @@ class Spool {
   flushed: number;
   #appended: number;
   #closed = false;
+  #unlinked = false;
   readonly #onProgress: () => void;
   #flushWaiters: Array<{ offset: number; resolve: () => void }> = [];
 
@@ -889,20 +900,38 @@ class Spool {
     return out;
   }
 
+  /**
+   * Removes the file and closes it. The name goes first, synchronously if the file exists
+   * already (a write still under way goes to the nameless file, which the close then frees), so
+   * a disposed body leaves no file behind by the time the response is sent; else as soon as it
+   * is created. Where an open file cannot be removed (Windows), after the close.
+   */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
     for (const w of this.#flushWaiters) w.resolve();
     this.#flushWaiters = [];
+    this.#unlinkNow();
     try {
-      await this.#chain.catch(() => {});
       const fh = await this.ready;
+      if (!this.#unlinked) this.#unlinkNow();
+      await this.#chain.catch(() => {});
       await fh.close();
     } catch {
       // the file could not be opened: nothing to close
     }
-    await unlink(this.path).catch(() => {});
+    if (!this.#unlinked) await unlink(this.path).catch(() => {});
     liveSpools.delete(this.path);
+  }
+
+  #unlinkNow(): void {
+    try {
+      unlinkSync(this.path);
+      this.#unlinked = true;
+      liveSpools.delete(this.path);
+    } catch {
+      // still open elsewhere (Windows) or gone: removed after the close
+    }
   }
 }
 

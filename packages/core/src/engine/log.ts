@@ -25,7 +25,8 @@ export type Significance =
   | 'CONTENT_TYPE_REFUSED'
   | 'CONTENT_ENCODING_REFUSED'
   | 'REQUEST_REFUSED'
-  | 'PARTS_REMOVED';
+  | 'PARTS_REMOVED'
+  | 'CLIENT_LIMITED';
 
 export interface IcapRequestLog {
   action: IcapAction;

@@ -52,6 +52,43 @@ export interface IcapProfile {
    * pass). A stalled client never counts against the ICAP server's health. Default 30000 (50-3600000).
    */
   bodyTimeout?: number | undefined;
+  /**
+   * ms the whole request body may take to arrive, from the start of the scan (a client
+   * trickling bytes never idles long enough for bodyTimeout). Then the client gets 408, never
+   * the failure action, and the ICAP server's health is untouched. Default 600000 (50-86400000).
+   */
+  bodyDeadline?: number | undefined;
+  /**
+   * Bytes of a body that must have arrived before an ICAP connection is taken for it (bytes or
+   * '64kb'), and at `minBodyRate` or faster; until then the body is held. A body complete within
+   * this bound is sent with its length (encapsulated `Content-Length`, a chunked upload too).
+   * 0: the exchange starts with the first byte. Default previewMinBodySize.
+   */
+  holdBodySize?: number | string | undefined;
+  /**
+   * Bytes per second (or '128kb') an upload must arrive at, on average, to be streamed to the
+   * ICAP server while it arrives; a slower one is held whole first (spooled above
+   * memoryThreshold), so slow clients never hold scanner connections. Default 128 KiB/s.
+   */
+  minBodyRate?: number | string | undefined;
+  /**
+   * The ICAP server needs the encapsulated `Content-Length` (Kaspersky style, it answers 400
+   * without): every body is held whole (spooled above memoryThreshold) before the exchange
+   * starts. Default false.
+   */
+  lengthRequired?: boolean | undefined;
+  /**
+   * Uploads one client address may have arriving at once; more get 429 (a client error, never
+   * the failure action). Behind a proxy, every client shares its address. Default: no limit.
+   */
+  maxBodiesPerClient?: number | undefined;
+  /**
+   * After an answer given before the request body was read (503, 413, 415, 400, 403, 408), the
+   * rest of the body is still read and discarded, up to `bytes` (or '16mb') and for `timeout` ms,
+   * so the client can read the answer instead of a connection reset; then the connection
+   * closes. Default 16 MiB, 5000 ms.
+   */
+  drainAfterAnswer?: { bytes?: number | string | undefined; timeout?: number | undefined } | undefined;
   /** ICAP failure (connect, timeout, protocol, 4xx/5xx, reset): 'fail-closed' answers 503, 'fail-open' passes. Default 'fail-closed'. */
   failAction?: FailureAction | undefined;
   nsxDefenderConfig?:
@@ -254,6 +291,13 @@ export interface ResolvedProfile {
   responseTimeout: number;
   slowResponseWarningThreshold: number;
   bodyTimeout: number;
+  bodyDeadline: number;
+  holdBodySize: number;
+  minBodyRate: number;
+  lengthRequired: boolean;
+  maxBodiesPerClient: number | undefined;
+  drainBytes: number;
+  drainTimeout: number;
   failAction: FailureAction;
   nsxStatusUrl: string;
   forwardLastlineHeaders: boolean;
@@ -300,6 +344,10 @@ export const PROFILE_DEFAULTS = {
   responseTimeout: 60_000,
   slowResponseWarningThreshold: 10_000,
   bodyTimeout: 30_000,
+  bodyDeadline: 600_000,
+  minBodyRate: 128 * 1024,
+  drainBytes: 16 * 1024 * 1024,
+  drainTimeout: 5_000,
   failAction: 'fail-closed',
   blockResponse: 'page',
   maxConnections: 32,
@@ -342,6 +390,12 @@ const PROFILE_KEYS = new Set([
   'responseTimeout',
   'slowResponseWarningThreshold',
   'bodyTimeout',
+  'bodyDeadline',
+  'holdBodySize',
+  'minBodyRate',
+  'lengthRequired',
+  'maxBodiesPerClient',
+  'drainAfterAnswer',
   'failAction',
   'nsxDefenderConfig',
   'tls',
@@ -723,6 +777,7 @@ export function resolveProfile(profile: IcapProfile): ResolvedProfile {
       3_600_000,
       'ms',
     ),
+    ...intakeOptions(p, previewMinBodySize, bufferSize),
     failAction: oneOf(
       p.failAction,
       ['fail-closed', 'fail-open'],
@@ -959,4 +1014,60 @@ function serverFromUrl(
 function makeServer(host: string, port: number, tls: IcapTlsOptions | false): ResolvedServer {
   const h = host.includes(':') ? `[${host}]` : host;
   return { host, port, tls, url: `${tls ? 'icaps' : 'icap'}://${h}:${port}` };
+}
+
+/** The intake options (see IcapProfile: bodyDeadline ... drainAfterAnswer). */
+function intakeOptions(
+  p: IcapProfile,
+  previewMinBodySize: number,
+  bufferSize: number,
+): Pick<
+  ResolvedProfile,
+  | 'bodyDeadline'
+  | 'holdBodySize'
+  | 'minBodyRate'
+  | 'lengthRequired'
+  | 'maxBodiesPerClient'
+  | 'drainBytes'
+  | 'drainTimeout'
+> {
+  const holdBodySize = parseSize(p.holdBodySize ?? previewMinBodySize, 'profile.holdBodySize');
+  if (!Number.isInteger(holdBodySize) || holdBodySize < 0 || holdBodySize > MAX_BUFFER)
+    fail('profile.holdBodySize', `must be from 0 to 4gb (got ${describe(p.holdBodySize)})`);
+  const minBodyRate = parseSize(p.minBodyRate ?? PROFILE_DEFAULTS.minBodyRate, 'profile.minBodyRate');
+  if (!Number.isInteger(minBodyRate) || minBodyRate < 0 || minBodyRate > MAX_BUFFER)
+    fail('profile.minBodyRate', `must be from 0 to 4gb per second (got ${describe(p.minBodyRate)})`);
+  const drain = p.drainAfterAnswer ?? {};
+  if (typeof drain !== 'object' || drain === null)
+    fail('profile.drainAfterAnswer', `must be an object (got ${describe(drain)})`);
+  const drainBytes = parseSize(drain.bytes ?? PROFILE_DEFAULTS.drainBytes, 'profile.drainAfterAnswer.bytes');
+  if (!Number.isInteger(drainBytes) || drainBytes < 0 || drainBytes > MAX_BUFFER)
+    fail('profile.drainAfterAnswer.bytes', `must be from 0 to 4gb (got ${describe(drain.bytes)})`);
+  return {
+    bodyDeadline: integer(
+      p.bodyDeadline,
+      'profile.bodyDeadline',
+      PROFILE_DEFAULTS.bodyDeadline,
+      50,
+      86_400_000,
+      'ms',
+    ),
+    // A body larger than bufferSize is refused anyway: holding more than that means holding it whole.
+    holdBodySize: Math.min(holdBodySize, bufferSize),
+    minBodyRate,
+    lengthRequired: bool(p.lengthRequired, 'profile.lengthRequired', false),
+    maxBodiesPerClient:
+      p.maxBodiesPerClient === undefined
+        ? undefined
+        : integer(p.maxBodiesPerClient, 'profile.maxBodiesPerClient', 0, 1, 1_000_000, 'uploads'),
+    drainBytes,
+    drainTimeout: integer(
+      drain.timeout,
+      'profile.drainAfterAnswer.timeout',
+      PROFILE_DEFAULTS.drainTimeout,
+      0,
+      3_600_000,
+      'ms',
+    ),
+  };
 }

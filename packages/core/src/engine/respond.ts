@@ -12,7 +12,8 @@ export type ResponseKind =
   | 'bad-request'
   | 'unsupported-type'
   | 'unsupported-transfer-coding'
-  | 'timeout';
+  | 'timeout'
+  | 'too-many';
 
 export interface ClientResponse {
   status: number;
@@ -66,6 +67,11 @@ const TEXT: Record<ResponseKind, { status: number; title: string; detail: string
     status: 408,
     title: 'Upload timed out',
     detail: 'This upload stopped arriving before it was complete, so it was not accepted.',
+  },
+  'too-many': {
+    status: 429,
+    title: 'Too many uploads at once',
+    detail: 'Too many uploads from this address are still arriving. Please try again later.',
   },
 };
 

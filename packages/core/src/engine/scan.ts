@@ -6,6 +6,7 @@ import type { IcapResponse } from '../client/transaction.js';
 import { endToEndHeaders, Headers, isSafeFieldValue, isToken } from '../protocol/headers.js';
 import { AttemptWatch } from './attempt-watch.js';
 import { AdaptedBody, BodyStore } from './body.js';
+import { ClientIntake, whenReadyToScan } from './intake.js';
 import {
   emitLog,
   httpMethodEnum,
@@ -200,10 +201,12 @@ export class IcapEngine {
   readonly #group: PoolGroup;
   readonly #telemetry: Telemetry;
   readonly #logListeners = new Set<LogListener>();
+  readonly #intake: ClientIntake;
   #closed = false;
 
   constructor(profile: IcapProfile) {
     this.profile = resolveProfile(profile);
+    this.#intake = new ClientIntake(this.profile.maxBodiesPerClient);
     this.#group = new PoolGroup(this.profile);
     this.#telemetry = new Telemetry(
       this.profile.name,
@@ -225,6 +228,11 @@ export class IcapEngine {
   /** Health and connections of every server. */
   status(): ServerStatus[] {
     return this.#group.status();
+  }
+
+  /** Uploads from a client address still arriving (what maxBodiesPerClient limits; counted only with it). */
+  uploadsArriving(address: string): number {
+    return this.#intake.count(address);
   }
 
   /** The pool group (for instrumentation). */
@@ -306,6 +314,21 @@ export class IcapEngine {
     const abort = (err: IcapError) => {
       if (!control.signal.aborted) control.abort(err);
     };
+    // One client address holds at most maxBodiesPerClient uploads in intake (429 beyond).
+    const leaveIntake = facts.hasBody ? this.#intake.enter(facts.clientIp) : () => {};
+    if (leaveIntake === null) {
+      return finish(
+        this.#refuse(
+          'too-many',
+          IcapErrorCodes.CLIENT_LIMIT,
+          `this client already has ${p.maxBodiesPerClient} uploads arriving (maxBodiesPerClient)`,
+          facts,
+          log,
+          null,
+          options,
+        ),
+      );
+    }
     if (facts.hasBody) {
       // Per-file scanning replays the original form when every part is clean: hold all of it.
       const retainAll = p.allow204 || perFile || facts.contentCoding !== 'identity';
@@ -332,6 +355,25 @@ export class IcapEngine {
           ),
       });
       store.attach(req);
+    }
+    // bodyDeadline bounds the whole upload (a trickle never idles long enough for bodyTimeout).
+    let deadline: NodeJS.Timeout | undefined;
+    if (store !== null) {
+      deadline = setTimeout(
+        () =>
+          abort(
+            new IcapError(
+              IcapErrorCodes.BODY_TIMEOUT,
+              `the HTTP client did not send its whole request body within bodyDeadline (${p.bodyDeadline} ms)`,
+            ),
+          ),
+        p.bodyDeadline,
+      );
+      const stopDeadline = () => {
+        clearTimeout(deadline);
+        leaveIntake();
+      };
+      void store.whenEnded().then(stopDeadline);
     }
     // What the ICAP server sees: the body as sent, or decoded when it is compressed.
     const decoding = store !== null ? this.#decode(facts, store, abort) : null;
@@ -399,7 +441,21 @@ export class IcapEngine {
           log.significance.push('SLOW_RESPONSE');
         return finish(withDispose(outcome, decoding?.store));
       }
-      const result = await this.#withFailover(scanFacts, scanned, control.signal, log, scope);
+      // The ICAP connection is taken once the body can be fed at the scanner's speed; a body
+      // complete by then is sent with its length.
+      let sendFacts = scanFacts;
+      if (scanned !== null) {
+        await whenReadyToScan(
+          scanned,
+          decoding === null ? req : null,
+          { holdBytes: p.holdBodySize, minRate: p.minBodyRate, wholeBody: p.lengthRequired },
+          t0,
+          control.signal,
+        );
+        if (scanned.ended && scanned.error === undefined && !scanned.exceeded)
+          sendFacts = { ...scanFacts, contentLength: scanned.received, chunked: false };
+      }
+      const result = await this.#withFailover(sendFacts, scanned, control.signal, log, scope);
       settled = true;
       clearTimeout(timer);
       const waited = performance.now() - waitStart;
@@ -415,7 +471,7 @@ export class IcapEngine {
         if (problem !== undefined) throw problem;
       }
       return finish(
-        withDispose(await this.#apply(result, facts, log, store, options, scanFacts), decoding?.store),
+        withDispose(await this.#apply(result, facts, log, store, options, sendFacts), decoding?.store),
       );
     } catch (caught) {
       settled = true;
@@ -461,6 +517,8 @@ export class IcapEngine {
       return finish(await this.#onError(error, facts, log, store, options, canReplay, decodedTooLarge));
     } finally {
       options.signal?.removeEventListener('abort', onCallerAbort);
+      clearTimeout(deadline);
+      leaveIntake();
     }
   }
 
@@ -1189,7 +1247,7 @@ export class IcapEngine {
       const fileName =
         reported !== undefined && reported !== '' && reported !== '-' ? reported : facts.fileName;
       let response: ClientResponse;
-      const closeConnection = !(await drainRequest(store));
+      const closeConnection = !(await drainRequest(store, this.profile));
       if (result.relay !== undefined) {
         response = result.relay;
         if (closeConnection) response.headers.push(['Connection', 'close']);
@@ -1416,6 +1474,7 @@ const REFUSAL_SIGNIFICANCE: Partial<Record<IcapErrorCode, Significance>> = {
   [IcapErrorCodes.CONTENT_ENCODING]: 'CONTENT_ENCODING_REFUSED',
   [IcapErrorCodes.MULTIPART]: 'MULTIPART_REFUSED',
   [IcapErrorCodes.BAD_REQUEST]: 'REQUEST_REFUSED',
+  [IcapErrorCodes.CLIENT_LIMIT]: 'CLIENT_LIMITED',
 };
 
 /** Content decoders for the codings a request body may use. */
@@ -1731,17 +1790,24 @@ const RELAY_DROP = new Set(['content-length', 'set-cookie', 'cache-control']);
 /**
  * Before refusing a request, read (and discard) the rest of its body for a short while, so
  * the client is not reset while still sending and the connection can be kept. True when the
- * body was read to its end.
+ * body was read to its end. Bounded in time and in bytes (drainAfterAnswer): what arrives
+ * meanwhile is still stored (in memory or the temp file) until the store is disposed, and a
+ * fast client must not fill either. Past the bounds the adapter goes on discarding (bounded
+ * again) after the answer, without storing.
  */
-async function drainRequest(store: BodyStore | null): Promise<boolean> {
+async function drainRequest(
+  store: BodyStore | null,
+  limits: { drainBytes: number; drainTimeout: number },
+): Promise<boolean> {
   if (store === null || store.ended) return true;
   if (store.error !== undefined) return false;
   store.release();
+  store.limitRest(limits.drainBytes);
   let timer: NodeJS.Timeout | undefined;
   const ended = await Promise.race([
-    store.whenEnded().then(() => store.error === undefined),
+    store.whenEnded().then(() => store.ended && store.error === undefined && !store.exceeded),
     new Promise<boolean>((resolve) => {
-      timer = setTimeout(() => resolve(false), DRAIN_WAIT);
+      timer = setTimeout(() => resolve(false), Math.min(DRAIN_WAIT, limits.drainTimeout));
     }),
   ]);
   clearTimeout(timer);

@@ -1,0 +1,84 @@
+import { IncomingMessage } from 'node:http';
+import { Socket } from 'node:net';
+
+/** How much of a refused request's body is still read after the answer. */
+export interface DrainLimits {
+  /** Bytes read and discarded at most; 0: close at once. */
+  bytes: number;
+  /** ms at most; 0: close at once. */
+  timeout: number;
+}
+
+type Destroyable = Socket & { destroySoon?: () => void };
+
+/**
+ * For an answer given before the request body was read (a 503 with every scanner down, a
+ * 413, 415, 400, 403, 408, 429): the rest of the body is read and discarded for a bounded
+ * amount (`limits`), so the client can send its body and then read the answer. Closing right
+ * after the answer (what `Connection: close` makes Node do) resets a client that is still
+ * sending: it gets EPIPE or ECONNRESET, and the answer waiting in its receive buffer is lost.
+ *
+ * Call it before the response is written. After the response, our side of the connection is
+ * half-closed (the client reads the answer, then end-of-stream); once the body has arrived the
+ * connection closes; beyond the limits it is destroyed (the client was warned by
+ * `Connection: close`). HTTP/1 only: an HTTP/2 stream ends on its own without the connection.
+ */
+export function drainAfterAnswer(req: unknown, limits: DrainLimits): void {
+  if (!(req instanceof IncomingMessage)) return;
+  const socket = req.socket as Destroyable | null;
+  if (!(socket instanceof Socket) || socket.destroyed) return;
+  if (req.complete || req.readableEnded) return;
+  if (limits.bytes <= 0 || limits.timeout <= 0) {
+    req.resume();
+    return;
+  }
+  const original = socket.destroySoon;
+  const own = Object.hasOwn(socket, 'destroySoon');
+  let answered = false;
+  let over = false;
+  let seen = 0;
+  const cleanup = () => {
+    over = true;
+    clearTimeout(timer);
+    req.removeListener('data', onData);
+    req.removeListener('end', onEnd);
+    req.removeListener('error', onEnd);
+    socket.removeListener('close', cleanup);
+    if (socket.destroySoon === lingering) {
+      if (own) socket.destroySoon = original;
+      else delete (socket as { destroySoon?: unknown }).destroySoon;
+    }
+  };
+  // Node calls destroySoon() once a `Connection: close` response is written: half-close instead.
+  const lingering = () => {
+    answered = true;
+    if (socket.writable) socket.end();
+  };
+  const giveUp = () => {
+    if (over) return;
+    cleanup();
+    socket.destroy();
+  };
+  const onData = (chunk: Buffer) => {
+    seen += chunk.length;
+    if (seen > limits.bytes) giveUp();
+  };
+  // The body has arrived (or the request failed): the connection goes as Node would have closed it.
+  const onEnd = () => {
+    if (over) return;
+    cleanup();
+    if (answered) original?.call(socket);
+  };
+  const timer = setTimeout(giveUp, limits.timeout);
+  socket.destroySoon = lingering;
+  socket.once('close', cleanup);
+  req.on('data', onData);
+  req.once('end', onEnd);
+  req.once('error', onEnd);
+  req.resume();
+}
+
+/** An engine's drain limits (profile `drainAfterAnswer`). */
+export function drainLimits(engine: { profile: { drainBytes: number; drainTimeout: number } }): DrainLimits {
+  return { bytes: engine.profile.drainBytes, timeout: engine.profile.drainTimeout };
+}
