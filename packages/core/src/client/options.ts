@@ -163,6 +163,8 @@ export class OptionsCache {
       }
       return v;
     }
+    // A caller already gone starts nothing (a fetch nobody waits for would fail unobserved).
+    if (signal?.aborted) return Promise.reject(signal.reason);
     // One shared fetch, bounded by the client's own timeout; each caller waits with its own signal.
     return this.#wait(entry.inflight ?? this.#start(service, entry), signal);
   }
@@ -191,6 +193,9 @@ export class OptionsCache {
         throw err;
       },
     );
+    // Every caller waits on it with its own signal and may leave before it settles: the shared
+    // fetch's own failure is observed here, so it never becomes an unhandled rejection.
+    p.catch(() => undefined);
     entry.inflight = p;
     return p;
   }

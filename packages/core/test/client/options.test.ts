@@ -160,3 +160,39 @@ describe('Transfer-Ignore', () => {
     expect(server.requests.filter((q) => q.method === 'REQMOD')).toHaveLength(1);
   });
 });
+
+describe('OptionsCache: a caller that leaves never leaves a fetch failing unobserved', () => {
+  it('an already-aborted caller starts no fetch; one that leaves mid-fetch leaves no unhandled rejection', async () => {
+    const { OptionsCache } = await import('../../src/client/options.js');
+    const unhandled: unknown[] = [];
+    const onUnhandled = (reason: unknown) => unhandled.push(reason);
+    process.on('unhandledRejection', onUnhandled);
+    try {
+      let fetches = 0;
+      let fail: (err: Error) => void = () => {};
+      const cache = new OptionsCache(() => {
+        fetches++;
+        return new Promise((_, reject) => {
+          fail = reject;
+        });
+      });
+      const gone = new AbortController();
+      gone.abort(new Error('gone'));
+      await expect(cache.get('/avscan', gone.signal)).rejects.toThrow('gone');
+      expect(fetches).toBe(0);
+
+      const leaving = new AbortController();
+      const waiting = cache.get('/avscan', leaving.signal);
+      expect(fetches).toBe(1);
+      leaving.abort(new Error('left'));
+      await expect(waiting).rejects.toThrow('left');
+      fail(new Error('connect refused'));
+      // Node reports unhandled rejections after the microtask queue drains: two macrotask turns.
+      await new Promise((r) => setImmediate(r));
+      await new Promise((r) => setImmediate(r));
+      expect(unhandled).toEqual([]);
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+    }
+  });
+});
