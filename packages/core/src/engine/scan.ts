@@ -1250,13 +1250,13 @@ export class IcapEngine {
       const closeConnection = !(await drainRequest(store, this.profile));
       if (result.relay !== undefined) {
         response = result.relay;
-        if (closeConnection) response.headers.push(['Connection', 'close']);
+        if (closeConnection && !isHttp2(facts)) response.headers.push(['Connection', 'close']);
       } else {
         response = buildResponse('blocked', facts.headers.get('accept'), {
           threat,
           fileName,
           requestId: options.requestId,
-          closeConnection,
+          closeConnection: closeConnection && !isHttp2(facts),
         });
       }
       return {
@@ -1639,7 +1639,11 @@ function base(
   };
 }
 
-/** A pass outcome: the held original (replayed), a given body, or nothing (request untouched). */
+/** HTTP/2 has no `Connection` field (a stream ends without its connection): never send one. */
+function isHttp2(facts: HttpRequestFacts): boolean {
+  return facts.httpVersion.startsWith('2');
+}
+
 /** The middleware's own answer (403 aside): a 400/408/413/415/501/503 page or problem+json. */
 function answer(
   action: IcapAction,
@@ -1653,7 +1657,7 @@ function answer(
   const response = buildResponse(kind, facts.headers.get('accept'), {
     detail,
     requestId: options.requestId,
-    closeConnection,
+    closeConnection: closeConnection && !isHttp2(facts),
   });
   return {
     ...base(action, log, undefined, [], () => {}),
