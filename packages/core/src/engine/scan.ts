@@ -39,7 +39,7 @@ import {
   type ScanRequest,
 } from './request.js';
 import { buildResponse, type ClientResponse, type ResponseKind } from './respond.js';
-import { classifyFailure, reportTransition } from './retry.js';
+import { classifyFailure, HEALTH_FAULTS, reportTransition } from './retry.js';
 import { type ScanScope, Telemetry } from './telemetry.js';
 import { readVerdict, type Verdict } from './verdict/index.js';
 
@@ -132,23 +132,6 @@ const MAX_RELAY_BODY = 1024 * 1024;
 /** A response body we do not need is read up to this size to keep the connection; larger ones are dropped. */
 const MAX_DRAIN = 64 * 1024;
 
-/** Errors of the ICAP side (a part that meets one failed; the failure action applies). See retry.ts for health and retries. */
-const SERVER_FAULTS = new Set<IcapErrorCode>([
-  IcapErrorCodes.STALLED,
-  IcapErrorCodes.SATURATED,
-  IcapErrorCodes.CONNECT,
-  IcapErrorCodes.CONNECT_TIMEOUT,
-  IcapErrorCodes.TLS,
-  IcapErrorCodes.RESET,
-  IcapErrorCodes.CLOSED,
-  IcapErrorCodes.PROTOCOL,
-  IcapErrorCodes.HEADERS_TOO_LARGE,
-  IcapErrorCodes.BODY_TOO_LARGE,
-  IcapErrorCodes.IO_TIMEOUT,
-  IcapErrorCodes.SERVER_STATUS,
-  IcapErrorCodes.METHOD_NOT_SUPPORTED,
-]);
-
 /** Errors that are the HTTP client's doing (never the failure action's business). */
 const CLIENT_SIDE = new Set<IcapErrorCode>([
   IcapErrorCodes.MULTIPART,
@@ -164,18 +147,9 @@ const CLIENT_SIDE = new Set<IcapErrorCode>([
  * anything else (the client's doing, a local failure, an unexpected exception) fails closed.
  */
 const ICAP_SIDE_FAILURES = new Set<IcapErrorCode>([
-  IcapErrorCodes.CONNECT,
-  IcapErrorCodes.CONNECT_TIMEOUT,
-  IcapErrorCodes.TLS,
-  IcapErrorCodes.TIMEOUT,
-  IcapErrorCodes.IO_TIMEOUT,
-  IcapErrorCodes.RESET,
-  IcapErrorCodes.CLOSED,
-  IcapErrorCodes.PROTOCOL,
-  IcapErrorCodes.HEADERS_TOO_LARGE,
-  IcapErrorCodes.BODY_TOO_LARGE,
-  IcapErrorCodes.SERVER_STATUS,
-  IcapErrorCodes.METHOD_NOT_SUPPORTED,
+  // what counts against a server's health (engine/retry.ts), and besides:
+  ...HEALTH_FAULTS,
+  IcapErrorCodes.SATURATED,
   IcapErrorCodes.NO_SERVER,
   IcapErrorCodes.CLOSED_CLIENT,
 ]);
@@ -961,9 +935,11 @@ export class IcapEngine {
         : { part, type: 'modified', verdict: result.verdict, adapted: result.adapted };
     } catch (err) {
       for (const entry of entries) nameEntry(entry, part);
-      if (err instanceof IcapError && SERVER_FAULTS.has(err.code) && takesFailAction(err) && !signal.aborted)
-        return { part, type: 'failed', error: err };
-      if (err instanceof IcapError && err.code === IcapErrorCodes.NO_SERVER)
+      if (
+        err instanceof IcapError &&
+        takesFailAction(err) &&
+        (!signal.aborted || err.code === IcapErrorCodes.NO_SERVER)
+      )
         return { part, type: 'failed', error: err };
       throw err;
     }
