@@ -1,6 +1,7 @@
 import { IcapError, type IcapErrorCode, IcapErrorCodes } from '../client/errors.js';
 import type { ServerHandle, ServerTransition } from './pool-group.js';
 import type { PinoLike } from './profile.js';
+import { serverStateMessage } from './telemetry.js';
 
 /**
  * The retry rule: what one failed ICAP attempt means for its server's health, and whether the
@@ -68,16 +69,7 @@ export function reportTransition(
   change: ServerTransition,
 ): void {
   if (logger === undefined) return;
-  const record = {
-    icapkit: 'server-state',
-    profile,
-    pool: server.pool.name,
-    server: server.server.url,
-    from: change.from,
-    to: change.to,
-    reason: change.reason,
-    backoff: change.backoff,
-  };
+  const record = { icapkit: 'server-state', ...serverStateMessage(profile, server, change) };
   const msg = `icapkit: ICAP server ${server.server.url} ${change.from} -> ${change.to}`;
   try {
     if (change.to === 'suspended') logger.warn(record, msg);

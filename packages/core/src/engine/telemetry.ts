@@ -86,6 +86,22 @@ export interface ServerStateMessage {
   /** When suspended: ms until the next probe. */
   backoff: number | undefined;
 }
+/** What a server's health transition says (diagnostics channel and log record alike). */
+export function serverStateMessage(
+  profile: string,
+  server: ServerHandle,
+  change: ServerTransition,
+): ServerStateMessage {
+  return {
+    profile,
+    pool: server.pool.name,
+    server: server.server.url,
+    from: change.from,
+    to: change.to,
+    reason: change.reason,
+    backoff: change.backoff,
+  };
+}
 export interface ConnectMessage {
   pool: string;
   server: string;
@@ -336,15 +352,7 @@ export class Telemetry {
     this.#transitions.add(1, { ...serverAttrs(server), 'icapkit.server.state': change.to });
     this.#prom?.transition(server, change.to);
     if (ScanChannels.serverState.hasSubscribers) {
-      ScanChannels.serverState.publish({
-        profile: this.#profile,
-        pool: server.pool.name,
-        server: server.server.url,
-        from: change.from,
-        to: change.to,
-        reason: change.reason,
-        backoff: change.backoff,
-      } satisfies ServerStateMessage);
+      ScanChannels.serverState.publish(serverStateMessage(this.#profile, server, change));
     }
     debug('server %s: %s -> %s (%s)', server.server.url, change.from, change.to, change.reason);
   }
