@@ -132,16 +132,6 @@ const MAX_RELAY_BODY = 1024 * 1024;
 /** A response body we do not need is read up to this size to keep the connection; larger ones are dropped. */
 const MAX_DRAIN = 64 * 1024;
 
-/** Errors that are the HTTP client's doing (never the failure action's business). */
-const CLIENT_SIDE = new Set<IcapErrorCode>([
-  IcapErrorCodes.MULTIPART,
-  IcapErrorCodes.REQUEST_TOO_LARGE,
-  IcapErrorCodes.CONTENT_ENCODING,
-  IcapErrorCodes.BODY_TIMEOUT,
-  IcapErrorCodes.BODY_SOURCE,
-  IcapErrorCodes.ABORTED,
-]);
-
 /**
  * Failures of the ICAP side, the only errors the failure action applies to (an allow-list):
  * anything else (the client's doing, a local failure, an unexpected exception) fails closed.
@@ -470,12 +460,7 @@ export class IcapEngine {
       // Fail-open never hands over a form the strict parser did not read to its end: per-file
       // mode only passes forms it serialised itself; whole mode waits for the check.
       let canReplay = !perFile;
-      if (
-        formCheck !== null &&
-        !CLIENT_SIDE.has(error.code) &&
-        p.failAction === 'fail-open' &&
-        store !== null
-      ) {
+      if (formCheck !== null && takesFailAction(error) && p.failAction === 'fail-open' && store !== null) {
         await store.whenEnded();
         if (store.ended && !store.exceeded && store.error === undefined) {
           const problem = await formCheck;
