@@ -2,7 +2,7 @@ export * from './analytics/index.js';
 export * from './client/client.js';
 export type { IcapTlsOptions, ServerEndpoint } from './client/connection.js';
 export { endpointLabel } from './client/connection.js';
-export * from './client/errors.js';
+export * from './errors.js';
 export * from './client/options.js';
 export type { Lease, PoolOptions, PoolStats } from './client/pool.js';
 export type { BodyInput, BodySource, ReplayableBody } from './client/source.js';

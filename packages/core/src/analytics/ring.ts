@@ -1,4 +1,4 @@
-import { IcapError, IcapErrorCodes } from '../client/errors.js';
+import { IcapError, IcapErrorCodes } from '../errors.js';
 import type { IcapLog } from '../engine/log.js';
 
 /**

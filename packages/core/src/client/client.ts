@@ -7,7 +7,7 @@ import {
   type HttpResponseHeadInit,
 } from '../protocol/encoder.js';
 import { endpointLabel, type IcapTlsOptions, type ServerEndpoint } from './connection.js';
-import { IcapError, IcapErrorCodes } from './errors.js';
+import { IcapError, IcapErrorCodes } from '../errors.js';
 import {
   extensionOf,
   type IcapServiceOptions,

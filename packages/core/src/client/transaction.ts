@@ -15,7 +15,7 @@ import {
   type IcapResponseHead,
 } from '../protocol/parser.js';
 import type { Connection } from './connection.js';
-import { fromSocketError, IcapError, IcapErrorCodes, RfcErrorCodes } from './errors.js';
+import { fromSocketError, IcapError, IcapErrorCodes, RfcErrorCodes } from '../errors.js';
 import type { BodySource } from './source.js';
 import { keepReadingAfterWriteError } from './write-error.js';
 

@@ -1,4 +1,4 @@
-import { IcapError, IcapErrorCodes } from '../client/errors.js';
+import { IcapError, IcapErrorCodes } from '../errors.js';
 import type { ReplayableBody } from '../client/source.js';
 
 /** Answer-body bytes that count as one step of progress (a trickle of single bytes does not). */

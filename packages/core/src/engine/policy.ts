@@ -1,6 +1,6 @@
 import { isUtf8 } from 'node:buffer';
 import { BlockList, isIP } from 'node:net';
-import { IcapError, IcapErrorCodes } from '../client/errors.js';
+import { IcapError, IcapErrorCodes } from '../errors.js';
 import type { Headers } from '../protocol/headers.js';
 
 /**

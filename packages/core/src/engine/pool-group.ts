@@ -1,5 +1,5 @@
 import { IcapClient } from '../client/client.js';
-import { IcapError, IcapErrorCodes } from '../client/errors.js';
+import { IcapError, IcapErrorCodes } from '../errors.js';
 import type { ResolvedPool, ResolvedProfile, ResolvedServer } from './profile.js';
 
 /**

@@ -1,7 +1,7 @@
 import { tmpdir } from 'node:os';
 import { DEFAULT_ICAP_PORT, DEFAULT_ICAPS_PORT } from '../client/client.js';
 import type { IcapTlsOptions } from '../client/connection.js';
-import { IcapError, IcapErrorCodes } from '../client/errors.js';
+import { IcapError, IcapErrorCodes } from '../errors.js';
 import { isSafeFieldValue, isToken } from '../protocol/headers.js';
 import type { IcapLog } from './log.js';
 import { type CompiledPolicy, compilePolicy, type PolicyRule } from './policy.js';

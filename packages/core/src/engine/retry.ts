@@ -1,4 +1,4 @@
-import { IcapError, type IcapErrorCode, IcapErrorCodes } from '../client/errors.js';
+import { IcapError, type IcapErrorCode, IcapErrorCodes } from '../errors.js';
 import type { ServerHandle, ServerTransition } from './pool-group.js';
 import type { PinoLike } from './profile.js';
 import { serverStateMessage } from './telemetry.js';

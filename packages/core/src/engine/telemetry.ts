@@ -12,7 +12,7 @@ import {
   SpanStatusCode,
   trace,
 } from '@opentelemetry/api';
-import type { IcapError } from '../client/errors.js';
+import type { IcapError } from '../errors.js';
 import type { IcapAction, IcapLog } from './log.js';
 import type { PoolGroup, ServerHandle, ServerState, ServerTransition } from './pool-group.js';
 

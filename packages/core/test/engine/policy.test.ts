@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { IcapError, IcapErrorCodes } from '../../src/client/errors.js';
+import { IcapError, IcapErrorCodes } from '../../src/errors.js';
 import {
   compilePolicy,
   type PolicyDecision,
