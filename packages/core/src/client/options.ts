@@ -1,5 +1,5 @@
-import { type Headers, splitList } from '../protocol/headers.js';
 import { IcapError, IcapErrorCodes } from '../errors.js';
+import { type Headers, splitList } from '../protocol/headers.js';
 import type { IcapResponse } from './transaction.js';
 
 /** A service's capabilities, from its OPTIONS response (RFC 3507 §4.10). */

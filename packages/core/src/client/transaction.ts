@@ -1,4 +1,5 @@
 import { Readable } from 'node:stream';
+import { fromSocketError, IcapError, IcapErrorCodes, RfcErrorCodes } from '../errors.js';
 import {
   CRLF,
   chunkHeader,
@@ -15,7 +16,6 @@ import {
   type IcapResponseHead,
 } from '../protocol/parser.js';
 import type { Connection } from './connection.js';
-import { fromSocketError, IcapError, IcapErrorCodes, RfcErrorCodes } from '../errors.js';
 import type { BodySource } from './source.js';
 import { keepReadingAfterWriteError } from './write-error.js';
 

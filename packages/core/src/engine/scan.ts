@@ -1,8 +1,8 @@
 import type { Readable, Transform } from 'node:stream';
 import { createBrotliDecompress, createGunzip, createInflate } from 'node:zlib';
 import { isSkipped } from '../client/client.js';
-import { IcapError, type IcapErrorCode, IcapErrorCodes } from '../errors.js';
 import type { IcapResponse } from '../client/transaction.js';
+import { IcapError, type IcapErrorCode, IcapErrorCodes } from '../errors.js';
 import { endToEndHeaders, Headers, isSafeFieldValue, isToken } from '../protocol/headers.js';
 import { AttemptWatch } from './attempt-watch.js';
 import { AdaptedBody, BodyStore } from './body.js';
