@@ -2,7 +2,7 @@
 
 import type { IcapTlsOptions } from '../../client/connection.js';
 import type { IcapLog, PinoLike } from '../log.js';
-import type { CompiledPolicy, PolicyRule } from '../policy.js';
+import type { CompiledPolicy, PolicyRule } from '../policy/types.js';
 import type { MetricsOptions } from '../telemetry-options.js';
 import type { Vendor } from '../verdict/index.js';
 
