@@ -2,10 +2,10 @@ import { tmpdir } from 'node:os';
 import busboy from 'busboy';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { IcapError } from '../../src/errors.js';
 import { boundaryOf, canonicalForm, parseMultipart } from '../../src/engine/multipart.js';
 import { MultipartParser } from '../../src/engine/multipart-parser.js';
 import { resolveProfile } from '../../src/engine/profile.js';
+import { IcapError } from '../../src/errors.js';
 
 const LIMITS = {
   files: 20,
