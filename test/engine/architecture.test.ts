@@ -168,6 +168,14 @@ describe('packages/core/src architecture', () => {
     expect(bad, 'engine/ imports from above').toEqual([]);
   });
 
+  it('the verdict readers (engine/verdict/) import only protocol/ and each other', () => {
+    const bad = violations(
+      (f) => f.startsWith('engine/verdict/'),
+      (t) => t.startsWith('protocol/') || t.startsWith('engine/verdict/'),
+    );
+    expect(bad, 'engine/verdict/ imports').toEqual([]);
+  });
+
   it('node/ imports only errors.ts and itself; only index.ts imports analytics/; nothing imports index.ts', () => {
     const node = violations(
       (f) => f.startsWith('node/'),
