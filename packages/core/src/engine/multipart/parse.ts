@@ -1,4 +1,5 @@
 import { PassThrough } from 'node:stream';
+import { untilAborted } from '../../client/abort.js';
 import { BodyStore } from '../body.js';
 import type { ResolvedMultipartLimits } from '../profile.js';
 import { MultipartParser, multipartError, type ParseEvent, type PartHead } from './parser.js';
@@ -181,22 +182,8 @@ function nextOrAbort(
   source: AsyncIterator<Buffer>,
   signal: AbortSignal | undefined,
 ): Promise<IteratorResult<Buffer>> {
-  if (signal === undefined) return source.next();
-  if (signal.aborted) return Promise.reject(signal.reason);
-  return new Promise((resolve, reject) => {
-    const onAbort = () => reject(signal.reason);
-    signal.addEventListener('abort', onAbort, { once: true });
-    source.next().then(
-      (r) => {
-        signal.removeEventListener('abort', onAbort);
-        resolve(r);
-      },
-      (err: unknown) => {
-        signal.removeEventListener('abort', onAbort);
-        reject(err);
-      },
-    );
-  });
+  if (signal?.aborted) return Promise.reject(signal.reason);
+  return untilAborted(source.next(), signal);
 }
 
 /** Waits until a PassThrough takes more, or is closed. */

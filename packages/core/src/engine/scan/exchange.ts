@@ -126,14 +126,16 @@ class Exchange {
 
   /** One ICAP attempt on one server: its verdict, its log entry filled. */
   async #attempt(handle: ServerHandle, entry: IcapRequestLog, watch: AttemptWatch): Promise<AttemptResult> {
-    const { facts, store, signal } = this;
+    const { facts, store } = this;
+    // The attempt's own signal: the request's, and the watch's (a stall ends this attempt only).
+    const signal = watch.signal;
     const p = this.#ctx.profile;
     const started = performance.now();
     watch.start();
     const extraHeaders: Array<[string, string]> = [];
     if (p.sendClientIp && facts.clientIp !== undefined)
       extraHeaders.push(['X-Client-IP', facts.clientIp.replace(/^::ffff:/, '')]);
-    const exchange = handle.client.request({
+    const pending = handle.client.request({
       method: 'REQMOD',
       service: p.serviceUri,
       httpRequest: {
@@ -159,7 +161,7 @@ class Exchange {
       },
     });
     const headBlock: { result?: AttemptResult | null } = {};
-    const r = await exchange.catch((err: unknown) => {
+    const r = await pending.catch((err: unknown) => {
       // A head received whole that then broke a framing rule still names its verdict: a threat
       // in it blocks (a threat verdict is never lost); anything else stays the error it was.
       headBlock.result = err instanceof IcapError ? this.#blockedByHead(err, entry, started) : null;
@@ -175,19 +177,7 @@ class Exchange {
     const res = r;
     watch.progress();
     fillEntry(entry, res, p.redactHeaders);
-    const verdict = readVerdict(
-      p.vendor,
-      {
-        method: 'REQMOD',
-        status: res.status,
-        reasonPhrase: res.reason,
-        headers: res.headers,
-        httpRequest: res.httpRequest,
-        httpResponse: res.httpResponse,
-        fileName: facts.fileName,
-      },
-      { nsxStatusUrl: p.nsxStatusUrl, forwardLastlineHeaders: p.forwardLastlineHeaders },
-    );
+    const verdict = verdictOf(p, res, res.httpRequest, facts.fileName);
     fillVerdict(entry, verdict, p.vendor);
     switch (verdict.kind) {
       case 'error': {
@@ -268,19 +258,7 @@ class Exchange {
     const head = err.head;
     if (head === undefined) return null;
     const p = this.#ctx.profile;
-    const verdict = readVerdict(
-      p.vendor,
-      {
-        method: 'REQMOD',
-        status: head.status,
-        reasonPhrase: head.reason,
-        headers: head.headers,
-        httpRequest: null,
-        httpResponse: head.httpResponse,
-        fileName: this.facts.fileName,
-      },
-      { nsxStatusUrl: p.nsxStatusUrl, forwardLastlineHeaders: p.forwardLastlineHeaders },
-    );
+    const verdict = verdictOf(p, head, null, this.facts.fileName);
     if (verdict.kind !== 'blocked') return null;
     fillVerdict(entry, verdict, p.vendor);
     entry.icap_response_code = head.status;
@@ -340,6 +318,28 @@ function fillEntry(entry: IcapRequestLog, res: IcapResponse, redact: ReadonlySet
   const preview = /(?:^|\n)Preview: (\d+)/.exec(res.requestHeaders);
   if (preview !== null) entry.preview_size = Number(preview[1]);
   entry.connection_reused = res.connection.reused;
+}
+
+/** ICAP's verdict on a REQMOD answer, or on the head of one that broke off (no request head then). */
+function verdictOf(
+  p: ResolvedProfile,
+  answer: Pick<IcapResponse, 'status' | 'reason' | 'headers' | 'httpResponse'>,
+  httpRequest: IcapResponse['httpRequest'],
+  fileName: string | undefined,
+): Verdict {
+  return readVerdict(
+    p.vendor,
+    {
+      method: 'REQMOD',
+      fileName,
+      httpRequest,
+      status: answer.status,
+      reasonPhrase: answer.reason,
+      headers: answer.headers,
+      httpResponse: answer.httpResponse,
+    },
+    { nsxStatusUrl: p.nsxStatusUrl, forwardLastlineHeaders: p.forwardLastlineHeaders },
+  );
 }
 
 function fillVerdict(entry: IcapRequestLog, v: Verdict, vendor: string): void {

@@ -139,13 +139,7 @@ export function openStore(
     hash: !retainAll,
     memoryThreshold: p.memoryThreshold,
     spoolDir: p.spoolDir,
-    onExceeded: () =>
-      abort(
-        new IcapError(
-          IcapErrorCodes.REQUEST_TOO_LARGE,
-          `the request body is larger than bufferSize (${p.bufferSize} bytes)`,
-        ),
-      ),
+    onExceeded: tooLargeAbort(p, 'the request body', abort),
     idleTimeout: p.bodyTimeout,
     onIdle: () =>
       abort(
@@ -163,6 +157,17 @@ export function openStore(
  * Waits for the whole request body. Throws ICAP_ERR_REQUEST_TOO_LARGE when it outgrows the
  * limit and ICAP_ERR_BODY_SOURCE when the client goes away.
  */
+/** The store's onExceeded: aborts the scan with ICAP_ERR_REQUEST_TOO_LARGE naming `what`. */
+function tooLargeAbort(p: ResolvedProfile, what: string, abort: (err: IcapError) => void): () => void {
+  return () =>
+    abort(
+      new IcapError(
+        IcapErrorCodes.REQUEST_TOO_LARGE,
+        `${what} is larger than bufferSize (${p.bufferSize} bytes)`,
+      ),
+    );
+}
+
 export async function bodyComplete(store: BodyStore | null, limit: number): Promise<void> {
   if (store === null) return;
   await store.whenEnded();
@@ -224,13 +229,7 @@ export function decodeBody(
     retainAll: true,
     memoryThreshold: p.memoryThreshold,
     spoolDir: p.spoolDir,
-    onExceeded: () =>
-      abort(
-        new IcapError(
-          IcapErrorCodes.REQUEST_TOO_LARGE,
-          `the decoded request body is larger than bufferSize (${p.bufferSize} bytes)`,
-        ),
-      ),
+    onExceeded: tooLargeAbort(p, 'the decoded request body', abort),
   });
   const source = raw.stream();
   const decoder = make();
