@@ -1,7 +1,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { ServerStatus } from '../engine/pool-group.js';
-import type { LogListener } from '../engine/scan.js';
+import type { LogListener } from '../engine/types.js';
 import { IcapError, IcapErrorCodes } from '../errors.js';
 import {
   ANALYTICS_DIMENSIONS,
