@@ -7,9 +7,10 @@
  * - `web`: a plain `Request → Response` handler wrapped in `withIcap(profile, handler)` (what a
  *   Next.js route handler is), reading with `request.arrayBuffer()`, `.json()`, `.formData()`.
  */
+import { createServer as createHttpServer } from 'node:http';
 import { createServer as createHttp2Server } from 'node:http2';
 import type { AddressInfo } from 'node:net';
-import { serve } from '@hono/node-server';
+import { getRequestListener } from '@hono/node-server';
 import type { IcapProfile, IcapRequestInfo } from '@icapkit/core';
 import { icap as honoIcap } from '@icapkit/hono';
 import { withIcap } from '@icapkit/web';
@@ -107,12 +108,14 @@ export async function startWebApp(
     engine = route.scanner.engine;
     closeScanner = () => route.close();
   }
-  const server = serve({
-    fetch,
-    port: 0,
-    hostname: '127.0.0.1',
-    ...(options.http2 ? { createServer: createHttp2Server } : {}),
+  // serve() of @hono/node-server, with an errorHandler (which serve() does not pass on): a
+  // request node-server itself refuses (a Host or target it cannot make a URL of) gets a 400
+  // with a length, so the raw clients of the hardening tests see where it ends.
+  const listener = getRequestListener(fetch as never, {
+    errorHandler: () => new Response('Bad Request', { status: 400, headers: { 'content-length': '11' } }),
   });
+  const server = options.http2 ? createHttp2Server(listener) : createHttpServer(listener);
+  server.listen(0, '127.0.0.1');
   await new Promise<void>((resolve) => {
     if (server.listening) resolve();
     else server.once('listening', () => resolve());

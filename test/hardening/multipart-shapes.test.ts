@@ -30,6 +30,10 @@ const VARIANTS: Variant[] = [
   { label: 'koa3', framework: 'koa3', http2: false },
   { label: 'koa2', framework: 'koa2', http2: false },
   { label: 'koa3 h2', framework: 'koa3', http2: true },
+  // Web-standard adapters (issue 16), on @hono/node-server: undici's form parser downstream
+  { label: 'hono', framework: 'hono', http2: false },
+  { label: 'web (withIcap)', framework: 'web', http2: false },
+  { label: 'hono h2', framework: 'hono', http2: true },
 ];
 
 const B = 'B0undary';
