@@ -61,13 +61,15 @@ export async function start(options = {}) {
   // Requests with `Expect: 100-continue` that would be refused anyway (413, 415) are answered
   // before they send their body.
   scan.guardExpectContinue(server);
-  return serve(server, {
+  const handle = await serve(server, {
     framework: 'Hono',
     config,
     icapUrl,
     embedded: embedded !== null,
     closers: [() => scan.close(), async () => embedded?.close()],
   });
+  // The log analytics page is a Node handler (the other examples mount it); not served here.
+  return { ...handle, analyticsUrl: undefined };
 }
 
 // `node server.js`: settings from the environment, a banner saying how to try it, Ctrl-C to stop.
