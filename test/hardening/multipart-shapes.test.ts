@@ -609,7 +609,7 @@ describeWithCIcap('multipart shapes against real c-icap + ClamAV', () => {
   });
   afterAll(() => server?.stop());
 
-  for (const framework of ['fastify', 'koa3'] as const) {
+  for (const framework of ['fastify', 'koa3', 'hono'] as const) {
     it(`${framework}: shapes that delivered EICAR to the README's parsers are refused; EICAR in a clean form is blocked`, async () => {
       const app = await startApp(framework, {
         name: 'c-icap',
