@@ -5,6 +5,8 @@ import {
   type DrainLimits,
   drainLimits,
   IcapEngine,
+  IcapError,
+  IcapErrorCodes,
   type IcapLog,
   type IcapProfile,
   type IcapRequestInfo,
@@ -146,6 +148,14 @@ async function scanWith(
 ): Promise<WebScanResult> {
   const clientIp = options.clientIp ?? options.incoming?.socket?.remoteAddress ?? undefined;
   const http1 = options.incoming?.httpVersionMajor === 1;
+  if (request.bodyUsed || request.body?.locked === true) {
+    // A programming error (something read the body before the scan), never the client's doing.
+    throw new IcapError(
+      IcapErrorCodes.INVALID_ARGUMENT,
+      'the request body was already read before the scan: scan before anything reads it',
+      { field: 'request' },
+    );
+  }
   const source = toScanRequest(request, { clientIp });
   const signal =
     options.signal === undefined ? request.signal : AbortSignal.any([request.signal, options.signal]);

@@ -267,6 +267,15 @@ describe('scan(request, …)', () => {
     }
   });
 
+  it('a request whose body was already read is a programming error: rejected, never passed unscanned', async () => {
+    const used = post(eicar());
+    await used.arrayBuffer();
+    await expect(scanner().scan(used)).rejects.toMatchObject({ code: 'ICAP_ERR_INVALID_ARGUMENT' });
+    const locked = post(eicar());
+    locked.body!.getReader();
+    await expect(scanner().scan(locked)).rejects.toMatchObject({ code: 'ICAP_ERR_INVALID_ARGUMENT' });
+  });
+
   it('scan(request, profile) keeps one engine per profile object', async () => {
     const p = profile();
     const a = await scan(post(text(10)), p);
