@@ -3,6 +3,7 @@
  * carries, what is refused, the lazy and bounded reading of the body, aborts, and that what the
  * scan holds is freed. The same scenarios over real sockets: test/conformance (targets hono, web).
  */
+import * as dc from 'node:diagnostics_channel';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -274,6 +275,24 @@ describe('scan(request, …)', () => {
     const locked = post(eicar());
     locked.body!.getReader();
     await expect(scanner().scan(locked)).rejects.toMatchObject({ code: 'ICAP_ERR_INVALID_ARGUMENT' });
+  });
+
+  it("the engine's telemetry: a web scan publishes scan:start and scan:end like a Node one", async () => {
+    const events: Array<[string, Record<string, unknown>]> = [];
+    const subs = ['icapkit:scan:start', 'icapkit:scan:end'].map((name) => {
+      const fn = (m: unknown) => events.push([name, m as Record<string, unknown>]);
+      dc.subscribe(name, fn);
+      return () => dc.unsubscribe(name, fn);
+    });
+    try {
+      await scanner().scan(post(text(100), {}, 'http://localhost/api/up?x=1'));
+    } finally {
+      for (const unsubscribe of subs) unsubscribe();
+    }
+    expect(events.map(([n, m]) => [n, m.method ?? m.action, m.path])).toEqual([
+      ['icapkit:scan:start', 'POST', '/api/up'],
+      ['icapkit:scan:end', 'ICAP_PASSED', undefined],
+    ]);
   });
 
   it('scan(request, profile) keeps one engine per profile object', async () => {
