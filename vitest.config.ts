@@ -12,6 +12,8 @@ export const alias = {
   '@icapkit/fastify': src('fastify'),
   '@icapkit/koa': src('koa'),
   '@icapkit/cli': src('cli'),
+  '@icapkit/web': src('web'),
+  '@icapkit/hono': src('hono'),
 };
 
 export default defineConfig({

@@ -24,9 +24,21 @@ import Koa3 from 'koa';
 import { koaBody } from 'koa-body';
 import Koa2 from 'koa2';
 import multer from 'multer';
+// --- Web-standard adapters (issue 16: @icapkit/hono, @icapkit/web's withIcap): apps-web.ts ---
+import { startWebApp, WEB_FRAMEWORKS, type WebFramework } from './apps-web.js';
+// --- end Web-standard adapters ---
 
-export type Framework = 'express5' | 'express4' | 'fastify' | 'koa3' | 'koa2';
-export const FRAMEWORKS: Framework[] = ['express5', 'express4', 'fastify', 'koa3', 'koa2'];
+export type Framework = 'express5' | 'express4' | 'fastify' | 'koa3' | 'koa2' | WebFramework;
+export const FRAMEWORKS: Framework[] = [
+  'express5',
+  'express4',
+  'fastify',
+  'koa3',
+  'koa2',
+  // --- Web-standard adapters ---
+  ...WEB_FRAMEWORKS,
+  // --- end Web-standard adapters ---
+];
 
 export interface SeenFile {
   field: string;
@@ -72,6 +84,9 @@ export async function startApp(
   options: AppOptions = {},
 ): Promise<App> {
   if (framework === 'fastify') return startFastify(profile, options);
+  // --- Web-standard adapters ---
+  if (framework === 'hono' || framework === 'web') return startWebApp(framework, profile, options);
+  // --- end Web-standard adapters ---
   if (framework === 'express5' || framework === 'express4') return startExpress(framework, profile);
   return startKoa(framework, profile, options);
 }

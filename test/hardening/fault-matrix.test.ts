@@ -26,7 +26,8 @@ import { send } from '../support/http-client.js';
 import { activeResources, leftoverSpoolFiles, listenerWarnings, settleResources } from '../support/leaks.js';
 import { postHead, type RawExchange, rawExchange } from '../support/raw-http.js';
 
-const FRAMEWORKS: Framework[] = ['express5', 'fastify', 'koa3'];
+// hono and web: the Web-standard adapters (issue 16), on @hono/node-server
+const FRAMEWORKS: Framework[] = ['express5', 'fastify', 'koa3', 'hono', 'web'];
 type FailAction = 'fail-closed' | 'fail-open';
 
 function text(n: number, seed = 0): Buffer {
