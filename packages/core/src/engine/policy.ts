@@ -2,6 +2,7 @@ import { isUtf8 } from 'node:buffer';
 import { BlockList, isIP } from 'node:net';
 import { IcapError, IcapErrorCodes } from '../client/errors.js';
 import type { Headers } from '../protocol/headers.js';
+import { unknownOptionHint } from './suggest.js';
 
 /**
  * The HTTP security policy: named rules, evaluated in order, the first matching rule deciding
@@ -194,7 +195,7 @@ function checkKeys(
 ): void {
   for (const key of Object.keys(obj)) {
     if (!known.includes(key))
-      fail(`${field}.${key}`, `is not a known option of ${what} (known: ${known.join(', ')})`);
+      fail(`${field}.${key}`, `is not a known option of ${what}${unknownOptionHint(key, known)}`);
   }
 }
 
