@@ -5,6 +5,7 @@ import { IcapError, IcapErrorCodes } from '../client/errors.js';
 import { isSafeFieldValue, isToken } from '../protocol/headers.js';
 import type { IcapLog } from './log.js';
 import { type CompiledPolicy, compilePolicy, type PolicyRule } from './policy.js';
+import { unknownOptionHint } from './suggest.js';
 import type { MetricsOptions } from './telemetry.js';
 import { DEFAULT_NSX_STATUS_URL, VENDORS, type Vendor } from './verdict/index.js';
 
@@ -203,7 +204,15 @@ export interface IcapProfile {
   contentEncoding?: 'decode' | 'refuse' | undefined;
   /** Prometheus metrics in your prom-client registry (OpenTelemetry metrics need no option). */
   metrics?: MetricsOptions | undefined;
+  /**
+   * What `engine.ready()` (Express and Koa `mw.ready()`, Fastify's `ready()` / `listen()`) does
+   * with servers that do not answer OPTIONS: 'fail' (default) rejects naming each one and why,
+   * 'warn' reports them (logger, or a process warning) and resolves, 'off' sends nothing.
+   */
+  startupCheck?: StartupCheck | undefined;
 }
+
+export type StartupCheck = 'fail' | 'warn' | 'off';
 
 /** Multipart limits with every value filled in. */
 export type ResolvedMultipartLimits = { [K in keyof MultipartLimits]-?: number };
@@ -331,6 +340,7 @@ export interface ResolvedProfile {
   multipartLimits: ResolvedMultipartLimits;
   metrics: MetricsOptions;
   contentEncoding: 'decode' | 'refuse';
+  startupCheck: StartupCheck;
 }
 
 export const PROFILE_DEFAULTS = {
@@ -422,6 +432,7 @@ const PROFILE_KEYS = new Set([
   'multipartLimits',
   'metrics',
   'contentEncoding',
+  'startupCheck',
 ]);
 
 function fail(field: string, message: string): never {
@@ -440,7 +451,7 @@ function describe(v: unknown): string {
 function checkKeys(obj: object, allowed: ReadonlySet<string>, field: string): void {
   for (const key of Object.keys(obj)) {
     if (!allowed.has(key)) {
-      fail(`${field}.${key}`, `is not a known option (known: ${[...allowed].join(', ')})`);
+      fail(`${field}.${key}`, `is not a known option${unknownOptionHint(key, allowed)}`);
     }
   }
 }
@@ -902,6 +913,7 @@ export function resolveProfile(profile: IcapProfile): ResolvedProfile {
     },
     metrics: metricsOptions,
     contentEncoding: oneOf(p.contentEncoding, ['decode', 'refuse'], 'profile.contentEncoding', 'decode'),
+    startupCheck: oneOf(p.startupCheck, ['fail', 'warn', 'off'], 'profile.startupCheck', 'fail'),
   };
 }
 

@@ -4,6 +4,7 @@ import { isSkipped } from '../client/client.js';
 import { IcapError, type IcapErrorCode, IcapErrorCodes } from '../client/errors.js';
 import type { IcapResponse } from '../client/transaction.js';
 import { endToEndHeaders, Headers, isSafeFieldValue, isToken } from '../protocol/headers.js';
+import { emitProcessWarning, isQuiet, ProcessAlerts } from './alerts.js';
 import { AttemptWatch } from './attempt-watch.js';
 import { AdaptedBody, BodyStore } from './body.js';
 import { ClientIntake, whenReadyToScan } from './intake.js';
@@ -40,6 +41,7 @@ import {
 } from './request.js';
 import { buildResponse, type ClientResponse, type ResponseKind } from './respond.js';
 import { classifyFailure, HEALTH_FAULTS, reportTransition } from './retry.js';
+import { checkServers, type StartupReport } from './startup.js';
 import { type ScanScope, Telemetry } from './telemetry.js';
 import { readVerdict, type Verdict } from './verdict/index.js';
 
@@ -165,7 +167,10 @@ export class IcapEngine {
   readonly #group: PoolGroup;
   readonly #telemetry: Telemetry;
   readonly #logListeners = new Set<LogListener>();
+  readonly #responseListeners = new Set<LogListener>();
   readonly #intake: ClientIntake;
+  /** Process warnings, when the profile has no logger and no onLog (engine/alerts.ts). */
+  readonly #alerts: ProcessAlerts | null;
   #closed = false;
 
   constructor(profile: IcapProfile) {
@@ -178,10 +183,27 @@ export class IcapEngine {
       this.#group,
       this.profile.metrics,
     );
+    this.#alerts = isQuiet(this.profile) ? null : new ProcessAlerts(this.profile.name);
     this.#group.onStateChange = (server, _state, change) => {
       this.#telemetry.serverState(server, change);
       reportTransition(this.profile.logger, this.profile.name, server, change);
+      this.#alerts?.transition(server.server.url, change);
     };
+  }
+
+  /**
+   * The start-up check (engine/startup.ts): OPTIONS to every server; per the profile's
+   * `startupCheck`, rejects naming each server that did not answer ('fail', the default),
+   * reports them ('warn') or sends nothing ('off').
+   */
+  ready(): Promise<StartupReport> {
+    return checkServers(this.#group.servers, {
+      profile: this.profile.name,
+      serviceUri: this.profile.serviceUri,
+      mode: this.profile.startupCheck,
+      logger: this.profile.logger,
+      warn: emitProcessWarning,
+    });
   }
 
   /** Whether the policy sends this request to ICAP (nothing is read). */
@@ -217,9 +239,37 @@ export class IcapEngine {
     };
   }
 
+  /**
+   * The application answered a request the middleware let through (the adapters call this
+   * when the response has finished): its status becomes the record's `http_response_code`
+   * (the record was delivered before the application answered, so only readers that keep it,
+   * such as the analytics ring, see it), and response listeners hear of it.
+   */
+  responded(log: IcapLog, status: number): void {
+    if (log.http_response_code !== undefined || !Number.isInteger(status)) return;
+    log.http_response_code = status;
+    for (const listener of this.#responseListeners) {
+      try {
+        listener(log);
+      } catch {
+        // a listener that throws does not affect the others
+      }
+    }
+  }
+
+  /** Adds a receiver of records that got the application's HTTP status (see `responded`). */
+  addResponseListener(listener: LogListener): () => void {
+    const entry: LogListener = (log) => listener(log);
+    this.#responseListeners.add(entry);
+    return () => {
+      this.#responseListeners.delete(entry);
+    };
+  }
+
   /** Sends a finished record to `onLog`, the logger and the log listeners. */
   #emit(log: IcapLog, logger: PinoLike | undefined): void {
     emitLog(log, this.profile.onLog, logger);
+    this.#alerts?.record(log);
     for (const listener of this.#logListeners) {
       try {
         listener(log);
@@ -232,6 +282,7 @@ export class IcapEngine {
   /** Stops probes and closes every ICAP connection. */
   async close(): Promise<void> {
     this.#closed = true;
+    this.#alerts?.close();
     this.#telemetry.close();
     this.#group.close();
   }
