@@ -183,6 +183,9 @@ describe.skipIf(!haveChromium)('log analytics page at 390 px wide', () => {
     expect(await readable(page.locator('#servers tr', { hasText: 'scanner-1' }).locator('.state'))).toBe(
       'unknown',
     );
+    expect(await readable(page.locator(`#pools tr[data-pool="${POOLS[1]}"] td`).nth(2))).toBe(
+      '0 of 1 up, 1 not yet answered',
+    );
 
     await page.locator('#pageviews').check();
     await ready(page, /^8 of 8 records \(/);

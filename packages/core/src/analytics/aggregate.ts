@@ -254,6 +254,8 @@ export interface PoolRow extends Outcomes {
   servers: string[];
   /** Of those, how many are up now (null when no engine has the pool any more). */
   up: number | null;
+  /** Of those, how many have not answered yet (state `unknown`; null as for `up`). */
+  unknown: number | null;
 }
 
 export interface RecordSummary {
@@ -498,7 +500,10 @@ export function summarizeLogs(
 
   // Servers and pools: those the engines have now, and those the log names.
   const health = new Map<string, ServerHealth[]>();
-  const poolServers = new Map<string, { servers: Set<string>; up: number; known: boolean }>();
+  const poolServers = new Map<
+    string,
+    { servers: Set<string>; up: number; unknown: number; known: boolean }
+  >();
   for (const { profile, status } of options.health ?? []) {
     for (const st of status) {
       const h = health.get(st.server) ?? [];
@@ -517,8 +522,9 @@ export function summarizeLogs(
         },
       });
       health.set(st.server, h);
-      const p = poolServers.get(st.pool) ?? { servers: new Set<string>(), up: 0, known: true };
+      const p = poolServers.get(st.pool) ?? { servers: new Set<string>(), up: 0, unknown: 0, known: true };
       if (!p.servers.has(st.server) && st.state === 'up') p.up++;
+      if (!p.servers.has(st.server) && st.state === 'unknown') p.unknown++;
       p.servers.add(st.server);
       poolServers.set(st.pool, p);
       acc(servers, st.server).members.add(st.pool);
@@ -539,6 +545,7 @@ export function summarizeLogs(
       pool,
       servers: [...new Set([...(known?.servers ?? []), ...(a?.members ?? [])])].sort(),
       up: known === undefined ? null : known.up,
+      unknown: known === undefined ? null : known.unknown,
       ...outcomes(a),
     };
   });

@@ -355,7 +355,7 @@ const SCRIPT = String.raw`(() => {
       h('tr', { 'data-pool': p.pool },
         h('td', {}, chip('pool', p.pool)),
         h('td', {}, p.servers.map((s) => chip('server', s))),
-        h('td', { text: p.up === null ? '–' : p.up + ' of ' + p.servers.length + ' up' }),
+        h('td', { text: p.up === null ? '–' : p.up + ' of ' + p.servers.length + ' up' + (p.unknown > 0 ? ', ' + p.unknown + ' not yet answered' : '') }),
         h('td', { className: 'num', text: p.transactions }),
         countCells(p),
         h('td', { className: 'num', text: fmtMs(p.meanLatency) }),
