@@ -421,6 +421,20 @@ describe('start-up check: ready() per startupCheck', () => {
     });
   });
 
+  it("fastify: a route profile's servers are checked too", async () => {
+    const live = await icapServer();
+    const dead = await deadUrl();
+    const app = Fastify();
+    toClose.push(app);
+    await app.register(fastifyIcap, { name: 'root', poolGroup: live.url(), serviceUri: '/avscan' });
+    app.post('/docs', { config: { icap: { poolGroup: dead } } }, async () => 'ok');
+    const err = (await outcome(app.ready())).error as StartupCheckError;
+    expect(err.code).toBe('ICAP_ERR_STARTUP_CHECK');
+    expect(err.servers.map((s) => s.server)).toEqual([dead]);
+    // The root profile's server was asked as well (its answer may come after the rejection).
+    await waitFor(() => live.requests.some((r) => r.method === 'OPTIONS'), 5000, "the root server's OPTIONS");
+  });
+
   it('a service that does not take REQMOD fails the check', async () => {
     const respmodOnly = await icapServer();
     respmodOnly.setScript((r) =>
