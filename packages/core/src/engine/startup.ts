@@ -1,4 +1,4 @@
-import { IcapError, IcapErrorCodes } from '../client/errors.js';
+import { IcapError, IcapErrorCodes } from '../errors.js';
 import type { IcapWarningCode } from './alerts.js';
 import { IcapWarningCodes } from './alerts.js';
 import type { ServerHandle } from './pool-group.js';
