@@ -43,8 +43,12 @@ export async function start(options = {}) {
     bufferSize: config.maxUpload, // larger uploads: 413
     failAction: config.failOpen ? 'fail-open' : 'fail-closed', // ICAP server down: 503, or pass unscanned
     connection: { connectTimeout: 2000 }, // fail fast when the ICAP server is unreachable
+    // The start-up check (OPTIONS to each server): the demo starts anyway when the ICAP server is
+    // down, and says so; 'fail' (the default) would refuse to start.
+    startupCheck: 'warn',
     onLog: scanLogger(config.print), // one line per scan
   });
+  await scan.ready();
   // The log analytics page (the last scans, every value a filter), before the scanner so its
   // own requests are not logged: local connections only, or ICAP_ANALYTICS_TOKEN.
   const analytics = icapAnalytics(scan, { guard: analyticsGuard(config, { loopbackOnly, tokenGuard }) });

@@ -172,7 +172,9 @@ async function startExpress(framework: 'express5' | 'express4', profile: IcapPro
 async function startFastify(profile: IcapProfile, options: AppOptions): Promise<App> {
   const seen: Seen[] = [];
   const app = options.http2 ? Fastify({ http2: true, bodyLimit: LIMIT }) : Fastify({ bodyLimit: LIMIT });
-  await app.register(fastifyIcap, profile);
+  // The scenarios start apps against dead and faulty servers on purpose: Fastify's start-up
+  // check (OPTIONS in onReady, 'fail' by default) has tests of its own (test/engine/loud.test.ts).
+  await app.register(fastifyIcap, { startupCheck: 'off', ...profile });
   await app.register(fastifyMultipart, { limits: { fileSize: LIMIT } });
   app.addContentTypeParser(
     'application/octet-stream',

@@ -72,6 +72,8 @@ export const IcapErrorCodes = {
   BAD_REQUEST: 'ICAP_ERR_BAD_REQUEST',
   /** An unexpected failure inside icapkit (a bug): fails closed, whatever the failure action. */
   INTERNAL: 'ICAP_ERR_INTERNAL',
+  /** `ready()` with `startupCheck: 'fail'`: a server did not answer OPTIONS (the message names each). */
+  STARTUP_CHECK: 'ICAP_ERR_STARTUP_CHECK',
 } as const;
 
 export type IcapErrorCode = (typeof IcapErrorCodes)[keyof typeof IcapErrorCodes];

@@ -11,6 +11,7 @@ import {
   type PinoLike,
   rearmRequest,
   requestInfo,
+  type StartupReport,
 } from '@icapkit/core';
 
 export * from './analytics.js';
@@ -47,6 +48,12 @@ export interface IcapMiddleware {
    * before they send their body: `mw.guardExpectContinue(app.listen(3000))`. Returns the server.
    */
   guardExpectContinue<S extends ContinueServer>(server: S): S;
+  /**
+   * The start-up check: OPTIONS to every ICAP server. Per the profile's `startupCheck`, rejects
+   * naming each server that did not answer ('fail', default), warns ('warn') or does nothing
+   * ('off'): `await mw.ready()` before `app.listen()`.
+   */
+  ready(): Promise<StartupReport>;
 }
 
 export interface IcapExpressOptions {
@@ -67,6 +74,7 @@ export function icap(profile: IcapProfile, options: IcapExpressOptions = {}): Ic
   return Object.assign(middleware, {
     engine,
     close: () => engine.close(),
+    ready: () => engine.ready(),
     guardExpectContinue<S extends ContinueServer>(server: S): S {
       guardExpectContinue(server, (req) => engine.preflight(req));
       return server;
@@ -126,6 +134,8 @@ async function run(engine: IcapEngine, req: IncomingMessage, res: ServerResponse
       break;
   }
   for (const [name, value] of outcome.responseHeaders) res.setHeader(name, value);
+  // The application's status, for the record (the analytics page shows it).
+  res.once('finish', () => engine.responded(outcome.log, res.statusCode));
   return true;
 }
 

@@ -155,6 +155,11 @@ const plugin: FastifyPluginAsync<IcapPluginOptions> = async (fastify, profile) =
     }
     throw new UnscannedRouteError(message, unscanned);
   });
+  // The start-up check (the profile's startupCheck): OPTIONS to the servers of every engine;
+  // with 'fail' (default) a server that does not answer makes ready() / listen() reject.
+  fastify.addHook('onReady', async function icapStartupCheck() {
+    await Promise.all([engine, ...routeEngines].map((e) => e.ready()));
+  });
   // Requests with Expect: 100-continue that are refused anyway (413, 415) are answered before
   // they send their body.
   const unguard = guardExpectContinue(fastify.server as never, async (req) => {
@@ -291,6 +296,9 @@ function scanHook(engine: IcapEngine): preParsingAsyncHookHandler {
     }
     reply.raw.once('close', () => outcome.dispose());
     request.icap = requestInfo(outcome);
+    // The application's status, for the record (the analytics page shows it); a no-op when
+    // the middleware answered itself (the record has its status already).
+    reply.raw.once('finish', () => engine.responded(outcome.log, reply.raw.statusCode));
     switch (outcome.kind) {
       case 'aborted':
         // Nothing to answer: close the connection itself (destroying a request whose body was

@@ -13,6 +13,7 @@ import {
   rearmRequest,
   requestInfo,
   requestWithBody,
+  type StartupReport,
 } from '@icapkit/core';
 
 export * from './analytics.js';
@@ -52,6 +53,12 @@ export interface IcapKoaMiddleware {
    * before they send their body: `mw.guardExpectContinue(app.listen(3000))`. Returns the server.
    */
   guardExpectContinue<S extends ContinueServer>(server: S): S;
+  /**
+   * The start-up check: OPTIONS to every ICAP server. Per the profile's `startupCheck`, rejects
+   * naming each server that did not answer ('fail', default), warns ('warn') or does nothing
+   * ('off'): `await mw.ready()` before `app.listen()`.
+   */
+  ready(): Promise<StartupReport>;
 }
 
 export interface IcapKoaOptions {
@@ -110,11 +117,14 @@ export function icap(profile: IcapProfile, options: IcapKoaOptions = {}): IcapKo
         break;
     }
     for (const [n, v] of outcome.responseHeaders) ctx.set(n, v);
+    // The application's status, for the record (the analytics page shows it).
+    res.once('finish', () => engine.responded(outcome.log, res.statusCode));
     await next();
   };
   return Object.assign(middleware, {
     engine,
     close: () => engine.close(),
+    ready: () => engine.ready(),
     guardExpectContinue<S extends ContinueServer>(server: S): S {
       guardExpectContinue(server, (req) => engine.preflight(req));
       return server;
