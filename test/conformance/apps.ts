@@ -24,9 +24,29 @@ import Koa3 from 'koa';
 import { koaBody } from 'koa-body';
 import Koa2 from 'koa2';
 import multer from 'multer';
+// ---- NestJS (issue 16, @icapkit/nestjs): the same service as a Nest app on Express and Fastify ----
+import { NEST_FRAMEWORKS, type NestFramework, startNest } from '../nestjs/apps.js';
+// ---- end NestJS ----
 
-export type Framework = 'express5' | 'express4' | 'fastify' | 'koa3' | 'koa2';
-export const FRAMEWORKS: Framework[] = ['express5', 'express4', 'fastify', 'koa3', 'koa2'];
+export type Framework =
+  | 'express5'
+  | 'express4'
+  | 'fastify'
+  | 'koa3'
+  | 'koa2'
+  // ---- NestJS (issue 16) ----
+  | NestFramework;
+// ---- end NestJS ----
+export const FRAMEWORKS: Framework[] = [
+  'express5',
+  'express4',
+  'fastify',
+  'koa3',
+  'koa2',
+  // ---- NestJS (issue 16) ----
+  ...NEST_FRAMEWORKS,
+  // ---- end NestJS ----
+];
 
 export interface SeenFile {
   field: string;
@@ -72,6 +92,9 @@ export async function startApp(
   options: AppOptions = {},
 ): Promise<App> {
   if (framework === 'fastify') return startFastify(profile, options);
+  // ---- NestJS (issue 16) ----
+  if (framework === 'nest-express' || framework === 'nest-fastify') return startNest(framework, profile);
+  // ---- end NestJS ----
   if (framework === 'express5' || framework === 'express4') return startExpress(framework, profile);
   return startKoa(framework, profile, options);
 }
