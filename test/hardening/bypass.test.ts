@@ -14,7 +14,15 @@ import { type App, type Framework, startApp } from '../conformance/apps.js';
 import { send } from '../support/http-client.js';
 import { rawExchange } from '../support/raw-http.js';
 
-const FRAMEWORKS: Framework[] = ['express5', 'fastify', 'koa3'];
+const FRAMEWORKS: Framework[] = [
+  'express5',
+  'fastify',
+  'koa3',
+  // ---- NestJS (issue 16) ----
+  'nest-express',
+  'nest-fastify',
+  // ---- end NestJS ----
+];
 
 let icap: IcapTestServer;
 beforeAll(async () => {

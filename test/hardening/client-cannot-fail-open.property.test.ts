@@ -38,6 +38,10 @@ const TARGETS: Target[] = [
   { framework: 'koa3', h2: false },
   { framework: 'fastify', h2: true },
   { framework: 'koa3', h2: true },
+  // ---- NestJS (issue 16) ----
+  { framework: 'nest-express', h2: false },
+  { framework: 'nest-fastify', h2: false },
+  // ---- end NestJS ----
 ];
 const nameOf = (t: Target) => `${t.framework}${t.h2 ? ' (h2)' : ''}`;
 

@@ -30,6 +30,10 @@ const VARIANTS: Variant[] = [
   { label: 'koa3', framework: 'koa3', http2: false },
   { label: 'koa2', framework: 'koa2', http2: false },
   { label: 'koa3 h2', framework: 'koa3', http2: true },
+  // ---- NestJS (issue 16) ----
+  { label: 'nest-express', framework: 'nest-express', http2: false },
+  { label: 'nest-fastify', framework: 'nest-fastify', http2: false },
+  // ---- end NestJS ----
 ];
 
 const B = 'B0undary';

@@ -53,11 +53,15 @@ function isFastify(req: AnyReq): req is FastifyRequest & { icap?: IcapRequestInf
   return 'raw' in req && 'routeOptions' in req;
 }
 
-/** The request body as bytes: Fastify's buffer parser, or the (approved) Express stream. */
+/**
+ * The request body as bytes: Fastify's buffer parser, or the (approved) stream (Express; Fastify
+ * multipart, which @fastify/multipart leaves unread).
+ */
 async function rawBody(req: AnyReq): Promise<Buffer> {
-  if (isFastify(req)) return Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0);
+  if (isFastify(req) && Buffer.isBuffer(req.body)) return req.body;
+  const stream = (isFastify(req) ? req.raw : req) as import('node:http').IncomingMessage;
   const chunks: Buffer[] = [];
-  for await (const c of req as import('node:http').IncomingMessage) chunks.push(c as Buffer);
+  for await (const c of stream) chunks.push(c as Buffer);
   return Buffer.concat(chunks);
 }
 
