@@ -234,6 +234,8 @@ export interface NestAppOptions {
   /** Build with @nestjs/testing's Test.createTestingModule() instead of NestFactory.create(). */
   testingModule?: boolean;
   moduleOptions?: IcapModuleOptions;
+  /** Called on the Nest application before it listens (e.g. to add middleware). */
+  beforeListen?: (nest: NestExpressApplication | NestFastifyApplication) => void | Promise<void>;
 }
 
 const PROFILE_TOKEN = Symbol('profile');
@@ -288,6 +290,7 @@ export async function startNest(
         done(null, body),
       );
   }
+  await options.beforeListen?.(nest);
   await nest.listen(0, '127.0.0.1');
   const server = nest.getHttpServer() as import('node:http').Server;
   const service = nest.get(IcapService);

@@ -91,7 +91,8 @@ async function createService(
     // app.init() (which loads a Fastify plugin registered here before adding the routes).
     const sub = host.init$.subscribe(() => {
       const later = host.httpAdapter as HttpAdapterLike | undefined;
-      if (later !== undefined && later !== null) void service.install(later)?.catch(() => {});
+      // Not awaited (see IcapService.install): a failure to load surfaces in app.init().
+      if (later !== undefined && later !== null) service.install(later);
       queueMicrotask(() => sub?.unsubscribe());
     });
   }

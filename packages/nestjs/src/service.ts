@@ -85,7 +85,7 @@ export class IcapService implements OnApplicationBootstrap, OnApplicationShutdow
    * Installs the scan on the adapter. Called while Nest creates the application (before
    * `app.init()` registers body parsers, middleware and routes).
    */
-  install(adapter: HttpAdapterLike): Promise<void> | undefined {
+  install(adapter: HttpAdapterLike): PromiseLike<unknown> | undefined {
     if (this.#platform !== undefined) return undefined;
     const type = adapter.getType?.();
     this.#adapter = adapter;
@@ -102,10 +102,13 @@ export class IcapService implements OnApplicationBootstrap, OnApplicationShutdow
       this.#fastify = instance;
       const { unscannedRoutes } = this.config.options ?? {};
       // Loaded before Nest adds the routes (its onRoute hook sees their config.icap): now when
-      // awaited, or by the register Nest awaits in app.init() (@fastify/middie).
-      return Promise.resolve(
-        instance.register(fastifyIcap, { ...this.config.profile, unscannedRoutes: unscannedRoutes ?? 'error' }),
-      ).then(() => undefined);
+      // the caller awaits it, or else by the register Nest awaits in app.init() (@fastify/middie).
+      // (Not wrapped in a promise: calling then() on Fastify's thenable starts loading there and
+      // then, which, besides Nest's own register in app.init(), leaves ready() waiting forever.)
+      return instance.register(fastifyIcap, {
+        ...this.config.profile,
+        unscannedRoutes: unscannedRoutes ?? 'error',
+      });
     }
     throw new Error(
       `@icapkit/nestjs supports the Express and Fastify platforms, not ${JSON.stringify(type ?? 'unknown')}`,
