@@ -12,7 +12,14 @@ import 'reflect-metadata';
 import type { AddressInfo } from 'node:net';
 import fastifyMultipart from '@fastify/multipart';
 import type { IcapProfile, IcapRequestInfo } from '@icapkit/core';
-import { type IcapModuleOptions, IcapModule, IcapOptions, IcapResult, IcapService, SkipIcap } from '@icapkit/nestjs';
+import {
+  IcapModule,
+  type IcapModuleOptions,
+  IcapOptions,
+  IcapResult,
+  IcapService,
+  SkipIcap,
+} from '@icapkit/nestjs';
 import {
   Body,
   Controller,
@@ -80,26 +87,42 @@ export class SeenLog {
   }
 }
 
-async function fastifyFiles(req: FastifyRequest): Promise<{ files: SeenFile[]; fields: Record<string, unknown> }> {
+async function fastifyFiles(
+  req: FastifyRequest,
+): Promise<{ files: SeenFile[]; fields: Record<string, unknown> }> {
   const files: SeenFile[] = [];
   const fields: Record<string, unknown> = {};
   for await (const part of req.parts()) {
     if (part.type === 'file')
-      files.push({ field: part.fieldname, name: part.filename, type: part.mimetype, data: await part.toBuffer() });
+      files.push({
+        field: part.fieldname,
+        name: part.filename,
+        type: part.mimetype,
+        data: await part.toBuffer(),
+      });
     else fields[part.fieldname] = part.value;
   }
   return { files, fields };
 }
 
 function multerFiles(files: Express.Multer.File[] | undefined): SeenFile[] {
-  return (files ?? []).map((f) => ({ field: f.fieldname, name: f.originalname, type: f.mimetype, data: f.buffer }));
+  return (files ?? []).map((f) => ({
+    field: f.fieldname,
+    name: f.originalname,
+    type: f.mimetype,
+    data: f.buffer,
+  }));
 }
 
 function controllers(platform: 'express' | 'fastify') {
   const multipartInterceptors =
-    platform === 'express' ? [AnyFilesInterceptor({ storage: memoryStorage(), limits: { fileSize: LIMIT } })] : [];
+    platform === 'express'
+      ? [AnyFilesInterceptor({ storage: memoryStorage(), limits: { fileSize: LIMIT } })]
+      : [];
   const fileInterceptors =
-    platform === 'express' ? [FileInterceptor('file', { storage: memoryStorage(), limits: { fileSize: LIMIT } })] : [];
+    platform === 'express'
+      ? [FileInterceptor('file', { storage: memoryStorage(), limits: { fileSize: LIMIT } })]
+      : [];
 
   /** The conformance routes. */
   @Controller()
@@ -163,7 +186,12 @@ function controllers(platform: 'express' | 'fastify') {
       if (isFastify(req)) {
         const part = await req.file();
         if (part !== undefined)
-          got = { field: part.fieldname, name: part.filename, type: part.mimetype, data: await part.toBuffer() };
+          got = {
+            field: part.fieldname,
+            name: part.filename,
+            type: part.mimetype,
+            data: await part.toBuffer(),
+          };
       } else if (file !== undefined) {
         got = multerFiles([file])[0];
       }
@@ -171,7 +199,10 @@ function controllers(platform: 'express' | 'fastify') {
       return {
         file: got?.name ?? null,
         size: got?.data.length ?? null,
-        scan: scan === null ? null : { action: scan.action, threat: scan.threat ?? null, rule: scan.rule ?? null },
+        scan:
+          scan === null
+            ? null
+            : { action: scan.action, threat: scan.threat ?? null, rule: scan.rule ?? null },
         sameAsRequest: scan === (req.icap ?? null),
         logAction: scan?.log.action ?? null,
       };
@@ -286,8 +317,10 @@ export async function startNest(
     await f.register(fastifyMultipart as never, { limits: { fileSize: LIMIT } });
     f.getHttpAdapter()
       .getInstance()
-      .addContentTypeParser('application/octet-stream', { parseAs: 'buffer', bodyLimit: LIMIT }, (_req, body, done) =>
-        done(null, body),
+      .addContentTypeParser(
+        'application/octet-stream',
+        { parseAs: 'buffer', bodyLimit: LIMIT },
+        (_req, body, done) => done(null, body),
       );
   }
   await options.beforeListen?.(nest);

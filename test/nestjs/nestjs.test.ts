@@ -61,7 +61,13 @@ describe.each(NEST_FRAMEWORKS)('%s', (framework: NestFramework) => {
     async function start(profile: Partial<IcapProfile> = {}, extra: NestAppOptions = {}) {
       app = await startNest(
         framework,
-        { name: 'nest', poolGroup: icap.url(), serviceUri: '/avscan', onLog: (l) => logs.push(l), ...profile },
+        {
+          name: 'nest',
+          poolGroup: icap.url(),
+          serviceUri: '/avscan',
+          onLog: (l) => logs.push(l),
+          ...profile,
+        },
         { ...options, ...extra },
       );
       return app;
@@ -74,7 +80,10 @@ describe.each(NEST_FRAMEWORKS)('%s', (framework: NestFramework) => {
         { name: 'title', data: 'report' },
         { name: 'file', filename: 'report.pdf', type: 'application/pdf', data },
       ]);
-      const r = await send(a.url, '/upload', { body: form.body, headers: { 'content-type': form.contentType } });
+      const r = await send(a.url, '/upload', {
+        body: form.body,
+        headers: { 'content-type': form.contentType },
+      });
       expect(r.status).toBe(200);
       expect(JSON.parse(r.text)).toEqual({
         file: 'report.pdf',
@@ -160,7 +169,9 @@ describe.each(NEST_FRAMEWORKS)('%s', (framework: NestFramework) => {
           expect(r.status).toBe(400);
         }
         // A boundary that never closes, and a missing boundary parameter.
-        const open = '--b\r\nContent-Disposition: form-data; name="f"; filename="e.com"\r\n\r\n' + eicar().toString('latin1');
+        const open =
+          '--b\r\nContent-Disposition: form-data; name="f"; filename="e.com"\r\n\r\n' +
+          eicar().toString('latin1');
         const unclosed = await send(a.url, '/upload', {
           body: open,
           headers: { 'content-type': 'multipart/form-data; boundary=b' },
@@ -227,7 +238,10 @@ describe('nest-express: the scan picks the route before routing; the guard check
     expect(r.status).toBe(403);
     expect(JSON.parse(r.text)).toMatchObject({ code: 'ICAP_ERR_UNSCANNED_ROUTE' });
     // Rewritten to a route with its own override: scanned with the module's profile is not enough.
-    const o = await send(app.url, '/raw', { body: text(10), headers: { ...octet, 'x-rewrite': '/small/raw' } });
+    const o = await send(app.url, '/raw', {
+      body: text(10),
+      headers: { ...octet, 'x-rewrite': '/small/raw' },
+    });
     expect(o.status).toBe(403);
     expect(app.seen).toHaveLength(0);
     // Without a rewrite both work.
@@ -260,9 +274,16 @@ describeWithCIcap('@icapkit/nestjs with real c-icap + ClamAV', () => {
       });
       const data = text(50_000, 7);
       const form = multipart([{ name: 'file', filename: 'a.txt', type: 'text/plain', data }]);
-      const ok = await send(app.url, '/upload', { body: form.body, headers: { 'content-type': form.contentType } });
+      const ok = await send(app.url, '/upload', {
+        body: form.body,
+        headers: { 'content-type': form.contentType },
+      });
       expect(ok.status).toBe(200);
-      expect(JSON.parse(ok.text)).toMatchObject({ file: 'a.txt', size: data.length, scan: { action: 'ICAP_PASSED' } });
+      expect(JSON.parse(ok.text)).toMatchObject({
+        file: 'a.txt',
+        size: data.length,
+        scan: { action: 'ICAP_PASSED' },
+      });
       const bad = multipart([{ name: 'file', filename: 'eicar.com', data: eicar() }]);
       const blocked = await send(app.url, '/upload', {
         body: bad.body,

@@ -12,5 +12,5 @@ export {
 } from './constants.js';
 export { IcapOptions, IcapResult, SkipIcap } from './decorators.js';
 export { IcapRouteGuard } from './guard.js';
-export { type IcapModuleAsyncOptions, IcapModule } from './module.js';
+export { IcapModule, type IcapModuleAsyncOptions } from './module.js';
 export { type IcapModuleConfig, type IcapModuleOptions, IcapService } from './service.js';

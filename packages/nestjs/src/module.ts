@@ -1,9 +1,21 @@
 import type { IcapProfile } from '@icapkit/core';
-import type { DynamicModule, InjectionToken, ModuleMetadata, OptionalFactoryDependency, Provider } from '@nestjs/common';
+import type {
+  DynamicModule,
+  InjectionToken,
+  ModuleMetadata,
+  OptionalFactoryDependency,
+  Provider,
+} from '@nestjs/common';
 import { APP_GUARD, DiscoveryModule, DiscoveryService, HttpAdapterHost, MetadataScanner } from '@nestjs/core';
 import { ICAP_MODULE_OPTIONS } from './constants.js';
 import { IcapRouteGuard } from './guard.js';
-import { type HandlerRef, type HttpAdapterLike, type IcapModuleConfig, type IcapModuleOptions, IcapService } from './service.js';
+import {
+  type HandlerRef,
+  type HttpAdapterLike,
+  type IcapModuleConfig,
+  type IcapModuleOptions,
+  IcapService,
+} from './service.js';
 
 export interface IcapModuleAsyncOptions extends Pick<ModuleMetadata, 'imports'> {
   /** Resolves to `{ profile, options? }` (e.g. from ConfigService). */
@@ -23,6 +35,7 @@ export interface IcapModuleAsyncOptions extends Pick<ModuleMetadata, 'imports'> 
  * controllers and handlers; `@IcapResult()` (or `req.icap`) for the outcome; `IcapService`
  * for the engine. The engines close with the application (`app.close()`).
  */
+// biome-ignore lint/complexity/noStaticOnlyClass: Nest modules are classes (forRoot/register are static)
 export class IcapModule {
   static forRoot(profile: IcapProfile, options: IcapModuleOptions = {}): DynamicModule {
     return IcapModule.#module([{ provide: ICAP_MODULE_OPTIONS, useValue: { profile, options } }], []);
@@ -36,7 +49,9 @@ export class IcapModule {
           useFactory: async (...args: never[]) => {
             const config = await async.useFactory(...args);
             if (config === null || typeof config !== 'object' || typeof config.profile !== 'object')
-              throw new TypeError('IcapModule.forRootAsync: useFactory must resolve to { profile, options? }');
+              throw new TypeError(
+                'IcapModule.forRootAsync: useFactory must resolve to { profile, options? }',
+              );
             return config;
           },
           inject: async.inject ?? [],
@@ -46,7 +61,10 @@ export class IcapModule {
     );
   }
 
-  static #module(optionProviders: Provider[], imports: NonNullable<ModuleMetadata['imports']>): DynamicModule {
+  static #module(
+    optionProviders: Provider[],
+    imports: NonNullable<ModuleMetadata['imports']>,
+  ): DynamicModule {
     return {
       module: IcapModule,
       global: true,

@@ -72,7 +72,7 @@ export function annotateHandlers(
       | Record<string, unknown>
       | undefined;
     const rest = { ...(config ?? {}) };
-    delete rest['icap'];
+    delete rest.icap;
     meta.defineMetadata(
       FASTIFY_ROUTE_CONFIG_METADATA,
       setting === DEFAULT_ROUTE ? rest : { ...rest, icap: setting },
@@ -82,7 +82,11 @@ export function annotateHandlers(
 }
 
 interface ExpressLayer {
-  route?: { stack?: Array<{ handle?: unknown }>; _handlesMethod?(m: string): boolean; _handles_method?(m: string): boolean };
+  route?: {
+    stack?: Array<{ handle?: unknown }>;
+    _handlesMethod?(m: string): boolean;
+    _handles_method?(m: string): boolean;
+  };
   match?(path: string): boolean;
 }
 

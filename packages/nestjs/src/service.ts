@@ -77,7 +77,9 @@ export class IcapService implements OnApplicationBootstrap, OnApplicationShutdow
   get engine(): IcapEngine {
     const engine = this.#defaultMiddleware?.engine ?? this.#fastify?.icapEngine;
     if (engine === undefined)
-      throw new Error('@icapkit/nestjs: the engine exists once the module is installed on an HTTP application');
+      throw new Error(
+        '@icapkit/nestjs: the engine exists once the module is installed on an HTTP application',
+      );
     return engine;
   }
 
@@ -163,7 +165,8 @@ export class IcapService implements OnApplicationBootstrap, OnApplicationShutdow
     }
     if (this.#platform === 'fastify') {
       const r = req as { icap?: unknown; routeOptions?: { config?: { icap?: RouteSetting } } };
-      if (r.icap === null || r.icap === undefined) return r.routeOptions?.config?.icap === false ? false : undefined;
+      if (r.icap === null || r.icap === undefined)
+        return r.routeOptions?.config?.icap === false ? false : undefined;
       return r.routeOptions?.config?.icap ?? DEFAULT_ROUTE;
     }
     return undefined;
@@ -173,7 +176,8 @@ export class IcapService implements OnApplicationBootstrap, OnApplicationShutdow
     if (this.#platform !== 'express' || this.config.options?.expectContinue === false) return;
     const server = this.#adapter?.getHttpServer?.() as Parameters<typeof guardExpectContinue>[0] | undefined;
     const app = this.#adapter?.getInstance();
-    if (server === undefined || server === null || typeof (server as { on?: unknown }).on !== 'function') return;
+    if (server === undefined || server === null || typeof (server as { on?: unknown }).on !== 'function')
+      return;
     this.#unguard = guardExpectContinue(server, async (req) => {
       const setting = expressRouteSetting(app, req);
       if (setting === false) return null;
