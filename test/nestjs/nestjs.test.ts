@@ -12,6 +12,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { IcapLog, IcapProfile } from '@icapkit/core';
 import { EICAR_NAME, eicar, type IcapTestServer, startIcapServer } from '@icapkit/testing';
+import { VersioningType } from '@nestjs/common';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { type CIcapServer, describeWithCIcap, startCIcap } from '../support/c-icap.js';
 import { EICAR_THREAT } from '../support/eicar.js';
@@ -204,6 +205,37 @@ describe.each(NEST_FRAMEWORKS)('%s', (framework: NestFramework) => {
       app = undefined;
       expect(await until(() => icap.connections.open === 0)).toBe(true);
     });
+  });
+});
+
+describe.each(NEST_FRAMEWORKS)('%s with a global prefix and URI versioning', (framework) => {
+  let app: NestApp | undefined;
+  afterEach(async () => {
+    await app?.close();
+    app = undefined;
+    icap.reset();
+  });
+
+  it('the routes are found under /api/v1: @SkipIcap and @IcapOptions apply, the rest is scanned', async () => {
+    app = await startNest(
+      framework,
+      { name: 'nest', poolGroup: icap.url(), serviceUri: '/avscan', onLog: () => {} },
+      {
+        beforeListen: (nest) => {
+          nest.setGlobalPrefix('api');
+          nest.enableVersioning({ type: VersioningType.URI, defaultVersion: '1' });
+        },
+      },
+    );
+    expect((await send(app.url, '/api/v1/raw', { body: eicar(), headers: octet })).status).toBe(403);
+    expect((await send(app.url, '/api/v1/skip/raw', { body: eicar(), headers: octet })).status).toBe(200);
+    expect((await send(app.url, '/api/v1/public/raw', { body: eicar(), headers: octet })).status).toBe(200);
+    expect((await send(app.url, '/api/v1/small/raw', { body: text(2000), headers: octet })).status).toBe(413);
+    expect((await send(app.url, '/api/v1/raw', { body: text(2000), headers: octet })).status).toBe(200);
+    // Unknown paths are scanned with the module's profile before the 404.
+    expect((await send(app.url, '/raw', { body: eicar(), headers: octet })).status).toBe(403);
+    expect((await send(app.url, '/nowhere', { body: text(10), headers: octet })).status).toBe(404);
+    expect(app.seen.map((s) => s.route)).toEqual(['skip', 'public', 'raw']);
   });
 });
 
