@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
-import { IcapOptions, type IcapRequestInfo, IcapResult, type IcapService, SkipIcap } from '@icapkit/nestjs';
+// IcapService is imported as a value: its constructor parameter's design-time type is read by Nest.
+import { IcapOptions, type IcapRequestInfo, IcapResult, IcapService, SkipIcap } from '@icapkit/nestjs';
 import {
   BadRequestException,
   Body,
