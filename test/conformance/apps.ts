@@ -93,7 +93,8 @@ export async function startApp(
 ): Promise<App> {
   if (framework === 'fastify') return startFastify(profile, options);
   // ---- NestJS (issue 16) ----
-  if (framework === 'nest-express' || framework === 'nest-fastify') return startNest(framework, profile);
+  if (framework === 'nest-express' || framework === 'nest-fastify')
+    return startNest(framework, profile, { http2: options.http2 === true });
   // ---- end NestJS ----
   if (framework === 'express5' || framework === 'express4') return startExpress(framework, profile);
   return startKoa(framework, profile, options);

@@ -41,6 +41,7 @@ const TARGETS: Target[] = [
   // ---- NestJS (issue 16) ----
   { framework: 'nest-express', h2: false },
   { framework: 'nest-fastify', h2: false },
+  { framework: 'nest-fastify', h2: true },
   // ---- end NestJS ----
 ];
 const nameOf = (t: Target) => `${t.framework}${t.h2 ? ' (h2)' : ''}`;

@@ -33,6 +33,7 @@ const VARIANTS: Variant[] = [
   // ---- NestJS (issue 16) ----
   { label: 'nest-express', framework: 'nest-express', http2: false },
   { label: 'nest-fastify', framework: 'nest-fastify', http2: false },
+  { label: 'nest-fastify h2', framework: 'nest-fastify', http2: true },
   // ---- end NestJS ----
 ];
 

@@ -265,6 +265,8 @@ export interface NestAppOptions {
   /** Build with @nestjs/testing's Test.createTestingModule() instead of NestFactory.create(). */
   testingModule?: boolean;
   moduleOptions?: IcapModuleOptions;
+  /** Fastify only: HTTP/2 (cleartext). */
+  http2?: boolean;
   /** Called on the Nest application before it listens (e.g. to add middleware). */
   beforeListen?: (nest: NestExpressApplication | NestFastifyApplication) => void | Promise<void>;
 }
@@ -306,7 +308,9 @@ export async function startNest(
       nest = await NestFactory.create<NestExpressApplication>(AppModule, { logger: false });
     }
   } else {
-    const adapter = new FastifyAdapter({ bodyLimit: LIMIT });
+    const adapter = options.http2
+      ? new FastifyAdapter({ http2: true, bodyLimit: LIMIT } as never)
+      : new FastifyAdapter({ bodyLimit: LIMIT });
     if (options.testingModule) {
       const ref = await Test.createTestingModule({ imports: [AppModule] }).compile();
       nest = ref.createNestApplication<NestFastifyApplication>(adapter, { logger: false });
@@ -329,7 +333,7 @@ export async function startNest(
   const service = nest.get(IcapService);
   return {
     framework: framework as App['framework'],
-    http2: false,
+    http2: options.http2 === true,
     url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
     seen,
     engine: service.engine,
