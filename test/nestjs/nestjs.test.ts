@@ -13,10 +13,12 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { IcapLog, IcapProfile } from '@icapkit/core';
 import { EICAR_NAME, eicar, type IcapTestServer, startIcapServer } from '@icapkit/testing';
 import 'reflect-metadata';
-import { IcapModule, SkipIcap } from '@icapkit/nestjs';
-import { Controller, HttpCode, Module, Post, Version, VersioningType } from '@nestjs/common';
+import { IcapModule, IcapOptions, SkipIcap } from '@icapkit/nestjs';
+import { Controller, HttpCode, Module, Post, Req, Version, VersioningType } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import type { NestExpressApplication } from '@nestjs/platform-express';
+import { FastifyAdapter, type NestFastifyApplication, RouteConfig } from '@nestjs/platform-fastify';
+import type { FastifyRequest } from 'fastify';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { type CIcapServer, describeWithCIcap, startCIcap } from '../support/c-icap.js';
 import { EICAR_THREAT } from '../support/eicar.js';
@@ -329,6 +331,60 @@ describe('nest-express: routes sharing a path (header versioning) with different
       });
       expect(v2.status).toBe(403);
       expect(JSON.parse(v2.text)).toMatchObject({ code: 'ICAP_ERR_UNSCANNED_ROUTE' });
+    } finally {
+      await nest.close();
+    }
+  });
+});
+
+describe("nest-fastify: the decorators join the route's own @RouteConfig()", () => {
+  it('@RouteConfig() values stay, and @SkipIcap / @IcapOptions reach @icapkit/fastify as config.icap', async () => {
+    @Controller('cfg')
+    class ConfigController {
+      @SkipIcap()
+      @RouteConfig({ tag: 'skip' })
+      @Post('skip')
+      @HttpCode(200)
+      skip(@Req() req: FastifyRequest) {
+        return { tag: (req.routeOptions.config as { tag?: string }).tag, body: String(req.body) };
+      }
+
+      @RouteConfig({ tag: 'small' })
+      @IcapOptions({ bufferSize: 1000, bufferSizeExceedAction: 'fail-closed' })
+      @Post('small')
+      @HttpCode(200)
+      small(@Req() req: FastifyRequest) {
+        return {
+          tag: (req.routeOptions.config as { tag?: string }).tag,
+          length: (req.body as Buffer).length,
+        };
+      }
+    }
+    @Module({
+      imports: [
+        IcapModule.forRoot({ name: 'c', poolGroup: icap.url(), serviceUri: '/avscan', onLog: () => {} }),
+      ],
+      controllers: [ConfigController],
+    })
+    class ConfigModule {}
+    const nest = await NestFactory.create<NestFastifyApplication>(ConfigModule, new FastifyAdapter(), {
+      logger: false,
+    });
+    nest
+      .getHttpAdapter()
+      .getInstance()
+      .addContentTypeParser('application/octet-stream', { parseAs: 'buffer' }, (_req, body, done) =>
+        done(null, body),
+      );
+    await nest.listen(0, '127.0.0.1');
+    try {
+      const url = await nest.getUrl();
+      const skip = await send(url, '/cfg/skip', { body: eicar(), headers: octet });
+      expect([skip.status, JSON.parse(skip.text)]).toEqual([200, { tag: 'skip', body: eicar().toString() }]);
+      expect((await send(url, '/cfg/small', { body: text(2000), headers: octet })).status).toBe(413);
+      expect((await send(url, '/cfg/small', { body: eicar(), headers: octet })).status).toBe(403);
+      const ok = await send(url, '/cfg/small', { body: text(10), headers: octet });
+      expect([ok.status, JSON.parse(ok.text)]).toEqual([200, { tag: 'small', length: 10 }]);
     } finally {
       await nest.close();
     }
