@@ -305,7 +305,10 @@ export async function startNest(
       const ref = await Test.createTestingModule({ imports: [AppModule] }).compile();
       nest = ref.createNestApplication<NestExpressApplication>({ logger: false });
     } else {
-      nest = await NestFactory.create<NestExpressApplication>(AppModule, { logger: false });
+      nest = await NestFactory.create<NestExpressApplication>(AppModule, {
+        logger: false,
+        abortOnError: false,
+      });
     }
   } else {
     const adapter = options.http2
@@ -315,7 +318,10 @@ export async function startNest(
       const ref = await Test.createTestingModule({ imports: [AppModule] }).compile();
       nest = ref.createNestApplication<NestFastifyApplication>(adapter, { logger: false });
     } else {
-      nest = await NestFactory.create<NestFastifyApplication>(AppModule, adapter, { logger: false });
+      nest = await NestFactory.create<NestFastifyApplication>(AppModule, adapter, {
+        logger: false,
+        abortOnError: false,
+      });
     }
     const f = nest as NestFastifyApplication;
     await f.register(fastifyMultipart as never, { limits: { fileSize: LIMIT } });

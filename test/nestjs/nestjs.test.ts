@@ -245,6 +245,28 @@ describe.each(NEST_FRAMEWORKS)('%s with a global prefix and URI versioning', (fr
   });
 });
 
+describe.each(NEST_FRAMEWORKS)('%s: a bad profile', (framework) => {
+  it.each(BUILDS)(
+    '$label: start-up fails with the profile error, nothing thrown into the process',
+    async ({ options }) => {
+      const crashes: unknown[] = [];
+      const onCrash = (e: unknown) => crashes.push(e);
+      process.on('uncaughtException', onCrash);
+      process.on('unhandledRejection', onCrash);
+      try {
+        await expect(
+          startNest(framework, { name: 'bad', poolGroup: icap.url(), serviceUri: 'avscan' }, options),
+        ).rejects.toThrow(/serviceUri/);
+        await sleep(100);
+        expect(crashes).toEqual([]);
+      } finally {
+        process.off('uncaughtException', onCrash);
+        process.off('unhandledRejection', onCrash);
+      }
+    },
+  );
+});
+
 describe('nest-express: the scan picks the route before routing; the guard checks it at the handler', () => {
   let app: NestApp | undefined;
   afterEach(async () => {

@@ -109,8 +109,7 @@ async function createService(
     // app.init() (which loads a Fastify plugin registered here before adding the routes).
     const sub = host.init$.subscribe(() => {
       const later = host.httpAdapter as HttpAdapterLike | undefined;
-      // Not awaited (see IcapService.install): a failure to load surfaces in app.init().
-      if (later !== undefined && later !== null) service.install(later);
+      if (later !== undefined && later !== null) service.installLater(later);
       queueMicrotask(() => sub?.unsubscribe());
     });
   }

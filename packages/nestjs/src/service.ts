@@ -2,7 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { createEngine, guardExpectContinue, type IcapEngine, type IcapProfile } from '@icapkit/core';
 import { icap as expressIcap, type IcapMiddleware } from '@icapkit/express';
 import { icap as fastifyIcap } from '@icapkit/fastify';
-import type { OnApplicationBootstrap, OnApplicationShutdown } from '@nestjs/common';
+import type { OnApplicationBootstrap, OnApplicationShutdown, OnModuleInit } from '@nestjs/common';
 import { DEFAULT_ROUTE, type RouteSetting } from './constants.js';
 import { annotateHandlers, expressRouteSetting, settingOf } from './routes.js';
 
@@ -54,7 +54,7 @@ interface FastifyLike {
  * on Fastify @icapkit/fastify registered on the Fastify instance (a `preParsing` hook, before
  * any content-type parser). Injectable: `engine` for health and status.
  */
-export class IcapService implements OnApplicationBootstrap, OnApplicationShutdown {
+export class IcapService implements OnModuleInit, OnApplicationBootstrap, OnApplicationShutdown {
   #platform: 'express' | 'fastify' | undefined;
   #adapter: HttpAdapterLike | undefined;
   #defaultMiddleware: IcapMiddleware | undefined;
@@ -62,6 +62,7 @@ export class IcapService implements OnApplicationBootstrap, OnApplicationShutdow
   #fastify: FastifyLike | undefined;
   #unguard: (() => void) | undefined;
   #closed = false;
+  #installError: unknown;
 
   constructor(
     readonly config: IcapModuleConfig,
@@ -115,6 +116,25 @@ export class IcapService implements OnApplicationBootstrap, OnApplicationShutdow
     throw new Error(
       `@icapkit/nestjs supports the Express and Fastify platforms, not ${JSON.stringify(type ?? 'unknown')}`,
     );
+  }
+
+  /**
+   * install() for an adapter set after the providers were created (@nestjs/testing): an error
+   * (a bad profile, another platform) is kept and thrown by `app.init()` (onModuleInit) rather
+   * than from the callback that delivered the adapter.
+   */
+  installLater(adapter: HttpAdapterLike): void {
+    try {
+      // Not awaited (see install): Nest's own register in app.init() loads the plugin, and a
+      // failure to load makes app.init() fail.
+      this.install(adapter);
+    } catch (err) {
+      this.#installError = err;
+    }
+  }
+
+  onModuleInit(): void {
+    if (this.#installError !== undefined) throw this.#installError;
   }
 
   #installExpress(app: unknown): void {
