@@ -11,6 +11,7 @@ export const alias = {
   '@icapkit/express': src('express'),
   '@icapkit/fastify': src('fastify'),
   '@icapkit/koa': src('koa'),
+  '@icapkit/nestjs': src('nestjs'),
   '@icapkit/cli': src('cli'),
   '@icapkit/web': src('web'),
   '@icapkit/hono': src('hono'),

@@ -28,7 +28,20 @@ import multer from 'multer';
 import { startWebApp, WEB_FRAMEWORKS, type WebFramework } from './apps-web.js';
 // --- end Web-standard adapters ---
 
-export type Framework = 'express5' | 'express4' | 'fastify' | 'koa3' | 'koa2' | WebFramework;
+// ---- NestJS (issue 16, @icapkit/nestjs): the same service as a Nest app on Express and Fastify ----
+import { NEST_FRAMEWORKS, type NestFramework, startNest } from '../nestjs/apps.js';
+// ---- end NestJS ----
+
+export type Framework =
+  | 'express5'
+  | 'express4'
+  | 'fastify'
+  | 'koa3'
+  | 'koa2'
+  | WebFramework
+  // ---- NestJS (issue 16) ----
+  | NestFramework;
+// ---- end NestJS ----
 export const FRAMEWORKS: Framework[] = [
   'express5',
   'express4',
@@ -38,6 +51,9 @@ export const FRAMEWORKS: Framework[] = [
   // --- Web-standard adapters ---
   ...WEB_FRAMEWORKS,
   // --- end Web-standard adapters ---
+  // ---- NestJS (issue 16) ----
+  ...NEST_FRAMEWORKS,
+  // ---- end NestJS ----
 ];
 
 export interface SeenFile {
@@ -87,6 +103,10 @@ export async function startApp(
   // --- Web-standard adapters ---
   if (framework === 'hono' || framework === 'web') return startWebApp(framework, profile, options);
   // --- end Web-standard adapters ---
+  // ---- NestJS (issue 16) ----
+  if (framework === 'nest-express' || framework === 'nest-fastify')
+    return startNest(framework, profile, { http2: options.http2 === true });
+  // ---- end NestJS ----
   if (framework === 'express5' || framework === 'express4') return startExpress(framework, profile);
   return startKoa(framework, profile, options);
 }

@@ -280,7 +280,8 @@ export function defineConformance(backend: Backend): void {
       framework === 'fastify' ||
       framework.startsWith('koa') ||
       framework === 'hono' ||
-      framework === 'web'
+      framework === 'web' ||
+      framework === 'nest-fastify'
     ) {
       it('HTTP/2: clean upload passes with its bytes, EICAR is blocked', async () => {
         const a = await start({}, { http2: true });

@@ -14,8 +14,18 @@ import { type App, type Framework, startApp } from '../conformance/apps.js';
 import { send } from '../support/http-client.js';
 import { rawExchange } from '../support/raw-http.js';
 
-// hono and web: the Web-standard adapters (issue 16), on @hono/node-server
-const FRAMEWORKS: Framework[] = ['express5', 'fastify', 'koa3', 'hono', 'web'];
+const FRAMEWORKS: Framework[] = [
+  'express5',
+  'fastify',
+  'koa3',
+  // hono and web: the Web-standard adapters (issue 16), on @hono/node-server
+  'hono',
+  'web',
+  // ---- NestJS (issue 16) ----
+  'nest-express',
+  'nest-fastify',
+  // ---- end NestJS ----
+];
 
 let icap: IcapTestServer;
 beforeAll(async () => {

@@ -42,6 +42,11 @@ const TARGETS: Target[] = [
   { framework: 'hono', h2: false },
   { framework: 'web', h2: false },
   { framework: 'hono', h2: true },
+  // ---- NestJS (issue 16) ----
+  { framework: 'nest-express', h2: false },
+  { framework: 'nest-fastify', h2: false },
+  { framework: 'nest-fastify', h2: true },
+  // ---- end NestJS ----
 ];
 const nameOf = (t: Target) => `${t.framework}${t.h2 ? ' (h2)' : ''}`;
 

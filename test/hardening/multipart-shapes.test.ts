@@ -34,6 +34,11 @@ const VARIANTS: Variant[] = [
   { label: 'hono', framework: 'hono', http2: false },
   { label: 'web (withIcap)', framework: 'web', http2: false },
   { label: 'hono h2', framework: 'hono', http2: true },
+  // ---- NestJS (issue 16) ----
+  { label: 'nest-express', framework: 'nest-express', http2: false },
+  { label: 'nest-fastify', framework: 'nest-fastify', http2: false },
+  { label: 'nest-fastify h2', framework: 'nest-fastify', http2: true },
+  // ---- end NestJS ----
 ];
 
 const B = 'B0undary';
