@@ -3,6 +3,7 @@ import { createBrotliDecompress, createGunzip, createInflate } from 'node:zlib';
 import { isSkipped } from '../client/client.js';
 import { IcapError, type IcapErrorCode, IcapErrorCodes } from '../client/errors.js';
 import type { IcapResponse } from '../client/transaction.js';
+import { bodyConsumedMessage, bodyConsumedReason } from '../node/consumed.js';
 import { endToEndHeaders, Headers, isSafeFieldValue, isToken } from '../protocol/headers.js';
 import { AttemptWatch } from './attempt-watch.js';
 import { AdaptedBody, BodyStore } from './body.js';
@@ -65,6 +66,12 @@ export interface ScanOptions {
   logger?: PinoLike | undefined;
   /** Shown on block pages so users can quote it. */
   requestId?: string | undefined;
+  /**
+   * A body the framework already parsed for this request (Koa `ctx.request.body`, Fastify
+   * `request.body`): one that says a parser ran before the scan refuses the request (500,
+   * ICAP_ERR_BODY_CONSUMED; see node/consumed.ts).
+   */
+  parsedBody?: unknown;
 }
 
 interface OutcomeBase {
@@ -167,6 +174,8 @@ export class IcapEngine {
   readonly #logListeners = new Set<LogListener>();
   readonly #intake: ClientIntake;
   #closed = false;
+  /** Whether the body-consumed misconfiguration was reported (once per engine). */
+  #consumedReported = false;
 
   constructor(profile: IcapProfile) {
     this.profile = resolveProfile(profile);
@@ -257,6 +266,9 @@ export class IcapEngine {
     };
 
     if (!decision.scan) return finish(pass('ICAP_DISABLED', log, null, null, []));
+    // A body read before the scan (a parser mounted before the middleware): refused at once.
+    const consumed = facts.hasBody ? bodyConsumedReason(req, options.parsedBody) : undefined;
+    if (consumed !== undefined) return finish(this.#bodyConsumed(req, consumed, facts, log, options, logger));
     const early = await this.#early(facts, log, options);
     if (early !== null) return finish(early);
     if (this.#closed) {
@@ -1281,6 +1293,28 @@ export class IcapEngine {
     const closeConnection = store === null ? facts.hasBody : !store.ended;
     store?.dispose();
     return answer('ICAP_BLOCKED', log, kind, facts, options, closeConnection, capitalise(reason));
+  }
+
+  /** 500 for a body read before the scan; the fix is reported once per engine (see node/consumed.ts). */
+  #bodyConsumed(
+    req: ScanRequest,
+    reason: string,
+    facts: HttpRequestFacts,
+    log: IcapLog,
+    options: ScanOptions,
+    logger: PinoLike | undefined,
+  ): ScanOutcome {
+    const message = bodyConsumedMessage(this.profile.name, reason);
+    if (!this.#consumedReported) {
+      this.#consumedReported = true;
+      logger?.error({ code: IcapErrorCodes.BODY_CONSUMED }, message);
+      process.emitWarning(message, { code: IcapErrorCodes.BODY_CONSUMED });
+    }
+    log.significance.push('ICAP_ERROR');
+    log.error_code = IcapErrorCodes.BODY_CONSUMED;
+    log.error_message = message;
+    const ended = (req as { readableEnded?: boolean }).readableEnded === true;
+    return answer('ICAP_FAILED', log, 'misconfigured', facts, options, !ended);
   }
 
   /** bufferSize exceeded (declared or while reading). */
