@@ -70,7 +70,7 @@ export interface IcapMiddleware {
 export interface IcapExpressOptions<
   Req extends IncomingMessage = IncomingMessage,
   Res extends ServerResponse = ServerResponse,
-> extends IcapRefusalOptions<[req: Req, res: Res]> {
+> extends IcapRefusalOptions<[req: Req, res: Res], Res> {
   /** Share an engine between middlewares (the profile is then ignored). */
   engine?: IcapEngine | undefined;
 }
@@ -96,11 +96,11 @@ export function icap<
   Req extends IncomingMessage = IncomingMessage,
   Res extends ServerResponse = ServerResponse,
 >(profile: IcapProfile, options: IcapExpressOptions<Req, Res> = {}): IcapMiddleware {
-  checkRefusalOptions(options as IcapExpressOptions, '@icapkit/express');
+  checkRefusalOptions(options as unknown as IcapExpressOptions, '@icapkit/express');
   const engine = options.engine ?? createEngine(profile);
   const report = refusalReporter('@icapkit/express');
   const middleware = (req: IncomingMessage, res: ServerResponse, next: Next): void => {
-    run(engine, req, res, next, options as IcapExpressOptions, report).then(
+    run(engine, req, res, next, options as unknown as IcapExpressOptions, report).then(
       (proceed) => {
         if (proceed) next();
       },

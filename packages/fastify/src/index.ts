@@ -75,7 +75,7 @@ declare module 'fastify' {
 /** The plugin's options: an ICAP profile, plus the plugin's own fields. */
 export interface IcapPluginOptions
   extends IcapProfile,
-    IcapRefusalOptions<[request: FastifyRequest, reply: FastifyReply]> {
+    IcapRefusalOptions<[request: FastifyRequest, reply: FastifyReply], FastifyReply> {
   /**
    * A route that can receive a body but is not scanned (declared before the plugin, or out of
    * its encapsulation context): 'error' (default) makes start-up fail, 'warn' logs a warning

@@ -66,9 +66,10 @@ export type IcapRefusalMode = 'respond' | 'error';
 
 /**
  * The refusal options every adapter takes; `Args` are the framework's own arguments
- * (Express `[req, res]`, Fastify `[request, reply]`, Koa `[ctx]`).
+ * (Express `[req, res]`, Fastify `[request, reply]`, Koa `[ctx]`); `Sent` is what a callback
+ * that sent the answer itself may return (Express `res`, Fastify `reply`).
  */
-export interface IcapRefusalOptions<Args extends unknown[]> {
+export interface IcapRefusalOptions<Args extends unknown[], Sent = never> {
   /**
    * 'respond' (default): answer with icapkit's page, or `onRefusal`'s. 'error': hand an
    * {@link IcapRefusalError} to the framework's error handler instead.
@@ -79,7 +80,7 @@ export interface IcapRefusalOptions<Args extends unknown[]> {
    * framework. Throwing, or doing nothing, sends the default page (a refusal never passes).
    */
   onRefusal?:
-    | ((refusal: IcapRefusal, ...args: Args) => IcapRefusalResult | Promise<IcapRefusalResult>)
+    | ((refusal: IcapRefusal, ...args: Args) => IcapRefusalResult | Sent | Promise<IcapRefusalResult | Sent>)
     | undefined;
 }
 
@@ -186,7 +187,7 @@ export function isIcapRefusalError(value: unknown): value is IcapRefusalError {
 }
 
 /** Throws (at start-up) when the refusal options are not usable. */
-export function checkRefusalOptions(options: IcapRefusalOptions<never[]>, where: string): void {
+export function checkRefusalOptions(options: IcapRefusalOptions<never[], unknown>, where: string): void {
   const mode = options.refusals;
   if (mode !== undefined && mode !== 'respond' && mode !== 'error')
     throw new IcapError(
