@@ -38,7 +38,7 @@ fastify.post('/upload', async (request) => {
   const info: IcapRequestInfo = request.icap;
   return { action: info.action, maybe: fastifyInfo(request)?.action };
 });
-fastify.setErrorHandler((err, request, reply) => {
+fastify.setErrorHandler((err, _request, reply) => {
   if (err instanceof IcapRefusalError) return reply.code(err.statusCode).send({ code: err.code });
   return reply.send(err);
 });

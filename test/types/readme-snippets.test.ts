@@ -36,7 +36,7 @@ const GIVENS: Record<string, string> = {
   readsTheBody: "declare const readsTheBody: import('fastify').preParsingHookHandler;",
 };
 
-export interface Snippet {
+interface Snippet {
   file: string;
   /** 1-based line of the first code line in the README. */
   line: number;
@@ -47,7 +47,7 @@ export interface Snippet {
 }
 
 /** The fenced js/ts blocks of a Markdown file, with their directives. */
-export function snippets(file: string, text: string): Snippet[] {
+function snippets(file: string, text: string): Snippet[] {
   const lines = text.split('\n');
   const out: Snippet[] = [];
   for (let i = 0; i < lines.length; i++) {
