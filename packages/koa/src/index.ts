@@ -60,9 +60,12 @@ export interface KoaContextLike {
   respond?: boolean;
 }
 
+/** What `icap()` returns: a Koa middleware with its engine. */
 export interface IcapKoaMiddleware {
   (ctx: KoaContextLike, next: () => Promise<unknown>): Promise<void>;
+  /** The engine (servers, health, status). */
   readonly engine: IcapEngine;
+  /** Closes the engine's ICAP connections and probes. */
   close(): Promise<void>;
   /**
    * Answers requests with `Expect: 100-continue` that would be refused anyway (413, 415)
