@@ -1,6 +1,6 @@
 /**
  * Types a user can trust (issue 15, item 2): every ```js / ```ts block of the root README and
- * the adapter READMEs, the examples' servers, and the adapters' type tests
+ * the package READMEs, the examples' servers, and the adapters' type tests
  * (adapter-types.ts, with its @ts-expect-error lines) compile under `tsc --strict` against
  * the workspace packages' sources, as an application would compile them (NodeNext, strict,
  * skipLibCheck).
@@ -22,6 +22,8 @@ const READMES = [
   'packages/express/README.md',
   'packages/fastify/README.md',
   'packages/koa/README.md',
+  'packages/core/README.md',
+  'packages/testing/README.md',
 ];
 const EXAMPLES = ['examples/express/server.js', 'examples/fastify/server.js', 'examples/koa/server.js'];
 const TYPE_TESTS = ['test/types/adapter-types.ts'];
@@ -34,6 +36,8 @@ const GIVENS: Record<string, string> = {
   profile: "declare const profile: import('@icapkit/core').IcapProfile;",
   handler: "declare const handler: import('fastify').RouteHandlerMethod;",
   readsTheBody: "declare const readsTheBody: import('fastify').preParsingHookHandler;",
+  server: "declare const server: import('@icapkit/testing').IcapTestServer;",
+  release: 'declare const release: () => void;',
 };
 
 interface Snippet {
