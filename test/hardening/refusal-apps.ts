@@ -37,6 +37,8 @@ export interface RefusalAppOptions {
   after?: unknown;
   /** Express: no error middleware (Express's own finalhandler answers). */
   noErrorHandler?: boolean;
+  /** Express/Koa: install the middleware's Expect: 100-continue guard on the server. */
+  guardExpectContinue?: boolean;
 }
 
 /** What an error handler answers: enough of the error to assert on. */
@@ -100,6 +102,7 @@ async function startExpress(
       });
     });
   const server = app.listen(0, '127.0.0.1');
+  if (options.guardExpectContinue) mw.guardExpectContinue(server);
   await new Promise<void>((resolve) => server.once('listening', () => resolve()));
   return {
     url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
@@ -189,6 +192,7 @@ async function startKoa(
     ctx.body = { ok: true, action: ctx.state.icap.action };
   });
   const server = app.listen(0, '127.0.0.1');
+  if (options.guardExpectContinue) mw.guardExpectContinue(server);
   await new Promise<void>((resolve) => server.once('listening', () => resolve()));
   return {
     url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,

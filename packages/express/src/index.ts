@@ -59,6 +59,8 @@ export interface IcapMiddleware {
   /**
    * Answers requests with `Expect: 100-continue` that would be refused anyway (413, 415)
    * before they send their body: `mw.guardExpectContinue(app.listen(3000))`. Returns the server.
+   * With `onRefusal` or `refusals: 'error'` such requests get `100 Continue` instead, so the
+   * refusal goes through the middleware and the application shapes it.
    */
   guardExpectContinue<S extends ContinueServer>(server: S): S;
 }
@@ -111,7 +113,9 @@ export function icap<
     engine,
     close: () => engine.close(),
     guardExpectContinue<S extends ContinueServer>(server: S): S {
-      guardExpectContinue(server, (req) => engine.preflight(req));
+      // Refusals the application shapes go through the middleware (after 100 Continue).
+      const shaped = options.onRefusal !== undefined || options.refusals === 'error';
+      guardExpectContinue(server, async (req) => (shaped ? null : engine.preflight(req)));
       return server;
     },
   });

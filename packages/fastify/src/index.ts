@@ -211,7 +211,8 @@ const plugin: FastifyPluginAsync<IcapPluginOptions> = async (fastify, profile) =
       url: (req.url ?? '/').split('?')[0] ?? '/',
     });
     const routeEngine = route === null ? engine : (byHandler.get(route.handler) ?? engine);
-    if (routeEngine === false) return null;
+    // Refusals the application shapes go through the hook (after 100 Continue).
+    if (routeEngine === false || refusals.mode === 'error' || refusals.onRefusal !== undefined) return null;
     return routeEngine.preflight(req);
   });
   fastify.addHook('onClose', async () => {

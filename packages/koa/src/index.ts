@@ -70,6 +70,8 @@ export interface IcapKoaMiddleware {
   /**
    * Answers requests with `Expect: 100-continue` that would be refused anyway (413, 415)
    * before they send their body: `mw.guardExpectContinue(app.listen(3000))`. Returns the server.
+   * With `onRefusal` or `refusals: 'error'` such requests get `100 Continue` instead, so the
+   * refusal goes through the middleware and the application shapes it.
    */
   guardExpectContinue<S extends ContinueServer>(server: S): S;
 }
@@ -178,7 +180,9 @@ export function icap<Ctx extends KoaContextLike = KoaContextLike>(
     engine,
     close: () => engine.close(),
     guardExpectContinue<S extends ContinueServer>(server: S): S {
-      guardExpectContinue(server, (req) => engine.preflight(req));
+      // Refusals the application shapes go through the middleware (after 100 Continue).
+      const shaped = options.onRefusal !== undefined || options.refusals === 'error';
+      guardExpectContinue(server, async (req) => (shaped ? null : engine.preflight(req)));
       return server;
     },
   });
