@@ -175,7 +175,7 @@ describe.each(FRAMEWORKS)('%s', (framework) => {
     ['rejects', async () => Promise.reject(new Error('async failure'))],
     ['returns a 2xx', () => ({ status: 200, body: 'all good' })],
     ['returns a header Node refuses', () => ({ headers: { 'x-bad': 'a\r\nb' }, body: 'x' })],
-  ])('onRefusal that %s: the default page, the handler never runs', async (_name, onRefusal) => {
+  ])('onRefusal that %s: the default page, the handler never runs', async (name, onRefusal) => {
     const warnings: Error[] = [];
     const onWarning = (w: Error) => warnings.push(w);
     process.on('warning', onWarning);
@@ -187,6 +187,10 @@ describe.each(FRAMEWORKS)('%s', (framework) => {
         expect(JSON.parse(r.text)).toMatchObject({ status: 403, threat: EICAR_NAME });
         expect(app.handled).toEqual([]);
         expect(app.logs[0]!.action).toBe('ICAP_BLOCKED');
+        // A callback that failed is reported (once per middleware), one that returned nothing is not.
+        await new Promise((r) => setImmediate(r));
+        const reported = warnings.filter((w) => (w as { code?: string }).code === 'ICAP_ERR_ON_REFUSAL');
+        expect(reported).toHaveLength(name === 'returns nothing' ? 0 : 1);
       });
     } finally {
       process.off('warning', onWarning);

@@ -296,8 +296,9 @@ export function replyResponse(refusal: IcapRefusal, reply: IcapRefusalReply, htt
 }
 
 /**
- * A once-per-middleware reporter for problems of the application's own refusal handling:
- * the logger when there is one (every time), else one process warning.
+ * A reporter for problems of the application's own refusal handling: the logger when there
+ * is one (every time), and one process warning per middleware (a disabled logger, like
+ * Fastify's default, must not make them silent).
  */
 export function refusalReporter(
   where: string,
@@ -305,10 +306,7 @@ export function refusalReporter(
   let warned = false;
   return (err, logger) => {
     const message = `${where}: onRefusal failed (${err instanceof Error ? err.message : String(err)}); the default refusal page was sent`;
-    if (logger !== undefined) {
-      logger.error({ err, code: 'ICAP_ERR_ON_REFUSAL' }, message);
-      return;
-    }
+    logger?.error({ err, code: 'ICAP_ERR_ON_REFUSAL' }, message);
     if (warned) return;
     warned = true;
     process.emitWarning(message, { code: 'ICAP_ERR_ON_REFUSAL' });
