@@ -3,7 +3,7 @@ import { createBrotliDecompress, createGunzip, createInflate } from 'node:zlib';
 import { isSkipped } from '../client/client.js';
 import { IcapError, type IcapErrorCode, IcapErrorCodes } from '../client/errors.js';
 import type { IcapResponse } from '../client/transaction.js';
-import { bodyConsumedMessage, bodyConsumedReason } from '../node/consumed.js';
+import { bodyConsumedReason, reportBodyConsumed } from '../node/consumed.js';
 import { endToEndHeaders, Headers, isSafeFieldValue, isToken } from '../protocol/headers.js';
 import { AttemptWatch } from './attempt-watch.js';
 import { AdaptedBody, BodyStore } from './body.js';
@@ -174,8 +174,6 @@ export class IcapEngine {
   readonly #logListeners = new Set<LogListener>();
   readonly #intake: ClientIntake;
   #closed = false;
-  /** Whether the body-consumed misconfiguration was reported (once per engine). */
-  #consumedReported = false;
 
   constructor(profile: IcapProfile) {
     this.profile = resolveProfile(profile);
@@ -1304,12 +1302,7 @@ export class IcapEngine {
     options: ScanOptions,
     logger: PinoLike | undefined,
   ): ScanOutcome {
-    const message = bodyConsumedMessage(this.profile.name, reason);
-    if (!this.#consumedReported) {
-      this.#consumedReported = true;
-      logger?.error({ code: IcapErrorCodes.BODY_CONSUMED }, message);
-      process.emitWarning(message, { code: IcapErrorCodes.BODY_CONSUMED });
-    }
+    const message = reportBodyConsumed(this, this.profile.name, reason, logger);
     log.significance.push('ICAP_ERROR');
     log.error_code = IcapErrorCodes.BODY_CONSUMED;
     log.error_message = message;

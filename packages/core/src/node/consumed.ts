@@ -66,3 +66,24 @@ export function bodyConsumedMessage(profileName: string, reason: string): string
     `cannot be scanned and the request was refused with 500. Fix: ${BODY_CONSUMED_FIX}.`
   );
 }
+
+const reported = new WeakSet<object>();
+
+/**
+ * Reports the misconfiguration once per `owner` (an engine: one per middleware) to the logger
+ * and as a process warning. Returns the message for the log record.
+ */
+export function reportBodyConsumed(
+  owner: object,
+  profileName: string,
+  reason: string,
+  logger: { error(obj: object, msg: string): void } | undefined,
+): string {
+  const message = bodyConsumedMessage(profileName, reason);
+  if (!reported.has(owner)) {
+    reported.add(owner);
+    logger?.error({ code: BODY_CONSUMED_CODE }, message);
+    process.emitWarning(message, { code: BODY_CONSUMED_CODE });
+  }
+  return message;
+}
