@@ -26,7 +26,7 @@ export interface ScanOptions {
   /**
    * A body the framework already parsed for this request (Koa `ctx.request.body`, Fastify
    * `request.body`): one that says a parser ran before the scan refuses the request (500,
-   * ICAP_ERR_BODY_CONSUMED; see node/consumed.ts).
+   * ICAP_ERR_BODY_CONSUMED; see engine/scan/consumed.ts).
    */
   parsedBody?: unknown;
 }

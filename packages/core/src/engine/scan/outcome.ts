@@ -1,7 +1,6 @@
 import type { Readable } from 'node:stream';
 import type { IcapResponse } from '../../client/transaction.js';
 import { type IcapError, type IcapErrorCode, IcapErrorCodes } from '../../errors.js';
-import { reportBodyConsumed } from '../../node/consumed.js';
 import { endToEndHeaders, isSafeFieldValue, isToken } from '../../protocol/headers.js';
 import type { BodyStore } from '../body.js';
 import { httpMethodEnum, type IcapAction, type IcapLog, type Significance } from '../log.js';
@@ -17,6 +16,7 @@ import type {
   RespondOutcome,
   ScanOutcome,
 } from '../types.js';
+import { reportBodyConsumed } from './consumed.js';
 import { bodyComplete } from './intake.js';
 import { takesFailAction } from './retry.js';
 
@@ -191,7 +191,7 @@ export function refuse(
   return answer(ctx, 'ICAP_BLOCKED', kind, closeConnection, capitalise(reason));
 }
 
-/** 500 for a body read before the scan; the fix is reported once per engine (node/consumed.ts). */
+/** 500 for a body read before the scan; the fix is reported once per engine (engine/scan/consumed.ts). */
 export function bodyConsumed(
   ctx: RequestContext,
   engine: object,

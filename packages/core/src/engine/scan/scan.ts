@@ -1,5 +1,4 @@
 import { IcapError, IcapErrorCodes } from '../../errors.js';
-import { bodyConsumedReason } from '../../node/consumed.js';
 import type { BodyStore } from '../body.js';
 import type { IcapLog } from '../log.js';
 import { isMultipartFormData } from '../multipart/parse.js';
@@ -11,6 +10,7 @@ import { type HttpRequestFacts, requestFacts, type ScanRequest } from '../reques
 import type { ScanScope, Telemetry } from '../telemetry.js';
 import type { EngineCore, ScanOptions, ScanOutcome } from '../types.js';
 import { admit } from './admission.js';
+import { bodyConsumedReason } from './consumed.js';
 import { exchange } from './exchange.js';
 import { bodyComplete, checkForm, type Decoded, decodeBody, openStore, whenReadyToScan } from './intake.js';
 import {

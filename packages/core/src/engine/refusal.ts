@@ -1,7 +1,7 @@
-import type { IcapAction, IcapLog } from '../engine/log.js';
-import type { ResponseKind } from '../engine/respond.js';
-import type { RespondOutcome } from '../engine/types.js';
 import { IcapError, type IcapErrorCode, IcapErrorCodes } from '../errors.js';
+import type { IcapAction, IcapLog } from './log.js';
+import type { ResponseKind } from './respond.js';
+import type { RespondOutcome } from './types.js';
 
 /**
  * Refusals are the application's to shape. Every adapter takes the same two options:
