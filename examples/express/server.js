@@ -33,8 +33,13 @@ import {
 export async function start(options = {}) {
   const config = withDefaults(options);
   // No ICAP_URL: an embedded ICAP server on a free loopback port (it detects EICAR).
-  const embedded = config.icapUrl === undefined ? await startIcapServer({ host: '127.0.0.1' }) : null;
-  const icapUrl = config.icapUrl ?? embedded.url();
+  /** @type {string | undefined} */
+  let icapUrl = config.icapUrl;
+  let embedded = null;
+  if (icapUrl === undefined) {
+    embedded = await startIcapServer({ host: '127.0.0.1' });
+    icapUrl = embedded.url();
+  }
 
   const scan = icap({
     name: 'uploads',
@@ -77,10 +82,17 @@ export async function start(options = {}) {
   });
 
   // multer errors (another field name, two files, a broken form): 400 in JSON.
-  app.use((err, _req, res, _next) => {
+  /**
+   * @param {any} err
+   * @param {import('express').Request} _req
+   * @param {import('express').Response} res
+   * @param {import('express').NextFunction} _next
+   */
+  const onError = (err, _req, res, _next) => {
     const status = err instanceof multer.MulterError ? 400 : (err.status ?? err.statusCode ?? 500);
     res.status(status).json({ ok: false, error: status === 500 ? 'Internal error' : err.message });
-  });
+  };
+  app.use(onError);
 
   return serve(createServer(app), {
     framework: 'Express',

@@ -31,8 +31,13 @@ import {
 export async function start(options = {}) {
   const config = withDefaults(options);
   // No ICAP_URL: an embedded ICAP server on a free loopback port (it detects EICAR).
-  const embedded = config.icapUrl === undefined ? await startIcapServer({ host: '127.0.0.1' }) : null;
-  const icapUrl = config.icapUrl ?? embedded.url();
+  /** @type {string | undefined} */
+  let icapUrl = config.icapUrl;
+  let embedded = null;
+  if (icapUrl === undefined) {
+    embedded = await startIcapServer({ host: '127.0.0.1' });
+    icapUrl = embedded.url();
+  }
 
   const app = Fastify();
   // Scans in a preParsing hook placed before any other: multipart reads only approved bodies.
@@ -78,7 +83,7 @@ export async function start(options = {}) {
     await app.close(); // the engine and the embedded ICAP server too
     throw err; // e.g. EADDRINUSE
   }
-  const { port } = app.server.address();
+  const { port } = /** @type {import('node:net').AddressInfo} */ (app.server.address());
   let closed;
   return {
     framework: 'Fastify',
