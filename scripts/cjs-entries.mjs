@@ -16,8 +16,8 @@ import { createHash } from 'node:crypto';
 //   of the named exports) and the copy of index.d.ts becomes index.exports.d.cts.
 //
 // A package opts in by its package.json (see RELEASING.md, "Adding a package"). Usage:
-// `node scripts/cjs-entries.mjs [package dir...]` (default: every packages/*).
-import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+// `node scripts/cjs-entries.mjs [--clean] [package dir...]` (default: every packages/*).
+import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import ts from 'typescript';
@@ -142,6 +142,31 @@ export = main;
 `;
 }
 
+/**
+ * The CommonJS copy of a declaration file: relative specifiers end in `.cjs`, and augmentations
+ * (`declare module 'fastify' {...}`, `declare global {...}`) are not copied but referenced: they
+ * stay in the ES module declarations, declared once even in a program that loads both copies
+ * (an ESM project with a .cts file), where two would conflict (TS2717).
+ */
+function cjsDeclarations(file) {
+  const original = readFileSync(file, 'utf8');
+  const source = ts.createSourceFile(file, original, ts.ScriptTarget.Latest, true);
+  const augmentations = source.statements.filter(
+    (s) =>
+      ts.isModuleDeclaration(s) &&
+      (ts.isStringLiteral(s.name) || (s.flags & ts.NodeFlags.GlobalAugmentation) !== 0),
+  );
+  let text = original;
+  for (const a of [...augmentations].reverse())
+    text = text.slice(0, a.getFullStart()) + text.slice(a.getEnd());
+  text = text.replace(SPECIFIER, '$1$2.cjs$3');
+  if (augmentations.length > 0) {
+    const self = file.slice(dirname(file).length + 1);
+    text = `/// <reference path="./${self}" />\n${text}`;
+  }
+  return text;
+}
+
 export function buildCjsEntries(pkgDir) {
   const manifest = JSON.parse(readFileSync(join(pkgDir, 'package.json'), 'utf8'));
   const dot = manifest.exports?.['.'];
@@ -180,7 +205,7 @@ export function buildCjsEntries(pkgDir) {
     if (!file.endsWith('.d.ts')) continue;
     let target = `${file.slice(0, -'.d.ts'.length)}.d.cts`;
     if (callable && target === entryTypes) target = exportsTypes;
-    const text = readFileSync(file, 'utf8').replace(SPECIFIER, '$1$2.cjs$3');
+    const text = cjsDeclarations(file);
     const out = callable || target !== entryTypes ? text : `${text}${digest}\n`;
     if (!existsSync(target) || readFileSync(target, 'utf8') !== out) writeFileSync(target, out);
   }
@@ -200,12 +225,22 @@ export function buildCjsEntries(pkgDir) {
   return true;
 }
 
+/** Removes what buildCjsEntries wrote (`pnpm run clean`: tsc -b --clean leaves these). */
+export function cleanCjsEntries(pkgDir) {
+  const dist = join(pkgDir, 'dist');
+  if (!existsSync(dist)) return;
+  for (const file of walk(dist)) {
+    if (file.endsWith('.d.cts') || file.endsWith('.cjs')) rmSync(file);
+  }
+}
+
 if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
-  const args = process.argv.slice(2);
+  const clean = process.argv.includes('--clean');
+  const args = process.argv.slice(2).filter((a) => a !== '--clean');
   const dirs = args.length
     ? args.map((d) => resolve(d))
     : readdirSync(join(root, 'packages'), { withFileTypes: true })
         .filter((d) => d.isDirectory() && existsSync(join(root, 'packages', d.name, 'package.json')))
         .map((d) => join(root, 'packages', d.name));
-  for (const dir of dirs) buildCjsEntries(dir);
+  for (const dir of dirs) (clean ? cleanCjsEntries : buildCjsEntries)(dir);
 }
