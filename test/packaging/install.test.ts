@@ -231,7 +231,8 @@ it('npm installs the packed tarballs and the frameworks into an app outside the 
 it('the CLI runs from the installed package (npx icapkit --help)', { timeout: 60_000 }, async (ctx) => {
   requireInstall(ctx);
   const result = await run('npx', ['--no-install', 'icapkit', '--help'], { cwd: app, timeoutMs: 30_000 });
-  expect(result.stderr).toBe('');
+  // npm may warn about its own configuration; the command itself prints nothing on stderr.
+  expect(result.stderr.split('\n').filter((l) => l !== '' && !l.startsWith('npm warn'))).toEqual([]);
   expect(result.stdout).toContain('icapkit scan');
   expect(result.code).toBe(0);
 });

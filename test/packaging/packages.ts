@@ -53,7 +53,13 @@ export function run(
 ): Promise<RunResult> {
   const env: Record<string, string | undefined> = {};
   for (const [key, value] of Object.entries(process.env)) {
-    if (/^npm_(package_|lifecycle_|config_user_agent$|execpath$|node_execpath$|command$)/.test(key)) continue;
+    if (
+      /^npm_(package_|lifecycle_|config_user_agent$|config_verify_deps_before_run$|execpath$|node_execpath$|command$)/.test(
+        key,
+      )
+    ) {
+      continue;
+    }
     env[key] = value;
   }
   Object.assign(env, options.env);

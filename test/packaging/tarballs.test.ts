@@ -1,13 +1,23 @@
 // What `pnpm pack` puts in each published package's tarball (issue 15): a license, metadata that
 // works on npm, a README that stands on its own, no build leftovers, entry points that resolve in
 // every module system (publint, @arethetypeswrong/cli), and the guard against `npm pack`.
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { publint } from 'publint';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { build, packAll, publishedPackages, ROOT, run } from './packages.js';
 
+const REPO = 'https://github.com/icapkit/icapkit';
 const packages = publishedPackages();
 const scratch = mkdtempSync(join(tmpdir(), 'icapkit-tarballs-'));
 let tarballs = new Map<string, string>();
@@ -122,6 +132,29 @@ describe.each(packages.map((p) => [p.manifest.name, p] as const))('%s tarball', 
     // Relative links and images break on npmjs.com: every link is absolute or an anchor.
     const links = [...readme.matchAll(/\]\(([^)\s]+)[^)]*\)/g)].map((m) => m[1] as string);
     expect(links.filter((l) => !/^(https:\/\/|#|mailto:)/.test(l))).toEqual([]);
+    // Links into the repository point at a heading of the root README or at a path that exists.
+    const headings = new Set(
+      readFileSync(join(ROOT, 'README.md'), 'utf8')
+        .split('\n')
+        .filter((l) => /^#{1,6} /.test(l))
+        .map((l) =>
+          l
+            .replace(/^#+ /, '')
+            .toLowerCase()
+            .replace(/[^a-z0-9 _-]/g, '')
+            .replace(/ /g, '-'),
+        ),
+    );
+    headings.add('readme');
+    const broken = links
+      .filter((l) => l.startsWith(REPO))
+      .filter((l) => {
+        const rest = l.slice(REPO.length);
+        if (rest.startsWith('#')) return !headings.has(rest.slice(1));
+        const path = /^\/(?:tree|blob)\/main\/([^#]+)/.exec(rest)?.[1];
+        return path === undefined || !existsSync(join(ROOT, path));
+      });
+    expect(broken).toEqual([]);
   });
 
   it('passes publint (strict, suggestions included)', async () => {
