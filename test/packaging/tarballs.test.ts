@@ -67,6 +67,13 @@ it('the repository has the MIT LICENSE', () => {
 });
 
 describe.each(packages.map((p) => [p.manifest.name, p] as const))('%s tarball', (name, pkg) => {
+  it('follows the package layout (node scripts/package-layout.mjs applies it)', async () => {
+    const { applyLayout } = (await import(join(ROOT, 'scripts/package-layout.mjs'))) as {
+      applyLayout: (dir: string, options: { check: boolean }) => string[];
+    };
+    expect(applyLayout(pkg.path, { check: true })).toEqual([]);
+  });
+
   it('ships the MIT LICENSE, identical to the repository one', () => {
     const license = readFileSync(join(unpacked(name), 'LICENSE'), 'utf8');
     expect(license).toBe(readFileSync(join(ROOT, 'LICENSE'), 'utf8'));
