@@ -280,6 +280,7 @@ describe.each(TS_MODES.map((m) => [m.id, m] as const))('TypeScript --strict, %s'
         routeError: true,
         isIcapError: true,
         eicar: true,
+        cli: 'function',
       });
     }
   });
