@@ -24,6 +24,8 @@ const READMES = [
   'packages/koa/README.md',
   'packages/core/README.md',
   'packages/testing/README.md',
+  'packages/web/README.md',
+  'packages/hono/README.md',
 ];
 const EXAMPLES = ['examples/express/server.js', 'examples/fastify/server.js', 'examples/koa/server.js'];
 const TYPE_TESTS = ['test/types/adapter-types.ts'];
@@ -79,6 +81,8 @@ function snippets(file: string, text: string): Snippet[] {
 const options: ts.CompilerOptions = {
   strict: true,
   noEmit: true,
+  // NestJS's parameter decorators (@UploadedFile(), @IcapResult()) are the legacy kind
+  experimentalDecorators: true,
   skipLibCheck: true,
   target: ts.ScriptTarget.ES2022,
   lib: ['lib.es2023.d.ts'],
