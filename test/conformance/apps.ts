@@ -105,7 +105,7 @@ export async function startApp(
   // --- end Web-standard adapters ---
   // ---- NestJS (issue 16) ----
   if (framework === 'nest-express' || framework === 'nest-fastify')
-    return startNest(framework, profile, { http2: options.http2 === true });
+    return startNest(framework, { startupCheck: 'off', ...profile }, { http2: options.http2 === true });
   // ---- end NestJS ----
   if (framework === 'express5' || framework === 'express4') return startExpress(framework, profile);
   return startKoa(framework, profile, options);

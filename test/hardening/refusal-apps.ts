@@ -14,7 +14,14 @@ import express4 from 'express4';
 import Fastify, { type FastifyInstance } from 'fastify';
 import Koa3 from 'koa';
 import Koa2 from 'koa2';
-import type { Framework } from '../conformance/apps.js';
+
+/**
+ * The Node adapters that take onRefusal / refusals (@icapkit/express, fastify, koa). The Web-standard
+ * adapters hand the refusal to the caller as a Response ({ response } from scan(), or withIcap's),
+ * and @icapkit/nestjs has not got these options yet.
+ */
+export const REFUSAL_FRAMEWORKS = ['express5', 'express4', 'fastify', 'koa3', 'koa2'] as const;
+export type Framework = (typeof REFUSAL_FRAMEWORKS)[number];
 
 export interface RefusalApp {
   url: string;
@@ -126,7 +133,8 @@ async function startFastify(
   const errors: Array<Record<string, unknown>> = [];
   const app: FastifyInstance = Fastify();
   if (options.before !== undefined) app.addHook('onRequest', options.before as never);
-  await app.register(fastifyIcap, { ...profile, ...(options.adapter ?? {}) } as never);
+  // startupCheck off: some cases start against a scanner that is down on purpose.
+  await app.register(fastifyIcap, { startupCheck: 'off', ...profile, ...(options.adapter ?? {}) } as never);
   app.addContentTypeParser('*', { parseAs: 'buffer' }, (_req, body, done) => done(null, body));
   app.setErrorHandler((err, request, reply) => {
     const d = describe(err);

@@ -11,9 +11,14 @@ import { icap as expressIcap } from '@icapkit/express';
 import { icap as koaIcap } from '@icapkit/koa';
 import { EICAR_NAME, eicar, type IcapTestServer, startIcapServer } from '@icapkit/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FRAMEWORKS, type Framework } from '../conformance/apps.js';
 import { send } from '../support/http-client.js';
-import { type RefusalApp, type RefusalAppOptions, startRefusalApp } from './refusal-apps.js';
+import {
+  type Framework,
+  REFUSAL_FRAMEWORKS,
+  type RefusalApp,
+  type RefusalAppOptions,
+  startRefusalApp,
+} from './refusal-apps.js';
 
 let icap: IcapTestServer;
 /** A loopback port with nothing listening (the scanner is down). */
@@ -51,7 +56,7 @@ async function withApp(
   }
 }
 
-describe.each(FRAMEWORKS)('%s', (framework) => {
+describe.each(REFUSAL_FRAMEWORKS)('%s', (framework) => {
   it("refusals: 'error' hands a blocked upload to the framework's error handler", async () => {
     await withApp(framework, profile(), { adapter: { refusals: 'error' } }, async (app) => {
       const r = await send(app.url, '/upload', { body: eicar(), headers: octets });
