@@ -26,6 +26,7 @@ const READMES = [
   'packages/testing/README.md',
   'packages/web/README.md',
   'packages/hono/README.md',
+  'packages/nestjs/README.md',
 ];
 const EXAMPLES = ['examples/express/server.js', 'examples/fastify/server.js', 'examples/koa/server.js'];
 const TYPE_TESTS = ['test/types/adapter-types.ts'];
@@ -40,6 +41,8 @@ const GIVENS: Record<string, string> = {
   readsTheBody: "declare const readsTheBody: import('fastify').preParsingHookHandler;",
   server: "declare const server: import('@icapkit/testing').IcapTestServer;",
   release: 'declare const release: () => void;',
+  AppModule: 'declare class AppModule {}',
+  UploadController: 'declare class UploadController {}',
 };
 
 interface Snippet {
@@ -92,7 +95,12 @@ const options: ts.CompilerOptions = {
   allowJs: true,
   checkJs: true,
   baseUrl: root,
-  paths: { '@icapkit/*': ['packages/*/src/index.ts'] },
+  paths: {
+    '@icapkit/*': ['packages/*/src/index.ts'],
+    // One fastify, as in an application: the workspace also has the copy that
+    // @nestjs/platform-fastify pins, whose FastifyInstance lacks the plugins' augmentations.
+    fastify: ['node_modules/fastify/fastify.d.ts'],
+  },
 };
 
 interface Checked {
