@@ -4,14 +4,19 @@
  * app.on('error')), adapter options passed through, and what the handler and the error
  * handler saw. `before` mounts something ahead of icapkit (a body parser in the wrong place).
  */
+import { createServer as createHttpServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { getRequestListener } from '@hono/node-server';
 import type { IcapLog, IcapProfile } from '@icapkit/core';
 import { icap as expressIcap } from '@icapkit/express';
 import { icap as fastifyIcap } from '@icapkit/fastify';
+import { icap as honoIcap } from '@icapkit/hono';
 import { icap as koaIcap } from '@icapkit/koa';
+import { withIcap } from '@icapkit/web';
 import express5 from 'express';
 import express4 from 'express4';
 import Fastify, { type FastifyInstance } from 'fastify';
+import { Hono } from 'hono';
 import Koa3 from 'koa';
 import Koa2 from 'koa2';
 
@@ -22,6 +27,13 @@ import Koa2 from 'koa2';
  */
 export const REFUSAL_FRAMEWORKS = ['express5', 'express4', 'fastify', 'koa3', 'koa2'] as const;
 export type Framework = (typeof REFUSAL_FRAMEWORKS)[number];
+
+/**
+ * The Web-standard adapters, on @hono/node-server: `hono` (app.onError is the error handling),
+ * `web` (withIcap; the caller's try/catch around the route handler is).
+ */
+export const WEB_REFUSAL_FRAMEWORKS = ['hono', 'web'] as const;
+export type WebRefusalFramework = (typeof WEB_REFUSAL_FRAMEWORKS)[number];
 
 export interface RefusalApp {
   url: string;
@@ -61,6 +73,7 @@ function describe(err: unknown): Record<string, unknown> {
     threat: e.threat,
     message: e.message,
     headers: e.headers,
+    log: e.log,
     logAction: (e.log as IcapLog | undefined)?.action,
     err,
   };
@@ -211,6 +224,79 @@ async function startKoa(
       server.closeAllConnections();
       await new Promise<void>((resolve) => server.close(() => resolve()));
       await mw.close();
+    },
+  };
+}
+
+/** A Hono app or a withIcap route handler with the refusal options, served by @hono/node-server. */
+export async function startWebRefusalApp(
+  framework: WebRefusalFramework,
+  profile: IcapProfile,
+  options: RefusalAppOptions = {},
+): Promise<RefusalApp> {
+  const logs: IcapLog[] = [];
+  const p: IcapProfile = { ...profile, onLog: (l) => logs.push(l) };
+  const handled: string[] = [];
+  const errors: Array<Record<string, unknown>> = [];
+  const answer = (d: Record<string, unknown>) =>
+    Response.json(
+      { handler: framework, code: d.code, message: d.expose ? d.message : 'hidden', threat: d.threat },
+      { status: typeof d.status === 'number' ? d.status : 500 },
+    );
+  let fetch: (request: Request, env: unknown) => Promise<Response> | Response;
+  let closeScanner: () => Promise<void>;
+  if (framework === 'hono') {
+    const mw = honoIcap(p, options.adapter as never);
+    const app = new Hono();
+    app.use(mw);
+    app.post('/upload', async (c) => {
+      await c.req.arrayBuffer();
+      handled.push(new URL(c.req.url).pathname);
+      return c.json({ ok: true, action: c.var.icap.action });
+    });
+    if (!options.noErrorHandler)
+      app.onError((err, c) => {
+        const d = describe(err);
+        errors.push({ ...d, icapAction: c.var.icap?.action });
+        return answer(d);
+      });
+    fetch = app.fetch;
+    closeScanner = () => mw.close();
+  } else {
+    const route = withIcap(
+      p,
+      async (request: Request, _env: unknown, icap) => {
+        await request.arrayBuffer();
+        handled.push(new URL(request.url).pathname);
+        return Response.json({ ok: true, action: icap.action });
+      },
+      options.adapter as never,
+    );
+    fetch = options.noErrorHandler
+      ? route
+      : async (request, env) => {
+          try {
+            return await route(request, env);
+          } catch (err) {
+            const d = describe(err);
+            errors.push({ ...d, icapAction: (d.log as IcapLog | undefined)?.action });
+            return answer(d);
+          }
+        };
+    closeScanner = () => route.close();
+  }
+  const server = createHttpServer(getRequestListener(fetch as never));
+  server.listen(0, '127.0.0.1');
+  await new Promise<void>((resolve) => server.once('listening', () => resolve()));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    handled,
+    errors,
+    logs,
+    close: async () => {
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      await closeScanner();
     },
   };
 }

@@ -1,14 +1,23 @@
 import type { IncomingMessage } from 'node:http';
 import {
   type ContinueServer,
+  checkRefusalOptions,
   guardExpectContinue,
   type IcapEngine,
   type IcapProfile,
+  type IcapRefusal,
   type IcapRequestInfo,
   type PinoLike,
 } from '@icapkit/core';
-import { createScanner, incomingOf, type WebScanner, withHeaders } from '@icapkit/web';
-import type { MiddlewareHandler } from 'hono';
+import {
+  createScanner,
+  incomingOf,
+  refusalError,
+  type WebRefusalOptions,
+  type WebScanner,
+  withHeaders,
+} from '@icapkit/web';
+import type { Context, MiddlewareHandler } from 'hono';
 
 /**
  * Hono middleware: requests the profile's rules select are scanned by the ICAP server before
@@ -22,6 +31,11 @@ import type { MiddlewareHandler } from 'hono';
  *   app.use('/upload/*', icap({ name: 'uploads', poolGroup: 'icap://127.0.0.1:1344', serviceUri: '/avscan' }));
  *   app.post('/upload/file', async (c) => c.json({ scan: c.var.icap.action, body: await c.req.parseBody() }));
  *   serve({ fetch: app.fetch, port: 3000 });
+ *
+ * Refusals: `onRefusal(refusal, c)` returns your own `Response` (or `{ status, headers, body }`);
+ * `refusals: 'error'` throws an `IcapRefusalError` to `app.onError` (with `status`, `expose`,
+ * `code`, `log`, and `getResponse()`: without an `onError`, Hono's default handler answers with
+ * icapkit's page, not a 500). Either way the handlers never run.
  */
 
 declare module 'hono' {
@@ -38,7 +52,7 @@ export interface IcapEnv {
   Variables: { icap: IcapRequestInfo };
 }
 
-export interface IcapHonoOptions {
+export interface IcapHonoOptions extends WebRefusalOptions<[c: Context<IcapEnv>]> {
   /** An engine (or scanner) to use instead of making one for the profile. */
   engine?: IcapEngine | undefined;
   scanner?: WebScanner | undefined;
@@ -70,15 +84,31 @@ export type IcapHonoMiddleware = MiddlewareHandler<IcapEnv> & {
 export function icap(profile: IcapProfile, options: IcapHonoOptions = {}): IcapHonoMiddleware {
   const scanner = options.scanner ?? createScanner(options.engine ?? profile);
   const owned = options.scanner === undefined && options.engine === undefined;
+  checkRefusalOptions(options as never, '@icapkit/hono');
+  const onRefusal = options.onRefusal;
   const middleware: MiddlewareHandler<IcapEnv> = async (c, next) => {
     const requestId = options.requestId ? options.requestId(c) : c.get('requestId' as never);
+    const incoming = incomingOf(c.env);
     const result = await scanner.scan(c.req.raw, {
-      incoming: incomingOf(c.env),
+      incoming,
       logger: options.logger,
       requestId: typeof requestId === 'string' ? requestId : undefined,
+      // c.var.icap is set before onRefusal runs (below, for the handlers).
+      onRefusal:
+        onRefusal === undefined
+          ? undefined
+          : (refusal) => {
+              c.set('icap', infoOf(refusal));
+              return onRefusal(refusal, c);
+            },
     });
     c.set('icap', result.icap);
-    if (result.response !== undefined) return result.response;
+    if (result.response !== undefined) {
+      // Hono's onError receives it (its default handler answers with getResponse(): the page).
+      if (options.refusals === 'error' && result.refusal !== undefined)
+        throw refusalError(result.refusal, incoming?.httpVersionMajor === 1);
+      return result.response;
+    }
     const approved = result.request;
     if (approved !== c.req.raw) {
       c.req.raw = approved;
@@ -106,6 +136,17 @@ export function icap(profile: IcapProfile, options: IcapHonoOptions = {}): IcapH
       return server;
     },
   });
+}
+
+/** What `c.var.icap` says of a refused request (as the scan's result would). */
+function infoOf(refusal: IcapRefusal): IcapRequestInfo {
+  return {
+    action: refusal.action,
+    threat: refusal.threat,
+    rule: refusal.log.rule_name,
+    removed: refusal.log.removed_parts ?? [],
+    log: refusal.log,
+  };
 }
 
 export default icap;

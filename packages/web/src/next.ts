@@ -1,4 +1,11 @@
-import { IcapEngine, type IcapProfile, type IcapRequestInfo, type PinoLike } from '@icapkit/core';
+import {
+  checkRefusalOptions,
+  IcapEngine,
+  type IcapProfile,
+  type IcapRequestInfo,
+  type PinoLike,
+} from '@icapkit/core';
+import { refusalError, type WebRefusalOptions } from './refusal.js';
 import { createScanner, incomingOf, type WebScanner, type WebScanResult } from './scan.js';
 
 /**
@@ -14,6 +21,11 @@ import { createScanner, incomingOf, type WebScanner, type WebScanResult } from '
  * The handler receives the approved request (of the same class as the one given, so a
  * `NextRequest` stays a `NextRequest`), the context unchanged, and the scan's outcome. Refused
  * requests are answered without calling it (403, 413, 415, 400, 408, 429, 503 ...).
+ *
+ * Refusals: `onRefusal(refusal, request, context)` returns your own `Response` (or
+ * `{ status, headers, body }`); `refusals: 'error'` throws an `IcapRefusalError` (`status`,
+ * `expose`, `code`, `log`, and `getResponse()` for the default page) for your try/catch or a
+ * Next.js error boundary. Either way the handler never runs.
  */
 
 export type IcapHandler<Req extends Request, Ctx, Res extends Response> = (
@@ -22,7 +34,8 @@ export type IcapHandler<Req extends Request, Ctx, Res extends Response> = (
   icap: IcapRequestInfo,
 ) => Res | Promise<Res>;
 
-export interface WithIcapOptions<Req extends Request = Request> {
+export interface WithIcapOptions<Req extends Request = Request, Ctx = unknown>
+  extends WebRefusalOptions<[request: Req, context: Ctx]> {
   /** A request logger (pino-compatible) to use instead of the profile's. */
   logger?: PinoLike | undefined;
   /** Shown on block pages so users can quote it. */
@@ -46,8 +59,10 @@ export interface IcapRouteHandler<Req extends Request, Ctx> {
 export function withIcap<Req extends Request = Request, Ctx = unknown, Res extends Response = Response>(
   source: IcapProfile | IcapEngine | WebScanner,
   handler: IcapHandler<Req, Ctx, Res>,
-  options: WithIcapOptions<Req> = {},
+  options: WithIcapOptions<Req, Ctx> = {},
 ): IcapRouteHandler<Req, Ctx> {
+  checkRefusalOptions(options as never, '@icapkit/web withIcap');
+  const onRefusal = options.onRefusal;
   let scanner: WebScanner | undefined;
   const owned = !(source instanceof IcapEngine) && !isScanner(source);
   const get = (): WebScanner => {
@@ -55,14 +70,20 @@ export function withIcap<Req extends Request = Request, Ctx = unknown, Res exten
     return scanner;
   };
   const route = async (request: Req, context: Ctx): Promise<Response> => {
+    const incoming = incomingOf(context);
     const result = await get().scan(request, {
       logger: options.logger,
       requestId: options.requestId?.(request),
       clientIp: options.clientIp?.(request),
       // Served by @hono/node-server (`serve({ fetch: route })`): the Node request is the context.
-      incoming: incomingOf(context),
+      incoming,
+      onRefusal: onRefusal === undefined ? undefined : (refusal) => onRefusal(refusal, request, context),
     });
-    if (result.response !== undefined) return result.response;
+    if (result.response !== undefined) {
+      if (options.refusals === 'error' && result.refusal !== undefined)
+        throw refusalError(result.refusal, incoming?.httpVersionMajor === 1);
+      return result.response;
+    }
     const approved = sameClass(request, result.request);
     try {
       const response = await handler(approved, context, result.icap);

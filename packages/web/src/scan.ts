@@ -1,6 +1,7 @@
 import type { Readable } from 'node:stream';
 import {
   buildResponse,
+  checkRefusalOptions,
   createEngine,
   type DrainLimits,
   drainLimits,
@@ -9,12 +10,16 @@ import {
   IcapErrorCodes,
   type IcapLog,
   type IcapProfile,
+  type IcapRefusal,
   type IcapRequestInfo,
   type PinoLike,
+  refusalOf,
+  refusalReporter,
   requestInfo,
   type ScanOutcome,
 } from '@icapkit/core';
 import { toWebStream } from './body.js';
+import { defaultRefusalResponse, shapeRefusal, type WebOnRefusal } from './refusal.js';
 import { toScanRequest } from './request.js';
 
 /**
@@ -44,6 +49,18 @@ export interface WebScanOptions {
    * send its next request on a connection the server is about to close).
    */
   incoming?: IncomingLike | undefined;
+  /**
+   * Render a refusal yourself: `(refusal, request) => Response | { status, headers, body }`
+   * becomes `result.response` (a status outside 300-599, a throw or nothing: the default page).
+   * Given to `createScanner`, it applies to every scan that does not pass its own.
+   */
+  onRefusal?: WebOnRefusal<[request: Request]> | undefined;
+}
+
+/** Options of {@link createScanner}. */
+export interface WebScannerOptions {
+  /** The default `onRefusal` of this scanner's scans (see {@link WebScanOptions}). */
+  onRefusal?: WebOnRefusal<[request: Request]> | undefined;
 }
 
 /** What is read of a Node `IncomingMessage` (or `Http2ServerRequest`). */
@@ -92,6 +109,12 @@ export interface WebRefused extends ResultBase {
   /** The answer to send instead of calling the application (403, 413, 415, 400, 408, 429, 503 ...). */
   response: Response;
   request?: undefined;
+  /**
+   * Why it was refused (reason, status, code, threat, the default page): undefined when the
+   * client went away, and for a request the ICAP server rewrote into one a Web Request cannot
+   * carry (a 503 page).
+   */
+  refusal: IcapRefusal | undefined;
   /** The client went away before the scan finished: there is no one to answer (`response` is a bare 499). */
   aborted: boolean;
 }
@@ -106,11 +129,17 @@ export interface WebScanner {
 }
 
 /** Holds one engine for a profile (validated now; throws ICAP_ERR_INVALID_PROFILE). */
-export function createScanner(profile: IcapProfile | IcapEngine): WebScanner {
+export function createScanner(
+  profile: IcapProfile | IcapEngine,
+  scannerOptions: WebScannerOptions = {},
+): WebScanner {
+  checkRefusalOptions(scannerOptions as never, '@icapkit/web createScanner');
   const engine = profile instanceof IcapEngine ? profile : createEngine(profile);
+  const report = refusalReporter('@icapkit/web');
   return {
     engine,
-    scan: (request, options) => scanWith(engine, request, options),
+    scan: (request, options) =>
+      scanWith(engine, request, { onRefusal: scannerOptions.onRefusal, ...options }, report),
     close: () => engine.close(),
   };
 }
@@ -138,14 +167,21 @@ export function scan(
     }
     engine = made;
   }
-  return scanWith(engine, request, options);
+  return scanWith(engine, request, options, reportScan);
 }
+
+const reportScan = refusalReporter('@icapkit/web');
 
 async function scanWith(
   engine: IcapEngine,
   request: Request,
-  options: WebScanOptions = {},
+  options: WebScanOptions,
+  report: ReturnType<typeof refusalReporter>,
 ): Promise<WebScanResult> {
+  if (options.onRefusal !== undefined && typeof options.onRefusal !== 'function')
+    throw new IcapError(IcapErrorCodes.INVALID_ARGUMENT, '@icapkit/web: onRefusal must be a function', {
+      field: 'onRefusal',
+    });
   const clientIp = options.clientIp ?? options.incoming?.socket?.remoteAddress ?? undefined;
   const http1 = options.incoming?.httpVersionMajor === 1;
   if (request.bodyUsed || request.body?.locked === true) {
@@ -177,25 +213,30 @@ async function scanWith(
   switch (outcome.kind) {
     case 'aborted':
       dispose();
-      return { ...base, response: new Response(null, { status: 499 }), aborted: true };
+      return {
+        ...base,
+        response: new Response(null, { status: 499 }),
+        refusal: undefined,
+        aborted: true,
+      };
     case 'respond': {
       outcome.dispose();
       // The rest of an unread body is read and dropped (bounded by drainAfterAnswer), so the
       // client, still sending, reads the answer and the connection stays usable; cancelling
       // the request's stream at once would reset the connection under the answer.
       if (outcome.closeConnection && source.bodyOpened) drain(source, drainLimits(engine));
-      const headers = new Headers();
-      for (const [n, v] of outcome.headers) {
-        const key = n.toLowerCase();
-        // Connection is HTTP/1's (an HTTP/2 response with it is malformed): only where known.
-        if (key === 'content-length' || (key === 'connection' && !http1)) continue;
-        headers.append(n, v);
-      }
-      return {
-        ...base,
-        response: new Response(new Uint8Array(outcome.body), { status: outcome.status, headers }),
-        aborted: false,
-      };
+      const refusal = refusalOf(outcome);
+      const onRefusal = options.onRefusal;
+      const response =
+        onRefusal === undefined
+          ? defaultRefusalResponse(refusal, http1)
+          : await shapeRefusal(
+              refusal,
+              () => onRefusal(refusal, request),
+              (err) => report(err, options.logger),
+              http1,
+            );
+      return { ...base, response, refusal, aborted: false };
     }
     case 'rewrite': {
       if (outcome.contentLength > 0 && /^(?:GET|HEAD)$/i.test(outcome.method)) {
@@ -305,6 +346,7 @@ function refuse(base: ResultBase, request: Request): WebRefused {
   return {
     ...base,
     response: new Response(new Uint8Array(page.body), { status: page.status, headers: page.headers }),
+    refusal: undefined,
     aborted: false,
   };
 }
