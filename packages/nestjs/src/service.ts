@@ -1,12 +1,31 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { createEngine, guardExpectContinue, type IcapEngine, type IcapProfile } from '@icapkit/core';
+import {
+  createEngine,
+  guardExpectContinue,
+  type IcapEngine,
+  type IcapProfile,
+  type IcapRefusalOptions,
+} from '@icapkit/core';
 import { icap as expressIcap, type IcapMiddleware } from '@icapkit/express';
 import { icap as fastifyIcap } from '@icapkit/fastify';
 import type { OnApplicationBootstrap, OnApplicationShutdown, OnModuleInit } from '@nestjs/common';
 import { DEFAULT_ROUTE, type RouteSetting } from './constants.js';
 import { annotateHandlers, expressRouteSetting, settingOf } from './routes.js';
 
-export interface IcapModuleOptions {
+/**
+ * Refusals, as in @icapkit/express and @icapkit/fastify (the platform's):
+ * `onRefusal(refusal, req, res)` (Express `req`/`res`, Fastify `request`/`reply`) renders one
+ * yourself, returning `{ status, headers, body }` or sending it; `refusals: 'error'` hands an
+ * `IcapRefusalError` (`status`, `statusCode`, `expose`, `code`, `headers`, `log`) to Nest's
+ * exception handling: the scan runs before Nest's routing, so it reaches the **global**
+ * exception filters (`app.useGlobalFilters()`, `APP_FILTER`), not filters bound to a
+ * controller or a handler (`@UseFilters`). Without a filter of yours, Nest's own answers
+ * `{ statusCode, message }` with the refusal's status (the message only when `expose`).
+ */
+// biome-ignore lint/suspicious/noExplicitAny: the platform's request and response (Express or Fastify)
+type NestRefusalOptions = IcapRefusalOptions<[req: any, res: any], unknown>;
+
+export interface IcapModuleOptions extends NestRefusalOptions {
   /**
    * Fastify platform: a route that can receive a body but is not scanned first (added by a
    * plugin outside the module's reach): 'error' (default) makes start-up fail, 'warn' logs.
@@ -103,7 +122,7 @@ export class IcapService implements OnModuleInit, OnApplicationBootstrap, OnAppl
       annotateHandlers(this.handlers, true);
       const instance = adapter.getInstance<FastifyLike>();
       this.#fastify = instance;
-      const { unscannedRoutes } = this.config.options ?? {};
+      const { unscannedRoutes, onRefusal, refusals } = this.config.options ?? {};
       // Loaded before Nest adds the routes (its onRoute hook sees their config.icap): now when
       // the caller awaits it, or else by the register Nest awaits in app.init() (@fastify/middie).
       // (Not wrapped in a promise: calling then() on Fastify's thenable starts loading there and
@@ -111,6 +130,8 @@ export class IcapService implements OnModuleInit, OnApplicationBootstrap, OnAppl
       return instance.register(fastifyIcap, {
         ...this.config.profile,
         unscannedRoutes: unscannedRoutes ?? 'error',
+        onRefusal,
+        refusals,
       });
     }
     throw new Error(
@@ -140,7 +161,7 @@ export class IcapService implements OnModuleInit, OnApplicationBootstrap, OnAppl
   #installExpress(app: unknown): void {
     const profile = this.config.profile;
     const engine = createEngine(profile);
-    this.#defaultMiddleware = expressIcap(profile, { engine });
+    this.#defaultMiddleware = expressIcap(profile, { engine, ...this.#refusalOptions() });
     // One engine per distinct override, created now so that a bad override fails start-up.
     for (const { handler } of this.handlers) {
       const setting = settingOf(handler);
@@ -164,12 +185,17 @@ export class IcapService implements OnModuleInit, OnApplicationBootstrap, OnAppl
     (app as { use(fn: unknown): void }).use(dispatcher);
   }
 
+  #refusalOptions(): NestRefusalOptions {
+    const { onRefusal, refusals } = this.config.options ?? {};
+    return { onRefusal, refusals };
+  }
+
   #middlewareFor(setting: Exclude<RouteSetting, false>): IcapMiddleware | undefined {
     if (this.#closed) return undefined;
     if (setting === DEFAULT_ROUTE) return this.#defaultMiddleware;
     let mw = this.#routeMiddlewares.get(setting);
     if (mw === undefined) {
-      mw = expressIcap({ ...this.config.profile, ...setting });
+      mw = expressIcap({ ...this.config.profile, ...setting }, this.#refusalOptions());
       this.#routeMiddlewares.set(setting, mw);
     }
     return mw;
