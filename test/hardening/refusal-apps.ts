@@ -245,8 +245,10 @@ export async function startWebRefusalApp(
     );
   let fetch: (request: Request, env: unknown) => Promise<Response> | Response;
   let closeScanner: () => Promise<void>;
+  let guard: ((server: import('node:http').Server) => void) | undefined;
   if (framework === 'hono') {
     const mw = honoIcap(p, options.adapter as never);
+    guard = (server) => mw.guardExpectContinue(server);
     const app = new Hono();
     app.use(mw);
     app.post('/upload', async (c) => {
@@ -286,6 +288,7 @@ export async function startWebRefusalApp(
     closeScanner = () => route.close();
   }
   const server = createHttpServer(getRequestListener(fetch as never));
+  if (options.guardExpectContinue) guard?.(server);
   server.listen(0, '127.0.0.1');
   await new Promise<void>((resolve) => server.once('listening', () => resolve()));
   return {

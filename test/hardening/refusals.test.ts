@@ -447,6 +447,35 @@ describe.each(WEB_REFUSAL_FRAMEWORKS)('%s (Web-standard)', (framework) => {
     }
   });
 
+  // The Hono middleware has a guard for Node servers (withIcap has none).
+  if (framework === 'hono')
+    it('Expect: 100-continue refused from its head (413) still goes through onRefusal and app.onError', async () => {
+      const onRefusal = (refusal: { status: number }) => ({ status: 422, body: { was: refusal.status } });
+      const p = profile({ bufferSize: 1024 });
+      const big = Buffer.alloc(8 * 1024, 0x61);
+      const guard = { guardExpectContinue: true };
+      await withApp(framework, p, { ...guard, adapter: { onRefusal } }, async (app) => {
+        const r = await send(app.url, '/upload', { body: big, headers: octets, expectContinue: true });
+        expect(r.status).toBe(422);
+        expect(JSON.parse(r.text)).toEqual({ was: 413 });
+        expect(app.handled).toEqual([]);
+        expect(app.logs).toHaveLength(1);
+      });
+      await withApp(framework, p, { ...guard, adapter: { refusals: 'error' } }, async (app) => {
+        const r = await send(app.url, '/upload', { body: big, headers: octets, expectContinue: true });
+        expect(r.status).toBe(413);
+        expect(app.errors[0]).toMatchObject({ code: 'ICAP_ERR_REQUEST_TOO_LARGE', status: 413 });
+        expect(app.handled).toEqual([]);
+      });
+      // Without shaping, the guard still answers before the body (the default page).
+      await withApp(framework, p, guard, async (app) => {
+        const r = await send(app.url, '/upload', { body: big, headers: octets, expectContinue: true });
+        expect(r.status).toBe(413);
+        expect(r.headers['content-type']).toBe('application/problem+json');
+        expect(app.handled).toEqual([]);
+      });
+    });
+
   it('a clean upload still reaches the handler', async () => {
     await withApp(framework, profile(), { adapter: { refusals: 'error' } }, async (app) => {
       const r = await send(app.url, '/upload', { body: 'clean bytes', headers: octets });

@@ -130,8 +130,10 @@ export function icap(profile: IcapProfile, options: IcapHonoOptions = {}): IcapH
       if (owned) await scanner.close();
     },
     guardExpectContinue<S>(server: S): S {
-      guardExpectContinue(server as unknown as ContinueServer, (req: IncomingMessage) =>
-        scanner.engine.preflight(req),
+      // Refusals the application shapes go through the middleware (after 100 Continue).
+      const shaped = onRefusal !== undefined || options.refusals === 'error';
+      guardExpectContinue(server as unknown as ContinueServer, async (req: IncomingMessage) =>
+        shaped ? null : scanner.engine.preflight(req),
       );
       return server;
     },
