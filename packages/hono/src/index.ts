@@ -45,6 +45,13 @@ declare module 'hono' {
   }
 }
 
+export {
+  type IcapRefusal,
+  IcapRefusalError,
+  type IcapRefusalReply,
+  isIcapRefusalError,
+  type WebRefusalResult,
+} from '@icapkit/web';
 export type { IcapRequestInfo };
 
 /** Hono's Env for apps that prefer explicit Variables: `new Hono<IcapEnv>()`. */

@@ -2,7 +2,8 @@
  * @icapkit/nestjs: ICAP (RFC 3507) upload scanning for NestJS on the Express and Fastify
  * platforms, on top of @icapkit/express and @icapkit/fastify (one engine, the same profile).
  */
-export type { IcapProfile, IcapRequestInfo } from '@icapkit/core';
+export type { IcapProfile, IcapRefusal, IcapRefusalReply, IcapRequestInfo } from '@icapkit/core';
+export { IcapRefusalError, isIcapRefusalError } from '@icapkit/core';
 export {
   ICAP_MODULE_OPTIONS,
   ICAP_OPTIONS_METADATA,

@@ -6,6 +6,15 @@ import {
   replyResponse,
 } from '@icapkit/core';
 
+export {
+  type IcapRefusal,
+  IcapRefusalError,
+  type IcapRefusalMode,
+  type IcapRefusalReply,
+  isIcapRefusalError,
+  type RefusalReason,
+} from '@icapkit/core';
+
 /**
  * Refusals in the Web-standard adapters (@icapkit/web, @icapkit/hono), with the same two options
  * as the Node adapters:
