@@ -362,3 +362,52 @@ describe('withIcap(profile, handler)', () => {
     }
   });
 });
+
+describe('refusals shaped by the caller (onRefusal)', () => {
+  it("createScanner(profile, { onRefusal }): the callback's Response, result.refusal describes it", async () => {
+    const got: unknown[] = [];
+    const s = createScanner(profile(), {
+      onRefusal: (refusal, request) => {
+        got.push(request);
+        return Response.json({ mine: refusal.reason, threat: refusal.threat }, { status: 451 });
+      },
+    });
+    scanners.push(s);
+    const request = post(eicar(), { 'content-type': 'application/octet-stream' });
+    const result = await s.scan(request);
+    expect(result.request).toBeUndefined();
+    expect(result.response?.status).toBe(451);
+    expect(await result.response?.json()).toEqual({ mine: 'blocked', threat: EICAR_NAME });
+    expect(got).toEqual([request]);
+    expect(result.response === undefined ? undefined : result.refusal).toMatchObject({
+      reason: 'blocked',
+      status: 403,
+      code: 'ICAP_ERR_BLOCKED',
+      threat: EICAR_NAME,
+      expose: true,
+    });
+    expect(logs.at(-1)?.action).toBe('ICAP_BLOCKED');
+    // Per scan: its own onRefusal wins; one returning a 2xx falls back to the default page.
+    const own = await s.scan(post(eicar(), { 'content-type': 'application/octet-stream' }), {
+      onRefusal: () => ({ status: 204 }),
+    });
+    expect(own.response?.status).toBe(403);
+    expect(own.response?.headers.get('content-type')).toMatch(/^(text\/html|application\/problem\+json)/);
+  });
+
+  it('scan(request, engine, { onRefusal }) with a reply object; no callback: the default page and refusal', async () => {
+    const p = scanner().engine;
+    const shaped = await scan(post(eicar()), p, {
+      onRefusal: (refusal) => ({ status: 422, headers: { 'x-why': refusal.reason }, body: 'no' }),
+    });
+    expect(shaped.response?.status).toBe(422);
+    expect(shaped.response?.headers.get('x-why')).toBe('blocked');
+    expect(await shaped.response?.text()).toBe('no');
+    const plain = await scan(post(eicar()), p);
+    expect(plain.response?.status).toBe(403);
+    expect(plain.response === undefined ? undefined : plain.refusal?.reason).toBe('blocked');
+    const clean = await scan(post('clean'), p, { onRefusal: () => new Response('x', { status: 400 }) });
+    expect(clean.response).toBeUndefined();
+    await clean.request?.arrayBuffer();
+  });
+});
