@@ -21,9 +21,9 @@ import Koa3 from 'koa';
 import Koa2 from 'koa2';
 
 /**
- * The Node adapters that take onRefusal / refusals (@icapkit/express, fastify, koa). The Web-standard
- * adapters hand the refusal to the caller as a Response ({ response } from scan(), or withIcap's),
- * and @icapkit/nestjs has not got these options yet.
+ * The Node adapters that take onRefusal / refusals (@icapkit/express, fastify, koa). The
+ * Web-standard adapters (hono, web) are in WEB_REFUSAL_FRAMEWORKS below; @icapkit/nestjs's
+ * refusal tests are in test/nestjs/refusals.test.ts (its apps need Nest's decorator settings).
  */
 export const REFUSAL_FRAMEWORKS = ['express5', 'express4', 'fastify', 'koa3', 'koa2'] as const;
 export type Framework = (typeof REFUSAL_FRAMEWORKS)[number];

@@ -6,12 +6,26 @@
  * filter of the application's, Nest's own answers with the refusal's status (http-errors rule).
  * The handler never runs, and a callback that fails falls back to the default page.
  */
+
+import type { AddressInfo } from 'node:net';
 import { createServer } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { type IcapLog, type IcapProfile, IcapRefusalError } from '@icapkit/core';
-import type { IcapModuleOptions } from '@icapkit/nestjs';
 import { EICAR_NAME, eicar, type IcapTestServer, startIcapServer } from '@icapkit/testing';
-import type { ArgumentsHost, ExceptionFilter } from '@nestjs/common';
+import 'reflect-metadata';
+import { IcapModule, type IcapModuleOptions } from '@icapkit/nestjs';
+import {
+  type ArgumentsHost,
+  Catch,
+  Controller,
+  type ExceptionFilter,
+  HttpCode,
+  Module,
+  Post,
+  Req,
+} from '@nestjs/common';
+import { APP_FILTER, NestFactory } from '@nestjs/core';
+import { FastifyAdapter } from '@nestjs/platform-fastify';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { send } from '../support/http-client.js';
 import { NEST_FRAMEWORKS, type NestApp, type NestFramework, startNest } from './apps.js';
@@ -203,6 +217,27 @@ describe.each(NEST_FRAMEWORKS)('%s', (framework) => {
     });
   });
 
+  it("a route with its own @IcapOptions (413 by its buffer) goes through refusals: 'error' and onRefusal too", async () => {
+    const big = Buffer.alloc(8 * 1024, 0x61);
+    await withNest(framework, up(), { refusals: 'error' }, true, async ({ app, logs, errors }) => {
+      const r = await send(app.url, '/small/raw', { body: big, headers: octets });
+      expect(r.status).toBe(413);
+      expect(JSON.parse(r.text)).toMatchObject({ filter: 'app', code: 'ICAP_ERR_REQUEST_TOO_LARGE' });
+      expect(errors[0]).toMatchObject({ status: 413, reason: 'too-large', expose: true });
+      expect(app.seen).toEqual([]);
+      expect(await until(() => logs.length === 1)).toBe(true);
+      expect(logs[0]!.error_code).toBe('ICAP_ERR_REQUEST_TOO_LARGE');
+    });
+    const onRefusal = (refusal: { status: number }) => ({ status: 422, body: { was: refusal.status } });
+    await withNest(framework, up(), { onRefusal }, true, async ({ app, errors }) => {
+      const r = await send(app.url, '/small/raw', { body: big, headers: octets });
+      expect(r.status).toBe(422);
+      expect(JSON.parse(r.text)).toEqual({ was: 413 });
+      expect(app.seen).toEqual([]);
+      expect(errors).toEqual([]);
+    });
+  });
+
   it('a clean upload still reaches the handler', async () => {
     await withNest(framework, up(), { refusals: 'error' }, true, async ({ app, errors }) => {
       const r = await send(app.url, '/raw', { body: 'clean bytes', headers: octets });
@@ -211,5 +246,74 @@ describe.each(NEST_FRAMEWORKS)('%s', (framework) => {
       expect(app.seen[0]!.raw?.toString()).toBe('clean bytes');
       expect(errors).toEqual([]);
     });
+  });
+});
+
+describe.each(NEST_FRAMEWORKS)('%s: an APP_FILTER provider (as the README shows)', (framework) => {
+  it('@Catch(IcapRefusalError) as APP_FILTER receives the refusal; the handler never runs', async () => {
+    const caught: unknown[] = [];
+    const handled: string[] = [];
+    const logs: IcapLog[] = [];
+
+    @Catch(IcapRefusalError)
+    class RefusalFilter implements ExceptionFilter {
+      catch(err: IcapRefusalError, host: ArgumentsHost) {
+        caught.push(err);
+        const res = host.switchToHttp().getResponse();
+        nest.getHttpAdapter().reply(res, { mine: err.code, threat: err.threat }, err.status);
+      }
+    }
+
+    @Controller()
+    class UploadController {
+      @Post('raw')
+      @HttpCode(200)
+      raw(@Req() req: { url: string }) {
+        handled.push(req.url);
+        return { ok: true };
+      }
+    }
+
+    @Module({
+      imports: [
+        IcapModule.forRoot(
+          { name: 'filter', poolGroup: icap.url(), serviceUri: '/avscan', onLog: (l) => logs.push(l) },
+          { refusals: 'error' },
+        ),
+      ],
+      controllers: [UploadController],
+      providers: [{ provide: APP_FILTER, useClass: RefusalFilter }],
+    })
+    class AppModule {}
+
+    const nest =
+      framework === 'nest-express'
+        ? await NestFactory.create(AppModule, { logger: false, abortOnError: false })
+        : await NestFactory.create(AppModule, new FastifyAdapter(), { logger: false, abortOnError: false });
+    if (framework === 'nest-fastify')
+      nest
+        .getHttpAdapter()
+        .getInstance()
+        .addContentTypeParser(
+          'application/octet-stream',
+          { parseAs: 'buffer' },
+          (_r: unknown, b: unknown, done: (e: null, b: unknown) => void) => done(null, b),
+        );
+    await nest.listen(0, '127.0.0.1');
+    try {
+      const url = `http://127.0.0.1:${(nest.getHttpServer().address() as AddressInfo).port}`;
+      const r = await send(url, '/raw', { body: eicar(), headers: octets });
+      expect(r.status).toBe(403);
+      expect(JSON.parse(r.text)).toEqual({ mine: 'ICAP_ERR_BLOCKED', threat: EICAR_NAME });
+      expect(caught).toHaveLength(1);
+      expect(caught[0]).toBeInstanceOf(IcapRefusalError);
+      expect(handled).toEqual([]);
+      expect(logs[0]!.action).toBe('ICAP_BLOCKED');
+      const clean = await send(url, '/raw', { body: 'clean', headers: octets });
+      expect(clean.status).toBe(200);
+      expect(handled).toEqual(['/raw']);
+    } finally {
+      await nest.close();
+    }
   });
 });
