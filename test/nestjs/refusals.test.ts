@@ -238,6 +238,23 @@ describe.each(NEST_FRAMEWORKS)('%s', (framework) => {
     });
   });
 
+  it('Expect: 100-continue refused from its head (413) still goes through onRefusal and the filter', async () => {
+    const big = Buffer.alloc(8 * 1024, 0x61);
+    const onRefusal = (refusal: { status: number }) => ({ status: 422, body: { was: refusal.status } });
+    await withNest(framework, up(), { onRefusal }, true, async ({ app }) => {
+      const r = await send(app.url, '/small/raw', { body: big, headers: octets, expectContinue: true });
+      expect(r.status).toBe(422);
+      expect(JSON.parse(r.text)).toEqual({ was: 413 });
+      expect(app.seen).toEqual([]);
+    });
+    await withNest(framework, up(), { refusals: 'error' }, true, async ({ app, errors }) => {
+      const r = await send(app.url, '/small/raw', { body: big, headers: octets, expectContinue: true });
+      expect(r.status).toBe(413);
+      expect(errors[0]).toMatchObject({ code: 'ICAP_ERR_REQUEST_TOO_LARGE', status: 413 });
+      expect(app.seen).toEqual([]);
+    });
+  });
+
   it('a clean upload still reaches the handler', async () => {
     await withNest(framework, up(), { refusals: 'error' }, true, async ({ app, errors }) => {
       const r = await send(app.url, '/raw', { body: 'clean bytes', headers: octets });

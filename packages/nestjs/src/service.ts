@@ -224,7 +224,11 @@ export class IcapService implements OnModuleInit, OnApplicationBootstrap, OnAppl
     const app = this.#adapter?.getInstance();
     if (server === undefined || server === null || typeof (server as { on?: unknown }).on !== 'function')
       return;
+    // Refusals the application shapes go through the middleware (after 100 Continue).
+    const { onRefusal, refusals } = this.config.options ?? {};
+    const shaped = onRefusal !== undefined || refusals === 'error';
     this.#unguard = guardExpectContinue(server, async (req) => {
+      if (shaped) return null;
       const setting = expressRouteSetting(app, req);
       if (setting === false) return null;
       return this.#middlewareFor(setting)?.engine.preflight(req) ?? null;
