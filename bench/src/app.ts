@@ -8,7 +8,9 @@
  * BENCH_PROFILE, if set). Routes:
  *
  *   POST /upload   reads the body as a stream into a SHA-1 and answers 200 with the digest
- *   GET  /__stats  { rss, hwm, icap: engine.status() } (never scanned)
+ *   GET  /__stats  { rss, hwm, cpu, stages, icap: engine.status() } (never scanned): `cpu` is
+ *                  this process's `process.cpuUsage()` (µs), `stages` the per-stage totals of the
+ *                  scan when BENCH_STAGES=1 (see stages.ts), else null
  *
  * Prints `READY {"port":N}` once listening; stops on SIGTERM/SIGINT.
  */
@@ -23,10 +25,13 @@ import express from 'express';
 import Fastify from 'fastify';
 import Koa from 'koa';
 import { BodyDigest } from './bodies.js';
+import { StageTotals } from './stages.js';
 import { memOf } from './util.js';
 
 const [framework, icapUrl, service] = process.argv.slice(2);
 const BODY_LIMIT = 256 * 1024 * 1024;
+/** Per-stage CPU and wall time of the scan, from the engine's stage channel (opt-in: it costs a few µs). */
+const stageTotals = process.env.BENCH_STAGES === '1' ? StageTotals.subscribe() : undefined;
 
 function profile(): IcapProfile | null {
   if (icapUrl === undefined) return null;
@@ -50,7 +55,12 @@ function digest(stream: Readable, contentType: string | undefined): Promise<stri
 }
 
 function stats(engine: IcapEngine | undefined): string {
-  return JSON.stringify({ ...memOf(process.pid), icap: engine?.status() ?? null });
+  return JSON.stringify({
+    ...memOf(process.pid),
+    cpu: process.cpuUsage(),
+    stages: stageTotals?.snapshot() ?? null,
+    icap: engine?.status() ?? null,
+  });
 }
 
 async function startExpress(p: IcapProfile | null): Promise<{ port: number; close(): Promise<void> }> {
