@@ -123,13 +123,18 @@ const OWNER_LAYERS = new Set([
  * into Express to the framework); samples with no such frame are Node's own (socket reads,
  * the HTTP parser, timers), GC or V8.
  */
-export function byLayer(profile: CpuProfile): { self: Map<string, number>; owned: Map<string, number> } {
+export function byLayer(profile: CpuProfile): {
+  self: Map<string, number>;
+  owned: Map<string, number>;
+  ownedByFn: Map<string, number>;
+} {
   const byId = new Map<number, ProfileNode>();
   const parent = new Map<number, number>();
   for (const n of profile.nodes) byId.set(n.id, n);
   for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
   const self = new Map<string, number>();
   const owned = new Map<string, number>();
+  const ownedByFn = new Map<string, number>();
   const add = (m: Map<string, number>, k: string, v: number) => m.set(k, (m.get(k) ?? 0) + v);
   for (let i = 0; i < profile.samples.length; i++) {
     const dt = (profile.timeDeltas[i + 1] ?? profile.timeDeltas[i] ?? 0) / 1000;
@@ -145,19 +150,23 @@ export function byLayer(profile: CpuProfile): { self: Map<string, number>; owned
       continue;
     }
     let owner = 'Node.js alone (sockets, HTTP parser, timers)';
+    let ownerFn = owner;
     let id: number | undefined = leaf.id;
     while (id !== undefined) {
       const n = byId.get(id)!;
-      const l = layerOf(whereOf(n.callFrame.url, n.callFrame.lineNumber));
+      const where = whereOf(n.callFrame.url, n.callFrame.lineNumber);
+      const l = layerOf(where);
       if (OWNER_LAYERS.has(l)) {
         owner = l;
+        ownerFn = `${n.callFrame.functionName || '(anonymous)'} ${where}`;
         break;
       }
       id = parent.get(id);
     }
     add(owned, owner, dt);
+    add(ownedByFn, ownerFn, dt);
   }
-  return { self, owned };
+  return { self, owned, ownedByFn };
 }
 
 /** Inclusive busy ms per icapkit source file (a sample counts once per file on its stack). */
@@ -232,6 +241,16 @@ export function report(profile: CpuProfile, top = 25): string {
     out.push(
       `| ${l} | ${sm.toFixed(0)} | ${((sm / busy) * 100).toFixed(1)} | ${om.toFixed(0)} | ${((om / busy) * 100).toFixed(1)} |`,
     );
+  }
+  out.push(
+    '',
+    'Functions owning the most busy time (their own plus the Node/native work below them, up to the next owning frame):',
+    '',
+    '| function | owned ms | owned % |',
+    '|---|--:|--:|',
+  );
+  for (const [fn, ms] of [...layers.ownedByFn].sort((a, b) => b[1] - a[1]).slice(0, top + 10)) {
+    out.push(`| ${fn.replace(/\|/g, '\\|')} | ${ms.toFixed(0)} | ${((ms / busy) * 100).toFixed(1)} |`);
   }
   out.push(
     '',
