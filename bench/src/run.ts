@@ -146,6 +146,8 @@ export interface CellResult {
    * the load generator's (what the ICAP client alone costs).
    */
   cpuUsPerReq?: number | undefined;
+  /** CPU µs of the ICAP server (every c-icap process, or the embedded server) per answered request. */
+  cpuUsPerReqIcap?: number | undefined;
   /** Per-stage totals of the scan over the measured window (only with --stages). */
   stages?: StageSnapshot | undefined;
   cpuIcap: number | undefined;
@@ -522,6 +524,7 @@ async function runCell(env: Env, path: PathDef, cell: CellDef): Promise<CellResu
       }
       if (s0.stages !== undefined && s1.stages !== undefined)
         result.stages = stageDelta(s0.stages, s1.stages);
+      if (path.service !== undefined && r.ok > 0) result.cpuUsPerReqIcap = ((c1.icap - c0.icap) * 1e6) / r.ok;
       result.peakRss = memOf(measured).hwm;
       Object.assign(result, {
         ok: r.ok,
@@ -554,7 +557,10 @@ function fmtCell(r: CellResult): string {
   return (
     `${r.path.padEnd(16)} ${r.bodyLabel.padEnd(18)} c=${String(r.clients).padEnd(3)} ` +
     `${r.rps.toFixed(0).padStart(6)} req/s p50=${r.p50.toFixed(1)}ms p99=${r.p99.toFixed(1)}ms ` +
-    `rss=${(r.peakRss / 2 ** 20).toFixed(0)}MiB${conns}${r.note ? `  [${r.note}]` : ''}`
+    `rss=${(r.peakRss / 2 ** 20).toFixed(0)}MiB${conns}` +
+    (r.cpuUsPerReq === undefined ? '' : ` cpu=${r.cpuUsPerReq.toFixed(0)}µs/req`) +
+    (r.cpuUsPerReqIcap === undefined ? '' : ` icap-cpu=${r.cpuUsPerReqIcap.toFixed(0)}µs/req`) +
+    (r.note ? `  [${r.note}]` : '')
   );
 }
 
