@@ -141,6 +141,33 @@ async function startKoa(p: IcapProfile | null): Promise<{ port: number; close():
   };
 }
 
+/**
+ * V8's sampling heap profiler, counting garbage too (objects a scavenge or a mark-compact
+ * collected): where the bytes a request allocates come from. Returns the function that writes
+ * the profile (a .heapprofile, readable by `profile.js --analyze-alloc=FILE`).
+ */
+async function startAllocationSampling(): Promise<(file: string) => Promise<void>> {
+  const { Session } = await import('node:inspector');
+  const { writeFile } = await import('node:fs/promises');
+  const session = new Session();
+  session.connect();
+  const post = (method: string, params?: object) =>
+    new Promise<unknown>((resolve, reject) =>
+      session.post(method, params ?? {}, (err, result) => (err ? reject(err) : resolve(result))),
+    );
+  await post('HeapProfiler.enable');
+  await post('HeapProfiler.startSampling', {
+    samplingInterval: 4096,
+    includeObjectsCollectedByMajorGC: true,
+    includeObjectsCollectedByMinorGC: true,
+  });
+  return async (file) => {
+    const r = (await post('HeapProfiler.stopSampling')) as { profile: unknown };
+    await writeFile(file, JSON.stringify(r.profile));
+    session.disconnect();
+  };
+}
+
 async function main(): Promise<void> {
   const p = profile();
   const start =
@@ -153,12 +180,15 @@ async function main(): Promise<void> {
           : undefined;
   if (start === undefined) throw new Error(`unknown framework ${framework}`);
   const app = await start(p);
+  const allocations = process.env.BENCH_ALLOC_PROFILE ? await startAllocationSampling() : undefined;
   let stopping = false;
   const stop = () => {
     if (stopping) return;
     stopping = true;
     // A cpu profile (--cpu-prof) is written when the process exits normally.
-    app.close().finally(() => process.exit(0));
+    (allocations?.(process.env.BENCH_ALLOC_PROFILE!) ?? Promise.resolve())
+      .then(() => app.close())
+      .finally(() => process.exit(0));
     setTimeout(() => process.exit(0), 2000).unref();
   };
   process.on('SIGTERM', stop);

@@ -287,12 +287,74 @@ export function report(profile: CpuProfile, top = 25): string {
   return out.join('\n');
 }
 
+interface HeapNode {
+  callFrame: ProfileNode['callFrame'];
+  selfSize: number;
+  children: HeapNode[];
+}
+
+/**
+ * Bytes allocated per function in a sampling heap profile taken with the collected objects
+ * included (app.ts, BENCH_ALLOC_PROFILE): self (the function's own `new`, literals, closures)
+ * and owned (with Node's allocations counted to the innermost icapkit or framework caller).
+ */
+export function reportAllocations(root: HeapNode, requests: number | undefined, top = 30): string {
+  const self = new Map<string, number>();
+  const owned = new Map<string, number>();
+  const layers = new Map<string, number>();
+  const add = (m: Map<string, number>, k: string, v: number) => m.set(k, (m.get(k) ?? 0) + v);
+  let total = 0;
+  const walk = (n: HeapNode, owner: string, ownerLayer: string) => {
+    const where = whereOf(n.callFrame.url, n.callFrame.lineNumber);
+    const key = `${n.callFrame.functionName || '(anonymous)'} ${where}`;
+    const layer = layerOf(where);
+    let o = owner;
+    let ol = ownerLayer;
+    if (OWNER_LAYERS.has(layer)) {
+      o = key;
+      ol = layer;
+    }
+    if (n.selfSize > 0) {
+      total += n.selfSize;
+      add(self, key, n.selfSize);
+      add(owned, o, n.selfSize);
+      add(layers, ol, n.selfSize);
+    }
+    for (const c of n.children) walk(c, o, ol);
+  };
+  walk(root, 'Node.js alone', 'Node.js alone');
+  const per = (b: number) => (requests ? `${(b / requests / 1024).toFixed(2)}` : '—');
+  const out = [
+    `Allocated: ${(total / 2 ** 20).toFixed(0)} MiB sampled${requests ? ` over ${requests} requests, ${per(total)} KiB per request` : ''}.`,
+    '',
+    '| layer (owner) | MiB | KiB / request | % |',
+    '|---|--:|--:|--:|',
+  ];
+  for (const [l, b] of [...layers].sort((a, b) => b[1] - a[1]))
+    out.push(`| ${l} | ${(b / 2 ** 20).toFixed(1)} | ${per(b)} | ${((b / total) * 100).toFixed(1)} |`);
+  const table = (title: string, m: Map<string, number>) => {
+    out.push('', title, '', '| function | KiB / request | % |', '|---|--:|--:|');
+    for (const [k, b] of [...m].sort((a, b) => b[1] - a[1]).slice(0, top))
+      out.push(`| ${k.replace(/\|/g, '\\|')} | ${per(b)} | ${((b / total) * 100).toFixed(1)} |`);
+  };
+  table('Allocating functions (owned: with the Node work they called):', owned);
+  table('Allocating functions (self):', self);
+  return out.join('\n');
+}
+
 async function main(): Promise<void> {
   const opts = new Map<string, string>();
   for (const a of process.argv.slice(2)) {
     const m = /^--([^=]+)=(.*)$/.exec(a);
     if (!m) throw new Error(`unknown argument ${a}`);
     opts.set(m[1]!, m[2]!);
+  }
+  const allocFile = opts.get('analyze-alloc');
+  if (allocFile !== undefined) {
+    const p = JSON.parse(await readFile(allocFile, 'utf8')) as { head: HeapNode };
+    const n = opts.get('requests');
+    console.log(reportAllocations(p.head, n === undefined ? undefined : Number(n)));
+    return;
   }
   const analyzeFile = opts.get('analyze');
   if (analyzeFile !== undefined) {
