@@ -1,8 +1,8 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { IcapError, IcapErrorCodes } from '../client/errors.js';
 import type { ServerStatus } from '../engine/pool-group.js';
-import type { LogListener } from '../engine/scan.js';
+import type { LogListener } from '../engine/types.js';
+import { IcapError, IcapErrorCodes } from '../errors.js';
 import {
   ANALYTICS_DIMENSIONS,
   type AnalyticsFilters,

@@ -8,6 +8,9 @@ import { createHash } from 'node:crypto';
  * values from the log show as the text they are. Its Content-Security-Policy allows exactly its
  * own script and stylesheet (by hash), requests to its own origin, and nothing else; Trusted Types
  * are enforced, so no code path can assign a string to innerHTML.
+ *
+ * This file is the one exception to the 600-line limit on source files (its bulk is the page's
+ * markup, stylesheet and script, one template each); test/engine/architecture.test.ts allows it.
  */
 
 /** The stylesheet (the page's one <style>, allowed by its hash). */

@@ -1,5 +1,5 @@
-import { IcapError, IcapErrorCodes } from '../client/errors.js';
 import type { IcapLog } from '../engine/log.js';
+import { IcapError, IcapErrorCodes } from '../errors.js';
 
 /**
  * A bounded in-memory ring of the most recent `icap_log` records, for the log analytics page.

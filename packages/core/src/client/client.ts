@@ -1,3 +1,4 @@
+import { IcapError, IcapErrorCodes } from '../errors.js';
 import {
   encodeHttpRequestHead,
   encodeHttpResponseHead,
@@ -7,7 +8,6 @@ import {
   type HttpResponseHeadInit,
 } from '../protocol/encoder.js';
 import { endpointLabel, type IcapTlsOptions, type ServerEndpoint } from './connection.js';
-import { IcapError, IcapErrorCodes } from './errors.js';
 import {
   extensionOf,
   type IcapServiceOptions,

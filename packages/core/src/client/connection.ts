@@ -1,6 +1,6 @@
 import * as net from 'node:net';
 import * as tls from 'node:tls';
-import { fromSocketError, IcapError, IcapErrorCodes } from './errors.js';
+import { fromSocketError, IcapError, IcapErrorCodes } from '../errors.js';
 
 /** TLS settings for ICAPS, the usual Node TLS options. */
 export interface IcapTlsOptions {

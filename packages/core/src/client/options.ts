@@ -1,5 +1,6 @@
+import { IcapError, IcapErrorCodes } from '../errors.js';
 import { type Headers, splitList } from '../protocol/headers.js';
-import { IcapError, IcapErrorCodes } from './errors.js';
+import { untilAborted } from './abort.js';
 import type { IcapResponse } from './transaction.js';
 
 /** A service's capabilities, from its OPTIONS response (RFC 3507 §4.10). */
@@ -201,21 +202,6 @@ export class OptionsCache {
   }
 
   #wait(p: Promise<IcapServiceOptions>, signal: AbortSignal | undefined): Promise<IcapServiceOptions> {
-    if (signal === undefined) return p;
-    if (signal.aborted) return Promise.reject(signal.reason);
-    return new Promise((resolve, reject) => {
-      const onAbort = () => reject(signal.reason);
-      signal.addEventListener('abort', onAbort, { once: true });
-      p.then(
-        (v) => {
-          signal.removeEventListener('abort', onAbort);
-          resolve(v);
-        },
-        (e: unknown) => {
-          signal.removeEventListener('abort', onAbort);
-          reject(e);
-        },
-      );
-    });
+    return untilAborted(p, signal);
   }
 }

@@ -1,5 +1,5 @@
+import { IcapError, IcapErrorCodes } from '../errors.js';
 import { Connection, type ServerEndpoint } from './connection.js';
-import { IcapError, IcapErrorCodes } from './errors.js';
 
 export interface PoolOptions {
   /** Most connections open at once to this server (further requests wait). */

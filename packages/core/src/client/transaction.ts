@@ -1,22 +1,16 @@
 import { Readable } from 'node:stream';
-import {
-  CRLF,
-  chunkHeader,
-  type IcapRequestMethod,
-  LAST_CHUNK,
-  LAST_CHUNK_IEOF,
-} from '../protocol/encoder.js';
-import type { Headers } from '../protocol/headers.js';
-import {
-  type EncapsulatedEntry,
-  type EncapsulatedHttpRequestHead,
-  type EncapsulatedHttpResponseHead,
-  IcapParser,
-  type IcapResponseHead,
-} from '../protocol/parser.js';
+import { fromSocketError, IcapError, IcapErrorCodes } from '../errors.js';
+import { CRLF, chunkHeader, LAST_CHUNK, LAST_CHUNK_IEOF } from '../protocol/encoder.js';
+import { IcapParser, type IcapResponseHead } from '../protocol/parser.js';
+import { asIcapError, checkFinalHead, closedError, withReceivedHead } from './answer.js';
 import type { Connection } from './connection.js';
-import { fromSocketError, IcapError, IcapErrorCodes, RfcErrorCodes } from './errors.js';
-import type { BodySource } from './source.js';
+import { deferred, noop } from './deferred.js';
+import type {
+  IcapResponse,
+  TransactionOptions,
+  TransactionRequest,
+  TransactionSummary,
+} from './transaction-types.js';
 import { keepReadingAfterWriteError } from './write-error.js';
 
 /**
@@ -35,80 +29,13 @@ import { keepReadingAfterWriteError } from './write-error.js';
  * for `Connection: close`.
  */
 
-export interface TransactionRequest {
-  method: IcapRequestMethod;
-  /** ICAP head plus encapsulated HTTP headers. */
-  head: Buffer;
-  /** The ICAP header lines sent, for logs. */
-  icapHeaders: string;
-  body: BodySource | null;
-  /** Preview size in bytes; undefined sends no preview. */
-  preview: number | undefined;
-  allow204: boolean;
-  onContinue: (() => void) | undefined;
-}
-
-export interface TransactionOptions {
-  ioTimeout: number;
-  maxHeaderSize: number;
-  /** Aborts the transaction; its reason (an IcapError) is what the caller sees. */
-  signal: AbortSignal;
-}
-
-/** Facts about a finished exchange. */
-export interface TransactionSummary {
-  bytesSent: number;
-  bytesReceived: number;
-  /** Epoch ms when the first ICAP byte was written. */
-  startedAt: number;
-  /** ms from the first ICAP byte sent to the last ICAP byte received. */
-  latencyMs: number;
-  /** Whether the connection went back to the pool. */
-  reused: boolean;
-}
-
-export interface ConnectionInfo {
-  id: number;
-  /** The connection had served earlier transactions. */
-  reused: boolean;
-  remoteAddress: string | undefined;
-  remotePort: number | undefined;
-  localPort: number | undefined;
-}
-
-/** A final ICAP response. Its body, if any, streams in `body`. */
-export interface IcapResponse {
-  status: number;
-  reason: string;
-  version: string;
-  headers: Headers;
-  /** The ICAP header lines received, for logs. */
-  rawHeaders: string;
-  /** ISTag without its quotes, when present. */
-  istag: string | undefined;
-  encapsulated: EncapsulatedEntry[] | null;
-  /** Encapsulated HTTP request head (a modified request), if any. */
-  httpRequest: EncapsulatedHttpRequestHead | null;
-  /** Encapsulated HTTP response head (request satisfaction, a block page), if any. */
-  httpResponse: EncapsulatedHttpResponseHead | null;
-  /**
-   * The encapsulated body, chunk framing removed. Read it to its end (or destroy it) to
-   * finish the transaction; the connection is reused only if it is read to its end.
-   */
-  body: Readable | null;
-  method: IcapRequestMethod;
-  /** The ICAP header lines sent, for logs. */
-  requestHeaders: string;
-  /** A preview was sent. */
-  previewSent: boolean;
-  /** The server answered before asking for more than the preview (a verdict inside the preview). */
-  answeredInPreview: boolean;
-  /** The whole HTTP body had been sent to the server when it answered. */
-  completeBodySent: boolean;
-  connection: ConnectionInfo;
-  /** Settles when the exchange is over: the response read to its end, or a failure. */
-  done: Promise<TransactionSummary>;
-}
+export type {
+  ConnectionInfo,
+  IcapResponse,
+  TransactionOptions,
+  TransactionRequest,
+  TransactionSummary,
+} from './transaction-types.js';
 
 type WriteState = 'head' | 'preview' | 'awaiting-continue' | 'rest' | 'finished' | 'stopped';
 
@@ -117,24 +44,6 @@ const STOP = Symbol('stop');
 const NOT_READY_PROMISE = Promise.resolve(NOT_READY);
 /** Buffered output is flushed to the socket when it grows past this. */
 const FLUSH_AT = 256 * 1024;
-
-interface Deferred<T> {
-  promise: Promise<T>;
-  resolve: (v: T) => void;
-  reject: (e: unknown) => void;
-}
-
-function deferred<T>(): Deferred<T> {
-  let resolve!: (v: T) => void;
-  let reject!: (e: unknown) => void;
-  const promise = new Promise<T>((res, rej) => {
-    resolve = res;
-    reject = rej;
-  });
-  return { promise, resolve, reject };
-}
-
-function noop(): void {}
 
 /** Resolves with NOT_READY after the event loop's current turn (I/O callbacks included). */
 function nextTurn(): Promise<typeof NOT_READY> {
@@ -232,13 +141,7 @@ export class Transaction {
     s.resume();
     this.#opts.signal.addEventListener('abort', this.#onAbort);
     this.#write().catch((err: unknown) => {
-      this.#fail(
-        err instanceof IcapError
-          ? err
-          : new IcapError(IcapErrorCodes.BODY_SOURCE, `reading the body to scan failed: ${errMessage(err)}`, {
-              cause: err,
-            }),
-      );
+      this.#fail(asIcapError(err, IcapErrorCodes.BODY_SOURCE, 'reading the body to scan failed'));
     });
     return this.#response.promise;
   }
@@ -481,21 +384,7 @@ export class Transaction {
       this.#onFinalHead(head);
     } catch (err) {
       // The head was read whole: it goes with the error, so a verdict in it is not lost.
-      if (err instanceof IcapError && err.head === undefined) {
-        throw new IcapError(err.code, err.message, {
-          cause: err.cause,
-          ...(err.rfcCode === undefined ? {} : { rfcCode: err.rfcCode }),
-          ...(err.status === undefined ? {} : { status: err.status }),
-          head: {
-            status: head.status,
-            reason: head.reason,
-            headers: head.headers,
-            rawHeaders: head.rawHeaders,
-            httpResponse: head.httpResponse,
-          },
-        });
-      }
-      throw err;
+      throw withReceivedHead(err, head);
     }
   }
 
@@ -504,24 +393,7 @@ export class Transaction {
     const previewPhase =
       req.preview !== undefined &&
       (this.#ieofSent || this.#writeState === 'preview' || this.#writeState === 'awaiting-continue');
-    if (head.status === 204 && !req.allow204 && !previewPhase) {
-      throw new IcapError(
-        IcapErrorCodes.PROTOCOL,
-        'ICAP 204 outside the preview although Allow: 204 was not offered',
-        {
-          rfcCode: RfcErrorCodes.ICAP_SERVER_UNEXPECTED_CLOSE_204,
-        },
-      );
-    }
-    // An error status (4xx/5xx) is an answer whatever its Encapsulated says: some servers send
-    // a 500 with `opt-body=0` and no body. Its status is what matters; a body it may announce
-    // is not read (an OPTIONS error has nothing to say in one, a misframed one cannot be
-    // trusted), and the connection is not reused, since what follows the head is unknown.
-    let ignoreBody = false;
-    if (head.status >= 400 && head.body !== null) {
-      ignoreBody = req.method === 'OPTIONS' || !encapsulatedFits(req.method, head);
-    }
-    if (!ignoreBody) checkEncapsulated(req.method, head);
+    const ignoreBody = checkFinalHead(req, head, previewPhase);
     this.#finalHead = head;
     // A 200/201 that streams back the adapted message may come before the server has read the
     // whole request (data trickling, a streaming echo): it needs the rest to produce its
@@ -677,28 +549,13 @@ export class Transaction {
   #closedError(): IcapError {
     const duringPreview =
       !this.#receivedAny && this.#writeState !== 'finished' && this.#req.preview !== undefined;
-    return new IcapError(
-      IcapErrorCodes.CLOSED,
-      this.#receivedAny
-        ? `ICAP server ${this.#conn.label} closed the connection in the middle of its response`
-        : `ICAP server ${this.#conn.label} closed the connection without responding`,
-      {
-        rfcCode: duringPreview
-          ? RfcErrorCodes.ICAP_SERVER_UNEXPECTED_CLOSE
-          : RfcErrorCodes.ICAP_SERVER_RESPONSE_CLOSE,
-      },
-    );
+    return closedError(this.#conn.label, this.#receivedAny, duringPreview);
   }
 
   #fail(err: unknown): void {
     if (this.#finished) return;
     this.#finished = true;
-    const error =
-      err instanceof IcapError
-        ? err
-        : new IcapError(IcapErrorCodes.PROTOCOL, `ICAP transaction failed: ${errMessage(err)}`, {
-            cause: err,
-          });
+    const error = asIcapError(err, IcapErrorCodes.PROTOCOL, 'ICAP transaction failed');
     this.#stopWriting();
     this.#parser.close();
     this.#cleanup();
@@ -727,46 +584,6 @@ export class Transaction {
   }
 }
 
-function encapsulatedFits(method: IcapRequestMethod, head: IcapResponseHead): boolean {
-  try {
-    checkEncapsulated(method, head);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** The entities a final response may encapsulate, per ICAP method (RFC 3507 §4.4.1). */
-function checkEncapsulated(method: IcapRequestMethod, head: IcapResponseHead): void {
-  const names = head.encapsulated?.map((e) => e.name) ?? [];
-  const has = (n: string) => names.includes(n as EncapsulatedEntry['name']);
-  // A 200/201 without Encapsulated carries no message ("no header means no body"): the verdict
-  // reader decides (a threat header blocks, an explicit allow is clean, anything else an error).
-  if (method === 'OPTIONS') {
-    if (has('req-hdr') || has('res-hdr') || has('req-body') || has('res-body')) {
-      throw new IcapError(
-        IcapErrorCodes.PROTOCOL,
-        `OPTIONS response encapsulates HTTP messages: ${names.join(', ')}`,
-      );
-    }
-    return;
-  }
-  if (has('opt-body')) throw new IcapError(IcapErrorCodes.PROTOCOL, `${method} response has an opt-body`);
-  if (method === 'RESPMOD' && has('req-body')) {
-    throw new IcapError(IcapErrorCodes.PROTOCOL, 'RESPMOD response carries a req-body');
-  }
-  if (method === 'REQMOD' && ((has('req-body') && has('res-hdr')) || (has('res-body') && !has('res-hdr')))) {
-    throw new IcapError(
-      IcapErrorCodes.PROTOCOL,
-      `inconsistent REQMOD response Encapsulated: ${names.join(', ')}`,
-    );
-  }
-}
-
 function asBuffer(v: Uint8Array): Buffer {
   return Buffer.isBuffer(v) ? v : Buffer.from(v.buffer, v.byteOffset, v.byteLength);
-}
-
-function errMessage(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
 }

@@ -1,6 +1,5 @@
 import { createHash } from 'node:crypto';
 import { crc32 } from 'node:zlib';
-import type { PinoLike } from './profile.js';
 import type { Violation } from './verdict/index.js';
 
 /**
@@ -185,4 +184,12 @@ export function emitLog(
       else
         logger.debug(obj, log.action === 'ICAP_PASSED' ? 'icap: request passed' : 'icap: scanning disabled');
   }
+}
+
+/** The logger a profile may name (pino's methods, or any object with the same four). */
+export interface PinoLike {
+  debug(obj: object, msg?: string): void;
+  info(obj: object, msg?: string): void;
+  warn(obj: object, msg?: string): void;
+  error(obj: object, msg?: string): void;
 }

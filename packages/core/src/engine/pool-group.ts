@@ -1,6 +1,6 @@
 import { IcapClient } from '../client/client.js';
-import { IcapError, IcapErrorCodes } from '../client/errors.js';
-import type { ResolvedPool, ResolvedProfile, ResolvedServer } from './profile.js';
+import { IcapError, IcapErrorCodes } from '../errors.js';
+import type { ResolvedPool, ResolvedProfile, ResolvedServer } from './profile/types.js';
 
 /**
  * The ICAP servers of a profile: pools by priority, each with servers that share its load.

@@ -12,9 +12,10 @@ import {
   SpanStatusCode,
   trace,
 } from '@opentelemetry/api';
-import type { IcapError } from '../client/errors.js';
+import type { IcapError } from '../errors.js';
 import type { IcapAction, IcapLog } from './log.js';
 import type { PoolGroup, ServerHandle, ServerState, ServerTransition } from './pool-group.js';
+import type { MetricsOptions, PromMetric, PromRegistryLike } from './telemetry-options.js';
 
 /**
  * What the engine tells the outside world besides the log record:
@@ -110,33 +111,7 @@ export interface ConnectMessage {
 
 const debug = debuglog('icapkit');
 
-/** The parts of a prom-client Registry used here. */
-export interface PromRegistryLike {
-  registerMetric(metric: PromMetric): void;
-  removeSingleMetric(name: string): void;
-}
-
-export interface PromMetric {
-  name: string;
-  help: string;
-  type: 'counter' | 'gauge' | 'histogram';
-  aggregator: 'sum';
-  get(): Promise<{
-    name: string;
-    help: string;
-    type: string;
-    aggregator: 'sum';
-    values: Array<{ value: number; labels: Record<string, string | number>; metricName?: string }>;
-  }>;
-  reset(): void;
-}
-
-export interface MetricsOptions {
-  /** A prom-client Registry to expose Prometheus metrics in (none is used otherwise). */
-  registry?: PromRegistryLike | undefined;
-  /** Prefix of the Prometheus metric names. Default 'icapkit_'. */
-  prefix?: string | undefined;
-}
+export type { MetricsOptions, PromMetric, PromRegistryLike } from './telemetry-options.js';
 
 /** Upper bounds (seconds) of the scan duration histogram. */
 const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];

@@ -1,4 +1,4 @@
-import { IcapError, IcapErrorCodes } from '../client/errors.js';
+import { IcapError, IcapErrorCodes } from '../errors.js';
 import { connectionNamed, HOP_BY_HOP_FIELDS, isSafeFieldValue, isToken } from './headers.js';
 
 /**

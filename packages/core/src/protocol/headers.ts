@@ -1,5 +1,5 @@
 import { isUtf8 } from 'node:buffer';
-import { IcapError, IcapErrorCodes } from '../client/errors.js';
+import { IcapError, IcapErrorCodes } from '../errors.js';
 
 /**
  * A case-insensitive, order-preserving multimap of header fields. Names keep the case they

@@ -1,4 +1,4 @@
-import { IcapError, IcapErrorCodes, RfcErrorCodes } from '../client/errors.js';
+import { IcapError, IcapErrorCodes, RfcErrorCodes } from '../errors.js';
 import { type Headers, parseHeaderBlock, trimOws } from './headers.js';
 
 /**
@@ -40,6 +40,15 @@ export interface EncapsulatedHttpResponseHead extends EncapsulatedHttpHead {
   status: number;
   reason: string;
   version: string;
+}
+
+// The parsed parts of the head an IcapError carries (see IcapReceivedHead in errors.ts, which
+// declares the rest): declared here so that errors.ts imports nothing from the protocol layer.
+declare module '../errors.js' {
+  interface IcapReceivedHead {
+    headers: Headers;
+    httpResponse: EncapsulatedHttpResponseHead | null;
+  }
 }
 
 interface IcapHeadBase {

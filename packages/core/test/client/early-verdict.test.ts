@@ -15,7 +15,7 @@ import {
 } from '@icapkit/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { IcapClient, isSkipped } from '../../src/client/client.js';
-import type { IcapError } from '../../src/client/errors.js';
+import type { IcapError } from '../../src/errors.js';
 
 let server: IcapTestServer;
 let tlsServer: IcapTestServer;

@@ -2,10 +2,11 @@ import { tmpdir } from 'node:os';
 import busboy from 'busboy';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { IcapError } from '../../src/client/errors.js';
-import { boundaryOf, canonicalForm, parseMultipart } from '../../src/engine/multipart.js';
-import { MultipartParser } from '../../src/engine/multipart-parser.js';
+import { canonicalForm } from '../../src/engine/multipart/canonical.js';
+import { boundaryOf, parseMultipart } from '../../src/engine/multipart/parse.js';
+import { MultipartParser } from '../../src/engine/multipart/parser.js';
 import { resolveProfile } from '../../src/engine/profile.js';
+import { IcapError } from '../../src/errors.js';
 
 const LIMITS = {
   files: 20,

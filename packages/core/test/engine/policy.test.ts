@@ -1,5 +1,4 @@
 import { describe, expect, it } from 'vitest';
-import { IcapError, IcapErrorCodes } from '../../src/client/errors.js';
 import {
   compilePolicy,
   type PolicyDecision,
@@ -8,6 +7,7 @@ import {
   type RequestFacts,
   type RuleMatch,
 } from '../../src/engine/policy.js';
+import { IcapError, IcapErrorCodes } from '../../src/errors.js';
 import { Headers } from '../../src/protocol/headers.js';
 
 type FactsInit = Partial<Omit<RequestFacts, 'headers'>> & {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { IcapError } from '../../src/client/errors.js';
+import { IcapError } from '../../src/errors.js';
 import {
   IcapParser,
   type IcapRequestHead,

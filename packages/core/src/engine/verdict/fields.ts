@@ -1,4 +1,4 @@
-import type { Resolution, Violation } from './index.js';
+import type { Resolution, Violation } from './types.js';
 
 /**
  * Readers for the vendor header values that carry verdicts. Every function here is total: odd

@@ -8,7 +8,7 @@ import {
   parseInfectionFound,
   parseViolations,
 } from './fields.js';
-import type { Verdict, VerdictInput, Violation } from './index.js';
+import type { Verdict, VerdictInput, Violation } from './types.js';
 import { VENDOR_RULES, type VendorRules } from './vendors.js';
 
 /**

@@ -7,7 +7,7 @@ import {
   parseTaskUuid,
 } from './fields.js';
 import { analyse, decide } from './generic.js';
-import type { NsxDefenderLog, Verdict, VerdictInput, VerdictOptions } from './index.js';
+import type { NsxDefenderLog, Verdict, VerdictInput, VerdictOptions } from './types.js';
 import { VENDOR_RULES } from './vendors.js';
 
 export const DEFAULT_NSX_STATUS_URL = 'https://user.lastline.com/portal#/analyst/task/$uuid/overview';

@@ -1,5 +1,5 @@
 import { analyse, decide } from './generic.js';
-import type { OpswatLog, Verdict, VerdictInput } from './index.js';
+import type { OpswatLog, Verdict, VerdictInput } from './types.js';
 import { VENDOR_RULES } from './vendors.js';
 
 /**

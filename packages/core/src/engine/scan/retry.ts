@@ -1,7 +1,7 @@
-import { IcapError, type IcapErrorCode, IcapErrorCodes } from '../client/errors.js';
-import type { ServerHandle, ServerTransition } from './pool-group.js';
-import type { PinoLike } from './profile.js';
-import { serverStateMessage } from './telemetry.js';
+import { IcapError, type IcapErrorCode, IcapErrorCodes } from '../../errors.js';
+import type { ServerHandle, ServerTransition } from '../pool-group.js';
+import type { PinoLike } from '../profile.js';
+import { serverStateMessage } from '../telemetry.js';
 
 /**
  * The retry rule: what one failed ICAP attempt means for its server's health, and whether the
@@ -77,4 +77,37 @@ export function reportTransition(
   } catch {
     // a logger that throws does not change the server's health
   }
+}
+
+/**
+ * Failures of the ICAP side, the only errors the failure action applies to (an allow-list):
+ * anything else (the client's doing, a local failure, an unexpected exception) fails closed.
+ */
+const ICAP_SIDE_FAILURES = new Set<IcapErrorCode>([
+  // what counts against a server's health (above), and besides:
+  ...HEALTH_FAULTS,
+  IcapErrorCodes.SATURATED,
+  IcapErrorCodes.NO_SERVER,
+  IcapErrorCodes.CLOSED_CLIENT,
+]);
+
+/**
+ * ICAP 4xx answers to a REQMOD: the server refused what it was sent, which carries what the
+ * HTTP client chose (its size, its headers). Never a reason to pass the request unscanned.
+ */
+const REQMOD_REFUSALS = new WeakSet<IcapError>();
+
+/** Marks an ICAP 4xx answer as a refusal of the request (see REQMOD_REFUSALS). */
+export function markRefusal(error: IcapError): void {
+  REQMOD_REFUSALS.add(error);
+}
+
+/** Whether the ICAP server refused the request itself (an ICAP 4xx answer). */
+export function isRefusal(error: IcapError): boolean {
+  return REQMOD_REFUSALS.has(error);
+}
+
+/** Whether the failure action (fail-open) may apply to this error. */
+export function takesFailAction(error: IcapError): boolean {
+  return ICAP_SIDE_FAILURES.has(error.code) && !REQMOD_REFUSALS.has(error);
 }

@@ -1,12 +1,12 @@
-import { IcapError, IcapErrorCodes } from '../client/errors.js';
+import { IcapError, IcapErrorCodes } from '../../errors.js';
+import type { ResolvedMultipartLimits } from '../profile.js';
 import {
   type Disposition,
   IDENTITY_TRANSFER_ENCODINGS,
   type MediaType,
   parseDisposition,
   parseMediaType,
-} from './multipart-syntax.js';
-import type { ResolvedMultipartLimits } from './profile.js';
+} from './syntax.js';
 
 /**
  * A strict, streaming multipart/form-data parser: one pass over the raw bytes that both
@@ -20,7 +20,7 @@ import type { ResolvedMultipartLimits } from './profile.js';
  *   ends with `--B--` and at most one CRLF (no epilogue, nothing after the first close);
  * - lines end with CRLF (a bare LF or CR is refused), no header folding, every part header is
  *   `token ":" value`, none twice; Content-Disposition is `form-data` with a name (strict
- *   parameter syntax, see multipart-syntax.ts); Content-Type parses; Content-Transfer-Encoding
+ *   parameter syntax, see syntax.ts); Content-Type parses; Content-Transfer-Encoding
  *   is 7bit, 8bit or binary (others refused: formidable decodes base64, busboy does not);
  * - inside a part's content, `--B` after a CR or an LF is refused unless it is a real
  *   delimiter (CRLF `--B` then CRLF or `--`): `--BQ...`, `--B X-Pad`, LF-only delimiters are

@@ -1,16 +1,16 @@
-import { randomBytes } from 'node:crypto';
-import { PassThrough, Readable } from 'node:stream';
-import { BodyStore } from './body.js';
-import { MultipartParser, multipartError, type ParseEvent, type PartHead } from './multipart-parser.js';
-import { boundaryFrom, type MediaType, parseMediaType, SyntaxProblem } from './multipart-syntax.js';
-import type { ResolvedMultipartLimits } from './profile.js';
+import { PassThrough } from 'node:stream';
+import { untilAborted } from '../../client/abort.js';
+import { BodyStore } from '../body.js';
+import type { ResolvedMultipartLimits } from '../profile.js';
+import { MultipartParser, multipartError, type ParseEvent, type PartHead } from './parser.js';
+import { boundaryFrom, type MediaType, parseMediaType, SyntaxProblem } from './syntax.js';
 
-export { type AnomalyStatus, multipartError } from './multipart-parser.js';
+export { type AnomalyStatus, multipartError } from './parser.js';
 
 /**
  * multipart/form-data, part by part, and the form the application gets.
  *
- * The raw body is parsed while it arrives by icapkit's own strict parser (multipart-parser.ts:
+ * The raw body is parsed while it arrives by icapkit's own strict parser (multipart/parser.ts:
  * anything ambiguous or unparsable is a 400, a limit a 413, never a silent skip) and each part
  * is held in a store of its own (memory, then a temp file), so each can be scanned as a separate
  * ICAP request named after its file.
@@ -24,7 +24,7 @@ export { type AnomalyStatus, multipartError } from './multipart-parser.js';
  * reads this well-formed form, so it can extract nothing the scanner did not see.
  *
  * busboy is no longer used here: a second parse as a cross-check would cost CPU for no gain,
- * since this parser refuses everything busboy could read differently (see multipart-parser.ts).
+ * since this parser refuses everything busboy could read differently (see multipart/parser.ts).
  */
 
 export interface Part {
@@ -182,22 +182,8 @@ function nextOrAbort(
   source: AsyncIterator<Buffer>,
   signal: AbortSignal | undefined,
 ): Promise<IteratorResult<Buffer>> {
-  if (signal === undefined) return source.next();
-  if (signal.aborted) return Promise.reject(signal.reason);
-  return new Promise((resolve, reject) => {
-    const onAbort = () => reject(signal.reason);
-    signal.addEventListener('abort', onAbort, { once: true });
-    source.next().then(
-      (r) => {
-        signal.removeEventListener('abort', onAbort);
-        resolve(r);
-      },
-      (err: unknown) => {
-        signal.removeEventListener('abort', onAbort);
-        reject(err);
-      },
-    );
-  });
+  if (signal?.aborted) return Promise.reject(signal.reason);
+  return untilAborted(source.next(), signal);
 }
 
 /** Waits until a PassThrough takes more, or is closed. */
@@ -211,77 +197,4 @@ function drained(pipe: PassThrough): Promise<void> {
     pipe.on('drain', done);
     pipe.on('close', done);
   });
-}
-
-/** What a rebuilt form holds in place of a part. */
-export interface RebuiltPart {
-  part: Part;
-  /** Replacement content (a rewritten file), or the part's own. */
-  content?: { stream(): Readable; length: number } | undefined;
-}
-
-export interface CanonicalForm {
-  body: Readable;
-  length: number;
-  boundary: string;
-  /** `multipart/form-data; boundary=...` for the request the application gets. */
-  contentType: string;
-}
-
-/** A fresh boundary no client can predict (so no part content can contain it on purpose). */
-export function freshBoundary(): string {
-  return `----icapkit${randomBytes(16).toString('hex')}`;
-}
-
-/**
- * The form the application gets: `parts` in order, each with regenerated part headers
- * (Content-Disposition form-data with name and filename; for a file the Content-Type as sent, or
- * application/octet-stream when it had none; for a field none) and its
- * own or replacement content, under a fresh boundary. Its length is known in advance.
- */
-export function canonicalForm(parts: RebuiltPart[], boundary = freshBoundary()): CanonicalForm {
-  const pieces: Array<Buffer | (() => Readable)> = [];
-  let length = 0;
-  const add = (b: Buffer) => {
-    pieces.push(b);
-    length += b.length;
-  };
-  for (const { part, content } of parts) {
-    let head = `--${boundary}\r\nContent-Disposition: form-data; name="${escapeQuoted(part.head.nameBytes)}"`;
-    if (part.head.fileNameBytes !== undefined)
-      head += `; filename="${escapeQuoted(part.head.fileNameBytes)}"`;
-    head += '\r\n';
-    // A file without a Content-Type is a field to formidable: give it one, so every parser agrees.
-    // A field goes without one: its bytes are what was scanned, and a charset label would make
-    // parsers decode them into other text (UTF-16, say), so every parser reads them as UTF-8.
-    if (part.kind === 'file')
-      head += `Content-Type: ${part.head.contentType ?? 'application/octet-stream'}\r\n`;
-    // Byte strings: latin1 writes each char back as the byte it was read from.
-    add(Buffer.from(`${head}\r\n`, 'latin1'));
-    if (content !== undefined) {
-      pieces.push(() => content.stream());
-      length += content.length;
-    } else {
-      const store = part.store;
-      pieces.push(() => store.stream());
-      length += store.received;
-    }
-    add(Buffer.from('\r\n'));
-  }
-  add(Buffer.from(`--${boundary}--\r\n`, 'latin1'));
-  const body = Readable.from(
-    (async function* () {
-      for (const p of pieces) {
-        if (Buffer.isBuffer(p)) yield p;
-        else for await (const c of p()) yield c as Buffer;
-      }
-    })(),
-    { objectMode: false },
-  );
-  return { body, length, boundary, contentType: `multipart/form-data; boundary=${boundary}` };
-}
-
-/** How browsers escape names in multipart part headers (WHATWG HTML, "multipart/form-data encoding"). */
-function escapeQuoted(s: string): string {
-  return s.replace(/\r/g, '%0D').replace(/\n/g, '%0A').replace(/"/g, '%22');
 }

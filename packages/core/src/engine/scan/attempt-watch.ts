@@ -1,5 +1,5 @@
-import { IcapError, IcapErrorCodes } from '../client/errors.js';
-import type { ReplayableBody } from '../client/source.js';
+import type { ReplayableBody } from '../../client/source.js';
+import { IcapError, IcapErrorCodes } from '../../errors.js';
 
 /** Answer-body bytes that count as one step of progress (a trickle of single bytes does not). */
 const RESPONSE_PROGRESS_BYTES = 16 * 1024;

@@ -7,9 +7,6 @@
  * hazard) because it checks a global brand rather than the prototype chain, as undici does.
  */
 
-import type { Headers } from '../protocol/headers.js';
-import type { EncapsulatedHttpResponseHead } from '../protocol/parser.js';
-
 export const IcapErrorCodes = {
   /** TCP connect refused or failed (RFC 3507 §6.2 ICAP_CANT_CONNECT). */
   CONNECT: 'ICAP_ERR_CONNECT',
@@ -109,9 +106,10 @@ const BRAND = Symbol.for('icapkit.error');
 export interface IcapReceivedHead {
   status: number;
   reason: string;
-  headers: Headers;
   rawHeaders: string;
-  httpResponse: EncapsulatedHttpResponseHead | null;
+  // `headers` (a Headers) and `httpResponse` (the encapsulated HTTP response head, or null)
+  // are declared by protocol/parser.ts, which adds them to this interface (module
+  // augmentation): errors sit below the protocol layer and import nothing from it.
 }
 
 export interface IcapErrorOptions {

@@ -1,0 +1,126 @@
+import { createHash, type Hash } from 'node:crypto';
+import { Readable } from 'node:stream';
+import { BodyStore } from './store.js';
+
+/**
+ * The body an ICAP server sent back (a 200 with a modified or echoed message), read in full
+ * before the application sees any of it (fail closed: a server that aborts its answer half-way
+ * must not leave half a body with the application), and compared with the original.
+ *
+ * When the original is held in memory, the returned bytes are compared as they arrive and
+ * nothing is stored while they match, so an echo costs no memory; from the first difference on,
+ * the returned bytes are kept and the result is the original's matching prefix plus those bytes.
+ * Otherwise the returned body is kept (spooled like any body) and compared by length and SHA-256.
+ */
+export class AdaptedBody {
+  readonly #original: BodyStore | null;
+  readonly #limit: number;
+  readonly #compare: boolean;
+  #offset = 0;
+  #divergedAt = -1;
+  readonly #stored: BodyStore;
+  readonly #hash: Hash | undefined;
+
+  /** `limit`: largest body accepted; above it `write` returns false. */
+  constructor(
+    original: BodyStore | null,
+    limit: number,
+    storage: { memoryThreshold?: number; spoolDir?: string } = {},
+  ) {
+    this.#original = original;
+    this.#limit = limit;
+    this.#compare = original?.canCompare === true;
+    // Compared on the fly when the original is in memory; by hash when the original was only
+    // hashed (streamed, not kept); otherwise against the kept original (a temp file) at the end.
+    this.#hash = !this.#compare && original?.hashing === true ? createHash('sha256') : undefined;
+    this.#stored = new BodyStore({ limit, retainAll: true, ...storage });
+  }
+
+  get length(): number {
+    return this.#offset;
+  }
+
+  /** Returns false when the limit is exceeded (the caller fails the scan). */
+  write(chunk: Buffer): boolean {
+    if (this.#offset + chunk.length > this.#limit) return false;
+    if (this.#compare && this.#divergedAt === -1) {
+      if (this.#original!.equalsAt(this.#offset, chunk)) {
+        this.#offset += chunk.length;
+        return true;
+      }
+      this.#divergedAt = this.#offset;
+    }
+    this.#stored.push(chunk);
+    this.#hash?.update(chunk);
+    this.#offset += chunk.length;
+    return true;
+  }
+
+  /** True when the returned body is byte for byte the original one. */
+  async identical(): Promise<boolean> {
+    const original = this.#original;
+    if (original === null) return this.#offset === 0;
+    if (!original.ended || this.#offset !== original.received) return false;
+    if (this.#compare) return this.#divergedAt === -1;
+    if (this.#hash !== undefined) return this.#hash.digest('hex') === original.sha256;
+    if (!original.complete) return false;
+    this.#stored.end();
+    return sameBytes(original.open(), this.#stored.open());
+  }
+
+  /** The returned body as a stream (matching prefix from the original, then the stored bytes). */
+  stream(): Readable {
+    this.#stored.end();
+    const prefix = this.#compare
+      ? this.#original!.slices(this.#divergedAt === -1 ? this.#offset : this.#divergedAt)
+      : [];
+    const rest = this.#stored.stream();
+    this.#stored.release();
+    if (prefix.length === 0) return rest;
+    const whole = Readable.from(
+      (async function* () {
+        yield* prefix;
+        yield* rest;
+      })(),
+      { objectMode: false },
+    );
+    // Destroyed before it reached `rest` (still in the prefix): `rest` and its temp file go too.
+    whole.once('close', () => rest.destroy());
+    return whole;
+  }
+
+  /** Frees the stored bytes (and their temp file). */
+  dispose(): void {
+    this.#stored.dispose();
+  }
+}
+
+/** Whether two readers yield the same bytes (chunked differently, maybe). Closes both. */
+async function sameBytes(a: AsyncIterator<Buffer>, b: AsyncIterator<Buffer>): Promise<boolean> {
+  let x: Buffer = Buffer.alloc(0);
+  let y: Buffer = Buffer.alloc(0);
+  try {
+    for (;;) {
+      if (x.length === 0) {
+        const r = await a.next();
+        if (!r.done) x = r.value;
+        else {
+          if (y.length > 0) return false;
+          return (await b.next()).done === true;
+        }
+      }
+      if (y.length === 0) {
+        const r = await b.next();
+        if (r.done) return false;
+        y = r.value;
+      }
+      const n = Math.min(x.length, y.length);
+      if (!x.subarray(0, n).equals(y.subarray(0, n))) return false;
+      x = x.subarray(n);
+      y = y.subarray(n);
+    }
+  } finally {
+    void a.return?.();
+    void b.return?.();
+  }
+}

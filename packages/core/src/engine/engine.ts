@@ -1,0 +1,182 @@
+import { emitLog, type IcapAction, type IcapLog } from './log.js';
+import type { PolicyDecision } from './policy.js';
+import { PoolGroup, type ServerStatus } from './pool-group.js';
+import { type IcapProfile, type PinoLike, type ResolvedProfile, resolveProfile } from './profile.js';
+import { requestFacts, type ScanRequest } from './request.js';
+import { admit } from './scan/admission.js';
+import { ClientIntake } from './scan/intake.js';
+import { newLog } from './scan/outcome.js';
+import { reportTransition } from './scan/retry.js';
+import { Scan } from './scan/scan.js';
+import { Telemetry } from './telemetry.js';
+import type { EngineCore, LogListener, RespondOutcome, ScanOptions, ScanOutcome } from './types.js';
+
+export type {
+  AbortedOutcome,
+  LogListener,
+  PassOutcome,
+  RespondOutcome,
+  RewriteOutcome,
+  ScanOptions,
+  ScanOutcome,
+} from './types.js';
+
+/**
+ * The one entry point the framework adapters call: `engine.scan(req)` reads the request body
+ * (as it arrives), runs the ICAP transaction against the profile's servers (failing over while
+ * the body can be replayed), and says what to do with the request:
+ *
+ * - `pass`: continue to the application; `body` is the original body (replayed from what was
+ *   held, or null when the request was not touched at all);
+ * - `rewrite`: continue with the ICAP server's modified request (new method, URL, headers, body);
+ * - `respond`: answer the client with `status`, `headers`, `body` (403, 413, 503) and stop;
+ * - `aborted`: the client went away (or the caller aborted); nothing to answer.
+ *
+ * No byte of the body reaches the application before the verdict allows it (fail closed),
+ * unless the profile says fail-open for the situation at hand. Every call produces one
+ * `icap_log` record, delivered to `onLog` and the logger, and attached to the outcome.
+ */
+
+export class IcapEngine {
+  readonly profile: ResolvedProfile;
+  readonly #group: PoolGroup;
+  readonly #telemetry: Telemetry;
+  readonly #logListeners = new Set<LogListener>();
+  readonly #intake: ClientIntake;
+  /** What every request's Scan borrows from the engine (one object, made once). */
+  readonly #core: EngineCore;
+
+  constructor(profile: IcapProfile) {
+    this.profile = resolveProfile(profile);
+    this.#intake = new ClientIntake(this.profile.maxBodiesPerClient);
+    this.#group = new PoolGroup(this.profile);
+    this.#telemetry = new Telemetry(
+      this.profile.name,
+      this.profile.vendor,
+      this.#group,
+      this.profile.metrics,
+    );
+    this.#group.onStateChange = (server, _state, change) => {
+      this.#telemetry.serverState(server, change);
+      reportTransition(this.profile.logger, this.profile.name, server, change);
+    };
+    this.#core = {
+      profile: this.profile,
+      group: this.#group,
+      telemetry: this.#telemetry,
+      intake: this.#intake,
+      closed: false,
+      emit: (log, logger) => this.#emit(log, logger),
+    };
+  }
+
+  /** Whether the policy sends this request to ICAP (nothing is read). */
+  decide(req: ScanRequest): PolicyDecision {
+    return this.profile.policy.evaluate(requestFacts(req));
+  }
+
+  /** Health and connections of every server. */
+  status(): ServerStatus[] {
+    return this.#group.status();
+  }
+
+  /** Uploads from a client address still arriving (what maxBodiesPerClient limits; counted only with it). */
+  uploadsArriving(address: string): number {
+    return this.#intake.count(address);
+  }
+
+  /** The pool group (for instrumentation). */
+  get poolGroup(): PoolGroup {
+    return this.#group;
+  }
+
+  /**
+   * Adds a receiver of every `icap_log` record, after the profile's `onLog` and the logger
+   * (which it does not replace). Returns the function that removes it. A listener that throws
+   * is reported to the logger and does not affect the scan or the other listeners.
+   */
+  addLogListener(listener: LogListener): () => void {
+    const entry: LogListener = (log) => listener(log);
+    this.#logListeners.add(entry);
+    return () => {
+      this.#logListeners.delete(entry);
+    };
+  }
+
+  /** Sends a finished record to `onLog`, the logger and the log listeners. */
+  #emit(log: IcapLog, logger: PinoLike | undefined): void {
+    emitLog(log, this.profile.onLog, logger);
+    for (const listener of this.#logListeners) {
+      try {
+        listener(log);
+      } catch (err) {
+        logger?.error({ err }, 'icapkit: a log listener threw');
+      }
+    }
+  }
+
+  /** Stops probes and closes every ICAP connection. */
+  async close(): Promise<void> {
+    this.#core.closed = true;
+    this.#telemetry.close();
+    this.#group.close();
+  }
+
+  /** Scans one request: see scan/scan.ts for what happens to it, stage by stage. */
+  scan(req: ScanRequest, options: ScanOptions = {}): Promise<ScanOutcome> {
+    try {
+      return new Scan(this.#core, req, options).run();
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
+  /**
+   * For a request that announced `Expect: 100-continue`: the answer that can be given before
+   * the client sends its body (413, 415), or null when the body is wanted. A refusal is logged
+   * like any other; a fail-open pass is not a refusal (null).
+   */
+  async preflight(req: ScanRequest, options: ScanOptions = {}): Promise<RespondOutcome | null> {
+    const profile = this.profile;
+    const facts = requestFacts(req);
+    const decision = profile.policy.evaluate(facts);
+    if (!decision.scan) return null;
+    const log = newLog(profile.name, facts, decision);
+    const early = await admit({ profile, facts, log, options });
+    if (early === null || early.kind !== 'respond') return null;
+    log.action = early.action;
+    log.http_response_code = early.status;
+    log.significant = true;
+    this.#telemetry.scanEnd(this.#telemetry.scanStart(facts.method, log.uri_path), log, 0);
+    this.#emit(log, options.logger ?? profile.logger);
+    return early;
+  }
+}
+
+/** What the application can read about the scan of its request (`req.icap`, `request.icap`, `ctx.state.icap`). */
+export interface IcapRequestInfo {
+  action: IcapAction;
+  /** Threat name when blocked. */
+  threat: string | undefined;
+  /** The policy rule that decided, if any. */
+  rule: string | undefined;
+  /** Parts removed from a multipart form (infectedPartAction 'strip'). */
+  removed: NonNullable<IcapLog['removed_parts']>;
+  /** The full icap_log record. */
+  log: IcapLog;
+}
+
+export function requestInfo(outcome: ScanOutcome): IcapRequestInfo {
+  return {
+    action: outcome.action,
+    threat: outcome.threat,
+    rule: outcome.log.rule_name,
+    removed: outcome.log.removed_parts ?? [],
+    log: outcome.log,
+  };
+}
+
+/** Creates an engine for a profile (validated now; throws ICAP_ERR_INVALID_PROFILE). */
+export function createEngine(profile: IcapProfile): IcapEngine {
+  return new IcapEngine(profile);
+}

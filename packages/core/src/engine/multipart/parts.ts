@@ -1,0 +1,310 @@
+import { IcapError, IcapErrorCodes } from '../../errors.js';
+import { endToEndHeaders, Headers } from '../../protocol/headers.js';
+import type { BodyStore } from '../body.js';
+import type { IcapRequestLog } from '../log.js';
+import type { HttpRequestFacts } from '../request.js';
+import { buildResponse } from '../respond.js';
+import { exchange } from '../scan/exchange.js';
+import { base, passBody } from '../scan/outcome.js';
+import { takesFailAction } from '../scan/retry.js';
+import type { ExchangeContext, PartResult, RequestContext, ScanOutcome } from '../types.js';
+import { canonicalForm } from './canonical.js';
+import { type Part, parseMultipart } from './parse.js';
+
+/**
+ * multipart/form-data scanned part by part (`multipart: 'per-file'`): the strict parser
+ * (parse.ts) splits the form while it arrives, each part is its own ICAP request (exchange),
+ * and the application gets the form serialised again from what was scanned (canonical.ts).
+ */
+
+/** What the per-file scan of a form reads from the request's scan (scan/scan.ts). */
+export interface FormScan extends RequestContext, ExchangeContext {
+  /** The request as the ICAP server sees it (decoded when the body was compressed). */
+  readonly scanFacts: HttpRequestFacts;
+  /** The form's bytes as scanned (the decoded store for a compressed body). */
+  readonly scanned: BodyStore;
+  /** The request body as it arrived (the same store unless it was decoded). */
+  readonly store: BodyStore;
+  readonly contentType: string;
+  /** Aborts with the request (client gone, responseTimeout, the caller). */
+  readonly signal: AbortSignal;
+}
+
+/**
+ * multipart/form-data scanned per file: the strict parser splits the form (refusing what it
+ * cannot read one way only), each part (and each non-empty field, unless skipped) is its own
+ * ICAP request named after its file, `multipartConcurrency` at a time. The application always
+ * gets a form serialised from this parse (canonicalForm): all clean, every part (pass, with
+ * new content-type and content-length headers); a part blocked, 403 naming it, or (strip) the
+ * form without it; a part rewritten, the form with the new content.
+ */
+export async function scanParts(scan: FormScan): Promise<ScanOutcome> {
+  const { profile: p, scanFacts: facts, scanned: store, store: replay, signal, log, options } = scan;
+  const local = new AbortController();
+  const onAbort = () => local.abort(signal.reason);
+  if (signal.aborted) onAbort();
+  else signal.addEventListener('abort', onAbort, { once: true });
+  const run = limiter(p.multipartConcurrency);
+  const scans: Array<Promise<PartResult>> = [];
+  const scannedParts: Part[] = [];
+  // Every part, as soon as it starts: a failed parse must still dispose what was created.
+  const parts: Part[] = [];
+  const disposeParts = () => {
+    for (const part of parts) part.store.dispose();
+  };
+  /** 403 naming the first infected part. */
+  const blockedPart = (first: PartResult, clientHeaders: Array<[string, string]> = []): ScanOutcome => {
+    log.significance.push('ICAP_BLOCKED');
+    const response = buildResponse('blocked', facts.headers.get('accept'), {
+      threat: first.verdict?.threat_id,
+      fileName: first.part.fileName ?? first.part.field,
+      requestId: options.requestId,
+    });
+    return {
+      ...base('ICAP_BLOCKED', log, first.verdict?.threat_id, clientHeaders, () => {
+        store.dispose();
+        replay.dispose();
+      }),
+      kind: 'respond',
+      status: response.status,
+      headers: [...response.headers, ...clientHeaders],
+      body: response.body,
+      // The rest of a malformed form may not have been read.
+      closeConnection: !store.ended,
+    };
+  };
+  try {
+    await parseMultipart(
+      scan.contentType,
+      store.open(),
+      { limits: p.multipartLimits, storage: { memoryThreshold: p.memoryThreshold, spoolDir: p.spoolDir } },
+      (part) => {
+        parts.push(part);
+        if (!mustScanPart(part, p.multipartFields)) return;
+        // A scan failing for its own reason must not be an unhandled rejection before it is awaited.
+        const task = run(() => scanPart(scan, part, local.signal));
+        task.catch(() => {});
+        scans.push(task);
+        scannedParts.push(part);
+      },
+      local.signal,
+    );
+  } catch (err) {
+    local.abort(err);
+    const done = await Promise.allSettled(scans);
+    disposeParts();
+    // A threat already found is not lost to a malformed rest of the form: 403, not 400.
+    const threat = done.find(
+      (r): r is PromiseFulfilledResult<PartResult> => r.status === 'fulfilled' && r.value.type === 'blocked',
+    );
+    if (threat !== undefined && err instanceof IcapError && err.code === IcapErrorCodes.MULTIPART) {
+      log.file_names = parts.filter((x) => x.kind === 'file').map((x) => x.fileName ?? '');
+      log.significance.push('MULTIPART_REFUSED');
+      log.error_code = err.code;
+      log.error_message = err.message;
+      return blockedPart(threat.value);
+    }
+    throw err;
+  } finally {
+    signal.removeEventListener('abort', onAbort);
+  }
+  const settled = await Promise.allSettled(scans);
+  const results: PartResult[] = [];
+  for (const [i, r] of settled.entries()) {
+    if (r.status === 'fulfilled') {
+      results.push(r.value);
+      continue;
+    }
+    // The whole form was parsed: a scan stopped by responseTimeout is an ICAP failure of that
+    // part (the failure action decides); anything else (the client, an abort) ends the scan.
+    const e = r.reason;
+    if (e instanceof IcapError && e.code === IcapErrorCodes.TIMEOUT) {
+      results.push({ part: scannedParts[i]!, type: 'failed', error: e });
+      continue;
+    }
+    disposeParts();
+    throw e;
+  }
+  log.file_names = parts.filter((x) => x.kind === 'file').map((x) => x.fileName ?? '');
+  const clientHeaders = results.flatMap((r) => r.verdict?.client_headers ?? []);
+  if (results.some((r) => r.verdict?.unscannable)) log.significance.push('UNSCANNABLE');
+
+  const blocked = results.filter((r) => r.type === 'blocked');
+  if (blocked.length > 0 && p.infectedPartAction === 'block') {
+    disposeParts();
+    return blockedPart(blocked[0]!, clientHeaders);
+  }
+  const failed = results.filter((r) => r.type === 'failed');
+  if (failed.length > 0) {
+    if (p.failAction === 'fail-closed') {
+      disposeParts();
+      throw failed[0]!.error;
+    }
+    log.significance.push('ICAP_ERROR', 'FAIL_OPEN');
+    log.fail_action = 'fail-open';
+    log.error_code = failed[0]!.error!.code;
+    log.error_message = failed[0]!.error!.message;
+  }
+  const modified = results.filter((r) => r.type === 'modified');
+  // The form for the application: serialised from the parse, without the blocked parts
+  // (strip), with the rewritten ones, under a fresh boundary.
+  const byIndex = new Map(results.map((r) => [r.part.index, r]));
+  const kept = parts
+    .filter((part) => byIndex.get(part.index)?.type !== 'blocked')
+    .map((part) => {
+      const r = byIndex.get(part.index);
+      return r?.type === 'modified' && r.adapted !== undefined
+        ? { part, content: { stream: () => r.adapted!.stream(), length: r.adapted.length } }
+        : { part };
+    });
+  const form = canonicalForm(kept);
+  const headers = endToEndHeaders(facts.headerPairs).filter(
+    ([n]) => !FORM_HEADERS_REPLACED.has(n.toLowerCase()),
+  );
+  headers.push(['content-type', form.contentType], ['content-length', String(form.length)]);
+  store.dispose();
+  replay.dispose();
+  const disposeForm = () => {
+    form.body.destroy();
+    disposeParts();
+    for (const r of modified) r.adapted?.dispose();
+  };
+  if (blocked.length === 0 && modified.length === 0) {
+    const action = failed.length > 0 ? 'ICAP_FAILED' : 'ICAP_PASSED';
+    const outcome = passBody(action, log, form.body, form.length, clientHeaders, disposeForm);
+    outcome.headers = headers;
+    return outcome;
+  }
+  if (blocked.length > 0) {
+    log.significance.push('ICAP_BLOCKED', 'PARTS_REMOVED');
+    log.removed_parts = blocked.map((r) => {
+      const removed: { field: string; file_name?: string; threat_id?: string } = { field: r.part.field };
+      if (r.part.fileName !== undefined) removed.file_name = r.part.fileName;
+      if (r.verdict?.threat_id !== undefined) removed.threat_id = r.verdict.threat_id;
+      return removed;
+    });
+  }
+  if (modified.length > 0) log.significance.push('ICAP_MODIFIED');
+  return {
+    ...base('ICAP_MODIFIED', log, blocked[0]?.verdict?.threat_id, clientHeaders, disposeForm),
+    kind: 'rewrite',
+    method: facts.method,
+    url: facts.target,
+    headers,
+    body: form.body,
+    contentLength: form.length,
+  };
+}
+
+/** One part as its own ICAP request. ICAP failures are a result; aborts and client errors throw. */
+async function scanPart(scan: FormScan, part: Part, signal: AbortSignal): Promise<PartResult> {
+  await part.done;
+  // A field is scanned as its raw bytes (whatever its charset): what the application gets.
+  const body = part.store;
+  if (part.kind === 'field' && body.received === 0) return { part, type: 'clean', verdict: undefined };
+  const subject = partFacts(scan.scanFacts, part, body.received);
+  const entries: IcapRequestLog[] = [];
+  try {
+    const result = await exchange(scan, subject, body, signal, entries);
+    for (const entry of entries) nameEntry(entry, part);
+    if (result.type === 'clean') return { part, type: 'clean', verdict: result.verdict ?? undefined };
+    if (result.type === 'blocked') return { part, type: 'blocked', verdict: result.verdict };
+    const identical = await result.adapted.identical();
+    const entry = entries.at(-1);
+    if (entry !== undefined) {
+      entry.action = identical ? 'ICAP_PASSED' : 'ICAP_MODIFIED';
+      if (!identical) entry.modified_content_length = result.adapted.length;
+    }
+    return identical
+      ? { part, type: 'clean', verdict: result.verdict }
+      : { part, type: 'modified', verdict: result.verdict, adapted: result.adapted };
+  } catch (err) {
+    for (const entry of entries) nameEntry(entry, part);
+    if (
+      err instanceof IcapError &&
+      takesFailAction(err) &&
+      (!signal.aborted || err.code === IcapErrorCodes.NO_SERVER)
+    )
+      return { part, type: 'failed', error: err };
+    throw err;
+  }
+}
+
+/** Request headers a canonical multipart form replaces (or drops: it has no transfer or content coding). */
+const FORM_HEADERS_REPLACED = new Set([
+  'content-type',
+  'content-length',
+  'transfer-encoding',
+  'content-encoding',
+]);
+
+/**
+ * Whether a part is scanned: files always; fields unless `multipartFields: 'skip'`, and even
+ * then a field whose name holds `filename` (a parser that finds `filename=` with a regex over
+ * the whole Content-Disposition value could make a file of it; formidable 3.5 does not, but
+ * the cost of scanning such a field is nil).
+ */
+function mustScanPart(part: Part, fields: 'scan' | 'skip'): boolean {
+  if (part.kind === 'file' || fields === 'scan') return true;
+  return /filename/i.test(part.head.nameBytes);
+}
+
+/** Runs at most `n` tasks at once. */
+function limiter(n: number): <T>(task: () => Promise<T>) => Promise<T> {
+  let active = 0;
+  const queue: Array<() => void> = [];
+  return <T>(task: () => Promise<T>) =>
+    new Promise<T>((resolve, reject) => {
+      const start = () => {
+        active++;
+        task()
+          .then(resolve, reject)
+          .finally(() => {
+            active--;
+            queue.shift()?.();
+          });
+      };
+      if (active < n) start();
+      else queue.push(start);
+    });
+}
+
+/** The encapsulated request for one part: the original request line, the part's own headers. */
+function partFacts(facts: HttpRequestFacts, part: Part, length: number): HttpRequestFacts {
+  const name = part.fileName ?? part.field;
+  const pairs: Array<[string, string]> = [];
+  if (facts.host !== undefined) pairs.push(['Host', facts.host]);
+  pairs.push(
+    ['Content-Type', part.mimeType],
+    ['Content-Disposition', contentDisposition(part.kind === 'file' ? 'attachment' : 'form-data', name)],
+  );
+  return {
+    ...facts,
+    method: 'POST',
+    headerPairs: pairs,
+    headers: new Headers(pairs),
+    hasBody: true,
+    contentLength: length,
+    chunked: false,
+    fileName: name,
+  };
+}
+
+/** A Content-Disposition value safe on the wire, with the UTF-8 name in filename* (RFC 6266). */
+function contentDisposition(type: string, name: string): string {
+  const ascii = name.replace(/[^\x20-\x7e]|["\\]/g, '_');
+  const encoded = encodeURIComponent(name).replace(
+    /['()*]/g,
+    (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`,
+  );
+  return ascii === name
+    ? `${type}; filename="${name}"`
+    : `${type}; filename="${ascii}"; filename*=UTF-8''${encoded}`;
+}
+
+/** Names a part's log entry and its violations after the part. */
+function nameEntry(entry: IcapRequestLog, part: Part): void {
+  const name = part.fileName ?? part.field;
+  entry.file_name = name;
+  for (const v of entry.violations ?? []) if (v.file_name === '' || v.file_name === '-') v.file_name = name;
+}

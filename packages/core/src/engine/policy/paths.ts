@@ -1,0 +1,201 @@
+import { isUtf8 } from 'node:buffer';
+import { MAX_PATH_STATES } from './types.js';
+
+// ---------------------------------------------------------------------------------------------
+// Path readings
+
+/**
+ * The readings of a request target's path an application or a proxy in front of it might route
+ * on, deduplicated, the raw path first:
+ * - the raw path: query and fragment removed; for an absolute-form target its path part
+ *   (`/` when empty); also with a leading '/' when it has none;
+ * - closed under: percent-decoding (at most twice, so `%252e` becomes `.`; `%2F` and `%5C`
+ *   included; invalid escapes kept; UTF-8 when the bytes are UTF-8, else Latin-1), backslashes
+ *   as slashes, dot segments removed per RFC 3986 §5.2.4 (`%2e` counting as `.`), repeated
+ *   slashes collapsed, `;params` removed from segments; each in any order;
+ * - and each of those without a trailing slash.
+ */
+export function pathCandidates(target: string): string[] {
+  const raw = rawPath(target);
+  if (isPlainPath(raw)) return [raw];
+
+  const out = new Set<string>();
+  const add = (s: string) => {
+    out.add(s);
+    const t = trimTrailingSlashes(s);
+    if (t !== s) out.add(t);
+  };
+  // A reading and how many decodings it may still go through.
+  const states = new Map<string, number>();
+  const queue: Array<[string, number]> = [];
+  const push = (s: string, decodes: number) => {
+    const known = states.get(s);
+    if (known !== undefined && known >= decodes) return;
+    if (known === undefined && states.size >= MAX_PATH_STATES) return;
+    states.set(s, decodes);
+    queue.push([s, decodes]);
+  };
+  push(raw, 2);
+  if (!raw.startsWith('/')) push(`/${raw}`, 2);
+  for (let i = 0; i < queue.length; i++) {
+    const [s, decodes] = queue[i]!;
+    add(s);
+    push(backslashesToSlashes(s), decodes);
+    push(removeDotSegments(s), decodes);
+    push(collapseSlashes(s), decodes);
+    push(removeParams(s), decodes);
+    if (decodes > 0) push(percentDecode(s), decodes - 1);
+  }
+  return [...out];
+}
+
+export function rawPath(target: string): string {
+  let start = 0;
+  const scheme = SCHEME.exec(target);
+  if (scheme !== null) start = authorityEnd(target, scheme[0].length);
+  let end = start;
+  for (; end < target.length; end++) {
+    const c = target.charCodeAt(end);
+    if (c === 0x3f || c === 0x23) break;
+  }
+  const path = target.slice(start, end);
+  return path === '' ? '/' : path;
+}
+
+/** True when no reading can differ from the path itself. */
+export function isPlainPath(p: string): boolean {
+  const n = p.length;
+  if (p.charCodeAt(0) !== 0x2f) return false;
+  if (n > 1 && p.charCodeAt(n - 1) === 0x2f) return false;
+  for (let i = 0; i < n; i++) {
+    const c = p.charCodeAt(i);
+    if (c === 0x25 || c === 0x5c || c === 0x3b) return false; // % \ ;
+    if (c === 0x2e && p.charCodeAt(i - 1) === 0x2f) {
+      // '/.' starting a '.' or '..' segment
+      const next = i + 1 < n ? p.charCodeAt(i + 1) : 0x2f;
+      if (next === 0x2f) return false;
+      if (next === 0x2e && (i + 2 >= n || p.charCodeAt(i + 2) === 0x2f)) return false;
+    }
+    if (c === 0x2f && p.charCodeAt(i + 1) === 0x2f) return false;
+  }
+  return true;
+}
+
+export function trimTrailingSlashes(s: string): string {
+  let end = s.length;
+  while (end > 1 && s.charCodeAt(end - 1) === 0x2f) end--;
+  return end === s.length ? s : s.slice(0, end);
+}
+
+export function backslashesToSlashes(s: string): string {
+  return s.includes('\\') ? s.replaceAll('\\', '/') : s;
+}
+
+export function collapseSlashes(s: string): string {
+  return s.includes('//') ? s.replace(/\/{2,}/g, '/') : s;
+}
+
+/** `/a;x=1/b;y` -> `/a/b`. */
+export function removeParams(s: string): string {
+  return s.includes(';') ? s.replace(/;[^/]*/g, '') : s;
+}
+
+/** 0: not a dot segment, 1: `.`, 2: `..` (`%2e` counting as a dot). */
+export function dotSegment(seg: string): 0 | 1 | 2 {
+  if (seg === '.') return 1;
+  if (seg === '..') return 2;
+  if (seg.length < 3 || seg.length > 6) return 0;
+  const s = seg.toLowerCase();
+  if (s === '%2e') return 1;
+  if (s === '.%2e' || s === '%2e.' || s === '%2e%2e') return 2;
+  return 0;
+}
+
+/** RFC 3986 §5.2.4 on an absolute path; other strings are returned as they are. */
+export function removeDotSegments(path: string): string {
+  if (!path.startsWith('/') || !/\.|%2e/i.test(path)) return path;
+  const segments = path.split('/');
+  const out: string[] = [''];
+  const last = segments.length - 1;
+  for (let i = 1; i <= last; i++) {
+    const seg = segments[i]!;
+    const dots = dotSegment(seg);
+    if (dots === 0) {
+      out.push(seg);
+      continue;
+    }
+    if (dots === 2 && out.length > 1) out.pop();
+    // A trailing dot segment leaves the path ending in '/'.
+    if (i === last) out.push('');
+  }
+  return out.length === 1 ? '/' : out.join('/');
+}
+
+export function isHexDigit(c: number): boolean {
+  return (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x46) || (c >= 0x61 && c <= 0x66);
+}
+
+/** True when a valid %XX escape starts at `i`. */
+export function isEscapeAt(s: string, i: number): boolean {
+  return (
+    s.charCodeAt(i) === 0x25 &&
+    i + 2 < s.length &&
+    isHexDigit(s.charCodeAt(i + 1)) &&
+    isHexDigit(s.charCodeAt(i + 2))
+  );
+}
+
+/** Decodes every %XX once; invalid escapes stay as they are. */
+export function percentDecode(s: string): string {
+  let i = s.indexOf('%');
+  if (i === -1) return s;
+  let out = '';
+  let literalFrom = 0;
+  while (i < s.length) {
+    if (!isEscapeAt(s, i)) {
+      i++;
+      continue;
+    }
+    out += s.slice(literalFrom, i);
+    const bytes: number[] = [];
+    while (isEscapeAt(s, i)) {
+      bytes.push(Number.parseInt(s.slice(i + 1, i + 3), 16));
+      i += 3;
+    }
+    out += bytesToString(bytes);
+    literalFrom = i;
+  }
+  return out + s.slice(literalFrom);
+}
+
+export function bytesToString(bytes: number[]): string {
+  if (bytes.every((b) => b < 0x80)) {
+    let s = '';
+    for (const b of bytes) s += String.fromCharCode(b);
+    return s;
+  }
+  const buf = Buffer.from(bytes);
+  return buf.toString(isUtf8(buf) ? 'utf8' : 'latin1');
+}
+
+// The authority of an absolute-form target (read here for the path, and by readings.ts for the host).
+
+export const SCHEME = /^[A-Za-z][A-Za-z0-9+.-]*:\/\//;
+
+/** The authority of an absolute-form target (`http://h:80/p` -> `h:80`), else undefined. */
+export function absoluteAuthority(target: string): string | undefined {
+  const scheme = SCHEME.exec(target);
+  if (scheme === null) return undefined;
+  const start = scheme[0].length;
+  return target.slice(start, authorityEnd(target, start));
+}
+
+/** Index where an authority starting at `start` ends: at `/`, `\`, `?` or `#`. */
+export function authorityEnd(target: string, start: number): number {
+  let i = start;
+  for (; i < target.length; i++) {
+    const c = target.charCodeAt(i);
+    if (c === 0x2f || c === 0x5c || c === 0x3f || c === 0x23) break;
+  }
+  return i;
+}

@@ -1,0 +1,150 @@
+/** The policy's rule types (what a profile writes), its decisions, and their compiled form. */
+
+import type { Headers } from '../../protocol/headers.js';
+
+export interface RequestFacts {
+  /** As received, e.g. 'POST'. */
+  method: string;
+  /** Raw request target: origin-form `/p?q` or absolute-form `http://h/p`. */
+  target: string;
+  /** Host header or HTTP/2 :authority, possibly with a port. */
+  host: string | undefined;
+  headers: Headers;
+  /** IPv4, IPv6 or IPv4-mapped IPv6. */
+  clientIp: string | undefined;
+  hasBody: boolean;
+}
+
+export type PolicyAction = 'enable-icap' | 'skip';
+
+/** A text test: matches when any entry of any list matches (OR); `negate` inverts the result. */
+export interface StringMatch {
+  exact?: readonly string[] | undefined;
+  prefix?: readonly string[] | undefined;
+  suffix?: readonly string[] | undefined;
+  contains?: readonly string[] | undefined;
+  /** JavaScript regular expressions, unanchored (use ^ and $), at most 1000 characters each. */
+  regex?: readonly string[] | undefined;
+  /** Default false. */
+  caseSensitive?: boolean | undefined;
+  /** Inverts the match. */
+  negate?: boolean | undefined;
+}
+
+/** A header field or query parameter criterion. */
+export interface HeaderCriterion {
+  /** Header field name (case-insensitive) or query parameter name (exact, after decoding). */
+  name: string;
+  /** true: it must be there; false: it must not be there. */
+  present?: boolean | undefined;
+  /** Some value must match; a string is an exact (case-insensitive) match. Implies presence. */
+  value?: StringMatch | string | undefined;
+}
+
+export type QueryCriterion = HeaderCriterion;
+
+/** Every criterion given must hold (AND); within a list any entry may hold (OR). */
+export interface RuleMatch {
+  /** Methods, case-insensitive; also matched against method-override headers. */
+  method?: readonly string[] | undefined;
+  /** A string is a prefix match: `'/upload'` is `{ prefix: ['/upload'] }`. */
+  path?: StringMatch | string | undefined;
+  /** Exact host names (port ignored, case-insensitive); `*.example.com` matches subdomains. */
+  host?: readonly string[] | undefined;
+  headers?: readonly HeaderCriterion[] | undefined;
+  /** Media types without parameters, case-insensitive; `image/*` and `*∕*` wildcards. */
+  contentType?: readonly string[] | undefined;
+  query?: readonly QueryCriterion[] | undefined;
+  /** IPs and CIDRs, IPv4 and IPv6; IPv4-mapped IPv6 clients match IPv4 entries. */
+  clientIp?: readonly string[] | undefined;
+}
+
+export interface PolicyRule {
+  /** Required, unique; appears in the log. */
+  name: string;
+  /** Default true. A disabled rule is still validated. */
+  enabled?: boolean | undefined;
+  /** Absent: matches every request. */
+  match?: RuleMatch | undefined;
+  action: PolicyAction;
+}
+
+export interface PolicyDecision {
+  scan: boolean;
+  /** Name of the deciding rule. */
+  rule: string | undefined;
+  reason: 'rule' | 'no-rule-matched' | 'no-rules' | 'no-body';
+}
+
+export interface CompiledPolicy {
+  readonly rules: readonly PolicyRule[];
+  evaluate(facts: RequestFacts): PolicyDecision;
+}
+
+export const METHOD_OVERRIDE_HEADERS = [
+  'x-http-method-override',
+  'x-http-method',
+  'x-method-override',
+] as const;
+export const RULE_KEYS = ['name', 'enabled', 'match', 'action'] as const;
+export const MATCH_KEYS = ['method', 'path', 'host', 'headers', 'contentType', 'query', 'clientIp'] as const;
+export const STRING_MATCH_LISTS = ['exact', 'prefix', 'suffix', 'contains', 'regex'] as const;
+export const STRING_MATCH_KEYS = [...STRING_MATCH_LISTS, 'caseSensitive', 'negate'] as const;
+export const CRITERION_KEYS = ['name', 'present', 'value'] as const;
+export const MAX_REGEX_LENGTH = 1000;
+/** Upper bound on the path readings expanded per request (a normal path has 1, an odd one a few). */
+export const MAX_PATH_STATES = 256;
+/** RFC 9110 token. */
+export const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+export const MEDIA_PART = "[a-z0-9!#$&^_.+'`|~-]+";
+export const MEDIA_TYPE = new RegExp(`^(?:\\*/\\*|${MEDIA_PART}/(?:\\*|${MEDIA_PART}))$`);
+export const HOST_LABELS = /^[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?)*$/;
+
+export const NO_RULES: PolicyDecision = Object.freeze({ scan: true, rule: undefined, reason: 'no-rules' });
+export const NO_BODY: PolicyDecision = Object.freeze({ scan: false, rule: undefined, reason: 'no-body' });
+export const NO_MATCH: PolicyDecision = Object.freeze({
+  scan: false,
+  rule: undefined,
+  reason: 'no-rule-matched',
+});
+/** The single reading of a dimension no rule looks at. */
+export const ANY: readonly [undefined] = [undefined];
+
+// ---------------------------------------------------------------------------------------------
+// Compiled form
+
+/** A compiled text test; `lower` is `value.toLowerCase()`, computed once by the caller. */
+export type TextTest = (value: string, lower: string) => boolean;
+
+export interface EvalContext {
+  readonly facts: RequestFacts;
+  query: Map<string, string[]> | undefined;
+}
+
+/** The criteria that do not vary between readings (headers, query, client IP). */
+export type FixedTest = (ctx: EvalContext) => boolean;
+
+export interface ContentTypeTest {
+  exact: ReadonlySet<string>;
+  /** Major types of `major/*` entries. */
+  majors: ReadonlySet<string>;
+  /** `*∕*`: any content type present. */
+  any: boolean;
+}
+
+export interface HostTest {
+  exact: ReadonlySet<string>;
+  /** `.example.com` for `*.example.com`. */
+  suffixes: readonly string[];
+}
+
+export interface CompiledRule {
+  readonly name: string;
+  readonly scan: boolean;
+  readonly decision: PolicyDecision;
+  readonly methods: ReadonlySet<string> | undefined;
+  readonly path: TextTest | undefined;
+  readonly host: HostTest | undefined;
+  readonly contentType: ContentTypeTest | undefined;
+  readonly fixed: readonly FixedTest[];
+}

@@ -1,0 +1,560 @@
+/** resolveProfile: an IcapProfile validated, with every default filled in. */
+
+import { tmpdir } from 'node:os';
+import { DEFAULT_ICAP_PORT, DEFAULT_ICAPS_PORT } from '../../client/client.js';
+import type { IcapTlsOptions } from '../../client/connection.js';
+import { isSafeFieldValue, isToken } from '../../protocol/headers.js';
+import { compilePolicy } from '../policy.js';
+import { DEFAULT_NSX_STATUS_URL } from '../verdict/index.js';
+import { bool, checkKeys, describe, fail, integer, oneOf, parseSize, vendorOf } from './check.js';
+import { ALWAYS_REDACTED, PROFILE_DEFAULTS, PROFILE_KEYS } from './defaults.js';
+import type {
+  IcapProfile,
+  LoadBalancing,
+  MultipartLimits,
+  PoolGroupConfig,
+  ResolvedPool,
+  ResolvedProfile,
+  ResolvedServer,
+  ServerConfig,
+} from './types.js';
+
+const MAX_BUFFER = 4 * 1024 ** 3;
+
+export function resolveProfile(profile: IcapProfile): ResolvedProfile {
+  if (typeof profile !== 'object' || profile === null || Array.isArray(profile)) {
+    fail('profile', `must be an object (got ${describe(profile)})`);
+  }
+  checkKeys(profile, PROFILE_KEYS, 'profile');
+  const p = profile as IcapProfile;
+  if (typeof p.name !== 'string' || p.name.trim() === '')
+    fail('profile.name', `is required: a non-empty string (got ${describe(p.name)})`);
+  if (typeof p.serviceUri !== 'string' || !/^\/[^\s]*$/.test(p.serviceUri)) {
+    fail(
+      'profile.serviceUri',
+      `must be the service path starting with '/', e.g. '/avscan' (got ${describe(p.serviceUri)})`,
+    );
+  }
+  const tlsDefault = p.tls;
+  if (tlsDefault !== undefined && (typeof tlsDefault !== 'object' || tlsDefault === null)) {
+    fail('profile.tls', `must be an object of TLS options (got ${describe(tlsDefault)})`);
+  }
+  const loadBalancing = oneOf(
+    p.loadBalancing,
+    ['least-outstanding', 'round-robin'],
+    'profile.loadBalancing',
+    'least-outstanding',
+  );
+  const { name: poolGroupName, pools } = resolvePoolGroup(p.poolGroup, p.name, tlsDefault, loadBalancing);
+
+  const bufferSize = parseSize(p.bufferSize ?? PROFILE_DEFAULTS.bufferSize, 'profile.bufferSize');
+  if (!Number.isInteger(bufferSize) || bufferSize < 1 || bufferSize > MAX_BUFFER) {
+    fail('profile.bufferSize', `must be from 1 byte to 4gb (got ${describe(p.bufferSize)})`);
+  }
+  const responseTimeout = integer(
+    p.responseTimeout,
+    'profile.responseTimeout',
+    PROFILE_DEFAULTS.responseTimeout,
+    50,
+    3_600_000,
+    'ms',
+  );
+  const nsx = p.nsxDefenderConfig;
+  if (nsx !== undefined) {
+    if (typeof nsx !== 'object' || nsx === null) fail('profile.nsxDefenderConfig', 'must be an object');
+    checkKeys(nsx, new Set(['statusUrl', 'forwardLastlineHeaders']), 'profile.nsxDefenderConfig');
+    if (
+      nsx.statusUrl !== undefined &&
+      (typeof nsx.statusUrl !== 'string' || !/^https?:\/\//.test(nsx.statusUrl))
+    ) {
+      fail(
+        'profile.nsxDefenderConfig.statusUrl',
+        `must be an http(s) URL template with $uuid (got ${describe(nsx.statusUrl)})`,
+      );
+    }
+  }
+  if (p.onLog !== undefined && typeof p.onLog !== 'function')
+    fail('profile.onLog', `must be a function (got ${describe(p.onLog)})`);
+  if (p.logger !== undefined) {
+    for (const level of ['debug', 'info', 'warn', 'error'] as const) {
+      if (typeof (p.logger as unknown as Record<string, unknown>)[level] !== 'function') {
+        fail('profile.logger', `must be a pino-compatible logger with a ${level}() method`);
+      }
+    }
+  }
+  const icapHeaders: Array<[string, string]> = [];
+  if (p.icapHeaders !== undefined) {
+    if (typeof p.icapHeaders !== 'object' || p.icapHeaders === null)
+      fail('profile.icapHeaders', 'must be an object of header names to values');
+    for (const [k, v] of Object.entries(p.icapHeaders)) {
+      if (!isToken(k)) fail(`profile.icapHeaders.${k}`, 'is not a valid header name');
+      if (typeof v !== 'string' || !isSafeFieldValue(v))
+        fail(`profile.icapHeaders.${k}`, 'must be a string without CR, LF or NUL');
+      if (['host', 'encapsulated', 'preview', 'allow'].includes(k.toLowerCase())) {
+        fail(`profile.icapHeaders.${k}`, 'is set by the client itself and cannot be overridden');
+      }
+      icapHeaders.push([k, v]);
+    }
+  }
+  const redact = new Set(ALWAYS_REDACTED);
+  if (p.redactHeaders !== undefined) {
+    if (!Array.isArray(p.redactHeaders)) fail('profile.redactHeaders', 'must be an array of header names');
+    p.redactHeaders.forEach((h, i) => {
+      if (typeof h !== 'string' || !isToken(h)) fail(`profile.redactHeaders[${i}]`, 'must be a header name');
+      redact.add(h.toLowerCase());
+    });
+  }
+  for (const k of Object.keys(p.icapHeaders ?? {})) {
+    if (/key|token|secret|auth|pass/i.test(k)) redact.add(k.toLowerCase());
+  }
+  const conn = p.connection ?? {};
+  if (typeof conn !== 'object' || conn === null) fail('profile.connection', 'must be an object');
+  checkKeys(
+    conn,
+    new Set([
+      'maxConnections',
+      'connectTimeout',
+      'keepAliveTimeout',
+      'ioTimeout',
+      'stallTimeout',
+      'queueTimeout',
+    ]),
+    'profile.connection',
+  );
+  const health = p.health ?? {};
+  if (typeof health !== 'object' || health === null) fail('profile.health', 'must be an object');
+  checkKeys(
+    health,
+    new Set(['failureLimit', 'probeInterval', 'maxProbeInterval', 'successThreshold']),
+    'profile.health',
+  );
+  const connectTimeout = integer(
+    conn.connectTimeout,
+    'profile.connection.connectTimeout',
+    PROFILE_DEFAULTS.connectTimeout,
+    1,
+    3_600_000,
+    'ms',
+  );
+  const stallTimeout = integer(
+    conn.stallTimeout,
+    'profile.connection.stallTimeout',
+    Math.max(1, Math.floor(responseTimeout / 3)),
+    1,
+    3_600_000,
+    'ms',
+  );
+  const probeInterval = integer(
+    health.probeInterval,
+    'profile.health.probeInterval',
+    PROFILE_DEFAULTS.probeInterval,
+    10,
+    3_600_000,
+    'ms',
+  );
+
+  const previewMinBodySize = parseSize(
+    p.previewMinBodySize ?? PROFILE_DEFAULTS.previewMinBodySize,
+    'profile.previewMinBodySize',
+  );
+  if (!Number.isInteger(previewMinBodySize) || previewMinBodySize < 0 || previewMinBodySize > MAX_BUFFER) {
+    fail('profile.previewMinBodySize', `must be from 0 to 4gb (got ${describe(p.previewMinBodySize)})`);
+  }
+  const memoryThreshold = parseSize(
+    p.memoryThreshold ?? PROFILE_DEFAULTS.memoryThreshold,
+    'profile.memoryThreshold',
+  );
+  if (!Number.isInteger(memoryThreshold) || memoryThreshold < 0 || memoryThreshold > MAX_BUFFER) {
+    fail('profile.memoryThreshold', `must be from 0 to 4gb (got ${describe(p.memoryThreshold)})`);
+  }
+  if (p.spoolDir !== undefined && (typeof p.spoolDir !== 'string' || p.spoolDir === '')) {
+    fail('profile.spoolDir', `must be a folder path (got ${describe(p.spoolDir)})`);
+  }
+  let allowedContentTypes: string[] | undefined;
+  if (p.allowedContentTypes !== undefined) {
+    if (!Array.isArray(p.allowedContentTypes) || p.allowedContentTypes.length === 0) {
+      fail('profile.allowedContentTypes', 'must be a non-empty array of media types');
+    }
+    allowedContentTypes = p.allowedContentTypes.map((t, i) => {
+      const lower = typeof t === 'string' ? t.trim().toLowerCase() : '';
+      if (!/^[a-z0-9!#$&^_.+-]+\/(?:\*|[a-z0-9!#$&^_.+-]+)$/.test(lower)) {
+        fail(
+          `profile.allowedContentTypes[${i}]`,
+          `is not a media type such as 'image/png' or 'image/*' (got ${describe(t)})`,
+        );
+      }
+      return lower;
+    });
+  }
+  const limits = p.multipartLimits ?? {};
+  if (typeof limits !== 'object' || limits === null) fail('profile.multipartLimits', 'must be an object');
+  checkKeys(
+    limits,
+    new Set([
+      'files',
+      'fields',
+      'parts',
+      'fileSize',
+      'fieldSize',
+      'fieldNameSize',
+      'headerPairs',
+      'headerSize',
+    ]),
+    'profile.multipartLimits',
+  );
+  const lim = (k: keyof MultipartLimits, fallback: number, max: number) =>
+    integer(limits[k], `profile.multipartLimits.${k}`, fallback, 1, max, k.endsWith('Size') ? 'bytes' : '');
+
+  const metricsOptions = p.metrics ?? {};
+  if (typeof metricsOptions !== 'object' || metricsOptions === null)
+    fail('profile.metrics', 'must be an object');
+  checkKeys(metricsOptions, new Set(['registry', 'prefix']), 'profile.metrics');
+  const reg = metricsOptions.registry as unknown as Record<string, unknown> | undefined;
+  if (
+    reg !== undefined &&
+    (typeof reg?.registerMetric !== 'function' || typeof reg.removeSingleMetric !== 'function')
+  ) {
+    fail('profile.metrics.registry', 'must be a prom-client Registry (registerMetric, removeSingleMetric)');
+  }
+  if (metricsOptions.prefix !== undefined && !/^[a-zA-Z_:][a-zA-Z0-9_:]*$/.test(metricsOptions.prefix)) {
+    fail(
+      'profile.metrics.prefix',
+      `must be a valid Prometheus metric name prefix (got ${describe(metricsOptions.prefix)})`,
+    );
+  }
+
+  return {
+    name: p.name,
+    poolGroupName,
+    pools,
+    serviceUri: p.serviceUri,
+    vendor: vendorOf(p.vendor),
+    allow204: bool(p.allow204, 'profile.allow204', PROFILE_DEFAULTS.allow204),
+    bufferSize,
+    bufferSizeExceedAction: oneOf(
+      p.bufferSizeExceedAction,
+      ['fail-closed', 'fail-open'],
+      'profile.bufferSizeExceedAction',
+      PROFILE_DEFAULTS.bufferSizeExceedAction,
+    ),
+    enablePreview: bool(p.enablePreview, 'profile.enablePreview', PROFILE_DEFAULTS.enablePreview),
+    previewSize: integer(
+      p.previewSize,
+      'profile.previewSize',
+      PROFILE_DEFAULTS.previewSize,
+      0,
+      5000,
+      'bytes',
+    ),
+    previewMinBodySize,
+    responseTimeout,
+    slowResponseWarningThreshold: integer(
+      p.slowResponseWarningThreshold,
+      'profile.slowResponseWarningThreshold',
+      PROFILE_DEFAULTS.slowResponseWarningThreshold,
+      1,
+      3_600_000,
+      'ms',
+    ),
+    bodyTimeout: integer(
+      p.bodyTimeout,
+      'profile.bodyTimeout',
+      PROFILE_DEFAULTS.bodyTimeout,
+      50,
+      3_600_000,
+      'ms',
+    ),
+    ...intakeOptions(p, previewMinBodySize, bufferSize),
+    failAction: oneOf(
+      p.failAction,
+      ['fail-closed', 'fail-open'],
+      'profile.failAction',
+      PROFILE_DEFAULTS.failAction,
+    ),
+    nsxStatusUrl: nsx?.statusUrl ?? DEFAULT_NSX_STATUS_URL,
+    forwardLastlineHeaders: bool(
+      nsx?.forwardLastlineHeaders,
+      'profile.nsxDefenderConfig.forwardLastlineHeaders',
+      true,
+    ),
+    policy: compilePolicy(p.rules, 'profile.rules'),
+    onLog: p.onLog,
+    logger: p.logger,
+    blockResponse: oneOf(
+      p.blockResponse,
+      ['page', 'relay'],
+      'profile.blockResponse',
+      PROFILE_DEFAULTS.blockResponse,
+    ),
+    icapHeaders,
+    sendClientIp: bool(p.sendClientIp, 'profile.sendClientIp', false),
+    absoluteUri: bool(p.absoluteUri, 'profile.absoluteUri', true),
+    transferIgnore: oneOf(p.transferIgnore, ['off', 'extension'], 'profile.transferIgnore', 'off'),
+    redactHeaders: redact,
+    maxConnections: integer(
+      conn.maxConnections,
+      'profile.connection.maxConnections',
+      PROFILE_DEFAULTS.maxConnections,
+      1,
+      10_000,
+      'connections',
+    ),
+    connectTimeout,
+    keepAliveTimeout: integer(
+      conn.keepAliveTimeout,
+      'profile.connection.keepAliveTimeout',
+      PROFILE_DEFAULTS.keepAliveTimeout,
+      1,
+      3_600_000,
+      'ms',
+    ),
+    ioTimeout: integer(conn.ioTimeout, 'profile.connection.ioTimeout', responseTimeout, 1, 3_600_000, 'ms'),
+    stallTimeout,
+    queueTimeout: integer(
+      conn.queueTimeout,
+      'profile.connection.queueTimeout',
+      Math.min(connectTimeout, stallTimeout),
+      1,
+      3_600_000,
+      'ms',
+    ),
+    failureLimit: integer(
+      health.failureLimit,
+      'profile.health.failureLimit',
+      PROFILE_DEFAULTS.failureLimit,
+      1,
+      1000,
+      'failures',
+    ),
+    probeInterval,
+    maxProbeInterval: Math.max(
+      probeInterval,
+      integer(
+        health.maxProbeInterval,
+        'profile.health.maxProbeInterval',
+        PROFILE_DEFAULTS.maxProbeInterval,
+        10,
+        3_600_000,
+        'ms',
+      ),
+    ),
+    successThreshold: integer(
+      health.successThreshold,
+      'profile.health.successThreshold',
+      PROFILE_DEFAULTS.successThreshold,
+      1,
+      1000,
+      'successes',
+    ),
+
+    memoryThreshold,
+    spoolDir: p.spoolDir ?? tmpdir(),
+    allowedContentTypes,
+    multipart: oneOf(p.multipart, ['per-file', 'whole'], 'profile.multipart', PROFILE_DEFAULTS.multipart),
+    otherMultipart: oneOf(
+      p.otherMultipart,
+      ['refuse', 'whole'],
+      'profile.otherMultipart',
+      PROFILE_DEFAULTS.otherMultipart,
+    ),
+    multipartFields: oneOf(
+      p.multipartFields,
+      ['scan', 'skip'],
+      'profile.multipartFields',
+      PROFILE_DEFAULTS.multipartFields,
+    ),
+    infectedPartAction: oneOf(
+      p.infectedPartAction,
+      ['block', 'strip'],
+      'profile.infectedPartAction',
+      PROFILE_DEFAULTS.infectedPartAction,
+    ),
+    multipartConcurrency: integer(
+      p.multipartConcurrency,
+      'profile.multipartConcurrency',
+      PROFILE_DEFAULTS.multipartConcurrency,
+      1,
+      64,
+      'parts',
+    ),
+    multipartLimits: {
+      files: lim('files', 1000, 100_000),
+      fields: lim('fields', 1000, 100_000),
+      parts: lim('parts', 2000, 200_000),
+      fileSize: lim('fileSize', bufferSize, MAX_BUFFER),
+      fieldSize: lim('fieldSize', 1024 * 1024, MAX_BUFFER),
+      fieldNameSize: lim('fieldNameSize', 200, 64 * 1024),
+      headerPairs: lim('headerPairs', 100, 10_000),
+      headerSize: lim('headerSize', 16 * 1024, 1024 * 1024),
+    },
+    metrics: metricsOptions,
+    contentEncoding: oneOf(p.contentEncoding, ['decode', 'refuse'], 'profile.contentEncoding', 'decode'),
+  };
+}
+
+function resolvePoolGroup(
+  v: IcapProfile['poolGroup'],
+  profileName: string,
+  tlsDefault: IcapTlsOptions | undefined,
+  loadBalancing: LoadBalancing,
+): { name: string; pools: ResolvedPool[] } {
+  const field = 'profile.poolGroup';
+  const defaultName = `${profileName}-pool-group`;
+  if (typeof v === 'string' || Array.isArray(v)) {
+    const urls: unknown[] = typeof v === 'string' ? [v] : [...(v as readonly unknown[])];
+    if (urls.length === 0) fail(field, 'must name at least one ICAP server');
+    const servers = urls.map((u, i) =>
+      serverFromUrl(u, typeof v === 'string' ? field : `${field}[${i}]`, tlsDefault),
+    );
+    return {
+      name: defaultName,
+      pools: [{ name: `${profileName}-pool`, priority: 10, servers, loadBalancing }],
+    };
+  }
+  if (typeof v !== 'object' || v === null) {
+    fail(field, `is required: an icap:// URL, a list of URLs, or { pools: [...] } (got ${describe(v)})`);
+  }
+  const group = v as PoolGroupConfig;
+  checkKeys(group, new Set(['name', 'pools']), field);
+  if (group.name !== undefined && (typeof group.name !== 'string' || group.name === ''))
+    fail(`${field}.name`, 'must be a non-empty string');
+  if (!Array.isArray(group.pools) || group.pools.length === 0)
+    fail(`${field}.pools`, 'must be a non-empty array of pools');
+  const names = new Set<string>();
+  const pools = group.pools.map((pool, i): ResolvedPool => {
+    const pf = `${field}.pools[${i}]`;
+    if (typeof pool !== 'object' || pool === null) fail(pf, 'must be an object');
+    checkKeys(pool, new Set(['name', 'priority', 'servers', 'tls', 'loadBalancing']), pf);
+    if (typeof pool.name !== 'string' || pool.name === '')
+      fail(`${pf}.name`, 'is required: a non-empty string');
+    if (names.has(pool.name)) fail(`${pf}.name`, `duplicates pool name ${JSON.stringify(pool.name)}`);
+    names.add(pool.name);
+    const priority = integer(pool.priority, `${pf}.priority`, 10, 0, 1_000_000, '');
+    if (!Array.isArray(pool.servers) || pool.servers.length === 0)
+      fail(`${pf}.servers`, 'must be a non-empty array');
+    const poolTls = tlsOption(pool.tls, `${pf}.tls`, tlsDefault);
+    const servers = (pool.servers as ReadonlyArray<string | ServerConfig>).map((s, k): ResolvedServer => {
+      const sf = `${pf}.servers[${k}]`;
+      if (typeof s === 'string') return serverFromUrl(s, sf, tlsDefault, poolTls);
+      if (typeof s !== 'object' || s === null) fail(sf, 'must be an icap:// URL or { host, port, tls }');
+      checkKeys(s, new Set(['host', 'port', 'tls']), sf);
+      if (typeof s.host !== 'string' || s.host === '') fail(`${sf}.host`, 'is required');
+      const tls = s.tls === undefined ? poolTls : tlsOption(s.tls, `${sf}.tls`, tlsDefault);
+      const port = integer(s.port, `${sf}.port`, tls ? DEFAULT_ICAPS_PORT : DEFAULT_ICAP_PORT, 1, 65535, '');
+      return makeServer(s.host, port, tls);
+    });
+    return {
+      name: pool.name,
+      priority,
+      servers,
+      loadBalancing: oneOf(
+        pool.loadBalancing,
+        ['least-outstanding', 'round-robin'],
+        `${pf}.loadBalancing`,
+        loadBalancing,
+      ),
+    };
+  });
+  // Higher priority first; a stable sort keeps the configured order among equals.
+  pools.sort((a, b) => b.priority - a.priority);
+  return { name: group.name ?? defaultName, pools };
+}
+
+function tlsOption(
+  v: unknown,
+  field: string,
+  tlsDefault: IcapTlsOptions | undefined,
+): IcapTlsOptions | false {
+  if (v === undefined || v === false) return false;
+  if (v === true) return tlsDefault ?? {};
+  if (typeof v === 'object' && v !== null) return { ...(tlsDefault ?? {}), ...(v as IcapTlsOptions) };
+  fail(field, `must be true, false or TLS options (got ${describe(v)})`);
+}
+
+function serverFromUrl(
+  u: unknown,
+  field: string,
+  tlsDefault: IcapTlsOptions | undefined,
+  poolTls: IcapTlsOptions | false = false,
+): ResolvedServer {
+  if (typeof u !== 'string') fail(field, `must be an icap:// or icaps:// URL (got ${describe(u)})`);
+  let url: URL;
+  try {
+    url = new URL(u);
+  } catch {
+    fail(field, `is not a valid URL: ${JSON.stringify(u)}`);
+  }
+  if (url.protocol !== 'icap:' && url.protocol !== 'icaps:')
+    fail(field, `must start with icap:// or icaps:// (got ${JSON.stringify(u)})`);
+  if (url.pathname !== '' && url.pathname !== '/') {
+    fail(
+      field,
+      `must not contain a service path (${JSON.stringify(url.pathname)}): set profile.serviceUri instead`,
+    );
+  }
+  const secure = url.protocol === 'icaps:';
+  const tls = secure ? poolTls || tlsDefault || {} : false;
+  const port = url.port === '' ? (secure ? DEFAULT_ICAPS_PORT : DEFAULT_ICAP_PORT) : Number(url.port);
+  return makeServer(url.hostname.replace(/^\[(.*)\]$/, '$1'), port, tls);
+}
+
+function makeServer(host: string, port: number, tls: IcapTlsOptions | false): ResolvedServer {
+  const h = host.includes(':') ? `[${host}]` : host;
+  return { host, port, tls, url: `${tls ? 'icaps' : 'icap'}://${h}:${port}` };
+}
+
+/** The intake options (see IcapProfile: bodyDeadline ... drainAfterAnswer). */
+function intakeOptions(
+  p: IcapProfile,
+  previewMinBodySize: number,
+  bufferSize: number,
+): Pick<
+  ResolvedProfile,
+  | 'bodyDeadline'
+  | 'holdBodySize'
+  | 'minBodyRate'
+  | 'lengthRequired'
+  | 'maxBodiesPerClient'
+  | 'drainBytes'
+  | 'drainTimeout'
+> {
+  const holdBodySize = parseSize(p.holdBodySize ?? previewMinBodySize, 'profile.holdBodySize');
+  if (!Number.isInteger(holdBodySize) || holdBodySize < 0 || holdBodySize > MAX_BUFFER)
+    fail('profile.holdBodySize', `must be from 0 to 4gb (got ${describe(p.holdBodySize)})`);
+  const minBodyRate = parseSize(p.minBodyRate ?? PROFILE_DEFAULTS.minBodyRate, 'profile.minBodyRate');
+  if (!Number.isInteger(minBodyRate) || minBodyRate < 0 || minBodyRate > MAX_BUFFER)
+    fail('profile.minBodyRate', `must be from 0 to 4gb per second (got ${describe(p.minBodyRate)})`);
+  const drain = p.drainAfterAnswer ?? {};
+  if (typeof drain !== 'object' || drain === null)
+    fail('profile.drainAfterAnswer', `must be an object (got ${describe(drain)})`);
+  const drainBytes = parseSize(drain.bytes ?? PROFILE_DEFAULTS.drainBytes, 'profile.drainAfterAnswer.bytes');
+  if (!Number.isInteger(drainBytes) || drainBytes < 0 || drainBytes > MAX_BUFFER)
+    fail('profile.drainAfterAnswer.bytes', `must be from 0 to 4gb (got ${describe(drain.bytes)})`);
+  return {
+    bodyDeadline: integer(
+      p.bodyDeadline,
+      'profile.bodyDeadline',
+      PROFILE_DEFAULTS.bodyDeadline,
+      50,
+      86_400_000,
+      'ms',
+    ),
+    // A body larger than bufferSize is refused anyway: holding more than that means holding it whole.
+    holdBodySize: Math.min(holdBodySize, bufferSize),
+    minBodyRate,
+    lengthRequired: bool(p.lengthRequired, 'profile.lengthRequired', false),
+    maxBodiesPerClient:
+      p.maxBodiesPerClient === undefined
+        ? undefined
+        : integer(p.maxBodiesPerClient, 'profile.maxBodiesPerClient', 0, 1, 1_000_000, 'uploads'),
+    drainBytes,
+    drainTimeout: integer(
+      drain.timeout,
+      'profile.drainAfterAnswer.timeout',
+      PROFILE_DEFAULTS.drainTimeout,
+      0,
+      3_600_000,
+      'ms',
+    ),
+  };
+}

@@ -1,0 +1,416 @@
+import { isSkipped } from '../../client/client.js';
+import type { IcapResponse } from '../../client/transaction.js';
+import { IcapError, IcapErrorCodes } from '../../errors.js';
+import { endToEndHeaders, isSafeFieldValue, isToken } from '../../protocol/headers.js';
+import { AdaptedBody, type BodyStore } from '../body.js';
+import { httpMethodEnum, type IcapRequestLog, poolIdentity, redactHeaderBlock, vendorEnum } from '../log.js';
+import type { ServerHandle } from '../pool-group.js';
+import type { ResolvedProfile } from '../profile.js';
+import { absoluteTarget, type HttpRequestFacts } from '../request.js';
+import type { ClientResponse } from '../respond.js';
+import type { AttemptResult, ExchangeContext } from '../types.js';
+import { readVerdict, type Verdict } from '../verdict/index.js';
+import { AttemptWatch } from './attempt-watch.js';
+import { bodyComplete } from './intake.js';
+import { classifyFailure, isRefusal, markRefusal } from './retry.js';
+
+/**
+ * The exchange stage: one body (a whole request, or one multipart part) sent to ICAP as a
+ * REQMOD, one attempt per server, on to the next healthy server or pool after a failure, all
+ * within the request's responseTimeout (its signal); see retry.ts for what is retried and
+ * attempt-watch.ts for stalls. The result is what ICAP said (clean, blocked, adapted); an
+ * IcapError when no server could say it.
+ */
+
+/** setTimeout's largest delay: the engine bounds transactions with its own signal. */
+const NO_CLIENT_TIMEOUT = 2_147_483_647;
+/** Largest ICAP block page relayed to the client. */
+const MAX_RELAY_BODY = 1024 * 1024;
+/** A response body we do not need is read up to this size to keep the connection; larger ones are dropped. */
+const MAX_DRAIN = 64 * 1024;
+
+/** Sends one body to ICAP, failing over across servers and pools: see `exchange()`. */
+class Exchange {
+  readonly #ctx: ExchangeContext;
+  readonly facts: HttpRequestFacts;
+  readonly store: BodyStore | null;
+  readonly signal: AbortSignal;
+  /** Where each attempt's log entry goes besides the request's record (a part names its own). */
+  readonly #entries: IcapRequestLog[] | undefined;
+  /** Every server tried once at most. */
+  readonly #tried = new Set<ServerHandle>();
+
+  constructor(
+    ctx: ExchangeContext,
+    facts: HttpRequestFacts,
+    store: BodyStore | null,
+    signal: AbortSignal,
+    entries: IcapRequestLog[] | undefined,
+  ) {
+    this.#ctx = ctx;
+    this.facts = facts;
+    this.store = store;
+    this.signal = signal;
+    this.#entries = entries;
+  }
+
+  /** Whether the body can still be sent again from its first byte. */
+  get replayable(): boolean {
+    return this.store === null || this.store.complete;
+  }
+
+  async run(): Promise<AttemptResult> {
+    const ctx = this.#ctx;
+    const p = ctx.profile;
+    const tried = this.#tried;
+    let lastError: unknown;
+    // A server that refused the request (ICAP 4xx) decides, whatever the next one does.
+    let refusal: IcapError | undefined;
+    for (;;) {
+      let handle: ServerHandle;
+      try {
+        handle = ctx.group.pick(tried);
+      } catch (err) {
+        throw refusal ?? lastError ?? err;
+      }
+      const ticket = handle.begin();
+      tried.add(handle);
+      const entry = newEntry(handle, this.facts, p);
+      ctx.log.request_logs.push(entry);
+      this.#entries?.push(entry);
+      handle.outstanding++;
+      const watch = new AttemptWatch(this.signal, p.stallTimeout, handle.server.url, {
+        busy: () => handle.client.stats.pending > 0 || handle.client.stats.connecting > 0,
+        canRetry: () => this.replayable && ctx.group.hasAlternative(tried),
+      });
+      try {
+        ctx.telemetry.transactionStart(ctx.scope, handle, p.serviceUri);
+        const result = await this.#attempt(handle, entry, watch);
+        handle.succeeded(ticket);
+        ctx.telemetry.transactionVerdict(
+          ctx.scope,
+          handle,
+          p.serviceUri,
+          entry.icap_response_code ?? 0,
+          result.verdict?.kind ?? 'clean',
+          result.verdict?.threat_id,
+          Number(entry.latency),
+        );
+        return result;
+      } catch (err) {
+        const error =
+          err instanceof IcapError
+            ? err
+            : new IcapError(IcapErrorCodes.INTERNAL, String(err), { cause: err });
+        if (isRefusal(error)) refusal ??= error;
+        entry.action = 'ICAP_FAILED';
+        // An ICAP error status stays in the record, whatever else was wrong with the answer.
+        if (error.status !== undefined) entry.icap_response_code ??= error.status;
+        entry.error_code = error.code;
+        entry.error_message = error.message;
+        ctx.telemetry.transactionError(ctx.scope, handle, p.serviceUri, error);
+        const failure = classifyFailure(error, this.signal, watch);
+        // A refusal (ICAP 4xx) is about the request, not the server: it must not let clients
+        // suspend a healthy server (and so switch fail-open on for everyone).
+        if (failure.health && !isRefusal(error)) handle.failed(error, ticket);
+        else handle.abandoned(ticket);
+        if (!failure.retry || !this.replayable) throw error;
+        lastError = error;
+      } finally {
+        watch.dispose();
+        handle.abandoned(ticket);
+        handle.outstanding--;
+      }
+    }
+  }
+
+  /** One ICAP attempt on one server: its verdict, its log entry filled. */
+  async #attempt(handle: ServerHandle, entry: IcapRequestLog, watch: AttemptWatch): Promise<AttemptResult> {
+    const { facts, store } = this;
+    // The attempt's own signal: the request's, and the watch's (a stall ends this attempt only).
+    const signal = watch.signal;
+    const p = this.#ctx.profile;
+    const started = performance.now();
+    watch.start();
+    const extraHeaders: Array<[string, string]> = [];
+    if (p.sendClientIp && facts.clientIp !== undefined)
+      extraHeaders.push(['X-Client-IP', facts.clientIp.replace(/^::ffff:/, '')]);
+    const pending = handle.client.request({
+      method: 'REQMOD',
+      service: p.serviceUri,
+      httpRequest: {
+        method: facts.method,
+        target: p.absoluteUri ? absoluteTarget(facts) : facts.target,
+        httpVersion: facts.httpVersion,
+        headers: facts.headerPairs,
+      },
+      body: store !== null ? watch.wrap(store) : store,
+      bodyLength: facts.chunked ? undefined : facts.contentLength,
+      preview: p.enablePreview && !smallBody(facts, p.previewMinBodySize) ? p.previewSize : false,
+      allow204: p.allow204,
+      honourTransferIgnore: p.transferIgnore === 'extension',
+      headers: extraHeaders,
+      signal,
+      timeout: NO_CLIENT_TIMEOUT,
+      // Waiting for a busy server's connection is bounded only when the request can go elsewhere.
+      queueTimeout: watch.canRetry() ? p.queueTimeout : Number.POSITIVE_INFINITY,
+      onContinue: () => {
+        watch.progress();
+        store?.stopHolding();
+        this.#ctx.telemetry.transactionPreview(this.#ctx.scope, handle, p.serviceUri);
+      },
+    });
+    const headBlock: { result?: AttemptResult | null } = {};
+    const r = await pending.catch((err: unknown) => {
+      // A head received whole that then broke a framing rule still names its verdict: a threat
+      // in it blocks (a threat verdict is never lost); anything else stays the error it was.
+      headBlock.result = err instanceof IcapError ? this.#blockedByHead(err, entry, started) : null;
+      if (headBlock.result === null) throw err;
+      return null;
+    });
+    if (r === null) return headBlock.result!;
+    if (isSkipped(r)) {
+      entry.action = 'ICAP_PASSED';
+      entry.reason = `Transfer-Ignore: ${r.extension}`;
+      return { type: 'clean', res: null, verdict: null, skipped: r.extension };
+    }
+    const res = r;
+    watch.progress();
+    fillEntry(entry, res, p.redactHeaders);
+    const verdict = verdictOf(p, res, res.httpRequest, facts.fileName);
+    fillVerdict(entry, verdict, p.vendor);
+    switch (verdict.kind) {
+      case 'error': {
+        await drain(res);
+        const error = new IcapError(
+          IcapErrorCodes.SERVER_STATUS,
+          `ICAP server ${handle.server.url} answered ${res.status} ${res.reason}`.trim(),
+          { status: res.status },
+        );
+        if (res.status < 500) markRefusal(error);
+        throw error;
+      }
+      case 'clean': {
+        await drain(res);
+        entry.latency = await latencyOf(res, started);
+        entry.action = 'ICAP_PASSED';
+        return { type: 'clean', res, verdict, skipped: undefined };
+      }
+      case 'blocked': {
+        // The threat is named in the head: the block stands even when the block page cannot be
+        // read to its end (the server closes or resets after its answer). Our own page then.
+        // Nothing may turn this verdict into a failure now.
+        watch.stop();
+        let relay: ClientResponse | undefined;
+        try {
+          if (p.blockResponse === 'relay' && res.httpResponse !== null) {
+            relay = await readRelay(res);
+          } else {
+            await drain(res);
+          }
+        } catch {
+          // The page broke off (reset, stall): the verdict read from the head still blocks,
+          // with our own page; it is never retried elsewhere or turned into a failure.
+          relay = undefined;
+          res.body?.destroy();
+        }
+        entry.latency = await latencyOf(res, started).catch(() =>
+          String(Math.round(performance.now() - started)),
+        );
+        entry.action = 'ICAP_BLOCKED';
+        entry.http_response_code = relay?.status ?? 403;
+        return { type: 'blocked', res, verdict, relay };
+      }
+      case 'adapted': {
+        const adapted = new AdaptedBody(store, p.bufferSize, {
+          memoryThreshold: p.memoryThreshold,
+          spoolDir: p.spoolDir,
+        });
+        try {
+          if (res.body !== null) {
+            for await (const chunk of res.body as AsyncIterable<Buffer>) {
+              watch.received(chunk.length);
+              if (!adapted.write(chunk)) {
+                res.body.destroy();
+                throw new IcapError(
+                  IcapErrorCodes.BODY_TOO_LARGE,
+                  `the body returned by the ICAP server is larger than bufferSize (${p.bufferSize} bytes)`,
+                );
+              }
+            }
+          }
+          entry.latency = String(Math.round((await res.done).latencyMs));
+          watch.stop();
+          // Whether the returned body equals the original can only be said once the original is complete.
+          await bodyComplete(store, p.bufferSize);
+        } catch (err) {
+          // What was stored of the returned body (in memory or a temp file) goes with the attempt.
+          adapted.dispose();
+          throw err;
+        }
+        return { type: 'adapted', res, verdict, adapted };
+      }
+    }
+  }
+
+  /** A threat named in the head carried by a failed exchange's error, as a block; else null. */
+  #blockedByHead(err: IcapError, entry: IcapRequestLog, started: number): AttemptResult | null {
+    const head = err.head;
+    if (head === undefined) return null;
+    const p = this.#ctx.profile;
+    const verdict = verdictOf(p, head, null, this.facts.fileName);
+    if (verdict.kind !== 'blocked') return null;
+    fillVerdict(entry, verdict, p.vendor);
+    entry.icap_response_code = head.status;
+    entry.icap_headers_received_from_server = redactHeaderBlock(head.rawHeaders, p.redactHeaders);
+    entry.error_code = err.code;
+    entry.error_message = err.message;
+    entry.latency = String(Math.round(performance.now() - started));
+    entry.action = 'ICAP_BLOCKED';
+    entry.http_response_code = 403;
+    return { type: 'blocked', res: null, verdict, relay: undefined };
+  }
+}
+
+/**
+ * Sends `facts` and `store` (null: no body) to ICAP and returns its verdict, failing over
+ * while the body can be replayed. Every attempt adds an entry to `ctx.log` (and to `entries`).
+ */
+export function exchange(
+  ctx: ExchangeContext,
+  facts: HttpRequestFacts,
+  store: BodyStore | null,
+  signal: AbortSignal,
+  entries?: IcapRequestLog[],
+): Promise<AttemptResult> {
+  return new Exchange(ctx, facts, store, signal, entries).run();
+}
+
+// ---------------------------------------------------------------- log entries
+
+function newEntry(handle: ServerHandle, facts: HttpRequestFacts, p: ResolvedProfile): IcapRequestLog {
+  const pool = poolIdentity(handle.pool.name);
+  return {
+    action: 'ICAP_FAILED',
+    icap_method: 'ICAP_METHOD_REQMOD',
+    http_method: httpMethodEnum(facts.method),
+    icap_absolute_uri: handle.client.uri(p.serviceUri),
+    complete_body_sent: false,
+    pool_name: pool.name,
+    pool_uuid: pool.uuid,
+    icap_server_ip: handle.server.host,
+    icap_server_port: handle.server.port,
+    latency: '0',
+    icap_headers_sent_to_server: '',
+    vendor: vendorEnum(p.vendor),
+  };
+}
+
+function fillEntry(entry: IcapRequestLog, res: IcapResponse, redact: ReadonlySet<string>): void {
+  entry.icap_response_code = res.status;
+  entry.complete_body_sent = res.completeBodySent;
+  if (res.connection.remoteAddress !== undefined) entry.icap_server_ip = res.connection.remoteAddress;
+  if (res.connection.remotePort !== undefined) entry.icap_server_port = res.connection.remotePort;
+  if (res.connection.localPort !== undefined) entry.source_port = res.connection.localPort;
+  entry.icap_headers_sent_to_server = redactHeaderBlock(res.requestHeaders, redact);
+  entry.icap_headers_received_from_server = redactHeaderBlock(res.rawHeaders, redact);
+  if (res.istag !== undefined) entry.istag = res.istag;
+  const preview = /(?:^|\n)Preview: (\d+)/.exec(res.requestHeaders);
+  if (preview !== null) entry.preview_size = Number(preview[1]);
+  entry.connection_reused = res.connection.reused;
+}
+
+/** ICAP's verdict on a REQMOD answer, or on the head of one that broke off (no request head then). */
+function verdictOf(
+  p: ResolvedProfile,
+  answer: Pick<IcapResponse, 'status' | 'reason' | 'headers' | 'httpResponse'>,
+  httpRequest: IcapResponse['httpRequest'],
+  fileName: string | undefined,
+): Verdict {
+  return readVerdict(
+    p.vendor,
+    {
+      method: 'REQMOD',
+      fileName,
+      httpRequest,
+      status: answer.status,
+      reasonPhrase: answer.reason,
+      headers: answer.headers,
+      httpResponse: answer.httpResponse,
+    },
+    { nsxStatusUrl: p.nsxStatusUrl, forwardLastlineHeaders: p.forwardLastlineHeaders },
+  );
+}
+
+function fillVerdict(entry: IcapRequestLog, v: Verdict, vendor: string): void {
+  if (v.reason !== undefined) entry.reason = v.reason;
+  if (v.threat_id !== undefined) entry.threat_id = v.threat_id;
+  if (v.violations.length > 0) entry.violations = v.violations;
+  if (vendor === 'opswat' && v.opswat_log !== undefined) entry.opswat_log = v.opswat_log;
+  if (vendor === 'nsx-defender' && v.nsx_defender_log !== undefined)
+    entry.nsx_defender_log = v.nsx_defender_log;
+}
+
+/** Reads and discards a response body we do not need (small ones keep the connection alive). */
+async function drain(res: IcapResponse): Promise<void> {
+  const body = res.body;
+  if (body === null) return;
+  let n = 0;
+  for await (const chunk of body as AsyncIterable<Buffer>) {
+    n += chunk.length;
+    if (n > MAX_DRAIN) {
+      body.destroy();
+      return;
+    }
+  }
+}
+
+/**
+ * The exchange's latency for the log, once it is over. A response body we stopped reading
+ * ourselves (drain and relay stop at their limits) ends the exchange with an abort of our own
+ * making: the verdict read from the head stands; it is neither a server failure nor the client
+ * going away.
+ */
+async function latencyOf(res: IcapResponse, started: number): Promise<string> {
+  if (res.body !== null && !res.body.readableEnded) {
+    await res.done.catch(() => undefined);
+    return String(Math.round(performance.now() - started));
+  }
+  return String(Math.round((await res.done).latencyMs));
+}
+
+/** The ICAP server's own block response, relayed with sanitised headers and a bounded body. */
+async function readRelay(res: IcapResponse): Promise<ClientResponse> {
+  const http = res.httpResponse!;
+  const chunks: Buffer[] = [];
+  let n = 0;
+  if (res.body !== null) {
+    for await (const chunk of res.body as AsyncIterable<Buffer>) {
+      n += chunk.length;
+      if (n > MAX_RELAY_BODY) {
+        res.body.destroy();
+        break;
+      }
+      chunks.push(chunk);
+    }
+  }
+  const body = n > MAX_RELAY_BODY ? Buffer.from('Blocked\n') : Buffer.concat(chunks, n);
+  const headers: Array<[string, string]> = [];
+  for (const [name, value] of endToEndHeaders(http.headers)) {
+    const key = name.toLowerCase();
+    if (RELAY_DROP.has(key) || !isToken(name) || !isSafeFieldValue(value)) continue;
+    headers.push([name, value]);
+  }
+  headers.push(['Content-Length', String(body.length)], ['Cache-Control', 'no-store']);
+  // A blocked upload never looks accepted: a 2xx (or odd) page goes out as 403; a redirect stays.
+  const status = http.status >= 300 && http.status <= 599 ? http.status : 403;
+  return { status, headers, body };
+}
+
+/** Besides the hop-by-hop fields: what a relayed block page must not set on our response. */
+const RELAY_DROP = new Set(['content-length', 'set-cookie', 'cache-control']);
+
+/** A body small enough to send whole: a preview would cost a round trip to spare a few bytes. */
+function smallBody(facts: HttpRequestFacts, limit: number): boolean {
+  return !facts.chunked && facts.contentLength !== undefined && facts.contentLength <= limit;
+}

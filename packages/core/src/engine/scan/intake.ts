@@ -1,0 +1,281 @@
+import type { Readable, Transform } from 'node:stream';
+import { createBrotliDecompress, createGunzip, createInflate } from 'node:zlib';
+import { IcapError, IcapErrorCodes } from '../../errors.js';
+import { Headers } from '../../protocol/headers.js';
+import { BodyStore } from '../body.js';
+import { validateMultipart } from '../multipart/parse.js';
+import type { ResolvedProfile } from '../profile.js';
+import type { HttpRequestFacts, ScanRequest } from '../request.js';
+
+/**
+ * Intake: when a request's ICAP exchange may start. An ICAP connection is a scarce resource
+ * (a pool holds `maxConnections` per server), so it is taken only once the body can be fed at
+ * the scanner's speed: the body is held (it is held anyway for `Allow: 204`, in memory up to
+ * memoryThreshold, then in a temp file) until
+ *
+ * - it is complete: its length is then known and sent as the encapsulated `Content-Length`
+ *   (a chunked upload too; servers that filter content or require a length need it); or
+ * - `holdBytes` of it have arrived, at `minRate` bytes per second or faster on average since
+ *   the scan started: a fast upload is streamed to the scanner while it arrives.
+ *
+ * An upload slower than `minRate` is held whole, so a slow or stalling client (a slowloris)
+ * holds memory or disk bounded by bufferSize, never a scanner connection, and the upload is
+ * bounded in time by bodyTimeout and bodyDeadline. `wholeBody` (a server that requires the
+ * length) holds every body to its end.
+ */
+export interface HoldRule {
+  /** Bytes that may start the exchange before the end; 0: start at once (no holding). */
+  holdBytes: number;
+  /** Bytes per second the body must have arrived at (on average) to be streamed. */
+  minRate: number;
+  /** Hold every body to its end. */
+  wholeBody: boolean;
+}
+
+/**
+ * Resolves once the exchange may start: the body ended (or failed, or outgrew its limit: the
+ * caller finds out from the store), or enough of it arrived fast enough. Rejects with the
+ * signal's reason when the signal aborts first. `source` is what the store reads (its 'data'
+ * events say when to look again); `startedAt` is performance.now() at the start of the scan.
+ */
+export function whenReadyToScan(
+  store: BodyStore,
+  source: Readable | null,
+  rule: HoldRule,
+  startedAt: number,
+  signal: AbortSignal,
+): Promise<void> {
+  const ready = (): boolean => {
+    if (store.ended || store.error !== undefined || store.exceeded) return true;
+    if (rule.wholeBody || source === null) return false;
+    if (store.received < rule.holdBytes) return false;
+    const seconds = Math.max((performance.now() - startedAt) / 1000, 0.001);
+    return store.received / seconds >= rule.minRate;
+  };
+  if (!rule.wholeBody && rule.holdBytes === 0) return Promise.resolve();
+  if (signal.aborted) return Promise.reject(signal.reason);
+  if (ready()) return Promise.resolve();
+  return new Promise<void>((resolve, reject) => {
+    let done = false;
+    const cleanup = () => {
+      done = true;
+      source?.removeListener('data', onData);
+      signal.removeEventListener('abort', onAbort);
+    };
+    // The store reads the source first (its listener was added first): received is current.
+    const onData = () => {
+      if (!done && ready()) {
+        cleanup();
+        resolve();
+      }
+    };
+    const onAbort = () => {
+      if (done) return;
+      cleanup();
+      reject(signal.reason);
+    };
+    source?.on('data', onData);
+    signal.addEventListener('abort', onAbort, { once: true });
+    void store.whenEnded().then(() => {
+      if (done) return;
+      cleanup();
+      resolve();
+    });
+  });
+}
+
+/**
+ * Bodies being received per client address (maxBodiesPerClient): one address cannot hold
+ * more than `limit` uploads in intake at once.
+ */
+export class ClientIntake {
+  readonly #limit: number | undefined;
+  readonly #open = new Map<string, number>();
+
+  constructor(limit: number | undefined) {
+    this.#limit = limit;
+  }
+
+  /** Takes a place for an upload from `address`; null when the address has no place left. */
+  enter(address: string | undefined): (() => void) | null {
+    if (this.#limit === undefined || address === undefined) return () => {};
+    const n = this.#open.get(address) ?? 0;
+    if (n >= this.#limit) return null;
+    this.#open.set(address, n + 1);
+    let left = false;
+    return () => {
+      if (left) return;
+      left = true;
+      const m = (this.#open.get(address) ?? 1) - 1;
+      if (m <= 0) this.#open.delete(address);
+      else this.#open.set(address, m);
+    };
+  }
+
+  /** Uploads in intake from `address` now. */
+  count(address: string): number {
+    return this.#open.get(address) ?? 0;
+  }
+}
+
+// ---------------------------------------------------------------- the body store
+
+/**
+ * The request body as it arrives, held in a store (memory, then a temp file) bounded by
+ * bufferSize and bodyTimeout: `abort` is called with the error when either is crossed.
+ */
+export function openStore(
+  p: ResolvedProfile,
+  facts: HttpRequestFacts,
+  req: ScanRequest,
+  perFile: boolean,
+  abort: (err: IcapError) => void,
+): BodyStore {
+  // Per-file scanning replays the original form when every part is clean: hold all of it.
+  const retainAll = p.allow204 || perFile || facts.contentCoding !== 'identity';
+  const store = new BodyStore({
+    limit: p.bufferSize,
+    retainAll,
+    hash: !retainAll,
+    memoryThreshold: p.memoryThreshold,
+    spoolDir: p.spoolDir,
+    onExceeded: tooLargeAbort(p, 'the request body', abort),
+    idleTimeout: p.bodyTimeout,
+    onIdle: () =>
+      abort(
+        new IcapError(
+          IcapErrorCodes.BODY_TIMEOUT,
+          `the HTTP client sent nothing of its request body for bodyTimeout (${p.bodyTimeout} ms)`,
+        ),
+      ),
+  });
+  store.attach(req);
+  return store;
+}
+
+/**
+ * Waits for the whole request body. Throws ICAP_ERR_REQUEST_TOO_LARGE when it outgrows the
+ * limit and ICAP_ERR_BODY_SOURCE when the client goes away.
+ */
+/** The store's onExceeded: aborts the scan with ICAP_ERR_REQUEST_TOO_LARGE naming `what`. */
+function tooLargeAbort(p: ResolvedProfile, what: string, abort: (err: IcapError) => void): () => void {
+  return () =>
+    abort(
+      new IcapError(
+        IcapErrorCodes.REQUEST_TOO_LARGE,
+        `${what} is larger than bufferSize (${p.bufferSize} bytes)`,
+      ),
+    );
+}
+
+export async function bodyComplete(store: BodyStore | null, limit: number): Promise<void> {
+  if (store === null) return;
+  await store.whenEnded();
+  if (store.exceeded) {
+    throw new IcapError(
+      IcapErrorCodes.REQUEST_TOO_LARGE,
+      `the request body is larger than bufferSize (${limit} bytes)`,
+    );
+  }
+  if (store.error !== undefined) {
+    throw new IcapError(
+      IcapErrorCodes.BODY_SOURCE,
+      'the HTTP client went away before its request body was complete',
+      {
+        cause: store.error,
+      },
+    );
+  }
+}
+
+// ---------------------------------------------------------------- content decoding
+
+/** A decoded body and the request as the ICAP server sees it (no Content-Encoding, no length). */
+export interface Decoded {
+  store: BodyStore;
+  facts: HttpRequestFacts;
+}
+
+/** Content decoders for the codings a request body may use. */
+const DECODERS = new Map<string, () => Transform>([
+  ['gzip', () => createGunzip()],
+  ['x-gzip', () => createGunzip()],
+  ['deflate', () => createInflate()],
+  ['br', () => createBrotliDecompress()],
+]);
+
+/** Whether a content coding can be decoded for the scan. */
+export function canDecode(coding: string): boolean {
+  return DECODERS.has(coding);
+}
+
+/**
+ * A compressed body (gzip, deflate, br) decoded for the scan, into a store of its own
+ * (bounded by bufferSize, so a zip bomb stops there, and spooled like any body). The
+ * encapsulated request loses Content-Encoding and Content-Length, since the ICAP server gets
+ * the decoded bytes; the application still gets the original ones.
+ */
+export function decodeBody(
+  p: ResolvedProfile,
+  facts: HttpRequestFacts,
+  raw: BodyStore,
+  abort: (err: IcapError) => void,
+): Decoded | null {
+  const coding = facts.contentCoding;
+  const make = DECODERS.get(coding);
+  if (coding === 'identity' || make === undefined) return null;
+  const decoded = new BodyStore({
+    limit: p.bufferSize,
+    retainAll: true,
+    memoryThreshold: p.memoryThreshold,
+    spoolDir: p.spoolDir,
+    onExceeded: tooLargeAbort(p, 'the decoded request body', abort),
+  });
+  const source = raw.stream();
+  const decoder = make();
+  decoder.on('error', (err) => {
+    decoded.fail(
+      new IcapError(IcapErrorCodes.CONTENT_ENCODING, `the ${coding} body cannot be decoded: ${err.message}`, {
+        cause: err,
+      }),
+    );
+    source.destroy();
+  });
+  source.on('error', (err) => decoded.fail(err));
+  source.pipe(decoder);
+  decoded.attach(decoder);
+  const pairs = facts.headerPairs.filter(
+    ([n]) => !['content-encoding', 'content-length'].includes(n.toLowerCase()),
+  );
+  return {
+    store: decoded,
+    facts: {
+      ...facts,
+      headerPairs: pairs,
+      headers: new Headers(pairs),
+      contentLength: undefined,
+      chunked: true,
+      contentCoding: 'identity',
+    },
+  };
+}
+
+/**
+ * Whole mode: the strict multipart parser over the body as it arrives. Resolves with the
+ * problem it found (and aborts the scan with it), or undefined.
+ */
+export function checkForm(
+  p: ResolvedProfile,
+  contentType: string,
+  body: BodyStore,
+  abort: (err: IcapError) => void,
+): Promise<IcapError | undefined> {
+  return validateMultipart(contentType, body.open(), p.multipartLimits).then(
+    () => undefined,
+    (err: unknown) => {
+      if (!(err instanceof IcapError) || err.code !== IcapErrorCodes.MULTIPART) return undefined;
+      abort(err);
+      return err;
+    },
+  );
+}

@@ -1,0 +1,313 @@
+import { IcapError, IcapErrorCodes } from '../../errors.js';
+import type { BodyStore } from '../body.js';
+import type { IcapLog } from '../log.js';
+import { isMultipartFormData } from '../multipart/parse.js';
+import { scanParts } from '../multipart/parts.js';
+import type { PolicyDecision } from '../policy.js';
+import type { PoolGroup } from '../pool-group.js';
+import type { PinoLike, ResolvedProfile } from '../profile.js';
+import { type HttpRequestFacts, requestFacts, type ScanRequest } from '../request.js';
+import type { ScanScope, Telemetry } from '../telemetry.js';
+import type { EngineCore, ScanOptions, ScanOutcome } from '../types.js';
+import { admit } from './admission.js';
+import { exchange } from './exchange.js';
+import { bodyComplete, checkForm, type Decoded, decodeBody, openStore, whenReadyToScan } from './intake.js';
+import { applyVerdict, failed, failureOutcome, newLog, pass, refuse, withDispose } from './outcome.js';
+import { takesFailAction } from './retry.js';
+
+/**
+ * One request's scan, from the adapter's `engine.scan(req)` to its outcome: the transaction
+ * object (Squid's ModXact, one per request). It holds the request's state (its facts, the
+ * policy decision, the icap_log record, the body store, the timers, the abort signal) and runs
+ * the stages in order, each in a file of its own:
+ *
+ * 1. policy: the profile's rules decide whether the request is scanned at all;
+ * 2. admission (admission.ts): what the head alone refuses (400, 413, 415, 501);
+ * 3. intake (intake.ts): the body is stored as it arrives (bounded by bufferSize, bodyTimeout,
+ *    bodyDeadline), decoded when compressed, its form checked (whole multipart mode);
+ * 4. the scan: per-file multipart (multipart/parts.ts), or the whole body in one ICAP
+ *    exchange (exchange.ts: attempts, retry, failover), once the body can be fed fast enough;
+ * 5. outcome (outcome.ts): pass, rewrite or respond from the verdict, or what a failure turns
+ *    into (the failure action applies to ICAP-side failures only); the icap_log record is
+ *    finished and emitted once, whatever happened.
+ *
+ * No byte of the body reaches the application before the verdict allows it (fail closed).
+ */
+export class Scan {
+  readonly profile: ResolvedProfile;
+  readonly group: PoolGroup;
+  readonly telemetry: Telemetry;
+  readonly options: ScanOptions;
+  readonly facts: HttpRequestFacts;
+  readonly decision: PolicyDecision;
+  readonly log: IcapLog;
+  readonly scope: ScanScope;
+  readonly #engine: EngineCore;
+  readonly #req: ScanRequest;
+  readonly #logger: PinoLike | undefined;
+  readonly #t0: number;
+
+  /** The body as it arrives (null: the request has none). */
+  store: BodyStore | null = null;
+  /** The body as the ICAP server sees it: `store`, or its decoded copy. */
+  scanned: BodyStore | null = null;
+  /** The request as the ICAP server sees it (no Content-Encoding when decoded). */
+  scanFacts: HttpRequestFacts;
+  contentType: string | undefined;
+  #decoded: Decoded | null = null;
+  /** Whole multipart mode: the strict parser's verdict on the form, while the scan runs. */
+  #formCheck: Promise<IcapError | undefined> | null = null;
+  #perFile = false;
+  #control: AbortController | null = null;
+  #leaveIntake: () => void = NOTHING;
+  #onCallerAbort: (() => void) | undefined;
+  /** bodyDeadline: the whole upload. */
+  #deadline: NodeJS.Timeout | undefined;
+  /** responseTimeout: the wait for ICAP once the body has arrived. */
+  #timer: NodeJS.Timeout | undefined;
+  #waitStart: number;
+  #settled = false;
+
+  constructor(engine: EngineCore, req: ScanRequest, options: ScanOptions) {
+    const p = engine.profile;
+    this.#engine = engine;
+    this.#req = req;
+    this.profile = p;
+    this.group = engine.group;
+    this.telemetry = engine.telemetry;
+    this.options = options;
+    this.#t0 = performance.now();
+    this.#waitStart = this.#t0;
+    this.facts = requestFacts(req);
+    this.scanFacts = this.facts;
+    this.decision = p.policy.evaluate(this.facts);
+    this.log = newLog(p.name, this.facts, this.decision);
+    this.#logger = options.logger ?? p.logger;
+    this.scope = engine.telemetry.scanStart(this.facts.method, this.log.uri_path);
+  }
+
+  /** Aborts with the request: the client went away, a bound was crossed, the caller aborted. */
+  get signal(): AbortSignal {
+    return this.#control!.signal;
+  }
+
+  async run(): Promise<ScanOutcome> {
+    const { profile: p, facts } = this;
+    if (!this.decision.scan) return this.#finish(pass('ICAP_DISABLED', this.log, null, []));
+    const refusal = await admit(this);
+    if (refusal !== null) return this.#finish(refusal);
+    if (this.#engine.closed) {
+      const closed = new IcapError(IcapErrorCodes.CLOSED_CLIENT, 'the ICAP engine was closed');
+      return this.#finish(failed(this, closed, null));
+    }
+    // One client address holds at most maxBodiesPerClient uploads in intake (429 beyond).
+    if (facts.hasBody) {
+      const leave = this.#engine.intake.enter(facts.clientIp);
+      if (leave === null) {
+        const reason = `this client already has ${p.maxBodiesPerClient} uploads arriving (maxBodiesPerClient)`;
+        return this.#finish(refuse(this, 'too-many', IcapErrorCodes.CLIENT_LIMIT, reason, null));
+      }
+      this.#leaveIntake = leave;
+    }
+    this.#receive();
+    try {
+      return this.#finish(await (this.#perFile ? this.#scanForm() : this.#scanWhole()));
+    } catch (caught) {
+      return this.#finish(await this.#failure(caught));
+    } finally {
+      this.#cleanup();
+    }
+  }
+
+  /** Intake: the store, its bounds in time, decoding, the form check, the timers and the abort signal. */
+  #receive(): void {
+    const { profile: p, facts } = this;
+    const control = new AbortController();
+    this.#control = control;
+    const abort = (err: IcapError) => {
+      if (!control.signal.aborted) control.abort(err);
+    };
+    const contentType = facts.headers.get('content-type');
+    this.contentType = contentType;
+    const form = facts.hasBody && isMultipartFormData(contentType);
+    this.#perFile = form && p.multipart === 'per-file';
+    if (facts.hasBody) {
+      const store = openStore(p, facts, this.#req, this.#perFile, abort);
+      this.store = store;
+      // bodyDeadline bounds the whole upload (a trickle never idles long enough for bodyTimeout).
+      this.#deadline = setTimeout(
+        () =>
+          abort(
+            new IcapError(
+              IcapErrorCodes.BODY_TIMEOUT,
+              `the HTTP client did not send its whole request body within bodyDeadline (${p.bodyDeadline} ms)`,
+            ),
+          ),
+        p.bodyDeadline,
+      );
+      // What the ICAP server sees: the body as sent, or decoded when it is compressed.
+      this.#decoded = decodeBody(p, facts, store, abort);
+      this.scanned = this.#decoded?.store ?? store;
+      this.scanFacts = this.#decoded?.facts ?? facts;
+      // Whole mode: the raw form is scanned as one object, and checked by the strict parser while
+      // it arrives (a form parsers could read differently is refused, as in per-file mode).
+      if (form && p.multipart === 'whole') this.#formCheck = checkForm(p, contentType!, this.scanned, abort);
+      // responseTimeout bounds how long the request waits for ICAP once its body has arrived:
+      // a slow upload is not a slow scanner (stalls while uploading are bounded by ioTimeout).
+      void store.whenEnded().then(() => {
+        clearTimeout(this.#deadline);
+        this.#leaveIntake();
+        if (store.error !== undefined) {
+          abort(
+            new IcapError(
+              IcapErrorCodes.BODY_SOURCE,
+              'the HTTP client went away before its request body was complete',
+              { cause: store.error },
+            ),
+          );
+        } else this.#armTimer(abort);
+      });
+    } else this.#armTimer(abort);
+    const signal = this.options.signal;
+    if (signal?.aborted) abort(callerAbort(signal));
+    else if (signal !== undefined) {
+      this.#onCallerAbort = () => abort(callerAbort(signal));
+      signal.addEventListener('abort', this.#onCallerAbort, { once: true });
+    }
+  }
+
+  #armTimer(abort: (err: IcapError) => void): void {
+    if (this.#settled) return;
+    const p = this.profile;
+    this.#waitStart = performance.now();
+    this.#timer = setTimeout(
+      () =>
+        abort(
+          new IcapError(
+            IcapErrorCodes.TIMEOUT,
+            `ICAP scan took longer than responseTimeout (${p.responseTimeout} ms)`,
+          ),
+        ),
+      p.responseTimeout,
+    );
+  }
+
+  /** The scan is over (a verdict, or a failure): responseTimeout no longer applies. */
+  #settle(): void {
+    this.#settled = true;
+    clearTimeout(this.#timer);
+    if (performance.now() - this.#waitStart > this.profile.slowResponseWarningThreshold)
+      this.log.significance.push('SLOW_RESPONSE');
+  }
+
+  /** multipart/form-data per file: every part its own ICAP request (multipart/parts.ts). */
+  async #scanForm(): Promise<ScanOutcome> {
+    const outcome = await scanParts(
+      this as this & { scanned: BodyStore; store: BodyStore; contentType: string },
+    );
+    this.#settle();
+    return withDispose(outcome, this.#decoded?.store);
+  }
+
+  /** The body as one ICAP request, then the outcome from its verdict. */
+  async #scanWhole(): Promise<ScanOutcome> {
+    const p = this.profile;
+    const { store, scanned } = this;
+    // The ICAP connection is taken once the body can be fed at the scanner's speed; a body
+    // complete by then is sent with its length.
+    let sendFacts = this.scanFacts;
+    if (scanned !== null) {
+      await whenReadyToScan(
+        scanned,
+        this.#decoded === null ? this.#req : null,
+        { holdBytes: p.holdBodySize, minRate: p.minBodyRate, wholeBody: p.lengthRequired },
+        this.#t0,
+        this.signal,
+      );
+      if (scanned.ended && scanned.error === undefined && !scanned.exceeded)
+        sendFacts = { ...sendFacts, contentLength: scanned.received, chunked: false };
+    }
+    const result = await exchange(this, sendFacts, scanned, this.signal);
+    this.#settle();
+    if (result.verdict?.unscannable) this.log.significance.push('UNSCANNABLE');
+    // The application gets a body only once all of it is here (the store holds it anyway).
+    if (result.type === 'clean') {
+      await bodyComplete(scanned, p.bufferSize);
+      await bodyComplete(store, p.bufferSize);
+    }
+    if (this.#formCheck !== null && result.type !== 'blocked') {
+      const problem = await this.#formCheck;
+      if (problem !== undefined) throw problem;
+    }
+    return withDispose(await applyVerdict(this, result, store, sendFacts), this.#decoded?.store);
+  }
+
+  /** Whatever failed on the way: the error it counts as, and the outcome it turns into. */
+  async #failure(caught: unknown): Promise<ScanOutcome> {
+    this.#settled = true;
+    clearTimeout(this.#timer);
+    const { profile: p, store, log } = this;
+    // A client that went away is an abort, not an ICAP failure.
+    const clientGone =
+      store?.error !== undefined &&
+      !(caught instanceof IcapError && caught.code === IcapErrorCodes.REQUEST_TOO_LARGE);
+    let error = clientGone
+      ? new IcapError(
+          IcapErrorCodes.BODY_SOURCE,
+          'the HTTP client went away before its request body was complete',
+          { cause: store?.error },
+        )
+      : caught instanceof IcapError
+        ? caught
+        : new IcapError(
+            IcapErrorCodes.INTERNAL,
+            `ICAP scan failed: ${caught instanceof Error ? caught.message : String(caught)}`,
+            { cause: caught },
+          );
+    // Fail-open never hands over a form the strict parser did not read to its end: per-file
+    // mode only passes forms it serialised itself; whole mode waits for the check.
+    let canReplay = !this.#perFile;
+    const formCheck = this.#formCheck;
+    if (formCheck !== null && takesFailAction(error) && p.failAction === 'fail-open' && store !== null) {
+      await store.whenEnded();
+      if (store.ended && !store.exceeded && store.error === undefined) {
+        const problem = await formCheck;
+        if (problem !== undefined) error = problem;
+      }
+    }
+    log.error_code = error.code;
+    log.error_message = error.message;
+    // Decoded past bufferSize: the wire size alone says nothing, so this never fails open.
+    const decodedTooLarge = this.#decoded?.store.exceeded === true;
+    this.#decoded?.store.dispose();
+    if (error.code === IcapErrorCodes.MULTIPART) canReplay = false;
+    return failureOutcome(this, error, store, canReplay, decodedTooLarge);
+  }
+
+  #cleanup(): void {
+    if (this.#onCallerAbort !== undefined)
+      this.options.signal?.removeEventListener('abort', this.#onCallerAbort);
+    clearTimeout(this.#deadline);
+    this.#leaveIntake();
+  }
+
+  /** Fills in and emits the icap_log record (once per scan), and returns the outcome. */
+  #finish<T extends ScanOutcome>(outcome: T): T {
+    const log = this.log;
+    const received = this.store?.received ?? 0;
+    log.action = outcome.action;
+    log.duration = Math.round(performance.now() - this.#t0);
+    if (this.store !== null) log.request_body_length = received;
+    if (outcome.kind === 'respond') log.http_response_code = outcome.status;
+    log.significant = log.significance.length > 0;
+    this.telemetry.scanEnd(this.scope, log, received);
+    this.#engine.emit(log, this.#logger);
+    return outcome;
+  }
+}
+
+function NOTHING(): void {}
+
+function callerAbort(signal: AbortSignal): IcapError {
+  return new IcapError(IcapErrorCodes.ABORTED, 'the scan was aborted', { cause: signal.reason });
+}

@@ -1,0 +1,126 @@
+import type { Readable } from 'node:stream';
+import type { IcapResponse } from '../client/transaction.js';
+import type { IcapError } from '../errors.js';
+import type { AdaptedBody } from './body.js';
+import type { IcapAction, IcapLog } from './log.js';
+import type { Part } from './multipart/parse.js';
+import type { PoolGroup } from './pool-group.js';
+import type { PinoLike, ResolvedProfile } from './profile.js';
+import type { HttpRequestFacts } from './request.js';
+import type { ClientResponse } from './respond.js';
+import type { ClientIntake } from './scan/intake.js';
+import type { ScanScope, Telemetry } from './telemetry.js';
+import type { Verdict } from './verdict/index.js';
+
+/**
+ * Types shared by the engine (engine.ts), one request's scan (scan/scan.ts) and its stages
+ * (scan/*, multipart/parts.ts): they import this module, never each other in a circle.
+ */
+
+export interface ScanOptions {
+  signal?: AbortSignal | undefined;
+  /** A request logger (pino-compatible) to use instead of the profile's. */
+  logger?: PinoLike | undefined;
+  /** Shown on block pages so users can quote it. */
+  requestId?: string | undefined;
+}
+
+export interface OutcomeBase {
+  action: IcapAction;
+  log: IcapLog;
+  /** Threat name when blocked. */
+  threat: string | undefined;
+  /** Headers to add to the response sent to the client (NSX Defender X-Lastline-*). */
+  responseHeaders: Array<[string, string]>;
+  /** Frees what the scan still holds. Adapters call it once the response is finished. */
+  dispose(): void;
+}
+
+export interface PassOutcome extends OutcomeBase {
+  kind: 'pass';
+  /** The body for the application, or null when the request was left untouched (read it as usual). */
+  body: Readable | null;
+  /** Length of `body` (when there is one). */
+  contentLength: number | undefined;
+  /**
+   * Replacement request headers for the application, when `body` is not the request's own
+   * bytes (a multipart form icapkit serialised again: a new content-type with a fresh
+   * boundary; content-length is `contentLength`; no transfer-encoding or content-encoding).
+   * Undefined: keep the request's headers.
+   */
+  headers?: Array<[string, string]> | undefined;
+}
+
+export interface RewriteOutcome extends OutcomeBase {
+  kind: 'rewrite';
+  method: string;
+  /** Origin-form request target. */
+  url: string;
+  /** Request headers for the application; `content-length` is the new body's length. */
+  headers: Array<[string, string]>;
+  body: Readable;
+  contentLength: number;
+}
+
+export interface RespondOutcome extends OutcomeBase {
+  kind: 'respond';
+  status: number;
+  headers: Array<[string, string]>;
+  body: Buffer;
+  /** The request body was not read to its end: close the connection after the response. */
+  closeConnection: boolean;
+}
+
+export interface AbortedOutcome extends OutcomeBase {
+  kind: 'aborted';
+  error: IcapError;
+}
+
+export type ScanOutcome = PassOutcome | RewriteOutcome | RespondOutcome | AbortedOutcome;
+
+/** Receives every finished `icap_log` record of an engine (see `engine.addLogListener`). */
+export type LogListener = (log: Readonly<IcapLog>) => void;
+
+/** What the long-lived engine lends each request's scan (one object per engine, not per request). */
+export interface EngineCore {
+  readonly profile: ResolvedProfile;
+  readonly group: PoolGroup;
+  readonly telemetry: Telemetry;
+  readonly intake: ClientIntake;
+  /** Set by `engine.close()`: later scans fail (ICAP_ERR_CLOSED_CLIENT). */
+  closed: boolean;
+  /** Sends a finished record to `onLog`, the logger and the log listeners. */
+  emit(log: IcapLog, logger: PinoLike | undefined): void;
+}
+
+/** What an answer to the client is built from: the request, its log record, the caller's options. */
+export interface RequestContext {
+  readonly profile: ResolvedProfile;
+  readonly facts: HttpRequestFacts;
+  readonly log: IcapLog;
+  readonly options: ScanOptions;
+}
+
+/** What ICAP attempts run with: the servers, the telemetry scope and the record they add entries to. */
+export interface ExchangeContext {
+  readonly profile: ResolvedProfile;
+  readonly group: PoolGroup;
+  readonly telemetry: Telemetry;
+  readonly scope: ScanScope;
+  readonly log: IcapLog;
+}
+
+/** What ICAP said about one body (scan/exchange.ts), for outcome.ts or the part it scanned. */
+export type AttemptResult =
+  | { type: 'clean'; res: IcapResponse | null; verdict: Verdict | null; skipped: string | undefined }
+  | { type: 'blocked'; res: IcapResponse | null; verdict: Verdict; relay: ClientResponse | undefined }
+  | { type: 'adapted'; res: IcapResponse; verdict: Verdict; adapted: AdaptedBody };
+
+/** One multipart part's scan (multipart/parts.ts). */
+export interface PartResult {
+  part: Part;
+  type: 'clean' | 'blocked' | 'modified' | 'failed';
+  verdict?: Verdict | undefined;
+  adapted?: AdaptedBody | undefined;
+  error?: IcapError | undefined;
+}
