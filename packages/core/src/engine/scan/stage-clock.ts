@@ -1,10 +1,11 @@
 /**
  * Per-stage CPU and wall time of a scan, for profiling (the benchmark's per-stage column).
  *
- * A scan is four stages, one after the other: `admission` (the policy decision, the early
- * checks, waiting for a connection slot), `intake` (the body read from the HTTP client into its
- * store), `exchange` (the ICAP transactions up to the verdict) and `outcome` (applying the
- * verdict: the answer or the body the handler gets). When something subscribes to the
+ * A scan is four stages, one after the other (scan.ts): `admission` (the request's facts, the
+ * policy decision, the checks on the head), `intake` (the body stored until the exchange can
+ * start), `exchange` (the ICAP attempts up to the verdict; a multipart form's parts are scanned
+ * while it arrives, so there intake is part of this stage) and `outcome` (applying the verdict,
+ * finishing and emitting the icap_log record). When something subscribes to the
  * diagnostics channel `icapkit:scan:stage`, the engine publishes one {@link ScanStageEvent} per
  * stage reached with the CPU time of the whole process (`process.cpuUsage()`, user + system)
  * and the wall time elapsed since the previous stage ended. With nobody subscribed a scan costs
