@@ -8,7 +8,8 @@
  * V8's runtime and GC, libuv, the syscalls' user side). Other threads (V8's optimising compiler
  * still catching up, GC helpers) are shown apart: they are mostly warm-up.
  *
- *   node bench/dist/callgrind.js [--frameworks=express,fastify,koa] [--body=10240] [--warm=300] [--n=200]
+ *   node bench/dist/callgrind.js [--frameworks=express,fastify,koa] [--body=10240] [--warm=1500] [--n=300]
+ *                                [--scanned-only]
  *
  * Needs valgrind (apt-get install valgrind). Takes about a minute per application.
  */
@@ -107,6 +108,7 @@ export async function countInstructions(
   bodySize: number,
   warm: number,
   n: number,
+  variants: boolean[] = [false, true],
 ): Promise<IrRow[]> {
   if (findOnPath('valgrind') === null) throw new Error('valgrind is not installed');
   const body = Buffer.alloc(bodySize, 'x');
@@ -114,7 +116,7 @@ export async function countInstructions(
   const rows: IrRow[] = [];
   try {
     for (const framework of frameworks) {
-      for (const scanned of [false, true]) {
+      for (const scanned of variants) {
         const dir = await mkdtemp(join(tmpdir(), 'icapkit-callgrind-'));
         const args = [
           '--tool=callgrind',
@@ -179,14 +181,16 @@ if (process.argv[1]?.endsWith('callgrind.js') === true) {
   let bodySize = 10 * 1024;
   let warm = 1500;
   let n = 300;
+  let variants = [false, true];
   for (const arg of process.argv.slice(2)) {
     if (arg.startsWith('--frameworks=')) frameworks = arg.slice(13).split(',');
     else if (arg.startsWith('--body=')) bodySize = Number(arg.slice(7));
     else if (arg.startsWith('--warm=')) warm = Number(arg.slice(7));
     else if (arg.startsWith('--n=')) n = Number(arg.slice(4));
+    else if (arg === '--scanned-only') variants = [true];
     else throw new Error(`unknown argument ${arg}`);
   }
-  countInstructions(frameworks, bodySize, warm, n)
+  countInstructions(frameworks, bodySize, warm, n, variants)
     .then((rows) => {
       console.log(renderInstructions(rows, bodySize));
       console.log(`RESULT ${JSON.stringify(rows)}`);
