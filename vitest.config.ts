@@ -11,7 +11,10 @@ export const alias = {
   '@icapkit/express': src('express'),
   '@icapkit/fastify': src('fastify'),
   '@icapkit/koa': src('koa'),
+  '@icapkit/nestjs': src('nestjs'),
   '@icapkit/cli': src('cli'),
+  '@icapkit/web': src('web'),
+  '@icapkit/hono': src('hono'),
 };
 
 export default defineConfig({

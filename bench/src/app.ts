@@ -1,7 +1,7 @@
 /**
  * One benchmark application, run as its own process so its RSS and CPU are its own.
  *
- *   node dist/app.js <express|fastify|koa> [icap-url service]
+ *   node dist/app.js <express|fastify|koa|hono> [icap-url service]
  *
  * Without an ICAP URL it is the "no scanning" ceiling (and Squid's origin). With one, icapkit's
  * middleware for that framework scans every POST with the default profile (plus the JSON in
@@ -14,15 +14,18 @@
  *
  * Prints `READY {"port":N}` once listening; stops on SIGTERM/SIGINT.
  */
-import type { IncomingMessage } from 'node:http';
+import { createServer, type IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Readable } from 'node:stream';
+import { getRequestListener } from '@hono/node-server';
 import type { IcapEngine, IcapProfile } from '@icapkit/core';
 import { icap as expressIcap } from '@icapkit/express';
 import { icap as fastifyIcap } from '@icapkit/fastify';
+import { icap as honoIcap } from '@icapkit/hono';
 import { icap as koaIcap } from '@icapkit/koa';
 import express from 'express';
 import Fastify from 'fastify';
+import { Hono } from 'hono';
 import Koa from 'koa';
 import { BodyDigest } from './bodies.js';
 import { StageTotals } from './stages.js';
@@ -141,6 +144,32 @@ async function startKoa(p: IcapProfile | null): Promise<{ port: number; close():
   };
 }
 
+/** Hono on @hono/node-server: the handler reads the (approved) Web Request's body stream. */
+async function startHono(p: IcapProfile | null): Promise<{ port: number; close(): Promise<void> }> {
+  const app = new Hono();
+  const mw = p ? honoIcap(p) : undefined;
+  app.get('/__stats', (c) => c.body(stats(mw?.engine), 200, { 'content-type': 'application/json' }));
+  if (mw) app.use('/upload', mw);
+  app.post('/upload', async (c) => {
+    const h = new BodyDigest(c.req.header('content-type'));
+    const body = c.req.raw.body;
+    if (body !== null) for await (const chunk of body) h.update(Buffer.from(chunk));
+    return c.text(h.digest());
+  });
+  const server = createServer(getRequestListener(app.fetch));
+  server.keepAliveTimeout = 60_000;
+  server.listen(0, '127.0.0.1');
+  await new Promise<void>((r) => server.once('listening', () => r()));
+  return {
+    port: (server.address() as AddressInfo).port,
+    close: async () => {
+      server.closeAllConnections();
+      await new Promise<void>((r) => server.close(() => r()));
+      await mw?.close();
+    },
+  };
+}
+
 /**
  * V8's sampling heap profiler, counting garbage too (objects a scavenge or a mark-compact
  * collected): where the bytes a request allocates come from. Returns the function that writes
@@ -177,7 +206,9 @@ async function main(): Promise<void> {
         ? startFastify
         : framework === 'koa'
           ? startKoa
-          : undefined;
+          : framework === 'hono'
+            ? startHono
+            : undefined;
   if (start === undefined) throw new Error(`unknown framework ${framework}`);
   const app = await start(p);
   const allocations = process.env.BENCH_ALLOC_PROFILE ? await startAllocationSampling() : undefined;

@@ -39,7 +39,7 @@ const BENCH_DIR = join(HERE, '..');
 
 /* ------------------------------------------------------------------ paths and cells */
 
-export type Framework = 'express' | 'fastify' | 'koa';
+export type Framework = 'express' | 'fastify' | 'koa' | 'hono';
 export type Service = 'avscan' | 'echo' | '204';
 
 export interface PathDef {
@@ -56,7 +56,8 @@ export interface CellDef {
   clients: number;
 }
 
-const FRAMEWORKS: Framework[] = ['express', 'fastify', 'koa'];
+// hono: @icapkit/hono on @hono/node-server (the Web Request path of @icapkit/web).
+const FRAMEWORKS: Framework[] = ['express', 'fastify', 'koa', 'hono'];
 const SERVICES: Service[] = ['avscan', 'echo', '204'];
 
 export const PATHS: PathDef[] = [

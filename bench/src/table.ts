@@ -6,7 +6,7 @@ const MiB = 2 ** 20;
 /** icapkit's default `bufferSize` (the profile does not change it). */
 export const DEFAULT_BUFFER_SIZE = 50 * MiB;
 
-const FW: Record<string, string> = { express: 'Express', fastify: 'Fastify', koa: 'Koa' };
+const FW: Record<string, string> = { express: 'Express', fastify: 'Fastify', koa: 'Koa', hono: 'Hono' };
 const SVC: Record<string, string> = {
   avscan: 'c-icap avscan',
   echo: 'c-icap echo',

@@ -9,6 +9,7 @@
  * except under CI=true, where that is a failure.
  */
 import { execFile } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -33,17 +34,35 @@ if (missing.length > 0 && process.env.CI === 'true') {
 
 /** Processes whose command line mentions `needle` (to check nothing was left running). */
 function processesWith(needle: string): number[] {
+  return processesWhere((pid) => readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(needle));
+}
+
+/**
+ * Processes carrying `mark` (NAME=value) in their environment: what this run started, whatever it
+ * is (c-icap, Squid, load generators, apps inherit the environment), and nothing of another
+ * session's benchmark on the same machine.
+ */
+function processesMarked(mark: string): number[] {
+  return processesWhere((pid) => readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0').includes(mark));
+}
+
+function processesWhere(test: (pid: string) => boolean): number[] {
   const pids: number[] = [];
   for (const e of readdirSync('/proc')) {
     if (!/^\d+$/.test(e) || Number(e) === process.pid) continue;
     try {
-      if (readFileSync(`/proc/${e}/cmdline`, 'utf8').includes(needle)) pids.push(Number(e));
+      if (test(e)) pids.push(Number(e));
     } catch {
-      // gone
+      // gone, or not ours to read
     }
   }
   return pids;
 }
+
+/** Marks the processes of this file's runs (see processesMarked). */
+const RUN_ID = randomUUID();
+const MARK = `ICAPKIT_BENCH_SMOKE_RUN=${RUN_ID}`;
+const MARKED_ENV = { ...process.env, ICAPKIT_BENCH_SMOKE_RUN: RUN_ID };
 
 describe.skipIf(missing.length > 0)('bench --short', () => {
   it('runs every path once and prints one table with ratios', { timeout: 240_000 }, async () => {
@@ -57,7 +76,7 @@ describe.skipIf(missing.length > 0)('bench --short', () => {
         execFile(
           process.execPath,
           [RUN, '--short', `--out=${out}`],
-          { timeout: 220_000, killSignal: 'SIGINT', maxBuffer: 16 * 1024 * 1024 },
+          { timeout: 220_000, killSignal: 'SIGINT', maxBuffer: 16 * 1024 * 1024, env: MARKED_ENV },
           (err, so, se) =>
             resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout: so, stderr: se }),
         );
@@ -86,7 +105,7 @@ describe.skipIf(missing.length > 0)('bench --short', () => {
         expect(r.ok, r.path).toBeGreaterThan(0);
       }
       // Nothing it started outlives it.
-      expect(processesWith('icapkit-bench-')).toEqual([]);
+      expect(processesMarked(MARK)).toEqual([]);
       expect(processesWith(join(BENCH, 'dist'))).toEqual([]);
     } finally {
       await rm(out, { recursive: true, force: true });

@@ -33,8 +33,13 @@ import {
 export async function start(options = {}) {
   const config = withDefaults(options);
   // No ICAP_URL: an embedded ICAP server on a free loopback port (it detects EICAR).
-  const embedded = config.icapUrl === undefined ? await startIcapServer({ host: '127.0.0.1' }) : null;
-  const icapUrl = config.icapUrl ?? embedded.url();
+  /** @type {string | undefined} */
+  let icapUrl = config.icapUrl;
+  let embedded = null;
+  if (icapUrl === undefined) {
+    embedded = await startIcapServer({ host: '127.0.0.1' });
+    icapUrl = embedded.url();
+  }
 
   const scan = icap({
     name: 'uploads',
@@ -43,8 +48,12 @@ export async function start(options = {}) {
     bufferSize: config.maxUpload, // larger uploads: 413
     failAction: config.failOpen ? 'fail-open' : 'fail-closed', // ICAP server down: 503, or pass unscanned
     connection: { connectTimeout: 2000 }, // fail fast when the ICAP server is unreachable
+    // The start-up check (OPTIONS to each server): the demo starts anyway when the ICAP server is
+    // down, and says so; 'fail' (the default) would refuse to start.
+    startupCheck: 'warn',
     onLog: scanLogger(config.print), // one line per scan
   });
+  await scan.ready();
   // The log analytics page (the last scans, every value a filter), before the scanner so its
   // own requests are not logged: local connections only, or ICAP_ANALYTICS_TOKEN.
   const analytics = icapAnalytics(scan, { guard: analyticsGuard(config, { loopbackOnly, tokenGuard }) });
@@ -73,10 +82,17 @@ export async function start(options = {}) {
   });
 
   // multer errors (another field name, two files, a broken form): 400 in JSON.
-  app.use((err, _req, res, _next) => {
+  /**
+   * @param {any} err
+   * @param {import('express').Request} _req
+   * @param {import('express').Response} res
+   * @param {import('express').NextFunction} _next
+   */
+  const onError = (err, _req, res, _next) => {
     const status = err instanceof multer.MulterError ? 400 : (err.status ?? err.statusCode ?? 500);
     res.status(status).json({ ok: false, error: status === 500 ? 'Internal error' : err.message });
-  });
+  };
+  app.use(onError);
 
   return serve(createServer(app), {
     framework: 'Express',

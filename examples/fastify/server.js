@@ -31,8 +31,13 @@ import {
 export async function start(options = {}) {
   const config = withDefaults(options);
   // No ICAP_URL: an embedded ICAP server on a free loopback port (it detects EICAR).
-  const embedded = config.icapUrl === undefined ? await startIcapServer({ host: '127.0.0.1' }) : null;
-  const icapUrl = config.icapUrl ?? embedded.url();
+  /** @type {string | undefined} */
+  let icapUrl = config.icapUrl;
+  let embedded = null;
+  if (icapUrl === undefined) {
+    embedded = await startIcapServer({ host: '127.0.0.1' });
+    icapUrl = embedded.url();
+  }
 
   const app = Fastify();
   // Scans in a preParsing hook placed before any other: multipart reads only approved bodies.
@@ -43,6 +48,9 @@ export async function start(options = {}) {
     bufferSize: config.maxUpload, // larger uploads: 413
     failAction: config.failOpen ? 'fail-open' : 'fail-closed', // ICAP server down: 503, or pass unscanned
     connection: { connectTimeout: 2000 }, // fail fast when the ICAP server is unreachable
+    // The start-up check (OPTIONS to each server): the demo starts anyway when the ICAP server is
+    // down, and says so; 'fail' (the default) would refuse to start.
+    startupCheck: 'warn',
     onLog: scanLogger(config.print), // one line per scan
   });
   // The log analytics page (the last scans, every value a filter); its routes are not scanned:
@@ -75,7 +83,7 @@ export async function start(options = {}) {
     await app.close(); // the engine and the embedded ICAP server too
     throw err; // e.g. EADDRINUSE
   }
-  const { port } = app.server.address();
+  const { port } = /** @type {import('node:net').AddressInfo} */ (app.server.address());
   let closed;
   return {
     framework: 'Fastify',

@@ -35,8 +35,13 @@ import {
 export async function start(options = {}) {
   const config = withDefaults(options);
   // No ICAP_URL: an embedded ICAP server on a free loopback port (it detects EICAR).
-  const embedded = config.icapUrl === undefined ? await startIcapServer({ host: '127.0.0.1' }) : null;
-  const icapUrl = config.icapUrl ?? embedded.url();
+  /** @type {string | undefined} */
+  let icapUrl = config.icapUrl;
+  let embedded = null;
+  if (icapUrl === undefined) {
+    embedded = await startIcapServer({ host: '127.0.0.1' });
+    icapUrl = embedded.url();
+  }
 
   const scan = icap({
     name: 'uploads',
@@ -45,15 +50,21 @@ export async function start(options = {}) {
     bufferSize: config.maxUpload, // larger uploads: 413
     failAction: config.failOpen ? 'fail-open' : 'fail-closed', // ICAP server down: 503, or pass unscanned
     connection: { connectTimeout: 2000 }, // fail fast when the ICAP server is unreachable
+    // The start-up check (OPTIONS to each server): the demo starts anyway when the ICAP server is
+    // down, and says so; 'fail' (the default) would refuse to start.
+    startupCheck: 'warn',
     onLog: scanLogger(config.print), // one line per scan
   });
+  await scan.ready();
   const app = new Koa();
 
   // Errors of the body parser (a broken form, a file over the limit) as JSON.
   app.use(async (ctx, next) => {
     try {
       await next();
-    } catch (err) {
+    } catch (caught) {
+      const err =
+        /** @type {{ status?: number, statusCode?: number, httpCode?: number, message?: string }} */ (caught);
       ctx.status = err.status ?? err.statusCode ?? err.httpCode ?? 500; // formidable: httpCode
       ctx.body = { ok: false, error: ctx.status === 500 ? 'Internal error' : err.message };
       if (ctx.status === 500) ctx.app.emit('error', err, ctx);

@@ -3,6 +3,7 @@
  * dimension, how filters combine, and what the overview counts.
  */
 import {
+  isPageView,
   LATENCY_LABELS,
   LogRing,
   logValues,
@@ -273,8 +274,15 @@ describe('parseOverviewQuery', () => {
     expect(parseOverviewQuery('action=ICAP_BLOCKED&action=ICAP_FAILED&threat=a+b%22c&limit=20')).toEqual({
       filters: { action: ['ICAP_BLOCKED', 'ICAP_FAILED'], threat: ['a b"c'] },
       limit: 20,
+      pageViews: 'show',
     });
-    expect(parseOverviewQuery('')).toEqual({ filters: {}, limit: 100 });
+    expect(parseOverviewQuery('')).toEqual({ filters: {}, limit: 100, pageViews: 'show' });
+    expect(parseOverviewQuery('pageViews=hide&path=%2Fa')).toEqual({
+      filters: { path: ['/a'] },
+      limit: 100,
+      pageViews: 'hide',
+    });
+    expect(parseOverviewQuery('pageViews=maybe')).toEqual({ error: "pageViews must be 'show' or 'hide'" });
   });
 
   it('refuses unknown filters, too many or too long values and a bad limit', () => {
@@ -287,5 +295,43 @@ describe('parseOverviewQuery', () => {
     for (const limit of ['0', '501', '-1', '1e3', 'ten', '']) {
       expect(parseOverviewQuery(`limit=${limit}`)).toMatchObject({ error: expect.stringMatching(/limit/) });
     }
+  });
+});
+
+describe('page views (requests without a body)', () => {
+  const view = (path: string, method = 'HTTP_METHOD_GET') =>
+    record('ICAP_DISABLED', { policy_reason: 'no-body', http_method: method, uri_path: path });
+  const logs = () => [
+    record('ICAP_PASSED'),
+    view('/'),
+    view('/favicon.ico'),
+    view('/health', 'HTTP_METHOD_HEAD'),
+    record('ICAP_BLOCKED'),
+    // Not scanned by a rule, but it had a body: not a page view.
+    record('ICAP_DISABLED', { policy_reason: 'rule', rule_name: 'skip-webhooks' }),
+  ];
+
+  it('a page view is a request the policy found without a body', () => {
+    expect(logs().map(isPageView)).toEqual([false, true, true, true, false, false]);
+  });
+
+  it("'hide' leaves them out of every count and list, and says how many it left out", () => {
+    const o = summarizeLogs(ringOf(...logs()).records(), {}, { pageViews: 'hide' });
+    expect(o.pageViews).toEqual({ count: 3, hidden: true });
+    expect(o.stored).toBe(6);
+    expect(o.matched).toBe(3);
+    expect(o.actions).toMatchObject({ ICAP_PASSED: 1, ICAP_BLOCKED: 1, ICAP_DISABLED: 1 });
+    expect(o.records.map((r) => r.path)).toEqual(['/upload', '/upload', '/upload']);
+    expect(o.facets.method.top.map((v) => v.value)).toEqual(['POST']);
+  });
+
+  it("'show' (the JSON's default) counts them like any record", () => {
+    const o = summarizeLogs(ringOf(...logs()).records(), {});
+    expect(o.pageViews).toEqual({ count: 3, hidden: false });
+    expect(o.matched).toBe(6);
+    expect(o.actions.ICAP_DISABLED).toBe(4);
+    // Filters apply first: page views among the matching records only.
+    const heads = summarizeLogs(ringOf(...logs()).records(), { method: ['HEAD'] }, { pageViews: 'hide' });
+    expect(heads).toMatchObject({ matched: 0, pageViews: { count: 1, hidden: true } });
   });
 });

@@ -170,13 +170,23 @@ describeWithCIcap('log analytics page in Chromium, with records from c-icap', ()
       await page.goto(pageUrl);
       await settled(page, 0);
       await expect(readable(page.locator('h1'))).resolves.toBe('ICAP log analytics');
-      await expect(readable(page.locator('#summary'))).resolves.toMatch(/^8 of 8 records/);
+      // The GET of the form is a page view: hidden unless asked for.
+      await expect(readable(page.locator('#summary'))).resolves.toMatch(
+        /^7 of 8 records, 1 page view hidden/,
+      );
       await expect(tileCount(page, 'ICAP_PASSED')).resolves.toBe('4');
       await expect(tileCount(page, 'ICAP_BLOCKED')).resolves.toBe('2');
       await expect(tileCount(page, 'ICAP_FAILED')).resolves.toBe('1');
-      await expect(tileCount(page, 'ICAP_DISABLED')).resolves.toBe('1');
+      await expect(tileCount(page, 'ICAP_DISABLED')).resolves.toBe('0');
       await expect(tileCount(page, 'ICAP_MODIFIED')).resolves.toBe('0');
-      expect(await rows(page).count()).toBe(8);
+      expect(await rows(page).count()).toBe(7);
+      // Passed uploads show the application's status; enums show as words, the raw value kept.
+      const passed = rows(page).filter({ has: page.locator('button.value[data-value="ICAP_PASSED"]') });
+      expect(await passed.count()).toBe(4);
+      for (const text of await passed.allInnerTexts()) expect(text).toContain('HTTP 200');
+      const vendor = page.locator('#facet-vendor button.value').first();
+      expect(await vendor.textContent()).toBe('Generic');
+      expect(await vendor.getAttribute('data-value')).toBe('ICAP_VENDOR_GENERIC');
 
       // The refusing server: suspended in the profile that failed over, three failed transactions.
       const deadRow = page.locator(`#servers tr[data-server="${dead}"]`);
@@ -256,8 +266,29 @@ describeWithCIcap('log analytics page in Chromium, with records from c-icap', ()
     it('removing the filter shows every record; an action count narrows to that action', async () => {
       await page.locator('#chips li.chip button.remove').click();
       await settled(page, 0);
+      expect(await rows(page).count()).toBe(7);
+      await expect(readable(page.locator('#summary'))).resolves.toMatch(/^7 of 8 records/);
+      // Asked for, the page view is there too (and in the address), then hidden again.
+      await page.locator('#pageviews').check();
+      await page.waitForFunction(
+        () =>
+          document.body.dataset.state === 'ready' &&
+          /^8 of 8/.test(document.getElementById('summary')!.textContent ?? ''),
+        null,
+        { timeout: 10_000 },
+      );
       expect(await rows(page).count()).toBe(8);
-      await expect(readable(page.locator('#summary'))).resolves.toMatch(/^8 of 8 records/);
+      await expect(tileCount(page, 'ICAP_DISABLED')).resolves.toBe('1');
+      expect(new URL(page.url()).searchParams.get('pageViews')).toBe('show');
+      await page.locator('#pageviews').uncheck();
+      await page.waitForFunction(
+        () =>
+          document.body.dataset.state === 'ready' &&
+          /^7 of 8/.test(document.getElementById('summary')!.textContent ?? ''),
+        null,
+        { timeout: 10_000 },
+      );
+      expect(await rows(page).count()).toBe(7);
 
       await page.locator('#actions button[data-value="ICAP_PASSED"]').click();
       await settled(page, 1);
@@ -277,7 +308,7 @@ describeWithCIcap('log analytics page in Chromium, with records from c-icap', ()
       expect(await rows(page).count()).toBe(2);
       await page.locator('#clear').click();
       await settled(page, 0);
-      expect(await rows(page).count()).toBe(8);
+      expect(await rows(page).count()).toBe(7);
     });
 
     it('a latency bar is a filter too', async () => {

@@ -283,6 +283,7 @@ describe('answers', () => {
         'generatedAt',
         'latency',
         'matched',
+        'pageViews',
         'pools',
         'records',
         'servers',

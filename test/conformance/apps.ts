@@ -24,9 +24,37 @@ import Koa3 from 'koa';
 import { koaBody } from 'koa-body';
 import Koa2 from 'koa2';
 import multer from 'multer';
+// --- Web-standard adapters (issue 16: @icapkit/hono, @icapkit/web's withIcap): apps-web.ts ---
+import { startWebApp, WEB_FRAMEWORKS, type WebFramework } from './apps-web.js';
+// --- end Web-standard adapters ---
 
-export type Framework = 'express5' | 'express4' | 'fastify' | 'koa3' | 'koa2';
-export const FRAMEWORKS: Framework[] = ['express5', 'express4', 'fastify', 'koa3', 'koa2'];
+// ---- NestJS (issue 16, @icapkit/nestjs): the same service as a Nest app on Express and Fastify ----
+import { NEST_FRAMEWORKS, type NestFramework, startNest } from '../nestjs/apps.js';
+// ---- end NestJS ----
+
+export type Framework =
+  | 'express5'
+  | 'express4'
+  | 'fastify'
+  | 'koa3'
+  | 'koa2'
+  | WebFramework
+  // ---- NestJS (issue 16) ----
+  | NestFramework;
+// ---- end NestJS ----
+export const FRAMEWORKS: Framework[] = [
+  'express5',
+  'express4',
+  'fastify',
+  'koa3',
+  'koa2',
+  // --- Web-standard adapters ---
+  ...WEB_FRAMEWORKS,
+  // --- end Web-standard adapters ---
+  // ---- NestJS (issue 16) ----
+  ...NEST_FRAMEWORKS,
+  // ---- end NestJS ----
+];
 
 export interface SeenFile {
   field: string;
@@ -72,6 +100,13 @@ export async function startApp(
   options: AppOptions = {},
 ): Promise<App> {
   if (framework === 'fastify') return startFastify(profile, options);
+  // --- Web-standard adapters ---
+  if (framework === 'hono' || framework === 'web') return startWebApp(framework, profile, options);
+  // --- end Web-standard adapters ---
+  // ---- NestJS (issue 16) ----
+  if (framework === 'nest-express' || framework === 'nest-fastify')
+    return startNest(framework, { startupCheck: 'off', ...profile }, { http2: options.http2 === true });
+  // ---- end NestJS ----
   if (framework === 'express5' || framework === 'express4') return startExpress(framework, profile);
   return startKoa(framework, profile, options);
 }
@@ -157,7 +192,9 @@ async function startExpress(framework: 'express5' | 'express4', profile: IcapPro
 async function startFastify(profile: IcapProfile, options: AppOptions): Promise<App> {
   const seen: Seen[] = [];
   const app = options.http2 ? Fastify({ http2: true, bodyLimit: LIMIT }) : Fastify({ bodyLimit: LIMIT });
-  await app.register(fastifyIcap, profile);
+  // The scenarios start apps against dead and faulty servers on purpose: Fastify's start-up
+  // check (OPTIONS in onReady, 'fail' by default) has tests of its own (test/engine/loud.test.ts).
+  await app.register(fastifyIcap, { startupCheck: 'off', ...profile });
   await app.register(fastifyMultipart, { limits: { fileSize: LIMIT } });
   app.addContentTypeParser(
     'application/octet-stream',

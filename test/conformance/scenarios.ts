@@ -276,7 +276,13 @@ export function defineConformance(backend: Backend): void {
       ).toBe(200);
     });
 
-    if (framework === 'fastify' || framework.startsWith('koa')) {
+    if (
+      framework === 'fastify' ||
+      framework.startsWith('koa') ||
+      framework === 'hono' ||
+      framework === 'web' ||
+      framework === 'nest-fastify'
+    ) {
       it('HTTP/2: clean upload passes with its bytes, EICAR is blocked', async () => {
         const a = await start({}, { http2: true });
         const body = text(200_000, 5);

@@ -7,6 +7,7 @@ import { request } from 'node:http';
 import { createServer } from 'node:net';
 import { start as startExpress } from '../../examples/express/server.js';
 import { start as startFastify } from '../../examples/fastify/server.js';
+import { start as startHono } from '../../examples/hono/server.js';
 import { start as startKoa } from '../../examples/koa/server.js';
 
 export interface ExampleOptions {
@@ -28,12 +29,13 @@ export interface Example {
   close(): Promise<void>;
 }
 
-export type ExampleName = 'express' | 'fastify' | 'koa';
+export type ExampleName = 'express' | 'fastify' | 'koa' | 'hono';
 
 export const EXAMPLES: Record<ExampleName, (options?: ExampleOptions) => Promise<Example>> = {
   express: startExpress,
   fastify: startFastify,
   koa: startKoa,
+  hono: startHono,
 };
 
 export interface Reply {

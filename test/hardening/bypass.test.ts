@@ -14,7 +14,18 @@ import { type App, type Framework, startApp } from '../conformance/apps.js';
 import { send } from '../support/http-client.js';
 import { rawExchange } from '../support/raw-http.js';
 
-const FRAMEWORKS: Framework[] = ['express5', 'fastify', 'koa3'];
+const FRAMEWORKS: Framework[] = [
+  'express5',
+  'fastify',
+  'koa3',
+  // hono and web: the Web-standard adapters (issue 16), on @hono/node-server
+  'hono',
+  'web',
+  // ---- NestJS (issue 16) ----
+  'nest-express',
+  'nest-fastify',
+  // ---- end NestJS ----
+];
 
 let icap: IcapTestServer;
 beforeAll(async () => {
@@ -107,7 +118,9 @@ describe.each(FRAMEWORKS)('%s', (framework) => {
     expect(a.seen).toHaveLength(0);
     if (r.responses[0]?.status === 403) expect(logs[0]?.rule_name).toBe('scan-everything');
     else expect(logs.filter((l) => l.action !== 'ICAP_BLOCKED')).toEqual([]);
-    if (framework !== 'fastify') expect(r.responses[0]?.status).toBe(403);
+    // @hono/node-server refuses a backslash in the path (400) before any middleware runs.
+    const serverRefuses = (framework === 'hono' || framework === 'web') && path.includes('\\');
+    if (framework !== 'fastify' && !serverRefuses) expect(r.responses[0]?.status).toBe(403);
   });
 
   it('the skip rule still works for what it names (the rules are not simply ignored)', async () => {

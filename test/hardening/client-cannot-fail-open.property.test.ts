@@ -38,6 +38,15 @@ const TARGETS: Target[] = [
   { framework: 'koa3', h2: false },
   { framework: 'fastify', h2: true },
   { framework: 'koa3', h2: true },
+  // Web-standard adapters (issue 16), on @hono/node-server
+  { framework: 'hono', h2: false },
+  { framework: 'web', h2: false },
+  { framework: 'hono', h2: true },
+  // ---- NestJS (issue 16) ----
+  { framework: 'nest-express', h2: false },
+  { framework: 'nest-fastify', h2: false },
+  { framework: 'nest-fastify', h2: true },
+  // ---- end NestJS ----
 ];
 const nameOf = (t: Target) => `${t.framework}${t.h2 ? ' (h2)' : ''}`;
 
@@ -378,8 +387,9 @@ describe('a client can never choose fail-open (fail-open profile, healthy scanne
           }),
           RUNS,
         );
-        // The scanner was never suspended by what the clients sent, and still blocks.
-        expect(app.engine.status().every((s) => s.state === 'up')).toBe(true);
+        // The scanner was never suspended by what the clients sent, and still blocks ('unknown':
+        // up, but not answered yet, when every request was refused before reaching it).
+        expect(app.engine.status().every((s) => s.state === 'up' || s.state === 'unknown')).toBe(true);
         const plain = await send(t, app, {
           method: 'POST',
           host: '127.0.0.1',
@@ -433,7 +443,12 @@ describe('a client can never choose fail-open (fail-open profile, healthy scanne
           expect(log.fail_action).toBe('fail-closed');
           expect(log.significance).not.toContain('FAIL_OPEN');
         }
-        expect(app.engine.status().every((s) => s.state === 'up' && s.consecutiveFailures === 0)).toBe(true);
+        // Refusals (ICAP 4xx) are no successes either: the server may still be 'unknown'.
+        expect(
+          app.engine
+            .status()
+            .every((s) => (s.state === 'up' || s.state === 'unknown') && s.consecutiveFailures === 0),
+        ).toBe(true);
       } finally {
         server.setScript(undefined);
       }
@@ -502,6 +517,14 @@ describe('a client can never choose fail-open (fail-open profile, healthy scanne
         const log = logs.slice(before).at(-1);
         // nghttp2 itself may reset a stream whose :authority is not a host (then icapkit never sees it).
         if (c.what.startsWith(':authority') && status === undefined && log === undefined) return;
+        if (t.framework === 'hono' || t.framework === 'web') {
+          // A Web Request carries a URL: @hono/node-server refuses a Host it cannot make one of
+          // (400) before any middleware runs, and the URL parser percent-encodes a :path, so the
+          // scanner and the handler read the same request and EICAR in it is blocked (403).
+          expect(status).toBe(c.what.startsWith(':path') ? 403 : 400);
+          expect(log?.significance ?? []).not.toContain('FAIL_OPEN');
+          return;
+        }
         expect(status).toBe(400);
         expect(log?.error_code).toBe('ICAP_ERR_BAD_REQUEST');
         expect(log?.significance).toContain('REQUEST_REFUSED');

@@ -13,7 +13,8 @@ import { eicar, type IcapTestServer, startIcapServer } from '@icapkit/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type App, type Framework, startApp } from '../conformance/apps.js';
 
-const FRAMEWORKS: Framework[] = ['express5', 'fastify', 'koa3'];
+// hono and web: the Web-standard adapters (issue 16), on @hono/node-server
+const FRAMEWORKS: Framework[] = ['express5', 'fastify', 'koa3', 'hono', 'web'];
 const RUNS = 5;
 const MiB = 1024 * 1024;
 const FIRST = Buffer.concat([eicar(), Buffer.alloc(64 * 1024 - eicar().length, 0x61)]);

@@ -30,6 +30,15 @@ const VARIANTS: Variant[] = [
   { label: 'koa3', framework: 'koa3', http2: false },
   { label: 'koa2', framework: 'koa2', http2: false },
   { label: 'koa3 h2', framework: 'koa3', http2: true },
+  // Web-standard adapters (issue 16), on @hono/node-server: undici's form parser downstream
+  { label: 'hono', framework: 'hono', http2: false },
+  { label: 'web (withIcap)', framework: 'web', http2: false },
+  { label: 'hono h2', framework: 'hono', http2: true },
+  // ---- NestJS (issue 16) ----
+  { label: 'nest-express', framework: 'nest-express', http2: false },
+  { label: 'nest-fastify', framework: 'nest-fastify', http2: false },
+  { label: 'nest-fastify h2', framework: 'nest-fastify', http2: true },
+  // ---- end NestJS ----
 ];
 
 const B = 'B0undary';
@@ -605,7 +614,7 @@ describeWithCIcap('multipart shapes against real c-icap + ClamAV', () => {
   });
   afterAll(() => server?.stop());
 
-  for (const framework of ['fastify', 'koa3'] as const) {
+  for (const framework of ['fastify', 'koa3', 'hono'] as const) {
     it(`${framework}: shapes that delivered EICAR to the README's parsers are refused; EICAR in a clean form is blocked`, async () => {
       const app = await startApp(framework, {
         name: 'c-icap',

@@ -90,7 +90,8 @@ describe.each(FRAMEWORKS)('intake: %s', (framework) => {
       // A slow client is not a slow scanner: no connection held, no health counted.
       expect(reqmods(plain)).toHaveLength(0);
       expect(a.engine.status()[0]!.consecutiveFailures).toBe(0);
-      expect(a.engine.status()[0]!.state).toBe('up');
+      // Never contacted at all: still unknown (not suspended, not up).
+      expect(a.engine.status()[0]!.state).toBe('unknown');
     });
   }
 

@@ -72,6 +72,15 @@ export const IcapErrorCodes = {
   BAD_REQUEST: 'ICAP_ERR_BAD_REQUEST',
   /** An unexpected failure inside icapkit (a bug): fails closed, whatever the failure action. */
   INTERNAL: 'ICAP_ERR_INTERNAL',
+  /** `ready()` with `startupCheck: 'fail'`: a server did not answer OPTIONS (the message names each). */
+  STARTUP_CHECK: 'ICAP_ERR_STARTUP_CHECK',
+  /** The ICAP server found a threat: the request was refused (403). The code of a refusal error. */
+  BLOCKED: 'ICAP_ERR_BLOCKED',
+  /**
+   * The request body was already read (by a body parser mounted before the middleware): it
+   * cannot be scanned, so the request is refused (500). Mount icap() before body parsers.
+   */
+  BODY_CONSUMED: 'ICAP_ERR_BODY_CONSUMED',
 } as const;
 
 export type IcapErrorCode = (typeof IcapErrorCodes)[keyof typeof IcapErrorCodes];

@@ -1,41 +1,56 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import {
   type ContinueServer,
+  checkRefusalOptions,
   createEngine,
   drainAfterAnswer,
   drainLimits,
   guardExpectContinue,
   type IcapEngine,
   type IcapProfile,
+  IcapRefusalError,
+  type IcapRefusalOptions,
   type IcapRequestInfo,
   type PinoLike,
+  type RefusalResponse,
+  type RespondOutcome,
   rearmRequest,
+  refusalOf,
+  refusalReporter,
+  refusalResponse,
   requestInfo,
+  type StartupReport,
 } from '@icapkit/core';
 
+export type {
+  IcapRefusal,
+  IcapRefusalMode,
+  IcapRefusalReply,
+  IcapRefusalResult,
+  IcapRequestInfo,
+} from '@icapkit/core';
+export { IcapRefusalError, isIcapRefusalError } from '@icapkit/core';
 export * from './analytics.js';
 
-/**
- * Express middleware: every request the profile's rules select is scanned by the ICAP server
- * before the next handler runs. Blocked uploads get 403, oversized ones 413, scanner failures
- * 503 (or pass, per the profile); approved requests reach the next handler with their body
- * readable again (body parsers and multer work as usual), a rewritten body when the ICAP
- * server modified it, and `req.icap` describing the scan.
- *
- *   app.use(icap({ name: 'uploads', poolGroup: 'icap://127.0.0.1:1344', serviceUri: '/avscan' }));
- *
- * Works with Express 5 and 4 (typed against node:http, so it has no dependency on express).
- */
-
-declare module 'node:http' {
-  interface IncomingMessage {
-    /** Set by @icapkit/express once the request was scanned (or not). */
-    icap?: IcapRequestInfo;
+declare global {
+  // Express's own request type lives in this global namespace (@types/express, v4 and v5).
+  namespace Express {
+    interface Request {
+      /**
+       * What `icap()` decided for this request: `{ action, threat, rule, removed, log }`. Set
+       * by the middleware before `next()` (and before `next(err)` with `refusals: 'error'`),
+       * so it is always there in the handlers and error handlers mounted after `icap()`. In a
+       * handler mounted before it (or on a path it does not cover) it is undefined at run
+       * time: read it with `icapInfo(req)` there.
+       */
+      icap: IcapRequestInfo;
+    }
   }
 }
 
 type Next = (err?: unknown) => void;
 
+/** What `icap()` returns: an Express middleware with its engine. */
 export interface IcapMiddleware {
   (req: IncomingMessage, res: ServerResponse, next: Next): void;
   /** The engine (servers, health, status). */
@@ -45,19 +60,56 @@ export interface IcapMiddleware {
   /**
    * Answers requests with `Expect: 100-continue` that would be refused anyway (413, 415)
    * before they send their body: `mw.guardExpectContinue(app.listen(3000))`. Returns the server.
+   * With `onRefusal` or `refusals: 'error'` such requests get `100 Continue` instead, so the
+   * refusal goes through the middleware and the application shapes it.
    */
   guardExpectContinue<S extends ContinueServer>(server: S): S;
+  /**
+   * The start-up check: OPTIONS to every ICAP server. Per the profile's `startupCheck`, rejects
+   * naming each server that did not answer ('fail', default), warns ('warn') or does nothing
+   * ('off'): `await mw.ready()` before `app.listen()`.
+   */
+  ready(): Promise<StartupReport>;
 }
 
-export interface IcapExpressOptions {
+/**
+ * Options of the Express middleware besides the profile. `Req` and `Res` are inferred from
+ * an annotated `onRefusal` (e.g. Express's `Request` and `Response`).
+ */
+export interface IcapExpressOptions<
+  Req extends IncomingMessage = IncomingMessage,
+  Res extends ServerResponse = ServerResponse,
+> extends IcapRefusalOptions<[req: Req, res: Res], Res> {
   /** Share an engine between middlewares (the profile is then ignored). */
   engine?: IcapEngine | undefined;
 }
 
-export function icap(profile: IcapProfile, options: IcapExpressOptions = {}): IcapMiddleware {
+/**
+ * Express middleware: every request the profile's rules select is scanned by the ICAP server
+ * before the next handler runs. Blocked uploads get 403, oversized ones 413, scanner failures
+ * 503 (or pass, per the profile); approved requests reach the next handler with their body
+ * readable again (body parsers and multer work as usual), a rewritten body when the ICAP
+ * server modified it, and `req.icap` describing the scan.
+ *
+ * Refusals: `onRefusal(refusal, req, res)` renders them yourself; `refusals: 'error'` calls
+ * `next(err)` with an {@link IcapRefusalError} (`status`, `expose`, `code`, `log`) instead.
+ * Mount it before body parsers: a body already read is refused at once (500,
+ * ICAP_ERR_BODY_CONSUMED).
+ *
+ * @example
+ * app.use(icap({ name: 'uploads', poolGroup: 'icap://127.0.0.1:1344', serviceUri: '/avscan' }));
+ *
+ * Works with Express 5 and 4 (typed against node:http, so it has no dependency on express).
+ */
+export function icap<
+  Req extends IncomingMessage = IncomingMessage,
+  Res extends ServerResponse = ServerResponse,
+>(profile: IcapProfile, options: IcapExpressOptions<Req, Res> = {}): IcapMiddleware {
+  checkRefusalOptions(options as unknown as IcapExpressOptions, '@icapkit/express');
   const engine = options.engine ?? createEngine(profile);
+  const report = refusalReporter('@icapkit/express');
   const middleware = (req: IncomingMessage, res: ServerResponse, next: Next): void => {
-    run(engine, req, res).then(
+    run(engine, req, res, next, options as unknown as IcapExpressOptions, report).then(
       (proceed) => {
         if (proceed) next();
       },
@@ -67,8 +119,11 @@ export function icap(profile: IcapProfile, options: IcapExpressOptions = {}): Ic
   return Object.assign(middleware, {
     engine,
     close: () => engine.close(),
+    ready: () => engine.ready(),
     guardExpectContinue<S extends ContinueServer>(server: S): S {
-      guardExpectContinue(server, (req) => engine.preflight(req));
+      // Refusals the application shapes go through the middleware (after 100 Continue).
+      const shaped = options.onRefusal !== undefined || options.refusals === 'error';
+      guardExpectContinue(server, async (req) => (shaped ? null : engine.preflight(req)));
       return server;
     },
   });
@@ -76,33 +131,45 @@ export function icap(profile: IcapProfile, options: IcapExpressOptions = {}): Ic
 
 export default icap;
 
+/**
+ * `req.icap` where it may be missing: undefined for a request `icap()` did not see (a handler
+ * mounted before it), the scan's description otherwise.
+ */
+export function icapInfo(req: IncomingMessage): IcapRequestInfo | undefined {
+  return (req as { icap?: IcapRequestInfo | null }).icap ?? undefined;
+}
+
 /** Scans and applies the outcome. True when the next handler should run. */
-async function run(engine: IcapEngine, req: IncomingMessage, res: ServerResponse): Promise<boolean> {
+async function run(
+  engine: IcapEngine,
+  req: IncomingMessage,
+  res: ServerResponse,
+  next: Next,
+  options: IcapExpressOptions,
+  report: ReturnType<typeof refusalReporter>,
+): Promise<boolean> {
   const ac = new AbortController();
   const onClose = () => {
     if (!res.writableFinished) ac.abort();
   };
   res.once('close', onClose);
-  const logger = (req as { log?: PinoLike }).log;
+  const log = (req as { log?: PinoLike }).log;
+  const logger = isLogger(log) ? log : undefined;
   const outcome = await engine.scan(req, {
     signal: ac.signal,
-    logger: isLogger(logger) ? logger : undefined,
+    logger,
     requestId: requestId(req),
+    parsedBody: (req as { body?: unknown }).body,
   });
   res.removeListener('close', onClose);
   res.once('close', () => outcome.dispose());
-  req.icap = requestInfo(outcome);
+  (req as { icap?: IcapRequestInfo }).icap = requestInfo(outcome);
   switch (outcome.kind) {
     case 'aborted':
       if (!res.destroyed) res.destroy();
       return false;
     case 'respond':
-      // The rest of an unread body is still read (bounded), so the client gets the answer.
-      if (outcome.closeConnection) drainAfterAnswer(req, drainLimits(engine));
-      if (!res.headersSent) {
-        res.writeHead(outcome.status, outcome.headers.flat());
-        res.end(outcome.body);
-      }
+      await refuse(engine, outcome, req, res, next, options, (err) => report(err, logger));
       return false;
     case 'rewrite':
       rearmRequest(req, {
@@ -126,7 +193,55 @@ async function run(engine: IcapEngine, req: IncomingMessage, res: ServerResponse
       break;
   }
   for (const [name, value] of outcome.responseHeaders) res.setHeader(name, value);
+  // The application's status, for the record (the analytics page shows it).
+  res.once('finish', () => engine.responded(outcome.log, res.statusCode));
   return true;
+}
+
+/** Answers a refusal: the default page, `onRefusal`'s, or `next(err)` with `refusals: 'error'`. */
+async function refuse(
+  engine: IcapEngine,
+  outcome: RespondOutcome,
+  req: IncomingMessage,
+  res: ServerResponse,
+  next: Next,
+  options: IcapExpressOptions,
+  report: (err: unknown) => void,
+): Promise<void> {
+  // The rest of an unread body is still read (bounded), so the client gets the answer.
+  if (outcome.closeConnection) drainAfterAnswer(req, drainLimits(engine));
+  const refusal = refusalOf(outcome);
+  const http2 = req.httpVersionMajor === 2;
+  if (options.refusals === 'error') {
+    const err = new IcapRefusalError(refusal, { http2 });
+    if (!res.headersSent) for (const [n, v] of Object.entries(err.headers)) res.setHeader(n, v);
+    next(err);
+    return;
+  }
+  let response: RefusalResponse | null = refusal.response;
+  const onRefusal = options.onRefusal;
+  if (onRefusal !== undefined) {
+    if (!res.headersSent) res.statusCode = refusal.status;
+    response = await refusalResponse(
+      refusal,
+      () => onRefusal(refusal, req, res),
+      (result) => res.headersSent || result === res,
+      report,
+      http2,
+    );
+  }
+  if (response === null || res.headersSent) return;
+  try {
+    res.writeHead(response.status, response.headers.flat());
+    res.end(response.body);
+  } catch (err) {
+    // A header Node refuses (onRefusal's): the default page instead.
+    report(err);
+    if (res.headersSent) return;
+    for (const name of res.getHeaderNames()) res.removeHeader(name);
+    res.writeHead(refusal.response.status, refusal.response.headers.flat());
+    res.end(refusal.response.body);
+  }
 }
 
 function isLogger(v: unknown): v is PinoLike {

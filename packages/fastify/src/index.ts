@@ -1,12 +1,22 @@
 import {
+  checkRefusalOptions,
   createEngine,
   drainAfterAnswer,
   drainLimits,
   guardExpectContinue,
   type IcapEngine,
+  IcapError,
+  IcapErrorCodes,
   type IcapProfile,
+  IcapRefusalError,
+  type IcapRefusalOptions,
   type IcapRequestInfo,
+  type RefusalResponse,
+  type RespondOutcome,
   rearmRequest,
+  refusalOf,
+  refusalReporter,
+  refusalResponse,
   requestInfo,
   type ScanOutcome,
 } from '@icapkit/core';
@@ -23,35 +33,37 @@ import fp from 'fastify-plugin';
 export * from './analytics.js';
 
 /**
- * Fastify plugin: requests the profile's rules select are scanned by the ICAP server in a
- * `preParsing` hook placed before any other, so the content-type parsers (JSON, and
- * @fastify/multipart, which reads `request.raw` itself) see only an approved body: the
- * original one replayed, or the ICAP server's rewritten one, with a matching length.
- *
- *   await fastify.register(icap, { name: 'uploads', poolGroup: 'icap://127.0.0.1:1344', serviceUri: '/avscan' });
- *   fastify.post('/avatar', { config: { icap: false } }, handler);             // opt out
- *   fastify.post('/docs', { config: { icap: { serviceUri: '/cdr' } } }, handler); // per-route profile
- *
- * One `preParsing` hook on the plugin's context scans every request of that context and below
- * (routes, also those declared there before the plugin loaded, and not-found handlers), and
- * runs before the preParsing hooks added after it and every route's own. Coverage is explicit:
- * once the application is ready, every route that can receive a body (any method but GET,
- * HEAD and TRACE) must be scanned first, or opted out with `config: { icap: false }`. A route
- * the plugin cannot reach (in a parent or sibling context, or in a child context loaded before
- * it) or where another preParsing hook runs before the scan makes `ready()` / `listen()` fail
- * with ICAP_ERR_UNSCANNED_ROUTE naming it, or only warns (log and process warning) with
- * `unscannedRoutes: 'warn'`.
+ * A route's `config.icap`: `false` (not scanned), `true` or absent (the plugin's profile), or
+ * profile fields that override the plugin's for this route. The type rejects strings, numbers,
+ * arrays, functions and wrong values of known fields (`failAction: 'fail-opne'`). Fastify
+ * infers a route's config type from the literal, so an unknown key (`bufferSzie`) is only
+ * caught at start-up (naming the route), or at compile time with `satisfies IcapRouteOptions`.
  */
+export type IcapRouteOptions = boolean | IcapRouteProfile;
 
-export type IcapRouteOptions = Partial<IcapProfile> | false;
+/** Profile fields a route overrides (the guard members reject strings, numbers and arrays). */
+export type IcapRouteProfile = Partial<IcapProfile> & {
+  length?: never;
+  toFixed?: never;
+  call?: never;
+};
 
 declare module 'fastify' {
   interface FastifyRequest {
-    /** Set by @icapkit/fastify once the request was scanned (or not). */
-    icap: IcapRequestInfo | null;
+    /**
+     * What @icapkit/fastify decided for this request: `{ action, threat, rule, removed, log }`.
+     * Set by the plugin's preParsing hook, before any parser or handler of the contexts it
+     * covers runs (and before the error handler with `refusals: 'error'`). On a route opted
+     * out with `config: { icap: false }` it is null at run time: read it with
+     * `icapInfo(request)` there.
+     */
+    icap: IcapRequestInfo;
   }
   interface FastifyContextConfig {
-    /** false: not scanned; an object: this route's profile overrides. */
+    /**
+     * This route's scanning: `false` (not scanned), or profile fields overriding the plugin's
+     * (`{ serviceUri: '/cdr' }`). Checked at start-up; errors name the route.
+     */
     icap?: IcapRouteOptions;
   }
   interface FastifyInstance {
@@ -60,7 +72,10 @@ declare module 'fastify' {
   }
 }
 
-export interface IcapPluginOptions extends IcapProfile {
+/** The plugin's options: an ICAP profile, plus the plugin's own fields. */
+export interface IcapPluginOptions
+  extends IcapProfile,
+    IcapRefusalOptions<[request: FastifyRequest, reply: FastifyReply], FastifyReply> {
   /**
    * A route that can receive a body but is not scanned (declared before the plugin, or out of
    * its encapsulation context): 'error' (default) makes start-up fail, 'warn' logs a warning
@@ -68,6 +83,23 @@ export interface IcapPluginOptions extends IcapProfile {
    */
   unscannedRoutes?: 'error' | 'warn' | undefined;
 }
+
+/**
+ * `request.icap` where it may be missing: undefined on a route opted out with
+ * `config: { icap: false }` (or out of the plugin's contexts), the scan's description otherwise.
+ */
+export function icapInfo(request: FastifyRequest): IcapRequestInfo | undefined {
+  return (request as { icap?: IcapRequestInfo | null }).icap ?? undefined;
+}
+
+export type {
+  IcapRefusal,
+  IcapRefusalMode,
+  IcapRefusalReply,
+  IcapRefusalResult,
+  IcapRequestInfo,
+} from '@icapkit/core';
+export { IcapRefusalError, isIcapRefusalError } from '@icapkit/core';
 
 /** Code of the start-up error (and warning) about routes that are not scanned. */
 export const UNSCANNED_ROUTE = 'ICAP_ERR_UNSCANNED_ROUTE';
@@ -86,10 +118,16 @@ export class UnscannedRouteError extends Error {
 }
 
 const plugin: FastifyPluginAsync<IcapPluginOptions> = async (fastify, profile) => {
+  checkRefusalOptions(profile as never, '@icapkit/fastify');
   const engine = createEngine(profileOf(profile));
+  const refusals: Refusals = {
+    mode: profile.refusals ?? 'respond',
+    onRefusal: profile.onRefusal,
+    report: refusalReporter('@icapkit/fastify'),
+  };
   const routeEngines: IcapEngine[] = [];
   fastify.decorate('icapEngine', engine);
-  fastify.decorateRequest('icap', null);
+  fastify.decorateRequest('icap', null as never);
   // Which engine (or none) each route handler has, for Expect: 100-continue answers.
   const byHandler = new Map<unknown, IcapEngine | false>();
   // The engine of each route profile (`config: { icap: {...} }`), by the profile object.
@@ -103,8 +141,15 @@ const plugin: FastifyPluginAsync<IcapPluginOptions> = async (fastify, profile) =
       return;
     }
     let routeEngine = engine;
-    if (config !== undefined && config !== null && typeof config === 'object') {
-      routeEngine = byProfile.get(config) ?? createEngine({ ...profileOf(profile), ...config });
+    if (config !== undefined && config !== true) {
+      const where = `config.icap of route ${[route.method].flat().join(',')} ${route.url}`;
+      if (typeof config !== 'object' || config === null || Array.isArray(config))
+        throw new IcapError(
+          IcapErrorCodes.INVALID_PROFILE,
+          `@icapkit/fastify: ${where} must be false, true or an object of profile fields, not ${JSON.stringify(config) ?? typeof config}`,
+          { field: 'icap' },
+        );
+      routeEngine = byProfile.get(config) ?? routeEngineOf(profile, config, where);
       if (!byProfile.has(config)) {
         byProfile.set(config, routeEngine);
         routeEngines.push(routeEngine);
@@ -122,7 +167,7 @@ const plugin: FastifyPluginAsync<IcapPluginOptions> = async (fastify, profile) =
   const scanOf = (e: IcapEngine) => {
     let hook = scans.get(e);
     if (hook === undefined) {
-      hook = scanHook(e);
+      hook = scanHook(e, refusals);
       scans.set(e, hook);
     }
     return hook;
@@ -133,7 +178,10 @@ const plugin: FastifyPluginAsync<IcapPluginOptions> = async (fastify, profile) =
       done(null, payload);
       return;
     }
-    const routeEngine = config !== undefined && config !== null ? (byProfile.get(config) ?? engine) : engine;
+    const routeEngine =
+      config !== undefined && config !== null && typeof config === 'object'
+        ? (byProfile.get(config) ?? engine)
+        : engine;
     scanOf(routeEngine)
       .call(this, request, reply, payload)
       .then(
@@ -155,6 +203,11 @@ const plugin: FastifyPluginAsync<IcapPluginOptions> = async (fastify, profile) =
     }
     throw new UnscannedRouteError(message, unscanned);
   });
+  // The start-up check (the profile's startupCheck): OPTIONS to the servers of every engine;
+  // with 'fail' (default) a server that does not answer makes ready() / listen() reject.
+  fastify.addHook('onReady', async function icapStartupCheck() {
+    await Promise.all([engine, ...routeEngines].map((e) => e.ready()));
+  });
   // Requests with Expect: 100-continue that are refused anyway (413, 415) are answered before
   // they send their body.
   const unguard = guardExpectContinue(fastify.server as never, async (req) => {
@@ -163,7 +216,8 @@ const plugin: FastifyPluginAsync<IcapPluginOptions> = async (fastify, profile) =
       url: (req.url ?? '/').split('?')[0] ?? '/',
     });
     const routeEngine = route === null ? engine : (byHandler.get(route.handler) ?? engine);
-    if (routeEngine === false) return null;
+    // Refusals the application shapes go through the hook (after 100 Continue).
+    if (routeEngine === false || refusals.mode === 'error' || refusals.onRefusal !== undefined) return null;
     return routeEngine.preflight(req);
   });
   fastify.addHook('onClose', async () => {
@@ -172,6 +226,19 @@ const plugin: FastifyPluginAsync<IcapPluginOptions> = async (fastify, profile) =
   });
 };
 
+/** A route's engine: the plugin's profile with the route's fields; errors name the route. */
+function routeEngineOf(profile: IcapPluginOptions, config: object, where: string): IcapEngine {
+  try {
+    return createEngine({ ...profileOf(profile), ...config });
+  } catch (err) {
+    if (!(err instanceof IcapError)) throw err;
+    throw new IcapError(err.code, `@icapkit/fastify: ${where}: ${err.message}`, {
+      cause: err,
+      ...(err.field === undefined ? {} : { field: err.field }),
+    });
+  }
+}
+
 /** The profile without Fastify's own plugin options. */
 function profileOf(options: IcapPluginOptions): IcapProfile {
   const {
@@ -179,6 +246,8 @@ function profileOf(options: IcapPluginOptions): IcapProfile {
     logLevel: _l,
     logSerializers: _s,
     unscannedRoutes: _u,
+    refusals: _r,
+    onRefusal: _o,
     ...rest
   } = options as IcapPluginOptions & Record<string, unknown>;
   return rest as unknown as IcapProfile;
@@ -271,7 +340,60 @@ export function findUnscannedRoutes(fastify: FastifyInstance): string[] {
   return out;
 }
 
-function scanHook(engine: IcapEngine): preParsingAsyncHookHandler {
+interface Refusals {
+  mode: 'respond' | 'error';
+  onRefusal: IcapPluginOptions['onRefusal'];
+  report: ReturnType<typeof refusalReporter>;
+}
+
+/**
+ * Answers a refusal from the preParsing hook: the default page or `onRefusal`'s (sent here),
+ * or, with `refusals: 'error'`, an IcapRefusalError thrown to Fastify, which sends it to the
+ * error handler (the body is not parsed).
+ */
+async function refuse(
+  engine: IcapEngine,
+  outcome: RespondOutcome,
+  request: FastifyRequest,
+  reply: FastifyReply,
+  refusals: Refusals,
+): Promise<void> {
+  const raw = request.raw;
+  // The rest of an unread body is still read (bounded), so the client gets the answer.
+  if (outcome.closeConnection) drainAfterAnswer(raw, drainLimits(engine));
+  const refusal = refusalOf(outcome);
+  const http2 = raw.httpVersionMajor === 2;
+  if (refusals.mode === 'error') throw new IcapRefusalError(refusal, { http2 });
+  let response: RefusalResponse | null = refusal.response;
+  const onRefusal = refusals.onRefusal;
+  if (onRefusal !== undefined) {
+    reply.code(refusal.status);
+    response = await refusalResponse(
+      refusal,
+      () => onRefusal(refusal, request, reply),
+      (result) => result === reply || reply.sent || reply.raw.headersSent,
+      (err) => refusals.report(err, request.log),
+      http2,
+    );
+  }
+  if (response === null || reply.sent) return;
+  const headers: Record<string, string> = {};
+  for (const [n, v] of response.headers) {
+    const name = n.toLowerCase();
+    headers[name] = headers[name] === undefined ? v : `${headers[name]}, ${v}`;
+  }
+  try {
+    await reply.code(response.status).headers(headers).send(response.body);
+  } catch (err) {
+    refusals.report(err, request.log);
+    if (reply.sent || reply.raw.headersSent) return;
+    const page: Record<string, string> = {};
+    for (const [n, v] of refusal.response.headers) page[n] = v;
+    await reply.code(refusal.status).headers(page).send(refusal.response.body);
+  }
+}
+
+function scanHook(engine: IcapEngine, refusals: Refusals): preParsingAsyncHookHandler {
   return async function icapPreParsing(request: FastifyRequest, reply: FastifyReply, payload) {
     const raw = request.raw;
     const ac = new AbortController();
@@ -285,12 +407,16 @@ function scanHook(engine: IcapEngine): preParsingAsyncHookHandler {
         signal: ac.signal,
         logger: request.log,
         requestId: String(request.id),
+        parsedBody: request.body,
       });
     } finally {
       reply.raw.removeListener('close', onClose);
     }
     reply.raw.once('close', () => outcome.dispose());
     request.icap = requestInfo(outcome);
+    // The application's status, for the record (the analytics page shows it); a no-op when
+    // the middleware answered itself (the record has its status already).
+    reply.raw.once('finish', () => engine.responded(outcome.log, reply.raw.statusCode));
     switch (outcome.kind) {
       case 'aborted':
         // Nothing to answer: close the connection itself (destroying a request whose body was
@@ -299,14 +425,9 @@ function scanHook(engine: IcapEngine): preParsingAsyncHookHandler {
         if (!reply.raw.destroyed) reply.raw.destroy();
         raw.destroy();
         return payload;
-      case 'respond': {
-        // The rest of an unread body is still read (bounded), so the client gets the answer.
-        if (outcome.closeConnection) drainAfterAnswer(raw, drainLimits(engine));
-        const headers: Record<string, string> = {};
-        for (const [n, v] of outcome.headers) headers[n] = v;
-        await reply.code(outcome.status).headers(headers).send(outcome.body);
+      case 'respond':
+        await refuse(engine, outcome, request, reply, refusals);
         return payload;
-      }
       case 'rewrite':
         rearmRequest(raw, {
           body: outcome.body,
@@ -336,5 +457,28 @@ function scanHook(engine: IcapEngine): preParsingAsyncHookHandler {
   };
 }
 
+/**
+ * Fastify plugin: requests the profile's rules select are scanned by the ICAP server in a
+ * `preParsing` hook placed before any other, so the content-type parsers (JSON, and
+ * @fastify/multipart, which reads `request.raw` itself) see only an approved body: the
+ * original one replayed, or the ICAP server's rewritten one, with a matching length.
+ *
+ *   await fastify.register(icap, { name: 'uploads', poolGroup: 'icap://127.0.0.1:1344', serviceUri: '/avscan' });
+ *   fastify.post('/avatar', { config: { icap: false } }, handler);             // opt out
+ *   fastify.post('/docs', { config: { icap: { serviceUri: '/cdr' } } }, handler); // per-route profile
+ *
+ * One `preParsing` hook on the plugin's context scans every request of that context and below
+ * (routes, also those declared there before the plugin loaded, and not-found handlers), and
+ * runs before the preParsing hooks added after it and every route's own. Coverage is explicit:
+ * once the application is ready, every route that can receive a body (any method but GET,
+ * HEAD and TRACE) must be scanned first, or opted out with `config: { icap: false }`. A route
+ * the plugin cannot reach (in a parent or sibling context, or in a child context loaded before
+ * it) or where another preParsing hook runs before the scan makes `ready()` / `listen()` fail
+ * with ICAP_ERR_UNSCANNED_ROUTE naming it, or only warns (log and process warning) with
+ * `unscannedRoutes: 'warn'`.
+ *
+ * Refusals: `onRefusal(refusal, request, reply)` renders them yourself; `refusals: 'error'`
+ * hands an IcapRefusalError (`statusCode`, `expose`, `code`, `log`) to your `setErrorHandler`.
+ */
 export const icap = fp(plugin, { fastify: '5.x', name: '@icapkit/fastify' });
 export default icap;

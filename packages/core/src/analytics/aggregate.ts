@@ -181,6 +181,17 @@ export function logValues(log: IcapLog, dimension: Dimension): string[] {
   }
 }
 
+/**
+ * Whether a record is a page view: a request without a body (GET, HEAD, a favicon...), which
+ * the middleware lets through unread. The page hides them unless asked (`pageViews=show`).
+ */
+export function isPageView(log: IcapLog): boolean {
+  return log.policy_reason === 'no-body';
+}
+
+/** Whether the overview counts page views ('show') or leaves them out ('hide'). */
+export type PageViews = 'show' | 'hide';
+
 /** Whether a record is significant (blocked, modified, failed, slow, refused...). */
 export function isSignificant(log: IcapLog): boolean {
   return log.significant === true || (log.significance?.length ?? 0) > 0;
@@ -243,6 +254,8 @@ export interface PoolRow extends Outcomes {
   servers: string[];
   /** Of those, how many are up now (null when no engine has the pool any more). */
   up: number | null;
+  /** Of those, how many have not answered yet (state `unknown`; null as for `up`). */
+  unknown: number | null;
 }
 
 export interface RecordSummary {
@@ -252,7 +265,7 @@ export interface RecordSummary {
   action: IcapAction;
   method: string;
   path: string;
-  /** What the middleware answered (403, 413, 503), when it answered. */
+  /** The HTTP status: the middleware's answer (403, 413, 503), or the application's once its response finished. */
   status: number | null;
   /** ms in the middleware. */
   duration: number;
@@ -278,6 +291,8 @@ export interface AnalyticsOverview {
   stored: number;
   /** Records that match the filters (what everything below counts). */
   matched: number;
+  /** Page views (requests without a body) among the records that match the filters, and whether they were left out. */
+  pageViews: { count: number; hidden: boolean };
   /** The filters applied, one entry per selected value. */
   filters: Array<{ key: Dimension; value: string }>;
   /** Matching records by action, every action present. */
@@ -331,6 +346,8 @@ export interface SummarizeOptions {
   /** The ring's capacity, reported as is. */
   capacity?: number | undefined;
   now?: number | undefined;
+  /** 'hide' leaves page views out of everything but `pageViews.count`. Default 'show'. */
+  pageViews?: PageViews | undefined;
 }
 
 /** Items of a summary list shown at most (threats, files, ...). */
@@ -431,10 +448,16 @@ export function summarizeLogs(
   const significantList: RecordSummary[] = [];
   let matched = 0;
   let significant = 0;
+  let pageViews = 0;
+  const hidePageViews = options.pageViews === 'hide';
 
   for (const s of records) {
     const log = s.log;
     if (!matchesFilters(log, filters)) continue;
+    if (isPageView(log)) {
+      pageViews++;
+      if (hidePageViews) continue;
+    }
     matched++;
     if (log.action in actions) actions[log.action]++;
     for (const [d, counts] of facetCounts) {
@@ -477,7 +500,10 @@ export function summarizeLogs(
 
   // Servers and pools: those the engines have now, and those the log names.
   const health = new Map<string, ServerHealth[]>();
-  const poolServers = new Map<string, { servers: Set<string>; up: number; known: boolean }>();
+  const poolServers = new Map<
+    string,
+    { servers: Set<string>; up: number; unknown: number; known: boolean }
+  >();
   for (const { profile, status } of options.health ?? []) {
     for (const st of status) {
       const h = health.get(st.server) ?? [];
@@ -496,8 +522,9 @@ export function summarizeLogs(
         },
       });
       health.set(st.server, h);
-      const p = poolServers.get(st.pool) ?? { servers: new Set<string>(), up: 0, known: true };
+      const p = poolServers.get(st.pool) ?? { servers: new Set<string>(), up: 0, unknown: 0, known: true };
       if (!p.servers.has(st.server) && st.state === 'up') p.up++;
+      if (!p.servers.has(st.server) && st.state === 'unknown') p.unknown++;
       p.servers.add(st.server);
       poolServers.set(st.pool, p);
       acc(servers, st.server).members.add(st.pool);
@@ -518,6 +545,7 @@ export function summarizeLogs(
       pool,
       servers: [...new Set([...(known?.servers ?? []), ...(a?.members ?? [])])].sort(),
       up: known === undefined ? null : known.up,
+      unknown: known === undefined ? null : known.unknown,
       ...outcomes(a),
     };
   });
@@ -532,6 +560,7 @@ export function summarizeLogs(
     capacity: options.capacity ?? records.length,
     stored: records.length,
     matched,
+    pageViews: { count: pageViews, hidden: hidePageViews },
     filters: filterList,
     actions,
     significant,

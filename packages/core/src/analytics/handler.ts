@@ -8,6 +8,7 @@ import {
   type AnalyticsFilters,
   type AnalyticsOverview,
   type Dimension,
+  type PageViews,
   summarizeLogs,
 } from './aggregate.js';
 import { DATA_CSP, PAGE_CSP, PAGE_HTML } from './page.js';
@@ -45,6 +46,8 @@ export type AnalyticsGuard = (req: IncomingMessage) => AnalyticsGuardResult | Pr
 export interface AnalyticsSource {
   readonly profile: { readonly name: string };
   addLogListener(listener: LogListener): () => void;
+  /** Records that got the application's HTTP status after delivery (an engine has it). */
+  addResponseListener?(listener: LogListener): () => void;
   status(): ServerStatus[];
 }
 
@@ -69,7 +72,8 @@ export interface LogAnalytics {
    */
   handle(req: IncomingMessage, res: ServerResponse, target?: string): Promise<void>;
   /** The overview the JSON endpoint answers, for these filters. */
-  overview(filters?: AnalyticsFilters, limit?: number): AnalyticsOverview;
+  /** `pageViews: 'hide'` leaves out requests without a body (see `isPageView`). */
+  overview(filters?: AnalyticsFilters, limit?: number, pageViews?: PageViews): AnalyticsOverview;
   /** Stops receiving records (the ring keeps what it has). */
   close(): void;
 }
@@ -113,11 +117,17 @@ function splitTarget(target: string): { path: string; query: string } {
 /** Filters and list limit from a query string; a message when it is not acceptable. */
 export function parseOverviewQuery(
   query: string,
-): { filters: AnalyticsFilters; limit: number } | { error: string } {
+): { filters: AnalyticsFilters; limit: number; pageViews: PageViews } | { error: string } {
   const filters: Partial<Record<Dimension, string[]>> = {};
   let limit = DEFAULT_LIST_LIMIT;
+  let pageViews: PageViews = 'show';
   let n = 0;
   for (const [key, value] of new URLSearchParams(query)) {
+    if (key === 'pageViews') {
+      if (value !== 'show' && value !== 'hide') return { error: "pageViews must be 'show' or 'hide'" };
+      pageViews = value;
+      continue;
+    }
     if (key === 'limit') {
       if (!/^\d{1,4}$/.test(value) || Number(value) < 1 || Number(value) > MAX_LIST_LIMIT)
         return { error: `limit must be an integer from 1 to ${MAX_LIST_LIMIT}` };
@@ -133,7 +143,7 @@ export function parseOverviewQuery(
     if (!list.includes(value)) list.push(value);
     filters[d] = list;
   }
-  return { filters, limit };
+  return { filters, limit, pageViews };
 }
 
 export function createLogAnalytics(options: LogAnalyticsOptions): LogAnalytics {
@@ -165,12 +175,29 @@ export function createLogAnalytics(options: LogAnalyticsOptions): LogAnalytics {
     );
   }
   const ring = new LogRing(options);
-  const unsubscribe = engines.map((e) => e.addLogListener((log) => ring.push(log)));
+  // Each stored copy by its original, so the application's status (known when its response
+  // finished, after the record was delivered) reaches the copy.
+  const copies = new WeakMap<object, StoredLog>();
+  const unsubscribe = engines.map((e) => e.addLogListener((log) => copies.set(log, ring.push(log))));
+  for (const e of engines) {
+    const off = e.addResponseListener?.((log) => {
+      const copy = copies.get(log);
+      const status = log.http_response_code;
+      if (copy !== undefined && copy.log.http_response_code === undefined && status !== undefined)
+        copy.log.http_response_code = status;
+    });
+    if (off !== undefined) unsubscribe.push(off);
+  }
   let closed = false;
 
-  const overview = (filters: AnalyticsFilters = {}, limit = DEFAULT_LIST_LIMIT): AnalyticsOverview =>
+  const overview = (
+    filters: AnalyticsFilters = {},
+    limit = DEFAULT_LIST_LIMIT,
+    pageViews: PageViews = 'show',
+  ): AnalyticsOverview =>
     summarizeLogs(ring.records(), filters, {
       limit,
+      pageViews,
       capacity: ring.capacity,
       health: engines.map((e) => ({ profile: e.profile.name, status: e.status() })),
     });
@@ -209,7 +236,7 @@ export function createLogAnalytics(options: LogAnalyticsOptions): LogAnalytics {
       case 'overview': {
         const q = parseOverviewQuery(query);
         if ('error' in q) return send(req, res, 400, 'json', json({ error: q.error }));
-        return send(req, res, 200, 'json', json(overview(q.filters, q.limit)));
+        return send(req, res, 200, 'json', json(overview(q.filters, q.limit, q.pageViews)));
       }
       case 'record': {
         const stored: StoredLog | undefined = ring.get(r.id);

@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { STYLE } from './page-style.js';
 
 /**
  * The log analytics page: one self-contained HTML document (inline stylesheet and script, no
@@ -9,89 +10,14 @@ import { createHash } from 'node:crypto';
  * own script and stylesheet (by hash), requests to its own origin, and nothing else; Trusted Types
  * are enforced, so no code path can assign a string to innerHTML.
  *
+ * Enum values show as words (`ICAP_VENDOR_GENERIC` as "Generic", `CLIENT_TIMEOUT` as "client
+ * timed out", the raw value in the tooltip; the JSON keeps the raw values), durations with
+ * their unit, requests without a body ("page views") hidden unless the toggle asks for them.
+ *
  * This file is the one exception to the 600-line limit on source files (its bulk is the page's
- * markup, stylesheet and script, one template each); test/engine/architecture.test.ts allows it.
+ * markup and script, one template each; the stylesheet lives in page-style.ts);
+ * test/engine/architecture.test.ts allows it.
  */
-
-/** The stylesheet (the page's one <style>, allowed by its hash). */
-const STYLE = `:root { color-scheme: light; --fg: #1f2328; --muted: #59636e; --line: #d1d9e0; --bg: #f6f8fa; --passed: #1a7f37; --blocked: #cf222e; --modified: #0969da; --failed: #9a6700; --disabled: #59636e; --significant: #8250df; }
-* { box-sizing: border-box; }
-body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: var(--fg); margin: 0; background: #fff; }
-header { padding: 1rem 1.5rem .5rem; border-bottom: 1px solid var(--line); background: var(--bg); }
-h1 { font-size: 1.35rem; margin: 0 0 .25rem; }
-h2 { font-size: 1.05rem; margin: 1.25rem 0 .5rem; }
-h3 { font-size: .95rem; margin: 0 0 .4rem; }
-h4 { font-size: .9rem; margin: .75rem 0 .3rem; }
-h5 { font-size: .8rem; margin: .5rem 0 .2rem; color: var(--muted); }
-main { padding: 0 1.5rem 2rem; }
-.sr { position: absolute; width: 1px; height: 1px; overflow: hidden; clip: rect(0 0 0 0); }
-.muted, .none, .hint { color: var(--muted); }
-.error { color: var(--blocked); }
-.controls { display: flex; gap: 1rem; align-items: center; flex-wrap: wrap; }
-#summary { margin: 0 0 .5rem; }
-button { font: inherit; cursor: pointer; }
-.chips { list-style: none; display: flex; flex-wrap: wrap; gap: .4rem; padding: .75rem 0 0; margin: 0; }
-.chip { display: inline-flex; align-items: center; gap: .3rem; border: 1px solid var(--modified); border-radius: 1rem; padding: .1rem .2rem .1rem .6rem; background: #ddf4ff; max-width: 40rem; }
-.chip-key { color: var(--muted); }
-.chip-value { overflow-wrap: anywhere; }
-.chip .remove { border: 0; background: none; font-size: 1rem; line-height: 1; padding: 0 .35rem; border-radius: 1rem; }
-.chip .remove:hover { background: #b6e3ff; }
-.tiles { display: flex; gap: .6rem; flex-wrap: wrap; }
-.tile { display: flex; flex-direction: column; align-items: flex-start; min-width: 8rem; padding: .6rem .9rem; border: 1px solid var(--line); border-left: 5px solid var(--disabled); border-radius: .4rem; background: #fff; text-align: left; }
-.tile:hover { background: var(--bg); }
-.tile .count { font-size: 1.6rem; font-weight: 600; }
-.tile.passed { border-left-color: var(--passed); }
-.tile.blocked { border-left-color: var(--blocked); }
-.tile.modified { border-left-color: var(--modified); }
-.tile.failed { border-left-color: var(--failed); }
-.tile.significant { border-left-color: var(--significant); }
-.value { border: 1px solid var(--line); background: var(--bg); border-radius: .3rem; padding: 0 .35rem; margin: 0 .15rem .15rem 0; color: inherit; max-width: 100%; overflow-wrap: anywhere; text-align: left; }
-.value:hover { border-color: var(--modified); background: #ddf4ff; }
-.value.action.passed { color: var(--passed); }
-.value.action.blocked { color: var(--blocked); font-weight: 600; }
-.value.action.modified { color: var(--modified); }
-.value.action.failed { color: var(--failed); font-weight: 600; }
-.value.action.disabled { color: var(--disabled); }
-.panels { display: grid; grid-template-columns: repeat(auto-fill, minmax(16rem, 1fr)); gap: .75rem; }
-.panel { border: 1px solid var(--line); border-radius: .4rem; padding: .6rem .75rem; }
-.facet { list-style: none; margin: 0; padding: 0; }
-.facet li { display: grid; grid-template-columns: 1fr auto; gap: 0 .5rem; align-items: center; margin-bottom: .25rem; }
-.facet .n { font-variant-numeric: tabular-nums; }
-.facet meter { grid-column: 1 / -1; width: 100%; height: .35rem; }
-table.grid { border-collapse: collapse; width: 100%; }
-table.grid th, table.grid td { border-bottom: 1px solid var(--line); padding: .35rem .5rem; text-align: left; vertical-align: top; }
-table.grid th { font-weight: 600; color: var(--muted); font-size: .85rem; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-table.grid td:first-child .value { overflow-wrap: normal; white-space: nowrap; }
-.health .state { font-weight: 600; }
-.health.up .state { color: var(--passed); }
-.health.suspended .state { color: var(--blocked); }
-.last-error { color: var(--muted); font-size: .85rem; overflow-wrap: anywhere; }
-.chart svg { width: 100%; max-width: 56rem; height: auto; display: block; }
-.chart .axis { stroke: var(--line); }
-.chart .bar { cursor: pointer; }
-.chart .bar .hit { fill: transparent; }
-.chart .bar .fill { fill: var(--modified); }
-.chart .bar:hover .fill, .chart .bar:focus .fill { fill: #0550ae; }
-.chart .bar:focus { outline: none; }
-.chart .bar:focus .hit { fill: #ddf4ff; }
-.chart text { font-size: 10px; text-anchor: middle; fill: var(--fg); }
-.chart text.label { fill: var(--muted); font-size: 9px; }
-.records { list-style: none; margin: 0; padding: 0; }
-.rec { border-bottom: 1px solid var(--line); padding: .35rem 0; }
-.rec .line { display: flex; flex-wrap: wrap; align-items: baseline; gap: .25rem; }
-.rec .time { color: var(--muted); font-variant-numeric: tabular-nums; margin-right: .25rem; }
-.toggle { border: 1px solid var(--line); background: #fff; border-radius: .3rem; width: 1.7rem; }
-.detail { margin: .5rem 0 .5rem 2rem; padding: .5rem .75rem; border-left: 3px solid var(--line); background: #fbfcfd; }
-dl.fields { display: grid; grid-template-columns: max-content 1fr; gap: .15rem .75rem; margin: 0; }
-dl.fields dt { color: var(--muted); font-family: ui-monospace, monospace; font-size: .8rem; }
-dl.fields dd { margin: 0; overflow-wrap: anywhere; }
-pre.headers { background: var(--bg); border: 1px solid var(--line); padding: .5rem; overflow-x: auto; font-size: .8rem; white-space: pre-wrap; overflow-wrap: anywhere; margin: 0; }
-table.sub { border-collapse: collapse; font-size: .85rem; }
-table.sub th, table.sub td { border: 1px solid var(--line); padding: .15rem .4rem; text-align: left; }
-.entry { border-top: 1px dashed var(--line); margin-top: .5rem; }
-#more { margin-top: .5rem; }
-`;
 
 /** The script (the page's one <script>, allowed by its hash). */
 const SCRIPT = String.raw`(() => {
@@ -138,6 +64,41 @@ const SCRIPT = String.raw`(() => {
     ['profile', 'Profiles'],
     ['client', 'Clients'],
   ];
+  const VENDORS = {
+    ICAP_VENDOR_GENERIC: 'Generic',
+    ICAP_VENDOR_OPSWAT: 'OPSWAT MetaDefender',
+    ICAP_VENDOR_LASTLINE: 'NSX Defender (Lastline)',
+    ICAP_VENDOR_CICAP: 'c-icap',
+    ICAP_VENDOR_KASPERSKY: 'Kaspersky',
+    ICAP_VENDOR_ESET: 'ESET',
+    ICAP_VENDOR_SYMANTEC: 'Symantec',
+    ICAP_VENDOR_MCAFEE: 'McAfee',
+    ICAP_VENDOR_TRENDMICRO: 'Trend Micro',
+    ICAP_VENDOR_SOPHOS: 'Sophos',
+    ICAP_VENDOR_FSECURE: 'F-Secure',
+  };
+  const SIGNIFICANCE = {
+    ICAP_BLOCKED: 'blocked',
+    ICAP_MODIFIED: 'modified',
+    ICAP_ERROR: 'ICAP error',
+    SLOW_RESPONSE: 'slow response',
+    BUFFER_SIZE_EXCEEDED: 'over bufferSize',
+    FAIL_OPEN: 'failed open',
+    CLIENT_ABORTED: 'client went away',
+    CLIENT_TIMEOUT: 'client timed out',
+    UNSCANNABLE: 'unscannable',
+    MULTIPART_REFUSED: 'form refused',
+    CONTENT_TYPE_REFUSED: 'content type refused',
+    CONTENT_ENCODING_REFUSED: 'encoding refused',
+    REQUEST_REFUSED: 'request refused',
+    PARTS_REMOVED: 'parts removed',
+    CLIENT_LIMITED: 'too many uploads',
+  };
+  /** Record fields in ms, and in bytes. */
+  const MS_FIELDS = new Set(['duration', 'latency']);
+  const BYTE_FIELDS = new Set(['request_body_length', 'modified_content_length', 'preview_size']);
+  /** Record fields whose values are enum names. */
+  const ENUM_FIELDS = new Set(['icap_method', 'resolution', 'vendor', 'significance', 'action']);
   const STEP = 100;
   const MAX_LIMIT = 500;
 
@@ -146,6 +107,7 @@ const SCRIPT = String.raw`(() => {
   const expanded = new Set();
   const cache = new Map();
   let limit = STEP;
+  let pageViews = new URLSearchParams(location.search).get('pageViews') === 'show';
   let seq = 0;
   let timer = null;
 
@@ -178,9 +140,33 @@ const SCRIPT = String.raw`(() => {
     return node;
   }
 
-  /** A value that adds the filter "key = value" when clicked. */
+  /** Words for an enum value: ICAP_VENDOR_GENERIC is "Generic", FILE_NOT_REPAIRED "file not repaired". */
+  function label(key, value) {
+    const v = String(value);
+    if (key === 'action' && Object.hasOwn(ACTION_NAME, v)) return ACTION_NAME[v];
+    if (key === 'vendor' && Object.hasOwn(VENDORS, v)) return VENDORS[v];
+    if (key === 'significance' && Object.hasOwn(SIGNIFICANCE, v)) return SIGNIFICANCE[v];
+    if (key === 'icap_method') return v.replace(/^ICAP_METHOD_/, '');
+    if (ENUM_FIELDS.has(key) && /^[A-Z][A-Z0-9_]+$/.test(v)) return v.replace(/^ICAP_(VENDOR_)?/, '').toLowerCase().replace(/_/g, ' ');
+    return v;
+  }
+
+  function fmtBytes(n) {
+    if (typeof n !== 'number' || !Number.isFinite(n)) return String(n);
+    if (n < 1024) return n + ' bytes';
+    const units = ['KiB', 'MiB', 'GiB'];
+    let v = n / 1024;
+    let i = 0;
+    while (v >= 1024 && i < units.length - 1) {
+      v /= 1024;
+      i++;
+    }
+    return v.toFixed(v < 10 ? 1 : 0) + ' ' + units[i] + ' (' + n + ' bytes)';
+  }
+
+  /** A value that adds the filter "key = value" when clicked (an enum shows as words). */
   function chip(key, value, text) {
-    const shown = text === undefined ? String(value) : String(text);
+    const shown = text === undefined ? label(key, value) : String(text);
     return h('button', {
       type: 'button',
       className: 'value' + (key === 'action' ? ' action ' + ACTION_NAME[value] : ''),
@@ -224,6 +210,7 @@ const SCRIPT = String.raw`(() => {
   function query() {
     const p = new URLSearchParams();
     for (const f of filters) p.append(f.key, f.value);
+    if (pageViews) p.set('pageViews', 'show');
     return p;
   }
 
@@ -250,6 +237,7 @@ const SCRIPT = String.raw`(() => {
     const mine = ++seq;
     setState('loading', 'Loading…');
     const p = query();
+    p.set('pageViews', pageViews ? 'show' : 'hide');
     p.set('limit', String(limit));
     try {
       const data = await getJson(api + 'overview?' + p.toString());
@@ -263,9 +251,12 @@ const SCRIPT = String.raw`(() => {
 
   function render(data) {
     document.body.dataset.filters = String(data.filters.length);
+    const views = data.pageViews || { count: 0, hidden: false };
     byId('summary').textContent =
       data.matched + ' of ' + data.stored + ' records' + (data.filters.length > 0 ? ' match the filters' : '') +
+      (views.hidden && views.count > 0 ? ', ' + views.count + ' page ' + (views.count === 1 ? 'view' : 'views') + ' hidden' : '') +
       ' (the ring keeps the last ' + data.capacity + ')';
+    byId('pageviews').checked = pageViews;
     renderChips();
     renderActions(data);
     renderFacets(data);
@@ -364,7 +355,7 @@ const SCRIPT = String.raw`(() => {
       h('tr', { 'data-pool': p.pool },
         h('td', {}, chip('pool', p.pool)),
         h('td', {}, p.servers.map((s) => chip('server', s))),
-        h('td', { text: p.up === null ? '–' : p.up + ' of ' + p.servers.length + ' up' }),
+        h('td', { text: p.up === null ? '–' : p.up + ' of ' + p.servers.length + ' up' + (p.unknown > 0 ? ', ' + p.unknown + ' not yet answered' : '') }),
         h('td', { className: 'num', text: p.transactions }),
         countCells(p),
         h('td', { className: 'num', text: fmtMs(p.meanLatency) }),
@@ -423,7 +414,7 @@ const SCRIPT = String.raw`(() => {
         chip('action', r.action, ACTION_NAME[r.action] || r.action),
         chip('method', r.method),
         chip('path', r.path),
-        r.status !== null ? chip('status', String(r.status)) : null,
+        r.status !== null ? chip('status', String(r.status), 'HTTP ' + r.status) : null,
         r.threats.map((t) => chip('threat', t)),
         r.files.map((f) => chip('file', f)),
         r.significance.map((s) => chip('significance', s)),
@@ -496,6 +487,9 @@ const SCRIPT = String.raw`(() => {
     if (key.endsWith('_url') && typeof v === 'string') return link(v);
     if (dim !== undefined && (typeof v === 'string' || typeof v === 'number')) return chip(dim, String(v));
     if (key === 'http_method' && typeof v === 'string') return chip('method', v.replace(/^HTTP_METHOD_/, ''));
+    if (MS_FIELDS.has(key) && v !== '' && Number.isFinite(Number(v))) return h('span', { text: fmtMs(Number(v)) });
+    if (BYTE_FIELDS.has(key) && typeof v === 'number') return h('span', { text: fmtBytes(v) });
+    if (ENUM_FIELDS.has(key) && typeof v === 'string') return h('span', { className: 'enum', title: v, text: label(key, v) });
     if (key === 'start_time' && typeof v === 'number') return h('span', { text: fmtTime(v) + ' (' + new Date(v).toISOString() + ')' });
     return h('span', { text: String(v) });
   }
@@ -590,6 +584,10 @@ const SCRIPT = String.raw`(() => {
       addFilter(bar.dataset.key, bar.dataset.value);
     }
   });
+  byId('pageviews').addEventListener('change', (ev) => {
+    pageViews = ev.target.checked;
+    changed();
+  });
   byId('live').addEventListener('change', (ev) => {
     if (timer !== null) clearInterval(timer);
     timer = ev.target.checked ? setInterval(load, 5000) : null;
@@ -636,6 +634,7 @@ export const PAGE_HTML = `<!doctype html>
 <div class="controls">
 <button type="button" id="refresh">Refresh</button>
 <label><input type="checkbox" id="live"> refresh every 5 s</label>
+<label title="Requests without a body (GET, HEAD, favicon): never scanned"><input type="checkbox" id="pageviews"> show page views</label>
 <span id="status" role="status" aria-live="polite"></span>
 </div>
 <ul id="chips" class="chips" aria-label="Filters"></ul>
@@ -644,9 +643,9 @@ export const PAGE_HTML = `<!doctype html>
 <section aria-labelledby="h-actions"><h2 id="h-actions">Actions</h2><div id="actions" class="tiles"></div></section>
 <section aria-labelledby="h-latency"><h2 id="h-latency">ICAP latency</h2><div id="latency" class="chart"></div><p id="latency-stats" class="muted"></p></section>
 <section aria-labelledby="h-servers"><h2 id="h-servers">Servers</h2>
-<table class="grid"><thead><tr><th>server</th><th>pools</th><th>health now</th><th>transactions</th><th>passed</th><th>blocked</th><th>modified</th><th>failed</th><th>mean latency</th></tr></thead><tbody id="servers"></tbody></table></section>
+<div class="scroll"><table class="grid"><thead><tr><th>server</th><th>pools</th><th>health now</th><th>transactions</th><th>passed</th><th>blocked</th><th>modified</th><th>failed</th><th>mean latency</th></tr></thead><tbody id="servers"></tbody></table></div></section>
 <section aria-labelledby="h-pools"><h2 id="h-pools">Pools</h2>
-<table class="grid"><thead><tr><th>pool</th><th>servers</th><th>health now</th><th>transactions</th><th>passed</th><th>blocked</th><th>modified</th><th>failed</th><th>mean latency</th></tr></thead><tbody id="pools"></tbody></table></section>
+<div class="scroll"><table class="grid"><thead><tr><th>pool</th><th>servers</th><th>health now</th><th>transactions</th><th>passed</th><th>blocked</th><th>modified</th><th>failed</th><th>mean latency</th></tr></thead><tbody id="pools"></tbody></table></div></section>
 <section aria-labelledby="h-facets"><h2 id="h-facets">Top values</h2><div id="facets" class="panels"></div></section>
 <section aria-labelledby="h-significant"><h2 id="h-significant">Significant entries</h2><ol id="significant-list" class="records"></ol></section>
 <section aria-labelledby="h-records"><h2 id="h-records">Records</h2><p id="listed" class="muted"></p><ol id="records" class="records"></ol><button type="button" id="more" hidden>Show more</button></section>

@@ -1,3 +1,4 @@
+import { emitProcessWarning, isQuiet, ProcessAlerts } from './alerts.js';
 import { emitLog, type IcapAction, type IcapLog } from './log.js';
 import type { PolicyDecision } from './policy.js';
 import { PoolGroup, type ServerStatus } from './pool-group.js';
@@ -8,6 +9,7 @@ import { ClientIntake } from './scan/intake.js';
 import { newLog } from './scan/outcome.js';
 import { reportTransition } from './scan/retry.js';
 import { Scan } from './scan/scan.js';
+import { checkServers, type StartupReport } from './startup.js';
 import { Telemetry } from './telemetry.js';
 import type { EngineCore, LogListener, RespondOutcome, ScanOptions, ScanOutcome } from './types.js';
 
@@ -42,7 +44,10 @@ export class IcapEngine {
   readonly #group: PoolGroup;
   readonly #telemetry: Telemetry;
   readonly #logListeners = new Set<LogListener>();
+  readonly #responseListeners = new Set<LogListener>();
   readonly #intake: ClientIntake;
+  /** Process warnings, when the profile has no logger and no onLog (engine/alerts.ts). */
+  readonly #alerts: ProcessAlerts | null;
   /** What every request's Scan borrows from the engine (one object, made once). */
   readonly #core: EngineCore;
 
@@ -56,9 +61,11 @@ export class IcapEngine {
       this.#group,
       this.profile.metrics,
     );
+    this.#alerts = isQuiet(this.profile) ? null : new ProcessAlerts(this.profile.name);
     this.#group.onStateChange = (server, _state, change) => {
       this.#telemetry.serverState(server, change);
       reportTransition(this.profile.logger, this.profile.name, server, change);
+      this.#alerts?.transition(server.server.url, change);
     };
     this.#core = {
       profile: this.profile,
@@ -68,6 +75,21 @@ export class IcapEngine {
       closed: false,
       emit: (log, logger) => this.#emit(log, logger),
     };
+  }
+
+  /**
+   * The start-up check (engine/startup.ts): OPTIONS to every server; per the profile's
+   * `startupCheck`, rejects naming each server that did not answer ('fail', the default),
+   * reports them ('warn') or sends nothing ('off').
+   */
+  ready(): Promise<StartupReport> {
+    return checkServers(this.#group.servers, {
+      profile: this.profile.name,
+      serviceUri: this.profile.serviceUri,
+      mode: this.profile.startupCheck,
+      logger: this.profile.logger,
+      warn: emitProcessWarning,
+    });
   }
 
   /** Whether the policy sends this request to ICAP (nothing is read). */
@@ -103,9 +125,37 @@ export class IcapEngine {
     };
   }
 
+  /**
+   * The application answered a request the middleware let through (the adapters call this
+   * when the response has finished): its status becomes the record's `http_response_code`
+   * (the record was delivered before the application answered, so only readers that keep it,
+   * such as the analytics ring, see it), and response listeners hear of it.
+   */
+  responded(log: IcapLog, status: number): void {
+    if (log.http_response_code !== undefined || !Number.isInteger(status)) return;
+    log.http_response_code = status;
+    for (const listener of this.#responseListeners) {
+      try {
+        listener(log);
+      } catch {
+        // a listener that throws does not affect the others
+      }
+    }
+  }
+
+  /** Adds a receiver of records that got the application's HTTP status (see `responded`). */
+  addResponseListener(listener: LogListener): () => void {
+    const entry: LogListener = (log) => listener(log);
+    this.#responseListeners.add(entry);
+    return () => {
+      this.#responseListeners.delete(entry);
+    };
+  }
+
   /** Sends a finished record to `onLog`, the logger and the log listeners. */
   #emit(log: IcapLog, logger: PinoLike | undefined): void {
     emitLog(log, this.profile.onLog, logger);
+    this.#alerts?.record(log);
     for (const listener of this.#logListeners) {
       try {
         listener(log);
@@ -118,6 +168,7 @@ export class IcapEngine {
   /** Stops probes and closes every ICAP connection. */
   async close(): Promise<void> {
     this.#core.closed = true;
+    this.#alerts?.close();
     this.#telemetry.close();
     this.#group.close();
   }

@@ -76,7 +76,11 @@ export interface IcapLog {
   /** Path of the request (query string removed). */
   uri_path: string;
   client_ip?: string;
-  /** Status the middleware answered with, when it answered (403, 413, 503). */
+  /**
+   * Status the middleware answered with, when it answered (403, 413, 503); for a request it
+   * let through, the application's status, added when the response finished (after the record
+   * was delivered to onLog and the logger: readers that keep the record see it).
+   */
   http_response_code?: number;
   /** Which failure action applied, when one did. */
   fail_action?: 'fail-closed' | 'fail-open';

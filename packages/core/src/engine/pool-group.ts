@@ -22,6 +22,9 @@ import type { ResolvedPool, ResolvedProfile, ResolvedServer } from './profile/ty
  * success from before a suspension does not revive the server). Each transition is reported
  * once through `onStateChange`.
  *
+ * Until a server has answered once (an OPTIONS, a transaction), `status()` calls it `unknown`
+ * rather than `up`: it takes requests like an up server, but nothing says it is alive.
+ *
  * A request goes to the highest-priority pool that has a server available and not yet tried
  * for this request: a half-open server waiting for its trial first, otherwise the up server
  * with the fewest outstanding requests (ties taken in turn) or simply in turn.
@@ -29,10 +32,18 @@ import type { ResolvedPool, ResolvedProfile, ResolvedServer } from './profile/ty
 
 export type ServerState = 'up' | 'suspended' | 'half-open';
 
+/**
+ * A server's health as `status()` reports it: its {@link ServerState}, except that a server
+ * that takes requests but has not answered yet (no successful OPTIONS or transaction since
+ * the engine started) is `unknown`, not `up`.
+ */
+export type ServerHealthState = ServerState | 'unknown';
+
 export interface ServerStatus {
   pool: string;
   server: string;
-  state: ServerState;
+  /** `unknown` until the server has answered once (see `engine.ready()`), then up, suspended or half-open. */
+  state: ServerHealthState;
   outstanding: number;
   consecutiveFailures: number;
   lastError: string | undefined;
@@ -73,6 +84,8 @@ export class ServerHandle {
   state: ServerState = 'up';
   lastError: string | undefined;
   suspensions = 0;
+  /** Whether the server has answered since the engine started (OPTIONS or a transaction). */
+  #answered = false;
   #trialSuccesses = 0;
   #trialInFlight = false;
   /** Incremented on every transition. */
@@ -120,9 +133,20 @@ export class ServerHandle {
     return { generation: this.#generation, trial, settled: false };
   }
 
+  /** The server answered (its OPTIONS, outside a request): its state is known from now on. */
+  answered(): void {
+    this.#answered = true;
+  }
+
+  /** The state as `status()` reports it: `unknown` while up but never heard from. */
+  get healthState(): ServerHealthState {
+    return this.state === 'up' && !this.#answered ? 'unknown' : this.state;
+  }
+
   /** A transaction went well. */
   succeeded(ticket?: AttemptTicket): void {
     if (!this.#settle(ticket)) return;
+    this.#answered = true;
     if (ticket?.trial === true && this.state === 'half-open' && ticket.generation === this.#generation) {
       this.#trialSuccesses++;
       this.consecutiveFailures = 0;
@@ -170,7 +194,7 @@ export class ServerHandle {
     return {
       pool: this.pool.name,
       server: this.server.url,
-      state: this.state,
+      state: this.healthState,
       outstanding: this.outstanding,
       consecutiveFailures: this.consecutiveFailures,
       lastError: this.lastError,
@@ -229,6 +253,7 @@ export class ServerHandle {
     this.client.options(this.#group.serviceUri, { refresh: true }).then(
       () => {
         if (this.#closed || this.state !== 'suspended' || this.#generation !== generation) return;
+        this.#answered = true;
         this.#transition('half-open', 'the OPTIONS probe succeeded');
       },
       (err: unknown) => {

@@ -13,7 +13,8 @@ export type ResponseKind =
   | 'unsupported-type'
   | 'unsupported-transfer-coding'
   | 'timeout'
-  | 'too-many';
+  | 'too-many'
+  | 'misconfigured';
 
 export interface ClientResponse {
   status: number;
@@ -72,6 +73,11 @@ const TEXT: Record<ResponseKind, { status: number; title: string; detail: string
     status: 429,
     title: 'Too many uploads at once',
     detail: 'Too many uploads from this address are still arriving. Please try again later.',
+  },
+  misconfigured: {
+    status: 500,
+    title: 'Upload not checked',
+    detail: 'This server could not check this upload because of a configuration problem.',
   },
 };
 

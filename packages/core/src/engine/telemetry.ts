@@ -175,7 +175,7 @@ export class Telemetry {
       description: 'ICAP connections opened',
     });
     const health = meter.createObservableGauge('icapkit.server.up', {
-      description: '1 when the ICAP server is up, 0 when suspended',
+      description: '1 when the ICAP server is up, 0 when suspended or on trial (no value before it answered)',
     });
     this.#observe = (r) => {
       for (const s of group.servers) {
@@ -188,7 +188,9 @@ export class Telemetry {
       for (const s of group.servers) r.observe(s.client.stats.created, serverAttrs(s));
     };
     this.#observeHealth = (r) => {
-      for (const s of group.servers) r.observe(s.state === 'up' ? 1 : 0, serverAttrs(s));
+      // No value for a server that has not answered yet (unknown): neither up nor down.
+      for (const s of group.servers)
+        if (s.healthState !== 'unknown') r.observe(s.state === 'up' ? 1 : 0, serverAttrs(s));
     };
     connections.addCallback(this.#observe);
     created.addCallback(this.#observeCreated);
@@ -430,11 +432,14 @@ class PromState {
           return { value, labels: { pool, server, state } };
         }),
     );
-    metric('icap_server_up', '1 when the ICAP server is up, 0 when suspended', 'gauge', () =>
-      group.servers.map((s) => ({
-        value: s.state === 'up' ? 1 : 0,
-        labels: { pool: s.pool.name, server: s.server.url },
-      })),
+    metric('icap_server_up', '1 when the ICAP server is up, 0 when suspended or on trial', 'gauge', () =>
+      // No sample for a server that has not answered yet (unknown): neither up nor down.
+      group.servers
+        .filter((s) => s.healthState !== 'unknown')
+        .map((s) => ({
+          value: s.state === 'up' ? 1 : 0,
+          labels: { pool: s.pool.name, server: s.server.url },
+        })),
     );
   }
 

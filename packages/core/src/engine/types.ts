@@ -23,6 +23,12 @@ export interface ScanOptions {
   logger?: PinoLike | undefined;
   /** Shown on block pages so users can quote it. */
   requestId?: string | undefined;
+  /**
+   * A body the framework already parsed for this request (Koa `ctx.request.body`, Fastify
+   * `request.body`): one that says a parser ran before the scan refuses the request (500,
+   * ICAP_ERR_BODY_CONSUMED; see engine/scan/consumed.ts).
+   */
+  parsedBody?: unknown;
 }
 
 export interface OutcomeBase {

@@ -841,7 +841,7 @@ describe('validation at start-up', () => {
       'an unknown rule key',
       [{ name: 'a', action: 'skip', mtach: {} }],
       'rules[0].mtach',
-      /^invalid ICAP profile: rules\[0\]\.mtach is not a known option of a rule \(known: name, enabled, match, action\)$/,
+      /^invalid ICAP profile: rules\[0\]\.mtach is not a known option of a rule; did you mean "match"\?$/,
     ],
     [
       'a missing name',
@@ -895,7 +895,7 @@ describe('validation at start-up', () => {
       'an unknown match key',
       rule({ pathh: '/x' }),
       'rules[0].match.pathh',
-      /^invalid ICAP profile: rules\[0\]\.match\.pathh is not a known option of a rule's match \(known: method, path, host, headers, contentType, query, clientIp\)$/,
+      /^invalid ICAP profile: rules\[0\]\.match\.pathh is not a known option of a rule's match; did you mean "path"\?$/,
     ],
     [
       'method not an array',

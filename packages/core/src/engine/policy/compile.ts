@@ -1,5 +1,6 @@
 import { BlockList, isIP } from 'node:net';
 import { IcapError, IcapErrorCodes } from '../../errors.js';
+import { unknownOptionHint } from '../suggest.js';
 import { queryOf } from './readings.js';
 import type { CompiledRule, ContentTypeTest, FixedTest, HostTest, TextTest } from './types.js';
 import {
@@ -43,7 +44,7 @@ export function checkKeys(
 ): void {
   for (const key of Object.keys(obj)) {
     if (!known.includes(key))
-      fail(`${field}.${key}`, `is not a known option of ${what} (known: ${known.join(', ')})`);
+      fail(`${field}.${key}`, `is not a known option of ${what}${unknownOptionHint(key, known)}`);
   }
 }
 

@@ -1,6 +1,7 @@
 /** The checks resolveProfile makes of one value: each failure names the field and what it allows. */
 
 import { IcapError, IcapErrorCodes } from '../../errors.js';
+import { unknownOptionHint } from '../suggest.js';
 import { VENDORS, type Vendor } from '../verdict/index.js';
 import { PROFILE_DEFAULTS } from './defaults.js';
 
@@ -20,7 +21,7 @@ export function describe(v: unknown): string {
 export function checkKeys(obj: object, allowed: ReadonlySet<string>, field: string): void {
   for (const key of Object.keys(obj)) {
     if (!allowed.has(key)) {
-      fail(`${field}.${key}`, `is not a known option (known: ${[...allowed].join(', ')})`);
+      fail(`${field}.${key}`, `is not a known option${unknownOptionHint(key, allowed)}`);
     }
   }
 }

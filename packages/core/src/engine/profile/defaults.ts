@@ -89,4 +89,5 @@ export const PROFILE_KEYS = new Set([
   'multipartLimits',
   'metrics',
   'contentEncoding',
+  'startupCheck',
 ]);

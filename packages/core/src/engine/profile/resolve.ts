@@ -389,6 +389,7 @@ export function resolveProfile(profile: IcapProfile): ResolvedProfile {
     },
     metrics: metricsOptions,
     contentEncoding: oneOf(p.contentEncoding, ['decode', 'refuse'], 'profile.contentEncoding', 'decode'),
+    startupCheck: oneOf(p.startupCheck, ['fail', 'warn', 'off'], 'profile.startupCheck', 'fail'),
   };
 }
 

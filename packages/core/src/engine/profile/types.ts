@@ -201,7 +201,15 @@ export interface IcapProfile {
   contentEncoding?: 'decode' | 'refuse' | undefined;
   /** Prometheus metrics in your prom-client registry (OpenTelemetry metrics need no option). */
   metrics?: MetricsOptions | undefined;
+  /**
+   * What `engine.ready()` (Express and Koa `mw.ready()`, Fastify's `ready()` / `listen()`) does
+   * with servers that do not answer OPTIONS: 'fail' (default) rejects naming each one and why,
+   * 'warn' reports them (logger, or a process warning) and resolves, 'off' sends nothing.
+   */
+  startupCheck?: StartupCheck | undefined;
 }
+
+export type StartupCheck = 'fail' | 'warn' | 'off';
 
 /** Multipart limits with every value filled in. */
 export type ResolvedMultipartLimits = { [K in keyof MultipartLimits]-?: number };
@@ -322,4 +330,5 @@ export interface ResolvedProfile {
   multipartLimits: ResolvedMultipartLimits;
   metrics: MetricsOptions;
   contentEncoding: 'decode' | 'refuse';
+  startupCheck: StartupCheck;
 }

@@ -5,6 +5,7 @@ import { endToEndHeaders, isSafeFieldValue, isToken } from '../../protocol/heade
 import type { BodyStore } from '../body.js';
 import { httpMethodEnum, type IcapAction, type IcapLog, type Significance } from '../log.js';
 import type { PolicyDecision } from '../policy.js';
+import type { PinoLike } from '../profile.js';
 import { absoluteTarget, type HttpRequestFacts, pathOf } from '../request.js';
 import { buildResponse, type ClientResponse, type ResponseKind } from '../respond.js';
 import type {
@@ -15,6 +16,7 @@ import type {
   RespondOutcome,
   ScanOutcome,
 } from '../types.js';
+import { reportBodyConsumed } from './consumed.js';
 import { bodyComplete } from './intake.js';
 import { takesFailAction } from './retry.js';
 
@@ -187,6 +189,22 @@ export function refuse(
   const closeConnection = store === null ? ctx.facts.hasBody : !store.ended;
   store?.dispose();
   return answer(ctx, 'ICAP_BLOCKED', kind, closeConnection, capitalise(reason));
+}
+
+/** 500 for a body read before the scan; the fix is reported once per engine (engine/scan/consumed.ts). */
+export function bodyConsumed(
+  ctx: RequestContext,
+  engine: object,
+  req: { readableEnded?: boolean },
+  reason: string,
+  logger: PinoLike | undefined,
+): RespondOutcome {
+  const log = ctx.log;
+  const message = reportBodyConsumed(engine, log.profile_name, reason, logger);
+  log.significance.push('ICAP_ERROR');
+  log.error_code = IcapErrorCodes.BODY_CONSUMED;
+  log.error_message = message;
+  return answer(ctx, 'ICAP_FAILED', 'misconfigured', req.readableEnded !== true);
 }
 
 /** bufferSize exceeded (declared or while reading). */

@@ -10,9 +10,19 @@ import { type HttpRequestFacts, requestFacts, type ScanRequest } from '../reques
 import type { ScanScope, Telemetry } from '../telemetry.js';
 import type { EngineCore, ScanOptions, ScanOutcome } from '../types.js';
 import { admit } from './admission.js';
+import { bodyConsumedReason } from './consumed.js';
 import { exchange } from './exchange.js';
 import { bodyComplete, checkForm, type Decoded, decodeBody, openStore, whenReadyToScan } from './intake.js';
-import { applyVerdict, failed, failureOutcome, newLog, pass, refuse, withDispose } from './outcome.js';
+import {
+  applyVerdict,
+  bodyConsumed,
+  failed,
+  failureOutcome,
+  newLog,
+  pass,
+  refuse,
+  withDispose,
+} from './outcome.js';
 import { takesFailAction } from './retry.js';
 import { StageClock } from './stage-clock.js';
 
@@ -97,6 +107,10 @@ export class Scan {
   async run(): Promise<ScanOutcome> {
     const { profile: p, facts } = this;
     if (!this.decision.scan) return this.#finish(pass('ICAP_DISABLED', this.log, null, []));
+    // A body read before the scan (a parser mounted before the middleware): refused at once.
+    const consumed = facts.hasBody ? bodyConsumedReason(this.#req, this.options.parsedBody) : undefined;
+    if (consumed !== undefined)
+      return this.#finish(bodyConsumed(this, this.#engine, this.#req, consumed, this.#logger));
     const refusal = await admit(this);
     if (refusal !== null) return this.#finish(refusal);
     if (this.#engine.closed) {

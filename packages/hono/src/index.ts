@@ -1,0 +1,111 @@
+import type { IncomingMessage } from 'node:http';
+import {
+  type ContinueServer,
+  guardExpectContinue,
+  type IcapEngine,
+  type IcapProfile,
+  type IcapRequestInfo,
+  type PinoLike,
+} from '@icapkit/core';
+import { createScanner, incomingOf, type WebScanner, withHeaders } from '@icapkit/web';
+import type { MiddlewareHandler } from 'hono';
+
+/**
+ * Hono middleware: requests the profile's rules select are scanned by the ICAP server before
+ * the handlers run. Approved requests continue with `c.req.raw` replaced by the approved
+ * request (so `c.req.parseBody()`, `c.req.json()`, `c.req.arrayBuffer()` and validators read
+ * the scanned bytes); `c.var.icap` describes the scan. Blocked: 403, oversized: 413, scanner
+ * failure: 503 (or pass, per the profile); the same pages and problem+json as the Node adapters.
+ *
+ *   import { serve } from '@hono/node-server';
+ *   const app = new Hono();
+ *   app.use('/upload/*', icap({ name: 'uploads', poolGroup: 'icap://127.0.0.1:1344', serviceUri: '/avscan' }));
+ *   app.post('/upload/file', async (c) => c.json({ scan: c.var.icap.action, body: await c.req.parseBody() }));
+ *   serve({ fetch: app.fetch, port: 3000 });
+ */
+
+declare module 'hono' {
+  interface ContextVariableMap {
+    /** The scan of this request (set by @icapkit/hono's middleware). */
+    icap: IcapRequestInfo;
+  }
+}
+
+export type { IcapRequestInfo };
+
+/** Hono's Env for apps that prefer explicit Variables: `new Hono<IcapEnv>()`. */
+export interface IcapEnv {
+  Variables: { icap: IcapRequestInfo };
+}
+
+export interface IcapHonoOptions {
+  /** An engine (or scanner) to use instead of making one for the profile. */
+  engine?: IcapEngine | undefined;
+  scanner?: WebScanner | undefined;
+  /** Shown on block pages: by default `c.var.requestId` (Hono's requestId middleware). */
+  requestId?: ((c: HonoContextLike) => string | undefined) | undefined;
+  /** A request logger (pino-compatible) to use instead of the profile's. */
+  logger?: PinoLike | undefined;
+}
+
+/** What the middleware reads of Hono's context besides the request. */
+export interface HonoContextLike {
+  env: unknown;
+  get(key: string): unknown;
+}
+
+export type IcapHonoMiddleware = MiddlewareHandler<IcapEnv> & {
+  readonly engine: IcapEngine;
+  readonly scanner: WebScanner;
+  /** Stops probes and closes every ICAP connection (of an engine this middleware made). */
+  close(): Promise<void>;
+  /**
+   * Node servers (`serve()` of @hono/node-server): answers requests with
+   * `Expect: 100-continue` that would be refused anyway (413, 415) before they send their
+   * body: `mw.guardExpectContinue(serve({ fetch: app.fetch, port: 3000 }))`. Returns the server.
+   */
+  guardExpectContinue<S>(server: S): S;
+};
+
+export function icap(profile: IcapProfile, options: IcapHonoOptions = {}): IcapHonoMiddleware {
+  const scanner = options.scanner ?? createScanner(options.engine ?? profile);
+  const owned = options.scanner === undefined && options.engine === undefined;
+  const middleware: MiddlewareHandler<IcapEnv> = async (c, next) => {
+    const requestId = options.requestId ? options.requestId(c) : c.get('requestId' as never);
+    const result = await scanner.scan(c.req.raw, {
+      incoming: incomingOf(c.env),
+      logger: options.logger,
+      requestId: typeof requestId === 'string' ? requestId : undefined,
+    });
+    c.set('icap', result.icap);
+    if (result.response !== undefined) return result.response;
+    const approved = result.request;
+    if (approved !== c.req.raw) {
+      c.req.raw = approved;
+      // Hono matched the route already; a URL the ICAP server rewrote is what c.req.path reads.
+      const path = new URL(approved.url).pathname;
+      if (path !== c.req.path) (c.req as { path: string }).path = path;
+    }
+    try {
+      await next();
+    } finally {
+      if (!approved.bodyUsed) result.dispose();
+    }
+    if (result.responseHeaders.length > 0) c.res = withHeaders(c.res, result.responseHeaders);
+  };
+  return Object.assign(middleware, {
+    engine: scanner.engine,
+    scanner,
+    close: async () => {
+      if (owned) await scanner.close();
+    },
+    guardExpectContinue<S>(server: S): S {
+      guardExpectContinue(server as unknown as ContinueServer, (req: IncomingMessage) =>
+        scanner.engine.preflight(req),
+      );
+      return server;
+    },
+  });
+}
+
+export default icap;

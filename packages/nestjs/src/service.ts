@@ -1,0 +1,221 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { createEngine, guardExpectContinue, type IcapEngine, type IcapProfile } from '@icapkit/core';
+import { icap as expressIcap, type IcapMiddleware } from '@icapkit/express';
+import { icap as fastifyIcap } from '@icapkit/fastify';
+import type { OnApplicationBootstrap, OnApplicationShutdown, OnModuleInit } from '@nestjs/common';
+import { DEFAULT_ROUTE, type RouteSetting } from './constants.js';
+import { annotateHandlers, expressRouteSetting, settingOf } from './routes.js';
+
+export interface IcapModuleOptions {
+  /**
+   * Fastify platform: a route that can receive a body but is not scanned first (added by a
+   * plugin outside the module's reach): 'error' (default) makes start-up fail, 'warn' logs.
+   * See @icapkit/fastify.
+   */
+  unscannedRoutes?: 'error' | 'warn' | undefined;
+  /**
+   * Express platform: answer requests with `Expect: 100-continue` that would be refused anyway
+   * (413, 415) before they send their body (default true). Fastify: always.
+   */
+  expectContinue?: boolean | undefined;
+}
+
+/** What forRoot takes, and what a forRootAsync factory resolves to. */
+export interface IcapModuleConfig {
+  profile: IcapProfile;
+  options?: IcapModuleOptions | undefined;
+}
+
+/** The parts of Nest's HTTP adapter the module uses (Express or Fastify). */
+export interface HttpAdapterLike {
+  getType?(): string;
+  getInstance<T = unknown>(): T;
+  getHttpServer?(): unknown;
+}
+
+export interface HandlerRef {
+  controller: object;
+  handler: object;
+}
+
+type Next = (err?: unknown) => void;
+
+/** Which setting the Express dispatcher scanned a request with (read by the guard). */
+const USED = Symbol('icapkit.nestjs.setting');
+
+interface FastifyLike {
+  register(plugin: unknown, options: unknown): PromiseLike<unknown>;
+  icapEngine?: IcapEngine;
+}
+
+/**
+ * The module's engines on the application's platform: on Express a middleware placed before
+ * Nest's body parsers (added before `app.init()` registers them) that picks the route's engine;
+ * on Fastify @icapkit/fastify registered on the Fastify instance (a `preParsing` hook, before
+ * any content-type parser). Injectable: `engine` for health and status.
+ */
+export class IcapService implements OnModuleInit, OnApplicationBootstrap, OnApplicationShutdown {
+  #platform: 'express' | 'fastify' | undefined;
+  #adapter: HttpAdapterLike | undefined;
+  #defaultMiddleware: IcapMiddleware | undefined;
+  #routeMiddlewares = new Map<Partial<IcapProfile>, IcapMiddleware>();
+  #fastify: FastifyLike | undefined;
+  #unguard: (() => void) | undefined;
+  #closed = false;
+  #installError: unknown;
+
+  constructor(
+    readonly config: IcapModuleConfig,
+    private readonly handlers: HandlerRef[],
+  ) {}
+
+  /** 'express' or 'fastify' once installed on the application's HTTP adapter. */
+  get platform(): 'express' | 'fastify' | undefined {
+    return this.#platform;
+  }
+
+  /** The engine of the module's profile (servers, health, status). */
+  get engine(): IcapEngine {
+    const engine = this.#defaultMiddleware?.engine ?? this.#fastify?.icapEngine;
+    if (engine === undefined)
+      throw new Error(
+        '@icapkit/nestjs: the engine exists once the module is installed on an HTTP application',
+      );
+    return engine;
+  }
+
+  /**
+   * Installs the scan on the adapter. Called while Nest creates the application (before
+   * `app.init()` registers body parsers, middleware and routes).
+   */
+  install(adapter: HttpAdapterLike): PromiseLike<unknown> | undefined {
+    if (this.#platform !== undefined) return undefined;
+    const type = adapter.getType?.();
+    this.#adapter = adapter;
+    if (type === 'express') {
+      this.#platform = 'express';
+      annotateHandlers(this.handlers, false);
+      this.#installExpress(adapter.getInstance());
+      return undefined;
+    }
+    if (type === 'fastify') {
+      this.#platform = 'fastify';
+      annotateHandlers(this.handlers, true);
+      const instance = adapter.getInstance<FastifyLike>();
+      this.#fastify = instance;
+      const { unscannedRoutes } = this.config.options ?? {};
+      // Loaded before Nest adds the routes (its onRoute hook sees their config.icap): now when
+      // the caller awaits it, or else by the register Nest awaits in app.init() (@fastify/middie).
+      // (Not wrapped in a promise: calling then() on Fastify's thenable starts loading there and
+      // then, which, besides Nest's own register in app.init(), leaves ready() waiting forever.)
+      return instance.register(fastifyIcap, {
+        ...this.config.profile,
+        unscannedRoutes: unscannedRoutes ?? 'error',
+      });
+    }
+    throw new Error(
+      `@icapkit/nestjs supports the Express and Fastify platforms, not ${JSON.stringify(type ?? 'unknown')}`,
+    );
+  }
+
+  /**
+   * install() for an adapter set after the providers were created (@nestjs/testing): an error
+   * (a bad profile, another platform) is kept and thrown by `app.init()` (onModuleInit) rather
+   * than from the callback that delivered the adapter.
+   */
+  installLater(adapter: HttpAdapterLike): void {
+    try {
+      // Not awaited (see install): Nest's own register in app.init() loads the plugin, and a
+      // failure to load makes app.init() fail.
+      this.install(adapter);
+    } catch (err) {
+      this.#installError = err;
+    }
+  }
+
+  onModuleInit(): void {
+    if (this.#installError !== undefined) throw this.#installError;
+  }
+
+  #installExpress(app: unknown): void {
+    const profile = this.config.profile;
+    const engine = createEngine(profile);
+    this.#defaultMiddleware = expressIcap(profile, { engine });
+    // One engine per distinct override, created now so that a bad override fails start-up.
+    for (const { handler } of this.handlers) {
+      const setting = settingOf(handler);
+      if (setting !== undefined && setting !== false) this.#middlewareFor(setting);
+    }
+    const dispatcher = (req: IncomingMessage, res: ServerResponse, next: Next): void => {
+      const setting = expressRouteSetting(app, req);
+      (req as unknown as Record<symbol, RouteSetting>)[USED] = setting;
+      if (setting === false) {
+        next();
+        return;
+      }
+      const mw = this.#middlewareFor(setting);
+      if (mw === undefined) {
+        next(new Error('@icapkit/nestjs: the module is closed'));
+        return;
+      }
+      mw(req, res, next);
+    };
+    Object.defineProperty(dispatcher, 'name', { value: 'icapkitScan' });
+    (app as { use(fn: unknown): void }).use(dispatcher);
+  }
+
+  #middlewareFor(setting: Exclude<RouteSetting, false>): IcapMiddleware | undefined {
+    if (this.#closed) return undefined;
+    if (setting === DEFAULT_ROUTE) return this.#defaultMiddleware;
+    let mw = this.#routeMiddlewares.get(setting);
+    if (mw === undefined) {
+      mw = expressIcap({ ...this.config.profile, ...setting });
+      this.#routeMiddlewares.set(setting, mw);
+    }
+    return mw;
+  }
+
+  /**
+   * The setting a request was scanned with (undefined: not scanned), for the guard's check
+   * that it is the one of the handler it reached.
+   */
+  settingUsed(req: unknown): RouteSetting | undefined {
+    if (this.#platform === 'express') {
+      return (req as Record<symbol, RouteSetting | undefined>)[USED];
+    }
+    if (this.#platform === 'fastify') {
+      const r = req as { icap?: unknown; routeOptions?: { config?: { icap?: RouteSetting } } };
+      if (r.icap === null || r.icap === undefined)
+        return r.routeOptions?.config?.icap === false ? false : undefined;
+      return r.routeOptions?.config?.icap ?? DEFAULT_ROUTE;
+    }
+    return undefined;
+  }
+
+  onApplicationBootstrap(): void {
+    if (this.#platform !== 'express' || this.config.options?.expectContinue === false) return;
+    const server = this.#adapter?.getHttpServer?.() as Parameters<typeof guardExpectContinue>[0] | undefined;
+    const app = this.#adapter?.getInstance();
+    if (server === undefined || server === null || typeof (server as { on?: unknown }).on !== 'function')
+      return;
+    this.#unguard = guardExpectContinue(server, async (req) => {
+      const setting = expressRouteSetting(app, req);
+      if (setting === false) return null;
+      return this.#middlewareFor(setting)?.engine.preflight(req) ?? null;
+    });
+  }
+
+  /**
+   * Closes the engines (Express; on Fastify the plugin closes its own with the Fastify
+   * instance). After the HTTP server closed (app.close() calls this hook last), so in-flight
+   * scans finish first.
+   */
+  async onApplicationShutdown(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#unguard?.();
+    this.#unguard = undefined;
+    const mws = [this.#defaultMiddleware, ...this.#routeMiddlewares.values()];
+    await Promise.all(mws.map((mw) => mw?.close()));
+  }
+}

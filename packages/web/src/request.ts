@@ -1,0 +1,91 @@
+import type { ScanRequest } from '@icapkit/core';
+import { WebBodyReadable } from './body.js';
+
+/**
+ * A Web `Request` as the engine's {@link ScanRequest}: the same facts the Node adapters hand
+ * over (method, origin-form target, header pairs, client address, scheme), and the body as a
+ * Node stream read with backpressure.
+ *
+ * Where a Web request says less than an HTTP/1.1 message, it is said the way the engine already
+ * understands:
+ * - the target is the URL's path and query, as the application reads it (`new URL(req.url)`);
+ * - the host is the URL's: a `Host` header that names another host (letter case and a default
+ *   port aside) is refused by the engine (400, "Host and :authority differ"), since the
+ *   application and the ICAP server would not see the same request; without a `Host` header
+ *   the ICAP server gets the URL's host;
+ * - a body without `Content-Length` is framed as `Transfer-Encoding: chunked` (its length is
+ *   unknown until it ends, exactly as for a chunked upload); a request without a body carries
+ *   no framing field at all (a `Content-Length` a GET request names is not a body the
+ *   application can read).
+ */
+export interface WebScanRequest extends ScanRequest {
+  /** Whether the body stream was read from (a request whose body was never opened can be handed back as it is). */
+  readonly bodyOpened: boolean;
+}
+
+export interface WebRequestInfo {
+  /** The client's address (the Node adapters take it from the socket). */
+  clientIp?: string | undefined;
+}
+
+const FRAMING = new Set(['content-length', 'transfer-encoding']);
+
+export function toScanRequest(request: Request, info: WebRequestInfo = {}): WebScanRequest {
+  const url = new URL(request.url);
+  const body = request.body;
+  const pairs: Array<[string, string]> = [];
+  let length: string | undefined;
+  let transfer = false;
+  for (const [name, value] of request.headers) {
+    if (FRAMING.has(name)) {
+      if (name === 'content-length') length = value;
+      else transfer = true;
+      if (body === null) continue;
+    }
+    pairs.push([name, value]);
+  }
+  if (body !== null && length === undefined && !transfer) pairs.push(['transfer-encoding', 'chunked']);
+  // The host the application reads is the URL's: a Host header naming another one is refused.
+  const host = request.headers.get('host');
+  if (host === null || !sameHost(host, url)) pairs.push([':authority', url.host]);
+
+  // A request without a body gets an ended stream of its own (the engine does not read it).
+  const stream = new WebBodyReadable(body ?? emptyBody());
+  const headers: Record<string, string | string[] | undefined> = {};
+  for (const [name, value] of pairs) {
+    const prev = headers[name];
+    if (prev === undefined) headers[name] = value;
+    else headers[name] = [...(Array.isArray(prev) ? prev : [prev]), value];
+  }
+  Object.defineProperty(stream, 'bodyOpened', {
+    get: () => body !== null && stream.opened,
+  });
+  return Object.assign(stream as WebBodyReadable & { readonly bodyOpened: boolean }, {
+    method: request.method,
+    url: `${url.pathname}${url.search}`,
+    headers,
+    rawHeaders: pairs.flat(),
+    httpVersion: '1.1',
+    httpVersionMajor: 1,
+    socket: { remoteAddress: info.clientIp, encrypted: url.protocol === 'https:' },
+    complete: body === null,
+  });
+}
+
+function emptyBody(): ReadableStream<Uint8Array> {
+  return new ReadableStream<Uint8Array>({
+    start(controller) {
+      controller.close();
+    },
+  });
+}
+
+const DEFAULT_PORT: Record<string, string> = { 'http:': '80', 'https:': '443' };
+
+/** `host` names the URL's host (letter case aside, the default port written out or not). */
+function sameHost(host: string, url: URL): boolean {
+  const h = host.toLowerCase();
+  if (h === url.host) return true;
+  const port = DEFAULT_PORT[url.protocol];
+  return url.port === '' && port !== undefined && h === `${url.host}:${port}`;
+}

@@ -1,0 +1,345 @@
+import type { Readable } from 'node:stream';
+import {
+  buildResponse,
+  createEngine,
+  type DrainLimits,
+  drainLimits,
+  IcapEngine,
+  IcapError,
+  IcapErrorCodes,
+  type IcapLog,
+  type IcapProfile,
+  type IcapRequestInfo,
+  type PinoLike,
+  requestInfo,
+  type ScanOutcome,
+} from '@icapkit/core';
+import { toWebStream } from './body.js';
+import { toScanRequest } from './request.js';
+
+/**
+ * The engine of @icapkit/core driven by a Web `Request` (Hono, Next.js route handlers, any
+ * fetch-style server): the same profile, rules, pools, failure actions, multipart handling and
+ * telemetry as the Node adapters, and the same pages.
+ *
+ *   const scanner = createScanner(profile);
+ *   const result = await scanner.scan(request);
+ *   if (result.response) return result.response;   // 403, 413, 415, 400, 408, 429, 503 ...
+ *   return handle(result.request);                  // the approved request
+ */
+
+export interface WebScanOptions {
+  /** Aborts the scan (the request's own `signal` always does). */
+  signal?: AbortSignal | undefined;
+  /** A request logger (pino-compatible) to use instead of the profile's. */
+  logger?: PinoLike | undefined;
+  /** Shown on block pages so users can quote it. */
+  requestId?: string | undefined;
+  /** The client's address, for `maxBodiesPerClient`, rules on addresses and `X-Client-IP` (default: `incoming`'s). */
+  clientIp?: string | undefined;
+  /**
+   * The Node request under the Web one, when there is one (@hono/node-server passes it as
+   * `env.incoming`): its socket gives the client's address, and on HTTP/1 a refusal that leaves
+   * the body unread says `Connection: close`, as the Node adapters do (so the client does not
+   * send its next request on a connection the server is about to close).
+   */
+  incoming?: IncomingLike | undefined;
+}
+
+/** What is read of a Node `IncomingMessage` (or `Http2ServerRequest`). */
+export interface IncomingLike {
+  httpVersionMajor?: number | undefined;
+  socket?: { remoteAddress?: string | undefined } | null | undefined;
+}
+
+/** `env.incoming` of @hono/node-server (the second argument of its fetch callback), if it is one. */
+export function incomingOf(env: unknown): IncomingLike | undefined {
+  if (typeof env !== 'object' || env === null) return undefined;
+  const incoming = (env as { incoming?: unknown }).incoming;
+  if (typeof incoming !== 'object' || incoming === null) return undefined;
+  const i = incoming as IncomingLike;
+  return typeof i.httpVersionMajor === 'number' ? i : undefined;
+}
+
+interface ResultBase {
+  /** What the application can read about the scan (`{ action, threat, rule, removed, log }`). */
+  icap: IcapRequestInfo;
+  /** The icap_log record of the scan. */
+  log: IcapLog;
+  /**
+   * Frees what the scan still holds (the approved body's bytes in memory or a temp file).
+   * Called by itself once the approved body was read to its end or cancelled; call it when the
+   * response is done if the body may never be read (the Hono middleware and `withIcap` do).
+   */
+  dispose(): void;
+}
+
+export interface WebApproved extends ResultBase {
+  /**
+   * The request to continue with: the original one when the scan did not read its body,
+   * otherwise a new `Request` with the same URL, method and signal, whose body streams the
+   * approved bytes (from what the scan holds: memory up to memoryThreshold, then its temp file)
+   * and whose headers carry their `Content-Length` (no `Transfer-Encoding`). A request the ICAP
+   * server modified comes with its new method, URL, headers and body.
+   */
+  request: Request;
+  response?: undefined;
+  /** Headers to add to the response the application sends (NSX Defender X-Lastline-*). */
+  responseHeaders: Array<[string, string]>;
+}
+
+export interface WebRefused extends ResultBase {
+  /** The answer to send instead of calling the application (403, 413, 415, 400, 408, 429, 503 ...). */
+  response: Response;
+  request?: undefined;
+  /** The client went away before the scan finished: there is no one to answer (`response` is a bare 499). */
+  aborted: boolean;
+}
+
+export type WebScanResult = WebApproved | WebRefused;
+
+export interface WebScanner {
+  scan(request: Request, options?: WebScanOptions): Promise<WebScanResult>;
+  readonly engine: IcapEngine;
+  /** Stops probes and closes every ICAP connection. */
+  close(): Promise<void>;
+}
+
+/** Holds one engine for a profile (validated now; throws ICAP_ERR_INVALID_PROFILE). */
+export function createScanner(profile: IcapProfile | IcapEngine): WebScanner {
+  const engine = profile instanceof IcapEngine ? profile : createEngine(profile);
+  return {
+    engine,
+    scan: (request, options) => scanWith(engine, request, options),
+    close: () => engine.close(),
+  };
+}
+
+/** Engines made by `scan(request, profile)`, one per profile object. */
+const engines = new WeakMap<IcapProfile, IcapEngine>();
+
+/**
+ * Scans one request. `profileOrEngine`: an engine (from `createEngine`, or `scanner.engine`),
+ * or a profile object, for which one engine is made and kept for as long as the object lives
+ * (pass the same object every time; use {@link createScanner} to be able to close it).
+ */
+export function scan(
+  request: Request,
+  profileOrEngine: IcapProfile | IcapEngine,
+  options: WebScanOptions = {},
+): Promise<WebScanResult> {
+  let engine: IcapEngine;
+  if (profileOrEngine instanceof IcapEngine) engine = profileOrEngine;
+  else {
+    let made = engines.get(profileOrEngine);
+    if (made === undefined) {
+      made = createEngine(profileOrEngine);
+      engines.set(profileOrEngine, made);
+    }
+    engine = made;
+  }
+  return scanWith(engine, request, options);
+}
+
+async function scanWith(
+  engine: IcapEngine,
+  request: Request,
+  options: WebScanOptions = {},
+): Promise<WebScanResult> {
+  const clientIp = options.clientIp ?? options.incoming?.socket?.remoteAddress ?? undefined;
+  const http1 = options.incoming?.httpVersionMajor === 1;
+  if (request.bodyUsed || request.body?.locked === true) {
+    // A programming error (something read the body before the scan), never the client's doing.
+    throw new IcapError(
+      IcapErrorCodes.INVALID_ARGUMENT,
+      'the request body was already read before the scan: scan before anything reads it',
+      { field: 'request' },
+    );
+  }
+  const source = toScanRequest(request, { clientIp });
+  const signal =
+    options.signal === undefined ? request.signal : AbortSignal.any([request.signal, options.signal]);
+  let outcome: ScanOutcome;
+  try {
+    outcome = await engine.scan(source, { signal, logger: options.logger, requestId: options.requestId });
+  } catch (err) {
+    // The engine answers every failure with an outcome; this is a last resort (fail closed).
+    source.destroy();
+    throw err;
+  }
+  const icap = requestInfo(outcome);
+  const dispose = once(() => {
+    outcome.dispose();
+    // A body nobody will read any more: release the request's stream.
+    if (!source.destroyed && source.bodyOpened && !source.readableEnded) source.destroy();
+  });
+  const base = { icap, log: outcome.log, dispose };
+  switch (outcome.kind) {
+    case 'aborted':
+      dispose();
+      return { ...base, response: new Response(null, { status: 499 }), aborted: true };
+    case 'respond': {
+      outcome.dispose();
+      // The rest of an unread body is read and dropped (bounded by drainAfterAnswer), so the
+      // client, still sending, reads the answer and the connection stays usable; cancelling
+      // the request's stream at once would reset the connection under the answer.
+      if (outcome.closeConnection && source.bodyOpened) drain(source, drainLimits(engine));
+      const headers = new Headers();
+      for (const [n, v] of outcome.headers) {
+        const key = n.toLowerCase();
+        // Connection is HTTP/1's (an HTTP/2 response with it is malformed): only where known.
+        if (key === 'content-length' || (key === 'connection' && !http1)) continue;
+        headers.append(n, v);
+      }
+      return {
+        ...base,
+        response: new Response(new Uint8Array(outcome.body), { status: outcome.status, headers }),
+        aborted: false,
+      };
+    }
+    case 'rewrite': {
+      if (outcome.contentLength > 0 && /^(?:GET|HEAD)$/i.test(outcome.method)) {
+        // A Web Request cannot carry a body with these methods: never drop bytes silently.
+        dispose();
+        return refuse(base, request);
+      }
+      return {
+        ...base,
+        request: approved(request, {
+          method: outcome.method,
+          url: targetUrl(request.url, outcome.url),
+          headers: outcome.headers,
+          body: outcome.body,
+          contentLength: outcome.contentLength,
+          dispose,
+        }),
+        responseHeaders: outcome.responseHeaders,
+      };
+    }
+    case 'pass': {
+      if (outcome.body === null) {
+        // Untouched (not scanned, or given back whole by the engine after reading part of it).
+        if (!source.bodyOpened) {
+          dispose();
+          return { ...base, request, responseHeaders: outcome.responseHeaders };
+        }
+        return {
+          ...base,
+          request: approved(request, {
+            headers: pairsOf(request.headers),
+            body: source,
+            contentLength: undefined,
+            dispose,
+          }),
+          responseHeaders: outcome.responseHeaders,
+        };
+      }
+      return {
+        ...base,
+        request: approved(request, {
+          headers: outcome.headers ?? pairsOf(request.headers),
+          body: outcome.body,
+          contentLength: outcome.contentLength ?? 0,
+          dispose,
+        }),
+        responseHeaders: outcome.responseHeaders,
+      };
+    }
+  }
+}
+
+interface Handoff {
+  method?: string;
+  url?: string;
+  headers: ReadonlyArray<readonly [string, string]>;
+  body: Readable;
+  /** Undefined: the original framing is kept (the body is the request's own stream). */
+  contentLength: number | undefined;
+  dispose: () => void;
+}
+
+/** The approved request: the original's URL, method and signal, the handed-over head and body. */
+function approved(original: Request, handoff: Handoff): Request {
+  const headers = new Headers();
+  for (const [name, value] of handoff.headers) {
+    const key = name.toLowerCase();
+    if (key.startsWith(':')) continue;
+    if (handoff.contentLength !== undefined && (key === 'content-length' || key === 'transfer-encoding'))
+      continue;
+    headers.append(name, value);
+  }
+  if (handoff.contentLength !== undefined) headers.set('content-length', String(handoff.contentLength));
+  const method = handoff.method ?? original.method;
+  // GET and HEAD carry no body in a Web Request (a rewrite with one is refused before).
+  const bodyless = /^(?:GET|HEAD)$/i.test(method);
+  const init: RequestInit & { duplex: 'half' } = {
+    method,
+    headers,
+    signal: original.signal,
+    body: bodyless ? null : toWebStream(handoff.body, handoff.dispose),
+    duplex: 'half',
+  };
+  if (bodyless) {
+    handoff.body.destroy();
+    handoff.dispose();
+  }
+  return new Request(handoff.url ?? original.url, init);
+}
+
+/** The rewritten origin-form target on the original origin (an absolute URI is taken as it is). */
+function targetUrl(original: string, target: string): string {
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(target)) return target;
+  const origin = new URL(original).origin;
+  return `${origin}${target.startsWith('/') ? target : `/${target}`}`;
+}
+
+function pairsOf(headers: Headers): Array<[string, string]> {
+  return [...headers];
+}
+
+/** The ICAP server modified the request into one a Web Request cannot carry: 503, fail closed. */
+function refuse(base: ResultBase, request: Request): WebRefused {
+  const page = buildResponse('unavailable', request.headers.get('accept') ?? undefined, {
+    detail: 'The content scanner returned a request that cannot be handed to the application.',
+  });
+  return {
+    ...base,
+    response: new Response(new Uint8Array(page.body), { status: page.status, headers: page.headers }),
+    aborted: false,
+  };
+}
+
+/** Reads `source` to its end, discarding, at most `limits.bytes` for `limits.timeout` ms; then cancels it. */
+function drain(source: Readable, limits: DrainLimits): void {
+  if (source.destroyed || source.readableEnded) return;
+  let seen = 0;
+  const cleanup = () => {
+    clearTimeout(timer);
+    source.removeListener('data', onData);
+    source.removeListener('end', cleanup);
+    source.removeListener('close', cleanup);
+  };
+  const giveUp = () => {
+    cleanup();
+    source.destroy();
+  };
+  const onData = (chunk: Buffer) => {
+    seen += chunk.length;
+    if (seen > limits.bytes) giveUp();
+  };
+  const timer = setTimeout(giveUp, limits.timeout);
+  timer.unref();
+  source.on('data', onData);
+  source.once('end', cleanup);
+  source.once('close', cleanup);
+  source.resume();
+}
+
+function once(fn: () => void): () => void {
+  let done = false;
+  return () => {
+    if (done) return;
+    done = true;
+    fn();
+  };
+}
