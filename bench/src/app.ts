@@ -8,7 +8,9 @@
  * BENCH_PROFILE, if set). Routes:
  *
  *   POST /upload   reads the body as a stream into a SHA-1 and answers 200 with the digest
- *   GET  /__stats  { rss, hwm, icap: engine.status() } (never scanned)
+ *   GET  /__stats  { rss, hwm, cpu, stages, icap: engine.status() } (never scanned): `cpu` is
+ *                  this process's `process.cpuUsage()` (µs), `stages` the per-stage totals of the
+ *                  scan when BENCH_STAGES=1 (see stages.ts), else null
  *
  * Prints `READY {"port":N}` once listening; stops on SIGTERM/SIGINT.
  */
@@ -26,10 +28,13 @@ import Fastify from 'fastify';
 import { Hono } from 'hono';
 import Koa from 'koa';
 import { BodyDigest } from './bodies.js';
+import { StageTotals } from './stages.js';
 import { memOf } from './util.js';
 
 const [framework, icapUrl, service] = process.argv.slice(2);
 const BODY_LIMIT = 256 * 1024 * 1024;
+/** Per-stage CPU and wall time of the scan, from the engine's stage channel (opt-in: it costs a few µs). */
+const stageTotals = process.env.BENCH_STAGES === '1' ? StageTotals.subscribe() : undefined;
 
 function profile(): IcapProfile | null {
   if (icapUrl === undefined) return null;
@@ -53,7 +58,12 @@ function digest(stream: Readable, contentType: string | undefined): Promise<stri
 }
 
 function stats(engine: IcapEngine | undefined): string {
-  return JSON.stringify({ ...memOf(process.pid), icap: engine?.status() ?? null });
+  return JSON.stringify({
+    ...memOf(process.pid),
+    cpu: process.cpuUsage(),
+    stages: stageTotals?.snapshot() ?? null,
+    icap: engine?.status() ?? null,
+  });
 }
 
 async function startExpress(p: IcapProfile | null): Promise<{ port: number; close(): Promise<void> }> {
@@ -160,6 +170,33 @@ async function startHono(p: IcapProfile | null): Promise<{ port: number; close()
   };
 }
 
+/**
+ * V8's sampling heap profiler, counting garbage too (objects a scavenge or a mark-compact
+ * collected): where the bytes a request allocates come from. Returns the function that writes
+ * the profile (a .heapprofile, readable by `profile.js --analyze-alloc=FILE`).
+ */
+async function startAllocationSampling(): Promise<(file: string) => Promise<void>> {
+  const { Session } = await import('node:inspector');
+  const { writeFile } = await import('node:fs/promises');
+  const session = new Session();
+  session.connect();
+  const post = (method: string, params?: object) =>
+    new Promise<unknown>((resolve, reject) =>
+      session.post(method, params ?? {}, (err, result) => (err ? reject(err) : resolve(result))),
+    );
+  await post('HeapProfiler.enable');
+  await post('HeapProfiler.startSampling', {
+    samplingInterval: 4096,
+    includeObjectsCollectedByMajorGC: true,
+    includeObjectsCollectedByMinorGC: true,
+  });
+  return async (file) => {
+    const r = (await post('HeapProfiler.stopSampling')) as { profile: unknown };
+    await writeFile(file, JSON.stringify(r.profile));
+    session.disconnect();
+  };
+}
+
 async function main(): Promise<void> {
   const p = profile();
   const start =
@@ -174,12 +211,15 @@ async function main(): Promise<void> {
             : undefined;
   if (start === undefined) throw new Error(`unknown framework ${framework}`);
   const app = await start(p);
+  const allocations = process.env.BENCH_ALLOC_PROFILE ? await startAllocationSampling() : undefined;
   let stopping = false;
   const stop = () => {
     if (stopping) return;
     stopping = true;
     // A cpu profile (--cpu-prof) is written when the process exits normally.
-    app.close().finally(() => process.exit(0));
+    (allocations?.(process.env.BENCH_ALLOC_PROFILE!) ?? Promise.resolve())
+      .then(() => app.close())
+      .finally(() => process.exit(0));
     setTimeout(() => process.exit(0), 2000).unref();
   };
   process.on('SIGTERM', stop);

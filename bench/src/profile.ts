@@ -86,6 +86,116 @@ export function analyze(profile: CpuProfile): { fns: FnTime[]; totalMs: number }
   return { fns: [...fns.values()], totalMs };
 }
 
+/**
+ * The layer a frame belongs to: icapkit's adapter, engine, client or protocol, the framework
+ * (npm), the benchmark application, Node's own JavaScript, or native/V8 (no script).
+ */
+export function layerOf(where: string): string {
+  const m = /^packages\/core\/(?:src|dist)\/([^/]+)\//.exec(where);
+  if (m) {
+    const dir = m[1]!;
+    if (dir === 'engine' || dir === 'node') return 'icapkit engine';
+    if (dir === 'client') return 'icapkit client';
+    if (dir === 'protocol') return 'icapkit protocol';
+    return `icapkit ${dir}`;
+  }
+  if (/^packages\/(express|fastify|koa)\//.test(where)) return 'icapkit adapter';
+  if (where.startsWith('packages/')) return `icapkit ${where.split('/')[1]}`;
+  if (where.startsWith('bench/')) return 'bench app';
+  if (where.includes('node_modules/')) return 'framework (npm)';
+  if (where.startsWith('node:')) return 'Node.js (JS)';
+  return 'native';
+}
+
+/** Layers that "ask" for work: Node and native frames below them are counted to them. */
+const OWNER_LAYERS = new Set([
+  'icapkit engine',
+  'icapkit client',
+  'icapkit protocol',
+  'icapkit adapter',
+  'framework (npm)',
+  'bench app',
+]);
+
+/**
+ * Busy time per layer, each sample counted to the innermost frame of an owning layer on its
+ * stack (so `writev` called by the ICAP client counts to the client, the HTTP parser's callback
+ * into Express to the framework); samples with no such frame are Node's own (socket reads,
+ * the HTTP parser, timers), GC or V8.
+ */
+export function byLayer(profile: CpuProfile): {
+  self: Map<string, number>;
+  owned: Map<string, number>;
+  ownedByFn: Map<string, number>;
+} {
+  const byId = new Map<number, ProfileNode>();
+  const parent = new Map<number, number>();
+  for (const n of profile.nodes) byId.set(n.id, n);
+  for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
+  const self = new Map<string, number>();
+  const owned = new Map<string, number>();
+  const ownedByFn = new Map<string, number>();
+  const add = (m: Map<string, number>, k: string, v: number) => m.set(k, (m.get(k) ?? 0) + v);
+  for (let i = 0; i < profile.samples.length; i++) {
+    const dt = (profile.timeDeltas[i + 1] ?? profile.timeDeltas[i] ?? 0) / 1000;
+    const leaf = byId.get(profile.samples[i]!)!;
+    const fn = leaf.callFrame.functionName;
+    if (fn === '(idle)') continue;
+    const special =
+      fn === '(garbage collector)' ? 'GC' : fn === '(program)' ? 'V8/native (program)' : undefined;
+    const leafLayer = special ?? layerOf(whereOf(leaf.callFrame.url, leaf.callFrame.lineNumber));
+    add(self, leafLayer, dt);
+    if (special) {
+      add(owned, special, dt);
+      continue;
+    }
+    let owner = 'Node.js alone (sockets, HTTP parser, timers)';
+    let ownerFn = owner;
+    let id: number | undefined = leaf.id;
+    while (id !== undefined) {
+      const n = byId.get(id)!;
+      const where = whereOf(n.callFrame.url, n.callFrame.lineNumber);
+      const l = layerOf(where);
+      if (OWNER_LAYERS.has(l)) {
+        owner = l;
+        ownerFn = `${n.callFrame.functionName || '(anonymous)'} ${where}`;
+        break;
+      }
+      id = parent.get(id);
+    }
+    add(owned, owner, dt);
+    add(ownedByFn, ownerFn, dt);
+  }
+  return { self, owned, ownedByFn };
+}
+
+/** Inclusive busy ms per icapkit source file (a sample counts once per file on its stack). */
+export function byFile(profile: CpuProfile): Map<string, number> {
+  const byId = new Map<number, ProfileNode>();
+  const parent = new Map<number, number>();
+  for (const n of profile.nodes) byId.set(n.id, n);
+  for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
+  const files = new Map<string, number>();
+  for (let i = 0; i < profile.samples.length; i++) {
+    const dt = (profile.timeDeltas[i + 1] ?? profile.timeDeltas[i] ?? 0) / 1000;
+    const seen = new Set<string>();
+    let id: number | undefined = profile.samples[i]!;
+    while (id !== undefined) {
+      const n = byId.get(id)!;
+      const w = whereOf(n.callFrame.url, n.callFrame.lineNumber);
+      if (w.startsWith('packages/')) {
+        const file = w.slice(0, w.lastIndexOf(':')).replace('/dist/', '/src/').replace(/\.js$/, '.ts');
+        if (!seen.has(file)) {
+          seen.add(file);
+          files.set(file, (files.get(file) ?? 0) + dt);
+        }
+      }
+      id = parent.get(id);
+    }
+  }
+  return files;
+}
+
 function category(f: FnTime): string {
   const w = f.where;
   if (f.fn === '(idle)') return 'idle';
@@ -115,6 +225,43 @@ export function report(profile: CpuProfile, top = 25): string {
     if (c === 'idle') continue;
     out.push(`| ${c} | ${ms.toFixed(0)} | ${((ms / busy) * 100).toFixed(1)} |`);
   }
+  const layers = byLayer(profile);
+  out.push(
+    '',
+    'Busy time per layer: "self" where the CPU was, "owned" with Node/native work counted to the',
+    'innermost icapkit, framework or bench frame that called it (% of busy time):',
+    '',
+    '| layer | self ms | self % | owned ms | owned % |',
+    '|---|--:|--:|--:|--:|',
+  );
+  const names = new Set([...layers.self.keys(), ...layers.owned.keys()]);
+  for (const l of [...names].sort((a, b) => (layers.owned.get(b) ?? 0) - (layers.owned.get(a) ?? 0))) {
+    const sm = layers.self.get(l) ?? 0;
+    const om = layers.owned.get(l) ?? 0;
+    out.push(
+      `| ${l} | ${sm.toFixed(0)} | ${((sm / busy) * 100).toFixed(1)} | ${om.toFixed(0)} | ${((om / busy) * 100).toFixed(1)} |`,
+    );
+  }
+  out.push(
+    '',
+    'Functions owning the most busy time (their own plus the Node/native work below them, up to the next owning frame):',
+    '',
+    '| function | owned ms | owned % |',
+    '|---|--:|--:|',
+  );
+  for (const [fn, ms] of [...layers.ownedByFn].sort((a, b) => b[1] - a[1]).slice(0, top + 10)) {
+    out.push(`| ${fn.replace(/\|/g, '\\|')} | ${ms.toFixed(0)} | ${((ms / busy) * 100).toFixed(1)} |`);
+  }
+  out.push(
+    '',
+    'Inclusive time per icapkit file (% of busy time):',
+    '',
+    '| file | incl. ms | incl. % |',
+    '|---|--:|--:|',
+  );
+  for (const [file, ms] of [...byFile(profile)].sort((a, b) => b[1] - a[1]).slice(0, top)) {
+    out.push(`| ${file} | ${ms.toFixed(0)} | ${((ms / busy) * 100).toFixed(1)} |`);
+  }
   const table = (title: string, list: FnTime[], by: 'selfMs' | 'totalMs') => {
     out.push(
       '',
@@ -140,12 +287,74 @@ export function report(profile: CpuProfile, top = 25): string {
   return out.join('\n');
 }
 
+interface HeapNode {
+  callFrame: ProfileNode['callFrame'];
+  selfSize: number;
+  children: HeapNode[];
+}
+
+/**
+ * Bytes allocated per function in a sampling heap profile taken with the collected objects
+ * included (app.ts, BENCH_ALLOC_PROFILE): self (the function's own `new`, literals, closures)
+ * and owned (with Node's allocations counted to the innermost icapkit or framework caller).
+ */
+export function reportAllocations(root: HeapNode, requests: number | undefined, top = 30): string {
+  const self = new Map<string, number>();
+  const owned = new Map<string, number>();
+  const layers = new Map<string, number>();
+  const add = (m: Map<string, number>, k: string, v: number) => m.set(k, (m.get(k) ?? 0) + v);
+  let total = 0;
+  const walk = (n: HeapNode, owner: string, ownerLayer: string) => {
+    const where = whereOf(n.callFrame.url, n.callFrame.lineNumber);
+    const key = `${n.callFrame.functionName || '(anonymous)'} ${where}`;
+    const layer = layerOf(where);
+    let o = owner;
+    let ol = ownerLayer;
+    if (OWNER_LAYERS.has(layer)) {
+      o = key;
+      ol = layer;
+    }
+    if (n.selfSize > 0) {
+      total += n.selfSize;
+      add(self, key, n.selfSize);
+      add(owned, o, n.selfSize);
+      add(layers, ol, n.selfSize);
+    }
+    for (const c of n.children) walk(c, o, ol);
+  };
+  walk(root, 'Node.js alone', 'Node.js alone');
+  const per = (b: number) => (requests ? `${(b / requests / 1024).toFixed(2)}` : '—');
+  const out = [
+    `Allocated: ${(total / 2 ** 20).toFixed(0)} MiB sampled${requests ? ` over ${requests} requests, ${per(total)} KiB per request` : ''}.`,
+    '',
+    '| layer (owner) | MiB | KiB / request | % |',
+    '|---|--:|--:|--:|',
+  ];
+  for (const [l, b] of [...layers].sort((a, b) => b[1] - a[1]))
+    out.push(`| ${l} | ${(b / 2 ** 20).toFixed(1)} | ${per(b)} | ${((b / total) * 100).toFixed(1)} |`);
+  const table = (title: string, m: Map<string, number>) => {
+    out.push('', title, '', '| function | KiB / request | % |', '|---|--:|--:|');
+    for (const [k, b] of [...m].sort((a, b) => b[1] - a[1]).slice(0, top))
+      out.push(`| ${k.replace(/\|/g, '\\|')} | ${per(b)} | ${((b / total) * 100).toFixed(1)} |`);
+  };
+  table('Allocating functions (owned: with the Node work they called):', owned);
+  table('Allocating functions (self):', self);
+  return out.join('\n');
+}
+
 async function main(): Promise<void> {
   const opts = new Map<string, string>();
   for (const a of process.argv.slice(2)) {
     const m = /^--([^=]+)=(.*)$/.exec(a);
     if (!m) throw new Error(`unknown argument ${a}`);
     opts.set(m[1]!, m[2]!);
+  }
+  const allocFile = opts.get('analyze-alloc');
+  if (allocFile !== undefined) {
+    const p = JSON.parse(await readFile(allocFile, 'utf8')) as { head: HeapNode };
+    const n = opts.get('requests');
+    console.log(reportAllocations(p.head, n === undefined ? undefined : Number(n)));
+    return;
   }
   const analyzeFile = opts.get('analyze');
   if (analyzeFile !== undefined) {

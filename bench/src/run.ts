@@ -11,6 +11,9 @@
  * --out=DIR: where latest.md / latest.json go (default bench/results).
  * --update-readme: also replace the table in bench/README.md.
  * --from=FILE: run nothing; render the results saved in FILE (a latest.json) again.
+ * --stages: the applications publish the scan's per-stage CPU and wall time (BENCH_STAGES=1, a few
+ *   µs per request); the report gets a per-stage table. Per-stage CPU is the process's, so it is
+ *   one request's only with one client (e.g. --stages --cells=10k/1 --only='204|ceiling').
  * --tiny-chunks: run only the "1 MiB in 1-byte chunks vs the plain framework" row (tinychunks.ts:
  *   time and CPU ratios, RSS growth; needs no c-icap or Squid).
  */
@@ -26,6 +29,7 @@ import { CICAP_TUNING, type CIcap, cIcapMissing, eicarBytes, groupPids, startCIc
 import { startTcpCounter, type TcpCounter } from './counter.js';
 import { type LoadResult, type LoadTool, pickTool, runLoad, warmUp } from './load.js';
 import { type Squid, squidMissing, squidVersion, startSquid } from './squid.js';
+import { type StageSnapshot, stageDelta } from './stages.js';
 import { renderReport } from './table.js';
 import { renderTinyChunks, runTinyChunks } from './tinychunks.js';
 import { type Child, cpuOf, findOnPath, killAllChildren, memOf, resetPeakRss, startChild } from './util.js';
@@ -137,6 +141,16 @@ export interface CellResult {
   clientCreated: number | undefined;
   /** CPU used during the measured window, in % of one core. */
   cpuApp: number | undefined;
+  /**
+   * CPU µs per answered request over the measured window: the application's own
+   * (`process.cpuUsage()`); for Squid, Squid's plus its origin application's; for the raw client,
+   * the load generator's (what the ICAP client alone costs).
+   */
+  cpuUsPerReq?: number | undefined;
+  /** CPU µs of the ICAP server (every c-icap process, or the embedded server) per answered request. */
+  cpuUsPerReqIcap?: number | undefined;
+  /** Per-stage totals of the scan over the measured window (only with --stages). */
+  stages?: StageSnapshot | undefined;
   cpuIcap: number | undefined;
   cpuOrigin: number | undefined;
   note: string | undefined;
@@ -169,6 +183,7 @@ interface Args {
   cells: CellDef[] | undefined;
   from: string | undefined;
   tinyChunks: boolean;
+  stages: boolean;
 }
 
 function parseArgs(argv: string[]): Args {
@@ -180,6 +195,7 @@ function parseArgs(argv: string[]): Args {
     cells: undefined,
     from: undefined,
     tinyChunks: false,
+    stages: false,
   };
   for (const arg of argv) {
     if (arg === '--short') a.short = true;
@@ -188,6 +204,7 @@ function parseArgs(argv: string[]): Args {
     else if (arg === '--update-readme') a.updateReadme = true;
     else if (arg.startsWith('--from=')) a.from = arg.slice(7);
     else if (arg === '--tiny-chunks') a.tinyChunks = true;
+    else if (arg === '--stages') a.stages = true;
     else if (arg.startsWith('--cells=')) {
       a.cells = arg
         .slice(8)
@@ -254,10 +271,16 @@ function servicePath(service: Service): string {
   return service === 'echo' ? '/echo' : '/avscan';
 }
 
+/** Set by --stages: the applications publish per-stage timings of the scan (BENCH_STAGES=1). */
+let stagesOn = false;
+
 async function startApp(framework: Framework, icapUrl?: string, service?: string): Promise<Child> {
   const args = [appScript, framework];
   if (icapUrl !== undefined) args.push(icapUrl, service ?? '/avscan');
-  return startChild(process.execPath, args, { timeoutMs: 20_000 });
+  return startChild(process.execPath, args, {
+    timeoutMs: 20_000,
+    env: stagesOn ? { BENCH_STAGES: '1' } : {},
+  });
 }
 
 /** One POST on its own connection (Squid closes the client connection after an ICAP block). */
@@ -290,13 +313,28 @@ function post(url: string, body: Buffer, contentType: string): Promise<{ status:
   });
 }
 
-async function statsOf(port: number): Promise<{ created: number | undefined }> {
+interface AppStats {
+  created: number | undefined;
+  /** process.cpuUsage() of the application, user + system µs. */
+  cpuUs: number | undefined;
+  stages: StageSnapshot | undefined;
+}
+
+async function statsOf(port: number): Promise<AppStats> {
   try {
     const res = await fetch(`http://127.0.0.1:${port}/__stats`, { signal: AbortSignal.timeout(5000) });
-    const j = (await res.json()) as { icap: Array<{ connections: { created: number } }> | null };
-    return { created: j.icap?.reduce((n, s) => n + s.connections.created, 0) };
+    const j = (await res.json()) as {
+      cpu?: { user: number; system: number };
+      stages?: StageSnapshot | null;
+      icap: Array<{ connections: { created: number } }> | null;
+    };
+    return {
+      created: j.icap?.reduce((n, s) => n + s.connections.created, 0),
+      cpuUs: j.cpu === undefined ? undefined : j.cpu.user + j.cpu.system,
+      stages: j.stages ?? undefined,
+    };
   } catch {
-    return { created: undefined };
+    return { created: undefined, cpuUs: undefined, stages: undefined };
   }
 }
 
@@ -413,6 +451,7 @@ async function runCell(env: Env, path: PathDef, cell: CellDef): Promise<CellResu
         p50: number;
         p99: number;
         connectionsCreated: number;
+        cpuUs?: number;
         firstError?: string;
       };
       // The generator's own window includes its warm-up; CPU of c-icap over the whole run.
@@ -425,6 +464,7 @@ async function runCell(env: Env, path: PathDef, cell: CellDef): Promise<CellResu
         p99: r.p99,
         clientCreated: r.connectionsCreated,
         cpuIcap: ((icap1 - icap0) / (warmupS + measureS)) * 100,
+        cpuUsPerReq: r.cpuUs !== undefined && r.requests > 0 ? r.cpuUs / r.requests : undefined,
       });
       if (r.errors > 0) result.note = `errors: ${r.firstError ?? '?'}`;
     } else {
@@ -462,6 +502,9 @@ async function runCell(env: Env, path: PathDef, cell: CellDef): Promise<CellResu
         result.note = `check failed: ${check.status} ${check.text.slice(0, 80)}`;
       }
       await warmUp(target, body, cell.clients, warmupS);
+      // The Node process answering the load (the application, or Squid's origin) reports its own CPU.
+      const statsPort = (appChild ?? origin)!.ready.port as number;
+      const s0 = await statsOf(statsPort);
       const opened0 = counter?.accepted() ?? 0;
       const pids = { app: [measured], icap: icapPids(path.service), origin: origin ? [origin.pid] : [] };
       const c0 = { app: cpuSum(pids.app), icap: cpuSum(pids.icap), origin: cpuSum(pids.origin) };
@@ -474,6 +517,15 @@ async function runCell(env: Env, path: PathDef, cell: CellDef): Promise<CellResu
         result.icapPeakOpen = counter.peakOpen();
       }
       const c1 = { app: cpuSum(pids.app), icap: cpuSum(pids.icap), origin: cpuSum(pids.origin) };
+      const s1 = await statsOf(statsPort);
+      if (s0.cpuUs !== undefined && s1.cpuUs !== undefined && r.ok > 0) {
+        // Squid: its CPU from /proc (10 ms ticks) plus its origin's from process.cpuUsage().
+        const squidUs = path.kind === 'squid' ? (c1.app - c0.app) * 1e6 : 0;
+        result.cpuUsPerReq = (s1.cpuUs - s0.cpuUs + squidUs) / r.ok;
+      }
+      if (s0.stages !== undefined && s1.stages !== undefined)
+        result.stages = stageDelta(s0.stages, s1.stages);
+      if (path.service !== undefined && r.ok > 0) result.cpuUsPerReqIcap = ((c1.icap - c0.icap) * 1e6) / r.ok;
       result.peakRss = memOf(measured).hwm;
       Object.assign(result, {
         ok: r.ok,
@@ -485,9 +537,7 @@ async function runCell(env: Env, path: PathDef, cell: CellDef): Promise<CellResu
         cpuIcap: path.service ? ((c1.icap - c0.icap) / wall) * 100 : undefined,
         cpuOrigin: origin ? ((c1.origin - c0.origin) / wall) * 100 : undefined,
       });
-      if (appChild && path.kind === 'icapkit') {
-        result.clientCreated = (await statsOf(appChild.ready.port as number)).created;
-      }
+      if (appChild && path.kind === 'icapkit') result.clientCreated = s1.created;
       if (r.errors > 0 && result.note === undefined) result.note = `${r.errors} errors`;
     }
     if (counter && result.icapOpened === undefined) {
@@ -508,12 +558,16 @@ function fmtCell(r: CellResult): string {
   return (
     `${r.path.padEnd(16)} ${r.bodyLabel.padEnd(18)} c=${String(r.clients).padEnd(3)} ` +
     `${r.rps.toFixed(0).padStart(6)} req/s p50=${r.p50.toFixed(1)}ms p99=${r.p99.toFixed(1)}ms ` +
-    `rss=${(r.peakRss / 2 ** 20).toFixed(0)}MiB${conns}${r.note ? `  [${r.note}]` : ''}`
+    `rss=${(r.peakRss / 2 ** 20).toFixed(0)}MiB${conns}` +
+    (r.cpuUsPerReq === undefined ? '' : ` cpu=${r.cpuUsPerReq.toFixed(0)}µs/req`) +
+    (r.cpuUsPerReqIcap === undefined ? '' : ` icap-cpu=${r.cpuUsPerReqIcap.toFixed(0)}µs/req`) +
+    (r.note ? `  [${r.note}]` : '')
   );
 }
 
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
+  stagesOn = args.stages;
   if (args.tinyChunks) {
     try {
       console.log(renderTinyChunks(await runTinyChunks()));

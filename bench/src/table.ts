@@ -1,5 +1,6 @@
 /** Renders the benchmark's results as markdown: the table, the ratios and the targets. */
 import type { CellResult, Machine } from './run.js';
+import { STAGES } from './stages.js';
 
 const MiB = 2 ** 20;
 /** icapkit's default `bufferSize` (the profile does not change it). */
@@ -48,6 +49,23 @@ function connText(r: CellResult): string {
 }
 
 const pct = (v: number | undefined) => (v === undefined ? '—' : v.toFixed(0));
+const us = (v: number | undefined) => (v === undefined ? '—' : v.toFixed(0));
+
+/** The same framework's ceiling in the same cell (no scanning). */
+function ceilingOf(results: CellResult[], r: CellResult): CellResult | undefined {
+  return results.find(
+    (x) =>
+      x.kind === 'ceiling' && x.framework === r.framework && x.body === r.body && x.clients === r.clients,
+  );
+}
+
+/** icapkit's CPU µs per request above its framework's own (the ceiling) in the same cell. */
+export function cpuAbove(results: CellResult[], r: CellResult): number | undefined {
+  const c = ceilingOf(results, r);
+  return r.cpuUsPerReq === undefined || c?.cpuUsPerReq === undefined
+    ? undefined
+    : r.cpuUsPerReq - c.cpuUsPerReq;
+}
 
 /**
  * Requests per CPU-second of every process on the request's path (application or Squid, its
@@ -79,9 +97,9 @@ export function renderReport(
   );
   out.push('');
   out.push(
-    '| Body | Clients | Path | req/s | p50 ms | p99 ms | peak RSS MiB (growth) | ICAP conns opened / peak open | CPU % app | CPU % ICAP server | Notes |',
+    '| Body | Clients | Path | req/s | p50 ms | p99 ms | peak RSS MiB (growth) | ICAP conns opened / peak open | CPU % app | CPU µs / req app | CPU % ICAP server | Notes |',
   );
-  out.push('|---|--:|---|--:|--:|--:|--:|--:|--:|--:|---|');
+  out.push('|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|---|');
   const byCell = new Map<string, CellResult[]>();
   for (const r of results) {
     const k = cellKey(r);
@@ -93,12 +111,16 @@ export function renderReport(
       const cpuApp = r.kind === 'raw' ? '—' : pct(r.cpuApp);
       const notes = [
         r.note,
-        r.kind === 'squid' ? `RSS, CPU: squid; origin CPU ${pct(r.cpuOrigin)}%` : undefined,
+        r.kind === 'squid'
+          ? `RSS, CPU %: squid; origin CPU ${pct(r.cpuOrigin)}%; CPU µs: squid + origin`
+          : r.kind === 'raw'
+            ? 'CPU µs: the load generator (ICAP client alone)'
+            : undefined,
       ]
         .filter(Boolean)
         .join('; ');
       out.push(
-        `| ${r.bodyLabel} | ${r.clients} | ${pathLabel(r)} | ${n0(r.rps)} | ${ms(r.p50)} | ${ms(r.p99)} | ${r.kind === 'raw' ? '—' : rssText(r)} | ${connText(r)} | ${cpuApp} | ${pct(r.cpuIcap)} | ${notes} |`,
+        `| ${r.bodyLabel} | ${r.clients} | ${pathLabel(r)} | ${n0(r.rps)} | ${ms(r.p50)} | ${ms(r.p99)} | ${r.kind === 'raw' ? '—' : rssText(r)} | ${connText(r)} | ${cpuApp} | ${us(r.cpuUsPerReq)} | ${pct(r.cpuIcap)} | ${notes} |`,
       );
     }
   }
@@ -108,9 +130,9 @@ export function renderReport(
   out.push('Ratios (requests/s; same body, same clients, same ICAP service):');
   out.push('');
   out.push(
-    '| Body | Clients | icapkit path | req/s | ÷ Squid | ÷ Squid per CPU-second | ÷ ceiling (same framework) | ÷ raw ICAP capacity |',
+    '| Body | Clients | icapkit path | req/s | ÷ Squid | ÷ Squid per CPU-second | ÷ ceiling (same framework) | ÷ raw ICAP capacity | app CPU µs / req above the ceiling |',
   );
-  out.push('|---|--:|---|--:|--:|--:|--:|--:|');
+  out.push('|---|--:|---|--:|--:|--:|--:|--:|--:|');
   const find = (rows: CellResult[], pred: (r: CellResult) => boolean) => rows.find(pred);
   for (const rows of byCell.values()) {
     for (const r of rows.filter((x) => x.kind === 'icapkit')) {
@@ -118,14 +140,47 @@ export function renderReport(
       const ceiling = find(rows, (x) => x.kind === 'ceiling' && x.framework === r.framework);
       const raw = find(rows, (x) => x.kind === 'raw' && x.service === r.service);
       out.push(
-        `| ${r.bodyLabel} | ${r.clients} | ${pathLabel(r)} | ${n0(r.rps)} | ${ratio(r.rps, squid?.rps)} | ${squid === undefined ? '—' : ratio(perCpu(r), perCpu(squid))} | ${ratio(r.rps, ceiling?.rps)} | ${ratio(r.rps, raw?.rps)} |`,
+        `| ${r.bodyLabel} | ${r.clients} | ${pathLabel(r)} | ${n0(r.rps)} | ${ratio(r.rps, squid?.rps)} | ${squid === undefined ? '—' : ratio(perCpu(r), perCpu(squid))} | ${ratio(r.rps, ceiling?.rps)} | ${ratio(r.rps, raw?.rps)} | ${us(cpuAbove(results, r))} |`,
       );
     }
   }
 
+  const staged = results.filter((r) => r.stages !== undefined && r.kind === 'icapkit' && r.ok > 0);
+  if (staged.length > 0) {
+    out.push('');
+    out.push(...renderStages(results, staged));
+  }
   out.push('');
   out.push(...renderTargets(results));
   return out.join('\n');
+}
+
+/**
+ * Per request: CPU µs and wall ms in each stage of the scan, the rest of the application's CPU
+ * (framework, HTTP, the handler), and the framework's own CPU without scanning in the same cell.
+ */
+export function renderStages(results: CellResult[], staged: CellResult[]): string[] {
+  const out = [
+    'Per stage of the scan, per request (CPU µs of the application process / wall ms; CPU is one',
+    "request's only with one client):",
+    '',
+    `| Body | Clients | icapkit path | ${STAGES.join(' | ')} | engine total | rest of the app | app total | ceiling | above the ceiling |`,
+    `|---|--:|---|${STAGES.map(() => '--:|').join('')}--:|--:|--:|--:|--:|`,
+  ];
+  for (const r of staged) {
+    const n = r.ok;
+    const cells = STAGES.map((s) => {
+      const t = r.stages![s];
+      return t.n === 0 ? '—' : `${(t.cpuUs / n).toFixed(0)} / ${(t.wallUs / n / 1000).toFixed(2)}`;
+    });
+    const engine = STAGES.reduce((a, s) => a + r.stages![s].cpuUs, 0) / n;
+    const total = r.cpuUsPerReq;
+    const ceiling = ceilingOf(results, r)?.cpuUsPerReq;
+    out.push(
+      `| ${r.bodyLabel} | ${r.clients} | ${pathLabel(r)} | ${cells.join(' | ')} | ${engine.toFixed(0)} | ${total === undefined ? '—' : (total - engine).toFixed(0)} | ${us(total)} | ${us(ceiling)} | ${us(cpuAbove(results, r))} |`,
+    );
+  }
+  return out;
 }
 
 export function renderTargets(results: CellResult[]): string[] {
@@ -163,6 +218,21 @@ export function renderTargets(results: CellResult[]): string[] {
   out.push(
     `- icapkit ≥ 90% of raw ICAP capacity at 1 MiB (avscan): ${t2ok}/${t2all} cells met` +
       (t2.length ? `; missed: ${t2.join(', ')}` : ''),
+  );
+
+  const t5: string[] = [];
+  let t5ok = 0;
+  let t5all = 0;
+  for (const r of icapkit.filter((x) => x.body === '10k' && x.service !== 'echo')) {
+    const above = cpuAbove(results, r);
+    if (above === undefined) continue;
+    t5all++;
+    if (above <= 100) t5ok++;
+    else t5.push(`${FW[r.framework!]}→${r.service} c=${r.clients}: ${above.toFixed(0)} µs`);
+  }
+  out.push(
+    `- app CPU per scanned 10 KiB request ≤ 100 µs above the framework's own (avscan, 204): ${t5ok}/${t5all} cells met` +
+      (t5.length ? `; missed: ${t5.join(', ')}` : ''),
   );
 
   const t3 = icapkit.filter((r) => r.icapOpened !== undefined && r.icapOpened > r.clients);

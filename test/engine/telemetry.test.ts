@@ -260,6 +260,32 @@ describe('diagnostics_channel', () => {
   });
 });
 
+describe('icapkit:scan:stage (per-stage timings for profiling)', () => {
+  it('publishes each stage of a scan in order while subscribed, and nothing once unsubscribed', async () => {
+    const events: Array<{ stage: string; cpuUs: number; wallUs: number }> = [];
+    const fn = (m: unknown) => events.push(m as { stage: string; cpuUs: number; wallUs: number });
+    dc.subscribe('icapkit:scan:stage', fn);
+    const a = await start();
+    try {
+      expect(await post(a.url, 'clean body')).toBe(200);
+      expect(events.map((e) => e.stage)).toEqual(['admission', 'intake', 'exchange', 'outcome']);
+      for (const e of events) {
+        expect(Number.isInteger(e.cpuUs) && e.cpuUs >= 0).toBe(true);
+        expect(Number.isInteger(e.wallUs) && e.wallUs >= 0).toBe(true);
+      }
+      // A blocked upload goes through the same stages.
+      events.length = 0;
+      expect(await post(a.url, eicar())).toBe(403);
+      expect(events.map((e) => e.stage)).toEqual(['admission', 'intake', 'exchange', 'outcome']);
+    } finally {
+      dc.unsubscribe('icapkit:scan:stage', fn);
+    }
+    events.length = 0;
+    expect(await post(a.url, 'clean body')).toBe(200);
+    expect(events).toEqual([]);
+  });
+});
+
 describe('NODE_DEBUG=icapkit', () => {
   it('prints the life of a scan', async () => {
     const dist = new URL('../../packages/core/dist/index.js', import.meta.url);

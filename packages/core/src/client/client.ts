@@ -410,9 +410,14 @@ export class IcapClient {
       );
     if (outer?.aborted) onOuterAbort();
     else outer?.addEventListener('abort', onOuterAbort, { once: true });
-    const timer = setTimeout(() => {
-      ac.abort(new IcapError(IcapErrorCodes.TIMEOUT, `${what} took longer than ${timeout} ms`));
-    }, timeout);
+    // setTimeout's largest delay means "no timeout of our own" (the engine bounds requests with
+    // its signal): no timer to create and clear for every request.
+    const timer =
+      timeout >= MAX_TIMER_DELAY
+        ? undefined
+        : setTimeout(() => {
+            ac.abort(new IcapError(IcapErrorCodes.TIMEOUT, `${what} took longer than ${timeout} ms`));
+          }, timeout);
     let cleaned = false;
     const cleanup = () => {
       if (cleaned) return;
@@ -452,6 +457,9 @@ export function parseServerUrl(url: string | URL, tls?: IcapTlsOptions): ServerE
   const port = u.port === '' ? (secure ? DEFAULT_ICAPS_PORT : DEFAULT_ICAP_PORT) : Number(u.port);
   return { host, port, tls: secure ? (tls ?? {}) : false };
 }
+
+/** setTimeout's largest delay (a larger one fires at once). */
+const MAX_TIMER_DELAY = 2_147_483_647;
 
 function positive(v: number | undefined, fallback: number, name: string): number {
   if (v === undefined) return fallback;

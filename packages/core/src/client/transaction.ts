@@ -44,6 +44,8 @@ const STOP = Symbol('stop');
 const NOT_READY_PROMISE = Promise.resolve(NOT_READY);
 /** Buffered output is flushed to the socket when it grows past this. */
 const FLUSH_AT = 256 * 1024;
+/** A batch of several buffers up to this size is copied into one and written once. */
+const COPY_BATCH_UP_TO = 32 * 1024;
 
 /** Resolves with NOT_READY after the event loop's current turn (I/O callbacks included). */
 function nextTurn(): Promise<typeof NOT_READY> {
@@ -291,7 +293,15 @@ export class Transaction {
   async #flush(): Promise<boolean> {
     if (this.#stopped) return false;
     const s = this.#conn.socket;
-    if (this.#out.length > 0) {
+    if (this.#out.length === 1 || (this.#out.length > 1 && this.#outBytes <= COPY_BATCH_UP_TO)) {
+      // A small batch (a head, a small body and its framing) is copied into one buffer: one
+      // write, without the corked writev's per-buffer bookkeeping.
+      const one = this.#out.length === 1 ? this.#out[0]! : Buffer.concat(this.#out, this.#outBytes);
+      s.write(one, this.#onWritten);
+      this.#bytesSent += this.#outBytes;
+      this.#out = [];
+      this.#outBytes = 0;
+    } else if (this.#out.length > 0) {
       s.cork();
       // One callback per batch (the last write): a failed batch calls every callback in it.
       const last = this.#out.length - 1;

@@ -24,6 +24,7 @@ import {
   withDispose,
 } from './outcome.js';
 import { takesFailAction } from './retry.js';
+import { StageClock } from './stage-clock.js';
 
 /**
  * One request's scan, from the adapter's `engine.scan(req)` to its outcome: the transaction
@@ -56,6 +57,8 @@ export class Scan {
   readonly #req: ScanRequest;
   readonly #logger: PinoLike | undefined;
   readonly #t0: number;
+  /** Per-stage timings, only while something listens to `icapkit:scan:stage` (stage-clock.ts). */
+  readonly #clock = StageClock.start();
 
   /** The body as it arrives (null: the request has none). */
   store: BodyStore | null = null;
@@ -123,6 +126,7 @@ export class Scan {
       }
       this.#leaveIntake = leave;
     }
+    this.#clock?.lap('admission');
     this.#receive();
     try {
       return this.#finish(await (this.#perFile ? this.#scanForm() : this.#scanWhole()));
@@ -219,6 +223,8 @@ export class Scan {
     const outcome = await scanParts(
       this as this & { scanned: BodyStore; store: BodyStore; contentType: string },
     );
+    // The parts are scanned while the form arrives: intake and exchange are one stage here.
+    this.#clock?.lap('exchange');
     this.#settle();
     return withDispose(outcome, this.#decoded?.store);
   }
@@ -241,7 +247,9 @@ export class Scan {
       if (scanned.ended && scanned.error === undefined && !scanned.exceeded)
         sendFacts = { ...sendFacts, contentLength: scanned.received, chunked: false };
     }
+    this.#clock?.lap('intake');
     const result = await exchange(this, sendFacts, scanned, this.signal);
+    this.#clock?.lap('exchange');
     this.#settle();
     if (result.verdict?.unscannable) this.log.significance.push('UNSCANNABLE');
     // The application gets a body only once all of it is here (the store holds it anyway).
@@ -316,6 +324,7 @@ export class Scan {
     log.significant = log.significance.length > 0;
     this.telemetry.scanEnd(this.scope, log, received);
     this.#engine.emit(log, this.#logger);
+    this.#clock?.lap('outcome');
     return outcome;
   }
 }

@@ -1,0 +1,203 @@
+/**
+ * Instructions per request, counted by `valgrind --tool=callgrind`: a figure that does not move
+ * with the machine's load (CPU time does, on two shared cores). Each application (no scanning,
+ * and icapkit against the embedded 204 server, which runs natively) runs under callgrind; one
+ * client sends `--warm` requests one after the other on a kept-alive connection (V8 compiles
+ * the hot code), the counters are dumped and zeroed, `--n` more requests are sent and dumped
+ * again: the second dump's main-thread total over n is the cost of one request (the JIT code,
+ * V8's runtime and GC, libuv, the syscalls' user side). Other threads (V8's optimising compiler
+ * still catching up, GC helpers) are shown apart: they are mostly warm-up.
+ *
+ *   node bench/dist/callgrind.js [--frameworks=express,fastify,koa] [--body=10240] [--warm=1500] [--n=300]
+ *                                [--scanned-only]
+ *
+ * Needs valgrind (apt-get install valgrind). Takes about a minute per application.
+ */
+import { execFileSync } from 'node:child_process';
+import { readdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtemp } from 'node:fs/promises';
+import { Agent, request } from 'node:http';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { findOnPath, killAllChildren, sleep, startChild } from './util.js';
+
+const HERE = dirname(fileURLToPath(import.meta.url));
+
+function post(agent: Agent, port: number, body: Buffer): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = request(
+      {
+        host: '127.0.0.1',
+        port,
+        path: '/upload',
+        method: 'POST',
+        agent,
+        timeout: 120_000,
+        headers: { 'content-type': 'application/octet-stream', 'content-length': body.length },
+      },
+      (res) => {
+        res.resume();
+        res.once('end', () => resolve(res.statusCode ?? 0));
+        res.once('error', reject);
+      },
+    );
+    req.once('timeout', () => req.destroy(new Error('timeout')));
+    req.once('error', reject);
+    req.end(body);
+  });
+}
+
+/** The `totals:` (or `summary:`) Ir of a callgrind output file. */
+function totalIr(file: string): number {
+  const m = /^(?:totals|summary):\s+(\d+)/m.exec(readFileSync(file, 'utf8'));
+  if (!m) throw new Error(`no totals in ${file}`);
+  return Number(m[1]);
+}
+
+/**
+ * Ir of one dump (the files of every thread, with --separate-threads: `<base>.<n>-<thread>`):
+ * the main thread (JavaScript, libuv, the syscalls' user side) and the others (V8's compiler
+ * and GC helpers, libuv's thread pool).
+ */
+function dumpIr(dir: string, dumpNo: string): { main: number; other: number } {
+  let main = 0;
+  let other = 0;
+  for (const f of readdirSync(dir)) {
+    const m = /\.(\d+)-(\d+)$/.exec(f);
+    if (!m || m[1] !== dumpNo) continue;
+    const ir = totalIr(join(dir, f));
+    if (m[2] === '01') main += ir;
+    else other += ir;
+  }
+  return { main, other };
+}
+
+/** Dumps (and zeroes) the counters of a callgrind process; resolves with the dump's number. */
+async function dump(pid: number, dir: string, no: number): Promise<string> {
+  execFileSync('callgrind_control', ['-d', String(pid)], { timeout: 120_000, stdio: 'ignore' });
+  const deadline = Date.now() + 120_000;
+  const want = new RegExp(`\\.${no}-01$`);
+  while (Date.now() < deadline) {
+    const f = readdirSync(dir).find((x) => want.test(x));
+    if (f !== undefined) {
+      try {
+        totalIr(join(dir, f));
+        await sleep(500);
+        return String(no);
+      } catch {
+        // still being written
+      }
+    }
+    await sleep(200);
+  }
+  throw new Error('callgrind dump did not appear');
+}
+
+export interface IrRow {
+  framework: string;
+  scanned: boolean;
+  /** Main thread instructions per request. */
+  irPerRequest: number;
+  /** Other threads' (compiler, GC helpers, thread pool) per request. */
+  otherPerRequest: number;
+}
+
+export async function countInstructions(
+  frameworks: string[],
+  bodySize: number,
+  warm: number,
+  n: number,
+  variants: boolean[] = [false, true],
+): Promise<IrRow[]> {
+  if (findOnPath('valgrind') === null) throw new Error('valgrind is not installed');
+  const body = Buffer.alloc(bodySize, 'x');
+  const icap = await startChild(process.execPath, [join(HERE, 'icap204.js')], { timeoutMs: 20_000 });
+  const rows: IrRow[] = [];
+  try {
+    for (const framework of frameworks) {
+      for (const scanned of variants) {
+        const dir = await mkdtemp(join(tmpdir(), 'icapkit-callgrind-'));
+        const args = [
+          '--tool=callgrind',
+          '--smc-check=all-non-file',
+          '--separate-threads=yes',
+          `--callgrind-out-file=${join(dir, 'cg.out')}`,
+          process.execPath,
+          join(HERE, 'app.js'),
+          framework,
+        ];
+        if (scanned) args.push(`icap://127.0.0.1:${icap.ready.port as number}`, '/avscan');
+        const app = await startChild('valgrind', args, { timeoutMs: 180_000 });
+        const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+        try {
+          const port = app.ready.port as number;
+          const pid = app.ready.pid as number;
+          for (let i = 0; i < warm; i++) await post(agent, port, body);
+          await dump(pid, dir, 1);
+          for (let i = 0; i < n; i++) {
+            const status = await post(agent, port, body);
+            if (status !== 200) throw new Error(`${framework}: status ${status}`);
+          }
+          const ir = dumpIr(dir, await dump(pid, dir, 2));
+          rows.push({ framework, scanned, irPerRequest: ir.main / n, otherPerRequest: ir.other / n });
+          console.error(
+            `callgrind: ${framework}${scanned ? ' + icapkit' : ''}: ${(ir.main / n / 1000).toFixed(0)} k instructions per request on the main thread, ${(ir.other / n / 1000).toFixed(0)} k on others`,
+          );
+        } finally {
+          agent.destroy();
+          await app.stop();
+          if (process.env.CALLGRIND_KEEP === '1') console.error(`callgrind: files kept in ${dir}`);
+          else rmSync(dir, { recursive: true, force: true });
+        }
+      }
+    }
+  } finally {
+    await icap.stop();
+  }
+  return rows;
+}
+
+export function renderInstructions(rows: IrRow[], bodySize: number): string {
+  const lines = [
+    `Instructions per ${bodySize}-byte POST on the main thread (callgrind, one client, kept-alive; icapkit against the embedded 204 server):`,
+    '',
+    '| Framework | plain: k instr. / req | icapkit: k instr. / req | icapkit above plain | ratio | other threads plain / icapkit |',
+    '| --------- | --------------------: | ----------------------: | ------------------: | ----: | ----------------------------: |',
+  ];
+  for (const f of [...new Set(rows.map((r) => r.framework))]) {
+    const plain = rows.find((r) => r.framework === f && !r.scanned);
+    const scanned = rows.find((r) => r.framework === f && r.scanned);
+    if (!plain || !scanned) continue;
+    lines.push(
+      `| ${f} | ${(plain.irPerRequest / 1000).toFixed(0)} | ${(scanned.irPerRequest / 1000).toFixed(0)} | ${((scanned.irPerRequest - plain.irPerRequest) / 1000).toFixed(0)} | ${(scanned.irPerRequest / plain.irPerRequest).toFixed(2)}× | ${(plain.otherPerRequest / 1000).toFixed(0)} / ${(scanned.otherPerRequest / 1000).toFixed(0)} |`,
+    );
+  }
+  return lines.join('\n');
+}
+
+if (process.argv[1]?.endsWith('callgrind.js') === true) {
+  let frameworks = ['express', 'fastify', 'koa'];
+  let bodySize = 10 * 1024;
+  let warm = 1500;
+  let n = 300;
+  let variants = [false, true];
+  for (const arg of process.argv.slice(2)) {
+    if (arg.startsWith('--frameworks=')) frameworks = arg.slice(13).split(',');
+    else if (arg.startsWith('--body=')) bodySize = Number(arg.slice(7));
+    else if (arg.startsWith('--warm=')) warm = Number(arg.slice(7));
+    else if (arg.startsWith('--n=')) n = Number(arg.slice(4));
+    else if (arg === '--scanned-only') variants = [true];
+    else throw new Error(`unknown argument ${arg}`);
+  }
+  countInstructions(frameworks, bodySize, warm, n, variants)
+    .then((rows) => {
+      console.log(renderInstructions(rows, bodySize));
+      console.log(`RESULT ${JSON.stringify(rows)}`);
+    })
+    .catch((err: unknown) => {
+      console.error(err);
+      killAllChildren();
+      process.exit(1);
+    });
+}
