@@ -5,9 +5,9 @@ import {
   guardExpectContinue,
   type IcapEngine,
   type IcapProfile,
-  type IcapRefusal,
   type IcapRequestInfo,
   type PinoLike,
+  requestInfo,
 } from '@icapkit/core';
 import {
   createScanner,
@@ -105,7 +105,7 @@ export function icap(profile: IcapProfile, options: IcapHonoOptions = {}): IcapH
         onRefusal === undefined
           ? undefined
           : (refusal) => {
-              c.set('icap', infoOf(refusal));
+              c.set('icap', requestInfo(refusal));
               return onRefusal(refusal, c);
             },
     });
@@ -145,17 +145,6 @@ export function icap(profile: IcapProfile, options: IcapHonoOptions = {}): IcapH
       return server;
     },
   });
-}
-
-/** What `c.var.icap` says of a refused request (as the scan's result would). */
-function infoOf(refusal: IcapRefusal): IcapRequestInfo {
-  return {
-    action: refusal.action,
-    threat: refusal.threat,
-    rule: refusal.log.rule_name,
-    removed: refusal.log.removed_parts ?? [],
-    log: refusal.log,
-  };
 }
 
 export default icap;

@@ -217,7 +217,8 @@ export interface IcapRequestInfo {
   log: IcapLog;
 }
 
-export function requestInfo(outcome: ScanOutcome): IcapRequestInfo {
+/** What `req.icap` says of an outcome (or of a refusal, which carries the same three fields). */
+export function requestInfo(outcome: Pick<ScanOutcome, 'action' | 'threat' | 'log'>): IcapRequestInfo {
   return {
     action: outcome.action,
     threat: outcome.threat,
