@@ -2,9 +2,10 @@ import { Readable } from 'node:stream';
 import { fromSocketError, IcapError, IcapErrorCodes } from '../errors.js';
 import { CRLF, chunkHeader, LAST_CHUNK, LAST_CHUNK_IEOF } from '../protocol/encoder.js';
 import { IcapParser, type IcapResponseHead } from '../protocol/parser.js';
+import { abortError } from './abort.js';
 import { asIcapError, checkFinalHead, closedError, withReceivedHead } from './answer.js';
 import type { Connection } from './connection.js';
-import { deferred, noop } from './deferred.js';
+import { type Deferred, deferred, noop } from './deferred.js';
 import type {
   IcapResponse,
   TransactionOptions,
@@ -41,7 +42,7 @@ type WriteState = 'head' | 'preview' | 'awaiting-continue' | 'rest' | 'finished'
 
 const NOT_READY = Symbol('not-ready');
 const STOP = Symbol('stop');
-const NOT_READY_PROMISE = Promise.resolve(NOT_READY);
+const FAILED = Symbol('failed');
 /** Buffered output is flushed to the socket when it grows past this. */
 const FLUSH_AT = 256 * 1024;
 /** A batch of several buffers up to this size is copied into one and written once. */
@@ -62,7 +63,8 @@ export class Transaction {
 
   readonly #response = deferred<IcapResponse>();
   readonly #done = deferred<TransactionSummary>();
-  readonly #continue = deferred<boolean>();
+  /** The server's answer to a preview (true: 100 Continue); only for a request with a preview. */
+  readonly #continue: Deferred<boolean> | null;
 
   #writeState: WriteState = 'head';
   /** The request message on the wire ends with a last-chunk (or had no body). */
@@ -88,6 +90,9 @@ export class Transaction {
   #writeError: Error | undefined;
   /** Undoes the hook that keeps the socket reading after a write error. */
   #unhookWriteError: (() => void) | undefined;
+  /** What the body source's pending next() gave, when it gave it (see #pull). */
+  #pulled: IteratorResult<Uint8Array> | typeof NOT_READY | typeof FAILED = NOT_READY;
+  #pullError: unknown = undefined;
   #out: Buffer[] = [];
   #outBytes = 0;
   #bytesSent = 0;
@@ -110,7 +115,8 @@ export class Transaction {
     this.#release = release;
     this.#response.promise.catch(noop);
     this.#done.promise.catch(noop);
-    this.#continue.promise.catch(noop);
+    this.#continue = req.preview === undefined ? null : deferred<boolean>();
+    this.#continue?.promise.catch(noop);
     this.#parser = new IcapParser<IcapResponseHead>(
       'response',
       {
@@ -131,7 +137,7 @@ export class Transaction {
   run(): Promise<IcapResponse> {
     const s = this.#conn.socket;
     if (this.#opts.signal.aborted) {
-      this.#fail(this.#opts.signal.reason);
+      this.#fail(this.#abortReason());
       return this.#response.promise;
     }
     s.on('data', this.#onData);
@@ -158,7 +164,8 @@ export class Transaction {
     if (req.body === null) {
       this.#terminated = true;
       this.#writeState = 'finished';
-      await this.#flush();
+      const f = this.#flush();
+      if (f !== true && f !== false) await f;
       return;
     }
     const it = req.body.open();
@@ -193,14 +200,15 @@ export class Transaction {
         this.#ieofSent = true;
         this.#writeState = 'finished';
         this.#queue(LAST_CHUNK_IEOF);
-        await this.#flush();
+        const f = this.#flush();
+        if (f !== true && f !== false) await f;
         this.#closeIterator();
         return;
       }
       this.#writeState = 'awaiting-continue';
       this.#queue(LAST_CHUNK);
       if (!(await this.#flush())) return;
-      const go = await this.#continue.promise;
+      const go = await this.#continue!.promise;
       if (!go || this.#stopped) return;
       this.#terminated = false;
       this.#writeState = 'rest';
@@ -214,12 +222,17 @@ export class Transaction {
       if (r.done) break;
       const chunk = asBuffer(r.value);
       if (chunk.length > 0) this.#queueChunk(chunk);
-      if (this.#outBytes >= FLUSH_AT && !(await this.#flush())) return;
+      if (this.#outBytes >= FLUSH_AT) {
+        let f = this.#flush();
+        if (f !== true && f !== false) f = await f;
+        if (!f) return;
+      }
     }
     this.#terminated = true;
     this.#writeState = 'finished';
     this.#queue(LAST_CHUNK);
-    await this.#flush();
+    const f = this.#flush();
+    if (f !== true && f !== false) await f;
     this.#closeIterator();
   }
 
@@ -230,18 +243,28 @@ export class Transaction {
   async #pull(it: AsyncIterator<Uint8Array>): Promise<IteratorResult<Uint8Array> | typeof STOP> {
     if (this.#stopped) return STOP;
     const p = it.next();
-    p.catch(noop);
-    let r: IteratorResult<Uint8Array> | typeof NOT_READY | typeof STOP = await Promise.race([
-      p,
-      NOT_READY_PROMISE,
-    ]);
+    // Whether the chunk is there already: a reaction on `p` queued before the await's runs
+    // first when `p` is settled (Promise.race([p, resolved]) without its array and promises).
+    this.#pulled = NOT_READY;
+    p.then(this.#onPulled, this.#onPullFailed);
+    await undefined;
+    // (A cast: TypeScript keeps the NOT_READY assigned above, not knowing the reaction ran.)
+    let r = this.#pulled as IteratorResult<Uint8Array> | typeof NOT_READY | typeof STOP | typeof FAILED;
+    this.#pulled = NOT_READY;
+    if (r === FAILED) {
+      const err = this.#pullError;
+      this.#pullError = undefined;
+      throw err;
+    }
     if (r === NOT_READY && this.#outBytes > 0) {
       // The next bytes are often one turn away (Node hands a request body over on the tick
       // after its head): wait that turn, so head, chunks and last chunk leave in one write.
       r = await Promise.race([p, nextTurn()]);
     }
     if (r === NOT_READY) {
-      if (!(await this.#flush())) return STOP;
+      let f = this.#flush();
+      if (f !== true && f !== false) f = await f;
+      if (!f) return STOP;
       this.#awaitingSource = true;
       try {
         r = await this.#until(p);
@@ -252,6 +275,15 @@ export class Transaction {
     if (this.#stopped) return STOP;
     return r;
   }
+
+  readonly #onPulled = (r: IteratorResult<Uint8Array>): void => {
+    this.#pulled = r;
+  };
+
+  readonly #onPullFailed = (err: unknown): void => {
+    this.#pulled = FAILED;
+    this.#pullError = err;
+  };
 
   /**
    * Waits for `p`, or for the writer to be stopped. Not Promise.race with a promise that lives
@@ -289,8 +321,11 @@ export class Transaction {
     this.#queue(CRLF);
   }
 
-  /** Writes the gathered output; waits for `drain` if the socket asks. False when stopped. */
-  async #flush(): Promise<boolean> {
+  /**
+   * Writes the gathered output; when the socket asks, a promise that waits for `drain`.
+   * False (or a promise of false) when stopped.
+   */
+  #flush(): boolean | Promise<boolean> {
     if (this.#stopped) return false;
     const s = this.#conn.socket;
     if (this.#out.length === 1 || (this.#out.length > 1 && this.#outBytes <= COPY_BATCH_UP_TO)) {
@@ -312,16 +347,20 @@ export class Transaction {
       this.#out = [];
       this.#outBytes = 0;
     }
-    if (s.writableNeedDrain) {
-      let onDrain: (() => void) | undefined;
-      await this.#until(
-        new Promise<void>((resolve) => {
-          onDrain = resolve;
-          s.once('drain', resolve);
-        }),
-      );
-      if (onDrain !== undefined) s.removeListener('drain', onDrain);
-    }
+    if (s.writableNeedDrain) return this.#drain();
+    return !this.#stopped;
+  }
+
+  async #drain(): Promise<boolean> {
+    const s = this.#conn.socket;
+    let onDrain: (() => void) | undefined;
+    await this.#until(
+      new Promise<void>((resolve) => {
+        onDrain = resolve;
+        s.once('drain', resolve);
+      }),
+    );
+    if (onDrain !== undefined) s.removeListener('drain', onDrain);
     return !this.#stopped;
   }
 
@@ -345,7 +384,7 @@ export class Transaction {
     this.#stopped = true;
     if (this.#writeState !== 'finished') this.#writeState = 'stopped';
     this.#interrupt?.();
-    this.#continue.resolve(false);
+    this.#continue?.resolve(false);
     this.#closeIterator();
   }
 
@@ -387,7 +426,7 @@ export class Transaction {
         );
       }
       this.#req.onContinue?.();
-      this.#continue.resolve(true);
+      this.#continue?.resolve(true);
       return;
     }
     try {
@@ -454,7 +493,7 @@ export class Transaction {
       version: head.version,
       headers: head.headers,
       rawHeaders: head.rawHeaders,
-      istag: istag === undefined ? undefined : istag.replace(/^"(.*)"$/, '$1'),
+      istag: istag === undefined ? undefined : unquote(istag),
       encapsulated: head.encapsulated,
       httpRequest: head.httpRequest,
       httpResponse: head.httpResponse,
@@ -496,7 +535,7 @@ export class Transaction {
     const conn = this.#conn;
     const closeAsked =
       /\bclose\b/i.test(head.headers.get('connection') ?? '') ||
-      this.#req.head.includes('\r\nConnection: close\r\n');
+      (this.#req.closeAsked ?? this.#req.head.includes('\r\nConnection: close\r\n'));
     const reusable =
       !forceClose &&
       this.#terminated &&
@@ -553,8 +592,13 @@ export class Transaction {
   };
 
   readonly #onAbort = (): void => {
-    this.#fail(this.#opts.signal.reason);
+    this.#fail(this.#abortReason());
   };
+
+  #abortReason(): unknown {
+    const { signal, abortWhat } = this.#opts;
+    return abortWhat === undefined ? signal.reason : abortError(signal.reason, abortWhat);
+  }
 
   #closedError(): IcapError {
     const duringPreview =
@@ -596,4 +640,16 @@ export class Transaction {
 
 function asBuffer(v: Uint8Array): Buffer {
   return Buffer.isBuffer(v) ? v : Buffer.from(v.buffer, v.byteOffset, v.byteLength);
+}
+
+/** A value without the double quotes around it (as `.replace(/^"(.*)"$/, '$1')`, without the regex). */
+function unquote(v: string): string {
+  const n = v.length;
+  if (n < 2 || v.charCodeAt(0) !== 0x22 || v.charCodeAt(n - 1) !== 0x22) return v;
+  for (let i = 1; i < n - 1; i++) {
+    const c = v.charCodeAt(i);
+    // `.` matches no line terminator: the regex leaves such a value as it is.
+    if (c === 0x0a || c === 0x0d || c === 0x2028 || c === 0x2029) return v;
+  }
+  return v.slice(1, n - 1);
 }
