@@ -1,11 +1,11 @@
 import { IcapError, IcapErrorCodes } from '../errors.js';
 import {
-  encodeHttpRequestHead,
-  encodeHttpResponseHead,
   encodeIcapRequest,
   type HeaderPairs,
   type HttpRequestHeadInit,
   type HttpResponseHeadInit,
+  httpRequestHeadText,
+  httpResponseHeadText,
 } from '../protocol/encoder.js';
 import { abortError } from './abort.js';
 import { endpointLabel, type IcapTlsOptions, type ServerEndpoint } from './connection.js';
@@ -297,19 +297,19 @@ export class IcapClient {
   ) {
     const hasBody = source !== null;
     const contentLength = hasBody ? bodyLength : 0;
-    let httpRequestHead: Buffer | undefined;
-    let httpResponseHead: Buffer | undefined;
+    let httpRequestHead: string | undefined;
+    let httpResponseHead: string | undefined;
     if (init.method === 'REQMOD') {
       if (init.httpRequest === undefined) {
         throw new IcapError(IcapErrorCodes.INVALID_ARGUMENT, 'REQMOD needs httpRequest');
       }
-      httpRequestHead = encodeHttpRequestHead(init.httpRequest, { contentLength });
+      httpRequestHead = httpRequestHeadText(init.httpRequest, { contentLength });
     } else {
       if (init.httpResponse === undefined) {
         throw new IcapError(IcapErrorCodes.INVALID_ARGUMENT, 'RESPMOD needs httpResponse');
       }
-      if (init.httpRequest !== undefined) httpRequestHead = encodeHttpRequestHead(init.httpRequest);
-      httpResponseHead = encodeHttpResponseHead(init.httpResponse, { contentLength });
+      if (init.httpRequest !== undefined) httpRequestHead = httpRequestHeadText(init.httpRequest);
+      httpResponseHead = httpResponseHeadText(init.httpResponse, { contentLength });
     }
     const headers =
       init.headers === undefined || init.headers.length === 0
