@@ -34,6 +34,19 @@ export function endpointLabel(e: ServerEndpoint): string {
 
 let nextId = 1;
 
+/**
+ * Who reads a connection's socket events now: the transaction that borrowed it, or the pool
+ * watching it idle. One set of socket listeners per connection forwards to it (not listeners
+ * added and removed for every transaction and every idle spell).
+ */
+export interface SocketOwner {
+  onData(data: Buffer): void;
+  onEnd(): void;
+  onClose(): void;
+  onError(err: Error): void;
+  onTimeout(): void;
+}
+
 /** One socket to an ICAP server. Transactions borrow it from the pool one at a time. */
 export class Connection {
   readonly id = nextId++;
@@ -42,10 +55,33 @@ export class Connection {
   /** Completed transactions on this connection. */
   requests = 0;
   readonly createdAt = Date.now();
+  #owner: SocketOwner | null = null;
+  #listening = false;
 
   private constructor(socket: net.Socket, label: string) {
     this.socket = socket;
     this.label = label;
+  }
+
+  get owner(): SocketOwner | null {
+    return this.#owner;
+  }
+
+  /**
+   * Hands the socket's events to `owner` (null: nobody; they are dropped, as they were with no
+   * listener). The listeners go on at the first owner, so bytes that come before it wait in
+   * the socket as they did.
+   */
+  setOwner(owner: SocketOwner | null): void {
+    this.#owner = owner;
+    if (owner === null || this.#listening) return;
+    this.#listening = true;
+    const s = this.socket;
+    s.on('data', (data: Buffer) => this.#owner?.onData(data));
+    s.on('end', () => this.#owner?.onEnd());
+    s.on('error', (err: Error) => this.#owner?.onError(err));
+    s.on('close', () => this.#owner?.onClose());
+    s.on('timeout', () => this.#owner?.onTimeout());
   }
 
   get remoteAddress(): string | undefined {

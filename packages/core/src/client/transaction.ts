@@ -4,7 +4,7 @@ import { CRLF, chunkHeader, LAST_CHUNK, LAST_CHUNK_IEOF } from '../protocol/enco
 import { IcapParser, type IcapResponseHead } from '../protocol/parser.js';
 import { abortError } from './abort.js';
 import { asIcapError, checkFinalHead, closedError, withReceivedHead } from './answer.js';
-import type { Connection } from './connection.js';
+import type { Connection, SocketOwner } from './connection.js';
 import { type Deferred, deferred, noop } from './deferred.js';
 import type {
   IcapResponse,
@@ -94,6 +94,14 @@ export class Transaction {
   #pulled: IteratorResult<Uint8Array> | typeof NOT_READY | typeof FAILED = NOT_READY;
   #pullError: unknown = undefined;
   #out: Buffer[] = [];
+  /** The socket's events while this transaction has the connection. */
+  readonly #owner: SocketOwner = {
+    onData: (data) => this.#onData(data),
+    onEnd: () => this.#onSocketEnd(),
+    onClose: () => this.#onSocketClose(),
+    onError: (err) => this.#onSocketError(err),
+    onTimeout: () => this.#onTimeout(),
+  };
   #outBytes = 0;
   #bytesSent = 0;
   #bytesReceived = 0;
@@ -140,11 +148,7 @@ export class Transaction {
       this.#fail(this.#abortReason());
       return this.#response.promise;
     }
-    s.on('data', this.#onData);
-    s.on('end', this.#onSocketEnd);
-    s.on('error', this.#onSocketError);
-    s.on('close', this.#onSocketClose);
-    s.on('timeout', this.#onTimeout);
+    this.#conn.setOwner(this.#owner);
     s.setTimeout(this.#opts.ioTimeout);
     s.resume();
     this.#opts.signal.addEventListener('abort', this.#onAbort);
@@ -402,7 +406,7 @@ export class Transaction {
 
   // ---------------------------------------------------------------- reading
 
-  readonly #onData = (buf: Buffer): void => {
+  #onData(buf: Buffer): void {
     this.#bytesReceived += buf.length;
     this.#receivedAny = true;
     this.#lastByteHr = performance.now();
@@ -411,7 +415,7 @@ export class Transaction {
     } catch (err) {
       this.#fail(err);
     }
-  };
+  }
 
   #onHead(head: IcapResponseHead): void {
     if (head.status === 100) {
@@ -558,13 +562,13 @@ export class Transaction {
 
   // ---------------------------------------------------------------- failure
 
-  readonly #onSocketEnd = (): void => {
+  #onSocketEnd(): void {
     this.#fail(this.#writeFailure() ?? this.#closedError());
-  };
+  }
 
-  readonly #onSocketClose = (): void => {
+  #onSocketClose(): void {
     this.#fail(this.#writeFailure() ?? this.#closedError());
-  };
+  }
 
   /** A failed write, as the error for an exchange that then ended without a complete answer. */
   #writeFailure(): IcapError | undefined {
@@ -573,13 +577,13 @@ export class Transaction {
       : fromSocketError(this.#writeError, 'io', this.#conn.label);
   }
 
-  readonly #onSocketError = (err: Error): void => {
+  #onSocketError(err: Error): void {
     // A read error after a failed write (the reset that made the write fail): the write's
     // error says it better.
     this.#fail(this.#writeFailure() ?? fromSocketError(err, 'io', this.#conn.label));
-  };
+  }
 
-  readonly #onTimeout = (): void => {
+  #onTimeout(): void {
     // Idle because our side is slow (the response's reader, or the body's source): not the
     // server's fault. Whoever owns the source bounds its stalls (the engine's bodyTimeout).
     if (this.#pausedForBody || this.#awaitingSource) return;
@@ -589,7 +593,7 @@ export class Transaction {
         `no data moved on the connection to ${this.#conn.label} for ${this.#opts.ioTimeout} ms`,
       ),
     );
-  };
+  }
 
   readonly #onAbort = (): void => {
     this.#fail(this.#abortReason());
@@ -625,11 +629,7 @@ export class Transaction {
 
   #cleanup(): void {
     const s = this.#conn.socket;
-    s.removeListener('data', this.#onData);
-    s.removeListener('end', this.#onSocketEnd);
-    s.removeListener('error', this.#onSocketError);
-    s.removeListener('close', this.#onSocketClose);
-    s.removeListener('timeout', this.#onTimeout);
+    if (this.#conn.owner === this.#owner) this.#conn.setOwner(null);
     s.setTimeout(0);
     this.#unhookWriteError?.();
     this.#unhookWriteError = undefined;
