@@ -29,3 +29,8 @@ export function abortError(reason: unknown, what: string): IcapError {
     ? reason
     : new IcapError(IcapErrorCodes.ABORTED, `${what} was aborted`, { cause: reason });
 }
+
+/** The error an aborted signal fails a transaction with: its reason, wrapped when `what` is given. */
+export function abortReason(signal: AbortSignal, what: string | undefined): unknown {
+  return what === undefined ? signal.reason : abortError(signal.reason, what);
+}

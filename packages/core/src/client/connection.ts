@@ -40,11 +40,11 @@ let nextId = 1;
  * added and removed for every transaction and every idle spell).
  */
 export interface SocketOwner {
-  onData(data: Buffer): void;
-  onEnd(): void;
-  onClose(): void;
-  onError(err: Error): void;
-  onTimeout(): void;
+  socketData(data: Buffer): void;
+  socketEnd(): void;
+  socketClose(): void;
+  socketError(err: Error): void;
+  socketTimeout(): void;
 }
 
 /** One socket to an ICAP server. Transactions borrow it from the pool one at a time. */
@@ -77,11 +77,11 @@ export class Connection {
     if (owner === null || this.#listening) return;
     this.#listening = true;
     const s = this.socket;
-    s.on('data', (data: Buffer) => this.#owner?.onData(data));
-    s.on('end', () => this.#owner?.onEnd());
-    s.on('error', (err: Error) => this.#owner?.onError(err));
-    s.on('close', () => this.#owner?.onClose());
-    s.on('timeout', () => this.#owner?.onTimeout());
+    s.on('data', (data: Buffer) => this.#owner?.socketData(data));
+    s.on('end', () => this.#owner?.socketEnd());
+    s.on('error', (err: Error) => this.#owner?.socketError(err));
+    s.on('close', () => this.#owner?.socketClose());
+    s.on('timeout', () => this.#owner?.socketTimeout());
   }
 
   get remoteAddress(): string | undefined {

@@ -256,7 +256,13 @@ export class Pool {
       };
       // Any byte from the server while idle is a protocol violation; a close or error means
       // the server ended the keep-alive connection.
-      owner = { onData: drop, onEnd: drop, onClose: drop, onError: drop, onTimeout: drop };
+      owner = {
+        socketData: drop,
+        socketEnd: drop,
+        socketClose: drop,
+        socketError: drop,
+        socketTimeout: drop,
+      };
       this.#idleOwners.set(c, owner);
     }
     c.setOwner(owner);

@@ -1,11 +1,20 @@
-import { Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import { fromSocketError, IcapError, IcapErrorCodes } from '../errors.js';
 import { CRLF, chunkHeader, LAST_CHUNK, LAST_CHUNK_IEOF } from '../protocol/encoder.js';
 import { IcapParser, type IcapResponseHead } from '../protocol/parser.js';
-import { abortError } from './abort.js';
-import { asIcapError, checkFinalHead, closedError, withReceivedHead } from './answer.js';
+import { abortReason } from './abort.js';
+import {
+  asIcapError,
+  checkFinalHead,
+  closedError,
+  connectionInfo,
+  finalResponse,
+  responseBody,
+  withReceivedHead,
+} from './answer.js';
 import type { Connection, SocketOwner } from './connection.js';
 import { type Deferred, deferred, noop } from './deferred.js';
+import { asBuffer, nextTurn } from './source.js';
 import type {
   IcapResponse,
   TransactionOptions,
@@ -48,12 +57,8 @@ const FLUSH_AT = 256 * 1024;
 /** A batch of several buffers up to this size is copied into one and written once. */
 const COPY_BATCH_UP_TO = 32 * 1024;
 
-/** Resolves with NOT_READY after the event loop's current turn (I/O callbacks included). */
-function nextTurn(): Promise<typeof NOT_READY> {
-  return new Promise((resolve) => setImmediate(resolve, NOT_READY));
-}
-
-export class Transaction {
+/** The transaction is the owner of its connection's socket events while it runs (see SocketOwner). */
+export class Transaction implements SocketOwner {
   readonly #conn: Connection;
   readonly #reusedConnection: boolean;
   readonly #req: TransactionRequest;
@@ -94,14 +99,6 @@ export class Transaction {
   #pulled: IteratorResult<Uint8Array> | typeof NOT_READY | typeof FAILED = NOT_READY;
   #pullError: unknown = undefined;
   #out: Buffer[] = [];
-  /** The socket's events while this transaction has the connection. */
-  readonly #owner: SocketOwner = {
-    onData: (data) => this.#onData(data),
-    onEnd: () => this.#onSocketEnd(),
-    onClose: () => this.#onSocketClose(),
-    onError: (err) => this.#onSocketError(err),
-    onTimeout: () => this.#onTimeout(),
-  };
   #outBytes = 0;
   #bytesSent = 0;
   #bytesReceived = 0;
@@ -136,6 +133,11 @@ export class Transaction {
     );
   }
 
+  /** The whole HTTP body has been sent (or there was none). */
+  get completeBodySent(): boolean {
+    return this.#req.body === null || this.#writeState === 'finished';
+  }
+
   /** Any response byte arrived (a failure after that is never retried). */
   get receivedAny(): boolean {
     return this.#receivedAny;
@@ -145,10 +147,10 @@ export class Transaction {
   run(): Promise<IcapResponse> {
     const s = this.#conn.socket;
     if (this.#opts.signal.aborted) {
-      this.#fail(this.#abortReason());
+      this.#fail(abortReason(this.#opts.signal, this.#opts.abortWhat));
       return this.#response.promise;
     }
-    this.#conn.setOwner(this.#owner);
+    this.#conn.setOwner(this);
     s.setTimeout(this.#opts.ioTimeout);
     s.resume();
     this.#opts.signal.addEventListener('abort', this.#onAbort);
@@ -263,7 +265,7 @@ export class Transaction {
     if (r === NOT_READY && this.#outBytes > 0) {
       // The next bytes are often one turn away (Node hands a request body over on the tick
       // after its head): wait that turn, so head, chunks and last chunk leave in one write.
-      r = await Promise.race([p, nextTurn()]);
+      r = await Promise.race([p, nextTurn(NOT_READY)]);
     }
     if (r === NOT_READY) {
       let f = this.#flush();
@@ -406,7 +408,7 @@ export class Transaction {
 
   // ---------------------------------------------------------------- reading
 
-  #onData(buf: Buffer): void {
+  socketData(buf: Buffer): void {
     this.#bytesReceived += buf.length;
     this.#receivedAny = true;
     this.#lastByteHr = performance.now();
@@ -456,68 +458,31 @@ export class Transaction {
     if (!keepSending) this.#stopWriting();
     if (head.body !== null && !ignoreBody) {
       const socket = this.#conn.socket;
-      this.#body = new Readable({
-        highWaterMark: 64 * 1024,
-        read: () => {
+      this.#body = responseBody(
+        () => {
           if (this.#pausedForBody) {
             this.#pausedForBody = false;
             if (!this.#finished) socket.resume();
           }
         },
-        destroy: (err, cb) => {
-          if (!this.#finished) {
-            // The consumer stopped reading (destroy, or a break out of for await).
-            this.#fail(
-              err instanceof IcapError
-                ? err
-                : new IcapError(
-                    IcapErrorCodes.ABORTED,
-                    'the ICAP response body was destroyed before its end',
-                    {
-                      cause: err ?? undefined,
-                    },
-                  ),
-            );
-          }
-          cb(err);
+        (err) => {
+          // The consumer stopped reading (destroy, or a break out of for await).
+          if (!this.#finished) this.#fail(err);
         },
-      });
-      // The body may fail before anyone reads it (a misframed chunk in the same read as the
-      // head): the error stays on the stream for its reader and rejects `done`, and is not an
-      // uncaught 'error' event that would end the process.
-      this.#body.on('error', noop);
+      );
     }
-    const conn = this.#conn;
-    const tx = this;
-    const istag = head.headers.get('istag');
     this.#responseResolved = true;
-    this.#response.resolve({
-      status: head.status,
-      reason: head.reason,
-      version: head.version,
-      headers: head.headers,
-      rawHeaders: head.rawHeaders,
-      istag: istag === undefined ? undefined : unquote(istag),
-      encapsulated: head.encapsulated,
-      httpRequest: head.httpRequest,
-      httpResponse: head.httpResponse,
-      body: this.#body,
-      method: req.method,
-      requestHeaders: req.icapHeaders,
-      previewSent: req.preview !== undefined,
-      answeredInPreview: previewPhase,
-      get completeBodySent() {
-        return req.body === null || tx.#writeState === 'finished';
-      },
-      connection: {
-        id: conn.id,
-        reused: this.#reusedConnection,
-        remoteAddress: conn.remoteAddress,
-        remotePort: conn.remotePort,
-        localPort: conn.localPort,
-      },
-      done: this.#done.promise,
-    });
+    this.#response.resolve(
+      finalResponse(
+        head,
+        req,
+        this.#body,
+        this,
+        previewPhase,
+        connectionInfo(this.#conn, this.#reusedConnection),
+        this.#done.promise,
+      ),
+    );
     if (ignoreBody) this.#onEnd(true);
   }
 
@@ -562,11 +527,11 @@ export class Transaction {
 
   // ---------------------------------------------------------------- failure
 
-  #onSocketEnd(): void {
+  socketEnd(): void {
     this.#fail(this.#writeFailure() ?? this.#closedError());
   }
 
-  #onSocketClose(): void {
+  socketClose(): void {
     this.#fail(this.#writeFailure() ?? this.#closedError());
   }
 
@@ -577,13 +542,13 @@ export class Transaction {
       : fromSocketError(this.#writeError, 'io', this.#conn.label);
   }
 
-  #onSocketError(err: Error): void {
+  socketError(err: Error): void {
     // A read error after a failed write (the reset that made the write fail): the write's
     // error says it better.
     this.#fail(this.#writeFailure() ?? fromSocketError(err, 'io', this.#conn.label));
   }
 
-  #onTimeout(): void {
+  socketTimeout(): void {
     // Idle because our side is slow (the response's reader, or the body's source): not the
     // server's fault. Whoever owns the source bounds its stalls (the engine's bodyTimeout).
     if (this.#pausedForBody || this.#awaitingSource) return;
@@ -596,13 +561,8 @@ export class Transaction {
   }
 
   readonly #onAbort = (): void => {
-    this.#fail(this.#abortReason());
+    this.#fail(abortReason(this.#opts.signal, this.#opts.abortWhat));
   };
-
-  #abortReason(): unknown {
-    const { signal, abortWhat } = this.#opts;
-    return abortWhat === undefined ? signal.reason : abortError(signal.reason, abortWhat);
-  }
 
   #closedError(): IcapError {
     const duringPreview =
@@ -629,27 +589,11 @@ export class Transaction {
 
   #cleanup(): void {
     const s = this.#conn.socket;
-    if (this.#conn.owner === this.#owner) this.#conn.setOwner(null);
+    if (this.#conn.owner === this) this.#conn.setOwner(null);
     s.setTimeout(0);
     this.#unhookWriteError?.();
     this.#unhookWriteError = undefined;
     this.#opts.signal.removeEventListener('abort', this.#onAbort);
     this.#stopWriting();
   }
-}
-
-function asBuffer(v: Uint8Array): Buffer {
-  return Buffer.isBuffer(v) ? v : Buffer.from(v.buffer, v.byteOffset, v.byteLength);
-}
-
-/** A value without the double quotes around it (as `.replace(/^"(.*)"$/, '$1')`, without the regex). */
-function unquote(v: string): string {
-  const n = v.length;
-  if (n < 2 || v.charCodeAt(0) !== 0x22 || v.charCodeAt(n - 1) !== 0x22) return v;
-  for (let i = 1; i < n - 1; i++) {
-    const c = v.charCodeAt(i);
-    // `.` matches no line terminator: the regex leaves such a value as it is.
-    if (c === 0x0a || c === 0x0d || c === 0x2028 || c === 0x2029) return v;
-  }
-  return v.slice(1, n - 1);
 }
