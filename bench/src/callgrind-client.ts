@@ -18,7 +18,9 @@
  *             and print the bytes allocated per transaction, with the top allocating functions
  * --no-valgrind  only the allocation figure
  *
- * Needs valgrind for the instruction count (apt-get install valgrind).
+ * Needs valgrind for the instruction count (apt-get install valgrind). The figure moves by up to
+ * ±15% from run to run (how the native server's answers fall into the counted process's event
+ * loop turns, GC and tier-up timing): compare the ranges of two or three runs, not one figure.
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { readdirSync, readFileSync, rmSync } from 'node:fs';
