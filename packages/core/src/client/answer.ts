@@ -2,10 +2,18 @@
  * The rules RFC 3507 sets on a final ICAP answer's head, checked when it arrives, and the
  * errors a Transaction reports about an answer (one that broke a rule, one that never came).
  */
+import { Readable } from 'node:stream';
 import { IcapError, type IcapErrorCode, IcapErrorCodes, RfcErrorCodes } from '../errors.js';
 import type { IcapRequestMethod } from '../protocol/encoder.js';
 import type { EncapsulatedEntry, IcapResponseHead } from '../protocol/parser.js';
-import type { TransactionRequest } from './transaction-types.js';
+import type { Connection } from './connection.js';
+import { noop } from './deferred.js';
+import type {
+  ConnectionInfo,
+  IcapResponse,
+  TransactionRequest,
+  TransactionSummary,
+} from './transaction-types.js';
 
 /**
  * Throws when a final head breaks a rule for this request (a 204 not offered, entities the
@@ -111,4 +119,87 @@ function checkEncapsulated(method: IcapRequestMethod, head: IcapResponseHead): v
       `inconsistent REQMOD response Encapsulated: ${names.join(', ')}`,
     );
   }
+}
+
+/** A value without the double quotes around it (as `.replace(/^"(.*)"$/, '$1')`, without the regex). */
+export function unquote(v: string): string {
+  const n = v.length;
+  if (n < 2 || v.charCodeAt(0) !== 0x22 || v.charCodeAt(n - 1) !== 0x22) return v;
+  for (let i = 1; i < n - 1; i++) {
+    const c = v.charCodeAt(i);
+    // `.` matches no line terminator: the regex leaves such a value as it is.
+    if (c === 0x0a || c === 0x0d || c === 0x2028 || c === 0x2029) return v;
+  }
+  return v.slice(1, n - 1);
+}
+
+/**
+ * The Readable of a response body: `more` when its reader wants more, `destroyed` when it is
+ * destroyed (with an IcapError: the destroy's own, or ICAP_ERR_ABORTED around its cause).
+ */
+export function responseBody(more: () => void, destroyed: (err: IcapError) => void): Readable {
+  const body = new Readable({
+    highWaterMark: 64 * 1024,
+    read: more,
+    destroy: (err, cb) => {
+      destroyed(
+        err instanceof IcapError
+          ? err
+          : new IcapError(IcapErrorCodes.ABORTED, 'the ICAP response body was destroyed before its end', {
+              cause: err ?? undefined,
+            }),
+      );
+      cb(err);
+    },
+  });
+  // The body may fail before anyone reads it (a misframed chunk in the same read as the head):
+  // the error stays on the stream for its reader and rejects `done`, and is not an uncaught
+  // 'error' event that would end the process.
+  body.on('error', noop);
+  return body;
+}
+
+/** A final response as the caller gets it; `sent` tells, when asked, whether the whole body had been sent. */
+export function finalResponse(
+  head: IcapResponseHead,
+  req: TransactionRequest,
+  body: Readable | null,
+  sent: { readonly completeBodySent: boolean },
+  answeredInPreview: boolean,
+  connection: ConnectionInfo,
+  done: Promise<TransactionSummary>,
+): IcapResponse {
+  const istag = head.headers.get('istag');
+  return {
+    status: head.status,
+    reason: head.reason,
+    version: head.version,
+    headers: head.headers,
+    rawHeaders: head.rawHeaders,
+    istag: istag === undefined ? undefined : unquote(istag),
+    encapsulated: head.encapsulated,
+    httpRequest: head.httpRequest,
+    httpResponse: head.httpResponse,
+    body,
+    method: req.method,
+    requestHeaders: req.icapHeaders,
+    previewSent: req.preview !== undefined,
+    answeredInPreview,
+    get completeBodySent() {
+      return sent.completeBodySent;
+    },
+    connection,
+    done,
+  };
+}
+
+/** What a response says about the connection it came on. */
+export function connectionInfo(conn: Connection, reused: boolean): ConnectionInfo {
+  return {
+    id: conn.id,
+    reused,
+    remoteAddress: conn.remoteAddress,
+    remotePort: conn.remotePort,
+    localPort: conn.localPort,
+  };
 }

@@ -1,12 +1,13 @@
 import { IcapError, IcapErrorCodes } from '../errors.js';
 import {
-  encodeHttpRequestHead,
-  encodeHttpResponseHead,
   encodeIcapRequest,
   type HeaderPairs,
   type HttpRequestHeadInit,
   type HttpResponseHeadInit,
+  httpRequestHeadText,
+  httpResponseHeadText,
 } from '../protocol/encoder.js';
+import { abortError } from './abort.js';
 import { endpointLabel, type IcapTlsOptions, type ServerEndpoint } from './connection.js';
 import {
   extensionOf,
@@ -142,6 +143,7 @@ export class IcapClient {
   readonly #userAgent: string | undefined;
   readonly #hostHeader: string;
   readonly #onWarning: IcapClientOptions['onWarning'];
+  readonly #uris = new Map<string, string>();
   #closed = false;
 
   constructor(options: IcapClientOptions) {
@@ -185,7 +187,13 @@ export class IcapClient {
 
   /** `icap://host:port/service` for a service path. */
   uri(service: string): string {
-    return `${this.label}${service.startsWith('/') ? '' : '/'}${service}`;
+    let u = this.#uris.get(service);
+    if (u === undefined) {
+      u = `${this.label}${service.startsWith('/') ? '' : '/'}${service}`;
+      // A few services in practice; a caller naming a new one per request gets no cache.
+      if (this.#uris.size < 64) this.#uris.set(service, u);
+    }
+    return u;
   }
 
   /** The service's OPTIONS, from the cache when fresh. */
@@ -215,28 +223,31 @@ export class IcapClient {
   async request(init: IcapRequestOptions): Promise<IcapResponse | IcapSkipped> {
     if (this.#closed) throw new IcapError(IcapErrorCodes.CLOSED_CLIENT, 'the ICAP client was closed');
     const timeout = positive(init.timeout, this.#timeout, 'timeout');
-    const { signal, cleanup } = this.#requestSignal(
-      init.signal,
-      timeout,
-      `${init.method} ${this.uri(init.service)}`,
-    );
+    const uri = this.uri(init.service);
+    // No timeout of our own (the engine bounds its requests with its signal): the caller's
+    // signal is used as it is, without a controller, a listener and a cleanup of our own; a
+    // reason that is not an IcapError is wrapped where it surfaces (see #abortError), as the
+    // controller would have.
+    const own =
+      timeout < MAX_TIMER_DELAY ? this.#requestSignal(init.signal, timeout, `${init.method} ${uri}`) : null;
+    const signal = own === null ? (init.signal ?? NEVER_ABORTED) : own.signal;
     try {
       let preview: number | undefined = init.preview === false ? undefined : (init.preview ?? 4096);
       let policy: TransferPolicy = 'preview';
       const target = init.httpRequest?.target ?? '/';
       const extension = init.fileExtension ?? extensionOf(target);
       if (this.#useOptions) {
-        const opts = await this.#options.get(init.service, signal);
+        const opts = this.#options.fresh(init.service) ?? (await this.#options.get(init.service, signal));
         if (opts.methods.length > 0 && !opts.methods.includes(init.method)) {
           throw new IcapError(
             IcapErrorCodes.METHOD_NOT_SUPPORTED,
-            `ICAP service ${this.uri(init.service)} does not support ${init.method} (Methods: ${opts.methods.join(', ')})`,
+            `ICAP service ${uri} does not support ${init.method} (Methods: ${opts.methods.join(', ')})`,
           );
         }
         this.#pool.setServerLimit(opts.maxConnections);
         policy = transferPolicy(opts, extension);
         if (policy === 'ignore' && (init.honourTransferIgnore ?? false)) {
-          cleanup();
+          own?.cleanup();
           return { skipped: 'transfer-ignore', extension, options: opts };
         }
         preview =
@@ -248,13 +259,19 @@ export class IcapClient {
       const bodyLength = init.bodyLength ?? source?.length;
       if (source !== null && bodyLength !== undefined && preview !== undefined)
         preview = Math.min(preview, bodyLength);
-      const tx = this.#encode(init, source, bodyLength, preview);
-      const response = await this.#attempt(tx, signal, init.queueTimeout);
+      const tx = this.#encode(init, uri, source, bodyLength, preview);
+      const response = await this.#attempt(
+        tx,
+        signal,
+        init.queueTimeout,
+        own === null ? `${init.method} ${uri}` : undefined,
+      );
       this.#options.noteIstag(init.service, response.istag);
-      response.done.then(cleanup, cleanup);
+      if (own !== null) response.done.then(own.cleanup, own.cleanup);
       return response;
     } catch (err) {
-      cleanup();
+      if (own !== null) own.cleanup();
+      else if (err === signal.reason && signal.aborted) throw abortError(err, `${init.method} ${uri}`);
       throw err;
     }
   }
@@ -273,36 +290,43 @@ export class IcapClient {
 
   #encode(
     init: IcapRequestOptions,
+    uri: string,
     source: BodySource | null,
     bodyLength: number | undefined,
     preview: number | undefined,
   ) {
     const hasBody = source !== null;
     const contentLength = hasBody ? bodyLength : 0;
-    let httpRequestHead: Buffer | undefined;
-    let httpResponseHead: Buffer | undefined;
+    let httpRequestHead: string | undefined;
+    let httpResponseHead: string | undefined;
     if (init.method === 'REQMOD') {
       if (init.httpRequest === undefined) {
         throw new IcapError(IcapErrorCodes.INVALID_ARGUMENT, 'REQMOD needs httpRequest');
       }
-      httpRequestHead = encodeHttpRequestHead(init.httpRequest, { contentLength });
+      httpRequestHead = httpRequestHeadText(init.httpRequest, { contentLength });
     } else {
       if (init.httpResponse === undefined) {
         throw new IcapError(IcapErrorCodes.INVALID_ARGUMENT, 'RESPMOD needs httpResponse');
       }
-      if (init.httpRequest !== undefined) httpRequestHead = encodeHttpRequestHead(init.httpRequest);
-      httpResponseHead = encodeHttpResponseHead(init.httpResponse, { contentLength });
+      if (init.httpRequest !== undefined) httpRequestHead = httpRequestHeadText(init.httpRequest);
+      httpResponseHead = httpResponseHeadText(init.httpResponse, { contentLength });
     }
+    const headers =
+      init.headers === undefined || init.headers.length === 0
+        ? this.#headers
+        : this.#headers.length === 0
+          ? init.headers
+          : [...this.#headers, ...init.headers];
     const encoded = encodeIcapRequest({
       method: init.method,
-      uri: this.uri(init.service),
+      uri,
       host: this.#hostHeader,
       httpRequestHead,
       httpResponseHead,
       hasBody,
       preview: hasBody ? preview : undefined,
       allow204: init.allow204 ?? true,
-      headers: [...this.#headers, ...(init.headers ?? [])],
+      headers,
       userAgent: this.#userAgent,
     });
     const req: TransactionRequest = {
@@ -313,6 +337,9 @@ export class IcapClient {
       preview: hasBody ? preview : undefined,
       allow204: init.allow204 ?? true,
       onContinue: init.onContinue,
+      // The only `Connection` line an encoded head can hold is one of these ICAP headers (the
+      // encapsulated HTTP heads never carry one; no value holds a line break).
+      closeAsked: asksClose(headers),
     };
     return req;
   }
@@ -321,6 +348,7 @@ export class IcapClient {
     req: TransactionRequest,
     signal: AbortSignal,
     queueTimeout?: number | undefined,
+    abortWhat?: string | undefined,
   ): Promise<IcapResponse> {
     let fresh = false;
     for (;;) {
@@ -329,7 +357,7 @@ export class IcapClient {
         lease.connection,
         lease.reused,
         req,
-        { ioTimeout: this.#ioTimeout, maxHeaderSize: this.#maxHeaderSize, signal },
+        { ioTimeout: this.#ioTimeout, maxHeaderSize: this.#maxHeaderSize, signal, abortWhat },
         (reusable) => this.#pool.release(lease.connection, reusable),
       );
       try {
@@ -402,12 +430,7 @@ export class IcapClient {
   /** One signal for a request: the caller's, plus the request timeout. */
   #requestSignal(outer: AbortSignal | undefined, timeout: number, what: string) {
     const ac = new AbortController();
-    const onOuterAbort = () =>
-      ac.abort(
-        outer!.reason instanceof IcapError
-          ? outer!.reason
-          : new IcapError(IcapErrorCodes.ABORTED, `${what} was aborted`, { cause: outer!.reason }),
-      );
+    const onOuterAbort = () => ac.abort(abortError(outer!.reason, what));
     if (outer?.aborted) onOuterAbort();
     else outer?.addEventListener('abort', onOuterAbort, { once: true });
     // setTimeout's largest delay means "no timeout of our own" (the engine bounds requests with
@@ -431,6 +454,12 @@ export class IcapClient {
 
 export function isSkipped(r: IcapResponse | IcapSkipped): r is IcapSkipped {
   return (r as IcapSkipped).skipped !== undefined;
+}
+
+/** A `Connection: close` pair, as the encoded head would hold the line `\r\nConnection: close\r\n`. */
+function asksClose(headers: HeaderPairs): boolean {
+  for (const [n, v] of headers) if (n === 'Connection' && v === 'close') return true;
+  return false;
 }
 
 /** Parses `icap://host[:port]` / `icaps://host[:port]` into an endpoint. */
@@ -460,6 +489,9 @@ export function parseServerUrl(url: string | URL, tls?: IcapTlsOptions): ServerE
 
 /** setTimeout's largest delay (a larger one fires at once). */
 const MAX_TIMER_DELAY = 2_147_483_647;
+
+/** The signal of a request with neither a signal nor a timeout: it never aborts. */
+const NEVER_ABORTED = new AbortController().signal;
 
 function positive(v: number | undefined, fallback: number, name: string): number {
   if (v === undefined) return fallback;

@@ -34,6 +34,19 @@ export function endpointLabel(e: ServerEndpoint): string {
 
 let nextId = 1;
 
+/**
+ * Who reads a connection's socket events now: the transaction that borrowed it, or the pool
+ * watching it idle. One set of socket listeners per connection forwards to it (not listeners
+ * added and removed for every transaction and every idle spell).
+ */
+export interface SocketOwner {
+  socketData(data: Buffer): void;
+  socketEnd(): void;
+  socketClose(): void;
+  socketError(err: Error): void;
+  socketTimeout(): void;
+}
+
 /** One socket to an ICAP server. Transactions borrow it from the pool one at a time. */
 export class Connection {
   readonly id = nextId++;
@@ -42,10 +55,33 @@ export class Connection {
   /** Completed transactions on this connection. */
   requests = 0;
   readonly createdAt = Date.now();
+  #owner: SocketOwner | null = null;
+  #listening = false;
 
   private constructor(socket: net.Socket, label: string) {
     this.socket = socket;
     this.label = label;
+  }
+
+  get owner(): SocketOwner | null {
+    return this.#owner;
+  }
+
+  /**
+   * Hands the socket's events to `owner` (null: nobody; they are dropped, as they were with no
+   * listener). The listeners go on at the first owner, so bytes that come before it wait in
+   * the socket as they did.
+   */
+  setOwner(owner: SocketOwner | null): void {
+    this.#owner = owner;
+    if (owner === null || this.#listening) return;
+    this.#listening = true;
+    const s = this.socket;
+    s.on('data', (data: Buffer) => this.#owner?.socketData(data));
+    s.on('end', () => this.#owner?.socketEnd());
+    s.on('error', (err: Error) => this.#owner?.socketError(err));
+    s.on('close', () => this.#owner?.socketClose());
+    s.on('timeout', () => this.#owner?.socketTimeout());
   }
 
   get remoteAddress(): string | undefined {

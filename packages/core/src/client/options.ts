@@ -149,20 +149,30 @@ export class OptionsCache {
     return this.#entries.get(service)?.value;
   }
 
+  /**
+   * The cached OPTIONS when they can be used now, without waiting (a refresh ahead of their
+   * expiry is started when due, as {@link get} does); undefined when {@link get} would fetch.
+   */
+  fresh(service: string, now = Date.now()): IcapServiceOptions | undefined {
+    const entry = this.#entries.get(service);
+    const v = entry?.value;
+    if (entry === undefined || v === undefined) return undefined;
+    const staleDue = entry.stale && now - v.fetchedAt >= this.#minRefreshInterval;
+    if (staleDue || now >= v.expiresAt) return undefined;
+    const left = v.expiresAt - now;
+    if (left < (v.expiresAt - v.fetchedAt) * this.#refreshAhead && entry.inflight === undefined) {
+      this.#start(service, entry).catch((err: unknown) => this.onRefreshError?.(service, err));
+    }
+    return v;
+  }
+
   async get(service: string, signal?: AbortSignal, now = Date.now()): Promise<IcapServiceOptions> {
+    const v = this.fresh(service, now);
+    if (v !== undefined) return v;
     let entry = this.#entries.get(service);
     if (entry === undefined) {
       entry = { value: undefined, inflight: undefined, stale: false };
       this.#entries.set(service, entry);
-    }
-    const v = entry.value;
-    const staleDue = entry.stale && v !== undefined && now - v.fetchedAt >= this.#minRefreshInterval;
-    if (v !== undefined && !staleDue && now < v.expiresAt) {
-      const left = v.expiresAt - now;
-      if (left < (v.expiresAt - v.fetchedAt) * this.#refreshAhead && entry.inflight === undefined) {
-        this.#start(service, entry).catch((err: unknown) => this.onRefreshError?.(service, err));
-      }
-      return v;
     }
     // A caller already gone starts nothing (a fetch nobody waits for would fail unobserved).
     if (signal?.aborted) return Promise.reject(signal.reason);

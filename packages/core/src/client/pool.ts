@@ -1,5 +1,5 @@
 import { IcapError, IcapErrorCodes } from '../errors.js';
-import { Connection, type ServerEndpoint } from './connection.js';
+import { Connection, type ServerEndpoint, type SocketOwner } from './connection.js';
 
 export interface PoolOptions {
   /** Most connections open at once to this server (further requests wait). */
@@ -57,7 +57,8 @@ export class Pool {
   readonly #idle: Connection[] = [];
   readonly #busy = new Set<Connection>();
   readonly #waiters: Waiter[] = [];
-  readonly #idleCleanup = new Map<Connection, () => void>();
+  /** The pool's watch over each idle connection (made once per connection, kept while it lives). */
+  readonly #idleOwners = new WeakMap<Connection, SocketOwner>();
   #connecting = 0;
   #created = 0;
   #serverLimit = Number.POSITIVE_INFINITY;
@@ -246,39 +247,38 @@ export class Pool {
 
   #park(c: Connection): void {
     const socket = c.socket;
-    const drop = () => {
-      const at = this.#idle.indexOf(c);
-      if (at !== -1) this.#idle.splice(at, 1);
-      this.#unpark(c, true);
-    };
-    // Any byte from the server while idle is a protocol violation; a close or error means
-    // the server ended the keep-alive connection.
-    const onData = () => drop();
-    socket.on('data', onData);
-    socket.on('end', drop);
-    socket.on('close', drop);
-    socket.on('error', drop);
-    socket.on('timeout', drop);
+    let owner = this.#idleOwners.get(c);
+    if (owner === undefined) {
+      const drop = () => {
+        const at = this.#idle.indexOf(c);
+        if (at !== -1) this.#idle.splice(at, 1);
+        this.#unpark(c, true);
+      };
+      // Any byte from the server while idle is a protocol violation; a close or error means
+      // the server ended the keep-alive connection.
+      owner = {
+        socketData: drop,
+        socketEnd: drop,
+        socketClose: drop,
+        socketError: drop,
+        socketTimeout: drop,
+      };
+      this.#idleOwners.set(c, owner);
+    }
+    c.setOwner(owner);
     socket.setTimeout(this.#options.keepAliveTimeout);
     socket.unref();
     socket.resume();
-    this.#idleCleanup.set(c, () => {
-      socket.removeListener('data', onData);
-      socket.removeListener('end', drop);
-      socket.removeListener('close', drop);
-      socket.removeListener('error', drop);
-      socket.removeListener('timeout', drop);
-      socket.setTimeout(0);
-      socket.ref();
-    });
     this.#idle.push(c);
   }
 
   #unpark(c: Connection, destroy: boolean): void {
-    const cleanup = this.#idleCleanup.get(c);
-    if (cleanup !== undefined) {
-      this.#idleCleanup.delete(c);
-      cleanup();
+    const owner = this.#idleOwners.get(c);
+    if (owner !== undefined && c.owner === owner) {
+      c.setOwner(null);
+      const socket = c.socket;
+      socket.setTimeout(0);
+      socket.ref();
     }
     if (destroy) c.destroy();
   }

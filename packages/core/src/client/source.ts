@@ -119,3 +119,13 @@ function coalesce(input: Iterable<Uint8Array>): Uint8Array[] {
   flush();
   return out;
 }
+
+/** A Uint8Array as a Buffer over the same memory (no copy). */
+export function asBuffer(v: Uint8Array): Buffer {
+  return Buffer.isBuffer(v) ? v : Buffer.from(v.buffer, v.byteOffset, v.byteLength);
+}
+
+/** Resolves with `value` after the event loop's current turn (I/O callbacks included). */
+export function nextTurn<T>(value: T): Promise<T> {
+  return new Promise((resolve) => setImmediate(resolve, value));
+}

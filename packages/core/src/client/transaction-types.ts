@@ -21,6 +21,11 @@ export interface TransactionRequest {
   preview: number | undefined;
   allow204: boolean;
   onContinue: (() => void) | undefined;
+  /**
+   * The head asks the server to close the connection after this exchange (a `Connection:
+   * close` line): computed from the header pairs when given, else looked up in `head`.
+   */
+  closeAsked?: boolean | undefined;
 }
 
 export interface TransactionOptions {
@@ -28,6 +33,11 @@ export interface TransactionOptions {
   maxHeaderSize: number;
   /** Aborts the transaction; its reason (an IcapError) is what the caller sees. */
   signal: AbortSignal;
+  /**
+   * Set when `signal` is the caller's own: a reason that is not an IcapError becomes
+   * ICAP_ERR_ABORTED "<abortWhat> was aborted".
+   */
+  abortWhat?: string | undefined;
 }
 
 /** Facts about a finished exchange. */

@@ -1,10 +1,20 @@
-import { Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import { fromSocketError, IcapError, IcapErrorCodes } from '../errors.js';
 import { CRLF, chunkHeader, LAST_CHUNK, LAST_CHUNK_IEOF } from '../protocol/encoder.js';
 import { IcapParser, type IcapResponseHead } from '../protocol/parser.js';
-import { asIcapError, checkFinalHead, closedError, withReceivedHead } from './answer.js';
-import type { Connection } from './connection.js';
-import { deferred, noop } from './deferred.js';
+import { abortReason } from './abort.js';
+import {
+  asIcapError,
+  checkFinalHead,
+  closedError,
+  connectionInfo,
+  finalResponse,
+  responseBody,
+  withReceivedHead,
+} from './answer.js';
+import type { Connection, SocketOwner } from './connection.js';
+import { type Deferred, deferred, noop } from './deferred.js';
+import { asBuffer, nextTurn } from './source.js';
 import type {
   IcapResponse,
   TransactionOptions,
@@ -41,18 +51,14 @@ type WriteState = 'head' | 'preview' | 'awaiting-continue' | 'rest' | 'finished'
 
 const NOT_READY = Symbol('not-ready');
 const STOP = Symbol('stop');
-const NOT_READY_PROMISE = Promise.resolve(NOT_READY);
+const FAILED = Symbol('failed');
 /** Buffered output is flushed to the socket when it grows past this. */
 const FLUSH_AT = 256 * 1024;
 /** A batch of several buffers up to this size is copied into one and written once. */
 const COPY_BATCH_UP_TO = 32 * 1024;
 
-/** Resolves with NOT_READY after the event loop's current turn (I/O callbacks included). */
-function nextTurn(): Promise<typeof NOT_READY> {
-  return new Promise((resolve) => setImmediate(resolve, NOT_READY));
-}
-
-export class Transaction {
+/** The transaction is the owner of its connection's socket events while it runs (see SocketOwner). */
+export class Transaction implements SocketOwner {
   readonly #conn: Connection;
   readonly #reusedConnection: boolean;
   readonly #req: TransactionRequest;
@@ -62,7 +68,8 @@ export class Transaction {
 
   readonly #response = deferred<IcapResponse>();
   readonly #done = deferred<TransactionSummary>();
-  readonly #continue = deferred<boolean>();
+  /** The server's answer to a preview (true: 100 Continue); only for a request with a preview. */
+  readonly #continue: Deferred<boolean> | null;
 
   #writeState: WriteState = 'head';
   /** The request message on the wire ends with a last-chunk (or had no body). */
@@ -88,6 +95,9 @@ export class Transaction {
   #writeError: Error | undefined;
   /** Undoes the hook that keeps the socket reading after a write error. */
   #unhookWriteError: (() => void) | undefined;
+  /** What the body source's pending next() gave, when it gave it (see #pull). */
+  #pulled: IteratorResult<Uint8Array> | typeof NOT_READY | typeof FAILED = NOT_READY;
+  #pullError: unknown = undefined;
   #out: Buffer[] = [];
   #outBytes = 0;
   #bytesSent = 0;
@@ -110,7 +120,8 @@ export class Transaction {
     this.#release = release;
     this.#response.promise.catch(noop);
     this.#done.promise.catch(noop);
-    this.#continue.promise.catch(noop);
+    this.#continue = req.preview === undefined ? null : deferred<boolean>();
+    this.#continue?.promise.catch(noop);
     this.#parser = new IcapParser<IcapResponseHead>(
       'response',
       {
@@ -122,6 +133,11 @@ export class Transaction {
     );
   }
 
+  /** The whole HTTP body has been sent (or there was none). */
+  get completeBodySent(): boolean {
+    return this.#req.body === null || this.#writeState === 'finished';
+  }
+
   /** Any response byte arrived (a failure after that is never retried). */
   get receivedAny(): boolean {
     return this.#receivedAny;
@@ -131,14 +147,10 @@ export class Transaction {
   run(): Promise<IcapResponse> {
     const s = this.#conn.socket;
     if (this.#opts.signal.aborted) {
-      this.#fail(this.#opts.signal.reason);
+      this.#fail(abortReason(this.#opts.signal, this.#opts.abortWhat));
       return this.#response.promise;
     }
-    s.on('data', this.#onData);
-    s.on('end', this.#onSocketEnd);
-    s.on('error', this.#onSocketError);
-    s.on('close', this.#onSocketClose);
-    s.on('timeout', this.#onTimeout);
+    this.#conn.setOwner(this);
     s.setTimeout(this.#opts.ioTimeout);
     s.resume();
     this.#opts.signal.addEventListener('abort', this.#onAbort);
@@ -158,7 +170,8 @@ export class Transaction {
     if (req.body === null) {
       this.#terminated = true;
       this.#writeState = 'finished';
-      await this.#flush();
+      const f = this.#flush();
+      if (f !== true && f !== false) await f;
       return;
     }
     const it = req.body.open();
@@ -193,14 +206,15 @@ export class Transaction {
         this.#ieofSent = true;
         this.#writeState = 'finished';
         this.#queue(LAST_CHUNK_IEOF);
-        await this.#flush();
+        const f = this.#flush();
+        if (f !== true && f !== false) await f;
         this.#closeIterator();
         return;
       }
       this.#writeState = 'awaiting-continue';
       this.#queue(LAST_CHUNK);
       if (!(await this.#flush())) return;
-      const go = await this.#continue.promise;
+      const go = await this.#continue!.promise;
       if (!go || this.#stopped) return;
       this.#terminated = false;
       this.#writeState = 'rest';
@@ -214,12 +228,17 @@ export class Transaction {
       if (r.done) break;
       const chunk = asBuffer(r.value);
       if (chunk.length > 0) this.#queueChunk(chunk);
-      if (this.#outBytes >= FLUSH_AT && !(await this.#flush())) return;
+      if (this.#outBytes >= FLUSH_AT) {
+        let f = this.#flush();
+        if (f !== true && f !== false) f = await f;
+        if (!f) return;
+      }
     }
     this.#terminated = true;
     this.#writeState = 'finished';
     this.#queue(LAST_CHUNK);
-    await this.#flush();
+    const f = this.#flush();
+    if (f !== true && f !== false) await f;
     this.#closeIterator();
   }
 
@@ -230,18 +249,28 @@ export class Transaction {
   async #pull(it: AsyncIterator<Uint8Array>): Promise<IteratorResult<Uint8Array> | typeof STOP> {
     if (this.#stopped) return STOP;
     const p = it.next();
-    p.catch(noop);
-    let r: IteratorResult<Uint8Array> | typeof NOT_READY | typeof STOP = await Promise.race([
-      p,
-      NOT_READY_PROMISE,
-    ]);
+    // Whether the chunk is there already: a reaction on `p` queued before the await's runs
+    // first when `p` is settled (Promise.race([p, resolved]) without its array and promises).
+    this.#pulled = NOT_READY;
+    p.then(this.#onPulled, this.#onPullFailed);
+    await undefined;
+    // (A cast: TypeScript keeps the NOT_READY assigned above, not knowing the reaction ran.)
+    let r = this.#pulled as IteratorResult<Uint8Array> | typeof NOT_READY | typeof STOP | typeof FAILED;
+    this.#pulled = NOT_READY;
+    if (r === FAILED) {
+      const err = this.#pullError;
+      this.#pullError = undefined;
+      throw err;
+    }
     if (r === NOT_READY && this.#outBytes > 0) {
       // The next bytes are often one turn away (Node hands a request body over on the tick
       // after its head): wait that turn, so head, chunks and last chunk leave in one write.
-      r = await Promise.race([p, nextTurn()]);
+      r = await Promise.race([p, nextTurn(NOT_READY)]);
     }
     if (r === NOT_READY) {
-      if (!(await this.#flush())) return STOP;
+      let f = this.#flush();
+      if (f !== true && f !== false) f = await f;
+      if (!f) return STOP;
       this.#awaitingSource = true;
       try {
         r = await this.#until(p);
@@ -252,6 +281,15 @@ export class Transaction {
     if (this.#stopped) return STOP;
     return r;
   }
+
+  readonly #onPulled = (r: IteratorResult<Uint8Array>): void => {
+    this.#pulled = r;
+  };
+
+  readonly #onPullFailed = (err: unknown): void => {
+    this.#pulled = FAILED;
+    this.#pullError = err;
+  };
 
   /**
    * Waits for `p`, or for the writer to be stopped. Not Promise.race with a promise that lives
@@ -289,8 +327,11 @@ export class Transaction {
     this.#queue(CRLF);
   }
 
-  /** Writes the gathered output; waits for `drain` if the socket asks. False when stopped. */
-  async #flush(): Promise<boolean> {
+  /**
+   * Writes the gathered output; when the socket asks, a promise that waits for `drain`.
+   * False (or a promise of false) when stopped.
+   */
+  #flush(): boolean | Promise<boolean> {
     if (this.#stopped) return false;
     const s = this.#conn.socket;
     if (this.#out.length === 1 || (this.#out.length > 1 && this.#outBytes <= COPY_BATCH_UP_TO)) {
@@ -312,16 +353,20 @@ export class Transaction {
       this.#out = [];
       this.#outBytes = 0;
     }
-    if (s.writableNeedDrain) {
-      let onDrain: (() => void) | undefined;
-      await this.#until(
-        new Promise<void>((resolve) => {
-          onDrain = resolve;
-          s.once('drain', resolve);
-        }),
-      );
-      if (onDrain !== undefined) s.removeListener('drain', onDrain);
-    }
+    if (s.writableNeedDrain) return this.#drain();
+    return !this.#stopped;
+  }
+
+  async #drain(): Promise<boolean> {
+    const s = this.#conn.socket;
+    let onDrain: (() => void) | undefined;
+    await this.#until(
+      new Promise<void>((resolve) => {
+        onDrain = resolve;
+        s.once('drain', resolve);
+      }),
+    );
+    if (onDrain !== undefined) s.removeListener('drain', onDrain);
     return !this.#stopped;
   }
 
@@ -345,7 +390,7 @@ export class Transaction {
     this.#stopped = true;
     if (this.#writeState !== 'finished') this.#writeState = 'stopped';
     this.#interrupt?.();
-    this.#continue.resolve(false);
+    this.#continue?.resolve(false);
     this.#closeIterator();
   }
 
@@ -363,7 +408,7 @@ export class Transaction {
 
   // ---------------------------------------------------------------- reading
 
-  readonly #onData = (buf: Buffer): void => {
+  socketData(buf: Buffer): void {
     this.#bytesReceived += buf.length;
     this.#receivedAny = true;
     this.#lastByteHr = performance.now();
@@ -372,7 +417,7 @@ export class Transaction {
     } catch (err) {
       this.#fail(err);
     }
-  };
+  }
 
   #onHead(head: IcapResponseHead): void {
     if (head.status === 100) {
@@ -387,7 +432,7 @@ export class Transaction {
         );
       }
       this.#req.onContinue?.();
-      this.#continue.resolve(true);
+      this.#continue?.resolve(true);
       return;
     }
     try {
@@ -413,68 +458,31 @@ export class Transaction {
     if (!keepSending) this.#stopWriting();
     if (head.body !== null && !ignoreBody) {
       const socket = this.#conn.socket;
-      this.#body = new Readable({
-        highWaterMark: 64 * 1024,
-        read: () => {
+      this.#body = responseBody(
+        () => {
           if (this.#pausedForBody) {
             this.#pausedForBody = false;
             if (!this.#finished) socket.resume();
           }
         },
-        destroy: (err, cb) => {
-          if (!this.#finished) {
-            // The consumer stopped reading (destroy, or a break out of for await).
-            this.#fail(
-              err instanceof IcapError
-                ? err
-                : new IcapError(
-                    IcapErrorCodes.ABORTED,
-                    'the ICAP response body was destroyed before its end',
-                    {
-                      cause: err ?? undefined,
-                    },
-                  ),
-            );
-          }
-          cb(err);
+        (err) => {
+          // The consumer stopped reading (destroy, or a break out of for await).
+          if (!this.#finished) this.#fail(err);
         },
-      });
-      // The body may fail before anyone reads it (a misframed chunk in the same read as the
-      // head): the error stays on the stream for its reader and rejects `done`, and is not an
-      // uncaught 'error' event that would end the process.
-      this.#body.on('error', noop);
+      );
     }
-    const conn = this.#conn;
-    const tx = this;
-    const istag = head.headers.get('istag');
     this.#responseResolved = true;
-    this.#response.resolve({
-      status: head.status,
-      reason: head.reason,
-      version: head.version,
-      headers: head.headers,
-      rawHeaders: head.rawHeaders,
-      istag: istag === undefined ? undefined : istag.replace(/^"(.*)"$/, '$1'),
-      encapsulated: head.encapsulated,
-      httpRequest: head.httpRequest,
-      httpResponse: head.httpResponse,
-      body: this.#body,
-      method: req.method,
-      requestHeaders: req.icapHeaders,
-      previewSent: req.preview !== undefined,
-      answeredInPreview: previewPhase,
-      get completeBodySent() {
-        return req.body === null || tx.#writeState === 'finished';
-      },
-      connection: {
-        id: conn.id,
-        reused: this.#reusedConnection,
-        remoteAddress: conn.remoteAddress,
-        remotePort: conn.remotePort,
-        localPort: conn.localPort,
-      },
-      done: this.#done.promise,
-    });
+    this.#response.resolve(
+      finalResponse(
+        head,
+        req,
+        this.#body,
+        this,
+        previewPhase,
+        connectionInfo(this.#conn, this.#reusedConnection),
+        this.#done.promise,
+      ),
+    );
     if (ignoreBody) this.#onEnd(true);
   }
 
@@ -496,7 +504,7 @@ export class Transaction {
     const conn = this.#conn;
     const closeAsked =
       /\bclose\b/i.test(head.headers.get('connection') ?? '') ||
-      this.#req.head.includes('\r\nConnection: close\r\n');
+      (this.#req.closeAsked ?? this.#req.head.includes('\r\nConnection: close\r\n'));
     const reusable =
       !forceClose &&
       this.#terminated &&
@@ -519,13 +527,13 @@ export class Transaction {
 
   // ---------------------------------------------------------------- failure
 
-  readonly #onSocketEnd = (): void => {
+  socketEnd(): void {
     this.#fail(this.#writeFailure() ?? this.#closedError());
-  };
+  }
 
-  readonly #onSocketClose = (): void => {
+  socketClose(): void {
     this.#fail(this.#writeFailure() ?? this.#closedError());
-  };
+  }
 
   /** A failed write, as the error for an exchange that then ended without a complete answer. */
   #writeFailure(): IcapError | undefined {
@@ -534,13 +542,13 @@ export class Transaction {
       : fromSocketError(this.#writeError, 'io', this.#conn.label);
   }
 
-  readonly #onSocketError = (err: Error): void => {
+  socketError(err: Error): void {
     // A read error after a failed write (the reset that made the write fail): the write's
     // error says it better.
     this.#fail(this.#writeFailure() ?? fromSocketError(err, 'io', this.#conn.label));
-  };
+  }
 
-  readonly #onTimeout = (): void => {
+  socketTimeout(): void {
     // Idle because our side is slow (the response's reader, or the body's source): not the
     // server's fault. Whoever owns the source bounds its stalls (the engine's bodyTimeout).
     if (this.#pausedForBody || this.#awaitingSource) return;
@@ -550,10 +558,10 @@ export class Transaction {
         `no data moved on the connection to ${this.#conn.label} for ${this.#opts.ioTimeout} ms`,
       ),
     );
-  };
+  }
 
   readonly #onAbort = (): void => {
-    this.#fail(this.#opts.signal.reason);
+    this.#fail(abortReason(this.#opts.signal, this.#opts.abortWhat));
   };
 
   #closedError(): IcapError {
@@ -581,19 +589,11 @@ export class Transaction {
 
   #cleanup(): void {
     const s = this.#conn.socket;
-    s.removeListener('data', this.#onData);
-    s.removeListener('end', this.#onSocketEnd);
-    s.removeListener('error', this.#onSocketError);
-    s.removeListener('close', this.#onSocketClose);
-    s.removeListener('timeout', this.#onTimeout);
+    if (this.#conn.owner === this) this.#conn.setOwner(null);
     s.setTimeout(0);
     this.#unhookWriteError?.();
     this.#unhookWriteError = undefined;
     this.#opts.signal.removeEventListener('abort', this.#onAbort);
     this.#stopWriting();
   }
-}
-
-function asBuffer(v: Uint8Array): Buffer {
-  return Buffer.isBuffer(v) ? v : Buffer.from(v.buffer, v.byteOffset, v.byteLength);
 }

@@ -1,5 +1,5 @@
 import { IcapError, IcapErrorCodes } from '../errors.js';
-import { connectionNamed, HOP_BY_HOP_FIELDS, isSafeFieldValue, isToken } from './headers.js';
+import { HOP_BY_HOP_FIELDS, isSafeFieldValue, isToken } from './headers.js';
 
 /**
  * Encoding of ICAP requests (and, for the embedded server, responses): the ICAP head with
@@ -79,11 +79,18 @@ export interface EncodeHttpOptions {
  * fields named by `Connection` are left out.
  */
 export function encodeHttpRequestHead(init: HttpRequestHeadInit, options: EncodeHttpOptions = {}): Buffer {
-  const pairs = toPairs(init.headers);
+  return encodeText(httpRequestHeadText(init, options));
+}
+
+/**
+ * {@link encodeHttpRequestHead} as text, before its encoding (see {@link headText}): what
+ * {@link encodeIcapRequest} takes to build the whole head in one buffer.
+ */
+export function httpRequestHeadText(init: HttpRequestHeadInit, options: EncodeHttpOptions = {}): string {
   let method = init.method;
   let target = init.target;
   let authority: string | undefined;
-  const kept = filterHeaders(pairs, options, (name, value) => {
+  const kept = filterHeaders(pairsOf(init.headers), options, (name, value) => {
     if (name === ':method') method = value;
     else if (name === ':path') target = value;
     else if (name === ':authority') authority = value;
@@ -97,22 +104,34 @@ export function encodeHttpRequestHead(init: HttpRequestHeadInit, options: Encode
     init.httpVersion === undefined || init.httpVersion.startsWith('2')
       ? 'HTTP/1.1'
       : httpVersion(init.httpVersion);
-  return headBytes(`${method} ${target} ${version}`, kept);
+  return headText(`${method} ${target} ${version}`, kept);
 }
 
 /** Builds an encapsulated HTTP response head (hop-by-hop fields left out). */
 export function encodeHttpResponseHead(init: HttpResponseHeadInit, options: EncodeHttpOptions = {}): Buffer {
+  return encodeText(httpResponseHeadText(init, options));
+}
+
+/** {@link encodeHttpResponseHead} as text, before its encoding (see {@link httpRequestHeadText}). */
+export function httpResponseHeadText(init: HttpResponseHeadInit, options: EncodeHttpOptions = {}): string {
   if (!Number.isInteger(init.status) || init.status < 100 || init.status > 999)
     throw invalid(`HTTP status ${init.status}`);
   const reason = init.reason ?? '';
   if (!isSafeFieldValue(reason)) throw invalid('HTTP reason phrase contains CR, LF or NUL');
-  const kept = filterHeaders(toPairs(init.headers), options, () => {});
+  const kept = filterHeaders(pairsOf(init.headers), options, () => {});
   const version =
     init.httpVersion === undefined || init.httpVersion.startsWith('2')
       ? 'HTTP/1.1'
       : httpVersion(init.httpVersion);
   // The reason phrase as given (it may end in whitespace); no separator when there is none.
-  return headBytes(reason === '' ? `${version} ${init.status}` : `${version} ${init.status} ${reason}`, kept);
+  return headText(reason === '' ? `${version} ${init.status}` : `${version} ${init.status} ${reason}`, kept);
+}
+
+/** The pairs of a header input, read only: a list of pairs as it is (no copy), else {@link toPairs}. */
+function pairsOf(input: HeaderInput | undefined): HeaderPairs {
+  if (input !== undefined && Array.isArray(input) && (input.length === 0 || typeof input[0] !== 'string'))
+    return input as HeaderPairs;
+  return toPairs(input);
 }
 
 function httpVersion(v: string): string {
@@ -122,24 +141,48 @@ function httpVersion(v: string): string {
 }
 
 function filterHeaders(
-  pairs: Array<[string, string]>,
+  pairs: HeaderPairs,
   options: EncodeHttpOptions,
   onPseudo: (name: string, value: string) => void,
-): Array<[string, string]> {
+): Array<readonly [string, string]> {
   // Hop-by-hop fields (and those `Connection` names) never go into an encapsulated section.
-  const named = connectionNamed(pairs);
-  const kept: Array<[string, string]> = [];
-  for (const [name, value] of pairs) {
-    if (name.startsWith(':')) {
-      onPseudo(name.toLowerCase(), value);
+  // One pass (each name lower-cased once); the fields a `Connection` names, known only at its
+  // end, are taken out after it.
+  let named: Set<string> | undefined;
+  const kept: Array<readonly [string, string]> = [];
+  const keys: string[] = [];
+  for (const pair of pairs) {
+    const name = pair[0];
+    const key = name.toLowerCase();
+    if (key === 'connection') {
+      named = connectionTokens(pair[1], named);
       continue;
     }
-    const key = name.toLowerCase();
-    if (HOP_BY_HOP_FIELDS.has(key) || named.has(key) || key === 'content-length') continue;
-    kept.push([name, value]);
+    if (name.startsWith(':')) {
+      onPseudo(key, pair[1]);
+      continue;
+    }
+    if (HOP_BY_HOP_FIELDS.has(key) || key === 'content-length') continue;
+    kept.push(pair);
+    keys.push(key);
   }
-  if (options.contentLength !== undefined) kept.push(['Content-Length', String(options.contentLength)]);
-  return kept;
+  let out = kept;
+  if (named !== undefined && named.size > 0) {
+    const set = named;
+    out = kept.filter((_, i) => !set.has(keys[i]!));
+  }
+  if (options.contentLength !== undefined) out.push(['Content-Length', String(options.contentLength)]);
+  return out;
+}
+
+/** The field names a `Connection` value lists, lower-cased, added to `into` (as connectionNamed). */
+function connectionTokens(value: string, into: Set<string> | undefined): Set<string> {
+  const named = into ?? new Set<string>();
+  for (const token of value.split(',')) {
+    const t = token.trim().toLowerCase();
+    if (t !== '') named.add(t);
+  }
+  return named;
 }
 
 /**
@@ -149,6 +192,11 @@ function filterHeaders(
  * or NUL: a header can never split into two on the wire.
  */
 export function headBytes(startLine: string, pairs: Iterable<readonly [string, string]>): Buffer {
+  return encodeText(headText(startLine, pairs));
+}
+
+/** {@link headBytes} as text, checked, before its encoding ({@link encodeText}). */
+export function headText(startLine: string, pairs: Iterable<readonly [string, string]>): string {
   let s = `${startLine}\r\n`;
   for (const [name, value] of pairs) {
     if (!isToken(name)) throw invalid(`header name ${JSON.stringify(name)} is not a token`);
@@ -156,14 +204,25 @@ export function headBytes(startLine: string, pairs: Iterable<readonly [string, s
     s += `${name}: ${value}\r\n`;
   }
   s += '\r\n';
-  return encodeText(s);
+  return s;
 }
 
+/** A head's bytes: byte for byte when every code point is up to U+00FF, else UTF-8. */
 function encodeText(s: string): Buffer {
+  return Buffer.from(s, isLatin1(s) ? 'latin1' : 'utf8');
+}
+
+function isLatin1(s: string): boolean {
   for (let i = 0; i < s.length; i++) {
-    if (s.charCodeAt(i) > 0xff) return Buffer.from(s, 'utf8');
+    if (s.charCodeAt(i) > 0xff) return false;
   }
-  return Buffer.from(s, 'latin1');
+  return true;
+}
+
+/** Bytes of a head in its encoding ({@link encodeText}). */
+function headLength(head: Buffer | string): number {
+  if (typeof head !== 'string') return head.length;
+  return isLatin1(head) ? head.length : Buffer.byteLength(head, 'utf8');
 }
 
 export type IcapRequestMethod = 'REQMOD' | 'RESPMOD' | 'OPTIONS';
@@ -174,10 +233,13 @@ export interface IcapRequestInit {
   uri: string;
   /** Value of the `Host` header (host and port of the ICAP server). */
   host: string;
-  /** Encapsulated HTTP request head (from {@link encodeHttpRequestHead}). */
-  httpRequestHead?: Buffer | undefined;
-  /** Encapsulated HTTP response head (RESPMOD). */
-  httpResponseHead?: Buffer | undefined;
+  /**
+   * Encapsulated HTTP request head (from {@link encodeHttpRequestHead}, or its text from
+   * {@link httpRequestHeadText}).
+   */
+  httpRequestHead?: Buffer | string | undefined;
+  /** Encapsulated HTTP response head (RESPMOD), as bytes or text. */
+  httpResponseHead?: Buffer | string | undefined;
   /** Whether a chunked body follows the head. */
   hasBody: boolean;
   /** `Preview: n` (omit for no preview). */
@@ -201,41 +263,68 @@ export function encodeIcapRequest(init: IcapRequestInit): EncodedIcapRequest {
   // The URI goes into the request line: a space or line break there would split it.
   if (init.uri === '' || /[\s\x00-\x1f\x7f]/.test(init.uri))
     throw invalid(`ICAP URI ${JSON.stringify(init.uri)} is not valid`);
-  const entries: string[] = [];
+  const req = init.httpRequestHead;
+  const res = init.httpResponseHead;
+  let encapsulated: string;
   let offset = 0;
-  if (init.httpRequestHead !== undefined) {
-    entries.push(`req-hdr=${offset}`);
-    offset += init.httpRequestHead.length;
+  if (req !== undefined) {
+    encapsulated = 'req-hdr=0, ';
+    offset += headLength(req);
+  } else {
+    encapsulated = '';
   }
-  if (init.httpResponseHead !== undefined) {
-    entries.push(`res-hdr=${offset}`);
-    offset += init.httpResponseHead.length;
+  if (res !== undefined) {
+    encapsulated += `res-hdr=${offset}, `;
+    offset += headLength(res);
   }
   if (init.method === 'OPTIONS') {
-    entries.push('null-body=0');
+    encapsulated += 'null-body=0';
   } else if (init.hasBody) {
-    entries.push(`${init.method === 'RESPMOD' ? 'res-body' : 'req-body'}=${offset}`);
+    encapsulated += `${init.method === 'RESPMOD' ? 'res-body' : 'req-body'}=${offset}`;
   } else {
-    entries.push(`null-body=${offset}`);
+    encapsulated += `null-body=${offset}`;
   }
-  const lines: Array<[string, string]> = [['Host', init.host]];
-  for (const [n, v] of init.headers ?? []) {
+  const lines: Array<readonly [string, string]> = [['Host', init.host]];
+  for (const pair of init.headers ?? []) {
     // A second Encapsulated or Preview would frame the message differently for the server
     // (it reads the first): these two are written here and nowhere else.
-    if (/^(?:encapsulated|preview)$/i.test(n)) throw invalid(`ICAP header ${n} is set by the encoder itself`);
-    lines.push([n, v]);
+    if (ENCODER_OWN.test(pair[0])) throw invalid(`ICAP header ${pair[0]} is set by the encoder itself`);
+    lines.push(pair);
   }
   if (init.userAgent !== undefined) lines.push(['User-Agent', init.userAgent]);
   if (init.allow204) lines.push(['Allow', '204']);
   if (init.preview !== undefined && init.method !== 'OPTIONS') lines.push(['Preview', String(init.preview)]);
-  lines.push(['Encapsulated', entries.join(', ')]);
-  const headBuf = headBytes(`${init.method} ${init.uri} ICAP/1.0`, lines);
+  lines.push(['Encapsulated', encapsulated]);
+  const icap = headText(`${init.method} ${init.uri} ICAP/1.0`, lines);
+  // Each part is encoded on its own (one with a code point above U+00FF is UTF-8, the others
+  // stay byte for byte); when all are byte for byte, the whole head is one string, one buffer.
+  if (
+    isLatin1(icap) &&
+    (req === undefined || (typeof req === 'string' && isLatin1(req))) &&
+    (res === undefined || (typeof res === 'string' && isLatin1(res)))
+  ) {
+    const text =
+      req === undefined
+        ? res === undefined
+          ? icap
+          : icap + res
+        : res === undefined
+          ? icap + req
+          : icap + req + res;
+    return {
+      head: Buffer.from(text, 'latin1'),
+      icapHeaders: icap.slice(icap.indexOf('\n') + 1, icap.length - 2),
+    };
+  }
+  const headBuf = encodeText(icap);
   const icapHeaders = headBuf.toString('latin1', headBuf.indexOf(0x0a) + 1, headBuf.length - 2);
   const parts = [headBuf];
-  if (init.httpRequestHead !== undefined) parts.push(init.httpRequestHead);
-  if (init.httpResponseHead !== undefined) parts.push(init.httpResponseHead);
+  if (req !== undefined) parts.push(typeof req === 'string' ? encodeText(req) : req);
+  if (res !== undefined) parts.push(typeof res === 'string' ? encodeText(res) : res);
   return { head: parts.length === 1 ? headBuf : Buffer.concat(parts), icapHeaders };
 }
+
+const ENCODER_OWN = /^(?:encapsulated|preview)$/i;
 
 /** Chunk sizes whose header line is kept ready. */
 const SMALL_CHUNK = 4096;

@@ -53,9 +53,13 @@ export class Headers implements Iterable<[name: string, value: string]> {
   }
 
   append(name: string, value: string, lines?: string[]): this {
-    const field: Field = { name, key: name.toLowerCase(), value };
-    if (lines !== undefined && lines.length > 1) field.lines = lines;
-    this.#fields.push(field);
+    // One shape for every field (no property added later).
+    this.#fields.push({
+      name,
+      key: name.toLowerCase(),
+      value,
+      lines: lines !== undefined && lines.length > 1 ? lines : undefined,
+    });
     return this;
   }
 
@@ -64,7 +68,7 @@ export class Headers implements Iterable<[name: string, value: string]> {
     const key = name.toLowerCase();
     const at = this.#fields.findIndex((f) => f.key === key);
     if (at === -1) return this.append(name, value);
-    this.#fields[at] = { name, key, value };
+    this.#fields[at] = { name, key, value, lines: undefined };
     for (let i = this.#fields.length - 1; i > at; i--)
       if (this.#fields[i]!.key === key) this.#fields.splice(i, 1);
     return this;
@@ -110,7 +114,8 @@ interface Field {
   name: string;
   key: string;
   value: string;
-  lines?: string[];
+  /** The lines of a folded value, else undefined. */
+  lines: string[] | undefined;
 }
 
 /** RFC 9110 token characters, the only ones allowed in a field name. */
@@ -204,24 +209,23 @@ export function parseHeaderBlock(
   const startLine = lines[0] ?? '';
   const headers = new Headers();
   let pendingName: string | undefined;
-  let pendingLines: string[] = [];
+  // The field being read: its first line's value, and its lines once a continuation came.
+  let pendingValue = '';
+  let pendingLines: string[] | undefined;
   let count = 0;
-  const flush = () => {
-    if (pendingName === undefined) return;
-    headers.append(pendingName, pendingLines.join(' '), pendingLines);
-    pendingName = undefined;
-    pendingLines = [];
-  };
   for (let i = 1; i < lines.length; i++) {
     const line = lines[i]!;
     if (line === '') throw protocolError(`${what}: empty line inside the header section`);
     const first = line.charCodeAt(0);
     if (first === 0x20 || first === 0x09) {
       if (pendingName === undefined) throw protocolError(`${what}: continuation line before any header`);
+      pendingLines ??= [pendingValue];
       pendingLines.push(trimOws(line));
       continue;
     }
-    flush();
+    if (pendingName !== undefined) appendField(headers, pendingName, pendingValue, pendingLines);
+    pendingName = undefined;
+    pendingLines = undefined;
     const colon = line.indexOf(':');
     if (colon <= 0) throw protocolError(`${what}: malformed header line ${JSON.stringify(truncate(line))}`);
     const name = line.slice(0, colon);
@@ -231,12 +235,18 @@ export function parseHeaderBlock(
       throw new IcapError(IcapErrorCodes.HEADERS_TOO_LARGE, `${what}: more than ${maxFields} header fields`);
     }
     pendingName = name;
-    pendingLines = [trimOws(line.slice(colon + 1))];
+    pendingValue = trimOws(line.slice(colon + 1));
   }
-  flush();
+  if (pendingName !== undefined) appendField(headers, pendingName, pendingValue, pendingLines);
   const firstLineEnd = text.indexOf('\n');
   const rawHeaders = firstLineEnd === -1 ? '' : text.slice(firstLineEnd + 1).replace(/\r?\n\r?\n?$/, '\r\n');
   return { startLine, headers, rawHeaders };
+}
+
+/** A parsed field: a folded one reads as its lines joined with one space. */
+function appendField(headers: Headers, name: string, value: string, lines: string[] | undefined): void {
+  if (lines === undefined) headers.append(name, value);
+  else headers.append(name, lines.join(' '), lines);
 }
 
 /**

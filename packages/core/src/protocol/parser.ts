@@ -336,7 +336,6 @@ export class IcapParser<H extends IcapHead = IcapHead> {
     const encapsulated = encapsulatedValue === undefined ? null : parseEncapsulated(encapsulatedValue);
     const last = encapsulated?.[encapsulated.length - 1];
     const body = last === undefined || last.name === 'null-body' ? null : (last.name as BodyKind);
-    const base = { headers, rawHeaders, encapsulated, httpRequest: null, httpResponse: null, body };
     if (this.#kind === 'response') {
       const m = /^(ICAP\/\d\.\d) +(\d{3})(?: (.*))?$/.exec(startLine);
       if (m === null) {
@@ -356,13 +355,29 @@ export class IcapParser<H extends IcapHead = IcapHead> {
         version: m[1]!,
         status,
         reason: m[3] ?? '',
-        ...base,
+        headers,
+        rawHeaders,
+        encapsulated,
+        httpRequest: null,
+        httpResponse: null,
+        body,
       };
       return head as H;
     }
     const m = /^([!#$%&'*+\-.^_`|~0-9A-Za-z]+) +(\S+) +(ICAP\/\d\.\d)$/.exec(startLine);
     if (m === null) throw protocol(`invalid ICAP request line ${JSON.stringify(startLine.slice(0, 80))}`);
-    const head: IcapRequestHead = { kind: 'request', method: m[1]!, uri: m[2]!, version: m[3]!, ...base };
+    const head: IcapRequestHead = {
+      kind: 'request',
+      method: m[1]!,
+      uri: m[2]!,
+      version: m[3]!,
+      headers,
+      rawHeaders,
+      encapsulated,
+      httpRequest: null,
+      httpResponse: null,
+      body,
+    };
     return head as H;
   }
 
@@ -492,6 +507,8 @@ const ENCAPSULATED_NAMES: ReadonlySet<string> = new Set([
  * one body entry (`*-body` or `null-body`) which comes last, `req-hdr` before `res-hdr`.
  */
 export function parseEncapsulated(value: string): EncapsulatedEntry[] {
+  // The answer without a message (a 204, most errors): what the general path gives for it.
+  if (value === 'null-body=0') return [{ name: 'null-body', offset: 0 }];
   const entries: EncapsulatedEntry[] = [];
   const seen = new Set<string>();
   for (const part of value.split(',')) {
