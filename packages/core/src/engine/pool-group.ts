@@ -308,6 +308,8 @@ export class PoolGroup {
   readonly maxProbeInterval: number;
   readonly successThreshold: number;
   readonly #pools: PoolEntry[];
+  /** How many servers the group has (fixed): with one, a request can never go elsewhere. */
+  readonly serverCount: number;
   /** Called once per transition of a server's health (suspended, half-open, up). */
   onStateChange: ((server: ServerHandle, state: ServerState, change: ServerTransition) => void) | undefined;
 
@@ -323,6 +325,7 @@ export class PoolGroup {
       servers: pool.servers.map((s) => new ServerHandle(this, pool, s, profile)),
       next: 0,
     }));
+    this.serverCount = this.#pools.reduce((n, e) => n + e.servers.length, 0);
   }
 
   get servers(): ServerHandle[] {
@@ -335,6 +338,12 @@ export class PoolGroup {
    */
   pick(tried: ReadonlySet<ServerHandle>): ServerHandle {
     for (const entry of this.#pools) {
+      // One server in the pool: it, if it can be tried (what the general path below picks too).
+      if (entry.servers.length === 1) {
+        const only = entry.servers[0]!;
+        if (only.available && !tried.has(only)) return only;
+        continue;
+      }
       const candidates = entry.servers.filter((s) => s.available && !tried.has(s));
       if (candidates.length === 0) continue;
       // A half-open server waiting for its trial gets this request.

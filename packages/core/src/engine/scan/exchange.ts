@@ -82,6 +82,7 @@ class Exchange {
       const watch = new AttemptWatch(this.signal, p.stallTimeout, handle.server.url, {
         busy: () => handle.client.stats.pending > 0 || handle.client.stats.connecting > 0,
         canRetry: () => this.replayable && ctx.group.hasAlternative(tried),
+        stallPossible: ctx.group.serverCount > 1,
       });
       try {
         ctx.telemetry.transactionStart(ctx.scope, handle, p.serviceUri);

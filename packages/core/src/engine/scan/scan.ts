@@ -74,10 +74,18 @@ export class Scan {
   #control: AbortController | null = null;
   #leaveIntake: () => void = NOTHING;
   #onCallerAbort: (() => void) | undefined;
-  /** bodyDeadline: the whole upload. */
-  #deadline: NodeJS.Timeout | undefined;
-  /** responseTimeout: the wait for ICAP once the body has arrived. */
+  /**
+   * The scan's one timer, for both of its bounds in time: bodyDeadline (the whole upload, while
+   * it arrives) and responseTimeout (the wait for ICAP once the body has arrived). It is armed
+   * for at most responseTimeout at a time, so it fires no later than either deadline; when it
+   * fires early it looks at the deadlines and arms itself again for the nearer one.
+   */
   #timer: NodeJS.Timeout | undefined;
+  /** performance.now() by which the body must have arrived (Infinity: it has, or there is none). */
+  #bodyDue = Number.POSITIVE_INFINITY;
+  /** performance.now() by which ICAP must have answered (Infinity: not waiting for it). */
+  #responseDue = Number.POSITIVE_INFINITY;
+  #abort: (err: IcapError) => void = NOTHING;
   #waitStart: number;
   #settled = false;
 
@@ -145,6 +153,7 @@ export class Scan {
     const abort = (err: IcapError) => {
       if (!control.signal.aborted) control.abort(err);
     };
+    this.#abort = abort;
     const contentType = facts.headers.get('content-type');
     this.contentType = contentType;
     const form = facts.hasBody && isMultipartFormData(contentType);
@@ -153,16 +162,8 @@ export class Scan {
       const store = openStore(p, facts, this.#req, this.#perFile, abort);
       this.store = store;
       // bodyDeadline bounds the whole upload (a trickle never idles long enough for bodyTimeout).
-      this.#deadline = setTimeout(
-        () =>
-          abort(
-            new IcapError(
-              IcapErrorCodes.BODY_TIMEOUT,
-              `the HTTP client did not send its whole request body within bodyDeadline (${p.bodyDeadline} ms)`,
-            ),
-          ),
-        p.bodyDeadline,
-      );
+      this.#bodyDue = performance.now() + p.bodyDeadline;
+      this.#timer = setTimeout(this.#onTimer, Math.min(p.bodyDeadline, p.responseTimeout));
       // What the ICAP server sees: the body as sent, or decoded when it is compressed.
       this.#decoded = decodeBody(p, facts, store, abort);
       this.scanned = this.#decoded?.store ?? store;
@@ -173,9 +174,10 @@ export class Scan {
       // responseTimeout bounds how long the request waits for ICAP once its body has arrived:
       // a slow upload is not a slow scanner (stalls while uploading are bounded by ioTimeout).
       void store.whenEnded().then(() => {
-        clearTimeout(this.#deadline);
+        this.#bodyDue = Number.POSITIVE_INFINITY;
         this.#leaveIntake();
         if (store.error !== undefined) {
+          this.#stopTimer();
           abort(
             new IcapError(
               IcapErrorCodes.BODY_SOURCE,
@@ -183,9 +185,9 @@ export class Scan {
               { cause: store.error },
             ),
           );
-        } else this.#armTimer(abort);
+        } else this.#armTimer();
       });
-    } else this.#armTimer(abort);
+    } else this.#armTimer();
     const signal = this.options.signal;
     if (signal?.aborted) abort(callerAbort(signal));
     else if (signal !== undefined) {
@@ -194,26 +196,65 @@ export class Scan {
     }
   }
 
-  #armTimer(abort: (err: IcapError) => void): void {
-    if (this.#settled) return;
+  /** The body has arrived (or there is none): responseTimeout starts. */
+  #armTimer(): void {
+    if (this.#settled) {
+      this.#stopTimer();
+      return;
+    }
+    const now = performance.now();
+    this.#waitStart = now;
+    this.#responseDue = now + this.profile.responseTimeout;
+    // A timer still armed (for bodyDeadline) was armed earlier for at most responseTimeout:
+    // it fires before the response is due, and then arms itself for what is left.
+    if (this.#timer === undefined) this.#timer = setTimeout(this.#onTimer, this.profile.responseTimeout);
+  }
+
+  readonly #onTimer = (): void => {
+    this.#timer = undefined;
     const p = this.profile;
-    this.#waitStart = performance.now();
-    this.#timer = setTimeout(
-      () =>
-        abort(
-          new IcapError(
-            IcapErrorCodes.TIMEOUT,
-            `ICAP scan took longer than responseTimeout (${p.responseTimeout} ms)`,
-          ),
+    const now = performance.now();
+    if (now >= this.#bodyDue) {
+      this.#bodyDue = Number.POSITIVE_INFINITY;
+      this.#abort(
+        new IcapError(
+          IcapErrorCodes.BODY_TIMEOUT,
+          `the HTTP client did not send its whole request body within bodyDeadline (${p.bodyDeadline} ms)`,
         ),
-      p.responseTimeout,
-    );
+      );
+      return;
+    }
+    if (now >= this.#responseDue) {
+      this.#responseDue = Number.POSITIVE_INFINITY;
+      this.#abort(
+        new IcapError(
+          IcapErrorCodes.TIMEOUT,
+          `ICAP scan took longer than responseTimeout (${p.responseTimeout} ms)`,
+        ),
+      );
+      return;
+    }
+    // Early (the other deadline's turn, or the clock's rounding): again for the nearer one.
+    const next = Math.min(this.#bodyDue, this.#responseDue) - now;
+    if (next !== Number.POSITIVE_INFINITY)
+      this.#timer = setTimeout(this.#onTimer, Math.max(1, Math.min(Math.ceil(next), p.responseTimeout)));
+  };
+
+  #stopTimer(): void {
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    this.#timer = undefined;
+  }
+
+  /** responseTimeout no longer applies (the scan settled); bodyDeadline does while the body arrives. */
+  #stopResponseClock(): void {
+    this.#settled = true;
+    this.#responseDue = Number.POSITIVE_INFINITY;
+    if (this.#bodyDue === Number.POSITIVE_INFINITY) this.#stopTimer();
   }
 
   /** The scan is over (a verdict, or a failure): responseTimeout no longer applies. */
   #settle(): void {
-    this.#settled = true;
-    clearTimeout(this.#timer);
+    this.#stopResponseClock();
     if (performance.now() - this.#waitStart > this.profile.slowResponseWarningThreshold)
       this.log.significance.push('SLOW_RESPONSE');
   }
@@ -266,8 +307,7 @@ export class Scan {
 
   /** Whatever failed on the way: the error it counts as, and the outcome it turns into. */
   async #failure(caught: unknown): Promise<ScanOutcome> {
-    this.#settled = true;
-    clearTimeout(this.#timer);
+    this.#stopResponseClock();
     const { profile: p, store, log } = this;
     // A client that went away is an abort, not an ICAP failure.
     const clientGone =
@@ -309,7 +349,8 @@ export class Scan {
   #cleanup(): void {
     if (this.#onCallerAbort !== undefined)
       this.options.signal?.removeEventListener('abort', this.#onCallerAbort);
-    clearTimeout(this.#deadline);
+    this.#bodyDue = Number.POSITIVE_INFINITY;
+    this.#stopTimer();
     this.#leaveIntake();
   }
 
