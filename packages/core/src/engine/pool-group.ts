@@ -96,6 +96,8 @@ export class ServerHandle {
   #upSince = 0;
   #probe: NodeJS.Timeout | undefined;
   #closed = false;
+  #uriService: string | undefined;
+  #uri = '';
   readonly #group: PoolGroup;
 
   constructor(group: PoolGroup, pool: ResolvedPool, server: ResolvedServer, profile: ResolvedProfile) {
@@ -119,6 +121,15 @@ export class ServerHandle {
       headers: profile.icapHeaders,
       onWarning: (message, details) => profile.logger?.warn({ icap_server: server.url, ...details }, message),
     });
+  }
+
+  /** The service's ICAP URI on this server (`client.uri`), kept for the last service asked for. */
+  uriOf(service: string): string {
+    if (service !== this.#uriService) {
+      this.#uri = this.client.uri(service);
+      this.#uriService = service;
+    }
+    return this.#uri;
   }
 
   /** Whether a request may be sent here now (up, or half-open with no trial under way). */

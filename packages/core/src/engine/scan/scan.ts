@@ -285,7 +285,13 @@ export class Scan {
         this.#t0,
         this.signal,
       );
-      if (scanned.ended && scanned.error === undefined && !scanned.exceeded)
+      // (A request that declared this length already says so: it is sent as it is.)
+      if (
+        scanned.ended &&
+        scanned.error === undefined &&
+        !scanned.exceeded &&
+        (sendFacts.chunked || sendFacts.contentLength !== scanned.received)
+      )
         sendFacts = { ...sendFacts, contentLength: scanned.received, chunked: false };
     }
     this.#clock?.lap('intake');
@@ -295,14 +301,19 @@ export class Scan {
     if (result.verdict?.unscannable) this.log.significance.push('UNSCANNABLE');
     // The application gets a body only once all of it is here (the store holds it anyway).
     if (result.type === 'clean') {
-      await bodyComplete(scanned, p.bufferSize);
-      await bodyComplete(store, p.bufferSize);
+      if (!arrived(scanned)) await bodyComplete(scanned, p.bufferSize);
+      if (!arrived(store)) await bodyComplete(store, p.bufferSize);
     }
     if (this.#formCheck !== null && result.type !== 'blocked') {
       const problem = await this.#formCheck;
       if (problem !== undefined) throw problem;
     }
-    return withDispose(await applyVerdict(this, result, store, sendFacts), this.#decoded?.store);
+    // A clean verdict passes the held body (what applyVerdict does for it, without a promise).
+    const outcome =
+      result.type === 'clean'
+        ? pass('ICAP_PASSED', this.log, store, result.verdict?.client_headers ?? [])
+        : await applyVerdict(this, result, store, sendFacts);
+    return withDispose(outcome, this.#decoded?.store);
   }
 
   /** Whatever failed on the way: the error it counts as, and the outcome it turns into. */
@@ -371,6 +382,11 @@ export class Scan {
 }
 
 function NOTHING(): void {}
+
+/** A body (or none) that is all here: what bodyComplete() would wait for and accept at once. */
+function arrived(store: BodyStore | null): boolean {
+  return store === null || (store.ended && !store.exceeded && store.error === undefined);
+}
 
 function callerAbort(signal: AbortSignal): IcapError {
   return new IcapError(IcapErrorCodes.ABORTED, 'the scan was aborted', { cause: signal.reason });
