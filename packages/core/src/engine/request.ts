@@ -196,7 +196,9 @@ export function encapsulationProblem(facts: HttpRequestFacts, absolute: boolean)
   }
   const host = hosts[0] ?? authorities[0];
   if (host !== undefined && !AUTHORITY.test(host)) return 'the Host of the request is not a valid host';
+  let pseudo = false;
   for (const [name, value] of facts.headerPairs) {
+    if (name.startsWith(':')) pseudo = true;
     const field = name.startsWith(':') ? name.slice(1) : name;
     if (!isToken(field)) return 'a header name is not a token';
     if (UNSAFE_VALUE.test(value))
@@ -205,6 +207,11 @@ export function encapsulationProblem(facts: HttpRequestFacts, absolute: boolean)
       if (value.charCodeAt(i) > 0xff) return `the ${name} header has a character that is not one byte`;
     }
   }
+  // Without pseudo-headers, what the encoder checks was checked above (the method a token, the
+  // target visible ASCII, as is the Host an absolute target is made from; names tokens, values
+  // free of CR, LF and NUL): only the version is left. Pseudo-headers (HTTP/2) replace the
+  // method, target or Host: the head is then encoded to see.
+  if (!pseudo && versionEncodes(facts.httpVersion)) return undefined;
   try {
     encodeHttpRequestHead({
       method: facts.method,
@@ -216,4 +223,9 @@ export function encapsulationProblem(facts: HttpRequestFacts, absolute: boolean)
     return `the request head cannot be encapsulated: ${err instanceof Error ? err.message : String(err)}`;
   }
   return undefined;
+}
+
+/** Whether encodeHttpRequestHead accepts this HTTP version (HTTP/2 is written as HTTP/1.1). */
+function versionEncodes(v: string): boolean {
+  return v.startsWith('2') || /^HTTP\/\d\.\d$/.test(v.startsWith('HTTP/') ? v : `HTTP/${v}`);
 }

@@ -328,7 +328,7 @@ function fillEntry(entry: IcapRequestLog, res: IcapResponse, redact: ReadonlySet
  * The `Preview` value in the ICAP head sent (what `/(?:^|\n)Preview: (\d+)/` finds: the first
  * line starting with `Preview: ` followed by a digit), without a regular expression.
  */
-function previewOf(head: string): number | undefined {
+export function previewOf(head: string): number | undefined {
   const FIELD = 'Preview: ';
   let at = head.startsWith(FIELD) ? 0 : head.indexOf(`\n${FIELD}`);
   while (at !== -1) {

@@ -119,8 +119,8 @@ export class Scan {
     const consumed = facts.hasBody ? bodyConsumedReason(this.#req, this.options.parsedBody) : undefined;
     if (consumed !== undefined)
       return this.#finish(bodyConsumed(this, this.#engine, this.#req, consumed, this.#logger));
-    const refusal = await admit(this);
-    if (refusal !== null) return this.#finish(refusal);
+    const refusal = admit(this);
+    if (refusal !== null) return this.#finish(await refusal);
     if (this.#engine.closed) {
       const closed = new IcapError(IcapErrorCodes.CLOSED_CLIENT, 'the ICAP engine was closed');
       return this.#finish(failed(this, closed, null));
