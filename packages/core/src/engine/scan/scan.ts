@@ -86,6 +86,8 @@ export class Scan {
   /** performance.now() by which ICAP must have answered (Infinity: not waiting for it). */
   #responseDue = Number.POSITIVE_INFINITY;
   #abort: (err: IcapError) => void = NOTHING;
+  /** Called (once) when the scan's signal aborts: whenReadyToScan's wait (see AbortHook). */
+  #abortWaiter: ((reason: unknown) => void) | undefined;
   #waitStart: number;
   #settled = false;
 
@@ -110,6 +112,11 @@ export class Scan {
   /** Aborts with the request: the client went away, a bound was crossed, the caller aborted. */
   get signal(): AbortSignal {
     return this.#control!.signal;
+  }
+
+  /** AbortHook: the scan aborts its signal itself (#receive's `abort`), and tells the waiter then. */
+  setAbortWaiter(waiter: ((reason: unknown) => void) | undefined): void {
+    this.#abortWaiter = waiter;
   }
 
   async run(): Promise<ScanOutcome> {
@@ -151,7 +158,11 @@ export class Scan {
     const control = new AbortController();
     this.#control = control;
     const abort = (err: IcapError) => {
-      if (!control.signal.aborted) control.abort(err);
+      if (control.signal.aborted) return;
+      control.abort(err);
+      const waiter = this.#abortWaiter;
+      this.#abortWaiter = undefined;
+      waiter?.(err);
     };
     this.#abort = abort;
     const contentType = facts.headers.get('content-type');
@@ -278,12 +289,19 @@ export class Scan {
     // complete by then is sent with its length.
     let sendFacts = this.scanFacts;
     if (scanned !== null) {
+      // The body's 'data' events matter only when enough of it can arrive before its end to
+      // start streaming: not for a declared length under holdBodySize (the HTTP parser delivers
+      // no more than it declares), which only its end makes ready.
+      const facts = this.facts;
+      const short =
+        !facts.chunked && facts.contentLength !== undefined && facts.contentLength < p.holdBodySize;
       await whenReadyToScan(
         scanned,
-        this.#decoded === null ? this.#req : null,
+        this.#decoded === null && !short ? this.#req : null,
         { holdBytes: p.holdBodySize, minRate: p.minBodyRate, wholeBody: p.lengthRequired },
         this.#t0,
         this.signal,
+        this,
       );
       // (A request that declared this length already says so: it is sent as it is.)
       if (
