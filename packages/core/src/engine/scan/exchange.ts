@@ -196,7 +196,9 @@ class Exchange {
       }
       case 'clean': {
         if (res.body !== null) await drain(res);
-        entry.latency = await latencyOf(res, started);
+        // No body: the exchange's own latency (what latencyOf reads then, without its promise).
+        entry.latency =
+          res.body === null ? String(Math.round((await res.done).latencyMs)) : await latencyOf(res, started);
         entry.action = 'ICAP_PASSED';
         return { type: 'clean', res, verdict, skipped: undefined };
       }
