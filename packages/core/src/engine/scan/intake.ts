@@ -98,6 +98,9 @@ export function whenReadyToScan(
   });
 }
 
+/** Leaving intake when nothing was counted. */
+function LEAVE_NOTHING(): void {}
+
 /**
  * Bodies being received per client address (maxBodiesPerClient): one address cannot hold
  * more than `limit` uploads in intake at once.
@@ -112,7 +115,7 @@ export class ClientIntake {
 
   /** Takes a place for an upload from `address`; null when the address has no place left. */
   enter(address: string | undefined): (() => void) | null {
-    if (this.#limit === undefined || address === undefined) return () => {};
+    if (this.#limit === undefined || address === undefined) return LEAVE_NOTHING;
     const n = this.#open.get(address) ?? 0;
     if (n >= this.#limit) return null;
     this.#open.set(address, n + 1);
