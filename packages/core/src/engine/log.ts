@@ -99,8 +99,16 @@ export interface IcapLog {
   removed_parts?: Array<{ field: string; file_name?: string; threat_id?: string }>;
 }
 
+/** The enum names of the methods seen most (a bounded cache: methods come from the client). */
+const METHOD_ENUMS = new Map<string, string>();
+
 export function httpMethodEnum(method: string): string {
-  return `HTTP_METHOD_${method.toUpperCase().replace(/[^A-Z0-9]/g, '_')}`;
+  let name = METHOD_ENUMS.get(method);
+  if (name === undefined) {
+    name = `HTTP_METHOD_${method.toUpperCase().replace(/[^A-Z0-9]/g, '_')}`;
+    if (METHOD_ENUMS.size < 32) METHOD_ENUMS.set(method, name);
+  }
+  return name;
 }
 
 export type IcapVendorEnum =

@@ -96,6 +96,8 @@ export class ServerHandle {
   #upSince = 0;
   #probe: NodeJS.Timeout | undefined;
   #closed = false;
+  #uriService: string | undefined;
+  #uri = '';
   readonly #group: PoolGroup;
 
   constructor(group: PoolGroup, pool: ResolvedPool, server: ResolvedServer, profile: ResolvedProfile) {
@@ -119,6 +121,15 @@ export class ServerHandle {
       headers: profile.icapHeaders,
       onWarning: (message, details) => profile.logger?.warn({ icap_server: server.url, ...details }, message),
     });
+  }
+
+  /** The service's ICAP URI on this server (`client.uri`), kept for the last service asked for. */
+  uriOf(service: string): string {
+    if (service !== this.#uriService) {
+      this.#uri = this.client.uri(service);
+      this.#uriService = service;
+    }
+    return this.#uri;
   }
 
   /** Whether a request may be sent here now (up, or half-open with no trial under way). */
@@ -308,6 +319,8 @@ export class PoolGroup {
   readonly maxProbeInterval: number;
   readonly successThreshold: number;
   readonly #pools: PoolEntry[];
+  /** How many servers the group has (fixed): with one, a request can never go elsewhere. */
+  readonly serverCount: number;
   /** Called once per transition of a server's health (suspended, half-open, up). */
   onStateChange: ((server: ServerHandle, state: ServerState, change: ServerTransition) => void) | undefined;
 
@@ -323,6 +336,7 @@ export class PoolGroup {
       servers: pool.servers.map((s) => new ServerHandle(this, pool, s, profile)),
       next: 0,
     }));
+    this.serverCount = this.#pools.reduce((n, e) => n + e.servers.length, 0);
   }
 
   get servers(): ServerHandle[] {
@@ -335,6 +349,12 @@ export class PoolGroup {
    */
   pick(tried: ReadonlySet<ServerHandle>): ServerHandle {
     for (const entry of this.#pools) {
+      // One server in the pool: it, if it can be tried (what the general path below picks too).
+      if (entry.servers.length === 1) {
+        const only = entry.servers[0]!;
+        if (only.available && !tried.has(only)) return only;
+        continue;
+      }
       const candidates = entry.servers.filter((s) => s.available && !tried.has(s));
       if (candidates.length === 0) continue;
       // A half-open server waiting for its trial gets this request.

@@ -50,12 +50,15 @@ export function requestFacts(req: ScanRequest): HttpRequestFacts {
       : 'http';
   const lengths = headers.getAll('content-length');
   let contentLength: number | undefined;
-  if (lengths.length > 0) {
+  // One field of digits (the usual case) is its own only value; anything else is read below.
+  if (lengths.length === 1 && LENGTH.test(lengths[0]!)) contentLength = Number(lengths[0]);
+  else if (lengths.length > 0) {
     const values = new Set(lengths.flatMap((v) => v.split(',')).map((v) => v.trim()));
     const only = values.size === 1 ? [...values][0]! : '';
-    if (/^\d{1,15}$/.test(only)) contentLength = Number(only);
+    if (LENGTH.test(only)) contentLength = Number(only);
   }
-  const chunked = headers.has('transfer-encoding');
+  const transfer = headers.getAll('transfer-encoding');
+  const chunked = transfer.length > 0;
   let hasBody: boolean;
   if (chunked) hasBody = true;
   else if (contentLength !== undefined) hasBody = contentLength > 0;
@@ -76,16 +79,19 @@ export function requestFacts(req: ScanRequest): HttpRequestFacts {
     scheme,
     contentLength,
     chunked,
-    contentCoding: codingsOf(headers, 'content-encoding', true) ?? 'identity',
-    transferCoding: codingsOf(headers, 'transfer-encoding', false),
+    contentCoding: codingsOf(headers.getAll('content-encoding'), true) ?? 'identity',
+    transferCoding: codingsOf(transfer, false),
     fileName: fileNameOf(headers.get('content-disposition'), target),
   };
 }
 
-/** The codings a field lists, lower-cased and joined (`identity` left out if asked); undefined for none. */
-function codingsOf(headers: Headers, name: string, dropIdentity: boolean): string | undefined {
-  const codings = headers
-    .getAll(name)
+/** A valid Content-Length value. */
+const LENGTH = /^\d{1,15}$/;
+
+/** The codings a field's values list, lower-cased and joined (`identity` left out if asked); undefined for none. */
+function codingsOf(values: string[], dropIdentity: boolean): string | undefined {
+  if (values.length === 0) return undefined;
+  const codings = values
     .flatMap((v) => v.split(','))
     .map((c) => c.trim().toLowerCase())
     .filter((c) => c !== '' && !(dropIdentity && c === 'identity'));
@@ -190,7 +196,9 @@ export function encapsulationProblem(facts: HttpRequestFacts, absolute: boolean)
   }
   const host = hosts[0] ?? authorities[0];
   if (host !== undefined && !AUTHORITY.test(host)) return 'the Host of the request is not a valid host';
+  let pseudo = false;
   for (const [name, value] of facts.headerPairs) {
+    if (name.startsWith(':')) pseudo = true;
     const field = name.startsWith(':') ? name.slice(1) : name;
     if (!isToken(field)) return 'a header name is not a token';
     if (UNSAFE_VALUE.test(value))
@@ -199,6 +207,11 @@ export function encapsulationProblem(facts: HttpRequestFacts, absolute: boolean)
       if (value.charCodeAt(i) > 0xff) return `the ${name} header has a character that is not one byte`;
     }
   }
+  // Without pseudo-headers, what the encoder checks was checked above (the method a token, the
+  // target visible ASCII, as is the Host an absolute target is made from; names tokens, values
+  // free of CR, LF and NUL): only the version is left. Pseudo-headers (HTTP/2) replace the
+  // method, target or Host: the head is then encoded to see.
+  if (!pseudo && versionEncodes(facts.httpVersion)) return undefined;
   try {
     encodeHttpRequestHead({
       method: facts.method,
@@ -210,4 +223,9 @@ export function encapsulationProblem(facts: HttpRequestFacts, absolute: boolean)
     return `the request head cannot be encapsulated: ${err instanceof Error ? err.message : String(err)}`;
   }
   return undefined;
+}
+
+/** Whether encodeHttpRequestHead accepts this HTTP version (HTTP/2 is written as HTTP/1.1). */
+function versionEncodes(v: string): boolean {
+  return v.startsWith('2') || /^HTTP\/\d\.\d$/.test(v.startsWith('HTTP/') ? v : `HTTP/${v}`);
 }

@@ -4,6 +4,7 @@ import {
   type Attributes,
   type Counter,
   context,
+  createNoopMeter,
   type Histogram,
   metrics,
   type ObservableResult,
@@ -110,6 +111,8 @@ export interface ConnectMessage {
 }
 
 const debug = debuglog('icapkit');
+/** Whether NODE_DEBUG names icapkit (read once, as debuglog does): the messages' arguments are not built otherwise. */
+const debugOn = debug.enabled;
 
 export type { MetricsOptions, PromMetric, PromRegistryLike } from './telemetry-options.js';
 
@@ -142,12 +145,18 @@ export class Telemetry {
     cb: (r: ObservableResult) => void;
   }>;
   readonly #prom: PromState | undefined;
+  /**
+   * No OpenTelemetry meter provider was registered when the engine was made: the instruments
+   * are the API's no-op ones (they stay so), so their attributes are not built per request.
+   */
+  readonly #metricsOff: boolean;
 
   constructor(profile: string, vendor: string, group: PoolGroup, options: MetricsOptions = {}) {
     this.#profile = profile;
     this.#vendor = vendor;
     this.#group = group;
     const meter = metrics.getMeter('icapkit', VERSION);
+    this.#metricsOff = meter === createNoopMeter();
     this.#scanDuration = meter.createHistogram('icapkit.scan.duration', {
       unit: 's',
       description: 'Time a request spent in the ICAP middleware',
@@ -210,7 +219,7 @@ export class Telemetry {
           localPort: conn.localPort,
         };
         if (ScanChannels.connect.hasSubscribers) ScanChannels.connect.publish(message);
-        debug('connected to %s from port %d', s.server.url, conn.localPort);
+        if (debugOn) debug('connected to %s from port %d', s.server.url, conn.localPort);
       };
     }
   }
@@ -240,26 +249,31 @@ export class Telemetry {
     const seconds = (performance.now() - scope.t0) / 1000;
     const last = log.request_logs.at(-1);
     const pool = last?.pool_name.val ?? 'none';
-    const attrs: Attributes = { 'icap.action': log.action, 'icap.vendor': this.#vendor, 'icap.pool': pool };
-    this.#scanDuration.record(seconds, attrs);
-    this.#scanOutcomes.add(1, attrs);
-    if (bytes > 0) this.#scanBytes.add(bytes, { 'icap.vendor': this.#vendor });
+    if (!this.#metricsOff) {
+      const attrs: Attributes = { 'icap.action': log.action, 'icap.vendor': this.#vendor, 'icap.pool': pool };
+      this.#scanDuration.record(seconds, attrs);
+      this.#scanOutcomes.add(1, attrs);
+      if (bytes > 0) this.#scanBytes.add(bytes, { 'icap.vendor': this.#vendor });
+    }
     this.#prom?.scan(log.action, this.#vendor, pool, seconds, bytes);
     const span = scope.span;
-    span.setAttribute('icap.action', log.action);
-    if (log.rule_name !== undefined) span.setAttribute('icap.rule', log.rule_name);
-    if (last !== undefined) {
-      if (last.icap_server_ip !== undefined) span.setAttribute('server.address', last.icap_server_ip);
-      span.setAttribute('server.port', last.icap_server_port);
-      span.setAttribute('icap.pool', pool);
-      if (last.icap_response_code !== undefined)
-        span.setAttribute('icap.status_code', last.icap_response_code);
-      if (last.threat_id !== undefined) span.setAttribute('icap.threat.name', last.threat_id);
-    }
-    span.setAttribute('icap.transactions', log.request_logs.length);
-    if (log.action === 'ICAP_FAILED') {
-      span.setAttribute('error.type', log.error_code ?? 'ICAP_FAILED');
-      span.setStatus({ code: SpanStatusCode.ERROR, message: log.error_message ?? 'ICAP scan failed' });
+    // A span nobody records (no tracer provider) takes no attributes.
+    if (span.isRecording()) {
+      span.setAttribute('icap.action', log.action);
+      if (log.rule_name !== undefined) span.setAttribute('icap.rule', log.rule_name);
+      if (last !== undefined) {
+        if (last.icap_server_ip !== undefined) span.setAttribute('server.address', last.icap_server_ip);
+        span.setAttribute('server.port', last.icap_server_port);
+        span.setAttribute('icap.pool', pool);
+        if (last.icap_response_code !== undefined)
+          span.setAttribute('icap.status_code', last.icap_response_code);
+        if (last.threat_id !== undefined) span.setAttribute('icap.threat.name', last.threat_id);
+      }
+      span.setAttribute('icap.transactions', log.request_logs.length);
+      if (log.action === 'ICAP_FAILED') {
+        span.setAttribute('error.type', log.error_code ?? 'ICAP_FAILED');
+        span.setStatus({ code: SpanStatusCode.ERROR, message: log.error_message ?? 'ICAP scan failed' });
+      }
     }
     span.end();
     if (ScanChannels.scanEnd.hasSubscribers) {
@@ -270,25 +284,26 @@ export class Telemetry {
         log,
       } satisfies ScanEndMessage);
     }
-    debug(
-      'scan %d %s in %d ms (%d ICAP transactions)',
-      scope.id,
-      log.action,
-      Math.round(seconds * 1000),
-      log.request_logs.length,
-    );
+    if (debugOn)
+      debug(
+        'scan %d %s in %d ms (%d ICAP transactions)',
+        scope.id,
+        log.action,
+        Math.round(seconds * 1000),
+        log.request_logs.length,
+      );
   }
 
   transactionStart(scope: ScanScope, server: ServerHandle, service: string): void {
     if (ScanChannels.transactionStart.hasSubscribers)
       ScanChannels.transactionStart.publish(this.#tx(scope, server, service));
-    debug('scan %d: REQMOD %s%s', scope.id, server.server.url, service);
+    if (debugOn) debug('scan %d: REQMOD %s%s', scope.id, server.server.url, service);
   }
 
   transactionPreview(scope: ScanScope, server: ServerHandle, service: string): void {
     if (ScanChannels.transactionPreview.hasSubscribers)
       ScanChannels.transactionPreview.publish(this.#tx(scope, server, service));
-    debug('scan %d: %s wants more than the preview', scope.id, server.server.url);
+    if (debugOn) debug('scan %d: %s wants more than the preview', scope.id, server.server.url);
   }
 
   transactionVerdict(
@@ -300,7 +315,8 @@ export class Telemetry {
     threat: string | undefined,
     latencyMs: number,
   ): void {
-    this.#icapDuration.record(latencyMs / 1000, { ...serverAttrs(server), 'icap.status_code': status });
+    if (!this.#metricsOff)
+      this.#icapDuration.record(latencyMs / 1000, { ...serverAttrs(server), 'icap.status_code': status });
     if (ScanChannels.transactionVerdict.hasSubscribers) {
       ScanChannels.transactionVerdict.publish({
         ...this.#tx(scope, server, service),
@@ -310,7 +326,7 @@ export class Telemetry {
         latencyMs,
       } satisfies TransactionVerdictMessage);
     }
-    debug('scan %d: %s answered %d (%s)', scope.id, server.server.url, status, verdict);
+    if (debugOn) debug('scan %d: %s answered %d (%s)', scope.id, server.server.url, status, verdict);
   }
 
   transactionError(scope: ScanScope, server: ServerHandle, service: string, error: IcapError): void {
@@ -321,7 +337,7 @@ export class Telemetry {
         error,
       } satisfies TransactionErrorMessage);
     }
-    debug('scan %d: %s failed: %s %s', scope.id, server.server.url, error.code, error.message);
+    if (debugOn) debug('scan %d: %s failed: %s %s', scope.id, server.server.url, error.code, error.message);
   }
 
   /** A server's health changed (reported once per transition). */
@@ -331,7 +347,7 @@ export class Telemetry {
     if (ScanChannels.serverState.hasSubscribers) {
       ScanChannels.serverState.publish(serverStateMessage(this.#profile, server, change));
     }
-    debug('server %s: %s -> %s (%s)', server.server.url, change.from, change.to, change.reason);
+    if (debugOn) debug('server %s: %s -> %s (%s)', server.server.url, change.from, change.to, change.reason);
   }
 
   close(): void {

@@ -18,9 +18,10 @@ import { refuse, tooLarge } from './outcome.js';
 /**
  * Decides what needs no body: for a request the rules select, a declared length above
  * bufferSize (413, or the untouched request with fail-open) and a content type the profile
- * does not allow (415). Null: the body must be scanned.
+ * does not allow (415). Null: the body must be scanned. (A promise only for what needs one: the
+ * common case, nothing to refuse, costs none.)
  */
-export async function admit(ctx: RequestContext): Promise<ScanOutcome | null> {
+export function admit(ctx: RequestContext): ScanOutcome | Promise<ScanOutcome> | null {
   const { profile: p, facts } = ctx;
   // What the ICAP server would be sent must be what the application reads: else 400, never failAction.
   const problem = encapsulationProblem(facts, p.absoluteUri);

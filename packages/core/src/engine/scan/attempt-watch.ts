@@ -26,9 +26,14 @@ const RESPONSE_PROGRESS_BYTES = 16 * 1024;
  * for a connection or connecting (`busy`): queueTimeout and connectTimeout bound those, with
  * errors of their own. A server that answers one byte at a time, or takes nothing more of the
  * body, or never answers, is caught within `stallTimeout`, whatever `ioTimeout` says.
+ *
+ * When the request can never go elsewhere (`stallPossible` false: the profile has one server),
+ * a stall is never acted on, so the watch needs no signal of its own (the attempt uses the
+ * request's) and no timer: it only tracks whose turn it is (`waitingForServer`).
  */
 export class AttemptWatch {
-  readonly #controller = new AbortController();
+  /** The attempt's own controller; null when a stall can never end the attempt (the request's signal then). */
+  readonly #controller: AbortController | null;
   readonly #parent: AbortSignal;
   readonly #stallTimeout: number;
   readonly #label: string;
@@ -49,20 +54,25 @@ export class AttemptWatch {
     parent: AbortSignal,
     stallTimeout: number,
     label: string,
-    hooks: { busy?: () => boolean; canRetry?: () => boolean } = {},
+    hooks: { busy?: () => boolean; canRetry?: () => boolean; stallPossible?: boolean } = {},
   ) {
     this.#parent = parent;
     this.#stallTimeout = stallTimeout;
     this.#label = label;
     this.#busy = hooks.busy ?? (() => false);
     this.#canRetry = hooks.canRetry ?? (() => true);
-    if (parent.aborted) this.#controller.abort(parent.reason);
-    else parent.addEventListener('abort', this.#onParentAbort, { once: true });
+    if (hooks.stallPossible === false) this.#controller = null;
+    else {
+      const controller = new AbortController();
+      this.#controller = controller;
+      if (parent.aborted) controller.abort(parent.reason);
+      else parent.addEventListener('abort', this.#onParentAbort, { once: true });
+    }
   }
 
   /** The attempt's signal: aborted with the request's, or by the watchdog. */
   get signal(): AbortSignal {
-    return this.#controller.signal;
+    return this.#controller === null ? this.#parent : this.#controller.signal;
   }
 
   /** Whether the server was being waited for (the watchdog running, not paused for the client). */
@@ -147,10 +157,12 @@ export class AttemptWatch {
   /** Ends the attempt's signal bookkeeping. */
   dispose(): void {
     this.stop();
-    this.#parent.removeEventListener('abort', this.#onParentAbort);
+    if (this.#controller !== null) this.#parent.removeEventListener('abort', this.#onParentAbort);
   }
 
   #arm(): void {
+    // No stall can end the attempt: the watchdog would only ever look again (see #fire).
+    if (this.#controller === null) return;
     if (this.#timer !== undefined) this.#timer.refresh();
     else {
       this.#timer = setTimeout(this.#fire, this.#stallTimeout);
@@ -160,7 +172,8 @@ export class AttemptWatch {
 
   readonly #fire = (): void => {
     this.#timer = undefined;
-    if (this.#done || this.#controller.signal.aborted) return;
+    const controller = this.#controller;
+    if (controller === null || this.#done || controller.signal.aborted) return;
     // Paused: the wait is the client's. Watching resumes with its next chunk.
     if (this.#paused) return;
     // Perhaps still waiting for a connection: bounded elsewhere; look again later.
@@ -175,7 +188,7 @@ export class AttemptWatch {
     }
     this.stalled = true;
     this.#done = true;
-    this.#controller.abort(
+    controller.abort(
       new IcapError(
         IcapErrorCodes.STALLED,
         `ICAP server ${this.#label} made no progress for stallTimeout (${this.#stallTimeout} ms)`,
@@ -184,6 +197,6 @@ export class AttemptWatch {
   };
 
   readonly #onParentAbort = (): void => {
-    this.#controller.abort(this.#parent.reason);
+    this.#controller?.abort(this.#parent.reason);
   };
 }

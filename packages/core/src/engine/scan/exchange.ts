@@ -82,6 +82,7 @@ class Exchange {
       const watch = new AttemptWatch(this.signal, p.stallTimeout, handle.server.url, {
         busy: () => handle.client.stats.pending > 0 || handle.client.stats.connecting > 0,
         canRetry: () => this.replayable && ctx.group.hasAlternative(tried),
+        stallPossible: ctx.group.serverCount > 1,
       });
       try {
         ctx.telemetry.transactionStart(ctx.scope, handle, p.serviceUri);
@@ -132,9 +133,11 @@ class Exchange {
     const p = this.#ctx.profile;
     const started = performance.now();
     watch.start();
-    const extraHeaders: Array<[string, string]> = [];
-    if (p.sendClientIp && facts.clientIp !== undefined)
-      extraHeaders.push(['X-Client-IP', facts.clientIp.replace(/^::ffff:/, '')]);
+    const ip = facts.clientIp;
+    const extraHeaders: Array<[string, string]> =
+      p.sendClientIp && ip !== undefined
+        ? [['X-Client-IP', ip.startsWith('::ffff:') ? ip.slice(7) : ip]]
+        : NO_HEADERS;
     const pending = handle.client.request({
       method: 'REQMOD',
       service: p.serviceUri,
@@ -160,15 +163,16 @@ class Exchange {
         this.#ctx.telemetry.transactionPreview(this.#ctx.scope, handle, p.serviceUri);
       },
     });
-    const headBlock: { result?: AttemptResult | null } = {};
-    const r = await pending.catch((err: unknown) => {
+    let r: Awaited<typeof pending>;
+    try {
+      r = await pending;
+    } catch (err) {
       // A head received whole that then broke a framing rule still names its verdict: a threat
       // in it blocks (a threat verdict is never lost); anything else stays the error it was.
-      headBlock.result = err instanceof IcapError ? this.#blockedByHead(err, entry, started) : null;
-      if (headBlock.result === null) throw err;
-      return null;
-    });
-    if (r === null) return headBlock.result!;
+      const blocked = err instanceof IcapError ? this.#blockedByHead(err, entry, started) : null;
+      if (blocked === null) throw err;
+      return blocked;
+    }
     if (isSkipped(r)) {
       entry.action = 'ICAP_PASSED';
       entry.reason = `Transfer-Ignore: ${r.extension}`;
@@ -181,7 +185,7 @@ class Exchange {
     fillVerdict(entry, verdict, p.vendor);
     switch (verdict.kind) {
       case 'error': {
-        await drain(res);
+        if (res.body !== null) await drain(res);
         const error = new IcapError(
           IcapErrorCodes.SERVER_STATUS,
           `ICAP server ${handle.server.url} answered ${res.status} ${res.reason}`.trim(),
@@ -191,8 +195,10 @@ class Exchange {
         throw error;
       }
       case 'clean': {
-        await drain(res);
-        entry.latency = await latencyOf(res, started);
+        if (res.body !== null) await drain(res);
+        // No body: the exchange's own latency (what latencyOf reads then, without its promise).
+        entry.latency =
+          res.body === null ? String(Math.round((await res.done).latencyMs)) : await latencyOf(res, started);
         entry.action = 'ICAP_PASSED';
         return { type: 'clean', res, verdict, skipped: undefined };
       }
@@ -294,7 +300,7 @@ function newEntry(handle: ServerHandle, facts: HttpRequestFacts, p: ResolvedProf
     action: 'ICAP_FAILED',
     icap_method: 'ICAP_METHOD_REQMOD',
     http_method: httpMethodEnum(facts.method),
-    icap_absolute_uri: handle.client.uri(p.serviceUri),
+    icap_absolute_uri: handle.uriOf(p.serviceUri),
     complete_body_sent: false,
     pool_name: pool.name,
     pool_uuid: pool.uuid,
@@ -315,9 +321,26 @@ function fillEntry(entry: IcapRequestLog, res: IcapResponse, redact: ReadonlySet
   entry.icap_headers_sent_to_server = redactHeaderBlock(res.requestHeaders, redact);
   entry.icap_headers_received_from_server = redactHeaderBlock(res.rawHeaders, redact);
   if (res.istag !== undefined) entry.istag = res.istag;
-  const preview = /(?:^|\n)Preview: (\d+)/.exec(res.requestHeaders);
-  if (preview !== null) entry.preview_size = Number(preview[1]);
+  const preview = previewOf(res.requestHeaders);
+  if (preview !== undefined) entry.preview_size = preview;
   entry.connection_reused = res.connection.reused;
+}
+
+/**
+ * The `Preview` value in the ICAP head sent (what `/(?:^|\n)Preview: (\d+)/` finds: the first
+ * line starting with `Preview: ` followed by a digit), without a regular expression.
+ */
+export function previewOf(head: string): number | undefined {
+  const FIELD = 'Preview: ';
+  let at = head.startsWith(FIELD) ? 0 : head.indexOf(`\n${FIELD}`);
+  while (at !== -1) {
+    const start = at === 0 && head.startsWith(FIELD) ? FIELD.length : at + 1 + FIELD.length;
+    let end = start;
+    while (end < head.length && head.charCodeAt(end) >= 0x30 && head.charCodeAt(end) <= 0x39) end++;
+    if (end > start) return Number(head.slice(start, end));
+    at = head.indexOf(`\n${FIELD}`, start);
+  }
+  return undefined;
 }
 
 /** ICAP's verdict on a REQMOD answer, or on the head of one that broke off (no request head then). */
@@ -406,6 +429,9 @@ async function readRelay(res: IcapResponse): Promise<ClientResponse> {
   const status = http.status >= 300 && http.status <= 599 ? http.status : 403;
   return { status, headers, body };
 }
+
+/** No extra ICAP header (shared, never written to). */
+const NO_HEADERS: Array<[string, string]> = [];
 
 /** Besides the hop-by-hop fields: what a relayed block page must not set on our response. */
 const RELAY_DROP = new Set(['content-length', 'set-cookie', 'cache-control']);

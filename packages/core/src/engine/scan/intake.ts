@@ -35,15 +35,27 @@ export interface HoldRule {
 /**
  * Resolves once the exchange may start: the body ended (or failed, or outgrew its limit: the
  * caller finds out from the store), or enough of it arrived fast enough. Rejects with the
- * signal's reason when the signal aborts first. `source` is what the store reads (its 'data'
- * events say when to look again); `startedAt` is performance.now() at the start of the scan.
+ * signal's reason when the signal aborts first (heard through `hook` when given: the signal's
+ * owner calls it, no listener is added). `source` is what the store reads (its 'data' events
+ * say when to look again; null: only the end matters); `startedAt` is performance.now() at the
+ * start of the scan.
  */
+/**
+ * Hears of the abort of a signal without a listener on it (the scan, which makes every abort
+ * of its signal itself): `set(fn)` has `fn` called once with the reason when it aborts,
+ * `set(undefined)` takes it back.
+ */
+export interface AbortHook {
+  setAbortWaiter(waiter: ((reason: unknown) => void) | undefined): void;
+}
+
 export function whenReadyToScan(
   store: BodyStore,
   source: Readable | null,
   rule: HoldRule,
   startedAt: number,
   signal: AbortSignal,
+  hook?: AbortHook,
 ): Promise<void> {
   const ready = (): boolean => {
     if (store.ended || store.error !== undefined || store.exceeded) return true;
@@ -60,7 +72,8 @@ export function whenReadyToScan(
     const cleanup = () => {
       done = true;
       source?.removeListener('data', onData);
-      signal.removeEventListener('abort', onAbort);
+      if (hook !== undefined) hook.setAbortWaiter(undefined);
+      else signal.removeEventListener('abort', onAbort);
     };
     // The store reads the source first (its listener was added first): received is current.
     const onData = () => {
@@ -75,7 +88,8 @@ export function whenReadyToScan(
       reject(signal.reason);
     };
     source?.on('data', onData);
-    signal.addEventListener('abort', onAbort, { once: true });
+    if (hook !== undefined) hook.setAbortWaiter(onAbort);
+    else signal.addEventListener('abort', onAbort, { once: true });
     void store.whenEnded().then(() => {
       if (done) return;
       cleanup();
@@ -83,6 +97,9 @@ export function whenReadyToScan(
     });
   });
 }
+
+/** Leaving intake when nothing was counted. */
+function LEAVE_NOTHING(): void {}
 
 /**
  * Bodies being received per client address (maxBodiesPerClient): one address cannot hold
@@ -98,7 +115,7 @@ export class ClientIntake {
 
   /** Takes a place for an upload from `address`; null when the address has no place left. */
   enter(address: string | undefined): (() => void) | null {
-    if (this.#limit === undefined || address === undefined) return () => {};
+    if (this.#limit === undefined || address === undefined) return LEAVE_NOTHING;
     const n = this.#open.get(address) ?? 0;
     if (n >= this.#limit) return null;
     this.#open.set(address, n + 1);

@@ -367,11 +367,19 @@ export function pass(
   const stream = store.stream();
   const contentLength = store.received;
   store.release();
+  // What base() and the spread make, as one object (the common outcome of a scan).
+  let disposed = false;
   return {
-    ...base(action, log, undefined, responseHeaders, () => {
+    action,
+    log,
+    threat: undefined,
+    responseHeaders,
+    dispose: () => {
+      if (disposed) return;
+      disposed = true;
       store.dispose();
       if (!stream.readableEnded) stream.destroy();
-    }),
+    },
     kind: 'pass',
     body: stream,
     contentLength,

@@ -74,10 +74,20 @@ export class Scan {
   #control: AbortController | null = null;
   #leaveIntake: () => void = NOTHING;
   #onCallerAbort: (() => void) | undefined;
-  /** bodyDeadline: the whole upload. */
-  #deadline: NodeJS.Timeout | undefined;
-  /** responseTimeout: the wait for ICAP once the body has arrived. */
+  /**
+   * The scan's one timer, for both of its bounds in time: bodyDeadline (the whole upload, while
+   * it arrives) and responseTimeout (the wait for ICAP once the body has arrived). It is armed
+   * for at most responseTimeout at a time, so it fires no later than either deadline; when it
+   * fires early it looks at the deadlines and arms itself again for the nearer one.
+   */
   #timer: NodeJS.Timeout | undefined;
+  /** performance.now() by which the body must have arrived (Infinity: it has, or there is none). */
+  #bodyDue = Number.POSITIVE_INFINITY;
+  /** performance.now() by which ICAP must have answered (Infinity: not waiting for it). */
+  #responseDue = Number.POSITIVE_INFINITY;
+  #abort: (err: IcapError) => void = NOTHING;
+  /** Called (once) when the scan's signal aborts: whenReadyToScan's wait (see AbortHook). */
+  #abortWaiter: ((reason: unknown) => void) | undefined;
   #waitStart: number;
   #settled = false;
 
@@ -104,6 +114,11 @@ export class Scan {
     return this.#control!.signal;
   }
 
+  /** AbortHook: the scan aborts its signal itself (#receive's `abort`), and tells the waiter then. */
+  setAbortWaiter(waiter: ((reason: unknown) => void) | undefined): void {
+    this.#abortWaiter = waiter;
+  }
+
   async run(): Promise<ScanOutcome> {
     const { profile: p, facts } = this;
     if (!this.decision.scan) return this.#finish(pass('ICAP_DISABLED', this.log, null, []));
@@ -111,8 +126,8 @@ export class Scan {
     const consumed = facts.hasBody ? bodyConsumedReason(this.#req, this.options.parsedBody) : undefined;
     if (consumed !== undefined)
       return this.#finish(bodyConsumed(this, this.#engine, this.#req, consumed, this.#logger));
-    const refusal = await admit(this);
-    if (refusal !== null) return this.#finish(refusal);
+    const refusal = admit(this);
+    if (refusal !== null) return this.#finish(await refusal);
     if (this.#engine.closed) {
       const closed = new IcapError(IcapErrorCodes.CLOSED_CLIENT, 'the ICAP engine was closed');
       return this.#finish(failed(this, closed, null));
@@ -143,8 +158,13 @@ export class Scan {
     const control = new AbortController();
     this.#control = control;
     const abort = (err: IcapError) => {
-      if (!control.signal.aborted) control.abort(err);
+      if (control.signal.aborted) return;
+      control.abort(err);
+      const waiter = this.#abortWaiter;
+      this.#abortWaiter = undefined;
+      waiter?.(err);
     };
+    this.#abort = abort;
     const contentType = facts.headers.get('content-type');
     this.contentType = contentType;
     const form = facts.hasBody && isMultipartFormData(contentType);
@@ -153,16 +173,8 @@ export class Scan {
       const store = openStore(p, facts, this.#req, this.#perFile, abort);
       this.store = store;
       // bodyDeadline bounds the whole upload (a trickle never idles long enough for bodyTimeout).
-      this.#deadline = setTimeout(
-        () =>
-          abort(
-            new IcapError(
-              IcapErrorCodes.BODY_TIMEOUT,
-              `the HTTP client did not send its whole request body within bodyDeadline (${p.bodyDeadline} ms)`,
-            ),
-          ),
-        p.bodyDeadline,
-      );
+      this.#bodyDue = performance.now() + p.bodyDeadline;
+      this.#timer = setTimeout(this.#onTimer, Math.min(p.bodyDeadline, p.responseTimeout));
       // What the ICAP server sees: the body as sent, or decoded when it is compressed.
       this.#decoded = decodeBody(p, facts, store, abort);
       this.scanned = this.#decoded?.store ?? store;
@@ -173,9 +185,10 @@ export class Scan {
       // responseTimeout bounds how long the request waits for ICAP once its body has arrived:
       // a slow upload is not a slow scanner (stalls while uploading are bounded by ioTimeout).
       void store.whenEnded().then(() => {
-        clearTimeout(this.#deadline);
+        this.#bodyDue = Number.POSITIVE_INFINITY;
         this.#leaveIntake();
         if (store.error !== undefined) {
+          this.#stopTimer();
           abort(
             new IcapError(
               IcapErrorCodes.BODY_SOURCE,
@@ -183,9 +196,9 @@ export class Scan {
               { cause: store.error },
             ),
           );
-        } else this.#armTimer(abort);
+        } else this.#armTimer();
       });
-    } else this.#armTimer(abort);
+    } else this.#armTimer();
     const signal = this.options.signal;
     if (signal?.aborted) abort(callerAbort(signal));
     else if (signal !== undefined) {
@@ -194,26 +207,65 @@ export class Scan {
     }
   }
 
-  #armTimer(abort: (err: IcapError) => void): void {
-    if (this.#settled) return;
+  /** The body has arrived (or there is none): responseTimeout starts. */
+  #armTimer(): void {
+    if (this.#settled) {
+      this.#stopTimer();
+      return;
+    }
+    const now = performance.now();
+    this.#waitStart = now;
+    this.#responseDue = now + this.profile.responseTimeout;
+    // A timer still armed (for bodyDeadline) was armed earlier for at most responseTimeout:
+    // it fires before the response is due, and then arms itself for what is left.
+    if (this.#timer === undefined) this.#timer = setTimeout(this.#onTimer, this.profile.responseTimeout);
+  }
+
+  readonly #onTimer = (): void => {
+    this.#timer = undefined;
     const p = this.profile;
-    this.#waitStart = performance.now();
-    this.#timer = setTimeout(
-      () =>
-        abort(
-          new IcapError(
-            IcapErrorCodes.TIMEOUT,
-            `ICAP scan took longer than responseTimeout (${p.responseTimeout} ms)`,
-          ),
+    const now = performance.now();
+    if (now >= this.#bodyDue) {
+      this.#bodyDue = Number.POSITIVE_INFINITY;
+      this.#abort(
+        new IcapError(
+          IcapErrorCodes.BODY_TIMEOUT,
+          `the HTTP client did not send its whole request body within bodyDeadline (${p.bodyDeadline} ms)`,
         ),
-      p.responseTimeout,
-    );
+      );
+      return;
+    }
+    if (now >= this.#responseDue) {
+      this.#responseDue = Number.POSITIVE_INFINITY;
+      this.#abort(
+        new IcapError(
+          IcapErrorCodes.TIMEOUT,
+          `ICAP scan took longer than responseTimeout (${p.responseTimeout} ms)`,
+        ),
+      );
+      return;
+    }
+    // Early (the other deadline's turn, or the clock's rounding): again for the nearer one.
+    const next = Math.min(this.#bodyDue, this.#responseDue) - now;
+    if (next !== Number.POSITIVE_INFINITY)
+      this.#timer = setTimeout(this.#onTimer, Math.max(1, Math.min(Math.ceil(next), p.responseTimeout)));
+  };
+
+  #stopTimer(): void {
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    this.#timer = undefined;
+  }
+
+  /** responseTimeout no longer applies (the scan settled); bodyDeadline does while the body arrives. */
+  #stopResponseClock(): void {
+    this.#settled = true;
+    this.#responseDue = Number.POSITIVE_INFINITY;
+    if (this.#bodyDue === Number.POSITIVE_INFINITY) this.#stopTimer();
   }
 
   /** The scan is over (a verdict, or a failure): responseTimeout no longer applies. */
   #settle(): void {
-    this.#settled = true;
-    clearTimeout(this.#timer);
+    this.#stopResponseClock();
     if (performance.now() - this.#waitStart > this.profile.slowResponseWarningThreshold)
       this.log.significance.push('SLOW_RESPONSE');
   }
@@ -237,14 +289,27 @@ export class Scan {
     // complete by then is sent with its length.
     let sendFacts = this.scanFacts;
     if (scanned !== null) {
+      // The body's 'data' events matter only when enough of it can arrive before its end to
+      // start streaming: not for a declared length under holdBodySize (the HTTP parser delivers
+      // no more than it declares), which only its end makes ready.
+      const facts = this.facts;
+      const short =
+        !facts.chunked && facts.contentLength !== undefined && facts.contentLength < p.holdBodySize;
       await whenReadyToScan(
         scanned,
-        this.#decoded === null ? this.#req : null,
+        this.#decoded === null && !short ? this.#req : null,
         { holdBytes: p.holdBodySize, minRate: p.minBodyRate, wholeBody: p.lengthRequired },
         this.#t0,
         this.signal,
+        this,
       );
-      if (scanned.ended && scanned.error === undefined && !scanned.exceeded)
+      // (A request that declared this length already says so: it is sent as it is.)
+      if (
+        scanned.ended &&
+        scanned.error === undefined &&
+        !scanned.exceeded &&
+        (sendFacts.chunked || sendFacts.contentLength !== scanned.received)
+      )
         sendFacts = { ...sendFacts, contentLength: scanned.received, chunked: false };
     }
     this.#clock?.lap('intake');
@@ -254,20 +319,24 @@ export class Scan {
     if (result.verdict?.unscannable) this.log.significance.push('UNSCANNABLE');
     // The application gets a body only once all of it is here (the store holds it anyway).
     if (result.type === 'clean') {
-      await bodyComplete(scanned, p.bufferSize);
-      await bodyComplete(store, p.bufferSize);
+      if (!arrived(scanned)) await bodyComplete(scanned, p.bufferSize);
+      if (!arrived(store)) await bodyComplete(store, p.bufferSize);
     }
     if (this.#formCheck !== null && result.type !== 'blocked') {
       const problem = await this.#formCheck;
       if (problem !== undefined) throw problem;
     }
-    return withDispose(await applyVerdict(this, result, store, sendFacts), this.#decoded?.store);
+    // A clean verdict passes the held body (what applyVerdict does for it, without a promise).
+    const outcome =
+      result.type === 'clean'
+        ? pass('ICAP_PASSED', this.log, store, result.verdict?.client_headers ?? [])
+        : await applyVerdict(this, result, store, sendFacts);
+    return withDispose(outcome, this.#decoded?.store);
   }
 
   /** Whatever failed on the way: the error it counts as, and the outcome it turns into. */
   async #failure(caught: unknown): Promise<ScanOutcome> {
-    this.#settled = true;
-    clearTimeout(this.#timer);
+    this.#stopResponseClock();
     const { profile: p, store, log } = this;
     // A client that went away is an abort, not an ICAP failure.
     const clientGone =
@@ -309,7 +378,8 @@ export class Scan {
   #cleanup(): void {
     if (this.#onCallerAbort !== undefined)
       this.options.signal?.removeEventListener('abort', this.#onCallerAbort);
-    clearTimeout(this.#deadline);
+    this.#bodyDue = Number.POSITIVE_INFINITY;
+    this.#stopTimer();
     this.#leaveIntake();
   }
 
@@ -330,6 +400,11 @@ export class Scan {
 }
 
 function NOTHING(): void {}
+
+/** A body (or none) that is all here: what bodyComplete() would wait for and accept at once. */
+function arrived(store: BodyStore | null): boolean {
+  return store === null || (store.ended && !store.exceeded && store.error === undefined);
+}
 
 function callerAbort(signal: AbortSignal): IcapError {
   return new IcapError(IcapErrorCodes.ABORTED, 'the scan was aborted', { cause: signal.reason });
