@@ -101,8 +101,13 @@ export async function parseMultipart(
   const parts: Part[] = [];
   /** The part being read, and the pipe feeding its store once the store writes to a temp file. */
   let current: { part: Part; pipe: PassThrough | undefined } | undefined;
-  const handle = async (events: ParseEvent[]) => {
-    for (const e of events) {
+  /**
+   * Hands the parser's events to the parts, from `from` on. Synchronous unless a spooling store
+   * must catch up: then a promise of the rest.
+   */
+  const handle = (events: ParseEvent[], from = 0): Promise<void> | undefined => {
+    for (let i = from; i < events.length; i++) {
+      const e = events[i]!;
       if (e.type === 'part') {
         const store = new BodyStore({ limit: Number.POSITIVE_INFINITY, retainAll: true, ...options.storage });
         const h = e.head;
@@ -139,8 +144,10 @@ export async function parseMultipart(
         if (!current.pipe.write(e.data)) {
           // The store takes more once its temp file caught up; a store that failed (spool
           // error) never will: its end settles the wait, and its error ends the parse.
-          await Promise.race([drained(current.pipe), current.part.done]);
-          if (store.error !== undefined) throw store.error;
+          return Promise.race([drained(current.pipe), current.part.done]).then(() => {
+            if (store.error !== undefined) throw store.error;
+            return handle(events, i + 1);
+          });
         }
       } else if (e.type === 'end-part') {
         if (current?.pipe !== undefined) current.pipe.end();
@@ -148,15 +155,18 @@ export async function parseMultipart(
         current = undefined;
       }
     }
+    return undefined;
   };
   const reader = new AbortableReader(source, signal);
   try {
     for (;;) {
       const r = await reader.next();
       if (r.done) break;
-      await handle(parser.write(r.value));
+      const wait = handle(parser.write(r.value));
+      if (wait !== undefined) await wait;
     }
-    await handle(parser.end());
+    const wait = handle(parser.end());
+    if (wait !== undefined) await wait;
     await Promise.all(parts.map((p) => p.done));
     const failed = parts.find((p) => p.store.error !== undefined);
     if (failed !== undefined) throw failed.store.error;
