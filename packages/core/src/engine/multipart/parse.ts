@@ -46,6 +46,11 @@ export interface Part {
 export interface MultipartOptions {
   limits: ResolvedMultipartLimits;
   storage: { memoryThreshold: number; spoolDir: string };
+  /**
+   * The source answers every read at once (a body complete in memory): no read can stall, so
+   * none is raced against the signal (no listener); the signal is checked before each read.
+   */
+  sourceInMemory?: boolean;
 }
 
 /** The media type of a request's Content-Type (strict), or an ICAP_ERR_MULTIPART 400. */
@@ -157,7 +162,7 @@ export async function parseMultipart(
     }
     return undefined;
   };
-  const reader = new AbortableReader(source, signal);
+  const reader = new AbortableReader(source, signal, options.sourceInMemory === true);
   try {
     for (;;) {
       const r = await reader.next();
@@ -211,13 +216,16 @@ export async function validateMultipart(
 class AbortableReader {
   readonly #source: AsyncIterator<Buffer>;
   readonly #signal: AbortSignal | undefined;
+  /** Reads never wait: no listener, the signal is checked before each. */
+  readonly #inMemory: boolean;
   /** Rejects the read in progress. */
   #reject: ((err: unknown) => void) | undefined = undefined;
 
-  constructor(source: AsyncIterator<Buffer>, signal: AbortSignal | undefined) {
+  constructor(source: AsyncIterator<Buffer>, signal: AbortSignal | undefined, inMemory: boolean) {
     this.#source = source;
     this.#signal = signal;
-    signal?.addEventListener('abort', this.#onAbort, { once: true });
+    this.#inMemory = inMemory;
+    if (!inMemory) signal?.addEventListener('abort', this.#onAbort, { once: true });
   }
 
   readonly #onAbort = (): void => {
@@ -230,6 +238,7 @@ class AbortableReader {
     const signal = this.#signal;
     if (signal === undefined) return this.#source.next();
     if (signal.aborted) return Promise.reject(signal.reason);
+    if (this.#inMemory) return this.#source.next();
     return new Promise((resolve, reject) => {
       this.#reject = reject;
       this.#source.next().then(resolve, reject);

@@ -77,7 +77,12 @@ export async function scanParts(scan: FormScan): Promise<ScanOutcome> {
     await parseMultipart(
       scan.contentType,
       store.open(),
-      { limits: p.multipartLimits, storage: { memoryThreshold: p.memoryThreshold, spoolDir: p.spoolDir } },
+      {
+        limits: p.multipartLimits,
+        storage: { memoryThreshold: p.memoryThreshold, spoolDir: p.spoolDir },
+        // The whole form already arrived and is held in memory: reading it never waits.
+        sourceInMemory: store.ended && !store.spooled && store.complete,
+      },
       (part) => {
         parts.push(part);
         if (!mustScanPart(part, p.multipartFields)) return;
