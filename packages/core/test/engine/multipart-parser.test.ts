@@ -545,6 +545,53 @@ describe('canonical form', () => {
     }
   });
 
+  it('a source in memory (no abort race per read) gives the same parts; an aborted signal still ends the parse with its reason', async () => {
+    const body = form(
+      file('Content-Disposition: form-data; name="a"', 'one'),
+      file('Content-Disposition: form-data; name="f"; filename="x"', 'y'.repeat(50_000)),
+    );
+    const opts = (sourceInMemory: boolean) => ({
+      limits: { ...limits, fileSize: 1e6 },
+      storage: { memoryThreshold: 1 << 20, spoolDir: tmpdir() },
+      sourceInMemory,
+    });
+    const read = async (inMemory: boolean) => {
+      const parts = await parseMultipart(
+        `multipart/form-data; boundary=${B}`,
+        chunks(body, 4096)[Symbol.asyncIterator](),
+        opts(inMemory),
+        () => {},
+        new AbortController().signal,
+      );
+      const out = [];
+      for (const p of parts) {
+        out.push([p.field, p.fileName, (await readAll(p.store.stream())).toString('latin1')]);
+        p.store.dispose();
+      }
+      return out;
+    };
+    expect(await read(true)).toEqual(await read(false));
+    for (const inMemory of [true, false]) {
+      const ac = new AbortController();
+      const seen: Array<{ store: { complete: boolean } }> = [];
+      const reason = new Error('gone');
+      const parse = parseMultipart(
+        `multipart/form-data; boundary=${B}`,
+        chunks(body, 4096)[Symbol.asyncIterator](),
+        opts(inMemory),
+        (part) => {
+          seen.push(part);
+          ac.abort(reason);
+        },
+        ac.signal,
+      );
+      await expect(parse).rejects.toBe(reason);
+      // Every part store made before the abort is disposed (its bytes dropped).
+      expect(seen.length).toBeGreaterThan(0);
+      for (const p of seen) expect(p.store.complete).toBe(false);
+    }
+  });
+
   it('a form destroyed while it is read releases its readers (a part store can be disposed at once)', async () => {
     const body = form(file('Content-Disposition: form-data; name="f"; filename="a"', 'x'.repeat(200_000)));
     const parts = await parseMultipart(
