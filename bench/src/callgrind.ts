@@ -9,7 +9,12 @@
  * still catching up, GC helpers) are shown apart: they are mostly warm-up.
  *
  *   node bench/dist/callgrind.js [--frameworks=express,fastify,koa] [--body=10240] [--warm=1500] [--n=300]
- *                                [--scanned-only]
+ *                                [--scanned-only] [--multipart] [--alloc=FILE]
+ *
+ * `--multipart` sends the bench's form (5 files x 200 KiB and a field, bodies.ts) instead of
+ * `--body` bytes of octet-stream (the same route: the handler digests the form it gets).
+ * `--alloc=FILE` runs the applications without valgrind, with V8's sampling heap profiler
+ * (app.ts, BENCH_ALLOC_PROFILE) over every request sent, and prints KiB allocated per request.
  *
  * Needs valgrind (apt-get install valgrind). Takes about a minute per application.
  */
@@ -20,11 +25,37 @@ import { Agent, request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { MULTIPART_FILE_SIZE, MULTIPART_FILES, multipart } from './bodies.js';
+import { reportAllocations } from './profile.js';
 import { findOnPath, killAllChildren, sleep, startChild } from './util.js';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 
-function post(agent: Agent, port: number, body: Buffer): Promise<number> {
+/** What each request sends. */
+interface Payload {
+  body: Buffer;
+  contentType: string;
+  label: string;
+}
+
+function payload(bodySize: number, form: boolean): Payload {
+  if (!form)
+    return {
+      body: Buffer.alloc(bodySize, 'x'),
+      contentType: 'application/octet-stream',
+      label: `${bodySize}-byte POST`,
+    };
+  const boundary = '----icapkitbench7MA4YWxkTrZu0gW';
+  // Fixed content (not random): every run counts the same bytes.
+  const files = Array.from({ length: MULTIPART_FILES }, (_, i) => Buffer.alloc(MULTIPART_FILE_SIZE, 97 + i));
+  return {
+    body: multipart(files, boundary),
+    contentType: `multipart/form-data; boundary=${boundary}`,
+    label: `multipart form (${MULTIPART_FILES} x ${MULTIPART_FILE_SIZE / 1024} KiB)`,
+  };
+}
+
+function post(agent: Agent, port: number, body: Payload): Promise<number> {
   return new Promise((resolve, reject) => {
     const req = request(
       {
@@ -34,7 +65,7 @@ function post(agent: Agent, port: number, body: Buffer): Promise<number> {
         method: 'POST',
         agent,
         timeout: 120_000,
-        headers: { 'content-type': 'application/octet-stream', 'content-length': body.length },
+        headers: { 'content-type': body.contentType, 'content-length': body.body.length },
       },
       (res) => {
         res.resume();
@@ -44,7 +75,7 @@ function post(agent: Agent, port: number, body: Buffer): Promise<number> {
     );
     req.once('timeout', () => req.destroy(new Error('timeout')));
     req.once('error', reject);
-    req.end(body);
+    req.end(body.body);
   });
 }
 
@@ -109,9 +140,10 @@ export async function countInstructions(
   warm: number,
   n: number,
   variants: boolean[] = [false, true],
+  form = false,
 ): Promise<IrRow[]> {
   if (findOnPath('valgrind') === null) throw new Error('valgrind is not installed');
-  const body = Buffer.alloc(bodySize, 'x');
+  const body = payload(bodySize, form);
   const icap = await startChild(process.execPath, [join(HERE, 'icap204.js')], { timeoutMs: 20_000 });
   const rows: IrRow[] = [];
   try {
@@ -158,9 +190,58 @@ export async function countInstructions(
   return rows;
 }
 
-export function renderInstructions(rows: IrRow[], bodySize: number): string {
+/**
+ * KiB of JavaScript heap allocated per request (garbage included), without valgrind: V8's
+ * sampling heap profiler over the warm-up and the counted requests alike (all divided by their
+ * number), so the figure includes the warm-up's compilation garbage, spread thin.
+ */
+export async function countAllocations(
+  frameworks: string[],
+  bodySize: number,
+  warm: number,
+  n: number,
+  variants: boolean[],
+  form: boolean,
+  file: string,
+): Promise<void> {
+  const body = payload(bodySize, form);
+  const icap = await startChild(process.execPath, [join(HERE, 'icap204.js')], { timeoutMs: 20_000 });
+  try {
+    for (const framework of frameworks) {
+      for (const scanned of variants) {
+        const out = `${file}.${framework}${scanned ? '-icapkit' : ''}.heapprofile`;
+        const args = [join(HERE, 'app.js'), framework];
+        if (scanned) args.push(`icap://127.0.0.1:${icap.ready.port as number}`, '/avscan');
+        const app = await startChild(process.execPath, args, {
+          timeoutMs: 20_000,
+          env: { ...process.env, BENCH_ALLOC_PROFILE: out },
+        });
+        const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+        try {
+          const port = app.ready.port as number;
+          for (let i = 0; i < warm + n; i++) {
+            const status = await post(agent, port, body);
+            if (status !== 200) throw new Error(`${framework}: status ${status}`);
+          }
+        } finally {
+          agent.destroy();
+          await app.stop();
+        }
+        const p = JSON.parse(readFileSync(out, 'utf8')) as {
+          head: Parameters<typeof reportAllocations>[0];
+        };
+        console.log(`\n## ${framework}${scanned ? ' + icapkit' : ''}, ${body.label} (${out})\n`);
+        console.log(reportAllocations(p.head, warm + n));
+      }
+    }
+  } finally {
+    await icap.stop();
+  }
+}
+
+export function renderInstructions(rows: IrRow[], bodySize: number, form = false): string {
   const lines = [
-    `Instructions per ${bodySize}-byte POST on the main thread (callgrind, one client, kept-alive; icapkit against the embedded 204 server):`,
+    `Instructions per ${form ? payload(0, true).label : `${bodySize}-byte POST`} on the main thread (callgrind, one client, kept-alive; icapkit against the embedded 204 server):`,
     '',
     '| Framework | plain: k instr. / req | icapkit: k instr. / req | icapkit above plain | ratio | other threads plain / icapkit |',
     '| --------- | --------------------: | ----------------------: | ------------------: | ----: | ----------------------------: |',
@@ -182,17 +263,26 @@ if (process.argv[1]?.endsWith('callgrind.js') === true) {
   let warm = 1500;
   let n = 300;
   let variants = [false, true];
+  let form = false;
+  let alloc: string | undefined;
   for (const arg of process.argv.slice(2)) {
     if (arg.startsWith('--frameworks=')) frameworks = arg.slice(13).split(',');
     else if (arg.startsWith('--body=')) bodySize = Number(arg.slice(7));
     else if (arg.startsWith('--warm=')) warm = Number(arg.slice(7));
     else if (arg.startsWith('--n=')) n = Number(arg.slice(4));
     else if (arg === '--scanned-only') variants = [true];
+    else if (arg === '--multipart') form = true;
+    else if (arg.startsWith('--alloc=')) alloc = arg.slice(8);
     else throw new Error(`unknown argument ${arg}`);
   }
-  countInstructions(frameworks, bodySize, warm, n, variants)
+  const run =
+    alloc !== undefined
+      ? countAllocations(frameworks, bodySize, warm, n, variants, form, alloc).then(() => undefined)
+      : countInstructions(frameworks, bodySize, warm, n, variants, form);
+  run
     .then((rows) => {
-      console.log(renderInstructions(rows, bodySize));
+      if (rows === undefined) return;
+      console.log(renderInstructions(rows, bodySize, form));
       console.log(`RESULT ${JSON.stringify(rows)}`);
     })
     .catch((err: unknown) => {

@@ -1,5 +1,4 @@
 import { PassThrough } from 'node:stream';
-import { untilAborted } from '../../client/abort.js';
 import { BodyStore } from '../body.js';
 import type { ResolvedMultipartLimits } from '../profile.js';
 import { MultipartParser, multipartError, type ParseEvent, type PartHead } from './parser.js';
@@ -47,6 +46,11 @@ export interface Part {
 export interface MultipartOptions {
   limits: ResolvedMultipartLimits;
   storage: { memoryThreshold: number; spoolDir: string };
+  /**
+   * The source answers every read at once (a body complete in memory): no read can stall, so
+   * none is raced against the signal (no listener); the signal is checked before each read.
+   */
+  sourceInMemory?: boolean;
 }
 
 /** The media type of a request's Content-Type (strict), or an ICAP_ERR_MULTIPART 400. */
@@ -100,15 +104,17 @@ export async function parseMultipart(
   const boundary = boundaryOf(contentType);
   const parser = new MultipartParser(boundary, options.limits);
   const parts: Part[] = [];
-  let current: { part: Part; pipe: PassThrough } | undefined;
-  const handle = async (events: ParseEvent[]) => {
-    for (const e of events) {
+  /** The part being read, and the pipe feeding its store once the store writes to a temp file. */
+  let current: { part: Part; pipe: PassThrough | undefined } | undefined;
+  /**
+   * Hands the parser's events to the parts, from `from` on. Synchronous unless a spooling store
+   * must catch up: then a promise of the rest.
+   */
+  const handle = (events: ParseEvent[], from = 0): Promise<void> | undefined => {
+    for (let i = from; i < events.length; i++) {
+      const e = events[i]!;
       if (e.type === 'part') {
         const store = new BodyStore({ limit: Number.POSITIVE_INFINITY, retainAll: true, ...options.storage });
-        const pipe = new PassThrough();
-        // attach(): the pipe is paused while the store's temp file is behind, so writes wait
-        // (memory stays bounded however fast the body is read).
-        store.attach(pipe);
         const h = e.head;
         const part: Part = {
           index: h.index,
@@ -121,37 +127,62 @@ export async function parseMultipart(
           done: store.whenEnded(),
         };
         parts.push(part);
-        current = { part, pipe };
+        current = { part, pipe: undefined };
         onPart(part);
       } else if (e.type === 'data') {
-        if (current !== undefined && !current.pipe.write(e.data)) {
+        if (current === undefined) continue;
+        const store = current.part.store;
+        // A store that failed (its temp file) takes nothing more: the parse ends with its error.
+        if (store.error !== undefined) throw store.error;
+        if (current.pipe === undefined && !store.spooled) {
+          // In memory: the store takes the bytes as they are (no stream in between).
+          store.push(e.data);
+          continue;
+        }
+        if (current.pipe === undefined) {
+          // The store moved to a temp file: from now on it is fed through a pipe it pauses
+          // while the file is behind (attach()), so writes wait and memory stays bounded
+          // however fast the body is read.
+          current.pipe = new PassThrough();
+          store.attach(current.pipe);
+        }
+        if (!current.pipe.write(e.data)) {
           // The store takes more once its temp file caught up; a store that failed (spool
           // error) never will: its end settles the wait, and its error ends the parse.
-          await Promise.race([drained(current.pipe), current.part.done]);
-          if (current.part.store.error !== undefined) throw current.part.store.error;
+          return Promise.race([drained(current.pipe), current.part.done]).then(() => {
+            if (store.error !== undefined) throw store.error;
+            return handle(events, i + 1);
+          });
         }
       } else if (e.type === 'end-part') {
-        current?.pipe.end();
+        if (current?.pipe !== undefined) current.pipe.end();
+        else current?.part.store.end();
         current = undefined;
       }
     }
+    return undefined;
   };
+  const reader = new AbortableReader(source, signal, options.sourceInMemory === true);
   try {
     for (;;) {
-      const r = await nextOrAbort(source, signal);
+      const r = await reader.next();
       if (r.done) break;
-      await handle(parser.write(r.value));
+      const wait = handle(parser.write(r.value));
+      if (wait !== undefined) await wait;
     }
-    await handle(parser.end());
+    const wait = handle(parser.end());
+    if (wait !== undefined) await wait;
     await Promise.all(parts.map((p) => p.done));
     const failed = parts.find((p) => p.store.error !== undefined);
     if (failed !== undefined) throw failed.store.error;
     return parts;
   } catch (err) {
-    current?.pipe.destroy();
+    current?.pipe?.destroy();
     for (const p of parts) p.store.dispose();
     void source.return?.();
     throw err;
+  } finally {
+    reader.close();
   }
 }
 
@@ -177,13 +208,47 @@ export async function validateMultipart(
   }
 }
 
-/** The next chunk, or the signal's reason once it is aborted (a stalled body does not hold the parse). */
-function nextOrAbort(
-  source: AsyncIterator<Buffer>,
-  signal: AbortSignal | undefined,
-): Promise<IteratorResult<Buffer>> {
-  if (signal?.aborted) return Promise.reject(signal.reason);
-  return untilAborted(source.next(), signal);
+/**
+ * The source's chunks, each read rejecting with the signal's reason once it is aborted (a
+ * stalled body does not hold the parse): one abort listener for the whole parse, not one per
+ * chunk.
+ */
+class AbortableReader {
+  readonly #source: AsyncIterator<Buffer>;
+  readonly #signal: AbortSignal | undefined;
+  /** Reads never wait: no listener, the signal is checked before each. */
+  readonly #inMemory: boolean;
+  /** Rejects the read in progress. */
+  #reject: ((err: unknown) => void) | undefined = undefined;
+
+  constructor(source: AsyncIterator<Buffer>, signal: AbortSignal | undefined, inMemory: boolean) {
+    this.#source = source;
+    this.#signal = signal;
+    this.#inMemory = inMemory;
+    if (!inMemory) signal?.addEventListener('abort', this.#onAbort, { once: true });
+  }
+
+  readonly #onAbort = (): void => {
+    const reject = this.#reject;
+    this.#reject = undefined;
+    reject?.(this.#signal!.reason);
+  };
+
+  next(): Promise<IteratorResult<Buffer>> {
+    const signal = this.#signal;
+    if (signal === undefined) return this.#source.next();
+    if (signal.aborted) return Promise.reject(signal.reason);
+    if (this.#inMemory) return this.#source.next();
+    return new Promise((resolve, reject) => {
+      this.#reject = reject;
+      this.#source.next().then(resolve, reject);
+    });
+  }
+
+  close(): void {
+    this.#reject = undefined;
+    this.#signal?.removeEventListener('abort', this.#onAbort);
+  }
 }
 
 /** Waits until a PassThrough takes more, or is closed. */

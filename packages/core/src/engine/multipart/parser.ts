@@ -107,7 +107,30 @@ export class MultipartParser {
   write(chunk: Buffer): ParseEvent[] {
     const out: ParseEvent[] = [];
     if (this.#state === 'done') throw multipartError(400, 'multipart body continues after its end');
-    this.#buf = this.#buf.length === 0 ? chunk : Buffer.concat([this.#buf, chunk]);
+    if (this.#buf.length === 0) {
+      this.#buf = chunk;
+      this.#run(out, false);
+      return out;
+    }
+    // Bytes carried over from the last chunk (a possible delimiter's start, a header line in
+    // progress): parse them with only the first bytes of this chunk (a seam), not a copy of the
+    // whole chunk. Once what is left unparsed lies within this chunk, the rest is parsed in
+    // place. The same parse as one concatenated buffer: any split gives the same result.
+    let pos = 0;
+    let step = this.#dash.length + 3;
+    for (;;) {
+      const take = Math.min(step, chunk.length - pos);
+      this.#buf = Buffer.concat([this.#buf, chunk.subarray(pos, pos + take)]);
+      pos += take;
+      this.#run(out, false);
+      if (pos === chunk.length) return out;
+      const left = this.#buf.length;
+      if (left <= take) break;
+      // Still parsing carried bytes (a long header line): a larger seam (bounded by headerSize).
+      step *= 2;
+    }
+    // What is left unparsed is the seam's tail, so the same bytes as this chunk's before `pos`.
+    this.#buf = chunk.subarray(pos - this.#buf.length);
     this.#run(out, false);
     return out;
   }
@@ -365,10 +388,34 @@ export class MultipartParser {
     }
     if (atEnd) throw multipartError(400, 'multipart body does not end with its closing boundary (truncated)');
     // Keep what a delimiter starting in the next chunk could still need: its CRLF and a partial `--B`.
-    const keep = Math.min(buf.length, d.length + 1);
+    const keep = this.#keep(buf);
     this.#emit(out, buf.subarray(0, buf.length - keep));
-    this.#buf = Buffer.from(buf.subarray(buf.length - keep));
+    this.#buf = keep === 0 ? EMPTY : Buffer.from(buf.subarray(buf.length - keep));
     return false;
+  }
+
+  /**
+   * How many of the last bytes of content (in which no delimiter was found) to carry over: from
+   * two bytes before the first place where `--B` could start and still matter (the content's
+   * start, or after a CR or LF, with the rest of the buffer a prefix of `--B`), at most the
+   * delimiter's length plus one. `--B` anywhere else is content whatever follows, so the bytes
+   * before such a place are content now (usually nothing is carried: no copy, no seam).
+   */
+  #keep(buf: Buffer): number {
+    const d = this.#dash;
+    const len = buf.length;
+    for (let j = Math.max(0, len - d.length + 1); j <= len; j++) {
+      if (j === 0 ? this.#contentSeen !== 0 : buf[j - 1] !== CR && buf[j - 1] !== LF) continue;
+      let prefix = true;
+      for (let i = j; i < len; i++) {
+        if (buf[i] !== d[i - j]) {
+          prefix = false;
+          break;
+        }
+      }
+      if (prefix) return len - Math.max(0, j - 2);
+    }
+    return 0;
   }
 
   /** After `--B--`: at most one CRLF, then nothing. */

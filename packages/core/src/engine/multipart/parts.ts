@@ -77,7 +77,12 @@ export async function scanParts(scan: FormScan): Promise<ScanOutcome> {
     await parseMultipart(
       scan.contentType,
       store.open(),
-      { limits: p.multipartLimits, storage: { memoryThreshold: p.memoryThreshold, spoolDir: p.spoolDir } },
+      {
+        limits: p.multipartLimits,
+        storage: { memoryThreshold: p.memoryThreshold, spoolDir: p.spoolDir },
+        // The whole form already arrived and is held in memory: reading it never waits.
+        sourceInMemory: store.ended && !store.spooled && store.complete,
+      },
       (part) => {
         parts.push(part);
         if (!mustScanPart(part, p.multipartFields)) return;
@@ -293,13 +298,12 @@ function partFacts(facts: HttpRequestFacts, part: Part, length: number): HttpReq
 /** A Content-Disposition value safe on the wire, with the UTF-8 name in filename* (RFC 6266). */
 function contentDisposition(type: string, name: string): string {
   const ascii = name.replace(/[^\x20-\x7e]|["\\]/g, '_');
+  if (ascii === name) return `${type}; filename="${name}"`;
   const encoded = encodeURIComponent(name).replace(
     /['()*]/g,
     (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`,
   );
-  return ascii === name
-    ? `${type}; filename="${name}"`
-    : `${type}; filename="${ascii}"; filename*=UTF-8''${encoded}`;
+  return `${type}; filename="${ascii}"; filename*=UTF-8''${encoded}`;
 }
 
 /** Names a part's log entry and its violations after the part. */

@@ -26,10 +26,14 @@ export interface Disposition {
   filename: string | undefined;
 }
 
-const TCHAR = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]$/;
+/** RFC 9110 tchar, by char code: `!#$%&'*+-.^_`|~`, digits, letters. */
+const TCHAR = new Uint8Array(128);
+for (const c of "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+  TCHAR[c.charCodeAt(0)] = 1;
 
 function isTchar(c: string): boolean {
-  return TCHAR.test(c);
+  const code = c.charCodeAt(0);
+  return c.length === 1 && code < 128 && TCHAR[code] === 1;
 }
 
 /** qdtext without the quoted-pair: HTAB, SP, visible ASCII but `"` and `\`, obs-text. */
