@@ -2,7 +2,7 @@ import { createHash, type Hash } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import type { Readable } from 'node:stream';
 import type { ReplayableBody } from '../../client/source.js';
-import { Cursor, readableOf } from './cursor.js';
+import { Cursor, StoreReplay } from './cursor.js';
 import {
   ARENA_SIZE,
   type BodyStoreOptions,
@@ -231,7 +231,10 @@ export class BodyStore implements ReplayableBody {
 
   /** A readable replay of the body from the first byte, following it while it arrives. */
   stream(): Readable {
-    return readableOf(this.open());
+    if (this.#base !== 0 || this.#disposed) throw new Error('the start of this body was already released');
+    const cursor = new Cursor(this);
+    this.#readers.add(cursor);
+    return new StoreReplay(cursor);
   }
 
   /**
@@ -369,6 +372,10 @@ export class BodyStore implements ReplayableBody {
         ? spool.whenFlushed(cursor.offset).then(() => undefined)
         : undefined;
     return spool.read(cursor.offset, SPOOL_READ);
+  }
+
+  get endedInMemory(): boolean {
+    return this.#ended && this.#error === undefined && this.#spool === null && !this.#disposed;
   }
 
   get receivedSoFar(): number {
