@@ -11,6 +11,7 @@ import { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { BodyStore } from '../../src/engine/body.js';
 import { rearmRequest, requestWithBody } from '../../src/node/handoff.js';
@@ -220,5 +221,41 @@ describe('the held body handed to the request', () => {
     expect(bytes.equals(body)).toBe(true);
     expect(chunks[0]!.buffer).toBe(body.buffer);
     expect(fresh.headers['content-length']).toBe(String(body.length));
+  });
+});
+
+describe('small chunks: the first kept as it came, the next ones coalesced with it', () => {
+  it('a body of one small chunk is held without a copy', async () => {
+    const body = pattern(10 * 1024);
+    const store = held(body, [body.length]);
+    store.end();
+    expect(store.slices(body.length)[0]!.buffer).toBe(body.buffer);
+    expect(store.pieces).toBe(1);
+  });
+
+  it('any split holds and replays the same bytes, in a number of pieces bounded by bytes', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(fc.oneof(fc.integer({ min: 1, max: 300 }), fc.integer({ min: 1, max: 40 * 1024 })), {
+          minLength: 1,
+          maxLength: 60,
+        }),
+        async (pieces) => {
+          const total = pieces.reduce((a, b) => a + b, 0);
+          const body = pattern(total, pieces.length);
+          const store = held(body, pieces);
+          store.end();
+          // Every piece but large ones and a kept small one is shared: bounded by bytes, not by count.
+          expect(store.pieces).toBeLessThanOrEqual(2 * Math.ceil(total / (16 * 1024)) + 12);
+          expect(Buffer.concat(store.slices(total)).equals(body)).toBe(true);
+          const at = Math.floor(total / 3);
+          expect(store.equalsAt(at, body.subarray(at, total))).toBe(true);
+          const req = await consumedRequest([body]);
+          rearmRequest(req, { body: store.stream(), contentLength: total });
+          expect((await readBody(req)).bytes.equals(body)).toBe(true);
+        },
+      ),
+      { numRuns: 60 },
+    );
   });
 });

@@ -79,10 +79,15 @@ export class Cursor implements AsyncIterator<Buffer> {
     if (this.#done || this.#waiter !== undefined || this.#reading || !store.endedInMemory) return undefined;
     const out: Buffer[] = [];
     const end = store.receivedSoFar;
+    const { offset, hint } = this;
     while (this.offset < end) {
       const chunk = store.memoryAt(this);
-      // Not expected (ended in memory means held in memory); then nothing is taken after all.
-      if (chunk === undefined) throw new Error('the held body is not all in memory');
+      if (chunk === undefined) {
+        // Not expected (ended in memory means held in memory): then nothing is taken after all.
+        this.offset = offset;
+        this.hint = hint;
+        return undefined;
+      }
       out.push(chunk);
       this.offset += chunk.length;
     }

@@ -49,6 +49,8 @@ export class BodyStore implements ReplayableBody {
   #arenaUsed = 0;
   #nextArena = FIRST_ARENA;
   #tailGrows = false;
+  /** The last entry of #chunks is a small chunk kept as it came (the next small one copies it into the arena). */
+  #tailRaw = false;
   /** Start in #arena of the last chunk, while it grows there. */
   #tailStart = 0;
   /** Bytes received since readers were last woken, and whether a wake is scheduled. */
@@ -329,6 +331,7 @@ export class BodyStore implements ReplayableBody {
     }
     this.#chunks = [];
     this.#tailGrows = false;
+    this.#tailRaw = false;
     this.#arena = null;
     this.#base = this.#received;
     // A reader still inside the body fails (it must never take a cut-off body for a whole one).
@@ -452,10 +455,15 @@ export class BodyStore implements ReplayableBody {
     for (const r of this.#readers) r.wake();
   };
 
-  /** Keeps a chunk in memory: small ones copied into the arena, extending the last chunk there. */
+  /**
+   * Keeps a chunk in memory. A small one is kept as it came while it is the last piece (most
+   * bodies are one small chunk: no copy); small ones that follow it are copied, with it, into
+   * the arena, extending the last piece there.
+   */
   #store(chunk: Buffer, start: number): void {
     if (chunk.length >= COALESCE_BELOW) {
       this.#tailGrows = false;
+      this.#tailRaw = false;
       this.#chunks.push(chunk);
       this.#chunkStarts.push(start);
       return;
@@ -468,18 +476,31 @@ export class BodyStore implements ReplayableBody {
       this.#chunks[this.#chunks.length - 1] = arena.subarray(this.#tailStart, this.#arenaUsed);
       return;
     }
-    if (arena === null || this.#arenaUsed + chunk.length > arena.length) {
-      arena = Buffer.allocUnsafeSlow(Math.max(this.#nextArena, chunk.length));
+    if (!this.#tailRaw) {
+      this.#tailGrows = false;
+      this.#tailRaw = true;
+      this.#chunks.push(chunk);
+      this.#chunkStarts.push(start);
+      return;
+    }
+    // A second small chunk after one kept as it came: both go into the arena, as one piece
+    // (the last one, which starts where the kept one did).
+    const last = this.#chunks.length - 1;
+    const tail = this.#chunks[last]!;
+    const need = tail.length + chunk.length;
+    if (arena === null || this.#arenaUsed + need > arena.length) {
+      arena = Buffer.allocUnsafeSlow(Math.max(this.#nextArena, need));
       this.#nextArena = Math.min(ARENA_SIZE, this.#nextArena * 2);
       this.#arena = arena;
       this.#arenaUsed = 0;
     }
     this.#tailStart = this.#arenaUsed;
-    chunk.copy(arena, this.#arenaUsed);
-    this.#arenaUsed += chunk.length;
+    tail.copy(arena, this.#arenaUsed);
+    chunk.copy(arena, this.#arenaUsed + tail.length);
+    this.#arenaUsed += need;
     this.#tailGrows = true;
-    this.#chunks.push(arena.subarray(this.#tailStart, this.#arenaUsed));
-    this.#chunkStarts.push(start);
+    this.#tailRaw = false;
+    this.#chunks[last] = arena.subarray(this.#tailStart, this.#arenaUsed);
   }
 
   /** Moves what is held to a temp file; from now on the body is written there. */
@@ -491,6 +512,7 @@ export class BodyStore implements ReplayableBody {
     this.#spool = spool;
     for (const c of this.#chunks) spool.append(c);
     this.#tailGrows = false;
+    this.#tailRaw = false;
     this.#arena = null;
     this.#chunks = [];
     this.#chunkStarts = [];
@@ -555,7 +577,10 @@ export class BodyStore implements ReplayableBody {
     while (drop < this.#chunks.length && this.#chunkStarts[drop]! + this.#chunks[drop]!.length <= min) drop++;
     if (drop === 0) return;
     // The growing last chunk goes too: the next small chunk starts a new one.
-    if (drop === this.#chunks.length) this.#tailGrows = false;
+    if (drop === this.#chunks.length) {
+      this.#tailGrows = false;
+      this.#tailRaw = false;
+    }
     this.#base = this.#chunkStarts[drop - 1]! + this.#chunks[drop - 1]!.length;
     this.#chunks.splice(0, drop);
     this.#chunkStarts.splice(0, drop);
