@@ -233,10 +233,7 @@ export class BodyStore implements ReplayableBody {
 
   /** A readable replay of the body from the first byte, following it while it arrives. */
   stream(): Readable {
-    if (this.#base !== 0 || this.#disposed) throw new Error('the start of this body was already released');
-    const cursor = new Cursor(this);
-    this.#readers.add(cursor);
-    return new StoreReplay(cursor);
+    return new StoreReplay(this.open() as Cursor);
   }
 
   /**
@@ -331,7 +328,6 @@ export class BodyStore implements ReplayableBody {
     }
     this.#chunks = [];
     this.#tailGrows = false;
-    this.#tailRaw = false;
     this.#arena = null;
     this.#base = this.#received;
     // A reader still inside the body fails (it must never take a cut-off body for a whole one).
@@ -455,36 +451,26 @@ export class BodyStore implements ReplayableBody {
     for (const r of this.#readers) r.wake();
   };
 
-  /**
-   * Keeps a chunk in memory. A small one is kept as it came while it is the last piece (most
-   * bodies are one small chunk: no copy); small ones that follow it are copied, with it, into
-   * the arena, extending the last piece there.
-   */
+  /** Keeps a chunk in memory (small ones after a small one are copied into the arena, with it). */
   #store(chunk: Buffer, start: number): void {
-    if (chunk.length >= COALESCE_BELOW) {
-      this.#tailGrows = false;
-      this.#tailRaw = false;
-      this.#chunks.push(chunk);
-      this.#chunkStarts.push(start);
-      return;
-    }
+    const small = chunk.length < COALESCE_BELOW;
     let arena = this.#arena;
-    if (this.#tailGrows && arena !== null && this.#arenaUsed + chunk.length <= arena.length) {
+    if (small && this.#tailGrows && arena !== null && this.#arenaUsed + chunk.length <= arena.length) {
       chunk.copy(arena, this.#arenaUsed);
       this.#arenaUsed += chunk.length;
       // Bytes already in the arena never change: readers holding the shorter view keep valid bytes.
       this.#chunks[this.#chunks.length - 1] = arena.subarray(this.#tailStart, this.#arenaUsed);
       return;
     }
-    if (!this.#tailRaw) {
+    if (!small || !this.#tailRaw) {
+      // As it came: a large chunk, or a small one while it is the last piece (most bodies: no copy).
       this.#tailGrows = false;
-      this.#tailRaw = true;
+      this.#tailRaw = small;
       this.#chunks.push(chunk);
       this.#chunkStarts.push(start);
       return;
     }
-    // A second small chunk after one kept as it came: both go into the arena, as one piece
-    // (the last one, which starts where the kept one did).
+    // A small chunk after one kept as it came: both into the arena, as the last piece (same start).
     const last = this.#chunks.length - 1;
     const tail = this.#chunks[last]!;
     const need = tail.length + chunk.length;
@@ -512,7 +498,6 @@ export class BodyStore implements ReplayableBody {
     this.#spool = spool;
     for (const c of this.#chunks) spool.append(c);
     this.#tailGrows = false;
-    this.#tailRaw = false;
     this.#arena = null;
     this.#chunks = [];
     this.#chunkStarts = [];
