@@ -93,11 +93,9 @@ function pushHeld(target: Readable, held: Buffer[], body: Readable): () => void 
   return () => {
     if (pushed) return;
     pushed = true;
-    // Discarded before the application read it (the response closed): it never gets the bytes.
-    if (body.destroyed) {
-      target.destroy(new Error('the body was discarded before it was read to its end'));
-      return;
-    }
+    // Discarded before the application read it (the response closed): no bytes, and no end
+    // either, as from a replay stream destroyed before it was read.
+    if (body.destroyed) return;
     for (let i = 0; i < held.length; i++) target.push(held[i]);
     target.push(null);
   };
