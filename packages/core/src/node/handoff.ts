@@ -89,14 +89,16 @@ function readerOf(target: Readable, body: Readable): () => void {
 }
 
 function pushHeld(target: Readable, held: Buffer[], body: Readable): () => void {
-  let pushed = false;
+  // Dropped once pushed: the request (and this function with it) may outlive its body by far.
+  let rest: Buffer[] | null = held;
   return () => {
-    if (pushed) return;
-    pushed = true;
+    const chunks = rest;
+    if (chunks === null) return;
+    rest = null;
     // Discarded before the application read it (the response closed): no bytes, and no end
     // either, as from a replay stream destroyed before it was read.
     if (body.destroyed) return;
-    for (let i = 0; i < held.length; i++) target.push(held[i]);
+    for (let i = 0; i < chunks.length; i++) target.push(chunks[i]);
     target.push(null);
   };
 }
