@@ -19,6 +19,7 @@ import {
   refusalReporter,
   refusalResponse,
   requestInfo,
+  type ScanOutcome,
   type StartupReport,
 } from '@icapkit/core';
 
@@ -149,52 +150,59 @@ async function run(
   report: ReturnType<typeof refusalReporter>,
 ): Promise<boolean> {
   const ac = new AbortController();
-  const onClose = () => {
-    if (!res.writableFinished) ac.abort();
-  };
-  res.once('close', onClose);
+  let outcome: ScanOutcome | undefined;
+  let closed = false;
+  // The response's 'close' fires once (so `on`: no once-wrapper, nothing to remove). While
+  // scanning: the client went away (a close after the response finished is no abort).
+  // Afterwards: what the outcome holds is freed. A close while scanning frees nothing later.
+  res.on('close', () => {
+    if (closed) return;
+    closed = true;
+    if (outcome === undefined) {
+      if (!res.writableFinished) ac.abort();
+    } else outcome.dispose();
+  });
   const log = (req as { log?: PinoLike }).log;
   const logger = isLogger(log) ? log : undefined;
-  const outcome = await engine.scan(req, {
+  const scanned = await engine.scan(req, {
     signal: ac.signal,
     logger,
     requestId: requestId(req),
     parsedBody: (req as { body?: unknown }).body,
   });
-  res.removeListener('close', onClose);
-  res.once('close', () => outcome.dispose());
-  (req as { icap?: IcapRequestInfo }).icap = requestInfo(outcome);
-  switch (outcome.kind) {
+  if (!closed) outcome = scanned;
+  (req as { icap?: IcapRequestInfo }).icap = requestInfo(scanned);
+  switch (scanned.kind) {
     case 'aborted':
       if (!res.destroyed) res.destroy();
       return false;
     case 'respond':
-      await refuse(engine, outcome, req, res, next, options, (err) => report(err, logger));
+      await refuse(engine, scanned, req, res, next, options, (err) => report(err, logger));
       return false;
     case 'rewrite':
       rearmRequest(req, {
-        body: outcome.body,
-        contentLength: outcome.contentLength,
-        headers: outcome.headers,
-        method: outcome.method,
-        url: outcome.url,
+        body: scanned.body,
+        contentLength: scanned.contentLength,
+        headers: scanned.headers,
+        method: scanned.method,
+        url: scanned.url,
       });
       // Express routes on originalUrl too: keep them in step with the rewritten URL.
-      if ('originalUrl' in req) (req as { originalUrl: string }).originalUrl = outcome.url;
+      if ('originalUrl' in req) (req as { originalUrl: string }).originalUrl = scanned.url;
       break;
     case 'pass':
       // A re-serialised multipart form comes with its own content-type (a fresh boundary).
-      if (outcome.body !== null)
+      if (scanned.body !== null)
         rearmRequest(req, {
-          body: outcome.body,
-          contentLength: outcome.contentLength ?? 0,
-          headers: outcome.headers,
+          body: scanned.body,
+          contentLength: scanned.contentLength ?? 0,
+          headers: scanned.headers,
         });
       break;
   }
-  for (const [name, value] of outcome.responseHeaders) res.setHeader(name, value);
+  for (const [name, value] of scanned.responseHeaders) res.setHeader(name, value);
   // The application's status, for the record (the analytics page shows it).
-  res.once('finish', () => engine.responded(outcome.log, res.statusCode));
+  res.on('finish', () => engine.responded(scanned.log, res.statusCode));
   return true;
 }
 

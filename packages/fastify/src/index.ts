@@ -163,15 +163,6 @@ const plugin: FastifyPluginAsync<IcapPluginOptions> = async (fastify, profile) =
   // when the plugin loads, it runs before the preParsing hooks added after it, and before every
   // route's own: nothing reads the body before it was approved (the coverage check below names
   // routes where another hook comes first).
-  const scans = new Map<IcapEngine, preParsingAsyncHookHandler>();
-  const scanOf = (e: IcapEngine) => {
-    let hook = scans.get(e);
-    if (hook === undefined) {
-      hook = scanHook(e, refusals);
-      scans.set(e, hook);
-    }
-    return hook;
-  };
   fastify.addHook('preParsing', function icapScan(request, reply, payload, done) {
     const config = (request.routeOptions.config as { icap?: IcapRouteOptions } | undefined)?.icap;
     if (config === false) {
@@ -182,12 +173,10 @@ const plugin: FastifyPluginAsync<IcapPluginOptions> = async (fastify, profile) =
       config !== undefined && config !== null && typeof config === 'object'
         ? (byProfile.get(config) ?? engine)
         : engine;
-    scanOf(routeEngine)
-      .call(this, request, reply, payload)
-      .then(
-        (p) => done(null, p as typeof payload),
-        (err: Error) => done(err, payload),
-      );
+    scanRequest(routeEngine, refusals, request, reply, payload).then(
+      (p) => done(null, p as typeof payload),
+      (err: Error) => done(err, payload),
+    );
   });
   fastify.addHook('onReady', async function icapCoverage() {
     const unscanned = findUnscannedRoutes(fastify);
@@ -393,68 +382,79 @@ async function refuse(
   }
 }
 
-function scanHook(engine: IcapEngine, refusals: Refusals): preParsingAsyncHookHandler {
-  return async function icapPreParsing(request: FastifyRequest, reply: FastifyReply, payload) {
-    const raw = request.raw;
-    const ac = new AbortController();
-    const onClose = () => {
-      if (!reply.raw.writableFinished) ac.abort();
-    };
-    reply.raw.once('close', onClose);
-    let outcome: ScanOutcome;
-    try {
-      outcome = await engine.scan(raw, {
-        signal: ac.signal,
-        logger: request.log,
-        requestId: String(request.id),
-        parsedBody: request.body,
+/**
+ * The scan of one request and what follows from it. The response's 'close' and 'finish' fire
+ * once each: their listeners are added with `on` (no once-wrappers, nothing to remove).
+ */
+async function scanRequest(
+  engine: IcapEngine,
+  refusals: Refusals,
+  request: FastifyRequest,
+  reply: FastifyReply,
+  payload: Parameters<preParsingAsyncHookHandler>[2],
+): Promise<Parameters<preParsingAsyncHookHandler>[2]> {
+  const raw = request.raw;
+  const res = reply.raw;
+  const ac = new AbortController();
+  let outcome: ScanOutcome | undefined;
+  let closed = false;
+  // While scanning: the client went away (a close after the response finished is no abort).
+  // Afterwards: what the outcome holds is freed. A close while scanning frees nothing later.
+  res.on('close', () => {
+    if (closed) return;
+    closed = true;
+    if (outcome === undefined) {
+      if (!res.writableFinished) ac.abort();
+    } else outcome.dispose();
+  });
+  const scanned = await engine.scan(raw, {
+    signal: ac.signal,
+    logger: request.log,
+    requestId: String(request.id),
+    parsedBody: request.body,
+  });
+  if (!closed) outcome = scanned;
+  request.icap = requestInfo(scanned);
+  // The application's status, for the record (the analytics page shows it); a no-op when
+  // the middleware answered itself (the record has its status already).
+  res.on('finish', () => engine.responded(scanned.log, res.statusCode));
+  switch (scanned.kind) {
+    case 'aborted':
+      // Nothing to answer: close the connection itself (destroying a request whose body was
+      // read to its end would leave the socket open).
+      reply.hijack();
+      if (!res.destroyed) res.destroy();
+      raw.destroy();
+      return payload;
+    case 'respond':
+      await refuse(engine, scanned, request, reply, refusals);
+      return payload;
+    case 'rewrite':
+      rearmRequest(raw, {
+        body: scanned.body,
+        contentLength: scanned.contentLength,
+        headers: scanned.headers,
+        method: scanned.method,
+        url: scanned.url,
       });
-    } finally {
-      reply.raw.removeListener('close', onClose);
-    }
-    reply.raw.once('close', () => outcome.dispose());
-    request.icap = requestInfo(outcome);
-    // The application's status, for the record (the analytics page shows it); a no-op when
-    // the middleware answered itself (the record has its status already).
-    reply.raw.once('finish', () => engine.responded(outcome.log, reply.raw.statusCode));
-    switch (outcome.kind) {
-      case 'aborted':
-        // Nothing to answer: close the connection itself (destroying a request whose body was
-        // read to its end would leave the socket open).
-        reply.hijack();
-        if (!reply.raw.destroyed) reply.raw.destroy();
-        raw.destroy();
+      break;
+    case 'pass':
+      if (scanned.body === null) {
+        for (const [n, v] of scanned.responseHeaders) reply.header(n, v);
         return payload;
-      case 'respond':
-        await refuse(engine, outcome, request, reply, refusals);
-        return payload;
-      case 'rewrite':
-        rearmRequest(raw, {
-          body: outcome.body,
-          contentLength: outcome.contentLength,
-          headers: outcome.headers,
-          method: outcome.method,
-          url: outcome.url,
-        });
-        break;
-      case 'pass':
-        if (outcome.body === null) {
-          for (const [n, v] of outcome.responseHeaders) reply.header(n, v);
-          return payload;
-        }
-        // A re-serialised multipart form comes with its own content-type (a fresh boundary).
-        rearmRequest(raw, {
-          body: outcome.body,
-          contentLength: outcome.contentLength ?? 0,
-          headers: outcome.headers,
-        });
-        break;
-    }
-    for (const [n, v] of outcome.responseHeaders) reply.header(n, v);
-    // The re-armed request carries the approved body's own content-length, which is what
-    // Fastify checks the bytes its parser reads against (so no receivedEncodedLength here).
-    return raw;
-  };
+      }
+      // A re-serialised multipart form comes with its own content-type (a fresh boundary).
+      rearmRequest(raw, {
+        body: scanned.body,
+        contentLength: scanned.contentLength ?? 0,
+        headers: scanned.headers,
+      });
+      break;
+  }
+  for (const [n, v] of scanned.responseHeaders) reply.header(n, v);
+  // The re-armed request carries the approved body's own content-length, which is what
+  // Fastify checks the bytes its parser reads against (so no receivedEncodedLength here).
+  return raw;
 }
 
 /**

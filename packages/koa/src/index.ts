@@ -21,6 +21,7 @@ import {
   refusalResponse,
   requestInfo,
   requestWithBody,
+  type ScanOutcome,
   type StartupReport,
 } from '@icapkit/core';
 
@@ -137,52 +138,58 @@ export function icap<Ctx extends KoaContextLike = KoaContextLike>(
   const middleware = async (ctx: KoaContextLike, next: () => Promise<unknown>): Promise<void> => {
     const res = ctx.res;
     const ac = new AbortController();
-    const onClose = () => {
-      if (!res.writableFinished) ac.abort();
-    };
-    res.once('close', onClose);
-    const outcome = await engine
-      .scan(ctx.req, {
-        signal: ac.signal,
-        logger: isLogger(ctx.log) ? ctx.log : undefined,
-        requestId: typeof ctx.state.requestId === 'string' ? ctx.state.requestId : undefined,
-        parsedBody: (ctx.request as { body?: unknown }).body,
-      })
-      .finally(() => res.removeListener('close', onClose));
-    res.once('close', () => outcome.dispose());
-    ctx.state.icap = requestInfo(outcome);
-    switch (outcome.kind) {
+    let outcome: ScanOutcome | undefined;
+    let closed = false;
+    // The response's 'close' fires once (so `on`: no once-wrapper, nothing to remove). While
+    // scanning: the client went away (a close after the response finished is no abort).
+    // Afterwards: what the outcome holds is freed. A close while scanning frees nothing later.
+    res.on('close', () => {
+      if (closed) return;
+      closed = true;
+      if (outcome === undefined) {
+        if (!res.writableFinished) ac.abort();
+      } else outcome.dispose();
+    });
+    const scanned = await engine.scan(ctx.req, {
+      signal: ac.signal,
+      logger: isLogger(ctx.log) ? ctx.log : undefined,
+      requestId: typeof ctx.state.requestId === 'string' ? ctx.state.requestId : undefined,
+      parsedBody: (ctx.request as { body?: unknown }).body,
+    });
+    if (!closed) outcome = scanned;
+    ctx.state.icap = requestInfo(scanned);
+    switch (scanned.kind) {
       case 'aborted':
         ctx.respond = false;
         if (!res.destroyed) res.destroy();
         return;
       case 'respond':
-        await refuse(engine, outcome, ctx, options as IcapKoaOptions, (err) =>
+        await refuse(engine, scanned, ctx, options as IcapKoaOptions, (err) =>
           report(err, isLogger(ctx.log) ? ctx.log : undefined),
         );
         return;
       case 'rewrite':
         swap(ctx, {
-          body: outcome.body,
-          contentLength: outcome.contentLength,
-          headers: outcome.headers,
-          method: outcome.method,
-          url: outcome.url,
+          body: scanned.body,
+          contentLength: scanned.contentLength,
+          headers: scanned.headers,
+          method: scanned.method,
+          url: scanned.url,
         });
         break;
       case 'pass':
         // A re-serialised multipart form comes with its own content-type (a fresh boundary).
-        if (outcome.body !== null)
+        if (scanned.body !== null)
           swap(ctx, {
-            body: outcome.body,
-            contentLength: outcome.contentLength ?? 0,
-            headers: outcome.headers,
+            body: scanned.body,
+            contentLength: scanned.contentLength ?? 0,
+            headers: scanned.headers,
           });
         break;
     }
-    for (const [n, v] of outcome.responseHeaders) ctx.set(n, v);
+    for (const [n, v] of scanned.responseHeaders) ctx.set(n, v);
     // The application's status, for the record (the analytics page shows it).
-    res.once('finish', () => engine.responded(outcome.log, res.statusCode));
+    res.on('finish', () => engine.responded(scanned.log, res.statusCode));
     await next();
   };
   return Object.assign(middleware, {

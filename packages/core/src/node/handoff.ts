@@ -35,13 +35,21 @@ type Requestish = Readable & {
   url?: string | undefined;
 };
 
+/**
+ * Key of the method of a held body's replay (the engine's BodyStore replay) that hands over all
+ * its Buffers at once when the body is complete in memory and was not read yet (engine/body/cursor.ts
+ * defines the same registered symbol).
+ */
+const TAKE_HELD = Symbol.for('icapkit.body.takeHeld');
+type HeldReplay = Readable & { [TAKE_HELD]?: () => Buffer[] | undefined };
+
 /** Makes `req` readable again, from `handoff.body`, in place. */
 export function rearmRequest(req: Requestish, handoff: BodyHandoff): void {
   const state = (req as unknown as { _readableState?: { highWaterMark?: number } })._readableState;
   const highWaterMark = state?.highWaterMark ?? 64 * 1024;
   // Re-run the Readable constructor on the object: a fresh stream state (not ended, not
   // destroyed), listeners kept. The request's own _read is replaced by one pulling from the body.
-  Readable.call(req as unknown as Readable, { highWaterMark, read: pull(req, handoff.body) } as never);
+  Readable.call(req as unknown as Readable, { highWaterMark, read: readerOf(req, handoff.body) } as never);
   // IncomingMessage sets this in its constructor so that Readable never reads ahead by itself.
   (req as unknown as { _readableState: { readingMore: boolean } })._readableState.readingMore = true;
   applyHead(req, handoff);
@@ -56,17 +64,43 @@ export function requestWithBody(req: IncomingMessage, handoff: BodyHandoff): Inc
   fresh.httpVersionMajor = req.httpVersionMajor;
   fresh.httpVersionMinor = req.httpVersionMinor;
   fresh.headers = { ...req.headers };
-  fresh.rawHeaders = [...req.rawHeaders];
+  // applyHead gives the fresh request an array of its own (built from this one, not changing it).
+  fresh.rawHeaders = req.rawHeaders;
   fresh.trailers = req.trailers;
   fresh.rawTrailers = req.rawTrailers;
   fresh.complete = true;
-  fresh._read = pull(fresh, handoff.body);
+  fresh._read = readerOf(fresh, handoff.body);
   applyHead(fresh, handoff);
-  // The application may listen for the client going away on either object.
-  req.once('close', () => {
+  // The application may listen for the client going away on either object ('close' fires once).
+  req.on('close', () => {
     if (!fresh.readableEnded) fresh.destroy();
   });
   return fresh;
+}
+
+/**
+ * The `_read` of a request handed `body`: a body complete in memory is pushed into the request
+ * at the first read, its Buffers as they are (no stream in between, no copy); any other is pulled
+ * from as it is read.
+ */
+function readerOf(target: Readable, body: Readable): () => void {
+  const held = (body as HeldReplay)[TAKE_HELD]?.();
+  return held === undefined ? pull(target, body) : pushHeld(target, held, body);
+}
+
+function pushHeld(target: Readable, held: Buffer[], body: Readable): () => void {
+  // Dropped once pushed: the request (and this function with it) may outlive its body by far.
+  let rest: Buffer[] | null = held;
+  return () => {
+    const chunks = rest;
+    if (chunks === null) return;
+    rest = null;
+    // Discarded before the application read it (the response closed): no bytes, and no end
+    // either, as from a replay stream destroyed before it was read.
+    if (body.destroyed) return;
+    for (let i = 0; i < chunks.length; i++) target.push(chunks[i]);
+    target.push(null);
+  };
 }
 
 function pull(target: Readable, body: Readable): () => void {
@@ -99,23 +133,31 @@ function applyHead(req: Requestish, handoff: BodyHandoff): void {
       else headers[key] = `${Array.isArray(prev) ? prev.join(', ') : prev}, ${value}`;
     }
   }
-  headers['content-length'] = String(handoff.contentLength);
-  delete headers['transfer-encoding'];
-  if (Array.isArray(req.rawHeaders)) {
+  const length = String(handoff.contentLength);
+  headers['content-length'] = length;
+  if ('transfer-encoding' in headers) delete headers['transfer-encoding'];
+  const rawHeaders = req.rawHeaders;
+  if (Array.isArray(rawHeaders)) {
     const raw: string[] = [];
-    const source =
-      handoff.headers ??
-      pairs(req.rawHeaders).filter(
-        ([n]) => !['content-length', 'transfer-encoding'].includes(n.toLowerCase()),
-      );
-    for (const [n, v] of source) {
-      if (n.toLowerCase() === 'content-length' || n.toLowerCase() === 'transfer-encoding') continue;
-      raw.push(n, v);
+    if (handoff.headers !== undefined) {
+      for (const [n, v] of handoff.headers) if (!isLengthOrCoding(n)) raw.push(n, v);
+    } else {
+      for (let i = 0; i + 1 < rawHeaders.length; i += 2) {
+        const n = rawHeaders[i]!;
+        if (!isLengthOrCoding(n)) raw.push(n, rawHeaders[i + 1]!);
+      }
     }
-    raw.push('Content-Length', String(handoff.contentLength));
+    raw.push('Content-Length', length);
     // HTTP/2 compatibility requests derive rawHeaders from headers (a getter only).
     if (hasSetter(req, 'rawHeaders')) req.rawHeaders = raw;
   }
+}
+
+/** `content-length` or `transfer-encoding`, in any case (only names of their lengths are lower-cased). */
+function isLengthOrCoding(name: string): boolean {
+  if (name.length === 14) return name.toLowerCase() === 'content-length';
+  if (name.length === 17) return name.toLowerCase() === 'transfer-encoding';
+  return false;
 }
 
 function hasSetter(obj: object, key: string): boolean {
@@ -124,12 +166,6 @@ function hasSetter(obj: object, key: string): boolean {
     if (d !== undefined) return d.set !== undefined || d.writable === true;
   }
   return true;
-}
-
-function pairs(raw: string[]): Array<[string, string]> {
-  const out: Array<[string, string]> = [];
-  for (let i = 0; i + 1 < raw.length; i += 2) out.push([raw[i]!, raw[i + 1]!]);
-  return out;
 }
 
 /** A server that emits `checkContinue` (node:http and node:https servers). */

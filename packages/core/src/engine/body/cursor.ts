@@ -9,9 +9,18 @@ export interface CursorStore {
   memoryAt(cursor: Cursor): Buffer | undefined;
   /** Reads from the temp file at the cursor, once those bytes are written. */
   spoolRead(cursor: Cursor): Promise<Buffer | undefined> | undefined;
+  /** The body has ended and every byte not yet released is in memory (no temp file, no error). */
+  readonly endedInMemory: boolean;
   readerDone(cursor: Cursor): void;
   advanced(): void;
 }
+
+/**
+ * Key of a replay's method that hands over every byte at once, when the body is complete in
+ * memory and nothing was read from the replay yet (see {@link StoreReplay}). A registered symbol:
+ * node/handoff.ts, which may not import the engine, looks for the same one.
+ */
+export const TAKE_HELD: unique symbol = Symbol.for('icapkit.body.takeHeld') as never;
 
 /** One reader's position in a BodyStore. */
 export class Cursor implements AsyncIterator<Buffer> {
@@ -59,6 +68,32 @@ export class Cursor implements AsyncIterator<Buffer> {
     this.#waiter = undefined;
     w?.resolve({ done: true, value: undefined });
     this.#store.readerDone(this);
+  }
+
+  /**
+   * Every remaining byte at once, when the body has ended and they are all in memory (the
+   * stored Buffers themselves, no copy); the reader is then done. Undefined (nothing read) otherwise.
+   */
+  takeAll(): Buffer[] | undefined {
+    const store = this.#store;
+    if (this.#done || this.#waiter !== undefined || this.#reading || !store.endedInMemory) return undefined;
+    const out: Buffer[] = [];
+    const end = store.receivedSoFar;
+    const { offset, hint } = this;
+    while (this.offset < end) {
+      const chunk = store.memoryAt(this);
+      if (chunk === undefined) {
+        // Not expected (ended in memory means held in memory): then nothing is taken after all.
+        this.offset = offset;
+        this.hint = hint;
+        return undefined;
+      }
+      out.push(chunk);
+      this.offset += chunk.length;
+    }
+    this.#done = true;
+    this.#store.readerDone(this);
+    return out;
   }
 
   wake(): void {
@@ -118,37 +153,60 @@ export class Cursor implements AsyncIterator<Buffer> {
   }
 }
 
-/** A readable stream of what `it` yields, read on demand (the replay of a BodyStore). */
-export function readableOf(it: AsyncIterator<Buffer>): Readable {
-  let reading = false;
-  const readable = new Readable({
-    highWaterMark: 64 * 1024,
-    read: () => {
-      if (reading) return;
-      reading = true;
-      const pump = (): void => {
-        it.next().then(
-          (r) => {
-            if (r.done) {
-              reading = false;
-              readable.push(null);
-              return;
-            }
-            if (readable.push(r.value)) pump();
-            else reading = false;
-          },
-          (err: unknown) => {
-            reading = false;
-            readable.destroy(err instanceof Error ? err : new Error(String(err)));
-          },
-        );
-      };
-      pump();
-    },
-    destroy: (err, cb) => {
-      void it.return?.();
-      cb(err);
-    },
-  });
-  return readable;
+/**
+ * The replay of a BodyStore: a readable stream of what its cursor yields, read on demand. When
+ * the body is complete in memory and nothing was read yet, {@link TAKE_HELD} hands its Buffers
+ * over at once instead (the request hand-off pushes them straight into the request, without
+ * this stream in between).
+ */
+export class StoreReplay extends Readable {
+  readonly #cursor: Cursor;
+  #reading = false;
+  #started = false;
+
+  constructor(cursor: Cursor) {
+    super({ highWaterMark: 64 * 1024 });
+    this.#cursor = cursor;
+  }
+
+  override _read(): void {
+    if (this.#reading) return;
+    this.#reading = true;
+    this.#started = true;
+    this.#pump();
+  }
+
+  #pump(): void {
+    this.#cursor.next().then(
+      (r) => {
+        if (r.done) {
+          this.#reading = false;
+          this.push(null);
+          return;
+        }
+        if (this.push(r.value)) this.#pump();
+        else this.#reading = false;
+      },
+      (err: unknown) => {
+        this.#reading = false;
+        this.destroy(err instanceof Error ? err : new Error(String(err)));
+      },
+    );
+  }
+
+  override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
+    this.#cursor.abandon();
+    cb(err);
+  }
+
+  /**
+   * Every byte of the body, when it is complete in memory and this stream was not read yet
+   * (its reader is then done: the stream itself yields nothing more); undefined otherwise.
+   */
+  [TAKE_HELD](): Buffer[] | undefined {
+    if (this.#started || this.destroyed) return undefined;
+    const held = this.#cursor.takeAll();
+    if (held !== undefined) this.#started = true;
+    return held;
+  }
 }

@@ -2,7 +2,7 @@ import { createHash, type Hash } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import type { Readable } from 'node:stream';
 import type { ReplayableBody } from '../../client/source.js';
-import { Cursor, readableOf } from './cursor.js';
+import { Cursor, StoreReplay } from './cursor.js';
 import {
   ARENA_SIZE,
   type BodyStoreOptions,
@@ -49,6 +49,8 @@ export class BodyStore implements ReplayableBody {
   #arenaUsed = 0;
   #nextArena = FIRST_ARENA;
   #tailGrows = false;
+  /** The last entry of #chunks is a small chunk kept as it came (the next small one copies it into the arena). */
+  #tailRaw = false;
   /** Start in #arena of the last chunk, while it grows there. */
   #tailStart = 0;
   /** Bytes received since readers were last woken, and whether a wake is scheduled. */
@@ -231,7 +233,7 @@ export class BodyStore implements ReplayableBody {
 
   /** A readable replay of the body from the first byte, following it while it arrives. */
   stream(): Readable {
-    return readableOf(this.open());
+    return new StoreReplay(this.open() as Cursor);
   }
 
   /**
@@ -371,6 +373,10 @@ export class BodyStore implements ReplayableBody {
     return spool.read(cursor.offset, SPOOL_READ);
   }
 
+  get endedInMemory(): boolean {
+    return this.#ended && this.#error === undefined && this.#spool === null && !this.#disposed;
+  }
+
   get receivedSoFar(): number {
     return this.#received;
   }
@@ -445,34 +451,42 @@ export class BodyStore implements ReplayableBody {
     for (const r of this.#readers) r.wake();
   };
 
-  /** Keeps a chunk in memory: small ones copied into the arena, extending the last chunk there. */
+  /** Keeps a chunk in memory (small ones after a small one are copied into the arena, with it). */
   #store(chunk: Buffer, start: number): void {
-    if (chunk.length >= COALESCE_BELOW) {
-      this.#tailGrows = false;
-      this.#chunks.push(chunk);
-      this.#chunkStarts.push(start);
-      return;
-    }
+    const small = chunk.length < COALESCE_BELOW;
     let arena = this.#arena;
-    if (this.#tailGrows && arena !== null && this.#arenaUsed + chunk.length <= arena.length) {
+    if (small && this.#tailGrows && arena !== null && this.#arenaUsed + chunk.length <= arena.length) {
       chunk.copy(arena, this.#arenaUsed);
       this.#arenaUsed += chunk.length;
       // Bytes already in the arena never change: readers holding the shorter view keep valid bytes.
       this.#chunks[this.#chunks.length - 1] = arena.subarray(this.#tailStart, this.#arenaUsed);
       return;
     }
-    if (arena === null || this.#arenaUsed + chunk.length > arena.length) {
-      arena = Buffer.allocUnsafeSlow(Math.max(this.#nextArena, chunk.length));
+    if (!small || !this.#tailRaw) {
+      // As it came: a large chunk, or a small one while it is the last piece (most bodies: no copy).
+      this.#tailGrows = false;
+      this.#tailRaw = small;
+      this.#chunks.push(chunk);
+      this.#chunkStarts.push(start);
+      return;
+    }
+    // A small chunk after one kept as it came: both into the arena, as the last piece (same start).
+    const last = this.#chunks.length - 1;
+    const tail = this.#chunks[last]!;
+    const need = tail.length + chunk.length;
+    if (arena === null || this.#arenaUsed + need > arena.length) {
+      arena = Buffer.allocUnsafeSlow(Math.max(this.#nextArena, need));
       this.#nextArena = Math.min(ARENA_SIZE, this.#nextArena * 2);
       this.#arena = arena;
       this.#arenaUsed = 0;
     }
     this.#tailStart = this.#arenaUsed;
-    chunk.copy(arena, this.#arenaUsed);
-    this.#arenaUsed += chunk.length;
+    tail.copy(arena, this.#arenaUsed);
+    chunk.copy(arena, this.#arenaUsed + tail.length);
+    this.#arenaUsed += need;
     this.#tailGrows = true;
-    this.#chunks.push(arena.subarray(this.#tailStart, this.#arenaUsed));
-    this.#chunkStarts.push(start);
+    this.#tailRaw = false;
+    this.#chunks[last] = arena.subarray(this.#tailStart, this.#arenaUsed);
   }
 
   /** Moves what is held to a temp file; from now on the body is written there. */
@@ -548,7 +562,10 @@ export class BodyStore implements ReplayableBody {
     while (drop < this.#chunks.length && this.#chunkStarts[drop]! + this.#chunks[drop]!.length <= min) drop++;
     if (drop === 0) return;
     // The growing last chunk goes too: the next small chunk starts a new one.
-    if (drop === this.#chunks.length) this.#tailGrows = false;
+    if (drop === this.#chunks.length) {
+      this.#tailGrows = false;
+      this.#tailRaw = false;
+    }
     this.#base = this.#chunkStarts[drop - 1]! + this.#chunks[drop - 1]!.length;
     this.#chunks.splice(0, drop);
     this.#chunkStarts.splice(0, drop);
