@@ -154,17 +154,18 @@ export class Cursor implements AsyncIterator<Buffer> {
 }
 
 /**
- * The replay of a BodyStore: a readable stream of what its cursor yields, read on demand. When
- * the body is complete in memory and nothing was read yet, {@link TAKE_HELD} hands its Buffers
- * over at once instead (the request hand-off pushes them straight into the request, without
- * this stream in between).
+ * A readable stream of what an async iterator yields, read on demand: the replay of a BodyStore
+ * (its cursor), or any other source of Buffers (the canonical multipart form). When the source
+ * is a cursor over a body complete in memory and nothing was read yet, {@link TAKE_HELD} hands
+ * its Buffers over at once instead (the request hand-off pushes them straight into the request,
+ * without this stream in between).
  */
 export class StoreReplay extends Readable {
-  readonly #cursor: Cursor;
+  readonly #cursor: AsyncIterator<Buffer> & { takeAll?(): Buffer[] | undefined };
   #reading = false;
   #started = false;
 
-  constructor(cursor: Cursor) {
+  constructor(cursor: AsyncIterator<Buffer> & { takeAll?(): Buffer[] | undefined }) {
     super({ highWaterMark: 64 * 1024 });
     this.#cursor = cursor;
   }
@@ -195,7 +196,7 @@ export class StoreReplay extends Readable {
   }
 
   override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
-    this.#cursor.abandon();
+    void this.#cursor.return?.();
     cb(err);
   }
 
@@ -205,8 +206,13 @@ export class StoreReplay extends Readable {
    */
   [TAKE_HELD](): Buffer[] | undefined {
     if (this.#started || this.destroyed) return undefined;
-    const held = this.#cursor.takeAll();
+    const held = this.#cursor.takeAll?.();
     if (held !== undefined) this.#started = true;
     return held;
   }
+}
+
+/** A readable stream of what `it` yields, read on demand. */
+export function readableOf(it: AsyncIterator<Buffer>): Readable {
+  return new StoreReplay(it);
 }
