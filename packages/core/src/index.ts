@@ -25,6 +25,7 @@ export * from './engine/verdict/index.js';
 export * from './errors.js';
 export * from './node/handoff.js';
 export * from './node/linger.js';
+export * from './node/response-watch.js';
 export * from './protocol/encoder.js';
 export * from './protocol/headers.js';
 export * from './protocol/parser.js';

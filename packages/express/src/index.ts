@@ -19,8 +19,8 @@ import {
   refusalReporter,
   refusalResponse,
   requestInfo,
-  type ScanOutcome,
   type StartupReport,
+  watchResponse,
 } from '@icapkit/core';
 
 export type {
@@ -149,28 +149,16 @@ async function run(
   options: IcapExpressOptions,
   report: ReturnType<typeof refusalReporter>,
 ): Promise<boolean> {
-  const ac = new AbortController();
-  let outcome: ScanOutcome | undefined;
-  let closed = false;
-  // The response's 'close' fires once (so `on`: no once-wrapper, nothing to remove). While
-  // scanning: the client went away (a close after the response finished is no abort).
-  // Afterwards: what the outcome holds is freed. A close while scanning frees nothing later.
-  res.on('close', () => {
-    if (closed) return;
-    closed = true;
-    if (outcome === undefined) {
-      if (!res.writableFinished) ac.abort();
-    } else outcome.dispose();
-  });
+  const watch = watchResponse(res);
   const log = (req as { log?: PinoLike }).log;
   const logger = isLogger(log) ? log : undefined;
   const scanned = await engine.scan(req, {
-    signal: ac.signal,
+    signal: watch.signal,
     logger,
     requestId: requestId(req),
     parsedBody: (req as { body?: unknown }).body,
   });
-  if (!closed) outcome = scanned;
+  watch.hold(scanned);
   (req as { icap?: IcapRequestInfo }).icap = requestInfo(scanned);
   switch (scanned.kind) {
     case 'aborted':

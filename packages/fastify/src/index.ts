@@ -18,7 +18,7 @@ import {
   refusalReporter,
   refusalResponse,
   requestInfo,
-  type ScanOutcome,
+  watchResponse,
 } from '@icapkit/core';
 import type {
   FastifyInstance,
@@ -395,25 +395,14 @@ async function scanRequest(
 ): Promise<Parameters<preParsingAsyncHookHandler>[2]> {
   const raw = request.raw;
   const res = reply.raw;
-  const ac = new AbortController();
-  let outcome: ScanOutcome | undefined;
-  let closed = false;
-  // While scanning: the client went away (a close after the response finished is no abort).
-  // Afterwards: what the outcome holds is freed. A close while scanning frees nothing later.
-  res.on('close', () => {
-    if (closed) return;
-    closed = true;
-    if (outcome === undefined) {
-      if (!res.writableFinished) ac.abort();
-    } else outcome.dispose();
-  });
+  const watch = watchResponse(res);
   const scanned = await engine.scan(raw, {
-    signal: ac.signal,
+    signal: watch.signal,
     logger: request.log,
     requestId: String(request.id),
     parsedBody: request.body,
   });
-  if (!closed) outcome = scanned;
+  watch.hold(scanned);
   request.icap = requestInfo(scanned);
   // The application's status, for the record (the analytics page shows it); a no-op when
   // the middleware answered itself (the record has its status already).

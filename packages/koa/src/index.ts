@@ -21,8 +21,8 @@ import {
   refusalResponse,
   requestInfo,
   requestWithBody,
-  type ScanOutcome,
   type StartupReport,
+  watchResponse,
 } from '@icapkit/core';
 
 export * from './analytics.js';
@@ -137,26 +137,14 @@ export function icap<Ctx extends KoaContextLike = KoaContextLike>(
   const report = refusalReporter('@icapkit/koa');
   const middleware = async (ctx: KoaContextLike, next: () => Promise<unknown>): Promise<void> => {
     const res = ctx.res;
-    const ac = new AbortController();
-    let outcome: ScanOutcome | undefined;
-    let closed = false;
-    // The response's 'close' fires once (so `on`: no once-wrapper, nothing to remove). While
-    // scanning: the client went away (a close after the response finished is no abort).
-    // Afterwards: what the outcome holds is freed. A close while scanning frees nothing later.
-    res.on('close', () => {
-      if (closed) return;
-      closed = true;
-      if (outcome === undefined) {
-        if (!res.writableFinished) ac.abort();
-      } else outcome.dispose();
-    });
+    const watch = watchResponse(res);
     const scanned = await engine.scan(ctx.req, {
-      signal: ac.signal,
+      signal: watch.signal,
       logger: isLogger(ctx.log) ? ctx.log : undefined,
       requestId: typeof ctx.state.requestId === 'string' ? ctx.state.requestId : undefined,
       parsedBody: (ctx.request as { body?: unknown }).body,
     });
-    if (!closed) outcome = scanned;
+    watch.hold(scanned);
     ctx.state.icap = requestInfo(scanned);
     switch (scanned.kind) {
       case 'aborted':
