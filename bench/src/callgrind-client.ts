@@ -22,14 +22,15 @@
  * ±15% from run to run (how the native server's answers fall into the counted process's event
  * loop turns, GC and tier-up timing): compare the ranges of two or three runs, not one figure.
  */
-import { execFileSync, spawn } from 'node:child_process';
-import { readdirSync, readFileSync, rmSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { rmSync } from 'node:fs';
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { IcapClient, isSkipped, type ReplayableBody } from '@icapkit/core';
 import { findOnPath, killAllChildren, sleep, startChild } from './util.js';
+import { dump, dumpIr } from './valgrind.js';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 
@@ -200,45 +201,6 @@ async function startSampling(): Promise<() => Promise<unknown>> {
 }
 
 /* ------------------------------------------------------------------ the parent */
-
-function totalIr(file: string): number {
-  const m = /^(?:totals|summary):\s+(\d+)/m.exec(readFileSync(file, 'utf8'));
-  if (!m) throw new Error(`no totals in ${file}`);
-  return Number(m[1]);
-}
-
-function dumpIr(dir: string, dumpNo: string): { main: number; other: number } {
-  let main = 0;
-  let other = 0;
-  for (const f of readdirSync(dir)) {
-    const m = /\.(\d+)-(\d+)$/.exec(f);
-    if (!m || m[1] !== dumpNo) continue;
-    const ir = totalIr(join(dir, f));
-    if (m[2] === '01') main += ir;
-    else other += ir;
-  }
-  return { main, other };
-}
-
-async function dump(pid: number, dir: string, no: number): Promise<string> {
-  execFileSync('callgrind_control', ['-d', String(pid)], { timeout: 120_000, stdio: 'ignore' });
-  const deadline = Date.now() + 120_000;
-  const want = new RegExp(`\\.${no}-01$`);
-  while (Date.now() < deadline) {
-    const f = readdirSync(dir).find((x) => want.test(x));
-    if (f !== undefined) {
-      try {
-        totalIr(join(dir, f));
-        await sleep(500);
-        return String(no);
-      } catch {
-        // still being written
-      }
-    }
-    await sleep(200);
-  }
-  throw new Error('callgrind dump did not appear');
-}
 
 /** Spawns a process and resolves the lines it prints, one waiter per awaited prefix. */
 function lines(cmd: string, args: string[]) {

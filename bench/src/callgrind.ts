@@ -1,25 +1,4 @@
-/**
- * Instructions per request, counted by `valgrind --tool=callgrind`: a figure that does not move
- * with the machine's load (CPU time does, on two shared cores). Each application (no scanning,
- * and icapkit against the embedded 204 server, which runs natively) runs under callgrind; one
- * client sends `--warm` requests one after the other on a kept-alive connection (V8 compiles
- * the hot code), the counters are dumped and zeroed, `--n` more requests are sent and dumped
- * again: the second dump's main-thread total over n is the cost of one request (the JIT code,
- * V8's runtime and GC, libuv, the syscalls' user side). Other threads (V8's optimising compiler
- * still catching up, GC helpers) are shown apart: they are mostly warm-up.
- *
- *   node bench/dist/callgrind.js [--frameworks=express,fastify,koa] [--body=10240] [--warm=1500] [--n=300]
- *                                [--scanned-only] [--multipart] [--alloc=FILE]
- *
- * `--multipart` sends the bench's form (5 files x 200 KiB and a field, bodies.ts) instead of
- * `--body` bytes of octet-stream (the same route: the handler digests the form it gets).
- * `--alloc=FILE` runs the applications without valgrind, with V8's sampling heap profiler
- * (app.ts, BENCH_ALLOC_PROFILE) over every request sent, and prints KiB allocated per request.
- *
- * Needs valgrind (apt-get install valgrind). Takes about a minute per application.
- */
-import { execFileSync } from 'node:child_process';
-import { readdirSync, readFileSync, rmSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 import { mkdtemp } from 'node:fs/promises';
 import { Agent, request } from 'node:http';
 import { tmpdir } from 'node:os';
@@ -27,7 +6,8 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { MULTIPART_FILE_SIZE, MULTIPART_FILES, multipart } from './bodies.js';
 import { reportAllocations } from './profile.js';
-import { findOnPath, killAllChildren, sleep, startChild } from './util.js';
+import { findOnPath, killAllChildren, startChild } from './util.js';
+import { dump, dumpIr } from './valgrind.js';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 
@@ -77,52 +57,6 @@ function post(agent: Agent, port: number, body: Payload): Promise<number> {
     req.once('error', reject);
     req.end(body.body);
   });
-}
-
-/** The `totals:` (or `summary:`) Ir of a callgrind output file. */
-function totalIr(file: string): number {
-  const m = /^(?:totals|summary):\s+(\d+)/m.exec(readFileSync(file, 'utf8'));
-  if (!m) throw new Error(`no totals in ${file}`);
-  return Number(m[1]);
-}
-
-/**
- * Ir of one dump (the files of every thread, with --separate-threads: `<base>.<n>-<thread>`):
- * the main thread (JavaScript, libuv, the syscalls' user side) and the others (V8's compiler
- * and GC helpers, libuv's thread pool).
- */
-function dumpIr(dir: string, dumpNo: string): { main: number; other: number } {
-  let main = 0;
-  let other = 0;
-  for (const f of readdirSync(dir)) {
-    const m = /\.(\d+)-(\d+)$/.exec(f);
-    if (!m || m[1] !== dumpNo) continue;
-    const ir = totalIr(join(dir, f));
-    if (m[2] === '01') main += ir;
-    else other += ir;
-  }
-  return { main, other };
-}
-
-/** Dumps (and zeroes) the counters of a callgrind process; resolves with the dump's number. */
-async function dump(pid: number, dir: string, no: number): Promise<string> {
-  execFileSync('callgrind_control', ['-d', String(pid)], { timeout: 120_000, stdio: 'ignore' });
-  const deadline = Date.now() + 120_000;
-  const want = new RegExp(`\\.${no}-01$`);
-  while (Date.now() < deadline) {
-    const f = readdirSync(dir).find((x) => want.test(x));
-    if (f !== undefined) {
-      try {
-        totalIr(join(dir, f));
-        await sleep(500);
-        return String(no);
-      } catch {
-        // still being written
-      }
-    }
-    await sleep(200);
-  }
-  throw new Error('callgrind dump did not appear');
 }
 
 export interface IrRow {
