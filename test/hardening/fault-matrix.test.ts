@@ -6,7 +6,7 @@
  * server side, no temp file, no listener warning.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
-import { type AddressInfo, createServer, type Server } from 'node:net';
+import { type AddressInfo, createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { IcapLog, IcapProfile } from '@icapkit/core';
@@ -66,6 +66,13 @@ let spoolDir: string;
 let closedPort: number;
 /** Answers anything (a TLS ClientHello too) with a plain-text ICAP error. */
 let plainText: Server;
+/**
+ * Reads and never answers: a TLS handshake to it never completes. (The embedded ICAP server
+ * answered a ClientHello now and then, probably when its random bytes held a line end: the
+ * plain-text case below, not this one.)
+ */
+let silent: Server;
+const silentSockets = new Set<Socket>();
 
 beforeAll(async () => {
   spoolDir = await mkdtemp(join(tmpdir(), 'icapkit-matrix-'));
@@ -77,6 +84,13 @@ beforeAll(async () => {
     socket.once('data', () => socket.end('ICAP/1.0 400 Bad Request\r\n\r\n'));
   });
   await new Promise<void>((r) => plainText.listen(0, '127.0.0.1', () => r()));
+  silent = createServer((socket) => {
+    silentSockets.add(socket);
+    socket.on('close', () => silentSockets.delete(socket));
+    socket.on('error', () => {});
+    socket.resume();
+  });
+  await new Promise<void>((r) => silent.listen(0, '127.0.0.1', () => r()));
   secure = await startIcapServer({ recordBodies: false, tls: { cert: cert.cert, key: cert.key } });
   wrongCert = await startIcapServer({ recordBodies: false, tls: { cert: badCert.cert, key: badCert.key } });
   closedPort = await freePort();
@@ -85,6 +99,8 @@ beforeAll(async () => {
 afterAll(async () => {
   await plain?.close();
   await new Promise((r) => plainText?.close(r));
+  for (const socket of silentSockets) socket.destroy();
+  await new Promise((r) => silent?.close(r));
   await secure?.close();
   await wrongCert?.close();
   await cert?.cleanup();
@@ -197,7 +213,10 @@ const CASES: Case[] = [
   },
   {
     name: 'ICAP TLS handshake never completes (icaps:// to a server that does not speak TLS)',
-    server: () => ({ poolGroup: `icaps://127.0.0.1:${plain.port}`, tls: { ca: cert.ca } }),
+    server: () => ({
+      poolGroup: `icaps://127.0.0.1:${(silent.address() as AddressInfo).port}`,
+      tls: { ca: cert.ca },
+    }),
     expected: serverFailure(['ICAP_ERR_CONNECT_TIMEOUT']),
   },
   {
