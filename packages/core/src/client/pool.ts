@@ -276,9 +276,9 @@ export class Pool {
     const owner = this.#idleOwners.get(c);
     if (owner !== undefined && c.owner === owner) {
       c.setOwner(null);
-      const socket = c.socket;
-      socket.setTimeout(0);
-      socket.ref();
+      // keepAliveTimeout's timer stays armed (see Transaction's cleanup): destroyed next, or
+      // replaced by the transaction's ioTimeout; a 'timeout' before then reaches no owner.
+      c.socket.ref();
     }
     if (destroy) c.destroy();
   }

@@ -588,9 +588,9 @@ export class Transaction implements SocketOwner {
   }
 
   #cleanup(): void {
-    const s = this.#conn.socket;
     if (this.#conn.owner === this) this.#conn.setOwner(null);
-    s.setTimeout(0);
+    // ioTimeout's timer stays (no setTimeout(0)): destroyed next, or replaced by the pool's
+    // keepAliveTimeout or the next ioTimeout; a 'timeout' until then reaches no owner.
     this.#unhookWriteError?.();
     this.#unhookWriteError = undefined;
     this.#opts.signal.removeEventListener('abort', this.#onAbort);
