@@ -1,3 +1,4 @@
+import { LightAbortController } from '../../client/abort.js';
 import { IcapError, IcapErrorCodes } from '../../errors.js';
 import type { BodyStore } from '../body.js';
 import type { IcapLog } from '../log.js';
@@ -71,7 +72,8 @@ export class Scan {
   /** Whole multipart mode: the strict parser's verdict on the form, while the scan runs. */
   #formCheck: Promise<IcapError | undefined> | null = null;
   #perFile = false;
-  #control: AbortController | null = null;
+  /** The scan's abort signal (a light one: see LightAbortController). */
+  #control: LightAbortController | null = null;
   #leaveIntake: () => void = NOTHING;
   #onCallerAbort: (() => void) | undefined;
   /**
@@ -155,7 +157,7 @@ export class Scan {
   /** Intake: the store, its bounds in time, decoding, the form check, the timers and the abort signal. */
   #receive(): void {
     const { profile: p, facts } = this;
-    const control = new AbortController();
+    const control = new LightAbortController();
     this.#control = control;
     const abort = (err: IcapError) => {
       if (control.signal.aborted) return;
