@@ -169,28 +169,66 @@ export function finalResponse(
   connection: ConnectionInfo,
   done: Promise<TransactionSummary>,
 ): IcapResponse {
-  const istag = head.headers.get('istag');
-  return {
-    status: head.status,
-    reason: head.reason,
-    version: head.version,
-    headers: head.headers,
-    rawHeaders: head.rawHeaders,
-    istag: istag === undefined ? undefined : unquote(istag),
-    encapsulated: head.encapsulated,
-    httpRequest: head.httpRequest,
-    httpResponse: head.httpResponse,
-    body,
-    method: req.method,
-    requestHeaders: req.icapHeaders,
-    previewSent: req.preview !== undefined,
-    answeredInPreview,
-    get completeBodySent() {
-      return sent.completeBodySent;
-    },
-    connection,
-    done,
-  };
+  return new FinalResponse(head, req, body, sent, answeredInPreview, connection, done);
+}
+
+/**
+ * An IcapResponse: the same fields as the object literal it replaces, `completeBodySent` a
+ * getter on the class (a literal with a getter is built on V8's slow path: about 0.8 µs per
+ * transaction, against a few ns for a class).
+ */
+class FinalResponse implements IcapResponse {
+  status: number;
+  reason: string;
+  version: string;
+  headers: IcapResponse['headers'];
+  rawHeaders: string;
+  istag: string | undefined;
+  encapsulated: EncapsulatedEntry[] | null;
+  httpRequest: IcapResponse['httpRequest'];
+  httpResponse: IcapResponse['httpResponse'];
+  body: Readable | null;
+  method: IcapRequestMethod;
+  requestHeaders: string;
+  previewSent: boolean;
+  answeredInPreview: boolean;
+  connection: ConnectionInfo;
+  done: Promise<TransactionSummary>;
+  readonly #sent: { readonly completeBodySent: boolean };
+
+  constructor(
+    head: IcapResponseHead,
+    req: TransactionRequest,
+    body: Readable | null,
+    sent: { readonly completeBodySent: boolean },
+    answeredInPreview: boolean,
+    connection: ConnectionInfo,
+    done: Promise<TransactionSummary>,
+  ) {
+    const istag = head.headers.get('istag');
+    this.status = head.status;
+    this.reason = head.reason;
+    this.version = head.version;
+    this.headers = head.headers;
+    this.rawHeaders = head.rawHeaders;
+    this.istag = istag === undefined ? undefined : unquote(istag);
+    this.encapsulated = head.encapsulated;
+    this.httpRequest = head.httpRequest;
+    this.httpResponse = head.httpResponse;
+    this.body = body;
+    this.method = req.method;
+    this.requestHeaders = req.icapHeaders;
+    this.previewSent = req.preview !== undefined;
+    this.answeredInPreview = answeredInPreview;
+    this.connection = connection;
+    this.done = done;
+    this.#sent = sent;
+  }
+
+  /** Whether the whole HTTP body had been sent, read when asked (the sending may go on after the head). */
+  get completeBodySent(): boolean {
+    return this.#sent.completeBodySent;
+  }
 }
 
 /** What a response says about the connection it came on. */
