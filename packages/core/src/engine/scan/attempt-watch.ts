@@ -94,44 +94,26 @@ export class AttemptWatch {
 
   /** The body as the exchange reads it: every chunk it takes is progress, every wait for the client a pause. */
   wrap(body: ReplayableBody): ReplayableBody {
-    const watch = this;
-    return {
-      replayable: true,
-      get length() {
-        return body.length;
-      },
-      open(): AsyncIterator<Uint8Array> {
-        const inner = body.open();
-        watch.#opened = true;
-        watch.#paused = false;
-        watch.start();
-        watch.progress();
-        return {
-          next: () => {
-            watch.#paused = true;
-            const p = inner.next();
-            // Watched on the side: the exchange gets the reader's own promise, so a chunk
-            // already there is taken in the same turn (no extra tick, no extra flush).
-            p.then(
-              () => {
-                watch.#paused = false;
-                watch.progress();
-              },
-              () => {
-                watch.#paused = false;
-              },
-            );
-            return p;
-          },
-          return: (value?: unknown) => {
-            watch.#paused = false;
-            return inner.return !== undefined
-              ? inner.return(value)
-              : Promise.resolve({ done: true as const, value: undefined });
-          },
-        };
-      },
-    };
+    return new WatchedBody(this, body);
+  }
+
+  /** WatchedBody: the exchange opened the body (it has its connection). */
+  opened(): void {
+    this.#opened = true;
+    this.#paused = false;
+    this.start();
+    this.progress();
+  }
+
+  /** WatchedBody: the exchange waits for the body's next chunk (the client's turn). */
+  pause(): void {
+    this.#paused = true;
+  }
+
+  /** WatchedBody: the body's next chunk came (or the wait ended); `took`: it is progress. */
+  resume(took: boolean): void {
+    this.#paused = false;
+    if (took) this.progress();
   }
 
   /** Something moved forward (100 Continue, the answer head). */
@@ -199,4 +181,48 @@ export class AttemptWatch {
   readonly #onParentAbort = (): void => {
     this.#controller?.abort(this.#parent.reason);
   };
+}
+
+/**
+ * AttemptWatch.wrap's body (a class, not an object literal with a getter: such a literal is
+ * built on V8's slow path, about 0.8 µs each): `length` read through to the body when asked.
+ */
+class WatchedBody implements ReplayableBody {
+  readonly replayable = true as const;
+  readonly #watch: AttemptWatch;
+  readonly #body: ReplayableBody;
+
+  constructor(watch: AttemptWatch, body: ReplayableBody) {
+    this.#watch = watch;
+    this.#body = body;
+  }
+
+  get length(): number | undefined {
+    return this.#body.length;
+  }
+
+  open(): AsyncIterator<Uint8Array> {
+    const inner = this.#body.open();
+    const watch = this.#watch;
+    watch.opened();
+    return {
+      next: () => {
+        watch.pause();
+        const p = inner.next();
+        // Watched on the side: the exchange gets the reader's own promise, so a chunk
+        // already there is taken in the same turn (no extra tick, no extra flush).
+        p.then(
+          () => watch.resume(true),
+          () => watch.resume(false),
+        );
+        return p;
+      },
+      return: (value?: unknown) => {
+        watch.resume(false);
+        return inner.return !== undefined
+          ? inner.return(value)
+          : Promise.resolve({ done: true as const, value: undefined });
+      },
+    };
+  }
 }
