@@ -234,8 +234,6 @@ export class IcapClient {
     try {
       let preview: number | undefined = init.preview === false ? undefined : (init.preview ?? 4096);
       let policy: TransferPolicy = 'preview';
-      const target = init.httpRequest?.target ?? '/';
-      const extension = init.fileExtension ?? extensionOf(target);
       if (this.#useOptions) {
         const opts = this.#options.fresh(init.service) ?? (await this.#options.get(init.service, signal));
         if (opts.methods.length > 0 && !opts.methods.includes(init.method)) {
@@ -245,8 +243,14 @@ export class IcapClient {
           );
         }
         this.#pool.setServerLimit(opts.maxConnections);
-        policy = transferPolicy(opts, extension);
-        if (policy === 'ignore' && (init.honourTransferIgnore ?? false)) {
+        // No Transfer-Ignore or Transfer-Complete list: 'preview' whatever the extension (the
+        // usual case: the target is not read for it).
+        const extension =
+          opts.transferIgnore.length === 0 && opts.transferComplete.length === 0
+            ? undefined
+            : (init.fileExtension ?? extensionOf(init.httpRequest?.target ?? '/'));
+        if (extension !== undefined) policy = transferPolicy(opts, extension);
+        if (policy === 'ignore' && extension !== undefined && (init.honourTransferIgnore ?? false)) {
           own?.cleanup();
           return { skipped: 'transfer-ignore', extension, options: opts };
         }
