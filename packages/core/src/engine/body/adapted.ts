@@ -1,5 +1,5 @@
 import { createHash, type Hash } from 'node:crypto';
-import { Readable } from 'node:stream';
+import { finished, Readable } from 'node:stream';
 import { BodyStore } from './store.js';
 
 /**
@@ -71,6 +71,46 @@ export class AdaptedBody {
     this.#hash?.update(chunk);
     this.#offset += chunk.length;
     return true;
+  }
+
+  /**
+   * Reads `body` (the ICAP response body) to its end into this one, as `for await` would (each
+   * chunk in turn; an error or a premature close of the stream rejects; the stream destroyed
+   * at the end), without a promise per chunk: chunks already buffered are taken in one go.
+   * `received` is told each chunk's length; past the limit the stream is destroyed and the
+   * error `tooLarge` makes rejects.
+   */
+  readAll(body: Readable, received: (bytes: number) => void, tooLarge: () => Error): Promise<void> {
+    return new Promise((resolve, reject) => {
+      let settled = false;
+      const settle = (err: unknown) => {
+        if (settled) return;
+        settled = true;
+        body.off('readable', pull);
+        stop();
+        if (!body.destroyed) body.destroy();
+        if (err === null) resolve();
+        else reject(err);
+      };
+      const pull = () => {
+        try {
+          while (!settled && !body.destroyed) {
+            const chunk = body.read() as Buffer | null;
+            if (chunk === null) return;
+            received(chunk.length);
+            if (!this.write(chunk)) {
+              settle(tooLarge());
+              return;
+            }
+          }
+        } catch (err) {
+          settle(err);
+        }
+      };
+      const stop = finished(body, { writable: false }, (err) => settle(err ?? null));
+      body.on('readable', pull);
+      pull();
+    });
   }
 
   /** True when the returned body is byte for byte the original one. */
