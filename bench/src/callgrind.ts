@@ -59,6 +59,13 @@ function post(agent: Agent, port: number, body: Payload): Promise<number> {
   });
 }
 
+/** The embedded ICAP server: answering 204, or (`echo`) 200 with the request returned unchanged. */
+function startIcap(echo: boolean) {
+  const args = [join(HERE, 'icap204.js')];
+  if (echo) args.push('--echo');
+  return startChild(process.execPath, args, { timeoutMs: 20_000 });
+}
+
 export interface IrRow {
   framework: string;
   scanned: boolean;
@@ -75,10 +82,12 @@ export async function countInstructions(
   n: number,
   variants: boolean[] = [false, true],
   form = false,
+  echo = false,
+  nodeFlags: string[] = [],
 ): Promise<IrRow[]> {
   if (findOnPath('valgrind') === null) throw new Error('valgrind is not installed');
   const body = payload(bodySize, form);
-  const icap = await startChild(process.execPath, [join(HERE, 'icap204.js')], { timeoutMs: 20_000 });
+  const icap = await startIcap(echo);
   const rows: IrRow[] = [];
   try {
     for (const framework of frameworks) {
@@ -90,6 +99,7 @@ export async function countInstructions(
           '--separate-threads=yes',
           `--callgrind-out-file=${join(dir, 'cg.out')}`,
           process.execPath,
+          ...nodeFlags,
           join(HERE, 'app.js'),
           framework,
         ];
@@ -137,9 +147,10 @@ export async function countAllocations(
   variants: boolean[],
   form: boolean,
   file: string,
+  echo = false,
 ): Promise<void> {
   const body = payload(bodySize, form);
-  const icap = await startChild(process.execPath, [join(HERE, 'icap204.js')], { timeoutMs: 20_000 });
+  const icap = await startIcap(echo);
   try {
     for (const framework of frameworks) {
       for (const scanned of variants) {
@@ -173,9 +184,9 @@ export async function countAllocations(
   }
 }
 
-export function renderInstructions(rows: IrRow[], bodySize: number, form = false): string {
+export function renderInstructions(rows: IrRow[], bodySize: number, form = false, echo = false): string {
   const lines = [
-    `Instructions per ${form ? payload(0, true).label : `${bodySize}-byte POST`} on the main thread (callgrind, one client, kept-alive; icapkit against the embedded 204 server):`,
+    `Instructions per ${form ? payload(0, true).label : `${bodySize}-byte POST`} on the main thread (callgrind, one client, kept-alive; icapkit against the embedded ${echo ? 'echo (200 with the body returned)' : '204'} server):`,
     '',
     '| Framework | plain: k instr. / req | icapkit: k instr. / req | icapkit above plain | ratio | other threads plain / icapkit |',
     '| --------- | --------------------: | ----------------------: | ------------------: | ----: | ----------------------------: |',
@@ -198,6 +209,8 @@ if (process.argv[1]?.endsWith('callgrind.js') === true) {
   let n = 300;
   let variants = [false, true];
   let form = false;
+  let echo = false;
+  const nodeFlags: string[] = [];
   let alloc: string | undefined;
   for (const arg of process.argv.slice(2)) {
     if (arg.startsWith('--frameworks=')) frameworks = arg.slice(13).split(',');
@@ -206,17 +219,21 @@ if (process.argv[1]?.endsWith('callgrind.js') === true) {
     else if (arg.startsWith('--n=')) n = Number(arg.slice(4));
     else if (arg === '--scanned-only') variants = [true];
     else if (arg === '--multipart') form = true;
+    else if (arg === '--echo') echo = true;
+    // V8 compiles on the main thread, at the same request whatever else runs on the machine:
+    // counts that compare two builds on a busy machine (and that include the compiler's work).
+    else if (arg === '--single-threaded') nodeFlags.push('--single-threaded');
     else if (arg.startsWith('--alloc=')) alloc = arg.slice(8);
     else throw new Error(`unknown argument ${arg}`);
   }
   const run =
     alloc !== undefined
-      ? countAllocations(frameworks, bodySize, warm, n, variants, form, alloc).then(() => undefined)
-      : countInstructions(frameworks, bodySize, warm, n, variants, form);
+      ? countAllocations(frameworks, bodySize, warm, n, variants, form, alloc, echo).then(() => undefined)
+      : countInstructions(frameworks, bodySize, warm, n, variants, form, echo, nodeFlags);
   run
     .then((rows) => {
       if (rows === undefined) return;
-      console.log(renderInstructions(rows, bodySize, form));
+      console.log(renderInstructions(rows, bodySize, form, echo));
       console.log(`RESULT ${JSON.stringify(rows)}`);
     })
     .catch((err: unknown) => {

@@ -6,7 +6,9 @@
  * JavaScript heap allocated per request (V8's sampling heap profiler, garbage included).
  * A quick A/B loop for the engine's per-request path; callgrind.js stays the reference.
  *
- *   node bench/dist/engine-micro.js [--n=20000] [--warm=5000] [--body=10240] [--alloc] [--top=25]
+ *   node bench/dist/engine-micro.js [--n=20000] [--warm=5000] [--body=10240] [--alloc] [--top=25] [--echo]
+ *
+ * `--echo`: the server answers 200 with the request returned unchanged (icap204.js --echo).
  */
 import { Session } from 'node:inspector';
 import { dirname, join } from 'node:path';
@@ -79,7 +81,10 @@ async function main(): Promise<void> {
   const n = Number(opts.get('n') ?? 20_000);
   const warm = Number(opts.get('warm') ?? 5_000);
   const body = Buffer.alloc(Number(opts.get('body') ?? 10_240), 0x61);
-  const server = await startChild(process.execPath, [join(HERE, 'icap204.js')]);
+  const server = await startChild(
+    process.execPath,
+    opts.has('echo') ? [join(HERE, 'icap204.js'), '--echo'] : [join(HERE, 'icap204.js')],
+  );
   const engine = createEngine({
     name: 'micro',
     poolGroup: `icap://127.0.0.1:${server.ready.port as number}`,

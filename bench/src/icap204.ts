@@ -4,6 +4,9 @@
  *   node dist/icap204.js            answers 204 to every clean REQMOD (after reading the whole
  *                                   body, as c-icap's avscan does): the ICAP side costs almost
  *                                   nothing, so what is left is the client's own overhead;
+ *   node dist/icap204.js --echo     answers every REQMOD 200 with the encapsulated request and its
+ *                                   body unchanged (chunked), as c-icap's `echo` service does: the
+ *                                   client reads, compares and hands over a returned body;
  *   node dist/icap204.js --faults   also misbehaves for a request whose encapsulated HTTP request
  *                                   carries `X-Soak-Fault: <kind>` (the soak test's ICAP server).
  */
@@ -32,6 +35,8 @@ if (process.argv[1]?.endsWith('icap204.js') === true) {
     port: 0,
     recordBodies: false,
     keepAliveTimeout: 600_000,
+    // Never 204: the clean answer is the 200 that returns the request as it came.
+    allow204: !process.argv.includes('--echo'),
     script: process.argv.includes('--faults') ? soakFault : undefined,
   });
   const stop = () => {

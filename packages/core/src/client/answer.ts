@@ -142,6 +142,12 @@ export function responseBody(more: () => void, destroyed: (err: IcapError) => vo
     highWaterMark: 64 * 1024,
     read: more,
     destroy: (err, cb) => {
+      // Destroyed after its end (autoDestroy): the transaction had finished before the end was
+      // pushed, so there is nothing to report (and no error worth its stack trace to build).
+      if (err === null && body.readableEnded) {
+        cb(null);
+        return;
+      }
       destroyed(
         err instanceof IcapError
           ? err

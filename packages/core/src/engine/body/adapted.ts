@@ -1,5 +1,5 @@
 import { createHash, type Hash } from 'node:crypto';
-import { Readable } from 'node:stream';
+import { finished, Readable } from 'node:stream';
 import { BodyStore } from './store.js';
 
 /**
@@ -16,9 +16,15 @@ export class AdaptedBody {
   readonly #original: BodyStore | null;
   readonly #limit: number;
   readonly #compare: boolean;
+  readonly #storage: { memoryThreshold?: number; spoolDir?: string };
   #offset = 0;
   #divergedAt = -1;
-  readonly #stored: BodyStore;
+  /**
+   * The returned bytes kept: made at the first byte that must be kept, so an echo compared on
+   * the fly (nothing kept) costs no store, and disposing of it no discarded-body error.
+   */
+  #stored: BodyStore | null = null;
+  #disposed = false;
   readonly #hash: Hash | undefined;
 
   /** `limit`: largest body accepted; above it `write` returns false. */
@@ -33,7 +39,18 @@ export class AdaptedBody {
     // Compared on the fly when the original is in memory; by hash when the original was only
     // hashed (streamed, not kept); otherwise against the kept original (a temp file) at the end.
     this.#hash = !this.#compare && original?.hashing === true ? createHash('sha256') : undefined;
-    this.#stored = new BodyStore({ limit, retainAll: true, ...storage });
+    this.#storage = storage;
+  }
+
+  /** The store of the returned bytes, made when first needed (disposed at once if this body already was). */
+  #store(): BodyStore {
+    let stored = this.#stored;
+    if (stored === null) {
+      stored = new BodyStore({ limit: this.#limit, retainAll: true, ...this.#storage });
+      this.#stored = stored;
+      if (this.#disposed) stored.dispose();
+    }
+    return stored;
   }
 
   get length(): number {
@@ -50,10 +67,50 @@ export class AdaptedBody {
       }
       this.#divergedAt = this.#offset;
     }
-    this.#stored.push(chunk);
+    this.#store().push(chunk);
     this.#hash?.update(chunk);
     this.#offset += chunk.length;
     return true;
+  }
+
+  /**
+   * Reads `body` (the ICAP response body) to its end into this one, as `for await` would (each
+   * chunk in turn; an error or a premature close of the stream rejects; the stream destroyed
+   * at the end), without a promise per chunk: chunks already buffered are taken in one go.
+   * `received` is told each chunk's length; past the limit the stream is destroyed and the
+   * error `tooLarge` makes rejects.
+   */
+  readAll(body: Readable, received: (bytes: number) => void, tooLarge: () => Error): Promise<void> {
+    return new Promise((resolve, reject) => {
+      let settled = false;
+      const settle = (err: unknown) => {
+        if (settled) return;
+        settled = true;
+        body.off('readable', pull);
+        stop();
+        if (!body.destroyed) body.destroy();
+        if (err === null) resolve();
+        else reject(err);
+      };
+      const pull = () => {
+        try {
+          while (!settled && !body.destroyed) {
+            const chunk = body.read() as Buffer | null;
+            if (chunk === null) return;
+            received(chunk.length);
+            if (!this.write(chunk)) {
+              settle(tooLarge());
+              return;
+            }
+          }
+        } catch (err) {
+          settle(err);
+        }
+      };
+      const stop = finished(body, { writable: false }, (err) => settle(err ?? null));
+      body.on('readable', pull);
+      pull();
+    });
   }
 
   /** True when the returned body is byte for byte the original one. */
@@ -64,18 +121,20 @@ export class AdaptedBody {
     if (this.#compare) return this.#divergedAt === -1;
     if (this.#hash !== undefined) return this.#hash.digest('hex') === original.sha256;
     if (!original.complete) return false;
-    this.#stored.end();
-    return sameBytes(original.open(), this.#stored.open());
+    const stored = this.#store();
+    stored.end();
+    return sameBytes(original.open(), stored.open());
   }
 
   /** The returned body as a stream (matching prefix from the original, then the stored bytes). */
   stream(): Readable {
-    this.#stored.end();
+    const stored = this.#store();
+    stored.end();
     const prefix = this.#compare
       ? this.#original!.slices(this.#divergedAt === -1 ? this.#offset : this.#divergedAt)
       : [];
-    const rest = this.#stored.stream();
-    this.#stored.release();
+    const rest = stored.stream();
+    stored.release();
     if (prefix.length === 0) return rest;
     const whole = Readable.from(
       (async function* () {
@@ -91,7 +150,8 @@ export class AdaptedBody {
 
   /** Frees the stored bytes (and their temp file). */
   dispose(): void {
-    this.#stored.dispose();
+    this.#disposed = true;
+    this.#stored?.dispose();
   }
 }
 

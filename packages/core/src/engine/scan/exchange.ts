@@ -234,16 +234,15 @@ class Exchange {
         });
         try {
           if (res.body !== null) {
-            for await (const chunk of res.body as AsyncIterable<Buffer>) {
-              watch.received(chunk.length);
-              if (!adapted.write(chunk)) {
-                res.body.destroy();
-                throw new IcapError(
+            await adapted.readAll(
+              res.body,
+              (bytes) => watch.received(bytes),
+              () =>
+                new IcapError(
                   IcapErrorCodes.BODY_TOO_LARGE,
                   `the body returned by the ICAP server is larger than bufferSize (${p.bufferSize} bytes)`,
-                );
-              }
-            }
+                ),
+            );
           }
           entry.latency = String(Math.round((await res.done).latencyMs));
           watch.stop();
