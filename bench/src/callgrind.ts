@@ -59,6 +59,9 @@ function post(agent: Agent, port: number, body: Payload): Promise<number> {
   });
 }
 
+/** Arguments of the embedded ICAP server (`--slow-read=<KiB/s>`: a scanner slower than the app). */
+const icapArgs: string[] = [];
+
 export interface IrRow {
   framework: string;
   scanned: boolean;
@@ -78,7 +81,9 @@ export async function countInstructions(
 ): Promise<IrRow[]> {
   if (findOnPath('valgrind') === null) throw new Error('valgrind is not installed');
   const body = payload(bodySize, form);
-  const icap = await startChild(process.execPath, [join(HERE, 'icap204.js')], { timeoutMs: 20_000 });
+  const icap = await startChild(process.execPath, [join(HERE, 'icap204.js'), ...icapArgs], {
+    timeoutMs: 20_000,
+  });
   const rows: IrRow[] = [];
   try {
     for (const framework of frameworks) {
@@ -139,7 +144,9 @@ export async function countAllocations(
   file: string,
 ): Promise<void> {
   const body = payload(bodySize, form);
-  const icap = await startChild(process.execPath, [join(HERE, 'icap204.js')], { timeoutMs: 20_000 });
+  const icap = await startChild(process.execPath, [join(HERE, 'icap204.js'), ...icapArgs], {
+    timeoutMs: 20_000,
+  });
   try {
     for (const framework of frameworks) {
       for (const scanned of variants) {
@@ -207,6 +214,7 @@ if (process.argv[1]?.endsWith('callgrind.js') === true) {
     else if (arg === '--scanned-only') variants = [true];
     else if (arg === '--multipart') form = true;
     else if (arg.startsWith('--alloc=')) alloc = arg.slice(8);
+    else if (arg.startsWith('--slow-read=')) icapArgs.push(arg);
     else throw new Error(`unknown argument ${arg}`);
   }
   const run =
