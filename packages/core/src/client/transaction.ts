@@ -14,7 +14,7 @@ import {
 } from './answer.js';
 import type { Connection, SocketOwner } from './connection.js';
 import { type Deferred, deferred, noop } from './deferred.js';
-import { asBuffer } from './source.js';
+import { asBuffer, takeNow } from './source.js';
 import type {
   IcapResponse,
   TransactionOptions,
@@ -186,7 +186,7 @@ export class Transaction implements SocketOwner {
       let ended = false;
       // Read until the preview is full and one more byte is known to exist, or the body ends.
       while (carry === null) {
-        const r = await this.#pull(it);
+        const r = (this.#stopped ? undefined : takeNow(it)) ?? (await this.#pull(it));
         if (r === STOP) return;
         if (r.done) {
           ended = true;
@@ -225,7 +225,7 @@ export class Transaction implements SocketOwner {
       this.#writeState = 'rest';
     }
     for (;;) {
-      const r = await this.#pull(it);
+      const r = (this.#stopped ? undefined : takeNow(it)) ?? (await this.#pull(it));
       if (r === STOP) return;
       if (r.done) break;
       const chunk = asBuffer(r.value);
@@ -257,12 +257,9 @@ export class Transaction implements SocketOwner {
     this.#pulled = NOT_READY;
     p.then(this.#onPulled, this.#onPullFailed);
     await undefined;
-    if (this.#pulled === NOT_READY && this.#outBytes > 0) {
-      // The next bytes are often one turn away (Node hands a request body over on the tick
-      // after its head): wait that turn (or less, when they come first), so head, chunks and
-      // last chunk leave in one write.
-      await this.#waitPulled(true);
-    }
+    // The next bytes are often one turn away (Node hands a request body over on the tick after
+    // its head): wait that turn (or less), so head, chunks and last chunk leave in one write.
+    if (this.#pulled === NOT_READY && this.#outBytes > 0) await this.#waitPulled(true);
     if (this.#pulled === NOT_READY) {
       let f = this.#flush();
       if (f !== true && f !== false) f = await f;
@@ -298,10 +295,9 @@ export class Transaction implements SocketOwner {
   };
 
   /**
-   * Waits until the pending chunk has come (#onPulled), or the writer is stopped, or with
-   * `turn`, the event loop's current turn is over. A promise of its own per wait, resolved
-   * through #wake: not a reaction on a promise that lives as long as the transaction (each wait
-   * would leave one there holding its result, a body chunk, until the transaction ends).
+   * Until the pending chunk comes (#onPulled), the writer is stopped or (`turn`) the loop's turn
+   * ends. Not a race with a promise that lives as long as the transaction: each wait would leave
+   * a reaction there holding its result (a body chunk) until the transaction ends.
    */
   #waitPulled(turn: boolean): Promise<void> {
     if (this.#stopped) return Promise.resolve();
@@ -360,6 +356,7 @@ export class Transaction implements SocketOwner {
 
   /** Waits for `drain`, or for the writer to be stopped; true when writing may go on. */
   #drain(): Promise<boolean> {
+    if (this.#stopped) return Promise.resolve(false);
     const s = this.#conn.socket;
     return new Promise<boolean>((resolve) => {
       const done = () => {
@@ -367,10 +364,6 @@ export class Transaction implements SocketOwner {
         if (this.#interrupt === done) this.#interrupt = null;
         resolve(!this.#stopped);
       };
-      if (this.#stopped) {
-        resolve(false);
-        return;
-      }
       this.#interrupt = done;
       s.on('drain', done);
     });

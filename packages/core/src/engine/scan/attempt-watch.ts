@@ -1,4 +1,4 @@
-import type { ReplayableBody } from '../../client/source.js';
+import { NEXT_NOW, type NextNow, type ReplayableBody, takeNow } from '../../client/source.js';
 import { IcapError, IcapErrorCodes } from '../../errors.js';
 
 /** Answer-body bytes that count as one step of progress (a trickle of single bytes does not). */
@@ -100,7 +100,7 @@ export class AttemptWatch {
       get length() {
         return body.length;
       },
-      open(): AsyncIterator<Uint8Array> {
+      open(): AsyncIterator<Uint8Array> & NextNow {
         const inner = body.open();
         watch.#opened = true;
         watch.#paused = false;
@@ -122,6 +122,15 @@ export class AttemptWatch {
               },
             );
             return p;
+          },
+          // The reader's chunk when it has one now (see NEXT_NOW): taken, so progress.
+          [NEXT_NOW]: () => {
+            const r = takeNow(inner);
+            if (r !== undefined) {
+              watch.#paused = false;
+              watch.progress();
+            }
+            return r;
           },
           return: (value?: unknown) => {
             watch.#paused = false;
