@@ -87,7 +87,7 @@ describe.each([
 ])('the body pump with %s: in-memory chunks taken at once = the general path', (_name, preview) => {
   it('a body complete before the exchange: the same bytes, the same answer', async () => {
     server = await startIcapServer({ host: '127.0.0.1' });
-    const chunks = pieces(1_200_000, 1);
+    const chunks = pieces(400_000, 1);
     const results = [];
     for (const hide of [false, true]) {
       const store = new BodyStore({ limit: Number.POSITIVE_INFINITY, retainAll: true });
@@ -103,15 +103,15 @@ describe.each([
 
   it('a body still arriving while it is sent: the same bytes, the same answer', async () => {
     server = await startIcapServer({ host: '127.0.0.1' });
-    const chunks = pieces(900_000, 3);
+    const chunks = pieces(300_000, 3);
     const results = [];
     for (const hide of [false, true]) {
       const store = new BodyStore({ limit: Number.POSITIVE_INFINITY, retainAll: true });
       for (const c of chunks.slice(0, 5)) store.push(c);
       const feeding = (async () => {
-        for (let i = 5; i < chunks.length; i += 4) {
+        for (let i = 5; i < chunks.length; i += 2) {
           await sleep(2);
-          for (const c of chunks.slice(i, i + 4)) store.push(c);
+          for (const c of chunks.slice(i, i + 2)) store.push(c);
         }
         store.end();
       })();
@@ -124,7 +124,7 @@ describe.each([
 
   it('a threat in the body: the same verdict either way', async () => {
     server = await startIcapServer({ host: '127.0.0.1' });
-    const chunks = [...pieces(300_000, 2), eicar(), ...pieces(100_000, 5)];
+    const chunks = [...pieces(150_000, 2), eicar(), ...pieces(50_000, 5)];
     const results = [];
     for (const hide of [false, true]) {
       const store = new BodyStore({ limit: Number.POSITIVE_INFINITY, retainAll: true });
@@ -142,12 +142,12 @@ describe.each([
     const results = [];
     for (const hide of [false, true]) {
       const store = new BodyStore({ limit: Number.POSITIVE_INFINITY, retainAll: true });
-      for (const c of pieces(400_000, 4)) store.push(c);
+      for (const c of pieces(200_000, 4)) store.push(c);
       const ac = new AbortController();
       const p = send(hide ? general(store) : store, { preview, signal: ac.signal });
       // Aborted once the server has the bytes held so far (bounded wait, polled).
       const deadline = Date.now() + 5000;
-      while ((server.requests.at(-1)?.bodyLength ?? 0) < (preview === false ? 400_000 : 1024)) {
+      while ((server.requests.at(-1)?.bodyLength ?? 0) < (preview === false ? 200_000 : 1024)) {
         if (Date.now() > deadline) throw new Error('the server never got the body');
         await sleep(5);
       }
