@@ -59,9 +59,12 @@ function post(agent: Agent, port: number, body: Payload): Promise<number> {
   });
 }
 
+/** More arguments of the embedded ICAP server (`--slow-read=<KiB/s>`: a scanner slower than the app). */
+const icapArgs: string[] = [];
+
 /** The embedded ICAP server: answering 204, or (`echo`) 200 with the request returned unchanged. */
 function startIcap(echo: boolean) {
-  const args = [join(HERE, 'icap204.js')];
+  const args = [join(HERE, 'icap204.js'), ...icapArgs];
   if (echo) args.push('--echo');
   return startChild(process.execPath, args, { timeoutMs: 20_000 });
 }
@@ -224,6 +227,7 @@ if (process.argv[1]?.endsWith('callgrind.js') === true) {
     // counts that compare two builds on a busy machine (and that include the compiler's work).
     else if (arg === '--single-threaded') nodeFlags.push('--single-threaded');
     else if (arg.startsWith('--alloc=')) alloc = arg.slice(8);
+    else if (arg.startsWith('--slow-read=')) icapArgs.push(arg);
     else throw new Error(`unknown argument ${arg}`);
   }
   const run =

@@ -4,6 +4,24 @@
  * keep-alive socket) and the engine fail over to another server.
  */
 
+/**
+ * Key of an optional method of a body reader (an iterator that `open()` returns): the result
+ * its next() would settle with when that is known now (bytes in memory, or the end), else
+ * undefined (then next() is called as usual). The transaction takes chunks through it without a
+ * promise each; the engine's body store cursor has one. Calling it counts as that next().
+ */
+export const NEXT_NOW: unique symbol = Symbol.for('icapkit.body.nextNow') as never;
+
+/** A body reader with {@link NEXT_NOW}. */
+export interface NextNow {
+  [NEXT_NOW](): IteratorResult<Uint8Array> | undefined;
+}
+
+/** The reader's next result when it has one now (see {@link NEXT_NOW}); undefined: call next(). */
+export function takeNow(it: AsyncIterator<Uint8Array>): IteratorResult<Uint8Array> | undefined {
+  return (it as AsyncIterator<Uint8Array> & Partial<NextNow>)[NEXT_NOW]?.();
+}
+
 /** A body that can be opened again from its first byte, any number of times. */
 export interface ReplayableBody {
   /** A fresh reader from the first byte. */

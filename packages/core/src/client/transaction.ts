@@ -14,7 +14,7 @@ import {
 } from './answer.js';
 import type { Connection, SocketOwner } from './connection.js';
 import { type Deferred, deferred, noop } from './deferred.js';
-import { asBuffer, nextTurn } from './source.js';
+import { asBuffer, takeNow } from './source.js';
 import type {
   IcapResponse,
   TransactionOptions,
@@ -76,8 +76,10 @@ export class Transaction implements SocketOwner {
   #terminated = false;
   #ieofSent = false;
   #stopped = false;
-  /** Ends the writer's current wait (see #until). */
+  /** Ends the writer's current wait (see #waitPulled, #drain). */
   #interrupt: (() => void) | null = null;
+  /** Ends the wait for the pending body chunk (see #waitPulled). */
+  #wake: (() => void) | null = null;
   #finished = false;
   #responseResolved = false;
   #receivedAny = false;
@@ -184,7 +186,7 @@ export class Transaction implements SocketOwner {
       let ended = false;
       // Read until the preview is full and one more byte is known to exist, or the body ends.
       while (carry === null) {
-        const r = await this.#pull(it);
+        const r = (this.#stopped ? undefined : takeNow(it)) ?? (await this.#pull(it));
         if (r === STOP) return;
         if (r.done) {
           ended = true;
@@ -223,7 +225,7 @@ export class Transaction implements SocketOwner {
       this.#writeState = 'rest';
     }
     for (;;) {
-      const r = await this.#pull(it);
+      const r = (this.#stopped ? undefined : takeNow(it)) ?? (await this.#pull(it));
       if (r === STOP) return;
       if (r.done) break;
       const chunk = asBuffer(r.value);
@@ -251,68 +253,63 @@ export class Transaction implements SocketOwner {
     const p = it.next();
     // Whether the chunk is there already: a reaction on `p` queued before the await's runs
     // first when `p` is settled (Promise.race([p, resolved]) without its array and promises).
+    // The same reaction ends the waits below (#wake): one reaction per chunk, no race.
     this.#pulled = NOT_READY;
     p.then(this.#onPulled, this.#onPullFailed);
     await undefined;
+    // The next bytes are often one turn away (Node hands a request body over on the tick after
+    // its head): wait that turn (or less), so head, chunks and last chunk leave in one write.
+    if (this.#pulled === NOT_READY && this.#outBytes > 0) await this.#waitPulled(true);
+    if (this.#pulled === NOT_READY) {
+      let f = this.#flush();
+      if (f !== true && f !== false) f = await f;
+      if (!f) return STOP;
+      if (this.#pulled === NOT_READY) {
+        this.#awaitingSource = true;
+        // Ends when the chunk comes, or when the writer is stopped (#interrupt).
+        await this.#waitPulled(false);
+        this.#awaitingSource = false;
+      }
+    }
     // (A cast: TypeScript keeps the NOT_READY assigned above, not knowing the reaction ran.)
-    let r = this.#pulled as IteratorResult<Uint8Array> | typeof NOT_READY | typeof STOP | typeof FAILED;
+    const r = this.#pulled as IteratorResult<Uint8Array> | typeof NOT_READY | typeof FAILED;
     this.#pulled = NOT_READY;
     if (r === FAILED) {
       const err = this.#pullError;
       this.#pullError = undefined;
       throw err;
     }
-    if (r === NOT_READY && this.#outBytes > 0) {
-      // The next bytes are often one turn away (Node hands a request body over on the tick
-      // after its head): wait that turn, so head, chunks and last chunk leave in one write.
-      r = await Promise.race([p, nextTurn(NOT_READY)]);
-    }
-    if (r === NOT_READY) {
-      let f = this.#flush();
-      if (f !== true && f !== false) f = await f;
-      if (!f) return STOP;
-      this.#awaitingSource = true;
-      try {
-        r = await this.#until(p);
-      } finally {
-        this.#awaitingSource = false;
-      }
-    }
-    if (this.#stopped) return STOP;
+    if (this.#stopped || r === NOT_READY) return STOP;
     return r;
   }
 
   readonly #onPulled = (r: IteratorResult<Uint8Array>): void => {
     this.#pulled = r;
+    this.#wake?.();
   };
 
   readonly #onPullFailed = (err: unknown): void => {
     this.#pulled = FAILED;
     this.#pullError = err;
+    this.#wake?.();
   };
 
   /**
-   * Waits for `p`, or for the writer to be stopped. Not Promise.race with a promise that lives
-   * as long as the transaction: every race would leave a reaction on it holding its result (a
-   * body chunk) until the transaction ends, so memory would grow with the body.
+   * Until the pending chunk comes (#onPulled), the writer is stopped or (`turn`) the loop's turn
+   * ends. Not a race with a promise that lives as long as the transaction: each wait would leave
+   * a reaction there holding its result (a body chunk) until the transaction ends.
    */
-  #until<T>(p: Promise<T>): Promise<T | typeof STOP> {
-    if (this.#stopped) return Promise.resolve(STOP);
-    return new Promise<T | typeof STOP>((resolve, reject) => {
-      this.#interrupt = () => {
-        this.#interrupt = null;
-        resolve(STOP);
+  #waitPulled(turn: boolean): Promise<void> {
+    if (this.#stopped) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      const wake = () => {
+        if (this.#wake === wake) this.#wake = null;
+        if (this.#interrupt === wake) this.#interrupt = null;
+        resolve();
       };
-      p.then(
-        (v) => {
-          this.#interrupt = null;
-          resolve(v);
-        },
-        (e: unknown) => {
-          this.#interrupt = null;
-          reject(e);
-        },
-      );
+      this.#wake = wake;
+      if (turn) setImmediate(wake);
+      else this.#interrupt = wake;
     });
   }
 
@@ -357,17 +354,19 @@ export class Transaction implements SocketOwner {
     return !this.#stopped;
   }
 
-  async #drain(): Promise<boolean> {
+  /** Waits for `drain`, or for the writer to be stopped; true when writing may go on. */
+  #drain(): Promise<boolean> {
+    if (this.#stopped) return Promise.resolve(false);
     const s = this.#conn.socket;
-    let onDrain: (() => void) | undefined;
-    await this.#until(
-      new Promise<void>((resolve) => {
-        onDrain = resolve;
-        s.once('drain', resolve);
-      }),
-    );
-    if (onDrain !== undefined) s.removeListener('drain', onDrain);
-    return !this.#stopped;
+    return new Promise<boolean>((resolve) => {
+      const done = () => {
+        s.removeListener('drain', done);
+        if (this.#interrupt === done) this.#interrupt = null;
+        resolve(!this.#stopped);
+      };
+      this.#interrupt = done;
+      s.on('drain', done);
+    });
   }
 
   /**

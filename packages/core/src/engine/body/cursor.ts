@@ -1,4 +1,5 @@
 import { Readable } from 'node:stream';
+import { NEXT_NOW } from '../../client/source.js';
 
 /** What a Cursor reads through: the BodyStore's side of a reader (see store.ts). */
 export interface CursorStore {
@@ -45,6 +46,13 @@ export class Cursor implements AsyncIterator<Buffer> {
       this.#waiter = { resolve, reject };
       this.wake();
     });
+  }
+
+  /** What next() would settle with, when that is known now (see NEXT_NOW); undefined otherwise. */
+  [NEXT_NOW](): IteratorResult<Buffer> | undefined {
+    if (this.#done) return { done: true, value: undefined };
+    if (this.#waiter !== undefined || this.#reading) return undefined;
+    return this.#take();
   }
 
   return(): Promise<IteratorResult<Buffer>> {

@@ -1,4 +1,4 @@
-import type { ReplayableBody } from '../../client/source.js';
+import { NEXT_NOW, type NextNow, type ReplayableBody, takeNow } from '../../client/source.js';
 import { IcapError, IcapErrorCodes } from '../../errors.js';
 
 /** Answer-body bytes that count as one step of progress (a trickle of single bytes does not). */
@@ -201,7 +201,7 @@ class WatchedBody implements ReplayableBody {
     return this.#body.length;
   }
 
-  open(): AsyncIterator<Uint8Array> {
+  open(): AsyncIterator<Uint8Array> & NextNow {
     const inner = this.#body.open();
     const watch = this.#watch;
     watch.opened();
@@ -216,6 +216,12 @@ class WatchedBody implements ReplayableBody {
           () => watch.resume(false),
         );
         return p;
+      },
+      // The reader's chunk when it has one now (see NEXT_NOW): taken, so progress.
+      [NEXT_NOW]: () => {
+        const r = takeNow(inner);
+        if (r !== undefined) watch.resume(true);
+        return r;
       },
       return: (value?: unknown) => {
         watch.resume(false);
