@@ -279,6 +279,10 @@ describe('outcomes in both failure actions', () => {
             {
               failAction,
               responseTimeout: fault.kind === 'hang' ? 300 : 10_000,
+              // ioTimeout defaults to responseTimeout, and the socket's idle timer, restarted by the
+              // body's last write, can win that tie on a busy machine (ICAP_ERR_IO_TIMEOUT): longer
+              // here, so the case shows responseTimeout's own error.
+              connection: { ioTimeout: 10_000 },
               health: { failureLimit: 100 },
             },
           );

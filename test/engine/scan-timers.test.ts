@@ -120,7 +120,17 @@ describe('one timer per scan', () => {
   it('a body here at once and a server that never answers: responseTimeout (fail-closed 503)', async () => {
     const s = await server(true);
     const logs: IcapLog[] = [];
-    const e = make({ responseTimeout: 400, bodyDeadline: 600_000 }, [s.url()], logs);
+    // ioTimeout (default: responseTimeout) longer, else the socket's idle timer, restarted by the
+    // body's last write, can win the tie on a busy machine (ICAP_ERR_IO_TIMEOUT).
+    const e = make(
+      {
+        responseTimeout: 400,
+        bodyDeadline: 600_000,
+        connection: { ioTimeout: 10_000 },
+      } as Partial<IcapProfile>,
+      [s.url()],
+      logs,
+    );
     const outcome = await e.scan(trickle(1000, 1, 0));
     expect(outcome.kind === 'respond' ? outcome.status : 0).toBe(503);
     outcome.dispose();
@@ -136,7 +146,7 @@ describe('the attempt watch', () => {
     const s = await server(true);
     const logs: IcapLog[] = [];
     const e = make(
-      { responseTimeout: 900, connection: { stallTimeout: 150 } } as Partial<IcapProfile>,
+      { responseTimeout: 900, connection: { stallTimeout: 150, ioTimeout: 10_000 } } as Partial<IcapProfile>,
       [s.url()],
       logs,
     );
