@@ -118,7 +118,7 @@ export function icap<
     // aborted); only a refusal goes on asynchronously. Any failure goes to next(err).
     engine
       .scan(req, {
-        signal: watch.signal,
+        signal: watch.scanSignal,
         logger,
         requestId: requestId(req),
         parsedBody: (req as { body?: unknown }).body,

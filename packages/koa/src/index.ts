@@ -138,7 +138,7 @@ export function icap<Ctx extends KoaContextLike = KoaContextLike>(
     const res = ctx.res;
     const watch = watchResponse(res);
     const scanned = await engine.scan(ctx.req, {
-      signal: watch.signal,
+      signal: watch.scanSignal,
       logger: isLogger(ctx.log) ? ctx.log : undefined,
       requestId: typeof ctx.state.requestId === 'string' ? ctx.state.requestId : undefined,
       parsedBody: (ctx.request as { body?: unknown }).body,
