@@ -353,6 +353,25 @@ const CASES: Case[] = [
     },
   },
   {
+    // The response watch's signal: the body has arrived, the ICAP server is still scanning.
+    name: 'client goes away while the ICAP server is still scanning its whole body',
+    profile: { connection: { ioTimeout: 5000, connectTimeout: 500 } },
+    script: icapFault({ kind: 'hang' }),
+    exchange: async ({ app }) => {
+      const r = await rawExchange(app.url, [postHead('/raw', SMALL.length), SMALL, { pause: 200 }], {
+        finally: 'destroy',
+      });
+      return { status: r.responses.length > 0 ? firstStatus(r) : null, sent: SMALL };
+    },
+    expected: {
+      status: { 'fail-closed': null, 'fail-open': null },
+      handled: { 'fail-closed': false, 'fail-open': false },
+      action: 'ICAP_FAILED',
+      codes: ['ICAP_ERR_ABORTED'],
+      significance: 'CLIENT_ABORTED',
+    },
+  },
+  {
     name: 'client sends fewer bytes than its Content-Length, then closes its side',
     exchange: async ({ app }) => {
       const r = await rawExchange(app.url, [postHead('/raw', BODY.length), BODY.subarray(0, 30_000)], {

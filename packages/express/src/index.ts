@@ -19,6 +19,7 @@ import {
   refusalReporter,
   refusalResponse,
   requestInfo,
+  type ScanOutcome,
   type StartupReport,
   watchResponse,
 } from '@icapkit/core';
@@ -109,13 +110,35 @@ export function icap<
   checkRefusalOptions(options as unknown as IcapExpressOptions, '@icapkit/express');
   const engine = options.engine ?? createEngine(profile);
   const report = refusalReporter('@icapkit/express');
+  const opts = options as unknown as IcapExpressOptions;
   const middleware = (req: IncomingMessage, res: ServerResponse, next: Next): void => {
-    run(engine, req, res, next, options as unknown as IcapExpressOptions, report).then(
-      (proceed) => {
-        if (proceed) next();
-      },
-      (err: unknown) => next(err),
-    );
+    const watch = watchResponse(res);
+    const logger = loggerOf(req);
+    // One promise reaction per request: the outcome is applied synchronously (pass, rewrite,
+    // aborted); only a refusal goes on asynchronously. Any failure goes to next(err).
+    engine
+      .scan(req, {
+        signal: watch.scanSignal,
+        logger,
+        requestId: requestId(req),
+        parsedBody: (req as { body?: unknown }).body,
+      })
+      .then((scanned) => {
+        let refused: Promise<void>;
+        try {
+          watch.hold(scanned);
+          (req as { icap?: IcapRequestInfo }).icap = requestInfo(scanned);
+          if (scanned.kind !== 'respond') {
+            if (proceed(engine, scanned, req, res)) next();
+            return;
+          }
+          refused = refuse(engine, scanned, req, res, next, opts, (err) => report(err, logger));
+        } catch (err) {
+          next(err);
+          return;
+        }
+        refused.then(undefined, next);
+      }, next);
   };
   return Object.assign(middleware, {
     engine,
@@ -140,32 +163,16 @@ export function icapInfo(req: IncomingMessage): IcapRequestInfo | undefined {
   return (req as { icap?: IcapRequestInfo | null }).icap ?? undefined;
 }
 
-/** Scans and applies the outcome. True when the next handler should run. */
-async function run(
+/** Applies an outcome other than a refusal. True when the next handler should run. */
+function proceed(
   engine: IcapEngine,
+  scanned: Exclude<ScanOutcome, RespondOutcome>,
   req: IncomingMessage,
   res: ServerResponse,
-  next: Next,
-  options: IcapExpressOptions,
-  report: ReturnType<typeof refusalReporter>,
-): Promise<boolean> {
-  const watch = watchResponse(res);
-  const log = (req as { log?: PinoLike }).log;
-  const logger = isLogger(log) ? log : undefined;
-  const scanned = await engine.scan(req, {
-    signal: watch.signal,
-    logger,
-    requestId: requestId(req),
-    parsedBody: (req as { body?: unknown }).body,
-  });
-  watch.hold(scanned);
-  (req as { icap?: IcapRequestInfo }).icap = requestInfo(scanned);
+): boolean {
   switch (scanned.kind) {
     case 'aborted':
       if (!res.destroyed) res.destroy();
-      return false;
-    case 'respond':
-      await refuse(engine, scanned, req, res, next, options, (err) => report(err, logger));
       return false;
     case 'rewrite':
       rearmRequest(req, {
@@ -188,7 +195,8 @@ async function run(
         });
       break;
   }
-  for (const [name, value] of scanned.responseHeaders) res.setHeader(name, value);
+  const headers = scanned.responseHeaders;
+  for (let i = 0; i < headers.length; i++) res.setHeader(headers[i]![0], headers[i]![1]);
   // The application's status, for the record (the analytics page shows it).
   res.on('finish', () => engine.responded(scanned.log, res.statusCode));
   return true;
@@ -238,6 +246,11 @@ async function refuse(
     res.writeHead(refusal.response.status, refusal.response.headers.flat());
     res.end(refusal.response.body);
   }
+}
+
+function loggerOf(req: IncomingMessage): PinoLike | undefined {
+  const log = (req as { log?: unknown }).log;
+  return isLogger(log) ? log : undefined;
 }
 
 function isLogger(v: unknown): v is PinoLike {

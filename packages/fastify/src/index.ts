@@ -397,7 +397,7 @@ async function scanRequest(
   const res = reply.raw;
   const watch = watchResponse(res);
   const scanned = await engine.scan(raw, {
-    signal: watch.signal,
+    signal: watch.scanSignal,
     logger: request.log,
     requestId: String(request.id),
     parsedBody: request.body,

@@ -1,4 +1,4 @@
-import { IncomingMessage, type ServerResponse } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import {
   type BodyHandoff,
   type ContinueServer,
@@ -20,7 +20,6 @@ import {
   refusalReporter,
   refusalResponse,
   requestInfo,
-  requestWithBody,
   type StartupReport,
   watchResponse,
 } from '@icapkit/core';
@@ -113,8 +112,8 @@ export function icapInfo(ctx: { state: object }): IcapRequestInfo | undefined {
 
 /**
  * Koa middleware: requests the profile's rules select are scanned by the ICAP server before
- * downstream middleware runs. Approved requests continue with `ctx.req` replaced by a fresh
- * request carrying the approved body (koa-body, @koa/bodyparser and formidable read it as
+ * downstream middleware runs. Approved requests continue with `ctx.req` made readable
+ * again with the approved body (koa-body, @koa/bodyparser and formidable read it as
  * usual); `ctx.state.icap` describes the scan. Blocked: 403, oversized: 413, scanner failure:
  * 503 (or pass, per the profile).
  *
@@ -139,7 +138,7 @@ export function icap<Ctx extends KoaContextLike = KoaContextLike>(
     const res = ctx.res;
     const watch = watchResponse(res);
     const scanned = await engine.scan(ctx.req, {
-      signal: watch.signal,
+      signal: watch.scanSignal,
       logger: isLogger(ctx.log) ? ctx.log : undefined,
       requestId: typeof ctx.state.requestId === 'string' ? ctx.state.requestId : undefined,
       parsedBody: (ctx.request as { body?: unknown }).body,
@@ -245,18 +244,12 @@ function apply(ctx: KoaContextLike, response: RefusalResponse): void {
 }
 
 /**
- * HTTP/1: a fresh IncomingMessage replaces ctx.req (Koa reads it through ctx.request.req and
- * ctx.response.req too). HTTP/2 compatibility requests are re-armed in place instead.
+ * Makes ctx.req readable again, in place, from the approved body (as the Express and Fastify
+ * adapters do): no second IncomingMessage, header copy or 'close' listener per request, and
+ * ctx.req, ctx.request.req and ctx.response.req stay the one request the application knows.
  */
 function swap(ctx: KoaContextLike, handoff: BodyHandoff): void {
-  if (!(ctx.req instanceof IncomingMessage)) {
-    rearmRequest(ctx.req, handoff);
-    return;
-  }
-  const fresh = requestWithBody(ctx.req, handoff);
-  ctx.req = fresh;
-  ctx.request.req = fresh;
-  ctx.response.req = fresh;
+  rearmRequest(ctx.req, handoff);
 }
 
 function isLogger(v: unknown): v is PinoLike {

@@ -49,27 +49,55 @@ export function toScanRequest(request: Request, info: WebRequestInfo = {}): WebS
   const host = request.headers.get('host');
   if (host === null || !sameHost(host, url)) pairs.push([':authority', url.host]);
 
-  // A request without a body gets an ended stream of its own (the engine does not read it).
-  const stream = new WebBodyReadable(body ?? emptyBody());
   const headers: Record<string, string | string[] | undefined> = {};
   for (const [name, value] of pairs) {
     const prev = headers[name];
     if (prev === undefined) headers[name] = value;
     else headers[name] = [...(Array.isArray(prev) ? prev : [prev]), value];
   }
-  Object.defineProperty(stream, 'bodyOpened', {
-    get: () => body !== null && stream.opened,
+  // A request without a body gets an ended stream of its own (the engine does not read it).
+  return new WebRequestReadable(body, request.method, `${url.pathname}${url.search}`, headers, pairs.flat(), {
+    remoteAddress: info.clientIp,
+    encrypted: url.protocol === 'https:',
   });
-  return Object.assign(stream as WebBodyReadable & { readonly bodyOpened: boolean }, {
-    method: request.method,
-    url: `${url.pathname}${url.search}`,
-    headers,
-    rawHeaders: pairs.flat(),
-    httpVersion: '1.1',
-    httpVersionMajor: 1,
-    socket: { remoteAddress: info.clientIp, encrypted: url.protocol === 'https:' },
-    complete: body === null,
-  });
+}
+
+/**
+ * The request's fields on the body stream, as one class (every request of one shape: fields
+ * added to a stream one by one, and a getter defined on each, gave each request a map of its own).
+ */
+class WebRequestReadable extends WebBodyReadable implements WebScanRequest {
+  method: string;
+  url: string;
+  headers: Record<string, string | string[] | undefined>;
+  rawHeaders: string[];
+  httpVersion = '1.1';
+  httpVersionMajor = 1;
+  socket: { remoteAddress: string | undefined; encrypted: boolean };
+  complete: boolean;
+  readonly #hasBody: boolean;
+
+  constructor(
+    body: ReadableStream<Uint8Array> | null,
+    method: string,
+    url: string,
+    headers: Record<string, string | string[] | undefined>,
+    rawHeaders: string[],
+    socket: { remoteAddress: string | undefined; encrypted: boolean },
+  ) {
+    super(body ?? emptyBody());
+    this.#hasBody = body !== null;
+    this.method = method;
+    this.url = url;
+    this.headers = headers;
+    this.rawHeaders = rawHeaders;
+    this.socket = socket;
+    this.complete = body === null;
+  }
+
+  get bodyOpened(): boolean {
+    return this.#hasBody && this.opened;
+  }
 }
 
 function emptyBody(): ReadableStream<Uint8Array> {

@@ -1,5 +1,5 @@
 import { IncomingMessage } from 'node:http';
-import { Readable } from 'node:stream';
+import { Duplex, Readable } from 'node:stream';
 
 /**
  * Handing a body to the application after the middleware has read the request stream.
@@ -43,15 +43,30 @@ type Requestish = Readable & {
 const TAKE_HELD = Symbol.for('icapkit.body.takeHeld');
 type HeldReplay = Readable & { [TAKE_HELD]?: () => Buffer[] | undefined };
 
+/**
+ * Node's stream state class (`Readable.ReadableState`, present since the streams rewrite): a
+ * fresh state is all a re-armed request needs from the Readable constructor.
+ */
+type StateClass = new (options: object, stream: Readable, isDuplex: boolean) => object;
+const ReadableState = (Readable as unknown as { ReadableState?: StateClass }).ReadableState;
+
 /** Makes `req` readable again, from `handoff.body`, in place. */
 export function rearmRequest(req: Requestish, handoff: BodyHandoff): void {
-  const state = (req as unknown as { _readableState?: { highWaterMark?: number } })._readableState;
-  const highWaterMark = state?.highWaterMark ?? 64 * 1024;
-  // Re-run the Readable constructor on the object: a fresh stream state (not ended, not
-  // destroyed), listeners kept. The request's own _read is replaced by one pulling from the body.
-  Readable.call(req as unknown as Readable, { highWaterMark, read: readerOf(req, handoff.body) } as never);
+  const r = req as unknown as { _readableState?: { highWaterMark?: number; readingMore: boolean } };
+  const highWaterMark = r._readableState?.highWaterMark ?? 64 * 1024;
+  const read = readerOf(req, handoff.body);
+  if (ReadableState !== undefined) {
+    // What re-running the Readable constructor on the object does for a stream without
+    // destroy/construct/signal options: a fresh state (not ended, not destroyed) and its
+    // _read; the listeners stay. Without the constructor's emitter re-initialisation, which
+    // keeps the listeners and limits as they are anyway.
+    r._readableState = new ReadableState({ highWaterMark }, req, req instanceof Duplex) as never;
+    (req as unknown as { _read: () => void })._read = read;
+  } else {
+    Readable.call(req as unknown as Readable, { highWaterMark, read } as never);
+  }
   // IncomingMessage sets this in its constructor so that Readable never reads ahead by itself.
-  (req as unknown as { _readableState: { readingMore: boolean } })._readableState.readingMore = true;
+  r._readableState!.readingMore = true;
   applyHead(req, handoff);
 }
 
