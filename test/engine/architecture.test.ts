@@ -131,8 +131,9 @@ describe('packages/core/src architecture', () => {
     ).toEqual([]);
   });
 
-  it('errors.ts imports nothing from the package', () => {
+  it('errors.ts and light-signal.ts import nothing from the package', () => {
     expect(graph.get('errors.ts')).toEqual([]);
+    expect(graph.get('light-signal.ts')).toEqual([]);
   });
 
   it('protocol/ imports only errors.ts and itself', () => {
@@ -143,10 +144,11 @@ describe('packages/core/src architecture', () => {
     expect(bad, 'protocol/ imports from above').toEqual([]);
   });
 
-  it('client/ imports only errors.ts, protocol/ and itself', () => {
+  it('client/ imports only errors.ts, light-signal.ts, protocol/ and itself', () => {
     const bad = violations(
       (f) => f.startsWith('client/'),
-      (t) => t === 'errors.ts' || t.startsWith('protocol/') || t.startsWith('client/'),
+      (t) =>
+        t === 'errors.ts' || t === 'light-signal.ts' || t.startsWith('protocol/') || t.startsWith('client/'),
     );
     expect(bad, 'client/ imports from above').toEqual([]);
   });
@@ -167,10 +169,10 @@ describe('packages/core/src architecture', () => {
     expect(bad, 'engine/verdict/ imports').toEqual([]);
   });
 
-  it('node/ imports only errors.ts and itself; only index.ts imports analytics/; nothing imports index.ts', () => {
+  it('node/ imports only errors.ts, light-signal.ts and itself; only index.ts imports analytics/; nothing imports index.ts', () => {
     const node = violations(
       (f) => f.startsWith('node/'),
-      (t) => t === 'errors.ts' || t.startsWith('node/'),
+      (t) => t === 'errors.ts' || t === 'light-signal.ts' || t.startsWith('node/'),
     );
     expect(node, 'node/ imports from above').toEqual([]);
     const analytics = violations(

@@ -1,3 +1,5 @@
+import { LightAbortController } from '../light-signal.js';
+
 /**
  * One request's tie to its response's `'close'`, for the framework adapters: while the scan
  * runs, a close before the response finished is the client going away (the scan's signal
@@ -20,71 +22,9 @@ export interface ResponseWatch {
   hold(outcome: { dispose(): void }): void;
 }
 
-type AbortListener = (event: Event) => void;
-
-/** What a Node AbortSignal's `reason` is after `abort()` without one. */
-function abortError(): DOMException {
-  return new DOMException('This operation was aborted', 'AbortError');
-}
-
-/**
- * The subset of AbortSignal that `engine.scan` uses, as one plain object of a fixed shape.
- * Listeners are called once, in the order they were added, with an 'abort' Event, as by an
- * AbortSignal; a listener that throws does not keep the others from running.
- */
-class ScanSignal {
-  aborted = false;
-  reason: unknown = undefined;
-  onabort: AbortListener | null = null;
-  #listeners: AbortListener[] | null = null;
-
-  addEventListener(type: string, listener: AbortListener | null): void {
-    if (type !== 'abort' || typeof listener !== 'function' || this.aborted) return;
-    const list = this.#listeners;
-    if (list === null) this.#listeners = [listener];
-    else if (!list.includes(listener)) list.push(listener);
-  }
-
-  removeEventListener(type: string, listener: AbortListener | null): void {
-    const list = this.#listeners;
-    if (type !== 'abort' || list === null) return;
-    const at = list.indexOf(listener as AbortListener);
-    if (at !== -1) list.splice(at, 1);
-  }
-
-  dispatchEvent(_event: Event): boolean {
-    return true;
-  }
-
-  throwIfAborted(): void {
-    if (this.aborted) throw this.reason;
-  }
-
-  abort(reason: unknown): void {
-    if (this.aborted) return;
-    this.aborted = true;
-    this.reason = reason;
-    const list = this.#listeners;
-    this.#listeners = null;
-    const handler = this.onabort;
-    if (list === null && handler === null) return;
-    const event = new Event('abort');
-    if (handler !== null) call(handler, this, event);
-    if (list !== null) for (const listener of list) call(listener, this, event);
-  }
-}
-
-function call(listener: AbortListener, self: object, event: Event): void {
-  try {
-    listener.call(self, event);
-  } catch {
-    // Never thrown into the response's 'close' (the engine's listener does not throw).
-  }
-}
-
 class Watch implements ResponseWatch {
   readonly #res: { readonly writableFinished: boolean };
-  readonly #scan = new ScanSignal();
+  readonly #scan = new LightAbortController();
   #controller: AbortController | undefined = undefined;
   #outcome: { dispose(): void } | undefined = undefined;
   #closed = false;
@@ -107,7 +47,7 @@ class Watch implements ResponseWatch {
   }
 
   get scanSignal(): AbortSignal {
-    return this.#scan as unknown as AbortSignal;
+    return this.#scan.signal;
   }
 
   hold(outcome: { dispose(): void }): void {
@@ -123,9 +63,8 @@ class Watch implements ResponseWatch {
       return;
     }
     if (this.#res.writableFinished) return;
-    const reason = abortError();
-    this.#scan.abort(reason);
-    this.#controller?.abort(reason);
+    this.#scan.abort();
+    this.#controller?.abort(this.#scan.reason);
   };
 }
 

@@ -1,5 +1,5 @@
-import { LightAbortController } from '../../client/abort.js';
 import { IcapError, IcapErrorCodes } from '../../errors.js';
+import { LightAbortController } from '../../light-signal.js';
 import type { BodyStore } from '../body.js';
 import type { IcapLog } from '../log.js';
 import { isMultipartFormData } from '../multipart/parse.js';
