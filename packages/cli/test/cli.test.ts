@@ -509,7 +509,20 @@ describe('large files and concurrency', () => {
           clearInterval(sampler);
         }
       };
-      const clean = await measure((f) => ['scan', f, '--server', s.url('/avscan')], true);
+      // The embedded server shares this process and holds the body it answers whole (its chunks,
+      // then the concatenated answer for /echo): a sample taken at that moment counts the
+      // server's 30 MiB, not the CLI's (seen up to 33 MiB on the old main as well, about one
+      // run in four). A CLI that held the file would be over the limit on every run: the least
+      // growth of up to three runs is what is compared.
+      const leastOf = async (argv: (file: string) => string[], tty: boolean) => {
+        let best = await measure(argv, tty);
+        for (let i = 1; i < 3 && best.growth >= MEMORY_LIMIT; i++) {
+          const again = await measure(argv, tty);
+          if (again.growth < best.growth) best = again;
+        }
+        return best;
+      };
+      const clean = await leastOf((f) => ['scan', f, '--server', s.url('/avscan')], true);
       expect(clean.r.code).toBe(0);
       expect(clean.r.stdout).toBe(`CLEAN  ${big}\n`);
       // Reading the file whole would take 30 MiB by itself.
@@ -519,7 +532,7 @@ describe('large files and concurrency', () => {
       expect(clean.r.stderr.endsWith('\r\x1b[K')).toBe(true);
 
       // /echo streams the 30 MiB back: hashed on the fly and compared with the file's hash.
-      const echo = await measure((f) => ['scan', f, '--server', s.url('/echo'), '--no-204', '--json'], true);
+      const echo = await leastOf((f) => ['scan', f, '--server', s.url('/echo'), '--no-204', '--json'], true);
       expect(echo.r.code).toBe(0);
       expect(JSON.parse(echo.r.stdout)).toMatchObject({ verdict: 'clean', status: 200, size });
       expect(echo.r.stderr).toBe('');
@@ -529,7 +542,7 @@ describe('large files and concurrency', () => {
       await rm(big, { force: true });
       await rm(join(dir, 'warm-up.bin'), { force: true });
     }
-  }, 60_000);
+  }, 150_000);
 
   it('no progress when stderr is not a terminal', async () => {
     const s = await startIcapServer({ recordBodies: false });
