@@ -45,7 +45,31 @@ export class BodyDigest {
       this.#h.update(chunk);
       return;
     }
-    const buf = this.#carry.length > 0 ? Buffer.concat([this.#carry, chunk]) : chunk;
+    const carry = this.#carry;
+    let from = 0;
+    if (carry.length > 0) {
+      // A token starting in the carry needs at most needle.length - 1 bytes of this chunk: look
+      // for it in that seam alone, so the chunk itself is never copied.
+      if (chunk.length < needle.length - 1) {
+        this.#scan(Buffer.concat([carry, chunk]));
+        return;
+      }
+      const seam = Buffer.concat([carry, chunk.subarray(0, needle.length - 1)]);
+      const j = seam.indexOf(needle);
+      if (j === -1) {
+        this.#h.update(carry);
+      } else {
+        this.#h.update(carry.subarray(0, j));
+        this.#h.update(BOUNDARY_TOKEN);
+        from = j + needle.length - carry.length;
+      }
+    }
+    this.#scan(from === 0 ? chunk : chunk.subarray(from));
+  }
+
+  /** Hashes `buf` with every needle replaced, keeping its tail (where a needle may begin) as the carry. */
+  #scan(buf: Buffer): void {
+    const needle = this.#needle!;
     let i = 0;
     for (let j = buf.indexOf(needle); j !== -1; j = buf.indexOf(needle, i)) {
       this.#h.update(buf.subarray(i, j));
