@@ -32,7 +32,16 @@ import { type Squid, squidMissing, squidVersion, startSquid } from './squid.js';
 import { type StageSnapshot, stageDelta } from './stages.js';
 import { renderReport } from './table.js';
 import { renderTinyChunks, runTinyChunks } from './tinychunks.js';
-import { type Child, cpuOf, findOnPath, killAllChildren, memOf, resetPeakRss, startChild } from './util.js';
+import {
+  type Child,
+  cpuOf,
+  findOnPath,
+  killAllChildren,
+  machineBusy,
+  memOf,
+  resetPeakRss,
+  startChild,
+} from './util.js';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const BENCH_DIR = join(HERE, '..');
@@ -153,6 +162,14 @@ export interface CellResult {
   stages?: StageSnapshot | undefined;
   cpuIcap: number | undefined;
   cpuOrigin: number | undefined;
+  /**
+   * CPU µs per answered request of the whole machine over the measured window (all cores,
+   * every process and the kernel; /proc/stat): with the per-process figures, where the
+   * machine's CPU goes (the rest is the load generator, the kernel's softirq work, anything else).
+   */
+  cpuUsPerReqMachine?: number | undefined;
+  /** The whole machine's busy CPU over the measured window, in % of one core (cores x 100 = all busy). */
+  cpuMachine?: number | undefined;
   note: string | undefined;
 }
 
@@ -508,9 +525,11 @@ async function runCell(env: Env, path: PathDef, cell: CellDef): Promise<CellResu
       const opened0 = counter?.accepted() ?? 0;
       const pids = { app: [measured], icap: icapPids(path.service), origin: origin ? [origin.pid] : [] };
       const c0 = { app: cpuSum(pids.app), icap: cpuSum(pids.icap), origin: cpuSum(pids.origin) };
+      const m0 = machineBusy();
       const t0 = performance.now();
       const r: LoadResult = await runLoad(env.tool, target, body, cell.clients, measureS);
       const wall = (performance.now() - t0) / 1000;
+      const m1 = machineBusy();
       if (counter) {
         result.icapOpened = counter.accepted();
         result.icapOpenedMeasured = counter.accepted() - opened0;
@@ -536,6 +555,8 @@ async function runCell(env: Env, path: PathDef, cell: CellDef): Promise<CellResu
         cpuApp: ((c1.app - c0.app) / wall) * 100,
         cpuIcap: path.service ? ((c1.icap - c0.icap) / wall) * 100 : undefined,
         cpuOrigin: origin ? ((c1.origin - c0.origin) / wall) * 100 : undefined,
+        cpuMachine: m1 > m0 ? ((m1 - m0) / wall) * 100 : undefined,
+        cpuUsPerReqMachine: m1 > m0 && r.ok > 0 ? ((m1 - m0) * 1e6) / r.ok : undefined,
       });
       if (appChild && path.kind === 'icapkit') result.clientCreated = s1.created;
       if (r.errors > 0 && result.note === undefined) result.note = `${r.errors} errors`;

@@ -145,6 +145,11 @@ export function renderReport(
     }
   }
 
+  const budget = renderMachineBudget(results, m.nproc);
+  if (budget.length > 0) {
+    out.push('');
+    out.push(...budget);
+  }
   const staged = results.filter((r) => r.stages !== undefined && r.kind === 'icapkit' && r.ok > 0);
   if (staged.length > 0) {
     out.push('');
@@ -153,6 +158,44 @@ export function renderReport(
   out.push('');
   out.push(...renderTargets(results));
   return out.join('\n');
+}
+
+/**
+ * Where the whole machine's CPU goes per request, for the paths that end in c-icap (icapkit and
+ * Squid): the application (or Squid), Squid's origin, the ICAP server, and the rest (the load
+ * generator, the kernel's softirq work, anything else), from the same window's /proc figures.
+ * On a machine near all-busy, req/s is about cores / this total: a path is faster than another
+ * by as much CPU per request as it saves, whichever process saves it.
+ */
+export function renderMachineBudget(results: CellResult[], cores: number): string[] {
+  const rows = results.filter(
+    (r) =>
+      (r.kind === 'icapkit' || r.kind === 'squid') &&
+      (r.service === 'avscan' || r.service === 'echo') &&
+      r.cpuMachine !== undefined &&
+      r.rps > 0,
+  );
+  if (rows.length === 0) return [];
+  const per = (p: number | undefined, r: CellResult) =>
+    p === undefined ? undefined : (p / 100) * (1e6 / r.rps);
+  const out = [
+    `Where the machine's CPU goes, per request (µs; all ${cores} cores, from /proc over the measured window; "rest" is`,
+    "the load generator, the kernel's softirq work and anything else; req/s ≈ cores ÷ total when the machine is all busy):",
+    '',
+    '| Body | Clients | Path | req/s | machine busy % | app or Squid | origin | ICAP server | rest | total |',
+    '|---|--:|---|--:|--:|--:|--:|--:|--:|--:|',
+  ];
+  for (const r of rows) {
+    const app = per(r.cpuApp, r);
+    const origin = per(r.cpuOrigin, r);
+    const icap = per(r.cpuIcap, r);
+    const total = per(r.cpuMachine, r)!;
+    const rest = total - (app ?? 0) - (origin ?? 0) - (icap ?? 0);
+    out.push(
+      `| ${r.bodyLabel} | ${r.clients} | ${pathLabel(r)} | ${n0(r.rps)} | ${pct(r.cpuMachine)} of ${cores * 100} | ${us(app)} | ${r.kind === 'squid' ? us(origin) : '—'} | ${us(icap)} | ${us(Math.max(0, rest))} | ${us(total)} |`,
+    );
+  }
+  return out;
 }
 
 /**
