@@ -143,15 +143,30 @@ async function runAutocannon(
  * flight; icapkit then has to drop the ICAP connections of those transactions, and their
  * replacements would be counted as "connections opened" by the measured run.)
  */
-export async function warmUp(url: string, body: Body, connections: number, seconds: number): Promise<number> {
+export async function warmUp(
+  url: string,
+  body: Body,
+  connections: number,
+  seconds: number,
+  until: { requests: number; maxSeconds: number } = { requests: 0, maxSeconds: seconds },
+): Promise<number> {
   const data = await readFile(body.file);
   const u = new URL(url);
-  const deadline = performance.now() + seconds * 1000;
+  const start = performance.now();
+  const deadline = start + seconds * 1000;
+  const hardDeadline = start + Math.max(seconds, until.maxSeconds) * 1000;
+  let answered = 0;
   let errors = 0;
+  // At least `seconds`, and on until `until.requests` were answered (V8 compiles a fresh
+  // process's code over its first few hundred requests), never past `until.maxSeconds`.
+  const more = () => {
+    const now = performance.now();
+    return now < deadline || (answered < until.requests && now < hardDeadline);
+  };
   const loop = async () => {
     const agent = new Agent({ keepAlive: true, maxSockets: 1 });
     try {
-      while (performance.now() < deadline) {
+      while (more()) {
         await new Promise<void>((resolve) => {
           const req = request(
             {
@@ -165,6 +180,7 @@ export async function warmUp(url: string, body: Body, connections: number, secon
             },
             (res) => {
               if ((res.statusCode ?? 0) >= 400) errors++;
+              answered++;
               res.resume();
               res.once('end', resolve);
               res.once('error', () => resolve());

@@ -11,6 +11,8 @@
  * --out=DIR: where latest.md / latest.json go (default bench/results).
  * --update-readme: also replace the table in bench/README.md.
  * --from=FILE: run nothing; render the results saved in FILE (a latest.json) again.
+ * --warm-requests=N: full mode warms each fresh application (and Squid's origin) up for a second
+ *   and until it has answered N requests, at most 10 s (default 1000; 0: one second only).
  * --stages: the applications publish the scan's per-stage CPU and wall time (BENCH_STAGES=1, a few
  *   µs per request); the report gets a per-stage table. Per-stage CPU is the process's, so it is
  *   one request's only with one client (e.g. --stages --cells=10k/1 --only='204|ceiling').
@@ -185,6 +187,10 @@ export interface Machine {
   loadTool: string;
   mode: 'full' | 'short';
   warmupS: number;
+  /** The warm-up also goes on until this many requests were answered (0: time only)... */
+  warmRequests?: number;
+  /** ...but never past this many seconds. */
+  warmMaxS?: number;
   measureS: number;
   measure32mS: number;
   totalS: number;
@@ -201,6 +207,7 @@ interface Args {
   from: string | undefined;
   tinyChunks: boolean;
   stages: boolean;
+  warmRequests: number | undefined;
 }
 
 function parseArgs(argv: string[]): Args {
@@ -213,6 +220,7 @@ function parseArgs(argv: string[]): Args {
     from: undefined,
     tinyChunks: false,
     stages: false,
+    warmRequests: undefined,
   };
   for (const arg of argv) {
     if (arg === '--short') a.short = true;
@@ -222,6 +230,7 @@ function parseArgs(argv: string[]): Args {
     else if (arg.startsWith('--from=')) a.from = arg.slice(7);
     else if (arg === '--tiny-chunks') a.tinyChunks = true;
     else if (arg === '--stages') a.stages = true;
+    else if (arg.startsWith('--warm-requests=')) a.warmRequests = Number(arg.slice(16));
     else if (arg.startsWith('--cells=')) {
       a.cells = arg
         .slice(8)
@@ -275,6 +284,8 @@ interface Env {
   bodies: Map<BodyId, Body>;
   tool: LoadTool;
   warmupS: number;
+  warmRequests: number;
+  warmMaxS: number;
   measureS: number;
   measure32mS: number;
 }
@@ -518,7 +529,10 @@ async function runCell(env: Env, path: PathDef, cell: CellDef): Promise<CellResu
       if (check.status !== 200 || check.text !== expected) {
         result.note = `check failed: ${check.status} ${check.text.slice(0, 80)}`;
       }
-      await warmUp(target, body, cell.clients, warmupS);
+      await warmUp(target, body, cell.clients, warmupS, {
+        requests: big ? 0 : env.warmRequests,
+        maxSeconds: env.warmMaxS,
+      });
       // The Node process answering the load (the application, or Squid's origin) reports its own CPU.
       const statsPort = (appChild ?? origin)!.ready.port as number;
       const s0 = await statsOf(statsPort);
@@ -615,10 +629,17 @@ async function main(): Promise<void> {
   const tool = pickTool();
   const short = args.short;
   const warmupS = short ? 1 : 1;
+  /**
+   * Full mode warms each fresh application up for at least a second and until it has answered
+   * this many requests (at most warmMaxS): V8 compiles a fresh process's code over its first few
+   * hundred requests, which a second of 1 MiB or multipart requests (100-300) does not cover.
+   */
+  const warmRequests = short ? 0 : (args.warmRequests ?? 1000);
+  const warmMaxS = 10;
   const measureS = short ? 1 : 3;
   const measure32mS = short ? 1 : 6;
-  /** Full mode stops starting cells past this (the whole run must stay under 10 minutes). */
-  const budgetMs = short ? 5 * 60_000 : 9 * 60_000;
+  /** Full mode stops starting cells past this (the whole run must stay under 14 minutes). */
+  const budgetMs = short ? 5 * 60_000 : 13 * 60_000;
 
   const paths = PATHS.filter((p) => args.only === undefined || args.only.test(p.id));
   const cells: CellDef[] = args.cells ?? (short ? [{ body: '10k', clients: 8 }] : CELLS);
@@ -665,6 +686,8 @@ async function main(): Promise<void> {
       bodies: made.bodies,
       tool,
       warmupS,
+      warmRequests,
+      warmMaxS,
       measureS,
       measure32mS,
     };
@@ -705,6 +728,8 @@ async function main(): Promise<void> {
     loadTool: tool === 'wrk' && findOnPath('wrk') ? wrkVersion() : 'autocannon 9',
     mode: short ? 'short' : 'full',
     warmupS,
+    warmRequests,
+    warmMaxS,
     measureS,
     measure32mS,
     totalS: Math.round((Date.now() - t0) / 1000),

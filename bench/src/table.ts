@@ -86,7 +86,7 @@ export function renderReport(
   out.push(
     `Machine: ${m.nproc} CPU (${m.cpuModel}), ${m.ramGiB} GiB RAM, Linux ${m.kernel}, Node ${m.node}; ` +
       `${m.cicap}; ${m.squid}; load: ${m.loadTool}. ${m.date.slice(0, 16).replace('T', ' ')} UTC, ` +
-      `${m.mode} mode (warm-up ${m.warmupS} s, measure ${m.measureS} s; 32 MiB: ${m.measure32mS} s), ` +
+      `${m.mode} mode (warm-up ${m.warmupS} s${m.warmRequests ? ` and until ${m.warmRequests} requests were answered, at most ${m.warmMaxS} s` : ''}, measure ${m.measureS} s; 32 MiB: ${m.measure32mS} s), ` +
       `whole run ${m.totalS} s.`,
   );
   out.push('');
