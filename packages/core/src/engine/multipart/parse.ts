@@ -1,4 +1,5 @@
 import { PassThrough } from 'node:stream';
+import { takeNow } from '../../client/source.js';
 import { BodyStore } from '../body.js';
 import type { ResolvedMultipartLimits } from '../profile.js';
 import { MultipartParser, multipartError, type ParseEvent, type PartHead } from './parser.js';
@@ -165,7 +166,8 @@ export async function parseMultipart(
   const reader = new AbortableReader(source, signal, options.sourceInMemory === true);
   try {
     for (;;) {
-      const r = await reader.next();
+      // A chunk the source holds now is taken without a promise (the same chunk next() gives).
+      const r = reader.now() ?? (await reader.next());
       if (r.done) break;
       const wait = handle(parser.write(r.value));
       if (wait !== undefined) await wait;
@@ -233,6 +235,15 @@ class AbortableReader {
     this.#reject = undefined;
     reject?.(this.#signal!.reason);
   };
+
+  /**
+   * The next result when the source has it now (see NEXT_NOW: counts as that next()), unless
+   * the signal is aborted; undefined: call next().
+   */
+  now(): IteratorResult<Buffer> | undefined {
+    if (this.#signal?.aborted === true) return undefined;
+    return takeNow(this.#source) as IteratorResult<Buffer> | undefined;
+  }
 
   next(): Promise<IteratorResult<Buffer>> {
     const signal = this.#signal;
