@@ -19,7 +19,7 @@ import { Readable } from 'node:stream';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { BodyStore } from '../../src/engine/body.js';
-import { canonicalForm, type RebuiltPart } from '../../src/engine/multipart/canonical.js';
+import { canonicalForm, freshBoundary, type RebuiltPart } from '../../src/engine/multipart/canonical.js';
 import { type Part, parseMultipart } from '../../src/engine/multipart/parse.js';
 import { rearmRequest } from '../../src/node/handoff.js';
 
@@ -363,5 +363,17 @@ describe('the parse takes held chunks without a promise', () => {
     setTimeout(() => ac2.abort(reason), 5);
     await expect(parsing).rejects.toBe(reason);
     store.dispose();
+  });
+});
+
+describe('fresh boundaries drawn from a batch of random bytes', () => {
+  it('every boundary has its own 32 hex digits, across batches', () => {
+    const seen = new Set<string>();
+    for (let i = 0; i < 1000; i++) {
+      const b = freshBoundary();
+      expect(b).toMatch(/^----icapkit[0-9a-f]{32}$/);
+      seen.add(b);
+    }
+    expect(seen.size).toBe(1000);
   });
 });
