@@ -5,6 +5,8 @@
  *   replay's TAKE_HELD, FormReader.takeAll), instead of streaming through the replay: the same
  *   bytes, headers and end; a spooled part, a replaced content, a reader already started or a
  *   form discarded first take (or behave as) the general path;
+ * - part headers are read at offsets, without a regex, Map or tuple per parameter: the same
+ *   parts, contents and errors as the parser before that cut (reference/, a differential test);
  * - the strict parse takes a chunk the source holds now without a promise (NEXT_NOW): the same
  *   parts, contents and errors as a source that only answers next(), whatever the split, and an
  *   abort still ends it.
@@ -21,7 +23,14 @@ import { describe, expect, it } from 'vitest';
 import { BodyStore } from '../../src/engine/body.js';
 import { canonicalForm, freshBoundary, type RebuiltPart } from '../../src/engine/multipart/canonical.js';
 import { type Part, parseMultipart } from '../../src/engine/multipart/parse.js';
+import { MultipartParser } from '../../src/engine/multipart/parser.js';
+import { parseDisposition, parseMediaType } from '../../src/engine/multipart/syntax.js';
 import { rearmRequest } from '../../src/node/handoff.js';
+import { MultipartParser as ParserBefore } from './reference/parser-before.js';
+import {
+  parseDisposition as parseDispositionBefore,
+  parseMediaType as parseMediaTypeBefore,
+} from './reference/syntax-before.js';
 
 const BOUNDARY = 'xYzBoundary123';
 const CT = `multipart/form-data; boundary=${BOUNDARY}`;
@@ -375,5 +384,175 @@ describe('fresh boundaries drawn from a batch of random bytes', () => {
       seen.add(b);
     }
     expect(seen.size).toBe(1000);
+  });
+});
+
+describe('part headers read at offsets, without a regex, Map or tuple per parameter', () => {
+  /** Events or the error of a parse of `body` split at `cuts`, by `Parser`. */
+  function run(
+    Parser: typeof MultipartParser | typeof ParserBefore,
+    body: Buffer,
+    cuts: number[],
+    asSent: boolean,
+  ) {
+    const p = new Parser(BOUNDARY, { ...LIMITS, headerPairs: 4, headerSize: 300 }, { asSent });
+    const out: unknown[] = [];
+    const record = (events: ReturnType<MultipartParser['write']>) => {
+      for (const e of events)
+        out.push(
+          e.type === 'part'
+            ? {
+                ...e.head,
+                media: e.head.media && { type: e.head.media.type, params: [...e.head.media.params] },
+              }
+            : e.type === 'data'
+              ? e.data.toString('latin1')
+              : e.type,
+        );
+    };
+    try {
+      let at = 0;
+      for (const c of [...cuts.filter((x) => x > 0 && x < body.length).sort((a, b) => a - b), body.length]) {
+        if (c <= at) continue;
+        record(p.write(body.subarray(at, c)));
+        at = c;
+      }
+      record(p.end());
+      return { events: out };
+    } catch (err) {
+      return { events: out, error: (err as Error).message, status: (err as { status?: number }).status };
+    }
+  }
+
+  const piece = fc.constantFrom(
+    'Content-Disposition',
+    'content-disposition',
+    'Content-Type',
+    'CONTENT-TYPE',
+    'Content-Transfer-Encoding',
+    'X-Other',
+    'x-other',
+    ':',
+    ': ',
+    ' ',
+    '\t',
+    ';',
+    '=',
+    '"',
+    '\\',
+    'form-data',
+    'name',
+    'filename',
+    'boundary',
+    'charset=utf-16',
+    'text/plain',
+    'a/b',
+    '/',
+    'binary',
+    'base64',
+    'x',
+    '\u0000',
+    '\u007f',
+    '\u00e9',
+    '\r',
+    '\n',
+    '\r\n',
+  );
+  const noise = fc.array(piece, { minLength: 0, maxLength: 12 }).map((p) => p.join(''));
+  /** `first; name=value; ...` with the shapes parsers disagree on. */
+  const paramValue = fc
+    .tuple(
+      fc.constantFrom('form-data', 'Form-Data', 'text/plain', 'a/b', 'attachment', '', ' form-data', 'x/y/z'),
+      fc.array(
+        fc.constantFrom(
+          '; name="f"',
+          '; filename="a.txt"',
+          '; x=1',
+          ';x=2',
+          '; NAME=g',
+          ' ; name=f',
+          ';\tcharset=utf-8',
+          '; charset="UTF-16"',
+          '; boundary=zz',
+          ';; x=1',
+          '; name = f',
+          '; name= f',
+          '; name="a\\b"',
+          '; filename=m[1].bin',
+          '; name="\u0001"',
+          '; name="\u00e9"',
+          "; filename*=UTF-8''x",
+          '; name',
+          '; name=',
+          '; name="x',
+          '; filename=""',
+          ';',
+        ),
+        { maxLength: 4 },
+      ),
+      fc.constantFrom('', ' ', '\t', ';', ' junk'),
+    )
+    .map(([first, params, tail]) => first + params.join('') + tail);
+  const header = fc
+    .tuple(
+      fc.constantFrom(
+        'Content-Disposition',
+        'content-disposition',
+        'Content-Type',
+        'Content-Transfer-Encoding',
+        'X-Other',
+        'x-other',
+        'Bad Name',
+        '',
+      ),
+      fc.constantFrom(':', ': ', ':\t', ' :', ':  ', ''),
+      fc.oneof(
+        paramValue,
+        fc.constantFrom('binary', '7BIT', 'base64', ' binary\t', 'binary\t', 'v\u0000', 'v\u007f', '\t'),
+      ),
+      fc.constantFrom('', ' ', '\t', ' \t'),
+    )
+    .map((p) => p.join(''));
+  const line = fc.oneof(header, header, noise);
+  const good = fc.constantFrom(
+    'Content-Disposition: form-data; name="f"; filename="a.txt"',
+    'Content-Disposition: form-data; name=f',
+    'Content-Type: text/plain; charset=utf-8',
+    'Content-Type:application/octet-stream  ',
+    'X-Other:  v ',
+  );
+  it('the same parts, contents and errors as before, for any header lines and split', () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.oneof(good, line), { minLength: 0, maxLength: 5 }),
+        fc.array(fc.integer({ min: 0, max: 400 }), { maxLength: 4 }),
+        fc.boolean(),
+        (lines, cuts, asSent) => {
+          const head = lines.map((l) => `${l}\r\n`).join('');
+          const body = Buffer.from(
+            `--${BOUNDARY}\r\n${head}\r\ncontent\r\n--${BOUNDARY}\r\nContent-Disposition: form-data; name="b"\r\n\r\nx\r\n--${BOUNDARY}--\r\n`,
+            'latin1',
+          );
+          expect(run(MultipartParser, body, cuts, asSent)).toEqual(run(ParserBefore, body, cuts, asSent));
+        },
+      ),
+      { numRuns: 3000 },
+    );
+  });
+
+  it('Content-Type and Content-Disposition values: the same result or message as before', () => {
+    const value = fc.oneof(
+      paramValue,
+      fc.array(piece, { maxLength: 14 }).map((p) => p.join('')),
+    );
+    fc.assert(
+      fc.property(value, (v) => {
+        const media = (m: ReturnType<typeof parseMediaType>) =>
+          typeof m === 'string' ? m : { type: m.type, params: [...m.params] };
+        expect(media(parseMediaType(v))).toEqual(media(parseMediaTypeBefore(v)));
+        expect(parseDisposition(v)).toEqual(parseDispositionBefore(v));
+      }),
+      { numRuns: 5000 },
+    );
   });
 });

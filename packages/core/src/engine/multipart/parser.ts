@@ -65,6 +65,25 @@ export type ParseEvent =
 
 type State = 'start' | 'headers' | 'content' | 'close' | 'done';
 
+/** Where a header line's name ends (its ":"), when the name is one or more tchars; else -1. */
+function headerNameEnd(line: string): number {
+  let i = 0;
+  for (; i < line.length; i++) {
+    const code = line.charCodeAt(i);
+    if (code >= 128 || TCHAR[code] !== 1) break;
+  }
+  return i > 0 && line.charCodeAt(i) === 0x3a ? i : -1;
+}
+
+function isOwsCode(code: number): boolean {
+  return code === 0x20 || code === 0x09;
+}
+
+/** RFC 9110 tchar, by char code. */
+const TCHAR = new Uint8Array(128);
+for (const c of "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+  TCHAR[c.charCodeAt(0)] = 1;
+
 const CR = 0x0d;
 const LF = 0x0a;
 const DASH = 0x2d;
@@ -224,11 +243,14 @@ export class MultipartParser {
 
   #headers(out: ParseEvent[], atEnd: boolean): boolean {
     const limits = this.#limits;
+    const buf = this.#buf;
+    // Lines are read at offsets into the buffer (no view per line); it is cut once, at the end.
+    let at = 0;
     for (;;) {
-      const buf = this.#buf;
-      const lf = buf.indexOf(LF);
+      const lf = buf.indexOf(LF, at);
       if (lf === -1) {
-        if (this.#headerBytes + buf.length > limits.headerSize)
+        if (at !== 0) this.#buf = buf.subarray(at);
+        if (this.#headerBytes + (buf.length - at) > limits.headerSize)
           throw multipartError(413, `part headers larger than ${limits.headerSize} bytes`);
         if (atEnd)
           throw multipartError(
@@ -237,45 +259,69 @@ export class MultipartParser {
           );
         return false;
       }
-      this.#headerBytes += lf + 1;
+      this.#headerBytes += lf - at + 1;
       if (this.#headerBytes > limits.headerSize)
         throw multipartError(413, `part headers larger than ${limits.headerSize} bytes`);
-      if (lf === 0 || buf[lf - 1] !== CR)
+      if (lf === at || buf[lf - 1] !== CR)
         throw multipartError(400, 'a part header line ends with a bare LF (CRLF is required)');
-      const line = buf.subarray(0, lf - 1);
-      if (line.includes(CR)) throw multipartError(400, 'a part header line contains a bare CR');
-      this.#buf = buf.subarray(lf + 1);
-      if (line.length === 0) {
+      // The line is [at, lf - 1); its first CR must be the one before the LF.
+      if (buf.indexOf(CR, at) < lf - 1) throw multipartError(400, 'a part header line contains a bare CR');
+      const lineStart = at;
+      at = lf + 1;
+      if (lf - 1 === lineStart) {
+        this.#buf = buf.subarray(at);
         this.#endHeaders(out);
         return true;
       }
       if (this.#headerLines.length >= limits.headerPairs)
         throw multipartError(413, `a part has more than ${limits.headerPairs} header lines`);
-      this.#headerLines.push(line.toString('latin1'));
+      this.#headerLines.push(buf.toString('latin1', lineStart, lf - 1));
     }
   }
 
   #endHeaders(out: ParseEvent[]): void {
     const limits = this.#limits;
-    const seen = new Map<string, string>();
+    // The three headers read here, and the names of the others (to refuse any header twice).
+    let dispValue: string | undefined;
+    let contentType: string | undefined;
+    let cte: string | undefined;
+    let othersSeen: Set<string> | undefined;
     const otherHeaders: string[] = [];
     for (const line of this.#headerLines) {
       if (line[0] === ' ' || line[0] === '\t')
         throw multipartError(400, 'a part header is folded over more than one line (obsolete line folding)');
-      const m = /^([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*(.*?)[ \t]*$/s.exec(line);
-      if (m === null)
+      // `token ":" OWS value OWS`: the name is the tchars before the first ":".
+      const colon = headerNameEnd(line);
+      if (colon === -1)
         throw multipartError(400, `a part header is malformed: ${JSON.stringify(line.slice(0, 60))}`);
-      const name = m[1]!.toLowerCase();
-      const value = m[2]!;
+      const rawName = line.slice(0, colon);
+      let vs = colon + 1;
+      let ve = line.length;
+      while (vs < ve && isOwsCode(line.charCodeAt(vs))) vs++;
+      while (ve > vs && isOwsCode(line.charCodeAt(ve - 1))) ve--;
+      const name = rawName.toLowerCase();
+      const value = line.slice(vs, ve);
       // Control characters (NUL, DEL...) other than HTAB have no business in a header value.
       if (/[\x00-\x08\x0a-\x1f\x7f]/.test(value))
-        throw multipartError(400, `part header "${m[1]}" has a control character`);
-      if (seen.has(name)) throw multipartError(400, `a part has the header "${m[1]}" more than once`);
-      seen.set(name, value);
-      if (name !== 'content-disposition' && name !== 'content-type' && name !== 'content-transfer-encoding')
-        otherHeaders.push(line);
+        throw multipartError(400, `part header "${rawName}" has a control character`);
+      let twice: boolean;
+      if (name === 'content-disposition') {
+        twice = dispValue !== undefined;
+        dispValue = value;
+      } else if (name === 'content-type') {
+        twice = contentType !== undefined;
+        contentType = value;
+      } else if (name === 'content-transfer-encoding') {
+        twice = cte !== undefined;
+        cte = value;
+      } else {
+        othersSeen ??= new Set();
+        twice = othersSeen.has(name);
+        othersSeen.add(name);
+        if (!twice) otherHeaders.push(line);
+      }
+      if (twice) throw multipartError(400, `a part has the header "${rawName}" more than once`);
     }
-    const dispValue = seen.get('content-disposition');
     if (dispValue === undefined) throw multipartError(400, 'a part has no Content-Disposition header');
     const disp: Disposition | string = parseDisposition(dispValue);
     if (typeof disp === 'string') throw multipartError(400, `a part header is malformed: ${disp}`);
@@ -283,14 +329,12 @@ export class MultipartParser {
       throw multipartError(400, 'a part has no name (Content-Disposition without name=)');
     if (disp.name.length > limits.fieldNameSize)
       throw multipartError(413, `a field name is longer than the allowed ${limits.fieldNameSize} bytes`);
-    const contentType = seen.get('content-type');
     let media: MediaType | undefined;
     if (contentType !== undefined) {
       const parsed = parseMediaType(contentType, "a part's Content-Type");
       if (typeof parsed === 'string') throw multipartError(400, `a part header is malformed: ${parsed}`);
       media = parsed;
     }
-    const cte = seen.get('content-transfer-encoding');
     if (cte !== undefined && !IDENTITY_TRANSFER_ENCODINGS.has(cte.toLowerCase()))
       throw multipartError(
         400,

@@ -31,11 +31,6 @@ const TCHAR = new Uint8Array(128);
 for (const c of "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
   TCHAR[c.charCodeAt(0)] = 1;
 
-function isTchar(c: string): boolean {
-  const code = c.charCodeAt(0);
-  return c.length === 1 && code < 128 && TCHAR[code] === 1;
-}
-
 /** qdtext without the quoted-pair: HTAB, SP, visible ASCII but `"` and `\`, obs-text. */
 function isQdtext(code: number): boolean {
   return (
@@ -50,7 +45,19 @@ function isQdtext(code: number): boolean {
 
 interface ParamList {
   first: string;
-  params: Array<[string, string, boolean]>;
+  /** Parameter names (lower-cased) and their values (unquoted), in order. */
+  names: string[];
+  values: string[];
+}
+
+/** SP or HTAB. */
+function isOws(code: number): boolean {
+  return code === 0x20 || code === 0x09;
+}
+
+/** A tchar (or, for a media type's first token, `/`) by char code. */
+function isTcharCode(code: number): boolean {
+  return code < 128 && TCHAR[code] === 1;
 }
 
 /**
@@ -60,38 +67,37 @@ interface ParamList {
 function parseParamList(value: string, what: string, firstAllowsSlash: boolean): ParamList | string {
   let i = 0;
   const n = value.length;
-  const ows = () => {
-    while (i < n && (value[i] === ' ' || value[i] === '\t')) i++;
-  };
-  ows();
+  while (i < n && isOws(value.charCodeAt(i))) i++;
   const start = i;
-  while (i < n && (isTchar(value[i]!) || (firstAllowsSlash && value[i] === '/'))) i++;
+  for (; i < n; i++) {
+    const code = value.charCodeAt(i);
+    if (!(isTcharCode(code) || (firstAllowsSlash && code === 0x2f))) break;
+  }
   const first = value.slice(start, i);
   if (first === '') return `${what} does not start with a token`;
-  const params: Array<[string, string, boolean]> = [];
+  const names: string[] = [];
+  const values: string[] = [];
   for (;;) {
-    ows();
+    while (i < n && isOws(value.charCodeAt(i))) i++;
     if (i >= n) break;
     if (value[i] !== ';') return `${what} has unexpected text ${JSON.stringify(value.slice(i, i + 20))}`;
     i++;
-    ows();
+    while (i < n && isOws(value.charCodeAt(i))) i++;
     if (i >= n) return `${what} ends with a ";" and no parameter`;
     const ns = i;
-    while (i < n && isTchar(value[i]!)) i++;
+    while (i < n && isTcharCode(value.charCodeAt(i))) i++;
     const name = value.slice(ns, i).toLowerCase();
     if (name === '') return `${what} has an empty parameter name`;
     if (value[i] !== '=')
       return `${what} parameter "${name}" is not followed directly by "=" (no spaces are allowed)`;
     i++;
     let v: string;
-    let quoted = false;
     if (value[i] === '"') {
-      quoted = true;
       i++;
       const vs = i;
       while (i < n && value[i] !== '"') {
         const code = value.charCodeAt(i);
-        if (value[i] === '\\')
+        if (code === 0x5c)
           return `${what} parameter "${name}" uses a backslash escape (parsers read it differently)`;
         if (!isQdtext(code)) return `${what} parameter "${name}" has a control character`;
         i++;
@@ -101,17 +107,18 @@ function parseParamList(value: string, what: string, firstAllowsSlash: boolean):
       i++;
     } else {
       const vs = i;
-      while (i < n && isTchar(value[i]!)) i++;
+      while (i < n && isTcharCode(value.charCodeAt(i))) i++;
       v = value.slice(vs, i);
       if (v === '') return `${what} parameter "${name}" has no value`;
     }
     // Right after a value only OWS, ";" or the end may come (`filename="x" junk`, `m[1].bin`).
-    if (i < n && value[i] !== ';' && value[i] !== ' ' && value[i] !== '\t')
+    if (i < n && value[i] !== ';' && !isOws(value.charCodeAt(i)))
       return `${what} parameter "${name}" is followed by unexpected text ${JSON.stringify(value.slice(i, i + 20))}`;
-    if (params.some(([k]) => k === name)) return `${what} has the parameter "${name}" more than once`;
-    params.push([name, v, quoted]);
+    if (names.includes(name)) return `${what} has the parameter "${name}" more than once`;
+    names.push(name);
+    values.push(v);
   }
-  return { first, params };
+  return { first, names, values };
 }
 
 /** A media type with strict parameters (no duplicates, no quoted-pairs). */
@@ -119,7 +126,9 @@ export function parseMediaType(value: string, what = 'Content-Type'): MediaType 
   const list = parseParamList(value, what, true);
   if (typeof list === 'string') return list;
   if (!/^[^/]+\/[^/]+$/.test(list.first)) return `${what} is not a media type (type/subtype)`;
-  return { type: list.first.toLowerCase(), params: new Map(list.params.map(([k, v]) => [k, v])) };
+  const params = new Map<string, string>();
+  for (let k = 0; k < list.names.length; k++) params.set(list.names[k]!, list.values[k]!);
+  return { type: list.first.toLowerCase(), params };
 }
 
 /** RFC 2046 §5.1.1 boundary characters, without the space (ModSecurity refuses spaces too). */
@@ -159,10 +168,11 @@ export function parseDisposition(value: string): Disposition | string {
     return `a part's Content-Disposition is "${list.first}", not "form-data" (other parsers make files of it)`;
   let name: string | undefined;
   let filename: string | undefined;
-  for (const [k, v] of list.params) {
-    if (k === 'name') name = v;
-    else if (k === 'filename') filename = v;
-    else return `Content-Disposition parameter "${k}" is not supported (only name and filename)`;
+  for (let k = 0; k < list.names.length; k++) {
+    const key = list.names[k]!;
+    if (key === 'name') name = list.values[k];
+    else if (key === 'filename') filename = list.values[k];
+    else return `Content-Disposition parameter "${key}" is not supported (only name and filename)`;
   }
   return { type, name, filename };
 }

@@ -1,0 +1,437 @@
+// The multipart parser as it was before the header-parsing cut (commit f172353): the reference
+// that test/engine/multipart-fast.test.ts compares the current one with, byte for byte and error for error.
+
+import type { ResolvedMultipartLimits } from '../../../src/engine/profile.js';
+import { IcapError, IcapErrorCodes } from '../../../src/errors.js';
+import {
+  type Disposition,
+  IDENTITY_TRANSFER_ENCODINGS,
+  type MediaType,
+  parseDisposition,
+  parseMediaType,
+} from './syntax-before.js';
+
+/**
+ * A strict, streaming multipart/form-data parser: one pass over the raw bytes that both
+ * validates the structure and extracts the parts. It replaces busboy, which skips silently
+ * what it cannot parse (a part without a name, a disposition it does not understand, text after
+ * a delimiter), so the application's parser (multer, @fastify/busboy, formidable) could read
+ * parts the scanner never saw. Here every deviation is an error naming it (400; limits 413),
+ * never a skip:
+ *
+ * - the body starts with `--B` CRLF (no preamble, no padding or text after any delimiter) and
+ *   ends with `--B--` and at most one CRLF (no epilogue, nothing after the first close);
+ * - lines end with CRLF (a bare LF or CR is refused), no header folding, every part header is
+ *   `token ":" value`, none twice; Content-Disposition is `form-data` with a name (strict
+ *   parameter syntax, see syntax.ts); Content-Type parses; Content-Transfer-Encoding
+ *   is 7bit, 8bit or binary (others refused: formidable decodes base64, busboy does not);
+ * - inside a part's content, `--B` after a CR or an LF is refused unless it is a real
+ *   delimiter (CRLF `--B` then CRLF or `--`): `--BQ...`, `--B X-Pad`, LF-only delimiters are
+ *   what some parser reads as structure and another as content. The same at the very start of a
+ *   part's content (its CRLF would be shared with the end of the headers);
+ * - every limit (parts, files, fields, sizes, header lines and bytes) is enforced.
+ *
+ * CPU and memory are bounded per body byte whatever the chunking: content is searched with
+ * indexOf and emitted as slices of the input; at most a delimiter's length (plus 3) is carried
+ * between chunks, and at most `headerSize` bytes of one part's headers are held. The result does
+ * not depend on how the body is split (a property test checks every split).
+ *
+ * Fields are not decoded (whatever their charset): the bytes are the value, scanned and
+ * delivered as they are.
+ */
+
+export type AnomalyStatus = 400 | 413;
+
+export function multipartError(status: AnomalyStatus, message: string): IcapError {
+  return new IcapError(IcapErrorCodes.MULTIPART, message, { status });
+}
+
+export interface PartHead {
+  /** 0-based position in the form. */
+  index: number;
+  kind: 'file' | 'field';
+  /** Field name and file name as byte strings (latin1), exactly as sent. */
+  nameBytes: string;
+  fileNameBytes: string | undefined;
+  /** The part's Content-Type value as sent (byte string), if it had one. */
+  contentType: string | undefined;
+  media: MediaType | undefined;
+  /** Part headers other than Content-Disposition, Content-Type, Content-Transfer-Encoding. */
+  otherHeaders: string[];
+}
+
+export type ParseEvent =
+  | { type: 'part'; head: PartHead }
+  | { type: 'data'; data: Buffer }
+  | { type: 'end-part' }
+  | { type: 'end' };
+
+type State = 'start' | 'headers' | 'content' | 'close' | 'done';
+
+const CR = 0x0d;
+const LF = 0x0a;
+const DASH = 0x2d;
+const EMPTY = Buffer.alloc(0);
+
+export class MultipartParser {
+  readonly #limits: ResolvedMultipartLimits;
+  /** `--B`: what a delimiter looks like after its CRLF. */
+  readonly #dash: Buffer;
+  #state: State = 'start';
+  /** Unconsumed bytes (carried over from the previous chunk, then the new chunk). */
+  #buf: Buffer = EMPTY;
+  // the part being read
+  #headerBytes = 0;
+  #headerLines: string[] = [];
+  #contentLength = 0;
+  #kind: 'file' | 'field' = 'field';
+  #fileName = '';
+  /** Content bytes already seen of the current part (to know when `--B` is at its very start). */
+  #contentSeen = 0;
+  #parts = 0;
+  #files = 0;
+  #fields = 0;
+
+  /**
+   * Whole mode: the application gets the bytes as sent, so part headers that make parsers
+   * transform content are refused too: any Content-Transfer-Encoding (RFC 7578 §4.7: senders
+   * must not; formidable crashes on `7bit`), and a field charset other than UTF-8/US-ASCII
+   * (busboy and formidable decode it into text the scanner never saw as such).
+   */
+  readonly #asSent: boolean;
+
+  constructor(boundary: string, limits: ResolvedMultipartLimits, options: { asSent?: boolean } = {}) {
+    this.#dash = Buffer.from(`--${boundary}`, 'latin1');
+    this.#limits = limits;
+    this.#asSent = options.asSent ?? false;
+  }
+
+  /** Parses a chunk; returns what it found. Throws ICAP_ERR_MULTIPART on an anomaly. */
+  write(chunk: Buffer): ParseEvent[] {
+    const out: ParseEvent[] = [];
+    if (this.#state === 'done') throw multipartError(400, 'multipart body continues after its end');
+    if (this.#buf.length === 0) {
+      this.#buf = chunk;
+      this.#run(out, false);
+      return out;
+    }
+    // Bytes carried over from the last chunk (a possible delimiter's start, a header line in
+    // progress): parse them with only the first bytes of this chunk (a seam), not a copy of the
+    // whole chunk. Once what is left unparsed lies within this chunk, the rest is parsed in
+    // place. The same parse as one concatenated buffer: any split gives the same result.
+    let pos = 0;
+    let step = this.#dash.length + 3;
+    for (;;) {
+      const take = Math.min(step, chunk.length - pos);
+      this.#buf = Buffer.concat([this.#buf, chunk.subarray(pos, pos + take)]);
+      pos += take;
+      this.#run(out, false);
+      if (pos === chunk.length) return out;
+      const left = this.#buf.length;
+      if (left <= take) break;
+      // Still parsing carried bytes (a long header line): a larger seam (bounded by headerSize).
+      step *= 2;
+    }
+    // What is left unparsed is the seam's tail, so the same bytes as this chunk's before `pos`.
+    this.#buf = chunk.subarray(pos - this.#buf.length);
+    this.#run(out, false);
+    return out;
+  }
+
+  /** The body ended: returns the last events, or throws when the form is incomplete. */
+  end(): ParseEvent[] {
+    const out: ParseEvent[] = [];
+    this.#run(out, true);
+    if (this.#state === 'close' || this.#state === 'done') {
+      this.#state = 'done';
+      out.push({ type: 'end' });
+      return out;
+    }
+    if (this.#state === 'start' && this.#buf.length === 0)
+      throw multipartError(400, 'multipart body is empty');
+    throw multipartError(
+      400,
+      'multipart body does not end with its closing boundary (truncated, or not a complete form)',
+    );
+  }
+
+  #run(out: ParseEvent[], atEnd: boolean): void {
+    let progress = true;
+    while (progress) {
+      switch (this.#state) {
+        case 'start':
+          progress = this.#start(out, atEnd);
+          break;
+        case 'headers':
+          progress = this.#headers(out, atEnd);
+          break;
+        case 'content':
+          progress = this.#content(out, atEnd);
+          break;
+        case 'close':
+          this.#close(atEnd);
+          progress = false;
+          break;
+        case 'done':
+          progress = false;
+          break;
+      }
+    }
+  }
+
+  /** The first delimiter, at the very first byte. */
+  #start(out: ParseEvent[], atEnd: boolean): boolean {
+    const d = this.#dash;
+    const buf = this.#buf;
+    const have = Math.min(buf.length, d.length);
+    if (!buf.subarray(0, have).equals(d.subarray(0, have)))
+      throw multipartError(
+        400,
+        'multipart body does not start with its boundary (data before the first part)',
+      );
+    if (buf.length < d.length + 2) {
+      if (atEnd && buf.length > 0)
+        throw multipartError(400, 'multipart body does not end with its closing boundary (truncated)');
+      return false;
+    }
+    this.#buf = buf.subarray(d.length);
+    return this.#afterDelimiter(out);
+  }
+
+  /** Right after `--B`: CRLF (a part follows) or `--` (the end); anything else is refused. */
+  #afterDelimiter(_out: ParseEvent[]): boolean {
+    const buf = this.#buf;
+    if (buf[0] === CR && buf[1] === LF) {
+      this.#buf = buf.subarray(2);
+      this.#beginPart();
+      return true;
+    }
+    if (buf[0] === DASH && buf[1] === DASH) {
+      this.#buf = buf.subarray(2);
+      this.#state = 'close';
+      return true;
+    }
+    throw multipartError(
+      400,
+      'multipart boundary delimiter is followed by text other than CRLF or "--" (padding or a header on the delimiter line)',
+    );
+  }
+
+  #beginPart(): void {
+    if (++this.#parts > this.#limits.parts)
+      throw multipartError(413, `more than ${this.#limits.parts} parts`);
+    this.#state = 'headers';
+    this.#headerBytes = 0;
+    this.#headerLines = [];
+  }
+
+  #headers(out: ParseEvent[], atEnd: boolean): boolean {
+    const limits = this.#limits;
+    for (;;) {
+      const buf = this.#buf;
+      const lf = buf.indexOf(LF);
+      if (lf === -1) {
+        if (this.#headerBytes + buf.length > limits.headerSize)
+          throw multipartError(413, `part headers larger than ${limits.headerSize} bytes`);
+        if (atEnd)
+          throw multipartError(
+            400,
+            'multipart body does not end with its closing boundary (truncated in part headers)',
+          );
+        return false;
+      }
+      this.#headerBytes += lf + 1;
+      if (this.#headerBytes > limits.headerSize)
+        throw multipartError(413, `part headers larger than ${limits.headerSize} bytes`);
+      if (lf === 0 || buf[lf - 1] !== CR)
+        throw multipartError(400, 'a part header line ends with a bare LF (CRLF is required)');
+      const line = buf.subarray(0, lf - 1);
+      if (line.includes(CR)) throw multipartError(400, 'a part header line contains a bare CR');
+      this.#buf = buf.subarray(lf + 1);
+      if (line.length === 0) {
+        this.#endHeaders(out);
+        return true;
+      }
+      if (this.#headerLines.length >= limits.headerPairs)
+        throw multipartError(413, `a part has more than ${limits.headerPairs} header lines`);
+      this.#headerLines.push(line.toString('latin1'));
+    }
+  }
+
+  #endHeaders(out: ParseEvent[]): void {
+    const limits = this.#limits;
+    const seen = new Map<string, string>();
+    const otherHeaders: string[] = [];
+    for (const line of this.#headerLines) {
+      if (line[0] === ' ' || line[0] === '\t')
+        throw multipartError(400, 'a part header is folded over more than one line (obsolete line folding)');
+      const m = /^([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*(.*?)[ \t]*$/s.exec(line);
+      if (m === null)
+        throw multipartError(400, `a part header is malformed: ${JSON.stringify(line.slice(0, 60))}`);
+      const name = m[1]!.toLowerCase();
+      const value = m[2]!;
+      // Control characters (NUL, DEL...) other than HTAB have no business in a header value.
+      if (/[\x00-\x08\x0a-\x1f\x7f]/.test(value))
+        throw multipartError(400, `part header "${m[1]}" has a control character`);
+      if (seen.has(name)) throw multipartError(400, `a part has the header "${m[1]}" more than once`);
+      seen.set(name, value);
+      if (name !== 'content-disposition' && name !== 'content-type' && name !== 'content-transfer-encoding')
+        otherHeaders.push(line);
+    }
+    const dispValue = seen.get('content-disposition');
+    if (dispValue === undefined) throw multipartError(400, 'a part has no Content-Disposition header');
+    const disp: Disposition | string = parseDisposition(dispValue);
+    if (typeof disp === 'string') throw multipartError(400, `a part header is malformed: ${disp}`);
+    if (disp.name === undefined)
+      throw multipartError(400, 'a part has no name (Content-Disposition without name=)');
+    if (disp.name.length > limits.fieldNameSize)
+      throw multipartError(413, `a field name is longer than the allowed ${limits.fieldNameSize} bytes`);
+    const contentType = seen.get('content-type');
+    let media: MediaType | undefined;
+    if (contentType !== undefined) {
+      const parsed = parseMediaType(contentType, "a part's Content-Type");
+      if (typeof parsed === 'string') throw multipartError(400, `a part header is malformed: ${parsed}`);
+      media = parsed;
+    }
+    const cte = seen.get('content-transfer-encoding');
+    if (cte !== undefined && !IDENTITY_TRANSFER_ENCODINGS.has(cte.toLowerCase()))
+      throw multipartError(
+        400,
+        `a part has Content-Transfer-Encoding ${JSON.stringify(cte)} (only 7bit, 8bit and binary are accepted)`,
+      );
+    const kind = disp.filename !== undefined ? 'file' : 'field';
+    if (this.#asSent) {
+      if (cte !== undefined)
+        throw multipartError(
+          400,
+          'a part has a Content-Transfer-Encoding header (not accepted when the form is passed as sent)',
+        );
+      const charset = media?.params.get('charset')?.toLowerCase();
+      if (kind === 'field' && charset !== undefined && charset !== 'utf-8' && charset !== 'us-ascii')
+        throw multipartError(
+          400,
+          `a field has charset ${JSON.stringify(charset)} (parsers would decode it; only UTF-8 is accepted when the form is passed as sent)`,
+        );
+    }
+    if (kind === 'file' && ++this.#files > limits.files)
+      throw multipartError(413, `more than ${limits.files} files`);
+    if (kind === 'field' && ++this.#fields > limits.fields)
+      throw multipartError(413, `more than ${limits.fields} fields`);
+    this.#kind = kind;
+    this.#fileName = disp.filename ?? '';
+    this.#contentLength = 0;
+    this.#contentSeen = 0;
+    out.push({
+      type: 'part',
+      head: {
+        index: this.#parts - 1,
+        kind,
+        nameBytes: disp.name,
+        fileNameBytes: disp.filename,
+        contentType,
+        media,
+        otherHeaders,
+      },
+    });
+    this.#state = 'content';
+  }
+
+  #emit(out: ParseEvent[], data: Buffer): void {
+    if (data.length === 0) return;
+    this.#contentLength += data.length;
+    this.#contentSeen += data.length;
+    const limits = this.#limits;
+    if (this.#kind === 'file' && this.#contentLength > limits.fileSize)
+      throw multipartError(
+        413,
+        `file "${Buffer.from(this.#fileName, 'latin1').toString('utf8')}" is larger than the allowed ${limits.fileSize} bytes`,
+      );
+    if (this.#kind === 'field' && this.#contentLength > limits.fieldSize)
+      throw multipartError(413, `a field is larger than the allowed ${limits.fieldSize} bytes`);
+    out.push({ type: 'data', data });
+  }
+
+  /**
+   * A part's content, up to its delimiter (CRLF `--B` CRLF or CRLF `--B--`). `--B` anywhere
+   * after a CR or LF (or at the start of the content) that is not such a delimiter is refused.
+   */
+  #content(out: ParseEvent[], atEnd: boolean): boolean {
+    const d = this.#dash;
+    const buf = this.#buf;
+    let from = 0;
+    for (;;) {
+      const j = buf.indexOf(d, from);
+      if (j === -1) break;
+      // Position of `--B` within this part's content.
+      const at = this.#contentSeen + j;
+      const b1 = j >= 1 ? buf[j - 1] : undefined;
+      const b2 = j >= 2 ? buf[j - 2] : undefined;
+      if (at === 0)
+        throw multipartError(400, "a part's content starts with its boundary (ambiguous delimiter)");
+      if (b1 === CR || b1 === LF) {
+        if (!(at >= 2 && b2 === CR && b1 === LF))
+          throw multipartError(
+            400,
+            "a line in a part's content starts with the boundary after a bare CR or LF (read as a delimiter by some parsers)",
+          );
+        if (buf.length < j + d.length + 2) {
+          if (atEnd)
+            throw multipartError(400, 'multipart body does not end with its closing boundary (truncated)');
+          // Wait for the two bytes after `--B`; emit what is surely content.
+          this.#emit(out, buf.subarray(0, j - 2));
+          this.#buf = buf.subarray(j - 2);
+          return false;
+        }
+        this.#emit(out, buf.subarray(0, j - 2));
+        out.push({ type: 'end-part' });
+        this.#buf = buf.subarray(j + d.length);
+        return this.#afterDelimiter(out);
+      }
+      from = j + 1;
+    }
+    if (atEnd) throw multipartError(400, 'multipart body does not end with its closing boundary (truncated)');
+    // Keep what a delimiter starting in the next chunk could still need: its CRLF and a partial `--B`.
+    const keep = this.#keep(buf);
+    this.#emit(out, buf.subarray(0, buf.length - keep));
+    this.#buf = keep === 0 ? EMPTY : Buffer.from(buf.subarray(buf.length - keep));
+    return false;
+  }
+
+  /**
+   * How many of the last bytes of content (in which no delimiter was found) to carry over: from
+   * two bytes before the first place where `--B` could start and still matter (the content's
+   * start, or after a CR or LF, with the rest of the buffer a prefix of `--B`), at most the
+   * delimiter's length plus one. `--B` anywhere else is content whatever follows, so the bytes
+   * before such a place are content now (usually nothing is carried: no copy, no seam).
+   */
+  #keep(buf: Buffer): number {
+    const d = this.#dash;
+    const len = buf.length;
+    for (let j = Math.max(0, len - d.length + 1); j <= len; j++) {
+      if (j === 0 ? this.#contentSeen !== 0 : buf[j - 1] !== CR && buf[j - 1] !== LF) continue;
+      let prefix = true;
+      for (let i = j; i < len; i++) {
+        if (buf[i] !== d[i - j]) {
+          prefix = false;
+          break;
+        }
+      }
+      if (prefix) return len - Math.max(0, j - 2);
+    }
+    return 0;
+  }
+
+  /** After `--B--`: at most one CRLF, then nothing. */
+  #close(atEnd: boolean): void {
+    const buf = this.#buf;
+    const crlf = Buffer.from('\r\n');
+    const have = Math.min(buf.length, 2);
+    if (buf.length > 2 || !buf.subarray(0, have).equals(crlf.subarray(0, have)))
+      throw multipartError(
+        400,
+        'multipart body does not end with its closing boundary (data after the last part)',
+      );
+    if (atEnd && buf.length === 1)
+      throw multipartError(400, 'multipart body does not end with its closing boundary (a lone CR)');
+  }
+}

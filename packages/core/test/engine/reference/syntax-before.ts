@@ -1,0 +1,173 @@
+// The multipart syntax as it was before the header-parsing cut (commit f172353): the reference
+// that test/engine/multipart-fast.test.ts compares the current one with, byte for byte and error for error.
+/**
+ * Strict syntax of the header values a multipart body depends on: the request's
+ * `Content-Type` (media type, boundary) and each part's `Content-Disposition` and
+ * `Content-Type`. Strings here are byte strings (latin1: one char per byte), so nothing is lost
+ * or reinterpreted before the form is serialised again.
+ *
+ * The grammar is RFC 9110's (`type/subtype *( OWS ";" OWS token "=" ( token / quoted-string ) )`)
+ * with what parsers disagree on taken out, since a value two parsers read differently is a way
+ * around the scanner (`filename="x";`, `filename = "x"`, `filename=m[1].bin`, `filename="x" junk`,
+ * a duplicated parameter, `boundary*=`, `xboundary=`, `x="boundary=..."`, a quoted-pair `\`):
+ * such a value is refused, not repaired. Each function returns the parsed value or a message
+ * naming the problem (the caller turns it into a 400).
+ */
+
+export interface MediaType {
+  /** `type/subtype`, lower-cased. */
+  type: string;
+  /** Parameters, names lower-cased, values unquoted. */
+  params: Map<string, string>;
+}
+
+export interface Disposition {
+  /** Always `form-data` (lower-cased); anything else is refused. */
+  type: string;
+  name: string | undefined;
+  filename: string | undefined;
+}
+
+/** RFC 9110 tchar, by char code: `!#$%&'*+-.^_`|~`, digits, letters. */
+const TCHAR = new Uint8Array(128);
+for (const c of "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+  TCHAR[c.charCodeAt(0)] = 1;
+
+function isTchar(c: string): boolean {
+  const code = c.charCodeAt(0);
+  return c.length === 1 && code < 128 && TCHAR[code] === 1;
+}
+
+/** qdtext without the quoted-pair: HTAB, SP, visible ASCII but `"` and `\`, obs-text. */
+function isQdtext(code: number): boolean {
+  return (
+    code === 0x09 ||
+    code === 0x20 ||
+    code === 0x21 ||
+    (code >= 0x23 && code <= 0x5b) ||
+    (code >= 0x5d && code <= 0x7e) ||
+    code >= 0x80
+  );
+}
+
+interface ParamList {
+  first: string;
+  params: Array<[string, string, boolean]>;
+}
+
+/**
+ * `first *( OWS ";" OWS name "=" value )`. `first` is the leading token run (a media type may
+ * contain `/`). Returns a message on any deviation.
+ */
+function parseParamList(value: string, what: string, firstAllowsSlash: boolean): ParamList | string {
+  let i = 0;
+  const n = value.length;
+  const ows = () => {
+    while (i < n && (value[i] === ' ' || value[i] === '\t')) i++;
+  };
+  ows();
+  const start = i;
+  while (i < n && (isTchar(value[i]!) || (firstAllowsSlash && value[i] === '/'))) i++;
+  const first = value.slice(start, i);
+  if (first === '') return `${what} does not start with a token`;
+  const params: Array<[string, string, boolean]> = [];
+  for (;;) {
+    ows();
+    if (i >= n) break;
+    if (value[i] !== ';') return `${what} has unexpected text ${JSON.stringify(value.slice(i, i + 20))}`;
+    i++;
+    ows();
+    if (i >= n) return `${what} ends with a ";" and no parameter`;
+    const ns = i;
+    while (i < n && isTchar(value[i]!)) i++;
+    const name = value.slice(ns, i).toLowerCase();
+    if (name === '') return `${what} has an empty parameter name`;
+    if (value[i] !== '=')
+      return `${what} parameter "${name}" is not followed directly by "=" (no spaces are allowed)`;
+    i++;
+    let v: string;
+    let quoted = false;
+    if (value[i] === '"') {
+      quoted = true;
+      i++;
+      const vs = i;
+      while (i < n && value[i] !== '"') {
+        const code = value.charCodeAt(i);
+        if (value[i] === '\\')
+          return `${what} parameter "${name}" uses a backslash escape (parsers read it differently)`;
+        if (!isQdtext(code)) return `${what} parameter "${name}" has a control character`;
+        i++;
+      }
+      if (i >= n) return `${what} parameter "${name}" has an unterminated quoted string`;
+      v = value.slice(vs, i);
+      i++;
+    } else {
+      const vs = i;
+      while (i < n && isTchar(value[i]!)) i++;
+      v = value.slice(vs, i);
+      if (v === '') return `${what} parameter "${name}" has no value`;
+    }
+    // Right after a value only OWS, ";" or the end may come (`filename="x" junk`, `m[1].bin`).
+    if (i < n && value[i] !== ';' && value[i] !== ' ' && value[i] !== '\t')
+      return `${what} parameter "${name}" is followed by unexpected text ${JSON.stringify(value.slice(i, i + 20))}`;
+    if (params.some(([k]) => k === name)) return `${what} has the parameter "${name}" more than once`;
+    params.push([name, v, quoted]);
+  }
+  return { first, params };
+}
+
+/** A media type with strict parameters (no duplicates, no quoted-pairs). */
+export function parseMediaType(value: string, what = 'Content-Type'): MediaType | string {
+  const list = parseParamList(value, what, true);
+  if (typeof list === 'string') return list;
+  if (!/^[^/]+\/[^/]+$/.test(list.first)) return `${what} is not a media type (type/subtype)`;
+  return { type: list.first.toLowerCase(), params: new Map(list.params.map(([k, v]) => [k, v])) };
+}
+
+/** RFC 2046 §5.1.1 boundary characters, without the space (ModSecurity refuses spaces too). */
+const BOUNDARY = /^[0-9A-Za-z'()+_,\-./:=?]{1,70}$/;
+
+/**
+ * The boundary of a multipart request's Content-Type, refusing every shape another parser
+ * could read a different boundary from: more than one boundary-like parameter (`boundary*`,
+ * `xboundary`, a duplicate), any parameter value that contains `boundary=`, an invalid value.
+ */
+export function boundaryFrom(media: MediaType): string {
+  let boundary: string | undefined;
+  for (const [k, v] of media.params) {
+    if (k === 'boundary') boundary = v;
+    else if (k.includes('boundary'))
+      throw new SyntaxProblem(`multipart Content-Type has a boundary-like parameter "${k}"`);
+    if (/boundary\s*=/i.test(v))
+      throw new SyntaxProblem(`multipart Content-Type parameter "${k}" has a value containing "boundary="`);
+  }
+  if (boundary === undefined) throw new SyntaxProblem('multipart body without a boundary parameter');
+  if (!BOUNDARY.test(boundary)) throw new SyntaxProblem('multipart boundary is not valid (RFC 2046)');
+  return boundary;
+}
+
+/** A problem with the syntax of a header value (a 400). */
+export class SyntaxProblem extends Error {}
+
+/**
+ * A part's Content-Disposition: `form-data`, at most `name` and `filename`, each once, as a
+ * token or a quoted string without backslashes or control characters.
+ */
+export function parseDisposition(value: string): Disposition | string {
+  const list = parseParamList(value, 'Content-Disposition', false);
+  if (typeof list === 'string') return list;
+  const type = list.first.toLowerCase();
+  if (type !== 'form-data')
+    return `a part's Content-Disposition is "${list.first}", not "form-data" (other parsers make files of it)`;
+  let name: string | undefined;
+  let filename: string | undefined;
+  for (const [k, v] of list.params) {
+    if (k === 'name') name = v;
+    else if (k === 'filename') filename = v;
+    else return `Content-Disposition parameter "${k}" is not supported (only name and filename)`;
+  }
+  return { type, name, filename };
+}
+
+/** The transfer encodings a part may declare: identity ones (any other is refused). */
+export const IDENTITY_TRANSFER_ENCODINGS = new Set(['7bit', '8bit', 'binary']);
