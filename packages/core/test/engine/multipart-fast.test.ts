@@ -372,6 +372,17 @@ describe('the parse takes held chunks without a promise', () => {
     setTimeout(() => ac2.abort(reason), 5);
     await expect(parsing).rejects.toBe(reason);
     store.dispose();
+    // A source that is not a store's cursor: its pending read is raced against the signal.
+    const ac3 = new AbortController();
+    const stalled = parseMultipart(
+      CT,
+      { next: () => new Promise<IteratorResult<Buffer>>(() => {}) },
+      options(),
+      () => {},
+      ac3.signal,
+    );
+    setTimeout(() => ac3.abort(reason), 5);
+    await expect(stalled).rejects.toBe(reason);
   });
 });
 

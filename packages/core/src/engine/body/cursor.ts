@@ -69,6 +69,19 @@ export class Cursor implements AsyncIterator<Buffer> {
     w?.reject(err);
   }
 
+  /**
+   * Ends this reader with `err` (the reader's owner gave up: an abort): a pending read fails with
+   * it, the store forgets the reader; further reads answer done.
+   */
+  fail(err: unknown): void {
+    if (this.#done) return;
+    this.#done = true;
+    const w = this.#waiter;
+    this.#waiter = undefined;
+    w?.reject(err);
+    this.#store.readerDone(this);
+  }
+
   abandon(): void {
     if (this.#done) return;
     this.#done = true;

@@ -1,5 +1,6 @@
 import { PassThrough } from 'node:stream';
 import { takeNow } from '../../client/source.js';
+import { Cursor } from '../body/cursor.js';
 import { BodyStore } from '../body.js';
 import type { ResolvedMultipartLimits } from '../profile.js';
 import { MultipartParser, multipartError, type ParseEvent, type PartHead } from './parser.js';
@@ -213,13 +214,16 @@ export async function validateMultipart(
 /**
  * The source's chunks, each read rejecting with the signal's reason once it is aborted (a
  * stalled body does not hold the parse): one abort listener for the whole parse, not one per
- * chunk.
+ * chunk. A body store's cursor is failed with the reason itself (its pending read rejects), so
+ * its reads need no promise around them.
  */
 class AbortableReader {
   readonly #source: AsyncIterator<Buffer>;
   readonly #signal: AbortSignal | undefined;
   /** Reads never wait: no listener, the signal is checked before each. */
   readonly #inMemory: boolean;
+  /** The source, when it is a body store's cursor. */
+  readonly #cursor: Cursor | undefined;
   /** Rejects the read in progress. */
   #reject: ((err: unknown) => void) | undefined = undefined;
 
@@ -227,10 +231,15 @@ class AbortableReader {
     this.#source = source;
     this.#signal = signal;
     this.#inMemory = inMemory;
+    this.#cursor = source instanceof Cursor ? source : undefined;
     if (!inMemory) signal?.addEventListener('abort', this.#onAbort, { once: true });
   }
 
   readonly #onAbort = (): void => {
+    if (this.#cursor !== undefined) {
+      this.#cursor.fail(this.#signal!.reason);
+      return;
+    }
     const reject = this.#reject;
     this.#reject = undefined;
     reject?.(this.#signal!.reason);
@@ -249,7 +258,7 @@ class AbortableReader {
     const signal = this.#signal;
     if (signal === undefined) return this.#source.next();
     if (signal.aborted) return Promise.reject(signal.reason);
-    if (this.#inMemory) return this.#source.next();
+    if (this.#inMemory || this.#cursor !== undefined) return this.#source.next();
     return new Promise((resolve, reject) => {
       this.#reject = reject;
       this.#source.next().then(resolve, reject);
