@@ -433,7 +433,8 @@ export class MultipartParser {
     if (atEnd) throw multipartError(400, 'multipart body does not end with its closing boundary (truncated)');
     // Keep what a delimiter starting in the next chunk could still need: its CRLF and a partial `--B`.
     const keep = this.#keep(buf);
-    this.#emit(out, buf.subarray(0, buf.length - keep));
+    // All of it content (the usual middle of a file): the buffer itself, no view of it.
+    this.#emit(out, keep === 0 ? buf : buf.subarray(0, buf.length - keep));
     this.#buf = keep === 0 ? EMPTY : Buffer.from(buf.subarray(buf.length - keep));
     return false;
   }
