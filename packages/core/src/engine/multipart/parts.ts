@@ -88,7 +88,7 @@ export async function scanParts(scan: FormScan): Promise<ScanOutcome> {
         if (!mustScanPart(part, p.multipartFields)) return;
         // A scan failing for its own reason must not be an unhandled rejection before it is awaited.
         const task = run(() => scanPart(scan, part, local.signal));
-        task.catch(() => {});
+        task.catch(noop);
         scans.push(task);
         scannedParts.push(part);
       },
@@ -235,6 +235,8 @@ async function scanPart(scan: FormScan, part: Part, signal: AbortSignal): Promis
   }
 }
 
+function noop(): void {}
+
 /** Request headers a canonical multipart form replaces (or drops: it has no transfer or content coding). */
 const FORM_HEADERS_REPLACED = new Set([
   'content-type',
@@ -254,24 +256,33 @@ function mustScanPart(part: Part, fields: 'scan' | 'skip'): boolean {
   return /filename/i.test(part.head.nameBytes);
 }
 
-/** Runs at most `n` tasks at once. */
+/**
+ * Runs at most `n` tasks at once. A task started at once is returned as it is (no promise
+ * around it); one that waits for a free slot gets a promise of its result.
+ */
 function limiter(n: number): <T>(task: () => Promise<T>) => Promise<T> {
   let active = 0;
   const queue: Array<() => void> = [];
-  return <T>(task: () => Promise<T>) =>
-    new Promise<T>((resolve, reject) => {
-      const start = () => {
+  const done = () => {
+    active--;
+    queue.shift()?.();
+  };
+  return <T>(task: () => Promise<T>) => {
+    if (active < n) {
+      active++;
+      const started = task();
+      started.then(done, done);
+      return started;
+    }
+    return new Promise<T>((resolve, reject) => {
+      queue.push(() => {
         active++;
-        task()
-          .then(resolve, reject)
-          .finally(() => {
-            active--;
-            queue.shift()?.();
-          });
-      };
-      if (active < n) start();
-      else queue.push(start);
+        const started = task();
+        started.then(done, done);
+        started.then(resolve, reject);
+      });
     });
+  };
 }
 
 /** The encapsulated request for one part: the original request line, the part's own headers. */
