@@ -87,7 +87,9 @@ export function isMultipart(contentType: string | undefined): boolean {
   return contentType !== undefined && /^\s*multipart\//i.test(contentType);
 }
 
+/** A name sent as bytes (a latin1 string), decoded as UTF-8; ASCII is itself (no Buffer). */
 function decodeName(latin1: string): string {
+  if (/^[\x00-\x7f]*$/.test(latin1)) return latin1;
   return Buffer.from(latin1, 'latin1').toString('utf8');
 }
 
