@@ -1,4 +1,5 @@
 import { IcapError, IcapErrorCodes } from '../../errors.js';
+import { LightAbortController } from '../../light-signal.js';
 import { endToEndHeaders, Headers } from '../../protocol/headers.js';
 import type { BodyStore } from '../body.js';
 import type { IcapRequestLog } from '../log.js';
@@ -40,7 +41,8 @@ export interface FormScan extends RequestContext, ExchangeContext {
  */
 export async function scanParts(scan: FormScan): Promise<ScanOutcome> {
   const { profile: p, scanFacts: facts, scanned: store, store: replay, signal, log, options } = scan;
-  const local = new AbortController();
+  // Our own light signal (no EventTarget): only our code listens (the parse, each part's exchange).
+  const local = new LightAbortController();
   const onAbort = () => local.abort(signal.reason);
   if (signal.aborted) onAbort();
   else signal.addEventListener('abort', onAbort, { once: true });
