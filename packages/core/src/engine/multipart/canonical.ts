@@ -196,5 +196,6 @@ class FormReader implements AsyncIterator<Buffer> {
 
 /** How browsers escape names in multipart part headers (WHATWG HTML, "multipart/form-data encoding"). */
 function escapeQuoted(s: string): string {
+  if (!/[\r\n"]/.test(s)) return s;
   return s.replace(/\r/g, '%0D').replace(/\n/g, '%0A').replace(/"/g, '%22');
 }
