@@ -538,10 +538,11 @@ describe('part headers read at offsets, without a regex, Map or tuple per parame
         fc.array(fc.oneof(good, line), { minLength: 0, maxLength: 5 }),
         fc.array(fc.integer({ min: 0, max: 400 }), { maxLength: 4 }),
         fc.boolean(),
-        (lines, cuts, asSent) => {
+        fc.constantFrom('\r\n', '', '\r', '\n', 'x', '\r\nx', '\r\r', '\r\n\r\n'),
+        (lines, cuts, asSent, end) => {
           const head = lines.map((l) => `${l}\r\n`).join('');
           const body = Buffer.from(
-            `--${BOUNDARY}\r\n${head}\r\ncontent\r\n--${BOUNDARY}\r\nContent-Disposition: form-data; name="b"\r\n\r\nx\r\n--${BOUNDARY}--\r\n`,
+            `--${BOUNDARY}\r\n${head}\r\ncontent\r\n--${BOUNDARY}\r\nContent-Disposition: form-data; name="b"\r\n\r\nx\r\n--${BOUNDARY}--${end}`,
             'latin1',
           );
           expect(run(MultipartParser, body, cuts, asSent)).toEqual(run(ParserBefore, body, cuts, asSent));

@@ -466,9 +466,8 @@ export class MultipartParser {
   /** After `--B--`: at most one CRLF, then nothing. */
   #close(atEnd: boolean): void {
     const buf = this.#buf;
-    const crlf = Buffer.from('\r\n');
-    const have = Math.min(buf.length, 2);
-    if (buf.length > 2 || !buf.subarray(0, have).equals(crlf.subarray(0, have)))
+    // Nothing, CR, or CRLF (a prefix of the one CRLF allowed); no Buffer to compare with.
+    if (buf.length > 2 || (buf.length >= 1 && buf[0] !== CR) || (buf.length === 2 && buf[1] !== LF))
       throw multipartError(
         400,
         'multipart body does not end with its closing boundary (data after the last part)',
