@@ -127,11 +127,20 @@ export function icap<
         let refused: Promise<void>;
         try {
           watch.hold(scanned);
-          (req as { icap?: IcapRequestInfo }).icap = requestInfo(scanned);
+          const info = requestInfo(scanned);
           if (scanned.kind !== 'respond') {
-            if (proceed(engine, scanned, req, res)) next();
+            // `req.icap` is added once the body is handed back: adding a property gives an
+            // Express request a new V8 map, and the hand-off's reads would all miss after it.
+            let go: boolean;
+            try {
+              go = proceed(engine, scanned, req, res);
+            } finally {
+              (req as { icap?: IcapRequestInfo }).icap = info;
+            }
+            if (go) next();
             return;
           }
+          (req as { icap?: IcapRequestInfo }).icap = info;
           refused = refuse(engine, scanned, req, res, next, opts, (err) => report(err, logger));
         } catch (err) {
           next(err);

@@ -52,22 +52,31 @@ const ReadableState = (Readable as unknown as { ReadableState?: StateClass }).Re
 
 /** Makes `req` readable again, from `handoff.body`, in place. */
 export function rearmRequest(req: Requestish, handoff: BodyHandoff): void {
-  const r = req as unknown as { _readableState?: { highWaterMark?: number; readingMore: boolean } };
+  type State = { highWaterMark?: number; readingMore: boolean };
+  const r = req as unknown as { _readableState?: State };
+  // Everything read from the request is read before anything is written to it: an Express
+  // request has a V8 map of its own, replaced by each property added (`_read` below), and
+  // each property read after that is looked up anew (an inline-cache miss).
   const highWaterMark = r._readableState?.highWaterMark ?? 64 * 1024;
+  const headers = req.headers;
+  const rawHeaders = req.rawHeaders;
   const read = readerOf(req, handoff.body);
+  let state: State;
   if (ReadableState !== undefined) {
     // What re-running the Readable constructor on the object does for a stream without
     // destroy/construct/signal options: a fresh state (not ended, not destroyed) and its
     // _read; the listeners stay. Without the constructor's emitter re-initialisation, which
     // keeps the listeners and limits as they are anyway.
-    r._readableState = new ReadableState({ highWaterMark }, req, req instanceof Duplex) as never;
+    state = new ReadableState({ highWaterMark }, req, req instanceof Duplex) as State;
+    r._readableState = state;
     (req as unknown as { _read: () => void })._read = read;
   } else {
     Readable.call(req as unknown as Readable, { highWaterMark, read } as never);
+    state = r._readableState!;
   }
   // IncomingMessage sets this in its constructor so that Readable never reads ahead by itself.
-  r._readableState!.readingMore = true;
-  applyHead(req, handoff);
+  state.readingMore = true;
+  applyHead(req, handoff, headers, rawHeaders);
 }
 
 /** A new request with the original's metadata and socket, reading from `handoff.body`. */
@@ -85,7 +94,7 @@ export function requestWithBody(req: IncomingMessage, handoff: BodyHandoff): Inc
   fresh.rawTrailers = req.rawTrailers;
   fresh.complete = true;
   fresh._read = readerOf(fresh, handoff.body);
-  applyHead(fresh, handoff);
+  applyHead(fresh, handoff, fresh.headers, fresh.rawHeaders);
   // The application may listen for the client going away on either object ('close' fires once).
   req.on('close', () => {
     if (!fresh.readableEnded) fresh.destroy();
@@ -134,10 +143,15 @@ function pull(target: Readable, body: Readable): () => void {
   };
 }
 
-function applyHead(req: Requestish, handoff: BodyHandoff): void {
+/** `headers` and `rawHeaders`: the request's, read before anything was written to it. */
+function applyHead(
+  req: Requestish,
+  handoff: BodyHandoff,
+  headers: Requestish['headers'],
+  rawHeaders: string[] | undefined,
+): void {
   if (handoff.method !== undefined) req.method = handoff.method;
   if (handoff.url !== undefined) req.url = handoff.url;
-  const headers = req.headers;
   if (handoff.headers !== undefined) {
     for (const key of Object.keys(headers)) if (!key.startsWith(':')) delete headers[key];
     for (const [name, value] of handoff.headers) {
@@ -151,7 +165,6 @@ function applyHead(req: Requestish, handoff: BodyHandoff): void {
   const length = String(handoff.contentLength);
   headers['content-length'] = length;
   if ('transfer-encoding' in headers) delete headers['transfer-encoding'];
-  const rawHeaders = req.rawHeaders;
   if (Array.isArray(rawHeaders)) {
     const raw: string[] = [];
     if (handoff.headers !== undefined) {
