@@ -92,8 +92,8 @@ export function resetPeakRss(pid: number): boolean {
 
 const CLK_TCK = 100;
 /**
- * CPU seconds the whole machine has been busy (every core: user, nice, system, irq, softirq,
- * steal; /proc/stat's first line), 0 when unreadable. Over a window it counts what no process
+ * CPU seconds the whole machine has been busy (every core: user, nice, system, irq, softirq;
+ * /proc/stat's first line; not steal, the hypervisor's), 0 when unreadable. Over a window it counts what no process
  * figure does: the load generator, the kernel's softirq work, anything else running.
  */
 export function machineBusy(): number {
@@ -101,7 +101,7 @@ export function machineBusy(): number {
     const line = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0]!;
     const f = line.trim().split(/\s+/).slice(1).map(Number);
     // user nice system idle iowait irq softirq steal
-    return ((f[0] ?? 0) + (f[1] ?? 0) + (f[2] ?? 0) + (f[5] ?? 0) + (f[6] ?? 0) + (f[7] ?? 0)) / CLK_TCK;
+    return ((f[0] ?? 0) + (f[1] ?? 0) + (f[2] ?? 0) + (f[5] ?? 0) + (f[6] ?? 0)) / CLK_TCK;
   } catch {
     return 0;
   }
