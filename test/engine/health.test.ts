@@ -449,12 +449,15 @@ describe('circuit breaker: suspension, half-open trial, backoff', () => {
       .filter((l) => l.obj.icapkit === 'server-state')
       .map((l) => `${l.obj.from}->${l.obj.to}${l.obj.backoff === undefined ? '' : `@${l.obj.backoff}`}`);
     expect(fromLogger).toEqual(seq);
-    // Each probe came no sooner than its backoff after the suspension (timers may round by a ms).
+    // Each probe came no sooner than its backoff after the suspension. The times are taken where
+    // the messages arrive, and the suspension's message is published after its probe timer is
+    // set (a loaded machine delayed it by 3 ms once): 10% of the backoff is allowed for that,
+    // which still fails a probe sent at once or after half the backoff.
     const t = transitions();
     for (const [i, m] of t.entries()) {
       if (m.to !== 'suspended') continue;
       expect(t[i + 1]!.to).toBe('half-open');
-      expect(t[i + 1]!.at - m.at).toBeGreaterThanOrEqual(m.backoff! - 2);
+      expect(t[i + 1]!.at - m.at).toBeGreaterThanOrEqual(m.backoff! * 0.9);
     }
     expect(logged.find((l) => l.obj.to === 'suspended')!.msg).toContain(flaky.url());
     expect(flakyStatus().suspensions).toBe(3);
