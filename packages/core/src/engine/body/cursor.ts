@@ -61,7 +61,7 @@ export class Cursor implements AsyncIterator<Buffer> {
   }
 
   /** The store dropped its bytes: a pending read fails, and so does every further one. */
-  discard(err: Error): void {
+  discard(err: unknown): void {
     if (this.#done) return;
     this.#done = true;
     const w = this.#waiter;
@@ -75,10 +75,7 @@ export class Cursor implements AsyncIterator<Buffer> {
    */
   fail(err: unknown): void {
     if (this.#done) return;
-    this.#done = true;
-    const w = this.#waiter;
-    this.#waiter = undefined;
-    w?.reject(err);
+    this.discard(err);
     this.#store.readerDone(this);
   }
 
