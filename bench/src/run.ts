@@ -42,6 +42,7 @@ import {
   machineBusy,
   memOf,
   resetPeakRss,
+  sleep,
   startChild,
 } from './util.js';
 
@@ -55,7 +56,7 @@ export type Service = 'avscan' | 'echo' | '204';
 
 export interface PathDef {
   id: string;
-  kind: 'ceiling' | 'icapkit' | 'squid' | 'raw';
+  kind: 'ceiling' | 'icapkit' | 'squid' | 'raw' | 'floor';
   framework?: Framework;
   service?: Service;
   /** 1: every cell; 2: the reduced set (see CELLS). */
@@ -89,6 +90,8 @@ export const PATHS: PathDef[] = [
   { id: 'squid-avscan', kind: 'squid', framework: 'express', service: 'avscan', tier: 1 },
   { id: 'squid-echo', kind: 'squid', framework: 'express', service: 'echo', tier: 1 },
   ...SERVICES.map((s): PathDef => ({ id: `raw-${s}`, kind: 'raw', service: s, tier: 1 })),
+  // One prebuilt REQMOD written per exchange on a kept-alive socket: the least any Node client spends.
+  { id: 'floor-204', kind: 'floor', service: '204', tier: 1 },
 ];
 
 /** Full mode. Order: every path runs a cell before the next cell starts (drift hits all alike). */
@@ -106,6 +109,8 @@ export const CELLS: CellDef[] = [
 
 /** Which (path, cell) pairs run in full mode; the others "add nothing" (README explains). */
 export function runs(path: PathDef, cell: CellDef): boolean {
+  // The floor is a reference for the per-request cells, not a capacity.
+  if (path.kind === 'floor') return cell.body === '10k' || (cell.body === '1m' && cell.clients === 8);
   if (cell.body === '32m') {
     // 32 MiB: only the comparison that matters (avscan, ours vs Squid vs raw) and the isolation (204).
     return (
@@ -275,6 +280,7 @@ function wrkVersion(): string {
 
 const appScript = join(HERE, 'app.js');
 const rawScript = join(HERE, 'rawload.js');
+const floorScript = join(HERE, 'floorload.js');
 const icap204Script = join(HERE, 'icap204.js');
 
 interface Env {
@@ -454,11 +460,11 @@ async function runCell(env: Env, path: PathDef, cell: CellDef): Promise<CellResu
     if (path.service !== undefined) counter = await startTcpCounter(icapTargetPort(env, path.service));
     const icapServer = counter ? `icap://127.0.0.1:${counter.port}` : undefined;
 
-    if (path.kind === 'raw') {
+    if (path.kind === 'raw' || path.kind === 'floor') {
       const gen = await startChild(
         process.execPath,
         [
-          rawScript,
+          path.kind === 'raw' ? rawScript : floorScript,
           `icap://127.0.0.1:${counter!.port}`,
           servicePath(path.service!),
           body.file,
@@ -471,6 +477,10 @@ async function runCell(env: Env, path: PathDef, cell: CellDef): Promise<CellResu
       );
       stops.push(() => gen.stop());
       const icap0 = cpuSum(icapPids(path.service));
+      // The machine over the generator's measured window (it starts measuring after its warm-up).
+      await sleep(warmupS * 1000);
+      const m0 = machineBusy();
+      const w0 = performance.now();
       const r = (await gen.result()) as {
         requests: number;
         errors: number;
@@ -482,6 +492,8 @@ async function runCell(env: Env, path: PathDef, cell: CellDef): Promise<CellResu
         cpuUs?: number;
         firstError?: string;
       };
+      const m1 = machineBusy();
+      const mWall = (performance.now() - w0) / 1000;
       // The generator's own window includes its warm-up; CPU of c-icap over the whole run.
       const icap1 = cpuSum(icapPids(path.service));
       Object.assign(result, {
@@ -493,6 +505,11 @@ async function runCell(env: Env, path: PathDef, cell: CellDef): Promise<CellResu
         clientCreated: r.connectionsCreated,
         cpuIcap: ((icap1 - icap0) / (warmupS + measureS)) * 100,
         cpuUsPerReq: r.cpuUs !== undefined && r.requests > 0 ? r.cpuUs / r.requests : undefined,
+        // The generator's CPU %, for the machine table (its share of the machine, as the app's).
+        cpuApp: r.cpuUs !== undefined && r.durationS > 0 ? (r.cpuUs / 1e6 / r.durationS) * 100 : undefined,
+        cpuMachine: m1 > m0 && mWall > 0 ? ((m1 - m0) / mWall) * 100 : undefined,
+        cpuUsPerReqMachine:
+          m1 > m0 && r.requests > 0 ? (((m1 - m0) / mWall) * r.durationS * 1e6) / r.requests : undefined,
       });
       if (r.errors > 0) result.note = `errors: ${r.firstError ?? '?'}`;
     } else {

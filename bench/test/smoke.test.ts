@@ -86,6 +86,9 @@ describe.skipIf(missing.length > 0)('bench --short', () => {
       expect(stdout).toContain('| Body | Clients | Path | req/s | p50 ms | p99 ms |');
       expect(stdout).toContain('÷ Squid');
       expect(stdout).toContain('Targets (computed from this run)');
+      // The machine's CPU per request, with the framework alone and the raw client beside the paths.
+      expect(stdout).toMatch(/\| 10 KiB \| 8 \| raw IcapClient → c-icap avscan \| [^\n]* of \d+ \|/);
+      expect(stdout).toMatch(/\| 10 KiB \| 8 \| Express, no scanning \(ceiling\) \| [^\n]* of \d+ \|/);
       const json = JSON.parse(await readFile(join(out, 'short.json'), 'utf8')) as {
         results: Array<{ path: string; ok: number; note?: string }>;
       };
@@ -97,6 +100,7 @@ describe.skipIf(missing.length > 0)('bench --short', () => {
         'koa-204',
         'squid-avscan',
         'raw-avscan',
+        'floor-204',
       ]) {
         expect(paths).toContain(p);
       }
