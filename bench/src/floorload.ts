@@ -13,6 +13,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
+import { generatorState, runGenerator } from './generator.js';
 
 const [url, service, bodyFile, contentType, concArg, warmArg, durArg] = process.argv.slice(2);
 const body = readFileSync(bodyFile!);
@@ -36,11 +37,7 @@ const message = Buffer.concat([
 ]);
 const END = Buffer.from('\r\n\r\n');
 
-let measuring = false;
-let stopAt = Number.POSITIVE_INFINITY;
-const latencies: number[] = [];
-let errors = 0;
-let firstError: string | undefined;
+const state = generatorState();
 let created = 0;
 
 function loop(): Promise<void> {
@@ -51,12 +48,12 @@ function loop(): Promise<void> {
     let head: Buffer | undefined;
     let t0 = 0;
     const fail = (why: string) => {
-      if (measuring) errors++;
-      firstError ??= why;
+      if (state.measuring) state.errors++;
+      state.firstError ??= why;
       socket.destroy();
     };
     const send = () => {
-      if (performance.now() >= stopAt) {
+      if (performance.now() >= state.stopAt) {
         socket.end();
         return;
       }
@@ -76,7 +73,7 @@ function loop(): Promise<void> {
       head = undefined;
       if (end + 4 !== seen.length) return fail('bytes after the answer head (a body?)');
       if (seen.toString('latin1', 0, 12) !== 'ICAP/1.0 204') return fail(seen.toString('latin1', 0, 40));
-      if (measuring) latencies.push(performance.now() - t0);
+      if (state.measuring) state.latencies.push(performance.now() - t0);
       send();
     });
     socket.on('error', (err) => fail(err.message));
@@ -84,34 +81,5 @@ function loop(): Promise<void> {
   });
 }
 
-process.stdout.write('READY {}\n');
-const t0 = performance.now();
-stopAt = t0 + warmupMs + durationMs;
-const loops = Array.from({ length: concurrency }, () => loop());
-await new Promise((r) => setTimeout(r, warmupMs));
-measuring = true;
-const m0 = performance.now();
-const cpu0 = process.cpuUsage();
-await Promise.all(loops);
-const elapsed = (performance.now() - m0) / 1000;
-const cpu = process.cpuUsage(cpu0);
-latencies.sort((a, b) => a - b);
-const pct = (p: number) =>
-  latencies.length === 0
-    ? 0
-    : latencies[Math.min(latencies.length - 1, Math.floor((p / 100) * latencies.length))]!;
-process.stdout.write(
-  `RESULT ${JSON.stringify({
-    requests: latencies.length,
-    errors,
-    firstError,
-    durationS: elapsed,
-    rps: latencies.length / elapsed,
-    p50: pct(50),
-    p99: pct(99),
-    connectionsCreated: created,
-    /** CPU µs (user + system) of this generator over the measured window. */
-    cpuUs: cpu.user + cpu.system,
-  })}\n`,
-);
+await runGenerator(state, concurrency, warmupMs, durationMs, loop, () => ({ connectionsCreated: created }));
 process.exit(0);

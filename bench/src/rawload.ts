@@ -10,6 +10,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { IcapClient, isSkipped } from '@icapkit/core';
+import { generatorState, runGenerator } from './generator.js';
 
 const [url, service, bodyFile, contentType, concArg, warmArg, durArg] = process.argv.slice(2);
 const body = readFileSync(bodyFile!);
@@ -24,11 +25,7 @@ const headers: Array<[string, string]> = [
   ['Content-Length', String(body.length)],
 ];
 
-let measuring = false;
-let stopAt = Number.POSITIVE_INFINITY;
-const latencies: number[] = [];
-let errors = 0;
-let firstError: string | undefined;
+const state = generatorState();
 const statuses: Record<string, number> = {};
 
 async function one(): Promise<void> {
@@ -47,51 +44,23 @@ async function one(): Promise<void> {
     if (isSkipped(res)) throw new Error('transfer-ignore');
     res.body?.resume();
     await res.done;
-    if (measuring) {
-      latencies.push(performance.now() - t0);
+    if (state.measuring) {
+      state.latencies.push(performance.now() - t0);
       statuses[res.status] = (statuses[res.status] ?? 0) + 1;
     }
   } catch (err) {
-    if (measuring) errors++;
-    firstError ??= err instanceof Error ? err.message : String(err);
+    if (state.measuring) state.errors++;
+    state.firstError ??= err instanceof Error ? err.message : String(err);
   }
 }
 
 async function loop(): Promise<void> {
-  while (performance.now() < stopAt) await one();
+  while (performance.now() < state.stopAt) await one();
 }
 
-process.stdout.write('READY {}\n');
-const t0 = performance.now();
-stopAt = t0 + warmupMs + durationMs;
-const loops = Array.from({ length: concurrency }, () => loop());
-await new Promise((r) => setTimeout(r, warmupMs));
-measuring = true;
-const m0 = performance.now();
-const cpu0 = process.cpuUsage();
-await Promise.all(loops);
-const elapsed = (performance.now() - m0) / 1000;
-const cpu = process.cpuUsage(cpu0);
-latencies.sort((a, b) => a - b);
-const pct = (p: number) =>
-  latencies.length === 0
-    ? 0
-    : latencies[Math.min(latencies.length - 1, Math.floor((p / 100) * latencies.length))]!;
-const stats = client.stats;
+await runGenerator(state, concurrency, warmupMs, durationMs, loop, () => ({
+  statuses,
+  connectionsCreated: client.stats.created,
+}));
 client.destroy();
-process.stdout.write(
-  `RESULT ${JSON.stringify({
-    requests: latencies.length,
-    errors,
-    firstError,
-    durationS: elapsed,
-    rps: latencies.length / elapsed,
-    p50: pct(50),
-    p99: pct(99),
-    statuses,
-    connectionsCreated: stats.created,
-    /** CPU µs (user + system) of this generator over the measured window: the ICAP client's cost. */
-    cpuUs: cpu.user + cpu.system,
-  })}\n`,
-);
 process.exit(0);
