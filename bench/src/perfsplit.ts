@@ -1,0 +1,176 @@
+/**
+ * Where the application process's CPU goes, every thread included: `perf record` of the app
+ * (started with --perf-basic-prof so JIT code has names) under load, its samples sorted into
+ * V8's garbage collector (main thread and helpers), V8's compilers, the kernel (socket reads
+ * and writes, loopback TCP), the bench handler's SHA-1, JavaScript (JIT code), V8 builtins and
+ * runtime (inline caches, calls, allocation), Node/libuv C++ and libc. `--cpu-prof` sees only
+ * the main thread's JavaScript; this is the split that explains CPU µs per request the
+ * JavaScript profile does not (a concurrent GC's threads, the kernel).
+ *
+ *   node bench/dist/perfsplit.js [--framework=fastify] [--service=204|avscan|echo|none]
+ *                                [--cells=10k/8] [--seconds=6] [--warm-requests=1000]
+ *
+ * Needs `perf` (Debian's linux-perf) and perf_event_paranoid ≤ 2 for a process of the same user.
+ */
+import { spawn } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { type BodyId, makeBodies } from './bodies.js';
+import { startCIcap } from './cicap.js';
+import { pickTool, runLoad, warmUp } from './load.js';
+import { cpuOf, findOnPath, killAllChildren, startChild } from './util.js';
+
+const HERE = fileURLToPath(new URL('.', import.meta.url));
+
+/** The categories, in the order they are tested: the first match wins. */
+export const CATEGORIES: ReadonlyArray<readonly [string, (dso: string, sym: string) => boolean]> = [
+  ['kernel', (dso) => dso.includes('kernel')],
+  ['SHA-1 of the bench handler', (_d, sym) => /sha1_|SHA1_/.test(sym)],
+  [
+    'V8 garbage collector',
+    (_d, sym) =>
+      /v8::internal::(?:\w+::)*(?:\w*(?:Mark|Sweep|Scaveng|Evacuat|Compact|Marking|Remembered|SlotSet|ArrayBufferSweeper|Heap::|MemoryChunk|MemoryAllocator|PagedSpace|NewSpace|SemiSpace|GCTracer|IncrementalMarking|ConcurrentMarking|PointersUpdating|Visitor|Minor|Young)|HeapObject::SizeFromMap|BodyDescriptorBase)/.test(
+        sym,
+      ),
+  ],
+  [
+    'V8 compilers (JIT)',
+    (_d, sym) =>
+      /v8::internal::(?:compiler|maglev|baseline|interpreter|wasm|Parser|Scanner|AstNode|Compiler|BytecodeGenerator|Zone)|Builtins_CompileLazy|Turbofan|Maglev/.test(
+        sym,
+      ),
+  ],
+  [
+    'JavaScript (JIT code)',
+    (dso, sym) => dso.startsWith('[JIT]') || dso.startsWith('perf-') || sym.startsWith('JS:'),
+  ],
+  ['V8 builtins (ICs, calls, allocation)', (_d, sym) => sym.startsWith('Builtins_')],
+  ['V8 runtime', (_d, sym) => sym.startsWith('v8::')],
+  ['Node.js and libuv (C++)', (_d, sym) => /^(?:node::|uv_|uv__|llhttp|ada::|simdutf)/.test(sym)],
+  ['libc (memcpy, malloc)', (dso) => dso.startsWith('libc')],
+];
+
+/** Sums `perf report --sort dso,sym` lines ("  12.34%  dso  [.] symbol") into CATEGORIES. */
+export function split(report: string): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const line of report.split('\n')) {
+    const m = /^\s*([\d.]+)%\s+(\S+(?: tid \d+)?)\s+\[[.k]\]\s+(.*)$/.exec(line);
+    if (!m) continue;
+    const pct = Number(m[1]);
+    const dso = m[2]!;
+    const sym = m[3]!.trim();
+    const cat = CATEGORIES.find(([, test]) => test(dso, sym))?.[0] ?? 'other';
+    out.set(cat, (out.get(cat) ?? 0) + pct);
+  }
+  return out;
+}
+
+function run(cmd: string, args: string[]): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    p.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+    });
+    p.stderr.on('data', (d: Buffer) => {
+      err += d.toString();
+    });
+    p.on('error', reject);
+    p.on('close', (code) =>
+      code === 0 ? resolve(out) : reject(new Error(`${cmd}: ${code} ${err.slice(-400)}`)),
+    );
+  });
+}
+
+async function main(): Promise<void> {
+  const opts = new Map<string, string>();
+  for (const a of process.argv.slice(2)) {
+    const m = /^--([^=]+)=(.*)$/.exec(a);
+    if (!m) throw new Error(`unknown argument ${a}`);
+    opts.set(m[1]!, m[2]!);
+  }
+  if (findOnPath('perf') === null) throw new Error('perf is not installed (apt-get install linux-perf)');
+  const framework = opts.get('framework') ?? 'fastify';
+  const service = opts.get('service') ?? '204';
+  const [bodyId, clientsText] = (opts.get('cells') ?? '10k/8').split('/') as [BodyId, string];
+  const clients = Number(clientsText);
+  const seconds = Number(opts.get('seconds') ?? 6);
+  const warmRequests = Number(opts.get('warm-requests') ?? 1000);
+  const none = service === 'none';
+  const work = await mkdtemp(join(tmpdir(), 'icapkit-perfsplit-'));
+  const { dir, bodies } = await makeBodies([bodyId]);
+  const body = bodies.get(bodyId)!;
+  const cicap = service === '204' || none ? undefined : await startCIcap();
+  const embedded =
+    service === '204' ? await startChild(process.execPath, [join(HERE, 'icap204.js')]) : undefined;
+  const icapPort = embedded ? (embedded.ready.port as number) : (cicap?.port ?? 9);
+  try {
+    const app = await startChild(
+      process.execPath,
+      [
+        '--perf-basic-prof',
+        join(HERE, 'app.js'),
+        framework,
+        ...(none ? [] : [`icap://127.0.0.1:${icapPort}`, service === 'echo' ? '/echo' : '/avscan']),
+      ],
+      { timeoutMs: 20_000 },
+    );
+    const url = `http://127.0.0.1:${app.ready.port as number}/upload`;
+    await warmUp(url, body, clients, 1, { requests: warmRequests, maxSeconds: 10 });
+    const data = join(work, 'perf.data');
+    const perf = run('perf', [
+      'record',
+      '-q',
+      '-F',
+      '1999',
+      '-p',
+      String(app.pid),
+      '-o',
+      data,
+      '--',
+      'sleep',
+      String(seconds),
+    ]);
+    const cpu0 = cpuOf(app.pid);
+    const r = await runLoad(pickTool(), url, body, clients, seconds);
+    const cpu1 = cpuOf(app.pid);
+    await perf;
+    const report = await run('perf', ['report', '-i', data, '--no-children', '--sort', 'dso,sym', '--stdio']);
+    const threads = await run('perf', ['report', '-i', data, '--no-children', '--sort', 'pid', '--stdio']);
+    await app.stop();
+    const usPerReq = r.ok > 0 ? ((cpu1 - cpu0) * 1e6) / r.ok : 0;
+    const parts = split(report);
+    console.log(
+      `${framework}${none ? ' alone (no scanning)' : ` + icapkit -> ${service}`}, ${body.label}, ${clients} clients: ` +
+        `${r.rps.toFixed(0)} req/s, app CPU ${usPerReq.toFixed(0)} µs per request (all threads)\n`,
+    );
+    console.log('| where the app process CPU goes | % of its samples | µs per request |');
+    console.log('|---|--:|--:|');
+    for (const [cat, pct] of [...parts].sort((a, b) => b[1] - a[1]))
+      console.log(`| ${cat} | ${pct.toFixed(1)} | ${((pct / 100) * usPerReq).toFixed(0)} |`);
+    // perf's "pid" of a sample taken with -p is the thread's id: the main thread's is the process's.
+    let mainPct = 0;
+    for (const m of threads.matchAll(/^\s*([\d.]+)%\s+(\d+):/gm))
+      if (Number(m[2]) === app.pid) mainPct = Number(m[1]);
+    console.log(
+      `\nmain thread ${mainPct.toFixed(1)}% of the samples, the other threads (V8's GC and compiler helpers, libuv's pool) ${(100 - mainPct).toFixed(1)}%`,
+    );
+  } finally {
+    await embedded?.stop();
+    await cicap?.stop();
+    await rm(dir, { recursive: true, force: true });
+    await rm(work, { recursive: true, force: true });
+    killAllChildren();
+  }
+}
+
+if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
+  main().catch((err: unknown) => {
+    console.error(err);
+    killAllChildren();
+    process.exit(1);
+  });
+}

@@ -1,0 +1,48 @@
+/**
+ * perfsplit.js sorts `perf report --sort dso,sym` lines into where the app's CPU went: each
+ * sample's share lands in the first category whose test matches.
+ */
+import { describe, expect, it } from 'vitest';
+import { split } from '../src/perfsplit.js';
+
+const REPORT = `
+# Samples: 12K of event 'cpu-clock:pppH'
+#
+# Overhead  Shared Object        Symbol
+    14.35%  node                 [.] sha1_block_data_order_shaext
+    11.21%  node                 [.] v8::internal::ConcurrentMarking::RunMajor
+     5.61%  node                 [.] v8::internal::MarkingVisitorBase<v8::internal::ConcurrentMarkingVisitor, v8::internal::ConcurrentMarkingState>::ProcessStrongHeapObject<v8::internal::FullHeapObjectSlot>
+     5.49%  node                 [.] v8::internal::Scavenger::ScavengeObject<v8::internal::FullHeapObjectSlot>
+     3.44%  [kernel.kallsyms]    [k] _copy_from_iter
+     2.70%  node                 [.] Builtins_LoadIC
+     1.59%  node                 [.] v8::internal::HeapObject::SizeFromMap
+     0.78%  [JIT] tid 32725      [.] JS:*analyse file:///work/main/packages/core/dist/engine/verdict/generic.js:65:24
+     0.65%  node                 [.] Builtins_CompileLazy
+     0.56%  node                 [.] v8::internal::compiler::GraphReducer::ReduceTop
+     0.50%  node                 [.] v8::internal::Runtime_SetKeyedProperty
+     0.40%  node                 [.] node::crypto::Hash::HashUpdate
+     2.27%  libc.so.6            [.] __memmove_avx_unaligned_erms
+     0.10%  libstdc++.so.6.0.30  [.] operator new
+`;
+
+describe('perfsplit', () => {
+  it('sorts each symbol into one category and keeps every sample', () => {
+    const parts = split(REPORT);
+    const get = (k: string) => Number((parts.get(k) ?? 0).toFixed(2));
+    expect(get('SHA-1 of the bench handler')).toBe(14.35);
+    expect(get('V8 garbage collector')).toBe(23.9);
+    expect(get('kernel')).toBe(3.44);
+    expect(get('V8 builtins (ICs, calls, allocation)')).toBe(2.7);
+    expect(get('V8 compilers (JIT)')).toBe(1.21);
+    expect(get('JavaScript (JIT code)')).toBe(0.78);
+    expect(get('V8 runtime')).toBe(0.5);
+    expect(get('Node.js and libuv (C++)')).toBe(0.4);
+    expect(get('libc (memcpy, malloc)')).toBe(2.27);
+    expect(get('other')).toBe(0.1);
+    const sum = [...parts.values()].reduce((a, b) => a + b, 0);
+    expect(sum).toBeCloseTo(
+      14.35 + 11.21 + 5.61 + 5.49 + 3.44 + 2.7 + 1.59 + 0.78 + 0.65 + 0.56 + 0.5 + 0.4 + 2.27 + 0.1,
+      5,
+    );
+  });
+});
