@@ -16,6 +16,7 @@
  */
 import { createServer, type IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { constants, PerformanceObserver } from 'node:perf_hooks';
 import type { Readable } from 'node:stream';
 import { getRequestListener } from '@hono/node-server';
 import type { IcapEngine, IcapProfile } from '@icapkit/core';
@@ -57,10 +58,20 @@ function digest(stream: Readable, contentType: string | undefined): Promise<stri
   });
 }
 
+/** Mark-compacts since start (the run reports them per 1000 requests: which GC regime a cell saw). */
+let majorGcs = 0;
+new PerformanceObserver((list) => {
+  for (const e of list.getEntries()) {
+    const kind = (e as unknown as { detail?: { kind?: number } }).detail?.kind;
+    if (kind === constants.NODE_PERFORMANCE_GC_MAJOR) majorGcs++;
+  }
+}).observe({ entryTypes: ['gc'] });
+
 function stats(engine: IcapEngine | undefined): string {
   return JSON.stringify({
     ...memOf(process.pid),
     cpu: process.cpuUsage(),
+    majorGcs,
     stages: stageTotals?.snapshot() ?? null,
     icap: engine?.status() ?? null,
   });

@@ -13,6 +13,9 @@
  * --from=FILE: run nothing; render the results saved in FILE (a latest.json) again.
  * --warm-requests=N: full mode warms each fresh application (and Squid's origin) up for a second
  *   and until it has answered N requests, at most 10 s (default 1000; 0: one second only).
+ * --node-flags='...': the V8/Node options every Node process of the run starts with (applications,
+ *   Squid's origin, the ICAP generators); default --heap-growing-percent=300 (see DEFAULT_NODE_FLAGS),
+ *   --node-flags= for none.
  * --stages: the applications publish the scan's per-stage CPU and wall time (BENCH_STAGES=1, a few
  *   µs per request); the report gets a per-stage table. Per-stage CPU is the process's, so it is
  *   one request's only with one client (e.g. --stages --cells=10k/1 --only='204|ceiling').
@@ -165,6 +168,8 @@ export interface CellResult {
   cpuUsPerReq?: number | undefined;
   /** CPU µs of the ICAP server (every c-icap process, or the embedded server) per answered request. */
   cpuUsPerReqIcap?: number | undefined;
+  /** Mark-compacts of the Node process answering the load (app or Squid's origin) per 1000 requests. */
+  majorGcPerK?: number | undefined;
   /** Per-stage totals of the scan over the measured window (only with --stages). */
   stages?: StageSnapshot | undefined;
   cpuIcap: number | undefined;
@@ -199,6 +204,8 @@ export interface Machine {
   measureS: number;
   measure32mS: number;
   totalS: number;
+  /** V8/Node options every Node process of the run was started with (apps, origins, generators). */
+  nodeFlags?: string[];
 }
 
 /* ------------------------------------------------------------------ main */
@@ -213,6 +220,7 @@ interface Args {
   tinyChunks: boolean;
   stages: boolean;
   warmRequests: number | undefined;
+  nodeFlags: string[] | undefined;
 }
 
 function parseArgs(argv: string[]): Args {
@@ -226,6 +234,7 @@ function parseArgs(argv: string[]): Args {
     tinyChunks: false,
     stages: false,
     warmRequests: undefined,
+    nodeFlags: undefined,
   };
   for (const arg of argv) {
     if (arg === '--short') a.short = true;
@@ -236,6 +245,7 @@ function parseArgs(argv: string[]): Args {
     else if (arg === '--tiny-chunks') a.tinyChunks = true;
     else if (arg === '--stages') a.stages = true;
     else if (arg.startsWith('--warm-requests=')) a.warmRequests = Number(arg.slice(16));
+    else if (arg.startsWith('--node-flags=')) a.nodeFlags = arg.slice(13).split(' ').filter(Boolean);
     else if (arg.startsWith('--cells=')) {
       a.cells = arg
         .slice(8)
@@ -308,8 +318,19 @@ function servicePath(service: Service): string {
 /** Set by --stages: the applications publish per-stage timings of the scan (BENCH_STAGES=1). */
 let stagesOn = false;
 
+/**
+ * Options every Node process of a run starts with (--node-flags=...; default DEFAULT_NODE_FLAGS).
+ * Node 20's V8 counts the ArrayBuffers allocated since its last mark-compact against a limit
+ * that is only 8 MB above the live old generation after a mark-compact under load, so a process
+ * taking ~1 MiB bodies falls, by chance, into a mark-compact every 100-250 ms once it has done one
+ * (a quarter of its CPU), the framework alone as well as with icapkit; --heap-growing-percent=300
+ * keeps every process out of that loop, so one run compares like with like (bench/README.md).
+ */
+const DEFAULT_NODE_FLAGS = ['--heap-growing-percent=300'];
+let nodeFlags: string[] = DEFAULT_NODE_FLAGS;
+
 async function startApp(framework: Framework, icapUrl?: string, service?: string): Promise<Child> {
-  const args = [appScript, framework];
+  const args = [...nodeFlags, appScript, framework];
   if (icapUrl !== undefined) args.push(icapUrl, service ?? '/avscan');
   return startChild(process.execPath, args, {
     timeoutMs: 20_000,
@@ -352,6 +373,8 @@ interface AppStats {
   /** process.cpuUsage() of the application, user + system µs. */
   cpuUs: number | undefined;
   stages: StageSnapshot | undefined;
+  /** Mark-compacts the app's V8 has done since it started (a `gc` performance observer). */
+  majorGcs: number | undefined;
 }
 
 async function statsOf(port: number): Promise<AppStats> {
@@ -361,14 +384,16 @@ async function statsOf(port: number): Promise<AppStats> {
       cpu?: { user: number; system: number };
       stages?: StageSnapshot | null;
       icap: Array<{ connections: { created: number } }> | null;
+      majorGcs?: number;
     };
     return {
       created: j.icap?.reduce((n, s) => n + s.connections.created, 0),
       cpuUs: j.cpu === undefined ? undefined : j.cpu.user + j.cpu.system,
       stages: j.stages ?? undefined,
+      majorGcs: j.majorGcs,
     };
   } catch {
-    return { created: undefined, cpuUs: undefined, stages: undefined };
+    return { created: undefined, cpuUs: undefined, stages: undefined, majorGcs: undefined };
   }
 }
 
@@ -464,6 +489,7 @@ async function runCell(env: Env, path: PathDef, cell: CellDef): Promise<CellResu
       const gen = await startChild(
         process.execPath,
         [
+          ...nodeFlags,
           path.kind === 'raw' ? rawScript : floorScript,
           `icap://127.0.0.1:${counter!.port}`,
           servicePath(path.service!),
@@ -573,6 +599,8 @@ async function runCell(env: Env, path: PathDef, cell: CellDef): Promise<CellResu
         const squidUs = path.kind === 'squid' ? (c1.app - c0.app) * 1e6 : 0;
         result.cpuUsPerReq = (s1.cpuUs - s0.cpuUs + squidUs) / r.ok;
       }
+      if (s0.majorGcs !== undefined && s1.majorGcs !== undefined && r.ok > 0)
+        result.majorGcPerK = ((s1.majorGcs - s0.majorGcs) * 1000) / r.ok;
       if (s0.stages !== undefined && s1.stages !== undefined)
         result.stages = stageDelta(s0.stages, s1.stages);
       if (path.service !== undefined && r.ok > 0) result.cpuUsPerReqIcap = ((c1.icap - c0.icap) * 1e6) / r.ok;
@@ -653,6 +681,7 @@ async function main(): Promise<void> {
    */
   const warmRequests = short ? 0 : (args.warmRequests ?? 1000);
   const warmMaxS = 10;
+  nodeFlags = args.nodeFlags ?? DEFAULT_NODE_FLAGS;
   const measureS = short ? 1 : 3;
   const measure32mS = short ? 1 : 6;
   /** Full mode stops starting cells past this (the whole run must stay under 15 minutes). */
@@ -750,6 +779,7 @@ async function main(): Promise<void> {
     measureS,
     measure32mS,
     totalS: Math.round((Date.now() - t0) / 1000),
+    nodeFlags,
   };
   await publish(results, machine, args);
 }

@@ -89,7 +89,10 @@ export function renderReport(
     `Machine: ${m.nproc} CPU (${m.cpuModel}), ${m.ramGiB} GiB RAM, Linux ${m.kernel}, Node ${m.node}; ` +
       `${m.cicap}; ${m.squid}; load: ${m.loadTool}. ${m.date.slice(0, 16).replace('T', ' ')} UTC, ` +
       `${m.mode} mode (warm-up ${m.warmupS} s${m.warmRequests ? ` and until ${m.warmRequests} requests were answered, at most ${m.warmMaxS} s` : ''}, measure ${m.measureS} s; 32 MiB: ${m.measure32mS} s), ` +
-      `whole run ${m.totalS} s.`,
+      `whole run ${m.totalS} s.` +
+      (m.nodeFlags === undefined
+        ? ''
+        : ` Node processes started with ${m.nodeFlags.length > 0 ? m.nodeFlags.join(' ') : 'no extra options'}.`),
   );
   out.push('');
   out.push(
@@ -114,6 +117,9 @@ export function renderReport(
       const cpuApp = gen ? '—' : pct(r.cpuApp);
       const notes = [
         r.note,
+        r.majorGcPerK !== undefined && r.majorGcPerK >= 1
+          ? `${r.majorGcPerK.toFixed(0)} mark-compacts per 1000 requests`
+          : undefined,
         r.kind === 'squid'
           ? `RSS, CPU %: squid; origin CPU ${pct(r.cpuOrigin)}%; CPU µs: squid + origin`
           : r.kind === 'raw'
