@@ -9,6 +9,7 @@
  *
  *   node bench/dist/perfsplit.js [--framework=fastify] [--service=204|avscan|echo|none]
  *                                [--cells=10k/8] [--seconds=6] [--warm-requests=1000]
+ *                                [--node-flags='--heap-growing-percent=300']  (as run.js: bench/GC.md)
  *
  * Needs `perf` (Debian's linux-perf) and perf_event_paranoid ≤ 2 for a process of the same user.
  */
@@ -99,6 +100,7 @@ async function main(): Promise<void> {
   const clients = Number(clientsText);
   const seconds = Number(opts.get('seconds') ?? 6);
   const warmRequests = Number(opts.get('warm-requests') ?? 1000);
+  const nodeFlags = (opts.get('node-flags') ?? '--heap-growing-percent=300').split(' ').filter(Boolean);
   const none = service === 'none';
   const work = await mkdtemp(join(tmpdir(), 'icapkit-perfsplit-'));
   const { dir, bodies } = await makeBodies([bodyId]);
@@ -111,6 +113,7 @@ async function main(): Promise<void> {
     const app = await startChild(
       process.execPath,
       [
+        ...nodeFlags,
         '--perf-basic-prof',
         join(HERE, 'app.js'),
         framework,
