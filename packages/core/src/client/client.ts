@@ -7,7 +7,7 @@ import {
   httpRequestHeadText,
   httpResponseHeadText,
 } from '../protocol/encoder.js';
-import { abortError } from './abort.js';
+import { abortError, LightAbortController } from './abort.js';
 import { endpointLabel, type IcapTlsOptions, type ServerEndpoint } from './connection.js';
 import {
   extensionOf,
@@ -431,9 +431,14 @@ export class IcapClient {
     }
   }
 
-  /** One signal for a request: the caller's, plus the request timeout. */
+  /**
+   * One signal for a request: the caller's, plus the request timeout. A LightAbortController
+   * (no EventTarget, no AbortSignal to create, listeners in a plain array): the signal goes to
+   * this client's own code only (the pool's wait, the OPTIONS wait, the connect, the
+   * transaction), never to Node's APIs.
+   */
   #requestSignal(outer: AbortSignal | undefined, timeout: number, what: string) {
-    const ac = new AbortController();
+    const ac = new LightAbortController();
     const onOuterAbort = () => ac.abort(abortError(outer!.reason, what));
     if (outer?.aborted) onOuterAbort();
     else outer?.addEventListener('abort', onOuterAbort, { once: true });
