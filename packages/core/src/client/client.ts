@@ -366,7 +366,7 @@ export class IcapClient {
         lease.reused,
         req,
         { ioTimeout: this.#ioTimeout, maxHeaderSize: this.#maxHeaderSize, signal, abortWhat },
-        (reusable) => this.#pool.release(lease.connection, reusable),
+        this.#pool,
       );
       try {
         return await tx.run();
