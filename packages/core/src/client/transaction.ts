@@ -21,7 +21,7 @@ import type {
   TransactionRequest,
   TransactionSummary,
 } from './transaction-types.js';
-import { keepReadingAfterWriteError } from './write-error.js';
+import { keepReadingAfterWriteError, writeBatch } from './write-error.js';
 
 /**
  * One ICAP exchange on one connection: write the request (preview first when asked), read the
@@ -54,8 +54,6 @@ const STOP = Symbol('stop');
 const FAILED = Symbol('failed');
 /** Buffered output is flushed to the socket when it grows past this. */
 const FLUSH_AT = 256 * 1024;
-/** A batch of several buffers up to this size is copied into one and written once. */
-const COPY_BATCH_UP_TO = 32 * 1024;
 
 /** Where a transaction hands its connection back (the pool). */
 export interface ConnectionReturn {
@@ -335,21 +333,8 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
   #flush(): boolean | Promise<boolean> {
     if (this.#stopped) return false;
     const s = this.#conn.socket;
-    if (this.#out.length === 1 || (this.#out.length > 1 && this.#outBytes <= COPY_BATCH_UP_TO)) {
-      // A small batch (a head, a small body and its framing) is copied into one buffer: one
-      // write, without the corked writev's per-buffer bookkeeping.
-      const one = this.#out.length === 1 ? this.#out[0]! : Buffer.concat(this.#out, this.#outBytes);
-      s.write(one, this.#onWritten);
-      this.#bytesSent += this.#outBytes;
-      this.#out = [];
-      this.#outBytes = 0;
-    } else if (this.#out.length > 0) {
-      s.cork();
-      // One callback per batch (the last write): a failed batch calls every callback in it.
-      const last = this.#out.length - 1;
-      for (let i = 0; i < last; i++) s.write(this.#out[i]!);
-      s.write(this.#out[last]!, this.#onWritten);
-      s.uncork();
+    if (this.#out.length > 0) {
+      writeBatch(s, this.#out, this.#outBytes, this.#onWritten);
       this.#bytesSent += this.#outBytes;
       this.#out = [];
       this.#outBytes = 0;
