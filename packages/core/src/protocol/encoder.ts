@@ -337,7 +337,7 @@ function tailLines(ua: string | undefined): readonly [string, string] | null {
  * {@link encodeIcapRequest} for one client's requests, the same bytes for the same input: the
  * parts of the head that stay the same from one request to the next (the request line, `Host`
  * and the client's own headers; `User-Agent` and `Allow`) are checked and joined once, and
- * kept (up to 64 method and URI pairs). Anything off the usual road (a part that is not byte
+ * kept (up to 64 URIs per method). Anything off the usual road (a part that is not byte
  * for byte, a header the encoder refuses, an encapsulated head given as bytes) goes through
  * {@link encodeIcapRequest} itself, which throws what it throws.
  */
@@ -345,8 +345,12 @@ export class IcapHeadEncoder {
   readonly #host: string;
   readonly #headers: HeaderPairs;
   readonly #userAgent: string | undefined;
-  /** `METHOD uri` → `[start line CRLF, "Host: h" CRLF and the client's header lines]`, checked. */
-  readonly #starts = new Map<string, readonly [string, string]>();
+  /**
+   * URI → `[start line CRLF, "Host: h" CRLF and the client's header lines]`, checked, one map
+   * per method (keyed by the URI itself: no `METHOD uri` string to build and hash per request).
+   */
+  readonly #reqmodStarts = new Map<string, readonly [string, string]>();
+  readonly #respmodStarts = new Map<string, readonly [string, string]>();
   /** The lines after the request's own headers, with and without `Allow: 204`; null: not byte for byte. */
   readonly #tails: readonly [with204: string, without204: string] | null;
 
@@ -447,12 +451,12 @@ export class IcapHeadEncoder {
   }
 
   /** The request line and the lines that precede the request's own headers, checked; undefined: not here. */
-  #start(method: IcapRequestMethod, uri: string): readonly [string, string] | undefined {
-    const key = `${method} ${uri}`;
-    let start = this.#starts.get(key);
+  #start(method: 'REQMOD' | 'RESPMOD', uri: string): readonly [string, string] | undefined {
+    const starts = method === 'REQMOD' ? this.#reqmodStarts : this.#respmodStarts;
+    let start = starts.get(uri);
     if (start !== undefined) return start;
     if (uri === '' || /[\s\x00-\x1f\x7f]/.test(uri)) return undefined;
-    const startLine = `${key} ICAP/1.0\r\n`;
+    const startLine = `${method} ${uri} ICAP/1.0\r\n`;
     let lines = '';
     const pairs: Array<readonly [string, string]> = [['Host', this.#host], ...this.#headers];
     for (let k = 0; k < pairs.length; k++) {
@@ -463,7 +467,7 @@ export class IcapHeadEncoder {
     if (!isLatin1(startLine) || !isLatin1(lines)) return undefined;
     start = [startLine, lines];
     // A few services in practice; a caller naming a new one per request gets no cache.
-    if (this.#starts.size < 64) this.#starts.set(key, start);
+    if (starts.size < 64) starts.set(uri, start);
     return start;
   }
 }
