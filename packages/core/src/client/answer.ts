@@ -96,6 +96,9 @@ function encapsulatedFits(method: IcapRequestMethod, head: IcapResponseHead): bo
 
 /** The entities a final response may encapsulate, per ICAP method (RFC 3507 §4.4.1). */
 function checkEncapsulated(method: IcapRequestMethod, head: IcapResponseHead): void {
+  const entries = head.encapsulated;
+  // No message (no Encapsulated, or a null-body alone: a 204, most errors): no rule below applies.
+  if (entries === null || (entries.length === 1 && entries[0]!.name === 'null-body')) return;
   const names = head.encapsulated?.map((e) => e.name) ?? [];
   const has = (n: string) => names.includes(n as EncapsulatedEntry['name']);
   // A 200/201 without Encapsulated carries no message ("no header means no body"): the verdict

@@ -6,8 +6,9 @@ import {
   type HttpResponseHeadInit,
   httpRequestHeadText,
   httpResponseHeadText,
+  IcapHeadEncoder,
 } from '../protocol/encoder.js';
-import { abortError } from './abort.js';
+import { abortError, LightAbortController } from './abort.js';
 import { endpointLabel, type IcapTlsOptions, type ServerEndpoint } from './connection.js';
 import {
   extensionOf,
@@ -144,6 +145,10 @@ export class IcapClient {
   readonly #hostHeader: string;
   readonly #onWarning: IcapClientOptions['onWarning'];
   readonly #uris = new Map<string, string>();
+  /** The heads of REQMOD and RESPMOD requests (their constant parts kept). */
+  readonly #encoder: IcapHeadEncoder;
+  /** The client's own headers ask for `Connection: close`. */
+  readonly #closeAsked: boolean;
   #closed = false;
 
   constructor(options: IcapClientOptions) {
@@ -155,10 +160,13 @@ export class IcapClient {
     this.#maxHeaderSize = positive(options.maxHeaderSize, 64 * 1024, 'maxHeaderSize');
     this.#useOptions = options.useOptions ?? true;
     this.#defaultOptionsTtl = positive(options.defaultOptionsTtl, 60_000, 'defaultOptionsTtl');
-    this.#headers = options.headers ?? [];
+    // A copy: the heads' constant part is built from it once (see IcapHeadEncoder).
+    this.#headers = (options.headers ?? []).map(([name, value]) => [name, value] as const);
     this.#userAgent = options.userAgent === false ? undefined : (options.userAgent ?? `icapkit/${VERSION}`);
     const { host, port } = this.endpoint;
     this.#hostHeader = `${host.includes(':') ? `[${host}]` : host}:${port}`;
+    this.#encoder = new IcapHeadEncoder(this.#hostHeader, this.#headers, this.#userAgent);
+    this.#closeAsked = asksClose(this.#headers);
     this.#pool = new Pool(this.endpoint, {
       maxConnections: positive(options.maxConnections, 32, 'maxConnections'),
       keepAliveTimeout: positive(options.keepAliveTimeout, 30_000, 'keepAliveTimeout'),
@@ -315,24 +323,17 @@ export class IcapClient {
       if (init.httpRequest !== undefined) httpRequestHead = httpRequestHeadText(init.httpRequest);
       httpResponseHead = httpResponseHeadText(init.httpResponse, { contentLength });
     }
-    const headers =
-      init.headers === undefined || init.headers.length === 0
-        ? this.#headers
-        : this.#headers.length === 0
-          ? init.headers
-          : [...this.#headers, ...init.headers];
-    const encoded = encodeIcapRequest({
-      method: init.method,
+    const extra = init.headers ?? NO_HEADERS;
+    const encoded = this.#encoder.encode(
+      init.method,
       uri,
-      host: this.#hostHeader,
       httpRequestHead,
       httpResponseHead,
       hasBody,
-      preview: hasBody ? preview : undefined,
-      allow204: init.allow204 ?? true,
-      headers,
-      userAgent: this.#userAgent,
-    });
+      hasBody ? preview : undefined,
+      init.allow204 ?? true,
+      extra,
+    );
     const req: TransactionRequest = {
       method: init.method,
       head: encoded.head,
@@ -343,7 +344,7 @@ export class IcapClient {
       onContinue: init.onContinue,
       // The only `Connection` line an encoded head can hold is one of these ICAP headers (the
       // encapsulated HTTP heads never carry one; no value holds a line break).
-      closeAsked: asksClose(headers),
+      closeAsked: this.#closeAsked || asksClose(extra),
     };
     return req;
   }
@@ -356,13 +357,16 @@ export class IcapClient {
   ): Promise<IcapResponse> {
     let fresh = false;
     for (;;) {
-      const lease = await this.#pool.acquire(signal, fresh, queueTimeout);
+      // An idle connection is taken at once (no promise, no turn of the microtask queue).
+      const lease =
+        (fresh ? undefined : this.#pool.takeIdleNow(signal)) ??
+        (await this.#pool.acquire(signal, fresh, queueTimeout));
       const tx = new Transaction(
         lease.connection,
         lease.reused,
         req,
         { ioTimeout: this.#ioTimeout, maxHeaderSize: this.#maxHeaderSize, signal, abortWhat },
-        (reusable) => this.#pool.release(lease.connection, reusable),
+        this.#pool,
       );
       try {
         return await tx.run();
@@ -431,9 +435,14 @@ export class IcapClient {
     }
   }
 
-  /** One signal for a request: the caller's, plus the request timeout. */
+  /**
+   * One signal for a request: the caller's, plus the request timeout. A LightAbortController
+   * (no EventTarget, no AbortSignal to create, listeners in a plain array): the signal goes to
+   * this client's own code only (the pool's wait, the OPTIONS wait, the connect, the
+   * transaction), never to Node's APIs.
+   */
   #requestSignal(outer: AbortSignal | undefined, timeout: number, what: string) {
-    const ac = new AbortController();
+    const ac = new LightAbortController();
     const onOuterAbort = () => ac.abort(abortError(outer!.reason, what));
     if (outer?.aborted) onOuterAbort();
     else outer?.addEventListener('abort', onOuterAbort, { once: true });
@@ -490,6 +499,8 @@ export function parseServerUrl(url: string | URL, tls?: IcapTlsOptions): ServerE
   const port = u.port === '' ? (secure ? DEFAULT_ICAPS_PORT : DEFAULT_ICAP_PORT) : Number(u.port);
   return { host, port, tls: secure ? (tls ?? {}) : false };
 }
+
+const NO_HEADERS: HeaderPairs = [];
 
 /** setTimeout's largest delay (a larger one fires at once). */
 const MAX_TIMER_DELAY = 2_147_483_647;

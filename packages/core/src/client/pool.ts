@@ -140,6 +140,16 @@ export class Pool {
     });
   }
 
+  /**
+   * The lease acquire() would resolve with at once (an idle connection, not `fresh`), without
+   * the promise; undefined when it would not (none idle, the pool closed, the signal aborted):
+   * then acquire() waits, or says why not.
+   */
+  takeIdleNow(signal: AbortSignal | undefined): Lease | undefined {
+    if (this.#closed || signal?.aborted) return undefined;
+    return this.#takeIdle();
+  }
+
   /** Returns a connection after a transaction; `reusable` false closes it. */
   release(connection: Connection, reusable: boolean): void {
     if (!this.#busy.delete(connection)) return;

@@ -72,38 +72,38 @@ export function toBodySource(input: BodyInput): BodySource {
   const items = coalesce(input as Iterable<Uint8Array>);
   let length = 0;
   for (const b of items) length += b.length;
-  return {
-    replayable: true,
-    length,
-    open: () => {
-      let i = 0;
-      return {
-        next: () =>
-          Promise.resolve(
-            i < items.length
-              ? { done: false as const, value: items[i++]! }
-              : { done: true as const, value: undefined },
-          ),
-      };
-    },
-  };
+  return { replayable: true, length, open: () => new ListReader(items) };
 }
 
 function bufferSource(buf: Uint8Array): BodySource {
-  return {
-    replayable: true,
-    length: buf.length,
-    open: () => {
-      let done = buf.length === 0;
-      return {
-        next: () => {
-          if (done) return Promise.resolve({ done: true as const, value: undefined });
-          done = true;
-          return Promise.resolve({ done: false as const, value: buf });
-        },
-      };
-    },
-  };
+  // An empty body is a list of no pieces (its reader ends at once).
+  const items = buf.length === 0 ? [] : [buf];
+  return { replayable: true, length: buf.length, open: () => new ListReader(items) };
+}
+
+/**
+ * The reader of a body held in memory as a list of pieces: each in turn, then the end. Its
+ * results are known now, so it has {@link NEXT_NOW} (the transaction takes them without a
+ * promise each); next() settles with the same results, in the same order.
+ */
+class ListReader implements AsyncIterator<Uint8Array>, NextNow {
+  readonly #items: readonly Uint8Array[];
+  #i = 0;
+
+  constructor(items: readonly Uint8Array[]) {
+    this.#items = items;
+  }
+
+  next(): Promise<IteratorResult<Uint8Array>> {
+    return Promise.resolve(this[NEXT_NOW]());
+  }
+
+  [NEXT_NOW](): IteratorResult<Uint8Array> {
+    const items = this.#items;
+    return this.#i < items.length
+      ? { done: false, value: items[this.#i++]! }
+      : { done: true, value: undefined };
+  }
 }
 
 /** Pieces below this size are joined (up to it) before they are framed as ICAP chunks. */

@@ -1,7 +1,7 @@
 import type { Readable } from 'node:stream';
 import { fromSocketError, IcapError, IcapErrorCodes } from '../errors.js';
 import { CRLF, chunkHeader, LAST_CHUNK, LAST_CHUNK_IEOF } from '../protocol/encoder.js';
-import { IcapParser, type IcapResponseHead } from '../protocol/parser.js';
+import { IcapParser, type IcapResponseHead, type ParserHandler } from '../protocol/parser.js';
 import { abortReason } from './abort.js';
 import {
   asIcapError,
@@ -21,7 +21,7 @@ import type {
   TransactionRequest,
   TransactionSummary,
 } from './transaction-types.js';
-import { keepReadingAfterWriteError } from './write-error.js';
+import { keepReadingAfterWriteError, writeBatch } from './write-error.js';
 
 /**
  * One ICAP exchange on one connection: write the request (preview first when asked), read the
@@ -54,16 +54,22 @@ const STOP = Symbol('stop');
 const FAILED = Symbol('failed');
 /** Buffered output is flushed to the socket when it grows past this. */
 const FLUSH_AT = 256 * 1024;
-/** A batch of several buffers up to this size is copied into one and written once. */
-const COPY_BATCH_UP_TO = 32 * 1024;
 
-/** The transaction is the owner of its connection's socket events while it runs (see SocketOwner). */
-export class Transaction implements SocketOwner {
+/** Where a transaction hands its connection back (the pool). */
+export interface ConnectionReturn {
+  release(connection: Connection, reusable: boolean): void;
+}
+
+/**
+ * The transaction is the owner of its connection's socket events while it runs (see
+ * SocketOwner), and the handler of its parser's events (no closures of its own for either).
+ */
+export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead> {
   readonly #conn: Connection;
   readonly #reusedConnection: boolean;
   readonly #req: TransactionRequest;
   readonly #opts: TransactionOptions;
-  readonly #release: (reusable: boolean) => void;
+  readonly #return: ConnectionReturn;
   readonly #parser: IcapParser<IcapResponseHead>;
 
   readonly #response = deferred<IcapResponse>();
@@ -113,26 +119,19 @@ export class Transaction implements SocketOwner {
     reusedConnection: boolean,
     req: TransactionRequest,
     opts: TransactionOptions,
-    release: (reusable: boolean) => void,
+    connectionReturn: ConnectionReturn,
   ) {
     this.#conn = conn;
     this.#reusedConnection = reusedConnection;
     this.#req = req;
     this.#opts = opts;
-    this.#release = release;
-    this.#response.promise.catch(noop);
+    this.#return = connectionReturn;
+    // (#response needs no such catch: run(), called right after construction, hands it to its
+    // caller, who awaits it.)
     this.#done.promise.catch(noop);
     this.#continue = req.preview === undefined ? null : deferred<boolean>();
     this.#continue?.promise.catch(noop);
-    this.#parser = new IcapParser<IcapResponseHead>(
-      'response',
-      {
-        onHead: (head) => this.#onHead(head),
-        onBody: (data) => this.#onBody(data),
-        onEnd: () => this.#onEnd(),
-      },
-      { maxHeaderSize: opts.maxHeaderSize },
-    );
+    this.#parser = new IcapParser<IcapResponseHead>('response', this, { maxHeaderSize: opts.maxHeaderSize });
   }
 
   /** The whole HTTP body has been sent (or there was none). */
@@ -255,6 +254,16 @@ export class Transaction implements SocketOwner {
     // first when `p` is settled (Promise.race([p, resolved]) without its array and promises).
     // The same reaction ends the waits below (#wake): one reaction per chunk, no race.
     this.#pulled = NOT_READY;
+    // The reactions are made at the first wait (a body read through NEXT_NOW never waits).
+    this.#onPulled ??= (r: IteratorResult<Uint8Array>): void => {
+      this.#pulled = r;
+      this.#wake?.();
+    };
+    this.#onPullFailed ??= (err: unknown): void => {
+      this.#pulled = FAILED;
+      this.#pullError = err;
+      this.#wake?.();
+    };
     p.then(this.#onPulled, this.#onPullFailed);
     await undefined;
     // The next bytes are often one turn away (Node hands a request body over on the tick after
@@ -283,16 +292,9 @@ export class Transaction implements SocketOwner {
     return r;
   }
 
-  readonly #onPulled = (r: IteratorResult<Uint8Array>): void => {
-    this.#pulled = r;
-    this.#wake?.();
-  };
-
-  readonly #onPullFailed = (err: unknown): void => {
-    this.#pulled = FAILED;
-    this.#pullError = err;
-    this.#wake?.();
-  };
+  /** The reactions to the pending next() (see #pull). */
+  #onPulled: ((r: IteratorResult<Uint8Array>) => void) | null = null;
+  #onPullFailed: ((err: unknown) => void) | null = null;
 
   /**
    * Until the pending chunk comes (#onPulled), the writer is stopped or (`turn`) the loop's turn
@@ -331,21 +333,8 @@ export class Transaction implements SocketOwner {
   #flush(): boolean | Promise<boolean> {
     if (this.#stopped) return false;
     const s = this.#conn.socket;
-    if (this.#out.length === 1 || (this.#out.length > 1 && this.#outBytes <= COPY_BATCH_UP_TO)) {
-      // A small batch (a head, a small body and its framing) is copied into one buffer: one
-      // write, without the corked writev's per-buffer bookkeeping.
-      const one = this.#out.length === 1 ? this.#out[0]! : Buffer.concat(this.#out, this.#outBytes);
-      s.write(one, this.#onWritten);
-      this.#bytesSent += this.#outBytes;
-      this.#out = [];
-      this.#outBytes = 0;
-    } else if (this.#out.length > 0) {
-      s.cork();
-      // One callback per batch (the last write): a failed batch calls every callback in it.
-      const last = this.#out.length - 1;
-      for (let i = 0; i < last; i++) s.write(this.#out[i]!);
-      s.write(this.#out[last]!, this.#onWritten);
-      s.uncork();
+    if (this.#out.length > 0) {
+      writeBatch(s, this.#out, this.#outBytes, this.#onWritten);
       this.#bytesSent += this.#outBytes;
       this.#out = [];
       this.#outBytes = 0;
@@ -406,6 +395,19 @@ export class Transaction implements SocketOwner {
   }
 
   // ---------------------------------------------------------------- reading
+
+  /** The parser's events (ParserHandler): a head, body data, the end of the message. */
+  onHead(head: IcapResponseHead): void {
+    this.#onHead(head);
+  }
+
+  onBody(data: Buffer): void {
+    this.#onBody(data);
+  }
+
+  onEnd(): void {
+    this.#onEnd();
+  }
 
   socketData(buf: Buffer): void {
     this.#bytesReceived += buf.length;
@@ -521,7 +523,7 @@ export class Transaction implements SocketOwner {
       latencyMs: Math.max(0, end - this.#startedHr),
       reused: reusable,
     });
-    this.#release(reusable);
+    this.#return.release(conn, reusable);
   }
 
   // ---------------------------------------------------------------- failure
@@ -583,7 +585,7 @@ export class Transaction implements SocketOwner {
       this.#body.destroy(error);
     }
     this.#done.reject(error);
-    this.#release(false);
+    this.#return.release(this.#conn, false);
   }
 
   #cleanup(): void {

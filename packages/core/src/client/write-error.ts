@@ -51,3 +51,64 @@ function clearReadableError(socket: Socket): void {
 }
 
 function noop(): void {}
+
+/**
+ * A batch of several buffers up to this size is copied into one and written once: below 4 KiB
+ * Buffer.concat takes a slice of Node's shared pool, not an ArrayBuffer (external memory) of
+ * its own.
+ */
+const COPY_BATCH_UP_TO = 4 * 1024 - 1;
+/** In a larger batch, consecutive pieces below this size (heads, chunk framing) are joined. */
+const JOIN_BELOW = 1024;
+
+/**
+ * Writes a transaction's gathered output (`bytes` in all), `onWritten` the callback of the
+ * batch's last write (a failed batch calls every callback in it). A small batch (a head, a
+ * small body and its framing) is copied into one buffer: one write, without the corked
+ * writev's per-buffer bookkeeping. A larger one (a body and its framing) is written by
+ * reference, not copied into a buffer of its own: the framing between the body's pieces
+ * joined, the rest corked into one writev.
+ */
+export function writeBatch(
+  s: Socket,
+  batch: Buffer[],
+  bytes: number,
+  onWritten: (err?: Error | null) => void,
+): void {
+  if (batch.length === 1 || bytes <= COPY_BATCH_UP_TO) {
+    s.write(batch.length === 1 ? batch[0]! : Buffer.concat(batch, bytes), onWritten);
+    return;
+  }
+  const out = joinSmall(batch);
+  if (out.length === 1) {
+    s.write(out[0]!, onWritten);
+    return;
+  }
+  s.cork();
+  const last = out.length - 1;
+  for (let i = 0; i < last; i++) s.write(out[i]!);
+  s.write(out[last]!, onWritten);
+  s.uncork();
+}
+
+/** The pieces, in order, each run of consecutive pieces below JOIN_BELOW bytes joined into one. */
+function joinSmall(pieces: Buffer[]): Buffer[] {
+  const out: Buffer[] = [];
+  let runFrom = -1;
+  let runBytes = 0;
+  for (let i = 0; i <= pieces.length; i++) {
+    const b = i < pieces.length ? pieces[i]! : null;
+    if (b !== null && b.length < JOIN_BELOW) {
+      if (runFrom === -1) runFrom = i;
+      runBytes += b.length;
+      continue;
+    }
+    if (runFrom !== -1) {
+      out.push(i - runFrom === 1 ? pieces[runFrom]! : Buffer.concat(pieces.slice(runFrom, i), runBytes));
+      runFrom = -1;
+      runBytes = 0;
+    }
+    if (b !== null) out.push(b);
+  }
+  return out;
+}

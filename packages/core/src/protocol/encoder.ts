@@ -326,6 +326,152 @@ export function encodeIcapRequest(init: IcapRequestInit): EncodedIcapRequest {
 
 const ENCODER_OWN = /^(?:encapsulated|preview)$/i;
 
+/** `User-Agent` and `Allow` lines, with and without `Allow: 204`; null when the agent is not byte for byte or unsafe. */
+function tailLines(ua: string | undefined): readonly [string, string] | null {
+  if (ua !== undefined && (!isSafeFieldValue(ua) || !isLatin1(ua))) return null;
+  const uaLine = ua === undefined ? '' : `User-Agent: ${ua}\r\n`;
+  return [`${uaLine}Allow: 204\r\n`, uaLine];
+}
+
+/**
+ * {@link encodeIcapRequest} for one client's requests, the same bytes for the same input: the
+ * parts of the head that stay the same from one request to the next (the request line, `Host`
+ * and the client's own headers; `User-Agent` and `Allow`) are checked and joined once, and
+ * kept (up to 64 URIs per method). Anything off the usual road (a part that is not byte
+ * for byte, a header the encoder refuses, an encapsulated head given as bytes) goes through
+ * {@link encodeIcapRequest} itself, which throws what it throws.
+ */
+export class IcapHeadEncoder {
+  readonly #host: string;
+  readonly #headers: HeaderPairs;
+  readonly #userAgent: string | undefined;
+  /**
+   * URI → `[start line CRLF, "Host: h" CRLF and the client's header lines]`, checked, one map
+   * per method (keyed by the URI itself: no `METHOD uri` string to build and hash per request).
+   */
+  readonly #reqmodStarts = new Map<string, readonly [string, string]>();
+  readonly #respmodStarts = new Map<string, readonly [string, string]>();
+  /** The lines after the request's own headers, with and without `Allow: 204`; null: not byte for byte. */
+  readonly #tails: readonly [with204: string, without204: string] | null;
+
+  constructor(host: string, headers: HeaderPairs, userAgent: string | undefined) {
+    this.#host = host;
+    this.#headers = headers;
+    this.#userAgent = userAgent;
+    this.#tails = tailLines(userAgent);
+  }
+
+  /**
+   * Encodes a request whose header pairs are the client's (given to the constructor) followed
+   * by `extra`, as {@link encodeIcapRequest} would with `headers` set to both.
+   */
+  encode(
+    method: IcapRequestMethod,
+    uri: string,
+    httpRequestHead: string | undefined,
+    httpResponseHead: string | undefined,
+    hasBody: boolean,
+    preview: number | undefined,
+    allow204: boolean,
+    extra: HeaderPairs,
+  ): EncodedIcapRequest {
+    const fast = this.#fast(
+      method,
+      uri,
+      httpRequestHead,
+      httpResponseHead,
+      hasBody,
+      preview,
+      allow204,
+      extra,
+    );
+    if (fast !== undefined) return fast;
+    return encodeIcapRequest({
+      method,
+      uri,
+      host: this.#host,
+      httpRequestHead,
+      httpResponseHead,
+      hasBody,
+      preview,
+      allow204,
+      headers: extra.length === 0 ? this.#headers : [...this.#headers, ...extra],
+      userAgent: this.#userAgent,
+    });
+  }
+
+  #fast(
+    method: IcapRequestMethod,
+    uri: string,
+    req: string | undefined,
+    res: string | undefined,
+    hasBody: boolean,
+    preview: number | undefined,
+    allow204: boolean,
+    extra: HeaderPairs,
+  ): EncodedIcapRequest | undefined {
+    if (method !== 'REQMOD' && method !== 'RESPMOD') return undefined;
+    const start = this.#start(method, uri);
+    const tails = this.#tails;
+    if (start === undefined || tails === null) return undefined;
+    let lines = start[1];
+    for (let k = 0; k < extra.length; k++) {
+      const pair = extra[k]!;
+      const name = pair[0];
+      const value = pair[1];
+      if (ENCODER_OWN.test(name) || !isToken(name) || !isSafeFieldValue(value)) return undefined;
+      lines += `${name}: ${value}\r\n`;
+    }
+    if (!isLatin1(lines)) return undefined;
+    if (req !== undefined && !isLatin1(req)) return undefined;
+    if (res !== undefined && !isLatin1(res)) return undefined;
+    lines += allow204 ? tails[0] : tails[1];
+    if (preview !== undefined) lines += `Preview: ${preview}\r\n`;
+    // As encodeIcapRequest: offsets in bytes, here one per character (every part is byte for byte).
+    let encapsulated: string;
+    let offset = 0;
+    if (req !== undefined) {
+      encapsulated = 'req-hdr=0, ';
+      offset = req.length;
+    } else {
+      encapsulated = '';
+    }
+    if (res !== undefined) {
+      encapsulated += `res-hdr=${offset}, `;
+      offset += res.length;
+    }
+    encapsulated += hasBody
+      ? `${method === 'RESPMOD' ? 'res-body' : 'req-body'}=${offset}`
+      : `null-body=${offset}`;
+    lines += `Encapsulated: ${encapsulated}\r\n`;
+    let text = `${start[0]}${lines}\r\n`;
+    if (req !== undefined) text += req;
+    if (res !== undefined) text += res;
+    return { head: Buffer.from(text, 'latin1'), icapHeaders: lines };
+  }
+
+  /** The request line and the lines that precede the request's own headers, checked; undefined: not here. */
+  #start(method: 'REQMOD' | 'RESPMOD', uri: string): readonly [string, string] | undefined {
+    const starts = method === 'REQMOD' ? this.#reqmodStarts : this.#respmodStarts;
+    let start = starts.get(uri);
+    if (start !== undefined) return start;
+    if (uri === '' || /[\s\x00-\x1f\x7f]/.test(uri)) return undefined;
+    const startLine = `${method} ${uri} ICAP/1.0\r\n`;
+    let lines = '';
+    const pairs: Array<readonly [string, string]> = [['Host', this.#host], ...this.#headers];
+    for (let k = 0; k < pairs.length; k++) {
+      const [name, value] = pairs[k]!;
+      if ((k > 0 && ENCODER_OWN.test(name)) || !isToken(name) || !isSafeFieldValue(value)) return undefined;
+      lines += `${name}: ${value}\r\n`;
+    }
+    if (!isLatin1(startLine) || !isLatin1(lines)) return undefined;
+    start = [startLine, lines];
+    // A few services in practice; a caller naming a new one per request gets no cache.
+    if (starts.size < 64) starts.set(uri, start);
+    return start;
+  }
+}
+
 /** Chunk sizes whose header line is kept ready. */
 const SMALL_CHUNK = 4096;
 /** Bytes per kept header line: up to three hex digits and CRLF. */

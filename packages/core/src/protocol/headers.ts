@@ -200,47 +200,111 @@ export function parseHeaderBlock(
   maxFields = 1000,
 ): ParsedHeaderBlock {
   const text = charset === 'latin1' || !isUtf8(block) ? block.toString('latin1') : block.toString('utf8');
-  const lines = text.split('\n');
-  for (let i = 0; i < lines.length; i++) {
-    const l = lines[i]!;
-    if (l.endsWith('\r')) lines[i] = l.slice(0, -1);
-  }
-  while (lines.length > 0 && lines[lines.length - 1] === '') lines.pop();
-  const startLine = lines[0] ?? '';
+  // The lines are the text split at each LF, one CR at the end of each taken off, the empty
+  // lines at the end dropped; read in place (index ranges), not split into an array of strings.
+  const end = linesEnd(text);
+  let at = 0;
+  let lineEnd = nextLineEnd(text, at, end);
+  const startLine = text.slice(at, lineEnd);
+  at = lineEnd === end ? end : skipLine(text, lineEnd);
   const headers = new Headers();
   let pendingName: string | undefined;
   // The field being read: its first line's value, and its lines once a continuation came.
   let pendingValue = '';
   let pendingLines: string[] | undefined;
   let count = 0;
-  for (let i = 1; i < lines.length; i++) {
-    const line = lines[i]!;
-    if (line === '') throw protocolError(`${what}: empty line inside the header section`);
-    const first = line.charCodeAt(0);
+  while (at < end) {
+    lineEnd = nextLineEnd(text, at, end);
+    const from = at;
+    at = lineEnd === end ? end : skipLine(text, lineEnd);
+    if (lineEnd === from) throw protocolError(`${what}: empty line inside the header section`);
+    const first = text.charCodeAt(from);
     if (first === 0x20 || first === 0x09) {
       if (pendingName === undefined) throw protocolError(`${what}: continuation line before any header`);
       pendingLines ??= [pendingValue];
-      pendingLines.push(trimOws(line));
+      pendingLines.push(owsTrimmed(text, from, lineEnd));
       continue;
     }
     if (pendingName !== undefined) appendField(headers, pendingName, pendingValue, pendingLines);
     pendingName = undefined;
     pendingLines = undefined;
-    const colon = line.indexOf(':');
-    if (colon <= 0) throw protocolError(`${what}: malformed header line ${JSON.stringify(truncate(line))}`);
-    const name = line.slice(0, colon);
+    const colon = text.indexOf(':', from);
+    if (colon === from || colon === -1 || colon >= lineEnd) {
+      const line = text.slice(from, lineEnd);
+      throw protocolError(`${what}: malformed header line ${JSON.stringify(truncate(line))}`);
+    }
+    const name = text.slice(from, colon);
     if (!TOKEN.test(name))
       throw protocolError(`${what}: invalid header name ${JSON.stringify(truncate(name))}`);
     if (++count > maxFields) {
       throw new IcapError(IcapErrorCodes.HEADERS_TOO_LARGE, `${what}: more than ${maxFields} header fields`);
     }
     pendingName = name;
-    pendingValue = trimOws(line.slice(colon + 1));
+    pendingValue = owsTrimmed(text, colon + 1, lineEnd);
   }
   if (pendingName !== undefined) appendField(headers, pendingName, pendingValue, pendingLines);
   const firstLineEnd = text.indexOf('\n');
-  const rawHeaders = firstLineEnd === -1 ? '' : text.slice(firstLineEnd + 1).replace(/\r?\n\r?\n?$/, '\r\n');
-  return { startLine, headers, rawHeaders };
+  return {
+    startLine,
+    headers,
+    rawHeaders: firstLineEnd === -1 ? '' : rawHeaderLines(text, firstLineEnd + 1),
+  };
+}
+
+/**
+ * Where the lines of a header block end: before the empty lines (nothing, or one CR) at its
+ * end. The lines are text.split('\n') with one trailing CR off each, up to here.
+ */
+function linesEnd(text: string): number {
+  let end = text.length;
+  for (;;) {
+    // The last line before `end`: from after the LF before it (or the start) to `end`.
+    const lf = end === 0 ? -1 : text.lastIndexOf('\n', end - 1);
+    const n = end - (lf + 1);
+    if (n > 1 || (n === 1 && text.charCodeAt(lf + 1) !== 0x0d)) return end;
+    if (lf === -1) return 0;
+    end = lf;
+  }
+}
+
+/** The end of the line starting at `at` (before `limit`), its final CR excluded. */
+function nextLineEnd(text: string, at: number, limit: number): number {
+  let lf = text.indexOf('\n', at);
+  if (lf === -1 || lf > limit) lf = limit;
+  return lf > at && text.charCodeAt(lf - 1) === 0x0d ? lf - 1 : lf;
+}
+
+/** Where the next line starts after the line that ends (its CR excluded) at `lineEnd`. */
+function skipLine(text: string, lineEnd: number): number {
+  return text.charCodeAt(lineEnd) === 0x0d ? lineEnd + 2 : lineEnd + 1;
+}
+
+/** trimOws(text.slice(from, to)), without the untrimmed slice. */
+function owsTrimmed(text: string, from: number, to: number): string {
+  let a = from;
+  let b = to;
+  while (a < b && (text.charCodeAt(a) === 0x20 || text.charCodeAt(a) === 0x09)) a++;
+  while (b > a && (text.charCodeAt(b - 1) === 0x20 || text.charCodeAt(b - 1) === 0x09)) b--;
+  return text.slice(a, b);
+}
+
+/**
+ * text.slice(from).replace(/\r?\n\r?\n?$/, '\r\n'): the header lines as received, the empty
+ * line that ends them (CRLF, LF or a cut one) written as the last line's CRLF.
+ */
+function rawHeaderLines(text: string, from: number): string {
+  const n = text.length;
+  // The match is at most 4 characters long and ends at the end: the leftmost start that fits.
+  for (let s = Math.max(from, n - 4); s < n; s++) {
+    let i = s;
+    if (text.charCodeAt(i) === 0x0d) i++;
+    if (text.charCodeAt(i) !== 0x0a) continue;
+    i++;
+    if (text.charCodeAt(i) === 0x0d) i++;
+    if (text.charCodeAt(i) === 0x0a) i++;
+    if (i === n) return `${text.slice(from, s)}\r\n`;
+  }
+  return text.slice(from);
 }
 
 /** A parsed field: a folded one reads as its lines joined with one space. */

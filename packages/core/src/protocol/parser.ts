@@ -119,6 +119,8 @@ export class IcapParser<H extends IcapHead = IcapHead> {
   readonly #maxHeaderSize: number;
   readonly #maxChunkLine: number;
   readonly #maxTrailer: number;
+  /** `ICAP response` or `ICAP request`, for the head's errors. */
+  readonly #what: string;
 
   #state = State.Head;
   #pending: Buffer | null = null;
@@ -135,6 +137,7 @@ export class IcapParser<H extends IcapHead = IcapHead> {
 
   constructor(kind: H['kind'], handler: ParserHandler<H>, options: ParserOptions = {}) {
     this.#kind = kind;
+    this.#what = `ICAP ${kind}`;
     this.#handler = handler;
     this.#maxHeaderSize = options.maxHeaderSize ?? 64 * 1024;
     this.#maxChunkLine = options.maxChunkLineSize ?? 4096;
@@ -331,7 +334,7 @@ export class IcapParser<H extends IcapHead = IcapHead> {
   }
 
   #parseHead(block: Buffer): H {
-    const { startLine, headers, rawHeaders } = parseHeaderBlock(block, `ICAP ${this.#kind}`);
+    const { startLine, headers, rawHeaders } = parseHeaderBlock(block, this.#what);
     const encapsulatedValue = headers.get('encapsulated');
     const encapsulated = encapsulatedValue === undefined ? null : parseEncapsulated(encapsulatedValue);
     const last = encapsulated?.[encapsulated.length - 1];
