@@ -139,7 +139,9 @@ function pairsOf(req: ScanRequest): Array<[string, string]> {
 
 /** The request target in absolute form (`http://host/path`), as a proxy sends it to ICAP. */
 export function absoluteTarget(facts: HttpRequestFacts): string {
-  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(facts.target)) return facts.target;
+  // A path (the usual case) cannot start with a scheme.
+  if (facts.target.charCodeAt(0) !== 0x2f && /^[a-z][a-z0-9+.-]*:\/\//i.test(facts.target))
+    return facts.target;
   // An empty Host (allowed by HTTP/1.1) would read `http:///path`, which URL parsers take apart differently.
   const host = facts.host || 'localhost';
   const path = facts.target.startsWith('/') ? facts.target : `/${facts.target}`;
