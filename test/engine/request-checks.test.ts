@@ -4,12 +4,14 @@
  * and any header name or value (fast-check), including pseudo-headers, control characters,
  * surrounding whitespace and characters above 0xff.
  */
+import { Readable } from 'node:stream';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import {
   encapsulationProblem,
   type HttpRequestFacts,
   pathOf,
+  requestFacts,
 } from '../../packages/core/src/engine/request.js';
 import { Headers, isToken } from '../../packages/core/src/protocol/headers.js';
 
@@ -155,6 +157,55 @@ describe('request head checks without regular expressions', () => {
         else expect(got).not.toBe('the request target is neither a path nor an absolute URI');
       }),
       { numRuns: 5000 },
+    );
+  });
+
+  it('a Host is judged as the authority pattern judged it', () => {
+    const AUTHORITY = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]{0,5})?$/;
+    const hosts = fc.oneof(
+      text,
+      fc
+        .tuple(fc.stringMatching(/^[A-Za-z0-9.-]{0,12}$/), fc.option(fc.stringMatching(/^[0-9]{0,7}$/)))
+        .map(([h, port]) => (port === null ? h : `${h}:${port}`)),
+      fc.constantFrom('127.0.0.1:3000', 'localhost', '[::1]:8080', 'a:1:2', ':', '', 'x:123456', 'h_o~st:1'),
+    );
+    fc.assert(
+      fc.property(hosts, (host) => {
+        const got = encapsulationProblem(facts('POST', '/upload', [['Host', host]]), false);
+        if (!AUTHORITY.test(host)) expect(got).toBe('the Host of the request is not a valid host');
+        else expect(got).not.toBe('the Host of the request is not a valid host');
+      }),
+      { numRuns: 5000 },
+    );
+  });
+
+  it('a Content-Length is read as the length pattern read it', () => {
+    const values = fc.oneof(
+      text,
+      fc.stringMatching(/^[0-9]{0,17}$/),
+      fc.constantFrom('0', '10240', '', '+1', '1 ', '١'),
+    );
+    fc.assert(
+      fc.property(values, (value) => {
+        const req = new Readable({ read() {} });
+        Object.assign(req, {
+          method: 'POST',
+          url: '/upload',
+          httpVersion: '1.1',
+          headers: {},
+          rawHeaders: ['Host', 'x', 'Content-Length', value],
+        });
+        // The pattern on the field as it is, else on its one comma-separated value, trimmed.
+        const values = new Set(value.split(',').map((v) => v.trim()));
+        const only = values.size === 1 ? [...values][0]! : '';
+        const want = /^\d{1,15}$/.test(value)
+          ? Number(value)
+          : /^\d{1,15}$/.test(only)
+            ? Number(only)
+            : undefined;
+        expect(requestFacts(req as never).contentLength).toBe(want);
+      }),
+      { numRuns: 3000 },
     );
   });
 

@@ -51,11 +51,11 @@ export function requestFacts(req: ScanRequest): HttpRequestFacts {
   const lengths = headers.getAll('content-length');
   let contentLength: number | undefined;
   // One field of digits (the usual case) is its own only value; anything else is read below.
-  if (lengths.length === 1 && LENGTH.test(lengths[0]!)) contentLength = Number(lengths[0]);
+  if (lengths.length === 1 && isLength(lengths[0]!)) contentLength = Number(lengths[0]);
   else if (lengths.length > 0) {
     const values = new Set(lengths.flatMap((v) => v.split(',')).map((v) => v.trim()));
     const only = values.size === 1 ? [...values][0]! : '';
-    if (LENGTH.test(only)) contentLength = Number(only);
+    if (isLength(only)) contentLength = Number(only);
   }
   const transfer = headers.getAll('transfer-encoding');
   const chunked = transfer.length > 0;
@@ -85,8 +85,15 @@ export function requestFacts(req: ScanRequest): HttpRequestFacts {
   };
 }
 
-/** A valid Content-Length value. */
-const LENGTH = /^\d{1,15}$/;
+/** A valid Content-Length value: 1 to 15 digits (what `/^\d{1,15}$/` accepts), without a regular expression. */
+function isLength(v: string): boolean {
+  if (v.length === 0 || v.length > 15) return false;
+  for (let i = 0; i < v.length; i++) {
+    const c = v.charCodeAt(i);
+    if (c < 0x30 || c > 0x39) return false;
+  }
+  return true;
+}
 
 /** The codings a field's values list, lower-cased and joined (`identity` left out if asked); undefined for none. */
 function codingsOf(values: string[], dropIdentity: boolean): string | undefined {
@@ -114,7 +121,8 @@ function fileNameOf(disposition: string | undefined, target: string): string | u
   // Otherwise the last path segment, when it looks like a file name (has an extension).
   const path = pathOf(target);
   const last = path.slice(path.lastIndexOf('/') + 1);
-  if (!/\.[A-Za-z0-9]{1,10}$/.test(last)) return undefined;
+  // (No '.' at all, the usual case: no extension, without the pattern.)
+  if (!last.includes('.') || !/\.[A-Za-z0-9]{1,10}$/.test(last)) return undefined;
   try {
     return decodeURIComponent(last);
   } catch {
@@ -253,7 +261,8 @@ export function encapsulationProblem(facts: HttpRequestFacts, absolute: boolean)
     if (facts.headers.getAll(paths).length > 1) return `the request has more than one ${paths}`;
   }
   const host = hosts[0] ?? authorities[0];
-  if (host !== undefined && !AUTHORITY.test(host)) return 'the Host of the request is not a valid host';
+  if (host !== undefined && !isPlainAuthority(host) && !AUTHORITY.test(host))
+    return 'the Host of the request is not a valid host';
   let pseudo = false;
   for (const [name, value] of facts.headerPairs) {
     // A pseudo-header's name is checked without its ':'.
@@ -283,7 +292,38 @@ export function encapsulationProblem(facts: HttpRequestFacts, absolute: boolean)
   return undefined;
 }
 
+/**
+ * A host of letters, digits, '.' and '-', with a port of at most 5 digits or none: the usual Host,
+ * which AUTHORITY accepts (a reg-name and a port). False says nothing: AUTHORITY decides then.
+ */
+function isPlainAuthority(h: string): boolean {
+  let i = 0;
+  for (; i < h.length; i++) {
+    const c = h.charCodeAt(i);
+    if (c === 0x3a) break;
+    if (
+      !(
+        (c >= 0x61 && c <= 0x7a) ||
+        (c >= 0x41 && c <= 0x5a) ||
+        (c >= 0x30 && c <= 0x39) ||
+        c === 0x2e ||
+        c === 0x2d
+      )
+    )
+      return false;
+  }
+  if (i === h.length) return true;
+  if (h.length - i - 1 > 5) return false;
+  for (let j = i + 1; j < h.length; j++) {
+    const c = h.charCodeAt(j);
+    if (c < 0x30 || c > 0x39) return false;
+  }
+  return true;
+}
+
 /** Whether encodeHttpRequestHead accepts this HTTP version (HTTP/2 is written as HTTP/1.1). */
 function versionEncodes(v: string): boolean {
+  // The versions Node's HTTP/1 parser reports, without the string and the pattern below.
+  if (v === '1.1' || v === '1.0') return true;
   return v.startsWith('2') || /^HTTP\/\d\.\d$/.test(v.startsWith('HTTP/') ? v : `HTTP/${v}`);
 }
