@@ -6,6 +6,7 @@ import {
   drainAfterAnswer,
   drainLimits,
   guardExpectContinue,
+  handoffBody,
   type IcapEngine,
   type IcapProfile,
   IcapRefusalError,
@@ -194,15 +195,18 @@ function proceed(
       // Express routes on originalUrl too: keep them in step with the rewritten URL.
       if ('originalUrl' in req) (req as { originalUrl: string }).originalUrl = scanned.url;
       break;
-    case 'pass':
+    case 'pass': {
+      // The held body without a stream made for it when it is all in memory (see handoffBody).
+      const body = handoffBody(scanned);
       // A re-serialised multipart form comes with its own content-type (a fresh boundary).
-      if (scanned.body !== null)
+      if (body !== null)
         rearmRequest(req, {
-          body: scanned.body,
+          body,
           contentLength: scanned.contentLength ?? 0,
           headers: scanned.headers,
         });
       break;
+    }
   }
   const headers = scanned.responseHeaders;
   for (let i = 0; i < headers.length; i++) res.setHeader(headers[i]![0], headers[i]![1]);

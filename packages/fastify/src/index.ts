@@ -4,6 +4,7 @@ import {
   drainAfterAnswer,
   drainLimits,
   guardExpectContinue,
+  handoffBody,
   type IcapEngine,
   IcapError,
   IcapErrorCodes,
@@ -427,18 +428,21 @@ async function scanRequest(
         url: scanned.url,
       });
       break;
-    case 'pass':
-      if (scanned.body === null) {
+    case 'pass': {
+      // The held body without a stream made for it when it is all in memory (see handoffBody).
+      const body = handoffBody(scanned);
+      if (body === null) {
         for (const [n, v] of scanned.responseHeaders) reply.header(n, v);
         return payload;
       }
       // A re-serialised multipart form comes with its own content-type (a fresh boundary).
       rearmRequest(raw, {
-        body: scanned.body,
+        body,
         contentLength: scanned.contentLength ?? 0,
         headers: scanned.headers,
       });
       break;
+    }
   }
   for (const [n, v] of scanned.responseHeaders) reply.header(n, v);
   // The re-armed request carries the approved body's own content-length, which is what

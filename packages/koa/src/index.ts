@@ -7,6 +7,7 @@ import {
   drainAfterAnswer,
   drainLimits,
   guardExpectContinue,
+  handoffBody,
   type IcapEngine,
   type IcapProfile,
   IcapRefusalError,
@@ -164,15 +165,18 @@ export function icap<Ctx extends KoaContextLike = KoaContextLike>(
           url: scanned.url,
         });
         break;
-      case 'pass':
+      case 'pass': {
+        // The held body without a stream made for it when it is all in memory (see handoffBody).
+        const body = handoffBody(scanned);
         // A re-serialised multipart form comes with its own content-type (a fresh boundary).
-        if (scanned.body !== null)
+        if (body !== null)
           swap(ctx, {
-            body: scanned.body,
+            body,
             contentLength: scanned.contentLength ?? 0,
             headers: scanned.headers,
           });
         break;
+      }
     }
     for (const [n, v] of scanned.responseHeaders) ctx.set(n, v);
     // The application's status, for the record (the analytics page shows it).

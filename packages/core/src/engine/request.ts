@@ -1,6 +1,6 @@
 import type { Readable } from 'node:stream';
 import { encodeHttpRequestHead } from '../protocol/encoder.js';
-import { Headers, isToken } from '../protocol/headers.js';
+import { Headers } from '../protocol/headers.js';
 import type { RequestFacts } from './policy.js';
 
 /**
@@ -51,11 +51,11 @@ export function requestFacts(req: ScanRequest): HttpRequestFacts {
   const lengths = headers.getAll('content-length');
   let contentLength: number | undefined;
   // One field of digits (the usual case) is its own only value; anything else is read below.
-  if (lengths.length === 1 && LENGTH.test(lengths[0]!)) contentLength = Number(lengths[0]);
+  if (lengths.length === 1 && isLength(lengths[0]!)) contentLength = Number(lengths[0]);
   else if (lengths.length > 0) {
     const values = new Set(lengths.flatMap((v) => v.split(',')).map((v) => v.trim()));
     const only = values.size === 1 ? [...values][0]! : '';
-    if (LENGTH.test(only)) contentLength = Number(only);
+    if (isLength(only)) contentLength = Number(only);
   }
   const transfer = headers.getAll('transfer-encoding');
   const chunked = transfer.length > 0;
@@ -85,8 +85,15 @@ export function requestFacts(req: ScanRequest): HttpRequestFacts {
   };
 }
 
-/** A valid Content-Length value. */
-const LENGTH = /^\d{1,15}$/;
+/** A valid Content-Length value: 1 to 15 digits (what `/^\d{1,15}$/` accepts), without a regular expression. */
+function isLength(v: string): boolean {
+  if (v.length === 0 || v.length > 15) return false;
+  for (let i = 0; i < v.length; i++) {
+    const c = v.charCodeAt(i);
+    if (c < 0x30 || c > 0x39) return false;
+  }
+  return true;
+}
 
 /** The codings a field's values list, lower-cased and joined (`identity` left out if asked); undefined for none. */
 function codingsOf(values: string[], dropIdentity: boolean): string | undefined {
@@ -114,7 +121,8 @@ function fileNameOf(disposition: string | undefined, target: string): string | u
   // Otherwise the last path segment, when it looks like a file name (has an extension).
   const path = pathOf(target);
   const last = path.slice(path.lastIndexOf('/') + 1);
-  if (!/\.[A-Za-z0-9]{1,10}$/.test(last)) return undefined;
+  // (No '.' at all, the usual case: no extension, without the pattern.)
+  if (!last.includes('.') || !/\.[A-Za-z0-9]{1,10}$/.test(last)) return undefined;
   try {
     return decodeURIComponent(last);
   } catch {
@@ -139,7 +147,9 @@ function pairsOf(req: ScanRequest): Array<[string, string]> {
 
 /** The request target in absolute form (`http://host/path`), as a proxy sends it to ICAP. */
 export function absoluteTarget(facts: HttpRequestFacts): string {
-  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(facts.target)) return facts.target;
+  // A path (the usual case) cannot start with a scheme.
+  if (facts.target.charCodeAt(0) !== 0x2f && /^[a-z][a-z0-9+.-]*:\/\//i.test(facts.target))
+    return facts.target;
   // An empty Host (allowed by HTTP/1.1) would read `http:///path`, which URL parsers take apart differently.
   const host = facts.host || 'localhost';
   const path = facts.target.startsWith('/') ? facts.target : `/${facts.target}`;
@@ -149,9 +159,15 @@ export function absoluteTarget(facts: HttpRequestFacts): string {
 /** Path of a target without query or fragment. */
 export function pathOf(target: string): string {
   let t = target;
-  const abs = /^[a-z][a-z0-9+.-]*:\/\/[^/?#]*/i.exec(t);
-  if (abs !== null) t = t.slice(abs[0].length) || '/';
-  const q = t.search(/[?#]/);
+  // An origin-form target (a path: the usual case) cannot start with a scheme.
+  if (t.charCodeAt(0) !== 0x2f) {
+    const abs = /^[a-z][a-z0-9+.-]*:\/\/[^/?#]*/i.exec(t);
+    if (abs !== null) t = t.slice(abs[0].length) || '/';
+  }
+  // The first '?' or '#' (what `t.search(/[?#]/)` finds), without a regular expression.
+  const query = t.indexOf('?');
+  const hash = t.indexOf('#');
+  const q = query === -1 ? hash : hash === -1 ? query : Math.min(query, hash);
   return q === -1 ? t : t.slice(0, q);
 }
 
@@ -161,10 +177,59 @@ export function pathOf(target: string): string {
  * would change how the ICAP server splits the absolute URI it gets (another host, another path).
  */
 const AUTHORITY = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]{0,5})?$/;
-/** Visible ASCII, the only characters of a request target (RFC 9112 §3.2, RFC 3986). */
-const TARGET = /^[\x21-\x7e]+$/;
-/** A field value as the ICAP server must read it: no control character but HTAB, no leading or trailing whitespace. */
-const UNSAFE_VALUE = /[\x00-\x08\x0a-\x1f\x7f]|^[ \t]|[ \t]$/;
+
+/** Visible ASCII (0x21-0x7e), the only characters of a request target (RFC 9112 §3.2, RFC 3986); not empty. */
+function isVisibleAscii(s: string): boolean {
+  if (s.length === 0) return false;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c < 0x21 || c > 0x7e) return false;
+  }
+  return true;
+}
+
+/** RFC 9110 token characters (what protocol/headers.ts's isToken accepts), one flag per ASCII code. */
+const TCHAR = new Uint8Array(128);
+for (const c of "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+  TCHAR[c.charCodeAt(0)] = 1;
+
+/** Whether `s` from `from` on is a token (isToken(s.slice(from)), without the slice or a regular expression). */
+function isTokenFrom(s: string, from: number): boolean {
+  if (s.length <= from) return false;
+  for (let i = from; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c > 0x7f || TCHAR[c] === 0) return false;
+  }
+  return true;
+}
+
+/** A field value that is fine to send (the ICAP server reads it as the application does). */
+const VALUE_OK = 0;
+/** A control character other than HTAB, or whitespace (SP, HTAB) leading or trailing. */
+const VALUE_UNSAFE = 1;
+/** A character above 0xff (the field is written one byte per character). */
+const VALUE_WIDE = 2;
+
+/**
+ * What is wrong with a field value, if anything: VALUE_UNSAFE where
+ * `/[\x00-\x08\x0a-\x1f\x7f]|^[ \t]|[ \t]$/` matches, else VALUE_WIDE for a character above
+ * 0xff, else VALUE_OK (one pass over the value).
+ */
+function valueProblem(v: string): number {
+  const n = v.length;
+  if (n > 0) {
+    const first = v.charCodeAt(0);
+    const last = v.charCodeAt(n - 1);
+    if (first === 0x20 || first === 0x09 || last === 0x20 || last === 0x09) return VALUE_UNSAFE;
+  }
+  let wide = false;
+  for (let i = 0; i < n; i++) {
+    const c = v.charCodeAt(i);
+    if (c < 0x20 ? c !== 0x09 : c === 0x7f) return VALUE_UNSAFE;
+    if (c > 0xff) wide = true;
+  }
+  return wide ? VALUE_WIDE : VALUE_OK;
+}
 
 /**
  * Why the request head the engine would encapsulate cannot be sent to the ICAP server as the
@@ -174,10 +239,11 @@ const UNSAFE_VALUE = /[\x00-\x08\x0a-\x1f\x7f]|^[ \t]|[ \t]$/;
  * reaches the failure action. `absolute`: the profile sends the target in absolute form.
  */
 export function encapsulationProblem(facts: HttpRequestFacts, absolute: boolean): string | undefined {
-  if (!isToken(facts.method)) return 'the request method is not a token';
+  if (!isTokenFrom(facts.method, 0)) return 'the request method is not a token';
   const target = facts.target;
-  if (!TARGET.test(target)) return 'the request target contains characters other than visible ASCII';
-  const absoluteForm = /^[a-z][a-z0-9+.-]*:\/\//i.test(target);
+  if (!isVisibleAscii(target)) return 'the request target contains characters other than visible ASCII';
+  // A path (the usual case) cannot start with a scheme.
+  const absoluteForm = target.charCodeAt(0) !== 0x2f && /^[a-z][a-z0-9+.-]*:\/\//i.test(target);
   if (!absoluteForm && !target.startsWith('/') && !(target === '*' && facts.method === 'OPTIONS'))
     return 'the request target is neither a path nor an absolute URI';
   if (absoluteForm) {
@@ -195,17 +261,18 @@ export function encapsulationProblem(facts: HttpRequestFacts, absolute: boolean)
     if (facts.headers.getAll(paths).length > 1) return `the request has more than one ${paths}`;
   }
   const host = hosts[0] ?? authorities[0];
-  if (host !== undefined && !AUTHORITY.test(host)) return 'the Host of the request is not a valid host';
+  if (host !== undefined && !isPlainAuthority(host) && !AUTHORITY.test(host))
+    return 'the Host of the request is not a valid host';
   let pseudo = false;
   for (const [name, value] of facts.headerPairs) {
-    if (name.startsWith(':')) pseudo = true;
-    const field = name.startsWith(':') ? name.slice(1) : name;
-    if (!isToken(field)) return 'a header name is not a token';
-    if (UNSAFE_VALUE.test(value))
+    // A pseudo-header's name is checked without its ':'.
+    const from = name.charCodeAt(0) === 0x3a ? 1 : 0;
+    if (from === 1) pseudo = true;
+    if (!isTokenFrom(name, from)) return 'a header name is not a token';
+    const problem = valueProblem(value);
+    if (problem === VALUE_UNSAFE)
       return `the ${name} header has a control character or surrounding whitespace`;
-    for (let i = 0; i < value.length; i++) {
-      if (value.charCodeAt(i) > 0xff) return `the ${name} header has a character that is not one byte`;
-    }
+    if (problem === VALUE_WIDE) return `the ${name} header has a character that is not one byte`;
   }
   // Without pseudo-headers, what the encoder checks was checked above (the method a token, the
   // target visible ASCII, as is the Host an absolute target is made from; names tokens, values
@@ -225,7 +292,38 @@ export function encapsulationProblem(facts: HttpRequestFacts, absolute: boolean)
   return undefined;
 }
 
+/**
+ * A host of letters, digits, '.' and '-', with a port of at most 5 digits or none: the usual Host,
+ * which AUTHORITY accepts (a reg-name and a port). False says nothing: AUTHORITY decides then.
+ */
+function isPlainAuthority(h: string): boolean {
+  let i = 0;
+  for (; i < h.length; i++) {
+    const c = h.charCodeAt(i);
+    if (c === 0x3a) break;
+    if (
+      !(
+        (c >= 0x61 && c <= 0x7a) ||
+        (c >= 0x41 && c <= 0x5a) ||
+        (c >= 0x30 && c <= 0x39) ||
+        c === 0x2e ||
+        c === 0x2d
+      )
+    )
+      return false;
+  }
+  if (i === h.length) return true;
+  if (h.length - i - 1 > 5) return false;
+  for (let j = i + 1; j < h.length; j++) {
+    const c = h.charCodeAt(j);
+    if (c < 0x30 || c > 0x39) return false;
+  }
+  return true;
+}
+
 /** Whether encodeHttpRequestHead accepts this HTTP version (HTTP/2 is written as HTTP/1.1). */
 function versionEncodes(v: string): boolean {
+  // The versions Node's HTTP/1 parser reports, without the string and the pattern below.
+  if (v === '1.1' || v === '1.0') return true;
   return v.startsWith('2') || /^HTTP\/\d\.\d$/.test(v.startsWith('HTTP/') ? v : `HTTP/${v}`);
 }

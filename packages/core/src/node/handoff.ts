@@ -19,7 +19,8 @@ import { Duplex, Readable } from 'node:stream';
  */
 
 export interface BodyHandoff {
-  body: Readable;
+  /** The body: a stream, or a pass outcome's held replay ({@link handoffBody}). */
+  body: Readable | HeldBody;
   /** Length of `body`; written to `content-length` (and `transfer-encoding` removed). */
   contentLength: number;
   /** Replacement request headers (a modified request); otherwise the request's own are kept. */
@@ -42,6 +43,32 @@ type Requestish = Readable & {
  */
 const TAKE_HELD = Symbol.for('icapkit.body.takeHeld');
 type HeldReplay = Readable & { [TAKE_HELD]?: () => Buffer[] | undefined };
+
+/**
+ * Key of a pass outcome's held replay (engine/body/cursor.ts's HELD_REPLAY, the same registered
+ * symbol): the body taken without the outcome's `body` stream being made.
+ */
+const HELD_REPLAY = Symbol.for('icapkit.outcome.heldReplay');
+
+/**
+ * A pass outcome's held body as the hand-off takes it: its Buffers at once when it is complete
+ * in memory (`TAKE_HELD`), else `stream`, the outcome's `body`; `destroyed` once the outcome was
+ * disposed.
+ */
+export interface HeldBody {
+  readonly stream: Readable;
+  readonly destroyed: boolean;
+  [TAKE_HELD](): Buffer[] | undefined;
+}
+
+/**
+ * What an adapter hands to {@link rearmRequest} or {@link requestWithBody} as the body of a
+ * pass or rewrite outcome: the held replay of a scanned body (read without a stream made for it
+ * when it is complete in memory), else the outcome's `body` (null: the request is left as it is).
+ */
+export function handoffBody(outcome: { readonly body: Readable | null }): Readable | HeldBody | null {
+  return (outcome as { [HELD_REPLAY]?: HeldBody })[HELD_REPLAY] ?? outcome.body;
+}
 
 /**
  * Node's stream state class (`Readable.ReadableState`, present since the streams rewrite): a
@@ -107,12 +134,17 @@ export function requestWithBody(req: IncomingMessage, handoff: BodyHandoff): Inc
  * at the first read, its Buffers as they are (no stream in between, no copy); any other is pulled
  * from as it is read.
  */
-function readerOf(target: Readable, body: Readable): () => void {
-  const held = (body as HeldReplay)[TAKE_HELD]?.();
-  return held === undefined ? pull(target, body) : pushHeld(target, held, body);
+function readerOf(target: Readable, body: Readable | HeldBody): () => void {
+  const held = (body as HeldReplay | HeldBody)[TAKE_HELD]?.();
+  if (held !== undefined) return pushHeld(target, held, body);
+  // A stream has `on`; a held replay does not (its stream is made now, to be pulled from).
+  return pull(
+    target,
+    typeof (body as Readable).on === 'function' ? (body as Readable) : (body as HeldBody).stream,
+  );
 }
 
-function pushHeld(target: Readable, held: Buffer[], body: Readable): () => void {
+function pushHeld(target: Readable, held: Buffer[], body: { readonly destroyed: boolean }): () => void {
   // Dropped once pushed: the request (and this function with it) may outlive its body by far.
   let rest: Buffer[] | null = held;
   return () => {

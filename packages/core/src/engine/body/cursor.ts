@@ -230,6 +230,63 @@ export class StoreReplay extends Readable {
   }
 }
 
+/**
+ * Key of a pass outcome's {@link LazyReplay}: the adapters' hand-off (node/handoff.ts, which may
+ * not import the engine, looks for the same registered symbol) takes the held body through it
+ * without the outcome's `body` stream ever being made.
+ */
+export const HELD_REPLAY: unique symbol = Symbol.for('icapkit.outcome.heldReplay') as never;
+
+/**
+ * The replay of a held body as a pass outcome gives it out: its {@link StoreReplay} made only
+ * when `stream` is read. The adapters' hand-off takes a body complete in memory through
+ * {@link TAKE_HELD} with no stream at all (no Readable made and destroyed per request); anything
+ * else reads `stream`, the same replay as before. Destroyed before the stream was made, the
+ * stream is a destroyed one when it is asked for, as it would have been.
+ */
+export class LazyReplay {
+  readonly #cursor: Cursor;
+  #stream: StoreReplay | null = null;
+  #destroyed = false;
+
+  constructor(cursor: Cursor) {
+    this.#cursor = cursor;
+  }
+
+  /** The replay as a stream (made at the first read of this property). */
+  get stream(): StoreReplay {
+    let stream = this.#stream;
+    if (stream === null) {
+      stream = new StoreReplay(this.#cursor);
+      this.#stream = stream;
+      if (this.#destroyed) stream.destroy();
+    }
+    return stream;
+  }
+
+  /** The stream's `destroyed`, or whether this replay was destroyed before it was made. */
+  get destroyed(): boolean {
+    return this.#stream === null ? this.#destroyed : this.#stream.destroyed;
+  }
+
+  /** What the outcome's dispose did to its stream: destroyed unless read to its end. */
+  destroy(): void {
+    const stream = this.#stream;
+    if (stream === null) {
+      if (this.#destroyed) return;
+      this.#destroyed = true;
+      void this.#cursor.return();
+    } else if (!stream.readableEnded) stream.destroy();
+  }
+
+  /** StoreReplay's TAKE_HELD, without the stream when it was not made. */
+  [TAKE_HELD](): Buffer[] | undefined {
+    if (this.#stream !== null) return this.#stream[TAKE_HELD]();
+    if (this.#destroyed) return undefined;
+    return this.#cursor.takeAll();
+  }
+}
+
 /** A readable stream of what `it` yields, read on demand. */
 export function readableOf(it: AsyncIterator<Buffer>): Readable {
   return new StoreReplay(it);

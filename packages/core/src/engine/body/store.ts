@@ -194,6 +194,11 @@ export class BodyStore implements ReplayableBody {
     return new Promise((resolve) => this.#endWaiters.push(resolve));
   }
 
+  /** whenEnded() without a promise: `fn` (must not throw) is called at the end; false (not called) once it has come. */
+  onEnded(fn: () => void): boolean {
+    return !(this.#ended || this.#error !== undefined || this.#exceeded) && this.#endWaiters.push(fn) > 0;
+  }
+
   /** A reader from the first byte. Fails if bytes were already released. */
   open(): AsyncIterator<Buffer> {
     if (this.#base !== 0 || this.#disposed) throw new Error('the start of this body was already released');
@@ -336,14 +341,9 @@ export class BodyStore implements ReplayableBody {
       for (const r of this.#readers) r.discard(discarded);
       this.#readers.clear();
     }
-    this.#closeSpool();
-  }
-
-  #closeSpool(): void {
     const spool = this.#spool;
-    if (spool === null) return;
     this.#spool = null;
-    void spool.close();
+    if (spool !== null) void spool.close();
   }
 
   // ---------------------------------------------------------------- internals, used by Cursor
@@ -518,11 +518,8 @@ export class BodyStore implements ReplayableBody {
 
   readonly #onClose = (): void => {
     if (!this.#ended) {
-      const err = new Error('the HTTP client closed the connection before the body was complete') as Error & {
-        code: string;
-      };
-      err.code = 'ECONNRESET';
-      this.#fail(err);
+      const message = 'the HTTP client closed the connection before the body was complete';
+      this.#fail(Object.assign(new Error(message), { code: 'ECONNRESET' }));
     }
   };
 

@@ -203,32 +203,52 @@ class WatchedBody implements ReplayableBody {
 
   open(): AsyncIterator<Uint8Array> & NextNow {
     const inner = this.#body.open();
+    this.#watch.opened();
+    return new WatchedReader(this.#watch, inner);
+  }
+}
+
+/**
+ * WatchedBody's reader (a class: one shape, its methods shared, where an object literal with a
+ * computed key and three closures was made per attempt): every chunk taken is progress, every
+ * wait for the HTTP client a pause of the watch.
+ */
+class WatchedReader implements AsyncIterator<Uint8Array>, NextNow {
+  readonly #watch: AttemptWatch;
+  readonly #inner: AsyncIterator<Uint8Array>;
+  /** The watch's side of a read's promise (made at the first read that waits). */
+  #onTook: (() => void) | undefined;
+  #onFailed: (() => void) | undefined;
+
+  constructor(watch: AttemptWatch, inner: AsyncIterator<Uint8Array>) {
+    this.#watch = watch;
+    this.#inner = inner;
+  }
+
+  next(): Promise<IteratorResult<Uint8Array>> {
     const watch = this.#watch;
-    watch.opened();
-    return {
-      next: () => {
-        watch.pause();
-        const p = inner.next();
-        // Watched on the side: the exchange gets the reader's own promise, so a chunk
-        // already there is taken in the same turn (no extra tick, no extra flush).
-        p.then(
-          () => watch.resume(true),
-          () => watch.resume(false),
-        );
-        return p;
-      },
-      // The reader's chunk when it has one now (see NEXT_NOW): taken, so progress.
-      [NEXT_NOW]: () => {
-        const r = takeNow(inner);
-        if (r !== undefined) watch.resume(true);
-        return r;
-      },
-      return: (value?: unknown) => {
-        watch.resume(false);
-        return inner.return !== undefined
-          ? inner.return(value)
-          : Promise.resolve({ done: true as const, value: undefined });
-      },
-    };
+    watch.pause();
+    const p = this.#inner.next();
+    // Watched on the side: the exchange gets the reader's own promise, so a chunk
+    // already there is taken in the same turn (no extra tick, no extra flush).
+    this.#onTook ??= () => watch.resume(true);
+    this.#onFailed ??= () => watch.resume(false);
+    p.then(this.#onTook, this.#onFailed);
+    return p;
+  }
+
+  /** The reader's chunk when it has one now (see NEXT_NOW): taken, so progress. */
+  [NEXT_NOW](): IteratorResult<Uint8Array> | undefined {
+    const r = takeNow(this.#inner);
+    if (r !== undefined) this.#watch.resume(true);
+    return r;
+  }
+
+  return(value?: unknown): Promise<IteratorResult<Uint8Array>> {
+    this.#watch.resume(false);
+    const inner = this.#inner;
+    return inner.return !== undefined
+      ? inner.return(value)
+      : Promise.resolve({ done: true as const, value: undefined });
   }
 }

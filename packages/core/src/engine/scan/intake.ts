@@ -90,11 +90,13 @@ export function whenReadyToScan(
     source?.on('data', onData);
     if (hook !== undefined) hook.setAbortWaiter(onAbort);
     else signal.addEventListener('abort', onAbort, { once: true });
-    void store.whenEnded().then(() => {
+    // The end heard from the store itself (no promise of its own): ready() was false, so it is to come.
+    const onEnd = () => {
       if (done) return;
       cleanup();
       resolve();
-    });
+    };
+    if (!store.onEnded(onEnd)) void store.whenEnded().then(onEnd);
   });
 }
 

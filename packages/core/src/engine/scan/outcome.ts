@@ -2,6 +2,7 @@ import type { Readable } from 'node:stream';
 import type { IcapResponse } from '../../client/transaction.js';
 import { type IcapError, type IcapErrorCode, IcapErrorCodes } from '../../errors.js';
 import { endToEndHeaders, isSafeFieldValue, isToken } from '../../protocol/headers.js';
+import { type Cursor, HELD_REPLAY, LazyReplay } from '../body/cursor.js';
 import type { BodyStore } from '../body.js';
 import { httpMethodEnum, type IcapAction, type IcapLog, type Significance } from '../log.js';
 import type { PolicyDecision } from '../policy.js';
@@ -363,27 +364,44 @@ export function pass(
       contentLength: undefined,
     };
   }
-  // Open the replay first: its reader keeps the bytes that release() would otherwise drop.
-  const stream = store.stream();
-  const contentLength = store.received;
-  store.release();
-  // What base() and the spread make, as one object (the common outcome of a scan).
-  let disposed = false;
-  return {
-    action,
-    log,
-    threat: undefined,
-    responseHeaders,
-    dispose: () => {
+  return new HeldPass(action, log, store, responseHeaders);
+}
+
+/**
+ * The common outcome of a scan: a pass with the held body, as one object. `body` (its replay
+ * stream) is made only when read: the adapters take the held bytes through HELD_REPLAY instead.
+ */
+class HeldPass implements PassOutcome {
+  readonly kind = 'pass' as const;
+  readonly action: IcapAction;
+  readonly log: IcapLog;
+  readonly threat: undefined = undefined;
+  readonly responseHeaders: Array<[string, string]>;
+  readonly contentLength: number;
+  readonly [HELD_REPLAY]: LazyReplay;
+  dispose: () => void;
+
+  constructor(action: IcapAction, log: IcapLog, store: BodyStore, responseHeaders: Array<[string, string]>) {
+    this.action = action;
+    this.log = log;
+    this.responseHeaders = responseHeaders;
+    // Open the replay first: its reader keeps the bytes that release() would otherwise drop.
+    const replay = new LazyReplay(store.open() as Cursor);
+    this[HELD_REPLAY] = replay;
+    this.contentLength = store.received;
+    store.release();
+    let disposed = false;
+    this.dispose = () => {
       if (disposed) return;
       disposed = true;
       store.dispose();
-      if (!stream.readableEnded) stream.destroy();
-    },
-    kind: 'pass',
-    body: stream,
-    contentLength,
-  };
+      replay.destroy();
+    };
+  }
+
+  get body(): Readable {
+    return this[HELD_REPLAY].stream;
+  }
 }
 
 /** Continue to the application with another body than the request's own (`dispose` frees what it holds). */

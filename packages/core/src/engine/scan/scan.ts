@@ -186,20 +186,15 @@ export class Scan {
       if (form && p.multipart === 'whole') this.#formCheck = checkForm(p, contentType!, this.scanned, abort);
       // responseTimeout bounds how long the request waits for ICAP once its body has arrived:
       // a slow upload is not a slow scanner (stalls while uploading are bounded by ioTimeout).
-      void store.whenEnded().then(() => {
+      // Heard from the store's own end (no promise of its own); a body that failed is acted on a
+      // microtask later, where the promise's reaction used to run, not inside the stream's event.
+      const onEnd = () => {
         this.#bodyDue = Number.POSITIVE_INFINITY;
         this.#leaveIntake();
-        if (store.error !== undefined) {
-          this.#stopTimer();
-          abort(
-            new IcapError(
-              IcapErrorCodes.BODY_SOURCE,
-              'the HTTP client went away before its request body was complete',
-              { cause: store.error },
-            ),
-          );
-        } else this.#armTimer();
-      });
+        if (store.error !== undefined) queueMicrotask(() => this.#bodyFailed(store));
+        else this.#armTimer();
+      };
+      if (!store.onEnded(onEnd)) void store.whenEnded().then(onEnd);
     } else this.#armTimer();
     const signal = this.options.signal;
     if (signal?.aborted) abort(callerAbort(signal));
@@ -210,6 +205,18 @@ export class Scan {
       this.#onCallerAbort = onCallerAbort;
       signal.addEventListener('abort', onCallerAbort, { once: true });
     }
+  }
+
+  /** The HTTP client went away before the body was complete: the scan aborts. */
+  #bodyFailed(store: BodyStore): void {
+    this.#stopTimer();
+    this.#abort(
+      new IcapError(
+        IcapErrorCodes.BODY_SOURCE,
+        'the HTTP client went away before its request body was complete',
+        { cause: store.error },
+      ),
+    );
   }
 
   /** The body has arrived (or there is none): responseTimeout starts. */
