@@ -19,9 +19,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { type BodyId, makeBodies } from './bodies.js';
-import { startCIcap } from './cicap.js';
 import { pickTool, runLoad, warmUp } from './load.js';
-import { cpuOf, findOnPath, killAllChildren, startChild } from './util.js';
+import { startScanner } from './profile.js';
+import { cpuOf, findOnPath, killAllChildren, parseOptions, runAsScript, startChild } from './util.js';
 
 const HERE = fileURLToPath(new URL('.', import.meta.url));
 
@@ -87,12 +87,7 @@ function run(cmd: string, args: string[]): Promise<string> {
 }
 
 async function main(): Promise<void> {
-  const opts = new Map<string, string>();
-  for (const a of process.argv.slice(2)) {
-    const m = /^--([^=]+)=(.*)$/.exec(a);
-    if (!m) throw new Error(`unknown argument ${a}`);
-    opts.set(m[1]!, m[2]!);
-  }
+  const opts = parseOptions(process.argv.slice(2));
   if (findOnPath('perf') === null) throw new Error('perf is not installed (apt-get install linux-perf)');
   const framework = opts.get('framework') ?? 'fastify';
   const service = opts.get('service') ?? '204';
@@ -105,10 +100,7 @@ async function main(): Promise<void> {
   const work = await mkdtemp(join(tmpdir(), 'icapkit-perfsplit-'));
   const { dir, bodies } = await makeBodies([bodyId]);
   const body = bodies.get(bodyId)!;
-  const cicap = service === '204' || none ? undefined : await startCIcap();
-  const embedded =
-    service === '204' ? await startChild(process.execPath, [join(HERE, 'icap204.js')]) : undefined;
-  const icapPort = embedded ? (embedded.ready.port as number) : (cicap?.port ?? 9);
+  const scanner = await startScanner(service);
   try {
     const app = await startChild(
       process.execPath,
@@ -117,7 +109,7 @@ async function main(): Promise<void> {
         '--perf-basic-prof',
         join(HERE, 'app.js'),
         framework,
-        ...(none ? [] : [`icap://127.0.0.1:${icapPort}`, service === 'echo' ? '/echo' : '/avscan']),
+        ...(none ? [] : [`icap://127.0.0.1:${scanner.port}`, service === 'echo' ? '/echo' : '/avscan']),
       ],
       { timeoutMs: 20_000 },
     );
@@ -162,18 +154,11 @@ async function main(): Promise<void> {
       `\nmain thread ${mainPct.toFixed(1)}% of the samples, the other threads (V8's GC and compiler helpers, libuv's pool) ${(100 - mainPct).toFixed(1)}%`,
     );
   } finally {
-    await embedded?.stop();
-    await cicap?.stop();
+    await scanner.stop();
     await rm(dir, { recursive: true, force: true });
     await rm(work, { recursive: true, force: true });
     killAllChildren();
   }
 }
 
-if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
-  main().catch((err: unknown) => {
-    console.error(err);
-    killAllChildren();
-    process.exit(1);
-  });
-}
+runAsScript(import.meta.url, main);

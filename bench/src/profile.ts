@@ -15,7 +15,7 @@ import { type BodyId, makeBodies } from './bodies.js';
 import { startCIcap } from './cicap.js';
 import { startTcpCounter } from './counter.js';
 import { pickTool, runLoad, warmUp } from './load.js';
-import { killAllChildren, startChild } from './util.js';
+import { killAllChildren, parseOptions, runAsScript, startChild } from './util.js';
 
 const HERE = fileURLToPath(new URL('.', import.meta.url));
 const ROOT = join(HERE, '..', '..');
@@ -343,12 +343,7 @@ export function reportAllocations(root: HeapNode, requests: number | undefined, 
 }
 
 async function main(): Promise<void> {
-  const opts = new Map<string, string>();
-  for (const a of process.argv.slice(2)) {
-    const m = /^--([^=]+)=(.*)$/.exec(a);
-    if (!m) throw new Error(`unknown argument ${a}`);
-    opts.set(m[1]!, m[2]!);
-  }
+  const opts = parseOptions(process.argv.slice(2));
   const allocFile = opts.get('analyze-alloc');
   if (allocFile !== undefined) {
     const p = JSON.parse(await readFile(allocFile, 'utf8')) as { head: HeapNode };
@@ -373,11 +368,8 @@ async function main(): Promise<void> {
   const { dir, bodies } = await makeBodies([bodyId]);
   const body = bodies.get(bodyId)!;
   const none = service === 'none';
-  const cicap = service === '204' || none ? undefined : await startCIcap();
-  const embedded =
-    service === '204' ? await startChild(process.execPath, [join(HERE, 'icap204.js')]) : undefined;
-  const icapPort = embedded ? (embedded.ready.port as number) : (cicap?.port ?? 9);
-  const counter = await startTcpCounter(icapPort);
+  const scanner = await startScanner(service);
+  const counter = await startTcpCounter(scanner.port);
   try {
     const app = await startChild(
       process.execPath,
@@ -409,17 +401,24 @@ async function main(): Promise<void> {
     console.log(header + text);
   } finally {
     await counter.close();
-    await embedded?.stop();
-    await cicap?.stop();
+    await scanner.stop();
     await rm(dir, { recursive: true, force: true });
     killAllChildren();
   }
 }
 
-if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
-  main().catch((err: unknown) => {
-    console.error(err);
-    killAllChildren();
-    process.exit(1);
-  });
+/**
+ * The ICAP server a profiling run scans against: the embedded 204 server (`204`), c-icap
+ * (`avscan`, `echo`), or none (`none`: the port is a closed one, the app runs without icapkit).
+ */
+export async function startScanner(service: string): Promise<{ port: number; stop(): Promise<void> }> {
+  if (service === 'none') return { port: 9, stop: async () => undefined };
+  if (service === '204') {
+    const embedded = await startChild(process.execPath, [join(HERE, 'icap204.js')]);
+    return { port: embedded.ready.port as number, stop: () => embedded.stop() };
+  }
+  const cicap = await startCIcap();
+  return { port: cicap.port, stop: () => cicap.stop() };
 }
+
+runAsScript(import.meta.url, main);

@@ -3,6 +3,7 @@ import { type ChildProcess, type SpawnOptions, spawn } from 'node:child_process'
 import { accessSync, constants as fsConstants, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { createServer, Socket } from 'node:net';
 import { delimiter, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 
 export const LOOPBACK = '127.0.0.1';
 
@@ -228,4 +229,28 @@ export function startChild(
       reject(err);
     });
   });
+}
+
+/**
+ * Runs `main` when `moduleUrl` (the caller's import.meta.url) is the script node was started
+ * with; a failure is printed, every child killed, and the process exits 1.
+ */
+export function runAsScript(moduleUrl: string, main: () => Promise<void>): void {
+  if (!process.argv[1] || fileURLToPath(moduleUrl) !== process.argv[1]) return;
+  main().catch((err: unknown) => {
+    console.error(err);
+    killAllChildren();
+    process.exit(1);
+  });
+}
+
+/** `--name=value` arguments as a map (any other form is an error). */
+export function parseOptions(argv: string[]): Map<string, string> {
+  const opts = new Map<string, string>();
+  for (const a of argv) {
+    const m = /^--([^=]+)=(.*)$/.exec(a);
+    if (!m) throw new Error(`unknown argument ${a}`);
+    opts.set(m[1]!, m[2]!);
+  }
+  return opts;
 }

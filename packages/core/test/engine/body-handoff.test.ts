@@ -1,74 +1,15 @@
-/**
- * The held body handed to the application: a body complete in memory is pushed into the request
- * at once (its stored Buffers, no stream in between); a body still arriving, spooled to a temp
- * file, or already partly read goes through the replay stream. Both give the request exactly the
- * held bytes, the same content-length, no transfer-encoding, and free the store once read.
- */
-import { once } from 'node:events';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
-import { IncomingMessage } from 'node:http';
-import { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Readable } from 'node:stream';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { BodyStore } from '../../src/engine/body.js';
 import { rearmRequest, requestWithBody } from '../../src/node/handoff.js';
+import { consumedRequest, held, readBody } from './held-body.js';
 
 function pattern(n: number, seed = 7): Buffer {
   const b = Buffer.allocUnsafe(n);
   for (let i = 0; i < n; i++) b[i] = (i * 31 + seed + (i >> 8)) & 0xff;
   return b;
-}
-
-/** A request whose body (`parts`) was read to its end, as after the scan's intake. */
-async function consumedRequest(parts: Buffer[], extra: string[] = []): Promise<IncomingMessage> {
-  const req = new IncomingMessage(new Socket());
-  const length = parts.reduce((n, p) => n + p.length, 0);
-  req.method = 'POST';
-  req.url = '/upload';
-  req.headers = { host: 'x', 'content-length': String(length) };
-  req.rawHeaders = ['Host', 'x', 'Content-Length', String(length), ...extra];
-  for (const p of parts) req.push(p);
-  req.push(null);
-  req.resume();
-  await once(req, 'end');
-  return req;
-}
-
-function held(
-  body: Buffer,
-  pieces: number[],
-  opts: Partial<ConstructorParameters<typeof BodyStore>[0]> = {},
-) {
-  const store = new BodyStore({ limit: 64 * 1024 * 1024, retainAll: true, ...opts });
-  let at = 0;
-  for (const n of pieces) {
-    store.push(body.subarray(at, at + n));
-    at += n;
-  }
-  return store;
-}
-
-/** Reads `req` as a body parser does, with a deadline. */
-async function readBody(req: Readable, ms = 5000): Promise<{ bytes: Buffer; chunks: Buffer[] }> {
-  const chunks: Buffer[] = [];
-  const done = new Promise<void>((resolve, reject) => {
-    req.on('data', (c: Buffer) => chunks.push(c));
-    req.once('end', resolve);
-    req.once('error', reject);
-  });
-  let timer: NodeJS.Timeout | undefined;
-  const deadline = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error('the body did not end in time')), ms);
-  });
-  try {
-    await Promise.race([done, deadline]);
-  } finally {
-    clearTimeout(timer);
-  }
-  return { bytes: Buffer.concat(chunks), chunks };
 }
 
 /** Polls `check` until it is true or the deadline passes. */

@@ -1,22 +1,11 @@
-/**
- * A pass outcome's held body taken by the adapters through `handoffBody` (no replay stream made
- * when the body is complete in memory) gives the request what `outcome.body`, the replay stream,
- * gives it: the same bytes, headers and store state, for a body complete in memory, still
- * arriving, spooled to a temp file, failing after the hand-off, or discarded (the outcome
- * disposed) before the application read it.
- */
-import { once } from 'node:events';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { IncomingMessage } from 'node:http';
-import { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Readable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
-import { BodyStore } from '../../src/engine/body.js';
 import type { IcapLog } from '../../src/engine/log.js';
 import { pass } from '../../src/engine/scan/outcome.js';
 import { handoffBody, rearmRequest } from '../../src/node/handoff.js';
+import { consumedRequest, held, readBody } from './held-body.js';
 
 function pattern(n: number, seed = 7): Buffer {
   const b = Buffer.allocUnsafe(n);
@@ -39,54 +28,8 @@ function log(): IcapLog {
   };
 }
 
-/** A request whose body (`parts`) was read to its end, as after the scan's intake. */
-async function consumedRequest(parts: Buffer[]): Promise<IncomingMessage> {
-  const req = new IncomingMessage(new Socket());
-  const length = parts.reduce((n, p) => n + p.length, 0);
-  req.method = 'POST';
-  req.url = '/upload';
-  req.headers = { host: 'x', 'content-length': String(length), 'transfer-encoding': 'chunked' };
-  req.rawHeaders = ['Host', 'x', 'Content-Length', String(length), 'Transfer-Encoding', 'chunked'];
-  for (const p of parts) req.push(p);
-  req.push(null);
-  req.resume();
-  await once(req, 'end');
-  return req;
-}
-
-function held(
-  body: Buffer,
-  pieces: number[],
-  opts: Partial<ConstructorParameters<typeof BodyStore>[0]> = {},
-) {
-  const store = new BodyStore({ limit: 64 * 1024 * 1024, retainAll: true, ...opts });
-  let at = 0;
-  for (const n of pieces) {
-    store.push(body.subarray(at, at + n));
-    at += n;
-  }
-  return store;
-}
-
-/** Reads `req` as a body parser does, with a deadline. */
-async function readBody(req: Readable, ms = 5000): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  const done = new Promise<void>((resolve, reject) => {
-    req.on('data', (c: Buffer) => chunks.push(c));
-    req.once('end', resolve);
-    req.once('error', reject);
-  });
-  let timer: NodeJS.Timeout | undefined;
-  const deadline = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error('the body did not end in time')), ms);
-  });
-  try {
-    await Promise.race([done, deadline]);
-  } finally {
-    clearTimeout(timer);
-  }
-  return Buffer.concat(chunks);
-}
+/** A request whose body was read to its end, sent chunked. */
+const chunkedRequest = (parts: Buffer[]) => consumedRequest(parts, ['Transfer-Encoding', 'chunked']);
 
 /** Polls `check` until it is true or the deadline passes. */
 async function until(check: () => boolean, ms = 5000): Promise<void> {
@@ -111,11 +54,11 @@ describe("a pass outcome's held body handed over without its stream", () => {
         store.end();
         const outcome = pass('ICAP_PASSED', log(), store, []);
         expect(outcome.contentLength).toBe(total);
-        const req = await consumedRequest([body]);
+        const req = await chunkedRequest([body]);
         const given = way === 'handoffBody' ? handoffBody(outcome) : outcome.body;
         expect(given).not.toBeNull();
         rearmRequest(req, { body: given!, contentLength: outcome.contentLength ?? 0 });
-        const bytes = await readBody(req);
+        const bytes = (await readBody(req)).bytes;
         await until(() => store.held === 0);
         outcome.dispose();
         results.push({ bytes: bytes.toString('hex'), headers: req.headers, raw: req.rawHeaders });
@@ -131,11 +74,11 @@ describe("a pass outcome's held body handed over without its stream", () => {
     const store = held(body, [4096]);
     store.end();
     const outcome = pass('ICAP_PASSED', log(), store, []);
-    const req = await consumedRequest([body]);
+    const req = await chunkedRequest([body]);
     rearmRequest(req, { body: handoffBody(outcome)!, contentLength: 4096 });
-    expect((await readBody(req)).equals(body)).toBe(true);
+    expect((await readBody(req)).bytes.equals(body)).toBe(true);
     // Read later anyway (an application holding the outcome): empty, ended, not an error.
-    expect((await readBody(outcome.body!)).length).toBe(0);
+    expect((await readBody(outcome.body!)).bytes.length).toBe(0);
     outcome.dispose();
   });
 
@@ -144,7 +87,7 @@ describe("a pass outcome's held body handed over without its stream", () => {
       const body = pattern(50 * 1024);
       const store = held(body, [30 * 1024]);
       const outcome = pass('ICAP_PASSED', log(), store, []);
-      const req = await consumedRequest([body.subarray(0, 30 * 1024)]);
+      const req = await chunkedRequest([body.subarray(0, 30 * 1024)]);
       const given = way === 'handoffBody' ? handoffBody(outcome) : outcome.body;
       rearmRequest(req, { body: given!, contentLength: body.length });
       const reading = readBody(req);
@@ -152,14 +95,14 @@ describe("a pass outcome's held body handed over without its stream", () => {
         store.push(body.subarray(30 * 1024));
         store.end();
       }, 10);
-      expect((await reading).equals(body)).toBe(true);
+      expect((await reading).bytes.equals(body)).toBe(true);
       outcome.dispose();
     }
     for (const way of WAYS) {
       const body = pattern(30 * 1024);
       const store = held(body, [20 * 1024]);
       const outcome = pass('ICAP_PASSED', log(), store, []);
-      const req = await consumedRequest([body.subarray(0, 20 * 1024)]);
+      const req = await chunkedRequest([body.subarray(0, 20 * 1024)]);
       const given = way === 'handoffBody' ? handoffBody(outcome) : outcome.body;
       rearmRequest(req, { body: given!, contentLength: body.length });
       const reading = readBody(req);
@@ -180,10 +123,10 @@ describe("a pass outcome's held body handed over without its stream", () => {
         });
         store.end();
         const outcome = pass('ICAP_PASSED', log(), store, []);
-        const req = await consumedRequest([body]);
+        const req = await chunkedRequest([body]);
         const given = way === 'handoffBody' ? handoffBody(outcome) : outcome.body;
         rearmRequest(req, { body: given!, contentLength: body.length });
-        expect((await readBody(req)).equals(body)).toBe(true);
+        expect((await readBody(req)).bytes.equals(body)).toBe(true);
         await until(() => !store.spooled);
         outcome.dispose();
       }
@@ -199,7 +142,7 @@ describe("a pass outcome's held body handed over without its stream", () => {
       const store = held(body, [8 * 1024]);
       store.end();
       const outcome = pass('ICAP_PASSED', log(), store, []);
-      const req = await consumedRequest([body]);
+      const req = await chunkedRequest([body]);
       const given = way === 'handoffBody' ? handoffBody(outcome) : outcome.body;
       rearmRequest(req, { body: given!, contentLength: body.length });
       outcome.dispose();
