@@ -71,7 +71,7 @@ export interface IcapClientOptions {
    * or `Methods`); the answer is used anyway.
    */
   onWarning?: ((message: string, details: { service: string; missingHeaders: string[] }) => void) | undefined;
-  /** ICAP headers sent on every request (for example an API key header). */
+  /** ICAP headers sent on every request (for example an API key header); copied when the client is made. */
   headers?: HeaderPairs | undefined;
   /** `User-Agent` on ICAP requests; false sends none. */
   userAgent?: string | false | undefined;
