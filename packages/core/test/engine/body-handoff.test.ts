@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { rearmRequest, requestWithBody } from '../../src/node/handoff.js';
-import { consumedRequest, held, readBody } from './held-body.js';
+import { consumedRequest, endLater, held, readBody } from './held-body.js';
 
 function pattern(n: number, seed = 7): Buffer {
   const b = Buffer.allocUnsafe(n);
@@ -87,10 +87,7 @@ describe('the held body handed to the request', () => {
     const req = await consumedRequest([body.subarray(0, 30 * 1024)]);
     rearmRequest(req, { body: store.stream(), contentLength: body.length });
     const reading = readBody(req);
-    setTimeout(() => {
-      store.push(body.subarray(30 * 1024));
-      store.end();
-    }, 10);
+    endLater(store, body.subarray(30 * 1024));
     expect((await reading).bytes.equals(body)).toBe(true);
   });
 

@@ -58,3 +58,11 @@ export async function readBody(req: Readable, ms = 5000): Promise<{ bytes: Buffe
   }
   return { bytes: Buffer.concat(chunks), chunks };
 }
+
+/** The rest of a held body arriving after the hand-off: pushed and ended `ms` later. */
+export function endLater(store: BodyStore, rest: Buffer, ms = 10): void {
+  setTimeout(() => {
+    store.push(rest);
+    store.end();
+  }, ms);
+}

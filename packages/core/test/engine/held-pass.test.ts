@@ -5,7 +5,7 @@ import { describe, expect, it } from 'vitest';
 import type { IcapLog } from '../../src/engine/log.js';
 import { pass } from '../../src/engine/scan/outcome.js';
 import { handoffBody, rearmRequest } from '../../src/node/handoff.js';
-import { consumedRequest, held, readBody } from './held-body.js';
+import { consumedRequest, endLater, held, readBody } from './held-body.js';
 
 function pattern(n: number, seed = 7): Buffer {
   const b = Buffer.allocUnsafe(n);
@@ -91,10 +91,7 @@ describe("a pass outcome's held body handed over without its stream", () => {
       const given = way === 'handoffBody' ? handoffBody(outcome) : outcome.body;
       rearmRequest(req, { body: given!, contentLength: body.length });
       const reading = readBody(req);
-      setTimeout(() => {
-        store.push(body.subarray(30 * 1024));
-        store.end();
-      }, 10);
+      endLater(store, body.subarray(30 * 1024));
       expect((await reading).bytes.equals(body)).toBe(true);
       outcome.dispose();
     }
