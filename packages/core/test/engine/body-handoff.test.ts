@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { rearmRequest, requestWithBody } from '../../src/node/handoff.js';
-import { consumedRequest, endLater, held, readBody } from './held-body.js';
+import { consumedRequest, emittedSoon, endLater, held, readBody } from './held-body.js';
 
 function pattern(n: number, seed = 7): Buffer {
   const b = Buffer.allocUnsafe(n);
@@ -142,14 +142,7 @@ describe('the held body handed to the request', () => {
       // What a pass outcome's dispose does.
       store.dispose();
       replay.destroy();
-      const chunks: Buffer[] = [];
-      let ended = false;
-      req.on('data', (c: Buffer) => chunks.push(c));
-      req.once('end', () => {
-        ended = true;
-      });
-      for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
-      seen.push({ chunks: chunks.length, ended, errored: req.errored !== null });
+      seen.push({ ...(await emittedSoon(req)), errored: req.errored !== null });
     }
     expect(seen[0]).toEqual({ chunks: 0, ended: false, errored: false });
     expect(seen[1]).toEqual(seen[0]);

@@ -66,3 +66,20 @@ export function endLater(store: BodyStore, rest: Buffer, ms = 10): void {
     store.end();
   }, ms);
 }
+
+/**
+ * What `req` emits over the next few turns of the event loop: how many chunks, and whether it
+ * ended (a body disposed before it was read must give neither).
+ */
+export async function emittedSoon(req: Readable, turns = 5): Promise<{ chunks: number; ended: boolean }> {
+  let chunks = 0;
+  let ended = false;
+  req.on('data', () => {
+    chunks++;
+  });
+  req.once('end', () => {
+    ended = true;
+  });
+  for (let i = 0; i < turns; i++) await new Promise((r) => setImmediate(r));
+  return { chunks, ended };
+}

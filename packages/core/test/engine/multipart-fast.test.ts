@@ -11,6 +11,7 @@
  *   parts, contents and errors as a source that only answers next(), whatever the split, and an
  *   abort still ends it.
  */
+
 import { once } from 'node:events';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { IncomingMessage } from 'node:http';
@@ -26,6 +27,7 @@ import { type Part, parseMultipart } from '../../src/engine/multipart/parse.js';
 import { MultipartParser } from '../../src/engine/multipart/parser.js';
 import { parseDisposition, parseMediaType } from '../../src/engine/multipart/syntax.js';
 import { rearmRequest } from '../../src/node/handoff.js';
+import { emittedSoon } from './held-body.js';
 import { MultipartParser as ParserBefore } from './reference/parser-before.js';
 import {
   parseDisposition as parseDispositionBefore,
@@ -309,14 +311,7 @@ describe('the canonical form handed to the request at once', () => {
       rearmRequest(req, { body: g.body, contentLength: g.length });
       // What the outcome's dispose does before the application reads.
       g.body.destroy();
-      const chunks: Buffer[] = [];
-      let ended = false;
-      req.on('data', (c: Buffer) => chunks.push(c));
-      req.once('end', () => {
-        ended = true;
-      });
-      for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
-      seen.push({ chunks: chunks.length, ended });
+      seen.push(await emittedSoon(req));
     }
     expect(seen[0]).toEqual({ chunks: 0, ended: false });
     expect(seen[1]).toEqual(seen[0]);
