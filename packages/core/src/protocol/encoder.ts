@@ -414,15 +414,17 @@ export class IcapHeadEncoder {
     const start = this.#start(method, uri);
     const tails = this.#tails;
     if (start === undefined || tails === null) return undefined;
-    let lines = start[1];
+    // The cached lines were checked when they were kept: only the request's own are checked here.
+    let own = '';
     for (let k = 0; k < extra.length; k++) {
       const pair = extra[k]!;
       const name = pair[0];
       const value = pair[1];
       if (ENCODER_OWN.test(name) || !isToken(name) || !isSafeFieldValue(value)) return undefined;
-      lines += `${name}: ${value}\r\n`;
+      own += `${name}: ${value}\r\n`;
     }
-    if (!isLatin1(lines)) return undefined;
+    if (own !== '' && !isLatin1(own)) return undefined;
+    let lines = start[1] + own;
     if (req !== undefined && !isLatin1(req)) return undefined;
     if (res !== undefined && !isLatin1(res)) return undefined;
     lines += allow204 ? tails[0] : tails[1];
