@@ -1,6 +1,6 @@
 import type { Readable } from 'node:stream';
 import { encodeHttpRequestHead } from '../protocol/encoder.js';
-import { Headers } from '../protocol/headers.js';
+import { Headers, isTokenFrom } from '../protocol/headers.js';
 import type { RequestFacts } from './policy.js';
 
 /**
@@ -184,21 +184,6 @@ function isVisibleAscii(s: string): boolean {
   for (let i = 0; i < s.length; i++) {
     const c = s.charCodeAt(i);
     if (c < 0x21 || c > 0x7e) return false;
-  }
-  return true;
-}
-
-/** RFC 9110 token characters (what protocol/headers.ts's isToken accepts), one flag per ASCII code. */
-const TCHAR = new Uint8Array(128);
-for (const c of "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-  TCHAR[c.charCodeAt(0)] = 1;
-
-/** Whether `s` from `from` on is a token (isToken(s.slice(from)), without the slice or a regular expression). */
-function isTokenFrom(s: string, from: number): boolean {
-  if (s.length <= from) return false;
-  for (let i = from; i < s.length; i++) {
-    const c = s.charCodeAt(i);
-    if (c > 0x7f || TCHAR[c] === 0) return false;
   }
   return true;
 }
