@@ -158,9 +158,37 @@ export function poolIdentity(name: string): { name: { val: string; crc32: number
   return id;
 }
 
+/**
+ * The last few blocks redacted, with their results: the same blocks come back request after
+ * request (the ICAP head sent for one kind of request, a server's 204 answer), and comparing a
+ * block with the one kept costs less than lower-casing it again. Keyed by the block's text and
+ * the set of names (a profile's own, fixed once resolved); a pure function's results, so a hit
+ * returns exactly what the redaction would.
+ */
+const REDACTED_SLOTS = 4;
+const redactedRaw: string[] = ['', '', '', ''];
+const redactedNames: Array<ReadonlySet<string> | null> = [null, null, null, null];
+const redactedOut: string[] = ['', '', '', ''];
+let redactedNext = 0;
+
 /** Replaces the values of the named headers in a raw `Name: value\r\n` block. */
 export function redactHeaderBlock(raw: string, names: ReadonlySet<string>): string {
   if (raw === '' || names.size === 0) return raw;
+  for (let i = 0; i < REDACTED_SLOTS; i++)
+    if (redactedNames[i] === names && redactedRaw[i] === raw) return redactedOut[i]!;
+  const out = redactBlock(raw, names);
+  // Long blocks are not kept (no large strings held for the process's life).
+  if (raw.length <= 2048) {
+    const at = redactedNext;
+    redactedNext = (at + 1) % REDACTED_SLOTS;
+    redactedRaw[at] = raw;
+    redactedNames[at] = names;
+    redactedOut[at] = out;
+  }
+  return out;
+}
+
+function redactBlock(raw: string, names: ReadonlySet<string>): string {
   // Most blocks name none of the redacted fields (a name is redacted only if it appears in the
   // lower-cased block): one search each instead of a replace with a callback per line.
   const lower = raw.toLowerCase();

@@ -67,6 +67,12 @@ export interface ServerTransition {
   consecutiveFailures: number;
 }
 
+/** The servers a request has tried (a `ReadonlySet<ServerHandle>` will do). */
+export interface TriedServers {
+  has(server: ServerHandle): boolean;
+  readonly size: number;
+}
+
 /** One attempt on a server, from `begin()` to its result. */
 export interface AttemptTicket {
   readonly generation: number;
@@ -347,7 +353,7 @@ export class PoolGroup {
    * The server for the next attempt of a request, or an ICAP_ERR_NO_SERVER error. Call
    * `begin()` on it right away (a half-open server's trial is given to this attempt).
    */
-  pick(tried: ReadonlySet<ServerHandle>): ServerHandle {
+  pick(tried: TriedServers): ServerHandle {
     for (const entry of this.#pools) {
       // One server in the pool: it, if it can be tried (what the general path below picks too).
       if (entry.servers.length === 1) {
@@ -383,8 +389,9 @@ export class PoolGroup {
   }
 
   /** Whether {@link pick} would find a server not in `tried`. */
-  hasAlternative(tried: ReadonlySet<ServerHandle>): boolean {
-    return this.#pools.some((e) => e.servers.some((s) => s.available && !tried.has(s)));
+  hasAlternative(tried: TriedServers): boolean {
+    for (const e of this.#pools) for (const s of e.servers) if (s.available && !tried.has(s)) return true;
+    return false;
   }
 
   status(): ServerStatus[] {

@@ -27,14 +27,14 @@ export class Headers implements Iterable<[name: string, value: string]> {
 
   /** The first value of the field, or undefined. */
   get(name: string): string | undefined {
-    const key = name.toLowerCase();
+    const key = lowerName(name);
     for (const f of this.#fields) if (f.key === key) return f.value;
     return undefined;
   }
 
   /** Every value of the field, in order. */
   getAll(name: string): string[] {
-    const key = name.toLowerCase();
+    const key = lowerName(name);
     const out: string[] = [];
     for (const f of this.#fields) if (f.key === key) out.push(f.value);
     return out;
@@ -42,13 +42,13 @@ export class Headers implements Iterable<[name: string, value: string]> {
 
   /** The lines of the first value as received: the first line, then each folded continuation line. */
   lines(name: string): string[] | undefined {
-    const key = name.toLowerCase();
+    const key = lowerName(name);
     for (const f of this.#fields) if (f.key === key) return f.lines ?? [f.value];
     return undefined;
   }
 
   has(name: string): boolean {
-    const key = name.toLowerCase();
+    const key = lowerName(name);
     return this.#fields.some((f) => f.key === key);
   }
 
@@ -354,4 +354,16 @@ export function splitList(value: string | undefined): string[] {
     .split(',')
     .map((s) => s.trim())
     .filter((s) => s !== '');
+}
+
+/**
+ * `name.toLowerCase()`, without the call for a name with no upper-case or non-ASCII letter
+ * (the names looked up are mostly literal lower-case ones: the same string comes back).
+ */
+function lowerName(name: string): string {
+  for (let i = 0; i < name.length; i++) {
+    const c = name.charCodeAt(i);
+    if ((c >= 0x41 && c <= 0x5a) || c > 0x7f) return name.toLowerCase();
+  }
+  return name;
 }

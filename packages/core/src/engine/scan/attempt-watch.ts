@@ -5,6 +5,21 @@ import { IcapError, IcapErrorCodes } from '../../errors.js';
 const RESPONSE_PROGRESS_BYTES = 16 * 1024;
 
 /**
+ * What the watch asks of its attempt (methods called on the object itself, so one object, such as
+ * the exchange, can answer for every attempt without closures of its own). Missing: never busy,
+ * can always retry; `stallPossible` false: a stall can never end the attempt (see below).
+ */
+export interface WatchHooks {
+  /** The server has requests waiting for a connection, or connecting. */
+  busy?(): boolean;
+  /** The request could go to another server now (its body held, one available). */
+  canRetry?(): boolean;
+  readonly stallPossible?: boolean;
+}
+
+const NO_HOOKS: WatchHooks = {};
+
+/**
  * One ICAP attempt's own cancellation, and its no-progress watchdog.
  *
  * The attempt gets a signal of its own (a child of the request's), so one server can be given
@@ -37,8 +52,8 @@ export class AttemptWatch {
   readonly #parent: AbortSignal;
   readonly #stallTimeout: number;
   readonly #label: string;
-  readonly #busy: () => boolean;
-  readonly #canRetry: () => boolean;
+  /** Asked (as its methods, with itself as `this`) whether the server is busy and the request can go elsewhere. */
+  readonly #hooks: WatchHooks;
   /** The exchange opened the body: it has its connection. */
   #opened = false;
   #timer: NodeJS.Timeout | undefined;
@@ -50,17 +65,11 @@ export class AttemptWatch {
   /** The watchdog fired. */
   stalled = false;
 
-  constructor(
-    parent: AbortSignal,
-    stallTimeout: number,
-    label: string,
-    hooks: { busy?: () => boolean; canRetry?: () => boolean; stallPossible?: boolean } = {},
-  ) {
+  constructor(parent: AbortSignal, stallTimeout: number, label: string, hooks: WatchHooks = NO_HOOKS) {
     this.#parent = parent;
     this.#stallTimeout = stallTimeout;
     this.#label = label;
-    this.#busy = hooks.busy ?? (() => false);
-    this.#canRetry = hooks.canRetry ?? (() => true);
+    this.#hooks = hooks;
     if (hooks.stallPossible === false) this.#controller = null;
     else {
       const controller = new AbortController();
@@ -80,9 +89,13 @@ export class AttemptWatch {
     return this.#started && !this.#paused && !this.#done && (this.#opened || !this.#busy());
   }
 
+  #busy(): boolean {
+    return this.#hooks.busy?.() ?? false;
+  }
+
   /** Whether the request could go to another server now (its body held, one available). */
   canRetry(): boolean {
-    return this.#canRetry();
+    return this.#hooks.canRetry?.() ?? true;
   }
 
   /** Starts watching (at the start of the attempt). */
@@ -164,7 +177,7 @@ export class AttemptWatch {
       return;
     }
     // Nowhere else to go: waiting on is the better choice (look again later: a server may come back).
-    if (!this.#canRetry()) {
+    if (!this.canRetry()) {
       this.#arm();
       return;
     }

@@ -4,13 +4,13 @@ import { IcapError, IcapErrorCodes } from '../../errors.js';
 import { endToEndHeaders, isSafeFieldValue, isToken } from '../../protocol/headers.js';
 import { AdaptedBody, type BodyStore } from '../body.js';
 import { httpMethodEnum, type IcapRequestLog, poolIdentity, redactHeaderBlock, vendorEnum } from '../log.js';
-import type { ServerHandle } from '../pool-group.js';
+import type { ServerHandle, TriedServers } from '../pool-group.js';
 import type { ResolvedProfile } from '../profile.js';
 import { absoluteTarget, type HttpRequestFacts } from '../request.js';
 import type { ClientResponse } from '../respond.js';
 import type { AttemptResult, ExchangeContext } from '../types.js';
 import { readVerdict, type Verdict } from '../verdict/index.js';
-import { AttemptWatch } from './attempt-watch.js';
+import { AttemptWatch, type WatchHooks } from './attempt-watch.js';
 import { bodyComplete } from './intake.js';
 import { classifyFailure, isRefusal, markRefusal } from './retry.js';
 
@@ -29,16 +29,26 @@ const MAX_RELAY_BODY = 1024 * 1024;
 /** A response body we do not need is read up to this size to keep the connection; larger ones are dropped. */
 const MAX_DRAIN = 64 * 1024;
 
-/** Sends one body to ICAP, failing over across servers and pools: see `exchange()`. */
-class Exchange {
+/**
+ * Sends one body to ICAP, failing over across servers and pools: see `exchange()`. It is also
+ * its attempts' watch hooks (the server in use busy, the request able to go elsewhere) and the
+ * set of servers tried (the first one in a field, a Set only from a second attempt on): no
+ * closures, hook object or Set per request.
+ */
+class Exchange implements WatchHooks, TriedServers {
   readonly #ctx: ExchangeContext;
   readonly facts: HttpRequestFacts;
   readonly store: BodyStore | null;
   readonly signal: AbortSignal;
   /** Where each attempt's log entry goes besides the request's record (a part names its own). */
   readonly #entries: IcapRequestLog[] | undefined;
-  /** Every server tried once at most. */
-  readonly #tried = new Set<ServerHandle>();
+  /** WatchHooks: with one server a stall can never be acted on. */
+  readonly stallPossible: boolean;
+  /** The server of the attempt under way. */
+  #handle: ServerHandle | null = null;
+  /** Every server tried once at most: the first, and the others (from a second attempt on). */
+  #first: ServerHandle | null = null;
+  #more: Set<ServerHandle> | null = null;
 
   constructor(
     ctx: ExchangeContext,
@@ -52,6 +62,36 @@ class Exchange {
     this.store = store;
     this.signal = signal;
     this.#entries = entries;
+    this.stallPossible = ctx.group.serverCount > 1;
+  }
+
+  /** TriedServers: whether `server` was tried by this exchange. */
+  has(server: ServerHandle): boolean {
+    return server === this.#first || this.#more?.has(server) === true;
+  }
+
+  /** TriedServers: how many servers were tried. */
+  get size(): number {
+    return this.#first === null ? 0 : 1 + (this.#more?.size ?? 0);
+  }
+
+  #tried(server: ServerHandle): void {
+    if (this.#first === null) this.#first = server;
+    else {
+      this.#more ??= new Set();
+      this.#more.add(server);
+    }
+  }
+
+  /** WatchHooks: the server in use has requests waiting for a connection or connecting. */
+  busy(): boolean {
+    const stats = this.#handle?.client.stats;
+    return stats !== undefined && (stats.pending > 0 || stats.connecting > 0);
+  }
+
+  /** WatchHooks: the body is still held and another server is available. */
+  canRetry(): boolean {
+    return this.replayable && this.#ctx.group.hasAlternative(this);
   }
 
   /** Whether the body can still be sent again from its first byte. */
@@ -62,28 +102,24 @@ class Exchange {
   async run(): Promise<AttemptResult> {
     const ctx = this.#ctx;
     const p = ctx.profile;
-    const tried = this.#tried;
     let lastError: unknown;
     // A server that refused the request (ICAP 4xx) decides, whatever the next one does.
     let refusal: IcapError | undefined;
     for (;;) {
       let handle: ServerHandle;
       try {
-        handle = ctx.group.pick(tried);
+        handle = ctx.group.pick(this);
       } catch (err) {
         throw refusal ?? lastError ?? err;
       }
       const ticket = handle.begin();
-      tried.add(handle);
+      this.#tried(handle);
+      this.#handle = handle;
       const entry = newEntry(handle, this.facts, p);
       ctx.log.request_logs.push(entry);
       this.#entries?.push(entry);
       handle.outstanding++;
-      const watch = new AttemptWatch(this.signal, p.stallTimeout, handle.server.url, {
-        busy: () => handle.client.stats.pending > 0 || handle.client.stats.connecting > 0,
-        canRetry: () => this.replayable && ctx.group.hasAlternative(tried),
-        stallPossible: ctx.group.serverCount > 1,
-      });
+      const watch = new AttemptWatch(this.signal, p.stallTimeout, handle.server.url, this);
       try {
         ctx.telemetry.transactionStart(ctx.scope, handle, p.serviceUri);
         const result = await this.#attempt(handle, entry, watch);
@@ -138,6 +174,7 @@ class Exchange {
       p.sendClientIp && ip !== undefined
         ? [['X-Client-IP', ip.startsWith('::ffff:') ? ip.slice(7) : ip]]
         : NO_HEADERS;
+    const preview = p.enablePreview && !smallBody(facts, p.previewMinBodySize) ? p.previewSize : false;
     const pending = handle.client.request({
       method: 'REQMOD',
       service: p.serviceUri,
@@ -149,7 +186,7 @@ class Exchange {
       },
       body: store !== null ? watch.wrap(store) : store,
       bodyLength: facts.chunked ? undefined : facts.contentLength,
-      preview: p.enablePreview && !smallBody(facts, p.previewMinBodySize) ? p.previewSize : false,
+      preview,
       allow204: p.allow204,
       honourTransferIgnore: p.transferIgnore === 'extension',
       headers: extraHeaders,
@@ -157,11 +194,15 @@ class Exchange {
       timeout: NO_CLIENT_TIMEOUT,
       // Waiting for a busy server's connection is bounded only when the request can go elsewhere.
       queueTimeout: watch.canRetry() ? p.queueTimeout : Number.POSITIVE_INFINITY,
-      onContinue: () => {
-        watch.progress();
-        store?.stopHolding();
-        this.#ctx.telemetry.transactionPreview(this.#ctx.scope, handle, p.serviceUri);
-      },
+      // Only a preview can be answered with 100 Continue (none without: no closure then).
+      onContinue:
+        preview === false
+          ? undefined
+          : () => {
+              watch.progress();
+              store?.stopHolding();
+              this.#ctx.telemetry.transactionPreview(this.#ctx.scope, handle, p.serviceUri);
+            },
     });
     let r: Awaited<typeof pending>;
     try {
