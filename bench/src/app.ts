@@ -184,7 +184,9 @@ async function startHono(p: IcapProfile | null): Promise<{ port: number; close()
 /**
  * V8's sampling heap profiler, counting garbage too (objects a scavenge or a mark-compact
  * collected): where the bytes a request allocates come from. Returns the function that writes
- * the profile (a .heapprofile, readable by `profile.js --analyze-alloc=FILE`).
+ * the profile (a .heapprofile, readable by `profile.js --analyze-alloc=FILE`). With
+ * BENCH_ALLOC_SURVIVORS=1 it leaves out what scavenges collected: what survived them (promoted,
+ * or allocated in the old generation directly, as V8's maps and pretenured objects are).
  */
 async function startAllocationSampling(): Promise<(file: string) => Promise<void>> {
   const { Session } = await import('node:inspector');
@@ -199,7 +201,7 @@ async function startAllocationSampling(): Promise<(file: string) => Promise<void
   await post('HeapProfiler.startSampling', {
     samplingInterval: 4096,
     includeObjectsCollectedByMajorGC: true,
-    includeObjectsCollectedByMinorGC: true,
+    includeObjectsCollectedByMinorGC: process.env.BENCH_ALLOC_SURVIVORS !== '1',
   });
   return async (file) => {
     const r = (await post('HeapProfiler.stopSampling')) as { profile: unknown };

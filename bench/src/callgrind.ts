@@ -226,6 +226,8 @@ if (process.argv[1]?.endsWith('callgrind.js') === true) {
     // V8 compiles on the main thread, at the same request whatever else runs on the machine:
     // counts that compare two builds on a busy machine (and that include the compiler's work).
     else if (arg === '--single-threaded') nodeFlags.push('--single-threaded');
+    // Any other Node/V8 option for the application (e.g. --v8=--no-allocation-site-pretenuring).
+    else if (arg.startsWith('--v8=')) nodeFlags.push(arg.slice(5));
     else if (arg.startsWith('--alloc=')) alloc = arg.slice(8);
     else if (arg.startsWith('--slow-read=')) icapArgs.push(arg);
     else throw new Error(`unknown argument ${arg}`);

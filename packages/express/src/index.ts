@@ -15,6 +15,7 @@ import {
   type PinoLike,
   type RefusalResponse,
   type RespondOutcome,
+  type ResponseWatch,
   rearmRequest,
   refusalOf,
   refusalReporter,
@@ -134,7 +135,7 @@ export function icap<
             // Express request a new V8 map, and the hand-off's reads would all miss after it.
             let go: boolean;
             try {
-              go = proceed(engine, scanned, req, res);
+              go = proceed(engine, scanned, req, res, watch);
             } finally {
               (req as { icap?: IcapRequestInfo }).icap = info;
             }
@@ -179,6 +180,7 @@ function proceed(
   scanned: Exclude<ScanOutcome, RespondOutcome>,
   req: IncomingMessage,
   res: ServerResponse,
+  watch: ResponseWatch,
 ): boolean {
   switch (scanned.kind) {
     case 'aborted':
@@ -210,8 +212,8 @@ function proceed(
   }
   const headers = scanned.responseHeaders;
   for (let i = 0; i < headers.length; i++) res.setHeader(headers[i]![0], headers[i]![1]);
-  // The application's status, for the record (the analytics page shows it).
-  res.on('finish', () => engine.responded(scanned.log, res.statusCode));
+  // The application's status, for the record (the analytics page shows it), once it has finished.
+  watch.respondedOnFinish(engine, scanned.log);
   return true;
 }
 

@@ -20,19 +20,37 @@ export interface ResponseWatch {
   readonly scanSignal: AbortSignal;
   /** The scan is over: its outcome is disposed when the response closes. */
   hold(outcome: { dispose(): void }): void;
+  /**
+   * Once the response has finished, `engine.responded(log, statusCode)` (the application's
+   * status for the record), from the watch's one listener: when the response closes after
+   * finishing, as Node's HTTP server does on the tick after 'finish', before the held outcome
+   * is disposed. No 'finish' listener and no closure per request.
+   */
+  respondedOnFinish(engine: Responded, log: object): void;
 }
 
+/** What {@link ResponseWatch.respondedOnFinish} tells (an engine). */
+export interface Responded {
+  /** (A method: the engine's takes its record type, which lives above this layer.) */
+  responded(log: object, status: number): void;
+}
+
+type WatchedResponse = {
+  readonly writableFinished: boolean;
+  readonly statusCode?: number;
+  on(event: 'close', listener: () => void): unknown;
+};
+
 class Watch implements ResponseWatch {
-  readonly #res: { readonly writableFinished: boolean };
+  readonly #res: WatchedResponse;
   readonly #scan = new LightAbortController();
   #controller: AbortController | undefined = undefined;
   #outcome: { dispose(): void } | undefined = undefined;
   #closed = false;
+  #engine: Responded | undefined = undefined;
+  #log: object | undefined = undefined;
 
-  constructor(res: {
-    readonly writableFinished: boolean;
-    on(event: 'close', listener: () => void): unknown;
-  }) {
+  constructor(res: WatchedResponse) {
     this.#res = res;
     res.on('close', this.#onClose);
   }
@@ -54,9 +72,18 @@ class Watch implements ResponseWatch {
     if (!this.#closed) this.#outcome = outcome;
   }
 
+  respondedOnFinish(engine: Responded, log: object): void {
+    if (this.#closed) return;
+    this.#engine = engine;
+    this.#log = log;
+  }
+
   readonly #onClose = (): void => {
     if (this.#closed) return;
     this.#closed = true;
+    const engine = this.#engine;
+    if (engine !== undefined && this.#res.writableFinished)
+      engine.responded(this.#log as object, this.#res.statusCode as number);
     const outcome = this.#outcome;
     if (outcome !== undefined) {
       outcome.dispose();
@@ -68,9 +95,6 @@ class Watch implements ResponseWatch {
   };
 }
 
-export function watchResponse(res: {
-  readonly writableFinished: boolean;
-  on(event: 'close', listener: () => void): unknown;
-}): ResponseWatch {
+export function watchResponse(res: WatchedResponse): ResponseWatch {
   return new Watch(res);
 }
