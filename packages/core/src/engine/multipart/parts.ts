@@ -354,14 +354,23 @@ function partFacts(facts: HttpRequestFacts, part: Part, length: number): HttpReq
 }
 
 /** A Content-Disposition value safe on the wire, with the UTF-8 name in filename* (RFC 6266). */
-function contentDisposition(type: string, name: string): string {
+export function contentDisposition(type: string, name: string): string {
+  if (isPlainName(name)) return `${type}; filename="${name}"`;
   const ascii = name.replace(/[^\x20-\x7e]|["\\]/g, '_');
-  if (ascii === name) return `${type}; filename="${name}"`;
   const encoded = encodeURIComponent(name).replace(
     /['()*]/g,
     (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`,
   );
   return `${type}; filename="${ascii}"; filename*=UTF-8''${encoded}`;
+}
+
+/** Printable ASCII without `"` or `\`: what the replacement above leaves as it is (no regex, no copy). */
+function isPlainName(name: string): boolean {
+  for (let i = 0; i < name.length; i++) {
+    const c = name.charCodeAt(i);
+    if (c < 0x20 || c > 0x7e || c === 0x22 || c === 0x5c) return false;
+  }
+  return true;
 }
 
 /** Names a part's log entry and its violations after the part. */
