@@ -108,8 +108,11 @@ export async function parseMultipart(
   const boundary = boundaryOf(contentType);
   const parser = new MultipartParser(boundary, options.limits);
   const parts: Part[] = [];
+  // What every part's store is made with (the store only reads it): one object per form.
+  const storeOptions = { limit: Number.POSITIVE_INFINITY, retainAll: true, ...options.storage };
   /** The part being read, and the pipe feeding its store once the store writes to a temp file. */
-  let current: { part: Part; pipe: PassThrough | undefined } | undefined;
+  let current: Part | undefined;
+  let pipe: PassThrough | undefined;
   /**
    * Hands the parser's events to the parts, from `from` on. Synchronous unless a spooling store
    * must catch up: then a promise of the rest.
@@ -118,7 +121,7 @@ export async function parseMultipart(
     for (let i = from; i < events.length; i++) {
       const e = events[i]!;
       if (e.type === 'part') {
-        const store = new BodyStore({ limit: Number.POSITIVE_INFINITY, retainAll: true, ...options.storage });
+        const store = new BodyStore(storeOptions);
         const h = e.head;
         const part: Part = {
           index: h.index,
@@ -131,37 +134,39 @@ export async function parseMultipart(
           done: store.whenEnded(),
         };
         parts.push(part);
-        current = { part, pipe: undefined };
+        current = part;
+        pipe = undefined;
         onPart(part);
       } else if (e.type === 'data') {
         if (current === undefined) continue;
-        const store = current.part.store;
+        const store = current.store;
         // A store that failed (its temp file) takes nothing more: the parse ends with its error.
         if (store.error !== undefined) throw store.error;
-        if (current.pipe === undefined && !store.spooled) {
+        if (pipe === undefined && !store.spooled) {
           // In memory: the store takes the bytes as they are (no stream in between).
           store.push(e.data);
           continue;
         }
-        if (current.pipe === undefined) {
+        if (pipe === undefined) {
           // The store moved to a temp file: from now on it is fed through a pipe it pauses
           // while the file is behind (attach()), so writes wait and memory stays bounded
           // however fast the body is read.
-          current.pipe = new PassThrough();
-          store.attach(current.pipe);
+          pipe = new PassThrough();
+          store.attach(pipe);
         }
-        if (!current.pipe.write(e.data)) {
+        if (!pipe.write(e.data)) {
           // The store takes more once its temp file caught up; a store that failed (spool
           // error) never will: its end settles the wait, and its error ends the parse.
-          return Promise.race([drained(current.pipe), current.part.done]).then(() => {
+          return Promise.race([drained(pipe), current.done]).then(() => {
             if (store.error !== undefined) throw store.error;
             return handle(events, i + 1);
           });
         }
       } else if (e.type === 'end-part') {
-        if (current?.pipe !== undefined) current.pipe.end();
-        else current?.part.store.end();
+        if (pipe !== undefined) pipe.end();
+        else current?.store.end();
         current = undefined;
+        pipe = undefined;
       }
     }
     return undefined;
@@ -182,7 +187,7 @@ export async function parseMultipart(
     if (failed !== undefined) throw failed.store.error;
     return parts;
   } catch (err) {
-    current?.pipe?.destroy();
+    pipe?.destroy();
     for (const p of parts) p.store.dispose();
     void source.return?.();
     throw err;

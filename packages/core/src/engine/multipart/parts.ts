@@ -1,15 +1,17 @@
+import type { Readable } from 'node:stream';
 import { IcapError, IcapErrorCodes } from '../../errors.js';
 import { LightAbortController } from '../../light-signal.js';
 import { endToEndHeaders, Headers } from '../../protocol/headers.js';
+import { HELD_REPLAY } from '../body/cursor.js';
 import type { BodyStore } from '../body.js';
-import type { IcapRequestLog } from '../log.js';
+import type { IcapAction, IcapLog, IcapRequestLog } from '../log.js';
 import type { HttpRequestFacts } from '../request.js';
 import { buildResponse } from '../respond.js';
 import { exchange } from '../scan/exchange.js';
-import { base, passBody } from '../scan/outcome.js';
+import { base } from '../scan/outcome.js';
 import { takesFailAction } from '../scan/retry.js';
-import type { ExchangeContext, PartResult, RequestContext, ScanOutcome } from '../types.js';
-import { canonicalForm } from './canonical.js';
+import type { ExchangeContext, PartResult, PassOutcome, RequestContext, ScanOutcome } from '../types.js';
+import { type CanonicalForm, canonicalForm, type HeldForm } from './canonical.js';
 import { type Part, parseMultipart } from './parse.js';
 
 /**
@@ -171,17 +173,15 @@ export async function scanParts(scan: FormScan): Promise<ScanOutcome> {
   headers.push(['content-type', form.contentType], ['content-length', String(form.length)]);
   store.dispose();
   replay.dispose();
+  if (blocked.length === 0 && modified.length === 0) {
+    const action = failed.length > 0 ? 'ICAP_FAILED' : 'ICAP_PASSED';
+    return new FormPass(action, log, form, headers, clientHeaders, disposeParts);
+  }
   const disposeForm = () => {
-    form.body.destroy();
+    form.held.destroy();
     disposeParts();
     for (const r of modified) r.adapted?.dispose();
   };
-  if (blocked.length === 0 && modified.length === 0) {
-    const action = failed.length > 0 ? 'ICAP_FAILED' : 'ICAP_PASSED';
-    const outcome = passBody(action, log, form.body, form.length, clientHeaders, disposeForm);
-    outcome.headers = headers;
-    return outcome;
-  }
   if (blocked.length > 0) {
     log.significance.push('ICAP_BLOCKED', 'PARTS_REMOVED');
     log.removed_parts = blocked.map((r) => {
@@ -201,6 +201,51 @@ export async function scanParts(scan: FormScan): Promise<ScanOutcome> {
     body: form.body,
     contentLength: form.length,
   };
+}
+
+/**
+ * A form passed as it was scanned: the canonical form's stream made only when read (the
+ * adapters take its Buffers through HELD_REPLAY instead, as for a held body: see HeldPass in
+ * scan/outcome.ts). Disposing it destroys the form (its stream, if made) and frees the parts.
+ */
+class FormPass implements PassOutcome {
+  readonly kind = 'pass' as const;
+  readonly action: IcapAction;
+  readonly log: IcapLog;
+  readonly threat: undefined = undefined;
+  readonly responseHeaders: Array<[string, string]>;
+  readonly contentLength: number;
+  readonly headers: Array<[string, string]>;
+  readonly [HELD_REPLAY]: HeldForm;
+  dispose: () => void;
+
+  constructor(
+    action: IcapAction,
+    log: IcapLog,
+    form: CanonicalForm,
+    headers: Array<[string, string]>,
+    responseHeaders: Array<[string, string]>,
+    disposeParts: () => void,
+  ) {
+    this.action = action;
+    this.log = log;
+    this.responseHeaders = responseHeaders;
+    this.contentLength = form.length;
+    this.headers = headers;
+    const held = form.held;
+    this[HELD_REPLAY] = held;
+    let disposed = false;
+    this.dispose = () => {
+      if (disposed) return;
+      disposed = true;
+      held.destroy();
+      disposeParts();
+    };
+  }
+
+  get body(): Readable {
+    return this[HELD_REPLAY].stream;
+  }
 }
 
 /** One part as its own ICAP request. ICAP failures are a result; aborts and client errors throw. */
@@ -309,14 +354,23 @@ function partFacts(facts: HttpRequestFacts, part: Part, length: number): HttpReq
 }
 
 /** A Content-Disposition value safe on the wire, with the UTF-8 name in filename* (RFC 6266). */
-function contentDisposition(type: string, name: string): string {
+export function contentDisposition(type: string, name: string): string {
+  if (isPlainName(name)) return `${type}; filename="${name}"`;
   const ascii = name.replace(/[^\x20-\x7e]|["\\]/g, '_');
-  if (ascii === name) return `${type}; filename="${name}"`;
   const encoded = encodeURIComponent(name).replace(
     /['()*]/g,
     (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`,
   );
   return `${type}; filename="${ascii}"; filename*=UTF-8''${encoded}`;
+}
+
+/** Printable ASCII without `"` or `\`: what the replacement above leaves as it is (no regex, no copy). */
+function isPlainName(name: string): boolean {
+  for (let i = 0; i < name.length; i++) {
+    const c = name.charCodeAt(i);
+    if (c < 0x20 || c > 0x7e || c === 0x22 || c === 0x5c) return false;
+  }
+  return true;
 }
 
 /** Names a part's log entry and its violations after the part. */
