@@ -102,7 +102,10 @@ export async function applyVerdict(
   const { res, adapted } = result;
   const head = res.httpRequest;
   const sameHead = head === null || sameRequestHead(head, sentFacts, ctx.profile.absoluteUri);
-  if (sameHead && (await adapted.identical())) {
+  // Said at once unless both bodies must be read back (no promise to await for an echo in memory).
+  let same = sameHead && adapted.identical();
+  if (same !== true && same !== false) same = await same;
+  if (same) {
     if (entry !== undefined) entry.action = 'ICAP_PASSED';
     if (store?.retaining) {
       // The original is replayed: what was kept of the echo (in hash mode, maybe a temp file) goes.
