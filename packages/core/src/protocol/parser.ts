@@ -236,7 +236,11 @@ export class IcapParser<H extends IcapHead = IcapHead> {
             return;
           }
           if (nl - i > this.#maxChunkLine) throw protocol('chunk-size line too long');
-          this.#readChunkSize(data.toString('latin1', i, data[nl - 1] === CR ? nl - 1 : nl));
+          const lineEnd = data[nl - 1] === CR ? nl - 1 : nl;
+          // A size alone (the common line) read from the bytes; anything else as text.
+          const size = plainHexSize(data, i, lineEnd);
+          if (size >= 0) this.#chunkSize(size, false);
+          else this.#readChunkSize(data.toString('latin1', i, lineEnd));
           i = nl + 1;
           break;
         }
@@ -452,6 +456,10 @@ export class IcapParser<H extends IcapHead = IcapHead> {
         if (ext.trim().toLowerCase() === 'ieof') ieof = true;
       }
     }
+    this.#chunkSize(size, ieof);
+  }
+
+  #chunkSize(size: number, ieof: boolean): void {
     if (size === 0) {
       this.#ieof = ieof;
       this.#trailerBytes = 0;
@@ -467,6 +475,26 @@ export class IcapParser<H extends IcapHead = IcapHead> {
     this.#state = State.Done;
     this.#handler.onEnd(ieof);
   }
+}
+
+/**
+ * The size on a chunk-size line `data[from, to)` that is 1 to 13 hex digits and nothing else
+ * (what `#readChunkSize` reads from such a line), or -1 for any other line.
+ */
+function plainHexSize(data: Buffer, from: number, to: number): number {
+  const n = to - from;
+  if (n < 1 || n > 13) return -1;
+  let size = 0;
+  for (let k = from; k < to; k++) {
+    const c = data[k]!;
+    let d: number;
+    if (c >= 0x30 && c <= 0x39) d = c - 0x30;
+    else if (c >= 0x61 && c <= 0x66) d = c - 0x57;
+    else if (c >= 0x41 && c <= 0x46) d = c - 0x37;
+    else return -1;
+    size = size * 16 + d;
+  }
+  return size;
 }
 
 function protocol(message: string): IcapError {
@@ -512,6 +540,59 @@ const ENCAPSULATED_NAMES: ReadonlySet<string> = new Set([
 export function parseEncapsulated(value: string): EncapsulatedEntry[] {
   // The answer without a message (a 204, most errors): what the general path gives for it.
   if (value === 'null-body=0') return [{ name: 'null-body', offset: 0 }];
+  const entries = canonicalEntries(value) ?? generalEntries(value);
+  const bodyAt = entries.findIndex((e) => e.name.endsWith('-body'));
+  if (bodyAt !== entries.length - 1)
+    throw protocol(`Encapsulated must end with exactly one body entry: ${value}`);
+  if (entries[0]!.offset !== 0) throw protocol(`Encapsulated offsets must start at 0: ${value}`);
+  for (let k = 1; k < entries.length; k++) {
+    if (entries[k]!.offset <= entries[k - 1]!.offset) {
+      throw protocol(`Encapsulated offsets must increase: ${value}`);
+    }
+  }
+  if (
+    entries[0]!.name !== 'req-hdr' &&
+    entries.some((e) => e.name === 'req-hdr') &&
+    entries.some((e) => e.name === 'res-hdr')
+  ) {
+    throw protocol(`Encapsulated req-hdr must come before res-hdr: ${value}`);
+  }
+  return entries;
+}
+
+/**
+ * The entries of a value written as servers write it (`req-hdr=0, req-body=412`: known
+ * lower-case names, each once, decimal offsets of 1 to 10 digits, joined by `, `), read
+ * without splitting or patterns: what generalEntries gives for it. Null for any other value.
+ */
+function canonicalEntries(value: string): EncapsulatedEntry[] | null {
+  const entries: EncapsulatedEntry[] = [];
+  const n = value.length;
+  let i = 0;
+  for (;;) {
+    const eq = value.indexOf('=', i);
+    if (eq <= i) return null;
+    const name = value.slice(i, eq);
+    if (!ENCAPSULATED_NAMES.has(name)) return null;
+    for (const e of entries) if (e.name === name) return null;
+    let j = eq + 1;
+    let offset = 0;
+    while (j < n) {
+      const c = value.charCodeAt(j);
+      if (c < 0x30 || c > 0x39) break;
+      offset = offset * 10 + (c - 0x30);
+      j++;
+    }
+    if (j === eq + 1 || j - eq - 1 > 10) return null;
+    entries.push({ name: name as EncapsulatedName, offset });
+    if (j === n) return entries;
+    if (value.charCodeAt(j) !== 0x2c || value.charCodeAt(j + 1) !== 0x20) return null;
+    i = j + 2;
+  }
+}
+
+/** The entries of any value the syntax allows (names in any case, spaces around each part). */
+function generalEntries(value: string): EncapsulatedEntry[] {
   const entries: EncapsulatedEntry[] = [];
   const seen = new Set<string>();
   for (const part of value.split(',')) {
@@ -524,17 +605,5 @@ export function parseEncapsulated(value: string): EncapsulatedEntry[] {
     entries.push({ name: name as EncapsulatedName, offset: Number(m[2]) });
   }
   if (entries.length === 0) throw protocol('empty Encapsulated header');
-  const bodyAt = entries.findIndex((e) => e.name.endsWith('-body'));
-  if (bodyAt !== entries.length - 1)
-    throw protocol(`Encapsulated must end with exactly one body entry: ${value}`);
-  if (entries[0]!.offset !== 0) throw protocol(`Encapsulated offsets must start at 0: ${value}`);
-  for (let k = 1; k < entries.length; k++) {
-    if (entries[k]!.offset <= entries[k - 1]!.offset) {
-      throw protocol(`Encapsulated offsets must increase: ${value}`);
-    }
-  }
-  if (seen.has('req-hdr') && seen.has('res-hdr') && entries[0]!.name !== 'req-hdr') {
-    throw protocol(`Encapsulated req-hdr must come before res-hdr: ${value}`);
-  }
   return entries;
 }
