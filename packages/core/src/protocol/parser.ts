@@ -237,10 +237,11 @@ export class IcapParser<H extends IcapHead = IcapHead> {
           }
           if (nl - i > this.#maxChunkLine) throw protocol('chunk-size line too long');
           const lineEnd = data[nl - 1] === CR ? nl - 1 : nl;
-          // A size alone (the common line) read from the bytes; anything else as text.
           const size = plainHexSize(data, i, lineEnd);
-          if (size >= 0) this.#chunkSize(size, false);
-          else this.#readChunkSize(data.toString('latin1', i, lineEnd));
+          if (size > 0) {
+            this.#chunkRemaining = size;
+            this.#state = State.ChunkData;
+          } else this.#readChunkSize(data.toString('latin1', i, lineEnd));
           i = nl + 1;
           break;
         }
@@ -456,10 +457,6 @@ export class IcapParser<H extends IcapHead = IcapHead> {
         if (ext.trim().toLowerCase() === 'ieof') ieof = true;
       }
     }
-    this.#chunkSize(size, ieof);
-  }
-
-  #chunkSize(size: number, ieof: boolean): void {
     if (size === 0) {
       this.#ieof = ieof;
       this.#trailerBytes = 0;
@@ -478,24 +475,23 @@ export class IcapParser<H extends IcapHead = IcapHead> {
 }
 
 /**
- * The size on a chunk-size line `data[from, to)` that is 1 to 13 hex digits and nothing else
- * (what `#readChunkSize` reads from such a line), or -1 for any other line.
+ * The size on a chunk-size line `data[from, to)` of 1 to 13 hex digits alone, as #readChunkSize reads it
+ * (#run takes a size above 0 so; 0, the last chunk, goes to #readChunkSize), or -1 for any other line.
  */
 function plainHexSize(data: Buffer, from: number, to: number): number {
-  const n = to - from;
-  if (n < 1 || n > 13) return -1;
+  if (to - from < 1 || to - from > 13) return -1;
   let size = 0;
   for (let k = from; k < to; k++) {
-    const c = data[k]!;
-    let d: number;
-    if (c >= 0x30 && c <= 0x39) d = c - 0x30;
-    else if (c >= 0x61 && c <= 0x66) d = c - 0x57;
-    else if (c >= 0x41 && c <= 0x46) d = c - 0x37;
-    else return -1;
+    const d = HEX_DIGIT[data[k]!]!;
+    if (d < 0) return -1;
     size = size * 16 + d;
   }
   return size;
 }
+
+/** Each byte's value as a hex digit, or -1. */
+const HEX_DIGIT = new Int8Array(256).fill(-1);
+for (let c = 0; c < 22; c++) HEX_DIGIT['0123456789abcdefABCDEF'.charCodeAt(c)] = c < 16 ? c : c - 6;
 
 function protocol(message: string): IcapError {
   return new IcapError(IcapErrorCodes.PROTOCOL, message);
@@ -550,20 +546,15 @@ export function parseEncapsulated(value: string): EncapsulatedEntry[] {
       throw protocol(`Encapsulated offsets must increase: ${value}`);
     }
   }
-  if (
-    entries[0]!.name !== 'req-hdr' &&
-    entries.some((e) => e.name === 'req-hdr') &&
-    entries.some((e) => e.name === 'res-hdr')
-  ) {
+  if (entries[0]!.name === 'res-hdr' && entries.some((e) => e.name === 'req-hdr')) {
     throw protocol(`Encapsulated req-hdr must come before res-hdr: ${value}`);
   }
   return entries;
 }
 
 /**
- * The entries of a value written as servers write it (`req-hdr=0, req-body=412`: known
- * lower-case names, each once, decimal offsets of 1 to 10 digits, joined by `, `), read
- * without splitting or patterns: what generalEntries gives for it. Null for any other value.
+ * The entries of a value as servers write it (`req-hdr=0, req-body=412`: known lower-case names, each once,
+ * 1 to 10 digits, joined by `, `), read by index: what generalEntries gives for it. Null for any other value.
  */
 function canonicalEntries(value: string): EncapsulatedEntry[] | null {
   const entries: EncapsulatedEntry[] = [];
