@@ -7,7 +7,7 @@
  * dump over n is the cost of one transaction (main thread; other threads apart).
  *
  *   node bench/dist/callgrind-client.js [--body=10240] [--preview=N|none] [--chunk=N] [--c=1]
- *                                       [--warm=1500] [--n=300] [--alloc] [--no-valgrind]
+ *                                       [--warm=1500] [--n=300] [--alloc] [--no-valgrind] [--echo]
  *
  * --body      body bytes (known length); default 10240
  * --preview   preview bytes, or `none` (default: none up to 64 KiB, 5000 above, as rawload.js)
@@ -17,6 +17,7 @@
  * --alloc     also run the client natively with V8's sampling heap profiler (garbage included)
  *             and print the bytes allocated per transaction, with the top allocating functions
  * --no-valgrind  only the allocation figure
+ * --echo      the server answers 200 with the request returned (icap204.js --echo), read to its end
  *
  * Needs valgrind for the instruction count (apt-get install valgrind). The figure moves by up to
  * ±15% from run to run (how the native server's answers fall into the counted process's event
@@ -45,7 +46,7 @@ interface Params {
 
 function parseArgs(
   argv: string[],
-): Params & { alloc: boolean; valgrind: boolean; child: string | undefined } {
+): Params & { alloc: boolean; valgrind: boolean; echo: boolean; child: string | undefined } {
   const p = {
     body: 10 * 1024,
     preview: undefined as number | false | undefined,
@@ -54,6 +55,7 @@ function parseArgs(
     warm: 1500,
     n: 300,
     alloc: false,
+    echo: false,
     valgrind: true,
     child: undefined as string | undefined,
   };
@@ -67,6 +69,7 @@ function parseArgs(
     else if (k === '--n') p.n = Number(v);
     else if (k === '--alloc') p.alloc = true;
     else if (k === '--no-valgrind') p.valgrind = false;
+    else if (k === '--echo') p.echo = true;
     else if (k === '--child') p.child = v;
     else throw new Error(`unknown argument ${a}`);
   }
@@ -125,7 +128,7 @@ async function clientMain(url: string, p: ReturnType<typeof parseArgs>): Promise
       timeout: 2_147_483_647,
     });
     if (isSkipped(res)) throw new Error('transfer-ignore');
-    if (res.status !== 204) throw new Error(`ICAP status ${res.status}`);
+    if (res.status !== (p.echo ? 200 : 204)) throw new Error(`ICAP status ${res.status}`);
     res.body?.resume();
     await res.done;
   };
@@ -259,6 +262,7 @@ function childArgs(p: ReturnType<typeof parseArgs>, url: string, mode: string): 
   return [
     join(HERE, 'callgrind-client.js'),
     `--child=${mode}`,
+    ...(p.echo ? ['--echo'] : []),
     `--body=${p.body}`,
     `--preview=${p.preview === false ? 'none' : p.preview}`,
     `--chunk=${p.chunk}`,
@@ -270,9 +274,11 @@ function childArgs(p: ReturnType<typeof parseArgs>, url: string, mode: string): 
 }
 
 async function parentMain(p: ReturnType<typeof parseArgs>): Promise<void> {
-  const icap = await startChild(process.execPath, [join(HERE, 'icap204.js')], { timeoutMs: 20_000 });
+  const icap = await startChild(process.execPath, [join(HERE, 'icap204.js'), ...(p.echo ? ['--echo'] : [])], {
+    timeoutMs: 20_000,
+  });
   const url = `icap://127.0.0.1:${icap.ready.port as number}`;
-  const label = `${p.body} B body, preview ${p.preview === false ? 'none' : p.preview}, ${p.chunk > 0 ? `${p.chunk} B chunks` : 'one Buffer'}, c=${p.c}`;
+  const label = `${p.echo ? 'echo, ' : ''}${p.body} B body, preview ${p.preview === false ? 'none' : p.preview}, ${p.chunk > 0 ? `${p.chunk} B chunks` : 'one Buffer'}, c=${p.c}`;
   const result: Record<string, unknown> = { ...p };
   try {
     if (p.alloc) {

@@ -136,43 +136,184 @@ export function unquote(v: string): string {
   return v.slice(1, n - 1);
 }
 
+/** The response body's buffer, as a Readable's (`push` says to pause past it). */
+const BODY_HIGH_WATER_MARK = 64 * 1024;
+
 /**
- * The Readable of a response body: `more` when its reader wants more, `destroyed` when it is
- * destroyed (with an IcapError: the destroy's own, or ICAP_ERR_ABORTED around its cause).
+ * Where a response body's chunks go when its reader takes them as they come (see takeBody),
+ * instead of through a Readable: called from the socket's data, in order, synchronously.
  */
-export function responseBody(more: () => void, destroyed: (err: IcapError) => void): Readable {
-  const body = new Readable({
-    highWaterMark: 64 * 1024,
-    read: more,
-    destroy: (err, cb) => {
-      // Destroyed after its end (autoDestroy): the transaction had finished before the end was
-      // pushed, so there is nothing to report (and no error worth its stack trace to build).
-      if (err === null && body.readableEnded) {
-        cb(null);
-        return;
+export interface BodySink {
+  /** The next chunk of the body (a slice of what the socket read: not copied); false: stop (the exchange then fails, as when its Readable is destroyed). */
+  data(chunk: Buffer): boolean;
+  /** The body is complete (and the exchange over). */
+  end(): void;
+  /** The exchange failed before the body's end (the error `done` rejects with). */
+  error(err: IcapError): void;
+}
+
+const OPEN = 0;
+const ENDED = 1;
+const FAILED = 2;
+
+/**
+ * A response body on its way from the transaction to its reader. The Readable the caller sees
+ * (`IcapResponse.body`) is made when first asked for; until then (or instead of it, when the
+ * reader takes the chunks through a BodySink) the chunks wait here. Either way the reader gets
+ * what the Readable would give: the same chunks in order, then the end or the error; holding
+ * more than a Readable's buffer pauses the socket (`push` returns false) until it is read.
+ * `more`: the reader wants more; `destroyed`: the reader gave up before the end (destroyed the
+ * Readable, or abandoned its sink), with an IcapError (its own, or ICAP_ERR_ABORTED).
+ */
+export class AnswerBody {
+  readonly #more: () => void;
+  readonly #destroyed: (err: IcapError) => void;
+  #readable: Readable | null = null;
+  #sink: BodySink | null = null;
+  #held: Buffer[] | null = null;
+  #heldBytes = 0;
+  #state = OPEN;
+  #error: IcapError | null = null;
+
+  constructor(more: () => void, destroyed: (err: IcapError) => void) {
+    this.#more = more;
+    this.#destroyed = destroyed;
+  }
+
+  /** The transaction's next chunk; false when its reader is behind (pause the socket). */
+  push(chunk: Buffer): boolean {
+    if (this.#state !== OPEN) return true;
+    if (this.#readable !== null) return this.#readable.push(chunk);
+    if (this.#sink !== null) {
+      if (!this.#sink.data(chunk)) this.#abandon();
+      return true;
+    }
+    if (this.#held === null) this.#held = [chunk];
+    else this.#held.push(chunk);
+    this.#heldBytes += chunk.length;
+    return this.#heldBytes < BODY_HIGH_WATER_MARK;
+  }
+
+  /** The body is complete. */
+  end(): void {
+    if (this.#state !== OPEN) return;
+    this.#state = ENDED;
+    if (this.#readable !== null) this.#readable.push(null);
+    else this.#sink?.end();
+  }
+
+  /** The exchange failed: the reader gets `err` (a destroyed Readable keeps its own end). */
+  fail(err: IcapError): void {
+    if (this.#state !== OPEN) return;
+    this.#state = FAILED;
+    this.#error = err;
+    this.#held = null;
+    const readable = this.#readable;
+    if (readable !== null) {
+      if (!readable.destroyed) readable.destroy(err);
+    } else {
+      const sink = this.#sink;
+      this.#sink = null;
+      sink?.error(err);
+    }
+  }
+
+  /**
+   * The body as a Readable (made at the first call, with what is held in it), or null once a
+   * sink took it.
+   */
+  readable(): Readable | null {
+    if (this.#readable === null) {
+      if (this.#sink !== null) return null;
+      this.#readable = this.#makeReadable();
+    }
+    return this.#readable;
+  }
+
+  /**
+   * Hands the body to `sink` instead of a Readable: what is held at once, then each chunk as it
+   * comes, then the end or the error. False (and nothing done) when the Readable was made.
+   */
+  take(sink: BodySink): boolean {
+    if (this.#readable !== null || this.#sink !== null) return false;
+    this.#sink = sink;
+    const held = this.#held;
+    this.#held = null;
+    this.#heldBytes = 0;
+    if (held !== null) {
+      for (const chunk of held) {
+        if (!sink.data(chunk)) {
+          this.#abandon();
+          return true;
+        }
       }
-      destroyed(
-        err instanceof IcapError
-          ? err
-          : new IcapError(IcapErrorCodes.ABORTED, 'the ICAP response body was destroyed before its end', {
-              cause: err ?? undefined,
-            }),
-      );
-      cb(err);
-    },
-  });
-  // The body may fail before anyone reads it (a misframed chunk in the same read as the head):
-  // the error stays on the stream for its reader and rejects `done`, and is not an uncaught
-  // 'error' event that would end the process.
-  body.on('error', noop);
-  return body;
+    }
+    if (this.#state === ENDED) sink.end();
+    else if (this.#state === FAILED) {
+      this.#sink = null;
+      sink.error(this.#error!);
+    } else this.#more();
+    return true;
+  }
+
+  /** The sink's reader stops before the end (as destroying the Readable would): the exchange fails. */
+  #abandon(): void {
+    if (this.#sink === null) return;
+    this.#sink = null;
+    // (After the end, as a Readable destroyed before its end was read: the transaction, over, ignores it.)
+    this.#destroyed(
+      new IcapError(IcapErrorCodes.ABORTED, 'the ICAP response body was destroyed before its end'),
+    );
+  }
+
+  #makeReadable(): Readable {
+    const body = new Readable({
+      highWaterMark: BODY_HIGH_WATER_MARK,
+      read: this.#more,
+      destroy: (err, cb) => {
+        // Destroyed after its end (autoDestroy): the transaction had finished before the end was
+        // pushed, so there is nothing to report (and no error worth its stack trace to build).
+        if (err === null && body.readableEnded) {
+          cb(null);
+          return;
+        }
+        // Destroyed by the transaction's failure: it knows already.
+        if (this.#state !== FAILED) {
+          this.#destroyed(
+            err instanceof IcapError
+              ? err
+              : new IcapError(IcapErrorCodes.ABORTED, 'the ICAP response body was destroyed before its end', {
+                  cause: err ?? undefined,
+                }),
+          );
+        }
+        cb(err);
+      },
+    });
+    // The body may fail before anyone reads it (a misframed chunk in the same read as the head):
+    // the error stays on the stream for its reader and rejects `done`, and is not an uncaught
+    // 'error' event that would end the process.
+    body.on('error', noop);
+    const held = this.#held;
+    this.#held = null;
+    this.#heldBytes = 0;
+    if (held !== null) for (const chunk of held) body.push(chunk);
+    if (this.#state === ENDED) body.push(null);
+    else if (this.#state === FAILED) body.destroy(this.#error!);
+    return body;
+  }
+}
+
+/** Hands `res`'s body to `sink` (see AnswerBody.take); false when it has none to hand, or not this way. */
+export function takeBody(res: IcapResponse, sink: BodySink): boolean {
+  return res instanceof FinalResponse && res.takeBody(sink);
 }
 
 /** A final response as the caller gets it; `sent` tells, when asked, whether the whole body had been sent. */
 export function finalResponse(
   head: IcapResponseHead,
   req: TransactionRequest,
-  body: Readable | null,
+  body: AnswerBody | null,
   sent: { readonly completeBodySent: boolean },
   answeredInPreview: boolean,
   connection: ConnectionInfo,
@@ -184,7 +325,8 @@ export function finalResponse(
 /**
  * An IcapResponse: the same fields as the object literal it replaces, `completeBodySent` a
  * getter on the class (a literal with a getter is built on V8's slow path: about 0.8 µs per
- * transaction, against a few ns for a class).
+ * transaction, against a few ns for a class), and `body` one too: its Readable is made when
+ * first read, and not at all when the body goes to a BodySink (takeBody).
  */
 class FinalResponse implements IcapResponse {
   status: number;
@@ -196,7 +338,6 @@ class FinalResponse implements IcapResponse {
   encapsulated: EncapsulatedEntry[] | null;
   httpRequest: IcapResponse['httpRequest'];
   httpResponse: IcapResponse['httpResponse'];
-  body: Readable | null;
   method: IcapRequestMethod;
   requestHeaders: string;
   previewSent: boolean;
@@ -204,11 +345,12 @@ class FinalResponse implements IcapResponse {
   connection: ConnectionInfo;
   done: Promise<TransactionSummary>;
   readonly #sent: { readonly completeBodySent: boolean };
+  readonly #body: AnswerBody | null;
 
   constructor(
     head: IcapResponseHead,
     req: TransactionRequest,
-    body: Readable | null,
+    body: AnswerBody | null,
     sent: { readonly completeBodySent: boolean },
     answeredInPreview: boolean,
     connection: ConnectionInfo,
@@ -224,7 +366,7 @@ class FinalResponse implements IcapResponse {
     this.encapsulated = head.encapsulated;
     this.httpRequest = head.httpRequest;
     this.httpResponse = head.httpResponse;
-    this.body = body;
+    this.#body = body;
     this.method = req.method;
     this.requestHeaders = req.icapHeaders;
     this.previewSent = req.preview !== undefined;
@@ -237,6 +379,16 @@ class FinalResponse implements IcapResponse {
   /** Whether the whole HTTP body had been sent, read when asked (the sending may go on after the head). */
   get completeBodySent(): boolean {
     return this.#sent.completeBodySent;
+  }
+
+  /** The encapsulated body (see IcapResponse); null when there is none, or a BodySink took it. */
+  get body(): Readable | null {
+    return this.#body === null ? null : this.#body.readable();
+  }
+
+  /** See takeBody. */
+  takeBody(sink: BodySink): boolean {
+    return this.#body?.take(sink) === true;
   }
 }
 

@@ -1,15 +1,14 @@
-import type { Readable } from 'node:stream';
 import { fromSocketError, IcapError, IcapErrorCodes } from '../errors.js';
 import { CRLF, chunkHeader, LAST_CHUNK, LAST_CHUNK_IEOF } from '../protocol/encoder.js';
 import { IcapParser, type IcapResponseHead, type ParserHandler } from '../protocol/parser.js';
 import { abortReason } from './abort.js';
 import {
+  AnswerBody,
   asIcapError,
   checkFinalHead,
   closedError,
   connectionInfo,
   finalResponse,
-  responseBody,
   withReceivedHead,
 } from './answer.js';
 import type { Connection, SocketOwner } from './connection.js';
@@ -92,7 +91,7 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
   #pausedForBody = false;
   /** The writer waits for its body source: the server has all it was sent, the stall is not its own. */
   #awaitingSource = false;
-  #body: Readable | null = null;
+  #body: AnswerBody | null = null;
   #finalHead: IcapResponseHead | null = null;
   #iterator: AsyncIterator<Uint8Array> | null = null;
   /**
@@ -459,7 +458,7 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
     if (!keepSending) this.#stopWriting();
     if (head.body !== null && !ignoreBody) {
       const socket = this.#conn.socket;
-      this.#body = responseBody(
+      this.#body = new AnswerBody(
         () => {
           if (this.#pausedForBody) {
             this.#pausedForBody = false;
@@ -467,7 +466,7 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
           }
         },
         (err) => {
-          // The consumer stopped reading (destroy, or a break out of for await).
+          // The consumer stopped reading (destroy, a break out of for await, a sink abandoned).
           if (!this.#finished) this.#fail(err);
         },
       );
@@ -514,7 +513,7 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
       this.#parser.leftover === 0 &&
       conn.usable;
     this.#cleanup();
-    this.#body?.push(null);
+    this.#body?.end();
     const end = this.#lastByteHr || performance.now();
     this.#done.resolve({
       bytesSent: this.#bytesSent,
@@ -581,8 +580,8 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
     this.#conn.destroy();
     if (!this.#responseResolved) {
       this.#response.reject(error);
-    } else if (this.#body !== null && !this.#body.destroyed) {
-      this.#body.destroy(error);
+    } else {
+      this.#body?.fail(error);
     }
     this.#done.reject(error);
     this.#return.release(this.#conn, false);

@@ -86,6 +86,16 @@ export class Headers implements Iterable<[name: string, value: string]> {
     return this.#fields.length;
   }
 
+  /** The lower-cased name of the field at `index` (0 to size - 1), in order: a read without the iterator's pairs. */
+  keyAt(index: number): string {
+    return this.#fields[index]!.key;
+  }
+
+  /** The value of the field at `index` (0 to size - 1), as the iterator gives it. */
+  valueAt(index: number): string {
+    return this.#fields[index]!.value;
+  }
+
   *[Symbol.iterator](): IterableIterator<[string, string]> {
     for (const f of this.#fields) yield [f.name, f.value];
   }

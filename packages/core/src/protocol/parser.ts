@@ -236,7 +236,12 @@ export class IcapParser<H extends IcapHead = IcapHead> {
             return;
           }
           if (nl - i > this.#maxChunkLine) throw protocol('chunk-size line too long');
-          this.#readChunkSize(data.toString('latin1', i, data[nl - 1] === CR ? nl - 1 : nl));
+          const lineEnd = data[nl - 1] === CR ? nl - 1 : nl;
+          const size = plainHexSize(data, i, lineEnd);
+          if (size > 0) {
+            this.#chunkRemaining = size;
+            this.#state = State.ChunkData;
+          } else this.#readChunkSize(data.toString('latin1', i, lineEnd));
           i = nl + 1;
           break;
         }
@@ -469,6 +474,25 @@ export class IcapParser<H extends IcapHead = IcapHead> {
   }
 }
 
+/**
+ * The size on a chunk-size line `data[from, to)` of 1 to 13 hex digits alone, as #readChunkSize reads it
+ * (#run takes a size above 0 so; 0, the last chunk, goes to #readChunkSize), or -1 for any other line.
+ */
+function plainHexSize(data: Buffer, from: number, to: number): number {
+  if (to - from < 1 || to - from > 13) return -1;
+  let size = 0;
+  for (let k = from; k < to; k++) {
+    const d = HEX_DIGIT[data[k]!]!;
+    if (d < 0) return -1;
+    size = size * 16 + d;
+  }
+  return size;
+}
+
+/** Each byte's value as a hex digit, or -1. */
+const HEX_DIGIT = new Int8Array(256).fill(-1);
+for (let c = 0; c < 22; c++) HEX_DIGIT['0123456789abcdefABCDEF'.charCodeAt(c)] = c < 16 ? c : c - 6;
+
 function protocol(message: string): IcapError {
   return new IcapError(IcapErrorCodes.PROTOCOL, message);
 }
@@ -512,6 +536,54 @@ const ENCAPSULATED_NAMES: ReadonlySet<string> = new Set([
 export function parseEncapsulated(value: string): EncapsulatedEntry[] {
   // The answer without a message (a 204, most errors): what the general path gives for it.
   if (value === 'null-body=0') return [{ name: 'null-body', offset: 0 }];
+  const entries = canonicalEntries(value) ?? generalEntries(value);
+  const bodyAt = entries.findIndex((e) => e.name.endsWith('-body'));
+  if (bodyAt !== entries.length - 1)
+    throw protocol(`Encapsulated must end with exactly one body entry: ${value}`);
+  if (entries[0]!.offset !== 0) throw protocol(`Encapsulated offsets must start at 0: ${value}`);
+  for (let k = 1; k < entries.length; k++) {
+    if (entries[k]!.offset <= entries[k - 1]!.offset) {
+      throw protocol(`Encapsulated offsets must increase: ${value}`);
+    }
+  }
+  if (entries[0]!.name === 'res-hdr' && entries.some((e) => e.name === 'req-hdr')) {
+    throw protocol(`Encapsulated req-hdr must come before res-hdr: ${value}`);
+  }
+  return entries;
+}
+
+/**
+ * The entries of a value as servers write it (`req-hdr=0, req-body=412`: known lower-case names, each once,
+ * 1 to 10 digits, joined by `, `), read by index: what generalEntries gives for it. Null for any other value.
+ */
+function canonicalEntries(value: string): EncapsulatedEntry[] | null {
+  const entries: EncapsulatedEntry[] = [];
+  const n = value.length;
+  let i = 0;
+  for (;;) {
+    const eq = value.indexOf('=', i);
+    if (eq <= i) return null;
+    const name = value.slice(i, eq);
+    if (!ENCAPSULATED_NAMES.has(name)) return null;
+    for (const e of entries) if (e.name === name) return null;
+    let j = eq + 1;
+    let offset = 0;
+    while (j < n) {
+      const c = value.charCodeAt(j);
+      if (c < 0x30 || c > 0x39) break;
+      offset = offset * 10 + (c - 0x30);
+      j++;
+    }
+    if (j === eq + 1 || j - eq - 1 > 10) return null;
+    entries.push({ name: name as EncapsulatedName, offset });
+    if (j === n) return entries;
+    if (value.charCodeAt(j) !== 0x2c || value.charCodeAt(j + 1) !== 0x20) return null;
+    i = j + 2;
+  }
+}
+
+/** The entries of any value the syntax allows (names in any case, spaces around each part). */
+function generalEntries(value: string): EncapsulatedEntry[] {
   const entries: EncapsulatedEntry[] = [];
   const seen = new Set<string>();
   for (const part of value.split(',')) {
@@ -524,17 +596,5 @@ export function parseEncapsulated(value: string): EncapsulatedEntry[] {
     entries.push({ name: name as EncapsulatedName, offset: Number(m[2]) });
   }
   if (entries.length === 0) throw protocol('empty Encapsulated header');
-  const bodyAt = entries.findIndex((e) => e.name.endsWith('-body'));
-  if (bodyAt !== entries.length - 1)
-    throw protocol(`Encapsulated must end with exactly one body entry: ${value}`);
-  if (entries[0]!.offset !== 0) throw protocol(`Encapsulated offsets must start at 0: ${value}`);
-  for (let k = 1; k < entries.length; k++) {
-    if (entries[k]!.offset <= entries[k - 1]!.offset) {
-      throw protocol(`Encapsulated offsets must increase: ${value}`);
-    }
-  }
-  if (seen.has('req-hdr') && seen.has('res-hdr') && entries[0]!.name !== 'req-hdr') {
-    throw protocol(`Encapsulated req-hdr must come before res-hdr: ${value}`);
-  }
   return entries;
 }

@@ -1,5 +1,8 @@
 import { createHash, type Hash } from 'node:crypto';
 import { finished, Readable } from 'node:stream';
+import { type BodySink, takeBody } from '../../client/answer.js';
+import type { IcapResponse } from '../../client/transaction-types.js';
+import type { IcapError } from '../../errors.js';
 import { BodyStore } from './store.js';
 
 /**
@@ -113,8 +116,29 @@ export class AdaptedBody {
     });
   }
 
-  /** True when the returned body is byte for byte the original one. */
-  async identical(): Promise<boolean> {
+  /**
+   * Reads `res`'s body (if it has one) to its end into this one, as readAll reads `res.body`,
+   * without its Readable: the transaction hands each chunk over as the socket reads it (see
+   * takeBody). Undefined when that is over at once (the whole body came with the head), else a
+   * promise; an error, as readAll's, rejects. `res.body` is not to be read after this.
+   */
+  readAnswer(
+    res: IcapResponse,
+    received: (bytes: number) => void,
+    tooLarge: () => Error,
+  ): Promise<void> | undefined {
+    const reader = new AnswerReader(this, received, tooLarge);
+    if (takeBody(res, reader)) return reader.settled();
+    // No body, or its Readable was made already: read that.
+    const body = res.body;
+    return body === null ? undefined : this.readAll(body, received, tooLarge);
+  }
+
+  /**
+   * True when the returned body is byte for byte the original one: said at once (a boolean)
+   * when that needs no read, else a promise (both are read back from a temp file).
+   */
+  identical(): boolean | Promise<boolean> {
     const original = this.#original;
     if (original === null) return this.#offset === 0;
     if (!original.ended || this.#offset !== original.received) return false;
@@ -152,6 +176,71 @@ export class AdaptedBody {
   dispose(): void {
     this.#disposed = true;
     this.#stored?.dispose();
+  }
+}
+
+const READING = 0;
+const READ = 1;
+const FAILED = 2;
+
+/** AdaptedBody.readAnswer's sink: what readAll does for each chunk, the end and an error. */
+class AnswerReader implements BodySink {
+  readonly #adapted: AdaptedBody;
+  readonly #received: (bytes: number) => void;
+  readonly #tooLarge: () => Error;
+  #state = READING;
+  #error: unknown = undefined;
+  #resolve: (() => void) | null = null;
+  #reject: ((err: unknown) => void) | null = null;
+
+  constructor(adapted: AdaptedBody, received: (bytes: number) => void, tooLarge: () => Error) {
+    this.#adapted = adapted;
+    this.#received = received;
+    this.#tooLarge = tooLarge;
+  }
+
+  data(chunk: Buffer): boolean {
+    if (this.#state !== READING) return false;
+    try {
+      this.#received(chunk.length);
+      if (this.#adapted.write(chunk)) return true;
+      this.#settle(this.#tooLarge());
+    } catch (err) {
+      this.#settle(err);
+    }
+    return false;
+  }
+
+  end(): void {
+    this.#settle(null);
+  }
+
+  error(err: IcapError): void {
+    this.#settle(err);
+  }
+
+  /** Undefined when read to the end already; else a promise of the end (or the error). */
+  settled(): Promise<void> | undefined {
+    if (this.#state === READ) return undefined;
+    if (this.#state === FAILED) return Promise.reject(this.#error);
+    return new Promise<void>((resolve, reject) => {
+      this.#resolve = resolve;
+      this.#reject = reject;
+    });
+  }
+
+  #settle(err: unknown): void {
+    if (this.#state !== READING) return;
+    if (err === null) {
+      this.#state = READ;
+      this.#resolve?.();
+    } else {
+      this.#state = FAILED;
+      this.#error = err;
+      this.#reject?.(err);
+    }
+    this.#resolve = null;
+    this.#reject = null;
   }
 }
 

@@ -274,17 +274,18 @@ class Exchange implements WatchHooks, TriedServers {
           spoolDir: p.spoolDir,
         });
         try {
-          if (res.body !== null) {
-            await adapted.readAll(
-              res.body,
-              (bytes) => watch.received(bytes),
-              () =>
-                new IcapError(
-                  IcapErrorCodes.BODY_TOO_LARGE,
-                  `the body returned by the ICAP server is larger than bufferSize (${p.bufferSize} bytes)`,
-                ),
-            );
-          }
+          // The returned body as the transaction reads it (no Readable), when it has one;
+          // nothing to wait for when it came whole with the head.
+          const reading = adapted.readAnswer(
+            res,
+            (bytes) => watch.received(bytes),
+            () =>
+              new IcapError(
+                IcapErrorCodes.BODY_TOO_LARGE,
+                `the body returned by the ICAP server is larger than bufferSize (${p.bufferSize} bytes)`,
+              ),
+          );
+          if (reading !== undefined) await reading;
           entry.latency = String(Math.round((await res.done).latencyMs));
           watch.stop();
           // Whether the returned body equals the original can only be said once the original is complete.

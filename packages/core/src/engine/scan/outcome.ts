@@ -1,7 +1,14 @@
 import type { Readable } from 'node:stream';
 import type { IcapResponse } from '../../client/transaction.js';
 import { type IcapError, type IcapErrorCode, IcapErrorCodes } from '../../errors.js';
-import { endToEndHeaders, isSafeFieldValue, isToken } from '../../protocol/headers.js';
+import {
+  connectionNamed,
+  endToEndHeaders,
+  type Headers,
+  HOP_BY_HOP_FIELDS,
+  isSafeFieldValue,
+  isToken,
+} from '../../protocol/headers.js';
 import { type Cursor, HELD_REPLAY, LazyReplay } from '../body/cursor.js';
 import type { BodyStore } from '../body.js';
 import { httpMethodEnum, type IcapAction, type IcapLog, type Significance } from '../log.js';
@@ -102,7 +109,10 @@ export async function applyVerdict(
   const { res, adapted } = result;
   const head = res.httpRequest;
   const sameHead = head === null || sameRequestHead(head, sentFacts, ctx.profile.absoluteUri);
-  if (sameHead && (await adapted.identical())) {
+  // Said at once unless both bodies must be read back (no promise to await for an echo in memory).
+  let same = sameHead && adapted.identical();
+  if (same !== true && same !== false) same = await same;
+  if (same) {
     if (entry !== undefined) entry.action = 'ICAP_PASSED';
     if (store?.retaining) {
       // The original is replayed: what was kept of the echo (in hash mode, maybe a temp file) goes.
@@ -488,34 +498,46 @@ function comparableHeaders(pairs: Iterable<readonly [string, string]>): string[]
 }
 
 /**
- * Whether the comparable fields of `a` and `b` are the same in the same order (as an echo
- * returns them), without building or sorting anything. True implies the sorted comparison
- * below is true too; false says nothing (it decides then).
+ * Whether the comparable fields of `a` and the end-to-end comparable fields of `sentPairs`
+ * (endToEndHeaders(sentPairs), filtered here) are the same in the same order (as an echo
+ * returns them), without building or sorting anything, `a` read by index (its names lower-cased
+ * already). True implies the sorted comparison below is true too; false says nothing (it
+ * decides then).
  */
-function sameFieldsInOrder(
-  a: Iterable<readonly [string, string]>,
-  b: ReadonlyArray<readonly [string, string]>,
-): boolean {
+function sameFieldsInOrder(a: Headers, sentPairs: ReadonlyArray<readonly [string, string]>): boolean {
+  const named = connectionNamed(sentPairs);
+  const n = a.size;
   let j = 0;
-  for (const [name, value] of a) {
-    const key = name.toLowerCase();
+  for (let i = 0; i < n; i++) {
+    const key = a.keyAt(i);
     if (!comparable(key)) continue;
     let other: readonly [string, string] | undefined;
-    while (j < b.length) {
-      const candidate = b[j++]!;
-      if (comparable(candidate[0].toLowerCase())) {
+    let otherKey = '';
+    while (j < sentPairs.length) {
+      const candidate = sentPairs[j++]!;
+      const k = candidate[0].toLowerCase();
+      if (endToEnd(k, named) && comparable(k)) {
         other = candidate;
+        otherKey = k;
         break;
       }
     }
-    if (other === undefined || other[0].toLowerCase() !== key || other[1].trim() !== value.trim())
-      return false;
+    if (other === undefined || otherKey !== key || other[1].trim() !== a.valueAt(i).trim()) return false;
   }
-  while (j < b.length) if (comparable(b[j++]![0].toLowerCase())) return false;
+  while (j < sentPairs.length) {
+    const k = sentPairs[j++]![0].toLowerCase();
+    if (endToEnd(k, named) && comparable(k)) return false;
+  }
   return true;
 }
 
-function sameRequestHead(
+/** What endToEndHeaders keeps of a field (`key` lower-cased; `named`: what Connection names). */
+function endToEnd(key: string, named: ReadonlySet<string>): boolean {
+  return !key.startsWith(':') && !HOP_BY_HOP_FIELDS.has(key) && !named.has(key);
+}
+
+/** Whether a returned request head is the one sent (an echo's): the fields compared, in order or not. Exported for tests. */
+export function sameRequestHead(
   head: NonNullable<IcapResponse['httpRequest']>,
   facts: HttpRequestFacts,
   absolute: boolean,
@@ -523,10 +545,9 @@ function sameRequestHead(
   if (head.method.toUpperCase() !== facts.method) return false;
   const sentTarget = absolute ? absoluteTarget(facts) : facts.target;
   if (head.target !== sentTarget && originForm(head.target) !== originForm(facts.target)) return false;
-  const sent = endToEndHeaders(facts.headerPairs);
-  if (sameFieldsInOrder(head.headers, sent)) return true;
+  if (sameFieldsInOrder(head.headers, facts.headerPairs)) return true;
   const a = comparableHeaders(head.headers);
-  const b = comparableHeaders(sent);
+  const b = comparableHeaders(endToEndHeaders(facts.headerPairs));
   return a.length === b.length && a.every((x, i) => x === b[i]);
 }
 
