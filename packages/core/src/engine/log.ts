@@ -163,7 +163,7 @@ export function poolIdentity(name: string): { name: { val: string; crc32: number
  * request (the ICAP head sent for one kind of request, a server's 204 answer), and comparing a
  * block with the one kept costs less than lower-casing it again. Keyed by the block's text and
  * the set of names (a profile's own, fixed once resolved); a pure function's results, so a hit
- * returns exactly what the redaction would.
+ * returns exactly what the redaction would. Only blocks in which nothing was redacted are kept.
  */
 const REDACTED_SLOTS = 4;
 const redactedRaw: string[] = ['', '', '', ''];
@@ -177,8 +177,9 @@ export function redactHeaderBlock(raw: string, names: ReadonlySet<string>): stri
   for (let i = 0; i < REDACTED_SLOTS; i++)
     if (redactedNames[i] === names && redactedRaw[i] === raw) return redactedOut[i]!;
   const out = redactBlock(raw, names);
-  // Long blocks are not kept (no large strings held for the process's life).
-  if (raw.length <= 2048) {
+  // Kept only when nothing was redacted (a block holding a secret value is never kept past its
+  // request) and short (no large strings held for the process's life).
+  if (out === raw && raw.length <= 2048) {
     const at = redactedNext;
     redactedNext = (at + 1) % REDACTED_SLOTS;
     redactedRaw[at] = raw;
