@@ -237,6 +237,12 @@ export class StoreReplay extends Readable {
  */
 export const HELD_REPLAY: unique symbol = Symbol.for('icapkit.outcome.heldReplay') as never;
 
+/** What a LazyReplay replays: a store's cursor, or a canonical form's reader. */
+export type HeldSource = AsyncIterator<Buffer> & {
+  return(): Promise<IteratorResult<Buffer>>;
+  takeAll(): Buffer[] | undefined;
+};
+
 /**
  * The replay of a held body as a pass outcome gives it out: its {@link StoreReplay} made only
  * when `stream` is read. The adapters' hand-off takes a body complete in memory through
@@ -245,11 +251,11 @@ export const HELD_REPLAY: unique symbol = Symbol.for('icapkit.outcome.heldReplay
  * stream is a destroyed one when it is asked for, as it would have been.
  */
 export class LazyReplay {
-  readonly #cursor: Cursor;
+  readonly #cursor: HeldSource;
   #stream: StoreReplay | null = null;
   #destroyed = false;
 
-  constructor(cursor: Cursor) {
+  constructor(cursor: HeldSource) {
     this.#cursor = cursor;
   }
 
@@ -285,9 +291,4 @@ export class LazyReplay {
     if (this.#destroyed) return undefined;
     return this.#cursor.takeAll();
   }
-}
-
-/** A readable stream of what `it` yields, read on demand. */
-export function readableOf(it: AsyncIterator<Buffer>): Readable {
-  return new StoreReplay(it);
 }

@@ -1,6 +1,6 @@
 import { randomFillSync } from 'node:crypto';
 import type { Readable } from 'node:stream';
-import { readableOf, TAKE_HELD } from '../body/cursor.js';
+import { LazyReplay } from '../body/cursor.js';
 import type { BodyStore } from '../body.js';
 import type { Part } from './parse.js';
 
@@ -23,7 +23,7 @@ export interface CanonicalForm {
    * The form as the hand-off takes it (node/handoff.ts's HeldBody): its Buffers at once when
    * every part is held whole in memory, else `stream` (the same one as `body`).
    */
-  readonly held: HeldForm;
+  readonly held: LazyReplay;
   length: number;
   boundary: string;
   /** `multipart/form-data; boundary=...` for the request the application gets. */
@@ -111,13 +111,13 @@ export function canonicalForm(parts: RebuiltPart[], boundary = freshBoundary()):
 
 /** A canonical form: its stream made only when read (most forms are handed over as Buffers). */
 class Form implements CanonicalForm {
-  readonly held: HeldForm;
+  readonly held: LazyReplay;
   readonly length: number;
   readonly boundary: string;
   readonly contentType: string;
 
   constructor(reader: FormReader, length: number, boundary: string) {
-    this.held = new HeldForm(reader);
+    this.held = new LazyReplay(reader);
     this.length = length;
     this.boundary = boundary;
     this.contentType = `multipart/form-data; boundary=${boundary}`;
@@ -125,54 +125,6 @@ class Form implements CanonicalForm {
 
   get body(): Readable {
     return this.held.stream;
-  }
-}
-
-/**
- * The form's reader as the hand-off takes it (node/handoff.ts's HeldBody, as the engine's
- * LazyReplay for a held body): the Buffers at once through TAKE_HELD while nothing was read,
- * else `stream`, the replay stream made at its first use. Destroyed before the stream was made,
- * the stream is a destroyed one when it is asked for, as it would have been.
- */
-export class HeldForm {
-  readonly #reader: FormReader;
-  #stream: Readable | null = null;
-  #destroyed = false;
-
-  constructor(reader: FormReader) {
-    this.#reader = reader;
-  }
-
-  get stream(): Readable {
-    let stream = this.#stream;
-    if (stream === null) {
-      stream = readableOf(this.#reader);
-      this.#stream = stream;
-      if (this.#destroyed) stream.destroy();
-    }
-    return stream;
-  }
-
-  get destroyed(): boolean {
-    return this.#stream === null ? this.#destroyed : this.#stream.destroyed;
-  }
-
-  /** What disposing the form did to its stream: destroyed unless read to its end. */
-  destroy(): void {
-    const stream = this.#stream;
-    if (stream === null) {
-      if (this.#destroyed) return;
-      this.#destroyed = true;
-      void this.#reader.return();
-    } else if (!stream.readableEnded) stream.destroy();
-  }
-
-  /** The stream's TAKE_HELD, without the stream when it was not made. */
-  [TAKE_HELD](): Buffer[] | undefined {
-    const stream = this.#stream;
-    if (stream !== null) return (stream as Readable & { [TAKE_HELD](): Buffer[] | undefined })[TAKE_HELD]();
-    if (this.#destroyed) return undefined;
-    return this.#reader.takeAll();
   }
 }
 

@@ -2,7 +2,7 @@ import type { Readable } from 'node:stream';
 import { IcapError, IcapErrorCodes } from '../../errors.js';
 import { LightAbortController } from '../../light-signal.js';
 import { endToEndHeaders, Headers } from '../../protocol/headers.js';
-import { HELD_REPLAY } from '../body/cursor.js';
+import { HELD_REPLAY, type LazyReplay } from '../body/cursor.js';
 import type { BodyStore } from '../body.js';
 import type { IcapAction, IcapLog, IcapRequestLog } from '../log.js';
 import type { HttpRequestFacts } from '../request.js';
@@ -11,7 +11,7 @@ import { exchange } from '../scan/exchange.js';
 import { base } from '../scan/outcome.js';
 import { takesFailAction } from '../scan/retry.js';
 import type { ExchangeContext, PartResult, PassOutcome, RequestContext, ScanOutcome } from '../types.js';
-import { type CanonicalForm, canonicalForm, type HeldForm } from './canonical.js';
+import { type CanonicalForm, canonicalForm } from './canonical.js';
 import { type Part, parseMultipart } from './parse.js';
 
 /**
@@ -216,7 +216,7 @@ class FormPass implements PassOutcome {
   readonly responseHeaders: Array<[string, string]>;
   readonly contentLength: number;
   readonly headers: Array<[string, string]>;
-  readonly [HELD_REPLAY]: HeldForm;
+  readonly [HELD_REPLAY]: LazyReplay;
   dispose: () => void;
 
   constructor(
