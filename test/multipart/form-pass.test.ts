@@ -18,6 +18,7 @@ import {
 } from '@icapkit/core';
 import { eicar, type IcapTestServer, startIcapServer } from '@icapkit/testing';
 import { afterEach, describe, expect, it } from 'vitest';
+import { emittedSoon, readBody } from '../../packages/core/test/engine/held-body.js';
 import { multipart } from '../support/http-client.js';
 
 /** How the handler hands the outcome's body to the request, and when it disposes of it. */
@@ -48,41 +49,6 @@ afterEach(async () => {
   outcomes.length = 0;
   givenStream.length = 0;
 });
-
-/** Reads `req` with a deadline. */
-async function readAll(req: Readable, ms = 5000): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    await Promise.race([
-      new Promise<void>((resolve, reject) => {
-        req.on('data', (c: Buffer) => chunks.push(c));
-        req.once('end', resolve);
-        req.once('error', reject);
-      }),
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error('the body did not end in time')), ms);
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
-  return Buffer.concat(chunks);
-}
-
-/** What `req` emits over a few turns of the event loop (a disposed body must give nothing). */
-async function emittedSoon(req: Readable, turns = 5): Promise<{ chunks: number; ended: boolean }> {
-  let chunks = 0;
-  let ended = false;
-  req.on('data', () => {
-    chunks++;
-  });
-  req.once('end', () => {
-    ended = true;
-  });
-  for (let i = 0; i < turns; i++) await new Promise((r) => setImmediate(r));
-  return { chunks, ended };
-}
 
 async function setup(profile: Partial<IcapProfile> = {}, icapUp = true): Promise<string> {
   icap = await startIcapServer({});
@@ -126,7 +92,7 @@ async function setup(profile: Partial<IcapProfile> = {}, icapUp = true): Promise
       res.end(JSON.stringify({ bytes: '', headers: req.headers, emitted }));
       return;
     }
-    const bytes = await readAll(req);
+    const { bytes } = await readBody(req);
     outcome.dispose();
     res.writeHead(200, { 'content-type': 'application/json' });
     res.end(JSON.stringify({ bytes: bytes.toString('hex'), headers: req.headers }));
