@@ -1,16 +1,14 @@
-import type { Readable } from 'node:stream';
 import { IcapError, IcapErrorCodes } from '../../errors.js';
 import { LightAbortController } from '../../light-signal.js';
 import { endToEndHeaders, Headers } from '../../protocol/headers.js';
-import { HELD_REPLAY, type LazyReplay } from '../body/cursor.js';
 import type { BodyStore } from '../body.js';
 import type { IcapAction, IcapLog, IcapRequestLog } from '../log.js';
 import type { HttpRequestFacts } from '../request.js';
 import { buildResponse } from '../respond.js';
 import { exchange } from '../scan/exchange.js';
-import { base } from '../scan/outcome.js';
+import { base, ReplayPass } from '../scan/outcome.js';
 import { takesFailAction } from '../scan/retry.js';
-import type { ExchangeContext, PartResult, PassOutcome, RequestContext, ScanOutcome } from '../types.js';
+import type { ExchangeContext, PartResult, RequestContext, ScanOutcome } from '../types.js';
 import { type CanonicalForm, canonicalForm } from './canonical.js';
 import { type Part, parseMultipart } from './parse.js';
 
@@ -205,19 +203,11 @@ export async function scanParts(scan: FormScan): Promise<ScanOutcome> {
 
 /**
  * A form passed as it was scanned: the canonical form's stream made only when read (the
- * adapters take its Buffers through HELD_REPLAY instead, as for a held body: see HeldPass in
- * scan/outcome.ts). Disposing it destroys the form (its stream, if made) and frees the parts.
+ * adapters take its Buffers through HELD_REPLAY instead, as for a held body). Disposing it
+ * destroys the form (its stream, if made) and frees the parts.
  */
-class FormPass implements PassOutcome {
-  readonly kind = 'pass' as const;
-  readonly action: IcapAction;
-  readonly log: IcapLog;
-  readonly threat: undefined = undefined;
-  readonly responseHeaders: Array<[string, string]>;
-  readonly contentLength: number;
+class FormPass extends ReplayPass {
   readonly headers: Array<[string, string]>;
-  readonly [HELD_REPLAY]: LazyReplay;
-  dispose: () => void;
 
   constructor(
     action: IcapAction,
@@ -227,24 +217,12 @@ class FormPass implements PassOutcome {
     responseHeaders: Array<[string, string]>,
     disposeParts: () => void,
   ) {
-    this.action = action;
-    this.log = log;
-    this.responseHeaders = responseHeaders;
-    this.contentLength = form.length;
-    this.headers = headers;
     const held = form.held;
-    this[HELD_REPLAY] = held;
-    let disposed = false;
-    this.dispose = () => {
-      if (disposed) return;
-      disposed = true;
+    super(action, log, held, form.length, responseHeaders, () => {
       held.destroy();
       disposeParts();
-    };
-  }
-
-  get body(): Readable {
-    return this[HELD_REPLAY].stream;
+    });
+    this.headers = headers;
   }
 }
 

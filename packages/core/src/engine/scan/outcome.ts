@@ -374,14 +374,15 @@ export function pass(
       contentLength: undefined,
     };
   }
-  return new HeldPass(action, log, store, responseHeaders);
+  return heldPass(action, log, store, responseHeaders);
 }
 
 /**
- * The common outcome of a scan: a pass with the held body, as one object. `body` (its replay
- * stream) is made only when read: the adapters take the held bytes through HELD_REPLAY instead.
+ * A pass with a held body as one object (the common outcome of a scan, and a form passed as it
+ * was scanned). `body` (its replay stream) is made only when read: the adapters take the held
+ * bytes through HELD_REPLAY instead. `free` runs once, at the first dispose.
  */
-class HeldPass implements PassOutcome {
+export class ReplayPass implements PassOutcome {
   readonly kind = 'pass' as const;
   readonly action: IcapAction;
   readonly log: IcapLog;
@@ -391,27 +392,46 @@ class HeldPass implements PassOutcome {
   readonly [HELD_REPLAY]: LazyReplay;
   dispose: () => void;
 
-  constructor(action: IcapAction, log: IcapLog, store: BodyStore, responseHeaders: Array<[string, string]>) {
+  constructor(
+    action: IcapAction,
+    log: IcapLog,
+    replay: LazyReplay,
+    contentLength: number,
+    responseHeaders: Array<[string, string]>,
+    free: () => void,
+  ) {
     this.action = action;
     this.log = log;
     this.responseHeaders = responseHeaders;
-    // Open the replay first: its reader keeps the bytes that release() would otherwise drop.
-    const replay = new LazyReplay(store.open() as Cursor);
+    this.contentLength = contentLength;
     this[HELD_REPLAY] = replay;
-    this.contentLength = store.received;
-    store.release();
     let disposed = false;
     this.dispose = () => {
       if (disposed) return;
       disposed = true;
-      store.dispose();
-      replay.destroy();
+      free();
     };
   }
 
   get body(): Readable {
     return this[HELD_REPLAY].stream;
   }
+}
+
+/** The held body's pass: its replay opened first (its reader keeps the bytes that release() drops). */
+function heldPass(
+  action: IcapAction,
+  log: IcapLog,
+  store: BodyStore,
+  responseHeaders: Array<[string, string]>,
+): ReplayPass {
+  const replay = new LazyReplay(store.open() as Cursor);
+  const contentLength = store.received;
+  store.release();
+  return new ReplayPass(action, log, replay, contentLength, responseHeaders, () => {
+    store.dispose();
+    replay.destroy();
+  });
 }
 
 /** Continue to the application with another body than the request's own (`dispose` frees what it holds). */
