@@ -1,11 +1,12 @@
 /**
  * One benchmark application, run as its own process so its RSS and CPU are its own.
  *
- *   node dist/app.js <express|fastify|koa|hono> [icap-url service]
+ *   node dist/app.js <express|fastify|koa|hono> [icap-url service [--hold-floor]]
  *
  * Without an ICAP URL it is the "no scanning" ceiling (and Squid's origin). With one, icapkit's
  * middleware for that framework scans every POST with the default profile (plus the JSON in
- * BENCH_PROFILE, if set). Routes:
+ * BENCH_PROFILE, if set). With `--hold-floor` (Express, Fastify, Koa) icapkit is replaced by
+ * holdfloor.ts: the least an in-process ICAP middleware can do per request. Routes:
  *
  *   POST /upload   reads the body as a stream into a SHA-1 and answers 200 with the digest
  *   GET  /__stats  { rss, hwm, cpu, stages, icap: engine.status() } (never scanned): `cpu` is
@@ -29,16 +30,20 @@ import Fastify from 'fastify';
 import { Hono } from 'hono';
 import Koa from 'koa';
 import { BodyDigest } from './bodies.js';
+import { HoldFloor, holdAndAsk } from './holdfloor.js';
 import { StageTotals } from './stages.js';
 import { memOf } from './util.js';
 
-const [framework, icapUrl, service] = process.argv.slice(2);
+const [framework, icapUrl, service, mode] = process.argv.slice(2);
+/** The hold-and-ask floor instead of icapkit (`--hold-floor`). */
+const hold =
+  mode === '--hold-floor' && icapUrl !== undefined ? new HoldFloor(icapUrl, service ?? '/avscan') : undefined;
 const BODY_LIMIT = 256 * 1024 * 1024;
 /** Per-stage CPU and wall time of the scan, from the engine's stage channel (opt-in: it costs a few µs). */
 const stageTotals = process.env.BENCH_STAGES === '1' ? StageTotals.subscribe() : undefined;
 
 function profile(): IcapProfile | null {
-  if (icapUrl === undefined) return null;
+  if (icapUrl === undefined || hold !== undefined) return null;
   const extra = process.env.BENCH_PROFILE
     ? (JSON.parse(process.env.BENCH_PROFILE) as Partial<IcapProfile>)
     : {};
@@ -56,6 +61,13 @@ function digest(stream: Readable, contentType: string | undefined): Promise<stri
     stream.once('end', () => resolve(h.digest()));
     stream.once('error', reject);
   });
+}
+
+/** The digest of chunks already held (the hold floor's hand-off). */
+function digestHeld(chunks: Buffer[], contentType: string | undefined): string {
+  const h = new BodyDigest(contentType);
+  for (const c of chunks) h.update(c);
+  return h.digest();
 }
 
 /** Mark-compacts since start (the run reports them per 1000 requests: which GC regime a cell saw). */
@@ -86,8 +98,19 @@ async function startExpress(p: IcapProfile | null): Promise<{ port: number; clos
     res.type('json').send(stats(mw?.engine));
   });
   if (mw) app.use(mw);
+  if (hold)
+    app.use((req, _res, next) => {
+      if (req.method !== 'POST') return next();
+      holdAndAsk(hold, req, req.headers['content-type'], (err, chunks) => {
+        if (err) return next(err);
+        (req as { held?: Buffer[] | undefined }).held = chunks;
+        next();
+      });
+    });
   app.post('/upload', (req, res, next) => {
-    digest(req, req.headers['content-type']).then((d) => res.send(d), next);
+    const held = (req as { held?: Buffer[] }).held;
+    if (held) res.send(digestHeld(held, req.headers['content-type']));
+    else digest(req, req.headers['content-type']).then((d) => res.send(d), next);
   });
   const server = app.listen(0, '127.0.0.1');
   server.keepAliveTimeout = 60_000;
@@ -108,7 +131,14 @@ async function startFastify(p: IcapProfile | null): Promise<{ port: number; clos
   // Every content type (octet-stream, multipart) goes to the handler as a digest of the raw stream.
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', { bodyLimit: BODY_LIMIT }, (req, payload, done) => {
-    digest(payload as Readable, req.headers['content-type']).then(
+    const type = req.headers['content-type'];
+    if (hold) {
+      holdAndAsk(hold, payload, type, (err, chunks) =>
+        err ? done(err) : done(null, digestHeld(chunks!, type)),
+      );
+      return;
+    }
+    digest(payload as Readable, type).then(
       (d) => done(null, d),
       (err: Error) => done(err),
     );
@@ -135,9 +165,23 @@ async function startKoa(p: IcapProfile | null): Promise<{ port: number; close():
     await next();
   });
   if (mw) app.use(mw as unknown as Koa.Middleware);
+  if (hold)
+    app.use(async (ctx, next) => {
+      if (ctx.method === 'POST') {
+        ctx.state.held = await new Promise<Buffer[]>((resolve, reject) =>
+          holdAndAsk(hold, ctx.req, ctx.req.headers['content-type'], (err, chunks) =>
+            err ? reject(err) : resolve(chunks!),
+          ),
+        );
+      }
+      await next();
+    });
   app.use(async (ctx) => {
     if (ctx.method === 'POST' && ctx.path === '/upload') {
-      ctx.body = await digest(ctx.req as IncomingMessage, ctx.req.headers['content-type']);
+      const held = ctx.state.held as Buffer[] | undefined;
+      ctx.body = held
+        ? digestHeld(held, ctx.req.headers['content-type'])
+        : await digest(ctx.req as IncomingMessage, ctx.req.headers['content-type']);
       return;
     }
     ctx.status = 404;
@@ -232,6 +276,7 @@ async function main(): Promise<void> {
     // A cpu profile (--cpu-prof) is written when the process exits normally.
     (allocations?.(process.env.BENCH_ALLOC_PROFILE!) ?? Promise.resolve())
       .then(() => app.close())
+      .then(() => hold?.close())
       .finally(() => process.exit(0));
     setTimeout(() => process.exit(0), 2000).unref();
   };

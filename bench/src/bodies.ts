@@ -119,6 +119,48 @@ export function multipart(files: Buffer[], boundary: string): Buffer {
   return Buffer.concat(parts);
 }
 
+/** One ICAP request's subject: the encapsulated HTTP request's headers and its body. */
+export interface Subject {
+  headers: Array<[string, string]>;
+  body: Buffer;
+}
+
+/**
+ * The parts of the bench's own form (bodies.ts writes it: CRLF lines, no preamble), as icapkit's
+ * per-file scan sends them (parts.ts: Host, the part's Content-Type, Content-Disposition).
+ */
+export function formParts(form: Buffer, type: string): Subject[] {
+  const boundary = /;\s*boundary="?([^";]+)"?/i.exec(type)?.[1];
+  if (boundary === undefined) throw new Error(`--parts needs a multipart Content-Type, not ${type}`);
+  const delimiter = Buffer.from(`\r\n--${boundary}`, 'latin1');
+  const out: Subject[] = [];
+  // The first delimiter has no CRLF before it: start as if one had been read.
+  let at = form.indexOf(`--${boundary}\r\n`, 0, 'latin1') + boundary.length + 4;
+  for (;;) {
+    const headEnd = form.indexOf('\r\n\r\n', at, 'latin1');
+    const end = form.indexOf(delimiter, headEnd);
+    if (headEnd < 0 || end < 0) throw new Error('the bench form does not parse');
+    const head = form.toString('latin1', at, headEnd);
+    const name = /filename="([^"]*)"/.exec(head)?.[1] ?? /name="([^"]*)"/.exec(head)?.[1] ?? '';
+    const file = /filename="/.test(head);
+    const partType = /^content-type:\s*(.*)$/im.exec(head)?.[1]?.trim() ?? 'text/plain';
+    const content = form.subarray(headEnd + 4, end);
+    if (content.length > 0)
+      out.push({
+        headers: [
+          ['Host', 'app'],
+          ['Content-Type', partType],
+          ['Content-Disposition', `${file ? 'attachment' : 'form-data'}; filename="${name}"`],
+          ['Content-Length', String(content.length)],
+        ],
+        body: content,
+      });
+    at = end + delimiter.length;
+    if (form.toString('latin1', at, at + 2) === '--') return out;
+    at += 2;
+  }
+}
+
 export async function makeBodies(
   ids: readonly BodyId[],
 ): Promise<{ dir: string; bodies: Map<BodyId, Body> }> {

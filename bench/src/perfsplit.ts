@@ -9,7 +9,9 @@
  *
  *   node bench/dist/perfsplit.js [--framework=fastify] [--service=204|avscan|echo|none]
  *                                [--cells=10k/8] [--seconds=6] [--warm-requests=1000]
- *                                [--node-flags='--heap-growing-percent=300']  (as run.js: bench/GC.md)
+ *                                [--node-flags='...']  (default as run.js: DEFAULT_NODE_FLAGS, bench/GC.md)
+ *                                [--top=N]  (also the N heaviest symbols, with their category)
+ *                                [--hold=1] (holdfloor.ts instead of icapkit: app.js --hold-floor)
  *
  * Needs `perf` (Debian's linux-perf) and perf_event_paranoid ≤ 2 for a process of the same user.
  */
@@ -21,7 +23,15 @@ import { fileURLToPath } from 'node:url';
 import { type BodyId, makeBodies } from './bodies.js';
 import { pickTool, runLoad, warmUp } from './load.js';
 import { startScanner } from './profile.js';
-import { cpuOf, findOnPath, killAllChildren, parseOptions, runAsScript, startChild } from './util.js';
+import {
+  cpuOf,
+  DEFAULT_NODE_FLAGS,
+  findOnPath,
+  killAllChildren,
+  parseOptions,
+  runAsScript,
+  startChild,
+} from './util.js';
 
 const HERE = fileURLToPath(new URL('.', import.meta.url));
 
@@ -68,6 +78,20 @@ export function split(report: string): Map<string, number> {
   return out;
 }
 
+/** The report's heaviest symbols (perf sorts them), each with its category. */
+export function topSymbols(report: string, n: number): Array<{ sym: string; cat: string; pct: number }> {
+  const out: Array<{ sym: string; cat: string; pct: number }> = [];
+  for (const line of report.split('\n')) {
+    if (out.length >= n) break;
+    const m = /^\s*([\d.]+)%\s+(\S+(?: tid \d+)?)\s+\[[.k]\]\s+(.*)$/.exec(line);
+    if (!m) continue;
+    const sym = m[3]!.trim();
+    const cat = CATEGORIES.find(([, test]) => test(m[2]!, sym))?.[0] ?? 'other';
+    out.push({ sym, cat, pct: Number(m[1]) });
+  }
+  return out;
+}
+
 function run(cmd: string, args: string[]): Promise<string> {
   return new Promise((resolve, reject) => {
     const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -95,8 +119,9 @@ async function main(): Promise<void> {
   const clients = Number(clientsText);
   const seconds = Number(opts.get('seconds') ?? 6);
   const warmRequests = Number(opts.get('warm-requests') ?? 1000);
-  const nodeFlags = (opts.get('node-flags') ?? '--heap-growing-percent=300').split(' ').filter(Boolean);
+  const nodeFlags = (opts.get('node-flags') ?? DEFAULT_NODE_FLAGS.join(' ')).split(' ').filter(Boolean);
   const none = service === 'none';
+  const hold = opts.get('hold') === '1' && !none;
   const work = await mkdtemp(join(tmpdir(), 'icapkit-perfsplit-'));
   const { dir, bodies } = await makeBodies([bodyId]);
   const body = bodies.get(bodyId)!;
@@ -110,8 +135,10 @@ async function main(): Promise<void> {
         join(HERE, 'app.js'),
         framework,
         ...(none ? [] : [`icap://127.0.0.1:${scanner.port}`, service === 'echo' ? '/echo' : '/avscan']),
+        ...(hold ? ['--hold-floor'] : []),
       ],
-      { timeoutMs: 20_000 },
+      // --perf-basic-prof makes V8 write isolate-*.log files where the process runs: in the scratch folder.
+      { timeoutMs: 20_000, cwd: work },
     );
     const url = `http://127.0.0.1:${app.ready.port as number}/upload`;
     await warmUp(url, body, clients, 1, { requests: warmRequests, maxSeconds: 10 });
@@ -139,7 +166,7 @@ async function main(): Promise<void> {
     const usPerReq = r.ok > 0 ? ((cpu1 - cpu0) * 1e6) / r.ok : 0;
     const parts = split(report);
     console.log(
-      `${framework}${none ? ' alone (no scanning)' : ` + icapkit -> ${service}`}, ${body.label}, ${clients} clients: ` +
+      `${framework}${none ? ' alone (no scanning)' : ` + ${hold ? 'the hold floor' : 'icapkit'} -> ${service}`}, ${body.label}, ${clients} clients: ` +
         `${r.rps.toFixed(0)} req/s, app CPU ${usPerReq.toFixed(0)} µs per request (all threads)\n`,
     );
     console.log('| where the app process CPU goes | % of its samples | µs per request |');
@@ -150,6 +177,14 @@ async function main(): Promise<void> {
     let mainPct = 0;
     for (const m of threads.matchAll(/^\s*([\d.]+)%\s+(\d+):/gm))
       if (Number(m[2]) === app.pid) mainPct = Number(m[1]);
+    const top = Number(opts.get('top') ?? 0);
+    if (top > 0) {
+      console.log(`\n| symbol (the ${top} heaviest) | category | % | µs per request |\n|---|---|--:|--:|`);
+      for (const s of topSymbols(report, top))
+        console.log(
+          `| ${s.sym.slice(0, 90)} | ${s.cat} | ${s.pct.toFixed(2)} | ${((s.pct / 100) * usPerReq).toFixed(1)} |`,
+        );
+    }
     console.log(
       `\nmain thread ${mainPct.toFixed(1)}% of the samples, the other threads (V8's GC and compiler helpers, libuv's pool) ${(100 - mainPct).toFixed(1)}%`,
     );

@@ -14,7 +14,8 @@
  * --warm-requests=N: full mode warms each fresh application (and Squid's origin) up for a second
  *   and until it has answered N requests, at most 10 s (default 1000; 0: one second only).
  * --node-flags='...': the V8/Node options every Node process of the run starts with (applications,
- *   Squid's origin, the ICAP generators); default --heap-growing-percent=300 (see DEFAULT_NODE_FLAGS),
+ *   Squid's origin, the ICAP generators); default --heap-growing-percent=300 --max-semi-space-size=64
+ *   (see DEFAULT_NODE_FLAGS in util.ts),
  *   --node-flags= for none.
  * --stages: the applications publish the scan's per-stage CPU and wall time (BENCH_STAGES=1, a few
  *   µs per request); the report gets a per-stage table. Per-stage CPU is the process's, so it is
@@ -40,6 +41,7 @@ import { renderTinyChunks, runTinyChunks } from './tinychunks.js';
 import {
   type Child,
   cpuOf,
+  DEFAULT_NODE_FLAGS,
   findOnPath,
   killAllChildren,
   machineBusy,
@@ -59,7 +61,7 @@ export type Service = 'avscan' | 'echo' | '204';
 
 export interface PathDef {
   id: string;
-  kind: 'ceiling' | 'icapkit' | 'squid' | 'raw' | 'floor';
+  kind: 'ceiling' | 'icapkit' | 'squid' | 'raw' | 'rawparts' | 'floor' | 'hold';
   framework?: Framework;
   service?: Service;
   /** 1: every cell; 2: the reduced set (see CELLS). */
@@ -93,8 +95,23 @@ export const PATHS: PathDef[] = [
   { id: 'squid-avscan', kind: 'squid', framework: 'express', service: 'avscan', tier: 1 },
   { id: 'squid-echo', kind: 'squid', framework: 'express', service: 'echo', tier: 1 },
   ...SERVICES.map((s): PathDef => ({ id: `raw-${s}`, kind: 'raw', service: s, tier: 1 })),
+  // A form sent as icapkit's per-file mode sends it (a REQMOD per part, 4 at once): multipart
+  // cells only, against the two services Squid is measured with (the targets' zero-cost bound).
+  ...(['avscan', 'echo'] as const).map(
+    (s): PathDef => ({ id: `rawparts-${s}`, kind: 'rawparts', service: s, tier: 1 }),
+  ),
   // One prebuilt REQMOD written per exchange on a kept-alive socket: the least any Node client spends.
   { id: 'floor-204', kind: 'floor', service: '204', tier: 1 },
+  // The framework with holdfloor.ts instead of icapkit: the least an in-process ICAP middleware costs.
+  ...(['express', 'fastify', 'koa'] as const).map(
+    (f): PathDef => ({
+      id: `hold-${f}`,
+      kind: 'hold',
+      framework: f,
+      service: '204',
+      tier: 2,
+    }),
+  ),
 ];
 
 /** Full mode. Order: every path runs a cell before the next cell starts (drift hits all alike). */
@@ -112,8 +129,11 @@ export const CELLS: CellDef[] = [
 
 /** Which (path, cell) pairs run in full mode; the others "add nothing" (README explains). */
 export function runs(path: PathDef, cell: CellDef): boolean {
+  if (path.kind === 'rawparts') return cell.body === 'mp5';
   // The floor is a reference for the per-request cells, not a capacity.
   if (path.kind === 'floor') return cell.body === '10k' || (cell.body === '1m' && cell.clients === 8);
+  // The hold floor is a reference for the "CPU above the framework" goal (10 KiB, 8 clients).
+  if (path.kind === 'hold') return cell.body === '10k' && cell.clients === 8;
   if (cell.body === '32m') {
     // 32 MiB: only the comparison that matters (avscan, ours vs Squid vs raw) and the isolation (204).
     return (
@@ -318,20 +338,18 @@ function servicePath(service: Service): string {
 /** Set by --stages: the applications publish per-stage timings of the scan (BENCH_STAGES=1). */
 let stagesOn = false;
 
-/**
- * Options every Node process of a run starts with (--node-flags=...; default DEFAULT_NODE_FLAGS).
- * Node 20's V8 counts the ArrayBuffers allocated since its last mark-compact against a limit
- * that is only 8 MB above the live old generation after a mark-compact under load, so a process
- * taking ~1 MiB bodies falls, by chance, into a mark-compact every 100-250 ms once it has done one
- * (a quarter of its CPU), the framework alone as well as with icapkit; --heap-growing-percent=300
- * keeps every process out of that loop, so one run compares like with like (bench/README.md).
- */
-const DEFAULT_NODE_FLAGS = ['--heap-growing-percent=300'];
-let nodeFlags: string[] = DEFAULT_NODE_FLAGS;
+/** Options every Node process of a run starts with (--node-flags=...; default DEFAULT_NODE_FLAGS, util.ts). */
+let nodeFlags: string[] = [...DEFAULT_NODE_FLAGS];
 
-async function startApp(framework: Framework, icapUrl?: string, service?: string): Promise<Child> {
+async function startApp(
+  framework: Framework,
+  icapUrl?: string,
+  service?: string,
+  holdFloor = false,
+): Promise<Child> {
   const args = [...nodeFlags, appScript, framework];
   if (icapUrl !== undefined) args.push(icapUrl, service ?? '/avscan');
+  if (holdFloor) args.push('--hold-floor');
   return startChild(process.execPath, args, {
     timeoutMs: 20_000,
     env: stagesOn ? { BENCH_STAGES: '1' } : {},
@@ -485,12 +503,12 @@ async function runCell(env: Env, path: PathDef, cell: CellDef): Promise<CellResu
     if (path.service !== undefined) counter = await startTcpCounter(icapTargetPort(env, path.service));
     const icapServer = counter ? `icap://127.0.0.1:${counter.port}` : undefined;
 
-    if (path.kind === 'raw' || path.kind === 'floor') {
+    if (path.kind === 'raw' || path.kind === 'rawparts' || path.kind === 'floor') {
       const gen = await startChild(
         process.execPath,
         [
           ...nodeFlags,
-          path.kind === 'raw' ? rawScript : floorScript,
+          path.kind === 'floor' ? floorScript : rawScript,
           `icap://127.0.0.1:${counter!.port}`,
           servicePath(path.service!),
           body.file,
@@ -498,6 +516,7 @@ async function runCell(env: Env, path: PathDef, cell: CellDef): Promise<CellResu
           String(cell.clients),
           String(warmupS * 1000),
           String(measureS * 1000),
+          ...(path.kind === 'rawparts' ? ['--parts'] : []),
         ],
         { timeoutMs: 20_000 },
       );
@@ -558,6 +577,7 @@ async function runCell(env: Env, path: PathDef, cell: CellDef): Promise<CellResu
           path.framework!,
           icapServer,
           path.service ? servicePath(path.service) : undefined,
+          path.kind === 'hold',
         );
         stops.push(() => appChild!.stop());
         target = `http://127.0.0.1:${appChild.ready.port as number}/upload`;
@@ -681,7 +701,7 @@ async function main(): Promise<void> {
    */
   const warmRequests = short ? 0 : (args.warmRequests ?? 1000);
   const warmMaxS = 10;
-  nodeFlags = args.nodeFlags ?? DEFAULT_NODE_FLAGS;
+  nodeFlags = args.nodeFlags ?? [...DEFAULT_NODE_FLAGS];
   const measureS = short ? 1 : 3;
   const measure32mS = short ? 1 : 6;
   /** Full mode stops starting cells past this (the whole run must stay under 15 minutes). */
@@ -742,7 +762,8 @@ async function main(): Promise<void> {
 
     for (const cell of cells) {
       for (const path of paths) {
-        if (!all && !runs(path, cell)) continue;
+        // A form sent part by part needs a form.
+        if ((!all && !runs(path, cell)) || (path.kind === 'rawparts' && cell.body !== 'mp5')) continue;
         if (Date.now() - t0 > budgetMs) {
           console.error(`bench: time budget spent, skipping ${path.id} ${cell.body} c=${cell.clients}`);
           continue;

@@ -245,6 +245,21 @@ export function runAsScript(moduleUrl: string, main: () => Promise<void>): void 
 }
 
 /** `--name=value` arguments as a map (any other form is an error). */
+/**
+ * Options every Node process of a bench run starts with (run.js and perfsplit.js; --node-flags=...
+ * to change them). Both give V8's heap room; bench/GC.md has the mechanism and the measurements:
+ * - --heap-growing-percent=300: a process taking ~1 MiB bodies otherwise falls, by chance, into a
+ *   mark-compact every 100-250 ms once it has done one (a quarter of its CPU), the framework alone
+ *   as well as with icapkit.
+ * - --max-semi-space-size=64: with the default 16 MiB cap, what a request holds across an await
+ *   that spans a scavenge is promoted (98.6% of the survivors, 4-5 ms scavenges): 40-50 µs per
+ *   scanned 10 KiB request go to the GC; with 64 MiB, 3-4 µs.
+ */
+export const DEFAULT_NODE_FLAGS: readonly string[] = [
+  '--heap-growing-percent=300',
+  '--max-semi-space-size=64',
+];
+
 export function parseOptions(argv: string[]): Map<string, string> {
   const opts = new Map<string, string>();
   for (const a of argv) {

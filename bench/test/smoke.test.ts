@@ -101,6 +101,7 @@ describe.skipIf(missing.length > 0)('bench --short', () => {
         'squid-avscan',
         'raw-avscan',
         'floor-204',
+        'hold-fastify',
       ]) {
         expect(paths).toContain(p);
       }
