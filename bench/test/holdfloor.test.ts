@@ -62,7 +62,7 @@ describe('the hold floor', () => {
 
   it('holds a stream to its end before asking, and hands back what it held', async () => {
     const parts = [Buffer.from('a'), Buffer.from('bc'), Buffer.from('def')];
-    const got = await new Promise<{ err: Error | null; chunks?: Buffer[] }>((resolve) =>
+    const got = await new Promise<{ err: Error | null; chunks: Buffer[] | undefined }>((resolve) =>
       holdAndAsk(floor, Readable.from(parts), 'text/plain', (err, chunks) => resolve({ err, chunks })),
     );
     expect(got.err).toBeNull();

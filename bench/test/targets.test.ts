@@ -1,0 +1,66 @@
+/**
+ * The targets' multipart line: a form scanned per file is read against the raw client sending it
+ * part by part (rawparts), not against the one sending it whole, as Squid does.
+ */
+import { describe, expect, it } from 'vitest';
+import type { CellResult } from '../src/run.js';
+import { renderTargets, zeroCostBound } from '../src/table.js';
+
+function cell(over: Partial<CellResult>): CellResult {
+  return {
+    path: 'x',
+    kind: 'icapkit',
+    framework: undefined,
+    service: 'avscan',
+    body: 'mp5',
+    bodyLabel: 'multipart 5x200 KiB',
+    clients: 8,
+    ok: 1000,
+    errors: 0,
+    rps: 100,
+    p50: 1,
+    p99: 2,
+    peakRss: 0,
+    baseRss: 0,
+    icapOpened: undefined,
+    icapPeakOpen: undefined,
+    icapOpenedMeasured: undefined,
+    clientCreated: undefined,
+    cpuApp: undefined,
+    cpuIcap: undefined,
+    cpuOrigin: undefined,
+    note: undefined,
+    ...over,
+  } as CellResult;
+}
+
+const results = [
+  cell({
+    path: 'ceiling-fastify',
+    kind: 'ceiling',
+    framework: 'fastify',
+    service: undefined,
+    cpuUsPerReqMachine: 2000,
+  }),
+  cell({ path: 'fastify-avscan', framework: 'fastify', rps: 115 }),
+  cell({ path: 'squid-avscan', kind: 'squid', framework: 'express', rps: 100 }),
+  // Whole form: 2e6 / (2000 + 8000) = 200 forms/s; part by part: 2e6 / (2000 + 14000) = 125.
+  cell({ path: 'raw-avscan', kind: 'raw', rps: 300, cpuUsPerReqMachine: 8000 }),
+  cell({ path: 'rawparts-avscan', kind: 'rawparts', rps: 300, cpuUsPerReqMachine: 14000 }),
+];
+
+describe('the multipart target', () => {
+  it('takes its zero-cost bound from the part-by-part raw client when there is one', () => {
+    expect(zeroCostBound(results, results[1]!, 2)).toBe(125);
+    const wholeOnly = results.filter((r) => r.kind !== 'rawparts');
+    expect(zeroCostBound(wholeOnly, wholeOnly[1]!, 2)).toBe(200);
+  });
+
+  it('says 1.2x Squid forms/s, missed at 1.15x with its bound', () => {
+    const line = renderTargets(results).find((l) => l.includes('Squid forms/s'));
+    expect(line).toContain('0/1 cells met');
+    expect(line).toContain('Fastify c=8: 1.15× (at most 1.25× at zero cost)');
+    const met = renderTargets(results.map((r) => (r.kind === 'icapkit' ? { ...r, rps: 121 } : r)));
+    expect(met.find((l) => l.includes('Squid forms/s'))).toContain('1/1 cells met');
+  });
+});
