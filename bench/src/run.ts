@@ -36,7 +36,7 @@ import { startTcpCounter, type TcpCounter } from './counter.js';
 import { type LoadResult, type LoadTool, pickTool, runLoad, warmUp } from './load.js';
 import { type Squid, squidMissing, squidVersion, startSquid } from './squid.js';
 import { type StageSnapshot, stageDelta } from './stages.js';
-import { renderReport } from './table.js';
+import { blankResult, renderReport } from './table.js';
 import { renderTinyChunks, runTinyChunks } from './tinychunks.js';
 import {
   type Child,
@@ -470,7 +470,7 @@ async function runCell(env: Env, path: PathDef, cell: CellDef): Promise<CellResu
   const big = cell.body === '32m';
   const warmupS = big ? Math.max(env.warmupS, 2) : env.warmupS;
   const measureS = big ? env.measure32mS : env.measureS;
-  const result: CellResult = {
+  const result = blankResult({
     path: path.id,
     kind: path.kind,
     framework: path.framework,
@@ -478,22 +478,7 @@ async function runCell(env: Env, path: PathDef, cell: CellDef): Promise<CellResu
     body: cell.body,
     bodyLabel: body.label,
     clients: cell.clients,
-    ok: 0,
-    errors: 0,
-    rps: 0,
-    p50: 0,
-    p99: 0,
-    peakRss: 0,
-    baseRss: 0,
-    icapOpened: undefined,
-    icapPeakOpen: undefined,
-    icapOpenedMeasured: undefined,
-    clientCreated: undefined,
-    cpuApp: undefined,
-    cpuIcap: undefined,
-    cpuOrigin: undefined,
-    note: undefined,
-  };
+  });
   const icapPids = (service: Service | undefined) =>
     service === undefined ? [] : service === '204' ? [env.embedded.pid] : groupPids(env.cicap.pid);
 

@@ -13,6 +13,30 @@ const SVC: Record<string, string> = {
   '204': 'embedded 204',
 };
 
+/** A cell's record before it is measured: what it is, and nothing measured yet. */
+export function blankResult(
+  of: Pick<CellResult, 'path' | 'kind' | 'framework' | 'service' | 'body' | 'bodyLabel' | 'clients'>,
+): CellResult {
+  return {
+    ...of,
+    ok: 0,
+    errors: 0,
+    rps: 0,
+    p50: 0,
+    p99: 0,
+    peakRss: 0,
+    baseRss: 0,
+    icapOpened: undefined,
+    icapPeakOpen: undefined,
+    icapOpenedMeasured: undefined,
+    clientCreated: undefined,
+    cpuApp: undefined,
+    cpuIcap: undefined,
+    cpuOrigin: undefined,
+    note: undefined,
+  };
+}
+
 export function pathLabel(r: Pick<CellResult, 'kind' | 'framework' | 'service'>): string {
   switch (r.kind) {
     case 'ceiling':

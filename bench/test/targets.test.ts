@@ -4,10 +4,10 @@
  */
 import { describe, expect, it } from 'vitest';
 import type { CellResult } from '../src/run.js';
-import { renderTargets, zeroCostBound } from '../src/table.js';
+import { blankResult, renderTargets, zeroCostBound } from '../src/table.js';
 
 function cell(over: Partial<CellResult>): CellResult {
-  return {
+  const of = {
     path: 'x',
     kind: 'icapkit',
     framework: undefined,
@@ -15,23 +15,8 @@ function cell(over: Partial<CellResult>): CellResult {
     body: 'mp5',
     bodyLabel: 'multipart 5x200 KiB',
     clients: 8,
-    ok: 1000,
-    errors: 0,
-    rps: 100,
-    p50: 1,
-    p99: 2,
-    peakRss: 0,
-    baseRss: 0,
-    icapOpened: undefined,
-    icapPeakOpen: undefined,
-    icapOpenedMeasured: undefined,
-    clientCreated: undefined,
-    cpuApp: undefined,
-    cpuIcap: undefined,
-    cpuOrigin: undefined,
-    note: undefined,
-    ...over,
-  } as CellResult;
+  } as const;
+  return { ...blankResult(of), ok: 1000, rps: 100, ...over };
 }
 
 const results = [
