@@ -63,31 +63,38 @@ export const CATEGORIES: ReadonlyArray<readonly [string, (dso: string, sym: stri
   ['libc (memcpy, malloc)', (dso) => dso.startsWith('libc')],
 ];
 
-/** Sums `perf report --sort dso,sym` lines ("  12.34%  dso  [.] symbol") into CATEGORIES. */
-export function split(report: string): Map<string, number> {
-  const out = new Map<string, number>();
+/** A `perf report --sort dso,sym` line ("  12.34%  dso  [.] symbol"), with its category. */
+interface Sample {
+  sym: string;
+  cat: string;
+  pct: number;
+}
+
+/** The report's symbol lines, in perf's order (heaviest first). */
+function* samples(report: string): Generator<Sample> {
   for (const line of report.split('\n')) {
     const m = /^\s*([\d.]+)%\s+(\S+(?: tid \d+)?)\s+\[[.k]\]\s+(.*)$/.exec(line);
     if (!m) continue;
-    const pct = Number(m[1]);
     const dso = m[2]!;
     const sym = m[3]!.trim();
     const cat = CATEGORIES.find(([, test]) => test(dso, sym))?.[0] ?? 'other';
-    out.set(cat, (out.get(cat) ?? 0) + pct);
+    yield { sym, cat, pct: Number(m[1]) };
   }
+}
+
+/** Sums the report's samples into CATEGORIES. */
+export function split(report: string): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const { cat, pct } of samples(report)) out.set(cat, (out.get(cat) ?? 0) + pct);
   return out;
 }
 
-/** The report's heaviest symbols (perf sorts them), each with its category. */
-export function topSymbols(report: string, n: number): Array<{ sym: string; cat: string; pct: number }> {
-  const out: Array<{ sym: string; cat: string; pct: number }> = [];
-  for (const line of report.split('\n')) {
+/** The report's heaviest symbols, each with its category. */
+export function topSymbols(report: string, n: number): Sample[] {
+  const out: Sample[] = [];
+  for (const s of samples(report)) {
     if (out.length >= n) break;
-    const m = /^\s*([\d.]+)%\s+(\S+(?: tid \d+)?)\s+\[[.k]\]\s+(.*)$/.exec(line);
-    if (!m) continue;
-    const sym = m[3]!.trim();
-    const cat = CATEGORIES.find(([, test]) => test(m[2]!, sym))?.[0] ?? 'other';
-    out.push({ sym, cat, pct: Number(m[1]) });
+    out.push(s);
   }
   return out;
 }
