@@ -12,6 +12,9 @@
  *                                [--node-flags='...']  (default as run.js: DEFAULT_NODE_FLAGS, bench/GC.md)
  *                                [--top=N]  (also the N heaviest symbols, with their category)
  *                                [--hold=1] (holdfloor.ts instead of icapkit: app.js --hold-floor)
+ *                                [--warm-seconds=N] (then N more seconds of the load tool: steady state, see steady.ts)
+ *                                [--ic-misses=1] (call stacks too: the inline-cache misses and map changes
+ *                                                 of V8's runtime under icapkit's frames and elsewhere)
  *
  * Needs `perf` (Debian's linux-perf) and perf_event_paranoid ≤ 2 for a process of the same user.
  */
@@ -99,6 +102,62 @@ export function topSymbols(report: string, n: number): Sample[] {
   return out;
 }
 
+/** An icapkit frame in a stack of `perf script -F ip,sym` (its packages' built code). */
+const ICAPKIT_FRAME = /packages\/(?:core|express|fastify|koa|hono)\/dist\//;
+/**
+ * V8's runtime handling an inline-cache miss or changing an object's map: what a property access
+ * costs when the object's map is one the access site has not seen (Express gives each request
+ * and response a map of its own: a property added after `Object.setPrototypeOf` makes a new map,
+ * not a transition other objects share).
+ */
+const IC_MISS_FRAME =
+  /Runtime_(?:LoadIC_Miss|StoreIC_Miss|KeyedLoadIC_Miss|KeyedStoreIC_Miss|LoadGlobalIC_Miss|DefineNamedOwnIC_Miss|DefineKeyedOwnIC_Miss)|MigrateDeprecated|MigrateToMap|v8::internal::Map::|TransitionsAccessor|LookupIterator/;
+
+export interface IcMissSplit {
+  samples: number;
+  /** Samples with an icapkit frame on the stack (its own work and what it called). */
+  underIcapkit: number;
+  /** Of those, samples in IC-miss / map-change runtime below the innermost icapkit frame. */
+  missUnderIcapkit: number;
+  /** Samples in IC-miss / map-change runtime with no icapkit frame on the stack. */
+  missElsewhere: number;
+  /** missUnderIcapkit by the innermost icapkit frame. */
+  byFrame: Map<string, number>;
+}
+
+/** Splits `perf script -F ip,sym` stacks (leaf first, blank line between samples) as IcMissSplit says. */
+export function icMissSplit(script: string): IcMissSplit {
+  const out: IcMissSplit = {
+    samples: 0,
+    underIcapkit: 0,
+    missUnderIcapkit: 0,
+    missElsewhere: 0,
+    byFrame: new Map(),
+  };
+  for (const block of script.split(/\n\s*\n/)) {
+    const frames = block
+      .split('\n')
+      .map((l) => l.trim())
+      .filter((l) => /^[0-9a-f]+ /.test(l))
+      .map((l) => l.replace(/^[0-9a-f]+ /, '').replace(/\+0x[0-9a-f]+.*$/, ''));
+    if (frames.length === 0) continue;
+    out.samples++;
+    const k = frames.findIndex((f) => ICAPKIT_FRAME.test(f));
+    const miss = frames.findIndex((f) => IC_MISS_FRAME.test(f));
+    if (k === -1) {
+      if (miss !== -1) out.missElsewhere++;
+      continue;
+    }
+    out.underIcapkit++;
+    if (miss !== -1 && miss < k) {
+      out.missUnderIcapkit++;
+      const name = frames[k]!.replace(/file:\/\/\S*?packages\//, '');
+      out.byFrame.set(name, (out.byFrame.get(name) ?? 0) + 1);
+    }
+  }
+  return out;
+}
+
 function run(cmd: string, args: string[]): Promise<string> {
   return new Promise((resolve, reject) => {
     const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -149,10 +208,14 @@ async function main(): Promise<void> {
     );
     const url = `http://127.0.0.1:${app.ready.port as number}/upload`;
     await warmUp(url, body, clients, 1, { requests: warmRequests, maxSeconds: 10 });
+    const warmSeconds = Number(opts.get('warm-seconds') ?? 0);
+    if (warmSeconds > 0) await runLoad(pickTool(), url, body, clients, warmSeconds);
+    const callers = opts.get('ic-misses') === '1';
     const data = join(work, 'perf.data');
     const perf = run('perf', [
       'record',
       '-q',
+      ...(callers ? ['-g'] : []),
       '-F',
       '1999',
       '-p',
@@ -169,6 +232,7 @@ async function main(): Promise<void> {
     await perf;
     const report = await run('perf', ['report', '-i', data, '--no-children', '--sort', 'dso,sym', '--stdio']);
     const threads = await run('perf', ['report', '-i', data, '--no-children', '--sort', 'pid', '--stdio']);
+    const script = callers ? await run('perf', ['script', '-i', data, '-F', 'ip,sym']) : '';
     await app.stop();
     const usPerReq = r.ok > 0 ? ((cpu1 - cpu0) * 1e6) / r.ok : 0;
     const parts = split(report);
@@ -191,6 +255,17 @@ async function main(): Promise<void> {
         console.log(
           `| ${s.sym.slice(0, 90)} | ${s.cat} | ${s.pct.toFixed(2)} | ${((s.pct / 100) * usPerReq).toFixed(1)} |`,
         );
+    }
+    if (callers) {
+      const m = icMissSplit(script);
+      const us = (n: number) => ((n / m.samples) * usPerReq).toFixed(1);
+      console.log(
+        `\nicapkit frames on the stack: ${us(m.underIcapkit)} µs per request; V8 inline-cache misses and map changes ` +
+          `below an icapkit frame: ${us(m.missUnderIcapkit)} µs, with no icapkit frame: ${us(m.missElsewhere)} µs`,
+      );
+      console.log('\n| innermost icapkit frame of the misses | µs per request |\n|---|--:|');
+      for (const [f, n] of [...m.byFrame].sort((a, b) => b[1] - a[1]).slice(0, 10))
+        console.log(`| ${f.slice(0, 90)} | ${us(n)} |`);
     }
     console.log(
       `\nmain thread ${mainPct.toFixed(1)}% of the samples, the other threads (V8's GC and compiler helpers, libuv's pool) ${(100 - mainPct).toFixed(1)}%`,

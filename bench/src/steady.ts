@@ -18,8 +18,8 @@
  * framework" is the median of the per-round differences (windows seconds apart, in one phase).
  *
  *   node bench/dist/steady.js [--frameworks=fastify,koa,express] [--cells=10k/8]
- *                             [--service=204|avscan] [--warm-seconds=20] [--rounds=5]
- *                             [--seconds=3] [--node-flags='...'] [--json=FILE]
+ *                             [--service=204|avscan] [--warm-seconds=20] [--rounds=9]
+ *                             [--seconds=2] [--node-flags='...'] [--json=FILE]
  */
 import { rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -115,8 +115,8 @@ async function main(): Promise<void> {
   const service = opts.get('service') ?? '204';
   if (service !== '204' && service !== 'avscan') throw new Error(`--service=${service}: 204 or avscan`);
   const warmSeconds = Number(opts.get('warm-seconds') ?? 20);
-  const rounds = Number(opts.get('rounds') ?? 5);
-  const seconds = Number(opts.get('seconds') ?? 3);
+  const rounds = Number(opts.get('rounds') ?? 9);
+  const seconds = Number(opts.get('seconds') ?? 2);
   const nodeFlags = (opts.get('node-flags') ?? DEFAULT_NODE_FLAGS.join(' ')).split(' ').filter(Boolean);
   const tool = pickTool();
   const { dir, bodies } = await makeBodies([bodyId]);

@@ -3,7 +3,7 @@
  * sample's share lands in the first category whose test matches.
  */
 import { describe, expect, it } from 'vitest';
-import { split } from '../src/perfsplit.js';
+import { icMissSplit, split } from '../src/perfsplit.js';
 
 const REPORT = `
 # Samples: 12K of event 'cpu-clock:pppH'
@@ -44,5 +44,47 @@ describe('perfsplit', () => {
       14.35 + 11.21 + 5.61 + 5.49 + 3.44 + 2.7 + 1.59 + 0.78 + 0.65 + 0.56 + 0.5 + 0.4 + 2.27 + 0.1,
       5,
     );
+  });
+
+  it('counts inline-cache misses below an icapkit frame apart from those with none on the stack', () => {
+    const stack = (...frames: string[]) =>
+      frames.map((f, i) => `\t    ${(0x1000 + i).toString(16)} ${f}+0x1f`).join('\n');
+    const script = [
+      // a miss inside Node's Readable.on, called by the store: icapkit's
+      stack(
+        'v8::internal::LookupIterator::LookupInRegularHolder<false>',
+        'v8::internal::Runtime_LoadIC_Miss',
+        'Builtins_CEntry_Return1_ArgvOnStack_NoBuiltinExit',
+        'JS:*Readable.on node:internal/streams/readable:1127:33',
+        'JS:*attach file:///work/main/packages/core/dist/engine/body/store.js:117:11',
+        'JS:*run file:///work/main/packages/core/dist/engine/scan/scan.js:102:14',
+      ),
+      // a map change in the re-arm
+      stack(
+        'v8::internal::Map::CopyAddDescriptor',
+        'v8::internal::Runtime_StoreIC_Miss',
+        'JS:*rearmRequest file:///work/main/packages/core/dist/node/handoff.js:24:29',
+      ),
+      // icapkit's own work without a miss
+      stack('JS:*#fast file:///work/main/packages/core/dist/protocol/encoder.js:312:10'),
+      // a miss in Express alone
+      stack('v8::internal::Runtime_LoadIC_Miss', 'JS:*next /x/node_modules/express/lib/router/index.js:1:1'),
+      // a miss above the icapkit frame (icapkit called from code that missed) is not icapkit's
+      stack(
+        'JS:*#fast file:///work/main/packages/core/dist/protocol/encoder.js:312:10',
+        'v8::internal::Runtime_LoadIC_Miss',
+      ),
+      // nothing of either
+      stack('tcp_sendmsg', '__GI___writev'),
+    ].join('\n\n');
+    const m = icMissSplit(script);
+    expect(m.samples).toBe(6);
+    expect(m.underIcapkit).toBe(4);
+    expect(m.missUnderIcapkit).toBe(2);
+    expect(m.missElsewhere).toBe(1);
+    expect([...m.byFrame]).toEqual([
+      ['JS:*attach core/dist/engine/body/store.js:117:11', 1],
+      ['JS:*rearmRequest core/dist/node/handoff.js:24:29', 1],
+    ]);
   });
 });
