@@ -405,9 +405,10 @@ async function scanRequest(
   });
   watch.hold(scanned);
   request.icap = requestInfo(scanned);
-  // The application's status, for the record (the analytics page shows it); a no-op when
-  // the middleware answered itself (the record has its status already).
-  res.on('finish', () => engine.responded(scanned.log, res.statusCode));
+  // The application's status, for the record (the analytics page shows it), once it has
+  // finished, from the watch's one listener; a no-op when the middleware answered itself (the
+  // record has its status already).
+  watch.respondedOnFinish(engine, scanned.log);
   switch (scanned.kind) {
     case 'aborted':
       // Nothing to answer: close the connection itself (destroying a request whose body was

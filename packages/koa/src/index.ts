@@ -179,8 +179,9 @@ export function icap<Ctx extends KoaContextLike = KoaContextLike>(
       }
     }
     for (const [n, v] of scanned.responseHeaders) ctx.set(n, v);
-    // The application's status, for the record (the analytics page shows it).
-    res.on('finish', () => engine.responded(scanned.log, res.statusCode));
+    // The application's status, for the record (the analytics page shows it), once it has
+    // finished, from the watch's one listener.
+    watch.respondedOnFinish(engine, scanned.log);
     await next();
   };
   return Object.assign(middleware, {
