@@ -28,7 +28,15 @@ import { fileURLToPath } from 'node:url';
 import { type BodyId, makeBodies } from './bodies.js';
 import { pickTool, runLoad } from './load.js';
 import { startScanner } from './profile.js';
-import { type Child, cpuOf, DEFAULT_NODE_FLAGS, parseOptions, runAsScript, startChild } from './util.js';
+import {
+  type Child,
+  cpuOf,
+  DEFAULT_NODE_FLAGS,
+  median,
+  parseOptions,
+  runAsScript,
+  startChild,
+} from './util.js';
 
 const HERE = fileURLToPath(new URL('.', import.meta.url));
 
@@ -53,13 +61,6 @@ export interface SteadySummary {
   icapkitAboveHold: number;
   icapkitAboveRange: [number, number];
   rounds: number;
-}
-
-export function median(xs: readonly number[]): number {
-  if (xs.length === 0) return Number.NaN;
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
 }
 
 /** The order the applications are measured in round `round` (rotates: no one always goes first). */

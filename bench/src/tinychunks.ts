@@ -18,7 +18,16 @@
 import { connect } from 'node:net';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { type Child, cpuOf, killAllChildren, memOf, resetPeakRss, sleep, startChild } from './util.js';
+import {
+  type Child,
+  cpuOf,
+  killAllChildren,
+  median,
+  memOf,
+  resetPeakRss,
+  sleep,
+  startChild,
+} from './util.js';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 
@@ -103,12 +112,6 @@ async function measure(
   const hwm = memOf(app.pid).hwm;
   return { status: r.status, ms: r.ms, cpuS, rssGrowthMiB: Math.max(0, hwm - rss0) / 2 ** 20 };
 }
-
-const median = (xs: number[]) => {
-  const v = [...xs].sort((a, b) => a - b);
-  const mid = v.length >> 1;
-  return v.length % 2 === 1 ? v[mid]! : (v[mid - 1]! + v[mid]!) / 2;
-};
 
 export async function runTinyChunks(
   size = 1024 * 1024,

@@ -244,7 +244,6 @@ export function runAsScript(moduleUrl: string, main: () => Promise<void>): void 
   });
 }
 
-/** `--name=value` arguments as a map (any other form is an error). */
 /**
  * Options every Node process of a bench run starts with (run.js and perfsplit.js; --node-flags=...
  * to change them). Both give V8's heap room; bench/GC.md has the mechanism and the measurements:
@@ -260,6 +259,7 @@ export const DEFAULT_NODE_FLAGS: readonly string[] = [
   '--max-semi-space-size=64',
 ];
 
+/** `--name=value` arguments as a map (any other form is an error). */
 export function parseOptions(argv: string[]): Map<string, string> {
   const opts = new Map<string, string>();
   for (const a of argv) {
@@ -268,4 +268,12 @@ export function parseOptions(argv: string[]): Map<string, string> {
     opts.set(m[1]!, m[2]!);
   }
   return opts;
+}
+
+/** The median (the mean of the middle two for an even count; NaN for none). */
+export function median(xs: readonly number[]): number {
+  if (xs.length === 0) return Number.NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
 }

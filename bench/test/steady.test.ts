@@ -4,7 +4,8 @@
  * seconds apart), not the difference of medians taken minutes apart.
  */
 import { describe, expect, it } from 'vitest';
-import { median, renderSteady, roundOrder, SUBJECTS, summarise, type Window } from '../src/steady.js';
+import { renderSteady, roundOrder, SUBJECTS, summarise, type Window } from '../src/steady.js';
+import { median } from '../src/util.js';
 
 describe('steady', () => {
   it('rotates who is measured first, each application once a round', () => {
