@@ -18,7 +18,17 @@
  * CPU (/proc, every thread) over each window ÷ the requests answered in it; "above the
  * framework" is the median of the per-round differences (windows seconds apart, in one phase).
  *
+ * Against c-icap (`--service=echo` or `avscan`) there is no hold floor (it accepts only a bare
+ * 204): the framework alone and icapkit are read side by side.
+ *
+ * `--stages=1` also starts a fourth application, icapkit with the scan's stage clock on
+ * (BENCH_STAGES=1: a few µs per request, so it is not one of the compared three), warmed up like
+ * them, and after the rounds measures it with one client (the stage clock's CPU is the
+ * process's: one request's only when one is in flight): the goal's "per stage of the scan"
+ * at steady state.
+ *
  *   node bench/dist/steady.js [--frameworks=fastify,koa,express] [--cells=10k/8]
+ *                             [--service=204|echo|avscan] [--stages=1]
  *                             [--warm-seconds=20] [--rounds=9]
  *                             [--seconds=2] [--node-flags='...'] [--json=FILE]
  */
@@ -28,6 +38,7 @@ import { fileURLToPath } from 'node:url';
 import { type BodyId, makeBodies } from './bodies.js';
 import { pickTool, runLoad } from './load.js';
 import { startScanner } from './profile.js';
+import { STAGES, type Stage, type StageSnapshot, stageDelta } from './stages.js';
 import {
   type Child,
   cpuOf,
@@ -64,8 +75,8 @@ export interface SteadySummary {
 }
 
 /** The order the applications are measured in round `round` (rotates: no one always goes first). */
-export function roundOrder(round: number): Subject[] {
-  return SUBJECTS.map((_, i) => SUBJECTS[(i + round) % SUBJECTS.length]!);
+export function roundOrder(round: number, subjects: readonly Subject[] = SUBJECTS): Subject[] {
+  return subjects.map((_, i) => subjects[(i + round) % subjects.length]!);
 }
 
 /** Medians per application and of the per-round differences; rounds missing a subject are left out of the differences. */
@@ -109,11 +120,64 @@ export function renderSteady(summaries: readonly SteadySummary[], heading: strin
   return lines;
 }
 
+/** Per stage of the scan at steady state, one client (`--stages=1`). */
+export interface StageRow {
+  framework: string;
+  /** CPU µs per request in each stage (the process's CPU while one request is in flight). */
+  stages: Record<Stage, number>;
+  /** The staged application's CPU µs per request over the window, and the framework alone's beside it. */
+  app: number;
+  alone: number;
+}
+
+/** µs per request in each stage, from the stage totals' difference over a window of `requests`. */
+export function stageRow(
+  framework: string,
+  delta: StageSnapshot,
+  requests: number,
+  app: number,
+  alone: number,
+): StageRow {
+  const stages = Object.fromEntries(STAGES.map((s) => [s, delta[s].cpuUs / requests])) as Record<
+    Stage,
+    number
+  >;
+  return { framework, stages, app, alone };
+}
+
+export function renderStageRows(rows: readonly StageRow[], heading: string): string[] {
+  const r = (x: number) => Math.round(x).toString();
+  const lines = [
+    heading,
+    '',
+    `| framework | ${STAGES.join(' | ')} | the scan's stages | rest of the app | app | framework alone | app above the framework |`,
+    `| --- |${STAGES.map(() => ' --: |').join('')} --: | --: | --: | --: | --: |`,
+  ];
+  for (const row of rows) {
+    const engine = STAGES.reduce((a, s) => a + row.stages[s], 0);
+    lines.push(
+      `| ${row.framework} | ${STAGES.map((s) => r(row.stages[s])).join(' | ')} | ${r(engine)} | ${r(row.app - engine)} | ${r(row.app)} | ${r(row.alone)} | ${r(row.app - row.alone)} |`,
+    );
+  }
+  return lines;
+}
+
+async function stagesOf(port: number): Promise<StageSnapshot> {
+  const res = await fetch(`http://127.0.0.1:${port}/__stats`, { signal: AbortSignal.timeout(5000) });
+  const j = (await res.json()) as { stages?: StageSnapshot | null };
+  if (j.stages == null) throw new Error('the staged application publishes no stage totals (BENCH_STAGES=1?)');
+  return j.stages;
+}
+
 async function main(): Promise<void> {
   const opts = parseOptions(process.argv.slice(2));
   const frameworks = (opts.get('frameworks') ?? 'fastify,koa,express').split(',').filter(Boolean);
   const [bodyId, clientsText] = (opts.get('cells') ?? '10k/8').split('/') as [BodyId, string];
   const clients = Number(clientsText);
+  const service = opts.get('service') ?? '204';
+  if (!['204', 'echo', 'avscan'].includes(service))
+    throw new Error(`--service=${service}: 204, echo or avscan`);
+  const withStages = opts.get('stages') === '1';
   const warmSeconds = Number(opts.get('warm-seconds') ?? 20);
   const rounds = Number(opts.get('rounds') ?? 9);
   const seconds = Number(opts.get('seconds') ?? 2);
@@ -121,43 +185,48 @@ async function main(): Promise<void> {
   const tool = pickTool();
   const { dir, bodies } = await makeBodies([bodyId]);
   const body = bodies.get(bodyId)!;
-  // The embedded server answering 204: the hold floor accepts nothing else, and the app's own
-  // cost is read without a scanner sharing its cores.
-  const scanner = await startScanner('204');
+  // The hold floor accepts nothing but a bare 204: against c-icap only the framework alone and
+  // icapkit are compared.
+  const subjects: readonly Subject[] = service === '204' ? SUBJECTS : ['alone', 'icapkit'];
+  const scanner = await startScanner(service);
+  const servicePath = service === 'echo' ? '/echo' : '/avscan';
   const summaries: SteadySummary[] = [];
+  const stageRows: StageRow[] = [];
   const allWindows: Array<Window & { framework: string }> = [];
   try {
     for (const framework of frameworks) {
-      const apps = new Map<Subject, Child>();
+      const apps = new Map<Subject | 'staged', Child>();
       try {
-        for (const subject of SUBJECTS) {
-          const icap = subject === 'alone' ? [] : [`icap://127.0.0.1:${scanner.port}`, '/avscan'];
-          const hold = subject === 'hold' ? ['--hold-floor'] : [];
-          apps.set(
-            subject,
-            await startChild(
-              process.execPath,
-              [...nodeFlags, join(HERE, 'app.js'), framework, ...icap, ...hold],
-              {
-                timeoutMs: 20_000,
-              },
-            ),
+        const start = (subject: Subject | 'staged') =>
+          startChild(
+            process.execPath,
+            [
+              ...nodeFlags,
+              join(HERE, 'app.js'),
+              framework,
+              ...(subject === 'alone' ? [] : [`icap://127.0.0.1:${scanner.port}`, servicePath]),
+              ...(subject === 'hold' ? ['--hold-floor'] : []),
+            ],
+            { timeoutMs: 20_000, env: subject === 'staged' ? { BENCH_STAGES: '1' } : {} },
           );
-        }
-        const url = (s: Subject) => `http://127.0.0.1:${apps.get(s)!.ready.port as number}/upload`;
-        for (const subject of SUBJECTS) await runLoad(tool, url(subject), body, clients, warmSeconds);
+        for (const subject of subjects) apps.set(subject, await start(subject));
+        if (withStages) apps.set('staged', await start('staged'));
+        const url = (s: Subject | 'staged') => `http://127.0.0.1:${apps.get(s)!.ready.port as number}/upload`;
+        for (const subject of apps.keys()) await runLoad(tool, url(subject), body, clients, warmSeconds);
         const windows: Window[] = [];
-        for (let round = 0; round < rounds; round++) {
-          for (const subject of roundOrder(round)) {
-            const pid = apps.get(subject)!.pid;
-            const c0 = cpuOf(pid);
-            const res = await runLoad(tool, url(subject), body, clients, seconds);
-            const c1 = cpuOf(pid);
-            if (res.ok === 0 || res.errors > 0)
-              throw new Error(`${framework} ${subject}: ${res.ok} answered, ${res.errors} errors`);
-            windows.push({ round, subject, usPerRequest: ((c1 - c0) * 1e6) / res.ok, requests: res.ok });
-          }
-        }
+        /** CPU µs per request of one application over a window of `n` clients. */
+        const measure = async (subject: Subject | 'staged', n: number) => {
+          const pid = apps.get(subject)!.pid;
+          const c0 = cpuOf(pid);
+          const res = await runLoad(tool, url(subject), body, n, seconds);
+          const c1 = cpuOf(pid);
+          if (res.ok === 0 || res.errors > 0)
+            throw new Error(`${framework} ${subject}: ${res.ok} answered, ${res.errors} errors`);
+          return { usPerRequest: ((c1 - c0) * 1e6) / res.ok, requests: res.ok };
+        };
+        for (let round = 0; round < rounds; round++)
+          for (const subject of roundOrder(round, subjects))
+            windows.push({ round, subject, ...(await measure(subject, clients)) });
         const s = summarise(framework, windows);
         summaries.push(s);
         allWindows.push(...windows.map((w) => ({ ...w, framework })));
@@ -165,6 +234,26 @@ async function main(): Promise<void> {
           `${framework}: alone ${s.median.alone.toFixed(0)}, hold ${s.median.hold.toFixed(0)}, icapkit ${s.median.icapkit.toFixed(0)} µs; ` +
             `icapkit above ${s.icapkitAbove.toFixed(0)} (${s.icapkitAboveRange.map((x) => x.toFixed(0)).join(' to ')})`,
         );
+        if (withStages) {
+          // One client: the stage clock's CPU is the process's. The framework alone is read
+          // beside it, with one client too.
+          const port = apps.get('staged')!.ready.port as number;
+          const alone = await measure('alone', 1);
+          const before = await stagesOf(port);
+          const staged = await measure('staged', 1);
+          const after = await stagesOf(port);
+          const row = stageRow(
+            framework,
+            stageDelta(before, after),
+            staged.requests,
+            staged.usPerRequest,
+            alone.usPerRequest,
+          );
+          stageRows.push(row);
+          console.error(
+            `${framework} stages: ${STAGES.map((st) => `${st} ${row.stages[st].toFixed(0)}`).join(', ')}; app ${row.app.toFixed(0)}, alone ${row.alone.toFixed(0)}`,
+          );
+        }
       } finally {
         for (const app of apps.values()) await app.stop();
       }
@@ -173,13 +262,21 @@ async function main(): Promise<void> {
     await scanner.stop();
     await rm(dir, { recursive: true, force: true });
   }
+  const scannerName = service === '204' ? 'embedded 204' : `c-icap ${service}`;
   const heading =
-    `App CPU µs per request at steady state, ${body.label}, ${clients} clients, scanner: embedded 204; ` +
+    `App CPU µs per request at steady state, ${body.label}, ${clients} clients, scanner: ${scannerName}; ` +
     `${warmSeconds} s warm-up each, ${rounds} rounds of ${seconds} s, node ${nodeFlags.join(' ') || '(no flags)'}:`;
   console.log(renderSteady(summaries, heading).join('\n'));
+  const stageHeading =
+    `Per stage of the scan at steady state, CPU µs per request, ${body.label}, one client, scanner: ${scannerName} ` +
+    `(the application with the stage clock on, after the same warm-up; one window of ${seconds} s):`;
+  if (withStages) console.log(`\n${renderStageRows(stageRows, stageHeading).join('\n')}`);
   const json = opts.get('json');
   if (json !== undefined)
-    await writeFile(json, JSON.stringify({ heading, summaries, windows: allWindows }, null, 2));
+    await writeFile(
+      json,
+      JSON.stringify({ heading, summaries, windows: allWindows, stageHeading, stageRows }, null, 2),
+    );
 }
 
 runAsScript(import.meta.url, main);

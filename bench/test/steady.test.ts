@@ -4,7 +4,15 @@
  * seconds apart), not the difference of medians taken minutes apart.
  */
 import { describe, expect, it } from 'vitest';
-import { renderSteady, roundOrder, SUBJECTS, summarise, type Window } from '../src/steady.js';
+import {
+  renderStageRows,
+  renderSteady,
+  roundOrder,
+  SUBJECTS,
+  stageRow,
+  summarise,
+  type Window,
+} from '../src/steady.js';
 import { median } from '../src/util.js';
 
 describe('steady', () => {
@@ -12,6 +20,46 @@ describe('steady', () => {
     const firsts = [0, 1, 2].map((r) => roundOrder(r)[0]);
     expect(new Set(firsts)).toEqual(new Set(SUBJECTS));
     for (let r = 0; r < 5; r++) expect([...roundOrder(r)].sort()).toEqual([...SUBJECTS].sort());
+  });
+
+  it('rotates two applications too (against c-icap there is no hold floor)', () => {
+    const two = ['alone', 'icapkit'] as const;
+    expect(roundOrder(0, two)).toEqual(['alone', 'icapkit']);
+    expect(roundOrder(1, two)).toEqual(['icapkit', 'alone']);
+    expect(roundOrder(2, two)).toEqual(['alone', 'icapkit']);
+  });
+
+  it('with no hold floor, its columns say so and the differences against the framework stand', () => {
+    const w = (round: number, subject: Window['subject'], us: number): Window => ({
+      round,
+      subject,
+      usPerRequest: us,
+      requests: 1000,
+    });
+    const s = summarise('koa', [
+      w(0, 'alone', 60),
+      w(0, 'icapkit', 150),
+      w(1, 'icapkit', 160),
+      w(1, 'alone', 62),
+    ]);
+    expect(s.icapkitAbove).toBe(94); // 90, 98
+    expect(s.holdAbove).toBeNaN();
+    expect(renderSteady([s], 'h').join('\n')).toContain('| koa | 61 | — | 155 | — | 94 (90 to 98) | — |');
+  });
+
+  it('per stage: the totals over the window ÷ its requests, the rest of the app and the framework beside them', () => {
+    const delta = {
+      admission: { n: 2000, cpuUs: 20_000, wallUs: 30_000 },
+      intake: { n: 2000, cpuUs: 10_000, wallUs: 90_000 },
+      exchange: { n: 2000, cpuUs: 60_000, wallUs: 400_000 },
+      outcome: { n: 2000, cpuUs: 30_000, wallUs: 40_000 },
+    };
+    const row = stageRow('fastify', delta, 2000, 180, 70);
+    expect(row.stages).toEqual({ admission: 10, intake: 5, exchange: 30, outcome: 15 });
+    // stages 60, the rest of the app 120, the app 180, the framework alone 70: 110 above it.
+    expect(renderStageRows([row], 'h').join('\n')).toContain(
+      '| fastify | 10 | 5 | 30 | 15 | 60 | 120 | 180 | 70 | 110 |',
+    );
   });
 
   it('medians of odd and even counts', () => {
