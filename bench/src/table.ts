@@ -107,6 +107,16 @@ function perCpu(r: CellResult): number {
   return cpu > 0 ? r.rps / cpu : 0;
 }
 
+/** The warm-up's request counts: " and until N requests were answered (10 KiB: M), at most S s". */
+export function warmText(m: Pick<Machine, 'warmRequests' | 'warmRequests10k' | 'warmMaxS'>): string {
+  const small = m.warmRequests10k !== undefined && m.warmRequests10k !== m.warmRequests;
+  if (!m.warmRequests && !(small && m.warmRequests10k)) return '';
+  const counts = small
+    ? `${m.warmRequests ?? 0} requests were answered (10 KiB cells: ${m.warmRequests10k})`
+    : `${m.warmRequests} requests were answered`;
+  return ` and until ${counts}, at most ${m.warmMaxS} s`;
+}
+
 export function renderReport(
   results: CellResult[],
   m: Machine,
@@ -116,7 +126,7 @@ export function renderReport(
   out.push(
     `Machine: ${m.nproc} CPU (${m.cpuModel}), ${m.ramGiB} GiB RAM, Linux ${m.kernel}, Node ${m.node}; ` +
       `${m.cicap}; ${m.squid}; load: ${m.loadTool}. ${m.date.slice(0, 16).replace('T', ' ')} UTC, ` +
-      `${m.mode} mode (warm-up ${m.warmupS} s${m.warmRequests ? ` and until ${m.warmRequests} requests were answered, at most ${m.warmMaxS} s` : ''}, measure ${m.measureS} s; 32 MiB: ${m.measure32mS} s), ` +
+      `${m.mode} mode (warm-up ${m.warmupS} s${warmText(m)}, measure ${m.measureS} s; 32 MiB: ${m.measure32mS} s), ` +
       `whole run ${m.totalS} s.` +
       (m.nodeFlags === undefined
         ? ''

@@ -4,7 +4,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import type { CellResult } from '../src/run.js';
-import { blankResult, renderTargets, zeroCostBound } from '../src/table.js';
+import { blankResult, renderTargets, warmText, zeroCostBound } from '../src/table.js';
 
 function cell(over: Partial<CellResult>): CellResult {
   const of = {
@@ -47,5 +47,19 @@ describe('the multipart target', () => {
     expect(line).toContain('Fastify c=8: 1.15× (at most 1.25× at zero cost)');
     const met = renderTargets(results.map((r) => (r.kind === 'icapkit' ? { ...r, rps: 121 } : r)));
     expect(met.find((l) => l.includes('Squid forms/s'))).toContain('1/1 cells met');
+  });
+
+  it("names the 10 KiB cells' own warm-up count in the report's header", () => {
+    expect(warmText({ warmRequests: 1000, warmRequests10k: 30_000, warmMaxS: 10 })).toBe(
+      ' and until 1000 requests were answered (10 KiB cells: 30000), at most 10 s',
+    );
+    // A run saved before the 10 KiB count existed, and one with both counts equal.
+    expect(warmText({ warmRequests: 1000, warmMaxS: 10 })).toBe(
+      ' and until 1000 requests were answered, at most 10 s',
+    );
+    expect(warmText({ warmRequests: 500, warmRequests10k: 500, warmMaxS: 10 })).toBe(
+      ' and until 500 requests were answered, at most 10 s',
+    );
+    expect(warmText({ warmRequests: 0, warmRequests10k: 0, warmMaxS: 10 })).toBe('');
   });
 });
