@@ -14,7 +14,8 @@
  *                                [--hold=1] (holdfloor.ts instead of icapkit: app.js --hold-floor)
  *                                [--warm-seconds=N] (then N more seconds of the load tool: steady state, see steady.ts)
  *                                [--ic-misses=1] (call stacks too: the inline-cache misses and map changes
- *                                                 of V8's runtime under icapkit's frames and elsewhere)
+ *                                                 of V8's runtime under icapkit's frames and elsewhere, and
+ *                                                 the samples under icapkit's frames by part of the scan)
  *
  * Needs `perf` (Debian's linux-perf) and perf_event_paranoid ≤ 2 for a process of the same user.
  */
@@ -113,6 +114,32 @@ const ICAPKIT_FRAME = /packages\/(?:core|express|fastify|koa|hono)\/dist\//;
 const IC_MISS_FRAME =
   /Runtime_(?:LoadIC_Miss|StoreIC_Miss|KeyedLoadIC_Miss|KeyedStoreIC_Miss|LoadGlobalIC_Miss|DefineNamedOwnIC_Miss|DefineKeyedOwnIC_Miss)|MigrateDeprecated|MigrateToMap|v8::internal::Map::|TransitionsAccessor|LookupIterator/;
 
+/**
+ * The part of the scan an icapkit frame belongs to, by its file (the goal's stages: admission,
+ * intake, exchange, outcome; plus the adapter, the scan's driver and the body store, whose
+ * replays also feed the exchange and the hand-off).
+ */
+export const STAGE_OF_FILE: ReadonlyArray<readonly [string, RegExp]> = [
+  ['adapter (framework glue)', /packages\/(?:express|fastify|koa|hono)\/dist\//],
+  ['admission', /core\/dist\/engine\/(?:scan\/admission|request|policy|refusal|profile)/],
+  ['intake (the body store; its replays)', /core\/dist\/engine\/(?:scan\/intake|body\/|multipart\/)/],
+  [
+    'exchange: engine (attempts, retries, watch)',
+    /core\/dist\/engine\/(?:scan\/(?:exchange|attempt-watch|retry)|pool-group)/,
+  ],
+  ['exchange: ICAP client and protocol', /core\/dist\/(?:client|protocol)\//],
+  [
+    'outcome (verdict, log record, hand-off, response watch)',
+    /core\/dist\/(?:engine\/(?:scan\/(?:outcome|consumed)|verdict\/|log|telemetry|alerts|respond|suggest)|node\/|analytics\/)/,
+  ],
+  ["the scan's driver (scan.ts, engine.ts)", /core\/dist\/engine\/(?:scan\/(?:scan|stage-clock)|engine)\.js/],
+];
+
+/** The part of the scan of an icapkit frame ({@link STAGE_OF_FILE}), else 'other icapkit code'. */
+export function stageOfFrame(frame: string): string {
+  return STAGE_OF_FILE.find(([, re]) => re.test(frame))?.[0] ?? 'other icapkit code';
+}
+
 export interface IcMissSplit {
   samples: number;
   /** Samples with an icapkit frame on the stack (its own work and what it called). */
@@ -123,6 +150,8 @@ export interface IcMissSplit {
   missElsewhere: number;
   /** missUnderIcapkit by the innermost icapkit frame. */
   byFrame: Map<string, number>;
+  /** underIcapkit by the part of the scan of the innermost icapkit frame ({@link stageOfFrame}). */
+  byStage: Map<string, number>;
 }
 
 /** Splits `perf script -F ip,sym` stacks (leaf first, blank line between samples) as IcMissSplit says. */
@@ -133,6 +162,7 @@ export function icMissSplit(script: string): IcMissSplit {
     missUnderIcapkit: 0,
     missElsewhere: 0,
     byFrame: new Map(),
+    byStage: new Map(),
   };
   for (const block of script.split(/\n\s*\n/)) {
     const frames = block
@@ -149,6 +179,8 @@ export function icMissSplit(script: string): IcMissSplit {
       continue;
     }
     out.underIcapkit++;
+    const stage = stageOfFrame(frames[k]!);
+    out.byStage.set(stage, (out.byStage.get(stage) ?? 0) + 1);
     if (miss !== -1 && miss < k) {
       out.missUnderIcapkit++;
       const name = frames[k]!.replace(/file:\/\/\S*?packages\//, '');
@@ -263,6 +295,11 @@ async function main(): Promise<void> {
         `\nicapkit frames on the stack: ${us(m.underIcapkit)} µs per request; V8 inline-cache misses and map changes ` +
           `below an icapkit frame: ${us(m.missUnderIcapkit)} µs, with no icapkit frame: ${us(m.missElsewhere)} µs`,
       );
+      console.log(
+        "\n| the innermost icapkit frame's part of the scan (its own work and what it called: Node, V8, the kernel) | µs per request |\n|---|--:|",
+      );
+      for (const [stage, n] of [...m.byStage].sort((a, b) => b[1] - a[1]))
+        console.log(`| ${stage} | ${us(n)} |`);
       console.log('\n| innermost icapkit frame of the misses | µs per request |\n|---|--:|');
       for (const [f, n] of [...m.byFrame].sort((a, b) => b[1] - a[1]).slice(0, 10))
         console.log(`| ${f.slice(0, 90)} | ${us(n)} |`);

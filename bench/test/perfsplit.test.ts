@@ -3,7 +3,7 @@
  * sample's share lands in the first category whose test matches.
  */
 import { describe, expect, it } from 'vitest';
-import { icMissSplit, split } from '../src/perfsplit.js';
+import { icMissSplit, STAGE_OF_FILE, split, stageOfFrame } from '../src/perfsplit.js';
 
 const REPORT = `
 # Samples: 12K of event 'cpu-clock:pppH'
@@ -86,5 +86,40 @@ describe('perfsplit', () => {
       ['JS:*attach core/dist/engine/body/store.js:117:11', 1],
       ['JS:*rearmRequest core/dist/node/handoff.js:24:29', 1],
     ]);
+    // Every sample under an icapkit frame lands in the part of the scan of the innermost one.
+    expect(Object.fromEntries(m.byStage)).toEqual({
+      'intake (the body store; its replays)': 1,
+      'outcome (verdict, log record, hand-off, response watch)': 1,
+      'exchange: ICAP client and protocol': 2,
+    });
+  });
+
+  it('names the part of the scan of each file of the built packages', () => {
+    const f = (path: string) => stageOfFrame(`JS:*x file:///w/packages/${path}:1:1`);
+    expect(f('express/dist/index.js')).toBe('adapter (framework glue)');
+    expect(f('fastify/dist/index.js')).toBe('adapter (framework glue)');
+    expect(f('core/dist/engine/scan/admission.js')).toBe('admission');
+    expect(f('core/dist/engine/request.js')).toBe('admission');
+    expect(f('core/dist/engine/policy/readings.js')).toBe('admission');
+    expect(f('core/dist/engine/scan/intake.js')).toBe('intake (the body store; its replays)');
+    expect(f('core/dist/engine/body/cursor.js')).toBe('intake (the body store; its replays)');
+    expect(f('core/dist/engine/scan/exchange.js')).toBe('exchange: engine (attempts, retries, watch)');
+    expect(f('core/dist/engine/scan/attempt-watch.js')).toBe('exchange: engine (attempts, retries, watch)');
+    expect(f('core/dist/client/transaction.js')).toBe('exchange: ICAP client and protocol');
+    expect(f('core/dist/protocol/parser.js')).toBe('exchange: ICAP client and protocol');
+    expect(f('core/dist/engine/scan/outcome.js')).toBe(
+      'outcome (verdict, log record, hand-off, response watch)',
+    );
+    expect(f('core/dist/engine/log.js')).toBe('outcome (verdict, log record, hand-off, response watch)');
+    expect(f('core/dist/engine/verdict/generic.js')).toBe(
+      'outcome (verdict, log record, hand-off, response watch)',
+    );
+    expect(f('core/dist/node/response-watch.js')).toBe(
+      'outcome (verdict, log record, hand-off, response watch)',
+    );
+    expect(f('core/dist/engine/scan/scan.js')).toBe("the scan's driver (scan.ts, engine.ts)");
+    expect(f('core/dist/engine/engine.js')).toBe("the scan's driver (scan.ts, engine.ts)");
+    expect(f('core/dist/errors.js')).toBe('other icapkit code');
+    expect(STAGE_OF_FILE.length).toBe(7);
   });
 });
