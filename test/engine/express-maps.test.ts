@@ -1,0 +1,182 @@
+/**
+ * The Express adapter puts each request whose prototype Express swapped into dictionary mode
+ * before reading it (packages/express/src/shared-maps.ts): all of them then share one V8 map, so
+ * property reads stop missing their inline caches once per request. What the application sees
+ * must not change: the same own keys in the same order, the same values, nothing of ours left
+ * behind. Checked with V8's own answer (natives syntax, enabled for the test) on Express 5 and
+ * 4, and on the objects the adapter must leave alone.
+ */
+import { IncomingMessage } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Socket } from 'node:net';
+import { setFlagsFromString } from 'node:v8';
+import { icap as expressIcap } from '@icapkit/express';
+import { type IcapTestServer, startIcapServer } from '@icapkit/testing';
+import express5 from 'express';
+import express4 from 'express4';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { shareRequestMap } from '../../packages/express/src/shared-maps.js';
+import { send } from '../support/http-client.js';
+
+setFlagsFromString('--allow-natives-syntax');
+const hasFastProperties = new Function('o', 'return %HasFastProperties(o)') as (o: object) => boolean;
+const haveSameMap = new Function('a', 'b', 'return %HaveSameMap(a, b)') as (a: object, b: object) => boolean;
+
+const REQUESTS = 20;
+
+/** How many distinct V8 maps the objects have. */
+function mapsAmong(objects: object[]): number {
+  const kinds: object[] = [];
+  for (const o of objects) if (!kinds.some((k) => haveSameMap(k, o))) kinds.push(o);
+  return kinds.length;
+}
+
+let icap: IcapTestServer;
+beforeAll(async () => {
+  icap = await startIcapServer();
+});
+afterAll(async () => {
+  await icap.close();
+});
+
+interface Seen {
+  req: object;
+  /** Own keys (strings and symbols) just before icap() and in the handler after it. */
+  before: Array<string | symbol>;
+  after: Array<string | symbol>;
+  /** Keys present before icap() whose value in the handler is another. */
+  changed: string[];
+  body: string;
+}
+
+async function withApp(
+  framework: 'express5' | 'express4',
+  scanned: boolean,
+  run: (url: string, seen: Seen[]) => Promise<void>,
+): Promise<void> {
+  const express = (framework === 'express5' ? express5 : express4) as unknown as typeof express5;
+  const app = express();
+  const seen: Seen[] = [];
+  const mw = expressIcap({ name: 'maps', poolGroup: icap.url(), serviceUri: '/avscan' });
+  let before: Array<string | symbol> = [];
+  let values: unknown[] = [];
+  app.use((req, _res, next) => {
+    before = Reflect.ownKeys(req);
+    values = before.map((k) => (req as unknown as Record<string | symbol, unknown>)[k]);
+    next();
+  });
+  if (scanned) app.use(mw);
+  app.post('/up', (req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const r = req as unknown as Record<string | symbol, unknown>;
+      seen.push({
+        req,
+        before,
+        after: Reflect.ownKeys(req),
+        changed: before.filter((k, i) => r[k] !== values[i]).map(String),
+        body: Buffer.concat(chunks).toString(),
+      });
+      res.status(201).send('ok');
+    });
+  });
+  const server = app.listen(0, '127.0.0.1');
+  await new Promise<void>((r) => server.once('listening', () => r()));
+  try {
+    await run(`http://127.0.0.1:${(server.address() as AddressInfo).port}`, seen);
+  } finally {
+    server.closeAllConnections();
+    await new Promise<void>((r) => server.close(() => r()));
+    await mw.close();
+  }
+}
+
+const OCTETS = { 'content-type': 'application/octet-stream' };
+
+describe.each(['express5', 'express4'] as const)('%s', (framework) => {
+  /** Keys Express itself changes between the first middleware and the handler (its router's). */
+  let routerChanges: string[] = [];
+
+  it('without icap(), two requests have maps of their own (why the adapter does this)', async () => {
+    await withApp(framework, false, async (url, seen) => {
+      for (let i = 0; i < REQUESTS; i++)
+        expect((await send(url, '/up', { method: 'POST', headers: OCTETS, body: `body ${i}` })).status).toBe(
+          201,
+        );
+      expect(seen).toHaveLength(REQUESTS);
+      expect(mapsAmong(seen.map((s) => s.req))).toBe(REQUESTS);
+      routerChanges = seen[0]!.changed;
+    });
+  });
+
+  it('with icap(), the requests share one map, and the application sees the same keys and values', async () => {
+    await withApp(framework, true, async (url, seen) => {
+      for (let i = 0; i < REQUESTS; i++)
+        expect((await send(url, '/up', { method: 'POST', headers: OCTETS, body: `body ${i}` })).status).toBe(
+          201,
+        );
+      expect(seen.map((s) => s.body)).toEqual(Array.from({ length: REQUESTS }, (_, i) => `body ${i}`));
+      // Every request in dictionary mode, on one map (twenty without icap(), above). V8 empties
+      // its normalized-map cache at a full garbage collection: one falling inside the twenty
+      // requests starts a second map; a few at most.
+      expect(seen.every((s) => !hasFastProperties(s.req))).toBe(true);
+      expect(mapsAmong(seen.map((s) => s.req))).toBeLessThanOrEqual(3);
+      for (const s of seen) {
+        // Nothing of ours is left, and the keys the request had keep their order.
+        expect(
+          s.after.filter((k) => typeof k === 'symbol' && String(k).includes('icapkit.shareMap')),
+        ).toEqual([]);
+        const positions = s.before.map((k) => s.after.indexOf(k));
+        expect(positions.every((p) => p >= 0)).toBe(true);
+        expect([...positions].sort((x, y) => x - y)).toEqual(positions);
+        // Besides the router's, only what the hand-off replaces: the stream's state and reader,
+        // the head it rewrites (content-length) and the listeners of the body store it removed.
+        const handoff = ['_readableState', '_read', 'rawHeaders', '_events', '_eventsCount'];
+        expect(s.changed.filter((k) => !routerChanges.includes(k) && !handoff.includes(k))).toEqual([]);
+        expect(s.after).toContain('icap');
+      }
+    });
+  });
+});
+
+describe('shareRequestMap leaves alone what it must', () => {
+  it("a request with Node's own prototype keeps its fast properties", () => {
+    const req = new IncomingMessage(new Socket());
+    shareRequestMap(req);
+    expect(hasFastProperties(req)).toBe(true);
+  });
+
+  it('a frozen request and a proxy that refuses properties: no exception, nothing added', () => {
+    const proto = Object.create(IncomingMessage.prototype) as object;
+    const frozen = Object.freeze(Object.setPrototypeOf({ a: 1 }, proto)) as IncomingMessage;
+    const refusing = new Proxy(Object.setPrototypeOf({ b: 2 }, proto) as object, {
+      defineProperty: () => false,
+      set: () => false,
+    }) as unknown as IncomingMessage;
+    expect(() => shareRequestMap(frozen)).not.toThrow();
+    expect(() => shareRequestMap(refusing)).not.toThrow();
+    expect(Reflect.ownKeys(frozen)).toEqual(['a']);
+    expect(Reflect.ownKeys(refusing)).toEqual(['b']);
+  });
+
+  it('a swapped prototype: dictionary mode, same keys in the same order, same values', () => {
+    const proto = Object.create(IncomingMessage.prototype) as object;
+    const make = () => {
+      const o = Object.setPrototypeOf({ first: 1, second: 'two' }, proto) as Record<string, unknown>;
+      o.third = [3];
+      return o;
+    };
+    const a = make();
+    const b = make();
+    const third = a.third;
+    expect(haveSameMap(a, b)).toBe(false);
+    shareRequestMap(a as unknown as IncomingMessage);
+    shareRequestMap(b as unknown as IncomingMessage);
+    expect(hasFastProperties(a)).toBe(false);
+    expect(haveSameMap(a, b)).toBe(true);
+    expect(Reflect.ownKeys(a)).toEqual(['first', 'second', 'third']);
+    expect([a.first, a.second, a.third]).toEqual([1, 'two', third]);
+    expect(a.third).toBe(third);
+  });
+});
