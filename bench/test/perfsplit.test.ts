@@ -95,31 +95,29 @@ describe('perfsplit', () => {
   });
 
   it('names the part of the scan of each file of the built packages', () => {
-    const f = (path: string) => stageOfFrame(`JS:*x file:///w/packages/${path}:1:1`);
-    expect(f('express/dist/index.js')).toBe('adapter (framework glue)');
-    expect(f('fastify/dist/index.js')).toBe('adapter (framework glue)');
-    expect(f('core/dist/engine/scan/admission.js')).toBe('admission');
-    expect(f('core/dist/engine/request.js')).toBe('admission');
-    expect(f('core/dist/engine/policy/readings.js')).toBe('admission');
-    expect(f('core/dist/engine/scan/intake.js')).toBe('intake (the body store; its replays)');
-    expect(f('core/dist/engine/body/cursor.js')).toBe('intake (the body store; its replays)');
-    expect(f('core/dist/engine/scan/exchange.js')).toBe('exchange: engine (attempts, retries, watch)');
-    expect(f('core/dist/engine/scan/attempt-watch.js')).toBe('exchange: engine (attempts, retries, watch)');
-    expect(f('core/dist/client/transaction.js')).toBe('exchange: ICAP client and protocol');
-    expect(f('core/dist/protocol/parser.js')).toBe('exchange: ICAP client and protocol');
-    expect(f('core/dist/engine/scan/outcome.js')).toBe(
-      'outcome (verdict, log record, hand-off, response watch)',
-    );
-    expect(f('core/dist/engine/log.js')).toBe('outcome (verdict, log record, hand-off, response watch)');
-    expect(f('core/dist/engine/verdict/generic.js')).toBe(
-      'outcome (verdict, log record, hand-off, response watch)',
-    );
-    expect(f('core/dist/node/response-watch.js')).toBe(
-      'outcome (verdict, log record, hand-off, response watch)',
-    );
-    expect(f('core/dist/engine/scan/scan.js')).toBe("the scan's driver (scan.ts, engine.ts)");
-    expect(f('core/dist/engine/engine.js')).toBe("the scan's driver (scan.ts, engine.ts)");
-    expect(f('core/dist/errors.js')).toBe('other icapkit code');
+    const OUTCOME = 'outcome (verdict, log record, hand-off, response watch)';
+    const cases: Array<[file: string, part: string]> = [
+      ['express/dist/index.js', 'adapter (framework glue)'],
+      ['fastify/dist/index.js', 'adapter (framework glue)'],
+      ['core/dist/engine/scan/admission.js', 'admission'],
+      ['core/dist/engine/request.js', 'admission'],
+      ['core/dist/engine/policy/readings.js', 'admission'],
+      ['core/dist/engine/scan/intake.js', 'intake (the body store; its replays)'],
+      ['core/dist/engine/body/cursor.js', 'intake (the body store; its replays)'],
+      ['core/dist/engine/scan/exchange.js', 'exchange: engine (attempts, retries, watch)'],
+      ['core/dist/engine/scan/attempt-watch.js', 'exchange: engine (attempts, retries, watch)'],
+      ['core/dist/client/transaction.js', 'exchange: ICAP client and protocol'],
+      ['core/dist/protocol/parser.js', 'exchange: ICAP client and protocol'],
+      ['core/dist/engine/scan/outcome.js', OUTCOME],
+      ['core/dist/engine/log.js', OUTCOME],
+      ['core/dist/engine/verdict/generic.js', OUTCOME],
+      ['core/dist/node/response-watch.js', OUTCOME],
+      ['core/dist/engine/scan/scan.js', "the scan's driver (scan.ts, engine.ts)"],
+      ['core/dist/engine/engine.js', "the scan's driver (scan.ts, engine.ts)"],
+      ['core/dist/errors.js', 'other icapkit code'],
+    ];
+    const got = cases.map(([file]) => stageOfFrame(`JS:*x file:///w/packages/${file}:1:1`));
+    expect(got).toEqual(cases.map(([, part]) => part));
     expect(STAGE_OF_FILE.length).toBe(7);
   });
 });

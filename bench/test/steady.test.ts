@@ -15,6 +15,11 @@ import {
 } from '../src/steady.js';
 import { median } from '../src/util.js';
 
+/** One measured window of 1,000 requests. */
+function w(round: number, subject: Window['subject'], us: number): Window {
+  return { round, subject, usPerRequest: us, requests: 1000 };
+}
+
 describe('steady', () => {
   it('rotates who is measured first, each application once a round', () => {
     const firsts = [0, 1, 2].map((r) => roundOrder(r)[0]);
@@ -30,12 +35,6 @@ describe('steady', () => {
   });
 
   it('with no hold floor, its columns say so and the differences against the framework stand', () => {
-    const w = (round: number, subject: Window['subject'], us: number): Window => ({
-      round,
-      subject,
-      usPerRequest: us,
-      requests: 1000,
-    });
     const s = summarise('koa', [
       w(0, 'alone', 60),
       w(0, 'icapkit', 150),
@@ -70,12 +69,6 @@ describe('steady', () => {
 
   it('takes differences within each round, so a slow phase hitting every application of a round cancels', () => {
     // Round 1 ran in a phase 1.5× slower for everybody: the difference of medians would mix phases.
-    const w = (round: number, subject: Window['subject'], us: number): Window => ({
-      round,
-      subject,
-      usPerRequest: us,
-      requests: 1000,
-    });
     const windows = [
       w(0, 'alone', 50),
       w(0, 'hold', 80),
