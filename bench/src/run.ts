@@ -51,6 +51,7 @@ import {
   resetPeakRss,
   sleep,
   startChild,
+  statsOf,
 } from './util.js';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -392,35 +393,6 @@ function post(url: string, body: Buffer, contentType: string): Promise<{ status:
     req.once('error', (err) => reject(new Error(`POST ${url}: ${err.message}`)));
     req.end(body);
   });
-}
-
-interface AppStats {
-  created: number | undefined;
-  /** process.cpuUsage() of the application, user + system µs. */
-  cpuUs: number | undefined;
-  stages: StageSnapshot | undefined;
-  /** Mark-compacts the app's V8 has done since it started (a `gc` performance observer). */
-  majorGcs: number | undefined;
-}
-
-async function statsOf(port: number): Promise<AppStats> {
-  try {
-    const res = await fetch(`http://127.0.0.1:${port}/__stats`, { signal: AbortSignal.timeout(5000) });
-    const j = (await res.json()) as {
-      cpu?: { user: number; system: number };
-      stages?: StageSnapshot | null;
-      icap: Array<{ connections: { created: number } }> | null;
-      majorGcs?: number;
-    };
-    return {
-      created: j.icap?.reduce((n, s) => n + s.connections.created, 0),
-      cpuUs: j.cpu === undefined ? undefined : j.cpu.user + j.cpu.system,
-      stages: j.stages ?? undefined,
-      majorGcs: j.majorGcs,
-    };
-  } catch {
-    return { created: undefined, cpuUs: undefined, stages: undefined, majorGcs: undefined };
-  }
 }
 
 function cpuSum(pids: number[]): number {

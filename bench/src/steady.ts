@@ -47,6 +47,7 @@ import {
   parseOptions,
   runAsScript,
   startChild,
+  statsOf,
 } from './util.js';
 
 const HERE = fileURLToPath(new URL('.', import.meta.url));
@@ -162,11 +163,12 @@ export function renderStageRows(rows: readonly StageRow[], heading: string): str
   return lines;
 }
 
+/** The staged application's stage totals (its /__stats, util.ts's statsOf). */
 async function stagesOf(port: number): Promise<StageSnapshot> {
-  const res = await fetch(`http://127.0.0.1:${port}/__stats`, { signal: AbortSignal.timeout(5000) });
-  const j = (await res.json()) as { stages?: StageSnapshot | null };
-  if (j.stages == null) throw new Error('the staged application publishes no stage totals (BENCH_STAGES=1?)');
-  return j.stages;
+  const { stages } = await statsOf(port);
+  if (stages === undefined)
+    throw new Error('the staged application publishes no stage totals (BENCH_STAGES=1?)');
+  return stages;
 }
 
 async function main(): Promise<void> {

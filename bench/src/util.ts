@@ -4,6 +4,7 @@ import { accessSync, constants as fsConstants, readFileSync, statSync, writeFile
 import { createServer, Socket } from 'node:net';
 import { delimiter, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { StageSnapshot } from './stages.js';
 
 export const LOOPBACK = '127.0.0.1';
 
@@ -276,4 +277,35 @@ export function median(xs: readonly number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   const mid = s.length >> 1;
   return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+}
+
+/** What an application (app.js) reports at GET /__stats, read over its measured windows. */
+export interface AppStats {
+  created: number | undefined;
+  /** process.cpuUsage() of the application, user + system µs. */
+  cpuUs: number | undefined;
+  stages: StageSnapshot | undefined;
+  /** Mark-compacts the app's V8 has done since it started (a `gc` performance observer). */
+  majorGcs: number | undefined;
+}
+
+/** An application's /__stats (all undefined when it does not answer). */
+export async function statsOf(port: number): Promise<AppStats> {
+  try {
+    const res = await fetch(`http://127.0.0.1:${port}/__stats`, { signal: AbortSignal.timeout(5000) });
+    const j = (await res.json()) as {
+      cpu?: { user: number; system: number };
+      stages?: StageSnapshot | null;
+      icap: Array<{ connections: { created: number } }> | null;
+      majorGcs?: number;
+    };
+    return {
+      created: j.icap?.reduce((n, s) => n + s.connections.created, 0),
+      cpuUs: j.cpu === undefined ? undefined : j.cpu.user + j.cpu.system,
+      stages: j.stages ?? undefined,
+      majorGcs: j.majorGcs,
+    };
+  } catch {
+    return { created: undefined, cpuUs: undefined, stages: undefined, majorGcs: undefined };
+  }
 }

@@ -33,9 +33,9 @@ export function shareRequestMap(req: IncomingMessage): void {
     t[SECOND] = undefined;
     // FIRST is not the last property added: deleting it normalises the object.
     delete t[FIRST];
+    delete t[SECOND];
   } catch {
-    // A proxy's trap may refuse: the object stays as it was (whatever was added goes below).
-  } finally {
+    // A proxy's trap may refuse: the object stays as it was, less what was added.
     try {
       delete t[FIRST];
       delete t[SECOND];
