@@ -18,8 +18,9 @@
  * CPU (/proc, every thread) over each window ÷ the requests answered in it; "above the
  * framework" is the median of the per-round differences (windows seconds apart, in one phase).
  *
- * Against c-icap (`--service=echo` or `avscan`) there is no hold floor (it accepts only a bare
- * 204): the framework alone and icapkit are read side by side.
+ * Against c-icap's echo service there is no hold floor (it accepts only a bare 204, echo answers
+ * 200): the framework alone and icapkit are read side by side. avscan answers a clean body with a
+ * bare 204, so against it the hold floor runs too.
  *
  * `--stages=1` also starts a fourth application, icapkit with the scan's stage clock on
  * (BENCH_STAGES=1: a few µs per request, so it is not one of the compared three), warmed up like
@@ -45,9 +46,11 @@ import {
   DEFAULT_NODE_FLAGS,
   median,
   parseOptions,
+  rotate,
   runAsScript,
   startChild,
   statsOf,
+  withinRounds,
 } from './util.js';
 
 const HERE = fileURLToPath(new URL('.', import.meta.url));
@@ -77,22 +80,15 @@ export interface SteadySummary {
 
 /** The order the applications are measured in round `round` (rotates: no one always goes first). */
 export function roundOrder(round: number, subjects: readonly Subject[] = SUBJECTS): Subject[] {
-  return subjects.map((_, i) => subjects[(i + round) % subjects.length]!);
+  return rotate(round, subjects);
 }
 
 /** Medians per application and of the per-round differences; rounds missing a subject are left out of the differences. */
 export function summarise(framework: string, windows: readonly Window[]): SteadySummary {
   const of = (s: Subject) => windows.filter((w) => w.subject === s).map((w) => w.usPerRequest);
-  const rounds = [...new Set(windows.map((w) => w.round))].sort((a, b) => a - b);
-  const diffs = (a: Subject, b: Subject) => {
-    const out: number[] = [];
-    for (const r of rounds) {
-      const x = windows.find((w) => w.round === r && w.subject === a);
-      const y = windows.find((w) => w.round === r && w.subject === b);
-      if (x && y) out.push(x.usPerRequest - y.usPerRequest);
-    }
-    return out;
-  };
+  const rounds = new Set(windows.map((w) => w.round));
+  const diffs = (a: Subject, b: Subject) =>
+    withinRounds(windows, a, b, (x, y) => x.usPerRequest - y.usPerRequest);
   const above = diffs('icapkit', 'alone');
   return {
     framework,
@@ -101,7 +97,7 @@ export function summarise(framework: string, windows: readonly Window[]): Steady
     icapkitAbove: median(above),
     icapkitAboveHold: median(diffs('icapkit', 'hold')),
     icapkitAboveRange: [Math.min(...above), Math.max(...above)],
-    rounds: rounds.length,
+    rounds: rounds.size,
   };
 }
 
@@ -187,9 +183,9 @@ async function main(): Promise<void> {
   const tool = pickTool();
   const { dir, bodies } = await makeBodies([bodyId]);
   const body = bodies.get(bodyId)!;
-  // The hold floor accepts nothing but a bare 204: against c-icap only the framework alone and
+  // The hold floor accepts nothing but a bare 204: against echo only the framework alone and
   // icapkit are compared.
-  const subjects: readonly Subject[] = service === '204' ? SUBJECTS : ['alone', 'icapkit'];
+  const subjects: readonly Subject[] = service === 'echo' ? ['alone', 'icapkit'] : SUBJECTS;
   const scanner = await startScanner(service);
   const servicePath = service === 'echo' ? '/echo' : '/avscan';
   const summaries: SteadySummary[] = [];

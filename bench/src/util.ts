@@ -279,6 +279,31 @@ export function median(xs: readonly number[]): number {
   return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
 }
 
+/** The order of round `round` of an interleaved measurement: `items` rotated by `round` (no one always first). */
+export function rotate<T>(round: number, items: readonly T[]): T[] {
+  return items.map((_, i) => items[(i + round) % items.length]!);
+}
+
+/**
+ * f(a's value, b's value) for every round in which both `a` and `b` were measured, in round
+ * order: a comparison taken within a round (seconds apart, one phase of the machine).
+ */
+export function withinRounds<W extends { round: number; subject: string }>(
+  windows: readonly W[],
+  a: string,
+  b: string,
+  f: (x: W, y: W) => number | undefined,
+): number[] {
+  const out: number[] = [];
+  for (const r of [...new Set(windows.map((w) => w.round))].sort((p, q) => p - q)) {
+    const x = windows.find((w) => w.round === r && w.subject === a);
+    const y = windows.find((w) => w.round === r && w.subject === b);
+    const v = x && y ? f(x, y) : undefined;
+    if (v !== undefined) out.push(v);
+  }
+  return out;
+}
+
 /** What an application (app.js) reports at GET /__stats, read over its measured windows. */
 export interface AppStats {
   created: number | undefined;

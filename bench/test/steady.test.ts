@@ -27,7 +27,7 @@ describe('steady', () => {
     for (let r = 0; r < 5; r++) expect([...roundOrder(r)].sort()).toEqual([...SUBJECTS].sort());
   });
 
-  it('rotates two applications too (against c-icap there is no hold floor)', () => {
+  it('rotates two applications too (against c-icap echo there is no hold floor)', () => {
     const two = ['alone', 'icapkit'] as const;
     expect(roundOrder(0, two)).toEqual(['alone', 'icapkit']);
     expect(roundOrder(1, two)).toEqual(['icapkit', 'alone']);
