@@ -1,7 +1,7 @@
 /**
  * One benchmark application, run as its own process so its RSS and CPU are its own.
  *
- *   node dist/app.js <express|fastify|koa|hono> [icap-url service [--hold-floor]]
+ *   node dist/app.js <express|fastify|koa|hono> [icap-url service [--hold-floor|--hold-floor-parts]]
  *
  * Without an ICAP URL it is the "no scanning" ceiling (and Squid's origin). With one, icapkit's
  * middleware for that framework scans every POST with the default profile (plus the JSON in
@@ -35,9 +35,11 @@ import { StageTotals } from './stages.js';
 import { memOf } from './util.js';
 
 const [framework, icapUrl, service, mode] = process.argv.slice(2);
-/** The hold-and-ask floor instead of icapkit (`--hold-floor`). */
+/** The hold-and-ask floor instead of icapkit (`--hold-floor`; a form part by part: `--hold-floor-parts`). */
 const hold =
-  mode === '--hold-floor' && icapUrl !== undefined ? new HoldFloor(icapUrl, service ?? '/avscan') : undefined;
+  (mode === '--hold-floor' || mode === '--hold-floor-parts') && icapUrl !== undefined
+    ? new HoldFloor(icapUrl, service ?? '/avscan', { parts: mode === '--hold-floor-parts' })
+    : undefined;
 const BODY_LIMIT = 256 * 1024 * 1024;
 /** Per-stage CPU and wall time of the scan, from the engine's stage channel (opt-in: it costs a few µs). */
 const stageTotals = process.env.BENCH_STAGES === '1' ? StageTotals.subscribe() : undefined;

@@ -10,12 +10,22 @@
  * floorload.js is the floor of a client alone.
  *
  * Used by app.js with `--hold-floor` (see run.ts, the `hold` paths).
+ *
+ * Part by part (`--hold-floor-parts`, floors.ts): a multipart form is scanned as icapkit's
+ * per-file mode scans it, each part its own bare REQMOD (the part's bytes, with its Content-Type
+ * and Content-Disposition), at most MULTIPART_PARTS_AT_ONCE at once, and the held form is handed
+ * over once every part was answered 204. The parts are found with one boundary search over the
+ * held form (bodies.ts's formParts, made for the bench's own form): no strict parse, no rebuilt
+ * form. The floor of a middleware that scans each file.
  */
 import { connect, type Socket } from 'node:net';
+import { formParts } from './bodies.js';
 
 const END = Buffer.from('\r\n\r\n');
 const LAST_CHUNK = Buffer.from('\r\n0\r\n\r\n', 'latin1');
 const NO_204 = new Error('the hold floor accepts only a bare 204');
+/** Parts of one form in flight at once: icapkit's default `multipartConcurrency`. */
+export const MULTIPART_PARTS_AT_ONCE = 4;
 
 type Waiter = (err: Error | null) => void;
 
@@ -80,7 +90,11 @@ export class HoldFloor {
     if (!c.broken) this.#idle.push(c);
   };
 
-  constructor(url: string, service: string) {
+  /** A multipart form is asked about part by part (see the file's comment). */
+  readonly parts: boolean;
+
+  constructor(url: string, service: string, opts: { parts?: boolean } = {}) {
+    this.parts = opts.parts === true;
     const u = new URL(url);
     this.#host = u.hostname;
     this.#port = Number(u.port);
@@ -93,6 +107,44 @@ export class HoldFloor {
     const httpHead =
       `POST /upload HTTP/1.1\r\nHost: app\r\nContent-Type: ${contentType ?? 'application/octet-stream'}\r\n` +
       `Content-Length: ${length}\r\n\r\n`;
+    this.#send(httpHead, chunks, length, done);
+  }
+
+  /**
+   * Each part of the held form in a REQMOD of its own, at most MULTIPART_PARTS_AT_ONCE at once;
+   * `done(null)` once every part was answered 204, `done(err)` at the first that was not.
+   */
+  askParts(contentType: string, chunks: Buffer[], length: number, done: Waiter): void {
+    let parts: ReturnType<typeof formParts>;
+    try {
+      parts = formParts(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, length), contentType);
+    } catch (err) {
+      done(err as Error);
+      return;
+    }
+    let next = 0;
+    let pending = parts.length;
+    let failed = false;
+    const sendNext = (): void => {
+      const part = parts[next++];
+      if (part === undefined) return;
+      const httpHead = `POST /upload HTTP/1.1\r\n${part.headers.map(([k, v]) => `${k}: ${v}\r\n`).join('')}\r\n`;
+      this.#send(httpHead, [part.body], part.body.length, (err) => {
+        if (failed) return;
+        if (err !== null) {
+          failed = true;
+          done(err);
+          return;
+        }
+        if (--pending === 0) done(null);
+        else sendNext();
+      });
+    };
+    if (pending === 0) done(null);
+    for (let i = 0; i < MULTIPART_PARTS_AT_ONCE; i++) sendNext();
+  }
+
+  #send(httpHead: string, chunks: Buffer[], length: number, done: Waiter): void {
     const head = Buffer.from(
       `REQMOD ${this.#uri} ICAP/1.0\r\nHost: ${this.#authority}\r\nAllow: 204\r\n` +
         `Encapsulated: req-hdr=0, req-body=${httpHead.length}\r\n\r\n${httpHead}${length.toString(16)}\r\n`,
@@ -122,5 +174,10 @@ export function holdAndAsk(
     length += c.length;
   });
   stream.once('error', (err: Error) => done(err));
-  stream.once('end', () => floor.ask(contentType, chunks, length, (err) => done(err, chunks)));
+  stream.once('end', () => {
+    const answered = (err: Error | null) => done(err, chunks);
+    if (floor.parts && contentType !== undefined && /^multipart\//i.test(contentType))
+      floor.askParts(contentType, chunks, length, answered);
+    else floor.ask(contentType, chunks, length, answered);
+  });
 }

@@ -6,7 +6,8 @@
 import { Readable } from 'node:stream';
 import { eicar, startIcapServer } from '@icapkit/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { HoldFloor, holdAndAsk } from '../src/holdfloor.js';
+import { multipart } from '../src/bodies.js';
+import { HoldFloor, holdAndAsk, MULTIPART_PARTS_AT_ONCE } from '../src/holdfloor.js';
 
 const server = await startIcapServer();
 
@@ -68,5 +69,74 @@ describe('the hold floor', () => {
     expect(got.err).toBeNull();
     expect(Buffer.concat(got.chunks!).toString()).toBe('abcdef');
     expect(server.requests.at(-1)?.body?.toString()).toBe('abcdef');
+  });
+
+  describe('part by part (--hold-floor-parts)', () => {
+    const boundary = 'floorBoundary42';
+    const type = `multipart/form-data; boundary=${boundary}`;
+
+    function holdParts(parts: HoldFloor, form: Buffer): Promise<{ err: Error | null; chunks?: Buffer[] }> {
+      // The form in uneven pieces, as a socket hands it over.
+      const pieces = [form.subarray(0, 7), form.subarray(7, 5000), form.subarray(5000)];
+      return new Promise((resolve) =>
+        holdAndAsk(parts, Readable.from(pieces), type, (err, chunks) => resolve({ err, chunks })),
+      );
+    }
+
+    it('asks about each part in a REQMOD of its own, named as icapkit names it, and hands the form over', async () => {
+      const parts = new HoldFloor(server.url(), '/avscan', { parts: true });
+      try {
+        const files = [Buffer.alloc(3000, 1), Buffer.from('second file'), Buffer.alloc(9000, 3)];
+        const form = multipart(files, boundary);
+        const before = server.requests.length;
+        const got = await holdParts(parts, form);
+        expect(got.err).toBeNull();
+        expect(Buffer.concat(got.chunks!).equals(form)).toBe(true);
+        const recs = server.requests.slice(before);
+        // The text field and the three files; the order of answers may differ (four at once).
+        expect(recs.map((r) => r.body?.toString('latin1')).sort()).toEqual(
+          ['bench upload', ...files.map((f) => f.toString('latin1'))].sort(),
+        );
+        const second = recs.find((r) => r.body?.toString() === 'second file')!;
+        expect(second.httpRequest?.headers.get('content-type')).toBe('application/octet-stream');
+        expect(second.httpRequest?.headers.get('content-disposition')).toBe(
+          'attachment; filename="doc2.bin"',
+        );
+        expect(second.httpRequest?.headers.get('content-length')).toBe('11');
+      } finally {
+        parts.close();
+      }
+    });
+
+    it(`has at most ${MULTIPART_PARTS_AT_ONCE} parts in flight: eight parts open no more connections than that`, async () => {
+      const parts = new HoldFloor(server.url(), '/avscan', { parts: true });
+      try {
+        const accepted = server.connections.accepted;
+        const form = multipart(
+          Array.from({ length: 7 }, (_, i) => Buffer.alloc(2000, i)),
+          boundary,
+        );
+        expect((await holdParts(parts, form)).err).toBeNull();
+        expect(server.connections.accepted - accepted).toBe(MULTIPART_PARTS_AT_ONCE);
+      } finally {
+        parts.close();
+      }
+    });
+
+    it('fails when one part is refused, and a body that is not a form is asked about whole', async () => {
+      const parts = new HoldFloor(server.url(), '/avscan', { parts: true });
+      try {
+        const refused = await holdParts(parts, multipart([Buffer.from('clean'), eicar()], boundary));
+        expect(refused.err).toBeInstanceOf(Error);
+        const before = server.requests.length;
+        const plain = await new Promise<Error | null>((resolve) =>
+          holdAndAsk(parts, Readable.from([Buffer.from('not a form')]), 'text/plain', (err) => resolve(err)),
+        );
+        expect(plain).toBeNull();
+        expect(server.requests.slice(before).map((r) => r.body?.toString())).toEqual(['not a form']);
+      } finally {
+        parts.close();
+      }
+    });
   });
 });

@@ -1,0 +1,269 @@
+/**
+ * The throughput goals that a full run misses, read against the least an in-process middleware
+ * can do on this machine: Squid, the raw ICAP client, the hold floor (holdfloor.ts) and icapkit,
+ * all against one c-icap, measured in interleaved rounds.
+ *
+ * Why: a full run measures each path once, minutes apart, and this machine has phases in which
+ * the same path runs 1.5× slower. A ratio of two cells measured minutes apart (icapkit ÷ Squid,
+ * icapkit ÷ raw c-icap) moves by ±20-30% between runs. Here every round measures every path
+ * for --seconds, the order rotating, and a ratio is taken within a round, so both sides of it
+ * share the machine's phase; the table shows the medians of the per-round ratios.
+ *
+ * The hold floor holds the body, sends one bare REQMOD (no preview) on a pooled kept-alive
+ * socket, accepts only a bare 204 and hands the held chunks over: no parsing, no policy, no log
+ * record, no preview round trip. A multipart form goes to it as one object, as Squid sends it
+ * (icapkit scans each part); `holdparts` is the hold floor scanning it part by part, as icapkit
+ * does (holdfloor.ts). Where the hold floor misses a goal, no in-process middleware built on
+ * this framework reaches it on this machine, whatever it does about its own CPU; the gap
+ * between icapkit and the hold floor is what is left to take.
+ *
+ *   node bench/dist/floors.js [--frameworks=fastify,koa,express] [--cells=1m/8]
+ *                             [--service=avscan|echo]
+ *                             [--warm-seconds=8] [--rounds=5] [--seconds=3] [--json=FILE]
+ *
+ * Against c-icap's echo service there is no hold floor (it accepts nothing but a bare 204, echo
+ * answers 200 with the body): Squid, the raw client and icapkit only. The raw client is run.js's rawload.js (IcapClient, preview as icapkit, one process of its own),
+ * for a multipart form part by part (`--parts`), as icapkit scans it.
+ */
+import { rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { type BodyId, makeBodies } from './bodies.js';
+import { pickTool, runLoad, warmUp } from './load.js';
+import { startScanner } from './profile.js';
+import { startSquid } from './squid.js';
+import {
+  type Child,
+  DEFAULT_NODE_FLAGS,
+  median,
+  parseOptions,
+  rotate,
+  runAsScript,
+  startChild,
+  withinRounds,
+} from './util.js';
+
+const HERE = fileURLToPath(new URL('.', import.meta.url));
+
+/**
+ * A path measured in every round: `squid`, `raw`, `hold:<framework>`, `icapkit:<framework>`, and
+ * for a multipart form `holdparts:<framework>` (the hold floor part by part).
+ */
+export type FloorSubject = string;
+
+export interface FloorWindow {
+  round: number;
+  subject: FloorSubject;
+  rps: number;
+}
+
+/** One framework's ratios: medians of the per-round ratios, and their range. */
+export interface FloorRow {
+  framework: string;
+  rps: { icapkit: number; hold: number; squid: number; raw: number };
+  icapkitSquid: Ratio;
+  holdSquid: Ratio;
+  icapkitRaw: Ratio;
+  holdRaw: Ratio;
+  icapkitHold: Ratio;
+  /** A multipart form only: the hold floor part by part, its req/s and ratios. */
+  holdParts?: { rps: number; squid: Ratio; raw: Ratio; icapkit: Ratio };
+}
+
+export interface Ratio {
+  median: number;
+  min: number;
+  max: number;
+  rounds: number;
+}
+
+/** The subjects of a run, in their base order (rotate() turns it every round). */
+export function floorSubjects(
+  frameworks: readonly string[],
+  opts: { parts?: boolean; hold?: boolean } = {},
+): FloorSubject[] {
+  const hold = opts.hold !== false;
+  return [
+    'squid',
+    'raw',
+    ...frameworks.flatMap((f) => [
+      ...(hold ? [`hold:${f}`] : []),
+      ...(hold && opts.parts === true ? [`holdparts:${f}`] : []),
+      `icapkit:${f}`,
+    ]),
+  ];
+}
+
+/** a ÷ b within each round both were measured in (a round missing either is left out). */
+export function ratioOf(windows: readonly FloorWindow[], a: FloorSubject, b: FloorSubject): Ratio {
+  const out = withinRounds(windows, a, b, (x, y) => (y.rps > 0 ? x.rps / y.rps : undefined));
+  return out.length === 0
+    ? { median: Number.NaN, min: Number.NaN, max: Number.NaN, rounds: 0 }
+    : { median: median(out), min: Math.min(...out), max: Math.max(...out), rounds: out.length };
+}
+
+export function floorRows(frameworks: readonly string[], windows: readonly FloorWindow[]): FloorRow[] {
+  const rpsOf = (s: FloorSubject) => median(windows.filter((w) => w.subject === s).map((w) => w.rps));
+  return frameworks.map((f) => ({
+    framework: f,
+    rps: {
+      icapkit: rpsOf(`icapkit:${f}`),
+      hold: rpsOf(`hold:${f}`),
+      squid: rpsOf('squid'),
+      raw: rpsOf('raw'),
+    },
+    icapkitSquid: ratioOf(windows, `icapkit:${f}`, 'squid'),
+    holdSquid: ratioOf(windows, `hold:${f}`, 'squid'),
+    icapkitRaw: ratioOf(windows, `icapkit:${f}`, 'raw'),
+    holdRaw: ratioOf(windows, `hold:${f}`, 'raw'),
+    icapkitHold: ratioOf(windows, `icapkit:${f}`, `hold:${f}`),
+    ...(windows.some((w) => w.subject === `holdparts:${f}`)
+      ? {
+          holdParts: {
+            rps: rpsOf(`holdparts:${f}`),
+            squid: ratioOf(windows, `holdparts:${f}`, 'squid'),
+            raw: ratioOf(windows, `holdparts:${f}`, 'raw'),
+            icapkit: ratioOf(windows, `icapkit:${f}`, `holdparts:${f}`),
+          },
+        }
+      : {}),
+  }));
+}
+
+export function renderFloors(rows: readonly FloorRow[], heading: string): string[] {
+  const n = (x: number) => (Number.isFinite(x) ? (x >= 100 ? x.toFixed(0) : x.toFixed(1)) : '—');
+  const q = (r: Ratio) =>
+    Number.isFinite(r.median) ? `${r.median.toFixed(2)}× (${r.min.toFixed(2)}–${r.max.toFixed(2)})` : '—';
+  const parts = rows.some((r) => r.holdParts !== undefined);
+  const lines = [
+    heading,
+    '',
+    '| framework | req/s: icapkit / hold floor / Squid / raw client | icapkit ÷ Squid | hold floor ÷ Squid | icapkit ÷ raw | hold floor ÷ raw | icapkit ÷ hold floor |' +
+      (parts
+        ? ' req/s: hold floor part by part | part by part ÷ Squid | part by part ÷ raw | icapkit ÷ part by part |'
+        : ''),
+    `| --- | --: | --: | --: | --: | --: | --: |${parts ? ' --: | --: | --: | --: |' : ''}`,
+  ];
+  for (const r of rows) {
+    const p = r.holdParts;
+    lines.push(
+      `| ${r.framework} | ${n(r.rps.icapkit)} / ${n(r.rps.hold)} / ${n(r.rps.squid)} / ${n(r.rps.raw)} | ` +
+        `${q(r.icapkitSquid)} | ${q(r.holdSquid)} | ${q(r.icapkitRaw)} | ${q(r.holdRaw)} | ${q(r.icapkitHold)} |` +
+        (parts
+          ? p === undefined
+            ? ' — | — | — | — |'
+            : ` ${n(p.rps)} | ${q(p.squid)} | ${q(p.raw)} | ${q(p.icapkit)} |`
+          : ''),
+    );
+  }
+  return lines;
+}
+
+async function main(): Promise<void> {
+  const opts = parseOptions(process.argv.slice(2));
+  const frameworks = (opts.get('frameworks') ?? 'fastify,koa,express').split(',').filter(Boolean);
+  const [bodyId, clientsText] = (opts.get('cells') ?? '1m/8').split('/') as [BodyId, string];
+  const clients = Number(clientsText);
+  const warmSeconds = Number(opts.get('warm-seconds') ?? 8);
+  const rounds = Number(opts.get('rounds') ?? 5);
+  const seconds = Number(opts.get('seconds') ?? 3);
+  const nodeFlags = (opts.get('node-flags') ?? DEFAULT_NODE_FLAGS.join(' ')).split(' ').filter(Boolean);
+  const tool = pickTool();
+  const { dir, bodies } = await makeBodies([bodyId]);
+  const body = bodies.get(bodyId)!;
+  const parts = bodyId === 'mp5';
+  const service = opts.get('service') ?? 'avscan';
+  if (service !== 'avscan' && service !== 'echo') throw new Error(`--service=${service}: avscan or echo`);
+  const withHold = service === 'avscan';
+  const path = `/${service}`;
+  const scanner = await startScanner(service);
+  const icapUrl = `icap://127.0.0.1:${scanner.port}`;
+  const stops: Array<() => Promise<void>> = [];
+  const urls = new Map<FloorSubject, string>();
+  const windows: FloorWindow[] = [];
+  try {
+    const app = async (args: string[]): Promise<Child> => {
+      const c = await startChild(process.execPath, [...nodeFlags, join(HERE, 'app.js'), ...args], {
+        timeoutMs: 20_000,
+      });
+      stops.push(() => c.stop());
+      return c;
+    };
+    const urlOf = (c: { ready: { port?: unknown } } | { port: number }) =>
+      `http://127.0.0.1:${'port' in c ? c.port : (c.ready.port as number)}/upload`;
+    const origin = await app(['express']);
+    const squid = await startSquid({ originPort: origin.ready.port as number, icapUrl: `${icapUrl}${path}` });
+    stops.unshift(() => squid.stop());
+    urls.set('squid', urlOf(squid));
+    for (const f of frameworks) {
+      if (withHold) urls.set(`hold:${f}`, urlOf(await app([f, icapUrl, path, '--hold-floor'])));
+      if (withHold && parts)
+        urls.set(`holdparts:${f}`, urlOf(await app([f, icapUrl, path, '--hold-floor-parts'])));
+      urls.set(`icapkit:${f}`, urlOf(await app([f, icapUrl, path])));
+    }
+    for (const [s, url] of urls) {
+      await warmUp(url, body, clients, 1, { requests: 0, maxSeconds: 2 });
+      await runLoad(tool, url, body, clients, warmSeconds);
+      console.error(`warmed ${s}`);
+    }
+    /** The raw client: rawload.js in a process of its own, half a second of warm-up each window. */
+    const rawRps = async (): Promise<number> => {
+      const gen = await startChild(
+        process.execPath,
+        [
+          ...nodeFlags,
+          join(HERE, 'rawload.js'),
+          icapUrl,
+          path,
+          body.file,
+          body.contentType,
+          String(clients),
+          '500',
+          String(seconds * 1000),
+          ...(parts ? ['--parts'] : []),
+        ],
+        { timeoutMs: 20_000 },
+      );
+      try {
+        const r = (await gen.result()) as { rps: number; errors: number };
+        if (r.errors > 0) throw new Error(`raw client: ${r.errors} errors`);
+        return r.rps;
+      } finally {
+        await gen.stop();
+      }
+    };
+    const subjects = floorSubjects(frameworks, { parts, hold: withHold });
+    for (let round = 0; round < rounds; round++) {
+      for (const s of rotate(round, subjects)) {
+        let rps: number;
+        if (s === 'raw') rps = await rawRps();
+        else {
+          const r = await runLoad(tool, urls.get(s)!, body, clients, seconds);
+          if (r.ok === 0 || r.errors > 0) throw new Error(`${s}: ${r.ok} answered, ${r.errors} errors`);
+          rps = r.rps;
+        }
+        windows.push({ round, subject: s, rps });
+      }
+      console.error(
+        `round ${round + 1}/${rounds}: ${windows
+          .filter((w) => w.round === round)
+          .map((w) => `${w.subject} ${w.rps.toFixed(1)}`)
+          .join(', ')}`,
+      );
+    }
+  } finally {
+    for (const stop of stops) await stop();
+    await scanner.stop();
+    await rm(dir, { recursive: true, force: true });
+  }
+  const heading =
+    `req/s side by side against c-icap ${service}, ${body.label}, ${clients} clients; ${warmSeconds} s warm-up each, ` +
+    `${rounds} rounds of ${seconds} s, ratios within a round (median, range over the rounds), ` +
+    `${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC:`;
+  const rows = floorRows(frameworks, windows);
+  console.log(renderFloors(rows, heading).join('\n'));
+  const json = opts.get('json');
+  if (json !== undefined) await writeFile(json, JSON.stringify({ heading, rows, windows }, null, 2));
+}
+
+runAsScript(import.meta.url, main);

@@ -1,0 +1,129 @@
+/**
+ * floors.js reads Squid, the raw client, the hold floor and icapkit in interleaved rounds: every
+ * path once a round, the order rotating, and each ratio taken within a round (both sides in one
+ * phase of the machine), then its median and range over the rounds.
+ */
+import { describe, expect, it } from 'vitest';
+import { type FloorWindow, floorRows, floorSubjects, ratioOf, renderFloors } from '../src/floors.js';
+import { rotate } from '../src/util.js';
+
+const w = (round: number, subject: string, rps: number): FloorWindow => ({ round, subject, rps });
+
+describe('floors', () => {
+  it('measures Squid, the raw client and each framework with the hold floor and with icapkit', () => {
+    expect(floorSubjects(['fastify', 'koa'])).toEqual([
+      'squid',
+      'raw',
+      'hold:fastify',
+      'icapkit:fastify',
+      'hold:koa',
+      'icapkit:koa',
+    ]);
+  });
+
+  it('adds the hold floor part by part for a multipart form', () => {
+    expect(floorSubjects(['koa'], { parts: true })).toEqual([
+      'squid',
+      'raw',
+      'hold:koa',
+      'holdparts:koa',
+      'icapkit:koa',
+    ]);
+  });
+
+  it('has no hold floor against echo (it accepts only a bare 204)', () => {
+    expect(floorSubjects(['koa', 'express'], { parts: true, hold: false })).toEqual([
+      'squid',
+      'raw',
+      'icapkit:koa',
+      'icapkit:express',
+    ]);
+  });
+
+  it('rotates the order: every path once a round, each first in some round', () => {
+    const subjects = floorSubjects(['express']);
+    const firsts = new Set(subjects.map((_, r) => rotate(r, subjects)[0]));
+    expect(firsts).toEqual(new Set(subjects));
+    for (let r = 0; r < 7; r++) expect([...rotate(r, subjects)].sort()).toEqual([...subjects].sort());
+  });
+
+  it('takes each ratio within a round, not as a ratio of medians', () => {
+    // The machine's phase halves everything in round 1: within a round icapkit is 1.5× Squid
+    // every time; the medians of each path (100 vs 75) would say 1.33×.
+    const windows = [
+      w(0, 'squid', 100),
+      w(0, 'icapkit:koa', 150),
+      w(1, 'squid', 50),
+      w(1, 'icapkit:koa', 75),
+      w(2, 'squid', 100),
+      w(2, 'icapkit:koa', 150),
+      w(3, 'squid', 50),
+      w(3, 'icapkit:koa', 75),
+    ];
+    expect(ratioOf(windows, 'icapkit:koa', 'squid')).toEqual({ median: 1.5, min: 1.5, max: 1.5, rounds: 4 });
+  });
+
+  it('leaves out a round that lacks either side, and says "—" when no round has both', () => {
+    const windows = [
+      w(0, 'squid', 100),
+      w(0, 'hold:koa', 120),
+      w(1, 'hold:koa', 999),
+      w(2, 'squid', 0),
+      w(2, 'hold:koa', 5),
+    ];
+    expect(ratioOf(windows, 'hold:koa', 'squid')).toEqual({ median: 1.2, min: 1.2, max: 1.2, rounds: 1 });
+    const none = ratioOf(windows, 'icapkit:koa', 'squid');
+    expect(none.rounds).toBe(0);
+    const [row] = floorRows(['koa'], windows);
+    const line = renderFloors([row!], 'h').at(-1)!;
+    expect(line).toContain('| 1.20× (1.20–1.20) |');
+    // icapkit ÷ Squid, icapkit ÷ raw, hold floor ÷ raw (no raw client measured), icapkit ÷ hold floor
+    expect(line.split('|').filter((c) => c.trim() === '—').length).toBe(4);
+  });
+
+  it('renders one row per framework: median req/s and every ratio with its range', () => {
+    const windows: FloorWindow[] = [];
+    for (let r = 0; r < 3; r++)
+      windows.push(
+        w(r, 'squid', 80 + r),
+        w(r, 'raw', 200),
+        w(r, 'hold:fastify', 160),
+        w(r, 'icapkit:fastify', 150 - r * 10),
+      );
+    const rows = floorRows(['fastify'], windows);
+    expect(rows[0]!.rps).toEqual({ icapkit: 140, hold: 160, squid: 81, raw: 200 });
+    expect(rows[0]!.icapkitHold.median).toBeCloseTo(140 / 160);
+    expect(rows[0]!.icapkitRaw).toMatchObject({ min: 0.65, max: 0.75, rounds: 3 });
+    const lines = renderFloors(rows, 'heading');
+    expect(lines[0]).toBe('heading');
+    expect(lines).toHaveLength(5);
+    expect(lines[4]).toMatch(/^\| fastify \| 140 \/ 160 \/ 81\.0 \/ 200 \| /);
+    expect(lines[4]).toContain('| 0.70× (0.65–0.75) |'); // icapkit ÷ raw
+    expect(lines[4]).toContain('| 1.98× (1.95–2.00) |'); // hold floor ÷ Squid: 160/80, 160/81, 160/82
+  });
+
+  it('gives the part-by-part floor its columns when it was measured, "—" for a row without it', () => {
+    const windows: FloorWindow[] = [];
+    for (let r = 0; r < 3; r++)
+      windows.push(
+        w(r, 'squid', 100),
+        w(r, 'raw', 130),
+        w(r, 'hold:koa', 170),
+        w(r, 'holdparts:koa', 120 + r),
+        w(r, 'icapkit:koa', 110),
+        w(r, 'hold:express', 160),
+        w(r, 'icapkit:express', 105),
+      );
+    const rows = floorRows(['koa', 'express'], windows);
+    expect(rows[0]!.holdParts).toMatchObject({ rps: 121, squid: { median: 1.21, min: 1.2, max: 1.22 } });
+    expect(rows[0]!.holdParts!.icapkit.median).toBeCloseTo(110 / 121);
+    expect(rows[1]!.holdParts).toBeUndefined();
+    const lines = renderFloors(rows, 'h');
+    expect(lines[2]).toContain('| req/s: hold floor part by part | part by part ÷ Squid |');
+    expect(lines[3]!.split('|').length).toBe(lines[2]!.split('|').length);
+    expect(lines[4]).toMatch(
+      /\| 121 \| 1\.21× \(1\.20–1\.22\) \| 0\.93× \(0\.92–0\.94\) \| 0\.91× \(0\.90–0\.92\) \|$/,
+    );
+    expect(lines[5]).toMatch(/\| — \| — \| — \| — \|$/);
+  });
+});
