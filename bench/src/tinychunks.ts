@@ -10,7 +10,19 @@
  * sometimes jumps by ~17 MiB during such an upload, plain or scanned alike (V8 growing its young
  * generation), which one run per side turned into ratios of -15× to 19× the body.
  *
+ * Each process then takes a second body the same way, measured from the RSS before it: the
+ * first upload in a fresh process also pays what is paid once (V8 compiling the code the upload
+ * runs, icapkit's more than the framework's alone; the young generation growing), the second
+ * only what a body costs. Both are reported; the goal is about the memory a body costs.
+ *
+ * Every process starts with its young generation at its full default size
+ * (TINY_CHUNK_NODE_FLAGS): it otherwise grows once, by 16 MiB of committed heap, at some body of
+ * a 1-byte-chunk upload (the first, second or third, plain and scanned alike: V8 grows it after
+ * enough objects survived its scavenges), and the body that step lands in reads as 16 MiB
+ * heavier than the others.
+ *
  *   node bench/dist/tinychunks.js [--size=1048576] [--frameworks=express,fastify,koa] [--repeat=5]
+ *                                 [--node-flags='--min-semi-space-size=16']
  *   node bench/dist/run.js --tiny-chunks          (the same, from the main script)
  *
  * Prints a markdown table and a `RESULT {json}` line.
@@ -31,6 +43,9 @@ import {
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 
+/** Node 20's young generation at its full default size (16 MiB semi-spaces) from the start. */
+export const TINY_CHUNK_NODE_FLAGS: readonly string[] = ['--min-semi-space-size=16'];
+
 export interface TinyChunkRow {
   framework: string;
   scanned: boolean;
@@ -40,6 +55,8 @@ export interface TinyChunkRow {
   rssGrowthMiB: number;
   /** Each run's peak RSS growth (MiB), the median of which is rssGrowthMiB. */
   rssRuns: number[];
+  /** The second body in the same process: the median time and peak RSS growth, and each run's growth. */
+  second: { ms: number; rssGrowthMiB: number; rssRuns: number[] };
 }
 
 export interface TinyChunkReport {
@@ -51,6 +68,8 @@ export interface TinyChunkReport {
     cpu: number;
     /** (peak RSS growth with icapkit − without) / body size. */
     extraRssOverBody: number;
+    /** The same for the second body of each process. */
+    extraRssOverBodySecond: number;
   }>;
 }
 
@@ -98,37 +117,49 @@ export function sendTinyChunks(
   });
 }
 
-async function measure(
-  app: Child,
-  size: number,
-): Promise<Omit<TinyChunkRow, 'framework' | 'scanned' | 'rssRuns'>> {
-  const port = app.ready.port as number;
+interface Upload {
+  status: number;
+  ms: number;
+  cpuS: number;
+  rssGrowthMiB: number;
+}
+
+/** One body in 1-byte chunks: time, CPU and peak RSS growth over the RSS before it. */
+async function upload(app: Child, size: number): Promise<Upload> {
   await sleep(200);
   const rss0 = memOf(app.pid).rss;
   resetPeakRss(app.pid);
   const cpu0 = cpuOf(app.pid);
-  const r = await sendTinyChunks(port, size);
+  const r = await sendTinyChunks(app.ready.port as number, size);
   const cpuS = cpuOf(app.pid) - cpu0;
   const hwm = memOf(app.pid).hwm;
   return { status: r.status, ms: r.ms, cpuS, rssGrowthMiB: Math.max(0, hwm - rss0) / 2 ** 20 };
+}
+
+/** A fresh process's first body, then its second. */
+async function measure(app: Child, size: number): Promise<{ first: Upload; second: Upload }> {
+  const first = await upload(app, size);
+  const second = await upload(app, size);
+  return { first, second };
 }
 
 export async function runTinyChunks(
   size = 1024 * 1024,
   frameworks: string[] = ['express', 'fastify', 'koa'],
   repeat = 5,
+  nodeFlags: readonly string[] = TINY_CHUNK_NODE_FLAGS,
 ): Promise<TinyChunkReport> {
   const icap = await startChild(process.execPath, [join(HERE, 'icap204.js')], { timeoutMs: 20_000 });
   const rows: TinyChunkRow[] = [];
   try {
     for (const framework of frameworks) {
-      const runs = new Map<boolean, Array<Omit<TinyChunkRow, 'framework' | 'scanned' | 'rssRuns'>>>([
+      const runs = new Map<boolean, Array<{ first: Upload; second: Upload }>>([
         [false, []],
         [true, []],
       ]);
       for (let i = 0; i < repeat; i++) {
         for (const scanned of [false, true]) {
-          const args = [join(HERE, 'app.js'), framework];
+          const args = [...nodeFlags, join(HERE, 'app.js'), framework];
           if (scanned) args.push(`icap://127.0.0.1:${icap.ready.port as number}`, '/avscan');
           const app = await startChild(process.execPath, args, {
             timeoutMs: 20_000,
@@ -142,23 +173,39 @@ export async function runTinyChunks(
         }
       }
       for (const scanned of [false, true]) {
-        const rs = runs.get(scanned)!;
+        const both = runs.get(scanned)!;
+        const rs = both.map((r) => r.first);
+        const seconds = both.map((r) => r.second);
+        const uploads = [...rs, ...seconds];
         rows.push({
           framework,
           scanned,
-          // A failed run shows: the worst status, not the median's.
-          status: rs.every((r) => r.status === 200) ? 200 : rs.find((r) => r.status !== 200)!.status,
+          // A failed upload shows: the worst status, not the median's.
+          status: uploads.every((r) => r.status === 200)
+            ? 200
+            : uploads.find((r) => r.status !== 200)!.status,
           ms: median(rs.map((r) => r.ms)),
           cpuS: median(rs.map((r) => r.cpuS)),
           rssGrowthMiB: median(rs.map((r) => r.rssGrowthMiB)),
           rssRuns: rs.map((r) => r.rssGrowthMiB),
+          second: {
+            ms: median(seconds.map((r) => r.ms)),
+            rssGrowthMiB: median(seconds.map((r) => r.rssGrowthMiB)),
+            rssRuns: seconds.map((r) => r.rssGrowthMiB),
+          },
         });
       }
     }
   } finally {
     await icap.stop();
   }
-  const ratios = frameworks.map((framework) => {
+  return { size, rows, ratios: tinyRatios(rows, size) };
+}
+
+/** Each framework's icapkit ÷ plain: time, CPU, and the extra RSS growth over the body size. */
+export function tinyRatios(rows: readonly TinyChunkRow[], size: number): TinyChunkReport['ratios'] {
+  const frameworks = [...new Set(rows.map((r) => r.framework))];
+  return frameworks.map((framework) => {
     const plain = rows.find((r) => r.framework === framework && !r.scanned)!;
     const scanned = rows.find((r) => r.framework === framework && r.scanned)!;
     return {
@@ -166,28 +213,33 @@ export async function runTinyChunks(
       time: scanned.ms / plain.ms,
       cpu: scanned.cpuS / Math.max(plain.cpuS, 0.01),
       extraRssOverBody: ((scanned.rssGrowthMiB - plain.rssGrowthMiB) * 2 ** 20) / size,
+      extraRssOverBodySecond: ((scanned.second.rssGrowthMiB - plain.second.rssGrowthMiB) * 2 ** 20) / size,
     };
   });
-  return { size, rows, ratios };
 }
 
 export function renderTinyChunks(report: TinyChunkReport): string {
   const lines = [
     `1 MiB-class body (${report.size} bytes) in 1-byte chunks, Nagle off (medians of ${report.rows[0]?.rssRuns.length ?? 0} fresh processes each):`,
     '',
-    '| Framework | Path | status | time ms | app CPU s | peak RSS growth MiB | each run |',
-    '| --------- | ---- | -----: | ------: | --------: | ------------------: | -------- |',
+    '| Framework | Path | status | time ms | app CPU s | peak RSS growth MiB | each run | second body: time ms | peak RSS growth MiB | each run |',
+    '| --------- | ---- | -----: | ------: | --------: | ------------------: | -------- | -------------------: | ------------------: | -------- |',
   ];
+  const each = (xs: number[]) => xs.map((x) => x.toFixed(1)).join(', ');
   for (const r of report.rows) {
     lines.push(
-      `| ${r.framework} | ${r.scanned ? 'icapkit → embedded 204' : 'plain'} | ${r.status} | ${r.ms.toFixed(0)} | ${r.cpuS.toFixed(2)} | ${r.rssGrowthMiB.toFixed(1)} | ${r.rssRuns.map((x) => x.toFixed(1)).join(', ')} |`,
+      `| ${r.framework} | ${r.scanned ? 'icapkit → embedded 204' : 'plain'} | ${r.status} | ${r.ms.toFixed(0)} | ${r.cpuS.toFixed(2)} | ${r.rssGrowthMiB.toFixed(1)} | ${each(r.rssRuns)} | ` +
+        `${r.second.ms.toFixed(0)} | ${r.second.rssGrowthMiB.toFixed(1)} | ${each(r.second.rssRuns)} |`,
     );
   }
-  lines.push('', '| Framework | time icapkit/plain | CPU icapkit/plain | extra RSS growth / body |');
-  lines.push('| --------- | ----------------: | ----------------: | ----------------: |');
+  lines.push(
+    '',
+    '| Framework | time icapkit/plain | CPU icapkit/plain | extra RSS growth / body | the same, second body |',
+  );
+  lines.push('| --------- | ----------------: | ----------------: | ----------------: | ----------------: |');
   for (const q of report.ratios) {
     lines.push(
-      `| ${q.framework} | ${q.time.toFixed(2)}× | ${q.cpu.toFixed(2)}× | ${q.extraRssOverBody.toFixed(2)}× |`,
+      `| ${q.framework} | ${q.time.toFixed(2)}× | ${q.cpu.toFixed(2)}× | ${q.extraRssOverBody.toFixed(2)}× | ${q.extraRssOverBodySecond.toFixed(2)}× |`,
     );
   }
   return lines.join('\n');
@@ -197,13 +249,15 @@ if (process.argv[1]?.endsWith('tinychunks.js') === true) {
   let size = 1024 * 1024;
   let frameworks = ['express', 'fastify', 'koa'];
   let repeat = 5;
+  let nodeFlags: readonly string[] = TINY_CHUNK_NODE_FLAGS;
   for (const arg of process.argv.slice(2)) {
     if (arg.startsWith('--size=')) size = Number(arg.slice(7));
+    else if (arg.startsWith('--node-flags=')) nodeFlags = arg.slice(13).split(' ').filter(Boolean);
     else if (arg.startsWith('--repeat=')) repeat = Number(arg.slice(9));
     else if (arg.startsWith('--frameworks=')) frameworks = arg.slice(13).split(',');
     else throw new Error(`unknown argument ${arg}`);
   }
-  runTinyChunks(size, frameworks, repeat)
+  runTinyChunks(size, frameworks, repeat, nodeFlags)
     .then((report) => {
       console.log(renderTinyChunks(report));
       console.log(`RESULT ${JSON.stringify(report)}`);
