@@ -4,7 +4,14 @@
  * phase of the machine), then its median and range over the rounds.
  */
 import { describe, expect, it } from 'vitest';
-import { type FloorWindow, floorRows, floorSubjects, ratioOf, renderFloors } from '../src/floors.js';
+import {
+  errorNotes,
+  type FloorWindow,
+  floorRows,
+  floorSubjects,
+  ratioOf,
+  renderFloors,
+} from '../src/floors.js';
 import { rotate } from '../src/util.js';
 
 const w = (round: number, subject: string, rps: number): FloorWindow => ({ round, subject, rps });
@@ -125,5 +132,18 @@ describe('floors', () => {
       /\| 121 \| 1\.21× \(1\.20–1\.22\) \| 0\.93× \(0\.92–0\.94\) \| 0\.91× \(0\.90–0\.92\) \|$/,
     );
     expect(lines[5]).toMatch(/\| — \| — \| — \| — \|$/);
+  });
+
+  it('notes the paths that failed requests, and only those', () => {
+    const windows: FloorWindow[] = [
+      { round: 0, subject: 'squid', rps: 90, errors: 12 },
+      { round: 1, subject: 'squid', rps: 95, errors: 0 },
+      { round: 2, subject: 'squid', rps: 91, errors: 3 },
+      { round: 0, subject: 'icapkit:koa', rps: 150, errors: 0 },
+      { round: 1, subject: 'raw', rps: 200 },
+    ];
+    expect(errorNotes(windows)).toEqual([
+      'squid: 15 failed requests in 2 of its windows (req/s counts answers only)',
+    ]);
   });
 });
