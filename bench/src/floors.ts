@@ -28,13 +28,13 @@
 import { rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { type BodyId, makeBodies } from './bodies.js';
+import { makeBodies } from './bodies.js';
 import { pickTool, runLoad, warmUp } from './load.js';
 import { startScanner } from './profile.js';
 import { startSquid } from './squid.js';
 import {
   type Child,
-  DEFAULT_NODE_FLAGS,
+  interleavedOptions,
   median,
   parseOptions,
   rotate,
@@ -179,13 +179,12 @@ export function renderFloors(rows: readonly FloorRow[], heading: string): string
 
 async function main(): Promise<void> {
   const opts = parseOptions(process.argv.slice(2));
-  const frameworks = (opts.get('frameworks') ?? 'fastify,koa,express').split(',').filter(Boolean);
-  const [bodyId, clientsText] = (opts.get('cells') ?? '1m/8').split('/') as [BodyId, string];
-  const clients = Number(clientsText);
-  const warmSeconds = Number(opts.get('warm-seconds') ?? 8);
-  const rounds = Number(opts.get('rounds') ?? 5);
-  const seconds = Number(opts.get('seconds') ?? 3);
-  const nodeFlags = (opts.get('node-flags') ?? DEFAULT_NODE_FLAGS.join(' ')).split(' ').filter(Boolean);
+  const { frameworks, bodyId, clients, warmSeconds, rounds, seconds, nodeFlags } = interleavedOptions(opts, {
+    cells: '1m/8',
+    warmSeconds: 8,
+    rounds: 5,
+    seconds: 3,
+  });
   const tool = pickTool();
   const { dir, bodies } = await makeBodies([bodyId]);
   const body = bodies.get(bodyId)!;

@@ -36,14 +36,14 @@
 import { rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { type BodyId, makeBodies } from './bodies.js';
+import { makeBodies } from './bodies.js';
 import { pickTool, runLoad } from './load.js';
 import { startScanner } from './profile.js';
 import { STAGES, type Stage, type StageSnapshot, stageDelta } from './stages.js';
 import {
   type Child,
   cpuOf,
-  DEFAULT_NODE_FLAGS,
+  interleavedOptions,
   median,
   parseOptions,
   rotate,
@@ -169,17 +169,16 @@ async function stagesOf(port: number): Promise<StageSnapshot> {
 
 async function main(): Promise<void> {
   const opts = parseOptions(process.argv.slice(2));
-  const frameworks = (opts.get('frameworks') ?? 'fastify,koa,express').split(',').filter(Boolean);
-  const [bodyId, clientsText] = (opts.get('cells') ?? '10k/8').split('/') as [BodyId, string];
-  const clients = Number(clientsText);
+  const { frameworks, bodyId, clients, warmSeconds, rounds, seconds, nodeFlags } = interleavedOptions(opts, {
+    cells: '10k/8',
+    warmSeconds: 20,
+    rounds: 9,
+    seconds: 2,
+  });
   const service = opts.get('service') ?? '204';
   if (!['204', 'echo', 'avscan'].includes(service))
     throw new Error(`--service=${service}: 204, echo or avscan`);
   const withStages = opts.get('stages') === '1';
-  const warmSeconds = Number(opts.get('warm-seconds') ?? 20);
-  const rounds = Number(opts.get('rounds') ?? 9);
-  const seconds = Number(opts.get('seconds') ?? 2);
-  const nodeFlags = (opts.get('node-flags') ?? DEFAULT_NODE_FLAGS.join(' ')).split(' ').filter(Boolean);
   const tool = pickTool();
   const { dir, bodies } = await makeBodies([bodyId]);
   const body = bodies.get(bodyId)!;

@@ -4,6 +4,7 @@ import { accessSync, constants as fsConstants, readFileSync, statSync, writeFile
 import { createServer, Socket } from 'node:net';
 import { delimiter, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { BodyId } from './bodies.js';
 import type { StageSnapshot } from './stages.js';
 
 export const LOOPBACK = '127.0.0.1';
@@ -277,6 +278,31 @@ export function median(xs: readonly number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   const mid = s.length >> 1;
   return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+}
+
+/** The options every interleaved measurement takes (steady.js, floors.js), with its defaults. */
+export function interleavedOptions(
+  opts: Map<string, string>,
+  defaults: { cells: string; warmSeconds: number; rounds: number; seconds: number },
+): {
+  frameworks: string[];
+  bodyId: BodyId;
+  clients: number;
+  warmSeconds: number;
+  rounds: number;
+  seconds: number;
+  nodeFlags: string[];
+} {
+  const [bodyId, clientsText] = (opts.get('cells') ?? defaults.cells).split('/') as [BodyId, string];
+  return {
+    frameworks: (opts.get('frameworks') ?? 'fastify,koa,express').split(',').filter(Boolean),
+    bodyId,
+    clients: Number(clientsText),
+    warmSeconds: Number(opts.get('warm-seconds') ?? defaults.warmSeconds),
+    rounds: Number(opts.get('rounds') ?? defaults.rounds),
+    seconds: Number(opts.get('seconds') ?? defaults.seconds),
+    nodeFlags: (opts.get('node-flags') ?? DEFAULT_NODE_FLAGS.join(' ')).split(' ').filter(Boolean),
+  };
 }
 
 /** The order of round `round` of an interleaved measurement: `items` rotated by `round` (no one always first). */
