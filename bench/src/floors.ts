@@ -195,6 +195,7 @@ async function main(): Promise<void> {
   const path = `/${service}`;
   const scanner = await startScanner(service);
   const icapUrl = `icap://127.0.0.1:${scanner.port}`;
+  const subjects = floorSubjects(frameworks, { parts, hold: withHold });
   const stops: Array<() => Promise<void>> = [];
   const urls = new Map<FloorSubject, string>();
   const windows: FloorWindow[] = [];
@@ -206,17 +207,17 @@ async function main(): Promise<void> {
       stops.push(() => c.stop());
       return c;
     };
-    const urlOf = (c: { ready: { port?: unknown } } | { port: number }) =>
-      `http://127.0.0.1:${'port' in c ? c.port : (c.ready.port as number)}/upload`;
+    const urlOf = (port: number) => `http://127.0.0.1:${port}/upload`;
     const origin = await app(['express']);
     const squid = await startSquid({ originPort: origin.ready.port as number, icapUrl: `${icapUrl}${path}` });
     stops.unshift(() => squid.stop());
-    urls.set('squid', urlOf(squid));
-    for (const f of frameworks) {
-      if (withHold) urls.set(`hold:${f}`, urlOf(await app([f, icapUrl, path, '--hold-floor'])));
-      if (withHold && parts)
-        urls.set(`holdparts:${f}`, urlOf(await app([f, icapUrl, path, '--hold-floor-parts'])));
-      urls.set(`icapkit:${f}`, urlOf(await app([f, icapUrl, path])));
+    urls.set('squid', urlOf(squid.port));
+    // One application per framework path, in the subjects' order (`<kind>:<framework>`).
+    for (const s of subjects) {
+      const [kind, framework] = s.split(':') as [string, string | undefined];
+      if (framework === undefined) continue; // squid, raw
+      const mode = kind === 'hold' ? ['--hold-floor'] : kind === 'holdparts' ? ['--hold-floor-parts'] : [];
+      urls.set(s, urlOf((await app([framework, icapUrl, path, ...mode])).ready.port as number));
     }
     for (const [s, url] of urls) {
       await warmUp(url, body, clients, 1, { requests: 0, maxSeconds: 2 });
@@ -247,7 +248,6 @@ async function main(): Promise<void> {
         await gen.stop();
       }
     };
-    const subjects = floorSubjects(frameworks, { parts, hold: withHold });
     for (let round = 0; round < rounds; round++) {
       for (const s of rotate(round, subjects)) {
         // Squid in front of c-icap's echo service fails some requests (run.js's table notes
