@@ -10,8 +10,9 @@
  * share the machine's phase; the table shows the medians of the per-round ratios.
  *
  * The hold floor holds the body, sends one bare REQMOD (no preview) on a pooled kept-alive
- * socket, accepts only a bare 204 and hands the held chunks over: no parsing, no policy, no log
- * record, no preview round trip. A multipart form goes to it as one object, as Squid sends it
+ * socket, accepts only a bare 204 and hands the held chunks over (against echo: reads the 200 to
+ * its end and hands its de-chunked body over): no parsing, no policy, no log record, no preview
+ * round trip. A multipart form goes to it as one object, as Squid sends it
  * (icapkit scans each part); `holdparts` is the hold floor scanning it part by part, as icapkit
  * does (holdfloor.ts). Where the hold floor misses a goal, no in-process middleware built on
  * this framework reaches it on this machine, whatever it does about its own CPU; the gap
@@ -21,9 +22,10 @@
  *                             [--service=avscan|echo]
  *                             [--warm-seconds=8] [--rounds=5] [--seconds=3] [--json=FILE]
  *
- * Against c-icap's echo service there is no hold floor (it accepts nothing but a bare 204, echo
- * answers 200 with the body): Squid, the raw client and icapkit only. The raw client is run.js's rawload.js (IcapClient, preview as icapkit, one process of its own),
- * for a multipart form part by part (`--parts`), as icapkit scans it.
+ * Against c-icap's echo service a multipart form has no part-by-part floor (it would have to
+ * put the form together again from the returned parts). The raw client is run.js's rawload.js
+ * (IcapClient, preview as icapkit, one process of its own), for a multipart form part by part
+ * (`--parts`), as icapkit scans it.
  */
 import { rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -81,17 +83,13 @@ export interface Ratio {
 }
 
 /** The subjects of a run, in their base order (rotate() turns it every round). */
-export function floorSubjects(
-  frameworks: readonly string[],
-  opts: { parts?: boolean; hold?: boolean } = {},
-): FloorSubject[] {
-  const hold = opts.hold !== false;
+export function floorSubjects(frameworks: readonly string[], opts: { parts?: boolean } = {}): FloorSubject[] {
   return [
     'squid',
     'raw',
     ...frameworks.flatMap((f) => [
-      ...(hold ? [`hold:${f}`] : []),
-      ...(hold && opts.parts === true ? [`holdparts:${f}`] : []),
+      `hold:${f}`,
+      ...(opts.parts === true ? [`holdparts:${f}`] : []),
       `icapkit:${f}`,
     ]),
   ];
@@ -191,11 +189,10 @@ async function main(): Promise<void> {
   const parts = bodyId === 'mp5';
   const service = opts.get('service') ?? 'avscan';
   if (service !== 'avscan' && service !== 'echo') throw new Error(`--service=${service}: avscan or echo`);
-  const withHold = service === 'avscan';
   const path = `/${service}`;
   const scanner = await startScanner(service);
   const icapUrl = `icap://127.0.0.1:${scanner.port}`;
-  const subjects = floorSubjects(frameworks, { parts, hold: withHold });
+  const subjects = floorSubjects(frameworks, { parts: parts && service === 'avscan' });
   const stops: Array<() => Promise<void>> = [];
   const urls = new Map<FloorSubject, string>();
   const windows: FloorWindow[] = [];

@@ -9,6 +9,12 @@
  * the client completely); it is the floor an in-process ICAP middleware is read against, as
  * floorload.js is the floor of a client alone.
  *
+ * Against a service that returns the request (c-icap's echo: `200` with `req-hdr=0, req-body=N`)
+ * the floor reads the answer to its end, skips the HTTP head without parsing it, de-chunks the
+ * body into views of the socket's buffers and hands those to the handler instead of the held
+ * chunks: the least a middleware does to pass a rewritten body on. Any other 200 (a block is an
+ * HTTP response) is refused.
+ *
  * Used by app.js with `--hold-floor` (see run.ts, the `hold` paths).
  *
  * Part by part (`--hold-floor-parts`, floors.ts): a multipart form is scanned as icapkit's
@@ -23,41 +29,150 @@ import { formParts } from './bodies.js';
 
 const END = Buffer.from('\r\n\r\n');
 const LAST_CHUNK = Buffer.from('\r\n0\r\n\r\n', 'latin1');
-const NO_204 = new Error('the hold floor accepts only a bare 204');
+const REFUSED = new Error('the hold floor accepts only a bare 204 or a 200 with the request');
 /** Parts of one form in flight at once: icapkit's default `multipartConcurrency`. */
 export const MULTIPART_PARTS_AT_ONCE = 4;
 
-type Waiter = (err: Error | null) => void;
+/** `body`: the request body of a 200 (echo), as it came; undefined for a 204 (the held one stands). */
+type Waiter = (err: Error | null, body?: Buffer[]) => void;
+
+/**
+ * Where the reading of an answer is: its ICAP head, then (a 200 only) the encapsulated HTTP head
+ * to skip, then the chunked body: a size line, its data, the CRLF after it, the last chunk's CRLF.
+ */
+enum Read {
+  Head,
+  Skip,
+  Size,
+  Data,
+  DataEnd,
+  Last,
+}
 
 /** One kept-alive connection: at most one exchange at a time. */
 class FloorConnection {
   readonly socket: Socket;
-  #head: Buffer | undefined;
+  #state = Read.Head;
+  /** The ICAP head so far, or a size line cut between two reads. */
+  #pending: Buffer | undefined;
+  /** Bytes left to skip (HTTP head, a chunk's CRLF, the last chunk's CRLF) or of a chunk's data. */
+  #left = 0;
+  #body: Buffer[] = [];
   #waiter: Waiter | undefined;
+  readonly #onIdle: (c: FloorConnection) => void;
   broken = false;
 
   constructor(port: number, host: string, onIdle: (c: FloorConnection) => void) {
+    this.#onIdle = onIdle;
     this.socket = connect(port, host);
     this.socket.setNoDelay(true);
-    this.socket.on('data', (chunk: Buffer) => {
-      const seen = this.#head === undefined ? chunk : Buffer.concat([this.#head, chunk]);
-      const end = seen.indexOf(END);
-      if (end < 0) {
-        this.#head = seen;
-        return;
-      }
-      this.#head = undefined;
-      if (end + 4 !== seen.length || seen.toString('latin1', 0, 12) !== 'ICAP/1.0 204') {
-        this.fail(NO_204);
-        return;
-      }
-      const w = this.#waiter;
-      this.#waiter = undefined;
-      onIdle(this);
-      w?.(null);
-    });
+    this.socket.on('data', (chunk: Buffer) => this.#read(chunk));
     this.socket.on('error', (err) => this.fail(err));
     this.socket.on('close', () => this.fail(new Error('ICAP connection closed')));
+  }
+
+  /**
+   * A bare 204, or a 200 whose encapsulated message is the request with a body (c-icap's echo,
+   * a rewrite): its body is de-chunked into views of the socket's buffers, not copied. Anything
+   * else (a block is a 200 with an HTTP response, or another status) is refused.
+   */
+  #read(chunk: Buffer): void {
+    let at = 0;
+    while (at < chunk.length && !this.broken) {
+      switch (this.#state) {
+        case Read.Head: {
+          const seen = this.#pending === undefined ? chunk : Buffer.concat([this.#pending, chunk]);
+          const end = seen.indexOf(END);
+          if (end < 0) {
+            this.#pending = seen;
+            return;
+          }
+          this.#pending = undefined;
+          const status = seen.toString('latin1', 0, 12);
+          if (status === 'ICAP/1.0 204') {
+            if (end + 4 !== seen.length) {
+              this.fail(REFUSED);
+              return;
+            }
+            this.#done(undefined);
+            return;
+          }
+          const encapsulated = /\r\nEncapsulated: *req-hdr=0, *req-body=(\d+)\r\n/i.exec(
+            seen.toString('latin1', 0, end + 2),
+          );
+          if (status !== 'ICAP/1.0 200' || encapsulated === null) {
+            this.fail(REFUSED);
+            return;
+          }
+          this.#left = Number(encapsulated[1]);
+          this.#body = [];
+          this.#state = Read.Skip;
+          chunk = seen;
+          at = end + 4;
+          break;
+        }
+        case Read.Skip:
+        case Read.DataEnd:
+        case Read.Last: {
+          const n = Math.min(this.#left, chunk.length - at);
+          at += n;
+          this.#left -= n;
+          if (this.#left > 0) return;
+          if (this.#state === Read.Last) {
+            if (at !== chunk.length) {
+              this.fail(REFUSED);
+              return;
+            }
+            this.#done(this.#body);
+            return;
+          }
+          this.#state = Read.Size;
+          break;
+        }
+        case Read.Size: {
+          const lf = chunk.indexOf(10, at);
+          if (lf < 0) {
+            this.#pending =
+              this.#pending === undefined
+                ? chunk.subarray(at)
+                : Buffer.concat([this.#pending, chunk.subarray(at)]);
+            return;
+          }
+          const line =
+            (this.#pending === undefined ? '' : this.#pending.toString('latin1')) +
+            chunk.toString('latin1', at, lf);
+          this.#pending = undefined;
+          at = lf + 1;
+          const size = Number.parseInt(line, 16);
+          if (!Number.isSafeInteger(size) || size < 0) {
+            this.fail(REFUSED);
+            return;
+          }
+          this.#left = size === 0 ? 2 : size;
+          this.#state = size === 0 ? Read.Last : Read.Data;
+          break;
+        }
+        case Read.Data: {
+          const n = Math.min(this.#left, chunk.length - at);
+          this.#body.push(chunk.subarray(at, at + n));
+          at += n;
+          this.#left -= n;
+          if (this.#left > 0) return;
+          this.#left = 2;
+          this.#state = Read.DataEnd;
+          break;
+        }
+      }
+    }
+  }
+
+  #done(body: Buffer[] | undefined): void {
+    this.#state = Read.Head;
+    this.#body = [];
+    const w = this.#waiter;
+    this.#waiter = undefined;
+    this.#onIdle(this);
+    w?.(null, body);
   }
 
   fail(err: Error): void {
@@ -102,7 +217,10 @@ export class HoldFloor {
     this.#uri = `icap://${this.#authority}${service}`;
   }
 
-  /** Sends the held body in one REQMOD; `done(null)` on a 204, `done(err)` otherwise. */
+  /**
+   * Sends the held body in one REQMOD: `done(null)` on a 204, `done(null, body)` on a 200 that
+   * returns the request (the body to hand over instead), `done(err)` otherwise.
+   */
   ask(contentType: string | undefined, chunks: Buffer[], length: number, done: Waiter): void {
     const httpHead =
       `POST /upload HTTP/1.1\r\nHost: app\r\nContent-Type: ${contentType ?? 'application/octet-stream'}\r\n` +
@@ -112,7 +230,8 @@ export class HoldFloor {
 
   /**
    * Each part of the held form in a REQMOD of its own, at most MULTIPART_PARTS_AT_ONCE at once;
-   * `done(null)` once every part was answered 204, `done(err)` at the first that was not.
+   * `done(null)` once every part was answered 204, `done(err)` at the first that was not (a 200
+   * too: putting a form together again from rewritten parts is more than this floor does).
    */
   askParts(contentType: string, chunks: Buffer[], length: number, done: Waiter): void {
     let parts: ReturnType<typeof formParts>;
@@ -129,11 +248,11 @@ export class HoldFloor {
       const part = parts[next++];
       if (part === undefined) return;
       const httpHead = `POST /upload HTTP/1.1\r\n${part.headers.map(([k, v]) => `${k}: ${v}\r\n`).join('')}\r\n`;
-      this.#send(httpHead, [part.body], part.body.length, (err) => {
+      this.#send(httpHead, [part.body], part.body.length, (err, body) => {
         if (failed) return;
-        if (err !== null) {
+        if (err !== null || body !== undefined) {
           failed = true;
-          done(err);
+          done(err ?? REFUSED);
           return;
         }
         if (--pending === 0) done(null);
@@ -160,7 +279,10 @@ export class HoldFloor {
   }
 }
 
-/** Reads a stream's chunks into an array, then asks; `done(err, chunks)`. */
+/**
+ * Reads a stream's chunks into an array, then asks; `done(err, chunks)`: the held chunks after a
+ * 204, the returned body after a 200.
+ */
 export function holdAndAsk(
   floor: HoldFloor,
   stream: NodeJS.ReadableStream,
@@ -175,7 +297,7 @@ export function holdAndAsk(
   });
   stream.once('error', (err: Error) => done(err));
   stream.once('end', () => {
-    const answered = (err: Error | null) => done(err, chunks);
+    const answered = (err: Error | null, body?: Buffer[]) => done(err, body ?? chunks);
     if (floor.parts && contentType !== undefined && /^multipart\//i.test(contentType))
       floor.askParts(contentType, chunks, length, answered);
     else floor.ask(contentType, chunks, length, answered);

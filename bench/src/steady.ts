@@ -18,9 +18,9 @@
  * CPU (/proc, every thread) over each window ÷ the requests answered in it; "above the
  * framework" is the median of the per-round differences (windows seconds apart, in one phase).
  *
- * Against c-icap's echo service there is no hold floor (it accepts only a bare 204, echo answers
- * 200): the framework alone and icapkit are read side by side. avscan answers a clean body with a
- * bare 204, so against it the hold floor runs too.
+ * Against c-icap's echo service the hold floor reads the 200 and hands its body over
+ * (holdfloor.ts); against avscan (a clean body is a bare 204) and the 204 server it hands the
+ * held body over.
  *
  * `--stages=1` also starts a fourth application, icapkit with the scan's stage clock on
  * (BENCH_STAGES=1: a few µs per request, so it is not one of the compared three), warmed up like
@@ -182,9 +182,6 @@ async function main(): Promise<void> {
   const tool = pickTool();
   const { dir, bodies } = await makeBodies([bodyId]);
   const body = bodies.get(bodyId)!;
-  // The hold floor accepts nothing but a bare 204: against echo only the framework alone and
-  // icapkit are compared.
-  const subjects: readonly Subject[] = service === 'echo' ? ['alone', 'icapkit'] : SUBJECTS;
   const scanner = await startScanner(service);
   const servicePath = service === 'echo' ? '/echo' : '/avscan';
   const summaries: SteadySummary[] = [];
@@ -206,7 +203,7 @@ async function main(): Promise<void> {
             ],
             { timeoutMs: 20_000, env: subject === 'staged' ? { BENCH_STAGES: '1' } : {} },
           );
-        for (const subject of subjects) apps.set(subject, await start(subject));
+        for (const subject of SUBJECTS) apps.set(subject, await start(subject));
         if (withStages) apps.set('staged', await start('staged'));
         const url = (s: Subject | 'staged') => `http://127.0.0.1:${apps.get(s)!.ready.port as number}/upload`;
         for (const subject of apps.keys()) await runLoad(tool, url(subject), body, clients, warmSeconds);
@@ -222,7 +219,7 @@ async function main(): Promise<void> {
           return { usPerRequest: ((c1 - c0) * 1e6) / res.ok, requests: res.ok };
         };
         for (let round = 0; round < rounds; round++)
-          for (const subject of roundOrder(round, subjects))
+          for (const subject of roundOrder(round))
             windows.push({ round, subject, ...(await measure(subject, clients)) });
         const s = summarise(framework, windows);
         summaries.push(s);

@@ -38,15 +38,6 @@ describe('floors', () => {
     ]);
   });
 
-  it('has no hold floor against echo (it accepts only a bare 204)', () => {
-    expect(floorSubjects(['koa', 'express'], { parts: true, hold: false })).toEqual([
-      'squid',
-      'raw',
-      'icapkit:koa',
-      'icapkit:express',
-    ]);
-  });
-
   it('rotates the order: every path once a round, each first in some round', () => {
     const subjects = floorSubjects(['express']);
     const firsts = new Set(subjects.map((_, r) => rotate(r, subjects)[0]));

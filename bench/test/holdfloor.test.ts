@@ -3,6 +3,9 @@
  * must send the held body as one well-formed REQMOD, keep its connection for the next request,
  * and refuse whatever is not a bare 204 (the bench would otherwise read a broken floor as cheap).
  */
+
+import type { AddressInfo } from 'node:net';
+import { createServer } from 'node:net';
 import { Readable } from 'node:stream';
 import { eicar, startIcapServer } from '@icapkit/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -49,16 +52,87 @@ describe('the hold floor', () => {
     expect(server.connections.accepted).toBe(accepted);
   });
 
-  it('refuses an answer that is not a bare 204 (an infected body, an echo)', async () => {
+  it('refuses an answer that neither is a bare 204 nor returns the request (an infected body)', async () => {
     expect(await ask(floor, [eicar()])).toBeInstanceOf(Error);
-    const echo = new HoldFloor(server.url(), '/echo');
-    try {
-      expect(await ask(echo, [Buffer.from('x')])).toBeInstanceOf(Error);
-    } finally {
-      echo.close();
-    }
     // A refused answer broke only its own connection: the next request is fine.
     expect(await ask(floor, [Buffer.from('after')])).toBeNull();
+  });
+
+  describe('a 200 that returns the request (echo, a rewrite)', () => {
+    function held(f: HoldFloor, parts: Buffer[]): Promise<{ err: Error | null; chunks?: Buffer[] }> {
+      return new Promise((resolve) =>
+        holdAndAsk(f, Readable.from(parts), 'application/octet-stream', (err, chunks) =>
+          resolve({ err, chunks }),
+        ),
+      );
+    }
+
+    it("hands over the answer's de-chunked body, on one kept-alive connection", async () => {
+      const echo = new HoldFloor(server.url(), '/echo');
+      try {
+        const accepted = server.connections.accepted;
+        // c-icap and the embedded server echo a large body in many chunks, while it arrives.
+        const big = Buffer.alloc(300_000);
+        for (let i = 0; i < big.length; i++) big[i] = (i * 31) & 255;
+        for (const body of [big, Buffer.from('small'), big.subarray(0, 65_537)]) {
+          const got = await held(echo, [body.subarray(0, 1000), body.subarray(1000)]);
+          expect(got.err).toBeNull();
+          expect(Buffer.concat(got.chunks!).equals(body)).toBe(true);
+        }
+        expect(server.connections.accepted - accepted).toBe(1);
+      } finally {
+        echo.close();
+      }
+    });
+
+    it('hands over the rewritten body, not the held one', async () => {
+      const modifying = await startIcapServer({ rewrite: { from: 'secret', to: 'XXXXXXXX' } });
+      const f = new HoldFloor(modifying.url(), '/modify');
+      try {
+        const got = await held(f, [Buffer.from('a secret in '), Buffer.from('the body')]);
+        expect(got.err).toBeNull();
+        expect(Buffer.concat(got.chunks!).toString()).toBe('a XXXXXXXX in the body');
+      } finally {
+        f.close();
+        await modifying.close();
+      }
+    });
+
+    it('reads an answer cut anywhere: one byte at a time', async () => {
+      const body = Buffer.from('echoed body, in three chunks');
+      const httpHead = 'POST /upload HTTP/1.1\r\nHost: app\r\n\r\n';
+      const answer = Buffer.from(
+        `ICAP/1.0 200 OK\r\nISTag: "x"\r\nEncapsulated: req-hdr=0, req-body=${httpHead.length}\r\n\r\n` +
+          `${httpHead}6\r\n${body.subarray(0, 6)}\r\n10;ieof\r\n${body.subarray(6, 22)}\r\n` +
+          `${(body.length - 22).toString(16)}\r\n${body.subarray(22)}\r\n0\r\n\r\n`,
+        'latin1',
+      );
+      const tcp = createServer((socket) => {
+        let seen = Buffer.alloc(0);
+        socket.on('data', (c: Buffer) => {
+          seen = Buffer.concat([seen, c]);
+          if (!seen.subarray(-7).equals(Buffer.from('\r\n0\r\n\r\n'))) return;
+          seen = Buffer.alloc(0);
+          let i = 0;
+          const drip = () => {
+            if (i < answer.length) socket.write(answer.subarray(i, ++i), () => setImmediate(drip));
+          };
+          drip();
+        });
+      });
+      await new Promise<void>((r) => tcp.listen(0, '127.0.0.1', () => r()));
+      const f = new HoldFloor(`icap://127.0.0.1:${(tcp.address() as AddressInfo).port}`, '/echo');
+      try {
+        for (let round = 0; round < 2; round++) {
+          const got = await held(f, [Buffer.from('anything')]);
+          expect(got.err).toBeNull();
+          expect(Buffer.concat(got.chunks!).equals(body)).toBe(true);
+        }
+      } finally {
+        f.close();
+        await new Promise<void>((r) => tcp.close(() => r()));
+      }
+    });
   });
 
   it('holds a stream to its end before asking, and hands back what it held', async () => {
@@ -118,6 +192,17 @@ describe('the hold floor', () => {
         );
         expect((await holdParts(parts, form)).err).toBeNull();
         expect(server.connections.accepted - accepted).toBe(MULTIPART_PARTS_AT_ONCE);
+      } finally {
+        parts.close();
+      }
+    });
+
+    it('refuses a part answered by a 200 (it would have to put the form together again)', async () => {
+      const parts = new HoldFloor(server.url(), '/echo', { parts: true });
+      try {
+        expect((await holdParts(parts, multipart([Buffer.from('clean')], boundary))).err).toBeInstanceOf(
+          Error,
+        );
       } finally {
         parts.close();
       }
