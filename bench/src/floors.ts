@@ -19,7 +19,7 @@
  * between icapkit and the hold floor is what is left to take.
  *
  *   node bench/dist/floors.js [--frameworks=fastify,koa,express] [--cells=1m/8]
- *                             [--service=avscan|echo]
+ *                             [--service=avscan|echo] [--no-preview-too=1]
  *                             [--warm-seconds=8] [--rounds=5] [--seconds=3] [--json=FILE]
  *
  * Against c-icap's echo service a multipart form has no part-by-part floor (it would have to
@@ -48,8 +48,9 @@ import {
 const HERE = fileURLToPath(new URL('.', import.meta.url));
 
 /**
- * A path measured in every round: `squid`, `raw`, `hold:<framework>`, `icapkit:<framework>`, and
- * for a multipart form `holdparts:<framework>` (the hold floor part by part).
+ * A path measured in every round: `squid`, `raw`, `hold:<framework>`, `icapkit:<framework>`, for
+ * a multipart form `holdparts:<framework>` (the hold floor part by part), and with
+ * `--no-preview-too=1` `nopreview:<framework>` (icapkit with `enablePreview: false`).
  */
 export type FloorSubject = string;
 
@@ -73,6 +74,11 @@ export interface FloorRow {
   icapkitHold: Ratio;
   /** A multipart form only: the hold floor part by part, its req/s and ratios. */
   holdParts?: { rps: number; squid: Ratio; raw: Ratio; icapkit: Ratio };
+  /**
+   * `--no-preview-too=1`: icapkit without previews, its req/s, ÷ Squid, and icapkit (previews on,
+   * the default) ÷ it: what the previews cost or bring, within each round.
+   */
+  noPreview?: { rps: number; squid: Ratio; icapkit: Ratio };
 }
 
 export interface Ratio {
@@ -83,7 +89,10 @@ export interface Ratio {
 }
 
 /** The subjects of a run, in their base order (rotate() turns it every round). */
-export function floorSubjects(frameworks: readonly string[], opts: { parts?: boolean } = {}): FloorSubject[] {
+export function floorSubjects(
+  frameworks: readonly string[],
+  opts: { parts?: boolean; noPreview?: boolean } = {},
+): FloorSubject[] {
   return [
     'squid',
     'raw',
@@ -91,6 +100,7 @@ export function floorSubjects(frameworks: readonly string[], opts: { parts?: boo
       `hold:${f}`,
       ...(opts.parts === true ? [`holdparts:${f}`] : []),
       `icapkit:${f}`,
+      ...(opts.noPreview === true ? [`nopreview:${f}`] : []),
     ]),
   ];
 }
@@ -128,6 +138,15 @@ export function floorRows(frameworks: readonly string[], windows: readonly Floor
           },
         }
       : {}),
+    ...(windows.some((w) => w.subject === `nopreview:${f}`)
+      ? {
+          noPreview: {
+            rps: rpsOf(`nopreview:${f}`),
+            squid: ratioOf(windows, `nopreview:${f}`, 'squid'),
+            icapkit: ratioOf(windows, `icapkit:${f}`, `nopreview:${f}`),
+          },
+        }
+      : {}),
   }));
 }
 
@@ -151,17 +170,22 @@ export function renderFloors(rows: readonly FloorRow[], heading: string): string
   const q = (r: Ratio) =>
     Number.isFinite(r.median) ? `${r.median.toFixed(2)}× (${r.min.toFixed(2)}–${r.max.toFixed(2)})` : '—';
   const parts = rows.some((r) => r.holdParts !== undefined);
+  const noPreview = rows.some((r) => r.noPreview !== undefined);
   const lines = [
     heading,
     '',
     '| framework | req/s: icapkit / hold floor / Squid / raw client | icapkit ÷ Squid | hold floor ÷ Squid | icapkit ÷ raw | hold floor ÷ raw | icapkit ÷ hold floor |' +
       (parts
         ? ' req/s: hold floor part by part | part by part ÷ Squid | part by part ÷ raw | icapkit ÷ part by part |'
+        : '') +
+      (noPreview
+        ? ' req/s: icapkit without preview | without preview ÷ Squid | icapkit ÷ without preview |'
         : ''),
-    `| --- | --: | --: | --: | --: | --: | --: |${parts ? ' --: | --: | --: | --: |' : ''}`,
+    `| --- | --: | --: | --: | --: | --: | --: |${parts ? ' --: | --: | --: | --: |' : ''}${noPreview ? ' --: | --: | --: |' : ''}`,
   ];
   for (const r of rows) {
     const p = r.holdParts;
+    const np = r.noPreview;
     lines.push(
       `| ${r.framework} | ${n(r.rps.icapkit)} / ${n(r.rps.hold)} / ${n(r.rps.squid)} / ${n(r.rps.raw)} | ` +
         `${q(r.icapkitSquid)} | ${q(r.holdSquid)} | ${q(r.icapkitRaw)} | ${q(r.holdRaw)} | ${q(r.icapkitHold)} |` +
@@ -169,6 +193,11 @@ export function renderFloors(rows: readonly FloorRow[], heading: string): string
           ? p === undefined
             ? ' — | — | — | — |'
             : ` ${n(p.rps)} | ${q(p.squid)} | ${q(p.raw)} | ${q(p.icapkit)} |`
+          : '') +
+        (noPreview
+          ? np === undefined
+            ? ' — | — | — |'
+            : ` ${n(np.rps)} | ${q(np.squid)} | ${q(np.icapkit)} |`
           : ''),
     );
   }
@@ -192,14 +221,18 @@ async function main(): Promise<void> {
   const path = `/${service}`;
   const scanner = await startScanner(service);
   const icapUrl = `icap://127.0.0.1:${scanner.port}`;
-  const subjects = floorSubjects(frameworks, { parts: parts && service === 'avscan' });
+  const subjects = floorSubjects(frameworks, {
+    parts: parts && service === 'avscan',
+    noPreview: opts.get('no-preview-too') === '1',
+  });
   const stops: Array<() => Promise<void>> = [];
   const urls = new Map<FloorSubject, string>();
   const windows: FloorWindow[] = [];
   try {
-    const app = async (args: string[]): Promise<Child> => {
+    const app = async (args: string[], env: NodeJS.ProcessEnv = {}): Promise<Child> => {
       const c = await startChild(process.execPath, [...nodeFlags, join(HERE, 'app.js'), ...args], {
         timeoutMs: 20_000,
+        env,
       });
       stops.push(() => c.stop());
       return c;
@@ -214,7 +247,8 @@ async function main(): Promise<void> {
       const [kind, framework] = s.split(':') as [string, string | undefined];
       if (framework === undefined) continue; // squid, raw
       const mode = kind === 'hold' ? ['--hold-floor'] : kind === 'holdparts' ? ['--hold-floor-parts'] : [];
-      urls.set(s, urlOf((await app([framework, icapUrl, path, ...mode])).ready.port as number));
+      const env = kind === 'nopreview' ? { BENCH_PROFILE: JSON.stringify({ enablePreview: false }) } : {};
+      urls.set(s, urlOf((await app([framework, icapUrl, path, ...mode], env)).ready.port as number));
     }
     for (const [s, url] of urls) {
       await warmUp(url, body, clients, 1, { requests: 0, maxSeconds: 2 });

@@ -38,6 +38,19 @@ describe('floors', () => {
     ]);
   });
 
+  it('adds icapkit without previews after icapkit when asked (--no-preview-too=1)', () => {
+    expect(floorSubjects(['koa', 'express'], { noPreview: true })).toEqual([
+      'squid',
+      'raw',
+      'hold:koa',
+      'icapkit:koa',
+      'nopreview:koa',
+      'hold:express',
+      'icapkit:express',
+      'nopreview:express',
+    ]);
+  });
+
   it('rotates the order: every path once a round, each first in some round', () => {
     const subjects = floorSubjects(['express']);
     const firsts = new Set(subjects.map((_, r) => rotate(r, subjects)[0]));
@@ -118,6 +131,28 @@ describe('floors', () => {
       /\| 121 \| 1\.21× \(1\.20–1\.22\) \| 0\.93× \(0\.92–0\.94\) \| 0\.91× \(0\.90–0\.92\) \|$/,
     );
     expect(lines[5]).toMatch(/\| — \| — \| — \| — \|$/);
+  });
+
+  it('reads icapkit against itself without previews, within each round', () => {
+    const windows: FloorWindow[] = [];
+    for (let r = 0; r < 3; r++) {
+      const phase = r === 1 ? 0.5 : 1;
+      windows.push(
+        w(r, 'squid', 100 * phase),
+        w(r, 'hold:koa', 170 * phase),
+        w(r, 'icapkit:koa', 90 * phase),
+        w(r, 'nopreview:koa', (100 + r) * phase),
+      );
+    }
+    const [row] = floorRows(['koa'], windows);
+    expect(row!.noPreview!.rps).toBe(100);
+    expect(row!.noPreview!.squid).toMatchObject({ median: 1.01, min: 1, max: 1.02 });
+    expect(row!.noPreview!.icapkit.median).toBeCloseTo(90 / 101);
+    const lines = renderFloors([row!], 'h');
+    expect(lines[2]).toContain('| icapkit ÷ without preview |');
+    expect(lines[3]!.split('|').length).toBe(lines[2]!.split('|').length);
+    expect(lines[4]!.split('|').length).toBe(lines[2]!.split('|').length);
+    expect(lines[4]).toMatch(/\| 100 \| 1\.01× \(1\.00–1\.02\) \| 0\.89× \(0\.88–0\.90\) \|$/);
   });
 
   it('notes the paths that failed requests, and only those', () => {
