@@ -6,7 +6,8 @@
  * Without an ICAP URL it is the "no scanning" ceiling (and Squid's origin). With one, icapkit's
  * middleware for that framework scans every POST with the default profile (plus the JSON in
  * BENCH_PROFILE, if set). With `--hold-floor` (Express, Fastify, Koa) icapkit is replaced by
- * holdfloor.ts: the least an in-process ICAP middleware can do per request. Routes:
+ * holdfloor.ts: the least an in-process ICAP middleware can do per request (previewing larger
+ * bodies with BENCH_HOLD_PREVIEW=<bytes>). Routes:
  *
  *   POST /upload   reads the body as a stream into a SHA-1 and answers 200 with the digest
  *   GET  /__stats  { rss, hwm, cpu, stages, icap: engine.status() } (never scanned): `cpu` is
@@ -38,7 +39,10 @@ const [framework, icapUrl, service, mode] = process.argv.slice(2);
 /** The hold-and-ask floor instead of icapkit (`--hold-floor`; a form part by part: `--hold-floor-parts`). */
 const hold =
   (mode === '--hold-floor' || mode === '--hold-floor-parts') && icapUrl !== undefined
-    ? new HoldFloor(icapUrl, service ?? '/avscan', { parts: mode === '--hold-floor-parts' })
+    ? new HoldFloor(icapUrl, service ?? '/avscan', {
+        parts: mode === '--hold-floor-parts',
+        ...(process.env.BENCH_HOLD_PREVIEW ? { preview: Number(process.env.BENCH_HOLD_PREVIEW) } : {}),
+      })
     : undefined;
 const BODY_LIMIT = 256 * 1024 * 1024;
 /** Per-stage CPU and wall time of the scan, from the engine's stage channel (opt-in: it costs a few µs). */

@@ -11,8 +11,9 @@
  *
  * The hold floor holds the body, sends one bare REQMOD (no preview) on a pooled kept-alive
  * socket, accepts only a bare 204 and hands the held chunks over (against echo: reads the 200 to
- * its end and hands its de-chunked body over): no parsing, no policy, no log record, no preview
- * round trip. A multipart form goes to it as one object, as Squid sends it
+ * its end and hands its de-chunked body over, previewing larger bodies as icapkit does, since
+ * c-icap's echo answers every other previewed request with a 204): no parsing, no policy, no log
+ * record, no preview round trip against avscan. A multipart form goes to it as one object, as Squid sends it
  * (icapkit scans each part); `holdparts` is the hold floor scanning it part by part, as icapkit
  * does (holdfloor.ts). Where the hold floor misses a goal, no in-process middleware built on
  * this framework reaches it on this machine, whatever it does about its own CPU; the gap
@@ -31,6 +32,7 @@ import { rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { makeBodies } from './bodies.js';
+import { holdFloorEnv } from './holdfloor.js';
 import { pickTool, runLoad, warmUp } from './load.js';
 import { startScanner } from './profile.js';
 import { startSquid } from './squid.js';
@@ -247,7 +249,12 @@ async function main(): Promise<void> {
       const [kind, framework] = s.split(':') as [string, string | undefined];
       if (framework === undefined) continue; // squid, raw
       const mode = kind === 'hold' ? ['--hold-floor'] : kind === 'holdparts' ? ['--hold-floor-parts'] : [];
-      const env = kind === 'nopreview' ? { BENCH_PROFILE: JSON.stringify({ enablePreview: false }) } : {};
+      const env =
+        kind === 'nopreview'
+          ? { BENCH_PROFILE: JSON.stringify({ enablePreview: false }) }
+          : kind === 'hold'
+            ? holdFloorEnv(service)
+            : {};
       urls.set(s, urlOf((await app([framework, icapUrl, path, ...mode], env)).ready.port as number));
     }
     for (const [s, url] of urls) {

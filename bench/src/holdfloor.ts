@@ -15,6 +15,11 @@
  * chunks: the least a middleware does to pass a rewritten body on. Any other 200 (a block is an
  * HTTP response) is refused.
  *
+ * With `preview` (`BENCH_HOLD_PREVIEW=<bytes>` in app.js) a larger body is sent as icapkit and
+ * Squid send it: that many bytes first, the rest only on a 100 Continue; a 204 then ends the
+ * exchange. c-icap's echo answers every other previewed request with a 204 after the preview
+ * (and each one sent whole with a 200): a floor that does not preview does twice its work.
+ *
  * Used by app.js with `--hold-floor` (see run.ts, the `hold` paths).
  *
  * Part by part (`--hold-floor-parts`, floors.ts): a multipart form is scanned as icapkit's
@@ -30,6 +35,15 @@ import { formParts } from './bodies.js';
 const END = Buffer.from('\r\n\r\n');
 const LAST_CHUNK = Buffer.from('\r\n0\r\n\r\n', 'latin1');
 const REFUSED = new Error('the hold floor accepts only a bare 204 or a 200 with the request');
+/**
+ * The preview icapkit sends c-icap (its default previewSize, capped by c-icap's OPTIONS
+ * `Preview: 1024`): the hold floor previews as much against echo (floors.js, steady.js).
+ */
+export const C_ICAP_PREVIEW = 1024;
+/** The environment that makes app.js's hold floor preview against `service` as icapkit does. */
+export function holdFloorEnv(service: string): Record<string, string> {
+  return service === 'echo' || service === '/echo' ? { BENCH_HOLD_PREVIEW: String(C_ICAP_PREVIEW) } : {};
+}
 /** Parts of one form in flight at once: icapkit's default `multipartConcurrency`. */
 export const MULTIPART_PARTS_AT_ONCE = 4;
 
@@ -59,6 +73,8 @@ class FloorConnection {
   #left = 0;
   #body: Buffer[] = [];
   #waiter: Waiter | undefined;
+  /** After a preview: the rest of the body (its chunk-size line first), sent on a 100 Continue. */
+  #rest: Buffer[] | undefined;
   readonly #onIdle: (c: FloorConnection) => void;
   broken = false;
 
@@ -89,6 +105,14 @@ class FloorConnection {
           }
           this.#pending = undefined;
           const status = seen.toString('latin1', 0, 12);
+          if (status === 'ICAP/1.0 100' && this.#rest !== undefined) {
+            this.#write(this.#rest);
+            this.#rest = undefined;
+            // The final answer may follow in the same read (a server that echoes as it reads).
+            chunk = seen.subarray(end + 4);
+            at = 0;
+            break;
+          }
           if (status === 'ICAP/1.0 204') {
             if (end + 4 !== seen.length) {
               this.fail(REFUSED);
@@ -168,6 +192,7 @@ class FloorConnection {
 
   #done(body: Buffer[] | undefined): void {
     this.#state = Read.Head;
+    this.#rest = undefined;
     this.#body = [];
     const w = this.#waiter;
     this.#waiter = undefined;
@@ -183,12 +208,17 @@ class FloorConnection {
     w?.(err);
   }
 
-  exchange(chunks: Buffer[], head: Buffer, done: Waiter): void {
+  /** `rest`: a preview was sent; on a 100 Continue these go (a 204 ends the exchange without). */
+  exchange(head: Buffer[], done: Waiter, rest?: Buffer[]): void {
     this.#waiter = done;
+    this.#rest = rest;
+    this.#write(head);
+  }
+
+  #write(buffers: Buffer[]): void {
     const socket = this.socket;
     socket.cork();
-    socket.write(head);
-    for (const c of chunks) socket.write(c);
+    for (const b of buffers) socket.write(b);
     socket.write(LAST_CHUNK);
     socket.uncork();
   }
@@ -207,9 +237,12 @@ export class HoldFloor {
 
   /** A multipart form is asked about part by part (see the file's comment). */
   readonly parts: boolean;
+  /** Bytes of a larger body sent first as a preview (none when undefined). */
+  readonly #preview: number | undefined;
 
-  constructor(url: string, service: string, opts: { parts?: boolean } = {}) {
+  constructor(url: string, service: string, opts: { parts?: boolean; preview?: number } = {}) {
     this.parts = opts.parts === true;
+    this.#preview = opts.preview;
     const u = new URL(url);
     this.#host = u.hostname;
     this.#port = Number(u.port);
@@ -264,14 +297,32 @@ export class HoldFloor {
   }
 
   #send(httpHead: string, chunks: Buffer[], length: number, done: Waiter): void {
+    const preview = this.#preview !== undefined && length > this.#preview ? this.#preview : undefined;
+    const first = preview ?? length;
     const head = Buffer.from(
       `REQMOD ${this.#uri} ICAP/1.0\r\nHost: ${this.#authority}\r\nAllow: 204\r\n` +
-        `Encapsulated: req-hdr=0, req-body=${httpHead.length}\r\n\r\n${httpHead}${length.toString(16)}\r\n`,
+        (preview === undefined ? '' : `Preview: ${preview}\r\n`) +
+        `Encapsulated: req-hdr=0, req-body=${httpHead.length}\r\n\r\n${httpHead}${first.toString(16)}\r\n`,
       'latin1',
     );
     let c = this.#idle.pop();
     while (c?.broken) c = this.#idle.pop();
-    (c ?? new FloorConnection(this.#port, this.#host, this.#release)).exchange(chunks, head, done);
+    c ??= new FloorConnection(this.#port, this.#host, this.#release);
+    if (preview === undefined) {
+      c.exchange([head, ...chunks], done);
+      return;
+    }
+    // The first `preview` bytes now, the rest (its own chunk) on a 100 Continue.
+    const sent: Buffer[] = [head];
+    const rest: Buffer[] = [Buffer.from(`${(length - preview).toString(16)}\r\n`, 'latin1')];
+    let at = 0;
+    for (const chunk of chunks) {
+      const cut = Math.min(Math.max(preview - at, 0), chunk.length);
+      if (cut > 0) sent.push(chunk.subarray(0, cut));
+      if (cut < chunk.length) rest.push(chunk.subarray(cut));
+      at += chunk.length;
+    }
+    c.exchange(sent, done, rest);
   }
 
   close(): void {

@@ -18,8 +18,8 @@
  * CPU (/proc, every thread) over each window ÷ the requests answered in it; "above the
  * framework" is the median of the per-round differences (windows seconds apart, in one phase).
  *
- * Against c-icap's echo service the hold floor reads the 200 and hands its body over
- * (holdfloor.ts); against avscan (a clean body is a bare 204) and the 204 server it hands the
+ * Against c-icap's echo service the hold floor previews as icapkit does and hands over the
+ * body of the 200 (holdfloor.ts); against avscan (a clean body is a bare 204) and the 204 server it hands the
  * held body over.
  *
  * `--stages=1` also starts a fourth application, icapkit with the scan's stage clock on
@@ -37,6 +37,7 @@ import { rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { makeBodies } from './bodies.js';
+import { holdFloorEnv } from './holdfloor.js';
 import { pickTool, runLoad } from './load.js';
 import { startScanner } from './profile.js';
 import { STAGES, type Stage, type StageSnapshot, stageDelta } from './stages.js';
@@ -201,7 +202,15 @@ async function main(): Promise<void> {
               ...(subject === 'alone' ? [] : [`icap://127.0.0.1:${scanner.port}`, servicePath]),
               ...(subject === 'hold' ? ['--hold-floor'] : []),
             ],
-            { timeoutMs: 20_000, env: subject === 'staged' ? { BENCH_STAGES: '1' } : {} },
+            {
+              timeoutMs: 20_000,
+              env:
+                subject === 'staged'
+                  ? { BENCH_STAGES: '1' }
+                  : subject === 'hold'
+                    ? holdFloorEnv(service)
+                    : {},
+            },
           );
         for (const subject of SUBJECTS) apps.set(subject, await start(subject));
         if (withStages) apps.set('staged', await start('staged'));

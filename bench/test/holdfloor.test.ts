@@ -10,7 +10,7 @@ import { Readable } from 'node:stream';
 import { eicar, startIcapServer } from '@icapkit/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { multipart } from '../src/bodies.js';
-import { HoldFloor, holdAndAsk, MULTIPART_PARTS_AT_ONCE } from '../src/holdfloor.js';
+import { HoldFloor, holdAndAsk, holdFloorEnv, MULTIPART_PARTS_AT_ONCE } from '../src/holdfloor.js';
 
 const server = await startIcapServer();
 
@@ -95,6 +95,69 @@ describe('the hold floor', () => {
       } finally {
         f.close();
         await modifying.close();
+      }
+    });
+
+    it("previews against echo only, as much as icapkit sends c-icap (its OPTIONS' 1024)", () => {
+      expect(holdFloorEnv('echo')).toEqual({ BENCH_HOLD_PREVIEW: '1024' });
+      expect(holdFloorEnv('/echo')).toEqual({ BENCH_HOLD_PREVIEW: '1024' });
+      expect(holdFloorEnv('avscan')).toEqual({});
+    });
+
+    it('previews as icapkit does: the first bytes, the rest on a 100 Continue', async () => {
+      const f = new HoldFloor(server.url(), '/echo', { preview: 1024 });
+      try {
+        const body = Buffer.alloc(300_000);
+        for (let i = 0; i < body.length; i++) body[i] = (i * 7) & 255;
+        // The preview ends inside the second chunk.
+        const got = await held(f, [body.subarray(0, 500), body.subarray(500, 3500), body.subarray(3500)]);
+        expect(got.err).toBeNull();
+        expect(Buffer.concat(got.chunks!).equals(body)).toBe(true);
+        const rec = server.requests.at(-1)!;
+        expect([rec.preview, rec.previewBytes, rec.continued]).toEqual([1024, 1024, true]);
+        expect(rec.body?.equals(body)).toBe(true);
+        // A body no larger than the preview goes whole, without one.
+        const small = await held(f, [Buffer.from('tiny')]);
+        expect(Buffer.concat(small.chunks!).toString()).toBe('tiny');
+        expect(server.requests.at(-1)!.preview).toBeUndefined();
+      } finally {
+        f.close();
+      }
+    });
+
+    it('a 204 after the preview: the rest is never sent, the held body goes on, the connection stays', async () => {
+      const received: Buffer[] = [];
+      let connections = 0;
+      const tcp = createServer((socket) => {
+        connections++;
+        let seen = Buffer.alloc(0);
+        socket.on('data', (c: Buffer) => {
+          received.push(c);
+          seen = Buffer.concat([seen, c]);
+          if (!seen.subarray(-7).equals(Buffer.from('\r\n0\r\n\r\n'))) return;
+          seen = Buffer.alloc(0);
+          socket.write('ICAP/1.0 204 No Content\r\nISTag: "x"\r\n\r\n');
+        });
+      });
+      await new Promise<void>((r) => tcp.listen(0, '127.0.0.1', () => r()));
+      const f = new HoldFloor(`icap://127.0.0.1:${(tcp.address() as AddressInfo).port}`, '/echo', {
+        preview: 1024,
+      });
+      try {
+        const body = Buffer.alloc(50_000, 5);
+        for (let round = 0; round < 2; round++) {
+          const got = await held(f, [body.subarray(0, 2000), body.subarray(2000)]);
+          expect(got.err).toBeNull();
+          expect(Buffer.concat(got.chunks!).equals(body)).toBe(true);
+        }
+        const wire = Buffer.concat(received).toString('latin1');
+        expect(wire.match(/Preview: 1024\r\n/g)).toHaveLength(2);
+        // Two heads and two previews of 1024 bytes: nothing of the rest.
+        expect(Buffer.concat(received).length).toBeLessThan(2 * 1024 + 2 * 400);
+        expect(connections).toBe(1);
+      } finally {
+        f.close();
+        await new Promise<void>((r) => tcp.close(() => r()));
       }
     });
 
