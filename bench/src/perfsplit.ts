@@ -25,6 +25,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { type BodyId, makeBodies } from './bodies.js';
+import { holdFloorEnv } from './holdfloor.js';
 import { pickTool, runLoad, warmUp } from './load.js';
 import { startScanner } from './profile.js';
 import {
@@ -236,7 +237,7 @@ async function main(): Promise<void> {
         ...(hold ? ['--hold-floor'] : []),
       ],
       // --perf-basic-prof makes V8 write isolate-*.log files where the process runs: in the scratch folder.
-      { timeoutMs: 20_000, cwd: work },
+      { timeoutMs: 20_000, cwd: work, env: hold ? holdFloorEnv(service) : {} },
     );
     const url = `http://127.0.0.1:${app.ready.port as number}/upload`;
     await warmUp(url, body, clients, 1, { requests: warmRequests, maxSeconds: 10 });
