@@ -9,15 +9,15 @@
  * for --seconds, the order rotating, and a ratio is taken within a round, so both sides of it
  * share the machine's phase; the table shows the medians of the per-round ratios.
  *
- * The hold floor holds the body, sends one bare REQMOD (no preview) on a pooled kept-alive
- * socket, accepts only a bare 204 and hands the held chunks over (against echo: reads the 200 to
- * its end and hands its de-chunked body over, previewing larger bodies as icapkit does, since
- * c-icap's echo answers every other previewed request with a 204): no parsing, no policy, no log
- * record, no preview round trip against avscan. A multipart form goes to it as one object, as Squid sends it
- * (icapkit scans each part); `holdparts` is the hold floor scanning it part by part, as icapkit
- * does (holdfloor.ts). Where the hold floor misses a goal, no in-process middleware built on
- * this framework reaches it on this machine, whatever it does about its own CPU; the gap
- * between icapkit and the hold floor is what is left to take.
+ * The hold floor holds the body, sends one bare REQMOD on a pooled kept-alive socket, accepts a
+ * bare 204 and hands the held chunks over: no parsing, no policy, no log record. Against avscan
+ * it sends bodies whole (no preview round trip). Against echo it previews larger bodies as
+ * icapkit does (c-icap's echo answers every other previewed request with a 204), reads a 200 to
+ * its end and hands its de-chunked body over. A multipart form goes to it as one object, as
+ * Squid sends it (icapkit scans each part); `holdparts` is the hold floor scanning it part by
+ * part, as icapkit does (holdfloor.ts). Where the hold floor misses a goal, no in-process
+ * middleware built on this framework reaches it on this machine, whatever it does about its own
+ * CPU; the gap between icapkit and the hold floor is what is left to take.
  *
  *   node bench/dist/floors.js [--frameworks=fastify,koa,express] [--cells=1m/8]
  *                             [--service=avscan|echo] [--no-preview-too=1]

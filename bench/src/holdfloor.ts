@@ -3,7 +3,7 @@
  * application's process: hold the body, one REQMOD on a kept-alive socket, wait for the answer,
  * then let the handler read what was held. It builds the ICAP head with one template string per
  * request (the body's length is in it), writes head, body chunks and the last chunk in one
- * `writev`, reads until the answer's head ends and accepts only `ICAP/1.0 204` with no body. No
+ * `writev`, reads until the answer's head ends and takes a bare `ICAP/1.0 204` (a 200, below). No
  * parsing, no profile, no timeouts, no log record, no stream handed back: the handler gets the
  * held chunks as an array. It is not a middleware anyone should run (it trusts the server and
  * the client completely); it is the floor an in-process ICAP middleware is read against, as
@@ -37,7 +37,8 @@ const LAST_CHUNK = Buffer.from('\r\n0\r\n\r\n', 'latin1');
 const REFUSED = new Error('the hold floor accepts only a bare 204 or a 200 with the request');
 /**
  * The preview icapkit sends c-icap (its default previewSize, capped by c-icap's OPTIONS
- * `Preview: 1024`): the hold floor previews as much against echo (floors.js, steady.js).
+ * `Preview: 1024`): the hold floor previews as much against echo (floors.js, steady.js,
+ * perfsplit.js).
  */
 export const C_ICAP_PREVIEW = 1024;
 /** The environment that makes app.js's hold floor preview against `service` as icapkit does. */

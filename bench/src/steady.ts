@@ -19,8 +19,8 @@
  * framework" is the median of the per-round differences (windows seconds apart, in one phase).
  *
  * Against c-icap's echo service the hold floor previews as icapkit does and hands over the
- * body of the 200 (holdfloor.ts); against avscan (a clean body is a bare 204) and the 204 server it hands the
- * held body over.
+ * body of the 200 (holdfloor.ts); against avscan (a clean body is a bare 204) and the 204
+ * server it hands the held body over.
  *
  * `--stages=1` also starts a fourth application, icapkit with the scan's stage clock on
  * (BENCH_STAGES=1: a few µs per request, so it is not one of the compared three), warmed up like

@@ -97,7 +97,7 @@ const OCTETS = { 'content-type': 'application/octet-stream' };
 /**
  * The requests, with no assertion between them: an `expect()` normalizes objects through the same
  * V8 cache (chai's proxy), and its entry, when it falls on the requests' slot of that 128-entry
- * table, evicts theirs at every request (one process in twenty under load in CI).
+ * table, evicts theirs at every request (4 test processes in 60 with a CPU burner, as in CI).
  */
 async function sendAll(url: string): Promise<void> {
   const statuses: number[] = [];

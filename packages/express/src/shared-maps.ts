@@ -20,7 +20,7 @@ import { IncomingMessage } from 'node:http';
  * prototype, and with the response normalized too, the two evicted each other's entry in some
  * processes, every request then getting a map of its own again (test/engine/express-maps.test.ts).
  * Any other object the application normalizes at every request can do the same when its entry
- * falls on the request's (chai's `expect()` did, in one test process in twenty under load): the
+ * falls on the request's (chai's `expect()` did, in 4 test processes in 60 under load): the
  * requests then have maps of their own, as without this, and nothing else changes. A request with
  * Node's own prototype shares its maps already and keeps its fast properties; one that cannot
  * take a property (frozen, sealed, a proxy that refuses) is left as it is.
