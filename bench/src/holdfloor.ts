@@ -130,7 +130,6 @@ class FloorConnection {
             return;
           }
           this.#left = Number(encapsulated[1]);
-          this.#body = [];
           this.#state = Read.Skip;
           chunk = seen;
           at = end + 4;

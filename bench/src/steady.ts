@@ -234,7 +234,7 @@ async function main(): Promise<void> {
         summaries.push(s);
         allWindows.push(...windows.map((w) => ({ ...w, framework })));
         console.error(
-          `${framework}: alone ${s.median.alone.toFixed(0)}, ${Number.isFinite(s.median.hold) ? `hold ${s.median.hold.toFixed(0)}, ` : ''}icapkit ${s.median.icapkit.toFixed(0)} µs; ` +
+          `${framework}: alone ${s.median.alone.toFixed(0)}, hold ${s.median.hold.toFixed(0)}, icapkit ${s.median.icapkit.toFixed(0)} µs; ` +
             `icapkit above ${s.icapkitAbove.toFixed(0)} (${s.icapkitAboveRange.map((x) => x.toFixed(0)).join(' to ')})`,
         );
         if (withStages) {
