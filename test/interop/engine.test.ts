@@ -251,6 +251,38 @@ describeWithCIcap('engine against real c-icap', () => {
     }
   });
 
+  it('adaptive previews: virus_scan (100 Continue to every preview) gets bodies whole after 32, EICAR still blocks; echo keeps its previews', async () => {
+    const previewed = (s: ScanServer) =>
+      /^Preview:/im.test(s.logs.at(-1)!.request_logs.at(-1)!.icap_headers_sent_to_server ?? '');
+    const s = await start();
+    for (let i = 0; i < 32; i++) {
+      expect((await post(s.url, text(100_000, i))).status).toBe(200);
+      expect(previewed(s)).toBe(true);
+    }
+    expect(engine!.status()[0]!.previewsSkipped).toEqual(['/avscan']);
+    const clean = text(100_000, 99);
+    expect((await post(s.url, clean)).status).toBe(200);
+    expect(previewed(s)).toBe(false);
+    expect(s.seen.at(-1)!.body.equals(clean)).toBe(true);
+    // EICAR past where a preview would end, in a body sent whole: blocked, the handler never called.
+    const seen = s.seen.length;
+    expect((await post(s.url, Buffer.concat([text(150_000), eicarBytes()]))).status).toBe(403);
+    expect(previewed(s)).toBe(false);
+    expect(s.logs.at(-1)!.request_logs.at(-1)!.action).toBe('ICAP_BLOCKED');
+    expect(s.seen).toHaveLength(seen);
+    await app?.close();
+    await engine?.close();
+    // c-icap's echo answers every other preview with a 204: previews pay, they stay on.
+    const e = await start({ serviceUri: '/echo' });
+    for (let i = 0; i < 48; i++) {
+      const body = text(100_000, i);
+      expect((await post(e.url, body)).status).toBe(200);
+      expect(previewed(e)).toBe(true);
+      expect(e.seen.at(-1)!.body.equals(body)).toBe(true);
+    }
+    expect(engine!.status()[0]!.previewsSkipped).toEqual([]);
+  });
+
   it('fails over to the next server, then to the next pool by priority; the log says which answered', async () => {
     const dead = await freePort();
     const s = await start({

@@ -21,6 +21,12 @@ export type Fault =
   | { kind: 'status'; status: number; reason?: string; encapsulated?: string }
   /** Answer with bytes that are not ICAP, then close. */
   | { kind: 'garbage'; bytes?: string | Buffer }
+  /**
+   * A server that decides from the preview (a file type it does not scan): `204` as soon as a
+   * preview ends without ieof, the rest of the body never asked for. A body sent without a
+   * preview is answered normally.
+   */
+  | { kind: 'preview-204' }
   /** Send `100 Continue` even though the preview ended with ieof. */
   | { kind: 'continue-after-ieof' }
   /** Answer with a header section of about this many bytes. */

@@ -450,7 +450,10 @@ class Session {
         this.#finish(() => this.#sendBlock(rec, found, fileNameOf(head)));
         return;
       }
-      if (fault === undefined && this.#srv.options.allow204 !== false && this.#previewAnswer204(rec)) {
+      if (
+        fault?.kind === 'preview-204' ||
+        (fault === undefined && this.#srv.options.allow204 !== false && this.#previewAnswer204(rec))
+      ) {
         this.#finish(() => this.#send204(rec));
         return;
       }

@@ -1,5 +1,6 @@
 import { IcapClient } from '../client/client.js';
 import { IcapError, IcapErrorCodes } from '../errors.js';
+import { PreviewAdvice } from './preview-advice.js';
 import type { ResolvedPool, ResolvedProfile, ResolvedServer } from './profile/types.js';
 
 /**
@@ -54,6 +55,11 @@ export interface ServerStatus {
   backoff: number | undefined;
   /** While half-open: successful trials in a row so far. */
   trialSuccesses: number;
+  /**
+   * Services of this server whose bodies go without a preview (`adaptivePreview`): the server
+   * asked for the rest of every one of the last previews; one body in 16 is still previewed.
+   */
+  previewsSkipped: string[];
 }
 
 /** One transition of a server's health, reported once. */
@@ -104,6 +110,8 @@ export class ServerHandle {
   #closed = false;
   #uriService: string | undefined;
   #uri = '';
+  /** Per service: whether its bodies are previewed (`adaptivePreview`, preview-advice.ts). */
+  readonly #previews = new Map<string, PreviewAdvice>();
   readonly #group: PoolGroup;
 
   constructor(group: PoolGroup, pool: ResolvedPool, server: ResolvedServer, profile: ResolvedProfile) {
@@ -219,7 +227,18 @@ export class ServerHandle {
       suspensions: this.suspensions,
       backoff: this.state === 'suspended' ? this.#backoff : undefined,
       trialSuccesses: this.state === 'half-open' ? this.#trialSuccesses : 0,
+      previewsSkipped: [...this.#previews].filter(([, a]) => a.skipping).map(([service]) => service),
     };
+  }
+
+  /** Whether `service`'s bodies are previewed on this server (`adaptivePreview`). */
+  previewAdvice(service: string): PreviewAdvice {
+    let advice = this.#previews.get(service);
+    if (advice === undefined) {
+      advice = new PreviewAdvice();
+      this.#previews.set(service, advice);
+    }
+    return advice;
   }
 
   close(): void {

@@ -246,6 +246,7 @@ export function resolveProfile(profile: IcapProfile): ResolvedProfile {
       5000,
       'bytes',
     ),
+    adaptivePreview: bool(p.adaptivePreview, 'profile.adaptivePreview', PROFILE_DEFAULTS.adaptivePreview),
     previewMinBodySize,
     responseTimeout,
     slowResponseWarningThreshold: integer(

@@ -35,6 +35,13 @@ export interface IcapProfile {
   /** Preview bytes, 0-5000, capped by the server's OPTIONS `Preview`. Default 5000. */
   previewSize?: number | undefined;
   /**
+   * Previews per server and service as they pay: after 32 previews in a row answered
+   * `100 Continue` (a scanner that reads every body whole), bodies go to that service whole,
+   * one in 16 still previewed; a preview it decides from (a 204) turns them back on. false:
+   * every body above previewMinBodySize is previewed. Default true.
+   */
+  adaptivePreview?: boolean | undefined;
+  /**
    * A body whose Content-Length is at most this goes whole, without a preview: one round trip
    * instead of two, and sending it costs less than waiting for 100 Continue (bytes or '64kb';
    * 0 previews every body). Default 64 KiB.
@@ -286,6 +293,7 @@ export interface ResolvedProfile {
   bufferSizeExceedAction: FailureAction;
   enablePreview: boolean;
   previewSize: number;
+  adaptivePreview: boolean;
   previewMinBodySize: number;
   responseTimeout: number;
   slowResponseWarningThreshold: number;

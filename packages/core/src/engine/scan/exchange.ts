@@ -174,7 +174,16 @@ class Exchange implements WatchHooks, TriedServers {
       p.sendClientIp && ip !== undefined
         ? [['X-Client-IP', ip.startsWith('::ffff:') ? ip.slice(7) : ip]]
         : NO_HEADERS;
-    const preview = p.enablePreview && !smallBody(facts, p.previewMinBodySize) ? p.previewSize : false;
+    // A body above previewMinBodySize is previewed unless this service on this server asks for
+    // the rest of every preview (adaptivePreview, preview-advice.ts).
+    const advice =
+      p.enablePreview && p.adaptivePreview && !smallBody(facts, p.previewMinBodySize)
+        ? handle.previewAdvice(p.serviceUri)
+        : undefined;
+    const preview =
+      p.enablePreview && !smallBody(facts, p.previewMinBodySize) && (advice === undefined || advice.preview())
+        ? p.previewSize
+        : false;
     const pending = handle.client.request({
       method: 'REQMOD',
       service: p.serviceUri,
@@ -220,6 +229,12 @@ class Exchange implements WatchHooks, TriedServers {
       return { type: 'clean', res: null, verdict: null, skipped: r.extension };
     }
     const res = r;
+    // What the preview was worth: the server asked for the rest, or decided from it. (A preview
+    // that held the whole body tells nothing: the server had it all.)
+    if (advice !== undefined && res.previewSent) {
+      if (!res.answeredInPreview) advice.record('continued');
+      else if (!res.completeBodySent) advice.record('decided');
+    }
     watch.progress();
     fillEntry(entry, res, p.redactHeaders);
     const verdict = verdictOf(p, res, res.httpRequest, facts.fileName);
