@@ -176,14 +176,9 @@ class Exchange implements WatchHooks, TriedServers {
         : NO_HEADERS;
     // A body above previewMinBodySize is previewed unless this service on this server asks for
     // the rest of every preview (adaptivePreview, preview-advice.ts).
-    const advice =
-      p.enablePreview && p.adaptivePreview && !smallBody(facts, p.previewMinBodySize)
-        ? handle.previewAdvice(p.serviceUri)
-        : undefined;
-    const preview =
-      p.enablePreview && !smallBody(facts, p.previewMinBodySize) && (advice === undefined || advice.preview())
-        ? p.previewSize
-        : false;
+    const previewable = p.enablePreview && !smallBody(facts, p.previewMinBodySize);
+    const advice = previewable && p.adaptivePreview ? handle.previewAdvice(p.serviceUri) : undefined;
+    const preview = previewable && (advice === undefined || advice.preview()) ? p.previewSize : false;
     const pending = handle.client.request({
       method: 'REQMOD',
       service: p.serviceUri,
