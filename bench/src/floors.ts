@@ -21,6 +21,8 @@
  *
  *   node bench/dist/floors.js [--frameworks=fastify,koa,express] [--cells=1m/8]
  *                             [--service=avscan|echo] [--no-preview-too=1]
+ *                             [--variant-too='{"holdBodySize":"2mb"}'] (icapkit with that profile too)
+ *                             [--icap-delay-ms=1] (every path reaches c-icap through delayproxy.ts)
  *                             [--warm-seconds=8] [--rounds=5] [--seconds=3] [--json=FILE]
  *
  * Against c-icap's echo service a multipart form has no part-by-part floor (it would have to
@@ -32,6 +34,7 @@ import { rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { makeBodies } from './bodies.js';
+import { type DelayProxy, startDelayProxy } from './delayproxy.js';
 import { holdFloorEnv } from './holdfloor.js';
 import { pickTool, runLoad, warmUp } from './load.js';
 import { startScanner } from './profile.js';
@@ -52,7 +55,8 @@ const HERE = fileURLToPath(new URL('.', import.meta.url));
 /**
  * A path measured in every round: `squid`, `raw`, `hold:<framework>`, `icapkit:<framework>`, for
  * a multipart form `holdparts:<framework>` (the hold floor part by part), and with
- * `--no-preview-too=1` `nopreview:<framework>` (icapkit with `enablePreview: false`).
+ * `--no-preview-too=1` `nopreview:<framework>` (icapkit with `enablePreview: false`), and with
+ * `--variant-too=<profile JSON>` `variant:<framework>` (icapkit with those profile fields).
  */
 export type FloorSubject = string;
 
@@ -81,6 +85,8 @@ export interface FloorRow {
    * the default) ÷ it: what the previews cost or bring, within each round.
    */
   noPreview?: { rps: number; squid: Ratio; icapkit: Ratio };
+  /** `--variant-too`: icapkit with other profile fields, as noPreview (icapkit ÷ the variant). */
+  variant?: { rps: number; squid: Ratio; icapkit: Ratio };
 }
 
 export interface Ratio {
@@ -93,7 +99,7 @@ export interface Ratio {
 /** The subjects of a run, in their base order (rotate() turns it every round). */
 export function floorSubjects(
   frameworks: readonly string[],
-  opts: { parts?: boolean; noPreview?: boolean } = {},
+  opts: { parts?: boolean; noPreview?: boolean; variant?: boolean } = {},
 ): FloorSubject[] {
   return [
     'squid',
@@ -103,6 +109,7 @@ export function floorSubjects(
       ...(opts.parts === true ? [`holdparts:${f}`] : []),
       `icapkit:${f}`,
       ...(opts.noPreview === true ? [`nopreview:${f}`] : []),
+      ...(opts.variant === true ? [`variant:${f}`] : []),
     ]),
   ];
 }
@@ -117,6 +124,12 @@ export function ratioOf(windows: readonly FloorWindow[], a: FloorSubject, b: Flo
 
 export function floorRows(frameworks: readonly string[], windows: readonly FloorWindow[]): FloorRow[] {
   const rpsOf = (s: FloorSubject) => median(windows.filter((w) => w.subject === s).map((w) => w.rps));
+  /** icapkit in another setting (`<kind>:<framework>`): its req/s, ÷ Squid, and icapkit ÷ it. */
+  const against = (kind: string, f: string) => ({
+    rps: rpsOf(`${kind}:${f}`),
+    squid: ratioOf(windows, `${kind}:${f}`, 'squid'),
+    icapkit: ratioOf(windows, `icapkit:${f}`, `${kind}:${f}`),
+  });
   return frameworks.map((f) => ({
     framework: f,
     rps: {
@@ -140,15 +153,8 @@ export function floorRows(frameworks: readonly string[], windows: readonly Floor
           },
         }
       : {}),
-    ...(windows.some((w) => w.subject === `nopreview:${f}`)
-      ? {
-          noPreview: {
-            rps: rpsOf(`nopreview:${f}`),
-            squid: ratioOf(windows, `nopreview:${f}`, 'squid'),
-            icapkit: ratioOf(windows, `icapkit:${f}`, `nopreview:${f}`),
-          },
-        }
-      : {}),
+    ...(windows.some((w) => w.subject === `nopreview:${f}`) ? { noPreview: against('nopreview', f) } : {}),
+    ...(windows.some((w) => w.subject === `variant:${f}`) ? { variant: against('variant', f) } : {}),
   }));
 }
 
@@ -173,6 +179,9 @@ export function renderFloors(rows: readonly FloorRow[], heading: string): string
     Number.isFinite(r.median) ? `${r.median.toFixed(2)}× (${r.min.toFixed(2)}–${r.max.toFixed(2)})` : '—';
   const parts = rows.some((r) => r.holdParts !== undefined);
   const noPreview = rows.some((r) => r.noPreview !== undefined);
+  const variant = rows.some((r) => r.variant !== undefined);
+  const otherCells = (o: FloorRow['variant'], on: boolean) =>
+    on ? (o === undefined ? ' — | — | — |' : ` ${n(o.rps)} | ${q(o.squid)} | ${q(o.icapkit)} |`) : '';
   const lines = [
     heading,
     '',
@@ -182,12 +191,12 @@ export function renderFloors(rows: readonly FloorRow[], heading: string): string
         : '') +
       (noPreview
         ? ' req/s: icapkit without preview | without preview ÷ Squid | icapkit ÷ without preview |'
-        : ''),
-    `| --- | --: | --: | --: | --: | --: | --: |${parts ? ' --: | --: | --: | --: |' : ''}${noPreview ? ' --: | --: | --: |' : ''}`,
+        : '') +
+      (variant ? ' req/s: icapkit variant | variant ÷ Squid | icapkit ÷ variant |' : ''),
+    `| --- | --: | --: | --: | --: | --: | --: |${parts ? ' --: | --: | --: | --: |' : ''}${noPreview ? ' --: | --: | --: |' : ''}${variant ? ' --: | --: | --: |' : ''}`,
   ];
   for (const r of rows) {
     const p = r.holdParts;
-    const np = r.noPreview;
     lines.push(
       `| ${r.framework} | ${n(r.rps.icapkit)} / ${n(r.rps.hold)} / ${n(r.rps.squid)} / ${n(r.rps.raw)} | ` +
         `${q(r.icapkitSquid)} | ${q(r.holdSquid)} | ${q(r.icapkitRaw)} | ${q(r.holdRaw)} | ${q(r.icapkitHold)} |` +
@@ -196,11 +205,8 @@ export function renderFloors(rows: readonly FloorRow[], heading: string): string
             ? ' — | — | — | — |'
             : ` ${n(p.rps)} | ${q(p.squid)} | ${q(p.raw)} | ${q(p.icapkit)} |`
           : '') +
-        (noPreview
-          ? np === undefined
-            ? ' — | — | — |'
-            : ` ${n(np.rps)} | ${q(np.squid)} | ${q(np.icapkit)} |`
-          : ''),
+        otherCells(r.noPreview, noPreview) +
+        otherCells(r.variant, variant),
     );
   }
   return lines;
@@ -222,10 +228,15 @@ async function main(): Promise<void> {
   if (service !== 'avscan' && service !== 'echo') throw new Error(`--service=${service}: avscan or echo`);
   const path = `/${service}`;
   const scanner = await startScanner(service);
-  const icapUrl = `icap://127.0.0.1:${scanner.port}`;
+  // A scanner farther away than loopback: every path (Squid, the raw client, the apps) goes through the proxy.
+  const delayMs = Number(opts.get('icap-delay-ms') ?? 0);
+  let proxy: DelayProxy | undefined;
+  if (delayMs > 0) proxy = await startDelayProxy({ host: '127.0.0.1', port: scanner.port }, delayMs);
+  const icapUrl = `icap://127.0.0.1:${proxy?.port ?? scanner.port}`;
   const subjects = floorSubjects(frameworks, {
     parts: parts && service === 'avscan',
     noPreview: opts.get('no-preview-too') === '1',
+    variant: opts.get('variant-too') !== undefined,
   });
   const stops: Array<() => Promise<void>> = [];
   const urls = new Map<FloorSubject, string>();
@@ -252,9 +263,11 @@ async function main(): Promise<void> {
       const env =
         kind === 'nopreview'
           ? { BENCH_PROFILE: JSON.stringify({ enablePreview: false }) }
-          : kind === 'hold'
-            ? holdFloorEnv(service)
-            : {};
+          : kind === 'variant'
+            ? { BENCH_PROFILE: JSON.stringify(JSON.parse(opts.get('variant-too')!)) }
+            : kind === 'hold'
+              ? holdFloorEnv(service)
+              : {};
       urls.set(s, urlOf((await app([framework, icapUrl, path, ...mode], env)).ready.port as number));
     }
     for (const [s, url] of urls) {
@@ -303,12 +316,15 @@ async function main(): Promise<void> {
     }
   } finally {
     for (const stop of stops) await stop();
+    await proxy?.close();
     await scanner.stop();
     await rm(dir, { recursive: true, force: true });
   }
   const heading =
     `req/s side by side against c-icap ${service}, ${body.label}, ${clients} clients; ${warmSeconds} s warm-up each, ` +
     `${rounds} rounds of ${seconds} s, ratios within a round (median, range over the rounds), ` +
+    (opts.get('variant-too') !== undefined ? `the variant with ${opts.get('variant-too')}, ` : '') +
+    (delayMs > 0 ? `c-icap reached through a proxy delaying each direction by ${delayMs} ms, ` : '') +
     `${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC:`;
   const rows = floorRows(frameworks, windows);
   console.log([...renderFloors(rows, heading), ...errorNotes(windows)].join('\n'));

@@ -16,11 +16,13 @@
  *                                [--ic-misses=1] (call stacks too: the inline-cache misses and map changes
  *                                                 of V8's runtime under icapkit's frames and elsewhere, and
  *                                                 the samples under icapkit's frames by part of the scan)
+ *                                [--keep-data=FILE] (a copy of perf.data, to read with `perf script` after)
+ *                                [--profile='{"holdBodySize":"2mb"}'] (icapkit with those profile fields)
  *
  * Needs `perf` (Debian's linux-perf) and perf_event_paranoid ≤ 2 for a process of the same user.
  */
 import { spawn } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { copyFile, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -209,6 +211,39 @@ function run(cmd: string, args: string[]): Promise<string> {
   });
 }
 
+/** The app's counters that explain kernel time without a tracer slowing it down. */
+interface KernelCounters {
+  /** /proc/PID/io: read-like and write-like system calls, and their bytes (sockets included). */
+  syscr: number;
+  syscw: number;
+  rchar: number;
+  wchar: number;
+  /** Every thread's context switches (/proc/PID/task/TID/status): sleeps, and preemptions. */
+  voluntary: number;
+  involuntary: number;
+}
+
+async function kernelCounters(pid: number): Promise<KernelCounters> {
+  const io = await readFile(`/proc/${pid}/io`, 'utf8');
+  const field = (text: string, name: string) =>
+    Number(new RegExp(`^${name}:\\s*(\\d+)`, 'm').exec(text)?.[1] ?? 0);
+  let voluntary = 0;
+  let involuntary = 0;
+  for (const tid of await readdir(`/proc/${pid}/task`)) {
+    const status = await readFile(`/proc/${pid}/task/${tid}/status`, 'utf8').catch(() => '');
+    voluntary += field(status, 'voluntary_ctxt_switches');
+    involuntary += field(status, 'nonvoluntary_ctxt_switches');
+  }
+  return {
+    syscr: field(io, 'syscr'),
+    syscw: field(io, 'syscw'),
+    rchar: field(io, 'rchar'),
+    wchar: field(io, 'wchar'),
+    voluntary,
+    involuntary,
+  };
+}
+
 async function main(): Promise<void> {
   const opts = parseOptions(process.argv.slice(2));
   if (findOnPath('perf') === null) throw new Error('perf is not installed (apt-get install linux-perf)');
@@ -237,7 +272,15 @@ async function main(): Promise<void> {
         ...(hold ? ['--hold-floor'] : []),
       ],
       // --perf-basic-prof makes V8 write isolate-*.log files where the process runs: in the scratch folder.
-      { timeoutMs: 20_000, cwd: work, env: hold ? holdFloorEnv(service) : {} },
+      {
+        timeoutMs: 20_000,
+        cwd: work,
+        env: hold
+          ? holdFloorEnv(service)
+          : opts.get('profile') !== undefined
+            ? { BENCH_PROFILE: JSON.stringify(JSON.parse(opts.get('profile')!)) }
+            : {},
+      },
     );
     const url = `http://127.0.0.1:${app.ready.port as number}/upload`;
     await warmUp(url, body, clients, 1, { requests: warmRequests, maxSeconds: 10 });
@@ -260,18 +303,28 @@ async function main(): Promise<void> {
       String(seconds),
     ]);
     const cpu0 = cpuOf(app.pid);
+    const k0 = await kernelCounters(app.pid);
     const r = await runLoad(pickTool(), url, body, clients, seconds);
+    const k1 = await kernelCounters(app.pid);
     const cpu1 = cpuOf(app.pid);
     await perf;
     const report = await run('perf', ['report', '-i', data, '--no-children', '--sort', 'dso,sym', '--stdio']);
     const threads = await run('perf', ['report', '-i', data, '--no-children', '--sort', 'pid', '--stdio']);
     const script = callers ? await run('perf', ['script', '-i', data, '-F', 'ip,sym']) : '';
+    const keep = opts.get('keep-data');
+    if (keep !== undefined) await copyFile(data, keep);
     await app.stop();
     const usPerReq = r.ok > 0 ? ((cpu1 - cpu0) * 1e6) / r.ok : 0;
     const parts = split(report);
     console.log(
       `${framework}${none ? ' alone (no scanning)' : ` + ${hold ? 'the hold floor' : 'icapkit'} -> ${service}`}, ${body.label}, ${clients} clients: ` +
         `${r.rps.toFixed(0)} req/s, app CPU ${usPerReq.toFixed(0)} µs per request (all threads)\n`,
+    );
+    const per = (key: keyof KernelCounters) => (r.ok > 0 ? (k1[key] - k0[key]) / r.ok : 0);
+    console.log(
+      `per request: ${per('syscr').toFixed(1)} read and ${per('syscw').toFixed(1)} write system calls ` +
+        `(${(per('rchar') / 1024).toFixed(0)} and ${(per('wchar') / 1024).toFixed(0)} KiB), ` +
+        `${per('voluntary').toFixed(1)} voluntary and ${per('involuntary').toFixed(1)} involuntary context switches (all threads)\n`,
     );
     console.log('| where the app process CPU goes | % of its samples | µs per request |');
     console.log('|---|--:|--:|');
