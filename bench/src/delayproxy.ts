@@ -26,8 +26,9 @@ export async function startDelayProxy(
     from.on('error', () => to.destroy());
     from.on('close', () => setTimeout(() => to.destroy(), delayMs));
   };
-  const server: Server = createServer((client) => {
-    const upstream = connect(target.port, target.host);
+  // Half-open both ways: an end is passed on (delayed) instead of answered at once.
+  const server: Server = createServer({ allowHalfOpen: true }, (client) => {
+    const upstream = connect({ port: target.port, host: target.host, allowHalfOpen: true });
     for (const s of [client, upstream]) {
       s.setNoDelay(true);
       sockets.add(s);

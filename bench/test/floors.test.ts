@@ -155,6 +155,36 @@ describe('floors', () => {
     expect(lines[4]).toMatch(/\| 100 \| 1\.01× \(1\.00–1\.02\) \| 0\.89× \(0\.88–0\.90\) \|$/);
   });
 
+  it('measures icapkit with other profile fields too (--variant-too), after the one without previews', () => {
+    expect(floorSubjects(['koa'], { noPreview: true, variant: true })).toEqual([
+      'squid',
+      'raw',
+      'hold:koa',
+      'icapkit:koa',
+      'nopreview:koa',
+      'variant:koa',
+    ]);
+    const windows: FloorWindow[] = [];
+    for (let r = 0; r < 3; r++) {
+      const phase = r === 2 ? 0.5 : 1;
+      windows.push(
+        w(r, 'squid', 100 * phase),
+        w(r, 'hold:koa', 170 * phase),
+        w(r, 'icapkit:koa', 120 * phase),
+        w(r, 'variant:koa', (100 - r) * phase),
+      );
+    }
+    const [row] = floorRows(['koa'], windows);
+    expect(row!.noPreview).toBeUndefined();
+    expect(row!.variant!.rps).toBe(99);
+    expect(row!.variant!.icapkit).toMatchObject({ median: 120 / 99, min: 1.2, max: 60 / 49 });
+    const lines = renderFloors([row!], 'h');
+    expect(lines[2]).toContain('| icapkit ÷ variant |');
+    expect(lines[2]).not.toContain('without preview');
+    expect(lines[4]!.split('|').length).toBe(lines[2]!.split('|').length);
+    expect(lines[4]).toMatch(/\| 99\.0 \| 0\.99× \(0\.98–1\.00\) \| 1\.21× \(1\.20–1\.22\) \|$/);
+  });
+
   it('notes the paths that failed requests, and only those', () => {
     const windows: FloorWindow[] = [
       { round: 0, subject: 'squid', rps: 90, errors: 12 },
