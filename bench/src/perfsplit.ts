@@ -17,6 +17,10 @@
  *                                                 of V8's runtime under icapkit's frames and elsewhere, and
  *                                                 the samples under icapkit's frames by part of the scan)
  *                                [--keep-data=FILE] (a copy of perf.data, to read with `perf script` after)
+ *
+ * Also prints, per request, the app's read-like and write-like system calls and their bytes
+ * (/proc/PID/io, sockets included) and its threads' context switches: counters the kernel keeps
+ * anyway, so no tracer slows the app down while they are read.
  *                                [--profile='{"holdBodySize":"2mb"}'] (icapkit with those profile fields)
  *
  * Needs `perf` (Debian's linux-perf) and perf_event_paranoid ≤ 2 for a process of the same user.
