@@ -518,8 +518,10 @@ function profile(allow204: boolean): IcapProfile {
     allow204,
     bufferSize: BUFFER_SIZE,
     previewSize: PREVIEW,
-    // Every body previewed, small ones included: the model below is about preview and 100 Continue.
+    // Every body previewed, small ones included: the model below is about preview and 100 Continue
+    // (so previews never stop after a run of 100 Continue: adaptive-preview.property.test.ts covers that).
     previewMinBodySize: 0,
+    adaptivePreview: false,
     responseTimeout: RESPONSE_TIMEOUT,
     connection: { ioTimeout: RESPONSE_TIMEOUT, connectTimeout: 1000, keepAliveTimeout: 3000 },
     // Never suspend the server: every upload must meet its own fault.
