@@ -227,6 +227,9 @@ async function main(): Promise<void> {
   const service = opts.get('service') ?? 'avscan';
   if (service !== 'avscan' && service !== 'echo') throw new Error(`--service=${service}: avscan or echo`);
   const path = `/${service}`;
+  // The variant's profile fields, read (and so checked) before anything starts.
+  const variantText = opts.get('variant-too');
+  const variantProfile = variantText === undefined ? undefined : JSON.stringify(JSON.parse(variantText));
   const scanner = await startScanner(service);
   // A scanner farther away than loopback: every path (Squid, the raw client, the apps) goes through the proxy.
   const delayMs = Number(opts.get('icap-delay-ms') ?? 0);
@@ -236,7 +239,7 @@ async function main(): Promise<void> {
   const subjects = floorSubjects(frameworks, {
     parts: parts && service === 'avscan',
     noPreview: opts.get('no-preview-too') === '1',
-    variant: opts.get('variant-too') !== undefined,
+    variant: variantProfile !== undefined,
   });
   const stops: Array<() => Promise<void>> = [];
   const urls = new Map<FloorSubject, string>();
@@ -264,7 +267,7 @@ async function main(): Promise<void> {
         kind === 'nopreview'
           ? { BENCH_PROFILE: JSON.stringify({ enablePreview: false }) }
           : kind === 'variant'
-            ? { BENCH_PROFILE: JSON.stringify(JSON.parse(opts.get('variant-too')!)) }
+            ? { BENCH_PROFILE: variantProfile! }
             : kind === 'hold'
               ? holdFloorEnv(service)
               : {};
@@ -323,7 +326,7 @@ async function main(): Promise<void> {
   const heading =
     `req/s side by side against c-icap ${service}, ${body.label}, ${clients} clients; ${warmSeconds} s warm-up each, ` +
     `${rounds} rounds of ${seconds} s, ratios within a round (median, range over the rounds), ` +
-    (opts.get('variant-too') !== undefined ? `the variant with ${opts.get('variant-too')}, ` : '') +
+    (variantProfile !== undefined ? `the variant with ${variantProfile}, ` : '') +
     (delayMs > 0 ? `c-icap reached through a proxy delaying each direction by ${delayMs} ms, ` : '') +
     `${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC:`;
   const rows = floorRows(frameworks, windows);
