@@ -471,13 +471,23 @@ function mustRefuse(spec: RequestSpec): string | null {
   return null;
 }
 
-/** The end-to-end headers, in order: no hop-by-hop, none Connection names, no pseudo, no Content-Length. */
-function keptHeaders(pairs: Pair[], contentLength: number | undefined): Pair[] {
-  const named = new Set(
+/**
+ * The field names the `Connection` headers list, lower-cased. An empty element (`Connection: `,
+ * `a, , b`) names nothing: RFC 9110 §5.6.1 has recipients ignore empty list elements, so a
+ * header called "" is not thereby hop-by-hop (and must still be refused as a bad name).
+ */
+function connectionTokens(pairs: Pair[]): Set<string> {
+  return new Set(
     pairs
       .filter(([n]) => n.toLowerCase() === 'connection')
-      .flatMap(([, v]) => v.split(',').map((t) => t.trim().toLowerCase())),
+      .flatMap(([, v]) => v.split(',').map((t) => t.trim().toLowerCase()))
+      .filter((t) => t !== ''),
   );
+}
+
+/** The end-to-end headers, in order: no hop-by-hop, none Connection names, no pseudo, no Content-Length. */
+function keptHeaders(pairs: Pair[], contentLength: number | undefined): Pair[] {
+  const named = connectionTokens(pairs);
   const kept = pairs.filter(([n]) => {
     const k = n.toLowerCase();
     return !n.startsWith(':') && !HOP_BY_HOP.includes(k) && !named.has(k) && k !== 'content-length';
@@ -562,11 +572,7 @@ function inspectHttpSection(section: Buffer, from: HttpRequestSpec | HttpRespons
     return line.slice(0, line.indexOf(':')).toLowerCase();
   });
   const given = inputPairs(from.headers, from.form);
-  const connectionNamed = new Set(
-    given
-      .filter(([n]) => n.toLowerCase() === 'connection')
-      .flatMap(([, v]) => v.split(',').map((t) => t.trim().toLowerCase())),
-  );
+  const connectionNamed = connectionTokens(given);
   const fromAuthority = given.some(([n]) => n.toLowerCase() === ':authority');
   for (const n of names) {
     expect(HOP_BY_HOP).not.toContain(n);
@@ -787,6 +793,35 @@ describe('ICAP encoder regressions found by fuzzing', () => {
         }),
       ).toThrow(expect.objectContaining({ code: IcapErrorCodes.INVALID_ARGUMENT }));
     }
+  });
+
+  it('an empty Connection element names nothing: a header called "" is still refused', () => {
+    // Found in CI (seed 1546059235): the test's own model read `Connection: ` as naming a field
+    // "" and so expected the encoder to drop a header of that name instead of refusing it. The
+    // encoder was right; this pins both sides.
+    for (const value of ['', ' , ', 'keep-alive, ,']) {
+      expect(() =>
+        encodeHttpRequestHead({
+          method: 'POST',
+          target: 'http://a.aa',
+          headers: [
+            ['Connection', value],
+            ['', ''],
+          ],
+        }),
+      ).toThrow(expect.objectContaining({ code: IcapErrorCodes.INVALID_ARGUMENT }));
+    }
+    const head = encodeHttpRequestHead({
+      method: 'POST',
+      target: '/',
+      headers: [
+        ['Connection', 'x-a, , X-B,'],
+        ['X-A', '1'],
+        ['x-b', '2'],
+        ['X-C', '3'],
+      ],
+    }).toString('latin1');
+    expect(head).toBe('POST / HTTP/1.1\r\nX-C: 3\r\n\r\n');
   });
 
   it('writes a reason phrase as given, whitespace at its end included', () => {
