@@ -8,7 +8,9 @@
  *   POST /multipart  files and fields       (multer / @fastify/multipart / koa-body + formidable)
  *   GET  /health     no body
  */
-import { readFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { createServer as createHttp2Server, type Http2Server } from 'node:http2';
 import type { AddressInfo } from 'node:net';
 import fastifyMultipart from '@fastify/multipart';
@@ -278,11 +280,14 @@ async function startKoa(framework: 'koa3' | 'koa2', profile: IcapProfile, option
   const mw = koaIcap(profile);
   app.use(mw as unknown as Koa3.Middleware);
   const useBodyParser = options.koaParser === '@koa/bodyparser';
+  // formidable writes each file to a temporary file: in a directory of this app's own, removed
+  // at close (files of an aborted form included), so no run leaves uploads in the system's tmp.
+  const uploadDir = await mkdtemp(join(tmpdir(), 'icapkit-conformance-'));
   const kb = koaBody({
     multipart: true,
     jsonLimit: LIMIT,
     formLimit: LIMIT,
-    formidable: { maxFileSize: LIMIT, maxTotalFileSize: LIMIT },
+    formidable: { maxFileSize: LIMIT, maxTotalFileSize: LIMIT, uploadDir },
   });
   const bp = bodyParser({ enableTypes: ['json', 'form'], jsonLimit: '200mb', formLimit: '200mb' });
   app.use(async (ctx, next) => {
@@ -346,6 +351,7 @@ async function startKoa(framework: 'koa3' | 'koa2', profile: IcapProfile, option
       if ('closeAllConnections' in server) server.closeAllConnections();
       await new Promise<void>((resolve) => server.close(() => resolve()));
       await mw.close();
+      await rm(uploadDir, { recursive: true, force: true });
     },
   };
 }
