@@ -63,6 +63,42 @@ export function toScanRequest(request: Request, info: WebRequestInfo = {}): WebS
 }
 
 /**
+ * What can still be read of a `Request` whose body or URL cannot be (a server library that made
+ * a lazy Request of a target the Fetch API refuses, such as @hono/node-server with an absolute
+ * target carrying credentials): its method, path and header fields, and no body stream, for the
+ * engine to refuse (400) before anything reads the body. Every read is guarded: a field that
+ * cannot be read is left out.
+ */
+export function unreadableRequest(request: Request, info: WebRequestInfo = {}): WebScanRequest {
+  const method = tryRead(() => request.method) ?? 'POST';
+  const url = tryRead(() => new URL(request.url));
+  const pairs: Array<[string, string]> = [];
+  tryRead(() => {
+    for (const [name, value] of request.headers) pairs.push([name, value]);
+    return true;
+  });
+  const headers: Record<string, string | string[] | undefined> = {};
+  for (const [name, value] of pairs) {
+    const prev = headers[name];
+    if (prev === undefined) headers[name] = value;
+    else headers[name] = [...(Array.isArray(prev) ? prev : [prev]), value];
+  }
+  const target = url === undefined ? '/' : `${url.pathname}${url.search}`;
+  return new WebRequestReadable(null, method, target, headers, pairs.flat(), {
+    remoteAddress: info.clientIp,
+    encrypted: url?.protocol === 'https:',
+  });
+}
+
+function tryRead<T>(read: () => T): T | undefined {
+  try {
+    return read();
+  } catch {
+    return undefined;
+  }
+}
+
+/**
  * The request's fields on the body stream, as one class (every request of one shape: fields
  * added to a stream one by one, and a getter defined on each, gave each request a map of its own).
  */

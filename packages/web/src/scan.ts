@@ -20,7 +20,7 @@ import {
 } from '@icapkit/core';
 import { toWebStream } from './body.js';
 import { defaultRefusalResponse, shapeRefusal, type WebOnRefusal } from './refusal.js';
-import { toScanRequest } from './request.js';
+import { toScanRequest, unreadableRequest, type WebScanRequest } from './request.js';
 
 /**
  * The engine of @icapkit/core driven by a Web `Request` (Hono, Next.js route handlers, any
@@ -184,20 +184,38 @@ async function scanWith(
     });
   const clientIp = options.clientIp ?? options.incoming?.socket?.remoteAddress ?? undefined;
   const http1 = options.incoming?.httpVersionMajor === 1;
-  if (request.bodyUsed || request.body?.locked === true) {
-    // A programming error (something read the body before the scan), never the client's doing.
-    throw new IcapError(
-      IcapErrorCodes.INVALID_ARGUMENT,
-      'the request body was already read before the scan: scan before anything reads it',
-      { field: 'request' },
-    );
+  let source: WebScanRequest;
+  let badRequest: string | undefined;
+  try {
+    if (request.bodyUsed || request.body?.locked === true) {
+      // A programming error (something read the body before the scan), never the client's doing.
+      throw new IcapError(
+        IcapErrorCodes.INVALID_ARGUMENT,
+        'the request body was already read before the scan: scan before anything reads it',
+        { field: 'request' },
+      );
+    }
+    source = toScanRequest(request, { clientIp });
+  } catch (err) {
+    if (err instanceof IcapError) throw err;
+    // The server library cannot make a Request of what the client sent (@hono/node-server takes
+    // an absolute target with credentials, and the Fetch API refuses it when the body is first
+    // read): the client's doing, so a 400 from the engine, never a 500 or the failure action.
+    // The reason names no part of the target (it may carry a password).
+    badRequest =
+      'the request cannot be read as a Web Request (its target or method is refused by the Fetch API)';
+    source = unreadableRequest(request, { clientIp });
   }
-  const source = toScanRequest(request, { clientIp });
   const signal =
     options.signal === undefined ? request.signal : AbortSignal.any([request.signal, options.signal]);
   let outcome: ScanOutcome;
   try {
-    outcome = await engine.scan(source, { signal, logger: options.logger, requestId: options.requestId });
+    outcome = await engine.scan(source, {
+      signal,
+      logger: options.logger,
+      requestId: options.requestId,
+      badRequest,
+    });
   } catch (err) {
     // The engine answers every failure with an outcome; this is a last resort (fail closed).
     source.destroy();

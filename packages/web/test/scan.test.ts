@@ -159,6 +159,37 @@ describe('scan(request, …)', () => {
     ).toBeUndefined();
   });
 
+  it('a Request whose body cannot be made (the Fetch API refuses its target) is refused with 400, never a throw', async () => {
+    // As @hono/node-server's lazy Request for `POST http://u:p@host/x`: method, URL and headers
+    // read, the body's first read throws the Fetch API's TypeError.
+    const unreadable = (url: string) => {
+      const r = post(text(10), { 'content-type': 'application/octet-stream', 'content-length': '10' }, url);
+      for (const key of ['body', 'bodyUsed'])
+        Object.defineProperty(r, key, {
+          get() {
+            throw new TypeError(`Request cannot be constructed from a URL that includes credentials: ${url}`);
+          },
+        });
+      return r;
+    };
+    const sent = server.requests.length;
+    const r = await scanner().scan(unreadable('http://localhost/upload'));
+    expect(r.response!.status).toBe(400);
+    expect(r.request).toBeUndefined();
+    expect(logs.at(-1)).toMatchObject({ error_code: 'ICAP_ERR_BAD_REQUEST', action: 'ICAP_BLOCKED' });
+    // The reason is fixed text: the target (which may carry a password) is not echoed anywhere.
+    expect(JSON.stringify(logs.at(-1))).not.toContain('credentials');
+    expect(await r.response!.text()).not.toContain('credentials');
+    expect(server.requests.slice(sent).filter((x) => x.method === 'REQMOD')).toEqual([]);
+    // A request the rules do not select is the application's to read, as any other.
+    const s = scanner({
+      rules: [{ name: 'only-api', match: { path: { prefix: ['/api/'] } }, action: 'enable-icap' }],
+    });
+    const skipped = unreadable('http://localhost/upload');
+    expect((await s.scan(skipped)).request).toBe(skipped);
+    expect((await s.scan(unreadable('http://localhost/api/x'))).response!.status).toBe(400);
+  });
+
   it('the body is read with backpressure: a body over bufferSize stops being pulled near the limit (413)', async () => {
     const { stream, state } = counted(1024 * 1024 * 1024);
     const r = await scanner({ bufferSize: 1024 * 1024, drainAfterAnswer: { bytes: 0 } }).scan(post(stream));

@@ -29,6 +29,14 @@ export interface ScanOptions {
    * ICAP_ERR_BODY_CONSUMED; see engine/scan/consumed.ts).
    */
   parsedBody?: unknown;
+  /**
+   * For adapters: the request as the client sent it cannot be read (the reason), e.g. a server
+   * library that cannot make a Web `Request` of its target. A request the rules select is
+   * refused at admission, before a byte of its body is read: 400, ICAP_ERR_BAD_REQUEST, as a
+   * head the ICAP server would not see as the application does. The client's doing, so never
+   * the failure action.
+   */
+  badRequest?: string | undefined;
 }
 
 export interface OutcomeBase {
