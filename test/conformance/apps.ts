@@ -9,10 +9,10 @@
  *   GET  /health     no body
  */
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { createServer as createHttp2Server, type Http2Server } from 'node:http2';
 import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import fastifyMultipart from '@fastify/multipart';
 import type { IcapEngine, IcapProfile, IcapRequestInfo } from '@icapkit/core';
 import { icap as expressIcap } from '@icapkit/express';
