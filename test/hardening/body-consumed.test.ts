@@ -7,6 +7,9 @@
  * request (they only set an empty body) are not a reason to refuse it.
  */
 import type { Buffer } from 'node:buffer';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { IcapProfile, PinoLike } from '@icapkit/core';
 import { eicar, type IcapTestServer, startIcapServer } from '@icapkit/testing';
 import { bodyParser } from '@koa/bodyparser';
@@ -176,13 +179,17 @@ describe.each(['express5', 'express4'] as const)('%s', (framework) => {
 });
 
 describe.each(['koa3', 'koa2'] as const)('%s', (framework) => {
+  // koa-body's formidable writes each file to a temporary file before icap() refuses the
+  // request: in a directory of this suite's own, removed after it, not in the system's tmp.
+  const uploadDir = mkdtempSync(join(tmpdir(), 'icapkit-body-consumed-'));
+  afterAll(() => rmSync(uploadDir, { recursive: true, force: true }));
   it('koaBody() before icap(): 500 at once', () =>
     refusedAtOnce(framework, { before: koaBody() }, { body: '{"a":1}', headers: json }));
   it('koaBody({ multipart: true }) before icap(): 500 at once', () => {
     const form = multipart([{ name: 'file', filename: 'a.txt', data: 'hello' }]);
     return refusedAtOnce(
       framework,
-      { before: koaBody({ multipart: true }) },
+      { before: koaBody({ multipart: true, formidable: { uploadDir } }) },
       { body: form.body, headers: { 'content-type': form.contentType, accept: 'application/json' } },
     );
   });
