@@ -49,12 +49,7 @@ export function toScanRequest(request: Request, info: WebRequestInfo = {}): WebS
   const host = request.headers.get('host');
   if (host === null || !sameHost(host, url)) pairs.push([':authority', url.host]);
 
-  const headers: Record<string, string | string[] | undefined> = {};
-  for (const [name, value] of pairs) {
-    const prev = headers[name];
-    if (prev === undefined) headers[name] = value;
-    else headers[name] = [...(Array.isArray(prev) ? prev : [prev]), value];
-  }
+  const headers = headerRecord(pairs);
   // A request without a body gets an ended stream of its own (the engine does not read it).
   return new WebRequestReadable(body, request.method, `${url.pathname}${url.search}`, headers, pairs.flat(), {
     remoteAddress: info.clientIp,
@@ -73,21 +68,28 @@ export function unreadableRequest(request: Request, info: WebRequestInfo = {}): 
   const method = tryRead(() => request.method) ?? 'POST';
   const url = tryRead(() => new URL(request.url));
   const pairs: Array<[string, string]> = [];
-  tryRead(() => {
+  try {
     for (const [name, value] of request.headers) pairs.push([name, value]);
-    return true;
+  } catch {
+    // Headers that cannot be read: the engine refuses the request without them.
+  }
+  const headers = headerRecord(pairs);
+  const target = url === undefined ? '/' : `${url.pathname}${url.search}`;
+  return new WebRequestReadable(null, method, target, headers, pairs.flat(), {
+    remoteAddress: info.clientIp,
+    encrypted: url?.protocol === 'https:',
   });
+}
+
+/** Node's `req.headers` shape: one value per name, an array for a repeated one. */
+function headerRecord(pairs: Array<[string, string]>): Record<string, string | string[] | undefined> {
   const headers: Record<string, string | string[] | undefined> = {};
   for (const [name, value] of pairs) {
     const prev = headers[name];
     if (prev === undefined) headers[name] = value;
     else headers[name] = [...(Array.isArray(prev) ? prev : [prev]), value];
   }
-  const target = url === undefined ? '/' : `${url.pathname}${url.search}`;
-  return new WebRequestReadable(null, method, target, headers, pairs.flat(), {
-    remoteAddress: info.clientIp,
-    encrypted: url?.protocol === 'https:',
-  });
+  return headers;
 }
 
 function tryRead<T>(read: () => T): T | undefined {
