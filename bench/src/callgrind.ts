@@ -5,6 +5,8 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { MULTIPART_FILE_SIZE, MULTIPART_FILES, multipart } from './bodies.js';
+import { startCIcap } from './cicap.js';
+import { holdFloorEnv } from './holdfloor.js';
 import { reportAllocations } from './profile.js';
 import { findOnPath, killAllChildren, startChild } from './util.js';
 import { dump, dumpIr } from './valgrind.js';
@@ -87,10 +89,16 @@ export async function countInstructions(
   form = false,
   echo = false,
   nodeFlags: string[] = [],
+  hold = false,
+  cicap = false,
 ): Promise<IrRow[]> {
   if (findOnPath('valgrind') === null) throw new Error('valgrind is not installed');
   const body = payload(bodySize, form);
-  const icap = await startIcap(echo);
+  // c-icap's own echo service (its 4 KiB chunks, its 204 after every other preview) instead of
+  // the embedded server.
+  const real = cicap ? await startCIcap() : undefined;
+  const icap = real ? { ready: { port: real.port }, stop: () => real.stop() } : await startIcap(echo);
+  const service = real ? '/echo' : '/avscan';
   const rows: IrRow[] = [];
   try {
     for (const framework of frameworks) {
@@ -106,8 +114,12 @@ export async function countInstructions(
           join(HERE, 'app.js'),
           framework,
         ];
-        if (scanned) args.push(`icap://127.0.0.1:${icap.ready.port as number}`, '/avscan');
-        const app = await startChild('valgrind', args, { timeoutMs: 180_000 });
+        if (scanned) args.push(`icap://127.0.0.1:${icap.ready.port as number}`, service);
+        if (scanned && hold) args.push('--hold-floor');
+        const app = await startChild('valgrind', args, {
+          timeoutMs: 180_000,
+          ...(scanned && hold && (echo || cicap) ? { env: { ...process.env, ...holdFloorEnv('echo') } } : {}),
+        });
         const agent = new Agent({ keepAlive: true, maxSockets: 1 });
         try {
           const port = app.ready.port as number;
@@ -121,7 +133,7 @@ export async function countInstructions(
           const ir = dumpIr(dir, await dump(pid, dir, 2));
           rows.push({ framework, scanned, irPerRequest: ir.main / n, otherPerRequest: ir.other / n });
           console.error(
-            `callgrind: ${framework}${scanned ? ' + icapkit' : ''}: ${(ir.main / n / 1000).toFixed(0)} k instructions per request on the main thread, ${(ir.other / n / 1000).toFixed(0)} k on others`,
+            `callgrind: ${framework}${scanned ? (hold ? ' + the hold floor' : ' + icapkit') : ''}: ${(ir.main / n / 1000).toFixed(0)} k instructions per request on the main thread, ${(ir.other / n / 1000).toFixed(0)} k on others`,
           );
         } finally {
           agent.destroy();
@@ -187,9 +199,19 @@ export async function countAllocations(
   }
 }
 
-export function renderInstructions(rows: IrRow[], bodySize: number, form = false, echo = false): string {
+export function renderInstructions(
+  rows: IrRow[],
+  bodySize: number,
+  form = false,
+  echo = false,
+  hold = false,
+  cicap = false,
+): string {
+  const server = cicap
+    ? "c-icap's echo service"
+    : `the embedded ${echo ? 'echo (200 with the body returned)' : '204'} server`;
   const lines = [
-    `Instructions per ${form ? payload(0, true).label : `${bodySize}-byte POST`} on the main thread (callgrind, one client, kept-alive; icapkit against the embedded ${echo ? 'echo (200 with the body returned)' : '204'} server):`,
+    `Instructions per ${form ? payload(0, true).label : `${bodySize}-byte POST`} on the main thread (callgrind, one client, kept-alive; ${hold ? 'the hold floor (in the icapkit column)' : 'icapkit'} against ${server}):`,
     '',
     '| Framework | plain: k instr. / req | icapkit: k instr. / req | icapkit above plain | ratio | other threads plain / icapkit |',
     '| --------- | --------------------: | ----------------------: | ------------------: | ----: | ----------------------------: |',
@@ -215,6 +237,8 @@ if (process.argv[1]?.endsWith('callgrind.js') === true) {
   let echo = false;
   const nodeFlags: string[] = [];
   let alloc: string | undefined;
+  let hold = false;
+  let cicap = false;
   for (const arg of process.argv.slice(2)) {
     if (arg.startsWith('--frameworks=')) frameworks = arg.slice(13).split(',');
     else if (arg.startsWith('--body=')) bodySize = Number(arg.slice(7));
@@ -223,6 +247,10 @@ if (process.argv[1]?.endsWith('callgrind.js') === true) {
     else if (arg === '--scanned-only') variants = [true];
     else if (arg === '--multipart') form = true;
     else if (arg === '--echo') echo = true;
+    // The hold floor (holdfloor.ts) instead of icapkit in the scanned runs.
+    else if (arg === '--hold') hold = true;
+    // Real c-icap's echo service instead of the embedded server (implies --echo).
+    else if (arg === '--cicap') cicap = echo = true;
     // V8 compiles on the main thread, at the same request whatever else runs on the machine:
     // counts that compare two builds on a busy machine (and that include the compiler's work).
     else if (arg === '--single-threaded') nodeFlags.push('--single-threaded');
@@ -235,11 +263,11 @@ if (process.argv[1]?.endsWith('callgrind.js') === true) {
   const run =
     alloc !== undefined
       ? countAllocations(frameworks, bodySize, warm, n, variants, form, alloc, echo).then(() => undefined)
-      : countInstructions(frameworks, bodySize, warm, n, variants, form, echo, nodeFlags);
+      : countInstructions(frameworks, bodySize, warm, n, variants, form, echo, nodeFlags, hold, cicap);
   run
     .then((rows) => {
       if (rows === undefined) return;
-      console.log(renderInstructions(rows, bodySize, form, echo));
+      console.log(renderInstructions(rows, bodySize, form, echo, hold, cicap));
       console.log(`RESULT ${JSON.stringify(rows)}`);
     })
     .catch((err: unknown) => {

@@ -22,6 +22,7 @@
  *   node bench/dist/floors.js [--frameworks=fastify,koa,express] [--cells=1m/8]
  *                             [--service=avscan|echo] [--no-preview-too=1]
  *                             [--variant-too='{"holdBodySize":"2mb"}'] (icapkit with that profile too)
+ *                             [--hold-stream-too=1] (the hold floor handing the body on as a stream too)
  *                             [--icap-delay-ms=1] (every path reaches c-icap through delayproxy.ts)
  *                             [--warm-seconds=8] [--rounds=5] [--seconds=3] [--json=FILE]
  *
@@ -56,7 +57,10 @@ const HERE = fileURLToPath(new URL('.', import.meta.url));
  * A path measured in every round: `squid`, `raw`, `hold:<framework>`, `icapkit:<framework>`, for
  * a multipart form `holdparts:<framework>` (the hold floor part by part), and with
  * `--no-preview-too=1` `nopreview:<framework>` (icapkit with `enablePreview: false`), and with
- * `--variant-too=<profile JSON>` `variant:<framework>` (icapkit with those profile fields).
+ * `--variant-too=<profile JSON>` `variant:<framework>` (icapkit with those profile fields), and with
+ * `--hold-stream-too=1` `holdstream:<framework>`: the hold floor handing the body on as a stream
+ * that the handler reads, as icapkit does (the request made readable again; app.js's
+ * BENCH_HOLD_STREAM), not as the held chunks themselves.
  */
 export type FloorSubject = string;
 
@@ -87,6 +91,8 @@ export interface FloorRow {
   noPreview?: { rps: number; squid: Ratio; icapkit: Ratio };
   /** `--variant-too`: icapkit with other profile fields, as noPreview (icapkit ÷ the variant). */
   variant?: { rps: number; squid: Ratio; icapkit: Ratio };
+  /** `--hold-stream-too=1`: the hold floor handing on a stream, as noPreview (icapkit ÷ it). */
+  holdStream?: { rps: number; squid: Ratio; icapkit: Ratio };
 }
 
 export interface Ratio {
@@ -99,13 +105,14 @@ export interface Ratio {
 /** The subjects of a run, in their base order (rotate() turns it every round). */
 export function floorSubjects(
   frameworks: readonly string[],
-  opts: { parts?: boolean; noPreview?: boolean; variant?: boolean } = {},
+  opts: { parts?: boolean; noPreview?: boolean; variant?: boolean; holdStream?: boolean } = {},
 ): FloorSubject[] {
   return [
     'squid',
     'raw',
     ...frameworks.flatMap((f) => [
       `hold:${f}`,
+      ...(opts.holdStream === true ? [`holdstream:${f}`] : []),
       ...(opts.parts === true ? [`holdparts:${f}`] : []),
       `icapkit:${f}`,
       ...(opts.noPreview === true ? [`nopreview:${f}`] : []),
@@ -155,6 +162,7 @@ export function floorRows(frameworks: readonly string[], windows: readonly Floor
       : {}),
     ...(windows.some((w) => w.subject === `nopreview:${f}`) ? { noPreview: against('nopreview', f) } : {}),
     ...(windows.some((w) => w.subject === `variant:${f}`) ? { variant: against('variant', f) } : {}),
+    ...(windows.some((w) => w.subject === `holdstream:${f}`) ? { holdStream: against('holdstream', f) } : {}),
   }));
 }
 
@@ -180,6 +188,7 @@ export function renderFloors(rows: readonly FloorRow[], heading: string): string
   const parts = rows.some((r) => r.holdParts !== undefined);
   const noPreview = rows.some((r) => r.noPreview !== undefined);
   const variant = rows.some((r) => r.variant !== undefined);
+  const holdStream = rows.some((r) => r.holdStream !== undefined);
   const otherCells = (o: FloorRow['variant'], on: boolean) =>
     on ? (o === undefined ? ' — | — | — |' : ` ${n(o.rps)} | ${q(o.squid)} | ${q(o.icapkit)} |`) : '';
   const lines = [
@@ -192,8 +201,9 @@ export function renderFloors(rows: readonly FloorRow[], heading: string): string
       (noPreview
         ? ' req/s: icapkit without preview | without preview ÷ Squid | icapkit ÷ without preview |'
         : '') +
-      (variant ? ' req/s: icapkit variant | variant ÷ Squid | icapkit ÷ variant |' : ''),
-    `| --- | --: | --: | --: | --: | --: | --: |${parts ? ' --: | --: | --: | --: |' : ''}${noPreview ? ' --: | --: | --: |' : ''}${variant ? ' --: | --: | --: |' : ''}`,
+      (variant ? ' req/s: icapkit variant | variant ÷ Squid | icapkit ÷ variant |' : '') +
+      (holdStream ? ' req/s: hold floor, a stream | stream floor ÷ Squid | icapkit ÷ stream floor |' : ''),
+    `| --- | --: | --: | --: | --: | --: | --: |${parts ? ' --: | --: | --: | --: |' : ''}${noPreview ? ' --: | --: | --: |' : ''}${variant ? ' --: | --: | --: |' : ''}${holdStream ? ' --: | --: | --: |' : ''}`,
   ];
   for (const r of rows) {
     const p = r.holdParts;
@@ -206,7 +216,8 @@ export function renderFloors(rows: readonly FloorRow[], heading: string): string
             : ` ${n(p.rps)} | ${q(p.squid)} | ${q(p.raw)} | ${q(p.icapkit)} |`
           : '') +
         otherCells(r.noPreview, noPreview) +
-        otherCells(r.variant, variant),
+        otherCells(r.variant, variant) +
+        otherCells(r.holdStream, holdStream),
     );
   }
   return lines;
@@ -240,6 +251,7 @@ async function main(): Promise<void> {
     parts: parts && service === 'avscan',
     noPreview: opts.get('no-preview-too') === '1',
     variant: variantProfile !== undefined,
+    holdStream: opts.get('hold-stream-too') === '1',
   });
   const stops: Array<() => Promise<void>> = [];
   const urls = new Map<FloorSubject, string>();
@@ -262,7 +274,12 @@ async function main(): Promise<void> {
     for (const s of subjects) {
       const [kind, framework] = s.split(':') as [string, string | undefined];
       if (framework === undefined) continue; // squid, raw
-      const mode = kind === 'hold' ? ['--hold-floor'] : kind === 'holdparts' ? ['--hold-floor-parts'] : [];
+      const mode =
+        kind === 'hold' || kind === 'holdstream'
+          ? ['--hold-floor']
+          : kind === 'holdparts'
+            ? ['--hold-floor-parts']
+            : [];
       const env =
         kind === 'nopreview'
           ? { BENCH_PROFILE: JSON.stringify({ enablePreview: false }) }
@@ -270,7 +287,9 @@ async function main(): Promise<void> {
             ? { BENCH_PROFILE: variantProfile! }
             : kind === 'hold'
               ? holdFloorEnv(service)
-              : {};
+              : kind === 'holdstream'
+                ? { ...holdFloorEnv(service), BENCH_HOLD_STREAM: '1' }
+                : {};
       urls.set(s, urlOf((await app([framework, icapUrl, path, ...mode], env)).ready.port as number));
     }
     for (const [s, url] of urls) {

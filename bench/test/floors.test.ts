@@ -185,6 +185,37 @@ describe('floors', () => {
     expect(lines[4]).toMatch(/\| 99\.0 \| 0\.99× \(0\.98–1\.00\) \| 1\.21× \(1\.20–1\.22\) \|$/);
   });
 
+  it('measures the hold floor handing on a stream too (--hold-stream-too), beside the hold floor', () => {
+    expect(floorSubjects(['express'], { holdStream: true })).toEqual([
+      'squid',
+      'raw',
+      'hold:express',
+      'holdstream:express',
+      'icapkit:express',
+    ]);
+    const windows: FloorWindow[] = [];
+    for (let r = 0; r < 3; r++) {
+      const phase = r === 1 ? 0.5 : 1;
+      windows.push(
+        w(r, 'squid', 100 * phase),
+        w(r, 'hold:express', 190 * phase),
+        w(r, 'holdstream:express', (170 + r) * phase),
+        w(r, 'icapkit:express', 140 * phase),
+      );
+    }
+    const [row] = floorRows(['express'], windows);
+    expect(row!.variant).toBeUndefined();
+    expect(row!.holdStream!.rps).toBe(170);
+    expect(row!.holdStream!.squid).toMatchObject({ median: 1.71, min: 1.7, max: 1.72 });
+    expect(row!.holdStream!.icapkit).toMatchObject({ median: 140 / 171, min: 140 / 172, max: 140 / 170 });
+    const lines = renderFloors([row!], 'h');
+    expect(lines[2]).toContain('| icapkit ÷ stream floor |');
+    expect(lines[2]).not.toContain('variant');
+    expect(lines[3]!.split('|').length).toBe(lines[2]!.split('|').length);
+    expect(lines[4]!.split('|').length).toBe(lines[2]!.split('|').length);
+    expect(lines[4]).toMatch(/\| 170 \| 1\.71× \(1\.70–1\.72\) \| 0\.82× \(0\.81–0\.82\) \|$/);
+  });
+
   it('notes the paths that failed requests, and only those', () => {
     const windows: FloorWindow[] = [
       { round: 0, subject: 'squid', rps: 90, errors: 12 },
