@@ -7,6 +7,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { toBodySource } from '../../src/client/source.js';
 import { BodyStore } from '../../src/engine/body.js';
@@ -100,6 +101,55 @@ describe('BodyStore: small chunks are coalesced', () => {
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('BodyStore.equalsAt: the held bytes at an offset, however they were chunked', () => {
+  it('says whether a slice (or a slice with one byte changed) equals the body there', () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.oneof(fc.integer({ min: 1, max: 200 }), fc.integer({ min: 1, max: 70_000 })), {
+          minLength: 1,
+          maxLength: 40,
+        }),
+        fc.array(fc.tuple(fc.nat(), fc.nat({ max: 20_000 }), fc.option(fc.nat(), { nil: undefined })), {
+          minLength: 1,
+          maxLength: 20,
+        }),
+        fc.boolean(),
+        (pieces, probes, ended) => {
+          const total = pieces.reduce((a, b) => a + b, 0);
+          const body = pattern(total);
+          const store = new BodyStore({ limit: total + 1, retainAll: true });
+          let at = 0;
+          for (const n of pieces) {
+            store.push(body.subarray(at, at + n));
+            at += n;
+          }
+          if (ended) store.end();
+          for (const [from, length, flip] of probes) {
+            const offset = from % (total + 1);
+            let data = Buffer.from(body.subarray(offset, offset + length));
+            let same = true;
+            // Past the end: bytes the body does not (yet) have are never equal.
+            if (offset + length > total) {
+              data = Buffer.concat([data, Buffer.from([body[0]!])]);
+              same = false;
+            } else if (flip !== undefined && data.length > 0) {
+              data[flip % data.length]! ^= 0x5a;
+              same = false;
+            }
+            expect(store.equalsAt(offset, data)).toBe(same);
+          }
+          // An echo compared piece by piece, in c-icap's 4,064-byte chunks, from start to end.
+          for (let o = 0; o < total; o += 4064) {
+            expect(store.equalsAt(o, body.subarray(o, Math.min(total, o + 4064)))).toBe(true);
+          }
+          store.dispose();
+        },
+      ),
+      { numRuns: 200 },
+    );
   });
 });
 
