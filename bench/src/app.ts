@@ -7,7 +7,8 @@
  * middleware for that framework scans every POST with the default profile (plus the JSON in
  * BENCH_PROFILE, if set). With `--hold-floor` (Express, Fastify, Koa) icapkit is replaced by
  * holdfloor.ts: the least an in-process ICAP middleware can do per request (previewing larger
- * bodies with BENCH_HOLD_PREVIEW=<bytes>). Routes:
+ * bodies with BENCH_HOLD_PREVIEW=<bytes>; with BENCH_HOLD_STREAM=1 the handler reads the body as a
+ * stream, as with icapkit, instead of taking the held chunks). Routes:
  *
  *   POST /upload   reads the body as a stream into a SHA-1 and answers 200 with the digest
  *   GET  /__stats  { rss, hwm, cpu, stages, icap: engine.status() } (never scanned): `cpu` is
