@@ -118,7 +118,7 @@ export async function countInstructions(
         if (scanned && hold) args.push('--hold-floor');
         const app = await startChild('valgrind', args, {
           timeoutMs: 180_000,
-          ...(scanned && hold && (echo || cicap) ? { env: { ...process.env, ...holdFloorEnv('echo') } } : {}),
+          ...(scanned && hold && echo ? { env: { ...process.env, ...holdFloorEnv('echo') } } : {}),
         });
         const agent = new Agent({ keepAlive: true, maxSockets: 1 });
         try {
