@@ -16,6 +16,16 @@ import { rotate } from '../src/util.js';
 
 const w = (round: number, subject: string, rps: number): FloorWindow => ({ round, subject, rps });
 
+/** Three rounds of the paths given (req/s by round), round `slow` in a phase where all run at half speed. */
+function phasedRounds(slow: number, rps: Record<string, (round: number) => number>): FloorWindow[] {
+  const windows: FloorWindow[] = [];
+  for (let r = 0; r < 3; r++) {
+    const phase = r === slow ? 0.5 : 1;
+    for (const [subject, at] of Object.entries(rps)) windows.push(w(r, subject, at(r) * phase));
+  }
+  return windows;
+}
+
 describe('floors', () => {
   it('measures Squid, the raw client and each framework with the hold floor and with icapkit', () => {
     expect(floorSubjects(['fastify', 'koa'])).toEqual([
@@ -134,16 +144,12 @@ describe('floors', () => {
   });
 
   it('reads icapkit against itself without previews, within each round', () => {
-    const windows: FloorWindow[] = [];
-    for (let r = 0; r < 3; r++) {
-      const phase = r === 1 ? 0.5 : 1;
-      windows.push(
-        w(r, 'squid', 100 * phase),
-        w(r, 'hold:koa', 170 * phase),
-        w(r, 'icapkit:koa', 90 * phase),
-        w(r, 'nopreview:koa', (100 + r) * phase),
-      );
-    }
+    const windows = phasedRounds(1, {
+      squid: () => 100,
+      'hold:koa': () => 170,
+      'icapkit:koa': () => 90,
+      'nopreview:koa': (r) => 100 + r,
+    });
     const [row] = floorRows(['koa'], windows);
     expect(row!.noPreview!.rps).toBe(100);
     expect(row!.noPreview!.squid).toMatchObject({ median: 1.01, min: 1, max: 1.02 });
@@ -164,16 +170,12 @@ describe('floors', () => {
       'nopreview:koa',
       'variant:koa',
     ]);
-    const windows: FloorWindow[] = [];
-    for (let r = 0; r < 3; r++) {
-      const phase = r === 2 ? 0.5 : 1;
-      windows.push(
-        w(r, 'squid', 100 * phase),
-        w(r, 'hold:koa', 170 * phase),
-        w(r, 'icapkit:koa', 120 * phase),
-        w(r, 'variant:koa', (100 - r) * phase),
-      );
-    }
+    const windows = phasedRounds(2, {
+      squid: () => 100,
+      'hold:koa': () => 170,
+      'icapkit:koa': () => 120,
+      'variant:koa': (r) => 100 - r,
+    });
     const [row] = floorRows(['koa'], windows);
     expect(row!.noPreview).toBeUndefined();
     expect(row!.variant!.rps).toBe(99);
@@ -193,16 +195,12 @@ describe('floors', () => {
       'holdstream:express',
       'icapkit:express',
     ]);
-    const windows: FloorWindow[] = [];
-    for (let r = 0; r < 3; r++) {
-      const phase = r === 1 ? 0.5 : 1;
-      windows.push(
-        w(r, 'squid', 100 * phase),
-        w(r, 'hold:express', 190 * phase),
-        w(r, 'holdstream:express', (170 + r) * phase),
-        w(r, 'icapkit:express', 140 * phase),
-      );
-    }
+    const windows = phasedRounds(1, {
+      squid: () => 100,
+      'hold:express': () => 190,
+      'holdstream:express': (r) => 170 + r,
+      'icapkit:express': () => 140,
+    });
     const [row] = floorRows(['express'], windows);
     expect(row!.variant).toBeUndefined();
     expect(row!.holdStream!.rps).toBe(170);
