@@ -136,6 +136,17 @@ const serverFailure = (codes: string[]): Expected => ({
   significance: 'ICAP_ERROR',
 });
 
+/** A threat named the way c-icap names one. */
+const THREAT = 'X-Infection-Found: Type=0; Resolution=2; Threat=Eicar-Test-Signature;\r\n';
+/** A block page head with a line that is not a field. */
+const BAD_PAGE = 'HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nThis is not a field\r\n\r\n';
+const threatBlocked: Expected = {
+  status: { 'fail-closed': 403, 'fail-open': 403 },
+  handled: { 'fail-closed': false, 'fail-open': false },
+  action: 'ICAP_BLOCKED',
+  significance: 'ICAP_BLOCKED',
+};
+
 interface Case {
   name: string;
   /** The ICAP server the profile points at (default: the plain embedded one). */
@@ -256,6 +267,69 @@ const CASES: Case[] = [
       significance: 'ICAP_BLOCKED',
     },
   },
+  // ---- a threat named in an answer that then breaks (invariant: a threat verdict is never lost) ----
+  {
+    name: 'ICAP server names a threat in its 100 Continue, then answers 204',
+    profile: { previewMinBodySize: 0 },
+    script: icapFault({
+      kind: 'raw',
+      response: `ICAP/1.0 100 Continue\r\n${THREAT}\r\nICAP/1.0 204 No Content\r\nISTag: "T"\r\nEncapsulated: null-body=0\r\n\r\n`,
+    }),
+    expected: threatBlocked,
+  },
+  {
+    name: 'ICAP server names a threat in a 100 Continue without a preview, then closes',
+    profile: { enablePreview: false },
+    script: icapFault({ kind: 'garbage', bytes: `ICAP/1.0 100 Continue\r\n${THREAT}\r\n` }),
+    expected: threatBlocked,
+  },
+  {
+    name: 'ICAP server names a threat in a head with a line that is not a field',
+    script: icapFault({
+      kind: 'raw',
+      response: `ICAP/1.0 200 OK\r\nISTag: "T"\r\n${THREAT}Scan Engine 1.2\r\nEncapsulated: null-body=0\r\n\r\n`,
+    }),
+    expected: threatBlocked,
+  },
+  {
+    name: 'ICAP server names a threat under an invalid status line and Encapsulated value',
+    script: icapFault({
+      kind: 'raw',
+      response: `icap/1.0 2000 OK\r\nX-Virus-ID: Eicar-Test-Signature\r\nEncapsulated: garbage\r\n\r\n`,
+    }),
+    expected: threatBlocked,
+  },
+  {
+    name: 'ICAP server names a threat, then a malformed block page head',
+    script: icapFault({
+      kind: 'raw',
+      response: `ICAP/1.0 200 OK\r\nISTag: "T"\r\n${THREAT}Encapsulated: res-hdr=0, null-body=${BAD_PAGE.length}\r\n\r\n${BAD_PAGE}`,
+    }),
+    expected: threatBlocked,
+  },
+  {
+    name: 'ICAP server names a threat, then closes in the middle of its block page head',
+    script: icapFault({
+      kind: 'garbage',
+      bytes: `ICAP/1.0 200 OK\r\nISTag: "T"\r\n${THREAT}Encapsulated: res-hdr=0, null-body=64\r\n\r\nHTTP/1.1 403 Forb`,
+    }),
+    expected: threatBlocked,
+  },
+  {
+    name: 'ICAP server closes in the middle of its head, after a line naming a threat',
+    script: icapFault({ kind: 'garbage', bytes: `ICAP/1.0 200 OK\r\n${THREAT}ISTag: "T` }),
+    expected: threatBlocked,
+  },
+  {
+    name: 'ICAP server answers a head with a line that is not a field, naming no threat',
+    script: icapFault({
+      kind: 'raw',
+      response:
+        'ICAP/1.0 204 No Content\r\nISTag: "T"\r\nScan Engine 1.2\r\nEncapsulated: null-body=0\r\n\r\n',
+    }),
+    expected: serverFailure(['ICAP_ERR_PROTOCOL']),
+  },
+  // ---- end a threat named in an answer that then breaks ----
   {
     name: 'ICAP server rewrites the body (a spooled one)',
     serviceUri: '/modify',

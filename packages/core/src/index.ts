@@ -6,7 +6,7 @@ export * from './client/options.js';
 export type { Lease, PoolOptions, PoolStats } from './client/pool.js';
 export type { BodyInput, BodySource, ReplayableBody } from './client/source.js';
 export { isReplayableBody, toBodySource } from './client/source.js';
-export type { ConnectionInfo, IcapResponse, TransactionSummary } from './client/transaction.js';
+export type { ConnectionInfo, IcapResponse, TransactionSummary } from './client/transaction-types.js';
 export { ICAP_WARNING_TYPE, type IcapWarningCode, IcapWarningCodes } from './engine/alerts.js';
 export { openSpoolFiles } from './engine/body.js';
 export * from './engine/engine.js';

@@ -3,7 +3,13 @@
  * errors a Transaction reports about an answer (one that broke a rule, one that never came).
  */
 import { Readable } from 'node:stream';
-import { IcapError, type IcapErrorCode, IcapErrorCodes, RfcErrorCodes } from '../errors.js';
+import {
+  IcapError,
+  type IcapErrorCode,
+  IcapErrorCodes,
+  type IcapReceivedHead,
+  RfcErrorCodes,
+} from '../errors.js';
 import type { IcapRequestMethod } from '../protocol/encoder.js';
 import type { EncapsulatedEntry, IcapResponseHead } from '../protocol/parser.js';
 import type { Connection } from './connection.js';
@@ -46,23 +52,7 @@ export function checkFinalHead(
 }
 
 /** The error with the final head it was raised about, read whole (so a verdict in it is not lost). */
-export function withReceivedHead(err: unknown, head: IcapResponseHead): unknown {
-  if (err instanceof IcapError && err.head === undefined) {
-    return new IcapError(err.code, err.message, {
-      cause: err.cause,
-      ...(err.rfcCode === undefined ? {} : { rfcCode: err.rfcCode }),
-      ...(err.status === undefined ? {} : { status: err.status }),
-      head: {
-        status: head.status,
-        reason: head.reason,
-        headers: head.headers,
-        rawHeaders: head.rawHeaders,
-        httpResponse: head.httpResponse,
-      },
-    });
-  }
-  return err;
-}
+export { withReceivedHead } from '../protocol/salvage.js';
 
 /** `err` as it is when an IcapError, else as an IcapError of `code` whose message starts with `what`. */
 export function asIcapError(err: unknown, code: IcapErrorCode, what: string): IcapError {
@@ -318,8 +308,9 @@ export function finalResponse(
   answeredInPreview: boolean,
   connection: ConnectionInfo,
   done: Promise<TransactionSummary>,
+  continueHead: IcapReceivedHead | null = null,
 ): IcapResponse {
-  return new FinalResponse(head, req, body, sent, answeredInPreview, connection, done);
+  return new FinalResponse(head, req, body, sent, answeredInPreview, connection, done, continueHead);
 }
 
 /**
@@ -344,6 +335,7 @@ class FinalResponse implements IcapResponse {
   answeredInPreview: boolean;
   connection: ConnectionInfo;
   done: Promise<TransactionSummary>;
+  continueHead: IcapReceivedHead | null;
   readonly #sent: { readonly completeBodySent: boolean };
   readonly #body: AnswerBody | null;
 
@@ -355,6 +347,7 @@ class FinalResponse implements IcapResponse {
     answeredInPreview: boolean,
     connection: ConnectionInfo,
     done: Promise<TransactionSummary>,
+    continueHead: IcapReceivedHead | null,
   ) {
     const istag = head.headers.get('istag');
     this.status = head.status;
@@ -373,6 +366,7 @@ class FinalResponse implements IcapResponse {
     this.answeredInPreview = answeredInPreview;
     this.connection = connection;
     this.done = done;
+    this.continueHead = continueHead;
     this.#sent = sent;
   }
 

@@ -20,7 +20,8 @@ import {
 } from './options.js';
 import { Pool, type PoolStats } from './pool.js';
 import { type BodyInput, type BodySource, toBodySource } from './source.js';
-import { type IcapResponse, Transaction, type TransactionRequest } from './transaction.js';
+import { Transaction } from './transaction.js';
+import type { IcapResponse, TransactionRequest } from './transaction-types.js';
 
 export const DEFAULT_ICAP_PORT = 1344;
 export const DEFAULT_ICAPS_PORT = 11344;

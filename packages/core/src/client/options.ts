@@ -1,7 +1,7 @@
 import { IcapError, IcapErrorCodes } from '../errors.js';
 import { type Headers, splitList } from '../protocol/headers.js';
 import { untilAborted } from './abort.js';
-import type { IcapResponse } from './transaction.js';
+import type { IcapResponse } from './transaction-types.js';
 
 /** A service's capabilities, from its OPTIONS response (RFC 3507 §4.10). */
 export interface IcapServiceOptions {

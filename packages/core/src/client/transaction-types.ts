@@ -1,6 +1,7 @@
 /** What a Transaction is asked (TransactionRequest, TransactionOptions) and what it answers. */
 
 import type { Readable } from 'node:stream';
+import type { IcapReceivedHead } from '../errors.js';
 import type { IcapRequestMethod } from '../protocol/encoder.js';
 import type { Headers } from '../protocol/headers.js';
 import type {
@@ -93,4 +94,9 @@ export interface IcapResponse {
   connection: ConnectionInfo;
   /** Settles when the exchange is over: the response read to its end, or a failure. */
   done: Promise<TransactionSummary>;
+  /**
+   * The `100 Continue` head(s) the server sent, when it sent one (their fields as one): a threat
+   * named there counts as much as one in the final head (optional for objects built by hand).
+   */
+  continueHead?: IcapReceivedHead | null;
 }

@@ -1,6 +1,7 @@
-import { fromSocketError, IcapError, IcapErrorCodes } from '../errors.js';
+import { fromSocketError, IcapError, IcapErrorCodes, type IcapReceivedHead } from '../errors.js';
 import { CRLF, chunkHeader, LAST_CHUNK, LAST_CHUNK_IEOF } from '../protocol/encoder.js';
 import { IcapParser, type IcapResponseHead, type ParserHandler } from '../protocol/parser.js';
+import { receivedAnswer } from '../protocol/salvage.js';
 import { abortReason } from './abort.js';
 import {
   AnswerBody,
@@ -37,14 +38,6 @@ import { keepReadingAfterWriteError, writeBatch } from './write-error.js';
  * message was written to its end, the response was read to its end, and neither side asked
  * for `Connection: close`.
  */
-
-export type {
-  ConnectionInfo,
-  IcapResponse,
-  TransactionOptions,
-  TransactionRequest,
-  TransactionSummary,
-} from './transaction-types.js';
 
 type WriteState = 'head' | 'preview' | 'awaiting-continue' | 'rest' | 'finished' | 'stopped';
 
@@ -93,6 +86,8 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
   #awaitingSource = false;
   #body: AnswerBody | null = null;
   #finalHead: IcapResponseHead | null = null;
+  /** The server's 100 Continue head(s), kept: a threat named there blocks (IcapResponse.continueHead). */
+  #continueHead: IcapReceivedHead | null = null;
   #iterator: AsyncIterator<Uint8Array> | null = null;
   /**
    * Writing failed (EPIPE, ECONNRESET: the server stopped reading, often because it has
@@ -421,6 +416,8 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
 
   #onHead(head: IcapResponseHead): void {
     if (head.status === 100) {
+      // Every 100 is kept, whatever follows: a threat named in one is still a threat.
+      this.#continueHead = receivedAnswer(head, this.#continueHead) ?? null;
       // Sending already failed: the server's go-ahead comes too late to matter; read on.
       if (this.#writeError !== undefined) return;
       if (this.#writeState !== 'awaiting-continue') {
@@ -481,6 +478,7 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
         previewPhase,
         connectionInfo(this.#conn, this.#reusedConnection),
         this.#done.promise,
+        this.#continueHead,
       ),
     );
     if (ignoreBody) this.#onEnd(true);
@@ -573,16 +571,19 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
   #fail(err: unknown): void {
     if (this.#finished) return;
     this.#finished = true;
-    const error = asIcapError(err, IcapErrorCodes.PROTOCOL, 'ICAP transaction failed');
+    let error = asIcapError(err, IcapErrorCodes.PROTOCOL, 'ICAP transaction failed');
+    // No final answer came whole: what came of one (a head cut off, the 100 Continue before it)
+    // goes with the error, so that a threat named there is not lost.
+    if (!this.#responseResolved) {
+      const cut = error.head ?? this.#parser.receivedHead();
+      error = withReceivedHead(error, receivedAnswer(cut, this.#continueHead), true);
+    }
     this.#stopWriting();
     this.#parser.close();
     this.#cleanup();
     this.#conn.destroy();
-    if (!this.#responseResolved) {
-      this.#response.reject(error);
-    } else {
-      this.#body?.fail(error);
-    }
+    if (this.#responseResolved) this.#body?.fail(error);
+    else this.#response.reject(error);
     this.#done.reject(error);
     this.#return.release(this.#conn, false);
   }

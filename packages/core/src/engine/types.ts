@@ -1,5 +1,5 @@
 import type { Readable } from 'node:stream';
-import type { IcapResponse } from '../client/transaction.js';
+import type { IcapResponse } from '../client/transaction-types.js';
 import type { IcapError } from '../errors.js';
 import type { AdaptedBody } from './body.js';
 import type { IcapAction, IcapLog } from './log.js';

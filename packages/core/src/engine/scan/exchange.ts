@@ -1,6 +1,6 @@
 import { isSkipped } from '../../client/client.js';
-import type { IcapResponse } from '../../client/transaction.js';
-import { IcapError, IcapErrorCodes } from '../../errors.js';
+import type { IcapResponse } from '../../client/transaction-types.js';
+import { IcapError, IcapErrorCodes, type IcapReceivedHead } from '../../errors.js';
 import { endToEndHeaders, isSafeFieldValue, isToken } from '../../protocol/headers.js';
 import { AdaptedBody, type BodyStore } from '../body.js';
 import { httpMethodEnum, type IcapRequestLog, poolIdentity, redactHeaderBlock, vendorEnum } from '../log.js';
@@ -214,7 +214,10 @@ class Exchange implements WatchHooks, TriedServers {
     } catch (err) {
       // A head received whole that then broke a framing rule still names its verdict: a threat
       // in it blocks (a threat verdict is never lost); anything else stays the error it was.
-      const blocked = err instanceof IcapError ? this.#blockedByHead(err, entry, started) : null;
+      const blocked =
+        err instanceof IcapError && err.head !== undefined
+          ? this.#blockedByHead(err.head, entry, started, err)
+          : null;
       if (blocked === null) throw err;
       return blocked;
     }
@@ -224,6 +227,14 @@ class Exchange implements WatchHooks, TriedServers {
       return { type: 'clean', res: null, verdict: null, skipped: r.extension };
     }
     const res = r;
+    // A threat named in the server's 100 Continue blocks, whatever its final answer says.
+    const continued =
+      res.continueHead == null ? null : this.#blockedByHead(res.continueHead, entry, started, undefined);
+    if (continued !== null) {
+      watch.stop();
+      res.body?.destroy();
+      return continued;
+    }
     // What the preview was worth: the server asked for the rest, or decided from it. (A preview
     // that held the whole body tells nothing: the server had it all.)
     if (advice !== undefined && res.previewSent) {
@@ -310,18 +321,26 @@ class Exchange implements WatchHooks, TriedServers {
     }
   }
 
-  /** A threat named in the head carried by a failed exchange's error, as a block; else null. */
-  #blockedByHead(err: IcapError, entry: IcapRequestLog, started: number): AttemptResult | null {
-    const head = err.head;
-    if (head === undefined) return null;
+  /**
+   * A threat named in `head`, as a block; else null. `head` is what a failed exchange's error
+   * carries (`err`), or the 100 Continue before a final answer.
+   */
+  #blockedByHead(
+    head: IcapReceivedHead,
+    entry: IcapRequestLog,
+    started: number,
+    err: IcapError | undefined,
+  ): AttemptResult | null {
     const p = this.#ctx.profile;
     const verdict = verdictOf(p, head, null, this.facts.fileName);
     if (verdict.kind !== 'blocked') return null;
     fillVerdict(entry, verdict, p.vendor);
     entry.icap_response_code = head.status;
     entry.icap_headers_received_from_server = redactHeaderBlock(head.rawHeaders, p.redactHeaders);
-    entry.error_code = err.code;
-    entry.error_message = err.message;
+    if (err !== undefined) {
+      entry.error_code = err.code;
+      entry.error_message = err.message;
+    }
     entry.latency = String(Math.round(performance.now() - started));
     entry.action = 'ICAP_BLOCKED';
     entry.http_response_code = 403;

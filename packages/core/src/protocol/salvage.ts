@@ -1,0 +1,109 @@
+/**
+ * What is read of an ICAP response head that cannot be used as an answer (it broke a rule, or
+ * the connection closed in it), for one purpose: a threat named there must not be lost. The
+ * fields are read leniently; nothing read here ever passes a request.
+ */
+import { IcapError, type IcapReceivedHead } from '../errors.js';
+import { Headers, trimOws } from './headers.js';
+
+/**
+ * `err` with `head` attached (what was received of an answer, so a verdict in it is not lost),
+ * when it is an IcapError without one (or `replace`) and there is a head.
+ */
+export function withReceivedHead<E>(err: E, head: IcapReceivedHead | undefined, replace = false): E {
+  if (head === undefined || !(err instanceof IcapError) || (err.head !== undefined && !replace)) return err;
+  return new IcapError(err.code, err.message, {
+    cause: err.cause,
+    ...(err.rfcCode === undefined ? {} : { rfcCode: err.rfcCode }),
+    ...(err.status === undefined ? {} : { status: err.status }),
+    // The fields an error carries, not the whole head (its body kind, its Encapsulated entries).
+    head: {
+      status: head.status,
+      reason: head.reason,
+      headers: head.headers,
+      rawHeaders: head.rawHeaders,
+      httpResponse: head.httpResponse,
+    },
+  }) as E;
+}
+
+/**
+ * The fields of a response head that the strict parser refused (a line without a colon, a name
+ * that is not a token, an odd status line, a bad Encapsulated value) or that was cut off, read
+ * leniently: each line with a colon is a field (its name and value trimmed), a line starting
+ * with whitespace continues the field before it, anything else is skipped. The status is the
+ * number after the version when it is a valid code, else 0. Only ever read for a threat.
+ */
+export function salvageResponseHead(block: Buffer): IcapReceivedHead {
+  const lines = block.toString('latin1').split('\n');
+  const startLine = (lines[0] ?? '').replace(/\r$/, '');
+  const m = /^\s*ICAP\/\d+(?:\.\d+)?[ \t]+(\d{3})(?![0-9])(?:[ \t]+(.*))?/i.exec(startLine);
+  const code = m === null ? 0 : Number(m[1]);
+  const status = code >= 100 && code <= 599 ? code : 0;
+  const headers = new Headers();
+  let name: string | undefined;
+  let value: string[] = [];
+  const flush = () => {
+    if (name !== undefined && name !== '') {
+      if (value.length === 1) headers.append(name, value[0]!);
+      else headers.append(name, value.join(' '), value);
+    }
+    name = undefined;
+    value = [];
+  };
+  const raw: string[] = [];
+  for (let k = 1; k < lines.length; k++) {
+    const line = lines[k]!.replace(/\r$/, '');
+    if (line === '') {
+      flush();
+      break;
+    }
+    raw.push(line);
+    if ((line.charCodeAt(0) === 0x20 || line.charCodeAt(0) === 0x09) && name !== undefined) {
+      value.push(trimOws(line));
+      continue;
+    }
+    flush();
+    const colon = line.indexOf(':');
+    if (colon <= 0) continue;
+    name = trimOws(line.slice(0, colon));
+    value = [trimOws(line.slice(colon + 1))];
+  }
+  flush();
+  return {
+    status,
+    reason: status === 0 ? '' : (m?.[2] ?? ''),
+    headers,
+    rawHeaders: raw.length === 0 ? '' : `${raw.join('\r\n')}\r\n`,
+    httpResponse: null,
+  };
+}
+
+/** The complete lines of a head cut off (a line cut short could read as a different value). */
+export function salvageLines(pending: Buffer): IcapReceivedHead | undefined {
+  const lastLf = pending.lastIndexOf(0x0a);
+  return lastLf === -1 ? undefined : salvageResponseHead(pending.subarray(0, lastLf + 1));
+}
+
+/**
+ * What a failed transaction received of an answer as one head: the head cut off (or refused),
+ * and the 100 Continue before it (the lines of both), or whichever there is.
+ */
+export function receivedAnswer(
+  cut: IcapReceivedHead | undefined,
+  interim: IcapReceivedHead | null,
+): IcapReceivedHead | undefined {
+  if (interim === null) return cut;
+  if (cut === undefined) return interim;
+  // The lines of both (a bare head's rawHeaders is an empty line, which would end the block).
+  const fields = `${interim.rawHeaders}${cut.rawHeaders}`
+    .split('\n')
+    .filter((line) => line !== '' && line !== '\r')
+    .map((line) => (line.endsWith('\r') ? `${line}\n` : `${line}\r\n`))
+    .join('');
+  const head = salvageResponseHead(
+    Buffer.from(`ICAP/1.0 ${cut.status || 100} ${cut.reason}\r\n${fields}\r\n`, 'latin1'),
+  );
+  head.httpResponse = cut.httpResponse;
+  return head;
+}

@@ -1,0 +1,119 @@
+/**
+ * What the parser keeps of a response head it cannot use as an answer: the fields, read
+ * leniently, go with the error (or are there to ask for when the connection closes), so that a
+ * threat named in them is not lost. Read for a threat only: nothing here passes a request.
+ */
+import { describe, expect, it } from 'vitest';
+import { IcapError } from '../../src/errors.js';
+import { IcapParser, type IcapResponseHead } from '../../src/protocol/parser.js';
+import { receivedAnswer, salvageResponseHead } from '../../src/protocol/salvage.js';
+
+const THREAT = 'X-Infection-Found: Type=0; Resolution=2; Threat=Eicar-Test-Signature;\r\n';
+
+function parser() {
+  const heads: IcapResponseHead[] = [];
+  const p = new IcapParser<IcapResponseHead>('response', {
+    onHead: (h) => heads.push(h),
+    onBody: () => {},
+    onEnd: () => {},
+  });
+  return { p, heads };
+}
+
+function errorOf(fn: () => void): IcapError {
+  try {
+    fn();
+  } catch (err) {
+    if (err instanceof IcapError) return err;
+    throw err;
+  }
+  throw new Error('no error');
+}
+
+describe('a head the strict parser refuses keeps its fields on the error', () => {
+  it.each([
+    [
+      'a line without a colon',
+      `ICAP/1.0 200 OK\r\n${THREAT}Scan Engine 1.2\r\nEncapsulated: null-body=0\r\n\r\n`,
+    ],
+    [
+      'a name that is not a token',
+      `ICAP/1.0 200 OK\r\nX Scan: 1\r\n${THREAT}Encapsulated: null-body=0\r\n\r\n`,
+    ],
+    ['a lower-case version', `icap/1.0 403 Forbidden\r\n${THREAT}Encapsulated: null-body=0\r\n\r\n`],
+    ['a four-digit status', `ICAP/1.0 2000 OK\r\n${THREAT}Encapsulated: null-body=0\r\n\r\n`],
+    ['an Encapsulated value that is not one', `ICAP/1.0 200 OK\r\n${THREAT}Encapsulated: garbage\r\n\r\n`],
+  ])('%s', (_, text) => {
+    const { p, heads } = parser();
+    const err = errorOf(() => p.execute(Buffer.from(text, 'latin1')));
+    expect(heads).toEqual([]);
+    expect(err.head?.headers.get('x-infection-found')).toBe(
+      'Type=0; Resolution=2; Threat=Eicar-Test-Signature;',
+    );
+  });
+
+  it('a block page head that breaks a rule: the ICAP head, parsed, goes with the error', () => {
+    const page = 'HTTP/1.1 403 Forbidden\r\nnot a field\r\n\r\n';
+    const text = `ICAP/1.0 200 OK\r\n${THREAT}Encapsulated: res-hdr=0, null-body=${page.length}\r\n\r\n${page}`;
+    const { p } = parser();
+    const err = errorOf(() => p.execute(Buffer.from(text, 'latin1')));
+    expect(err.head?.status).toBe(200);
+    expect(err.head?.headers.has('x-infection-found')).toBe(true);
+    expect(err.head?.httpResponse).toBeNull();
+  });
+});
+
+describe('receivedHead: what came of a head before the connection closed', () => {
+  it('complete lines of a cut head, not the line cut short', () => {
+    const { p } = parser();
+    p.execute(Buffer.from(`ICAP/1.0 200 OK\r\n${THREAT}X-Virus-ID: Eic`, 'latin1'));
+    const head = p.receivedHead();
+    expect(head?.status).toBe(200);
+    expect(head?.headers.has('x-infection-found')).toBe(true);
+    expect(head?.headers.has('x-virus-id')).toBe(false);
+  });
+
+  it('a head whose encapsulated part never came whole', () => {
+    const { p, heads } = parser();
+    p.execute(
+      Buffer.from(`ICAP/1.0 200 OK\r\n${THREAT}Encapsulated: res-hdr=0, null-body=64\r\n\r\nHTTP/1.1 4`),
+    );
+    expect(heads).toEqual([]);
+    expect(p.receivedHead()?.headers.has('x-infection-found')).toBe(true);
+  });
+
+  it('nothing while no head is pending, nor after one was reported', () => {
+    const { p, heads } = parser();
+    expect(p.receivedHead()).toBeUndefined();
+    p.execute(Buffer.from('ICAP/1.0 204 No Content\r\nEncapsulated: null-body=0\r\n\r\n'));
+    expect(heads).toHaveLength(1);
+    expect(p.receivedHead()).toBeUndefined();
+  });
+});
+
+describe('salvageResponseHead and receivedAnswer', () => {
+  it('folded lines continue their field; the status only when it is a valid code', () => {
+    const h = salvageResponseHead(
+      Buffer.from(
+        'ICAP/1.0 999 X\r\nX-Violations-Found: 1\r\n\tf\r\n\tEicar\r\n\t0\r\n\t0\r\n\r\n',
+        'latin1',
+      ),
+    );
+    expect(h.status).toBe(0);
+    expect(h.headers.lines('x-violations-found')).toEqual(['1', 'f', 'Eicar', '0', '0']);
+  });
+
+  it('a 100 Continue and a head cut after it read as one', () => {
+    const interim = salvageResponseHead(Buffer.from(`ICAP/1.0 100 Continue\r\n${THREAT}\r\n`, 'latin1'));
+    const bare = salvageResponseHead(Buffer.from('ICAP/1.0 100 Continue\r\n\r\n', 'latin1'));
+    const cut = salvageResponseHead(Buffer.from('ICAP/1.0 204 No Content\r\nISTag: "x"\r\n', 'latin1'));
+    const both = receivedAnswer(cut, interim);
+    expect(both?.status).toBe(204);
+    expect(both?.headers.has('x-infection-found')).toBe(true);
+    expect(both?.headers.get('istag')).toBe('"x"');
+    // A bare 100 (its raw lines an empty line) does not end the block early.
+    const withThreat = salvageResponseHead(Buffer.from(`ICAP/1.0 200 OK\r\n${THREAT}`, 'latin1'));
+    expect(receivedAnswer(withThreat, bare)?.headers.has('x-infection-found')).toBe(true);
+    expect(receivedAnswer(undefined, null)).toBeUndefined();
+  });
+});
