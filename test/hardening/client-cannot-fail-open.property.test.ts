@@ -10,6 +10,11 @@
  * answers, the handler must not have been called with it. At the end the scanner is still
  * healthy (a client cannot suspend it either) and still blocks a plain EICAR upload.
  *
+ * Nor can what the scanner answers to the client's content: a file it cannot scan (ICAP 500 +
+ * `X-Error-Code: password_protected`) is blocked (403) and never counts against the server
+ * (below); uploads that are slow to scan or answered with a 5xx, in every framework and both
+ * failure modes, are in client-cannot-suspend.test.ts.
+ *
  * `ICAPKIT_CLIENT_FAIL_OPEN_RUNS` sets the requests per framework and transport (default 80);
  * `scripts/fuzz.sh` runs this file too, with ICAPKIT_CLIENT_FAIL_OPEN_RUNS=2000 unless set.
  */
@@ -451,6 +456,49 @@ describe('a client can never choose fail-open (fail-open profile, healthy scanne
             .status()
             .every((s) => (s.state === 'up' || s.state === 'unknown') && s.consecutiveFailures === 0),
         ).toBe(true);
+      } finally {
+        server.setScript(undefined);
+      }
+    });
+  }
+
+  // A file the scanner cannot open (an encrypted archive: ICAP 500 + X-Error-Code) is the
+  // client's content, not a failure of the server: blocked (403) under fail-open, and no number
+  // of them counts against the server's health.
+  for (const t of TARGETS.filter((x) => !x.h2)) {
+    it(`${nameOf(t)}: an unscannable upload is blocked (403) under fail-open, the server stays up`, async () => {
+      const app = apps.get(nameOf(t))!;
+      server.setScript((r) =>
+        r.httpRequest?.headers.get('x-encrypted') !== undefined
+          ? {
+              kind: 'raw',
+              response:
+                'ICAP/1.0 500 Server Error\r\nISTag: "T"\r\nX-Error-Code: password_protected\r\nEncapsulated: null-body=0\r\n\r\n',
+            }
+          : undefined,
+      );
+      try {
+        for (let i = 0; i < 4; i++) {
+          const before = logs.length;
+          const seenBefore = app.seen.length;
+          const ex = await rawExchange(
+            app.url,
+            [
+              Buffer.from(
+                `POST /raw HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Case: unscannable\r\nX-Encrypted: 1\r\nContent-Type: application/zip\r\nContent-Length: ${EICAR.length + i}\r\n\r\n`,
+              ),
+              Buffer.concat([EICAR, Buffer.alloc(i, 0x20)]),
+            ],
+            { waitMs: REQUEST_BOUND_MS, responses: 1 },
+          );
+          expect(ex.responses[0]?.status).toBe(403);
+          expect(leaked(app, seenBefore)).toEqual([]);
+          const log = logs.slice(before).at(-1)!;
+          expect(log.action).toBe('ICAP_BLOCKED');
+          expect(log.significance).toContain('UNSCANNABLE');
+          expect(log.significance).not.toContain('FAIL_OPEN');
+        }
+        expect(app.engine.status().every((s) => s.state === 'up' && s.consecutiveFailures === 0)).toBe(true);
       } finally {
         server.setScript(undefined);
       }

@@ -129,7 +129,8 @@ class Exchange implements WatchHooks, TriedServers {
           handle,
           p.serviceUri,
           entry.icap_response_code ?? 0,
-          result.verdict?.kind ?? 'clean',
+          // An unscannable answer (an error verdict) is a block too.
+          result.type === 'blocked' ? 'blocked' : (result.verdict?.kind ?? 'clean'),
           result.verdict?.threat_id,
           Number(entry.latency),
         );
@@ -247,6 +248,17 @@ class Exchange implements WatchHooks, TriedServers {
     fillVerdict(entry, verdict, p.vendor);
     switch (verdict.kind) {
       case 'error': {
+        if (verdict.unscannable) {
+          // The file could not be scanned (encrypted archive, decode error, Symantec 539): a
+          // statement about what the client sent, whatever the status, not a failure of the
+          // server. Blocked, as a threat is: never retried, never the failure action.
+          watch.stop();
+          await drain(res).catch(() => res.body?.destroy());
+          entry.latency = await latencyOf(res, started).catch(() =>
+            String(Math.round(performance.now() - started)),
+          );
+          return unscannableBlock(entry, res, verdict);
+        }
         if (res.body !== null) await drain(res);
         const error = new IcapError(
           IcapErrorCodes.SERVER_STATUS,
@@ -322,8 +334,9 @@ class Exchange implements WatchHooks, TriedServers {
   }
 
   /**
-   * A threat named in `head`, as a block; else null. `head` is what a failed exchange's error
-   * carries (`err`), or the 100 Continue before a final answer.
+   * A threat named in `head`, as a block (so is a head saying the body could not be scanned);
+   * else null. `head` is what a failed exchange's error carries (`err`), or the 100 Continue
+   * before a final answer.
    */
   #blockedByHead(
     head: IcapReceivedHead,
@@ -333,7 +346,7 @@ class Exchange implements WatchHooks, TriedServers {
   ): AttemptResult | null {
     const p = this.#ctx.profile;
     const verdict = verdictOf(p, head, null, this.facts.fileName);
-    if (verdict.kind !== 'blocked') return null;
+    if (verdict.kind !== 'blocked' && !(verdict.kind === 'error' && verdict.unscannable)) return null;
     fillVerdict(entry, verdict, p.vendor);
     entry.icap_response_code = head.status;
     entry.icap_headers_received_from_server = redactHeaderBlock(head.rawHeaders, p.redactHeaders);
@@ -346,6 +359,21 @@ class Exchange implements WatchHooks, TriedServers {
     entry.http_response_code = 403;
     return { type: 'blocked', res: null, verdict, relay: undefined };
   }
+}
+
+/**
+ * An answer saying the body could not be scanned (an error verdict marked `unscannable`: an
+ * encrypted archive, a decode error, Symantec's 539, whatever the status) is a statement about
+ * what the HTTP client sent, not a failure of the server: the request is blocked as for a
+ * threat (403, ICAP_BLOCKED; the scan adds UNSCANNABLE to the record's significance). It is
+ * never retried elsewhere, never counts against the server's health and never takes the
+ * failure action, so no client can choose fail-open (or get a server suspended) by uploading
+ * what cannot be scanned.
+ */
+function unscannableBlock(entry: IcapRequestLog, res: IcapResponse | null, verdict: Verdict): AttemptResult {
+  entry.action = 'ICAP_BLOCKED';
+  entry.http_response_code = 403;
+  return { type: 'blocked', res, verdict, relay: undefined };
 }
 
 /**

@@ -76,7 +76,8 @@ import { readOpswat } from './opswat.js';
  * unscannable: X-Infection-Found Type=2 (container violation, encrypted archive), X-Error-Code
  * decode_error / max_archive_layers_exceeded / password_protected, Symantec's 539. It never
  * changes the kind (a 500 with X-Error-Code is error + unscannable; an OPSWAT Type=2 block is
- * blocked + unscannable).
+ * blocked + unscannable). The engine blocks an error that is unscannable (scan/exchange.ts): it
+ * is about the client's file, not a failure of the server, so it never takes the failure action.
  *
  * Vendors (vendors.ts): every vendor reads every signal above (so a forgotten or wrong vendor
  * setting cannot turn a block into a clean); a vendor adds its status rules, its repair reading,
