@@ -9,13 +9,21 @@ import type { ResolvedPool, ResolvedProfile, ResolvedServer } from './profile/ty
  * Each server's health is a circuit breaker:
  *
  * - `up`: takes requests. `failureLimit` failures in a row (connect errors, resets, protocol
- *   errors, 5xx answers, timeouts and stalls) suspend it.
+ *   errors, 5xx answers, timeouts and stalls) suspend it. When one of them is a failure the
+ *   HTTP client's content can provoke (a 5xx answer, a response timeout, ioTimeout or a stall
+ *   while the server had the request: `provokable`, retry.ts), the server is only suspect: an
+ *   OPTIONS check runs at once (no client content in it) and the server is suspended only if
+ *   that fails too. So no client can suspend a healthy server (and send every other request to
+ *   the failure action) with uploads that are slow or impossible to scan; a dead or hung server
+ *   fails the check. A server that answers OPTIONS but fails every REQMOD with a 5xx stays up
+ *   (each request still goes on to the next server).
  * - `suspended`: takes no request. After a backoff (`probeInterval`, doubled after each failed
  *   probe or trial, up to `maxProbeInterval`) an OPTIONS probe runs: a failed probe doubles the
  *   backoff, a successful one makes the server half-open.
  * - `half-open`: one trial request at a time goes to the server (the request can still be
  *   retried elsewhere if the trial fails before an answer). `successThreshold` successful trials
- *   in a row bring it back `up`; a failed one suspends it again with the backoff doubled.
+ *   in a row bring it back `up`; a failed one suspends it again with the backoff doubled (a
+ *   provokable failure: once the OPTIONS check fails too).
  *
  * A server suspended again within `maxProbeInterval` of coming back keeps doubling its
  * backoff (it is flapping); one that stayed up longer starts again from `probeInterval`.
@@ -107,6 +115,10 @@ export class ServerHandle {
   #backoff: number | undefined;
   #upSince = 0;
   #probe: NodeJS.Timeout | undefined;
+  /** Failures the client's content can provoke are among the consecutive ones. */
+  #suspect = false;
+  /** The OPTIONS check of a suspect server is under way. */
+  #checking = false;
   #closed = false;
   #uriService: string | undefined;
   #uri = '';
@@ -182,11 +194,18 @@ export class ServerHandle {
     }
     // A success from before the last transition says nothing about the server now.
     const current = ticket === undefined || ticket.generation === this.#generation;
-    if (this.state === 'up' && current) this.consecutiveFailures = 0;
+    if (this.state === 'up' && current) {
+      this.consecutiveFailures = 0;
+      this.#suspect = false;
+    }
   }
 
-  /** A transaction failed in a way that says something about the server. */
-  failed(err: unknown, ticket?: AttemptTicket): void {
+  /**
+   * A transaction failed in a way that says something about the server. `provokable`: the
+   * HTTP client's content may have caused it (retry.ts); then the server is suspended only
+   * once an OPTIONS check fails too.
+   */
+  failed(err: unknown, ticket?: AttemptTicket, provokable = false): void {
     if (!this.#settle(ticket)) return;
     const message = err instanceof Error ? err.message : String(err);
     this.lastError = message;
@@ -194,20 +213,49 @@ export class ServerHandle {
     if (this.state === 'half-open') {
       if (ticket?.trial === true && current) {
         this.consecutiveFailures++;
-        this.#suspend(this.#level + 1, `the trial request failed: ${message}`);
+        const reason = `the trial request failed: ${message}`;
+        if (provokable) this.#check(reason, () => this.#level + 1);
+        else this.#suspend(this.#level + 1, reason);
       }
       return;
     }
     if (this.state !== 'up' || !current) return;
     this.consecutiveFailures++;
+    if (provokable) this.#suspect = true;
     if (this.consecutiveFailures >= this.#group.failureLimit) {
       // Suspended again soon after coming back: still failing, the backoff keeps growing.
-      const flapping = this.#upSince > 0 && performance.now() - this.#upSince < this.#group.maxProbeInterval;
-      this.#suspend(
-        flapping ? this.#level + 1 : 0,
-        `${this.consecutiveFailures} failures in a row, the last: ${message}`,
-      );
+      const level = () =>
+        this.#upSince > 0 && performance.now() - this.#upSince < this.#group.maxProbeInterval
+          ? this.#level + 1
+          : 0;
+      const reason = `${this.consecutiveFailures} failures in a row, the last: ${message}`;
+      if (this.#suspect) this.#check(reason, level);
+      else this.#suspend(level(), reason);
     }
+  }
+
+  /**
+   * A suspect server's OPTIONS check (a request no HTTP client has a say in), one at a time:
+   * the server is suspended (at `level()`) only if the check fails and nothing moved its state
+   * meanwhile; answered, it stays as it is (the failures were the content's, not the server's).
+   */
+  #check(reason: string, level: () => number): void {
+    if (this.#checking || this.#closed) return;
+    this.#checking = true;
+    const generation = this.#generation;
+    this.client.options(this.#group.serviceUri, { refresh: true }).then(
+      () => {
+        this.#checking = false;
+        if (!this.#closed) this.#answered = true;
+      },
+      (err: unknown) => {
+        this.#checking = false;
+        if (this.#closed || this.#generation !== generation || this.state === 'suspended') return;
+        const message = err instanceof Error ? err.message : String(err);
+        this.lastError = message;
+        this.#suspend(level(), `${reason}; then the OPTIONS check failed: ${message}`);
+      },
+    );
   }
 
   /** The attempt ended without a verdict on the server (the HTTP client went away, say). */
@@ -310,6 +358,7 @@ export class ServerHandle {
     if (this.#probe !== undefined) clearTimeout(this.#probe);
     this.#probe = undefined;
     this.#backoff = undefined;
+    this.#suspect = false;
     if (to === 'up') {
       this.consecutiveFailures = 0;
       this.#upSince = performance.now();

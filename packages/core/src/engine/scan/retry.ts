@@ -7,9 +7,16 @@ import { serverStateMessage } from '../telemetry.js';
  * The retry rule: what one failed ICAP attempt means for its server's health, and whether the
  * request goes on to the next healthy server or pool.
  *
- * - A failure of the server (cannot connect, TLS, reset, close, garbage, a 4xx/5xx answer,
+ * - A failure of the server (cannot connect, TLS, reset, close, garbage, a 5xx answer,
  *   ioTimeout, a stall, OPTIONS not answered in time) counts against its health and the
- *   request is retried on the next server, once per server.
+ *   request is retried on the next server, once per server. An ICAP 4xx is a refusal of the
+ *   request (below); an answer saying the body could not be scanned is no failure at all (a
+ *   block, exchange.ts).
+ * - Of those, the failures the HTTP client's content can provoke (a 5xx answer, a stall or
+ *   ioTimeout while the server works on the body, the responseTimeout below) are `provokable`:
+ *   they never suspend a server by themselves, only once an OPTIONS check of the server fails
+ *   too (pool-group.ts), so a client cannot get a healthy server suspended (and every other
+ *   request sent to the failure action) by uploading what is slow or hard to scan.
  * - All connections busy for queueTimeout (saturated; the wait is bounded only when another
  *   server is available) is retried elsewhere but is no failure of the server.
  * - The request's own responseTimeout ends the request (no time is left to try another
@@ -39,9 +46,25 @@ export const HEALTH_FAULTS: ReadonlySet<IcapErrorCode> = new Set<IcapErrorCode>(
   IcapErrorCodes.TIMEOUT,
 ]);
 
+/**
+ * Health faults the HTTP client's content can provoke (see `provokable`): the server answered
+ * with a 5xx, or went quiet (ioTimeout, a stall) while it had the request. A dead server fails
+ * its OPTIONS check as well; a server slow on one upload, or failing on one file, answers it.
+ */
+const PROVOKABLE_FAULTS: ReadonlySet<IcapErrorCode> = new Set<IcapErrorCode>([
+  IcapErrorCodes.SERVER_STATUS,
+  IcapErrorCodes.IO_TIMEOUT,
+  IcapErrorCodes.STALLED,
+]);
+
 export interface FailureClass {
   /** Counts against the server's health. */
   health: boolean;
+  /**
+   * The HTTP client's content may have caused it: it counts, but the server is suspended for
+   * it only when an OPTIONS check (no client in it) fails too (ServerHandle.failed).
+   */
+  provokable: boolean;
   /** The request may go on to the next server (if its body is still held). */
   retry: boolean;
 }
@@ -54,11 +77,13 @@ export function classifyFailure(
   if (requestSignal.aborted) {
     const reason = requestSignal.reason;
     const timedOut = reason instanceof IcapError && reason.code === IcapErrorCodes.TIMEOUT;
-    return { health: timedOut && attempt.waitingForServer, retry: false };
+    // A scan that outlasts responseTimeout may be the content's doing (a slow file).
+    return { health: timedOut && attempt.waitingForServer, provokable: true, retry: false };
   }
-  if (HEALTH_FAULTS.has(error.code)) return { health: true, retry: true };
-  if (error.code === IcapErrorCodes.SATURATED) return { health: false, retry: true };
-  return { health: false, retry: false };
+  if (HEALTH_FAULTS.has(error.code))
+    return { health: true, provokable: PROVOKABLE_FAULTS.has(error.code), retry: true };
+  if (error.code === IcapErrorCodes.SATURATED) return { health: false, provokable: false, retry: true };
+  return { health: false, provokable: false, retry: false };
 }
 
 /** A server's health transition in the profile's logger: a warning when it leaves `up`, info otherwise. */

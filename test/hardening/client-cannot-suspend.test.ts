@@ -1,0 +1,272 @@
+/**
+ * What an HTTP client's upload can make the scanner answer must never switch the failure
+ * action on, neither for that request nor, by getting the server suspended, for everyone else
+ * (audit findings 8 and 9). In Express, Fastify and Koa, in both failure modes:
+ *
+ * - an answer saying the file cannot be scanned (ICAP 500 + `X-Error-Code: password_protected`,
+ *   Symantec's 539; whole body or one multipart part) is a block: 403, the handler never
+ *   called, ICAP_BLOCKED with UNSCANNABLE in the record, no retry on another server, and the
+ *   server's health untouched;
+ * - failureLimit uploads the scanner is slow on (responseTimeout) or answers with a 5xx leave
+ *   the server up (the OPTIONS check they trigger is answered), so the next EICAR upload is
+ *   still scanned and blocked; a server that does not answer that check either is suspended.
+ */
+import type { IcapLog, IcapProfile } from '@icapkit/core';
+import { eicar, type IcapTestServer, type RecordedRequest, startIcapServer } from '@icapkit/testing';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type App, type Framework, startApp } from '../conformance/apps.js';
+import { send } from '../support/http-client.js';
+
+const FRAMEWORKS: Framework[] = ['express5', 'fastify', 'koa3'];
+const FAIL_ACTIONS = ['fail-closed', 'fail-open'] as const;
+type FailAction = (typeof FAIL_ACTIONS)[number];
+
+const EICAR = eicar();
+const RESPONSE_TIMEOUT = 1_000;
+/** The scanner's time on a "slow" upload: well past responseTimeout. */
+const SLOW_SCAN = 2_500;
+
+/** The answer of a scanner that cannot open the file (Nextcloud-style generic). */
+const PASSWORD_PROTECTED =
+  'ICAP/1.0 500 Server Error\r\nISTag: "TEST"\r\nX-Error-Code: password_protected\r\nEncapsulated: null-body=0\r\n\r\n';
+/** Symantec's "unscannable" status. */
+const SYMANTEC_539 =
+  'ICAP/1.0 539 Aborted - No AV scanning\r\nISTag: "TEST"\r\nEncapsulated: null-body=0\r\n\r\n';
+
+/** How the scanner treats a request: by the `X-Scan` header of the upload, or the part's file name. */
+function script(r: RecordedRequest) {
+  if (r.method !== 'REQMOD') return undefined;
+  const what = r.httpRequest?.headers.get('x-scan');
+  const disposition = r.httpRequest?.headers.get('content-disposition') ?? '';
+  if (what === 'encrypted' || disposition.includes('encrypted.zip'))
+    return { kind: 'raw' as const, response: PASSWORD_PROTECTED };
+  if (what === '539') return { kind: 'raw' as const, response: SYMANTEC_539 };
+  if (what === 'slow') return { kind: 'delay' as const, ms: SLOW_SCAN };
+  if (what === 'error') return { kind: 'status' as const, status: 500 };
+  return undefined;
+}
+
+/** Polls `check` until it holds or `ms` pass (no fixed sleep). */
+async function until(check: () => boolean, ms: number, what: string): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`not within ${ms} ms: ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+const optionsSeen = (server: IcapTestServer) => server.requests.filter((r) => r.method === 'OPTIONS').length;
+const reqmodsSeen = (server: IcapTestServer) => server.requests.filter((r) => r.method === 'REQMOD').length;
+
+interface Run {
+  app: App;
+  logs: IcapLog[];
+}
+
+async function start(
+  framework: Framework,
+  failAction: FailAction,
+  poolGroup: IcapProfile['poolGroup'],
+  extra: Partial<IcapProfile> = {},
+): Promise<Run> {
+  const logs: IcapLog[] = [];
+  const app = await startApp(framework, {
+    name: `no-suspend-${framework}-${failAction}`,
+    poolGroup,
+    serviceUri: '/avscan',
+    failAction,
+    responseTimeout: RESPONSE_TIMEOUT,
+    health: { failureLimit: 3, probeInterval: 60_000 },
+    onLog: (l) => logs.push(l),
+    ...extra,
+  });
+  return { app, logs };
+}
+
+/** Posts to /raw; returns the status, the record and what the handler got. */
+async function upload(run: Run, body: Buffer, scan?: string) {
+  const seen = run.app.seen.length;
+  const logs = run.logs.length;
+  const headers: Record<string, string> = { 'content-type': 'application/octet-stream' };
+  if (scan !== undefined) headers['x-scan'] = scan;
+  const reply = await send(run.app.url, '/raw', { body, headers, timeoutMs: 10_000 });
+  // The record is emitted before the answer is written, but give a slow adapter its turn.
+  await until(() => run.logs.length > logs, 2_000, 'the icap_log record');
+  return { status: reply.status, handled: run.app.seen.slice(seen), log: run.logs.at(-1)! };
+}
+
+function expectUnscannableBlock(r: Awaited<ReturnType<typeof upload>>, icapStatus: number) {
+  expect(r.status).toBe(403);
+  expect(r.handled).toEqual([]);
+  expect(r.log.action).toBe('ICAP_BLOCKED');
+  expect(r.log.http_response_code).toBe(403);
+  expect(r.log.significance).toContain('UNSCANNABLE');
+  expect(r.log.significance).toContain('ICAP_BLOCKED');
+  expect(r.log.significance).not.toContain('FAIL_OPEN');
+  expect(r.log.significance).not.toContain('ICAP_ERROR');
+  expect(r.log.fail_action).toBeUndefined();
+  expect(r.log.error_code).toBeUndefined();
+  // Answered once: not retried on the other server.
+  expect(r.log.request_logs).toHaveLength(1);
+  expect(r.log.request_logs[0]).toMatchObject({
+    action: 'ICAP_BLOCKED',
+    icap_response_code: icapStatus,
+    http_response_code: 403,
+  });
+}
+
+const ENCRYPTED_ZIP = Buffer.concat([
+  Buffer.from('PK\x03\x04\x14\x00\x01\x00', 'latin1'),
+  Buffer.alloc(40, 7),
+]);
+
+describe('an unscannable answer is a block, never the failure action nor a server failure', () => {
+  let a: IcapTestServer;
+  let b: IcapTestServer;
+
+  beforeAll(async () => {
+    a = await startIcapServer({ recordBodies: false, script });
+    b = await startIcapServer({ recordBodies: false, script });
+  });
+  afterAll(async () => {
+    await a?.close();
+    await b?.close();
+  });
+
+  for (const framework of FRAMEWORKS) {
+    for (const failAction of FAIL_ACTIONS) {
+      it(`${framework}, ${failAction}: 500 password_protected and 539 get 403, three of them suspend nothing`, async () => {
+        const run = await start(framework, failAction, [a.url(), b.url()]);
+        const symantec = await start(framework, failAction, [a.url(), b.url()], { vendor: 'symantec' });
+        try {
+          for (let i = 0; i < 3; i++) {
+            const before = reqmodsSeen(a) + reqmodsSeen(b);
+            const r = await upload(run, ENCRYPTED_ZIP, 'encrypted');
+            expectUnscannableBlock(r, 500);
+            expect(reqmodsSeen(a) + reqmodsSeen(b) - before).toBe(1);
+          }
+          expectUnscannableBlock(await upload(symantec, Buffer.from('archive'), '539'), 539);
+          // The servers answered: nothing counts against them.
+          for (const s of [...run.app.engine.status(), ...symantec.app.engine.status()]) {
+            expect(s.state).not.toBe('suspended');
+            expect(s.consecutiveFailures).toBe(0);
+          }
+          // And they still scan: EICAR is blocked, a clean upload passes.
+          const threat = await upload(run, EICAR);
+          expect(threat.status).toBe(403);
+          expect(threat.handled).toEqual([]);
+          expect(threat.log.significance).not.toContain('UNSCANNABLE');
+          const clean = await upload(run, Buffer.from('hello'));
+          expect(clean.status).toBe(200);
+          expect(clean.handled.map((s) => s.raw?.toString())).toEqual(['hello']);
+        } finally {
+          await run.app.close();
+          await symantec.app.close();
+        }
+      });
+
+      it(`${framework}, ${failAction}: an unscannable multipart file gets 403, the form never reaches the handler`, async () => {
+        const run = await start(framework, failAction, a.url(), { multipart: 'per-file' });
+        try {
+          const form = Buffer.concat([
+            Buffer.from('--b0\r\nContent-Disposition: form-data; name="note"\r\n\r\nhi\r\n'),
+            Buffer.from(
+              '--b0\r\nContent-Disposition: form-data; name="f"; filename="encrypted.zip"\r\nContent-Type: application/zip\r\n\r\n',
+            ),
+            ENCRYPTED_ZIP,
+            Buffer.from('\r\n--b0--\r\n'),
+          ]);
+          const seen = run.app.seen.length;
+          const logs = run.logs.length;
+          const reply = await send(run.app.url, '/multipart', {
+            body: form,
+            headers: { 'content-type': 'multipart/form-data; boundary=b0' },
+            timeoutMs: 10_000,
+          });
+          await until(() => run.logs.length > logs, 2_000, 'the icap_log record');
+          const log = run.logs.at(-1)!;
+          expect(reply.status).toBe(403);
+          expect(run.app.seen.slice(seen)).toEqual([]);
+          expect(log.action).toBe('ICAP_BLOCKED');
+          expect(log.significance).toContain('UNSCANNABLE');
+          expect(log.significance).not.toContain('FAIL_OPEN');
+          expect(log.fail_action).toBeUndefined();
+          const part = log.request_logs.find((e) => e.file_name === 'encrypted.zip');
+          expect(part).toMatchObject({ action: 'ICAP_BLOCKED', icap_response_code: 500 });
+          expect(run.app.engine.status().every((s) => s.consecutiveFailures === 0)).toBe(true);
+        } finally {
+          await run.app.close();
+        }
+      });
+    }
+  }
+});
+
+describe('failures an upload can provoke do not suspend a healthy server', () => {
+  for (const framework of FRAMEWORKS) {
+    for (const failAction of FAIL_ACTIONS) {
+      for (const kind of ['slow', 'error'] as const) {
+        const what = kind === 'slow' ? 'slow to scan (responseTimeout)' : 'answered with ICAP 500';
+        it(`${framework}, ${failAction}: three uploads ${what} leave the server up, EICAR is still blocked`, async () => {
+          const server = await startIcapServer({ recordBodies: false, script });
+          const run = await start(framework, failAction, server.url());
+          try {
+            // A first upload fetches the server's OPTIONS (kept for their TTL).
+            expect((await upload(run, Buffer.from('hello'))).status).toBe(200);
+            const optionsBefore = optionsSeen(server);
+            const results = await Promise.all(
+              [1, 2, 3].map((i) => upload(run, Buffer.from(`upload ${i}`), kind)),
+            );
+            for (const r of results) {
+              // An ICAP-side failure of that request: its failure action (unchanged).
+              expect(r.status).toBe(failAction === 'fail-open' ? 200 : 503);
+              expect(r.log.error_code).toBe(kind === 'slow' ? 'ICAP_ERR_TIMEOUT' : 'ICAP_ERR_SERVER_STATUS');
+              expect(r.log.significance).not.toContain('UNSCANNABLE');
+            }
+            // failureLimit reached: the server is checked with an OPTIONS of its own, which it answers.
+            await until(() => optionsSeen(server) > optionsBefore, 5_000, 'the OPTIONS check');
+            const threat = await upload(run, EICAR);
+            expect(threat.status).toBe(403);
+            expect(threat.handled).toEqual([]);
+            expect(threat.log.action).toBe('ICAP_BLOCKED');
+            expect(threat.log.error_code).toBeUndefined();
+            const [status] = run.app.engine.status();
+            expect(status?.state).toBe('up');
+            expect(status?.suspensions).toBe(0);
+          } finally {
+            await run.app.close();
+            await server.close();
+          }
+        });
+      }
+    }
+  }
+
+  for (const framework of FRAMEWORKS) {
+    it(`${framework}: a server that stops answering (its OPTIONS check too) is still suspended`, async () => {
+      let hung = false;
+      const server = await startIcapServer({
+        recordBodies: false,
+        script: (r) => (hung ? { kind: 'hang' } : script(r)),
+      });
+      const run = await start(framework, 'fail-closed', server.url());
+      try {
+        // The server answers first (its OPTIONS are cached), then hangs on everything.
+        expect((await upload(run, Buffer.from('hello'))).status).toBe(200);
+        hung = true;
+        const results = await Promise.all([1, 2, 3].map((i) => upload(run, Buffer.from(`upload ${i}`))));
+        for (const r of results) expect(r.status).toBe(503);
+        await until(() => run.app.engine.status()[0]?.state === 'suspended', 5_000, 'the suspension');
+        expect(run.app.engine.status()[0]?.lastError).toMatch(/OPTIONS/);
+        const after = await upload(run, EICAR);
+        expect(after.status).toBe(503);
+        expect(after.log.error_code).toBe('ICAP_ERR_NO_SERVER');
+        expect(after.handled).toEqual([]);
+      } finally {
+        await run.app.close();
+        await server.closeConnections();
+        await server.close();
+      }
+    });
+  }
+});
