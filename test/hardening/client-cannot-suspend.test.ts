@@ -8,8 +8,9 @@
  *   called, ICAP_BLOCKED with UNSCANNABLE in the record, no retry on another server, and the
  *   server's health untouched;
  * - failureLimit uploads the scanner is slow on (responseTimeout) or answers with a 5xx leave
- *   the server up (the OPTIONS check they trigger is answered), so the next EICAR upload is
- *   still scanned and blocked; a server that does not answer that check either is suspended.
+ *   the server up (the health check they trigger, a REQMOD of a fixed body, is answered), so the
+ *   next EICAR upload is still scanned and blocked; a server that fails that check too (hung, or
+ *   answering every REQMOD with a 5xx) is suspended.
  */
 import type { IcapLog, IcapProfile } from '@icapkit/core';
 import { eicar, type IcapTestServer, type RecordedRequest, startIcapServer } from '@icapkit/testing';
@@ -55,7 +56,9 @@ async function until(check: () => boolean, ms: number, what: string): Promise<vo
   }
 }
 
-const optionsSeen = (server: IcapTestServer) => server.requests.filter((r) => r.method === 'OPTIONS').length;
+/** The health checks a suspect server got (pool-group.ts: a REQMOD to this target). */
+const checksSeen = (server: IcapTestServer) =>
+  server.requests.filter((r) => r.httpRequest?.target === '/icapkit-health-check').length;
 const reqmodsSeen = (server: IcapTestServer) => server.requests.filter((r) => r.method === 'REQMOD').length;
 
 interface Run {
@@ -211,9 +214,7 @@ describe('failures an upload can provoke do not suspend a healthy server', () =>
           const server = await startIcapServer({ recordBodies: false, script });
           const run = await start(framework, failAction, server.url());
           try {
-            // A first upload fetches the server's OPTIONS (kept for their TTL).
             expect((await upload(run, Buffer.from('hello'))).status).toBe(200);
-            const optionsBefore = optionsSeen(server);
             const results = await Promise.all(
               [1, 2, 3].map((i) => upload(run, Buffer.from(`upload ${i}`), kind)),
             );
@@ -223,8 +224,8 @@ describe('failures an upload can provoke do not suspend a healthy server', () =>
               expect(r.log.error_code).toBe(kind === 'slow' ? 'ICAP_ERR_TIMEOUT' : 'ICAP_ERR_SERVER_STATUS');
               expect(r.log.significance).not.toContain('UNSCANNABLE');
             }
-            // failureLimit reached: the server is checked with an OPTIONS of its own, which it answers.
-            await until(() => optionsSeen(server) > optionsBefore, 5_000, 'the OPTIONS check');
+            // failureLimit reached: the server is checked with a request of its own, which it answers.
+            await until(() => checksSeen(server) === 1, 5_000, 'the health check');
             const threat = await upload(run, EICAR);
             expect(threat.status).toBe(403);
             expect(threat.handled).toEqual([]);
@@ -243,30 +244,38 @@ describe('failures an upload can provoke do not suspend a healthy server', () =>
   }
 
   for (const framework of FRAMEWORKS) {
-    it(`${framework}: a server that stops answering (its OPTIONS check too) is still suspended`, async () => {
-      let hung = false;
-      const server = await startIcapServer({
-        recordBodies: false,
-        script: (r) => (hung ? { kind: 'hang' } : script(r)),
+    for (const broken of ['hangs', 'answers 500'] as const) {
+      it(`${framework}: a server that ${broken} on every REQMOD (its health check too) is still suspended`, async () => {
+        let failing = false;
+        const server = await startIcapServer({
+          recordBodies: false,
+          script: (r) =>
+            failing && r.method === 'REQMOD'
+              ? broken === 'hangs'
+                ? { kind: 'hang' }
+                : { kind: 'status', status: 500 }
+              : script(r),
+        });
+        const run = await start(framework, 'fail-closed', server.url());
+        try {
+          expect((await upload(run, Buffer.from('hello'))).status).toBe(200);
+          failing = true;
+          const results = await Promise.all([1, 2, 3].map((i) => upload(run, Buffer.from(`upload ${i}`))));
+          for (const r of results) expect(r.status).toBe(503);
+          await until(() => run.app.engine.status()[0]?.state === 'suspended', 5_000, 'the suspension');
+          expect(checksSeen(server)).toBe(1);
+          if (broken === 'answers 500')
+            expect(run.app.engine.status()[0]?.lastError).toMatch(/check was answered 500/);
+          const after = await upload(run, EICAR);
+          expect(after.status).toBe(503);
+          expect(after.log.error_code).toBe('ICAP_ERR_NO_SERVER');
+          expect(after.handled).toEqual([]);
+        } finally {
+          await run.app.close();
+          await server.closeConnections();
+          await server.close();
+        }
       });
-      const run = await start(framework, 'fail-closed', server.url());
-      try {
-        // The server answers first (its OPTIONS are cached), then hangs on everything.
-        expect((await upload(run, Buffer.from('hello'))).status).toBe(200);
-        hung = true;
-        const results = await Promise.all([1, 2, 3].map((i) => upload(run, Buffer.from(`upload ${i}`))));
-        for (const r of results) expect(r.status).toBe(503);
-        await until(() => run.app.engine.status()[0]?.state === 'suspended', 5_000, 'the suspension');
-        expect(run.app.engine.status()[0]?.lastError).toMatch(/OPTIONS/);
-        const after = await upload(run, EICAR);
-        expect(after.status).toBe(503);
-        expect(after.log.error_code).toBe('ICAP_ERR_NO_SERVER');
-        expect(after.handled).toEqual([]);
-      } finally {
-        await run.app.close();
-        await server.closeConnections();
-        await server.close();
-      }
-    });
+    }
   }
 });

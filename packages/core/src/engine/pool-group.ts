@@ -1,7 +1,8 @@
-import { IcapClient } from '../client/client.js';
+import { IcapClient, isSkipped } from '../client/client.js';
 import { IcapError, IcapErrorCodes } from '../errors.js';
 import { PreviewAdvice } from './preview-advice.js';
 import type { ResolvedPool, ResolvedProfile, ResolvedServer } from './profile/types.js';
+import { AttemptWatch } from './scan/attempt-watch.js';
 
 /**
  * The ICAP servers of a profile: pools by priority, each with servers that share its load.
@@ -11,19 +12,18 @@ import type { ResolvedPool, ResolvedProfile, ResolvedServer } from './profile/ty
  * - `up`: takes requests. `failureLimit` failures in a row (connect errors, resets, protocol
  *   errors, 5xx answers, timeouts and stalls) suspend it. When one of them is a failure the
  *   HTTP client's content can provoke (a 5xx answer, a response timeout, ioTimeout or a stall
- *   while the server had the request: `provokable`, retry.ts), the server is only suspect: an
- *   OPTIONS check runs at once (no client content in it) and the server is suspended only if
- *   that fails too. So no client can suspend a healthy server (and send every other request to
- *   the failure action) with uploads that are slow or impossible to scan; a dead or hung server
- *   fails the check. A server that answers OPTIONS but fails every REQMOD with a 5xx stays up
- *   (each request still goes on to the next server).
+ *   while the server had the request: `provokable`, retry.ts), the server is only suspect: a
+ *   check runs at once, a REQMOD of a small fixed body (no client content in it), and the
+ *   server is suspended only if that fails too (no answer in time, a 5xx). So no client can
+ *   suspend a healthy server (and send every other request to the failure action) with uploads
+ *   that are slow or impossible to scan; a dead, hung or broken server fails the check.
  * - `suspended`: takes no request. After a backoff (`probeInterval`, doubled after each failed
  *   probe or trial, up to `maxProbeInterval`) an OPTIONS probe runs: a failed probe doubles the
  *   backoff, a successful one makes the server half-open.
  * - `half-open`: one trial request at a time goes to the server (the request can still be
  *   retried elsewhere if the trial fails before an answer). `successThreshold` successful trials
  *   in a row bring it back `up`; a failed one suspends it again with the backoff doubled (a
- *   provokable failure: once the OPTIONS check fails too).
+ *   provokable failure: once the check fails too).
  *
  * A server suspended again within `maxProbeInterval` of coming back keeps doubling its
  * backoff (it is flapping); one that stayed up longer starts again from `probeInterval`.
@@ -40,6 +40,58 @@ import type { ResolvedPool, ResolvedProfile, ResolvedServer } from './profile/ty
  */
 
 export type ServerState = 'up' | 'suspended' | 'half-open';
+
+/** The body of a suspect server's health check: nothing any scanner objects to. */
+const CHECK_BODY = Buffer.from('icapkit health check\n');
+
+/** A signal that never aborts (the check is bounded by its watch and the client's timeout). */
+const NEVER = new AbortController().signal;
+
+/**
+ * A suspect server's health check (ServerHandle, `#check`): a REQMOD of CHECK_BODY, its OPTIONS
+ * fetched first if they are not fresh. Resolves when the server answered below 500; rejects
+ * otherwise: a 5xx, no progress for `stallTimeout` once it has the request (as for any attempt,
+ * attempt-watch.ts), or no answer within the client's timeout.
+ */
+async function checkRequest(client: IcapClient, service: string, stallTimeout: number): Promise<void> {
+  const watch = new AttemptWatch(NEVER, stallTimeout, client.label, {
+    // Waiting for a connection or connecting is bounded by the client's timeouts.
+    busy: () => client.stats.pending > 0 || client.stats.connecting > 0,
+  });
+  watch.start();
+  try {
+    await checkAnswer(client, service, watch);
+  } finally {
+    watch.dispose();
+  }
+}
+
+async function checkAnswer(client: IcapClient, service: string, watch: AttemptWatch): Promise<void> {
+  const r = await client.request({
+    method: 'REQMOD',
+    service,
+    httpRequest: {
+      method: 'POST',
+      target: '/icapkit-health-check',
+      headers: [
+        ['Host', 'icapkit.invalid'],
+        ['Content-Type', 'text/plain'],
+        ['Content-Length', String(CHECK_BODY.length)],
+      ],
+    },
+    body: CHECK_BODY,
+    bodyLength: CHECK_BODY.length,
+    preview: false,
+    allow204: true,
+    signal: watch.signal,
+  });
+  watch.progress();
+  if (isSkipped(r)) return;
+  r.body?.resume();
+  await r.done;
+  if (r.status >= 500)
+    throw new IcapError(IcapErrorCodes.SERVER_STATUS, `the check was answered ${r.status}`);
+}
 
 /**
  * A server's health as `status()` reports it: its {@link ServerState}, except that a server
@@ -117,7 +169,7 @@ export class ServerHandle {
   #probe: NodeJS.Timeout | undefined;
   /** Failures the client's content can provoke are among the consecutive ones. */
   #suspect = false;
-  /** The OPTIONS check of a suspect server is under way. */
+  /** The health check of a suspect server is under way. */
   #checking = false;
   #closed = false;
   #uriService: string | undefined;
@@ -160,7 +212,8 @@ export class ServerHandle {
 
   /** Whether a request may be sent here now (up, or half-open with no trial under way). */
   get available(): boolean {
-    return this.state === 'up' || (this.state === 'half-open' && !this.#trialInFlight);
+    // Half-open with its trial's health check under way: no other trial until it is known.
+    return this.state === 'up' || (this.state === 'half-open' && !this.#trialInFlight && !this.#checking);
   }
 
   /** Starts an attempt (right after {@link PoolGroup.pick} chose this server). */
@@ -203,7 +256,7 @@ export class ServerHandle {
   /**
    * A transaction failed in a way that says something about the server. `provokable`: the
    * HTTP client's content may have caused it (retry.ts); then the server is suspended only
-   * once an OPTIONS check fails too.
+   * once a health check of its own fails too.
    */
   failed(err: unknown, ticket?: AttemptTicket, provokable = false): void {
     if (!this.#settle(ticket)) return;
@@ -235,15 +288,16 @@ export class ServerHandle {
   }
 
   /**
-   * A suspect server's OPTIONS check (a request no HTTP client has a say in), one at a time:
-   * the server is suspended (at `level()`) only if the check fails and nothing moved its state
-   * meanwhile; answered, it stays as it is (the failures were the content's, not the server's).
+   * A suspect server's check, one at a time: a REQMOD of a small fixed body no HTTP client has
+   * a say in (the path that failed, not only OPTIONS), bounded like any attempt. The
+   * server is suspended (at `level()`) only if the check fails (no answer, a 5xx) and nothing
+   * moved its state meanwhile; answered, it stays as it is: the failures were the content's.
    */
   #check(reason: string, level: () => number): void {
     if (this.#checking || this.#closed) return;
     this.#checking = true;
     const generation = this.#generation;
-    this.client.options(this.#group.serviceUri, { refresh: true }).then(
+    checkRequest(this.client, this.#group.serviceUri, this.#group.stallTimeout).then(
       () => {
         this.#checking = false;
         if (!this.#closed) this.#answered = true;
@@ -253,7 +307,7 @@ export class ServerHandle {
         if (this.#closed || this.#generation !== generation || this.state === 'suspended') return;
         const message = err instanceof Error ? err.message : String(err);
         this.lastError = message;
-        this.#suspend(level(), `${reason}; then the OPTIONS check failed: ${message}`);
+        this.#suspend(level(), `${reason}; then the health check failed: ${message}`);
       },
     );
   }
@@ -392,6 +446,8 @@ export class PoolGroup {
   readonly probeInterval: number;
   readonly maxProbeInterval: number;
   readonly successThreshold: number;
+  /** For a suspect server's health check (see checkRequest). */
+  readonly stallTimeout: number;
   readonly #pools: PoolEntry[];
   /** How many servers the group has (fixed): with one, a request can never go elsewhere. */
   readonly serverCount: number;
@@ -405,6 +461,7 @@ export class PoolGroup {
     this.probeInterval = profile.probeInterval;
     this.maxProbeInterval = profile.maxProbeInterval;
     this.successThreshold = profile.successThreshold;
+    this.stallTimeout = profile.stallTimeout;
     this.#pools = profile.pools.map((pool) => ({
       pool,
       servers: pool.servers.map((s) => new ServerHandle(this, pool, s, profile)),

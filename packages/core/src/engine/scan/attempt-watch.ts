@@ -89,6 +89,14 @@ export class AttemptWatch {
     return this.#started && !this.#paused && !this.#done && (this.#opened || !this.#busy());
   }
 
+  /**
+   * Whether the request went out on a connection (the exchange opened its body): what went
+   * wrong from then on may be the content's doing; before, it was connecting or OPTIONS.
+   */
+  get bodyOpened(): boolean {
+    return this.#opened;
+  }
+
   #busy(): boolean {
     return this.#hooks.busy?.() ?? false;
   }

@@ -151,7 +151,7 @@ class Exchange implements WatchHooks, TriedServers {
         // A refusal (ICAP 4xx) is about the request, not the server: it must not let clients
         // suspend a healthy server (and so switch fail-open on for everyone).
         // One the HTTP client's content can provoke (a 5xx answer, a slow scan) suspends the
-        // server only once an OPTIONS check fails too (pool-group.ts).
+        // server only once a health check of its own fails too (pool-group.ts).
         if (failure.health && !isRefusal(error)) handle.failed(error, ticket, failure.provokable);
         else handle.abandoned(ticket);
         if (!failure.retry || !this.replayable) throw error;

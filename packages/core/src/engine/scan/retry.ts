@@ -14,8 +14,8 @@ import { serverStateMessage } from '../telemetry.js';
  *   block, exchange.ts).
  * - Of those, the failures the HTTP client's content can provoke (a 5xx answer, a stall or
  *   ioTimeout while the server works on the body, the responseTimeout below) are `provokable`:
- *   they never suspend a server by themselves, only once an OPTIONS check of the server fails
- *   too (pool-group.ts), so a client cannot get a healthy server suspended (and every other
+ *   they never suspend a server by themselves, only once a health check of the server (a
+ *   REQMOD of a fixed harmless body) fails too (pool-group.ts), so a client cannot get a healthy server suspended (and every other
  *   request sent to the failure action) by uploading what is slow or hard to scan.
  * - All connections busy for queueTimeout (saturated; the wait is bounded only when another
  *   server is available) is retried elsewhere but is no failure of the server.
@@ -47,12 +47,12 @@ export const HEALTH_FAULTS: ReadonlySet<IcapErrorCode> = new Set<IcapErrorCode>(
 ]);
 
 /**
- * Health faults the HTTP client's content can provoke (see `provokable`): the server answered
- * with a 5xx, or went quiet (ioTimeout, a stall) while it had the request. A dead server fails
- * its OPTIONS check as well; a server slow on one upload, or failing on one file, answers it.
+ * Health faults the HTTP client's content can provoke (see `provokable`): the server went quiet
+ * (ioTimeout, a stall) once it had the request (not while connecting or fetching OPTIONS); a
+ * 5xx answer always (it answered the request). A dead server fails its health check as well; a
+ * server slow on one upload, or failing on one file, answers it.
  */
-const PROVOKABLE_FAULTS: ReadonlySet<IcapErrorCode> = new Set<IcapErrorCode>([
-  IcapErrorCodes.SERVER_STATUS,
+const QUIET_FAULTS: ReadonlySet<IcapErrorCode> = new Set<IcapErrorCode>([
   IcapErrorCodes.IO_TIMEOUT,
   IcapErrorCodes.STALLED,
 ]);
@@ -62,7 +62,7 @@ export interface FailureClass {
   health: boolean;
   /**
    * The HTTP client's content may have caused it: it counts, but the server is suspended for
-   * it only when an OPTIONS check (no client in it) fails too (ServerHandle.failed).
+   * it only when a health check (no client content in it) fails too (ServerHandle.failed).
    */
   provokable: boolean;
   /** The request may go on to the next server (if its body is still held). */
@@ -72,16 +72,19 @@ export interface FailureClass {
 export function classifyFailure(
   error: IcapError,
   requestSignal: AbortSignal,
-  attempt: { readonly waitingForServer: boolean },
+  attempt: { readonly waitingForServer: boolean; readonly bodyOpened: boolean },
 ): FailureClass {
+  const sent = attempt.bodyOpened;
   if (requestSignal.aborted) {
     const reason = requestSignal.reason;
     const timedOut = reason instanceof IcapError && reason.code === IcapErrorCodes.TIMEOUT;
     // A scan that outlasts responseTimeout may be the content's doing (a slow file).
-    return { health: timedOut && attempt.waitingForServer, provokable: true, retry: false };
+    return { health: timedOut && attempt.waitingForServer, provokable: sent, retry: false };
   }
-  if (HEALTH_FAULTS.has(error.code))
-    return { health: true, provokable: PROVOKABLE_FAULTS.has(error.code), retry: true };
+  if (HEALTH_FAULTS.has(error.code)) {
+    const provokable = error.code === IcapErrorCodes.SERVER_STATUS || (sent && QUIET_FAULTS.has(error.code));
+    return { health: true, provokable, retry: true };
+  }
   if (error.code === IcapErrorCodes.SATURATED) return { health: false, provokable: false, retry: true };
   return { health: false, provokable: false, retry: false };
 }
