@@ -155,7 +155,22 @@ const headerNameArb = fc.oneof(
   { weight: 1, arbitrary: fc.constantFrom('Content-Length', 'Content-Encoding', 'Expect', 'Connection') },
   { weight: 1, arbitrary: fc.tuple(fc.constantFrom('X-A', 'X-B'), trickyArb).map(([n, t]) => n + t) },
 );
-const headerArb = fc.tuple(headerNameArb, latin1Arb(24));
+/**
+ * Content-Types a parser reads differently from the scanner: a charset whose decoding changes
+ * ASCII (refused, 415), and charsets that are accepted (scanned).
+ */
+const contentTypeArb = fc.constantFrom(
+  'application/json; charset=utf-16le',
+  'text/plain; charset="UTF-7"',
+  'text/plain; charset=utf-8; charset=utf-16',
+  'text/plain; x="charset=utf-32"',
+  'application/octet-stream; charset=ISO-8859-1',
+  'text/plain; charset=utf-8',
+);
+const headerArb = fc.oneof(
+  { weight: 6, arbitrary: fc.tuple(headerNameArb, latin1Arb(24)) },
+  { weight: 1, arbitrary: fc.tuple(fc.constant('Content-Type'), contentTypeArb) },
+);
 
 const specArb: fc.Arbitrary<Spec> = fc.record({
   method: fc.oneof(

@@ -45,7 +45,10 @@ export const IcapErrorCodes = {
   REQUEST_TOO_LARGE: 'ICAP_ERR_REQUEST_TOO_LARGE',
   /** A multipart/form-data body is malformed or over a limit (status 400 or 413). */
   MULTIPART: 'ICAP_ERR_MULTIPART',
-  /** The request's content type is not allowed by the profile (415). */
+  /**
+   * The request's content type is not allowed by the profile, or its charset is one whose decoding
+   * could change ASCII text (only UTF-8, US-ASCII, ISO-8859-1 and windows-1252 are accepted) (415).
+   */
   CONTENT_TYPE: 'ICAP_ERR_CONTENT_TYPE',
   /** A Content-Encoding the profile does not accept, or a body that cannot be decoded. */
   CONTENT_ENCODING: 'ICAP_ERR_CONTENT_ENCODING',

@@ -12,7 +12,8 @@ import { refuse, tooLarge } from './outcome.js';
  * the scanner says: a head the ICAP server would not see as the application does (400), a
  * transfer coding other than chunked (501), a content coding it cannot decode (415), a content
  * type the profile does not allow (415), a multipart body every parser would not read alike
- * (400/415), a declared length above bufferSize (413, or untouched with fail-open).
+ * (400/415), a charset whose decoding could turn bytes the scanner saw into other ASCII text (415), a declared length
+ * above bufferSize (413, or untouched with fail-open).
  */
 
 /**
@@ -51,6 +52,9 @@ export function admit(ctx: RequestContext): ScanOutcome | Promise<ScanOutcome> |
   }
   const multipart = multipartAdmission(ctx, contentType);
   if (multipart !== null) return multipart;
+  const charset = facts.hasBody ? charsetProblem(ctx, contentType) : undefined;
+  if (charset !== undefined)
+    return refuse(ctx, 'unsupported-type', IcapErrorCodes.CONTENT_TYPE, charset, null);
   if (facts.contentLength !== undefined && facts.contentLength > p.bufferSize) {
     return tooLarge(ctx, null);
   }
@@ -86,3 +90,47 @@ function mediaTypeAllowed(contentType: string | undefined, allowed: readonly str
   const major = media.split('/')[0];
   return allowed.some((t) => t === media || (t.endsWith('/*') && t.slice(0, -2) === major));
 }
+
+/**
+ * Charsets in which every byte below 0x80 is the same ASCII character and no byte from 0x80 is an
+ * ASCII character: text in them holds the same ASCII the scanner saw in the bytes. Any other
+ * (UTF-16, UTF-7, UTF-32, EBCDIC...) would let a body parser or handler that decodes by charset
+ * (body-parser with iconv-lite, say) read a signature the scanner never saw in that form.
+ * Bare `ascii` is not accepted: it is a Node.js Buffer encoding that clears the high bit of each
+ * byte (`Buffer.from([0xd8]).toString('ascii')` is `X`), so a handler decoding with the label
+ * as given would read ASCII the scanner saw as bytes from 0x80 (`us-ascii` is no Buffer encoding).
+ */
+const ASCII_SAFE_CHARSETS = new Set(['utf-8', 'utf8', 'us-ascii', 'iso-8859-1', 'latin1', 'windows-1252']);
+
+/**
+ * Why the body's charset is refused (415), or undefined. Every `charset` in every Content-Type
+ * value counts, wherever a lenient parser might find it (a `charset=` inside another parameter's
+ * quoted value too): each must be `charset=` with an allowed value (quoted or not, any case), and
+ * there may be only one. A multipart/form-data body in per-file mode is exempt: the application
+ * gets a form serialised under a new Content-Type without the charset, and each field's own
+ * charset is dropped there (multipart/canonical.ts); in whole mode the form goes as sent, so
+ * its charset is checked like any other.
+ */
+function charsetProblem(ctx: RequestContext, contentType: string | undefined): string | undefined {
+  const values = ctx.facts.headers.getAll('content-type');
+  if (values.length === 0) return undefined;
+  if (values.length === 1 && ctx.profile.multipart === 'per-file' && isMultipartFormData(contentType))
+    return undefined;
+  let found: string | undefined;
+  for (const value of values) {
+    const re = /charset/gi;
+    for (let m = re.exec(value); m !== null; m = re.exec(value)) {
+      const rest = /^\s*=\s*(?:"([^"]*)"|([^\s;,"]*))/.exec(value.slice(m.index + m[0].length));
+      const charset = rest === null ? undefined : (rest[1] ?? rest[2])!.trim().toLowerCase();
+      if (charset === undefined)
+        return `content type ${JSON.stringify(value)} has a charset that cannot be read (send charset=utf-8)`;
+      if (!ASCII_SAFE_CHARSETS.has(charset))
+        return `charset ${JSON.stringify(charset)} is not accepted (${ACCEPTED_CHARSETS} are)`;
+      if (found !== undefined) return 'a Content-Type with more than one charset parameter is not accepted';
+      found = charset;
+    }
+  }
+  return undefined;
+}
+
+const ACCEPTED_CHARSETS = 'UTF-8, US-ASCII, ISO-8859-1 and windows-1252';

@@ -1,0 +1,159 @@
+/**
+ * "Scanned equals delivered" from the request head: what a body parser or handler could read
+ * differently from the bytes the scanner saw is refused (4xx, whatever the failure action).
+ *
+ * - a `charset` whose decoding changes ASCII text (UTF-16, UTF-7...): body-parser decodes
+ *   `application/json; charset=utf-16le` with iconv-lite, so the scanner would see NULs between
+ *   the letters of a signature the handler reads whole: 415 ICAP_ERR_CONTENT_TYPE.
+ */
+import type { IcapProfile } from '@icapkit/core';
+import { eicar, type IcapTestServer, startIcapServer } from '@icapkit/testing';
+import express5 from 'express';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { send } from '../support/http-client.js';
+import {
+  type Framework,
+  REFUSAL_FRAMEWORKS,
+  type RefusalAppOptions,
+  startRefusalApp,
+} from './refusal-apps.js';
+
+let icap: IcapTestServer;
+beforeAll(async () => {
+  icap = await startIcapServer({ recordBodies: true });
+});
+afterAll(() => icap?.close());
+
+const E = eicar().toString('latin1');
+const FAIL_ACTIONS = ['fail-closed', 'fail-open'] as const;
+
+const profile = (over: Partial<IcapProfile> = {}): IcapProfile => ({
+  name: 'delivered',
+  poolGroup: icap.url(),
+  serviceUri: '/avscan',
+  startupCheck: 'off',
+  ...over,
+});
+
+const reqmods = () => icap.requests.filter((r) => r.method === 'REQMOD');
+
+async function withApp(
+  framework: Framework,
+  p: IcapProfile,
+  fn: (app: Awaited<ReturnType<typeof startRefusalApp>>) => Promise<void>,
+  options: RefusalAppOptions = {},
+): Promise<void> {
+  const app = await startRefusalApp(framework, p, options);
+  try {
+    icap.reset();
+    await fn(app);
+  } finally {
+    await app.close();
+  }
+}
+
+const utf16le = (s: string) => Buffer.from(s, 'utf16le');
+const utf16be = (s: string) => utf16le(s).swap16();
+/** UTF-7 with every character as a base64 run: no byte of the signature appears as it is. */
+const utf7 = (s: string) => Buffer.from(`+${utf16be(s).toString('base64').replace(/=+$/, '')}-`);
+
+/** [name, Content-Type, body]: each decodes (by its charset) to text holding EICAR. */
+const CHARSET_CASES: Array<[string, string, Buffer]> = [
+  ['JSON utf-16le', 'application/json; charset=utf-16le', utf16le(JSON.stringify({ x: E }))],
+  [
+    'JSON utf-16 with a BOM',
+    'application/json; charset=UTF-16',
+    Buffer.concat([Buffer.from([0xff, 0xfe]), utf16le(JSON.stringify({ x: E }))]),
+  ],
+  ['JSON utf-16be, quoted', 'application/json; charset="utf-16be"', utf16be(JSON.stringify({ x: E }))],
+  ['text utf-7', 'text/plain; charset=utf-7', utf7(E)],
+  ['octets utf-32le', 'application/octet-stream; charset=UTF-32LE', Buffer.from(E)],
+  // Node's Buffer 'ascii' decoding clears the high bit: a handler decoding by the label reads EICAR.
+  [
+    'ascii (Node clears the high bit)',
+    'text/plain; charset=ascii',
+    Buffer.from(eicar().map((b) => b | 0x80)),
+  ],
+  ['a second charset', 'text/plain; charset=utf-8; charset=utf-16le', utf16le(E)],
+  ['charset inside another parameter', 'text/plain; x="charset=utf-16le"', utf16le(E)],
+];
+
+describe.each(REFUSAL_FRAMEWORKS)('%s', (framework) => {
+  describe.each(FAIL_ACTIONS)('%s', (failAction) => {
+    it.each(CHARSET_CASES)('a body with %s is refused (415) before it is scanned', async (_n, ct, body) => {
+      await withApp(framework, profile({ failAction }), async (app) => {
+        const r = await send(app.url, '/upload', {
+          body,
+          headers: { 'content-type': ct, accept: 'application/json' },
+        });
+        expect(r.status).toBe(415);
+        expect(JSON.parse(r.text)).toMatchObject({ status: 415 });
+        expect(app.handled).toEqual([]);
+        expect(reqmods()).toEqual([]);
+        expect(app.logs).toHaveLength(1);
+        expect(app.logs[0]).toMatchObject({
+          action: 'ICAP_BLOCKED',
+          error_code: 'ICAP_ERR_CONTENT_TYPE',
+          http_response_code: 415,
+        });
+        expect(app.logs[0]!.significance).toContain('CONTENT_TYPE_REFUSED');
+        expect(app.logs[0]!.error_message).toMatch(/charset/);
+      });
+    });
+
+    it.each([
+      'text/plain; charset=UTF-8',
+      'text/plain; charset="utf8"',
+      'application/json; charset=us-ascii',
+      'text/plain; charset=ISO-8859-1',
+      'text/plain; charset=latin1',
+      'text/plain; charset=windows-1252',
+    ])('%s is scanned and passed (clean) or blocked (EICAR)', async (ct) => {
+      await withApp(framework, profile({ failAction }), async (app) => {
+        const clean = await send(app.url, '/upload', {
+          body: '{"a":"hello"}',
+          headers: { 'content-type': ct },
+        });
+        expect(clean.status).toBe(200);
+        expect(app.handled).toEqual(['/upload']);
+        const bad = await send(app.url, '/upload', { body: eicar(), headers: { 'content-type': ct } });
+        expect(bad.status).toBe(403);
+        expect(app.handled).toEqual(['/upload']);
+        expect(reqmods()).toHaveLength(2);
+      });
+    });
+  });
+});
+
+describe('end to end with the parsers that read the body differently (Express 5)', () => {
+  it('express.json decoding UTF-16 never hands the handler an unscanned signature', async () => {
+    const seen: unknown[] = [];
+    const json = express5.json({ type: () => true });
+    const after = (req: express5.Request, res: express5.Response, next: express5.NextFunction) =>
+      json(req, res, (err?: unknown) => {
+        if (err === undefined) seen.push(req.body);
+        next(err);
+      });
+    await withApp(
+      'express5',
+      profile(),
+      async (app) => {
+        const body = utf16le(JSON.stringify({ x: E }));
+        const r = await send(app.url, '/upload', {
+          body,
+          headers: { 'content-type': 'application/json; charset=utf-16le' },
+        });
+        expect(r.status).toBe(415);
+        expect(seen).toEqual([]);
+        // The same JSON in UTF-8 is scanned and reaches the handler.
+        const plain = await send(app.url, '/upload', {
+          body: JSON.stringify({ x: 'hello' }),
+          headers: { 'content-type': 'application/json; charset=utf-8' },
+        });
+        expect(plain.status).toBe(200);
+        expect(seen).toEqual([{ x: 'hello' }]);
+      },
+      { after },
+    );
+  });
+});
