@@ -157,13 +157,16 @@ const headerNameArb = fc.oneof(
 );
 /**
  * Content-Types a parser reads differently from the scanner: a charset whose decoding changes
- * ASCII (refused, 415), and charsets that are accepted (scanned).
+ * ASCII (refused, 415), a non-multipart type naming multipart (formidable parses it as a form:
+ * refused, 415), and charsets that are accepted (scanned).
  */
 const contentTypeArb = fc.constantFrom(
   'application/json; charset=utf-16le',
   'text/plain; charset="UTF-7"',
   'text/plain; charset=utf-8; charset=utf-16',
   'text/plain; x="charset=utf-32"',
+  'text/plain; boundary=b0; x=multipart',
+  'application/x-multipart; boundary=b0',
   'application/octet-stream; charset=ISO-8859-1',
   'text/plain; charset=utf-8',
 );

@@ -4,11 +4,16 @@
  *
  * - a `charset` whose decoding changes ASCII text (UTF-16, UTF-7...): body-parser decodes
  *   `application/json; charset=utf-16le` with iconv-lite, so the scanner would see NULs between
- *   the letters of a signature the handler reads whole: 415 ICAP_ERR_CONTENT_TYPE.
+ *   the letters of a signature the handler reads whole: 415 ICAP_ERR_CONTENT_TYPE;
+ * - a Content-Type that mentions `multipart` but is not multipart/*: formidable (`/multipart/i`)
+ *   reads it as a form and decodes base64 parts, icapkit would scan one opaque body: 415
+ *   ICAP_ERR_MULTIPART.
  */
+import { Writable } from 'node:stream';
 import type { IcapProfile } from '@icapkit/core';
 import { eicar, type IcapTestServer, startIcapServer } from '@icapkit/testing';
 import express5 from 'express';
+import formidable from 'formidable';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { send } from '../support/http-client.js';
 import {
@@ -122,6 +127,30 @@ describe.each(REFUSAL_FRAMEWORKS)('%s', (framework) => {
         expect(reqmods()).toHaveLength(2);
       });
     });
+
+    it.each([
+      ['text/plain with a boundary and x=multipart', 'text/plain; boundary=XyZ123; x=multipart'],
+      ['application/x-multipart', 'application/x-multipart; boundary=XyZ123'],
+      ['a MULTIPART parameter name', 'application/octet-stream; MULTIPART=1; boundary=XyZ123'],
+    ])('a Content-Type naming multipart that is not multipart/* (%s) is refused (415)', async (_n, ct) => {
+      for (const otherMultipart of ['refuse', 'whole'] as const) {
+        await withApp(framework, profile({ failAction, otherMultipart }), async (app) => {
+          const r = await send(app.url, '/upload', {
+            body: base64Form(),
+            headers: { 'content-type': ct, accept: 'application/json' },
+          });
+          expect(r.status).toBe(415);
+          expect(app.handled).toEqual([]);
+          expect(reqmods()).toEqual([]);
+          expect(app.logs[0]).toMatchObject({
+            action: 'ICAP_BLOCKED',
+            error_code: 'ICAP_ERR_MULTIPART',
+            http_response_code: 415,
+          });
+          expect(app.logs[0]!.significance).toContain('MULTIPART_REFUSED');
+        });
+      }
+    });
   });
 });
 
@@ -156,4 +185,51 @@ describe('end to end with the parsers that read the body differently (Express 5)
       { after },
     );
   });
+
+  it('formidable never parses a substring-multipart body into a decoded file', async () => {
+    const files: Buffer[] = [];
+    const after = (req: express5.Request, _res: express5.Response, next: express5.NextFunction) => {
+      const form = formidable({ fileWriteStreamHandler: () => collector(files) });
+      form.parse(req, (err) => next(err));
+    };
+    for (const ct of [
+      'text/plain; boundary=XyZ123; x=multipart',
+      'application/x-multipart; boundary=XyZ123',
+    ]) {
+      await withApp(
+        'express5',
+        profile({ failAction: 'fail-open' }),
+        async (app) => {
+          const r = await send(app.url, '/upload', { body: base64Form(), headers: { 'content-type': ct } });
+          // Without the refusal formidable hands over the base64-decoded EICAR, never scanned.
+          expect(Buffer.concat(files).toString('latin1')).toBe('');
+          expect(r.status).toBe(415);
+          expect(app.handled).toEqual([]);
+        },
+        { after },
+      );
+    }
+    expect(files).toEqual([]);
+  });
 });
+
+const BOUNDARY = 'XyZ123';
+
+/** A form whose one file is EICAR in base64 (formidable decodes Content-Transfer-Encoding). */
+function base64Form(): Buffer {
+  return Buffer.from(
+    `--${BOUNDARY}\r\nContent-Disposition: form-data; name="f"; filename="e.txt"\r\n` +
+      'Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n' +
+      `${eicar().toString('base64')}\r\n--${BOUNDARY}--\r\n`,
+  );
+}
+
+/** A writable that keeps what formidable writes for a file. */
+function collector(into: Buffer[]): Writable {
+  return new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      into.push(chunk);
+      cb();
+    },
+  });
+}

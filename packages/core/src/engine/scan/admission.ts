@@ -12,7 +12,8 @@ import { refuse, tooLarge } from './outcome.js';
  * the scanner says: a head the ICAP server would not see as the application does (400), a
  * transfer coding other than chunked (501), a content coding it cannot decode (415), a content
  * type the profile does not allow (415), a multipart body every parser would not read alike
- * (400/415), a charset whose decoding could turn bytes the scanner saw into other ASCII text (415), a declared length
+ * (400/415), a Content-Type that mentions multipart but is not a multipart type (415), a charset
+ * whose decoding could turn bytes the scanner saw into other ASCII text (415), a declared length
  * above bufferSize (413, or untouched with fail-open).
  */
 
@@ -68,7 +69,17 @@ export function admit(ctx: RequestContext): ScanOutcome | Promise<ScanOutcome> |
  */
 function multipartAdmission(ctx: RequestContext, contentType: string | undefined): ScanOutcome | null {
   const facts = ctx.facts;
-  if (!facts.hasBody || !isMultipart(contentType)) return null;
+  if (!facts.hasBody) return null;
+  // formidable reads any Content-Type that contains "multipart" (`/multipart/i`) as a form, with
+  // the first `boundary=` it finds (and decodes base64 parts): `text/plain; boundary=x; y=multipart`
+  // or `application/x-multipart` would be a form to it and one opaque body to the scanner.
+  for (const value of facts.headers.getAll('content-type')) {
+    if (/multipart/i.test(value) && !isMultipart(value)) {
+      const reason = `content type ${JSON.stringify(value)} mentions multipart but is not a multipart type (some parsers read it as a form)`;
+      return refuse(ctx, 'unsupported-type', IcapErrorCodes.MULTIPART, reason, null);
+    }
+  }
+  if (!isMultipart(contentType)) return null;
   if (!isMultipartFormData(contentType)) {
     if (ctx.profile.otherMultipart === 'whole') return null;
     const media = contentType!.split(';')[0]!.trim().toLowerCase();
