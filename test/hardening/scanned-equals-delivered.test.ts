@@ -1,16 +1,22 @@
 /**
  * "Scanned equals delivered" from the request head: what a body parser or handler could read
- * differently from the bytes the scanner saw is refused (4xx, whatever the failure action).
+ * differently from the bytes the scanner saw is refused (4xx, whatever the failure action), and
+ * a method override the application honours cannot steer a request into a skip rule.
  *
  * - a `charset` whose decoding changes ASCII text (UTF-16, UTF-7...): body-parser decodes
  *   `application/json; charset=utf-16le` with iconv-lite, so the scanner would see NULs between
  *   the letters of a signature the handler reads whole: 415 ICAP_ERR_CONTENT_TYPE;
  * - a Content-Type that mentions `multipart` but is not multipart/*: formidable (`/multipart/i`)
  *   reads it as a form and decodes base64 parts, icapkit would scan one opaque body: 415
- *   ICAP_ERR_MULTIPART.
+ *   ICAP_ERR_MULTIPART;
+ * - `?_method=PUT` (method-override's query getter) and a `_method` field in a form body count
+ *   as method readings, so "scan PUT, skip the rest" scans `POST /upload?_method=PUT`.
  */
+import type { AddressInfo } from 'node:net';
+import { parse as parseQueryString } from 'node:querystring';
 import { Writable } from 'node:stream';
-import type { IcapProfile } from '@icapkit/core';
+import type { IcapLog, IcapProfile } from '@icapkit/core';
+import { icap as expressIcap } from '@icapkit/express';
 import { eicar, type IcapTestServer, startIcapServer } from '@icapkit/testing';
 import express5 from 'express';
 import formidable from 'formidable';
@@ -151,10 +157,108 @@ describe.each(REFUSAL_FRAMEWORKS)('%s', (framework) => {
         });
       }
     });
+
+    describe('method override readings (rules: scan PUT, skip the rest)', () => {
+      const rules = [
+        { name: 'scan-put', match: { method: ['PUT'] }, action: 'enable-icap' as const },
+        { name: 'skip-rest', action: 'skip' as const },
+      ];
+      const octets = { 'content-type': 'application/octet-stream' };
+
+      it('a POST without an override is still skipped (control)', async () => {
+        await withApp(framework, profile({ failAction, rules }), async (app) => {
+          const r = await send(app.url, '/upload', { body: eicar(), headers: octets });
+          expect(r.status).toBe(200);
+          expect(reqmods()).toEqual([]);
+          expect(app.logs[0]).toMatchObject({ action: 'ICAP_DISABLED', rule_name: 'skip-rest' });
+        });
+      });
+
+      it.each([
+        '/upload?_method=PUT',
+        '/upload?_method=put',
+        '/upload?%5Fmethod=PUT',
+        '/upload?_method=%50UT',
+        '/upload?a=1&_method=GET&_method=PUT',
+      ])('POST %s is scanned (EICAR is blocked)', async (path) => {
+        await withApp(framework, profile({ failAction, rules }), async (app) => {
+          const r = await send(app.url, path, { method: 'POST', body: eicar(), headers: octets });
+          expect(r.status).toBe(403);
+          expect(app.handled).toEqual([]);
+          expect(reqmods()).toHaveLength(1);
+          expect(app.logs[0]).toMatchObject({ action: 'ICAP_BLOCKED', rule_name: 'scan-put' });
+        });
+      });
+
+      it.each([
+        ['urlencoded', 'application/x-www-form-urlencoded', Buffer.from(`_method=PUT&f=${E}`)],
+        ['multipart', `multipart/form-data; boundary=${BOUNDARY}`, formWith('_method', 'PUT', eicar())],
+      ])('a POST with a %s body (which may carry _method) is scanned', async (_n, ct, body) => {
+        await withApp(framework, profile({ failAction, rules }), async (app) => {
+          const r = await send(app.url, '/upload', { body, headers: { 'content-type': ct } });
+          expect(r.status).toBe(403);
+          expect(app.handled).toEqual([]);
+          expect(reqmods().length).toBeGreaterThan(0);
+          expect(app.logs[0]).toMatchObject({ action: 'ICAP_BLOCKED', rule_name: 'scan-put' });
+        });
+      });
+    });
   });
 });
 
 describe('end to end with the parsers that read the body differently (Express 5)', () => {
+  it("method-override's query getter cannot route a skipped POST to the PUT handler", async () => {
+    const logs: IcapLog[] = [];
+    const got: Buffer[] = [];
+    const mw = expressIcap(
+      profile({
+        failAction: 'fail-open',
+        onLog: (l) => logs.push(l),
+        rules: [
+          { name: 'scan-put', match: { method: ['PUT'] }, action: 'enable-icap' },
+          { name: 'skip-rest', action: 'skip' },
+        ],
+      }),
+    );
+    const app = express5();
+    app.use(mw);
+    // method-override('_method') as documented: its query getter (querystring.parse, first value).
+    app.use((req, _res, next) => {
+      const q = req.url.indexOf('?');
+      const v =
+        req.method === 'POST' && q !== -1 ? parseQueryString(req.url.slice(q + 1))._method : undefined;
+      const m = Array.isArray(v) ? v[0] : v;
+      if (m !== undefined) req.method = m.toUpperCase();
+      next();
+    });
+    app.put('/files', express5.raw({ type: () => true }), (req, res) => {
+      got.push(req.body as Buffer);
+      res.json({ ok: true });
+    });
+    const server = app.listen(0, '127.0.0.1');
+    await new Promise<void>((resolve) => server.once('listening', () => resolve()));
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    try {
+      icap.reset();
+      const octets = { 'content-type': 'application/octet-stream' };
+      const clean = await send(url, '/files?_method=PUT', { method: 'POST', body: 'clean', headers: octets });
+      expect(clean.status).toBe(200);
+      expect(got.map((b) => b.toString())).toEqual(['clean']);
+      const bad = await send(url, '/files?_method=PUT', { method: 'POST', body: eicar(), headers: octets });
+      expect(bad.status).toBe(403);
+      expect(got).toHaveLength(1);
+      expect(reqmods()).toHaveLength(2);
+      expect(logs.map((l) => `${l.action}/${l.rule_name}`)).toEqual([
+        'ICAP_PASSED/scan-put',
+        'ICAP_BLOCKED/scan-put',
+      ]);
+    } finally {
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      await mw.close();
+    }
+  });
+
   it('express.json decoding UTF-16 never hands the handler an unscanned signature', async () => {
     const seen: unknown[] = [];
     const json = express5.json({ type: () => true });
@@ -222,6 +326,19 @@ function base64Form(): Buffer {
       'Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n' +
       `${eicar().toString('base64')}\r\n--${BOUNDARY}--\r\n`,
   );
+}
+
+/** A form with one field and one file. */
+function formWith(field: string, value: string, file: Buffer): Buffer {
+  return Buffer.concat([
+    Buffer.from(`--${BOUNDARY}\r\nContent-Disposition: form-data; name="${field}"\r\n\r\n${value}\r\n`),
+    Buffer.from(
+      `--${BOUNDARY}\r\nContent-Disposition: form-data; name="f"; filename="e.bin"\r\n` +
+        'Content-Type: application/octet-stream\r\n\r\n',
+    ),
+    file,
+    Buffer.from(`\r\n--${BOUNDARY}--\r\n`),
+  ]);
 }
 
 /** A writable that keeps what formidable writes for a file. */

@@ -174,6 +174,28 @@ describe('method', () => {
   it('other headers are not method overrides', () => {
     expect(onlyDecides(match, { method: 'GET', headers: { 'x-method': 'POST' } })).toEqual(NO_MATCH);
   });
+
+  it('a _method query parameter (method-override query getter) is a method reading', () => {
+    expect(onlyDecides(match, { method: 'GET', target: '/upload?_method=put' })).toEqual(scanned('r'));
+    expect(onlyDecides(match, { method: 'GET', target: '/upload?%5Fmethod=%50UT' })).toEqual(scanned('r'));
+    expect(onlyDecides(match, { method: 'GET', target: '/upload?_method=GET&_method=PUT' })).toEqual(
+      scanned('r'),
+    );
+    expect(onlyDecides(match, { method: 'GET', target: '/upload?_method=DELETE' })).toEqual(NO_MATCH);
+    expect(onlyDecides(match, { method: 'GET', target: '/upload?method=PUT&x_method=PUT' })).toEqual(
+      NO_MATCH,
+    );
+  });
+
+  it('a form body (which may carry a _method field) reads as every listed method', () => {
+    const form = (ct: string) => ({ method: 'GET', headers: { 'content-type': ct } });
+    expect(onlyDecides(match, form('application/x-www-form-urlencoded'))).toEqual(scanned('r'));
+    expect(onlyDecides(match, form('multipart/form-data; boundary=b'))).toEqual(scanned('r'));
+    expect(onlyDecides(match, form('application/octet-stream'))).toEqual(NO_MATCH);
+    expect(onlyDecides(match, { ...form('application/x-www-form-urlencoded'), hasBody: false })).toEqual(
+      NO_MATCH,
+    );
+  });
 });
 
 describe('path', () => {
@@ -562,8 +584,11 @@ describe('criteria combined', () => {
     expect(decide(rules, facts(good))).toEqual(scanned('uploads'));
   });
 
+  it('a PUT still matches: its multipart body may carry a _method field naming POST', () => {
+    expect(decide(rules, facts({ ...good, method: 'PUT' }))).toEqual(scanned('uploads'));
+  });
+
   it.each<[string, FactsInit]>([
-    ['method', { method: 'PUT' }],
     ['path', { target: '/download' }],
     ['host', { host: 'example.org' }],
     ['content type', { headers: { 'content-type': 'text/plain', authorization: 'x' } }],
@@ -679,6 +704,20 @@ describe('bypass resistance', () => {
       scanned('scan-post'),
     );
     expect(decide(r, facts({ method: 'GET' }))).toEqual(skipped('skip-get'));
+  });
+
+  it('scan PUT, skip the rest: ?_method=PUT and a form body are scanned, a plain POST skipped', () => {
+    const r: PolicyRule[] = [
+      { name: 'scan-put', match: { method: ['PUT'] }, action: 'enable-icap' },
+      { name: 'skip-rest', action: 'skip' },
+    ];
+    expect(decide(r, facts({ method: 'POST', target: '/files?_method=PUT' }))).toEqual(scanned('scan-put'));
+    expect(
+      decide(r, facts({ method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' } })),
+    ).toEqual(scanned('scan-put'));
+    expect(
+      decide(r, facts({ method: 'POST', headers: { 'content-type': 'application/octet-stream' } })),
+    ).toEqual(skipped('skip-rest'));
   });
 
   it('a method override saying GET on a POST does not skip it', () => {

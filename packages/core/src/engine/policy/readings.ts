@@ -1,12 +1,16 @@
 import { absoluteAuthority, percentDecode } from './paths.js';
 import type { ContentTypeTest, EvalContext, HostTest, RequestFacts } from './types.js';
-import { METHOD_OVERRIDE_HEADERS } from './types.js';
+import { METHOD_OVERRIDE_HEADERS, METHOD_OVERRIDE_PARAM } from './types.js';
 
 // ---------------------------------------------------------------------------------------------
 // Readings of a request
 
 /**
- * The method as received and every method-override header value, upper-cased. A method no rule
+ * The method as received, every method-override header value, every `_method` query parameter
+ * (method-override's documented query getter, `methodOverride('_method')`, reads it), upper-cased.
+ * A form body (urlencoded or multipart) may carry a `_method` field too (the Rails/Laravel
+ * convention, method-override with a body getter), which a body parser reads after icapkit
+ * decided: such a request has every method a rule names among its readings. A method no rule
  * names is reduced to undefined (it matches no method list), which bounds the readings by the
  * configuration however many override values a request carries.
  */
@@ -16,14 +20,18 @@ export function methodReadings(facts: RequestFacts, known: ReadonlySet<string>):
     return known.has(u) ? u : undefined;
   };
   const out: Array<string | undefined> = [canon(facts.method)];
-  for (const h of METHOD_OVERRIDE_HEADERS) {
-    for (const value of facts.headers.getAll(h)) {
-      for (const part of value.split(',')) {
-        if (part.trim() === '') continue;
-        const m = canon(part);
-        if (!out.includes(m)) out.push(m);
-      }
+  const add = (value: string): void => {
+    for (const part of value.split(',')) {
+      if (part.trim() === '') continue;
+      const m = canon(part);
+      if (!out.includes(m)) out.push(m);
     }
+  };
+  for (const h of METHOD_OVERRIDE_HEADERS) for (const value of facts.headers.getAll(h)) add(value);
+  if (facts.target.includes('?'))
+    for (const value of parseQuery(facts.target).get(METHOD_OVERRIDE_PARAM) ?? []) add(value);
+  if (facts.hasBody && facts.headers.getAll('content-type').some((v) => /urlencoded|multipart/i.test(v))) {
+    for (const m of known) if (!out.includes(m)) out.push(m);
   }
   return out;
 }

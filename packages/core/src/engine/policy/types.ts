@@ -86,6 +86,8 @@ export const METHOD_OVERRIDE_HEADERS = [
   'x-http-method',
   'x-method-override',
 ] as const;
+/** The query parameter (and form field) method-override's documented getter reads (`?_method=PUT`). */
+export const METHOD_OVERRIDE_PARAM = '_method';
 export const RULE_KEYS = ['name', 'enabled', 'match', 'action'] as const;
 export const MATCH_KEYS = ['method', 'path', 'host', 'headers', 'contentType', 'query', 'clientIp'] as const;
 export const STRING_MATCH_LISTS = ['exact', 'prefix', 'suffix', 'contains', 'regex'] as const;
