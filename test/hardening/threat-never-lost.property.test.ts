@@ -55,37 +55,36 @@ interface Answer {
   threatEnd: number;
 }
 
+/** Each shape: its status line, its Encapsulated value (none: a 100), what follows its head. */
+const SHAPES: Record<Shape, { status: string; encapsulated?: string; after: string }> = {
+  '200-page': {
+    status: 'ICAP/1.0 200 OK',
+    encapsulated: `res-hdr=0, res-body=${PAGE_HEAD.length}`,
+    after: PAGE_HEAD + PAGE_BODY,
+  },
+  '200-page-no-body': {
+    status: 'ICAP/1.0 200 OK',
+    encapsulated: `res-hdr=0, null-body=${PAGE_HEAD.length}`,
+    after: PAGE_HEAD,
+  },
+  '403': { status: 'ICAP/1.0 403 Forbidden', encapsulated: 'null-body=0', after: '' },
+  '204': { status: 'ICAP/1.0 204 No Content', encapsulated: 'null-body=0', after: '' },
+  '500': { status: 'ICAP/1.0 500 Server Error', encapsulated: 'null-body=0', after: '' },
+  '100-then-204': {
+    status: 'ICAP/1.0 100 Continue',
+    after: 'ICAP/1.0 204 No Content\r\nISTag: "T"\r\nEncapsulated: null-body=0\r\n\r\n',
+  },
+};
+
 /** The answer, well-formed, with the threat among the fields at `threatAt`. */
 function answer(shape: Shape, threat: string, threatAt: number, fields: string[]): Answer {
-  const lines = [...fields];
-  const at = Math.min(threatAt, lines.length);
-  lines.splice(at, 0, threat);
-  const withPage = shape === '200-page' || shape === '200-page-no-body';
-  const encapsulated =
-    shape === '200-page'
-      ? `res-hdr=0, res-body=${PAGE_HEAD.length}`
-      : shape === '200-page-no-body'
-        ? `res-hdr=0, null-body=${PAGE_HEAD.length}`
-        : 'null-body=0';
-  const status =
-    shape === '403'
-      ? 'ICAP/1.0 403 Forbidden'
-      : shape === '204' || shape === '100-then-204'
-        ? shape === '204'
-          ? 'ICAP/1.0 204 No Content'
-          : 'ICAP/1.0 100 Continue'
-        : shape === '500'
-          ? 'ICAP/1.0 500 Server Error'
-          : 'ICAP/1.0 200 OK';
-  const headLines = [status, ...lines];
-  if (shape !== '100-then-204') headLines.push(`Encapsulated: ${encapsulated}`);
-  const before = `${headLines.slice(0, at + 1).join('\r\n')}\r\n`;
-  const threatEnd = before.length + threat.length + 2;
-  let text = `${headLines.join('\r\n')}\r\n\r\n`;
-  if (withPage) text += PAGE_HEAD + (shape === '200-page' ? PAGE_BODY : '');
-  if (shape === '100-then-204')
-    text += 'ICAP/1.0 204 No Content\r\nISTag: "T"\r\nEncapsulated: null-body=0\r\n\r\n';
-  return { text, threatEnd };
+  const { status, encapsulated, after } = SHAPES[shape];
+  const at = Math.min(threatAt, fields.length);
+  const head = [status, ...fields.slice(0, at), threat];
+  const threatEnd = `${head.join('\r\n')}\r\n`.length;
+  head.push(...fields.slice(at));
+  if (encapsulated !== undefined) head.push(`Encapsulated: ${encapsulated}`);
+  return { text: `${head.join('\r\n')}\r\n\r\n${after}`, threatEnd };
 }
 
 /** The answer broken as `b` says, and whether the server closes the connection after it. */
