@@ -92,6 +92,7 @@ const SCRIPT = String.raw`(() => {
     CONTENT_ENCODING_REFUSED: 'encoding refused',
     REQUEST_REFUSED: 'request refused',
     PARTS_REMOVED: 'parts removed',
+    DECODED_STRINGS: 'decoded strings scanned',
     CLIENT_LIMITED: 'too many uploads',
   };
   /** Record fields in ms, and in bytes. */

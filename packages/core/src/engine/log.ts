@@ -25,6 +25,7 @@ export type Significance =
   | 'CONTENT_ENCODING_REFUSED'
   | 'REQUEST_REFUSED'
   | 'PARTS_REMOVED'
+  | 'DECODED_STRINGS'
   | 'CLIENT_LIMITED';
 
 export interface IcapRequestLog {

@@ -152,8 +152,10 @@ export async function failureOutcome(
 ): Promise<ScanOutcome> {
   const log = ctx.log;
   if (error.code === IcapErrorCodes.REQUEST_TOO_LARGE) return tooLarge(ctx, store, decodedTooLarge);
-  if (error.code === IcapErrorCodes.CONTENT_ENCODING) {
-    return refuse(ctx, 'bad-request', error.code, error.message, store);
+  // A body that does not decode (400); a byte its charset refuses in the decoded strings (415).
+  if (error.code === IcapErrorCodes.CONTENT_ENCODING || error.code === IcapErrorCodes.CONTENT_TYPE) {
+    const kind = error.code === IcapErrorCodes.CONTENT_TYPE ? 'unsupported-type' : 'bad-request';
+    return refuse(ctx, kind, error.code, error.message, store);
   }
   if (error.code === IcapErrorCodes.MULTIPART) {
     const kind = error.status === 413 ? 'too-large' : 'bad-request';

@@ -1,7 +1,8 @@
 import { IcapError, IcapErrorCodes } from '../../errors.js';
 import { LightAbortController } from '../../light-signal.js';
 import type { BodyStore } from '../body.js';
-import type { IcapLog } from '../log.js';
+import { DecodedView, viewFacts } from '../decoded/view.js';
+import type { IcapLog, IcapRequestLog } from '../log.js';
 import { isMultipartFormData } from '../multipart/parse.js';
 import { scanParts } from '../multipart/parts.js';
 import type { PolicyDecision } from '../policy.js';
@@ -9,7 +10,7 @@ import type { PoolGroup } from '../pool-group.js';
 import type { PinoLike, ResolvedProfile } from '../profile.js';
 import { type HttpRequestFacts, requestFacts, type ScanRequest } from '../request.js';
 import type { ScanScope, Telemetry } from '../telemetry.js';
-import type { EngineCore, ScanOptions, ScanOutcome } from '../types.js';
+import type { AttemptResult, EngineCore, ScanOptions, ScanOutcome } from '../types.js';
 import { admit } from './admission.js';
 import { bodyConsumedReason } from './consumed.js';
 import { exchange } from './exchange.js';
@@ -69,6 +70,8 @@ export class Scan {
   scanFacts: HttpRequestFacts;
   contentType: string | undefined;
   #decoded: Decoded | null = null;
+  /** The decoded strings of a JSON or urlencoded body, read while it arrives (decoded/view.ts). */
+  #view: DecodedView | null = null;
   /** Whole multipart mode: the strict parser's verdict on the form, while the scan runs. */
   #formCheck: Promise<IcapError | undefined> | null = null;
   #perFile = false;
@@ -184,6 +187,8 @@ export class Scan {
       // Whole mode: the raw form is scanned as one object, and checked by the strict parser while
       // it arrives (a form parsers could read differently is refused, as in per-file mode).
       if (form && p.multipart === 'whole') this.#formCheck = checkForm(p, contentType!, this.scanned, abort);
+      // What a body parser decodes out of the body is scanned too, as a second object.
+      else if (!form) this.#view = DecodedView.start(p, contentType, this.scanned, abort);
       // responseTimeout bounds how long the request waits for ICAP once its body has arrived:
       // a slow upload is not a slow scanner (stalls while uploading are bounded by ioTimeout).
       // Heard from the store's own end (no promise of its own); a body that failed is acted on a
@@ -325,15 +330,25 @@ export class Scan {
         sendFacts = { ...sendFacts, contentLength: scanned.received, chunked: false };
     }
     this.#clock?.lap('intake');
-    const result = await exchange(this, sendFacts, scanned, this.signal);
-    this.#clock?.lap('exchange');
-    this.#settle();
+    let result = await exchange(this, sendFacts, scanned, this.signal);
     if (result.verdict?.unscannable) this.log.significance.push('UNSCANNABLE');
     // The application gets a body only once all of it is here (the store holds it anyway).
     if (result.type === 'clean') {
       if (!arrived(scanned)) await bodyComplete(scanned, p.bufferSize);
       if (!arrived(store)) await bodyComplete(store, p.bufferSize);
     }
+    // Not skipped by the server's Transfer-Ignore (when the profile honours it) nor blocked:
+    // the strings a parser decodes must pass too.
+    if (
+      this.#view !== null &&
+      result.type !== 'blocked' &&
+      !(result.type === 'clean' && result.skipped !== undefined)
+    ) {
+      const blocked = await this.#scanDecoded(this.#view, result);
+      if (blocked !== null) result = blocked;
+    }
+    this.#clock?.lap('exchange');
+    this.#settle();
     if (this.#formCheck !== null && result.type !== 'blocked') {
       const problem = await this.#formCheck;
       if (problem !== undefined) throw problem;
@@ -344,6 +359,54 @@ export class Scan {
         ? pass('ICAP_PASSED', this.log, store, result.verdict?.client_headers ?? [])
         : await applyVerdict(this, result, store, sendFacts);
     return withDispose(outcome, this.#decoded?.store);
+  }
+
+  /**
+   * The decoded strings of the body (decoded/view.ts) as their own ICAP request, once the body
+   * itself passed (`first`): null when there are none or they are clean, else the block to
+   * answer with. A server that rewrites them blocks too: a rewrite of decoded strings cannot be
+   * put back into the body the application parses. Throws what the exchange throws (an ICAP
+   * failure takes the failure action), or 413 when they outgrow bufferSize.
+   */
+  async #scanDecoded(view: DecodedView, first: AttemptResult): Promise<AttemptResult | null> {
+    try {
+      const object = await view.result();
+      if (object === null) return null;
+      const log = this.log;
+      log.significance.push('DECODED_STRINGS');
+      const entries: IcapRequestLog[] = [];
+      const second = await exchange(
+        this,
+        viewFacts(this.scanFacts, object.received),
+        object,
+        this.signal,
+        entries,
+      );
+      for (const entry of entries) entry.file_name = DECODED_NAME;
+      if (second.verdict?.unscannable) log.significance.push('UNSCANNABLE');
+      if (second.type === 'clean') return null;
+      if (second.type === 'blocked') {
+        if (first.type === 'adapted') first.adapted.dispose();
+        return second;
+      }
+      const identical = await second.adapted.identical();
+      second.adapted.dispose();
+      const entry = entries.at(-1);
+      if (identical) {
+        if (entry !== undefined) entry.action = 'ICAP_PASSED';
+        return null;
+      }
+      if (entry !== undefined) entry.action = 'ICAP_BLOCKED';
+      log.error_message ??=
+        'the ICAP server rewrote the decoded strings of the request body, which cannot be put back into it';
+      if (first.type === 'adapted') first.adapted.dispose();
+      return { type: 'blocked', res: second.res, verdict: second.verdict, relay: undefined };
+    } catch (err) {
+      if (first.type === 'adapted') first.adapted.dispose();
+      throw err;
+    } finally {
+      view.dispose();
+    }
   }
 
   /** Whatever failed on the way: the error it counts as, and the outcome it turns into. */
@@ -381,13 +444,14 @@ export class Scan {
     log.error_code = error.code;
     log.error_message = error.message;
     // Decoded past bufferSize: the wire size alone says nothing, so this never fails open.
-    const decodedTooLarge = this.#decoded?.store.exceeded === true;
+    const decodedTooLarge = this.#decoded?.store.exceeded === true || this.#view?.tooLarge === true;
     this.#decoded?.store.dispose();
     if (error.code === IcapErrorCodes.MULTIPART) canReplay = false;
     return failureOutcome(this, error, store, canReplay, decodedTooLarge);
   }
 
   #cleanup(): void {
+    this.#view?.dispose();
     if (this.#onCallerAbort !== undefined)
       this.options.signal?.removeEventListener('abort', this.#onCallerAbort);
     this.#bodyDue = Number.POSITIVE_INFINITY;
@@ -412,6 +476,9 @@ export class Scan {
 }
 
 function NOTHING(): void {}
+
+/** The name the decoded strings' log entries carry (`file_name`). */
+const DECODED_NAME = '(decoded strings)';
 
 /** A body (or none) that is all here: what bodyComplete() would wait for and accept at once. */
 function arrived(store: BodyStore | null): boolean {

@@ -1,0 +1,314 @@
+import { isUtf8 } from 'node:buffer';
+
+/**
+ * The strings a body parser decodes out of a body, in the forms the application can read them
+ * in, where those differ from the bytes the ICAP server was sent. A scanner reads bytes: EICAR
+ * in a JSON string must be written with `\\` (its backslash), and `"\u0045ICAR…"` or a
+ * urlencoded `%45ICAR…` hides any signature from it, while the application reads the string
+ * decoded. Each lexer reads the body chunk by chunk (memory bounded by the longest string, CPU
+ * linear in the bytes however they are chunked) and `emit`s every decoded reading that is not
+ * the raw bytes themselves (those were scanned as they are).
+ */
+export type Emit = (reading: Buffer) => void;
+
+/** A lexer of a body's strings: fed chunk by chunk, then ended. */
+export interface StringLexer {
+  write(chunk: Buffer): void;
+  end(): void;
+}
+
+const QUOTE = 0x22;
+const BACKSLASH = 0x5c;
+
+/**
+ * The string literals of a JSON text (keys and values), decoded as JSON.parse decodes them
+ * (body-parser, Fastify's secure-json-parse, co-body and formidable all use it), emitted when
+ * the decoded string's UTF-8 differs from the literal's bytes: escapes (`\uXXXX`, `\\`, `\/`,
+ * `\n`...) or bytes that are not UTF-8 (read as U+FFFD). Outside a literal no `"` can occur in
+ * JSON, so the lexer needs no grammar: a body that is not JSON gives the parser a 400, and
+ * the readings of its "literals" are only scanned in vain. A literal that JSON.parse refuses
+ * (a raw control character) makes the whole text unparseable: it is skipped.
+ */
+export class JsonStrings implements StringLexer {
+  readonly #emit: Emit;
+  #inString = false;
+  /** The previous chunk ended with the backslash of an escape. */
+  #escapePending = false;
+  /** The literal holds an escape. */
+  #escaped = false;
+  /** The literal's bytes from earlier chunks (copied: a chunk's memory is the store's). */
+  #parts: Buffer[] = [];
+
+  constructor(emit: Emit) {
+    this.#emit = emit;
+  }
+
+  write(chunk: Buffer): void {
+    const n = chunk.length;
+    let i = 0;
+    let start = 0;
+    // The next quote and the next backslash at or after i (-1: none in the rest of the chunk),
+    // each searched for once per occurrence: CPU stays linear however the escapes and the
+    // literals are laid out.
+    let nextQuote = -2;
+    let nextBackslash = -2;
+    if (this.#escapePending && n > 0) {
+      this.#escapePending = false;
+      i = 1;
+    }
+    while (i < n) {
+      if (nextQuote !== -1 && nextQuote < i) nextQuote = chunk.indexOf(QUOTE, i);
+      if (!this.#inString) {
+        if (nextQuote === -1) return;
+        this.#inString = true;
+        this.#escaped = false;
+        i = nextQuote + 1;
+        start = i;
+        continue;
+      }
+      if (nextBackslash !== -1 && nextBackslash < i) nextBackslash = chunk.indexOf(BACKSLASH, i);
+      if (nextBackslash !== -1 && (nextQuote === -1 || nextBackslash < nextQuote)) {
+        // An escape: its next byte is part of it (`\"` does not end the literal).
+        this.#escaped = true;
+        i = nextBackslash + 2;
+        if (i > n) this.#escapePending = true;
+        continue;
+      }
+      if (nextQuote === -1) break;
+      this.#literal(chunk.subarray(start, nextQuote));
+      this.#inString = false;
+      i = nextQuote + 1;
+    }
+    if (this.#inString) this.#parts.push(Buffer.from(chunk.subarray(start)));
+  }
+
+  end(): void {
+    this.#parts = [];
+  }
+
+  #literal(last: Buffer): void {
+    const parts = this.#parts;
+    let bytes = last;
+    if (parts.length > 0) {
+      parts.push(last);
+      bytes = Buffer.concat(parts);
+      this.#parts = [];
+    }
+    if (!this.#escaped && isUtf8(bytes)) return;
+    let decoded: string;
+    try {
+      decoded = JSON.parse(`"${bytes.toString('utf8')}"`) as string;
+    } catch {
+      return;
+    }
+    for (const reading of stringReadings(decoded)) if (!reading.equals(bytes)) this.#emit(reading);
+  }
+}
+
+/**
+ * The bytes an application writes a decoded string as: UTF-8 (Node's default: Buffer.from,
+ * fs.writeFile, res.send) and, for a string within U+0000-U+00FF with a character above
+ * U+007F, Latin-1 (Node's `binary`: how bytes travel in a string, `\u00XX` per byte in JSON).
+ */
+export function stringReadings(s: string): Buffer[] {
+  const utf8 = Buffer.from(s, 'utf8');
+  let high = false;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c > 0xff) return [utf8];
+    if (c > 0x7f) high = true;
+  }
+  return high ? [utf8, Buffer.from(s, 'latin1')] : [utf8];
+}
+
+const AMPERSAND = 0x26;
+const PERCENT = 0x25;
+const PLUS = 0x2b;
+
+/**
+ * The fields of an application/x-www-form-urlencoded body. Parsers decode a field (split at
+ * `&`, then at its first `=`) in different ways, and each reading is emitted where it differs
+ * from the raw bytes (the whole `name=value` is read: every reading is byte-wise, so the name
+ * and the value are substrings of it):
+ *
+ * - `+` as a space, nothing else (qs when decodeURIComponent throws: the value as sent);
+ * - percent-decoded bytes (qs and decodeURIComponent, fast-querystring: valid UTF-8);
+ * - the same read as UTF-8 with U+FFFD for what is not (Node's querystring, URLSearchParams);
+ * - `%XX` as U+00XX, other bytes as Latin-1 (qs with `charset: 'iso-8859-1'`, body-parser's
+ *   urlencoded for a Latin-1 Content-Type), and `%uXXXX` as that UTF-16 unit too (`unescape`);
+ * - Node's `unescapeBuffer` over the field read as UTF-8 (URLSearchParams in Node, Hono's
+ *   parseBody through undici, querystring.unescape's fallback): raw characters above U+007F
+ *   as their low byte;
+ * - each byte with its high bit cleared, then URLSearchParams (formidable 3, which decodes the
+ *   body as Node's `ascii`: `%C5` stays high, a raw 0xC5 byte reads as `E`).
+ *
+ * A field without `%`, `+` or a byte above 0x7F reads as it is in every parser: nothing is emitted.
+ */
+export class FormStrings implements StringLexer {
+  readonly #emit: Emit;
+  #parts: Buffer[] = [];
+  #special = false;
+
+  constructor(emit: Emit) {
+    this.#emit = emit;
+  }
+
+  write(chunk: Buffer): void {
+    let start = 0;
+    let special = this.#special;
+    for (let i = 0; i < chunk.length; i++) {
+      const c = chunk[i]!;
+      if (c === AMPERSAND) {
+        if (special) this.#field(chunk.subarray(start, i));
+        else this.#parts = [];
+        special = false;
+        start = i + 1;
+      } else if (c === PERCENT || c === PLUS || c > 0x7f) special = true;
+    }
+    this.#special = special;
+    if (start < chunk.length) this.#parts.push(Buffer.from(chunk.subarray(start)));
+  }
+
+  end(): void {
+    if (this.#special) this.#field(Buffer.alloc(0));
+    this.#parts = [];
+    this.#special = false;
+  }
+
+  #field(last: Buffer): void {
+    const parts = this.#parts;
+    let raw = last;
+    if (parts.length > 0) {
+      parts.push(last);
+      raw = Buffer.concat(parts);
+      this.#parts = [];
+    }
+    for (const reading of formReadings(raw)) this.#emit(reading);
+  }
+}
+
+/** The distinct readings of one urlencoded field that differ from its raw bytes (see FormStrings). */
+export function formReadings(raw: Buffer): Buffer[] {
+  const readings: Buffer[] = [];
+  const add = (b: Buffer) => {
+    if (b.equals(raw)) return;
+    for (const r of readings) if (r.equals(b)) return;
+    readings.push(b);
+  };
+  const addString = (s: string) => {
+    for (const b of stringReadings(s)) add(b);
+  };
+  const plus = plusAsSpace(raw);
+  add(plus);
+  const bytes = percentDecode(plus);
+  add(bytes);
+  addString(bytes.toString('utf8'));
+  if (hasHighByte(bytes)) addString(latin1Unescape(plus, false));
+  if (raw.includes('%u')) addString(latin1Unescape(plus, true));
+  if (hasHighByte(raw) && bytes !== plus) addString(unescapeChars(plus.toString('utf8')));
+  if (hasHighByte(raw)) addString(percentDecode(plusAsSpace(maskHighBits(raw))).toString('utf8'));
+  return readings;
+}
+
+function plusAsSpace(raw: Buffer): Buffer {
+  if (!raw.includes(PLUS)) return raw;
+  const out = Buffer.from(raw);
+  for (let i = 0; i < out.length; i++) if (out[i] === PLUS) out[i] = 0x20;
+  return out;
+}
+
+function hexValue(c: number): number {
+  if (c >= 0x30 && c <= 0x39) return c - 0x30;
+  const l = c | 0x20;
+  if (l >= 0x61 && l <= 0x66) return l - 0x61 + 10;
+  return -1;
+}
+
+/** `%XX` (two hex digits) as that byte; any other `%` stays as it is (WHATWG percent-decode). */
+function percentDecode(raw: Buffer): Buffer {
+  if (!raw.includes(PERCENT)) return raw;
+  const out = Buffer.allocUnsafe(raw.length);
+  let o = 0;
+  for (let i = 0; i < raw.length; i++) {
+    const c = raw[i]!;
+    if (c === PERCENT && i + 2 < raw.length) {
+      const h = hexValue(raw[i + 1]!);
+      const l = hexValue(raw[i + 2]!);
+      if (h >= 0 && l >= 0) {
+        out[o++] = (h << 4) | l;
+        i += 2;
+        continue;
+      }
+    }
+    out[o++] = c;
+  }
+  return out.subarray(0, o);
+}
+
+/**
+ * The field read as Latin-1 with `%XX` as U+00XX (qs with `charset: 'iso-8859-1'`), and with
+ * `%uXXXX` as that UTF-16 unit too (`unescape`, which older decoders call on the whole field).
+ */
+function latin1Unescape(raw: Buffer, percentU: boolean): string {
+  let s = '';
+  for (let i = 0; i < raw.length; i++) {
+    const c = raw[i]!;
+    if (c === PERCENT) {
+      if (percentU && raw[i + 1] === 0x75 && i + 5 < raw.length) {
+        const d = [raw[i + 2]!, raw[i + 3]!, raw[i + 4]!, raw[i + 5]!].map(hexValue);
+        if (d.every((x) => x >= 0)) {
+          s += String.fromCharCode((d[0]! << 12) | (d[1]! << 8) | (d[2]! << 4) | d[3]!);
+          i += 5;
+          continue;
+        }
+      }
+      if (i + 2 < raw.length) {
+        const h = hexValue(raw[i + 1]!);
+        const l = hexValue(raw[i + 2]!);
+        if (h >= 0 && l >= 0) {
+          s += String.fromCharCode((h << 4) | l);
+          i += 2;
+          continue;
+        }
+      }
+    }
+    s += String.fromCharCode(c);
+  }
+  return s;
+}
+
+/**
+ * Node's own percent-decoding of a string (querystring's `unescapeBuffer`, which Node's
+ * URLSearchParams and querystring.unescape's fallback use): `%XX` a byte, any other character
+ * its UTF-16 unit's low byte (a character above U+007F is not written as UTF-8 again), the bytes
+ * then read as UTF-8. For a field with raw UTF-8 and an escape, `ÿ` next to `%61` reads U+FFFD.
+ */
+function unescapeChars(s: string): string {
+  const out = Buffer.allocUnsafe(s.length);
+  let o = 0;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c === PERCENT && i + 2 < s.length) {
+      const h = hexValue(s.charCodeAt(i + 1));
+      const l = hexValue(s.charCodeAt(i + 2));
+      if (h >= 0 && l >= 0) {
+        out[o++] = (h << 4) | l;
+        i += 2;
+        continue;
+      }
+    }
+    out[o++] = c & 0xff;
+  }
+  return out.subarray(0, o).toString('utf8');
+}
+
+function hasHighByte(b: Buffer): boolean {
+  for (let i = 0; i < b.length; i++) if (b[i]! > 0x7f) return true;
+  return false;
+}
+
+function maskHighBits(raw: Buffer): Buffer {
+  const out = Buffer.from(raw);
+  for (let i = 0; i < out.length; i++) out[i]! &= 0x7f;
+  return out;
+}

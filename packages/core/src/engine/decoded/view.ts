@@ -1,0 +1,257 @@
+import { isAscii } from 'node:buffer';
+import { IcapError, IcapErrorCodes } from '../../errors.js';
+import { Headers } from '../../protocol/headers.js';
+import { BodyStore } from '../body.js';
+import { isMultipart } from '../multipart/parse.js';
+import type { ResolvedProfile } from '../profile.js';
+import type { HttpRequestFacts } from '../request.js';
+import { FormStrings, JsonStrings, type StringLexer } from './readings.js';
+
+/**
+ * The decoded strings of a body, as a second object for the ICAP server (the body itself is
+ * the first). A JSON or urlencoded body reaches the application decoded by its body parser, so
+ * what the application reads of it is not the bytes the scanner was sent whenever an escape
+ * is involved (see readings.ts). Those readings, one per line, are this object; a body
+ * without any (most bodies) has none, and costs no second exchange.
+ *
+ * Which bodies: a JSON media type (`application/json`, any `+json`, `application/csp-report`)
+ * and any other body, multipart aside, whose first byte past a BOM and white space opens a
+ * JSON text (`{`, `[` or `"`: an application may parse text/plain or octet-stream as JSON,
+ * `navigator.sendBeacon` sends JSON as text/plain); `application/x-www-form-urlencoded`.
+ *
+ * The lexers read the body (as scanned: decoded when it was compressed) while it arrives, from
+ * a reader of their own; the object is bounded by bufferSize (past it: 413, never fail-open).
+ */
+export class DecodedView {
+  readonly #limit: number;
+  readonly #profile: ResolvedProfile;
+  #store: BodyStore | null = null;
+  #cursor: AsyncIterator<Buffer> | null;
+  readonly #lexers: StringLexer[] = [];
+  /** Not a JSON media type: whether the body is a JSON text is still to be seen. */
+  #sniff: JsonSniff | null;
+  /**
+   * A JSON or urlencoded media type with a charset other than UTF-8: a byte above 0x7F is
+   * refused (415). Parsers that honour the charset read such a byte as Latin-1 (co-body, Node's
+   * querystring after raw-body) where others read UTF-8, and mix it with decoded escapes in ways
+   * the readings would have to multiply to cover; RFC 8259 (8.1) has JSON in UTF-8, and the
+   * urlencoded serializer percent-encodes every byte above 0x7F.
+   */
+  readonly #asciiOnly: string | undefined;
+  #refusal: IcapError | undefined;
+  #cancelled = false;
+  #tooLarge = false;
+  readonly #done: Promise<void>;
+  /** Ends the scan at once with a refusal (the decoded strings too large, a byte refused). */
+  readonly #abort: (err: IcapError) => void;
+
+  private constructor(
+    p: ResolvedProfile,
+    body: BodyStore,
+    json: boolean,
+    form: boolean,
+    asciiOnly: string | undefined,
+    abort: (err: IcapError) => void,
+  ) {
+    this.#profile = p;
+    this.#abort = abort;
+    this.#asciiOnly = asciiOnly;
+    this.#limit = p.bufferSize;
+    const emit = (reading: Buffer) => this.#push(reading);
+    if (json) this.#lexers.push(new JsonStrings(emit));
+    if (form) this.#lexers.push(new FormStrings(emit));
+    this.#sniff = json ? null : new JsonSniff();
+    this.#cursor = body.open();
+    this.#done = this.#read(emit);
+  }
+
+  /**
+   * Starts reading `body` for the decoded strings of the request, or returns null for a body
+   * no standard parser decodes (a multipart form: its parts are scanned as they are).
+   */
+  static start(
+    p: ResolvedProfile,
+    contentType: string | undefined,
+    body: BodyStore,
+    abort: (err: IcapError) => void,
+  ): DecodedView | null {
+    if (isMultipart(contentType)) return null;
+    const type = mediaType(contentType);
+    const json = type.includes('json') || type === 'application/csp-report';
+    const form = type === 'application/x-www-form-urlencoded';
+    const charset = (json || form) && contentType !== undefined ? charsetOf(contentType) : undefined;
+    const asciiOnly =
+      charset !== undefined && charset !== 'utf-8' && charset !== 'utf8' ? charset : undefined;
+    return new DecodedView(p, body, json, form, asciiOnly, abort);
+  }
+
+  /** The decoded strings outgrew bufferSize (the scan answers 413). */
+  get tooLarge(): boolean {
+    return this.#tooLarge;
+  }
+
+  /**
+   * Once the body has ended: the object to scan (null: nothing decodes differently), or
+   * REQUEST_TOO_LARGE. A body that failed or outgrew its own limit gives null: the scan
+   * learns that from the body itself.
+   */
+  async result(): Promise<BodyStore | null> {
+    await this.#done;
+    if (this.#refusal !== undefined) throw this.#refusal;
+    return this.#cancelled ? null : this.#store;
+  }
+
+  /** Stops reading and frees the object (idempotent): the scan is over. */
+  dispose(): void {
+    this.#cancelled = true;
+    this.#stopReading();
+    this.#store?.dispose();
+    this.#store = null;
+  }
+
+  async #read(emit: (r: Buffer) => void): Promise<void> {
+    const cursor = this.#cursor!;
+    try {
+      for (;;) {
+        const step = await cursor.next();
+        if (this.#cancelled || this.#refusal !== undefined) return;
+        if (step.done) break;
+        const chunk = step.value;
+        if (this.#asciiOnly !== undefined && !isAscii(chunk)) {
+          this.#refuse(
+            new IcapError(
+              IcapErrorCodes.CONTENT_TYPE,
+              `a byte above 0x7F in a ${this.#asciiOnly} body of a JSON or urlencoded type is not accepted (percent-encode it, or send charset=utf-8)`,
+            ),
+          );
+          return;
+        }
+        const sniff = this.#sniff;
+        if (sniff !== null) {
+          const seen = sniff.feed(chunk);
+          if (seen === 'more') continue;
+          this.#sniff = null;
+          // (What came before this chunk was white space or a BOM: nothing for the lexer.)
+          if (seen === 'json') this.#lexers.push(new JsonStrings(emit));
+          // Neither JSON nor urlencoded (which needs its media type): nothing more to read.
+          if (this.#lexers.length === 0) return;
+        }
+        for (const lexer of this.#lexers) lexer.write(chunk);
+      }
+      for (const lexer of this.#lexers) lexer.end();
+      this.#store?.end();
+    } catch {
+      // The body failed or was disposed: the scan hears of it from the body.
+      this.#store?.dispose();
+      this.#store = null;
+    } finally {
+      this.#stopReading();
+    }
+  }
+
+  #refuse(err: IcapError): void {
+    this.#refusal = err;
+    this.#abort(err);
+  }
+
+  #stopReading(): void {
+    const cursor = this.#cursor;
+    this.#cursor = null;
+    if (cursor !== null) void cursor.return?.();
+  }
+
+  #push(reading: Buffer): void {
+    if (this.#refusal !== undefined || this.#cancelled) return;
+    let store = this.#store;
+    if (store === null) {
+      const p = this.#profile;
+      store = new BodyStore({
+        limit: this.#limit,
+        retainAll: true,
+        memoryThreshold: p.memoryThreshold,
+        spoolDir: p.spoolDir,
+      });
+      this.#store = store;
+    }
+    if (store.received + reading.length + 1 > this.#limit) {
+      this.#tooLarge = true;
+      store.dispose();
+      this.#store = null;
+      this.#stopReading();
+      this.#refuse(
+        new IcapError(
+          IcapErrorCodes.REQUEST_TOO_LARGE,
+          `the decoded strings of the request body are larger than bufferSize (${this.#limit} bytes)`,
+        ),
+      );
+      return;
+    }
+    store.push(reading);
+    store.push(NEWLINE);
+  }
+}
+
+const NEWLINE = Buffer.from('\n');
+/** `{`, `[`, `"`: what a JSON text starts with (a bare number or literal decodes nothing). */
+const JSON_OPENERS = new Set([0x7b, 0x5b, 0x22]);
+
+/** The charset parameter's value, lower case (admission allows one at most). */
+function charsetOf(contentType: string): string | undefined {
+  const m = /charset\s*=\s*(?:"([^"]*)"|([^\s;,"]*))/i.exec(contentType);
+  return m === null ? undefined : (m[1] ?? m[2])!.trim().toLowerCase();
+}
+
+/** The media type, lower case, without parameters ('' when there is none). */
+function mediaType(contentType: string | undefined): string {
+  if (contentType === undefined) return '';
+  const semi = contentType.indexOf(';');
+  return (semi === -1 ? contentType : contentType.slice(0, semi)).trim().toLowerCase();
+}
+
+/**
+ * Whether a body is a JSON text: its first byte past a UTF-8 BOM and JSON white space is `{`,
+ * `[` or `"`. Fed chunk by chunk, so the answer does not depend on how the bytes were split
+ * (a BOM across two chunks).
+ */
+class JsonSniff {
+  /** Bytes of the BOM matched so far (-1: past the start, no BOM any more). */
+  #bom = 0;
+
+  feed(chunk: Buffer): 'json' | 'other' | 'more' {
+    for (let i = 0; i < chunk.length; i++) {
+      const c = chunk[i]!;
+      if (this.#bom >= 0 && this.#bom < 3 && c === BOM[this.#bom]) {
+        this.#bom++;
+        continue;
+      }
+      if (this.#bom > 0 && this.#bom < 3) return 'other';
+      this.#bom = -1;
+      if (c === 0x20 || c === 0x09 || c === 0x0a || c === 0x0d) continue;
+      return JSON_OPENERS.has(c) ? 'json' : 'other';
+    }
+    return 'more';
+  }
+}
+
+const BOM = [0xef, 0xbb, 0xbf];
+
+/**
+ * The encapsulated request for the decoded strings: the request's line and Host, the strings
+ * as UTF-8 text. No file name: Transfer-Ignore (when honoured) never skips it by extension.
+ */
+export function viewFacts(facts: HttpRequestFacts, length: number): HttpRequestFacts {
+  const pairs: Array<[string, string]> = [];
+  if (facts.host !== undefined) pairs.push(['Host', facts.host]);
+  pairs.push(['Content-Type', 'text/plain; charset=utf-8'], ['Content-Length', String(length)]);
+  return {
+    ...facts,
+    headerPairs: pairs,
+    headers: new Headers(pairs),
+    hasBody: true,
+    contentLength: length,
+    chunked: false,
+    contentCoding: 'identity',
+    transferCoding: undefined,
+    fileName: undefined,
+  };
+}
