@@ -232,6 +232,40 @@ describeWithCIcap('engine against real c-icap', () => {
     expect(s.logs[0]!.action).toBe('ICAP_PASSED');
   });
 
+  it('EICAR a body parser decodes (a JSON string, %XX in a form) is blocked by ClamAV in the decoded strings; clean escapes pass', async () => {
+    const eicar = eicarBytes().toString('latin1');
+    const cases: Array<[string, string]> = [
+      ['application/json', JSON.stringify({ file: eicar })],
+      ['text/plain', JSON.stringify([eicar])],
+      ['application/x-www-form-urlencoded', `file=${encodeURIComponent(eicar)}`],
+    ];
+    for (const service of ['/avscan', '/avscan_no204', '/echo']) {
+      const s = await start({ serviceUri: service, allow204: service === '/avscan' });
+      for (const [type, body] of cases) {
+        const r = await post(s.url, Buffer.from(body), { headers: { 'content-type': type } });
+        if (service === '/echo') expect(r.status).toBe(200);
+        else {
+          expect(r.status).toBe(403);
+          const log = s.logs.at(-1)!;
+          expect(log.significance).toContain('DECODED_STRINGS');
+          expect(log.request_logs.at(-1)!.file_name).toBe('(decoded strings)');
+          expect(log.request_logs.at(-1)!.icap_response_code).not.toBe(204);
+        }
+      }
+      const clean = '{"caf\\u00e9":"a \\"quoted\\" \\\\ path"}';
+      const r = await post(s.url, Buffer.from(clean), { headers: { 'content-type': 'application/json' } });
+      expect(r.status).toBe(200);
+      expect(s.seen.at(-1)!.body.toString()).toBe(clean);
+      expect(s.logs.at(-1)!.action).toBe('ICAP_PASSED');
+      expect(s.logs.at(-1)!.request_logs).toHaveLength(2);
+      expect(s.seen).toHaveLength(service === '/echo' ? cases.length + 1 : 1);
+      await app?.close();
+      await engine?.close();
+      app = undefined;
+      engine = undefined;
+    }
+  });
+
   it('without preview (enablePreview false) and with previews of 0 and 1 byte', async () => {
     for (const p of [
       { enablePreview: false },
