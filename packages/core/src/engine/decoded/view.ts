@@ -17,7 +17,7 @@ import { FormStrings, JsonStrings, type StringLexer } from './readings.js';
  * Which bodies: a JSON media type (`application/json`, any `+json`, `application/csp-report`)
  * and any other body, multipart aside, whose first byte past a BOM and white space opens a
  * JSON text (`{`, `[` or `"`: an application may parse text/plain or octet-stream as JSON,
- * `navigator.sendBeacon` sends JSON as text/plain); `application/x-www-form-urlencoded`.
+ * `navigator.sendBeacon` sends JSON as text/plain); any type naming `x-www-form-urlencoded`.
  *
  * The lexers read the body (as scanned: decoded when it was compressed) while it arrives, from
  * a reader of their own; the object is bounded by bufferSize (past it: 413, never fail-open).
@@ -78,7 +78,8 @@ export class DecodedView {
     if (isMultipart(contentType)) return null;
     const type = mediaType(contentType);
     const json = type.includes('json') || type === 'application/csp-report';
-    const form = type === 'application/x-www-form-urlencoded';
+    // Any mention (a lenient matcher, a list of types): lexing a body in vain costs little.
+    const form = type.includes('x-www-form-urlencoded');
     const charset = (json || form) && contentType !== undefined ? charsetOf(contentType) : undefined;
     const asciiOnly =
       charset !== undefined && charset !== 'utf-8' && charset !== 'utf8' ? charset : undefined;
