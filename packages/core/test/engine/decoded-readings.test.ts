@@ -1,0 +1,187 @@
+/**
+ * The lexers of engine/decoded/readings.ts on their own: what they emit does not depend on how
+ * the body is split into chunks, every string JSON.parse finds in a JSON text is either its own
+ * bytes in the text or emitted, every value the standard urlencoded decoders make of a field is
+ * either in the raw body or emitted, and the work stays linear for the worst layouts.
+ */
+import { parse as querystringParse } from 'node:querystring';
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import {
+  FormStrings,
+  formReadings,
+  JsonStrings,
+  type StringLexer,
+} from '../../src/engine/decoded/readings.js';
+
+function lex(make: (emit: (b: Buffer) => void) => StringLexer, chunks: Buffer[]): Buffer[] {
+  const out: Buffer[] = [];
+  const lexer = make((b) => out.push(Buffer.from(b)));
+  for (const c of chunks) lexer.write(c);
+  lexer.end();
+  return out;
+}
+
+function splitAt(data: Buffer, cuts: number[]): Buffer[] {
+  const points = [...new Set(cuts.map((c) => c % (data.length + 1)))].sort((a, b) => a - b);
+  const chunks: Buffer[] = [];
+  let at = 0;
+  for (const p of points) {
+    chunks.push(data.subarray(at, p));
+    at = p;
+  }
+  chunks.push(data.subarray(at));
+  return chunks;
+}
+
+function stringsOf(value: unknown, out: string[] = []): string[] {
+  if (typeof value === 'string') out.push(value);
+  else if (Array.isArray(value)) for (const v of value) stringsOf(v, out);
+  else if (value !== null && typeof value === 'object')
+    for (const [k, v] of Object.entries(value)) {
+      out.push(k);
+      stringsOf(v, out);
+    }
+  return out;
+}
+
+/** JSON texts with escapes of every kind: JSON.stringify of random values, some characters \u-escaped. */
+const jsonTextArb = fc
+  .tuple(fc.jsonValue({ maxDepth: 3 }), fc.array(fc.nat(), { maxLength: 8 }))
+  .map(([value, picks]) => {
+    let text = JSON.stringify(value);
+    // \u-escape a few characters inside strings (a letter stays a letter to JSON.parse).
+    for (const p of picks) {
+      const at = text.indexOf('"', p % Math.max(1, text.length));
+      if (at === -1 || at + 1 >= text.length) continue;
+      const c = text[at + 1]!;
+      if (c === '"' || c === '\\') continue;
+      text = `${text.slice(0, at + 1)}\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}${text.slice(at + 2)}`;
+    }
+    return Buffer.from(text);
+  })
+  .filter((b) => {
+    try {
+      JSON.parse(b.toString());
+      return true;
+    } catch {
+      return false;
+    }
+  });
+
+describe('JsonStrings', () => {
+  it('emits the same readings however the text is chunked', () => {
+    fc.assert(
+      fc.property(jsonTextArb, fc.array(fc.nat(), { maxLength: 12 }), (text, cuts) => {
+        const whole = lex((e) => new JsonStrings(e), [text]);
+        expect(lex((e) => new JsonStrings(e), splitAt(text, cuts))).toEqual(whole);
+        expect(
+          lex(
+            (e) => new JsonStrings(e),
+            [...text].map((b) => Buffer.from([b])),
+          ),
+        ).toEqual(whole);
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  it('every string JSON.parse finds is in the text as it is, or emitted', () => {
+    fc.assert(
+      fc.property(jsonTextArb, (text) => {
+        const emitted = lex((e) => new JsonStrings(e), [text]);
+        for (const s of stringsOf(JSON.parse(text.toString()))) {
+          const bytes = Buffer.from(s);
+          const found = text.includes(bytes) || emitted.some((r) => r.includes(bytes));
+          if (!found) throw new Error(`${JSON.stringify(s)} is neither in ${text} nor emitted`);
+        }
+      }),
+      { numRuns: 500 },
+    );
+  });
+
+  it('emits nothing for a text without escapes, and the Latin-1 bytes of \\u00XX', () => {
+    expect(lex((e) => new JsonStrings(e), [Buffer.from('{"a":"café","b":["x",1,{"c":"d"}]}')])).toEqual([]);
+    expect(lex((e) => new JsonStrings(e), [Buffer.from('["\\u00de\\u00ad"]')])).toEqual([
+      Buffer.from('Þ\u00ad'),
+      Buffer.from([0xde, 0xad]),
+    ]);
+  });
+
+  it('an escape split across chunks does not end the literal (\\" at a chunk boundary)', () => {
+    const text = Buffer.from('{"k":"a\\"b\\u0041"}');
+    const at = text.indexOf('\\');
+    expect(lex((e) => new JsonStrings(e), [text.subarray(0, at + 1), text.subarray(at + 1)])).toEqual([
+      Buffer.from('a"bA'),
+    ]);
+  });
+
+  it('stays linear: a megabyte of escapes in one literal, and many literals, lex in well under a second', () => {
+    const escapes = Buffer.from(`"${'\\n'.repeat(500_000)}"`);
+    const literals = Buffer.from(`[${'"a",'.repeat(250_000)}"\\u0041"]`);
+    const t0 = performance.now();
+    expect(lex((e) => new JsonStrings(e), [escapes])).toHaveLength(1);
+    expect(lex((e) => new JsonStrings(e), [literals])).toEqual([Buffer.from('A')]);
+    // A bound far above what linear work needs (a few ms), far below quadratic (minutes).
+    expect(performance.now() - t0).toBeLessThan(5_000);
+  });
+});
+
+/** Fields written with every escape: %XX either case, +, raw UTF-8, %uXXXX, malformed %. */
+const fieldArb = fc
+  .array(
+    fc.oneof(
+      fc.constantFrom('a', 'Z', '0', '-', '.', '~', '+', '%20', '%2B', '%26', '%3D', '%25', '%zz', '%4'),
+      fc.constantFrom('%C3%A9', '%c3%a9', 'é', '€', '%E2%82%AC', '%FF', '%u0041', '%80'),
+    ),
+    { maxLength: 12 },
+  )
+  .map((parts) => parts.join(''));
+
+describe('FormStrings', () => {
+  it('emits the same readings however the body is chunked', () => {
+    fc.assert(
+      fc.property(
+        fc.array(fieldArb, { minLength: 1, maxLength: 5 }),
+        fc.array(fc.nat(), { maxLength: 12 }),
+        (fields, cuts) => {
+          const body = Buffer.from(fields.map((f, i) => `${f}${i}=${f}`).join('&'));
+          const whole = lex((e) => new FormStrings(e), [body]);
+          expect(lex((e) => new FormStrings(e), splitAt(body, cuts))).toEqual(whole);
+        },
+      ),
+      { numRuns: 300 },
+    );
+  });
+
+  it("every value Node's querystring, URLSearchParams and decodeURIComponent make of a field is in the body or emitted", () => {
+    fc.assert(
+      fc.property(fieldArb, (field) => {
+        const raw = Buffer.from(`k=${field}`);
+        const emitted = formReadings(raw);
+        const values: string[] = [
+          ...Object.values(querystringParse(raw.toString())).flat(),
+          ...new URLSearchParams(raw.toString()).values(),
+          ...new URLSearchParams(raw.toString('ascii')).values(),
+        ].filter((v): v is string => typeof v === 'string');
+        try {
+          values.push(decodeURIComponent(field.replace(/\+/g, ' ')));
+        } catch {
+          values.push(field.replace(/\+/g, ' '));
+        }
+        for (const v of values) {
+          const bytes = Buffer.from(v);
+          if (!raw.includes(bytes) && !emitted.some((r) => r.includes(bytes)))
+            throw new Error(
+              `${JSON.stringify(v)} of ${JSON.stringify(field)} is neither in the body nor emitted`,
+            );
+        }
+      }),
+      { numRuns: 1000 },
+    );
+  });
+
+  it('a field without %, + or a byte above 0x7F emits nothing', () => {
+    expect(lex((e) => new FormStrings(e), [Buffer.from('a=b&c=d-e.f~g')])).toEqual([]);
+  });
+});
