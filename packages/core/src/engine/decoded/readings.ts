@@ -1,4 +1,4 @@
-import { isUtf8 } from 'node:buffer';
+import { isAscii, isUtf8 } from 'node:buffer';
 
 /**
  * The strings a body parser decodes out of a body, in the forms the application can read them
@@ -28,6 +28,10 @@ const BACKSLASH = 0x5c;
  * JSON, so the lexer needs no grammar: a body that is not JSON gives the parser a 400, and
  * the readings of its "literals" are only scanned in vain. A literal that JSON.parse refuses
  * (a raw control character) makes the whole text unparseable: it is skipped.
+ *
+ * The literals to decode are gathered (copied, without a Buffer per literal) into a batch that
+ * JSON.parse reads as one array, up to BATCH_BYTES at a time; their decoded strings are emitted
+ * together, one per line: CPU per literal is a copy and V8's parse, not a call and allocations.
  */
 export class JsonStrings implements StringLexer {
   readonly #emit: Emit;
@@ -38,6 +42,11 @@ export class JsonStrings implements StringLexer {
   #escaped = false;
   /** The literal's bytes from earlier chunks (copied: a chunk's memory is the store's). */
   #parts: Buffer[] = [];
+  /** `["lit","lit",…` : the literals to decode, as a JSON array's text. */
+  #batch = Buffer.allocUnsafe(4096);
+  #batchLength = 0;
+  /** Where each literal of the batch starts and ends (its quotes excluded). */
+  #bounds: number[] = [];
 
   constructor(emit: Emit) {
     this.#emit = emit;
@@ -52,6 +61,9 @@ export class JsonStrings implements StringLexer {
     // literals are laid out.
     let nextQuote = -2;
     let nextBackslash = -2;
+    // A chunk that is UTF-8 as a whole has only UTF-8 literals (a quote never splits a
+    // character): one check per chunk, and no look at a literal without an escape.
+    let wholeUtf8: boolean | undefined;
     if (this.#escapePending && n > 0) {
       this.#escapePending = false;
       i = 1;
@@ -75,7 +87,11 @@ export class JsonStrings implements StringLexer {
         continue;
       }
       if (nextQuote === -1) break;
-      this.#literal(chunk.subarray(start, nextQuote));
+      if (this.#escaped || this.#parts.length > 0) this.#literal(chunk, start, nextQuote);
+      else {
+        wholeUtf8 ??= isAscii(chunk) || isUtf8(chunk);
+        if (!wholeUtf8 && !isUtf8(chunk.subarray(start, nextQuote))) this.#literal(chunk, start, nextQuote);
+      }
       this.#inString = false;
       i = nextQuote + 1;
     }
@@ -84,26 +100,76 @@ export class JsonStrings implements StringLexer {
 
   end(): void {
     this.#parts = [];
+    this.#flush();
   }
 
-  #literal(last: Buffer): void {
+  /** A literal to decode: what earlier chunks held of it, then `chunk[start, end)`. */
+  #literal(chunk: Buffer, start: number, end: number): void {
     const parts = this.#parts;
-    let bytes = last;
-    if (parts.length > 0) {
-      parts.push(last);
-      bytes = Buffer.concat(parts);
-      this.#parts = [];
-    }
-    if (!this.#escaped && isUtf8(bytes)) return;
-    let decoded: string;
+    let length = end - start;
+    for (const part of parts) length += part.length;
+    // `,"` before, `"` after, and `]` at the flush.
+    this.#reserve(length + 4);
+    const batch = this.#batch;
+    let at = this.#batchLength;
+    batch[at++] = this.#bounds.length === 0 ? 0x5b : 0x2c;
+    batch[at++] = QUOTE;
+    const from = at;
+    for (const part of parts) at += part.copy(batch, at);
+    at += chunk.copy(batch, at, start, end);
+    this.#parts = [];
+    // (Across chunks without an escape: decoded only if it is not UTF-8, as within one chunk.)
+    if (!this.#escaped && isUtf8(batch.subarray(from, at))) return;
+    this.#bounds.push(from, at);
+    batch[at++] = QUOTE;
+    this.#batchLength = at;
+    if (at >= BATCH_BYTES) this.#flush();
+  }
+
+  #reserve(more: number): void {
+    const need = this.#batchLength + more;
+    if (need <= this.#batch.length) return;
+    const grown = Buffer.allocUnsafe(Math.max(need, this.#batch.length * 2));
+    this.#batch.copy(grown, 0, 0, this.#batchLength);
+    this.#batch = grown;
+  }
+
+  /** Decodes the batch (one JSON.parse; literal by literal if one of them is refused) and emits it. */
+  #flush(): void {
+    const bounds = this.#bounds;
+    if (bounds.length === 0) return;
+    const batch = this.#batch;
+    batch[this.#batchLength] = 0x5d;
+    let strings: string[];
     try {
-      decoded = JSON.parse(`"${bytes.toString('utf8')}"`) as string;
+      strings = JSON.parse(batch.toString('utf8', 0, this.#batchLength + 1)) as string[];
     } catch {
-      return;
+      strings = [];
+      for (let k = 0; k < bounds.length; k += 2) {
+        try {
+          strings.push(JSON.parse(`"${batch.toString('utf8', bounds[k], bounds[k + 1])}"`) as string);
+        } catch {
+          // Refused by JSON.parse: so is the whole text, nothing of it is delivered.
+        }
+      }
     }
-    for (const reading of stringReadings(decoded)) if (!reading.equals(bytes)) this.#emit(reading);
+    this.#bounds = [];
+    this.#batchLength = 0;
+    if (this.#batch.length > 4 * BATCH_BYTES) this.#batch = Buffer.allocUnsafe(4096);
+    if (strings.length === 0) return;
+    const text = strings.join('\n');
+    this.#emit(Buffer.from(text, 'utf8'));
+    // Latin-1 too, for the strings that are bytes (within U+0000-U+00FF, one above U+007F).
+    if (LATIN1_HIGH.test(text))
+      for (const str of strings)
+        if (LATIN1_HIGH.test(str) && !ABOVE_LATIN1.test(str)) this.#emit(Buffer.from(str, 'latin1'));
   }
 }
+
+/** How many bytes of literals JSON.parse decodes at a time (memory: about twice this). */
+const BATCH_BYTES = 64 * 1024;
+const LATIN1_HIGH = /[\x80-\xff]/;
+const ABOVE_LATIN1 = /[^\x00-\xff]/;
 
 /**
  * The bytes an application writes a decoded string as: UTF-8 (Node's default: Buffer.from,
@@ -127,15 +193,19 @@ const PLUS = 0x2b;
 
 /**
  * The fields of an application/x-www-form-urlencoded body. Parsers decode a field (split at
- * `&`, then at its first `=`) in different ways, and each reading is emitted where it differs
- * from the raw bytes (the whole `name=value` is read: every reading is byte-wise, so the name
- * and the value are substrings of it):
+ * `&`, then at its first `=`) in different ways. The fields that hold `%`, `+` or a byte above
+ * 0x7F are gathered, joined by `&`, up to BATCH_BYTES, and each reading of the batch is emitted
+ * where it differs from the raw bytes: every reading is byte by byte (or character by
+ * character, `&` and `=` always themselves), so each name and value a parser hands over is a
+ * substring of it. The readings:
  *
- * - `+` as a space, nothing else (qs when decodeURIComponent throws: the value as sent);
+ * - `+` as a space, nothing else (qs when decodeURIComponent throws: a malformed `%`, escapes
+ *   that are not UTF-8);
  * - percent-decoded bytes (qs and decodeURIComponent, fast-querystring: valid UTF-8);
  * - the same read as UTF-8 with U+FFFD for what is not (Node's querystring, URLSearchParams);
  * - `%XX` as U+00XX, other bytes as Latin-1 (qs with `charset: 'iso-8859-1'`, body-parser's
- *   urlencoded for a Latin-1 Content-Type), and `%uXXXX` as that UTF-16 unit too (`unescape`);
+ *   urlencoded for a Latin-1 Content-Type: only then), and `%uXXXX` as that UTF-16 unit too
+ *   (`unescape`);
  * - Node's `unescapeBuffer` over the field read as UTF-8 (URLSearchParams in Node, Hono's
  *   parseBody through undici, querystring.unescape's fallback): raw characters above U+007F
  *   as their low byte;
@@ -146,11 +216,20 @@ const PLUS = 0x2b;
  */
 export class FormStrings implements StringLexer {
   readonly #emit: Emit;
+  /** The body's Content-Type says Latin-1 (qs then decodes `%XX` as U+00XX). */
+  readonly #latin1: boolean;
   #parts: Buffer[] = [];
   #special = false;
+  /**
+   * The fields to read, joined by `&`, up to BATCH_BYTES: every reading is byte by byte (or
+   * character by character, `&` always itself), so a batch's readings hold each field's.
+   */
+  #batch = Buffer.allocUnsafe(1024);
+  #batchLength = 0;
 
-  constructor(emit: Emit) {
+  constructor(emit: Emit, latin1Charset = false) {
     this.#emit = emit;
+    this.#latin1 = latin1Charset;
   }
 
   write(chunk: Buffer): void {
@@ -159,7 +238,7 @@ export class FormStrings implements StringLexer {
     for (let i = 0; i < chunk.length; i++) {
       const c = chunk[i]!;
       if (c === AMPERSAND) {
-        if (special) this.#field(chunk.subarray(start, i));
+        if (special) this.#field(chunk, start, i);
         else this.#parts = [];
         special = false;
         start = i + 1;
@@ -170,25 +249,43 @@ export class FormStrings implements StringLexer {
   }
 
   end(): void {
-    if (this.#special) this.#field(Buffer.alloc(0));
+    if (this.#special) this.#field(EMPTY, 0, 0);
     this.#parts = [];
     this.#special = false;
+    this.#flush();
   }
 
-  #field(last: Buffer): void {
-    const parts = this.#parts;
-    let raw = last;
-    if (parts.length > 0) {
-      parts.push(last);
-      raw = Buffer.concat(parts);
-      this.#parts = [];
+  #field(chunk: Buffer, start: number, end: number): void {
+    let length = end - start + 1;
+    for (const part of this.#parts) length += part.length;
+    const need = this.#batchLength + length;
+    if (need > this.#batch.length) {
+      const grown = Buffer.allocUnsafe(Math.max(need, this.#batch.length * 2));
+      this.#batch.copy(grown, 0, 0, this.#batchLength);
+      this.#batch = grown;
     }
-    for (const reading of formReadings(raw)) this.#emit(reading);
+    let at = this.#batchLength;
+    if (at > 0) this.#batch[at++] = AMPERSAND;
+    for (const part of this.#parts) at += part.copy(this.#batch, at);
+    at += chunk.copy(this.#batch, at, start, end);
+    this.#batchLength = at;
+    this.#parts = [];
+    if (at >= BATCH_BYTES) this.#flush();
+  }
+
+  #flush(): void {
+    if (this.#batchLength === 0) return;
+    for (const reading of formReadings(this.#batch.subarray(0, this.#batchLength), this.#latin1))
+      this.#emit(reading);
+    this.#batchLength = 0;
+    if (this.#batch.length > 4 * BATCH_BYTES) this.#batch = Buffer.allocUnsafe(1024);
   }
 }
 
-/** The distinct readings of one urlencoded field that differ from its raw bytes (see FormStrings). */
-export function formReadings(raw: Buffer): Buffer[] {
+const EMPTY = Buffer.alloc(0);
+
+/** The distinct readings of urlencoded fields that differ from their raw bytes (see FormStrings). */
+export function formReadings(raw: Buffer, latin1Charset = false): Buffer[] {
   const readings: Buffer[] = [];
   const add = (b: Buffer) => {
     if (b.equals(raw)) return;
@@ -199,15 +296,29 @@ export function formReadings(raw: Buffer): Buffer[] {
     for (const b of stringReadings(s)) add(b);
   };
   const plus = plusAsSpace(raw);
-  add(plus);
   const bytes = percentDecode(plus);
+  // `+` as a space and nothing else: what qs hands over when decodeURIComponent throws (a
+  // malformed `%`, escapes that are not UTF-8); otherwise no parser delivers it.
+  if (!isUtf8(bytes) || hasMalformedPercent(plus)) add(plus);
   add(bytes);
   addString(bytes.toString('utf8'));
-  if (hasHighByte(bytes)) addString(latin1Unescape(plus, false));
-  if (raw.includes('%u')) addString(latin1Unescape(plus, true));
+  // qs's Latin-1 decoder, only for a body that says it is Latin-1 (body-parser passes the
+  // charset on; qs's charsetSentinel, which could switch to it from the body, is off by default).
+  if (latin1Charset) {
+    if (hasHighByte(bytes)) addString(latin1Unescape(plus, false));
+    if (raw.includes('%u')) addString(latin1Unescape(plus, true));
+  }
   if (hasHighByte(raw) && bytes !== plus) addString(unescapeChars(plus.toString('utf8')));
   if (hasHighByte(raw)) addString(percentDecode(plusAsSpace(maskHighBits(raw))).toString('utf8'));
   return readings;
+}
+
+/** A `%` not followed by two hex digits (decodeURIComponent throws on it). */
+function hasMalformedPercent(raw: Buffer): boolean {
+  for (let i = raw.indexOf(PERCENT); i !== -1; i = raw.indexOf(PERCENT, i + 1)) {
+    if (i + 2 >= raw.length || hexValue(raw[i + 1]!) < 0 || hexValue(raw[i + 2]!) < 0) return true;
+  }
+  return false;
 }
 
 function plusAsSpace(raw: Buffer): Buffer {
