@@ -205,9 +205,30 @@ describe('the decoded strings as a second object', () => {
     }
   });
 
+  it.each([
+    ['held in memory (sniffed once it passed)', {}],
+    ['spooled to a temp file', { memoryThreshold: 1024 }],
+    ['streamed, not held (allow204 off: read while it arrives)', { allow204: false }],
+  ])('JSON sent as text/plain, %s: EICAR in it is found', async (_c, over) => {
+    const textReader = READERS.find((r) => r.kind === 'json-as-text')!;
+    await withReader(textReader, profile(over as Partial<IcapProfile>), async (app) => {
+      const filler = 'x'.repeat(4000);
+      const r = await send(app.url, '/upload', {
+        method: 'POST',
+        headers: { 'content-type': 'text/plain' },
+        body: `  {"pad":"${filler}","file":${JSON.stringify(E)}}`,
+        chunked: 700,
+      });
+      expect(r.status).toBe(403);
+      expect(app.delivered).toEqual([]);
+      expect(app.logs.at(-1)!.significance).toContain('DECODED_STRINGS');
+    });
+  });
+
   it('decoded strings larger than bufferSize: 413 in fail-open too, never passed unscanned', async () => {
-    // 3000 bytes of body, under bufferSize; its readings (plus-as-space, percent-decoded, Latin-1) are more.
-    const value = '%C3%A9+'.repeat(400);
+    // 2005 bytes of body, under bufferSize; its readings (percent-decoded, Latin-1, formidable's
+    // ascii, Node's unescapeBuffer: U+FFFD for each raw é next to an escape) are four times more.
+    const value = `${'é'.repeat(1000)}%41`;
     const formReader = READERS.find((r) => r.kind === 'form')!;
     await withReader(
       formReader,

@@ -26,7 +26,7 @@ export class DecodedView {
   readonly #limit: number;
   readonly #profile: ResolvedProfile;
   #store: BodyStore | null = null;
-  #cursor: AsyncIterator<Buffer> | null;
+  #cursor: AsyncIterator<Buffer> | null = null;
   readonly #lexers: StringLexer[] = [];
   /** Not a JSON media type: whether the body is a JSON text is still to be seen. */
   #sniff: JsonSniff | null;
@@ -41,7 +41,10 @@ export class DecodedView {
   #refusal: IcapError | undefined;
   #cancelled = false;
   #tooLarge = false;
-  readonly #done: Promise<void>;
+  /** The reading, once started: at once, or (a body sniffed in memory) when the result is asked for. */
+  #done: Promise<void> | null = null;
+  readonly #body: BodyStore;
+  readonly #emitTo: (reading: Buffer) => void;
   /** Ends the scan at once with a refusal (the decoded strings too large, a byte refused). */
   readonly #abort: (err: IcapError) => void;
 
@@ -51,6 +54,7 @@ export class DecodedView {
     json: boolean,
     form: boolean,
     asciiOnly: string | undefined,
+    latin1: boolean,
     abort: (err: IcapError) => void,
   ) {
     this.#profile = p;
@@ -59,10 +63,20 @@ export class DecodedView {
     this.#limit = p.bufferSize;
     const emit = (reading: Buffer) => this.#push(reading);
     if (json) this.#lexers.push(new JsonStrings(emit));
-    if (form) this.#lexers.push(new FormStrings(emit));
+    if (form) this.#lexers.push(new FormStrings(emit, latin1));
     this.#sniff = json ? null : new JsonSniff();
-    this.#cursor = body.open();
-    this.#done = this.#read(emit);
+    this.#body = body;
+    this.#emitTo = emit;
+    // A body that is only sniffed and that the store holds whole (retainAll: the default, with
+    // Allow 204) is looked at once it has passed, without a reader while it arrives: most bodies
+    // are not JSON, and a reader costs a few µs per request. Otherwise it is read as it comes.
+    if (json || form || !body.retaining) this.#start();
+  }
+
+  #start(): Promise<void> {
+    this.#cursor = this.#body.open();
+    this.#done = this.#read(this.#emitTo);
+    return this.#done;
   }
 
   /**
@@ -83,7 +97,8 @@ export class DecodedView {
     const charset = (json || form) && contentType !== undefined ? charsetOf(contentType) : undefined;
     const asciiOnly =
       charset !== undefined && charset !== 'utf-8' && charset !== 'utf8' ? charset : undefined;
-    return new DecodedView(p, body, json, form, asciiOnly, abort);
+    const latin1 = charset === 'iso-8859-1' || charset === 'latin1' || charset === 'windows-1252';
+    return new DecodedView(p, body, json, form, asciiOnly, latin1, abort);
   }
 
   /** The decoded strings outgrew bufferSize (the scan answers 413). */
@@ -97,7 +112,24 @@ export class DecodedView {
    * learns that from the body itself.
    */
   async result(): Promise<BodyStore | null> {
-    await this.#done;
+    if (this.#done === null) {
+      const body = this.#body;
+      await body.whenEnded();
+      if (this.#cancelled || body.error !== undefined || body.exceeded) return null;
+      // Held in memory from its first byte: sniffed without a reader, and read only if JSON.
+      if (!body.spooled && body.complete) {
+        const sniff = this.#sniff!;
+        let seen: 'json' | 'other' | 'more' = 'more';
+        for (const chunk of body.slices(body.received)) {
+          seen = sniff.feed(chunk);
+          if (seen !== 'more') break;
+        }
+        if (seen !== 'json') return null;
+        this.#sniff = null;
+        this.#lexers.push(new JsonStrings(this.#emitTo));
+      }
+      await this.#start();
+    } else await this.#done;
     if (this.#refusal !== undefined) throw this.#refusal;
     return this.#cancelled ? null : this.#store;
   }
