@@ -41,6 +41,8 @@ export class DecodedView {
   #refusal: IcapError | undefined;
   #cancelled = false;
   #tooLarge = false;
+  /** Sniffed once it ended: not a JSON text, nothing to read. */
+  #nothing = false;
   /** The reading, once started: at once, or (a body sniffed in memory) when the result is asked for. */
   #done: Promise<void> | null = null;
   readonly #body: BodyStore;
@@ -115,23 +117,45 @@ export class DecodedView {
     if (this.#done === null) {
       const body = this.#body;
       await body.whenEnded();
-      if (this.#cancelled || body.error !== undefined || body.exceeded) return null;
+      if (this.#nothing || this.#cancelled || body.error !== undefined || body.exceeded) return null;
       // Held in memory from its first byte: sniffed without a reader, and read only if JSON.
-      if (!body.spooled && body.complete) {
-        const sniff = this.#sniff!;
-        let seen: 'json' | 'other' | 'more' = 'more';
-        for (const chunk of body.slices(body.received)) {
-          seen = sniff.feed(chunk);
-          if (seen !== 'more') break;
-        }
-        if (seen !== 'json') return null;
-        this.#sniff = null;
-        this.#lexers.push(new JsonStrings(this.#emitTo));
-      }
+      if (this.#sniffHeld() === 'other') return null;
       await this.#start();
     } else await this.#done;
     if (this.#refusal !== undefined) throw this.#refusal;
     return this.#cancelled ? null : this.#store;
+  }
+
+  /**
+   * Without a promise: true when there is certainly nothing to scan (a body sniffed once it
+   * ended, held in memory, that is not a JSON text), the common case result() would take a
+   * few awaits to say.
+   */
+  nothingToScan(): boolean {
+    const body = this.#body;
+    if (this.#done !== null || !body.ended || body.error !== undefined || body.exceeded) return false;
+    return this.#sniffHeld() === 'other';
+  }
+
+  /**
+   * Sniffs a body that has ended and is held in memory from its first byte (nothing to read):
+   * 'other', or 'json' (its lexer is then added), or 'more' when it cannot be looked at so
+   * (spooled) or has nothing but white space.
+   */
+  #sniffHeld(): 'json' | 'other' | 'more' {
+    const body = this.#body;
+    const sniff = this.#sniff;
+    if (sniff === null || body.spooled || !body.complete) return 'more';
+    let seen: 'json' | 'other' | 'more' = 'more';
+    for (const chunk of body.slices(body.received)) {
+      seen = sniff.feed(chunk);
+      if (seen !== 'more') break;
+    }
+    if (seen === 'more') return 'more';
+    this.#sniff = null;
+    if (seen === 'json') this.#lexers.push(new JsonStrings(this.#emitTo));
+    else this.#nothing = true;
+    return seen;
   }
 
   /** Stops reading and frees the object (idempotent): the scan is over. */

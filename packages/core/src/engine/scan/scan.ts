@@ -339,12 +339,14 @@ export class Scan {
     }
     // Not skipped by the server's Transfer-Ignore (when the profile honours it) nor blocked:
     // the strings a parser decodes must pass too.
+    const view = this.#view;
     if (
-      this.#view !== null &&
+      view !== null &&
       result.type !== 'blocked' &&
-      !(result.type === 'clean' && result.skipped !== undefined)
+      !(result.type === 'clean' && result.skipped !== undefined) &&
+      !view.nothingToScan()
     ) {
-      const blocked = await this.#scanDecoded(this.#view, result);
+      const blocked = await this.#scanDecoded(view, result);
       if (blocked !== null) result = blocked;
     }
     this.#clock?.lap('exchange');
