@@ -10,6 +10,7 @@ import { gzipSync } from 'node:zlib';
 import type { IcapProfile } from '@icapkit/core';
 import { eicar, type IcapTestServer, startIcapServer } from '@icapkit/testing';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { JsonStrings } from '../../packages/core/src/engine/decoded/readings.js';
 import { send } from '../support/http-client.js';
 import { type BodyKind, READERS, type Reader } from './decoded-apps.js';
 
@@ -223,6 +224,27 @@ describe('the decoded strings as a second object', () => {
       expect(app.delivered).toEqual([]);
       expect(app.logs.at(-1)!.significance).toContain('DECODED_STRINGS');
     });
+  });
+
+  it('a fault in the lexers fails closed, in fail-open too: never a pass without the decoded strings', async () => {
+    const write = JsonStrings.prototype.write;
+    JsonStrings.prototype.write = () => {
+      throw new Error('lexer fault');
+    };
+    try {
+      await withReader(express!, profile({ failAction: 'fail-open' }), async (app) => {
+        const r = await send(app.url, '/upload', {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ file: E }),
+        });
+        expect(r.status).toBe(503);
+        expect(app.delivered).toEqual([]);
+        expect(app.logs.at(-1)!.error_code).toBe('ICAP_ERR_INTERNAL');
+      });
+    } finally {
+      JsonStrings.prototype.write = write;
+    }
   });
 
   it('decoded strings larger than bufferSize: 413 in fail-open too, never passed unscanned', async () => {

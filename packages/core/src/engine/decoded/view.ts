@@ -139,8 +139,8 @@ export class DecodedView {
 
   /**
    * Sniffs a body that has ended and is held in memory from its first byte (nothing to read):
-   * 'other', or 'json' (its lexer is then added), or 'more' when it cannot be looked at so
-   * (spooled) or has nothing but white space.
+   * 'json' (its lexer is then added) or 'other' (white space alone is no JSON text either), or
+   * 'more' when it cannot be looked at so (spooled: it is read instead).
    */
   #sniffHeld(): 'json' | 'other' | 'more' {
     const body = this.#body;
@@ -151,8 +151,8 @@ export class DecodedView {
       seen = sniff.feed(chunk);
       if (seen !== 'more') break;
     }
-    if (seen === 'more') return 'more';
     this.#sniff = null;
+    if (seen === 'more') seen = 'other';
     if (seen === 'json') this.#lexers.push(new JsonStrings(this.#emitTo));
     else this.#nothing = true;
     return seen;
@@ -170,7 +170,15 @@ export class DecodedView {
     const cursor = this.#cursor!;
     try {
       for (;;) {
-        const step = await cursor.next();
+        let step: IteratorResult<Buffer>;
+        try {
+          step = await cursor.next();
+        } catch {
+          // The body failed or was disposed: the scan hears of it from the body.
+          this.#store?.dispose();
+          this.#store = null;
+          return;
+        }
         if (this.#cancelled || this.#refusal !== undefined) return;
         if (step.done) break;
         const chunk = step.value;
@@ -197,10 +205,15 @@ export class DecodedView {
       }
       for (const lexer of this.#lexers) lexer.end();
       this.#store?.end();
-    } catch {
-      // The body failed or was disposed: the scan hears of it from the body.
+    } catch (err) {
+      // A fault of the lexers themselves: the scan fails closed (never a pass without them).
       this.#store?.dispose();
       this.#store = null;
+      this.#refuse(
+        new IcapError(IcapErrorCodes.INTERNAL, `the decoded strings could not be read: ${String(err)}`, {
+          cause: err,
+        }),
+      );
     } finally {
       this.#stopReading();
     }
