@@ -22,12 +22,12 @@ const BACKSLASH = 0x5c;
 
 /**
  * The string literals of a JSON text (keys and values), decoded as JSON.parse decodes them
- * (body-parser, Fastify's secure-json-parse, co-body and formidable all use it), emitted when
- * the decoded string's UTF-8 differs from the literal's bytes: escapes (`\uXXXX`, `\\`, `\/`,
- * `\n`...) or bytes that are not UTF-8 (read as U+FFFD). Outside a literal no `"` can occur in
- * JSON, so the lexer needs no grammar: a body that is not JSON gives the parser a 400, and
- * the readings of its "literals" are only scanned in vain. A literal that JSON.parse refuses
- * (a raw control character) makes the whole text unparseable: it is skipped.
+ * (body-parser, Fastify's secure-json-parse, co-body and formidable all use it), for the
+ * literals whose decoded UTF-8 differs from their bytes: those with an escape (`\uXXXX`, `\\`,
+ * `\/`, `\n`...) or with bytes that are not UTF-8 (read as U+FFFD). Outside a literal no `"`
+ * can occur in JSON, so the lexer needs no grammar: a body that is not JSON gives the parser a
+ * 400, and the readings of its "literals" are only scanned in vain. A literal that JSON.parse
+ * refuses (a raw control character) makes the whole text unparseable: it is skipped.
  *
  * The literals to decode are gathered (copied, without a Buffer per literal) into a batch that
  * JSON.parse reads as one array, up to BATCH_BYTES at a time; their decoded strings are emitted
