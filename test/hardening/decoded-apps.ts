@@ -4,7 +4,7 @@
  * common variation), recording every string the parser handed over (keys and values, walked
  * deeply). The decoded-strings tests compare those strings with what the ICAP server was sent.
  */
-import { createServer as createHttpServer, type IncomingMessage } from 'node:http';
+import { createServer as createHttpServer, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import formbody from '@fastify/formbody';
 import { getRequestListener } from '@hono/node-server';
@@ -52,40 +52,59 @@ export function stringsOf(value: unknown, out: string[] = []): string[] {
   return out;
 }
 
-type Mount = 'express5' | 'express4';
+/** What a reader's app records: the icap_log records, the strings each handled request got. */
+interface Recorder {
+  logs: IcapLog[];
+  delivered: string[][];
+}
 
-function expressReader(name: string, kind: BodyKind, mount: Mount, parser: () => unknown): Reader {
+/** A reader whose app `start` makes from the profile (its onLog records) and the recorder. */
+function reader(
+  name: string,
+  kind: BodyKind,
+  start: (profile: IcapProfile, rec: Recorder) => Promise<ReaderApp>,
+): Reader {
   return {
     name,
     kind,
-    async start(profile) {
-      const logs: IcapLog[] = [];
-      const delivered: string[][] = [];
-      const express = (mount === 'express5' ? express5 : express4) as unknown as typeof express5;
-      const mw = expressIcap({ ...profile, onLog: (l) => logs.push(l) });
-      const app = express();
-      app.use(mw);
-      app.post('/upload', parser() as express5.RequestHandler, (req, res) => {
-        delivered.push(stringsOf(req.body));
-        res.json({ ok: true });
-      });
-      app.use((err: { status?: number }, _req: express5.Request, res: express5.Response, _n: unknown) => {
-        res.status(err.status ?? 500).json({ error: true });
-      });
-      const server = app.listen(0, '127.0.0.1');
-      await new Promise<void>((resolve) => server.once('listening', () => resolve()));
-      return {
-        url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
-        delivered,
-        logs,
-        close: async () => {
-          server.closeAllConnections();
-          await new Promise<void>((resolve) => server.close(() => resolve()));
-          await mw.close();
-        },
-      };
+    start: (profile) => {
+      const rec: Recorder = { logs: [], delivered: [] };
+      return start({ ...profile, onLog: (l) => rec.logs.push(l) }, rec);
     },
   };
+}
+
+/** A listening server as a ReaderApp: closed with its connections, then the scanner. */
+async function served(server: Server, rec: Recorder, closeScanner: () => Promise<void>): Promise<ReaderApp> {
+  if (!server.listening) await new Promise<void>((resolve) => server.once('listening', () => resolve()));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    ...rec,
+    close: async () => {
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      await closeScanner();
+    },
+  };
+}
+
+type Mount = 'express5' | 'express4';
+
+function expressReader(name: string, kind: BodyKind, mount: Mount, parser: () => unknown): Reader {
+  return reader(name, kind, async (profile, rec) => {
+    const express = (mount === 'express5' ? express5 : express4) as unknown as typeof express5;
+    const mw = expressIcap(profile);
+    const app = express();
+    app.use(mw);
+    app.post('/upload', parser() as express5.RequestHandler, (req, res) => {
+      rec.delivered.push(stringsOf(req.body));
+      res.json({ ok: true });
+    });
+    app.use((err: { status?: number }, _req: express5.Request, res: express5.Response, _n: unknown) => {
+      res.status(err.status ?? 500).json({ error: true });
+    });
+    return served(app.listen(0, '127.0.0.1'), rec, () => mw.close());
+  });
 }
 
 /** formidable 3 after icapkit in Express: its urlencoded parser reads the body as Node's `ascii`. */
@@ -102,102 +121,61 @@ function formidableReader(): Reader {
 }
 
 function fastifyReader(name: string, kind: BodyKind): Reader {
-  return {
-    name,
-    kind,
-    async start(profile) {
-      const logs: IcapLog[] = [];
-      const delivered: string[][] = [];
-      const app = Fastify();
-      await app.register(fastifyIcap, { ...profile, onLog: (l: IcapLog) => logs.push(l) } as never);
-      if (kind === 'form') await app.register(formbody);
-      if (kind === 'json-as-text') {
-        app.addContentTypeParser('text/plain', { parseAs: 'string' }, (_req, body, done) => {
-          try {
-            done(null, JSON.parse(body as string));
-          } catch (err) {
-            done(Object.assign(err as Error, { statusCode: 400 }), undefined);
-          }
-        });
-      }
-      app.post('/upload', async (request) => {
-        delivered.push(stringsOf(request.body));
-        return { ok: true };
+  return reader(name, kind, async (profile, rec) => {
+    const app = Fastify();
+    await app.register(fastifyIcap, profile as never);
+    if (kind === 'form') await app.register(formbody);
+    if (kind === 'json-as-text') {
+      app.addContentTypeParser('text/plain', { parseAs: 'string' }, (_req, body, done) => {
+        try {
+          done(null, JSON.parse(body as string));
+        } catch (err) {
+          done(Object.assign(err as Error, { statusCode: 400 }), undefined);
+        }
       });
-      await app.listen({ port: 0, host: '127.0.0.1' });
-      return {
-        url: `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`,
-        delivered,
-        logs,
-        close: () => app.close(),
-      };
-    },
-  };
+    }
+    app.post('/upload', async (request) => {
+      rec.delivered.push(stringsOf(request.body));
+      return { ok: true };
+    });
+    await app.listen({ port: 0, host: '127.0.0.1' });
+    return {
+      url: `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`,
+      ...rec,
+      close: () => app.close(),
+    };
+  });
 }
 
 function koaReader(name: string, kind: BodyKind, parser: () => Koa.Middleware): Reader {
-  return {
-    name,
-    kind,
-    async start(profile) {
-      const logs: IcapLog[] = [];
-      const delivered: string[][] = [];
-      const app = new Koa();
-      app.silent = true;
-      const mw = koaIcap({ ...profile, onLog: (l) => logs.push(l) });
-      app.use(mw as unknown as Koa.Middleware);
-      app.use(parser());
-      app.use(async (ctx) => {
-        delivered.push(stringsOf((ctx.request as unknown as { body: unknown }).body));
-        ctx.body = { ok: true };
-      });
-      const server = app.listen(0, '127.0.0.1');
-      await new Promise<void>((resolve) => server.once('listening', () => resolve()));
-      return {
-        url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
-        delivered,
-        logs,
-        close: async () => {
-          server.closeAllConnections();
-          await new Promise<void>((resolve) => server.close(() => resolve()));
-          await mw.close();
-        },
-      };
-    },
-  };
+  return reader(name, kind, async (profile, rec) => {
+    const app = new Koa();
+    app.silent = true;
+    const mw = koaIcap(profile);
+    app.use(mw as unknown as Koa.Middleware);
+    app.use(parser());
+    app.use(async (ctx) => {
+      rec.delivered.push(stringsOf((ctx.request as unknown as { body: unknown }).body));
+      ctx.body = { ok: true };
+    });
+    return served(app.listen(0, '127.0.0.1'), rec, () => mw.close());
+  });
 }
 
 function honoReader(name: string, kind: BodyKind): Reader {
-  return {
-    name,
-    kind,
-    async start(profile) {
-      const logs: IcapLog[] = [];
-      const delivered: string[][] = [];
-      const mw = honoIcap({ ...profile, onLog: (l) => logs.push(l) });
-      const app = new Hono();
-      app.use(mw);
-      app.post('/upload', async (c) => {
-        const body = kind === 'form' ? await c.req.parseBody({ all: true }) : await c.req.json();
-        delivered.push(stringsOf(body));
-        return c.json({ ok: true });
-      });
-      app.onError((_err, c) => c.json({ error: true }, 400));
-      const server = createHttpServer(getRequestListener(app.fetch));
-      server.listen(0, '127.0.0.1');
-      await new Promise<void>((resolve) => server.once('listening', () => resolve()));
-      return {
-        url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
-        delivered,
-        logs,
-        close: async () => {
-          server.closeAllConnections();
-          await new Promise<void>((resolve) => server.close(() => resolve()));
-          await mw.close();
-        },
-      };
-    },
-  };
+  return reader(name, kind, async (profile, rec) => {
+    const mw = honoIcap(profile);
+    const app = new Hono();
+    app.use(mw);
+    app.post('/upload', async (c) => {
+      const body = kind === 'form' ? await c.req.parseBody({ all: true }) : await c.req.json();
+      rec.delivered.push(stringsOf(body));
+      return c.json({ ok: true });
+    });
+    app.onError((_err, c) => c.json({ error: true }, 400));
+    const server = createHttpServer(getRequestListener(app.fetch));
+    return served(server.listen(0, '127.0.0.1'), rec, () => mw.close());
+  });
 }
 
 /**
