@@ -312,3 +312,23 @@ function versionEncodes(v: string): boolean {
   if (v === '1.1' || v === '1.0') return true;
   return v.startsWith('2') || /^HTTP\/\d\.\d$/.test(v.startsWith('HTTP/') ? v : `HTTP/${v}`);
 }
+
+/** The media type of a Content-Type value, lower case, without its parameters ('' for none). */
+export function mediaTypeOf(contentType: string | undefined): string {
+  if (contentType === undefined) return '';
+  const semi = contentType.indexOf(';');
+  return (semi === -1 ? contentType : contentType.slice(0, semi)).trim().toLowerCase();
+}
+
+/** What follows the name `charset` in a Content-Type: `=` and a quoted or bare value. */
+export const CHARSET_VALUE = /^\s*=\s*(?:"([^"]*)"|([^\s;,"]*))/;
+
+/** The value of the first readable `charset` parameter, lower case (admission allows one at most). */
+export function charsetOf(contentType: string): string | undefined {
+  const re = /charset/gi;
+  for (let m = re.exec(contentType); m !== null; m = re.exec(contentType)) {
+    const rest = CHARSET_VALUE.exec(contentType.slice(m.index + m[0].length));
+    if (rest !== null) return (rest[1] ?? rest[2])!.trim().toLowerCase();
+  }
+  return undefined;
+}

@@ -161,8 +161,10 @@ export class JsonStrings implements StringLexer {
     this.#emit(Buffer.from(text, 'utf8'));
     // Latin-1 too, for the strings that are bytes (within U+0000-U+00FF, one above U+007F).
     if (LATIN1_HIGH.test(text))
-      for (const str of strings)
-        if (LATIN1_HIGH.test(str) && !ABOVE_LATIN1.test(str)) this.#emit(Buffer.from(str, 'latin1'));
+      for (const str of strings) {
+        const bytes = latin1Of(str);
+        if (bytes !== undefined) this.#emit(bytes);
+      }
   }
 }
 
@@ -178,13 +180,13 @@ const ABOVE_LATIN1 = /[^\x00-\xff]/;
  */
 export function stringReadings(s: string): Buffer[] {
   const utf8 = Buffer.from(s, 'utf8');
-  let high = false;
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i);
-    if (c > 0xff) return [utf8];
-    if (c > 0x7f) high = true;
-  }
-  return high ? [utf8, Buffer.from(s, 'latin1')] : [utf8];
+  const latin1 = latin1Of(s);
+  return latin1 === undefined ? [utf8] : [utf8, latin1];
+}
+
+/** A string's Latin-1 bytes when they are its bytes: within U+0000-U+00FF, one above U+007F. */
+function latin1Of(s: string): Buffer | undefined {
+  return LATIN1_HIGH.test(s) && !ABOVE_LATIN1.test(s) ? Buffer.from(s, 'latin1') : undefined;
 }
 
 const AMPERSAND = 0x26;

@@ -4,7 +4,7 @@ import { Headers } from '../../protocol/headers.js';
 import { BodyStore } from '../body.js';
 import { isMultipart } from '../multipart/parse.js';
 import type { ResolvedProfile } from '../profile.js';
-import type { HttpRequestFacts } from '../request.js';
+import { charsetOf, type HttpRequestFacts, mediaTypeOf } from '../request.js';
 import { FormStrings, JsonStrings, type StringLexer } from './readings.js';
 
 /**
@@ -40,7 +40,6 @@ export class DecodedView {
   readonly #asciiOnly: string | undefined;
   #refusal: IcapError | undefined;
   #cancelled = false;
-  #tooLarge = false;
   /** Sniffed once it ended: not a JSON text, nothing to read. */
   #nothing = false;
   /** The reading, once started: at once, or (a body sniffed in memory) when the result is asked for. */
@@ -77,7 +76,7 @@ export class DecodedView {
 
   #start(): Promise<void> {
     this.#cursor = this.#body.open();
-    this.#done = this.#read(this.#emitTo);
+    this.#done = this.#read();
     return this.#done;
   }
 
@@ -92,7 +91,7 @@ export class DecodedView {
     abort: (err: IcapError) => void,
   ): DecodedView | null {
     if (isMultipart(contentType)) return null;
-    const type = mediaType(contentType);
+    const type = mediaTypeOf(contentType);
     const json = type.includes('json') || type === 'application/csp-report';
     // Any mention (a lenient matcher, a list of types): lexing a body in vain costs little.
     const form = type.includes('x-www-form-urlencoded');
@@ -105,7 +104,7 @@ export class DecodedView {
 
   /** The decoded strings outgrew bufferSize (the scan answers 413). */
   get tooLarge(): boolean {
-    return this.#tooLarge;
+    return this.#refusal?.code === IcapErrorCodes.REQUEST_TOO_LARGE;
   }
 
   /**
@@ -166,7 +165,7 @@ export class DecodedView {
     this.#store = null;
   }
 
-  async #read(emit: (r: Buffer) => void): Promise<void> {
+  async #read(): Promise<void> {
     const cursor = this.#cursor!;
     try {
       for (;;) {
@@ -197,7 +196,7 @@ export class DecodedView {
           if (seen === 'more') continue;
           this.#sniff = null;
           // (What came before this chunk was white space or a BOM: nothing for the lexer.)
-          if (seen === 'json') this.#lexers.push(new JsonStrings(emit));
+          if (seen === 'json') this.#lexers.push(new JsonStrings(this.#emitTo));
           // Neither JSON nor urlencoded (which needs its media type): nothing more to read.
           if (this.#lexers.length === 0) return;
         }
@@ -244,7 +243,6 @@ export class DecodedView {
       this.#store = store;
     }
     if (store.received + reading.length + 1 > this.#limit) {
-      this.#tooLarge = true;
       store.dispose();
       this.#store = null;
       this.#stopReading();
@@ -264,19 +262,6 @@ export class DecodedView {
 const NEWLINE = Buffer.from('\n');
 /** `{`, `[`, `"`: what a JSON text starts with (a bare number or literal decodes nothing). */
 const JSON_OPENERS = new Set([0x7b, 0x5b, 0x22]);
-
-/** The charset parameter's value, lower case (admission allows one at most). */
-function charsetOf(contentType: string): string | undefined {
-  const m = /charset\s*=\s*(?:"([^"]*)"|([^\s;,"]*))/i.exec(contentType);
-  return m === null ? undefined : (m[1] ?? m[2])!.trim().toLowerCase();
-}
-
-/** The media type, lower case, without parameters ('' when there is none). */
-function mediaType(contentType: string | undefined): string {
-  if (contentType === undefined) return '';
-  const semi = contentType.indexOf(';');
-  return (semi === -1 ? contentType : contentType.slice(0, semi)).trim().toLowerCase();
-}
 
 /**
  * Whether a body is a JSON text: its first byte past a UTF-8 BOM and JSON white space is `{`,

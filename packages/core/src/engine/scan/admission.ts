@@ -1,6 +1,6 @@
 import { type IcapError, IcapErrorCodes } from '../../errors.js';
 import { boundaryOf, isMultipart, isMultipartFormData } from '../multipart/parse.js';
-import { encapsulationProblem } from '../request.js';
+import { CHARSET_VALUE, encapsulationProblem, mediaTypeOf } from '../request.js';
 import type { RequestContext, ScanOutcome } from '../types.js';
 import { canDecode } from './intake.js';
 import { refuse, tooLarge } from './outcome.js';
@@ -82,8 +82,7 @@ function multipartAdmission(ctx: RequestContext, contentType: string | undefined
   if (!isMultipart(contentType)) return null;
   if (!isMultipartFormData(contentType)) {
     if (ctx.profile.otherMultipart === 'whole') return null;
-    const media = contentType!.split(';')[0]!.trim().toLowerCase();
-    const reason = `${media} bodies are not accepted (multipart/form-data is)`;
+    const reason = `${mediaTypeOf(contentType)} bodies are not accepted (multipart/form-data is)`;
     return refuse(ctx, 'unsupported-type', IcapErrorCodes.MULTIPART, reason, null);
   }
   try {
@@ -97,7 +96,7 @@ function multipartAdmission(ctx: RequestContext, contentType: string | undefined
 
 function mediaTypeAllowed(contentType: string | undefined, allowed: readonly string[]): boolean {
   if (contentType === undefined) return false;
-  const media = contentType.split(';')[0]!.trim().toLowerCase();
+  const media = mediaTypeOf(contentType);
   const major = media.split('/')[0];
   return allowed.some((t) => t === media || (t.endsWith('/*') && t.slice(0, -2) === major));
 }
@@ -131,7 +130,7 @@ function charsetProblem(ctx: RequestContext, contentType: string | undefined): s
   for (const value of values) {
     const re = /charset/gi;
     for (let m = re.exec(value); m !== null; m = re.exec(value)) {
-      const rest = /^\s*=\s*(?:"([^"]*)"|([^\s;,"]*))/.exec(value.slice(m.index + m[0].length));
+      const rest = CHARSET_VALUE.exec(value.slice(m.index + m[0].length));
       const charset = rest === null ? undefined : (rest[1] ?? rest[2])!.trim().toLowerCase();
       if (charset === undefined)
         return `content type ${JSON.stringify(value)} has a charset that cannot be read (send charset=utf-8)`;

@@ -371,6 +371,10 @@ export class Scan {
    * failure takes the failure action), or 413 when they outgrow bufferSize.
    */
   async #scanDecoded(view: DecodedView, first: AttemptResult): Promise<AttemptResult | null> {
+    // What the request becomes instead of `first`: a block (or a failure) frees its adapted body.
+    const instead = () => {
+      if (first.type === 'adapted') first.adapted.dispose();
+    };
     try {
       const object = await view.result();
       if (object === null) return null;
@@ -388,23 +392,20 @@ export class Scan {
       if (second.verdict?.unscannable) log.significance.push('UNSCANNABLE');
       if (second.type === 'clean') return null;
       if (second.type === 'blocked') {
-        if (first.type === 'adapted') first.adapted.dispose();
+        instead();
         return second;
       }
       const identical = await second.adapted.identical();
       second.adapted.dispose();
       const entry = entries.at(-1);
-      if (identical) {
-        if (entry !== undefined) entry.action = 'ICAP_PASSED';
-        return null;
-      }
-      if (entry !== undefined) entry.action = 'ICAP_BLOCKED';
+      if (entry !== undefined) entry.action = identical ? 'ICAP_PASSED' : 'ICAP_BLOCKED';
+      if (identical) return null;
       log.error_message ??=
         'the ICAP server rewrote the decoded strings of the request body, which cannot be put back into it';
-      if (first.type === 'adapted') first.adapted.dispose();
+      instead();
       return { type: 'blocked', res: second.res, verdict: second.verdict, relay: undefined };
     } catch (err) {
-      if (first.type === 'adapted') first.adapted.dispose();
+      instead();
       throw err;
     } finally {
       view.dispose();
