@@ -1,4 +1,4 @@
-import { IcapClient, isSkipped } from '../client/client.js';
+import { IcapClient, type IcapClientOptions, isSkipped } from '../client/client.js';
 import { IcapError, IcapErrorCodes } from '../errors.js';
 import { PreviewAdvice } from './preview-advice.js';
 import type { ResolvedPool, ResolvedProfile, ResolvedServer } from './profile/types.js';
@@ -13,8 +13,8 @@ import { AttemptWatch } from './scan/attempt-watch.js';
  *   errors, 5xx answers, timeouts and stalls) suspend it. When one of them is a failure the
  *   HTTP client's content can provoke (a 5xx answer, a response timeout, ioTimeout or a stall
  *   while the server had the request: `provokable`, retry.ts), the server is only suspect: a
- *   check runs at once, a REQMOD of a small fixed body (no client content in it), and the
- *   server is suspended only if that fails too (no answer in time, a 5xx). So no client can
+ *   check runs at once, a REQMOD of a small fixed body (no client content in it) on a
+ *   connection of its own, and the server is suspended only if that fails too (no answer in time, a 5xx). So no client can
  *   suspend a healthy server (and send every other request to the failure action) with uploads
  *   that are slow or impossible to scan; a dead, hung or broken server fails the check.
  * - `suspended`: takes no request. After a backoff (`probeInterval`, doubled after each failed
@@ -49,7 +49,8 @@ const NEVER = new AbortController().signal;
 
 /**
  * A suspect server's health check (ServerHandle, `#check`): a REQMOD of CHECK_BODY, its OPTIONS
- * fetched first if they are not fresh. Resolves when the server answered below 500; rejects
+ * fetched first, on a connection of its own (not one of the pool's, which HTTP clients may
+ * all be holding). Resolves when the server answered below 500; rejects
  * otherwise: a 5xx, no progress for `stallTimeout` once it has the request (as for any attempt,
  * attempt-watch.ts), or no answer within the client's timeout.
  */
@@ -171,6 +172,14 @@ export class ServerHandle {
   #suspect = false;
   /** The health check of a suspect server is under way. */
   #checking = false;
+  /** Attempts holding a connection here while their HTTP client is still sending the body. */
+  #clientFed = 0;
+  /** performance.now() when the last of them stopped (see {@link clientHeldSince}). */
+  #clientFedUntil = Number.NEGATIVE_INFINITY;
+  /** The health check's own client while a check runs. */
+  #checker: IcapClient | undefined;
+  /** The options of `client`: the health check opens a connection of its own with them. */
+  readonly #clientOptions: IcapClientOptions;
   #closed = false;
   #uriService: string | undefined;
   #uri = '';
@@ -182,7 +191,7 @@ export class ServerHandle {
     this.#group = group;
     this.pool = pool;
     this.server = server;
-    this.client = new IcapClient({
+    this.#clientOptions = {
       url: server.url,
       tls: server.tls === false ? undefined : server.tls,
       maxConnections: profile.maxConnections,
@@ -198,7 +207,32 @@ export class ServerHandle {
       ),
       headers: profile.icapHeaders,
       onWarning: (message, details) => profile.logger?.warn({ icap_server: server.url, ...details }, message),
-    });
+    };
+    this.client = new IcapClient(this.#clientOptions);
+  }
+
+  /**
+   * An attempt got its connection while its HTTP client is still sending the body: until
+   * {@link clientFedEnd}, the connection waits on that client as much as on the server.
+   */
+  clientFedStart(): void {
+    this.#clientFed++;
+  }
+
+  /** The attempt read its body's end, or ended. */
+  clientFedEnd(): void {
+    if (this.#clientFed > 0 && --this.#clientFed === 0) this.#clientFedUntil = performance.now();
+  }
+
+  /**
+   * Whether, at some time since `t` (performance.now()), a connection of this server was held
+   * by an attempt whose HTTP client was still sending its body. A request that waited that
+   * long for a connection did not wait on the ICAP server alone: HTTP clients (slow ones, or
+   * ones that stopped sending after the exchange began) held the connections, so its failure
+   * is not the ICAP side's and never takes the failure action (exchange.ts).
+   */
+  clientHeldSince(t: number): boolean {
+    return this.#clientFed > 0 || this.#clientFedUntil >= t;
   }
 
   /** The service's ICAP URI on this server (`client.uri`), kept for the last service asked for. */
@@ -297,13 +331,22 @@ export class ServerHandle {
     if (this.#checking || this.#closed) return;
     this.#checking = true;
     const generation = this.#generation;
-    checkRequest(this.client, this.#group.serviceUri, this.#group.stallTimeout).then(
+    // A connection of its own, beyond maxConnections: HTTP clients that keep every pooled
+    // connection busy (slow uploads) must not make the check wait until it fails.
+    const checker = new IcapClient({ ...this.#clientOptions, maxConnections: 1 });
+    this.#checker = checker;
+    const settle = () => {
+      this.#checking = false;
+      this.#checker = undefined;
+      checker.destroy();
+    };
+    checkRequest(checker, this.#group.serviceUri, this.#group.stallTimeout).then(
       () => {
-        this.#checking = false;
+        settle();
         if (!this.#closed) this.#answered = true;
       },
       (err: unknown) => {
-        this.#checking = false;
+        settle();
         if (this.#closed || this.#generation !== generation || this.state === 'suspended') return;
         const message = err instanceof Error ? err.message : String(err);
         this.lastError = message;
@@ -348,6 +391,7 @@ export class ServerHandle {
     if (this.#probe !== undefined) clearTimeout(this.#probe);
     this.#probe = undefined;
     this.client.destroy();
+    this.#checker?.destroy();
   }
 
   /** Marks the ticket settled (once); false when it was already. */

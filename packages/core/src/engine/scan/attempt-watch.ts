@@ -15,6 +15,13 @@ export interface WatchHooks {
   /** The request could go to another server now (its body held, one available). */
   canRetry?(): boolean;
   readonly stallPossible?: boolean;
+  /** The body is still arriving from the HTTP client (asked when the exchange gets its connection). */
+  bodyArriving?(): boolean;
+  /**
+   * The exchange holds its connection while the HTTP client still sends the body (`true`, when
+   * it gets the connection), until it reads the body's end or the attempt ends (`false`).
+   */
+  clientFed?(on: boolean): void;
 }
 
 const NO_HOOKS: WatchHooks = {};
@@ -61,6 +68,8 @@ export class AttemptWatch {
   /** The exchange waits for the HTTP client's body. */
   #paused = false;
   #done = false;
+  /** clientFed(true) was said and not yet taken back. */
+  #fed = false;
   #responseBytes = 0;
   /** The watchdog fired. */
   stalled = false;
@@ -122,8 +131,19 @@ export class AttemptWatch {
   opened(): void {
     this.#opened = true;
     this.#paused = false;
+    if (this.#hooks.bodyArriving?.() === true) {
+      this.#fed = true;
+      this.#hooks.clientFed?.(true);
+    }
     this.start();
     this.progress();
+  }
+
+  /** WatchedBody: the exchange read the body's end (the HTTP client has sent it all). */
+  bodyEnded(): void {
+    if (!this.#fed) return;
+    this.#fed = false;
+    this.#hooks.clientFed?.(false);
   }
 
   /** WatchedBody: the exchange waits for the body's next chunk (the client's turn). */
@@ -160,6 +180,7 @@ export class AttemptWatch {
   /** Ends the attempt's signal bookkeeping. */
   dispose(): void {
     this.stop();
+    this.bodyEnded();
     if (this.#controller !== null) this.#parent.removeEventListener('abort', this.#onParentAbort);
   }
 
@@ -238,7 +259,7 @@ class WatchedReader implements AsyncIterator<Uint8Array>, NextNow {
   readonly #watch: AttemptWatch;
   readonly #inner: AsyncIterator<Uint8Array>;
   /** The watch's side of a read's promise (made at the first read that waits). */
-  #onTook: (() => void) | undefined;
+  #onTook: ((r: IteratorResult<Uint8Array>) => void) | undefined;
   #onFailed: (() => void) | undefined;
 
   constructor(watch: AttemptWatch, inner: AsyncIterator<Uint8Array>) {
@@ -252,7 +273,10 @@ class WatchedReader implements AsyncIterator<Uint8Array>, NextNow {
     const p = this.#inner.next();
     // Watched on the side: the exchange gets the reader's own promise, so a chunk
     // already there is taken in the same turn (no extra tick, no extra flush).
-    this.#onTook ??= () => watch.resume(true);
+    this.#onTook ??= (r: IteratorResult<Uint8Array>) => {
+      watch.resume(true);
+      if (r.done === true) watch.bodyEnded();
+    };
     this.#onFailed ??= () => watch.resume(false);
     p.then(this.#onTook, this.#onFailed);
     return p;
@@ -261,7 +285,10 @@ class WatchedReader implements AsyncIterator<Uint8Array>, NextNow {
   /** The reader's chunk when it has one now (see NEXT_NOW): taken, so progress. */
   [NEXT_NOW](): IteratorResult<Uint8Array> | undefined {
     const r = takeNow(this.#inner);
-    if (r !== undefined) this.#watch.resume(true);
+    if (r !== undefined) {
+      this.#watch.resume(true);
+      if (r.done === true) this.#watch.bodyEnded();
+    }
     return r;
   }
 

@@ -12,7 +12,7 @@ import type { AttemptResult, ExchangeContext } from '../types.js';
 import { readVerdict, type Verdict } from '../verdict/index.js';
 import { AttemptWatch, type WatchHooks } from './attempt-watch.js';
 import { bodyComplete } from './intake.js';
-import { classifyFailure, isRefusal, markRefusal } from './retry.js';
+import { classifyFailure, clientHeld, isRefusal, markRefusal, QUEUED, waitedForConnection } from './retry.js';
 
 /**
  * The exchange stage: one body (a whole request, or one multipart part) sent to ICAP as a
@@ -89,6 +89,17 @@ class Exchange implements WatchHooks, TriedServers {
     return stats !== undefined && (stats.pending > 0 || stats.connecting > 0);
   }
 
+  /** WatchHooks: the HTTP client is still sending the body. */
+  bodyArriving(): boolean {
+    return this.store !== null && !this.store.ended;
+  }
+
+  /** WatchHooks: the attempt holds its connection while the HTTP client still sends (see clientHeldSince). */
+  clientFed(on: boolean): void {
+    if (on) this.#handle?.clientFedStart();
+    else this.#handle?.clientFedEnd();
+  }
+
   /** WatchHooks: the body is still held and another server is available. */
   canRetry(): boolean {
     return this.replayable && this.#ctx.group.hasAlternative(this);
@@ -120,6 +131,7 @@ class Exchange implements WatchHooks, TriedServers {
       this.#entries?.push(entry);
       handle.outstanding++;
       const watch = new AttemptWatch(this.signal, p.stallTimeout, handle.server.url, this);
+      const attemptStart = performance.now();
       try {
         ctx.telemetry.transactionStart(ctx.scope, handle, p.serviceUri);
         const result = await this.#attempt(handle, entry, watch);
@@ -136,10 +148,14 @@ class Exchange implements WatchHooks, TriedServers {
         );
         return result;
       } catch (err) {
-        const error =
+        const raw =
           err instanceof IcapError
             ? err
             : new IcapError(IcapErrorCodes.INTERNAL, String(err), { cause: err });
+        // It waited for a connection and never got one: busy is not broken (no health failure),
+        // and not the ICAP side's failure at all when HTTP clients held those connections.
+        const queued = waitedForConnection(raw, this.signal, watch, handle);
+        const error = queued && handle.clientHeldSince(attemptStart) ? clientHeld(raw, handle) : raw;
         if (isRefusal(error)) refusal ??= error;
         entry.action = 'ICAP_FAILED';
         // An ICAP error status stays in the record, whatever else was wrong with the answer.
@@ -147,7 +163,7 @@ class Exchange implements WatchHooks, TriedServers {
         entry.error_code = error.code;
         entry.error_message = error.message;
         ctx.telemetry.transactionError(ctx.scope, handle, p.serviceUri, error);
-        const failure = classifyFailure(error, this.signal, watch);
+        const failure = classifyFailure(error, this.signal, queued ? QUEUED : watch);
         // A refusal (ICAP 4xx) is about the request, not the server: it must not let clients
         // suspend a healthy server (and so switch fail-open on for everyone).
         // One the HTTP client's content can provoke (a 5xx answer, a slow scan) suspends the

@@ -2,6 +2,7 @@ import { IcapError, type IcapErrorCode, IcapErrorCodes } from '../../errors.js';
 import type { ServerHandle, ServerTransition } from '../pool-group.js';
 import type { PinoLike } from '../profile.js';
 import { serverStateMessage } from '../telemetry.js';
+import type { AttemptWatch } from './attempt-watch.js';
 
 /**
  * The retry rule: what one failed ICAP attempt means for its server's health, and whether the
@@ -18,7 +19,9 @@ import { serverStateMessage } from '../telemetry.js';
  *   REQMOD of a fixed harmless body) fails too (pool-group.ts), so a client cannot get a healthy server suspended (and every other
  *   request sent to the failure action) by uploading what is slow or hard to scan.
  * - All connections busy for queueTimeout (saturated; the wait is bounded only when another
- *   server is available) is retried elsewhere but is no failure of the server.
+ *   server is available) is retried elsewhere but is no failure of the server. When HTTP
+ *   clients still sending their bodies held connections of the server during the wait, it
+ *   never takes the failure action either (CLIENT_HELD below).
  * - The request's own responseTimeout ends the request (no time is left to try another
  *   server); it counts against the server when the server was the one being waited for.
  * - Anything the HTTP client caused (it went away, its body is too large or stalled) is
@@ -135,7 +138,57 @@ export function isRefusal(error: IcapError): boolean {
   return REQMOD_REFUSALS.has(error);
 }
 
+/**
+ * Waits for a connection that ended without one while HTTP clients still sending their bodies
+ * held the server's connections (exchange.ts): busy, not broken, and not the ICAP side's
+ * doing. A client could otherwise hold every connection with uploads it stops sending after
+ * their exchange began, and have its next upload (or anyone's) wait until responseTimeout and
+ * pass unscanned. Never the failure action.
+ */
+const CLIENT_HELD = new WeakSet<IcapError>();
+
+/** Marks a wait for a connection that HTTP clients held (see CLIENT_HELD). */
+export function markClientHeld(error: IcapError): void {
+  CLIENT_HELD.add(error);
+}
+
 /** Whether the failure action (fail-open) may apply to this error. */
 export function takesFailAction(error: IcapError): boolean {
-  return ICAP_SIDE_FAILURES.has(error.code) && !REQMOD_REFUSALS.has(error);
+  return ICAP_SIDE_FAILURES.has(error.code) && !REQMOD_REFUSALS.has(error) && !CLIENT_HELD.has(error);
+}
+
+/** An attempt that waited for a connection and got none: it never waited for the server. */
+export const QUEUED = { waitingForServer: false, bodyOpened: false } as const;
+
+/**
+ * The attempt never got a connection and ended by its wait: queueTimeout (SATURATED), or the
+ * request's responseTimeout while every connection of the server was in use. (The pool has
+ * taken the request out of its queue by now, so the watch's `busy` no longer says it.)
+ */
+export function waitedForConnection(
+  error: IcapError,
+  signal: AbortSignal,
+  watch: AttemptWatch,
+  handle: ServerHandle,
+): boolean {
+  if (watch.bodyOpened) return false;
+  if (error.code === IcapErrorCodes.SATURATED) return true;
+  if (error.code !== IcapErrorCodes.TIMEOUT || !signal.aborted) return false;
+  const s = handle.client.stats;
+  return s.idle === 0 && s.busy + s.connecting >= s.limit;
+}
+
+/**
+ * A wait for a connection that HTTP clients still sending their bodies held (see
+ * ServerHandle.clientHeldSince): ICAP_ERR_SATURATED that never takes the failure action
+ * (retry.ts, CLIENT_HELD).
+ */
+export function clientHeld(error: IcapError, handle: ServerHandle): IcapError {
+  const held = new IcapError(
+    IcapErrorCodes.SATURATED,
+    `the connections to ICAP server ${handle.server.url} stayed busy, held by uploads whose HTTP clients were still sending (${error.message})`,
+    { cause: error },
+  );
+  markClientHeld(held);
+  return held;
 }

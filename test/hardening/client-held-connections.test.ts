@@ -1,0 +1,207 @@
+/**
+ * HTTP clients that hold the scanner's connections cannot choose the failure action.
+ *
+ * An upload whose first `holdBodySize` bytes come fast gets its ICAP connection and streams the
+ * rest as it arrives; its client can then stop sending (just under bodyTimeout, for as long as
+ * bodyDeadline). A few such uploads hold every connection of the pool. Before this suite, the
+ * next upload (the same client's EICAR, say) waited for a connection until responseTimeout
+ * and then took the failure action: under `fail-open` it reached the handler unscanned. And a
+ * suspect server's health check waited behind them until it failed, which suspended a healthy
+ * server and sent everyone's uploads to the failure action.
+ *
+ * In Express, Fastify, Koa and Hono, in both failure modes:
+ * - while uploads whose clients are still sending hold every connection, another upload gets
+ *   503 `ICAP_ERR_SATURATED` (never passed unscanned, never the handler), the server's health
+ *   untouched; once they are gone, EICAR is blocked and a clean upload passes;
+ * - a suspect server's health check goes out on a connection of its own while HTTP clients
+ *   hold the pool: it is answered and the server stays up.
+ */
+import { connect, type Socket } from 'node:net';
+import type { IcapLog, IcapProfile } from '@icapkit/core';
+import { eicar, type IcapTestServer, type RecordedRequest, startIcapServer } from '@icapkit/testing';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type App, type Framework, startApp } from '../conformance/apps.js';
+import { send } from '../support/http-client.js';
+
+const FRAMEWORKS: Framework[] = ['express5', 'fastify', 'koa3', 'hono'];
+const FAIL_ACTIONS = ['fail-closed', 'fail-open'] as const;
+type FailAction = (typeof FAIL_ACTIONS)[number];
+
+const EICAR = eicar();
+const RESPONSE_TIMEOUT = 1_000;
+/** What a holding client declares, and what it sends at once: past holdBodySize (64 KiB), fast. */
+const DECLARED = 1024 * 1024;
+const FIRST = 200_000;
+
+/** Polls `check` until it holds or `ms` pass (no fixed sleep). */
+async function until(check: () => boolean, ms: number, what: string): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`not within ${ms} ms: ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+const isCheck = (r: RecordedRequest) => r.httpRequest?.target === '/icapkit-health-check';
+
+interface Run {
+  app: App;
+  logs: IcapLog[];
+  holders: Socket[];
+}
+
+async function start(framework: Framework, failAction: FailAction, server: IcapTestServer): Promise<Run> {
+  const logs: IcapLog[] = [];
+  const profile: IcapProfile = {
+    name: `client-held-${framework}-${failAction}`,
+    poolGroup: server.url(),
+    serviceUri: '/avscan',
+    failAction,
+    responseTimeout: RESPONSE_TIMEOUT,
+    bodyTimeout: 30_000,
+    connection: { maxConnections: 2 },
+    health: { failureLimit: 1, probeInterval: 60_000 },
+    onLog: (l) => logs.push(l),
+  };
+  return { app: await startApp(framework, profile), logs, holders: [] };
+}
+
+const busy = (run: Run) => run.app.engine.status()[0]?.connections.busy ?? 0;
+const pending = (run: Run) => run.app.engine.status()[0]?.connections.pending ?? 0;
+
+/**
+ * An upload of DECLARED bytes whose client sends FIRST of them at once, then nothing (until the
+ * test ends): `scan` is its X-Scan header (the test server's script).
+ */
+function holdingUpload(run: Run, scan?: string): Socket {
+  const u = new URL(run.app.url);
+  const socket = connect(Number(u.port), u.hostname);
+  socket.on('error', () => {});
+  run.holders.push(socket);
+  const extra = scan === undefined ? '' : `X-Scan: ${scan}\r\n`;
+  socket.write(
+    `POST /raw HTTP/1.1\r\nHost: ${u.host}\r\nContent-Type: application/octet-stream\r\n${extra}` +
+      `Content-Length: ${DECLARED}\r\n\r\n`,
+  );
+  socket.write(Buffer.alloc(FIRST, 0x61));
+  return socket;
+}
+
+/** Posts to /raw; the status, the record and what the handler got. */
+async function upload(run: Run, body: Buffer) {
+  const seen = run.app.seen.length;
+  const logs = run.logs.length;
+  const reply = await send(run.app.url, '/raw', {
+    body,
+    headers: { 'content-type': 'application/octet-stream' },
+    timeoutMs: 10_000,
+  });
+  await until(() => run.logs.length > logs, 2_000, 'the icap_log record');
+  return { status: reply.status, handled: run.app.seen.slice(seen), log: run.logs.at(-1)! };
+}
+
+async function stop(run: Run): Promise<void> {
+  for (const s of run.holders) s.destroy();
+  await run.app.close();
+}
+
+/** The holders gone, their connections closed: EICAR is blocked, a clean upload passes. */
+async function expectScanningAgain(run: Run): Promise<void> {
+  for (const s of run.holders.splice(0)) s.destroy();
+  await until(() => busy(run) === 0, 5_000, 'the held connections given back');
+  const threat = await upload(run, EICAR);
+  expect(threat.status).toBe(403);
+  expect(threat.handled).toEqual([]);
+  expect(threat.log.action).toBe('ICAP_BLOCKED');
+  const clean = await upload(run, Buffer.from('hello'));
+  expect(clean.status).toBe(200);
+  expect(clean.handled.map((s) => s.raw?.toString())).toEqual(['hello']);
+}
+
+let server: IcapTestServer;
+beforeAll(async () => {
+  server = await startIcapServer({
+    recordBodies: false,
+    script: (r) =>
+      r.method === 'REQMOD' && r.httpRequest?.headers.get('x-scan') === 'error'
+        ? { kind: 'status', status: 500 }
+        : undefined,
+  });
+});
+afterAll(async () => {
+  await server?.close();
+});
+
+describe('uploads whose clients stop sending hold every connection: the others get 503, never the failure action', () => {
+  for (const framework of FRAMEWORKS) {
+    for (const failAction of FAIL_ACTIONS) {
+      it(`${framework}, ${failAction}`, async () => {
+        const run = await start(framework, failAction, server);
+        try {
+          holdingUpload(run);
+          holdingUpload(run);
+          await until(() => busy(run) === 2, 5_000, 'both connections held');
+          for (const body of [EICAR, Buffer.from('hello')]) {
+            const r = await upload(run, body);
+            expect(r.status).toBe(503);
+            expect(r.handled).toEqual([]);
+            expect(r.log.action).toBe('ICAP_FAILED');
+            expect(r.log.error_code).toBe('ICAP_ERR_SATURATED');
+            expect(r.log.error_message).toMatch(/held by uploads whose HTTP clients were still sending/);
+            expect(r.log.significance).not.toContain('FAIL_OPEN');
+            expect(r.log.fail_action).toBe('fail-closed');
+          }
+          // Busy is not broken: the server's health is untouched.
+          const [status] = run.app.engine.status();
+          expect(status?.state).not.toBe('suspended');
+          expect(status?.consecutiveFailures).toBe(0);
+          await expectScanningAgain(run);
+        } finally {
+          await stop(run);
+        }
+      });
+    }
+  }
+});
+
+describe("a suspect server's health check does not wait behind HTTP clients holding the pool", () => {
+  for (const framework of FRAMEWORKS) {
+    for (const failAction of FAIL_ACTIONS) {
+      it(`${framework}, ${failAction}: the check is answered on a connection of its own, the server stays up`, async () => {
+        const run = await start(framework, failAction, server);
+        const checksBefore = server.requests.filter(isCheck).length;
+        const failures = run.logs.length;
+        try {
+          // One connection held; the other taken by an upload the scanner will answer 500 once it
+          // has it all (a failure the upload provokes: with failureLimit 1, a check follows).
+          holdingUpload(run);
+          await until(() => busy(run) === 1, 5_000, 'the first connection held');
+          const trigger = holdingUpload(run, 'error');
+          await until(() => busy(run) === 2, 5_000, 'the second connection taken');
+          // A third holding upload waits for a connection: it takes the one the 500 frees.
+          holdingUpload(run);
+          await until(() => pending(run) === 1, 5_000, 'the third upload queued');
+          trigger.write(Buffer.alloc(DECLARED - FIRST, 0x62));
+          await until(() => run.logs.length > failures, 5_000, "the 500'd upload's record");
+          expect(run.logs.at(-1)?.error_code).toBe('ICAP_ERR_SERVER_STATUS');
+          await until(() => server.requests.filter(isCheck).length > checksBefore, 5_000, 'the health check');
+          const check = server.requests.filter(isCheck).at(-1)!;
+          // Not on any of the pool's connections: those were all held.
+          const pooled = new Set(
+            server.requests.filter((r) => r.method === 'REQMOD' && !isCheck(r)).map((r) => r.connectionId),
+          );
+          expect(pooled.has(check.connectionId)).toBe(false);
+          // The check's result reached the engine (answered: the server is known to be up).
+          await until(() => run.app.engine.status()[0]?.state !== 'unknown', 5_000, "the check's result");
+          // The check was answered: the server is not suspended, though every connection is busy.
+          const [status] = run.app.engine.status();
+          expect(status?.state).toBe('up');
+          expect(status?.suspensions).toBe(0);
+          await expectScanningAgain(run);
+        } finally {
+          await stop(run);
+        }
+      });
+    }
+  }
+});
