@@ -19,6 +19,12 @@ export type Fault =
    * the `encapsulated` given (say `opt-body=0`, as some servers send with a 500, no body following).
    */
   | { kind: 'status'; status: number; reason?: string; encapsulated?: string }
+  /**
+   * A server with time limits of its own on receiving a request (many scanners have them):
+   * closes the connection (FIN) once no byte of the request came for `idleMs`, or `totalMs`
+   * after its head, whichever comes first, if the request is not complete by then.
+   */
+  | { kind: 'give-up'; idleMs?: number; totalMs?: number }
   /** Answer with bytes that are not ICAP, then close. */
   | { kind: 'garbage'; bytes?: string | Buffer }
   /**

@@ -358,6 +358,7 @@ class Session {
       this.#discard = true;
       return;
     }
+    if (fault?.kind === 'give-up') this.#armGiveUp(fault);
     if (fault?.kind === 'early-response') {
       this.#discard = true;
       this.#sendBlock(rec, EICAR_NAME, '');
@@ -398,7 +399,24 @@ class Session {
     }
   }
 
+  /** The `give-up` fault's limits, until the request is complete (see Fault). */
+  #armGiveUp(fault: { idleMs?: number | undefined; totalMs?: number | undefined }): void {
+    const rec = this.#rec!;
+    const giveUp = () => {
+      if (!rec.complete && !this.#dead && this.#rec === rec) this.#kill('close');
+    };
+    if (fault.totalMs !== undefined) this.#srv.setTimer(giveUp, fault.totalMs);
+    if (fault.idleMs === undefined) return;
+    const idleMs = fault.idleMs;
+    const idle = this.#srv.setTimer(giveUp, idleMs);
+    this.#idle = idle;
+  }
+
+  /** The `give-up` fault's idle timer (refreshed by every byte of the request). */
+  #idle: NodeJS.Timeout | undefined;
+
   #onBody(data: Buffer): void {
+    this.#idle?.refresh();
     const rec = this.#rec!;
     rec.bodyLength += data.length;
     if (!rec.continued) rec.previewBytes += data.length;
@@ -427,6 +445,7 @@ class Session {
   }
 
   #onEnd(ieof: boolean): void {
+    this.#idle = undefined;
     const rec = this.#rec!;
     const head = this.#head!;
     const fault = this.#fault;
