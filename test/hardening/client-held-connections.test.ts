@@ -14,7 +14,11 @@
  *   503 `ICAP_ERR_SATURATED` (never passed unscanned, never the handler), the server's health
  *   untouched; once they are gone, EICAR is blocked and a clean upload passes;
  * - a suspect server's health check goes out on a connection of its own while HTTP clients
- *   hold the pool: it is answered and the server stays up.
+ *   hold the pool: it is answered and the server stays up;
+ * - a scanner that gives up on an upload still arriving slowly (an idle or total time limit
+ *   of its own: the test server's `give-up` fault) makes that upload 503, never the failure
+ *   action: a client that pauses or trickles past the scanner's limit cannot have the rest of
+ *   its body (EICAR) pass unscanned. The failure counts as one the upload provoked.
  */
 import { connect, type Socket } from 'node:net';
 import type { IcapLog, IcapProfile } from '@icapkit/core';
@@ -43,6 +47,7 @@ async function until(check: () => boolean, ms: number, what: string): Promise<vo
 }
 
 const isCheck = (r: RecordedRequest) => r.httpRequest?.target === '/icapkit-health-check';
+const header = (r: RecordedRequest, name: string) => r.httpRequest?.headers.get(name) ?? undefined;
 
 interface Run {
   app: App;
@@ -122,10 +127,15 @@ let server: IcapTestServer;
 beforeAll(async () => {
   server = await startIcapServer({
     recordBodies: false,
-    script: (r) =>
-      r.method === 'REQMOD' && r.httpRequest?.headers.get('x-scan') === 'error'
-        ? { kind: 'status', status: 500 }
-        : undefined,
+    script: (r) => {
+      if (r.method !== 'REQMOD') return undefined;
+      const scan = header(r, 'x-scan');
+      if (scan === 'error') return { kind: 'status', status: 500 };
+      // A scanner's own limits on receiving a request: 1.5 s without a byte, or 1.5 s in all.
+      if (scan === 'idle-limit') return { kind: 'give-up', idleMs: 1_500 };
+      if (scan === 'total-limit') return { kind: 'give-up', totalMs: 1_500 };
+      return undefined;
+    },
   });
 });
 afterAll(async () => {
@@ -202,6 +212,77 @@ describe("a suspect server's health check does not wait behind HTTP clients hold
           await stop(run);
         }
       });
+    }
+  }
+});
+
+/** What a slow upload sends at once: past holdBodySize, fast; then far below minBodyRate on average. */
+const START = 100_000;
+
+/**
+ * An upload of START bytes at once, then (`pause`) nothing until the server's limit has passed,
+ * or (`trickle`) a byte every 100 ms; then the rest, EICAR at its end. The HTTP answer's status.
+ */
+async function slowUpload(run: Run, how: 'pause' | 'trickle'): Promise<number> {
+  const body = Buffer.concat([Buffer.alloc(START, 0x61), Buffer.alloc(1_000, 0x62), EICAR]);
+  const u = new URL(run.app.url);
+  const socket = connect(Number(u.port), u.hostname);
+  run.holders.push(socket);
+  socket.on('error', () => {});
+  let reply = '';
+  socket.on('data', (d: Buffer) => {
+    reply += d.toString('latin1');
+  });
+  const answered = () => reply.includes('\r\n\r\n');
+  socket.write(
+    `POST /raw HTTP/1.1\r\nHost: ${u.host}\r\nContent-Type: application/octet-stream\r\n` +
+      `X-Scan: ${how === 'pause' ? 'idle-limit' : 'total-limit'}\r\nContent-Length: ${body.length}\r\n\r\n`,
+  );
+  socket.write(body.subarray(0, START));
+  let sent = START;
+  // Past the server's limit (1.5 s), bounded: the answer may come before (it does with the fix).
+  const until = Date.now() + 3_000;
+  while (Date.now() < until && !answered()) {
+    await new Promise((r) => setTimeout(r, 100));
+    if (how === 'trickle' && sent < START + 1_000 && !socket.destroyed)
+      socket.write(body.subarray(sent, ++sent));
+  }
+  if (!socket.destroyed) socket.write(body.subarray(sent));
+  const deadline = Date.now() + 5_000;
+  while (!answered() && !socket.destroyed && Date.now() < deadline)
+    await new Promise((r) => setTimeout(r, 10));
+  const status = /^HTTP\/1\.1 (\d{3})/.exec(reply)?.[1];
+  return status === undefined ? 0 : Number(status);
+}
+
+describe('a scanner that gives up on an upload still arriving slowly: 503, never the failure action', () => {
+  for (const framework of FRAMEWORKS) {
+    for (const failAction of FAIL_ACTIONS) {
+      for (const how of ['pause', 'trickle'] as const) {
+        it(`${framework}, ${failAction}: a client that ${how === 'pause' ? 'pauses' : 'trickles'} past the scanner's limit`, async () => {
+          const run = await start(framework, failAction, server);
+          try {
+            const logs = run.logs.length;
+            const status = await slowUpload(run, how);
+            await until(() => run.logs.length > logs, 5_000, 'the icap_log record');
+            const log = run.logs.at(-1)!;
+            expect(status).toBe(503);
+            expect(run.app.seen).toEqual([]);
+            expect(log.action).toBe('ICAP_FAILED');
+            expect(log.error_code).toBe('ICAP_ERR_CLOSED');
+            expect(log.error_message).toMatch(/the upload was still arriving, slowly/);
+            expect(log.significance).not.toContain('FAIL_OPEN');
+            expect(log.fail_action).toBe('fail-closed');
+            // Provoked by the upload: counted, but a health check decides (failureLimit 1 here).
+            await until(() => server.requests.some(isCheck), 5_000, 'the health check');
+            const [health] = run.app.engine.status();
+            expect(health?.suspensions).toBe(0);
+            await expectScanningAgain(run);
+          } finally {
+            await stop(run);
+          }
+        });
+      }
     }
   }
 });

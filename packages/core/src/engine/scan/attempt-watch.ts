@@ -3,6 +3,8 @@ import { IcapError, IcapErrorCodes } from '../../errors.js';
 
 /** Answer-body bytes that count as one step of progress (a trickle of single bytes does not). */
 const RESPONSE_PROGRESS_BYTES = 16 * 1024;
+/** ms of waiting for the HTTP client's next bytes after which a failure may be the client's pace (see slowClient). */
+const SLOW_CLIENT_WAIT = 1_000;
 
 /**
  * What the watch asks of its attempt (methods called on the object itself, so one object, such as
@@ -68,6 +70,14 @@ export class AttemptWatch {
   /** The exchange waits for the HTTP client's body. */
   #paused = false;
   #done = false;
+  /** performance.now() when the exchange got its connection, and began its current wait for the client. */
+  #openedAt = 0;
+  #pausedAt = 0;
+  /** The longest wait for the HTTP client's next bytes so far (ms), and whether the exchange read the body's end. */
+  #longestWait = 0;
+  #endRead = false;
+  /** Body bytes the exchange took since it got its connection. */
+  #taken = 0;
   /** clientFed(true) was said and not yet taken back. */
   #fed = false;
   #responseBytes = 0;
@@ -106,6 +116,24 @@ export class AttemptWatch {
     return this.#opened;
   }
 
+  /**
+   * Whether the HTTP client's pace may explain the attempt's failure: it came before the
+   * exchange had read the body's end, and by then the body had come slower than `minRate`
+   * bytes/s since the exchange got its connection, or the exchange had waited SLOW_CLIENT_WAIT
+   * or longer for the client's next bytes. (A failure is often heard only once the client
+   * sends again: the wait that held it is counted when it ends.) A server with an idle or
+   * transaction time limit of its own gives up on such an upload.
+   */
+  slowClient(minRate: number): boolean {
+    // Before the connection, or after the whole body was sent: the server's turn.
+    if (!this.#opened || this.#endRead) return false;
+    const now = performance.now();
+    const longest = this.#paused ? Math.max(this.#longestWait, now - this.#pausedAt) : this.#longestWait;
+    if (longest >= SLOW_CLIENT_WAIT) return true;
+    const seconds = (now - this.#openedAt) / 1000;
+    return seconds > 0 && this.#taken / seconds < minRate;
+  }
+
   #busy(): boolean {
     return this.#hooks.busy?.() ?? false;
   }
@@ -130,6 +158,11 @@ export class AttemptWatch {
   /** WatchedBody: the exchange opened the body (it has its connection). */
   opened(): void {
     this.#opened = true;
+    // (Again when the client replays the body on a fresh connection: counted from there.)
+    this.#openedAt = performance.now();
+    this.#taken = 0;
+    this.#longestWait = 0;
+    this.#endRead = false;
     this.#paused = false;
     if (this.#hooks.bodyArriving?.() === true) {
       this.#fed = true;
@@ -141,6 +174,11 @@ export class AttemptWatch {
 
   /** WatchedBody: the exchange read the body's end (the HTTP client has sent it all). */
   bodyEnded(): void {
+    this.#endRead = true;
+    this.#unfeed();
+  }
+
+  #unfeed(): void {
     if (!this.#fed) return;
     this.#fed = false;
     this.#hooks.clientFed?.(false);
@@ -149,10 +187,20 @@ export class AttemptWatch {
   /** WatchedBody: the exchange waits for the body's next chunk (the client's turn). */
   pause(): void {
     this.#paused = true;
+    this.#pausedAt = performance.now();
+  }
+
+  /** WatchedReader: the exchange took `bytes` of the body. */
+  took(bytes: number): void {
+    this.#taken += bytes;
   }
 
   /** WatchedBody: the body's next chunk came (or the wait ended); `took`: it is progress. */
   resume(took: boolean): void {
+    if (this.#paused) {
+      const wait = performance.now() - this.#pausedAt;
+      if (wait > this.#longestWait) this.#longestWait = wait;
+    }
     this.#paused = false;
     if (took) this.progress();
   }
@@ -180,7 +228,7 @@ export class AttemptWatch {
   /** Ends the attempt's signal bookkeeping. */
   dispose(): void {
     this.stop();
-    this.bodyEnded();
+    this.#unfeed();
     if (this.#controller !== null) this.#parent.removeEventListener('abort', this.#onParentAbort);
   }
 
@@ -261,6 +309,8 @@ class WatchedReader implements AsyncIterator<Uint8Array>, NextNow {
   /** The watch's side of a read's promise (made at the first read that waits). */
   #onTook: ((r: IteratorResult<Uint8Array>) => void) | undefined;
   #onFailed: (() => void) | undefined;
+  /** The exchange closed the reader (return()). */
+  #returned = false;
 
   constructor(watch: AttemptWatch, inner: AsyncIterator<Uint8Array>) {
     this.#watch = watch;
@@ -275,7 +325,9 @@ class WatchedReader implements AsyncIterator<Uint8Array>, NextNow {
     // already there is taken in the same turn (no extra tick, no extra flush).
     this.#onTook ??= (r: IteratorResult<Uint8Array>) => {
       watch.resume(true);
-      if (r.done === true) watch.bodyEnded();
+      // (A read the exchange cut short with return() ends `done` too: not the body's end.)
+      if (r.done !== true) watch.took(r.value.byteLength);
+      else if (!this.#returned) watch.bodyEnded();
     };
     this.#onFailed ??= () => watch.resume(false);
     p.then(this.#onTook, this.#onFailed);
@@ -287,12 +339,15 @@ class WatchedReader implements AsyncIterator<Uint8Array>, NextNow {
     const r = takeNow(this.#inner);
     if (r !== undefined) {
       this.#watch.resume(true);
-      if (r.done === true) this.#watch.bodyEnded();
+      if (r.done === true) {
+        if (!this.#returned) this.#watch.bodyEnded();
+      } else this.#watch.took(r.value.byteLength);
     }
     return r;
   }
 
   return(value?: unknown): Promise<IteratorResult<Uint8Array>> {
+    this.#returned = true;
     this.#watch.resume(false);
     const inner = this.#inner;
     return inner.return !== undefined

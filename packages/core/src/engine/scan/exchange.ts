@@ -12,7 +12,15 @@ import type { AttemptResult, ExchangeContext } from '../types.js';
 import { readVerdict, type Verdict } from '../verdict/index.js';
 import { AttemptWatch, type WatchHooks } from './attempt-watch.js';
 import { bodyComplete } from './intake.js';
-import { classifyFailure, clientHeld, isRefusal, markRefusal, QUEUED, waitedForConnection } from './retry.js';
+import {
+  classifyFailure,
+  clientHeld,
+  clientTurn,
+  isRefusal,
+  markRefusal,
+  QUEUED,
+  waitedForConnection,
+} from './retry.js';
 
 /**
  * The exchange stage: one body (a whole request, or one multipart part) sent to ICAP as a
@@ -155,7 +163,11 @@ class Exchange implements WatchHooks, TriedServers {
         // It waited for a connection and never got one: busy is not broken (no health failure),
         // and not the ICAP side's failure at all when HTTP clients held those connections.
         const queued = waitedForConnection(raw, this.signal, watch, handle);
-        const error = queued && handle.clientHeldSince(attemptStart) ? clientHeld(raw, handle) : raw;
+        const slowClient = watch.slowClient(p.minBodyRate);
+        const error =
+          queued && handle.clientHeldSince(attemptStart)
+            ? clientHeld(raw, handle)
+            : clientTurn(raw, slowClient);
         if (isRefusal(error)) refusal ??= error;
         entry.action = 'ICAP_FAILED';
         // An ICAP error status stays in the record, whatever else was wrong with the answer.
@@ -163,7 +175,13 @@ class Exchange implements WatchHooks, TriedServers {
         entry.error_code = error.code;
         entry.error_message = error.message;
         ctx.telemetry.transactionError(ctx.scope, handle, p.serviceUri, error);
-        const failure = classifyFailure(error, this.signal, queued ? QUEUED : watch);
+        const failure = classifyFailure(
+          error,
+          this.signal,
+          queued
+            ? QUEUED
+            : { waitingForServer: watch.waitingForServer, bodyOpened: watch.bodyOpened, slowClient },
+        );
         // A refusal (ICAP 4xx) is about the request, not the server: it must not let clients
         // suspend a healthy server (and so switch fail-open on for everyone).
         // One the HTTP client's content can provoke (a 5xx answer, a slow scan) suspends the

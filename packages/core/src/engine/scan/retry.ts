@@ -21,7 +21,9 @@ import type { AttemptWatch } from './attempt-watch.js';
  * - All connections busy for queueTimeout (saturated; the wait is bounded only when another
  *   server is available) is retried elsewhere but is no failure of the server. When HTTP
  *   clients still sending their bodies held connections of the server during the wait, it
- *   never takes the failure action either (CLIENT_HELD below).
+ *   never takes the failure action either (CLIENT_PACED below).
+ * - A health fault while a slow HTTP client was still sending the body is provokable (the
+ *   server may have given up on a slow upload) and never takes the failure action.
  * - The request's own responseTimeout ends the request (no time is left to try another
  *   server); it counts against the server when the server was the one being waited for.
  * - Anything the HTTP client caused (it went away, its body is too large or stalled) is
@@ -75,7 +77,11 @@ export interface FailureClass {
 export function classifyFailure(
   error: IcapError,
   requestSignal: AbortSignal,
-  attempt: { readonly waitingForServer: boolean; readonly bodyOpened: boolean },
+  attempt: {
+    readonly waitingForServer: boolean;
+    readonly bodyOpened: boolean;
+    readonly slowClient: boolean;
+  },
 ): FailureClass {
   const sent = attempt.bodyOpened;
   if (requestSignal.aborted) {
@@ -85,7 +91,9 @@ export function classifyFailure(
     return { health: timedOut && attempt.waitingForServer, provokable: sent, retry: false };
   }
   if (HEALTH_FAULTS.has(error.code)) {
-    const provokable = error.code === IcapErrorCodes.SERVER_STATUS || (sent && QUIET_FAULTS.has(error.code));
+    const provokable =
+      error.code === IcapErrorCodes.SERVER_STATUS ||
+      (sent && (QUIET_FAULTS.has(error.code) || attempt.slowClient));
     return { health: true, provokable, retry: true };
   }
   if (error.code === IcapErrorCodes.SATURATED) return { health: false, provokable: false, retry: true };
@@ -139,26 +147,25 @@ export function isRefusal(error: IcapError): boolean {
 }
 
 /**
- * Waits for a connection that ended without one while HTTP clients still sending their bodies
- * held the server's connections (exchange.ts): busy, not broken, and not the ICAP side's
- * doing. A client could otherwise hold every connection with uploads it stops sending after
- * their exchange began, and have its next upload (or anyone's) wait until responseTimeout and
- * pass unscanned. Never the failure action.
+ * Failures the HTTP clients' pace led to (exchange.ts), never the failure action:
+ * - a wait for a connection that ended without one while HTTP clients still sending their
+ *   bodies held connections of the server ({@link clientHeld}): busy, not broken. A client
+ *   could otherwise hold every connection with uploads it stops sending once their exchange
+ *   began, and have its next upload (or anyone's) wait until responseTimeout and pass unscanned;
+ * - an attempt that failed while a slow HTTP client was still sending the body
+ *   ({@link clientTurn}): the server may have given up on a slow upload (an idle or
+ *   transaction time limit of its own), and a client that pauses or trickles long enough
+ *   would otherwise choose the failure action for its own upload.
  */
-const CLIENT_HELD = new WeakSet<IcapError>();
-
-/** Marks a wait for a connection that HTTP clients held (see CLIENT_HELD). */
-export function markClientHeld(error: IcapError): void {
-  CLIENT_HELD.add(error);
-}
+const CLIENT_PACED = new WeakSet<IcapError>();
 
 /** Whether the failure action (fail-open) may apply to this error. */
 export function takesFailAction(error: IcapError): boolean {
-  return ICAP_SIDE_FAILURES.has(error.code) && !REQMOD_REFUSALS.has(error) && !CLIENT_HELD.has(error);
+  return ICAP_SIDE_FAILURES.has(error.code) && !REQMOD_REFUSALS.has(error) && !CLIENT_PACED.has(error);
 }
 
 /** An attempt that waited for a connection and got none: it never waited for the server. */
-export const QUEUED = { waitingForServer: false, bodyOpened: false } as const;
+export const QUEUED = { waitingForServer: false, bodyOpened: false, slowClient: false } as const;
 
 /**
  * The attempt never got a connection and ended by its wait: queueTimeout (SATURATED), or the
@@ -181,7 +188,7 @@ export function waitedForConnection(
 /**
  * A wait for a connection that HTTP clients still sending their bodies held (see
  * ServerHandle.clientHeldSince): ICAP_ERR_SATURATED that never takes the failure action
- * (retry.ts, CLIENT_HELD).
+ * (CLIENT_PACED).
  */
 export function clientHeld(error: IcapError, handle: ServerHandle): IcapError {
   const held = new IcapError(
@@ -189,6 +196,18 @@ export function clientHeld(error: IcapError, handle: ServerHandle): IcapError {
     `the connections to ICAP server ${handle.server.url} stayed busy, held by uploads whose HTTP clients were still sending (${error.message})`,
     { cause: error },
   );
-  markClientHeld(held);
+  CLIENT_PACED.add(held);
   return held;
+}
+
+/**
+ * A health fault (a close, a reset, a 5xx, ioTimeout...) while a slow HTTP client was still
+ * sending the body (`slowClient`: AttemptWatch.slowClient): the same error, marked
+ * CLIENT_PACED and saying so. Any other error is returned as it is.
+ */
+export function clientTurn(error: IcapError, slowClient: boolean): IcapError {
+  if (!slowClient || !HEALTH_FAULTS.has(error.code) || REQMOD_REFUSALS.has(error)) return error;
+  error.message += ' (the upload was still arriving, slowly: the server may have given up on it)';
+  CLIENT_PACED.add(error);
+  return error;
 }
