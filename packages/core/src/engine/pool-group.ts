@@ -14,9 +14,10 @@ import { AttemptWatch } from './scan/attempt-watch.js';
  *   HTTP client's content can provoke (a 5xx answer, a response timeout, ioTimeout or a stall
  *   while the server had the request: `provokable`, retry.ts), the server is only suspect: a
  *   check runs at once, a REQMOD of a small fixed body (no client content in it) on a
- *   connection of its own, and the server is suspended only if that fails too (no answer in time, a 5xx). So no client can
- *   suspend a healthy server (and send every other request to the failure action) with uploads
- *   that are slow or impossible to scan; a dead, hung or broken server fails the check.
+ *   connection of its own, and the server is suspended only if that fails too (no answer in
+ *   time, a 5xx). So no client can suspend a healthy server (and send every other request to
+ *   the failure action) with uploads that are slow or impossible to scan; a dead, hung or
+ *   broken server fails the check.
  * - `suspended`: takes no request. After a backoff (`probeInterval`, doubled after each failed
  *   probe or trial, up to `maxProbeInterval`) an OPTIONS probe runs: a failed probe doubles the
  *   backoff, a successful one makes the server half-open.
@@ -50,9 +51,9 @@ const NEVER = new AbortController().signal;
 /**
  * A suspect server's health check (ServerHandle, `#check`): a REQMOD of CHECK_BODY, its OPTIONS
  * fetched first, on a connection of its own (not one of the pool's, which HTTP clients may
- * all be holding). Resolves when the server answered below 500; rejects
- * otherwise: a 5xx, no progress for `stallTimeout` once it has the request (as for any attempt,
- * attempt-watch.ts), or no answer within the client's timeout.
+ * all be holding). Resolves when the server answered below 500; rejects otherwise: a 5xx, no
+ * progress for `stallTimeout` once it has the request (as for any attempt, attempt-watch.ts),
+ * or no answer within the client's timeout.
  */
 async function checkRequest(client: IcapClient, service: string, stallTimeout: number): Promise<void> {
   const watch = new AttemptWatch(NEVER, stallTimeout, client.label, {
