@@ -263,6 +263,7 @@ describe('a scanner that gives up on an upload still arriving slowly: 503, never
           const run = await start(framework, failAction, server);
           try {
             const logs = run.logs.length;
+            const checks = server.requests.filter(isCheck).length;
             const status = await slowUpload(run, how);
             await until(() => run.logs.length > logs, 5_000, 'the icap_log record');
             const log = run.logs.at(-1)!;
@@ -274,7 +275,7 @@ describe('a scanner that gives up on an upload still arriving slowly: 503, never
             expect(log.significance).not.toContain('FAIL_OPEN');
             expect(log.fail_action).toBe('fail-closed');
             // Provoked by the upload: counted, but a health check decides (failureLimit 1 here).
-            await until(() => server.requests.some(isCheck), 5_000, 'the health check');
+            await until(() => server.requests.filter(isCheck).length > checks, 5_000, 'the health check');
             const [health] = run.app.engine.status();
             expect(health?.suspensions).toBe(0);
             await expectScanningAgain(run);
