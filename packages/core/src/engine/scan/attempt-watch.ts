@@ -118,20 +118,23 @@ export class AttemptWatch {
 
   /**
    * Whether the HTTP client's pace may explain the attempt's failure: it came before the
-   * exchange had read the body's end, and by then the body had come slower than `minRate`
-   * bytes/s since the exchange got its connection, or the exchange had waited SLOW_CLIENT_WAIT
-   * or longer for the client's next bytes. (A failure is often heard only once the client
-   * sends again: the wait that held it is counted when it ends.) A server with an idle or
-   * transaction time limit of its own gives up on such an upload.
+   * exchange had read the body's end, SLOW_CLIENT_WAIT or more after the exchange got its
+   * connection, and by then the body had come slower than `minRate` bytes/s since then, or the
+   * exchange had waited SLOW_CLIENT_WAIT or longer for the client's next bytes. (A failure is
+   * often heard only once the client sends again: the wait that held it is counted when it
+   * ends.) A server with an idle or transaction time limit of its own gives up on such an
+   * upload.
    */
   slowClient(minRate: number): boolean {
     // Before the connection, or after the whole body was sent: the server's turn.
     if (!this.#opened || this.#endRead) return false;
     const now = performance.now();
+    // A failure in the exchange's first SLOW_CLIENT_WAIT is no time limit on a slow upload
+    // (and the rate of a few ms says nothing: a reset right after the head took no bytes yet).
+    if (now - this.#openedAt < SLOW_CLIENT_WAIT) return false;
     const longest = this.#paused ? Math.max(this.#longestWait, now - this.#pausedAt) : this.#longestWait;
     if (longest >= SLOW_CLIENT_WAIT) return true;
-    const seconds = (now - this.#openedAt) / 1000;
-    return seconds > 0 && this.#taken / seconds < minRate;
+    return this.#taken / ((now - this.#openedAt) / 1000) < minRate;
   }
 
   #busy(): boolean {
