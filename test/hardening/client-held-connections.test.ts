@@ -10,9 +10,15 @@
  * server and sent everyone's uploads to the failure action.
  *
  * In Express, Fastify, Koa and Hono, in both failure modes:
- * - while uploads whose clients are still sending hold every connection, another upload gets
- *   503 `ICAP_ERR_SATURATED` (never passed unscanned, never the handler), the server's health
- *   untouched; once they are gone, EICAR is blocked and a clean upload passes;
+ * - uploads whose clients stop sending hold at most `maxStreamingUploads` connections (half
+ *   by default): the next holding upload is held whole, never given a connection, and other
+ *   uploads are scanned meanwhile (EICAR blocked, a clean upload passed); the held one is
+ *   scanned once its client sends the rest; a server's lower `Max-Connections` scales that
+ *   share down; with 0, no upload holds a connection at all;
+ * - where the profile lets them hold every connection (`maxStreamingUploads` =
+ *   `maxConnections`), another upload gets 503 `ICAP_ERR_SATURATED` (never passed unscanned,
+ *   never the handler), the server's health untouched; once they are gone, EICAR is blocked
+ *   and a clean upload passes;
  * - a suspect server's health check goes out on a connection of its own while HTTP clients
  *   hold the pool: it is answered and the server stays up;
  * - a scanner that gives up on an upload still arriving slowly (an idle or total time limit
@@ -55,7 +61,12 @@ interface Run {
   holders: Socket[];
 }
 
-async function start(framework: Framework, failAction: FailAction, server: IcapTestServer): Promise<Run> {
+async function start(
+  framework: Framework,
+  failAction: FailAction,
+  server: IcapTestServer,
+  more: Partial<IcapProfile> = {},
+): Promise<Run> {
   const logs: IcapLog[] = [];
   const profile: IcapProfile = {
     name: `client-held-${framework}-${failAction}`,
@@ -66,12 +77,18 @@ async function start(framework: Framework, failAction: FailAction, server: IcapT
     bodyTimeout: 30_000,
     connection: { maxConnections: 2 },
     health: { failureLimit: 1, probeInterval: 60_000 },
+    // Counts the uploads arriving (engine.uploadsArriving); no test reaches the limit.
+    maxBodiesPerClient: 100,
     onLog: (l) => logs.push(l),
+    ...more,
   };
   return { app: await startApp(framework, profile), logs, holders: [] };
 }
 
 const busy = (run: Run) => run.app.engine.status()[0]?.connections.busy ?? 0;
+const arriving = (run: Run) => run.app.engine.uploadsArriving('127.0.0.1');
+/** Every connection may carry a body still arriving: HTTP clients can hold the whole pool. */
+const NO_SHARE_KEPT: Partial<IcapProfile> = { maxStreamingUploads: 2 };
 const pending = (run: Run) => run.app.engine.status()[0]?.connections.pending ?? 0;
 
 /**
@@ -142,11 +159,117 @@ afterAll(async () => {
   await server?.close();
 });
 
-describe('uploads whose clients stop sending hold every connection: the others get 503, never the failure action', () => {
+describe('uploads whose clients stop sending hold at most half the connections: the others are scanned', () => {
   for (const framework of FRAMEWORKS) {
     for (const failAction of FAIL_ACTIONS) {
       it(`${framework}, ${failAction}`, async () => {
         const run = await start(framework, failAction, server);
+        const reqmods = () => server.requests.filter((r) => r.method === 'REQMOD' && !isCheck(r)).length;
+        try {
+          const before = reqmods() + 1;
+          holdingUpload(run);
+          // (The server has its REQMOD: a connection taken is not yet a request seen.)
+          await until(() => busy(run) === 1 && reqmods() === before, 5_000, 'the first connection held');
+          const second = holdingUpload(run);
+          await until(() => arriving(run) === 2, 5_000, 'the second upload arriving');
+          // Its first bytes came as fast as the first's, but no place is left: it is held.
+          for (const body of [EICAR, Buffer.from('hello')]) {
+            const r = await upload(run, body);
+            expect(r.log.error_code).toBeUndefined();
+            if (body === EICAR) {
+              expect(r.status).toBe(403);
+              expect(r.handled).toEqual([]);
+              expect(r.log.action).toBe('ICAP_BLOCKED');
+            } else {
+              expect(r.status).toBe(200);
+              expect(r.handled.map((s) => s.raw?.toString())).toEqual(['hello']);
+            }
+          }
+          expect(reqmods()).toBe(before + 2);
+          expect(busy(run)).toBe(1);
+          // The held upload is scanned once its client sends the rest: EICAR at its end is blocked.
+          const logs = run.logs.length;
+          const seen = run.app.seen.length;
+          second.write(Buffer.concat([Buffer.alloc(DECLARED - FIRST - EICAR.length, 0x62), EICAR]));
+          await until(() => run.logs.length > logs, 5_000, "the held upload's record");
+          expect(run.logs.at(-1)?.action).toBe('ICAP_BLOCKED');
+          expect(run.logs.at(-1)?.request_body_length).toBe(DECLARED);
+          expect(run.app.seen.length).toBe(seen);
+          const [status] = run.app.engine.status();
+          expect(status?.consecutiveFailures).toBe(0);
+          await expectScanningAgain(run);
+        } finally {
+          await stop(run);
+        }
+      });
+    }
+  }
+});
+
+describe("a server's Max-Connections scales the share down: holders still leave connections for the others", () => {
+  let limited: IcapTestServer;
+  beforeAll(async () => {
+    limited = await startIcapServer({ recordBodies: false, maxConnections: 2 });
+  });
+  afterAll(async () => {
+    await limited?.close();
+  });
+  for (const framework of FRAMEWORKS) {
+    it(`${framework}, fail-open: maxConnections 32 (16 streamed at most), the server allows 2`, async () => {
+      const run = await start(framework, 'fail-open', limited, { connection: { maxConnections: 32 } });
+      try {
+        // The first exchange reads the server's OPTIONS (its Max-Connections).
+        expect((await upload(run, Buffer.from('hello'))).status).toBe(200);
+        expect(run.app.engine.status()[0]?.connections.limit).toBe(2);
+        holdingUpload(run);
+        await until(() => busy(run) === 1, 5_000, 'one connection held');
+        holdingUpload(run);
+        await until(() => arriving(run) === 2, 5_000, 'the second upload arriving');
+        const threat = await upload(run, EICAR);
+        expect(threat.status).toBe(403);
+        expect(threat.handled).toEqual([]);
+        expect(threat.log.action).toBe('ICAP_BLOCKED');
+        expect(busy(run)).toBe(1);
+        await expectScanningAgain(run);
+      } finally {
+        await stop(run);
+      }
+    });
+  }
+});
+
+describe('maxStreamingUploads 0: no upload takes a connection before all of it is here', () => {
+  for (const framework of FRAMEWORKS) {
+    it(framework, async () => {
+      const run = await start(framework, 'fail-open', server, { maxStreamingUploads: 0 });
+      const reqmods = () => server.requests.filter((r) => r.method === 'REQMOD' && !isCheck(r)).length;
+      try {
+        const before = reqmods();
+        const first = holdingUpload(run);
+        await until(() => arriving(run) === 1, 5_000, 'the upload arriving');
+        // Well past the hold rule (200 KB at once): still no connection, nothing sent to ICAP.
+        const r = await upload(run, EICAR);
+        expect(r.status).toBe(403);
+        expect(busy(run)).toBe(0);
+        expect(reqmods()).toBe(before + 1);
+        const logs = run.logs.length;
+        first.write(Buffer.alloc(DECLARED - FIRST, 0x62));
+        await until(() => run.logs.length > logs, 5_000, "the held upload's record");
+        expect(run.logs.at(-1)?.action).toBe('ICAP_PASSED');
+        expect(reqmods()).toBe(before + 2);
+        await expectScanningAgain(run);
+      } finally {
+        await stop(run);
+      }
+    });
+  }
+});
+
+describe('where every connection may carry an arriving body, HTTP clients that hold them all: 503, never the failure action', () => {
+  for (const framework of FRAMEWORKS) {
+    for (const failAction of FAIL_ACTIONS) {
+      it(`${framework}, ${failAction}`, async () => {
+        const run = await start(framework, failAction, server, NO_SHARE_KEPT);
         try {
           holdingUpload(run);
           holdingUpload(run);
@@ -178,7 +301,7 @@ describe("a suspect server's health check does not wait behind HTTP clients hold
   for (const framework of FRAMEWORKS) {
     for (const failAction of FAIL_ACTIONS) {
       it(`${framework}, ${failAction}: the check is answered on a connection of its own, the server stays up`, async () => {
-        const run = await start(framework, failAction, server);
+        const run = await start(framework, failAction, server, NO_SHARE_KEPT);
         const checksBefore = server.requests.filter(isCheck).length;
         const failures = run.logs.length;
         try {
@@ -188,12 +311,14 @@ describe("a suspect server's health check does not wait behind HTTP clients hold
           await until(() => busy(run) === 1, 5_000, 'the first connection held');
           const trigger = holdingUpload(run, 'error');
           await until(() => busy(run) === 2, 5_000, 'the second connection taken');
-          // A third holding upload waits for a connection: it takes the one the 500 frees.
-          holdingUpload(run);
+          // A third upload, complete, waits for a connection: it takes the one the 500 frees.
+          const third = upload(run, Buffer.from('third'));
           await until(() => pending(run) === 1, 5_000, 'the third upload queued');
           trigger.write(Buffer.alloc(DECLARED - FIRST, 0x62));
-          await until(() => run.logs.length > failures, 5_000, "the 500'd upload's record");
-          expect(run.logs.at(-1)?.error_code).toBe('ICAP_ERR_SERVER_STATUS');
+          // (The third upload's record may come first: it gets the connection the 500 frees.)
+          const failed = () => run.logs.slice(failures).filter((l) => l.error_code !== undefined);
+          await until(() => failed().length > 0, 5_000, "the 500'd upload's record");
+          expect(failed().map((l) => l.error_code)).toEqual(['ICAP_ERR_SERVER_STATUS']);
           await until(() => server.requests.filter(isCheck).length > checksBefore, 5_000, 'the health check');
           const check = server.requests.filter(isCheck).at(-1)!;
           // Not on any of the pool's connections: those were all held.
@@ -207,6 +332,7 @@ describe("a suspect server's health check does not wait behind HTTP clients hold
           const [status] = run.app.engine.status();
           expect(status?.state).toBe('up');
           expect(status?.suspensions).toBe(0);
+          expect((await third).status).toBe(200);
           await expectScanningAgain(run);
         } finally {
           await stop(run);

@@ -188,11 +188,33 @@ describe('intake profile options', () => {
       { maxBodiesPerClient: 0 },
       { drainAfterAnswer: { bytes: 'x' } },
       { drainAfterAnswer: { timeout: -1 } },
+      { maxStreamingUploads: -1 },
+      { maxStreamingUploads: 1.5 },
+      { maxStreamingUploads: 33 },
+      { maxStreamingUploads: 5, connection: { maxConnections: 4 } },
     ]) {
       expect(() => createEngine({ ...base, ...(bad as object) }), JSON.stringify(bad)).toThrow(
-        /ICAP profile: profile\.(bodyDeadline|holdBodySize|minBodyRate|lengthRequired|maxBodiesPerClient|drainAfterAnswer)/,
+        /ICAP profile: profile\.(bodyDeadline|holdBodySize|minBodyRate|lengthRequired|maxBodiesPerClient|drainAfterAnswer|maxStreamingUploads)/,
       );
     }
+    expect(() => createEngine({ ...base, maxStreamingUploads: 33 })).toThrow(
+      /profile\.maxStreamingUploads must be an integer from 0 to 32 uploads \(connection\.maxConnections\) \(got 33\)/,
+    );
+  });
+  it('maxStreamingUploads: half the connections by default, at least one', async () => {
+    for (const [maxConnections, expected] of [
+      [32, 16],
+      [5, 2],
+      [2, 1],
+      [1, 1],
+    ] as const) {
+      const e = createEngine({ ...base, connection: { maxConnections } });
+      expect(e.profile.maxStreamingUploads, String(maxConnections)).toBe(expected);
+      await e.close();
+    }
+    const e = createEngine({ ...base, maxStreamingUploads: 0 });
+    expect(e.profile.maxStreamingUploads).toBe(0);
+    await e.close();
   });
   it('have defaults', async () => {
     const e = createEngine(base);

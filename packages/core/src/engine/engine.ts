@@ -5,7 +5,7 @@ import { PoolGroup, type ServerStatus } from './pool-group.js';
 import { type IcapProfile, type PinoLike, type ResolvedProfile, resolveProfile } from './profile.js';
 import { requestFacts, type ScanRequest } from './request.js';
 import { admit } from './scan/admission.js';
-import { ClientIntake } from './scan/intake.js';
+import { ClientIntake, StreamGate, streamingLimit } from './scan/intake.js';
 import { newLog } from './scan/outcome.js';
 import { reportTransition } from './scan/retry.js';
 import { Scan } from './scan/scan.js';
@@ -72,6 +72,13 @@ export class IcapEngine {
       group: this.#group,
       telemetry: this.#telemetry,
       intake: this.#intake,
+      streams: new StreamGate(() =>
+        streamingLimit(
+          this.profile.maxStreamingUploads,
+          this.profile.maxConnections,
+          this.#group.servers.map((s) => s.client.pool.limit),
+        ),
+      ),
       closed: false,
       emit: (log, logger) => this.#emit(log, logger),
     };

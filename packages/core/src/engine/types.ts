@@ -8,7 +8,7 @@ import type { PoolGroup } from './pool-group.js';
 import type { PinoLike, ResolvedProfile } from './profile.js';
 import type { HttpRequestFacts } from './request.js';
 import type { ClientResponse } from './respond.js';
-import type { ClientIntake } from './scan/intake.js';
+import type { ClientIntake, StreamGate } from './scan/intake.js';
 import type { ScanScope, Telemetry } from './telemetry.js';
 import type { Verdict } from './verdict/index.js';
 
@@ -101,6 +101,8 @@ export interface EngineCore {
   readonly group: PoolGroup;
   readonly telemetry: Telemetry;
   readonly intake: ClientIntake;
+  /** Places for bodies streamed while they arrive (maxStreamingUploads). */
+  readonly streams: StreamGate;
   /** Set by `engine.close()`: later scans fail (ICAP_ERR_CLOSED_CLIENT). */
   closed: boolean;
   /** Sends a finished record to `onLog`, the logger and the log listeners. */

@@ -62,6 +62,7 @@ export const PROFILE_KEYS = new Set([
   'bodyDeadline',
   'holdBodySize',
   'minBodyRate',
+  'maxStreamingUploads',
   'lengthRequired',
   'maxBodiesPerClient',
   'drainAfterAnswer',

@@ -128,6 +128,23 @@ export function resolveProfile(profile: IcapProfile): ResolvedProfile {
     new Set(['failureLimit', 'probeInterval', 'maxProbeInterval', 'successThreshold']),
     'profile.health',
   );
+  const maxConnections = integer(
+    conn.maxConnections,
+    'profile.connection.maxConnections',
+    PROFILE_DEFAULTS.maxConnections,
+    1,
+    10_000,
+    'connections',
+  );
+  // Half the connections may carry bodies still arriving; the rest stay for bodies that are here.
+  const maxStreamingUploads = integer(
+    p.maxStreamingUploads,
+    'profile.maxStreamingUploads',
+    Math.max(1, Math.floor(maxConnections / 2)),
+    0,
+    maxConnections,
+    'uploads (connection.maxConnections)',
+  );
   const connectTimeout = integer(
     conn.connectTimeout,
     'profile.connection.connectTimeout',
@@ -292,14 +309,8 @@ export function resolveProfile(profile: IcapProfile): ResolvedProfile {
     absoluteUri: bool(p.absoluteUri, 'profile.absoluteUri', true),
     transferIgnore: oneOf(p.transferIgnore, ['off', 'extension'], 'profile.transferIgnore', 'off'),
     redactHeaders: redact,
-    maxConnections: integer(
-      conn.maxConnections,
-      'profile.connection.maxConnections',
-      PROFILE_DEFAULTS.maxConnections,
-      1,
-      10_000,
-      'connections',
-    ),
+    maxConnections,
+    maxStreamingUploads,
     connectTimeout,
     keepAliveTimeout: integer(
       conn.keepAliveTimeout,

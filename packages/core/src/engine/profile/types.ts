@@ -77,6 +77,17 @@ export interface IcapProfile {
    */
   minBodyRate?: number | string | undefined;
   /**
+   * Uploads streamed to the ICAP servers while their HTTP clients still send them, at most this
+   * many at once (across the servers). A fast start proves nothing of the rest: a client may
+   * send `holdBodySize` bytes at once and then stop, holding its ICAP connection for as long as
+   * bodyDeadline allows. Beyond this many, an upload is held whole first (as a slow one is), so
+   * such clients hold at most this share of the connections and the others stay for bodies
+   * that have arrived. A share of connection.maxConnections: a server whose OPTIONS allow
+   * fewer connections (`Max-Connections`) scales it down. Default half of maxConnections (at
+   * least 1); 0: every body is held whole before its exchange; maxConnections: no share kept.
+   */
+  maxStreamingUploads?: number | undefined;
+  /**
    * The ICAP server needs the encapsulated `Content-Length` (Kaspersky style, it answers 400
    * without): every body is held whole (spooled above memoryThreshold) before the exchange
    * starts. Default false.
@@ -301,6 +312,7 @@ export interface ResolvedProfile {
   bodyDeadline: number;
   holdBodySize: number;
   minBodyRate: number;
+  maxStreamingUploads: number;
   lengthRequired: boolean;
   maxBodiesPerClient: number | undefined;
   drainBytes: number;

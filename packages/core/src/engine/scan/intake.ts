@@ -22,6 +22,11 @@ import type { HttpRequestFacts, ScanRequest } from '../request.js';
  * holds memory or disk bounded by bufferSize, never a scanner connection, and the upload is
  * bounded in time by bodyTimeout and bodyDeadline. `wholeBody` (a server that requires the
  * length) holds every body to its end.
+ *
+ * A fast start proves nothing of the rest: a client can send `holdBytes` at once and then stop.
+ * So a body streamed while it arrives also needs a place of the `gate` (maxStreamingUploads,
+ * a share of the connections); without one it is held whole too. Uploads whose clients stop
+ * sending hold at most that share, and the other connections stay for bodies that are here.
  */
 export interface HoldRule {
   /** Bytes that may start the exchange before the end; 0: start at once (no holding). */
@@ -30,11 +35,39 @@ export interface HoldRule {
   minRate: number;
   /** Hold every body to its end. */
   wholeBody: boolean;
+  /** Places for bodies streamed while they arrive (none: no limit). */
+  gate?: StreamGate | undefined;
+}
+
+/**
+ * Bodies streamed to the ICAP servers while their HTTP clients still send them: at most
+ * `limit()` at once, across the engine's servers (maxStreamingUploads, see streamingLimit).
+ */
+export class StreamGate {
+  readonly #limit: () => number;
+  #open = 0;
+
+  constructor(limit: () => number) {
+    this.#limit = limit;
+  }
+
+  /** A place for one such body (give it back, once, when the body has arrived); null when none is left. */
+  take(): (() => void) | null {
+    if (this.#open >= this.#limit()) return null;
+    this.#open++;
+    let given = false;
+    return () => {
+      if (given) return;
+      given = true;
+      this.#open--;
+    };
+  }
 }
 
 /**
  * Resolves once the exchange may start: the body ended (or failed, or outgrew its limit: the
- * caller finds out from the store), or enough of it arrived fast enough. Rejects with the
+ * caller finds out from the store), or enough of it arrived fast enough and the gate had a
+ * place for it: then with that place's give-back (called once the body has arrived). Rejects with the
  * signal's reason when the signal aborts first (heard through `hook` when given: the signal's
  * owner calls it, no listener is added). `source` is what the store reads (its 'data' events
  * say when to look again; null: only the end matters); `startedAt` is performance.now() at the
@@ -56,18 +89,26 @@ export function whenReadyToScan(
   startedAt: number,
   signal: AbortSignal,
   hook?: AbortHook,
-): Promise<void> {
+): Promise<(() => void) | undefined> {
+  let place: (() => void) | undefined;
   const ready = (): boolean => {
     if (store.ended || store.error !== undefined || store.exceeded) return true;
-    if (rule.wholeBody || source === null) return false;
-    if (store.received < rule.holdBytes) return false;
+    if (rule.wholeBody) return false;
+    // No holding: the exchange starts with the first byte, if there is a place.
+    if (rule.holdBytes === 0) return streamPlace();
+    if (source === null || store.received < rule.holdBytes) return false;
     const seconds = Math.max((performance.now() - startedAt) / 1000, 0.001);
-    return store.received / seconds >= rule.minRate;
+    if (store.received / seconds < rule.minRate) return false;
+    return streamPlace();
   };
-  if (!rule.wholeBody && rule.holdBytes === 0) return Promise.resolve();
+  const streamPlace = (): boolean => {
+    if (rule.gate === undefined) return true;
+    place = rule.gate.take() ?? undefined;
+    return place !== undefined;
+  };
   if (signal.aborted) return Promise.reject(signal.reason);
-  if (ready()) return Promise.resolve();
-  return new Promise<void>((resolve, reject) => {
+  if (ready()) return Promise.resolve(place);
+  return new Promise<(() => void) | undefined>((resolve, reject) => {
     let done = false;
     const cleanup = () => {
       done = true;
@@ -79,7 +120,7 @@ export function whenReadyToScan(
     const onData = () => {
       if (!done && ready()) {
         cleanup();
-        resolve();
+        resolve(place);
       }
     };
     const onAbort = () => {
@@ -94,10 +135,26 @@ export function whenReadyToScan(
     const onEnd = () => {
       if (done) return;
       cleanup();
-      resolve();
+      resolve(undefined);
     };
     if (!store.onEnded(onEnd)) void store.whenEnded().then(onEnd);
   });
+}
+
+/**
+ * maxStreamingUploads is a share of maxConnections: a server that allows fewer connections
+ * (its OPTIONS `Max-Connections`) scales it down, so the smallest server still keeps its share
+ * for bodies that have arrived. `limits`: every server's connection limit now.
+ */
+export function streamingLimit(
+  configured: number,
+  maxConnections: number,
+  limits: readonly number[],
+): number {
+  if (configured === 0) return 0;
+  let smallest = maxConnections;
+  for (const limit of limits) if (limit < smallest) smallest = limit;
+  return Math.max(1, Math.floor((smallest * configured) / maxConnections));
 }
 
 /** Leaving intake when nothing was counted. */

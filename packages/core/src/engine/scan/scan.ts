@@ -78,6 +78,8 @@ export class Scan {
   /** The scan's abort signal (a light one: see LightAbortController). */
   #control: LightAbortController | null = null;
   #leaveIntake: () => void = NOTHING;
+  /** Gives back the scan's place among the bodies streamed while they arrive (StreamGate). */
+  #givePlace: () => void = NOTHING;
   #onCallerAbort: (() => void) | undefined;
   /**
    * The scan's one timer, for both of its bounds in time: bodyDeadline (the whole upload, while
@@ -196,6 +198,7 @@ export class Scan {
       const onEnd = () => {
         this.#bodyDue = Number.POSITIVE_INFINITY;
         this.#leaveIntake();
+        this.#givePlace();
         if (store.error !== undefined) queueMicrotask(() => this.#bodyFailed(store));
         else this.#armTimer();
       };
@@ -312,14 +315,25 @@ export class Scan {
       const facts = this.facts;
       const short =
         !facts.chunked && facts.contentLength !== undefined && facts.contentLength < p.holdBodySize;
-      await whenReadyToScan(
+      const place = await whenReadyToScan(
         scanned,
         this.#decoded === null && !short ? this.#req : null,
-        { holdBytes: p.holdBodySize, minRate: p.minBodyRate, wholeBody: p.lengthRequired },
+        {
+          holdBytes: p.holdBodySize,
+          minRate: p.minBodyRate,
+          wholeBody: p.lengthRequired,
+          gate: this.#engine.streams,
+        },
         this.#t0,
         this.signal,
         this,
       );
+      // Streamed while it arrives: the place is given back once the client has sent it all.
+      if (place !== undefined) {
+        const raw = this.store;
+        if (raw !== null && !raw.ended && raw.error === undefined && !raw.exceeded) this.#givePlace = place;
+        else place();
+      }
       // (A request that declared this length already says so: it is sent as it is.)
       if (
         scanned.ended &&
@@ -460,6 +474,7 @@ export class Scan {
     this.#bodyDue = Number.POSITIVE_INFINITY;
     this.#stopTimer();
     this.#leaveIntake();
+    this.#givePlace();
   }
 
   /** Fills in and emits the icap_log record (once per scan), and returns the outcome. */
