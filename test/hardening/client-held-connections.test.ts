@@ -21,10 +21,12 @@
  *   and a clean upload passes;
  * - a suspect server's health check goes out on a connection of its own while HTTP clients
  *   hold the pool: it is answered and the server stays up;
- * - a scanner that gives up on an upload still arriving slowly (an idle or total time limit
- *   of its own: the test server's `give-up` fault) makes that upload 503, never the failure
- *   action: a client that pauses or trickles past the scanner's limit cannot have the rest of
- *   its body (EICAR) pass unscanned. The failure counts as one the upload provoked.
+ * - a scanner that gives up on an upload still arriving (an idle or total time limit of its
+ *   own, 1.5 s or 300 ms: the test server's `give-up` fault) gets the whole body once more
+ *   when it has arrived: EICAR at its end is blocked, a clean upload passes whole, never the
+ *   failure action; a client that pauses or trickles past the scanner's limit cannot have the
+ *   rest of its body pass unscanned. The failure counts as one the upload provoked;
+ * - a server that fails that whole body too fails on its own: the failure action applies.
  */
 import { connect, type Socket } from 'node:net';
 import type { IcapLog, IcapProfile } from '@icapkit/core';
@@ -151,6 +153,10 @@ beforeAll(async () => {
       // A scanner's own limits on receiving a request: 1.5 s without a byte, or 1.5 s in all.
       if (scan === 'idle-limit') return { kind: 'give-up', idleMs: 1_500 };
       if (scan === 'total-limit') return { kind: 'give-up', totalMs: 1_500 };
+      // A short one: it gives up within the exchange's first second.
+      if (scan === 'short-idle-limit') return { kind: 'give-up', idleMs: 300 };
+      // A server that breaks on this request however it is sent.
+      if (scan === 'reset-always') return { kind: 'reset', when: 'mid-body' };
       return undefined;
     },
   });
@@ -342,15 +348,18 @@ describe("a suspect server's health check does not wait behind HTTP clients hold
   }
 });
 
+type Pace = 'pause' | 'trickle' | 'short pause';
+
 /** What a slow upload sends at once: past holdBodySize, fast; then far below minBodyRate on average. */
 const START = 100_000;
 
 /**
  * An upload of START bytes at once, then (`pause`) nothing until the server's limit has passed,
- * or (`trickle`) a byte every 100 ms; then the rest, EICAR at its end. The HTTP answer's status.
+ * or (`trickle`) a byte every 100 ms; then the rest, `tail` at its end. `scan` is its X-Scan
+ * header (the server's limit). The HTTP answer's status.
  */
-async function slowUpload(run: Run, how: 'pause' | 'trickle'): Promise<number> {
-  const body = Buffer.concat([Buffer.alloc(START, 0x61), Buffer.alloc(1_000, 0x62), EICAR]);
+async function slowUpload(run: Run, how: Pace, tail: Buffer, scan: string): Promise<number> {
+  const body = Buffer.concat([Buffer.alloc(START, 0x61), Buffer.alloc(1_000, 0x62), tail]);
   const u = new URL(run.app.url);
   const socket = connect(Number(u.port), u.hostname);
   run.holders.push(socket);
@@ -362,12 +371,12 @@ async function slowUpload(run: Run, how: 'pause' | 'trickle'): Promise<number> {
   const answered = () => reply.includes('\r\n\r\n');
   socket.write(
     `POST /raw HTTP/1.1\r\nHost: ${u.host}\r\nContent-Type: application/octet-stream\r\n` +
-      `X-Scan: ${how === 'pause' ? 'idle-limit' : 'total-limit'}\r\nContent-Length: ${body.length}\r\n\r\n`,
+      `X-Scan: ${scan}\r\nContent-Length: ${body.length}\r\n\r\n`,
   );
   socket.write(body.subarray(0, START));
   let sent = START;
-  // Past the server's limit (1.5 s), bounded: the answer may come before (it does with the fix).
-  const until = Date.now() + 3_000;
+  // Past the server's limit (1.5 s), bounded: an answer before the rest ends it.
+  const until = Date.now() + 2_500;
   while (Date.now() < until && !answered()) {
     await new Promise((r) => setTimeout(r, 100));
     if (how === 'trickle' && sent < START + 1_000 && !socket.destroyed)
@@ -381,27 +390,44 @@ async function slowUpload(run: Run, how: 'pause' | 'trickle'): Promise<number> {
   return status === undefined ? 0 : Number(status);
 }
 
-describe('a scanner that gives up on an upload still arriving slowly: 503, never the failure action', () => {
+/** The scanner's limit each pace runs into. */
+const LIMIT = { pause: 'idle-limit', trickle: 'total-limit', 'short pause': 'short-idle-limit' } as const;
+const PACES = ['pause', 'trickle', 'short pause'] as const;
+
+describe('a scanner that gives up on an upload still arriving slowly: the whole body once more, never the failure action', () => {
   for (const framework of FRAMEWORKS) {
     for (const failAction of FAIL_ACTIONS) {
-      for (const how of ['pause', 'trickle'] as const) {
-        it(`${framework}, ${failAction}: a client that ${how === 'pause' ? 'pauses' : 'trickles'} past the scanner's limit`, async () => {
+      for (const how of PACES) {
+        it(`${framework}, ${failAction}: a client that ${how === 'trickle' ? 'trickles' : 'pauses'} past the scanner's ${how === 'short pause' ? '300 ms ' : ''}limit`, async () => {
           const run = await start(framework, failAction, server);
           try {
-            const logs = run.logs.length;
-            const checks = server.requests.filter(isCheck).length;
-            const status = await slowUpload(run, how);
-            await until(() => run.logs.length > logs, 5_000, 'the icap_log record');
-            const log = run.logs.at(-1)!;
-            expect(status).toBe(503);
-            expect(run.app.seen).toEqual([]);
-            expect(log.action).toBe('ICAP_FAILED');
-            expect(log.error_code).toBe('ICAP_ERR_CLOSED');
-            expect(log.error_message).toMatch(/the upload was still arriving, slowly/);
-            expect(log.significance).not.toContain('FAIL_OPEN');
-            expect(log.fail_action).toBe('fail-closed');
-            // Provoked by the upload: counted, but a health check decides (failureLimit 1 here).
-            await until(() => server.requests.filter(isCheck).length > checks, 5_000, 'the health check');
+            for (const [tail, expected] of [
+              [EICAR, 403],
+              [Buffer.from('clean end'), 200],
+            ] as const) {
+              const logs = run.logs.length;
+              const status = await slowUpload(run, how, tail, LIMIT[how]);
+              await until(() => run.logs.length > logs, 5_000, 'the icap_log record');
+              const log = run.logs.at(-1)!;
+              expect(status).toBe(expected);
+              // The first attempt: given up on by the scanner while the client was sending.
+              expect(log.request_logs.map((e) => e.error_code)).toEqual(['ICAP_ERR_CLOSED', undefined]);
+              // (Within the first second nothing says the client was slow: no such words then.)
+              if (how !== 'short pause')
+                expect(log.request_logs[0]?.error_message).toMatch(/the upload was still arriving, slowly/);
+              expect(log.significance).not.toContain('FAIL_OPEN');
+              expect(log.error_code).toBeUndefined();
+              if (expected === 403) {
+                expect(run.app.seen).toEqual([]);
+                expect(log.action).toBe('ICAP_BLOCKED');
+              } else {
+                // Delivered whole, as scanned the second time.
+                expect(run.app.seen.map((x) => x.raw?.length)).toEqual([START + 1_000 + tail.length]);
+                expect(run.app.seen[0]?.raw?.subarray(-tail.length).toString()).toBe('clean end');
+                expect(log.action).toBe('ICAP_PASSED');
+              }
+            }
+            // Provoked by the upload: it counts, but the server is never suspended for it.
             const [health] = run.app.engine.status();
             expect(health?.suspensions).toBe(0);
             await expectScanningAgain(run);
@@ -410,6 +436,36 @@ describe('a scanner that gives up on an upload still arriving slowly: 503, never
           }
         });
       }
+    }
+  }
+});
+
+describe('a server that fails the whole body too: that failure is its own and takes the failure action', () => {
+  for (const framework of FRAMEWORKS) {
+    for (const failAction of FAIL_ACTIONS) {
+      it(`${framework}, ${failAction}`, async () => {
+        // (Two resets in a row must not suspend the server before the second attempt.)
+        const run = await start(framework, failAction, server, { health: { failureLimit: 5 } });
+        try {
+          const logs = run.logs.length;
+          const status = await slowUpload(run, 'pause', Buffer.from('clean end'), 'reset-always');
+          await until(() => run.logs.length > logs, 5_000, 'the icap_log record');
+          const log = run.logs.at(-1)!;
+          expect(log.request_logs.map((e) => e.error_code)).toEqual(['ICAP_ERR_RESET', 'ICAP_ERR_RESET']);
+          expect(log.error_code).toBe('ICAP_ERR_RESET');
+          expect(log.fail_action).toBe(failAction);
+          if (failAction === 'fail-open') {
+            expect(status).toBe(200);
+            expect(log.significance).toContain('FAIL_OPEN');
+            expect(run.app.seen).toHaveLength(1);
+          } else {
+            expect(status).toBe(503);
+            expect(run.app.seen).toEqual([]);
+          }
+        } finally {
+          await stop(run);
+        }
+      });
     }
   }
 });

@@ -80,6 +80,8 @@ export class AttemptWatch {
   #taken = 0;
   /** clientFed(true) was said and not yet taken back. */
   #fed = false;
+  /** The body was still arriving when the exchange got its connection (see fedByClient). */
+  #fedByClient = false;
   #responseBytes = 0;
   /** The watchdog fired. */
   stalled = false;
@@ -137,6 +139,14 @@ export class AttemptWatch {
     return this.#taken / ((now - this.#openedAt) / 1000) < minRate;
   }
 
+  /**
+   * Whether the HTTP client fed this attempt: its body was still arriving when the exchange
+   * got its connection, so the client's pace was the attempt's pace (whatever it was).
+   */
+  get fedByClient(): boolean {
+    return this.#fedByClient;
+  }
+
   #busy(): boolean {
     return this.#hooks.busy?.() ?? false;
   }
@@ -169,6 +179,7 @@ export class AttemptWatch {
     this.#paused = false;
     if (this.#hooks.bodyArriving?.() === true) {
       this.#fed = true;
+      this.#fedByClient = true;
       this.#hooks.clientFed?.(true);
     }
     this.start();

@@ -11,7 +11,7 @@ import type { ClientResponse } from '../respond.js';
 import type { AttemptResult, ExchangeContext } from '../types.js';
 import { readVerdict, type Verdict } from '../verdict/index.js';
 import { AttemptWatch, type WatchHooks } from './attempt-watch.js';
-import { bodyComplete } from './intake.js';
+import { allArrived, bodyComplete } from './intake.js';
 import {
   classifyFailure,
   clientHeld,
@@ -57,6 +57,10 @@ class Exchange implements WatchHooks, TriedServers {
   /** Every server tried once at most: the first, and the others (from a second attempt on). */
   #first: ServerHandle | null = null;
   #more: Set<ServerHandle> | null = null;
+  /** A server that failed an attempt the HTTP client fed: it may be tried once more (see run). */
+  #again: ServerHandle | null = null;
+  /** Whether that second chance was given (once per exchange). */
+  #againGiven = false;
 
   constructor(
     ctx: ExchangeContext,
@@ -73,9 +77,9 @@ class Exchange implements WatchHooks, TriedServers {
     this.stallPossible = ctx.group.serverCount > 1;
   }
 
-  /** TriedServers: whether `server` was tried by this exchange. */
+  /** TriedServers: whether `server` was tried by this exchange (and is not to be tried again). */
   has(server: ServerHandle): boolean {
-    return server === this.#first || this.#more?.has(server) === true;
+    return server !== this.#again && (server === this.#first || this.#more?.has(server) === true);
   }
 
   /** TriedServers: how many servers were tried. */
@@ -125,12 +129,16 @@ class Exchange implements WatchHooks, TriedServers {
     // A server that refused the request (ICAP 4xx) decides, whatever the next one does.
     let refusal: IcapError | undefined;
     for (;;) {
+      // A second chance (below): the HTTP client sends the rest first. Its failure to (it went
+      // away, the body outgrew bufferSize, bodyDeadline) is the client's, never the failure action.
+      if (this.#again !== null) await allArrived(this.store, this.signal, p.bufferSize);
       let handle: ServerHandle;
       try {
         handle = ctx.group.pick(this);
       } catch (err) {
         throw refusal ?? lastError ?? err;
       }
+      if (handle === this.#again) this.#again = null;
       const ticket = handle.begin();
       this.#tried(handle);
       this.#handle = handle;
@@ -164,6 +172,7 @@ class Exchange implements WatchHooks, TriedServers {
         // and not the ICAP side's failure at all when HTTP clients held those connections.
         const queued = waitedForConnection(raw, this.signal, watch, handle);
         const slowClient = watch.slowClient(p.minBodyRate);
+        const clientPaced = slowClient || watch.fedByClient;
         const error =
           queued && handle.clientHeldSince(attemptStart)
             ? clientHeld(raw, handle)
@@ -180,7 +189,7 @@ class Exchange implements WatchHooks, TriedServers {
           this.signal,
           queued
             ? QUEUED
-            : { waitingForServer: watch.waitingForServer, bodyOpened: watch.bodyOpened, slowClient },
+            : { waitingForServer: watch.waitingForServer, bodyOpened: watch.bodyOpened, clientPaced },
         );
         // A refusal (ICAP 4xx) is about the request, not the server: it must not let clients
         // suspend a healthy server (and so switch fail-open on for everyone).
@@ -190,6 +199,14 @@ class Exchange implements WatchHooks, TriedServers {
         else handle.abandoned(ticket);
         if (!failure.retry || !this.replayable) throw error;
         lastError = error;
+        // The HTTP client fed this attempt as it sent: the scanner may have given up on its pace
+        // (an idle or total time limit of its own), which a client can choose. The body is held
+        // from its first byte, so once all of it is here the same server gets it once more, at
+        // full speed: only a failure no client paced can take the failure action.
+        if (watch.fedByClient && !this.#againGiven && !isRefusal(error)) {
+          this.#againGiven = true;
+          this.#again = handle;
+        }
       } finally {
         watch.dispose();
         handle.abandoned(ticket);

@@ -229,10 +229,6 @@ export function openStore(
   return store;
 }
 
-/**
- * Waits for the whole request body. Throws ICAP_ERR_REQUEST_TOO_LARGE when it outgrows the
- * limit and ICAP_ERR_BODY_SOURCE when the client goes away.
- */
 /** The store's onExceeded: aborts the scan with ICAP_ERR_REQUEST_TOO_LARGE naming `what`. */
 function tooLargeAbort(p: ResolvedProfile, what: string, abort: (err: IcapError) => void): () => void {
   return () =>
@@ -244,6 +240,32 @@ function tooLargeAbort(p: ResolvedProfile, what: string, abort: (err: IcapError)
     );
 }
 
+/**
+ * Waits for the whole body, or the abort of `signal` (rejects with its reason); then as
+ * bodyComplete: throws when the body failed or outgrew `limit`.
+ */
+export async function allArrived(store: BodyStore | null, signal: AbortSignal, limit: number): Promise<void> {
+  if (store === null) return;
+  if (!store.ended && store.error === undefined && !store.exceeded) {
+    if (signal.aborted) throw signal.reason;
+    let onAbort = LEAVE_NOTHING;
+    const aborted = new Promise<never>((_, reject) => {
+      onAbort = () => reject(signal.reason);
+      signal.addEventListener('abort', onAbort, { once: true });
+    });
+    try {
+      await Promise.race([store.whenEnded(), aborted]);
+    } finally {
+      signal.removeEventListener('abort', onAbort);
+    }
+  }
+  await bodyComplete(store, limit);
+}
+
+/**
+ * Waits for the whole request body. Throws ICAP_ERR_REQUEST_TOO_LARGE when it outgrows the
+ * limit and ICAP_ERR_BODY_SOURCE when the client goes away.
+ */
 export async function bodyComplete(store: BodyStore | null, limit: number): Promise<void> {
   if (store === null) return;
   await store.whenEnded();

@@ -22,8 +22,10 @@ import type { AttemptWatch } from './attempt-watch.js';
  *   server is available) is retried elsewhere but is no failure of the server. When HTTP
  *   clients still sending their bodies held connections of the server during the wait, it
  *   never takes the failure action either (CLIENT_PACED below).
- * - A health fault while a slow HTTP client was still sending the body is provokable (the
- *   server may have given up on a slow upload) and never takes the failure action.
+ * - A health fault of an attempt the HTTP client fed as it sent is provokable (the server may
+ *   have given up on the client's pace); the exchange sends the body once more, whole, once
+ *   it has arrived (exchange.ts). One while a slow client was still sending never takes the
+ *   failure action.
  * - The request's own responseTimeout ends the request (no time is left to try another
  *   server); it counts against the server when the server was the one being waited for.
  * - Anything the HTTP client caused (it went away, its body is too large or stalled) is
@@ -80,7 +82,8 @@ export function classifyFailure(
   attempt: {
     readonly waitingForServer: boolean;
     readonly bodyOpened: boolean;
-    readonly slowClient: boolean;
+    /** The HTTP client fed the attempt as it sent (its pace may explain the failure). */
+    readonly clientPaced: boolean;
   },
 ): FailureClass {
   const sent = attempt.bodyOpened;
@@ -93,7 +96,7 @@ export function classifyFailure(
   if (HEALTH_FAULTS.has(error.code)) {
     const provokable =
       error.code === IcapErrorCodes.SERVER_STATUS ||
-      (sent && (QUIET_FAULTS.has(error.code) || attempt.slowClient));
+      (sent && (QUIET_FAULTS.has(error.code) || attempt.clientPaced));
     return { health: true, provokable, retry: true };
   }
   if (error.code === IcapErrorCodes.SATURATED) return { health: false, provokable: false, retry: true };
@@ -165,7 +168,7 @@ export function takesFailAction(error: IcapError): boolean {
 }
 
 /** An attempt that waited for a connection and got none: it never waited for the server. */
-export const QUEUED = { waitingForServer: false, bodyOpened: false, slowClient: false } as const;
+export const QUEUED = { waitingForServer: false, bodyOpened: false, clientPaced: false } as const;
 
 /**
  * The attempt never got a connection and ended by its wait: queueTimeout (SATURATED), or the
@@ -203,7 +206,9 @@ export function clientHeld(error: IcapError, handle: ServerHandle): IcapError {
 /**
  * A health fault (a close, a reset, a 5xx, ioTimeout...) while a slow HTTP client was still
  * sending the body (`slowClient`: AttemptWatch.slowClient): the same error, marked
- * CLIENT_PACED and saying so. Any other error is returned as it is.
+ * CLIENT_PACED and saying so. Any other error is returned as it is. (A body still held from
+ * its first byte is sent again whole once it has arrived, exchange.ts; one no longer held
+ * cannot pass unscanned anyway, outcome.ts.)
  */
 export function clientTurn(error: IcapError, slowClient: boolean): IcapError {
   if (!slowClient || !HEALTH_FAULTS.has(error.code) || REQMOD_REFUSALS.has(error)) return error;
