@@ -11,7 +11,8 @@
 # through five framework apps and five parsers, so it takes ICAPKIT_MULTIPART_FUZZ_RUNS inputs
 # (default: ICAPKIT_FUZZ_RUNS / 50, that is 2 000 inputs, 10 000 uploads).
 # (The fail-closed property of test/hardening takes ICAPKIT_FAIL_CLOSED_RUNS; the client-cannot-fail-open
-# property, run here too, takes ICAPKIT_CLIENT_FAIL_OPEN_RUNS, default 2000 requests per framework.)
+# property, run here too, takes ICAPKIT_CLIENT_FAIL_OPEN_RUNS, default 2000 requests per framework; the
+# client-pacing property takes ICAPKIT_PACING_RUNS, default 1000 paced uploads.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,8 +26,9 @@ echo "fuzz: ${runs} inputs per property (multipart differential: ${multipart_run
 start=$(date +%s)
 status=0
 ICAPKIT_FUZZ_RUNS="$runs" ICAPKIT_MULTIPART_FUZZ_RUNS="$multipart_runs" ICAPKIT_FUZZ_REPORT="$report" \
-  ICAPKIT_CLIENT_FAIL_OPEN_RUNS="${ICAPKIT_CLIENT_FAIL_OPEN_RUNS:-2000}" \
-  timeout --kill-after=30 "$limit" npx vitest run test/fuzz test/hardening/client-cannot-fail-open.property.test.ts || status=$?
+  ICAPKIT_CLIENT_FAIL_OPEN_RUNS="${ICAPKIT_CLIENT_FAIL_OPEN_RUNS:-2000}" ICAPKIT_PACING_RUNS="${ICAPKIT_PACING_RUNS:-1000}" \
+  timeout --kill-after=30 "$limit" npx vitest run test/fuzz test/hardening/client-cannot-fail-open.property.test.ts \
+  test/hardening/client-pacing.property.test.ts || status=$?
 elapsed=$(($(date +%s) - start))
 
 node - "$report" "$elapsed" "$status" <<'JS'
