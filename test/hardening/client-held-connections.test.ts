@@ -469,3 +469,41 @@ describe('a server that fails the whole body too: that failure is its own and ta
     }
   }
 });
+
+describe('a client that goes away while its upload waits for a second chance: the client error, never the failure action', () => {
+  for (const framework of FRAMEWORKS) {
+    it(`${framework}, fail-open`, async () => {
+      const run = await start(framework, 'fail-open', server);
+      try {
+        const logs = run.logs.length;
+        const u = new URL(run.app.url);
+        const socket = connect(Number(u.port), u.hostname);
+        run.holders.push(socket);
+        socket.on('error', () => {});
+        socket.write(
+          `POST /raw HTTP/1.1\r\nHost: ${u.host}\r\nContent-Type: application/octet-stream\r\n` +
+            `X-Scan: short-idle-limit\r\nContent-Length: ${START + EICAR.length}\r\n\r\n`,
+        );
+        socket.write(Buffer.alloc(START, 0x61));
+        // The scanner gives up after 300 ms without a byte; the exchange then waits for the rest.
+        const closes = () =>
+          server.requests.filter((r) => r.httpRequest?.headers.get('x-scan') === 'short-idle-limit').length;
+        const before = closes();
+        await until(() => closes() > before, 5_000, 'the REQMOD the scanner gives up on');
+        // Given up on: its connection is gone, the exchange waits for the rest without one.
+        await until(() => busy(run) === 0, 5_000, 'the connection the scanner closed');
+        socket.destroy();
+        await until(() => run.logs.length > logs, 5_000, 'the icap_log record');
+        const log = run.logs.at(-1)!;
+        // (Hono hears it as the request's abort, the others as the body's end.)
+        expect(['ICAP_ERR_BODY_SOURCE', 'ICAP_ERR_ABORTED']).toContain(log.error_code);
+        expect(log.significance).not.toContain('FAIL_OPEN');
+        expect(log.request_logs.map((e) => e.error_code)).toEqual(['ICAP_ERR_CLOSED']);
+        expect(run.app.seen).toEqual([]);
+        await expectScanningAgain(run);
+      } finally {
+        await stop(run);
+      }
+    });
+  }
+});
