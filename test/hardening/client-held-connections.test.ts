@@ -476,19 +476,11 @@ describe('a client that goes away while its upload waits for a second chance: th
       const run = await start(framework, 'fail-open', server);
       try {
         const logs = run.logs.length;
-        const u = new URL(run.app.url);
-        const socket = connect(Number(u.port), u.hostname);
-        run.holders.push(socket);
-        socket.on('error', () => {});
-        socket.write(
-          `POST /raw HTTP/1.1\r\nHost: ${u.host}\r\nContent-Type: application/octet-stream\r\n` +
-            `X-Scan: short-idle-limit\r\nContent-Length: ${START + EICAR.length}\r\n\r\n`,
-        );
-        socket.write(Buffer.alloc(START, 0x61));
-        // The scanner gives up after 300 ms without a byte; the exchange then waits for the rest.
         const closes = () =>
           server.requests.filter((r) => r.httpRequest?.headers.get('x-scan') === 'short-idle-limit').length;
         const before = closes();
+        // The scanner gives up after 300 ms without a byte; the exchange then waits for the rest.
+        const socket = holdingUpload(run, 'short-idle-limit');
         await until(() => closes() > before, 5_000, 'the REQMOD the scanner gives up on');
         // Given up on: its connection is gone, the exchange waits for the rest without one.
         await until(() => busy(run) === 0, 5_000, 'the connection the scanner closed');

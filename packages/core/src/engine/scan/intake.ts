@@ -1,5 +1,6 @@
 import type { Readable, Transform } from 'node:stream';
 import { createBrotliDecompress, createGunzip, createInflate } from 'node:zlib';
+import { untilAborted } from '../../client/abort.js';
 import { IcapError, IcapErrorCodes } from '../../errors.js';
 import { Headers } from '../../protocol/headers.js';
 import { BodyStore } from '../body.js';
@@ -92,7 +93,7 @@ export function whenReadyToScan(
 ): Promise<(() => void) | undefined> {
   let place: (() => void) | undefined;
   const ready = (): boolean => {
-    if (store.ended || store.error !== undefined || store.exceeded) return true;
+    if (finished(store)) return true;
     if (rule.wholeBody) return false;
     // No holding: the exchange starts with the first byte, if there is a place.
     if (rule.holdBytes === 0) return streamPlace();
@@ -240,25 +241,18 @@ function tooLargeAbort(p: ResolvedProfile, what: string, abort: (err: IcapError)
     );
 }
 
+/** No more bytes of `store` will come: it ended, failed or outgrew its limit (whenEnded resolves). */
+export function finished(store: BodyStore): boolean {
+  return store.ended || store.error !== undefined || store.exceeded;
+}
+
 /**
  * Waits for the whole body, or the abort of `signal` (rejects with its reason); then as
  * bodyComplete: throws when the body failed or outgrew `limit`.
  */
 export async function allArrived(store: BodyStore | null, signal: AbortSignal, limit: number): Promise<void> {
   if (store === null) return;
-  if (!store.ended && store.error === undefined && !store.exceeded) {
-    if (signal.aborted) throw signal.reason;
-    let onAbort = LEAVE_NOTHING;
-    const aborted = new Promise<never>((_, reject) => {
-      onAbort = () => reject(signal.reason);
-      signal.addEventListener('abort', onAbort, { once: true });
-    });
-    try {
-      await Promise.race([store.whenEnded(), aborted]);
-    } finally {
-      signal.removeEventListener('abort', onAbort);
-    }
-  }
+  if (!finished(store)) await untilAborted(store.whenEnded(), signal);
   await bodyComplete(store, limit);
 }
 

@@ -14,7 +14,15 @@ import type { AttemptResult, EngineCore, ScanOptions, ScanOutcome } from '../typ
 import { admit } from './admission.js';
 import { bodyConsumedReason } from './consumed.js';
 import { exchange } from './exchange.js';
-import { bodyComplete, checkForm, type Decoded, decodeBody, openStore, whenReadyToScan } from './intake.js';
+import {
+  bodyComplete,
+  checkForm,
+  type Decoded,
+  decodeBody,
+  finished,
+  openStore,
+  whenReadyToScan,
+} from './intake.js';
 import {
   applyVerdict,
   bodyConsumed,
@@ -330,8 +338,7 @@ export class Scan {
       );
       // Streamed while it arrives: the place is given back once the client has sent it all.
       if (place !== undefined) {
-        const raw = this.store;
-        if (raw !== null && !raw.ended && raw.error === undefined && !raw.exceeded) this.#givePlace = place;
+        if (this.store !== null && !finished(this.store)) this.#givePlace = place;
         else place();
       }
       // (A request that declared this length already says so: it is sent as it is.)
