@@ -15,6 +15,11 @@
  * runs, icapkit's more than the framework's alone; the young generation growing), the second
  * only what a body costs. Both are reported; the goal is about the memory a body costs.
  *
+ * Beside RSS, the peak growth of the process's `arrayBuffers` (`process.memoryUsage()`, sampled
+ * every 5 ms by app.js with BENCH_MEM_PEAK=1): Buffers, where icapkit holds a body. RSS also
+ * moves with the pages malloc and V8 keep or give back, by up to a few MiB, plain or scanned;
+ * the Buffers' growth says what icapkit itself allocated for the body.
+ *
  * Every process starts with its young generation at its full default size
  * (TINY_CHUNK_NODE_FLAGS): it otherwise grows once, by 16 MiB of committed heap, at some body of
  * a 1-byte-chunk upload (the first, second or third, plain and scanned alike: V8 grows it after
@@ -55,8 +60,10 @@ export interface TinyChunkRow {
   rssGrowthMiB: number;
   /** Each run's peak RSS growth (MiB), the median of which is rssGrowthMiB. */
   rssRuns: number[];
+  /** The median peak growth of `arrayBuffers` (Buffers, where a held body lives), MiB. */
+  buffersGrowthMiB: number;
   /** The second body in the same process: the median time and peak RSS growth, and each run's growth. */
-  second: { ms: number; rssGrowthMiB: number; rssRuns: number[] };
+  second: { ms: number; rssGrowthMiB: number; rssRuns: number[]; buffersGrowthMiB: number };
 }
 
 export interface TinyChunkReport {
@@ -70,6 +77,8 @@ export interface TinyChunkReport {
     extraRssOverBody: number;
     /** The same for the second body of each process. */
     extraRssOverBodySecond: number;
+    /** (peak `arrayBuffers` growth with icapkit − without) / body size, second body. */
+    extraBuffersOverBodySecond: number;
   }>;
 }
 
@@ -122,18 +131,39 @@ interface Upload {
   ms: number;
   cpuS: number;
   rssGrowthMiB: number;
+  /** Peak growth of the process's `arrayBuffers` (Buffers: where a held body lives), MiB. */
+  buffersGrowthMiB: number;
+}
+
+/** The app's memory peaks since its last /__stats (app.js, BENCH_MEM_PEAK=1), and its values now. */
+async function memPeaks(port: number): Promise<{ peak: number; now: number }> {
+  const res = await fetch(`http://127.0.0.1:${port}/__stats`, { signal: AbortSignal.timeout(10_000) });
+  const j = (await res.json()) as {
+    mem: { peak: { arrayBuffers: number }; now: { arrayBuffers: number } } | null;
+  };
+  if (j.mem === null) throw new Error('the application does not sample its memory (BENCH_MEM_PEAK=1)');
+  return { peak: j.mem.peak.arrayBuffers, now: j.mem.now.arrayBuffers };
 }
 
 /** One body in 1-byte chunks: time, CPU and peak RSS growth over the RSS before it. */
 async function upload(app: Child, size: number): Promise<Upload> {
   await sleep(200);
+  const port = app.ready.port as number;
+  const buffers0 = (await memPeaks(port)).now;
   const rss0 = memOf(app.pid).rss;
   resetPeakRss(app.pid);
   const cpu0 = cpuOf(app.pid);
-  const r = await sendTinyChunks(app.ready.port as number, size);
+  const r = await sendTinyChunks(port, size);
   const cpuS = cpuOf(app.pid) - cpu0;
   const hwm = memOf(app.pid).hwm;
-  return { status: r.status, ms: r.ms, cpuS, rssGrowthMiB: Math.max(0, hwm - rss0) / 2 ** 20 };
+  const buffers = (await memPeaks(port)).peak;
+  return {
+    status: r.status,
+    ms: r.ms,
+    cpuS,
+    rssGrowthMiB: Math.max(0, hwm - rss0) / 2 ** 20,
+    buffersGrowthMiB: Math.max(0, buffers - buffers0) / 2 ** 20,
+  };
 }
 
 /** A fresh process's first body, then its second. */
@@ -163,7 +193,7 @@ export async function runTinyChunks(
           if (scanned) args.push(`icap://127.0.0.1:${icap.ready.port as number}`, '/avscan');
           const app = await startChild(process.execPath, args, {
             timeoutMs: 20_000,
-            env: { BENCH_PROFILE: JSON.stringify({ bufferSize: 4 * size }) },
+            env: { BENCH_PROFILE: JSON.stringify({ bufferSize: 4 * size }), BENCH_MEM_PEAK: '1' },
           });
           try {
             runs.get(scanned)!.push(await measure(app, size));
@@ -188,10 +218,12 @@ export async function runTinyChunks(
           cpuS: median(rs.map((r) => r.cpuS)),
           rssGrowthMiB: median(rs.map((r) => r.rssGrowthMiB)),
           rssRuns: rs.map((r) => r.rssGrowthMiB),
+          buffersGrowthMiB: median(rs.map((r) => r.buffersGrowthMiB)),
           second: {
             ms: median(seconds.map((r) => r.ms)),
             rssGrowthMiB: median(seconds.map((r) => r.rssGrowthMiB)),
             rssRuns: seconds.map((r) => r.rssGrowthMiB),
+            buffersGrowthMiB: median(seconds.map((r) => r.buffersGrowthMiB)),
           },
         });
       }
@@ -214,6 +246,8 @@ export function tinyRatios(rows: readonly TinyChunkRow[], size: number): TinyChu
       cpu: scanned.cpuS / Math.max(plain.cpuS, 0.01),
       extraRssOverBody: ((scanned.rssGrowthMiB - plain.rssGrowthMiB) * 2 ** 20) / size,
       extraRssOverBodySecond: ((scanned.second.rssGrowthMiB - plain.second.rssGrowthMiB) * 2 ** 20) / size,
+      extraBuffersOverBodySecond:
+        ((scanned.second.buffersGrowthMiB - plain.second.buffersGrowthMiB) * 2 ** 20) / size,
     };
   });
 }
@@ -222,24 +256,27 @@ export function renderTinyChunks(report: TinyChunkReport): string {
   const lines = [
     `1 MiB-class body (${report.size} bytes) in 1-byte chunks, Nagle off (medians of ${report.rows[0]?.rssRuns.length ?? 0} fresh processes each):`,
     '',
-    '| Framework | Path | status | time ms | app CPU s | peak RSS growth MiB | each run | second body: time ms | peak RSS growth MiB | each run |',
-    '| --------- | ---- | -----: | ------: | --------: | ------------------: | -------- | -------------------: | ------------------: | -------- |',
+    '| Framework | Path | status | time ms | app CPU s | peak RSS growth MiB | each run | second body: time ms | peak RSS growth MiB | each run | Buffers growth MiB: first / second body |',
+    '| --------- | ---- | -----: | ------: | --------: | ------------------: | -------- | -------------------: | ------------------: | -------- | --------------------------------------: |',
   ];
   const each = (xs: number[]) => xs.map((x) => x.toFixed(1)).join(', ');
   for (const r of report.rows) {
     lines.push(
       `| ${r.framework} | ${r.scanned ? 'icapkit → embedded 204' : 'plain'} | ${r.status} | ${r.ms.toFixed(0)} | ${r.cpuS.toFixed(2)} | ${r.rssGrowthMiB.toFixed(1)} | ${each(r.rssRuns)} | ` +
-        `${r.second.ms.toFixed(0)} | ${r.second.rssGrowthMiB.toFixed(1)} | ${each(r.second.rssRuns)} |`,
+        `${r.second.ms.toFixed(0)} | ${r.second.rssGrowthMiB.toFixed(1)} | ${each(r.second.rssRuns)} | ` +
+        `${r.buffersGrowthMiB.toFixed(2)} / ${r.second.buffersGrowthMiB.toFixed(2)} |`,
     );
   }
   lines.push(
     '',
-    '| Framework | time icapkit/plain | CPU icapkit/plain | extra RSS growth / body | the same, second body |',
+    '| Framework | time icapkit/plain | CPU icapkit/plain | extra RSS growth / body | the same, second body | extra Buffers growth / body, second body |',
   );
-  lines.push('| --------- | ----------------: | ----------------: | ----------------: | ----------------: |');
+  lines.push(
+    '| --------- | ----------------: | ----------------: | ----------------: | ----------------: | ----------------: |',
+  );
   for (const q of report.ratios) {
     lines.push(
-      `| ${q.framework} | ${q.time.toFixed(2)}× | ${q.cpu.toFixed(2)}× | ${q.extraRssOverBody.toFixed(2)}× | ${q.extraRssOverBodySecond.toFixed(2)}× |`,
+      `| ${q.framework} | ${q.time.toFixed(2)}× | ${q.cpu.toFixed(2)}× | ${q.extraRssOverBody.toFixed(2)}× | ${q.extraRssOverBodySecond.toFixed(2)}× | ${q.extraBuffersOverBodySecond.toFixed(2)}× |`,
     );
   }
   return lines.join('\n');
