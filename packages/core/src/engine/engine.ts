@@ -76,7 +76,7 @@ export class IcapEngine {
         streamingLimit(
           this.profile.maxStreamingUploads,
           this.profile.maxConnections,
-          this.#group.servers.map((s) => s.client.pool.limit),
+          this.#group.smallestLimit(this.profile.maxConnections),
         ),
       ),
       closed: false,

@@ -519,6 +519,14 @@ export class PoolGroup {
     return this.#pools.flatMap((p) => p.servers);
   }
 
+  /** The smallest connection limit of the servers now (OPTIONS `Max-Connections`), at most `max`. */
+  smallestLimit(max: number): number {
+    let smallest = max;
+    for (const entry of this.#pools)
+      for (const s of entry.servers) if (s.client.pool.limit < smallest) smallest = s.client.pool.limit;
+    return smallest;
+  }
+
   /**
    * The server for the next attempt of a request, or an ICAP_ERR_NO_SERVER error. Call
    * `begin()` on it right away (a half-open server's trial is given to this attempt).

@@ -66,15 +66,6 @@ export class StreamGate {
 }
 
 /**
- * Resolves once the exchange may start: the body ended (or failed, or outgrew its limit: the
- * caller finds out from the store), or enough of it arrived fast enough and the gate had a
- * place for it: then with that place's give-back (called once the body has arrived). Rejects with the
- * signal's reason when the signal aborts first (heard through `hook` when given: the signal's
- * owner calls it, no listener is added). `source` is what the store reads (its 'data' events
- * say when to look again; null: only the end matters); `startedAt` is performance.now() at the
- * start of the scan.
- */
-/**
  * Hears of the abort of a signal without a listener on it (the scan, which makes every abort
  * of its signal itself): `set(fn)` has `fn` called once with the reason when it aborts,
  * `set(undefined)` takes it back.
@@ -83,6 +74,15 @@ export interface AbortHook {
   setAbortWaiter(waiter: ((reason: unknown) => void) | undefined): void;
 }
 
+/**
+ * Resolves once the exchange may start: the body ended (or failed, or outgrew its limit: the
+ * caller finds out from the store), or enough of it arrived fast enough and the gate had a
+ * place for it: then with that place's give-back (called once the body has arrived). Rejects with the
+ * signal's reason when the signal aborts first (heard through `hook` when given: the signal's
+ * owner calls it, no listener is added). `source` is what the store reads (its 'data' events
+ * say when to look again; null: only the end matters); `startedAt` is performance.now() at the
+ * start of the scan.
+ */
 export function whenReadyToScan(
   store: BodyStore,
   source: Readable | null,
@@ -145,17 +145,11 @@ export function whenReadyToScan(
 /**
  * maxStreamingUploads is a share of maxConnections: a server that allows fewer connections
  * (its OPTIONS `Max-Connections`) scales it down, so the smallest server still keeps its share
- * for bodies that have arrived. `limits`: every server's connection limit now.
+ * for bodies that have arrived. `smallest`: the smallest of the servers' connection limits now.
  */
-export function streamingLimit(
-  configured: number,
-  maxConnections: number,
-  limits: readonly number[],
-): number {
+export function streamingLimit(configured: number, maxConnections: number, smallest: number): number {
   if (configured === 0) return 0;
-  let smallest = maxConnections;
-  for (const limit of limits) if (limit < smallest) smallest = limit;
-  return Math.max(1, Math.floor((smallest * configured) / maxConnections));
+  return Math.max(1, Math.floor((Math.min(smallest, maxConnections) * configured) / maxConnections));
 }
 
 /** Leaving intake when nothing was counted. */
