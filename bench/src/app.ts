@@ -13,8 +13,8 @@
  *   POST /upload   reads the body as a stream into a SHA-1 and answers 200 with the digest
  *   GET  /__stats  { rss, hwm, cpu, stages, mem, icap: engine.status() } (never scanned): `cpu` is
  *                  this process's `process.cpuUsage()` (µs), `stages` the per-stage totals of the
- *                  scan when BENCH_STAGES=1 (see stages.ts), else null; `mem` the peaks of
- *                  `arrayBuffers` and `heapUsed` since the previous /__stats when BENCH_MEM_PEAK=1
+ *                  scan when BENCH_STAGES=1 (see stages.ts), else null; `mem` the peak of
+ *                  `arrayBuffers` since the previous /__stats when BENCH_MEM_PEAK=1
  *
  * Prints `READY {"port":N}` once listening; stops on SIGTERM/SIGINT.
  */
@@ -106,30 +106,25 @@ new PerformanceObserver((list) => {
 }).observe({ entryTypes: ['gc'] });
 
 /**
- * BENCH_MEM_PEAK=1: the peaks of `process.memoryUsage()`'s `arrayBuffers` (Buffers' memory,
- * where a held body lives) and `heapUsed`, sampled every 5 ms. Each /__stats answer gives the
- * peaks since the previous one, and the values now, then starts over: what a body costs in
+ * BENCH_MEM_PEAK=1: the peak of `process.memoryUsage()`'s `arrayBuffers` (Buffers' memory,
+ * where a held body lives), sampled every 5 ms. Each /__stats answer gives the peak since the
+ * previous one, and the value now, then starts over: what a body costs in
  * memory the application allocated, beside RSS (which moves by a few MiB with the pages malloc
  * and V8 keep or give back, plain framework or not).
  */
 const memPeak =
   process.env.BENCH_MEM_PEAK === '1'
     ? (() => {
-        const now = () => {
-          const m = process.memoryUsage();
-          return { arrayBuffers: m.arrayBuffers, heapUsed: m.heapUsed };
-        };
+        const now = () => process.memoryUsage().arrayBuffers;
         let peak = now();
         setInterval(() => {
-          const m = now();
-          if (m.arrayBuffers > peak.arrayBuffers) peak.arrayBuffers = m.arrayBuffers;
-          if (m.heapUsed > peak.heapUsed) peak.heapUsed = m.heapUsed;
+          peak = Math.max(peak, now());
         }, 5).unref();
         return () => {
           const current = now();
-          const since = peak;
-          peak = { ...current };
-          return { peak: since, now: current };
+          const since = Math.max(peak, current);
+          peak = current;
+          return { peak: { arrayBuffers: since }, now: { arrayBuffers: current } };
         };
       })()
     : undefined;

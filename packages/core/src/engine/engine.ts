@@ -76,7 +76,7 @@ export class IcapEngine {
         streamingLimit(
           this.profile.maxStreamingUploads,
           this.profile.maxConnections,
-          this.#group.smallestLimit(this.profile.maxConnections),
+          this.#group.smallestLimit(),
         ),
       ),
       closed: false,

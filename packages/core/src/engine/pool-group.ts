@@ -519,9 +519,9 @@ export class PoolGroup {
     return this.#pools.flatMap((p) => p.servers);
   }
 
-  /** The smallest connection limit of the servers now (OPTIONS `Max-Connections`), at most `max`. */
-  smallestLimit(max: number): number {
-    let smallest = max;
+  /** The smallest connection limit of the servers now (OPTIONS `Max-Connections`). */
+  smallestLimit(): number {
+    let smallest = Number.POSITIVE_INFINITY;
     for (const entry of this.#pools)
       for (const s of entry.servers) if (s.client.pool.limit < smallest) smallest = s.client.pool.limit;
     return smallest;
