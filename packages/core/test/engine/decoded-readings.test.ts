@@ -4,13 +4,15 @@
  * bytes in the text or emitted, every value the standard urlencoded decoders make of a field is
  * either in the raw body or emitted, and the work stays linear for the worst layouts.
  */
+import { isUtf8 } from 'node:buffer';
 import { parse as querystringParse } from 'node:querystring';
 import fc from 'fast-check';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import {
   FormStrings,
   formReadings,
   JsonStrings,
+  jsonStringAccepted,
   type StringLexer,
 } from '../../src/engine/decoded/readings.js';
 
@@ -124,6 +126,101 @@ describe('JsonStrings', () => {
     expect(lex((e) => new JsonStrings(e), [literals])).toEqual([Buffer.from('A')]);
     // A bound far above what linear work needs (a few ms), far below quadratic (minutes).
     expect(performance.now() - t0).toBeLessThan(5_000);
+  });
+});
+
+/**
+ * The bytes between a literal's quotes as the lexer finds them: any byte but a quote or a
+ * backslash, or an escape (a backslash and the byte it takes, a quote included), with `\u` and
+ * four characters that may or may not be hex digits. Control bytes, bytes that are not UTF-8
+ * and unknown escapes are frequent.
+ */
+const literalArb = fc
+  .array(
+    fc.oneof(
+      fc
+        .integer({ min: 0, max: 255 })
+        .filter((c) => c !== 0x22 && c !== 0x5c)
+        .map((c) => [c]),
+      fc.constantFrom(0x00, 0x01, 0x1f, 0x20, 0x41, 0x7f, 0x80, 0xc3, 0xa9, 0xe2, 0xff).map((c) => [c]),
+      fc.integer({ min: 0, max: 255 }).map((c) => [0x5c, c]),
+      fc.constantFrom(...'"\\/bfnrtu'.split('')).map((c) => [0x5c, c.charCodeAt(0)]),
+      fc
+        .array(fc.constantFrom(...'0aF9gG "\\'.split('')), { minLength: 0, maxLength: 4 })
+        .map((cs) => [0x5c, 0x75, ...cs.map((c) => c.charCodeAt(0))]),
+    ),
+    { maxLength: 12 },
+  )
+  .map((tokens) => Buffer.from(tokens.flat()))
+  // A backslash last takes the closing quote: not a literal the lexer ends there.
+  .filter((b) => lexedWhole(b));
+
+/** Whether the lexer reads `"` + b + `"` as one literal ending at the last quote. */
+function lexedWhole(b: Buffer): boolean {
+  for (let i = 0; i < b.length; i++) {
+    if (b[i] === 0x5c) {
+      // A backslash last would take the closing quote.
+      if (++i === b.length) return false;
+    } else if (b[i] === 0x22) return false;
+  }
+  return true;
+}
+
+function parsesAlone(b: Buffer): boolean {
+  try {
+    JSON.parse(`"${b.toString('utf8')}"`);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+describe('JsonStrings: literals JSON.parse refuses', () => {
+  it("jsonStringAccepted is JSON.parse's rule for a literal (property)", () => {
+    fc.assert(
+      fc.property(literalArb, (b) => {
+        expect(jsonStringAccepted(b, 0, b.length)).toBe(parsesAlone(b));
+      }),
+      { numRuns: 5000 },
+    );
+  });
+
+  it('emits the decoded strings of exactly the literals JSON.parse accepts one by one (property)', () => {
+    fc.assert(
+      fc.property(fc.array(literalArb, { maxLength: 10 }), (literals) => {
+        const text = Buffer.concat([
+          Buffer.from('['),
+          ...literals.flatMap((l, i) => [Buffer.from(i === 0 ? '"' : ',"'), l, Buffer.from('"')]),
+          Buffer.from(']'),
+        ]);
+        // Decoded: those with an escape or with bytes that are not UTF-8 (the others were scanned as they are).
+        const expected = literals
+          .filter((l) => (l.includes(0x5c) || !isUtf8(l)) && parsesAlone(l))
+          .map((l) => JSON.parse(`"${l.toString('utf8')}"`) as string);
+        const emitted = lex((e) => new JsonStrings(e), [text]);
+        if (expected.length === 0) expect(emitted).toEqual([]);
+        else expect(emitted[0]!.toString('utf8')).toBe(expected.join('\n'));
+      }),
+      { numRuns: 2000 },
+    );
+  });
+
+  it('still decodes the good lines of NDJSON whose other lines JSON.parse refuses', () => {
+    const text = Buffer.from('{"a":"\\x41"}\n{"b":"\\u0045ICAR"}\n{"c":"\u0001\\n"}\n');
+    expect(lex((e) => new JsonStrings(e), [text]).map((b) => b.toString())).toEqual(['EICAR']);
+  });
+
+  it('finds the refused literals without a throw each: a megabyte of them, two parses per batch', () => {
+    // A control byte in every literal: the whole batch is refused, and so is each literal.
+    const body = Buffer.from(`[${'"\\n\u0001",'.repeat(150_000)}"\\u0041"]`);
+    const parse = vi.spyOn(JSON, 'parse');
+    try {
+      expect(lex((e) => new JsonStrings(e), [body]).map((b) => b.toString())).toEqual(['A']);
+      // 16 batches of 64 KiB: the batch, then the accepted literals of it (none but the last).
+      expect(parse.mock.calls.length).toBeLessThanOrEqual(2 * Math.ceil(body.length / (64 * 1024)) + 2);
+    } finally {
+      parse.mockRestore();
+    }
   });
 });
 
