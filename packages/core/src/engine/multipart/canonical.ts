@@ -99,13 +99,23 @@ export function canonicalForm(parts: RebuiltPart[], boundary = freshBoundary()):
   }
   text += `--${boundary}--\r\n`;
   flush();
-  // Adjacent generated pieces (a small field between two headers) are one buffer.
+  // Adjacent generated pieces (small fields between headers) are one buffer, each run of them
+  // joined once: joined pairwise, a form of many small parts was copied again at every piece
+  // (2,000 parts of 4 KiB: 8.8 s of the event loop).
   const joined: Piece[] = [];
+  let run: Buffer[] = [];
+  const endRun = () => {
+    if (run.length > 0) joined.push(run.length === 1 ? run[0]! : Buffer.concat(run));
+    run = [];
+  };
   for (const p of pieces) {
-    const prev = joined.at(-1);
-    if (Buffer.isBuffer(p) && Buffer.isBuffer(prev)) joined[joined.length - 1] = Buffer.concat([prev, p]);
-    else joined.push(p);
+    if (Buffer.isBuffer(p)) run.push(p);
+    else {
+      endRun();
+      joined.push(p);
+    }
   }
+  endRun();
   return new Form(new FormReader(joined), length, boundary);
 }
 
