@@ -6,6 +6,8 @@
  */
 import { isUtf8 } from 'node:buffer';
 import { parse as querystringParse } from 'node:querystring';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import fc from 'fast-check';
 import { describe, expect, it, vi } from 'vitest';
 import {
@@ -222,6 +224,40 @@ describe('JsonStrings: literals JSON.parse refuses', () => {
       parse.mockRestore();
     }
   });
+});
+
+/** A full garbage collection (V8's gc, exposed for this call). */
+function collect(): void {
+  setFlagsFromString('--expose-gc');
+  (runInNewContext('gc') as () => void)();
+}
+
+describe('a literal or field sent one byte at a time', () => {
+  // The reader gets each piece as the client sends it: a Buffer kept per piece cost ~140x the bytes.
+  for (const [kind, make, head] of [
+    ['a JSON literal', (e: (b: Buffer) => void) => new JsonStrings(e), '"'],
+    ['an urlencoded field', (e: (b: Buffer) => void) => new FormStrings(e), 'a='],
+  ] as const) {
+    it(`${kind}: the heap holds about its bytes, not an object per piece, and the reading is whole`, () => {
+      const n = 256 * 1024;
+      const out: Buffer[] = [];
+      const lexer = make((b) => out.push(Buffer.from(b)));
+      const piece = Buffer.from('a');
+      collect();
+      const before = process.memoryUsage().heapUsed;
+      lexer.write(Buffer.from(head));
+      for (let i = 0; i < n; i++) lexer.write(piece);
+      collect();
+      const grown = process.memoryUsage().heapUsed - before;
+      // One growing Buffer (outside the heap). A Buffer per piece: about 30 MiB of heap here.
+      expect(grown).toBeLessThan(4 * 1024 * 1024);
+      // The end makes it a literal (or field) that decodes differently, so it is emitted whole.
+      lexer.write(Buffer.from(kind === 'a JSON literal' ? '\\n"' : '%41'));
+      lexer.end();
+      const expected = kind === 'a JSON literal' ? `${'a'.repeat(n)}\n` : `a=${'a'.repeat(n)}A`;
+      expect(out[0]!.toString()).toBe(expected);
+    });
+  }
 });
 
 /** Fields written with every escape: %XX either case, +, raw UTF-8, %uXXXX, malformed %. */
