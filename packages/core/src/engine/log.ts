@@ -69,8 +69,11 @@ export interface IcapLog {
   profile_name: string;
   /** The policy rule that decided (absent when no rules are configured). */
   rule_name?: string;
-  /** Why the request was (not) scanned. */
-  policy_reason: 'rule' | 'no-rule-matched' | 'no-rules' | 'no-body';
+  /**
+   * Why the request was (not) scanned. `path-readings-limit`: scanned because its path had more
+   * readings than the policy makes per request (see PolicyDecision).
+   */
+  policy_reason: 'rule' | 'no-rule-matched' | 'no-rules' | 'no-body' | 'path-readings-limit';
   significant: boolean;
   significance: Significance[];
   http_method: string;

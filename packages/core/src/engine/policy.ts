@@ -1,5 +1,5 @@
 import { compileRule, fail, show } from './policy/compile.js';
-import { pathCandidates } from './policy/paths.js';
+import { pathReadings } from './policy/paths.js';
 import {
   contentTypeMatches,
   contentTypeReadings,
@@ -15,7 +15,7 @@ import type {
   PolicyDecision,
   PolicyRule,
 } from './policy/types.js';
-import { ANY, NO_BODY, NO_MATCH, NO_RULES } from './policy/types.js';
+import { ANY, NO_BODY, NO_MATCH, NO_RULES, PATH_READINGS_LIMIT } from './policy/types.js';
 
 /**
  * The HTTP security policy: named rules, evaluated in order, the first matching rule deciding
@@ -46,7 +46,7 @@ import { ANY, NO_BODY, NO_MATCH, NO_RULES } from './policy/types.js';
  * readings of its path).
  */
 
-export { pathCandidates } from './policy/paths.js';
+export { pathCandidates, pathReadings } from './policy/paths.js';
 export type {
   CompiledPolicy,
   HeaderCriterion,
@@ -104,13 +104,15 @@ export function compilePolicy(rules: readonly PolicyRule[] | undefined, field = 
     }
   }
   const usesMethod = knownMethods.size > 0;
+  const anyScanRule = active.some((r) => r.scan);
   const types: ContentTypeTest = { exact: knownTypes, majors: knownMajors, any: anyType };
 
   return {
     rules: list,
     evaluate(facts) {
       const methods = usesMethod ? methodReadings(facts, knownMethods) : ANY;
-      const paths = usesPath ? pathCandidates(facts.target) : undefined;
+      const read = usesPath ? pathReadings(facts.target) : undefined;
+      const paths = read?.paths;
       const lowerPaths = paths?.map((p) => p.toLowerCase());
       const hosts = usesHost ? hostReadings(facts) : ANY;
       const contentTypes = usesType ? contentTypeReadings(facts, types) : ANY;
@@ -147,6 +149,9 @@ export function compilePolicy(rules: readonly PolicyRule[] | undefined, field = 
           }
         }
       }
+      // Readings left out (a path written to have too many) may be the one that reaches an
+      // 'enable-icap' rule: it is scanned rather than skipped on the readings that were made.
+      if (read !== undefined && !read.complete && anyScanRule) return PATH_READINGS_LIMIT;
       return skip ?? NO_MATCH;
     },
   };

@@ -1,9 +1,18 @@
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import {
+  backslashesToSlashes,
+  collapseSlashes,
+  percentDecode,
+  removeDotSegments,
+  removeParams,
+} from '../../src/engine/policy/paths.js';
 import {
   compilePolicy,
   type PolicyDecision,
   type PolicyRule,
   pathCandidates,
+  pathReadings,
   type RequestFacts,
   type RuleMatch,
 } from '../../src/engine/policy.js';
@@ -1274,5 +1283,100 @@ describe('validation at start-up', () => {
         },
       ]),
     ).not.toThrow();
+  });
+});
+
+/** One order of the transforms the readings are closed under, to a fixed point: a reading. */
+function normalized(target: string): string {
+  const settle = (x: string) => {
+    let s = x;
+    for (let k = 0; k < 20; k++)
+      s = removeParams(collapseSlashes(removeDotSegments(backslashesToSlashes(s))));
+    return s;
+  };
+  return settle(percentDecode(settle(percentDecode(settle(target)))));
+}
+
+describe('a path written to have more readings than are made', () => {
+  // Found by a property: 256 readings made, and not the one an application that decodes twice,
+  // reads backslashes as slashes, resolves dot segments and drops params routes on.
+  const target = '%5c/a%252f/%2e%2f/a/%2e\\/%252e%252e;x\\;x/upload';
+  const rules: PolicyRule[] = [
+    { name: 'uploads', match: { path: { prefix: ['/a/upload'] } }, action: 'enable-icap' },
+  ];
+
+  it('is scanned (path-readings-limit) rather than skipped on the readings made', () => {
+    expect(normalized(target)).toBe('/a/upload');
+    const read = pathReadings(target);
+    expect(read.complete).toBe(false);
+    expect(read.paths).not.toContain('/a/upload');
+    expect(decide(rules, facts({ target }))).toEqual({
+      scan: true,
+      rule: undefined,
+      reason: 'path-readings-limit',
+    });
+  });
+
+  it('with only skip rules it stays as the readings made decide (no rule to scan for)', () => {
+    const skipOnly: PolicyRule[] = [
+      { name: 'static', match: { path: { prefix: ['/static'] } }, action: 'skip' },
+    ];
+    expect(decide(skipOnly, facts({ target }))).toEqual(NO_MATCH);
+  });
+
+  it('a reading made that reaches an enable-icap rule still names it', () => {
+    const t = `/a/upload${target}`;
+    expect(decide(rules, facts({ target: t }))).toEqual(scanned('uploads'));
+  });
+
+  it('either the readings are all made, with that normalized one among them, or the request is scanned (property)', () => {
+    const token = fc.constantFrom(
+      '/a',
+      '/b;p',
+      '//',
+      '/%2e',
+      '/%252e%252e',
+      '%255c',
+      '%5c',
+      '\\',
+      '/..',
+      '/.',
+      ';x',
+      '%2f',
+      '%252f',
+      '/c',
+      '%25',
+      '/%2e%2e',
+    );
+    fc.assert(
+      fc.property(fc.array(token, { maxLength: 24 }), (tokens) => {
+        const t = `${tokens.join('')}/upload`;
+        const read = pathReadings(t);
+        const n = normalized(t);
+        if (read.complete)
+          expect(read.paths.includes(n) || read.paths.includes(n.replace(/\/+$/, ''))).toBe(true);
+        else
+          expect(
+            decide(
+              [{ name: 'n', match: { path: { exact: [n] } }, action: 'enable-icap' }],
+              facts({ target: t }),
+            ).scan,
+          ).toBe(true);
+      }),
+      { numRuns: 3000 },
+    );
+  });
+
+  it('a 16 KiB path of thousands of odd segments costs a bounded amount of work', () => {
+    const long = `/${'/%3b//;%2f%2525//%5c%2e%253b/.'.repeat(520)}`;
+    const read = pathReadings(long);
+    expect(read.complete).toBe(false);
+    // The characters of the readings made stay within the budget (64 KiB), not 256 of 16 KiB.
+    expect(read.paths.reduce((n, p) => n + p.length, 0)).toBeLessThanOrEqual(2 * 64 * 1024);
+    expect(decide(rules, facts({ target: long }))).toEqual({
+      scan: true,
+      rule: undefined,
+      reason: 'path-readings-limit',
+    });
   });
 });

@@ -73,7 +73,11 @@ export interface PolicyDecision {
   scan: boolean;
   /** Name of the deciding rule. */
   rule: string | undefined;
-  reason: 'rule' | 'no-rule-matched' | 'no-rules' | 'no-body';
+  /**
+   * `path-readings-limit`: the path has more readings than are made per request (a client wrote
+   * it so), so the ones left out cannot be ruled out: scanned, as if an 'enable-icap' rule matched.
+   */
+  reason: 'rule' | 'no-rule-matched' | 'no-rules' | 'no-body' | 'path-readings-limit';
 }
 
 export interface CompiledPolicy {
@@ -96,6 +100,8 @@ export const CRITERION_KEYS = ['name', 'present', 'value'] as const;
 export const MAX_REGEX_LENGTH = 1000;
 /** Upper bound on the path readings expanded per request (a normal path has 1, an odd one a few). */
 export const MAX_PATH_STATES = 256;
+/** Upper bound on the characters of those readings (the work per request is a few passes over them). */
+export const PATH_READING_BUDGET = 64 * 1024;
 /** RFC 9110 token. */
 export const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 export const MEDIA_PART = "[a-z0-9!#$&^_.+'`|~-]+";
@@ -104,6 +110,11 @@ export const HOST_LABELS = /^[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?(?:\.[a-z0-9_](?:
 
 export const NO_RULES: PolicyDecision = Object.freeze({ scan: true, rule: undefined, reason: 'no-rules' });
 export const NO_BODY: PolicyDecision = Object.freeze({ scan: false, rule: undefined, reason: 'no-body' });
+export const PATH_READINGS_LIMIT: PolicyDecision = Object.freeze({
+  scan: true,
+  rule: undefined,
+  reason: 'path-readings-limit',
+});
 export const NO_MATCH: PolicyDecision = Object.freeze({
   scan: false,
   rule: undefined,
