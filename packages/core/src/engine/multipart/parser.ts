@@ -102,6 +102,9 @@ export class MultipartParser {
   readonly #limits: ResolvedMultipartLimits;
   /** `--B`: what a delimiter looks like after its CRLF. */
   readonly #dash: Buffer;
+  /** CR `--B` and LF `--B`: where `--B` inside a part's content matters (see #delimiterAt). */
+  readonly #crDash: Buffer;
+  readonly #lfDash: Buffer;
   #state: State = 'start';
   /** Unconsumed bytes (carried over from the previous chunk, then the new chunk). */
   #buf: Buffer = EMPTY;
@@ -127,6 +130,8 @@ export class MultipartParser {
 
   constructor(boundary: string, limits: ResolvedMultipartLimits, options: { asSent?: boolean } = {}) {
     this.#dash = Buffer.from(`--${boundary}`, 'latin1');
+    this.#crDash = Buffer.from(`\r--${boundary}`, 'latin1');
+    this.#lfDash = Buffer.from(`\n--${boundary}`, 'latin1');
     this.#limits = limits;
     this.#asSent = options.asSent ?? false;
   }
@@ -407,36 +412,32 @@ export class MultipartParser {
   #content(out: ParseEvent[], atEnd: boolean): boolean {
     const d = this.#dash;
     const buf = this.#buf;
-    let from = 0;
-    for (;;) {
-      const j = buf.indexOf(d, from);
-      if (j === -1) break;
+    const j = this.#delimiterAt(buf);
+    if (j !== -1) {
       // Position of `--B` within this part's content.
       const at = this.#contentSeen + j;
-      const b1 = j >= 1 ? buf[j - 1] : undefined;
-      const b2 = j >= 2 ? buf[j - 2] : undefined;
       if (at === 0)
         throw multipartError(400, "a part's content starts with its boundary (ambiguous delimiter)");
-      if (b1 === CR || b1 === LF) {
-        if (!(at >= 2 && b2 === CR && b1 === LF))
-          throw multipartError(
-            400,
-            "a line in a part's content starts with the boundary after a bare CR or LF (read as a delimiter by some parsers)",
-          );
-        if (buf.length < j + d.length + 2) {
-          if (atEnd)
-            throw multipartError(400, 'multipart body does not end with its closing boundary (truncated)');
-          // Wait for the two bytes after `--B`; emit what is surely content.
-          this.#emit(out, buf.subarray(0, j - 2));
-          this.#buf = buf.subarray(j - 2);
-          return false;
-        }
+      // Past the start, `--B` was found right after a CR or an LF (buf[j - 1]).
+      const b1 = buf[j - 1];
+      const b2 = j >= 2 ? buf[j - 2] : undefined;
+      if (!(at >= 2 && b2 === CR && b1 === LF))
+        throw multipartError(
+          400,
+          "a line in a part's content starts with the boundary after a bare CR or LF (read as a delimiter by some parsers)",
+        );
+      if (buf.length < j + d.length + 2) {
+        if (atEnd)
+          throw multipartError(400, 'multipart body does not end with its closing boundary (truncated)');
+        // Wait for the two bytes after `--B`; emit what is surely content.
         this.#emit(out, buf.subarray(0, j - 2));
-        out.push({ type: 'end-part' });
-        this.#buf = buf.subarray(j + d.length);
-        return this.#afterDelimiter(out);
+        this.#buf = buf.subarray(j - 2);
+        return false;
       }
-      from = j + 1;
+      this.#emit(out, buf.subarray(0, j - 2));
+      out.push({ type: 'end-part' });
+      this.#buf = buf.subarray(j + d.length);
+      return this.#afterDelimiter(out);
     }
     if (atEnd) throw multipartError(400, 'multipart body does not end with its closing boundary (truncated)');
     // Keep what a delimiter starting in the next chunk could still need: its CRLF and a partial `--B`.
@@ -445,6 +446,29 @@ export class MultipartParser {
     this.#emit(out, keep === 0 ? buf : buf.subarray(0, buf.length - keep));
     this.#buf = keep === 0 ? EMPTY : Buffer.from(buf.subarray(buf.length - keep));
     return false;
+  }
+
+  /**
+   * Where the first `--B` that matters starts in `buf` (content from #contentSeen on), or -1.
+   * It matters at the very start of the content, or right after a CR or an LF; anywhere else it
+   * is content whatever follows. Usually the first `--B` is the delimiter (or there is none): one
+   * search. Past a `--B` that is content, only LF `--B` and CR `--B` are searched for, not every
+   * `--B`: one search per `--B` was a call per byte for content `---...` and boundary `-`.
+   * CR `--B` is only searched for before the first LF `--B` (which ends the part, waits for its
+   * next two bytes, or is refused): with many parts in one chunk, no search runs past its own
+   * part's end. So each byte is searched at most three times, whatever the content and boundary.
+   * A CR or LF at the end of the previous chunk is still in `buf` (#keep carries it).
+   */
+  #delimiterAt(buf: Buffer): number {
+    const d = this.#dash;
+    const first = buf.indexOf(d);
+    if (first === -1) return -1;
+    if (first === 0 ? this.#contentSeen === 0 : buf[first - 1] === CR || buf[first - 1] === LF) return first;
+    const lf = buf.indexOf(this.#lfDash, first);
+    // A CR `--B` that starts before `lf` lies within the first `lf + d.length` bytes.
+    const cr = (lf === -1 ? buf : buf.subarray(0, lf + d.length)).indexOf(this.#crDash, first);
+    if (cr !== -1) return cr + 1;
+    return lf === -1 ? -1 : lf + 1;
   }
 
   /**
