@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { crc32 } from 'node:zlib';
+import type { PolicyDecision } from './policy/types.js';
 import type { Violation } from './verdict/index.js';
 
 /**
@@ -69,11 +70,8 @@ export interface IcapLog {
   profile_name: string;
   /** The policy rule that decided (absent when no rules are configured). */
   rule_name?: string;
-  /**
-   * Why the request was (not) scanned. `path-readings-limit`: scanned because its path had more
-   * readings than the policy makes per request (see PolicyDecision).
-   */
-  policy_reason: 'rule' | 'no-rule-matched' | 'no-rules' | 'no-body' | 'path-readings-limit';
+  /** Why the request was (not) scanned: the policy decision's reason (see PolicyDecision). */
+  policy_reason: PolicyDecision['reason'];
   significant: boolean;
   significance: Significance[];
   http_method: string;
