@@ -14,3 +14,17 @@ function done(summary, latency, requests)
     summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status, e.timeout,
     latency:percentile(50), latency:percentile(99), latency.max))
 end
+
+-- BENCH_DELAY_MS (a mean in ms, fractions allowed): each connection waits that long after an
+-- answer before it sends its next request (paced load). wrk's timers count whole ms, so each
+-- wait is the floor or the ceiling of the mean, drawn so that the waits average to it.
+local delayMs = tonumber(os.getenv("BENCH_DELAY_MS") or "")
+if delayMs ~= nil then
+  math.randomseed(os.time() + math.floor((os.clock() * 1e6) % 1e6))
+  local base = math.floor(delayMs)
+  local frac = delayMs - base
+  function delay()
+    if math.random() < frac then return base + 1 end
+    return base
+  end
+end

@@ -14,7 +14,9 @@
  *   GET  /__stats  { rss, hwm, cpu, stages, mem, icap: engine.status() } (never scanned): `cpu` is
  *                  this process's `process.cpuUsage()` (µs), `stages` the per-stage totals of the
  *                  scan when BENCH_STAGES=1 (see stages.ts), else null; `mem` the peak of
- *                  `arrayBuffers` since the previous /__stats when BENCH_MEM_PEAK=1
+ *                  `arrayBuffers` since the previous /__stats when BENCH_MEM_PEAK=1; `digested` the
+ *                  uploads whose digest the handler made so far (the run's request count over a
+ *                  window inside one load run)
  *
  * Prints `READY {"port":N}` once listening; stops on SIGTERM/SIGINT.
  */
@@ -84,7 +86,10 @@ function digest(stream: Readable, contentType: string | undefined): Promise<stri
   return new Promise((resolve, reject) => {
     const h = new BodyDigest(contentType);
     stream.on('data', (c: Buffer) => h.update(c));
-    stream.once('end', () => resolve(h.digest()));
+    stream.once('end', () => {
+      digested++;
+      resolve(h.digest());
+    });
     stream.once('error', reject);
   });
 }
@@ -93,8 +98,12 @@ function digest(stream: Readable, contentType: string | undefined): Promise<stri
 function digestHeld(chunks: Buffer[], contentType: string | undefined): string {
   const h = new BodyDigest(contentType);
   for (const c of chunks) h.update(c);
+  digested++;
   return h.digest();
 }
+
+/** Uploads digested so far (every framework's handler, every mode): /__stats `digested`. */
+let digested = 0;
 
 /** Mark-compacts since start (the run reports them per 1000 requests: which GC regime a cell saw). */
 let majorGcs = 0;
@@ -134,6 +143,7 @@ function stats(engine: IcapEngine | undefined): string {
     ...memOf(process.pid),
     cpu: process.cpuUsage(),
     majorGcs,
+    digested,
     mem: memPeak?.() ?? null,
     stages: stageTotals?.snapshot() ?? null,
     icap: engine?.status() ?? null,
@@ -271,6 +281,7 @@ async function startHono(p: IcapProfile | null): Promise<{ port: number; close()
     const h = new BodyDigest(c.req.header('content-type'));
     const body = c.req.raw.body;
     if (body !== null) for await (const chunk of body) h.update(Buffer.from(chunk));
+    digested++;
     return c.text(h.digest());
   });
   const server = createServer(getRequestListener(app.fetch));

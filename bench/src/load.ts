@@ -31,20 +31,62 @@ export function pickTool(): LoadTool {
 
 const LUA = fileURLToPath(new URL('../lua/post.lua', import.meta.url));
 
-/** Runs the load for `seconds` (wrk: whole seconds, at least 1). */
+/** What else a load run does (see {@link runLoad}). */
+export interface LoadOptions {
+  settle?: { seconds: number; snapshot: () => Promise<void> };
+  /**
+   * wrk only: each connection waits this many ms (a mean, fractions allowed) after an answer
+   * before it sends its next request: a paced load (paced.ts).
+   */
+  delayMs?: number;
+}
+
+/**
+ * Runs the load for `seconds` (wrk: whole seconds, at least 1). With `settle`, the load runs
+ * `settle.seconds` longer, and `settle.snapshot` is called that long after it started (and awaited
+ * before the result is given): the caller reads its counters there, so that what it measures is
+ * the last `seconds` of one load run, not the first moments after the clients changed (new
+ * connections, a client sending other headers than the warm-up's: V8 deoptimizes code that met
+ * only the warm-up's objects, and compiles it again, see bench/README.md, nineteenth round).
+ */
 export async function runLoad(
   tool: LoadTool,
   url: string,
   body: Body,
   connections: number,
   seconds: number,
+  { settle, delayMs }: LoadOptions = {},
 ): Promise<LoadResult> {
-  return tool === 'wrk'
-    ? runWrk(url, body, connections, seconds)
-    : runAutocannon(url, body, connections, seconds);
+  const total = seconds + (settle?.seconds ?? 0);
+  if (delayMs !== undefined && tool !== 'wrk') throw new Error('a paced load needs wrk');
+  const load =
+    tool === 'wrk'
+      ? runWrk(url, body, connections, total, delayMs)
+      : runAutocannon(url, body, connections, total);
+  if (settle === undefined) return load;
+  // The snapshot, once its time came (a load that fails before then ends without one).
+  let snapshot: Promise<void> | undefined;
+  const timer = setTimeout(() => {
+    snapshot = settle.snapshot();
+    // Awaited below when the load succeeds; otherwise the load's error is the one thrown.
+    snapshot.catch(() => undefined);
+  }, settle.seconds * 1000);
+  try {
+    const result = await load;
+    await snapshot;
+    return result;
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
-async function runWrk(url: string, body: Body, connections: number, seconds: number): Promise<LoadResult> {
+async function runWrk(
+  url: string,
+  body: Body,
+  connections: number,
+  seconds: number,
+  delayMs: number | undefined,
+): Promise<LoadResult> {
   const u = new URL(url);
   const threads = Math.min(2, connections);
   const secs = Math.max(1, Math.round(seconds));
@@ -65,7 +107,12 @@ async function runWrk(url: string, body: Body, connections: number, seconds: num
     ],
     {
       waitReady: false,
-      env: { BENCH_BODY: body.file, BENCH_CT: body.contentType, BENCH_PATH: u.pathname },
+      env: {
+        BENCH_BODY: body.file,
+        BENCH_CT: body.contentType,
+        BENCH_PATH: u.pathname,
+        ...(delayMs === undefined ? {} : { BENCH_DELAY_MS: String(delayMs) }),
+      },
     },
   );
   const r = (await child.result()) as Record<string, number>;

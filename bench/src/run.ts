@@ -12,9 +12,13 @@
  * --update-readme: also replace the table in bench/README.md.
  * --from=FILE: run nothing; render the results saved in FILE (a latest.json) again.
  * --warm-requests=N: full mode warms each fresh application (and Squid's origin) up for a second
- *   and until it has answered N requests, at most 10 s (default 1000; 0: one second only).
+ *   and until it has answered N requests, at most 8 s (default 1000; 0: one second only).
  * --warm-requests-10k=N: the same for the 10 KiB cells (default 30000: V8 is still compiling a
  *   fresh process's code after 1,000 of them, see steady.ts; 0: one second only).
+ * --settle=S: each load run (wrk or autocannon) goes on S seconds longer, and the cell is measured
+ *   over its last measure seconds only (default 2 in full mode, 0 in short mode; 32 MiB cells: 0):
+ *   req/s and the CPU columns from the requests the application answered in that window.
+ *   Latencies and errors are the load tool's, over its whole run.
  * --node-flags='...': the V8/Node options every Node process of the run starts with (applications,
  *   Squid's origin, the ICAP generators); default --heap-growing-percent=300 --max-semi-space-size=64
  *   (see DEFAULT_NODE_FLAGS in util.ts),
@@ -228,6 +232,11 @@ export interface Machine {
   warmMaxS?: number;
   measureS: number;
   measure32mS: number;
+  /**
+   * Seconds of each load run before its measured window (not the 32 MiB cells'); absent in
+   * runs made before it existed, which measured from the load's start.
+   */
+  settleS?: number;
   totalS: number;
   /** V8/Node options every Node process of the run was started with (apps, origins, generators). */
   nodeFlags?: string[];
@@ -246,6 +255,7 @@ interface Args {
   stages: boolean;
   warmRequests: number | undefined;
   warmRequests10k: number | undefined;
+  settleS: number | undefined;
   nodeFlags: string[] | undefined;
 }
 
@@ -261,6 +271,7 @@ function parseArgs(argv: string[]): Args {
     stages: false,
     warmRequests: undefined,
     warmRequests10k: undefined,
+    settleS: undefined,
     nodeFlags: undefined,
   };
   for (const arg of argv) {
@@ -273,6 +284,7 @@ function parseArgs(argv: string[]): Args {
     else if (arg === '--stages') a.stages = true;
     else if (arg.startsWith('--warm-requests=')) a.warmRequests = Number(arg.slice(16));
     else if (arg.startsWith('--warm-requests-10k=')) a.warmRequests10k = Number(arg.slice(20));
+    else if (arg.startsWith('--settle=')) a.settleS = Number(arg.slice(9));
     else if (arg.startsWith('--node-flags=')) a.nodeFlags = arg.slice(13).split(' ').filter(Boolean);
     else if (arg.startsWith('--cells=')) {
       a.cells = arg
@@ -333,6 +345,7 @@ interface Env {
   warmMaxS: number;
   measureS: number;
   measure32mS: number;
+  settleS: number;
 }
 
 function icapTargetPort(env: Env, service: Service): number {
@@ -563,44 +576,76 @@ async function runCell(env: Env, path: PathDef, cell: CellDef): Promise<CellResu
       });
       // The Node process answering the load (the application, or Squid's origin) reports its own CPU.
       const statsPort = (appChild ?? origin)!.ready.port as number;
-      const s0 = await statsOf(statsPort);
-      const opened0 = counter?.accepted() ?? 0;
       const pids = { app: [measured], icap: icapPids(path.service), origin: origin ? [origin.pid] : [] };
-      const c0 = { app: cpuSum(pids.app), icap: cpuSum(pids.icap), origin: cpuSum(pids.origin) };
-      const m0 = machineBusy();
-      const t0 = performance.now();
-      const r: LoadResult = await runLoad(env.tool, target, body, cell.clients, measureS);
-      const wall = (performance.now() - t0) / 1000;
-      const m1 = machineBusy();
+      const snap = async () => ({
+        s: await statsOf(statsPort),
+        opened: counter?.accepted() ?? 0,
+        c: { app: cpuSum(pids.app), icap: cpuSum(pids.icap), origin: cpuSum(pids.origin) },
+        m: machineBusy(),
+        t: performance.now(),
+      });
+      // The measured window is the last measureS seconds of one load run: its first settleS
+      // seconds (new connections, a client other than the warm-up's) are not counted. A 32 MiB
+      // cell, a few requests per second, is measured whole.
+      const settleS = big ? 0 : env.settleS;
+      let first = settleS === 0 ? await snap() : undefined;
+      const r: LoadResult = await runLoad(
+        env.tool,
+        target,
+        body,
+        cell.clients,
+        measureS,
+        settleS === 0
+          ? {}
+          : {
+              settle: {
+                seconds: settleS,
+                snapshot: async () => {
+                  first = await snap();
+                },
+              },
+            },
+      );
+      if (first === undefined) throw new Error(`the load ended before its first ${settleS} s were over`);
+      const last = await snap();
+      const { s: s0, c: c0, m: m0 } = first;
+      const { s: s1, c: c1, m: m1 } = last;
+      const wall = (last.t - first.t) / 1000;
+      // Requests answered in the window: what the handler digested there (the load tool counts
+      // its whole run).
+      const digested =
+        s0.digested !== undefined && s1.digested !== undefined ? s1.digested - s0.digested : undefined;
+      if (settleS > 0 && digested === undefined)
+        throw new Error('the application does not count its requests');
+      const n = settleS > 0 ? digested! : r.ok;
       if (counter) {
         result.icapOpened = counter.accepted();
-        result.icapOpenedMeasured = counter.accepted() - opened0;
+        result.icapOpenedMeasured = last.opened - first.opened;
         result.icapPeakOpen = counter.peakOpen();
       }
-      const c1 = { app: cpuSum(pids.app), icap: cpuSum(pids.icap), origin: cpuSum(pids.origin) };
-      const s1 = await statsOf(statsPort);
-      if (s0.cpuUs !== undefined && s1.cpuUs !== undefined && r.ok > 0) {
+      if (s0.cpuUs !== undefined && s1.cpuUs !== undefined && n > 0) {
         // Squid: its CPU from /proc (10 ms ticks) plus its origin's from process.cpuUsage().
         const squidUs = path.kind === 'squid' ? (c1.app - c0.app) * 1e6 : 0;
-        result.cpuUsPerReq = (s1.cpuUs - s0.cpuUs + squidUs) / r.ok;
+        result.cpuUsPerReq = (s1.cpuUs - s0.cpuUs + squidUs) / n;
       }
-      if (s0.majorGcs !== undefined && s1.majorGcs !== undefined && r.ok > 0)
-        result.majorGcPerK = ((s1.majorGcs - s0.majorGcs) * 1000) / r.ok;
+      if (s0.majorGcs !== undefined && s1.majorGcs !== undefined && n > 0)
+        result.majorGcPerK = ((s1.majorGcs - s0.majorGcs) * 1000) / n;
       if (s0.stages !== undefined && s1.stages !== undefined)
         result.stages = stageDelta(s0.stages, s1.stages);
-      if (path.service !== undefined && r.ok > 0) result.cpuUsPerReqIcap = ((c1.icap - c0.icap) * 1e6) / r.ok;
+      if (path.service !== undefined && n > 0) result.cpuUsPerReqIcap = ((c1.icap - c0.icap) * 1e6) / n;
       result.peakRss = memOf(measured).hwm;
       Object.assign(result, {
         ok: r.ok,
         errors: r.errors,
-        rps: r.rps,
+        // The window's rate; the latencies and errors are the load tool's, over its whole run.
+        rps: settleS > 0 ? n / wall : r.rps,
         p50: r.p50,
         p99: r.p99,
         cpuApp: ((c1.app - c0.app) / wall) * 100,
         cpuIcap: path.service ? ((c1.icap - c0.icap) / wall) * 100 : undefined,
         cpuOrigin: origin ? ((c1.origin - c0.origin) / wall) * 100 : undefined,
         cpuMachine: m1 > m0 ? ((m1 - m0) / wall) * 100 : undefined,
-        cpuUsPerReqMachine: m1 > m0 && r.ok > 0 ? ((m1 - m0) * 1e6) / r.ok : undefined,
+        cpuUsPerReqMachine: m1 > m0 && n > 0 ? ((m1 - m0) * 1e6) / n : undefined,
       });
       if (appChild && path.kind === 'icapkit') result.clientCreated = s1.created;
       if (r.errors > 0 && result.note === undefined) result.note = `${r.errors} errors`;
@@ -672,10 +717,23 @@ async function main(): Promise<void> {
    * went from 852 to 462 (avscan) and 635 to 350 (echo) app CPU µs per request with it.
    */
   const warmRequests10k = short ? 0 : (args.warmRequests10k ?? 30_000);
-  const warmMaxS = 10;
+  /**
+   * At most 8 s of the warm-up's own clients, then the load run's first settleS (2) s: a cell
+   * whose warm-up reaches this cap warms up as long as before the window came in (10 s).
+   */
+  const warmMaxS = 8;
   nodeFlags = args.nodeFlags ?? [...DEFAULT_NODE_FLAGS];
   const measureS = short ? 1 : 3;
   const measure32mS = short ? 1 : 6;
+  /**
+   * The first seconds of each load run are not measured. The load tool's clients are new
+   * connections sending other headers than the warm-up's; V8 deoptimizes what met only the
+   * warm-up's objects, and its compiles again in the next second cost a fixed CPU time, which
+   * counted per request weighs most where the fewest requests are answered (bench/README.md,
+   * nineteenth round).
+   */
+  const settleS = args.settleS ?? (short ? 0 : 2);
+  if (!(settleS >= 0)) throw new Error('--settle: seconds, 0 or more');
   /** Full mode stops starting cells past this (the whole run must stay under 20 minutes). */
   const budgetMs = short ? 5 * 60_000 : 19 * 60_000;
 
@@ -729,6 +787,7 @@ async function main(): Promise<void> {
       warmMaxS,
       measureS,
       measure32mS,
+      settleS,
     };
     console.error(`bench: ${short ? 'short' : 'full'} mode, load tool ${tool}, c-icap on ${cicap.port}`);
     for (const line of await verifyEicar(env)) console.error(`bench: verified ${line}`);
@@ -773,6 +832,7 @@ async function main(): Promise<void> {
     warmMaxS,
     measureS,
     measure32mS,
+    settleS,
     totalS: Math.round((Date.now() - t0) / 1000),
     nodeFlags,
   };

@@ -338,6 +338,8 @@ export interface AppStats {
   stages: StageSnapshot | undefined;
   /** Mark-compacts the app's V8 has done since it started (a `gc` performance observer). */
   majorGcs: number | undefined;
+  /** Uploads the app's handler digested since it started (app.ts). */
+  digested: number | undefined;
 }
 
 /** An application's /__stats (all undefined when it does not answer). */
@@ -349,14 +351,22 @@ export async function statsOf(port: number): Promise<AppStats> {
       stages?: StageSnapshot | null;
       icap: Array<{ connections: { created: number } }> | null;
       majorGcs?: number;
+      digested?: number;
     };
     return {
       created: j.icap?.reduce((n, s) => n + s.connections.created, 0),
       cpuUs: j.cpu === undefined ? undefined : j.cpu.user + j.cpu.system,
       stages: j.stages ?? undefined,
       majorGcs: j.majorGcs,
+      digested: j.digested,
     };
   } catch {
-    return { created: undefined, cpuUs: undefined, stages: undefined, majorGcs: undefined };
+    return {
+      created: undefined,
+      cpuUs: undefined,
+      stages: undefined,
+      majorGcs: undefined,
+      digested: undefined,
+    };
   }
 }
