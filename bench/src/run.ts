@@ -858,6 +858,15 @@ async function publish(results: CellResult[], machine: Machine, args: Args): Pro
     const b = text.indexOf(endTag);
     if (a !== -1 && b > a) {
       await writeFile(readme, `${text.slice(0, a + startTag.length)}\n${report}\n${text.slice(b)}`);
+      // The tables as the repository's formatter writes them (its CI check fails otherwise).
+      const biome = join(BENCH_DIR, '..', 'node_modules', '.bin', 'biome');
+      try {
+        execFileSync(biome, ['format', '--write', readme], { stdio: 'ignore', timeout: 60_000 });
+      } catch (err) {
+        console.error(
+          `bench: ${readme} written, but not formatted (${err instanceof Error ? err.message.split('\n')[0] : String(err)}): run npx biome check --write bench/README.md`,
+        );
+      }
     }
   }
   const failed = results.filter((r) => r.note?.startsWith('failed') || r.note?.startsWith('check failed'));
