@@ -317,4 +317,49 @@ describe('FormStrings', () => {
   it('a field without %, + or a byte above 0x7F emits nothing', () => {
     expect(lex((e) => new FormStrings(e), [Buffer.from('a=b&c=d-e.f~g')])).toEqual([]);
   });
+
+  it("a field's Latin-1 bytes are emitted beside a field with a character above U+00FF", () => {
+    // Þ and a soft hyphen (U+00DE U+00AD) in UTF-8 escapes, then ā (U+0101) in another field.
+    const readings = formReadings(Buffer.from('a=%C3%9E%C2%AD&b=%C4%81'));
+    expect(readings.some((r) => r.includes(Buffer.from([0xde, 0xad])))).toBe(true);
+    expect(
+      formReadings(Buffer.from('b=%C4%81&a=%C3%9E%C2%AD')).some((r) => r.includes(Buffer.from([0xde, 0xad]))),
+    ).toBe(true);
+  });
+
+  it('every value within U+00FF a parser makes of any field is in the body or emitted in Latin-1 too, whatever its batch holds (property)', () => {
+    const wide = fc.constantFrom('%C4%81', 'ā', '%E2%82%AC', '€', '%F0%9F%98%80');
+    fc.assert(
+      fc.property(
+        fc.array(
+          fc.oneof(
+            fieldArb,
+            fc.tuple(fieldArb, wide, fieldArb).map((p) => p.join('')),
+          ),
+          {
+            minLength: 1,
+            maxLength: 5,
+          },
+        ),
+        fc.array(fc.nat(), { maxLength: 8 }),
+        (fields, cuts) => {
+          const raw = Buffer.from(fields.map((f, i) => `k${i}=${f}`).join('&'));
+          const emitted = lex((e) => new FormStrings(e), splitAt(raw, cuts));
+          const values: string[] = [
+            ...Object.values(querystringParse(raw.toString())).flat(),
+            ...new URLSearchParams(raw.toString()).values(),
+          ].filter((v): v is string => typeof v === 'string');
+          for (const v of values) {
+            if (!/[\x80-\xff]/.test(v) || /[^\x00-\xff]/.test(v)) continue;
+            const bytes = Buffer.from(v, 'latin1');
+            if (!raw.includes(bytes) && !emitted.some((r) => r.includes(bytes)))
+              throw new Error(
+                `the Latin-1 bytes of ${JSON.stringify(v)} are neither in the body nor emitted`,
+              );
+          }
+        },
+      ),
+      { numRuns: 500 },
+    );
+  });
 });

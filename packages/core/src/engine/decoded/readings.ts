@@ -268,17 +268,11 @@ const LATIN1_HIGH = /[\x80-\xff]/;
 const ABOVE_LATIN1 = /[^\x00-\xff]/;
 
 /**
- * The bytes an application writes a decoded string as: UTF-8 (Node's default: Buffer.from,
- * fs.writeFile, res.send) and, for a string within U+0000-U+00FF with a character above
- * U+007F, Latin-1 (Node's `binary`: how bytes travel in a string, `\u00XX` per byte in JSON).
+ * A decoded string is scanned as the bytes an application writes it as: UTF-8 (Node's default:
+ * Buffer.from, fs.writeFile, res.send) and, for a string within U+0000-U+00FF with a character
+ * above U+007F, Latin-1 (Node's `binary`: how bytes travel in a string, `\u00XX` per byte in
+ * JSON). This is a JSON literal's Latin-1 bytes when they are its bytes.
  */
-export function stringReadings(s: string): Buffer[] {
-  const utf8 = Buffer.from(s, 'utf8');
-  const latin1 = latin1Of(s);
-  return latin1 === undefined ? [utf8] : [utf8, latin1];
-}
-
-/** A string's Latin-1 bytes when they are its bytes: within U+0000-U+00FF, one above U+007F. */
 function latin1Of(s: string): Buffer | undefined {
   return LATIN1_HIGH.test(s) && !ABOVE_LATIN1.test(s) ? Buffer.from(s, 'latin1') : undefined;
 }
@@ -306,7 +300,10 @@ const PLUS = 0x2b;
  *   parseBody through undici, querystring.unescape's fallback): raw characters above U+007F
  *   as their low byte;
  * - each byte with its high bit cleared, then URLSearchParams (formidable 3, which decodes the
- *   body as Node's `ascii`: `%C5` stays high, a raw 0xC5 byte reads as `E`).
+ *   body as Node's `ascii`: `%C5` stays high, a raw 0xC5 byte reads as `E`);
+ * - each of those strings in UTF-8 and, when it has a character in U+0080-U+00FF, in Latin-1
+ *   (one byte per character: a field within U+00FF, written by the application as `binary`, is
+ *   a substring of it whatever the other fields of its batch hold).
  *
  * A field without `%`, `+` or a byte above 0x7F reads as it is in every parser: nothing is emitted.
  */
@@ -387,7 +384,12 @@ export function formReadings(raw: Buffer, latin1Charset = false): Buffer[] {
     readings.push(b);
   };
   const addString = (s: string) => {
-    for (const b of stringReadings(s)) add(b);
+    add(Buffer.from(s, 'utf8'));
+    // Latin-1 (how binary travels in a string) for each field within U+0000-U+00FF with a
+    // character above U+007F: the batch's characters one byte each, whatever else it holds.
+    // (latin1Of's test, the whole string within U+00FF, would let one field with a wider
+    // character take the Latin-1 reading of every other field of its batch away.)
+    if (LATIN1_HIGH.test(s)) add(Buffer.from(s, 'latin1'));
   };
   const plus = plusAsSpace(raw);
   const bytes = percentDecode(plus);
