@@ -10,19 +10,27 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import fc from 'fast-check';
 import { describe, expect, it, vi } from 'vitest';
+import { fieldReadings, formReadings } from '../../src/engine/decoded/form-readings.js';
 import {
   FormStrings,
-  formReadings,
   JsonStrings,
   jsonStringAccepted,
   type StringLexer,
 } from '../../src/engine/decoded/readings.js';
 
-function lex(make: (emit: (b: Buffer) => void) => StringLexer, chunks: Buffer[]): Buffer[] {
+/** What a lexer emits, a reading in parts joined (as the decoded strings' store joins them). */
+function lex(make: (emit: (b: Buffer, more?: boolean) => void) => StringLexer, chunks: Buffer[]): Buffer[] {
   const out: Buffer[] = [];
-  const lexer = make((b) => out.push(Buffer.from(b)));
+  let parts: Buffer[] = [];
+  const lexer = make((b, more) => {
+    parts.push(Buffer.from(b));
+    if (more === true) return;
+    out.push(Buffer.concat(parts));
+    parts = [];
+  });
   for (const c of chunks) lexer.write(c);
   lexer.end();
+  expect(parts).toEqual([]);
   return out;
 }
 
@@ -235,13 +243,20 @@ function collect(): void {
 describe('a literal or field sent one byte at a time', () => {
   // The reader gets each piece as the client sends it: a Buffer kept per piece cost ~140x the bytes.
   for (const [kind, make, head] of [
-    ['a JSON literal', (e: (b: Buffer) => void) => new JsonStrings(e), '"'],
-    ['an urlencoded field', (e: (b: Buffer) => void) => new FormStrings(e), 'a='],
+    ['a JSON literal', (e: (b: Buffer, more?: boolean) => void) => new JsonStrings(e), '"'],
+    ['an urlencoded field', (e: (b: Buffer, more?: boolean) => void) => new FormStrings(e), 'a='],
   ] as const) {
     it(`${kind}: the heap holds about its bytes, not an object per piece, and the reading is whole`, () => {
       const n = 256 * 1024;
       const out: Buffer[] = [];
-      const lexer = make((b) => out.push(Buffer.from(b)));
+      // A long field's reading comes in parts (fieldReadings): joined here.
+      let parts: Buffer[] = [];
+      const lexer = make((b, more) => {
+        parts.push(Buffer.from(b));
+        if (more === true) return;
+        out.push(Buffer.concat(parts));
+        parts = [];
+      });
       const piece = Buffer.from('a');
       collect();
       const before = process.memoryUsage().heapUsed;
@@ -361,5 +376,107 @@ describe('FormStrings', () => {
       ),
       { numRuns: 500 },
     );
+  });
+});
+
+/**
+ * One field longer than a batch is read piece by piece (fieldReadings): the same readings as
+ * formReadings of the whole field, byte for byte and in the same order, wherever the pieces end
+ * and however the body is chunked. The bytes are the ones where pieces could go wrong: `%` and
+ * `%u` escapes (cut before a `%` or five bytes after one), UTF-8 split across pieces (raw and
+ * decoded), surrogate pairs from two `%uXXXX`, bytes that become `%` or `+` once formidable
+ * clears their high bit (0xA5, 0xAB).
+ */
+describe('fieldReadings: one long field, piece by piece', () => {
+  const tokenArb = fc.oneof(
+    fc.constantFrom(
+      'a',
+      'Z',
+      '0',
+      'F',
+      'u',
+      '+',
+      '%',
+      '%4',
+      '%41',
+      '%zz',
+      '%C3',
+      '%A9',
+      '%C3%A9',
+      '%E2%82%AC',
+    ),
+    fc.constantFrom('%F0%9F%98%80', '%FF', '%80', '%u0041', '%uD83D', '%uDE00', '%u00e9', '%uZZ', '%25'),
+    fc.constantFrom('é', '€', '😀', '\xff', '\xa5', '\xab', '\xc3', '\xa9', '\xe2\x82', '\xf0'),
+  );
+  const rawArb = fc.array(tokenArb, { minLength: 1, maxLength: 40 }).map((t) =>
+    Buffer.from(
+      t.join('').replace(/\\x([0-9a-f]{2})/g, (_m, h: string) => String.fromCharCode(parseInt(h, 16))),
+      'latin1',
+    ),
+  );
+  /** Readings as fieldReadings emits them, each's parts joined. */
+  function streamed(raw: Buffer, latin1: boolean, piece: number): Buffer[] {
+    return lex(
+      (emit) => ({
+        write: () => undefined,
+        end: () => fieldReadings(raw, latin1, emit, piece),
+      }),
+      [],
+    );
+  }
+
+  it('emits what formReadings gives for the whole field (property)', () => {
+    fc.assert(
+      fc.property(rawArb, fc.boolean(), fc.integer({ min: 8, max: 24 }), (raw, latin1, piece) => {
+        expect(streamed(raw, latin1, piece)).toEqual(formReadings(raw, latin1));
+      }),
+      { numRuns: 3000 },
+    );
+  });
+
+  it('FormStrings reads a long field so, whatever the chunks, and the fields around it as before (property)', () => {
+    fc.assert(
+      fc.property(
+        rawArb.filter((r) => !r.includes(0x26)),
+        fc.array(fc.nat(), { maxLength: 10 }),
+        fc.boolean(),
+        (field, cuts, latin1) => {
+          const body = Buffer.concat([Buffer.from('a=%41&long='), field, Buffer.from('&b=%42')]);
+          const long = Buffer.concat([Buffer.from('long='), field]);
+          const expected = [
+            ...formReadings(Buffer.from('a=%41'), latin1),
+            ...formReadings(long, latin1),
+            ...formReadings(Buffer.from('b=%42'), latin1),
+          ];
+          const got = lex((e) => new FormStrings(e, latin1, 16, 8), splitAt(body, cuts));
+          // A field with `%`, `+` or a high byte, longer than 16 bytes, is read on its own; any
+          // other is read as a batch's field (and one without those is not read at all).
+          const special = /[%+\x80-\xff]/.test(long.toString('latin1'));
+          if (special && long.length > 16) expect(got).toEqual(expected);
+          else expect(got).toEqual(lex((e) => new FormStrings(e, latin1), [body]));
+        },
+      ),
+      { numRuns: 1000 },
+    );
+  });
+
+  it('holds a piece per reading, not each reading whole: 8 MiB of \\xff%41 in one field', () => {
+    const field = Buffer.from('\xff%41'.repeat(2 * 1024 * 1024), 'latin1');
+    const body = Buffer.concat([Buffer.from('f='), field]);
+    let emitted = 0;
+    let parts = 0;
+    let largest = 0;
+    const lexer = new FormStrings((b) => {
+      emitted += b.length;
+      parts++;
+      largest = Math.max(largest, b.length);
+    });
+    for (let at = 0; at < body.length; at += 65536) lexer.write(body.subarray(at, at + 65536));
+    lexer.end();
+    // Its readings: the bytes (\xff A), their UTF-8 (U+FFFD A), formidable's (\x7f A).
+    expect(emitted).toBe(2 * field.length + 3 * 2);
+    // Each part is a piece's reading (about 64 KiB of the field), not a reading of all of it.
+    expect(largest).toBeLessThan(256 * 1024);
+    expect(parts).toBeGreaterThan(100);
   });
 });

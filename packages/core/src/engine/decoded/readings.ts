@@ -1,4 +1,13 @@
 import { isAscii, isUtf8 } from 'node:buffer';
+import {
+  FIELD_PIECE_BYTES,
+  fieldReadings,
+  formReadings,
+  hexValue,
+  LATIN1_HIGH,
+  PERCENT,
+  PLUS,
+} from './form-readings.js';
 
 /**
  * The strings a body parser decodes out of a body, in the forms the application can read them
@@ -7,9 +16,10 @@ import { isAscii, isUtf8 } from 'node:buffer';
  * urlencoded `%45ICAR…` hides any signature from it, while the application reads the string
  * decoded. Each lexer reads the body chunk by chunk (memory bounded by the longest string, CPU
  * linear in the bytes however they are chunked) and `emit`s every decoded reading that is not
- * the raw bytes themselves (those were scanned as they are).
+ * the raw bytes themselves (those were scanned as they are). A reading may come in parts: each
+ * but its last with `more` (an urlencoded field longer than a batch, form-readings.ts).
  */
-export type Emit = (reading: Buffer) => void;
+export type Emit = (reading: Buffer, more?: boolean) => void;
 
 /** A lexer of a body's strings: fed chunk by chunk, then ended. */
 export interface StringLexer {
@@ -251,6 +261,11 @@ class Carry {
     this.open = true;
   }
 
+  /** The bytes carried (a view, valid until the next add or clear). */
+  bytes(): Buffer {
+    return this.#buf.subarray(0, this.length);
+  }
+
   copyTo(target: Buffer, at: number): number {
     return this.#buf.copy(target, at, 0, this.length);
   }
@@ -264,7 +279,6 @@ class Carry {
 
 /** How many bytes of literals JSON.parse decodes at a time (memory: about twice this). */
 const BATCH_BYTES = 64 * 1024;
-const LATIN1_HIGH = /[\x80-\xff]/;
 const ABOVE_LATIN1 = /[^\x00-\xff]/;
 
 /**
@@ -278,8 +292,6 @@ function latin1Of(s: string): Buffer | undefined {
 }
 
 const AMPERSAND = 0x26;
-const PERCENT = 0x25;
-const PLUS = 0x2b;
 
 /**
  * The fields of an application/x-www-form-urlencoded body. Parsers decode a field (split at
@@ -321,9 +333,16 @@ export class FormStrings implements StringLexer {
   #batch = Buffer.allocUnsafe(1024);
   #batchLength = 0;
 
-  constructor(emit: Emit, latin1Charset = false) {
+  /** A field longer than this is read on its own, piece by piece (fieldReadings). */
+  readonly #longField: number;
+  readonly #pieceBytes: number;
+
+  /** `longField`, `pieceBytes`: smaller ones in tests (default a batch, FIELD_PIECE_BYTES). */
+  constructor(emit: Emit, latin1Charset = false, longField = BATCH_BYTES, pieceBytes = FIELD_PIECE_BYTES) {
     this.#emit = emit;
     this.#latin1 = latin1Charset;
+    this.#longField = longField;
+    this.#pieceBytes = pieceBytes;
   }
 
   write(chunk: Buffer): void {
@@ -350,6 +369,15 @@ export class FormStrings implements StringLexer {
   }
 
   #field(chunk: Buffer, start: number, end: number): void {
+    if (this.#carry.length + end - start > this.#longField) {
+      // Read on its own, piece by piece: its readings are not each held whole at once. The
+      // fields gathered before it are read first.
+      this.#flush();
+      this.#carry.add(chunk.subarray(0, end), start);
+      fieldReadings(this.#carry.bytes(), this.#latin1, this.#emit, this.#pieceBytes);
+      this.#carry.clear();
+      return;
+    }
     const length = this.#carry.length + end - start + 1;
     const need = this.#batchLength + length;
     if (need > this.#batch.length) {
@@ -373,149 +401,4 @@ export class FormStrings implements StringLexer {
     this.#batchLength = 0;
     if (this.#batch.length > 4 * BATCH_BYTES) this.#batch = Buffer.allocUnsafe(1024);
   }
-}
-
-/** The distinct readings of urlencoded fields that differ from their raw bytes (see FormStrings). */
-export function formReadings(raw: Buffer, latin1Charset = false): Buffer[] {
-  const readings: Buffer[] = [];
-  const add = (b: Buffer) => {
-    if (b.equals(raw)) return;
-    for (const r of readings) if (r.equals(b)) return;
-    readings.push(b);
-  };
-  const addString = (s: string) => {
-    add(Buffer.from(s, 'utf8'));
-    // Latin-1 (how binary travels in a string) for each field within U+0000-U+00FF with a
-    // character above U+007F: the batch's characters one byte each, whatever else it holds.
-    // (latin1Of's test, the whole string within U+00FF, would let one field with a wider
-    // character take the Latin-1 reading of every other field of its batch away.)
-    if (LATIN1_HIGH.test(s)) add(Buffer.from(s, 'latin1'));
-  };
-  const plus = plusAsSpace(raw);
-  const bytes = percentDecode(plus);
-  // `+` as a space and nothing else: what qs hands over when decodeURIComponent throws (a
-  // malformed `%`, escapes that are not UTF-8); otherwise no parser delivers it.
-  if (!isUtf8(bytes) || hasMalformedPercent(plus)) add(plus);
-  add(bytes);
-  addString(bytes.toString('utf8'));
-  // qs's Latin-1 decoder, only for a body that says it is Latin-1 (body-parser passes the
-  // charset on; qs's charsetSentinel, which could switch to it from the body, is off by default).
-  if (latin1Charset) {
-    if (hasHighByte(bytes)) addString(latin1Unescape(plus, false));
-    if (raw.includes('%u')) addString(latin1Unescape(plus, true));
-  }
-  if (hasHighByte(raw) && bytes !== plus) addString(unescapeChars(plus.toString('utf8')));
-  if (hasHighByte(raw)) addString(percentDecode(plusAsSpace(maskHighBits(raw))).toString('utf8'));
-  return readings;
-}
-
-/** A `%` not followed by two hex digits (decodeURIComponent throws on it). */
-function hasMalformedPercent(raw: Buffer): boolean {
-  for (let i = raw.indexOf(PERCENT); i !== -1; i = raw.indexOf(PERCENT, i + 1)) {
-    if (i + 2 >= raw.length || hexValue(raw[i + 1]!) < 0 || hexValue(raw[i + 2]!) < 0) return true;
-  }
-  return false;
-}
-
-function plusAsSpace(raw: Buffer): Buffer {
-  if (!raw.includes(PLUS)) return raw;
-  const out = Buffer.from(raw);
-  for (let i = 0; i < out.length; i++) if (out[i] === PLUS) out[i] = 0x20;
-  return out;
-}
-
-function hexValue(c: number): number {
-  if (c >= 0x30 && c <= 0x39) return c - 0x30;
-  const l = c | 0x20;
-  if (l >= 0x61 && l <= 0x66) return l - 0x61 + 10;
-  return -1;
-}
-
-/** `%XX` (two hex digits) as that byte; any other `%` stays as it is (WHATWG percent-decode). */
-function percentDecode(raw: Buffer): Buffer {
-  if (!raw.includes(PERCENT)) return raw;
-  const out = Buffer.allocUnsafe(raw.length);
-  let o = 0;
-  for (let i = 0; i < raw.length; i++) {
-    const c = raw[i]!;
-    if (c === PERCENT && i + 2 < raw.length) {
-      const h = hexValue(raw[i + 1]!);
-      const l = hexValue(raw[i + 2]!);
-      if (h >= 0 && l >= 0) {
-        out[o++] = (h << 4) | l;
-        i += 2;
-        continue;
-      }
-    }
-    out[o++] = c;
-  }
-  return out.subarray(0, o);
-}
-
-/**
- * The field read as Latin-1 with `%XX` as U+00XX (qs with `charset: 'iso-8859-1'`), and with
- * `%uXXXX` as that UTF-16 unit too (`unescape`, which older decoders call on the whole field).
- */
-function latin1Unescape(raw: Buffer, percentU: boolean): string {
-  let s = '';
-  for (let i = 0; i < raw.length; i++) {
-    const c = raw[i]!;
-    if (c === PERCENT) {
-      if (percentU && raw[i + 1] === 0x75 && i + 5 < raw.length) {
-        const d = [raw[i + 2]!, raw[i + 3]!, raw[i + 4]!, raw[i + 5]!].map(hexValue);
-        if (d.every((x) => x >= 0)) {
-          s += String.fromCharCode((d[0]! << 12) | (d[1]! << 8) | (d[2]! << 4) | d[3]!);
-          i += 5;
-          continue;
-        }
-      }
-      if (i + 2 < raw.length) {
-        const h = hexValue(raw[i + 1]!);
-        const l = hexValue(raw[i + 2]!);
-        if (h >= 0 && l >= 0) {
-          s += String.fromCharCode((h << 4) | l);
-          i += 2;
-          continue;
-        }
-      }
-    }
-    s += String.fromCharCode(c);
-  }
-  return s;
-}
-
-/**
- * Node's own percent-decoding of a string (querystring's `unescapeBuffer`, which Node's
- * URLSearchParams and querystring.unescape's fallback use): `%XX` a byte, any other character
- * its UTF-16 unit's low byte (a character above U+007F is not written as UTF-8 again), the bytes
- * then read as UTF-8. For a field with raw UTF-8 and an escape, `ÿ` next to `%61` reads U+FFFD.
- */
-function unescapeChars(s: string): string {
-  const out = Buffer.allocUnsafe(s.length);
-  let o = 0;
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i);
-    if (c === PERCENT && i + 2 < s.length) {
-      const h = hexValue(s.charCodeAt(i + 1));
-      const l = hexValue(s.charCodeAt(i + 2));
-      if (h >= 0 && l >= 0) {
-        out[o++] = (h << 4) | l;
-        i += 2;
-        continue;
-      }
-    }
-    out[o++] = c & 0xff;
-  }
-  return out.subarray(0, o).toString('utf8');
-}
-
-function hasHighByte(b: Buffer): boolean {
-  for (let i = 0; i < b.length; i++) if (b[i]! > 0x7f) return true;
-  return false;
-}
-
-function maskHighBits(raw: Buffer): Buffer {
-  const out = Buffer.from(raw);
-  for (let i = 0; i < out.length; i++) out[i]! &= 0x7f;
-  return out;
 }

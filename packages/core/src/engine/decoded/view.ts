@@ -62,7 +62,7 @@ export class DecodedView {
     this.#abort = abort;
     this.#asciiOnly = asciiOnly;
     this.#limit = p.bufferSize;
-    const emit = (reading: Buffer) => this.#push(reading);
+    const emit = (reading: Buffer, more?: boolean) => this.#push(reading, more);
     if (json) this.#lexers.push(new JsonStrings(emit));
     if (form) this.#lexers.push(new FormStrings(emit, latin1));
     this.#sniff = json ? null : new JsonSniff();
@@ -229,7 +229,8 @@ export class DecodedView {
     if (cursor !== null) void cursor.return?.();
   }
 
-  #push(reading: Buffer): void {
+  /** A reading, or a part of one (`more`: the rest comes in the next calls). */
+  #push(reading: Buffer, more = false): void {
     if (this.#refusal !== undefined || this.#cancelled) return;
     let store = this.#store;
     if (store === null) {
@@ -242,7 +243,7 @@ export class DecodedView {
       });
       this.#store = store;
     }
-    if (store.received + reading.length + 1 > this.#limit) {
+    if (store.received + reading.length + (more ? 0 : 1) > this.#limit) {
       store.dispose();
       this.#store = null;
       this.#stopReading();
@@ -254,8 +255,8 @@ export class DecodedView {
       );
       return;
     }
-    store.push(reading);
-    store.push(NEWLINE);
+    if (reading.length > 0) store.push(reading);
+    if (!more) store.push(NEWLINE);
   }
 }
 
