@@ -7,7 +7,6 @@
 import { isUtf8 } from 'node:buffer';
 import { createHash, type Hash } from 'node:crypto';
 import { StringDecoder } from 'node:string_decoder';
-import type { Emit } from './readings.js';
 
 export const PERCENT = 0x25;
 export const PLUS = 0x2b;
@@ -183,7 +182,7 @@ function maskHighBits(raw: Buffer): Buffer {
 export function fieldReadings(
   raw: Buffer,
   latin1Charset: boolean,
-  emit: Emit,
+  emit: (reading: Buffer, more?: boolean) => void,
   pieceBytes = FIELD_PIECE_BYTES,
 ): void {
   const ends = pieceEnds(raw, Math.max(8, pieceBytes));
