@@ -12,11 +12,12 @@
  * --update-readme: also replace the table in bench/README.md.
  * --from=FILE: run nothing; render the results saved in FILE (a latest.json) again.
  * --warm-requests=N: full mode warms each fresh application (and Squid's origin) up for a second
- *   and until it has answered N requests, at most 8 s (default 1000; 0: one second only).
+ *   and until it has answered N requests, at most 10 s (10 KiB cells: 10 s less --settle)
+ *   (default 1000; 0: one second only).
  * --warm-requests-10k=N: the same for the 10 KiB cells (default 30000: V8 is still compiling a
  *   fresh process's code after 1,000 of them, see steady.ts; 0: one second only).
- * --settle=S: each load run (wrk or autocannon) goes on S seconds longer, and the cell is measured
- *   over its last measure seconds only (default 2 in full mode, 0 in short mode; 32 MiB cells: 0):
+ * --settle=S: a 10 KiB cell's load run (wrk or autocannon) goes on S seconds longer, and the cell
+ *   is measured over its last measure seconds only (default 2 in full mode, 0 in short mode):
  *   req/s and the CPU columns from the requests the application answered in that window.
  *   Latencies and errors are the load tool's, over its whole run.
  * --node-flags='...': the V8/Node options every Node process of the run starts with (applications,
@@ -233,7 +234,7 @@ export interface Machine {
   measureS: number;
   measure32mS: number;
   /**
-   * Seconds of each load run before its measured window (not the 32 MiB cells'); absent in
+   * Seconds of each 10 KiB cell's load run before its measured window; absent in
    * runs made before it existed, which measured from the load's start.
    */
   settleS?: number;
@@ -570,9 +571,15 @@ async function runCell(env: Env, path: PathDef, cell: CellDef): Promise<CellResu
       if (check.status !== 200 || check.text !== expected) {
         result.note = `check failed: ${check.status} ${check.text.slice(0, 80)}`;
       }
+      // The measured window of a 10 KiB cell (the CPU goal's) is the last measureS seconds of
+      // one load run: its first settleS seconds (new connections, a client other than the
+      // warm-up's) are not counted, and the warm-up's cap is that much shorter. Other cells are
+      // measured from the load's start (their warm-up is time-bound, and a full run has to fit
+      // in its budget).
+      const settleS = cell.body === '10k' ? env.settleS : 0;
       await warmUp(target, body, cell.clients, warmupS, {
         requests: big ? 0 : cell.body === '10k' ? env.warmRequests10k : env.warmRequests,
-        maxSeconds: env.warmMaxS,
+        maxSeconds: Math.max(warmupS, env.warmMaxS - settleS),
       });
       // The Node process answering the load (the application, or Squid's origin) reports its own CPU.
       const statsPort = (appChild ?? origin)!.ready.port as number;
@@ -584,10 +591,6 @@ async function runCell(env: Env, path: PathDef, cell: CellDef): Promise<CellResu
         m: machineBusy(),
         t: performance.now(),
       });
-      // The measured window is the last measureS seconds of one load run: its first settleS
-      // seconds (new connections, a client other than the warm-up's) are not counted. A 32 MiB
-      // cell, a few requests per second, is measured whole.
-      const settleS = big ? 0 : env.settleS;
       let first = settleS === 0 ? await snap() : undefined;
       const r: LoadResult = await runLoad(
         env.tool,
@@ -717,16 +720,13 @@ async function main(): Promise<void> {
    * went from 852 to 462 (avscan) and 635 to 350 (echo) app CPU µs per request with it.
    */
   const warmRequests10k = short ? 0 : (args.warmRequests10k ?? 30_000);
-  /**
-   * At most 8 s of the warm-up's own clients, then the load run's first settleS (2) s: a cell
-   * whose warm-up reaches this cap warms up as long as before the window came in (10 s).
-   */
-  const warmMaxS = 8;
+  /** A 10 KiB cell's warm-up stops settleS earlier: it warms up as long before its window. */
+  const warmMaxS = 10;
   nodeFlags = args.nodeFlags ?? [...DEFAULT_NODE_FLAGS];
   const measureS = short ? 1 : 3;
   const measure32mS = short ? 1 : 6;
   /**
-   * The first seconds of each load run are not measured. The load tool's clients are new
+   * The first seconds of a 10 KiB cell's load run are not measured. The load tool's clients are new
    * connections sending other headers than the warm-up's; V8 deoptimizes what met only the
    * warm-up's objects, and its compiles again in the next second cost a fixed CPU time, which
    * counted per request weighs most where the fewest requests are answered (bench/README.md,

@@ -126,7 +126,7 @@ export function renderReport(
   out.push(
     `Machine: ${m.nproc} CPU (${m.cpuModel}), ${m.ramGiB} GiB RAM, Linux ${m.kernel}, Node ${m.node}; ` +
       `${m.cicap}; ${m.squid}; load: ${m.loadTool}. ${m.date.slice(0, 16).replace('T', ' ')} UTC, ` +
-      `${m.mode} mode (warm-up ${m.warmupS} s${warmText(m)}, measure ${m.measureS} s${m.settleS ? ` after the load's first ${m.settleS} s` : ''}; 32 MiB: ${m.measure32mS} s), ` +
+      `${m.mode} mode (warm-up ${m.warmupS} s${warmText(m)}, measure ${m.measureS} s${m.settleS ? ` (10 KiB cells: after the load's first ${m.settleS} s)` : ''}; 32 MiB: ${m.measure32mS} s), ` +
       `whole run ${m.totalS} s.` +
       (m.nodeFlags === undefined
         ? ''
