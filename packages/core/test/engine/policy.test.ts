@@ -1352,7 +1352,9 @@ describe('a path written to have more readings than are made', () => {
       fc.property(fc.array(token, { maxLength: 24 }), (tokens) => {
         const t = `${tokens.join('')}/upload`;
         const read = pathReadings(t);
-        const n = normalized(t);
+        // A target without its leading '/' is read as if it had one (and refused as a request
+        // target before the policy sees it); a path rule names a path with one.
+        const n = normalized(t.startsWith('/') ? t : `/${t}`);
         if (read.complete)
           expect(read.paths.includes(n) || read.paths.includes(n.replace(/\/+$/, ''))).toBe(true);
         else
@@ -1365,6 +1367,19 @@ describe('a path written to have more readings than are made', () => {
       }),
       { numRuns: 3000 },
     );
+  });
+
+  it('a target without its leading slash that has too many readings is scanned', () => {
+    // Found by the property above (seed 699077338): its rule named a path without a '/'.
+    const t = '%25///%252e%252e/%2e\\;x/a%5c/a%252f/upload';
+    const n = normalized(`/${t}`);
+    expect(n.startsWith('/')).toBe(true);
+    const read = pathReadings(t);
+    expect(read.complete).toBe(false);
+    expect(read.paths).not.toContain(n);
+    expect(
+      decide([{ name: 'n', match: { path: { exact: [n] } }, action: 'enable-icap' }], facts({ target: t })),
+    ).toEqual({ scan: true, rule: undefined, reason: 'path-readings-limit' });
   });
 
   it('a 16 KiB path of thousands of odd segments costs a bounded amount of work', () => {
