@@ -1,7 +1,6 @@
 import { isSkipped } from '../../client/client.js';
 import type { IcapResponse } from '../../client/transaction-types.js';
 import { IcapError, IcapErrorCodes, type IcapReceivedHead } from '../../errors.js';
-import { endToEndHeaders, isSafeFieldValue, isToken } from '../../protocol/headers.js';
 import { AdaptedBody, type BodyStore } from '../body.js';
 import { httpMethodEnum, type IcapRequestLog, poolIdentity, redactHeaderBlock, vendorEnum } from '../log.js';
 import type { ServerHandle, TriedServers } from '../pool-group.js';
@@ -9,7 +8,8 @@ import type { ResolvedProfile } from '../profile.js';
 import { absoluteTarget, type HttpRequestFacts } from '../request.js';
 import type { ClientResponse } from '../respond.js';
 import type { AttemptResult, ExchangeContext } from '../types.js';
-import { readVerdict, type Verdict } from '../verdict/index.js';
+import type { Verdict } from '../verdict/index.js';
+import { drain, fillVerdict, latencyOf, readRelay, verdictOf } from './answer.js';
 import { AttemptWatch, type WatchHooks } from './attempt-watch.js';
 import { allArrived, bodyComplete } from './intake.js';
 import {
@@ -32,10 +32,6 @@ import {
 
 /** setTimeout's largest delay: the engine bounds transactions with its own signal. */
 const NO_CLIENT_TIMEOUT = 2_147_483_647;
-/** Largest ICAP block page relayed to the client. */
-const MAX_RELAY_BODY = 1024 * 1024;
-/** A response body we do not need is read up to this size to keep the connection; larger ones are dropped. */
-const MAX_DRAIN = 64 * 1024;
 
 /**
  * Sends one body to ICAP, failing over across servers and pools: see `exchange()`. It is also
@@ -494,98 +490,8 @@ export function previewOf(head: string): number | undefined {
   return undefined;
 }
 
-/** ICAP's verdict on a REQMOD answer, or on the head of one that broke off (no request head then). */
-function verdictOf(
-  p: ResolvedProfile,
-  answer: Pick<IcapResponse, 'status' | 'reason' | 'headers' | 'httpResponse'>,
-  httpRequest: IcapResponse['httpRequest'],
-  fileName: string | undefined,
-): Verdict {
-  return readVerdict(
-    p.vendor,
-    {
-      method: 'REQMOD',
-      fileName,
-      httpRequest,
-      status: answer.status,
-      reasonPhrase: answer.reason,
-      headers: answer.headers,
-      httpResponse: answer.httpResponse,
-    },
-    { nsxStatusUrl: p.nsxStatusUrl, forwardLastlineHeaders: p.forwardLastlineHeaders },
-  );
-}
-
-function fillVerdict(entry: IcapRequestLog, v: Verdict, vendor: string): void {
-  if (v.reason !== undefined) entry.reason = v.reason;
-  if (v.threat_id !== undefined) entry.threat_id = v.threat_id;
-  if (v.violations.length > 0) entry.violations = v.violations;
-  if (vendor === 'opswat' && v.opswat_log !== undefined) entry.opswat_log = v.opswat_log;
-  if (vendor === 'nsx-defender' && v.nsx_defender_log !== undefined)
-    entry.nsx_defender_log = v.nsx_defender_log;
-}
-
-/** Reads and discards a response body we do not need (small ones keep the connection alive). */
-async function drain(res: IcapResponse): Promise<void> {
-  const body = res.body;
-  if (body === null) return;
-  let n = 0;
-  for await (const chunk of body as AsyncIterable<Buffer>) {
-    n += chunk.length;
-    if (n > MAX_DRAIN) {
-      body.destroy();
-      return;
-    }
-  }
-}
-
-/**
- * The exchange's latency for the log, once it is over. A response body we stopped reading
- * ourselves (drain and relay stop at their limits) ends the exchange with an abort of our own
- * making: the verdict read from the head stands; it is neither a server failure nor the client
- * going away.
- */
-async function latencyOf(res: IcapResponse, started: number): Promise<string> {
-  if (res.body !== null && !res.body.readableEnded) {
-    await res.done.catch(() => undefined);
-    return String(Math.round(performance.now() - started));
-  }
-  return String(Math.round((await res.done).latencyMs));
-}
-
-/** The ICAP server's own block response, relayed with sanitised headers and a bounded body. */
-async function readRelay(res: IcapResponse): Promise<ClientResponse> {
-  const http = res.httpResponse!;
-  const chunks: Buffer[] = [];
-  let n = 0;
-  if (res.body !== null) {
-    for await (const chunk of res.body as AsyncIterable<Buffer>) {
-      n += chunk.length;
-      if (n > MAX_RELAY_BODY) {
-        res.body.destroy();
-        break;
-      }
-      chunks.push(chunk);
-    }
-  }
-  const body = n > MAX_RELAY_BODY ? Buffer.from('Blocked\n') : Buffer.concat(chunks, n);
-  const headers: Array<[string, string]> = [];
-  for (const [name, value] of endToEndHeaders(http.headers)) {
-    const key = name.toLowerCase();
-    if (RELAY_DROP.has(key) || !isToken(name) || !isSafeFieldValue(value)) continue;
-    headers.push([name, value]);
-  }
-  headers.push(['Content-Length', String(body.length)], ['Cache-Control', 'no-store']);
-  // A blocked upload never looks accepted: a 2xx (or odd) page goes out as 403; a redirect stays.
-  const status = http.status >= 300 && http.status <= 599 ? http.status : 403;
-  return { status, headers, body };
-}
-
 /** No extra ICAP header (shared, never written to). */
 const NO_HEADERS: Array<[string, string]> = [];
-
-/** Besides the hop-by-hop fields: what a relayed block page must not set on our response. */
-const RELAY_DROP = new Set(['content-length', 'set-cookie', 'cache-control']);
 
 /** A body small enough to send whole: a preview would cost a round trip to spare a few bytes. */
 function smallBody(facts: HttpRequestFacts, limit: number): boolean {

@@ -1,0 +1,106 @@
+import type { IcapResponse } from '../../client/transaction-types.js';
+import { endToEndHeaders, isSafeFieldValue, isToken } from '../../protocol/headers.js';
+import type { IcapRequestLog } from '../log.js';
+import type { ResolvedProfile } from '../profile.js';
+import type { ClientResponse } from '../respond.js';
+import { readVerdict, type Verdict } from '../verdict/index.js';
+
+/**
+ * What an attempt reads of an ICAP answer besides its head's fields (exchange.ts): the verdict,
+ * the body drained or relayed as a block page, the latency for the log.
+ */
+
+/** Largest ICAP block page relayed to the client. */
+const MAX_RELAY_BODY = 1024 * 1024;
+/** A response body we do not need is read up to this size to keep the connection; larger ones are dropped. */
+const MAX_DRAIN = 64 * 1024;
+
+/** ICAP's verdict on a REQMOD answer, or on the head of one that broke off (no request head then). */
+export function verdictOf(
+  p: ResolvedProfile,
+  answer: Pick<IcapResponse, 'status' | 'reason' | 'headers' | 'httpResponse'>,
+  httpRequest: IcapResponse['httpRequest'],
+  fileName: string | undefined,
+): Verdict {
+  return readVerdict(
+    p.vendor,
+    {
+      method: 'REQMOD',
+      fileName,
+      httpRequest,
+      status: answer.status,
+      reasonPhrase: answer.reason,
+      headers: answer.headers,
+      httpResponse: answer.httpResponse,
+    },
+    { nsxStatusUrl: p.nsxStatusUrl, forwardLastlineHeaders: p.forwardLastlineHeaders },
+  );
+}
+
+export function fillVerdict(entry: IcapRequestLog, v: Verdict, vendor: string): void {
+  if (v.reason !== undefined) entry.reason = v.reason;
+  if (v.threat_id !== undefined) entry.threat_id = v.threat_id;
+  if (v.violations.length > 0) entry.violations = v.violations;
+  if (vendor === 'opswat' && v.opswat_log !== undefined) entry.opswat_log = v.opswat_log;
+  if (vendor === 'nsx-defender' && v.nsx_defender_log !== undefined)
+    entry.nsx_defender_log = v.nsx_defender_log;
+}
+
+/** Reads and discards a response body we do not need (small ones keep the connection alive). */
+export async function drain(res: IcapResponse): Promise<void> {
+  const body = res.body;
+  if (body === null) return;
+  let n = 0;
+  for await (const chunk of body as AsyncIterable<Buffer>) {
+    n += chunk.length;
+    if (n > MAX_DRAIN) {
+      body.destroy();
+      return;
+    }
+  }
+}
+
+/**
+ * The exchange's latency for the log, once it is over. A response body we stopped reading
+ * ourselves (drain and relay stop at their limits) ends the exchange with an abort of our own
+ * making: the verdict read from the head stands; it is neither a server failure nor the client
+ * going away.
+ */
+export async function latencyOf(res: IcapResponse, started: number): Promise<string> {
+  if (res.body !== null && !res.body.readableEnded) {
+    await res.done.catch(() => undefined);
+    return String(Math.round(performance.now() - started));
+  }
+  return String(Math.round((await res.done).latencyMs));
+}
+
+/** The ICAP server's own block response, relayed with sanitised headers and a bounded body. */
+export async function readRelay(res: IcapResponse): Promise<ClientResponse> {
+  const http = res.httpResponse!;
+  const chunks: Buffer[] = [];
+  let n = 0;
+  if (res.body !== null) {
+    for await (const chunk of res.body as AsyncIterable<Buffer>) {
+      n += chunk.length;
+      if (n > MAX_RELAY_BODY) {
+        res.body.destroy();
+        break;
+      }
+      chunks.push(chunk);
+    }
+  }
+  const body = n > MAX_RELAY_BODY ? Buffer.from('Blocked\n') : Buffer.concat(chunks, n);
+  const headers: Array<[string, string]> = [];
+  for (const [name, value] of endToEndHeaders(http.headers)) {
+    const key = name.toLowerCase();
+    if (RELAY_DROP.has(key) || !isToken(name) || !isSafeFieldValue(value)) continue;
+    headers.push([name, value]);
+  }
+  headers.push(['Content-Length', String(body.length)], ['Cache-Control', 'no-store']);
+  // A blocked upload never looks accepted: a 2xx (or odd) page goes out as 403; a redirect stays.
+  const status = http.status >= 300 && http.status <= 599 ? http.status : 403;
+  return { status, headers, body };
+}
+
+/** Besides the hop-by-hop fields: what a relayed block page must not set on our response. */
+const RELAY_DROP = new Set(['content-length', 'set-cookie', 'cache-control']);
