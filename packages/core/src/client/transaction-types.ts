@@ -51,6 +51,16 @@ export interface TransactionSummary {
   latencyMs: number;
   /** Whether the connection went back to the pool. */
   reused: boolean;
+  /**
+   * The trailer fields of the answer's chunked body, read leniently as a head with the
+   * answer's status, when it had any: a threat named there is still a threat.
+   */
+  trailer?: IcapReceivedHead | undefined;
+  /**
+   * The complete lines received after the answer ended (another answer on the same
+   * connection), read leniently as a head: a threat named there is not lost either.
+   */
+  stray?: IcapReceivedHead | undefined;
 }
 
 export interface ConnectionInfo {

@@ -1,7 +1,7 @@
 import { fromSocketError, IcapError, IcapErrorCodes, type IcapReceivedHead } from '../errors.js';
 import { CRLF, chunkHeader, LAST_CHUNK, LAST_CHUNK_IEOF } from '../protocol/encoder.js';
 import { IcapParser, type IcapResponseHead, type ParserHandler } from '../protocol/parser.js';
-import { receivedAnswer } from '../protocol/salvage.js';
+import { receivedAnswer, salvageLines, trailerHead } from '../protocol/salvage.js';
 import { abortReason } from './abort.js';
 import {
   AnswerBody,
@@ -10,6 +10,7 @@ import {
   closedError,
   connectionInfo,
   finalResponse,
+  keepsConnection,
   withReceivedHead,
 } from './answer.js';
 import type { Connection, SocketOwner } from './connection.js';
@@ -34,9 +35,9 @@ import { keepReadingAfterWriteError, writeBatch } from './write-error.js';
  * error that follows is not reported over it. A write that fails before the answer was read
  * (the server answered, then closed or reset without reading the rest) ends only the sending:
  * the socket reads on until the answer is complete or the connection is gone, and the write
- * error is reported only when no complete answer came. The connection is reused only when the request
- * message was written to its end, the response was read to its end, and neither side asked
- * for `Connection: close`.
+ * error is reported only when no complete answer came. The connection is reused only when the
+ * request was written and the answer read to their ends, nothing followed the answer, and
+ * `keepsConnection` allows it (no `Connection: close`, an answer that passes the message).
  */
 
 type WriteState = 'head' | 'preview' | 'awaiting-continue' | 'rest' | 'finished' | 'stopped';
@@ -120,8 +121,7 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
     this.#req = req;
     this.#opts = opts;
     this.#return = connectionReturn;
-    // (#response needs no such catch: run(), called right after construction, hands it to its
-    // caller, who awaits it.)
+    // (Not #response: run(), called right after construction, hands it to a caller who awaits it.)
     this.#done.promise.catch(noop);
     this.#continue = req.preview === undefined ? null : deferred<boolean>();
     this.#continue?.promise.catch(noop);
@@ -500,15 +500,14 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
     // The response is complete: anything of the request not yet sent will not be read.
     this.#stopWriting();
     const conn = this.#conn;
-    const closeAsked =
-      /\bclose\b/i.test(head.headers.get('connection') ?? '') ||
-      (this.#req.closeAsked ?? this.#req.head.includes('\r\nConnection: close\r\n'));
+    const stray = this.#parser.leftoverBytes();
+    const trailer = this.#parser.trailer();
     const reusable =
       !forceClose &&
       this.#terminated &&
       (this.#writeState === 'finished' || this.#writeState === 'stopped') &&
-      !closeAsked &&
-      this.#parser.leftover === 0 &&
+      stray === null &&
+      keepsConnection(this.#req, head) &&
       conn.usable;
     this.#cleanup();
     this.#body?.end();
@@ -519,6 +518,8 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
       startedAt: this.#startedAt,
       latencyMs: Math.max(0, end - this.#startedHr),
       reused: reusable,
+      trailer: trailer === null ? undefined : trailerHead(head.status, head.reason, trailer),
+      stray: stray === null ? undefined : salvageLines(stray),
     });
     this.#return.release(conn, reusable);
   }
@@ -541,8 +542,7 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
   }
 
   socketError(err: Error): void {
-    // A read error after a failed write (the reset that made the write fail): the write's
-    // error says it better.
+    // After a failed write, the read error (the reset that made it fail) says less than it.
     this.#fail(this.#writeFailure() ?? fromSocketError(err, 'io', this.#conn.label));
   }
 

@@ -129,6 +129,8 @@ export class IcapParser<H extends IcapHead = IcapHead> {
   #chunkRemaining = 0;
   #ieof = false;
   #trailerBytes = 0;
+  /** The current message's trailer fields (response side), as received; null: none. */
+  #trailer: string[] | null = null;
   #executing = false;
   #closed = false;
   /** Bytes consumed since construction, for diagnostics. */
@@ -156,6 +158,25 @@ export class IcapParser<H extends IcapHead = IcapHead> {
   /** Bytes received after the end of the current message (not yet parsed). */
   get leftover(): number {
     return this.#state === State.Done ? (this.#pending?.length ?? 0) : 0;
+  }
+
+  /**
+   * The bytes received after the end of the current message (another answer on the same
+   * connection, or junk), or null. Only ever read for a threat, never to pass anything.
+   */
+  leftoverBytes(): Buffer | null {
+    return this.#state === State.Done && this.#pending !== null && this.#pending.length > 0
+      ? this.#pending
+      : null;
+  }
+
+  /**
+   * The trailer section of the current message's chunked body (the field lines after the last
+   * chunk, RFC 3507 §4.5 and ICAP's trailer extension), or null when it had none. A response
+   * only; only ever read for a threat (a threat named there is still a threat).
+   */
+  trailer(): string | null {
+    return this.#trailer === null ? null : `${this.#trailer.join('\r\n')}\r\n`;
   }
 
   /**
@@ -190,6 +211,7 @@ export class IcapParser<H extends IcapHead = IcapHead> {
   reset(): void {
     this.#state = State.Head;
     this.#head = null;
+    this.#trailer = null;
     this.#scanFrom = 0;
     this.#ieof = false;
     this.#resumePending();
@@ -239,7 +261,7 @@ export class IcapParser<H extends IcapHead = IcapHead> {
             throw this.#withHead(err, () => this.#head as unknown as IcapResponseHead);
           }
           i += this.#encapLength;
-          this.#afterHeaders();
+          this.#afterHeaders(data, i);
           break;
         }
         case State.ChunkSize: {
@@ -295,8 +317,13 @@ export class IcapParser<H extends IcapHead = IcapHead> {
           const lineLength = nl - i - (data[nl - 1] === CR ? 1 : 0);
           this.#trailerBytes += nl + 1 - i;
           if (this.#trailerBytes > this.#maxTrailer) throw protocol('trailer section too large');
+          // Kept (bounded by maxTrailerSize) for what they may name: a verdict is never lost.
+          if (lineLength > 0 && this.#kind === 'response') {
+            this.#trailer ??= [];
+            this.#trailer.push(data.toString('latin1', i, i + lineLength));
+          }
           i = nl + 1;
-          if (lineLength <= 0) this.#finish(this.#ieof);
+          if (lineLength <= 0) this.#finish(this.#ieof, data, i);
           break;
         }
         case State.Done: {
@@ -353,7 +380,7 @@ export class IcapParser<H extends IcapHead = IcapHead> {
     if (this.#encapLength > 0) {
       this.#state = State.Encapsulated;
     } else {
-      this.#afterHeaders();
+      this.#afterHeaders(data, end);
     }
     return end;
   }
@@ -450,7 +477,8 @@ export class IcapParser<H extends IcapHead = IcapHead> {
     }
   }
 
-  #afterHeaders(): void {
+  /** After a head; `data` from `at` on is what follows it. */
+  #afterHeaders(data: Buffer, at: number): void {
     const head = this.#head!;
     const interim = head.kind === 'response' && head.status === 100;
     this.#handler.onHead(head);
@@ -462,7 +490,7 @@ export class IcapParser<H extends IcapHead = IcapHead> {
       return;
     }
     if (head.body === null) {
-      this.#finish(false);
+      this.#finish(false, data, at);
     } else {
       this.#state = State.ChunkSize;
     }
@@ -493,7 +521,9 @@ export class IcapParser<H extends IcapHead = IcapHead> {
     this.#state = State.ChunkData;
   }
 
-  #finish(ieof: boolean): void {
+  /** The message ended; `data` from `at` on came after it (`leftoverBytes` during onEnd). */
+  #finish(ieof: boolean, data: Buffer, at: number): void {
+    if (at < data.length) this.#pending = data.subarray(at);
     this.#state = State.Done;
     this.#handler.onEnd(ieof);
   }

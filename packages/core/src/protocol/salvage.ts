@@ -107,3 +107,11 @@ export function receivedAnswer(
   head.httpResponse = cut.httpResponse;
   return head;
 }
+
+/**
+ * An answer's trailer fields (`lines`, as the parser kept them) read leniently as a head with
+ * the answer's status and reason, so that the verdict rules apply to them as to a head.
+ */
+export function trailerHead(status: number, reason: string, lines: string): IcapReceivedHead {
+  return salvageResponseHead(Buffer.from(`ICAP/1.0 ${status} ${reason}\r\n${lines}\r\n`, 'latin1'));
+}

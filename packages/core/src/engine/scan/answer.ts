@@ -1,4 +1,5 @@
 import type { IcapResponse } from '../../client/transaction-types.js';
+import type { IcapReceivedHead } from '../../errors.js';
 import { endToEndHeaders, isSafeFieldValue, isToken } from '../../protocol/headers.js';
 import type { IcapRequestLog } from '../log.js';
 import type { ResolvedProfile } from '../profile.js';
@@ -7,13 +8,30 @@ import { readVerdict, type Verdict } from '../verdict/index.js';
 
 /**
  * What an attempt reads of an ICAP answer besides its head's fields (exchange.ts): the verdict,
- * the body drained or relayed as a block page, the latency for the log.
+ * the body drained or relayed as a block page, the latency for the log, and what the server
+ * named after the head (its trailer, a second answer after it), which is read for a threat only.
  */
 
 /** Largest ICAP block page relayed to the client. */
 const MAX_RELAY_BODY = 1024 * 1024;
 /** A response body we do not need is read up to this size to keep the connection; larger ones are dropped. */
 const MAX_DRAIN = 64 * 1024;
+
+/**
+ * What the server sent after the answer's head that may name a threat, once the exchange is
+ * over: the trailer fields of its body, then what followed the answer on the connection (a
+ * second answer). Empty when there was neither, or the exchange failed.
+ */
+export async function namedAfterHead(res: IcapResponse): Promise<IcapReceivedHead[]> {
+  const s = await res.done.catch(() => undefined);
+  if (s === undefined || (s.trailer === undefined && s.stray === undefined)) return NONE;
+  const heads: IcapReceivedHead[] = [];
+  if (s.trailer !== undefined) heads.push(s.trailer);
+  if (s.stray !== undefined) heads.push(s.stray);
+  return heads;
+}
+
+const NONE: IcapReceivedHead[] = [];
 
 /** ICAP's verdict on a REQMOD answer, or on the head of one that broke off (no request head then). */
 export function verdictOf(

@@ -9,7 +9,7 @@ import { absoluteTarget, type HttpRequestFacts } from '../request.js';
 import type { ClientResponse } from '../respond.js';
 import type { AttemptResult, ExchangeContext } from '../types.js';
 import type { Verdict } from '../verdict/index.js';
-import { drain, fillVerdict, latencyOf, readRelay, verdictOf } from './answer.js';
+import { drain, fillVerdict, latencyOf, namedAfterHead, readRelay, verdictOf } from './answer.js';
 import { AttemptWatch, type WatchHooks } from './attempt-watch.js';
 import { allArrived, bodyComplete } from './intake.js';
 import {
@@ -268,8 +268,12 @@ class Exchange implements WatchHooks, TriedServers {
         err instanceof IcapError && err.head !== undefined
           ? this.#blockedByHead(err.head, entry, started, err)
           : null;
-      if (blocked === null) throw err;
-      return blocked;
+      if (blocked !== null) return blocked;
+      // An ICAP 4xx that then broke off is still the server refusing what it was sent (the
+      // client's content): never the failure action, as when it comes whole (below).
+      const status = err instanceof IcapError ? (err.head?.status ?? 0) : 0;
+      if (status >= 400 && status < 500) markRefusal(err as IcapError);
+      throw err;
     }
     if (isSkipped(r)) {
       entry.action = 'ICAP_PASSED';
@@ -309,6 +313,8 @@ class Exchange implements WatchHooks, TriedServers {
           return unscannableBlock(entry, res, verdict);
         }
         if (res.body !== null) await drain(res);
+        const late = await this.#blockedAfterHead(res, entry, started);
+        if (late !== null) return late;
         const error = new IcapError(
           IcapErrorCodes.SERVER_STATUS,
           `ICAP server ${handle.server.url} answered ${res.status} ${res.reason}`.trim(),
@@ -320,8 +326,14 @@ class Exchange implements WatchHooks, TriedServers {
       case 'clean': {
         if (res.body !== null) await drain(res);
         // No body: the exchange's own latency (what latencyOf reads then, without its promise).
+        const summary = res.body === null ? await res.done : undefined;
         entry.latency =
-          res.body === null ? String(Math.round((await res.done).latencyMs)) : await latencyOf(res, started);
+          summary !== undefined ? String(Math.round(summary.latencyMs)) : await latencyOf(res, started);
+        // (Only when something came after the head: a bare answer's done said so already.)
+        if (summary === undefined || summary.trailer !== undefined || summary.stray !== undefined) {
+          const late = await this.#blockedAfterHead(res, entry, started);
+          if (late !== null) return late;
+        }
         entry.action = 'ICAP_PASSED';
         return { type: 'clean', res, verdict, skipped: undefined };
       }
@@ -370,6 +382,11 @@ class Exchange implements WatchHooks, TriedServers {
           if (reading !== undefined) await reading;
           entry.latency = String(Math.round((await res.done).latencyMs));
           watch.stop();
+          const late = await this.#blockedAfterHead(res, entry, started);
+          if (late !== null) {
+            adapted.dispose();
+            return late;
+          }
           // Whether the returned body equals the original can only be said once the original is complete.
           await bodyComplete(store, p.bufferSize);
         } catch (err) {
@@ -380,6 +397,27 @@ class Exchange implements WatchHooks, TriedServers {
         return { type: 'adapted', res, verdict, adapted };
       }
     }
+  }
+
+  /**
+   * A threat the server named after the answer's head (its trailer, a second answer it sent
+   * after this one), as a block, once the exchange is over; else null. Only ever a block: what
+   * came after a head never passes anything.
+   */
+  async #blockedAfterHead(
+    res: IcapResponse,
+    entry: IcapRequestLog,
+    started: number,
+  ): Promise<AttemptResult | null> {
+    const latency = entry.latency;
+    for (const head of await namedAfterHead(res)) {
+      const blocked = this.#blockedByHead(head, entry, started, undefined);
+      if (blocked !== null) {
+        entry.latency = latency;
+        return blocked;
+      }
+    }
+    return null;
   }
 
   /**

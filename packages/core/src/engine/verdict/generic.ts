@@ -335,9 +335,19 @@ function blockReason(a: Analysis, described: string | undefined): string | undef
  */
 function satisfactionBlock(input: VerdictInput): boolean {
   const res = input.httpResponse;
-  if (res === null) return false;
-  if (input.method !== 'RESPMOD' && (input.status === 200 || input.status === 201)) return true;
+  const satisfies = input.method !== 'RESPMOD' && (input.status === 200 || input.status === 201);
+  // A page announced in the Encapsulated field whose head could not be read (the answer broke
+  // off in it, or broke a rule there) is still the server answering in the upload's place.
+  if (res === null) return satisfies && announcesResponse(input.headers);
+  if (satisfies) return true;
   return res.status === 403 || REDIRECTS.has(res.status) || /virus|infect|block/i.test(res.reason);
+}
+
+/** The Encapsulated field lists a `res-hdr`: the answer carries an HTTP response. */
+function announcesResponse(headers: Headers): boolean {
+  for (const value of headers.getAll('encapsulated'))
+    if (/(?:^|,)[ \t]*res-hdr[ \t]*=/i.test(value)) return true;
+  return false;
 }
 
 /** The first of the values that names a threat. */

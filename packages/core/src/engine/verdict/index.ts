@@ -26,7 +26,8 @@ import { readOpswat } from './opswat.js';
  *
  * Threat signals: refusals
  * - a block page: on a REQMOD 200/201, any encapsulated HTTP response (request satisfaction,
- *   whatever its status: 403, a 3xx redirect (SquidClamav), even a 2xx patience page); on a
+ *   whatever its status: 403, a 3xx redirect (SquidClamav), even a 2xx patience page, even one
+ *   the Encapsulated field announces whose head could not be read); on a
  *   RESPMOD 200/201 and on every other ICAP status, an encapsulated response whose status is
  *   403 or a redirect (301/302/303/307/308), or whose reason phrase says virus/infected/blocked
  *   (McAfee `403 VirusFound`);
@@ -40,7 +41,10 @@ import { readOpswat } from './opswat.js';
  * - X-Virus-ID or X-Virus-Name present and not empty nor `no threats` (Kaspersky's clean);
  * - in the encapsulated HTTP headers: X-Infection-Found present, X-Virus-ID as above.
  * Every value of a repeated field counts: `X-Response-Info: passed` followed by
- * `X-Response-Info: blocked` is a block.
+ * `X-Response-Info: blocked` is a block. The engine reads these signals in the final head, in
+ * any 100 Continue before it, in the head of an answer that broke off, in the trailer fields
+ * after the answer's body, and in anything the server sent after the answer on the connection
+ * (scan/exchange.ts): only ever to block.
  * Not threat signals: `X-Response-Info: Allowed|passed|clean`, `X-Virus-ID: no threats`, an
  * empty X-Virus-ID, `X-FSecure-Scan-Result: clean`, X-Error-Code decode_error /
  * password_protected / max_archive_layers_exceeded (unscannable, an error), NSX Defender's

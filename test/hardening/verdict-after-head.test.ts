@@ -1,0 +1,299 @@
+/**
+ * A threat the ICAP server names anywhere in what it sends for an exchange blocks, in both
+ * failure modes (the invariant "a threat verdict is never lost"), found by an attack campaign
+ * with a scripted server (each case failed before its fix):
+ *
+ * - in the trailer fields after the chunked body of an echo (the head alone says clean);
+ * - in a second answer sent after a 204 in the same write (the 204 alone says clean);
+ * - in a block answer followed, later, by a stray 204: the connection a block came on is not
+ *   kept, so the stray cannot become the verdict of the next upload on that connection;
+ * - as a block page (a REQMOD 200 with `res-hdr`) whose HTTP head cannot be read: the server
+ *   answered in the upload's place; and an ICAP 4xx whose answer breaks off is the server's
+ *   refusal still (503 fail-closed, never fail-open's pass).
+ *
+ * And what must not change: a clean 204 keeps its connection (one connection for many uploads),
+ * Kaspersky's clean `X-Virus-ID: no threats` too, and harmless trailer fields pass.
+ */
+import { type AddressInfo, createServer, type Server, type Socket } from 'node:net';
+import type { IcapLog } from '@icapkit/core';
+import { eicar } from '@icapkit/testing';
+import { afterEach, describe, expect, it } from 'vitest';
+import { type App, type Framework, startApp } from '../conformance/apps.js';
+import { send } from '../support/http-client.js';
+
+interface Req {
+  conn: number;
+  index: number;
+  method: string;
+  head: string;
+  encap: Buffer;
+  body: Buffer;
+  sock: Socket;
+}
+type Handler = (r: Req) => void;
+
+/** A raw ICAP server: parses requests (preview: 100 Continue automatically) and hands them to `handler`. */
+async function scripted(
+  handler: Handler,
+): Promise<{ url: string; server: Server; requests: Req[]; close: () => Promise<void> }> {
+  const requests: Req[] = [];
+  const socks = new Set<Socket>();
+  let connNo = 0;
+  const server = createServer((sock) => {
+    socks.add(sock);
+    sock.on('close', () => socks.delete(sock));
+    sock.on('error', () => {});
+    const conn = ++connNo;
+    let index = 0;
+    let buf = Buffer.alloc(0);
+    let state: 'head' | 'encap' | 'chunks' = 'head';
+    let head = '';
+    let encapLen = 0;
+    let encap = Buffer.alloc(0);
+    let body: Buffer[] = [];
+    let method = '';
+    let hasBody = false;
+    const step = (): boolean => {
+      if (state === 'head') {
+        const e = buf.indexOf('\r\n\r\n');
+        if (e < 0) return false;
+        head = buf.subarray(0, e + 4).toString('latin1');
+        buf = buf.subarray(e + 4);
+        method = head.split(' ')[0]!;
+        const m = /\r\nEncapsulated: *([^\r]*)/i.exec(head);
+        const entries = (m?.[1] ?? 'null-body=0').split(',').map((s) => s.trim().split('='));
+        const last = entries[entries.length - 1]!;
+        encapLen = Number(last[1]);
+        hasBody = last[0] !== 'null-body';
+        body = [];
+        state = 'encap';
+        return true;
+      }
+      if (state === 'encap') {
+        if (buf.length < encapLen) return false;
+        encap = buf.subarray(0, encapLen);
+        buf = buf.subarray(encapLen);
+        if (!hasBody) {
+          done();
+          return true;
+        }
+        state = 'chunks';
+        return true;
+      }
+      const nl = buf.indexOf('\r\n');
+      if (nl < 0) return false;
+      const line = buf.subarray(0, nl).toString('latin1');
+      const size = Number.parseInt(line, 16);
+      if (size === 0) {
+        if (buf.length < nl + 4) return false;
+        buf = buf.subarray(nl + 4);
+        const ieof = /ieof/.test(line);
+        if (/\r\nPreview:/i.test(head) && !ieof) {
+          sock.write('ICAP/1.0 100 Continue\r\n\r\n');
+          head = head.replace(/\r\nPreview:[^\r]*/i, '');
+          return true;
+        }
+        done();
+        return true;
+      }
+      if (buf.length < nl + 2 + size + 2) return false;
+      body.push(buf.subarray(nl + 2, nl + 2 + size));
+      buf = buf.subarray(nl + 2 + size + 2);
+      return true;
+    };
+    const done = () => {
+      const r: Req = { conn, index: index++, method, head, encap, body: Buffer.concat(body), sock };
+      requests.push(r);
+      state = 'head';
+      if (method === 'OPTIONS') {
+        sock.write(
+          'ICAP/1.0 200 OK\r\nMethods: REQMOD\r\nISTag: "x1"\r\nAllow: 204\r\nEncapsulated: null-body=0\r\n\r\n',
+        );
+        return;
+      }
+      handler(r);
+    };
+    sock.on('data', (d) => {
+      buf = Buffer.concat([buf, d]);
+      while (step()) {}
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as AddressInfo).port;
+  return {
+    url: `icap://127.0.0.1:${port}`,
+    server,
+    requests,
+    close: async () => {
+      for (const s of socks) s.destroy();
+      await new Promise<void>((r) => server.close(() => r()));
+    },
+  };
+}
+
+function chunked(b: Buffer): string {
+  return b.length === 0 ? '' : `${b.length.toString(16)}\r\n${b.toString('latin1')}\r\n`;
+}
+
+const BLOCK_PAGE = 'HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 7\r\n\r\n';
+function blockAnswer(): string {
+  return (
+    'ICAP/1.0 200 OK\r\nISTag: "x1"\r\nX-Infection-Found: Type=0; Resolution=2; Threat=EICAR;\r\n' +
+    `Encapsulated: res-hdr=0, res-body=${BLOCK_PAGE.length}\r\n\r\n${BLOCK_PAGE}7\r\nblocked\r\n0\r\n\r\n`
+  );
+}
+const NO_CONTENT = 'ICAP/1.0 204 No Content\r\nISTag: "x1"\r\nEncapsulated: null-body=0\r\n\r\n';
+
+const cleanups: Array<() => Promise<void>> = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+const FRAMEWORKS: Framework[] = ['express5', 'fastify', 'koa3', 'hono'];
+const EICAR = eicar();
+const PAGE = 'HTTP/1.1 403 VirusFound\r\nContent-Type: text/html\r\nContent-Length: 7\r\n\r\n';
+
+async function setup(
+  framework: Framework,
+  failAction: 'fail-open' | 'fail-closed',
+  handler: Handler,
+  connection: Record<string, number> = {},
+) {
+  const icap = await scripted(handler);
+  cleanups.push(icap.close);
+  const logs: IcapLog[] = [];
+  const app = await startApp(framework, {
+    name: 't',
+    poolGroup: icap.url,
+    serviceUri: '/avscan',
+    failAction,
+    onLog: (l) => logs.push(l),
+    responseTimeout: 1500,
+    connection: { ioTimeout: 500, ...connection },
+  } as never);
+  cleanups.push(app.close);
+  const post = (body: Buffer = EICAR) =>
+    send(app.url, '/raw', { method: 'POST', headers: { 'content-type': 'application/octet-stream' }, body });
+  return { icap, app, logs, post };
+}
+
+/** Refused, the handler never ran, the record says blocked. */
+function expectBlocked(status: number, app: App, log: IcapLog | undefined): void {
+  expect(status).toBe(403);
+  expect(app.seen).toHaveLength(0);
+  expect(log?.action).toBe('ICAP_BLOCKED');
+}
+
+/** An echo of the request, its body chunked, then `trailer` (field lines) after the last chunk. */
+function echoWithTrailer(r: Req, trailer: string): string {
+  const reqHdr = r.encap.toString('latin1');
+  return (
+    `ICAP/1.0 200 OK\r\nISTag: "x1"\r\nEncapsulated: req-hdr=0, req-body=${reqHdr.length}\r\n\r\n${reqHdr}` +
+    `${chunked(r.body)}0\r\n${trailer}\r\n`
+  );
+}
+
+describe.each(FRAMEWORKS)('%s', (framework) => {
+  for (const failAction of ['fail-open', 'fail-closed'] as const) {
+    it(`a threat named only in the trailer of an echo blocks (${failAction})`, async () => {
+      const { app, icap, logs, post } = await setup(framework, failAction, (r) =>
+        r.sock.write(
+          echoWithTrailer(
+            r,
+            'X-Infection-Found: Type=0; Resolution=2; Threat=EICAR;\r\nX-Virus-ID: EICAR\r\n',
+          ),
+        ),
+      );
+      const res = await post();
+      expect(Buffer.compare(icap.requests.find((r) => r.method === 'REQMOD')!.body, EICAR)).toBe(0);
+      expectBlocked(res.status, app, logs[0]);
+      expect(logs[0]!.request_logs[0]!.threat_id).toBe('EICAR');
+    });
+
+    it(`a block answer after a 204 in the same write blocks (${failAction})`, async () => {
+      const { app, logs, post } = await setup(framework, failAction, (r) =>
+        r.sock.write(NO_CONTENT + blockAnswer()),
+      );
+      expectBlocked((await post()).status, app, logs[0]);
+    });
+
+    it(`a stray 204 after a block cannot answer the next upload (${failAction})`, async () => {
+      const { app, icap, logs, post } = await setup(
+        framework,
+        failAction,
+        (r) => {
+          r.sock.write(blockAnswer());
+          // The stray, on the connection of the first block only.
+          if (r.index === 1)
+            setTimeout(() => {
+              if (!r.sock.destroyed) r.sock.write(NO_CONTENT);
+            }, 60);
+        },
+        { maxConnections: 1, ioTimeout: 2000 },
+      );
+      const first = await post();
+      const second = await post();
+      expect(first.status).toBe(403);
+      expect(second.status).toBe(403);
+      expect(app.seen).toHaveLength(0);
+      expect(logs.map((l) => l.action)).toEqual(['ICAP_BLOCKED', 'ICAP_BLOCKED']);
+      // The block's connection was not kept: the second REQMOD came on a connection of its own.
+      const reqmods = icap.requests.filter((r) => r.method === 'REQMOD');
+      expect(new Set(reqmods.map((r) => r.conn)).size).toBe(2);
+    });
+  }
+
+  const BROKEN_PAGE: Record<string, (s: Socket) => void> = {
+    'its head cut, then FIN': (s) =>
+      s.end(
+        `ICAP/1.0 200 OK\r\nISTag: "x1"\r\nEncapsulated: res-hdr=0, res-body=${PAGE.length}\r\n\r\n${PAGE.slice(0, 30)}`,
+      ),
+    'its head cut, then silence (ioTimeout)': (s) =>
+      s.write(
+        `ICAP/1.0 200 OK\r\nISTag: "x1"\r\nEncapsulated: res-hdr=0, res-body=${PAGE.length}\r\n\r\n${PAGE.slice(0, 30)}`,
+      ),
+    'an Encapsulated offset 2 bytes short': (s) =>
+      s.write(
+        `ICAP/1.0 200 OK\r\nISTag: "x1"\r\nEncapsulated: res-hdr=0, res-body=${PAGE.length - 2}\r\n\r\n${PAGE}7\r\nblocked\r\n0\r\n\r\n`,
+      ),
+    'a line without a colon in its head': (s) =>
+      s.write(
+        `ICAP/1.0 200 OK\r\nISTag: "x1"\r\nEncapsulated: res-hdr=0, res-body=${PAGE.length + 6}\r\n\r\n${PAGE.replace('Content-Type', 'junk\r\nContent-Type')}7\r\nblocked\r\n0\r\n\r\n`,
+      ),
+  };
+  for (const [name, write] of Object.entries(BROKEN_PAGE)) {
+    it(`a REQMOD 200 with a block page (no threat field), ${name}: blocked under fail-open`, async () => {
+      const { app, logs, post } = await setup(framework, 'fail-open', (r) => write(r.sock));
+      expectBlocked((await post()).status, app, logs[0]);
+    });
+  }
+
+  it('an ICAP 403 whose page is cut off is a refusal: 503 under fail-open, never a pass', async () => {
+    const { app, logs, post } = await setup(framework, 'fail-open', (r) =>
+      r.sock.end(
+        `ICAP/1.0 403 Forbidden\r\nISTag: "x1"\r\nEncapsulated: res-hdr=0, res-body=${PAGE.length}\r\n\r\n${PAGE.slice(0, 30)}`,
+      ),
+    );
+    const res = await post();
+    expect(res.status).toBe(503);
+    expect(app.seen).toHaveLength(0);
+    expect(logs[0]?.action).not.toBe('ICAP_PASSED');
+  });
+
+  it('clean 204s keep one connection; a harmless trailer passes', async () => {
+    const clean = Buffer.from('clean upload');
+    const { app, icap, logs, post } = await setup(framework, 'fail-closed', (r) =>
+      r.sock.write(
+        r.index % 2 === 1
+          ? 'ICAP/1.0 204 No Content\r\nISTag: "x1"\r\nX-Virus-ID: no threats\r\nEncapsulated: null-body=0\r\n\r\n'
+          : echoWithTrailer(r, 'X-Checksum: 1234\r\n'),
+      ),
+    );
+    for (let i = 0; i < 4; i++) expect((await post(clean)).status).toBe(200);
+    expect(app.seen).toHaveLength(4);
+    for (const s of app.seen) expect(s.raw?.toString()).toBe('clean upload');
+    expect(logs.map((l) => l.action)).toEqual(Array(4).fill('ICAP_PASSED'));
+    const reqmods = icap.requests.filter((r) => r.method === 'REQMOD');
+    expect(new Set(reqmods.map((r) => r.conn)).size).toBe(1);
+  });
+});
