@@ -26,6 +26,11 @@ export interface WebScanRequest extends ScanRequest {
 export interface WebRequestInfo {
   /** The client's address (the Node adapters take it from the socket). */
   clientIp?: string | undefined;
+  /**
+   * The Node request under the Web one (@hono/node-server's `env.incoming`): its trailer fields,
+   * which an application can read there, are the engine's to refuse (a Web Request has none).
+   */
+  incoming?: { rawTrailers?: string[] | undefined } | undefined;
 }
 
 const FRAMING = new Set(['content-length', 'transfer-encoding']);
@@ -51,10 +56,15 @@ export function toScanRequest(request: Request, info: WebRequestInfo = {}): WebS
 
   const headers = headerRecord(pairs);
   // A request without a body gets an ended stream of its own (the engine does not read it).
-  return new WebRequestReadable(body, request.method, `${url.pathname}${url.search}`, headers, pairs.flat(), {
-    remoteAddress: info.clientIp,
-    encrypted: url.protocol === 'https:',
-  });
+  return new WebRequestReadable(
+    body,
+    request.method,
+    `${url.pathname}${url.search}`,
+    headers,
+    pairs.flat(),
+    { remoteAddress: info.clientIp, encrypted: url.protocol === 'https:' },
+    info.incoming,
+  );
 }
 
 /**
@@ -75,10 +85,15 @@ export function unreadableRequest(request: Request, info: WebRequestInfo = {}): 
   }
   const headers = headerRecord(pairs);
   const target = url === undefined ? '/' : `${url.pathname}${url.search}`;
-  return new WebRequestReadable(null, method, target, headers, pairs.flat(), {
-    remoteAddress: info.clientIp,
-    encrypted: url?.protocol === 'https:',
-  });
+  return new WebRequestReadable(
+    null,
+    method,
+    target,
+    headers,
+    pairs.flat(),
+    { remoteAddress: info.clientIp, encrypted: url?.protocol === 'https:' },
+    info.incoming,
+  );
 }
 
 /** Node's `req.headers` shape: one value per name, an array for a repeated one. */
@@ -114,6 +129,7 @@ class WebRequestReadable extends WebBodyReadable implements WebScanRequest {
   socket: { remoteAddress: string | undefined; encrypted: boolean };
   complete: boolean;
   readonly #hasBody: boolean;
+  readonly #incoming: { rawTrailers?: string[] | undefined } | undefined;
 
   constructor(
     body: ReadableStream<Uint8Array> | null,
@@ -122,9 +138,11 @@ class WebRequestReadable extends WebBodyReadable implements WebScanRequest {
     headers: Record<string, string | string[] | undefined>,
     rawHeaders: string[],
     socket: { remoteAddress: string | undefined; encrypted: boolean },
+    incoming: { rawTrailers?: string[] | undefined } | undefined,
   ) {
     super(body ?? emptyBody());
     this.#hasBody = body !== null;
+    this.#incoming = incoming;
     this.method = method;
     this.url = url;
     this.headers = headers;
@@ -135,6 +153,11 @@ class WebRequestReadable extends WebBodyReadable implements WebScanRequest {
 
   get bodyOpened(): boolean {
     return this.#hasBody && this.opened;
+  }
+
+  /** The trailer fields of the Node request under this one, if any (read once the body ended). */
+  get rawTrailers(): string[] | undefined {
+    return this.#incoming?.rawTrailers;
   }
 }
 

@@ -67,6 +67,8 @@ export interface WebScannerOptions {
 export interface IncomingLike {
   httpVersionMajor?: number | undefined;
   socket?: { remoteAddress?: string | undefined } | null | undefined;
+  /** Trailer fields after a chunked body (refused: they would reach the application unscanned). */
+  rawTrailers?: string[] | undefined;
 }
 
 /** `env.incoming` of @hono/node-server (the second argument of its fetch callback), if it is one. */
@@ -195,7 +197,7 @@ async function scanWith(
         { field: 'request' },
       );
     }
-    source = toScanRequest(request, { clientIp });
+    source = toScanRequest(request, { clientIp, incoming: options.incoming });
   } catch (err) {
     if (err instanceof IcapError) throw err;
     // The server library cannot make a Request of what the client sent (@hono/node-server takes
@@ -204,7 +206,7 @@ async function scanWith(
     // The reason names no part of the target (it may carry a password).
     badRequest =
       'the request cannot be read as a Web Request (its target or method is refused by the Fetch API)';
-    source = unreadableRequest(request, { clientIp });
+    source = unreadableRequest(request, { clientIp, incoming: options.incoming });
   }
   const signal =
     options.signal === undefined ? request.signal : AbortSignal.any([request.signal, options.signal]);

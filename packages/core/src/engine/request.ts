@@ -19,6 +19,9 @@ export interface ScanRequest extends Readable {
   /** HTTP/2 compatibility requests expose their stream. */
   stream?: { endAfterHeaders?: boolean | undefined } | undefined;
   complete?: boolean | undefined;
+  /** Trailer fields after a chunked body (Node fills them in before 'end'; a Web Request has none). */
+  rawTrailers?: string[] | undefined;
+  trailers?: Record<string, string | string[] | undefined> | undefined;
 }
 
 export interface HttpRequestFacts extends RequestFacts {
@@ -83,6 +86,24 @@ export function requestFacts(req: ScanRequest): HttpRequestFacts {
     transferCoding: codingsOf(transfer, false),
     fileName: fileNameOf(headers.get('content-disposition'), target),
   };
+}
+
+/**
+ * Why the request's trailer fields (after its chunked body, known once the body has ended) are
+ * refused, or undefined when there are none. Node hands them to the application
+ * (`req.trailers`, `req.rawTrailers`) but they are no part of the body the ICAP server scans.
+ */
+export function trailerProblem(req: ScanRequest): string | undefined {
+  const raw = req.rawTrailers;
+  const names: string[] = [];
+  if (Array.isArray(raw)) for (let i = 0; i < raw.length; i += 2) names.push(raw[i]!);
+  // Not Node's `trailers` getter when `rawTrailers` is there: it adds a property to the request.
+  if (names.length === 0 && !Array.isArray(raw) && typeof req.trailers === 'object' && req.trailers !== null)
+    names.push(...Object.keys(req.trailers));
+  if (names.length === 0) return undefined;
+  const shown = names.slice(0, 8).map((n) => JSON.stringify(n.slice(0, 64)));
+  const more = names.length > shown.length ? ` and ${names.length - shown.length} more` : '';
+  return `the request has trailer fields after its body (${shown.join(', ')}${more}), which would reach the application unscanned`;
 }
 
 /** A valid Content-Length value: 1 to 15 digits (what `/^\d{1,15}$/` accepts), without a regular expression. */

@@ -213,8 +213,11 @@ export interface IcapProfile {
   multipartLimits?: MultipartLimits | undefined;
   /**
    * Compressed request bodies (Content-Encoding gzip, deflate, br): 'decode' (default) scans
-   * the decoded bytes (bounded by bufferSize) and hands the application the original ones;
-   * 'refuse' answers 415. Other or stacked encodings always get 415.
+   * the decoded bytes (bounded by bufferSize) and the body as sent, each as its own ICAP
+   * request (raw readers get the latter, which can hold what a decoder skips: gzip header
+   * fields, brotli metadata), and hands the application the original bytes; a body that does
+   * not decode, or has bytes after the end of its compressed data, gets 400. 'refuse' answers
+   * 415. Other or stacked encodings always get 415.
    */
   contentEncoding?: 'decode' | 'refuse' | undefined;
   /** Prometheus metrics in your prom-client registry (OpenTelemetry metrics need no option). */

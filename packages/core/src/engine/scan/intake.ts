@@ -1,5 +1,5 @@
-import type { Readable, Transform } from 'node:stream';
-import { createBrotliDecompress, createGunzip, createInflate } from 'node:zlib';
+import { type Readable, Transform } from 'node:stream';
+import { createBrotliDecompress, createGunzip, createInflate, type Zlib } from 'node:zlib';
 import { untilAborted } from '../../client/abort.js';
 import { IcapError, IcapErrorCodes } from '../../errors.js';
 import { Headers } from '../../protocol/headers.js';
@@ -283,7 +283,7 @@ export interface Decoded {
 }
 
 /** Content decoders for the codings a request body may use. */
-const DECODERS = new Map<string, () => Transform>([
+const DECODERS = new Map<string, () => Transform & Zlib>([
   ['gzip', () => createGunzip()],
   ['x-gzip', () => createGunzip()],
   ['deflate', () => createInflate()],
@@ -299,7 +299,16 @@ export function canDecode(coding: string): boolean {
  * A compressed body (gzip, deflate, br) decoded for the scan, into a store of its own
  * (bounded by bufferSize, so a zip bomb stops there, and spooled like any body). The
  * encapsulated request loses Content-Encoding and Content-Length, since the ICAP server gets
- * the decoded bytes; the application still gets the original ones.
+ * the decoded bytes; the application still gets the original ones, which the scan sends as an
+ * object of their own too (scan.ts): what a decoder skips (gzip header fields, brotli metadata)
+ * reaches a reader of the raw body.
+ *
+ * Bytes after the end of the compressed data fail the decoded store (400, like a body that
+ * does not decode): zlib and brotli stop at the end of their stream and drop the rest
+ * silently, where other decoders fail or read on (another stream, a gzip member), so parsers
+ * would disagree about them. Several gzip members are one body (RFC 1952, and Node's gunzip
+ * decodes them all, as the scanned copy then holds them); anything after the last member,
+ * zero padding included, is refused too (gunzip drops it, Go's reader fails on it).
  */
 export function decodeBody(
   p: ResolvedProfile,
@@ -328,8 +337,28 @@ export function decodeBody(
     source.destroy();
   });
   source.on('error', (err) => decoded.fail(err));
-  source.pipe(decoder);
-  decoded.attach(decoder);
+  // The decoder may end (at the end of the compressed data) before the body does: the decoded
+  // body ends only once the raw one has, and all of it went into the compressed data.
+  const whole = new Transform({
+    transform: (chunk, _encoding, done) => done(null, chunk),
+    flush: (done) => {
+      void raw.whenEnded().then(() => {
+        source.destroy();
+        if (raw.error !== undefined || raw.exceeded) return done(); // the scan acts on the body's own failure
+        const rest = raw.received - decoder.bytesWritten;
+        if (rest <= 0) return done();
+        done(
+          new IcapError(
+            IcapErrorCodes.CONTENT_ENCODING,
+            `the ${coding} body has ${rest} bytes after the end of its compressed data`,
+          ),
+        );
+      });
+    },
+  });
+  whole.on('error', (err) => decoded.fail(err));
+  source.pipe(decoder).pipe(whole);
+  decoded.attach(whole);
   const pairs = facts.headerPairs.filter(
     ([n]) => !['content-encoding', 'content-length'].includes(n.toLowerCase()),
   );

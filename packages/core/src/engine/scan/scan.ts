@@ -8,13 +8,14 @@ import { scanParts } from '../multipart/parts.js';
 import type { PolicyDecision } from '../policy.js';
 import type { PoolGroup } from '../pool-group.js';
 import type { PinoLike, ResolvedProfile } from '../profile.js';
-import { type HttpRequestFacts, requestFacts, type ScanRequest } from '../request.js';
+import { type HttpRequestFacts, requestFacts, type ScanRequest, trailerProblem } from '../request.js';
 import type { ScanScope, Telemetry } from '../telemetry.js';
 import type { AttemptResult, EngineCore, ScanOptions, ScanOutcome } from '../types.js';
 import { admit } from './admission.js';
 import { bodyConsumedReason } from './consumed.js';
 import { exchange } from './exchange.js';
 import {
+  allArrived,
   bodyComplete,
   checkForm,
   type Decoded,
@@ -46,8 +47,8 @@ import { StageClock } from './stage-clock.js';
  * 2. admission (admission.ts): what the head alone refuses (400, 413, 415, 501);
  * 3. intake (intake.ts): the body is stored as it arrives (bounded by bufferSize, bodyTimeout,
  *    bodyDeadline), decoded when compressed, its form checked (whole multipart mode);
- * 4. the scan: per-file multipart (multipart/parts.ts), or the whole body in one ICAP
- *    exchange (exchange.ts: attempts, retry, failover), once the body can be fed fast enough;
+ * 4. the scan: per-file multipart (multipart/parts.ts), or the whole body in one ICAP exchange
+ *    (exchange.ts), once it can be fed fast enough; compressed, also as sent (#scanEncoded);
  * 5. outcome (outcome.ts): pass, rewrite or respond from the verdict, or what a failure turns
  *    into (the failure action applies to ICAP-side failures only); the icap_log record is
  *    finished and emitted once, whatever happened.
@@ -103,6 +104,8 @@ export class Scan {
   #abort: (err: IcapError) => void = NOTHING;
   /** Called (once) when the scan's signal aborts: whenReadyToScan's wait (see AbortHook). */
   #abortWaiter: ((reason: unknown) => void) | undefined;
+  /** The refusal of a request with trailer fields (see #trailersRefused), once its body has ended. */
+  #trailers: IcapError | undefined;
   #waitStart: number;
   #settled = false;
 
@@ -159,7 +162,8 @@ export class Scan {
     this.#clock?.lap('admission');
     this.#receive();
     try {
-      return this.#finish(await (this.#perFile ? this.#scanForm() : this.#scanWhole()));
+      const outcome = await (this.#perFile ? this.#scanForm() : this.#scanWhole());
+      return this.#finish(this.#trailersRefused(outcome) ?? outcome);
     } catch (caught) {
       return this.#finish(await this.#failure(caught));
     } finally {
@@ -208,6 +212,7 @@ export class Scan {
         this.#leaveIntake();
         this.#givePlace();
         if (store.error !== undefined) queueMicrotask(() => this.#bodyFailed(store));
+        else if (store.ended && this.#hasTrailers()) abort(this.#trailers!);
         else this.#armTimer();
       };
       if (!store.onEnded(onEnd)) void store.whenEnded().then(onEnd);
@@ -221,6 +226,32 @@ export class Scan {
       this.#onCallerAbort = onCallerAbort;
       signal.addEventListener('abort', onCallerAbort, { once: true });
     }
+  }
+
+  /**
+   * Trailer fields after a chunked body (HTTP/1.1, or HTTP/2 trailers): Node hands them to the
+   * application (`req.trailers`, `req.rawTrailers`, and the hand-off keeps them), but they are
+   * no part of the body the ICAP server scans, nor of the head it is sent: a channel around the
+   * scan. They are known once the body has ended, before the verdict lets the handler run; the
+   * request is refused (400, ICAP_ERR_BAD_REQUEST: the client's doing, never the failure action).
+   */
+  #hasTrailers(): boolean {
+    if (this.#trailers !== undefined) return true;
+    const problem = trailerProblem(this.#req);
+    if (problem !== undefined) this.#trailers = new IcapError(IcapErrorCodes.BAD_REQUEST, problem);
+    return problem !== undefined;
+  }
+
+  /**
+   * A pass or rewrite of a request whose body ended with trailer fields: the 400 instead (the
+   * abort at the body's end may come after an exchange that had answered already). Null: none.
+   */
+  #trailersRefused(outcome: ScanOutcome): ScanOutcome | null {
+    const store = this.store;
+    const passes = outcome.kind === 'pass' || outcome.kind === 'rewrite';
+    if (!passes || store === null || !store.ended || !this.#hasTrailers()) return null;
+    outcome.dispose();
+    return refuse(this, 'bad-request', IcapErrorCodes.BAD_REQUEST, this.#trailers!.message, store);
   }
 
   /** The HTTP client went away before the body was complete: the scan aborts. */
@@ -358,6 +389,12 @@ export class Scan {
       if (!arrived(scanned)) await bodyComplete(scanned, p.bufferSize);
       if (!arrived(store)) await bodyComplete(store, p.bufferSize);
     }
+    // Decoded for the scan: the body as sent must pass too, since raw readers get it.
+    const passed = result.type !== 'blocked' && !(result.type === 'clean' && result.skipped !== undefined);
+    if (this.#decoded !== null && store !== null && passed) {
+      const blocked = await this.#scanEncoded(store, result);
+      if (blocked !== null) result = blocked;
+    }
     // Not skipped by the server's Transfer-Ignore (when the profile honours it) nor blocked:
     // the strings a parser decodes must pass too.
     const view = this.#view;
@@ -385,6 +422,26 @@ export class Scan {
   }
 
   /**
+   * A compressed body as it was sent (Content-Encoding kept) as its own ICAP request, once its
+   * decoded copy passed (`first`): null when it is clean, else the block to answer with. The
+   * application's raw readers (Fastify's buffer parser, `for await (const c of req)`, Hono's
+   * arrayBuffer) get these bytes, and they can hold what no decoder outputs (gzip header
+   * fields, brotli metadata blocks). A server that rewrites them blocks, as for the decoded
+   * strings: the request goes on with one body, and the decoded copy's verdict is about another.
+   */
+  async #scanEncoded(store: BodyStore, first: AttemptResult): Promise<AttemptResult | null> {
+    return this.#secondObject(first, ENCODED_NAME, REWROTE_ENCODED, async (entries) => {
+      await allArrived(store, this.signal, this.profile.bufferSize);
+      const facts = this.facts;
+      const sent =
+        facts.chunked || facts.contentLength !== store.received
+          ? { ...facts, contentLength: store.received, chunked: false }
+          : facts;
+      return exchange(this, sent, store, this.signal, entries);
+    });
+  }
+
+  /**
    * The decoded strings of the body (decoded/view.ts) as their own ICAP request, once the body
    * itself passed (`first`): null when there are none or they are clean, else the block to
    * answer with. A server that rewrites them blocks too: a rewrite of decoded strings cannot be
@@ -392,24 +449,40 @@ export class Scan {
    * failure takes the failure action), or 413 when they outgrow bufferSize.
    */
   async #scanDecoded(view: DecodedView, first: AttemptResult): Promise<AttemptResult | null> {
+    try {
+      return await this.#secondObject(first, DECODED_NAME, REWROTE_DECODED, async (entries) => {
+        const object = await view.result();
+        if (object === null) return null;
+        this.log.significance.push('DECODED_STRINGS');
+        return exchange(this, viewFacts(this.scanFacts, object.received), object, this.signal, entries);
+      });
+    } finally {
+      view.dispose();
+    }
+  }
+
+  /**
+   * One more ICAP object for a request whose body passed (`first`): `send` runs its exchange
+   * (null: nothing to send), its log entries are named `name`. Null when it is clean (or an
+   * identical echo), else the block to answer with; a rewrite blocks (`rewrote` says why).
+   * Throws what the exchange throws (an ICAP failure takes the failure action).
+   */
+  async #secondObject(
+    first: AttemptResult,
+    name: string,
+    rewrote: string,
+    send: (entries: IcapRequestLog[]) => Promise<AttemptResult | null>,
+  ): Promise<AttemptResult | null> {
     // What the request becomes instead of `first`: a block (or a failure) frees its adapted body.
     const instead = () => {
       if (first.type === 'adapted') first.adapted.dispose();
     };
     try {
-      const object = await view.result();
-      if (object === null) return null;
-      const log = this.log;
-      log.significance.push('DECODED_STRINGS');
       const entries: IcapRequestLog[] = [];
-      const second = await exchange(
-        this,
-        viewFacts(this.scanFacts, object.received),
-        object,
-        this.signal,
-        entries,
-      );
-      for (const entry of entries) entry.file_name = DECODED_NAME;
+      const second = await send(entries);
+      if (second === null) return null;
+      for (const entry of entries) entry.file_name = name;
+      const log = this.log;
       if (second.verdict?.unscannable) log.significance.push('UNSCANNABLE');
       if (second.type === 'clean') return null;
       if (second.type === 'blocked') {
@@ -421,15 +494,12 @@ export class Scan {
       const entry = entries.at(-1);
       if (entry !== undefined) entry.action = identical ? 'ICAP_PASSED' : 'ICAP_BLOCKED';
       if (identical) return null;
-      log.error_message ??=
-        'the ICAP server rewrote the decoded strings of the request body, which cannot be put back into it';
+      log.error_message ??= rewrote;
       instead();
       return { type: 'blocked', res: second.res, verdict: second.verdict, relay: undefined };
     } catch (err) {
       instead();
       throw err;
-    } finally {
-      view.dispose();
     }
   }
 
@@ -454,6 +524,14 @@ export class Scan {
             `ICAP scan failed: ${caught instanceof Error ? caught.message : String(caught)}`,
             { cause: caught },
           );
+    // Trailer fields (the abort at the body's end): the client's doing, 400 whatever failAction.
+    const trailers = this.#trailers;
+    if (trailers !== undefined && (error === trailers || this.#control?.signal.reason === trailers)) {
+      log.error_code = trailers.code;
+      log.error_message = trailers.message;
+      this.#decoded?.store.dispose();
+      return refuse(this, 'bad-request', trailers.code, trailers.message, store);
+    }
     // Fail-open never hands over a form the strict parser did not read to its end: per-file
     // mode only passes forms it serialised itself; whole mode waits for the check.
     let canReplay = !this.#perFile;
@@ -504,6 +582,13 @@ function NOTHING(): void {}
 
 /** The name the decoded strings' log entries carry (`file_name`). */
 const DECODED_NAME = '(decoded strings)';
+const REWROTE_DECODED =
+  'the ICAP server rewrote the decoded strings of the request body, which cannot be put back into it';
+
+/** The name the log entries of a compressed body as sent carry (its decoded copy is the body's). */
+const ENCODED_NAME = '(body as sent, compressed)';
+const REWROTE_ENCODED =
+  'the ICAP server rewrote the compressed request body as sent, while its decoded copy was scanned apart';
 
 /** A body (or none) that is all here: what bodyComplete() would wait for and accept at once. */
 function arrived(store: BodyStore | null): boolean {
