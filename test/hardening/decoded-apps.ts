@@ -90,7 +90,7 @@ async function served(server: Server, rec: Recorder, closeScanner: () => Promise
 
 type Mount = 'express5' | 'express4';
 
-function expressReader(name: string, kind: BodyKind, mount: Mount, parser: () => unknown): Reader {
+export function expressReader(name: string, kind: BodyKind, mount: Mount, parser: () => unknown): Reader {
   return reader(name, kind, async (profile, rec) => {
     const express = (mount === 'express5' ? express5 : express4) as unknown as typeof express5;
     const mw = expressIcap(profile);
@@ -147,7 +147,7 @@ function fastifyReader(name: string, kind: BodyKind): Reader {
   });
 }
 
-function koaReader(name: string, kind: BodyKind, parser: () => Koa.Middleware): Reader {
+export function koaReader(name: string, kind: BodyKind, parser: () => Koa.Middleware): Reader {
   return reader(name, kind, async (profile, rec) => {
     const app = new Koa();
     app.silent = true;

@@ -5,6 +5,7 @@
  * either in the raw body or emitted, and the work stays linear for the worst layouts.
  */
 import { isUtf8 } from 'node:buffer';
+import { createRequire } from 'node:module';
 import { parse as querystringParse } from 'node:querystring';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
@@ -410,6 +411,9 @@ describe('fieldReadings: one long field, piece by piece', () => {
     ),
     fc.constantFrom('%F0%9F%98%80', '%FF', '%80', '%u0041', '%uD83D', '%uDE00', '%u00e9', '%uZZ', '%25'),
     fc.constantFrom('é', '€', '😀', '\xff', '\xa5', '\xab', '\xc3', '\xa9', '\xe2\x82', '\xf0'),
+    // Numeric entities (qs's interpretNumericEntities): `&` is `%26` in a field, the rest raw or
+    // escaped; leading zeros, a code point above U+FFFF (65624: X by the old rule), a lone surrogate.
+    fc.constantFrom('%26', '%26#', '%26%23', '#', '88', '0000', '65624', '55357', ';', '%3B', '%26#0088;'),
   );
   const rawArb = fc.array(tokenArb, { minLength: 1, maxLength: 40 }).map((t) =>
     Buffer.from(
@@ -476,10 +480,116 @@ describe('fieldReadings: one long field, piece by piece', () => {
     });
     for (let at = 0; at < body.length; at += 65536) lexer.write(body.subarray(at, at + 65536));
     lexer.end();
-    // Its readings: the bytes (\xff A), their UTF-8 (U+FFFD A), formidable's (\x7f A).
-    expect(emitted).toBe(2 * field.length + 3 * 2);
+    // Its readings, each with the field's name: the bytes (\xff A), their UTF-8 (U+FFFD A),
+    // formidable's (\x7f A), qs's Latin-1 (ÿA in UTF-8), the field read as Latin-1 text (ÿ%41)
+    // and as UTF-8 text (U+FFFD%41) in UTF-8, for qs's fall-backs: 22 bytes per 4.
+    expect(emitted).toBe((22 * field.length) / 4 + 6 * 2);
     // Each part is a piece's reading (about 64 KiB of the field), not a reading of all of it.
     expect(largest).toBeLessThan(256 * 1024);
     expect(parts).toBeGreaterThan(100);
+  });
+});
+
+/**
+ * qs's options an application may turn on through body-parser (`defaultCharset`,
+ * `charsetSentinel`, `interpretNumericEntities`) or koa-body (`queryString`): qs then reads a
+ * field as Latin-1 (`%XX` as U+00XX) whatever the Content-Type says, and `&#NNN;` as a
+ * character. Every value of both qs versions installed (6.17 through body-parser 2, 6.16 through
+ * Express 4's body-parser 1, whose entities above U+FFFF keep their low 16 bits) is in the body
+ * or emitted, for a body without a charset in its Content-Type.
+ */
+describe("FormStrings: qs's charset and entity options", () => {
+  const qsOf = (app: string) => {
+    const bodyParser = createRequire(createRequire(import.meta.url).resolve(app)).resolve('body-parser');
+    return createRequire(bodyParser)('qs') as { parse(s: string, o: object): Record<string, unknown> };
+  };
+  const QS = [qsOf('express'), qsOf('express4')];
+  const OPTIONS = [
+    { charset: 'iso-8859-1' },
+    { charset: 'iso-8859-1', interpretNumericEntities: true },
+    { charsetSentinel: true, interpretNumericEntities: true },
+    { charsetSentinel: true, charset: 'iso-8859-1', interpretNumericEntities: true, comma: true },
+  ];
+  const SENTINEL = 'utf8=%26%2310003%3B';
+  const entityFieldArb = fc
+    .array(
+      fc.oneof(
+        fieldArb,
+        fc.constantFrom(
+          '%26',
+          '%26#',
+          '%26%23',
+          '#',
+          '88',
+          '0000',
+          '65624',
+          '55357',
+          ';',
+          '%3B',
+          '%26#0088;',
+        ),
+        fc.constantFrom('%F6', '%E9', 'ö', '\xf6', ','),
+      ),
+      { maxLength: 8 },
+    )
+    .map((parts) => Buffer.from(parts.join(''), 'utf8'))
+    .chain((b) => fc.constantFrom(b, Buffer.from(b.toString('utf8').replace('\xf6', ''), 'latin1')));
+
+  /** Every string qs hands over for `raw`, read as a body-parser reads it (UTF-8 or Latin-1). */
+  function qsValues(raw: Buffer): string[] {
+    const out: string[] = [];
+    for (const qs of QS)
+      for (const options of OPTIONS)
+        for (const text of [raw.toString('utf8'), raw.toString('latin1')])
+          out.push(...stringsOf(qs.parse(text, { ...options, allowPrototypes: true, depth: 0 })));
+    return out;
+  }
+
+  it('every value is in the body or emitted, in a batch or piece by piece (property)', () => {
+    fc.assert(
+      fc.property(
+        fc.array(entityFieldArb, { minLength: 1, maxLength: 3 }),
+        fc.boolean(),
+        (fields, sentinel) => {
+          const raw = Buffer.concat([
+            Buffer.from(sentinel ? `${SENTINEL}&` : ''),
+            ...fields.flatMap((f, i) => [Buffer.from(`${i > 0 ? '&' : ''}k${i}=`), f]),
+          ]);
+          const batch = lex((e) => new FormStrings(e), [raw]);
+          const pieces = lex((e) => new FormStrings(e, false, 16, 8), [raw]);
+          for (const v of qsValues(raw)) {
+            const bytes = Buffer.from(v);
+            for (const emitted of [batch, pieces])
+              if (!raw.includes(bytes) && !emitted.some((r) => r.includes(bytes)))
+                throw new Error(
+                  `${JSON.stringify(v)} of ${JSON.stringify(raw.toString('latin1'))} is not emitted`,
+                );
+          }
+        },
+      ),
+      { numRuns: 1500 },
+    );
+  });
+
+  it.each([
+    ['an entity, escaped', 'f=%26%2388%3B5O', 'X5O'],
+    ['an entity, leading zeros and a raw #', 'f=%26#00000088;5O', 'X5O'],
+    ['an entity above U+FFFF by qs 6.16 (its low 16 bits)', 'f=%26%2365624%3BY', 'XY'],
+    ['an entity above U+FFFF by qs 6.17 (a surrogate pair)', 'f=%26%2365624%3BY', '\u{10058}Y'],
+    ['Latin-1 chosen by the sentinel or defaultCharset', 'utf8=%26%2310003%3B&f=B%F6sartig!', 'Bösartig!'],
+    ['a raw byte read as Latin-1 (defaultCharset)', 'f=B\xf6sartig!', 'Bösartig!'],
+    ['raw UTF-8 beside a Latin-1 escape (the sentinel in a UTF-8 body)', 'f=\xc3\xb6%E9', 'öé'],
+    ['an entity of Latin-1 escapes', 'f=%26%23246%3B%F6', 'öö'],
+  ])('%s: %s reads %s (UTF-8)', (_c, body, expected) => {
+    const want = Buffer.from(expected, 'utf8');
+    const raw = Buffer.from(body, 'latin1');
+    expect(formReadings(raw).some((r) => r.includes(want))).toBe(true);
+    expect(lex((e) => new FormStrings(e, false, 8, 8), [raw]).some((r) => r.includes(want))).toBe(true);
+  });
+
+  it('a field without an escape above 0x7F, a raw high byte or %26 has no reading more', () => {
+    // The readings of an ordinary form: its bytes and their UTF-8, nothing else.
+    expect(formReadings(Buffer.from('a=%41%42+c&b=%C3%A9'))).toHaveLength(3);
+    expect(formReadings(Buffer.from('a=%41%42+c&b=x%23y'))).toHaveLength(1);
   });
 });

@@ -36,18 +36,131 @@ export function formReadings(raw: Buffer, latin1Charset = false): Buffer[] {
   const bytes = percentDecode(plus);
   // `+` as a space and nothing else: what qs hands over when decodeURIComponent throws (a
   // malformed `%`, escapes that are not UTF-8); otherwise no parser delivers it.
-  if (!isUtf8(bytes) || hasMalformedPercent(plus)) add(plus);
-  add(bytes);
-  addString(bytes.toString('utf8'));
-  // qs's Latin-1 decoder, only for a body that says it is Latin-1 (body-parser passes the
-  // charset on; qs's charsetSentinel, which could switch to it from the body, is off by default).
-  if (latin1Charset) {
-    if (hasHighByte(bytes)) addString(latin1Unescape(plus, false));
-    if (raw.includes('%u')) addString(latin1Unescape(plus, true));
+  const rawHigh = hasHighByte(raw);
+  if (!isUtf8(bytes) || hasMalformedPercent(plus)) {
+    add(plus);
+    // The same as a parser that read the body as UTF-8 text hands it over (U+FFFD for a raw
+    // byte that is not UTF-8).
+    if (rawHigh) addString(plus.toString('utf8'));
   }
-  if (hasHighByte(raw) && bytes !== plus) addString(unescapeChars(plus.toString('utf8')));
-  if (hasHighByte(raw)) addString(percentDecode(plusAsSpace(maskHighBits(raw))).toString('utf8'));
+  add(bytes);
+  const str = bytes.toString('utf8');
+  addString(str);
+  // qs's Latin-1 decoder, whatever the Content-Type says: body-parser's `defaultCharset` and
+  // qs's `charsetSentinel` (a `utf8=` field) choose it too. The body read as Latin-1 (the app's
+  // default charset), or as UTF-8 (the sentinel beside a UTF-8 body), then `%XX` as U+00XX.
+  const latin1 = hasHighByte(bytes) ? latin1Unescape(plus, false) : undefined;
+  if (latin1 !== undefined) addString(latin1);
+  const utf8Latin1 =
+    latin1 !== undefined && rawHigh && bytes !== plus ? percentAsLatin1(plus.toString('utf8')) : undefined;
+  if (utf8Latin1 !== undefined) addString(utf8Latin1);
+  // `unescape` (`%uXXXX` too), only for a body that says it is Latin-1.
+  if (latin1Charset && raw.includes('%u')) addString(latin1Unescape(plus, true));
+  if (rawHigh && bytes !== plus) {
+    addString(unescapeChars(plus.toString('utf8')));
+    // A body read as Latin-1 (defaultCharset, or @koa/bodyparser's `encoding`) that qs decodes
+    // as UTF-8 (a `utf8=✓` sentinel): escapes as UTF-8, raw bytes as Latin-1; and the field as
+    // that text when decodeURIComponent throws.
+    const uri = new Latin1Uri();
+    addString(uri.write(plus) + uri.end());
+    addString(plus.toString('latin1'));
+  }
+  if (rawHigh) addString(percentDecode(plusAsSpace(maskHighBits(raw))).toString('utf8'));
+  // qs's `interpretNumericEntities` (`&#NNN;` as that character, in a Latin-1 body), by qs 6.17's
+  // rule and by the rule before it (no surrogate pairs: Express 4's qs), over each decoding.
+  if (mayHoldEntity(raw)) {
+    for (const pairs of [true, false]) {
+      addString(numericEntities(str, pairs));
+      if (latin1 !== undefined) addString(numericEntities(latin1, pairs));
+      if (utf8Latin1 !== undefined) addString(numericEntities(utf8Latin1, pairs));
+    }
+  }
   return readings;
+}
+
+/**
+ * Whether a field's decoded value may hold `&#` (a numeric entity): its `&` can only be `%26`
+ * (a raw `&` ends the field), its `#` raw or `%23`. Checked on the raw bytes, so that a field
+ * without both costs nothing more.
+ */
+function mayHoldEntity(raw: Buffer): boolean {
+  return raw.includes('%26') && (raw.includes(0x23) || raw.includes('%23'));
+}
+
+const ENTITY = /&#(\d+);/g;
+
+/**
+ * qs's interpretNumericEntities: each `&#` + decimal digits + `;` as the UTF-16 unit of that
+ * number (`pairs`: a code point above U+FFFF as its surrogate pair, qs 6.17; without, the
+ * number's low 16 bits, as String.fromCharCode takes it: qs up to 6.16).
+ */
+export function numericEntities(s: string, pairs: boolean): string {
+  if (!s.includes('&#')) return s;
+  return s.replace(ENTITY, (_m, digits: string) => {
+    let c = Number.parseInt(digits, 10);
+    if (pairs && c > 0xffff && c <= 0x10ffff) {
+      c -= 0x10000;
+      return String.fromCharCode(0xd800 | (c >> 10), 0xdc00 | (c & 0x3ff));
+    }
+    return String.fromCharCode(c);
+  });
+}
+
+/**
+ * Bytes read as Latin-1 text, then decodeURIComponent: each run of `%XX` escapes as UTF-8
+ * (U+FFFD for what is not: decodeURIComponent would throw), every other byte as U+00XX. Fed in
+ * pieces that end before a `%`, so a run of escapes may go on in the next piece.
+ */
+class Latin1Uri {
+  readonly #run = new StringDecoder('utf8');
+  /** The last piece ended in a run of escapes (the decoder may hold a character's start). */
+  #inRun = false;
+
+  write(raw: Buffer): string {
+    let s = '';
+    const escapes: number[] = [];
+    for (let i = 0; i < raw.length; i++) {
+      const c = raw[i]!;
+      if (c === PERCENT && i + 2 < raw.length) {
+        const h = hexValue(raw[i + 1]!);
+        const l = hexValue(raw[i + 2]!);
+        if (h >= 0 && l >= 0) {
+          escapes.push((h << 4) | l);
+          i += 2;
+          continue;
+        }
+      }
+      if (escapes.length > 0 || this.#inRun) {
+        s += this.#run.write(Buffer.from(escapes)) + this.#run.end();
+        escapes.length = 0;
+        this.#inRun = false;
+      }
+      s += String.fromCharCode(c);
+    }
+    if (escapes.length > 0) {
+      s += this.#run.write(Buffer.from(escapes));
+      this.#inRun = true;
+    }
+    return s;
+  }
+
+  end(): string {
+    return this.#run.end();
+  }
+}
+
+/** `%XX` (two hex digits) in a string as U+00XX (qs's Latin-1 decoder over a decoded body). */
+function percentAsLatin1(s: string): string {
+  if (!s.includes('%')) return s;
+  return s.replace(/%[0-9a-f]{2}/gi, (m) => String.fromCharCode(Number.parseInt(m.slice(1), 16)));
+}
+
+/** Whether a `%XX` escape decodes to a byte above 0x7F. */
+function hasHighEscape(raw: Buffer): boolean {
+  for (let i = raw.indexOf(PERCENT); i !== -1; i = raw.indexOf(PERCENT, i + 1)) {
+    if (i + 2 < raw.length && hexValue(raw[i + 1]!) >= 8 && hexValue(raw[i + 2]!) >= 0) return true;
+  }
+  return false;
 }
 
 /** A `%` not followed by two hex digits (decodeURIComponent throws on it). */
@@ -188,11 +301,23 @@ export function fieldReadings(
   const ends = pieceEnds(raw, Math.max(8, pieceBytes));
   const rawHigh = hasHighByte(raw);
   const rawPercent = raw.includes(PERCENT);
+  // (The percent-decoded bytes have one above 0x7F: formReadings' test, made on the raw bytes.)
+  const bytesHigh = rawHigh || hasHighEscape(raw);
   const kinds: ChainKind[] = ['plus', 'bytes', 'str'];
-  if (latin1Charset) kinds.push('l1a');
+  if (rawHigh) kinds.push('text');
+  if (bytesHigh) kinds.push('l1a');
+  if (bytesHigh && rawHigh && rawPercent) kinds.push('l1u');
   if (latin1Charset && raw.includes('%u')) kinds.push('l1b');
-  if (rawHigh && rawPercent) kinds.push('unesc');
+  if (rawHigh && rawPercent) kinds.push('unesc', 'l1d', 'l1t');
   if (rawHigh) kinds.push('masked');
+  const entities: ChainKind[] = [];
+  if (mayHoldEntity(raw)) {
+    entities.push('es');
+    if (kinds.includes('l1a')) entities.push('ea');
+    if (kinds.includes('l1u')) entities.push('eu');
+    entities.push(...entities.map((k) => k.replace('e', 'o') as ChainKind));
+  }
+  kinds.push(...entities);
 
   // The first pass: a digest of every reading, and what decides which ones are candidates.
   const sums = new Map<string, Sum>();
@@ -210,8 +335,6 @@ export function fieldReadings(
     const s = sum(key);
     s.hash.update(part);
     s.length += part.length;
-    // Only the percent-decoded bytes' (qs's Latin-1 decoder reads a field where they have one).
-    if (key === 'bytes' && !s.high && hasHighByte(part)) s.high = true;
   };
   const take = (kind: ChainKind, encoder: Utf8Encoder, out: Buffer | string, last: boolean) => {
     if (typeof out !== 'string') {
@@ -240,19 +363,19 @@ export function fieldReadings(
   // one kept before.
   const bytes = sums.get('bytes')!;
   const candidates: string[] = [];
-  if (sums.get('str.utf8')!.key !== bytes.key || malformed) candidates.push('plus');
-  candidates.push('bytes');
   const addString = (kind: ChainKind) => {
     candidates.push(`${kind}.utf8`);
     if (sums.get(`${kind}.latin1`)!.high) candidates.push(`${kind}.latin1`);
   };
-  addString('str');
-  if (latin1Charset) {
-    if (bytes.high) addString('l1a');
-    if (kinds.includes('l1b')) addString('l1b');
+  if (sums.get('str.utf8')!.key !== bytes.key || malformed) {
+    candidates.push('plus');
+    if (rawHigh) addString('text');
   }
-  if (kinds.includes('unesc')) addString('unesc');
-  if (kinds.includes('masked')) addString('masked');
+  candidates.push('bytes');
+  addString('str');
+  for (const kind of ['l1a', 'l1u', 'l1b', 'unesc', 'l1d', 'l1t', 'masked'] as const)
+    if (kinds.includes(kind)) addString(kind);
+  for (const kind of entities) addString(kind);
   const kept: string[] = [];
   const seen = new Set([`${raw.length}:${rawSum}`]);
   for (const c of candidates) {
@@ -284,63 +407,146 @@ export function fieldReadings(
 interface Sum {
   hash: Hash;
   length: number;
-  /** A byte above 0x7F (the bytes), a character in U+0080-U+00FF (a string's Latin-1). */
+  /** A character in U+0080-U+00FF (a string's Latin-1). */
   high: boolean;
   key: string;
 }
 
 /**
- * The readings of formReadings, each a chain of steps over a piece: `+` as a space (plus), then
- * percent-decoded (bytes), read as UTF-8 (str); qs's Latin-1 decoders (l1a, l1b: `%uXXXX` too);
- * Node's unescapeBuffer over the field as UTF-8 (unesc); the high bits cleared, then as str
- * (masked). The string ones are written as UTF-8 and as Latin-1.
+ * The readings of formReadings, each a chain of steps over a piece: `+` as a space (plus; read
+ * as UTF-8: text), then
+ * percent-decoded (bytes), read as UTF-8 (str); qs's Latin-1 decoders (l1a; l1u over the field
+ * read as UTF-8; l1b: `%uXXXX` too); Node's unescapeBuffer over the field as UTF-8 (unesc); the
+ * field read as Latin-1 with its escapes as UTF-8 (l1d), or as it is (l1t); the
+ * high bits cleared, then as str (masked); numeric entities over str, l1a and l1u, by qs 6.17's
+ * rule (es, ea, eu) and the one before (os, oa, ou). The string ones are written as UTF-8 and as
+ * Latin-1.
  */
-type ChainKind = 'plus' | 'bytes' | 'str' | 'l1a' | 'l1b' | 'unesc' | 'masked';
+type ChainKind =
+  | 'plus'
+  | 'text'
+  | 'bytes'
+  | 'str'
+  | 'l1a'
+  | 'l1u'
+  | 'l1b'
+  | 'unesc'
+  | 'l1d'
+  | 'l1t'
+  | 'masked'
+  | 'es'
+  | 'ea'
+  | 'eu'
+  | 'os'
+  | 'oa'
+  | 'ou';
+
+/** An entity reading's decoding, by the kind's second letter (es, os: str; ea, oa: l1a...). */
+const ENTITY_BASE = { s: 'str', a: 'l1a', u: 'l1u' } as const;
 
 class Chain {
   readonly #kind: ChainKind;
   readonly #decoder = new StringDecoder('utf8');
   /** unesc: the field read as UTF-8, before unescapeBytes. */
   readonly #first = new StringDecoder('utf8');
+  readonly #latin1Uri = new Latin1Uri();
+  /** The entity readings: the chain of their decoding, and the entities over its output. */
+  readonly #base: Chain | null = null;
+  readonly #entities: EntityStream | null = null;
 
   constructor(kind: ChainKind) {
     this.#kind = kind;
+    const base = kind.length === 2 ? ENTITY_BASE[kind[1] as 's' | 'a' | 'u'] : undefined;
+    if (base !== undefined) {
+      this.#base = new Chain(base);
+      this.#entities = new EntityStream(kind[0] === 'e');
+    }
   }
 
   write(piece: Buffer): Buffer | string {
+    if (this.#base !== null) return this.#entities!.write(this.#base.write(piece) as string);
     switch (this.#kind) {
       case 'plus':
         return plusAsSpace(piece);
+      case 'text':
+        return this.#decoder.write(plusAsSpace(piece));
       case 'bytes':
         return percentDecode(plusAsSpace(piece));
       case 'str':
         return this.#decoder.write(percentDecode(plusAsSpace(piece)));
       case 'l1a':
         return latin1Unescape(plusAsSpace(piece), false);
+      case 'l1u':
+        return percentAsLatin1(this.#decoder.write(plusAsSpace(piece)));
       case 'l1b':
         return latin1Unescape(plusAsSpace(piece), true);
       case 'unesc':
         return this.#decoder.write(unescapeBytes(this.#first.write(plusAsSpace(piece))));
-      case 'masked':
+      case 'l1d':
+        return this.#latin1Uri.write(plusAsSpace(piece));
+      case 'l1t':
+        return plusAsSpace(piece).toString('latin1');
+      default:
+        // masked (the entity readings were written above)
         return this.#decoder.write(percentDecode(plusAsSpace(maskHighBits(piece))));
     }
   }
 
   end(): Buffer | string {
+    if (this.#base !== null) return this.#entities!.end(this.#base.end() as string);
     switch (this.#kind) {
       case 'plus':
       case 'bytes':
         return EMPTY;
       case 'l1a':
       case 'l1b':
+      case 'l1t':
         return '';
+      case 'l1d':
+        return this.#latin1Uri.end();
       case 'unesc':
         return this.#decoder.write(unescapeBytes(this.#first.end())) + this.#decoder.end();
+      case 'l1u':
+        return percentAsLatin1(this.#decoder.end());
       default:
         return this.#decoder.end();
     }
   }
 }
+
+/**
+ * numericEntities over a string given in pieces: what could still become an entity at a piece's
+ * end (`&`, `&#`, `&#` and digits) waits for the next piece. A run of digits is held whole
+ * (leading zeros and all: parseInt reads `&#00…088;` as `X`), a copy of that much of the field.
+ */
+class EntityStream {
+  readonly #pairs: boolean;
+  #held = '';
+
+  constructor(pairs: boolean) {
+    this.#pairs = pairs;
+  }
+
+  write(s: string): string {
+    let text = this.#held + s;
+    this.#held = '';
+    const amp = text.lastIndexOf('&');
+    if (amp !== -1 && ENTITY_PREFIX.test(text.slice(amp))) {
+      this.#held = text.slice(amp);
+      text = text.slice(0, amp);
+    }
+    return numericEntities(text, this.#pairs);
+  }
+
+  end(s: string): string {
+    const text = this.#held + s;
+    this.#held = '';
+    return numericEntities(text, this.#pairs);
+  }
+}
+
+/** The start of a numeric entity, up to its `;`: the whole of what follows the `&`. */
+const ENTITY_PREFIX = /^&(?:#\d*)?$/;
 
 /** UTF-8 of a string given in pieces: a high surrogate at a piece's end waits for the next. */
 class Utf8Encoder {

@@ -305,14 +305,20 @@ const AMPERSAND = 0x26;
  *   that are not UTF-8);
  * - percent-decoded bytes (qs and decodeURIComponent, fast-querystring: valid UTF-8);
  * - the same read as UTF-8 with U+FFFD for what is not (Node's querystring, URLSearchParams);
- * - `%XX` as U+00XX, other bytes as Latin-1 (qs with `charset: 'iso-8859-1'`, body-parser's
- *   urlencoded for a Latin-1 Content-Type: only then), and `%uXXXX` as that UTF-16 unit too
- *   (`unescape`);
+ * - `%XX` as U+00XX, other bytes as Latin-1 (qs with `charset: 'iso-8859-1'`: body-parser's
+ *   urlencoded for a Latin-1 Content-Type, but also its `defaultCharset: 'iso-8859-1'` and qs's
+ *   `charsetSentinel`, where the body's `utf8=` field chooses it whatever the Content-Type says),
+ *   for a field with a byte above 0x7F (raw or escaped); the same over the field read as UTF-8
+ *   (the sentinel beside a UTF-8 body); and, for a Latin-1 Content-Type, `%uXXXX` as that
+ *   UTF-16 unit too (`unescape`);
  * - Node's `unescapeBuffer` over the field read as UTF-8 (URLSearchParams in Node, Hono's
  *   parseBody through undici, querystring.unescape's fallback): raw characters above U+007F
  *   as their low byte;
  * - each byte with its high bit cleared, then URLSearchParams (formidable 3, which decodes the
  *   body as Node's `ascii`: `%C5` stays high, a raw 0xC5 byte reads as `E`);
+ * - for a field with `%26` and `#` (or `%23`): `&#NNN;` as that character (qs's
+ *   `interpretNumericEntities`) over the UTF-8 and both Latin-1 readings, by qs 6.17's rule
+ *   (surrogate pairs above U+FFFF) and by the earlier one (the number's low 16 bits);
  * - each of those strings in UTF-8 and, when it has a character in U+0080-U+00FF, in Latin-1
  *   (one byte per character: a field within U+00FF, written by the application as `binary`, is
  *   a substring of it whatever the other fields of its batch hold).
@@ -321,7 +327,7 @@ const AMPERSAND = 0x26;
  */
 export class FormStrings implements StringLexer {
   readonly #emit: Emit;
-  /** The body's Content-Type says Latin-1 (qs then decodes `%XX` as U+00XX). */
+  /** The body's Content-Type says Latin-1 (`%uXXXX` is then read as `unescape` reads it too). */
   readonly #latin1: boolean;
   /** The field's bytes from earlier chunks. */
   readonly #carry = new Carry();

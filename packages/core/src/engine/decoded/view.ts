@@ -17,7 +17,8 @@ import { FormStrings, JsonStrings, type StringLexer } from './readings.js';
  * Which bodies: a JSON media type (`application/json`, any `+json`, `application/csp-report`)
  * and any other body, multipart aside, whose first byte past a BOM and white space opens a
  * JSON text (`{`, `[` or `"`: an application may parse text/plain or octet-stream as JSON,
- * `navigator.sendBeacon` sends JSON as text/plain); any type naming `x-www-form-urlencoded`.
+ * `navigator.sendBeacon` sends JSON as text/plain, formidable parses any type matching `/json/i`);
+ * any Content-Type mentioning `urlencoded`, in its media type or its parameters.
  *
  * The lexers read the body (as scanned: decoded when it was compressed) while it arrives, from
  * a reader of their own; the object is bounded by bufferSize (past it: 413, never fail-open).
@@ -83,6 +84,8 @@ export class DecodedView {
   /**
    * Starts reading `body` for the decoded strings of the request, or returns null for a body
    * no standard parser decodes (a multipart form: its parts are scanned as they are).
+   * `contentType` is the request's first value, the one Node's parsers read (a Web Request
+   * combines every value into one, so all of them are looked at there).
    */
   static start(
     p: ResolvedProfile,
@@ -93,8 +96,10 @@ export class DecodedView {
     if (isMultipart(contentType)) return null;
     const type = mediaTypeOf(contentType);
     const json = type.includes('json') || type === 'application/csp-report';
-    // Any mention (a lenient matcher, a list of types): lexing a body in vain costs little.
-    const form = type.includes('x-www-form-urlencoded');
+    // Any mention anywhere, parameters included: formidable reads every Content-Type matching
+    // `/urlencoded/i` as a form (`application/urlencoded`, `text/plain; format=urlencoded`), as
+    // admission refuses one mentioning multipart. Lexing a body in vain costs little.
+    const form = contentType !== undefined && /urlencoded/i.test(contentType);
     const charset = (json || form) && contentType !== undefined ? charsetOf(contentType) : undefined;
     const asciiOnly =
       charset !== undefined && charset !== 'utf-8' && charset !== 'utf8' ? charset : undefined;
