@@ -129,6 +129,8 @@ export class IcapParser<H extends IcapHead = IcapHead> {
   #chunkRemaining = 0;
   #ieof = false;
   #trailerBytes = 0;
+  /** While onEnd runs: the bytes of the chunk being read that came after the message. */
+  #after: Buffer | null = null;
   /** The current message's trailer fields (response side), as received; null: none. */
   #trailer: string[] | null = null;
   #executing = false;
@@ -165,9 +167,9 @@ export class IcapParser<H extends IcapHead = IcapHead> {
    * connection, or junk), or null. Only ever read for a threat, never to pass anything.
    */
   leftoverBytes(): Buffer | null {
-    return this.#state === State.Done && this.#pending !== null && this.#pending.length > 0
-      ? this.#pending
-      : null;
+    if (this.#state !== State.Done) return null;
+    const rest = this.#after ?? this.#pending;
+    return rest !== null && rest.length > 0 ? rest : null;
   }
 
   /**
@@ -523,9 +525,14 @@ export class IcapParser<H extends IcapHead = IcapHead> {
 
   /** The message ended; `data` from `at` on came after it (`leftoverBytes` during onEnd). */
   #finish(ieof: boolean, data: Buffer, at: number): void {
-    if (at < data.length) this.#pending = data.subarray(at);
     this.#state = State.Done;
-    this.#handler.onEnd(ieof);
+    // Only for onEnd to see: #run goes on with these bytes (kept, or read after a reset).
+    this.#after = at < data.length ? data.subarray(at) : null;
+    try {
+      this.#handler.onEnd(ieof);
+    } finally {
+      this.#after = null;
+    }
   }
 }
 
