@@ -27,9 +27,13 @@ import { ANY, NO_BODY, NO_MATCH, NO_RULES, PATH_READINGS_LIMIT } from './policy/
  * - the path raw, percent-decoded once and twice, with backslashes as slashes, dot segments
  *   (also `%2e`) resolved, repeated slashes collapsed, `;params` dropped, a trailing slash
  *   dropped, and combinations of these ({@link pathCandidates});
- * - the method as received and as named by method-override headers;
- * - the host from the Host header and from an absolute-form target;
- * - every Content-Type field of the request.
+ * - for an absolute-form target, also the path from the first `/` after `scheme://` (older
+ *   routers cut the authority there: `http://h?x/upload` is `/upload` to them);
+ * - the method as received, as named by method-override headers and `_method` query
+ *   parameters, and every method a rule names for a body parsed into fields (`_method`);
+ * - the host from the Host field, `:authority`, `X-Forwarded-Host` (first and last entry) and
+ *   an absolute-form target; a host frameworks read differently reads as every host;
+ * - every Content-Type field of the request, and what formidable reads it as (`/multipart/i`...).
  * The rule list runs once per reading and the request is scanned when ANY reading reaches an
  * 'enable-icap' rule: it is skipped only when every reading skips (or matches nothing). So a
  * request cannot dodge an 'enable-icap' rule, nor reach a 'skip' rule, by spelling its path or
@@ -86,6 +90,11 @@ export function compilePolicy(rules: readonly PolicyRule[] | undefined, field = 
   const knownMethods = new Set<string>();
   const knownTypes = new Set<string>();
   const knownMajors = new Set<string>();
+  // A host no reading can pin down (hostReadings) reads as each of these: every exact host a
+  // rule names, one name under each `*.domain` (a NUL before it: no listed name, and no longer
+  // suffix, can match it) and no listed host at all. Any real host matches the same rules as
+  // one of them, so the request is skipped only if each of them is.
+  const everyHost: Array<string | undefined> = [undefined];
   let anyType = false;
   let usesPath = false;
   let usesHost = false;
@@ -94,7 +103,11 @@ export function compilePolicy(rules: readonly PolicyRule[] | undefined, field = 
   for (const r of active) {
     if (r.methods !== undefined) for (const x of r.methods) knownMethods.add(x);
     if (r.path !== undefined) usesPath = true;
-    if (r.host !== undefined) usesHost = true;
+    if (r.host !== undefined) {
+      usesHost = true;
+      for (const h of r.host.exact) if (!everyHost.includes(h)) everyHost.push(h);
+      for (const s of r.host.suffixes) if (!everyHost.includes(`\u0000${s}`)) everyHost.push(`\u0000${s}`);
+    }
     if (r.fixed.length > 0) usesFixed = true;
     if (r.contentType !== undefined) {
       usesType = true;
@@ -114,7 +127,7 @@ export function compilePolicy(rules: readonly PolicyRule[] | undefined, field = 
       const read = usesPath ? pathReadings(facts.target) : undefined;
       const paths = read?.paths;
       const lowerPaths = paths?.map((p) => p.toLowerCase());
-      const hosts = usesHost ? hostReadings(facts) : ANY;
+      const hosts = usesHost ? hostReadings(facts, everyHost) : ANY;
       const contentTypes = usesType ? contentTypeReadings(facts, types) : ANY;
       const ctx: EvalContext = { facts, query: undefined };
       // Results of each rule's fixed criteria: 0 not computed yet, 1 hold, 2 fail.

@@ -410,8 +410,10 @@ describe('content type', () => {
     ['image/png', true],
     ['Image/SVG+XML; charset=utf-8', true],
     ['application/json', false],
-    ['multipart/mixed; boundary=x', false],
-    ['text/plain; x=multipart/form-data', false],
+    // formidable reads any value mentioning multipart as a form: multipart/form-data to the rules too.
+    ['multipart/mixed; boundary=x', true],
+    ['text/plain; x=multipart/form-data', true],
+    ['text/plain; x=mixed', false],
     ['image', false],
   ])('%s matches: %s', (ct, matches) => {
     expect(onlyDecides(m, { headers: { 'Content-Type': ct } })).toEqual(matches ? scanned('r') : NO_MATCH);
@@ -1393,5 +1395,159 @@ describe('a path written to have more readings than are made', () => {
       rule: undefined,
       reason: 'path-readings-limit',
     });
+  });
+});
+
+describe('readings applications make that the rules must cover (campaign-e)', () => {
+  const skipStatic: PolicyRule[] = [
+    { name: 'skip-static-host', match: { host: ['static.example.com'] }, action: 'skip' },
+    { name: 'scan-everything', action: 'enable-icap' },
+  ];
+  const scanPut: PolicyRule[] = [
+    { name: 'scan-put', match: { method: ['PUT'] }, action: 'enable-icap' },
+    { name: 'skip-rest', action: 'skip' },
+  ];
+
+  it('F1: a JSON body (method-override body getter) reads as every listed method', () => {
+    for (const ct of [
+      'application/json',
+      'application/vnd.api+json',
+      'text/plain; x=json',
+      'application/csp-report',
+    ])
+      expect(decide(scanPut, facts({ method: 'POST', headers: { 'content-type': ct } })), ct).toEqual(
+        scanned('scan-put'),
+      );
+    // Control: a body no parser reads as fields, and a JSON head without a body, are skipped.
+    expect(
+      decide(scanPut, facts({ method: 'POST', headers: { 'content-type': 'application/octet-stream' } })),
+    ).toEqual(skipped('skip-rest'));
+    expect(
+      decide(
+        scanPut,
+        facts({ method: 'POST', hasBody: false, headers: { 'content-type': 'application/json' } }),
+      ),
+    ).toEqual(skipped('skip-rest'));
+  });
+
+  it('F2a: :authority is a host reading besides Host', () => {
+    const h2 = (authority: string) =>
+      facts({
+        host: 'static.example.com',
+        headers: [
+          [':authority', authority],
+          ['host', 'static.example.com'],
+        ],
+      });
+    expect(decide(skipStatic, h2('api.example.com'))).toEqual(scanned('scan-everything'));
+    // Control: both name the skipped host (a port aside).
+    expect(decide(skipStatic, h2('static.example.com:8443'))).toEqual(skipped('skip-static-host'));
+  });
+
+  it.each([
+    'api.example.com:1@static.example.com',
+    'api.example.com,x@static.example.com',
+    'api.example.com,static.example.com',
+    'st%61tic.example.com',
+    'static.example.com ',
+    'static.example.com/x',
+  ])('F2b: a Host frameworks read differently (%s) is never skipped by a host rule', (host) => {
+    expect(decide(skipStatic, facts({ host, headers: { host } }))).toEqual(scanned('scan-everything'));
+  });
+
+  it('F2b: an ambiguous Host reads as every host the rules tell apart, in both directions', () => {
+    const scanApi: PolicyRule[] = [
+      { name: 'scan-api', match: { host: ['api.example.com'] }, action: 'enable-icap' },
+      { name: 'scan-uploads', match: { host: ['*.uploads.test'] }, action: 'enable-icap' },
+      { name: 'skip-rest', action: 'skip' },
+    ];
+    expect(decide(scanApi, facts({ host: 'static.example.com:1@api.example.com' }))).toEqual(
+      scanned('scan-api'),
+    );
+    const skipSub: PolicyRule[] = [
+      { name: 'skip-cdn', match: { host: ['*.cdn.uploads.test'] }, action: 'skip' },
+      { name: 'scan-uploads', match: { host: ['*.uploads.test'] }, action: 'enable-icap' },
+      { name: 'skip-rest', action: 'skip' },
+    ];
+    // Some host under *.uploads.test but not *.cdn.uploads.test is scanned: so is any ambiguous one.
+    expect(decide(skipSub, facts({ host: 'a.cdn.uploads.test,b' }))).toEqual(scanned('scan-uploads'));
+    expect(decide(skipSub, facts({ host: 'a.cdn.uploads.test' }))).toEqual(skipped('skip-cdn'));
+    // A URL parser reads these as 127.0.0.1: not the name they spell.
+    const loop: PolicyRule[] = [
+      { name: 'scan-loopback', match: { host: ['127.0.0.1'] }, action: 'enable-icap' },
+      { name: 'skip-rest', action: 'skip' },
+    ];
+    for (const host of ['0x7f.1', '127.1', '2130706433', '127.0.0.01'])
+      expect(decide(loop, facts({ host })), host).toEqual(scanned('scan-loopback'));
+    expect(decide(loop, facts({ host: '127.0.0.2' }))).toEqual(skipped('skip-rest'));
+  });
+
+  it('F2c: the first and last X-Forwarded-Host entries are host readings', () => {
+    const xfh = (value: string) =>
+      facts({
+        host: 'static.example.com',
+        headers: { host: 'static.example.com', 'x-forwarded-host': value },
+      });
+    expect(decide(skipStatic, xfh('api.example.com'))).toEqual(scanned('scan-everything'));
+    expect(decide(skipStatic, xfh('static.example.com, api.example.com'))).toEqual(
+      scanned('scan-everything'),
+    );
+    expect(decide(skipStatic, xfh('api.example.com, static.example.com'))).toEqual(
+      scanned('scan-everything'),
+    );
+    expect(decide(skipStatic, xfh('api.example.com@static.example.com'))).toEqual(scanned('scan-everything'));
+    // Control: a proxy that names the skipped host.
+    expect(decide(skipStatic, xfh('static.example.com'))).toEqual(skipped('skip-static-host'));
+  });
+
+  it('F3: a Content-Type mentioning multipart, json, urlencoded or octet-stream reads as that type too', () => {
+    const readme: PolicyRule[] = [
+      { name: 'skip-health', match: { path: { exact: ['/health'] } }, action: 'skip' },
+      {
+        name: 'scan-uploads',
+        match: {
+          method: ['POST', 'PUT'],
+          path: '/upload',
+          contentType: ['multipart/form-data', 'application/*'],
+        },
+        action: 'enable-icap',
+      },
+    ];
+    for (const ct of [
+      'text/plain; boundary=XyZ123; x=multipart',
+      'text/plain; x="multipart/form-data"; boundary=b',
+    ])
+      expect(decide(readme, facts({ headers: { 'content-type': ct } })), ct).toEqual(scanned('scan-uploads'));
+    const skipImages: PolicyRule[] = [
+      { name: 'skip-images', match: { contentType: ['image/*'] }, action: 'skip' },
+      { name: 'scan-everything', action: 'enable-icap' },
+    ];
+    for (const ct of ['image/png; x=multipart; boundary=b', 'image/png; x=json', 'image/png; x=octet-stream'])
+      expect(decide(skipImages, facts({ headers: { 'content-type': ct } })), ct).toEqual(
+        scanned('scan-everything'),
+      );
+    // Control: a plain image is still skipped, text/plain still matches no upload rule.
+    expect(decide(skipImages, facts({ headers: { 'content-type': 'image/png' } }))).toEqual(
+      skipped('skip-images'),
+    );
+    expect(decide(readme, facts({ headers: { 'content-type': 'text/plain' } }))).toEqual(NO_MATCH);
+  });
+
+  it('F5: an absolute-form target is also read from the first / after scheme://', () => {
+    const readme: PolicyRule[] = [
+      { name: 'skip-health', match: { path: { exact: ['/health'] } }, action: 'skip' },
+      { name: 'scan-uploads', match: { method: ['POST', 'PUT'], path: '/upload' }, action: 'enable-icap' },
+    ];
+    expect(pathCandidates('http://h?x/upload')).toEqual(['/', '/upload']);
+    expect(pathCandidates('http://h?x/upload?y')).toEqual(['/', '/upload']);
+    expect(decide(readme, facts({ target: 'http://h?x/upload' }))).toEqual(scanned('scan-uploads'));
+    const skipRoot: PolicyRule[] = [
+      { name: 'skip-root', match: { path: { exact: ['/'] } }, action: 'skip' },
+      { name: 'scan-everything', action: 'enable-icap' },
+    ];
+    expect(decide(skipRoot, facts({ target: 'http://h?x/upload' }))).toEqual(scanned('scan-everything'));
+    // Control: the same reading either way is one reading; a target that is / is skipped.
+    expect(pathCandidates('http://h/upload?x/y')).toEqual(['/upload']);
+    expect(decide(skipRoot, facts({ target: 'http://h/?x' }))).toEqual(skipped('skip-root'));
   });
 });

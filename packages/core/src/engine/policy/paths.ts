@@ -8,7 +8,8 @@ import { MAX_PATH_STATES, PATH_READING_BUDGET } from './types.js';
  * The readings of a request target's path an application or a proxy in front of it might route
  * on, deduplicated, the raw path first:
  * - the raw path: query and fragment removed; for an absolute-form target its path part
- *   (`/` when empty); also with a leading '/' when it has none;
+ *   (`/` when empty), and also what follows the first `/` after `scheme://` when that differs
+ *   ({@link firstSlashPath}); also with a leading '/' when it has none;
  * - closed under: percent-decoding (at most twice, so `%252e` becomes `.`; `%2F` and `%5C`
  *   included; invalid escapes kept; UTF-8 when the bytes are UTF-8, else Latin-1), backslashes
  *   as slashes, dot segments removed per RFC 3986 §5.2.4 (`%2e` counting as `.`), repeated
@@ -31,7 +32,9 @@ export function pathCandidates(target: string): string[] {
  */
 export function pathReadings(target: string): { paths: string[]; complete: boolean } {
   const raw = rawPath(target);
-  if (isPlainPath(raw)) return { paths: [raw], complete: true };
+  // (An origin-form target, the usual case, has no other raw path.)
+  const cut = target.charCodeAt(0) === 0x2f ? undefined : firstSlashPath(target, raw);
+  if (cut === undefined && isPlainPath(raw)) return { paths: [raw], complete: true };
 
   const out = new Set<string>();
   const add = (s: string) => {
@@ -60,6 +63,7 @@ export function pathReadings(target: string): { paths: string[]; complete: boole
   };
   push(raw, 2);
   if (!raw.startsWith('/')) push(`/${raw}`, 2);
+  if (cut !== undefined) push(cut, 2);
   // Once a reading is left out the list is incomplete whatever follows: no more work on it.
   for (let i = 0; i < queue.length && complete; i++) {
     const [s, decodes] = queue[i]!;
@@ -84,6 +88,26 @@ export function rawPath(target: string): string {
   }
   const path = target.slice(start, end);
   return path === '' ? '/' : path;
+}
+
+/**
+ * The path of an absolute-form target as routers before find-my-way 9.10 read it (Fastify 5
+ * accepts those): everything up to the first `/` after `scheme://` is the authority
+ * (`/^https?:\/\/.*?\//`), so `http://h?x/upload` is `/upload` to them where RFC 3986 (and
+ * `rawPath`) reads the path `/` and the query `?x/upload`. Undefined when it is the same path.
+ */
+export function firstSlashPath(target: string, raw: string): string | undefined {
+  const scheme = SCHEME.exec(target);
+  if (scheme === null) return undefined;
+  const slash = target.indexOf('/', scheme[0].length);
+  if (slash === -1) return undefined;
+  let end = slash;
+  for (; end < target.length; end++) {
+    const c = target.charCodeAt(end);
+    if (c === 0x3f || c === 0x23) break;
+  }
+  const path = target.slice(slash, end);
+  return path === raw ? undefined : path;
 }
 
 /** True when no reading can differ from the path itself. */

@@ -8,11 +8,14 @@ import { METHOD_OVERRIDE_HEADERS, METHOD_OVERRIDE_PARAM } from './types.js';
 /**
  * The method as received, every method-override header value, every `_method` query parameter
  * (method-override's documented query getter, `methodOverride('_method')`, reads it), upper-cased.
- * A form body (urlencoded or multipart) may carry a `_method` field too (the Rails/Laravel
- * convention, method-override with a body getter), which a body parser reads after icapkit
- * decided: such a request has every method a rule names among its readings. A method no rule
- * names is reduced to undefined (it matches no method list), which bounds the readings by the
- * configuration however many override values a request carries.
+ * A body a parser turns into named fields may carry a `_method` field too (the Rails/Laravel
+ * convention, method-override's body getter `(req) => req.body._method`), which the application
+ * reads after icapkit decided: such a request has every method a rule names among its readings.
+ * Those are the bodies whose Content-Type mentions `json` (express.json and koa-body take any
+ * `+json` type, formidable `/json/i`), `urlencoded`, `multipart` or `csp-report` (a JSON type
+ * of koa-body's): the types body parsers pick by default. A method no rule names is reduced to
+ * undefined (it matches no method list), which bounds the readings by the configuration however
+ * many override values a request carries.
  */
 export function methodReadings(facts: RequestFacts, known: ReadonlySet<string>): Array<string | undefined> {
   const canon = (m: string): string | undefined => {
@@ -30,20 +33,72 @@ export function methodReadings(facts: RequestFacts, known: ReadonlySet<string>):
   for (const h of METHOD_OVERRIDE_HEADERS) for (const value of facts.headers.getAll(h)) add(value);
   if (facts.target.includes('?'))
     for (const value of parseQuery(facts.target).get(METHOD_OVERRIDE_PARAM) ?? []) add(value);
-  if (facts.hasBody && facts.headers.getAll('content-type').some((v) => /urlencoded|multipart/i.test(v))) {
+  if (facts.hasBody && facts.headers.getAll('content-type').some((v) => FIELDS_BODY.test(v))) {
     for (const m of known) if (!out.includes(m)) out.push(m);
   }
   return out;
 }
 
-/** Host header (or :authority) and the authority of an absolute-form target, normalized. */
-export function hostReadings(facts: RequestFacts): Array<string | undefined> {
-  const header = facts.host === undefined ? undefined : normalizeRequestHost(facts.host);
+/** A Content-Type some body parser reads as named fields (where a `_method` field can be). */
+const FIELDS_BODY = /json|urlencoded|multipart|csp-report/i;
+
+/**
+ * Every host an application may read the request as, normalized: the Host field (Express,
+ * Fastify), `:authority` (Koa and @hono/node-server prefer it on HTTP/2), the first and the last
+ * entry of `X-Forwarded-Host` (Express with `trust proxy` and Koa with `proxy` take the first,
+ * Fastify with `trustProxy` the last: icapkit cannot know whether the application trusts it)
+ * and the authority of an absolute-form target. A value frameworks do not all read alike (not
+ * letters, digits, `.`, `-`, `_` or an IP literal, with a port or not: `api:1@static` is
+ * `api` to Express and Fastify and `static` to a URL parser, `a,b` is `a` to Koa, `%61` and
+ * `0x7f.1` are decoded by URL parsers) could be any host: its readings are `every`, one host
+ * for each way the rules tell hosts apart (see policy.ts), so a skip rule on a host never
+ * skips it when another rule would scan some host.
+ */
+export function hostReadings(
+  facts: RequestFacts,
+  every: ReadonlyArray<string | undefined>,
+): ReadonlyArray<string | undefined> {
+  const out: Array<string | undefined> = [];
+  const add = (raw: string): boolean => {
+    if (!isPlainHost(raw)) return false;
+    const h = normalizeRequestHost(raw);
+    if (!out.includes(h)) out.push(h);
+    return true;
+  };
+  const headers = facts.headers;
+  if (facts.host !== undefined && !add(facts.host)) return every;
+  for (const v of headers.getAll('host')) if (!add(v)) return every;
+  for (const v of headers.getAll(':authority')) if (!add(v)) return every;
+  const forwarded = headers.getAll('x-forwarded-host');
+  if (forwarded.length > 0) {
+    const list = forwarded.join(',').split(',');
+    if (!add(list[0]!.trim()) || !add(list[list.length - 1]!.trim())) return every;
+  }
   const authority = absoluteAuthority(facts.target);
-  const fromTarget = authority === undefined ? undefined : normalizeRequestHost(authority);
-  if (fromTarget === undefined || fromTarget === header) return [header];
-  if (header === undefined) return [fromTarget];
-  return [header, fromTarget];
+  if (authority !== undefined && !add(authority)) return every;
+  if (out.length === 0) out.push(undefined);
+  return out;
+}
+
+/** `host[:port]`, the host a name of letters, digits, `.`, `-`, `_` (`''` too) or a bracketed IPv6. */
+const PLAIN_HOST = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]*)(?::[0-9]*)?$/;
+
+/**
+ * A Host every framework reads as the same name: PLAIN_HOST, and not a name a URL parser
+ * would read as another IPv4 address (a last label that is a number: `0x7f.1`, `2130706433`,
+ * `127.1` are 127.0.0.1 to `new URL()`, unless it is the dotted quad itself).
+ */
+export function isPlainHost(raw: string): boolean {
+  if (!PLAIN_HOST.test(raw)) return false;
+  if (raw.charCodeAt(0) === 0x5b) return true;
+  const colon = raw.indexOf(':');
+  let name = colon === -1 ? raw : raw.slice(0, colon);
+  while (name.endsWith('.')) name = name.slice(0, -1);
+  const last = name.slice(name.lastIndexOf('.') + 1);
+  if (!/^(?:[0-9]+|0x[0-9a-f]*)$/i.test(last)) return true;
+  return /^(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])$/.test(
+    name,
+  );
 }
 
 /** Lower case, without port, brackets, userinfo or a trailing dot. */
@@ -73,14 +128,18 @@ export function hostMatches(test: HostTest, host: string | undefined): boolean {
  * The media type of every Content-Type field, each reduced to what the configured lists can
  * tell apart: a listed type, `major/*` for a listed major, `*∕*` for any other when a rule lists
  * `*∕*`, else undefined (like no Content-Type at all). Without a Content-Type: [undefined].
+ * A value that mentions `multipart`, `json`, `urlencoded` or `octet-stream` anywhere (in a
+ * parameter too) also reads as multipart/form-data, application/json,
+ * application/x-www-form-urlencoded or application/octet-stream: formidable picks its parser
+ * with `/multipart/i`, `/json/i`, `/urlencoded/i` and `/octet-stream/i` on the whole value, so
+ * `image/png; x=multipart; boundary=b` is a form to it (a request scanned for it is then
+ * refused by admission: a multipart mention that is not a multipart type is a 415).
  */
 export function contentTypeReadings(facts: RequestFacts, known: ContentTypeTest): Array<string | undefined> {
   const values = facts.headers.getAll('content-type');
   if (values.length === 0) return [undefined];
   const out: Array<string | undefined> = [];
-  for (const value of values) {
-    const semi = value.indexOf(';');
-    const media = (semi === -1 ? value : value.slice(0, semi)).trim().toLowerCase();
+  const read = (media: string): void => {
     const slash = media.indexOf('/');
     const major = slash === -1 ? media : media.slice(0, slash);
     let key: string | undefined;
@@ -88,9 +147,22 @@ export function contentTypeReadings(facts: RequestFacts, known: ContentTypeTest)
     else if (slash > 0 && known.majors.has(major)) key = `${major}/*`;
     else if (media !== '' && known.any) key = '*/*';
     if (!out.includes(key)) out.push(key);
+  };
+  for (const value of values) {
+    const semi = value.indexOf(';');
+    read((semi === -1 ? value : value.slice(0, semi)).trim().toLowerCase());
+    for (const [mention, media] of PARSER_MENTIONS) if (mention.test(value)) read(media);
   }
   return out;
 }
+
+/** What formidable's plugins look for in a Content-Type value, and the type they parse it as. */
+const PARSER_MENTIONS: ReadonlyArray<readonly [RegExp, string]> = [
+  [/multipart/i, 'multipart/form-data'],
+  [/json/i, 'application/json'],
+  [/urlencoded/i, 'application/x-www-form-urlencoded'],
+  [/octet-stream/i, 'application/octet-stream'],
+];
 
 export function contentTypeMatches(test: ContentTypeTest, key: string | undefined): boolean {
   if (key === undefined) return false;

@@ -45,11 +45,17 @@ export type QueryCriterion = HeaderCriterion;
 
 /** Every criterion given must hold (AND); within a list any entry may hold (OR). */
 export interface RuleMatch {
-  /** Methods, case-insensitive; also matched against method-override headers. */
+  /**
+   * Methods, case-insensitive; also matched against method-override headers, `_method` query
+   * parameters, and (a body parsed into fields: json, urlencoded, multipart) every listed method.
+   */
   method?: readonly string[] | undefined;
   /** A string is a prefix match: `'/upload'` is `{ prefix: ['/upload'] }`. */
   path?: StringMatch | string | undefined;
-  /** Exact host names (port ignored, case-insensitive); `*.example.com` matches subdomains. */
+  /**
+   * Exact host names (port ignored, case-insensitive); `*.example.com` matches subdomains. Read
+   * from Host, `:authority`, X-Forwarded-Host (first and last) and an absolute-form target.
+   */
   host?: readonly string[] | undefined;
   headers?: readonly HeaderCriterion[] | undefined;
   /** Media types without parameters, case-insensitive; `image/*` and `*∕*` wildcards. */

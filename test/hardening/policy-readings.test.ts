@@ -1,0 +1,261 @@
+/**
+ * The rules skip a request only when every reading an application could make of it matches the
+ * skip (campaign-e, F1-F3 and F5): a method-override getter reading `_method` from a JSON body,
+ * the host as `:authority`, a Host spelt so that frameworks cut it differently, or
+ * X-Forwarded-Host, a Content-Type that formidable reads as a form, and an absolute-form
+ * target older routers cut at its first '/'. Each bypass is now scanned (403 with EICAR) or
+ * refused (400/415), on every framework; each control, a request the rules legitimately skip,
+ * still reaches the handler unscanned.
+ */
+import type { IcapLog, IcapProfile, PolicyRule } from '@icapkit/core';
+import { eicar, type IcapTestServer, startIcapServer } from '@icapkit/testing';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { type App, type Framework, startApp } from '../conformance/apps.js';
+import { send } from '../support/http-client.js';
+import { rawExchange } from '../support/raw-http.js';
+
+const FRAMEWORKS: Framework[] = ['express5', 'express4', 'fastify', 'koa3', 'hono', 'web'];
+/** The adapters that serve HTTP/2 in the conformance apps. */
+const H2: ReadonlySet<Framework> = new Set(['fastify', 'koa3', 'hono', 'web']);
+
+const skipStaticHost: PolicyRule[] = [
+  { name: 'skip-static-host', match: { host: ['static.example.com'] }, action: 'skip' },
+  { name: 'scan-everything', action: 'enable-icap' },
+];
+
+let icap: IcapTestServer;
+beforeAll(async () => {
+  icap = await startIcapServer();
+});
+afterAll(() => icap?.close());
+const reqmods = () => icap.requests.filter((r) => r.method === 'REQMOD');
+
+async function rawPost(app: App, target: string, head: string, body: Buffer) {
+  const r = await rawExchange(
+    app.url,
+    [
+      Buffer.concat([
+        Buffer.from(
+          `POST ${target} HTTP/1.1\r\n${head}Content-Length: ${body.length}\r\nConnection: close\r\n\r\n`,
+        ),
+        body,
+      ]),
+    ],
+    { responses: 1, waitMs: 5000 },
+  );
+  return r.responses[0]?.status;
+}
+
+describe.each(FRAMEWORKS)('%s', (framework) => {
+  let app: App | undefined;
+  let logs: IcapLog[] = [];
+  afterEach(async () => {
+    await app?.close();
+    app = undefined;
+    logs = [];
+    icap.reset();
+  });
+
+  async function start(rules: PolicyRule[], http2 = false) {
+    const profile: IcapProfile = {
+      name: 'readings',
+      poolGroup: icap.url(),
+      serviceUri: '/avscan',
+      startupCheck: 'off',
+      onLog: (l) => logs.push(l),
+      rules,
+    };
+    app = await startApp(framework, profile, { http2 });
+    return app;
+  }
+
+  it('F1: a JSON body carrying _method is scanned under "scan PUT, skip the rest"; an octet-stream POST is skipped', async () => {
+    const a = await start([
+      { name: 'scan-put', match: { method: ['PUT'] }, action: 'enable-icap' },
+      { name: 'skip-rest', action: 'skip' },
+    ]);
+    const json = await send(a.url, '/json', {
+      body: JSON.stringify({ _method: 'PUT', file: eicar().toString('latin1') }),
+      headers: { 'content-type': 'application/json' },
+    });
+    expect(json.status).toBe(403);
+    expect(a.seen).toHaveLength(0);
+    expect(logs[0]).toMatchObject({ action: 'ICAP_BLOCKED', rule_name: 'scan-put' });
+    // Control: a body no parser turns into fields carries no _method: still skipped.
+    const raw = await send(a.url, '/raw', {
+      body: 'plain',
+      headers: { 'content-type': 'application/octet-stream' },
+    });
+    expect(raw.status).toBe(200);
+    expect(a.seen[0]?.raw?.toString()).toBe('plain');
+    expect(logs[1]).toMatchObject({ action: 'ICAP_DISABLED', rule_name: 'skip-rest' });
+  });
+
+  it.runIf(H2.has(framework))(
+    'F2a: HTTP/2 with :authority naming another host than Host is not skipped by a host rule',
+    async () => {
+      const a = await start(skipStaticHost, true);
+      const ct = { 'content-type': 'application/octet-stream' };
+      const mixed = await send(a.url, '/raw', {
+        http2: true,
+        body: eicar(),
+        headers: { ':authority': 'api.example.com', host: 'static.example.com', ...ct },
+      });
+      // Scanned, then refused by admission ("Host and :authority differ"), or blocked.
+      expect([400, 403]).toContain(mixed.status);
+      expect(a.seen).toHaveLength(0);
+      expect(logs[0]?.rule_name).toBe('scan-everything');
+      // Control: both name the skipped host.
+      const same = await send(a.url, '/raw', {
+        http2: true,
+        body: 'plain',
+        headers: { ':authority': 'static.example.com', host: 'static.example.com', ...ct },
+      });
+      expect(same.status).toBe(200);
+      expect(a.seen[0]?.raw?.toString()).toBe('plain');
+      expect(logs[1]).toMatchObject({ action: 'ICAP_DISABLED', rule_name: 'skip-static-host' });
+    },
+  );
+
+  it.each([
+    ['api.example.com:1@static.example.com', [400]],
+    ['api.example.com,x@static.example.com', [400]],
+    ['api.example.com,static.example.com', [400, 403]],
+  ])('F2b: Host %s is never skipped by a host rule', async (host, statuses) => {
+    const a = await start(skipStaticHost);
+    const status = await rawPost(
+      a,
+      '/raw',
+      `Host: ${host}\r\nContent-Type: application/octet-stream\r\n`,
+      eicar(),
+    );
+    // A Host with '@' is refused (400: by admission, once scanned, or by the server itself);
+    // a comma list is scanned (403) unless the server refuses it first.
+    expect(statuses).toContain(status);
+    expect(a.seen).toHaveLength(0);
+    expect(logs.filter((l) => l.action === 'ICAP_DISABLED')).toEqual([]);
+    if (logs.length > 0) expect(logs[0]?.rule_name).toBe('scan-everything');
+  });
+
+  it('F2b control: Host static.example.com (a port aside) is still skipped', async () => {
+    const a = await start(skipStaticHost);
+    const status = await rawPost(
+      a,
+      '/raw',
+      'Host: static.example.com:8080\r\nContent-Type: application/octet-stream\r\n',
+      Buffer.from('plain'),
+    );
+    expect(status).toBe(200);
+    expect(a.seen[0]?.raw?.toString()).toBe('plain');
+    expect(logs[0]).toMatchObject({ action: 'ICAP_DISABLED', rule_name: 'skip-static-host' });
+    expect(reqmods()).toEqual([]);
+  });
+
+  it('F2c: X-Forwarded-Host (first or last entry) naming another host is scanned; naming the skipped one is skipped', async () => {
+    const a = await start(skipStaticHost);
+    const head = (xfh: string) =>
+      `Host: static.example.com\r\nX-Forwarded-Host: ${xfh}\r\nContent-Type: application/octet-stream\r\n`;
+    expect(await rawPost(a, '/raw', head('api.example.com'), eicar())).toBe(403);
+    expect(await rawPost(a, '/raw', head('static.example.com, api.example.com'), eicar())).toBe(403);
+    expect(a.seen).toHaveLength(0);
+    expect(logs.map((l) => [l.action, l.rule_name])).toEqual([
+      ['ICAP_BLOCKED', 'scan-everything'],
+      ['ICAP_BLOCKED', 'scan-everything'],
+    ]);
+    // Control: the proxy names the skipped host.
+    expect(await rawPost(a, '/raw', head('static.example.com'), Buffer.from('plain'))).toBe(200);
+    expect(a.seen[0]?.raw?.toString()).toBe('plain');
+    expect(logs[2]).toMatchObject({ action: 'ICAP_DISABLED', rule_name: 'skip-static-host' });
+  });
+
+  it.each([
+    ['the README rules, text/plain naming multipart', 'readme', 'text/plain; boundary=XyZ123; x=multipart'],
+    [
+      'the README rules, multipart in a quoted parameter',
+      'readme',
+      'text/plain; x="multipart/form-data"; boundary=XyZ123',
+    ],
+    ['skip image/*, image/png naming multipart', 'images', 'image/png; x=multipart; boundary=XyZ123'],
+  ])('F3: %s reads as a form: scanned, then refused (415)', async (_name, profile, ct) => {
+    const a = await start(
+      profile === 'readme'
+        ? [
+            { name: 'skip-health', match: { path: { exact: ['/health'] } }, action: 'skip' },
+            {
+              name: 'scan-uploads',
+              match: {
+                method: ['POST', 'PUT'],
+                path: '/multipart',
+                contentType: ['multipart/form-data', 'application/*'],
+              },
+              action: 'enable-icap',
+            },
+          ]
+        : [
+            { name: 'skip-media', match: { contentType: ['image/*', 'text/plain'] }, action: 'skip' },
+            { name: 'scan-everything', action: 'enable-icap' },
+          ],
+    );
+    const body = Buffer.concat([
+      Buffer.from(
+        '--XyZ123\r\nContent-Disposition: form-data; name="f"; filename="e.bin"\r\nContent-Type: application/octet-stream\r\n\r\n',
+      ),
+      eicar(),
+      Buffer.from('\r\n--XyZ123--\r\n'),
+    ]);
+    const r = await send(a.url, '/multipart', { body, headers: { 'content-type': ct } });
+    expect(r.status).toBe(415);
+    expect(a.seen).toHaveLength(0);
+    expect(logs[0]).toMatchObject({
+      rule_name: profile === 'readme' ? 'scan-uploads' : 'scan-everything',
+      http_response_code: 415,
+    });
+  });
+
+  // (text/plain: a type every conformance app's /raw reads; Fastify has no parser for image/png.)
+  it('F3 control: plain text/plain is still skipped by its rule', async () => {
+    const a = await start([
+      { name: 'skip-media', match: { contentType: ['image/*', 'text/plain'] }, action: 'skip' },
+      { name: 'scan-everything', action: 'enable-icap' },
+    ]);
+    const r = await send(a.url, '/raw', { body: 'some text', headers: { 'content-type': 'text/plain' } });
+    expect(r.status).toBe(200);
+    expect(a.seen[0]?.raw?.toString()).toBe('some text');
+    expect(logs[0]).toMatchObject({ action: 'ICAP_DISABLED', rule_name: 'skip-media' });
+  });
+
+  it('F5: POST http://h?x/raw, /raw to routers that cut the authority at the first /, is scanned', async () => {
+    const a = await start([
+      { name: 'skip-health', match: { path: { exact: ['/health'] } }, action: 'skip' },
+      { name: 'scan-raw', match: { method: ['POST'], path: '/raw' }, action: 'enable-icap' },
+    ]);
+    const status = await rawPost(
+      a,
+      'http://h?x/raw',
+      'Host: 127.0.0.1\r\nContent-Type: application/octet-stream\r\n',
+      eicar(),
+    );
+    expect(a.seen).toHaveLength(0);
+    if (framework === 'hono' || framework === 'web') {
+      // @hono/node-server hands the application `new URL(target)`: path '/', the policy's own
+      // reading, where nothing is routed (the adapter sees no absolute form to read otherwise).
+      expect(status).toBe(404);
+    } else if (framework === 'fastify') {
+      // Fastify 5.12 (find-my-way 9.10) routes it to '/', which has no route: 404 before any hook.
+      expect([403, 404]).toContain(status);
+      expect(logs.filter((l) => l.action === 'ICAP_DISABLED')).toEqual([]);
+    } else {
+      expect(status).toBe(403);
+      expect(logs[0]).toMatchObject({ action: 'ICAP_BLOCKED', rule_name: 'scan-raw' });
+    }
+    // Control: an absolute-form target both readings agree on, outside the rule, is not scanned.
+    const other = await rawPost(
+      a,
+      'http://h/json',
+      'Host: 127.0.0.1\r\nContent-Type: application/json\r\n',
+      Buffer.from('{"a":1}'),
+    );
+    expect(other).toBe(200);
+    expect(logs.at(-1)).toMatchObject({ action: 'ICAP_DISABLED', policy_reason: 'no-rule-matched' });
+  });
+});
