@@ -79,6 +79,8 @@ export function canonicalForm(parts: RebuiltPart[], boundary = freshBoundary()):
     // A file without a Content-Type is a field to formidable: give it one, so every parser agrees.
     // A field goes without one: its bytes are what was scanned, and a charset label would make
     // parsers decode them into other text (UTF-16, say), so every parser reads them as UTF-8.
+    // A file's label stays, charset included: busboy decodes a file with `filename=""` as a
+    // field by it, so the parser accepts on a file only charsets that keep ASCII as scanned.
     if (part.kind === 'file')
       text += `Content-Type: ${part.head.contentType ?? 'application/octet-stream'}\r\n`;
     text += '\r\n';

@@ -6,6 +6,7 @@ import {
   type MediaType,
   parseDisposition,
   parseMediaType,
+  partCharsetOf,
 } from './syntax.js';
 
 /**
@@ -20,7 +21,8 @@ import {
  *   ends with `--B--` and at most one CRLF (no epilogue, nothing after the first close);
  * - lines end with CRLF (a bare LF or CR is refused), no header folding, every part header is
  *   `token ":" value`, none twice; Content-Disposition is `form-data` with a name (strict
- *   parameter syntax, see syntax.ts); Content-Type parses; Content-Transfer-Encoding
+ *   parameter syntax, see syntax.ts); Content-Type parses, without a charset-like parameter
+ *   other than `charset`, and a file's charset keeps ASCII as is; Content-Transfer-Encoding
  *   is 7bit, 8bit or binary (others refused: formidable decodes base64, busboy does not);
  * - inside a part's content, `--B` after a CR or an LF is refused unless it is a real
  *   delimiter (CRLF `--B` then CRLF or `--`): `--BQ...`, `--B X-Pad`, LF-only delimiters are
@@ -93,6 +95,16 @@ const TCHAR = new Uint8Array(128);
 for (const c of "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
   TCHAR[c.charCodeAt(0)] = 1;
 
+/**
+ * Part charsets in which every byte below 0x80 is that ASCII character and no byte from 0x80
+ * decodes to one (in busboy, @fastify/busboy, iconv-lite and TextDecoder alike): text decoded by
+ * them holds the ASCII the scanner saw in the bytes. An allow-list: any other label (UTF-16,
+ * UCS-2, UTF-7, ISO-2022-JP, whose escapes vanish when decoded, `base64`, an unknown name a later
+ * decoder may learn) is refused. Bare `ascii` is not in it: Node's `ascii` clears the high bit.
+ */
+const ASCII_SAFE_PART_CHARSET =
+  /^(?:utf-?8|us-ascii|latin1|iso[-_]?8859-(?:[1-9]|1[013-6])|windows-125[0-8]|cp125[0-8])$/;
+
 const CR = 0x0d;
 const LF = 0x0a;
 const DASH = 0x2d;
@@ -124,7 +136,8 @@ export class MultipartParser {
    * Whole mode: the application gets the bytes as sent, so part headers that make parsers
    * transform content are refused too: any Content-Transfer-Encoding (RFC 7578 §4.7: senders
    * must not; formidable crashes on `7bit`), and a field charset other than UTF-8/US-ASCII
-   * (busboy and formidable decode it into text the scanner never saw as such).
+   * (busboy and @fastify/busboy decode it into text the scanner never saw as such), also on a
+   * part with `filename=""` (a field to busboy).
    */
   readonly #asSent: boolean;
 
@@ -354,19 +367,36 @@ export class MultipartParser {
         `a part has Content-Transfer-Encoding ${JSON.stringify(cte)} (only 7bit, 8bit and binary are accepted)`,
       );
     const kind = disp.filename !== undefined ? 'file' : 'field';
+    const charset = media === undefined ? undefined : partCharsetOf(media);
+    if (typeof charset === 'object')
+      throw multipartError(400, `a part header is malformed: ${charset.problem}`);
+    // busboy (multer) reads a part as a file only when its filename is not empty
+    // (`if (disp.params.filename)`): `filename=""` is a field to it, decoded by the part's charset,
+    // while @fastify/busboy, formidable and undici keep it a file of raw bytes. Such a part gets
+    // the rules of both.
+    const readAsField = kind === 'field' || disp.filename === '';
     if (this.#asSent) {
       if (cte !== undefined)
         throw multipartError(
           400,
           'a part has a Content-Transfer-Encoding header (not accepted when the form is passed as sent)',
         );
-      const charset = media?.params.get('charset')?.toLowerCase();
-      if (kind === 'field' && charset !== undefined && charset !== 'utf-8' && charset !== 'us-ascii')
+      if (readAsField && charset !== undefined && charset !== 'utf-8' && charset !== 'us-ascii')
         throw multipartError(
           400,
           `a field has charset ${JSON.stringify(charset)} (parsers would decode it; only UTF-8 is accepted when the form is passed as sent)`,
         );
     }
+    // A file's Content-Type reaches the application as sent in both modes (a field's is dropped
+    // in per-file mode, see canonical.ts, and checked above in whole mode): busboy decodes an
+    // empty-filename file by it, and a handler may decode a text upload by its label. Only
+    // charsets that keep ASCII as the bytes the scanner saw are accepted (UTF-16/32, UCS-2,
+    // UTF-7, ISO-2022-*, base64... are refused, whatever the filename).
+    if (kind === 'file' && charset !== undefined && !ASCII_SAFE_PART_CHARSET.test(charset))
+      throw multipartError(
+        400,
+        `a file part has charset ${JSON.stringify(charset)} (parsers would decode it into text the scanner never saw; only UTF-8, US-ASCII, ISO-8859-* and windows-125* are accepted)`,
+      );
     if (kind === 'file' && ++this.#files > limits.files)
       throw multipartError(413, `more than ${limits.files} files`);
     if (kind === 'field' && ++this.#fields > limits.fields)

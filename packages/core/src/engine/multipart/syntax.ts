@@ -160,6 +160,26 @@ export function boundaryFrom(media: MediaType): string {
 export class SyntaxProblem extends Error {}
 
 /**
+ * The charset of a part's Content-Type (lower-cased; undefined without one), or a message when
+ * another parser could read a different charset from it, as {@link boundaryFrom} does for the
+ * boundary: a charset-like parameter other than `charset` (`charset*=utf-8''utf-16le` is an
+ * RFC 2231 value to @fastify/busboy, which decodes the field as UTF-16LE while a strict reader
+ * sees no charset at all; `xcharset`, `charset*0`), or any parameter value containing
+ * `charset=` (a lenient regex would find it there).
+ */
+export function partCharsetOf(media: MediaType): string | undefined | { problem: string } {
+  let charset: string | undefined;
+  for (const [k, v] of media.params) {
+    if (k === 'charset') charset = v.toLowerCase();
+    else if (k.includes('charset'))
+      return { problem: `a part's Content-Type has a charset-like parameter "${k}"` };
+    if (/charset\s*\*?\s*=/i.test(v))
+      return { problem: `a part's Content-Type parameter "${k}" has a value containing "charset="` };
+  }
+  return charset;
+}
+
+/**
  * A part's Content-Disposition: `form-data`, at most `name` and `filename`, each once, as a
  * token or a quoted string without backslashes or control characters.
  */
