@@ -81,13 +81,19 @@ export function annotateHandlers(
   }
 }
 
+interface ExpressRoute {
+  stack?: Array<{ handle?: unknown }>;
+  _handlesMethod?(m: string): boolean;
+  _handles_method?(m: string): boolean;
+}
+
 interface ExpressLayer {
-  route?: {
-    stack?: Array<{ handle?: unknown }>;
-    _handlesMethod?(m: string): boolean;
-    _handles_method?(m: string): boolean;
-  };
-  match?(path: string): boolean;
+  route?: ExpressRoute;
+  handle?: unknown;
+  match?(path: string): unknown;
+  /** Mounted at '/' by `use()`: Express 5's router (`slash`), Express 4's (`regexp.fast_slash`). */
+  slash?: boolean;
+  regexp?: { fast_slash?: boolean };
 }
 
 /**
@@ -102,14 +108,69 @@ function routerPath(url: string | undefined): string | null {
   return /[\t\n\f\r #\u00a0\ufeff]/u.test(path) ? null : path;
 }
 
+/** The layer matches the path; true when Express cannot tell (it answers 400 itself then). */
+function layerMatches(layer: ExpressLayer, path: string): boolean {
+  if (typeof layer.match !== 'function') return false;
+  try {
+    return Boolean(layer.match(path));
+  } catch {
+    return true;
+  }
+}
+
+function routeHandles(route: ExpressRoute, method: string): boolean {
+  if (typeof route._handlesMethod === 'function') return route._handlesMethod(method);
+  if (typeof route._handles_method === 'function') return route._handles_method(method);
+  return true;
+}
+
+/** No application serves this path: a `use()` layer that matches it is mounted on every path. */
+const EVERY_PATH_PROBE = '/.icapkit-every-path-probe/x';
+
+/** Routers nested deeper than this are not read: such a request is scanned. */
+const MAX_ROUTER_DEPTH = 8;
+
+/**
+ * A `use()` layer that matches the path may answer the request itself instead of passing it on
+ * to a route after it: a handler mounted on a path or a pattern (`app.use('/legacy/upload',
+ * handler)`, Nest middleware bound to routes), a mounted sub-application, a Router with a route
+ * or such a layer for the path. Middleware mounted on every path (`app.use(cors())`, Nest's
+ * body parsers, `forRoutes('*')`) passes requests on: one that ended them would end every route's.
+ */
+function mayAnswer(layer: ExpressLayer, path: string, method: string, depth: number): boolean {
+  if (!layerMatches(layer, path)) return false;
+  const handle = (typeof layer.handle === 'function' ? layer.handle : undefined) as
+    | { name?: unknown; stack?: unknown }
+    | undefined;
+  // Express wraps a sub-application in `mounted_app`; its routes cannot be read from here.
+  if (handle?.name === 'mounted_app') return true;
+  const atRoot = layer.slash === true || layer.regexp?.fast_slash === true;
+  if (handle !== undefined && Array.isArray(handle.stack)) {
+    // A Router at '/' sees the same path: read its own layers. Elsewhere it sees a cut path.
+    if (!atRoot || depth >= MAX_ROUTER_DEPTH) return true;
+    return (handle.stack as ExpressLayer[]).some((l) =>
+      l.route !== undefined
+        ? layerMatches(l, path) && routeHandles(l.route, method)
+        : mayAnswer(l, path, method, depth + 1),
+    );
+  }
+  return !atRoot && !layerMatches(layer, EVERY_PATH_PROBE);
+}
+
 /**
  * The setting of the first route of the Express application's router that matches the request
  * (path and method), as Express will dispatch it; the module's profile when no Nest route
  * matches. Read before Nest's body parsers, which run before routing. The guard checks at the
  * handler that the setting used was the handler's own (URL rewrites, versioned routes sharing a
  * path).
+ *
+ * A route's `@SkipIcap()` holds only when the request reaches that route: when a `use()` layer
+ * after the scan (`self`) and before the route may answer it itself (see {@link mayAnswer}: a
+ * legacy handler main.ts mounted on a path the skipped route's pattern also matches), the
+ * request is scanned with the module's profile, since no guard runs for a handler that is not
+ * Nest's. The skipped route, when reached, accepts a scanned request too.
  */
-export function expressRouteSetting(app: unknown, req: IncomingMessage): RouteSetting {
+export function expressRouteSetting(app: unknown, req: IncomingMessage, self?: unknown): RouteSetting {
   const a = app as { router?: { stack?: ExpressLayer[] }; _router?: { stack?: ExpressLayer[] } };
   let stack: ExpressLayer[] | undefined;
   try {
@@ -121,27 +182,28 @@ export function expressRouteSetting(app: unknown, req: IncomingMessage): RouteSe
   const path = routerPath(req.url);
   if (stack === undefined || path === null) return DEFAULT_ROUTE;
   const method = req.method ?? 'GET';
-  for (const layer of stack) {
+  // Layers before the scan have passed the request on already.
+  const at = self === undefined ? -1 : stack.findIndex((l) => l.handle === self);
+  let answeredBefore = false;
+  for (let i = at + 1; i < stack.length; i++) {
+    const layer = stack[i]!;
     const route = layer.route;
-    if (route === undefined || typeof layer.match !== 'function') continue;
+    if (route === undefined) {
+      if (!answeredBefore && mayAnswer(layer, path, method, 0)) answeredBefore = true;
+      continue;
+    }
+    if (typeof layer.match !== 'function') continue;
     let matched: boolean;
     try {
-      matched = layer.match(path);
+      matched = Boolean(layer.match(path));
     } catch {
       // A path Express cannot decode: it answers 400 itself.
       return DEFAULT_ROUTE;
     }
-    if (!matched) continue;
-    const handles =
-      typeof route._handlesMethod === 'function'
-        ? route._handlesMethod(method)
-        : typeof route._handles_method === 'function'
-          ? route._handles_method(method)
-          : true;
-    if (!handles) continue;
+    if (!matched || !routeHandles(route, method)) continue;
     for (const l of route.stack ?? []) {
       const setting = settingOf(l.handle);
-      if (setting !== undefined) return setting;
+      if (setting !== undefined) return setting === false && answeredBefore ? DEFAULT_ROUTE : setting;
     }
     return DEFAULT_ROUTE;
   }

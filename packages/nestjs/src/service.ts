@@ -82,6 +82,8 @@ export class IcapService implements OnModuleInit, OnApplicationBootstrap, OnAppl
   #unguard: (() => void) | undefined;
   #closed = false;
   #installError: unknown;
+  /** The Express middleware the scan runs in (where its router layer is). */
+  #dispatcher: unknown;
 
   constructor(
     readonly config: IcapModuleConfig,
@@ -168,7 +170,7 @@ export class IcapService implements OnModuleInit, OnApplicationBootstrap, OnAppl
       if (setting !== undefined && setting !== false) this.#middlewareFor(setting);
     }
     const dispatcher = (req: IncomingMessage, res: ServerResponse, next: Next): void => {
-      const setting = expressRouteSetting(app, req);
+      const setting = expressRouteSetting(app, req, dispatcher);
       (req as unknown as Record<symbol, RouteSetting>)[USED] = setting;
       if (setting === false) {
         next();
@@ -182,6 +184,7 @@ export class IcapService implements OnModuleInit, OnApplicationBootstrap, OnAppl
       mw(req, res, next);
     };
     Object.defineProperty(dispatcher, 'name', { value: 'icapkitScan' });
+    this.#dispatcher = dispatcher;
     (app as { use(fn: unknown): void }).use(dispatcher);
   }
 
@@ -229,7 +232,7 @@ export class IcapService implements OnModuleInit, OnApplicationBootstrap, OnAppl
     const shaped = onRefusal !== undefined || refusals === 'error';
     this.#unguard = guardExpectContinue(server, async (req) => {
       if (shaped) return null;
-      const setting = expressRouteSetting(app, req);
+      const setting = expressRouteSetting(app, req, this.#dispatcher);
       if (setting === false) return null;
       return this.#middlewareFor(setting)?.engine.preflight(req) ?? null;
     });
