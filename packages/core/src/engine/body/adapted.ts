@@ -139,6 +139,14 @@ export class AdaptedBody {
    * when that needs no read, else a promise (both are read back from a temp file).
    */
   identical(): boolean | Promise<boolean> {
+    // Said once (a digest can be taken once): asked again, the same answer.
+    this.#identical ??= this.#compareWhole();
+    return this.#identical;
+  }
+
+  #identical: boolean | Promise<boolean> | undefined;
+
+  #compareWhole(): boolean | Promise<boolean> {
     const original = this.#original;
     if (original === null) return this.#offset === 0;
     if (!original.ended || this.#offset !== original.received) return false;

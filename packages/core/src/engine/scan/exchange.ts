@@ -389,6 +389,11 @@ class Exchange implements WatchHooks, TriedServers {
           }
           // Whether the returned body equals the original can only be said once the original is complete.
           await bodyComplete(store, p.bufferSize);
+          // A threat reported repaired, and the body handed back as it was: nothing was repaired.
+          if (verdict.repair === true && (await adapted.identical())) {
+            adapted.dispose();
+            return this.#unrepaired(entry, res, verdict);
+          }
         } catch (err) {
           // What was stored of the returned body (in memory or a temp file) goes with the attempt.
           adapted.dispose();
@@ -397,6 +402,17 @@ class Exchange implements WatchHooks, TriedServers {
         return { type: 'adapted', res, verdict, adapted };
       }
     }
+  }
+
+  /** A repair that returned the original body unchanged: the threats it named stand (a block). */
+  #unrepaired(entry: IcapRequestLog, res: IcapResponse, verdict: Verdict): AttemptResult {
+    const blocked: Verdict = { ...verdict, kind: 'blocked', repair: false };
+    blocked.reason = verdict.reason ?? 'Infected';
+    fillVerdict(entry, blocked, this.#ctx.profile.vendor);
+    entry.action = 'ICAP_BLOCKED';
+    entry.http_response_code = 403;
+    entry.error_message = 'the ICAP server reported the threat repaired and returned the body unchanged';
+    return { type: 'blocked', res, verdict: blocked, relay: undefined };
   }
 
   /**

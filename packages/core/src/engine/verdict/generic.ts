@@ -267,7 +267,7 @@ export function decide(a: Analysis, rules: VendorRules = VENDOR_RULES.generic): 
   const described = a.blockedReason ?? a.responseDesc ?? a.responseDescription;
   const success = status === 200 || status === 201;
   if (a.blocked) {
-    if (a.repaired && success) return { kind: 'adapted', reason: described, ...base };
+    if (a.repaired && success) return { kind: 'adapted', reason: described, ...base, repair: true };
     return { kind: 'blocked', reason: blockReason(a, described), ...base };
   }
   const rule = Object.hasOwn(rules.statuses, status) ? rules.statuses[status] : undefined;

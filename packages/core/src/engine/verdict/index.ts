@@ -57,7 +57,8 @@ import { readOpswat } from './opswat.js';
  * violation says REPAIRED (1) or VIOLATING_SECTION_REMOVED (2), the X-Violations-Found count
  * matches its lines, and no refusal signal is present. A Resolution of 0 or 2, a missing one,
  * an X-Virus-ID without any X-Infection-Found, a repair reported on a 204 or on an error status:
- * blocked.
+ * blocked. A repair is marked (`repair`): the engine blocks one whose returned body is the
+ * original byte for byte (scan/exchange.ts), since the threats it names are then all still there.
  *
  * threat_id: X-Infection-Found `Threat=` (up to the first `;` outside parentheses, trimmed, so a
  * `LastlineArtifact(score=..;md5=..;uuid=..)` stays whole and a Kaspersky comma list is kept as one

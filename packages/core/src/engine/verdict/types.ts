@@ -58,6 +58,12 @@ export interface Verdict {
   violations: Violation[];
   /** Type=2 container/scan problems, X-Error-Code decode_error|password_protected|...: the file could not be scanned. */
   unscannable: boolean;
+  /**
+   * An adapted verdict that is a repair: the server named threats and says it repaired every
+   * one. The engine then requires the returned body to differ from the original (a "repair" that
+   * hands back the infected bytes unchanged is a block).
+   */
+  repair?: boolean;
   opswat_log?: OpswatLog;
   nsx_defender_log?: NsxDefenderLog;
   /** HTTP headers to add to the response sent to the HTTP client (NSX Defender X-Lastline-Status/Score/Task when forwarding is on). */
