@@ -6,7 +6,7 @@
  * decoders read or refuse) are refused with 400. Before: what a decoder skips (gzip header
  * fields, brotli metadata blocks, a tail after the stream) reached those readers unscanned.
  */
-import { createServer as createHttpServer, type Server } from 'node:http';
+import { createServer as createHttpServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { brotliCompressSync, deflateSync, gzipSync } from 'node:zlib';
 import { getRequestListener } from '@hono/node-server';
@@ -22,6 +22,7 @@ import { Hono } from 'hono';
 import Koa from 'koa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { send } from '../support/http-client.js';
+import { readAll, served } from '../support/served.js';
 
 let icap: IcapTestServer;
 beforeAll(async () => {
@@ -129,24 +130,6 @@ const profileFor = (logs: IcapLog[]): IcapProfile => ({
   failAction: 'fail-open',
   onLog: (l) => logs.push(l),
 });
-
-async function served(server: Server, close: () => Promise<void>) {
-  if (!server.listening) await new Promise<void>((resolve) => server.once('listening', () => resolve()));
-  return {
-    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
-    close: async () => {
-      server.closeAllConnections();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-      await close();
-    },
-  };
-}
-
-async function readAll(stream: AsyncIterable<unknown>): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const c of stream) chunks.push(c as Buffer);
-  return Buffer.concat(chunks);
-}
 
 type Start = () => Promise<App>;
 

@@ -8,7 +8,7 @@
  * body changed) is still delivered, rewritten. Found by an attack campaign: the unchanged
  * "repair" reached the handler (200, ICAP_PASSED with a threat_id, or ICAP_MODIFIED).
  */
-import type { IcapLog, Vendor } from '@icapkit/core';
+import { type IcapLog, VENDORS } from '@icapkit/core';
 import { eicar } from '@icapkit/testing';
 import { afterEach, describe, expect, it } from 'vitest';
 import { type Framework, startApp } from '../conformance/apps.js';
@@ -93,19 +93,6 @@ describe.each(FRAMEWORKS)('%s', (framework) => {
 });
 
 describe('every vendor setting (Express 5)', () => {
-  const VENDORS: Vendor[] = [
-    'generic',
-    'c-icap',
-    'opswat',
-    'nsx-defender',
-    'kaspersky',
-    'eset',
-    'symantec',
-    'mcafee',
-    'trend-micro',
-    'sophos',
-    'f-secure',
-  ];
   it.each(VENDORS)('%s: an unchanged repair is a block', async (vendor) => {
     const { app, logs } = await appOn('express5', REPAIRS['X-Infection-Found Resolution=1']!, {
       failAction: 'fail-open',

@@ -8,7 +8,7 @@
  * `env.incoming`) has them, where a handler can read them; @icapkit/web passes that request's
  * trailers to the engine, which refuses them as for the Node adapters.
  */
-import { createServer as createHttpServer, type Server } from 'node:http';
+import { createServer as createHttpServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { getRequestListener } from '@hono/node-server';
 import type { IcapLog, IcapProfile } from '@icapkit/core';
@@ -23,6 +23,7 @@ import { Hono } from 'hono';
 import Koa from 'koa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { rawExchange } from '../support/raw-http.js';
+import { readAll, served } from '../support/served.js';
 
 let icap: IcapTestServer;
 beforeAll(async () => {
@@ -52,24 +53,6 @@ const profileFor = (logs: IcapLog[]): IcapProfile => ({
   onLog: (l) => logs.push(l),
 });
 
-async function served(server: Server, close: () => Promise<void>) {
-  if (!server.listening) await new Promise<void>((resolve) => server.once('listening', () => resolve()));
-  return {
-    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
-    close: async () => {
-      server.closeAllConnections();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-      await close();
-    },
-  };
-}
-
-async function readAll(stream: AsyncIterable<unknown>): Promise<string> {
-  const chunks: Buffer[] = [];
-  for await (const c of stream) chunks.push(c as Buffer);
-  return Buffer.concat(chunks).toString('latin1');
-}
-
 const FRAMEWORKS: Array<[string, () => Promise<App>]> = [
   [
     'express5',
@@ -80,7 +63,7 @@ const FRAMEWORKS: Array<[string, () => Promise<App>]> = [
       const app = express5();
       app.use(mw);
       app.post('/upload', async (req, res) => {
-        const body = await readAll(req);
+        const body = (await readAll(req)).toString('latin1');
         seen.push({ body, trailers: { ...req.trailers } });
         res.json({ ok: true });
       });
@@ -113,7 +96,7 @@ const FRAMEWORKS: Array<[string, () => Promise<App>]> = [
       const mw = koaIcap(profileFor(logs));
       app.use(mw as unknown as Koa.Middleware);
       app.use(async (ctx) => {
-        const body = await readAll(ctx.req);
+        const body = (await readAll(ctx.req)).toString('latin1');
         seen.push({ body, trailers: { ...ctx.req.trailers } });
         ctx.body = { ok: true };
       });
