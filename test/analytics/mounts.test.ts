@@ -211,6 +211,43 @@ describe.each(Object.keys(MOUNTS) as Array<keyof typeof MOUNTS>)('analytics moun
   });
 });
 
+// Fastify's routes under the prefix opt out of scanning (Express and Koa pass such paths on).
+describe('the Fastify plugin, a path under its prefix that is not the page', () => {
+  let icap: IcapTestServer;
+  beforeAll(async () => {
+    icap = await startIcapServer({ host: '127.0.0.1' });
+  });
+  afterAll(async () => {
+    await icap?.close();
+  });
+
+  it('a body sent to a path under the prefix the page does not own never reaches a not-found handler unscanned', async () => {
+    const seen: unknown[] = [];
+    const app = Fastify();
+    await app.register(fastifyIcap, { ...PROFILE, poolGroup: icap.url() });
+    await app.register(fastifyAnalytics, { prefix: '/icap-analytics', guard });
+    app.setNotFoundHandler(async (request, reply) => {
+      seen.push(request.body);
+      return reply.code(404).send('not found');
+    });
+    await app.listen({ port: 0, host: '127.0.0.1' });
+    try {
+      const url = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`;
+      const res = await send(url, '/icap-analytics/nope', {
+        method: 'POST',
+        body: eicar(),
+        headers: { ...OPS, 'content-type': 'text/plain' },
+      });
+      expect(res.status).toBe(404);
+      expect(seen).toEqual([]);
+      // Without a body the application's not-found handler still answers.
+      expect((await send(url, '/icap-analytics/nope', { headers: OPS })).text).toBe('not found');
+    } finally {
+      await app.close();
+    }
+  });
+});
+
 describe.each(['express', 'koa'] as const)('the %s middleware', (name) => {
   it('close() stops the recording', async () => {
     const icapServer = await startIcapServer({ host: '127.0.0.1' });

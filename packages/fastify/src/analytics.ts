@@ -38,7 +38,12 @@ export const icapAnalytics: FastifyPluginAsync<IcapAnalyticsPluginOptions> = asy
   const onRequest = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
     const url = request.raw.url ?? '/';
     const target = url.startsWith(prefix) ? url.slice(prefix.length) : url;
-    if (!analytics.owns(target)) return; // the route handler answers 404
+    if (!analytics.owns(target)) {
+      // Not the page's: the application's not-found handler answers (below), but never with a
+      // body, which these routes (opted out of scanning) would parse unscanned for it.
+      if (hasBody(request)) await reply.code(404).send();
+      return;
+    }
     reply.hijack();
     await analytics.handle(request.raw, reply.raw, target);
   };
@@ -50,3 +55,11 @@ export const icapAnalytics: FastifyPluginAsync<IcapAnalyticsPluginOptions> = asy
   }
   fastify.addHook('onClose', async () => analytics.close());
 };
+
+/** The request announces a body (a length above 0, or a transfer coding). */
+function hasBody(request: FastifyRequest): boolean {
+  const h = request.headers;
+  return (
+    h['transfer-encoding'] !== undefined || (h['content-length'] !== undefined && h['content-length'] !== '0')
+  );
+}
