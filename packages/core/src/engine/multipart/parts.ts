@@ -99,6 +99,7 @@ export async function scanParts(scan: FormScan): Promise<ScanOutcome> {
   } catch (err) {
     local.abort(err);
     const done = await Promise.allSettled(scans);
+    signal.removeEventListener('abort', onAbort);
     disposeParts();
     // A threat already found is not lost to a malformed rest of the form: 403, not 400.
     const threat = done.find(
@@ -112,10 +113,11 @@ export async function scanParts(scan: FormScan): Promise<ScanOutcome> {
       return blockedPart(threat.value);
     }
     throw err;
-  } finally {
-    signal.removeEventListener('abort', onAbort);
   }
+  // The client going away still stops the part scans once the form is parsed (their outcome
+  // would come after the response closed, and nothing would free the parts then).
   const settled = await Promise.allSettled(scans);
+  signal.removeEventListener('abort', onAbort);
   const results: PartResult[] = [];
   for (const [i, r] of settled.entries()) {
     if (r.status === 'fulfilled') {
