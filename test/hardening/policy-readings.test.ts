@@ -91,9 +91,9 @@ describe.each(FRAMEWORKS)('%s', (framework) => {
     expect(logs[1]).toMatchObject({ action: 'ICAP_DISABLED', rule_name: 'skip-rest' });
   });
 
-  it.runIf(H2.has(framework))(
-    'F2a: HTTP/2 with :authority naming another host than Host is not skipped by a host rule',
-    async () => {
+  // Only where the test apps serve HTTP/2 (Express does not): no test at all elsewhere.
+  if (H2.has(framework))
+    it('F2a: HTTP/2 with :authority naming another host than Host is not skipped by a host rule', async () => {
       const a = await start(skipStaticHost, true);
       const ct = { 'content-type': 'application/octet-stream' };
       const mixed = await send(a.url, '/raw', {
@@ -114,8 +114,7 @@ describe.each(FRAMEWORKS)('%s', (framework) => {
       expect(same.status).toBe(200);
       expect(a.seen[0]?.raw?.toString()).toBe('plain');
       expect(logs[1]).toMatchObject({ action: 'ICAP_DISABLED', rule_name: 'skip-static-host' });
-    },
-  );
+    });
 
   it.each([
     ['api.example.com:1@static.example.com', [400]],
