@@ -580,6 +580,10 @@ describe("FormStrings: qs's charset and entity options", () => {
     ['a raw byte read as Latin-1 (defaultCharset)', 'f=B\xf6sartig!', 'Bösartig!'],
     ['raw UTF-8 beside a Latin-1 escape (the sentinel in a UTF-8 body)', 'f=\xc3\xb6%E9', 'öé'],
     ['an entity of Latin-1 escapes', 'f=%26%23246%3B%F6', 'öö'],
+    // Found by the property above (CI seed 1726618969): the escapes and the raw byte decode as
+    // UTF-8 (U+9B00), but the body read as UTF-8 text first has U+FFFD between the escapes,
+    // decodeURIComponent throws on it, and qs hands the text over as it is.
+    ['a raw byte between escapes, the text as qs falls back to it', 'f=%E9\xac%80', '%E9\ufffd%80'],
   ])('%s: %s reads %s (UTF-8)', (_c, body, expected) => {
     const want = Buffer.from(expected, 'utf8');
     const raw = Buffer.from(body, 'latin1');

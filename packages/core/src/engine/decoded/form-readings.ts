@@ -37,12 +37,11 @@ export function formReadings(raw: Buffer, latin1Charset = false): Buffer[] {
   // `+` as a space and nothing else: what qs hands over when decodeURIComponent throws (a
   // malformed `%`, escapes that are not UTF-8); otherwise no parser delivers it.
   const rawHigh = hasHighByte(raw);
-  if (!isUtf8(bytes) || hasMalformedPercent(plus)) {
-    add(plus);
-    // The same as a parser that read the body as UTF-8 text hands it over (U+FFFD for a raw
-    // byte that is not UTF-8).
-    if (rawHigh) addString(plus.toString('utf8'));
-  }
+  if (!isUtf8(bytes) || hasMalformedPercent(plus)) add(plus);
+  // The same as a parser that read the body as UTF-8 text hands it over (U+FFFD for a raw byte
+  // that is not UTF-8): qs does when decodeURIComponent throws on that text, which a raw byte
+  // between escapes can make it do however the bytes decode (`%E9\xAC%80`).
+  if (rawHigh) addString(plus.toString('utf8'));
   add(bytes);
   const str = bytes.toString('utf8');
   addString(str);
@@ -369,8 +368,8 @@ export function fieldReadings(
   };
   if (sums.get('str.utf8')!.key !== bytes.key || malformed) {
     candidates.push('plus');
-    if (rawHigh) addString('text');
   }
+  if (rawHigh) addString('text');
   candidates.push('bytes');
   addString('str');
   for (const kind of ['l1a', 'l1u', 'l1b', 'unesc', 'l1d', 'l1t', 'masked'] as const)
