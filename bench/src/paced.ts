@@ -1,19 +1,26 @@
 /**
- * The framework's own CPU per request at the rate icapkit reached. The CPU goal compares an
- * icapkit cell (10 KiB, 8 clients, a few thousand requests a second) with the framework's
- * ceiling (the framework alone, as fast as it goes). If a request cost the framework more at a
- * lower rate (fewer answers per wake-up of the event loop, per system call), that difference
- * would be counted as icapkit's. This measures it: the framework alone again, its load paced
- * (wrk waiting between an answer and the next request: lua/post.lua's BENCH_DELAY_MS) to the
- * rate each scanned application reached.
+ * The framework's own CPU per request at the rate icapkit reached, and the CPU goal measured in
+ * interleaved rounds. The CPU goal compares an icapkit cell (10 KiB, 8 clients, a few thousand
+ * requests a second) with the framework's ceiling (the framework alone, as fast as it goes). If
+ * a request cost the framework more at a lower rate (fewer answers per wake-up of the event
+ * loop, per system call), that difference would be counted as icapkit's. This measures it: the
+ * framework alone again, its load paced (wrk waiting between an answer and the next request:
+ * lua/post.lua's BENCH_DELAY_MS) to the rate each scanned application reached.
  *
- *   node bench/dist/paced.js [--frameworks=fastify,koa,express] [--seconds=3] [--settle=2]
+ *   node bench/dist/paced.js [--frameworks=fastify,koa,express] [--rounds=1] [--seconds=3] [--settle=2]
  *                            [--warm-requests=30000] [--warm-max-seconds=10]
  *
- * Each application is a fresh process (app.js) against the embedded 204 server: icapkit, the
- * hold floor (holdfloor.ts), then the framework alone, unpaced and paced to each of their
- * rates. Each figure is the last `seconds` of one load run (after `settle`), from the requests
- * the application answered there (/__stats `digested`). Needs wrk.
+ * Per framework, three fresh processes (app.js) against the embedded 204 server, started and
+ * warmed up once: icapkit, the hold floor (holdfloor.ts) and the framework alone. Then
+ * `rounds` rounds, each of five load runs one after the other: icapkit, the framework alone
+ * paced to icapkit's rate, the hold floor, the framework alone paced to the hold floor's rate,
+ * the framework alone unpaced (its ceiling). Each figure is the last `seconds` of one load run
+ * (after `settle`), from the requests the application answered there (/__stats `digested`).
+ * This machine's speed drifts over minutes (bench/README.md, nineteenth and twentieth rounds),
+ * so with several rounds each difference is taken within its round, seconds apart, and the
+ * table gives the median over the rounds (and their range). The pacing is corrected from round
+ * to round: its first round may miss the rate it aims at by more (the rates are in the table).
+ * Needs wrk.
  */
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -83,12 +90,38 @@ async function measure(
   };
 }
 
+/** The median of some numbers (the mean of the middle two for an even count). */
+export function median(xs: readonly number[]): number {
+  if (xs.length === 0) return Number.NaN;
+  const sorted = [...xs].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+}
+
+/** `median (min-max)` of some numbers, rounded; the value alone for one. */
+export function spread(xs: readonly number[]): string {
+  const r = (x: number) => x.toFixed(0);
+  if (xs.length === 1) return r(xs[0]!);
+  return `${r(median(xs))} (${r(Math.min(...xs))}-${r(Math.max(...xs))})`;
+}
+
+/** One scanned application's windows, and the paced framework's beside each, round by round. */
+interface Subject {
+  name: string;
+  own: Window[];
+  paced: Window[];
+  /** The wait after each answer that paced the framework alone to this subject's rate. */
+  delayMs: number | undefined;
+}
+
 async function main(): Promise<void> {
   const opts = parseOptions(process.argv.slice(2));
   if (findOnPath('wrk') === null) throw new Error('paced.js needs wrk (apt-get install wrk)');
   const frameworks = (opts.get('frameworks') ?? 'fastify,koa,express').split(',');
+  const rounds = Number(opts.get('rounds') ?? 1);
   const seconds = Number(opts.get('seconds') ?? 3);
   const settleS = Number(opts.get('settle') ?? 2);
+  if (!(Number.isInteger(rounds) && rounds >= 1)) throw new Error('--rounds: a whole number, 1 or more');
   const warm = {
     requests: Number(opts.get('warm-requests') ?? 30_000),
     maxSeconds: Number(opts.get('warm-max-seconds') ?? 10),
@@ -107,50 +140,66 @@ async function main(): Promise<void> {
     return app;
   };
   const rows: string[] = [];
+  const started = performance.now();
   try {
     for (const framework of frameworks) {
-      const scanned = new Map<string, Window>();
-      for (const [subject, args] of [
-        ['icapkit', [icapUrl, '/avscan']],
-        ['hold floor', [icapUrl, '/avscan', '--hold-floor']],
-      ] as const) {
-        const app = await start(framework, [...args]);
-        try {
-          scanned.set(subject, await measure(app, body, seconds, settleS));
-        } finally {
-          await app.stop();
-        }
-      }
-      const alone = await start(framework, []);
+      const apps: Child[] = [];
       try {
-        const ceiling = await measure(alone, body, seconds, settleS);
-        rows.push(
-          `| ${framework} | alone, unpaced (ceiling) | ${ceiling.rps.toFixed(0)} | ${ceiling.cpuUsPerReq.toFixed(0)} | — | — | — |`,
-        );
-        for (const [subject, w] of scanned) {
-          // Calibrated in up to three windows: the answers' own time is not known beforehand.
-          let delay = delayFor(w.rps, CLIENTS, 0.1);
-          let paced = await measure(alone, body, seconds, settleS, delay);
-          for (let i = 0; i < 2 && Math.abs(paced.rps - w.rps) / w.rps > 0.05; i++) {
-            delay = correctedDelay(delay, w.rps, paced.rps, CLIENTS);
-            paced = await measure(alone, body, seconds, settleS, delay);
+        const scanned = await start(framework, [icapUrl, '/avscan']);
+        apps.push(scanned);
+        const held = await start(framework, [icapUrl, '/avscan', '--hold-floor']);
+        apps.push(held);
+        const alone = await start(framework, []);
+        apps.push(alone);
+        const subjects: Array<[Child, Subject]> = [
+          [scanned, { name: 'icapkit', own: [], paced: [], delayMs: undefined }],
+          [held, { name: 'hold floor', own: [], paced: [], delayMs: undefined }],
+        ];
+        const ceiling: Window[] = [];
+        for (let round = 0; round < rounds; round++) {
+          for (const [app, subject] of subjects) {
+            const w = await measure(app, body, seconds, settleS);
+            subject.own.push(w);
+            // Calibrated in up to three windows in the first round (the answers' own time is not
+            // known beforehand), then corrected by one step a round.
+            let delay = subject.delayMs ?? delayFor(w.rps, CLIENTS, 0.1);
+            let paced = await measure(alone, body, seconds, settleS, delay);
+            for (let i = 0; round === 0 && i < 2 && Math.abs(paced.rps - w.rps) / w.rps > 0.05; i++) {
+              delay = correctedDelay(delay, w.rps, paced.rps, CLIENTS);
+              paced = await measure(alone, body, seconds, settleS, delay);
+            }
+            subject.paced.push(paced);
+            subject.delayMs = correctedDelay(delay, w.rps, paced.rps, CLIENTS);
           }
+          ceiling.push(await measure(alone, body, seconds, settleS));
+        }
+        const cpu = (ws: Window[]) => ws.map((w) => w.cpuUsPerReq);
+        const rps = (ws: Window[]) => ws.map((w) => w.rps);
+        rows.push(
+          `| ${framework} | alone, unpaced (ceiling) | ${spread(rps(ceiling))} | ${spread(cpu(ceiling))} | — | — | — |`,
+        );
+        for (const [, s] of subjects) {
+          const abovePaced = s.own.map((w, i) => w.cpuUsPerReq - s.paced[i]!.cpuUsPerReq);
+          const aboveCeiling = s.own.map((w, i) => w.cpuUsPerReq - ceiling[i]!.cpuUsPerReq);
           rows.push(
-            `| ${framework} | ${subject} → embedded 204 | ${w.rps.toFixed(0)} | ${w.cpuUsPerReq.toFixed(0)} | ` +
-              `${paced.rps.toFixed(0)} req/s: ${paced.cpuUsPerReq.toFixed(0)} | ` +
-              `${(w.cpuUsPerReq - paced.cpuUsPerReq).toFixed(0)} | ${(w.cpuUsPerReq - ceiling.cpuUsPerReq).toFixed(0)} |`,
+            `| ${framework} | ${s.name} → embedded 204 | ${spread(rps(s.own))} | ${spread(cpu(s.own))} | ` +
+              `${spread(rps(s.paced))} req/s: ${spread(cpu(s.paced))} | ` +
+              `${spread(abovePaced)} | ${spread(aboveCeiling)} |`,
           );
         }
       } finally {
-        await alone.stop();
+        for (const app of apps) await app.stop();
       }
     }
   } finally {
     await embedded.stop();
     killAllChildren();
   }
+  const each =
+    rounds === 1 ? 'each figure' : `each figure the median over ${rounds} rounds (lowest-highest) of`;
   console.log(
-    `10 KiB, ${CLIENTS} clients; each figure the last ${seconds} s of a load run, after ${settleS} s\n\n` +
+    `10 KiB, ${CLIENTS} clients; ${each} the last ${seconds} s of a load run, after ${settleS} s; ` +
+      `${((performance.now() - started) / 1000).toFixed(0)} s in all. "µs above": the difference within each round.\n\n` +
       '| framework | application | req/s | app CPU µs / req | the framework alone paced to that rate | µs above it | µs above the ceiling |\n' +
       '|---|---|--:|--:|--:|--:|--:|\n' +
       rows.join('\n'),

@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Body } from '../src/bodies.js';
 import { runLoad } from '../src/load.js';
-import { correctedDelay, delayFor } from '../src/paced.js';
+import { correctedDelay, delayFor, median, spread } from '../src/paced.js';
 import { findOnPath } from '../src/util.js';
 
 const wrk = findOnPath('wrk') !== null;
@@ -106,5 +106,13 @@ describe('paced.ts', () => {
     // Wanted 4,000/s (2 ms per connection), got 5,000/s (1.6 ms): wait 0.4 ms longer.
     expect(correctedDelay(1.9, 4000, 5000, 8)).toBeCloseTo(2.3, 9);
     expect(correctedDelay(0.1, 4000, 2000, 8)).toBe(0);
+  });
+
+  it('gives the rounds as their median and range, the median of an even count the mean of the middle two', () => {
+    expect(median([130, 90, 110])).toBe(110);
+    expect(median([4, 1, 3, 2])).toBe(2.5);
+    expect(median([])).toBeNaN();
+    expect(spread([130.4, 89.6, 110.2, 95, 140])).toBe('110 (90-140)');
+    expect(spread([87.4])).toBe('87');
   });
 });
