@@ -25,7 +25,7 @@ import {
   type StartupReport,
   watchResponse,
 } from '@icapkit/core';
-import { shareRequestMap } from './shared-maps.js';
+import { shareRequestMap, shareResponseMap } from './shared-maps.js';
 
 export type {
   IcapRefusal,
@@ -115,8 +115,10 @@ export function icap<
   const report = refusalReporter('@icapkit/express');
   const opts = options as unknown as IcapExpressOptions;
   const middleware = (req: IncomingMessage, res: ServerResponse, next: Next): void => {
-    // Before anything reads it: one V8 map for all of Express's requests (see shared-maps.ts).
+    // Before anything reads them: one V8 map for all of Express's requests, one for all of its
+    // responses (see shared-maps.ts).
     shareRequestMap(req);
+    shareResponseMap(res);
     const watch = watchResponse(res);
     const logger = loggerOf(req);
     // One promise reaction per request: the outcome is applied synchronously (pass, rewrite,
