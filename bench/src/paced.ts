@@ -105,6 +105,15 @@ export function spread(xs: readonly number[]): string {
   return `${r(median(xs))} (${r(Math.min(...xs))}-${r(Math.max(...xs))})`;
 }
 
+/** Each window as it is measured, on stderr (the table, on stdout, is the result). */
+function note(line: string): void {
+  process.stderr.write(`paced: ${line}\n`);
+}
+
+function show(w: Window): string {
+  return `${w.rps.toFixed(0)} req/s, ${w.cpuUsPerReq.toFixed(0)} µs/req`;
+}
+
 /** One scanned application's windows, and the paced framework's beside each, round by round. */
 interface Subject {
   name: string;
@@ -169,9 +178,12 @@ async function main(): Promise<void> {
               paced = await measure(alone, body, seconds, settleS, delay);
             }
             subject.paced.push(paced);
+            note(`${framework} round ${round + 1}: ${subject.name} ${show(w)}; alone paced ${show(paced)}`);
             subject.delayMs = correctedDelay(delay, w.rps, paced.rps, CLIENTS);
           }
-          ceiling.push(await measure(alone, body, seconds, settleS));
+          const top = await measure(alone, body, seconds, settleS);
+          ceiling.push(top);
+          note(`${framework} round ${round + 1}: alone unpaced ${show(top)}`);
         }
         const cpu = (ws: Window[]) => ws.map((w) => w.cpuUsPerReq);
         const rps = (ws: Window[]) => ws.map((w) => w.rps);
