@@ -31,6 +31,7 @@ import {
   DEFAULT_NODE_FLAGS,
   findOnPath,
   killAllChildren,
+  median,
   parseOptions,
   runAsScript,
   startChild,
@@ -88,14 +89,6 @@ async function measure(
     rps: (last.n - first.n) / ((last.t - first.t) / 1000),
     cpuUsPerReq: (last.cpu - first.cpu) / (last.n - first.n),
   };
-}
-
-/** The median of some numbers (the mean of the middle two for an even count). */
-export function median(xs: readonly number[]): number {
-  if (xs.length === 0) return Number.NaN;
-  const sorted = [...xs].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
 }
 
 /** `median (min-max)` of some numbers, rounded; the value alone for one. */

@@ -14,8 +14,8 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Body } from '../src/bodies.js';
 import { runLoad } from '../src/load.js';
-import { correctedDelay, delayFor, median, spread } from '../src/paced.js';
-import { findOnPath } from '../src/util.js';
+import { correctedDelay, delayFor, spread } from '../src/paced.js';
+import { findOnPath, median } from '../src/util.js';
 
 const wrk = findOnPath('wrk') !== null;
 if (!wrk && process.env.CI === 'true')
