@@ -5,18 +5,21 @@ import { Readable } from 'node:stream';
  *
  * - {@link WebBodyReadable}: the request's `ReadableStream` as a Node `Readable`, read one
  *   chunk per `_read` (the engine's own backpressure), and opened lazily: a request the
- *   policy does not scan is never locked, so it is handed back untouched.
+ *   policy does not scan is never locked, so it is handed back untouched. It reads the Node
+ *   request under the Web one instead when it is given that (node-server.ts).
  * - {@link toWebStream}: a Node `Readable` (the approved body the engine replays) as a
  *   `ReadableStream`, pulled chunk by chunk as the application reads it.
  */
 
-/** A Web body stream as a Node Readable, opened on the first read. */
+/** A Web body stream (or the Node request under it) as a Node Readable, opened on the first read. */
 export class WebBodyReadable extends Readable {
-  readonly #body: ReadableStream<Uint8Array>;
+  readonly #body: ReadableStream<Uint8Array> | Readable;
   #reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
+  /** The Node request, once reading it started. */
+  #node: Readable | undefined;
   #done = false;
 
-  constructor(body: ReadableStream<Uint8Array>) {
+  constructor(body: ReadableStream<Uint8Array> | Readable) {
     super({ highWaterMark: 64 * 1024 });
     this.#body = body;
     // The engine stops listening once it is done with the body; a late failure of the
@@ -24,15 +27,27 @@ export class WebBodyReadable extends Readable {
     this.on('error', () => {});
   }
 
-  /** Whether reading started (the Web stream is locked to this object). */
+  /** Whether reading started (the Web stream is locked to this object, or the Node request read). */
   get opened(): boolean {
-    return this.#reader !== undefined;
+    return this.#reader !== undefined || this.#node !== undefined;
   }
 
   override _read(): void {
+    const body = this.#body;
+    if (body instanceof Readable) {
+      if (this.#node === undefined) {
+        this.#node = body;
+        body.on('data', this.#onData);
+        body.on('end', this.#onEnd);
+        body.on('error', this.#onError);
+        body.on('close', this.#onClose);
+      }
+      body.resume();
+      return;
+    }
     if (this.#reader === undefined) {
       try {
-        this.#reader = this.#body.getReader();
+        this.#reader = body.getReader();
       } catch (err) {
         // Locked or already read by someone else: the body cannot be scanned as it is.
         this.destroy(err instanceof Error ? err : new Error(String(err)));
@@ -60,11 +75,59 @@ export class WebBodyReadable extends Readable {
     );
   }
 
+  // The Node request's events. Every listener is removed once it ended, failed or closed: the
+  // request is made readable again for the application afterwards, keeping its listeners.
+  readonly #onData = (chunk: unknown): void => {
+    if (!Buffer.isBuffer(chunk)) {
+      this.#fail(new TypeError('the request body stream yielded a chunk that is not a Buffer'));
+      return;
+    }
+    if (!this.push(chunk)) this.#node?.pause();
+  };
+
+  readonly #onEnd = (): void => {
+    this.#detach();
+    this.push(null);
+  };
+
+  readonly #onError = (err: Error): void => {
+    this.#fail(err);
+  };
+
+  readonly #onClose = (): void => {
+    if (!this.#done) this.#fail(new Error('the request was closed before its body ended'));
+  };
+
+  #fail(err: Error): void {
+    this.#detach();
+    if (!this.destroyed) this.destroy(err);
+  }
+
+  #detach(): void {
+    this.#done = true;
+    const node = this.#node;
+    if (node === undefined) return;
+    node.removeListener('data', this.#onData);
+    node.removeListener('end', this.#onEnd);
+    node.removeListener('error', this.#onError);
+    node.removeListener('close', this.#onClose);
+    node.pause();
+  }
+
   override _destroy(err: Error | null, callback: (error?: Error | null) => void): void {
-    const reader = this.#reader;
-    if (reader !== undefined && !this.#done) {
-      this.#done = true;
-      reader.cancel(err ?? undefined).catch(() => {});
+    if (!this.#done) {
+      const node = this.#node;
+      if (node !== undefined) {
+        // What cancelling the Web stream over it does (Readable.toWeb): the request is destroyed
+        // (without the error, which is this stream's: the request may have no 'error' listener).
+        this.#detach();
+        node.destroy();
+      }
+      const reader = this.#reader;
+      if (reader !== undefined) {
+        this.#done = true;
+        reader.cancel(err ?? undefined).catch(() => {});
+      }
     }
     callback(err);
   }

@@ -1,3 +1,4 @@
+import type { Readable } from 'node:stream';
 import type { ScanRequest } from '@icapkit/core';
 import { WebBodyReadable } from './body.js';
 
@@ -31,13 +32,18 @@ export interface WebRequestInfo {
    * which an application can read there, are the engine's to refuse (a Web Request has none).
    */
   incoming?: { rawTrailers?: string[] | undefined } | undefined;
+  /**
+   * The body to read instead of `request.body`: the Node request under a Request that reads its
+   * body from it and that nothing has asked for the body of yet (node-server.ts).
+   */
+  nodeBody?: Readable | undefined;
 }
 
 const FRAMING = new Set(['content-length', 'transfer-encoding']);
 
 export function toScanRequest(request: Request, info: WebRequestInfo = {}): WebScanRequest {
   const url = new URL(request.url);
-  const body = request.body;
+  const body = info.nodeBody ?? request.body;
   const pairs: Array<[string, string]> = [];
   let length: string | undefined;
   let transfer = false;
@@ -132,7 +138,7 @@ class WebRequestReadable extends WebBodyReadable implements WebScanRequest {
   readonly #incoming: { rawTrailers?: string[] | undefined } | undefined;
 
   constructor(
-    body: ReadableStream<Uint8Array> | null,
+    body: ReadableStream<Uint8Array> | Readable | null,
     method: string,
     url: string,
     headers: Record<string, string | string[] | undefined>,

@@ -1,4 +1,4 @@
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import {
   buildResponse,
   checkRefusalOptions,
@@ -188,6 +188,7 @@ async function scanWith(
   const http1 = options.incoming?.httpVersionMajor === 1;
   let source: WebScanRequest;
   let badRequest: string | undefined;
+  let nodeBody: Readable | undefined;
   try {
     if (request.bodyUsed || request.body?.locked === true) {
       // A programming error (something read the body before the scan), never the client's doing.
@@ -197,7 +198,10 @@ async function scanWith(
         { field: 'request' },
       );
     }
-    source = toScanRequest(request, { clientIp, incoming: options.incoming });
+    badRequest = bodyOutOfView(request, options.incoming);
+    // Refused, the body announced is read from the Node request only to be drained.
+    if (badRequest !== undefined) nodeBody = options.incoming as Readable;
+    source = toScanRequest(request, { clientIp, incoming: options.incoming, nodeBody });
   } catch (err) {
     if (err instanceof IcapError) throw err;
     // The server library cannot make a Request of what the client sent (@hono/node-server takes
@@ -307,6 +311,33 @@ async function scanWith(
       };
     }
   }
+}
+
+/** The methods a Web `Request` carries no body for (@hono/node-server makes TRACE a GET). */
+const BODYLESS = /^(?:GET|HEAD|TRACE)$/i;
+
+/**
+ * Why a request whose body the Web `Request` does not show must be refused: a GET, HEAD or TRACE
+ * request (a Web Request has no body for them) whose Node request under it announces one. The
+ * application could still read that body, unscanned: @hono/node-server's `text()`, `json()` and
+ * `arrayBuffer()` of a TRACE request read the Node request, and so does anything reading
+ * `env.incoming`. The engine refuses it (400) when its rules select the request.
+ */
+function bodyOutOfView(request: Request, incoming: IncomingLike | undefined): string | undefined {
+  if (!(incoming instanceof Readable) || !BODYLESS.test(request.method)) return undefined;
+  const node = incoming as IncomingLike & {
+    headers?: Record<string, string | string[] | undefined>;
+    stream?: { endAfterHeaders?: boolean };
+  };
+  const headers = node.headers ?? {};
+  const length = headers['content-length'];
+  const announced =
+    headers['transfer-encoding'] !== undefined ||
+    (length !== undefined && length !== '0') ||
+    (node.httpVersionMajor === 2 && node.stream?.endAfterHeaders === false);
+  return announced
+    ? `a ${request.method.toUpperCase()} request with a body, which a Web Request does not carry but the Node request under it does`
+    : undefined;
 }
 
 interface Handoff {
