@@ -8,6 +8,11 @@
  *   anything reading `env.incoming`. Before the fix the handler of a TRACE request read an EICAR
  *   body that was never sent to the ICAP server. Now refused (400, ICAP_ERR_BAD_REQUEST), in
  *   both failure modes.
+ * - A body nothing asked for before the scan is read from the Node request and handed back in
+ *   it (no Web stream, no second Request): every reader the handler has gets the bytes the ICAP
+ *   server got, with their Content-Length, and the same Request object stays in `c.req.raw`.
+ * - Something before the scan that made the Request's body a Web stream gets the former path:
+ *   still the scanned bytes.
  */
 import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -196,6 +201,107 @@ describe.each(['hono', 'web'] as const)('%s on @hono/node-server', (framework) =
         ['TRACE', 0],
       ]);
       expect(reqmods()).toEqual([]);
+    } finally {
+      await app.close();
+    }
+  });
+  describe.each(['text', 'arrayBuffer', 'body-stream', 'incoming'] as const)('read with %s', (reader) => {
+    it('gets the bytes the ICAP server got, with their length, in the same Request', async () => {
+      const app = await startWebApp(framework, profile(), reader);
+      try {
+        const data = Buffer.from('x'.repeat(70_000) + 'clean upload');
+        for (const framing of ['length', 'chunked'] as const) {
+          icap.reset();
+          const head =
+            framing === 'length'
+              ? `POST /upload HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: ${data.length}\r\nConnection: close\r\n\r\n`
+              : `POST /upload HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n`;
+          const body =
+            framing === 'length'
+              ? data
+              : Buffer.concat([
+                  Buffer.from(`${data.length.toString(16)}\r\n`),
+                  data,
+                  Buffer.from('\r\n0\r\n\r\n'),
+                ]);
+          const res = await exchange(app.url, head, body);
+          expect(res?.status, framing).toBe(200);
+          const seen = app.seen.at(-1)!;
+          expect(seen.body.equals(data)).toBe(true);
+          expect(Buffer.concat(reqmods().map((r) => r.body ?? Buffer.alloc(0))).equals(data)).toBe(true);
+          expect(seen.sameRequest).toBe(true);
+          expect(seen.contentLength).toBe(String(data.length));
+          expect(seen.transferEncoding).toBeNull();
+        }
+        // EICAR the same way: blocked, the handler never runs.
+        const before = app.seen.length;
+        const res = await exchange(
+          app.url,
+          `POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: ${E.length}\r\nConnection: close\r\n\r\n`,
+          E,
+        );
+        expect(res?.status).toBe(403);
+        expect(app.seen.length).toBe(before);
+      } finally {
+        await app.close();
+      }
+    });
+  });
+
+  it('a body larger than memoryThreshold (held in a temp file) comes back whole', async () => {
+    const app = await startWebApp(framework, profile({ memoryThreshold: '16kb' }), 'arrayBuffer');
+    try {
+      icap.reset();
+      const data = Buffer.alloc(300_000, 'y');
+      const res = await exchange(
+        app.url,
+        `POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: ${data.length}\r\nConnection: close\r\n\r\n`,
+        data,
+      );
+      expect(res?.status).toBe(200);
+      expect(app.seen.at(-1)!.body.equals(data)).toBe(true);
+    } finally {
+      await app.close();
+    }
+  });
+});
+
+describe('hono: something before the scan', () => {
+  it.each([
+    [
+      'made the Request body a Web stream',
+      (async (c, next) => {
+        void c.req.raw.body;
+        await next();
+      }) as MiddlewareHandler,
+    ],
+    [
+      'read every header',
+      (async (c, next) => {
+        for (const _ of c.req.raw.headers) void _;
+        await next();
+      }) as MiddlewareHandler,
+    ],
+  ])('%s: the handler still gets the scanned bytes', async (_name, before) => {
+    const app = await startWebApp('hono', profile(), 'text', before);
+    try {
+      icap.reset();
+      const data = 'a clean body';
+      const res = await exchange(
+        app.url,
+        `POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n`,
+        `${data.length.toString(16)}\r\n${data}\r\n0\r\n\r\n`,
+      );
+      expect(res?.status).toBe(200);
+      expect(app.seen.at(-1)!.body.toString()).toBe(data);
+      expect(reqmods().map((r) => r.body?.toString())).toEqual([data]);
+      const blocked = await exchange(
+        app.url,
+        `POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: ${E.length}\r\nConnection: close\r\n\r\n`,
+        E,
+      );
+      expect(blocked?.status).toBe(403);
+      expect(app.seen.length).toBe(1);
     } finally {
       await app.close();
     }

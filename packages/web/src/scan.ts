@@ -5,6 +5,8 @@ import {
   createEngine,
   type DrainLimits,
   drainLimits,
+  type HeldBody,
+  handoffBody,
   IcapEngine,
   IcapError,
   IcapErrorCodes,
@@ -13,12 +15,14 @@ import {
   type IcapRefusal,
   type IcapRequestInfo,
   type PinoLike,
+  rearmRequest,
   refusalOf,
   refusalReporter,
   requestInfo,
   type ScanOutcome,
 } from '@icapkit/core';
 import { toWebStream } from './body.js';
+import { untouchedIncoming } from './node-server.js';
 import { defaultRefusalResponse, shapeRefusal, type WebOnRefusal } from './refusal.js';
 import { toScanRequest, unreadableRequest, type WebScanRequest } from './request.js';
 
@@ -188,9 +192,12 @@ async function scanWith(
   const http1 = options.incoming?.httpVersionMajor === 1;
   let source: WebScanRequest;
   let badRequest: string | undefined;
+  // @hono/node-server's lightweight Request whose body nothing asked for: its Node request is
+  // read (and handed back) instead of a Web stream over it (node-server.ts).
+  const untouched = untouchedIncoming(request, options.incoming);
   let nodeBody: Readable | undefined;
   try {
-    if (request.bodyUsed || request.body?.locked === true) {
+    if (untouched === undefined && (request.bodyUsed || request.body?.locked === true)) {
       // A programming error (something read the body before the scan), never the client's doing.
       throw new IcapError(
         IcapErrorCodes.INVALID_ARGUMENT,
@@ -201,6 +208,7 @@ async function scanWith(
     badRequest = bodyOutOfView(request, options.incoming);
     // Refused, the body announced is read from the Node request only to be drained.
     if (badRequest !== undefined) nodeBody = options.incoming as Readable;
+    else if (untouched !== undefined && !BODYLESS.test(request.method)) nodeBody = untouched;
     source = toScanRequest(request, { clientIp, incoming: options.incoming, nodeBody });
   } catch (err) {
     if (err instanceof IcapError) throw err;
@@ -299,6 +307,18 @@ async function scanWith(
           responseHeaders: outcome.responseHeaders,
         };
       }
+      if (nodeBody === untouched && nodeBody !== undefined && outcome.headers === undefined) {
+        // The body as it came, read from the Node request: that request is made readable again
+        // with it, and the application keeps the Request that reads it from there.
+        handBack(
+          request,
+          nodeBody,
+          handoffBody(outcome) ?? outcome.body,
+          outcome.contentLength ?? 0,
+          dispose,
+        );
+        return { ...base, request, responseHeaders: outcome.responseHeaders };
+      }
       return {
         ...base,
         request: approved(request, {
@@ -311,6 +331,29 @@ async function scanWith(
       };
     }
   }
+}
+
+/**
+ * Hands a passed body back in the Node request it was read from (`rearmRequest`, with its
+ * `Content-Length`), and the same framing in the headers the Request already made of it.
+ * `dispose` runs once the request was read to its end or closed.
+ */
+function handBack(
+  request: Request,
+  incoming: Readable,
+  body: Readable | HeldBody,
+  contentLength: number,
+  dispose: () => void,
+): void {
+  rearmRequest(incoming as Readable & { headers: Record<string, string | string[] | undefined> }, {
+    body,
+    contentLength,
+  });
+  const headers = request.headers;
+  headers.delete('transfer-encoding');
+  headers.set('content-length', String(contentLength));
+  incoming.once('end', dispose);
+  incoming.once('close', dispose);
 }
 
 /** The methods a Web `Request` carries no body for (@hono/node-server makes TRACE a GET). */

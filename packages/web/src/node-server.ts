@@ -1,0 +1,56 @@
+import { Readable } from 'node:stream';
+import { bodyConsumedReason } from '@icapkit/core';
+
+/**
+ * @hono/node-server's lightweight `Request`, read without making it a real one.
+ *
+ * @hono/node-server hands the application an object that only looks like a `Request`: it
+ * builds the real one (undici's, with a Web stream over the Node request) the first time
+ * something asks for its `body`, and its `text()`, `json()` and `arrayBuffer()` read the Node
+ * request (`env.incoming`) directly. Scanning through `request.body` made that real Request, a
+ * Web stream over the Node one, and then a second real Request for the approved body: about
+ * as much CPU per request as Hono itself spends.
+ *
+ * When nothing has asked for the body yet, the scan reads the Node request instead, and a body
+ * passed as it came is handed back in that same Node request, made readable again
+ * (`rearmRequest`, as the Express adapter does). The application keeps the lightweight
+ * `Request`, whose every way of reading the body reads the Node request: what it gets are the
+ * scanned bytes.
+ *
+ * The object is recognised by its own fields, which are private symbols of @hono/node-server
+ * (named, not registered): an object of another shape, or one whose body something already
+ * asked for or read, is scanned through `request.body` as before.
+ */
+
+/** Own fields of the lightweight Request that are set once something asked for its body. */
+const BODY_TAKEN = new Set([
+  'requestCache',
+  'bodyConsumedDirectly',
+  'bodyBuffer',
+  'bodyReadPromise',
+  'bodyLockReader',
+]);
+
+/**
+ * The Node request under `request` when `request` is @hono/node-server's lightweight Request over
+ * it and nothing has asked for or read its body; otherwise undefined.
+ */
+export function untouchedIncoming(request: Request, incoming: unknown): Readable | undefined {
+  if (!(incoming instanceof Readable)) return undefined;
+  let over = false;
+  let url = false;
+  for (const key of Object.getOwnPropertySymbols(request)) {
+    const name = key.description;
+    const value = (request as unknown as Record<symbol, unknown>)[key];
+    if (name === 'incomingKey') over = value === incoming;
+    else if (name === 'urlKey') url = typeof value === 'string';
+    else if (name !== undefined && BODY_TAKEN.has(name) && value !== undefined && value !== false)
+      return undefined;
+  }
+  if (!over || !url) return undefined;
+  const r = incoming as Readable & { rawBody?: unknown };
+  // A `rawBody` (Cloud Functions) is what @hono/node-server reads instead of the stream.
+  if ('rawBody' in r || r.readableEncoding !== null) return undefined;
+  if (bodyConsumedReason(incoming) !== undefined) return undefined;
+  return incoming;
+}
