@@ -22,8 +22,9 @@ import type { Context, MiddlewareHandler } from 'hono';
 /**
  * Hono middleware: requests the profile's rules select are scanned by the ICAP server before
  * the handlers run. Approved requests continue with `c.req.raw` replaced by the approved
- * request (so `c.req.parseBody()`, `c.req.json()`, `c.req.arrayBuffer()` and validators read
- * the scanned bytes); `c.var.icap` describes the scan. Blocked: 403, oversized: 413, scanner
+ * request, or on @hono/node-server, for a body passed as it came, the same Request reading it
+ * from the Node request it was handed back in (so `c.req.parseBody()`, `c.req.json()`,
+ * `c.req.arrayBuffer()` and validators read the scanned bytes); `c.var.icap` describes the scan. Blocked: 403, oversized: 413, scanner
  * failure: 503 (or pass, per the profile); the same pages and problem+json as the Node adapters.
  *
  *   import { serve } from '@hono/node-server';
