@@ -21,6 +21,7 @@ import type { IcapLog, IcapProfile } from '@icapkit/core';
 import { icap as honoIcap } from '@icapkit/hono';
 import { eicar, type IcapTestServer, startIcapServer } from '@icapkit/testing';
 import { withIcap } from '@icapkit/web';
+import fc from 'fast-check';
 import { Hono, type MiddlewareHandler } from 'hono';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { rawExchange } from '../support/raw-http.js';
@@ -79,14 +80,16 @@ async function listen(
 async function startWebApp(
   framework: 'hono' | 'web',
   profile: IcapProfile,
-  reader: Reader,
+  reader: Reader | 'x-read',
   before?: MiddlewareHandler,
 ): Promise<WebApp> {
   const seen: Seen[] = [];
   const logs: IcapLog[] = [];
   const p: IcapProfile = { ...profile, onLog: (l) => logs.push(l) };
   const handle = async (request: Request, original: Request, incoming: IncomingMessage) => {
-    const body = await readBody(request, incoming, reader);
+    // 'x-read': the request's own x-read header names the reader (a property test varies it).
+    const how = reader === 'x-read' ? (request.headers.get('x-read') as Reader) : reader;
+    const body = await readBody(request, incoming, how);
     seen.push({
       method: request.method,
       body,
@@ -304,6 +307,47 @@ describe('hono: something before the scan', () => {
       expect(app.seen.length).toBe(1);
     } finally {
       await app.close();
+    }
+  });
+});
+
+describe.each(['hono', 'web'] as const)('%s: any method, framing and reader (property)', (framework) => {
+  it('no handler reads an EICAR body, in either failure mode', async () => {
+    const apps = {
+      'fail-closed': await startWebApp(framework, profile({ failAction: 'fail-closed' }), 'x-read'),
+      'fail-open': await startWebApp(framework, profile({ failAction: 'fail-open' }), 'x-read'),
+    };
+    try {
+      await fc.assert(
+        fc.asyncProperty(
+          fc.constantFrom('GET', 'HEAD', 'TRACE', 'OPTIONS', 'DELETE', 'PUT', 'POST', 'PATCH', 'QUERY'),
+          fc.constantFrom('length', 'chunked', 'both'),
+          fc.constantFrom<Reader>('text', 'arrayBuffer', 'body-stream', 'incoming'),
+          fc.constantFrom('fail-closed', 'fail-open') as fc.Arbitrary<keyof typeof apps>,
+          async (method, framing, reader, failAction) => {
+            const app = apps[failAction];
+            const before = app.seen.length;
+            const chunked = `${E.length.toString(16)}\r\n${E}\r\n0\r\n\r\n`;
+            const fields =
+              framing === 'length'
+                ? `Content-Length: ${E.length}`
+                : framing === 'chunked'
+                  ? 'Transfer-Encoding: chunked'
+                  : `Transfer-Encoding: chunked\r\nContent-Length: ${E.length}`;
+            const res = await exchange(
+              app.url,
+              `${method} /upload HTTP/1.1\r\nHost: x\r\nX-Read: ${reader}\r\n${fields}\r\nConnection: close\r\n\r\n`,
+              framing === 'length' ? E : chunked,
+            );
+            expect(res).toBeDefined();
+            expect(app.seen.slice(before).filter((seen) => seen.body.includes('EICAR'))).toEqual([]);
+          },
+        ),
+        { numRuns: 60 },
+      );
+    } finally {
+      await apps['fail-closed'].close();
+      await apps['fail-open'].close();
     }
   });
 });
