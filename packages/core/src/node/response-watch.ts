@@ -4,7 +4,10 @@ import { LightAbortController } from '../light-signal.js';
  * One request's tie to its response's `'close'`, for the framework adapters: while the scan
  * runs, a close before the response finished is the client going away (the scan's signal
  * aborts); once the scan is over, the close frees what its outcome holds (a spooled body, a
- * decoded copy). A close while scanning frees nothing later: that outcome is an abort's.
+ * decoded copy). An outcome that comes after the close is freed as it comes: the scan can
+ * finish before its abort is seen, and a response can finish before the scan does (a timeout
+ * middleware mounted before the scan answered): nothing would free it later, and a spooled
+ * body would keep its temp file and descriptor.
  *
  * One listener added with `on` (the response closes once): no once-wrapper, nothing to remove.
  */
@@ -18,7 +21,10 @@ export interface ResponseWatch {
    * its own); the adapters pass this one to `engine.scan`. Anything else wants `signal`.
    */
   readonly scanSignal: AbortSignal;
-  /** The scan is over: its outcome is disposed when the response closes. */
+  /**
+   * The scan is over: its outcome is disposed when the response closes, or at once when it
+   * already has (whatever reads the body after that gets no bytes).
+   */
   hold(outcome: { dispose(): void }): void;
   /**
    * Once the response has finished, `engine.responded(log, statusCode)` (the application's
@@ -69,7 +75,8 @@ class Watch implements ResponseWatch {
   }
 
   hold(outcome: { dispose(): void }): void {
-    if (!this.#closed) this.#outcome = outcome;
+    if (this.#closed) outcome.dispose();
+    else this.#outcome = outcome;
   }
 
   respondedOnFinish(engine: Responded, log: object): void {

@@ -99,14 +99,17 @@ describe('watchResponse: the light scan signal behaves as the AbortSignal it sta
     expect(calls).toEqual([]);
   });
 
-  it('an outcome held after the close is not disposed by the watch (that outcome is an abort)', () => {
-    const res = response();
-    const watch = watchResponse(res);
-    res.close(false);
-    let disposed = 0;
-    watch.hold({ dispose: () => disposed++ });
-    res.close(false);
-    expect(disposed).toBe(0);
+  it('an outcome held after the close (finished or not) is disposed at once, and once', () => {
+    for (const finished of [false, true]) {
+      const res = response();
+      const watch = watchResponse(res);
+      res.close(finished);
+      let disposed = 0;
+      watch.hold({ dispose: () => disposed++ });
+      expect(disposed).toBe(1);
+      res.close(finished);
+      expect(disposed).toBe(1);
+    }
   });
 
   it('one close listener per request, nothing else on the response', () => {
