@@ -19,7 +19,8 @@ import { bodyConsumedReason } from '@icapkit/core';
  *
  * The object is recognised by its own fields, which are private symbols of @hono/node-server
  * (named, not registered): an object of another shape, or one whose body something already
- * asked for or read, is scanned through `request.body` as before.
+ * asked for, is scanned through `request.body` as before. A Node request something already
+ * read is refused (incomingReadFirst).
  */
 
 /** Own fields of the lightweight Request that are set once something asked for its body. */
@@ -51,6 +52,29 @@ export function untouchedIncoming(request: Request, incoming: unknown): Readable
   const r = incoming as Readable & { rawBody?: unknown };
   // A `rawBody` (Cloud Functions) is what @hono/node-server reads instead of the stream.
   if ('rawBody' in r || r.readableEncoding !== null) return undefined;
-  if (bodyConsumedReason(incoming) !== undefined) return undefined;
+  // A Node request something already read is refused before this is asked (incomingReadFirst).
   return incoming;
+}
+
+/** The methods a Web `Request` carries no body for (@hono/node-server makes TRACE a GET). */
+export const BODYLESS = /^(?:GET|HEAD|TRACE)$/i;
+
+/**
+ * The Node request under `request` when something before the scan already read it (a 'data'
+ * listener, a pipe, async iteration, @hono/node-server's own `text()`: what `bodyConsumedReason`
+ * of @icapkit/core sees on the Node adapters' requests); otherwise undefined.
+ *
+ * The Web `Request` reads its body from that Node request, whether the lightweight one reads it
+ * directly or a Web stream over it does: what the reader before the scan took was never scanned,
+ * and the scan would get what is left, as little as nothing (a REQMOD of an empty body, passed).
+ * The engine refuses such a request as the Node adapters refuse theirs (500,
+ * ICAP_ERR_BODY_CONSUMED, the fix said once). A GET, HEAD or TRACE request has no body in a Web
+ * Request (one announced under it is refused as a bad request instead), and a `rawBody` (Cloud
+ * Functions, which read the stream themselves) is what @hono/node-server reads instead of the
+ * stream. One call of the engine's own check on the Node request: cheap on every request.
+ */
+export function incomingReadFirst(request: Request, incoming: unknown): Readable | undefined {
+  if (!(incoming instanceof Readable) || BODYLESS.test(request.method) || 'rawBody' in incoming)
+    return undefined;
+  return bodyConsumedReason(incoming) === undefined ? undefined : incoming;
 }

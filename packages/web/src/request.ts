@@ -1,4 +1,4 @@
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import type { ScanRequest } from '@icapkit/core';
 import { WebBodyReadable } from './body.js';
 
@@ -37,6 +37,11 @@ export interface WebRequestInfo {
    * body from it and that nothing has asked for the body of yet (node-server.ts).
    */
   nodeBody?: Readable | undefined;
+  /**
+   * `nodeBody` is a Node request something already read before the scan: the scan request
+   * stands for its stream, so that the engine refuses it (see {@link ReadFirstRequestReadable}).
+   */
+  nodeBodyRead?: boolean | undefined;
 }
 
 const FRAMING = new Set(['content-length', 'transfer-encoding']);
@@ -62,7 +67,8 @@ export function toScanRequest(request: Request, info: WebRequestInfo = {}): WebS
 
   const headers = headerRecord(pairs);
   // A request without a body gets an ended stream of its own (the engine does not read it).
-  return new WebRequestReadable(
+  const Scanned = info.nodeBodyRead === true ? ReadFirstRequestReadable : WebRequestReadable;
+  return new Scanned(
     body,
     request.method,
     `${url.pathname}${url.search}`,
@@ -166,6 +172,51 @@ class WebRequestReadable extends WebBodyReadable implements WebScanRequest {
     return this.#incoming?.rawTrailers;
   }
 }
+
+/** The Node request a {@link ReadFirstRequestReadable} stands for. */
+const READ_FIRST = Symbol('readFirst');
+
+/**
+ * The scan request of a Request whose Node request something read before the scan
+ * (node-server.ts, `incomingReadFirst`). Its stream facts are that Node request's: what was read,
+ * whether it ended, its readers. Those are what the engine's own check reads
+ * (`bodyConsumedReason` of @icapkit/core), so the engine refuses it at once as it refuses a Node
+ * adapter's request a body parser read (500, ICAP_ERR_BODY_CONSUMED, the fix said once per
+ * middleware, `Connection: close` while the body is still arriving), for the same reason, in
+ * either failure mode, before anything is sent to the ICAP server. A request the rules do not
+ * select passes untouched, as on the Node adapters. It is never read: the engine reads no body
+ * it refuses or does not scan.
+ */
+class ReadFirstRequestReadable extends WebRequestReadable {
+  readonly [READ_FIRST]: Readable;
+
+  constructor(body: ReadableStream<Uint8Array> | Readable | null, ...rest: WebRequestArgs) {
+    super(body, ...rest);
+    this[READ_FIRST] = body as Readable;
+  }
+}
+
+type WebRequestArgs =
+  ConstructorParameters<typeof WebRequestReadable> extends [unknown, ...infer R] ? R : never;
+
+// Accessors, as on Readable.prototype (an own property of the stream's names would say the same).
+for (const key of ['_body', 'body', 'readableEnded', 'readableDidRead', 'readableFlowing'] as const)
+  Object.defineProperty(ReadFirstRequestReadable.prototype, key, {
+    get(this: ReadFirstRequestReadable) {
+      return (this[READ_FIRST] as unknown as Record<string, unknown>)[key];
+    },
+    configurable: true,
+  });
+// Its readers are the Node request's; every other event is this stream's own.
+Object.defineProperty(ReadFirstRequestReadable.prototype, 'listenerCount', {
+  value(this: ReadFirstRequestReadable, type: string | symbol, listener?: (...args: unknown[]) => void) {
+    return type === 'data' || type === 'readable'
+      ? this[READ_FIRST].listenerCount(type, listener)
+      : Readable.prototype.listenerCount.call(this, type, listener);
+  },
+  configurable: true,
+  writable: true,
+});
 
 function emptyBody(): ReadableStream<Uint8Array> {
   return new ReadableStream<Uint8Array>({

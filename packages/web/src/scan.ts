@@ -22,7 +22,7 @@ import {
   type ScanOutcome,
 } from '@icapkit/core';
 import { toWebStream } from './body.js';
-import { untouchedIncoming } from './node-server.js';
+import { BODYLESS, incomingReadFirst, untouchedIncoming } from './node-server.js';
 import { defaultRefusalResponse, shapeRefusal, type WebOnRefusal } from './refusal.js';
 import { toScanRequest, unreadableRequest, type WebScanRequest } from './request.js';
 
@@ -192,12 +192,19 @@ async function scanWith(
   const http1 = options.incoming?.httpVersionMajor === 1;
   let source: WebScanRequest;
   let badRequest: string | undefined;
+  // The Node request the body comes from, already read by something before the scan: the
+  // engine refuses it (500, ICAP_ERR_BODY_CONSUMED), as the Node adapters' requests (node-server.ts).
+  const readFirst = incomingReadFirst(request, options.incoming);
   // @hono/node-server's lightweight Request whose body nothing asked for: its Node request is
   // read (and handed back) instead of a Web stream over it (node-server.ts).
-  const untouched = untouchedIncoming(request, options.incoming);
+  const untouched = readFirst === undefined ? untouchedIncoming(request, options.incoming) : undefined;
   let nodeBody: Readable | undefined;
   try {
-    if (untouched === undefined && (request.bodyUsed || request.body?.locked === true)) {
+    if (
+      readFirst === undefined &&
+      untouched === undefined &&
+      (request.bodyUsed || request.body?.locked === true)
+    ) {
       // A programming error (something read the body before the scan), never the client's doing.
       throw new IcapError(
         IcapErrorCodes.INVALID_ARGUMENT,
@@ -208,8 +215,14 @@ async function scanWith(
     badRequest = bodyOutOfView(request, options.incoming);
     // Refused, the body announced is read from the Node request only to be drained.
     if (badRequest !== undefined) nodeBody = options.incoming as Readable;
+    else if (readFirst !== undefined) nodeBody = readFirst;
     else if (untouched !== undefined && !BODYLESS.test(request.method)) nodeBody = untouched;
-    source = toScanRequest(request, { clientIp, incoming: options.incoming, nodeBody });
+    source = toScanRequest(request, {
+      clientIp,
+      incoming: options.incoming,
+      nodeBody,
+      nodeBodyRead: readFirst !== undefined,
+    });
   } catch (err) {
     if (err instanceof IcapError) throw err;
     // The server library cannot make a Request of what the client sent (@hono/node-server takes
@@ -355,9 +368,6 @@ function handBack(
   incoming.once('end', dispose);
   incoming.once('close', dispose);
 }
-
-/** The methods a Web `Request` carries no body for (@hono/node-server makes TRACE a GET). */
-const BODYLESS = /^(?:GET|HEAD|TRACE)$/i;
 
 /**
  * Why a request whose body the Web `Request` does not show must be refused: a GET, HEAD or TRACE
