@@ -103,7 +103,33 @@ export function rearmRequest(req: Requestish, handoff: BodyHandoff): void {
   }
   // IncomingMessage sets this in its constructor so that Readable never reads ahead by itself.
   state.readingMore = true;
+  if ((req as { httpVersionMajor?: number }).httpVersionMajor === 2) ownPushesOnly(req);
   applyHead(req, handoff, headers, rawHeaders);
+}
+
+/** Readable's own `push`: the re-armed body's readers push with it, past {@link ownPushesOnly}. */
+const push = Readable.prototype.push;
+
+/**
+ * An HTTP/2 compatibility request is pushed to by its stream: `push(null)` when the stream
+ * closes (the client reset it, or it closed after the response). After a re-arm that would end
+ * the approved body early and cleanly, a prefix read as the whole upload where Node without
+ * the middleware reports a premature close. The re-armed body is the request's only source
+ * now (the original had ended before the scan's outcome), so pushes from anything else are
+ * dropped, and the stream's end before the re-armed body has pushed its own destroys the request
+ * (without an error, which nobody may be listening for): a reader that is not done gets the
+ * premature close it would get without the middleware, at once, whenever it reads. (An HTTP/1
+ * request is pushed to only by its parser, which is done once the body has ended.)
+ */
+function ownPushesOnly(req: Readable): void {
+  Object.defineProperty(req, 'push', { value: foreignPush, configurable: true, writable: true });
+}
+
+function foreignPush(this: Readable, chunk: unknown): boolean {
+  // Once the re-armed body has pushed its end, all of it is in the request's buffer: kept.
+  const ended = (this as unknown as { _readableState?: { ended?: boolean } })._readableState?.ended;
+  if (chunk === null && ended !== true && !this.destroyed) this.destroy();
+  return false;
 }
 
 /** A new request with the original's metadata and socket, reading from `handoff.body`. */
@@ -154,8 +180,8 @@ function pushHeld(target: Readable, held: Buffer[], body: { readonly destroyed: 
     // Discarded before the application read it (the response closed): no bytes, and no end
     // either, as from a replay stream destroyed before it was read.
     if (body.destroyed) return;
-    for (let i = 0; i < chunks.length; i++) target.push(chunks[i]);
-    target.push(null);
+    for (let i = 0; i < chunks.length; i++) push.call(target, chunks[i]);
+    push.call(target, null);
   };
 }
 
@@ -165,9 +191,9 @@ function pull(target: Readable, body: Readable): () => void {
     if (!started) {
       started = true;
       body.on('data', (chunk: Buffer) => {
-        if (!target.push(chunk)) body.pause();
+        if (!push.call(target, chunk)) body.pause();
       });
-      body.once('end', () => target.push(null));
+      body.once('end', () => push.call(target, null));
       body.once('error', (err) => target.destroy(err));
       return;
     }
