@@ -59,13 +59,28 @@ export function settingOf(handler: unknown): RouteSetting | undefined {
  * Writes each handler's setting on the handler (read back by the Express dispatcher and the
  * guard) and, for Fastify, into the route config @icapkit/fastify reads (`config.icap`).
  * Runs before Nest registers the routes, which copy the handler's metadata.
+ *
+ * A handler is a function, and several controllers can share one: a method inherited from a
+ * base class (the "CRUD base controller") is the same function on every controller that does
+ * not override it. Nest copies that one function's metadata onto every route it registers for
+ * it, so the routes of all those controllers get one setting. When the controllers' decorators
+ * resolve to different settings for it (`@SkipIcap()` on one, not on another), the last one
+ * written would have decided for all: a scanned controller's route left unscanned. Such an
+ * application fails to start, naming the controllers and the fix, instead.
  */
 export function annotateHandlers(
   controllers: Iterable<{ controller: object; handler: object }>,
   fastify: boolean,
 ): void {
+  const resolved = new Map<object, { controller: object; setting: RouteSetting }>();
   for (const { controller, handler } of controllers) {
     const setting = routeSetting(controller, handler);
+    const first = resolved.get(handler);
+    if (first === undefined) resolved.set(handler, { controller, setting });
+    else if (!sameSetting(first.setting, setting))
+      throw new Error(sharedHandlerMessage(handler, first.controller, first.setting, controller, setting));
+  }
+  for (const [handler, { setting }] of resolved) {
     meta.defineMetadata(ICAP_ROUTE_METADATA, setting, handler);
     if (!fastify) continue;
     const config = meta.getOwnMetadata(FASTIFY_ROUTE_CONFIG_METADATA, handler) as
@@ -79,6 +94,51 @@ export function annotateHandlers(
       handler,
     );
   }
+}
+
+/** Two settings that scan alike: the same, or overrides with the same fields and values. */
+function sameSetting(a: RouteSetting, b: RouteSetting): boolean {
+  if (a === b) return true;
+  if (typeof a !== 'object' || typeof b !== 'object') return false;
+  return sameValue(a, b);
+}
+
+function sameValue(a: unknown, b: unknown): boolean {
+  if (Object.is(a, b)) return true;
+  if (typeof a !== 'object' || typeof b !== 'object' || a === null || b === null) return false;
+  if (Array.isArray(a) !== Array.isArray(b)) return false;
+  if (Object.getPrototypeOf(a) !== Object.getPrototypeOf(b)) return false;
+  const keys = Object.keys(a);
+  if (keys.length !== Object.keys(b).length) return false;
+  return keys.every(
+    (k) =>
+      Object.hasOwn(b, k) && sameValue((a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k]),
+  );
+}
+
+function describeSetting(setting: RouteSetting): string {
+  if (setting === false) return 'not scanned (@SkipIcap())';
+  if (setting === DEFAULT_ROUTE) return "scanned with the module's profile";
+  return `scanned with @IcapOptions({ ${Object.keys(setting).join(', ')} })`;
+}
+
+function sharedHandlerMessage(
+  handler: object,
+  a: object,
+  aSetting: RouteSetting,
+  b: object,
+  bSetting: RouteSetting,
+): string {
+  const name = (f: object) => (f as { name?: unknown }).name || '(anonymous)';
+  const method = String(name(handler));
+  return (
+    `@icapkit/nestjs: ${String(name(a))}.${method} and ${String(name(b))}.${method} are one function ` +
+    `(a method both inherit), and their decorators give it different scan settings: ${describeSetting(aSetting)} ` +
+    `for ${String(name(a))}, ${describeSetting(bSetting)} for ${String(name(b))}. Nest registers every route of ` +
+    `one function with the same metadata, so the module cannot scan them differently. Override ` +
+    `${method} in the controllers that need their own setting (\`${method}(...args) { return ` +
+    `super.${method}(...args); }\`, with its route decorators), or give them the same setting.`
+  );
 }
 
 interface ExpressRoute {
