@@ -103,16 +103,18 @@ function sameSetting(a: RouteSetting, b: RouteSetting): boolean {
   return sameValue(a, b);
 }
 
-function sameValue(a: unknown, b: unknown): boolean {
+/** Deep equality of plain data; past `depth` 16 (or a cycle) two objects count as different. */
+function sameValue(a: unknown, b: unknown, depth = 0): boolean {
   if (Object.is(a, b)) return true;
-  if (typeof a !== 'object' || typeof b !== 'object' || a === null || b === null) return false;
+  if (typeof a !== 'object' || typeof b !== 'object' || a === null || b === null || depth > 16) return false;
   if (Array.isArray(a) !== Array.isArray(b)) return false;
   if (Object.getPrototypeOf(a) !== Object.getPrototypeOf(b)) return false;
   const keys = Object.keys(a);
   if (keys.length !== Object.keys(b).length) return false;
   return keys.every(
     (k) =>
-      Object.hasOwn(b, k) && sameValue((a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k]),
+      Object.hasOwn(b, k) &&
+      sameValue((a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k], depth + 1),
   );
 }
 
