@@ -233,7 +233,7 @@ async function refuse(
   report: (err: unknown) => void,
 ): Promise<void> {
   // The rest of an unread body is still read (bounded), so the client gets the answer.
-  if (outcome.closeConnection) drainAfterAnswer(req, drainLimits(engine));
+  if (outcome.closeConnection) drainAfterAnswer(req, drainLimits(engine), res);
   const refusal = refusalOf(outcome);
   const http2 = req.httpVersionMajor === 2;
   if (options.refusals === 'error') {

@@ -350,7 +350,7 @@ async function refuse(
 ): Promise<void> {
   const raw = request.raw;
   // The rest of an unread body is still read (bounded), so the client gets the answer.
-  if (outcome.closeConnection) drainAfterAnswer(raw, drainLimits(engine));
+  if (outcome.closeConnection) drainAfterAnswer(raw, drainLimits(engine), reply.raw);
   const refusal = refusalOf(outcome);
   const http2 = raw.httpVersionMajor === 2;
   if (refusals.mode === 'error') throw new IcapRefusalError(refusal, { http2 });

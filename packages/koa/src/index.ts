@@ -211,7 +211,7 @@ async function refuse(
   report: (err: unknown) => void,
 ): Promise<void> {
   // The rest of an unread body is still read (bounded), so the client gets the answer.
-  if (outcome.closeConnection) drainAfterAnswer(ctx.req, drainLimits(engine));
+  if (outcome.closeConnection) drainAfterAnswer(ctx.req, drainLimits(engine), ctx.res);
   const refusal = refusalOf(outcome);
   const http2 = ctx.req.httpVersionMajor === 2;
   if (options.refusals === 'error') throw new IcapRefusalError(refusal, { http2 });

@@ -11,6 +11,11 @@ export interface DrainLimits {
 
 type Destroyable = Socket & { destroySoon?: () => void };
 
+/** The response of the refused request: its 'finish' (the whole answer handed to the socket). */
+export interface AnsweredResponse {
+  once(event: 'finish', listener: () => void): unknown;
+}
+
 /**
  * For an answer given before the request body was read (a 503 with every scanner down, a
  * 413, 415, 400, 403, 408, 429): the rest of the body is read and discarded for a bounded
@@ -22,14 +27,23 @@ type Destroyable = Socket & { destroySoon?: () => void };
  * half-closed (the client reads the answer, then end-of-stream); once the body has arrived the
  * connection closes; beyond the limits it is destroyed (the client was warned by
  * `Connection: close`). HTTP/1 only: an HTTP/2 stream ends on its own without the connection.
+ *
+ * A limit of 0 closes the connection once the answer is out (`res`'s 'finish'), whatever the
+ * answer says: an application's error handler (`refusals: 'error'`) may answer keep-alive,
+ * without the refusal's `Connection: close`, and Node would then read and discard the rest of
+ * the body, however long, with no bound of ours.
  */
-export function drainAfterAnswer(req: unknown, limits: DrainLimits): void {
+export function drainAfterAnswer(req: unknown, limits: DrainLimits, res?: AnsweredResponse): void {
   if (!(req instanceof IncomingMessage)) return;
   const socket = req.socket as Destroyable | null;
   if (!(socket instanceof Socket) || socket.destroyed) return;
   if (req.complete || req.readableEnded) return;
   if (limits.bytes <= 0 || limits.timeout <= 0) {
     req.resume();
+    res?.once('finish', () => {
+      // Net's own: end, then destroy once what was written (the answer) has been flushed.
+      if (!req.complete && !socket.destroyed) socket.destroySoon?.() ?? socket.end();
+    });
     return;
   }
   const original = socket.destroySoon;
