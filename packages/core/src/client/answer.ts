@@ -1,6 +1,7 @@
 /**
- * The rules RFC 3507 sets on a final ICAP answer's head, checked when it arrives, and the
- * errors a Transaction reports about an answer (one that broke a rule, one that never came).
+ * The rules RFC 3507 sets on a final ICAP answer's head, checked when it arrives, the errors a
+ * Transaction reports about an answer (one that broke a rule, one that never came), and the wait
+ * for what followed an answer on its connection (StrayWait).
  */
 import { Readable } from 'node:stream';
 import {
@@ -12,7 +13,7 @@ import {
 } from '../errors.js';
 import type { IcapRequestMethod } from '../protocol/encoder.js';
 import type { EncapsulatedEntry, IcapResponseHead } from '../protocol/parser.js';
-import type { Connection } from './connection.js';
+import type { Connection, SocketOwner } from './connection.js';
 import { noop } from './deferred.js';
 import type {
   ConnectionInfo,
@@ -447,4 +448,99 @@ export function connectionInfo(conn: Connection, reused: boolean): ConnectionInf
     remotePort: conn.remotePort,
     localPort: conn.localPort,
   };
+}
+
+/** Longest wait for the rest of what followed an answer (capped by the transaction's ioTimeout). */
+const STRAY_WAIT_MS = 250;
+
+/**
+ * The bytes that followed an answer on its connection, until the head they start is complete.
+ * ICAP has one exchange at a time on a connection, so they are about this exchange: a second
+ * answer (a block after a 204) whose verdict must not be lost. TCP may split them anywhere, even
+ * inside the line naming the threat, and the salvage reads complete lines only: so the exchange
+ * waits for a blank line, the connection's end (or error, or ioTimeout), `maxHeaderSize` bytes
+ * or a few hundred ms, whichever comes first, then hands `settle` all it read. It owns the
+ * connection's events meanwhile; the connection is never reused after bytes followed an answer.
+ */
+export class StrayWait implements SocketOwner {
+  readonly #conn: Connection;
+  #buf: Buffer;
+  #timer: NodeJS.Timeout | null;
+  readonly #maxBytes: number;
+  readonly #settle: (stray: Buffer) => void;
+
+  /**
+   * Starts waiting for the rest of `stray` (what followed the answer, or null); false when there
+   * is nothing to wait for (then nothing is made: no timer, no object, in the usual exchange):
+   * nothing followed, or the head is whole already, or too large.
+   */
+  static after(
+    stray: Buffer | null,
+    conn: Connection,
+    opts: { maxHeaderSize: number; ioTimeout: number },
+    settle: (stray: Buffer) => void,
+  ): boolean {
+    if (stray === null || stray.length >= opts.maxHeaderSize || strayHeadEnded(stray)) return false;
+    const ms = Math.min(STRAY_WAIT_MS, opts.ioTimeout);
+    conn.setOwner(new StrayWait(conn, Buffer.from(stray), opts.maxHeaderSize, ms, settle));
+    // It reads on, whoever paused the socket for the body's reader (the body has all it gets).
+    conn.socket.resume();
+    return true;
+  }
+
+  private constructor(
+    conn: Connection,
+    first: Buffer,
+    maxBytes: number,
+    ms: number,
+    settle: (stray: Buffer) => void,
+  ) {
+    this.#conn = conn;
+    this.#buf = first;
+    this.#maxBytes = maxBytes;
+    this.#settle = settle;
+    this.#timer = setTimeout(() => this.#end(), ms);
+  }
+
+  socketData(data: Buffer): void {
+    if (this.#timer === null) return;
+    this.#buf = Buffer.concat([this.#buf, data]);
+    if (this.#buf.length >= this.#maxBytes || strayHeadEnded(this.#buf)) this.#end();
+  }
+
+  socketEnd(): void {
+    this.#end();
+  }
+  socketClose(): void {
+    this.#end();
+  }
+  socketError(): void {
+    this.#end();
+  }
+  socketTimeout(): void {
+    this.#end();
+  }
+
+  /** Settles with what was read (once). */
+  #end(): void {
+    if (this.#timer === null) return;
+    clearTimeout(this.#timer);
+    this.#timer = null;
+    if (this.#conn.owner === this) this.#conn.setOwner(null);
+    this.#settle(this.#buf);
+  }
+}
+
+/**
+ * Whether `b` holds a whole head: a blank line (CRLF CRLF or LF LF) after its first line, empty
+ * lines before that line skipped as the parser skips them (a stray CRLF is no answer yet).
+ */
+function strayHeadEnded(b: Buffer): boolean {
+  let i = 0;
+  while (i < b.length && (b[i] === 0x0d || b[i] === 0x0a)) i++;
+  for (let lf = b.indexOf(0x0a, i); lf !== -1; lf = b.indexOf(0x0a, lf + 1)) {
+    const next = b[lf + 1];
+    if (next === 0x0a || (next === 0x0d && b[lf + 2] === 0x0a)) return true;
+  }
+  return false;
 }

@@ -11,6 +11,7 @@ import {
   connectionInfo,
   finalResponse,
   keepsConnection,
+  StrayWait,
   withReceivedHead,
 } from './answer.js';
 import type { Connection, SocketOwner } from './connection.js';
@@ -390,15 +391,7 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
 
   // ---------------------------------------------------------------- reading
 
-  /** The parser's events (ParserHandler): a head, body data, the end of the message. */
-  onHead(head: IcapResponseHead): void {
-    this.#onHead(head);
-  }
-
-  onBody(data: Buffer): void {
-    this.#onBody(data);
-  }
-
+  /** The parser's events (ParserHandler): a head, body data (onHead, onBody below), the end. */
   onEnd(): void {
     this.#onEnd();
   }
@@ -414,7 +407,7 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
     }
   }
 
-  #onHead(head: IcapResponseHead): void {
+  onHead(head: IcapResponseHead): void {
     if (head.status === 100) {
       // Every 100 is kept, whatever follows: a threat named in one is still a threat.
       this.#continueHead = receivedAnswer(head, this.#continueHead) ?? null;
@@ -484,7 +477,7 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
     if (ignoreBody) this.#onEnd(true);
   }
 
-  #onBody(data: Buffer): void {
+  onBody(data: Buffer): void {
     const body = this.#body;
     if (body === null || this.#finished) return;
     if (!body.push(data) && !this.#pausedForBody) {
@@ -499,8 +492,17 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
     this.#finished = true;
     // The response is complete: anything of the request not yet sent will not be read.
     this.#stopWriting();
-    const conn = this.#conn;
     const stray = this.#parser.leftoverBytes();
+    // Bytes followed the answer (a block after a 204?): it is over when their head is whole.
+    const waits =
+      stray !== null &&
+      StrayWait.after(stray, this.#conn, this.#opts, (all) => this.#settle(head, all, forceClose));
+    if (!waits) this.#settle(head, stray, forceClose);
+  }
+
+  /** The exchange is over: the summary, the connection back to the pool. */
+  #settle(head: IcapResponseHead, stray: Buffer | null, forceClose: boolean): void {
+    const conn = this.#conn;
     const trailer = this.#parser.trailer();
     const reusable =
       !forceClose &&
@@ -536,9 +538,7 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
 
   /** A failed write, as the error for an exchange that then ended without a complete answer. */
   #writeFailure(): IcapError | undefined {
-    return this.#writeError === undefined
-      ? undefined
-      : fromSocketError(this.#writeError, 'io', this.#conn.label);
+    return this.#writeError && fromSocketError(this.#writeError, 'io', this.#conn.label);
   }
 
   socketError(err: Error): void {

@@ -1,0 +1,232 @@
+/**
+ * A threat named in what follows an answer on its connection blocks whatever TCP does to it
+ * (the invariant "a threat verdict is never lost"), found by an attack campaign with a
+ * scripted server: a 204 followed in the same write by a block answer, the stream split
+ * inside the block's threat line, passed in both failure modes (the exchange ended with the
+ * 204's head, and the lines read of what followed it stopped before the threat line's end).
+ * ICAP has one exchange at a time on a connection, so the client now waits for the head of
+ * what followed to be whole (a blank line), the connection's end, or a short bound.
+ *
+ * - the split at every offset from the block's first byte to past its threat line, over
+ *   Express 5, Fastify, Koa 3 and Hono, both failure modes: 403, the handler never ran;
+ * - the block trickled in small pieces blocks too; a threat line whole before a stall blocks;
+ * - what must not change: a 204 with nothing after it passes without waiting (and keeps its
+ *   connection), junk that is no answer after a 204 passes (at once when a blank line or the
+ *   connection's end closes it, else after the short bound, not ioTimeout), a stray answer on
+ *   an idle pooled connection closes it; and nothing is left open.
+ */
+import type { IcapLog } from '@icapkit/core';
+import { afterEach, describe, expect, it } from 'vitest';
+import { type Framework, startApp } from '../conformance/apps.js';
+import { send } from '../support/http-client.js';
+import { activeResources, settleResources } from '../support/leaks.js';
+import { type Handler, scripted } from '../support/scripted-icap.js';
+
+const BLOCK_PAGE = 'HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 7\r\n\r\n';
+const BLOCK =
+  'ICAP/1.0 200 OK\r\nISTag: "x1"\r\nX-Infection-Found: Type=0; Resolution=2; Threat=EICAR;\r\n' +
+  `Encapsulated: res-hdr=0, res-body=${BLOCK_PAGE.length}\r\n\r\n${BLOCK_PAGE}7\r\nblocked\r\n0\r\n\r\n`;
+const NO_CONTENT = 'ICAP/1.0 204 No Content\r\nISTag: "x1"\r\nEncapsulated: null-body=0\r\n\r\n';
+/** Just past the LF that ends the threat line. */
+const THREAT_END = BLOCK.indexOf('\n', BLOCK.indexOf('X-Infection-Found')) + 1;
+/** Every offset inside the block up to the threat line's end, and a few beyond. */
+const OFFSETS = [
+  ...Array.from({ length: THREAT_END }, (_, k) => k + 1),
+  THREAT_END + 5,
+  BLOCK.indexOf('\r\n\r\n') + 2,
+  BLOCK.length - 1,
+];
+/** The client's bound on the wait for what follows an answer (client/answer.ts STRAY_WAIT_MS). */
+const STRAY_WAIT_MS = 250;
+const IO_TIMEOUT = 2000;
+
+const FRAMEWORKS: Framework[] = ['express5', 'fastify', 'koa3', 'hono'];
+const MODES = ['fail-open', 'fail-closed'] as const;
+
+const cleanups: Array<() => Promise<void>> = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+async function setup(framework: Framework, failAction: (typeof MODES)[number], handler: Handler) {
+  const icap = await scripted(handler);
+  cleanups.push(icap.close);
+  const logs: IcapLog[] = [];
+  const app = await startApp(framework, {
+    name: 't',
+    poolGroup: icap.url,
+    serviceUri: '/avscan',
+    failAction,
+    onLog: (l) => logs.push(l),
+    responseTimeout: 4000,
+    connection: { ioTimeout: IO_TIMEOUT },
+  } as never);
+  cleanups.push(app.close);
+  const post = () =>
+    send(app.url, '/raw', {
+      method: 'POST',
+      headers: { 'content-type': 'application/octet-stream' },
+      body: Buffer.from('upload'),
+    });
+  const close = async () => {
+    for (const c of cleanups.splice(0).reverse()) await c();
+  };
+  return { icap, app, logs, post, close };
+}
+
+/** After everything was closed: nothing of the app, the engine or its connections left open. */
+async function expectNothingLeft(baseline: Map<string, number>): Promise<void> {
+  expect(await settleResources(baseline)).toEqual([]);
+}
+
+/** Resolves when `check` holds, polled; fails the test past the deadline. */
+async function until(check: () => boolean, withinMs = 3000): Promise<void> {
+  const deadline = Date.now() + withinMs;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+describe('a block answer after a 204, split by TCP', () => {
+  for (const framework of FRAMEWORKS)
+    for (const failAction of MODES)
+      it(`blocks at every split offset (${framework}, ${failAction})`, async () => {
+        const baseline = activeResources();
+        let k = 0;
+        const { app, logs, post, close } = await setup(framework, failAction, (r) => {
+          r.sock.setNoDelay(true);
+          r.sock.write(NO_CONTENT + BLOCK.slice(0, k));
+          const rest = BLOCK.slice(k);
+          // A later segment: the client reads the first one alone.
+          setTimeout(() => {
+            if (!r.sock.destroyed) r.sock.write(rest);
+          }, 20);
+        });
+        const passed: number[] = [];
+        for (const offset of OFFSETS) {
+          k = offset;
+          const before = logs.length;
+          const res = await post();
+          if (res.status !== 403 || logs[before]?.action !== 'ICAP_BLOCKED') passed.push(offset);
+        }
+        expect(passed).toEqual([]);
+        expect(app.seen).toHaveLength(0);
+        expect(logs).toHaveLength(OFFSETS.length);
+        await close();
+        await expectNothingLeft(baseline);
+      }, 60_000);
+});
+
+describe('what follows an answer, otherwise', () => {
+  for (const framework of FRAMEWORKS)
+    for (const failAction of MODES) {
+      it(`a block trickled in small pieces after a 204 blocks (${framework}, ${failAction})`, async () => {
+        const { app, logs, post } = await setup(framework, failAction, (r) => {
+          r.sock.setNoDelay(true);
+          r.sock.write(NO_CONTENT);
+          let at = 0;
+          const step = () => {
+            if (r.sock.destroyed || at >= BLOCK.length) return;
+            r.sock.write(BLOCK.slice(at, at + 9));
+            at += 9;
+            setTimeout(step, 3);
+          };
+          step();
+        });
+        const res = await post();
+        expect(res.status).toBe(403);
+        expect(app.seen).toHaveLength(0);
+        expect(logs[0]?.action).toBe('ICAP_BLOCKED');
+      });
+
+      it(`a threat line whole before the server stalls blocks (${framework}, ${failAction})`, async () => {
+        const { app, logs, post } = await setup(framework, failAction, (r) => {
+          // The head of the second answer never ends: the bound ends the wait.
+          r.sock.write(NO_CONTENT + BLOCK.slice(0, THREAT_END));
+        });
+        const res = await post();
+        expect(res.status).toBe(403);
+        expect(app.seen).toHaveLength(0);
+        expect(logs[0]?.action).toBe('ICAP_BLOCKED');
+      });
+
+      it(`a 204 with nothing after it passes without waiting (${framework}, ${failAction})`, async () => {
+        const baseline = activeResources();
+        const { icap, app, logs, post, close } = await setup(framework, failAction, (r) =>
+          r.sock.write(NO_CONTENT),
+        );
+        await post(); // warm up (OPTIONS, the first connection)
+        const times: number[] = [];
+        for (let n = 0; n < 5; n++) {
+          const t0 = performance.now();
+          const res = await post();
+          times.push(performance.now() - t0);
+          expect(res.status).toBe(200);
+        }
+        // Far under the wait for what follows an answer: none was made.
+        expect(Math.min(...times)).toBeLessThan(STRAY_WAIT_MS / 2);
+        expect(app.seen).toHaveLength(6);
+        expect(logs.every((l) => l.action === 'ICAP_PASSED')).toBe(true);
+        // One connection served them all: nothing followed an answer.
+        expect(new Set(icap.requests.filter((r) => r.method === 'REQMOD').map((r) => r.conn)).size).toBe(1);
+        await close();
+        await expectNothingLeft(baseline);
+      });
+
+      it(`junk after a 204 passes, bounded by the short wait (${framework}, ${failAction})`, async () => {
+        const baseline = activeResources();
+        let junk = '';
+        let closeAfter = false;
+        const { icap, app, logs, post, close } = await setup(framework, failAction, (r) => {
+          r.sock.write(NO_CONTENT + junk);
+          if (closeAfter) r.sock.end();
+        });
+        const cases: Array<[string, boolean, number]> = [
+          // no blank line, the connection stays open: the short bound ends the wait
+          ['X-Junk: 1\r\npartial', false, IO_TIMEOUT / 2],
+          ['\r\n', false, IO_TIMEOUT / 2],
+          // a blank line, or the connection's end, ends it at once
+          ['junk\r\n\r\n', false, STRAY_WAIT_MS],
+          ['0\r\n\r\n', false, STRAY_WAIT_MS],
+          ['X-Junk: 1\r\npartial', true, STRAY_WAIT_MS],
+        ];
+        for (const [bytes, closes, withinMs] of cases) {
+          junk = bytes;
+          closeAfter = closes;
+          const t0 = performance.now();
+          const res = await post();
+          const took = performance.now() - t0;
+          expect(res.status, JSON.stringify(bytes)).toBe(200);
+          expect(took, JSON.stringify(bytes)).toBeLessThan(withinMs);
+        }
+        expect(app.seen).toHaveLength(cases.length);
+        expect(logs.map((l) => l.action)).toEqual(cases.map(() => 'ICAP_PASSED'));
+        // A connection that carried bytes after its answer is not reused.
+        const conns = icap.requests.filter((r) => r.method === 'REQMOD').map((r) => r.conn);
+        expect(new Set(conns).size).toBe(cases.length);
+        await close();
+        await expectNothingLeft(baseline);
+      });
+
+      it(`a stray answer on an idle pooled connection closes it (${framework}, ${failAction})`, async () => {
+        let served = 0;
+        const { icap, app, logs, post } = await setup(framework, failAction, (r) => {
+          r.sock.write(NO_CONTENT);
+          served++;
+        });
+        expect((await post()).status).toBe(200);
+        const first = icap.requests.find((r) => r.method === 'REQMOD')!;
+        const closed = new Promise<void>((resolve) => first.sock.once('close', () => resolve()));
+        // While the connection idles in the pool: the pool closes it (its current handling).
+        first.sock.write(BLOCK);
+        await closed;
+        await until(() => app.engine.status().every((s) => s.connections.idle === 0));
+        expect((await post()).status).toBe(200);
+        expect(served).toBe(2);
+        const second = icap.requests.filter((r) => r.method === 'REQMOD')[1]!;
+        expect(second.conn).not.toBe(first.conn);
+        expect(logs.map((l) => l.action)).toEqual(['ICAP_PASSED', 'ICAP_PASSED']);
+      });
+    }
+});
