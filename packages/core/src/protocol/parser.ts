@@ -1,7 +1,7 @@
 import { IcapError, IcapErrorCodes, type IcapReceivedHead, RfcErrorCodes } from '../errors.js';
 import { type EncapsulatedEntry, type EncapsulatedName, parseEncapsulated } from './encapsulated.js';
 import { type Headers, parseHeaderBlock, trimOws } from './headers.js';
-import { salvageLines, salvageResponseHead, withReceivedHead } from './salvage.js';
+import { salvageEncapsulated, salvageLines, salvageResponseHead, withReceivedHead } from './salvage.js';
 
 export { parseEncapsulated };
 
@@ -47,6 +47,8 @@ declare module '../errors.js' {
   interface IcapReceivedHead {
     headers: Headers;
     httpResponse: EncapsulatedHttpResponseHead | null;
+    /** The encapsulated HTTP request head (a 200 echo's), when one was read; only ever read for a threat. */
+    httpRequest?: EncapsulatedHttpRequestHead | null;
   }
 }
 
@@ -257,10 +259,15 @@ export class IcapParser<H extends IcapHead = IcapHead> {
             this.#pending = data.subarray(i);
             return;
           }
+          const area = data.subarray(i, i + this.#encapLength);
           try {
-            this.#readEncapsulated(data.subarray(i, i + this.#encapLength));
+            this.#readEncapsulated(area);
           } catch (err) {
-            throw this.#withHead(err, () => this.#head as unknown as IcapResponseHead);
+            // The encapsulated heads broke a rule, yet a threat named in them is still a threat:
+            // their lines, read leniently, go with the ICAP head.
+            throw this.#withHead(err, () =>
+              salvageEncapsulated(this.#head as unknown as IcapResponseHead, this.#head!.encapsulated!, area),
+            );
           }
           i += this.#encapLength;
           this.#afterHeaders(data, i);

@@ -4,6 +4,7 @@
  * fields are read leniently; nothing read here ever passes a request.
  */
 import { IcapError, type IcapReceivedHead } from '../errors.js';
+import type { EncapsulatedEntry } from './encapsulated.js';
 import { Headers, trimOws } from './headers.js';
 
 /**
@@ -23,6 +24,7 @@ export function withReceivedHead<E>(err: E, head: IcapReceivedHead | undefined, 
       headers: head.headers,
       rawHeaders: head.rawHeaders,
       httpResponse: head.httpResponse,
+      httpRequest: head.httpRequest ?? null,
     },
   }) as E;
 }
@@ -40,6 +42,21 @@ export function salvageResponseHead(block: Buffer): IcapReceivedHead {
   const m = /^\s*ICAP\/\d+(?:\.\d+)?[ \t]+(\d{3})(?![0-9])(?:[ \t]+(.*))?/i.exec(startLine);
   const code = m === null ? 0 : Number(m[1]);
   const status = code >= 100 && code <= 599 ? code : 0;
+  const { headers, raw } = lenientFields(lines);
+  return {
+    status,
+    reason: status === 0 ? '' : (m?.[2] ?? ''),
+    headers,
+    rawHeaders: raw.length === 0 ? '' : `${raw.join('\r\n')}\r\n`,
+    httpResponse: null,
+  };
+}
+
+/**
+ * The fields of `lines` after the first (a start line), up to the first empty line, read
+ * leniently as salvageResponseHead says; `raw`: the lines read, without their line ends.
+ */
+function lenientFields(lines: readonly string[]): { headers: Headers; raw: string[] } {
   const headers = new Headers();
   let name: string | undefined;
   let value: string[] = [];
@@ -54,10 +71,7 @@ export function salvageResponseHead(block: Buffer): IcapReceivedHead {
   const raw: string[] = [];
   for (let k = 1; k < lines.length; k++) {
     const line = lines[k]!.replace(/\r$/, '');
-    if (line === '') {
-      flush();
-      break;
-    }
+    if (line === '') break;
     raw.push(line);
     if ((line.charCodeAt(0) === 0x20 || line.charCodeAt(0) === 0x09) && name !== undefined) {
       value.push(trimOws(line));
@@ -70,12 +84,61 @@ export function salvageResponseHead(block: Buffer): IcapReceivedHead {
     value = [trimOws(line.slice(colon + 1))];
   }
   flush();
+  return { headers, raw };
+}
+
+type HttpRequestHead = NonNullable<IcapReceivedHead['httpRequest']>;
+type HttpResponseHead = NonNullable<IcapReceivedHead['httpResponse']>;
+
+/**
+ * `head` (an ICAP head read whole) with its encapsulated HTTP heads read leniently from `area`
+ * (the bytes its `Encapsulated` entries size), for a section the strict parser refused (a line
+ * without a colon, an odd start line, an offset off by a byte): a threat field in the request
+ * head a 200 echoes, or in a page, is still a threat. Only ever read for a threat.
+ */
+export function salvageEncapsulated(
+  head: IcapReceivedHead,
+  entries: readonly EncapsulatedEntry[],
+  area: Buffer,
+): IcapReceivedHead {
+  let httpRequest: HttpRequestHead | null = head.httpRequest ?? null;
+  let httpResponse: HttpResponseHead | null = head.httpResponse;
+  for (let k = 0; k < entries.length - 1; k++) {
+    const entry = entries[k]!;
+    if (entry.name !== 'req-hdr' && entry.name !== 'res-hdr') continue;
+    const section = area.subarray(entry.offset, Math.max(entry.offset, entries[k + 1]!.offset));
+    const lines = section.toString('latin1').split('\n');
+    const startLine = (lines[0] ?? '').replace(/\r$/, '');
+    const { headers } = lenientFields(lines);
+    if (entry.name === 'req-hdr') {
+      const m = /^\s*(\S+)\s+(\S+)(?:\s+(\S+))?/.exec(startLine);
+      httpRequest = {
+        startLine,
+        headers,
+        raw: section,
+        method: m?.[1] ?? '',
+        target: m?.[2] ?? '',
+        version: m?.[3] ?? '',
+      };
+    } else {
+      const m = /^\s*(HTTP\/\S+)[ \t]+(\d{3})(?![0-9])(?:[ \t]+(.*))?/i.exec(startLine);
+      httpResponse = {
+        startLine,
+        headers,
+        raw: section,
+        status: m === null ? 0 : Number(m[2]),
+        reason: m?.[3] ?? '',
+        version: m?.[1] ?? '',
+      };
+    }
+  }
   return {
-    status,
-    reason: status === 0 ? '' : (m?.[2] ?? ''),
-    headers,
-    rawHeaders: raw.length === 0 ? '' : `${raw.join('\r\n')}\r\n`,
-    httpResponse: null,
+    status: head.status,
+    reason: head.reason,
+    headers: head.headers,
+    rawHeaders: head.rawHeaders,
+    httpResponse,
+    httpRequest,
   };
 }
 
@@ -105,6 +168,7 @@ export function receivedAnswer(
     Buffer.from(`ICAP/1.0 ${cut.status || 100} ${cut.reason}\r\n${fields}\r\n`, 'latin1'),
   );
   head.httpResponse = cut.httpResponse;
+  head.httpRequest = cut.httpRequest ?? null;
   return head;
 }
 

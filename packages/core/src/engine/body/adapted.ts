@@ -80,12 +80,15 @@ export class AdaptedBody {
    * Reads `body` (the ICAP response body) to its end into this one, as `for await` would (each
    * chunk in turn; an error or a premature close of the stream rejects; the stream destroyed
    * at the end), without a promise per chunk: chunks already buffered are taken in one go.
-   * `received` is told each chunk's length; past the limit the stream is destroyed and the
-   * error `tooLarge` makes rejects.
+   * `received` is told each chunk's length. Past the limit the rest is still read to the end
+   * (and discarded: what follows the body may name a threat, see exchange.ts), then the error
+   * `tooLarge` makes rejects.
    */
   readAll(body: Readable, received: (bytes: number) => void, tooLarge: () => Error): Promise<void> {
     return new Promise((resolve, reject) => {
       let settled = false;
+      // Past the limit: the error the end rejects with (the rest is read and discarded).
+      let over: Error | null = null;
       const settle = (err: unknown) => {
         if (settled) return;
         settled = true;
@@ -101,16 +104,14 @@ export class AdaptedBody {
             const chunk = body.read() as Buffer | null;
             if (chunk === null) return;
             received(chunk.length);
-            if (!this.write(chunk)) {
-              settle(tooLarge());
-              return;
-            }
+            if (over === null && !this.write(chunk)) over = tooLarge();
           }
         } catch (err) {
           settle(err);
         }
       };
-      const stop = finished(body, { writable: false }, (err) => settle(err ?? null));
+      // Past the limit, the over-size failure is the one that counts, whatever ended the read.
+      const stop = finished(body, { writable: false }, (err) => settle(over ?? err ?? null));
       body.on('readable', pull);
       pull();
     });
@@ -120,7 +121,8 @@ export class AdaptedBody {
    * Reads `res`'s body (if it has one) to its end into this one, as readAll reads `res.body`,
    * without its Readable: the transaction hands each chunk over as the socket reads it (see
    * takeBody). Undefined when that is over at once (the whole body came with the head), else a
-   * promise; an error, as readAll's, rejects. `res.body` is not to be read after this.
+   * promise; an error, as readAll's, rejects (past the limit, once the answer is read to its end).
+   * `res.body` is not to be read after this.
    */
   readAnswer(
     res: IcapResponse,
@@ -197,6 +199,8 @@ class AnswerReader implements BodySink {
   readonly #received: (bytes: number) => void;
   readonly #tooLarge: () => Error;
   #state = READING;
+  /** Past the limit: the error the end settles with. */
+  #over: Error | null = null;
   #error: unknown = undefined;
   #resolve: (() => void) | null = null;
   #reject: ((err: unknown) => void) | null = null;
@@ -211,8 +215,9 @@ class AnswerReader implements BodySink {
     if (this.#state !== READING) return false;
     try {
       this.#received(chunk.length);
-      if (this.#adapted.write(chunk)) return true;
-      this.#settle(this.#tooLarge());
+      // Past the limit the rest is read to the end and discarded (see readAll).
+      if (this.#over === null && !this.#adapted.write(chunk)) this.#over = this.#tooLarge();
+      return true;
     } catch (err) {
       this.#settle(err);
     }
@@ -220,11 +225,13 @@ class AnswerReader implements BodySink {
   }
 
   end(): void {
-    this.#settle(null);
+    this.#settle(this.#over);
   }
 
   error(err: IcapError): void {
-    this.#settle(err);
+    // Past the limit, the over-size failure is the one that counts (an answer that never ends
+    // after it is read until the attempt's signal ends it).
+    this.#settle(this.#over ?? err);
   }
 
   /** Undefined when read to the end already; else a promise of the end (or the error). */

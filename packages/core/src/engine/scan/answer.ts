@@ -14,13 +14,18 @@ import { readVerdict, type Verdict } from '../verdict/index.js';
 
 /** Largest ICAP block page relayed to the client. */
 const MAX_RELAY_BODY = 1024 * 1024;
-/** A response body we do not need is read up to this size to keep the connection; larger ones are dropped. */
+/**
+ * A response body we do not need, after a verdict that blocks already, is read up to this size to
+ * keep the connection; larger ones are dropped (one that may still name a threat is read to its
+ * end: drainToEnd).
+ */
 const MAX_DRAIN = 64 * 1024;
 
 /**
  * What the server sent after the answer's head that may name a threat, once the exchange is
  * over: the trailer fields of its body, then what followed the answer on the connection (a
- * second answer). Empty when there was neither, or the exchange failed.
+ * second answer). Empty when there was neither, or the exchange failed: so it is asked only of
+ * an answer read to its end (drainToEnd, the adapted body's reader), whose failure fails the attempt.
  */
 export async function namedAfterHead(res: IcapResponse): Promise<IcapReceivedHead[]> {
   const s = await res.done.catch(() => undefined);
@@ -64,7 +69,10 @@ export function fillVerdict(entry: IcapRequestLog, v: Verdict, vendor: string): 
     entry.nsx_defender_log = v.nsx_defender_log;
 }
 
-/** Reads and discards a response body we do not need (small ones keep the connection alive). */
+/**
+ * Reads and discards a response body we do not need once the verdict blocks (small ones keep the
+ * connection alive). Never for an answer that may still name a threat after it: drainToEnd.
+ */
 export async function drain(res: IcapResponse): Promise<void> {
   const body = res.body;
   if (body === null) return;
@@ -76,6 +84,22 @@ export async function drain(res: IcapResponse): Promise<void> {
       return;
     }
   }
+}
+
+/**
+ * Reads and discards a response body to its end, however large (nothing is kept): what follows
+ * it (its trailer, a second answer) is read for a threat only once it ends, and an answer whose
+ * body is cut short names nothing. No byte limit: the attempt's signal (responseTimeout, a stall)
+ * bounds it in time, and an answer that never ends fails as any other. `progress` is told each
+ * chunk's length (the stall watch's progress).
+ */
+export async function drainToEnd(
+  res: IcapResponse,
+  progress: { received(bytes: number): void },
+): Promise<void> {
+  const body = res.body;
+  if (body === null) return;
+  for await (const chunk of body as AsyncIterable<Buffer>) progress.received(chunk.length);
 }
 
 /**

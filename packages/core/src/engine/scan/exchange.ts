@@ -9,7 +9,7 @@ import { absoluteTarget, type HttpRequestFacts } from '../request.js';
 import type { ClientResponse } from '../respond.js';
 import type { AttemptResult, ExchangeContext } from '../types.js';
 import type { Verdict } from '../verdict/index.js';
-import { drain, fillVerdict, latencyOf, namedAfterHead, readRelay, verdictOf } from './answer.js';
+import { drain, drainToEnd, fillVerdict, latencyOf, namedAfterHead, readRelay, verdictOf } from './answer.js';
 import { AttemptWatch, type WatchHooks } from './attempt-watch.js';
 import { allArrived, bodyComplete } from './intake.js';
 import {
@@ -312,7 +312,8 @@ class Exchange implements WatchHooks, TriedServers {
           );
           return unscannableBlock(entry, res, verdict);
         }
-        if (res.body !== null) await drain(res);
+        // Read to its end: a threat named after the page (its trailer, a second answer) blocks.
+        if (res.body !== null) await drainToEnd(res, watch);
         const late = await this.#blockedAfterHead(res, entry, started);
         if (late !== null) return late;
         const error = new IcapError(
@@ -324,7 +325,9 @@ class Exchange implements WatchHooks, TriedServers {
         throw error;
       }
       case 'clean': {
-        if (res.body !== null) await drain(res);
+        // Read to its end, however long (bounded in time by the attempt's signal): a threat named
+        // after the body (its trailer, a second answer) blocks, and an answer that never ends fails.
+        if (res.body !== null) await drainToEnd(res, watch);
         // No body: the exchange's own latency (what latencyOf reads then, without its promise).
         const summary = res.body === null ? await res.done : undefined;
         entry.latency =
@@ -379,7 +382,21 @@ class Exchange implements WatchHooks, TriedServers {
                 `the body returned by the ICAP server is larger than bufferSize (${p.bufferSize} bytes)`,
               ),
           );
-          if (reading !== undefined) await reading;
+          if (reading !== undefined) {
+            try {
+              await reading;
+            } catch (err) {
+              // Over bufferSize: the rest of the answer was still read (and discarded) to its
+              // end, so a threat named after the body blocks; else the over-size failure stands.
+              const late =
+                err instanceof IcapError && err.code === IcapErrorCodes.BODY_TOO_LARGE
+                  ? await this.#blockedAfterHead(res, entry, started)
+                  : null;
+              if (late === null) throw err;
+              adapted.dispose();
+              return late;
+            }
+          }
           entry.latency = String(Math.round((await res.done).latencyMs));
           watch.stop();
           const late = await this.#blockedAfterHead(res, entry, started);
@@ -448,7 +465,9 @@ class Exchange implements WatchHooks, TriedServers {
     err: IcapError | undefined,
   ): AttemptResult | null {
     const p = this.#ctx.profile;
-    const verdict = verdictOf(p, head, null, this.facts.fileName);
+    // The encapsulated request head goes too when one was read (salvaged from an answer whose
+    // encapsulated section broke a rule): a threat named in it blocks.
+    const verdict = verdictOf(p, head, head.httpRequest ?? null, this.facts.fileName);
     if (verdict.kind !== 'blocked' && !(verdict.kind === 'error' && verdict.unscannable)) return null;
     fillVerdict(entry, verdict, p.vendor);
     entry.icap_response_code = head.status;

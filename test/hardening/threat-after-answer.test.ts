@@ -1,0 +1,196 @@
+/**
+ * A threat the ICAP server names after a part of its answer that the engine used to stop reading
+ * blocks, in both failure modes (the invariant "a threat verdict is never lost"), found by an
+ * attack campaign with a scripted server (each case failed before its fix):
+ *
+ * - in the trailer after a clean answer's body (or an error answer's page) over 64 KiB: such a
+ *   body was dropped at 64 KiB, so its trailer was never read, and the head's clean verdict stood
+ *   (or the error took fail-open). It is now read to its end, bounded in time only;
+ * - in the trailer after an echoed body over bufferSize: the over-size failure took fail-open
+ *   before the trailer was read. The rest is now read (and discarded) to its end first;
+ * - in the encapsulated HTTP head (the request a 200 echoes, or a page) of an answer whose
+ *   encapsulated section breaks a rule (a line without a colon): the error carried the ICAP head
+ *   only. Its lines are now read leniently, for a threat.
+ *
+ * And what must not change: a large clean answer passes, an echo over bufferSize without a threat
+ * is the failure it was, a broken section naming no threat is an ICAP failure, and a clean answer
+ * whose body never ends is one too (it used to pass after 64 KiB, even under fail-closed).
+ */
+import type { IcapLog } from '@icapkit/core';
+import { afterEach, describe, expect, it } from 'vitest';
+import { type App, type Framework, startApp } from '../conformance/apps.js';
+import { send } from '../support/http-client.js';
+import { chunked, type Handler, type Req, scripted } from '../support/scripted-icap.js';
+
+const cleanups: Array<() => Promise<void>> = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+const FRAMEWORKS: Framework[] = ['express5', 'fastify', 'koa3', 'hono'];
+const MODES = ['fail-open', 'fail-closed'] as const;
+const UPLOAD = Buffer.from('some upload');
+const THREAT = 'X-Infection-Found: Type=0; Resolution=2; Threat=EICAR;\r\n';
+const MIB = Buffer.alloc(1024 * 1024, 0x41);
+
+async function setup(
+  framework: Framework,
+  failAction: (typeof MODES)[number],
+  handler: Handler,
+  extra: Record<string, unknown> = {},
+) {
+  const icap = await scripted(handler);
+  cleanups.push(icap.close);
+  const logs: IcapLog[] = [];
+  const app = await startApp(framework, {
+    name: 't',
+    poolGroup: icap.url,
+    serviceUri: '/avscan',
+    failAction,
+    onLog: (l: IcapLog) => logs.push(l),
+    responseTimeout: 3000,
+    connection: { ioTimeout: 2000 },
+    ...extra,
+  } as never);
+  cleanups.push(app.close);
+  const post = () =>
+    send(app.url, '/raw', {
+      method: 'POST',
+      headers: { 'content-type': 'application/octet-stream' },
+      body: UPLOAD,
+    });
+  return { app, logs, post };
+}
+
+function expectBlocked(status: number, app: App, log: IcapLog | undefined): void {
+  expect(status).toBe(403);
+  expect(app.seen).toHaveLength(0);
+  expect(log?.action).toBe('ICAP_BLOCKED');
+}
+
+/** What a failed exchange gives: fail-open passes the original upload, fail-closed 503. */
+function expectFailure(
+  mode: (typeof MODES)[number],
+  status: number,
+  app: App,
+  log: IcapLog | undefined,
+): void {
+  expect(log?.action).toBe('ICAP_FAILED');
+  if (mode === 'fail-closed') {
+    expect(status).toBe(503);
+    expect(app.seen).toHaveLength(0);
+  } else {
+    expect(status).toBe(200);
+    expect(app.seen[0]?.raw).toEqual(UPLOAD);
+  }
+}
+
+const ALLOWED =
+  'ICAP/1.0 200 OK\r\nISTag: "x1"\r\nX-Response-Info: Allowed\r\nEncapsulated: req-body=0\r\n\r\n';
+const PAGE200 = 'HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n';
+const ERROR500 = `ICAP/1.0 500 Server Error\r\nISTag: "x1"\r\nEncapsulated: res-hdr=0, res-body=${PAGE200.length}\r\n\r\n${PAGE200}`;
+
+/** A 200 echoing the request head (plus `extra` lines) and `body`, then `trailer`. */
+function echo(r: Req, body: Buffer, extra = '', trailer = ''): string {
+  const reqHdr = r.encap.toString('latin1').replace(/\r\n\r\n$/, `\r\n${extra}\r\n`);
+  return `ICAP/1.0 200 OK\r\nISTag: "x1"\r\nEncapsulated: req-hdr=0, req-body=${reqHdr.length}\r\n\r\n${reqHdr}${chunked(body)}0\r\n${trailer}\r\n`;
+}
+
+/** An answer of `status` carrying a 403 page (with `extra` lines) and no body. */
+function page(status: string, extra: string): string {
+  const p = `HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n${extra}\r\n`;
+  return `ICAP/1.0 ${status}\r\nISTag: "x1"\r\nEncapsulated: res-hdr=0, null-body=${p.length}\r\n\r\n${p}`;
+}
+
+describe.each(FRAMEWORKS)('%s', (framework) => {
+  for (const mode of MODES) {
+    describe(mode, () => {
+      // ---------------------------------------------------- a body over 64 KiB, then a trailer
+
+      it('a clean 200 with a 1 MiB body and a threat in its trailer is blocked', async () => {
+        const { app, logs, post } = await setup(framework, mode, (r) =>
+          r.sock.write(`${ALLOWED}${chunked(MIB)}0\r\n${THREAT}\r\n`),
+        );
+        expectBlocked((await post()).status, app, logs[0]);
+        expect(logs[0]?.request_logs[0]?.threat_id).toBe('EICAR');
+      });
+
+      it('an ICAP 500 with a 1 MiB page and a threat in its trailer is blocked', async () => {
+        const { app, logs, post } = await setup(framework, mode, (r) =>
+          r.sock.write(`${ERROR500}${chunked(MIB)}0\r\n${THREAT}\r\n`),
+        );
+        expectBlocked((await post()).status, app, logs[0]);
+      });
+
+      it('control: a clean 200 with a 1 MiB body and a harmless trailer passes', async () => {
+        const { app, logs, post } = await setup(framework, mode, (r) =>
+          r.sock.write(`${ALLOWED}${chunked(MIB)}0\r\nX-Scan-Time: 12\r\n\r\n`),
+        );
+        const res = await post();
+        expect(res.status).toBe(200);
+        expect(app.seen[0]?.raw).toEqual(UPLOAD);
+        expect(logs[0]?.action).toBe('ICAP_PASSED');
+      });
+
+      it('a clean 200 whose body never ends is an ICAP failure, never a pass by itself', async () => {
+        const { app, logs, post } = await setup(
+          framework,
+          mode,
+          (r) => r.sock.write(`${ALLOWED}${(2 * MIB.length).toString(16)}\r\n${MIB.toString('latin1')}`),
+          { responseTimeout: 1000, connection: { ioTimeout: 500 } },
+        );
+        expectFailure(mode, (await post()).status, app, logs[0]);
+      });
+
+      // ---------------------------------------------- an echo over bufferSize, then a trailer
+
+      it('an echo over bufferSize with a threat in its trailer is blocked', async () => {
+        const { app, logs, post } = await setup(
+          framework,
+          mode,
+          (r) => r.sock.write(echo(r, Buffer.alloc(4096, 0x41), '', THREAT)),
+          { bufferSize: 1024 },
+        );
+        expectBlocked((await post()).status, app, logs[0]);
+        expect(logs[0]?.request_logs[0]?.threat_id).toBe('EICAR');
+      });
+
+      it('control: an echo over bufferSize without a threat is the over-size failure it was', async () => {
+        const { app, logs, post } = await setup(
+          framework,
+          mode,
+          (r) => r.sock.write(echo(r, Buffer.alloc(4096, 0x41))),
+          { bufferSize: 1024 },
+        );
+        expectFailure(mode, (await post()).status, app, logs[0]);
+        expect(logs[0]?.request_logs[0]?.error_message).toMatch(/larger than bufferSize/);
+      });
+
+      // ------------------------- a threat in an encapsulated head with a line without a colon
+
+      const BROKEN: Record<string, (r: Req) => string> = {
+        'an echo with X-Blocked (Sophos) in its request head': (r) =>
+          echo(r, r.body, 'X-Blocked: Virus found during virus scan\r\njunk\r\n'),
+        'an echo with X-Infection-Found in its request head': (r) => echo(r, r.body, `${THREAT}junk\r\n`),
+        'an echo with X-Virus-ID in its request head': (r) =>
+          echo(r, r.body, 'X-Virus-ID: EICAR\r\njunk\r\n'),
+        'an ICAP 500 with a 403 page naming a threat': () => page('500 Server Error', `${THREAT}junk\r\n`),
+        'an ICAP 204 with a 403 page naming a threat': () => page('204 No Content', `${THREAT}junk\r\n`),
+      };
+      for (const [name, make] of Object.entries(BROKEN)) {
+        it(`${name} and a malformed line there is blocked`, async () => {
+          const { app, logs, post } = await setup(framework, mode, (r) => r.sock.write(make(r)));
+          expectBlocked((await post()).status, app, logs[0]);
+        });
+      }
+
+      it('control: an echo with a malformed line and no threat is an ICAP failure', async () => {
+        const { app, logs, post } = await setup(framework, mode, (r) =>
+          r.sock.write(echo(r, r.body, 'X-Scan-Time: 12\r\njunk\r\n')),
+        );
+        expectFailure(mode, (await post()).status, app, logs[0]);
+        expect(logs[0]?.request_logs[0]?.error_message).toMatch(/malformed header line/);
+      });
+    });
+  }
+});
