@@ -1,26 +1,8 @@
-/**
- * A threat named in what follows an answer on its connection blocks whatever TCP does to it
- * (the invariant "a threat verdict is never lost"), found by an attack campaign with a
- * scripted server: a 204 followed in the same write by a block answer, the stream split
- * inside the block's threat line, passed in both failure modes (the exchange ended with the
- * 204's head, and the lines read of what followed it stopped before the threat line's end).
- * ICAP has one exchange at a time on a connection, so the client now waits for the head of
- * what followed to be whole (a blank line), the connection's end, or a short bound.
- *
- * - the split at every offset from the block's first byte to past its threat line, over
- *   Express 5, Fastify, Koa 3 and Hono, both failure modes: 403, the handler never ran;
- * - the block trickled in small pieces blocks too; a threat line whole before a stall blocks;
- * - what must not change: a 204 with nothing after it passes without waiting (and keeps its
- *   connection), junk that is no answer after a 204 passes (at once when a blank line or the
- *   connection's end closes it, else after the short bound, not ioTimeout), a stray answer on
- *   an idle pooled connection closes it; and nothing is left open.
- */
-import type { IcapLog } from '@icapkit/core';
 import { afterEach, describe, expect, it } from 'vitest';
-import { type Framework, startApp } from '../conformance/apps.js';
-import { send } from '../support/http-client.js';
+import type { Framework } from '../conformance/apps.js';
 import { activeResources, settleResources } from '../support/leaks.js';
-import { type Handler, scripted } from '../support/scripted-icap.js';
+import { scriptedApp } from '../support/scripted-app.js';
+import type { Handler } from '../support/scripted-icap.js';
 
 const BLOCK_PAGE = 'HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 7\r\n\r\n';
 const BLOCK =
@@ -49,29 +31,13 @@ afterEach(async () => {
 });
 
 async function setup(framework: Framework, failAction: (typeof MODES)[number], handler: Handler) {
-  const icap = await scripted(handler);
-  cleanups.push(icap.close);
-  const logs: IcapLog[] = [];
-  const app = await startApp(framework, {
-    name: 't',
-    poolGroup: icap.url,
-    serviceUri: '/avscan',
-    failAction,
-    onLog: (l) => logs.push(l),
-    responseTimeout: 4000,
-    connection: { ioTimeout: IO_TIMEOUT },
-  } as never);
-  cleanups.push(app.close);
-  const post = () =>
-    send(app.url, '/raw', {
-      method: 'POST',
-      headers: { 'content-type': 'application/octet-stream' },
-      body: Buffer.from('upload'),
-    });
+  const profile = { failAction, responseTimeout: 4000, connection: { ioTimeout: IO_TIMEOUT } };
+  const s = await scriptedApp(framework, handler, profile, cleanups);
+  const post = () => s.post(Buffer.from('upload'));
   const close = async () => {
     for (const c of cleanups.splice(0).reverse()) await c();
   };
-  return { icap, app, logs, post, close };
+  return { ...s, post, close };
 }
 
 /** After everything was closed: nothing of the app, the engine or its connections left open. */

@@ -18,9 +18,9 @@
  */
 import type { IcapLog } from '@icapkit/core';
 import { afterEach, describe, expect, it } from 'vitest';
-import { type App, type Framework, startApp } from '../conformance/apps.js';
-import { send } from '../support/http-client.js';
-import { chunked, type Handler, type Req, scripted } from '../support/scripted-icap.js';
+import type { App, Framework } from '../conformance/apps.js';
+import { scriptedApp } from '../support/scripted-app.js';
+import { chunked, type Handler, type Req } from '../support/scripted-icap.js';
 
 const cleanups: Array<() => Promise<void>> = [];
 afterEach(async () => {
@@ -39,27 +39,9 @@ async function setup(
   handler: Handler,
   extra: Record<string, unknown> = {},
 ) {
-  const icap = await scripted(handler);
-  cleanups.push(icap.close);
-  const logs: IcapLog[] = [];
-  const app = await startApp(framework, {
-    name: 't',
-    poolGroup: icap.url,
-    serviceUri: '/avscan',
-    failAction,
-    onLog: (l: IcapLog) => logs.push(l),
-    responseTimeout: 3000,
-    connection: { ioTimeout: 2000 },
-    ...extra,
-  } as never);
-  cleanups.push(app.close);
-  const post = () =>
-    send(app.url, '/raw', {
-      method: 'POST',
-      headers: { 'content-type': 'application/octet-stream' },
-      body: UPLOAD,
-    });
-  return { app, logs, post };
+  const profile = { failAction, responseTimeout: 3000, connection: { ioTimeout: 2000 }, ...extra };
+  const s = await scriptedApp(framework, handler, profile, cleanups);
+  return { app: s.app, logs: s.logs, post: () => s.post(UPLOAD) };
 }
 
 function expectBlocked(status: number, app: App, log: IcapLog | undefined): void {

@@ -18,9 +18,9 @@ import type { Socket } from 'node:net';
 import type { IcapLog } from '@icapkit/core';
 import { eicar } from '@icapkit/testing';
 import { afterEach, describe, expect, it } from 'vitest';
-import { type App, type Framework, startApp } from '../conformance/apps.js';
-import { send } from '../support/http-client.js';
-import { chunked, type Handler, type Req, scripted } from '../support/scripted-icap.js';
+import type { App, Framework } from '../conformance/apps.js';
+import { scriptedApp } from '../support/scripted-app.js';
+import { chunked, type Handler, type Req } from '../support/scripted-icap.js';
 
 const BLOCK_PAGE = 'HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 7\r\n\r\n';
 function blockAnswer(): string {
@@ -46,22 +46,9 @@ async function setup(
   handler: Handler,
   connection: Record<string, number> = {},
 ) {
-  const icap = await scripted(handler);
-  cleanups.push(icap.close);
-  const logs: IcapLog[] = [];
-  const app = await startApp(framework, {
-    name: 't',
-    poolGroup: icap.url,
-    serviceUri: '/avscan',
-    failAction,
-    onLog: (l) => logs.push(l),
-    responseTimeout: 1500,
-    connection: { ioTimeout: 500, ...connection },
-  } as never);
-  cleanups.push(app.close);
-  const post = (body: Buffer = EICAR) =>
-    send(app.url, '/raw', { method: 'POST', headers: { 'content-type': 'application/octet-stream' }, body });
-  return { icap, app, logs, post };
+  const profile = { failAction, responseTimeout: 1500, connection: { ioTimeout: 500, ...connection } };
+  const s = await scriptedApp(framework, handler, profile, cleanups);
+  return { ...s, post: (body: Buffer = EICAR) => s.post(body) };
 }
 
 /** Refused, the handler never ran, the record says blocked. */

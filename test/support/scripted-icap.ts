@@ -16,10 +16,16 @@ export interface Req {
 }
 export type Handler = (r: Req) => void;
 
+/** A scripted ICAP server: its URL, the requests it got, close(). */
+export interface ScriptedIcap {
+  url: string;
+  server: Server;
+  requests: Req[];
+  close: () => Promise<void>;
+}
+
 /** A raw ICAP server: parses requests (preview: 100 Continue automatically) and hands them to `handler`. */
-export async function scripted(
-  handler: Handler,
-): Promise<{ url: string; server: Server; requests: Req[]; close: () => Promise<void> }> {
+export async function scripted(handler: Handler): Promise<ScriptedIcap> {
   const requests: Req[] = [];
   const socks = new Set<Socket>();
   let connNo = 0;
