@@ -10,7 +10,7 @@ import type { Buffer } from 'node:buffer';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { IcapProfile, PinoLike } from '@icapkit/core';
+import type { IcapProfile } from '@icapkit/core';
 import { eicar, type IcapTestServer, startIcapServer } from '@icapkit/testing';
 import { bodyParser } from '@koa/bodyparser';
 import express5 from 'express';
@@ -18,6 +18,7 @@ import { koaBody } from 'koa-body';
 import multer from 'multer';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Framework } from '../conformance/apps.js';
+import { capture } from '../support/consumed-capture.js';
 import { multipart, send } from '../support/http-client.js';
 import { type RefusalApp, type RefusalAppOptions, startRefusalApp } from './refusal-apps.js';
 
@@ -28,30 +29,6 @@ beforeAll(async () => {
 afterAll(() => icap?.close());
 
 const BODY_TIMEOUT = 20_000;
-
-interface Captured {
-  warnings: Error[];
-  errors: Array<{ obj: unknown; msg: string }>;
-  logger: PinoLike;
-  stop(): void;
-}
-
-function capture(): Captured {
-  const warnings: Error[] = [];
-  const errors: Array<{ obj: unknown; msg: string }> = [];
-  const onWarning = (w: Error) => {
-    if ((w as { code?: string }).code === 'ICAP_ERR_BODY_CONSUMED') warnings.push(w);
-  };
-  process.on('warning', onWarning);
-  const noop = () => {};
-  const logger = {
-    debug: noop,
-    info: noop,
-    warn: noop,
-    error: (obj: unknown, msg: string) => errors.push({ obj, msg }),
-  } as unknown as PinoLike;
-  return { warnings, errors, logger, stop: () => process.off('warning', onWarning) };
-}
 
 const json = { 'content-type': 'application/json', accept: 'application/json' };
 

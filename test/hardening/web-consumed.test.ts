@@ -16,12 +16,13 @@ import type { AddressInfo } from 'node:net';
 import { Writable } from 'node:stream';
 import { buffer } from 'node:stream/consumers';
 import { createAdaptorServer } from '@hono/node-server';
-import { bodyConsumedMessage, type IcapLog, type IcapProfile, type PinoLike } from '@icapkit/core';
+import { bodyConsumedMessage, type IcapLog, type IcapProfile } from '@icapkit/core';
 import { icap as honoIcap } from '@icapkit/hono';
 import { eicar, type IcapTestServer, startIcapServer } from '@icapkit/testing';
 import { withIcap } from '@icapkit/web';
 import { Hono } from 'hono';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { capture } from '../support/consumed-capture.js';
 import { rawExchange } from '../support/raw-http.js';
 
 let icap: IcapTestServer;
@@ -122,30 +123,6 @@ async function startApp(
       await close();
     },
   };
-}
-
-interface Captured {
-  warnings: Error[];
-  errors: Array<{ obj: unknown; msg: string }>;
-  logger: PinoLike;
-  stop(): void;
-}
-
-function capture(): Captured {
-  const warnings: Error[] = [];
-  const errors: Array<{ obj: unknown; msg: string }> = [];
-  const onWarning = (w: Error) => {
-    if ((w as { code?: string }).code === 'ICAP_ERR_BODY_CONSUMED') warnings.push(w);
-  };
-  process.on('warning', onWarning);
-  const noop = () => {};
-  const logger = {
-    debug: noop,
-    info: noop,
-    warn: noop,
-    error: (obj: unknown, msg: string) => errors.push({ obj, msg }),
-  } as unknown as PinoLike;
-  return { warnings, errors, logger, stop: () => process.off('warning', onWarning) };
 }
 
 const E = eicar().toString('latin1');
