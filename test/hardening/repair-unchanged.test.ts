@@ -8,12 +8,13 @@
  * body changed) is still delivered, rewritten. Found by an attack campaign: the unchanged
  * "repair" reached the handler (200, ICAP_PASSED with a threat_id, or ICAP_MODIFIED).
  */
-import { type IcapLog, VENDORS } from '@icapkit/core';
+import { VENDORS } from '@icapkit/core';
 import { eicar } from '@icapkit/testing';
 import { afterEach, describe, expect, it } from 'vitest';
-import { type Framework, startApp } from '../conformance/apps.js';
+import type { Framework } from '../conformance/apps.js';
 import { multipart, send } from '../support/http-client.js';
-import { chunked, type Req, scripted } from '../support/scripted-icap.js';
+import { scriptedApp } from '../support/scripted-app.js';
+import { chunked, type Req } from '../support/scripted-icap.js';
 
 const cleanups: Array<() => Promise<void>> = [];
 afterEach(async () => {
@@ -43,24 +44,17 @@ const REPAIRS: Record<string, string> = {
 };
 
 async function appOn(framework: Framework, fields: string, opts: Record<string, unknown>, answer = 'same') {
-  const icap = await scripted((r) =>
-    r.sock.write(
-      answer === 'repaired'
-        ? returned(r, fields, Buffer.from('disinfected'))
-        : returned(r, fields, r.body, answer === 'new-head'),
-    ),
+  const { app, logs } = await scriptedApp(
+    framework,
+    (r) =>
+      r.sock.write(
+        answer === 'repaired'
+          ? returned(r, fields, Buffer.from('disinfected'))
+          : returned(r, fields, r.body, answer === 'new-head'),
+      ),
+    { responseTimeout: 3000, ...opts },
+    cleanups,
   );
-  cleanups.push(icap.close);
-  const logs: IcapLog[] = [];
-  const app = await startApp(framework, {
-    name: 't',
-    poolGroup: icap.url,
-    serviceUri: '/avscan',
-    onLog: (l) => logs.push(l),
-    responseTimeout: 3000,
-    ...opts,
-  } as never);
-  cleanups.push(app.close);
   return { app, logs };
 }
 
