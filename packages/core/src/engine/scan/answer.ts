@@ -1,15 +1,15 @@
 import type { IcapResponse } from '../../client/transaction-types.js';
-import type { IcapReceivedHead } from '../../errors.js';
 import { endToEndHeaders, isSafeFieldValue, isToken } from '../../protocol/headers.js';
 import type { IcapRequestLog } from '../log.js';
 import type { ResolvedProfile } from '../profile.js';
 import type { ClientResponse } from '../respond.js';
-import { readVerdict, type Verdict } from '../verdict/index.js';
+import { type HeadReading, verdictOfHead } from '../verdict/beyond-head.js';
+import type { Verdict } from '../verdict/index.js';
 
 /**
  * What an attempt reads of an ICAP answer besides its head's fields (exchange.ts): the verdict,
- * the body drained or relayed as a block page, the latency for the log, and what the server
- * named after the head (its trailer, a second answer after it), which is read for a threat only.
+ * the body drained or relayed as a block page, the latency for the log. What the server named
+ * outside the final head is read by ../verdict/beyond-head.ts.
  */
 
 /** Largest ICAP block page relayed to the client. */
@@ -21,23 +21,6 @@ const MAX_RELAY_BODY = 1024 * 1024;
  */
 const MAX_DRAIN = 64 * 1024;
 
-/**
- * What the server sent after the answer's head that may name a threat, once the exchange is
- * over: the trailer fields of its body, then what followed the answer on the connection (a
- * second answer). Empty when there was neither, or the exchange failed: so it is asked only of
- * an answer read to its end (drainToEnd, the adapted body's reader), whose failure fails the attempt.
- */
-export async function namedAfterHead(res: IcapResponse): Promise<IcapReceivedHead[]> {
-  const s = await res.done.catch(() => undefined);
-  if (s === undefined || (s.trailer === undefined && s.stray === undefined)) return NONE;
-  const heads: IcapReceivedHead[] = [];
-  if (s.trailer !== undefined) heads.push(s.trailer);
-  if (s.stray !== undefined) heads.push(s.stray);
-  return heads;
-}
-
-const NONE: IcapReceivedHead[] = [];
-
 /** ICAP's verdict on a REQMOD answer, or on the head of one that broke off (no request head then). */
 export function verdictOf(
   p: ResolvedProfile,
@@ -45,19 +28,16 @@ export function verdictOf(
   httpRequest: IcapResponse['httpRequest'],
   fileName: string | undefined,
 ): Verdict {
-  return readVerdict(
-    p.vendor,
-    {
-      method: 'REQMOD',
-      fileName,
-      httpRequest,
-      status: answer.status,
-      reasonPhrase: answer.reason,
-      headers: answer.headers,
-      httpResponse: answer.httpResponse,
-    },
-    { nsxStatusUrl: p.nsxStatusUrl, forwardLastlineHeaders: p.forwardLastlineHeaders },
-  );
+  return verdictOfHead(readingOf(p, fileName), answer, httpRequest);
+}
+
+/** How the profile reads a head (beyond-head.ts). */
+export function readingOf(p: ResolvedProfile, fileName: string | undefined): HeadReading {
+  return {
+    vendor: p.vendor,
+    options: { nsxStatusUrl: p.nsxStatusUrl, forwardLastlineHeaders: p.forwardLastlineHeaders },
+    fileName,
+  };
 }
 
 export function fillVerdict(entry: IcapRequestLog, v: Verdict, vendor: string): void {

@@ -8,8 +8,14 @@ import type { ResolvedProfile } from '../profile.js';
 import { absoluteTarget, type HttpRequestFacts } from '../request.js';
 import type { ClientResponse } from '../respond.js';
 import type { AttemptResult, ExchangeContext } from '../types.js';
+import {
+  threatAfterHead,
+  threatInHead,
+  UNREPAIRED_MESSAGE,
+  unrepairedVerdict,
+} from '../verdict/beyond-head.js';
 import type { Verdict } from '../verdict/index.js';
-import { drain, drainToEnd, fillVerdict, latencyOf, namedAfterHead, readRelay, verdictOf } from './answer.js';
+import { drain, drainToEnd, fillVerdict, latencyOf, readingOf, readRelay, verdictOf } from './answer.js';
 import { AttemptWatch, type WatchHooks } from './attempt-watch.js';
 import { allArrived, bodyComplete } from './intake.js';
 import {
@@ -423,12 +429,11 @@ class Exchange implements WatchHooks, TriedServers {
 
   /** A repair that returned the original body unchanged: the threats it named stand (a block). */
   #unrepaired(entry: IcapRequestLog, res: IcapResponse, verdict: Verdict): AttemptResult {
-    const blocked: Verdict = { ...verdict, kind: 'blocked', repair: false };
-    blocked.reason = verdict.reason ?? 'Infected';
+    const blocked = unrepairedVerdict(verdict);
     fillVerdict(entry, blocked, this.#ctx.profile.vendor);
     entry.action = 'ICAP_BLOCKED';
     entry.http_response_code = 403;
-    entry.error_message = 'the ICAP server reported the threat repaired and returned the body unchanged';
+    entry.error_message = UNREPAIRED_MESSAGE;
     return { type: 'blocked', res, verdict: blocked, relay: undefined };
   }
 
@@ -442,15 +447,12 @@ class Exchange implements WatchHooks, TriedServers {
     entry: IcapRequestLog,
     started: number,
   ): Promise<AttemptResult | null> {
+    const named = await threatAfterHead(readingOf(this.#ctx.profile, this.facts.fileName), res);
+    if (named === null) return null;
     const latency = entry.latency;
-    for (const head of await namedAfterHead(res)) {
-      const blocked = this.#blockedByHead(head, entry, started, undefined);
-      if (blocked !== null) {
-        entry.latency = latency;
-        return blocked;
-      }
-    }
-    return null;
+    const blocked = this.#blocked(named.verdict, named.head, entry, started, undefined);
+    entry.latency = latency;
+    return blocked;
   }
 
   /**
@@ -464,11 +466,19 @@ class Exchange implements WatchHooks, TriedServers {
     started: number,
     err: IcapError | undefined,
   ): AttemptResult | null {
+    const verdict = threatInHead(readingOf(this.#ctx.profile, this.facts.fileName), head);
+    return verdict === null ? null : this.#blocked(verdict, head, entry, started, err);
+  }
+
+  /** The block of a threat named outside the final head (`head`), in the log record too. */
+  #blocked(
+    verdict: Verdict,
+    head: IcapReceivedHead,
+    entry: IcapRequestLog,
+    started: number,
+    err: IcapError | undefined,
+  ): AttemptResult {
     const p = this.#ctx.profile;
-    // The encapsulated request head goes too when one was read (salvaged from an answer whose
-    // encapsulated section broke a rule): a threat named in it blocks.
-    const verdict = verdictOf(p, head, head.httpRequest ?? null, this.facts.fileName);
-    if (verdict.kind !== 'blocked' && !(verdict.kind === 'error' && verdict.unscannable)) return null;
     fillVerdict(entry, verdict, p.vendor);
     entry.icap_response_code = head.status;
     entry.icap_headers_received_from_server = redactHeaderBlock(head.rawHeaders, p.redactHeaders);

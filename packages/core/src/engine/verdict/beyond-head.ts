@@ -1,0 +1,114 @@
+import type { IcapResponse } from '../../client/transaction-types.js';
+import type { IcapReceivedHead } from '../../errors.js';
+import { readVerdict, type Verdict, type VerdictOptions } from './index.js';
+import type { Vendor } from './vendors.js';
+
+/*
+ * A threat verdict is never lost: the rules of an exchange beyond what its final head says, in
+ * one place for every consumer of the client (the engine's attempt, scan/exchange.ts; the
+ * `icapkit scan` command). The final head is read by readVerdict (index.ts). Besides it, a
+ * threat can be named
+ * - in a 100 Continue the server sent before its final answer (`IcapResponse.continueHead`);
+ * - in the head of an answer that then broke a rule or broke off (`IcapError.head`, its
+ *   encapsulated request head salvaged when it could be read);
+ * - after the answer's head: its trailer fields, and a second answer the server sent after it
+ *   on the connection (`TransactionSummary.trailer` / `.stray`), once the answer was read to
+ *   its end;
+ * and a repair that handed the original body back byte for byte repaired nothing.
+ * Each of these is read only ever to block: what comes outside the final head never passes
+ * anything. An answer saying the body could not be scanned (unscannable) blocks as a threat
+ * does: it is about the file, not a failure of the server.
+ */
+
+/** How to read a head: the vendor's conventions and the options of readVerdict. */
+export interface HeadReading {
+  vendor: Vendor;
+  options: VerdictOptions;
+  /** The scanned file's name as sent (for violations built without one). */
+  fileName?: string | undefined;
+}
+
+/** A head of an ICAP REQMOD answer as readVerdict reads it. */
+type HeadFields = Pick<IcapResponse, 'status' | 'reason' | 'headers' | 'httpResponse'>;
+
+/** ICAP's verdict on a REQMOD answer's head (or on the head of one that broke off). */
+export function verdictOfHead(
+  reading: HeadReading,
+  head: HeadFields,
+  httpRequest: IcapResponse['httpRequest'],
+): Verdict {
+  return readVerdict(
+    reading.vendor,
+    {
+      method: 'REQMOD',
+      fileName: reading.fileName,
+      httpRequest,
+      status: head.status,
+      reasonPhrase: head.reason,
+      headers: head.headers,
+      httpResponse: head.httpResponse,
+    },
+    reading.options,
+  );
+}
+
+/** Whether a verdict read outside the final head blocks: a threat, or a file that could not be scanned. */
+export function blocksOutsideFinalHead(v: Verdict): boolean {
+  return v.kind === 'blocked' || (v.kind === 'error' && v.unscannable);
+}
+
+/**
+ * The verdict of a head read for a threat only (a 100 Continue, a broken answer's head, a
+ * trailer, a second answer), when it blocks; else null. Its encapsulated request head counts
+ * too when one was read.
+ */
+export function threatInHead(reading: HeadReading, head: IcapReceivedHead): Verdict | null {
+  const v = verdictOfHead(reading, head, head.httpRequest ?? null);
+  return blocksOutsideFinalHead(v) ? v : null;
+}
+
+/**
+ * What the server sent after the answer's head that may name a threat, once the exchange is
+ * over: the trailer fields of its body, then what followed the answer on the connection (a
+ * second answer). Empty when there was neither, or the exchange failed: so it is asked only of
+ * an answer read to its end, whose failure is a failure of its own.
+ */
+export async function namedAfterHead(res: IcapResponse): Promise<IcapReceivedHead[]> {
+  const s = await res.done.catch(() => undefined);
+  if (s === undefined || (s.trailer === undefined && s.stray === undefined)) return NONE;
+  const heads: IcapReceivedHead[] = [];
+  if (s.trailer !== undefined) heads.push(s.trailer);
+  if (s.stray !== undefined) heads.push(s.stray);
+  return heads;
+}
+
+const NONE: IcapReceivedHead[] = [];
+
+/**
+ * The first threat named after the answer's head (namedAfterHead), as the blocking verdict and
+ * the head that named it; else null. Ask it once the answer's body was read to its end.
+ */
+export async function threatAfterHead(
+  reading: HeadReading,
+  res: IcapResponse,
+): Promise<{ verdict: Verdict; head: IcapReceivedHead } | null> {
+  for (const head of await namedAfterHead(res)) {
+    const verdict = threatInHead(reading, head);
+    if (verdict !== null) return { verdict, head };
+  }
+  return null;
+}
+
+/** Why a repair that returned the body unchanged blocks (the log record's error_message). */
+export const UNREPAIRED_MESSAGE =
+  'the ICAP server reported the threat repaired and returned the body unchanged';
+
+/**
+ * A threat reported repaired whose returned body is the original byte for byte: nothing was
+ * repaired, and the threats it names stand. The blocking verdict it becomes.
+ */
+export function unrepairedVerdict(v: Verdict): Verdict {
+  const blocked: Verdict = { ...v, kind: 'blocked', repair: false };
+  blocked.reason = v.reason ?? 'Infected';
+  return blocked;
+}
