@@ -25,7 +25,14 @@ export interface ScriptedIcap {
 }
 
 /** A raw ICAP server: parses requests (preview: 100 Continue automatically) and hands them to `handler`. */
-export async function scripted(handler: Handler): Promise<ScriptedIcap> {
+export interface ScriptedOptions {
+  /** Extra header lines of the OPTIONS answer, each ending in CRLF (e.g. 'Preview: 4\r\n'). */
+  optionsHeaders?: string;
+  /** What answers a preview that did not end the body (default: a bare 100 Continue). */
+  continueHead?: string;
+}
+
+export async function scripted(handler: Handler, opts: ScriptedOptions = {}): Promise<ScriptedIcap> {
   const requests: Req[] = [];
   const socks = new Set<Socket>();
   let connNo = 0;
@@ -79,7 +86,7 @@ export async function scripted(handler: Handler): Promise<ScriptedIcap> {
         buf = buf.subarray(nl + 4);
         const ieof = /ieof/.test(line);
         if (/\r\nPreview:/i.test(head) && !ieof) {
-          sock.write('ICAP/1.0 100 Continue\r\n\r\n');
+          sock.write(opts.continueHead ?? 'ICAP/1.0 100 Continue\r\n\r\n');
           head = head.replace(/\r\nPreview:[^\r]*/i, '');
           return true;
         }
@@ -97,7 +104,7 @@ export async function scripted(handler: Handler): Promise<ScriptedIcap> {
       state = 'head';
       if (method === 'OPTIONS') {
         sock.write(
-          'ICAP/1.0 200 OK\r\nMethods: REQMOD\r\nISTag: "x1"\r\nAllow: 204\r\nEncapsulated: null-body=0\r\n\r\n',
+          `ICAP/1.0 200 OK\r\nMethods: REQMOD\r\nISTag: "x1"\r\nAllow: 204\r\n${opts.optionsHeaders ?? ''}Encapsulated: null-body=0\r\n\r\n`,
         );
         return;
       }

@@ -6,15 +6,20 @@ import { finished } from 'node:stream/promises';
 import { parseArgs } from 'node:util';
 import {
   DEFAULT_NSX_STATUS_URL,
+  type HeadReading,
   IcapClient,
   IcapError,
   IcapErrorCodes,
   type IcapResponse,
   isSkipped,
   type ReplayableBody,
-  readVerdict,
+  threatAfterHead,
+  threatInHead,
+  unrepairedVerdict,
   VENDORS,
   type Vendor,
+  type Verdict,
+  verdictOfHead,
 } from '@icapkit/core';
 import { ExitCode, type IcapUrl, parseIcapUrl, parseIntOption, UsageError } from './args.js';
 import { CONNECTION_OPTIONS, clientOptions } from './connection.js';
@@ -220,7 +225,7 @@ export function formatResult(r: FileResult): string {
     case 'clean':
       return `CLEAN  ${r.file}\n`;
     case 'blocked':
-      return `BLOCKED ${r.file}  threat=${r.threat ?? '-'} reason=${r.reason ?? '-'}\n`;
+      return `BLOCKED ${r.file}  threat=${r.threat ?? '-'} reason=${r.reason ?? '-'}${repairedCopy(r)}\n`;
     case 'modified':
       return `MODIFIED ${r.file} (${r.modifiedSize} bytes)${r.output === null ? '' : ` -> ${r.output}`}\n`;
     case 'skipped':
@@ -228,6 +233,12 @@ export function formatResult(r: FileResult): string {
     default:
       return `ERROR  ${r.file}  ${r.errorCode}: ${r.error}\n`;
   }
+}
+
+/** A blocked file the server returned a repaired copy of: its size, and where it was kept. */
+function repairedCopy(r: FileResult): string {
+  if (r.modifiedSize === null) return '';
+  return ` (repaired copy: ${r.modifiedSize} bytes${r.output === null ? '' : ` -> ${r.output}`})`;
 }
 
 function emptyResult(file: string): FileResult {
@@ -363,13 +374,34 @@ async function scanFile(
     result.ms = Math.round(performance.now() - started);
     return result;
   } catch (err) {
-    return failed(file, asIcapError(err), Math.round(performance.now() - started), result);
+    const ms = Math.round(performance.now() - started);
+    const error = asIcapError(err);
+    // The head of an answer that then broke a rule or broke off still names its verdict: a
+    // threat (or an unscannable file) in it blocks; anything else stays the error it was.
+    const threat = error.head === undefined ? null : threatInHead(readingFor(s, file), error.head);
+    if (threat === null) return failed(file, error, ms, result);
+    blocked(result, threat);
+    return { ...result, status: error.head!.status, ms, errorCode: error.code, error: error.message };
   } finally {
     tracker?.end();
   }
 }
 
-/** Reads the verdict of a response into `result`; throws for an error verdict or a broken body. */
+/** How the CLI reads an answer's heads (the engine's rules, @icapkit/core's beyond-head). */
+function readingFor(s: ScanSettings, file: string): HeadReading {
+  return {
+    vendor: s.vendor,
+    options: { nsxStatusUrl: DEFAULT_NSX_STATUS_URL, forwardLastlineHeaders: false },
+    fileName: basename(file),
+  };
+}
+
+/**
+ * Reads the verdict of a response into `result`; throws for an error verdict or a broken body.
+ * A threat named anywhere in the exchange blocks, as in the middleware: in a 100 Continue, in
+ * the final head, in the trailer or a second answer after it (the answer is read to its end for
+ * them), and a repair that handed the file back unchanged.
+ */
 async function readResponse(
   client: IcapClient,
   s: ScanSettings,
@@ -380,54 +412,94 @@ async function readResponse(
 ): Promise<void> {
   result.status = res.status;
   result.istag = res.istag ?? null;
-  const verdict = readVerdict(
-    s.vendor,
-    {
-      method: 'REQMOD',
-      status: res.status,
-      reasonPhrase: res.reason,
-      headers: res.headers,
-      httpRequest: res.httpRequest,
-      httpResponse: res.httpResponse,
-      fileName: basename(file),
-    },
-    { nsxStatusUrl: DEFAULT_NSX_STATUS_URL, forwardLastlineHeaders: false },
-  );
+  const reading = readingFor(s, file);
+  // A threat named in the server's 100 Continue blocks, whatever its final answer says.
+  const continued = res.continueHead == null ? null : threatInHead(reading, res.continueHead);
+  if (continued !== null) {
+    res.body?.destroy();
+    blocked(result, continued);
+    return;
+  }
+  const verdict = verdictOfHead(reading, res, res.httpRequest);
   result.threat = verdict.threat_id ?? null;
   result.reason = verdict.reason ?? null;
   switch (verdict.kind) {
-    case 'clean':
     case 'blocked':
       // The verdict is in the head; the rest (a block page) is read only to end the exchange.
       await settle(res);
-      result.verdict = verdict.kind;
+      result.verdict = 'blocked';
       return;
     case 'error':
-      await settle(res);
-      throw new IcapError(
-        IcapErrorCodes.SERVER_STATUS,
-        `${client.uri(s.url.service)} answered ${res.status} ${res.reason}`.trim(),
-        { status: res.status },
-      );
+      if (verdict.unscannable) {
+        // The file could not be scanned (an encrypted archive...): about the file, not a
+        // failure of the server; blocked, as the middleware blocks it.
+        await settle(res);
+        blocked(result, verdict);
+        return;
+      }
+      break;
+    case 'clean':
+      break;
     case 'adapted': {
       const returned = await readAdapted(res, s.outputDir, basename(file));
+      const late = await threatAfterHead(reading, res);
+      if (late !== null) {
+        await returned.discard();
+        blocked(result, late.verdict);
+        return;
+      }
       const identical = returned.length === size && returned.sha256 === (await sha256File(file));
       if (identical) {
         await returned.discard();
-        result.verdict = 'clean';
+        // A threat reported repaired, and the file handed back as it was: nothing was repaired.
+        if (verdict.repair === true) blocked(result, unrepairedVerdict(verdict));
+        else result.verdict = 'clean';
         return;
       }
-      result.verdict = 'modified';
       result.modifiedSize = returned.length;
       result.output = await returned.keep();
+      // A repair: the server disinfected its copy (kept with --output-dir); the file itself
+      // still holds the threats it named.
+      if (verdict.repair === true) blocked(result, unrepairedVerdict(verdict));
+      else result.verdict = 'modified';
       return;
     }
   }
+  // Clean or an error status: read to its end (a clean answer that breaks off is no verdict),
+  // then a threat named after it (its trailer, a second answer) blocks.
+  await readToEnd(res);
+  const late = await threatAfterHead(reading, res);
+  if (late !== null) {
+    blocked(result, late.verdict);
+    return;
+  }
+  if (verdict.kind === 'clean') {
+    result.verdict = 'clean';
+    return;
+  }
+  throw new IcapError(
+    IcapErrorCodes.SERVER_STATUS,
+    `${client.uri(s.url.service)} answered ${res.status} ${res.reason}`.trim(),
+    { status: res.status },
+  );
+}
+
+/** A verdict that blocks, in `result`. An unscannable file's reason says so. */
+function blocked(result: FileResult, v: Verdict): void {
+  result.verdict = 'blocked';
+  result.threat = v.threat_id ?? null;
+  result.reason = v.kind === 'error' ? `unscannable (${v.reason ?? 'ICAP error'})` : (v.reason ?? 'Infected');
 }
 
 async function settle(res: IcapResponse): Promise<void> {
   res.body?.resume();
   await res.done.catch(() => {});
+}
+
+/** Reads an answer's body to its end; throws when the exchange fails. */
+async function readToEnd(res: IcapResponse): Promise<void> {
+  if (res.body !== null) for await (const _ of res.body as AsyncIterable<Buffer>);
+  await res.done;
 }
 
 interface Returned {
