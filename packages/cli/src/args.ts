@@ -68,6 +68,7 @@ Exit codes:
   1   at least one file blocked, and no error
   2   at least one error: the scan is incomplete (takes precedence over 1)
   64  bad arguments
+  130 interrupted by SIGINT (143: SIGTERM); no temp file is left in --output-dir
 `;
 
 /** A problem with the command line: message and short usage on stderr, exit 64. */

@@ -1,3 +1,5 @@
+import { renderText } from './text.js';
+
 /** Where the command writes: process.stdout/stderr in the bin, string collectors in tests. */
 export interface CliStream {
   write(chunk: string): unknown;
@@ -93,7 +95,7 @@ export class Progress {
     const parts: string[] = [];
     for (const t of this.#active) {
       const pct = t.total === 0 ? 100 : Math.floor((t.sent / t.total) * 100);
-      parts.push(`${t.name} ${formatBytes(t.sent)} / ${formatBytes(t.total)} (${pct}%)`);
+      parts.push(`${renderText(t.name)} ${formatBytes(t.sent)} / ${formatBytes(t.total)} (${pct}%)`);
     }
     if (parts.length === 0) return;
     let line = `sending ${parts.join(', ')}`;

@@ -2,6 +2,7 @@ import { ExitCode, HELP, USAGE, UsageError, VERSION } from './args.js';
 import type { CliIo } from './io.js';
 import { runOptions } from './options.js';
 import { runScan } from './scan.js';
+import { renderText } from './text.js';
 
 /**
  * The icapkit command, in-process: `argv` without the node and script paths
@@ -40,12 +41,12 @@ export async function main(argv: string[], io: CliIo): Promise<number> {
   } catch (err) {
     if (err instanceof UsageError || isParseArgsError(err)) {
       io.stderr.write(
-        `icapkit: ${(err as Error).message}\n${USAGE}\nRun "icapkit --help" for the options.\n`,
+        `icapkit: ${renderText((err as Error).message)}\n${USAGE}\nRun "icapkit --help" for the options.\n`,
       );
       return ExitCode.USAGE;
     }
     io.stderr.write(
-      `icapkit: unexpected failure: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`,
+      `icapkit: unexpected failure: ${renderText(err instanceof Error ? (err.stack ?? err.message) : String(err))}\n`,
     );
     return ExitCode.ERROR;
   }

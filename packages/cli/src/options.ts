@@ -3,6 +3,7 @@ import { IcapClient, IcapError, type IcapServiceOptions } from '@icapkit/core';
 import { ExitCode, parseIcapUrl, UsageError } from './args.js';
 import { CONNECTION_OPTIONS, clientOptions } from './connection.js';
 import type { CliIo } from './io.js';
+import { renderText } from './text.js';
 
 const OPTIONS_OPTIONS = {
   ...CONNECTION_OPTIONS,
@@ -56,12 +57,14 @@ export function optionsReport(url: string, o: IcapServiceOptions): OptionsReport
 }
 
 export function formatOptions(r: OptionsReport): string {
-  const list = (v: string[]) => (v.length === 0 ? '-' : v.join(', '));
+  // Every value the server sent is rendered without control characters (`\x1b` and so on).
+  const list = (v: string[]) => (v.length === 0 ? '-' : v.map(renderText).join(', '));
+  const one = (v: string | null) => (v === null ? '-' : renderText(v));
   const rows: Array<[string, string]> = [
     ['Methods', list(r.methods)],
-    ['ISTag', r.istag ?? '-'],
-    ['Service', r.service ?? '-'],
-    ['Service-ID', r.serviceId ?? '-'],
+    ['ISTag', one(r.istag)],
+    ['Service', one(r.service)],
+    ['Service-ID', one(r.serviceId)],
     ['Preview', r.preview === null ? 'none (no preview)' : `${r.preview} bytes`],
     ['Allow 204', r.allow204 ? 'yes' : 'no'],
     ['Options-TTL', r.optionsTtl === null ? '-' : `${r.optionsTtl} s`],
@@ -72,7 +75,7 @@ export function formatOptions(r: OptionsReport): string {
   ];
   if (r.xInclude.length > 0) rows.push(['X-Include', list(r.xInclude)]);
   const width = Math.max(...rows.map(([k]) => k.length)) + 2;
-  return `${r.url}\n${rows.map(([k, v]) => `  ${`${k}:`.padEnd(width)}${v}\n`).join('')}`;
+  return `${renderText(r.url)}\n${rows.map(([k, v]) => `  ${`${k}:`.padEnd(width)}${v}\n`).join('')}`;
 }
 
 /** `icapkit options <url>` without the command word. */
@@ -106,7 +109,7 @@ export async function runOptions(argv: string[], io: CliIo, help: () => number):
     const code = err instanceof IcapError ? err.code : 'ICAP_ERR_PROTOCOL';
     const message = err instanceof Error ? err.message : String(err);
     if (values.json) io.stdout.write(`${JSON.stringify({ url: given, errorCode: code, error: message })}\n`);
-    else io.stderr.write(`icapkit: ${code}: ${message}\n`);
+    else io.stderr.write(`icapkit: ${code}: ${renderText(message)}\n`);
     return ExitCode.ERROR;
   } finally {
     client.destroy();

@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { constants, createReadStream, createWriteStream } from 'node:fs';
-import { access, mkdir, rename, stat, unlink } from 'node:fs/promises';
+import { type BigIntStats, constants, createReadStream, createWriteStream } from 'node:fs';
+import { access, mkdir, realpath, rename, stat, unlink } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
 import { finished } from 'node:stream/promises';
 import { parseArgs } from 'node:util';
@@ -12,7 +12,6 @@ import {
   IcapErrorCodes,
   type IcapResponse,
   isSkipped,
-  type ReplayableBody,
   threatAfterHead,
   threatInHead,
   unrepairedVerdict,
@@ -23,8 +22,11 @@ import {
 } from '@icapkit/core';
 import { ExitCode, type IcapUrl, parseIcapUrl, parseIntOption, UsageError } from './args.js';
 import { CONNECTION_OPTIONS, clientOptions } from './connection.js';
+import { fileBody, identityOf } from './file-source.js';
 import { type CliIo, Progress, type ProgressTracker } from './io.js';
 import { contentTypeOf } from './mime.js';
+import { removeTempFiles, tempFiles } from './temp-files.js';
+import { renderText } from './text.js';
 
 /** What happened to one file; `--json` prints it as is, one object per line. */
 export interface FileResult {
@@ -133,7 +135,7 @@ export function parseScanArgs(argv: string[], env: CliIo['env']): ScanSettings |
       }
       names.set(name, f);
       if (resolve(outputDir, name) === resolve(f)) {
-        throw new UsageError(`--output-dir would overwrite ${f} itself; choose another folder`);
+        throw new UsageError(overwriteMessage(f));
       }
     }
   }
@@ -159,12 +161,24 @@ export async function runScan(argv: string[], io: CliIo, help: () => number): Pr
     try {
       await mkdir(s.outputDir, { recursive: true });
     } catch (err) {
-      io.stderr.write(`icapkit: cannot create --output-dir ${s.outputDir}: ${(err as Error).message}\n`);
+      io.stderr.write(
+        `icapkit: cannot create --output-dir ${renderText(s.outputDir)}: ${renderText((err as Error).message)}\n`,
+      );
       return ExitCode.ERROR;
     }
+    await refuseOverwrite(s.outputDir, s.files);
   }
   const client = new IcapClient(s.client);
   const progress = new Progress(io.stderr, !s.json && io.stderr.isTTY === true);
+  // Interrupted (Ctrl-C, a cancelled CI job, timeout(1)): no temp file is left in --output-dir.
+  const onSignal = (signal: NodeJS.Signals) => {
+    progress.clear();
+    client.destroy();
+    removeTempFiles();
+    process.exit(signal === 'SIGINT' ? 130 : 143);
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
   const results: Array<FileResult | undefined> = new Array(s.files.length);
   try {
     // One OPTIONS up front (the client would fetch it with the first file anyway): a server
@@ -195,12 +209,37 @@ export async function runScan(argv: string[], io: CliIo, help: () => number): Pr
     };
     await Promise.all(Array.from({ length: Math.min(s.concurrency, s.files.length) }, worker));
   } finally {
+    process.removeListener('SIGINT', onSignal);
+    process.removeListener('SIGTERM', onSignal);
     progress.clear();
     client.destroy();
   }
   const done = results.filter((r): r is FileResult => r !== undefined);
   if (!s.json && done.length > 1) io.stderr.write(`icapkit: ${summary(done)}\n`);
   return exitCodeOf(done);
+}
+
+function overwriteMessage(file: string): string {
+  return `--output-dir would overwrite ${file} itself; choose another folder`;
+}
+
+/**
+ * The lexical check of parseScanArgs misses a folder reached through a symlink (or a bind
+ * mount): once it exists, compare real paths, and device and inode where the destination exists.
+ */
+async function refuseOverwrite(outputDir: string, files: readonly string[]): Promise<void> {
+  const dir = await realpath(outputDir);
+  for (const f of files) {
+    // An input that cannot be resolved is reported as an ERROR for that file, later.
+    const input = await realpath(f).catch(() => undefined);
+    if (input === undefined) continue;
+    const dest = join(dir, basename(f));
+    if (dest === input) throw new UsageError(overwriteMessage(f));
+    const [a, b] = await Promise.all([stat(dest).catch(() => undefined), stat(input).catch(() => undefined)]);
+    if (a !== undefined && b !== undefined && a.dev === b.dev && a.ino === b.ino) {
+      throw new UsageError(overwriteMessage(f));
+    }
+  }
 }
 
 /** 2 when any file has no verdict (the scan is incomplete), else 1 when any is blocked, else 0. */
@@ -221,24 +260,27 @@ function summary(results: readonly FileResult[]): string {
 
 /** The text line for a result. */
 export function formatResult(r: FileResult): string {
+  // Names and server-sent text are rendered without control characters: one line per file.
+  const file = renderText(r.file);
+  const t = (v: string | null) => (v === null ? null : renderText(v));
   switch (r.verdict) {
     case 'clean':
-      return `CLEAN  ${r.file}\n`;
+      return `CLEAN  ${file}\n`;
     case 'blocked':
-      return `BLOCKED ${r.file}  threat=${r.threat ?? '-'} reason=${r.reason ?? '-'}${repairedCopy(r)}\n`;
+      return `BLOCKED ${file}  threat=${t(r.threat) ?? '-'} reason=${t(r.reason) ?? '-'}${repairedCopy(r)}\n`;
     case 'modified':
-      return `MODIFIED ${r.file} (${r.modifiedSize} bytes)${r.output === null ? '' : ` -> ${r.output}`}\n`;
+      return `MODIFIED ${file} (${r.modifiedSize} bytes)${r.output === null ? '' : ` -> ${t(r.output)}`}\n`;
     case 'skipped':
-      return `SKIPPED ${r.file}  (${r.reason ?? 'Transfer-Ignore'}, not sent)\n`;
+      return `SKIPPED ${file}  (${t(r.reason) ?? 'Transfer-Ignore'}, not sent)\n`;
     default:
-      return `ERROR  ${r.file}  ${r.errorCode}: ${r.error}\n`;
+      return `ERROR  ${file}  ${t(r.errorCode)}: ${t(r.error)}\n`;
   }
 }
 
 /** A blocked file the server returned a repaired copy of: its size, and where it was kept. */
 function repairedCopy(r: FileResult): string {
   if (r.modifiedSize === null) return '';
-  return ` (repaired copy: ${r.modifiedSize} bytes${r.output === null ? '' : ` -> ${r.output}`})`;
+  return ` (repaired copy: ${r.modifiedSize} bytes${r.output === null ? '' : ` -> ${renderText(r.output)}`})`;
 }
 
 function emptyResult(file: string): FileResult {
@@ -276,39 +318,6 @@ function asIcapError(err: unknown): IcapError {
   });
 }
 
-/** A file as a replayable body: each open() reads it again from its first byte, 64 KiB at a time. */
-export function fileBody(path: string, size: number, progress: ProgressTracker | undefined): ReplayableBody {
-  let opens = 0;
-  return {
-    replayable: true,
-    length: size,
-    open(): AsyncIterator<Uint8Array> {
-      if (opens++ > 0) progress?.restart();
-      const it: AsyncIterator<Buffer> = createReadStream(path)[Symbol.asyncIterator]();
-      let read = 0;
-      const changed = () =>
-        new Error(`${path} changed while it was being sent (${size} bytes expected, ${read} read)`);
-      return {
-        async next() {
-          const r = await it.next();
-          if (r.done) {
-            if (read !== size) throw changed();
-            return r;
-          }
-          read += r.value.length;
-          if (read > size) throw changed();
-          progress?.add(r.value.length);
-          return r;
-        },
-        async return(value?: unknown) {
-          await it.return?.(value);
-          return { done: true as const, value: undefined };
-        },
-      };
-    },
-  };
-}
-
 /** `attachment; filename="..."` with an RFC 8187 `filename*` when the name is not plain ASCII. */
 export function contentDisposition(name: string): string {
   const ascii = name.replace(/[^\x20-\x7e]/g, '_').replace(/["\\]/g, '_');
@@ -332,17 +341,17 @@ async function scanFile(
   const result = emptyResult(file);
   let tracker: ProgressTracker | undefined;
   try {
-    let size: number;
+    let st: BigIntStats;
     try {
-      const st = await stat(file);
+      st = await stat(file, { bigint: true });
       if (!st.isFile()) throw new Error(st.isDirectory() ? 'is a directory' : 'is not a regular file');
       await access(file, constants.R_OK);
-      size = st.size;
     } catch (err) {
       throw new IcapError(IcapErrorCodes.BODY_SOURCE, `cannot read ${file}: ${(err as Error).message}`, {
         cause: err,
       });
     }
+    const size = Number(st.size);
     result.size = size;
     const name = basename(file);
     tracker = progress.track(name, size);
@@ -358,7 +367,7 @@ async function scanFile(
           ['Content-Disposition', contentDisposition(name)],
         ],
       },
-      body: fileBody(file, size, tracker),
+      body: fileBody(file, identityOf(st), tracker),
       bodyLength: size,
       preview: s.preview,
       allow204: s.allow204,
@@ -522,6 +531,7 @@ async function readAdapted(
     outputDir === undefined
       ? undefined
       : join(outputDir, `.${name}.${process.pid}-${randomBytes(4).toString('hex')}.icapkit-tmp`);
+  if (tmp !== undefined) tempFiles.add(tmp);
   const out = tmp === undefined ? undefined : createWriteStream(tmp, { flags: 'wx' });
   const outDone = out === undefined ? undefined : finished(out);
   outDone?.catch(() => {});
@@ -547,6 +557,7 @@ async function readAdapted(
   } catch (err) {
     out?.destroy();
     if (tmp !== undefined) await unlink(tmp).catch(() => {});
+    if (tmp !== undefined) tempFiles.delete(tmp);
     throw err;
   }
   return {
@@ -557,8 +568,10 @@ async function readAdapted(
       const dest = join(outputDir, name);
       try {
         await rename(tmp, dest);
+        tempFiles.delete(tmp);
       } catch (err) {
         await unlink(tmp).catch(() => {});
+        tempFiles.delete(tmp);
         throw new IcapError(IcapErrorCodes.SPOOL, `cannot write ${dest}: ${(err as Error).message}`, {
           cause: err,
         });
@@ -567,6 +580,7 @@ async function readAdapted(
     },
     discard: async () => {
       if (tmp !== undefined) await unlink(tmp).catch(() => {});
+      if (tmp !== undefined) tempFiles.delete(tmp);
     },
   };
 }
