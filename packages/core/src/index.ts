@@ -21,7 +21,7 @@ export * from './engine/respond.js';
 export * from './engine/scan/consumed.js';
 export { StartupCheckError, type StartupReport, type StartupServerReport } from './engine/startup.js';
 export * from './engine/telemetry.js';
-export * from './engine/verdict/beyond-head.js';
+export * from './engine/beyond-head.js';
 export * from './engine/verdict/index.js';
 export * from './errors.js';
 export * from './node/handoff.js';

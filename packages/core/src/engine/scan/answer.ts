@@ -1,15 +1,15 @@
 import type { IcapResponse } from '../../client/transaction-types.js';
 import { endToEndHeaders, isSafeFieldValue, isToken } from '../../protocol/headers.js';
+import { type HeadReading, verdictOfHead } from '../beyond-head.js';
 import type { IcapRequestLog } from '../log.js';
 import type { ResolvedProfile } from '../profile.js';
 import type { ClientResponse } from '../respond.js';
-import { type HeadReading, verdictOfHead } from '../verdict/beyond-head.js';
 import type { Verdict } from '../verdict/index.js';
 
 /**
  * What an attempt reads of an ICAP answer besides its head's fields (exchange.ts): the verdict,
  * the body drained or relayed as a block page, the latency for the log. What the server named
- * outside the final head is read by ../verdict/beyond-head.ts.
+ * outside the final head is read by ../beyond-head.ts.
  */
 
 /** Largest ICAP block page relayed to the client. */

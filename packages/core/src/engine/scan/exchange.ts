@@ -1,6 +1,7 @@
 import { isSkipped } from '../../client/client.js';
 import type { IcapResponse } from '../../client/transaction-types.js';
 import { IcapError, IcapErrorCodes, type IcapReceivedHead } from '../../errors.js';
+import { threatAfterHead, threatInHead, UNREPAIRED_MESSAGE, unrepairedVerdict } from '../beyond-head.js';
 import { AdaptedBody, type BodyStore } from '../body.js';
 import { httpMethodEnum, type IcapRequestLog, poolIdentity, redactHeaderBlock, vendorEnum } from '../log.js';
 import type { ServerHandle, TriedServers } from '../pool-group.js';
@@ -8,12 +9,6 @@ import type { ResolvedProfile } from '../profile.js';
 import { absoluteTarget, type HttpRequestFacts } from '../request.js';
 import type { ClientResponse } from '../respond.js';
 import type { AttemptResult, ExchangeContext } from '../types.js';
-import {
-  threatAfterHead,
-  threatInHead,
-  UNREPAIRED_MESSAGE,
-  unrepairedVerdict,
-} from '../verdict/beyond-head.js';
 import type { Verdict } from '../verdict/index.js';
 import { drain, drainToEnd, fillVerdict, latencyOf, readingOf, readRelay, verdictOf } from './answer.js';
 import { AttemptWatch, type WatchHooks } from './attempt-watch.js';

@@ -44,7 +44,7 @@ import { readOpswat } from './opswat.js';
  * `X-Response-Info: blocked` is a block. The engine reads these signals in the final head, in
  * any 100 Continue before it, in the head of an answer that broke off, in the trailer fields
  * after the answer's body, and in anything the server sent after the answer on the connection
- * (scan/exchange.ts): only ever to block.
+ * (../beyond-head.ts, which the engine and the CLI share): only ever to block.
  * Not threat signals: `X-Response-Info: Allowed|passed|clean`, `X-Virus-ID: no threats`, an
  * empty X-Virus-ID, `X-FSecure-Scan-Result: clean`, X-Error-Code decode_error /
  * password_protected / max_archive_layers_exceeded (unscannable, an error), NSX Defender's

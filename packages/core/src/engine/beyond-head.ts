@@ -1,12 +1,12 @@
-import type { IcapResponse } from '../../client/transaction-types.js';
-import type { IcapReceivedHead } from '../../errors.js';
-import { readVerdict, type Verdict, type VerdictOptions } from './index.js';
-import type { Vendor } from './vendors.js';
+import type { IcapResponse } from '../client/transaction-types.js';
+import type { IcapReceivedHead } from '../errors.js';
+import { readVerdict, type Verdict, type VerdictOptions } from './verdict/index.js';
+import type { Vendor } from './verdict/vendors.js';
 
 /*
  * A threat verdict is never lost: the rules of an exchange beyond what its final head says, in
  * one place for every consumer of the client (the engine's attempt, scan/exchange.ts; the
- * `icapkit scan` command). The final head is read by readVerdict (index.ts). Besides it, a
+ * `icapkit scan` command). The final head is read by readVerdict (verdict/index.ts). Besides it, a
  * threat can be named
  * - in a 100 Continue the server sent before its final answer (`IcapResponse.continueHead`);
  * - in the head of an answer that then broke a rule or broke off (`IcapError.head`, its
