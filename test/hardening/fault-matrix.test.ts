@@ -249,6 +249,27 @@ const CASES: Case[] = [
     expected: serverFailure(['ICAP_ERR_TLS']),
   },
   {
+    name: 'a checkServerIdentity that throws (a certificate pin written with throw): a TLS failure, the process lives',
+    server: () => ({
+      poolGroup: `icaps://127.0.0.1:${secure.port}`,
+      tls: {
+        ca: cert.ca,
+        checkServerIdentity: () => {
+          throw new Error('certificate pin mismatch');
+        },
+      },
+    }),
+    expected: serverFailure(['ICAP_ERR_TLS']),
+  },
+  {
+    name: 'a checkServerIdentity that returns something other than an Error refuses the certificate',
+    server: () => ({
+      poolGroup: `icaps://127.0.0.1:${secure.port}`,
+      tls: { ca: cert.ca, checkServerIdentity: (() => 'no') as unknown as () => undefined },
+    }),
+    expected: serverFailure(['ICAP_ERR_TLS']),
+  },
+  {
     name: 'ICAPS with the right CA works (the TLS cases fail for their reason only)',
     server: () => ({ poolGroup: `icaps://127.0.0.1:${secure.port}`, tls: { ca: cert.ca } }),
     expected: {

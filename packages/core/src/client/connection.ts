@@ -16,6 +16,10 @@ export interface IcapTlsOptions {
   maxVersion?: tls.SecureVersion | undefined;
   /** Defaults to true. Turning it off accepts any certificate: for tests only. */
   rejectUnauthorized?: boolean | undefined;
+  /**
+   * Returns an Error to refuse the certificate (as Node's `tls.checkServerIdentity`); one that
+   * throws refuses it too (ICAP_ERR_TLS), never ending the process.
+   */
   checkServerIdentity?: ((host: string, cert: tls.PeerCertificate) => Error | undefined) | undefined;
 }
 
@@ -116,11 +120,13 @@ export class Connection {
       try {
         if (tlsOpts) {
           const servername = tlsOpts.servername ?? (net.isIP(endpoint.host) ? undefined : endpoint.host);
+          const check = tlsOpts.checkServerIdentity;
           socket = tls.connect({
             host: endpoint.host,
             port: endpoint.port,
             ...stripUndefined(tlsOpts),
             ...(servername === undefined ? {} : { servername }),
+            ...(check === undefined ? {} : { checkServerIdentity: guardedIdentityCheck(check) }),
           });
         } else {
           socket = net.connect({ host: endpoint.host, port: endpoint.port });
@@ -185,6 +191,26 @@ export class Connection {
 }
 
 function ignoreError(): void {}
+
+/**
+ * A `checkServerIdentity` of the user's, as Node may call it: Node calls it inside its TLS
+ * socket's handshake callback, where a throw is uncaught and ends the process. A check that
+ * throws (a certificate pin written with `throw`, a check tripping over an unexpected
+ * certificate) fails the handshake as a returned Error does: ICAP_ERR_TLS.
+ */
+function guardedIdentityCheck(
+  check: NonNullable<IcapTlsOptions['checkServerIdentity']>,
+): (host: string, cert: tls.PeerCertificate) => Error | undefined {
+  return (host, cert) => {
+    try {
+      const result: unknown = check(host, cert);
+      if (result === undefined || result === null || result === false) return undefined;
+      return result instanceof Error ? result : new Error(`checkServerIdentity refused: ${String(result)}`);
+    } catch (err) {
+      return err instanceof Error ? err : new Error(`checkServerIdentity threw: ${String(err)}`);
+    }
+  };
+}
 
 function stripUndefined<T extends object>(o: T): Partial<T> {
   const out: Partial<T> = {};
