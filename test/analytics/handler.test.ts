@@ -12,6 +12,7 @@ import {
   createLogAnalytics,
   IcapError,
   isLoopbackAddress,
+  isLoopbackHost,
   type LogAnalytics,
   loopbackOnly,
   MAX_TARGET_LENGTH,
@@ -163,7 +164,8 @@ describe('the guard', () => {
   it('loopbackOnly lets local connections through and nothing else', async () => {
     const s = await serve(loopbackOnly);
     expect((await send(s.url, '/')).status).toBe(200);
-    const fake = (remoteAddress: string | undefined) => ({ socket: { remoteAddress } }) as IncomingMessage;
+    const fake = (remoteAddress: string | undefined) =>
+      ({ socket: { remoteAddress }, headers: { host: 'localhost:8080' } }) as unknown as IncomingMessage;
     for (const a of ['127.0.0.1', '127.8.9.10', '::1', '::ffff:127.0.0.1']) {
       expect(loopbackOnly(fake(a))).toBe(true);
       expect(isLoopbackAddress(a)).toBe(true);
@@ -171,6 +173,58 @@ describe('the guard', () => {
     for (const a of ['10.0.0.1', '192.0.2.7', '::ffff:10.0.0.1', 'fe80::1', '1.127.0.0', undefined]) {
       expect(loopbackOnly(fake(a))).toBe(false);
     }
+  });
+
+  it('loopbackOnly wants the request sent to a local name too (no DNS rebinding)', async () => {
+    const s = await serve(loopbackOnly);
+    const port = new URL(s.url).port;
+    // A browser on this host after an attacker's name was pointed at 127.0.0.1.
+    for (const host of [
+      `rebind.attacker.example:${port}`,
+      'rebind.attacker.example',
+      `localhost.attacker.example:${port}`,
+    ]) {
+      const r = await send(s.url, '/api/overview', { headers: { host } });
+      expect({ host, status: r.status }).toEqual({ host, status: 403 });
+    }
+    for (const host of [`localhost:${port}`, `127.0.0.1:${port}`, 'LOCALHOST', `127.1.2.3:${port}`]) {
+      const r = await send(s.url, '/api/overview', { headers: { host } });
+      expect({ host, status: r.status }).toEqual({ host, status: 200 });
+    }
+    for (const h of [
+      'localhost',
+      'localhost:1',
+      '127.0.0.1',
+      '127.0.0.1:65535',
+      '[::1]',
+      '[::1]:8080',
+      ' Localhost ',
+    ]) {
+      expect({ h, ok: isLoopbackHost(h) }).toEqual({ h, ok: true });
+    }
+    for (const h of [
+      undefined,
+      '',
+      'example.com',
+      'localhost.example.com',
+      'evil.localhost.example',
+      '127.0.0.1.nip.io',
+      '127.0.0.1:80:80',
+      'localhost:x',
+      '[::1].evil',
+      '[::2]',
+      '10.0.0.1',
+      '0.0.0.0',
+      'localhost@evil',
+    ]) {
+      expect({ h, ok: isLoopbackHost(h) }).toEqual({ h, ok: false });
+    }
+    // The peer must be local as well.
+    const remote = {
+      socket: { remoteAddress: '10.0.0.1' },
+      headers: { host: 'localhost' },
+    } as unknown as IncomingMessage;
+    expect(loopbackOnly(remote)).toBe(false);
   });
 
   it('tokenGuard: Bearer or Basic with the token as password; otherwise 401 with a Basic challenge', async () => {

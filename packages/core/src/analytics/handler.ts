@@ -308,11 +308,27 @@ export function isLoopbackAddress(address: string | undefined): boolean {
 }
 
 /**
- * A guard that lets only connections from the local host through (the TCP peer, not any
- * forwarded header). Behind a reverse proxy on the same host every request is local: use a
- * token there.
+ * Whether a Host (or HTTP/2 :authority) value names the local host: `localhost`, a 127.x
+ * address or `[::1]`, with or without a port.
  */
-export const loopbackOnly: AnalyticsGuard = (req) => isLoopbackAddress(req.socket?.remoteAddress);
+export function isLoopbackHost(host: string | undefined): boolean {
+  if (host === undefined) return false;
+  const h = host.trim().toLowerCase();
+  const name = h.startsWith('[') ? h.slice(0, h.indexOf(']') + 1) : h.replace(/:\d*$/, '');
+  if (h.length !== name.length && !/^:\d{1,5}$/.test(h.slice(name.length))) return false;
+  return name === 'localhost' || name === '[::1]' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(name);
+}
+
+/**
+ * A guard that lets only connections from the local host through: the TCP peer is the local
+ * host (not any forwarded header), and so is the name the request was sent to (Host, or
+ * HTTP/2's :authority), so that a browser on this host cannot be led to the page by a name an
+ * attacker's DNS points at 127.0.0.1 (DNS rebinding). Behind a reverse proxy on the same host
+ * every request is local: use a token there.
+ */
+export const loopbackOnly: AnalyticsGuard = (req) =>
+  isLoopbackAddress(req.socket?.remoteAddress) &&
+  isLoopbackHost(req.headers.host ?? (req.headers[':authority'] as string | undefined));
 
 export interface TokenGuardOptions {
   /** Realm of the Basic challenge the browser shows. Default 'icapkit log analytics'. */

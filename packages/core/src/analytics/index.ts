@@ -29,6 +29,7 @@ export {
   type AnalyticsSource,
   createLogAnalytics,
   isLoopbackAddress,
+  isLoopbackHost,
   type LogAnalytics,
   type LogAnalyticsOptions,
   loopbackOnly,
