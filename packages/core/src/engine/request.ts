@@ -1,6 +1,6 @@
 import type { Readable } from 'node:stream';
 import { encodeHttpRequestHead } from '../protocol/encoder.js';
-import { Headers, isTokenFrom } from '../protocol/headers.js';
+import { Headers, HOP_BY_HOP_FIELDS, isTokenFrom } from '../protocol/headers.js';
 import type { RequestFacts } from './policy.js';
 
 /**
@@ -242,9 +242,9 @@ function valueProblem(v: string): number {
 /**
  * Why the request head the engine would encapsulate cannot be sent to the ICAP server as the
  * application reads it, or undefined when it can. Everything checked comes from the HTTP
- * client (method, target, Host, `:authority`, `:path`, header names and values), so a problem
- * here is the client's: the request is refused (400) before any ICAP attempt, and never
- * reaches the failure action. `absolute`: the profile sends the target in absolute form.
+ * client (method, target, Host, `:authority`, `:path`, header names and values, the fields
+ * `Connection` names), so a problem here is the client's: the request is refused (400) before
+ * any ICAP attempt, and never reaches the failure action. `absolute`: the profile sends the target in absolute form.
  */
 export function encapsulationProblem(facts: HttpRequestFacts, absolute: boolean): string | undefined {
   if (!isTokenFrom(facts.method, 0)) return 'the request method is not a token';
@@ -282,6 +282,8 @@ export function encapsulationProblem(facts: HttpRequestFacts, absolute: boolean)
       return `the ${name} header has a control character or surrounding whitespace`;
     if (problem === VALUE_WIDE) return `the ${name} header has a character that is not one byte`;
   }
+  const connection = connectionProblem(facts.headers);
+  if (connection !== undefined) return connection;
   // Without pseudo-headers, what the encoder checks was checked above (the method a token, the
   // target visible ASCII, as is the Host an absolute target is made from; names tokens, values
   // free of CR, LF and NUL): only the version is left. Pseudo-headers (HTTP/2) replace the
@@ -296,6 +298,26 @@ export function encapsulationProblem(facts: HttpRequestFacts, absolute: boolean)
     });
   } catch (err) {
     return `the request head cannot be encapsulated: ${err instanceof Error ? err.message : String(err)}`;
+  }
+  return undefined;
+}
+
+/**
+ * Why the request's `Connection` names a field the application reads, or undefined. Node hands
+ * every field to the application, those `Connection` names included, but they are never
+ * encapsulated (RFC 9110 §7.6.1: the encoder drops them): a client could hide its Content-Type,
+ * Content-Disposition or Host from the ICAP server while the handler reads them. A token naming
+ * a fixed hop-by-hop field (`keep-alive`, `upgrade`, `te`...), a field the request does not have
+ * (`close`) or a pseudo-header is harmless. (HTTP/2 forbids `Connection`: Node refuses such a stream.)
+ */
+function connectionProblem(headers: Headers): string | undefined {
+  const values = headers.getAll('connection');
+  for (const value of values) {
+    for (const token of value.split(',')) {
+      const t = token.trim().toLowerCase();
+      if (t === '' || HOP_BY_HOP_FIELDS.has(t) || t.charCodeAt(0) === 0x3a || !headers.has(t)) continue;
+      return `the Connection header names the ${JSON.stringify(token.trim().slice(0, 64))} field, which the application reads but the ICAP server would not be sent`;
+    }
   }
   return undefined;
 }
