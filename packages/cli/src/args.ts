@@ -1,4 +1,4 @@
-import { isToken } from '@icapkit/core';
+import { isToken, maskUrl } from '@icapkit/core';
 
 export const VERSION = '0.1.0';
 
@@ -106,7 +106,7 @@ export function parseHeaders(values: readonly string[]): ParsedHeaders {
     const name = colon === -1 ? raw.trim() : raw.slice(0, colon).trim();
     const value = colon === -1 ? '' : raw.slice(colon + 1).trim();
     if (colon === -1 || !isToken(name)) {
-      throw new UsageError(`--header needs 'Name: value' (got ${JSON.stringify(raw)})`);
+      throw new UsageError(`--header needs 'Name: value' (got ${headerShown(raw)})`);
     }
     if (/[\r\n\0]/.test(value)) throw new UsageError(`--header ${name} has CR, LF or NUL in its value`);
     const key = name.toLowerCase();
@@ -117,6 +117,20 @@ export function parseHeaders(values: readonly string[]): ParsedHeaders {
     else headers.push([name, value]);
   }
   return { headers, userAgent };
+}
+
+/**
+ * What a malformed --header is shown as: only what looks like its name (the text before the
+ * first space or colon, at most 40 characters), never the rest, which may be a secret. A single
+ * word without a colon may be the value alone (an API key), so it is not shown at all.
+ */
+function headerShown(raw: string): string {
+  const text = raw.trim();
+  const end = text.search(/[\s:]/);
+  if (end === -1) return 'a value without a name';
+  const name = text.slice(0, end);
+  if (name === '' || !isToken(name)) return 'no header name';
+  return `a header named ${JSON.stringify(name.length > 40 ? `${name.slice(0, 40)}...` : name)}`;
 }
 
 export interface IcapUrl {
@@ -131,18 +145,18 @@ export interface IcapUrl {
 
 /** An ICAP URL that names a service. */
 export function parseIcapUrl(value: string, what: string): IcapUrl {
+  // The URL as shown in messages: any user:password@ masked, whether or not it parses.
+  const shown = JSON.stringify(maskUrl(value));
   let u: URL;
   try {
     u = new URL(value);
   } catch {
-    throw new UsageError(
-      `${what} is not a URL: ${JSON.stringify(value)} (expected icap://host:1344/service)`,
-    );
+    throw new UsageError(`${what} is not a URL: ${shown} (expected icap://host:1344/service)`);
   }
   if (u.protocol !== 'icap:' && u.protocol !== 'icaps:') {
-    throw new UsageError(`${what} must start with icap:// or icaps:// (got ${JSON.stringify(value)})`);
+    throw new UsageError(`${what} must start with icap:// or icaps:// (got ${shown})`);
   }
-  if (u.hostname === '') throw new UsageError(`${what} has no host: ${JSON.stringify(value)}`);
+  if (u.hostname === '') throw new UsageError(`${what} has no host: ${shown}`);
   if (u.username !== '' || u.password !== '') {
     throw new UsageError(`${what} cannot carry credentials; send them with --header`);
   }

@@ -476,27 +476,56 @@ function asksClose(headers: HeaderPairs): boolean {
   return false;
 }
 
+/**
+ * A URL (or text meant as one) for an error message, with anything that may be a password
+ * masked, whether or not the text parses: the text between `//` (or the scheme's `:`) and the
+ * last `@`, and any query or fragment, become `***`.
+ * `icaps://user:pass@host:11344/?key=k` -> `icaps://***@host:11344/?***`.
+ */
+export function maskUrl(text: string): string {
+  const at = text.lastIndexOf('@');
+  let out = text;
+  if (at >= 0) {
+    const slashes = text.indexOf('//');
+    const colon = /^[a-zA-Z][a-zA-Z0-9+.-]*:/.exec(text)?.[0].length ?? 0;
+    const start = slashes >= 0 && slashes < at ? slashes + 2 : colon;
+    out = `${text.slice(0, start)}***${text.slice(at)}`;
+  }
+  // A query or fragment may carry a key too (`?apikey=...`): only its first character is shown.
+  return out.replace(/([?#])[\s\S]*$/, '$1***');
+}
+
 /** Parses `icap://host[:port]` / `icaps://host[:port]` into an endpoint. */
 export function parseServerUrl(url: string | URL, tls?: IcapTlsOptions): ServerEndpoint {
+  const shown = () => JSON.stringify(maskUrl(String(url)));
   let u: URL;
   try {
     u = typeof url === 'string' ? new URL(url) : url;
   } catch {
-    throw new IcapError(
-      IcapErrorCodes.INVALID_ARGUMENT,
-      `invalid ICAP server URL ${JSON.stringify(String(url))}`,
-    );
+    throw new IcapError(IcapErrorCodes.INVALID_ARGUMENT, `invalid ICAP server URL ${shown()}`, {
+      field: 'url',
+    });
   }
   const secure = u.protocol === 'icaps:';
   if (!secure && u.protocol !== 'icap:') {
     throw new IcapError(
       IcapErrorCodes.INVALID_ARGUMENT,
-      `ICAP server URL must start with icap:// or icaps:// (got ${JSON.stringify(String(url))})`,
+      `ICAP server URL must start with icap:// or icaps:// (got ${shown()})`,
+      { field: 'url' },
+    );
+  }
+  if (u.username !== '' || u.password !== '') {
+    throw new IcapError(
+      IcapErrorCodes.INVALID_ARGUMENT,
+      `ICAP server URL must not contain credentials (user:password@), which would never be sent; pass an API key in headers (got ${shown()})`,
+      { field: 'url' },
     );
   }
   const host = u.hostname.replace(/^\[(.*)\]$/, '$1');
   if (host === '')
-    throw new IcapError(IcapErrorCodes.INVALID_ARGUMENT, `ICAP server URL has no host: ${String(url)}`);
+    throw new IcapError(IcapErrorCodes.INVALID_ARGUMENT, `ICAP server URL has no host: ${shown()}`, {
+      field: 'url',
+    });
   const port = u.port === '' ? (secure ? DEFAULT_ICAPS_PORT : DEFAULT_ICAP_PORT) : Number(u.port);
   return { host, port, tls: secure ? (tls ?? {}) : false };
 }

@@ -143,13 +143,14 @@ describe('resolveProfile', () => {
     fails(over, field, message);
   });
 
-  it('redacts API-key-like ICAP headers by default', () => {
+  it('redacts every one of its own ICAP headers by default, whatever its name', () => {
     const p = resolveProfile({
       ...base,
       icapHeaders: { 'X-MDCLOUD-APIKEY': 'secret', 'X-Custom-Token': 't', 'X-Plain': 'v' },
     });
     expect(p.redactHeaders.has('x-mdcloud-apikey')).toBe(true);
     expect(p.redactHeaders.has('x-custom-token')).toBe(true);
-    expect(p.redactHeaders.has('x-plain')).toBe(false);
+    expect(p.redactHeaders.has('x-plain')).toBe(true);
+    expect(p.redactHeaders.has('x-other')).toBe(false);
   });
 });

@@ -1,23 +1,14 @@
 /** resolveProfile: an IcapProfile validated, with every default filled in. */
 
 import { tmpdir } from 'node:os';
-import { DEFAULT_ICAP_PORT, DEFAULT_ICAPS_PORT } from '../../client/client.js';
-import type { IcapTlsOptions } from '../../client/connection.js';
+import { maskUrl } from '../../client/client.js';
 import { isSafeFieldValue, isToken } from '../../protocol/headers.js';
 import { compilePolicy } from '../policy.js';
 import { DEFAULT_NSX_STATUS_URL } from '../verdict/index.js';
 import { bool, checkKeys, describe, fail, integer, oneOf, parseSize, vendorOf } from './check.js';
 import { ALWAYS_REDACTED, PROFILE_DEFAULTS, PROFILE_KEYS } from './defaults.js';
-import type {
-  IcapProfile,
-  LoadBalancing,
-  MultipartLimits,
-  PoolGroupConfig,
-  ResolvedPool,
-  ResolvedProfile,
-  ResolvedServer,
-  ServerConfig,
-} from './types.js';
+import { resolvePoolGroup } from './servers.js';
+import type { IcapProfile, MultipartLimits, ResolvedProfile } from './types.js';
 
 const MAX_BUFFER = 4 * 1024 ** 3;
 
@@ -69,7 +60,7 @@ export function resolveProfile(profile: IcapProfile): ResolvedProfile {
     ) {
       fail(
         'profile.nsxDefenderConfig.statusUrl',
-        `must be an http(s) URL template with $uuid (got ${describe(nsx.statusUrl)})`,
+        `must be an http(s) URL template with $uuid (got ${describe(typeof nsx.statusUrl === 'string' ? maskUrl(nsx.statusUrl) : nsx.statusUrl)})`,
       );
     }
   }
@@ -87,7 +78,12 @@ export function resolveProfile(profile: IcapProfile): ResolvedProfile {
     if (typeof p.icapHeaders !== 'object' || p.icapHeaders === null)
       fail('profile.icapHeaders', 'must be an object of header names to values');
     for (const [k, v] of Object.entries(p.icapHeaders)) {
-      if (!isToken(k)) fail(`profile.icapHeaders.${k}`, 'is not a valid header name');
+      // Only what looks like the name is shown: a key such as 'X-Api-Key: value' holds a secret.
+      if (!isToken(k))
+        fail(
+          'profile.icapHeaders',
+          `has a key that is not a valid header name (${describe(k.split(/[\s:]/)[0]!.slice(0, 40))})`,
+        );
       if (typeof v !== 'string' || !isSafeFieldValue(v))
         fail(`profile.icapHeaders.${k}`, 'must be a string without CR, LF or NUL');
       if (['host', 'encapsulated', 'preview', 'allow'].includes(k.toLowerCase())) {
@@ -104,9 +100,9 @@ export function resolveProfile(profile: IcapProfile): ResolvedProfile {
       redact.add(h.toLowerCase());
     });
   }
-  for (const k of Object.keys(p.icapHeaders ?? {})) {
-    if (/key|token|secret|auth|pass/i.test(k)) redact.add(k.toLowerCase());
-  }
+  // The profile's own ICAP headers are configuration constants (API keys, tenants, licences):
+  // their values are redacted whatever their names, and nothing in the profile can unredact them.
+  for (const [k] of icapHeaders) redact.add(k.toLowerCase());
   const conn = p.connection ?? {};
   if (typeof conn !== 'object' || conn === null) fail('profile.connection', 'must be an object');
   checkKeys(
@@ -403,117 +399,6 @@ export function resolveProfile(profile: IcapProfile): ResolvedProfile {
     contentEncoding: oneOf(p.contentEncoding, ['decode', 'refuse'], 'profile.contentEncoding', 'decode'),
     startupCheck: oneOf(p.startupCheck, ['fail', 'warn', 'off'], 'profile.startupCheck', 'fail'),
   };
-}
-
-function resolvePoolGroup(
-  v: IcapProfile['poolGroup'],
-  profileName: string,
-  tlsDefault: IcapTlsOptions | undefined,
-  loadBalancing: LoadBalancing,
-): { name: string; pools: ResolvedPool[] } {
-  const field = 'profile.poolGroup';
-  const defaultName = `${profileName}-pool-group`;
-  if (typeof v === 'string' || Array.isArray(v)) {
-    const urls: unknown[] = typeof v === 'string' ? [v] : [...(v as readonly unknown[])];
-    if (urls.length === 0) fail(field, 'must name at least one ICAP server');
-    const servers = urls.map((u, i) =>
-      serverFromUrl(u, typeof v === 'string' ? field : `${field}[${i}]`, tlsDefault),
-    );
-    return {
-      name: defaultName,
-      pools: [{ name: `${profileName}-pool`, priority: 10, servers, loadBalancing }],
-    };
-  }
-  if (typeof v !== 'object' || v === null) {
-    fail(field, `is required: an icap:// URL, a list of URLs, or { pools: [...] } (got ${describe(v)})`);
-  }
-  const group = v as PoolGroupConfig;
-  checkKeys(group, new Set(['name', 'pools']), field);
-  if (group.name !== undefined && (typeof group.name !== 'string' || group.name === ''))
-    fail(`${field}.name`, 'must be a non-empty string');
-  if (!Array.isArray(group.pools) || group.pools.length === 0)
-    fail(`${field}.pools`, 'must be a non-empty array of pools');
-  const names = new Set<string>();
-  const pools = group.pools.map((pool, i): ResolvedPool => {
-    const pf = `${field}.pools[${i}]`;
-    if (typeof pool !== 'object' || pool === null) fail(pf, 'must be an object');
-    checkKeys(pool, new Set(['name', 'priority', 'servers', 'tls', 'loadBalancing']), pf);
-    if (typeof pool.name !== 'string' || pool.name === '')
-      fail(`${pf}.name`, 'is required: a non-empty string');
-    if (names.has(pool.name)) fail(`${pf}.name`, `duplicates pool name ${JSON.stringify(pool.name)}`);
-    names.add(pool.name);
-    const priority = integer(pool.priority, `${pf}.priority`, 10, 0, 1_000_000, '');
-    if (!Array.isArray(pool.servers) || pool.servers.length === 0)
-      fail(`${pf}.servers`, 'must be a non-empty array');
-    const poolTls = tlsOption(pool.tls, `${pf}.tls`, tlsDefault);
-    const servers = (pool.servers as ReadonlyArray<string | ServerConfig>).map((s, k): ResolvedServer => {
-      const sf = `${pf}.servers[${k}]`;
-      if (typeof s === 'string') return serverFromUrl(s, sf, tlsDefault, poolTls);
-      if (typeof s !== 'object' || s === null) fail(sf, 'must be an icap:// URL or { host, port, tls }');
-      checkKeys(s, new Set(['host', 'port', 'tls']), sf);
-      if (typeof s.host !== 'string' || s.host === '') fail(`${sf}.host`, 'is required');
-      const tls = s.tls === undefined ? poolTls : tlsOption(s.tls, `${sf}.tls`, tlsDefault);
-      const port = integer(s.port, `${sf}.port`, tls ? DEFAULT_ICAPS_PORT : DEFAULT_ICAP_PORT, 1, 65535, '');
-      return makeServer(s.host, port, tls);
-    });
-    return {
-      name: pool.name,
-      priority,
-      servers,
-      loadBalancing: oneOf(
-        pool.loadBalancing,
-        ['least-outstanding', 'round-robin'],
-        `${pf}.loadBalancing`,
-        loadBalancing,
-      ),
-    };
-  });
-  // Higher priority first; a stable sort keeps the configured order among equals.
-  pools.sort((a, b) => b.priority - a.priority);
-  return { name: group.name ?? defaultName, pools };
-}
-
-function tlsOption(
-  v: unknown,
-  field: string,
-  tlsDefault: IcapTlsOptions | undefined,
-): IcapTlsOptions | false {
-  if (v === undefined || v === false) return false;
-  if (v === true) return tlsDefault ?? {};
-  if (typeof v === 'object' && v !== null) return { ...(tlsDefault ?? {}), ...(v as IcapTlsOptions) };
-  fail(field, `must be true, false or TLS options (got ${describe(v)})`);
-}
-
-function serverFromUrl(
-  u: unknown,
-  field: string,
-  tlsDefault: IcapTlsOptions | undefined,
-  poolTls: IcapTlsOptions | false = false,
-): ResolvedServer {
-  if (typeof u !== 'string') fail(field, `must be an icap:// or icaps:// URL (got ${describe(u)})`);
-  let url: URL;
-  try {
-    url = new URL(u);
-  } catch {
-    fail(field, `is not a valid URL: ${JSON.stringify(u)}`);
-  }
-  if (url.protocol !== 'icap:' && url.protocol !== 'icaps:')
-    fail(field, `must start with icap:// or icaps:// (got ${JSON.stringify(u)})`);
-  if (url.pathname !== '' && url.pathname !== '/') {
-    fail(
-      field,
-      `must not contain a service path (${JSON.stringify(url.pathname)}): set profile.serviceUri instead`,
-    );
-  }
-  const secure = url.protocol === 'icaps:';
-  const tls = secure ? poolTls || tlsDefault || {} : false;
-  const port = url.port === '' ? (secure ? DEFAULT_ICAPS_PORT : DEFAULT_ICAP_PORT) : Number(url.port);
-  return makeServer(url.hostname.replace(/^\[(.*)\]$/, '$1'), port, tls);
-}
-
-function makeServer(host: string, port: number, tls: IcapTlsOptions | false): ResolvedServer {
-  const h = host.includes(':') ? `[${host}]` : host;
-  return { host, port, tls, url: `${tls ? 'icaps' : 'icap'}://${h}:${port}` };
 }
 
 /** The intake options (see IcapProfile: bodyDeadline ... drainAfterAnswer). */

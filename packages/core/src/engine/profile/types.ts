@@ -125,7 +125,10 @@ export interface IcapProfile {
   logger?: PinoLike | undefined;
   /** 'page': our own 403 (HTML or JSON by Accept); 'relay': the ICAP server's block response. Default 'page'. */
   blockResponse?: 'page' | 'relay' | undefined;
-  /** ICAP headers added to every request (e.g. an API key). Values are redacted in logs. */
+  /**
+   * ICAP headers added to every request (e.g. an API key). Their values are redacted in every
+   * log record, whatever the header names.
+   */
   icapHeaders?: Readonly<Record<string, string>> | undefined;
   /** Send `X-Client-IP` with the HTTP client's address. Default false. */
   sendClientIp?: boolean | undefined;
@@ -268,7 +271,10 @@ export interface PoolConfig {
   /** Higher first; pools of equal priority keep their order. Default 10. */
   priority?: number | undefined;
   servers: ReadonlyArray<string | ServerConfig>;
-  /** ICAPS for every server of the pool (true, or TLS options). */
+  /**
+   * ICAPS for every server of the pool (true, or TLS options added to the profile's `tls`).
+   * Its URL servers must then be `icaps://` (an `icap://` one is refused).
+   */
   tls?: boolean | IcapTlsOptions | undefined;
   loadBalancing?: LoadBalancing | undefined;
 }
@@ -277,6 +283,7 @@ export interface ServerConfig {
   host: string;
   /** Default 1344, or 11344 with TLS. */
   port?: number | undefined;
+  /** Default: the pool's. true or TLS options: added to the pool's TLS options (or the profile's). */
   tls?: boolean | IcapTlsOptions | undefined;
 }
 
