@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { unlinkSync } from 'node:fs';
 import { type FileHandle, open, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
+import { IcapError, IcapErrorCodes } from '../../errors.js';
 import { SPOOL_READ } from './options.js';
 
 // ---------------------------------------------------------------- temp files
@@ -41,17 +42,32 @@ export class Spool {
   #closed = false;
   #unlinked = false;
   readonly #onProgress: () => void;
+  readonly #onError: (err: IcapError) => void;
   #flushWaiters: Array<{ offset: number; resolve: () => void }> = [];
+  #failure: IcapError | undefined;
 
-  constructor(dir: string, base: number, onProgress: () => void) {
+  /**
+   * `onProgress`: more bytes are written. `onError`: the file could not be opened or written
+   * (a full disk, a missing spoolDir, no descriptors left), once: nothing more is written, and
+   * every read past what was written fails with that error (ICAP_ERR_SPOOL), so that no
+   * reader waits for bytes that will never come.
+   */
+  constructor(dir: string, base: number, onProgress: () => void, onError: (err: IcapError) => void) {
     this.path = join(dir, `icapkit-${process.pid}-${randomBytes(8).toString('hex')}.body`);
     this.#base = base;
     this.flushed = base;
     this.#appended = base;
     this.#onProgress = onProgress;
+    this.#onError = onError;
     removeAtExit(this.path);
     this.ready = open(this.path, 'wx+', 0o600);
+    this.ready.catch((err: unknown) => this.#failed(err));
     this.#chain = this.ready;
+  }
+
+  /** Why the file could not be opened or written, once that happened. */
+  get failure(): IcapError | undefined {
+    return this.#failure;
   }
 
   /** Bytes appended but not yet written. */
@@ -65,6 +81,7 @@ export class Spool {
    */
   append(chunk: Buffer): void {
     this.#appended += chunk.length;
+    if (this.#failure !== undefined) return;
     this.#queued.push(chunk);
     this.#queuedBytes += chunk.length;
     if (this.#writing) return;
@@ -78,7 +95,34 @@ export class Spool {
   #writing = false;
 
   async #writeQueued(): Promise<void> {
-    while (this.#queued.length > 0 && !this.#closed) {
+    try {
+      await this.#writeAll();
+    } catch (err) {
+      this.#failed(err);
+    }
+  }
+
+  /** A failed open or write: reported once, the waiters woken, nothing more written. */
+  #failed(err: unknown): void {
+    if (this.#failure !== undefined || this.#closed) return;
+    const why = err instanceof Error ? err.message : String(err);
+    this.#failure = new IcapError(
+      IcapErrorCodes.SPOOL,
+      `a temp file for the request body could not be written: ${why}`,
+      {
+        cause: err,
+      },
+    );
+    this.#queued = [];
+    this.#queuedBytes = 0;
+    const waiters = this.#flushWaiters;
+    this.#flushWaiters = [];
+    for (const w of waiters) w.resolve();
+    this.#onError(this.#failure);
+  }
+
+  async #writeAll(): Promise<void> {
+    while (this.#queued.length > 0 && !this.#closed && this.#failure === undefined) {
       const parts = this.#queued;
       const n = this.#queuedBytes;
       this.#queued = [];
@@ -102,11 +146,23 @@ export class Spool {
   }
 
   whenFlushed(offset: number): Promise<void> {
-    if (offset < this.flushed || this.#closed) return Promise.resolve();
+    if (offset < this.flushed || this.#closed || this.#failure !== undefined) return Promise.resolve();
     return new Promise((resolve) => this.#flushWaiters.push({ offset, resolve }));
   }
 
+  /**
+   * The bytes at `offset` once they are written (`received`: how far the body goes so far):
+   * undefined when there are none to wait for, a promise of undefined when the wait is over
+   * (ask again), a rejection once the file failed.
+   */
+  readFrom(offset: number, received: number): Promise<Buffer | undefined> | undefined {
+    if (offset < this.flushed) return this.read(offset, SPOOL_READ);
+    if (this.#failure !== undefined) return Promise.reject(this.#failure);
+    return offset < received ? this.whenFlushed(offset).then(() => undefined) : undefined;
+  }
+
   async read(offset: number, max: number): Promise<Buffer> {
+    if (this.#failure !== undefined && offset >= this.flushed) throw this.#failure;
     const fh = await this.ready;
     const n = Math.min(max, this.flushed - offset);
     const buf = Buffer.allocUnsafe(n);
@@ -122,6 +178,7 @@ export class Spool {
   /** Everything, once written (for restore). */
   async readAll(): Promise<Buffer[]> {
     await this.#chain;
+    if (this.#failure !== undefined) throw this.#failure;
     const out: Buffer[] = [];
     for (let at = this.#base; at < this.flushed; ) {
       const b = await this.read(at, SPOOL_READ);

@@ -9,7 +9,6 @@ import {
   COALESCE_BELOW,
   FIRST_ARENA,
   SPOOL_PENDING_MAX,
-  SPOOL_READ,
   WAKE_AT,
   WAKE_DELAY,
 } from './options.js';
@@ -364,13 +363,7 @@ export class BodyStore implements ReplayableBody {
 
   /** Reads from the temp file at the cursor, once those bytes are written. */
   spoolRead(cursor: Cursor): Promise<Buffer | undefined> | undefined {
-    const spool = this.#spool;
-    if (spool === null) return undefined;
-    if (cursor.offset >= spool.flushed)
-      return cursor.offset < this.#received
-        ? spool.whenFlushed(cursor.offset).then(() => undefined)
-        : undefined;
-    return spool.read(cursor.offset, SPOOL_READ);
+    return this.#spool?.readFrom(cursor.offset, this.#received);
   }
 
   get endedInMemory(): boolean {
@@ -491,10 +484,15 @@ export class BodyStore implements ReplayableBody {
 
   /** Moves what is held to a temp file; from now on the body is written there. */
   #spill(): void {
-    const spool = new Spool(this.#spoolDir, this.#base, () => {
-      for (const r of this.#readers) r.wake();
-      this.#flow();
-    });
+    const spool = new Spool(
+      this.#spoolDir,
+      this.#base,
+      () => {
+        for (const r of this.#readers) r.wake();
+        this.#flow();
+      },
+      (err) => this.#fail(err, true),
+    );
     this.#spool = spool;
     for (const c of this.#chunks) spool.append(c);
     this.#tailGrows = false;
@@ -502,7 +500,6 @@ export class BodyStore implements ReplayableBody {
     this.#chunks = [];
     this.#chunkStarts = [];
     this.#chunkIndexBase = 0;
-    spool.ready.catch((err: unknown) => this.#fail(err));
   }
 
   readonly #onEnd = (): void => {
@@ -523,8 +520,13 @@ export class BodyStore implements ReplayableBody {
     }
   };
 
-  #fail(err: unknown): void {
-    if (this.#ended || this.#error !== undefined) return;
+  /**
+   * The body cannot be had whole: the client went away, or (`storage`) its temp file failed,
+   * which counts even after the body has ended, since its readers would wait for bytes that are
+   * not there (ICAP_ERR_SPOOL).
+   */
+  #fail(err: unknown, storage = false): void {
+    if ((this.#ended && !storage) || this.#error !== undefined) return;
     this.#error = err;
     this.#wakeReaders();
     this.#settleEnd();

@@ -252,7 +252,7 @@ export async function allArrived(store: BodyStore | null, signal: AbortSignal, l
 
 /**
  * Waits for the whole request body. Throws ICAP_ERR_REQUEST_TOO_LARGE when it outgrows the
- * limit and ICAP_ERR_BODY_SOURCE when the client goes away.
+ * limit, ICAP_ERR_BODY_SOURCE when the client goes away and ICAP_ERR_SPOOL when its temp file failed.
  */
 export async function bodyComplete(store: BodyStore | null, limit: number): Promise<void> {
   if (store === null) return;
@@ -263,15 +263,24 @@ export async function bodyComplete(store: BodyStore | null, limit: number): Prom
       `the request body is larger than bufferSize (${limit} bytes)`,
     );
   }
-  if (store.error !== undefined) {
-    throw new IcapError(
-      IcapErrorCodes.BODY_SOURCE,
-      'the HTTP client went away before its request body was complete',
-      {
-        cause: store.error,
-      },
-    );
-  }
+  if (store.error !== undefined) throw bodyFailure(store);
+}
+
+/**
+ * What a body that cannot be had whole counts as: its temp file failing (ICAP_ERR_SPOOL: a
+ * local failure, 503 whatever the failure action, never the ICAP server's health), or else the
+ * HTTP client going away before it was complete (ICAP_ERR_BODY_SOURCE).
+ */
+export function bodyFailure(store: BodyStore): IcapError {
+  const e = store.error;
+  if (e instanceof IcapError && e.code === IcapErrorCodes.SPOOL) return e;
+  return new IcapError(
+    IcapErrorCodes.BODY_SOURCE,
+    'the HTTP client went away before its request body was complete',
+    {
+      cause: e,
+    },
+  );
 }
 
 // ---------------------------------------------------------------- content decoding

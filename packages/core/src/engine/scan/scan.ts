@@ -17,6 +17,7 @@ import { exchange } from './exchange.js';
 import {
   allArrived,
   bodyComplete,
+  bodyFailure,
   checkForm,
   type Decoded,
   decodeBody,
@@ -254,16 +255,10 @@ export class Scan {
     return refuse(this, 'bad-request', IcapErrorCodes.BAD_REQUEST, this.#trailers!.message, store);
   }
 
-  /** The HTTP client went away before the body was complete: the scan aborts. */
+  /** The HTTP client went away before the body was complete (or its temp file failed): the scan aborts. */
   #bodyFailed(store: BodyStore): void {
     this.#stopTimer();
-    this.#abort(
-      new IcapError(
-        IcapErrorCodes.BODY_SOURCE,
-        'the HTTP client went away before its request body was complete',
-        { cause: store.error },
-      ),
-    );
+    this.#abort(bodyFailure(store));
   }
 
   /** The body has arrived (or there is none): responseTimeout starts. */
@@ -512,11 +507,7 @@ export class Scan {
       store?.error !== undefined &&
       !(caught instanceof IcapError && caught.code === IcapErrorCodes.REQUEST_TOO_LARGE);
     let error = clientGone
-      ? new IcapError(
-          IcapErrorCodes.BODY_SOURCE,
-          'the HTTP client went away before its request body was complete',
-          { cause: store?.error },
-        )
+      ? bodyFailure(store!)
       : caught instanceof IcapError
         ? caught
         : new IcapError(
