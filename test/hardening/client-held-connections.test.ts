@@ -212,6 +212,45 @@ describe('uploads whose clients stop sending hold at most half the connections: 
   }
 });
 
+describe('a server that allows one connection: no upload streams, so a client that stops sending holds nothing', () => {
+  let single: IcapTestServer;
+  beforeAll(async () => {
+    single = await startIcapServer({ recordBodies: false, maxConnections: 1 });
+  });
+  afterAll(async () => {
+    await single?.close();
+  });
+  for (const framework of FRAMEWORKS) {
+    for (const failAction of FAIL_ACTIONS) {
+      it(`${framework}, ${failAction}: maxConnections 32, the server allows 1`, async () => {
+        const run = await start(framework, failAction, single, { connection: { maxConnections: 32 } });
+        try {
+          // The first exchange reads the server's OPTIONS (its Max-Connections).
+          expect((await upload(run, Buffer.from('hello'))).status).toBe(200);
+          expect(run.app.engine.status()[0]?.connections.limit).toBe(1);
+          holdingUpload(run);
+          await until(() => arriving(run) === 1, 5_000, 'the stalled upload arriving');
+          // Held whole, not streamed: the one connection stays free for uploads that have arrived.
+          expect(busy(run)).toBe(0);
+          const threat = await upload(run, EICAR);
+          expect({ status: threat.status, handled: threat.handled, action: threat.log.action }).toEqual({
+            status: 403,
+            handled: [],
+            action: 'ICAP_BLOCKED',
+          });
+          const clean = await upload(run, Buffer.from('clean'));
+          expect({ status: clean.status, action: clean.log.action }).toEqual({
+            status: 200,
+            action: 'ICAP_PASSED',
+          });
+        } finally {
+          await stop(run);
+        }
+      });
+    }
+  }
+});
+
 describe("a server's Max-Connections scales the share down: holders still leave connections for the others", () => {
   let limited: IcapTestServer;
   beforeAll(async () => {

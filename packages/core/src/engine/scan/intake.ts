@@ -146,10 +146,15 @@ export function whenReadyToScan(
  * maxStreamingUploads is a share of maxConnections: a server that allows fewer connections
  * (its OPTIONS `Max-Connections`) scales it down, so the smallest server still keeps its share
  * for bodies that have arrived. `smallest`: the smallest of the servers' connection limits now.
+ * At least one upload streams, unless that would be every connection of the smallest server
+ * (a limit of 1): then every body is held whole first, and a client that stops sending holds
+ * no connection.
  */
 export function streamingLimit(configured: number, maxConnections: number, smallest: number): number {
   if (configured === 0) return 0;
-  return Math.max(1, Math.floor((Math.min(smallest, maxConnections) * configured) / maxConnections));
+  const limit = Math.min(smallest, maxConnections);
+  const share = Math.max(1, Math.floor((limit * configured) / maxConnections));
+  return configured < maxConnections ? Math.min(share, limit - 1) : share;
 }
 
 /** Leaving intake when nothing was counted. */
