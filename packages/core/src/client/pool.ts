@@ -186,9 +186,14 @@ export class Pool {
     this.#busy.clear();
   }
 
+  /**
+   * The connection idle longest first: ICAP answers carry no request id, so an answer a server
+   * sends late (a second one after a clean 204) is only told apart while its connection is idle
+   * (any byte then closes it); the longest idle has had the most time to show one.
+   */
   #takeIdle(): Lease | undefined {
     while (this.#idle.length > 0) {
-      const c = this.#idle.pop()!;
+      const c = this.#idle.shift()!;
       this.#unpark(c, false);
       if (c.usable) {
         this.#busy.add(c);
