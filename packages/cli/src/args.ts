@@ -89,7 +89,7 @@ export function parseIntOption(value: string, name: string, min: number, max: nu
 }
 
 /** Headers set by the client itself, which --header must not repeat or override. */
-const RESERVED_HEADERS = new Set(['host', 'encapsulated', 'preview', 'allow']);
+const RESERVED_HEADERS = new Set(['host', 'encapsulated', 'preview', 'allow', 'connection']);
 
 export interface ParsedHeaders {
   headers: Array<[string, string]>;

@@ -51,7 +51,10 @@ export function clientOptions(
   return {
     url: url.server,
     tls,
-    headers,
+    // Each file on a connection of its own, closed after its answer: ICAP answers carry no
+    // request id, so an answer a server sends after its first (a second 204, a late block)
+    // could otherwise be read as the next file's verdict on a kept-alive connection.
+    headers: [...headers, ['Connection', 'close']],
     userAgent: userAgent ?? `icapkit-cli/${VERSION}`,
     timeout,
     // A slow connect should not use up the whole time of a file.

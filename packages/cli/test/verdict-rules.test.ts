@@ -181,6 +181,75 @@ describe('scan: a threat named outside the final head blocks', () => {
   });
 });
 
+describe("scan: an answer the server sends after its first never becomes another file's verdict", () => {
+  /** Two files (the second EICAR-named), one at a time: each on a connection of its own. */
+  async function twoFiles(answer: (r: Req, index: number) => void) {
+    const second = join(dir, 'second.com');
+    await writeFile(second, 'second file');
+    let n = 0;
+    const server = await scripted((r) => answer(r, n++));
+    try {
+      const out = await run([
+        'scan',
+        file,
+        second,
+        '--server',
+        `${server.url}/avscan`,
+        '--concurrency',
+        '1',
+        '--json',
+      ]);
+      const lines = out.stdout
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l) as { verdict: string; threat: string | null });
+      return {
+        code: out.code,
+        verdicts: lines.map((l) => l.verdict),
+        reqmods: server.requests.filter((q) => q.method === 'REQMOD').length,
+      };
+    } finally {
+      await server.close();
+    }
+  }
+
+  it('a 204 sent twice (the second in a later write): the next file still gets its own answer (a block)', async () => {
+    const o = await twoFiles((r, i) => {
+      if (i === 0) {
+        r.sock.write(NO_BODY);
+        setTimeout(() => r.sock.writable && r.sock.write(NO_BODY), 20);
+      }
+      // The second file's own answer comes after the stray one would have.
+      else
+        setTimeout(
+          () =>
+            r.sock.writable &&
+            r.sock.write(`ICAP/1.0 200 OK\r\nISTag: "x1"\r\n${INFECTED}Encapsulated: null-body=0\r\n\r\n`),
+          150,
+        );
+    });
+    expect(o).toEqual({ code: 1, verdicts: ['clean', 'blocked'], reqmods: 2 });
+  });
+
+  it('a block sent after a 204 (in a later write) does not land on the next file', async () => {
+    const o = await twoFiles((r, i) => {
+      if (i === 1) {
+        setTimeout(() => r.sock.writable && r.sock.write(NO_BODY), 150);
+        return;
+      }
+      r.sock.write(NO_BODY);
+      if (i === 0)
+        setTimeout(
+          () =>
+            r.sock.writable &&
+            r.sock.write(`ICAP/1.0 200 OK\r\n${INFECTED}Encapsulated: null-body=0\r\n\r\n`),
+          20,
+        );
+    });
+    expect(o).toEqual({ code: 0, verdicts: ['clean', 'clean'], reqmods: 2 });
+  });
+});
+
 describe('scan: the controls', () => {
   it('a bare 204: CLEAN, exit 0', async () => {
     const o = await scan((r) => r.sock.write(NO_BODY));
