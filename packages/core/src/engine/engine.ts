@@ -1,5 +1,5 @@
 import { emitProcessWarning, isQuiet, ProcessAlerts } from './alerts.js';
-import { emitLog, type IcapAction, type IcapLog } from './log.js';
+import { emitLog, type IcapAction, type IcapLog, observe } from './log.js';
 import type { PolicyDecision } from './policy.js';
 import { PoolGroup, type ServerStatus } from './pool-group.js';
 import { type IcapProfile, type PinoLike, type ResolvedProfile, resolveProfile } from './profile.js';
@@ -140,14 +140,13 @@ export class IcapEngine {
    */
   responded(log: IcapLog, status: number): void {
     if (log.http_response_code !== undefined || !Number.isInteger(status)) return;
-    log.http_response_code = status;
-    for (const listener of this.#responseListeners) {
-      try {
-        listener(log);
-      } catch {
-        // a listener that throws does not affect the others
-      }
+    try {
+      log.http_response_code = status;
+    } catch {
+      // A record an onLog froze (or sealed) keeps what it had: it was emitted already.
+      return;
     }
+    for (const listener of this.#responseListeners) observe(() => listener(log), undefined, '');
   }
 
   /** Adds a receiver of records that got the application's HTTP status (see `responded`). */
@@ -163,13 +162,8 @@ export class IcapEngine {
   #emit(log: IcapLog, logger: PinoLike | undefined): void {
     emitLog(log, this.profile.onLog, logger);
     this.#alerts?.record(log);
-    for (const listener of this.#logListeners) {
-      try {
-        listener(log);
-      } catch (err) {
-        logger?.error({ err }, 'icapkit: a log listener threw');
-      }
-    }
+    for (const listener of this.#logListeners)
+      observe(() => listener(log), logger, 'icapkit: a log listener threw');
   }
 
   /** Stops probes and closes every ICAP connection. */

@@ -208,37 +208,74 @@ function redactBlock(raw: string, names: ReadonlySet<string>): string {
   );
 }
 
-/** Sends a finished record to `onLog` and the logger, at a level that fits the action. */
+/**
+ * Sends a finished record to `onLog` and the logger, at a level that fits the action. Neither
+ * can change anything: a hook or logger method that throws, or returns a promise that rejects
+ * (an async `onLog`, a logger whose destination fails), is caught here, so the request keeps
+ * its outcome and no rejection reaches the process.
+ */
 export function emitLog(
   log: IcapLog,
   onLog: ((log: IcapLog) => void) | undefined,
   logger: PinoLike | undefined,
 ): void {
-  if (onLog !== undefined) {
-    try {
-      onLog(log);
-    } catch (err) {
-      logger?.error({ err }, 'icapkit: onLog threw');
-    }
-  }
+  if (onLog !== undefined) observe(() => onLog(log), logger, 'icapkit: onLog threw');
   if (logger === undefined) return;
   const obj = { icap_log: log };
-  switch (log.action) {
-    case 'ICAP_BLOCKED':
-      logger.warn(obj, 'icap: request blocked');
-      break;
-    case 'ICAP_FAILED':
-      logger.error(obj, 'icap: scan failed');
-      break;
-    case 'ICAP_MODIFIED':
-      logger.info(obj, 'icap: request modified');
-      break;
-    default:
-      if (log.significant) logger.warn(obj, 'icap: significant');
-      else
-        logger.debug(obj, log.action === 'ICAP_PASSED' ? 'icap: request passed' : 'icap: scanning disabled');
+  observe(
+    () => {
+      switch (log.action) {
+        case 'ICAP_BLOCKED':
+          return logger.warn(obj, 'icap: request blocked');
+        case 'ICAP_FAILED':
+          return logger.error(obj, 'icap: scan failed');
+        case 'ICAP_MODIFIED':
+          return logger.info(obj, 'icap: request modified');
+        default:
+          if (log.significant) return logger.warn(obj, 'icap: significant');
+          return logger.debug(
+            obj,
+            log.action === 'ICAP_PASSED' ? 'icap: request passed' : 'icap: scanning disabled',
+          );
+      }
+    },
+    undefined,
+    '',
+  );
+}
+
+/**
+ * Calls an observer of ours (a hook, a logger, a listener) so that nothing it does reaches the
+ * caller: a throw, or a returned promise that rejects, is reported to `logger` (itself guarded)
+ * when there is one, else dropped.
+ */
+export function observe(call: () => unknown, logger: PinoLike | undefined, what: string): void {
+  const report = (err: unknown) => {
+    if (logger === undefined) return;
+    try {
+      const r: unknown = logger.error({ err }, what);
+      if (isThenable(r)) r.then(undefined, ignore);
+    } catch {
+      // a logger that throws reporting another's throw: nothing more to tell
+    }
+  };
+  try {
+    const r = call();
+    if (isThenable(r)) r.then(undefined, report);
+  } catch (err) {
+    report(err);
   }
 }
+
+function isThenable(v: unknown): v is PromiseLike<unknown> {
+  return (
+    (typeof v === 'object' || typeof v === 'function') &&
+    v !== null &&
+    typeof (v as { then?: unknown }).then === 'function'
+  );
+}
+
+function ignore(): void {}
 
 /** The logger a profile may name (pino's methods, or any object with the same four). */
 export interface PinoLike {

@@ -1,5 +1,6 @@
 import { IcapClient, type IcapClientOptions, isSkipped } from '../client/client.js';
 import { IcapError, IcapErrorCodes } from '../errors.js';
+import { observe } from './log.js';
 import { PreviewAdvice } from './preview-advice.js';
 import type { ResolvedPool, ResolvedProfile, ResolvedServer } from './profile/types.js';
 import { AttemptWatch } from './scan/attempt-watch.js';
@@ -207,7 +208,8 @@ export class ServerHandle {
         profile.queueTimeout + profile.connectTimeout + profile.stallTimeout,
       ),
       headers: profile.icapHeaders,
-      onWarning: (message, details) => profile.logger?.warn({ icap_server: server.url, ...details }, message),
+      onWarning: (message, details) =>
+        observe(() => profile.logger?.warn({ icap_server: server.url, ...details }, message), undefined, ''),
     };
     this.client = new IcapClient(this.#clientOptions);
   }

@@ -1,5 +1,5 @@
 import { IcapError, type IcapErrorCode, IcapErrorCodes } from '../errors.js';
-import type { IcapAction, IcapLog } from './log.js';
+import { type IcapAction, type IcapLog, observe } from './log.js';
 import type { ResponseKind } from './respond.js';
 import type { RespondOutcome } from './types.js';
 
@@ -306,7 +306,8 @@ export function refusalReporter(
   let warned = false;
   return (err, logger) => {
     const message = `${where}: onRefusal failed (${err instanceof Error ? err.message : String(err)}); the default refusal page was sent`;
-    logger?.error({ err, code: 'ICAP_ERR_ON_REFUSAL' }, message);
+    if (logger !== undefined)
+      observe(() => logger.error({ err, code: 'ICAP_ERR_ON_REFUSAL' }, message), undefined, '');
     if (warned) return;
     warned = true;
     process.emitWarning(message, { code: 'ICAP_ERR_ON_REFUSAL' });

@@ -1,6 +1,7 @@
 import { IcapError, IcapErrorCodes } from '../errors.js';
 import type { IcapWarningCode } from './alerts.js';
 import { IcapWarningCodes } from './alerts.js';
+import { observe } from './log.js';
 import type { ServerHandle } from './pool-group.js';
 import type { PinoLike, StartupCheck } from './profile.js';
 
@@ -77,7 +78,12 @@ export async function checkServers(
   if (ctx.mode === 'fail') throw new StartupCheckError(message, down);
   if (ctx.logger !== undefined) {
     try {
-      ctx.logger.warn({ code: IcapWarningCodes.STARTUP_CHECK, servers: down }, message);
+      const logger = ctx.logger;
+      observe(
+        () => logger.warn({ code: IcapWarningCodes.STARTUP_CHECK, servers: down }, message),
+        undefined,
+        '',
+      );
     } catch {
       // a logger that throws does not stop start-up
     }

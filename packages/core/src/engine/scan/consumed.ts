@@ -1,4 +1,5 @@
 import { Readable } from 'node:stream';
+import { observe } from '../log.js';
 
 /**
  * A body parser mounted before the middleware (`express.json()` / `express.raw()` / multer
@@ -152,7 +153,8 @@ export function reportBodyConsumed(
   const message = bodyConsumedMessage(profileName, reason);
   if (!reported.has(owner)) {
     reported.add(owner);
-    logger?.error({ code: BODY_CONSUMED_CODE }, message);
+    if (logger !== undefined)
+      observe(() => logger.error({ code: BODY_CONSUMED_CODE }, message), undefined, '');
     process.emitWarning(message, { code: BODY_CONSUMED_CODE });
   }
   return message;

@@ -1,4 +1,5 @@
 import { IcapError, type IcapErrorCode, IcapErrorCodes } from '../../errors.js';
+import { observe } from '../log.js';
 import type { ServerHandle, ServerTransition } from '../pool-group.js';
 import type { PinoLike } from '../profile.js';
 import { serverStateMessage } from '../telemetry.js';
@@ -113,12 +114,12 @@ export function reportTransition(
   if (logger === undefined) return;
   const record = { icapkit: 'server-state', ...serverStateMessage(profile, server, change) };
   const msg = `icapkit: ICAP server ${server.server.url} ${change.from} -> ${change.to}`;
-  try {
-    if (change.to === 'suspended') logger.warn(record, msg);
-    else logger.info(record, msg);
-  } catch {
-    // a logger that throws does not change the server's health
-  }
+  // A logger that throws (or rejects) does not change the server's health.
+  observe(
+    () => (change.to === 'suspended' ? logger.warn(record, msg) : logger.info(record, msg)),
+    undefined,
+    '',
+  );
 }
 
 /**

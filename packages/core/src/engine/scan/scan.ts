@@ -2,7 +2,7 @@ import { IcapError, IcapErrorCodes } from '../../errors.js';
 import { LightAbortController } from '../../light-signal.js';
 import type { BodyStore } from '../body.js';
 import { DecodedView, viewFacts } from '../decoded/view.js';
-import type { IcapLog, IcapRequestLog } from '../log.js';
+import { type IcapLog, type IcapRequestLog, observe } from '../log.js';
 import { isMultipartFormData } from '../multipart/parse.js';
 import { scanParts } from '../multipart/parts.js';
 import type { PolicyDecision } from '../policy.js';
@@ -562,7 +562,13 @@ export class Scan {
     if (this.store !== null) log.request_body_length = received;
     if (outcome.kind === 'respond') log.http_response_code = outcome.status;
     log.significant = log.significance.length > 0;
-    this.telemetry.scanEnd(this.scope, log, received);
+    // Observers (metrics, a tracer, hooks, the logger) cannot change the outcome: a throw of
+    // theirs is caught (emitLog guards the hooks and the logger one by one).
+    observe(
+      () => this.telemetry.scanEnd(this.scope, log, received),
+      this.#logger,
+      'icapkit: telemetry threw',
+    );
     this.#engine.emit(log, this.#logger);
     this.#clock?.lap('outcome');
     return outcome;
