@@ -157,6 +157,45 @@ describe.each(REFUSAL_FRAMEWORKS)('%s', (framework) => {
     });
   });
 
+  it('onRefusal that throws after it started the response: the response is ended, never left hanging', async () => {
+    const start = (res: { writeHead(s: number): void; write(b: string): void }) => {
+      res.writeHead(403);
+      res.write('partial page');
+      throw new Error('the template engine failed');
+    };
+    const onRefusal =
+      framework === 'fastify'
+        ? (_r: unknown, _req: unknown, reply: { raw: Parameters<typeof start>[0] }) => start(reply.raw)
+        : framework.startsWith('koa')
+          ? (_r: unknown, ctx: { res: Parameters<typeof start>[0] }) => start(ctx.res)
+          : (_r: unknown, _req: unknown, res: Parameters<typeof start>[0]) => start(res);
+    const warnings: string[] = [];
+    const onWarning = (w: Error) => warnings.push(w.message);
+    process.on('warning', onWarning);
+    try {
+      await withApp(framework, profile(), { adapter: { onRefusal } }, async (app) => {
+        const outcome = await send(app.url, '/upload', {
+          body: eicar(),
+          headers: octets,
+          timeoutMs: 10_000,
+        }).then(
+          (r) => `answered ${r.status}`,
+          (err: Error) => err.message,
+        );
+        // Ended: a (partial) 403, or the connection closed; never the 10 s wait for an answer.
+        expect(outcome).not.toMatch(/no answer within/);
+        expect(app.handled).toEqual([]);
+        expect(app.logs[0]!.action).toBe('ICAP_BLOCKED');
+      });
+    } finally {
+      process.off('warning', onWarning);
+    }
+    if (framework !== 'koa3' && framework !== 'koa2')
+      expect(warnings.filter((w) => w.includes('onRefusal failed')).every((w) => w.includes('aborted'))).toBe(
+        true,
+      );
+  });
+
   it("onRefusal sending the answer with the framework's own response object", async () => {
     const onRefusal =
       framework === 'fastify'

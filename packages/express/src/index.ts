@@ -252,6 +252,7 @@ async function refuse(
       (result) => res.headersSent || result === res,
       report,
       http2,
+      () => res.destroy(),
     );
   }
   if (response === null || res.headersSent) return;

@@ -364,6 +364,7 @@ async function refuse(
       (result) => result === reply || reply.sent || reply.raw.headersSent,
       (err) => refusals.report(err, request.log),
       http2,
+      () => reply.raw.destroy(),
     );
   }
   if (response === null || reply.sent) return;

@@ -217,6 +217,8 @@ export interface RefusalResponse {
 /**
  * The response for a refusal given `onRefusal`'s result: null when the application sent it
  * itself (`sent()`), its reply when usable, else the default page (with `report` told why).
+ * A hook that threw after it had started the response cannot be finished as a page: `abort`
+ * is called (the adapter destroys the response), and `report` is told so.
  */
 export async function refusalResponse(
   refusal: IcapRefusal,
@@ -224,13 +226,20 @@ export async function refusalResponse(
   sent: (result: unknown) => boolean,
   report: (err: unknown) => void,
   http2 = false,
+  abort?: () => void,
 ): Promise<RefusalResponse | null> {
   let result: unknown;
   try {
     result = await run();
   } catch (err) {
-    report(err);
-    return sent(undefined) ? null : refusal.response;
+    if (!sent(undefined)) {
+      report(err);
+      return refusal.response;
+    }
+    const message = err instanceof Error ? err.message : String(err);
+    report(Object.assign(new Error(message, { cause: err }), { [RESPONSE_ABORTED]: true }));
+    abort?.();
+    return null;
   }
   if (sent(result)) return null;
   if (result === undefined || result === null) return refusal.response;
@@ -295,6 +304,9 @@ export function replyResponse(refusal: IcapRefusal, reply: IcapRefusalReply, htt
   return { status, headers, body };
 }
 
+/** Marks an onRefusal error that came after the hook had started the response (refusalResponse). */
+const RESPONSE_ABORTED = Symbol('icapkit.refusal.responseAborted');
+
 /**
  * A reporter for problems of the application's own refusal handling: the logger when there
  * is one (every time), and one process warning per middleware (a disabled logger, like
@@ -305,7 +317,8 @@ export function refusalReporter(
 ): (err: unknown, logger?: { error(obj: object, msg: string): void }) => void {
   let warned = false;
   return (err, logger) => {
-    const message = `${where}: onRefusal failed (${err instanceof Error ? err.message : String(err)}); the default refusal page was sent`;
+    const aborted = typeof err === 'object' && err !== null && RESPONSE_ABORTED in err;
+    const message = `${where}: onRefusal failed (${err instanceof Error ? err.message : String(err)}); ${aborted ? 'it had started the response, which was aborted' : 'the default refusal page was sent'}`;
     if (logger !== undefined)
       observe(() => logger.error({ err, code: 'ICAP_ERR_ON_REFUSAL' }, message), undefined, '');
     if (warned) return;
