@@ -32,9 +32,18 @@ async function overview(m: Mounted): Promise<{ stored: number; [k: string]: unkn
 }
 
 const PROFILE = { name: 'uploads', serviceUri: '/avscan' } as const;
-/** The guard of these tests: a header says who may look. */
-const guard = (req: { headers: Record<string, string | string[] | undefined> }) =>
-  req.headers['x-ops'] === 'yes';
+/**
+ * The guard of these tests: a header says who may look. `x-ops: odd` gets a refusal object that
+ * throws when read (a guard that fails refuses, on every mount).
+ */
+const guard = (req: { headers: Record<string, string | string[] | undefined> }) => {
+  if (req.headers['x-ops'] !== 'odd') return req.headers['x-ops'] === 'yes';
+  return Object.defineProperty({}, 'status', {
+    get() {
+      throw new Error('a guard result that cannot be read');
+    },
+  }) as { status: 401 };
+};
 const OPS = { 'x-ops': 'yes' };
 
 async function listening(server: Server): Promise<string> {
@@ -162,6 +171,14 @@ describe.each(Object.keys(MOUNTS) as Array<keyof typeof MOUNTS>)('analytics moun
       expect([path, res.status]).toEqual([path, 403]);
       expect(res.text).toBe('Forbidden\n');
     }
+  });
+
+  it('a guard whose answer throws when read refuses (403), never a hang or a 500', async () => {
+    const res = await send(m.url, '/icap-analytics/api/overview', {
+      headers: { 'x-ops': 'odd' },
+      timeoutMs: 10_000,
+    });
+    expect([res.status, res.text]).toEqual([403, 'Forbidden\n']);
   });
 
   it('counts the scans in the JSON; the page and its JSON are not scanned or logged', async () => {

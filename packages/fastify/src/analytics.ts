@@ -45,7 +45,14 @@ export const icapAnalytics: FastifyPluginAsync<IcapAnalyticsPluginOptions> = asy
       return;
     }
     reply.hijack();
-    await analytics.handle(request.raw, reply.raw, target);
+    try {
+      await analytics.handle(request.raw, reply.raw, target);
+    } catch {
+      // The reply is ours now (hijacked): Fastify would not answer it.
+      if (!reply.raw.headersSent)
+        reply.raw.writeHead(500, { 'content-type': 'text/plain' }).end('Internal Server Error\n');
+      else reply.raw.destroy();
+    }
   };
   const notFound = async (_request: FastifyRequest, reply: FastifyReply): Promise<void> => {
     reply.callNotFound();

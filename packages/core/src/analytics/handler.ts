@@ -211,21 +211,27 @@ export function createLogAnalytics(options: LogAnalyticsOptions): LogAnalytics {
     const { path, query } = splitTarget(target);
     const r = route(path);
     if (r === null) return send(req, res, 404, 'text', 'Not Found\n');
-    let verdict: AnalyticsGuardResult;
+    // A guard that fails (throws, rejects, or answers with an object that throws when read) refuses.
+    let refusal: { status: 401 | 403; challenge?: string } | undefined;
     try {
-      verdict = await guard(req);
-    } catch {
-      verdict = false; // a guard that fails refuses
-    }
-    if (verdict !== true) {
-      if (typeof verdict === 'object' && verdict !== null && verdict.status === 401) {
-        const extra: Array<[string, string]> = [];
-        const challenge = verdict.wwwAuthenticate;
-        if (typeof challenge === 'string' && /^[\x20-\x7e]{1,512}$/.test(challenge))
-          extra.push(['WWW-Authenticate', challenge]);
-        return send(req, res, 401, 'text', 'Unauthorized\n', extra);
+      const verdict: AnalyticsGuardResult = await guard(req);
+      if (verdict !== true) {
+        refusal = { status: 403 };
+        if (typeof verdict === 'object' && verdict !== null && verdict.status === 401) {
+          refusal = { status: 401 };
+          const challenge: unknown = verdict.wwwAuthenticate;
+          if (typeof challenge === 'string' && /^[\x20-\x7e]{1,512}$/.test(challenge))
+            refusal.challenge = challenge;
+        }
       }
-      return send(req, res, 403, 'text', 'Forbidden\n');
+    } catch {
+      refusal = { status: 403 };
+    }
+    if (refusal !== undefined) {
+      if (refusal.status === 403) return send(req, res, 403, 'text', 'Forbidden\n');
+      const extra: Array<[string, string]> =
+        refusal.challenge === undefined ? [] : [['WWW-Authenticate', refusal.challenge]];
+      return send(req, res, 401, 'text', 'Unauthorized\n', extra);
     }
     if (req.method !== 'GET' && req.method !== 'HEAD') {
       return send(req, res, 405, 'text', 'Method Not Allowed\n', [['Allow', 'GET, HEAD']]);
