@@ -511,8 +511,13 @@ describe('disk spooling', () => {
       });
       expect(spooled).toBeGreaterThan(0);
       const growthMiB = (peak - before) / 1024 / 1024;
-      // Live buffers too: RSS can include freed memory the allocator keeps.
-      expect((peakAb - ab0) / 1024 / 1024).toBeLessThan(48);
+      // Live buffers too: RSS can include freed memory the allocator keeps. What may be live at
+      // once does not depend on the body's size: the request's store and the part's, each up to
+      // memoryThreshold (8 MiB) before they spill, their writes to disk not yet done (4 MiB
+      // each at most), and the reads in flight to the ICAP server and the handler. Measured 9-32
+      // MiB alone and with a CPU burner, once 50 under the whole suite with one: the bound is
+      // about a third of the 200 MiB body, which held whole would be.
+      expect((peakAb - ab0) / 1024 / 1024).toBeLessThan(64);
       expect(growthMiB).toBeLessThan(64);
       expect(await leftoverSpoolFiles(spoolDir)).toEqual([]);
     } finally {
