@@ -84,6 +84,41 @@ describe('a block answer after a 204, split by TCP', () => {
       }, 60_000);
 });
 
+describe('a block answer after a 204, split by TCP, while the process stalls', () => {
+  // The rest is written 20 ms later, and the process then stalls past the client's wait: when
+  // the event loop runs again, the write's timer and the wait's timer are both due. The client
+  // must read what arrived before it settles (it settled first once, on a busy CI machine).
+  for (const framework of FRAMEWORKS)
+    for (const failAction of MODES)
+      it(`blocks (${framework}, ${failAction})`, async () => {
+        let k = 0;
+        const { app, logs, post, close } = await setup(framework, failAction, (r) => {
+          r.sock.setNoDelay(true);
+          r.sock.write(NO_CONTENT + BLOCK.slice(0, k));
+          const rest = BLOCK.slice(k);
+          setTimeout(() => {
+            if (!r.sock.destroyed) r.sock.write(rest);
+          }, 20);
+          setTimeout(() => {
+            const until = performance.now() + STRAY_WAIT_MS + 150;
+            while (performance.now() < until) {
+              // the process stalls (a busy machine)
+            }
+          }, 5);
+        });
+        const passed: number[] = [];
+        for (const offset of [3, 49, THREAT_END - 1]) {
+          k = offset;
+          const before = logs.length;
+          const res = await post();
+          if (res.status !== 403 || logs[before]?.action !== 'ICAP_BLOCKED') passed.push(offset);
+        }
+        expect(passed).toEqual([]);
+        expect(app.seen).toHaveLength(0);
+        await close();
+      }, 60_000);
+});
+
 describe('what follows an answer, otherwise', () => {
   for (const framework of FRAMEWORKS)
     for (const failAction of MODES) {

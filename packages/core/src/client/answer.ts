@@ -499,7 +499,10 @@ export class StrayWait implements SocketOwner {
     this.#buf = first;
     this.#maxBytes = maxBytes;
     this.#settle = settle;
-    this.#timer = setTimeout(() => this.#end(), ms);
+    // When the wait is up, the socket is read once more before settling (setImmediate runs
+    // after the event loop's poll phase): a process stalled past the wait (a busy machine)
+    // finds there what arrived meanwhile, instead of settling before reading it.
+    this.#timer = setTimeout(() => setImmediate(() => this.#end()), ms);
   }
 
   socketData(data: Buffer): void {
