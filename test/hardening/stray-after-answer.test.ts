@@ -54,28 +54,50 @@ async function until(check: () => boolean, withinMs = 3000): Promise<void> {
   }
 }
 
+/**
+ * Posts one upload per offset to an app whose server answers a 204 and the first `offset`
+ * bytes of a block in one segment, the rest 20 ms later (and with `stallMs`, stalls the process
+ * that long 5 ms after): the offsets whose upload was not blocked.
+ */
+async function splitBlock(
+  framework: Framework,
+  failAction: (typeof MODES)[number],
+  offsets: number[],
+  stallMs = 0,
+) {
+  let k = 0;
+  const s = await setup(framework, failAction, (r) => {
+    r.sock.setNoDelay(true);
+    r.sock.write(NO_CONTENT + BLOCK.slice(0, k));
+    const rest = BLOCK.slice(k);
+    // A later segment: the client reads the first one alone.
+    setTimeout(() => {
+      if (!r.sock.destroyed) r.sock.write(rest);
+    }, 20);
+    if (stallMs > 0)
+      setTimeout(() => {
+        const until = performance.now() + stallMs;
+        while (performance.now() < until) {
+          // the process stalls (a busy machine)
+        }
+      }, 5);
+  });
+  const passed: number[] = [];
+  for (const offset of offsets) {
+    k = offset;
+    const before = s.logs.length;
+    const res = await s.post();
+    if (res.status !== 403 || s.logs[before]?.action !== 'ICAP_BLOCKED') passed.push(offset);
+  }
+  return { ...s, passed };
+}
+
 describe('a block answer after a 204, split by TCP', () => {
   for (const framework of FRAMEWORKS)
     for (const failAction of MODES)
       it(`blocks at every split offset (${framework}, ${failAction})`, async () => {
         const baseline = activeResources();
-        let k = 0;
-        const { app, logs, post, close } = await setup(framework, failAction, (r) => {
-          r.sock.setNoDelay(true);
-          r.sock.write(NO_CONTENT + BLOCK.slice(0, k));
-          const rest = BLOCK.slice(k);
-          // A later segment: the client reads the first one alone.
-          setTimeout(() => {
-            if (!r.sock.destroyed) r.sock.write(rest);
-          }, 20);
-        });
-        const passed: number[] = [];
-        for (const offset of OFFSETS) {
-          k = offset;
-          const before = logs.length;
-          const res = await post();
-          if (res.status !== 403 || logs[before]?.action !== 'ICAP_BLOCKED') passed.push(offset);
-        }
+        const { app, logs, passed, close } = await splitBlock(framework, failAction, OFFSETS);
         expect(passed).toEqual([]);
         expect(app.seen).toHaveLength(0);
         expect(logs).toHaveLength(OFFSETS.length);
@@ -91,28 +113,12 @@ describe('a block answer after a 204, split by TCP, while the process stalls', (
   for (const framework of FRAMEWORKS)
     for (const failAction of MODES)
       it(`blocks (${framework}, ${failAction})`, async () => {
-        let k = 0;
-        const { app, logs, post, close } = await setup(framework, failAction, (r) => {
-          r.sock.setNoDelay(true);
-          r.sock.write(NO_CONTENT + BLOCK.slice(0, k));
-          const rest = BLOCK.slice(k);
-          setTimeout(() => {
-            if (!r.sock.destroyed) r.sock.write(rest);
-          }, 20);
-          setTimeout(() => {
-            const until = performance.now() + STRAY_WAIT_MS + 150;
-            while (performance.now() < until) {
-              // the process stalls (a busy machine)
-            }
-          }, 5);
-        });
-        const passed: number[] = [];
-        for (const offset of [3, 49, THREAT_END - 1]) {
-          k = offset;
-          const before = logs.length;
-          const res = await post();
-          if (res.status !== 403 || logs[before]?.action !== 'ICAP_BLOCKED') passed.push(offset);
-        }
+        const { app, passed, close } = await splitBlock(
+          framework,
+          failAction,
+          [3, 49, THREAT_END - 1],
+          STRAY_WAIT_MS + 150,
+        );
         expect(passed).toEqual([]);
         expect(app.seen).toHaveLength(0);
         await close();
