@@ -6,7 +6,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { IcapLog, IcapProfile } from '@icapkit/core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { freePort } from '../support/c-icap.js';
+import { refusingPort } from '../support/c-icap.js';
 import { EICAR_THREAT, eicarBytes } from '../support/eicar.js';
 import { abortMidUpload, multipart, send } from '../support/http-client.js';
 import { type App, FRAMEWORKS, type Framework, startApp } from './apps.js';
@@ -204,7 +204,7 @@ export function defineConformance(backend: Backend): void {
 
     for (const failAction of ['fail-closed', 'fail-open'] as const) {
       it(`ICAP server down: ${failAction === 'fail-closed' ? '503' : 'the body passes'}`, async () => {
-        const a = await start({ failAction, poolGroup: `icap://127.0.0.1:${await freePort()}` });
+        const a = await start({ failAction, poolGroup: `icap://127.0.0.1:${await refusingPort()}` });
         const body = text(5000);
         const r = await send(a.url, '/raw', {
           body,

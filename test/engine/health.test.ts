@@ -27,7 +27,7 @@ import {
 import { Registry } from 'prom-client';
 import { afterEach, describe, expect, it } from 'vitest';
 import { type App, type Framework, startApp } from '../conformance/apps.js';
-import { freePort } from '../support/c-icap.js';
+import { refusingPort } from '../support/c-icap.js';
 import { send } from '../support/http-client.js';
 import { postHead, rawExchange } from '../support/raw-http.js';
 import { type ScanServer, startScanServer } from '../support/scan-server.js';
@@ -108,7 +108,10 @@ describe('pool A failing, pool B healthy: every request answered by pool B, no 5
   const modes: Array<{ name: string; poolA: () => Promise<string[]>; codes: string[] }> = [
     {
       name: 'refused connections',
-      poolA: async () => [`icap://127.0.0.1:${await freePort()}`, `icap://127.0.0.1:${await freePort()}`],
+      poolA: async () => [
+        `icap://127.0.0.1:${await refusingPort()}`,
+        `icap://127.0.0.1:${await refusingPort()}`,
+      ],
       codes: ['ICAP_ERR_CONNECT'],
     },
     {

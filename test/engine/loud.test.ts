@@ -25,7 +25,7 @@ import Fastify from 'fastify';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { ProcessAlerts } from '../../packages/core/src/engine/alerts.js';
 import { type Framework, startApp } from '../conformance/apps.js';
-import { freePort } from '../support/c-icap.js';
+import { refusingPort } from '../support/c-icap.js';
 import { send } from '../support/http-client.js';
 import { startScanServer } from '../support/scan-server.js';
 
@@ -61,7 +61,7 @@ afterEach(async () => {
 const byCode = (code: string) => warnings.filter((w) => w.code === code);
 
 async function deadUrl(): Promise<string> {
-  return `icap://127.0.0.1:${await freePort()}`;
+  return `icap://127.0.0.1:${await refusingPort()}`;
 }
 
 async function icapServer(script?: (r: RecordedRequest) => Fault | undefined): Promise<IcapTestServer> {

@@ -24,7 +24,7 @@ import {
 } from '@opentelemetry/sdk-trace-base';
 import { Registry } from 'prom-client';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { freePort } from '../support/c-icap.js';
+import { refusingPort } from '../support/c-icap.js';
 import { type ScanServer, startScanServer } from '../support/scan-server.js';
 
 const metricExporter = new InMemoryMetricExporter(AggregationTemporality.CUMULATIVE);
@@ -123,7 +123,9 @@ describe('OpenTelemetry', () => {
 
   it('a span per scan, child of the active span, with the outcome; errors marked', async () => {
     const a = await start({
-      poolGroup: { pools: [{ name: 'p', servers: [icap.url(), `icap://127.0.0.1:${await freePort()}`] }] },
+      poolGroup: {
+        pools: [{ name: 'p', servers: [icap.url(), `icap://127.0.0.1:${await refusingPort()}`] }],
+      },
     });
     const parent = trace.getTracer('test').startSpan('HTTP POST /upload');
     await context.with(trace.setSpan(context.active(), parent), async () => {
@@ -141,7 +143,7 @@ describe('OpenTelemetry', () => {
     await app!.close();
     await engine!.close();
     spanExporter.reset();
-    const b = await start({ poolGroup: `icap://127.0.0.1:${await freePort()}` });
+    const b = await start({ poolGroup: `icap://127.0.0.1:${await refusingPort()}` });
     expect(await post(b.url, 'x')).toBe(503);
     const failed = spanExporter.getFinishedSpans().find((s) => s.name === 'icap.scan')!;
     expect(failed.status.code).toBe(2);
@@ -224,7 +226,7 @@ describe('diagnostics_channel', () => {
       return () => dc.unsubscribe(name, fn);
     });
     try {
-      const dead = await freePort();
+      const dead = await refusingPort();
       const a = await start({
         poolGroup: {
           pools: [

@@ -21,7 +21,7 @@ import {
 } from '@icapkit/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type App, type Framework, startApp } from '../conformance/apps.js';
-import { freePort } from '../support/c-icap.js';
+import { refusingPort } from '../support/c-icap.js';
 import { send } from '../support/http-client.js';
 import { activeResources, leftoverSpoolFiles, listenerWarnings, settleResources } from '../support/leaks.js';
 import { postHead, type RawExchange, rawExchange } from '../support/raw-http.js';
@@ -93,7 +93,7 @@ beforeAll(async () => {
   await new Promise<void>((r) => silent.listen(0, '127.0.0.1', () => r()));
   secure = await startIcapServer({ recordBodies: false, tls: { cert: cert.cert, key: cert.key } });
   wrongCert = await startIcapServer({ recordBodies: false, tls: { cert: badCert.cert, key: badCert.key } });
-  closedPort = await freePort();
+  closedPort = await refusingPort();
 }, 60_000);
 
 afterAll(async () => {
@@ -534,9 +534,9 @@ describe.each(FRAMEWORKS)('fault matrix: %s', (framework) => {
   describe.each(['fail-closed', 'fail-open'] as const)('%s', (failAction) => {
     for (const c of casesFor(framework)) {
       it(c.name, async () => {
-        // A port found free just now: one found at the start of the file may have been taken
-        // since by another process on a shared machine (answering garbage, not refusing).
-        closedPort = await freePort();
+        // A port checked to refuse just now: one found at the start of the file may have been
+        // taken since by another process on a shared machine (answering garbage, not refusing).
+        closedPort = await refusingPort();
         const target = c.server?.() ?? { poolGroup: plain.url() };
         plain.setScript(c.script?.());
         const baseline = activeResources();

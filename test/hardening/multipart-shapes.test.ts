@@ -12,7 +12,7 @@ import type { IcapLog, IcapProfile } from '@icapkit/core';
 import { eicar, type IcapTestServer, startIcapServer } from '@icapkit/testing';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { type App, type Framework, type Seen, startApp } from '../conformance/apps.js';
-import { type CIcapServer, describeWithCIcap, freePort, startCIcap } from '../support/c-icap.js';
+import { type CIcapServer, describeWithCIcap, refusingPort, startCIcap } from '../support/c-icap.js';
 import { send } from '../support/http-client.js';
 import { rawExchange } from '../support/raw-http.js';
 
@@ -438,7 +438,7 @@ describe('fail-open with the ICAP server down: a client cannot choose it with a 
         const logs: IcapLog[] = [];
         const app = await startApp(framework, {
           name: 'fail-open',
-          poolGroup: `icap://127.0.0.1:${await freePort()}`,
+          poolGroup: `icap://127.0.0.1:${await refusingPort()}`,
           serviceUri: '/avscan',
           failAction: 'fail-open',
           multipart: mode,
@@ -487,7 +487,7 @@ describe('fail-open, whole mode: the ICAP failure comes before the malformed end
     const logs: IcapLog[] = [];
     const app = await startApp('express5', {
       name: 'fail-open-whole',
-      poolGroup: `icap://127.0.0.1:${await freePort()}`,
+      poolGroup: `icap://127.0.0.1:${await refusingPort()}`,
       serviceUri: '/avscan',
       failAction: 'fail-open',
       multipart: 'whole',

@@ -9,7 +9,7 @@ import type { IcapLog, IcapProfile } from '@icapkit/core';
 import { eicar, startIcapServer } from '@icapkit/testing';
 import { afterEach, describe, expect, it } from 'vitest';
 import { type App, type Framework, startApp } from '../conformance/apps.js';
-import { freePort } from '../support/c-icap.js';
+import { refusingPort } from '../support/c-icap.js';
 import { activeResources, settleResources } from '../support/leaks.js';
 
 const FRAMEWORKS: Framework[] = ['express5', 'fastify', 'koa3'];
@@ -114,7 +114,7 @@ afterEach(async () => {
 
 describe.each(FRAMEWORKS)('early answers are readable: %s', (framework) => {
   const start = async (profile: Partial<IcapProfile>) => {
-    const port = await freePort();
+    const port = await refusingPort();
     app = await startApp(framework, {
       name: 'early',
       poolGroup: `icap://127.0.0.1:${port}`,

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { run } from '../../packages/cli/test/helpers.js';
-import { type CIcapServer, describeWithCIcap, freePort, startCIcap } from '../support/c-icap.js';
+import { type CIcapServer, describeWithCIcap, refusingPort, startCIcap } from '../support/c-icap.js';
 import { runCIcapClient } from '../support/c-icap-client.js';
 import { EICAR_THREAT, eicarBytes } from '../support/eicar.js';
 
@@ -64,7 +64,7 @@ describeWithCIcap('icapkit command against real c-icap', () => {
   });
 
   it('server down: exit 2, distinct from blocked, with ICAP_ERR_CONNECT', async () => {
-    const port = await freePort();
+    const port = await refusingPort();
     const r = await run(['scan', path('eicar.com'), '--server', `icap://127.0.0.1:${port}/avscan`]);
     expect(r.code).toBe(2);
     expect(r.stdout).toContain('ICAP_ERR_CONNECT');
@@ -155,7 +155,7 @@ describeWithCIcap('icapkit command against real c-icap', () => {
         'scan',
         path('clean.txt'),
         '--server',
-        `icap://127.0.0.1:${await freePort()}/avscan`,
+        `icap://127.0.0.1:${await refusingPort()}/avscan`,
       ]);
       expect(down.code).toBe(2);
     },

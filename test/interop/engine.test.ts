@@ -5,7 +5,7 @@
 import { request as httpRequest } from 'node:http';
 import { createEngine, type IcapEngine, type IcapProfile } from '@icapkit/core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { type CIcapServer, describeWithCIcap, freePort, startCIcap } from '../support/c-icap.js';
+import { type CIcapServer, describeWithCIcap, refusingPort, startCIcap } from '../support/c-icap.js';
 import { EICAR_THREAT, eicarBytes } from '../support/eicar.js';
 import { type ScanServer, startScanServer } from '../support/scan-server.js';
 
@@ -138,7 +138,7 @@ describeWithCIcap('engine against real c-icap', () => {
       });
 
       it('ICAP server down: 503 (fail-closed) or the untouched body passes (fail-open), significant ICAP_FAILED', async () => {
-        const dead = await freePort();
+        const dead = await refusingPort();
         const s = await start({ failAction, poolGroup: `icap://127.0.0.1:${dead}` });
         const body = text(5000);
         const r = await post(s.url, body);
@@ -318,7 +318,7 @@ describeWithCIcap('engine against real c-icap', () => {
   });
 
   it('fails over to the next server, then to the next pool by priority; the log says which answered', async () => {
-    const dead = await freePort();
+    const dead = await refusingPort();
     const s = await start({
       poolGroup: {
         name: 'ICAP-POOL-GROUP',

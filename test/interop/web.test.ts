@@ -8,7 +8,7 @@ import { gzipSync } from 'node:zlib';
 import type { IcapLog, IcapProfile } from '@icapkit/core';
 import { createScanner, type WebScanner } from '@icapkit/web';
 import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
-import { type CIcapServer, describeWithCIcap, freePort, startCIcap } from '../support/c-icap.js';
+import { type CIcapServer, describeWithCIcap, refusingPort, startCIcap } from '../support/c-icap.js';
 import { EICAR_THREAT, eicarBytes } from '../support/eicar.js';
 
 function text(n: number, seed = 0): Buffer {
@@ -80,7 +80,7 @@ describeWithCIcap('@icapkit/web with real c-icap', () => {
   });
 
   it('the ICAP server is not there: 503 fail-closed, the untouched body with fail-open', async () => {
-    const poolGroup = `icap://127.0.0.1:${await freePort()}`;
+    const poolGroup = `icap://127.0.0.1:${await refusingPort()}`;
     const closed = await scanner({ poolGroup }).scan(post(text(5000)));
     expect(closed.response!.status).toBe(503);
     const open = await scanner({ poolGroup, failAction: 'fail-open' }).scan(post(text(5000)));

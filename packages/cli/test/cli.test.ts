@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { eicar, generateTestCertificate, type IcapTestServer, startIcapServer } from '@icapkit/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { refusingPort } from '../../../test/support/c-icap.js';
 import { run, text, writeBigFile } from './helpers.js';
 
 const JSON_KEYS = [
@@ -38,12 +39,9 @@ let cleanFile: string;
 let eicarFile: string;
 let secretFile: string;
 
-/** A port nothing listens on: a server started and closed again. */
+/** A port that refuses connections (below the ephemeral range, so no test server is given it). */
 async function deadUrl(service = '/avscan'): Promise<string> {
-  const s = await startIcapServer();
-  const url = s.url(service);
-  await s.close();
-  return url;
+  return `icap://127.0.0.1:${await refusingPort()}${service}`;
 }
 
 beforeAll(async () => {

@@ -2,9 +2,9 @@
  * The client against every way an ICAP server misbehaves (the embedded server's scripted
  * faults): each ends with the right error code, and no socket or timer is left behind.
  */
-import { createServer, type Server } from 'node:net';
 import { eicar, type Fault, type IcapTestServer, startIcapServer } from '@icapkit/testing';
 import { afterEach, describe, expect, it } from 'vitest';
+import { refusingPort } from '../../../../test/support/c-icap.js';
 import { IcapClient, isSkipped } from '../../src/client/client.js';
 import type { IcapResponse } from '../../src/client/transaction.js';
 
@@ -76,13 +76,7 @@ async function expectFailure(c: IcapClient, code: string, payload: Buffer = body
 
 describe('client under server faults', () => {
   it('connection refused -> ICAP_ERR_CONNECT (RFC 1000)', async () => {
-    const port = await new Promise<number>((resolve) => {
-      const s: Server = createServer().listen(0, '127.0.0.1', () => {
-        const p = (s.address() as { port: number }).port;
-        s.close(() => resolve(p));
-      });
-    });
-    const c = newClient(`icap://127.0.0.1:${port}`);
+    const c = newClient(`icap://127.0.0.1:${await refusingPort()}`);
     await expect(scan(c, body(10))).rejects.toMatchObject({ code: 'ICAP_ERR_CONNECT', rfcCode: 1000 });
   });
 
