@@ -2,8 +2,12 @@
  * Scripted misbehaviour: a test's `script(request)` returns one of these for a request (decided
  * when its ICAP head arrives), and the server misbehaves that way for that request only.
  */
-/** `mid-body`: while the body beyond the preview arrives (at once when there is no preview). */
-export type FaultMoment = 'on-head' | 'after-preview' | 'mid-body' | 'mid-response';
+/**
+ * `mid-body`: while the body beyond the preview arrives (at once when there is no preview).
+ * `after-body`: once the whole request is in, before any answer (a scanner process that
+ * crashes on the file).
+ */
+export type FaultMoment = 'on-head' | 'after-preview' | 'mid-body' | 'after-body' | 'mid-response';
 
 export type Fault =
   /** Answer normally, after `ms`. */

@@ -500,6 +500,10 @@ class Session {
       if (fault?.kind === 'early-response' || fault?.kind === 'early-verdict') this.#next();
       return;
     }
+    if ((fault?.kind === 'close' || fault?.kind === 'reset') && fault.when === 'after-body') {
+      this.#kill(fault.kind);
+      return;
+    }
     if (ieof && fault?.kind === 'continue-after-ieof')
       this.#write(Buffer.from('ICAP/1.0 100 Continue\r\n\r\n'));
     if (fault?.kind === 'delay') {
