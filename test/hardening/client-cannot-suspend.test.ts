@@ -10,7 +10,11 @@
  * - failureLimit uploads the scanner is slow on (responseTimeout) or answers with a 5xx leave
  *   the server up (the health check they trigger, a REQMOD of a fixed body, is answered), so the
  *   next EICAR upload is still scanned and blocked; a server that fails that check too (hung, or
- *   answering every REQMOD with a 5xx) is suspended.
+ *   answering every REQMOD with a 5xx) is suspended;
+ * - and, under fail-open, those uploads themselves get 503 (CONTENT_PROVOKED): the scanner
+ *   answered its health check, so the upload made the scan fail, and a client must not choose
+ *   fail-open by uploading what its scanner chokes on, is slow on, or crashes on. Only when the
+ *   check fails too (a hung or broken server) does the failure action pass them.
  */
 import type { IcapLog, IcapProfile } from '@icapkit/core';
 import { eicar, type IcapTestServer, type RecordedRequest, startIcapServer } from '@icapkit/testing';
@@ -44,6 +48,8 @@ function script(r: RecordedRequest) {
   if (what === '539') return { kind: 'raw' as const, response: SYMANTEC_539 };
   if (what === 'slow') return { kind: 'delay' as const, ms: SLOW_SCAN };
   if (what === 'error') return { kind: 'status' as const, status: 500 };
+  // A scanning process that crashes on the file: the connection dropped once the body is in.
+  if (what === 'crash') return { kind: 'reset' as const, when: 'after-body' as const };
   return undefined;
 }
 
@@ -208,11 +214,12 @@ describe('an unscannable answer is a block, never the failure action nor a serve
 describe('failures an upload can provoke do not suspend a healthy server', () => {
   for (const framework of FRAMEWORKS) {
     for (const failAction of FAIL_ACTIONS) {
-      for (const kind of ['slow', 'slow-io', 'error'] as const) {
+      for (const kind of ['slow', 'slow-io', 'error', 'crash'] as const) {
         const what = {
           slow: 'slow to scan (responseTimeout)',
           'slow-io': 'slow to scan (ioTimeout first)',
           error: 'answered with ICAP 500',
+          crash: 'its scanning process crashes on (the connection reset)',
         }[kind];
         it(`${framework}, ${failAction}: three uploads ${what} leave the server up, EICAR is still blocked`, async () => {
           const server = await startIcapServer({ recordBodies: false, script });
@@ -223,12 +230,21 @@ describe('failures an upload can provoke do not suspend a healthy server', () =>
             expect((await upload(run, Buffer.from('hello'))).status).toBe(200);
             const results = await Promise.all(
               [1, 2, 3].map((i) =>
-                upload(run, Buffer.from(`upload ${i}`), kind === 'error' ? 'error' : 'slow'),
+                upload(run, Buffer.from(`upload ${i}`), kind === 'slow-io' ? 'slow' : kind),
               ),
             );
             for (const r of results) {
-              // An ICAP-side failure of that request: its failure action (unchanged).
-              expect(r.status).toBe(failAction === 'fail-open' ? 200 : 503);
+              // The server answers its health check: the upload made the scan fail. Never the
+              // failure action (under fail-open a client would choose it with such a file).
+              expect(r.status).toBe(503);
+              expect(r.handled).toEqual([]);
+              expect(r.log.fail_action).toBe('fail-closed');
+              expect(r.log.significance).not.toContain('FAIL_OPEN');
+              // Checked only under fail-open (under fail-closed the answer is 503 either way).
+              if (failAction === 'fail-open') {
+                expect(r.log.significance).toContain('CONTENT_PROVOKED');
+                expect(r.log.error_message).toMatch(/answered its health check afterwards/);
+              } else expect(r.log.significance).not.toContain('CONTENT_PROVOKED');
               // Slow: responseTimeout or ioTimeout, whichever timer fires first (ioTimeout defaults to
               // responseTimeout, so on a busy machine either can): both are the server's silence.
               expect(
@@ -236,6 +252,7 @@ describe('failures an upload can provoke do not suspend a healthy server', () =>
                   slow: ['ICAP_ERR_TIMEOUT', 'ICAP_ERR_IO_TIMEOUT'],
                   'slow-io': ['ICAP_ERR_IO_TIMEOUT'],
                   error: ['ICAP_ERR_SERVER_STATUS'],
+                  crash: ['ICAP_ERR_RESET', 'ICAP_ERR_CLOSED'],
                 }[kind],
               ).toContain(r.log.error_code);
               expect(r.log.significance).not.toContain('UNSCANNABLE');
@@ -260,38 +277,58 @@ describe('failures an upload can provoke do not suspend a healthy server', () =>
   }
 
   for (const framework of FRAMEWORKS) {
-    for (const broken of ['hangs', 'answers 500'] as const) {
-      it(`${framework}: a server that ${broken} on every REQMOD (its health check too) is still suspended`, async () => {
-        let failing = false;
-        const server = await startIcapServer({
-          recordBodies: false,
-          script: (r) =>
-            failing && r.method === 'REQMOD'
-              ? broken === 'hangs'
-                ? { kind: 'hang' }
-                : { kind: 'status', status: 500 }
-              : script(r),
+    for (const failAction of FAIL_ACTIONS) {
+      for (const broken of ['hangs', 'answers 500', 'crashes'] as const) {
+        it(`${framework}, ${failAction}: a server that ${broken} on every REQMOD (its health check too) is still suspended`, async () => {
+          let failing = false;
+          const server = await startIcapServer({
+            recordBodies: false,
+            script: (r) =>
+              failing && r.method === 'REQMOD'
+                ? {
+                    hangs: { kind: 'hang' as const },
+                    'answers 500': { kind: 'status' as const, status: 500 },
+                    crashes: { kind: 'reset' as const, when: 'after-body' as const },
+                  }[broken]
+                : script(r),
+          });
+          const run = await start(framework, failAction, server.url());
+          try {
+            expect((await upload(run, Buffer.from('hello'))).status).toBe(200);
+            failing = true;
+            const bodies = [1, 2, 3].map((i) => Buffer.from(`upload ${i}`));
+            const results = await Promise.all(bodies.map((b) => upload(run, b)));
+            // The server fails its health check: broken, not the upload's doing. The failure
+            // action applies, as to any failure of the ICAP side.
+            for (const r of results) {
+              expect(r.log.significance).not.toContain('CONTENT_PROVOKED');
+              if (failAction === 'fail-closed') {
+                expect(r.status).toBe(503);
+                expect(r.handled).toEqual([]);
+              } else {
+                expect(r.status).toBe(200);
+                expect(r.log.significance).toContain('FAIL_OPEN');
+              }
+            }
+            // Each body reached the handler whole under fail-open, none under fail-closed.
+            const handled = run.app.seen.slice(1).map((h) => h.raw?.toString());
+            expect(handled.sort()).toEqual(failAction === 'fail-open' ? bodies.map(String).sort() : []);
+            await until(() => run.app.engine.status()[0]?.state === 'suspended', 5_000, 'the suspension');
+            // One check: the suspension's and the uploads' own (fail-open) share it.
+            expect(checksSeen(server)).toBe(1);
+            if (broken === 'answers 500')
+              expect(run.app.engine.status()[0]?.lastError).toMatch(/check was answered 500/);
+            const after = await upload(run, EICAR);
+            expect(after.status).toBe(failAction === 'fail-closed' ? 503 : 200);
+            expect(after.log.error_code).toBe('ICAP_ERR_NO_SERVER');
+            expect(after.handled.length).toBe(failAction === 'fail-closed' ? 0 : 1);
+          } finally {
+            await run.app.close();
+            await server.closeConnections();
+            await server.close();
+          }
         });
-        const run = await start(framework, 'fail-closed', server.url());
-        try {
-          expect((await upload(run, Buffer.from('hello'))).status).toBe(200);
-          failing = true;
-          const results = await Promise.all([1, 2, 3].map((i) => upload(run, Buffer.from(`upload ${i}`))));
-          for (const r of results) expect(r.status).toBe(503);
-          await until(() => run.app.engine.status()[0]?.state === 'suspended', 5_000, 'the suspension');
-          expect(checksSeen(server)).toBe(1);
-          if (broken === 'answers 500')
-            expect(run.app.engine.status()[0]?.lastError).toMatch(/check was answered 500/);
-          const after = await upload(run, EICAR);
-          expect(after.status).toBe(503);
-          expect(after.log.error_code).toBe('ICAP_ERR_NO_SERVER');
-          expect(after.handled).toEqual([]);
-        } finally {
-          await run.app.close();
-          await server.closeConnections();
-          await server.close();
-        }
-      });
+      }
     }
   }
 });

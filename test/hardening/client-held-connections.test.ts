@@ -143,11 +143,15 @@ async function expectScanningAgain(run: Run): Promise<void> {
 }
 
 let server: IcapTestServer;
+/** The server fails its health check too (a REQMOD of a fixed body: pool-group.ts). */
+let checksFail = false;
 beforeAll(async () => {
   server = await startIcapServer({
     recordBodies: false,
     script: (r) => {
       if (r.method !== 'REQMOD') return undefined;
+      if (checksFail && r.httpRequest?.target === '/icapkit-health-check')
+        return { kind: 'reset', when: 'mid-body' };
       const scan = header(r, 'x-scan');
       if (scan === 'error') return { kind: 'status', status: 500 };
       // A scanner's own limits on receiving a request: 1.5 s without a byte, or 1.5 s in all.
@@ -479,32 +483,40 @@ describe('a scanner that gives up on an upload still arriving slowly: the whole 
   }
 });
 
-describe('a server that fails the whole body too: that failure is its own and takes the failure action', () => {
+describe('a server that fails the whole body too: that failure is its own, the failure action only if the server fails its health check too', () => {
   for (const framework of FRAMEWORKS) {
     for (const failAction of FAIL_ACTIONS) {
-      it(`${framework}, ${failAction}`, async () => {
-        // (Two resets in a row must not suspend the server before the second attempt.)
-        const run = await start(framework, failAction, server, { health: { failureLimit: 5 } });
-        try {
-          const logs = run.logs.length;
-          const status = await slowUpload(run, 'pause', Buffer.from('clean end'), 'reset-always');
-          await until(() => run.logs.length > logs, 5_000, 'the icap_log record');
-          const log = run.logs.at(-1)!;
-          expect(log.request_logs.map((e) => e.error_code)).toEqual(['ICAP_ERR_RESET', 'ICAP_ERR_RESET']);
-          expect(log.error_code).toBe('ICAP_ERR_RESET');
-          expect(log.fail_action).toBe(failAction);
-          if (failAction === 'fail-open') {
-            expect(status).toBe(200);
-            expect(log.significance).toContain('FAIL_OPEN');
-            expect(run.app.seen).toHaveLength(1);
-          } else {
-            expect(status).toBe(503);
-            expect(run.app.seen).toEqual([]);
+      for (const check of ['answered', 'failed'] as const) {
+        it(`${framework}, ${failAction}, the health check ${check}`, async () => {
+          // (Two resets in a row must not suspend the server before the second attempt.)
+          const run = await start(framework, failAction, server, { health: { failureLimit: 5 } });
+          checksFail = check === 'failed';
+          try {
+            const logs = run.logs.length;
+            const status = await slowUpload(run, 'pause', Buffer.from('clean end'), 'reset-always');
+            await until(() => run.logs.length > logs, 5_000, 'the icap_log record');
+            const log = run.logs.at(-1)!;
+            expect(log.request_logs.map((e) => e.error_code)).toEqual(['ICAP_ERR_RESET', 'ICAP_ERR_RESET']);
+            expect(log.error_code).toBe('ICAP_ERR_RESET');
+            if (failAction === 'fail-open' && check === 'failed') {
+              // Broken for everyone: the failure action.
+              expect(log.fail_action).toBe('fail-open');
+              expect(status).toBe(200);
+              expect(log.significance).toContain('FAIL_OPEN');
+              expect(run.app.seen).toHaveLength(1);
+            } else {
+              // Under fail-open, a server that answers its check failed on this upload: 503.
+              expect(log.fail_action).toBe('fail-closed');
+              expect(status).toBe(503);
+              expect(run.app.seen).toEqual([]);
+              if (failAction === 'fail-open') expect(log.significance).toContain('CONTENT_PROVOKED');
+            }
+          } finally {
+            checksFail = false;
+            await stop(run);
           }
-        } finally {
-          await stop(run);
-        }
-      });
+        });
+      }
     }
   }
 });

@@ -342,24 +342,35 @@ describe('the decoded strings as a second object', () => {
     });
   });
 
-  it('a scanner that fails on the decoded strings: the failure action (fail-closed 503, fail-open passes)', async () => {
+  it('a scanner that fails on the decoded strings: 503, and fail-open passes only when it fails its health check too', async () => {
     for (const failAction of FAIL_ACTIONS) {
-      await withReader(express!, profile({ failAction }), async (app) => {
-        // The decoded strings (UTF-8 text) are answered 500; the JSON body itself passes.
-        icap.setScript((req) =>
-          req.httpRequest?.headers.get('content-type') === 'text/plain; charset=utf-8'
-            ? { kind: 'status', status: 500 }
-            : undefined,
-        );
-        const r = await send(app.url, '/upload', {
-          method: 'POST',
-          headers: { 'content-type': 'application/json' },
-          body: '{"f":"caf\\u00e9"}',
+      for (const broken of ['on the strings', 'on everything'] as const) {
+        await withReader(express!, profile({ failAction }), async (app) => {
+          // The decoded strings (UTF-8 text) are answered 500; the JSON body itself passes. Or
+          // every REQMOD is, the health check's too: a broken server.
+          icap.setScript((req) =>
+            broken === 'on everything' && req.httpRequest?.target === '/icapkit-health-check'
+              ? { kind: 'status', status: 500 }
+              : req.httpRequest?.headers.get('content-type') === 'text/plain; charset=utf-8'
+                ? { kind: 'status', status: 500 }
+                : undefined,
+          );
+          const r = await send(app.url, '/upload', {
+            method: 'POST',
+            headers: { 'content-type': 'application/json' },
+            body: '{"f":"caf\\u00e9"}',
+          });
+          const passes = failAction === 'fail-open' && broken === 'on everything';
+          expect(r.status).toBe(passes ? 200 : 503);
+          expect(app.delivered).toEqual(passes ? [['f', 'café']] : []);
+          const log = app.logs.at(-1)!;
+          expect(log.error_code).toBe('ICAP_ERR_SERVER_STATUS');
+          // The server answered its check: the upload made the scan fail (under fail-open).
+          expect(log.significance.includes('CONTENT_PROVOKED')).toBe(
+            failAction === 'fail-open' && broken === 'on the strings',
+          );
         });
-        expect(r.status).toBe(failAction === 'fail-closed' ? 503 : 200);
-        expect(app.delivered).toEqual(failAction === 'fail-closed' ? [] : [['f', 'café']]);
-        expect(app.logs.at(-1)!.error_code).toBe('ICAP_ERR_SERVER_STATUS');
-      });
+      }
     }
   });
 });

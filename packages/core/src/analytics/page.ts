@@ -94,6 +94,7 @@ const SCRIPT = String.raw`(() => {
     PARTS_REMOVED: 'parts removed',
     DECODED_STRINGS: 'decoded strings scanned',
     CLIENT_LIMITED: 'too many uploads',
+    CONTENT_PROVOKED: 'scan failed on the upload',
   };
   /** Record fields in ms, and in bytes. */
   const MS_FIELDS = new Set(['duration', 'latency']);

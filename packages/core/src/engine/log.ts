@@ -27,7 +27,8 @@ export type Significance =
   | 'REQUEST_REFUSED'
   | 'PARTS_REMOVED'
   | 'DECODED_STRINGS'
-  | 'CLIENT_LIMITED';
+  | 'CLIENT_LIMITED'
+  | 'CONTENT_PROVOKED';
 
 export interface IcapRequestLog {
   action: IcapAction;

@@ -1,9 +1,9 @@
-import { IcapClient, type IcapClientOptions, isSkipped } from '../client/client.js';
+import { IcapClient, type IcapClientOptions } from '../client/client.js';
 import { IcapError, IcapErrorCodes } from '../errors.js';
+import { HealthCheck } from './health-check.js';
 import { observe } from './log.js';
 import { PreviewAdvice } from './preview-advice.js';
 import type { ResolvedPool, ResolvedProfile, ResolvedServer } from './profile/types.js';
-import { AttemptWatch } from './scan/attempt-watch.js';
 
 /**
  * The ICAP servers of a profile: pools by priority, each with servers that share its load.
@@ -42,59 +42,6 @@ import { AttemptWatch } from './scan/attempt-watch.js';
  */
 
 export type ServerState = 'up' | 'suspended' | 'half-open';
-
-/** The body of a suspect server's health check: nothing any scanner objects to. */
-const CHECK_BODY = Buffer.from('icapkit health check\n');
-
-/** A signal that never aborts (the check is bounded by its watch and the client's timeout). */
-const NEVER = new AbortController().signal;
-
-/**
- * A suspect server's health check (ServerHandle, `#check`): a REQMOD of CHECK_BODY, its OPTIONS
- * fetched first, on a connection of its own (not one of the pool's, which HTTP clients may
- * all be holding). Resolves when the server answered below 500; rejects otherwise: a 5xx, no
- * progress for `stallTimeout` once it has the request (as for any attempt, attempt-watch.ts),
- * or no answer within the client's timeout.
- */
-async function checkRequest(client: IcapClient, service: string, stallTimeout: number): Promise<void> {
-  const watch = new AttemptWatch(NEVER, stallTimeout, client.label, {
-    // Waiting for a connection or connecting is bounded by the client's timeouts.
-    busy: () => client.stats.pending > 0 || client.stats.connecting > 0,
-  });
-  watch.start();
-  try {
-    await checkAnswer(client, service, watch);
-  } finally {
-    watch.dispose();
-  }
-}
-
-async function checkAnswer(client: IcapClient, service: string, watch: AttemptWatch): Promise<void> {
-  const r = await client.request({
-    method: 'REQMOD',
-    service,
-    httpRequest: {
-      method: 'POST',
-      target: '/icapkit-health-check',
-      headers: [
-        ['Host', 'icapkit.invalid'],
-        ['Content-Type', 'text/plain'],
-        ['Content-Length', String(CHECK_BODY.length)],
-      ],
-    },
-    body: CHECK_BODY,
-    bodyLength: CHECK_BODY.length,
-    preview: false,
-    allow204: true,
-    signal: watch.signal,
-  });
-  watch.progress();
-  if (isSkipped(r)) return;
-  r.body?.resume();
-  await r.done;
-  if (r.status >= 500)
-    throw new IcapError(IcapErrorCodes.SERVER_STATUS, `the check was answered ${r.status}`);
-}
 
 /**
  * A server's health as `status()` reports it: its {@link ServerState}, except that a server
@@ -178,10 +125,8 @@ export class ServerHandle {
   #clientFed = 0;
   /** performance.now() when the last of them stopped (see {@link clientHeldSince}). */
   #clientFedUntil = Number.NEGATIVE_INFINITY;
-  /** The health check's own client while a check runs. */
-  #checker: IcapClient | undefined;
-  /** The options of `client`: the health check opens a connection of its own with them. */
-  readonly #clientOptions: IcapClientOptions;
+  /** The server's health check (health-check.ts): a connection of its own, one at a time. */
+  readonly #health: HealthCheck;
   #closed = false;
   #uriService: string | undefined;
   #uri = '';
@@ -193,7 +138,7 @@ export class ServerHandle {
     this.#group = group;
     this.pool = pool;
     this.server = server;
-    this.#clientOptions = {
+    const clientOptions: IcapClientOptions = {
       url: server.url,
       tls: server.tls === false ? undefined : server.tls,
       maxConnections: profile.maxConnections,
@@ -211,7 +156,9 @@ export class ServerHandle {
       onWarning: (message, details) =>
         observe(() => profile.logger?.warn({ icap_server: server.url, ...details }, message), undefined, ''),
     };
-    this.client = new IcapClient(this.#clientOptions);
+    this.client = new IcapClient(clientOptions);
+    const checkPreview = profile.enablePreview ? profile.previewSize : false;
+    this.#health = new HealthCheck(clientOptions, profile.serviceUri, profile.stallTimeout, checkPreview);
   }
 
   /**
@@ -325,37 +272,39 @@ export class ServerHandle {
   }
 
   /**
-   * A suspect server's check, one at a time: a REQMOD of a small fixed body no HTTP client has
-   * a say in (the path that failed, not only OPTIONS), bounded like any attempt. The
-   * server is suspended (at `level()`) only if the check fails (no answer, a 5xx) and nothing
-   * moved its state meanwhile; answered, it stays as it is: the failures were the content's.
+   * A suspect server's check (health-check.ts): the path that failed, not only OPTIONS (one
+   * answered in the last second will do). The server is suspended (at `level()`) only if the
+   * check fails (no answer, a 5xx) and nothing moved its state meanwhile; answered, it stays
+   * as it is: the failures were the content's.
    */
   #check(reason: string, level: () => number): void {
     if (this.#checking || this.#closed) return;
     this.#checking = true;
     const generation = this.#generation;
-    // A connection of its own, beyond maxConnections: HTTP clients that keep every pooled
-    // connection busy (slow uploads) must not make the check wait until it fails.
-    const checker = new IcapClient({ ...this.#clientOptions, maxConnections: 1 });
-    this.#checker = checker;
-    const settle = () => {
+    this.#health.recent().then((err) => {
       this.#checking = false;
-      this.#checker = undefined;
-      checker.destroy();
-    };
-    checkRequest(checker, this.#group.serviceUri, this.#group.stallTimeout).then(
-      () => {
-        settle();
-        if (!this.#closed) this.#answered = true;
-      },
-      (err: unknown) => {
-        settle();
-        if (this.#closed || this.#generation !== generation || this.state === 'suspended') return;
-        const message = err instanceof Error ? err.message : String(err);
-        this.lastError = message;
-        this.#suspend(level(), `${reason}; then the health check failed: ${message}`);
-      },
-    );
+      if (this.#closed) return;
+      if (err === undefined) {
+        this.#answered = true;
+        return;
+      }
+      if (this.#generation !== generation || this.state === 'suspended') return;
+      this.lastError = err.message;
+      this.#suspend(level(), `${reason}; then the health check failed: ${err.message}`);
+    });
+  }
+
+  /**
+   * Whether the server answers a health check now (one answered in the last second will do):
+   * a request under fail-open whose failure here its own content may have provoked passes
+   * unscanned only if it does not (exchange.ts). A suspended server does not.
+   */
+  async answersCheck(): Promise<boolean> {
+    if (this.#closed || this.state === 'suspended') return false;
+    const err = await this.#health.recent();
+    if (err !== undefined || this.#closed) return false;
+    this.#answered = true;
+    return true;
   }
 
   /** The attempt ended without a verdict on the server (the HTTP client went away, say). */
@@ -394,7 +343,7 @@ export class ServerHandle {
     if (this.#probe !== undefined) clearTimeout(this.#probe);
     this.#probe = undefined;
     this.client.destroy();
-    this.#checker?.destroy();
+    this.#health.destroy();
   }
 
   /** Marks the ticket settled (once); false when it was already. */

@@ -18,6 +18,7 @@ import {
   clientHeld,
   clientTurn,
   isRefusal,
+  judged,
   markRefusal,
   QUEUED,
   waitedForConnection,
@@ -58,6 +59,8 @@ class Exchange implements WatchHooks, TriedServers {
   #again: ServerHandle | null = null;
   /** Whether that second chance was given (once per exchange). */
   #againGiven = false;
+  /** Servers whose attempt failed in a way the upload may have provoked (retry.ts, judged). */
+  #provoked: ServerHandle[] | undefined;
 
   constructor(
     ctx: ExchangeContext,
@@ -120,6 +123,14 @@ class Exchange implements WatchHooks, TriedServers {
   }
 
   async run(): Promise<AttemptResult> {
+    try {
+      return await this.#run();
+    } catch (err) {
+      throw await judged(err, this.#provoked, this.#ctx.profile.failAction);
+    }
+  }
+
+  async #run(): Promise<AttemptResult> {
     const ctx = this.#ctx;
     const p = ctx.profile;
     let lastError: unknown;
@@ -194,6 +205,10 @@ class Exchange implements WatchHooks, TriedServers {
         // server only once a health check of its own fails too (pool-group.ts).
         if (failure.health && !isRefusal(error)) handle.failed(error, ticket, failure.provokable);
         else handle.abandoned(ticket);
+        if (failure.provokable && !isRefusal(error)) {
+          this.#provoked ??= [];
+          this.#provoked.push(handle);
+        }
         if (!failure.retry || !this.replayable) throw error;
         lastError = error;
         // The HTTP client fed this attempt as it sent: the scanner may have given up on its pace

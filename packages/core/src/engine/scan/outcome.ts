@@ -26,7 +26,7 @@ import type {
 } from '../types.js';
 import { reportBodyConsumed } from './consumed.js';
 import { bodyComplete } from './intake.js';
-import { takesFailAction } from './retry.js';
+import { isContentProvoked, takesFailAction } from './retry.js';
 
 /**
  * The outcome stage: what a request becomes (pass, rewrite, respond, aborted), from ICAP's
@@ -105,8 +105,7 @@ export async function applyVerdict(
       closeConnection,
     };
   }
-  // adapted
-  const { res, adapted } = result;
+  const { res, adapted } = result; // adapted
   const head = res.httpRequest;
   const sameHead = head === null || sameRequestHead(head, sentFacts, ctx.profile.absoluteUri);
   // Said at once unless both bodies must be read back (no promise to await for an echo in memory).
@@ -266,6 +265,7 @@ export function failed(
 ): ScanOutcome {
   const log = ctx.log;
   log.significance.push('ICAP_ERROR');
+  if (isContentProvoked(error)) log.significance.push('CONTENT_PROVOKED');
   log.fail_action = open ? 'fail-open' : 'fail-closed';
   log.error_code = error.code;
   log.error_message = error.message;

@@ -95,9 +95,13 @@ export function classifyFailure(
     return { health: timedOut && attempt.waitingForServer, provokable: sent, retry: false };
   }
   if (HEALTH_FAULTS.has(error.code)) {
+    // Or anything that broke while the server worked on what it was sent (its turn): a
+    // scanning process that crashed on the file (a reset, a close), an answer it garbled, a
+    // CDR rewrite that never ends (a decompression bomb unpacked). A dead or broken server
+    // fails its health check as well.
     const provokable =
       error.code === IcapErrorCodes.SERVER_STATUS ||
-      (sent && (QUIET_FAULTS.has(error.code) || attempt.clientPaced));
+      (sent && (QUIET_FAULTS.has(error.code) || attempt.clientPaced || attempt.waitingForServer));
     return { health: true, provokable, retry: true };
   }
   if (error.code === IcapErrorCodes.SATURATED) return { health: false, provokable: false, retry: true };
@@ -163,9 +167,56 @@ export function isRefusal(error: IcapError): boolean {
  */
 const CLIENT_PACED = new WeakSet<IcapError>();
 
+/**
+ * Failures the upload's content may have provoked (a 5xx, a slow scan, a dropped connection:
+ * `provokable`) on a server that then answered its health check: the scanner works, what the
+ * client uploaded made it fail (a crafted archive, a decompression bomb, a file that crashes a
+ * scanning process). Never the failure action, or a client would choose fail-open by uploading
+ * what its scanner chokes on (exchange.ts).
+ */
+const CONTENT_PROVOKED = new WeakSet<IcapError>();
+
+/** Marks `error` as provoked by the upload: `server` answered its health check afterwards. */
+export function contentProvoked(error: IcapError, server: string): IcapError {
+  error.message += ` (ICAP server ${server} answered its health check afterwards: the upload itself made the scan fail)`;
+  CONTENT_PROVOKED.add(error);
+  return error;
+}
+
+/**
+ * The request's last failure, judged: under fail-open, when an attempt's failure was one the
+ * upload may have provoked, each such server's health check (health-check.ts; one answered in
+ * the last second will do) decides. One that answers it works: the upload made the scan fail,
+ * and the error is {@link contentProvoked} (503, never fail-open). Only if every one of them
+ * fails the check (hung, dead, or failing every REQMOD) may the failure action apply. Under
+ * fail-closed nothing is checked (503 either way).
+ */
+export async function judged(
+  err: unknown,
+  provoked: readonly ServerHandle[] | undefined,
+  failAction: 'fail-open' | 'fail-closed',
+): Promise<unknown> {
+  if (provoked === undefined || failAction !== 'fail-open') return err;
+  if (!(err instanceof IcapError) || !takesFailAction(err)) return err;
+  for (const server of provoked) {
+    if (await server.answersCheck()) return contentProvoked(err, server.server.url);
+  }
+  return err;
+}
+
+/** Whether {@link contentProvoked} marked the error. */
+export function isContentProvoked(error: IcapError): boolean {
+  return CONTENT_PROVOKED.has(error);
+}
+
 /** Whether the failure action (fail-open) may apply to this error. */
 export function takesFailAction(error: IcapError): boolean {
-  return ICAP_SIDE_FAILURES.has(error.code) && !REQMOD_REFUSALS.has(error) && !CLIENT_PACED.has(error);
+  return (
+    ICAP_SIDE_FAILURES.has(error.code) &&
+    !REQMOD_REFUSALS.has(error) &&
+    !CLIENT_PACED.has(error) &&
+    !CONTENT_PROVOKED.has(error)
+  );
 }
 
 /** An attempt that waited for a connection and got none: it never waited for the server. */
