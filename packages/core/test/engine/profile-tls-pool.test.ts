@@ -2,7 +2,8 @@
  * A pool's `tls` reaches every server of the pool: an `icap://` URL in such a pool is refused
  * (no silent cleartext), an `icaps://` URL takes the pool's TLS options, and an object server's
  * own `tls` adds to the pool's options rather than replacing them with the profile's.
- * Server URLs with credentials are refused, and no message echoes a password.
+ * Server URLs with credentials are refused, and no message echoes a password; so is an object
+ * server whose `host` is anything but a host name or an IP address (`user:password@scanner`).
  */
 import { describe, expect, it } from 'vitest';
 import { type IcapProfile, resolveProfile } from '../../src/engine/profile.js';
@@ -164,5 +165,47 @@ describe('server URLs in start-up errors', () => {
     const e = rejection({ nsxDefenderConfig: { statusUrl: 'ftp://u:S3CRETPASS@lastline.example/$uuid' } });
     expect(e.field).toBe('profile.nsxDefenderConfig.statusUrl');
     expect(e.message).not.toContain('S3CRETPASS');
+  });
+});
+
+describe("an object server's host", () => {
+  it.each([
+    'user:S3CRETPASS@scanner.example',
+    'S3CRETPASS@scanner.example',
+    'scanner.example:1344',
+    'icap://scanner.example',
+    'scanner.example/avscan',
+    ' scanner.example',
+    'scanner example',
+    'scanner..example',
+    '-scanner.example',
+    '[scanner.example]',
+    '[::1',
+    'x'.repeat(64),
+  ])('%j is refused at start-up, naming the field, without echoing it', (host) => {
+    const e = rejection({ poolGroup: { pools: [{ name: 'p', servers: [{ host, port: 1344 }] }] } });
+    expect(e).toMatchObject({
+      code: 'ICAP_ERR_INVALID_PROFILE',
+      field: 'profile.poolGroup.pools[0].servers[0].host',
+    });
+    expect(e.message).toMatch(/must be a host name or an IP address alone/);
+    expect(e.message).not.toContain('S3CRETPASS');
+    expect(e.message).not.toContain(host);
+  });
+
+  it.each([
+    ['scanner.example', 'icap://scanner.example:1344'],
+    ['scanner_1.internal.', 'icap://scanner_1.internal.:1344'],
+    ['localhost', 'icap://localhost:1344'],
+    ['10.0.0.5', 'icap://10.0.0.5:1344'],
+    ['::1', 'icap://[::1]:1344'],
+    ['[::1]', 'icap://[::1]:1344'],
+    ['fe80::1', 'icap://[fe80::1]:1344'],
+  ])('%j is taken (%s)', (host, url) => {
+    const p = resolveProfile({
+      ...base,
+      poolGroup: { pools: [{ name: 'p', servers: [{ host, port: 1344 }] }] },
+    });
+    expect(p.pools[0]!.servers[0]).toMatchObject({ url });
   });
 });

@@ -1,5 +1,6 @@
 /** The profile's `poolGroup`: pools and servers resolved, each server with the TLS options it uses. */
 
+import { isIP } from 'node:net';
 import { DEFAULT_ICAP_PORT, DEFAULT_ICAPS_PORT, maskUrl } from '../../client/client.js';
 import type { IcapTlsOptions } from '../../client/connection.js';
 import { checkKeys, describe, fail, integer, oneOf } from './check.js';
@@ -59,10 +60,11 @@ export function resolvePoolGroup(
       if (typeof s !== 'object' || s === null) fail(sf, 'must be an icap:// URL or { host, port, tls }');
       checkKeys(s, new Set(['host', 'port', 'tls']), sf);
       if (typeof s.host !== 'string' || s.host === '') fail(`${sf}.host`, 'is required');
+      const host = hostOf(s.host, `${sf}.host`);
       // A server's own `tls` (true, or some options) adds to its pool's, which add to the profile's.
       const tls = s.tls === undefined ? poolTls : tlsOption(s.tls, `${sf}.tls`, poolTls || tlsDefault);
       const port = integer(s.port, `${sf}.port`, tls ? DEFAULT_ICAPS_PORT : DEFAULT_ICAP_PORT, 1, 65535, '');
-      return makeServer(s.host, port, tls);
+      return makeServer(host, port, tls);
     });
     return {
       name: pool.name,
@@ -132,6 +134,23 @@ function serverFromUrl(
   const tls = secure ? poolTls || tlsDefault || {} : false;
   const port = url.port === '' ? (secure ? DEFAULT_ICAPS_PORT : DEFAULT_ICAP_PORT) : Number(url.port);
   return makeServer(url.hostname.replace(/^\[(.*)\]$/, '$1'), port, tls);
+}
+
+/** A DNS name: labels of letters, digits, `-` and `_`, at most 253 characters, a final dot allowed. */
+const HOST_NAME =
+  /^(?=.{1,253}\.?$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$/;
+
+/**
+ * An object server's `host`: a host name or an IP address (an IPv6 one with or without its
+ * brackets), nothing else. Not echoed when refused: `user:password@scanner` puts a secret there.
+ */
+function hostOf(host: string, field: string): string {
+  const bare = host.startsWith('[') && host.endsWith(']') ? host.slice(1, -1) : host;
+  if (isIP(bare) !== 0 || (bare === host && HOST_NAME.test(host))) return bare;
+  return fail(
+    field,
+    'must be a host name or an IP address alone: no scheme, user@, port or path (the port is `port`; credentials are never sent to the server, use profile.icapHeaders for an API key)',
+  );
 }
 
 function makeServer(host: string, port: number, tls: IcapTlsOptions | false): ResolvedServer {
