@@ -11,15 +11,21 @@
  * fails the same way on every REQMOD, its health check too (broken for everyone), fail-open
  * passes the upload whole, as the failure action says.
  *
+ * Two ways around it that campaign-u found, below the property: a multipart file scanned per
+ * file that outlasts responseTimeout (the form passed, and with it parts never sent to ICAP);
+ * and connections held by scans other uploads made slow, so that an upload waiting for one
+ * timed out in the queue and failed open.
+ *
  * `ICAPKIT_CONTENT_PROVOKED_RUNS` sets the uploads per framework (default 12).
  */
+import { connect, type Socket } from 'node:net';
 import type { IcapLog, IcapProfile } from '@icapkit/core';
 import { eicar, type Fault, type IcapTestServer, startIcapServer } from '@icapkit/testing';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type App, type Framework, startApp } from '../conformance/apps.js';
 import { checkAsyncProperty, runsFromEnv } from '../fuzz/support.js';
-import { send } from '../support/http-client.js';
+import { multipart, send } from '../support/http-client.js';
 
 const RUNS = runsFromEnv('ICAPKIT_CONTENT_PROVOKED_RUNS', 12);
 const FRAMEWORKS: Framework[] = ['express5', 'fastify', 'koa3', 'hono'];
@@ -199,6 +205,128 @@ describe('what an upload makes the scanner do never chooses fail-open (fail-open
           expect(r.log!.significance).not.toContain('CONTENT_PROVOKED');
         }
       } finally {
+        await app.close();
+      }
+    }, 30_000);
+  }
+});
+
+describe('per-file multipart and the connection queue (campaign-u)', () => {
+  let server: IcapTestServer;
+  beforeAll(async () => {
+    server = await startIcapServer({
+      recordBodies: false,
+      script: (r) => {
+        if (r.method !== 'REQMOD') return undefined;
+        const disposition = r.httpRequest?.headers.get('content-disposition') ?? '';
+        // The scanner takes longer than responseTimeout on a "bomb" (a part or a raw body).
+        if (disposition.includes('bomb') || r.httpRequest?.headers.get('x-bomb') !== undefined)
+          return { kind: 'delay', ms: RESPONSE_TIMEOUT * 4 };
+        // A CDR rewrite it sends slowly, a byte at a time (the connection busy meanwhile).
+        if (disposition.includes('hold')) return { kind: 'trickle', intervalMs: 100 };
+        return undefined;
+      },
+    });
+  });
+  afterAll(async () => {
+    await server?.closeConnections();
+    await server?.close();
+  });
+
+  const start = (framework: Framework, logs: IcapLog[], extra: Partial<IcapProfile> = {}) =>
+    startApp(framework, {
+      name: `content-provoked-parts-${framework}`,
+      poolGroup: server.url(),
+      serviceUri: '/avscan',
+      failAction: 'fail-open',
+      responseTimeout: RESPONSE_TIMEOUT,
+      multipart: 'per-file',
+      onLog: (l) => logs.push(l),
+      ...extra,
+    });
+
+  async function logAfter(logs: IcapLog[], before: number): Promise<IcapLog> {
+    const deadline = Date.now() + 5_000;
+    while (logs.length === before && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+    return logs.at(-1)!;
+  }
+
+  for (const framework of FRAMEWORKS) {
+    it(`${framework}: a file scanned per file that outlasts responseTimeout fails the form closed, parts never sent with it`, async () => {
+      const logs: IcapLog[] = [];
+      const app = await start(framework, logs);
+      try {
+        for (const parts of [
+          // The slow file carries EICAR itself.
+          [{ name: 'f', filename: 'bomb.zip', data: EICAR }],
+          // Four slow files fill multipartConcurrency; the fifth (EICAR) is never sent to ICAP.
+          [
+            ...[1, 2, 3, 4].map((i) => ({ name: `b${i}`, filename: `bomb${i}.zip`, data: `slow ${i}` })),
+            { name: 'p', filename: 'payload.com', data: EICAR },
+          ],
+        ]) {
+          const form = multipart(parts);
+          const before = logs.length;
+          const reply = await send(app.url, '/multipart', {
+            body: form.body,
+            headers: { 'content-type': form.contentType },
+            timeoutMs: 10_000,
+          });
+          const log = await logAfter(logs, before);
+          expect(reply.status).toBe(503);
+          expect(app.seen).toEqual([]);
+          expect(log.fail_action).toBe('fail-closed');
+          expect(log.significance).toContain('CONTENT_PROVOKED');
+          expect(log.significance).not.toContain('FAIL_OPEN');
+          // Said once, though the parts share the timeout's error.
+          expect(log.error_message!.split('answered its health check').length).toBe(2);
+        }
+      } finally {
+        await app.close();
+      }
+    }, 30_000);
+
+    it(`${framework}: an upload that waits for a connection held by scans other uploads made slow gets 503, not the failure action`, async () => {
+      const logs: IcapLog[] = [];
+      const app = await start(framework, logs, { connection: { maxConnections: 2 } });
+      const holders: Socket[] = [];
+      const timers: NodeJS.Timeout[] = [];
+      try {
+        // Two forms whose first file the scanner is slow on (sent once complete, holding a
+        // connection each), their rest trickling in (their responseTimeout not yet armed).
+        const { port } = new URL(app.url);
+        for (const i of [1, 2]) {
+          const b = `holder${i}`;
+          const head = `--${b}\r\nContent-Disposition: form-data; name="f"; filename="hold${i}.zip"\r\nContent-Type: application/octet-stream\r\n\r\nslow ${i}\r\n--${b}\r\nContent-Disposition: form-data; name="pad"\r\n\r\n`;
+          const socket = connect(Number(port), '127.0.0.1');
+          socket.on('error', () => {});
+          socket.write(
+            `POST /multipart HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=${b}\r\nContent-Length: 100000\r\n\r\n${head}`,
+          );
+          holders.push(socket);
+          timers.push(setInterval(() => socket.write('z'), 100));
+        }
+        const deadline = Date.now() + 5_000;
+        while (app.engine.status()[0]!.connections.busy < 2 && Date.now() < deadline)
+          await new Promise((r) => setTimeout(r, 5));
+        expect(app.engine.status()[0]!.connections.busy).toBe(2);
+        const before = logs.length;
+        const victim = await send(app.url, '/raw', {
+          body: EICAR,
+          headers: { 'content-type': 'application/octet-stream' },
+          timeoutMs: 10_000,
+        });
+        // Queued until responseTimeout: the server answers its check, so the wait is load its
+        // scans of other uploads made, not a broken server.
+        expect(victim.status).toBe(503);
+        expect(app.seen).toEqual([]);
+        const log = await logAfter(logs, before);
+        expect(log.fail_action).toBe('fail-closed');
+        expect(log.significance).toContain('CONTENT_PROVOKED');
+        expect(log.significance).not.toContain('FAIL_OPEN');
+      } finally {
+        for (const t of timers) clearInterval(t);
+        for (const h of holders) h.destroy();
         await app.close();
       }
     }, 30_000);

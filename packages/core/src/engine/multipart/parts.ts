@@ -125,9 +125,11 @@ export async function scanParts(scan: FormScan): Promise<ScanOutcome> {
       continue;
     }
     // The whole form was parsed: a scan stopped by responseTimeout is an ICAP failure of that
-    // part (the failure action decides); anything else (the client, an abort) ends the scan.
+    // part (the failure action decides), unless a part's scan was slow for what it carried
+    // (marked CONTENT_PROVOKED, retry.ts: the parts share the timeout's error); anything else
+    // (that, the client, an abort) ends the scan.
     const e = r.reason;
-    if (e instanceof IcapError && e.code === IcapErrorCodes.TIMEOUT) {
+    if (e instanceof IcapError && e.code === IcapErrorCodes.TIMEOUT && takesFailAction(e)) {
       results.push({ part: scannedParts[i]!, type: 'failed', error: e });
       continue;
     }

@@ -205,7 +205,9 @@ class Exchange implements WatchHooks, TriedServers {
         // server only once a health check of its own fails too (pool-group.ts).
         if (failure.health && !isRefusal(error)) handle.failed(error, ticket, failure.provokable);
         else handle.abandoned(ticket);
-        if (failure.provokable && !isRefusal(error)) {
+        // Provokable, or a wait for a connection the server's scans never freed (they may be
+        // slow on what other uploads carry): the failure action only if the server fails a check.
+        if ((failure.provokable || queued) && !isRefusal(error)) {
           this.#provoked ??= [];
           this.#provoked.push(handle);
         }

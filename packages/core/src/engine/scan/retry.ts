@@ -178,6 +178,8 @@ const CONTENT_PROVOKED = new WeakSet<IcapError>();
 
 /** Marks `error` as provoked by the upload: `server` answered its health check afterwards. */
 export function contentProvoked(error: IcapError, server: string): IcapError {
+  // The parts of a form share one timeout's error: said once.
+  if (CONTENT_PROVOKED.has(error)) return error;
   error.message += ` (ICAP server ${server} answered its health check afterwards: the upload itself made the scan fail)`;
   CONTENT_PROVOKED.add(error);
   return error;
@@ -185,8 +187,10 @@ export function contentProvoked(error: IcapError, server: string): IcapError {
 
 /**
  * The request's last failure, judged: under fail-open, when an attempt's failure was one the
- * upload may have provoked, each such server's health check (health-check.ts; one answered in
- * the last second will do) decides. One that answers it works: the upload made the scan fail,
+ * upload may have provoked, or a wait for a connection that the server's busy connections
+ * never freed (they may be held by scans other uploads made slow), each such server's health
+ * check (health-check.ts, on a connection of its own; one answered in the last second will
+ * do) decides. One that answers it works: the upload made the scan fail,
  * and the error is {@link contentProvoked} (503, never fail-open). Only if every one of them
  * fails the check (hung, dead, or failing every REQMOD) may the failure action apply. Under
  * fail-closed nothing is checked (503 either way).
@@ -198,10 +202,11 @@ export async function judged(
 ): Promise<unknown> {
   if (provoked === undefined || failAction !== 'fail-open') return err;
   if (!(err instanceof IcapError) || !takesFailAction(err)) return err;
-  for (const server of provoked) {
-    if (await server.answersCheck()) return contentProvoked(err, server.server.url);
-  }
-  return err;
+  // All at once: a request waits for one check's bound at most, however many servers failed.
+  const servers = [...new Set(provoked)];
+  const answered = await Promise.all(servers.map((s) => s.answersCheck()));
+  const working = servers.find((_, i) => answered[i]);
+  return working === undefined ? err : contentProvoked(err, working.server.url);
 }
 
 /** Whether {@link contentProvoked} marked the error. */
