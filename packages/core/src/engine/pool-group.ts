@@ -297,7 +297,7 @@ export class ServerHandle {
   /**
    * Whether the server answers a health check now (one answered in the last second will do):
    * a request under fail-open whose failure here its own content may have provoked passes
-   * unscanned only if it does not (exchange.ts). A suspended server does not.
+   * unscanned only if it does not (retry.ts, `judged`). A suspended server does not.
    */
   async answersCheck(): Promise<boolean> {
     if (this.#closed || this.state === 'suspended') return false;
@@ -442,8 +442,6 @@ export class PoolGroup {
   readonly probeInterval: number;
   readonly maxProbeInterval: number;
   readonly successThreshold: number;
-  /** For a suspect server's health check (see checkRequest). */
-  readonly stallTimeout: number;
   readonly #pools: PoolEntry[];
   /** How many servers the group has (fixed): with one, a request can never go elsewhere. */
   readonly serverCount: number;
@@ -457,7 +455,6 @@ export class PoolGroup {
     this.probeInterval = profile.probeInterval;
     this.maxProbeInterval = profile.maxProbeInterval;
     this.successThreshold = profile.successThreshold;
-    this.stallTimeout = profile.stallTimeout;
     this.#pools = profile.pools.map((pool) => ({
       pool,
       servers: pool.servers.map((s) => new ServerHandle(this, pool, s, profile)),
