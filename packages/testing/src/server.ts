@@ -126,6 +126,11 @@ export interface IcapTestServer {
   closeConnections(): Promise<void>;
   /** Stops listening and destroys every connection and timer. */
   close(): Promise<void>;
+  /**
+   * Listens again on the same port (after `close()` or a `crash` fault), once the crash (if
+   * any) is complete.
+   */
+  restart(): Promise<void>;
 }
 
 const DEFAULT_ISTAG = 'ICAPKIT-TEST-0001';
@@ -148,6 +153,8 @@ class TestServer {
   server: Server;
   nextConnectionId = 1;
   port = 0;
+  /** A `crash` fault's listener closing (restart() waits for it). */
+  crashing: Promise<void> | undefined;
 
   constructor(options: IcapServerOptions) {
     this.options = options;
@@ -192,6 +199,7 @@ class TestServer {
       },
       closeConnections: () => this.closeConnections(),
       close: () => this.close(),
+      restart: () => this.restart(),
     };
   }
 
@@ -228,9 +236,35 @@ class TestServer {
     return t;
   }
 
+  /** A `crash` fault: the listener closed at once, every connection reset. */
+  crash(): Promise<void> {
+    this.crashing = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    for (const s of this.sockets) s.resetAndDestroy();
+    return this.crashing;
+  }
+
+  async restart(): Promise<void> {
+    await this.crashing;
+    this.crashing = undefined;
+    if (this.server.listening) return;
+    const port = this.port;
+    await new Promise<void>((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(port, this.options.host ?? '127.0.0.1', () => {
+        this.server.removeListener('error', reject);
+        resolve();
+      });
+    });
+  }
+
   async close(): Promise<void> {
     for (const t of this.timers) clearTimeout(t);
     this.timers.clear();
+    await this.crashing;
+    if (!this.server.listening) {
+      for (const s of this.sockets) s.destroy();
+      return;
+    }
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
     for (const s of this.sockets) s.destroy();
     await closed;
@@ -502,6 +536,12 @@ class Session {
     }
     if ((fault?.kind === 'close' || fault?.kind === 'reset') && fault.when === 'after-body') {
       this.#kill(fault.kind);
+      return;
+    }
+    if (fault?.kind === 'crash') {
+      this.#dead = true;
+      this.#parser.close();
+      void this.#srv.crash();
       return;
     }
     if (ieof && fault?.kind === 'continue-after-ieof')
