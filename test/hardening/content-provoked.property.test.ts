@@ -16,6 +16,10 @@
  * and connections held by scans other uploads made slow, so that an upload waiting for one
  * timed out in the queue and failed open.
  *
+ * And last, a file that crashes the whole scanner daemon: the connection drops while the server
+ * has the upload, and the check finds nothing listening (the keep-alive retry meets the refusal
+ * too). That upload gets 503; the outage after it takes the failure action.
+ *
  * `ICAPKIT_CONTENT_PROVOKED_RUNS` sets the uploads per framework (default 12).
  */
 import { connect, type Socket } from 'node:net';
@@ -330,5 +334,131 @@ describe('per-file multipart and the connection queue (campaign-u)', () => {
         await app.close();
       }
     }, 30_000);
+  }
+});
+
+describe('a scanner daemon that crashes on the upload (it goes down: refused connections)', () => {
+  let server: IcapTestServer;
+  beforeAll(async () => {
+    server = await startIcapServer({
+      recordBodies: false,
+      script: (r) => {
+        if (r.method !== 'REQMOD') return undefined;
+        const disposition = r.httpRequest?.headers.get('content-disposition') ?? '';
+        const crashes = r.httpRequest?.headers.get('x-crash') !== undefined || disposition.includes('crash');
+        return crashes ? { kind: 'crash' } : undefined;
+      },
+    });
+  });
+  afterAll(async () => {
+    await server?.close();
+  });
+
+  async function logAfter(logs: IcapLog[], before: number): Promise<IcapLog> {
+    const deadline = Date.now() + 5_000;
+    while (logs.length === before && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+    return logs.at(-1)!;
+  }
+
+  /** Waits (bounded) until a connection to the server is refused: it is down. */
+  async function down(): Promise<void> {
+    const deadline = Date.now() + 5_000;
+    for (;;) {
+      const refused = await new Promise<boolean>((resolve) => {
+        const s = connect(server.port, '127.0.0.1');
+        s.once('connect', () => {
+          s.destroy();
+          resolve(false);
+        });
+        s.once('error', () => resolve(true));
+      });
+      if (refused) return;
+      if (Date.now() > deadline) throw new Error('the server did not go down');
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+
+  for (const framework of FRAMEWORKS) {
+    it(`${framework}: the upload that took the scanner down gets 503 under fail-open; the outage after it takes the failure action`, async () => {
+      const logs: IcapLog[] = [];
+      const app = await startApp(framework, {
+        name: `content-crash-${framework}`,
+        poolGroup: server.url(),
+        serviceUri: '/avscan',
+        failAction: 'fail-open',
+        responseTimeout: 2_000,
+        multipart: 'per-file',
+        // Never suspended here: each upload meets the server as it is.
+        health: { failureLimit: 1000 },
+        onLog: (l) => logs.push(l),
+      });
+      try {
+        const uploads = [
+          // Below the preview threshold, and above it (crashed after its 100 Continue).
+          { path: '/raw', body: EICAR, type: 'application/octet-stream' },
+          {
+            path: '/raw',
+            body: Buffer.concat([Buffer.alloc(200_000, 'a'), EICAR]),
+            type: 'application/octet-stream',
+          },
+          { path: '/raw', body: Buffer.from('clean'), type: 'application/octet-stream' },
+        ].map((u) => ({ ...u, headers: { 'content-type': u.type, 'x-crash': '1' } }));
+        const form = multipart([
+          { name: 'a', filename: 'fine.txt', data: 'fine' },
+          { name: 'f', filename: 'crash.zip', data: EICAR },
+        ]);
+        uploads.push({
+          path: '/multipart',
+          body: form.body,
+          type: form.contentType,
+          headers: { 'content-type': form.contentType, 'x-crash': '' },
+        });
+        for (const u of uploads) {
+          if (u.headers['x-crash'] === '') delete (u.headers as Record<string, string>)['x-crash'];
+          await server.restart();
+          const before = logs.length;
+          const reply = await send(app.url, u.path, { body: u.body, headers: u.headers, timeoutMs: 10_000 });
+          const log = await logAfter(logs, before);
+          expect(reply.status).toBe(503);
+          expect(app.seen).toEqual([]);
+          expect(log.fail_action).toBe('fail-closed');
+          expect(log.significance).toContain('CONTENT_PROVOKED');
+          expect(log.significance).not.toContain('FAIL_OPEN');
+          expect(log.error_message).toContain('may have taken it down');
+        }
+        // The outage that follows is one: an upload that meets the server down (refused at
+        // connect, nothing of it sent) takes the failure action, as fail-open says.
+        await down();
+        // And the app has seen its kept-alive connections go (no reset still to be read).
+        const deadline = Date.now() + 5_000;
+        while (app.engine.status()[0]!.connections.open > 0 && Date.now() < deadline)
+          await new Promise((r) => setTimeout(r, 5));
+        expect(app.engine.status()[0]!.connections.open).toBe(0);
+        let before = logs.length;
+        const during = await send(app.url, '/raw', {
+          body: Buffer.from('clean'),
+          headers: { 'content-type': 'application/octet-stream' },
+          timeoutMs: 10_000,
+        });
+        let log = await logAfter(logs, before);
+        expect(during.status).toBe(200);
+        expect(log.significance).toContain('FAIL_OPEN');
+        expect(log.significance).not.toContain('CONTENT_PROVOKED');
+        // Back up: scanned again.
+        await server.restart();
+        before = logs.length;
+        const threat = await send(app.url, '/raw', {
+          body: EICAR,
+          headers: { 'content-type': 'application/octet-stream' },
+          timeoutMs: 10_000,
+        });
+        log = await logAfter(logs, before);
+        expect(threat.status).toBe(403);
+        expect(app.seen.map((s) => s.raw?.toString())).toEqual(['clean']);
+      } finally {
+        await app.close();
+        await server.restart();
+      }
+    }, 60_000);
   }
 });

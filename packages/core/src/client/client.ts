@@ -18,7 +18,7 @@ import {
   type TransferPolicy,
   transferPolicy,
 } from './options.js';
-import { Pool, type PoolStats } from './pool.js';
+import { type Lease, Pool, type PoolStats } from './pool.js';
 import { type BodyInput, type BodySource, toBodySource } from './source.js';
 import { Transaction } from './transaction.js';
 import type { IcapResponse, TransactionRequest } from './transaction-types.js';
@@ -123,12 +123,19 @@ export interface IcapSkipped {
   options: IcapServiceOptions;
 }
 
+/** A connection could not be made (see `#attempt`). */
+const CONNECT_FAILURES: ReadonlySet<string> = new Set([
+  IcapErrorCodes.CONNECT,
+  IcapErrorCodes.CONNECT_TIMEOUT,
+]);
+
 /**
  * A client for one ICAP server: a keep-alive connection pool, the OPTIONS of each service it
  * uses, and transactions with preview, 204 and early-response handling. A request that fails
  * on a reused connection before any response byte arrives is retried once on a fresh
  * connection, if its body can be replayed (the keep-alive race: the server closed the idle
- * connection just as it was reused).
+ * connection just as it was reused). If that connection cannot be made, the request fails
+ * with the drop (the server went away with the request), not with the connect error.
  */
 export class IcapClient {
   readonly endpoint: ServerEndpoint;
@@ -357,11 +364,23 @@ export class IcapClient {
     abortWhat?: string | undefined,
   ): Promise<IcapResponse> {
     let fresh = false;
+    let dropped: IcapError | undefined;
     for (;;) {
       // An idle connection is taken at once (no promise, no turn of the microtask queue).
-      const lease =
-        (fresh ? undefined : this.#pool.takeIdleNow(signal)) ??
-        (await this.#pool.acquire(signal, fresh, queueTimeout));
+      let lease: Lease;
+      try {
+        lease =
+          (fresh ? undefined : this.#pool.takeIdleNow(signal)) ??
+          (await this.#pool.acquire(signal, fresh, queueTimeout));
+      } catch (err) {
+        // The fresh connection could not be made: the server is gone, and the drop of the
+        // reused one (it may have had the whole request) is what happened to this request.
+        if (dropped === undefined || !(err instanceof IcapError) || !CONNECT_FAILURES.has(err.code))
+          throw err;
+        throw new IcapError(dropped.code, `${dropped.message}; then no new connection: ${err.message}`, {
+          cause: err,
+        });
+      }
       const tx = new Transaction(
         lease.connection,
         lease.reused,
@@ -381,6 +400,7 @@ export class IcapClient {
           err instanceof IcapError &&
           (err.code === IcapErrorCodes.RESET || err.code === IcapErrorCodes.CLOSED);
         if (!retriable) throw err;
+        dropped = err;
         fresh = true;
       }
     }

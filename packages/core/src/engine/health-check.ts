@@ -19,6 +19,22 @@ import { AttemptWatch } from './scan/attempt-watch.js';
  * most about one check a second.
  */
 
+/**
+ * What a check says of a server: it answered (below 500); it accepted no connection (refused,
+ * or not accepted within connectTimeout: down, or gone from the network); or it failed
+ * otherwise (a stall, a 5xx, a reset or garbage once connected).
+ */
+export type CheckAnswer = 'answered' | 'unreachable' | 'failed';
+
+/** The {@link CheckAnswer} of a check's result. */
+export function checkAnswer(err: Error | undefined): CheckAnswer {
+  if (err === undefined) return 'answered';
+  const unreachable =
+    err instanceof IcapError &&
+    (err.code === IcapErrorCodes.CONNECT || err.code === IcapErrorCodes.CONNECT_TIMEOUT);
+  return unreachable ? 'unreachable' : 'failed';
+}
+
 /** The body of a health check: nothing any scanner objects to. */
 const CHECK_BODY = Buffer.from('icapkit health check\n');
 

@@ -1,6 +1,6 @@
 import { IcapClient, type IcapClientOptions } from '../client/client.js';
 import { IcapError, IcapErrorCodes } from '../errors.js';
-import { HealthCheck } from './health-check.js';
+import { type CheckAnswer, checkAnswer, HealthCheck } from './health-check.js';
 import { observe } from './log.js';
 import { PreviewAdvice } from './preview-advice.js';
 import type { ResolvedPool, ResolvedProfile, ResolvedServer } from './profile/types.js';
@@ -295,16 +295,19 @@ export class ServerHandle {
   }
 
   /**
-   * Whether the server answers a health check now (one answered in the last second will do):
-   * a request under fail-open whose failure here its own content may have provoked passes
-   * unscanned only if it does not (retry.ts, `judged`). A suspended server does not.
+   * What a health check of the server says now (one in the last second will do): a request
+   * under fail-open whose failure here its own content may have provoked passes unscanned
+   * only if the server neither answers it nor went down on the upload (retry.ts, `judged`).
+   * A suspended server never counts as answering.
    */
-  async answersCheck(): Promise<boolean> {
-    if (this.#closed || this.state === 'suspended') return false;
-    const err = await this.#health.recent();
-    if (err !== undefined || this.#closed) return false;
+  async answersCheck(): Promise<CheckAnswer> {
+    if (this.#closed) return 'failed';
+    const answer = checkAnswer(await this.#health.recent());
+    if (this.#closed) return 'failed';
+    if (answer !== 'answered') return answer;
+    if (this.state === 'suspended') return 'failed';
     this.#answered = true;
-    return true;
+    return answer;
   }
 
   /** The attempt ended without a verdict on the server (the HTTP client went away, say). */

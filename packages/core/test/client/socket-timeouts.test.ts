@@ -91,6 +91,30 @@ describe('socket timeouts per transaction', () => {
     expect(await clean(c, Buffer.from('d'))).toBe(false);
   });
 
+  it('a reused connection dropped with the request, then no new connection: the drop, not the connect error', async () => {
+    let n = 0;
+    server = await startIcapServer({
+      script: (req) => (req.method === 'REQMOD' && ++n === 2 ? { kind: 'crash' } : undefined),
+    });
+    const c = new IcapClient({ url: server.url(), timeout: 10_000 });
+    clients.push(c);
+    await clean(c, Buffer.from('a'));
+    // The keep-alive retry meets a server that is gone (refused): the request failed by the
+    // reset of the connection that had it, the refusal said beside it.
+    const err = await scan(c, Buffer.from('b')).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toMatchObject({ code: 'ICAP_ERR_RESET' });
+    expect((err as Error).message).toMatch(/reset the connection.*then no new connection: .*ECONNREFUSED/);
+    await server.restart();
+    // A connection refused with nothing dropped before it is a connect error, as ever.
+    expect(await clean(c, Buffer.from('c'))).toBe(false);
+    await server.close();
+    await until(() => c.stats.open === 0);
+    await expect(scan(c, Buffer.from('d'))).rejects.toMatchObject({ code: 'ICAP_ERR_CONNECT' });
+  });
+
   it('a failed transaction leaves no timer on its destroyed socket', async () => {
     server = await startIcapServer({
       script: (req) => (req.method === 'REQMOD' ? { kind: 'garbage' } : undefined),

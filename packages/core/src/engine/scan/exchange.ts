@@ -20,6 +20,7 @@ import {
   isRefusal,
   judged,
   markRefusal,
+  type ProvokedFailure,
   QUEUED,
   waitedForConnection,
 } from './retry.js';
@@ -60,7 +61,7 @@ class Exchange implements WatchHooks, TriedServers {
   /** Whether that second chance was given (once per exchange). */
   #againGiven = false;
   /** Servers whose attempt failed in a way the upload may have provoked (retry.ts, judged). */
-  #provoked: ServerHandle[] | undefined;
+  #provoked: ProvokedFailure[] | undefined;
 
   constructor(
     ctx: ExchangeContext,
@@ -209,7 +210,7 @@ class Exchange implements WatchHooks, TriedServers {
         // slow on what other uploads carry): the failure action only if the server fails a check.
         if ((failure.provokable || queued) && !isRefusal(error)) {
           this.#provoked ??= [];
-          this.#provoked.push(handle);
+          this.#provoked.push({ server: handle, dropped: failure.dropped });
         }
         if (!failure.retry || !this.replayable) throw error;
         lastError = error;

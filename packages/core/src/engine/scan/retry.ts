@@ -75,6 +75,17 @@ export interface FailureClass {
   provokable: boolean;
   /** The request may go on to the next server (if its body is still held). */
   retry: boolean;
+  /**
+   * Provokable, and the server dropped the connection (a reset, a close) while it had the
+   * upload: what a scanning process or daemon that crashed on the file does (see `judged`).
+   */
+  dropped: boolean;
+}
+
+/** A server whose attempt failed in a way the upload may have provoked (see `judged`). */
+export interface ProvokedFailure {
+  server: ServerHandle;
+  dropped: boolean;
 }
 
 export function classifyFailure(
@@ -92,7 +103,7 @@ export function classifyFailure(
     const reason = requestSignal.reason;
     const timedOut = reason instanceof IcapError && reason.code === IcapErrorCodes.TIMEOUT;
     // A scan that outlasts responseTimeout may be the content's doing (a slow file).
-    return { health: timedOut && attempt.waitingForServer, provokable: sent, retry: false };
+    return { health: timedOut && attempt.waitingForServer, provokable: sent, retry: false, dropped: false };
   }
   if (HEALTH_FAULTS.has(error.code)) {
     // Or anything that broke while the server worked on what it was sent (its turn): a
@@ -102,10 +113,13 @@ export function classifyFailure(
     const provokable =
       error.code === IcapErrorCodes.SERVER_STATUS ||
       (sent && (QUIET_FAULTS.has(error.code) || attempt.clientPaced || attempt.waitingForServer));
-    return { health: true, provokable, retry: true };
+    const dropped =
+      provokable && (error.code === IcapErrorCodes.RESET || error.code === IcapErrorCodes.CLOSED);
+    return { health: true, provokable, retry: true, dropped };
   }
-  if (error.code === IcapErrorCodes.SATURATED) return { health: false, provokable: false, retry: true };
-  return { health: false, provokable: false, retry: false };
+  if (error.code === IcapErrorCodes.SATURATED)
+    return { health: false, provokable: false, retry: true, dropped: false };
+  return { health: false, provokable: false, retry: false, dropped: false };
 }
 
 /** A server's health transition in the profile's logger: a warning when it leaves `up`, info otherwise. */
@@ -176,11 +190,21 @@ const CLIENT_PACED = new WeakSet<IcapError>();
  */
 const CONTENT_PROVOKED = new WeakSet<IcapError>();
 
-/** Marks `error` as provoked by the upload: `server` answered its health check afterwards. */
-export function contentProvoked(error: IcapError, server: string): IcapError {
+/**
+ * Marks `error` as provoked by the upload: `server` answered its health check afterwards
+ * (`answered`), or went down on the upload (`went-down`, see `judged`).
+ */
+export function contentProvoked(
+  error: IcapError,
+  server: string,
+  how: 'answered' | 'went-down' = 'answered',
+): IcapError {
   // The parts of a form share one timeout's error: said once.
   if (CONTENT_PROVOKED.has(error)) return error;
-  error.message += ` (ICAP server ${server} answered its health check afterwards: the upload itself made the scan fail)`;
+  error.message +=
+    how === 'answered'
+      ? ` (ICAP server ${server} answered its health check afterwards: the upload itself made the scan fail)`
+      : ` (ICAP server ${server} dropped the connection while it had the upload, then accepted no connection: the upload may have taken it down)`;
   CONTENT_PROVOKED.add(error);
   return error;
 }
@@ -190,23 +214,34 @@ export function contentProvoked(error: IcapError, server: string): IcapError {
  * upload may have provoked, or a wait for a connection that the server's busy connections
  * never freed (they may be held by scans other uploads made slow), each such server's health
  * check (health-check.ts, on a connection of its own; one answered in the last second will
- * do) decides. One that answers it works: the upload made the scan fail,
- * and the error is {@link contentProvoked} (503, never fail-open). Only if every one of them
- * fails the check (hung, dead, or failing every REQMOD) may the failure action apply. Under
- * fail-closed nothing is checked (503 either way).
+ * do) decides:
+ * - one that answers it works: the upload made the scan fail, and the error is
+ *   {@link contentProvoked} (503, never fail-open);
+ * - one that dropped the connection while it had the upload (`dropped`) and then accepts no
+ *   connection for its check (refused, or not accepted in time) went down on the upload: a
+ *   scanner daemon that crashed on the file. {@link contentProvoked} too: the outage that
+ *   follows is one (a later request meets a server that is down, and the failure action
+ *   applies), but the upload that may have caused it never passes;
+ * - only if every one of them fails the check otherwise (hung, or failing every REQMOD, the
+ *   check included) may the failure action apply.
+ * Under fail-closed nothing is checked (503 either way).
  */
 export async function judged(
   err: unknown,
-  provoked: readonly ServerHandle[] | undefined,
+  provoked: readonly ProvokedFailure[] | undefined,
   failAction: 'fail-open' | 'fail-closed',
 ): Promise<unknown> {
   if (provoked === undefined || failAction !== 'fail-open') return err;
   if (!(err instanceof IcapError) || !takesFailAction(err)) return err;
   // All at once: a request waits for one check's bound at most, however many servers failed.
-  const servers = [...new Set(provoked)];
-  const answered = await Promise.all(servers.map((s) => s.answersCheck()));
-  const working = servers.find((_, i) => answered[i]);
-  return working === undefined ? err : contentProvoked(err, working.server.url);
+  const servers = [...new Set(provoked.map((p) => p.server))];
+  const answers = await Promise.all(servers.map((s) => s.answersCheck()));
+  const working = servers.find((_, i) => answers[i] === 'answered');
+  if (working !== undefined) return contentProvoked(err, working.server.url);
+  const downed = servers.find(
+    (s, i) => answers[i] === 'unreachable' && provoked.some((p) => p.server === s && p.dropped),
+  );
+  return downed === undefined ? err : contentProvoked(err, downed.server.url, 'went-down');
 }
 
 /** Whether {@link contentProvoked} marked the error. */
