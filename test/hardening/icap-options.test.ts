@@ -3,10 +3,17 @@
  * with an odd Encapsulated (`500` + `opt-body=0`, to the REQMOD or to the OPTIONS) is an ICAP
  * server failure whose status stays in the log record (not ICAP_ERR_PROTOCOL); a server whose
  * ISTag changes on every answer costs one OPTIONS, not one per upload; OPTIONS without the
- * required ISTag/Methods are logged as a warning.
+ * required ISTag/Methods are logged as a warning, and so are a Preview or Options-TTL that are
+ * not whole numbers (read as absent: the server still scans, nothing fails open).
  */
 import type { IcapLog, IcapProfile, PinoLike } from '@icapkit/core';
-import { type Fault, type IcapTestServer, type RecordedRequest, startIcapServer } from '@icapkit/testing';
+import {
+  eicar,
+  type Fault,
+  type IcapTestServer,
+  type RecordedRequest,
+  startIcapServer,
+} from '@icapkit/testing';
 import { afterEach, describe, expect, it } from 'vitest';
 import { type Framework, startApp } from '../conformance/apps.js';
 import { send } from '../support/http-client.js';
@@ -101,5 +108,36 @@ describe.each(FRAMEWORKS)('ICAP OPTIONS and odd error answers: %s', (framework) 
     const w = warnings.find((x) => /lacks the required/.test(x.msg ?? ''));
     expect(w?.msg).toMatch(/OPTIONS icap:\/\/.*\/avscan lacks the required ISTag and Methods headers/);
     expect(w?.obj).toMatchObject({ missingHeaders: ['ISTag', 'Methods'] });
+  });
+
+  it('fail-open: OPTIONS with a Preview and Options-TTL that are not whole numbers still scan (EICAR 403, a warning), never fail open', async () => {
+    const answer =
+      'ICAP/1.0 200 OK\r\nISTag: "n"\r\nMethods: REQMOD\r\nAllow: 204\r\nPreview: 1k\r\n' +
+      'Options-TTL: never\r\nEncapsulated: null-body=0\r\n\r\n';
+    server = await startIcapServer({
+      recordBodies: false,
+      script: (q) => (q.method === 'OPTIONS' ? { kind: 'raw', response: answer } : undefined),
+    });
+    const warnings: Array<{ obj: object; msg: string | undefined }> = [];
+    const logger: PinoLike = {
+      debug: () => {},
+      info: () => {},
+      warn: (obj, msg) => warnings.push({ obj, msg }),
+      error: () => {},
+    };
+    await withApp(framework, { logger, failAction: 'fail-open' }, async (url, logs, seen) => {
+      const threat = await send(url, '/raw', {
+        body: Buffer.concat([BODY, eicar()]),
+        headers: { 'content-type': 'application/octet-stream' },
+        timeoutMs: 10_000,
+      });
+      expect(threat.status).toBe(403);
+      expect((await upload(url)).status).toBe(200);
+      expect(seen()).toBe(1);
+      await waitFor(() => logs.length >= 2);
+      expect(logs.map((l) => l.significance.includes('FAIL_OPEN'))).toEqual([false, false]);
+    });
+    const w = warnings.find((x) => /not a whole number/.test(x.msg ?? ''));
+    expect(w?.obj).toMatchObject({ malformedHeaders: ['Preview: "1k"', 'Options-TTL: "never"'] });
   });
 });

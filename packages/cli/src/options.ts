@@ -34,6 +34,8 @@ export interface OptionsReport {
   headers: Record<string, string | string[]>;
   /** Required headers (RFC 3507 §4.10.2: `ISTag`, `Methods`) the response lacks; the exit code is then 2. */
   missingHeaders: string[];
+  /** Numeric headers whose value is not a whole number (`Name: "value"`), read as absent; the exit code is then 2. */
+  malformedHeaders: string[];
 }
 
 export function optionsReport(url: string, o: IcapServiceOptions): OptionsReport {
@@ -53,6 +55,7 @@ export function optionsReport(url: string, o: IcapServiceOptions): OptionsReport
     xInclude: o.include,
     headers: o.headers.toObject(),
     missingHeaders: o.missingHeaders,
+    malformedHeaders: o.malformedHeaders,
   };
 }
 
@@ -102,8 +105,13 @@ export async function runOptions(argv: string[], io: CliIo, help: () => number):
       io.stderr.write(
         `icapkit: the OPTIONS response lacks required header${report.missingHeaders.length > 1 ? 's' : ''}: ${report.missingHeaders.join(', ')}\n`,
       );
-      return ExitCode.ERROR;
     }
+    if (report.malformedHeaders.length > 0) {
+      io.stderr.write(
+        `icapkit: the OPTIONS response has ${renderText(report.malformedHeaders.join(', '))}, not a whole number (read as absent)\n`,
+      );
+    }
+    if (report.missingHeaders.length > 0 || report.malformedHeaders.length > 0) return ExitCode.ERROR;
     return ExitCode.OK;
   } catch (err) {
     const code = err instanceof IcapError ? err.code : 'ICAP_ERR_PROTOCOL';

@@ -76,9 +76,38 @@ describe('options: an answer without the required headers', () => {
     }
   });
 
-  it('a complete answer: exit 0, missingHeaders empty', async () => {
+  it('a complete answer: exit 0, missingHeaders and malformedHeaders empty', async () => {
     const r = await run(['options', server.url('/avscan'), '--json']);
     expect(r.code).toBe(0);
     expect(JSON.parse(r.stdout).missingHeaders).toEqual([]);
+    expect(JSON.parse(r.stdout).malformedHeaders).toEqual([]);
+  });
+
+  it('a Preview or Options-TTL that is not a whole number: named on stderr, read as absent, exit 2', async () => {
+    const answer =
+      'ICAP/1.0 200 OK\r\nISTag: "n"\r\nMethods: REQMOD\r\nPreview: 4096 bytes\r\n' +
+      'Options-TTL: \x1b[31m9\r\nEncapsulated: null-body=0\r\n\r\n';
+    const s = await startIcapServer({
+      script: (q) => (q.method === 'OPTIONS' ? { kind: 'raw', response: answer } : undefined),
+    });
+    try {
+      const r = await run(['options', s.url('/avscan')]);
+      expect(r.code).toBe(2);
+      expect(r.stdout).toContain('  Preview:           none (no preview)\n');
+      // The server's bytes rendered without their control characters.
+      expect(r.stderr).toMatch(
+        /^icapkit: the OPTIONS response has Preview: "4096 bytes", Options-TTL: ".*", not a whole number \(read as absent\)\n$/,
+      );
+      expect(r.stderr).not.toContain('\x1b');
+      const j = await run(['options', s.url('/avscan'), '--json']);
+      expect(j.code).toBe(2);
+      expect(JSON.parse(j.stdout)).toMatchObject({
+        preview: null,
+        optionsTtl: null,
+        malformedHeaders: ['Preview: "4096 bytes"', 'Options-TTL: "\\u001b[31m9"'],
+      });
+    } finally {
+      await s.close();
+    }
   });
 });

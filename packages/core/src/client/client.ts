@@ -69,9 +69,15 @@ export interface IcapClientOptions {
   optionsRefreshInterval?: number | undefined;
   /**
    * Called with a warning about the server (an OPTIONS response without the required `ISTag`
-   * or `Methods`); the answer is used anyway.
+   * or `Methods`, or with a `Preview`, `Max-Connections` or `Options-TTL` that is not a whole
+   * number); the answer is used anyway (a malformed number read as absent).
    */
-  onWarning?: ((message: string, details: { service: string; missingHeaders: string[] }) => void) | undefined;
+  onWarning?:
+    | ((
+        message: string,
+        details: { service: string; missingHeaders: string[]; malformedHeaders: string[] },
+      ) => void)
+    | undefined;
   /** ICAP headers sent on every request (for example an API key header); copied when the client is made. */
   headers?: HeaderPairs | undefined;
   /** `User-Agent` on ICAP requests; false sends none. */
@@ -439,12 +445,21 @@ export class IcapClient {
         );
       }
       const opts = parseOptions(res, this.#defaultOptionsTtl);
-      if (opts.missingHeaders.length > 0) {
-        try {
-          this.#onWarning?.(
-            `OPTIONS ${this.uri(service)} lacks the required ${opts.missingHeaders.join(' and ')} header${opts.missingHeaders.length > 1 ? 's' : ''}`,
-            { service, missingHeaders: opts.missingHeaders },
+      const { missingHeaders, malformedHeaders } = opts;
+      if (missingHeaders.length > 0 || malformedHeaders.length > 0) {
+        const said: string[] = [];
+        if (missingHeaders.length > 0)
+          said.push(
+            `lacks the required ${missingHeaders.join(' and ')} header${missingHeaders.length > 1 ? 's' : ''}`,
           );
+        if (malformedHeaders.length > 0)
+          said.push(`has ${malformedHeaders.join(', ')}, not a whole number (read as absent)`);
+        try {
+          this.#onWarning?.(`OPTIONS ${this.uri(service)} ${said.join('; ')}`, {
+            service,
+            missingHeaders,
+            malformedHeaders,
+          });
         } catch {
           // a throwing warning sink does not fail the request
         }

@@ -1,4 +1,3 @@
-import { IcapError, IcapErrorCodes } from '../errors.js';
 import { type Headers, splitList } from '../protocol/headers.js';
 import { untilAborted } from './abort.js';
 import type { IcapResponse } from './transaction-types.js';
@@ -30,6 +29,11 @@ export interface IcapServiceOptions {
    * `Methods`): the answer is used, but the server is misconfigured or not an ICAP server.
    */
   missingHeaders: string[];
+  /**
+   * Numeric headers (`Preview`, `Max-Connections`, `Options-TTL`) whose value is not a whole
+   * number, as `Name: "value"`: each is read as absent (no preview, no limit, the default TTL).
+   */
+  malformedHeaders: string[];
   /** Epoch ms. */
   fetchedAt: number;
   /** Epoch ms after which these options must be fetched again. */
@@ -42,9 +46,18 @@ export type TransferPolicy = 'preview' | 'complete' | 'ignore';
 export function parseOptions(res: IcapResponse, defaultTtl: number, now = Date.now()): IcapServiceOptions {
   const h = res.headers;
   const methods = splitList(h.get('methods')).map((m) => m.toUpperCase());
-  const preview = optionalInt(h.get('preview'), 'Preview');
-  const maxConnections = optionalInt(h.get('max-connections'), 'Max-Connections');
-  const optionsTtl = optionalInt(h.get('options-ttl'), 'Options-TTL');
+  // A malformed number is read as absent (as Squid does), and named: a typo in one header must
+  // not make the server unusable (and every request take the failure action).
+  const malformedHeaders: string[] = [];
+  const int = (name: string): number | undefined => {
+    const v = h.get(name);
+    const n = optionalInt(v);
+    if (n === null) malformedHeaders.push(`${name}: ${JSON.stringify(v)}`);
+    return n ?? undefined;
+  };
+  const preview = int('Preview');
+  const maxConnections = int('Max-Connections');
+  const optionsTtl = int('Options-TTL');
   const lower = (v: string | undefined) => splitList(v).map((s) => s.toLowerCase());
   const ttlMs = optionsTtl === undefined ? defaultTtl : optionsTtl * 1000;
   const missingHeaders: string[] = [];
@@ -66,21 +79,17 @@ export function parseOptions(res: IcapResponse, defaultTtl: number, now = Date.n
     headers: h,
     rawHeaders: res.rawHeaders,
     missingHeaders,
+    malformedHeaders,
     fetchedAt: now,
     expiresAt: now + ttlMs,
   };
 }
 
-function optionalInt(v: string | undefined, name: string): number | undefined {
+/** A header's whole number; undefined when absent or empty, null when malformed. */
+function optionalInt(v: string | undefined): number | undefined | null {
   if (v === undefined || v.trim() === '') return undefined;
   const t = v.trim();
-  if (!/^\d{1,10}$/.test(t)) {
-    throw new IcapError(
-      IcapErrorCodes.PROTOCOL,
-      `OPTIONS response has an invalid ${name}: ${JSON.stringify(v)}`,
-    );
-  }
-  return Number(t);
+  return /^\d{1,10}$/.test(t) ? Number(t) : null;
 }
 
 /**

@@ -109,6 +109,50 @@ describe('OPTIONS', () => {
     }
   });
 
+  it('a Preview, Max-Connections or Options-TTL that is not a whole number: read as absent, named, scanning goes on', async () => {
+    const optionsAnswer =
+      'ICAP/1.0 200 OK\r\nISTag: "bad-numbers"\r\nMethods: REQMOD\r\nAllow: 204\r\n' +
+      'Preview: 1k\r\nMax-Connections: -1\r\nOptions-TTL: 1h\r\nEncapsulated: null-body=0\r\n\r\n';
+    server = await startIcapServer({
+      script: (r) => (r.method === 'OPTIONS' ? { kind: 'raw', response: optionsAnswer } : undefined),
+    });
+    const warnings: Array<{ message: string; malformed: string[] }> = [];
+    const c = newClient(server.url(), {
+      defaultOptionsTtl: 200,
+      onWarning: (message, d) => warnings.push({ message, malformed: d.malformedHeaders }),
+    });
+    const o = await c.options('/avscan');
+    expect(o.preview).toBeUndefined();
+    expect(o.maxConnections).toBeUndefined();
+    expect(o.optionsTtl).toBeUndefined();
+    const malformed = ['Preview: "1k"', 'Max-Connections: "-1"', 'Options-TTL: "1h"'];
+    expect(o.malformedHeaders).toEqual(malformed);
+    expect(o.missingHeaders).toEqual([]);
+    expect(warnings).toEqual([
+      {
+        message: `OPTIONS ${server.url('/avscan')} has ${malformed.join(', ')}, not a whole number (read as absent)`,
+        malformed,
+      },
+    ]);
+    // The server is used: EICAR is still found, a clean body passes.
+    const threat = await reqmod(c, '/upload', eicar());
+    expect(isSkipped(threat) ? 0 : threat.status).toBe(200);
+    expect(isSkipped(threat) ? undefined : threat.headers.get('x-infection-found')).toBeDefined();
+    const clean = await reqmod(c);
+    expect(isSkipped(clean) ? 0 : clean.status).toBe(204);
+    // No preview offered, none sent; the default TTL applies (fetched again after 200 ms).
+    expect(server.requests.filter((q) => q.method === 'REQMOD').map((q) => q.preview)).toEqual([
+      undefined,
+      undefined,
+    ]);
+    expect(
+      await waitFor(async () => {
+        await reqmod(c);
+        return optionsCount(server!) >= 2;
+      }),
+    ).toBe(true);
+  });
+
   it('OPTIONS answered 500 with Encapsulated: opt-body=0 (no body): ICAP_ERR_SERVER_STATUS 500, at once', async () => {
     server = await startIcapServer({
       script: (q) =>
