@@ -251,6 +251,38 @@ describe('F10: server-sent text in the text output', () => {
   });
 });
 
+describe('a threat field whose line never ends', () => {
+  it('scan: a trailer that breaks off in its threat line, or a head that does: BLOCKED, exit 1', async () => {
+    const file = join(dir, 'cut.txt');
+    await writeFile(file, 'hello\n');
+    const threat = 'X-Infection-Found: Type=0; Resolution=2; Threat=EICAR-Te';
+    const reqHdr = 'POST /cut.txt HTTP/1.1\r\nHost: x\r\n\r\n';
+    const answers = [
+      // A clean echo whose trailer breaks off in the threat's line.
+      `ICAP/1.0 200 OK\r\nISTag: "s1"\r\nEncapsulated: req-hdr=0, req-body=${reqHdr.length}\r\n\r\n${reqHdr}6\r\nhello\n\r\n0\r\n${threat}`,
+      // A head that breaks off in it.
+      `ICAP/1.0 204 No Content\r\nISTag: "s1"\r\n${threat}`,
+    ];
+    for (const answer of answers) {
+      const s = await scripted({
+        onReqmod: (x) => {
+          if (x.phase === 'preview') {
+            x.sock.write('ICAP/1.0 100 Continue\r\n\r\n');
+            x.cont();
+          } else x.sock.end(answer);
+        },
+      });
+      try {
+        const r = await run(['scan', file, '--server', s.url]);
+        expect(r.code).toBe(1);
+        expect(r.stdout.startsWith(`BLOCKED ${file}  threat=EICAR-Te`)).toBe(true);
+      } finally {
+        await s.close();
+      }
+    }
+  });
+});
+
 describe('F6: a file rewritten in place while it is sent', () => {
   it('same size, rewritten after the preview: ERROR ICAP_ERR_BODY_SOURCE, exit 2 (not CLEAN)', async () => {
     const file = join(dir, 'toctou.bin');

@@ -577,6 +577,10 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
     if (!this.#responseResolved) {
       const cut = error.head ?? this.#parser.receivedHead();
       error = withReceivedHead(error, receivedAnswer(cut, this.#continueHead), true);
+    } else {
+      // The answer's trailer broke off: its fields so far go with the error (`head`), for the
+      // same reason (beyond-head.ts, namedAfterHead).
+      error = withReceivedHead(error, this.#parser.receivedTrailer());
     }
     this.#stopWriting();
     this.#parser.close();

@@ -1,5 +1,5 @@
 import type { IcapResponse } from '../client/transaction-types.js';
-import type { IcapReceivedHead } from '../errors.js';
+import { IcapError, type IcapReceivedHead } from '../errors.js';
 import { readVerdict, type Verdict, type VerdictOptions } from './verdict/index.js';
 import type { Vendor } from './verdict/vendors.js';
 
@@ -70,11 +70,13 @@ export function threatInHead(reading: HeadReading, head: IcapReceivedHead): Verd
 /**
  * What the server sent after the answer's head that may name a threat, once the exchange is
  * over: the trailer fields of its body, then what followed the answer on the connection (a
- * second answer). Empty when there was neither, or the exchange failed: so it is asked only of
- * an answer read to its end, whose failure is a failure of its own.
+ * second answer). When the exchange failed, the trailer fields received before it broke off
+ * (the error's `head`, client/transaction.ts), if it broke off in them. Empty when there was
+ * none of these.
  */
 export async function namedAfterHead(res: IcapResponse): Promise<IcapReceivedHead[]> {
-  const s = await res.done.catch(() => undefined);
+  const s = await res.done.catch((err: unknown) => (err instanceof IcapError ? err : undefined));
+  if (s instanceof IcapError) return s.head === undefined ? NONE : [s.head];
   if (s === undefined || (s.trailer === undefined && s.stray === undefined)) return NONE;
   const heads: IcapReceivedHead[] = [];
   if (s.trailer !== undefined) heads.push(s.trailer);

@@ -194,6 +194,22 @@ export class IcapParser<H extends IcapHead = IcapHead> {
     return this.#state === State.Head && this.#pending !== null ? salvageLines(this.#pending) : undefined;
   }
 
+  /**
+   * The trailer fields received of a response whose trailer section never ended (the
+   * connection closed in it), the line cut short too, read leniently under the answer's status
+   * line; undefined outside a trailer or before its first byte. Only ever read for a threat.
+   */
+  receivedTrailer(): IcapReceivedHead | undefined {
+    if (this.#kind !== 'response' || this.#state !== State.Trailer || this.#head === null) return undefined;
+    const cut = this.#pending === null ? '' : this.#pending.toString('latin1');
+    if (this.#trailer === null && cut === '') return undefined;
+    const lines = this.#trailer === null ? '' : `${this.#trailer.join('\r\n')}\r\n`;
+    const head = this.#head as unknown as IcapResponseHead;
+    return salvageResponseHead(
+      Buffer.from(`ICAP/1.0 ${head.status} ${head.reason}\r\n${lines}${cut}`, 'latin1'),
+    );
+  }
+
   /** Feeds bytes. Throws an IcapError on a framing or syntax error. */
   execute(chunk: Buffer): void {
     if (this.#closed) return;

@@ -142,10 +142,16 @@ export function salvageEncapsulated(
   };
 }
 
-/** The complete lines of a head cut off (a line cut short could read as a different value). */
+/**
+ * The lines of a head cut off (the connection closed in it, or a second answer's head never
+ * ended), the last one too when it was cut short: a threat field whose line breaks off
+ * (`X-Infection-Found: Type=0; Resolution=2; Threat=EIC`) still names a threat. Read only ever
+ * to block, a field more can only add a block (a clean-sounding value cut short, such as
+ * `X-Virus-ID: no thr`, blocks: the conservative reading of an answer that broke off). Undefined
+ * while no line after the start line has begun.
+ */
 export function salvageLines(pending: Buffer): IcapReceivedHead | undefined {
-  const lastLf = pending.lastIndexOf(0x0a);
-  return lastLf === -1 ? undefined : salvageResponseHead(pending.subarray(0, lastLf + 1));
+  return pending.indexOf(0x0a) === -1 ? undefined : salvageResponseHead(pending);
 }
 
 /**

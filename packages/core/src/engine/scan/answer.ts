@@ -1,9 +1,10 @@
 import type { IcapResponse } from '../../client/transaction-types.js';
 import { endToEndHeaders, isSafeFieldValue, isToken } from '../../protocol/headers.js';
-import { type HeadReading, verdictOfHead } from '../beyond-head.js';
+import { type HeadReading, UNREPAIRED_MESSAGE, unrepairedVerdict, verdictOfHead } from '../beyond-head.js';
 import type { IcapRequestLog } from '../log.js';
 import type { ResolvedProfile } from '../profile.js';
 import type { ClientResponse } from '../respond.js';
+import type { AttemptResult } from '../types.js';
 import type { Verdict } from '../verdict/index.js';
 
 /**
@@ -126,3 +127,37 @@ export async function readRelay(res: IcapResponse): Promise<ClientResponse> {
 
 /** Besides the hop-by-hop fields: what a relayed block page must not set on our response. */
 const RELAY_DROP = new Set(['content-length', 'set-cookie', 'cache-control']);
+
+/**
+ * An answer saying the body could not be scanned (an error verdict marked `unscannable`: an
+ * encrypted archive, a decode error, Symantec's 539, whatever the status) is a statement about
+ * what the HTTP client sent, not a failure of the server: the request is blocked as for a
+ * threat (403, ICAP_BLOCKED; the scan adds UNSCANNABLE to the record's significance). It is
+ * never retried elsewhere, never counts against the server's health and never takes the
+ * failure action, so no client can choose fail-open (or get a server suspended) by uploading
+ * what cannot be scanned.
+ */
+export function unscannableBlock(
+  entry: IcapRequestLog,
+  res: IcapResponse | null,
+  verdict: Verdict,
+): AttemptResult {
+  entry.action = 'ICAP_BLOCKED';
+  entry.http_response_code = 403;
+  return { type: 'blocked', res, verdict, relay: undefined };
+}
+
+/** A repair that returned the original body unchanged: the threats it named stand (a block). */
+export function unrepairedBlock(
+  entry: IcapRequestLog,
+  res: IcapResponse,
+  verdict: Verdict,
+  vendor: ResolvedProfile['vendor'],
+): AttemptResult {
+  const blocked = unrepairedVerdict(verdict);
+  fillVerdict(entry, blocked, vendor);
+  entry.action = 'ICAP_BLOCKED';
+  entry.http_response_code = 403;
+  entry.error_message = UNREPAIRED_MESSAGE;
+  return { type: 'blocked', res, verdict: blocked, relay: undefined };
+}

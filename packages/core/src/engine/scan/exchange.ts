@@ -1,7 +1,7 @@
 import { isSkipped } from '../../client/client.js';
 import type { IcapResponse } from '../../client/transaction-types.js';
 import { IcapError, IcapErrorCodes, type IcapReceivedHead } from '../../errors.js';
-import { threatAfterHead, threatInHead, UNREPAIRED_MESSAGE, unrepairedVerdict } from '../beyond-head.js';
+import { threatAfterHead, threatInHead } from '../beyond-head.js';
 import { AdaptedBody, type BodyStore } from '../body.js';
 import { httpMethodEnum, type IcapRequestLog, poolIdentity, redactHeaderBlock, vendorEnum } from '../log.js';
 import type { ServerHandle, TriedServers } from '../pool-group.js';
@@ -10,7 +10,17 @@ import { absoluteTarget, type HttpRequestFacts } from '../request.js';
 import type { ClientResponse } from '../respond.js';
 import type { AttemptResult, ExchangeContext } from '../types.js';
 import type { Verdict } from '../verdict/index.js';
-import { drain, drainToEnd, fillVerdict, latencyOf, readingOf, readRelay, verdictOf } from './answer.js';
+import {
+  drain,
+  drainToEnd,
+  fillVerdict,
+  latencyOf,
+  readingOf,
+  readRelay,
+  unrepairedBlock,
+  unscannableBlock,
+  verdictOf,
+} from './answer.js';
 import { AttemptWatch, type WatchHooks } from './attempt-watch.js';
 import { allArrived, bodyComplete } from './intake.js';
 import {
@@ -332,8 +342,9 @@ class Exchange implements WatchHooks, TriedServers {
           return unscannableBlock(entry, res, verdict);
         }
         // Read to its end: a threat named after the page (its trailer, a second answer) blocks.
-        if (res.body !== null) await drainToEnd(res, watch);
-        const late = await this.#blockedAfterHead(res, entry, started);
+        const late =
+          (await this.#toEnd(res, entry, started, watch)) ??
+          (await this.#blockedAfterHead(res, entry, started));
         if (late !== null) return late;
         const error = new IcapError(
           IcapErrorCodes.SERVER_STATUS,
@@ -346,7 +357,8 @@ class Exchange implements WatchHooks, TriedServers {
       case 'clean': {
         // Read to its end, however long (bounded in time by the attempt's signal): a threat named
         // after the body (its trailer, a second answer) blocks, and an answer that never ends fails.
-        if (res.body !== null) await drainToEnd(res, watch);
+        const cut = await this.#toEnd(res, entry, started, watch);
+        if (cut !== null) return cut;
         // No body: the exchange's own latency (what latencyOf reads then, without its promise).
         const summary = res.body === null ? await res.done : undefined;
         entry.latency =
@@ -407,10 +419,9 @@ class Exchange implements WatchHooks, TriedServers {
             } catch (err) {
               // Over bufferSize: the rest of the answer was still read (and discarded) to its
               // end, so a threat named after the body blocks; else the over-size failure stands.
+              // Broken off in its trailer: the fields that came name a threat just as well.
               const late =
-                err instanceof IcapError && err.code === IcapErrorCodes.BODY_TOO_LARGE
-                  ? await this.#blockedAfterHead(res, entry, started)
-                  : null;
+                err instanceof IcapError ? await this.#blockedAfterHead(res, entry, started) : null;
               if (late === null) throw err;
               adapted.dispose();
               return late;
@@ -428,7 +439,7 @@ class Exchange implements WatchHooks, TriedServers {
           // A threat reported repaired, and the body handed back as it was: nothing was repaired.
           if (verdict.repair === true && (await adapted.identical())) {
             adapted.dispose();
-            return this.#unrepaired(entry, res, verdict);
+            return unrepairedBlock(entry, res, verdict, p.vendor);
           }
         } catch (err) {
           // What was stored of the returned body (in memory or a temp file) goes with the attempt.
@@ -440,14 +451,22 @@ class Exchange implements WatchHooks, TriedServers {
     }
   }
 
-  /** A repair that returned the original body unchanged: the threats it named stand (a block). */
-  #unrepaired(entry: IcapRequestLog, res: IcapResponse, verdict: Verdict): AttemptResult {
-    const blocked = unrepairedVerdict(verdict);
-    fillVerdict(entry, blocked, this.#ctx.profile.vendor);
-    entry.action = 'ICAP_BLOCKED';
-    entry.http_response_code = 403;
-    entry.error_message = UNREPAIRED_MESSAGE;
-    return { type: 'blocked', res, verdict: blocked, relay: undefined };
+  /** The body read to its end: null, or when it broke off in its trailer, a threat named there. */
+  async #toEnd(
+    res: IcapResponse,
+    entry: IcapRequestLog,
+    started: number,
+    watch: AttemptWatch,
+  ): Promise<AttemptResult | null> {
+    if (res.body === null) return null;
+    try {
+      await drainToEnd(res, watch);
+      return null;
+    } catch (err) {
+      const late = await this.#blockedAfterHead(res, entry, started);
+      if (late === null) throw err;
+      return late;
+    }
   }
 
   /**
@@ -504,21 +523,6 @@ class Exchange implements WatchHooks, TriedServers {
     entry.http_response_code = 403;
     return { type: 'blocked', res: null, verdict, relay: undefined };
   }
-}
-
-/**
- * An answer saying the body could not be scanned (an error verdict marked `unscannable`: an
- * encrypted archive, a decode error, Symantec's 539, whatever the status) is a statement about
- * what the HTTP client sent, not a failure of the server: the request is blocked as for a
- * threat (403, ICAP_BLOCKED; the scan adds UNSCANNABLE to the record's significance). It is
- * never retried elsewhere, never counts against the server's health and never takes the
- * failure action, so no client can choose fail-open (or get a server suspended) by uploading
- * what cannot be scanned.
- */
-function unscannableBlock(entry: IcapRequestLog, res: IcapResponse | null, verdict: Verdict): AttemptResult {
-  entry.action = 'ICAP_BLOCKED';
-  entry.http_response_code = 403;
-  return { type: 'blocked', res, verdict, relay: undefined };
 }
 
 /**

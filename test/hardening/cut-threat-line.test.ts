@@ -1,0 +1,156 @@
+/**
+ * A threat field whose line the server never finishes still names a threat (the invariant "a
+ * threat verdict is never lost"), in both failure modes and every framework:
+ * - the answer's head breaks off inside the line (the connection closes there): it used to be
+ *   ICAP_ERR_CLOSED, which fail-open passed;
+ * - a second answer after a clean 204 whose head stops inside the line, the server then silent
+ *   past the client's wait for it: the 204 used to stand;
+ * - the trailer after an answer's chunked body (a clean echo, a rewritten body, an error page)
+ *   breaks off, in the threat's line or after it: the fields received were dropped with the
+ *   failure (ICAP_ERR_CLOSED, which fail-open passed).
+ * Every offset from the value's first byte to its line end is tried, for the threat fields of
+ * several vendors. And the other side: a head that breaks off before any threat field is an
+ * ICAP failure as before (fail-open passes it), and a 204 followed by nothing passes.
+ */
+import { afterEach, describe, expect, it } from 'vitest';
+import type { Framework } from '../conformance/apps.js';
+import { scriptedApp } from '../support/scripted-app.js';
+import { chunked, type Req } from '../support/scripted-icap.js';
+
+const FRAMEWORKS: Framework[] = ['express5', 'fastify', 'koa3', 'hono'];
+const MODES = ['fail-open', 'fail-closed'] as const;
+const START = 'ICAP/1.0 200 OK\r\nISTag: "x1"\r\n';
+const NO_CONTENT = 'ICAP/1.0 204 No Content\r\nISTag: "x1"\r\nEncapsulated: null-body=0\r\n\r\n';
+const THREAT_LINES = [
+  'X-Infection-Found: Type=0; Resolution=2; Threat=EICAR-Test-File;',
+  'X-Virus-ID: EICAR-Test-Signature',
+  'X-Violations-Found: 1',
+  'X-Blocked-Reason: Infected',
+];
+/** The client's bound on the wait for a second answer's head (client/answer.ts STRAY_WAIT_MS). */
+const STRAY_WAIT_MS = 250;
+
+const cleanups: Array<() => Promise<void>> = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+/**
+ * Each cut of `line` from its value's first byte to its whole value, its line end never sent.
+ * (A cut before the value begins reads as the field with an empty value, which names nothing,
+ * as it does when whole.)
+ */
+function cuts(line: string): string[] {
+  const out: string[] = [];
+  for (let k = line.indexOf(':') + 3; k <= line.length; k++) out.push(line.slice(0, k));
+  return out;
+}
+
+describe('a threat field line cut short', () => {
+  for (const framework of FRAMEWORKS)
+    for (const failAction of MODES)
+      it(`blocks when the head breaks off in it, at every offset (${framework}, ${failAction})`, async () => {
+        let answer = '';
+        const s = await scriptedApp(
+          framework,
+          (r) => r.sock.end(answer),
+          { failAction, responseTimeout: 3000, connection: { ioTimeout: 2000 } },
+          cleanups,
+        );
+        const passed: string[] = [];
+        for (const line of THREAT_LINES)
+          for (const cut of cuts(line)) {
+            answer = START + cut;
+            const before = s.logs.length;
+            const res = await s.post(Buffer.from('upload'));
+            if (res.status !== 403 || s.logs[before]?.action !== 'ICAP_BLOCKED') passed.push(cut);
+          }
+        expect(passed).toEqual([]);
+        expect(s.app.seen).toHaveLength(0);
+        // A head that breaks off before any threat field is an ICAP failure, as before.
+        answer = START.slice(0, -5);
+        const before = s.logs.length;
+        const res = await s.post(Buffer.from('upload'));
+        expect(res.status).toBe(failAction === 'fail-open' ? 200 : 503);
+        expect(s.logs[before]?.error_code).toBe('ICAP_ERR_CLOSED');
+      }, 60_000);
+
+  for (const framework of FRAMEWORKS)
+    for (const failAction of MODES)
+      it(`blocks when a second answer after a 204 stops in it past the wait (${framework}, ${failAction})`, async () => {
+        let answer = '';
+        const s = await scriptedApp(
+          framework,
+          (r) => r.sock.write(answer),
+          { failAction, responseTimeout: 3000, connection: { ioTimeout: 2000 } },
+          cleanups,
+        );
+        const passed: string[] = [];
+        for (const line of THREAT_LINES) {
+          const all = cuts(line);
+          // Three cuts per field: the value's first byte, its middle, all of it.
+          for (const cut of new Set([all[0]!, all[Math.floor(all.length / 2)]!, all.at(-1)!])) {
+            answer = NO_CONTENT + START + cut;
+            const before = s.logs.length;
+            const t0 = performance.now();
+            const res = await s.post(Buffer.from('upload'));
+            if (res.status !== 403 || s.logs[before]?.action !== 'ICAP_BLOCKED') passed.push(cut);
+            // It waited for the rest of the head (the server stays silent), then settled.
+            expect(performance.now() - t0).toBeGreaterThanOrEqual(STRAY_WAIT_MS - 20);
+          }
+        }
+        expect(passed).toEqual([]);
+        expect(s.app.seen).toHaveLength(0);
+        // A 204 and nothing after it passes.
+        answer = NO_CONTENT;
+        const res = await s.post(Buffer.from('upload'));
+        expect(res.status).toBe(200);
+        expect(s.app.seen).toHaveLength(1);
+      }, 60_000);
+
+  /** Answers to a REQMOD whose chunked body is followed by `tail` (a trailer cut off), then a close. */
+  const bodies: Record<string, (r: Req, tail: string) => string> = {
+    'a clean echo': (r, tail) => {
+      const reqHdr = r.encap.toString('latin1');
+      return `ICAP/1.0 200 OK\r\nISTag: "x1"\r\nEncapsulated: req-hdr=0, req-body=${reqHdr.length}\r\n\r\n${reqHdr}${chunked(Buffer.from('upload'))}0\r\n${tail}`;
+    },
+    'a rewritten body': (r, tail) => {
+      const reqHdr = r.encap.toString('latin1');
+      return `ICAP/1.0 200 OK\r\nISTag: "x1"\r\nEncapsulated: req-hdr=0, req-body=${reqHdr.length}\r\n\r\n${reqHdr}${chunked(Buffer.from('upl0ad'))}0\r\n${tail}`;
+    },
+    'an error page': (_r, tail) => {
+      const page = 'HTTP/1.1 500 Error\r\nContent-Type: text/plain\r\n\r\n';
+      return `ICAP/1.0 500 Server Error\r\nISTag: "x1"\r\nEncapsulated: res-hdr=0, res-body=${page.length}\r\n\r\n${page}${chunked(Buffer.from('oops'))}0\r\n${tail}`;
+    },
+  };
+  const TRAILER = 'X-Infection-Found: Type=0; Resolution=2; Threat=EICAR-Test-File;';
+  const TAILS = [`X-Other: 1\r\n${TRAILER}\r\n`, `${TRAILER}\r\nX-Other: 1`, TRAILER, TRAILER.slice(0, 25)];
+  for (const framework of FRAMEWORKS)
+    for (const failAction of MODES)
+      it(`blocks when the trailer after the body breaks off, in the threat's line or after it (${framework}, ${failAction})`, async () => {
+        let answer: (r: Req) => string = () => '';
+        const s = await scriptedApp(
+          framework,
+          (r) => r.sock.end(answer(r)),
+          { failAction, responseTimeout: 3000, connection: { ioTimeout: 2000 } },
+          cleanups,
+        );
+        const passed: string[] = [];
+        for (const [what, body] of Object.entries(bodies))
+          for (const tail of TAILS) {
+            answer = (r) => body(r, tail);
+            const before = s.logs.length;
+            const res = await s.post(Buffer.from('upload'));
+            if (res.status !== 403 || s.logs[before]?.action !== 'ICAP_BLOCKED')
+              passed.push(`${what}: ${JSON.stringify(tail)}`);
+          }
+        expect(passed).toEqual([]);
+        expect(s.app.seen).toHaveLength(0);
+        // A trailer naming nothing that breaks off is the failure it was.
+        answer = (r) => bodies['a clean echo']!(r, 'X-Other: 1\r\nX-Mor');
+        const before = s.logs.length;
+        const res = await s.post(Buffer.from('upload'));
+        expect(res.status).toBe(failAction === 'fail-open' ? 200 : 503);
+        expect(s.logs[before]?.error_code).toBe('ICAP_ERR_CLOSED');
+      }, 60_000);
+});
