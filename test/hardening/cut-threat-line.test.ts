@@ -5,6 +5,8 @@
  *   ICAP_ERR_CLOSED, which fail-open passed;
  * - a second answer after a clean 204 whose head stops inside the line, the server then silent
  *   past the client's wait for it: the 204 used to stand;
+ * - the answer breaks off in its encapsulated HTTP head (a 200 echoing the request with a threat
+ *   field in it), in the threat's line or after it: only the ICAP head went with the failure;
  * - the trailer after an answer's chunked body (a clean echo, a rewritten body, an error page)
  *   breaks off, in the threat's line or after it: the fields received were dropped with the
  *   failure (ICAP_ERR_CLOSED, which fail-open passed).
@@ -148,6 +150,45 @@ describe('a threat field line cut short', () => {
         expect(s.app.seen).toHaveLength(0);
         // A trailer naming nothing that breaks off is the failure it was.
         answer = (r) => bodies['a clean echo']!(r, 'X-Other: 1\r\nX-Mor');
+        const before = s.logs.length;
+        const res = await s.post(Buffer.from('upload'));
+        expect(res.status).toBe(failAction === 'fail-open' ? 200 : 503);
+        expect(s.logs[before]?.error_code).toBe('ICAP_ERR_CLOSED');
+      }, 60_000);
+
+  for (const framework of FRAMEWORKS)
+    for (const failAction of MODES)
+      it(`blocks when the answer breaks off in its encapsulated HTTP head, in the threat's line or after it (${framework}, ${failAction})`, async () => {
+        let cut: (h: string) => string = (h) => h;
+        const answer = (r: Req) => {
+          const echoed = r.encap
+            .toString('latin1')
+            .replace(/\r\n\r\n$/, `\r\n${TRAILER}\r\nX-Other: 1\r\n\r\n`);
+          return `ICAP/1.0 200 OK\r\nISTag: "x1"\r\nEncapsulated: req-hdr=0, req-body=${echoed.length}\r\n\r\n${cut(echoed)}`;
+        };
+        const s = await scriptedApp(
+          framework,
+          (r) => r.sock.end(answer(r)),
+          { failAction, responseTimeout: 3000, connection: { ioTimeout: 2000 } },
+          cleanups,
+        );
+        const passed: string[] = [];
+        const at = (h: string) => h.indexOf(TRAILER);
+        const cuts: Array<[string, (h: string) => string]> = [
+          ['in the line', (h) => h.slice(0, at(h) + 30)],
+          ['at its end', (h) => h.slice(0, at(h) + TRAILER.length)],
+          ['after it', (h) => h.slice(0, at(h) + TRAILER.length + 5)],
+        ];
+        for (const [what, c] of cuts) {
+          cut = c;
+          const before = s.logs.length;
+          const res = await s.post(Buffer.from('upload'));
+          if (res.status !== 403 || s.logs[before]?.action !== 'ICAP_BLOCKED') passed.push(what);
+        }
+        expect(passed).toEqual([]);
+        expect(s.app.seen).toHaveLength(0);
+        // Cut before the threat's line: the failure it was.
+        cut = (h) => h.slice(0, at(h) - 3);
         const before = s.logs.length;
         const res = await s.post(Buffer.from('upload'));
         expect(res.status).toBe(failAction === 'fail-open' ? 200 : 503);

@@ -190,7 +190,13 @@ export class IcapParser<H extends IcapHead = IcapHead> {
    */
   receivedHead(): IcapReceivedHead | undefined {
     if (this.#kind !== 'response') return undefined;
-    if (this.#state === State.Encapsulated) return this.#head as unknown as IcapResponseHead;
+    if (this.#state === State.Encapsulated) {
+      // Cut in its encapsulated HTTP heads: what came of them, read leniently, goes with it.
+      const head = this.#head as unknown as IcapResponseHead;
+      const area = this.#pending;
+      if (area === null || area.length === 0 || !head.encapsulated) return head;
+      return salvageEncapsulated(head, head.encapsulated, area);
+    }
     return this.#state === State.Head && this.#pending !== null ? salvageLines(this.#pending) : undefined;
   }
 
