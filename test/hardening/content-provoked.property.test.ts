@@ -22,13 +22,14 @@
  *
  * `ICAPKIT_CONTENT_PROVOKED_RUNS` sets the uploads per framework (default 12).
  */
-import { connect, type Socket } from 'node:net';
+import { type AddressInfo, connect, createServer, type Socket } from 'node:net';
 import type { IcapLog, IcapProfile } from '@icapkit/core';
 import { eicar, type Fault, type IcapTestServer, startIcapServer } from '@icapkit/testing';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type App, type Framework, startApp } from '../conformance/apps.js';
 import { checkAsyncProperty, runsFromEnv } from '../fuzz/support.js';
+import { refusingPort } from '../support/c-icap.js';
 import { multipart, send } from '../support/http-client.js';
 
 const RUNS = runsFromEnv('ICAPKIT_CONTENT_PROVOKED_RUNS', 12);
@@ -460,5 +461,272 @@ describe('a scanner daemon that crashes on the upload (it goes down: refused con
         await server.restart();
       }
     }, 60_000);
+  }
+});
+
+describe('campaign-w: a request without a body, a crash during the check, a check from before the failure', () => {
+  let server: IcapTestServer;
+  /** Every REQMOD (the check's too) is reset on its head: a scanner broken for everyone. */
+  let brokenForEveryone = false;
+  beforeAll(async () => {
+    server = await startIcapServer({
+      recordBodies: false,
+      script: (r) => {
+        if (r.method !== 'REQMOD') return undefined;
+        if (brokenForEveryone) return { kind: 'reset', when: 'on-head' };
+        const h = r.httpRequest?.headers;
+        const disposition = h?.get('content-disposition') ?? '';
+        if (h?.get('x-poison') !== undefined) return { kind: 'reset', when: 'on-head' };
+        if (h?.get('x-crash') !== undefined || disposition.includes('crash')) return { kind: 'crash' };
+        if (h?.get('x-500') !== undefined || disposition.includes('five-hundred'))
+          return { kind: 'status', status: 500 };
+        return undefined;
+      },
+    });
+  });
+  afterAll(async () => {
+    await server?.close();
+  });
+
+  async function logAfter(logs: IcapLog[], before: number): Promise<IcapLog> {
+    const deadline = Date.now() + 5_000;
+    while (logs.length === before && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+    return logs.at(-1)!;
+  }
+
+  const start = (framework: Framework, logs: IcapLog[], extra: Partial<IcapProfile> = {}) =>
+    startApp(framework, {
+      name: `content-provoked-w-${framework}`,
+      poolGroup: server.url(),
+      serviceUri: '/avscan',
+      failAction: 'fail-open',
+      responseTimeout: 2_000,
+      onLog: (l) => logs.push(l),
+      ...extra,
+    });
+
+  for (const framework of FRAMEWORKS) {
+    it(`${framework}: a request without a body that a rule scans: a failure on its head is checked (503), and never suspends the server`, async () => {
+      const logs: IcapLog[] = [];
+      const app = await start(framework, logs, { rules: [{ name: 'all', action: 'enable-icap' }] });
+      try {
+        for (let i = 0; i < 4; i++) {
+          const before = logs.length;
+          const reply = await send(app.url, '/raw', {
+            body: Buffer.alloc(0),
+            headers: { 'content-type': 'application/octet-stream', 'x-poison': String(i) },
+            timeoutMs: 10_000,
+          });
+          const log = await logAfter(logs, before);
+          expect(reply.status).toBe(503);
+          expect(log.significance).toContain('CONTENT_PROVOKED');
+          expect(log.significance).not.toContain('FAIL_OPEN');
+        }
+        // Three such failures used to suspend it (failureLimit): it answers its checks, so it
+        // stays up, and an EICAR upload is still scanned.
+        expect(app.engine.status()[0]!.state).not.toBe('suspended');
+        const threat = await send(app.url, '/raw', {
+          body: EICAR,
+          headers: { 'content-type': 'application/octet-stream' },
+          timeoutMs: 10_000,
+        });
+        expect(threat.status).toBe(403);
+        expect(app.seen).toEqual([]);
+      } finally {
+        await app.close();
+      }
+      // The other side: broken for everyone (its check too: reset, yet still accepting
+      // connections), the failure action applies. An engine of its own: no answered check to reuse.
+      const other = await start(framework, logs, { rules: [{ name: 'all', action: 'enable-icap' }] });
+      brokenForEveryone = true;
+      try {
+        const before = logs.length;
+        const reply = await send(other.url, '/raw', {
+          body: Buffer.alloc(0),
+          headers: { 'content-type': 'application/octet-stream' },
+          timeoutMs: 10_000,
+        });
+        expect(reply.status).toBe(200);
+        expect((await logAfter(logs, before)).significance).toContain('FAIL_OPEN');
+      } finally {
+        brokenForEveryone = false;
+        await other.close();
+      }
+    }, 30_000);
+
+    it(`${framework}: an upload answered 500 whose check a crash (from another upload) prevents gets 503, not the failure action`, async () => {
+      const logs: IcapLog[] = [];
+      const app = await start(framework, logs, { multipart: 'per-file', health: { failureLimit: 1000 } });
+      try {
+        await server.restart();
+        // One form: a file the scanner answers 500 to, then one that crashes the daemon while
+        // the first one's check is made.
+        const form = multipart([
+          { name: 'a', filename: 'five-hundred.com', data: EICAR },
+          { name: 'b', filename: 'crash.bin', data: Buffer.alloc(200_000, 'c') },
+        ]);
+        let before = logs.length;
+        const reply = await send(app.url, '/multipart', {
+          body: form.body,
+          headers: { 'content-type': form.contentType },
+          timeoutMs: 10_000,
+        });
+        let log = await logAfter(logs, before);
+        expect(reply.status).toBe(503);
+        expect(log.significance).toContain('CONTENT_PROVOKED');
+        // Two uploads at once: one answered 500, one that crashes it.
+        await server.restart();
+        before = logs.length;
+        const [answered500, crashing] = await Promise.all([
+          send(app.url, '/raw', {
+            body: EICAR,
+            headers: { 'content-type': 'application/octet-stream', 'x-500': '1' },
+            timeoutMs: 10_000,
+          }),
+          send(app.url, '/raw', {
+            body: Buffer.alloc(200_000, 'c'),
+            headers: { 'content-type': 'application/octet-stream', 'x-crash': '1' },
+            timeoutMs: 10_000,
+          }),
+        ]);
+        expect([answered500.status, crashing.status]).toEqual([503, 503]);
+        expect(app.seen).toEqual([]);
+        const deadline = Date.now() + 5_000;
+        while (logs.length < before + 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+        for (log of logs.slice(before)) expect(log.significance).toContain('CONTENT_PROVOKED');
+        // A crash, the daemon back at once, and an upload answered 500 right after: the check
+        // that failed before it (nothing listening) is not reused for it.
+        await server.restart();
+        before = logs.length;
+        expect(
+          (
+            await send(app.url, '/raw', {
+              body: Buffer.from('clean'),
+              headers: { 'content-type': 'application/octet-stream', 'x-crash': '1' },
+              timeoutMs: 10_000,
+            })
+          ).status,
+        ).toBe(503);
+        await server.restart();
+        const after = await send(app.url, '/raw', {
+          body: EICAR,
+          headers: { 'content-type': 'application/octet-stream', 'x-500': '1' },
+          timeoutMs: 10_000,
+        });
+        expect(after.status).toBe(503);
+        log = await logAfter(logs, before + 1);
+        expect(log.error_message).toContain('answered its health check afterwards');
+        expect(app.seen).toEqual([]);
+      } finally {
+        await app.close();
+        await server.restart();
+      }
+    }, 30_000);
+  }
+});
+
+describe('campaign-w: the keep-alive retry that ends waiting for a connection', () => {
+  for (const framework of FRAMEWORKS) {
+    it(`${framework}: a body sent on a kept-alive connection the server closed, then no free connection: the server is checked (503), not the failure action`, async () => {
+      // Server A: two connections; slow on `x-slow` uploads (answers after 1.5 s); it closes a
+      // kept-alive connection 150 ms after an `x-race` upload arrived on it, unanswered (the
+      // keep-alive race). Server B (the backup pool): nothing listening.
+      const used = new WeakMap<Socket, number>();
+      const arrived: string[] = [];
+      const sockets = new Set<Socket>();
+      const NO_CONTENT = 'ICAP/1.0 204 No Content\r\nISTag: "w11"\r\nEncapsulated: null-body=0\r\n\r\n';
+      const a = createServer((sock) => {
+        sockets.add(sock);
+        sock.on('close', () => sockets.delete(sock));
+        sock.on('error', () => {});
+        let buf = '';
+        sock.on('data', (d: Buffer) => {
+          buf += d.toString('latin1');
+          if (buf.startsWith('OPTIONS')) {
+            const i = buf.indexOf('\r\n\r\n');
+            if (i < 0) return;
+            buf = buf.slice(i + 4);
+            sock.write(
+              'ICAP/1.0 200 OK\r\nISTag: "w11"\r\nMethods: REQMOD\r\nAllow: 204\r\nEncapsulated: null-body=0\r\n\r\n',
+            );
+            return;
+          }
+          if (!/\r\n0(; ieof)?\r\n\r\n$/.test(buf)) return;
+          const req = buf;
+          buf = '';
+          const n = (used.get(sock) ?? 0) + 1;
+          used.set(sock, n);
+          if (/x-race/i.test(req) && n > 1) {
+            arrived.push('race');
+            setTimeout(() => sock.destroy(), 150);
+          } else if (/x-slow/i.test(req)) {
+            arrived.push('slow');
+            setTimeout(() => sock.write(NO_CONTENT), 1_500);
+          } else sock.write(NO_CONTENT);
+        });
+      });
+      await new Promise<void>((r) => a.listen(0, '127.0.0.1', r));
+      const logs: IcapLog[] = [];
+      const app = await startApp(framework, {
+        name: `content-provoked-w11-${framework}`,
+        poolGroup: {
+          pools: [
+            {
+              name: 'main',
+              priority: 20,
+              servers: [`icap://127.0.0.1:${(a.address() as AddressInfo).port}`],
+            },
+            { name: 'backup', priority: 10, servers: [`icap://127.0.0.1:${await refusingPort()}`] },
+          ],
+        },
+        serviceUri: '/avscan',
+        failAction: 'fail-open',
+        responseTimeout: 5_000,
+        enablePreview: false,
+        connection: { maxConnections: 2, queueTimeout: 300, stallTimeout: 4_500 },
+        health: { failureLimit: 1000 },
+        onLog: (l) => logs.push(l),
+      });
+      const until = async (cond: () => boolean) => {
+        const deadline = Date.now() + 5_000;
+        while (!cond() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+        expect(cond()).toBe(true);
+      };
+      const ct = { 'content-type': 'application/octet-stream' };
+      try {
+        // Two idle kept-alive connections to A.
+        for (let i = 0; i < 2; i++)
+          await Promise.all([
+            send(app.url, '/raw', { body: 'warm', headers: ct }),
+            send(app.url, '/raw', { body: 'warm', headers: ct }),
+          ]);
+        expect(app.engine.status()[0]!.connections.idle).toBe(2);
+        const s1 = send(app.url, '/raw', { body: 'slow one', headers: { ...ct, 'x-slow': '1' } });
+        await until(() => arrived.includes('slow'));
+        const before = logs.length;
+        const x = send(app.url, '/raw', {
+          body: EICAR,
+          headers: { ...ct, 'x-race': '1' },
+          timeoutMs: 10_000,
+        });
+        await until(() => arrived.includes('race'));
+        // Queued for the next free connection before X's retry asks for one.
+        const s2 = send(app.url, '/raw', { body: 'slow two', headers: { ...ct, 'x-slow': '1' } });
+        await until(() => app.engine.status()[0]!.connections.pending > 0);
+        const reply = await x;
+        expect(reply.status).toBe(503);
+        expect(app.seen.some((s) => s.raw?.equals(EICAR))).toBe(false);
+        const log = logs.slice(before).find((l) => l.request_logs.length === 2)!;
+        expect(log.request_logs.map((e) => e.error_code)).toEqual(['ICAP_ERR_SATURATED', 'ICAP_ERR_CONNECT']);
+        expect(log.significance).toContain('CONTENT_PROVOKED');
+        expect(log.significance).not.toContain('FAIL_OPEN');
+        expect((await s1).status).toBe(200);
+        expect((await s2).status).toBe(200);
+      } finally {
+        await app.close();
+        for (const s of sockets) s.destroy();
+        await new Promise<void>((r) => a.close(() => r()));
+      }
+    }, 30_000);
   }
 });

@@ -1,4 +1,6 @@
-import { IcapClient, type IcapClientOptions, isSkipped } from '../client/client.js';
+import { connect, type Socket } from 'node:net';
+import { IcapClient, type IcapClientOptions, isSkipped, parseServerUrl } from '../client/client.js';
+import type { ServerEndpoint } from '../client/connection.js';
 import { IcapError, IcapErrorCodes } from '../errors.js';
 import { AttemptWatch } from './scan/attempt-watch.js';
 
@@ -14,9 +16,10 @@ import { AttemptWatch } from './scan/attempt-watch.js';
  *
  * Two users (pool-group.ts): a suspect server about to be suspended (the check decides), and a
  * request under fail-open whose failure its content may have provoked (retry.ts, `judged`:
- * only a server that fails the check lets it pass unscanned). One check per server at a time,
- * its result reused for {@link FRESH_FOR} ms, so uploads that keep failing cost the scanner at
- * most about one check a second.
+ * only a server that fails the check lets it pass unscanned). One check per server at a time;
+ * an answer reused for {@link FRESH_FOR} ms, so uploads that keep failing on a working scanner
+ * cost it at most about one check a second; a failed check only for failures from after it
+ * started (`recent`).
  */
 
 /**
@@ -26,14 +29,25 @@ import { AttemptWatch } from './scan/attempt-watch.js';
  */
 export type CheckAnswer = 'answered' | 'unreachable' | 'failed';
 
-/** The {@link CheckAnswer} of a check's result. */
+/**
+ * The {@link CheckAnswer} of a check's result. A check whose kept-alive connection dropped and
+ * whose new one could not be made (the client reports the drop, the refusal as its cause,
+ * client.ts) found the server gone too: unreachable.
+ */
 export function checkAnswer(err: Error | undefined): CheckAnswer {
   if (err === undefined) return 'answered';
-  const unreachable =
-    err instanceof IcapError &&
-    (err.code === IcapErrorCodes.CONNECT || err.code === IcapErrorCodes.CONNECT_TIMEOUT);
-  return unreachable ? 'unreachable' : 'failed';
+  return connectFailure(err) || connectFailure(err.cause) ? 'unreachable' : 'failed';
 }
+
+function connectFailure(err: unknown): boolean {
+  return (
+    err instanceof IcapError &&
+    (err.code === IcapErrorCodes.CONNECT || err.code === IcapErrorCodes.CONNECT_TIMEOUT)
+  );
+}
+
+/** How a check's connection can drop: then whether the server still accepts connections decides. */
+const DROPS: ReadonlySet<string> = new Set([IcapErrorCodes.RESET, IcapErrorCodes.CLOSED]);
 
 /** The body of a health check: nothing any scanner objects to. */
 const CHECK_BODY = Buffer.from('icapkit health check\n');
@@ -56,8 +70,15 @@ export class HealthCheck {
   readonly #stallTimeout: number;
   readonly #preview: number | false;
   #running: Promise<Error | undefined> | undefined;
+  /** performance.now() when the running check started. */
+  #runningSince = 0;
   #client: IcapClient | undefined;
-  #last: { at: number; error: Error | undefined } | undefined;
+  /** The connection of `#accepts`, while it is made. */
+  #probe: Socket | undefined;
+  readonly #endpoint: ServerEndpoint;
+  readonly #connectTimeout: number;
+  /** The last check's result, when it ended, and when it started. */
+  #last: { at: number; since: number; error: Error | undefined } | undefined;
   #closed = false;
 
   constructor(
@@ -67,6 +88,8 @@ export class HealthCheck {
     previewSize: number | false,
   ) {
     this.#options = { ...options, maxConnections: 1 };
+    this.#endpoint = parseServerUrl(options.url, options.tls);
+    this.#connectTimeout = options.connectTimeout ?? 10_000;
     this.#service = service;
     this.#stallTimeout = stallTimeout;
     this.#preview = previewSize === false ? false : Math.min(previewSize, CHECK_PREVIEW);
@@ -78,23 +101,43 @@ export class HealthCheck {
    */
   run(): Promise<Error | undefined> {
     if (this.#closed) return Promise.resolve(new Error('the engine was closed'));
-    this.#running ??= this.#check();
+    if (this.#running === undefined) {
+      this.#runningSince = performance.now();
+      this.#running = this.#check(this.#runningSince);
+    }
     return this.#running;
   }
 
-  /** A result no older than {@link FRESH_FOR} ms, or {@link run}. */
-  recent(): Promise<Error | undefined> {
+  /**
+   * What the server says of a failure at `since` (performance.now()): an answer no older than
+   * {@link FRESH_FOR} ms will do (the server worked, whenever the check started); a failed
+   * check only if it started at `since` or later (one from before says nothing of the server
+   * since: it may have been down a moment and be back). Else the check under way, if it started
+   * then, or a new one.
+   */
+  async recent(since: number): Promise<Error | undefined> {
     const last = this.#last;
-    if (last !== undefined && performance.now() - last.at < FRESH_FOR) return Promise.resolve(last.error);
+    if (
+      last !== undefined &&
+      performance.now() - last.at < FRESH_FOR &&
+      (last.error === undefined || last.since >= since)
+    )
+      return last.error;
+    if (this.#running !== undefined && this.#runningSince < since) {
+      // A check from before the failure: its answer will do, not its failure.
+      const err = await this.#running;
+      if (err === undefined || this.#closed) return err;
+    }
     return this.run();
   }
 
   destroy(): void {
     this.#closed = true;
     this.#client?.destroy();
+    this.#probe?.destroy();
   }
 
-  async #check(): Promise<Error | undefined> {
+  async #check(since: number): Promise<Error | undefined> {
     const client = new IcapClient(this.#options);
     this.#client = client;
     const watch = new AttemptWatch(NEVER, this.#stallTimeout, client.label, {
@@ -111,10 +154,40 @@ export class HealthCheck {
       watch.dispose();
       client.destroy();
       this.#client = undefined;
-      this.#running = undefined;
     }
-    this.#last = { at: performance.now(), error };
+    // Dropped: a server going down (its daemon crashed, on an upload sent meanwhile, say), or
+    // one that resets every request? Whether it still accepts connections tells.
+    if (
+      error !== undefined &&
+      !this.#closed &&
+      DROPS.has((error as IcapError).code) &&
+      !(await this.#accepts())
+    )
+      error = new IcapError(IcapErrorCodes.CONNECT, `${error.message}; then no connection was accepted`, {
+        cause: error,
+      });
+    this.#running = undefined;
+    this.#last = { at: performance.now(), since, error };
     return error;
+  }
+
+  /** Whether a TCP connection to the server is accepted within connectTimeout. */
+  #accepts(): Promise<boolean> {
+    const { host, port } = this.#endpoint;
+    return new Promise((resolve) => {
+      const socket = connect({ host, port });
+      this.#probe = socket;
+      const done = (accepted: boolean) => {
+        clearTimeout(timer);
+        socket.destroy();
+        this.#probe = undefined;
+        resolve(accepted);
+      };
+      const timer = setTimeout(() => done(false), this.#connectTimeout);
+      socket.once('connect', () => done(true));
+      socket.once('error', () => done(false));
+      socket.once('close', () => done(false));
+    });
   }
 }
 

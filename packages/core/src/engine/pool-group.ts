@@ -281,7 +281,7 @@ export class ServerHandle {
     if (this.#checking || this.#closed) return;
     this.#checking = true;
     const generation = this.#generation;
-    this.#health.recent().then((err) => {
+    this.#health.recent(performance.now()).then((err) => {
       this.#checking = false;
       if (this.#closed) return;
       if (err === undefined) {
@@ -295,14 +295,14 @@ export class ServerHandle {
   }
 
   /**
-   * What a health check of the server says now (one in the last second will do): a request
-   * under fail-open whose failure here its own content may have provoked passes unscanned
-   * only if the server neither answers it nor went down on the upload (retry.ts, `judged`).
-   * A suspended server never counts as answering.
+   * What a health check of the server says of a failure at `since` (health-check.ts,
+   * `recent`): a request under fail-open whose failure here its own content may have provoked
+   * passes unscanned only if the server neither answers it nor went down on the upload
+   * (retry.ts, `judged`). A suspended server never counts as answering.
    */
-  async answersCheck(): Promise<CheckAnswer> {
+  async answersCheck(since: number): Promise<CheckAnswer> {
     if (this.#closed) return 'failed';
-    const answer = checkAnswer(await this.#health.recent());
+    const answer = checkAnswer(await this.#health.recent(since));
     if (this.#closed) return 'failed';
     if (answer !== 'answered') return answer;
     if (this.state === 'suspended') return 'failed';

@@ -30,7 +30,6 @@ import {
   isRefusal,
   judged,
   markRefusal,
-  type ProvokedFailure,
   QUEUED,
   waitedForConnection,
 } from './retry.js';
@@ -71,7 +70,7 @@ class Exchange implements WatchHooks, TriedServers {
   /** Whether that second chance was given (once per exchange). */
   #againGiven = false;
   /** Servers whose attempt failed in a way the upload may have provoked (retry.ts, judged). */
-  #provoked: ProvokedFailure[] | undefined;
+  #provoked: ServerHandle[] | undefined;
 
   constructor(
     ctx: ExchangeContext,
@@ -203,13 +202,9 @@ class Exchange implements WatchHooks, TriedServers {
         entry.error_code = error.code;
         entry.error_message = error.message;
         ctx.telemetry.transactionError(ctx.scope, handle, p.serviceUri, error);
-        const failure = classifyFailure(
-          error,
-          this.signal,
-          queued
-            ? QUEUED
-            : { waitingForServer: watch.waitingForServer, bodyOpened: watch.bodyOpened, clientPaced },
-        );
+        const failure = queued
+          ? classifyFailure(error, this.signal, QUEUED, false)
+          : classifyFailure(error, this.signal, watch, clientPaced, this.store === null);
         // A refusal (ICAP 4xx) is about the request, not the server: it must not let clients
         // suspend a healthy server (and so switch fail-open on for everyone).
         // One the HTTP client's content can provoke (a 5xx answer, a slow scan) suspends the
@@ -220,7 +215,7 @@ class Exchange implements WatchHooks, TriedServers {
         // slow on what other uploads carry): the failure action only if the server fails a check.
         if ((failure.provokable || queued) && !isRefusal(error)) {
           this.#provoked ??= [];
-          this.#provoked.push({ server: handle, dropped: failure.dropped });
+          this.#provoked.push(handle);
         }
         if (!failure.retry || !this.replayable) throw error;
         lastError = error;

@@ -65,6 +65,13 @@ const QUIET_FAULTS: ReadonlySet<IcapErrorCode> = new Set<IcapErrorCode>([
   IcapErrorCodes.STALLED,
 ]);
 
+/** Failures before a request could go out on a connection. */
+const CONNECT_PHASE: ReadonlySet<IcapErrorCode> = new Set<IcapErrorCode>([
+  IcapErrorCodes.CONNECT,
+  IcapErrorCodes.CONNECT_TIMEOUT,
+  IcapErrorCodes.TLS,
+]);
+
 export interface FailureClass {
   /** Counts against the server's health. */
   health: boolean;
@@ -75,35 +82,25 @@ export interface FailureClass {
   provokable: boolean;
   /** The request may go on to the next server (if its body is still held). */
   retry: boolean;
-  /**
-   * Provokable, and the server dropped the connection (a reset, a close) while it had the
-   * upload: what a scanning process or daemon that crashed on the file does (see `judged`).
-   */
-  dropped: boolean;
-}
-
-/** A server whose attempt failed in a way the upload may have provoked (see `judged`). */
-export interface ProvokedFailure {
-  server: ServerHandle;
-  dropped: boolean;
 }
 
 export function classifyFailure(
   error: IcapError,
   requestSignal: AbortSignal,
-  attempt: {
-    readonly waitingForServer: boolean;
-    readonly bodyOpened: boolean;
-    /** The HTTP client fed the attempt as it sent (its pace may explain the failure). */
-    readonly clientPaced: boolean;
-  },
+  attempt: { readonly waitingForServer: boolean; readonly bodyOpened: boolean },
+  /** The HTTP client fed the attempt as it sent (its pace may explain the failure). */
+  clientPaced: boolean,
+  /** The request has no body: it went out once it had its connection (no body to open). */
+  bodyless = false,
 ): FailureClass {
-  const sent = attempt.bodyOpened;
+  // A request without a body (a rule scans its head) went out on its connection: what went
+  // wrong from then on may be what its head carries, as for a body.
+  const sent = attempt.bodyOpened || (bodyless && !CONNECT_PHASE.has(error.code));
   if (requestSignal.aborted) {
     const reason = requestSignal.reason;
     const timedOut = reason instanceof IcapError && reason.code === IcapErrorCodes.TIMEOUT;
     // A scan that outlasts responseTimeout may be the content's doing (a slow file).
-    return { health: timedOut && attempt.waitingForServer, provokable: sent, retry: false, dropped: false };
+    return { health: timedOut && attempt.waitingForServer, provokable: sent, retry: false };
   }
   if (HEALTH_FAULTS.has(error.code)) {
     // Or anything that broke while the server worked on what it was sent (its turn): a
@@ -112,14 +109,11 @@ export function classifyFailure(
     // fails its health check as well.
     const provokable =
       error.code === IcapErrorCodes.SERVER_STATUS ||
-      (sent && (QUIET_FAULTS.has(error.code) || attempt.clientPaced || attempt.waitingForServer));
-    const dropped =
-      provokable && (error.code === IcapErrorCodes.RESET || error.code === IcapErrorCodes.CLOSED);
-    return { health: true, provokable, retry: true, dropped };
+      (sent && (QUIET_FAULTS.has(error.code) || clientPaced || attempt.waitingForServer));
+    return { health: true, provokable, retry: true };
   }
-  if (error.code === IcapErrorCodes.SATURATED)
-    return { health: false, provokable: false, retry: true, dropped: false };
-  return { health: false, provokable: false, retry: false, dropped: false };
+  if (error.code === IcapErrorCodes.SATURATED) return { health: false, provokable: false, retry: true };
+  return { health: false, provokable: false, retry: false };
 }
 
 /** A server's health transition in the profile's logger: a warning when it leaves `up`, info otherwise. */
@@ -204,7 +198,7 @@ export function contentProvoked(
   error.message +=
     how === 'answered'
       ? ` (ICAP server ${server} answered its health check afterwards: the upload itself made the scan fail)`
-      : ` (ICAP server ${server} dropped the connection while it had the upload, then accepted no connection: the upload may have taken it down)`;
+      : ` (ICAP server ${server} failed on the upload, then accepted no connection for its health check: the upload may have taken it down)`;
   CONTENT_PROVOKED.add(error);
   return error;
 }
@@ -213,35 +207,36 @@ export function contentProvoked(
  * The request's last failure, judged: under fail-open, when an attempt's failure was one the
  * upload may have provoked, or a wait for a connection that the server's busy connections
  * never freed (they may be held by scans other uploads made slow), each such server's health
- * check (health-check.ts, on a connection of its own; one answered in the last second will
- * do) decides:
+ * check (health-check.ts, on a connection of its own; an answer from the last second will do,
+ * a failed check only if it started after now) decides:
  * - one that answers it works: the upload made the scan fail, and the error is
  *   {@link contentProvoked} (503, never fail-open);
- * - one that dropped the connection while it had the upload (`dropped`) and then accepts no
- *   connection for its check (refused, or not accepted in time) went down on the upload: a
- *   scanner daemon that crashed on the file. {@link contentProvoked} too: the outage that
- *   follows is one (a later request meets a server that is down, and the failure action
- *   applies), but the upload that may have caused it never passes;
+ * - one that accepts no connection for its check (refused, or not accepted in time) went down
+ *   after failing on the upload: a scanner daemon that crashed on the file (or on another
+ *   upload sent with it, so that this one's check could not be made). {@link contentProvoked}
+ *   too: the outage that follows is one (a later request meets a server that is down before
+ *   anything of it was sent, and the failure action applies), but the uploads it was failing
+ *   on never pass;
  * - only if every one of them fails the check otherwise (hung, or failing every REQMOD, the
  *   check included) may the failure action apply.
  * Under fail-closed nothing is checked (503 either way).
  */
 export async function judged(
   err: unknown,
-  provoked: readonly ProvokedFailure[] | undefined,
+  provoked: readonly ServerHandle[] | undefined,
   failAction: 'fail-open' | 'fail-closed',
 ): Promise<unknown> {
   if (provoked === undefined || failAction !== 'fail-open') return err;
   if (!(err instanceof IcapError) || !takesFailAction(err)) return err;
   // All at once: a request waits for one check's bound at most, however many servers failed.
-  const servers = [...new Set(provoked.map((p) => p.server))];
-  const answers = await Promise.all(servers.map((s) => s.answersCheck()));
+  const servers = [...new Set(provoked)];
+  // A check that failed before now says nothing of these failures (health-check.ts, `recent`).
+  const since = performance.now();
+  const answers = await Promise.all(servers.map((s) => s.answersCheck(since)));
   const working = servers.find((_, i) => answers[i] === 'answered');
   if (working !== undefined) return contentProvoked(err, working.server.url);
-  const downed = servers.find(
-    (s, i) => answers[i] === 'unreachable' && provoked.some((p) => p.server === s && p.dropped),
-  );
-  return downed === undefined ? err : contentProvoked(err, downed.server.url, 'went-down');
+  const gone = servers.find((_, i) => answers[i] === 'unreachable');
+  return gone === undefined ? err : contentProvoked(err, gone.server.url, 'went-down');
 }
 
 /** Whether {@link contentProvoked} marked the error. */
@@ -260,12 +255,14 @@ export function takesFailAction(error: IcapError): boolean {
 }
 
 /** An attempt that waited for a connection and got none: it never waited for the server. */
-export const QUEUED = { waitingForServer: false, bodyOpened: false, clientPaced: false } as const;
+export const QUEUED = { waitingForServer: false, bodyOpened: false } as const;
 
 /**
- * The attempt never got a connection and ended by its wait: queueTimeout (SATURATED), or the
- * request's responseTimeout while every connection of the server was in use. (The pool has
- * taken the request out of its queue by now, so the watch's `busy` no longer says it.)
+ * The attempt ended waiting for a connection: queueTimeout (SATURATED; also after the body had
+ * gone out, when a kept-alive connection dropped it and the client's one retry waited for a new
+ * one), or the request's responseTimeout while every connection of the server was in use and it
+ * never got one. (The pool has taken the request out of its queue by now, so the watch's `busy`
+ * no longer says it.)
  */
 export function waitedForConnection(
   error: IcapError,
@@ -273,8 +270,8 @@ export function waitedForConnection(
   watch: AttemptWatch,
   handle: ServerHandle,
 ): boolean {
-  if (watch.bodyOpened) return false;
   if (error.code === IcapErrorCodes.SATURATED) return true;
+  if (watch.bodyOpened) return false;
   if (error.code !== IcapErrorCodes.TIMEOUT || !signal.aborted) return false;
   const s = handle.client.stats;
   return s.idle === 0 && s.busy + s.connecting >= s.limit;
