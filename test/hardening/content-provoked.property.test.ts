@@ -86,6 +86,30 @@ interface Upload {
   padAfter: Uint8Array;
 }
 
+/** An app under fail-open on `server`'s /avscan, its records in `logs` (RESPONSE_TIMEOUT unless `extra` says). */
+function failOpenApp(
+  framework: Framework,
+  server: IcapTestServer,
+  logs: IcapLog[],
+  extra: Partial<IcapProfile>,
+) {
+  return startApp(framework, {
+    poolGroup: server.url(),
+    serviceUri: '/avscan',
+    failAction: 'fail-open',
+    responseTimeout: RESPONSE_TIMEOUT,
+    onLog: (l) => logs.push(l),
+    ...extra,
+  });
+}
+
+/** The latest record once one came after the first `before` (waited for, with a deadline). */
+async function logAfter(logs: IcapLog[], before: number): Promise<IcapLog> {
+  const deadline = Date.now() + 5_000;
+  while (logs.length === before && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+  return logs.at(-1)!;
+}
+
 const uploadArb: fc.Arbitrary<Upload> = fc.record({
   failure: failureArb,
   infected: fc.boolean(),
@@ -239,22 +263,11 @@ describe('per-file multipart and the connection queue (campaign-u)', () => {
   });
 
   const start = (framework: Framework, logs: IcapLog[], extra: Partial<IcapProfile> = {}) =>
-    startApp(framework, {
+    failOpenApp(framework, server, logs, {
       name: `content-provoked-parts-${framework}`,
-      poolGroup: server.url(),
-      serviceUri: '/avscan',
-      failAction: 'fail-open',
-      responseTimeout: RESPONSE_TIMEOUT,
       multipart: 'per-file',
-      onLog: (l) => logs.push(l),
       ...extra,
     });
-
-  async function logAfter(logs: IcapLog[], before: number): Promise<IcapLog> {
-    const deadline = Date.now() + 5_000;
-    while (logs.length === before && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
-    return logs.at(-1)!;
-  }
 
   for (const framework of FRAMEWORKS) {
     it(`${framework}: a file scanned per file that outlasts responseTimeout fails the form closed, parts never sent with it`, async () => {
@@ -354,12 +367,6 @@ describe('a scanner daemon that crashes on the upload (it goes down: refused con
   afterAll(async () => {
     await server?.close();
   });
-
-  async function logAfter(logs: IcapLog[], before: number): Promise<IcapLog> {
-    const deadline = Date.now() + 5_000;
-    while (logs.length === before && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
-    return logs.at(-1)!;
-  }
 
   /** Waits (bounded) until a connection to the server is refused: it is down. */
   async function down(): Promise<void> {
@@ -488,20 +495,10 @@ describe('campaign-w: a request without a body, a crash during the check, a chec
     await server?.close();
   });
 
-  async function logAfter(logs: IcapLog[], before: number): Promise<IcapLog> {
-    const deadline = Date.now() + 5_000;
-    while (logs.length === before && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
-    return logs.at(-1)!;
-  }
-
   const start = (framework: Framework, logs: IcapLog[], extra: Partial<IcapProfile> = {}) =>
-    startApp(framework, {
+    failOpenApp(framework, server, logs, {
       name: `content-provoked-w-${framework}`,
-      poolGroup: server.url(),
-      serviceUri: '/avscan',
-      failAction: 'fail-open',
       responseTimeout: 2_000,
-      onLog: (l) => logs.push(l),
       ...extra,
     });
 

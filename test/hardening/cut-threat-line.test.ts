@@ -48,150 +48,130 @@ function cuts(line: string): string[] {
   return out;
 }
 
+const UPLOAD = Buffer.from('upload');
+const THREAT = 'X-Infection-Found: Type=0; Resolution=2; Threat=EICAR-Test-File;';
+
+/**
+ * An app whose scripted server answers each REQMOD with `answer` (set per upload), then closes
+ * the connection (or, with `keep`, leaves it open and silent).
+ */
+async function appWith(framework: Framework, failAction: (typeof MODES)[number], keep = false) {
+  let answer: (r: Req) => string = () => '';
+  const s = await scriptedApp(
+    framework,
+    (r) => (keep ? r.sock.write(answer(r)) : r.sock.end(answer(r))),
+    { failAction, responseTimeout: 3000, connection: { ioTimeout: 2000 } },
+    cleanups,
+  );
+  return {
+    app: s.app,
+    /** Whether the upload was blocked (403, ICAP_BLOCKED) while the server answered `a`. */
+    async blocks(a: (r: Req) => string): Promise<boolean> {
+      answer = a;
+      const before = s.logs.length;
+      const res = await s.post(UPLOAD);
+      return res.status === 403 && s.logs[before]?.action === 'ICAP_BLOCKED';
+    },
+    /** While the server answers `a`, the upload is the ICAP failure it was (ICAP_ERR_CLOSED). */
+    async fails(a: (r: Req) => string): Promise<void> {
+      answer = a;
+      const before = s.logs.length;
+      const res = await s.post(UPLOAD);
+      expect(res.status).toBe(failAction === 'fail-open' ? 200 : 503);
+      expect(s.logs[before]?.error_code).toBe('ICAP_ERR_CLOSED');
+    },
+  };
+}
+
+/** Answers to a REQMOD whose chunked body is followed by `tail` (a trailer cut off). */
+const BODIES: Record<string, (r: Req, tail: string) => string> = {
+  'a clean echo': (r, tail) => echo(r, 'upload', tail),
+  'a rewritten body': (r, tail) => echo(r, 'upl0ad', tail),
+  'an error page': (_r, tail) => {
+    const page = 'HTTP/1.1 500 Error\r\nContent-Type: text/plain\r\n\r\n';
+    return `ICAP/1.0 500 Server Error\r\nISTag: "x1"\r\nEncapsulated: res-hdr=0, res-body=${page.length}\r\n\r\n${page}${chunked(Buffer.from('oops'))}0\r\n${tail}`;
+  },
+};
+
+/** A 200 echoing the request's head and `body`, then the trailer `tail`. */
+function echo(r: Req, body: string, tail: string): string {
+  const reqHdr = r.encap.toString('latin1');
+  return `ICAP/1.0 200 OK\r\nISTag: "x1"\r\nEncapsulated: req-hdr=0, req-body=${reqHdr.length}\r\n\r\n${reqHdr}${chunked(Buffer.from(body))}0\r\n${tail}`;
+}
+
 describe('a threat field line cut short', () => {
   for (const framework of FRAMEWORKS)
     for (const failAction of MODES)
       it(`blocks when the head breaks off in it, at every offset (${framework}, ${failAction})`, async () => {
-        let answer = '';
-        const s = await scriptedApp(
-          framework,
-          (r) => r.sock.end(answer),
-          { failAction, responseTimeout: 3000, connection: { ioTimeout: 2000 } },
-          cleanups,
-        );
+        const t = await appWith(framework, failAction);
         const passed: string[] = [];
         for (const line of THREAT_LINES)
-          for (const cut of cuts(line)) {
-            answer = START + cut;
-            const before = s.logs.length;
-            const res = await s.post(Buffer.from('upload'));
-            if (res.status !== 403 || s.logs[before]?.action !== 'ICAP_BLOCKED') passed.push(cut);
-          }
+          for (const cut of cuts(line)) if (!(await t.blocks(() => START + cut))) passed.push(cut);
         expect(passed).toEqual([]);
-        expect(s.app.seen).toHaveLength(0);
+        expect(t.app.seen).toHaveLength(0);
         // A head that breaks off before any threat field is an ICAP failure, as before.
-        answer = START.slice(0, -5);
-        const before = s.logs.length;
-        const res = await s.post(Buffer.from('upload'));
-        expect(res.status).toBe(failAction === 'fail-open' ? 200 : 503);
-        expect(s.logs[before]?.error_code).toBe('ICAP_ERR_CLOSED');
+        await t.fails(() => START.slice(0, -5));
       }, 60_000);
 
   for (const framework of FRAMEWORKS)
     for (const failAction of MODES)
       it(`blocks when a second answer after a 204 stops in it past the wait (${framework}, ${failAction})`, async () => {
-        let answer = '';
-        const s = await scriptedApp(
-          framework,
-          (r) => r.sock.write(answer),
-          { failAction, responseTimeout: 3000, connection: { ioTimeout: 2000 } },
-          cleanups,
-        );
+        const t = await appWith(framework, failAction, true);
         const passed: string[] = [];
         for (const line of THREAT_LINES) {
           const all = cuts(line);
           // Three cuts per field: the value's first byte, its middle, all of it.
           for (const cut of new Set([all[0]!, all[Math.floor(all.length / 2)]!, all.at(-1)!])) {
-            answer = NO_CONTENT + START + cut;
-            const before = s.logs.length;
             const t0 = performance.now();
-            const res = await s.post(Buffer.from('upload'));
-            if (res.status !== 403 || s.logs[before]?.action !== 'ICAP_BLOCKED') passed.push(cut);
+            if (!(await t.blocks(() => NO_CONTENT + START + cut))) passed.push(cut);
             // It waited for the rest of the head (the server stays silent), then settled.
             expect(performance.now() - t0).toBeGreaterThanOrEqual(STRAY_WAIT_MS - 20);
           }
         }
         expect(passed).toEqual([]);
-        expect(s.app.seen).toHaveLength(0);
+        expect(t.app.seen).toHaveLength(0);
         // A 204 and nothing after it passes.
-        answer = NO_CONTENT;
-        const res = await s.post(Buffer.from('upload'));
-        expect(res.status).toBe(200);
-        expect(s.app.seen).toHaveLength(1);
+        expect(await t.blocks(() => NO_CONTENT)).toBe(false);
+        expect(t.app.seen).toHaveLength(1);
       }, 60_000);
 
-  /** Answers to a REQMOD whose chunked body is followed by `tail` (a trailer cut off), then a close. */
-  const bodies: Record<string, (r: Req, tail: string) => string> = {
-    'a clean echo': (r, tail) => {
-      const reqHdr = r.encap.toString('latin1');
-      return `ICAP/1.0 200 OK\r\nISTag: "x1"\r\nEncapsulated: req-hdr=0, req-body=${reqHdr.length}\r\n\r\n${reqHdr}${chunked(Buffer.from('upload'))}0\r\n${tail}`;
-    },
-    'a rewritten body': (r, tail) => {
-      const reqHdr = r.encap.toString('latin1');
-      return `ICAP/1.0 200 OK\r\nISTag: "x1"\r\nEncapsulated: req-hdr=0, req-body=${reqHdr.length}\r\n\r\n${reqHdr}${chunked(Buffer.from('upl0ad'))}0\r\n${tail}`;
-    },
-    'an error page': (_r, tail) => {
-      const page = 'HTTP/1.1 500 Error\r\nContent-Type: text/plain\r\n\r\n';
-      return `ICAP/1.0 500 Server Error\r\nISTag: "x1"\r\nEncapsulated: res-hdr=0, res-body=${page.length}\r\n\r\n${page}${chunked(Buffer.from('oops'))}0\r\n${tail}`;
-    },
-  };
-  const TRAILER = 'X-Infection-Found: Type=0; Resolution=2; Threat=EICAR-Test-File;';
-  const TAILS = [`X-Other: 1\r\n${TRAILER}\r\n`, `${TRAILER}\r\nX-Other: 1`, TRAILER, TRAILER.slice(0, 25)];
+  const TAILS = [`X-Other: 1\r\n${THREAT}\r\n`, `${THREAT}\r\nX-Other: 1`, THREAT, THREAT.slice(0, 25)];
   for (const framework of FRAMEWORKS)
     for (const failAction of MODES)
       it(`blocks when the trailer after the body breaks off, in the threat's line or after it (${framework}, ${failAction})`, async () => {
-        let answer: (r: Req) => string = () => '';
-        const s = await scriptedApp(
-          framework,
-          (r) => r.sock.end(answer(r)),
-          { failAction, responseTimeout: 3000, connection: { ioTimeout: 2000 } },
-          cleanups,
-        );
+        const t = await appWith(framework, failAction);
         const passed: string[] = [];
-        for (const [what, body] of Object.entries(bodies))
-          for (const tail of TAILS) {
-            answer = (r) => body(r, tail);
-            const before = s.logs.length;
-            const res = await s.post(Buffer.from('upload'));
-            if (res.status !== 403 || s.logs[before]?.action !== 'ICAP_BLOCKED')
-              passed.push(`${what}: ${JSON.stringify(tail)}`);
-          }
+        for (const [what, body] of Object.entries(BODIES))
+          for (const tail of TAILS)
+            if (!(await t.blocks((r) => body(r, tail)))) passed.push(`${what}: ${JSON.stringify(tail)}`);
         expect(passed).toEqual([]);
-        expect(s.app.seen).toHaveLength(0);
+        expect(t.app.seen).toHaveLength(0);
         // A trailer naming nothing that breaks off is the failure it was.
-        answer = (r) => bodies['a clean echo']!(r, 'X-Other: 1\r\nX-Mor');
-        const before = s.logs.length;
-        const res = await s.post(Buffer.from('upload'));
-        expect(res.status).toBe(failAction === 'fail-open' ? 200 : 503);
-        expect(s.logs[before]?.error_code).toBe('ICAP_ERR_CLOSED');
+        await t.fails((r) => echo(r, 'upload', 'X-Other: 1\r\nX-Mor'));
       }, 60_000);
 
   for (const framework of FRAMEWORKS)
     for (const failAction of MODES)
       it(`blocks when the answer breaks off in its encapsulated HTTP head, in the threat's line or after it (${framework}, ${failAction})`, async () => {
-        let cut: (h: string) => string = (h) => h;
-        const answer = (r: Req) => {
+        const t = await appWith(framework, failAction);
+        /** A 200 echoing the request's head with the threat field in it, cut by `cut`. */
+        const answer = (cut: (h: string, at: number) => string) => (r: Req) => {
           const echoed = r.encap
             .toString('latin1')
-            .replace(/\r\n\r\n$/, `\r\n${TRAILER}\r\nX-Other: 1\r\n\r\n`);
-          return `ICAP/1.0 200 OK\r\nISTag: "x1"\r\nEncapsulated: req-hdr=0, req-body=${echoed.length}\r\n\r\n${cut(echoed)}`;
+            .replace(/\r\n\r\n$/, `\r\n${THREAT}\r\nX-Other: 1\r\n\r\n`);
+          const encap = `Encapsulated: req-hdr=0, req-body=${echoed.length}`;
+          return `ICAP/1.0 200 OK\r\nISTag: "x1"\r\n${encap}\r\n\r\n${cut(echoed, echoed.indexOf(THREAT))}`;
         };
-        const s = await scriptedApp(
-          framework,
-          (r) => r.sock.end(answer(r)),
-          { failAction, responseTimeout: 3000, connection: { ioTimeout: 2000 } },
-          cleanups,
-        );
         const passed: string[] = [];
-        const at = (h: string) => h.indexOf(TRAILER);
-        const cuts: Array<[string, (h: string) => string]> = [
-          ['in the line', (h) => h.slice(0, at(h) + 30)],
-          ['at its end', (h) => h.slice(0, at(h) + TRAILER.length)],
-          ['after it', (h) => h.slice(0, at(h) + TRAILER.length + 5)],
+        const cuts: Array<[string, (h: string, at: number) => string]> = [
+          ['in the line', (h, at) => h.slice(0, at + 30)],
+          ['at its end', (h, at) => h.slice(0, at + THREAT.length)],
+          ['after it', (h, at) => h.slice(0, at + THREAT.length + 5)],
         ];
-        for (const [what, c] of cuts) {
-          cut = c;
-          const before = s.logs.length;
-          const res = await s.post(Buffer.from('upload'));
-          if (res.status !== 403 || s.logs[before]?.action !== 'ICAP_BLOCKED') passed.push(what);
-        }
+        for (const [what, c] of cuts) if (!(await t.blocks(answer(c)))) passed.push(what);
         expect(passed).toEqual([]);
-        expect(s.app.seen).toHaveLength(0);
+        expect(t.app.seen).toHaveLength(0);
         // Cut before the threat's line: the failure it was.
-        cut = (h) => h.slice(0, at(h) - 3);
-        const before = s.logs.length;
-        const res = await s.post(Buffer.from('upload'));
-        expect(res.status).toBe(failAction === 'fail-open' ? 200 : 503);
-        expect(s.logs[before]?.error_code).toBe('ICAP_ERR_CLOSED');
+        await t.fails(answer((h, at) => h.slice(0, at - 3)));
       }, 60_000);
 });

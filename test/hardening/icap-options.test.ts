@@ -55,6 +55,18 @@ async function withApp(
   }
 }
 
+/** A profile logger that keeps its warnings. */
+function warningLogger() {
+  const warnings: Array<{ obj: object; msg: string | undefined }> = [];
+  const logger: PinoLike = {
+    debug: () => {},
+    info: () => {},
+    warn: (obj, msg) => warnings.push({ obj, msg }),
+    error: () => {},
+  };
+  return { logger, warnings };
+}
+
 const upload = (url: string) =>
   send(url, '/raw', {
     body: BODY,
@@ -95,13 +107,7 @@ describe.each(FRAMEWORKS)('ICAP OPTIONS and odd error answers: %s', (framework) 
 
   it('OPTIONS without ISTag and Methods: a warning naming them on the profile logger', async () => {
     server = await startIcapServer({ incompleteOptions: true, recordBodies: false });
-    const warnings: Array<{ obj: object; msg: string | undefined }> = [];
-    const logger: PinoLike = {
-      debug: () => {},
-      info: () => {},
-      warn: (obj, msg) => warnings.push({ obj, msg }),
-      error: () => {},
-    };
+    const { logger, warnings } = warningLogger();
     await withApp(framework, { logger }, async (url) => {
       expect((await upload(url)).status).toBe(200);
     });
@@ -118,13 +124,7 @@ describe.each(FRAMEWORKS)('ICAP OPTIONS and odd error answers: %s', (framework) 
       recordBodies: false,
       script: (q) => (q.method === 'OPTIONS' ? { kind: 'raw', response: answer } : undefined),
     });
-    const warnings: Array<{ obj: object; msg: string | undefined }> = [];
-    const logger: PinoLike = {
-      debug: () => {},
-      info: () => {},
-      warn: (obj, msg) => warnings.push({ obj, msg }),
-      error: () => {},
-    };
+    const { logger, warnings } = warningLogger();
     await withApp(framework, { logger, failAction: 'fail-open' }, async (url, logs, seen) => {
       const threat = await send(url, '/raw', {
         body: Buffer.concat([BODY, eicar()]),
