@@ -175,3 +175,52 @@ describe('a threat field line cut short', () => {
         await t.fails(answer((h, at) => h.slice(0, at - 3)));
       }, 60_000);
 });
+
+describe('campaign-x: a threat named in a head or trailer over the bound, after other heads, or with bare-CR line ends', () => {
+  /** A Symantec-style list of infected entries, folded, of about `bytes`. */
+  const violations = (bytes: number) => {
+    let s = 'X-Violations-Found: 400\r\n';
+    for (let i = 0; s.length < bytes; i++)
+      s += `\tarchive/${'n'.repeat(120)}-${i}.com\r\n\tEICAR Test String\r\n\t11101\r\n\t0\r\n`;
+    return s;
+  };
+  const ANSWERS: Record<string, { keep?: boolean; answer: (r: Req) => string }> = {
+    // X1: the threat fields first, then a list of entries past maxHeaderSize (64 KiB).
+    'a head over maxHeaderSize, its threat first': {
+      answer: () =>
+        `ICAP/1.0 200 OK\r\nISTag: "x1"\r\n${THREAT}\r\n${violations(70_000)}Encapsulated: null-body=0\r\n\r\n`,
+    },
+    // X2: a trailer past the parser's 16 KiB default, its threat last.
+    'a trailer of 17 KiB, its threat last': {
+      answer: (r) => echo(r, 'upload', `${'X-Pad: '.padEnd(17_000, 'a')}\r\n${THREAT}\r\n\r\n`),
+    },
+    // X3: bare CR line ends, the head cut.
+    'a head with bare-CR line ends, cut': { answer: () => `ICAP/1.0 200 OK\rISTag: "x1"\r${THREAT}\r` },
+    // X9: a second answer after a 204, behind blank lines, a 100 Continue, or another 204.
+    '204, two blank lines, then the threat answer': {
+      keep: true,
+      answer: () => `${NO_CONTENT}\r\n\r\n${START}${THREAT}\r\nEncapsulated: null-body=0\r\n\r\n`,
+    },
+    '204, 100 Continue, then the threat answer': {
+      keep: true,
+      answer: () =>
+        `${NO_CONTENT}ICAP/1.0 100 Continue\r\n\r\n${START}${THREAT}\r\nEncapsulated: null-body=0\r\n\r\n`,
+    },
+    '204, 204, then the threat answer': {
+      keep: true,
+      answer: () => `${NO_CONTENT}${NO_CONTENT}${START}${THREAT}\r\nEncapsulated: null-body=0\r\n\r\n`,
+    },
+  };
+  for (const framework of FRAMEWORKS)
+    for (const failAction of MODES)
+      it(`blocks (${framework}, ${failAction})`, async () => {
+        const passed: string[] = [];
+        for (const keep of [false, true]) {
+          const t = await appWith(framework, failAction, keep);
+          for (const [what, a] of Object.entries(ANSWERS))
+            if ((a.keep ?? false) === keep && !(await t.blocks(a.answer))) passed.push(what);
+          expect(t.app.seen).toHaveLength(0);
+        }
+        expect(passed).toEqual([]);
+      }, 60_000);
+});

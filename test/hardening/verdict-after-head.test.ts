@@ -142,16 +142,24 @@ describe.each(FRAMEWORKS)('%s', (framework) => {
     });
   }
 
-  it('an ICAP 403 whose page is cut off is a refusal: 503 under fail-open, never a pass', async () => {
+  it('an ICAP 403 whose page is cut off is a refusal (503), or a block once its head says 403 VirusFound: never a pass under fail-open', async () => {
+    let cut = 0;
     const { app, logs, post } = await setup(framework, 'fail-open', (r) =>
       r.sock.end(
-        `ICAP/1.0 403 Forbidden\r\nISTag: "x1"\r\nEncapsulated: res-hdr=0, res-body=${PAGE.length}\r\n\r\n${PAGE.slice(0, 30)}`,
+        `ICAP/1.0 403 Forbidden\r\nISTag: "x1"\r\nEncapsulated: res-hdr=0, res-body=${PAGE.length}\r\n\r\n${PAGE.slice(0, cut)}`,
       ),
     );
-    const res = await post();
-    expect(res.status).toBe(503);
+    for (const [at, status] of [
+      [5, 503],
+      [30, 403],
+    ] as const) {
+      cut = at;
+      const before = logs.length;
+      const res = await post();
+      expect(res.status).toBe(status);
+      expect(logs[before]?.action).toBe(status === 403 ? 'ICAP_BLOCKED' : 'ICAP_FAILED');
+    }
     expect(app.seen).toHaveLength(0);
-    expect(logs[0]?.action).not.toBe('ICAP_PASSED');
   });
 
   it('clean 204s keep one connection; a harmless trailer passes', async () => {

@@ -535,15 +535,22 @@ export class StrayWait implements SocketOwner {
 }
 
 /**
- * Whether `b` holds a whole head: a blank line (CRLF CRLF or LF LF) after its first line, empty
- * lines before that line skipped as the parser skips them (a stray CRLF is no answer yet).
+ * Whether `b` holds a whole head that is not an interim one: a blank line after its first line
+ * (any line end: CRLF, LF, a bare CR), the empty lines before it skipped as the parser skips
+ * them (a stray CRLF is no answer yet). After a whole `1xx` head (a 100 Continue, then the
+ * answer), the wait goes on for the head that follows.
  */
 function strayHeadEnded(b: Buffer): boolean {
-  let i = 0;
-  while (i < b.length && (b[i] === 0x0d || b[i] === 0x0a)) i++;
-  for (let lf = b.indexOf(0x0a, i); lf !== -1; lf = b.indexOf(0x0a, lf + 1)) {
-    const next = b[lf + 1];
-    if (next === 0x0a || (next === 0x0d && b[lf + 2] === 0x0a)) return true;
+  const text = b.toString('latin1').replace(/\r\n|\r/g, '\n');
+  let at = 0;
+  for (;;) {
+    while (text.charCodeAt(at) === 0x0a) at++;
+    const end = text.indexOf('\n\n', at);
+    if (end === -1) return false;
+    if (!INTERIM.test(text.slice(at, end))) return true;
+    at = end + 2;
   }
-  return false;
 }
+
+/** The start line of an interim (1xx) ICAP head. */
+const INTERIM = /^\s*ICAP\/\d+(?:\.\d+)?[ \t]+1\d\d(?![0-9])/i;

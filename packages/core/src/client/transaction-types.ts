@@ -57,10 +57,10 @@ export interface TransactionSummary {
    */
   trailer?: IcapReceivedHead | undefined;
   /**
-   * The complete lines received after the answer ended (another answer on the same
-   * connection), read leniently as a head: a threat named there is not lost either.
+   * What was received after the answer ended (another answer on the same connection, or
+   * several), each head read leniently: a threat named there is not lost either.
    */
-  stray?: IcapReceivedHead | undefined;
+  stray?: IcapReceivedHead[] | undefined;
 }
 
 export interface ConnectionInfo {

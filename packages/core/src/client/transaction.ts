@@ -1,7 +1,7 @@
 import { fromSocketError, IcapError, IcapErrorCodes, type IcapReceivedHead } from '../errors.js';
 import { CRLF, chunkHeader, LAST_CHUNK, LAST_CHUNK_IEOF } from '../protocol/encoder.js';
 import { IcapParser, type IcapResponseHead, type ParserHandler } from '../protocol/parser.js';
-import { receivedAnswer, salvageLines, trailerHead } from '../protocol/salvage.js';
+import { receivedAnswer, salvageHeads, trailerHead } from '../protocol/salvage.js';
 import { abortReason } from './abort.js';
 import {
   AnswerBody,
@@ -521,7 +521,7 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
       latencyMs: Math.max(0, end - this.#startedHr),
       reused: reusable,
       trailer: trailer === null ? undefined : trailerHead(head.status, head.reason, trailer),
-      stray: stray === null ? undefined : salvageLines(stray),
+      stray: stray === null ? undefined : salvageHeads(stray),
     });
     this.#return.release(conn, reusable);
   }
@@ -572,16 +572,12 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
     if (this.#finished) return;
     this.#finished = true;
     let error = asIcapError(err, IcapErrorCodes.PROTOCOL, 'ICAP transaction failed');
-    // No final answer came whole: what came of one (a head cut off, the 100 Continue before it)
-    // goes with the error, so that a threat named there is not lost.
-    if (!this.#responseResolved) {
-      const cut = error.head ?? this.#parser.receivedHead();
-      error = withReceivedHead(error, receivedAnswer(cut, this.#continueHead), true);
-    } else {
-      // The answer's trailer broke off: its fields so far go with the error (`head`), for the
-      // same reason (beyond-head.ts, namedAfterHead).
-      error = withReceivedHead(error, this.#parser.receivedTrailer());
-    }
+    // What came of an answer not received whole (a head cut off, the 100 Continue before it;
+    // once its head was reported, a trailer cut off) goes with the error: a threat named there
+    // is not lost (beyond-head.ts).
+    const cut = error.head ?? this.#parser.receivedHead();
+    const resolved = this.#responseResolved;
+    error = withReceivedHead(error, resolved ? cut : receivedAnswer(cut, this.#continueHead), !resolved);
     this.#stopWriting();
     this.#parser.close();
     this.#cleanup();

@@ -80,7 +80,7 @@ export async function namedAfterHead(res: IcapResponse): Promise<IcapReceivedHea
   if (s === undefined || (s.trailer === undefined && s.stray === undefined)) return NONE;
   const heads: IcapReceivedHead[] = [];
   if (s.trailer !== undefined) heads.push(s.trailer);
-  if (s.stray !== undefined) heads.push(s.stray);
+  if (s.stray !== undefined) heads.push(...s.stray);
   return heads;
 }
 

@@ -1,5 +1,6 @@
 import { IcapError, IcapErrorCodes, type IcapReceivedHead, RfcErrorCodes } from '../errors.js';
 import { type EncapsulatedEntry, type EncapsulatedName, parseEncapsulated } from './encapsulated.js';
+import { endsWithEmptyLine, findHeadEnd, plainHexSize } from './framing.js';
 import { type Headers, parseHeaderBlock, trimOws } from './headers.js';
 import { salvageEncapsulated, salvageLines, salvageResponseHead, withReceivedHead } from './salvage.js';
 
@@ -96,7 +97,7 @@ export interface ParserOptions {
   maxHeaderSize?: number;
   /** Longest chunk-size line (with extensions). Default 4096 bytes. */
   maxChunkLineSize?: number;
-  /** Largest trailer section. Default 16 KiB. */
+  /** Largest trailer section. Default maxHeaderSize (a trailer may name a threat as a head does). */
   maxTrailerSize?: number;
 }
 
@@ -146,7 +147,7 @@ export class IcapParser<H extends IcapHead = IcapHead> {
     this.#handler = handler;
     this.#maxHeaderSize = options.maxHeaderSize ?? 64 * 1024;
     this.#maxChunkLine = options.maxChunkLineSize ?? 4096;
-    this.#maxTrailer = options.maxTrailerSize ?? 16 * 1024;
+    this.#maxTrailer = options.maxTrailerSize ?? this.#maxHeaderSize;
   }
 
   /** True between messages: nothing of a next message has been read yet. */
@@ -184,35 +185,26 @@ export class IcapParser<H extends IcapHead = IcapHead> {
   }
 
   /**
-   * What was received of a response head not yet reported through `onHead` (the connection
-   * closed in it, or in its encapsulated HTTP headers), its complete lines read leniently; only
-   * ever read for a threat (a threat verdict is never lost), never to pass anything.
+   * What was received of a response not reported whole, read leniently: of a head not yet
+   * reported through `onHead` (the connection closed in it, or in its encapsulated HTTP heads),
+   * or of the trailer of one that was (its fields so far, under the answer's status line), the
+   * line cut short too. Only ever read for a threat (a threat verdict is never lost).
    */
   receivedHead(): IcapReceivedHead | undefined {
     if (this.#kind !== 'response') return undefined;
-    if (this.#state === State.Encapsulated) {
-      // Cut in its encapsulated HTTP heads: what came of them, read leniently, goes with it.
-      const head = this.#head as unknown as IcapResponseHead;
-      const area = this.#pending;
-      if (area === null || area.length === 0 || !head.encapsulated) return head;
-      return salvageEncapsulated(head, head.encapsulated, area);
-    }
-    return this.#state === State.Head && this.#pending !== null ? salvageLines(this.#pending) : undefined;
-  }
-
-  /**
-   * The trailer fields received of a response whose trailer section never ended (the
-   * connection closed in it), the line cut short too, read leniently under the answer's status
-   * line; undefined outside a trailer or before its first byte. Only ever read for a threat.
-   */
-  receivedTrailer(): IcapReceivedHead | undefined {
-    if (this.#kind !== 'response' || this.#state !== State.Trailer || this.#head === null) return undefined;
-    const cut = this.#pending === null ? '' : this.#pending.toString('latin1');
-    if (this.#trailer === null && cut === '') return undefined;
+    const head = this.#head as unknown as IcapResponseHead | null;
+    const cut = this.#pending;
+    if (this.#state === State.Head) return cut === null ? undefined : salvageLines(cut);
+    if (this.#state === State.Encapsulated)
+      return cut === null || cut.length === 0 || !head!.encapsulated
+        ? head!
+        : salvageEncapsulated(head!, head!.encapsulated, cut);
+    if (this.#state !== State.Trailer || (this.#trailer === null && (cut === null || cut.length === 0)))
+      return undefined;
     const lines = this.#trailer === null ? '' : `${this.#trailer.join('\r\n')}\r\n`;
-    const head = this.#head as unknown as IcapResponseHead;
+    const rest = cut === null ? '' : cut.toString('latin1');
     return salvageResponseHead(
-      Buffer.from(`ICAP/1.0 ${head.status} ${head.reason}\r\n${lines}${cut}`, 'latin1'),
+      Buffer.from(`ICAP/1.0 ${head!.status} ${head!.reason}\r\n${lines}${rest}`, 'latin1'),
     );
   }
 
@@ -339,15 +331,20 @@ export class IcapParser<H extends IcapHead = IcapHead> {
         }
         case State.Trailer: {
           const nl = data.indexOf(LF, i);
+          // Over the bound, what fits of the line that crosses it is kept for receivedTrailer
+          // (a threat named there is still one), read no further.
+          const room = this.#maxTrailer - this.#trailerBytes;
           if (nl === -1) {
-            if (this.#trailerBytes + (data.length - i) > this.#maxTrailer)
-              throw protocol('trailer section too large');
-            this.#pending = data.subarray(i);
+            this.#pending = data.subarray(i, i + Math.max(0, room));
+            if (data.length - i > room) throw protocol('trailer section too large');
             return;
           }
           const lineLength = nl - i - (data[nl - 1] === CR ? 1 : 0);
           this.#trailerBytes += nl + 1 - i;
-          if (this.#trailerBytes > this.#maxTrailer) throw protocol('trailer section too large');
+          if (this.#trailerBytes > this.#maxTrailer) {
+            this.#pending = data.subarray(i, i + Math.max(0, room));
+            throw protocol('trailer section too large');
+          }
           // Kept (bounded by maxTrailerSize) for what they may name: a verdict is never lost.
           if (lineLength > 0 && this.#kind === 'response') {
             this.#trailer ??= [];
@@ -375,22 +372,12 @@ export class IcapParser<H extends IcapHead = IcapHead> {
     }
     const end = findHeadEnd(data, i + Math.max(0, this.#scanFrom - 3));
     if (end === -1) {
-      if (data.length - i > this.#maxHeaderSize) {
-        throw new IcapError(
-          IcapErrorCodes.HEADERS_TOO_LARGE,
-          `ICAP ${this.#kind} headers exceed maxHeaderSize (${this.#maxHeaderSize} bytes)`,
-        );
-      }
+      if (data.length - i > this.#maxHeaderSize) throw this.#tooLarge(data, i);
       this.#pending = data.subarray(i);
       this.#scanFrom = data.length - i;
       return -1;
     }
-    if (end - i > this.#maxHeaderSize) {
-      throw new IcapError(
-        IcapErrorCodes.HEADERS_TOO_LARGE,
-        `ICAP ${this.#kind} headers exceed maxHeaderSize (${this.#maxHeaderSize} bytes)`,
-      );
-    }
+    if (end - i > this.#maxHeaderSize) throw this.#tooLarge(data, i);
     this.#scanFrom = 0;
     try {
       this.#head = this.#parseHead(data.subarray(i, end));
@@ -414,6 +401,18 @@ export class IcapParser<H extends IcapHead = IcapHead> {
       this.#afterHeaders(data, end);
     }
     return end;
+  }
+
+  /**
+   * A head over maxHeaderSize, with what fits of it read leniently: a threat named in its first
+   * maxHeaderSize bytes (then a long list of infected entries, say) is still a threat.
+   */
+  #tooLarge(data: Buffer, at: number): unknown {
+    const err = new IcapError(
+      IcapErrorCodes.HEADERS_TOO_LARGE,
+      `ICAP ${this.#kind} headers exceed maxHeaderSize (${this.#maxHeaderSize} bytes)`,
+    );
+    return this.#withHead(err, () => salvageResponseHead(data.subarray(at, at + this.#maxHeaderSize)));
   }
 
   /** A response parser's error with what was received of the head (see receivedHead). */
@@ -565,47 +564,6 @@ export class IcapParser<H extends IcapHead = IcapHead> {
   }
 }
 
-/**
- * The size on a chunk-size line `data[from, to)` of 1 to 13 hex digits alone, as #readChunkSize reads it
- * (#run takes a size above 0 so; 0, the last chunk, goes to #readChunkSize), or -1 for any other line.
- */
-function plainHexSize(data: Buffer, from: number, to: number): number {
-  if (to - from < 1 || to - from > 13) return -1;
-  let size = 0;
-  for (let k = from; k < to; k++) {
-    const d = HEX_DIGIT[data[k]!]!;
-    if (d < 0) return -1;
-    size = size * 16 + d;
-  }
-  return size;
-}
-
-/** Each byte's value as a hex digit, or -1. */
-const HEX_DIGIT = new Int8Array(256).fill(-1);
-for (let c = 0; c < 22; c++) HEX_DIGIT['0123456789abcdefABCDEF'.charCodeAt(c)] = c < 16 ? c : c - 6;
-
 function protocol(message: string): IcapError {
   return new IcapError(IcapErrorCodes.PROTOCOL, message);
-}
-
-function endsWithEmptyLine(b: Buffer): boolean {
-  const n = b.length;
-  if (n >= 2 && b[n - 1] === LF && b[n - 2] === LF) return true;
-  return n >= 4 && b[n - 1] === LF && b[n - 2] === CR && b[n - 3] === LF;
-}
-
-/** Index just past the empty line ending a header section, or -1. Accepts CRLF or bare LF. */
-function findHeadEnd(data: Buffer, from: number): number {
-  let i = data.indexOf(LF, from);
-  while (i !== -1) {
-    const next = data[i + 1];
-    if (next === LF) return i + 2;
-    if (next === CR) {
-      if (i + 2 >= data.length) return -1;
-      if (data[i + 2] === LF) return i + 3;
-    }
-    if (next === undefined) return -1;
-    i = data.indexOf(LF, i + 1);
-  }
-  return -1;
 }

@@ -37,7 +37,20 @@ export function withReceivedHead<E>(err: E, head: IcapReceivedHead | undefined, 
  * number after the version when it is a valid code, else 0. Only ever read for a threat.
  */
 export function salvageResponseHead(block: Buffer): IcapReceivedHead {
-  const lines = block.toString('latin1').split('\n');
+  return salvageText(lenientText(block));
+}
+
+/**
+ * `b` as text with every line end (CRLF, LF, or a bare CR, which some servers send) made a
+ * LF: for the lenient readings here only, never for framing.
+ */
+function lenientText(b: Buffer): string {
+  return b.toString('latin1').replace(/\r\n|\r/g, '\n');
+}
+
+/** salvageResponseHead of text whose line ends are LF. */
+function salvageText(text: string): IcapReceivedHead {
+  const lines = text.split('\n');
   const startLine = (lines[0] ?? '').replace(/\r$/, '');
   const m = /^\s*ICAP\/\d+(?:\.\d+)?[ \t]+(\d{3})(?![0-9])(?:[ \t]+(.*))?/i.exec(startLine);
   const code = m === null ? 0 : Number(m[1]);
@@ -107,7 +120,7 @@ export function salvageEncapsulated(
     const entry = entries[k]!;
     if (entry.name !== 'req-hdr' && entry.name !== 'res-hdr') continue;
     const section = area.subarray(entry.offset, Math.max(entry.offset, entries[k + 1]!.offset));
-    const lines = section.toString('latin1').split('\n');
+    const lines = lenientText(section).split('\n');
     const startLine = (lines[0] ?? '').replace(/\r$/, '');
     const { headers } = lenientFields(lines);
     if (entry.name === 'req-hdr') {
@@ -151,7 +164,27 @@ export function salvageEncapsulated(
  * while no line after the start line has begun.
  */
 export function salvageLines(pending: Buffer): IcapReceivedHead | undefined {
-  return pending.indexOf(0x0a) === -1 ? undefined : salvageResponseHead(pending);
+  return pending.indexOf(0x0a) === -1 && pending.indexOf(0x0d) === -1
+    ? undefined
+    : salvageResponseHead(pending);
+}
+
+/** The most heads read of what followed an answer (see salvageHeads). */
+const MAX_STRAY_HEADS = 16;
+
+/**
+ * Every head in what followed an answer on its connection (a second answer; a 100 Continue,
+ * then an answer; one answer after another), each read leniently as salvageResponseHead says,
+ * the last one cut short too, the blank lines before and between them skipped (an
+ * encapsulated HTTP head counts as one more). Only ever read for a threat.
+ */
+export function salvageHeads(stray: Buffer): IcapReceivedHead[] {
+  const heads: IcapReceivedHead[] = [];
+  for (const text of lenientText(stray).split(/\n{2,}/)) {
+    const head = text.replace(/^\n+/, '');
+    if (head !== '' && heads.length < MAX_STRAY_HEADS) heads.push(salvageText(head));
+  }
+  return heads;
 }
 
 /**

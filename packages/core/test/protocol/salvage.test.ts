@@ -64,13 +64,28 @@ describe('a head the strict parser refuses keeps its fields on the error', () =>
 });
 
 describe('receivedHead: what came of a head before the connection closed', () => {
-  it('complete lines of a cut head, not the line cut short', () => {
+  it('the lines of a cut head, the line cut short too (a threat field whose line breaks off still names it)', () => {
     const { p } = parser();
     p.execute(Buffer.from(`ICAP/1.0 200 OK\r\n${THREAT}X-Virus-ID: Eic`, 'latin1'));
     const head = p.receivedHead();
     expect(head?.status).toBe(200);
     expect(head?.headers.has('x-infection-found')).toBe(true);
-    expect(head?.headers.has('x-virus-id')).toBe(false);
+    expect(head?.headers.get('x-virus-id')).toBe('Eic');
+  });
+
+  it('a head over maxHeaderSize: what fits of it, read leniently, goes with the error', () => {
+    const { p } = parser();
+    const err = errorOf(() =>
+      p.execute(Buffer.from(`ICAP/1.0 200 OK\r\n${THREAT}X-List: ${'a'.repeat(70_000)}\r\n\r\n`, 'latin1')),
+    );
+    expect(err.code).toBe('ICAP_ERR_HEADERS_TOO_LARGE');
+    expect(err.head?.headers.has('x-infection-found')).toBe(true);
+  });
+
+  it('bare-CR line ends are read as line ends (salvage only)', () => {
+    const { p } = parser();
+    p.execute(Buffer.from(`ICAP/1.0 200 OK\rISTag: "x"\rX-Virus-ID: EICAR\r`, 'latin1'));
+    expect(p.receivedHead()?.headers.get('x-virus-id')).toBe('EICAR');
   });
 
   it('a head whose encapsulated part never came whole', () => {
