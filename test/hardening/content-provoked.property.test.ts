@@ -727,3 +727,62 @@ describe('campaign-w: the keep-alive retry that ends waiting for a connection', 
     }, 30_000);
   }
 });
+
+describe('campaign-x: a check dropped by a scanning process that crashed, its parent still listening', () => {
+  /** How many of the next health checks the scanner crashes on (its connections reset, still listening). */
+  let crashChecks = 0;
+  let checks = 0;
+  let server: IcapTestServer;
+  beforeAll(async () => {
+    server = await startIcapServer({
+      recordBodies: false,
+      script: (r) => {
+        if (r.method !== 'REQMOD') return undefined;
+        if (r.httpRequest?.target === '/icapkit-health-check') {
+          checks++;
+          if (crashChecks === 0) return undefined;
+          crashChecks--;
+          return { kind: 'crash', keepListening: true };
+        }
+        return r.httpRequest?.headers.get('x-500') !== undefined
+          ? { kind: 'status', status: 500 }
+          : undefined;
+      },
+    });
+  });
+  afterAll(async () => {
+    await server?.close();
+  });
+
+  for (const framework of FRAMEWORKS) {
+    it(`${framework}: the check is tried once more; answered, the upload answered 500 gets 503 — dropped twice, the failure action`, async () => {
+      for (const [crashes, status] of [
+        [1, 503],
+        [2, 200],
+      ] as const) {
+        const logs: IcapLog[] = [];
+        // An engine of its own each time: no check result to reuse.
+        const app = await failOpenApp(framework, server, logs, { name: `content-provoked-x5-${framework}` });
+        try {
+          crashChecks = crashes;
+          checks = 0;
+          const reply = await send(app.url, '/raw', {
+            body: EICAR,
+            headers: { 'content-type': 'application/octet-stream', 'x-500': '1' },
+            timeoutMs: 10_000,
+          });
+          const log = await logAfter(logs, 0);
+          expect(checks).toBe(2);
+          expect(reply.status).toBe(status);
+          if (status === 503) {
+            expect(log.significance).toContain('CONTENT_PROVOKED');
+            expect(app.seen).toEqual([]);
+          } else expect(log.significance).toContain('FAIL_OPEN');
+        } finally {
+          crashChecks = 0;
+          await app.close();
+        }
+      }
+    }, 30_000);
+  }
+});

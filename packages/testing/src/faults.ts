@@ -21,9 +21,11 @@ export type Fault =
   /**
    * The whole server goes down once the request is in (after a `100 Continue` when previewed):
    * a scanner daemon that crashes on the file. It stops listening (new connections are
-   * refused) and resets every connection; `restart()` brings it back on the same port.
+   * refused) and resets every connection; `restart()` brings it back on the same port. With
+   * `keepListening`, only every connection is reset: a scanning process that crashed with the
+   * connections it served, its parent still listening (c-icap's children).
    */
-  | { kind: 'crash' }
+  | { kind: 'crash'; keepListening?: boolean }
   /**
    * Answer with this ICAP status (e.g. 500, 503, 404, 400) and `Encapsulated: null-body=0`, or
    * the `encapsulated` given (say `opt-body=0`, as some servers send with a 500, no body following).

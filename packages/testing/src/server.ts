@@ -236,11 +236,11 @@ class TestServer {
     return t;
   }
 
-  /** A `crash` fault: the listener closed at once, every connection reset. */
-  crash(): Promise<void> {
-    this.crashing = new Promise<void>((resolve) => this.server.close(() => resolve()));
+  /** A `crash` fault: every connection reset, and (unless `keepListening`) the listener closed. */
+  crash(keepListening: boolean): Promise<void> {
+    if (!keepListening) this.crashing = new Promise<void>((resolve) => this.server.close(() => resolve()));
     for (const s of this.sockets) s.resetAndDestroy();
-    return this.crashing;
+    return this.crashing ?? Promise.resolve();
   }
 
   async restart(): Promise<void> {
@@ -541,7 +541,7 @@ class Session {
     if (fault?.kind === 'crash') {
       this.#dead = true;
       this.#parser.close();
-      void this.#srv.crash();
+      void this.#srv.crash(fault.keepListening === true);
       return;
     }
     if (ieof && fault?.kind === 'continue-after-ieof')

@@ -18,8 +18,8 @@ import { AttemptWatch } from './scan/attempt-watch.js';
  * request under fail-open whose failure its content may have provoked (retry.ts, `judged`:
  * only a server that fails the check lets it pass unscanned). One check per server at a time;
  * an answer reused for {@link FRESH_FOR} ms, so uploads that keep failing on a working scanner
- * cost it at most about one check a second; a failed check only for failures from after it
- * started (`recent`).
+ * cost it at most about one check a second; a failed one only for failures before it ended
+ * (`recent`).
  */
 
 /**
@@ -70,15 +70,13 @@ export class HealthCheck {
   readonly #stallTimeout: number;
   readonly #preview: number | false;
   #running: Promise<Error | undefined> | undefined;
-  /** performance.now() when the running check started. */
-  #runningSince = 0;
   #client: IcapClient | undefined;
   /** The connection of `#accepts`, while it is made. */
   #probe: Socket | undefined;
   readonly #endpoint: ServerEndpoint;
   readonly #connectTimeout: number;
-  /** The last check's result, when it ended, and when it started. */
-  #last: { at: number; since: number; error: Error | undefined } | undefined;
+  /** The last check's result, and when it ended. */
+  #last: { at: number; error: Error | undefined } | undefined;
   #closed = false;
 
   constructor(
@@ -101,33 +99,25 @@ export class HealthCheck {
    */
   run(): Promise<Error | undefined> {
     if (this.#closed) return Promise.resolve(new Error('the engine was closed'));
-    if (this.#running === undefined) {
-      this.#runningSince = performance.now();
-      this.#running = this.#check(this.#runningSince);
-    }
+    this.#running ??= this.#check();
     return this.#running;
   }
 
   /**
    * What the server says of a failure at `since` (performance.now()): an answer no older than
-   * {@link FRESH_FOR} ms will do (the server worked, whenever the check started); a failed
-   * check only if it started at `since` or later (one from before says nothing of the server
-   * since: it may have been down a moment and be back). Else the check under way, if it started
-   * then, or a new one.
+   * {@link FRESH_FOR} ms will do (the server worked, whenever the check ran); a failed check
+   * only if it ended at `since` or later, so that it ran, at least in part, after the failure
+   * (one that ended before says nothing of the server since: it may have been down a moment
+   * and be back). Else the check under way (joined), or a new one.
    */
-  async recent(since: number): Promise<Error | undefined> {
+  recent(since: number): Promise<Error | undefined> {
     const last = this.#last;
     if (
       last !== undefined &&
       performance.now() - last.at < FRESH_FOR &&
-      (last.error === undefined || last.since >= since)
+      (last.error === undefined || last.at >= since)
     )
-      return last.error;
-    if (this.#running !== undefined && this.#runningSince < since) {
-      // A check from before the failure: its answer will do, not its failure.
-      const err = await this.#running;
-      if (err === undefined || this.#closed) return err;
-    }
+      return Promise.resolve(last.error);
     return this.run();
   }
 
@@ -137,7 +127,26 @@ export class HealthCheck {
     this.#probe?.destroy();
   }
 
-  async #check(since: number): Promise<Error | undefined> {
+  async #check(): Promise<Error | undefined> {
+    let error = await this.#once();
+    // Dropped: a server going down (its daemon crashed, on an upload sent meanwhile, say), a
+    // scanning process an upload crashed taking this connection with it, or a server that
+    // resets every request? Whether it still accepts connections, then a second try (a
+    // connection of its own again) tell: only one that drops that too fails.
+    if (this.#dropped(error)) {
+      if (await this.#accepts()) error = await this.#once();
+      if (this.#dropped(error) && !(await this.#accepts()))
+        error = new IcapError(IcapErrorCodes.CONNECT, `${error!.message}; then no connection was accepted`, {
+          cause: error,
+        });
+    }
+    this.#running = undefined;
+    this.#last = { at: performance.now(), error };
+    return error;
+  }
+
+  /** One check's REQMOD, on a client (and so a connection) of its own: its failure, or undefined. */
+  async #once(): Promise<Error | undefined> {
     const client = new IcapClient(this.#options);
     this.#client = client;
     const watch = new AttemptWatch(NEVER, this.#stallTimeout, client.label, {
@@ -145,30 +154,21 @@ export class HealthCheck {
       busy: () => client.stats.pending > 0 || client.stats.connecting > 0,
     });
     watch.start();
-    let error: Error | undefined;
     try {
       await answer(client, this.#service, this.#preview, watch);
+      return undefined;
     } catch (err) {
-      error = err instanceof Error ? err : new Error(String(err));
+      return err instanceof Error ? err : new Error(String(err));
     } finally {
       watch.dispose();
       client.destroy();
       this.#client = undefined;
     }
-    // Dropped: a server going down (its daemon crashed, on an upload sent meanwhile, say), or
-    // one that resets every request? Whether it still accepts connections tells.
-    if (
-      error !== undefined &&
-      !this.#closed &&
-      DROPS.has((error as IcapError).code) &&
-      !(await this.#accepts())
-    )
-      error = new IcapError(IcapErrorCodes.CONNECT, `${error.message}; then no connection was accepted`, {
-        cause: error,
-      });
-    this.#running = undefined;
-    this.#last = { at: performance.now(), since, error };
-    return error;
+  }
+
+  /** Whether the check's connection dropped (a reset, a close). */
+  #dropped(error: Error | undefined): boolean {
+    return error instanceof IcapError && !this.#closed && DROPS.has(error.code);
   }
 
   /** Whether a TCP connection to the server is accepted within connectTimeout. */

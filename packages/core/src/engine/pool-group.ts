@@ -298,15 +298,13 @@ export class ServerHandle {
    * What a health check of the server says of a failure at `since` (health-check.ts,
    * `recent`): a request under fail-open whose failure here its own content may have provoked
    * passes unscanned only if the server neither answers it nor went down on the upload
-   * (retry.ts, `judged`). A suspended server never counts as answering.
+   * (retry.ts, `judged`). A suspended server that answers counts as answering: it works now.
    */
   async answersCheck(since: number): Promise<CheckAnswer> {
     if (this.#closed) return 'failed';
     const answer = checkAnswer(await this.#health.recent(since));
     if (this.#closed) return 'failed';
-    if (answer !== 'answered') return answer;
-    if (this.state === 'suspended') return 'failed';
-    this.#answered = true;
+    if (answer === 'answered' && this.state !== 'suspended') this.#answered = true;
     return answer;
   }
 
