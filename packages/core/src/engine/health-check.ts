@@ -134,8 +134,12 @@ export class HealthCheck {
     // resets every request? Whether it still accepts connections, then a second try (a
     // connection of its own again) tell: only one that drops that too fails.
     if (this.#dropped(error)) {
-      if (await this.#accepts()) error = await this.#once();
-      if (this.#dropped(error) && !(await this.#accepts()))
+      let accepted = await this.#accepts();
+      if (accepted) {
+        error = await this.#once();
+        accepted = !this.#dropped(error) || (await this.#accepts());
+      }
+      if (!accepted)
         error = new IcapError(IcapErrorCodes.CONNECT, `${error!.message}; then no connection was accepted`, {
           cause: error,
         });

@@ -208,7 +208,7 @@ export function contentProvoked(
  * upload may have provoked, or a wait for a connection that the server's busy connections
  * never freed (they may be held by scans other uploads made slow), each such server's health
  * check (health-check.ts, on a connection of its own; an answer from the last second will do,
- * a failed check only if it started after now) decides:
+ * a failed check only if it ended after now: one under way is joined) decides:
  * - one that answers it works: the upload made the scan fail, and the error is
  *   {@link contentProvoked} (503, never fail-open);
  * - one that accepts no connection for its check (refused, or not accepted in time) went down
@@ -230,7 +230,7 @@ export async function judged(
   if (!(err instanceof IcapError) || !takesFailAction(err)) return err;
   // All at once: a request waits for one check's bound at most, however many servers failed.
   const servers = [...new Set(provoked)];
-  // A check that failed before now says nothing of these failures (health-check.ts, `recent`).
+  // A check that failed and ended before now says nothing of these failures (health-check.ts, `recent`).
   const since = performance.now();
   const answers = await Promise.all(servers.map((s) => s.answersCheck(since)));
   const working = servers.find((_, i) => answers[i] === 'answered');
