@@ -24,7 +24,13 @@
  */
 import { type AddressInfo, connect, createServer, type Socket } from 'node:net';
 import type { IcapLog, IcapProfile } from '@icapkit/core';
-import { eicar, type Fault, type IcapTestServer, startIcapServer } from '@icapkit/testing';
+import {
+  eicar,
+  type Fault,
+  type IcapTestServer,
+  type RecordedRequest,
+  startIcapServer,
+} from '@icapkit/testing';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type App, type Framework, startApp } from '../conformance/apps.js';
@@ -84,6 +90,27 @@ interface Upload {
   infected: boolean;
   padBefore: Uint8Array;
   padAfter: Uint8Array;
+}
+
+/**
+ * An embedded scanner for the describe block this is called in: started before its tests and
+ * closed after them; each REQMOD misbehaves as `fault` says (undefined: answered normally).
+ */
+function describeScanner(fault: (r: RecordedRequest) => Fault | undefined): {
+  readonly server: IcapTestServer;
+} {
+  const scanner = {} as { server: IcapTestServer };
+  beforeAll(async () => {
+    scanner.server = await startIcapServer({
+      recordBodies: false,
+      script: (r) => (r.method === 'REQMOD' ? fault(r) : undefined),
+    });
+  });
+  afterAll(async () => {
+    await scanner.server?.closeConnections();
+    await scanner.server?.close();
+  });
+  return scanner;
 }
 
 /** An app under fail-open on `server`'s /avscan, its records in `logs` (RESPONSE_TIMEOUT unless `extra` says). */
@@ -241,29 +268,18 @@ describe('what an upload makes the scanner do never chooses fail-open (fail-open
 });
 
 describe('per-file multipart and the connection queue (campaign-u)', () => {
-  let server: IcapTestServer;
-  beforeAll(async () => {
-    server = await startIcapServer({
-      recordBodies: false,
-      script: (r) => {
-        if (r.method !== 'REQMOD') return undefined;
-        const disposition = r.httpRequest?.headers.get('content-disposition') ?? '';
-        // The scanner takes longer than responseTimeout on a "bomb" (a part or a raw body).
-        if (disposition.includes('bomb') || r.httpRequest?.headers.get('x-bomb') !== undefined)
-          return { kind: 'delay', ms: RESPONSE_TIMEOUT * 4 };
-        // A CDR rewrite it sends slowly, a byte at a time (the connection busy meanwhile).
-        if (disposition.includes('hold')) return { kind: 'trickle', intervalMs: 100 };
-        return undefined;
-      },
-    });
-  });
-  afterAll(async () => {
-    await server?.closeConnections();
-    await server?.close();
+  const scanner = describeScanner((r) => {
+    const disposition = r.httpRequest?.headers.get('content-disposition') ?? '';
+    // The scanner takes longer than responseTimeout on a "bomb" (a part or a raw body).
+    if (disposition.includes('bomb') || r.httpRequest?.headers.get('x-bomb') !== undefined)
+      return { kind: 'delay', ms: RESPONSE_TIMEOUT * 4 };
+    // A CDR rewrite it sends slowly, a byte at a time (the connection busy meanwhile).
+    if (disposition.includes('hold')) return { kind: 'trickle', intervalMs: 100 };
+    return undefined;
   });
 
   const start = (framework: Framework, logs: IcapLog[], extra: Partial<IcapProfile> = {}) =>
-    failOpenApp(framework, server, logs, {
+    failOpenApp(framework, scanner.server, logs, {
       name: `content-provoked-parts-${framework}`,
       multipart: 'per-file',
       ...extra,
@@ -352,20 +368,10 @@ describe('per-file multipart and the connection queue (campaign-u)', () => {
 });
 
 describe('a scanner daemon that crashes on the upload (it goes down: refused connections)', () => {
-  let server: IcapTestServer;
-  beforeAll(async () => {
-    server = await startIcapServer({
-      recordBodies: false,
-      script: (r) => {
-        if (r.method !== 'REQMOD') return undefined;
-        const disposition = r.httpRequest?.headers.get('content-disposition') ?? '';
-        const crashes = r.httpRequest?.headers.get('x-crash') !== undefined || disposition.includes('crash');
-        return crashes ? { kind: 'crash' } : undefined;
-      },
-    });
-  });
-  afterAll(async () => {
-    await server?.close();
+  const scanner = describeScanner((r) => {
+    const disposition = r.httpRequest?.headers.get('content-disposition') ?? '';
+    const crashes = r.httpRequest?.headers.get('x-crash') !== undefined || disposition.includes('crash');
+    return crashes ? { kind: 'crash' } : undefined;
   });
 
   /** Waits (bounded) until a connection to the server is refused: it is down. */
@@ -373,7 +379,7 @@ describe('a scanner daemon that crashes on the upload (it goes down: refused con
     const deadline = Date.now() + 5_000;
     for (;;) {
       const refused = await new Promise<boolean>((resolve) => {
-        const s = connect(server.port, '127.0.0.1');
+        const s = connect(scanner.server.port, '127.0.0.1');
         s.once('connect', () => {
           s.destroy();
           resolve(false);
@@ -391,7 +397,7 @@ describe('a scanner daemon that crashes on the upload (it goes down: refused con
       const logs: IcapLog[] = [];
       const app = await startApp(framework, {
         name: `content-crash-${framework}`,
-        poolGroup: server.url(),
+        poolGroup: scanner.server.url(),
         serviceUri: '/avscan',
         failAction: 'fail-open',
         responseTimeout: 2_000,
@@ -423,7 +429,7 @@ describe('a scanner daemon that crashes on the upload (it goes down: refused con
         });
         for (const u of uploads) {
           if (u.headers['x-crash'] === '') delete (u.headers as Record<string, string>)['x-crash'];
-          await server.restart();
+          await scanner.server.restart();
           const before = logs.length;
           const reply = await send(app.url, u.path, { body: u.body, headers: u.headers, timeoutMs: 10_000 });
           const log = await logAfter(logs, before);
@@ -453,7 +459,7 @@ describe('a scanner daemon that crashes on the upload (it goes down: refused con
         expect(log.significance).toContain('FAIL_OPEN');
         expect(log.significance).not.toContain('CONTENT_PROVOKED');
         // Back up: scanned again.
-        await server.restart();
+        await scanner.server.restart();
         before = logs.length;
         const threat = await send(app.url, '/raw', {
           body: EICAR,
@@ -465,38 +471,28 @@ describe('a scanner daemon that crashes on the upload (it goes down: refused con
         expect(app.seen.map((s) => s.raw?.toString())).toEqual(['clean']);
       } finally {
         await app.close();
-        await server.restart();
+        await scanner.server.restart();
       }
     }, 60_000);
   }
 });
 
 describe('campaign-w: a request without a body, a crash during the check, a check from before the failure', () => {
-  let server: IcapTestServer;
   /** Every REQMOD (the check's too) is reset on its head: a scanner broken for everyone. */
   let brokenForEveryone = false;
-  beforeAll(async () => {
-    server = await startIcapServer({
-      recordBodies: false,
-      script: (r) => {
-        if (r.method !== 'REQMOD') return undefined;
-        if (brokenForEveryone) return { kind: 'reset', when: 'on-head' };
-        const h = r.httpRequest?.headers;
-        const disposition = h?.get('content-disposition') ?? '';
-        if (h?.get('x-poison') !== undefined) return { kind: 'reset', when: 'on-head' };
-        if (h?.get('x-crash') !== undefined || disposition.includes('crash')) return { kind: 'crash' };
-        if (h?.get('x-500') !== undefined || disposition.includes('five-hundred'))
-          return { kind: 'status', status: 500 };
-        return undefined;
-      },
-    });
-  });
-  afterAll(async () => {
-    await server?.close();
+  const scanner = describeScanner((r) => {
+    if (brokenForEveryone) return { kind: 'reset', when: 'on-head' };
+    const h = r.httpRequest?.headers;
+    const disposition = h?.get('content-disposition') ?? '';
+    if (h?.get('x-poison') !== undefined) return { kind: 'reset', when: 'on-head' };
+    if (h?.get('x-crash') !== undefined || disposition.includes('crash')) return { kind: 'crash' };
+    if (h?.get('x-500') !== undefined || disposition.includes('five-hundred'))
+      return { kind: 'status', status: 500 };
+    return undefined;
   });
 
   const start = (framework: Framework, logs: IcapLog[], extra: Partial<IcapProfile> = {}) =>
-    failOpenApp(framework, server, logs, {
+    failOpenApp(framework, scanner.server, logs, {
       name: `content-provoked-w-${framework}`,
       responseTimeout: 2_000,
       ...extra,
@@ -555,7 +551,7 @@ describe('campaign-w: a request without a body, a crash during the check, a chec
       const logs: IcapLog[] = [];
       const app = await start(framework, logs, { multipart: 'per-file', health: { failureLimit: 1000 } });
       try {
-        await server.restart();
+        await scanner.server.restart();
         // One form: a file the scanner answers 500 to, then one that crashes the daemon while
         // the first one's check is made.
         const form = multipart([
@@ -572,7 +568,7 @@ describe('campaign-w: a request without a body, a crash during the check, a chec
         expect(reply.status).toBe(503);
         expect(log.significance).toContain('CONTENT_PROVOKED');
         // Two uploads at once: one answered 500, one that crashes it.
-        await server.restart();
+        await scanner.server.restart();
         before = logs.length;
         const [answered500, crashing] = await Promise.all([
           send(app.url, '/raw', {
@@ -593,7 +589,7 @@ describe('campaign-w: a request without a body, a crash during the check, a chec
         for (log of logs.slice(before)) expect(log.significance).toContain('CONTENT_PROVOKED');
         // A crash, the daemon back at once, and an upload answered 500 right after: the check
         // that failed before it (nothing listening) is not reused for it.
-        await server.restart();
+        await scanner.server.restart();
         before = logs.length;
         expect(
           (
@@ -604,7 +600,7 @@ describe('campaign-w: a request without a body, a crash during the check, a chec
             })
           ).status,
         ).toBe(503);
-        await server.restart();
+        await scanner.server.restart();
         const after = await send(app.url, '/raw', {
           body: EICAR,
           headers: { 'content-type': 'application/octet-stream', 'x-500': '1' },
@@ -616,7 +612,7 @@ describe('campaign-w: a request without a body, a crash during the check, a chec
         expect(app.seen).toEqual([]);
       } finally {
         await app.close();
-        await server.restart();
+        await scanner.server.restart();
       }
     }, 30_000);
   }
@@ -732,26 +728,14 @@ describe('campaign-x: a check dropped by a scanning process that crashed, its pa
   /** How many of the next health checks the scanner crashes on (its connections reset, still listening). */
   let crashChecks = 0;
   let checks = 0;
-  let server: IcapTestServer;
-  beforeAll(async () => {
-    server = await startIcapServer({
-      recordBodies: false,
-      script: (r) => {
-        if (r.method !== 'REQMOD') return undefined;
-        if (r.httpRequest?.target === '/icapkit-health-check') {
-          checks++;
-          if (crashChecks === 0) return undefined;
-          crashChecks--;
-          return { kind: 'crash', keepListening: true };
-        }
-        return r.httpRequest?.headers.get('x-500') !== undefined
-          ? { kind: 'status', status: 500 }
-          : undefined;
-      },
-    });
-  });
-  afterAll(async () => {
-    await server?.close();
+  const scanner = describeScanner((r) => {
+    if (r.httpRequest?.target === '/icapkit-health-check') {
+      checks++;
+      if (crashChecks === 0) return undefined;
+      crashChecks--;
+      return { kind: 'crash', keepListening: true };
+    }
+    return r.httpRequest?.headers.get('x-500') !== undefined ? { kind: 'status', status: 500 } : undefined;
   });
 
   for (const framework of FRAMEWORKS) {
@@ -762,7 +746,9 @@ describe('campaign-x: a check dropped by a scanning process that crashed, its pa
       ] as const) {
         const logs: IcapLog[] = [];
         // An engine of its own each time: no check result to reuse.
-        const app = await failOpenApp(framework, server, logs, { name: `content-provoked-x5-${framework}` });
+        const app = await failOpenApp(framework, scanner.server, logs, {
+          name: `content-provoked-x5-${framework}`,
+        });
         try {
           crashChecks = crashes;
           checks = 0;

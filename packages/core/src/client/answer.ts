@@ -13,6 +13,7 @@ import {
 } from '../errors.js';
 import type { IcapRequestMethod } from '../protocol/encoder.js';
 import type { EncapsulatedEntry, IcapResponseHead } from '../protocol/parser.js';
+import { lenientText } from '../protocol/salvage.js';
 import type { Connection, SocketOwner } from './connection.js';
 import { noop } from './deferred.js';
 import type {
@@ -541,7 +542,7 @@ export class StrayWait implements SocketOwner {
  * answer), the wait goes on for the head that follows.
  */
 function strayHeadEnded(b: Buffer): boolean {
-  const text = b.toString('latin1').replace(/\r\n|\r/g, '\n');
+  const text = lenientText(b);
   let at = 0;
   for (;;) {
     while (text.charCodeAt(at) === 0x0a) at++;

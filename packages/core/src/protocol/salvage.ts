@@ -44,14 +44,14 @@ export function salvageResponseHead(block: Buffer): IcapReceivedHead {
  * `b` as text with every line end (CRLF, LF, or a bare CR, which some servers send) made a
  * LF: for the lenient readings here only, never for framing.
  */
-function lenientText(b: Buffer): string {
+export function lenientText(b: Buffer): string {
   return b.toString('latin1').replace(/\r\n|\r/g, '\n');
 }
 
 /** salvageResponseHead of text whose line ends are LF. */
 function salvageText(text: string): IcapReceivedHead {
   const lines = text.split('\n');
-  const startLine = (lines[0] ?? '').replace(/\r$/, '');
+  const startLine = lines[0] ?? '';
   const m = /^\s*ICAP\/\d+(?:\.\d+)?[ \t]+(\d{3})(?![0-9])(?:[ \t]+(.*))?/i.exec(startLine);
   const code = m === null ? 0 : Number(m[1]);
   const status = code >= 100 && code <= 599 ? code : 0;
@@ -83,7 +83,7 @@ function lenientFields(lines: readonly string[]): { headers: Headers; raw: strin
   };
   const raw: string[] = [];
   for (let k = 1; k < lines.length; k++) {
-    const line = lines[k]!.replace(/\r$/, '');
+    const line = lines[k]!;
     if (line === '') break;
     raw.push(line);
     if ((line.charCodeAt(0) === 0x20 || line.charCodeAt(0) === 0x09) && name !== undefined) {
@@ -121,7 +121,7 @@ export function salvageEncapsulated(
     if (entry.name !== 'req-hdr' && entry.name !== 'res-hdr') continue;
     const section = area.subarray(entry.offset, Math.max(entry.offset, entries[k + 1]!.offset));
     const lines = lenientText(section).split('\n');
-    const startLine = (lines[0] ?? '').replace(/\r$/, '');
+    const startLine = lines[0] ?? '';
     const { headers } = lenientFields(lines);
     if (entry.name === 'req-hdr') {
       const m = /^\s*(\S+)\s+(\S+)(?:\s+(\S+))?/.exec(startLine);
