@@ -50,7 +50,11 @@ type Failure =
   | { kind: 'reset' }
   | { kind: 'close' }
   | { kind: 'garbage' }
-  | { kind: 'endless' };
+  | { kind: 'endless' }
+  /** The scanning process crashes: every connection reset, the daemon still listening. */
+  | { kind: 'crash-process' }
+  /** The whole daemon crashes: every connection reset, new ones refused (restarted after the case). */
+  | { kind: 'crash-daemon' };
 
 const failureArb: fc.Arbitrary<Failure> = fc.oneof(
   {
@@ -63,6 +67,8 @@ const failureArb: fc.Arbitrary<Failure> = fc.oneof(
   { weight: 2, arbitrary: fc.constant({ kind: 'close' as const }) },
   { weight: 2, arbitrary: fc.constant({ kind: 'garbage' as const }) },
   { weight: 1, arbitrary: fc.constant({ kind: 'endless' as const }) },
+  { weight: 1, arbitrary: fc.constant({ kind: 'crash-process' as const }) },
+  { weight: 1, arbitrary: fc.constant({ kind: 'crash-daemon' as const }) },
 );
 
 /** The scanner's misbehaviour for a failure, once the whole request (or its preview) is in. */
@@ -81,6 +87,10 @@ function faultOf(f: Failure, previewed: boolean): Fault {
       return { kind: 'garbage' };
     case 'endless':
       return { kind: 'endless-chunk', in: 'request' };
+    case 'crash-process':
+      return { kind: 'crash', keepListening: true };
+    case 'crash-daemon':
+      return { kind: 'crash' };
   }
 }
 
@@ -188,6 +198,10 @@ describe('what an upload makes the scanner do never chooses fail-open (fail-open
 
   async function upload(app: App, u: Upload, everyRequest: boolean) {
     const body = Buffer.concat([u.padBefore, u.infected ? EICAR : Buffer.from('clean'), u.padAfter]);
+    // A check answered in the last second is reused (health-check.ts, FRESH_FOR): a crash case
+    // waits it out, so that its own check meets the crashed server (dropped, or refused).
+    if (u.failure.kind === 'crash-process' || u.failure.kind === 'crash-daemon')
+      await new Promise((r) => setTimeout(r, 1_100));
     const before = logs.length;
     const seenBefore = app.seen.length;
     current = { failure: u.failure, everyRequest };
@@ -202,6 +216,8 @@ describe('what an upload makes the scanner do never chooses fail-open (fail-open
       return { body, status: reply.status, seen: app.seen.slice(seenBefore), log: logs.slice(before).at(-1) };
     } finally {
       current = undefined;
+      // A crashed daemon is brought back (same port) before the next case meets it.
+      if (u.failure.kind === 'crash-daemon') await server.restart();
     }
   }
 
@@ -247,6 +263,8 @@ describe('what an upload makes the scanner do never chooses fail-open (fail-open
           { kind: 'reset' },
           { kind: 'garbage' },
           { kind: 'hang' },
+          // A scanning process that crashes on every REQMOD, the check's too (tried twice).
+          { kind: 'crash-process' },
         ] as Failure[]) {
           const u: Upload = {
             failure,
