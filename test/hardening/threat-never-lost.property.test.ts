@@ -1,19 +1,21 @@
 /**
  * "A threat verdict is never lost", property-based: an ICAP answer that names a threat blocks,
- * in fail-open mode, whatever its status line and whatever breaks after the threat was named.
+ * in both failure modes, whatever its status line and whatever breaks after the threat was named.
  *
  * Each run builds an answer that names a threat (c-icap's X-Infection-Found, X-Virus-ID, a
  * folded X-Violations-Found, X-Blocked-Reason) in one of several shapes (a 200 with a block
  * page, a 200 whose block page has no body, a 403, a 204, a 500, a 100 Continue naming it before
  * a 204), the threat at any place among the ICAP fields, and then breaks it one way:
  * - cut anywhere after the line naming the threat, the connection closed;
+ * - cut inside that line, anywhere from its value's first byte (its line end never sent: the
+ *   connection closed there);
  * - a line that is not a field inserted among the ICAP fields, or into the block page's head
  *   (its Encapsulated offsets no longer fitting);
  * - the status line replaced by one the strict parser refuses;
  * - the Encapsulated value replaced by garbage or by an offset past what is sent, then closed.
  * The embedded ICAP server sends it as the answer to one upload, through the real middleware of
- * Express 5, Fastify and Koa 3 in fail-open mode: the client must get 403, the handler nothing,
- * and the log record says ICAP_BLOCKED.
+ * Express 5, Fastify, Koa 3 and Hono, in fail-open and fail-closed mode: the client must get 403
+ * (a lost threat would be 200 or 503), the handler nothing, and the log record says ICAP_BLOCKED.
  *
  * `ICAPKIT_THREAT_RUNS` sets the number of answers per framework (default 40).
  */
@@ -26,7 +28,9 @@ import { checkAsyncProperty, runsFromEnv } from '../fuzz/support.js';
 import { send } from '../support/http-client.js';
 
 const RUNS = runsFromEnv('ICAPKIT_THREAT_RUNS', 40);
-const FRAMEWORKS: Framework[] = ['express5', 'fastify', 'koa3'];
+const FRAMEWORKS: Framework[] = ['express5', 'fastify', 'koa3', 'hono'];
+const MODES = ['fail-open', 'fail-closed'] as const;
+type FailAction = (typeof MODES)[number];
 /** Larger than the preview: the answer comes after the preview, a 100 Continue can follow it. */
 const BODY = Buffer.alloc(12_000, 'b');
 
@@ -43,6 +47,7 @@ const PAGE_BODY = '7\r\nBlocked\r\n0\r\n\r\n';
 type Shape = '200-page' | '200-page-no-body' | '403' | '204' | '500' | '100-then-204';
 type Breakage =
   | { kind: 'cut'; at: number }
+  | { kind: 'cut-in-line'; at: number }
   | { kind: 'junk-field'; line: string; at: number }
   | { kind: 'junk-page'; line: string }
   | { kind: 'status'; line: string }
@@ -53,6 +58,8 @@ interface Answer {
   text: string;
   /** Where the line naming the threat ends (its CRLF included). */
   threatEnd: number;
+  /** Where that line's value begins. */
+  valueStart: number;
 }
 
 /** Each shape: its status line, its Encapsulated value (none: a 100), what follows its head. */
@@ -82,9 +89,10 @@ function answer(shape: Shape, threat: string, threatAt: number, fields: string[]
   const at = Math.min(threatAt, fields.length);
   const head = [status, ...fields.slice(0, at), threat];
   const threatEnd = `${head.join('\r\n')}\r\n`.length;
+  const valueStart = threatEnd - 2 - threat.length + threat.indexOf(':') + 2;
   head.push(...fields.slice(at));
   if (encapsulated !== undefined) head.push(`Encapsulated: ${encapsulated}`);
-  return { text: `${head.join('\r\n')}\r\n\r\n${after}`, threatEnd };
+  return { text: `${head.join('\r\n')}\r\n\r\n${after}`, threatEnd, valueStart };
 }
 
 /** The answer broken as `b` says, and whether the server closes the connection after it. */
@@ -93,6 +101,11 @@ function broken(a: Answer, b: Breakage): { bytes: string; close: boolean } {
   switch (b.kind) {
     case 'cut':
       return { bytes: t.slice(0, a.threatEnd + Math.floor(b.at * (t.length - a.threatEnd))), close: true };
+    case 'cut-in-line': {
+      // From the value's first byte to its last, or its CR: the line end never whole.
+      const from = a.valueStart + 1;
+      return { bytes: t.slice(0, from + Math.floor(b.at * (a.threatEnd - 1 - from))), close: true };
+    }
     case 'junk-field': {
       const headEnd = t.indexOf('\r\n\r\n');
       const lineStarts = [...t.slice(0, headEnd).matchAll(/\r\n/g)].map((m) => m.index! + 2);
@@ -129,6 +142,7 @@ const junkLine = fc.oneof(
 
 const breakage: fc.Arbitrary<Breakage> = fc.oneof(
   fc.record({ kind: fc.constant('cut' as const), at: fc.double({ min: 0, max: 1, noNaN: true }) }),
+  fc.record({ kind: fc.constant('cut-in-line' as const), at: fc.double({ min: 0, max: 1, noNaN: true }) }),
   fc.record({
     kind: fc.constant('junk-field' as const),
     line: junkLine,
@@ -178,51 +192,60 @@ afterAll(async () => {
 });
 
 describe.each(FRAMEWORKS)('a threat verdict is never lost: %s', (framework) => {
-  let app: App;
+  const apps = new Map<FailAction, App>();
   const logs: IcapLog[] = [];
 
   beforeAll(async () => {
-    app = await startApp(framework, {
-      name: 'threat',
-      poolGroup: icap.url(),
-      serviceUri: '/avscan',
-      failAction: 'fail-open',
-      previewMinBodySize: 0,
-      adaptivePreview: false,
-      responseTimeout: 2000,
-      connection: { ioTimeout: 1000 },
-      // Broken answers are protocol errors: none may take the server out of service here.
-      health: { failureLimit: 1000 },
-      onLog: (l) => logs.push(l),
-    });
+    for (const failAction of MODES)
+      apps.set(
+        failAction,
+        await startApp(framework, {
+          name: `threat-${failAction}`,
+          poolGroup: icap.url(),
+          serviceUri: '/avscan',
+          failAction,
+          previewMinBodySize: 0,
+          adaptivePreview: false,
+          responseTimeout: 2000,
+          connection: { ioTimeout: 1000 },
+          // Broken answers are protocol errors: none may take the server out of service here.
+          health: { failureLimit: 1000 },
+          onLog: (l) => logs.push(l),
+        }),
+      );
   });
 
   afterAll(async () => {
     icap?.setScript(undefined);
-    await app?.close();
+    for (const app of apps.values()) await app.close();
   });
 
-  it('an answer naming a threat blocks in fail-open, however it breaks afterwards', async () => {
+  it('an answer naming a threat blocks in both failure modes, however it breaks afterwards', async () => {
     await checkAsyncProperty(
       `threat never lost (${framework})`,
-      fc.asyncProperty(answerArb, async ({ shape, threat, threatAt, fields, breakage: b }) => {
-        const { bytes, close } = broken(answer(shape, threat, threatAt, fields), b);
-        const fault: Fault = close ? { kind: 'garbage', bytes } : { kind: 'raw', response: bytes };
-        icap.setScript((r) => (r.method === 'REQMOD' ? fault : undefined));
-        const seenBefore = app.seen.length;
-        const logsBefore = logs.length;
-        const res = await send(app.url, '/raw', {
-          body: BODY,
-          headers: { 'content-type': 'application/octet-stream' },
-          timeoutMs: 10_000,
-        });
-        expect(res.status).toBe(403);
-        expect(app.seen.length).toBe(seenBefore);
-        const deadline = Date.now() + 3000;
-        while (logs.length === logsBefore && Date.now() < deadline)
-          await new Promise((r) => setTimeout(r, 10));
-        expect(logs.at(-1)?.action).toBe('ICAP_BLOCKED');
-      }),
+      fc.asyncProperty(
+        answerArb,
+        fc.constantFrom(...MODES),
+        async ({ shape, threat, threatAt, fields, breakage: b }, mode) => {
+          const app = apps.get(mode)!;
+          const { bytes, close } = broken(answer(shape, threat, threatAt, fields), b);
+          const fault: Fault = close ? { kind: 'garbage', bytes } : { kind: 'raw', response: bytes };
+          icap.setScript((r) => (r.method === 'REQMOD' ? fault : undefined));
+          const seenBefore = app.seen.length;
+          const logsBefore = logs.length;
+          const res = await send(app.url, '/raw', {
+            body: BODY,
+            headers: { 'content-type': 'application/octet-stream' },
+            timeoutMs: 10_000,
+          });
+          expect(res.status).toBe(403);
+          expect(app.seen.length).toBe(seenBefore);
+          const deadline = Date.now() + 3000;
+          while (logs.length === logsBefore && Date.now() < deadline)
+            await new Promise((r) => setTimeout(r, 10));
+          expect(logs.at(-1)?.action).toBe('ICAP_BLOCKED');
+        },
+      ),
       RUNS,
     );
   }, 120_000);
