@@ -159,11 +159,11 @@ export class ProcessAlerts {
   }
 }
 
-/** The key of failures that found no server to try. */
+/** The key of failures no server was tried for (all suspended; a body read before the scan). */
 const NO_SERVER = '';
 
 function where(server: string): string {
-  return server === NO_SERVER ? 'with no ICAP server available' : `on ICAP server ${server}`;
+  return server === NO_SERVER ? 'before any ICAP server was tried' : `on ICAP server ${server}`;
 }
 
 /** `icap://host:port` of an ICAP URI (the form `engine.status()` names servers by). */
