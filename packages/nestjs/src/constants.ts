@@ -13,6 +13,8 @@ export const ICAP_OPTIONS_METADATA = 'icapkit:options';
  * callback it registers, so the Express dispatcher finds it on the router's route layer.
  */
 export const ICAP_ROUTE_METADATA = 'icapkit:route';
+/** The handler's name for messages (`Controller.method`), written and copied as ICAP_ROUTE_METADATA. */
+export const ICAP_LABEL_METADATA = 'icapkit:label';
 /**
  * @nestjs/platform-fastify's route config metadata (`@RouteConfig`), passed to Fastify as the
  * route's `config`: the module adds `icap` to it, which @icapkit/fastify reads.

@@ -3,6 +3,7 @@ import type { IcapProfile } from '@icapkit/core';
 import {
   DEFAULT_ROUTE,
   FASTIFY_ROUTE_CONFIG_METADATA,
+  ICAP_LABEL_METADATA,
   ICAP_OPTIONS_METADATA,
   ICAP_ROUTE_METADATA,
   ICAP_SKIP_METADATA,
@@ -80,8 +81,9 @@ export function annotateHandlers(
     else if (!sameSetting(first.setting, setting))
       throw new Error(sharedHandlerMessage(handler, first.controller, first.setting, controller, setting));
   }
-  for (const [handler, { setting }] of resolved) {
+  for (const [handler, { controller, setting }] of resolved) {
     meta.defineMetadata(ICAP_ROUTE_METADATA, setting, handler);
+    meta.defineMetadata(ICAP_LABEL_METADATA, `${nameOf(controller)}.${nameOf(handler)}`, handler);
     if (!fastify) continue;
     const config = meta.getOwnMetadata(FASTIFY_ROUTE_CONFIG_METADATA, handler) as
       | Record<string, unknown>
@@ -124,6 +126,10 @@ function describeSetting(setting: RouteSetting): string {
   return `scanned with @IcapOptions({ ${Object.keys(setting).join(', ')} })`;
 }
 
+function nameOf(f: object): string {
+  return String((f as { name?: unknown }).name || '(anonymous)');
+}
+
 function sharedHandlerMessage(
   handler: object,
   a: object,
@@ -131,12 +137,11 @@ function sharedHandlerMessage(
   b: object,
   bSetting: RouteSetting,
 ): string {
-  const name = (f: object) => (f as { name?: unknown }).name || '(anonymous)';
-  const method = String(name(handler));
+  const method = nameOf(handler);
   return (
-    `@icapkit/nestjs: ${String(name(a))}.${method} and ${String(name(b))}.${method} are one function ` +
+    `@icapkit/nestjs: ${nameOf(a)}.${method} and ${nameOf(b)}.${method} are one function ` +
     `(a method both inherit), and their decorators give it different scan settings: ${describeSetting(aSetting)} ` +
-    `for ${String(name(a))}, ${describeSetting(bSetting)} for ${String(name(b))}. Nest registers every route of ` +
+    `for ${nameOf(a)}, ${describeSetting(bSetting)} for ${nameOf(b)}. Nest registers every route of ` +
     `one function with the same metadata, so the module cannot scan them differently. Override ` +
     `${method} in the controllers that need their own setting (\`${method}(...args) { return ` +
     `super.${method}(...args); }\`, with its route decorators), or give them the same setting.`
@@ -144,6 +149,8 @@ function sharedHandlerMessage(
 }
 
 interface ExpressRoute {
+  path?: unknown;
+  methods?: Record<string, boolean | undefined>;
   stack?: Array<{ handle?: unknown }>;
   _handlesMethod?(m: string): boolean;
   _handles_method?(m: string): boolean;
@@ -220,11 +227,20 @@ function mayAnswer(layer: ExpressLayer, path: string, method: string, depth: num
 }
 
 /**
- * The setting of the first route of the Express application's router that matches the request
- * (path and method), as Express will dispatch it; the module's profile when no Nest route
- * matches. Read before Nest's body parsers, which run before routing. The guard checks at the
- * handler that the setting used was the handler's own (URL rewrites, versioned routes sharing a
- * path).
+ * The setting a request is scanned with on Express: that of the first route of the Express
+ * application's router that matches it (path and method), as Express will dispatch it; the
+ * module's profile when no Nest route matches. Read before Nest's body parsers, which run before
+ * routing. The guard checks at the handler that the setting used was the handler's own (URL
+ * rewrites, versioned routes sharing a path).
+ *
+ * Routes that share a path may be told apart only once Nest runs them: a version filter
+ * (versioning by header, media type or a custom extractor) or a host filter
+ * (`@Controller({ host })`) passes a request on to the next route when it is not its own. So
+ * when the first matching route is `@SkipIcap()`, a later route on the same path that is scanned
+ * may be the one the request reaches: it is scanned with that route's setting (the skipped
+ * route, when reached, accepts a scanned request), never read by the body parsers, middleware
+ * and guards that run before the handler unscanned. (Scanned routes on one path with different
+ * settings make start-up fail: {@link sharedPathConflict}.)
  *
  * A route's `@SkipIcap()` holds only when the request reaches that route: when a `use()` layer
  * after the scan (`self`) and before the route may answer it itself (see {@link mayAnswer}: a
@@ -233,14 +249,7 @@ function mayAnswer(layer: ExpressLayer, path: string, method: string, depth: num
  * Nest's. The skipped route, when reached, accepts a scanned request too.
  */
 export function expressRouteSetting(app: unknown, req: IncomingMessage, self?: unknown): RouteSetting {
-  const a = app as { router?: { stack?: ExpressLayer[] }; _router?: { stack?: ExpressLayer[] } };
-  let stack: ExpressLayer[] | undefined;
-  try {
-    // Express 5: app.router; Express 4: app._router.
-    stack = (a._router ?? a.router)?.stack;
-  } catch {
-    stack = undefined;
-  }
+  const stack = routerStack(app);
   const path = routerPath(req.url);
   if (stack === undefined || path === null) return DEFAULT_ROUTE;
   const method = req.method ?? 'GET';
@@ -254,20 +263,117 @@ export function expressRouteSetting(app: unknown, req: IncomingMessage, self?: u
       if (!answeredBefore && mayAnswer(layer, path, method, 0)) answeredBefore = true;
       continue;
     }
-    if (typeof layer.match !== 'function') continue;
-    let matched: boolean;
-    try {
-      matched = Boolean(layer.match(path));
-    } catch {
-      // A path Express cannot decode: it answers 400 itself.
-      return DEFAULT_ROUTE;
-    }
-    if (!matched || !routeHandles(route, method)) continue;
-    for (const l of route.stack ?? []) {
-      const setting = settingOf(l.handle);
-      if (setting !== undefined) return setting === false && answeredBefore ? DEFAULT_ROUTE : setting;
-    }
-    return DEFAULT_ROUTE;
+    const matched = routeMatches(layer, path, method);
+    // A path Express cannot decode: it answers 400 itself.
+    if (matched === undefined) return DEFAULT_ROUTE;
+    if (!matched) continue;
+    const setting = routeSettingOf(route);
+    if (setting !== false) return setting;
+    if (answeredBefore) return DEFAULT_ROUTE;
+    return laterOnSamePath(stack, i, path, method) ?? false;
   }
   return DEFAULT_ROUTE;
+}
+
+/** The Express application's router layers (Express 5: app.router; Express 4: app._router). */
+function routerStack(app: unknown): ExpressLayer[] | undefined {
+  const a = app as { router?: { stack?: ExpressLayer[] }; _router?: { stack?: ExpressLayer[] } };
+  try {
+    return (a._router ?? a.router)?.stack;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Whether a route layer takes the request (path and method); undefined when Express cannot tell. */
+function routeMatches(layer: ExpressLayer, path: string, method: string): boolean | undefined {
+  if (typeof layer.match !== 'function') return false;
+  try {
+    if (!layer.match(path)) return false;
+  } catch {
+    return undefined;
+  }
+  return routeHandles(layer.route!, method);
+}
+
+/** The setting the module wrote on a route's callback; the module's profile for a route not Nest's. */
+function routeSettingOf(route: ExpressRoute): RouteSetting {
+  for (const l of route.stack ?? []) {
+    const setting = settingOf(l.handle);
+    if (setting !== undefined) return setting;
+  }
+  return DEFAULT_ROUTE;
+}
+
+/**
+ * The setting of the first scanned route after `from` registered on the same path as the route
+ * at `from` (a version or a host filter may pass the request on to it), or undefined.
+ */
+function laterOnSamePath(
+  stack: ExpressLayer[],
+  from: number,
+  path: string,
+  method: string,
+): RouteSetting | undefined {
+  const pattern = stack[from]!.route!.path;
+  for (let j = from + 1; j < stack.length; j++) {
+    const route = stack[j]!.route;
+    if (route === undefined || !samePattern(route.path, pattern)) continue;
+    if (routeMatches(stack[j]!, path, method) === false) continue;
+    const setting = routeSettingOf(route);
+    if (setting !== false) return setting;
+  }
+  return undefined;
+}
+
+function samePattern(a: unknown, b: unknown): boolean {
+  return a === b || (a instanceof RegExp && b instanceof RegExp && String(a) === String(b));
+}
+
+/** Whether two routes share a method (`_all`: `@All()`). */
+function shareMethod(a: ExpressRoute, b: ExpressRoute): boolean {
+  const am = a.methods ?? {};
+  const bm = b.methods ?? {};
+  if (am._all === true || bm._all === true) return true;
+  return Object.keys(am).some((m) => am[m] === true && bm[m] === true);
+}
+
+/**
+ * Start-up check of the Express application's routes: Nest routes on one path and method that
+ * are scanned with different settings (another service, failure action, limit) and that Nest
+ * tells apart only when it runs them (versions by header or media type, hosts). The scan is
+ * chosen before the body is read, from the path: it could not know which of them a request
+ * will reach, and a client could choose among them (one header, `X-API-Version: 1`, for the
+ * route that fails open). A message naming them, or undefined. (Routes that differ only by
+ * `@SkipIcap()` are fine: both are then scanned, see {@link expressRouteSetting}.)
+ */
+export function sharedPathConflict(app: unknown): string | undefined {
+  const routes = (routerStack(app) ?? []).flatMap((l) => (l.route === undefined ? [] : [l.route]));
+  for (let i = 0; i < routes.length; i++) {
+    const a = routes[i]!;
+    const aSetting = routeSettingOf(a);
+    if (aSetting === false) continue;
+    for (let j = i + 1; j < routes.length; j++) {
+      const b = routes[j]!;
+      if (!samePattern(a.path, b.path) || !shareMethod(a, b)) continue;
+      const bSetting = routeSettingOf(b);
+      if (bSetting === false || sameSetting(aSetting, bSetting)) continue;
+      const label = (r: ExpressRoute) =>
+        (r.stack ?? [])
+          .map((l) =>
+            typeof l.handle === 'function' ? meta.getMetadata(ICAP_LABEL_METADATA, l.handle) : undefined,
+          )
+          .find((x) => typeof x === 'string') ?? 'a route';
+      return (
+        `@icapkit/nestjs: ${String(label(a))} and ${String(label(b))} serve the same path (${String(a.path)}) ` +
+        `with different scan settings: ${describeSetting(aSetting)}, and ${describeSetting(bSetting)}. On ` +
+        'Express the scan is chosen from the path before Nest tells such routes apart (versioning by header, ' +
+        'media type or a custom extractor; @Controller({ host })), so it cannot know which one a request ' +
+        'will reach, and a client could pick the other setting. Give routes that share a path the same ' +
+        "settings (@SkipIcap() on some of them is fine: their requests are then scanned with the others' " +
+        'setting), or give them paths of their own (URI versioning).'
+      );
+    }
+  }
+  return undefined;
 }

@@ -10,7 +10,7 @@ import { icap as expressIcap, type IcapMiddleware } from '@icapkit/express';
 import { icap as fastifyIcap } from '@icapkit/fastify';
 import type { OnApplicationBootstrap, OnApplicationShutdown, OnModuleInit } from '@nestjs/common';
 import { DEFAULT_ROUTE, type RouteSetting } from './constants.js';
-import { annotateHandlers, expressRouteSetting, settingOf } from './routes.js';
+import { annotateHandlers, expressRouteSetting, settingOf, sharedPathConflict } from './routes.js';
 
 /**
  * Refusals, as in @icapkit/express and @icapkit/fastify (the platform's):
@@ -186,6 +186,7 @@ export class IcapService implements OnModuleInit, OnApplicationBootstrap, OnAppl
     Object.defineProperty(dispatcher, 'name', { value: 'icapkitScan' });
     this.#dispatcher = dispatcher;
     (app as { use(fn: unknown): void }).use(dispatcher);
+    aheadOfUserLayers(app, dispatcher);
   }
 
   #refusalOptions(): NestRefusalOptions {
@@ -221,8 +222,20 @@ export class IcapService implements OnModuleInit, OnApplicationBootstrap, OnAppl
     return undefined;
   }
 
-  onApplicationBootstrap(): void {
-    if (this.#platform !== 'express' || this.config.options?.expectContinue === false) return;
+  /**
+   * Express: the routes are registered now. Scanned routes on one path with different settings
+   * fail start-up (routes.ts, `sharedPathConflict`); then the start-up check of every engine
+   * (the profile's `startupCheck`: with 'fail', the default, a server that does not answer
+   * OPTIONS makes `app.init()` / `app.listen()` reject, as on Fastify, where @icapkit/fastify
+   * runs it); then the `Expect: 100-continue` guard.
+   */
+  async onApplicationBootstrap(): Promise<void> {
+    if (this.#platform !== 'express') return;
+    const conflict = sharedPathConflict(this.#adapter?.getInstance());
+    if (conflict !== undefined) throw new Error(conflict);
+    const mws = [this.#defaultMiddleware, ...this.#routeMiddlewares.values()];
+    await Promise.all(mws.map((mw) => mw?.ready()));
+    if (this.config.options?.expectContinue === false) return;
     const server = this.#adapter?.getHttpServer?.() as Parameters<typeof guardExpectContinue>[0] | undefined;
     const app = this.#adapter?.getInstance();
     if (server === undefined || server === null || typeof (server as { on?: unknown }).on !== 'function')
@@ -251,4 +264,28 @@ export class IcapService implements OnModuleInit, OnApplicationBootstrap, OnAppl
     const mws = [this.#defaultMiddleware, ...this.#routeMiddlewares.values()];
     await Promise.all(mws.map((mw) => mw?.close()));
   }
+}
+
+/**
+ * An Express application given to Nest already built (`new ExpressAdapter(server)`, the
+ * serverless pattern) may hold middleware and routes from before Nest existed: `use()` appends
+ * the scan after them, and they would read bodies it never scanned (a route on it got uploads
+ * unscanned; a `json` parser on it made Nest skip its own and every scanned JSON upload fail).
+ * So the scan's layer is moved ahead of them, behind only Nest's own request-hook layer (moved
+ * to the front with it, where it is in an application Nest creates).
+ */
+function aheadOfUserLayers(app: unknown, dispatcher: unknown): void {
+  const a = app as {
+    router?: { stack?: Array<{ handle?: unknown }> };
+    _router?: { stack?: Array<{ handle?: unknown }> };
+  };
+  const stack = (a._router ?? a.router)?.stack;
+  if (!Array.isArray(stack)) return;
+  const at = stack.findIndex((l) => l.handle === dispatcher);
+  if (at <= 0) return;
+  const hook = at - 1;
+  const nestHook =
+    typeof stack[hook]?.handle === 'function' && String(stack[hook].handle).includes('onRequestHook');
+  const moved = stack.splice(nestHook ? hook : at, nestHook ? 2 : 1);
+  stack.unshift(...moved);
 }

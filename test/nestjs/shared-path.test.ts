@@ -1,0 +1,361 @@
+/**
+ * Routes that share a path on the Express platform, found by campaign-y. Nest tells such routes
+ * apart only when it runs them (a version filter for versioning by header, media type or a
+ * custom extractor; a host filter for `@Controller({ host })`): each passes a request that is
+ * not its own on to the next route. The scan is chosen before that, from the path, and it used
+ * to take the first matching route's setting. When that route was `@SkipIcap()`, a request meant
+ * for the scanned route on the same path was never scanned: Nest's body parser (`rawBody`), Nest
+ * middleware and the guards before the module's read the EICAR body, then the module's guard
+ * answered 403 (and a clean request for that route always got 403). Now:
+ * - a `@SkipIcap()` route and a scanned one on one path: every request on it is scanned with the
+ *   scanned route's setting; nothing before the handler reads an unscanned body, the scanned
+ *   route works, the skipped one accepts scanned requests;
+ * - scanned routes on one path with different settings (one that fails open): the application
+ *   fails to start, naming them, instead of letting a client's header pick the setting.
+ * On Fastify, routing comes first: the same application scans each version with its own setting.
+ *
+ * And two more of campaign-y's findings on Express: the start-up check (`startupCheck`, 'fail'
+ * by default) ran on Fastify but never on Express, where an app against a dead scanner started
+ * and passed EICAR under fail-open; and with a prebuilt Express application
+ * (`new ExpressAdapter(server)`) whatever it held (a route, a JSON parser) ran before the scan.
+ */
+import 'reflect-metadata';
+import type { AddressInfo } from 'node:net';
+import type { IcapLog, IcapProfile } from '@icapkit/core';
+import { IcapModule, IcapOptions, SkipIcap } from '@icapkit/nestjs';
+import { eicar, type IcapTestServer, startIcapServer } from '@icapkit/testing';
+import {
+  type CanActivate,
+  Controller,
+  type ExecutionContext,
+  HttpCode,
+  Injectable,
+  type MiddlewareConsumer,
+  Module,
+  type NestModule,
+  Post,
+  Req,
+  Version,
+  VersioningType,
+} from '@nestjs/common';
+import { APP_GUARD, NestFactory } from '@nestjs/core';
+import { ExpressAdapter, type NestExpressApplication } from '@nestjs/platform-express';
+import { FastifyAdapter, type NestFastifyApplication } from '@nestjs/platform-fastify';
+import express from 'express';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { refusingPort } from '../support/c-icap.js';
+import { send } from '../support/http-client.js';
+
+let icap: IcapTestServer;
+beforeAll(async () => {
+  icap = await startIcapServer({ recordBodies: true });
+});
+afterAll(() => icap?.close());
+
+const EICAR = eicar().toString('latin1');
+const json = { 'content-type': 'application/json' };
+const reqmods = () => icap.requests.filter((r) => r.method === 'REQMOD').length;
+
+/** What each consumer of a request got: `name:EICAR` or `name:clean`. */
+const seen: string[] = [];
+function saw(name: string, req: { body?: unknown; rawBody?: Buffer }): void {
+  const got = `${JSON.stringify(req.body ?? null)}${req.rawBody?.toString('latin1') ?? ''}`;
+  seen.push(`${name}:${got.includes('EICAR') ? 'EICAR' : 'clean'}`);
+}
+
+@Controller('hook')
+class HookController {
+  @SkipIcap()
+  @Version('1')
+  @Post()
+  @HttpCode(200)
+  legacy(@Req() req: { body?: unknown }) {
+    saw('v1', req);
+    return { version: 1 };
+  }
+
+  @Version('2')
+  @Post()
+  @HttpCode(200)
+  current(@Req() req: { body?: unknown }) {
+    saw('v2', req);
+    return { version: 2 };
+  }
+}
+
+@SkipIcap()
+@Controller({ path: 'doc', host: 'public.example' })
+class PublicDocController {
+  @Post()
+  @HttpCode(200)
+  up(@Req() req: { body?: unknown }) {
+    saw('public', req);
+    return { host: 'public' };
+  }
+}
+
+@Controller('doc')
+class DocController {
+  @Post()
+  @HttpCode(200)
+  up(@Req() req: { body?: unknown }) {
+    saw('doc', req);
+    return { host: 'any' };
+  }
+}
+
+@Injectable()
+class UserGuard implements CanActivate {
+  canActivate(context: ExecutionContext): boolean {
+    saw('guard', context.switchToHttp().getRequest());
+    return true;
+  }
+}
+
+@Module({})
+class EveryPathMiddleware implements NestModule {
+  configure(consumer: MiddlewareConsumer): void {
+    consumer
+      .apply((req: { body?: unknown }, _res: unknown, next: () => void) => {
+        saw('middleware', req);
+        next();
+      })
+      .forRoutes('*');
+  }
+}
+
+function moduleWith(profile: Partial<IcapProfile>, controllers: Array<new () => unknown>) {
+  @Module({
+    imports: [
+      IcapModule.forRoot({ name: 'shared', poolGroup: icap.url(), serviceUri: '/avscan', ...profile }),
+      EveryPathMiddleware,
+    ],
+    controllers,
+    providers: [{ provide: APP_GUARD, useClass: UserGuard }],
+  })
+  class AppModule {}
+  return AppModule;
+}
+
+async function start(platform: 'express' | 'fastify', module: unknown) {
+  const options = { logger: false as const, rawBody: true };
+  const app =
+    platform === 'express'
+      ? await NestFactory.create<NestExpressApplication>(module, options)
+      : await NestFactory.create<NestFastifyApplication>(module, new FastifyAdapter(), options);
+  app.enableVersioning({ type: VersioningType.HEADER, header: 'x-api-version' });
+  await app.listen(0, '127.0.0.1');
+  return app;
+}
+
+/** POSTs `body` as JSON; the status, the parsed answer (or null), the REQMODs it cost, who saw what. */
+async function post(app: { getUrl(): Promise<string> }, path: string, body: string, headers = {}) {
+  seen.length = 0;
+  const before = reqmods();
+  const res = await send(await app.getUrl(), path, {
+    body: JSON.stringify({ attachment: body }),
+    headers: { ...json, ...headers },
+  });
+  let answer: unknown = null;
+  try {
+    answer = JSON.parse(res.text);
+  } catch {}
+  return { status: res.status, answer, scans: reqmods() - before, seen: [...seen] };
+}
+
+describe('nest-express: a @SkipIcap() route and a scanned one on one path', () => {
+  it('every request on the path is scanned: nothing before the handler reads an unscanned body, both routes work', async () => {
+    const logs: IcapLog[] = [];
+    const app = await start(
+      'express',
+      moduleWith({ onLog: (l) => logs.push(l) }, [HookController, PublicDocController, DocController]),
+    );
+    try {
+      for (const [path, headers] of [
+        ['/hook', { 'x-api-version': '2' }],
+        ['/hook', { 'x-api-version': '1' }],
+        ['/doc', { host: 'evil.example' }],
+        ['/doc', { host: 'public.example' }],
+      ] as const) {
+        const blocked = await post(app, path, EICAR, headers);
+        expect(blocked.status, `${path} ${JSON.stringify(headers)}`).toBe(403);
+        expect(blocked.scans).toBeGreaterThan(0);
+        // The body parser (rawBody), the middleware, the user's guard and the handler: none ran.
+        expect(blocked.seen).toEqual([]);
+        expect(logs.at(-1)?.action).toBe('ICAP_BLOCKED');
+      }
+      const v2 = await post(app, '/hook', 'clean', { 'x-api-version': '2' });
+      expect([v2.status, v2.answer, v2.seen]).toEqual([
+        200,
+        { version: 2 },
+        ['middleware:clean', 'guard:clean', 'v2:clean'],
+      ]);
+      expect(v2.scans).toBeGreaterThan(0);
+      const v1 = await post(app, '/hook', 'clean', { 'x-api-version': '1' });
+      expect([v1.status, v1.answer]).toEqual([200, { version: 1 }]);
+      const doc = await post(app, '/doc', 'clean', { host: 'evil.example' });
+      expect([doc.status, doc.answer]).toEqual([200, { host: 'any' }]);
+      const pub = await post(app, '/doc', 'clean', { host: 'public.example' });
+      expect([pub.status, pub.answer]).toEqual([200, { host: 'public' }]);
+    } finally {
+      await app.close();
+    }
+  });
+
+  it('a @SkipIcap() route alone on its path stays unscanned', async () => {
+    @Controller('alone')
+    class AloneController {
+      @SkipIcap()
+      @Post()
+      @HttpCode(200)
+      up() {
+        return { skipped: true };
+      }
+    }
+    const app = await start('express', moduleWith({}, [AloneController, HookController]));
+    try {
+      const r = await post(app, '/alone', EICAR);
+      expect([r.status, r.answer, r.scans]).toEqual([200, { skipped: true }, 0]);
+    } finally {
+      await app.close();
+    }
+  });
+});
+
+describe('nest-fastify: the same application (routing before the scan)', () => {
+  it('each version is scanned with its own setting', async () => {
+    const app = await start('fastify', moduleWith({}, [HookController]));
+    try {
+      const v2 = await post(app, '/hook', EICAR, { 'x-api-version': '2' });
+      // Nest middleware runs in @fastify/middie's onRequest hook, before the scan and before
+      // any body is read (README): it sees none. Nothing else runs.
+      expect([v2.status, v2.seen]).toEqual([403, ['middleware:clean']]);
+      // The skipped version is its own route here: not scanned, as its decorator says.
+      const v1 = await post(app, '/hook', 'clean', { 'x-api-version': '1' });
+      expect([v1.status, v1.answer, v1.scans]).toEqual([200, { version: 1 }, 0]);
+    } finally {
+      await app.close();
+    }
+  });
+});
+
+describe('nest-express: scanned routes on one path with different settings', () => {
+  it('fail start-up, naming both handlers', async () => {
+    const LENIENT = { failAction: 'fail-open' } as const;
+    @Controller('events')
+    class EventsController {
+      @IcapOptions(LENIENT)
+      @Version('1')
+      @Post()
+      telemetry() {}
+
+      @Version('2')
+      @Post()
+      strict() {}
+    }
+    const app = await NestFactory.create<NestExpressApplication>(moduleWith({}, [EventsController]), {
+      logger: false,
+    });
+    app.enableVersioning({ type: VersioningType.HEADER, header: 'x-api-version' });
+    try {
+      await expect(app.listen(0, '127.0.0.1')).rejects.toThrow(
+        /EventsController\.telemetry and EventsController\.strict serve the same path \(\/events\) with different scan settings/,
+      );
+    } finally {
+      await app.close();
+    }
+  });
+});
+
+describe('nest-express: the start-up check runs as on Fastify', () => {
+  it.each([
+    ['express', 'the module profile'],
+    ['express', 'an @IcapOptions() route'],
+    ['fastify', 'the module profile'],
+  ] as const)(
+    '%s, %s on a server that is down: app.listen() rejects naming it (startupCheck "fail", the default)',
+    async (platform, which) => {
+      const dead = `icap://127.0.0.1:${await refusingPort()}`;
+      const DOWN = { poolGroup: dead };
+      @Controller('checked')
+      class CheckedController {
+        @Post()
+        up() {}
+
+        @IcapOptions(DOWN)
+        @Post('other')
+        other() {}
+      }
+      const module = moduleWith(
+        which === 'the module profile'
+          ? { failAction: 'fail-open', poolGroup: dead }
+          : { failAction: 'fail-open' },
+        [CheckedController],
+      );
+      const app =
+        platform === 'express'
+          ? await NestFactory.create<NestExpressApplication>(module, { logger: false })
+          : await NestFactory.create<NestFastifyApplication>(module, new FastifyAdapter(), { logger: false });
+      try {
+        await expect(app.listen(0, '127.0.0.1')).rejects.toThrow(dead);
+      } finally {
+        await app.close();
+      }
+    },
+  );
+
+  it("starts with startupCheck: 'warn' against a server that is down", async () => {
+    const dead = `icap://127.0.0.1:${await refusingPort()}`;
+    const app = await NestFactory.create<NestExpressApplication>(
+      moduleWith({ poolGroup: dead, startupCheck: 'warn', failAction: 'fail-closed', onLog: () => {} }, [
+        HookController,
+      ]),
+      { logger: false },
+    );
+    try {
+      await app.listen(0, '127.0.0.1');
+      const r = await post(app, '/hook', 'clean', { 'x-api-version': '2' });
+      expect(r.status).toBe(503);
+    } finally {
+      await app.close();
+    }
+  });
+});
+
+describe('nest-express: a prebuilt Express application (new ExpressAdapter(server))', () => {
+  it('its own routes and body parser run after the scan', async () => {
+    const server = express();
+    server.use(express.json());
+    const legacy: string[] = [];
+    server.post('/legacy', express.raw({ type: () => true }), (req, res) => {
+      legacy.push((req.body as Buffer).toString('latin1'));
+      res.json({ legacy: true });
+    });
+    const app = await NestFactory.create<NestExpressApplication>(
+      moduleWith({}, [HookController]),
+      new ExpressAdapter(server),
+      { logger: false },
+    );
+    app.enableVersioning({ type: VersioningType.HEADER, header: 'x-api-version' });
+    await app.listen(0, '127.0.0.1');
+    try {
+      const url = `http://127.0.0.1:${(app.getHttpServer().address() as AddressInfo).port}`;
+      const octet = { 'content-type': 'application/octet-stream' };
+      const blocked = await send(url, '/legacy', { body: eicar(), headers: octet });
+      expect(blocked.status).toBe(403);
+      expect(legacy).toEqual([]);
+      const clean = await send(url, '/legacy', { body: 'clean bytes', headers: octet });
+      expect([clean.status, legacy]).toEqual([200, ['clean bytes']]);
+      // The prebuilt JSON parser reads approved bodies (it used to read them first: 500 for all).
+      const v2 = await post(app, '/hook', 'clean', { 'x-api-version': '2' });
+      expect([v2.status, v2.answer, v2.seen]).toEqual([
+        200,
+        { version: 2 },
+        ['middleware:clean', 'guard:clean', 'v2:clean'],
+      ]);
+      expect((await post(app, '/hook', EICAR, { 'x-api-version': '2' })).status).toBe(403);
+    } finally {
+      await app.close();
+    }
+  });
+});
