@@ -15,7 +15,15 @@ export interface ScanRequest extends Readable {
   rawHeaders?: string[] | undefined;
   httpVersion?: string | undefined;
   httpVersionMajor?: number | undefined;
-  socket?: { remoteAddress?: string | undefined; encrypted?: boolean | undefined } | null | undefined;
+  socket?:
+    | {
+        remoteAddress?: string | undefined;
+        encrypted?: boolean | undefined;
+        /** The Node server it came to: its `maxHeadersCount` bounds the fields Node keeps. */
+        server?: { maxHeadersCount?: number | null | undefined } | null | undefined;
+      }
+    | null
+    | undefined;
   /** HTTP/2 compatibility requests expose their stream. */
   stream?: { endAfterHeaders?: boolean | undefined } | undefined;
   complete?: boolean | undefined;
@@ -38,6 +46,42 @@ export interface HttpRequestFacts extends RequestFacts {
   transferCoding: string | undefined;
   /** File name from `Content-Disposition`, else the last segment of the path (for logs and block pages). */
   fileName: string | undefined;
+  /** Why the request has too many header fields to be read as sent (see {@link fieldsProblem}), if it has. */
+  tooManyFields?: string | undefined;
+}
+
+/**
+ * Header fields a request may have. Far above any real request's, and half the bound on the
+ * fields of an encapsulated head icapkit reads back (protocol/headers.ts, 1000): a scanner that
+ * returns the request (a 200 with the request's head, a block page quoting it) stays within it.
+ */
+export const MAX_REQUEST_FIELDS = 500;
+
+/**
+ * Bytes of header fields a scanned request may have: half the bound on an ICAP answer's head
+ * (maxHeaderSize, 64 KiB), so that a scanner's echo of them, with what it adds, is read whole
+ * (a threat it names there included). Node's own default is 16 KiB; this matters for an
+ * application that raised it (`--max-http-header-size`).
+ */
+export const MAX_REQUEST_HEAD = 32 * 1024;
+
+/**
+ * Why a request has too many header fields, or undefined. Node's HTTP/1 server keeps the first
+ * `maxHeadersCount` fields (1000 unless the server sets it; 0: all) and drops the rest without
+ * a word, while the framing a dropped `Content-Length` or `Transfer-Encoding` carried still
+ * applies: the application reads a body the fields icapkit sees do not announce, and the
+ * request would pass unscanned as one without a body. Refused (400) before anything is decided
+ * from its fields, as is any request over {@link MAX_REQUEST_FIELDS}.
+ */
+function fieldsProblem(req: ScanRequest, fields: number): string | undefined {
+  const max = req.socket?.server?.maxHeadersCount;
+  const kept = typeof max === 'number' ? (max > 0 ? max : Number.POSITIVE_INFINITY) : 1000;
+  if (fields < kept && fields <= MAX_REQUEST_FIELDS) return undefined;
+  if (fields >= kept && !(req.httpVersionMajor === 2 || req.httpVersion?.startsWith('2')))
+    return `the request has at least ${kept} header fields, the HTTP server's limit (maxHeadersCount): the fields past it are dropped, and with them what they say of its body`;
+  if (fields > MAX_REQUEST_FIELDS)
+    return `the request has ${fields} header fields, more than ${MAX_REQUEST_FIELDS}`;
+  return undefined;
 }
 
 export function requestFacts(req: ScanRequest): HttpRequestFacts {
@@ -62,8 +106,10 @@ export function requestFacts(req: ScanRequest): HttpRequestFacts {
   }
   const transfer = headers.getAll('transfer-encoding');
   const chunked = transfer.length > 0;
+  const tooManyFields = fieldsProblem(req, headerPairs.length);
   let hasBody: boolean;
-  if (chunked) hasBody = true;
+  // Fields were dropped: whether a body follows is unknown (the answer closes the connection).
+  if (chunked || tooManyFields !== undefined) hasBody = true;
   else if (contentLength !== undefined) hasBody = contentLength > 0;
   else if (lengths.length > 0)
     hasBody = true; // an unusable Content-Length: treat as a body of unknown length
@@ -85,6 +131,7 @@ export function requestFacts(req: ScanRequest): HttpRequestFacts {
     contentCoding: codingsOf(headers.getAll('content-encoding'), true) ?? 'identity',
     transferCoding: codingsOf(transfer, false),
     fileName: fileNameOf(headers.get('content-disposition'), target),
+    tooManyFields,
   };
 }
 
@@ -272,7 +319,11 @@ export function encapsulationProblem(facts: HttpRequestFacts, absolute: boolean)
   if (host !== undefined && !isPlainAuthority(host) && !AUTHORITY.test(host))
     return 'the Host of the request is not a valid host';
   let pseudo = false;
+  let size = 0;
   for (const [name, value] of facts.headerPairs) {
+    size += name.length + value.length + 4;
+    if (size > MAX_REQUEST_HEAD)
+      return `the request's header fields exceed ${MAX_REQUEST_HEAD / 1024} KiB (a scanner returning them would be answering more than icapkit reads of a head)`;
     // A pseudo-header's name is checked without its ':'.
     const from = name.charCodeAt(0) === 0x3a ? 1 : 0;
     if (from === 1) pseudo = true;

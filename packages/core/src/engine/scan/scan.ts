@@ -140,6 +140,9 @@ export class Scan {
 
   async run(): Promise<ScanOutcome> {
     const { profile: p, facts } = this;
+    // Fields Node dropped may have framed a body: refused, whatever the rules decided from the rest.
+    if (facts.tooManyFields !== undefined)
+      return this.#finish(refuse(this, 'bad-request', IcapErrorCodes.BAD_REQUEST, facts.tooManyFields, null));
     if (!this.decision.scan) return this.#finish(pass('ICAP_DISABLED', this.log, null, []));
     // A body read before the scan (a parser mounted before the middleware): refused at once.
     const consumed = facts.hasBody ? bodyConsumedReason(this.#req, this.options.parsedBody) : undefined;
