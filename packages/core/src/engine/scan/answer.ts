@@ -1,5 +1,5 @@
 import type { IcapResponse } from '../../client/transaction-types.js';
-import { endToEndHeaders, isSafeFieldValue, isToken } from '../../protocol/headers.js';
+import { endToEndHeaders, type Headers, isSafeFieldValue, isToken } from '../../protocol/headers.js';
 import { type HeadReading, UNREPAIRED_MESSAGE, unrepairedVerdict, verdictOfHead } from '../beyond-head.js';
 import type { IcapRequestLog } from '../log.js';
 import type { ResolvedProfile } from '../profile.js';
@@ -28,15 +28,20 @@ export function verdictOf(
   answer: Pick<IcapResponse, 'status' | 'reason' | 'headers' | 'httpResponse'>,
   httpRequest: IcapResponse['httpRequest'],
   fileName: string | undefined,
+  sentHeaders?: Headers,
 ): Verdict {
-  return verdictOfHead(readingOf(p, fileName), answer, httpRequest);
+  return verdictOfHead(readingOf(p, fileName, sentHeaders), answer, httpRequest);
 }
 
-/** How the profile reads a head (beyond-head.ts). */
-export function readingOf(p: ResolvedProfile, fileName: string | undefined): HeadReading {
+/** How the profile reads a head (beyond-head.ts); `sentHeaders`, the request's own fields. */
+export function readingOf(
+  p: ResolvedProfile,
+  fileName: string | undefined,
+  sentHeaders?: Headers,
+): HeadReading {
   return {
     vendor: p.vendor,
-    options: { nsxStatusUrl: p.nsxStatusUrl, forwardLastlineHeaders: p.forwardLastlineHeaders },
+    options: { nsxStatusUrl: p.nsxStatusUrl, forwardLastlineHeaders: p.forwardLastlineHeaders, sentHeaders },
     fileName,
   };
 }

@@ -321,7 +321,7 @@ class Exchange implements WatchHooks, TriedServers {
     }
     watch.progress();
     fillEntry(entry, res, p.redactHeaders);
-    const verdict = verdictOf(p, res, res.httpRequest, facts.fileName);
+    const verdict = verdictOf(p, res, res.httpRequest, facts.fileName, facts.headers);
     fillVerdict(entry, verdict, p.vendor);
     switch (verdict.kind) {
       case 'error': {

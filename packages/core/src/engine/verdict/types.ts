@@ -74,4 +74,9 @@ export interface VerdictOptions {
   /** Status URL template; `$uuid` is replaced by the task UUID. */
   nsxStatusUrl: string;
   forwardLastlineHeaders: boolean;
+  /**
+   * The request's own header fields: a scanner that returns the request (a modified request's
+   * head) returns them too, so their values there are the client's, not the scanner's.
+   */
+  sentHeaders?: Headers | undefined;
 }

@@ -143,3 +143,48 @@ describe('NSX Defender (Lastline)', () => {
     expect(noUuid.nsx_defender_log).toEqual({ score: 70 });
   });
 });
+
+describe('NSX Defender: X-Lastline-* the client sent, returned with its request (campaign-z Z8)', () => {
+  const BODY = 'upload';
+  const answer = (req: string) =>
+    'ICAP/1.0 200 OK\r\nISTag: "LL-ICAP-0001"\r\n' +
+    `Encapsulated: req-hdr=0, req-body=${Buffer.byteLength(req)}\r\n\r\n${req}` +
+    `${BODY.length.toString(16)}\r\n${BODY}\r\n0\r\n\r\n`;
+  const CLIENT = 'ffffffffffffffffffffffffffffffff';
+  const clientFields: Array<[string, string]> = [
+    ['X-Lastline-Status', 'known'],
+    ['X-Lastline-Score', '0'],
+    ['X-Lastline-Task', CLIENT],
+  ];
+  const sent = new Headers([['Host', 'app.example'], ...clientFields]);
+  const head = (defender: boolean) =>
+    'POST /upload HTTP/1.1\r\nHost: app.example\r\n' +
+    clientFields.map(([n, v]) => `${n}: ${v}\r\n`).join('') +
+    (defender
+      ? `X-Lastline-Status: blacklist\r\nX-Lastline-Score: 95\r\nX-Lastline-Task: ${NSX_UUID}\r\n`
+      : '') +
+    `Content-Length: ${BODY.length}\r\n\r\n`;
+
+  it("the Defender's own values win, in the log and in the forwarded headers", () => {
+    const v = readVerdict('nsx-defender', inputOf(answer(head(true))), { ...ON, sentHeaders: sent });
+    expect(v.nsx_defender_log).toEqual({
+      score: 95,
+      task_uuid: NSX_UUID,
+      status_url: STATUS_URL,
+      status: 'blacklist',
+    });
+    expect(v.client_headers).toEqual([
+      ['X-Lastline-Status', 'blacklist'],
+      ['X-Lastline-Score', '95'],
+      ['X-Lastline-Task', NSX_UUID],
+    ]);
+  });
+
+  it('the client alone: none of its values is taken for the Defender’s', () => {
+    const v = readVerdict('nsx-defender', inputOf(answer(head(false))), { ...ON, sentHeaders: sent });
+    expect(v.nsx_defender_log).toEqual({});
+    expect(v.client_headers).toEqual([]);
+    // Without the request's fields (the CLI, a stray answer), the returned head is read as before.
+    expect(readVerdict('nsx-defender', inputOf(answer(head(false))), ON).nsx_defender_log?.score).toBe(0);
+  });
+});
