@@ -326,16 +326,21 @@ describe('nest-express: a prebuilt Express application (new ExpressAdapter(serve
   it('its own routes and body parser run after the scan', async () => {
     const server = express();
     server.use(express.json());
+    // Nest's request-hook layer comes here (the adapter's constructor); one more route after it.
+    const adapter = new ExpressAdapter(server);
     const legacy: string[] = [];
     server.post('/legacy', express.raw({ type: () => true }), (req, res) => {
       legacy.push((req.body as Buffer).toString('latin1'));
       res.json({ legacy: true });
     });
-    const app = await NestFactory.create<NestExpressApplication>(
-      moduleWith({}, [HookController]),
-      new ExpressAdapter(server),
-      { logger: false },
-    );
+    const app = await NestFactory.create<NestExpressApplication>(moduleWith({}, [HookController]), adapter, {
+      logger: false,
+    });
+    // The scan first, Nest's hook layer just before it.
+    const stack = (server as unknown as { router: { stack: Array<{ handle: { name?: string } }> } }).router
+      .stack;
+    expect(stack[1]?.handle.name).toBe('icapkitScan');
+    expect(String(stack[0]?.handle)).toContain('onRequestHook');
     app.enableVersioning({ type: VersioningType.HEADER, header: 'x-api-version' });
     await app.listen(0, '127.0.0.1');
     try {

@@ -283,9 +283,11 @@ function aheadOfUserLayers(app: unknown, dispatcher: unknown): void {
   if (!Array.isArray(stack)) return;
   const at = stack.findIndex((l) => l.handle === dispatcher);
   if (at <= 0) return;
-  const hook = at - 1;
-  const nestHook =
-    typeof stack[hook]?.handle === 'function' && String(stack[hook].handle).includes('onRequestHook');
-  const moved = stack.splice(nestHook ? hook : at, nestHook ? 2 : 1);
-  stack.unshift(...moved);
+  // Nest's hook layer (ExpressAdapter's constructor adds it: after a prebuilt app's layers).
+  const hook = stack.findIndex(
+    (l, i) => i < at && typeof l.handle === 'function' && String(l.handle).includes('onRequestHook'),
+  );
+  const [scan] = stack.splice(at, 1);
+  const front = hook === -1 ? [] : stack.splice(hook, 1);
+  stack.unshift(...front, scan!);
 }
