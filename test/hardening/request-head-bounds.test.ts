@@ -15,7 +15,7 @@
  *   bounded at 32 KiB (400 above).
  */
 import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { type AddressInfo, connect } from 'node:net';
 import type { IcapLog } from '@icapkit/core';
 import { icap as expressIcap } from '@icapkit/express';
 import { eicar, type IcapTestServer, startIcapServer } from '@icapkit/testing';
@@ -147,6 +147,58 @@ describe('an application with its own header limits (Express, node:http options)
     expect(got).toEqual([]);
   });
 
+  it('a maxHeadersCount raised after a connection was accepted: that connection keeps its bound (campaign-aa AA2)', async () => {
+    const socket = connect({ host: '127.0.0.1', port: (server.address() as AddressInfo).port });
+    const answers: string[] = [];
+    let buffered = '';
+    socket.setEncoding('latin1');
+    socket.on('data', (d: string) => {
+      buffered += d;
+      // Each answer here is small and has a Content-Length: one per blank line and body.
+      for (;;) {
+        const end = buffered.indexOf('\r\n\r\n');
+        if (end === -1) return;
+        const length = Number(/content-length: (\d+)/i.exec(buffered.slice(0, end))?.[1] ?? 0);
+        if (buffered.length < end + 4 + length) return;
+        answers.push(buffered.slice(0, end + 4 + length));
+        buffered = buffered.slice(end + 4 + length);
+      }
+    });
+    const answered = async (n: number) => {
+      const deadline = Date.now() + 5_000;
+      while (answers.length < n && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+      return answers[n - 1] ?? '';
+    };
+    try {
+      await new Promise((r) => socket.once('connect', r));
+      socket.write('POST /stream HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n\r\nclean');
+      expect(await answered(1)).toMatch(/^HTTP\/1\.1 200/);
+      server.maxHeadersCount = 2000;
+      socket.write(upload('/stream', 60, 0, 'length'));
+      expect(await answered(2)).toMatch(/^HTTP\/1\.1 400/);
+      expect(got.map((b) => b.toString())).toEqual(['clean']);
+    } finally {
+      server.maxHeadersCount = 50;
+      socket.destroy();
+      got.length = 0;
+    }
+  });
+
+  it('a target of 34 KiB on a scanned request: 400 (the head the scanner gets back counts it; campaign-aa AA1)', async () => {
+    const logged = logs.length;
+    const target = `/stream?q=${'a'.repeat(34 * 1024)}`;
+    const { responses } = await rawExchange(
+      url,
+      [
+        `POST ${target} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: ${EICAR.length}\r\n\r\n${EICAR.toString('latin1')}`,
+      ],
+      { responses: 1 },
+    );
+    expect(responses[0]?.status).toBe(400);
+    expect((await logAfter(logs, logged))?.error_message).toMatch(/exceeds 32 KiB/);
+    expect(got).toEqual([]);
+  });
+
   it('40 KiB of fields on a scanned request: 400; 20 KiB: scanned', async () => {
     const big = (bytes: number) => `X-Big: ${'a'.repeat(bytes)}\r\n`;
     const head = (bytes: number) =>
@@ -155,7 +207,7 @@ describe('an application with its own header limits (Express, node:http options)
     let logged = logs.length;
     const refused = await rawExchange(url, [head(40 * 1024)], { responses: 1 });
     expect(refused.responses[0]?.status).toBe(400);
-    expect((await logAfter(logs, logged))?.error_message).toMatch(/header fields exceed 32 KiB/);
+    expect((await logAfter(logs, logged))?.error_message).toMatch(/exceeds 32 KiB/);
     logged = logs.length;
     const scanned = await rawExchange(url, [head(20 * 1024)], { responses: 1 });
     expect(scanned.responses[0]?.status).toBe(403);

@@ -21,6 +21,8 @@ export interface ScanRequest extends Readable {
         encrypted?: boolean | undefined;
         /** The Node server it came to: its `maxHeadersCount` bounds the fields Node keeps. */
         server?: { maxHeadersCount?: number | null | undefined } | null | undefined;
+        /** The connection's HTTP/1 parser: its bound on header entries, fixed when it was accepted. */
+        parser?: { maxHeaderPairs?: number | undefined } | null | undefined;
       }
     | null
     | undefined;
@@ -58,7 +60,7 @@ export interface HttpRequestFacts extends RequestFacts {
 export const MAX_REQUEST_FIELDS = 500;
 
 /**
- * Bytes of header fields a scanned request may have: half the bound on an ICAP answer's head
+ * Bytes of head (target and header fields) a scanned request may have: half the bound on an ICAP answer's head
  * (maxHeaderSize, 64 KiB), so that a scanner's echo of them, with what it adds, is read whole
  * (a threat it names there included). Node's own default is 16 KiB; this matters for an
  * application that raised it (`--max-http-header-size`).
@@ -74,8 +76,11 @@ export const MAX_REQUEST_HEAD = 32 * 1024;
  * from its fields, as is any request over {@link MAX_REQUEST_FIELDS}.
  */
 function fieldsProblem(req: ScanRequest, fields: number): string | undefined {
-  const max = req.socket?.server?.maxHeadersCount;
-  const kept = typeof max === 'number' ? (max > 0 ? max : Number.POSITIVE_INFINITY) : 1000;
+  // The connection's own bound (set when it was accepted: a server's maxHeadersCount changed
+  // since does not apply to it), else the server's, else Node's default.
+  const pairs = req.socket?.parser?.maxHeaderPairs;
+  const max = typeof pairs === 'number' ? pairs / 2 : req.socket?.server?.maxHeadersCount;
+  const kept = typeof max === 'number' ? (max > 0 ? Math.floor(max) : Number.POSITIVE_INFINITY) : 1000;
   if (fields < kept && fields <= MAX_REQUEST_FIELDS) return undefined;
   if (fields >= kept && !(req.httpVersionMajor === 2 || req.httpVersion?.startsWith('2')))
     return `the request has at least ${kept} header fields, the HTTP server's limit (maxHeadersCount): the fields past it are dropped, and with them what they say of its body`;
@@ -319,11 +324,12 @@ export function encapsulationProblem(facts: HttpRequestFacts, absolute: boolean)
   if (host !== undefined && !isPlainAuthority(host) && !AUTHORITY.test(host))
     return 'the Host of the request is not a valid host';
   let pseudo = false;
-  let size = 0;
+  // The encapsulated request line counts too (its target: a long query).
+  let size = facts.method.length + target.length + 12;
   for (const [name, value] of facts.headerPairs) {
     size += name.length + value.length + 4;
     if (size > MAX_REQUEST_HEAD)
-      return `the request's header fields exceed ${MAX_REQUEST_HEAD / 1024} KiB (a scanner returning them would be answering more than icapkit reads of a head)`;
+      return `the request's head (its target and header fields) exceeds ${MAX_REQUEST_HEAD / 1024} KiB (a scanner returning it would be answering more than icapkit reads of a head)`;
     // A pseudo-header's name is checked without its ':'.
     const from = name.charCodeAt(0) === 0x3a ? 1 : 0;
     if (from === 1) pseudo = true;
