@@ -43,15 +43,16 @@ export function readNsxDefender(input: VerdictInput, options: VerdictOptions): V
   if (input.httpResponse !== null) sources.push(input.httpResponse.headers);
   if (input.httpRequest !== null) sources.push(input.httpRequest.headers);
   sources.push(input.headers);
-  // A returned request carries the client's own fields too: an X-Lastline-* value the client
-  // sent is not the Defender's (a score of 0, a task of the client's choosing in the log).
+  // A returned request carries the client's own fields too, ahead of what the Defender adds:
+  // as many values of a field as the client sent are its own, not the Defender's (a score of 0,
+  // a task of the client's choosing in the log).
   const echoed = input.httpRequest?.headers;
   const sent = options.sentHeaders;
-  const own = (headers: Headers, name: string, value: string) =>
-    headers !== echoed || sent === undefined || !sent.getAll(name).includes(value);
-  const status = firstValid(sources, 'x-lastline-status', parseLastlineStatus, own);
-  const score = firstValid(sources, 'x-lastline-score', parseScore, own);
-  const task = firstValid(sources, 'x-lastline-task', parseTaskUuid, own);
+  const clients = (headers: Headers, name: string) =>
+    headers === echoed && sent !== undefined ? sent.getAll(name).length : 0;
+  const status = firstValid(sources, 'x-lastline-status', parseLastlineStatus, clients);
+  const score = firstValid(sources, 'x-lastline-score', parseScore, clients);
+  const task = firstValid(sources, 'x-lastline-task', parseTaskUuid, clients);
 
   const log: NsxDefenderLog = {};
   const logScore = artifacts.find((x) => x.score !== undefined)?.score ?? score;
@@ -73,16 +74,15 @@ export function readNsxDefender(input: VerdictInput, options: VerdictOptions): V
   return verdict;
 }
 
-/** The first value of `name`, across the header sets in order, that is `own` and `parse` accepts. */
+/** The first value of `name`, across the header sets in order (past the client's own in each), that `parse` accepts. */
 function firstValid<T>(
   sources: readonly Headers[],
   name: string,
   parse: (v: string) => T | undefined,
-  own: (headers: Headers, name: string, value: string) => boolean,
+  clients: (headers: Headers, name: string) => number,
 ): T | undefined {
   for (const headers of sources) {
-    for (const value of headers.getAll(name)) {
-      if (!own(headers, name, value)) continue;
+    for (const value of headers.getAll(name).slice(clients(headers, name))) {
       const parsed = parse(value);
       if (parsed !== undefined) return parsed;
     }

@@ -188,3 +188,20 @@ describe('NSX Defender: X-Lastline-* the client sent, returned with its request 
     expect(readVerdict('nsx-defender', inputOf(answer(head(false))), ON).nsx_defender_log?.score).toBe(0);
   });
 });
+
+describe('NSX Defender: the client cannot crowd out the Defender’s values (campaign-aa AA7)', () => {
+  it('every score 0-100 from the client, then the Defender’s 95: 95', () => {
+    const BODY = 'upload';
+    const scores = Array.from({ length: 101 }, (_, i) => `X-Lastline-Score: ${i}\r\n`).join('');
+    const req = `POST /upload HTTP/1.1\r\nHost: app.example\r\n${scores}X-Lastline-Score: 95\r\nContent-Length: ${BODY.length}\r\n\r\n`;
+    const answer =
+      'ICAP/1.0 200 OK\r\nISTag: "LL-ICAP-0001"\r\n' +
+      `Encapsulated: req-hdr=0, req-body=${Buffer.byteLength(req)}\r\n\r\n${req}` +
+      `${BODY.length.toString(16)}\r\n${BODY}\r\n0\r\n\r\n`;
+    const sent = new Headers(
+      Array.from({ length: 101 }, (_, i): [string, string] => ['X-Lastline-Score', String(i)]),
+    );
+    const v = readVerdict('nsx-defender', inputOf(answer), { ...ON, sentHeaders: sent });
+    expect(v.nsx_defender_log?.score).toBe(95);
+  });
+});
