@@ -259,7 +259,7 @@ describe('nest-express: scanned routes on one path with different settings', () 
     app.enableVersioning({ type: VersioningType.HEADER, header: 'x-api-version' });
     try {
       await expect(app.listen(0, '127.0.0.1')).rejects.toThrow(
-        /EventsController\.telemetry and EventsController\.strict serve the same path \(\/events\) with different scan settings/,
+        /EventsController\.telemetry \(\/events\) and EventsController\.strict \(\/events\) may take the same requests with different scan settings/,
       );
     } finally {
       await app.close();
@@ -312,6 +312,7 @@ describe('nest-express: the start-up check runs as on Fastify', () => {
       ]),
       { logger: false },
     );
+    app.enableVersioning({ type: VersioningType.HEADER, header: 'x-api-version' });
     try {
       await app.listen(0, '127.0.0.1');
       const r = await post(app, '/hook', 'clean', { 'x-api-version': '2' });
@@ -359,6 +360,177 @@ describe('nest-express: a prebuilt Express application (new ExpressAdapter(serve
         ['middleware:clean', 'guard:clean', 'v2:clean'],
       ]);
       expect((await post(app, '/hook', EICAR, { 'x-api-version': '2' })).status).toBe(403);
+    } finally {
+      await app.close();
+    }
+  });
+});
+
+describe('nest-express: routes whose paths overlap, told apart by version (campaign-aa)', () => {
+  const ALSO_AVSCAN = { serviceUri: '/avscan' } as const;
+
+  it('a skipped `:id` version and a scanned static one: the static route is scanned (AA3)', async () => {
+    @Controller('files')
+    class FilesController {
+      @SkipIcap()
+      @Version('1')
+      @Post(':id')
+      @HttpCode(200)
+      old(@Req() req: { body?: unknown }) {
+        saw('v1', req);
+        return { version: 1 };
+      }
+
+      @Version('2')
+      @Post('upload')
+      @HttpCode(200)
+      current(@Req() req: { body?: unknown }) {
+        saw('v2', req);
+        return { version: 2 };
+      }
+    }
+    const app = await start('express', moduleWith({}, [FilesController]));
+    try {
+      const blocked = await post(app, '/files/upload', EICAR, { 'x-api-version': '2' });
+      expect([blocked.status, blocked.seen]).toEqual([403, []]);
+      const clean = await post(app, '/files/upload', 'clean', { 'x-api-version': '2' });
+      expect([clean.status, clean.answer]).toEqual([200, { version: 2 }]);
+      // A path only the skipped route matches keeps its skip.
+      const skipped = await post(app, '/files/42', EICAR, { 'x-api-version': '1' });
+      expect([skipped.status, skipped.answer, skipped.scans]).toEqual([200, { version: 1 }, 0]);
+    } finally {
+      await app.close();
+    }
+  });
+
+  it('a fail-open `:id` version and a fail-closed static one: start-up fails (AA4)', async () => {
+    const LENIENT = { failAction: 'fail-open' } as const;
+    @Controller('files')
+    class FilesController {
+      @IcapOptions(LENIENT)
+      @Version('1')
+      @Post(':id')
+      old() {}
+
+      @Version('2')
+      @Post('upload')
+      current() {}
+    }
+    const app = await NestFactory.create<NestExpressApplication>(moduleWith({}, [FilesController]), {
+      logger: false,
+    });
+    app.enableVersioning({ type: VersioningType.HEADER, header: 'x-api-version' });
+    try {
+      await expect(app.listen(0, '127.0.0.1')).rejects.toThrow(
+        /FilesController\.old \(\/files\/:id\) and FilesController\.current \(\/files\/upload\) may take the same requests/,
+      );
+    } finally {
+      await app.close();
+    }
+  });
+
+  it('settings written twice alike, or equal to the profile, are one setting (AA5, AA6)', async () => {
+    @Controller('same')
+    class SameController {
+      @IcapOptions({ failAction: 'fail-closed', bufferSize: '2mb' })
+      @Version('1')
+      @Post()
+      @HttpCode(200)
+      one() {
+        return { version: 1 };
+      }
+
+      @IcapOptions({ failAction: 'fail-closed', bufferSize: '2mb' })
+      @Version('2')
+      @Post()
+      @HttpCode(200)
+      two() {
+        return { version: 2 };
+      }
+
+      @IcapOptions(ALSO_AVSCAN)
+      @Version('1')
+      @Post('plain')
+      @HttpCode(200)
+      plainOne() {
+        return { version: 1 };
+      }
+
+      @Version('2')
+      @Post('plain')
+      @HttpCode(200)
+      plainTwo() {
+        return { version: 2 };
+      }
+    }
+    const app = await start('express', moduleWith({}, [SameController]));
+    try {
+      for (const path of ['/same', '/same/plain']) {
+        const two = await post(app, path, 'clean', { 'x-api-version': '2' });
+        expect([path, two.status, two.answer]).toEqual([path, 200, { version: 2 }]);
+        expect((await post(app, path, EICAR, { 'x-api-version': '2' })).status).toBe(403);
+      }
+    } finally {
+      await app.close();
+    }
+  });
+
+  it('routes versioned by the default version only: the same (defaultVersion)', async () => {
+    @SkipIcap()
+    @Controller('hooks')
+    class LegacyHooks {
+      @Post()
+      @HttpCode(200)
+      up() {
+        return { version: 1 };
+      }
+    }
+    @Controller({ path: 'hooks', version: '2' })
+    class Hooks {
+      @Post()
+      @HttpCode(200)
+      up(@Req() req: { body?: unknown }) {
+        saw('v2', req);
+        return { version: 2 };
+      }
+    }
+    const app = await NestFactory.create<NestExpressApplication>(moduleWith({}, [LegacyHooks, Hooks]), {
+      logger: false,
+    });
+    app.enableVersioning({ type: VersioningType.HEADER, header: 'x-api-version', defaultVersion: '1' });
+    await app.listen(0, '127.0.0.1');
+    try {
+      const blocked = await post(app, '/hooks', EICAR, { 'x-api-version': '2' });
+      expect([blocked.status, blocked.seen]).toEqual([403, []]);
+      const clean = await post(app, '/hooks', 'clean', { 'x-api-version': '2' });
+      expect([clean.status, clean.answer]).toEqual([200, { version: 2 }]);
+    } finally {
+      await app.close();
+    }
+  });
+});
+
+describe("nest-express: a prebuilt app's own layer that mentions onRequestHook (campaign-aa AA8b)", () => {
+  it('stays behind the scan', async () => {
+    const server = express();
+    const read: string[] = [];
+    server.use(function audit(req, _res, next) {
+      const onRequestHook = 'audit';
+      read.push(`${onRequestHook}:${String(req.headers['content-length'] ?? 0)}`);
+      next();
+    });
+    const app = await NestFactory.create<NestExpressApplication>(
+      moduleWith({}, [HookController]),
+      new ExpressAdapter(server),
+      { logger: false },
+    );
+    try {
+      await app.init();
+      const stack = (server as unknown as { router: { stack: Array<{ handle: { name?: string } }> } }).router
+        .stack;
+      expect(stack.map((l) => l.handle.name).indexOf('audit')).toBeGreaterThan(
+        stack.map((l) => l.handle.name).indexOf('icapkitScan'),
+      );
     } finally {
       await app.close();
     }

@@ -16,6 +16,11 @@ export const ICAP_ROUTE_METADATA = 'icapkit:route';
 /** The handler's name for messages (`Controller.method`), written and copied as ICAP_ROUTE_METADATA. */
 export const ICAP_LABEL_METADATA = 'icapkit:label';
 /**
+ * What may make a handler's route pass a request on to the next route (Nest's version and host
+ * filters): `{ version, host }`, written and copied as ICAP_ROUTE_METADATA.
+ */
+export const ICAP_FILTERS_METADATA = 'icapkit:filters';
+/**
  * @nestjs/platform-fastify's route config metadata (`@RouteConfig`), passed to Fastify as the
  * route's `config`: the module adds `icap` to it, which @icapkit/fastify reads.
  */

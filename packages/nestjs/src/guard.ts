@@ -1,6 +1,6 @@
 import { type CanActivate, type ExecutionContext, ForbiddenException, Logger } from '@nestjs/common';
 import { DEFAULT_ROUTE, UNSCANNED_REQUEST } from './constants.js';
-import { settingOf } from './routes.js';
+import { sameScan, settingOf } from './routes.js';
 import type { IcapService } from './service.js';
 
 /**
@@ -22,7 +22,9 @@ export class IcapRouteGuard implements CanActivate {
     const expected = settingOf(context.getHandler()) ?? DEFAULT_ROUTE;
     if (expected === false) return true;
     const used = this.service.settingUsed(context.switchToHttp().getRequest());
-    if (used === expected) return true;
+    // Another route's setting that scans alike (the same overrides, written twice) will do.
+    if (used === expected || (used !== undefined && sameScan(used, expected, this.service.config.profile)))
+      return true;
     const handler = `${context.getClass().name}.${context.getHandler().name}`;
     this.#logger.warn(
       `${UNSCANNED_REQUEST}: a request reached ${handler} without the scan its route requires (${

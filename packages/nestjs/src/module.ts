@@ -6,9 +6,17 @@ import type {
   OptionalFactoryDependency,
   Provider,
 } from '@nestjs/common';
-import { APP_GUARD, DiscoveryModule, DiscoveryService, HttpAdapterHost, MetadataScanner } from '@nestjs/core';
+import {
+  APP_GUARD,
+  ApplicationConfig,
+  DiscoveryModule,
+  DiscoveryService,
+  HttpAdapterHost,
+  MetadataScanner,
+} from '@nestjs/core';
 import { ICAP_MODULE_OPTIONS } from './constants.js';
 import { IcapRouteGuard } from './guard.js';
+import type { Versioning } from './routes.js';
 import {
   type HandlerRef,
   type HttpAdapterLike,
@@ -74,7 +82,7 @@ export class IcapModule {
         {
           provide: IcapService,
           useFactory: createService,
-          inject: [ICAP_MODULE_OPTIONS, HttpAdapterHost, DiscoveryService],
+          inject: [ICAP_MODULE_OPTIONS, HttpAdapterHost, DiscoveryService, ApplicationConfig],
         },
         { provide: APP_GUARD, useFactory: (s: IcapService) => new IcapRouteGuard(s), inject: [IcapService] },
       ],
@@ -87,6 +95,7 @@ async function createService(
   config: IcapModuleConfig,
   host: HttpAdapterHost,
   discovery: DiscoveryService,
+  app: ApplicationConfig,
 ): Promise<IcapService> {
   const scanner = new MetadataScanner();
   const handlers: HandlerRef[] = [];
@@ -99,7 +108,8 @@ async function createService(
       if (typeof handler === 'function') handlers.push({ controller, handler });
     }
   }
-  const service = new IcapService(config, handlers);
+  // Read when requests come: main.ts enables versioning after the module is created.
+  const service = new IcapService(config, handlers, () => app.getVersioning() as Versioning | undefined);
   const adapter = host.httpAdapter as HttpAdapterLike | undefined;
   if (adapter !== undefined && adapter !== null) {
     // NestFactory.create(): the adapter exists while the providers are created.

@@ -3,6 +3,7 @@ import type { IcapProfile } from '@icapkit/core';
 import {
   DEFAULT_ROUTE,
   FASTIFY_ROUTE_CONFIG_METADATA,
+  ICAP_FILTERS_METADATA,
   ICAP_LABEL_METADATA,
   ICAP_OPTIONS_METADATA,
   ICAP_ROUTE_METADATA,
@@ -35,6 +36,46 @@ function merge(outer: Overrides, inner: Overrides): Overrides {
     byInner.set(inner, m);
   }
   return m;
+}
+
+/** @nestjs/common's metadata keys (`@Version()`, `@Controller({ version, host })`). */
+const NEST_VERSION_METADATA = '__version__';
+const NEST_HOST_METADATA = 'host';
+
+/** Whether a handler (or its controller) has a version or a host of its own. */
+interface RouteFilters {
+  version: boolean;
+  host: boolean;
+}
+
+/**
+ * The application's versioning, as far as it filters routes: its type (0 is URI versioning,
+ * which gives each version a path of its own and no filter) and whether it has a default
+ * version (then every route without one of its own is versioned too).
+ */
+export interface Versioning {
+  type: number;
+  defaultVersion?: unknown;
+}
+
+/**
+ * Whether Nest may pass a request on from this route to the next one matching its path: a host
+ * filter (`@Controller({ host })`), or a version filter (versioning by header, media type or a
+ * custom extractor, for a route with a version: its own, its controller's or the default).
+ */
+function mayPassOn(route: ExpressRoute, versioning: Versioning | undefined): boolean {
+  for (const l of route.stack ?? []) {
+    if (typeof l.handle !== 'function') continue;
+    const f = meta.getMetadata(ICAP_FILTERS_METADATA, l.handle) as RouteFilters | undefined;
+    if (f === undefined) continue;
+    if (f.host) return true;
+    return (
+      versioning !== undefined &&
+      versioning.type !== 0 &&
+      (f.version || versioning.defaultVersion !== undefined)
+    );
+  }
+  return false;
 }
 
 /** A handler's setting from its own decorators and its controller's (the handler's win). */
@@ -73,17 +114,30 @@ export function annotateHandlers(
   controllers: Iterable<{ controller: object; handler: object }>,
   fastify: boolean,
 ): void {
-  const resolved = new Map<object, { controller: object; setting: RouteSetting }>();
+  const resolved = new Map<object, { controller: object; setting: RouteSetting; filters: RouteFilters }>();
   for (const { controller, handler } of controllers) {
     const setting = routeSetting(controller, handler);
+    const filters = {
+      version:
+        meta.getMetadata(NEST_VERSION_METADATA, handler) !== undefined ||
+        meta.getMetadata(NEST_VERSION_METADATA, controller) !== undefined,
+      host: meta.getMetadata(NEST_HOST_METADATA, controller) !== undefined,
+    };
     const first = resolved.get(handler);
-    if (first === undefined) resolved.set(handler, { controller, setting });
+    if (first === undefined) resolved.set(handler, { controller, setting, filters });
     else if (!sameSetting(first.setting, setting))
       throw new Error(sharedHandlerMessage(handler, first.controller, first.setting, controller, setting));
+    // One function for several controllers: any of their filters may apply.
+    else
+      first.filters = {
+        version: first.filters.version || filters.version,
+        host: first.filters.host || filters.host,
+      };
   }
-  for (const [handler, { controller, setting }] of resolved) {
+  for (const [handler, { controller, setting, filters }] of resolved) {
     meta.defineMetadata(ICAP_ROUTE_METADATA, setting, handler);
     meta.defineMetadata(ICAP_LABEL_METADATA, `${nameOf(controller)}.${nameOf(handler)}`, handler);
+    meta.defineMetadata(ICAP_FILTERS_METADATA, filters, handler);
     if (!fastify) continue;
     const config = meta.getOwnMetadata(FASTIFY_ROUTE_CONFIG_METADATA, handler) as
       | Record<string, unknown>
@@ -233,14 +287,15 @@ function mayAnswer(layer: ExpressLayer, path: string, method: string, depth: num
  * routing. The guard checks at the handler that the setting used was the handler's own (URL
  * rewrites, versioned routes sharing a path).
  *
- * Routes that share a path may be told apart only once Nest runs them: a version filter
- * (versioning by header, media type or a custom extractor) or a host filter
- * (`@Controller({ host })`) passes a request on to the next route when it is not its own. So
- * when the first matching route is `@SkipIcap()`, a later route on the same path that is scanned
- * may be the one the request reaches: it is scanned with that route's setting (the skipped
- * route, when reached, accepts a scanned request), never read by the body parsers, middleware
- * and guards that run before the handler unscanned. (Scanned routes on one path with different
- * settings make start-up fail: {@link sharedPathConflict}.)
+ * Routes whose paths overlap may be told apart only once Nest runs them: a version filter
+ * (versioning by header, media type or a custom extractor, `versioning`) or a host filter
+ * (`@Controller({ host })`) passes a request on to the next matching route when it is not its
+ * own (see {@link mayPassOn}). So when the first matching route is `@SkipIcap()` and may pass
+ * the request on, a later matching route that is scanned may be the one it reaches: it is
+ * scanned with that route's setting (the skipped route, when reached, accepts a scanned
+ * request), never read unscanned by the body parsers, middleware and guards that run before
+ * the handler. (Scanned routes that overlap so with different settings make start-up fail:
+ * {@link sharedPathConflict}.)
  *
  * A route's `@SkipIcap()` holds only when the request reaches that route: when a `use()` layer
  * after the scan (`self`) and before the route may answer it itself (see {@link mayAnswer}: a
@@ -248,7 +303,12 @@ function mayAnswer(layer: ExpressLayer, path: string, method: string, depth: num
  * request is scanned with the module's profile, since no guard runs for a handler that is not
  * Nest's. The skipped route, when reached, accepts a scanned request too.
  */
-export function expressRouteSetting(app: unknown, req: IncomingMessage, self?: unknown): RouteSetting {
+export function expressRouteSetting(
+  app: unknown,
+  req: IncomingMessage,
+  self?: unknown,
+  versioning?: Versioning,
+): RouteSetting {
   const stack = routerStack(app);
   const path = routerPath(req.url);
   if (stack === undefined || path === null) return DEFAULT_ROUTE;
@@ -256,23 +316,28 @@ export function expressRouteSetting(app: unknown, req: IncomingMessage, self?: u
   // Layers before the scan have passed the request on already.
   const at = self === undefined ? -1 : stack.findIndex((l) => l.handle === self);
   let answeredBefore = false;
+  let first: RouteSetting | undefined;
   for (let i = at + 1; i < stack.length; i++) {
     const layer = stack[i]!;
     const route = layer.route;
     if (route === undefined) {
-      if (!answeredBefore && mayAnswer(layer, path, method, 0)) answeredBefore = true;
+      if (first === undefined && !answeredBefore && mayAnswer(layer, path, method, 0)) answeredBefore = true;
       continue;
     }
     const matched = routeMatches(layer, path, method);
     // A path Express cannot decode: it answers 400 itself.
-    if (matched === undefined) return DEFAULT_ROUTE;
+    if (matched === undefined) return first ?? DEFAULT_ROUTE;
     if (!matched) continue;
     const setting = routeSettingOf(route);
-    if (setting !== false) return setting;
-    if (answeredBefore) return DEFAULT_ROUTE;
-    return laterOnSamePath(stack, i, path, method) ?? false;
+    if (first === undefined) {
+      if (setting !== false) return setting;
+      if (answeredBefore) return DEFAULT_ROUTE;
+      first = false;
+    } else if (setting !== false) return setting;
+    // A skipped route Nest may pass the request on from: the next matching one may take it.
+    if (!mayPassOn(route, versioning)) return false;
   }
-  return DEFAULT_ROUTE;
+  return first ?? DEFAULT_ROUTE;
 }
 
 /** The Express application's router layers (Express 5: app.router; Express 4: app._router). */
@@ -305,27 +370,6 @@ function routeSettingOf(route: ExpressRoute): RouteSetting {
   return DEFAULT_ROUTE;
 }
 
-/**
- * The setting of the first scanned route after `from` registered on the same path as the route
- * at `from` (a version or a host filter may pass the request on to it), or undefined.
- */
-function laterOnSamePath(
-  stack: ExpressLayer[],
-  from: number,
-  path: string,
-  method: string,
-): RouteSetting | undefined {
-  const pattern = stack[from]!.route!.path;
-  for (let j = from + 1; j < stack.length; j++) {
-    const route = stack[j]!.route;
-    if (route === undefined || !samePattern(route.path, pattern)) continue;
-    if (routeMatches(stack[j]!, path, method) === false) continue;
-    const setting = routeSettingOf(route);
-    if (setting !== false) return setting;
-  }
-  return undefined;
-}
-
 function samePattern(a: unknown, b: unknown): boolean {
   return a === b || (a instanceof RegExp && b instanceof RegExp && String(a) === String(b));
 }
@@ -339,25 +383,31 @@ function shareMethod(a: ExpressRoute, b: ExpressRoute): boolean {
 }
 
 /**
- * Start-up check of the Express application's routes: Nest routes on one path and method that
- * are scanned with different settings (another service, failure action, limit) and that Nest
- * tells apart only when it runs them (versions by header or media type, hosts). The scan is
- * chosen before the body is read, from the path: it could not know which of them a request
- * will reach, and a client could choose among them (one header, `X-API-Version: 1`, for the
- * route that fails open). A message naming them, or undefined. (Routes that differ only by
- * `@SkipIcap()` are fine: both are then scanned, see {@link expressRouteSetting}.)
+ * Start-up check of the Express application's routes: Nest routes that may take the same
+ * request (the same path, or patterns that overlap: `/files/:id` and `/files/upload`; a shared
+ * method), that Nest tells apart only when it runs them (the earlier one may pass requests on,
+ * see {@link mayPassOn}), and that are scanned with different settings (another service,
+ * failure action, limit). The scan is chosen before the body is read, from the path: it could
+ * not know which of them a request will reach, and a client could choose among them (one
+ * header, `X-API-Version: 1`, for the route that fails open). A message naming them, or
+ * undefined. (Routes that differ only by `@SkipIcap()` are fine: see
+ * {@link expressRouteSetting}. Settings compare by what they change in `profile`.)
  */
-export function sharedPathConflict(app: unknown): string | undefined {
-  const routes = (routerStack(app) ?? []).flatMap((l) => (l.route === undefined ? [] : [l.route]));
-  for (let i = 0; i < routes.length; i++) {
-    const a = routes[i]!;
+export function sharedPathConflict(
+  app: unknown,
+  profile: Partial<IcapProfile>,
+  versioning: Versioning | undefined,
+): string | undefined {
+  const layers = (routerStack(app) ?? []).filter((l) => l.route !== undefined);
+  for (let i = 0; i < layers.length; i++) {
+    const a = layers[i]!.route!;
     const aSetting = routeSettingOf(a);
-    if (aSetting === false) continue;
-    for (let j = i + 1; j < routes.length; j++) {
-      const b = routes[j]!;
-      if (!samePattern(a.path, b.path) || !shareMethod(a, b)) continue;
+    if (aSetting === false || !mayPassOn(a, versioning)) continue;
+    for (let j = i + 1; j < layers.length; j++) {
+      const b = layers[j]!.route!;
+      if (!shareMethod(a, b) || !overlap(layers[i]!, layers[j]!)) continue;
       const bSetting = routeSettingOf(b);
-      if (bSetting === false || sameSetting(aSetting, bSetting)) continue;
+      if (bSetting === false || sameScan(aSetting, bSetting, profile)) continue;
       const label = (r: ExpressRoute) =>
         (r.stack ?? [])
           .map((l) =>
@@ -365,15 +415,51 @@ export function sharedPathConflict(app: unknown): string | undefined {
           )
           .find((x) => typeof x === 'string') ?? 'a route';
       return (
-        `@icapkit/nestjs: ${String(label(a))} and ${String(label(b))} serve the same path (${String(a.path)}) ` +
-        `with different scan settings: ${describeSetting(aSetting)}, and ${describeSetting(bSetting)}. On ` +
+        `@icapkit/nestjs: ${String(label(a))} (${String(a.path)}) and ${String(label(b))} (${String(b.path)}) may ` +
+        `take the same requests with different scan settings: ${describeSetting(aSetting)}, and ${describeSetting(bSetting)}. On ` +
         'Express the scan is chosen from the path before Nest tells such routes apart (versioning by header, ' +
         'media type or a custom extractor; @Controller({ host })), so it cannot know which one a request ' +
-        'will reach, and a client could pick the other setting. Give routes that share a path the same ' +
-        "settings (@SkipIcap() on some of them is fine: their requests are then scanned with the others' " +
-        'setting), or give them paths of their own (URI versioning).'
+        'will reach, and a client could pick the other setting. Give such routes the same settings ' +
+        "(@SkipIcap() on some of them is fine: their requests are then scanned with the others' " +
+        'setting), or paths that do not overlap (URI versioning).'
       );
     }
   }
   return undefined;
+}
+
+/**
+ * Whether two route layers may match one path: the same pattern, or one matching a path made
+ * of the other's pattern (its parameters and wildcards filled in, optional parts left out).
+ */
+function overlap(a: ExpressLayer, b: ExpressLayer): boolean {
+  if (samePattern(a.route!.path, b.route!.path)) return true;
+  const sample = (p: unknown) =>
+    typeof p === 'string'
+      ? p
+          .replace(/\{[^}]*\}/g, '')
+          .replace(/[:*][A-Za-z0-9_$]+/g, 'x')
+          .replace(/\*/g, 'x')
+      : undefined;
+  const as = sample(a.route!.path);
+  const bs = sample(b.route!.path);
+  return (bs !== undefined && layerMatches(a, bs)) || (as !== undefined && layerMatches(b, as));
+}
+
+/**
+ * Whether two settings scan alike: the same, or overriding the same fields of `profile` with
+ * the same values (an override equal to the profile's own value changes nothing).
+ */
+export function sameScan(a: RouteSetting, b: RouteSetting, profile: Partial<IcapProfile>): boolean {
+  if (a === b) return true;
+  if (a === false || b === false) return false;
+  const changes = (s: Exclude<RouteSetting, false>) =>
+    s === DEFAULT_ROUTE
+      ? {}
+      : Object.fromEntries(
+          Object.entries(s).filter(
+            ([k, v]) => v !== undefined && !sameValue(v, (profile as Record<string, unknown>)[k]),
+          ),
+        );
+  return sameValue(changes(a), changes(b));
 }

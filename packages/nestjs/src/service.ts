@@ -10,7 +10,13 @@ import { icap as expressIcap, type IcapMiddleware } from '@icapkit/express';
 import { icap as fastifyIcap } from '@icapkit/fastify';
 import type { OnApplicationBootstrap, OnApplicationShutdown, OnModuleInit } from '@nestjs/common';
 import { DEFAULT_ROUTE, type RouteSetting } from './constants.js';
-import { annotateHandlers, expressRouteSetting, settingOf, sharedPathConflict } from './routes.js';
+import {
+  annotateHandlers,
+  expressRouteSetting,
+  settingOf,
+  sharedPathConflict,
+  type Versioning,
+} from './routes.js';
 
 /**
  * Refusals, as in @icapkit/express and @icapkit/fastify (the platform's):
@@ -85,9 +91,14 @@ export class IcapService implements OnModuleInit, OnApplicationBootstrap, OnAppl
   /** The Express middleware the scan runs in (where its router layer is). */
   #dispatcher: unknown;
 
+  /**
+   * `versioning`: the application's versioning (Nest's ApplicationConfig), read when a request
+   * comes: it decides which routes Nest may pass a request on from (routes.ts).
+   */
   constructor(
     readonly config: IcapModuleConfig,
     private readonly handlers: HandlerRef[],
+    private readonly versioning: () => Versioning | undefined = () => undefined,
   ) {}
 
   /** 'express' or 'fastify' once installed on the application's HTTP adapter. */
@@ -170,7 +181,7 @@ export class IcapService implements OnModuleInit, OnApplicationBootstrap, OnAppl
       if (setting !== undefined && setting !== false) this.#middlewareFor(setting);
     }
     const dispatcher = (req: IncomingMessage, res: ServerResponse, next: Next): void => {
-      const setting = expressRouteSetting(app, req, dispatcher);
+      const setting = expressRouteSetting(app, req, dispatcher, this.versioning());
       (req as unknown as Record<symbol, RouteSetting>)[USED] = setting;
       if (setting === false) {
         next();
@@ -231,7 +242,7 @@ export class IcapService implements OnModuleInit, OnApplicationBootstrap, OnAppl
    */
   async onApplicationBootstrap(): Promise<void> {
     if (this.#platform !== 'express') return;
-    const conflict = sharedPathConflict(this.#adapter?.getInstance());
+    const conflict = sharedPathConflict(this.#adapter?.getInstance(), this.config.profile, this.versioning());
     if (conflict !== undefined) throw new Error(conflict);
     const mws = [this.#defaultMiddleware, ...this.#routeMiddlewares.values()];
     await Promise.all(mws.map((mw) => mw?.ready()));
@@ -245,7 +256,7 @@ export class IcapService implements OnModuleInit, OnApplicationBootstrap, OnAppl
     const shaped = onRefusal !== undefined || refusals === 'error';
     this.#unguard = guardExpectContinue(server, async (req) => {
       if (shaped) return null;
-      const setting = expressRouteSetting(app, req, this.#dispatcher);
+      const setting = expressRouteSetting(app, req, this.#dispatcher, this.versioning());
       if (setting === false) return null;
       return this.#middlewareFor(setting)?.engine.preflight(req) ?? null;
     });
@@ -284,9 +295,11 @@ function aheadOfUserLayers(app: unknown, dispatcher: unknown): void {
   const at = stack.findIndex((l) => l.handle === dispatcher);
   if (at <= 0) return;
   // Nest's hook layer (ExpressAdapter's constructor adds it: after a prebuilt app's layers).
-  const hook = stack.findIndex(
-    (l, i) => i < at && typeof l.handle === 'function' && String(l.handle).includes('onRequestHook'),
-  );
+  const hook = stack.findIndex((l, i) => {
+    if (i >= at || typeof l.handle !== 'function') return false;
+    const source = String(l.handle);
+    return source.includes('this.onRequestHook') && source.includes('this.onResponseHook');
+  });
   const [scan] = stack.splice(at, 1);
   const front = hook === -1 ? [] : stack.splice(hook, 1);
   stack.unshift(...front, scan!);
