@@ -145,6 +145,16 @@ describe('an application with its own header limits (Express, node:http options)
     const { responses } = await rawExchange(url, [upload('/stream', 60, 0, 'length')], { responses: 1 });
     expect(responses[0]?.status).toBe(400);
     expect(got).toEqual([]);
+    // The same on a request line that says HTTP/2.0 (llhttp takes it): still an HTTP/1 request.
+    const h2line = await rawExchange(
+      url,
+      [upload('/stream', 60, 0, 'length').replace('HTTP/1.1', 'HTTP/2.0')],
+      {
+        responses: 1,
+      },
+    );
+    expect(h2line.responses[0]?.status).toBe(400);
+    expect(got).toEqual([]);
   });
 
   it('a maxHeadersCount raised after a connection was accepted: that connection keeps its bound (campaign-aa AA2)', async () => {

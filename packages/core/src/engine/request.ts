@@ -82,7 +82,9 @@ function fieldsProblem(req: ScanRequest, fields: number): string | undefined {
   const max = typeof pairs === 'number' ? pairs / 2 : req.socket?.server?.maxHeadersCount;
   const kept = typeof max === 'number' ? (max > 0 ? Math.floor(max) : Number.POSITIVE_INFINITY) : 1000;
   if (fields < kept && fields <= MAX_REQUEST_FIELDS) return undefined;
-  if (fields >= kept && !(req.httpVersionMajor === 2 || req.httpVersion?.startsWith('2')))
+  // An HTTP/2 stream (nghttp2 resets one with too many fields, it drops none); not the version a
+  // client wrote on an HTTP/1 request line (`HTTP/2.0`, which llhttp accepts).
+  if (fields >= kept && req.stream === undefined)
     return `the request has at least ${kept} header fields, the HTTP server's limit (maxHeadersCount): the fields past it are dropped, and with them what they say of its body`;
   if (fields > MAX_REQUEST_FIELDS)
     return `the request has ${fields} header fields, more than ${MAX_REQUEST_FIELDS}`;
