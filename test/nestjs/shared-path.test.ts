@@ -20,6 +20,7 @@
  * (`new ExpressAdapter(server)`) whatever it held (a route, a JSON parser) ran before the scan.
  */
 import 'reflect-metadata';
+import type { IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { IcapLog, IcapProfile } from '@icapkit/core';
 import { IcapModule, IcapOptions, SkipIcap } from '@icapkit/nestjs';
@@ -35,6 +36,7 @@ import {
   type NestModule,
   Post,
   Req,
+  VERSION_NEUTRAL,
   Version,
   VersioningType,
 } from '@nestjs/common';
@@ -43,6 +45,7 @@ import { ExpressAdapter, type NestExpressApplication } from '@nestjs/platform-ex
 import { FastifyAdapter, type NestFastifyApplication } from '@nestjs/platform-fastify';
 import express from 'express';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { expressRouteSetting } from '../../packages/nestjs/src/routes.js';
 import { refusingPort } from '../support/c-icap.js';
 import { send } from '../support/http-client.js';
 
@@ -53,6 +56,8 @@ beforeAll(async () => {
 afterAll(() => icap?.close());
 
 const EICAR = eicar().toString('latin1');
+/** The module's profile as a route setting (constants.ts DEFAULT_ROUTE). */
+const DEFAULT_SETTING = 'default';
 const json = { 'content-type': 'application/json' };
 const reqmods = () => icap.requests.filter((r) => r.method === 'REQMOD').length;
 
@@ -534,5 +539,152 @@ describe("nest-express: a prebuilt app's own layer that mentions onRequestHook (
     } finally {
       await app.close();
     }
+  });
+});
+
+describe('nest-express: what campaign-ab found around the same rule', () => {
+  it('middleware bound to a skipped version does not take the scanned version its setting (AB5)', async () => {
+    const STRICT = { failAction: 'fail-closed' } as const;
+    @SkipIcap()
+    @Controller({ path: 'hooks', version: '1' })
+    class V1 {
+      @Post()
+      @HttpCode(200)
+      up() {
+        return { version: 1 };
+      }
+    }
+    @Controller({ path: 'hooks', version: '2' })
+    class V2 {
+      @IcapOptions(STRICT)
+      @Post()
+      @HttpCode(200)
+      up(@Req() req: { body?: unknown }) {
+        saw('v2', req);
+        return { version: 2 };
+      }
+    }
+    @Module({ imports: [moduleWith({ failAction: 'fail-open' }, [V1, V2])] })
+    class WithSignatureCheck implements NestModule {
+      configure(consumer: MiddlewareConsumer): void {
+        consumer.apply((_req: unknown, _res: unknown, next: () => void) => next()).forRoutes(V1);
+      }
+    }
+    const app = await start('express', WithSignatureCheck);
+    try {
+      const clean = await post(app, '/hooks', 'clean', { 'x-api-version': '2' });
+      expect([clean.status, clean.answer]).toEqual([200, { version: 2 }]);
+      expect((await post(app, '/hooks', EICAR, { 'x-api-version': '2' })).status).toBe(403);
+    } finally {
+      await app.close();
+    }
+  });
+
+  it("a pass-through route of main.ts does not take the Nest route's setting (AB6)", async () => {
+    const STRICT = { failAction: 'fail-closed', bufferSize: '2mb' } as const;
+    @Controller('api')
+    class Api {
+      @IcapOptions(STRICT)
+      @Post('upload')
+      @HttpCode(200)
+      up() {
+        return { ok: true };
+      }
+    }
+    const app = await NestFactory.create<NestExpressApplication>(moduleWith({}, [Api]), { logger: false });
+    const audited: string[] = [];
+    (app.getHttpAdapter().getInstance() as express.Express).all('/api/*splat', (req, _res, next) => {
+      audited.push(req.url);
+      next();
+    });
+    await app.listen(0, '127.0.0.1');
+    try {
+      const clean = await post(app, '/api/upload', 'clean');
+      expect([clean.status, clean.answer, audited]).toEqual([200, { ok: true }, ['/api/upload']]);
+      expect((await post(app, '/api/upload', EICAR)).status).toBe(403);
+    } finally {
+      await app.close();
+    }
+  });
+
+  it('a skipped VERSION_NEUTRAL route keeps its skip: Nest never passes requests on from it (AB7)', async () => {
+    @SkipIcap()
+    @Controller({ path: 'neutral', version: VERSION_NEUTRAL })
+    class Neutral {
+      @Post()
+      @HttpCode(200)
+      up() {
+        return { neutral: true };
+      }
+    }
+    @Controller({ path: 'neutral', version: '2' })
+    class Two {
+      @Post()
+      @HttpCode(200)
+      up() {
+        return { version: 2 };
+      }
+    }
+    const app = await start('express', moduleWith({}, [Neutral, Two]));
+    try {
+      const r = await post(app, '/neutral', EICAR, { 'x-api-version': '2' });
+      expect([r.status, r.answer, r.scans]).toEqual([200, { neutral: true }, 0]);
+    } finally {
+      await app.close();
+    }
+  });
+
+  it('patterns that meet only on a path with both literals: start-up fails (AB1)', async () => {
+    const LENIENT = { failAction: 'fail-open' } as const;
+    @Controller('files')
+    class Files {
+      @IcapOptions(LENIENT)
+      @Version('1')
+      @Post(':name.json')
+      old() {}
+
+      @Version('2')
+      @Post('upload.:format')
+      current() {}
+    }
+    const app = await NestFactory.create<NestExpressApplication>(moduleWith({}, [Files]), { logger: false });
+    app.enableVersioning({ type: VersioningType.HEADER, header: 'x-api-version' });
+    try {
+      await expect(app.listen(0, '127.0.0.1')).rejects.toThrow(/may take the same requests/);
+    } finally {
+      await app.close();
+    }
+  });
+
+  it('routes registered through setOnRouteTriggered(): start-up fails, the settings cannot be read (AB2)', async () => {
+    const app = await NestFactory.create<NestExpressApplication>(moduleWith({}, [HookController]), {
+      logger: false,
+    });
+    (app.getHttpAdapter() as unknown as { setOnRouteTriggered(f: () => void): void }).setOnRouteTriggered(
+      () => {},
+    );
+    try {
+      await expect(app.listen(0, '127.0.0.1')).rejects.toThrow(/setOnRouteTriggered\(\) hook/);
+    } finally {
+      await app.close();
+    }
+  });
+
+  it('routes the start-up check cannot compare, scanned differently: the request is refused before its body is read', () => {
+    const server = express();
+    const route = (setting: unknown) => {
+      const handle = () => {};
+      Reflect.defineMetadata('icapkit:route', setting, handle);
+      Reflect.defineMetadata('icapkit:filters', { version: true, host: false }, handle);
+      return handle;
+    };
+    server.post(/^\/odd$/, route({ failAction: 'fail-open' }));
+    server.post('/odd', route(DEFAULT_SETTING));
+    const req = { url: '/odd', method: 'POST' } as IncomingMessage;
+    expect(expressRouteSetting(server, req, undefined, { type: VersioningType.HEADER }, {})).toBe(
+      'ambiguous',
+    );
+    // Without versioning the first route takes every request: its setting.
+    expect(expressRouteSetting(server, req, undefined, undefined, {})).toEqual({ failAction: 'fail-open' });
   });
 });

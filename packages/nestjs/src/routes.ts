@@ -1,5 +1,6 @@
 import type { IncomingMessage } from 'node:http';
 import type { IcapProfile } from '@icapkit/core';
+import { VERSION_NEUTRAL } from '@nestjs/common';
 import {
   DEFAULT_ROUTE,
   FASTIFY_ROUTE_CONFIG_METADATA,
@@ -10,6 +11,12 @@ import {
   ICAP_SKIP_METADATA,
   type RouteSetting,
 } from './constants.js';
+
+/**
+ * The routes that may take a request are scanned differently, and which one takes it is decided
+ * after the scan (by Nest's version or host filters): the request is refused before its body is read.
+ */
+export const AMBIGUOUS_ROUTE = 'ambiguous' as const;
 
 type Overrides = Partial<IcapProfile>;
 
@@ -117,10 +124,11 @@ export function annotateHandlers(
   const resolved = new Map<object, { controller: object; setting: RouteSetting; filters: RouteFilters }>();
   for (const { controller, handler } of controllers) {
     const setting = routeSetting(controller, handler);
+    const version =
+      meta.getMetadata(NEST_VERSION_METADATA, handler) ?? meta.getMetadata(NEST_VERSION_METADATA, controller);
     const filters = {
-      version:
-        meta.getMetadata(NEST_VERSION_METADATA, handler) !== undefined ||
-        meta.getMetadata(NEST_VERSION_METADATA, controller) !== undefined,
+      // VERSION_NEUTRAL alone: Nest registers the route without a version filter.
+      version: version !== undefined && version !== VERSION_NEUTRAL,
       host: meta.getMetadata(NEST_HOST_METADATA, controller) !== undefined,
     };
     const first = resolved.get(handler);
@@ -308,7 +316,8 @@ export function expressRouteSetting(
   req: IncomingMessage,
   self?: unknown,
   versioning?: Versioning,
-): RouteSetting {
+  profile: Partial<IcapProfile> = {},
+): RouteSetting | typeof AMBIGUOUS_ROUTE {
   const stack = routerStack(app);
   const path = routerPath(req.url);
   if (stack === undefined || path === null) return DEFAULT_ROUTE;
@@ -316,28 +325,40 @@ export function expressRouteSetting(
   // Layers before the scan have passed the request on already.
   const at = self === undefined ? -1 : stack.findIndex((l) => l.handle === self);
   let answeredBefore = false;
-  let first: RouteSetting | undefined;
+  // The routes that may take the request, in order: up to the first Nest route that cannot pass
+  // it on. (A route that is not Nest's, one main.ts added, may pass it on or answer it itself.)
+  let scanned: RouteSetting | undefined;
+  let skipped = false;
+  let foreign = false;
   for (let i = at + 1; i < stack.length; i++) {
     const layer = stack[i]!;
     const route = layer.route;
     if (route === undefined) {
-      if (first === undefined && !answeredBefore && mayAnswer(layer, path, method, 0)) answeredBefore = true;
+      if (
+        scanned === undefined &&
+        !skipped &&
+        !foreign &&
+        !answeredBefore &&
+        mayAnswer(layer, path, method, 0)
+      )
+        answeredBefore = true;
       continue;
     }
     const matched = routeMatches(layer, path, method);
     // A path Express cannot decode: it answers 400 itself.
-    if (matched === undefined) return first ?? DEFAULT_ROUTE;
+    if (matched === undefined) return scanned ?? DEFAULT_ROUTE;
     if (!matched) continue;
-    const setting = routeSettingOf(route);
-    if (first === undefined) {
-      if (setting !== false) return setting;
-      if (answeredBefore) return DEFAULT_ROUTE;
-      first = false;
-    } else if (setting !== false) return setting;
-    // A skipped route Nest may pass the request on from: the next matching one may take it.
-    if (!mayPassOn(route, versioning)) return false;
+    const setting = nestSettingOf(route);
+    if (setting === undefined) foreign = true;
+    else if (setting === false) skipped = true;
+    else if (scanned === undefined) scanned = setting;
+    // Two routes that may take it, scanned differently: the client could choose (sharedPathConflict).
+    else if (!sameScan(scanned, setting, profile)) return AMBIGUOUS_ROUTE;
+    if (setting !== undefined && !mayPassOn(route, versioning)) break;
   }
-  return first ?? DEFAULT_ROUTE;
+  if (scanned !== undefined) return scanned;
+  if (foreign || answeredBefore) return DEFAULT_ROUTE;
+  return skipped ? false : DEFAULT_ROUTE;
 }
 
 /** The Express application's router layers (Express 5: app.router; Express 4: app._router). */
@@ -363,11 +384,16 @@ function routeMatches(layer: ExpressLayer, path: string, method: string): boolea
 
 /** The setting the module wrote on a route's callback; the module's profile for a route not Nest's. */
 function routeSettingOf(route: ExpressRoute): RouteSetting {
+  return nestSettingOf(route) ?? DEFAULT_ROUTE;
+}
+
+/** The setting the module wrote on a route's callback, or undefined for a route not Nest's. */
+function nestSettingOf(route: ExpressRoute): RouteSetting | undefined {
   for (const l of route.stack ?? []) {
     const setting = settingOf(l.handle);
     if (setting !== undefined) return setting;
   }
-  return DEFAULT_ROUTE;
+  return undefined;
 }
 
 function samePattern(a: unknown, b: unknown): boolean {
@@ -433,7 +459,7 @@ export function sharedPathConflict(
  * of the other's pattern (its parameters and wildcards filled in, optional parts left out).
  */
 function overlap(a: ExpressLayer, b: ExpressLayer): boolean {
-  if (samePattern(a.route!.path, b.route!.path)) return true;
+  if (samePattern(a.route!.path, b.route!.path) || segmentsMayMeet(a.route!.path, b.route!.path)) return true;
   const sample = (p: unknown) =>
     typeof p === 'string'
       ? p
@@ -444,6 +470,22 @@ function overlap(a: ExpressLayer, b: ExpressLayer): boolean {
   const as = sample(a.route!.path);
   const bs = sample(b.route!.path);
   return (bs !== undefined && layerMatches(a, bs)) || (as !== undefined && layerMatches(b, as));
+}
+
+/**
+ * Whether two path patterns may match one path, segment by segment: the same number of segments,
+ * each pair the same or one of them with a parameter in it (`:name.json` and `upload.:format`
+ * both take `upload.json`); a pattern with an optional part or a wildcard may meet any other.
+ * Errs on "may": it only decides which routes the start-up check compares.
+ */
+function segmentsMayMeet(a: unknown, b: unknown): boolean {
+  if (typeof a !== 'string' || typeof b !== 'string') return true;
+  if (/[{*(]/.test(a) || /[{*(]/.test(b)) return true;
+  const as = a.split('/');
+  const bs = b.split('/');
+  return (
+    as.length === bs.length && as.every((x, i) => x === bs[i] || x.includes(':') || bs[i]!.includes(':'))
+  );
 }
 
 /**
@@ -462,4 +504,30 @@ export function sameScan(a: RouteSetting, b: RouteSetting, profile: Partial<Icap
           ),
         );
   return sameValue(changes(a), changes(b));
+}
+
+/**
+ * Start-up check: Nest routes whose callbacks do not carry the module's settings. With the HTTP
+ * adapter's `setOnRouteTriggered()` (per-route metrics, tracing), Nest registers each route
+ * through a wrapper of its own, and the metadata it copies onto the route's callback is not on
+ * it: the module could not tell a `@SkipIcap()` or `@IcapOptions()` route from any other (every
+ * request would get the module's profile, and the guard would refuse the others). A message,
+ * or undefined.
+ */
+export function unreadableRoutes(app: unknown): string | undefined {
+  for (const layer of routerStack(app) ?? []) {
+    const route = layer.route;
+    if (route === undefined || nestSettingOf(route) !== undefined) continue;
+    const wrapped = (route.stack ?? []).some(
+      (l) => typeof l.handle === 'function' && String(l.handle).includes('onRouteTriggered('),
+    );
+    if (wrapped)
+      return (
+        `@icapkit/nestjs: the route ${String(route.path)} is registered through the HTTP adapter's ` +
+        "setOnRouteTriggered() hook, whose wrapper does not carry the route's metadata: the module " +
+        'cannot read which routes are skipped or have their own settings. Remove the hook (time routes ' +
+        'with an interceptor instead), or use the Fastify platform.'
+      );
+  }
+  return undefined;
 }

@@ -8,13 +8,20 @@ import {
 } from '@icapkit/core';
 import { icap as expressIcap, type IcapMiddleware } from '@icapkit/express';
 import { icap as fastifyIcap } from '@icapkit/fastify';
-import type { OnApplicationBootstrap, OnApplicationShutdown, OnModuleInit } from '@nestjs/common';
-import { DEFAULT_ROUTE, type RouteSetting } from './constants.js';
 import {
+  Logger,
+  type OnApplicationBootstrap,
+  type OnApplicationShutdown,
+  type OnModuleInit,
+} from '@nestjs/common';
+import { DEFAULT_ROUTE, type RouteSetting, UNSCANNED_REQUEST } from './constants.js';
+import {
+  AMBIGUOUS_ROUTE,
   annotateHandlers,
   expressRouteSetting,
   settingOf,
   sharedPathConflict,
+  unreadableRoutes,
   type Versioning,
 } from './routes.js';
 
@@ -181,7 +188,11 @@ export class IcapService implements OnModuleInit, OnApplicationBootstrap, OnAppl
       if (setting !== undefined && setting !== false) this.#middlewareFor(setting);
     }
     const dispatcher = (req: IncomingMessage, res: ServerResponse, next: Next): void => {
-      const setting = expressRouteSetting(app, req, dispatcher, this.versioning());
+      const setting = expressRouteSetting(app, req, dispatcher, this.versioning(), profile);
+      if (setting === AMBIGUOUS_ROUTE) {
+        refuseAmbiguous(req, res);
+        return;
+      }
       (req as unknown as Record<symbol, RouteSetting>)[USED] = setting;
       if (setting === false) {
         next();
@@ -242,7 +253,9 @@ export class IcapService implements OnModuleInit, OnApplicationBootstrap, OnAppl
    */
   async onApplicationBootstrap(): Promise<void> {
     if (this.#platform !== 'express') return;
-    const conflict = sharedPathConflict(this.#adapter?.getInstance(), this.config.profile, this.versioning());
+    const instance = this.#adapter?.getInstance();
+    const conflict =
+      unreadableRoutes(instance) ?? sharedPathConflict(instance, this.config.profile, this.versioning());
     if (conflict !== undefined) throw new Error(conflict);
     const mws = [this.#defaultMiddleware, ...this.#routeMiddlewares.values()];
     await Promise.all(mws.map((mw) => mw?.ready()));
@@ -256,8 +269,8 @@ export class IcapService implements OnModuleInit, OnApplicationBootstrap, OnAppl
     const shaped = onRefusal !== undefined || refusals === 'error';
     this.#unguard = guardExpectContinue(server, async (req) => {
       if (shaped) return null;
-      const setting = expressRouteSetting(app, req, this.#dispatcher, this.versioning());
-      if (setting === false) return null;
+      const setting = expressRouteSetting(app, req, this.#dispatcher, this.versioning(), this.config.profile);
+      if (setting === false || setting === AMBIGUOUS_ROUTE) return null;
       return this.#middlewareFor(setting)?.engine.preflight(req) ?? null;
     });
   }
@@ -303,4 +316,36 @@ function aheadOfUserLayers(app: unknown, dispatcher: unknown): void {
   const [scan] = stack.splice(at, 1);
   const front = hook === -1 ? [] : stack.splice(hook, 1);
   stack.unshift(...front, scan!);
+}
+
+const logger = new Logger('IcapModule');
+
+/**
+ * A request that routes scanned with different settings may take, Nest deciding which only after
+ * the scan (versions, hosts; the start-up check catches the usual shapes): the client could
+ * choose the setting. Refused (403, ICAP_ERR_UNSCANNED_ROUTE) before its body is read, the
+ * connection closed.
+ */
+function refuseAmbiguous(req: IncomingMessage, res: ServerResponse): void {
+  logger.warn(
+    `${UNSCANNED_REQUEST}: ${req.method ?? 'GET'} ${routeOf(req.url)} may reach routes scanned with different settings (Nest tells them apart after the scan: versions, hosts); refused with 403. Give those routes the same settings.`,
+  );
+  const body = JSON.stringify({
+    statusCode: 403,
+    error: 'Forbidden',
+    code: UNSCANNED_REQUEST,
+    message: 'This request was not scanned as its route requires.',
+  });
+  res.writeHead(403, {
+    'content-type': 'application/json; charset=utf-8',
+    'content-length': Buffer.byteLength(body),
+    connection: 'close',
+  });
+  res.end(body);
+}
+
+/** The path of a request target, for a log line (no query: it may carry secrets). */
+function routeOf(url: string | undefined): string {
+  const path = (url ?? '/').split('?')[0]!;
+  return path.length > 200 ? `${path.slice(0, 200)}…` : path;
 }
