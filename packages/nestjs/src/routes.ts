@@ -289,11 +289,11 @@ function mayAnswer(layer: ExpressLayer, path: string, method: string, depth: num
 }
 
 /**
- * The setting a request is scanned with on Express: that of the first route of the Express
- * application's router that matches it (path and method), as Express will dispatch it; the
- * module's profile when no Nest route matches. Read before Nest's body parsers, which run before
- * routing. The guard checks at the handler that the setting used was the handler's own (URL
- * rewrites, versioned routes sharing a path).
+ * The setting a request is scanned with on Express, from the routes of the Express
+ * application's router that match it (path and method), in the order Express dispatches: the
+ * first route's, unless Nest may pass the request on from it (below); the module's profile when
+ * no Nest route matches. Read before Nest's body parsers, which run before routing. The guard
+ * checks at the handler that the setting used scans as the handler's own (URL rewrites).
  *
  * Routes whose paths overlap may be told apart only once Nest runs them: a version filter
  * (versioning by header, media type or a custom extractor, `versioning`) or a host filter

@@ -60,10 +60,10 @@ export interface HttpRequestFacts extends RequestFacts {
 export const MAX_REQUEST_FIELDS = 500;
 
 /**
- * Bytes of head (target and header fields) a scanned request may have: half the bound on an ICAP answer's head
- * (maxHeaderSize, 64 KiB), so that a scanner's echo of them, with what it adds, is read whole
- * (a threat it names there included). Node's own default is 16 KiB; this matters for an
- * application that raised it (`--max-http-header-size`).
+ * Bytes of head (target and header fields) a scanned request may have: half the bound on an
+ * ICAP answer's head (maxHeaderSize, 64 KiB), so that a scanner's echo of them, with what it
+ * adds, is read whole (a threat it names there included). Node's own default is 16 KiB; this
+ * matters for an application that raised it (`--max-http-header-size`).
  */
 export const MAX_REQUEST_HEAD = 32 * 1024;
 
