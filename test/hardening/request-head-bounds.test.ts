@@ -116,6 +116,34 @@ describe.each(FRAMEWORKS)('%s: header fields past what Node keeps', (framework) 
   }
 });
 
+describe('too many fields with Expect: 100-continue (Fastify guards it): 400 before the body is asked for (campaign-ac AC4)', () => {
+  it('the head alone gets the refusal; the body is never sent', async () => {
+    const app = await startApp('fastify', { name: 'expect', poolGroup: icap.url(), serviceUri: '/avscan' });
+    try {
+      // Expect and the framing first (Node keeps them), then the fields past its limit.
+      const head =
+        'POST /raw HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/octet-stream\r\n' +
+        `Content-Length: ${EICAR.length}\r\nExpect: 100-continue\r\n${fields(1100)}\r\n`;
+      // The first bytes back: the refusal, not a 100 Continue asking for the body.
+      const first = await new Promise<string>((resolve) => {
+        const { port } = new URL(app.url);
+        const socket = connect({ host: '127.0.0.1', port: Number(port) }, () => socket.write(head));
+        const timer = setTimeout(() => socket.destroy(), 5_000);
+        socket.once('data', (d) => {
+          clearTimeout(timer);
+          socket.destroy();
+          resolve(d.toString('latin1'));
+        });
+        socket.once('close', () => resolve(''));
+      });
+      expect(first).toMatch(/^HTTP\/1\.1 400 /);
+      expect(app.seen).toEqual([]);
+    } finally {
+      await app.close();
+    }
+  });
+});
+
 describe('an application with its own header limits (Express, node:http options)', () => {
   const logs: IcapLog[] = [];
   let server: Server;
@@ -201,6 +229,21 @@ describe('an application with its own header limits (Express, node:http options)
       url,
       [
         `POST ${target} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: ${EICAR.length}\r\n\r\n${EICAR.toString('latin1')}`,
+      ],
+      { responses: 1 },
+    );
+    expect(responses[0]?.status).toBe(400);
+    expect((await logAfter(logs, logged))?.error_message).toMatch(/exceeds 32 KiB/);
+    expect(got).toEqual([]);
+  });
+
+  it('a Host of 17 KiB: 400 (the absolute target carries it a second time; campaign-ac AC3)', async () => {
+    const logged = logs.length;
+    const host = 'a'.repeat(17 * 1024);
+    const { responses } = await rawExchange(
+      url,
+      [
+        `POST /stream HTTP/1.1\r\nHost: ${host}\r\nContent-Length: ${EICAR.length}\r\n\r\n${EICAR.toString('latin1')}`,
       ],
       { responses: 1 },
     );

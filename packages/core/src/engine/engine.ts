@@ -192,7 +192,8 @@ export class IcapEngine {
     const profile = this.profile;
     const facts = requestFacts(req);
     const decision = profile.policy.evaluate(facts);
-    if (!decision.scan) return null;
+    // Too many header fields: refused whatever the rules decided (as run() does), before 100 Continue.
+    if (!decision.scan && facts.tooManyFields === undefined) return null;
     const log = newLog(profile.name, facts, decision);
     const early = await admit({ profile, facts, log, options });
     if (early === null || early.kind !== 'respond') return null;

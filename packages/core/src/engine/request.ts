@@ -62,8 +62,8 @@ export const MAX_REQUEST_FIELDS = 500;
 /**
  * Bytes of head (target and header fields) a scanned request may have: half the bound on an
  * ICAP answer's head (maxHeaderSize, 64 KiB), so that a scanner's echo of them, with what it
- * adds, is read whole (a threat it names there included). Node's own default is 16 KiB; this
- * matters for an application that raised it (`--max-http-header-size`).
+ * adds, is read whole (a threat it names there included). Node's own bound is 16 KiB for
+ * HTTP/1 (unless an application raised it: `--max-http-header-size`) and 64 KiB for HTTP/2.
  */
 export const MAX_REQUEST_HEAD = 32 * 1024;
 
@@ -326,8 +326,10 @@ export function encapsulationProblem(facts: HttpRequestFacts, absolute: boolean)
   if (host !== undefined && !isPlainAuthority(host) && !AUTHORITY.test(host))
     return 'the Host of the request is not a valid host';
   let pseudo = false;
-  // The encapsulated request line counts too (its target: a long query).
-  let size = facts.method.length + target.length + 12;
+  // The encapsulated request line counts too: its target (a long query), in absolute form with
+  // the Host in it a second time.
+  let size =
+    facts.method.length + target.length + 12 + (absolute && !absoluteForm ? (host?.length ?? 0) + 8 : 0);
   for (const [name, value] of facts.headerPairs) {
     size += name.length + value.length + 4;
     if (size > MAX_REQUEST_HEAD)

@@ -26,7 +26,7 @@ import { refuse, tooLarge } from './outcome.js';
 export function admit(ctx: RequestContext): ScanOutcome | Promise<ScanOutcome> | null {
   const { profile: p, facts } = ctx;
   // What the ICAP server would be sent must be what the application reads: else 400, never failAction.
-  const problem = ctx.options.badRequest ?? encapsulationProblem(facts, p.absoluteUri);
+  const problem = facts.tooManyFields ?? ctx.options.badRequest ?? encapsulationProblem(facts, p.absoluteUri);
   if (problem !== undefined) return refuse(ctx, 'bad-request', IcapErrorCodes.BAD_REQUEST, problem, null);
   const transfer = facts.transferCoding;
   if (transfer !== 'chunked' && transfer !== undefined) {
