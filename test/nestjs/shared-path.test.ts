@@ -543,7 +543,7 @@ describe("nest-express: a prebuilt app's own layer that mentions onRequestHook (
 });
 
 describe('nest-express: what campaign-ab found around the same rule', () => {
-  it('middleware bound to a skipped version does not take the scanned version its setting (AB5)', async () => {
+  it('middleware bound to a skipped version, a scanned version with its own setting: refused before the body is read (AB5, campaign-ac)', async () => {
     const STRICT = { failAction: 'fail-closed' } as const;
     @SkipIcap()
     @Controller({ path: 'hooks', version: '1' })
@@ -572,15 +572,23 @@ describe('nest-express: what campaign-ab found around the same rule', () => {
     }
     const app = await start('express', WithSignatureCheck);
     try {
-      const clean = await post(app, '/hooks', 'clean', { 'x-api-version': '2' });
-      expect([clean.status, clean.answer]).toEqual([200, { version: 2 }]);
-      expect((await post(app, '/hooks', EICAR, { 'x-api-version': '2' })).status).toBe(403);
+      // Nest registers route-bound middleware as Express routes of its own, which may answer a
+      // request (with the module's profile owed to them) or pass it on to v2 (its setting).
+      for (const body of ['clean', EICAR]) {
+        const r = await post(app, '/hooks', body, { 'x-api-version': '2' });
+        expect([r.status, (r.answer as { code?: string })?.code, r.seen, r.scans]).toEqual([
+          403,
+          'ICAP_ERR_UNSCANNED_ROUTE',
+          [],
+          0,
+        ]);
+      }
     } finally {
       await app.close();
     }
   });
 
-  it("a pass-through route of main.ts does not take the Nest route's setting (AB6)", async () => {
+  it("a route of main.ts on a Nest route's path, scanned differently: refused before the body is read (AB6, AC1)", async () => {
     const STRICT = { failAction: 'fail-closed', bufferSize: '2mb' } as const;
     @Controller('api')
     class Api {
@@ -599,9 +607,20 @@ describe('nest-express: what campaign-ab found around the same rule', () => {
     });
     await app.listen(0, '127.0.0.1');
     try {
-      const clean = await post(app, '/api/upload', 'clean');
-      expect([clean.status, clean.answer, audited]).toEqual([200, { ok: true }, ['/api/upload']]);
-      expect((await post(app, '/api/upload', EICAR)).status).toBe(403);
+      // It may pass the request on (an audit) or answer it (a legacy handler, owed the module's
+      // profile): which, only Express knows, after the scan.
+      for (const body of ['clean', EICAR]) {
+        const r = await post(app, '/api/upload', body);
+        expect([r.status, (r.answer as { code?: string })?.code, r.scans, audited]).toEqual([
+          403,
+          'ICAP_ERR_UNSCANNED_ROUTE',
+          0,
+          [],
+        ]);
+      }
+      // Off the Nest route's path, the main.ts route gets the module's profile.
+      expect((await post(app, '/api/other', EICAR)).status).toBe(403);
+      expect(audited).toEqual([]);
     } finally {
       await app.close();
     }
@@ -686,5 +705,44 @@ describe('nest-express: what campaign-ab found around the same rule', () => {
     );
     // Without versioning the first route takes every request: its setting.
     expect(expressRouteSetting(server, req, undefined, undefined, {})).toEqual({ failAction: 'fail-open' });
+  });
+});
+
+describe('nest-express: a legacy handler of main.ts that answers, on a Nest route path with its own setting (campaign-ac AC1)', () => {
+  it('never gets the Nest route’s fail-open: the request is refused before its body is read', async () => {
+    const LENIENT = { failAction: 'fail-open' } as const;
+    @Controller('files')
+    class Files {
+      @IcapOptions(LENIENT)
+      @Post('import')
+      @HttpCode(200)
+      importing() {
+        return { nest: true };
+      }
+    }
+    const dead = `icap://127.0.0.1:${await refusingPort()}`;
+    const app = await NestFactory.create<NestExpressApplication>(
+      moduleWith({ poolGroup: dead, failAction: 'fail-closed', startupCheck: 'off', onLog: () => {} }, [
+        Files,
+      ]),
+      { logger: false },
+    );
+    const legacy: string[] = [];
+    (app.getHttpAdapter().getInstance() as express.Express).post(
+      '/files/import',
+      express.raw({ type: () => true }),
+      (req, res) => {
+        legacy.push((req.body as Buffer).toString('latin1'));
+        res.json({ legacy: true });
+      },
+    );
+    await app.listen(0, '127.0.0.1');
+    try {
+      const r = await post(app, '/files/import', EICAR);
+      expect([r.status, (r.answer as { code?: string })?.code]).toEqual([403, 'ICAP_ERR_UNSCANNED_ROUTE']);
+      expect(legacy).toEqual([]);
+    } finally {
+      await app.close();
+    }
   });
 });

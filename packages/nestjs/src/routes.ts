@@ -356,9 +356,13 @@ export function expressRouteSetting(
     else if (!sameScan(scanned, setting, profile)) return AMBIGUOUS_ROUTE;
     if (setting !== undefined && !mayPassOn(route, versioning)) break;
   }
-  if (scanned !== undefined) return scanned;
-  if (foreign || answeredBefore) return DEFAULT_ROUTE;
-  return skipped ? false : DEFAULT_ROUTE;
+  // A handler that is not Nest's (main.ts) may answer it itself: it is owed the module's
+  // profile, no guard checks it. A Nest route scanned otherwise may take it too: ambiguous.
+  if (foreign || answeredBefore) {
+    if (scanned === undefined || sameScan(scanned, DEFAULT_ROUTE, profile)) return DEFAULT_ROUTE;
+    return AMBIGUOUS_ROUTE;
+  }
+  return scanned ?? (skipped ? false : DEFAULT_ROUTE);
 }
 
 /** The Express application's router layers (Express 5: app.router; Express 4: app._router). */
@@ -405,7 +409,9 @@ function shareMethod(a: ExpressRoute, b: ExpressRoute): boolean {
   const am = a.methods ?? {};
   const bm = b.methods ?? {};
   if (am._all === true || bm._all === true) return true;
-  return Object.keys(am).some((m) => am[m] === true && bm[m] === true);
+  // A GET route takes HEAD requests too.
+  const has = (ms: typeof am, m: string) => ms[m] === true || (m === 'head' && ms.get === true);
+  return ['get', 'head', ...Object.keys(am)].some((m) => has(am, m) && has(bm, m));
 }
 
 /**
@@ -428,12 +434,14 @@ export function sharedPathConflict(
   for (let i = 0; i < layers.length; i++) {
     const a = layers[i]!.route!;
     const aSetting = routeSettingOf(a);
-    if (aSetting === false || !mayPassOn(a, versioning)) continue;
+    // (Routes that are not Nest's, Nest middleware bound to routes among them, are left to the
+    // request-time check: expressRouteSetting refuses what they make ambiguous.)
+    if (aSetting === false || nestSettingOf(a) === undefined || !mayPassOn(a, versioning)) continue;
     for (let j = i + 1; j < layers.length; j++) {
       const b = layers[j]!.route!;
       if (!shareMethod(a, b) || !overlap(layers[i]!, layers[j]!)) continue;
-      const bSetting = routeSettingOf(b);
-      if (bSetting === false || sameScan(aSetting, bSetting, profile)) continue;
+      const bSetting = nestSettingOf(b);
+      if (bSetting === undefined || bSetting === false || sameScan(aSetting, bSetting, profile)) continue;
       const label = (r: ExpressRoute) =>
         (r.stack ?? [])
           .map((l) =>
