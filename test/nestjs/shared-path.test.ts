@@ -543,7 +543,7 @@ describe("nest-express: a prebuilt app's own layer that mentions onRequestHook (
 });
 
 describe('nest-express: what campaign-ab found around the same rule', () => {
-  it('middleware bound to a skipped version, a scanned version with its own setting: refused before the body is read (AB5, campaign-ac)', async () => {
+  it('middleware bound to a skipped version does not take the scanned version its setting (AB5, campaign-ad)', async () => {
     const STRICT = { failAction: 'fail-closed' } as const;
     @SkipIcap()
     @Controller({ path: 'hooks', version: '1' })
@@ -572,23 +572,16 @@ describe('nest-express: what campaign-ab found around the same rule', () => {
     }
     const app = await start('express', WithSignatureCheck);
     try {
-      // Nest registers route-bound middleware as Express routes of its own, which may answer a
-      // request (with the module's profile owed to them) or pass it on to v2 (its setting).
-      for (const body of ['clean', EICAR]) {
-        const r = await post(app, '/hooks', body, { 'x-api-version': '2' });
-        expect([r.status, (r.answer as { code?: string })?.code, r.seen, r.scans]).toEqual([
-          403,
-          'ICAP_ERR_UNSCANNED_ROUTE',
-          [],
-          0,
-        ]);
-      }
+      // Nest's middleware passes the request on: v2's own setting applies.
+      const clean = await post(app, '/hooks', 'clean', { 'x-api-version': '2' });
+      expect([clean.status, clean.answer]).toEqual([200, { version: 2 }]);
+      expect((await post(app, '/hooks', EICAR, { 'x-api-version': '2' })).status).toBe(403);
     } finally {
       await app.close();
     }
   });
 
-  it("a route of main.ts on a Nest route's path, scanned differently: refused before the body is read (AB6, AC1)", async () => {
+  it("a route of main.ts before a Nest route scanned otherwise: the module's profile, then the guard (AB6, AC1)", async () => {
     const STRICT = { failAction: 'fail-closed', bufferSize: '2mb' } as const;
     @Controller('api')
     class Api {
@@ -607,20 +600,18 @@ describe('nest-express: what campaign-ab found around the same rule', () => {
     });
     await app.listen(0, '127.0.0.1');
     try {
-      // It may pass the request on (an audit) or answer it (a legacy handler, owed the module's
-      // profile): which, only Express knows, after the scan.
-      for (const body of ['clean', EICAR]) {
-        const r = await post(app, '/api/upload', body);
-        expect([r.status, (r.answer as { code?: string })?.code, r.scans, audited]).toEqual([
-          403,
-          'ICAP_ERR_UNSCANNED_ROUTE',
-          0,
-          [],
-        ]);
-      }
-      // Off the Nest route's path, the main.ts route gets the module's profile.
-      expect((await post(app, '/api/other', EICAR)).status).toBe(403);
-      expect(audited).toEqual([]);
+      // It may answer the request itself (a legacy handler, owed the module's profile, no guard
+      // of Nest's) or pass it on: scanned with the module's profile; the Nest route, reached with
+      // it, is refused by the guard.
+      const clean = await post(app, '/api/upload', 'clean');
+      expect([clean.status, (clean.answer as { code?: string })?.code, audited]).toEqual([
+        403,
+        'ICAP_ERR_UNSCANNED_ROUTE',
+        ['/api/upload'],
+      ]);
+      expect(clean.scans).toBeGreaterThan(0);
+      expect((await post(app, '/api/upload', EICAR)).status).toBe(403);
+      expect(audited).toEqual(['/api/upload']);
     } finally {
       await app.close();
     }
@@ -691,14 +682,14 @@ describe('nest-express: what campaign-ab found around the same rule', () => {
 
   it('routes the start-up check cannot compare, scanned differently: the request is refused before its body is read', () => {
     const server = express();
-    const route = (setting: unknown) => {
+    const route = (setting: unknown, version: string) => {
       const handle = () => {};
       Reflect.defineMetadata('icapkit:route', setting, handle);
-      Reflect.defineMetadata('icapkit:filters', { version: true, host: false }, handle);
+      Reflect.defineMetadata('icapkit:filters', { version, host: undefined }, handle);
       return handle;
     };
-    server.post(/^\/odd$/, route({ failAction: 'fail-open' }));
-    server.post('/odd', route(DEFAULT_SETTING));
+    server.post(/^\/odd$/, route({ failAction: 'fail-open' }, '1'));
+    server.post('/odd', route(DEFAULT_SETTING, '2'));
     const req = { url: '/odd', method: 'POST' } as IncomingMessage;
     expect(expressRouteSetting(server, req, undefined, { type: VersioningType.HEADER }, {})).toBe(
       'ambiguous',
@@ -709,7 +700,7 @@ describe('nest-express: what campaign-ab found around the same rule', () => {
 });
 
 describe('nest-express: a legacy handler of main.ts that answers, on a Nest route path with its own setting (campaign-ac AC1)', () => {
-  it('never gets the Nest route’s fail-open: the request is refused before its body is read', async () => {
+  it('never gets the Nest route’s fail-open: the module’s profile (fail-closed: 503 with the scanner down)', async () => {
     const LENIENT = { failAction: 'fail-open' } as const;
     @Controller('files')
     class Files {
@@ -739,8 +730,48 @@ describe('nest-express: a legacy handler of main.ts that answers, on a Nest rout
     await app.listen(0, '127.0.0.1');
     try {
       const r = await post(app, '/files/import', EICAR);
-      expect([r.status, (r.answer as { code?: string })?.code]).toEqual([403, 'ICAP_ERR_UNSCANNED_ROUTE']);
+      expect(r.status).toBe(503);
       expect(legacy).toEqual([]);
+    } finally {
+      await app.close();
+    }
+  });
+});
+
+describe('nest-express: common shapes that must keep working (campaign-ad)', () => {
+  it('middleware bound to a controller with an @IcapOptions() route; routes of one version told apart by Express alone', async () => {
+    const LARGE = { bufferSize: '5mb' } as const;
+    @Controller('files')
+    class Files {
+      @IcapOptions(LARGE)
+      @Post('import')
+      @HttpCode(200)
+      importing() {
+        return { route: 'import' };
+      }
+
+      @Post(':id')
+      @HttpCode(200)
+      update() {
+        return { route: 'update' };
+      }
+    }
+    @Module({ imports: [moduleWith({}, [Files])] })
+    class WithLogger implements NestModule {
+      configure(consumer: MiddlewareConsumer): void {
+        consumer.apply((_req: unknown, _res: unknown, next: () => void) => next()).forRoutes(Files);
+      }
+    }
+    // Every route has the default version: Nest never tells them apart, Express's order does.
+    const app = await NestFactory.create<NestExpressApplication>(WithLogger, { logger: false });
+    app.enableVersioning({ type: VersioningType.HEADER, header: 'x-api-version', defaultVersion: '1' });
+    await app.listen(0, '127.0.0.1');
+    try {
+      const imported = await post(app, '/files/import', 'clean', { 'x-api-version': '1' });
+      expect([imported.status, imported.answer]).toEqual([200, { route: 'import' }]);
+      const updated = await post(app, '/files/7', 'clean', { 'x-api-version': '1' });
+      expect([updated.status, updated.answer]).toEqual([200, { route: 'update' }]);
+      expect((await post(app, '/files/import', EICAR, { 'x-api-version': '1' })).status).toBe(403);
     } finally {
       await app.close();
     }

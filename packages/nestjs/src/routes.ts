@@ -49,10 +49,50 @@ function merge(outer: Overrides, inner: Overrides): Overrides {
 const NEST_VERSION_METADATA = '__version__';
 const NEST_HOST_METADATA = 'host';
 
-/** Whether a handler (or its controller) has a version or a host of its own. */
+/**
+ * A handler's version and host (its own or its controller's; undefined: none), as Nest filters
+ * requests by them. Routes with the same filters take the same requests: one Nest passes a
+ * request on from, the next passes on too.
+ */
 interface RouteFilters {
-  version: boolean;
-  host: boolean;
+  version: unknown;
+  host: unknown;
+}
+
+/** Filters of a function several controllers share, which differ: like no other route's. */
+const MIXED = Symbol('icapkit.mixed-filters');
+
+function filtersOf(route: ExpressRoute): RouteFilters | undefined {
+  for (const l of route.stack ?? []) {
+    if (typeof l.handle !== 'function') continue;
+    const f = meta.getMetadata(ICAP_FILTERS_METADATA, l.handle) as RouteFilters | undefined;
+    if (f !== undefined) return f;
+  }
+  return undefined;
+}
+
+/** Two routes Nest filters alike: the later never takes what the earlier passes on. */
+function sameFilters(a: ExpressRoute, b: ExpressRoute): boolean {
+  const fa = filtersOf(a);
+  const fb = filtersOf(b);
+  return (
+    fa !== undefined &&
+    fb !== undefined &&
+    fa.version !== MIXED &&
+    sameValue(fa.version, fb.version) &&
+    sameValue(fa.host, fb.host)
+  );
+}
+
+/**
+ * Nest's middleware (`MiddlewareConsumer`), registered as Express layers (`use()`, or routes for
+ * one method): it runs and passes the request on to the route, it is no handler of its own. Told
+ * by the wrapper Nest's MiddlewareModule puts around it.
+ */
+function isNestMiddleware(handle: unknown): boolean {
+  if (typeof handle !== 'function') return false;
+  const source = Function.prototype.toString.call(handle);
+  return source.includes('handledRequests') && source.includes('middlewareFunction(req, res, next)');
 }
 
 /**
@@ -71,18 +111,13 @@ export interface Versioning {
  * custom extractor, for a route with a version: its own, its controller's or the default).
  */
 function mayPassOn(route: ExpressRoute, versioning: Versioning | undefined): boolean {
-  for (const l of route.stack ?? []) {
-    if (typeof l.handle !== 'function') continue;
-    const f = meta.getMetadata(ICAP_FILTERS_METADATA, l.handle) as RouteFilters | undefined;
-    if (f === undefined) continue;
-    if (f.host) return true;
-    return (
-      versioning !== undefined &&
-      versioning.type !== 0 &&
-      (f.version || versioning.defaultVersion !== undefined)
-    );
-  }
-  return false;
+  const f = filtersOf(route);
+  if (f === undefined) return false;
+  if (f.host !== undefined) return true;
+  if (versioning === undefined || versioning.type === 0) return false;
+  // VERSION_NEUTRAL alone: Nest registers the route without a version filter.
+  if (f.version === VERSION_NEUTRAL) return false;
+  return f.version !== undefined || versioning.defaultVersion !== undefined;
 }
 
 /** A handler's setting from its own decorators and its controller's (the handler's win). */
@@ -126,21 +161,13 @@ export function annotateHandlers(
     const setting = routeSetting(controller, handler);
     const version =
       meta.getMetadata(NEST_VERSION_METADATA, handler) ?? meta.getMetadata(NEST_VERSION_METADATA, controller);
-    const filters = {
-      // VERSION_NEUTRAL alone: Nest registers the route without a version filter.
-      version: version !== undefined && version !== VERSION_NEUTRAL,
-      host: meta.getMetadata(NEST_HOST_METADATA, controller) !== undefined,
-    };
+    const filters: RouteFilters = { version, host: meta.getMetadata(NEST_HOST_METADATA, controller) };
     const first = resolved.get(handler);
     if (first === undefined) resolved.set(handler, { controller, setting, filters });
     else if (!sameSetting(first.setting, setting))
       throw new Error(sharedHandlerMessage(handler, first.controller, first.setting, controller, setting));
-    // One function for several controllers: any of their filters may apply.
-    else
-      first.filters = {
-        version: first.filters.version || filters.version,
-        host: first.filters.host || filters.host,
-      };
+    // One function for several controllers: if their filters differ, it is like no other route.
+    else if (!sameValue(first.filters, filters)) first.filters = { version: MIXED, host: true };
   }
   for (const [handler, { controller, setting, filters }] of resolved) {
     meta.defineMetadata(ICAP_ROUTE_METADATA, setting, handler);
@@ -326,43 +353,56 @@ export function expressRouteSetting(
   const at = self === undefined ? -1 : stack.findIndex((l) => l.handle === self);
   let answeredBefore = false;
   // The routes that may take the request, in order: up to the first Nest route that cannot pass
-  // it on. (A route that is not Nest's, one main.ts added, may pass it on or answer it itself.)
+  // it on. Nest's own middleware passes it on; a route main.ts added may answer it itself.
   let scanned: RouteSetting | undefined;
-  let skipped = false;
+  let skippedFirst = false;
   let foreign = false;
+  const seen: ExpressRoute[] = [];
   for (let i = at + 1; i < stack.length; i++) {
     const layer = stack[i]!;
     const route = layer.route;
     if (route === undefined) {
       if (
-        scanned === undefined &&
-        !skipped &&
-        !foreign &&
+        seen.length === 0 &&
         !answeredBefore &&
+        !isNestMiddleware(layer.handle) &&
         mayAnswer(layer, path, method, 0)
       )
         answeredBefore = true;
       continue;
     }
+    if ((route.stack ?? []).some((l) => isNestMiddleware(l.handle))) continue;
     const matched = routeMatches(layer, path, method);
     // A path Express cannot decode: it answers 400 itself.
     if (matched === undefined) return scanned ?? DEFAULT_ROUTE;
     if (!matched) continue;
     const setting = nestSettingOf(route);
-    if (setting === undefined) foreign = true;
-    else if (setting === false) skipped = true;
-    else if (scanned === undefined) scanned = setting;
-    // Two routes that may take it, scanned differently: the client could choose (sharedPathConflict).
-    else if (!sameScan(scanned, setting, profile)) return AMBIGUOUS_ROUTE;
-    if (setting !== undefined && !mayPassOn(route, versioning)) break;
+    if (setting === undefined) {
+      // A handler main.ts added (no guard checks it): owed the module's profile.
+      if (seen.length === 0) return DEFAULT_ROUTE;
+      foreign = true;
+      continue;
+    }
+    // Filtered as an earlier route is: it never takes what that one passes on.
+    if (seen.some((r) => sameFilters(r, route))) continue;
+    if (seen.length === 0) {
+      if (setting !== false && !mayPassOn(route, versioning)) return setting;
+      skippedFirst = setting === false;
+    }
+    seen.push(route);
+    if (setting !== false) {
+      // Two routes that may take it, scanned differently: the client could choose (sharedPathConflict).
+      if (scanned !== undefined && !sameScan(scanned, setting, profile)) return AMBIGUOUS_ROUTE;
+      scanned ??= setting;
+    }
+    if (!mayPassOn(route, versioning)) break;
   }
-  // A handler that is not Nest's (main.ts) may answer it itself: it is owed the module's
-  // profile, no guard checks it. A Nest route scanned otherwise may take it too: ambiguous.
-  if (foreign || answeredBefore) {
+  // A handler that may answer before the routes (main.ts) is owed the module's profile.
+  if (foreign || (skippedFirst && answeredBefore)) {
     if (scanned === undefined || sameScan(scanned, DEFAULT_ROUTE, profile)) return DEFAULT_ROUTE;
     return AMBIGUOUS_ROUTE;
   }
-  return scanned ?? (skipped ? false : DEFAULT_ROUTE);
+  return scanned ?? (skippedFirst ? false : DEFAULT_ROUTE);
 }
 
 /** The Express application's router layers (Express 5: app.router; Express 4: app._router). */
@@ -439,7 +479,7 @@ export function sharedPathConflict(
     if (aSetting === false || nestSettingOf(a) === undefined || !mayPassOn(a, versioning)) continue;
     for (let j = i + 1; j < layers.length; j++) {
       const b = layers[j]!.route!;
-      if (!shareMethod(a, b) || !overlap(layers[i]!, layers[j]!)) continue;
+      if (!shareMethod(a, b) || sameFilters(a, b) || !overlap(layers[i]!, layers[j]!)) continue;
       const bSetting = nestSettingOf(b);
       if (bSetting === undefined || bSetting === false || sameScan(aSetting, bSetting, profile)) continue;
       const label = (r: ExpressRoute) =>
