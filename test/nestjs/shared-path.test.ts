@@ -36,6 +36,7 @@ import {
   type NestModule,
   Post,
   Req,
+  RequestMethod,
   VERSION_NEUTRAL,
   Version,
   VersioningType,
@@ -543,7 +544,7 @@ describe("nest-express: a prebuilt app's own layer that mentions onRequestHook (
 });
 
 describe('nest-express: what campaign-ab found around the same rule', () => {
-  it('middleware bound to a skipped version does not take the scanned version its setting (AB5, campaign-ad)', async () => {
+  it('middleware bound to a skipped version, a scanned version with a setting of its own: refused before the body (AB5, campaign-ae)', async () => {
     const STRICT = { failAction: 'fail-closed' } as const;
     @SkipIcap()
     @Controller({ path: 'hooks', version: '1' })
@@ -572,10 +573,17 @@ describe('nest-express: what campaign-ab found around the same rule', () => {
     }
     const app = await start('express', WithSignatureCheck);
     try {
-      // Nest's middleware passes the request on: v2's own setting applies.
-      const clean = await post(app, '/hooks', 'clean', { 'x-api-version': '2' });
-      expect([clean.status, clean.answer]).toEqual([200, { version: 2 }]);
-      expect((await post(app, '/hooks', EICAR, { 'x-api-version': '2' })).status).toBe(403);
+      // Nest middleware bound to the skipped route's path may answer the request itself (owed
+      // the module's profile) or pass it on to v2 (its own setting): ambiguous.
+      for (const body of ['clean', EICAR]) {
+        const r = await post(app, '/hooks', body, { 'x-api-version': '2' });
+        expect([r.status, (r.answer as { code?: string })?.code, r.seen, r.scans]).toEqual([
+          403,
+          'ICAP_ERR_UNSCANNED_ROUTE',
+          [],
+          0,
+        ]);
+      }
     } finally {
       await app.close();
     }
@@ -772,6 +780,77 @@ describe('nest-express: common shapes that must keep working (campaign-ad)', () 
       const updated = await post(app, '/files/7', 'clean', { 'x-api-version': '1' });
       expect([updated.status, updated.answer]).toEqual([200, { route: 'update' }]);
       expect((await post(app, '/files/import', EICAR, { 'x-api-version': '1' })).status).toBe(403);
+    } finally {
+      await app.close();
+    }
+  });
+});
+
+describe('nest-express: what campaign-ae found', () => {
+  it('hosts as RegExps are told apart by their pattern (AE1)', async () => {
+    @SkipIcap()
+    @Controller({ path: 'doc', host: /^admin\./ })
+    class Admin {
+      @Post()
+      @HttpCode(200)
+      up() {
+        return { host: 'admin' };
+      }
+    }
+    @Controller({ path: 'doc', host: /^api\./ })
+    class Api {
+      @Post()
+      @HttpCode(200)
+      up(@Req() req: { body?: unknown }) {
+        saw('api', req);
+        return { host: 'api' };
+      }
+    }
+    const app = await start('express', moduleWith({}, [Admin, Api]));
+    try {
+      const r = await post(app, '/doc', EICAR, { host: 'api.example.com' });
+      expect([r.status, r.seen]).toEqual([403, []]);
+      expect(r.scans).toBeGreaterThan(0);
+    } finally {
+      await app.close();
+    }
+  });
+
+  it('Nest middleware that answers on a skipped route’s path is scanned with the module’s profile (AE2)', async () => {
+    const legacy: string[] = [];
+    @Injectable()
+    class LegacyImport {
+      use(req: IncomingMessage, res: { statusCode: number; end(b: string): void }, _next: () => void) {
+        const chunks: Buffer[] = [];
+        req.on('data', (c: Buffer) => chunks.push(c));
+        req.on('end', () => {
+          legacy.push(Buffer.concat(chunks).toString('latin1'));
+          res.statusCode = 202;
+          res.end('{"stored":true}');
+        });
+      }
+    }
+    @Controller('webhooks')
+    class Webhooks {
+      @SkipIcap()
+      @Post(':provider')
+      @HttpCode(204)
+      hook() {}
+    }
+    @Module({ imports: [moduleWith({}, [Webhooks])], providers: [LegacyImport] })
+    class WithLegacy implements NestModule {
+      configure(consumer: MiddlewareConsumer): void {
+        consumer.apply(LegacyImport).forRoutes({ path: 'webhooks/legacy', method: RequestMethod.POST });
+      }
+    }
+    const app = await start('express', WithLegacy);
+    try {
+      const r = await post(app, '/webhooks/legacy', EICAR);
+      expect(r.status).toBe(403);
+      expect(legacy).toEqual([]);
+      // The skipped route keeps its skip on its other paths.
+      const skipped = await post(app, '/webhooks/github', EICAR);
+      expect([skipped.status, skipped.scans]).toEqual([204, 0]);
     } finally {
       await app.close();
     }

@@ -79,9 +79,18 @@ function sameFilters(a: ExpressRoute, b: ExpressRoute): boolean {
     fa !== undefined &&
     fb !== undefined &&
     fa.version !== MIXED &&
-    sameValue(fa.version, fb.version) &&
+    versionKey(fa.version) === versionKey(fb.version) &&
     sameValue(fa.host, fb.host)
   );
+}
+
+/** A version as Nest matches it: one or several (in any order), VERSION_NEUTRAL among them. */
+function versionKey(v: unknown): string | undefined {
+  if (v === undefined) return undefined;
+  return (Array.isArray(v) ? v : [v])
+    .map((x) => (typeof x === 'symbol' ? x.toString() : String(x)))
+    .sort()
+    .join('\u0000');
 }
 
 /**
@@ -199,7 +208,12 @@ function sameValue(a: unknown, b: unknown, depth = 0): boolean {
   if (Object.is(a, b)) return true;
   if (typeof a !== 'object' || typeof b !== 'object' || a === null || b === null || depth > 16) return false;
   if (Array.isArray(a) !== Array.isArray(b)) return false;
-  if (Object.getPrototypeOf(a) !== Object.getPrototypeOf(b)) return false;
+  const proto = Object.getPrototypeOf(a);
+  if (proto !== Object.getPrototypeOf(b)) return false;
+  // A RegExp by its source and flags (a host pattern); other objects that are not plain data
+  // (no own keys to compare: Date, Map...) only when they are the same object.
+  if (a instanceof RegExp) return String(a) === String(b);
+  if (!Array.isArray(a) && proto !== Object.prototype && proto !== null) return false;
   const keys = Object.keys(a);
   if (keys.length !== Object.keys(b).length) return false;
   return keys.every(
@@ -352,6 +366,9 @@ export function expressRouteSetting(
   // Layers before the scan have passed the request on already.
   const at = self === undefined ? -1 : stack.findIndex((l) => l.handle === self);
   let answeredBefore = false;
+  // Nest middleware bound to the path before the first route: it passes requests on to a route
+  // scanned for them, but bound to a skipped route's path it could answer one itself.
+  let middlewareBefore = false;
   // The routes that may take the request, in order: up to the first Nest route that cannot pass
   // it on. Nest's own middleware passes it on; a route main.ts added may answer it itself.
   let scanned: RouteSetting | undefined;
@@ -362,16 +379,16 @@ export function expressRouteSetting(
     const layer = stack[i]!;
     const route = layer.route;
     if (route === undefined) {
-      if (
-        seen.length === 0 &&
-        !answeredBefore &&
-        !isNestMiddleware(layer.handle) &&
-        mayAnswer(layer, path, method, 0)
-      )
-        answeredBefore = true;
+      if (seen.length === 0 && !answeredBefore && mayAnswer(layer, path, method, 0)) {
+        if (isNestMiddleware(layer.handle)) middlewareBefore = true;
+        else answeredBefore = true;
+      }
       continue;
     }
-    if ((route.stack ?? []).some((l) => isNestMiddleware(l.handle))) continue;
+    if ((route.stack ?? []).some((l) => isNestMiddleware(l.handle))) {
+      if (seen.length === 0 && routeMatches(layer, path, method) !== false) middlewareBefore = true;
+      continue;
+    }
     const matched = routeMatches(layer, path, method);
     // A path Express cannot decode: it answers 400 itself.
     if (matched === undefined) return scanned ?? DEFAULT_ROUTE;
@@ -398,7 +415,7 @@ export function expressRouteSetting(
     if (!mayPassOn(route, versioning)) break;
   }
   // A handler that may answer before the routes (main.ts) is owed the module's profile.
-  if (foreign || (skippedFirst && answeredBefore)) {
+  if (foreign || (skippedFirst && (answeredBefore || middlewareBefore))) {
     if (scanned === undefined || sameScan(scanned, DEFAULT_ROUTE, profile)) return DEFAULT_ROUTE;
     return AMBIGUOUS_ROUTE;
   }
