@@ -22,12 +22,16 @@
 import 'reflect-metadata';
 import type { IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import type { IcapLog, IcapProfile } from '@icapkit/core';
-import { IcapModule, IcapOptions, SkipIcap } from '@icapkit/nestjs';
+import { connect } from 'node:net';
+import { type IcapLog, type IcapProfile, IcapRefusalError } from '@icapkit/core';
+import { IcapModule, type IcapModuleOptions, IcapOptions, SkipIcap } from '@icapkit/nestjs';
 import { eicar, type IcapTestServer, startIcapServer } from '@icapkit/testing';
 import {
+  type ArgumentsHost,
   type CanActivate,
+  Catch,
   Controller,
+  type ExceptionFilter,
   type ExecutionContext,
   HttpCode,
   Injectable,
@@ -41,7 +45,7 @@ import {
   Version,
   VersioningType,
 } from '@nestjs/common';
-import { APP_GUARD, NestFactory } from '@nestjs/core';
+import { APP_FILTER, APP_GUARD, NestFactory } from '@nestjs/core';
 import { ExpressAdapter, type NestExpressApplication } from '@nestjs/platform-express';
 import { FastifyAdapter, type NestFastifyApplication } from '@nestjs/platform-fastify';
 import express from 'express';
@@ -152,6 +156,30 @@ async function start(platform: 'express' | 'fastify', module: unknown) {
   app.enableVersioning({ type: VersioningType.HEADER, header: 'x-api-version' });
   await app.listen(0, '127.0.0.1');
   return app;
+}
+
+/** The first bytes the server answers a request head with (up to the end of that answer's head). */
+function firstAnswer(port: number, head: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(port, '127.0.0.1', () => socket.write(head));
+    let got = '';
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new Error(`no answer within 10 s: ${JSON.stringify(got)}`));
+    }, 10_000);
+    socket.on('data', (d: Buffer) => {
+      got += d.toString('latin1');
+      if (got.includes('\r\n\r\n')) {
+        clearTimeout(timer);
+        socket.destroy();
+        resolve(got);
+      }
+    });
+    socket.on('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+  });
 }
 
 /** POSTs `body` as JSON; the status, the parsed answer (or null), the REQMODs it cost, who saw what. */
@@ -576,14 +604,112 @@ describe('nest-express: what campaign-ab found around the same rule', () => {
       // Nest middleware bound to the skipped route's path may answer the request itself (owed
       // the module's profile) or pass it on to v2 (its own setting): ambiguous.
       for (const body of ['clean', EICAR]) {
-        const r = await post(app, '/hooks', body, { 'x-api-version': '2' });
-        expect([r.status, (r.answer as { code?: string })?.code, r.seen, r.scans]).toEqual([
+        const r = await post(app, '/hooks', body, { 'x-api-version': '2', accept: 'application/json' });
+        expect([r.status, (r.answer as { type?: string })?.type, r.seen, r.scans]).toEqual([
           403,
-          'ICAP_ERR_UNSCANNED_ROUTE',
+          'urn:icapkit:problem:unscanned-route',
           [],
           0,
         ]);
       }
+    } finally {
+      await app.close();
+    }
+  });
+
+  it("the refusal of such a request is the module's own: onRefusal, refusals: 'error', the log record, before 100 Continue", async () => {
+    @SkipIcap()
+    @Controller({ path: 'hooks', version: '1' })
+    class V1 {
+      @Post()
+      @HttpCode(200)
+      up() {
+        return { version: 1 };
+      }
+    }
+    @Controller({ path: 'hooks', version: '2' })
+    class V2 {
+      @IcapOptions({ failAction: 'fail-closed' })
+      @Post()
+      @HttpCode(200)
+      up(@Req() req: { body?: unknown }) {
+        saw('v2', req);
+        return { version: 2 };
+      }
+    }
+    const caught: unknown[] = [];
+    @Catch(IcapRefusalError)
+    class RefusalFilter implements ExceptionFilter {
+      catch(err: IcapRefusalError, host: ArgumentsHost) {
+        caught.push(err);
+        host.switchToHttp().getResponse<express.Response>().status(409).json({ mine: err.code });
+      }
+    }
+    const logs: IcapLog[] = [];
+    const appWith = async (options: IcapModuleOptions) => {
+      @Module({
+        imports: [
+          IcapModule.forRoot(
+            {
+              name: 'shared',
+              poolGroup: icap.url(),
+              serviceUri: '/avscan',
+              failAction: 'fail-open',
+              onLog: (log) => logs.push(log),
+            },
+            options,
+          ),
+        ],
+        controllers: [V1, V2],
+        providers: [{ provide: APP_FILTER, useClass: RefusalFilter }],
+      })
+      class M implements NestModule {
+        configure(consumer: MiddlewareConsumer): void {
+          consumer.apply((_req: unknown, _res: unknown, next: () => void) => next()).forRoutes(V1);
+        }
+      }
+      return start('express', M);
+    };
+    const v2 = { 'x-api-version': '2' };
+    // onRefusal renders it.
+    let app = await appWith({ onRefusal: (refusal) => ({ status: 451, body: { was: refusal.reason } }) });
+    try {
+      logs.length = 0;
+      const r = await post(app, '/hooks', EICAR, v2);
+      expect([r.status, r.answer, r.seen, r.scans]).toEqual([451, { was: 'unscanned-route' }, [], 0]);
+      expect(logs.map((l) => [l.action, l.error_code, l.http_response_code])).toEqual([
+        ['ICAP_BLOCKED', 'ICAP_ERR_UNSCANNED_ROUTE', 403],
+      ]);
+    } finally {
+      await app.close();
+    }
+    // refusals: 'error' reaches the application's global filter.
+    app = await appWith({ refusals: 'error' });
+    try {
+      const r = await post(app, '/hooks', 'clean', v2);
+      expect([r.status, r.answer, r.seen, r.scans]).toEqual([
+        409,
+        { mine: 'ICAP_ERR_UNSCANNED_ROUTE' },
+        [],
+        0,
+      ]);
+      expect(caught).toHaveLength(1);
+      expect(caught[0]).toMatchObject({ status: 403, reason: 'unscanned-route' });
+    } finally {
+      await app.close();
+    }
+    // Left to the module: with Expect: 100-continue, 403 comes instead of 100 Continue.
+    app = await appWith({});
+    try {
+      logs.length = 0;
+      const url = new URL(await app.getUrl());
+      const first = await firstAnswer(
+        Number(url.port),
+        'POST /hooks HTTP/1.1\r\nHost: x\r\nX-API-Version: 2\r\nContent-Type: application/json\r\n' +
+          'Content-Length: 20\r\nExpect: 100-continue\r\n\r\n',
+      );
+      expect(first.split('\r\n')[0]).toBe('HTTP/1.1 403 Forbidden');
+      expect(logs.map((l) => l.error_code)).toEqual(['ICAP_ERR_UNSCANNED_ROUTE']);
     } finally {
       await app.close();
     }

@@ -84,6 +84,11 @@ export const IcapErrorCodes = {
    * cannot be scanned, so the request is refused (500). Mount icap() before body parsers.
    */
   BODY_CONSUMED: 'ICAP_ERR_BODY_CONSUMED',
+  /**
+   * The request may reach routes scanned with different settings, and the framework tells them
+   * apart only after the scan (NestJS versions and hosts): refused (403) before its body is read.
+   */
+  UNSCANNED_ROUTE: 'ICAP_ERR_UNSCANNED_ROUTE',
 } as const;
 
 export type IcapErrorCode = (typeof IcapErrorCodes)[keyof typeof IcapErrorCodes];

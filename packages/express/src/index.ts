@@ -87,6 +87,13 @@ export interface IcapExpressOptions<
 > extends IcapRefusalOptions<[req: Req, res: Res], Res> {
   /** Share an engine between middlewares (the profile is then ignored). */
   engine?: IcapEngine | undefined;
+  /**
+   * For frameworks built on Express that choose the scan's settings by route before they route
+   * (@icapkit/nestjs): why this request may reach routes scanned with different settings, or
+   * undefined. Such a request is refused whatever the rules decide, before its body is read
+   * (403, ICAP_ERR_UNSCANNED_ROUTE), as any refusal: `onRefusal`, `refusals`, the log record.
+   */
+  unscannedRoute?: ((req: Req) => string | undefined) | undefined;
 }
 
 /**
@@ -121,6 +128,7 @@ export function icap<
     shareResponseMap(res);
     const watch = watchResponse(res);
     const logger = loggerOf(req);
+    const unscannedRoute = opts.unscannedRoute?.(req);
     // One promise reaction per request: the outcome is applied synchronously (pass, rewrite,
     // aborted); only a refusal goes on asynchronously. Any failure goes to next(err).
     engine
@@ -129,6 +137,7 @@ export function icap<
         logger,
         requestId: requestId(req),
         parsedBody: (req as { body?: unknown }).body,
+        unscannedRoute,
       })
       .then((scanned) => {
         let refused: Promise<void>;
@@ -163,7 +172,9 @@ export function icap<
     guardExpectContinue<S extends ContinueServer>(server: S): S {
       // Refusals the application shapes go through the middleware (after 100 Continue).
       const shaped = options.onRefusal !== undefined || options.refusals === 'error';
-      guardExpectContinue(server, async (req) => (shaped ? null : engine.preflight(req)));
+      guardExpectContinue(server, async (req) =>
+        shaped ? null : engine.preflight(req, { unscannedRoute: opts.unscannedRoute?.(req) }),
+      );
       return server;
     },
   });

@@ -181,7 +181,11 @@ export class IcapService implements OnModuleInit, OnApplicationBootstrap, OnAppl
   #installExpress(app: unknown): void {
     const profile = this.config.profile;
     const engine = createEngine(profile);
-    this.#defaultMiddleware = expressIcap(profile, { engine, ...this.#refusalOptions() });
+    this.#defaultMiddleware = expressIcap(profile, {
+      engine,
+      ...this.#refusalOptions(),
+      unscannedRoute: (req) => (AMBIGUOUS.has(req) ? AMBIGUITY : undefined),
+    });
     // One engine per distinct override, created now so that a bad override fails start-up.
     for (const { handler } of this.handlers) {
       const setting = settingOf(handler);
@@ -189,16 +193,17 @@ export class IcapService implements OnModuleInit, OnApplicationBootstrap, OnAppl
     }
     const dispatcher = (req: IncomingMessage, res: ServerResponse, next: Next): void => {
       const setting = expressRouteSetting(app, req, dispatcher, this.versioning(), profile);
-      if (setting === AMBIGUOUS_ROUTE) {
-        refuseAmbiguous(req, res);
-        return;
-      }
-      (req as unknown as Record<symbol, RouteSetting>)[USED] = setting;
+      if (setting !== AMBIGUOUS_ROUTE) (req as unknown as Record<symbol, RouteSetting>)[USED] = setting;
       if (setting === false) {
         next();
         return;
       }
-      const mw = this.#middlewareFor(setting);
+      if (setting === AMBIGUOUS_ROUTE) {
+        // Refused by the module's middleware, as its other refusals: onRefusal, refusals, the log record.
+        warnAmbiguous(req);
+        AMBIGUOUS.add(req);
+      }
+      const mw = this.#middlewareFor(setting === AMBIGUOUS_ROUTE ? DEFAULT_ROUTE : setting);
       if (mw === undefined) {
         next(new Error('@icapkit/nestjs: the module is closed'));
         return;
@@ -270,8 +275,11 @@ export class IcapService implements OnModuleInit, OnApplicationBootstrap, OnAppl
     this.#unguard = guardExpectContinue(server, async (req) => {
       if (shaped) return null;
       const setting = expressRouteSetting(app, req, this.#dispatcher, this.versioning(), this.config.profile);
-      if (setting === false || setting === AMBIGUOUS_ROUTE) return null;
-      return this.#middlewareFor(setting)?.engine.preflight(req) ?? null;
+      if (setting === false) return null;
+      if (setting !== AMBIGUOUS_ROUTE) return this.#middlewareFor(setting)?.engine.preflight(req) ?? null;
+      // 403 instead of 100 Continue: the body is never sent.
+      warnAmbiguous(req);
+      return this.#defaultMiddleware?.engine.preflight(req, { unscannedRoute: AMBIGUITY }) ?? null;
     });
   }
 
@@ -323,25 +331,17 @@ const logger = new Logger('IcapModule');
 /**
  * A request that routes scanned with different settings may take, Nest deciding which only after
  * the scan (versions, hosts; the start-up check catches the usual shapes): the client could
- * choose the setting. Refused (403, ICAP_ERR_UNSCANNED_ROUTE) before its body is read, the
- * connection closed.
+ * choose the setting. The module's middleware refuses it whatever its rules say (403,
+ * ICAP_ERR_UNSCANNED_ROUTE) before its body is read, and before `100 Continue`.
  */
-function refuseAmbiguous(req: IncomingMessage, res: ServerResponse): void {
+const AMBIGUOUS = new WeakSet<object>();
+const AMBIGUITY =
+  'this request may reach routes scanned with different settings (Nest tells them apart only after the scan: versions, hosts)';
+
+function warnAmbiguous(req: IncomingMessage): void {
   logger.warn(
     `${UNSCANNED_REQUEST}: ${req.method ?? 'GET'} ${routeOf(req.url)} may reach routes scanned with different settings (Nest tells them apart after the scan: versions, hosts); refused with 403. Give those routes the same settings.`,
   );
-  const body = JSON.stringify({
-    statusCode: 403,
-    error: 'Forbidden',
-    code: UNSCANNED_REQUEST,
-    message: 'This request was not scanned as its route requires.',
-  });
-  res.writeHead(403, {
-    'content-type': 'application/json; charset=utf-8',
-    'content-length': Buffer.byteLength(body),
-    connection: 'close',
-  });
-  res.end(body);
 }
 
 /** The path of a request target, for a log line (no query: it may carry secrets). */

@@ -192,8 +192,10 @@ export class IcapEngine {
     const profile = this.profile;
     const facts = requestFacts(req);
     const decision = profile.policy.evaluate(facts);
-    // Too many header fields: refused whatever the rules decided (as run() does), before 100 Continue.
-    if (!decision.scan && facts.tooManyFields === undefined) return null;
+    // Refused whatever the rules decide (as run() does), before 100 Continue: too many header
+    // fields, a route the scan cannot tell apart.
+    if (!decision.scan && facts.tooManyFields === undefined && options.unscannedRoute === undefined)
+      return null;
     const log = newLog(profile.name, facts, decision);
     const early = await admit({ profile, facts, log, options });
     if (early === null || early.kind !== 'respond') return null;

@@ -102,7 +102,9 @@ export function refusalOf(outcome: RespondOutcome): IcapRefusal {
   const blocked = log.significance.includes('ICAP_BLOCKED') || outcome.threat !== undefined;
   const reason: RefusalReason = blocked
     ? 'blocked'
-    : (REASON_BY_STATUS[outcome.status] ?? (outcome.status >= 500 ? 'unavailable' : 'bad-request'));
+    : log.error_code === IcapErrorCodes.UNSCANNED_ROUTE
+      ? 'unscanned-route'
+      : (REASON_BY_STATUS[outcome.status] ?? (outcome.status >= 500 ? 'unavailable' : 'bad-request'));
   const code: IcapErrorCode = blocked
     ? IcapErrorCodes.BLOCKED
     : ((log.error_code as IcapErrorCode | undefined) ?? IcapErrorCodes.INTERNAL);

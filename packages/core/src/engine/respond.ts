@@ -14,7 +14,8 @@ export type ResponseKind =
   | 'unsupported-transfer-coding'
   | 'timeout'
   | 'too-many'
-  | 'misconfigured';
+  | 'misconfigured'
+  | 'unscanned-route';
 
 export interface ClientResponse {
   status: number;
@@ -78,6 +79,12 @@ const TEXT: Record<ResponseKind, { status: number; title: string; detail: string
     status: 500,
     title: 'Upload not checked',
     detail: 'This server could not check this upload because of a configuration problem.',
+  },
+  'unscanned-route': {
+    status: 403,
+    title: 'Upload not accepted',
+    detail:
+      'This upload could not be matched to the checks its destination requires, so it was not accepted.',
   },
 };
 

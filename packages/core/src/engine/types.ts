@@ -37,6 +37,13 @@ export interface ScanOptions {
    * the failure action.
    */
   badRequest?: string | undefined;
+  /**
+   * For framework integrations that pick the scan's settings by route before the framework
+   * routes (@icapkit/nestjs on Express): the request may reach routes scanned with different
+   * settings (the reason). Refused whatever the rules decide, before a byte of its body is read
+   * (and before `Expect: 100-continue` is answered): 403, ICAP_ERR_UNSCANNED_ROUTE.
+   */
+  unscannedRoute?: string | undefined;
 }
 
 export interface OutcomeBase {

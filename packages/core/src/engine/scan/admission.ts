@@ -25,8 +25,10 @@ import { refuse, tooLarge } from './outcome.js';
  */
 export function admit(ctx: RequestContext): ScanOutcome | Promise<ScanOutcome> | null {
   const { profile: p, facts } = ctx;
+  const unconditional = refusedWhateverTheRules(ctx);
+  if (unconditional !== null) return unconditional;
   // What the ICAP server would be sent must be what the application reads: else 400, never failAction.
-  const problem = facts.tooManyFields ?? ctx.options.badRequest ?? encapsulationProblem(facts, p.absoluteUri);
+  const problem = ctx.options.badRequest ?? encapsulationProblem(facts, p.absoluteUri);
   if (problem !== undefined) return refuse(ctx, 'bad-request', IcapErrorCodes.BAD_REQUEST, problem, null);
   const transfer = facts.transferCoding;
   if (transfer !== 'chunked' && transfer !== undefined) {
@@ -59,6 +61,20 @@ export function admit(ctx: RequestContext): ScanOutcome | Promise<ScanOutcome> |
   if (facts.contentLength !== undefined && facts.contentLength > p.bufferSize) {
     return tooLarge(ctx, null);
   }
+  return null;
+}
+
+/**
+ * What is refused before the rules are asked: header fields Node dropped may have framed a body
+ * (400), and a request that may reach routes scanned with different settings (403, the
+ * framework integration says so). Null: the rules decide.
+ */
+export function refusedWhateverTheRules(ctx: RequestContext): ScanOutcome | null {
+  const { facts, options } = ctx;
+  if (facts.tooManyFields !== undefined)
+    return refuse(ctx, 'bad-request', IcapErrorCodes.BAD_REQUEST, facts.tooManyFields, null);
+  if (options.unscannedRoute !== undefined)
+    return refuse(ctx, 'unscanned-route', IcapErrorCodes.UNSCANNED_ROUTE, options.unscannedRoute, null);
   return null;
 }
 

@@ -156,10 +156,8 @@ export async function failureOutcome(
     const kind = error.code === IcapErrorCodes.CONTENT_TYPE ? 'unsupported-type' : 'bad-request';
     return refuse(ctx, kind, error.code, error.message, store);
   }
-  if (error.code === IcapErrorCodes.MULTIPART) {
-    const kind = error.status === 413 ? 'too-large' : 'bad-request';
-    return refuse(ctx, kind, error.code, error.message, store);
-  }
+  if (error.code === IcapErrorCodes.MULTIPART)
+    return refuse(ctx, error.status === 413 ? 'too-large' : 'bad-request', error.code, error.message, store);
   if (error.code === IcapErrorCodes.BODY_TIMEOUT) return clientTimeout(ctx, error, store);
   if (error.code === IcapErrorCodes.BODY_SOURCE || error.code === IcapErrorCodes.ABORTED) {
     log.significance.push('CLIENT_ABORTED');
@@ -300,6 +298,7 @@ const REFUSAL_SIGNIFICANCE: Partial<Record<IcapErrorCode, Significance>> = {
   [IcapErrorCodes.CONTENT_ENCODING]: 'CONTENT_ENCODING_REFUSED',
   [IcapErrorCodes.MULTIPART]: 'MULTIPART_REFUSED',
   [IcapErrorCodes.BAD_REQUEST]: 'REQUEST_REFUSED',
+  [IcapErrorCodes.UNSCANNED_ROUTE]: 'REQUEST_REFUSED',
   [IcapErrorCodes.CLIENT_LIMIT]: 'CLIENT_LIMITED',
 };
 

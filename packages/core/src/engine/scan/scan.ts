@@ -11,7 +11,7 @@ import type { PinoLike, ResolvedProfile } from '../profile.js';
 import { type HttpRequestFacts, requestFacts, type ScanRequest, trailerProblem } from '../request.js';
 import type { ScanScope, Telemetry } from '../telemetry.js';
 import type { AttemptResult, EngineCore, ScanOptions, ScanOutcome } from '../types.js';
-import { admit } from './admission.js';
+import { admit, refusedWhateverTheRules } from './admission.js';
 import { bodyConsumedReason } from './consumed.js';
 import { exchange } from './exchange.js';
 import {
@@ -140,9 +140,9 @@ export class Scan {
 
   async run(): Promise<ScanOutcome> {
     const { profile: p, facts } = this;
-    // Fields Node dropped may have framed a body: refused, whatever the rules decided from the rest.
-    if (facts.tooManyFields !== undefined)
-      return this.#finish(refuse(this, 'bad-request', IcapErrorCodes.BAD_REQUEST, facts.tooManyFields, null));
+    // Fields Node dropped, routes the scan cannot tell apart: refused, whatever the rules decide.
+    const unconditional = refusedWhateverTheRules(this);
+    if (unconditional !== null) return this.#finish(unconditional);
     if (!this.decision.scan) return this.#finish(pass('ICAP_DISABLED', this.log, null, []));
     // A body read before the scan (a parser mounted before the middleware): refused at once.
     const consumed = facts.hasBody ? bodyConsumedReason(this.#req, this.options.parsedBody) : undefined;
