@@ -50,6 +50,7 @@ import { ExpressAdapter, type NestExpressApplication } from '@nestjs/platform-ex
 import { FastifyAdapter, type NestFastifyApplication } from '@nestjs/platform-fastify';
 import express from 'express';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { isNestMiddleware, recordNestMiddleware } from '../../packages/nestjs/src/middleware-layers.js';
 import { expressRouteSetting } from '../../packages/nestjs/src/routes.js';
 import { refusingPort } from '../support/c-icap.js';
 import { send } from '../support/http-client.js';
@@ -980,5 +981,83 @@ describe('nest-express: what campaign-ae found', () => {
     } finally {
       await app.close();
     }
+  });
+
+  it('a main.ts handler written like Nest’s wrapper is not taken for Nest’s middleware (AE3): never the Nest route’s fail-open', async () => {
+    const legacy: string[] = [];
+    // A "once per request" helper, the same idea (and words) as the wrapper Nest puts around its
+    // middleware (made from source text, which the test's compiler would otherwise rewrite).
+    type Handler = (req: IncomingMessage, res: express.Response, next: () => void) => void;
+    const once = new Function(
+      'middlewareFunction',
+      `const handledRequests = new WeakSet();
+      return (req, res, next) => {
+        if (handledRequests.has(req)) return next();
+        handledRequests.add(req);
+        return middlewareFunction(req, res, next);
+      };`,
+    ) as (fn: Handler) => Handler;
+    @Controller('files')
+    class Files {
+      @IcapOptions({ failAction: 'fail-open' })
+      @Post('import')
+      @HttpCode(200)
+      importing() {
+        return { nest: true };
+      }
+    }
+    const dead = `icap://127.0.0.1:${await refusingPort()}`;
+    const app = await NestFactory.create<NestExpressApplication>(
+      moduleWith({ poolGroup: dead, failAction: 'fail-closed', startupCheck: 'off', onLog: () => {} }, [
+        Files,
+      ]),
+      { logger: false },
+    );
+    // A route of main.ts: taken for Nest's middleware, it would be passed over for the Nest
+    // route's fail-open.
+    (app.getHttpAdapter().getInstance() as express.Express).post(
+      '/files/import',
+      once((req, res) => {
+        const chunks: Buffer[] = [];
+        req.on('data', (c: Buffer) => chunks.push(c));
+        req.on('end', () => {
+          legacy.push(Buffer.concat(chunks).toString('latin1'));
+          res.status(202).json({ stored: true });
+        });
+      }),
+    );
+    await app.listen(0, '127.0.0.1');
+    try {
+      const r = await post(app, '/files/import', EICAR);
+      expect([r.status, legacy]).toEqual([503, []]);
+    } finally {
+      await app.close();
+    }
+  });
+
+  it('Nest’s middleware is known by identity, whatever its source reads like (AE4: Nest bundled and minified)', () => {
+    const registered: Array<[string, unknown]> = [];
+    const adapter = {
+      createMiddlewareFactory: (_method: unknown) => (path: string, fn: unknown) =>
+        registered.push([path, fn]),
+    };
+    expect(recordNestMiddleware(adapter)).toBe(true);
+    // What MiddlewareModule registers, as a minifier leaves it.
+    const r = new WeakSet<object>();
+    const minified = (e: object, _t: unknown, n: () => void) => {
+      if (!r.has(e)) r.add(e);
+      n();
+    };
+    (adapter.createMiddlewareFactory('POST') as (p: string, f: unknown) => void)('/files', minified);
+    expect(registered).toEqual([['/files', minified]]);
+    expect(isNestMiddleware(minified)).toBe(true);
+    // Registered elsewhere (main.ts), it is a handler of its own, even with Nest's words in it.
+    const handledRequests = new WeakSet<object>();
+    const middlewareFunction = (_req: object, _res: unknown, next: () => void) => next();
+    const lookalike = (req: object, res: unknown, next: () => void) => {
+      if (handledRequests.has(req)) return next();
+      return middlewareFunction(req, res, next);
+    };
+    expect(isNestMiddleware(lookalike)).toBe(false);
   });
 });

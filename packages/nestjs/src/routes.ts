@@ -11,6 +11,7 @@ import {
   ICAP_SKIP_METADATA,
   type RouteSetting,
 } from './constants.js';
+import { isNestMiddleware } from './middleware-layers.js';
 
 /**
  * The routes that may take a request are scanned differently, and which one takes it is decided
@@ -91,17 +92,6 @@ function versionKey(v: unknown): string | undefined {
     .map((x) => (typeof x === 'symbol' ? x.toString() : String(x)))
     .sort()
     .join('\u0000');
-}
-
-/**
- * Nest's middleware (`MiddlewareConsumer`), registered as Express layers (`use()`, or routes for
- * one method): it runs and passes the request on to the route, it is no handler of its own. Told
- * by the wrapper Nest's MiddlewareModule puts around it.
- */
-function isNestMiddleware(handle: unknown): boolean {
-  if (typeof handle !== 'function') return false;
-  const source = Function.prototype.toString.call(handle);
-  return source.includes('handledRequests') && source.includes('middlewareFunction(req, res, next)');
 }
 
 /**

@@ -15,6 +15,7 @@ import {
   type OnModuleInit,
 } from '@nestjs/common';
 import { DEFAULT_ROUTE, type RouteSetting, UNSCANNED_REQUEST } from './constants.js';
+import { recordNestMiddleware } from './middleware-layers.js';
 import {
   AMBIGUOUS_ROUTE,
   annotateHandlers,
@@ -134,6 +135,7 @@ export class IcapService implements OnModuleInit, OnApplicationBootstrap, OnAppl
     if (type === 'express') {
       this.#platform = 'express';
       annotateHandlers(this.handlers, false);
+      recordNestMiddleware(adapter);
       this.#installExpress(adapter.getInstance());
       return undefined;
     }
