@@ -12,6 +12,7 @@ import {
   parseOverviewQuery,
   summarizeLogs,
 } from '@icapkit/core';
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { entry, record, serverStatus } from './records.js';
 
@@ -333,5 +334,36 @@ describe('page views (requests without a body)', () => {
     // Filters apply first: page views among the matching records only.
     const heads = summarizeLogs(ringOf(...logs()).records(), { method: ['HEAD'] }, { pageViews: 'hide' });
     expect(heads).toMatchObject({ matched: 0, pageViews: { count: 1, hidden: true } });
+  });
+});
+
+describe('facets over many distinct values (campaign-ag F4: the top without sorting them all)', () => {
+  it('are the most frequent values, ties by value, as a full sort gives them', () => {
+    fc.assert(
+      fc.property(
+        fc.array(
+          fc.array(fc.constantFrom('a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'i', 'j', 'k', 'l', 'm'), {
+            maxLength: 4,
+          }),
+          {
+            maxLength: 60,
+          },
+        ),
+        fc.integer({ min: 0, max: 12 }),
+        (forms, top) => {
+          const ring = new LogRing({ capacity: 100 });
+          for (const files of forms)
+            ring.push(record('ICAP_PASSED', { file_names: files.map((f) => `${f}.txt`) }));
+          const counts = new Map<string, number>();
+          for (const files of forms)
+            for (const f of new Set(files)) counts.set(`${f}.txt`, (counts.get(`${f}.txt`) ?? 0) + 1);
+          const sorted = [...counts].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1));
+          const facet = summarizeLogs(ring.records(), {}, { top }).facets.file;
+          expect(facet.top).toEqual(sorted.slice(0, top).map(([value, count]) => ({ value, count })));
+          expect(facet.others).toBe(Math.max(0, counts.size - top));
+        },
+      ),
+      { numRuns: 300 },
+    );
   });
 });

@@ -2,7 +2,9 @@
  * The ring of recent icap_log records: bounded in count and in the size of each record, a copy
  * of what it was given, newest first, addressable by id while held.
  */
-import { IcapError, LOG_RING_DEFAULTS, LogRing, TRUNCATION_MARK } from '@icapkit/core';
+import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { IcapError, LOG_RING_DEFAULTS, LogRing, summarizeLogs, TRUNCATION_MARK } from '@icapkit/core';
 import { describe, expect, it } from 'vitest';
 import { charCount, entry, record } from './records.js';
 
@@ -143,5 +145,81 @@ describe('LogRing', () => {
       expect(() => new LogRing(bad)).toThrow(IcapError);
     }
     expect(() => new LogRing({ capacity: 0 })).toThrow(/capacity must be an integer from 1 to 100000/);
+  });
+
+  it('a record cut to fit still counts the threat that blocked it, however many entries come first (campaign-ag F2)', () => {
+    const ring = new LogRing();
+    // A form of 30 clean files, then EICAR: the clean parts' entries fill the record's budget.
+    const clean = Array.from({ length: 30 }, (_, i) =>
+      entry({
+        file_name: `clean-${i}.txt`,
+        icap_headers_received_from_server: `ISTag: "${'x'.repeat(800)}"\r\n`,
+      }),
+    );
+    const infected = entry({
+      action: 'ICAP_BLOCKED',
+      icap_response_code: 200,
+      file_name: 'eicar.com',
+      threat_id: 'Eicar-Test-Signature',
+    });
+    const stored = ring.push(
+      record('ICAP_BLOCKED', {
+        request_logs: [...clean, infected],
+        file_names: [...clean.map((e) => e.file_name!), 'eicar.com'],
+      }),
+    );
+    expect(stored.truncated).toBe(true);
+    expect(JSON.stringify(stored.log)).not.toContain('Eicar-Test-Signature');
+    const all = summarizeLogs(ring.records(), {});
+    const row = all.records[0]!;
+    expect([row.threats, row.significance, row.files.length]).toEqual([
+      ['Eicar-Test-Signature'],
+      ['ICAP_BLOCKED'],
+      10,
+    ]);
+    expect(all.facets.threat.top).toEqual([{ value: 'Eicar-Test-Signature', count: 1 }]);
+    expect(all.facets.significance.top).toEqual([{ value: 'ICAP_BLOCKED', count: 1 }]);
+    expect(summarizeLogs(ring.records(), { threat: ['Eicar-Test-Signature'] }).matched).toBe(1);
+    expect(summarizeLogs(ring.records(), { file: ['eicar.com'] }).matched).toBe(1);
+    // Within the budget all the same: the values take at most half of it.
+    expect(charCount(stored.values) + charCount(stored.log)).toBeLessThanOrEqual(
+      LOG_RING_DEFAULTS.maxRecordLength,
+    );
+  });
+
+  it('holds on to nothing beyond what it keeps: a short string cut from a long one is copied (campaign-ag F1)', async () => {
+    const dist = new URL('../../packages/core/dist/index.js', import.meta.url);
+    if (!existsSync(dist)) {
+      expect(process.env.CI, 'packages/core must be built (pnpm test builds it)').not.toBe('true');
+      return;
+    }
+    // 1,000 records, each with a file name sliced out of its own 64 KiB header line (as a
+    // multipart parser cuts it) and a 64 KiB ICAP head the ring cuts: 128 MiB of parents.
+    const script = `
+      const { LogRing } = await import(${JSON.stringify(dist.href)});
+      const ring = new LogRing({ capacity: 1000 });
+      const heap = () => { globalThis.gc(); globalThis.gc(); return process.memoryUsage().heapUsed; };
+      const before = heap();
+      for (let i = 0; i < 1000; i++) {
+        const line = 'form-data; name="f"; filename="name-' + String(i).padStart(6, '0') + '.txt"' + ' '.repeat(65536) + i;
+        const name = line.slice(line.indexOf('filename="') + 10, line.indexOf('.txt"') + 4);
+        const head = 'ISTag: "' + String(i) + '"' + 'x'.repeat(65536);
+        ring.push({ action: 'ICAP_PASSED', uri_path: '/u', file_names: [name],
+          request_logs: [{ action: 'ICAP_PASSED', file_name: name, icap_headers_received_from_server: head }] });
+      }
+      console.log(JSON.stringify({ growth: heap() - before, held: ring.size }));
+    `;
+    const out = await new Promise<string>((resolve, reject) =>
+      execFile(
+        process.execPath,
+        ['--expose-gc', '--input-type=module', '-e', script],
+        { timeout: 60_000 },
+        (err, stdout, stderr) => (err ? reject(new Error(`${err.message}\n${stderr}`)) : resolve(stdout)),
+      ),
+    );
+    const { growth, held } = JSON.parse(out) as { growth: number; held: number };
+    expect(held).toBe(1000);
+    // What it keeps: about 1,000 × (4 KiB of head, two names, the rest): well under 32 MiB.
+    expect(growth).toBeLessThan(32 * 1024 * 1024);
   });
 });

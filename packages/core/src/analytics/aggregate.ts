@@ -1,6 +1,7 @@
 import type { IcapAction, IcapLog, IcapRequestLog } from '../engine/log.js';
 import type { ServerStatus } from '../engine/pool-group.js';
 import type { StoredLog } from './ring.js';
+import { topOf } from './top.js';
 
 /**
  * What the log analytics page counts and filters on. Every value shown on the page belongs to
@@ -197,13 +198,19 @@ export function isSignificant(log: IcapLog): boolean {
   return log.significant === true || (log.significance?.length ?? 0) > 0;
 }
 
-/** Whether a record matches every dimension of the filters (one selected value per dimension). */
-export function matchesFilters(log: IcapLog, filters: AnalyticsFilters): boolean {
+/**
+ * Whether a record matches every dimension of the filters (one selected value per dimension);
+ * `values` reads its values (a stored record's: those read when it was stored).
+ */
+export function matchesFilters(
+  log: IcapLog,
+  filters: AnalyticsFilters,
+  values: (d: Dimension) => readonly string[] = (d) => logValues(log, d),
+): boolean {
   for (const d of ANALYTICS_DIMENSIONS) {
     const wanted = filters[d];
     if (wanted === undefined || wanted.length === 0) continue;
-    const have = logValues(log, d);
-    if (!have.some((v) => wanted.includes(v))) return false;
+    if (!values(d).some((v) => wanted.includes(v))) return false;
   }
   return true;
 }
@@ -367,14 +374,19 @@ export function summarizeRecord(s: StoredLog): RecordSummary {
     latency: latency ?? null,
     profile: String(log.profile_name ?? ''),
     rule: log.rule_name ?? null,
-    threats: threatsOf(log).slice(0, SUMMARY_LIST),
-    files: filesOf(log).slice(0, SUMMARY_LIST),
-    servers: logValues(log, 'server').slice(0, SUMMARY_LIST),
-    pools: logValues(log, 'pool').slice(0, SUMMARY_LIST),
-    significance: [...(log.significance ?? [])].slice(0, SUMMARY_LIST),
+    threats: storedValues(s, 'threat').slice(0, SUMMARY_LIST),
+    files: storedValues(s, 'file').slice(0, SUMMARY_LIST),
+    servers: storedValues(s, 'server').slice(0, SUMMARY_LIST),
+    pools: storedValues(s, 'pool').slice(0, SUMMARY_LIST),
+    significance: storedValues(s, 'significance').slice(0, SUMMARY_LIST),
     error: log.error_code ?? entries(log).find((e) => e.error_code !== undefined)?.error_code ?? null,
     truncated: s.truncated,
   };
+}
+
+/** A stored record's values in a dimension: those read when it was stored (see ring.ts). */
+export function storedValues(s: StoredLog, d: Dimension): readonly string[] {
+  return s.values?.[d] ?? logValues(s.log, d);
 }
 
 function zeroActions(): Record<IcapAction, number> {
@@ -453,7 +465,7 @@ export function summarizeLogs(
 
   for (const s of records) {
     const log = s.log;
-    if (!matchesFilters(log, filters)) continue;
+    if (!matchesFilters(log, filters, (d) => storedValues(s, d))) continue;
     if (isPageView(log)) {
       pageViews++;
       if (hidePageViews) continue;
@@ -461,7 +473,7 @@ export function summarizeLogs(
     matched++;
     if (log.action in actions) actions[log.action]++;
     for (const [d, counts] of facetCounts) {
-      for (const v of logValues(log, d)) counts.set(v, (counts.get(v) ?? 0) + 1);
+      for (const v of storedValues(s, d)) counts.set(v, (counts.get(v) ?? 0) + 1);
     }
     for (const e of entries(log)) {
       const server = serverOf(e);
@@ -491,10 +503,9 @@ export function summarizeLogs(
 
   const facets = {} as Record<FacetDimension, Facet>;
   for (const [d, counts] of facetCounts) {
-    const sorted = [...counts].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
     facets[d] = {
-      top: sorted.slice(0, top).map(([value, count]) => ({ value, count })),
-      others: Math.max(0, sorted.length - top),
+      top: topOf(counts, top).map(([value, count]) => ({ value, count })),
+      others: Math.max(0, counts.size - top),
     };
   }
 

@@ -183,8 +183,10 @@ export function createLogAnalytics(options: LogAnalyticsOptions): LogAnalytics {
     const off = e.addResponseListener?.((log) => {
       const copy = copies.get(log);
       const status = log.http_response_code;
-      if (copy !== undefined && copy.log.http_response_code === undefined && status !== undefined)
+      if (copy !== undefined && copy.log.http_response_code === undefined && status !== undefined) {
         copy.log.http_response_code = status;
+        copy.values.status = [String(status)];
+      }
     });
     if (off !== undefined) unsubscribe.push(off);
   }

@@ -590,9 +590,17 @@ const SCRIPT = String.raw`(() => {
     pageViews = ev.target.checked;
     changed();
   });
+  // The next refresh 5 s after the last one ended: a slow answer never piles requests up.
+  let live = false;
+  async function tick() {
+    timer = null;
+    await load();
+    if (live && timer === null) timer = setTimeout(tick, 5000);
+  }
   byId('live').addEventListener('change', (ev) => {
-    if (timer !== null) clearInterval(timer);
-    timer = ev.target.checked ? setInterval(load, 5000) : null;
+    live = ev.target.checked;
+    if (timer !== null) clearTimeout(timer);
+    timer = live ? setTimeout(tick, 5000) : null;
   });
 
   load();

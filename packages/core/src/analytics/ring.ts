@@ -1,5 +1,6 @@
 import type { IcapLog } from '../engine/log.js';
 import { IcapError, IcapErrorCodes } from '../errors.js';
+import { ANALYTICS_DIMENSIONS, type Dimension, logValues } from './aggregate.js';
 
 /**
  * A bounded in-memory ring of the most recent `icap_log` records, for the log analytics page.
@@ -9,7 +10,12 @@ import { IcapError, IcapErrorCodes } from '../errors.js';
  * messages, file names), every list at most `maxListLength` items, and the whole record at most
  * `maxRecordLength` characters of strings plus a small fixed cost per value. So the ring never
  * holds more than about `capacity × maxRecordLength` characters, whatever the records contain;
- * a record that was cut is marked `truncated`.
+ * a record that was cut is marked `truncated`. Every string is a fresh copy: a string cut from a
+ * larger one (a file name from a part's header line) would otherwise keep its whole parent.
+ *
+ * What the page counts and filters on (the record's values per dimension: its threats, files,
+ * servers...) is read from the whole record when it is stored, before the rest is copied, so a
+ * record cut to fit still counts the threat that blocked it however long its list of entries.
  */
 
 export interface LogRingOptions {
@@ -30,6 +36,11 @@ export interface StoredLog {
   truncated: boolean;
   /** The (bounded) copy of the record. */
   log: IcapLog;
+  /**
+   * The record's values per dimension (aggregate.ts `logValues`), read from the whole record
+   * when it was stored, each list and value bounded as the copy's are.
+   */
+  values: Record<Dimension, string[]>;
 }
 
 export const LOG_RING_DEFAULTS = {
@@ -93,9 +104,22 @@ export class LogRing {
   /** Stores a bounded copy of the record, dropping the oldest when full. Returns the stored entry. */
   push(log: Readonly<IcapLog>): StoredLog {
     const cut = { truncated: false };
-    const budget = { left: this.maxRecordLength };
-    const copy = this.#copy(log, 0, budget, cut) as IcapLog;
-    const stored: StoredLog = { id: ++this.#lastId, truncated: cut.truncated, log: copy };
+    // The values first, from at most half of the budget; the copy has the rest.
+    const half = Math.floor(this.maxRecordLength / 2);
+    const valueBudget = { left: half };
+    const values = {} as Record<Dimension, string[]>;
+    for (const d of ANALYTICS_DIMENSIONS)
+      values[d] = this.#copy(logValues(log, d), 1, valueBudget, cut) as string[];
+    const budget = { left: this.maxRecordLength - (half - Math.max(0, valueBudget.left)) };
+    const copy = this.#copy(log, 0, budget, cut);
+    // Fresh, flat strings (see above): what is kept is bounded, and so is what it holds on to.
+    const fresh = JSON.parse(JSON.stringify({ values, copy })) as { values: typeof values; copy: IcapLog };
+    const stored: StoredLog = {
+      id: ++this.#lastId,
+      truncated: cut.truncated,
+      log: fresh.copy,
+      values: fresh.values,
+    };
     this.#slots[this.#next] = stored;
     this.#next = (this.#next + 1) % this.capacity;
     if (this.#size < this.capacity) this.#size++;
