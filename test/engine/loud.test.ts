@@ -114,6 +114,31 @@ describe('without a logger: process warnings, once', () => {
     },
   );
 
+  it("a server's reason phrase with control characters (ESC, backspaces) is written escaped, never raw to a terminal (campaign-ag F3)", async () => {
+    const REASON = '\x1b[31;1mFAKE LOG LINE\x1b[0m\b\b\bok';
+    const hostile = await icapServer((r) =>
+      r.method !== 'OPTIONS' ? { kind: 'status', status: 500, reason: REASON } : undefined,
+    );
+    const logs: IcapLog[] = [];
+    const quiet = createEngine({
+      name: 'quiet',
+      poolGroup: hostile.url(),
+      serviceUri: '/avscan',
+      onLog: (l) => logs.push(l),
+    });
+    const loud = createEngine({ name: 'loud', poolGroup: hostile.url(), serviceUri: '/avscan' });
+    const apps = [await startScanServer(quiet), await startScanServer(loud)];
+    toClose.push(quiet, loud, ...apps);
+    for (const app of apps) expect((await upload(app.url)).status).toBe(503);
+    await waitFor(() => byCode(IcapWarningCodes.SCAN_FAILED).length === 1, 5000, 'the warning');
+    const message = byCode(IcapWarningCodes.SCAN_FAILED)[0]!.message;
+    expect(message).toContain('answered 500 \\x1b[31;1mFAKE LOG LINE\\x1b[0m\\x08\\x08\\x08ok');
+    expect(message).not.toMatch(/[\x00-\x1f\x7f]/);
+    // The record's error message too (read by whatever prints it).
+    expect(logs[0]?.error_message).not.toMatch(/[\x00-\x1f\x7f]/);
+    expect(logs[0]?.error_message).toContain('\\x1b[31;1mFAKE');
+  });
+
   it('a suspended server that comes back gives one recovery warning (a failed trial in between says nothing)', async () => {
     let failing = true;
     const flaky = await icapServer((r) =>

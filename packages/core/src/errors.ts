@@ -93,6 +93,15 @@ export const IcapErrorCodes = {
 
 export type IcapErrorCode = (typeof IcapErrorCodes)[keyof typeof IcapErrorCodes];
 
+/**
+ * Control characters written as `\xNN`, for text an ICAP server sent that goes into a message
+ * (a reason phrase): messages reach terminals, where ESC sequences or backspaces would rewrite
+ * the lines around them.
+ */
+export function escapeControls(text: string): string {
+  return text.replace(/[\x00-\x1f\x7f-\x9f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+}
+
 /** RFC 3507 §6.2 application error codes. */
 export const RfcErrorCodes = {
   ICAP_CANT_CONNECT: 1000,

@@ -1,4 +1,4 @@
-import { IcapError, IcapErrorCodes } from '../errors.js';
+import { escapeControls, IcapError, IcapErrorCodes } from '../errors.js';
 import {
   encodeIcapRequest,
   type HeaderPairs,
@@ -440,7 +440,7 @@ export class IcapClient {
       if (res.status !== 200) {
         throw new IcapError(
           IcapErrorCodes.SERVER_STATUS,
-          `OPTIONS ${this.uri(service)} answered ${res.status} ${res.reason}`.trim(),
+          `OPTIONS ${this.uri(service)} answered ${res.status} ${escapeControls(res.reason)}`.trim(),
           { status: res.status },
         );
       }

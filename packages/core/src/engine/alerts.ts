@@ -1,3 +1,4 @@
+import { escapeControls } from '../errors.js';
 import type { IcapLog } from './log.js';
 import type { ServerTransition } from './pool-group.js';
 
@@ -43,7 +44,7 @@ export const SUMMARY_INTERVAL = 30_000;
 export type WarningSink = (message: string, code: IcapWarningCode) => void;
 
 export const emitProcessWarning: WarningSink = (message, code) => {
-  process.emitWarning(message, { type: ICAP_WARNING_TYPE, code });
+  process.emitWarning(escapeControls(message), { type: ICAP_WARNING_TYPE, code });
 };
 
 interface Burst {

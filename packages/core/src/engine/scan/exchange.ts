@@ -1,6 +1,6 @@
 import { isSkipped } from '../../client/client.js';
 import type { IcapResponse } from '../../client/transaction-types.js';
-import { IcapError, IcapErrorCodes, type IcapReceivedHead } from '../../errors.js';
+import { escapeControls, IcapError, IcapErrorCodes, type IcapReceivedHead } from '../../errors.js';
 import { threatAfterHead, threatInHead } from '../beyond-head.js';
 import { AdaptedBody, type BodyStore } from '../body.js';
 import { httpMethodEnum, type IcapRequestLog, poolIdentity, redactHeaderBlock, vendorEnum } from '../log.js';
@@ -343,7 +343,7 @@ class Exchange implements WatchHooks, TriedServers {
         if (late !== null) return late;
         const error = new IcapError(
           IcapErrorCodes.SERVER_STATUS,
-          `ICAP server ${handle.server.url} answered ${res.status} ${res.reason}`.trim(),
+          `ICAP server ${handle.server.url} answered ${res.status} ${escapeControls(res.reason)}`.trim(),
           { status: res.status },
         );
         if (res.status < 500) markRefusal(error);
