@@ -3,16 +3,10 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { ServerStatus } from '../engine/pool-group.js';
 import type { LogListener } from '../engine/types.js';
 import { IcapError, IcapErrorCodes } from '../errors.js';
-import {
-  ANALYTICS_DIMENSIONS,
-  type AnalyticsFilters,
-  type AnalyticsOverview,
-  type Dimension,
-  type PageViews,
-  summarizeLogs,
-} from './aggregate.js';
+import { type AnalyticsOverview, summarizeLogs } from './aggregate.js';
 import { DATA_CSP, PAGE_CSP, PAGE_HTML } from './page.js';
 import { LogRing, type LogRingOptions, type StoredLog } from './ring.js';
+import { ANALYTICS_DIMENSIONS, type AnalyticsFilters, type Dimension, type PageViews } from './values.js';
 
 /**
  * The log analytics page as a plain `node:http` handler: an HTML overview of the recent

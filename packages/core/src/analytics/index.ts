@@ -1,19 +1,10 @@
 /** The log analytics page: its ring of records, its filters and counts, its handler and guards. */
 export {
-  ANALYTICS_DIMENSIONS,
-  type AnalyticsFilters,
   type AnalyticsOverview,
-  type Dimension as AnalyticsDimension,
   type Facet,
   type FacetValue,
-  isPageView,
-  LATENCY_BOUNDS,
-  LATENCY_LABELS,
-  type LatencyBucket,
-  logValues,
   matchesFilters,
   type Outcomes,
-  type PageViews,
   type PoolRow,
   type RecordSummary,
   type ServerHealth,
@@ -42,3 +33,14 @@ export {
   tokenGuard,
 } from './handler.js';
 export { LOG_RING_DEFAULTS, LogRing, type LogRingOptions, type StoredLog, TRUNCATION_MARK } from './ring.js';
+export {
+  ANALYTICS_DIMENSIONS,
+  type AnalyticsFilters,
+  type Dimension as AnalyticsDimension,
+  isPageView,
+  LATENCY_BOUNDS,
+  LATENCY_LABELS,
+  type LatencyBucket,
+  logValues,
+  type PageViews,
+} from './values.js';

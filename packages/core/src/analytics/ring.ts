@@ -1,6 +1,6 @@
 import type { IcapLog } from '../engine/log.js';
 import { IcapError, IcapErrorCodes } from '../errors.js';
-import { ANALYTICS_DIMENSIONS, type Dimension, logValues } from './aggregate.js';
+import { ANALYTICS_DIMENSIONS, type Dimension, logValues } from './values.js';
 
 /**
  * A bounded in-memory ring of the most recent `icap_log` records, for the log analytics page.
