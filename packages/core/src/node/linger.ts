@@ -1,5 +1,6 @@
 import { IncomingMessage } from 'node:http';
 import { Socket } from 'node:net';
+import { Readable } from 'node:stream';
 
 /** How much of a refused request's body is still read after the answer. */
 export interface DrainLimits {
@@ -34,6 +35,9 @@ export interface AnsweredResponse {
  * the body, however long, with no bound of ours.
  */
 export function drainAfterAnswer(req: unknown, limits: DrainLimits, res?: AnsweredResponse): void {
+  // Nothing after the refusal reads the body (an error handler that calls next() without the
+  // error, then a body parser): what is left of it is discarded here, below every reader.
+  const sealed = sealBody(req);
   if (!(req instanceof IncomingMessage)) return;
   const socket = req.socket as Destroyable | null;
   if (!(socket instanceof Socket) || socket.destroyed) return;
@@ -86,10 +90,43 @@ export function drainAfterAnswer(req: unknown, limits: DrainLimits, res?: Answer
   const timer = setTimeout(giveUp, limits.timeout);
   socket.destroySoon = lingering;
   socket.once('close', cleanup);
-  req.on('data', onData);
+  if (sealed !== null) sealed.onChunk = (chunk) => !over && onData(chunk);
+  else req.on('data', onData);
   req.once('end', onEnd);
   req.once('error', onEnd);
   req.resume();
+}
+
+/** A request whose body is discarded as it arrives; `onChunk` sees each chunk (for a count). */
+interface SealedBody {
+  onChunk: ((chunk: Buffer) => void) | undefined;
+}
+
+const READABLE_PUSH = Readable.prototype.push;
+
+/**
+ * Makes the rest of a refused request's body unreadable: what is buffered is dropped now, what
+ * arrives later is dropped as the connection (HTTP/1's parser, an HTTP/2 stream) hands it over,
+ * and a reader gets an empty body that ends when the upload has arrived. Null when `req` is not
+ * a Readable request, or its body has already been read to its end.
+ */
+export function sealBody(req: unknown): SealedBody | null {
+  if (!(req instanceof Readable) || req.readableEnded || req.destroyed) return null;
+  const sealed: SealedBody = { onChunk: undefined };
+  // Node's HTTP/1 parser and HTTP/2's compatibility layer push the body into the request.
+  Object.defineProperty(req, 'push', {
+    configurable: true,
+    writable: true,
+    value(this: Readable, chunk: unknown, encoding?: BufferEncoding): boolean {
+      if (chunk === null) return READABLE_PUSH.call(this, null);
+      if (Buffer.isBuffer(chunk)) sealed.onChunk?.(chunk);
+      else if (typeof chunk === 'string') sealed.onChunk?.(Buffer.from(chunk, encoding));
+      return true;
+    },
+  });
+  // What was pushed before the refusal (a small body arrives with its head).
+  for (let c = req.read(); c !== null; c = req.read()) sealed.onChunk?.(c as Buffer);
+  return sealed;
 }
 
 /** An engine's drain limits (profile `drainAfterAnswer`). */
