@@ -33,6 +33,7 @@ import {
   Controller,
   type ExceptionFilter,
   type ExecutionContext,
+  Get,
   HttpCode,
   Injectable,
   type MiddlewareConsumer,
@@ -711,6 +712,64 @@ describe('nest-express: what campaign-ab found around the same rule', () => {
       );
       expect(first.split('\r\n')[0]).toBe('HTTP/1.1 403 Forbidden');
       expect(logs.map((l) => l.error_code)).toEqual(['ICAP_ERR_UNSCANNED_ROUTE']);
+    } finally {
+      await app.close();
+    }
+  });
+
+  it('a request without a body on such a path has nothing to scan: any of the routes may take it (campaign-af AF2)', async () => {
+    @SkipIcap()
+    @Controller({ path: 'hooks', version: '1' })
+    class V1 {
+      @Get()
+      list() {
+        return { version: 1 };
+      }
+      @Post()
+      @HttpCode(200)
+      up() {
+        return { version: 1 };
+      }
+    }
+    @IcapOptions({ failAction: 'fail-closed' })
+    @Controller({ path: 'hooks', version: '2' })
+    class V2 {
+      @Get()
+      list() {
+        return { version: 2 };
+      }
+      @Post()
+      @HttpCode(200)
+      up() {
+        return { version: 2 };
+      }
+    }
+    @Module({ imports: [moduleWith({ failAction: 'fail-open' }, [V1, V2])] })
+    class WithMiddleware implements NestModule {
+      configure(consumer: MiddlewareConsumer): void {
+        consumer.apply((_req: unknown, _res: unknown, next: () => void) => next()).forRoutes(V1);
+      }
+    }
+    const app = await start('express', WithMiddleware);
+    try {
+      const url = await app.getUrl();
+      for (const version of ['1', '2']) {
+        const got = await send(url, '/hooks', { method: 'GET', headers: { 'x-api-version': version } });
+        expect([version, got.status, JSON.parse(got.text)]).toEqual([
+          version,
+          200,
+          { version: Number(version) },
+        ]);
+        const empty = await send(url, '/hooks', {
+          method: 'POST',
+          body: '',
+          headers: { 'x-api-version': version },
+        });
+        expect([version, empty.status]).toEqual([version, 200]);
+        // With a body, still refused before it is read.
+        const posted = await post(app, '/hooks', EICAR, { 'x-api-version': version });
+        expect([version, posted.status, posted.seen, posted.scans]).toEqual([version, 403, [], 0]);
+      }
     } finally {
       await app.close();
     }

@@ -17,7 +17,7 @@ export * from './engine/policy.js';
 export type { ServerHealthState, ServerState, ServerStatus, ServerTransition } from './engine/pool-group.js';
 export * from './engine/profile.js';
 export * from './engine/refusal.js';
-export type { ScanRequest } from './engine/request.js';
+export { requestHasBody, type ScanRequest } from './engine/request.js';
 export * from './engine/respond.js';
 export * from './engine/scan/consumed.js';
 export { StartupCheckError, type StartupReport, type StartupServerReport } from './engine/startup.js';

@@ -33,5 +33,11 @@ export const FASTIFY_ROUTE_CONFIG_METADATA = '__fastify_route_config__';
 export type RouteSetting = false | Partial<IcapProfile> | typeof DEFAULT_ROUTE;
 export const DEFAULT_ROUTE = 'default' as const;
 
+/**
+ * What the guard reads for a request without a body that routes scanned with different settings
+ * may take: there is nothing to scan, so any of them may have it.
+ */
+export const NO_BODY = 'no-body' as const;
+
 /** Code of the refusal when a request reached a handler without the scan its route requires. */
 export const UNSCANNED_REQUEST = 'ICAP_ERR_UNSCANNED_ROUTE';

@@ -1,5 +1,5 @@
 import { type CanActivate, type ExecutionContext, ForbiddenException, Logger } from '@nestjs/common';
-import { DEFAULT_ROUTE, UNSCANNED_REQUEST } from './constants.js';
+import { DEFAULT_ROUTE, NO_BODY, UNSCANNED_REQUEST } from './constants.js';
 import { sameScan, settingOf } from './routes.js';
 import type { IcapService } from './service.js';
 
@@ -22,6 +22,7 @@ export class IcapRouteGuard implements CanActivate {
     const expected = settingOf(context.getHandler()) ?? DEFAULT_ROUTE;
     if (expected === false) return true;
     const used = this.service.settingUsed(context.switchToHttp().getRequest());
+    if (used === NO_BODY) return true;
     // Another route's setting that scans alike (the same overrides, written twice) will do.
     if (used === expected || (used !== undefined && sameScan(used, expected, this.service.config.profile)))
       return true;

@@ -5,6 +5,7 @@ import {
   type IcapEngine,
   type IcapProfile,
   type IcapRefusalOptions,
+  requestHasBody,
 } from '@icapkit/core';
 import { icap as expressIcap, type IcapMiddleware } from '@icapkit/express';
 import { icap as fastifyIcap } from '@icapkit/fastify';
@@ -14,7 +15,7 @@ import {
   type OnApplicationShutdown,
   type OnModuleInit,
 } from '@nestjs/common';
-import { DEFAULT_ROUTE, type RouteSetting, UNSCANNED_REQUEST } from './constants.js';
+import { DEFAULT_ROUTE, NO_BODY, type RouteSetting, UNSCANNED_REQUEST } from './constants.js';
 import { recordNestMiddleware } from './middleware-layers.js';
 import {
   AMBIGUOUS_ROUTE,
@@ -195,15 +196,21 @@ export class IcapService implements OnModuleInit, OnApplicationBootstrap, OnAppl
     }
     const dispatcher = (req: IncomingMessage, res: ServerResponse, next: Next): void => {
       const setting = expressRouteSetting(app, req, dispatcher, this.versioning(), profile);
-      if (setting !== AMBIGUOUS_ROUTE) (req as unknown as Record<symbol, RouteSetting>)[USED] = setting;
+      const used = req as unknown as Record<symbol, RouteSetting | typeof NO_BODY>;
+      if (setting !== AMBIGUOUS_ROUTE) used[USED] = setting;
       if (setting === false) {
         next();
         return;
       }
       if (setting === AMBIGUOUS_ROUTE) {
-        // Refused by the module's middleware, as its other refusals: onRefusal, refusals, the log record.
-        warnAmbiguous(req);
-        AMBIGUOUS.add(req);
+        if (requestHasBody(req)) {
+          // Refused by the module's middleware, as its other refusals: onRefusal, refusals, the log record.
+          warnAmbiguous(req);
+          AMBIGUOUS.add(req);
+        } else {
+          // Nothing to scan (a GET): any of the routes may take it, the guard lets it through.
+          used[USED] = NO_BODY;
+        }
       }
       const mw = this.#middlewareFor(setting === AMBIGUOUS_ROUTE ? DEFAULT_ROUTE : setting);
       if (mw === undefined) {
@@ -238,9 +245,9 @@ export class IcapService implements OnModuleInit, OnApplicationBootstrap, OnAppl
    * The setting a request was scanned with (undefined: not scanned), for the guard's check
    * that it is the one of the handler it reached.
    */
-  settingUsed(req: unknown): RouteSetting | undefined {
+  settingUsed(req: unknown): RouteSetting | typeof NO_BODY | undefined {
     if (this.#platform === 'express') {
-      return (req as Record<symbol, RouteSetting | undefined>)[USED];
+      return (req as Record<symbol, RouteSetting | typeof NO_BODY | undefined>)[USED];
     }
     if (this.#platform === 'fastify') {
       const r = req as { icap?: unknown; routeOptions?: { config?: { icap?: RouteSetting } } };
@@ -277,7 +284,7 @@ export class IcapService implements OnModuleInit, OnApplicationBootstrap, OnAppl
     this.#unguard = guardExpectContinue(server, async (req) => {
       if (shaped) return null;
       const setting = expressRouteSetting(app, req, this.#dispatcher, this.versioning(), this.config.profile);
-      if (setting === false) return null;
+      if (setting === false || (setting === AMBIGUOUS_ROUTE && !requestHasBody(req))) return null;
       if (setting !== AMBIGUOUS_ROUTE) return this.#middlewareFor(setting)?.engine.preflight(req) ?? null;
       // 403 instead of 100 Continue: the body is never sent.
       warnAmbiguous(req);

@@ -194,8 +194,8 @@ export class IcapEngine {
     const decision = profile.policy.evaluate(facts);
     // Refused whatever the rules decide (as run() does), before 100 Continue: too many header
     // fields, a route the scan cannot tell apart.
-    if (!decision.scan && facts.tooManyFields === undefined && options.unscannedRoute === undefined)
-      return null;
+    const unscannedRoute = options.unscannedRoute !== undefined && facts.hasBody;
+    if (!decision.scan && facts.tooManyFields === undefined && !unscannedRoute) return null;
     const log = newLog(profile.name, facts, decision);
     const early = await admit({ profile, facts, log, options });
     if (early === null || early.kind !== 'respond') return null;

@@ -40,8 +40,9 @@ export interface ScanOptions {
   /**
    * For framework integrations that pick the scan's settings by route before the framework
    * routes (@icapkit/nestjs on Express): the request may reach routes scanned with different
-   * settings (the reason). Refused whatever the rules decide, before a byte of its body is read
-   * (and before `Expect: 100-continue` is answered): 403, ICAP_ERR_UNSCANNED_ROUTE.
+   * settings (the reason). With a body, refused whatever the rules decide, before a byte of it
+   * is read (and before `Expect: 100-continue` is answered): 403, ICAP_ERR_UNSCANNED_ROUTE.
+   * Without one, the rules decide as for any request.
    */
   unscannedRoute?: string | undefined;
 }

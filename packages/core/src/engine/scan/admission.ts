@@ -1,4 +1,4 @@
-import { type IcapError, IcapErrorCodes } from '../../errors.js';
+import { escapeControls, type IcapError, IcapErrorCodes } from '../../errors.js';
 import { boundaryOf, isMultipart, isMultipartFormData } from '../multipart/parse.js';
 import { CHARSET_VALUE, encapsulationProblem, mediaTypeOf } from '../request.js';
 import type { RequestContext, ScanOutcome } from '../types.js';
@@ -64,17 +64,23 @@ export function admit(ctx: RequestContext): ScanOutcome | Promise<ScanOutcome> |
   return null;
 }
 
+const UNSCANNED_ROUTE = 'this request may reach routes scanned with different settings';
+
 /**
  * What is refused before the rules are asked: header fields Node dropped may have framed a body
- * (400), and a request that may reach routes scanned with different settings (403, the
- * framework integration says so). Null: the rules decide.
+ * (400), and a request with a body that may reach routes scanned with different settings (403,
+ * the framework integration says why; at most 300 characters of it, control characters
+ * escaped, are kept for the log and the refusal's message). Null: the rules decide.
  */
 export function refusedWhateverTheRules(ctx: RequestContext): ScanOutcome | null {
   const { facts, options } = ctx;
   if (facts.tooManyFields !== undefined)
     return refuse(ctx, 'bad-request', IcapErrorCodes.BAD_REQUEST, facts.tooManyFields, null);
-  if (options.unscannedRoute !== undefined)
-    return refuse(ctx, 'unscanned-route', IcapErrorCodes.UNSCANNED_ROUTE, options.unscannedRoute, null);
+  // A request without a body has nothing to scan: the rules decide, as for any other.
+  if (options.unscannedRoute !== undefined && facts.hasBody) {
+    const reason = escapeControls(options.unscannedRoute.trim()).slice(0, 300) || UNSCANNED_ROUTE;
+    return refuse(ctx, 'unscanned-route', IcapErrorCodes.UNSCANNED_ROUTE, reason, null);
+  }
   return null;
 }
 
