@@ -12,7 +12,8 @@
 # (default: ICAPKIT_FUZZ_RUNS / 50, that is 2 000 inputs, 10 000 uploads).
 # (The fail-closed property of test/hardening takes ICAPKIT_FAIL_CLOSED_RUNS; the client-cannot-fail-open
 # property, run here too, takes ICAPKIT_CLIENT_FAIL_OPEN_RUNS, default 2000 requests per framework; the
-# client-pacing property takes ICAPKIT_PACING_RUNS, default 1000 paced uploads.)
+# client-pacing property takes ICAPKIT_PACING_RUNS, default 1000 paced uploads; the swallowed-refusal
+# property takes ICAPKIT_SWALLOWED_RUNS, default 2000 requests per Express version.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,8 +28,9 @@ start=$(date +%s)
 status=0
 ICAPKIT_FUZZ_RUNS="$runs" ICAPKIT_MULTIPART_FUZZ_RUNS="$multipart_runs" ICAPKIT_FUZZ_REPORT="$report" \
   ICAPKIT_CLIENT_FAIL_OPEN_RUNS="${ICAPKIT_CLIENT_FAIL_OPEN_RUNS:-2000}" ICAPKIT_PACING_RUNS="${ICAPKIT_PACING_RUNS:-1000}" \
+  ICAPKIT_SWALLOWED_RUNS="${ICAPKIT_SWALLOWED_RUNS:-2000}" \
   timeout --kill-after=30 "$limit" npx vitest run test/fuzz test/hardening/client-cannot-fail-open.property.test.ts \
-  test/hardening/client-pacing.property.test.ts || status=$?
+  test/hardening/client-pacing.property.test.ts test/hardening/refusal-swallowed.property.test.ts || status=$?
 elapsed=$(($(date +%s) - start))
 
 node - "$report" "$elapsed" "$status" <<'JS'
