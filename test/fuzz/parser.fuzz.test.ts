@@ -1047,11 +1047,23 @@ describe('ICAP parser limits (deterministic)', () => {
     },
   );
 
-  it('an Encapsulated offset over maxHeaderSize is refused before a byte of it is read', () => {
+  it('an Encapsulated offset over maxHeaderSize is refused once maxHeaderSize bytes of it are read, no more', () => {
     const { feed } = counting();
-    expect(() =>
-      feed(Buffer.from('ICAP/1.0 200 OK\r\nEncapsulated: res-hdr=0, res-body=9999999999\r\n\r\n')),
-    ).toThrow(expect.objectContaining({ code: IcapErrorCodes.HEADERS_TOO_LARGE }));
+    feed(Buffer.from('ICAP/1.0 200 OK\r\nEncapsulated: res-hdr=0, res-body=9999999999\r\n\r\n'));
+    const piece = Buffer.from(`X-Pad: ${'p'.repeat(1000)}\r\n`);
+    let fed = 0;
+    let thrown: unknown;
+    try {
+      while (fed < 1024 * 1024) {
+        feed(piece);
+        fed += piece.length;
+      }
+    } catch (err) {
+      thrown = err;
+    }
+    expect(thrown).toMatchObject({ code: IcapErrorCodes.HEADERS_TOO_LARGE });
+    // Refused at the bound (64 KiB), not after a megabyte.
+    expect(fed).toBeLessThanOrEqual(64 * 1024);
   });
 
   it('a flood of small header fields ends at 1000 fields', () => {

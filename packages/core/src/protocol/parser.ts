@@ -109,6 +109,8 @@ enum State {
   ChunkDataEnd = 4,
   Trailer = 5,
   Done = 6,
+  /** Encapsulated heads over maxHeaderSize: what fits is read for a threat, then the error. */
+  EncapsulatedTooLarge = 7,
 }
 
 const EMPTY = Buffer.alloc(0);
@@ -195,7 +197,7 @@ export class IcapParser<H extends IcapHead = IcapHead> {
     const head = this.#head as unknown as IcapResponseHead | null;
     const cut = this.#pending;
     if (this.#state === State.Head) return cut === null ? undefined : salvageLines(cut);
-    if (this.#state === State.Encapsulated)
+    if (this.#state === State.Encapsulated || this.#state === State.EncapsulatedTooLarge)
       return cut === null || cut.length === 0 || !head!.encapsulated
         ? head!
         : salvageEncapsulated(head!, head!.encapsulated, cut);
@@ -286,6 +288,13 @@ export class IcapParser<H extends IcapHead = IcapHead> {
           i += this.#encapLength;
           this.#afterHeaders(data, i);
           break;
+        }
+        case State.EncapsulatedTooLarge: {
+          if (data.length - i < this.#maxHeaderSize) {
+            this.#pending = data.subarray(i);
+            return;
+          }
+          throw this.#encapTooLarge(data.subarray(i, i + this.#maxHeaderSize));
         }
         case State.ChunkSize: {
           const nl = data.indexOf(LF, i);
@@ -389,11 +398,13 @@ export class IcapParser<H extends IcapHead = IcapHead> {
     const bodyEntry = encap?.[encap.length - 1];
     this.#encapLength = bodyEntry?.offset ?? 0;
     if (this.#encapLength > this.#maxHeaderSize) {
-      const err = new IcapError(
-        IcapErrorCodes.HEADERS_TOO_LARGE,
-        `encapsulated HTTP headers exceed maxHeaderSize (${this.#maxHeaderSize} bytes)`,
-      );
-      throw this.#withHead(err, () => this.#head as unknown as IcapResponseHead);
+      // A response's first maxHeaderSize bytes of them are still read, for a threat named there
+      // (a block page's status line, a field of a head the server made too big); then the error.
+      if (this.#kind === 'response' && encap !== null) {
+        this.#state = State.EncapsulatedTooLarge;
+        return end;
+      }
+      throw this.#encapTooLarge(undefined);
     }
     if (this.#encapLength > 0) {
       this.#state = State.Encapsulated;
@@ -401,6 +412,19 @@ export class IcapParser<H extends IcapHead = IcapHead> {
       this.#afterHeaders(data, end);
     }
     return end;
+  }
+
+  /** Encapsulated heads over maxHeaderSize, with what was read of them (`area`), leniently. */
+  #encapTooLarge(area: Buffer | undefined): unknown {
+    const err = new IcapError(
+      IcapErrorCodes.HEADERS_TOO_LARGE,
+      `encapsulated HTTP headers exceed maxHeaderSize (${this.#maxHeaderSize} bytes)`,
+    );
+    const head = this.#head as unknown as IcapResponseHead;
+    const entries = this.#head!.encapsulated;
+    return this.#withHead(err, () =>
+      area === undefined || entries === null ? head : salvageEncapsulated(head, entries, area),
+    );
   }
 
   /**

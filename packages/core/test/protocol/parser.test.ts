@@ -183,11 +183,26 @@ describe('IcapParser (responses)', () => {
     }).toThrowError(expect.objectContaining({ code: 'ICAP_ERR_HEADERS_TOO_LARGE' }));
   });
 
-  it('rejects encapsulated header areas over maxHeaderSize', () => {
+  it('rejects encapsulated header areas over maxHeaderSize, once it has read what fits of them for a threat', () => {
     const { parser } = collect('response', { maxHeaderSize: 100 });
-    expect(() =>
-      parser.execute(Buffer.from('ICAP/1.0 200 OK\r\nEncapsulated: res-hdr=0, res-body=5000\r\n\r\n')),
-    ).toThrowError(expect.objectContaining({ code: 'ICAP_ERR_HEADERS_TOO_LARGE' }));
+    // Nothing is thrown before maxHeaderSize bytes of the area have come (or the connection ends).
+    parser.execute(
+      Buffer.from('ICAP/1.0 500 Server Error\r\nEncapsulated: res-hdr=0, res-body=5000\r\n\r\n'),
+    );
+    parser.execute(Buffer.from('HTTP/1.1 403 Forbidden\r\nX-Virus-ID: Eicar-Test\r\n'));
+    expect(parser.receivedHead()?.httpResponse).toMatchObject({ status: 403 });
+    let thrown: unknown;
+    try {
+      parser.execute(Buffer.from(`X-Pad: ${'p'.repeat(200)}\r\n`));
+    } catch (err) {
+      thrown = err;
+    }
+    expect(thrown).toMatchObject({ code: 'ICAP_ERR_HEADERS_TOO_LARGE', head: { status: 500 } });
+    const head = (
+      thrown as { head: { httpResponse: { status: number; headers: { get(n: string): unknown } } } }
+    ).head;
+    expect(head.httpResponse.status).toBe(403);
+    expect(head.httpResponse.headers.get('x-virus-id')).toBe('Eicar-Test');
   });
 
   it.each([
