@@ -5,7 +5,7 @@
  * parser and the handler after it run. The body was never scanned (refused before it was read,
  * or read only in part): they must get none of it.
  */
-import type { AddressInfo } from 'node:net';
+import { type AddressInfo, connect } from 'node:net';
 import { icap } from '@icapkit/express';
 import { eicar, type IcapTestServer, startIcapServer } from '@icapkit/testing';
 import express from 'express';
@@ -98,4 +98,41 @@ describe("express: an error middleware that swallows a refusal (refusals: 'error
       expect(r.text).not.toContain('EICAR');
     });
   });
+
+  it('an endless upload after a swallowed refusal: the parser after it ends at once, the answer goes out, the connection closes (campaign-ah AH1)', async () => {
+    for (const drainAfterAnswer of [undefined, { bytes: 1024 * 1024, timeout: 0 }]) {
+      await withApp(
+        { bufferSize: 1024, ...(drainAfterAnswer ? { drainAfterAnswer } : {}) },
+        async (url, seen) => {
+          const { port } = new URL(url);
+          const socket = connect(Number(port), '127.0.0.1');
+          let got = '';
+          let closed = false;
+          socket.on('data', (d: Buffer) => {
+            got += d.toString('latin1');
+          });
+          socket.on('error', () => {});
+          socket.on('close', () => {
+            closed = true;
+          });
+          socket.write(
+            'POST /up HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n',
+          );
+          const chunk = `${(16 * 1024).toString(16)}\r\n${'A'.repeat(16 * 1024)}\r\n`;
+          // 16 KiB every 10 ms until the server closes, for at most 10 s.
+          const deadline = Date.now() + 10_000;
+          while (!closed && Date.now() < deadline) {
+            if (!socket.destroyed) socket.write(chunk);
+            await new Promise((r) => setTimeout(r, 10));
+          }
+          socket.destroy();
+          expect(closed, JSON.stringify(drainAfterAnswer)).toBe(true);
+          expect(seen.errors).toEqual(['ICAP_ERR_REQUEST_TOO_LARGE']);
+          // The handler ran with an empty body and answered.
+          expect(seen.bodies).toEqual(['']);
+          if (drainAfterAnswer === undefined) expect(got.split('\r\n')[0]).toBe('HTTP/1.1 200 OK');
+        },
+      );
+    }
+  }, 30_000);
 });

@@ -43,7 +43,8 @@ export function drainAfterAnswer(req: unknown, limits: DrainLimits, res?: Answer
   if (!(socket instanceof Socket) || socket.destroyed) return;
   if (req.complete || req.readableEnded) return;
   if (limits.bytes <= 0 || limits.timeout <= 0) {
-    req.resume();
+    // (A sealed request's connection flows already: its readers' empty body stays theirs to read.)
+    if (sealed === null) req.resume();
     res?.once('finish', () => {
       // Net's own: end, then destroy once what was written (the answer) has been flushed.
       if (!req.complete && !socket.destroyed) socket.destroySoon?.() ?? socket.end();
@@ -58,6 +59,7 @@ export function drainAfterAnswer(req: unknown, limits: DrainLimits, res?: Answer
   const cleanup = () => {
     over = true;
     clearTimeout(timer);
+    if (sealed !== null) sealed.onChunk = sealed.onEnd = undefined;
     req.removeListener('data', onData);
     req.removeListener('end', onEnd);
     req.removeListener('error', onEnd);
@@ -90,16 +92,25 @@ export function drainAfterAnswer(req: unknown, limits: DrainLimits, res?: Answer
   const timer = setTimeout(giveUp, limits.timeout);
   socket.destroySoon = lingering;
   socket.once('close', cleanup);
-  if (sealed !== null) sealed.onChunk = (chunk) => !over && onData(chunk);
-  else req.on('data', onData);
-  req.once('end', onEnd);
+  if (sealed !== null) {
+    // The readers' body ended when it was sealed: the upload's own end comes through the seal.
+    sealed.onChunk = onData;
+    sealed.onEnd = onEnd;
+  } else {
+    req.on('data', onData);
+    req.once('end', onEnd);
+  }
   req.once('error', onEnd);
-  req.resume();
+  if (sealed === null) req.resume();
 }
 
-/** A request whose body is discarded as it arrives; `onChunk` sees each chunk (for a count). */
+/**
+ * A request whose body is discarded as it arrives: `onChunk` sees each chunk (for a count),
+ * `onEnd` the upload's end (the request itself ended for its readers when it was sealed).
+ */
 interface SealedBody {
   onChunk: ((chunk: Buffer) => void) | undefined;
+  onEnd: (() => void) | undefined;
 }
 
 const READABLE_PUSH = Readable.prototype.push;
@@ -107,25 +118,42 @@ const READABLE_PUSH = Readable.prototype.push;
 /**
  * Makes the rest of a refused request's body unreadable: what is buffered is dropped now, what
  * arrives later is dropped as the connection (HTTP/1's parser, an HTTP/2 stream) hands it over,
- * and a reader gets an empty body that ends when the upload has arrived. Null when `req` is not
- * a Readable request, or its body has already been read to its end.
+ * and the request reads as one without a body: its framing fields say so (body parsers skip
+ * it) and a reader gets an empty body that ends at once (a parser waiting for the upload's end
+ * would keep the connection reading it, with no answer). Null when `req` is not a Readable
+ * request, or its body has already been read to its end.
  */
 export function sealBody(req: unknown): SealedBody | null {
   if (!(req instanceof Readable) || req.readableEnded || req.destroyed) return null;
-  const sealed: SealedBody = { onChunk: undefined };
+  const sealed: SealedBody = { onChunk: undefined, onEnd: undefined };
   // Node's HTTP/1 parser and HTTP/2's compatibility layer push the body into the request.
   Object.defineProperty(req, 'push', {
     configurable: true,
     writable: true,
-    value(this: Readable, chunk: unknown, encoding?: BufferEncoding): boolean {
-      if (chunk === null) return READABLE_PUSH.call(this, null);
-      if (Buffer.isBuffer(chunk)) sealed.onChunk?.(chunk);
+    value(chunk: unknown, encoding?: BufferEncoding): boolean {
+      if (chunk === null) sealed.onEnd?.();
+      else if (Buffer.isBuffer(chunk)) sealed.onChunk?.(chunk);
       else if (typeof chunk === 'string') sealed.onChunk?.(Buffer.from(chunk, encoding));
       return true;
     },
   });
   // What was pushed before the refusal (a small body arrives with its head).
   for (let c = req.read(); c !== null; c = req.read()) sealed.onChunk?.(c as Buffer);
+  const state = (req as { _readableState?: { ended?: boolean; flowing?: boolean | null } })._readableState;
+  if (state?.ended !== true) READABLE_PUSH.call(req, null);
+  // Paused by the scan's intake: a reader's 'data' listener starts the (empty) flow again, as on
+  // a request nobody paused (`readableFlowing` back to null, not resumed for nobody).
+  if (state !== undefined && state.flowing === false) state.flowing = null;
+  const headers = (req as { headers?: Record<string, unknown> }).headers;
+  if (headers !== undefined && headers !== null) {
+    headers['content-length'] = '0';
+    delete headers['transfer-encoding'];
+  }
+  // The connection may have been paused while the body waited to be read: it flows again, into
+  // the seal (what Node does when a request is read: readStart, or an HTTP/2 stream's resume).
+  const source = (req as { stream?: { resume?: () => void } }).stream ?? (req as { socket?: unknown }).socket;
+  if (source instanceof Socket ? !source.destroyed : source !== undefined)
+    (source as { resume?: () => void }).resume?.();
   return sealed;
 }
 
