@@ -48,7 +48,10 @@ export interface HttpRequestFacts extends RequestFacts {
   transferCoding: string | undefined;
   /** File name from `Content-Disposition`, else the last segment of the path (for logs and block pages). */
   fileName: string | undefined;
-  /** Why the request has too many header fields to be read as sent (see {@link fieldsProblem}), if it has. */
+  /**
+   * Why the request's header fields cannot be read as Node read them (see {@link fieldsProblem}:
+   * more than it keeps, a name that is not a token), if they cannot.
+   */
   tooManyFields?: string | undefined;
 }
 
@@ -75,7 +78,19 @@ export const MAX_REQUEST_HEAD = 32 * 1024;
  * request would pass unscanned as one without a body. Refused (400) before anything is decided
  * from its fields, as is any request over {@link MAX_REQUEST_FIELDS}.
  */
-function fieldsProblem(req: ScanRequest, fields: number): string | undefined {
+function fieldsProblem(req: ScanRequest, pairs: ReadonlyArray<[string, string]>): string | undefined {
+  // Node's lenient parser (insecureHTTPParser) takes `Content-Length : 5` as the framing field
+  // while its name, a space in it, is another field's to every reader: the body would go unseen.
+  // (An HTTP/2 pseudo-header's name is checked without its ':'.)
+  for (let i = 0; i < pairs.length; i++) {
+    const name = pairs[i]![0];
+    if (!isTokenFrom(name, name.charCodeAt(0) === 0x3a ? 1 : 0))
+      return `a header field name is not a token (${JSON.stringify(name.slice(0, 64))}): what it says of the body cannot be read as Node reads it`;
+  }
+  return countProblem(req, pairs.length);
+}
+
+function countProblem(req: ScanRequest, fields: number): string | undefined {
   // The connection's own bound (set when it was accepted: a server's maxHeadersCount changed
   // since does not apply to it), else the server's, else Node's default.
   const pairs = req.socket?.parser?.maxHeaderPairs;
@@ -113,7 +128,7 @@ export function requestFacts(req: ScanRequest): HttpRequestFacts {
   }
   const transfer = headers.getAll('transfer-encoding');
   const chunked = transfer.length > 0;
-  const tooManyFields = fieldsProblem(req, headerPairs.length);
+  const tooManyFields = fieldsProblem(req, headerPairs);
   let hasBody: boolean;
   // Fields were dropped: whether a body follows is unknown (the answer closes the connection).
   if (chunked || tooManyFields !== undefined) hasBody = true;
