@@ -1,4 +1,4 @@
-import { IcapError, type IcapErrorCode, IcapErrorCodes } from '../errors.js';
+import { escapeControls, IcapError, type IcapErrorCode, IcapErrorCodes } from '../errors.js';
 import { type IcapAction, type IcapLog, observe } from './log.js';
 import type { ResponseKind } from './respond.js';
 import type { RespondOutcome } from './types.js';
@@ -325,6 +325,7 @@ export function refusalReporter(
       observe(() => logger.error({ err, code: 'ICAP_ERR_ON_REFUSAL' }, message), undefined, '');
     if (warned) return;
     warned = true;
-    process.emitWarning(message, { code: 'ICAP_ERR_ON_REFUSAL' });
+    // The callback's error message may quote the request: written with its control characters escaped.
+    process.emitWarning(escapeControls(message), { code: 'ICAP_ERR_ON_REFUSAL' });
   };
 }
