@@ -893,25 +893,30 @@ describe('nest-express: what campaign-ab found around the same rule', () => {
   });
 });
 
+/**
+ * A Nest route at POST /files/import that fails open, in a module that fails closed, with the
+ * scanner down: a handler of main.ts on that path must get the module's 503, never the route's pass.
+ */
+async function filesFailingOpen(): Promise<NestExpressApplication> {
+  @Controller('files')
+  class Files {
+    @IcapOptions({ failAction: 'fail-open' })
+    @Post('import')
+    @HttpCode(200)
+    importing() {
+      return { nest: true };
+    }
+  }
+  const dead = `icap://127.0.0.1:${await refusingPort()}`;
+  return NestFactory.create<NestExpressApplication>(
+    moduleWith({ poolGroup: dead, failAction: 'fail-closed', startupCheck: 'off', onLog: () => {} }, [Files]),
+    { logger: false },
+  );
+}
+
 describe('nest-express: a legacy handler of main.ts that answers, on a Nest route path with its own setting (campaign-ac AC1)', () => {
   it('never gets the Nest route’s fail-open: the module’s profile (fail-closed: 503 with the scanner down)', async () => {
-    const LENIENT = { failAction: 'fail-open' } as const;
-    @Controller('files')
-    class Files {
-      @IcapOptions(LENIENT)
-      @Post('import')
-      @HttpCode(200)
-      importing() {
-        return { nest: true };
-      }
-    }
-    const dead = `icap://127.0.0.1:${await refusingPort()}`;
-    const app = await NestFactory.create<NestExpressApplication>(
-      moduleWith({ poolGroup: dead, failAction: 'fail-closed', startupCheck: 'off', onLog: () => {} }, [
-        Files,
-      ]),
-      { logger: false },
-    );
+    const app = await filesFailingOpen();
     const legacy: string[] = [];
     (app.getHttpAdapter().getInstance() as express.Express).post(
       '/files/import',
@@ -1056,22 +1061,7 @@ describe('nest-express: what campaign-ae found', () => {
         return middlewareFunction(req, res, next);
       };`,
     ) as (fn: Handler) => Handler;
-    @Controller('files')
-    class Files {
-      @IcapOptions({ failAction: 'fail-open' })
-      @Post('import')
-      @HttpCode(200)
-      importing() {
-        return { nest: true };
-      }
-    }
-    const dead = `icap://127.0.0.1:${await refusingPort()}`;
-    const app = await NestFactory.create<NestExpressApplication>(
-      moduleWith({ poolGroup: dead, failAction: 'fail-closed', startupCheck: 'off', onLog: () => {} }, [
-        Files,
-      ]),
-      { logger: false },
-    );
+    const app = await filesFailingOpen();
     // A route of main.ts: taken for Nest's middleware, it would be passed over for the Nest
     // route's fail-open.
     (app.getHttpAdapter().getInstance() as express.Express).post(
