@@ -106,6 +106,15 @@ function countProblem(req: ScanRequest, fields: number): string | undefined {
   return undefined;
 }
 
+/**
+ * Whether a request carries a body, as the scan reads its head: a Content-Length above 0 (or
+ * one it cannot use), chunked, an HTTP/2 stream its headers did not end, or header fields that
+ * cannot be read as Node read them (see {@link fieldsProblem}).
+ */
+export function requestHasBody(req: ScanRequest): boolean {
+  return requestFacts(req).hasBody;
+}
+
 export function requestFacts(req: ScanRequest): HttpRequestFacts {
   const headerPairs = pairsOf(req);
   const headers = new Headers(headerPairs);
@@ -162,15 +171,6 @@ export function requestFacts(req: ScanRequest): HttpRequestFacts {
  * refused, or undefined when there are none. Node hands them to the application
  * (`req.trailers`, `req.rawTrailers`) but they are no part of the body the ICAP server scans.
  */
-/**
- * Whether a request carries a body, as the scan reads its head: a Content-Length above 0 (or
- * one it cannot use), chunked, an HTTP/2 stream its headers did not end, or more header fields
- * than Node keeps.
- */
-export function requestHasBody(req: ScanRequest): boolean {
-  return requestFacts(req).hasBody;
-}
-
 export function trailerProblem(req: ScanRequest): string | undefined {
   const raw = req.rawTrailers;
   // The usual request (Node's empty array): nothing to build, twice per scan on the hot path.

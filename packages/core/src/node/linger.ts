@@ -150,10 +150,17 @@ export function sealBody(req: unknown): SealedBody | null {
     delete headers['transfer-encoding'];
   }
   // The connection may have been paused while the body waited to be read: it flows again, into
-  // the seal (what Node does when a request is read: readStart, or an HTTP/2 stream's resume).
-  const source = (req as { stream?: { resume?: () => void } }).stream ?? (req as { socket?: unknown }).socket;
-  if (source instanceof Socket ? !source.destroyed : source !== undefined)
-    (source as { resume?: () => void }).resume?.();
+  // the seal, as when a request is read (HTTP/1's readStart: not while Node holds it paused for
+  // a pipelined response; an HTTP/2 stream's resume).
+  const stream = (req as { stream?: { resume?: () => void } }).stream;
+  const socket = (req as { socket?: unknown }).socket;
+  if (stream !== undefined) stream.resume?.();
+  else if (
+    socket instanceof Socket &&
+    !socket.destroyed &&
+    (socket as { _paused?: boolean })._paused !== true
+  )
+    socket.resume();
   return sealed;
 }
 
