@@ -573,28 +573,36 @@ describe("nest-express: a prebuilt app's own layer that mentions onRequestHook (
   });
 });
 
+/**
+ * POST /hooks in two header versions: v1 `@SkipIcap()`, v2 with a setting of its own (fail-closed).
+ * Nest middleware bound to v1 may answer a request for either: such requests are ambiguous.
+ */
+function hookVersions(): [new () => unknown, new () => unknown] {
+  @SkipIcap()
+  @Controller({ path: 'hooks', version: '1' })
+  class V1 {
+    @Post()
+    @HttpCode(200)
+    up() {
+      return { version: 1 };
+    }
+  }
+  @Controller({ path: 'hooks', version: '2' })
+  class V2 {
+    @IcapOptions({ failAction: 'fail-closed' })
+    @Post()
+    @HttpCode(200)
+    up(@Req() req: { body?: unknown }) {
+      saw('v2', req);
+      return { version: 2 };
+    }
+  }
+  return [V1, V2];
+}
+
 describe('nest-express: what campaign-ab found around the same rule', () => {
   it('middleware bound to a skipped version, a scanned version with a setting of its own: refused before the body (AB5, campaign-ae)', async () => {
-    const STRICT = { failAction: 'fail-closed' } as const;
-    @SkipIcap()
-    @Controller({ path: 'hooks', version: '1' })
-    class V1 {
-      @Post()
-      @HttpCode(200)
-      up() {
-        return { version: 1 };
-      }
-    }
-    @Controller({ path: 'hooks', version: '2' })
-    class V2 {
-      @IcapOptions(STRICT)
-      @Post()
-      @HttpCode(200)
-      up(@Req() req: { body?: unknown }) {
-        saw('v2', req);
-        return { version: 2 };
-      }
-    }
+    const [V1, V2] = hookVersions();
     @Module({ imports: [moduleWith({ failAction: 'fail-open' }, [V1, V2])] })
     class WithSignatureCheck implements NestModule {
       configure(consumer: MiddlewareConsumer): void {
@@ -620,25 +628,7 @@ describe('nest-express: what campaign-ab found around the same rule', () => {
   });
 
   it("the refusal of such a request is the module's own: onRefusal, refusals: 'error', the log record, before 100 Continue", async () => {
-    @SkipIcap()
-    @Controller({ path: 'hooks', version: '1' })
-    class V1 {
-      @Post()
-      @HttpCode(200)
-      up() {
-        return { version: 1 };
-      }
-    }
-    @Controller({ path: 'hooks', version: '2' })
-    class V2 {
-      @IcapOptions({ failAction: 'fail-closed' })
-      @Post()
-      @HttpCode(200)
-      up(@Req() req: { body?: unknown }) {
-        saw('v2', req);
-        return { version: 2 };
-      }
-    }
+    const [V1, V2] = hookVersions();
     const caught: unknown[] = [];
     @Catch(IcapRefusalError)
     class RefusalFilter implements ExceptionFilter {
