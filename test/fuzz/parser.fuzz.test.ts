@@ -306,8 +306,11 @@ interface Built {
   bytes: Buffer;
   /** The events a correct parser reports for it (before any limit is hit). */
   events: ParseEvent[];
-  /** Sizes the limits apply to, in the order the parser meets them. */
-  checks: Array<{ size: number; eventsBefore: number }>;
+  /**
+   * Sizes the limits apply to, in the order the parser meets them, and the error past each
+   * (HEADERS_TOO_LARGE for heads; a trailer section over its bound is a PROTOCOL error).
+   */
+  checks: Array<{ size: number; eventsBefore: number; error?: string }>;
   /** Where chunk data lies in `bytes`: [start, end) ranges. */
   dataRanges: Array<[number, number]>;
 }
@@ -437,9 +440,20 @@ function buildMessage(spec: MessageSpec): Built {
       data += Buffer.from(c.data).toString('hex');
     }
     parts.push(Buffer.from(`${spec.last[0]}${ce}`, 'latin1'));
-    for (const t of spec.trailers) parts.push(Buffer.from(fieldText(t, ce), 'latin1'));
+    let trailerSize = 0;
+    for (const t of spec.trailers) {
+      const line = Buffer.from(fieldText(t, ce), 'latin1');
+      parts.push(line);
+      trailerSize += line.length;
+    }
     parts.push(Buffer.from(ce, 'latin1'));
     if (data !== '') events.push({ type: 'body', hex: data });
+    // The trailer section's bound is maxHeaderSize (maxTrailerSize's default), its last empty line included.
+    checks.push({
+      size: trailerSize + ce.length,
+      eventsBefore: events.length,
+      error: IcapErrorCodes.PROTOCOL,
+    });
     events.push({ type: 'end', ieof: spec.last[1] });
   }
   return { bytes: Buffer.concat(parts), events, checks, dataRanges };
@@ -450,7 +464,10 @@ function expected(built: Built, options: ParserOptions): { events: ParseEvent[];
   const max = options.maxHeaderSize ?? DEFAULT_MAX_HEADER;
   for (const c of built.checks) {
     if (c.size > max)
-      return { events: built.events.slice(0, c.eventsBefore), error: IcapErrorCodes.HEADERS_TOO_LARGE };
+      return {
+        events: built.events.slice(0, c.eventsBefore),
+        error: c.error ?? IcapErrorCodes.HEADERS_TOO_LARGE,
+      };
   }
   return { events: built.events, error: null };
 }
