@@ -488,7 +488,7 @@ async function readResponse(
   }
   throw new IcapError(
     IcapErrorCodes.SERVER_STATUS,
-    `${client.uri(s.url.service)} answered ${res.status} ${res.reason}`.trim(),
+    `${client.shownUri(s.url.service)} answered ${res.status} ${res.reason}`.trim(),
     { status: res.status },
   );
 }

@@ -19,6 +19,7 @@ import {
   transferPolicy,
 } from './options.js';
 import { type Lease, Pool, type PoolStats } from './pool.js';
+import { maskQuery } from './shown-uri.js';
 import { type BodyInput, type BodySource, toBodySource } from './source.js';
 import { Transaction } from './transaction.js';
 import type { IcapResponse, TransactionRequest } from './transaction-types.js';
@@ -218,6 +219,11 @@ export class IcapClient {
     return u;
   }
 
+  /** {@link uri} as messages show it: the query's values masked (shown-uri.ts). */
+  shownUri(service: string): string {
+    return maskQuery(this.uri(service));
+  }
+
   /** The service's OPTIONS, from the cache when fresh. */
   options(
     service: string,
@@ -250,8 +256,8 @@ export class IcapClient {
     // signal is used as it is, without a controller, a listener and a cleanup of our own; a
     // reason that is not an IcapError is wrapped where it surfaces (see #abortError), as the
     // controller would have.
-    const own =
-      timeout < MAX_TIMER_DELAY ? this.#requestSignal(init.signal, timeout, `${init.method} ${uri}`) : null;
+    const label = `${init.method} ${this.shownUri(init.service)}`;
+    const own = timeout < MAX_TIMER_DELAY ? this.#requestSignal(init.signal, timeout, label) : null;
     const signal = own === null ? (init.signal ?? NEVER_ABORTED) : own.signal;
     try {
       let preview: number | undefined = init.preview === false ? undefined : (init.preview ?? 4096);
@@ -261,7 +267,7 @@ export class IcapClient {
         if (opts.methods.length > 0 && !opts.methods.includes(init.method)) {
           throw new IcapError(
             IcapErrorCodes.METHOD_NOT_SUPPORTED,
-            `ICAP service ${uri} does not support ${init.method} (Methods: ${opts.methods.join(', ')})`,
+            `ICAP service ${this.shownUri(init.service)} does not support ${init.method} (Methods: ${opts.methods.join(', ')})`,
           );
         }
         this.#pool.setServerLimit(opts.maxConnections);
@@ -286,18 +292,13 @@ export class IcapClient {
       if (source !== null && bodyLength !== undefined && preview !== undefined)
         preview = Math.min(preview, bodyLength);
       const tx = this.#encode(init, uri, source, bodyLength, preview);
-      const response = await this.#attempt(
-        tx,
-        signal,
-        init.queueTimeout,
-        own === null ? `${init.method} ${uri}` : undefined,
-      );
+      const response = await this.#attempt(tx, signal, init.queueTimeout, own === null ? label : undefined);
       this.#options.noteIstag(init.service, response.istag);
       if (own !== null) response.done.then(own.cleanup, own.cleanup);
       return response;
     } catch (err) {
       if (own !== null) own.cleanup();
-      else if (err === signal.reason && signal.aborted) throw abortError(err, `${init.method} ${uri}`);
+      else if (err === signal.reason && signal.aborted) throw abortError(err, label);
       throw err;
     }
   }
@@ -413,7 +414,8 @@ export class IcapClient {
   }
 
   async #fetchOptions(service: string): Promise<IcapServiceOptions> {
-    const { signal, cleanup } = this.#requestSignal(undefined, this.#timeout, `OPTIONS ${this.uri(service)}`);
+    const label = `OPTIONS ${this.shownUri(service)}`;
+    const { signal, cleanup } = this.#requestSignal(undefined, this.#timeout, label);
     try {
       const encoded = encodeIcapRequest({
         method: 'OPTIONS',
@@ -440,7 +442,7 @@ export class IcapClient {
       if (res.status !== 200) {
         throw new IcapError(
           IcapErrorCodes.SERVER_STATUS,
-          `OPTIONS ${this.uri(service)} answered ${res.status} ${escapeControls(res.reason)}`.trim(),
+          `${label} answered ${res.status} ${escapeControls(res.reason)}`.trim(),
           { status: res.status },
         );
       }
@@ -455,8 +457,8 @@ export class IcapClient {
         if (malformedHeaders.length > 0)
           said.push(`has ${malformedHeaders.join(', ')}, not a whole number (read as absent)`);
         try {
-          this.#onWarning?.(`OPTIONS ${this.uri(service)} ${said.join('; ')}`, {
-            service,
+          this.#onWarning?.(`${label} ${said.join('; ')}`, {
+            service: maskQuery(service),
             missingHeaders,
             malformedHeaders,
           });

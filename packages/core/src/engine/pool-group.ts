@@ -1,4 +1,5 @@
 import { IcapClient, type IcapClientOptions } from '../client/client.js';
+import { maskQuery } from '../client/shown-uri.js';
 import { IcapError, IcapErrorCodes } from '../errors.js';
 import { type CheckAnswer, checkAnswer, HealthCheck } from './health-check.js';
 import { observe } from './log.js';
@@ -185,10 +186,13 @@ export class ServerHandle {
     return this.#clientFed > 0 || this.#clientFedUntil >= t;
   }
 
-  /** The service's ICAP URI on this server (`client.uri`), kept for the last service asked for. */
+  /**
+   * The service's ICAP URI on this server as records show it (`client.shownUri`: the query's
+   * values masked), kept for the last service asked for.
+   */
   uriOf(service: string): string {
     if (service !== this.#uriService) {
-      this.#uri = this.client.uri(service);
+      this.#uri = this.client.shownUri(service);
       this.#uriService = service;
     }
     return this.#uri;
@@ -325,7 +329,9 @@ export class ServerHandle {
       suspensions: this.suspensions,
       backoff: this.state === 'suspended' ? this.#backoff : undefined,
       trialSuccesses: this.state === 'half-open' ? this.#trialSuccesses : 0,
-      previewsSkipped: [...this.#previews].filter(([, a]) => a.skipping).map(([service]) => service),
+      previewsSkipped: [...this.#previews]
+        .filter(([, a]) => a.skipping)
+        .map(([service]) => maskQuery(service)),
     };
   }
 

@@ -1,3 +1,4 @@
+import { maskQuery } from '../client/shown-uri.js';
 import { IcapError, IcapErrorCodes } from '../errors.js';
 import type { IcapWarningCode } from './alerts.js';
 import { IcapWarningCodes } from './alerts.js';
@@ -72,7 +73,7 @@ export async function checkServers(
   if (down.length === 0) return report;
   const message =
     `icapkit (profile "${ctx.profile}"): ${down.length} of ${reports.length} ICAP ${reports.length === 1 ? 'server' : 'servers'} ` +
-    `did not answer OPTIONS ${ctx.serviceUri}: ` +
+    `did not answer OPTIONS ${maskQuery(ctx.serviceUri)}: ` +
     down.map((r) => `${r.server} (${r.code}: ${r.reason})`).join('; ') +
     ". Check the server's address and serviceUri, or set startupCheck: 'warn' or 'off'.";
   if (ctx.mode === 'fail') throw new StartupCheckError(message, down);

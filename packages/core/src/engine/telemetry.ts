@@ -13,6 +13,7 @@ import {
   SpanStatusCode,
   trace,
 } from '@opentelemetry/api';
+import { maskQuery } from '../client/shown-uri.js';
 import type { IcapError } from '../errors.js';
 import type { IcapAction, IcapLog } from './log.js';
 import type { PoolGroup, ServerHandle, ServerState, ServerTransition } from './pool-group.js';
@@ -297,7 +298,7 @@ export class Telemetry {
   transactionStart(scope: ScanScope, server: ServerHandle, service: string): void {
     if (ScanChannels.transactionStart.hasSubscribers)
       ScanChannels.transactionStart.publish(this.#tx(scope, server, service));
-    if (debugOn) debug('scan %d: REQMOD %s%s', scope.id, server.server.url, service);
+    if (debugOn) debug('scan %d: REQMOD %s%s', scope.id, server.server.url, maskQuery(service));
   }
 
   transactionPreview(scope: ScanScope, server: ServerHandle, service: string): void {
@@ -357,7 +358,12 @@ export class Telemetry {
   }
 
   #tx(scope: ScanScope, server: ServerHandle, service: string): TransactionMessage {
-    return { scanId: scope.id, pool: server.pool.name, server: server.server.url, service };
+    return {
+      scanId: scope.id,
+      pool: server.pool.name,
+      server: server.server.url,
+      service: maskQuery(service),
+    };
   }
 }
 
