@@ -5,13 +5,22 @@
  * icapkit saw a request without a body, scanned nothing, and a handler reading the request
  * got EICAR (campaign-ah AH2). A name that is not a token is now refused (400, before the
  * rules), whatever the parser; Node's strict parser refuses it itself.
+ *
+ * On @hono/node-server (Hono, @icapkit/web) the same bytes, or a NUL in any field's value,
+ * make a Web Request whose headers the Fetch API refuses to read: icapkit saw a request without
+ * fields, the rules did not select it, and the handler read the body through the Node request
+ * (campaign-ai AI1). A request the adapter cannot read is now refused (400) whatever the rules.
  */
 import { createServer, type Server } from 'node:http';
 import { type AddressInfo, connect } from 'node:net';
+import { getRequestListener } from '@hono/node-server';
 import { icap as expressIcap } from '@icapkit/express';
+import { icap as honoIcap } from '@icapkit/hono';
 import { icap as koaIcap } from '@icapkit/koa';
 import { eicar, type IcapTestServer, startIcapServer } from '@icapkit/testing';
+import { withIcap } from '@icapkit/web';
 import express from 'express';
+import { Hono } from 'hono';
 import Koa from 'koa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
@@ -74,6 +83,23 @@ const APPS: Record<string, Start> = {
     });
     return { handler: app.callback(), close: () => scan.close() };
   },
+  hono: (read) => {
+    const scan = honoIcap(profile());
+    const app = new Hono();
+    app.use(scan);
+    app.post('/up', async (c) => {
+      read(await c.req.text());
+      return c.text('read');
+    });
+    return { handler: getRequestListener(app.fetch), close: () => scan.close() };
+  },
+  web: (read) => {
+    const route = withIcap(profile(), async (request) => {
+      read(await request.text());
+      return new Response('read');
+    });
+    return { handler: getRequestListener(route), close: () => route.close() };
+  },
 };
 
 describe.each(Object.keys(APPS))('%s on the lenient parser', (name) => {
@@ -89,6 +115,8 @@ describe.each(Object.keys(APPS))('%s on the lenient parser', (name) => {
         `Content-Length : ${EICAR.length}\r\n\r\n${EICAR}`,
         `Transfer-Encoding : chunked\r\n\r\n${EICAR.length.toString(16)}\r\n${EICAR}\r\n0\r\n\r\n`,
         `Content-Length\t: ${EICAR.length}\r\n\r\n${EICAR}`,
+        // Framed as the strict parser would, with a NUL in another field's value.
+        `X-A: a\x00b\r\nContent-Length: ${EICAR.length}\r\n\r\n${EICAR}`,
       ];
       for (const framing of framings)
         expect(await exchange(port, head + framing)).toBe('HTTP/1.1 400 Bad Request');

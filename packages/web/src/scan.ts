@@ -226,11 +226,13 @@ async function scanWith(
   } catch (err) {
     if (err instanceof IcapError) throw err;
     // The server library cannot make a Request of what the client sent (@hono/node-server takes
-    // an absolute target with credentials, and the Fetch API refuses it when the body is first
-    // read): the client's doing, so a 400 from the engine, never a 500 or the failure action.
-    // The reason names no part of the target (it may carry a password).
+    // an absolute target with credentials, or a header name or value that a lenient Node
+    // parser let through, and the Fetch API refuses it when it is read): the client's doing, so
+    // a 400 from the engine whatever its rules decide (they would judge a request without its
+    // fields, while the Node request under it still frames a body), never a 500 or the failure
+    // action. The reason names no part of the target (it may carry a password).
     badRequest =
-      'the request cannot be read as a Web Request (its target or method is refused by the Fetch API)';
+      'the request cannot be read as a Web Request (its target, method or header fields are refused by the Fetch API)';
     source = unreadableRequest(request, { clientIp, incoming: options.incoming });
   }
   const signal =
@@ -374,7 +376,7 @@ function handBack(
  * request (a Web Request has no body for them) whose Node request under it announces one. The
  * application could still read that body, unscanned: @hono/node-server's `text()`, `json()` and
  * `arrayBuffer()` of a TRACE request read the Node request, and so does anything reading
- * `env.incoming`. The engine refuses it (400) when its rules select the request.
+ * `env.incoming`. The engine refuses it (400) whatever its rules decide.
  */
 function bodyOutOfView(request: Request, incoming: IncomingLike | undefined): string | undefined {
   if (!(incoming instanceof Readable) || !BODYLESS.test(request.method)) return undefined;

@@ -181,12 +181,12 @@ describe('scan(request, …)', () => {
     expect(JSON.stringify(logs.at(-1))).not.toContain('credentials');
     expect(await r.response!.text()).not.toContain('credentials');
     expect(server.requests.slice(sent).filter((x) => x.method === 'REQMOD')).toEqual([]);
-    // A request the rules do not select is the application's to read, as any other.
+    // Whatever the rules: they would judge a request without what could not be read (its
+    // fields, its body), while the Node request under it may still frame a body (campaign-ai AI1).
     const s = scanner({
       rules: [{ name: 'only-api', match: { path: { prefix: ['/api/'] } }, action: 'enable-icap' }],
     });
-    const skipped = unreadable('http://localhost/upload');
-    expect((await s.scan(skipped)).request).toBe(skipped);
+    expect((await s.scan(unreadable('http://localhost/upload'))).response!.status).toBe(400);
     expect((await s.scan(unreadable('http://localhost/api/x'))).response!.status).toBe(400);
   });
 

@@ -31,9 +31,9 @@ export interface ScanOptions {
   parsedBody?: unknown;
   /**
    * For adapters: the request as the client sent it cannot be read (the reason), e.g. a server
-   * library that cannot make a Web `Request` of its target. A request the rules select is
-   * refused at admission, before a byte of its body is read: 400, ICAP_ERR_BAD_REQUEST, as a
-   * head the ICAP server would not see as the application does. The client's doing, so never
+   * library that cannot make a Web `Request` of its target or headers. Refused whatever the
+   * rules decide (they would judge another request than the one the application may read),
+   * before a byte of its body is read: 400, ICAP_ERR_BAD_REQUEST. The client's doing, so never
    * the failure action.
    */
   badRequest?: string | undefined;

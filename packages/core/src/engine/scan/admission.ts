@@ -28,7 +28,7 @@ export function admit(ctx: RequestContext): ScanOutcome | Promise<ScanOutcome> |
   const unconditional = refusedWhateverTheRules(ctx);
   if (unconditional !== null) return unconditional;
   // What the ICAP server would be sent must be what the application reads: else 400, never failAction.
-  const problem = ctx.options.badRequest ?? encapsulationProblem(facts, p.absoluteUri);
+  const problem = encapsulationProblem(facts, p.absoluteUri);
   if (problem !== undefined) return refuse(ctx, 'bad-request', IcapErrorCodes.BAD_REQUEST, problem, null);
   const transfer = facts.transferCoding;
   if (transfer !== 'chunked' && transfer !== undefined) {
@@ -68,7 +68,9 @@ const UNSCANNED_ROUTE = 'this request may reach routes scanned with different se
 
 /**
  * What is refused before the rules are asked: header fields Node dropped may have framed a body
- * (400), and a request with a body that may reach routes scanned with different settings (403,
+ * (400), a request its adapter cannot read as the client sent it (400: the rules would judge
+ * another request than the one the application may read), and a request with a body that may
+ * reach routes scanned with different settings (403,
  * the framework integration says why; at most 300 characters of it, control characters
  * escaped, are kept for the log and the refusal's message). Null: the rules decide.
  */
@@ -76,6 +78,8 @@ export function refusedWhateverTheRules(ctx: RequestContext): ScanOutcome | null
   const { facts, options } = ctx;
   if (facts.tooManyFields !== undefined)
     return refuse(ctx, 'bad-request', IcapErrorCodes.BAD_REQUEST, facts.tooManyFields, null);
+  if (options.badRequest !== undefined)
+    return refuse(ctx, 'bad-request', IcapErrorCodes.BAD_REQUEST, options.badRequest, null);
   // A request without a body has nothing to scan: the rules decide, as for any other.
   if (options.unscannedRoute !== undefined && facts.hasBody) {
     const reason = escapeControls(options.unscannedRoute.trim()).slice(0, 300) || UNSCANNED_ROUTE;
