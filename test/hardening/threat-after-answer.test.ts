@@ -78,6 +78,12 @@ function echo(r: Req, body: Buffer, extra = '', trailer = ''): string {
   return `ICAP/1.0 200 OK\r\nISTag: "x1"\r\nEncapsulated: req-hdr=0, req-body=${reqHdr.length}\r\n\r\n${reqHdr}${chunked(body)}0\r\n${trailer}\r\n`;
 }
 
+/** An answer of `status` announcing a body (`res-body`) after a 403 page with `extra` lines. */
+function pageWithBody(status: string, extra: string): string {
+  const p = `HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\n${extra}\r\n`;
+  return `ICAP/1.0 ${status}\r\nISTag: "x1"\r\nEncapsulated: res-hdr=0, res-body=${p.length}\r\n\r\n${p}4\r\ngone\r\n0\r\n\r\n`;
+}
+
 /** An answer of `status` carrying a 403 page (with `extra` lines) and no body. */
 function page(status: string, extra: string): string {
   const p = `HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n${extra}\r\n`;
@@ -168,6 +174,20 @@ describe.each(FRAMEWORKS)('%s', (framework) => {
       for (const [name, make] of Object.entries(BROKEN)) {
         it(`${name} and a malformed line there is blocked`, async () => {
           const { app, logs, post } = await setup(framework, mode, (r) => r.sock.write(make(r)));
+          expectBlocked((await post()).status, app, logs[0]);
+        });
+      }
+
+      // ------ a 204 that announces a body (a status that must carry none), a block page first
+
+      for (const [name, extra] of [
+        ['naming a threat', THREAT],
+        ['alone', ''],
+      ] as const) {
+        it(`an ICAP 204 announcing a body after a 403 page ${name} is blocked (campaign-ai AI2)`, async () => {
+          const { app, logs, post } = await setup(framework, mode, (r) =>
+            r.sock.write(pageWithBody('204 No Content', extra)),
+          );
           expectBlocked((await post()).status, app, logs[0]);
         });
       }

@@ -131,6 +131,8 @@ export class IcapParser<H extends IcapHead = IcapHead> {
   #scanFrom = 0;
   #head: H | null = null;
   #encapLength = 0;
+  /** A 100 or 204 head announcing a body: its error, thrown once its encapsulated heads are read (a block page there blocks). */
+  #bodyless: IcapError | null = null;
   #chunkRemaining = 0;
   #ieof = false;
   #trailerBytes = 0;
@@ -278,6 +280,7 @@ export class IcapParser<H extends IcapHead = IcapHead> {
           const area = data.subarray(i, i + this.#encapLength);
           try {
             this.#readEncapsulated(area);
+            if (this.#bodyless !== null) throw this.#bodyless;
           } catch (err) {
             // The encapsulated heads broke a rule, yet a threat named in them is still a threat:
             // their lines, read leniently, go with the ICAP head.
@@ -397,6 +400,8 @@ export class IcapParser<H extends IcapHead = IcapHead> {
     const encap = this.#head.encapsulated;
     const bodyEntry = encap?.[encap.length - 1];
     this.#encapLength = bodyEntry?.offset ?? 0;
+    const head = this.#head as unknown as IcapResponseHead;
+    if (this.#bodyless !== null && this.#encapLength === 0) throw this.#withHead(this.#bodyless, () => head);
     if (this.#encapLength > this.#maxHeaderSize) {
       // A response's first maxHeaderSize bytes of them are still read, for a threat named there
       // (a block page's status line, a field of a head the server made too big); then the error.
@@ -461,9 +466,10 @@ export class IcapParser<H extends IcapHead = IcapHead> {
           rfcCode: RfcErrorCodes.ICAP_SERVER_UNKNOWN_CODE,
         });
       }
-      if ((status === 100 || status === 204) && body !== null) {
-        throw protocol(`ICAP ${status} response must not carry a body (Encapsulated: ${encapsulatedValue})`);
-      }
+      this.#bodyless =
+        (status === 100 || status === 204) && body !== null
+          ? protocol(`ICAP ${status} response must not carry a body (Encapsulated: ${encapsulatedValue})`)
+          : null;
       const head: IcapResponseHead = {
         kind: 'response',
         version: m[1]!,

@@ -205,6 +205,33 @@ describe('IcapParser (responses)', () => {
     expect(head.httpResponse.headers.get('x-virus-id')).toBe('Eicar-Test');
   });
 
+  it.each(['100 Continue', '204 No Content'])(
+    'a %s announcing a body is refused once its encapsulated heads are read, which go with the error (campaign-ai AI2)',
+    (status) => {
+      const { parser } = collect('response');
+      const page = 'HTTP/1.1 403 Forbidden\r\nX-Virus-ID: Eicar-Test\r\n\r\n';
+      // Nothing is thrown before the heads have come: a block page there is still read.
+      parser.execute(
+        Buffer.from(`ICAP/1.0 ${status}\r\nEncapsulated: res-hdr=0, res-body=${page.length}\r\n\r\n`),
+      );
+      let thrown: unknown;
+      try {
+        parser.execute(Buffer.from(page));
+      } catch (err) {
+        thrown = err;
+      }
+      expect(thrown).toMatchObject({
+        code: 'ICAP_ERR_PROTOCOL',
+        message: expect.stringMatching(/must not carry a body/),
+      });
+      const head = (
+        thrown as { head: { httpResponse: { status: number; headers: { get(n: string): unknown } } } }
+      ).head;
+      expect(head.httpResponse.status).toBe(403);
+      expect(head.httpResponse.headers.get('x-virus-id')).toBe('Eicar-Test');
+    },
+  );
+
   it.each([
     ['HTTP/1.1 200 OK\r\n\r\n', /invalid ICAP status line/],
     ['ICAP/1.0 2000 OK\r\n\r\n', /invalid ICAP status line/],
@@ -212,7 +239,11 @@ describe('IcapParser (responses)', () => {
     ['ICAP/1.0 200 OK\r\nbad header line\r\n\r\n', /malformed header line/],
     ['ICAP/1.0 200 OK\r\nBad Name: x\r\n\r\n', /invalid header name/],
     ['ICAP/1.0 200 OK\r\n continuation first\r\n\r\n', /continuation line before any header/],
-    ['ICAP/1.0 204 No Content\r\nEncapsulated: res-hdr=0, res-body=5\r\n\r\n', /must not carry a body/],
+    ['ICAP/1.0 204 No Content\r\nEncapsulated: res-body=0\r\n\r\n', /must not carry a body/],
+    [
+      'ICAP/1.0 204 No Content\r\nEncapsulated: res-hdr=0, res-body=19\r\n\r\nHTTP/1.1 200 OK\r\n\r\n',
+      /must not carry a body/,
+    ],
     ['ICAP/1.0 200 OK\r\nEncapsulated: null-body=0\r\n\r\n0x\r\n', null],
   ])('rejects %j', (input, message) => {
     const { parser } = collect('response');
