@@ -11,7 +11,7 @@ import { type AddressInfo, createServer as createTcpServer, type Socket } from '
 import { createEngine, IcapClient, IcapError, type IcapLog } from '@icapkit/core';
 import { type IcapTestServer, startIcapServer } from '@icapkit/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { maskQuery } from '../../packages/core/src/client/shown-uri.js';
+import { maskQuery } from '../../packages/core/src/protocol/shown-uri.js';
 import { send } from '../support/http-client.js';
 
 const SECRET = 'S3CRET-KEY-4711';
@@ -54,6 +54,27 @@ describe('maskQuery', () => {
     expect(maskQuery('/a?k=1&&token')).toBe('/a?k=***&&***');
     expect(maskQuery('/a?k=x=y&m=%20')).toBe('/a?k=***&m=***');
     expect(maskQuery(`icap://h:1344${SERVICE}`)).toBe(`icap://h:1344${SHOWN}`);
+    // Arguments after a ';' or a '#' too (campaign-aj AJ4).
+    expect(maskQuery('/a;apikey=s3cret')).toBe('/a;apikey=***');
+    expect(maskQuery('/a#token=s3cret')).toBe('/a#token=***');
+    expect(maskQuery('/a?x=1;y=2#z')).toBe('/a?x=***;y=***#***');
+  });
+
+  it('a serviceUri with a control character fails at start-up naming the field, its arguments masked (campaign-aj AJ1, AJ2)', () => {
+    for (const serviceUri of [
+      `/avscan?apikey=${SECRET}\u0001`,
+      `/avscan?apikey=${SECRET}\x7f`,
+      `/a b?k=${SECRET}`,
+    ]) {
+      let thrown: unknown;
+      try {
+        createEngine({ name: 'bad', poolGroup: 'icap://127.0.0.1:1344', serviceUri });
+      } catch (err) {
+        thrown = err;
+      }
+      expect(thrown).toMatchObject({ code: 'ICAP_ERR_INVALID_PROFILE', field: 'profile.serviceUri' });
+      expect((thrown as Error).message).not.toContain(SECRET);
+    }
   });
 });
 

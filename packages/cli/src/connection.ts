@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import type { IcapClientOptions, IcapTlsOptions } from '@icapkit/core';
+import { type IcapClientOptions, type IcapTlsOptions, maskUrl } from '@icapkit/core';
 import { type IcapUrl, parseHeaders, parseIntOption, UsageError, VERSION } from './args.js';
 
 /** Options shared by `scan` and `options`: how to reach the server. */
@@ -32,7 +32,7 @@ export function clientOptions(
   const caFile = values['tls-ca'];
   const insecure = values['tls-insecure'] === true;
   if ((caFile !== undefined || insecure) && !url.secure) {
-    throw new UsageError(`--tls-ca and --tls-insecure need an icaps:// URL (got ${url.href})`);
+    throw new UsageError(`--tls-ca and --tls-insecure need an icaps:// URL (got ${maskUrl(url.href)})`);
   }
   if (caFile !== undefined && insecure)
     throw new UsageError('--tls-ca and --tls-insecure exclude each other');

@@ -1,5 +1,5 @@
 import { parseArgs } from 'node:util';
-import { IcapClient, IcapError, type IcapServiceOptions } from '@icapkit/core';
+import { IcapClient, IcapError, type IcapServiceOptions, maskUrl } from '@icapkit/core';
 import { ExitCode, parseIcapUrl, UsageError } from './args.js';
 import { CONNECTION_OPTIONS, clientOptions } from './connection.js';
 import type { CliIo } from './io.js';
@@ -98,7 +98,8 @@ export async function runOptions(argv: string[], io: CliIo, help: () => number):
   const url = parseIcapUrl(given, 'the ICAP URL');
   const client = new IcapClient(clientOptions(url, values, { timeout: DEFAULT_TIMEOUT, maxConnections: 1 }));
   try {
-    const report = optionsReport(given, await client.options(url.service));
+    // The URL as shown: credentials and arguments masked (a key in its query stays out of logs).
+    const report = optionsReport(maskUrl(given), await client.options(url.service));
     io.stdout.write(values.json ? `${JSON.stringify(report)}\n` : formatOptions(report));
     if (report.missingHeaders.length > 0) {
       // Not an ICAP server as RFC 3507 describes one: say which headers, and fail.
@@ -116,7 +117,8 @@ export async function runOptions(argv: string[], io: CliIo, help: () => number):
   } catch (err) {
     const code = err instanceof IcapError ? err.code : 'ICAP_ERR_PROTOCOL';
     const message = err instanceof Error ? err.message : String(err);
-    if (values.json) io.stdout.write(`${JSON.stringify({ url: given, errorCode: code, error: message })}\n`);
+    if (values.json)
+      io.stdout.write(`${JSON.stringify({ url: maskUrl(given), errorCode: code, error: message })}\n`);
     else io.stderr.write(`icapkit: ${code}: ${renderText(message)}\n`);
     return ExitCode.ERROR;
   } finally {

@@ -608,6 +608,26 @@ describe('large files and concurrency', () => {
 });
 
 describe('options', () => {
+  it('shows the URL with its query masked, text and JSON, while the server gets it as given (campaign-aj AJ3)', async () => {
+    const s = await startIcapServer({});
+    try {
+      const url = s.url('/avscan?apikey=S3CRET');
+      const shown = s.url('/avscan?***');
+      const r = await run(['options', url]);
+      expect(r.code).toBe(0);
+      expect(r.stdout.split('\n')[0]).toBe(shown);
+      const j = await run(['options', url, '--json']);
+      expect(JSON.parse(j.stdout).url).toBe(shown);
+      expect(`${r.stdout}${r.stderr}${j.stdout}${j.stderr}`).not.toContain('S3CRET');
+      expect(s.requests.map((q) => q.uri)).toEqual([url, url]);
+      const usage = await run(['options', url, '--tls-insecure']);
+      expect(usage.stderr).toContain('need an icaps:// URL');
+      expect(usage.stderr).not.toContain('S3CRET');
+    } finally {
+      await s.close();
+    }
+  });
+
   it('prints the service OPTIONS', async () => {
     const s = await startIcapServer({
       maxConnections: 7,

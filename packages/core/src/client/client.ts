@@ -8,6 +8,7 @@ import {
   httpResponseHeadText,
   IcapHeadEncoder,
 } from '../protocol/encoder.js';
+import { maskQuery } from '../protocol/shown-uri.js';
 import { abortError, LightAbortController } from './abort.js';
 import { endpointLabel, type IcapTlsOptions, type ServerEndpoint } from './connection.js';
 import {
@@ -19,7 +20,6 @@ import {
   transferPolicy,
 } from './options.js';
 import { type Lease, Pool, type PoolStats } from './pool.js';
-import { maskQuery } from './shown-uri.js';
 import { type BodyInput, type BodySource, toBodySource } from './source.js';
 import { Transaction } from './transaction.js';
 import type { IcapResponse, TransactionRequest } from './transaction-types.js';

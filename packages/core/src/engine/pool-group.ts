@@ -1,6 +1,6 @@
 import { IcapClient, type IcapClientOptions } from '../client/client.js';
-import { maskQuery } from '../client/shown-uri.js';
 import { IcapError, IcapErrorCodes } from '../errors.js';
+import { maskQuery } from '../protocol/shown-uri.js';
 import { type CheckAnswer, checkAnswer, HealthCheck } from './health-check.js';
 import { observe } from './log.js';
 import { PreviewAdvice } from './preview-advice.js';

@@ -1,5 +1,5 @@
-import { maskQuery } from '../client/shown-uri.js';
 import { IcapError, IcapErrorCodes } from '../errors.js';
+import { maskQuery } from '../protocol/shown-uri.js';
 import type { IcapWarningCode } from './alerts.js';
 import { IcapWarningCodes } from './alerts.js';
 import { observe } from './log.js';

@@ -13,8 +13,8 @@ import {
   SpanStatusCode,
   trace,
 } from '@opentelemetry/api';
-import { maskQuery } from '../client/shown-uri.js';
 import type { IcapError } from '../errors.js';
+import { maskQuery } from '../protocol/shown-uri.js';
 import type { IcapAction, IcapLog } from './log.js';
 import type { PoolGroup, ServerHandle, ServerState, ServerTransition } from './pool-group.js';
 import type { MetricsOptions, PromMetric, PromRegistryLike } from './telemetry-options.js';

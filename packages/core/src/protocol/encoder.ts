@@ -1,5 +1,6 @@
 import { IcapError, IcapErrorCodes } from '../errors.js';
 import { HOP_BY_HOP_FIELDS, isSafeFieldValue, isToken } from './headers.js';
+import { maskQuery } from './shown-uri.js';
 
 /**
  * Encoding of ICAP requests (and, for the embedded server, responses): the ICAP head with
@@ -262,7 +263,7 @@ export interface EncodedIcapRequest {
 export function encodeIcapRequest(init: IcapRequestInit): EncodedIcapRequest {
   // The URI goes into the request line: a space or line break there would split it.
   if (init.uri === '' || /[\s\x00-\x1f\x7f]/.test(init.uri))
-    throw invalid(`ICAP URI ${JSON.stringify(init.uri)} is not valid`);
+    throw invalid(`ICAP URI ${JSON.stringify(maskQuery(init.uri))} is not valid`);
   const req = init.httpRequestHead;
   const res = init.httpResponseHead;
   let encapsulated: string;

@@ -3,6 +3,7 @@
 import { tmpdir } from 'node:os';
 import { maskUrl } from '../../client/client.js';
 import { isSafeFieldValue, isToken } from '../../protocol/headers.js';
+import { maskQuery } from '../../protocol/shown-uri.js';
 import { compilePolicy } from '../policy.js';
 import { DEFAULT_NSX_STATUS_URL } from '../verdict/index.js';
 import { bool, checkKeys, describe, fail, integer, oneOf, parseSize, vendorOf } from './check.js';
@@ -20,10 +21,13 @@ export function resolveProfile(profile: IcapProfile): ResolvedProfile {
   const p = profile as IcapProfile;
   if (typeof p.name !== 'string' || p.name.trim() === '')
     fail('profile.name', `is required: a non-empty string (got ${describe(p.name)})`);
-  if (typeof p.serviceUri !== 'string' || !/^\/[^\s]*$/.test(p.serviceUri)) {
+  // No whitespace or control character: the request line could not carry it (the encoder
+  // refuses it at every request). What is shown of it has its arguments masked (shown-uri.ts).
+  if (typeof p.serviceUri !== 'string' || !/^\/[^\s\x00-\x1f\x7f]*$/.test(p.serviceUri)) {
+    const got = typeof p.serviceUri === 'string' ? describe(maskQuery(p.serviceUri)) : describe(p.serviceUri);
     fail(
       'profile.serviceUri',
-      `must be the service path starting with '/', e.g. '/avscan' (got ${describe(p.serviceUri)})`,
+      `must be the service path starting with '/', without spaces or control characters, e.g. '/avscan' (got ${got})`,
     );
   }
   const tlsDefault = p.tls;
