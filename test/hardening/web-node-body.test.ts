@@ -190,6 +190,26 @@ describe.each(['hono', 'web'] as const)('%s on @hono/node-server', (framework) =
     );
   });
 
+  it('a GET announcing an empty chunked body goes by the rules: it reaches the handler where they scan nothing, 400 where they would (campaign-aj AJ5)', async () => {
+    const rules = [{ name: 'api', match: { path: { prefix: ['/api/'] } }, action: 'enable-icap' as const }];
+    const app = await startWebApp(framework, profile({ rules }), 'incoming');
+    try {
+      icap.reset();
+      const get = (path: string) =>
+        exchange(
+          app.url,
+          `GET ${path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n`,
+          '0\r\n\r\n',
+        );
+      expect((await get('/x'))?.status).toBe(200);
+      expect((await get('/api/x'))?.status).toBe(400);
+      expect(app.seen.map((s) => [s.method, s.body.length])).toEqual([['GET', 0]]);
+      expect(reqmods()).toEqual([]);
+    } finally {
+      await app.close();
+    }
+  });
+
   it('GET, HEAD and TRACE without a body still reach the handler, unscanned', async () => {
     const app = await startWebApp(framework, profile(), 'incoming');
     try {

@@ -192,6 +192,7 @@ async function scanWith(
   const http1 = options.incoming?.httpVersionMajor === 1;
   let source: WebScanRequest;
   let badRequest: string | undefined;
+  let unreadable: string | undefined;
   // The Node request the body comes from, already read by something before the scan: the
   // engine refuses it (500, ICAP_ERR_BODY_CONSUMED), as the Node adapters' requests (node-server.ts).
   const readFirst = incomingReadFirst(request, options.incoming);
@@ -231,7 +232,7 @@ async function scanWith(
     // a 400 from the engine whatever its rules decide (they would judge a request without its
     // fields, while the Node request under it still frames a body), never a 500 or the failure
     // action. The reason names no part of the target (it may carry a password).
-    badRequest =
+    unreadable =
       'the request cannot be read as a Web Request (its target, method or header fields are refused by the Fetch API)';
     source = unreadableRequest(request, { clientIp, incoming: options.incoming });
   }
@@ -244,6 +245,7 @@ async function scanWith(
       logger: options.logger,
       requestId: options.requestId,
       badRequest,
+      unreadable,
     });
   } catch (err) {
     // The engine answers every failure with an outcome; this is a last resort (fail closed).
@@ -376,7 +378,7 @@ function handBack(
  * request (a Web Request has no body for them) whose Node request under it announces one. The
  * application could still read that body, unscanned: @hono/node-server's `text()`, `json()` and
  * `arrayBuffer()` of a TRACE request read the Node request, and so does anything reading
- * `env.incoming`. The engine refuses it (400) whatever its rules decide.
+ * `env.incoming`. The engine refuses it (400) when its rules select the request.
  */
 function bodyOutOfView(request: Request, incoming: IncomingLike | undefined): string | undefined {
   if (!(incoming instanceof Readable) || !BODYLESS.test(request.method)) return undefined;

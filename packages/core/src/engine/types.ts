@@ -30,13 +30,20 @@ export interface ScanOptions {
    */
   parsedBody?: unknown;
   /**
-   * For adapters: the request as the client sent it cannot be read (the reason), e.g. a server
-   * library that cannot make a Web `Request` of its target or headers. Refused whatever the
-   * rules decide (they would judge another request than the one the application may read),
-   * before a byte of its body is read: 400, ICAP_ERR_BAD_REQUEST. The client's doing, so never
-   * the failure action.
+   * For adapters: the request the engine is given is not the one the application could read
+   * (the reason), e.g. a GET whose Web `Request` has no body while the Node request under it
+   * carries one. A request the rules select is refused at admission, before a byte of its
+   * body is read: 400, ICAP_ERR_BAD_REQUEST. The client's doing, so never the failure action.
    */
   badRequest?: string | undefined;
+  /**
+   * For adapters: the request as the client sent it cannot be read (the reason), e.g. a server
+   * library that cannot make a Web `Request` of its target or header fields. Refused whatever
+   * the rules decide (they would judge a request without what could not be read, while the
+   * server may still frame a body by it), before a byte of its body is read: 400,
+   * ICAP_ERR_BAD_REQUEST. The client's doing, so never the failure action.
+   */
+  unreadable?: string | undefined;
   /**
    * For framework integrations that pick the scan's settings by route before the framework
    * routes (@icapkit/nestjs on Express): the request may reach routes scanned with different

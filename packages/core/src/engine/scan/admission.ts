@@ -28,7 +28,7 @@ export function admit(ctx: RequestContext): ScanOutcome | Promise<ScanOutcome> |
   const unconditional = refusedWhateverTheRules(ctx);
   if (unconditional !== null) return unconditional;
   // What the ICAP server would be sent must be what the application reads: else 400, never failAction.
-  const problem = encapsulationProblem(facts, p.absoluteUri);
+  const problem = ctx.options.badRequest ?? encapsulationProblem(facts, p.absoluteUri);
   if (problem !== undefined) return refuse(ctx, 'bad-request', IcapErrorCodes.BAD_REQUEST, problem, null);
   const transfer = facts.transferCoding;
   if (transfer !== 'chunked' && transfer !== undefined) {
@@ -78,8 +78,8 @@ export function refusedWhateverTheRules(ctx: RequestContext): ScanOutcome | null
   const { facts, options } = ctx;
   if (facts.tooManyFields !== undefined)
     return refuse(ctx, 'bad-request', IcapErrorCodes.BAD_REQUEST, facts.tooManyFields, null);
-  if (options.badRequest !== undefined)
-    return refuse(ctx, 'bad-request', IcapErrorCodes.BAD_REQUEST, options.badRequest, null);
+  if (options.unreadable !== undefined)
+    return refuse(ctx, 'bad-request', IcapErrorCodes.BAD_REQUEST, options.unreadable, null);
   // A request without a body has nothing to scan: the rules decide, as for any other.
   if (options.unscannedRoute !== undefined && facts.hasBody) {
     const reason = escapeControls(options.unscannedRoute.trim()).slice(0, 300) || UNSCANNED_ROUTE;
