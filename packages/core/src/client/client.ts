@@ -8,7 +8,10 @@ import {
   httpResponseHeadText,
   IcapHeadEncoder,
 } from '../protocol/encoder.js';
-import { maskQuery } from '../protocol/shown-uri.js';
+import { maskQuery, maskUrl } from '../protocol/shown-uri.js';
+
+export { maskUrl };
+
 import { abortError, LightAbortController } from './abort.js';
 import { endpointLabel, type IcapTlsOptions, type ServerEndpoint } from './connection.js';
 import {
@@ -160,6 +163,7 @@ export class IcapClient {
   readonly #hostHeader: string;
   readonly #onWarning: IcapClientOptions['onWarning'];
   readonly #uris = new Map<string, string>();
+  readonly #shownUris = new Map<string, string>();
   /** The heads of REQMOD and RESPMOD requests (their constant parts kept). */
   readonly #encoder: IcapHeadEncoder;
   /** The client's own headers ask for `Connection: close`. */
@@ -219,9 +223,14 @@ export class IcapClient {
     return u;
   }
 
-  /** {@link uri} as messages show it: the query's values masked (shown-uri.ts). */
+  /** {@link uri} as messages show it: the arguments' values masked (shown-uri.ts). */
   shownUri(service: string): string {
-    return maskQuery(this.uri(service));
+    let u = this.#shownUris.get(service);
+    if (u === undefined) {
+      u = maskQuery(this.uri(service));
+      if (this.#shownUris.size < 64) this.#shownUris.set(service, u);
+    }
+    return u;
   }
 
   /** The service's OPTIONS, from the cache when fresh. */
@@ -511,25 +520,6 @@ export function isSkipped(r: IcapResponse | IcapSkipped): r is IcapSkipped {
 function asksClose(headers: HeaderPairs): boolean {
   for (const [n, v] of headers) if (n === 'Connection' && v === 'close') return true;
   return false;
-}
-
-/**
- * A URL (or text meant as one) for an error message, with anything that may be a password
- * masked, whether or not the text parses: the text between `//` (or the scheme's `:`) and the
- * last `@`, and any query or fragment, become `***`.
- * `icaps://user:pass@host:11344/?key=k` -> `icaps://***@host:11344/?***`.
- */
-export function maskUrl(text: string): string {
-  const at = text.lastIndexOf('@');
-  let out = text;
-  if (at >= 0) {
-    const slashes = text.indexOf('//');
-    const colon = /^[a-zA-Z][a-zA-Z0-9+.-]*:/.exec(text)?.[0].length ?? 0;
-    const start = slashes >= 0 && slashes < at ? slashes + 2 : colon;
-    out = `${text.slice(0, start)}***${text.slice(at)}`;
-  }
-  // A query or fragment may carry a key too (`?apikey=...`): only its first character is shown.
-  return out.replace(/([?#])[\s\S]*$/, '$1***');
 }
 
 /** Parses `icap://host[:port]` / `icaps://host[:port]` into an endpoint. */

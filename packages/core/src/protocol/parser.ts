@@ -400,8 +400,8 @@ export class IcapParser<H extends IcapHead = IcapHead> {
     const encap = this.#head.encapsulated;
     const bodyEntry = encap?.[encap.length - 1];
     this.#encapLength = bodyEntry?.offset ?? 0;
-    const head = this.#head as unknown as IcapResponseHead;
-    if (this.#bodyless !== null && this.#encapLength === 0) throw this.#withHead(this.#bodyless, () => head);
+    if (this.#bodyless !== null && this.#encapLength === 0)
+      throw this.#withHead(this.#bodyless, () => this.#head as unknown as IcapResponseHead);
     if (this.#encapLength > this.#maxHeaderSize) {
       // A response's first maxHeaderSize bytes of them are still read, for a threat named there
       // (a block page's status line, a field of a head the server made too big); then the error.

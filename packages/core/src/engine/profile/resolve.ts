@@ -1,9 +1,8 @@
 /** resolveProfile: an IcapProfile validated, with every default filled in. */
 
 import { tmpdir } from 'node:os';
-import { maskUrl } from '../../client/client.js';
 import { isSafeFieldValue, isToken } from '../../protocol/headers.js';
-import { maskQuery } from '../../protocol/shown-uri.js';
+import { maskQuery, maskUrl } from '../../protocol/shown-uri.js';
 import { compilePolicy } from '../policy.js';
 import { DEFAULT_NSX_STATUS_URL } from '../verdict/index.js';
 import { bool, checkKeys, describe, fail, integer, oneOf, parseSize, vendorOf } from './check.js';

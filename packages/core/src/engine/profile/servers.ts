@@ -1,8 +1,9 @@
 /** The profile's `poolGroup`: pools and servers resolved, each server with the TLS options it uses. */
 
 import { isIP } from 'node:net';
-import { DEFAULT_ICAP_PORT, DEFAULT_ICAPS_PORT, maskUrl } from '../../client/client.js';
+import { DEFAULT_ICAP_PORT, DEFAULT_ICAPS_PORT } from '../../client/client.js';
 import type { IcapTlsOptions } from '../../client/connection.js';
+import { maskUrl } from '../../protocol/shown-uri.js';
 import { checkKeys, describe, fail, integer, oneOf } from './check.js';
 import type {
   IcapProfile,
