@@ -63,3 +63,55 @@ describe('the multipart target', () => {
     expect(warmText({ warmRequests: 0, warmRequests10k: 0, warmMaxS: 10 })).toBe('');
   });
 });
+
+describe('the 1.5x Squid targets', () => {
+  const at1m = (over: Partial<CellResult>) => cell({ body: '1m', bodyLabel: '1 MiB', ...over });
+  const run = (expressAlone: number) => [
+    at1m({
+      path: 'ceiling-express',
+      kind: 'ceiling',
+      framework: 'express',
+      service: undefined,
+      cpuUsPerReq: expressAlone,
+      cpuUsPerReqMachine: 4000,
+    }),
+    at1m({ path: 'express-avscan', framework: 'express', service: 'avscan', rps: 160, cpuUsPerReq: 3000 }),
+    at1m({ path: 'express-echo', framework: 'express', service: 'echo', rps: 280, cpuUsPerReq: 3000 }),
+    at1m({ path: 'squid-avscan', kind: 'squid', framework: 'express', service: 'avscan', rps: 100 }),
+    at1m({ path: 'squid-echo', kind: 'squid', framework: 'express', service: 'echo', rps: 200 }),
+    // 2e6 / (4000 + 4000) = 250 req/s at zero cost against echo; 2e6 / (4000 + 9000) = 154 against avscan.
+    at1m({ path: 'raw-echo', kind: 'raw', service: 'echo', rps: 400, cpuUsPerReqMachine: 4000 }),
+    at1m({ path: 'raw-avscan', kind: 'raw', service: 'avscan', rps: 150, cpuUsPerReqMachine: 9000 }),
+  ];
+
+  it('reads the echo cells against Squid with echo, as the avscan cells against Squid with avscan', () => {
+    const lines = renderTargets(run(2000));
+    expect(lines.find((l) => l.includes('Squid req/s (avscan'))).toContain('1/1 cells met');
+    const echo = lines.find((l) => l.includes('Squid req/s (echo'));
+    expect(echo).toContain('0/1 cells met; missed: Express 1 MiB c=8: 1.40× (at most 1.25× at zero cost)');
+  });
+
+  it('takes the framework at its cheapest where it cost more alone than with icapkit, or gives no bound', () => {
+    const echo = renderTargets(run(3500)).find((l) => l.includes('Squid req/s (echo'));
+    expect(echo).toContain(
+      'Express 1 MiB c=8: 1.40× (no zero-cost bound: Express alone cost more CPU per request here, 3500 µs, than with icapkit, 3000)',
+    );
+    expect(echo).not.toContain('at zero cost');
+    // The same framework alone with 64 clients, cheaper than icapkit: 2e6 / (2000 + 4000) = 333 req/s.
+    const withC64 = [
+      ...run(3500),
+      at1m({
+        path: 'ceiling-express',
+        kind: 'ceiling',
+        framework: 'express',
+        service: undefined,
+        clients: 64,
+        cpuUsPerReq: 1800,
+        cpuUsPerReqMachine: 2000,
+      }),
+    ];
+    expect(renderTargets(withC64).find((l) => l.includes('Squid req/s (echo'))).toContain(
+      'Express 1 MiB c=8: 1.40× (at most 1.67× at zero cost with Express alone as at c=64, 2000 µs of the machine per request: Express alone cost more CPU per request here, 3500 µs, than with icapkit, 3000)',
+    );
+  });
+});
