@@ -83,6 +83,12 @@ describe('unscannedRoute', () => {
       expect(message.startsWith('\\x1b[31m')).toBe(true);
       expect(said[0]).not.toMatch(/[\x00-\x1f\x7f]/);
     });
+    // Line separators and bidirectional overrides would reorder or break what a terminal shows.
+    await withServer('a\u2028b\u202ec\u2066d', async (url, logs, said) => {
+      expect((await send(url, '/x', { body: 'hello' })).status).toBe(403);
+      expect(logs.at(-1)!.error_message).toBe('a\\u2028b\\u202ec\\u2066d');
+      expect(said.join('\n')).not.toMatch(/[\u2028\u202e\u2066]/);
+    });
     await withServer('  ', async (url, logs) => {
       expect((await send(url, '/x', { body: 'hello' })).status).toBe(403);
       expect(logs.at(-1)!.error_message).toBe(

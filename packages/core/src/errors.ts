@@ -96,10 +96,14 @@ export type IcapErrorCode = (typeof IcapErrorCodes)[keyof typeof IcapErrorCodes]
 /**
  * Control characters written as `\xNN`, for text an ICAP server sent that goes into a message
  * (a reason phrase): messages reach terminals, where ESC sequences or backspaces would rewrite
- * the lines around them.
+ * the lines around them. The Unicode line separators and the bidirectional overrides and
+ * isolates (which reorder what a terminal or log viewer shows after them) as `\uNNNN`.
  */
 export function escapeControls(text: string): string {
-  return text.replace(/[\x00-\x1f\x7f-\x9f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+  return text.replace(/[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028-\u202e\u2066-\u2069]/g, (c) => {
+    const code = c.charCodeAt(0);
+    return code > 0xff ? `\\u${code.toString(16)}` : `\\x${code.toString(16).padStart(2, '0')}`;
+  });
 }
 
 /** RFC 3507 §6.2 application error codes. */
