@@ -196,6 +196,18 @@ describe('campaign-x: a threat named in a head or trailer over the bound, after 
     },
     // X3: bare CR line ends, the head cut.
     'a head with bare-CR line ends, cut': { answer: () => `ICAP/1.0 200 OK\rISTag: "x1"\r${THREAT}\r` },
+    // campaign-al AL2: CR CR LF line ends (CRLF written through a text-mode stream), on the
+    // status line only or on every line (no head end the framing knows: read when it closes).
+    'a head with CR CR LF after its status line': {
+      answer: () => `ICAP/1.0 200 OK\r\r\nISTag: "x1"\r\n${THREAT}Encapsulated: null-body=0\r\n\r\n`,
+    },
+    'a head with CR CR LF line ends': {
+      answer: () =>
+        `ICAP/1.0 200 OK\r\nISTag: "x1"\r\n${THREAT}Encapsulated: null-body=0\r\n\r\n`.replaceAll(
+          '\r\n',
+          '\r\r\n',
+        ),
+    },
     // X9: a second answer after a 204, behind blank lines, a 100 Continue, or another 204.
     '204, two blank lines, then the threat answer': {
       keep: true,

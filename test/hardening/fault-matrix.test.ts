@@ -229,11 +229,30 @@ const CASES: Case[] = [
     expected: serverFailure(['ICAP_ERR_BODY_TOO_LARGE']),
   },
   {
-    name: 'ICAP server sends 100 Continue after ieof',
+    // A 1xx nobody waits for is read past, as HTTP clients do: the answer after it decides
+    // (campaign-al AL1: failing on it lost a threat that answer named).
+    name: 'ICAP server sends 100 Continue after ieof, then its answer',
     profile: { previewMinBodySize: 0 },
     script: icapFault({ kind: 'continue-after-ieof' }),
     body: SMALL,
-    // Only a body that fits in the preview meets the bug: the health check's does not.
+    expected: {
+      status: { 'fail-closed': 200, 'fail-open': 200 },
+      handled: { 'fail-closed': true, 'fail-open': true },
+      action: 'ICAP_PASSED',
+    },
+  },
+  {
+    name: 'ICAP server breaks a rule on one body only (a 204 announcing a body)',
+    profile: { previewMinBodySize: 0 },
+    // Only this body meets the bug: the health check's does not, so the failure is the request's.
+    script: () => (r) =>
+      r.method === 'OPTIONS' || r.httpRequest?.headers.get('content-length') !== String(SMALL.length)
+        ? undefined
+        : {
+            kind: 'raw',
+            response: 'ICAP/1.0 204 No Content\r\nISTag: "T"\r\nEncapsulated: res-body=0\r\n\r\n',
+          },
+    body: SMALL,
     expected: provokedFailure(['ICAP_ERR_PROTOCOL']),
   },
   {

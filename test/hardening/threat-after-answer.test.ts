@@ -192,6 +192,71 @@ describe.each(FRAMEWORKS)('%s', (framework) => {
         });
       }
 
+      // ---- the real answer right after a head the client refuses or reads past (campaign-al AL1)
+
+      const THREAT_ANSWER = `ICAP/1.0 200 OK\r\nISTag: "x1"\r\n${THREAT}Encapsulated: null-body=0\r\n\r\n`;
+      const CLEAN_204 = 'ICAP/1.0 204 No Content\r\nISTag: "x1"\r\nEncapsulated: null-body=0\r\n\r\n';
+      const FIRSTS: Record<string, { head: string; profile?: Record<string, unknown> }> = {
+        'a 100 Continue without a preview': { head: 'ICAP/1.0 100 Continue\r\n\r\n' },
+        'two 100 Continue heads': { head: 'ICAP/1.0 100 Continue\r\n\r\nICAP/1.0 100 Continue\r\n\r\n' },
+        'a 204 Allow: 204 did not offer': {
+          head: 'ICAP/1.0 204 No Content\r\nISTag: "x1"\r\nEncapsulated: null-body=0\r\n\r\n',
+          profile: { allow204: false },
+        },
+        'a 204 announcing a body': {
+          head: 'ICAP/1.0 204 No Content\r\nISTag: "x1"\r\nEncapsulated: res-body=0\r\n\r\n',
+        },
+        'an unknown status (999)': {
+          head: 'ICAP/1.0 999 What\r\nISTag: "x1"\r\nEncapsulated: null-body=0\r\n\r\n',
+        },
+      };
+      for (const [name, first] of Object.entries(FIRSTS)) {
+        it(`a threat answer in the same write after ${name} is blocked`, async () => {
+          const { app, logs, post } = await setup(
+            framework,
+            mode,
+            (r) => r.sock.write(first.head + THREAT_ANSWER),
+            first.profile,
+          );
+          expectBlocked((await post()).status, app, logs[0]);
+        });
+      }
+
+      it('a threat answer cut in its threat line after a refused head is read to its head end (StrayWait)', async () => {
+        const { app, logs, post } = await setup(framework, mode, (r) => {
+          const all = FIRSTS['an unknown status (999)']!.head + THREAT_ANSWER;
+          const cut = all.indexOf('Threat=') + 3;
+          r.sock.write(all.slice(0, cut));
+          setTimeout(() => r.sock.write(all.slice(cut)), 30);
+        });
+        expectBlocked((await post()).status, app, logs[0]);
+      });
+
+      it('a 100 Continue nobody asked for, the threat answer in a later write: read past, blocked', async () => {
+        const { app, logs, post } = await setup(framework, mode, (r) => {
+          r.sock.write('ICAP/1.0 100 Continue\r\n\r\n');
+          setTimeout(() => r.sock.write(THREAT_ANSWER), 30);
+        });
+        expectBlocked((await post()).status, app, logs[0]);
+      });
+
+      it('control: a 100 Continue nobody asked for, then a clean 204, passes the upload', async () => {
+        const { app, logs, post } = await setup(framework, mode, (r) =>
+          r.sock.write(`ICAP/1.0 100 Continue\r\n\r\n${CLEAN_204}`),
+        );
+        expect((await post()).status).toBe(200);
+        expect(app.seen[0]?.raw).toEqual(UPLOAD);
+        expect(logs[0]?.action).toBe('ICAP_PASSED');
+      });
+
+      it('control: a clean 204 after a refused head passes nothing by itself: the failure stands', async () => {
+        const { app, logs, post } = await setup(framework, mode, (r) =>
+          r.sock.write(FIRSTS['an unknown status (999)']!.head + CLEAN_204),
+        );
+        expectFailure(mode, (await post()).status, app, logs[0]);
+        expect(logs[0]?.request_logs[0]?.error_message).toMatch(/999/);
+      });
+
       it('control: an echo with a malformed line and no threat is an ICAP failure', async () => {
         const { app, logs, post } = await setup(framework, mode, (r) =>
           r.sock.write(echo(r, r.body, 'X-Scan-Time: 12\r\njunk\r\n')),

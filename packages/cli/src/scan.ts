@@ -13,6 +13,7 @@ import {
   type IcapResponse,
   isSkipped,
   threatAfterHead,
+  threatInError,
   threatInHead,
   unrepairedVerdict,
   VENDORS,
@@ -387,10 +388,10 @@ async function scanFile(
     const error = asIcapError(err);
     // The head of an answer that then broke a rule or broke off still names its verdict: a
     // threat (or an unscannable file) in it blocks; anything else stays the error it was.
-    const threat = error.head === undefined ? null : threatInHead(readingFor(s, file), error.head);
-    if (threat === null) return failed(file, error, ms, result);
-    blocked(result, threat);
-    return { ...result, status: error.head!.status, ms, errorCode: error.code, error: error.message };
+    const named = threatInError(readingFor(s, file), error);
+    if (named === null) return failed(file, error, ms, result);
+    blocked(result, named.verdict);
+    return { ...result, status: named.head.status, ms, errorCode: error.code, error: error.message };
   } finally {
     tracker?.end();
   }

@@ -104,6 +104,18 @@ describe('scan: a threat named outside the final head blocks', () => {
     expect(await readFile(file)).toEqual(CONTENT);
   });
 
+  // campaign-al AL1: the real answer right after a head the client refuses or reads past.
+  const THREAT_ANSWER = `ICAP/1.0 200 OK\r\nISTag: "x1"\r\n${INFECTED}Encapsulated: null-body=0\r\n\r\n`;
+  for (const [name, first, args] of [
+    ['a 100 Continue without a preview', 'ICAP/1.0 100 Continue\r\n\r\n', []],
+    ['a 204 --no-204 did not offer', NO_BODY, ['--no-204']],
+    ['an unknown status (999)', 'ICAP/1.0 999 What\r\nISTag: "x1"\r\nEncapsulated: null-body=0\r\n\r\n', []],
+  ] as const) {
+    it(`a threat answer in the same write after ${name}`, async () => {
+      expectBlocked(await scan((r) => r.sock.write(first + THREAT_ANSWER), {}, [...args]));
+    });
+  }
+
   it('a threat in the 100 Continue, then a 204', async () => {
     const o = await scan((r) => r.sock.write(NO_BODY), {
       optionsHeaders: 'Preview: 4\r\n',

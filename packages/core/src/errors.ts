@@ -151,6 +151,8 @@ export interface IcapErrorOptions {
   field?: string;
   /** The final response head received before the error, if any (see {@link IcapReceivedHead}). */
   head?: IcapReceivedHead;
+  /** What the server sent right after a head that broke a rule (a second answer?), read leniently. */
+  stray?: IcapReceivedHead[];
 }
 
 export class IcapError extends Error {
@@ -160,6 +162,12 @@ export class IcapError extends Error {
   readonly field: string | undefined;
   /** The complete final response head received before the failure, when there was one. */
   readonly head: IcapReceivedHead | undefined;
+  /**
+   * The heads the server sent right after a head that broke a rule (in the same read, or
+   * completed within a short wait): often its real answer, after an interim or broken one. Only
+   * ever read for a threat.
+   */
+  readonly stray: IcapReceivedHead[] | undefined;
 
   constructor(code: IcapErrorCode, message: string, options: IcapErrorOptions = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
@@ -169,6 +177,7 @@ export class IcapError extends Error {
     this.status = options.status;
     this.field = options.field;
     this.head = options.head;
+    this.stray = options.stray;
     Object.defineProperty(this, BRAND, { value: true });
   }
 

@@ -13,7 +13,7 @@ import {
 } from '../errors.js';
 import type { IcapRequestMethod } from '../protocol/encoder.js';
 import type { EncapsulatedEntry, IcapResponseHead } from '../protocol/parser.js';
-import { lenientText } from '../protocol/salvage.js';
+import { lenientText, salvageHeads, withStray } from '../protocol/salvage.js';
 import type { Connection, SocketOwner } from './connection.js';
 import { noop } from './deferred.js';
 import type {
@@ -449,6 +449,27 @@ export function connectionInfo(conn: Connection, reused: boolean): ConnectionInf
     remotePort: conn.remotePort,
     localPort: conn.localPort,
   };
+}
+
+/**
+ * A head broke a rule (`err`) before the answer's head was taken: what the server sent right
+ * after it (`after`, the rest of that read; its head completed within StrayWait's wait) goes
+ * with the error as `stray`, read for a threat only. A server's real answer after a broken or
+ * interim head names its verdict. `fail` gets the error, at once or after the wait.
+ */
+export function failAfterHead(
+  err: unknown,
+  after: Buffer | null,
+  conn: Connection,
+  opts: { maxHeaderSize: number; ioTimeout: number },
+  fail: (err: unknown) => void,
+): void {
+  if (after === null || after.length === 0) {
+    fail(err);
+    return;
+  }
+  const settle = (all: Buffer) => fail(withStray(err, salvageHeads(all)));
+  if (!StrayWait.after(after, conn, opts, settle)) settle(after);
 }
 
 /** Longest wait for the rest of what followed an answer (capped by the transaction's ioTimeout). */

@@ -3,6 +3,7 @@
  * again from the first byte, which lets the client retry on a fresh connection (stale
  * keep-alive socket) and the engine fail over to another server.
  */
+import { noop } from './deferred.js';
 
 /**
  * Key of an optional method of a body reader (an iterator that `open()` returns): the result
@@ -146,4 +147,13 @@ export function asBuffer(v: Uint8Array): Buffer {
 /** Resolves with `value` after the event loop's current turn (I/O callbacks included). */
 export function nextTurn<T>(value: T): Promise<T> {
   return new Promise((resolve) => setImmediate(resolve, value));
+}
+
+/** Ends a body source's iterator early (its `return`); one that cannot be closed is left to its owner. */
+export function closeIterator(it: AsyncIterator<Uint8Array>): void {
+  try {
+    it.return?.().catch(noop);
+  } catch {
+    // left to its owner
+  }
 }

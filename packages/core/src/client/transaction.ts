@@ -9,6 +9,7 @@ import {
   checkFinalHead,
   closedError,
   connectionInfo,
+  failAfterHead,
   finalResponse,
   keepsConnection,
   StrayWait,
@@ -16,7 +17,7 @@ import {
 } from './answer.js';
 import type { Connection, SocketOwner } from './connection.js';
 import { type Deferred, deferred, noop } from './deferred.js';
-import { asBuffer, takeNow } from './source.js';
+import { asBuffer, closeIterator, takeNow } from './source.js';
 import type {
   IcapResponse,
   TransactionOptions,
@@ -48,6 +49,8 @@ const STOP = Symbol('stop');
 const FAILED = Symbol('failed');
 /** Buffered output is flushed to the socket when it grows past this. */
 const FLUSH_AT = 256 * 1024;
+/** The most 100 Continue heads read before an answer. */
+const MAX_INTERIM = 8;
 
 /** Where a transaction hands its connection back (the pool). */
 export interface ConnectionReturn {
@@ -90,6 +93,8 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
   #finalHead: IcapResponseHead | null = null;
   /** The server's 100 Continue head(s), kept: a threat named there blocks (IcapResponse.continueHead). */
   #continueHead: IcapReceivedHead | null = null;
+  #interims = 0;
+  #goAhead = false;
   #iterator: AsyncIterator<Uint8Array> | null = null;
   /**
    * Writing failed (EPIPE, ECONNRESET: the server stopped reading, often because it has
@@ -380,13 +385,7 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
   #closeIterator(): void {
     const it = this.#iterator;
     this.#iterator = null;
-    if (it?.return !== undefined) {
-      try {
-        it.return().catch(noop);
-      } catch {
-        // a source that cannot be closed is left to its owner
-      }
-    }
+    if (it !== null) closeIterator(it);
   }
 
   // ---------------------------------------------------------------- reading
@@ -403,7 +402,10 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
     try {
       this.#parser.execute(buf);
     } catch (err) {
-      this.#fail(err);
+      // Before the answer was taken, what followed a head that broke a rule goes with the error.
+      const after = this.#finished || this.#responseResolved ? null : this.#parser.bytesAfterHead();
+      if (after !== null) this.#stopWriting();
+      failAfterHead(err, after, this.#conn, this.#opts, (e) => this.#fail(e));
     }
   }
 
@@ -411,18 +413,15 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
     if (head.status === 100) {
       // Every 100 is kept, whatever follows: a threat named in one is still a threat.
       this.#continueHead = receivedAnswer(head, this.#continueHead) ?? null;
-      // Sending already failed: the server's go-ahead comes too late to matter; read on.
-      if (this.#writeError !== undefined) return;
-      if (this.#writeState !== 'awaiting-continue') {
-        throw new IcapError(
-          IcapErrorCodes.PROTOCOL,
-          this.#ieofSent
-            ? 'ICAP server sent 100 Continue after a preview that ended with ieof'
-            : 'ICAP server sent 100 Continue without a preview to continue',
-        );
-      }
+      if (++this.#interims > MAX_INTERIM)
+        throw new IcapError(IcapErrorCodes.PROTOCOL, 'too many 100 Continue heads');
+      // A go-ahead before the preview's end counts. One nobody waits for (no preview, a second,
+      // after ieof or a failed write) is read past, as HTTP clients do: the answer follows.
+      const waiting = this.#writeState === 'awaiting-continue' || this.#writeState === 'preview';
+      if (this.#writeError !== undefined || !waiting || this.#continue === null || this.#goAhead) return;
+      this.#goAhead = true;
       this.#req.onContinue?.();
-      this.#continue?.resolve(true);
+      this.#continue.resolve(true);
       return;
     }
     try {

@@ -10,7 +10,8 @@ import type { Vendor } from './verdict/vendors.js';
  * threat can be named
  * - in a 100 Continue the server sent before its final answer (`IcapResponse.continueHead`);
  * - in the head of an answer that then broke a rule or broke off (`IcapError.head`, its
- *   encapsulated request head salvaged when it could be read);
+ *   encapsulated request head salvaged when it could be read), and in what the server sent
+ *   right after a head that broke a rule (`IcapError.stray`: its real answer after it);
  * - after the answer's head: its trailer fields, and a second answer the server sent after it
  *   on the connection (`TransactionSummary.trailer` / `.stray`), once the answer was read to
  *   its end;
@@ -65,6 +66,24 @@ export function blocksOutsideFinalHead(v: Verdict): boolean {
 export function threatInHead(reading: HeadReading, head: IcapReceivedHead): Verdict | null {
   const v = verdictOfHead(reading, head, head.httpRequest ?? null);
   return blocksOutsideFinalHead(v) ? v : null;
+}
+
+/**
+ * The first threat named in what a failed exchange's error carries, as the blocking verdict and
+ * the head that named it: the head received (refused or cut off, any 100 Continue before it
+ * read with it), then what the server sent right after a head that broke a rule (`stray`: its
+ * real answer after a broken one); else null.
+ */
+export function threatInError(
+  reading: HeadReading,
+  err: IcapError,
+): { verdict: Verdict; head: IcapReceivedHead } | null {
+  const heads = err.head === undefined ? (err.stray ?? NONE) : [err.head, ...(err.stray ?? NONE)];
+  for (const head of heads) {
+    const verdict = threatInHead(reading, head);
+    if (verdict !== null) return { verdict, head };
+  }
+  return null;
 }
 
 /**

@@ -1,7 +1,7 @@
 import { IcapError, IcapErrorCodes, type IcapReceivedHead, RfcErrorCodes } from '../errors.js';
 import { type EncapsulatedEntry, type EncapsulatedName, parseEncapsulated } from './encapsulated.js';
-import { endsWithEmptyLine, findHeadEnd, plainHexSize } from './framing.js';
-import { type Headers, parseHeaderBlock, trimOws } from './headers.js';
+import { chunkSizeLine, endsWithEmptyLine, findHeadEnd, plainHexSize } from './framing.js';
+import { type Headers, parseHeaderBlock } from './headers.js';
 import { salvageEncapsulated, salvageLines, salvageResponseHead, withReceivedHead } from './salvage.js';
 
 export { parseEncapsulated };
@@ -138,6 +138,9 @@ export class IcapParser<H extends IcapHead = IcapHead> {
   #trailerBytes = 0;
   /** While onEnd runs: the bytes of the chunk being read that came after the message. */
   #after: Buffer | null = null;
+  /** The bytes the last head read (its encapsulated heads included) ended in, and where; null while one is read. */
+  #headEndIn: Buffer | null = null;
+  #headEndAt = 0;
   /** The current message's trailer fields (response side), as received; null: none. */
   #trailer: string[] | null = null;
   #executing = false;
@@ -212,6 +215,11 @@ export class IcapParser<H extends IcapHead = IcapHead> {
     );
   }
 
+  /** What came right after the last head read (encapsulated heads included) in the same bytes; only read for a threat. */
+  bytesAfterHead(): Buffer | null {
+    return this.#headEndIn?.subarray(this.#headEndAt) ?? null;
+  }
+
   /** Feeds bytes. Throws an IcapError on a framing or syntax error. */
   execute(chunk: Buffer): void {
     if (this.#closed) return;
@@ -278,6 +286,8 @@ export class IcapParser<H extends IcapHead = IcapHead> {
             return;
           }
           const area = data.subarray(i, i + this.#encapLength);
+          this.#headEndIn = data;
+          this.#headEndAt = i + this.#encapLength;
           try {
             this.#readEncapsulated(area);
             if (this.#bodyless !== null) throw this.#bodyless;
@@ -378,6 +388,7 @@ export class IcapParser<H extends IcapHead = IcapHead> {
   #readHead(data: Buffer, start: number): number {
     // Skip empty lines before a start line (RFC 9112 §2.2 robustness).
     let i = start;
+    this.#headEndIn = null;
     if (this.#scanFrom === 0) {
       while (i < data.length && (data[i] === CR || data[i] === LF)) i++;
       if (i === data.length) return -1;
@@ -391,6 +402,8 @@ export class IcapParser<H extends IcapHead = IcapHead> {
     }
     if (end - i > this.#maxHeaderSize) throw this.#tooLarge(data, i);
     this.#scanFrom = 0;
+    this.#headEndIn = data;
+    this.#headEndAt = end;
     try {
       this.#head = this.#parseHead(data.subarray(i, end));
     } catch (err) {
@@ -557,26 +570,13 @@ export class IcapParser<H extends IcapHead = IcapHead> {
   }
 
   #readChunkSize(line: string): void {
-    const semi = line.indexOf(';');
-    // SP and HTAB around the size are tolerated (BWS); String#trim would also take \v, \f and
-    // U+00A0 (the byte 0xA0) for whitespace and accept `\v5` as a size.
-    const sizeText = trimOws(semi === -1 ? line : line.slice(0, semi));
-    if (!/^[0-9a-fA-F]{1,13}$/.test(sizeText))
-      throw protocol(`invalid chunk size ${JSON.stringify(line.slice(0, 40))}`);
-    const size = Number.parseInt(sizeText, 16);
-    let ieof = false;
-    if (semi !== -1) {
-      for (const ext of line.slice(semi + 1).split(';')) {
-        if (ext.trim().toLowerCase() === 'ieof') ieof = true;
-      }
-    }
+    const { size, ieof } = chunkSizeLine(line);
     if (size === 0) {
       this.#ieof = ieof;
       this.#trailerBytes = 0;
       this.#state = State.Trailer;
       return;
     }
-    if (ieof) throw protocol('ieof extension on a non-zero chunk');
     this.#chunkRemaining = size;
     this.#state = State.ChunkData;
   }

@@ -13,20 +13,30 @@ import { Headers, trimOws } from './headers.js';
  */
 export function withReceivedHead<E>(err: E, head: IcapReceivedHead | undefined, replace = false): E {
   if (head === undefined || !(err instanceof IcapError) || (err.head !== undefined && !replace)) return err;
+  // The fields an error carries, not the whole head (its body kind, its Encapsulated entries).
+  return remade(err, {
+    status: head.status,
+    reason: head.reason,
+    headers: head.headers,
+    rawHeaders: head.rawHeaders,
+    httpResponse: head.httpResponse,
+    httpRequest: head.httpRequest ?? null,
+  }) as E;
+}
+
+/** `err` with `stray` attached (what the server sent right after a head that broke a rule), when there is some. */
+export function withStray<E>(err: E, stray: IcapReceivedHead[]): E {
+  return err instanceof IcapError && stray.length > 0 ? (remade(err, err.head, stray) as E) : err;
+}
+
+function remade(err: IcapError, head: IcapReceivedHead | undefined, stray = err.stray): IcapError {
   return new IcapError(err.code, err.message, {
     cause: err.cause,
     ...(err.rfcCode === undefined ? {} : { rfcCode: err.rfcCode }),
     ...(err.status === undefined ? {} : { status: err.status }),
-    // The fields an error carries, not the whole head (its body kind, its Encapsulated entries).
-    head: {
-      status: head.status,
-      reason: head.reason,
-      headers: head.headers,
-      rawHeaders: head.rawHeaders,
-      httpResponse: head.httpResponse,
-      httpRequest: head.httpRequest ?? null,
-    },
-  }) as E;
+    ...(head === undefined ? {} : { head }),
+    ...(stray === undefined ? {} : { stray }),
+  });
 }
 
 /**
@@ -45,7 +55,8 @@ export function salvageResponseHead(block: Buffer): IcapReceivedHead {
  * LF: for the lenient readings here only, never for framing.
  */
 export function lenientText(b: Buffer): string {
-  return b.toString('latin1').replace(/\r\n|\r/g, '\n');
+  // CRs before a LF are one line end with it (`\r\r\n`: CRLF written through a text-mode stream).
+  return b.toString('latin1').replace(/\r*\n|\r/g, '\n');
 }
 
 /** salvageResponseHead of text whose line ends are LF. */

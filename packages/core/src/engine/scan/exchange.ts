@@ -1,7 +1,7 @@
 import { isSkipped } from '../../client/client.js';
 import type { IcapResponse } from '../../client/transaction-types.js';
 import { escapeControls, IcapError, IcapErrorCodes, type IcapReceivedHead } from '../../errors.js';
-import { threatAfterHead, threatInHead } from '../beyond-head.js';
+import { threatAfterHead, threatInError, threatInHead } from '../beyond-head.js';
 import { AdaptedBody, type BodyStore } from '../body.js';
 import { httpMethodEnum, type IcapRequestLog, poolIdentity, redactHeaderBlock, vendorEnum } from '../log.js';
 import type { ServerHandle, TriedServers } from '../pool-group.js';
@@ -286,13 +286,14 @@ class Exchange implements WatchHooks, TriedServers {
     try {
       r = await pending;
     } catch (err) {
-      // A head received whole that then broke a framing rule still names its verdict: a threat
-      // in it blocks (a threat verdict is never lost); anything else stays the error it was.
-      const blocked =
-        err instanceof IcapError && err.head !== undefined
-          ? this.#blockedByHead(err.head, entry, started, err)
+      // A head received whole that then broke a framing rule still names its verdict, as does
+      // an answer right after it: a threat there blocks (a threat verdict is never lost);
+      // anything else stays the error it was.
+      const named =
+        err instanceof IcapError
+          ? threatInError(readingOf(this.#ctx.profile, this.facts.fileName), err)
           : null;
-      if (blocked !== null) return blocked;
+      if (named !== null) return this.#blocked(named.verdict, named.head, entry, started, err as IcapError);
       // An ICAP 4xx that then broke off is still the server refusing what it was sent (the
       // client's content): never the failure action, as when it comes whole (below).
       const status = err instanceof IcapError ? (err.head?.status ?? 0) : 0;
@@ -306,8 +307,7 @@ class Exchange implements WatchHooks, TriedServers {
     }
     const res = r;
     // A threat named in the server's 100 Continue blocks, whatever its final answer says.
-    const continued =
-      res.continueHead == null ? null : this.#blockedByHead(res.continueHead, entry, started, undefined);
+    const continued = res.continueHead == null ? null : this.#blockedByHead(res.continueHead, entry, started);
     if (continued !== null) {
       watch.stop();
       res.body?.destroy();
@@ -484,17 +484,11 @@ class Exchange implements WatchHooks, TriedServers {
 
   /**
    * A threat named in `head`, as a block (so is a head saying the body could not be scanned);
-   * else null. `head` is what a failed exchange's error carries (`err`), or the 100 Continue
-   * before a final answer.
+   * else null. `head` is the 100 Continue before a final answer.
    */
-  #blockedByHead(
-    head: IcapReceivedHead,
-    entry: IcapRequestLog,
-    started: number,
-    err: IcapError | undefined,
-  ): AttemptResult | null {
+  #blockedByHead(head: IcapReceivedHead, entry: IcapRequestLog, started: number): AttemptResult | null {
     const verdict = threatInHead(readingOf(this.#ctx.profile, this.facts.fileName), head);
-    return verdict === null ? null : this.#blocked(verdict, head, entry, started, err);
+    return verdict === null ? null : this.#blocked(verdict, head, entry, started, undefined);
   }
 
   /** The block of a threat named outside the final head (`head`), in the log record too. */
