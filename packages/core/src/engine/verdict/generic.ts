@@ -180,7 +180,7 @@ export function analyse(input: VerdictInput, rules: VendorRules = VENDOR_RULES.g
     satisfaction ||
     h.has('x-blocked-reason') ||
     blockedReason !== undefined ||
-    responseInfos.includes('blocked') ||
+    responseInfos.some((v) => /\bblocked\b/.test(v)) ||
     errorCodeBlock !== undefined ||
     httpBlockedPresent ||
     fsecureInfected;

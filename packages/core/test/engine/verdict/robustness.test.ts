@@ -145,6 +145,11 @@ describe('other signals', () => {
 
   it('X-Response-Info is case-insensitive; X-Blocked-Reason alone blocks', () => {
     expect(generic(bareInput(200, [['X-Response-Info', ' BLOCKED ']])).kind).toBe('blocked');
+    // The word with more text about it blocks too, on a 204 as on a 200 (campaign-al AL4): the
+    // rule the connection's reuse already went by.
+    for (const status of [200, 204])
+      expect(generic(bareInput(status, [['X-Response-Info', 'Blocked (virus found)']])).kind).toBe('blocked');
+    expect(generic(bareInput(204, [['X-Response-Info', 'Unblocked-list']])).kind).not.toBe('blocked');
     expect(generic(bareInput(201, [['X-Blocked-Reason', 'Policy']]))).toMatchObject({
       kind: 'blocked',
       reason: 'Policy',
