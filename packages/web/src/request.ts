@@ -31,7 +31,7 @@ export interface WebRequestInfo {
    * The Node request under the Web one (@hono/node-server's `env.incoming`): its trailer fields,
    * which an application can read there, are the engine's to refuse (a Web Request has none).
    */
-  incoming?: { rawTrailers?: string[] | undefined } | undefined;
+  incoming?: NodeUnder | undefined;
   /**
    * The body to read instead of `request.body`: the Node request under a Request that reads its
    * body from it and that nothing has asked for the body of yet (node-server.ts).
@@ -42,6 +42,13 @@ export interface WebRequestInfo {
    * stands for its stream, so that the engine refuses it (see {@link ReadFirstRequestReadable}).
    */
   nodeBodyRead?: boolean | undefined;
+}
+
+/** What the scan reads of the Node request under a Web one. */
+interface NodeUnder {
+  rawTrailers?: string[] | undefined;
+  /** Its HTTP/2 stream: one its headers did not end may carry trailers after an empty body. */
+  stream?: { endAfterHeaders?: boolean | undefined } | undefined;
 }
 
 const FRAMING = new Set(['content-length', 'transfer-encoding']);
@@ -140,8 +147,10 @@ class WebRequestReadable extends WebBodyReadable implements WebScanRequest {
   httpVersionMajor = 1;
   socket: { remoteAddress: string | undefined; encrypted: boolean };
   complete: boolean;
+  /** The HTTP/2 stream of the Node request under this one, when it has a body (see NodeUnder). */
+  stream: NodeUnder['stream'];
   readonly #hasBody: boolean;
-  readonly #incoming: { rawTrailers?: string[] | undefined } | undefined;
+  readonly #incoming: NodeUnder | undefined;
 
   constructor(
     body: ReadableStream<Uint8Array> | Readable | null,
@@ -150,11 +159,12 @@ class WebRequestReadable extends WebBodyReadable implements WebScanRequest {
     headers: Record<string, string | string[] | undefined>,
     rawHeaders: string[],
     socket: { remoteAddress: string | undefined; encrypted: boolean },
-    incoming: { rawTrailers?: string[] | undefined } | undefined,
+    incoming: NodeUnder | undefined,
   ) {
     super(body ?? emptyBody());
     this.#hasBody = body !== null;
     this.#incoming = incoming;
+    this.stream = body === null ? undefined : incoming?.stream;
     this.method = method;
     this.url = url;
     this.headers = headers;

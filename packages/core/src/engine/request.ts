@@ -141,7 +141,8 @@ export function requestFacts(req: ScanRequest): HttpRequestFacts {
   let hasBody: boolean;
   // Fields were dropped: whether a body follows is unknown (the answer closes the connection).
   if (chunked || tooManyFields !== undefined) hasBody = true;
-  else if (contentLength !== undefined) hasBody = contentLength > 0;
+  // An HTTP/2 stream its headers did not end may carry trailer fields after an empty body.
+  else if (contentLength !== undefined) hasBody = contentLength > 0 || req.stream?.endAfterHeaders === false;
   else if (lengths.length > 0)
     hasBody = true; // an unusable Content-Length: treat as a body of unknown length
   else if (httpVersion.startsWith('2'))

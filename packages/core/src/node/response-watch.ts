@@ -43,6 +43,7 @@ export interface Responded {
 
 type WatchedResponse = {
   readonly writableFinished: boolean;
+  readonly headersSent?: boolean;
   readonly statusCode?: number;
   on(event: 'close', listener: () => void): unknown;
 };
@@ -88,15 +89,18 @@ class Watch implements ResponseWatch {
   readonly #onClose = (): void => {
     if (this.#closed) return;
     this.#closed = true;
+    // Finished, and sent: Node's HTTP/2 compatibility layer says a response finished when the
+    // client reset its stream (RST_STREAM), with nothing sent (campaign-ak AK2).
+    const res = this.#res;
+    const finished = res.writableFinished && res.headersSent !== false;
     const engine = this.#engine;
-    if (engine !== undefined && this.#res.writableFinished)
-      engine.responded(this.#log as object, this.#res.statusCode as number);
+    if (engine !== undefined && finished) engine.responded(this.#log as object, res.statusCode as number);
     const outcome = this.#outcome;
     if (outcome !== undefined) {
       outcome.dispose();
       return;
     }
-    if (this.#res.writableFinished) return;
+    if (finished) return;
     this.#scan.abort();
     this.#controller?.abort(this.#scan.reason);
   };
