@@ -218,6 +218,12 @@ describe('campaign-x: a threat named in a head or trailer over the bound, after 
       answer: () =>
         `${NO_CONTENT}ICAP/1.0 100 Continue\r\n\r\n${START}${THREAT}\r\nEncapsulated: null-body=0\r\n\r\n`,
     },
+    // campaign-am AM1: heads after the answer are read however many (their bytes bound them).
+    '204, twenty 100 Continue heads, then the threat answer': {
+      keep: true,
+      answer: () =>
+        `${NO_CONTENT}${'ICAP/1.0 100 Continue\r\n\r\n'.repeat(20)}${START}${THREAT}\r\nEncapsulated: null-body=0\r\n\r\n`,
+    },
     '204, 204, then the threat answer': {
       keep: true,
       answer: () => `${NO_CONTENT}${NO_CONTENT}${START}${THREAT}\r\nEncapsulated: null-body=0\r\n\r\n`,

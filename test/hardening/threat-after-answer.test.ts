@@ -209,6 +209,12 @@ describe.each(FRAMEWORKS)('%s', (framework) => {
         'an unknown status (999)': {
           head: 'ICAP/1.0 999 What\r\nISTag: "x1"\r\nEncapsulated: null-body=0\r\n\r\n',
         },
+        // campaign-am AM1: bare 100s are read past however many; fielded ones past 8 fail, and
+        // what follows goes with the error, however many heads it holds.
+        '25 bare 100 Continue heads': { head: 'ICAP/1.0 100 Continue\r\n\r\n'.repeat(25) },
+        '30 100 Continue heads with a field': {
+          head: 'ICAP/1.0 100 Continue\r\nX-Note: working\r\n\r\n'.repeat(30),
+        },
       };
       for (const [name, first] of Object.entries(FIRSTS)) {
         it(`a threat answer in the same write after ${name} is blocked`, async () => {
@@ -248,6 +254,21 @@ describe.each(FRAMEWORKS)('%s', (framework) => {
         expect(app.seen[0]?.raw).toEqual(UPLOAD);
         expect(logs[0]?.action).toBe('ICAP_PASSED');
       });
+
+      if (mode === 'fail-closed')
+        it('a 100 and a 204 Allow: 204 did not offer in one read after a preview: the protocol error (campaign-am AM3)', async () => {
+          const s = await scriptedApp(
+            framework,
+            () => {},
+            { failAction: mode, allow204: false, previewMinBodySize: 0, responseTimeout: 3000 },
+            cleanups,
+            { optionsHeaders: 'Preview: 4\r\n', continueHead: `ICAP/1.0 100 Continue\r\n\r\n${CLEAN_204}` },
+          );
+          expect((await s.post(UPLOAD)).status).toBe(503);
+          expect(s.app.seen).toHaveLength(0);
+          expect(s.logs[0]?.error_code).toBe('ICAP_ERR_PROTOCOL');
+          expect(s.logs[0]?.request_logs[0]?.error_message).toMatch(/Allow: 204 was not offered/);
+        });
 
       it('control: a clean 204 after a refused head passes nothing by itself: the failure stands', async () => {
         const { app, logs, post } = await setup(framework, mode, (r) =>

@@ -6,7 +6,7 @@
 import type { IcapLog, IcapProfile } from '@icapkit/core';
 import { type App, type Framework, startApp } from '../conformance/apps.js';
 import { send } from './http-client.js';
-import { type Handler, type ScriptedIcap, scripted } from './scripted-icap.js';
+import { type Handler, type ScriptedIcap, type ScriptedOptions, scripted } from './scripted-icap.js';
 
 export interface ScriptedApp {
   icap: ScriptedIcap;
@@ -27,8 +27,9 @@ export async function scriptedApp(
   handler: Handler,
   profile: Partial<IcapProfile>,
   cleanups: Array<() => Promise<void>>,
+  options: ScriptedOptions = {},
 ): Promise<ScriptedApp> {
-  const icap = await scripted(handler);
+  const icap = await scripted(handler, options);
   cleanups.push(icap.close);
   const logs: IcapLog[] = [];
   const app = await startApp(framework, {

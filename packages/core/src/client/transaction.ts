@@ -49,8 +49,7 @@ const STOP = Symbol('stop');
 const FAILED = Symbol('failed');
 /** Buffered output is flushed to the socket when it grows past this. */
 const FLUSH_AT = 256 * 1024;
-/** The most 100 Continue heads read before an answer. */
-const MAX_INTERIM = 8;
+const MAX_INTERIM = 8; // 100 Continue heads with fields kept before an answer
 
 /** Where a transaction hands its connection back (the pool). */
 export interface ConnectionReturn {
@@ -411,12 +410,13 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
 
   onHead(head: IcapResponseHead): void {
     if (head.status === 100) {
-      // Every 100 is kept, whatever follows: a threat named in one is still a threat.
-      this.#continueHead = receivedAnswer(head, this.#continueHead) ?? null;
-      if (++this.#interims > MAX_INTERIM)
-        throw new IcapError(IcapErrorCodes.PROTOCOL, 'too many 100 Continue heads');
-      // A go-ahead before the preview's end counts. One nobody waits for (no preview, a second,
-      // after ieof or a failed write) is read past, as HTTP clients do: the answer follows.
+      // Kept with its fields (a threat named in one is a threat), bare ones read past, any number.
+      if (head.headers.size > 0) {
+        if (++this.#interims > MAX_INTERIM)
+          throw new IcapError(IcapErrorCodes.PROTOCOL, 'too many 100 Continue heads');
+        this.#continueHead = receivedAnswer(head, this.#continueHead) ?? null;
+      }
+      // A go-ahead before the preview's end counts; one nobody waits for is read past, as in HTTP.
       const waiting = this.#writeState === 'awaiting-continue' || this.#writeState === 'preview';
       if (this.#writeError !== undefined || !waiting || this.#continue === null || this.#goAhead) return;
       this.#goAhead = true;
@@ -436,7 +436,8 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
     const req = this.#req;
     const previewPhase =
       req.preview !== undefined &&
-      (this.#ieofSent || this.#writeState === 'preview' || this.#writeState === 'awaiting-continue');
+      (this.#ieofSent ||
+        (!this.#goAhead && (this.#writeState === 'preview' || this.#writeState === 'awaiting-continue')));
     const ignoreBody = checkFinalHead(req, head, previewPhase);
     this.#finalHead = head;
     // A 200/201 that streams back the adapted message may come before the server has read the

@@ -180,9 +180,6 @@ export function salvageLines(pending: Buffer): IcapReceivedHead | undefined {
     : salvageResponseHead(pending);
 }
 
-/** The most heads read of what followed an answer (see salvageHeads). */
-const MAX_STRAY_HEADS = 16;
-
 /**
  * Every head in what followed an answer on its connection (a second answer; a 100 Continue,
  * then an answer; one answer after another), each read leniently as salvageResponseHead says,
@@ -193,7 +190,8 @@ export function salvageHeads(stray: Buffer): IcapReceivedHead[] {
   const heads: IcapReceivedHead[] = [];
   for (const text of lenientText(stray).split(/\n{2,}/)) {
     const head = text.replace(/^\n+/, '');
-    if (head !== '' && heads.length < MAX_STRAY_HEADS) heads.push(salvageText(head));
+    // Every one (interim heads too, however many): what is read here is bounded by its bytes.
+    if (head !== '') heads.push(salvageText(head));
   }
   return heads;
 }
