@@ -433,7 +433,7 @@ export function keepsConnection(req: TransactionRequest, head: IcapResponseHead)
       if (v !== '' && v !== '0' && v !== 'no threats' && v !== 'clean') return false;
     }
   }
-  if (/\bblocked\b/i.test(h.get('x-response-info') ?? '')) return false;
+  if (/(?:^|[^a-z0-9])blocked(?![a-z0-9])/i.test(h.get('x-response-info') ?? '')) return false;
   const fsecure = h.get('x-fsecure-scan-result');
   if (fsecure !== undefined && fsecure.trim().toLowerCase() !== 'clean') return false;
   const http = head.httpResponse?.headers;
