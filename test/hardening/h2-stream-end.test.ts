@@ -102,13 +102,16 @@ describe.each(FRAMEWORKS)('%s over HTTP/2', (framework) => {
       expect(logs.at(-1)).toMatchObject({ action: 'ICAP_BLOCKED', error_code: 'ICAP_ERR_BAD_REQUEST' });
     });
 
-    it('control: content-length: 0 on an open stream without trailers passes, an empty body', async () => {
+    it('control: content-length: 0 on an open stream without trailers passes, with no ICAP exchange (campaign-am AM2)', async () => {
       const logs: IcapLog[] = [];
       const app = await appFor(framework, failAction, logs);
+      const before = icap.requests.filter((r) => r.method === 'REQMOD').length;
       expect(await request(app.url, { ...POST, 'content-length': '0' }, {})).toBe(200);
       expect(app.seen).toHaveLength(1);
       expect(app.seen[0]?.raw?.length ?? 0).toBe(0);
-      expect(logs.at(-1)?.action).toBe('ICAP_PASSED');
+      // As a request without a body: nothing to scan (a scanner down would not make it 503).
+      expect(logs.at(-1)?.action).toBe('ICAP_DISABLED');
+      expect(icap.requests.filter((r) => r.method === 'REQMOD').length).toBe(before);
     });
 
     it('a stream the client resets while the scan runs aborts the scan (AK2)', async () => {

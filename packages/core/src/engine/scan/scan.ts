@@ -92,10 +92,8 @@ export class Scan {
   #givePlace: () => void = NOTHING;
   #onCallerAbort: (() => void) | undefined;
   /**
-   * The scan's one timer, for both of its bounds in time: bodyDeadline (the whole upload, while
-   * it arrives) and responseTimeout (the wait for ICAP once the body has arrived). It is armed
-   * for at most responseTimeout at a time, so it fires no later than either deadline; when it
-   * fires early it looks at the deadlines and arms itself again for the nearer one.
+   * The scan's one timer for bodyDeadline (the whole upload) and responseTimeout (the wait for
+   * ICAP once the body arrived), armed for at most responseTimeout: when early, it re-arms.
    */
   #timer: NodeJS.Timeout | undefined;
   /** performance.now() by which the body must have arrived (Infinity: it has, or there is none). */
@@ -347,8 +345,7 @@ export class Scan {
     let sendFacts = this.scanFacts;
     if (scanned !== null) {
       // The body's 'data' events matter only when enough of it can arrive before its end to
-      // start streaming: not for a declared length under holdBodySize (the HTTP parser delivers
-      // no more than it declares), which only its end makes ready.
+      // stream it: not for a declared length under holdBodySize, which only its end makes ready.
       const facts = this.facts;
       const short =
         !facts.chunked && facts.contentLength !== undefined && facts.contentLength < p.holdBodySize;
@@ -380,6 +377,11 @@ export class Scan {
         sendFacts = { ...sendFacts, contentLength: scanned.received, chunked: false };
     }
     this.#clock?.lap('intake');
+    // An HTTP/2 stream declared empty, read for its trailers only (requestFacts): nothing to scan.
+    if (this.facts.contentLength === 0 && scanned?.ended === true && scanned.received === 0) {
+      this.#settle();
+      return pass('ICAP_DISABLED', this.log, store, []);
+    }
     let result = await exchange(this, sendFacts, scanned, this.signal);
     if (result.verdict?.unscannable) this.log.significance.push('UNSCANNABLE');
     // The application gets a body only once all of it is here (the store holds it anyway).
@@ -388,20 +390,13 @@ export class Scan {
       if (!arrived(store)) await bodyComplete(store, p.bufferSize);
     }
     // Decoded for the scan: the body as sent must pass too, since raw readers get it.
-    const passed = result.type !== 'blocked' && !(result.type === 'clean' && result.skipped !== undefined);
-    if (this.#decoded !== null && store !== null && passed) {
+    if (this.#decoded !== null && store !== null && passing(result)) {
       const blocked = await this.#scanEncoded(store, result);
       if (blocked !== null) result = blocked;
     }
-    // Not skipped by the server's Transfer-Ignore (when the profile honours it) nor blocked:
-    // the strings a parser decodes must pass too.
+    // The strings a parser decodes must pass too.
     const view = this.#view;
-    if (
-      view !== null &&
-      result.type !== 'blocked' &&
-      !(result.type === 'clean' && result.skipped !== undefined) &&
-      !view.nothingToScan()
-    ) {
+    if (view !== null && passing(result) && !view.nothingToScan()) {
       const blocked = await this.#scanDecoded(view, result);
       if (blocked !== null) result = blocked;
     }
@@ -597,4 +592,9 @@ function arrived(store: BodyStore | null): boolean {
 
 function callerAbort(signal: AbortSignal): IcapError {
   return new IcapError(IcapErrorCodes.ABORTED, 'the scan was aborted', { cause: signal.reason });
+}
+
+/** Neither blocked nor skipped by the server's Transfer-Ignore: what else is scanned must pass too. */
+function passing(r: AttemptResult): boolean {
+  return r.type !== 'blocked' && !(r.type === 'clean' && r.skipped !== undefined);
 }
