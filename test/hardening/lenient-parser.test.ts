@@ -13,6 +13,7 @@
  */
 import { createServer, type Server } from 'node:http';
 import { type AddressInfo, connect } from 'node:net';
+import { deflateRawSync, gunzipSync } from 'node:zlib';
 import { getRequestListener } from '@hono/node-server';
 import { icap as expressIcap } from '@icapkit/express';
 import { icap as honoIcap } from '@icapkit/hono';
@@ -49,7 +50,7 @@ function exchange(port: number, bytes: string): Promise<string> {
       clearTimeout(timer);
       resolve(out.split('\r\n')[0] ?? '');
     });
-    s.write(bytes);
+    s.write(Buffer.from(bytes, 'latin1'));
   });
 }
 
@@ -125,6 +126,35 @@ describe.each(Object.keys(APPS))('%s on the lenient parser', (name) => {
       expect(await exchange(port, `${head}Content-Length: ${EICAR.length}\r\n\r\n${EICAR}`)).toBe(
         'HTTP/1.1 403 Forbidden',
       );
+    } finally {
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      await app.close();
+    }
+  });
+
+  it('chunked beside content-length: 0, a gzip body that decodes to nothing: its bytes as sent are scanned (campaign-an AN1)', async () => {
+    const bodies: string[] = [];
+    const app = APPS[name]!((b) => bodies.push(b));
+    const server: Server = createServer({ insecureHTTPParser: true }, app.handler);
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const port = (server.address() as AddressInfo).port;
+    try {
+      // A gzip member of nothing, EICAR in its comment field (FCOMMENT): no decoder outputs it.
+      const member = Buffer.concat([
+        Buffer.from([0x1f, 0x8b, 8, 0x10, 0, 0, 0, 0, 0, 0xff]),
+        Buffer.from(`${EICAR}\0`, 'latin1'),
+        deflateRawSync(Buffer.alloc(0)),
+        Buffer.alloc(8),
+      ]);
+      expect(gunzipSync(member)).toHaveLength(0);
+      const status = await exchange(
+        port,
+        'POST /up HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Encoding: gzip\r\n' +
+          `Content-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n${member.length.toString(16)}\r\n${member.toString('latin1')}\r\n0\r\n\r\n`,
+      );
+      expect(status).toBe('HTTP/1.1 403 Forbidden');
+      expect(bodies.join('')).not.toContain('EICAR');
     } finally {
       server.closeAllConnections();
       await new Promise<void>((resolve) => server.close(() => resolve()));

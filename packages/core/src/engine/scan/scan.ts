@@ -46,13 +46,11 @@ import { StageClock } from './stage-clock.js';
  *
  * 1. policy: the profile's rules decide whether the request is scanned at all;
  * 2. admission (admission.ts): what the head alone refuses (400, 413, 415, 501);
- * 3. intake (intake.ts): the body is stored as it arrives (bounded by bufferSize, bodyTimeout,
- *    bodyDeadline), decoded when compressed, its form checked (whole multipart mode);
- * 4. the scan: per-file multipart (multipart/parts.ts), or the whole body in one ICAP exchange
- *    (exchange.ts), once it can be fed fast enough; compressed, also as sent (#scanEncoded);
- * 5. outcome (outcome.ts): pass, rewrite or respond from the verdict, or what a failure turns
- *    into (the failure action applies to ICAP-side failures only); the icap_log record is
- *    finished and emitted once, whatever happened.
+ * 3. intake (intake.ts): the body stored as it arrives (bounded), decoded, its form checked;
+ * 4. the scan: per-file multipart (multipart/parts.ts), or the whole body in one exchange
+ *    (exchange.ts) once it can be fed fast enough; compressed, also as sent (#scanEncoded);
+ * 5. outcome (outcome.ts): pass, rewrite or respond, or what a failure turns into (the
+ *    failure action for ICAP-side failures only); the icap_log record emitted once.
  *
  * No byte of the body reaches the application before the verdict allows it (fail closed).
  */
@@ -222,8 +220,7 @@ export class Scan {
     const signal = this.options.signal;
     if (signal?.aborted) abort(callerAbort(signal));
     else if (signal !== undefined) {
-      // Through a local: V8 allocates a function literal assigned straight to a property in
-      // the old generation (a runtime call per request, and old-space growth between collections).
+      // Through a local: a function literal assigned straight to a property is old-generation.
       const onCallerAbort = () => abort(callerAbort(signal));
       this.#onCallerAbort = onCallerAbort;
       signal.addEventListener('abort', onCallerAbort, { once: true });
@@ -377,8 +374,7 @@ export class Scan {
         sendFacts = { ...sendFacts, contentLength: scanned.received, chunked: false };
     }
     this.#clock?.lap('intake');
-    // An HTTP/2 stream declared empty, read for its trailers only (requestFacts): nothing to scan.
-    if (this.facts.contentLength === 0 && scanned?.ended === true && scanned.received === 0) {
+    if (emptyAsSent(this.facts, this.#decoded, store)) {
       this.#settle();
       return pass('ICAP_DISABLED', this.log, store, []);
     }
@@ -597,4 +593,8 @@ function callerAbort(signal: AbortSignal): IcapError {
 /** Neither blocked nor skipped by the server's Transfer-Ignore: what else is scanned must pass too. */
 function passing(r: AttemptResult): boolean {
   return r.type !== 'blocked' && !(r.type === 'clean' && r.skipped !== undefined);
+}
+/** Nothing to scan: an open HTTP/2 stream declared empty, no bytes as sent (not decoded to none). */
+function emptyAsSent(facts: HttpRequestFacts, decoded: unknown, store: BodyStore | null): boolean {
+  return facts.contentLength === 0 && decoded === null && store?.ended === true && store.received === 0;
 }
