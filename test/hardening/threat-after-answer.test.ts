@@ -212,6 +212,8 @@ describe.each(FRAMEWORKS)('%s', (framework) => {
         // campaign-am AM1: bare 100s are read past however many; fielded ones past 8 fail, and
         // what follows goes with the error, however many heads it holds.
         '25 bare 100 Continue heads': { head: 'ICAP/1.0 100 Continue\r\n\r\n'.repeat(25) },
+        // Past 64 of them (campaign-an AN2: a flood held a core until responseTimeout), a failure.
+        '2,000 bare 100 Continue heads': { head: 'ICAP/1.0 100 Continue\r\n\r\n'.repeat(2000) },
         '30 100 Continue heads with a field': {
           head: 'ICAP/1.0 100 Continue\r\nX-Note: working\r\n\r\n'.repeat(30),
         },
@@ -269,6 +271,14 @@ describe.each(FRAMEWORKS)('%s', (framework) => {
           expect(s.logs[0]?.error_code).toBe('ICAP_ERR_PROTOCOL');
           expect(s.logs[0]?.request_logs[0]?.error_message).toMatch(/Allow: 204 was not offered/);
         });
+
+      it('a flood of bare 100 Continue heads and no answer fails at the 65th, not at responseTimeout (campaign-an AN2)', async () => {
+        const { app, logs, post } = await setup(framework, mode, (r) =>
+          r.sock.write('ICAP/1.0 100 Continue\r\n\r\n'.repeat(100)),
+        );
+        expectFailure(mode, (await post()).status, app, logs[0]);
+        expect(logs[0]?.request_logs[0]?.error_message).toMatch(/too many 100 Continue heads/);
+      });
 
       it('control: a clean 204 after a refused head passes nothing by itself: the failure stands', async () => {
         const { app, logs, post } = await setup(framework, mode, (r) =>

@@ -49,7 +49,7 @@ const STOP = Symbol('stop');
 const FAILED = Symbol('failed');
 /** Buffered output is flushed to the socket when it grows past this. */
 const FLUSH_AT = 256 * 1024;
-const MAX_INTERIM = 8; // 100 Continue heads with fields kept before an answer
+const MAX_INTERIM = 64; // 100 Continue heads before an answer (one with fields counts 8)
 
 /** Where a transaction hands its connection back (the pool). */
 export interface ConnectionReturn {
@@ -410,12 +410,11 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
 
   onHead(head: IcapResponseHead): void {
     if (head.status === 100) {
-      // Kept with its fields (a threat named in one is a threat), bare ones read past, any number.
-      if (head.headers.size > 0) {
-        if (++this.#interims > MAX_INTERIM)
-          throw new IcapError(IcapErrorCodes.PROTOCOL, 'too many 100 Continue heads');
-        this.#continueHead = receivedAnswer(head, this.#continueHead) ?? null;
-      }
+      // Kept with its fields (a threat named in one is a threat); 64 bare ones, or 8 with fields.
+      this.#interims += head.headers.size > 0 ? 8 : 1;
+      if (this.#interims > MAX_INTERIM)
+        throw new IcapError(IcapErrorCodes.PROTOCOL, 'too many 100 Continue heads');
+      if (head.headers.size > 0) this.#continueHead = receivedAnswer(head, this.#continueHead) ?? null;
       // A go-ahead before the preview's end counts; one nobody waits for is read past, as in HTTP.
       const waiting = this.#writeState === 'awaiting-continue' || this.#writeState === 'preview';
       if (this.#writeError !== undefined || !waiting || this.#continue === null || this.#goAhead) return;
