@@ -214,6 +214,7 @@ describe.each(FRAMEWORKS)('%s', (framework) => {
         '25 bare 100 Continue heads': { head: 'ICAP/1.0 100 Continue\r\n\r\n'.repeat(25) },
         // Past 64 of them (campaign-an AN2: a flood held a core until responseTimeout), a failure.
         '2,000 bare 100 Continue heads': { head: 'ICAP/1.0 100 Continue\r\n\r\n'.repeat(2000) },
+
         '30 100 Continue heads with a field': {
           head: 'ICAP/1.0 100 Continue\r\nX-Note: working\r\n\r\n'.repeat(30),
         },
@@ -271,6 +272,15 @@ describe.each(FRAMEWORKS)('%s', (framework) => {
           expect(s.logs[0]?.error_code).toBe('ICAP_ERR_PROTOCOL');
           expect(s.logs[0]?.request_logs[0]?.error_message).toMatch(/Allow: 204 was not offered/);
         });
+
+      it('the 100 Continue past the bound names the threat, a clean 204 after it: blocked (campaign-ao AO1)', async () => {
+        const { app, logs, post } = await setup(framework, mode, (r) =>
+          r.sock.write(
+            `${'ICAP/1.0 100 Continue\r\n\r\n'.repeat(57)}ICAP/1.0 100 Continue\r\n${THREAT}\r\n${CLEAN_204}`,
+          ),
+        );
+        expectBlocked((await post()).status, app, logs[0]);
+      });
 
       it('a flood of bare 100 Continue heads and no answer fails at the 65th, not at responseTimeout (campaign-an AN2)', async () => {
         const { app, logs, post } = await setup(framework, mode, (r) =>
