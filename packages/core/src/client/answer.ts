@@ -12,6 +12,7 @@ import {
   RfcErrorCodes,
 } from '../errors.js';
 import type { IcapRequestMethod } from '../protocol/encoder.js';
+import { namesBlocked } from '../protocol/headers.js';
 import type { EncapsulatedEntry, IcapResponseHead } from '../protocol/parser.js';
 import { lenientText, salvageHeads, withStray } from '../protocol/salvage.js';
 import type { Connection, SocketOwner } from './connection.js';
@@ -433,7 +434,7 @@ export function keepsConnection(req: TransactionRequest, head: IcapResponseHead)
       if (v !== '' && v !== '0' && v !== 'no threats' && v !== 'clean') return false;
     }
   }
-  if (/(?:^|[^a-z0-9])blocked(?![a-z0-9])/i.test(h.get('x-response-info') ?? '')) return false;
+  if (namesBlocked(h.get('x-response-info') ?? '')) return false;
   const fsecure = h.get('x-fsecure-scan-result');
   if (fsecure !== undefined && fsecure.trim().toLowerCase() !== 'clean') return false;
   const http = head.httpResponse?.headers;

@@ -411,8 +411,9 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
   onHead(head: IcapResponseHead): void {
     if (head.status === 100) {
       // Kept with its fields (a threat named in one is a threat); 64 bare ones, or 8 with fields.
-      if (head.headers.size > 0) this.#continueHead = receivedAnswer(head, this.#continueHead) ?? null;
-      this.#interims += head.headers.size > 0 ? 8 : 1;
+      const fielded = head.headers.size > 0;
+      if (fielded) this.#continueHead = receivedAnswer(head, this.#continueHead) ?? null;
+      this.#interims += fielded ? 8 : 1;
       if (this.#interims > MAX_INTERIM)
         throw new IcapError(IcapErrorCodes.PROTOCOL, 'too many 100 Continue heads');
       // A go-ahead before the preview's end counts; one nobody waits for is read past, as in HTTP.

@@ -377,3 +377,11 @@ function lowerName(name: string): string {
   }
   return name;
 }
+
+/**
+ * Whether a field value says "blocked" as a word (`Blocked (virus found)`, `BLOCKED_BY_POLICY`;
+ * not `unblocked`): X-Response-Info, read alike by the verdict and by the connection's reuse.
+ */
+export function namesBlocked(value: string): boolean {
+  return /(?:^|[^a-z0-9])blocked(?![a-z0-9])/i.test(value);
+}

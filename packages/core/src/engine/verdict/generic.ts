@@ -1,4 +1,4 @@
-import type { Headers } from '../../protocol/headers.js';
+import { type Headers, namesBlocked } from '../../protocol/headers.js';
 import {
   cleanText,
   contentDispositionFilename,
@@ -46,8 +46,6 @@ const UNSCANNABLE_ERROR_CODES: ReadonlySet<string> = new Set([
 ]);
 /** X-Error-Code values that are a refusal by policy, not a failure: a block. */
 const BLOCKING_ERROR_CODES: ReadonlySet<string> = new Set(['file_type_blocked', 'file_extension_blocked']);
-/** "blocked" as a word of X-Response-Info (`Blocked (virus found)`, `BLOCKED_BY_POLICY`; not `unblocked`). */
-const BLOCKED_WORD = /(?:^|[^a-z0-9])blocked(?![a-z0-9])/i;
 const ALLOW_RESPONSE_INFO: ReadonlySet<string> = new Set(['allowed', 'passed', 'clean']);
 
 export interface Analysis {
@@ -182,7 +180,7 @@ export function analyse(input: VerdictInput, rules: VendorRules = VENDOR_RULES.g
     satisfaction ||
     h.has('x-blocked-reason') ||
     blockedReason !== undefined ||
-    responseInfos.some((v) => BLOCKED_WORD.test(v)) ||
+    responseInfos.some(namesBlocked) ||
     errorCodeBlock !== undefined ||
     httpBlockedPresent ||
     fsecureInfected;
