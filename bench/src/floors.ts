@@ -255,6 +255,8 @@ async function main(): Promise<void> {
   });
   const stops: Array<() => Promise<void>> = [];
   const urls = new Map<FloorSubject, string>();
+  /** The application behind each subject (Squid's: its origin), to say which one stopped answering. */
+  const children = new Map<FloorSubject, Child>();
   const windows: FloorWindow[] = [];
   try {
     const app = async (args: string[], env: NodeJS.ProcessEnv = {}): Promise<Child> => {
@@ -270,6 +272,7 @@ async function main(): Promise<void> {
     const squid = await startSquid({ originPort: origin.ready.port as number, icapUrl: `${icapUrl}${path}` });
     stops.unshift(() => squid.stop());
     urls.set('squid', urlOf(squid.port));
+    children.set('squid', origin);
     // One application per framework path, in the subjects' order (`<kind>:<framework>`).
     for (const s of subjects) {
       const [kind, framework] = s.split(':') as [string, string | undefined];
@@ -290,7 +293,9 @@ async function main(): Promise<void> {
               : kind === 'holdstream'
                 ? { ...holdFloorEnv(service), BENCH_HOLD_STREAM: '1' }
                 : {};
-      urls.set(s, urlOf((await app([framework, icapUrl, path, ...mode], env)).ready.port as number));
+      const child = await app([framework, icapUrl, path, ...mode], env);
+      children.set(s, child);
+      urls.set(s, urlOf(child.ready.port as number));
     }
     for (const [s, url] of urls) {
       await warmUp(url, body, clients, 1, { requests: 0, maxSeconds: 2 });
@@ -325,7 +330,17 @@ async function main(): Promise<void> {
       for (const s of rotate(round, subjects)) {
         // Squid in front of c-icap's echo service fails some requests (run.js's table notes
         // them too): a window counts its successful answers and reports its errors.
-        const r = s === 'raw' ? await rawWindow() : await runLoad(tool, urls.get(s)!, body, clients, seconds);
+        const r =
+          s === 'raw'
+            ? await rawWindow()
+            : await runLoad(tool, urls.get(s)!, body, clients, seconds).catch((err: unknown) => {
+                const child = children.get(s);
+                const state =
+                  child === undefined
+                    ? ''
+                    : ` (its process: exit code ${child.process.exitCode}, signal ${child.process.signalCode})\n${child.output().slice(-2000)}`;
+                throw new Error(`${s}: the load failed${state}`, { cause: err });
+              });
         if (!(r.rps > 0)) throw new Error(`${s}: no request answered (${r.errors} errors)`);
         windows.push({ round, subject: s, rps: r.rps, errors: r.errors });
       }
