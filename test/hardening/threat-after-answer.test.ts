@@ -231,6 +231,37 @@ describe.each(FRAMEWORKS)('%s', (framework) => {
         });
       }
 
+      // AO2 (campaign-ao): the refused head ends its read, the answer comes in a later write.
+      for (const name of [
+        'a 204 Allow: 204 did not offer',
+        'a 204 announcing a body',
+        'an unknown status (999)',
+        '65 bare 100 Continue heads, the last one past the bound',
+      ]) {
+        it(`a threat answer in a later write after ${name} is blocked`, async () => {
+          const first = FIRSTS[name] ?? { head: 'ICAP/1.0 100 Continue\r\n\r\n'.repeat(65) };
+          const { app, logs, post } = await setup(
+            framework,
+            mode,
+            (r) => {
+              r.sock.write(first.head);
+              setTimeout(() => r.sock.write(THREAT_ANSWER), 40);
+            },
+            first.profile,
+          );
+          expectBlocked((await post()).status, app, logs[0]);
+        });
+      }
+
+      it('control: a refused head and nothing after it, the connection left open: its own failure after the wait', async () => {
+        const { app, logs, post } = await setup(framework, mode, (r) =>
+          r.sock.write(FIRSTS['an unknown status (999)']!.head),
+        );
+        expectFailure(mode, (await post()).status, app, logs[0]);
+        // The refused head's error, not the responseTimeout's: the wait is short and bounded.
+        expect(logs[0]?.request_logs[0]?.error_message).toMatch(/999/);
+      });
+
       it('a threat answer cut in its threat line after a refused head is read to its head end (StrayWait)', async () => {
         const { app, logs, post } = await setup(framework, mode, (r) => {
           const all = FIRSTS['an unknown status (999)']!.head + THREAT_ANSWER;

@@ -454,9 +454,12 @@ export function connectionInfo(conn: Connection, reused: boolean): ConnectionInf
 
 /**
  * A head broke a rule (`err`) before the answer's head was taken: what the server sent right
- * after it (`after`, the rest of that read; its head completed within StrayWait's wait) goes
- * with the error as `stray`, read for a threat only. A server's real answer after a broken or
- * interim head names its verdict. `fail` gets the error, at once or after the wait.
+ * after it (`after`, the rest of that read, and what the next reads bring within StrayWait's
+ * wait, until a head is whole) goes with the error as `stray`, read for a threat only. A
+ * server's real answer after a broken or interim head names its verdict, in the same read or a
+ * later one: when that head ended its read, the wait is for the answer's first bytes too (a
+ * failure only, so the wait delays failing exchanges alone). `fail` gets the error, at once
+ * (`after` null: no head was just read) or after the wait.
  */
 export function failAfterHead(
   err: unknown,
@@ -465,7 +468,7 @@ export function failAfterHead(
   opts: { maxHeaderSize: number; ioTimeout: number },
   fail: (err: unknown) => void,
 ): void {
-  if (after === null || after.length === 0) {
+  if (after === null) {
     fail(err);
     return;
   }
@@ -493,9 +496,10 @@ export class StrayWait implements SocketOwner {
   readonly #settle: (stray: Buffer) => void;
 
   /**
-   * Starts waiting for the rest of `stray` (what followed the answer, or null); false when there
-   * is nothing to wait for (then nothing is made: no timer, no object, in the usual exchange):
-   * nothing followed, or the head is whole already, or too large.
+   * Starts waiting for the rest of `stray` (what followed the answer, or null; empty: nothing yet,
+   * the wait is for a head's first bytes too); false when there is nothing to wait for (then
+   * nothing is made: no timer, no object, in the usual exchange): null, or the head is whole
+   * already, or too large.
    */
   static after(
     stray: Buffer | null,
