@@ -47,6 +47,14 @@ export class Headers implements Iterable<[name: string, value: string]> {
     return undefined;
   }
 
+  /** The lines of every value of the field, in order (each as {@link lines} gives the first's). */
+  linesAll(name: string): string[][] {
+    const key = lowerName(name);
+    const out: string[][] = [];
+    for (const f of this.#fields) if (f.key === key) out.push(f.lines ?? [f.value]);
+    return out;
+  }
+
   has(name: string): boolean {
     const key = lowerName(name);
     return this.#fields.some((f) => f.key === key);

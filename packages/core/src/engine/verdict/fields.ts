@@ -115,7 +115,8 @@ export interface ViolationsFound {
  * least a file name and a threat name.
  */
 export function parseViolations(lines: readonly string[]): ViolationsFound {
-  const count = parseSmallInt(lines[0]);
+  // A count is the whole first line (`0.9`, `0-1` or `0 (1)` are no count of 0: text).
+  const count = /^\s*\d{1,9}\s*$/.test(lines[0] ?? '') ? parseSmallInt(lines[0]) : undefined;
   const rest = lines.slice(1);
   const available = Math.ceil(rest.length / 4);
   const n = count === undefined ? available : Math.min(count, available);

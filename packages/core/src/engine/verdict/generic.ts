@@ -130,25 +130,39 @@ export function analyse(input: VerdictInput, rules: VendorRules = VENDOR_RULES.g
   const responseDescription = cleanText(h.get('x-response-description'));
   const responseInfos = h.getAll('x-response-info').map((v) => v.trim().toLowerCase());
   const fsecure = h.getAll('x-fsecure-scan-result').map((v) => v.trim().toLowerCase());
-  const fsecureInfected = fsecure.some((v) => v !== 'clean');
+  // F-Secure names the infection in a field of its own: named, it is one, whatever the result says.
+  const fsecureName = firstText(h.getAll('x-fsecure-infection-name'));
+  const fsecureInfected = fsecure.some((v) => v !== 'clean') || fsecureName !== undefined;
   const errorCodes = h
     .getAll('x-error-code')
     .flatMap((v) => v.split(','))
     .map((code) => code.trim().toLowerCase());
   const errorCodeBlock = errorCodes.find((code) => BLOCKING_ERROR_CODES.has(code));
 
-  const violationLines = h.lines('x-violations-found');
-  const parsed = violationLines === undefined ? undefined : parseViolations(violationLines);
-  let violationsSignal = false;
-  if (parsed !== undefined) {
-    if (parsed.count !== undefined) violationsSignal = parsed.count > 0;
-    else
-      violationsSignal = parsed.violations.length > 0 || (violationLines ?? []).some((l) => l.trim() !== '');
-  }
+  // Every X-Violations-Found field (a threat in a second one is still a threat). Each signals
+  // with a count above 0, or with any text after its first line (a count of 0 followed by a
+  // violation contradicts itself: read as the violation), or, without a count, with any text.
+  const violationFields = h.linesAll('x-violations-found');
+  const parsedFields = violationFields.map((lines) => ({ lines, parsed: parseViolations(lines) }));
+  const violationsSignal = parsedFields.some(
+    ({ lines, parsed }) =>
+      (parsed.count !== undefined && parsed.count > 0) ||
+      lines.some((l, i) => (i > 0 || parsed.count === undefined) && l.trim() !== ''),
+  );
+  const parsed =
+    parsedFields.length === 0
+      ? undefined
+      : {
+          complete: parsedFields.every(
+            (f) => f.parsed.count !== undefined && f.parsed.count === f.parsed.violations.length,
+          ),
+          violations: parsedFields.flatMap((f) => f.parsed.violations),
+        };
 
   // Signals in the encapsulated HTTP headers.
-  let httpBlocked: string | undefined;
-  let httpBlockedPresent = false;
+  // Sophos's X-Blocked is an HTTP field; in the ICAP head it refuses as well.
+  let httpBlocked: string | undefined = h.has('x-blocked') ? cleanText(h.get('x-blocked')) : undefined;
+  let httpBlockedPresent = h.has('x-blocked');
   let httpVirusId: string | undefined;
   const httpInfections: InfectionFound[] = [];
   for (const hh of heads) {
@@ -197,8 +211,7 @@ export function analyse(input: VerdictInput, rules: VendorRules = VENDOR_RULES.g
   // returns the message (REQMOD: the request; RESPMOD: the response, not a block page).
   const allInfections = [...infections, ...httpInfections];
   const parsedViolations = parsed?.violations ?? [];
-  const violationsComplete =
-    parsed === undefined || (parsed.count !== undefined && parsed.count === parsedViolations.length);
+  const violationsComplete = parsed === undefined || parsed.complete;
   const returnsMessage =
     input.method === 'RESPMOD'
       ? input.httpResponse !== null
@@ -222,7 +235,7 @@ export function analyse(input: VerdictInput, rules: VendorRules = VENDOR_RULES.g
     infections.find((i) => i.threat !== undefined)?.threat ??
     virusId ??
     virusName ??
-    (fsecureInfected ? cleanText(h.get('x-fsecure-infection-name')) : undefined) ??
+    (fsecureInfected ? fsecureName : undefined) ??
     httpVirusId ??
     httpInfections.find((i) => i.threat !== undefined)?.threat ??
     violations.find((v) => v.threat_name !== '')?.threat_name;

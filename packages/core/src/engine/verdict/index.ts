@@ -33,11 +33,13 @@ import { readOpswat } from './opswat.js';
  *   (McAfee `403 VirusFound`);
  * - X-Blocked-Reason present; X-Block-Reason or X-MWG-Block-Reason (McAfee custom rules) not
  *   empty; X-Response-Info `blocked` (case-insensitive); X-Error-Code `file_type_blocked` /
- *   `file_extension_blocked`; X-FSecure-Scan-Result present and not `clean`;
- * - X-Blocked present in the encapsulated HTTP headers (Sophos);
+ *   `file_extension_blocked`; X-FSecure-Scan-Result present and not `clean`, or
+ *   X-FSecure-Infection-Name naming one;
+ * - X-Blocked present in the encapsulated HTTP headers (Sophos), or in the ICAP head;
  * and threat names
  * - X-Infection-Found present (any Type, any Resolution; see "repaired");
- * - X-Violations-Found with a count > 0 (or an unreadable count with violation lines);
+ * - X-Violations-Found, any of its fields, with a count > 0, or a count of 0 followed by
+ *   violation lines, or a first line that is not a count (`0.9`) with any text;
  * - X-Virus-ID or X-Virus-Name present and not empty nor `no threats` (Kaspersky's clean);
  * - in the encapsulated HTTP headers: X-Infection-Found present, X-Virus-ID as above.
  * Every value of a repeated field counts: `X-Response-Info: passed` followed by

@@ -579,15 +579,15 @@ describe('vendor specifics', () => {
   it('a reading that fails still blocks when a threat header is present', () => {
     for (const vendor of VENDORS) {
       const input = bareInput(500, [['X-Virus-ID', 'EICAR']]);
-      const broken = input.headers as Headers & { lines: unknown };
-      broken.lines = () => {
+      const broken = input.headers as Headers & { linesAll: unknown };
+      broken.linesAll = () => {
         throw new Error('boom');
       };
       const v = readVerdict(vendor, input, OPTS);
       expect(v.kind).toBe('blocked');
       expect(v.reason).toMatch(/unreadable ICAP verdict: boom/);
       const clean = bareInput(204, [['X-Virus-ID', 'no threats']]);
-      (clean.headers as Headers & { lines: unknown }).lines = () => {
+      (clean.headers as Headers & { linesAll: unknown }).linesAll = () => {
         throw new Error('boom');
       };
       expect(readVerdict(vendor, clean, OPTS).kind).toBe('error');
@@ -608,8 +608,14 @@ describe('property: a threat signal blocks on any status, next to any clean mark
     ['X-Response-Info', 'BLOCKED'],
     ['X-FSecure-Scan-Result', 'infected'],
     ['X-Error-Code', 'file_extension_blocked'],
+    // campaign-ap AP1/AP3: after a clean `X-Violations-Found: 0` (a marker below), a second
+    // field counting one; F-Secure's infection name alone; Sophos's X-Blocked in the ICAP head.
+    ['X-Violations-Found', '1'],
+    ['X-FSecure-Infection-Name', 'EICAR_Test_File'],
+    ['X-Blocked', 'Virus found during virus scan'],
   ];
   const CLEAN_MARKERS: Array<[string, string]> = [
+    ['X-Violations-Found', '0'],
     ['X-Response-Info', 'Allowed'],
     ['X-Response-Info', 'passed'],
     ['X-Virus-ID', 'no threats'],
