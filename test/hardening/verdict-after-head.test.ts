@@ -6,7 +6,9 @@
  * - in the trailer fields after the chunked body of an echo (the head alone says clean);
  * - in a second answer sent after a 204 in the same write (the 204 alone says clean);
  * - in a block answer followed, later, by a stray 204: the connection a block came on is not
- *   kept, so the stray cannot become the verdict of the next upload on that connection;
+ *   kept, so the stray cannot become the verdict of the next upload on that connection, however
+ *   the block is named (a second value of a field, an empty refusal field, the echoed request
+ *   head, the trailer: campaign-ap AP4);
  * - as a block page (a REQMOD 200 with `res-hdr`) whose HTTP head cannot be read: the server
  *   answered in the upload's place; and an ICAP 4xx whose answer breaks off is the server's
  *   refusal still (503 fail-closed, never fail-open's pass).
@@ -91,30 +93,54 @@ describe.each(FRAMEWORKS)('%s', (framework) => {
       expectBlocked((await post()).status, app, logs[0]);
     });
 
-    it(`a stray 204 after a block cannot answer the next upload (${failAction})`, async () => {
-      const { app, icap, logs, post } = await setup(
-        framework,
-        failAction,
-        (r) => {
-          r.sock.write(blockAnswer());
-          // The stray, on the connection of the first block only.
-          if (r.index === 1)
-            setTimeout(() => {
-              if (!r.sock.destroyed) r.sock.write(NO_CONTENT);
-            }, 60);
-        },
-        { maxConnections: 1, ioTimeout: 2000 },
-      );
-      const first = await post();
-      const second = await post();
-      expect(first.status).toBe(403);
-      expect(second.status).toBe(403);
-      expect(app.seen).toHaveLength(0);
-      expect(logs.map((l) => l.action)).toEqual(['ICAP_BLOCKED', 'ICAP_BLOCKED']);
-      // The block's connection was not kept: the second REQMOD came on a connection of its own.
-      const reqmods = icap.requests.filter((r) => r.method === 'REQMOD');
-      expect(new Set(reqmods.map((r) => r.conn)).size).toBe(2);
-    });
+    // The blocks whose connection the reuse check used to keep (campaign-ap AP4), beside the first one.
+    const BLOCKS: Record<string, (r: Req) => string> = {
+      'a block page naming the threat': () => blockAnswer(),
+      'a 204 with X-Response-Info Allowed, then Blocked': () =>
+        'ICAP/1.0 204 No Content\r\nISTag: "x1"\r\nX-Response-Info: Allowed\r\nX-Response-Info: Blocked\r\nEncapsulated: null-body=0\r\n\r\n',
+      'a 204 with an empty X-Blocked-Reason': () =>
+        'ICAP/1.0 204 No Content\r\nISTag: "x1"\r\nX-Blocked-Reason:\r\nEncapsulated: null-body=0\r\n\r\n',
+      'a 204 with X-FSecure-Scan-Result clean, then infected': () =>
+        'ICAP/1.0 204 No Content\r\nISTag: "x1"\r\nX-FSecure-Scan-Result: clean\r\nX-FSecure-Scan-Result: infected\r\nEncapsulated: null-body=0\r\n\r\n',
+      'a 204 with a second X-Violations-Found counting one': () =>
+        'ICAP/1.0 204 No Content\r\nISTag: "x1"\r\nX-Violations-Found: 0\r\nX-Violations-Found: 1\r\n\tupload.bin\r\n\tEICAR Test String\r\n\t-1\r\n\t0\r\nEncapsulated: null-body=0\r\n\r\n',
+      'an echo whose request head names X-Virus-ID': (r) => {
+        const reqHdr = r.encap.toString('latin1').replace(/\r\n\r\n$/, '\r\nX-Virus-ID: EICAR\r\n\r\n');
+        return `ICAP/1.0 200 OK\r\nISTag: "x1"\r\nEncapsulated: req-hdr=0, req-body=${reqHdr.length}\r\n\r\n${reqHdr}${chunked(r.body)}0\r\n\r\n`;
+      },
+      'an echo naming the threat in its trailer': (r) =>
+        echoWithTrailer(r, 'X-Infection-Found: Type=0; Resolution=2; Threat=EICAR;\r\n'),
+    };
+    for (const [name, block] of Object.entries(BLOCKS)) {
+      it(`a stray 204 after ${name} cannot answer the next upload (${failAction})`, async () => {
+        const { app, icap, logs, post } = await setup(
+          framework,
+          failAction,
+          (r) => {
+            // The first exchange's block, then the stray on its connection; the next one's block late.
+            if (r.index === 1) {
+              r.sock.write(block(r));
+              setTimeout(() => {
+                if (!r.sock.destroyed) r.sock.write(NO_CONTENT);
+              }, 60);
+            } else
+              setTimeout(() => {
+                if (!r.sock.destroyed) r.sock.write(blockAnswer());
+              }, 150);
+          },
+          { maxConnections: 1, ioTimeout: 2000 },
+        );
+        const first = await post();
+        const second = await post();
+        expect(first.status).toBe(403);
+        expect(second.status).toBe(403);
+        expect(app.seen).toHaveLength(0);
+        expect(logs.map((l) => l.action)).toEqual(['ICAP_BLOCKED', 'ICAP_BLOCKED']);
+        // The block's connection was not kept: the second REQMOD came on a connection of its own.
+        const reqmods = icap.requests.filter((r) => r.method === 'REQMOD');
+        expect(new Set(reqmods.map((r) => r.conn)).size).toBe(2);
+      });
+    }
   }
 
   const BROKEN_PAGE: Record<string, (s: Socket) => void> = {

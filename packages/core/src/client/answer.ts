@@ -12,7 +12,6 @@ import {
   RfcErrorCodes,
 } from '../errors.js';
 import type { IcapRequestMethod } from '../protocol/encoder.js';
-import { namesBlocked } from '../protocol/headers.js';
 import type { EncapsulatedEntry, IcapResponseHead } from '../protocol/parser.js';
 import { lenientText, salvageHeads, withStray } from '../protocol/salvage.js';
 import type { Connection, SocketOwner } from './connection.js';
@@ -387,58 +386,6 @@ class FinalResponse implements IcapResponse {
   takeBody(sink: BodySink): boolean {
     return this.#body?.take(sink) === true;
   }
-}
-
-/**
- * Fields that name a threat or a refusal on an answer: their presence (with a value other than a
- * clean marker) makes the answer one after which the connection is not kept (keepsConnection).
- */
-const BLOCK_FIELDS = [
-  'x-infection-found',
-  'x-violations-found',
-  'x-virus-id',
-  'x-virus-name',
-  'x-blocked-reason',
-  'x-block-reason',
-  'x-mwg-block-reason',
-  'x-blocked',
-  'x-error-code',
-];
-
-/**
- * Whether the connection an answer came on may serve another exchange, as far as the request and
- * the answer go: not when either asked to close it, and only after an answer that lets the
- * message through by its shape (OPTIONS 200; a 204;
- * a 200/201 returning the message, which for a REQMOD means no encapsulated response) and
- * names no threat. After a block or an error the connection is closed (c-icap closes it after
- * a block page too). ICAP answers carry no request id: a server that sends a second, late
- * answer (a stray 204 after its block) would otherwise have it read as the verdict of the next
- * exchange on the connection, and that exchange's own verdict thrown away as idle junk.
- */
-export function keepsConnection(req: TransactionRequest, head: IcapResponseHead): boolean {
-  const h = head.headers;
-  if (/\bclose\b/i.test(h.get('connection') ?? '')) return false;
-  if (req.closeAsked ?? req.head.includes('\r\nConnection: close\r\n')) return false;
-  const method = req.method;
-  const status = head.status;
-  if (method === 'OPTIONS') return status === 200;
-  if (
-    status !== 204 &&
-    !((status === 200 || status === 201) && (method === 'RESPMOD' || head.httpResponse === null))
-  )
-    return false;
-  for (const name of BLOCK_FIELDS) {
-    if (!h.has(name)) continue;
-    for (const value of h.getAll(name)) {
-      const v = value.trim().toLowerCase();
-      if (v !== '' && v !== '0' && v !== 'no threats' && v !== 'clean') return false;
-    }
-  }
-  if (namesBlocked(h.get('x-response-info') ?? '')) return false;
-  const fsecure = h.get('x-fsecure-scan-result');
-  if (fsecure !== undefined && fsecure.trim().toLowerCase() !== 'clean') return false;
-  const http = head.httpResponse?.headers;
-  return http === undefined || (!http.has('x-infection-found') && !http.has('x-virus-id'));
 }
 
 /** What a response says about the connection it came on. */

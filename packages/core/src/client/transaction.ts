@@ -11,12 +11,12 @@ import {
   connectionInfo,
   failAfterHead,
   finalResponse,
-  keepsConnection,
   StrayWait,
   withReceivedHead,
 } from './answer.js';
 import type { Connection, SocketOwner } from './connection.js';
 import { type Deferred, deferred, noop } from './deferred.js';
+import { keepsConnection } from './reuse.js';
 import { asBuffer, closeIterator, takeNow } from './source.js';
 import type {
   IcapResponse,
@@ -509,7 +509,7 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
       this.#terminated &&
       (this.#writeState === 'finished' || this.#writeState === 'stopped') &&
       stray === null &&
-      keepsConnection(this.#req, head) &&
+      keepsConnection(this.#req, head, trailer, this.#continueHead?.headers ?? null) &&
       conn.usable;
     this.#cleanup();
     this.#body?.end();

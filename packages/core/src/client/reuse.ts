@@ -1,0 +1,80 @@
+/**
+ * Whether the connection an answer came on may serve another exchange. ICAP answers carry no
+ * request id: a server that sends a second, late answer (a stray 204 after its block) would
+ * have it read as the verdict of the next exchange on the connection, and that exchange's own
+ * verdict thrown away as idle junk. So a connection is kept only after an answer that lets the
+ * message through by its shape and names nothing the verdict could read as a threat or a
+ * refusal, anywhere it is read: the ICAP head, the encapsulated HTTP heads, a trailer, the
+ * fields of a 100 Continue. The reading here is the verdict's (engine/verdict/generic.ts) made wider,
+ * never narrower: every value of a repeated field, and fields that block by their presence. A connection closed too often costs a handshake; one kept
+ * after a block can cost the next upload's verdict.
+ */
+import type { Headers } from '../protocol/headers.js';
+import { namesBlocked } from '../protocol/headers.js';
+import type { IcapResponseHead } from '../protocol/parser.js';
+import { trailerHead } from '../protocol/salvage.js';
+import type { TransactionRequest } from './transaction-types.js';
+
+/** Fields that block by being there, whatever their value (the verdict reads them so, or as an error). */
+const PRESENCE_FIELDS = [
+  'x-infection-found',
+  'x-blocked-reason',
+  'x-block-reason',
+  'x-mwg-block-reason',
+  'x-blocked',
+  'x-error-code',
+  'x-fsecure-infection-name',
+];
+
+/** Fields whose clean values are known: any other value closes the connection. */
+const VALUE_FIELDS: ReadonlyArray<readonly [string, (v: string) => boolean]> = [
+  ['x-virus-id', (v) => v === '' || v === 'no threats'],
+  ['x-virus-name', (v) => v === '' || v === 'no threats'],
+  // Folded lines read as one value: `0` and a violation group after it is not clean.
+  ['x-violations-found', (v) => v === '' || v === '0'],
+  ['x-fsecure-scan-result', (v) => v === 'clean'],
+  ['x-response-info', (v) => !namesBlocked(v)],
+];
+
+/** No field of `h` names a threat or a refusal (see the file's comment). */
+function namesNothing(h: Headers): boolean {
+  for (const name of PRESENCE_FIELDS) if (h.has(name)) return false;
+  for (const [name, clean] of VALUE_FIELDS) {
+    for (const value of h.getAll(name)) if (!clean(value.trim().toLowerCase())) return false;
+  }
+  return true;
+}
+
+/**
+ * Whether the connection may be kept after this answer, as far as the request and the answer
+ * go: not when either asked to close it, and only after an answer that lets the message through
+ * by its shape (OPTIONS 200; a 204; a 200/201 returning the message, which for a REQMOD means no
+ * encapsulated response, for a RESPMOD a response the verdict does not read as a block page)
+ * that names nothing (`trailer`: the answer's trailer section; `interim`: the fields of the 100
+ * Continue heads before it, or null). After a block or an error the connection is closed (c-icap
+ * closes it after a block page too).
+ */
+export function keepsConnection(
+  req: TransactionRequest,
+  head: IcapResponseHead,
+  trailer: string | null,
+  interim: Headers | null,
+): boolean {
+  const h = head.headers;
+  if (/\bclose\b/i.test(h.get('connection') ?? '')) return false;
+  if (req.closeAsked ?? req.head.includes('\r\nConnection: close\r\n')) return false;
+  const method = req.method;
+  const status = head.status;
+  if (method === 'OPTIONS') return status === 200;
+  const res = head.httpResponse;
+  if (status !== 204 && status !== 200 && status !== 201) return false;
+  if (res !== null && (status === 204 || method !== 'RESPMOD')) return false;
+  // A RESPMOD response the verdict reads as a block page (generic.ts satisfactionBlock).
+  if (res !== null && (res.status === 403 || (res.status >= 300 && res.status < 400))) return false;
+  if (res !== null && /virus|infect|block/i.test(res.reason)) return false;
+  if (!namesNothing(h) || (interim !== null && !namesNothing(interim))) return false;
+  // The trailer read as the engine reads it for a threat (a head of its own).
+  if (trailer !== null && !namesNothing(trailerHead(status, head.reason, trailer).headers)) return false;
+  if (res !== null && !namesNothing(res.headers)) return false;
+  return head.httpRequest === null || namesNothing(head.httpRequest.headers);
+}
