@@ -14,7 +14,8 @@ import { WebBodyReadable } from './body.js';
  *   port aside) is refused by the engine (400, "Host and :authority differ"), since the
  *   application and the ICAP server would not see the same request; without a `Host` header
  *   the ICAP server gets the URL's host;
- * - a body without `Content-Length` is framed as `Transfer-Encoding: chunked` (its length is
+ * - a body read from the Request's own stream is framed as `Transfer-Encoding: chunked`, its
+ *   `Content-Length` left out (the stream is what the application reads, and its length is
  *   unknown until it ends, exactly as for a chunked upload); a request without a body carries
  *   no framing field at all (a `Content-Length` a GET request names is not a body the
  *   application can read).
@@ -56,6 +57,11 @@ const FRAMING = new Set(['content-length', 'transfer-encoding']);
 export function toScanRequest(request: Request, info: WebRequestInfo = {}): WebScanRequest {
   const url = new URL(request.url);
   const body = info.nodeBody ?? request.body;
+  // A Web body stream is the body, whatever `Content-Length` says: a Request can be made with
+  // `content-length: 0` (or any length) over a stream of other bytes (campaign-ap AP5), and the
+  // application reads the stream. So its length is unknown until it ends, as for a chunked
+  // upload. Only a Node request's body is held to its framing fields by Node's parser.
+  const framed = info.nodeBody !== undefined;
   const pairs: Array<[string, string]> = [];
   let length: string | undefined;
   let transfer = false;
@@ -63,11 +69,12 @@ export function toScanRequest(request: Request, info: WebRequestInfo = {}): WebS
     if (FRAMING.has(name)) {
       if (name === 'content-length') length = value;
       else transfer = true;
-      if (body === null) continue;
+      if (body === null || !framed) continue;
     }
     pairs.push([name, value]);
   }
-  if (body !== null && length === undefined && !transfer) pairs.push(['transfer-encoding', 'chunked']);
+  if (body !== null && ((length === undefined && !transfer) || !framed))
+    pairs.push(['transfer-encoding', 'chunked']);
   // The host the application reads is the URL's: a Host header naming another one is refused.
   const host = request.headers.get('host');
   if (host === null || !sameHost(host, url)) pairs.push([':authority', url.host]);

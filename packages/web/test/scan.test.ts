@@ -115,6 +115,27 @@ describe('scan(request, …)', () => {
     ]);
   });
 
+  it("a Content-Length that is not the body stream's length: the stream is scanned and delivered (campaign-ap AP5)", async () => {
+    const s = scanner({ failAction: 'fail-closed' });
+    // A Request can say 0 (or any length) over a stream of other bytes; the application reads the stream.
+    for (const length of ['0', '5', '100']) {
+      const blocked = await s.scan(post(eicar(), { 'content-length': length }));
+      expect(blocked.response?.status, length).toBe(403);
+      const clean = Buffer.from('x'.repeat(68));
+      const r = await s.scan(post(clean, { 'content-length': length }));
+      expect(Buffer.from(await r.request!.arrayBuffer()).equals(clean), length).toBe(true);
+      const reqmod = server.requests.filter((x) => x.method === 'REQMOD').at(-1)!;
+      expect(reqmod.body?.equals(clean), length).toBe(true);
+      // The ICAP server reads the request it is sent as framed by its body, not by the stale length.
+      // (A body held whole before the exchange is sent with its own length.)
+      const framing = reqmod.httpRequest?.headers;
+      expect(framing?.get('content-length') ?? framing?.get('transfer-encoding'), length).toMatch(
+        /^(68|chunked)$/,
+      );
+    }
+    expect(logs.map((l) => l.action)).toEqual(Array(3).fill(['ICAP_BLOCKED', 'ICAP_PASSED']).flat());
+  });
+
   it('a request the ICAP server modified: its new body and Content-Length, ICAP_MODIFIED', async () => {
     const r = await scanner({ serviceUri: '/modify' }).scan(
       post(JSON.stringify({ note: 'an EVIL word' }), { 'content-type': 'application/json' }),
