@@ -262,6 +262,64 @@ describe.each(FRAMEWORKS)('%s', (framework) => {
         expect(logs[0]?.request_logs[0]?.error_message).toMatch(/999/);
       });
 
+      // ---- campaign-aq: what the lenient readings, the 100s' merge and the waits let through
+
+      const C100 = (http: string) =>
+        `ICAP/1.0 100 Continue\r\nISTag: "x1"\r\nEncapsulated: res-hdr=0, null-body=${http.length}\r\n\r\n${http}`;
+      const PLAIN_100 = 'ICAP/1.0 100 Continue\r\nISTag: "x1"\r\n\r\n';
+      const HTTP_200 = 'HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n';
+      const echoHead = (r: Req) => {
+        const reqHdr = r.encap.toString('latin1');
+        return `ICAP/1.0 200 OK\r\nISTag: "x1"\r\nEncapsulated: req-hdr=0, req-body=${reqHdr.length}\r\n\r\n${reqHdr}`;
+      };
+      /** Answers in one write, or `[first, later]`: the second 40 ms after the first. */
+      const AQ: Record<string, (r: Req) => string | Buffer | [string, string]> = {
+        'two 100s, the first naming X-Virus-ID in its encapsulated head, then a 204 (AQ2)': () =>
+          C100('HTTP/1.1 200 OK\r\nX-Virus-ID: EICAR\r\n\r\n') + PLAIN_100 + CLEAN_204,
+        'two 100s, the first with a 403 page head, then a 204 (AQ2)': () =>
+          C100('HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\n\r\n') + PLAIN_100 + CLEAN_204,
+        'two 100s both with encapsulated heads, the first naming X-Virus-ID (AQ2)': () =>
+          C100('HTTP/1.1 200 OK\r\nX-Virus-ID: EICAR\r\n\r\n') + C100(HTTP_200) + CLEAN_204,
+        'an unknown status with its HTTP head, the threat answer in a later write (AQ3)': () => [
+          `ICAP/1.0 999 What\r\nISTag: "x1"\r\nEncapsulated: res-hdr=0, null-body=${HTTP_200.length}\r\n\r\n${HTTP_200}`,
+          THREAT_ANSWER,
+        ],
+        'a clean 204 and an HTTP-like head after it, the threat answer in a later write (AQ3)': () => [
+          CLEAN_204 + HTTP_200,
+          THREAT_ANSWER,
+        ],
+        'an echo whose trailer holds a field with two bare CRs, then the threat (AQ5)': (r) =>
+          echo(r, r.body, '', `X-Note: a\r\rb\r\n${THREAT}`),
+        'two 100s, the first with a bare-CR field then the threat, then a 204 (AQ5)': () =>
+          `ICAP/1.0 100 Continue\r\nX-Note: a\r\rb\r\n${THREAT}\r\n${PLAIN_100}${CLEAN_204}`,
+        'two 100s, the first with UTF-8 "ĊĊ" in a field then the threat, then a 204 (AQ5)': () =>
+          Buffer.from(
+            `ICAP/1.0 100 Continue\r\nX-Note: aĊĊb\r\n${THREAT}\r\n${PLAIN_100}${CLEAN_204}`,
+            'utf8',
+          ),
+        'an unknown status with a bare-CR field, then the threat in its head (AQ5)': () =>
+          `ICAP/1.0 999 What\r\nX-Note: a\r\rb\r\n${THREAT}Encapsulated: null-body=0\r\n\r\n`,
+        'an echo with a bad chunk size line, then the threat answer (AQ6)': (r) =>
+          `${echoHead(r)}zz\r\n${THREAT_ANSWER}`,
+        'an echo with a chunk longer than its size, then the threat answer (AQ6)': (r) =>
+          `${echoHead(r)}2\r\nabc\r\n0\r\n\r\n${THREAT_ANSWER}`,
+        'an echo with a bad chunk size line, the threat answer in a later write (AQ6)': (r) => [
+          `${echoHead(r)}zz\r\n`,
+          THREAT_ANSWER,
+        ],
+      };
+      for (const [name, make] of Object.entries(AQ)) {
+        it(`${name}: blocked`, async () => {
+          const { app, logs, post } = await setup(framework, mode, (r) => {
+            const answer = make(r);
+            if (!Array.isArray(answer)) return r.sock.write(answer);
+            r.sock.write(answer[0]);
+            setTimeout(() => r.sock.destroyed || r.sock.write(answer[1]), 40);
+          });
+          expectBlocked((await post()).status, app, logs[0]);
+        });
+      }
+
       it('a threat answer cut in its threat line after a refused head is read to its head end (StrayWait)', async () => {
         const { app, logs, post } = await setup(framework, mode, (r) => {
           const all = FIRSTS['an unknown status (999)']!.head + THREAT_ANSWER;

@@ -110,6 +110,19 @@ describe.each(FRAMEWORKS)('%s', (framework) => {
       },
       'an echo naming the threat in its trailer': (r) =>
         echoWithTrailer(r, 'X-Infection-Found: Type=0; Resolution=2; Threat=EICAR;\r\n'),
+      // campaign-aq AQ1: heads the parser did not read, read by the verdict as a block page.
+      'an echo with a second Encapsulated field naming a response': (r) => {
+        const reqHdr = r.encap.toString('latin1');
+        return `ICAP/1.0 200 OK\r\nISTag: "x1"\r\nEncapsulated: req-hdr=0, req-body=${reqHdr.length}\r\nEncapsulated: res-hdr=0, null-body=0\r\n\r\n${reqHdr}${chunked(r.body)}0\r\n\r\n`;
+      },
+      'an echo whose trailer names an encapsulated response': (r) =>
+        echoWithTrailer(r, 'Encapsulated: res-hdr=0\r\n'),
+      'a 100 Continue with a 403 page head, then a clean 204': () =>
+        `ICAP/1.0 100 Continue\r\nISTag: "x1"\r\nEncapsulated: res-hdr=0, null-body=${PAGE.length}\r\n\r\n${PAGE}${NO_CONTENT}`,
+      'a 100 Continue whose encapsulated head names X-Virus-ID, then a clean 204': () => {
+        const h = 'HTTP/1.1 200 OK\r\nX-Virus-ID: EICAR\r\n\r\n';
+        return `ICAP/1.0 100 Continue\r\nISTag: "x1"\r\nEncapsulated: res-hdr=0, null-body=${h.length}\r\n\r\n${h}${NO_CONTENT}`;
+      },
     };
     for (const [name, block] of Object.entries(BLOCKS)) {
       it(`a stray 204 after ${name} cannot answer the next upload (${failAction})`, async () => {

@@ -12,8 +12,8 @@ import {
   RfcErrorCodes,
 } from '../errors.js';
 import type { IcapRequestMethod } from '../protocol/encoder.js';
-import type { EncapsulatedEntry, IcapResponseHead } from '../protocol/parser.js';
-import { lenientText, salvageHeads, withStray } from '../protocol/salvage.js';
+import type { EncapsulatedEntry, IcapParser, IcapResponseHead } from '../protocol/parser.js';
+import { lenientText, receivedAnswer, salvageHeads, withStray } from '../protocol/salvage.js';
 import type { Connection, SocketOwner } from './connection.js';
 import { noop } from './deferred.js';
 import type {
@@ -509,10 +509,12 @@ export class StrayWait implements SocketOwner {
 }
 
 /**
- * Whether `b` holds a whole head that is not an interim one: a blank line after its first line
- * (any line end: CRLF, LF, a bare CR), the empty lines before it skipped as the parser skips
- * them (a stray CRLF is no answer yet). After a whole `1xx` head (a 100 Continue, then the
- * answer), the wait goes on for the head that follows.
+ * Whether `b` holds a whole final ICAP head: a blank line after an ICAP status line that is not
+ * an interim one (any line end: CRLF, LF, bare CRs), the empty lines before it skipped as the
+ * parser skips them (a stray CRLF is no answer yet). Other heads before it are waited past: a
+ * `1xx` head (a 100 Continue, then the answer), and anything that is no ICAP head, such as the
+ * encapsulated HTTP head of a refused answer, which is not the answer that may follow it
+ * (campaign-aq AQ3).
  */
 function strayHeadEnded(b: Buffer): boolean {
   const text = lenientText(b);
@@ -521,10 +523,65 @@ function strayHeadEnded(b: Buffer): boolean {
     while (text.charCodeAt(at) === 0x0a) at++;
     const end = text.indexOf('\n\n', at);
     if (end === -1) return false;
-    if (!INTERIM.test(text.slice(at, end))) return true;
+    if (FINAL.test(text.slice(at, end))) return true;
     at = end + 2;
   }
 }
 
-/** The start line of an interim (1xx) ICAP head. */
-const INTERIM = /^\s*ICAP\/\d+(?:\.\d+)?[ \t]+1\d\d(?![0-9])/i;
+/** The start line of a final (not 1xx) ICAP head. */
+const FINAL = /^\s*ICAP\/\d+(?:\.\d+)?[ \t]+(?!1\d\d(?![0-9]))\d{3}(?![0-9])/i;
+
+/** 100 Continue heads before an answer, one with fields counting 8 (campaign-an AN2: a flood). */
+const MAX_INTERIM = 64;
+
+/** The count of 100 Continue heads with one more; past the bound, a protocol error. */
+export function countInterim(count: number, fielded: boolean): number {
+  const n = count + (fielded ? 8 : 1);
+  if (n > MAX_INTERIM) throw new IcapError(IcapErrorCodes.PROTOCOL, 'too many 100 Continue heads');
+  return n;
+}
+
+/**
+ * The 100 Continue heads with fields read so far, with `head` (kept for a threat, read as one).
+ * Two that both carry encapsulated HTTP heads fail the exchange: one head can keep the heads of
+ * one only (campaign-aq AQ2), and no server sends a 100 with any; the error carries the first.
+ */
+export function keepInterim(head: IcapResponseHead, kept: IcapReceivedHead | null): IcapReceivedHead | null {
+  const encapsulated = (h: IcapReceivedHead | null) =>
+    h != null && (h.httpResponse != null || h.httpRequest != null);
+  if (encapsulated(head) && encapsulated(kept))
+    throw new IcapError(IcapErrorCodes.PROTOCOL, 'a second 100 Continue with encapsulated HTTP heads', {
+      head: kept!,
+    });
+  return receivedAnswer(head, kept) ?? null;
+}
+
+/**
+ * What may follow a failure in the read it came in: after a head that broke a rule, the rest of
+ * the read (the parser knows where the head ended); in the body of an answer (a chunk that
+ * breaks the framing): from the first line there that starts an ICAP head, else nothing yet (an
+ * empty buffer: the wait is for a head's first bytes). A server's answer after a broken one
+ * names its verdict (campaign-aq AQ6); only ever read for a threat.
+ */
+export function afterFailure(
+  resolved: boolean,
+  read: Buffer,
+  parser: IcapParser<IcapResponseHead>,
+): Buffer | null {
+  const afterHead = parser.bytesAfterHead();
+  if (!resolved) return afterHead;
+  // The answer's own head in this read is not what follows it: look past it.
+  const within =
+    afterHead !== null &&
+    afterHead.buffer === read.buffer &&
+    afterHead.byteOffset >= read.byteOffset &&
+    afterHead.byteOffset <= read.byteOffset + read.length;
+  return afterBrokenBody(within ? afterHead : read);
+}
+
+function afterBrokenBody(read: Buffer): Buffer {
+  // latin1: one character per byte, so the match's index is the byte offset.
+  const m = /(?:^|[\r\n])ICAP\//.exec(read.toString('latin1'));
+  if (m === null) return read.subarray(read.length);
+  return read.subarray(m[0].startsWith('ICAP') ? m.index : m.index + 1);
+}

@@ -9,6 +9,7 @@
  * never narrower: every value of a repeated field, and fields that block by their presence. A connection closed too often costs a handshake; one kept
  * after a block can cost the next upload's verdict.
  */
+import type { IcapReceivedHead } from '../errors.js';
 import type { Headers } from '../protocol/headers.js';
 import { namesBlocked } from '../protocol/headers.js';
 import type { IcapResponseHead } from '../protocol/parser.js';
@@ -24,6 +25,7 @@ const PRESENCE_FIELDS = [
   'x-blocked',
   'x-error-code',
   'x-fsecure-infection-name',
+  'x-fsecure-infected-filename',
 ];
 
 /** Fields whose clean values are known: any other value closes the connection. */
@@ -35,6 +37,12 @@ const VALUE_FIELDS: ReadonlyArray<readonly [string, (v: string) => boolean]> = [
   ['x-fsecure-scan-result', (v) => v === 'clean'],
   ['x-response-info', (v) => !namesBlocked(v)],
 ];
+
+/** More than one Encapsulated field, or one naming an encapsulated response. */
+function announcesPage(h: Headers): boolean {
+  const values = h.getAll('encapsulated');
+  return values.length > 1 || values.some((v) => /res-hdr/i.test(v));
+}
 
 /** No field of `h` names a threat or a refusal (see the file's comment). */
 function namesNothing(h: Headers): boolean {
@@ -50,15 +58,15 @@ function namesNothing(h: Headers): boolean {
  * go: not when either asked to close it, and only after an answer that lets the message through
  * by its shape (OPTIONS 200; a 204; a 200/201 returning the message, which for a REQMOD means no
  * encapsulated response, for a RESPMOD a response the verdict does not read as a block page)
- * that names nothing (`trailer`: the answer's trailer section; `interim`: the fields of the 100
- * Continue heads before it, or null). After a block or an error the connection is closed (c-icap
+ * that names nothing (`trailer`: the answer's trailer section; `interim`: the 100 Continue heads
+ * with fields before it, read as one, or null). After a block or an error the connection is closed (c-icap
  * closes it after a block page too).
  */
 export function keepsConnection(
   req: TransactionRequest,
   head: IcapResponseHead,
   trailer: string | null,
-  interim: Headers | null,
+  interim: IcapReceivedHead | null,
 ): boolean {
   const h = head.headers;
   if (/\bclose\b/i.test(h.get('connection') ?? '')) return false;
@@ -72,9 +80,20 @@ export function keepsConnection(
   // A RESPMOD response the verdict reads as a block page (generic.ts satisfactionBlock).
   if (res !== null && (res.status === 403 || (res.status >= 300 && res.status < 400))) return false;
   if (res !== null && /virus|infect|block/i.test(res.reason)) return false;
-  if (!namesNothing(h) || (interim !== null && !namesNothing(interim))) return false;
-  // The trailer read as the engine reads it for a threat (a head of its own).
-  if (trailer !== null && !namesNothing(trailerHead(status, head.reason, trailer).headers)) return false;
+  // Encapsulated heads the parser did not read (a second Encapsulated field naming res-hdr) are
+  // read by the verdict as a block page (campaign-aq AQ1).
+  if (!namesNothing(h) || (res === null && announcesPage(h))) return false;
+  // A 100 Continue's fields, and encapsulated heads at all (no server sends them on a 100).
+  if (
+    interim !== null &&
+    (!namesNothing(interim.headers) || interim.httpResponse != null || interim.httpRequest != null)
+  )
+    return false;
+  // The trailer read as the engine reads it for a threat (a head of its own, with the answer's status).
+  if (trailer !== null) {
+    const t = trailerHead(status, head.reason, trailer).headers;
+    if (!namesNothing(t) || t.has('encapsulated')) return false;
+  }
   if (res !== null && !namesNothing(res.headers)) return false;
   return head.httpRequest === null || namesNothing(head.httpRequest.headers);
 }

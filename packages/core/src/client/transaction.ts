@@ -5,12 +5,15 @@ import { receivedAnswer, salvageHeads, trailerHead } from '../protocol/salvage.j
 import { abortReason } from './abort.js';
 import {
   AnswerBody,
+  afterFailure,
   asIcapError,
   checkFinalHead,
   closedError,
   connectionInfo,
+  countInterim,
   failAfterHead,
   finalResponse,
+  keepInterim,
   StrayWait,
   withReceivedHead,
 } from './answer.js';
@@ -49,7 +52,6 @@ const STOP = Symbol('stop');
 const FAILED = Symbol('failed');
 /** Buffered output is flushed to the socket when it grows past this. */
 const FLUSH_AT = 256 * 1024;
-const MAX_INTERIM = 64; // 100 Continue heads before an answer (one with fields counts 8)
 
 /** Where a transaction hands its connection back (the pool). */
 export interface ConnectionReturn {
@@ -401,8 +403,8 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
     try {
       this.#parser.execute(buf);
     } catch (err) {
-      // Before the answer was taken, what followed a head that broke a rule goes with the error.
-      const after = this.#finished || this.#responseResolved ? null : this.#parser.bytesAfterHead();
+      // What followed a head that broke a rule, or a broken body, goes with the error.
+      const after = this.#finished ? null : afterFailure(this.#responseResolved, buf, this.#parser);
       if (after !== null) this.#stopWriting();
       failAfterHead(err, after, this.#conn, this.#opts, (e) => this.#fail(e));
     }
@@ -412,10 +414,8 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
     if (head.status === 100) {
       // Kept with its fields (a threat named in one is a threat); 64 bare ones, or 8 with fields.
       const fielded = head.headers.size > 0;
-      if (fielded) this.#continueHead = receivedAnswer(head, this.#continueHead) ?? null;
-      this.#interims += fielded ? 8 : 1;
-      if (this.#interims > MAX_INTERIM)
-        throw new IcapError(IcapErrorCodes.PROTOCOL, 'too many 100 Continue heads');
+      if (fielded) this.#continueHead = keepInterim(head, this.#continueHead);
+      this.#interims = countInterim(this.#interims, fielded);
       // A go-ahead before the preview's end counts; one nobody waits for is read past, as in HTTP.
       const waiting = this.#writeState === 'awaiting-continue' || this.#writeState === 'preview';
       if (this.#writeError !== undefined || !waiting || this.#continue === null || this.#goAhead) return;
@@ -509,7 +509,7 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
       this.#terminated &&
       (this.#writeState === 'finished' || this.#writeState === 'stopped') &&
       stray === null &&
-      keepsConnection(this.#req, head, trailer, this.#continueHead?.headers ?? null) &&
+      keepsConnection(this.#req, head, trailer, this.#continueHead) &&
       conn.usable;
     this.#cleanup();
     this.#body?.end();

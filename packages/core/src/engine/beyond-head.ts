@@ -90,12 +90,14 @@ export function threatInError(
  * What the server sent after the answer's head that may name a threat, once the exchange is
  * over: the trailer fields of its body, then what followed the answer on the connection (a
  * second answer). When the exchange failed, the trailer fields received before it broke off
- * (the error's `head`, client/transaction.ts), if it broke off in them. Empty when there was
- * none of these.
+ * (the error's `head`, client/transaction.ts), if it broke off in them, and what followed the
+ * failure (the error's `stray`). Empty when there was none of these.
  */
 export async function namedAfterHead(res: IcapResponse): Promise<IcapReceivedHead[]> {
   const s = await res.done.catch((err: unknown) => (err instanceof IcapError ? err : undefined));
-  if (s instanceof IcapError) return s.head === undefined ? NONE : [s.head];
+  // Failed: the trailer fields received (its head), then what the server sent after the
+  // failure (its real answer after a broken body, client/transaction.ts).
+  if (s instanceof IcapError) return [...(s.head === undefined ? NONE : [s.head]), ...(s.stray ?? NONE)];
   if (s === undefined || (s.trailer === undefined && s.stray === undefined)) return NONE;
   const heads: IcapReceivedHead[] = [];
   if (s.trailer !== undefined) heads.push(s.trailer);

@@ -51,12 +51,15 @@ export function salvageResponseHead(block: Buffer): IcapReceivedHead {
 }
 
 /**
- * `b` as text with every line end (CRLF, LF, or a bare CR, which some servers send) made a
+ * `b` as text with every line end (CRLF, LF, or bare CRs, which some servers send) made a
  * LF: for the lenient readings here only, never for framing.
  */
 export function lenientText(b: Buffer): string {
-  // CRs before a LF are one line end with it (`\r\r\n`: CRLF written through a text-mode stream).
-  return b.toString('latin1').replace(/\r*\n|\r/g, '\n');
+  // CRs before a LF are one line end with it (`\r\r\n`: CRLF written through a text-mode
+  // stream), and a run of bare CRs is one line end too, never an empty line: the strict parser
+  // takes `a\r\rb` as one field value, and an empty line here would end the fields read for a
+  // threat before the ones after it (campaign-aq AQ5).
+  return b.toString('latin1').replace(/\r*\n|\r+/g, '\n');
 }
 
 /** salvageResponseHead of text whose line ends are LF. */
@@ -212,11 +215,14 @@ export function receivedAnswer(
     .filter((line) => line !== '' && line !== '\r')
     .map((line) => (line.endsWith('\r') ? `${line}\n` : `${line}\r\n`))
     .join('');
+  // As UTF-8: a character the head was decoded to above U+00FF must not become a LF or a CR
+  // (latin1 keeps its low byte: U+010A would end a line; campaign-aq AQ5).
   const head = salvageResponseHead(
-    Buffer.from(`ICAP/1.0 ${cut.status || 100} ${cut.reason}\r\n${fields}\r\n`, 'latin1'),
+    Buffer.from(`ICAP/1.0 ${cut.status || 100} ${cut.reason}\r\n${fields}\r\n`, 'utf8'),
   );
-  head.httpResponse = cut.httpResponse;
-  head.httpRequest = cut.httpRequest ?? null;
+  // The encapsulated heads of either (a 100's are read for a threat too; campaign-aq AQ2).
+  head.httpResponse = cut.httpResponse ?? interim.httpResponse ?? null;
+  head.httpRequest = cut.httpRequest ?? interim.httpRequest ?? null;
   return head;
 }
 

@@ -17,6 +17,7 @@ import {
   VENDORS,
   type VerdictInput,
 } from '../../src/engine/verdict/index.js';
+import type { IcapReceivedHead } from '../../src/errors.js';
 import { Headers } from '../../src/protocol/headers.js';
 import type { IcapResponseHead } from '../../src/protocol/parser.js';
 import { chunked } from '../engine/verdict/fixtures.js';
@@ -53,6 +54,7 @@ const FIELDS = [
   'X-FSecure-Scan-Result: clean',
   'X-FSecure-Scan-Result: infected',
   'X-FSecure-Infection-Name: EICAR_Test_File',
+  'X-FSecure-Infected-Filename: upload.bin',
   'X-Error-Code: file_type_blocked',
   'X-Error-Code: password_protected',
   'X-Response-Desc: OK',
@@ -88,6 +90,15 @@ function inputOf(head: IcapResponseHead): VerdictInput {
   };
 }
 
+/** A 100 Continue with one field and no encapsulated head, as the transaction keeps it. */
+const bare100: IcapReceivedHead = {
+  status: 100,
+  reason: 'Continue',
+  rawHeaders: 'ISTag: "x1"\r\n',
+  headers: new Headers([['ISTag', '"x1"']]),
+  httpResponse: null,
+};
+
 const blockedBySome = (input: VerdictInput) =>
   VENDORS.some((v) => readVerdict(v, input, OPTS).kind === 'blocked');
 
@@ -118,9 +129,29 @@ describe('property: an answer any vendor reading blocks never leaves its connect
     for (const field of FIELDS) {
       const interim = parseResponse(answer(204, [field], [])).head;
       if (!blockedBySome(inputOf(interim))) continue;
-      expect(keepsConnection(REQ, head, null, interim.headers), field).toBe(false);
+      expect(keepsConnection(REQ, head, null, interim), field).toBe(false);
       expect(keepsConnection(REQ, head, `${field}\r\n`, null), field).toBe(false);
     }
+  });
+
+  it('heads the parser did not read but the verdict does close it (campaign-aq AQ1)', () => {
+    const echo = parseResponse(answer(200, [], [])).head;
+    expect(keepsConnection(REQ, echo, null, null)).toBe(true);
+    // A second Encapsulated field naming a response: the verdict reads a block page.
+    const twice = parseResponse(
+      answer(200, [], []).replace('\r\n\r\nPOST', '\r\nEncapsulated: res-hdr=0, null-body=0\r\n\r\nPOST'),
+    ).head;
+    expect(blockedBySome(inputOf(twice))).toBe(true);
+    expect(keepsConnection(REQ, twice, null, null)).toBe(false);
+    // A trailer naming an encapsulated response, read as a head with the answer's status.
+    expect(keepsConnection(REQ, echo, 'Encapsulated: res-hdr=0\r\n', null)).toBe(false);
+    // A 100 Continue with encapsulated heads (a 403 page): no server sends one.
+    const page = {
+      status: 403,
+      reason: 'Forbidden',
+      headers: new Headers(),
+    } as IcapReceivedHead['httpResponse'];
+    expect(keepsConnection(REQ, echo, null, { ...bare100, httpResponse: page })).toBe(false);
   });
 
   it('clean answers keep it: a bare 204, clean markers, an unchanged echo (pooling is not lost)', () => {
@@ -135,10 +166,7 @@ describe('property: an answer any vendor reading blocks never leaves its connect
       for (const status of [204, 200] as const) {
         const { head } = parseResponse(answer(status, fields, ['X-Note: fine']));
         expect(blockedBySome(inputOf(head))).toBe(false);
-        expect(
-          keepsConnection(REQ, head, null, new Headers([['ISTag', '"x1"']])),
-          `${status} ${fields}`,
-        ).toBe(true);
+        expect(keepsConnection(REQ, head, null, bare100), `${status} ${fields}`).toBe(true);
       }
     }
   });

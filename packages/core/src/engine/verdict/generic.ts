@@ -132,7 +132,10 @@ export function analyse(input: VerdictInput, rules: VendorRules = VENDOR_RULES.g
   const fsecure = h.getAll('x-fsecure-scan-result').map((v) => v.trim().toLowerCase());
   // F-Secure names the infection in a field of its own: named, it is one, whatever the result says.
   const fsecureName = firstText(h.getAll('x-fsecure-infection-name'));
-  const fsecureInfected = fsecure.some((v) => v !== 'clean') || fsecureName !== undefined;
+  const fsecureInfected =
+    fsecure.some((v) => v !== 'clean') ||
+    fsecureName !== undefined ||
+    firstText(h.getAll('x-fsecure-infected-filename')) !== undefined;
   const errorCodes = h
     .getAll('x-error-code')
     .flatMap((v) => v.split(','))

@@ -34,7 +34,7 @@ import { readOpswat } from './opswat.js';
  * - X-Blocked-Reason present; X-Block-Reason or X-MWG-Block-Reason (McAfee custom rules) not
  *   empty; X-Response-Info `blocked` (case-insensitive); X-Error-Code `file_type_blocked` /
  *   `file_extension_blocked`; X-FSecure-Scan-Result present and not `clean`, or
- *   X-FSecure-Infection-Name naming one;
+ *   X-FSecure-Infection-Name or X-FSecure-Infected-Filename naming one;
  * - X-Blocked present in the encapsulated HTTP headers (Sophos), or in the ICAP head;
  * and threat names
  * - X-Infection-Found present (any Type, any Resolution; see "repaired");

@@ -612,6 +612,7 @@ describe('property: a threat signal blocks on any status, next to any clean mark
     // field counting one; F-Secure's infection name alone; Sophos's X-Blocked in the ICAP head.
     ['X-Violations-Found', '1'],
     ['X-FSecure-Infection-Name', 'EICAR_Test_File'],
+    ['X-FSecure-Infected-Filename', 'upload.bin'], // campaign-aq AQ4
     ['X-Blocked', 'Virus found during virus scan'],
   ];
   const CLEAN_MARKERS: Array<[string, string]> = [
