@@ -303,6 +303,17 @@ describe.each(FRAMEWORKS)('%s', (framework) => {
           `${echoHead(r)}zz\r\n${THREAT_ANSWER}`,
         'an echo with a chunk longer than its size, then the threat answer (AQ6)': (r) =>
           `${echoHead(r)}2\r\nabc\r\n0\r\n\r\n${THREAT_ANSWER}`,
+        // campaign-ar AR2: a line the strict parser reads as a field line must not end the lenient reading.
+        'an echo whose trailer has a line of one CR, then the threat (AR2)': (r) =>
+          echo(r, r.body, '', `X-A: 1\r\n\r\r\n${THREAT}`),
+        'an echo whose trailer has the threat line starting with a CR (AR2)': (r) =>
+          echo(r, r.body, '', `X-A: 1\r\n\r${THREAT}`),
+        'a clean 204, then an answer whose threat line starts with a CR (AR2)': () =>
+          `${CLEAN_204}ICAP/1.0 200 OK\r\nX-A: 1\r\n\r${THREAT}Encapsulated: null-body=0\r\n\r\n`,
+        'an unknown status whose threat line starts with a CR (AR2)': () =>
+          `ICAP/1.0 999 What\r\nX-A: 1\r\n\r${THREAT}Encapsulated: null-body=0\r\n\r\n`,
+        'two 100s both with encapsulated heads, the second naming X-Virus-ID (AR5)': () =>
+          C100(HTTP_200) + C100('HTTP/1.1 200 OK\r\nX-Virus-ID: EICAR\r\n\r\n') + CLEAN_204,
         'an echo with a bad chunk size line, the threat answer in a later write (AQ6)': (r) => [
           `${echoHead(r)}zz\r\n`,
           THREAT_ANSWER,

@@ -544,7 +544,8 @@ export function countInterim(count: number, fielded: boolean): number {
 /**
  * The 100 Continue heads with fields read so far, with `head` (kept for a threat, read as one).
  * Two that both carry encapsulated HTTP heads fail the exchange: one head can keep the heads of
- * one only (campaign-aq AQ2), and no server sends a 100 with any; the error carries the first.
+ * one only (campaign-aq AQ2), and no server sends a 100 with any; the error carries both
+ * (campaign-ar AR5), read for a threat.
  */
 export function keepInterim(head: IcapResponseHead, kept: IcapReceivedHead | null): IcapReceivedHead | null {
   const encapsulated = (h: IcapReceivedHead | null) =>
@@ -552,6 +553,7 @@ export function keepInterim(head: IcapResponseHead, kept: IcapReceivedHead | nul
   if (encapsulated(head) && encapsulated(kept))
     throw new IcapError(IcapErrorCodes.PROTOCOL, 'a second 100 Continue with encapsulated HTTP heads', {
       head: kept!,
+      stray: [head],
     });
   return receivedAnswer(head, kept) ?? null;
 }

@@ -26,7 +26,9 @@ export function withReceivedHead<E>(err: E, head: IcapReceivedHead | undefined, 
 
 /** `err` with `stray` attached (what the server sent right after a head that broke a rule), when there is some. */
 export function withStray<E>(err: E, stray: IcapReceivedHead[]): E {
-  return err instanceof IcapError && stray.length > 0 ? (remade(err, err.head, stray) as E) : err;
+  if (!(err instanceof IcapError) || stray.length === 0) return err;
+  // After what the error carried already (a second 100 Continue's heads, answer.ts keepInterim).
+  return remade(err, err.head, [...(err.stray ?? []), ...stray]) as E;
 }
 
 function remade(err: IcapError, head: IcapReceivedHead | undefined, stray = err.stray): IcapError {
@@ -51,15 +53,26 @@ export function salvageResponseHead(block: Buffer): IcapReceivedHead {
 }
 
 /**
- * `b` as text with every line end (CRLF, LF, or bare CRs, which some servers send) made a
- * LF: for the lenient readings here only, never for framing.
+ * `b` as text whose line ends are LF, for the lenient readings here only, never for framing. A
+ * blank line is one the strict parser takes for one (a LF, or a CR and a LF, alone on a line);
+ * bare CRs elsewhere (some servers end lines with them, or with `\r\r\n` through a text-mode
+ * stream) break a line but never make a blank one: a line the strict parser reads as a field
+ * line (`\r\r\n`, `\rX-Infection-Found: ...`, `a\r\rb` in a value) must not end the fields
+ * read for a threat before the ones after it (campaign-aq AQ5, campaign-ar AR2).
  */
 export function lenientText(b: Buffer): string {
-  // CRs before a LF are one line end with it (`\r\r\n`: CRLF written through a text-mode
-  // stream), and a run of bare CRs is one line end too, never an empty line: the strict parser
-  // takes `a\r\rb` as one field value, and an empty line here would end the fields read for a
-  // threat before the ones after it (campaign-aq AQ5).
-  return b.toString('latin1').replace(/\r*\n|\r+/g, '\n');
+  const lines = b.toString('latin1').split('\n');
+  const out: string[] = [];
+  for (let k = 0; k < lines.length; k++) {
+    let line = lines[k]!;
+    if (k < lines.length - 1 && line.endsWith('\r')) line = line.slice(0, -1);
+    if (line === '') {
+      out.push('');
+      continue;
+    }
+    for (const part of line.split(/\r+/)) if (part !== '') out.push(part);
+  }
+  return out.join('\n');
 }
 
 /** salvageResponseHead of text whose line ends are LF. */
