@@ -4,10 +4,11 @@
  * have it read as the verdict of the next exchange on the connection, and that exchange's own
  * verdict thrown away as idle junk. So a connection is kept only after an answer that lets the
  * message through by its shape and names nothing the verdict could read as a threat or a
- * refusal, anywhere it is read: the ICAP head, the encapsulated HTTP heads, a trailer, the
- * fields of a 100 Continue. The reading here is the verdict's (engine/verdict/generic.ts) made wider,
- * never narrower: every value of a repeated field, and fields that block by their presence. A connection closed too often costs a handshake; one kept
- * after a block can cost the next upload's verdict.
+ * refusal, anywhere it is read: the ICAP head, the encapsulated HTTP heads, a trailer, a 100
+ * Continue. The reading here is the verdict's (engine/verdict/generic.ts) made wider, never
+ * narrower: every value of a repeated field, and fields that block by their presence. A
+ * connection closed too often costs a handshake; one kept after a block can cost the next
+ * upload's verdict.
  */
 import type { IcapReceivedHead } from '../errors.js';
 import type { Headers } from '../protocol/headers.js';
@@ -59,8 +60,8 @@ function namesNothing(h: Headers): boolean {
  * by its shape (OPTIONS 200; a 204; a 200/201 returning the message, which for a REQMOD means no
  * encapsulated response, for a RESPMOD a response the verdict does not read as a block page)
  * that names nothing (`trailer`: the answer's trailer section; `interim`: the 100 Continue heads
- * with fields before it, read as one, or null). After a block or an error the connection is closed (c-icap
- * closes it after a block page too).
+ * with fields before it, read as one, or null). After a block or an error the connection is
+ * closed (c-icap closes it after a block page too).
  */
 export function keepsConnection(
   req: TransactionRequest,
