@@ -193,9 +193,15 @@ describe('what follows an answer, otherwise', () => {
           // no blank line, the connection stays open: the short bound ends the wait
           ['X-Junk: 1\r\npartial', false, IO_TIMEOUT / 2],
           ['\r\n', false, IO_TIMEOUT / 2],
-          // a blank line, or the connection's end, ends it at once
-          ['junk\r\n\r\n', false, STRAY_WAIT_MS],
-          ['0\r\n\r\n', false, STRAY_WAIT_MS],
+          // a blank line after no ICAP head is no answer (campaign-aq AQ3): the short bound too
+          ['junk\r\n\r\n', false, IO_TIMEOUT / 2],
+          ['0\r\n\r\n', false, IO_TIMEOUT / 2],
+          // a whole ICAP head, or the connection's end, ends it at once
+          [
+            'ICAP/1.0 204 No Content\r\nISTag: "x1"\r\nEncapsulated: null-body=0\r\n\r\n',
+            false,
+            STRAY_WAIT_MS,
+          ],
           ['X-Junk: 1\r\npartial', true, STRAY_WAIT_MS],
         ];
         for (const [bytes, closes, withinMs] of cases) {
