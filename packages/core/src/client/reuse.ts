@@ -12,7 +12,7 @@
  */
 import type { IcapReceivedHead } from '../errors.js';
 import type { Headers } from '../protocol/headers.js';
-import { namesBlocked } from '../protocol/headers.js';
+import { namesBlocked, pageBlocks } from '../protocol/headers.js';
 import type { IcapResponseHead } from '../protocol/parser.js';
 import { trailerHead } from '../protocol/salvage.js';
 import type { TransactionRequest } from './transaction-types.js';
@@ -78,9 +78,8 @@ export function keepsConnection(
   const res = head.httpResponse;
   if (status !== 204 && status !== 200 && status !== 201) return false;
   if (res !== null && (status === 204 || method !== 'RESPMOD')) return false;
-  // A RESPMOD response the verdict reads as a block page (generic.ts satisfactionBlock).
-  if (res !== null && (res.status === 403 || (res.status >= 300 && res.status < 400))) return false;
-  if (res !== null && /virus|infect|block/i.test(res.reason)) return false;
+  // A RESPMOD response the verdict reads as a block page.
+  if (res !== null && pageBlocks(res)) return false;
   // Encapsulated heads the parser did not read (a second Encapsulated field naming res-hdr) are
   // read by the verdict as a block page (campaign-aq AQ1).
   if (!namesNothing(h) || (res === null && announcesPage(h))) return false;

@@ -393,3 +393,14 @@ function lowerName(name: string): string {
 export function namesBlocked(value: string): boolean {
   return /(?:^|[^a-z0-9])blocked(?![a-z0-9])/i.test(value);
 }
+
+const REDIRECTS: ReadonlySet<number> = new Set([301, 302, 303, 307, 308]);
+
+/**
+ * Whether an encapsulated HTTP response reads as a block page where it may also be the adapted
+ * message (a RESPMOD 200, an error's page): a 403, a redirect, or a reason phrase naming a virus
+ * or a block (McAfee's `403 VirusFound`). Read alike by the verdict and by the connection's reuse.
+ */
+export function pageBlocks(res: { status: number; reason: string }): boolean {
+  return res.status === 403 || REDIRECTS.has(res.status) || /virus|infect|block/i.test(res.reason);
+}

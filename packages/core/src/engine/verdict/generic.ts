@@ -1,4 +1,4 @@
-import { type Headers, namesBlocked } from '../../protocol/headers.js';
+import { type Headers, namesBlocked, pageBlocks } from '../../protocol/headers.js';
 import {
   cleanText,
   contentDispositionFilename,
@@ -38,7 +38,6 @@ const STATUS_PHRASES: Readonly<Record<number, string>> = {
   539: 'Aborted - No AV scanning license',
 };
 
-const REDIRECTS: ReadonlySet<number> = new Set([301, 302, 303, 307, 308]);
 const UNSCANNABLE_ERROR_CODES: ReadonlySet<string> = new Set([
   'decode_error',
   'max_archive_layers_exceeded',
@@ -356,7 +355,7 @@ function satisfactionBlock(input: VerdictInput): boolean {
   // off in it, or broke a rule there) is still the server answering in the upload's place.
   if (res === null) return satisfies && announcesResponse(input.headers);
   if (satisfies) return true;
-  return res.status === 403 || REDIRECTS.has(res.status) || /virus|infect|block/i.test(res.reason);
+  return pageBlocks(res);
 }
 
 /** The Encapsulated field lists a `res-hdr`: the answer carries an HTTP response. */

@@ -241,7 +241,7 @@ describe('never throws', () => {
         throw new Error('boom');
       },
       has: () => false,
-      lines: () => undefined,
+      linesAll: () => [],
     } as unknown as Headers;
     for (const vendor of VENDORS) {
       const v = readVerdict(
