@@ -273,7 +273,7 @@ describe.each(FRAMEWORKS)('%s', (framework) => {
         return `ICAP/1.0 200 OK\r\nISTag: "x1"\r\nEncapsulated: req-hdr=0, req-body=${reqHdr.length}\r\n\r\n${reqHdr}`;
       };
       /** Answers in one write, or `[first, later]`: the second 40 ms after the first. */
-      const AQ: Record<string, (r: Req) => string | Buffer | [string, string]> = {
+      const AQ: Record<string, (r: Req) => string | Buffer | string[]> = {
         'two 100s, the first naming X-Virus-ID in its encapsulated head, then a 204 (AQ2)': () =>
           C100('HTTP/1.1 200 OK\r\nX-Virus-ID: EICAR\r\n\r\n') + PLAIN_100 + CLEAN_204,
         'two 100s, the first with a 403 page head, then a 204 (AQ2)': () =>
@@ -318,14 +318,35 @@ describe.each(FRAMEWORKS)('%s', (framework) => {
           `${echoHead(r)}zz\r\n`,
           THREAT_ANSWER,
         ],
+        // campaign-ar AR1, AR3, AR4: what follows a broken body is searched from where it broke,
+        // and heads in it (which may be the upload's own bytes) end no wait.
+        'an echo whose body holds a clean ICAP head, a bad chunk size line, the threat later (AR1)': (r) => [
+          `${echoHead(r)}${chunked(Buffer.from('x\nICAP/1.0 200 OK\n\n'))}zz\r\n`,
+          THREAT_ANSWER,
+        ],
+        'an echo whose body holds a clean 204 head, a bad chunk size line in the next write, the threat later (AR1)':
+          (r) => [`${echoHead(r)}${chunked(Buffer.from(`x\r\n${CLEAN_204}`))}`, 'zz\r\n', THREAT_ANSWER],
+        'an echo whose chunk runs on into clean 204 heads, the threat answer later (AR1)': (r) => [
+          `${echoHead(r)}2\r\nab\n${CLEAN_204.repeat(3000)}`,
+          THREAT_ANSWER,
+        ],
+        'an echo with a bad chunk size line holding a bare-CR threat answer, its LF later (AR3)': (r) => [
+          `${echoHead(r)}zz\rICAP/1.0 200 OK\r${THREAT.trimEnd()}\rEncapsulated: null-body=0\r\r`,
+          '\r\n',
+        ],
+        'an echo with a bad chunk size line, 100 KiB more body, then the threat answer (AR4)': (r) => [
+          `${echoHead(r)}zz\r\n`,
+          `${'a'.repeat(100 * 1024)}\r\n0\r\n\r\n`,
+          THREAT_ANSWER,
+        ],
       };
       for (const [name, make] of Object.entries(AQ)) {
         it(`${name}: blocked`, async () => {
           const { app, logs, post } = await setup(framework, mode, (r) => {
             const answer = make(r);
             if (!Array.isArray(answer)) return r.sock.write(answer);
-            r.sock.write(answer[0]);
-            setTimeout(() => r.sock.destroyed || r.sock.write(answer[1]), 40);
+            for (const [k, part] of answer.entries())
+              setTimeout(() => r.sock.destroyed || r.sock.write(part), 40 * k);
           });
           expectBlocked((await post()).status, app, logs[0]);
         });

@@ -1,7 +1,7 @@
 /**
  * The rules RFC 3507 sets on a final ICAP answer's head, checked when it arrives, the errors a
- * Transaction reports about an answer (one that broke a rule, one that never came), and the wait
- * for what followed an answer on its connection (StrayWait).
+ * Transaction reports about an answer (one that broke a rule, one that never came), and the
+ * 100 Continue heads before it. What followed an answer on its connection: stray.ts.
  */
 import { Readable } from 'node:stream';
 import {
@@ -12,9 +12,9 @@ import {
   RfcErrorCodes,
 } from '../errors.js';
 import type { IcapRequestMethod } from '../protocol/encoder.js';
-import type { EncapsulatedEntry, IcapParser, IcapResponseHead } from '../protocol/parser.js';
-import { lenientText, receivedAnswer, salvageHeads, withStray } from '../protocol/salvage.js';
-import type { Connection, SocketOwner } from './connection.js';
+import type { EncapsulatedEntry, IcapResponseHead } from '../protocol/parser.js';
+import { receivedAnswer } from '../protocol/salvage.js';
+import type { Connection } from './connection.js';
 import { noop } from './deferred.js';
 import type {
   ConnectionInfo,
@@ -399,138 +399,6 @@ export function connectionInfo(conn: Connection, reused: boolean): ConnectionInf
   };
 }
 
-/**
- * A head broke a rule (`err`) before the answer's head was taken: what the server sent right
- * after it (`after`, the rest of that read, and what the next reads bring within StrayWait's
- * wait, until a head is whole) goes with the error as `stray`, read for a threat only. A
- * server's real answer after a broken or interim head names its verdict, in the same read or a
- * later one: when that head ended its read, the wait is for the answer's first bytes too (a
- * failure only, so the wait delays failing exchanges alone). `fail` gets the error, at once
- * (`after` null: no head was just read) or after the wait.
- */
-export function failAfterHead(
-  err: unknown,
-  after: Buffer | null,
-  conn: Connection,
-  opts: { maxHeaderSize: number; ioTimeout: number },
-  fail: (err: unknown) => void,
-): void {
-  if (after === null) {
-    fail(err);
-    return;
-  }
-  const settle = (all: Buffer) => fail(withStray(err, salvageHeads(all)));
-  if (!StrayWait.after(after, conn, opts, settle)) settle(after);
-}
-
-/** Longest wait for the rest of what followed an answer (capped by the transaction's ioTimeout). */
-const STRAY_WAIT_MS = 250;
-
-/**
- * The bytes that followed an answer on its connection, until the head they start is complete.
- * ICAP has one exchange at a time on a connection, so they are about this exchange: a second
- * answer (a block after a 204) whose verdict must not be lost. TCP may split them anywhere, even
- * inside the line naming the threat, and the salvage reads complete lines only: so the exchange
- * waits for a blank line, the connection's end (or error, or ioTimeout), `maxHeaderSize` bytes
- * or a few hundred ms, whichever comes first, then hands `settle` all it read. It owns the
- * connection's events meanwhile; the connection is never reused after bytes followed an answer.
- */
-export class StrayWait implements SocketOwner {
-  readonly #conn: Connection;
-  #buf: Buffer;
-  #timer: NodeJS.Timeout | null;
-  readonly #maxBytes: number;
-  readonly #settle: (stray: Buffer) => void;
-
-  /**
-   * Starts waiting for the rest of `stray` (what followed the answer, or null; empty: nothing yet,
-   * the wait is for a head's first bytes too); false when there is nothing to wait for (then
-   * nothing is made: no timer, no object, in the usual exchange): null, or the head is whole
-   * already, or too large.
-   */
-  static after(
-    stray: Buffer | null,
-    conn: Connection,
-    opts: { maxHeaderSize: number; ioTimeout: number },
-    settle: (stray: Buffer) => void,
-  ): boolean {
-    if (stray === null || stray.length >= opts.maxHeaderSize || strayHeadEnded(stray)) return false;
-    const ms = Math.min(STRAY_WAIT_MS, opts.ioTimeout);
-    conn.setOwner(new StrayWait(conn, Buffer.from(stray), opts.maxHeaderSize, ms, settle));
-    // It reads on, whoever paused the socket for the body's reader (the body has all it gets).
-    conn.socket.resume();
-    return true;
-  }
-
-  private constructor(
-    conn: Connection,
-    first: Buffer,
-    maxBytes: number,
-    ms: number,
-    settle: (stray: Buffer) => void,
-  ) {
-    this.#conn = conn;
-    this.#buf = first;
-    this.#maxBytes = maxBytes;
-    this.#settle = settle;
-    // When the wait is up, the socket is read once more before settling (setImmediate runs
-    // after the event loop's poll phase): a process stalled past the wait (a busy machine)
-    // finds there what arrived meanwhile, instead of settling before reading it.
-    this.#timer = setTimeout(() => setImmediate(() => this.#end()), ms);
-  }
-
-  socketData(data: Buffer): void {
-    if (this.#timer === null) return;
-    this.#buf = Buffer.concat([this.#buf, data]);
-    if (this.#buf.length >= this.#maxBytes || strayHeadEnded(this.#buf)) this.#end();
-  }
-
-  socketEnd(): void {
-    this.#end();
-  }
-  socketClose(): void {
-    this.#end();
-  }
-  socketError(): void {
-    this.#end();
-  }
-  socketTimeout(): void {
-    this.#end();
-  }
-
-  /** Settles with what was read (once). */
-  #end(): void {
-    if (this.#timer === null) return;
-    clearTimeout(this.#timer);
-    this.#timer = null;
-    if (this.#conn.owner === this) this.#conn.setOwner(null);
-    this.#settle(this.#buf);
-  }
-}
-
-/**
- * Whether `b` holds a whole final ICAP head: a blank line after an ICAP status line that is not
- * an interim one (any line end: CRLF, LF, bare CRs), the empty lines before it skipped as the
- * parser skips them (a stray CRLF is no answer yet). Other heads before it are waited past: a
- * `1xx` head (a 100 Continue, then the answer), and anything that is no ICAP head, such as the
- * encapsulated HTTP head of a refused answer, which is not the answer that may follow it
- * (campaign-aq AQ3).
- */
-function strayHeadEnded(b: Buffer): boolean {
-  const text = lenientText(b);
-  let at = 0;
-  for (;;) {
-    while (text.charCodeAt(at) === 0x0a) at++;
-    const end = text.indexOf('\n\n', at);
-    if (end === -1) return false;
-    if (FINAL.test(text.slice(at, end))) return true;
-    at = end + 2;
-  }
-}
-
-/** The start line of a final (not 1xx) ICAP head. */
-const FINAL = /^\s*ICAP\/\d+(?:\.\d+)?[ \t]+(?!1\d\d(?![0-9]))\d{3}(?![0-9])/i;
-
 /** 100 Continue heads before an answer, one with fields counting 8 (campaign-an AN2: a flood). */
 const MAX_INTERIM = 64;
 
@@ -556,34 +424,4 @@ export function keepInterim(head: IcapResponseHead, kept: IcapReceivedHead | nul
       stray: [head],
     });
   return receivedAnswer(head, kept) ?? null;
-}
-
-/**
- * What may follow a failure in the read it came in: after a head that broke a rule, the rest of
- * the read (the parser knows where the head ended); in the body of an answer (a chunk that
- * breaks the framing): from the first line there that starts an ICAP head, else nothing yet (an
- * empty buffer: the wait is for a head's first bytes). A server's answer after a broken one
- * names its verdict (campaign-aq AQ6); only ever read for a threat.
- */
-export function afterFailure(
-  resolved: boolean,
-  read: Buffer,
-  parser: IcapParser<IcapResponseHead>,
-): Buffer | null {
-  const afterHead = parser.bytesAfterHead();
-  if (!resolved) return afterHead;
-  // The answer's own head in this read is not what follows it: look past it.
-  const within =
-    afterHead !== null &&
-    afterHead.buffer === read.buffer &&
-    afterHead.byteOffset >= read.byteOffset &&
-    afterHead.byteOffset <= read.byteOffset + read.length;
-  return afterBrokenBody(within ? afterHead : read);
-}
-
-function afterBrokenBody(read: Buffer): Buffer {
-  // latin1: one character per byte, so the match's index is the byte offset.
-  const m = /(?:^|[\r\n])ICAP\//.exec(read.toString('latin1'));
-  if (m === null) return read.subarray(read.length);
-  return read.subarray(m[0].startsWith('ICAP') ? m.index : m.index + 1);
 }

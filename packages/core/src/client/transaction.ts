@@ -5,22 +5,20 @@ import { receivedAnswer, salvageHeads, trailerHead } from '../protocol/salvage.j
 import { abortReason } from './abort.js';
 import {
   AnswerBody,
-  afterFailure,
   asIcapError,
   checkFinalHead,
   closedError,
   connectionInfo,
   countInterim,
-  failAfterHead,
   finalResponse,
   keepInterim,
-  StrayWait,
   withReceivedHead,
 } from './answer.js';
 import type { Connection, SocketOwner } from './connection.js';
 import { type Deferred, deferred, noop } from './deferred.js';
 import { keepsConnection } from './reuse.js';
 import { asBuffer, closeIterator, takeNow } from './source.js';
+import { afterFailure, failAfterHead, StrayWait } from './stray.js';
 import type {
   IcapResponse,
   TransactionOptions,
@@ -404,9 +402,10 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
       this.#parser.execute(buf);
     } catch (err) {
       // What followed a head that broke a rule, or a broken body, goes with the error.
-      const after = this.#finished ? null : afterFailure(this.#responseResolved, buf, this.#parser);
+      const inBody = this.#responseResolved;
+      const after = this.#finished ? null : afterFailure(inBody, err, buf, this.#parser);
       if (after !== null) this.#stopWriting();
-      failAfterHead(err, after, this.#conn, this.#opts, (e) => this.#fail(e));
+      failAfterHead(err, after, this.#conn, this.#opts, (e) => this.#fail(e), inBody);
     }
   }
 

@@ -1,7 +1,18 @@
 import { IcapError, IcapErrorCodes, type IcapReceivedHead, RfcErrorCodes } from '../errors.js';
 import { type EncapsulatedEntry, type EncapsulatedName, parseEncapsulated } from './encapsulated.js';
 import { chunkSizeLine, endsWithEmptyLine, findHeadEnd, plainHexSize } from './framing.js';
-import { type Headers, parseHeaderBlock } from './headers.js';
+import { parseHeaderBlock } from './headers.js';
+import type {
+  BodyKind,
+  EncapsulatedHttpHead,
+  EncapsulatedHttpRequestHead,
+  EncapsulatedHttpResponseHead,
+  IcapHead,
+  IcapRequestHead,
+  IcapResponseHead,
+  ParserHandler,
+  ParserOptions,
+} from './parser-types.js';
 import { salvageEncapsulated, salvageLines, salvageResponseHead, withReceivedHead } from './salvage.js';
 
 export { parseEncapsulated };
@@ -18,88 +29,19 @@ export { parseEncapsulated };
  * and the parser goes straight on to the next message.
  */
 
-export type { EncapsulatedEntry, EncapsulatedName };
-
-export type BodyKind = 'req-body' | 'res-body' | 'opt-body';
-
-/** An encapsulated HTTP header section (request or response head). */
-export interface EncapsulatedHttpHead {
-  startLine: string;
-  headers: Headers;
-  /** The exact bytes of the section, its empty line included. */
-  raw: Buffer;
-}
-
-export interface EncapsulatedHttpRequestHead extends EncapsulatedHttpHead {
-  method: string;
-  target: string;
-  version: string;
-}
-
-export interface EncapsulatedHttpResponseHead extends EncapsulatedHttpHead {
-  status: number;
-  reason: string;
-  version: string;
-}
-
-// The parsed parts of the head an IcapError carries (see IcapReceivedHead in errors.ts, which
-// declares the rest): declared here so that errors.ts imports nothing from the protocol layer.
-declare module '../errors.js' {
-  interface IcapReceivedHead {
-    headers: Headers;
-    httpResponse: EncapsulatedHttpResponseHead | null;
-    /** The encapsulated HTTP request head (a 200 echo's), when one was read; only ever read for a threat. */
-    httpRequest?: EncapsulatedHttpRequestHead | null;
-  }
-}
-
-interface IcapHeadBase {
-  version: string;
-  headers: Headers;
-  /** The ICAP header lines as received (start line excluded), for logs. */
-  rawHeaders: string;
-  /** The parsed `Encapsulated` header, or null when the message has none. */
-  encapsulated: EncapsulatedEntry[] | null;
-  httpRequest: EncapsulatedHttpRequestHead | null;
-  httpResponse: EncapsulatedHttpResponseHead | null;
-  /** Which chunked body follows the head, or null when there is none. */
-  body: BodyKind | null;
-}
-
-export interface IcapResponseHead extends IcapHeadBase {
-  kind: 'response';
-  status: number;
-  reason: string;
-}
-
-export interface IcapRequestHead extends IcapHeadBase {
-  kind: 'request';
-  method: string;
-  uri: string;
-}
-
-export type IcapHead = IcapResponseHead | IcapRequestHead;
-
-export interface ParserHandler<H extends IcapHead> {
-  /** A complete head (ICAP headers and encapsulated HTTP headers) was read. */
-  onHead(head: H): void;
-  /** A slice of chunked body data (chunk framing removed). */
-  onBody(data: Buffer): void;
-  /**
-   * The message (or, for a preview, the previewed part of its body) is complete. `ieof` is
-   * true when the last chunk carried the `ieof` extension.
-   */
-  onEnd(ieof: boolean): void;
-}
-
-export interface ParserOptions {
-  /** Largest ICAP header section, and largest encapsulated header area, in bytes. Default 64 KiB. */
-  maxHeaderSize?: number;
-  /** Longest chunk-size line (with extensions). Default 4096 bytes. */
-  maxChunkLineSize?: number;
-  /** Largest trailer section. Default maxHeaderSize (a trailer may name a threat as a head does). */
-  maxTrailerSize?: number;
-}
+export type {
+  BodyKind,
+  EncapsulatedEntry,
+  EncapsulatedHttpHead,
+  EncapsulatedHttpRequestHead,
+  EncapsulatedHttpResponseHead,
+  EncapsulatedName,
+  IcapHead,
+  IcapRequestHead,
+  IcapResponseHead,
+  ParserHandler,
+  ParserOptions,
+};
 
 enum State {
   Head = 0,
@@ -145,6 +87,9 @@ export class IcapParser<H extends IcapHead = IcapHead> {
   #trailer: string[] | null = null;
   #executing = false;
   #closed = false;
+  /** The last error a run threw, and the bytes from where it broke off (see bytesAfterFailure). */
+  #failed: unknown = undefined;
+  #failedIn: Buffer | null = null;
   /** Bytes consumed since construction, for diagnostics. */
   bytesRead = 0;
 
@@ -220,6 +165,15 @@ export class IcapParser<H extends IcapHead = IcapHead> {
     return this.#headEndIn?.subarray(this.#headEndAt) ?? null;
   }
 
+  /**
+   * The bytes from where the message broke off with `err` (the line or byte that broke it, then
+   * the rest of that read, the bytes pending from earlier reads included), or null when `err`
+   * is not the parser's last error. Only ever read for a threat (an answer after a broken one).
+   */
+  bytesAfterFailure(err: unknown): Buffer | null {
+    return this.#failed === err ? this.#failedIn : null;
+  }
+
   /** Feeds bytes. Throws an IcapError on a framing or syntax error. */
   execute(chunk: Buffer): void {
     if (this.#closed) return;
@@ -272,115 +226,129 @@ export class IcapParser<H extends IcapHead = IcapHead> {
 
   #run(data: Buffer): void {
     let i = 0;
-    while (i < data.length && !this.#closed) {
-      switch (this.#state) {
-        case State.Head: {
-          const next = this.#readHead(data, i);
-          if (next < 0) return;
-          i = next;
-          break;
-        }
-        case State.Encapsulated: {
-          if (data.length - i < this.#encapLength) {
-            this.#pending = data.subarray(i);
-            return;
+    try {
+      while (i < data.length && !this.#closed) {
+        switch (this.#state) {
+          case State.Head: {
+            const next = this.#readHead(data, i);
+            if (next < 0) return;
+            i = next;
+            break;
           }
-          const area = data.subarray(i, i + this.#encapLength);
-          this.#headEndIn = data;
-          this.#headEndAt = i + this.#encapLength;
-          try {
-            this.#readEncapsulated(area);
-            if (this.#bodyless !== null) throw this.#bodyless;
-          } catch (err) {
-            // The encapsulated heads broke a rule, yet a threat named in them is still a threat:
-            // their lines, read leniently, go with the ICAP head.
-            throw this.#withHead(err, () =>
-              salvageEncapsulated(this.#head as unknown as IcapResponseHead, this.#head!.encapsulated!, area),
-            );
-          }
-          i += this.#encapLength;
-          this.#afterHeaders(data, i);
-          break;
-        }
-        case State.EncapsulatedTooLarge: {
-          if (data.length - i < this.#maxHeaderSize) {
-            this.#pending = data.subarray(i);
-            return;
-          }
-          throw this.#encapTooLarge(data.subarray(i, i + this.#maxHeaderSize));
-        }
-        case State.ChunkSize: {
-          const nl = data.indexOf(LF, i);
-          if (nl === -1) {
-            if (data.length - i > this.#maxChunkLine) throw protocol('chunk-size line too long');
-            this.#pending = data.subarray(i);
-            return;
-          }
-          if (nl - i > this.#maxChunkLine) throw protocol('chunk-size line too long');
-          const lineEnd = data[nl - 1] === CR ? nl - 1 : nl;
-          const size = plainHexSize(data, i, lineEnd);
-          if (size > 0) {
-            this.#chunkRemaining = size;
-            this.#state = State.ChunkData;
-          } else this.#readChunkSize(data.toString('latin1', i, lineEnd));
-          i = nl + 1;
-          break;
-        }
-        case State.ChunkData: {
-          const n = Math.min(this.#chunkRemaining, data.length - i);
-          const slice = data.subarray(i, i + n);
-          this.#chunkRemaining -= n;
-          i += n;
-          if (this.#chunkRemaining === 0) this.#state = State.ChunkDataEnd;
-          this.#handler.onBody(slice);
-          break;
-        }
-        case State.ChunkDataEnd: {
-          if (data[i] === LF) {
-            i += 1;
-          } else if (data[i] === CR) {
-            if (i + 1 >= data.length) {
+          case State.Encapsulated: {
+            if (data.length - i < this.#encapLength) {
               this.#pending = data.subarray(i);
               return;
             }
-            if (data[i + 1] !== LF) throw protocol('chunk data not followed by CRLF');
-            i += 2;
-          } else {
-            throw protocol('chunk data not followed by CRLF (chunk longer than its size?)');
+            const area = data.subarray(i, i + this.#encapLength);
+            this.#headEndIn = data;
+            this.#headEndAt = i + this.#encapLength;
+            try {
+              this.#readEncapsulated(area);
+              if (this.#bodyless !== null) throw this.#bodyless;
+            } catch (err) {
+              // The encapsulated heads broke a rule, yet a threat named in them is still a threat:
+              // their lines, read leniently, go with the ICAP head.
+              throw this.#withHead(err, () =>
+                salvageEncapsulated(
+                  this.#head as unknown as IcapResponseHead,
+                  this.#head!.encapsulated!,
+                  area,
+                ),
+              );
+            }
+            i += this.#encapLength;
+            this.#afterHeaders(data, i);
+            break;
           }
-          this.#state = State.ChunkSize;
-          break;
-        }
-        case State.Trailer: {
-          const nl = data.indexOf(LF, i);
-          // Over the bound, what fits of the line that crosses it is kept for receivedTrailer
-          // (a threat named there is still one), read no further.
-          const room = this.#maxTrailer - this.#trailerBytes;
-          if (nl === -1) {
-            this.#pending = data.subarray(i, i + Math.max(0, room));
-            if (data.length - i > room) throw protocol('trailer section too large');
+          case State.EncapsulatedTooLarge: {
+            if (data.length - i < this.#maxHeaderSize) {
+              this.#pending = data.subarray(i);
+              return;
+            }
+            throw this.#encapTooLarge(data.subarray(i, i + this.#maxHeaderSize));
+          }
+          case State.ChunkSize: {
+            const nl = data.indexOf(LF, i);
+            if (nl === -1) {
+              if (data.length - i > this.#maxChunkLine) throw protocol('chunk-size line too long');
+              this.#pending = data.subarray(i);
+              return;
+            }
+            if (nl - i > this.#maxChunkLine) throw protocol('chunk-size line too long');
+            const lineEnd = data[nl - 1] === CR ? nl - 1 : nl;
+            const size = plainHexSize(data, i, lineEnd);
+            if (size > 0) {
+              this.#chunkRemaining = size;
+              this.#state = State.ChunkData;
+            } else this.#readChunkSize(data.toString('latin1', i, lineEnd));
+            i = nl + 1;
+            break;
+          }
+          case State.ChunkData: {
+            const n = Math.min(this.#chunkRemaining, data.length - i);
+            const slice = data.subarray(i, i + n);
+            this.#chunkRemaining -= n;
+            i += n;
+            if (this.#chunkRemaining === 0) this.#state = State.ChunkDataEnd;
+            this.#handler.onBody(slice);
+            break;
+          }
+          case State.ChunkDataEnd: {
+            if (data[i] === LF) {
+              i += 1;
+            } else if (data[i] === CR) {
+              if (i + 1 >= data.length) {
+                this.#pending = data.subarray(i);
+                return;
+              }
+              if (data[i + 1] !== LF) throw protocol('chunk data not followed by CRLF');
+              i += 2;
+            } else {
+              throw protocol('chunk data not followed by CRLF (chunk longer than its size?)');
+            }
+            this.#state = State.ChunkSize;
+            break;
+          }
+          case State.Trailer: {
+            const nl = data.indexOf(LF, i);
+            // Over the bound, what fits of the line that crosses it is kept for receivedTrailer
+            // (a threat named there is still one), read no further.
+            const room = this.#maxTrailer - this.#trailerBytes;
+            if (nl === -1) {
+              this.#pending = data.subarray(i, i + Math.max(0, room));
+              if (data.length - i > room) throw protocol('trailer section too large');
+              return;
+            }
+            const lineLength = nl - i - (data[nl - 1] === CR ? 1 : 0);
+            this.#trailerBytes += nl + 1 - i;
+            if (this.#trailerBytes > this.#maxTrailer) {
+              this.#pending = data.subarray(i, i + Math.max(0, room));
+              throw protocol('trailer section too large');
+            }
+            // Kept (bounded by maxTrailerSize) for what they may name: a verdict is never lost.
+            if (lineLength > 0 && this.#kind === 'response') {
+              this.#trailer ??= [];
+              this.#trailer.push(data.toString('latin1', i, i + lineLength));
+            }
+            i = nl + 1;
+            if (lineLength <= 0) this.#finish(this.#ieof, data, i);
+            break;
+          }
+          case State.Done: {
+            this.#pending = data.subarray(i);
             return;
           }
-          const lineLength = nl - i - (data[nl - 1] === CR ? 1 : 0);
-          this.#trailerBytes += nl + 1 - i;
-          if (this.#trailerBytes > this.#maxTrailer) {
-            this.#pending = data.subarray(i, i + Math.max(0, room));
-            throw protocol('trailer section too large');
-          }
-          // Kept (bounded by maxTrailerSize) for what they may name: a verdict is never lost.
-          if (lineLength > 0 && this.#kind === 'response') {
-            this.#trailer ??= [];
-            this.#trailer.push(data.toString('latin1', i, i + lineLength));
-          }
-          i = nl + 1;
-          if (lineLength <= 0) this.#finish(this.#ieof, data, i);
-          break;
-        }
-        case State.Done: {
-          this.#pending = data.subarray(i);
-          return;
         }
       }
+    } catch (err) {
+      // Where the bytes that broke the message start, in the bytes read (pending ones included):
+      // the innermost run keeps it (bytesAfterFailure).
+      if (this.#failed !== err) {
+        this.#failed = err;
+        this.#failedIn = data.subarray(i);
+      }
+      throw err;
     }
   }
 
