@@ -387,11 +387,13 @@ function lowerName(name: string): string {
 }
 
 /**
- * Whether a field value says "blocked" as a word (`Blocked (virus found)`, `BLOCKED_BY_POLICY`;
- * not `unblocked`): X-Response-Info, read alike by the verdict and by the connection's reuse.
+ * Whether a field value starts a word with "blocked" or "infected" (`Blocked (virus found)`,
+ * `BLOCKED_BY_POLICY`, `BlockedByPolicy`, `Infected`; not `unblocked`): X-Response-Info, read
+ * alike by the verdict and by the connection's reuse (campaign-ap: `BlockedByPolicy` and
+ * `Infected` passed).
  */
 export function namesBlocked(value: string): boolean {
-  return /(?:^|[^a-z0-9])blocked(?![a-z0-9])/i.test(value);
+  return /(?:^|[^a-z0-9])(?:blocked|infected)/i.test(value);
 }
 
 const REDIRECTS: ReadonlySet<number> = new Set([301, 302, 303, 307, 308]);

@@ -51,6 +51,8 @@ const FIELDS = [
   'X-Response-Info: Allowed',
   'X-Response-Info: Blocked (virus found)',
   'X-Response-Info: BLOCKED_BY_POLICY',
+  'X-Response-Info: BlockedByPolicy',
+  'X-Response-Info: Infected',
   'X-FSecure-Scan-Result: clean',
   'X-FSecure-Scan-Result: infected',
   'X-FSecure-Infection-Name: EICAR_Test_File',

@@ -149,7 +149,13 @@ describe('other signals', () => {
     // rule the connection's reuse already went by.
     for (const status of [200, 204])
       expect(generic(bareInput(status, [['X-Response-Info', 'Blocked (virus found)']])).kind).toBe('blocked');
-    for (const value of ['BLOCKED_BY_POLICY', 'Blocked_Infected', 'not blocked'])
+    for (const value of [
+      'BLOCKED_BY_POLICY',
+      'Blocked_Infected',
+      'not blocked',
+      'BlockedByPolicy',
+      'Infected',
+    ])
       expect(generic(bareInput(204, [['X-Response-Info', value]])).kind).toBe('blocked');
     expect(generic(bareInput(204, [['X-Response-Info', 'Unblocked-list']])).kind).not.toBe('blocked');
     expect(generic(bareInput(201, [['X-Blocked-Reason', 'Policy']]))).toMatchObject({
