@@ -56,8 +56,7 @@ function sieved(parts: Buffer[]): Buffer {
   return sieve.all();
 }
 
-const namesThreat = (all: Buffer) =>
-  salvageHeads(all).some((h) => h.headers.has('x-infection-found'));
+const namesThreat = (all: Buffer) => salvageHeads(all).some((h) => h.headers.has('x-infection-found'));
 
 describe('HeadSieve', () => {
   it('keeps the real answer after the echoed rest of an upload, whatever it holds and however it is split', () => {
