@@ -334,6 +334,41 @@ describe.each(FRAMEWORKS)('%s', (framework) => {
           `${echoHead(r)}zz\rICAP/1.0 200 OK\r${THREAT.trimEnd()}\rEncapsulated: null-body=0\r\r`,
           '\r\n',
         ],
+        // campaign-as: the answer's first bytes taken for a short chunk's (AS1), an answer not at a
+        // line start (AS2), after an error status whose body is not read (AS7), after a head over
+        // maxHeaderSize (AS8), after an echo the upload's own bytes closed (AS10).
+        "an echo whose short chunk took the answer's first bytes (AS1)": (r) =>
+          `${echoHead(r)}5\r\nab${THREAT_ANSWER}`,
+        "an echo whose short chunk took the CRLF and the answer's first byte (AS1)": (r) =>
+          `${echoHead(r)}5\r\nab\r\n${THREAT_ANSWER}`,
+        "an echo whose short chunk takes the answer's first bytes in a later write (AS1)": (r) => [
+          `${echoHead(r)}5\r\nab`,
+          THREAT_ANSWER,
+        ],
+        "an echo whose chunk of 5 is the answer's ICAP/ (AS1)": (r) =>
+          `${echoHead(r)}5;\u0001\r\n${THREAT_ANSWER}`,
+        'an echo with a bad chunk size line, bytes with no line end, then the answer (AS2)': (r) => [
+          `${echoHead(r)}zz\r\n`,
+          'aaaa',
+          THREAT_ANSWER,
+        ],
+        'an echo whose chunk-size line runs into the answer (AS2)': (r) => `${echoHead(r)}10${THREAT_ANSWER}`,
+        'an echo with a bad chunk size line, then the answer after a space (AS2)': (r) =>
+          `${echoHead(r)}zz\r\n ${THREAT_ANSWER}`,
+        'an echo with a bad chunk size line, then the answer in lower case (AS2)': (r) =>
+          `${echoHead(r)}zz\r\n${THREAT_ANSWER.replace('ICAP/', 'icap/')}`,
+        'a 500 whose body does not fit, then the answer (AS7)': () =>
+          `ICAP/1.0 500 Server Error\r\nISTag: "x1"\r\nEncapsulated: opt-body=0\r\n\r\n0\r\n\r\n${THREAT_ANSWER}`,
+        'a 503 whose body does not fit, the answer in a later write (AS7)': () => [
+          `ICAP/1.0 503 Busy\r\nISTag: "x1"\r\nEncapsulated: opt-body=0\r\n\r\n0\r\n\r\n`,
+          THREAT_ANSWER,
+        ],
+        'a head over maxHeaderSize, then the answer (AS8)': () =>
+          `ICAP/1.0 200 OK\r\nX-A: ${'a'.repeat(70 * 1024)}\r\n\r\n${THREAT_ANSWER}`,
+        "an echo the upload's bytes closed, a clean 204 head from them, the answer later (AS10)": (r) => [
+          `${echoHead(r)}1\r\nA\r\n0\r\n\r\n${CLEAN_204}\r\n0\r\n\r\n`,
+          THREAT_ANSWER,
+        ],
         'an echo with a bad chunk size line, 100 KiB more body, then the threat answer (AR4)': (r) => [
           `${echoHead(r)}zz\r\n`,
           `${'a'.repeat(100 * 1024)}\r\n0\r\n\r\n`,

@@ -62,6 +62,11 @@ export function asIcapError(err: unknown, code: IcapErrorCode, what: string): Ic
   return new IcapError(code, `${what}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
 }
 
+/** The error for a connection on which nothing moved for `ms` (ioTimeout). */
+export function idleError(label: string, ms: number): IcapError {
+  return new IcapError(IcapErrorCodes.IO_TIMEOUT, `no data moved on the connection to ${label} for ${ms} ms`);
+}
+
 /** The error for a connection the server closed before its answer was complete. */
 export function closedError(label: string, receivedAny: boolean, duringPreview: boolean): IcapError {
   return new IcapError(

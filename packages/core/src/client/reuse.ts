@@ -55,6 +55,20 @@ function namesNothing(h: Headers): boolean {
 }
 
 /**
+ * Whether a head read for a threat only (what followed an answer or a failure) may name one or a
+ * refusal, by the reading above: a head for which this is false never blocks, for any vendor, so
+ * it can be dropped unread (client/stray.ts).
+ */
+export function mayName(h: IcapReceivedHead): boolean {
+  return (
+    !namesNothing(h.headers) ||
+    announcesPage(h.headers) ||
+    h.httpResponse != null ||
+    (h.httpRequest != null && !namesNothing(h.httpRequest.headers))
+  );
+}
+
+/**
  * Whether the connection may be kept after this answer, as far as the request and the answer
  * go: not when either asked to close it, and only after an answer that lets the message through
  * by its shape (OPTIONS 200; a 204; a 200/201 returning the message, which for a REQMOD means no

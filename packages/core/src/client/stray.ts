@@ -7,6 +7,7 @@
 import type { IcapParser, IcapResponseHead } from '../protocol/parser.js';
 import { lenientText, salvageHeads, withStray } from '../protocol/salvage.js';
 import type { Connection, SocketOwner } from './connection.js';
+import { mayName } from './reuse.js';
 
 /** The bounds of a wait: the transaction's. */
 interface WaitOptions {
@@ -17,11 +18,10 @@ interface WaitOptions {
 /**
  * An exchange failed with `err`: what the server sent after the failure (`after`, the rest of
  * that read, and what the next reads bring within StrayWait's wait) goes with the error as
- * `stray`, read for a threat only. A server's real answer after a broken or interim head, or
- * after a body that broke its framing (`afterBody`), names its verdict, in the same read or a
- * later one: the wait is for the answer's first bytes too (a failure only, so the wait delays
- * failing exchanges alone). `fail` gets the error, at once (`after` null: nothing can follow)
- * or after the wait.
+ * `stray`, read for a threat only: a server's real answer after a broken or interim head, or
+ * after a body that broke its framing, names its verdict, in the same read or a later one, and
+ * the bytes before it may be the upload's own (HeadSieve). The wait delays failing exchanges
+ * alone. `fail` gets the error, at once (`after` null: nothing can follow) or after the wait.
  */
 export function failAfterHead(
   err: unknown,
@@ -29,24 +29,18 @@ export function failAfterHead(
   conn: Connection,
   opts: WaitOptions,
   fail: (err: unknown) => void,
-  afterBody = false,
 ): void {
-  if (after === null) {
-    fail(err);
-    return;
-  }
-  const settle = (all: Buffer) => fail(withStray(err, salvageHeads(all)));
-  if (afterBody) StrayWait.sieve(after, conn, opts, settle);
-  else if (!StrayWait.after(after, conn, opts, settle)) settle(after);
+  if (after === null) fail(err);
+  else StrayWait.sieve(after, conn, opts, (all) => fail(withStray(err, salvageHeads(all))));
 }
 
 /**
  * What may follow a failure (`err`) in the bytes it came in: after a head that broke a rule,
- * the rest of the read (the parser knows where the head ended); after a body that broke its
- * framing (a chunk-size line that is not one, a chunk longer than its size), the bytes from
- * where it broke, those the parser held from earlier reads included. What came before that
- * point is the answer's body, which may be the upload's own bytes echoed: never searched for
- * an answer (campaign-ar AR1, AR3).
+ * the rest of the read (the parser knows where the head ended), or the head itself when it was
+ * too large; after a body that broke its framing (a chunk-size line that is not one, a chunk
+ * longer than its size), the bytes from where it broke, those the parser held from earlier
+ * reads and the end of the chunk just read included (the answer's first bytes may have been
+ * taken for the rest of a short chunk: campaign-as AS1).
  */
 export function afterFailure(
   resolved: boolean,
@@ -54,12 +48,40 @@ export function afterFailure(
   read: Buffer,
   parser: IcapParser<IcapResponseHead>,
 ): Buffer | null {
-  if (!resolved) return parser.bytesAfterHead();
+  if (!resolved) return parser.bytesAfterHead() ?? parser.bytesAfterFailure(err);
   return parser.bytesAfterFailure(err) ?? read;
+}
+
+/**
+ * After a whole answer, what followed it on the connection (`stray`, or null: nothing), then
+ * `settle` with all that was read of it: a head whose first bytes came waits until it is whole
+ * (a block after a 204); after a body (`sieve`: an echo, whose bytes the upload chose if the
+ * server miscounted them) no head ends the wait (campaign-as AS7, AS10).
+ */
+export function afterAnswer(
+  stray: Buffer | null,
+  sieve: boolean,
+  conn: Connection,
+  opts: WaitOptions,
+  settle: (stray: Buffer | null) => void,
+): void {
+  if (stray !== null && sieve) StrayWait.sieve(stray, conn, opts, settle);
+  else if (stray === null || !StrayWait.after(stray, conn, opts, settle)) settle(stray);
+}
+
+/**
+ * `err` with the heads in `lastBody` (the last body data read) when the answer broke off inside
+ * a chunk (the connection closed, went idle, the exchange was aborted): the server's answer may
+ * be what was read as that chunk's data (a chunk longer than what was sent; campaign-as AS3).
+ */
+export function strayInChunk<E>(err: E, parser: IcapParser<IcapResponseHead>, lastBody: Buffer | null): E {
+  return parser.inChunkData && lastBody !== null ? withStray(err, salvageHeads(lastBody)) : err;
 }
 
 /** Longest wait for the rest of what followed an answer (capped by the transaction's ioTimeout). */
 const STRAY_WAIT_MS = 250;
+/** A sieve's wait goes on while bytes come, up to this many times its idle bound in all. */
+const SIEVE_WAITS = 20;
 
 /** What a wait keeps of the bytes it reads; `add` says whether the wait is over. */
 interface Gather {
@@ -68,24 +90,27 @@ interface Gather {
 }
 
 /**
- * The wait for what follows an answer on its connection. TCP may split it anywhere, even inside
- * the line naming the threat, and the salvage reads complete lines only: so the exchange waits
- * until what it gathers is complete (see WholeHead, HeadSieve), the connection's end (or
- * error, or ioTimeout), or a few hundred ms, whichever comes first, then hands `settle` what
- * it kept. It owns the connection's events meanwhile; the connection is never reused after
- * bytes followed an answer.
+ * The wait for what follows an answer or a failure on its connection. TCP may split it anywhere,
+ * even inside the line naming the threat, and the salvage reads complete lines only: so the
+ * exchange waits until what it gathers is complete (WholeHead), or, sieving (HeadSieve), until
+ * the connection has been quiet for a few hundred ms; or the connection's end (or error, or
+ * ioTimeout), or the transaction's abort (`settleNow`), whichever comes first, then hands
+ * `settle` what it kept. It owns the connection's events meanwhile; the connection is never
+ * reused after bytes followed an answer.
  */
 export class StrayWait implements SocketOwner {
   readonly #conn: Connection;
   readonly #gather: Gather;
   #timer: NodeJS.Timeout | null;
+  /** Sieving: the time after which bytes no longer extend the wait. */
+  readonly #until: number;
   readonly #settle: (stray: Buffer) => void;
 
   /**
-   * Starts waiting for the rest of `stray` (what followed the answer, or null; empty: nothing yet,
-   * the wait is for a head's first bytes too); false when there is nothing to wait for (then
-   * nothing is made: no timer, no object, in the usual exchange): null, or the head is whole
-   * already, or too large.
+   * Starts waiting for the rest of `stray` (the bytes after a whole answer without a body, or
+   * null) until its head is whole; false when there is nothing to wait for (then nothing is
+   * made: no timer, no object, in the usual exchange): null, or the head is whole already, or
+   * too large.
    */
   static after(
     stray: Buffer | null,
@@ -94,29 +119,37 @@ export class StrayWait implements SocketOwner {
     settle: (stray: Buffer) => void,
   ): boolean {
     if (stray === null || stray.length >= opts.maxHeaderSize || strayHeadEnded(stray)) return false;
-    new StrayWait(conn, new WholeHead(stray, opts.maxHeaderSize), opts, settle);
+    new StrayWait(conn, new WholeHead(stray, opts.maxHeaderSize), opts, settle, false);
     return true;
   }
 
   /**
-   * Waits after a body that broke its framing (`rest`: the bytes from where it broke): what
-   * follows may be the rest of the upload echoed, then the server's answer, so no head ends
-   * the wait; the ICAP heads in it are kept (HeadSieve) until the bound or the connection's end.
+   * Waits after a failure, or after an answer that carried a body (`rest`: the bytes from where
+   * it broke off or ended): what follows may be the rest of the upload echoed, then the
+   * server's answer, so no head ends the wait; the heads that may name a threat are kept
+   * (HeadSieve) until the connection is quiet, ends, or the transaction is aborted.
    */
   static sieve(rest: Buffer, conn: Connection, opts: WaitOptions, settle: (stray: Buffer) => void): void {
     const sieve = new HeadSieve(opts.maxHeaderSize);
     sieve.add(rest);
-    new StrayWait(conn, sieve, opts, settle);
+    new StrayWait(conn, sieve, opts, settle, true);
   }
 
-  private constructor(conn: Connection, gather: Gather, opts: WaitOptions, settle: (stray: Buffer) => void) {
+  private constructor(
+    conn: Connection,
+    gather: Gather,
+    opts: WaitOptions,
+    settle: (stray: Buffer) => void,
+    sieving: boolean,
+  ) {
     this.#conn = conn;
     this.#gather = gather;
     this.#settle = settle;
+    const ms = Math.min(STRAY_WAIT_MS, opts.ioTimeout);
+    this.#until = sieving ? performance.now() + ms * (SIEVE_WAITS - 1) : 0;
     // When the wait is up, the socket is read once more before settling (setImmediate runs
     // after the event loop's poll phase): a process stalled past the wait (a busy machine)
     // finds there what arrived meanwhile, instead of settling before reading it.
-    const ms = Math.min(STRAY_WAIT_MS, opts.ioTimeout);
     this.#timer = setTimeout(() => setImmediate(() => this.#end()), ms);
     conn.setOwner(this);
     // It reads on, whoever paused the socket for the body's reader (the body has all it gets).
@@ -124,7 +157,10 @@ export class StrayWait implements SocketOwner {
   }
 
   socketData(data: Buffer): void {
-    if (this.#timer !== null && this.#gather.add(data)) this.#end();
+    if (this.#timer === null) return;
+    if (this.#gather.add(data)) this.#end();
+    // Sieving, bytes that come extend the wait (an echo's rest may be long): bounded in all.
+    else if (performance.now() < this.#until) this.#timer.refresh();
   }
 
   socketEnd(): void {
@@ -137,6 +173,11 @@ export class StrayWait implements SocketOwner {
     this.#end();
   }
   socketTimeout(): void {
+    this.#end();
+  }
+
+  /** Settles now with what was kept (the transaction is aborted: what came still counts). */
+  settleNow(): void {
     this.#end();
   }
 
@@ -196,114 +237,93 @@ function strayHeadEnded(b: Buffer): boolean {
 /** The start line of a final (not 1xx) ICAP head. */
 const FINAL = /^\s*ICAP\/\d+(?:\.\d+)?[ \t]+(?!1\d\d(?![0-9]))\d{3}(?![0-9])/i;
 
-const EMPTY = Buffer.alloc(0);
-const SEPARATOR = Buffer.from('\r\n\r\n', 'latin1');
-/** `ICAP/`: what a head's first line starts with. */
-const START = 'ICAP/';
+/** Where a head may start: `ICAP/` anywhere, in any case (a line start is not required). */
+const HEAD_START = /icap\//gi;
+const SEPARATOR = '\r\n\r\n';
 
 /**
- * The ICAP heads in what follows a body that broke its framing. Those bytes may be the rest of
- * the upload echoed (any bytes an attacker chose, heads shaped like a clean answer, megabytes of
- * them) before the server's answer, or after it: so nothing ends the wait early, and only heads
- * are kept, each from a line starting `ICAP/` to its blank line, the next such line or
- * `maxHeaderSize` bytes; of them the first and the last `maxHeaderSize` bytes' worth (the
- * answer the server sent after a broken echo comes last; one it sent before echoing on, first).
- * Memory is bounded whatever the bytes; the time by the wait (campaign-ar AR1, AR4).
+ * The heads that may name a threat in what follows a failure (a body that broke its framing, a
+ * head that broke a rule) or an answer with a body. Those bytes may be the rest of the upload
+ * echoed (bytes an attacker chose, heads shaped like a clean answer, megabytes of them) before
+ * the server's answer or after it, and the answer may start anywhere (its first bytes read as
+ * the rest of a short chunk; glued to a line): so the bytes are cut into segments, one from the
+ * first byte handed over and one from every `ICAP/` (any case, anywhere) to the next (its first
+ * `maxHeaderSize` bytes), and a segment is kept only when a head in it may name a threat or a
+ * refusal (reuse.ts, `mayName`: a reading wider than any vendor's verdict); of those, the first
+ * and the last `maxHeaderSize` bytes' worth. Linear in the bytes, memory bounded whatever they
+ * hold (campaign-ar AR1, AR4; campaign-as AS1, AS2, AS5, AS6).
  */
 export class HeadSieve implements Gather {
   readonly #max: number;
-  readonly #first: Buffer[] = [];
-  #firstBytes = 0;
+  readonly #first: string[] = [];
+  #firstChars = 0;
   #firstFull = false;
-  #last: Buffer[] = [];
-  #lastBytes = 0;
-  /** The head being read (from its `ICAP/`), copied; null: between heads. */
-  #head: Buffer | null = null;
-  /** Between heads: the last bytes read, for a line start and an `ICAP/` split between reads. */
-  #carry: Buffer = EMPTY;
-  /** Nothing read yet: the first byte starts a line (where the body broke off). */
-  #atStart = true;
+  #last: string[] = [];
+  #lastFrom = 0;
+  #lastChars = 0;
+  /** The segment being read (its first `max` bytes), null between segments: the first byte starts one. */
+  #seg: string | null = '';
+  /** The last bytes read (latin1), not yet in a segment: an `ICAP/` may start in them. */
+  #tail = '';
 
   constructor(max: number) {
     this.#max = max;
   }
 
   add(data: Buffer): false {
-    const buf =
-      this.#head !== null || this.#carry.length > 0 ? Buffer.concat([this.#head ?? this.#carry, data]) : data;
-    let at = -1;
+    // latin1: one character per byte. The last 4 of a read wait for the next (`ICAP/` may
+    // start there): they go to the open segment only when no head starts in them.
+    const text = this.#tail + data.toString('latin1');
     let from = 0;
-    if (this.#head !== null) {
-      at = 0;
-      from = this.#head.length;
-    }
-    for (;;) {
-      if (at === -1) {
-        at = headStart(buf, from, this.#atStart);
-        if (at === -1) {
-          // What is carried is still the very first bytes while fewer than `ICAP/` came.
-          this.#atStart &&= buf.length < START.length;
-          this.#head = null;
-          this.#carry = Buffer.from(buf.subarray(Math.max(0, buf.length - START.length)));
-          return false;
-        }
-        this.#atStart = false;
-        from = at + START.length;
-      }
-      // The head from `at` ends after its blank line, where the next one starts, or max bytes on.
-      const blank = blankLineEnd(buf, Math.max(at, from - 3));
-      const next = headStart(buf, Math.max(at + 1, from - START.length), false);
-      let end = blank === -1 ? next : next === -1 ? blank : Math.min(blank, next);
-      if (end === -1 && buf.length - at < this.#max) {
-        this.#head = Buffer.from(buf.subarray(at));
-        this.#carry = EMPTY;
+    for (let search = 0; ; search = from + 1) {
+      HEAD_START.lastIndex = search;
+      const m = HEAD_START.exec(text);
+      const end = m === null ? Math.max(from, text.length - 4) : m.index;
+      this.#append(text, from, end);
+      if (m === null) {
+        this.#tail = text.slice(end);
         return false;
       }
-      if (end === -1 || end - at > this.#max) end = at + this.#max;
-      this.#keep(Buffer.from(buf.subarray(at, end)));
-      at = -1;
-      from = end;
+      this.#cut();
+      this.#seg = '';
+      from = m.index;
     }
   }
 
-  #keep(head: Buffer): void {
-    if (!this.#firstFull && this.#firstBytes + head.length <= this.#max) {
-      this.#first.push(head);
-      this.#firstBytes += head.length;
+  /** `text` from `from` to `end` to the open segment, if any, up to `max` bytes. */
+  #append(text: string, from: number, end: number): void {
+    const room = this.#seg === null ? 0 : this.#max - this.#seg.length;
+    if (room > 0 && end > from) this.#seg += text.slice(from, Math.min(end, from + room));
+  }
+
+  /** The open segment ends: kept when a head in it may name a threat. */
+  #cut(): void {
+    const seg = this.#seg;
+    this.#seg = null;
+    if (seg === null || !seg.includes(':')) return;
+    if (!salvageHeads(Buffer.from(seg, 'latin1')).some(mayName)) return;
+    if (!this.#firstFull && this.#firstChars + seg.length <= this.#max) {
+      this.#first.push(seg);
+      this.#firstChars += seg.length;
       return;
     }
     this.#firstFull = true;
-    this.#last.push(head);
-    this.#lastBytes += head.length;
-    let drop = 0;
-    while (this.#lastBytes > this.#max && drop < this.#last.length - 1) {
-      this.#lastBytes -= this.#last[drop]!.length;
-      drop++;
+    this.#last.push(seg);
+    this.#lastChars += seg.length;
+    while (this.#lastChars > this.#max && this.#lastFrom < this.#last.length - 1)
+      this.#lastChars -= this.#last[this.#lastFrom++]!.length;
+    if (this.#lastFrom > 1024 && this.#lastFrom * 2 > this.#last.length) {
+      this.#last = this.#last.slice(this.#lastFrom);
+      this.#lastFrom = 0;
     }
-    if (drop > 0) this.#last = this.#last.slice(drop);
   }
 
-  /** The heads kept, each ended by a blank line (read as heads of their own), the one cut short last. */
+  /** The segments kept, each ended by a blank line (read as heads of their own), the open one last. */
   all(): Buffer {
-    const parts: Buffer[] = [];
-    for (const head of [...this.#first, ...this.#last]) parts.push(head, SEPARATOR);
-    if (this.#head !== null) parts.push(this.#head);
-    return Buffer.concat(parts);
+    const kept = [...this.#first, ...this.#last.slice(this.#lastFrom)];
+    this.#append(this.#tail, 0, this.#tail.length);
+    this.#tail = '';
+    if (this.#seg !== null && this.#seg !== '') kept.push(this.#seg);
+    return Buffer.from(kept.map((seg) => `${seg}${SEPARATOR}`).join(''), 'latin1');
   }
-}
-
-/** Where the first `ICAP/` at a line start is in `buf` from `from` (`atStart`: index 0 starts a line), or -1. */
-function headStart(buf: Buffer, from: number, atStart: boolean): number {
-  for (let k = buf.indexOf(START, from, 'latin1'); k !== -1; k = buf.indexOf(START, k + 1, 'latin1')) {
-    if (k === 0 ? atStart : buf[k - 1] === 0x0a || buf[k - 1] === 0x0d) return k;
-  }
-  return -1;
-}
-
-/** The index after the first blank line (`\n\n` or `\n\r\n`) in `buf` from `from`, or -1. */
-function blankLineEnd(buf: Buffer, from: number): number {
-  const lf = buf.indexOf('\n\n', from, 'latin1');
-  const crlf = buf.indexOf('\n\r\n', from, 'latin1');
-  if (lf === -1) return crlf === -1 ? -1 : crlf + 3;
-  return crlf === -1 || lf < crlf ? lf + 2 : crlf + 3;
 }

@@ -1,4 +1,4 @@
-import { fromSocketError, IcapError, IcapErrorCodes, type IcapReceivedHead } from '../errors.js';
+import { fromSocketError, type IcapError, IcapErrorCodes, type IcapReceivedHead } from '../errors.js';
 import { CRLF, chunkHeader, LAST_CHUNK, LAST_CHUNK_IEOF } from '../protocol/encoder.js';
 import { IcapParser, type IcapResponseHead, type ParserHandler } from '../protocol/parser.js';
 import { receivedAnswer, salvageHeads, trailerHead } from '../protocol/salvage.js';
@@ -11,6 +11,7 @@ import {
   connectionInfo,
   countInterim,
   finalResponse,
+  idleError,
   keepInterim,
   withReceivedHead,
 } from './answer.js';
@@ -18,7 +19,7 @@ import type { Connection, SocketOwner } from './connection.js';
 import { type Deferred, deferred, noop } from './deferred.js';
 import { keepsConnection } from './reuse.js';
 import { asBuffer, closeIterator, takeNow } from './source.js';
-import { afterFailure, failAfterHead, StrayWait } from './stray.js';
+import { afterAnswer, afterFailure, failAfterHead, StrayWait, strayInChunk } from './stray.js';
 import type {
   IcapResponse,
   TransactionOptions,
@@ -50,6 +51,7 @@ const STOP = Symbol('stop');
 const FAILED = Symbol('failed');
 /** Buffered output is flushed to the socket when it grows past this. */
 const FLUSH_AT = 256 * 1024;
+const NOTHING = Buffer.alloc(0);
 
 /** Where a transaction hands its connection back (the pool). */
 export interface ConnectionReturn {
@@ -113,6 +115,8 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
   #startedAt = 0;
   #startedHr = 0;
   #lastByteHr = 0;
+  /** The last body data read (only read for a threat, when the answer broke off inside a chunk). */
+  #lastBody: Buffer | null = null;
 
   constructor(
     conn: Connection,
@@ -402,10 +406,9 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
       this.#parser.execute(buf);
     } catch (err) {
       // What followed a head that broke a rule, or a broken body, goes with the error.
-      const inBody = this.#responseResolved;
-      const after = this.#finished ? null : afterFailure(inBody, err, buf, this.#parser);
+      const after = this.#finished ? null : afterFailure(this.#responseResolved, err, buf, this.#parser);
       if (after !== null) this.#stopWriting();
-      failAfterHead(err, after, this.#conn, this.#opts, (e) => this.#fail(e), inBody);
+      failAfterHead(err, after, this.#conn, this.#opts, (e) => this.#fail(e));
     }
   }
 
@@ -478,6 +481,7 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
 
   onBody(data: Buffer): void {
     const body = this.#body;
+    this.#lastBody = data;
     if (body === null || this.#finished) return;
     if (!body.push(data) && !this.#pausedForBody) {
       this.#pausedForBody = true;
@@ -491,12 +495,10 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
     this.#finished = true;
     // The response is complete: anything of the request not yet sent will not be read.
     this.#stopWriting();
-    const stray = this.#parser.leftoverBytes();
-    // Bytes followed the answer (a block after a 204?): it is over when their head is whole.
-    const waits =
-      stray !== null &&
-      StrayWait.after(stray, this.#conn, this.#opts, (all) => this.#settle(head, all, forceClose));
-    if (!waits) this.#settle(head, stray, forceClose);
+    // A body not read (an error status's that does not fit): the real answer may follow it.
+    const stray = forceClose ? (this.#parser.bytesAfterHead() ?? NOTHING) : this.#parser.leftoverBytes();
+    const sieve = forceClose || head.body !== null;
+    afterAnswer(stray, sieve, this.#conn, this.#opts, (all) => this.#settle(head, all, forceClose));
   }
 
   /** The exchange is over: the summary, the connection back to the pool. */
@@ -549,15 +551,13 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
     // Idle because our side is slow (the response's reader, or the body's source): not the
     // server's fault. Whoever owns the source bounds its stalls (the engine's bodyTimeout).
     if (this.#pausedForBody || this.#awaitingSource) return;
-    this.#fail(
-      new IcapError(
-        IcapErrorCodes.IO_TIMEOUT,
-        `no data moved on the connection to ${this.#conn.label} for ${this.#opts.ioTimeout} ms`,
-      ),
-    );
+    this.#fail(idleError(this.#conn.label, this.#opts.ioTimeout));
   }
 
   readonly #onAbort = (): void => {
+    // A wait for what followed settles first with what it kept (campaign-as AS4, AS9).
+    const owner = this.#conn.owner;
+    if (owner instanceof StrayWait) owner.settleNow();
     this.#fail(abortReason(this.#opts.signal, this.#opts.abortWhat));
   };
 
@@ -577,6 +577,7 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
     const cut = error.head ?? this.#parser.receivedHead();
     const resolved = this.#responseResolved;
     error = withReceivedHead(error, resolved ? cut : receivedAnswer(cut, this.#continueHead), !resolved);
+    if (resolved) error = strayInChunk(error, this.#parser, this.#lastBody);
     this.#stopWriting();
     this.#parser.close();
     this.#cleanup();

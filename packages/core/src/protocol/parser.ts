@@ -76,6 +76,8 @@ export class IcapParser<H extends IcapHead = IcapHead> {
   /** A 100 or 204 head announcing a body: its error, thrown once its encapsulated heads are read (a block page there blocks). */
   #bodyless: IcapError | null = null;
   #chunkRemaining = 0;
+  /** The size of the chunk last read (see bytesAfterFailure). */
+  #chunkSize = 0;
   #ieof = false;
   #trailerBytes = 0;
   /** While onEnd runs: the bytes of the chunk being read that came after the message. */
@@ -105,6 +107,11 @@ export class IcapParser<H extends IcapHead = IcapHead> {
   /** True between messages: nothing of a next message has been read yet. */
   get idle(): boolean {
     return (this.#state === State.Head || this.#state === State.Done) && (this.#pending?.length ?? 0) === 0;
+  }
+
+  /** True while a chunk's data is read (the message broke off there: its data may be an answer). */
+  get inChunkData(): boolean {
+    return this.#state === State.ChunkData;
   }
 
   /** True when the current message has been read completely. */
@@ -167,8 +174,9 @@ export class IcapParser<H extends IcapHead = IcapHead> {
 
   /**
    * The bytes from where the message broke off with `err` (the line or byte that broke it, then
-   * the rest of that read, the bytes pending from earlier reads included), or null when `err`
-   * is not the parser's last error. Only ever read for a threat (an answer after a broken one).
+   * the rest of that read, the bytes pending from earlier reads included; after a chunk's data,
+   * its last bytes in that read too), or null when `err` is not the parser's last error. Only
+   * ever read for a threat (an answer after a broken one).
    */
   bytesAfterFailure(err: unknown): Buffer | null {
     return this.#failed === err ? this.#failedIn : null;
@@ -280,6 +288,7 @@ export class IcapParser<H extends IcapHead = IcapHead> {
             const size = plainHexSize(data, i, lineEnd);
             if (size > 0) {
               this.#chunkRemaining = size;
+              this.#chunkSize = size;
               this.#state = State.ChunkData;
             } else this.#readChunkSize(data.toString('latin1', i, lineEnd));
             i = nl + 1;
@@ -345,8 +354,10 @@ export class IcapParser<H extends IcapHead = IcapHead> {
       // Where the bytes that broke the message start, in the bytes read (pending ones included):
       // the innermost run keeps it (bytesAfterFailure).
       if (this.#failed !== err) {
+        // After a chunk's data, its end too (a server's answer may start there: a short chunk).
+        const back = this.#state === State.ChunkDataEnd ? Math.min(this.#chunkSize, this.#maxHeaderSize) : 0;
         this.#failed = err;
-        this.#failedIn = data.subarray(i);
+        this.#failedIn = data.subarray(Math.max(0, i - back));
       }
       throw err;
     }
@@ -546,6 +557,7 @@ export class IcapParser<H extends IcapHead = IcapHead> {
       return;
     }
     this.#chunkRemaining = size;
+    this.#chunkSize = size;
     this.#state = State.ChunkData;
   }
 

@@ -9,8 +9,9 @@
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { keepsConnection } from '../../src/client/reuse.js';
+import { keepsConnection, mayName } from '../../src/client/reuse.js';
 import type { TransactionRequest } from '../../src/client/transaction-types.js';
+import { blocksOutsideFinalHead, verdictOfHead } from '../../src/engine/beyond-head.js';
 import {
   DEFAULT_NSX_STATUS_URL,
   readVerdict,
@@ -20,6 +21,7 @@ import {
 import type { IcapReceivedHead } from '../../src/errors.js';
 import { Headers } from '../../src/protocol/headers.js';
 import type { IcapResponseHead } from '../../src/protocol/parser.js';
+import { salvageHeads } from '../../src/protocol/salvage.js';
 import { chunked } from '../engine/verdict/fixtures.js';
 import { parseResponse } from '../engine/verdict/parse.js';
 
@@ -171,5 +173,42 @@ describe('property: an answer any vendor reading blocks never leaves its connect
         expect(keepsConnection(REQ, head, null, bare100), `${status} ${fields}`).toBe(true);
       }
     }
+  });
+});
+
+describe('property: a head read for a threat only that any vendor reading blocks is never dropped (mayName)', () => {
+  it('over heads with any status and random fields, salvaged as what follows an answer or a failure is', () => {
+    let blocked = 0;
+    fc.assert(
+      fc.property(
+        fc.constantFrom('0', '100', '200', '204', '206', '403', '500', '503'),
+        fc.array(fc.constantFrom(...FIELDS), { maxLength: 3 }),
+        fc.array(fc.constantFrom(...HTTP_FIELDS), { maxLength: 2 }),
+        (status, fields, httpFields) => {
+          // The ICAP head, then an encapsulated head: salvaged as heads of their own.
+          const text = `ICAP/1.0 ${status} X\r\n${fields.map((f) => `${f}\r\n`).join('')}\r\n${REQUEST_HEAD(httpFields)}`;
+          for (const head of salvageHeads(Buffer.from(text, 'latin1'))) {
+            const blocks = VENDORS.some((vendor) =>
+              blocksOutsideFinalHead(
+                verdictOfHead({ vendor, options: OPTS }, head, head.httpRequest ?? null),
+              ),
+            );
+            if (!blocks) continue;
+            blocked++;
+            expect(mayName(head)).toBe(true);
+          }
+        },
+      ),
+      { numRuns: 2000 },
+    );
+    expect(blocked).toBeGreaterThan(500);
+  });
+
+  it('a clean head names nothing: it may be dropped', () => {
+    for (const text of [
+      'ICAP/1.0 204 No Content\r\nISTag: "x1"\r\nEncapsulated: null-body=0\r\n',
+      'junk\r\n',
+    ])
+      for (const head of salvageHeads(Buffer.from(text))) expect(mayName(head)).toBe(false);
   });
 });
