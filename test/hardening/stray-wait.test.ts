@@ -95,6 +95,38 @@ describe('the stall watchdog during the wait (AS9)', () => {
     });
 });
 
+describe('the stall watchdog while the rest of a broken echo trickles (campaign-at AT7)', () => {
+  for (const mode of MODES)
+    it(`${mode}: the answer after the default stallTimeout, bytes coming until then: blocked, not moved on`, async () => {
+      const a = await scripted((r) => {
+        r.sock.write(`${echoHead(r)}zz\r\n`);
+        for (let t = 50; t < 1500; t += 50) setTimeout(() => r.sock.destroyed || r.sock.write('x'), t);
+        setTimeout(() => r.sock.destroyed || r.sock.write(THREAT_ANSWER), 1500);
+      });
+      const b = await scripted((r) => r.sock.write(CLEAN_204));
+      cleanups.push(a.close, b.close);
+      const logs: IcapLog[] = [];
+      const app = await startApp('express5', {
+        name: 't',
+        poolGroup: [a.url, b.url],
+        serviceUri: '/avscan',
+        failAction: mode,
+        responseTimeout: 3000,
+        connection: { ioTimeout: 2000 },
+        onLog: (l: IcapLog) => logs.push(l),
+      } as unknown as IcapProfile);
+      cleanups.push(app.close);
+      const res = await send(app.url, '/raw', {
+        method: 'POST',
+        headers: { 'content-type': 'application/octet-stream' },
+        body: UPLOAD,
+      });
+      expect(a.requests.filter((r) => r.method === 'REQMOD')).toHaveLength(1);
+      expect(res.status).toBe(403);
+      expect(logs[0]?.request_logs).toHaveLength(1);
+    });
+});
+
 describe('the wait does work linear in the bytes (AS5)', () => {
   for (const unit of ['\nICAP/', '\nICAP/\nX-A: 1\n\n'])
     it(`1 MiB of ${JSON.stringify(unit)} echoed after a broken chunk-size line keeps the event loop moving`, async () => {

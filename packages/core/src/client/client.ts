@@ -114,6 +114,11 @@ export interface IcapRequestOptions {
   /** Called when the server answers the preview with 100 Continue (it wants the rest of the body). */
   onContinue?: (() => void) | undefined;
   /**
+   * Called with the bytes that come while the exchange waits after a failure or an answer for
+   * what the server sends next (read for a threat only): progress, for a caller that watches it.
+   */
+  onStray?: ((bytes: number) => void) | undefined;
+  /**
    * ms this request may wait for a free connection (the client's `queueTimeout` when left out;
    * `Infinity`: no limit).
    */
@@ -366,6 +371,7 @@ export class IcapClient {
       preview: hasBody ? preview : undefined,
       allow204: init.allow204 ?? true,
       onContinue: init.onContinue,
+      onStray: init.onStray,
       // The only `Connection` line an encoded head can hold is one of these ICAP headers (the
       // encapsulated HTTP heads never carry one; no value holds a line break).
       closeAsked: this.#closeAsked || asksClose(extra),
@@ -401,7 +407,13 @@ export class IcapClient {
         lease.connection,
         lease.reused,
         req,
-        { ioTimeout: this.#ioTimeout, maxHeaderSize: this.#maxHeaderSize, signal, abortWhat },
+        {
+          ioTimeout: this.#ioTimeout,
+          maxHeaderSize: this.#maxHeaderSize,
+          signal,
+          abortWhat,
+          onStray: req.onStray,
+        },
         this.#pool,
       );
       try {

@@ -39,6 +39,9 @@ const VALUE_FIELDS: ReadonlyArray<readonly [string, (v: string) => boolean]> = [
   ['x-response-info', (v) => !namesBlocked(v)],
 ];
 
+/** Statuses that pass a message or go on with it; any other may be some vendor's block. */
+const PASSING_STATUSES: ReadonlySet<number> = new Set([100, 200, 201, 204]);
+
 /** More than one Encapsulated field, or one naming an encapsulated response. */
 function announcesPage(h: Headers): boolean {
   const values = h.getAll('encapsulated');
@@ -61,6 +64,8 @@ function namesNothing(h: Headers): boolean {
  */
 export function mayName(h: IcapReceivedHead): boolean {
   return (
+    // A status some vendor's reading blocks by (ESET's 405, Symantec's 539; campaign-at AT1b).
+    (h.status !== 0 && !PASSING_STATUSES.has(h.status)) ||
     !namesNothing(h.headers) ||
     announcesPage(h.headers) ||
     h.httpResponse != null ||

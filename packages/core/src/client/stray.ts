@@ -13,6 +13,8 @@ import { mayName } from './reuse.js';
 interface WaitOptions {
   maxHeaderSize: number;
   ioTimeout: number;
+  /** Bytes came while waiting (the caller's watch of the exchange's progress). */
+  onStray?: ((bytes: number) => void) | undefined;
 }
 
 /**
@@ -31,7 +33,7 @@ export function failAfterHead(
   fail: (err: unknown) => void,
 ): void {
   if (after === null) fail(err);
-  else StrayWait.sieve(after, conn, opts, (all) => fail(withStray(err, salvageHeads(all))));
+  else StrayWait.sieve(after, conn, opts, (all) => fail(withStray(err, salvageHeads(all))), true);
 }
 
 /**
@@ -65,23 +67,24 @@ export function afterAnswer(
   opts: WaitOptions,
   settle: (stray: Buffer | null) => void,
 ): void {
-  if (stray !== null && sieve) StrayWait.sieve(stray, conn, opts, settle);
+  if (stray !== null && sieve) StrayWait.sieve(stray, conn, opts, settle, false);
   else if (stray === null || !StrayWait.after(stray, conn, opts, settle)) settle(stray);
 }
 
 /**
- * `err` with the heads in `lastBody` (the last body data read) when the answer broke off inside
- * a chunk (the connection closed, went idle, the exchange was aborted): the server's answer may
- * be what was read as that chunk's data (a chunk longer than what was sent; campaign-as AS3).
+ * `err` with the heads in the last body data read when the answer broke off in its chunked body
+ * (the connection closed, went idle, the exchange was aborted): the server's answer may be what
+ * was read as a chunk's data (a chunk longer than what was sent; campaign-as AS3, campaign-at AT2).
  */
-export function strayInChunk<E>(err: E, parser: IcapParser<IcapResponseHead>, lastBody: Buffer | null): E {
-  return parser.inChunkData && lastBody !== null ? withStray(err, salvageHeads(lastBody)) : err;
+export function strayInChunk<E>(err: E, parser: IcapParser<IcapResponseHead>): E {
+  const data = parser.inChunks ? parser.receivedData() : null;
+  return data === null ? err : withStray(err, salvageHeads(data));
 }
 
 /** Longest wait for the rest of what followed an answer (capped by the transaction's ioTimeout). */
 const STRAY_WAIT_MS = 250;
 /** A sieve's wait goes on while bytes come, up to this many times its idle bound in all. */
-const SIEVE_WAITS = 20;
+const SIEVE_WAITS = 120;
 
 /** What a wait keeps of the bytes it reads; `add` says whether the wait is over. */
 interface Gather {
@@ -102,8 +105,11 @@ export class StrayWait implements SocketOwner {
   readonly #conn: Connection;
   readonly #gather: Gather;
   #timer: NodeJS.Timeout | null;
-  /** Sieving: the time after which bytes no longer extend the wait. */
+  /** After a failure: the time after which bytes no longer extend the wait (0: they never do). */
   readonly #until: number;
+  readonly #onStray: ((bytes: number) => void) | undefined;
+  /** Reads so far (see the timer). */
+  #reads = 0;
   readonly #settle: (stray: Buffer) => void;
 
   /**
@@ -129,10 +135,16 @@ export class StrayWait implements SocketOwner {
    * server's answer, so no head ends the wait; the heads that may name a threat are kept
    * (HeadSieve) until the connection is quiet, ends, or the transaction is aborted.
    */
-  static sieve(rest: Buffer, conn: Connection, opts: WaitOptions, settle: (stray: Buffer) => void): void {
+  static sieve(
+    rest: Buffer,
+    conn: Connection,
+    opts: WaitOptions,
+    settle: (stray: Buffer) => void,
+    extend: boolean,
+  ): void {
     const sieve = new HeadSieve(opts.maxHeaderSize);
     sieve.add(rest);
-    new StrayWait(conn, sieve, opts, settle, true);
+    new StrayWait(conn, sieve, opts, settle, extend);
   }
 
   private constructor(
@@ -140,17 +152,23 @@ export class StrayWait implements SocketOwner {
     gather: Gather,
     opts: WaitOptions,
     settle: (stray: Buffer) => void,
-    sieving: boolean,
+    extend: boolean,
   ) {
     this.#conn = conn;
     this.#gather = gather;
     this.#settle = settle;
     const ms = Math.min(STRAY_WAIT_MS, opts.ioTimeout);
-    this.#until = sieving ? performance.now() + ms * (SIEVE_WAITS - 1) : 0;
+    this.#until = extend ? performance.now() + ms * (SIEVE_WAITS - 1) : 0;
+    this.#onStray = opts.onStray;
     // When the wait is up, the socket is read once more before settling (setImmediate runs
     // after the event loop's poll phase): a process stalled past the wait (a busy machine)
     // finds there what arrived meanwhile, instead of settling before reading it.
-    this.#timer = setTimeout(() => setImmediate(() => this.#end()), ms);
+    this.#timer = setTimeout(() => {
+      const reads = this.#reads;
+      // Bytes read meanwhile extend a wait after a failure (a stalled process reads them only
+      // now, and its timer then runs again; a busy machine): else it is over.
+      setImmediate(() => (this.#reads === reads || performance.now() >= this.#until) && this.#end());
+    }, ms);
     conn.setOwner(this);
     // It reads on, whoever paused the socket for the body's reader (the body has all it gets).
     conn.socket.resume();
@@ -158,8 +176,11 @@ export class StrayWait implements SocketOwner {
 
   socketData(data: Buffer): void {
     if (this.#timer === null) return;
+    this.#reads++;
+    // Progress for the caller's stall watch: the answer may come after an echo's long rest.
+    this.#onStray?.(data.length);
     if (this.#gather.add(data)) this.#end();
-    // Sieving, bytes that come extend the wait (an echo's rest may be long): bounded in all.
+    // After a failure, bytes that come extend the wait (an echo's rest may be long): bounded in all.
     else if (performance.now() < this.#until) this.#timer.refresh();
   }
 
@@ -237,8 +258,18 @@ function strayHeadEnded(b: Buffer): boolean {
 /** The start line of a final (not 1xx) ICAP head. */
 const FINAL = /^\s*ICAP\/\d+(?:\.\d+)?[ \t]+(?!1\d\d(?![0-9]))\d{3}(?![0-9])/i;
 
-/** Where a head may start: `ICAP/` anywhere, in any case (a line start is not required). */
-const HEAD_START = /icap\//gi;
+/**
+ * Where a head may start: an ICAP status line's start anywhere, in any case (a line start is not
+ * required), not a mere `ICAP/` (c-icap's `Server: C-ICAP/0.5.10` field: campaign-at AT1).
+ */
+const HEAD_START = /icap\/\d{1,3}(?:\.\d{1,3})?[ \t]{1,8}\d{3}/gi;
+/** Longer than any match of HEAD_START: the bytes held back at the end of a read. */
+const HOLD = 24;
+/**
+ * The start line the segment from the failure gets: its first line is a field line as often as
+ * not (a threat line read as a chunk-size line: campaign-at AT11), never to be skipped as one.
+ */
+const FIRST = '-\r\n';
 const SEPARATOR = '\r\n\r\n';
 
 /**
@@ -262,7 +293,7 @@ export class HeadSieve implements Gather {
   #lastFrom = 0;
   #lastChars = 0;
   /** The segment being read (its first `max` bytes), null between segments: the first byte starts one. */
-  #seg: string | null = '';
+  #seg: string | null = FIRST;
   /** The last bytes read (latin1), not yet in a segment: an `ICAP/` may start in them. */
   #tail = '';
 
@@ -271,14 +302,14 @@ export class HeadSieve implements Gather {
   }
 
   add(data: Buffer): false {
-    // latin1: one character per byte. The last 4 of a read wait for the next (`ICAP/` may
+    // latin1: one character per byte. The last HOLD of a read wait for the next (a head may
     // start there): they go to the open segment only when no head starts in them.
     const text = this.#tail + data.toString('latin1');
     let from = 0;
     for (let search = 0; ; search = from + 1) {
       HEAD_START.lastIndex = search;
       const m = HEAD_START.exec(text);
-      const end = m === null ? Math.max(from, text.length - 4) : m.index;
+      const end = m === null ? Math.max(from, text.length - HOLD) : m.index;
       this.#append(text, from, end);
       if (m === null) {
         this.#tail = text.slice(end);

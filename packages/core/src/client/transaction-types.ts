@@ -22,6 +22,8 @@ export interface TransactionRequest {
   preview: number | undefined;
   allow204: boolean;
   onContinue: (() => void) | undefined;
+  /** See IcapRequestOptions.onStray. */
+  onStray?: ((bytes: number) => void) | undefined;
   /**
    * The head asks the server to close the connection after this exchange (a `Connection:
    * close` line): computed from the header pairs when given, else looked up in `head`.
@@ -34,6 +36,8 @@ export interface TransactionOptions {
   maxHeaderSize: number;
   /** Aborts the transaction; its reason (an IcapError) is what the caller sees. */
   signal: AbortSignal;
+  /** Bytes came after a failure or an answer, while the exchange waited for more (progress). */
+  onStray?: ((bytes: number) => void) | undefined;
   /**
    * Set when `signal` is the caller's own: a reason that is not an IcapError becomes
    * ICAP_ERR_ABORTED "<abortWhat> was aborted".

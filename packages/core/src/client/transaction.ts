@@ -115,8 +115,6 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
   #startedAt = 0;
   #startedHr = 0;
   #lastByteHr = 0;
-  /** The last body data read (only read for a threat, when the answer broke off inside a chunk). */
-  #lastBody: Buffer | null = null;
 
   constructor(
     conn: Connection,
@@ -481,7 +479,6 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
 
   onBody(data: Buffer): void {
     const body = this.#body;
-    this.#lastBody = data;
     if (body === null || this.#finished) return;
     if (!body.push(data) && !this.#pausedForBody) {
       this.#pausedForBody = true;
@@ -571,13 +568,12 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
     if (this.#finished) return;
     this.#finished = true;
     let error = asIcapError(err, IcapErrorCodes.PROTOCOL, 'ICAP transaction failed');
-    // What came of an answer not received whole (a head cut off, the 100 Continue before it;
-    // once its head was reported, a trailer cut off) goes with the error: a threat named there
-    // is not lost (beyond-head.ts).
+    // What came of an answer not received whole (a head or trailer cut off, the 100 before it,
+    // the body it broke off in) goes with the error: a threat named there is not lost.
     const cut = error.head ?? this.#parser.receivedHead();
     const resolved = this.#responseResolved;
     error = withReceivedHead(error, resolved ? cut : receivedAnswer(cut, this.#continueHead), !resolved);
-    if (resolved) error = strayInChunk(error, this.#parser, this.#lastBody);
+    if (resolved) error = strayInChunk(error, this.#parser);
     this.#stopWriting();
     this.#parser.close();
     this.#cleanup();

@@ -56,6 +56,7 @@ enum State {
 }
 
 const EMPTY = Buffer.alloc(0);
+const CRLF_BYTES = Buffer.from('\r\n');
 const LF = 0x0a;
 const CR = 0x0d;
 
@@ -76,8 +77,9 @@ export class IcapParser<H extends IcapHead = IcapHead> {
   /** A 100 or 204 head announcing a body: its error, thrown once its encapsulated heads are read (a block page there blocks). */
   #bodyless: IcapError | null = null;
   #chunkRemaining = 0;
-  /** The size of the chunk last read (see bytesAfterFailure). */
-  #chunkSize = 0;
+  /** The last two slices of body data handed out (see receivedData). */
+  #prevData: Buffer | null = null;
+  #lastData: Buffer | null = null;
   #ieof = false;
   #trailerBytes = 0;
   /** While onEnd runs: the bytes of the chunk being read that came after the message. */
@@ -109,9 +111,22 @@ export class IcapParser<H extends IcapHead = IcapHead> {
     return (this.#state === State.Head || this.#state === State.Done) && (this.#pending?.length ?? 0) === 0;
   }
 
-  /** True while a chunk's data is read (the message broke off there: its data may be an answer). */
-  get inChunkData(): boolean {
-    return this.#state === State.ChunkData;
+  /**
+   * The last body data handed out (the last two slices, at most the last two reads' worth), or
+   * null: only read for a threat, when the message broke off in its chunked body (a server's
+   * answer may be what was read as a chunk's data: a chunk longer than what was sent).
+   */
+  receivedData(): Buffer | null {
+    const last = this.#lastData;
+    if (last === null || this.#prevData === null) return last;
+    return Buffer.concat([this.#prevData, last]);
+  }
+
+  /** True while a chunked body is read (broken off there, its last data may be an answer). */
+  get inChunks(): boolean {
+    return (
+      this.#state === State.ChunkData || this.#state === State.ChunkDataEnd || this.#state === State.ChunkSize
+    );
   }
 
   /** True when the current message has been read completely. */
@@ -174,8 +189,8 @@ export class IcapParser<H extends IcapHead = IcapHead> {
 
   /**
    * The bytes from where the message broke off with `err` (the line or byte that broke it, then
-   * the rest of that read, the bytes pending from earlier reads included; after a chunk's data,
-   * its last bytes in that read too), or null when `err` is not the parser's last error. Only
+   * the rest of that read, the bytes pending from earlier reads included; in a chunked body,
+   * the last data read before it too, see receivedData), or null when `err` is not the parser's last error. Only
    * ever read for a threat (an answer after a broken one).
    */
   bytesAfterFailure(err: unknown): Buffer | null {
@@ -288,7 +303,6 @@ export class IcapParser<H extends IcapHead = IcapHead> {
             const size = plainHexSize(data, i, lineEnd);
             if (size > 0) {
               this.#chunkRemaining = size;
-              this.#chunkSize = size;
               this.#state = State.ChunkData;
             } else this.#readChunkSize(data.toString('latin1', i, lineEnd));
             i = nl + 1;
@@ -300,6 +314,8 @@ export class IcapParser<H extends IcapHead = IcapHead> {
             this.#chunkRemaining -= n;
             i += n;
             if (this.#chunkRemaining === 0) this.#state = State.ChunkDataEnd;
+            this.#prevData = this.#lastData;
+            this.#lastData = slice;
             this.#handler.onBody(slice);
             break;
           }
@@ -354,10 +370,12 @@ export class IcapParser<H extends IcapHead = IcapHead> {
       // Where the bytes that broke the message start, in the bytes read (pending ones included):
       // the innermost run keeps it (bytesAfterFailure).
       if (this.#failed !== err) {
-        // After a chunk's data, its end too (a server's answer may start there: a short chunk).
-        const back = this.#state === State.ChunkDataEnd ? Math.min(this.#chunkSize, this.#maxHeaderSize) : 0;
+        // In a chunked body, the last data read go first: a server's answer may start there.
+        const rest = data.subarray(i);
+        const before = this.inChunks ? this.receivedData() : null;
+        const eol = this.#state === State.ChunkSize ? CRLF_BYTES : EMPTY;
         this.#failed = err;
-        this.#failedIn = data.subarray(Math.max(0, i - back));
+        this.#failedIn = before === null ? rest : Buffer.concat([before, eol, rest]);
       }
       throw err;
     }
@@ -557,7 +575,6 @@ export class IcapParser<H extends IcapHead = IcapHead> {
       return;
     }
     this.#chunkRemaining = size;
-    this.#chunkSize = size;
     this.#state = State.ChunkData;
   }
 

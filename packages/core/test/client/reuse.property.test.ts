@@ -181,7 +181,7 @@ describe('property: a head read for a threat only that any vendor reading blocks
     let blocked = 0;
     fc.assert(
       fc.property(
-        fc.constantFrom('0', '100', '200', '204', '206', '403', '500', '503'),
+        fc.constantFrom('0', '100', '200', '204', '206', '403', '405', '500', '503', '539'),
         fc.array(fc.constantFrom(...FIELDS), { maxLength: 3 }),
         fc.array(fc.constantFrom(...HTTP_FIELDS), { maxLength: 2 }),
         (status, fields, httpFields) => {

@@ -272,6 +272,8 @@ class Exchange implements WatchHooks, TriedServers {
       timeout: NO_CLIENT_TIMEOUT,
       // Waiting for a busy server's connection is bounded only when the request can go elsewhere.
       queueTimeout: watch.canRetry() ? p.queueTimeout : Number.POSITIVE_INFINITY,
+      // What a server sends after a broken answer is progress: its real answer may follow (AT7).
+      onStray: () => watch.progress(),
       // Only a preview can be answered with 100 Continue (none without: no closure then).
       onContinue:
         preview === false

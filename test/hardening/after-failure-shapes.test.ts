@@ -1,0 +1,187 @@
+/**
+ * Shapes of what a server sends after a failure, from campaign-at (an attack on c255f96): a
+ * block page whose ICAP head carries c-icap's `Server: C-ICAP/0.5.10` (AT1), a vendor's status
+ * block (ESET's 405) with more of the upload after it (AT1b), an answer inside a chunk longer than
+ * what came, over two reads or with a byte after it (AT2), a short chunk that eats the answer's
+ * first lines or all of it but its end (AT11), a read boundary inside the threat line (AT3), an
+ * echo whose rest trickles for seconds before the answer (AT4). Each blocks under both failure
+ * actions. (A stray ICAP 500 carrying an HTTP 403 page is not read as a block page: a limit.)
+ */
+import type { IcapLog } from '@icapkit/core';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { App, Framework } from '../conformance/apps.js';
+import { scriptedApp } from '../support/scripted-app.js';
+import type { Req } from '../support/scripted-icap.js';
+
+const cleanups: Array<() => Promise<void>> = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+const FRAMEWORKS: Framework[] = ['express5', 'fastify'];
+const MODES = ['fail-open', 'fail-closed'] as const;
+const UPLOAD = Buffer.from('some upload');
+const THREAT = 'X-Infection-Found: Type=0; Resolution=2; Threat=EICAR;\r\n';
+const THREAT_ANSWER = `ICAP/1.0 200 OK\r\nISTag: "x1"\r\n${THREAT}Encapsulated: null-body=0\r\n\r\n`;
+const echoHead = (r: Req) => {
+  const reqHdr = r.encap.toString('latin1');
+  return `ICAP/1.0 200 OK\r\nISTag: "x1"\r\nEncapsulated: req-hdr=0, req-body=${reqHdr.length}\r\n\r\n${reqHdr}`;
+};
+// c-icap's answer shape (packages/core/test/engine/verdict/fixtures.ts CICAP_EICAR) without the
+// threat fields: a block page by request satisfaction (squidclamav / a URL-check service).
+const PAGE =
+  'HTTP/1.1 403 Forbidden\r\nServer: C-ICAP\r\nContent-Type: text/html\r\nContent-Length: 5\r\n\r\n';
+const CICAP_PAGE_ANSWER = `ICAP/1.0 200 OK\r\nServer: C-ICAP/0.5.10\r\nConnection: keep-alive\r\nISTag: "CI0001-2-x-27"\r\nEncapsulated: res-hdr=0, res-body=${PAGE.length}\r\n\r\n${PAGE}5\r\nBlock\r\n0\r\n\r\n`;
+
+function expectBlocked(status: number, app: App, log: IcapLog | undefined): void {
+  const got = {
+    status,
+    seen: app.seen.length,
+    action: log?.action,
+    err: log?.request_logs[0]?.error_message,
+  };
+  if (status !== 403) throw new Error(`NOT BLOCKED ${JSON.stringify(got)}`);
+  expect(got).toMatchObject({ status: 403, seen: 0, action: 'ICAP_BLOCKED' });
+}
+
+type Parts = string | Buffer | Array<string | Buffer | { wait: number }>;
+const trickle = (ms: number, every: number) => {
+  const out: Array<string | { wait: number }> = [];
+  for (let t = 0; t < ms; t += every) out.push({ wait: every }, 'x');
+  return out;
+};
+const PAGE403 = 'HTTP/1.1 403 VirusFound\r\nContent-Type: text/html\r\nContent-Length: 5\r\n\r\n';
+const ERR_PAGE_ANSWER = `ICAP/1.0 500 Server Error\r\nISTag: "m1"\r\nEncapsulated: res-hdr=0, res-body=${PAGE403.length}\r\n\r\n${PAGE403}5\r\nBlock\r\n0\r\n\r\n`;
+const CASES: Record<string, [(r: Req) => Parts, Record<string, unknown>?]> = {
+  'control: ICAP 500 + HTTP 403 VirusFound page as the answer': [() => ERR_PAGE_ANSWER],
+  // control: the page answer as the answer itself
+  'control: c-icap block page as the answer': [() => CICAP_PAGE_ANSWER],
+  'c-icap block page after a broken echo (Server: C-ICAP/ splits it)': [
+    (r) => `${echoHead(r)}zz\r\n${CICAP_PAGE_ANSWER}`,
+  ],
+  'c-icap block page after a short chunk (AS1 shape)': [(r) => `${echoHead(r)}5\r\nab${CICAP_PAGE_ANSWER}`],
+  'c-icap block page after an ignored-body 500 (AS7 shape)': [
+    () => `ICAP/1.0 500 Server Error\r\nEncapsulated: opt-body=0\r\n\r\n0\r\n\r\n${CICAP_PAGE_ANSWER}`,
+  ],
+  'eset 405 Forbidden after a broken echo, upload echoed on with icap/': [
+    (r) => [
+      `${echoHead(r)}zz\r\n`,
+      { wait: 30 },
+      'ICAP/1.0 405 Forbidden\r\nISTag: "e"\r\nEncapsulated: null-body=0\r\n\r\n',
+      { wait: 30 },
+      '/icap/x',
+    ],
+    { vendor: 'eset' },
+  ],
+  'control: eset 405 Forbidden after a broken echo': [
+    (r) => [
+      `${echoHead(r)}zz\r\n`,
+      { wait: 30 },
+      'ICAP/1.0 405 Forbidden\r\nISTag: "e"\r\nEncapsulated: null-body=0\r\n\r\n',
+    ],
+    { vendor: 'eset' },
+  ],
+  // strayInChunk reads only the last body read
+  'answer inside a declared 8 KiB chunk in two writes, then close': [
+    (r) => [
+      `${echoHead(r)}2000\r\nab`,
+      { wait: 40 },
+      THREAT_ANSWER.slice(0, 60),
+      { wait: 40 },
+      THREAT_ANSWER.slice(60),
+    ],
+  ],
+  'answer inside a declared 8 KiB chunk, then one more byte, then close': [
+    (r) => [`${echoHead(r)}2000\r\nab${THREAT_ANSWER}`, { wait: 40 }, '\r\n'],
+  ],
+  'answer inside a declared 8 KiB chunk, server idle; responseTimeout 800 (abort in chunk data)': [
+    (r) => `${echoHead(r)}2000\r\nab${THREAT_ANSWER}`,
+    { responseTimeout: 800, connection: { ioTimeout: 5000 } },
+  ],
+  // the chunk's data eats exactly the answer's status line; its CRLF ends the chunk; the threat line is read as a chunk size
+  'short chunk eating exactly the status line, threat line first': [
+    (r) =>
+      `${echoHead(r)}11\r\nabICAP/1.0 200 OK\r\n${THREAT}ISTag: "x1"\r\nEncapsulated: null-body=0\r\n\r\n`,
+  ],
+  'control: short chunk eating the status line + 1 byte, threat line first': [
+    (r) =>
+      `${echoHead(r)}12\r\nabICAP/1.0 200 OK\r\n${THREAT}ISTag: "x1"\r\nEncapsulated: null-body=0\r\n\r\n`,
+  ],
+  'short chunk eating the status and ISTag lines (standard THREAT_ANSWER)': [
+    (r) => `${echoHead(r)}1e\r\nab${THREAT_ANSWER}`,
+  ],
+  'short chunk eating the whole answer but its blank line (then `\\r\\n` as a chunk size)': [
+    (r) => `${echoHead(r)}${(2 + THREAT_ANSWER.length - 4).toString(16)}\r\nab${THREAT_ANSWER}`,
+  ],
+  'short chunk eating the whole answer but its last CRLF, then the server closes': [
+    (r) => `${echoHead(r)}${(2 + THREAT_ANSWER.length - 2).toString(16)}\r\nab${THREAT_ANSWER}`,
+  ],
+  // ChunkDataEnd failure: the chunk's start in an earlier read
+  'short chunk spanning reads: the answer split inside the eaten bytes': [
+    (r) => [
+      `${echoHead(r)}30\r\nabcdefghij`,
+      { wait: 40 },
+      THREAT_ANSWER.slice(0, 20),
+      { wait: 40 },
+      THREAT_ANSWER.slice(20),
+    ],
+  ],
+  'short chunk spanning reads: the read boundary inside the threat line': [
+    (r) => [
+      `${echoHead(r)}30\r\nabcdefghij`,
+      { wait: 40 },
+      THREAT_ANSWER.slice(0, 35),
+      { wait: 40 },
+      THREAT_ANSWER.slice(35),
+    ],
+  ],
+  // the idle-extended wait: an echo trickling for longer than 20 x 250 ms
+  'broken echo trickling 1 byte/100 ms for 6 s, then the answer': [
+    (r) => [`${echoHead(r)}zz\r\n`, ...trickle(6000, 100), THREAT_ANSWER],
+    { responseTimeout: 20000 },
+  ],
+  'threat answer with the break, then trickling on; responseTimeout 1000 (settleNow)': [
+    (r) => [`${echoHead(r)}zz\r\n${THREAT_ANSWER}`, ...trickle(3000, 50)],
+    { responseTimeout: 1000 },
+  ],
+  'broken echo trickling 1 byte/100 ms for 4 s, then the answer': [
+    (r) => [`${echoHead(r)}zz\r\n`, ...trickle(4000, 100), THREAT_ANSWER],
+    { responseTimeout: 20000 },
+  ],
+};
+
+describe.each(FRAMEWORKS)('%s', (framework) => {
+  for (const mode of MODES) {
+    describe(mode, () => {
+      for (const [name, [make, extra]] of Object.entries(CASES)) {
+        it(name, { timeout: 30000 }, async () => {
+          const profile = {
+            failAction: mode,
+            responseTimeout: 3000,
+            connection: { ioTimeout: 2000 },
+            ...extra,
+          };
+          const s = await scriptedApp(
+            framework,
+            (r) => {
+              const a = make(r);
+              const parts = Array.isArray(a) ? a : [a];
+              let t = 0;
+              for (const p of parts) {
+                if (typeof p === 'object' && !Buffer.isBuffer(p)) {
+                  t += p.wait;
+                  continue;
+                }
+                setTimeout(() => r.sock.destroyed || r.sock.write(p), t);
+              }
+              if (name.includes('close')) setTimeout(() => r.sock.end(), t + 10);
+            },
+            profile,
+            cleanups,
+          );
+          const res = await s.post(UPLOAD);
+          expectBlocked(res.status, s.app, s.logs[0]);
+        });
+      }
+    });
+  }
+});
