@@ -63,68 +63,60 @@ describe.each(FRAMEWORKS)('%s', (framework) => {
   }
 });
 
-describe('the stall watchdog during the wait (AS9)', () => {
-  for (const mode of MODES)
-    it(`${mode}: a server that breaks its echo and names the threat is not left for one that says 204`, async () => {
-      const a = await scripted((r) => r.sock.write(`${echoHead(r)}zz\r\n${THREAT_ANSWER}`));
-      const b = await scripted((r) => r.sock.write(CLEAN_204));
-      cleanups.push(a.close, b.close);
-      const logs: IcapLog[] = [];
-      const app = await startApp('express5', {
-        name: 't',
-        poolGroup: [a.url, b.url],
-        serviceUri: '/avscan',
-        failAction: mode,
-        responseTimeout: 3000,
-        connection: { ioTimeout: 2000, stallTimeout: 150 },
-        onLog: (l: IcapLog) => logs.push(l),
-      } as unknown as IcapProfile);
-      cleanups.push(app.close);
-      const res = await send(app.url, '/raw', {
-        method: 'POST',
-        headers: { 'content-type': 'application/octet-stream' },
-        body: UPLOAD,
-      });
-      // The first request goes to the first server (the one that names the threat).
-      const reqmods = (x: typeof a) => x.requests.filter((r) => r.method === 'REQMOD');
-      expect(reqmods(a)).toHaveLength(1);
-      expect(res.status).toBe(403);
-      expect(logs[0]?.action).toBe('ICAP_BLOCKED');
-      expect(logs[0]?.request_logs).toHaveLength(1);
-      expect(reqmods(b)).toHaveLength(0);
-    });
-});
+/**
+ * Two servers, `a` first: an upload goes to `a` (`handler`), and would pass on `b` (a 204).
+ * `a` names the threat: the upload is blocked there, in one attempt, never moved to `b`.
+ */
+async function blockedOnTheFirst(
+  mode: (typeof MODES)[number],
+  handler: (r: Req) => void,
+  connection: Record<string, number>,
+): Promise<void> {
+  const a = await scripted(handler);
+  const b = await scripted((r) => r.sock.write(CLEAN_204));
+  cleanups.push(a.close, b.close);
+  const logs: IcapLog[] = [];
+  const app = await startApp('express5', {
+    name: 't',
+    poolGroup: [a.url, b.url],
+    serviceUri: '/avscan',
+    failAction: mode,
+    responseTimeout: 3000,
+    connection: { ioTimeout: 2000, ...connection },
+    onLog: (l: IcapLog) => logs.push(l),
+  } as unknown as IcapProfile);
+  cleanups.push(app.close);
+  const res = await send(app.url, '/raw', {
+    method: 'POST',
+    headers: { 'content-type': 'application/octet-stream' },
+    body: UPLOAD,
+  });
+  const reqmods = (x: typeof a) => x.requests.filter((r) => r.method === 'REQMOD');
+  expect(reqmods(a)).toHaveLength(1);
+  expect(res.status).toBe(403);
+  expect(logs[0]?.action).toBe('ICAP_BLOCKED');
+  expect(logs[0]?.request_logs).toHaveLength(1);
+  expect(reqmods(b)).toHaveLength(0);
+}
 
-describe('the stall watchdog while the rest of a broken echo trickles (campaign-at AT7)', () => {
-  for (const mode of MODES)
-    it(`${mode}: the answer after the default stallTimeout, bytes coming until then: blocked, not moved on`, async () => {
-      const a = await scripted((r) => {
-        r.sock.write(`${echoHead(r)}zz\r\n`);
-        for (let t = 50; t < 1500; t += 50) setTimeout(() => r.sock.destroyed || r.sock.write('x'), t);
-        setTimeout(() => r.sock.destroyed || r.sock.write(THREAT_ANSWER), 1500);
-      });
-      const b = await scripted((r) => r.sock.write(CLEAN_204));
-      cleanups.push(a.close, b.close);
-      const logs: IcapLog[] = [];
-      const app = await startApp('express5', {
-        name: 't',
-        poolGroup: [a.url, b.url],
-        serviceUri: '/avscan',
-        failAction: mode,
-        responseTimeout: 3000,
-        connection: { ioTimeout: 2000 },
-        onLog: (l: IcapLog) => logs.push(l),
-      } as unknown as IcapProfile);
-      cleanups.push(app.close);
-      const res = await send(app.url, '/raw', {
-        method: 'POST',
-        headers: { 'content-type': 'application/octet-stream' },
-        body: UPLOAD,
-      });
-      expect(a.requests.filter((r) => r.method === 'REQMOD')).toHaveLength(1);
-      expect(res.status).toBe(403);
-      expect(logs[0]?.request_logs).toHaveLength(1);
-    });
+describe('the stall watchdog during the wait', () => {
+  for (const mode of MODES) {
+    it(`${mode}: a broken echo and the threat in one write, stallTimeout 150 ms (AS9)`, () =>
+      blockedOnTheFirst(mode, (r) => r.sock.write(`${echoHead(r)}zz\r\n${THREAT_ANSWER}`), {
+        stallTimeout: 150,
+      }));
+
+    it(`${mode}: the rest of a broken echo trickles, the answer after the default stallTimeout (AT7)`, () =>
+      blockedOnTheFirst(
+        mode,
+        (r) => {
+          r.sock.write(`${echoHead(r)}zz\r\n`);
+          for (let t = 50; t < 1500; t += 50) setTimeout(() => r.sock.destroyed || r.sock.write('x'), t);
+          setTimeout(() => r.sock.destroyed || r.sock.write(THREAT_ANSWER), 1500);
+        },
+        {},
+      ));
+  }
 });
 
 describe('the wait does work linear in the bytes (AS5)', () => {
