@@ -83,7 +83,7 @@ export function strayInChunk<E>(err: E, parser: IcapParser<IcapResponseHead>): E
 
 /** Longest wait for the rest of what followed an answer (capped by the transaction's ioTimeout). */
 const STRAY_WAIT_MS = 250;
-/** A sieve's wait goes on while bytes come, up to this many times its idle bound in all. */
+/** A failure's wait goes on while bytes come, up to this many times its idle bound in all. */
 const SIEVE_WAITS = 120;
 
 /** What a wait keeps of the bytes it reads; `add` says whether the wait is over. */
@@ -278,11 +278,12 @@ const SEPARATOR = '\r\n\r\n';
  * echoed (bytes an attacker chose, heads shaped like a clean answer, megabytes of them) before
  * the server's answer or after it, and the answer may start anywhere (its first bytes read as
  * the rest of a short chunk; glued to a line): so the bytes are cut into segments, one from the
- * first byte handed over and one from every `ICAP/` (any case, anywhere) to the next (its first
- * `maxHeaderSize` bytes), and a segment is kept only when a head in it may name a threat or a
- * refusal (reuse.ts, `mayName`: a reading wider than any vendor's verdict); of those, the first
- * and the last `maxHeaderSize` bytes' worth. Linear in the bytes, memory bounded whatever they
- * hold (campaign-ar AR1, AR4; campaign-as AS1, AS2, AS5, AS6).
+ * first byte handed over and one from every ICAP status line's start (any case, anywhere) to the
+ * next (its first `maxHeaderSize` bytes), and a segment is kept only when a head in it may name a
+ * threat or carry a status some vendor blocks by (reuse.ts, `mayName`: a reading wider than any
+ * vendor's verdict); of those, the first and the last `maxHeaderSize` bytes' worth. Linear in the
+ * bytes, memory bounded whatever they hold (campaign-ar AR1, AR4; campaign-as AS1, AS2, AS5, AS6;
+ * campaign-at AT1).
  */
 export class HeadSieve implements Gather {
   readonly #max: number;
@@ -294,7 +295,7 @@ export class HeadSieve implements Gather {
   #lastChars = 0;
   /** The segment being read (its first `max` bytes), null between segments: the first byte starts one. */
   #seg: string | null = FIRST;
-  /** The last bytes read (latin1), not yet in a segment: an `ICAP/` may start in them. */
+  /** The last bytes read (latin1), not yet in a segment: a head may start in them. */
   #tail = '';
 
   constructor(max: number) {
