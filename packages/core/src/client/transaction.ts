@@ -34,14 +34,14 @@ import { keepReadingAfterWriteError, writeBatch } from './write-error.js';
  *
  * Reading and writing are flow-controlled independently: the writer waits for `drain` and for
  * its body source, the reader pauses the socket when the consumer of the response body is
- * slow. A final response may arrive at any time, even while the body is still being written
- * (an early verdict, an early error): the writer then stops, the answer stands, and a write
- * error that follows is not reported over it. A write that fails before the answer was read
- * (the server answered, then closed or reset without reading the rest) ends only the sending:
- * the socket reads on until the answer is complete or the connection is gone, and the write
- * error is reported only when no complete answer came. The connection is reused only when the
- * request was written and the answer read to their ends, nothing followed the answer, and
- * `keepsConnection` allows it (no `Connection: close`, an answer that passes the message).
+ * slow. A final response may arrive at any time, even while the body is being written (an
+ * early verdict or error): the writer stops and the answer stands. A write that fails before
+ * the answer was read (the server answered, then closed without reading the rest) ends only the
+ * sending; its error is reported only when no complete answer came. The connection is reused
+ * only when request and answer were read to their ends, nothing followed the answer, a body
+ * returned is as long as the one sent (a shorter one may be an echo the upload's own bytes ended
+ * early, its rest to come later as the next exchange's answer: campaign-at AT5; an adapted body
+ * costs a new connection), and `keepsConnection` allows it.
  */
 
 type WriteState = 'head' | 'preview' | 'awaiting-continue' | 'rest' | 'finished' | 'stopped';
@@ -97,11 +97,7 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
   #interims = 0;
   #goAhead = false;
   #iterator: AsyncIterator<Uint8Array> | null = null;
-  /**
-   * Writing failed (EPIPE, ECONNRESET: the server stopped reading, often because it has
-   * answered). Sending stops; the response side reads on until the answer is complete or the
-   * connection is gone, and this error is reported only if no complete answer came.
-   */
+  /** Writing failed (EPIPE, ECONNRESET: the server may have answered; see the class comment). */
   #writeError: Error | undefined;
   /** Undoes the hook that keeps the socket reading after a write error. */
   #unhookWriteError: (() => void) | undefined;
@@ -112,6 +108,9 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
   #outBytes = 0;
   #bytesSent = 0;
   #bytesReceived = 0;
+  /** Body bytes sent and read (a returned body must be as long to keep the connection). */
+  #bodySent = 0;
+  #bodyRead = 0;
   #startedAt = 0;
   #startedHr = 0;
   #lastByteHr = 0;
@@ -322,6 +321,7 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
   }
 
   #queueChunk(b: Buffer): void {
+    this.#bodySent += b.length;
     this.#queue(chunkHeader(b.length));
     this.#queue(b);
     this.#queue(CRLF);
@@ -480,6 +480,7 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
   onBody(data: Buffer): void {
     const body = this.#body;
     if (body === null || this.#finished) return;
+    this.#bodyRead += data.length;
     if (!body.push(data) && !this.#pausedForBody) {
       this.#pausedForBody = true;
       this.#conn.socket.pause();
@@ -507,6 +508,7 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
       this.#terminated &&
       (this.#writeState === 'finished' || this.#writeState === 'stopped') &&
       stray === null &&
+      (this.#body === null || this.#bodyRead === this.#bodySent) &&
       keepsConnection(this.#req, head, trailer, this.#continueHead) &&
       conn.usable;
     this.#cleanup();
