@@ -4,8 +4,8 @@
  * block (ESET's 405) with more of the upload after it (AT1b), an answer inside a chunk longer than
  * what came, over two reads or with a byte after it (AT2), a short chunk that eats the answer's
  * first lines or all of it but its end (AT11), a read boundary inside the threat line (AT3), an
- * echo whose rest trickles for seconds before the answer (AT4). Each blocks under both failure
- * actions. (A stray ICAP 500 carrying an HTTP 403 page is not read as a block page: a limit.)
+ * echo whose rest trickles for seconds before the answer (AT4), an ICAP 500 whose encapsulated
+ * HTTP 403 page is the block (AT10). Each blocks under both failure actions.
  */
 import type { IcapLog } from '@icapkit/core';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -53,6 +53,12 @@ const PAGE403 = 'HTTP/1.1 403 VirusFound\r\nContent-Type: text/html\r\nContent-L
 const ERR_PAGE_ANSWER = `ICAP/1.0 500 Server Error\r\nISTag: "m1"\r\nEncapsulated: res-hdr=0, res-body=${PAGE403.length}\r\n\r\n${PAGE403}5\r\nBlock\r\n0\r\n\r\n`;
 const CASES: Record<string, [(r: Req) => Parts, Record<string, unknown>?]> = {
   'control: ICAP 500 + HTTP 403 VirusFound page as the answer': [() => ERR_PAGE_ANSWER],
+  'ICAP 500 + HTTP 403 VirusFound page after a broken echo (AT10)': [
+    (r) => `${echoHead(r)}zz\r\n${ERR_PAGE_ANSWER}`,
+  ],
+  'ICAP 500 + HTTP 403 VirusFound page after a short chunk (AT10)': [
+    (r) => `${echoHead(r)}5\r\nab${ERR_PAGE_ANSWER}`,
+  ],
   // control: the page answer as the answer itself
   'control: c-icap block page as the answer': [() => CICAP_PAGE_ANSWER],
   'c-icap block page after a broken echo (Server: C-ICAP/ splits it)': [

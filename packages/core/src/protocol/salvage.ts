@@ -161,15 +161,7 @@ export function salvageEncapsulated(
         version: m?.[3] ?? '',
       };
     } else {
-      const m = /^\s*(HTTP\/\S+)[ \t]+(\d{3})(?![0-9])(?:[ \t]+(.*))?/i.exec(startLine);
-      httpResponse = {
-        startLine,
-        headers,
-        raw: section,
-        status: m === null ? 0 : Number(m[2]),
-        reason: m?.[3] ?? '',
-        version: m?.[1] ?? '',
-      };
+      httpResponse = lenientPage(startLine, headers, section);
     }
   }
   return {
@@ -179,6 +171,19 @@ export function salvageEncapsulated(
     rawHeaders: head.rawHeaders,
     httpResponse,
     httpRequest,
+  };
+}
+
+/** An encapsulated HTTP response head read leniently (status 0 when its start line is odd). */
+function lenientPage(startLine: string, headers: Headers, raw: Buffer): HttpResponseHead {
+  const m = /^\s*(HTTP\/\S+)[ \t]+(\d{3})(?![0-9])(?:[ \t]+(.*))?/i.exec(startLine);
+  return {
+    startLine,
+    headers,
+    raw,
+    status: m === null ? 0 : Number(m[2]),
+    reason: m?.[3] ?? '',
+    version: m?.[1] ?? '',
   };
 }
 
@@ -199,17 +204,29 @@ export function salvageLines(pending: Buffer): IcapReceivedHead | undefined {
 /**
  * Every head in what followed an answer on its connection (a second answer; a 100 Continue,
  * then an answer; one answer after another), each read leniently as salvageResponseHead says,
- * the last one cut short too, the blank lines before and between them skipped (an
- * encapsulated HTTP head counts as one more). Only ever read for a threat.
+ * the last one cut short too, the blank lines before and between them skipped. An HTTP response
+ * head right after an ICAP head whose `Encapsulated` names `res-hdr` is read as that head's
+ * page (a block page under any status: campaign-at AT10); any other encapsulated head counts as
+ * one head more. Only ever read for a threat.
  */
 export function salvageHeads(stray: Buffer): IcapReceivedHead[] {
   const heads: IcapReceivedHead[] = [];
   for (const text of lenientText(stray).split(/\n{2,}/)) {
     const head = text.replace(/^\n+/, '');
+    if (head === '') continue;
     // Every one (interim heads too, however many): what is read here is bounded by its bytes.
-    if (head !== '') heads.push(salvageText(head));
+    const last = heads[heads.length - 1];
+    if (last !== undefined && last.httpResponse === null && /^\s*HTTP\//i.test(head) && namesPage(last)) {
+      const lines = head.split('\n');
+      last.httpResponse = lenientPage(lines[0]!, lenientFields(lines).headers, Buffer.from(head, 'latin1'));
+    } else heads.push(salvageText(head));
   }
   return heads;
+}
+
+/** Whether a salvaged ICAP head's `Encapsulated` names an HTTP response head. */
+function namesPage(h: IcapReceivedHead): boolean {
+  return h.status !== 0 && h.headers.getAll('encapsulated').some((v) => /res-hdr/i.test(v));
 }
 
 /**

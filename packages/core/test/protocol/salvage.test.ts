@@ -6,7 +6,7 @@
 import { describe, expect, it } from 'vitest';
 import { IcapError } from '../../src/errors.js';
 import { IcapParser, type IcapResponseHead } from '../../src/protocol/parser.js';
-import { receivedAnswer, salvageResponseHead } from '../../src/protocol/salvage.js';
+import { receivedAnswer, salvageHeads, salvageResponseHead } from '../../src/protocol/salvage.js';
 
 const THREAT = 'X-Infection-Found: Type=0; Resolution=2; Threat=Eicar-Test-Signature;\r\n';
 
@@ -130,5 +130,29 @@ describe('salvageResponseHead and receivedAnswer', () => {
     const withThreat = salvageResponseHead(Buffer.from(`ICAP/1.0 200 OK\r\n${THREAT}`, 'latin1'));
     expect(receivedAnswer(withThreat, bare)?.headers.has('x-infection-found')).toBe(true);
     expect(receivedAnswer(undefined, null)).toBeUndefined();
+  });
+});
+
+describe('salvageHeads: an encapsulated page after a stray head (campaign-at AT10)', () => {
+  const page = 'HTTP/1.1 403 VirusFound\r\nContent-Type: text/html\r\n\r\n';
+
+  it("is read as the page of the ICAP head before it when that head's Encapsulated names res-hdr", () => {
+    const heads = salvageHeads(
+      Buffer.from(
+        `ICAP/1.0 500 Server Error\r\nEncapsulated: res-hdr=0, res-body=50\r\n\r\n${page}5\r\nBlock`,
+      ),
+    );
+    expect(heads[0]?.status).toBe(500);
+    expect(heads[0]?.httpResponse).toMatchObject({ status: 403, reason: 'VirusFound' });
+    expect(heads[0]?.httpResponse?.headers.get('content-type')).toBe('text/html');
+    // The page is not a head of its own; the body after it is.
+    expect(heads.some((h) => h.rawHeaders.includes('Content-Type'))).toBe(false);
+  });
+
+  it('is a head of its own after a head naming no res-hdr, or after no ICAP head', () => {
+    const after = salvageHeads(Buffer.from(`ICAP/1.0 200 OK\r\nEncapsulated: null-body=0\r\n\r\n${page}`));
+    expect(after[0]?.httpResponse).toBeNull();
+    expect(after).toHaveLength(2);
+    expect(salvageHeads(Buffer.from(page))[0]?.httpResponse).toBeNull();
   });
 });
