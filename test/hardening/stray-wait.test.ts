@@ -24,6 +24,11 @@ const UPLOAD = Buffer.from('some upload');
 const THREAT_ANSWER =
   'ICAP/1.0 200 OK\r\nISTag: "x1"\r\nX-Infection-Found: Type=0; Resolution=2; Threat=EICAR;\r\nEncapsulated: null-body=0\r\n\r\n';
 const CLEAN_204 = 'ICAP/1.0 204 No Content\r\nISTag: "x1"\r\nEncapsulated: null-body=0\r\n\r\n';
+/** Heads that may name a threat by reuse.ts's mayName, and that every vendor's verdict reads as clean. */
+const EVICTING: Record<string, string> = {
+  'X-Error-Code: 1': '\nICAP/1.0 200 OK\nX-Error-Code: 1\n\n',
+  'Encapsulated: res-hdr (ICAP 200, no page)': '\nICAP/1.0 200 OK\nEncapsulated: res-hdr=0\n\n',
+};
 const echoHead = (r: Req) => {
   const reqHdr = r.encap.toString('latin1');
   return `ICAP/1.0 200 OK\r\nISTag: "x1"\r\nEncapsulated: req-hdr=0, req-body=${reqHdr.length}\r\n\r\n${reqHdr}`;
@@ -58,6 +63,28 @@ describe.each(FRAMEWORKS)('%s', (framework) => {
           );
           expect((await s.post(UPLOAD)).status).toBe(403);
           expect(s.app.seen).toHaveLength(0);
+        });
+
+      // Heads the client's wide reading (mayName) keeps but the verdict reads as clean, 300 KiB of
+      // them echoed before the server's answer and again as the body that answer returns: kept by
+      // the verdict's reading, the answer cannot be pushed out of what the wait keeps (AT6).
+      for (const [name, unit] of Object.entries(EVICTING))
+        it(`the threat answer between 300 KiB of clean heads shaped ${name}: blocked (AT6)`, async () => {
+          const s = await scriptedApp(
+            framework,
+            (r) => {
+              r.sock.write(Buffer.concat([Buffer.from(`${echoHead(r)}zz\r\n`), r.body]));
+              const answer = `${THREAT_ANSWER.replace('Encapsulated: null-body=0', `Encapsulated: req-hdr=0, req-body=${r.encap.length}`)}${r.encap.toString('latin1')}`;
+              const body = `${r.body.length.toString(16)}\r\n${r.body.toString('latin1')}\r\n0\r\n\r\n`;
+              setTimeout(() => r.sock.destroyed || r.sock.write(Buffer.from(answer + body, 'latin1')), 30);
+            },
+            { failAction: mode, responseTimeout: 10000, connection: { ioTimeout: 2000 } },
+            cleanups,
+          );
+          const upload = Buffer.from(unit.repeat(Math.ceil((300 * 1024) / unit.length)), 'latin1');
+          expect((await s.post(upload)).status).toBe(403);
+          expect(s.app.seen).toHaveLength(0);
+          expect(s.logs[0]?.action).toBe('ICAP_BLOCKED');
         });
     });
   }

@@ -373,6 +373,8 @@ async function scanFile(
       preview: s.preview,
       allow204: s.allow204,
       honourTransferIgnore: !s.scanAll,
+      // What follows a failure or an answer is kept by this verdict's reading.
+      strayBlocks: (h) => threatInHead(readingFor(s, file), h) !== null,
     });
     if (isSkipped(r)) {
       result.verdict = 'skipped';

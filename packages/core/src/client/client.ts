@@ -1,4 +1,4 @@
-import { escapeControls, IcapError, IcapErrorCodes } from '../errors.js';
+import { escapeControls, IcapError, IcapErrorCodes, type IcapReceivedHead } from '../errors.js';
 import {
   encodeIcapRequest,
   type HeaderPairs,
@@ -118,6 +118,12 @@ export interface IcapRequestOptions {
    * what the server sends next (read for a threat only): progress, for a caller that watches it.
    */
   onStray?: ((bytes: number) => void) | undefined;
+  /**
+   * Whether a head read from what followed a failure or an answer blocks (the caller's verdict):
+   * the wait then keeps the first such head and ends there; else the heads that may name a
+   * threat by the client's wide reading (`mayName`), the first and the last of them.
+   */
+  strayBlocks?: ((head: IcapReceivedHead) => boolean) | undefined;
   /**
    * ms this request may wait for a free connection (the client's `queueTimeout` when left out;
    * `Infinity`: no limit).
@@ -372,6 +378,7 @@ export class IcapClient {
       allow204: init.allow204 ?? true,
       onContinue: init.onContinue,
       onStray: init.onStray,
+      strayBlocks: init.strayBlocks,
       // The only `Connection` line an encoded head can hold is one of these ICAP headers (the
       // encapsulated HTTP heads never carry one; no value holds a line break).
       closeAsked: this.#closeAsked || asksClose(extra),
@@ -413,6 +420,7 @@ export class IcapClient {
           signal,
           abortWhat,
           onStray: req.onStray,
+          strayBlocks: req.strayBlocks,
         },
         this.#pool,
       );

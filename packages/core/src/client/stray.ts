@@ -4,6 +4,7 @@
  * block after a 204, the real answer after a broken one), and a threat they name must not be
  * lost. They are only ever read for a threat, never to pass anything.
  */
+import type { IcapReceivedHead } from '../errors.js';
 import type { IcapParser, IcapResponseHead } from '../protocol/parser.js';
 import { lenientText, salvageHeads, withStray } from '../protocol/salvage.js';
 import type { Connection, SocketOwner } from './connection.js';
@@ -15,6 +16,8 @@ interface WaitOptions {
   ioTimeout: number;
   /** Bytes came while waiting (the caller's watch of the exchange's progress). */
   onStray?: ((bytes: number) => void) | undefined;
+  /** The caller's reading of a head that followed (IcapRequestOptions.strayBlocks). */
+  strayBlocks?: ((head: IcapReceivedHead) => boolean) | undefined;
 }
 
 /**
@@ -142,9 +145,10 @@ export class StrayWait implements SocketOwner {
     settle: (stray: Buffer) => void,
     extend: boolean,
   ): void {
-    const sieve = new HeadSieve(opts.maxHeaderSize);
-    sieve.add(rest);
-    new StrayWait(conn, sieve, opts, settle, extend);
+    const sieve = new HeadSieve(opts.maxHeaderSize, opts.strayBlocks);
+    // A head the caller reads as a block ends the wait (nothing after it can undo a block).
+    if (sieve.add(rest)) settle(sieve.all());
+    else new StrayWait(conn, sieve, opts, settle, extend);
   }
 
   private constructor(
@@ -281,9 +285,11 @@ const SEPARATOR = '\r\n\r\n';
  * first byte handed over and one from every ICAP status line's start (any case, anywhere) to the
  * next (its first `maxHeaderSize` bytes), and a segment is kept only when a head in it may name a
  * threat or carry a status some vendor blocks by (reuse.ts, `mayName`: a reading wider than any
- * vendor's verdict); of those, the first and the last `maxHeaderSize` bytes' worth. Linear in the
- * bytes, memory bounded whatever they hold (campaign-ar AR1, AR4; campaign-as AS1, AS2, AS5, AS6;
- * campaign-at AT1).
+ * vendor's verdict); of those, the first and the last `maxHeaderSize` bytes' worth. With the
+ * caller's own reading (`blocks`: the engine's verdict), only the first segment holding a head it
+ * blocks by is kept, and the wait ends there: heads that `mayName` keeps but the verdict reads as
+ * clean cannot push the answer out (campaign-at AT6). Linear in the bytes, memory bounded
+ * whatever they hold (campaign-ar AR1, AR4; campaign-as AS1, AS2, AS5, AS6; campaign-at AT1).
  */
 export class HeadSieve implements Gather {
   readonly #max: number;
@@ -297,12 +303,18 @@ export class HeadSieve implements Gather {
   #seg: string | null = FIRST;
   /** The last bytes read (latin1), not yet in a segment: a head may start in them. */
   #tail = '';
+  /** The caller's reading (see the class comment), and the segment it blocked by. */
+  readonly #blocks: ((head: IcapReceivedHead) => boolean) | undefined;
+  #hit: string | null = null;
 
-  constructor(max: number) {
+  constructor(max: number, blocks?: ((head: IcapReceivedHead) => boolean) | undefined) {
     this.#max = max;
+    this.#blocks = blocks;
   }
 
-  add(data: Buffer): false {
+  /** True when a segment was found that the caller's reading blocks by: the wait is over. */
+  add(data: Buffer): boolean {
+    if (this.#hit !== null) return true;
     // latin1: one character per byte. The last HOLD of a read wait for the next (a head may
     // start there): they go to the open segment only when no head starts in them.
     const text = this.#tail + data.toString('latin1');
@@ -317,6 +329,7 @@ export class HeadSieve implements Gather {
         return false;
       }
       this.#cut();
+      if (this.#hit !== null) return true;
       this.#seg = '';
       from = m.index;
     }
@@ -333,7 +346,14 @@ export class HeadSieve implements Gather {
     const seg = this.#seg;
     this.#seg = null;
     if (seg === null || !seg.includes(':')) return;
-    if (!salvageHeads(Buffer.from(seg, 'latin1')).some(mayName)) return;
+    const heads = salvageHeads(Buffer.from(seg, 'latin1'));
+    const blocks = this.#blocks;
+    if (blocks !== undefined) {
+      // Only a head the caller blocks by is kept, the first: no crafted head can push it out.
+      if (heads.some(blocks)) this.#hit = seg;
+      return;
+    }
+    if (!heads.some(mayName)) return;
     if (!this.#firstFull && this.#firstChars + seg.length <= this.#max) {
       this.#first.push(seg);
       this.#firstChars += seg.length;
@@ -352,6 +372,7 @@ export class HeadSieve implements Gather {
 
   /** The segments kept, each ended by a blank line (read as heads of their own), the open one last. */
   all(): Buffer {
+    if (this.#hit !== null) return Buffer.from(`${this.#hit}${SEPARATOR}`, 'latin1');
     const kept = [...this.#first, ...this.#last.slice(this.#lastFrom)];
     this.#append(this.#tail, 0, this.#tail.length);
     this.#tail = '';

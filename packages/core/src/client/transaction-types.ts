@@ -22,8 +22,9 @@ export interface TransactionRequest {
   preview: number | undefined;
   allow204: boolean;
   onContinue: (() => void) | undefined;
-  /** See IcapRequestOptions.onStray. */
+  /** See IcapRequestOptions.onStray, .strayBlocks. */
   onStray?: ((bytes: number) => void) | undefined;
+  strayBlocks?: ((head: IcapReceivedHead) => boolean) | undefined;
   /**
    * The head asks the server to close the connection after this exchange (a `Connection:
    * close` line): computed from the header pairs when given, else looked up in `head`.
@@ -38,6 +39,8 @@ export interface TransactionOptions {
   signal: AbortSignal;
   /** Bytes came after a failure or an answer, while the exchange waited for more (progress). */
   onStray?: ((bytes: number) => void) | undefined;
+  /** A head that followed blocks (IcapRequestOptions.strayBlocks). */
+  strayBlocks?: ((head: IcapReceivedHead) => boolean) | undefined;
   /**
    * Set when `signal` is the caller's own: a reason that is not an IcapError becomes
    * ICAP_ERR_ABORTED "<abortWhat> was aborted".

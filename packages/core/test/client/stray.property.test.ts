@@ -122,3 +122,50 @@ describe('HeadSieve', () => {
     }
   });
 });
+
+describe("HeadSieve with the caller's reading (campaign-at AT6)", () => {
+  const blocks = (h: { headers: { has(n: string): boolean } }) => h.headers.has('x-infection-found');
+  /** Heads the wide reading keeps (mayName) and a verdict reads as clean, any number of them. */
+  const evicting = fc
+    .array(
+      fc.constantFrom(
+        'ICAP/1.0 200 OK\r\nX-Error-Code: 1\r\n\r\n',
+        'ICAP/1.0 200 OK\nEncapsulated: res-hdr=0\n\n',
+      ),
+      { maxLength: 400 },
+    )
+    .map((p) => p.join(''));
+
+  it('hands on the head it blocks by, however many kept-but-clean heads come before and after it, and stops there', () => {
+    fc.assert(
+      fc.property(
+        evicting,
+        upload,
+        answer,
+        evicting,
+        fc.array(fc.nat(), { maxLength: 20 }),
+        (before, junk, real, after, cuts) => {
+          const sieve = new HeadSieve(MAX, blocks);
+          const parts = split(Buffer.from(`${before}${junk}${real}${after}`, 'latin1'), cuts);
+          let ended = false;
+          for (const p of parts) if (!ended) ended = sieve.add(p);
+          const all = sieve.all();
+          expect(namesThreat(all)).toBe(true);
+          // Only that head's segment is handed on: bounded whatever came around it.
+          expect(all.length).toBeLessThanOrEqual(MAX + 8);
+        },
+      ),
+      { numRuns: 200 },
+    );
+  });
+
+  it('hands on no head the reading does not block by, but the open segment', () => {
+    const sieve = new HeadSieve(MAX, blocks);
+    expect(
+      sieve.add(Buffer.from(`${'ICAP/1.0 200 OK\r\nX-Error-Code: 1\r\n\r\n'.repeat(500)}${CLEAN}`)),
+    ).toBe(false);
+    const heads = salvageHeads(sieve.all());
+    expect(heads.length).toBeLessThanOrEqual(1);
+    expect(heads.some(blocks)).toBe(false);
+  });
+});

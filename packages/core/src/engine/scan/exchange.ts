@@ -274,6 +274,8 @@ class Exchange implements WatchHooks, TriedServers {
       queueTimeout: watch.canRetry() ? p.queueTimeout : Number.POSITIVE_INFINITY,
       // What a server sends after a broken answer is progress: its real answer may follow (AT7).
       onStray: () => watch.progress(),
+      // What follows is kept by the verdict's own reading (campaign-at AT6).
+      strayBlocks: (h) => threatInHead(readingOf(p, this.facts.fileName), h) !== null,
       // Only a preview can be answered with 100 Continue (none without: no closure then).
       onContinue:
         preview === false
