@@ -5,7 +5,8 @@
  * what came, over two reads or with a byte after it (AT2), a short chunk that eats the answer's
  * first lines or all of it but its end (AT11), a read boundary inside the threat line (AT3), an
  * echo whose rest trickles for seconds before the answer (AT4), an ICAP 500 whose encapsulated
- * HTTP 403 page is the block (AT10). Each blocks under both failure actions.
+ * HTTP 403 page is the block (AT10), after an HTTP request head too (AU2), or whose page names
+ * the threat in a field (AU3). Each blocks under both failure actions.
  */
 import type { IcapLog } from '@icapkit/core';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -51,10 +52,23 @@ const trickle = (ms: number, every: number) => {
 };
 const PAGE403 = 'HTTP/1.1 403 VirusFound\r\nContent-Type: text/html\r\nContent-Length: 5\r\n\r\n';
 const ERR_PAGE_ANSWER = `ICAP/1.0 500 Server Error\r\nISTag: "m1"\r\nEncapsulated: res-hdr=0, res-body=${PAGE403.length}\r\n\r\n${PAGE403}5\r\nBlock\r\n0\r\n\r\n`;
+const REQ_HEAD = 'GET / HTTP/1.1\r\nHost: x\r\n\r\n';
+const REQ_THEN_PAGE = `ICAP/1.0 500 Server Error\r\nEncapsulated: req-hdr=0, res-hdr=${REQ_HEAD.length}, res-body=${REQ_HEAD.length + PAGE403.length}\r\n\r\n${REQ_HEAD}${PAGE403}5\r\nBlock\r\n0\r\n\r\n`;
+const NAMED_PAGE = 'HTTP/1.1 200 OK\r\nX-Virus-Name: EICAR-Test-File\r\nContent-Length: 5\r\n\r\n';
+const NAMED_PAGE_ANSWER = `ICAP/1.0 500 Server Error\r\nISTag: "m1"\r\nEncapsulated: res-hdr=0, res-body=${NAMED_PAGE.length}\r\n\r\n${NAMED_PAGE}5\r\nBlock\r\n0\r\n\r\n`;
 const CASES: Record<string, [(r: Req) => Parts, Record<string, unknown>?]> = {
   'control: ICAP 500 + HTTP 403 VirusFound page as the answer': [() => ERR_PAGE_ANSWER],
   'ICAP 500 + HTTP 403 VirusFound page after a broken echo (AT10)': [
     (r) => `${echoHead(r)}zz\r\n${ERR_PAGE_ANSWER}`,
+  ],
+  'ICAP 500 + HTTP 403 page after an HTTP request head (req-hdr, then res-hdr), after a broken echo (AU2)': [
+    (r) => `${echoHead(r)}zz\r\n${REQ_THEN_PAGE}`,
+  ],
+  'ICAP 500 + a 200 page naming the threat in X-Virus-Name, after a broken echo (AU3)': [
+    (r) => `${echoHead(r)}zz\r\n${NAMED_PAGE_ANSWER}`,
+  ],
+  'ICAP 500 + a 200 page naming the threat in X-Virus-Name, after a clean 204 in the same read (AU3)': [
+    () => `ICAP/1.0 204 No Content\r\nISTag: "x"\r\nEncapsulated: null-body=0\r\n\r\n${NAMED_PAGE_ANSWER}`,
   ],
   'ICAP 500 + HTTP 403 VirusFound page after a short chunk (AT10)': [
     (r) => `${echoHead(r)}5\r\nab${ERR_PAGE_ANSWER}`,

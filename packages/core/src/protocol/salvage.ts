@@ -204,22 +204,28 @@ export function salvageLines(pending: Buffer): IcapReceivedHead | undefined {
 /**
  * Every head in what followed an answer on its connection (a second answer; a 100 Continue,
  * then an answer; one answer after another), each read leniently as salvageResponseHead says,
- * the last one cut short too, the blank lines before and between them skipped. An HTTP response
- * head right after an ICAP head whose `Encapsulated` names `res-hdr` is read as that head's
- * page (a block page under any status: campaign-at AT10); any other encapsulated head counts as
- * one head more. Only ever read for a threat.
+ * the last one cut short too, the blank lines before and between them skipped; an encapsulated
+ * HTTP head counts as one head more. An HTTP response head after an ICAP head whose
+ * `Encapsulated` names `res-hdr` (an HTTP request head between them or not) is also read as that
+ * head's page, so that a block page under any status blocks (campaign-at AT10, campaign-au AU2);
+ * its fields stay a head of their own too (AU3). Only ever read for a threat.
  */
 export function salvageHeads(stray: Buffer): IcapReceivedHead[] {
   const heads: IcapReceivedHead[] = [];
+  /** The last ICAP head whose page has not come yet. */
+  let awaiting: IcapReceivedHead | null = null;
   for (const text of lenientText(stray).split(/\n{2,}/)) {
-    const head = text.replace(/^\n+/, '');
-    if (head === '') continue;
+    const block = text.replace(/^\n+/, '');
+    if (block === '') continue;
     // Every one (interim heads too, however many): what is read here is bounded by its bytes.
-    const last = heads[heads.length - 1];
-    if (last !== undefined && last.httpResponse === null && /^\s*HTTP\//i.test(head) && namesPage(last)) {
-      const lines = head.split('\n');
-      last.httpResponse = lenientPage(lines[0]!, lenientFields(lines).headers, Buffer.from(head, 'latin1'));
-    } else heads.push(salvageText(head));
+    const head = salvageText(block);
+    heads.push(head);
+    if (awaiting !== null && /^\s*HTTP\//i.test(block)) {
+      const eol = block.indexOf('\n');
+      const startLine = eol === -1 ? block : block.slice(0, eol);
+      awaiting.httpResponse = lenientPage(startLine, head.headers, Buffer.from(block, 'latin1'));
+      awaiting = null;
+    } else if (awaiting === null || !REQUEST_LINE.test(block)) awaiting = namesPage(head) ? head : null;
   }
   return heads;
 }
@@ -228,6 +234,9 @@ export function salvageHeads(stray: Buffer): IcapReceivedHead[] {
 function namesPage(h: IcapReceivedHead): boolean {
   return h.status !== 0 && h.headers.getAll('encapsulated').some((v) => /res-hdr/i.test(v));
 }
+
+/** The start line of an HTTP request head (what may sit between an ICAP head and its page). */
+const REQUEST_LINE = /^\s*\S+[ \t]+\S+[ \t]+HTTP\//i;
 
 /**
  * What a failed transaction received of an answer as one head: the head cut off (or refused),

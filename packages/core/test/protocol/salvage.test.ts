@@ -133,7 +133,7 @@ describe('salvageResponseHead and receivedAnswer', () => {
   });
 });
 
-describe('salvageHeads: an encapsulated page after a stray head (campaign-at AT10)', () => {
+describe('salvageHeads: an encapsulated page after a stray head (campaign-at AT10, campaign-au AU2, AU3)', () => {
   const page = 'HTTP/1.1 403 VirusFound\r\nContent-Type: text/html\r\n\r\n';
 
   it("is read as the page of the ICAP head before it when that head's Encapsulated names res-hdr", () => {
@@ -145,8 +145,18 @@ describe('salvageHeads: an encapsulated page after a stray head (campaign-at AT1
     expect(heads[0]?.status).toBe(500);
     expect(heads[0]?.httpResponse).toMatchObject({ status: 403, reason: 'VirusFound' });
     expect(heads[0]?.httpResponse?.headers.get('content-type')).toBe('text/html');
-    // The page is not a head of its own; the body after it is.
-    expect(heads.some((h) => h.rawHeaders.includes('Content-Type'))).toBe(false);
+    // Its fields are a head of their own too (a threat field there is read as in any head: AU3).
+    expect(heads[1]?.headers.get('content-type')).toBe('text/html');
+  });
+
+  it('is read as the page after an HTTP request head between them (req-hdr, then res-hdr: AU2)', () => {
+    const req = 'POST /upload HTTP/1.1\r\nHost: x\r\n\r\n';
+    const heads = salvageHeads(
+      Buffer.from(
+        `ICAP/1.0 500 Server Error\r\nEncapsulated: req-hdr=0, res-hdr=${req.length}, res-body=90\r\n\r\n${req}${page}`,
+      ),
+    );
+    expect(heads[0]?.httpResponse).toMatchObject({ status: 403, reason: 'VirusFound' });
   });
 
   it('is a head of its own after a head naming no res-hdr, or after no ICAP head', () => {
