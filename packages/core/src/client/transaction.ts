@@ -17,6 +17,7 @@ import {
 } from './answer.js';
 import type { Connection, SocketOwner } from './connection.js';
 import { type Deferred, deferred, noop } from './deferred.js';
+import { EchoCheck } from './echo.js';
 import { keepsConnection } from './reuse.js';
 import { asBuffer, closeIterator, takeNow } from './source.js';
 import { afterAnswer, afterFailure, failAfterHead, StrayWait, strayInChunk } from './stray.js';
@@ -39,9 +40,8 @@ import { keepReadingAfterWriteError, writeBatch } from './write-error.js';
  * the answer was read (the server answered, then closed without reading the rest) ends only the
  * sending; its error is reported only when no complete answer came. The connection is reused
  * only when request and answer were read to their ends, nothing followed the answer, a body
- * returned is as long as the one sent (a shorter one may be an echo the upload's own bytes ended
- * early, its rest to come later as the next exchange's answer: campaign-at AT5; an adapted body
- * costs a new connection), and `keepsConnection` allows it.
+ * returned is the one sent byte for byte (else it may be an echo the upload's own bytes ended
+ * early: echo.ts), and `keepsConnection` allows it.
  */
 
 type WriteState = 'head' | 'preview' | 'awaiting-continue' | 'rest' | 'finished' | 'stopped';
@@ -108,9 +108,8 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
   #outBytes = 0;
   #bytesSent = 0;
   #bytesReceived = 0;
-  /** Body bytes sent and read (a returned body must be as long to keep the connection). */
-  #bodySent = 0;
-  #bodyRead = 0;
+  /** Whether a body returned is the one sent (the connection is kept only then: echo.ts). */
+  readonly #echo = new EchoCheck();
   #startedAt = 0;
   #startedHr = 0;
   #lastByteHr = 0;
@@ -321,7 +320,7 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
   }
 
   #queueChunk(b: Buffer): void {
-    this.#bodySent += b.length;
+    this.#echo.sent(b);
     this.#queue(chunkHeader(b.length));
     this.#queue(b);
     this.#queue(CRLF);
@@ -480,7 +479,7 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
   onBody(data: Buffer): void {
     const body = this.#body;
     if (body === null || this.#finished) return;
-    this.#bodyRead += data.length;
+    this.#echo.read(data);
     if (!body.push(data) && !this.#pausedForBody) {
       this.#pausedForBody = true;
       this.#conn.socket.pause();
@@ -508,7 +507,7 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
       this.#terminated &&
       (this.#writeState === 'finished' || this.#writeState === 'stopped') &&
       stray === null &&
-      (this.#body === null || this.#bodyRead === this.#bodySent) &&
+      (this.#body === null || this.#echo.echoed) &&
       keepsConnection(this.#req, head, trailer, this.#continueHead) &&
       conn.usable;
     this.#cleanup();
@@ -588,6 +587,7 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
 
   #cleanup(): void {
     if (this.#conn.owner === this) this.#conn.setOwner(null);
+    this.#echo.clear();
     // ioTimeout's timer stays (no setTimeout(0)): destroyed next, or replaced by the pool's
     // keepAliveTimeout or the next ioTimeout; a 'timeout' until then reaches no owner.
     this.#unhookWriteError?.();
