@@ -48,13 +48,19 @@ function announcesPage(h: Headers): boolean {
   return values.length > 1 || values.some((v) => /res-hdr/i.test(v));
 }
 
-/** No field of `h` names a threat or a refusal (see the file's comment). */
+const PRESENCE: ReadonlySet<string> = new Set(PRESENCE_FIELDS);
+const VALUES: ReadonlyMap<string, (v: string) => boolean> = new Map(VALUE_FIELDS);
+
+/** A field that names a threat or a refusal: one of PRESENCE_FIELDS, or a value not known clean. */
+function naming(key: string, value: string): boolean {
+  if (PRESENCE.has(key)) return true;
+  const clean = VALUES.get(key);
+  return clean !== undefined && !clean(value.trim().toLowerCase());
+}
+
+/** No field of `h` names a threat or a refusal (see the file's comment); one pass over the fields. */
 function namesNothing(h: Headers): boolean {
-  for (const name of PRESENCE_FIELDS) if (h.has(name)) return false;
-  for (const [name, clean] of VALUE_FIELDS) {
-    for (const value of h.getAll(name)) if (!clean(value.trim().toLowerCase())) return false;
-  }
-  return true;
+  return !h.some(naming);
 }
 
 /**

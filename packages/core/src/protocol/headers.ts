@@ -57,7 +57,14 @@ export class Headers implements Iterable<[name: string, value: string]> {
 
   has(name: string): boolean {
     const key = lowerName(name);
-    return this.#fields.some((f) => f.key === key);
+    for (const f of this.#fields) if (f.key === key) return true;
+    return false;
+  }
+
+  /** Whether `test` holds for some field (its lower-case name, its value): one pass over them. */
+  some(test: (key: string, value: string) => boolean): boolean {
+    for (const f of this.#fields) if (test(f.key, f.value)) return true;
+    return false;
   }
 
   append(name: string, value: string, lines?: string[]): this {
