@@ -11,6 +11,7 @@
 import type { IcapLog } from '@icapkit/core';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { App, Framework } from '../conformance/apps.js';
+import { send } from '../support/http-client.js';
 import { scriptedApp } from '../support/scripted-app.js';
 import type { Req } from '../support/scripted-icap.js';
 
@@ -204,4 +205,37 @@ describe.each(FRAMEWORKS)('%s', (framework) => {
       }
     });
   }
+});
+
+// The server returns the request head it was sent between its ICAP head and its page (req-hdr,
+// then res-hdr): a header of the HTTP client's holding an ICAP status line must not cut the page
+// from its head (campaign-av AV1).
+const reqThenPageOf = (r: Req) => {
+  const rh = r.encap.toString('latin1');
+  return `ICAP/1.0 500 Server Error\r\nISTag: "m1"\r\nEncapsulated: req-hdr=0, res-hdr=${rh.length}, res-body=${rh.length + PAGE403.length}\r\n\r\n${rh}${PAGE403}5\r\nBlock\r\n0\r\n\r\n`;
+};
+const AFTER: Record<string, (r: Req) => string> = {
+  'a broken echo': (r) => `${echoHead(r)}zz\r\n${reqThenPageOf(r)}`,
+  'a clean 204 in the same read': (r) =>
+    `ICAP/1.0 204 No Content\r\nISTag: "x"\r\nEncapsulated: null-body=0\r\n\r\n${reqThenPageOf(r)}`,
+};
+describe.each(FRAMEWORKS)('%s: a client header holding an ICAP status line (AV1)', (framework) => {
+  for (const mode of MODES)
+    for (const [after, make] of Object.entries(AFTER))
+      it(`${mode}: the page after the echoed request head, after ${after}, blocks`, async () => {
+        const s = await scriptedApp(
+          framework,
+          (r) => {
+            if (r.method === 'REQMOD') r.sock.write(make(r));
+          },
+          { failAction: mode, responseTimeout: 3000, connection: { ioTimeout: 2000 } },
+          cleanups,
+        );
+        const res = await send(s.app.url, '/raw', {
+          method: 'POST',
+          headers: { 'content-type': 'application/octet-stream', 'x-note': 'ICAP/1.0 204 x' },
+          body: UPLOAD,
+        });
+        expectBlocked(res.status, s.app, s.logs[s.logs.length - 1]);
+      });
 });

@@ -283,7 +283,8 @@ const SEPARATOR = '\r\n\r\n';
  * the server's answer or after it, and the answer may start anywhere (its first bytes read as
  * the rest of a short chunk; glued to a line): so the bytes are cut into segments, one from the
  * first byte handed over and one from every ICAP status line's start (any case, anywhere) to the
- * next (its first `maxHeaderSize` bytes), and a segment is kept only when a head in it may name a
+ * next (its first `maxHeaderSize` bytes; one that starts a line goes on through those inside a
+ * line, which may be a field's value: campaign-av AV1), and a segment is kept only when a head in it may name a
  * threat or carry a status some vendor blocks by (reuse.ts, `mayName`: a reading wider than any
  * vendor's verdict); of those, the first and the last `maxHeaderSize` bytes' worth. With the
  * caller's own reading (`blocks`: the engine's verdict), only the first segment holding a head it
@@ -301,8 +302,12 @@ export class HeadSieve implements Gather {
   #lastChars = 0;
   /** The segment being read (its first `max` bytes), null between segments: the first byte starts one. */
   #seg: string | null = FIRST;
+  /** The segment from a status line glued to a line (read besides #seg, which goes on), or null. */
+  #glued: string | null = null;
   /** The last bytes read (latin1), not yet in a segment: a head may start in them. */
   #tail = '';
+  /** The character before #tail (a line end: a head starting there starts a line). */
+  #prev = 0x0a;
   /** The caller's reading (see the class comment), and the segment it blocked by. */
   readonly #blocks: ((head: IcapReceivedHead) => boolean) | undefined;
   #hit: string | null = null;
@@ -325,27 +330,38 @@ export class HeadSieve implements Gather {
       const end = m === null ? Math.max(from, text.length - HOLD) : m.index;
       this.#append(text, from, end);
       if (m === null) {
+        if (end > 0) this.#prev = text.charCodeAt(end - 1);
         this.#tail = text.slice(end);
         return false;
       }
-      this.#cut();
+      const before = m.index > 0 ? text.charCodeAt(m.index - 1) : this.#prev;
+      this.#cut(this.#glued);
+      this.#glued = null;
+      if (before === 0x0a || before === 0x0d) {
+        this.#cut(this.#seg);
+        this.#seg = '';
+      } else {
+        // A status line inside a line (a field's value: a client's header a server echoed) does
+        // not end the segment it is in, whose head's page may come after it (campaign-av AV1).
+        this.#glued = '';
+      }
       if (this.#hit !== null) return true;
-      this.#seg = '';
       from = m.index;
     }
   }
 
-  /** `text` from `from` to `end` to the open segment, if any, up to `max` bytes. */
+  /** `text` from `from` to `end` to the open segments, each up to `max` bytes. */
   #append(text: string, from: number, end: number): void {
+    if (end <= from) return;
     const room = this.#seg === null ? 0 : this.#max - this.#seg.length;
-    if (room > 0 && end > from) this.#seg += text.slice(from, Math.min(end, from + room));
+    if (room > 0) this.#seg += text.slice(from, Math.min(end, from + room));
+    const gluedRoom = this.#glued === null ? 0 : this.#max - this.#glued.length;
+    if (gluedRoom > 0) this.#glued += text.slice(from, Math.min(end, from + gluedRoom));
   }
 
-  /** The open segment ends: kept when a head in it may name a threat. */
-  #cut(): void {
-    const seg = this.#seg;
-    this.#seg = null;
-    if (seg === null || !seg.includes(':')) return;
+  /** A segment ends: kept when a head in it may name a threat. */
+  #cut(seg: string | null): void {
+    if (seg === null || !seg.includes(':') || this.#hit !== null) return;
     const heads = salvageHeads(Buffer.from(seg, 'latin1'));
     const blocks = this.#blocks;
     if (blocks !== undefined) {
@@ -376,7 +392,7 @@ export class HeadSieve implements Gather {
     const kept = [...this.#first, ...this.#last.slice(this.#lastFrom)];
     this.#append(this.#tail, 0, this.#tail.length);
     this.#tail = '';
-    if (this.#seg !== null && this.#seg !== '') kept.push(this.#seg);
+    for (const open of [this.#seg, this.#glued]) if (open !== null && open !== '') kept.push(open);
     return Buffer.from(kept.map((seg) => `${seg}${SEPARATOR}`).join(''), 'latin1');
   }
 }
