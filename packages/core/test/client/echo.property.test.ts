@@ -6,18 +6,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { EchoCheck } from '../../src/client/echo.js';
-
-/** `bytes` cut at random points. */
-function split(bytes: Buffer, cuts: number[]): Buffer[] {
-  const at = [...new Set(cuts.map((c) => c % (bytes.length + 1)))].sort((a, b) => a - b);
-  const parts: Buffer[] = [];
-  let from = 0;
-  for (const c of [...at, bytes.length]) {
-    parts.push(bytes.subarray(from, c));
-    from = c;
-  }
-  return parts;
-}
+import { split } from './split.js';
 
 /**
  * Sends `sent` and reads `read`, each in its pieces, interleaved as `order` says, a piece read

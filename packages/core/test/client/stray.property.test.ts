@@ -11,6 +11,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { HeadSieve } from '../../src/client/stray.js';
 import { salvageHeads } from '../../src/protocol/salvage.js';
+import { split } from './split.js';
 
 const MAX = 4096;
 const THREAT = 'X-Infection-Found: Type=0; Resolution=2; Threat=EICAR;';
@@ -33,18 +34,6 @@ const piece = fc.oneof(shortPiece, fc.constant(CLEAN.repeat(200)), fc.constant('
 const upload = fc.array(piece, { maxLength: 30 }).map((p) => p.join(''));
 /** The same without the long pieces, to be fed a byte at a time. */
 const shortUpload = fc.array(shortPiece, { maxLength: 20 }).map((p) => p.join(''));
-
-/** `bytes` cut at random points. */
-function split(bytes: Buffer, cuts: number[]): Buffer[] {
-  const at = [...new Set(cuts.map((c) => c % (bytes.length + 1)))].sort((a, b) => a - b);
-  const parts: Buffer[] = [];
-  let from = 0;
-  for (const c of [...at, bytes.length]) {
-    parts.push(bytes.subarray(from, c));
-    from = c;
-  }
-  return parts;
-}
 
 function sieved(parts: Buffer[]): Buffer {
   const sieve = new HeadSieve(MAX);
