@@ -71,6 +71,8 @@ const CASES: Record<string, [(r: Req) => Parts, Record<string, unknown>?]> = {
   'ICAP 500 + a 200 page naming the threat in X-Virus-Name, after a clean 204 in the same read (AU3)': [
     () => `ICAP/1.0 204 No Content\r\nISTag: "x"\r\nEncapsulated: null-body=0\r\n\r\n${NAMED_PAGE_ANSWER}`,
   ],
+  'ICAP 500 + HTTP 403 page inside a chunk longer than what came, after its first bytes, the server idle (AW2)':
+    [(r) => `${echoHead(r)}2000\r\nab${ERR_PAGE_ANSWER}`],
   'ICAP 500 + HTTP 403 VirusFound page after a short chunk (AT10)': [
     (r) => `${echoHead(r)}5\r\nab${ERR_PAGE_ANSWER}`,
   ],
@@ -209,17 +211,22 @@ describe.each(FRAMEWORKS)('%s', (framework) => {
 
 // The server returns the request head it was sent between its ICAP head and its page (req-hdr,
 // then res-hdr): a header of the HTTP client's holding an ICAP status line must not cut the page
-// from its head (campaign-av AV1).
+// from its head (campaign-av AV1), nor when the answer is glued to what came before it (AW1).
 const reqThenPageOf = (r: Req) => {
   const rh = r.encap.toString('latin1');
   return `ICAP/1.0 500 Server Error\r\nISTag: "m1"\r\nEncapsulated: req-hdr=0, res-hdr=${rh.length}, res-body=${rh.length + PAGE403.length}\r\n\r\n${rh}${PAGE403}5\r\nBlock\r\n0\r\n\r\n`;
 };
 const AFTER: Record<string, (r: Req) => string> = {
   'a broken echo': (r) => `${echoHead(r)}zz\r\n${reqThenPageOf(r)}`,
+  // Its status line glued to the bytes before it (AW1).
+  'a broken echo, glued to its last bytes': (r) => `${echoHead(r)}zz\r\nab${reqThenPageOf(r)}`,
+  'a short chunk that ate its first bytes': (r) => `${echoHead(r)}5\r\nab${reqThenPageOf(r)}`,
+  'an upload echoed raw that ends without a line end': (r) =>
+    `${echoHead(r)}${r.body.toString('latin1')}${reqThenPageOf(r)}`,
   'a clean 204 in the same read': (r) =>
     `ICAP/1.0 204 No Content\r\nISTag: "x"\r\nEncapsulated: null-body=0\r\n\r\n${reqThenPageOf(r)}`,
 };
-describe.each(FRAMEWORKS)('%s: a client header holding an ICAP status line (AV1)', (framework) => {
+describe.each(FRAMEWORKS)('%s: a client header holding an ICAP status line (AV1, AW1)', (framework) => {
   for (const mode of MODES)
     for (const [after, make] of Object.entries(AFTER))
       it(`${mode}: the page after the echoed request head, after ${after}, blocks`, async () => {

@@ -208,24 +208,50 @@ export function salvageLines(pending: Buffer): IcapReceivedHead | undefined {
  * HTTP head counts as one head more. An HTTP response head after an ICAP head whose
  * `Encapsulated` names `res-hdr` (an HTTP request head between them or not) is also read as that
  * head's page, so that a block page under any status blocks (campaign-at AT10, campaign-au AU2);
- * its fields stay a head of their own too (AU3). Only ever read for a threat.
+ * its fields stay a head of their own too (AU3). When an ICAP status line comes inside a line
+ * (an answer glued to the bytes before it, a client's header echoed in one: campaign-aw AW1,
+ * AW2), the heads are read a second time with a head starting at each such status line too;
+ * one that names no page does not come between a head and its page. Only ever read for a threat:
+ * the second reading only adds heads.
  */
 export function salvageHeads(stray: Buffer): IcapReceivedHead[] {
+  const text = lenientText(stray);
+  const heads = readHeads(text, false);
+  GLUED.lastIndex = 0;
+  if (GLUED.test(text)) heads.push(...readHeads(text, true));
+  return heads;
+}
+
+/** An ICAP status line after other bytes on its line. */
+const GLUED = /(?<=[^\n])icap\/\d{1,3}(?:\.\d{1,3})?[ \t]{1,8}\d{3}/gi;
+
+/** salvageHeads' reading of `text` (its lines ended by LF), `glued`: a status line inside a line starts a head too. */
+function readHeads(text: string, glued: boolean): IcapReceivedHead[] {
   const heads: IcapReceivedHead[] = [];
   /** The last ICAP head whose page has not come yet. */
   let awaiting: IcapReceivedHead | null = null;
-  for (const text of lenientText(stray).split(/\n{2,}/)) {
-    const block = text.replace(/^\n+/, '');
-    if (block === '') continue;
-    // Every one (interim heads too, however many): what is read here is bounded by its bytes.
-    const head = salvageText(block);
-    heads.push(head);
-    if (awaiting !== null && /^\s*HTTP\//i.test(block)) {
-      const eol = block.indexOf('\n');
-      const startLine = eol === -1 ? block : block.slice(0, eol);
-      awaiting.httpResponse = lenientPage(startLine, head.headers, Buffer.from(block, 'latin1'));
-      awaiting = null;
-    } else if (awaiting === null || !REQUEST_LINE.test(block)) awaiting = namesPage(head) ? head : null;
+  for (const whole of text.split(/\n{2,}/)) {
+    const block = whole.replace(/^\n+/, '');
+    let from = 0;
+    GLUED.lastIndex = 0;
+    // Every piece (interim heads too, however many): what is read here is bounded by its bytes.
+    for (let inside = false; ; inside = true) {
+      const m = glued ? GLUED.exec(block) : null;
+      const piece = block.slice(from, m === null ? block.length : m.index);
+      if (piece !== '') {
+        const head = salvageText(piece);
+        heads.push(head);
+        if (awaiting !== null && /^\s*HTTP\//i.test(piece)) {
+          const eol = piece.indexOf('\n');
+          const startLine = eol === -1 ? piece : piece.slice(0, eol);
+          awaiting.httpResponse = lenientPage(startLine, head.headers, Buffer.from(piece, 'latin1'));
+          awaiting = null;
+        } else if (namesPage(head)) awaiting = head;
+        else if (!inside && (awaiting === null || !REQUEST_LINE.test(piece))) awaiting = null;
+      }
+      if (m === null) break;
+      from = m.index;
+    }
   }
   return heads;
 }

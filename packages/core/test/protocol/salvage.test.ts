@@ -165,4 +165,16 @@ describe('salvageHeads: an encapsulated page after a stray head (campaign-at AT1
     expect(after).toHaveLength(2);
     expect(salvageHeads(Buffer.from(page))[0]?.httpResponse).toBeNull();
   });
+
+  it('is read as the page of an ICAP head glued to the bytes before it, through a glued status line in the request head (AW1, AW2)', () => {
+    const req = 'POST /upload HTTP/1.1\r\nX-Note: ICAP/1.0 204 x\r\n\r\n';
+    const answer = `ICAP/1.0 500 Server Error\r\nEncapsulated: req-hdr=0, res-hdr=${req.length}\r\n\r\n${req}${page}`;
+    for (const before of ['ab', 'zz\r\nab', 'junk with ICAP/1.0 200 OK in it ']) {
+      const heads = salvageHeads(Buffer.from(`${before}${answer}`));
+      expect(
+        heads.some((h) => h.status === 500 && h.httpResponse?.status === 403),
+        before,
+      ).toBe(true);
+    }
+  });
 });
