@@ -99,10 +99,8 @@ export async function namedAfterHead(res: IcapResponse): Promise<IcapReceivedHea
   // failure (its real answer after a broken body, client/transaction.ts).
   if (s instanceof IcapError) return [...(s.head === undefined ? NONE : [s.head]), ...(s.stray ?? NONE)];
   if (s === undefined || (s.trailer === undefined && s.stray === undefined)) return NONE;
-  const heads: IcapReceivedHead[] = [];
-  if (s.trailer !== undefined) heads.push(s.trailer);
-  if (s.stray !== undefined) heads.push(...s.stray);
-  return heads;
+  // (Not push(...stray): the heads may be more than a call's arguments can be.)
+  return [...(s.trailer === undefined ? NONE : [s.trailer]), ...(s.stray ?? NONE)];
 }
 
 const NONE: IcapReceivedHead[] = [];

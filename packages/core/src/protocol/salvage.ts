@@ -218,7 +218,8 @@ export function salvageHeads(stray: Buffer): IcapReceivedHead[] {
   const text = lenientText(stray);
   const heads = readHeads(text, false);
   GLUED.lastIndex = 0;
-  if (GLUED.test(text)) heads.push(...readHeads(text, true));
+  // (A loop, not a spread: the heads may be more than a call's arguments can be.)
+  if (GLUED.test(text)) for (const head of readHeads(text, true)) heads.push(head);
   return heads;
 }
 

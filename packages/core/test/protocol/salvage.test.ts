@@ -177,4 +177,10 @@ describe('salvageHeads: an encapsulated page after a stray head (campaign-at AT1
       ).toBe(true);
     }
   });
+
+  it('reads any number of glued status lines without a call over its arguments (no throw)', () => {
+    const unit = 'aICAP/1.0 200 x\n';
+    const many = Buffer.from(unit.repeat(Math.ceil((4 * 1024 * 1024) / unit.length)), 'latin1');
+    expect(salvageHeads(many).length).toBeGreaterThan(250_000);
+  });
 });
