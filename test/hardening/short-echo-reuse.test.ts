@@ -166,6 +166,31 @@ describe.each(FRAMEWORKS)('%s', (framework) => {
       });
     });
 
+  it("a body over the profile's memoryThreshold is not held to compare with its echo: the echo ends the connection (AX4)", async () => {
+    const s = await scriptedApp(
+      framework,
+      (r) => {
+        if (r.method !== 'REQMOD') return;
+        const body = r.body.toString('latin1');
+        r.sock.write(`${echoHead(r)}${body.length.toString(16)}\r\n${body}\r\n0\r\n\r\n`);
+      },
+      { failAction: 'fail-closed', memoryThreshold: '8kb' },
+      cleanups,
+    );
+    const small = Buffer.alloc(6 * 1024, 0x61);
+    const large = Buffer.alloc(12 * 1024, 0x62);
+    for (const upload of [small, small, large, small, small]) {
+      const res = await s.post(upload);
+      expect(res.status).toBe(200);
+    }
+    expect(s.app.seen.map((x) => x.raw.length)).toEqual([6144, 6144, 12288, 6144, 6144]);
+    const conns = s.icap.requests.filter((r) => r.method === 'REQMOD').map((r) => r.conn);
+    expect(conns[1]).toBe(conns[0]);
+    expect(conns[2]).toBe(conns[1]);
+    expect(conns[3]).not.toBe(conns[2]);
+    expect(conns[4]).toBe(conns[3]);
+  });
+
   it('an echo of the whole body keeps the connection; an adapted body ends it', async () => {
     const s = await scriptedApp(
       framework,

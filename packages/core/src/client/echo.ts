@@ -13,14 +13,17 @@
  * sanitiser's) costs a new connection.
  *
  * The sent chunks are held by reference (the body's own buffers; no copy) until the answer's
- * bytes are compared with them, at most HELD_MAX bytes ahead of the answer: past that, or when
- * the bytes differ, nothing more is held and the connection is not kept.
+ * bytes are compared with them, at most `max` bytes ahead of the answer (HELD_MAX, or the
+ * caller's smaller bound: a body spooled to disk is read in fresh buffers, which the check would
+ * otherwise keep in memory; campaign-ax AX4): past that, or when the bytes differ, nothing more
+ * is held and the connection is not kept.
  */
 
 /** The most bytes sent and not yet compared with the answer that are held. */
-const HELD_MAX = 2 * 1024 * 1024;
+export const HELD_MAX = 2 * 1024 * 1024;
 
 export class EchoCheck {
+  readonly #max: number;
   #held: Buffer[] = [];
   /** The held chunk compared next, and the offset in it. */
   #next = 0;
@@ -30,11 +33,15 @@ export class EchoCheck {
   #read = 0;
   #same = true;
 
+  constructor(max = HELD_MAX) {
+    this.#max = Math.min(HELD_MAX, max);
+  }
+
   /** A chunk of the message body was sent. */
   sent(chunk: Buffer): void {
     this.#sent += chunk.length;
     if (!this.#same) return;
-    if (this.#heldBytes + chunk.length > HELD_MAX) this.#differs();
+    if (this.#heldBytes + chunk.length > this.#max) this.#differs();
     else {
       this.#held.push(chunk);
       this.#heldBytes += chunk.length;

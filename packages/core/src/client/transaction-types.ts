@@ -25,6 +25,8 @@ export interface TransactionRequest {
   /** See IcapRequestOptions.onStray, .strayBlocks. */
   onStray?: ((bytes: number) => void) | undefined;
   strayBlocks?: ((head: IcapReceivedHead) => boolean) | undefined;
+  /** See IcapRequestOptions.echoHold. */
+  echoHold?: number | undefined;
   /**
    * The head asks the server to close the connection after this exchange (a `Connection:
    * close` line): computed from the header pairs when given, else looked up in `head`.

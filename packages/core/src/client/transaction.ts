@@ -109,7 +109,7 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
   #bytesSent = 0;
   #bytesReceived = 0;
   /** Whether a body returned is the one sent (the connection is kept only then: echo.ts). */
-  readonly #echo = new EchoCheck();
+  readonly #echo: EchoCheck;
   #startedAt = 0;
   #startedHr = 0;
   #lastByteHr = 0;
@@ -124,6 +124,7 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
     this.#conn = conn;
     this.#reusedConnection = reusedConnection;
     this.#req = req;
+    this.#echo = new EchoCheck(req.echoHold);
     this.#opts = opts;
     this.#return = connectionReturn;
     // (Not #response: run(), called right after construction, hands it to a caller who awaits it.)

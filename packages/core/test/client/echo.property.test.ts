@@ -10,10 +10,11 @@ import { split } from './split.js';
 
 /**
  * Sends `sent` and reads `read`, each in its pieces, interleaved as `order` says, a piece read
- * only once the bytes it would echo were sent (a server echoes what it has read).
+ * only once the bytes it would echo were sent (a server echoes what it has read); `max`: the
+ * caller's bound on what is held (IcapRequestOptions.echoHold).
  */
-function check(sent: Buffer[], read: Buffer[], order: boolean[]): boolean {
-  const echo = new EchoCheck();
+function check(sent: Buffer[], read: Buffer[], order: boolean[], max?: number): boolean {
+  const echo = new EchoCheck(max);
   let s = 0;
   let r = 0;
   let sentBytes = 0;
@@ -79,6 +80,17 @@ describe('EchoCheck', () => {
     expect(check(pieces, pieces, [false, false, false])).toBe(false);
     // Read as it is sent, the same body is.
     expect(check(pieces, pieces, [false, true, false, true, false, true])).toBe(true);
+  });
+
+  it("holds no more than the caller's bound (a body spooled to disk: campaign-ax AX4), never more than 2 MiB", () => {
+    const body = Buffer.alloc(6000, 0x62);
+    const pieces = split(body, [2000, 4000]);
+    expect(check(pieces, pieces, [false, false, false], 5000)).toBe(false);
+    expect(check(pieces, pieces, [false, false, false], 6000)).toBe(true);
+    // Read as it is sent, no more than 2000 bytes are ever held.
+    expect(check(pieces, pieces, [false, true, false, true, false, true], 2000)).toBe(true);
+    const big = split(Buffer.alloc(3 * 1024 * 1024, 0x61), [1 << 20, 2 << 20]);
+    expect(check(big, big, [false, false, false], 8 * 1024 * 1024)).toBe(false);
   });
 
   it('no body sent and none read is an echo; a body read when none was sent is not', () => {

@@ -276,6 +276,8 @@ class Exchange implements WatchHooks, TriedServers {
       onStray: () => watch.progress(),
       // What follows is kept by the verdict's own reading (campaign-at AT6).
       strayBlocks: (h) => threatInHead(readingOf(p, this.facts.fileName), h) !== null,
+      // A body spooled to disk is not held in memory to compare with an echo (campaign-ax AX4).
+      echoHold: p.memoryThreshold,
       // Only a preview can be answered with 100 Continue (none without: no closure then).
       onContinue:
         preview === false
