@@ -6,7 +6,8 @@
  * first lines or all of it but its end (AT11), a read boundary inside the threat line (AT3), an
  * echo whose rest trickles for seconds before the answer (AT4), an ICAP 500 whose encapsulated
  * HTTP 403 page is the block (AT10), after an HTTP request head too (AU2), or whose page names
- * the threat in a field (AU3). Each blocks under both failure actions.
+ * the threat in a field (AU3); any of those at a line's start after other lines (AX2, AX3). Each
+ * blocks under both failure actions.
  */
 import type { IcapLog } from '@icapkit/core';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -57,6 +58,12 @@ const REQ_HEAD = 'GET / HTTP/1.1\r\nHost: x\r\n\r\n';
 const REQ_THEN_PAGE = `ICAP/1.0 500 Server Error\r\nEncapsulated: req-hdr=0, res-hdr=${REQ_HEAD.length}, res-body=${REQ_HEAD.length + PAGE403.length}\r\n\r\n${REQ_HEAD}${PAGE403}5\r\nBlock\r\n0\r\n\r\n`;
 const NAMED_PAGE = 'HTTP/1.1 200 OK\r\nX-Virus-Name: EICAR-Test-File\r\nContent-Length: 5\r\n\r\n';
 const NAMED_PAGE_ANSWER = `ICAP/1.0 500 Server Error\r\nISTag: "m1"\r\nEncapsulated: res-hdr=0, res-body=${NAMED_PAGE.length}\r\n\r\n${NAMED_PAGE}5\r\nBlock\r\n0\r\n\r\n`;
+const NO_CONTENT = 'ICAP/1.0 204 No Content\r\nISTag: "x"\r\nEncapsulated: null-body=0\r\n\r\n';
+const ESET_405 = 'ICAP/1.0 405 Forbidden\r\nISTag: "e"\r\nEncapsulated: null-body=0\r\n\r\n';
+/** An upload's bytes as a server echoes them, ending in a line end. */
+const LINE_UPLOAD = 'some upload\n';
+/** The server goes idle inside a chunk: the idle bound ends the exchange. */
+const IDLE = { connection: { ioTimeout: 1000 } };
 const CASES: Record<string, [(r: Req) => Parts, Record<string, unknown>?]> = {
   'control: ICAP 500 + HTTP 403 VirusFound page as the answer': [() => ERR_PAGE_ANSWER],
   'ICAP 500 + HTTP 403 VirusFound page after a broken echo (AT10)': [
@@ -75,6 +82,38 @@ const CASES: Record<string, [(r: Req) => Parts, Record<string, unknown>?]> = {
     [(r) => `${echoHead(r)}2000\r\nab${ERR_PAGE_ANSWER}`],
   'ICAP 500 + HTTP 403 VirusFound page after a short chunk (AT10)': [
     (r) => `${echoHead(r)}5\r\nab${ERR_PAGE_ANSWER}`,
+  ],
+  // An answer at a line's start after other lines, no blank line before it (campaign-ax AX2):
+  // inside a chunk longer than what came, the server idle (strayInChunk).
+  'ICAP 500 + HTTP 403 page at a line start inside a chunk longer than what came (AX2)': [
+    (r) => `${echoHead(r)}2000\r\nab\r\n${ERR_PAGE_ANSWER}`,
+    IDLE,
+  ],
+  'ICAP 500 + HTTP 403 page after a bare CR inside a chunk longer than what came (AX2)': [
+    (r) => `${echoHead(r)}2000\r\nab\r${ERR_PAGE_ANSWER}`,
+    IDLE,
+  ],
+  'c-icap block page after the upload echoed with a line end, inside a long chunk (AX2)': [
+    (r) => `${echoHead(r)}2000\r\n${LINE_UPLOAD}${CICAP_PAGE_ANSWER}`,
+    IDLE,
+  ],
+  'eset 405 Forbidden after the upload echoed with a line end, inside a long chunk (AX2)': [
+    (r) => `${echoHead(r)}2000\r\n${LINE_UPLOAD}${ESET_405}`,
+    { vendor: 'eset', ...IDLE },
+  ],
+  // ... and after a clean 204 in the same read (AX3).
+  'ICAP 500 + HTTP 403 page after a clean 204 and one line (AX3)': [
+    () => `${NO_CONTENT}x\r\n${ERR_PAGE_ANSWER}`,
+  ],
+  'ICAP 500 + HTTP 403 page after a clean 204 and the upload written back with a line end (AX3)': [
+    () => `${NO_CONTENT}${LINE_UPLOAD}${ERR_PAGE_ANSWER}`,
+  ],
+  'c-icap block page after a clean 204 and the upload written back (AX3)': [
+    () => `${NO_CONTENT}${LINE_UPLOAD}${CICAP_PAGE_ANSWER}`,
+  ],
+  'eset 405 Forbidden after a clean 204 and the upload written back (AX3)': [
+    () => `${NO_CONTENT}${LINE_UPLOAD}${ESET_405}`,
+    { vendor: 'eset' },
   ],
   // control: the page answer as the answer itself
   'control: c-icap block page as the answer': [() => CICAP_PAGE_ANSWER],
@@ -246,3 +285,46 @@ describe.each(FRAMEWORKS)('%s: a client header holding an ICAP status line (AV1,
         expectBlocked(res.status, s.app, s.logs[s.logs.length - 1]);
       });
 });
+
+// The same answer glued to an upload echoed raw, longer than maxHeaderSize (64 KiB), in lines or
+// not, that ends without a line end: the segment from the failure is full before the answer, and
+// the one from the answer's status line is cut by the client's header (campaign-ax AX1).
+const lines = (n: number) => `${'x'.repeat(63)}\n`.repeat(Math.ceil(n / 64)).slice(0, n);
+const LONG: Record<string, { upload: Buffer; headers?: Record<string, string> }> = {
+  '70 KiB of lines': { upload: Buffer.from(`${lines(70 * 1024 - 1)}y`) },
+  '200 KiB of one line': { upload: Buffer.alloc(200 * 1024, 0x79) },
+  '52 KiB of lines and a 13 KB request header': {
+    upload: Buffer.from(`${lines(52 * 1024 - 1)}y`),
+    headers: { 'x-pad': 'p'.repeat(13000) },
+  },
+  // A second header with a status line, and one naming a page: the page goes to the newest head
+  // awaiting one (the client's), which then blocks by it.
+  '70 KiB of lines, the client naming a page in its own headers': {
+    upload: Buffer.from(`${lines(70 * 1024 - 1)}y`),
+    headers: { 'x-a': 'ICAP/1.0 204 y', encapsulated: 'res-hdr=0' },
+  },
+};
+describe.each(FRAMEWORKS)(
+  '%s: an answer glued after more than maxHeaderSize of upload (AX1)',
+  (framework) => {
+    for (const mode of MODES)
+      for (const [name, c] of Object.entries(LONG))
+        it(`${mode}: ${name}, the page after the echoed request head blocks`, async () => {
+          const s = await scriptedApp(
+            framework,
+            (r) => {
+              if (r.method === 'REQMOD')
+                r.sock.write(`${echoHead(r)}${r.body.toString('latin1')}${reqThenPageOf(r)}`);
+            },
+            { failAction: mode, responseTimeout: 3000, connection: { ioTimeout: 2000 } },
+            cleanups,
+          );
+          const res = await send(s.app.url, '/raw', {
+            method: 'POST',
+            headers: { 'content-type': 'application/octet-stream', 'x-note': 'ICAP/1.0 204 x', ...c.headers },
+            body: c.upload,
+          });
+          expectBlocked(res.status, s.app, s.logs[s.logs.length - 1]);
+        });
+  },
+);

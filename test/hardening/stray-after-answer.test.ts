@@ -158,6 +158,19 @@ describe('what follows an answer, otherwise', () => {
         expect(logs[0]?.action).toBe('ICAP_BLOCKED');
       });
 
+      it(`a whole clean head after a 204 does not end the wait: the threat answer after it blocks (${framework}, ${failAction})`, async () => {
+        // The upload written back after a bodyless answer, holding a whole clean head (campaign-ax
+        // AX5), then the server's real answer.
+        const { app, logs, post } = await setup(framework, failAction, (r) => {
+          r.sock.write(`${NO_CONTENT}${r.body.toString('latin1')}\r\n\r\n${NO_CONTENT}`);
+          setTimeout(() => r.sock.destroyed || r.sock.write(BLOCK), 60);
+        });
+        const res = await post();
+        expect(res.status).toBe(403);
+        expect(app.seen).toHaveLength(0);
+        expect(logs[0]?.action).toBe('ICAP_BLOCKED');
+      });
+
       it(`a 204 with nothing after it passes without waiting (${framework}, ${failAction})`, async () => {
         const baseline = activeResources();
         const { icap, app, logs, post, close } = await setup(framework, failAction, (r) =>
@@ -196,11 +209,12 @@ describe('what follows an answer, otherwise', () => {
           // a blank line after no ICAP head is no answer (campaign-aq AQ3): the short bound too
           ['junk\r\n\r\n', false, IO_TIMEOUT / 2],
           ['0\r\n\r\n', false, IO_TIMEOUT / 2],
-          // a whole ICAP head, or the connection's end, ends it at once
+          // a whole clean ICAP head does not end it (the upload's bytes may hold one: campaign-ax
+          // AX5); the connection's end does, at once
           [
             'ICAP/1.0 204 No Content\r\nISTag: "x1"\r\nEncapsulated: null-body=0\r\n\r\n',
             false,
-            STRAY_WAIT_MS,
+            IO_TIMEOUT / 2,
           ],
           ['X-Junk: 1\r\npartial', true, STRAY_WAIT_MS],
         ];

@@ -6,7 +6,7 @@
  */
 import type { IcapReceivedHead } from '../errors.js';
 import type { IcapParser, IcapResponseHead } from '../protocol/parser.js';
-import { lenientText, salvageHeads, withStray } from '../protocol/salvage.js';
+import { salvageHeads, salvageReading, withStray } from '../protocol/salvage.js';
 import type { Connection, SocketOwner } from './connection.js';
 import { mayName } from './reuse.js';
 
@@ -59,19 +59,21 @@ export function afterFailure(
 
 /**
  * After a whole answer, what followed it on the connection (`stray`, or null: nothing), then
- * `settle` with all that was read of it: a head whose first bytes came waits until it is whole
- * (a block after a 204); after a body (`sieve`: an echo, whose bytes the upload chose if the
- * server miscounted them) no head ends the wait (campaign-as AS7, AS10).
+ * `settle` with all that was read of it. Bytes after an answer are never the usual exchange:
+ * they may be the server's real verdict (a block after a 204) or the upload's own bytes (an echo
+ * the server miscounted, or the upload written back after a bodyless answer, whose bytes may hold
+ * a whole clean head: campaign-ax AX5), so no head ends the wait, with or without a body
+ * (campaign-as AS7, AS10): the sieve keeps what may name a threat until the connection is quiet,
+ * ends, or the caller's reading finds a block.
  */
 export function afterAnswer(
   stray: Buffer | null,
-  sieve: boolean,
   conn: Connection,
   opts: WaitOptions,
   settle: (stray: Buffer | null) => void,
 ): void {
-  if (stray !== null && sieve) StrayWait.sieve(stray, conn, opts, settle, false);
-  else if (stray === null || !StrayWait.after(stray, conn, opts, settle)) settle(stray);
+  if (stray === null) settle(null);
+  else StrayWait.sieve(stray, conn, opts, settle, false);
 }
 
 /**
@@ -98,8 +100,8 @@ interface Gather {
 /**
  * The wait for what follows an answer or a failure on its connection. TCP may split it anywhere,
  * even inside the line naming the threat, and the salvage reads complete lines only: so the
- * exchange waits until what it gathers is complete (WholeHead), or, sieving (HeadSieve), until
- * the connection has been quiet for a few hundred ms; or the connection's end (or error, or
+ * exchange waits (HeadSieve keeping what may name a threat) until the connection has been quiet
+ * for a few hundred ms, or a head the caller blocks by came; or the connection's end (or error, or
  * ioTimeout), or the transaction's abort (`settleNow`), whichever comes first, then hands
  * `settle` what it kept. It owns the connection's events meanwhile; the connection is never
  * reused after bytes followed an answer.
@@ -116,25 +118,8 @@ export class StrayWait implements SocketOwner {
   readonly #settle: (stray: Buffer) => void;
 
   /**
-   * Starts waiting for the rest of `stray` (the bytes after a whole answer without a body, or
-   * null) until its head is whole; false when there is nothing to wait for (then nothing is
-   * made: no timer, no object, in the usual exchange): null, or the head is whole already, or
-   * too large.
-   */
-  static after(
-    stray: Buffer | null,
-    conn: Connection,
-    opts: WaitOptions,
-    settle: (stray: Buffer) => void,
-  ): boolean {
-    if (stray === null || stray.length >= opts.maxHeaderSize || strayHeadEnded(stray)) return false;
-    new StrayWait(conn, new WholeHead(stray, opts.maxHeaderSize), opts, settle, false);
-    return true;
-  }
-
-  /**
-   * Waits after a failure, or after an answer that carried a body (`rest`: the bytes from where
-   * it broke off or ended): what follows may be the rest of the upload echoed, then the
+   * Waits after a failure, or after an answer (`rest`: the bytes from where it broke off or
+   * ended): what follows may be the rest of the upload echoed, then the
    * server's answer, so no head ends the wait; the heads that may name a threat are kept
    * (HeadSieve) until the connection is quiet, ends, or the transaction is aborted.
    */
@@ -217,52 +202,6 @@ export class StrayWait implements SocketOwner {
 }
 
 /**
- * The bytes after an answer or a head, kept until the head they start is whole (a blank line,
- * see strayHeadEnded) or `maxHeaderSize` bytes.
- */
-class WholeHead implements Gather {
-  #buf: Buffer;
-  readonly #max: number;
-
-  constructor(first: Buffer, max: number) {
-    this.#buf = Buffer.from(first);
-    this.#max = max;
-  }
-
-  add(data: Buffer): boolean {
-    this.#buf = Buffer.concat([this.#buf, data]);
-    return this.#buf.length >= this.#max || strayHeadEnded(this.#buf);
-  }
-
-  all(): Buffer {
-    return this.#buf;
-  }
-}
-
-/**
- * Whether `b` holds a whole final ICAP head: a blank line after an ICAP status line that is not
- * an interim one (any line end: CRLF, LF, bare CRs), the empty lines before it skipped as the
- * parser skips them (a stray CRLF is no answer yet). Other heads before it are waited past: a
- * `1xx` head (a 100 Continue, then the answer), and anything that is no ICAP head, such as the
- * encapsulated HTTP head of a refused answer, which is not the answer that may follow it
- * (campaign-aq AQ3).
- */
-function strayHeadEnded(b: Buffer): boolean {
-  const text = lenientText(b);
-  let at = 0;
-  for (;;) {
-    while (text.charCodeAt(at) === 0x0a) at++;
-    const end = text.indexOf('\n\n', at);
-    if (end === -1) return false;
-    if (FINAL.test(text.slice(at, end))) return true;
-    at = end + 2;
-  }
-}
-
-/** The start line of a final (not 1xx) ICAP head. */
-const FINAL = /^\s*ICAP\/\d+(?:\.\d+)?[ \t]+(?!1\d\d(?![0-9]))\d{3}(?![0-9])/i;
-
-/**
  * Where a head may start: an ICAP status line's start anywhere, in any case (a line start is not
  * required), not a mere `ICAP/` (c-icap's `Server: C-ICAP/0.5.10` field: campaign-at AT1).
  */
@@ -284,7 +223,8 @@ const SEPARATOR = '\r\n\r\n';
  * the rest of a short chunk; glued to a line): so the bytes are cut into segments, one from the
  * first byte handed over and one from every ICAP status line's start (any case, anywhere) to the
  * next (its first `maxHeaderSize` bytes; one that starts a line goes on through those inside a
- * line, which may be a field's value: campaign-av AV1), and a segment is kept only when a head in it may name a
+ * line, which may be a field's value: campaign-av AV1, and so does one from a status line inside
+ * a line whose head awaits its page: campaign-ax AX1), and a segment is kept only when a head in it may name a
  * threat or carry a status some vendor blocks by (reuse.ts, `mayName`: a reading wider than any
  * vendor's verdict); of those, the first and the last `maxHeaderSize` bytes' worth. With the
  * caller's own reading (`blocks`: the engine's verdict), only the first segment holding a head it
@@ -304,6 +244,13 @@ export class HeadSieve implements Gather {
   #seg: string | null = FIRST;
   /** The segment from a status line glued to a line (read besides #seg, which goes on), or null. */
   #glued: string | null = null;
+  /**
+   * A segment cut at a status line inside a line whose reading ends with a head awaiting its page
+   * (an answer glued to an echo, then the request head it returns holding a client's header with
+   * a status line): it goes on through such status lines until a line starts with one, a newer
+   * such segment comes, or it holds `max` bytes, and is read whole then (campaign-ax AX1).
+   */
+  #pending: string | null = null;
   /** The last bytes read (latin1), not yet in a segment: a head may start in them. */
   #tail = '';
   /** The character before #tail (a line end: a head starting there starts a line). */
@@ -335,14 +282,19 @@ export class HeadSieve implements Gather {
         return false;
       }
       const before = m.index > 0 ? text.charCodeAt(m.index - 1) : this.#prev;
-      this.#cut(this.#glued);
+      const glued = this.#glued;
       this.#glued = null;
       if (before === 0x0a || before === 0x0d) {
+        this.#cut(this.#pending);
+        this.#pending = null;
+        this.#cut(glued);
         this.#cut(this.#seg);
         this.#seg = '';
       } else {
         // A status line inside a line (a field's value: a client's header a server echoed) does
-        // not end the segment it is in, whose head's page may come after it (campaign-av AV1).
+        // not end the segment it is in, whose head's page may come after it (campaign-av AV1),
+        // nor a glued one awaiting its page (AX1).
+        this.#cut(glued, true);
         this.#glued = '';
       }
       if (this.#hit !== null) return true;
@@ -357,19 +309,30 @@ export class HeadSieve implements Gather {
     if (room > 0) this.#seg += text.slice(from, Math.min(end, from + room));
     const gluedRoom = this.#glued === null ? 0 : this.#max - this.#glued.length;
     if (gluedRoom > 0) this.#glued += text.slice(from, Math.min(end, from + gluedRoom));
+    const pendingRoom = this.#pending === null ? 0 : this.#max - this.#pending.length;
+    if (pendingRoom > 0) this.#pending += text.slice(from, Math.min(end, from + pendingRoom));
   }
 
-  /** A segment ends: kept when a head in it may name a threat. */
-  #cut(seg: string | null): void {
+  /**
+   * A segment ends: kept when a head in it may name a threat; `mayPend`: one whose reading ends
+   * awaiting a page goes on instead (#pending), ending the one that did.
+   */
+  #cut(seg: string | null, mayPend = false): void {
     if (seg === null || !seg.includes(':') || this.#hit !== null) return;
-    const heads = salvageHeads(Buffer.from(seg, 'latin1'));
+    const { heads, awaiting } = salvageReading(Buffer.from(seg, 'latin1'));
     const blocks = this.#blocks;
-    if (blocks !== undefined) {
-      // Only a head the caller blocks by is kept, the first: no crafted head can push it out.
-      if (heads.some(blocks)) this.#hit = seg;
+    // Only a head the caller blocks by is kept, the first: no crafted head can push it out.
+    if (blocks !== undefined && heads.some(blocks)) {
+      this.#hit = seg;
       return;
     }
-    if (!heads.some(mayName)) return;
+    if (mayPend && awaiting && seg.length < this.#max) {
+      const before = this.#pending;
+      this.#pending = seg;
+      this.#cut(before);
+      return;
+    }
+    if (blocks !== undefined || !heads.some(mayName)) return;
     if (!this.#firstFull && this.#firstChars + seg.length <= this.#max) {
       this.#first.push(seg);
       this.#firstChars += seg.length;
@@ -392,7 +355,8 @@ export class HeadSieve implements Gather {
     const kept = [...this.#first, ...this.#last.slice(this.#lastFrom)];
     this.#append(this.#tail, 0, this.#tail.length);
     this.#tail = '';
-    for (const open of [this.#seg, this.#glued]) if (open !== null && open !== '') kept.push(open);
+    for (const open of [this.#seg, this.#glued, this.#pending])
+      if (open !== null && open !== '') kept.push(open);
     return Buffer.from(kept.map((seg) => `${seg}${SEPARATOR}`).join(''), 'latin1');
   }
 }

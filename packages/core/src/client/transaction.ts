@@ -495,8 +495,7 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
     this.#stopWriting();
     // A body not read (an error status's that does not fit): the real answer may follow it.
     const stray = forceClose ? (this.#parser.bytesAfterHead() ?? NOTHING) : this.#parser.leftoverBytes();
-    const sieve = forceClose || head.body !== null;
-    afterAnswer(stray, sieve, this.#conn, this.#opts, (all) => this.#settle(head, all, forceClose));
+    afterAnswer(stray, this.#conn, this.#opts, (all) => this.#settle(head, all, forceClose));
   }
 
   /** The exchange is over: the summary, the connection back to the pool. */

@@ -208,26 +208,45 @@ export function salvageLines(pending: Buffer): IcapReceivedHead | undefined {
  * HTTP head counts as one head more. An HTTP response head after an ICAP head whose
  * `Encapsulated` names `res-hdr` (an HTTP request head between them or not) is also read as that
  * head's page, so that a block page under any status blocks (campaign-at AT10, campaign-au AU2);
- * its fields stay a head of their own too (AU3). When an ICAP status line comes inside a line
+ * its fields stay a head of their own too (AU3). When an ICAP status line comes inside a block
  * (an answer glued to the bytes before it, a client's header echoed in one: campaign-aw AW1,
- * AW2), the heads are read a second time with a head starting at each such status line too;
+ * AW2; or at a line's start after other lines: campaign-ax AX2, AX3), the heads are read a
+ * second time with a head starting at each such status line too;
  * one that names no page does not come between a head and its page. Only ever read for a threat:
  * the second reading only adds heads.
  */
 export function salvageHeads(stray: Buffer): IcapReceivedHead[] {
-  const text = lenientText(stray);
-  const heads = readHeads(text, false);
-  GLUED.lastIndex = 0;
-  // (A loop, not a spread: the heads may be more than a call's arguments can be.)
-  if (GLUED.test(text)) for (const head of readHeads(text, true)) heads.push(head);
-  return heads;
+  return salvageReading(stray).heads;
 }
 
-/** An ICAP status line after other bytes on its line. */
-const GLUED = /(?<=[^\n])icap\/\d{1,3}(?:\.\d{1,3})?[ \t]{1,8}\d{3}/gi;
+/**
+ * salvageHeads' heads, and whether the bytes end with an ICAP head naming a page that has not
+ * come (in either reading): what follows them may be that page (client/stray.ts, HeadSieve).
+ */
+export function salvageReading(stray: Buffer): { heads: IcapReceivedHead[]; awaiting: boolean } {
+  const text = lenientText(stray);
+  const first = readHeads(text, false);
+  const heads = first.heads;
+  let awaiting = first.awaiting;
+  GLUED.lastIndex = 0;
+  if (GLUED.test(text)) {
+    const second = readHeads(text, true);
+    // (A loop, not a spread: the heads may be more than a call's arguments can be.)
+    for (const head of second.heads) heads.push(head);
+    awaiting ||= second.awaiting;
+  }
+  return { heads, awaiting };
+}
 
-/** salvageHeads' reading of `text` (its lines ended by LF), `glued`: a status line inside a line starts a head too. */
-function readHeads(text: string, glued: boolean): IcapReceivedHead[] {
+/**
+ * An ICAP status line that does not start a block: after other bytes on its line, or at the
+ * start of a line after another (no blank line between: an answer after the upload written back
+ * with a line end; campaign-ax AX2, AX3).
+ */
+const GLUED = /(?<=[^\n]\n?)icap\/\d{1,3}(?:\.\d{1,3})?[ \t]{1,8}\d{3}/gi;
+
+/** salvageHeads' reading of `text` (its lines ended by LF), `glued`: a status line inside a block starts a head too. */
+function readHeads(text: string, glued: boolean): { heads: IcapReceivedHead[]; awaiting: boolean } {
   const heads: IcapReceivedHead[] = [];
   /** The last ICAP head whose page has not come yet. */
   let awaiting: IcapReceivedHead | null = null;
@@ -254,7 +273,7 @@ function readHeads(text: string, glued: boolean): IcapReceivedHead[] {
       from = m.index;
     }
   }
-  return heads;
+  return { heads, awaiting: awaiting !== null };
 }
 
 /** Whether a salvaged ICAP head's `Encapsulated` names an HTTP response head. */

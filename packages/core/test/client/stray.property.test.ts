@@ -187,3 +187,38 @@ describe('HeadSieve: a status line inside a line (campaign-av AV1)', () => {
     );
   });
 });
+
+describe('HeadSieve: an answer glued after more than MAX bytes, its page after a status line in a field (campaign-ax AX1)', () => {
+  const answer = (notes: string[]) => {
+    const req = `POST /u HTTP/1.1\r\n${notes.map((n, k) => `X-Note-${k}: ${n}\r\n`).join('')}\r\n`;
+    return `ICAP/1.0 500 Server Error\r\nEncapsulated: req-hdr=0, res-hdr=${req.length}\r\n\r\n${req}HTTP/1.1 403 VirusFound\r\nContent-Length: 5\r\n\r\n5\r\nBlock\r\n0\r\n\r\n`;
+  };
+  const blocks = (h: { status: number; httpResponse: { status: number } | null }) =>
+    h.httpResponse?.status === 403;
+  /** More than MAX bytes in lines or not, no status line in them, not ending a line. */
+  const long = fc
+    .tuple(fc.integer({ min: MAX + 1, max: 3 * MAX }), fc.integer({ min: 0, max: 200 }))
+    .map(([n, every]) =>
+      Array.from({ length: n }, (_, k) => (every > 0 && k % every === every - 1 ? '\n' : 'x')).join(''),
+    );
+  const note = fc.constantFrom('ICAP/1.0 204 x', 'a ICAP/1.0 200 OK', 'icap/1.0 500 y', 'plain');
+
+  it('keeps the answer with its page, with or without the caller reading, however split', () => {
+    fc.assert(
+      fc.property(
+        long,
+        fc.array(note, { minLength: 1, maxLength: 3 }),
+        fc.array(fc.nat(), { maxLength: 12 }),
+        fc.boolean(),
+        (junk, notes, cuts, reading) => {
+          const sieve = new HeadSieve(MAX, reading ? blocks : undefined);
+          let ended = false;
+          for (const p of split(Buffer.from(`${junk}y${answer(notes)}`, 'latin1'), cuts))
+            if (!ended) ended = sieve.add(p);
+          expect(salvageHeads(sieve.all()).some((h) => h.status === 500 && blocks(h))).toBe(true);
+        },
+      ),
+      { numRuns: 150 },
+    );
+  });
+});

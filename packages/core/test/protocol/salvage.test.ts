@@ -178,6 +178,25 @@ describe('salvageHeads: an encapsulated page after a stray head (campaign-at AT1
     }
   });
 
+  it("is read as the page of an ICAP head at a line's start after other lines, no blank line between (AX2, AX3)", () => {
+    const answer = `ICAP/1.0 500 Server Error\r\nEncapsulated: res-hdr=0, res-body=50\r\n\r\n${page}`;
+    const cicap = `ICAP/1.0 200 OK\r\nServer: C-ICAP/0.5.10\r\nEncapsulated: res-hdr=0, res-body=50\r\n\r\n${page}`;
+    for (const before of ['x\r\n', 'some upload\n', 'ab\r', 'two\r\nlines\r\n']) {
+      for (const [what, status] of [
+        [answer, 500],
+        [cicap, 200],
+      ] as const) {
+        const heads = salvageHeads(Buffer.from(`${before}${what}`));
+        expect(
+          heads.some((h) => h.status === status && h.httpResponse?.status === 403),
+          `${before} ${status}`,
+        ).toBe(true);
+      }
+      const eset = salvageHeads(Buffer.from(`${before}ICAP/1.0 405 Forbidden\r\nISTag: "e"\r\n\r\n`));
+      expect(eset.some((h) => h.status === 405)).toBe(true);
+    }
+  });
+
   it('reads any number of glued status lines without a call over its arguments (no throw)', () => {
     const unit = 'aICAP/1.0 200 x\n';
     const many = Buffer.from(unit.repeat(Math.ceil((4 * 1024 * 1024) / unit.length)), 'latin1');
