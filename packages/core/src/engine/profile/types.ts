@@ -187,7 +187,11 @@ export interface IcapProfile {
     | undefined;
   /** How a pool spreads requests over its servers. Default 'least-outstanding'. */
   loadBalancing?: LoadBalancing | undefined;
-  /** Held bytes above which a body moves to a temp file (bytes or '8mb'). Default 8 MiB. */
+  /**
+   * Held bytes above which a body moves to a temp file (bytes or '8mb'). Default 8 MiB. Also the
+   * most bytes held to compare with a server's echo (at most 2 MiB): after an answer that returns
+   * a larger body the connection is not kept, so 0 costs echo-answering servers their pooling.
+   */
   memoryThreshold?: number | string | undefined;
   /** Folder for those temp files. Default the OS temp folder. */
   spoolDir?: string | undefined;
