@@ -20,7 +20,7 @@
  */
 
 /** The most bytes sent and not yet compared with the answer that are held. */
-export const HELD_MAX = 2 * 1024 * 1024;
+const HELD_MAX = 2 * 1024 * 1024;
 
 export class EchoCheck {
   readonly #max: number;
@@ -34,7 +34,8 @@ export class EchoCheck {
   #same = true;
 
   constructor(max = HELD_MAX) {
-    this.#max = Math.min(HELD_MAX, max);
+    // (Not a number, or below 0: nothing is held.)
+    this.#max = max >= 0 ? Math.min(HELD_MAX, max) : 0;
   }
 
   /** A chunk of the message body was sent. */

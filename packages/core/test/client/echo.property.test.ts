@@ -89,6 +89,8 @@ describe('EchoCheck', () => {
     expect(check(pieces, pieces, [false, false, false], 6000)).toBe(true);
     // Read as it is sent, no more than 2000 bytes are ever held.
     expect(check(pieces, pieces, [false, true, false, true, false, true], 2000)).toBe(true);
+    // A bound that is not a number holds nothing (never everything).
+    expect(check(pieces, pieces, [false, false, false], Number.NaN)).toBe(false);
     const big = split(Buffer.alloc(3 * 1024 * 1024, 0x61), [1 << 20, 2 << 20]);
     expect(check(big, big, [false, false, false], 8 * 1024 * 1024)).toBe(false);
   });
