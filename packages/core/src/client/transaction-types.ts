@@ -67,7 +67,9 @@ export interface TransactionSummary {
   trailer?: IcapReceivedHead | undefined;
   /**
    * What was received after the answer ended (another answer on the same connection, or
-   * several), each head read leniently: a threat named there is not lost either.
+   * several), each head read leniently: a threat named there is not lost either. Only the heads
+   * that may name a threat are kept (client/stray.ts), or, with `strayBlocks`, the first one it
+   * blocks by, and what was still open when the wait ended; present whenever bytes followed.
    */
   stray?: IcapReceivedHead[] | undefined;
 }
