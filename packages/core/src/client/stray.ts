@@ -91,12 +91,6 @@ const STRAY_WAIT_MS = 250;
 /** A failure's wait goes on while bytes come, up to this many times its idle bound in all. */
 const SIEVE_WAITS = 120;
 
-/** What a wait keeps of the bytes it reads; `add` says whether the wait is over. */
-interface Gather {
-  add(data: Buffer): boolean;
-  all(): Buffer;
-}
-
 /**
  * The wait for what follows an answer or a failure on its connection. TCP may split it anywhere,
  * even inside the line naming the threat, and the salvage reads complete lines only: so the
@@ -108,7 +102,8 @@ interface Gather {
  */
 export class StrayWait implements SocketOwner {
   readonly #conn: Connection;
-  readonly #gather: Gather;
+  /** What the wait keeps of the bytes it reads. */
+  readonly #gather: HeadSieve;
   #timer: NodeJS.Timeout | null;
   /** After a failure: the time after which bytes no longer extend the wait (0: they never do). */
   readonly #until: number;
@@ -138,7 +133,7 @@ export class StrayWait implements SocketOwner {
 
   private constructor(
     conn: Connection,
-    gather: Gather,
+    gather: HeadSieve,
     opts: WaitOptions,
     settle: (stray: Buffer) => void,
     extend: boolean,
@@ -232,7 +227,7 @@ const SEPARATOR = '\r\n\r\n';
  * clean cannot push the answer out (campaign-at AT6). Linear in the bytes, memory bounded
  * whatever they hold (campaign-ar AR1, AR4; campaign-as AS1, AS2, AS5, AS6; campaign-at AT1).
  */
-export class HeadSieve implements Gather {
+export class HeadSieve {
   readonly #max: number;
   readonly #first: string[] = [];
   #firstChars = 0;
