@@ -208,6 +208,11 @@ const HOLD = 24;
  * not (a threat line read as a chunk-size line: campaign-at AT11), never to be skipped as one.
  */
 const FIRST = '-\r\n';
+/** A blank line as salvageReading reads one (lenientText: an empty line, or a lone CR). */
+const BLANK = /\n\r?\n/;
+const BLANK_ALL = /\n\r?\n/g;
+/** How often an open segment is read before its end (HeadSieve#readOpen): a head, the request head and the page it may carry, one more. */
+const OPEN_READS = 4;
 const SEPARATOR = '\r\n\r\n';
 
 /**
@@ -223,7 +228,8 @@ const SEPARATOR = '\r\n\r\n';
  * threat or carry a status some vendor blocks by (reuse.ts, `mayName`: a reading wider than any
  * vendor's verdict); of those, the first and the last `maxHeaderSize` bytes' worth. With the
  * caller's own reading (`blocks`: the engine's verdict), only the first segment holding a head it
- * blocks by is kept, and the wait ends there: heads that `mayName` keeps but the verdict reads as
+ * blocks by is kept, and the wait ends there, as soon as that head (and the page it names) has come
+ * whole, not when the connection falls quiet: heads that `mayName` keeps but the verdict reads as
  * clean cannot push the answer out (campaign-at AT6). Linear in the bytes, memory bounded
  * whatever they hold (campaign-ar AR1, AR4; campaign-as AS1, AS2, AS5, AS6; campaign-at AT1).
  */
@@ -253,6 +259,10 @@ export class HeadSieve {
   /** The caller's reading (see the class comment), and the segment it blocked by. */
   readonly #blocks: ((head: IcapReceivedHead) => boolean) | undefined;
   #hit: string | null = null;
+  /** How often #seg was read before its end (#readOpen): at most OPEN_READS times. */
+  #openReads = 0;
+  /** How much of #seg that reading read. */
+  #openRead = 0;
 
   constructor(max: number, blocks?: ((head: IcapReceivedHead) => boolean) | undefined) {
     this.#max = max;
@@ -264,7 +274,10 @@ export class HeadSieve {
     if (this.#hit !== null) return true;
     // latin1: one character per byte. The last HOLD of a read wait for the next (a head may
     // start there): they go to the open segment only when no head starts in them.
+    const held = this.#tail.length;
     const text = this.#tail + data.toString('latin1');
+    // A blank line ends in these bytes (its first line end may be in the last read's).
+    const blank = BLANK.test(held > 2 ? text.slice(held - 2) : text);
     let from = 0;
     for (let search = 0; ; search = from + 1) {
       HEAD_START.lastIndex = search;
@@ -274,7 +287,7 @@ export class HeadSieve {
       if (m === null) {
         if (end > 0) this.#prev = text.charCodeAt(end - 1);
         this.#tail = text.slice(end);
-        return false;
+        return blank && this.#readOpen();
       }
       const before = m.index > 0 ? text.charCodeAt(m.index - 1) : this.#prev;
       const glued = this.#glued;
@@ -285,6 +298,8 @@ export class HeadSieve {
         this.#cut(glued);
         this.#cut(this.#seg);
         this.#seg = '';
+        this.#openReads = 0;
+        this.#openRead = 0;
       } else {
         // A status line inside a line (a field's value: a client's header a server echoed) does
         // not end the segment it is in, whose head's page may come after it (campaign-av AV1),
@@ -295,6 +310,32 @@ export class HeadSieve {
       if (this.#hit !== null) return true;
       from = m.index;
     }
+  }
+
+  /**
+   * A blank line came in the open segment (#seg, the tail held back included): the segment up to
+   * its last blank line is read as #cut reads a segment, and a head there the caller blocks by
+   * ends the wait at once, unless the reading ends with a head awaiting its page (what follows
+   * may attach to that head). What comes after a blank line cannot change the heads before it
+   * (salvageReading splits at blank lines; a page attaches only to an awaiting head), so the
+   * segment's whole reading would hold that head too: only sooner. At most OPEN_READS times
+   * a segment (linear: each reading is of the segment so far).
+   */
+  #readOpen(): boolean {
+    const blocks = this.#blocks;
+    if (blocks === undefined || this.#seg === null || this.#openReads >= OPEN_READS) return false;
+    const text = `${this.#seg}${this.#tail}`.slice(0, this.#max);
+    let end = -1;
+    BLANK_ALL.lastIndex = 0;
+    while (BLANK_ALL.exec(text) !== null) end = BLANK_ALL.lastIndex;
+    if (end <= this.#openRead || !text.includes(':')) return false;
+    this.#openReads++;
+    this.#openRead = end;
+    const seg = text.slice(0, end);
+    const { heads, awaiting } = salvageReading(Buffer.from(seg, 'latin1'));
+    if (awaiting || !heads.some(blocks)) return false;
+    this.#hit = seg;
+    return true;
   }
 
   /** `text` from `from` to `end` to the open segments, each up to `max` bytes. */

@@ -222,3 +222,60 @@ describe('HeadSieve: an answer glued after more than MAX bytes, its page after a
     );
   });
 });
+
+describe("HeadSieve with the caller's reading: the wait ends when the head it blocks by has come whole", () => {
+  const blocks = (h: { headers: { has(n: string): boolean }; httpResponse: { status: number } | null }) =>
+    h.headers.has('x-infection-found') || h.httpResponse?.status === 403;
+  const PAGE = 'HTTP/1.1 403 Forbidden\r\nContent-Length: 7\r\n\r\n';
+  /** A block answer at a line's start: a head naming the threat, or a 500 whose page is a 403. */
+  const block = fc.constantFrom(
+    `ICAP/1.0 200 OK\r\nISTag: "x1"\r\n${THREAT}\r\nEncapsulated: null-body=0\r\n\r\n`,
+    `ICAP/1.0 200 OK\nISTag: "x1"\n${THREAT}\nEncapsulated: null-body=0\n\n`,
+    `ICAP/1.0 200 OK\r\n${THREAT}\r\nEncapsulated: res-hdr=0, res-body=${PAGE.length}\r\n\r\n${PAGE}7\r\nblocked\r\n0\r\n\r\n`,
+    `ICAP/1.0 500 Server Error\r\nEncapsulated: req-hdr=0, res-hdr=30, res-body=80\r\n\r\nPOST /u HTTP/1.1\r\nX-Note: ICAP/1.0 204 x\r\n\r\n${PAGE}7\r\nblocked\r\n0\r\n\r\n`,
+  );
+
+  it("ends once the head and the page it names have come, not at the wait's end, however split", () => {
+    fc.assert(
+      fc.property(upload, block, fc.array(fc.nat(), { maxLength: 20 }), (junk, real, cuts) => {
+        const sieve = new HeadSieve(MAX, blocks);
+        let ended = false;
+        for (const p of split(Buffer.from(`${junk}\n${real}`, 'latin1'), cuts))
+          if (!ended) ended = sieve.add(p);
+        expect(ended).toBe(true);
+        expect(salvageHeads(sieve.all()).some(blocks)).toBe(true);
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  it('does not end on a head whose page has not come, nor on one cut before its blank line', () => {
+    for (const real of [
+      `ICAP/1.0 500 Server Error\r\nEncapsulated: res-hdr=0, res-body=${PAGE.length}\r\n\r\n`,
+      `ICAP/1.0 200 OK\r\nISTag: "x1"\r\n${THREAT}\r\n`,
+    ]) {
+      const sieve = new HeadSieve(MAX, blocks);
+      expect(sieve.add(Buffer.from(`${real}${'x'.repeat(40)}`, 'latin1'))).toBe(false);
+    }
+  });
+
+  it('ends only where the whole of what came holds a head it blocks by', () => {
+    const anything = fc.array(fc.oneof(shortPiece, block, fc.constantFrom(PAGE, '\r\n\r\n', '\n\n')), {
+      maxLength: 12,
+    });
+    fc.assert(
+      fc.property(anything, fc.array(fc.nat(), { maxLength: 20 }), (pieces, cuts) => {
+        const sieve = new HeadSieve(MAX, blocks);
+        let fed = Buffer.alloc(0);
+        for (const p of split(Buffer.from(pieces.join(''), 'latin1'), cuts)) {
+          fed = Buffer.concat([fed, p]);
+          if (sieve.add(p)) {
+            expect(salvageHeads(fed).some(blocks)).toBe(true);
+            break;
+          }
+        }
+      }),
+      { numRuns: 500 },
+    );
+  });
+});
