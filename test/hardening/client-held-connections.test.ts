@@ -418,9 +418,17 @@ async function slowUpload(run: Run, how: Pace, tail: Buffer, scan: string): Prom
   );
   socket.write(body.subarray(0, START));
   let sent = START;
-  // Past the server's limit (1.5 s), bounded: an answer before the rest ends it.
+  // Past the server's limit (1.5 s; 300 ms), until the scanner has given up: the connection
+  // icapkit sent the upload on was busy, and is no longer. Bounded: an answer before the rest
+  // ends it too.
+  let held = false;
+  const gaveUp = () => {
+    const now = busy(run);
+    held ||= now > 0;
+    return held && now === 0;
+  };
   const until = Date.now() + 2_500;
-  while (Date.now() < until && !answered()) {
+  while (Date.now() < until && !answered() && !gaveUp()) {
     await new Promise((r) => setTimeout(r, 100));
     if (how === 'trickle' && sent < START + 1_000 && !socket.destroyed)
       socket.write(body.subarray(sent, ++sent));
