@@ -2,7 +2,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import type { Framework } from '../conformance/apps.js';
 import { activeResources, settleResources } from '../support/leaks.js';
 import { scriptedApp } from '../support/scripted-app.js';
-import type { Handler } from '../support/scripted-icap.js';
+import type { Handler, Req } from '../support/scripted-icap.js';
 
 const BLOCK_PAGE = 'HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 7\r\n\r\n';
 const BLOCK =
@@ -256,4 +256,40 @@ describe('what follows an answer, otherwise', () => {
         expect(logs.map((l) => l.action)).toEqual(['ICAP_PASSED', 'ICAP_PASSED']);
       });
     }
+});
+
+describe('a head that blocks by its status line alone, with no field line, then another answer (campaign-az AZ2)', () => {
+  // ESET answers a threat with a bare `405 Forbidden`: the sieve dropped a part without a field
+  // line (a `:`), so the 204 after it was the verdict (delivered in both failure actions).
+  const BARE_405 = 'ICAP/1.0 405 Forbidden\r\n\r\n';
+  const echoHead = (r: Req) => {
+    const reqHdr = r.encap.toString('latin1');
+    return `ICAP/1.0 200 OK\r\nISTag: "x1"\r\nEncapsulated: req-hdr=0, req-body=${reqHdr.length}\r\n\r\n${reqHdr}`;
+  };
+  const SHAPES: Array<[string, (r: Req) => string]> = [
+    ['after a 204', () => `${NO_CONTENT}${BARE_405}${NO_CONTENT}`],
+    ['after an echo whose chunk framing breaks', (r) => `${echoHead(r)}zz\r\n${BARE_405}${NO_CONTENT}`],
+  ];
+  for (const framework of FRAMEWORKS)
+    for (const failAction of MODES)
+      it(`blocks (${framework}, ${failAction})`, async () => {
+        for (const [shape, answer] of SHAPES) {
+          const s = await scriptedApp(
+            framework,
+            (r) => {
+              if (r.method === 'REQMOD') r.sock.write(answer(r));
+            },
+            { failAction, vendor: 'eset', responseTimeout: 4000, connection: { ioTimeout: IO_TIMEOUT } },
+            cleanups,
+          );
+          const res = await s.post(Buffer.from('some upload'));
+          expect(res.status, shape).toBe(403);
+          expect(
+            s.logs.map((l) => l.action),
+            shape,
+          ).toEqual(['ICAP_BLOCKED']);
+          expect(s.app.seen, shape).toEqual([]);
+          for (const c of cleanups.splice(0).reverse()) await c();
+        }
+      });
 });

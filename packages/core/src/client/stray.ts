@@ -209,8 +209,7 @@ const HOLD = 24;
  */
 const FIRST = '-\r\n';
 /** A blank line as salvageReading reads one (lenientText: an empty line, or a lone CR). */
-const BLANK = /\n\r?\n/;
-const BLANK_ALL = /\n\r?\n/g;
+const BLANK = /\n\r?\n/g;
 /** How often an open segment is read before its end (HeadSieve#readOpen): a head, the request head and the page it may carry, one more. */
 const OPEN_READS = 4;
 const SEPARATOR = '\r\n\r\n';
@@ -276,9 +275,10 @@ export class HeadSieve {
     // start there): they go to the open segment only when no head starts in them.
     const held = this.#tail.length;
     const text = this.#tail + data.toString('latin1');
-    // A blank line ends in these bytes (its first line end may be in the last read's).
-    const blank = BLANK.test(held > 2 ? text.slice(held - 2) : text);
     let from = 0;
+    // Where #seg's bytes in `text` start, and its length before them (for #readOpen).
+    let segFrom = 0;
+    let segBefore = this.#seg === null ? 0 : this.#seg.length;
     for (let search = 0; ; search = from + 1) {
       HEAD_START.lastIndex = search;
       const m = HEAD_START.exec(text);
@@ -287,7 +287,7 @@ export class HeadSieve {
       if (m === null) {
         if (end > 0) this.#prev = text.charCodeAt(end - 1);
         this.#tail = text.slice(end);
-        return blank && this.#readOpen();
+        return this.#readOpen(text, Math.max(segFrom, held - 2), segBefore - segFrom);
       }
       const before = m.index > 0 ? text.charCodeAt(m.index - 1) : this.#prev;
       const glued = this.#glued;
@@ -300,6 +300,8 @@ export class HeadSieve {
         this.#seg = '';
         this.#openReads = 0;
         this.#openRead = 0;
+        segFrom = m.index;
+        segBefore = 0;
       } else {
         // A status line inside a line (a field's value: a client's header a server echoed) does
         // not end the segment it is in, whose head's page may come after it (campaign-av AV1),
@@ -313,25 +315,27 @@ export class HeadSieve {
   }
 
   /**
-   * A blank line came in the open segment (#seg, the tail held back included): the segment up to
-   * its last blank line is read as #cut reads a segment, and a head there the caller blocks by
-   * ends the wait at once, unless the reading ends with a head awaiting its page (what follows
-   * may attach to that head). What comes after a blank line cannot change the heads before it
-   * (salvageReading splits at blank lines; a page attaches only to an awaiting head), so the
-   * segment's whole reading would hold that head too: only sooner. At most OPEN_READS times
-   * a segment (linear: each reading is of the segment so far).
+   * When a blank line ends in the bytes just read (`text` from `search`; `shift` maps a position
+   * there to one in #seg, the tail held back included), the open segment up to it is read as
+   * #cut reads a segment, and a head there the caller blocks by ends the wait at once, unless
+   * the reading ends with a head awaiting its page (what follows may attach to that head). What
+   * comes after a blank line cannot change the heads before it (salvageReading splits at blank
+   * lines; a page attaches only to an awaiting head), so the segment's whole reading would hold
+   * that head too: only sooner. Linear: the new bytes are searched, and the segment is read at
+   * most OPEN_READS times, each time up to a blank line past the last reading's (campaign-az AZ1:
+   * a whole segment searched on every read was O(reads x maxHeaderSize)).
    */
-  #readOpen(): boolean {
+  #readOpen(text: string, search: number, shift: number): boolean {
     const blocks = this.#blocks;
     if (blocks === undefined || this.#seg === null || this.#openReads >= OPEN_READS) return false;
-    const text = `${this.#seg}${this.#tail}`.slice(0, this.#max);
     let end = -1;
-    BLANK_ALL.lastIndex = 0;
-    while (BLANK_ALL.exec(text) !== null) end = BLANK_ALL.lastIndex;
-    if (end <= this.#openRead || !text.includes(':')) return false;
+    BLANK.lastIndex = Math.max(0, search);
+    while (BLANK.exec(text) !== null) end = BLANK.lastIndex;
+    const upTo = Math.min(end + shift, this.#max);
+    if (end === -1 || upTo <= this.#openRead) return false;
     this.#openReads++;
-    this.#openRead = end;
-    const seg = text.slice(0, end);
+    this.#openRead = upTo;
+    const seg = `${this.#seg}${this.#tail}`.slice(0, upTo);
     const { heads, awaiting } = salvageReading(Buffer.from(seg, 'latin1'));
     if (awaiting || !heads.some(blocks)) return false;
     this.#hit = seg;
@@ -354,7 +358,9 @@ export class HeadSieve {
    * awaiting a page goes on instead (#pending), ending the one that did.
    */
   #cut(seg: string | null, mayPend = false): void {
-    if (seg === null || !seg.includes(':') || this.#hit !== null) return;
+    // (Every segment, with fields or not: some vendors block by a status line alone, ESET's
+    // `405 Forbidden`, Symantec's `539`: campaign-az AZ2.)
+    if (seg === null || seg === '' || this.#hit !== null) return;
     const { heads, awaiting } = salvageReading(Buffer.from(seg, 'latin1'));
     const blocks = this.#blocks;
     // Only a head the caller blocks by is kept, the first: no crafted head can push it out.
