@@ -242,3 +242,42 @@ describe('campaign-x: a threat named in a head or trailer over the bound, after 
         expect(passed).toEqual([]);
       }, 60_000);
 });
+
+describe('a status line that blocks alone, cut before its line end by the close (campaign-ba BA2)', () => {
+  // ESET blocks with a bare `405 Forbidden`, Symantec with `539`: a start line the connection's
+  // end cut before its line end was not read at all (ICAP_ERR_CLOSED: fail-open delivered).
+  const SHAPES: Array<['eset' | 'symantec', string]> = [
+    ['eset', 'ICAP/1.0 405 Forbidden'],
+    ['symantec', 'ICAP/1.0 539 Aborted - No AV scanning license'],
+    ['symantec', 'ICAP/1.0 539'],
+  ];
+  for (const framework of FRAMEWORKS)
+    for (const failAction of MODES)
+      it(`blocks; a start line cut in its code or a 204's is the failure it was (${framework}, ${failAction})`, async () => {
+        for (const vendor of ['eset', 'symantec'] as const) {
+          let answer = '';
+          const s = await scriptedApp(
+            framework,
+            (r) => r.sock.end(answer),
+            { failAction, vendor, responseTimeout: 3000, connection: { ioTimeout: 2000 } },
+            cleanups,
+          );
+          for (const [v, line] of SHAPES.filter(([v]) => v === vendor)) {
+            answer = line;
+            const before = s.logs.length;
+            const res = await s.post(UPLOAD);
+            expect(res.status, `${v}: ${line}`).toBe(403);
+            expect(s.logs[before]?.action, line).toBe('ICAP_BLOCKED');
+          }
+          for (const line of ['ICAP/1.0 40', 'ICAP/1.0 204 No Content']) {
+            answer = line;
+            const before = s.logs.length;
+            const res = await s.post(UPLOAD);
+            expect(res.status, line).toBe(failAction === 'fail-open' ? 200 : 503);
+            expect(s.logs[before]?.error_code, line).toBe('ICAP_ERR_CLOSED');
+          }
+          expect(s.app.seen).toHaveLength(failAction === 'fail-open' ? 2 : 0);
+          for (const c of cleanups.splice(0).reverse()) await c();
+        }
+      });
+});

@@ -210,8 +210,18 @@ const HOLD = 24;
 const FIRST = '-\r\n';
 /** A blank line as salvageReading reads one (lenientText: an empty line, or a lone CR). */
 const BLANK = /\n\r?\n/g;
-/** How often an open segment is read before its end (HeadSieve#readOpen): a head, the request head and the page it may carry, one more. */
+/**
+ * How often an open segment is read before its end (HeadSieve#readOpen): an ICAP head, the
+ * request head and the page it may carry, one more.
+ */
 const OPEN_READS = 4;
+/**
+ * The blank lines and status lines inside lines an open segment may hold and still be read
+ * before its end: an answer has a few (its head, the request head it returns, its page, the
+ * body's last chunk); a segment with more is read at its end only (campaign-ba BA1: each early
+ * reading judges every head in the segment again).
+ */
+const OPEN_HEADS = 8;
 const SEPARATOR = '\r\n\r\n';
 
 /**
@@ -262,6 +272,8 @@ export class HeadSieve {
   #openReads = 0;
   /** How much of #seg that reading read. */
   #openRead = 0;
+  /** The blank lines and the status lines inside a line in #seg so far (OPEN_HEADS). */
+  #openHeads = 0;
 
   constructor(max: number, blocks?: ((head: IcapReceivedHead) => boolean) | undefined) {
     this.#max = max;
@@ -287,7 +299,7 @@ export class HeadSieve {
       if (m === null) {
         if (end > 0) this.#prev = text.charCodeAt(end - 1);
         this.#tail = text.slice(end);
-        return this.#readOpen(text, Math.max(segFrom, held - 2), segBefore - segFrom);
+        return this.#readOpen(text, Math.max(segFrom, held - 2), held, segBefore - segFrom);
       }
       const before = m.index > 0 ? text.charCodeAt(m.index - 1) : this.#prev;
       const glued = this.#glued;
@@ -300,6 +312,7 @@ export class HeadSieve {
         this.#seg = '';
         this.#openReads = 0;
         this.#openRead = 0;
+        this.#openHeads = 0;
         segFrom = m.index;
         segBefore = 0;
       } else {
@@ -308,6 +321,7 @@ export class HeadSieve {
         // nor a glued one awaiting its page (AX1).
         this.#cut(glued, true);
         this.#glued = '';
+        this.#openHeads++;
       }
       if (this.#hit !== null) return true;
       from = m.index;
@@ -323,16 +337,22 @@ export class HeadSieve {
    * lines; a page attaches only to an awaiting head), so the segment's whole reading would hold
    * that head too: only sooner. Linear: the new bytes are searched, and the segment is read at
    * most OPEN_READS times, each time up to a blank line past the last reading's (campaign-az AZ1:
-   * a whole segment searched on every read was O(reads x maxHeaderSize)).
+   * a whole segment searched on every read was O(reads x maxHeaderSize)), and only while it holds
+   * at most OPEN_HEADS heads' worth of blank lines and glued status lines (campaign-ba BA1).
    */
-  #readOpen(text: string, search: number, shift: number): boolean {
+  #readOpen(text: string, search: number, held: number, shift: number): boolean {
     const blocks = this.#blocks;
     if (blocks === undefined || this.#seg === null || this.#openReads >= OPEN_READS) return false;
     let end = -1;
     BLANK.lastIndex = Math.max(0, search);
-    while (BLANK.exec(text) !== null) end = BLANK.lastIndex;
+    while (BLANK.exec(text) !== null) {
+      end = BLANK.lastIndex;
+      // (One ending in the bytes held back from the last read was counted then.)
+      if (end > held) this.#openHeads++;
+    }
+    if (this.#openHeads > OPEN_HEADS) this.#openReads = OPEN_READS;
     const upTo = Math.min(end + shift, this.#max);
-    if (end === -1 || upTo <= this.#openRead) return false;
+    if (end === -1 || upTo <= this.#openRead || this.#openHeads > OPEN_HEADS) return false;
     this.#openReads++;
     this.#openRead = upTo;
     const seg = `${this.#seg}${this.#tail}`.slice(0, upTo);

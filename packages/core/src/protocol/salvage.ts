@@ -192,14 +192,21 @@ function lenientPage(startLine: string, headers: Headers, raw: Buffer): HttpResp
  * ended), the last one too when it was cut short: a threat field whose line breaks off
  * (`X-Infection-Found: Type=0; Resolution=2; Threat=EIC`) still names a threat. Read only ever
  * to block, a field more can only add a block (a clean-sounding value cut short, such as
- * `X-Virus-ID: no thr`, blocks: the conservative reading of an answer that broke off). Undefined
- * while no line after the start line has begun.
+ * `X-Virus-ID: no thr`, blocks: the conservative reading of an answer that broke off). A start
+ * line alone is read when its status code is whole (some vendors block by the status line alone:
+ * ESET's `405 Forbidden`, Symantec's `539`, closed before their line end: campaign-ba BA2);
+ * undefined otherwise.
  */
 export function salvageLines(pending: Buffer): IcapReceivedHead | undefined {
-  return pending.indexOf(0x0a) === -1 && pending.indexOf(0x0d) === -1
+  return pending.indexOf(0x0a) === -1 &&
+    pending.indexOf(0x0d) === -1 &&
+    !WHOLE_STATUS.test(pending.toString('latin1'))
     ? undefined
     : salvageResponseHead(pending);
 }
+
+/** An ICAP start line whose status code is whole (salvageResponseHead's reading of one). */
+const WHOLE_STATUS = /^\s*ICAP\/\d+(?:\.\d+)?[ \t]+\d{3}(?![0-9])/i;
 
 /**
  * Every head in what followed an answer on its connection (a second answer; a 100 Continue,

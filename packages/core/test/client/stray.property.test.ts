@@ -300,6 +300,35 @@ describe("HeadSieve with the caller's reading: the wait ends when the head it bl
   });
 });
 
+describe('HeadSieve: the heads of a segment judged a bounded number of times (campaign-ba BA1)', () => {
+  /** How many heads the reading judged, the bytes fed in reads of `size`. */
+  function judged(bytes: Buffer, size: number): number {
+    let n = 0;
+    const sieve = new HeadSieve(64 * 1024, () => {
+      n++;
+      return false;
+    });
+    for (let at = 0; at < bytes.length; at += size) sieve.add(bytes.subarray(at, at + size));
+    sieve.all();
+    return n;
+  }
+
+  it('reads a segment dense with heads at its end only, whatever the reads', () => {
+    for (const glue of ['x icap/1 500\n\n', 'x icap/1 500\na: b\n\n', '\n\n']) {
+      let segment = 'ICAP/1.0 200 OK\r\n';
+      while (segment.length < 60_000) segment += glue;
+      const bytes = Buffer.from(segment.repeat(4), 'latin1');
+      const once = judged(bytes, bytes.length);
+      // Fed in reads, a few early readings of a few heads each; every early reading judged the
+      // whole segment so far again (twice the heads in reads of 16 KiB).
+      for (const size of [16_384, 1_460, 97])
+        expect(judged(bytes, size), `${JSON.stringify(glue)} in reads of ${size}`).toBeLessThanOrEqual(
+          once + 4 * 4 * 40,
+        );
+    }
+  });
+});
+
 describe('HeadSieve: a head that blocks by its status line alone (campaign-az AZ2)', () => {
   const bare = ['ICAP/1.0 405 Forbidden\r\n\r\n', 'ICAP/1.0 539 Aborted - No AV scanning license\n\n'];
   const byStatus = (h: { status: number }) => h.status === 405 || h.status === 539;
