@@ -269,6 +269,11 @@ describe('a status line that blocks alone, cut before its line end by the close 
             expect(res.status, `${v}: ${line}`).toBe(403);
             expect(s.logs[before]?.action, line).toBe('ICAP_BLOCKED');
           }
+          // A 4xx cut in its reason (ESET's 405 whose phrase never came) is the server refusing
+          // the upload, as with its line end: 503 in both actions, never delivered (campaign-bb BB1).
+          answer = 'ICAP/1.0 405 Forb';
+          const refused = await s.post(UPLOAD);
+          expect(refused.status).toBe(503);
           for (const line of ['ICAP/1.0 40', 'ICAP/1.0 204 No Content']) {
             answer = line;
             const before = s.logs.length;

@@ -194,8 +194,9 @@ function lenientPage(startLine: string, headers: Headers, raw: Buffer): HttpResp
  * to block, a field more can only add a block (a clean-sounding value cut short, such as
  * `X-Virus-ID: no thr`, blocks: the conservative reading of an answer that broke off). A start
  * line alone is read when its status code is whole (some vendors block by the status line alone:
- * ESET's `405 Forbidden`, Symantec's `539`, closed before their line end: campaign-ba BA2);
- * undefined otherwise.
+ * ESET's `405 Forbidden`, Symantec's `539`, closed before their line end: campaign-ba BA2), and
+ * counts as that status would with its line end (an ICAP 4xx is the server refusing the upload:
+ * the engine's 503, never the failure action; campaign-bb BB1); undefined otherwise.
  */
 export function salvageLines(pending: Buffer): IcapReceivedHead | undefined {
   return pending.indexOf(0x0a) === -1 &&
