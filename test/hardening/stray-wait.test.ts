@@ -50,6 +50,29 @@ describe.each(FRAMEWORKS)('%s', (framework) => {
         expect(s.logs[0]?.action).toBe('ICAP_BLOCKED');
       });
 
+      it('the threat answer written just before responseTimeout, the process then stalled past it: blocked (a busy machine)', async () => {
+        // The server's write and the client's deadline come due in one turn of the event loop
+        // (a stall, as on a busy CI machine): the client read the socket only after the deadline
+        // had passed the upload on under fail-open.
+        const s = await scriptedApp(
+          framework,
+          (r) => {
+            setTimeout(() => {
+              const until = performance.now() + 300;
+              while (performance.now() < until) {
+                // the process stalls past responseTimeout
+              }
+            }, 330);
+            setTimeout(() => r.sock.destroyed || r.sock.write(THREAT_ANSWER), 350);
+          },
+          { failAction: mode, responseTimeout: 500, connection: { ioTimeout: 2000 } },
+          cleanups,
+        );
+        expect((await s.post(UPLOAD)).status).toBe(403);
+        expect(s.app.seen).toHaveLength(0);
+        expect(s.logs[0]?.action).toBe('ICAP_BLOCKED');
+      });
+
       for (const end of ['closes', 'goes quiet'] as const)
         it(`the threat answer inside a chunk longer than what came, then the server ${end}: blocked (AS3)`, async () => {
           const s = await scriptedApp(

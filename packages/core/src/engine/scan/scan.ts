@@ -279,28 +279,27 @@ export class Scan {
     const now = performance.now();
     if (now >= this.#bodyDue) {
       this.#bodyDue = Number.POSITIVE_INFINITY;
-      this.#abort(
-        new IcapError(
-          IcapErrorCodes.BODY_TIMEOUT,
-          `the HTTP client did not send its whole request body within bodyDeadline (${p.bodyDeadline} ms)`,
-        ),
-      );
+      const msg = `the HTTP client did not send its whole request body within bodyDeadline (${p.bodyDeadline} ms)`;
+      this.#abort(new IcapError(IcapErrorCodes.BODY_TIMEOUT, msg));
       return;
     }
     if (now >= this.#responseDue) {
-      this.#responseDue = Number.POSITIVE_INFINITY;
-      this.#abort(
-        new IcapError(
-          IcapErrorCodes.TIMEOUT,
-          `ICAP scan took longer than responseTimeout (${p.responseTimeout} ms)`,
-        ),
-      );
+      // What came while the process stalled past the deadline (a busy machine) is read first
+      // (setImmediate: after the poll phase); the timeout stands if the scan still waits then.
+      setImmediate(this.#onResponseDue);
       return;
     }
     // Early (the other deadline's turn, or the clock's rounding): again for the nearer one.
     const next = Math.min(this.#bodyDue, this.#responseDue) - now;
     if (next !== Number.POSITIVE_INFINITY)
       this.#timer = setTimeout(this.#onTimer, Math.max(1, Math.min(Math.ceil(next), p.responseTimeout)));
+  };
+
+  readonly #onResponseDue = (): void => {
+    if (this.#responseDue === Number.POSITIVE_INFINITY) return;
+    this.#responseDue = Number.POSITIVE_INFINITY;
+    const msg = `ICAP scan took longer than responseTimeout (${this.profile.responseTimeout} ms)`;
+    this.#abort(new IcapError(IcapErrorCodes.TIMEOUT, msg));
   };
 
   #stopTimer(): void {
