@@ -73,6 +73,26 @@ describe.each(FRAMEWORKS)('%s', (framework) => {
         expect(s.logs[0]?.action).toBe('ICAP_BLOCKED');
       });
 
+      it('the same with the default ioTimeout (= responseTimeout): the idle socket reads first too (campaign-bc BC1)', async () => {
+        const s = await scriptedApp(
+          framework,
+          (r) => {
+            setTimeout(() => {
+              const until = performance.now() + 300;
+              while (performance.now() < until) {
+                // the process stalls past responseTimeout and the socket's idle bound
+              }
+            }, 330);
+            setTimeout(() => r.sock.destroyed || r.sock.write(THREAT_ANSWER), 350);
+          },
+          { failAction: mode, responseTimeout: 500 },
+          cleanups,
+        );
+        expect((await s.post(UPLOAD)).status).toBe(403);
+        expect(s.app.seen).toHaveLength(0);
+        expect(s.logs[0]?.action).toBe('ICAP_BLOCKED');
+      });
+
       for (const end of ['closes', 'goes quiet'] as const)
         it(`the threat answer inside a chunk longer than what came, then the server ${end}: blocked (AS3)`, async () => {
           const s = await scriptedApp(
@@ -151,6 +171,21 @@ async function blockedOnTheFirst(
 
 describe('the stall watchdog during the wait', () => {
   for (const mode of MODES) {
+    it(`${mode}: the threat written just before stallTimeout, the process stalled past it (campaign-bc BC2)`, () =>
+      blockedOnTheFirst(
+        mode,
+        (r) => {
+          setTimeout(() => {
+            const until = performance.now() + 300;
+            while (performance.now() < until) {
+              // the process stalls past stallTimeout
+            }
+          }, 280);
+          setTimeout(() => r.sock.destroyed || r.sock.write(THREAT_ANSWER), 290);
+        },
+        { stallTimeout: 300 },
+      ));
+
     it(`${mode}: a broken echo and the threat in one write, stallTimeout 150 ms (AS9)`, () =>
       blockedOnTheFirst(mode, (r) => r.sock.write(`${echoHead(r)}zz\r\n${THREAT_ANSWER}`), {
         stallTimeout: 150,

@@ -440,9 +440,8 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
         (!this.#goAhead && (this.#writeState === 'preview' || this.#writeState === 'awaiting-continue')));
     const ignoreBody = checkFinalHead(req, head, previewPhase);
     this.#finalHead = head;
-    // A 200/201 that streams back the adapted message may come before the server has read the
-    // whole request (data trickling, a streaming echo): it needs the rest to produce its
-    // body, so sending goes on. Any other early answer (204, a block, an error) ends sending.
+    // A 200/201 streaming back the adapted message may come before the server read the whole
+    // request (a streaming echo): it needs the rest, so sending goes on; any other answer ends it.
     const adaptedBody = req.method === 'RESPMOD' ? 'res-body' : 'req-body';
     const keepSending = (head.status === 200 || head.status === 201) && head.body === adaptedBody;
     if (!keepSending) this.#stopWriting();
@@ -546,10 +545,13 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
   }
 
   socketTimeout(): void {
-    // Idle because our side is slow (the response's reader, or the body's source): not the
-    // server's fault. Whoever owns the source bounds its stalls (the engine's bodyTimeout).
+    // Idle because our side is slow (the response's reader, the body's source): not the server's
+    // fault (the engine's bodyTimeout bounds it). What came while the process stalled is read first.
     if (this.#pausedForBody || this.#awaitingSource) return;
-    this.#fail(idleError(this.#conn.label, this.#opts.ioTimeout));
+    const seen = this.#bytesReceived;
+    const idle = () =>
+      this.#bytesReceived === seen && this.#fail(idleError(this.#conn.label, this.#opts.ioTimeout));
+    setImmediate(idle);
   }
 
   readonly #onAbort = (): void => {

@@ -272,6 +272,15 @@ export class AttemptWatch {
       this.#arm();
       return;
     }
+    // What came while the process stalled past it (a busy machine) is read first: progress
+    // meanwhile re-arms the watch, a verdict stops it (campaign-bc BC2).
+    setImmediate(this.#stall);
+  };
+
+  readonly #stall = (): void => {
+    const controller = this.#controller;
+    if (controller === null || this.#done || controller.signal.aborted || this.#paused) return;
+    if (this.#timer !== undefined) return;
     this.stalled = true;
     this.#done = true;
     controller.abort(
