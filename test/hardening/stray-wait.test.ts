@@ -29,6 +29,15 @@ const EVICTING: Record<string, string> = {
   'X-Error-Code: 1': '\nICAP/1.0 200 OK\nX-Error-Code: 1\n\n',
   'Encapsulated: res-hdr (ICAP 200, no page)': '\nICAP/1.0 200 OK\nEncapsulated: res-hdr=0\n\n',
 };
+/** At `at` ms, the process stalls for `ms` (a busy machine): the timers due meanwhile come due in one turn. */
+function stallAt(at: number, ms: number): void {
+  setTimeout(() => {
+    const until = performance.now() + ms;
+    while (performance.now() < until) {
+      // stalled
+    }
+  }, at);
+}
 const echoHead = (r: Req) => {
   const reqHdr = r.encap.toString('latin1');
   return `ICAP/1.0 200 OK\r\nISTag: "x1"\r\nEncapsulated: req-hdr=0, req-body=${reqHdr.length}\r\n\r\n${reqHdr}`;
@@ -57,12 +66,7 @@ describe.each(FRAMEWORKS)('%s', (framework) => {
         const s = await scriptedApp(
           framework,
           (r) => {
-            setTimeout(() => {
-              const until = performance.now() + 300;
-              while (performance.now() < until) {
-                // the process stalls past responseTimeout
-              }
-            }, 330);
+            stallAt(330, 300);
             setTimeout(() => r.sock.destroyed || r.sock.write(THREAT_ANSWER), 350);
           },
           { failAction: mode, responseTimeout: 500, connection: { ioTimeout: 2000 } },
@@ -77,12 +81,7 @@ describe.each(FRAMEWORKS)('%s', (framework) => {
         const s = await scriptedApp(
           framework,
           (r) => {
-            setTimeout(() => {
-              const until = performance.now() + 300;
-              while (performance.now() < until) {
-                // the process stalls past responseTimeout and the socket's idle bound
-              }
-            }, 330);
+            stallAt(330, 300);
             setTimeout(() => r.sock.destroyed || r.sock.write(THREAT_ANSWER), 350);
           },
           { failAction: mode, responseTimeout: 500 },
@@ -175,12 +174,7 @@ describe('the stall watchdog during the wait', () => {
       blockedOnTheFirst(
         mode,
         (r) => {
-          setTimeout(() => {
-            const until = performance.now() + 300;
-            while (performance.now() < until) {
-              // the process stalls past stallTimeout
-            }
-          }, 280);
+          stallAt(280, 300);
           setTimeout(() => r.sock.destroyed || r.sock.write(THREAT_ANSWER), 290);
         },
         { stallTimeout: 300 },
