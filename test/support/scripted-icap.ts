@@ -30,6 +30,8 @@ export interface ScriptedOptions {
   optionsHeaders?: string;
   /** What answers a preview that did not end the body (default: a bare 100 Continue). */
   continueHead?: string;
+  /** Writes the OPTIONS `answer` itself (when, and what else): by default at once. */
+  options?: (r: Req, answer: string) => void;
 }
 
 export async function scripted(handler: Handler, opts: ScriptedOptions = {}): Promise<ScriptedIcap> {
@@ -103,9 +105,9 @@ export async function scripted(handler: Handler, opts: ScriptedOptions = {}): Pr
       requests.push(r);
       state = 'head';
       if (method === 'OPTIONS') {
-        sock.write(
-          `ICAP/1.0 200 OK\r\nMethods: REQMOD\r\nISTag: "x1"\r\nAllow: 204\r\n${opts.optionsHeaders ?? ''}Encapsulated: null-body=0\r\n\r\n`,
-        );
+        const answer = `ICAP/1.0 200 OK\r\nMethods: REQMOD\r\nISTag: "x1"\r\nAllow: 204\r\n${opts.optionsHeaders ?? ''}Encapsulated: null-body=0\r\n\r\n`;
+        if (opts.options === undefined) sock.write(answer);
+        else opts.options(r, answer);
         return;
       }
       handler(r);

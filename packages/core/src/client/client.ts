@@ -14,6 +14,7 @@ export { maskUrl };
 import { abortError, LightAbortController } from './abort.js';
 import type { IcapClientOptions, IcapRequestOptions } from './client-options.js';
 import { endpointLabel, type IcapTlsOptions, type ServerEndpoint } from './connection.js';
+import { actAfterReading } from './deadline.js';
 import {
   extensionOf,
   type IcapServiceOptions,
@@ -414,7 +415,12 @@ export class IcapClient {
       timeout >= MAX_TIMER_DELAY
         ? undefined
         : setTimeout(() => {
-            ac.abort(new IcapError(IcapErrorCodes.TIMEOUT, `${what} took longer than ${timeout} ms`));
+            // What came while the process stalled past it is read first (campaign-bd BD2, BD3).
+            actAfterReading(
+              timeout,
+              () => cleaned || ac.signal.aborted,
+              () => ac.abort(new IcapError(IcapErrorCodes.TIMEOUT, `${what} took longer than ${timeout} ms`)),
+            );
           }, timeout);
     let cleaned = false;
     const cleanup = () => {

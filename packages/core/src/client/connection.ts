@@ -1,6 +1,7 @@
 import * as net from 'node:net';
 import * as tls from 'node:tls';
 import { fromSocketError, IcapError, IcapErrorCodes } from '../errors.js';
+import { actAfterReading, noteHeard } from './deadline.js';
 
 /** TLS settings for ICAPS, the usual Node TLS options. */
 export interface IcapTlsOptions {
@@ -81,8 +82,14 @@ export class Connection {
     if (owner === null || this.#listening) return;
     this.#listening = true;
     const s = this.socket;
-    s.on('data', (data: Buffer) => this.#owner?.socketData(data));
-    s.on('end', () => this.#owner?.socketEnd());
+    s.on('data', (data: Buffer) => {
+      noteHeard();
+      this.#owner?.socketData(data);
+    });
+    s.on('end', () => {
+      noteHeard();
+      this.#owner?.socketEnd();
+    });
     s.on('error', (err: Error) => this.#owner?.socketError(err));
     s.on('close', () => this.#owner?.socketClose());
     s.on('timeout', () => this.#owner?.socketTimeout());
@@ -135,12 +142,19 @@ export class Connection {
         reject(fromSocketError(err, 'connect', label));
         return;
       }
+      // A connection made while the process stalled past the deadline is taken (campaign-bd BD4).
+      let settled = false;
       const timer = setTimeout(() => {
-        finish(
-          new IcapError(
-            IcapErrorCodes.CONNECT_TIMEOUT,
-            `connecting to ICAP server ${label} took longer than ${connectTimeout} ms`,
-          ),
+        actAfterReading(
+          connectTimeout,
+          () => settled,
+          () =>
+            finish(
+              new IcapError(
+                IcapErrorCodes.CONNECT_TIMEOUT,
+                `connecting to ICAP server ${label} took longer than ${connectTimeout} ms`,
+              ),
+            ),
         );
       }, connectTimeout);
       const onAbort = () => finish(signal!.reason);
@@ -163,6 +177,7 @@ export class Connection {
         );
       const onConnect = () => finish(null);
       const finish = (err: unknown) => {
+        settled = true;
         clearTimeout(timer);
         signal?.removeEventListener('abort', onAbort);
         socket.removeListener('error', onError);

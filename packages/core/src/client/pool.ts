@@ -1,5 +1,6 @@
 import { IcapError, IcapErrorCodes } from '../errors.js';
 import { Connection, type ServerEndpoint, type SocketOwner } from './connection.js';
+import { actAfterReading } from './deadline.js';
 
 export interface PoolOptions {
   /** Most connections open at once to this server (further requests wait). */
@@ -124,7 +125,7 @@ export class Pool {
       const wait = queueTimeout;
       if (wait !== undefined && Number.isFinite(wait) && this.#waiters.includes(waiter)) {
         // Still queued: every connection is busy. The wait is bounded, so the caller can go elsewhere.
-        waiter.timer = setTimeout(() => {
+        const timedOut = () => {
           const at = this.#waiters.indexOf(waiter);
           if (at === -1) return;
           this.#waiters.splice(at, 1);
@@ -135,7 +136,10 @@ export class Pool {
               `all ${this.limit} connections to ICAP server ${this.endpoint.host}:${this.endpoint.port} stayed busy for queueTimeout (${wait} ms)`,
             ),
           );
-        }, wait);
+        };
+        // A connection freed by an answer read late (a stalled process) is taken (campaign-bd BD5).
+        const served = () => !this.#waiters.includes(waiter);
+        waiter.timer = setTimeout(() => actAfterReading(wait, served, timedOut), wait);
       }
     });
   }

@@ -1,6 +1,7 @@
 import { createHash, type Hash } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import type { Readable } from 'node:stream';
+import { actAfterReading } from '../../client/deadline.js';
 import type { ReplayableBody } from '../../client/source.js';
 import { Cursor, StoreReplay } from './cursor.js';
 import {
@@ -109,10 +110,7 @@ export class BodyStore implements ReplayableBody {
   get held(): number {
     return this.#spool === null ? this.#received - this.#base : this.#spool.pending;
   }
-  /**
-   * Bytes can be compared in memory ({@link equalsAt}, {@link slices}): every byte is held in
-   * memory and will stay there.
-   */
+  /** Bytes can be compared in memory ({@link equalsAt}, {@link slices}): all held there for good. */
   get canCompare(): boolean {
     return this.#retainAll && this.#spool === null && (this.#ended || this.#memoryThreshold >= this.#limit);
   }
@@ -155,8 +153,14 @@ export class BodyStore implements ReplayableBody {
 
   readonly #onIdleTimeout = (): void => {
     this.#idleTimer = undefined;
-    if (this.#ended || this.#error !== undefined || this.#exceeded || this.#disposed) return;
-    this.#onIdle?.();
+    // What came while the process stalled past it is read first (bytes re-arm the timer: moot).
+    const moot = () =>
+      this.#idleTimer !== undefined || this.#ended || this.#error !== undefined || this.#exceeded;
+    actAfterReading(
+      this.#idleTimeout ?? 0,
+      () => moot() || this.#disposed,
+      () => this.#onIdle?.(),
+    );
   };
 
   /** Stops reading from the source (it is left paused, listeners removed). */
@@ -240,10 +244,7 @@ export class BodyStore implements ReplayableBody {
     return new StoreReplay(this.open() as Cursor);
   }
 
-  /**
-   * Whether the held bytes at `offset` equal `data` (memory only, see {@link canCompare}).
-   * False when they are not (or not all) held or received.
-   */
+  /** Whether the held bytes at `offset` equal `data` (memory only: {@link canCompare}); false if not all held. */
   equalsAt(offset: number, data: Buffer): boolean {
     if (this.#spool !== null || offset < this.#base || offset + data.length > this.#received) return false;
     if (data.length === 0) return true;

@@ -1,3 +1,4 @@
+import { actAfterReading } from '../../client/deadline.js';
 import { IcapError, IcapErrorCodes } from '../../errors.js';
 import { LightAbortController } from '../../light-signal.js';
 import type { BodyStore } from '../body.js';
@@ -277,30 +278,30 @@ export class Scan {
     this.#timer = undefined;
     const p = this.profile;
     const now = performance.now();
-    if (now >= this.#bodyDue) {
-      this.#bodyDue = Number.POSITIVE_INFINITY;
-      const msg = `the HTTP client did not send its whole request body within bodyDeadline (${p.bodyDeadline} ms)`;
-      this.#abort(new IcapError(IcapErrorCodes.BODY_TIMEOUT, msg));
-      return;
+    // What came while the process stalled past a deadline (a busy machine) is read first: the
+    // client's last bytes, the ICAP answer (client/deadline.ts; campaign-bc, campaign-bd BD1, BD6).
+    const body = now >= this.#bodyDue;
+    if (body || now >= this.#responseDue) {
+      const moot = () => (body ? this.#bodyDue : this.#responseDue) === Number.POSITIVE_INFINITY;
+      actAfterReading(body ? p.bodyDeadline : p.responseTimeout, moot, () => this.#expired(body));
+    } else {
+      // Early (the other deadline's turn, or the clock's rounding): again for the nearer one.
+      const next = Math.min(this.#bodyDue, this.#responseDue) - now;
+      if (next !== Number.POSITIVE_INFINITY)
+        this.#timer = setTimeout(this.#onTimer, Math.max(1, Math.min(Math.ceil(next), p.responseTimeout)));
     }
-    if (now >= this.#responseDue) {
-      // What came while the process stalled past the deadline (a busy machine) is read first
-      // (setImmediate: after the poll phase); the timeout stands if the scan still waits then.
-      setImmediate(this.#onResponseDue);
-      return;
-    }
-    // Early (the other deadline's turn, or the clock's rounding): again for the nearer one.
-    const next = Math.min(this.#bodyDue, this.#responseDue) - now;
-    if (next !== Number.POSITIVE_INFINITY)
-      this.#timer = setTimeout(this.#onTimer, Math.max(1, Math.min(Math.ceil(next), p.responseTimeout)));
   };
 
-  readonly #onResponseDue = (): void => {
-    if (this.#responseDue === Number.POSITIVE_INFINITY) return;
-    this.#responseDue = Number.POSITIVE_INFINITY;
-    const msg = `ICAP scan took longer than responseTimeout (${this.profile.responseTimeout} ms)`;
-    this.#abort(new IcapError(IcapErrorCodes.TIMEOUT, msg));
-  };
+  /** bodyDeadline (`body`) or responseTimeout passed, and still applies: the scan fails. */
+  #expired(body: boolean): void {
+    const p = this.profile;
+    if (body) this.#bodyDue = Number.POSITIVE_INFINITY;
+    else this.#responseDue = Number.POSITIVE_INFINITY;
+    const msg = body
+      ? `the HTTP client did not send its whole request body within bodyDeadline (${p.bodyDeadline} ms)`
+      : `ICAP scan took longer than responseTimeout (${p.responseTimeout} ms)`;
+    this.#abort(new IcapError(body ? IcapErrorCodes.BODY_TIMEOUT : IcapErrorCodes.TIMEOUT, msg));
+  }
 
   #stopTimer(): void {
     if (this.#timer !== undefined) clearTimeout(this.#timer);

@@ -1,0 +1,248 @@
+/**
+ * Deadlines on a busy machine (campaign-bd): a process stalled past a deadline (a long
+ * synchronous task, a busy machine) reads what came in time before acting on it
+ * (packages/core/src/client/deadline.ts). Each case has the server (or the HTTP client) write in
+ * time, then stalls the process past the deadline from the check phase, so that the next turn
+ * opens with the timers phase: every deadline due runs before the poll phase reads what was
+ * written. (A stall inside a timer callback would not do: Node runs the timers that came due
+ * meanwhile in the next turn, after the poll phase.)
+ */
+import { subscribe, unsubscribe } from 'node:diagnostics_channel';
+import { connect } from 'node:net';
+import { IcapClient, type IcapLog, type IcapProfile } from '@icapkit/core';
+import { afterEach, describe, expect, it } from 'vitest';
+import { type Framework, startApp } from '../conformance/apps.js';
+import { send } from '../support/http-client.js';
+import { scriptedApp } from '../support/scripted-app.js';
+import { chunked, type Req, type ScriptedOptions, scripted } from '../support/scripted-icap.js';
+
+const cleanups: Array<() => Promise<void>> = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+const MODES = ['fail-open', 'fail-closed'] as const;
+const UPLOAD = Buffer.from('some upload');
+const THREAT_ANSWER =
+  'ICAP/1.0 200 OK\r\nISTag: "x1"\r\nX-Infection-Found: Type=0; Resolution=2; Threat=EICAR;\r\nEncapsulated: null-body=0\r\n\r\n';
+const CLEAN_204 = 'ICAP/1.0 204 No Content\r\nISTag: "x1"\r\nEncapsulated: null-body=0\r\n\r\n';
+const SERVER_500 = 'ICAP/1.0 500 Server Error\r\nISTag: "x1"\r\nEncapsulated: null-body=0\r\n\r\n';
+
+function spin(ms: number): void {
+  const until = performance.now() + ms;
+  while (performance.now() < until) {
+    // stalled
+  }
+}
+
+/** At `at` ms: `write()`, then the process stalls for `ms`, from the check phase (see above). */
+function writeThenStall(at: number, write: () => void, ms: number): void {
+  setTimeout(
+    () =>
+      setImmediate(() => {
+        write();
+        spin(ms);
+      }),
+    at,
+  );
+}
+
+/** The upload's echo (200, its request head and body) with the threat named in the trailer only. */
+function echoWithTrailerThreat(r: Req): string {
+  const reqHdr = r.encap.toString('latin1');
+  return (
+    `ICAP/1.0 200 OK\r\nISTag: "x1"\r\nEncapsulated: req-hdr=0, req-body=${reqHdr.length}\r\n\r\n${reqHdr}` +
+    `${chunked(r.body)}0\r\nX-Infection-Found: Type=0; Resolution=2; Threat=EICAR;\r\n\r\n`
+  );
+}
+
+/** Servers `a` (`handler`, `options`) and, with `two`, `b` answering 204: the app scanning with both. */
+async function twoOrOne(
+  handler: (r: Req) => void,
+  profile: Partial<IcapProfile>,
+  options: ScriptedOptions,
+  two: boolean,
+) {
+  const a = await scripted(handler, options);
+  const b = await scripted((r) => r.sock.write(CLEAN_204));
+  cleanups.push(a.close, b.close);
+  const logs: IcapLog[] = [];
+  const app = await startApp('express5', {
+    name: 't',
+    poolGroup: two ? [a.url, b.url] : a.url,
+    serviceUri: '/avscan',
+    onLog: (l: IcapLog) => logs.push(l),
+    ...profile,
+  } as IcapProfile);
+  cleanups.push(app.close);
+  const res = await send(app.url, '/raw', {
+    method: 'POST',
+    headers: { 'content-type': 'application/octet-stream' },
+    body: UPLOAD,
+  });
+  const reqmods = (x: typeof a) => x.requests.filter((r) => r.method === 'REQMOD').length;
+  return { res, logs, app, a: reqmods(a), b: reqmods(b) };
+}
+
+describe.each(['express5', 'fastify', 'koa3'] as Framework[])('%s: responseTimeout', (framework) => {
+  for (const mode of MODES)
+    for (const size of [300 * 1024, 1024 * 1024])
+      it(`${mode}: an answer of ${size >> 10} KiB naming the threat in its trailer, written before the deadline, read after a stall past it (BD1)`, async () => {
+        const s = await scriptedApp(
+          framework,
+          (r) => writeThenStall(350, () => r.sock.destroyed || r.sock.write(echoWithTrailerThreat(r)), 400),
+          { failAction: mode, responseTimeout: 500, enablePreview: false },
+          cleanups,
+        );
+        const res = await s.post(Buffer.alloc(size, 0x61));
+        expect(res.status).toBe(403);
+        expect(s.app.seen).toHaveLength(0);
+        expect(s.logs[0]?.action).toBe('ICAP_BLOCKED');
+      });
+});
+
+describe('the deadlines before the answer', () => {
+  const stalledOptions = (ms: number): ScriptedOptions => ({
+    options: (r, answer) => writeThenStall(100, () => r.sock.write(answer), ms),
+  });
+  const connection = { stallTimeout: 300, queueTimeout: 100, connectTimeout: 100 };
+  for (const mode of MODES) {
+    for (const two of [false, true])
+      it(`${mode}, ${two ? 'two servers' : 'one server'}: the OPTIONS answer written in time, read after a stall past its bound: the upload goes to that server (BD2)`, async () => {
+        const r = await twoOrOne(
+          (q) => q.sock.write(THREAT_ANSWER),
+          { failAction: mode, responseTimeout: 3000, connection },
+          stalledOptions(600),
+          two,
+        );
+        expect(r.res.status).toBe(403);
+        expect(r.logs[0]?.action).toBe('ICAP_BLOCKED');
+        expect([r.a, r.b]).toEqual([1, 0]);
+      });
+
+    it(`${mode}: the health check after a 500 answered in time, read after a stall past its bound: the failure is the upload's (503, BD3)`, async () => {
+      let checks = 0;
+      const r = await twoOrOne(
+        (q) => {
+          if (!q.encap.includes('icapkit.invalid')) q.sock.write(SERVER_500);
+          else {
+            checks++;
+            writeThenStall(250, () => q.sock.write(CLEAN_204), 400);
+          }
+        },
+        { failAction: mode, responseTimeout: 3000, connection },
+        {},
+        false,
+      );
+      expect(r.res.status).toBe(503);
+      expect(r.app.seen).toHaveLength(0);
+      // Under fail-open the check runs, and finds the server answering.
+      expect(checks).toBe(mode === 'fail-open' ? 1 : 0);
+      if (mode === 'fail-open')
+        expect(r.logs[0]?.error_message).toContain('answered its health check afterwards');
+    });
+
+    it(`${mode}: the connection made during a stall past connectTimeout is used (BD4)`, async () => {
+      let armed = false;
+      let sockets = 0;
+      // The first socket is the test's HTTP client, the second the ICAP connection.
+      const onSocket = () => {
+        if (armed && ++sockets === 2) process.nextTick(() => process.nextTick(() => spin(400)));
+      };
+      subscribe('net.client.socket', onSocket);
+      try {
+        const s = await scriptedApp(
+          'express5',
+          (q) => q.sock.write(THREAT_ANSWER),
+          { failAction: mode, responseTimeout: 3000, connection: { connectTimeout: 100 } },
+          cleanups,
+        );
+        armed = true;
+        const res = await s.post(UPLOAD);
+        expect(sockets).toBe(2);
+        expect(res.status).toBe(403);
+        expect(s.logs[0]?.action).toBe('ICAP_BLOCKED');
+      } finally {
+        unsubscribe('net.client.socket', onSocket);
+      }
+    });
+
+    for (const which of ['bodyDeadline', 'bodyTimeout'] as const)
+      it(`${mode}: the HTTP client's last bytes sent in time, read after a stall past ${which}: scanned, not refused (BD6)`, async () => {
+        const s = await scriptedApp(
+          'express5',
+          (q) => q.sock.write(CLEAN_204),
+          { failAction: mode, responseTimeout: 3000, [which]: 500 },
+          cleanups,
+        );
+        const u = new URL(s.app.url);
+        const sock = connect(Number(u.port), u.hostname);
+        cleanups.push(async () => {
+          sock.destroy();
+        });
+        let out = '';
+        sock.on('data', (d: Buffer) => {
+          out += d.toString('latin1');
+        });
+        await new Promise((r) => sock.once('connect', r));
+        sock.write(
+          'POST /raw HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 10\r\n\r\nabcde',
+        );
+        writeThenStall(350, () => sock.write('fghij'), 400);
+        const deadline = Date.now() + 5000;
+        while (!out.includes('\r\n\r\n') && Date.now() < deadline)
+          await new Promise((r) => setTimeout(r, 20));
+        expect(out.split('\r\n')[0]).toBe('HTTP/1.1 200 OK');
+        expect(s.logs[0]?.action).toBe('ICAP_PASSED');
+      });
+  }
+});
+
+describe('IcapClient', () => {
+  it('a request timeout: the answer written before it, read after a stall past it, is the answer (BD2)', async () => {
+    const body = Buffer.alloc(1024 * 1024, 0x61);
+    const server = await scripted((r) =>
+      writeThenStall(150, () => r.sock.write(echoWithTrailerThreat(r)), 400),
+    );
+    cleanups.push(server.close);
+    const client = new IcapClient({ url: server.url, timeout: 300 });
+    cleanups.push(async () => client.destroy());
+    const res = await client.request({
+      method: 'REQMOD',
+      service: '/avscan',
+      httpRequest: { method: 'POST', target: '/u', headers: [['host', 'x']] },
+      body,
+      preview: false,
+    });
+    if (!('status' in res)) throw new Error('skipped');
+    let got = 0;
+    for await (const c of res.body!) got += (c as Buffer).length;
+    expect(got).toBe(body.length);
+    const summary = await res.done;
+    expect(res.status).toBe(200);
+    expect(summary.trailer?.headers.get('x-infection-found')).toContain('EICAR');
+  });
+
+  it('queueTimeout: a connection freed by an answer written before it, read after a stall past it, serves the waiter (BD5)', async () => {
+    let n = 0;
+    const server = await scripted((r) => {
+      if (++n === 1) writeThenStall(60, () => r.sock.write(CLEAN_204), 400);
+      else r.sock.write(CLEAN_204);
+    });
+    cleanups.push(server.close);
+    const client = new IcapClient({ url: server.url, maxConnections: 1, queueTimeout: 150 });
+    cleanups.push(async () => client.destroy());
+    const one = () =>
+      client.request({
+        method: 'REQMOD',
+        service: '/avscan',
+        httpRequest: { method: 'POST', target: '/u', headers: [['host', 'x']] },
+        body: UPLOAD,
+        preview: false,
+      });
+    const [a, b] = await Promise.allSettled([one(), one()]);
+    expect(a.status).toBe('fulfilled');
+    expect(b.status === 'rejected' ? String(b.reason) : 'fulfilled').toBe('fulfilled');
+    expect(n).toBe(2);
+  });
+});
