@@ -153,14 +153,12 @@ export class BodyStore implements ReplayableBody {
 
   readonly #onIdleTimeout = (): void => {
     this.#idleTimer = undefined;
-    // What came while the process stalled past it is read first (bytes re-arm the timer: moot).
+    // What came while the process stalled past it is read first: bytes re-arm the timer, a
+    // pause or a detach stop the watch, as they stop the timer.
+    const watching = () => this.#idleTimer === undefined && this.#source !== undefined && !this.#paused;
     const moot = () =>
-      this.#idleTimer !== undefined || this.#ended || this.#error !== undefined || this.#exceeded;
-    actAfterReading(
-      this.#idleTimeout ?? 0,
-      () => moot() || this.#disposed,
-      () => this.#onIdle?.(),
-    );
+      !watching() || this.#ended || this.#error !== undefined || this.#exceeded || this.#disposed;
+    actAfterReading(this.#idleTimeout ?? 0, moot, () => this.#onIdle?.());
   };
 
   /** Stops reading from the source (it is left paused, listeners removed). */
