@@ -155,6 +155,7 @@ export class Connection {
                 `connecting to ICAP server ${label} took longer than ${connectTimeout} ms`,
               ),
             ),
+          false,
         );
       }, connectTimeout);
       const onAbort = () => finish(signal!.reason);

@@ -30,9 +30,14 @@ export function noteHeard(): void {
 /**
  * Acts on a deadline of `ms` that came due: once the process has read what came meanwhile (see
  * above), unless `moot()` says by then that it no longer applies. Leaves no timer or immediate
- * behind once it has acted or found it moot.
+ * behind once it has acted or found it moot. `answers` false: what it waits for comes in one
+ * turn (a connection made, the HTTP client's bytes): one look, ICAP bytes do not hold it.
  */
-export function actAfterReading(ms: number, moot: () => boolean, act: () => void): void {
+export function actAfterReading(ms: number, moot: () => boolean, act: () => void, answers = true): void {
+  if (!answers) {
+    setImmediate(() => moot() || act());
+    return;
+  }
   let seen = heard;
   let graceEnd = 0;
   const look = (): void => {

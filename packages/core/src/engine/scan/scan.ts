@@ -283,7 +283,7 @@ export class Scan {
     const body = now >= this.#bodyDue;
     if (body || now >= this.#responseDue) {
       const moot = () => (body ? this.#bodyDue : this.#responseDue) === Number.POSITIVE_INFINITY;
-      actAfterReading(body ? p.bodyDeadline : p.responseTimeout, moot, () => this.#expired(body));
+      actAfterReading(body ? p.bodyDeadline : p.responseTimeout, moot, () => this.#expired(body), !body);
     } else {
       // Early (the other deadline's turn, or the clock's rounding): again for the nearer one.
       const next = Math.min(this.#bodyDue, this.#responseDue) - now;
