@@ -167,6 +167,34 @@ describe('the deadlines before the answer', () => {
       }
     });
 
+    it(`${mode}: a 1 MiB last piece sent before bodyDeadline, read after a stall past it: scanned, not refused (BE2)`, async () => {
+      const s = await scriptedApp(
+        'express5',
+        (q) => q.sock.write(CLEAN_204),
+        { failAction: mode, responseTimeout: 3000, bodyDeadline: 500, enablePreview: false },
+        cleanups,
+      );
+      const u = new URL(s.app.url);
+      const sock = connect(Number(u.port), u.hostname);
+      cleanups.push(async () => {
+        sock.destroy();
+      });
+      let out = '';
+      sock.on('data', (d: Buffer) => {
+        out += d.toString('latin1');
+      });
+      await new Promise((r) => sock.once('connect', r));
+      const last = Buffer.alloc(1024 * 1024, 0x61);
+      sock.write(
+        `POST /raw HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: ${5 + last.length}\r\n\r\nabcde`,
+      );
+      writeThenStall(350, () => sock.write(last), 400);
+      const deadline = Date.now() + 5000;
+      while (!out.includes('\r\n\r\n') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      expect(out.split('\r\n')[0]).toBe('HTTP/1.1 200 OK');
+      expect(s.app.seen).toHaveLength(1);
+    });
+
     for (const which of ['bodyDeadline', 'bodyTimeout'] as const)
       it(`${mode}: the HTTP client's last bytes sent in time, read after a stall past ${which}: scanned, not refused (BD6)`, async () => {
         const s = await scriptedApp(
@@ -196,6 +224,78 @@ describe('the deadlines before the answer', () => {
         expect(s.logs[0]?.action).toBe('ICAP_PASSED');
       });
   }
+});
+
+/** Another scan in the same process whose answer streams a byte every ms until stopped. */
+async function streamingElsewhere(): Promise<() => Promise<void>> {
+  const timers: NodeJS.Timeout[] = [];
+  const s = await scriptedApp(
+    'express5',
+    (r) => {
+      const reqHdr = r.encap.toString('latin1');
+      r.sock.write(
+        `ICAP/1.0 200 OK\r\nISTag: "x1"\r\nEncapsulated: req-hdr=0, req-body=${reqHdr.length}\r\n\r\n${reqHdr}`,
+      );
+      const t = setInterval(() => (r.sock.destroyed ? clearInterval(t) : r.sock.write('1\r\na\r\n')), 1);
+      timers.push(t);
+    },
+    {
+      failAction: 'fail-closed',
+      responseTimeout: 60_000,
+      connection: { ioTimeout: 60_000, stallTimeout: 60_000 },
+    },
+    cleanups,
+  );
+  const pending = s.post(UPLOAD).catch(() => undefined);
+  const deadline = Date.now() + 5000;
+  while (timers.length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  expect(timers).toHaveLength(1);
+  return async () => {
+    for (const t of timers) clearInterval(t);
+    for (const q of s.icap.requests) q.sock.destroy();
+    await pending;
+  };
+}
+
+describe("other scans' traffic does not hold a deadline (campaign-be BE1)", () => {
+  it('fail-closed: a server that never answers ends at responseTimeout, not a grace later', async () => {
+    const stop = await streamingElsewhere();
+    try {
+      const s = await scriptedApp(
+        'express5',
+        () => {},
+        { failAction: 'fail-closed', responseTimeout: 500, connection: { ioTimeout: 30_000 } },
+        cleanups,
+      );
+      const t0 = performance.now();
+      const res = await s.post(UPLOAD);
+      const took = performance.now() - t0;
+      expect(res.status).toBe(503);
+      expect(s.logs[0]?.error_code).toBe('ICAP_ERR_TIMEOUT');
+      // The bound is responseTimeout plus a turn; the grace (here 500 ms more) is not taken.
+      expect(took).toBeLessThan(900);
+    } finally {
+      await stop();
+    }
+  });
+
+  for (const mode of MODES)
+    it(`${mode}: a 204 written 300 ms after responseTimeout is too late, whatever else streams`, async () => {
+      const stop = await streamingElsewhere();
+      try {
+        const s = await scriptedApp(
+          'express5',
+          (r) => setTimeout(() => r.sock.destroyed || r.sock.write(CLEAN_204), 800),
+          { failAction: mode, responseTimeout: 500, connection: { ioTimeout: 10_000 } },
+          cleanups,
+        );
+        const res = await s.post(UPLOAD);
+        expect(s.logs[0]?.error_code).toBe('ICAP_ERR_TIMEOUT');
+        expect(res.status).toBe(mode === 'fail-open' ? 200 : 503);
+      } finally {
+        await stop();
+      }
+    });
 });
 
 describe('IcapClient', () => {

@@ -2,6 +2,7 @@
 import type { IcapReceivedHead } from '../errors.js';
 import type { HeaderPairs, HttpRequestHeadInit, HttpResponseHeadInit } from '../protocol/encoder.js';
 import type { IcapTlsOptions } from './connection.js';
+import type { Heard } from './deadline.js';
 import type { BodyInput } from './source.js';
 
 export interface IcapClientOptions {
@@ -115,4 +116,9 @@ export interface IcapRequestOptions {
    * chooses, so honouring it lets them skip the scan; turn it on only where that is acceptable.
    */
   honourTransferIgnore?: boolean | undefined;
+  /**
+   * Counts the answer's bytes as they are read (what follows it too), adding to `heard`: a
+   * deadline of the caller's own can read on while it moves (see client/deadline.ts).
+   */
+  heard?: Heard | undefined;
 }

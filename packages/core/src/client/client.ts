@@ -14,7 +14,7 @@ export { maskUrl };
 import { abortError, LightAbortController } from './abort.js';
 import type { IcapClientOptions, IcapRequestOptions } from './client-options.js';
 import { endpointLabel, type IcapTlsOptions, type ServerEndpoint } from './connection.js';
-import { actAfterReading } from './deadline.js';
+import { actAfterReading, type Heard } from './deadline.js';
 import {
   extensionOf,
   type IcapServiceOptions,
@@ -163,16 +163,22 @@ export class IcapClient {
    * body then streams), or with {@link IcapSkipped} when the server's `Transfer-Ignore` covers
    * the message. Rejects with an {@link IcapError}.
    */
-  async request(init: IcapRequestOptions): Promise<IcapResponse | IcapSkipped> {
+  async request(options: IcapRequestOptions): Promise<IcapResponse | IcapSkipped> {
     if (this.#closed) throw new IcapError(IcapErrorCodes.CLOSED_CLIENT, 'the ICAP client was closed');
-    const timeout = positive(init.timeout, this.#timeout, 'timeout');
+    const timeout = positive(options.timeout, this.#timeout, 'timeout');
+    // A timeout of our own reads on while the answer's bytes come (client/deadline.ts): counted.
+    const init =
+      timeout < MAX_TIMER_DELAY && options.heard === undefined
+        ? { ...options, heard: { heard: 0 } }
+        : options;
     const uri = this.uri(init.service);
     // No timeout of our own (the engine bounds its requests with its signal): the caller's
     // signal is used as it is, without a controller, a listener and a cleanup of our own; a
     // reason that is not an IcapError is wrapped where it surfaces (see #abortError), as the
     // controller would have.
     const label = `${init.method} ${this.shownUri(init.service)}`;
-    const own = timeout < MAX_TIMER_DELAY ? this.#requestSignal(init.signal, timeout, label) : null;
+    const own =
+      timeout < MAX_TIMER_DELAY ? this.#requestSignal(init.signal, timeout, label, init.heard) : null;
     const signal = own === null ? (init.signal ?? NEVER_ABORTED) : own.signal;
     try {
       let preview: number | undefined = init.preview === false ? undefined : (init.preview ?? 4096);
@@ -273,6 +279,7 @@ export class IcapClient {
       allow204: init.allow204 ?? true,
       onContinue: init.onContinue,
       onStray: init.onStray,
+      heard: init.heard,
       strayBlocks: init.strayBlocks,
       echoHold: init.echoHold,
       // The only `Connection` line an encoded head can hold is one of these ICAP headers (the
@@ -317,6 +324,7 @@ export class IcapClient {
           abortWhat,
           onStray: req.onStray,
           strayBlocks: req.strayBlocks,
+          heard: req.heard,
         },
         this.#pool,
       );
@@ -404,7 +412,7 @@ export class IcapClient {
    * this client's own code only (the pool's wait, the OPTIONS wait, the connect, the
    * transaction), never to Node's APIs.
    */
-  #requestSignal(outer: AbortSignal | undefined, timeout: number, what: string) {
+  #requestSignal(outer: AbortSignal | undefined, timeout: number, what: string, heard?: Heard) {
     const ac = new LightAbortController();
     const onOuterAbort = () => ac.abort(abortError(outer!.reason, what));
     if (outer?.aborted) onOuterAbort();
@@ -420,6 +428,7 @@ export class IcapClient {
               timeout,
               () => cleaned || ac.signal.aborted,
               () => ac.abort(new IcapError(IcapErrorCodes.TIMEOUT, `${what} took longer than ${timeout} ms`)),
+              heard === undefined ? undefined : () => heard.heard,
             );
           }, timeout);
     let cleaned = false;

@@ -1,7 +1,7 @@
 import * as net from 'node:net';
 import * as tls from 'node:tls';
 import { fromSocketError, IcapError, IcapErrorCodes } from '../errors.js';
-import { actAfterReading, noteHeard } from './deadline.js';
+import { actAfterReading } from './deadline.js';
 
 /** TLS settings for ICAPS, the usual Node TLS options. */
 export interface IcapTlsOptions {
@@ -82,14 +82,8 @@ export class Connection {
     if (owner === null || this.#listening) return;
     this.#listening = true;
     const s = this.socket;
-    s.on('data', (data: Buffer) => {
-      noteHeard();
-      this.#owner?.socketData(data);
-    });
-    s.on('end', () => {
-      noteHeard();
-      this.#owner?.socketEnd();
-    });
+    s.on('data', (data: Buffer) => this.#owner?.socketData(data));
+    s.on('end', () => this.#owner?.socketEnd());
     s.on('error', (err: Error) => this.#owner?.socketError(err));
     s.on('close', () => this.#owner?.socketClose());
     s.on('timeout', () => this.#owner?.socketTimeout());
@@ -155,7 +149,6 @@ export class Connection {
                 `connecting to ICAP server ${label} took longer than ${connectTimeout} ms`,
               ),
             ),
-          false,
         );
       }, connectTimeout);
       const onAbort = () => finish(signal!.reason);

@@ -139,9 +139,19 @@ export class Pool {
         };
         // A connection freed by an answer read late (a stalled process) is taken (campaign-bd BD5).
         const served = () => !this.#waiters.includes(waiter);
-        waiter.timer = setTimeout(() => actAfterReading(wait, served, timedOut), wait);
+        waiter.timer = setTimeout(
+          () => actAfterReading(wait, served, timedOut, () => this.#busyRead()),
+          wait,
+        );
       }
     });
+  }
+
+  /** Bytes the busy connections have read: the answers that will free them, while they come. */
+  #busyRead(): number {
+    let n = 0;
+    for (const c of this.#busy) n += c.socket.bytesRead;
+    return n;
   }
 
   /**

@@ -8,12 +8,15 @@ import type { IcapReceivedHead } from '../errors.js';
 import type { IcapParser, IcapResponseHead } from '../protocol/parser.js';
 import { salvageHeads, salvageReading, withStray } from '../protocol/salvage.js';
 import type { Connection, SocketOwner } from './connection.js';
+import type { Heard } from './deadline.js';
 import { mayName } from './reuse.js';
 
 /** The bounds of a wait: the transaction's. */
 interface WaitOptions {
   maxHeaderSize: number;
   ioTimeout: number;
+  /** Where the bytes read are counted (IcapRequestOptions.heard). */
+  heard?: Heard | undefined;
   /** Bytes came while waiting (the caller's watch of the exchange's progress). */
   onStray?: ((bytes: number) => void) | undefined;
   /** The caller's reading of a head that followed (IcapRequestOptions.strayBlocks). */
@@ -108,6 +111,7 @@ export class StrayWait implements SocketOwner {
   /** After a failure: the time after which bytes no longer extend the wait (0: they never do). */
   readonly #until: number;
   readonly #onStray: ((bytes: number) => void) | undefined;
+  readonly #heard: Heard | undefined;
   /** Reads so far (see the timer). */
   #reads = 0;
   readonly #settle: (stray: Buffer) => void;
@@ -144,6 +148,7 @@ export class StrayWait implements SocketOwner {
     const ms = Math.min(STRAY_WAIT_MS, opts.ioTimeout);
     this.#until = extend ? performance.now() + ms * (SIEVE_WAITS - 1) : 0;
     this.#onStray = opts.onStray;
+    this.#heard = opts.heard;
     // When the wait is up, the socket is read once more before settling (setImmediate runs
     // after the event loop's poll phase): a process stalled past the wait (a busy machine)
     // finds there what arrived meanwhile, instead of settling before reading it.
@@ -161,6 +166,7 @@ export class StrayWait implements SocketOwner {
   socketData(data: Buffer): void {
     if (this.#timer === null) return;
     this.#reads++;
+    if (this.#heard !== undefined) this.#heard.heard += data.length;
     // Progress for the caller's stall watch: the answer may come after an echo's long rest.
     this.#onStray?.(data.length);
     if (this.#gather.add(data)) this.#end();

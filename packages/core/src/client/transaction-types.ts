@@ -9,6 +9,7 @@ import type {
   EncapsulatedHttpRequestHead,
   EncapsulatedHttpResponseHead,
 } from '../protocol/parser.js';
+import type { Heard } from './deadline.js';
 import type { BodySource } from './source.js';
 
 export interface TransactionRequest {
@@ -22,8 +23,9 @@ export interface TransactionRequest {
   preview: number | undefined;
   allow204: boolean;
   onContinue: (() => void) | undefined;
-  /** See IcapRequestOptions.onStray, .strayBlocks. */
+  /** See IcapRequestOptions.onStray, .strayBlocks, .heard. */
   onStray?: ((bytes: number) => void) | undefined;
+  heard?: Heard | undefined;
   strayBlocks?: ((head: IcapReceivedHead) => boolean) | undefined;
   /** See IcapRequestOptions.echoHold. */
   echoHold?: number | undefined;
@@ -43,6 +45,8 @@ export interface TransactionOptions {
   onStray?: ((bytes: number) => void) | undefined;
   /** A head that followed blocks (IcapRequestOptions.strayBlocks). */
   strayBlocks?: ((head: IcapReceivedHead) => boolean) | undefined;
+  /** Where the bytes read are counted (IcapRequestOptions.heard). */
+  heard?: Heard | undefined;
   /**
    * Set when `signal` is the caller's own: a reason that is not an IcapError becomes
    * ICAP_ERR_ABORTED "<abortWhat> was aborted".

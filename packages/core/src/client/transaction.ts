@@ -58,10 +58,7 @@ export interface ConnectionReturn {
   release(connection: Connection, reusable: boolean): void;
 }
 
-/**
- * The transaction is the owner of its connection's socket events while it runs (see
- * SocketOwner), and the handler of its parser's events (no closures of its own for either).
- */
+/** Owner of its connection's socket events while it runs (SocketOwner), handler of its parser's: no closures. */
 export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead> {
   readonly #conn: Connection;
   readonly #reusedConnection: boolean;
@@ -398,6 +395,7 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
 
   socketData(buf: Buffer): void {
     this.#bytesReceived += buf.length;
+    if (this.#opts.heard !== undefined) this.#opts.heard.heard += buf.length;
     this.#receivedAny = true;
     this.#lastByteHr = performance.now();
     try {

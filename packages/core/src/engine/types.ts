@@ -134,6 +134,8 @@ export interface RequestContext {
 
 /** What ICAP attempts run with: the servers, the telemetry scope and the record they add entries to. */
 export interface ExchangeContext {
+  /** Bytes of ICAP answers read for the scan (the transactions add them: IcapRequestOptions.heard). */
+  heard: number;
   readonly profile: ResolvedProfile;
   readonly group: PoolGroup;
   readonly telemetry: Telemetry;

@@ -158,7 +158,7 @@ export class BodyStore implements ReplayableBody {
     const watching = () => this.#idleTimer === undefined && this.#source !== undefined && !this.#paused;
     const moot = () =>
       !watching() || this.#ended || this.#error !== undefined || this.#exceeded || this.#disposed;
-    actAfterReading(this.#idleTimeout ?? 0, moot, () => this.#onIdle?.(), false);
+    actAfterReading(this.#idleTimeout ?? 0, moot, () => this.#onIdle?.());
   };
 
   /** Stops reading from the source (it is left paused, listeners removed). */

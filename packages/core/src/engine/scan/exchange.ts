@@ -274,6 +274,8 @@ class Exchange implements WatchHooks, TriedServers {
       queueTimeout: watch.canRetry() ? p.queueTimeout : Number.POSITIVE_INFINITY,
       // What a server sends after a broken answer is progress: its real answer may follow (AT7).
       onStray: () => watch.progress(),
+      // Bytes read count for the scan's responseTimeout (client/deadline.ts, campaign-be BE1).
+      heard: this.#ctx,
       // What follows is kept by the verdict's own reading (campaign-at AT6).
       strayBlocks: (h) => threatInHead(readingOf(p, this.facts.fileName), h) !== null,
       // A body spooled to disk is not held in memory to compare with an echo (campaign-ax AX4).

@@ -90,11 +90,10 @@ export class Scan {
   /** Gives back the scan's place among the bodies streamed while they arrive (StreamGate). */
   #givePlace: () => void = NOTHING;
   #onCallerAbort: (() => void) | undefined;
-  /**
-   * The scan's one timer for bodyDeadline (the whole upload) and responseTimeout (the wait for
-   * ICAP once the body arrived), armed for at most responseTimeout: when early, it re-arms.
-   */
+  /** The one timer of bodyDeadline and responseTimeout, armed for at most responseTimeout (early: again). */
   #timer: NodeJS.Timeout | undefined;
+  /** Bytes of ICAP answers read for this scan (ExchangeContext.heard): responseTimeout reads on while they come. */
+  heard = 0;
   /** performance.now() by which the body must have arrived (Infinity: it has, or there is none). */
   #bodyDue = Number.POSITIVE_INFINITY;
   /** performance.now() by which ICAP must have answered (Infinity: not waiting for it). */
@@ -278,12 +277,13 @@ export class Scan {
     this.#timer = undefined;
     const p = this.profile;
     const now = performance.now();
-    // What came while the process stalled past a deadline (a busy machine) is read first: the
-    // client's last bytes, the ICAP answer (client/deadline.ts; campaign-bc, campaign-bd BD1, BD6).
+    // What came while the process stalled past a deadline is read first (client/deadline.ts): for
+    // bodyDeadline while the client's bytes come, for responseTimeout the answer's (campaign-bc/bd/be).
     const body = now >= this.#bodyDue;
     if (body || now >= this.#responseDue) {
       const moot = () => (body ? this.#bodyDue : this.#responseDue) === Number.POSITIVE_INFINITY;
-      actAfterReading(body ? p.bodyDeadline : p.responseTimeout, moot, () => this.#expired(body), !body);
+      const count = body ? () => this.store?.received ?? 0 : () => this.heard;
+      actAfterReading(body ? p.bodyDeadline : p.responseTimeout, moot, () => this.#expired(body), count);
     } else {
       // Early (the other deadline's turn, or the clock's rounding): again for the nearer one.
       const next = Math.min(this.#bodyDue, this.#responseDue) - now;
