@@ -22,6 +22,7 @@
  *
  * `ICAPKIT_CONTENT_PROVOKED_RUNS` sets the uploads per framework (default 12).
  */
+import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { type AddressInfo, connect, createServer, type Socket } from 'node:net';
 import type { IcapLog, IcapProfile } from '@icapkit/core';
 import {
@@ -764,8 +765,12 @@ describe('campaign-x: a check dropped by a scanning process that crashed, its pa
       ] as const) {
         const logs: IcapLog[] = [];
         // An engine of its own each time: no check result to reuse.
+        // Nothing here waits for a timeout (the crash resets at once): a wider responseTimeout
+        // keeps both checks and the upload within it on a loaded machine (the check's client is
+        // bounded by it too; 600 ms ran out once beside a CPU burner and two test runs).
         const app = await failOpenApp(framework, scanner.server, logs, {
           name: `content-provoked-x5-${framework}`,
+          responseTimeout: 5_000,
         });
         try {
           crashChecks = crashes;
@@ -789,4 +794,47 @@ describe('campaign-x: a check dropped by a scanning process that crashed, its pa
       }
     }, 30_000);
   }
+
+  it('express5: the process stalled past connectTimeout while the probe connects: the probe counts as accepted (503)', async () => {
+    const logs: IcapLog[] = [];
+    const app = await failOpenApp('express5', scanner.server, logs, {
+      name: 'content-provoked-x5-stalled-probe',
+      responseTimeout: 5_000,
+      connection: { connectTimeout: 100 },
+    });
+    // The first socket opened after the crashed check is the probe (#accepts): the process
+    // stalls 400 ms right after its connect(), as on a busy machine.
+    let probeStalled = false;
+    const onSocket = () => {
+      if (checks !== 1 || probeStalled) return;
+      probeStalled = true;
+      const spin = () => {
+        const until = performance.now() + 400;
+        while (performance.now() < until) {
+          // stalled
+        }
+      };
+      process.nextTick(() => process.nextTick(spin));
+    };
+    subscribe('net.client.socket', onSocket);
+    try {
+      crashChecks = 1;
+      checks = 0;
+      const reply = await send(app.url, '/raw', {
+        body: EICAR,
+        headers: { 'content-type': 'application/octet-stream', 'x-500': '1' },
+        timeoutMs: 10_000,
+      });
+      const log = await logAfter(logs, 0);
+      expect(probeStalled).toBe(true);
+      expect(checks).toBe(2);
+      expect(reply.status).toBe(503);
+      expect(log.significance).toContain('CONTENT_PROVOKED');
+      expect(app.seen).toEqual([]);
+    } finally {
+      unsubscribe('net.client.socket', onSocket);
+      crashChecks = 0;
+      await app.close();
+    }
+  }, 30_000);
 });

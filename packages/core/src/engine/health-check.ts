@@ -1,6 +1,7 @@
 import { connect, type Socket } from 'node:net';
 import { IcapClient, type IcapClientOptions, isSkipped, parseServerUrl } from '../client/client.js';
 import type { ServerEndpoint } from '../client/connection.js';
+import { actAfterReading } from '../client/deadline.js';
 import { IcapError, IcapErrorCodes } from '../errors.js';
 import { AttemptWatch } from './scan/attempt-watch.js';
 
@@ -181,13 +182,24 @@ export class HealthCheck {
     return new Promise((resolve) => {
       const socket = connect({ host, port });
       this.#probe = socket;
+      let settled = false;
       const done = (accepted: boolean) => {
+        settled = true;
         clearTimeout(timer);
         socket.destroy();
         this.#probe = undefined;
         resolve(accepted);
       };
-      const timer = setTimeout(() => done(false), this.#connectTimeout);
+      // A connection made while the process stalled past the deadline counts (client/deadline.ts).
+      const timer = setTimeout(
+        () =>
+          actAfterReading(
+            0,
+            () => settled,
+            () => done(false),
+          ),
+        this.#connectTimeout,
+      );
       socket.once('connect', () => done(true));
       socket.once('error', () => done(false));
       socket.once('close', () => done(false));
