@@ -757,51 +757,49 @@ describe('campaign-x: a check dropped by a scanning process that crashed, its pa
     return r.httpRequest?.headers.get('x-500') !== undefined ? { kind: 'status', status: 500 } : undefined;
   });
 
+  /**
+   * An upload answered 500 under fail-open, the first `crashes` checks crashed: the check runs
+   * twice, and the reply is `status`. An engine of its own each time: no check result to reuse.
+   * Nothing here waits for a timeout (the crash resets at once): a wider responseTimeout keeps
+   * both checks and the upload within it on a loaded machine (the check's client is bounded by
+   * it too; 600 ms ran out once beside a CPU burner and two test runs).
+   */
+  async function answered500(framework: Framework, crashes: number, status: number, connection = {}) {
+    const logs: IcapLog[] = [];
+    const app = await failOpenApp(framework, scanner.server, logs, {
+      name: `content-provoked-x5-${framework}`,
+      responseTimeout: 5_000,
+      connection,
+    });
+    try {
+      crashChecks = crashes;
+      checks = 0;
+      const reply = await send(app.url, '/raw', {
+        body: EICAR,
+        headers: { 'content-type': 'application/octet-stream', 'x-500': '1' },
+        timeoutMs: 10_000,
+      });
+      const log = await logAfter(logs, 0);
+      expect(checks).toBe(2);
+      expect(reply.status).toBe(status);
+      if (status === 503) {
+        expect(log.significance).toContain('CONTENT_PROVOKED');
+        expect(app.seen).toEqual([]);
+      } else expect(log.significance).toContain('FAIL_OPEN');
+    } finally {
+      crashChecks = 0;
+      await app.close();
+    }
+  }
+
   for (const framework of FRAMEWORKS) {
     it(`${framework}: the check is tried once more; answered, the upload answered 500 gets 503 — dropped twice, the failure action`, async () => {
-      for (const [crashes, status] of [
-        [1, 503],
-        [2, 200],
-      ] as const) {
-        const logs: IcapLog[] = [];
-        // An engine of its own each time: no check result to reuse.
-        // Nothing here waits for a timeout (the crash resets at once): a wider responseTimeout
-        // keeps both checks and the upload within it on a loaded machine (the check's client is
-        // bounded by it too; 600 ms ran out once beside a CPU burner and two test runs).
-        const app = await failOpenApp(framework, scanner.server, logs, {
-          name: `content-provoked-x5-${framework}`,
-          responseTimeout: 5_000,
-        });
-        try {
-          crashChecks = crashes;
-          checks = 0;
-          const reply = await send(app.url, '/raw', {
-            body: EICAR,
-            headers: { 'content-type': 'application/octet-stream', 'x-500': '1' },
-            timeoutMs: 10_000,
-          });
-          const log = await logAfter(logs, 0);
-          expect(checks).toBe(2);
-          expect(reply.status).toBe(status);
-          if (status === 503) {
-            expect(log.significance).toContain('CONTENT_PROVOKED');
-            expect(app.seen).toEqual([]);
-          } else expect(log.significance).toContain('FAIL_OPEN');
-        } finally {
-          crashChecks = 0;
-          await app.close();
-        }
-      }
+      await answered500(framework, 1, 503);
+      await answered500(framework, 2, 200);
     }, 30_000);
   }
 
   it('express5: the process stalled past connectTimeout while the probe connects: the probe counts as accepted (503)', async () => {
-    const logs: IcapLog[] = [];
-    const app = await failOpenApp('express5', scanner.server, logs, {
-      name: 'content-provoked-x5-stalled-probe',
-      responseTimeout: 5_000,
-      connection: { connectTimeout: 100 },
-    });
     // The first socket opened after the crashed check is the probe (#accepts): the process
     // stalls 400 ms right after its connect(), as on a busy machine.
     let probeStalled = false;
@@ -818,23 +816,10 @@ describe('campaign-x: a check dropped by a scanning process that crashed, its pa
     };
     subscribe('net.client.socket', onSocket);
     try {
-      crashChecks = 1;
-      checks = 0;
-      const reply = await send(app.url, '/raw', {
-        body: EICAR,
-        headers: { 'content-type': 'application/octet-stream', 'x-500': '1' },
-        timeoutMs: 10_000,
-      });
-      const log = await logAfter(logs, 0);
+      await answered500('express5', 1, 503, { connectTimeout: 100 });
       expect(probeStalled).toBe(true);
-      expect(checks).toBe(2);
-      expect(reply.status).toBe(503);
-      expect(log.significance).toContain('CONTENT_PROVOKED');
-      expect(app.seen).toEqual([]);
     } finally {
       unsubscribe('net.client.socket', onSocket);
-      crashChecks = 0;
-      await app.close();
     }
   }, 30_000);
 });
