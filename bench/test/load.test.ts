@@ -51,9 +51,10 @@ describe('runLoad', () => {
     arrivals = [];
     const start = performance.now();
     const snapshots: number[] = [];
+    // Settling for 2 s: on a loaded machine the load's first request may come a second late.
     const r = await runLoad('autocannon', url, body, 2, 1, {
       settle: {
-        seconds: 1,
+        seconds: 2,
         snapshot: async () => {
           snapshots.push(performance.now());
         },
@@ -62,11 +63,11 @@ describe('runLoad', () => {
     expect(snapshots).toHaveLength(1);
     const at = snapshots[0]!;
     // Not before its time (a timer fires late, never early; a busy machine makes it later).
-    expect(at - start).toBeGreaterThanOrEqual(999);
+    expect(at - start).toBeGreaterThanOrEqual(1999);
     expect(arrivals.some((t) => t < at)).toBe(true);
     expect(arrivals.some((t) => t > at)).toBe(true);
     expect(r.ok).toBeGreaterThan(0);
-    expect(r.durationS).toBeGreaterThanOrEqual(1.9);
+    expect(r.durationS).toBeGreaterThanOrEqual(2.9);
   }, 60_000);
 
   it('refuses a paced load without wrk, and takes no snapshot', async () => {

@@ -120,6 +120,54 @@ describe('the deadlines before the answer', () => {
         expect([r.a, r.b]).toEqual([1, 0]);
       });
 
+    it(`${mode}: an OPTIONS answer with a 256 KiB body written in time, read after a stall past its bound: the upload goes to that server (BF3)`, async () => {
+      const body = Buffer.alloc(256 * 1024, 0x6f);
+      const answer = `ICAP/1.0 200 OK\r\nMethods: REQMOD\r\nISTag: "x1"\r\nAllow: 204\r\nEncapsulated: opt-body=0\r\n\r\n${chunked(body)}0\r\n\r\n`;
+      const r = await twoOrOne(
+        (q) => q.sock.write(THREAT_ANSWER),
+        { failAction: mode, responseTimeout: 3000, connection },
+        { options: (q) => writeThenStall(100, () => q.sock.write(answer), 600) },
+        false,
+      );
+      expect(r.res.status).toBe(403);
+      expect(r.a).toBe(1);
+    });
+
+    it(`${mode}, two servers: the kept-alive connection closed as the REQMOD came, the process stalled past stallTimeout: the upload is retried on that server, not moved (BF4)`, async () => {
+      const a = await scripted((q) => {
+        if (q.body.toString() === 'warm') q.sock.write(CLEAN_204);
+        else if (q.conn === 1) writeThenStall(100, () => q.sock.destroy(), 600);
+        else q.sock.write(THREAT_ANSWER);
+      });
+      const b = await scripted((q) => q.sock.write(CLEAN_204));
+      cleanups.push(a.close, b.close);
+      const logs: IcapLog[] = [];
+      const app = await startApp('express5', {
+        name: 't',
+        poolGroup: [a.url, b.url],
+        serviceUri: '/avscan',
+        failAction: mode,
+        responseTimeout: 3000,
+        connection,
+        onLog: (l: IcapLog) => logs.push(l),
+      } as IcapProfile);
+      cleanups.push(app.close);
+      const post = (body: string) =>
+        send(app.url, '/raw', {
+          method: 'POST',
+          headers: { 'content-type': 'application/octet-stream' },
+          body: Buffer.from(body),
+        });
+      // One to each server (they take turns): the upload then goes to a, on its kept-alive connection.
+      expect((await post('warm')).status).toBe(200);
+      expect((await post('warm')).status).toBe(200);
+      const res = await post('some upload');
+      expect(a.requests.filter((q) => q.method === 'REQMOD').map((q) => q.conn)).toEqual([1, 1, 2]);
+      expect(res.status).toBe(403);
+      expect(app.seen.filter((x) => x.raw?.toString() === 'some upload')).toHaveLength(0);
+      expect(b.requests.filter((q) => q.method === 'REQMOD').map((q) => q.body.toString())).toEqual(['warm']);
+    });
+
     it(`${mode}: the health check after a 500 answered in time, read after a stall past its bound: the failure is the upload's (503, BD3)`, async () => {
       let checks = 0;
       const r = await twoOrOne(
@@ -299,6 +347,70 @@ describe('IcapClient', () => {
     const summary = await res.done;
     expect(res.status).toBe(200);
     expect(summary.trailer?.headers.get('x-infection-found')).toContain('EICAR');
+  });
+
+  it('a slow reader after a stall: the answer written before the timeout is read to its trailer (BF2)', async () => {
+    const body = Buffer.alloc(256 * 1024, 0x61);
+    const server = await scripted((r) =>
+      writeThenStall(150, () => r.sock.write(echoWithTrailerThreat(r)), 400),
+    );
+    cleanups.push(server.close);
+    const client = new IcapClient({ url: server.url, timeout: 300, useOptions: false });
+    cleanups.push(async () => client.destroy());
+    const res = await client.request({
+      method: 'REQMOD',
+      service: '/avscan',
+      httpRequest: { method: 'POST', target: '/u', headers: [['host', 'x']] },
+      body,
+      preview: false,
+    });
+    if (!('status' in res)) throw new Error('skipped');
+    // The reader starts late (the answer waits in its paused socket meanwhile), then reads on.
+    await new Promise((r) => setTimeout(r, 40));
+    let got = 0;
+    for await (const c of res.body!) got += (c as Buffer).length;
+    expect(got).toBe(body.length);
+    expect((await res.done).trailer?.headers.get('x-infection-found')).toContain('EICAR');
+  });
+
+  it('heard: a value the caller made unwritable never reaches the process; one not an object is refused (BF1)', async () => {
+    const server = await scripted((r) => r.sock.write(THREAT_ANSWER));
+    cleanups.push(server.close);
+    const client = new IcapClient({ url: server.url, timeout: 2000, useOptions: false });
+    cleanups.push(async () => client.destroy());
+    const send1 = (heard: unknown) =>
+      client.request({
+        method: 'REQMOD',
+        service: '/avscan',
+        httpRequest: { method: 'POST', target: '/u', headers: [['host', 'x']] },
+        body: UPLOAD,
+        preview: false,
+        heard: heard as { heard: number },
+      });
+    const odd = [
+      Object.freeze({ heard: 0 }),
+      {
+        get heard() {
+          return 0;
+        },
+      },
+      {
+        get heard() {
+          return 0;
+        },
+        set heard(_v: number) {
+          throw new Error('boom');
+        },
+      },
+    ];
+    for (const heard of odd) {
+      const res = await send1(heard);
+      if (!('status' in res)) throw new Error('skipped');
+      expect(res.headers.get('x-infection-found')).toContain('EICAR');
+      await res.done;
+    }
+    for (const heard of [5, 'abc', null])
+      await expect(send1(heard)).rejects.toMatchObject({ code: 'ICAP_ERR_INVALID_ARGUMENT' });
   });
 
   it('queueTimeout: a connection freed by an answer written before it, read after a stall past it, serves the waiter (BD5)', async () => {

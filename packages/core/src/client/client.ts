@@ -14,7 +14,7 @@ export { maskUrl };
 import { abortError, LightAbortController } from './abort.js';
 import type { IcapClientOptions, IcapRequestOptions } from './client-options.js';
 import { endpointLabel, type IcapTlsOptions, type ServerEndpoint } from './connection.js';
-import { actAfterReading, type Heard } from './deadline.js';
+import { actAfterReading, countOf, type Heard } from './deadline.js';
 import {
   extensionOf,
   type IcapServiceOptions,
@@ -167,6 +167,8 @@ export class IcapClient {
     if (this.#closed) throw new IcapError(IcapErrorCodes.CLOSED_CLIENT, 'the ICAP client was closed');
     const timeout = positive(options.timeout, this.#timeout, 'timeout');
     // A timeout of our own reads on while the answer's bytes come (client/deadline.ts): counted.
+    if (options.heard !== undefined && (typeof options.heard !== 'object' || options.heard === null))
+      throw new IcapError(IcapErrorCodes.INVALID_ARGUMENT, 'heard must be an object (its `heard` a count)');
     const init =
       timeout < MAX_TIMER_DELAY && options.heard === undefined
         ? { ...options, heard: { heard: 0 } }
@@ -348,7 +350,9 @@ export class IcapClient {
 
   async #fetchOptions(service: string): Promise<IcapServiceOptions> {
     const label = `OPTIONS ${this.shownUri(service)}`;
-    const { signal, cleanup } = this.#requestSignal(undefined, this.#timeout, label);
+    // Its answer (a body perhaps) is counted for its timeout to read on while it comes (campaign-bf BF3).
+    const heard: Heard = { heard: 0 };
+    const { signal, cleanup } = this.#requestSignal(undefined, this.#timeout, label, heard);
     try {
       const encoded = encodeIcapRequest({
         method: 'OPTIONS',
@@ -367,6 +371,7 @@ export class IcapClient {
           preview: undefined,
           allow204: false,
           onContinue: undefined,
+          heard,
         },
         signal,
       );
@@ -428,7 +433,7 @@ export class IcapClient {
               timeout,
               () => cleaned || ac.signal.aborted,
               () => ac.abort(new IcapError(IcapErrorCodes.TIMEOUT, `${what} took longer than ${timeout} ms`)),
-              heard === undefined ? undefined : () => heard.heard,
+              heard === undefined ? undefined : countOf(heard),
             );
           }, timeout);
     let cleaned = false;

@@ -23,6 +23,40 @@ const GRACE_MAX_MS = 1_000;
 /** A count that moves while what a deadline waits for is read (bytes of an ICAP answer). */
 export interface Heard {
   heard: number;
+  /** The answer waits in its paused socket for the caller's reader (the count holds still meanwhile). */
+  held?: boolean | undefined;
+}
+
+/** Adds `n` to `h`'s count; a count the caller made unwritable is not counted (never a throw). */
+export function addHeard(h: Heard | undefined, n: number): void {
+  if (h === undefined) return;
+  try {
+    h.heard += n;
+  } catch {
+    // (a frozen object, a getter alone, a throwing setter: IcapRequestOptions.heard is the caller's)
+  }
+}
+
+/** Whether the answer waits for the caller's reader (see Heard.held); never a throw. */
+export function holdHeard(h: Heard | undefined, held: boolean): void {
+  if (h === undefined) return;
+  try {
+    h.held = held;
+  } catch {
+    // (the caller's object: see addHeard)
+  }
+}
+
+/** `h`'s count for actAfterReading: it moves at every look while the answer waits for its reader. */
+export function countOf(h: Heard): () => number {
+  let tick = 0;
+  return () => {
+    try {
+      return h.held === true ? h.heard + ++tick : h.heard;
+    } catch {
+      return 0;
+    }
+  };
 }
 
 /**

@@ -8,7 +8,7 @@ import type { IcapReceivedHead } from '../errors.js';
 import type { IcapParser, IcapResponseHead } from '../protocol/parser.js';
 import { salvageHeads, salvageReading, withStray } from '../protocol/salvage.js';
 import type { Connection, SocketOwner } from './connection.js';
-import type { Heard } from './deadline.js';
+import { addHeard, type Heard } from './deadline.js';
 import { mayName } from './reuse.js';
 
 /** The bounds of a wait: the transaction's. */
@@ -166,7 +166,7 @@ export class StrayWait implements SocketOwner {
   socketData(data: Buffer): void {
     if (this.#timer === null) return;
     this.#reads++;
-    if (this.#heard !== undefined) this.#heard.heard += data.length;
+    addHeard(this.#heard, data.length);
     // Progress for the caller's stall watch: the answer may come after an echo's long rest.
     this.#onStray?.(data.length);
     if (this.#gather.add(data)) this.#end();

@@ -16,6 +16,7 @@ import {
   withReceivedHead,
 } from './answer.js';
 import type { Connection, SocketOwner } from './connection.js';
+import { addHeard, holdHeard } from './deadline.js';
 import { type Deferred, deferred, noop } from './deferred.js';
 import { EchoCheck } from './echo.js';
 import { keepsConnection } from './reuse.js';
@@ -247,9 +248,8 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
   async #pull(it: AsyncIterator<Uint8Array>): Promise<IteratorResult<Uint8Array> | typeof STOP> {
     if (this.#stopped) return STOP;
     const p = it.next();
-    // Whether the chunk is there already: a reaction on `p` queued before the await's runs
-    // first when `p` is settled (Promise.race([p, resolved]) without its array and promises).
-    // The same reaction ends the waits below (#wake): one reaction per chunk, no race.
+    // Whether the chunk is there already: a reaction on `p` queued before the await's runs first
+    // when `p` is settled (a Promise.race without its array); it also ends the waits (#wake).
     this.#pulled = NOT_READY;
     // The reactions are made at the first wait (a body read through NEXT_NOW never waits).
     this.#onPulled ??= (r: IteratorResult<Uint8Array>): void => {
@@ -395,7 +395,7 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
 
   socketData(buf: Buffer): void {
     this.#bytesReceived += buf.length;
-    if (this.#opts.heard !== undefined) this.#opts.heard.heard += buf.length;
+    addHeard(this.#opts.heard, buf.length);
     this.#receivedAny = true;
     this.#lastByteHr = performance.now();
     try {
@@ -449,6 +449,7 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
         () => {
           if (this.#pausedForBody) {
             this.#pausedForBody = false;
+            holdHeard(this.#opts.heard, false);
             if (!this.#finished) socket.resume();
           }
         },
@@ -481,6 +482,7 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
     if (!body.push(data) && !this.#pausedForBody) {
       this.#pausedForBody = true;
       this.#conn.socket.pause();
+      holdHeard(this.#opts.heard, true);
     }
   }
 
@@ -547,9 +549,9 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
     // fault (the engine's bodyTimeout bounds it). What came while the process stalled is read first.
     if (this.#pausedForBody || this.#awaitingSource) return;
     const seen = this.#bytesReceived;
-    const idle = () =>
-      this.#bytesReceived === seen && this.#fail(idleError(this.#conn.label, this.#opts.ioTimeout));
-    setImmediate(idle);
+    setImmediate(
+      () => this.#bytesReceived === seen && this.#fail(idleError(this.#conn.label, this.#opts.ioTimeout)),
+    );
   }
 
   readonly #onAbort = (): void => {

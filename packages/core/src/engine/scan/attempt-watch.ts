@@ -281,6 +281,13 @@ export class AttemptWatch {
     const controller = this.#controller;
     if (controller === null || this.#done || controller.signal.aborted || this.#paused) return;
     if (this.#timer !== undefined) return;
+    // What was read may have sent the attempt to a fresh connection (a kept-alive one the server
+    // closed: the client tries again): while the server's connections are being made, look again
+    // later, as before one (campaign-bf BF4: a stall past stallTimeout moved the upload elsewhere).
+    if (this.#busy()) {
+      this.#arm();
+      return;
+    }
     this.stalled = true;
     this.#done = true;
     controller.abort(
