@@ -168,6 +168,42 @@ describe('the deadlines before the answer', () => {
       expect(b.requests.filter((q) => q.method === 'REQMOD').map((q) => q.body.toString())).toEqual(['warm']);
     });
 
+    it(`${mode}, two servers: a server that never answers is left for the next while other uploads keep it busy (campaign-bg BG1)`, async () => {
+      const a = await scripted(() => {});
+      const b = await scripted((q) =>
+        q.sock.write(q.body.toString().includes('EICAR') ? THREAT_ANSWER : CLEAN_204),
+      );
+      cleanups.push(a.close, b.close);
+      const logs: IcapLog[] = [];
+      const app = await startApp('express5', {
+        name: 't',
+        poolGroup: [a.url, b.url],
+        serviceUri: '/avscan',
+        failAction: mode,
+        loadBalancing: 'round-robin',
+        responseTimeout: 3000,
+        connection: { stallTimeout: 300, queueTimeout: 200, connectTimeout: 200, maxConnections: 1 },
+        onLog: (l: IcapLog) => logs.push(l),
+      } as IcapProfile);
+      cleanups.push(app.close);
+      const post = (body: string) =>
+        send(app.url, '/raw', {
+          method: 'POST',
+          headers: { 'content-type': 'application/octet-stream' },
+          body: Buffer.from(body),
+        }).catch(() => undefined);
+      const first = post('first upload EICAR');
+      // Another upload every 100 ms while the first waits (a's one connection is the first's).
+      const others: Array<Promise<unknown>> = [];
+      const feed = setInterval(() => others.push(post('other')), 100);
+      cleanups.push(async () => clearInterval(feed));
+      const res = await first;
+      clearInterval(feed);
+      await Promise.all(others);
+      expect(res?.status).toBe(403);
+      expect(app.seen.filter((x) => x.raw?.toString().includes('EICAR'))).toHaveLength(0);
+    });
+
     it(`${mode}: the health check after a 500 answered in time, read after a stall past its bound: the failure is the upload's (503, BD3)`, async () => {
       let checks = 0;
       const r = await twoOrOne(
@@ -371,6 +407,35 @@ describe('IcapClient', () => {
     for await (const c of res.body!) got += (c as Buffer).length;
     expect(got).toBe(body.length);
     expect((await res.done).trailer?.headers.get('x-infection-found')).toContain('EICAR');
+  });
+
+  it("heard: a count reused after a request whose answer waited for its reader does not stretch the next one's timeout (campaign-bg BG2)", async () => {
+    let n = 0;
+    const server = await scripted((r) => {
+      if (++n === 1) r.sock.write(echoWithTrailerThreat(r));
+    });
+    cleanups.push(server.close);
+    const client = new IcapClient({ url: server.url, timeout: 500, useOptions: false });
+    cleanups.push(async () => client.destroy());
+    const heard = { heard: 0 };
+    const one = (body: Buffer) =>
+      client.request({
+        method: 'REQMOD',
+        service: '/avscan',
+        httpRequest: { method: 'POST', target: '/u', headers: [['host', 'x']] },
+        body,
+        preview: false,
+        heard,
+      });
+    // The answer is never read: it waits in its paused socket until the timeout.
+    const first = await one(Buffer.alloc(1024 * 1024, 0x61));
+    if (!('status' in first)) throw new Error('skipped');
+    await expect(first.done).rejects.toMatchObject({ code: 'ICAP_ERR_TIMEOUT' });
+    expect(heard.held).not.toBe(true);
+    // The second server never answers: the timeout acts after one look, not a grace later.
+    const t0 = performance.now();
+    await expect(one(UPLOAD)).rejects.toMatchObject({ code: 'ICAP_ERR_TIMEOUT' });
+    expect(performance.now() - t0).toBeLessThan(850);
   });
 
   it('heard: a value the caller made unwritable never reaches the process; one not an object is refused (BF1)', async () => {

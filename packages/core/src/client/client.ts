@@ -14,7 +14,7 @@ export { maskUrl };
 import { abortError, LightAbortController } from './abort.js';
 import type { IcapClientOptions, IcapRequestOptions } from './client-options.js';
 import { endpointLabel, type IcapTlsOptions, type ServerEndpoint } from './connection.js';
-import { actAfterReading, countOf, type Heard } from './deadline.js';
+import { actAfterReading, addHeard, countOf, type Heard, holdHeard, PROGRESS_STEP } from './deadline.js';
 import {
   extensionOf,
   type IcapServiceOptions,
@@ -342,6 +342,8 @@ export class IcapClient {
           err instanceof IcapError &&
           (err.code === IcapErrorCodes.RESET || err.code === IcapErrorCodes.CLOSED);
         if (!retriable) throw err;
+        // A step of progress for a watch of the server's (the attempt goes on: campaign-bf BF4).
+        addHeard(req.heard, PROGRESS_STEP);
         dropped = err;
         fresh = true;
       }
@@ -442,6 +444,8 @@ export class IcapClient {
       cleaned = true;
       clearTimeout(timer);
       outer?.removeEventListener('abort', onOuterAbort);
+      // (A count the caller reuses does not carry this answer's wait for its reader: campaign-bg BG2.)
+      holdHeard(heard, false);
     };
     return { signal: ac.signal, cleanup };
   }

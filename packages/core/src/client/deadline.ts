@@ -20,6 +20,13 @@ const QUIET_MS = 20;
 /** The most a deadline waits for what is still arriving, after its first look (ms). */
 const GRACE_MAX_MS = 1_000;
 
+/**
+ * Bytes of an answer that count as one step of progress for a watch of the server's (a trickle
+ * of single bytes does not): the stall watch's; a kept-alive connection the server closed, which
+ * the client replaces, counts as one step too (client.ts).
+ */
+export const PROGRESS_STEP = 16 * 1024;
+
 /** A count that moves while what a deadline waits for is read (bytes of an ICAP answer). */
 export interface Heard {
   heard: number;

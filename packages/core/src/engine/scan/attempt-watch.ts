@@ -1,8 +1,7 @@
+import { PROGRESS_STEP } from '../../client/deadline.js';
 import { NEXT_NOW, type NextNow, type ReplayableBody, takeNow } from '../../client/source.js';
 import { IcapError, IcapErrorCodes } from '../../errors.js';
 
-/** Answer-body bytes that count as one step of progress (a trickle of single bytes does not). */
-const RESPONSE_PROGRESS_BYTES = 16 * 1024;
 /** ms of waiting for the HTTP client's next bytes after which a failure may be the client's pace (see slowClient). */
 const SLOW_CLIENT_WAIT = 1_000;
 
@@ -24,6 +23,8 @@ export interface WatchHooks {
    * it gets the connection), until it reads the body's end or the attempt ends (`false`).
    */
   clientFed?(on: boolean): void;
+  /** What was read from the server for the request so far (bytes, a dropped connection: a count). */
+  heard?(): number;
 }
 
 const NO_HOOKS: WatchHooks = {};
@@ -83,6 +84,8 @@ export class AttemptWatch {
   /** The body was still arriving when the exchange got its connection (see fedByClient). */
   #fedByClient = false;
   #responseBytes = 0;
+  /** The hooks' count of what was read from the server when the watchdog fired. */
+  #heardAtFire = 0;
   /** The watchdog fired. */
   stalled = false;
 
@@ -229,7 +232,7 @@ export class AttemptWatch {
   /** Bytes of the answer's body were read; every 16 KiB is progress. */
   received(bytes: number): void {
     this.#responseBytes += bytes;
-    if (this.#responseBytes >= RESPONSE_PROGRESS_BYTES) this.progress();
+    if (this.#responseBytes >= PROGRESS_STEP) this.progress();
   }
 
   /** The server's part is over (or its verdict is known): nothing more to watch. */
@@ -274,6 +277,7 @@ export class AttemptWatch {
     }
     // What came while the process stalled past it (a busy machine) is read first: progress
     // meanwhile re-arms the watch, a verdict stops it (campaign-bc BC2).
+    this.#heardAtFire = this.#hooks.heard?.() ?? 0;
     setImmediate(this.#stall);
   };
 
@@ -281,10 +285,9 @@ export class AttemptWatch {
     const controller = this.#controller;
     if (controller === null || this.#done || controller.signal.aborted || this.#paused) return;
     if (this.#timer !== undefined) return;
-    // What was read may have sent the attempt to a fresh connection (a kept-alive one the server
-    // closed: the client tries again): while the server's connections are being made, look again
-    // later, as before one (campaign-bf BF4: a stall past stallTimeout moved the upload elsewhere).
-    if (this.#busy()) {
+    // What was read meanwhile counts as progress (a step of its bytes; a kept-alive connection the
+    // server closed that the client now replaces: campaign-bf BF4), as what re-arms the watch does.
+    if ((this.#hooks.heard?.() ?? 0) - this.#heardAtFire >= PROGRESS_STEP) {
       this.#arm();
       return;
     }

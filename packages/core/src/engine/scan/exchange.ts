@@ -122,6 +122,11 @@ class Exchange implements WatchHooks, TriedServers {
     else this.#handle?.clientFedEnd();
   }
 
+  /** WatchHooks: what was read from the servers for the scan (client/deadline.ts). */
+  heard(): number {
+    return this.#ctx.heard;
+  }
+
   /** WatchHooks: the body is still held and another server is available. */
   canRetry(): boolean {
     return this.replayable && this.#ctx.group.hasAlternative(this);
@@ -274,8 +279,7 @@ class Exchange implements WatchHooks, TriedServers {
       queueTimeout: watch.canRetry() ? p.queueTimeout : Number.POSITIVE_INFINITY,
       // What a server sends after a broken answer is progress: its real answer may follow (AT7).
       onStray: () => watch.progress(),
-      // Bytes read count for the scan's responseTimeout (client/deadline.ts, campaign-be BE1).
-      heard: this.#ctx,
+      heard: this.#ctx, // read on by responseTimeout and the watch (client/deadline.ts)
       // What follows is kept by the verdict's own reading (campaign-at AT6).
       strayBlocks: (h) => threatInHead(readingOf(p, this.facts.fileName), h) !== null,
       // A body spooled to disk is not held in memory to compare with an echo (campaign-ax AX4).
