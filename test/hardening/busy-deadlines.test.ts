@@ -102,17 +102,28 @@ describe.each(['express5', 'fastify', 'koa3'] as Framework[])('%s: responseTimeo
 });
 
 describe('the deadlines before the answer', () => {
-  const stalledOptions = (ms: number): ScriptedOptions => ({
-    options: (r, answer) => writeThenStall(100, () => r.sock.write(answer), ms),
+  /** The OPTIONS answer at 100 ms, then a stall of `ms`; `close`: it says Connection: close (the REQMOD needs a new connection). */
+  const stalledOptions = (ms: number, close = false): ScriptedOptions => ({
+    options: (r, answer) =>
+      writeThenStall(
+        100,
+        () =>
+          r.sock.write(close ? answer.replace('Encapsulated', 'Connection: close\r\nEncapsulated') : answer),
+        ms,
+      ),
   });
   const connection = { stallTimeout: 300, queueTimeout: 100, connectTimeout: 100 };
   for (const mode of MODES) {
-    for (const two of [false, true])
-      it(`${mode}, ${two ? 'two servers' : 'one server'}: the OPTIONS answer written in time, read after a stall past its bound: the upload goes to that server (BD2)`, async () => {
+    for (const [two, close, id] of [
+      [false, false, 'BD2'],
+      [true, false, 'BD2'],
+      [true, true, 'BH1'],
+    ] as const)
+      it(`${mode}, ${two ? 'two servers' : 'one server'}: the OPTIONS answer${close ? ' (Connection: close)' : ''} written in time, read after a stall past its bound: the upload goes to that server (${id})`, async () => {
         const r = await twoOrOne(
           (q) => q.sock.write(THREAT_ANSWER),
           { failAction: mode, responseTimeout: 3000, connection },
-          stalledOptions(600),
+          stalledOptions(600, close),
           two,
         );
         expect(r.res.status).toBe(403);

@@ -23,8 +23,8 @@ export interface WatchHooks {
    * it gets the connection), until it reads the body's end or the attempt ends (`false`).
    */
   clientFed?(on: boolean): void;
-  /** What was read from the server for the request so far (bytes, a dropped connection: a count). */
-  heard?(): number;
+  /** What was read from the server for the attempt's body so far (bytes, a dropped connection: a count). */
+  readonly heard?: number;
 }
 
 const NO_HOOKS: WatchHooks = {};
@@ -277,7 +277,7 @@ export class AttemptWatch {
     }
     // What came while the process stalled past it (a busy machine) is read first: progress
     // meanwhile re-arms the watch, a verdict stops it (campaign-bc BC2).
-    this.#heardAtFire = this.#hooks.heard?.() ?? 0;
+    this.#heardAtFire = this.#hooks.heard ?? 0;
     setImmediate(this.#stall);
   };
 
@@ -285,9 +285,11 @@ export class AttemptWatch {
     const controller = this.#controller;
     if (controller === null || this.#done || controller.signal.aborted || this.#paused) return;
     if (this.#timer !== undefined) return;
-    // What was read meanwhile counts as progress (a step of its bytes; a kept-alive connection the
-    // server closed that the client now replaces: campaign-bf BF4), as what re-arms the watch does.
-    if ((this.#hooks.heard?.() ?? 0) - this.#heardAtFire >= PROGRESS_STEP) {
+    // What was read meanwhile for this attempt counts as progress (a step of its bytes; a kept-alive
+    // connection the server closed that the client now replaces: campaign-bf BF4), and an attempt
+    // still waiting for its connection waits on, as at the timer's own look (campaign-bh BH1).
+    const read = (this.#hooks.heard ?? 0) - this.#heardAtFire >= PROGRESS_STEP;
+    if (read || (!this.#opened && this.#busy())) {
       this.#arm();
       return;
     }

@@ -71,6 +71,7 @@ class Exchange implements WatchHooks, TriedServers {
   #againGiven = false;
   /** Servers whose attempt failed in a way the upload may have provoked (retry.ts, judged). */
   #provoked: ServerHandle[] | undefined;
+  #read = 0;
 
   constructor(
     ctx: ExchangeContext,
@@ -122,9 +123,13 @@ class Exchange implements WatchHooks, TriedServers {
     else this.#handle?.clientFedEnd();
   }
 
-  /** WatchHooks: what was read from the servers for the scan (client/deadline.ts). */
-  heard(): number {
-    return this.#ctx.heard;
+  /** Heard and WatchHooks: bytes read for this body, added to the scan's count too (campaign-bh BH2). */
+  get heard(): number {
+    return this.#read;
+  }
+  set heard(n: number) {
+    this.#ctx.heard += n - this.#read;
+    this.#read = n;
   }
 
   /** WatchHooks: the body is still held and another server is available. */
@@ -279,7 +284,7 @@ class Exchange implements WatchHooks, TriedServers {
       queueTimeout: watch.canRetry() ? p.queueTimeout : Number.POSITIVE_INFINITY,
       // What a server sends after a broken answer is progress: its real answer may follow (AT7).
       onStray: () => watch.progress(),
-      heard: this.#ctx, // read on by responseTimeout and the watch (client/deadline.ts)
+      heard: this, // read on by responseTimeout and the watch (client/deadline.ts)
       // What follows is kept by the verdict's own reading (campaign-at AT6).
       strayBlocks: (h) => threatInHead(readingOf(p, this.facts.fileName), h) !== null,
       // A body spooled to disk is not held in memory to compare with an echo (campaign-ax AX4).
@@ -476,11 +481,7 @@ class Exchange implements WatchHooks, TriedServers {
     }
   }
 
-  /**
-   * A threat the server named after the answer's head (its trailer, a second answer it sent
-   * after this one), as a block, once the exchange is over; else null. Only ever a block: what
-   * came after a head never passes anything.
-   */
+  /** A threat named after the answer's head (its trailer, a second answer), as a block, once over; else null. */
   async #blockedAfterHead(
     res: IcapResponse,
     entry: IcapRequestLog,
@@ -494,10 +495,7 @@ class Exchange implements WatchHooks, TriedServers {
     return blocked;
   }
 
-  /**
-   * A threat named in `head`, as a block (so is a head saying the body could not be scanned);
-   * else null. `head` is the 100 Continue before a final answer.
-   */
+  /** A threat (or unscannable) named in `head` (a 100 Continue before the final answer), as a block; else null. */
   #blockedByHead(head: IcapReceivedHead, entry: IcapRequestLog, started: number): AttemptResult | null {
     const verdict = threatInHead(readingOf(this.#ctx.profile, this.facts.fileName), head);
     return verdict === null ? null : this.#blocked(verdict, head, entry, started, undefined);
