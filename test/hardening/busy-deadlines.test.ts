@@ -84,6 +84,36 @@ async function twoOrOne(
   return { res, logs, app, a: reqmods(a), b: reqmods(b) };
 }
 
+/** Express 5 scanning with servers `a` then `b` (`profile` added): `post` sends a body as the upload. */
+async function withServers(a: { url: string }, b: { url: string }, profile: Partial<IcapProfile>) {
+  const app = await startApp('express5', {
+    name: 't',
+    poolGroup: [a.url, b.url],
+    serviceUri: '/avscan',
+    ...profile,
+  } as IcapProfile);
+  cleanups.push(app.close);
+  const post = (body: string) =>
+    send(app.url, '/raw', {
+      method: 'POST',
+      headers: { 'content-type': 'application/octet-stream' },
+      body: Buffer.from(body),
+    });
+  return { app, post };
+}
+
+/** An IcapClient's REQMOD of `body` (no preview), `heard` its count when given. */
+function reqmod(client: IcapClient, body: Buffer, heard?: unknown) {
+  return client.request({
+    method: 'REQMOD',
+    service: '/avscan',
+    httpRequest: { method: 'POST', target: '/u', headers: [['host', 'x']] },
+    body,
+    preview: false,
+    ...(heard === undefined ? {} : { heard: heard as { heard: number } }),
+  });
+}
+
 describe.each(['express5', 'fastify', 'koa3'] as Framework[])('%s: responseTimeout', (framework) => {
   for (const mode of MODES)
     for (const size of [300 * 1024, 1024 * 1024])
@@ -152,23 +182,7 @@ describe('the deadlines before the answer', () => {
       });
       const b = await scripted((q) => q.sock.write(CLEAN_204));
       cleanups.push(a.close, b.close);
-      const logs: IcapLog[] = [];
-      const app = await startApp('express5', {
-        name: 't',
-        poolGroup: [a.url, b.url],
-        serviceUri: '/avscan',
-        failAction: mode,
-        responseTimeout: 3000,
-        connection,
-        onLog: (l: IcapLog) => logs.push(l),
-      } as IcapProfile);
-      cleanups.push(app.close);
-      const post = (body: string) =>
-        send(app.url, '/raw', {
-          method: 'POST',
-          headers: { 'content-type': 'application/octet-stream' },
-          body: Buffer.from(body),
-        });
+      const { app, post } = await withServers(a, b, { failAction: mode, responseTimeout: 3000, connection });
       // One to each server (they take turns): the upload then goes to a, on its kept-alive connection.
       expect((await post('warm')).status).toBe(200);
       expect((await post('warm')).status).toBe(200);
@@ -185,28 +199,16 @@ describe('the deadlines before the answer', () => {
         q.sock.write(q.body.toString().includes('EICAR') ? THREAT_ANSWER : CLEAN_204),
       );
       cleanups.push(a.close, b.close);
-      const logs: IcapLog[] = [];
-      const app = await startApp('express5', {
-        name: 't',
-        poolGroup: [a.url, b.url],
-        serviceUri: '/avscan',
+      const { app, post } = await withServers(a, b, {
         failAction: mode,
         loadBalancing: 'round-robin',
         responseTimeout: 3000,
         connection: { stallTimeout: 300, queueTimeout: 200, connectTimeout: 200, maxConnections: 1 },
-        onLog: (l: IcapLog) => logs.push(l),
-      } as IcapProfile);
-      cleanups.push(app.close);
-      const post = (body: string) =>
-        send(app.url, '/raw', {
-          method: 'POST',
-          headers: { 'content-type': 'application/octet-stream' },
-          body: Buffer.from(body),
-        }).catch(() => undefined);
+      });
       const first = post('first upload EICAR');
       // Another upload every 100 ms while the first waits (a's one connection is the first's).
       const others: Array<Promise<unknown>> = [];
-      const feed = setInterval(() => others.push(post('other')), 100);
+      const feed = setInterval(() => others.push(post('other').catch(() => undefined)), 100);
       cleanups.push(async () => clearInterval(feed));
       const res = await first;
       clearInterval(feed);
@@ -372,53 +374,27 @@ describe("other scans' traffic does not hold a deadline (campaign-be BE1)", () =
 });
 
 describe('IcapClient', () => {
-  it('a request timeout: the answer written before it, read after a stall past it, is the answer (BD2)', async () => {
-    const body = Buffer.alloc(1024 * 1024, 0x61);
-    const server = await scripted((r) =>
-      writeThenStall(150, () => r.sock.write(echoWithTrailerThreat(r)), 400),
-    );
-    cleanups.push(server.close);
-    const client = new IcapClient({ url: server.url, timeout: 300 });
-    cleanups.push(async () => client.destroy());
-    const res = await client.request({
-      method: 'REQMOD',
-      service: '/avscan',
-      httpRequest: { method: 'POST', target: '/u', headers: [['host', 'x']] },
-      body,
-      preview: false,
+  for (const [size, lateBy, what, id] of [
+    [1024 * 1024, 0, 'read at once', 'BD2'],
+    [256 * 1024, 40, 'a reader that starts late (the answer waits in its paused socket)', 'BF2'],
+  ] as const)
+    it(`a request timeout: the answer written before it, read after a stall past it, ${what}, is the answer to its trailer (${id})`, async () => {
+      const body = Buffer.alloc(size, 0x61);
+      const server = await scripted((r) =>
+        writeThenStall(150, () => r.sock.write(echoWithTrailerThreat(r)), 400),
+      );
+      cleanups.push(server.close);
+      const client = new IcapClient({ url: server.url, timeout: 300, useOptions: false });
+      cleanups.push(async () => client.destroy());
+      const res = await reqmod(client, body);
+      if (!('status' in res)) throw new Error('skipped');
+      if (lateBy > 0) await new Promise((r) => setTimeout(r, lateBy));
+      let got = 0;
+      for await (const c of res.body!) got += (c as Buffer).length;
+      expect(got).toBe(body.length);
+      expect(res.status).toBe(200);
+      expect((await res.done).trailer?.headers.get('x-infection-found')).toContain('EICAR');
     });
-    if (!('status' in res)) throw new Error('skipped');
-    let got = 0;
-    for await (const c of res.body!) got += (c as Buffer).length;
-    expect(got).toBe(body.length);
-    const summary = await res.done;
-    expect(res.status).toBe(200);
-    expect(summary.trailer?.headers.get('x-infection-found')).toContain('EICAR');
-  });
-
-  it('a slow reader after a stall: the answer written before the timeout is read to its trailer (BF2)', async () => {
-    const body = Buffer.alloc(256 * 1024, 0x61);
-    const server = await scripted((r) =>
-      writeThenStall(150, () => r.sock.write(echoWithTrailerThreat(r)), 400),
-    );
-    cleanups.push(server.close);
-    const client = new IcapClient({ url: server.url, timeout: 300, useOptions: false });
-    cleanups.push(async () => client.destroy());
-    const res = await client.request({
-      method: 'REQMOD',
-      service: '/avscan',
-      httpRequest: { method: 'POST', target: '/u', headers: [['host', 'x']] },
-      body,
-      preview: false,
-    });
-    if (!('status' in res)) throw new Error('skipped');
-    // The reader starts late (the answer waits in its paused socket meanwhile), then reads on.
-    await new Promise((r) => setTimeout(r, 40));
-    let got = 0;
-    for await (const c of res.body!) got += (c as Buffer).length;
-    expect(got).toBe(body.length);
-    expect((await res.done).trailer?.headers.get('x-infection-found')).toContain('EICAR');
-  });
 
   it("heard: a count reused after a request whose answer waited for its reader does not stretch the next one's timeout (campaign-bg BG2)", async () => {
     let n = 0;
@@ -429,15 +405,7 @@ describe('IcapClient', () => {
     const client = new IcapClient({ url: server.url, timeout: 500, useOptions: false });
     cleanups.push(async () => client.destroy());
     const heard = { heard: 0 };
-    const one = (body: Buffer) =>
-      client.request({
-        method: 'REQMOD',
-        service: '/avscan',
-        httpRequest: { method: 'POST', target: '/u', headers: [['host', 'x']] },
-        body,
-        preview: false,
-        heard,
-      });
+    const one = (body: Buffer) => reqmod(client, body, heard);
     // The answer is never read: it waits in its paused socket until the timeout.
     const first = await one(Buffer.alloc(1024 * 1024, 0x61));
     if (!('status' in first)) throw new Error('skipped');
@@ -454,15 +422,7 @@ describe('IcapClient', () => {
     cleanups.push(server.close);
     const client = new IcapClient({ url: server.url, timeout: 2000, useOptions: false });
     cleanups.push(async () => client.destroy());
-    const send1 = (heard: unknown) =>
-      client.request({
-        method: 'REQMOD',
-        service: '/avscan',
-        httpRequest: { method: 'POST', target: '/u', headers: [['host', 'x']] },
-        body: UPLOAD,
-        preview: false,
-        heard: heard as { heard: number },
-      });
+    const send1 = (heard: unknown) => reqmod(client, UPLOAD, heard);
     const odd = [
       Object.freeze({ heard: 0 }),
       {
@@ -498,14 +458,7 @@ describe('IcapClient', () => {
     cleanups.push(server.close);
     const client = new IcapClient({ url: server.url, maxConnections: 1, queueTimeout: 150 });
     cleanups.push(async () => client.destroy());
-    const one = () =>
-      client.request({
-        method: 'REQMOD',
-        service: '/avscan',
-        httpRequest: { method: 'POST', target: '/u', headers: [['host', 'x']] },
-        body: UPLOAD,
-        preview: false,
-      });
+    const one = () => reqmod(client, UPLOAD);
     const [a, b] = await Promise.allSettled([one(), one()]);
     expect(a.status).toBe('fulfilled');
     expect(b.status === 'rejected' ? String(b.reason) : 'fulfilled').toBe('fulfilled');
