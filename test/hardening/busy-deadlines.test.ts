@@ -380,11 +380,13 @@ describe('IcapClient', () => {
   ] as const)
     it(`a request timeout: the answer written before it, read after a stall past it, ${what}, is the answer to its trailer (${id})`, async () => {
       const body = Buffer.alloc(size, 0x61);
+      // Written as soon as the request is read (well before the timeout, however long sending
+      // took on a loaded machine), then a stall past the timeout.
       const server = await scripted((r) =>
-        writeThenStall(150, () => r.sock.write(echoWithTrailerThreat(r)), 400),
+        writeThenStall(0, () => r.sock.write(echoWithTrailerThreat(r)), 1_000),
       );
       cleanups.push(server.close);
-      const client = new IcapClient({ url: server.url, timeout: 300, useOptions: false });
+      const client = new IcapClient({ url: server.url, timeout: 800, useOptions: false });
       cleanups.push(async () => client.destroy());
       const res = await reqmod(client, body);
       if (!('status' in res)) throw new Error('skipped');
