@@ -16,7 +16,7 @@ import {
   withReceivedHead,
 } from './answer.js';
 import type { Connection, SocketOwner } from './connection.js';
-import { addHeard, holdHeard } from './deadline.js';
+import { actAfterReading, addHeard, holdHeard } from './deadline.js';
 import { type Deferred, deferred, noop } from './deferred.js';
 import { EchoCheck } from './echo.js';
 import { keepsConnection } from './reuse.js';
@@ -545,13 +545,12 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
   }
 
   socketTimeout(): void {
-    // Idle because our side is slow (the response's reader, the body's source): not the server's
-    // fault (the engine's bodyTimeout bounds it). What came while the process stalled is read first.
+    // Idle because our side is slow (the reader, the body's source): not the server's fault (the
+    // engine's bodyTimeout bounds it). What came while the process stalled is read first (deadline.ts).
     if (this.#pausedForBody || this.#awaitingSource) return;
     const seen = this.#bytesReceived;
-    setImmediate(
-      () => this.#bytesReceived === seen && this.#fail(idleError(this.#conn.label, this.#opts.ioTimeout)),
-    );
+    const idle = () => this.#fail(idleError(this.#conn.label, this.#opts.ioTimeout));
+    actAfterReading(this.#opts.ioTimeout, () => this.#bytesReceived !== seen, idle);
   }
 
   readonly #onAbort = (): void => {
