@@ -292,7 +292,15 @@ describe('failures an upload can provoke do not suspend a healthy server', () =>
                   }[broken]
                 : script(r),
           });
-          const run = await start(framework, failAction, server.url());
+          // A hung check fails at its client's timeout (responseTimeout at most): its connection
+          // and OPTIONS come first, which a loaded machine has taken over 1 s to make (the check's
+          // REQMOD then never sent: checks 0, in an under-load CI run of 707d30b).
+          const run = await start(
+            framework,
+            failAction,
+            server.url(),
+            broken === 'hangs' ? { responseTimeout: 2_500 } : {},
+          );
           try {
             expect((await upload(run, Buffer.from('hello'))).status).toBe(200);
             failing = true;
