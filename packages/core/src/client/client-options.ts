@@ -118,7 +118,10 @@ export interface IcapRequestOptions {
   honourTransferIgnore?: boolean | undefined;
   /**
    * Counts the answer's bytes as they are read (what follows it too), adding to `heard`: a
-   * deadline of the caller's own can read on while it moves (see client/deadline.ts).
+   * deadline of the caller's own can read on while it moves (see client/deadline.ts). One
+   * object per request: its `held` is that request's (cleared when it ends), and a kept-alive
+   * connection the server closed, which the client replaces, adds a step of progress
+   * (PROGRESS_STEP) without a byte read.
    */
   heard?: Heard | undefined;
 }
