@@ -161,18 +161,22 @@ describe('the deadlines before the answer', () => {
         expect([r.a, r.b]).toEqual([1, 0]);
       });
 
-    it(`${mode}: an OPTIONS answer with a 256 KiB body written in time, read after a stall past its bound: the upload goes to that server (BF3)`, async () => {
-      const body = Buffer.alloc(256 * 1024, 0x6f);
-      const answer = `ICAP/1.0 200 OK\r\nMethods: REQMOD\r\nISTag: "x1"\r\nAllow: 204\r\nEncapsulated: opt-body=0\r\n\r\n${chunked(body)}0\r\n\r\n`;
-      const r = await twoOrOne(
-        (q) => q.sock.write(THREAT_ANSWER),
-        { failAction: mode, responseTimeout: 3000, connection },
-        { options: (q) => writeThenStall(100, () => q.sock.write(answer), 600) },
-        false,
-      );
-      expect(r.res.status).toBe(403);
-      expect(r.a).toBe(1);
-    });
+    for (const [two, id] of [
+      [false, 'BF3'],
+      [true, 'BF4, its OPTIONS form'],
+    ] as const)
+      it(`${mode}, ${two ? 'two servers' : 'one server'}: an OPTIONS answer with a 256 KiB body written in time, read after a stall past its bound: the upload goes to that server (${id})`, async () => {
+        const body = Buffer.alloc(256 * 1024, 0x6f);
+        const answer = `ICAP/1.0 200 OK\r\nMethods: REQMOD\r\nISTag: "x1"\r\nAllow: 204\r\nEncapsulated: opt-body=0\r\n\r\n${chunked(body)}0\r\n\r\n`;
+        const r = await twoOrOne(
+          (q) => q.sock.write(THREAT_ANSWER),
+          { failAction: mode, responseTimeout: 3000, connection },
+          { options: (q) => writeThenStall(100, () => q.sock.write(answer), 600) },
+          two,
+        );
+        expect(r.res.status).toBe(403);
+        expect([r.a, r.b]).toEqual([1, 0]);
+      });
 
     it(`${mode}, two servers: the kept-alive connection closed as the REQMOD came, the process stalled past stallTimeout: the upload is retried on that server, not moved (BF4)`, async () => {
       const a = await scripted((q) => {
@@ -234,6 +238,32 @@ describe('the deadlines before the answer', () => {
       expect(r.res.status).toBe(503);
       expect(r.app.seen).toHaveLength(0);
       // Under fail-open the check runs, and finds the server answering.
+      expect(checks).toBe(mode === 'fail-open' ? 1 : 0);
+      if (mode === 'fail-open')
+        expect(r.logs[0]?.error_message).toContain('answered its health check afterwards');
+    });
+
+    it(`${mode}: the health check's OPTIONS answered in time, read after a stall past stallTimeout: the check is made (BF4's OPTIONS form)`, async () => {
+      let checks = 0;
+      let optionsSeen = 0;
+      const r = await twoOrOne(
+        (q) => {
+          if (!q.encap.includes('icapkit.invalid')) q.sock.write(SERVER_500);
+          else {
+            checks++;
+            q.sock.write(CLEAN_204);
+          }
+        },
+        { failAction: mode, responseTimeout: 3000, connection },
+        // The second OPTIONS is the check's (a client of its own).
+        {
+          options: (q, answer) =>
+            ++optionsSeen === 2 ? writeThenStall(100, () => q.sock.write(answer), 600) : q.sock.write(answer),
+        },
+        false,
+      );
+      expect(r.res.status).toBe(503);
+      expect(r.app.seen).toHaveLength(0);
       expect(checks).toBe(mode === 'fail-open' ? 1 : 0);
       if (mode === 'fail-open')
         expect(r.logs[0]?.error_message).toContain('answered its health check afterwards');

@@ -75,6 +75,8 @@ export class IcapClient {
   /** The client's own headers ask for `Connection: close`. */
   readonly #closeAsked: boolean;
   #closed = false;
+  /** Bytes of OPTIONS answers read: a request's timeout reads on while its OPTIONS comes too. */
+  #optionsRead = 0;
 
   constructor(options: IcapClientOptions) {
     this.endpoint = parseServerUrl(options.url, options.tls);
@@ -111,6 +113,11 @@ export class IcapClient {
 
   get stats(): PoolStats {
     return this.#pool.stats;
+  }
+
+  /** Bytes of OPTIONS answers read so far (a watch of requests waiting for one reads on while it comes). */
+  get optionsRead(): number {
+    return this.#optionsRead;
   }
 
   /** The pool, for instrumentation (new-connection hook). */
@@ -180,7 +187,7 @@ export class IcapClient {
     // controller would have.
     const label = `${init.method} ${this.shownUri(init.service)}`;
     const own =
-      timeout < MAX_TIMER_DELAY ? this.#requestSignal(init.signal, timeout, label, init.heard) : null;
+      timeout < MAX_TIMER_DELAY ? this.#requestSignal(init.signal, timeout, label, init.heard, true) : null;
     const signal = own === null ? (init.signal ?? NEVER_ABORTED) : own.signal;
     try {
       let preview: number | undefined = init.preview === false ? undefined : (init.preview ?? 4096);
@@ -353,8 +360,19 @@ export class IcapClient {
   async #fetchOptions(service: string): Promise<IcapServiceOptions> {
     const label = `OPTIONS ${this.shownUri(service)}`;
     // Its answer (a body perhaps) is counted for its timeout to read on while it comes (campaign-bf BF3).
-    const heard: Heard = { heard: 0 };
-    const { signal, cleanup } = this.#requestSignal(undefined, this.#timeout, label, heard);
+    // The requests waiting for it count them too (their own timeouts: BF4's OPTIONS form).
+    let read = 0;
+    const client = this;
+    const heard: Heard = {
+      get heard() {
+        return read;
+      },
+      set heard(n: number) {
+        client.#optionsRead += n - read;
+        read = n;
+      },
+    };
+    const { signal, cleanup } = this.#requestSignal(undefined, this.#timeout, label, heard, false);
     try {
       const encoded = encodeIcapRequest({
         method: 'OPTIONS',
@@ -413,13 +431,25 @@ export class IcapClient {
     }
   }
 
+  /** A request's count for its timeout: its answer's bytes, and with `withOptions` the OPTIONS it may wait for. */
+  #countOf(heard: Heard, withOptions: boolean): () => number {
+    const own = countOf(heard);
+    return withOptions ? () => own() + this.#optionsRead : own;
+  }
+
   /**
    * One signal for a request: the caller's, plus the request timeout. A LightAbortController
    * (no EventTarget, no AbortSignal to create, listeners in a plain array): the signal goes to
    * this client's own code only (the pool's wait, the OPTIONS wait, the connect, the
    * transaction), never to Node's APIs.
    */
-  #requestSignal(outer: AbortSignal | undefined, timeout: number, what: string, heard?: Heard) {
+  #requestSignal(
+    outer: AbortSignal | undefined,
+    timeout: number,
+    what: string,
+    heard: Heard | undefined,
+    withOptions: boolean,
+  ) {
     const ac = new LightAbortController();
     const onOuterAbort = () => ac.abort(abortError(outer!.reason, what));
     if (outer?.aborted) onOuterAbort();
@@ -435,7 +465,7 @@ export class IcapClient {
               timeout,
               () => cleaned || ac.signal.aborted,
               () => ac.abort(new IcapError(IcapErrorCodes.TIMEOUT, `${what} took longer than ${timeout} ms`)),
-              heard === undefined ? undefined : countOf(heard),
+              heard === undefined ? undefined : this.#countOf(heard, withOptions),
             );
           }, timeout);
     let cleaned = false;

@@ -157,6 +157,9 @@ export class HealthCheck {
     const watch = new AttemptWatch(NEVER, this.#stallTimeout, client.label, {
       // Waiting for a connection or connecting is bounded by the client's timeouts.
       busy: () => client.stats.pending > 0 || client.stats.connecting > 0,
+      get optionsRead() {
+        return client.optionsRead;
+      },
     });
     watch.start();
     try {

@@ -25,6 +25,8 @@ export interface WatchHooks {
   clientFed?(on: boolean): void;
   /** What was read from the server for the attempt's body so far (bytes, a dropped connection: a count). */
   readonly heard?: number;
+  /** Bytes of OPTIONS answers read from the server so far (IcapClient.optionsRead). */
+  readonly optionsRead?: number;
 }
 
 const NO_HOOKS: WatchHooks = {};
@@ -86,6 +88,8 @@ export class AttemptWatch {
   #responseBytes = 0;
   /** The hooks' count of what was read from the server when the watchdog fired. */
   #heardAtFire = 0;
+  /** The hooks' count of OPTIONS bytes when the watchdog fired. */
+  #optionsAtFire = 0;
   /** The watchdog fired. */
   stalled = false;
 
@@ -278,6 +282,7 @@ export class AttemptWatch {
     // What came while the process stalled past it (a busy machine) is read first: progress
     // meanwhile re-arms the watch, a verdict stops it (campaign-bc BC2).
     this.#heardAtFire = this.#hooks.heard ?? 0;
+    this.#optionsAtFire = this.#hooks.optionsRead ?? 0;
     setImmediate(this.#stall);
   };
 
@@ -287,9 +292,11 @@ export class AttemptWatch {
     if (this.#timer !== undefined) return;
     // What was read meanwhile for this attempt counts as progress (a step of its bytes; a kept-alive
     // connection the server closed that the client now replaces: campaign-bf BF4), and an attempt
-    // still waiting for its connection waits on, as at the timer's own look (campaign-bh BH1).
+    // still waiting for its connection waits on, as at the timer's own look (campaign-bh BH1), as
+    // does one not yet sent while the server's OPTIONS answer comes (BF4's OPTIONS form).
     const read = (this.#hooks.heard ?? 0) - this.#heardAtFire >= PROGRESS_STEP;
-    if (read || (!this.#opened && this.#busy())) {
+    const options = (this.#hooks.optionsRead ?? 0) !== this.#optionsAtFire;
+    if (read || (!this.#opened && (options || this.#busy()))) {
       this.#arm();
       return;
     }

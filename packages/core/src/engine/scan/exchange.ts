@@ -46,10 +46,9 @@ import {
 const NO_CLIENT_TIMEOUT = 2_147_483_647;
 
 /**
- * Sends one body to ICAP, failing over across servers and pools: see `exchange()`. It is also
- * its attempts' watch hooks (the server in use busy, the request able to go elsewhere) and the
- * set of servers tried (the first one in a field, a Set only from a second attempt on): no
- * closures, hook object or Set per request.
+ * Sends one body to ICAP, failing over across servers and pools: see `exchange()`. It is also its
+ * attempts' watch hooks and the set of servers tried (the first in a field, a Set only from a
+ * second attempt on): no closures, hook object or Set per request.
  */
 class Exchange implements WatchHooks, TriedServers {
   readonly #ctx: ExchangeContext;
@@ -65,13 +64,12 @@ class Exchange implements WatchHooks, TriedServers {
   /** Every server tried once at most: the first, and the others (from a second attempt on). */
   #first: ServerHandle | null = null;
   #more: Set<ServerHandle> | null = null;
-  /** A server that failed an attempt the HTTP client fed: it may be tried once more (see run). */
+  /** A server that failed an attempt the HTTP client fed: it may be tried once more (see run), once. */
   #again: ServerHandle | null = null;
-  /** Whether that second chance was given (once per exchange). */
   #againGiven = false;
   /** Servers whose attempt failed in a way the upload may have provoked (retry.ts, judged). */
   #provoked: ServerHandle[] | undefined;
-  #read = 0;
+  #read = 0; // (see heard)
 
   constructor(
     ctx: ExchangeContext,
@@ -119,8 +117,7 @@ class Exchange implements WatchHooks, TriedServers {
 
   /** WatchHooks: the attempt holds its connection while the HTTP client still sends (see clientHeldSince). */
   clientFed(on: boolean): void {
-    if (on) this.#handle?.clientFedStart();
-    else this.#handle?.clientFedEnd();
+    on ? this.#handle?.clientFedStart() : this.#handle?.clientFedEnd();
   }
 
   /** Heard and WatchHooks: bytes read for this body, added to the scan's count too (campaign-bh BH2). */
@@ -130,6 +127,11 @@ class Exchange implements WatchHooks, TriedServers {
   set heard(n: number) {
     this.#ctx.heard += n - this.#read;
     this.#read = n;
+  }
+
+  /** WatchHooks: bytes of OPTIONS answers the server in use has sent. */
+  get optionsRead(): number {
+    return this.#handle?.client.optionsRead ?? 0;
   }
 
   /** WatchHooks: the body is still held and another server is available. */
