@@ -269,6 +269,56 @@ describe('the deadlines before the answer', () => {
         expect(r.logs[0]?.error_message).toContain('answered its health check afterwards');
     });
 
+    it(`${mode}: the health check's OPTIONS and REQMOD each answered within stallTimeout, their sum past it: the server answered its check (campaign-bi BI3)`, async () => {
+      let checks = 0;
+      let optionsSeen = 0;
+      const r = await twoOrOne(
+        (q) => {
+          if (!q.encap.includes('icapkit.invalid')) q.sock.write(SERVER_500);
+          else {
+            checks++;
+            setTimeout(() => q.sock.write(CLEAN_204), 200);
+          }
+        },
+        { failAction: mode, responseTimeout: 3000, connection },
+        // The second OPTIONS is the check's.
+        { options: (q, answer) => setTimeout(() => q.sock.write(answer), ++optionsSeen === 2 ? 200 : 0) },
+        false,
+      );
+      expect(r.res.status).toBe(503);
+      expect(r.app.seen).toHaveLength(0);
+      expect(checks).toBe(mode === 'fail-open' ? 1 : 0);
+      if (mode === 'fail-open')
+        expect(r.logs[0]?.error_message).toContain('answered its health check afterwards');
+    });
+
+    it(`${mode}, two servers: an OPTIONS answer trickled a byte at a time does not hold the upload past stallTimeout: the next server blocks it (campaign-bi)`, async () => {
+      const a = await scripted((q) => q.sock.write(THREAT_ANSWER), {
+        options: (q) => {
+          q.sock.write('ICAP/1.0 200 OK\r\nMethods: REQMOD\r\nX-Slow: ');
+          let n = 0;
+          const t = setInterval(() => {
+            if (q.sock.destroyed || ++n > 5_000) clearInterval(t);
+            else q.sock.write('z');
+          }, 1);
+        },
+      });
+      const b = await scripted((q) => q.sock.write(THREAT_ANSWER));
+      cleanups.push(a.close, b.close);
+      // connectTimeout at its default: the OPTIONS's own bound is responseTimeout.
+      const { app, post } = await withServers(a, b, {
+        failAction: mode,
+        responseTimeout: 3000,
+        connection: { stallTimeout: 300 },
+      });
+      const started = performance.now();
+      const res = await post('some upload');
+      expect(res.status).toBe(403);
+      expect(performance.now() - started).toBeLessThan(2_500);
+      expect(app.seen).toHaveLength(0);
+      expect(b.requests.filter((q) => q.method === 'REQMOD')).toHaveLength(1);
+    });
+
     it(`${mode}: the connection made during a stall past connectTimeout is used (BD4)`, async () => {
       let armed = false;
       let sockets = 0;

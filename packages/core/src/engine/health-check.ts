@@ -2,6 +2,7 @@ import { connect, type Socket } from 'node:net';
 import { IcapClient, type IcapClientOptions, isSkipped, parseServerUrl } from '../client/client.js';
 import type { ServerEndpoint } from '../client/connection.js';
 import { actAfterReading } from '../client/deadline.js';
+import { type ReplayableBody, toBodySource } from '../client/source.js';
 import { IcapError, IcapErrorCodes } from '../errors.js';
 import { AttemptWatch } from './scan/attempt-watch.js';
 
@@ -52,6 +53,12 @@ const DROPS: ReadonlySet<string> = new Set([IcapErrorCodes.RESET, IcapErrorCodes
 
 /** The body of a health check: nothing any scanner objects to. */
 const CHECK_BODY = Buffer.from('icapkit health check\n');
+/** CHECK_BODY as the check's watch sees it: taken, it is progress (its OPTIONS answered: campaign-bi BI3). */
+const CHECK_SOURCE: ReplayableBody = {
+  replayable: true,
+  length: CHECK_BODY.length,
+  open: () => toBodySource(CHECK_BODY).open(),
+};
 
 /** The check's preview, at most (a part of CHECK_BODY: its rest follows a 100 Continue). */
 const CHECK_PREVIEW = 8;
@@ -228,7 +235,7 @@ async function answer(
         ['Content-Length', String(CHECK_BODY.length)],
       ],
     },
-    body: CHECK_BODY,
+    body: watch.wrap(CHECK_SOURCE),
     bodyLength: CHECK_BODY.length,
     preview,
     allow204: true,

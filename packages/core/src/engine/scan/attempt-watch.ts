@@ -293,9 +293,10 @@ export class AttemptWatch {
     // What was read meanwhile for this attempt counts as progress (a step of its bytes; a kept-alive
     // connection the server closed that the client now replaces: campaign-bf BF4), and an attempt
     // still waiting for its connection waits on, as at the timer's own look (campaign-bh BH1), as
-    // does one not yet sent while the server's OPTIONS answer comes (BF4's OPTIONS form).
+    // does one not yet sent while a step of the server's OPTIONS answer came (BF4's OPTIONS form;
+    // a step: an answer trickled a byte at a time does not hold it, campaign-bi).
     const read = (this.#hooks.heard ?? 0) - this.#heardAtFire >= PROGRESS_STEP;
-    const options = (this.#hooks.optionsRead ?? 0) !== this.#optionsAtFire;
+    const options = (this.#hooks.optionsRead ?? 0) - this.#optionsAtFire >= PROGRESS_STEP;
     if (read || (!this.#opened && (options || this.#busy()))) {
       this.#arm();
       return;
