@@ -140,3 +140,45 @@ describe.each(FRAMEWORKS)('%s', (framework) => {
     });
   });
 });
+
+/**
+ * campaign-bj BJ1: @fastify/multipart JSON.parses a field labelled application/json, so escapes
+ * decode into a value the scanner saw only escaped (EICAR written `\u0045ICAR`). Per-file mode
+ * drops a field's Content-Type (canonical.ts); whole mode passes the form as sent, so it refuses
+ * such a field (400), on every framework.
+ */
+describe.each(FRAMEWORKS)('%s: a field labelled JSON (BJ1)', (framework) => {
+  const escaped = JSON.stringify(E).replace('EICAR', '\\u0045ICAR');
+  for (const mode of MODES)
+    for (const ct of ['application/json', 'application/json; charset=utf-8', 'application/ld+json'])
+      it(`multipart: ${mode}, a field with Content-Type ${ct} holding escaped EICAR: ${mode === 'whole' ? '400, the handler never runs' : 'what the handler gets was scanned'}`, async () => {
+        const logs: IcapLog[] = [];
+        const app = await startApp(framework, {
+          name: 'bj1',
+          poolGroup: icap.url(),
+          serviceUri: '/avscan',
+          multipart: mode,
+          onLog: (l) => logs.push(l),
+        });
+        try {
+          const first = icap.requests.length;
+          const r = await send(app.url, '/multipart', {
+            body: Buffer.from(part('name="doc"', ct, escaped) + close, 'latin1'),
+            headers: { 'content-type': CT },
+          });
+          if (mode === 'whole') {
+            expect(r.status).toBe(400);
+            expect(app.seen).toEqual([]);
+            expect(logs.map((l) => l.error_code)).toEqual(['ICAP_ERR_MULTIPART']);
+          } else {
+            const scanned = icap.requests
+              .slice(first)
+              .filter((q) => q.method === 'REQMOD')
+              .map((q) => q.body ?? Buffer.alloc(0));
+            expect(unscanned(app, scanned)).toEqual([]);
+          }
+        } finally {
+          await app.close();
+        }
+      });
+});

@@ -386,6 +386,13 @@ export class MultipartParser {
           400,
           `a field has charset ${JSON.stringify(charset)} (parsers would decode it; only UTF-8 is accepted when the form is passed as sent)`,
         );
+      // @fastify/multipart JSON.parses a field labelled application/json (its escapes decoded into
+      // a value the scanner never saw as such: campaign-bj BJ1).
+      if (readAsField && media !== undefined && media.type.includes('json'))
+        throw multipartError(
+          400,
+          `a field has Content-Type ${JSON.stringify(media.type)} (parsers would decode it as JSON; not accepted when the form is passed as sent: send the field without a Content-Type)`,
+        );
     }
     // A file's Content-Type reaches the application as sent in both modes (a field's is dropped
     // in per-file mode, see canonical.ts, and checked above in whole mode): busboy decodes an
