@@ -1,4 +1,4 @@
-import { compileRule, fail, show } from './policy/compile.js';
+import { compileRule, fail, foldsLowerCase, show } from './policy/compile.js';
 import { pathReadings } from './policy/paths.js';
 import {
   contentTypeMatches,
@@ -50,6 +50,10 @@ import { ANY, NO_BODY, NO_MATCH, NO_RULES, PATH_READINGS_LIMIT } from './policy/
  * readings of its path).
  */
 
+/** The case readings of a path: folded first (the skip a log names), then as sent. */
+const BOTH_CASES: readonly boolean[] = [true, false];
+const FOLDED: readonly boolean[] = [true];
+
 export { pathCandidates, pathReadings } from './policy/paths.js';
 export type {
   CompiledPolicy,
@@ -100,6 +104,18 @@ export function compilePolicy(rules: readonly PolicyRule[] | undefined, field = 
   let usesHost = false;
   let usesType = false;
   let usesFixed = false;
+  // Case folding is a reading of its own (campaign-bj BJ2): with a case-insensitive path rule,
+  // each path is evaluated as sent and folded; a lower-case path only when some such rule
+  // names an upper-case letter or a regex (else both readings agree).
+  let foldsPath = false;
+  let foldsLowerPath = false;
+  for (let i = 0; i < list.length; i++) {
+    const rule = list[i]!;
+    const path = rule.enabled === false ? undefined : rule.match?.path;
+    if (path === undefined || (typeof path !== 'string' && path.caseSensitive === true)) continue;
+    foldsPath = true;
+    if (foldsLowerCase(path)) foldsLowerPath = true;
+  }
   for (const r of active) {
     if (r.methods !== undefined) for (const x of r.methods) knownMethods.add(x);
     if (r.path !== undefined) usesPath = true;
@@ -139,27 +155,29 @@ export function compilePolicy(rules: readonly PolicyRule[] | undefined, field = 
         for (let p = 0; p < pathCount; p++) {
           const path = paths?.[p] ?? '';
           const lowerPath = lowerPaths?.[p] ?? '';
-          for (const host of hosts) {
-            for (const type of contentTypes) {
-              let i = 0;
-              for (; i < active.length; i++) {
-                const r = active[i]!;
-                if (r.methods !== undefined && (method === undefined || !r.methods.has(method))) continue;
-                if (r.path !== undefined && !r.path(path, lowerPath)) continue;
-                if (r.host !== undefined && !hostMatches(r.host, host)) continue;
-                if (r.contentType !== undefined && !contentTypeMatches(r.contentType, type)) continue;
-                if (fixed !== undefined && r.fixed.length > 0) {
-                  if (fixed[i] === 0) fixed[i] = r.fixed.every((t) => t(ctx)) ? 1 : 2;
-                  if (fixed[i] === 2) continue;
+          const cases = foldsPath && (foldsLowerPath || path !== lowerPath) ? BOTH_CASES : FOLDED;
+          for (const fold of cases)
+            for (const host of hosts) {
+              for (const type of contentTypes) {
+                let i = 0;
+                for (; i < active.length; i++) {
+                  const r = active[i]!;
+                  if (r.methods !== undefined && (method === undefined || !r.methods.has(method))) continue;
+                  if (r.path !== undefined && !r.path(path, lowerPath, fold)) continue;
+                  if (r.host !== undefined && !hostMatches(r.host, host)) continue;
+                  if (r.contentType !== undefined && !contentTypeMatches(r.contentType, type)) continue;
+                  if (fixed !== undefined && r.fixed.length > 0) {
+                    if (fixed[i] === 0) fixed[i] = r.fixed.every((t) => t(ctx)) ? 1 : 2;
+                    if (fixed[i] === 2) continue;
+                  }
+                  break;
                 }
-                break;
+                const r = active[i];
+                if (r === undefined) continue;
+                if (r.scan) return r.decision;
+                skip ??= r.decision;
               }
-              const r = active[i];
-              if (r === undefined) continue;
-              if (r.scan) return r.decision;
-              skip ??= r.decision;
             }
-          }
         }
       }
       // Readings left out (a path written to have too many) may be the one that reaches an

@@ -254,6 +254,49 @@ describe('path', () => {
     expect(onlyDecides(cs({ regex: ['^/a$'] }), { target: '/a' })).toEqual(scanned('r'));
   });
 
+  // Campaign BJ2: case folding is one more reading beside the path as sent, not applied to
+  // it: a case-insensitive skip rule skips only a path whose as-sent spelling matches too
+  // (Fastify and Hono route /WEBHOOKS/x elsewhere than /webhooks/x); an enable-icap rule
+  // still matches every case.
+  it.each([
+    ['prefix', { prefix: ['/webhooks'] }, '/webhooks/a', '/WEBHOOKS/a'],
+    ['exact', { exact: ['/health'] }, '/health', '/Health'],
+    ['suffix', { suffix: ['.png'] }, '/a/b.png', '/a/b.PNG'],
+    ['contains', { contains: ['/public/'] }, '/x/public/y', '/x/Public/y'],
+    ['regex', { regex: ['^/webhooks/'] }, '/webhooks/a', '/WebHooks/a'],
+    ['string', '/webhooks', '/webhooks/a', '/wEbhooks/a'],
+    ['an entry in upper case', { prefix: ['/Webhooks'] }, '/Webhooks/a', '/webhooks/a'],
+  ] as const)('a case-insensitive %s skip skips only the spelling as written', (_n, path, same, other) => {
+    const rules: PolicyRule[] = [
+      { name: 'skip', match: { path: path as RuleMatch['path'] }, action: 'skip' },
+      { name: 'scan-rest', action: 'enable-icap' },
+    ];
+    expect(decide(rules, facts({ target: same }))).toEqual(skipped('skip'));
+    expect(decide(rules, facts({ target: other }))).toEqual(scanned('scan-rest'));
+    // Scanning side: an enable-icap rule of the same match scans either spelling.
+    const scan: PolicyRule[] = [
+      { name: 'scan', match: { path: path as RuleMatch['path'] }, action: 'enable-icap' },
+      { name: 'skip-rest', action: 'skip' },
+    ];
+    expect(decide(scan, facts({ target: same }))).toEqual(scanned('scan'));
+    expect(decide(scan, facts({ target: other }))).toEqual(scanned('scan'));
+  });
+
+  it('a negated case-insensitive enable-icap rule scans a spelling whose case differs from its entry', () => {
+    // "Scan everything outside /public": /PUBLIC/x is outside /public to a case-sensitive router.
+    const rules: PolicyRule[] = [
+      {
+        name: 'scan-outside-public',
+        match: { path: { prefix: ['/public'], negate: true } },
+        action: 'enable-icap',
+      },
+      { name: 'skip-public', action: 'skip' },
+    ];
+    expect(decide(rules, facts({ target: '/public/a' }))).toEqual(skipped('skip-public'));
+    expect(decide(rules, facts({ target: '/upload' }))).toEqual(scanned('scan-outside-public'));
+    expect(decide(rules, facts({ target: '/PUBLIC/a' }))).toEqual(scanned('scan-outside-public'));
+  });
+
   it('lists are ORed', () => {
     const m: RuleMatch = { path: { exact: ['/a'], prefix: ['/b/'], suffix: ['.c'], regex: ['^/d'] } };
     for (const target of ['/a', '/b/1', '/x.c', '/dd'])

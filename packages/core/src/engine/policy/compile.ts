@@ -98,32 +98,68 @@ export function compileStringMatch(
   if (STRING_MATCH_LISTS.every((k) => v[k] === undefined)) {
     fail(field, `needs at least one of ${STRING_MATCH_LISTS.join(', ')}`);
   }
-  const norm = (s: string) => (caseSensitive ? s : s.toLowerCase());
   const list = (
     key: 'exact' | 'prefix' | 'suffix' | 'contains',
     check?: (s: string) => string | undefined,
-  ) => (v[key] === undefined ? [] : stringList(v[key], `${field}.${key}`, check).map(norm));
+  ) => (v[key] === undefined ? [] : stringList(v[key], `${field}.${key}`, check));
+  // Each list as written (the as-sent reading's, and every reading's under caseSensitive) and
+  // lower-cased (the folded reading's); the regexes as configured (`i` unless caseSensitive:
+  // the folded reading's) and without `i` (the as-sent reading's).
   const exact = new Set(list('exact', slash));
   const prefixes = list('prefix', slash);
   const suffixes = list('suffix');
   const contains = list('contains');
-  const regexes =
+  const configured =
     v.regex === undefined
       ? []
       : stringList(v.regex, `${field}.regex`).map((src, i) =>
           compileRegex(src, caseSensitive, `${field}.regex[${i}]`),
         );
+  const written = {
+    exact,
+    prefixes,
+    suffixes,
+    contains,
+    regexes: caseSensitive ? configured : configured.map((re) => new RegExp(re.source)),
+  };
+  const lower = (l: readonly string[]) => l.map((s) => s.toLowerCase());
+  const folded = caseSensitive
+    ? written
+    : {
+        exact: new Set(lower([...written.exact])),
+        prefixes: lower(written.prefixes),
+        suffixes: lower(written.suffixes),
+        contains: lower(written.contains),
+        regexes: configured,
+      };
 
-  const test: TextTest = (value, lower) => {
-    const s = caseSensitive ? value : lower;
-    if (exact.has(s)) return true;
-    for (const p of prefixes) if (s.startsWith(p)) return true;
-    for (const p of suffixes) if (s.endsWith(p)) return true;
-    for (const p of contains) if (s.includes(p)) return true;
-    for (const re of regexes) if (re.test(value)) return true;
+  const test: TextTest = (value, lowerValue, fold) => {
+    const f = fold && !caseSensitive;
+    const s = f ? lowerValue : value;
+    const m = f ? folded : written;
+    if (m.exact.has(s)) return true;
+    for (const p of m.prefixes) if (s.startsWith(p)) return true;
+    for (const p of m.suffixes) if (s.endsWith(p)) return true;
+    for (const p of m.contains) if (s.includes(p)) return true;
+    for (const re of m.regexes) if (re.test(value)) return true;
     return false;
   };
-  return negate ? (value, lower) => !test(value, lower) : test;
+  return negate ? (value, lowerValue, fold) => !test(value, lowerValue, fold) : test;
+}
+
+/**
+ * Whether a StringMatch tells the as-sent and the folded reading of an all-lower-case value
+ * apart: it is case-insensitive and names an upper-case letter or has a regex. If not, the
+ * as-sent reading of a lower-case path need not be evaluated.
+ */
+export function foldsLowerCase(v: unknown): boolean {
+  if (typeof v === 'string') return v !== v.toLowerCase();
+  if (!isRecord(v) || v.caseSensitive === true) return false;
+  if (v.regex !== undefined) return true;
+  return STRING_MATCH_LISTS.some(
+    (k) =>
+      Array.isArray(v[k]) && (v[k] as unknown[]).some((s) => typeof s === 'string' && s !== s.toLowerCase()),
+  );
 }
 
 export function compileRegex(src: string, caseSensitive: boolean, field: string): RegExp {
@@ -250,7 +286,7 @@ export function compileCriteria(v: unknown, field: string, kind: 'headers' | 'qu
       if (present === false) return ({ facts }) => !facts.headers.has(name);
       if (value === undefined) return ({ facts }) => facts.headers.has(name);
       return ({ facts }) => {
-        for (const x of facts.headers.getAll(name)) if (value(x, x.toLowerCase())) return true;
+        for (const x of facts.headers.getAll(name)) if (value(x, x.toLowerCase(), true)) return true;
         return false;
       };
     }
@@ -258,7 +294,7 @@ export function compileCriteria(v: unknown, field: string, kind: 'headers' | 'qu
     if (value === undefined) return (ctx) => queryOf(ctx).has(name);
     return (ctx) => {
       const values = queryOf(ctx).get(name);
-      if (values !== undefined) for (const x of values) if (value(x, x.toLowerCase())) return true;
+      if (values !== undefined) for (const x of values) if (value(x, x.toLowerCase(), true)) return true;
       return false;
     };
   });

@@ -25,7 +25,14 @@ export interface StringMatch {
   contains?: readonly string[] | undefined;
   /** JavaScript regular expressions, unanchored (use ^ and $), at most 1000 characters each. */
   regex?: readonly string[] | undefined;
-  /** Default false. */
+  /**
+   * Default false. False: the entries match a value in any case for an `enable-icap` rule,
+   * but a `skip` rule skips a path only when it matches as sent too (the entries as written,
+   * regexes without `i`): case folding is one more reading beside the path as sent, and a
+   * request is skipped only when every reading skips, because case-sensitive routers (Fastify,
+   * Hono) send `/WEBHOOKS/x` elsewhere than `/webhooks/x`. Header and query values are
+   * compared case-insensitively. True: every reading compares as written.
+   */
   caseSensitive?: boolean | undefined;
   /** Inverts the match. */
   negate?: boolean | undefined;
@@ -132,8 +139,13 @@ export const ANY: readonly [undefined] = [undefined];
 // ---------------------------------------------------------------------------------------------
 // Compiled form
 
-/** A compiled text test; `lower` is `value.toLowerCase()`, computed once by the caller. */
-export type TextTest = (value: string, lower: string) => boolean;
+/**
+ * A compiled text test; `lower` is `value.toLowerCase()`, computed once by the caller. `fold`:
+ * the folded reading, where a case-insensitive match compares `lower` with its lower-cased
+ * entries (and its regexes with the `i` flag); otherwise (the as-sent reading) every match
+ * compares `value` with its entries as written.
+ */
+export type TextTest = (value: string, lower: string, fold: boolean) => boolean;
 
 export interface EvalContext {
   readonly facts: RequestFacts;

@@ -1,0 +1,105 @@
+/**
+ * Campaign BJ: readings the policy must make as sent, not only normalised.
+ * - BJ2: case folding is one more reading of a path, not applied to every reading. A
+ *   case-insensitive skip rule naming `/RAW` skipped `/raw` (its lower-cased reading matched)
+ *   although case-sensitive routers (Fastify, Koa's `ctx.path ===`, Hono) route `/RAW` and
+ *   `/raw` apart; now a skip needs the as-sent spelling to match too, while an `enable-icap`
+ *   rule still matches any case.
+ * Each case sends EICAR and asserts what the application saw: the status, whether the handler
+ * got the body, and the log's action.
+ */
+import type { IcapLog, IcapProfile, PolicyRule } from '@icapkit/core';
+import { eicar, type IcapTestServer, startIcapServer } from '@icapkit/testing';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { type App, type AppOptions, type Framework, startApp } from '../conformance/apps.js';
+import { send } from '../support/http-client.js';
+
+const FRAMEWORKS: Framework[] = ['express5', 'fastify', 'koa3'];
+const E = eicar().toString('latin1');
+
+let icap: IcapTestServer;
+beforeAll(async () => {
+  icap = await startIcapServer();
+});
+afterAll(() => icap?.close());
+
+const octet = { 'content-type': 'application/octet-stream' };
+
+describe.each(FRAMEWORKS)('%s', (framework) => {
+  let app: App | undefined;
+  let logs: IcapLog[] = [];
+  afterEach(async () => {
+    await app?.close();
+    app = undefined;
+    logs = [];
+    icap.reset();
+  });
+
+  async function start(rules: PolicyRule[], options: AppOptions = {}) {
+    const profile: IcapProfile = {
+      name: 'readings-bj',
+      poolGroup: icap.url(),
+      serviceUri: '/avscan',
+      startupCheck: 'off',
+      onLog: (l) => logs.push(l),
+      rules,
+    };
+    app = await startApp(framework, profile, options);
+    return app;
+  }
+
+  /** Whether any handler got EICAR, raw or parsed. */
+  const delivered = (a: App) =>
+    a.seen.some((s) => s.raw?.toString('latin1') === E || JSON.stringify(s.parsed ?? null).includes('EICAR'));
+
+  const skipThen = (path: NonNullable<PolicyRule['match']>['path']): PolicyRule[] => [
+    { name: 'skip-upper', match: { path }, action: 'skip' },
+    { name: 'scan-everything', action: 'enable-icap' },
+  ];
+
+  it.each([
+    ['prefix', { prefix: ['/RAW'] }],
+    ['exact', { exact: ['/Raw'] }],
+    ['suffix', { suffix: ['/RAW'] }],
+    ['contains', { contains: ['RAW'] }],
+    ['regex', { regex: ['^/RAW$'] }],
+    ['plain string', '/RAW'],
+  ] as const)(
+    'BJ2: a case-insensitive %s skip naming another case does not skip /raw: scanned (403)',
+    async (_n, path) => {
+      const a = await start(skipThen(path));
+      const r = await send(a.url, '/raw', { body: eicar(), headers: octet });
+      expect(r.status).toBe(403);
+      expect(delivered(a)).toBe(false);
+      expect(a.seen).toHaveLength(0);
+      expect(logs[0]).toMatchObject({ action: 'ICAP_BLOCKED', rule_name: 'scan-everything' });
+      // The scanning side stays case-insensitive: an enable-icap rule of the same match scans /raw.
+      await a.close();
+      app = undefined;
+      logs = [];
+      const b = await start([
+        { name: 'scan-upper', match: { path }, action: 'enable-icap' },
+        { name: 'skip-rest', action: 'skip' },
+      ]);
+      expect((await send(b.url, '/raw', { body: eicar(), headers: octet })).status).toBe(403);
+      expect(b.seen).toHaveLength(0);
+      expect(logs[0]).toMatchObject({ action: 'ICAP_BLOCKED', rule_name: 'scan-upper' });
+    },
+  );
+
+  it('BJ2: a /RAW spelling of a skipped /raw is never skipped; the spelling as written still is', async () => {
+    const a = await start(skipThen({ prefix: ['/raw'] }));
+    const upper = await send(a.url, '/RAW', { body: eicar(), headers: octet });
+    // Express routes /RAW to /raw (case-insensitive routing), Fastify and the Koa app to no
+    // route: scanned before either, by the rule that scans the rest.
+    expect(upper.status).toBe(403);
+    expect(delivered(a)).toBe(false);
+    expect(logs[0]).toMatchObject({ action: 'ICAP_BLOCKED', rule_name: 'scan-everything' });
+    // Control: the spelling the rule names is skipped, on every framework.
+    logs = [];
+    const same = await send(a.url, '/raw', { body: 'plain', headers: octet });
+    expect(same.status).toBe(200);
+    expect(a.seen.at(-1)?.raw?.toString()).toBe('plain');
+    expect(logs[0]).toMatchObject({ action: 'ICAP_DISABLED', rule_name: 'skip-upper' });
+  });
+});
