@@ -5,6 +5,9 @@
  *   although case-sensitive routers (Fastify, Koa's `ctx.path ===`, Hono) route `/RAW` and
  *   `/raw` apart; now a skip needs the as-sent spelling to match too, while an `enable-icap`
  *   rule still matches any case.
+ * - BJ3: a host skip rule matched the normalised Host (case, port, trailing dot dropped), which
+ *   find-my-way's host constraint and Express's `req.hostname` do not drop; now the Host is a
+ *   reading as sent too, and a skip applies only to the host written as the rule names it.
  * Each case sends EICAR and asserts what the application saw: the status, whether the handler
  * got the body, and the log's action.
  */
@@ -13,6 +16,7 @@ import { eicar, type IcapTestServer, startIcapServer } from '@icapkit/testing';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { type App, type AppOptions, type Framework, startApp } from '../conformance/apps.js';
 import { send } from '../support/http-client.js';
+import { rawExchange } from '../support/raw-http.js';
 
 const FRAMEWORKS: Framework[] = ['express5', 'fastify', 'koa3'];
 const E = eicar().toString('latin1');
@@ -102,4 +106,39 @@ describe.each(FRAMEWORKS)('%s', (framework) => {
     expect(a.seen.at(-1)?.raw?.toString()).toBe('plain');
     expect(logs[0]).toMatchObject({ action: 'ICAP_DISABLED', rule_name: 'skip-upper' });
   });
+
+  async function rawPost(a: App, host: string, body: Buffer) {
+    const r = await rawExchange(
+      a.url,
+      [
+        Buffer.concat([
+          Buffer.from(
+            `POST /raw HTTP/1.1\r\nHost: ${host}\r\nContent-Type: application/octet-stream\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n`,
+          ),
+          body,
+        ]),
+      ],
+      { responses: 1, waitMs: 5000 },
+    );
+    return r.responses[0]?.status;
+  }
+
+  const skipStatic: PolicyRule[] = [
+    { name: 'skip-static-host', match: { host: ['static.example.com'] }, action: 'skip' },
+    { name: 'scan-everything', action: 'enable-icap' },
+  ];
+
+  it.each(['STATIC.example.com', 'static.example.com.', 'static.example.com:8080'])(
+    'BJ3: Host %s, a spelling host routing may tell from the rule, is scanned (403)',
+    async (host) => {
+      const a = await start(skipStatic);
+      expect(await rawPost(a, host, eicar())).toBe(403);
+      expect(a.seen).toHaveLength(0);
+      expect(logs[0]).toMatchObject({ action: 'ICAP_BLOCKED', rule_name: 'scan-everything' });
+      // Control: Host static.example.com, as the rule names it, is skipped.
+      expect(await rawPost(a, 'static.example.com', Buffer.from('plain'))).toBe(200);
+      expect(a.seen[0]?.raw?.toString()).toBe('plain');
+      expect(logs[1]).toMatchObject({ action: 'ICAP_DISABLED', rule_name: 'skip-static-host' });
+    },
+  );
 });

@@ -32,7 +32,8 @@ import { ANY, NO_BODY, NO_MATCH, NO_RULES, PATH_READINGS_LIMIT } from './policy/
  * - the method as received, as named by method-override headers and `_method` query
  *   parameters, and every method a rule names for a body parsed into fields (`_method`);
  * - the host from the Host field, `:authority`, `X-Forwarded-Host` (first and last entry) and
- *   an absolute-form target; a host frameworks read differently reads as every host;
+ *   an absolute-form target, each normalised and as sent; a host frameworks read differently
+ *   reads as every host;
  * - every Content-Type field of the request, and what formidable reads it as (`/multipart/i`...).
  * The rule list runs once per reading and the request is scanned when ANY reading reaches an
  * 'enable-icap' rule: it is skipped only when every reading skips (or matches nothing). So a

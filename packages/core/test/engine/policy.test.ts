@@ -361,7 +361,42 @@ describe('host', () => {
     expect(
       decide(rules, facts({ host: 'static.example.com', target: 'http://app.example.com/upload' })),
     ).toEqual(scanned('scan-rest'));
-    expect(decide(rules, facts({ host: 'static.example.com:443' }))).toEqual(skipped('skip-static'));
+    expect(decide(rules, facts({ host: 'static.example.com' }))).toEqual(skipped('skip-static'));
+  });
+
+  // Campaign BJ3: find-my-way's host constraint compares Host as sent (case, port), Express's
+  // req.hostname keeps a trailing dot: a skip applies only to the host written as the rule
+  // names it; an enable-icap rule still matches every spelling (the table above).
+  it.each(['STATIC.example.com', 'static.example.com.', 'static.example.com:443', 'static.example.com:8080'])(
+    'a host skip rule does not skip Host %s, written otherwise than it names the host',
+    (host) => {
+      const rules: PolicyRule[] = [
+        { name: 'skip-static', match: { host: ['static.example.com'] }, action: 'skip' },
+        { name: 'scan-rest', action: 'enable-icap' },
+      ];
+      expect(decide(rules, facts({ host }))).toEqual(scanned('scan-rest'));
+    },
+  );
+
+  it('a host skip rule: suffix and IPv6 spellings as sent', () => {
+    const rules: PolicyRule[] = [
+      { name: 'skip-static', match: { host: ['*.cdn.test', '[2001:db8::1]'] }, action: 'skip' },
+      { name: 'scan-rest', action: 'enable-icap' },
+    ];
+    expect(decide(rules, facts({ host: 'eu.cdn.test' }))).toEqual(skipped('skip-static'));
+    expect(decide(rules, facts({ host: '[2001:db8::1]' }))).toEqual(skipped('skip-static'));
+    for (const host of [
+      'eu.CDN.test',
+      'eu.cdn.test:80',
+      'eu.cdn.test.',
+      '[2001:db8::1]:443',
+      '[2001:DB8::1]',
+    ])
+      expect(decide(rules, facts({ host }))).toEqual(scanned('scan-rest'));
+    // X-Forwarded-Host entries are read as sent too.
+    expect(
+      decide(rules, facts({ host: 'eu.cdn.test', headers: { 'x-forwarded-host': 'eu.CDN.test' } })),
+    ).toEqual(scanned('scan-rest'));
   });
 });
 
@@ -1483,8 +1518,10 @@ describe('readings applications make that the rules must cover (campaign-e)', ()
         ],
       });
     expect(decide(skipStatic, h2('api.example.com'))).toEqual(scanned('scan-everything'));
-    // Control: both name the skipped host (a port aside).
-    expect(decide(skipStatic, h2('static.example.com:8443'))).toEqual(skipped('skip-static-host'));
+    // Control: both name the skipped host.
+    expect(decide(skipStatic, h2('static.example.com'))).toEqual(skipped('skip-static-host'));
+    // A port is a spelling host routing may compare (campaign-bj BJ3): scanned.
+    expect(decide(skipStatic, h2('static.example.com:8443'))).toEqual(scanned('scan-everything'));
   });
 
   it.each([

@@ -43,7 +43,8 @@ export function methodReadings(facts: RequestFacts, known: ReadonlySet<string>):
 const FIELDS_BODY = /json|urlencoded|multipart|csp-report/i;
 
 /**
- * Every host an application may read the request as, normalized: the Host field (Express,
+ * Every host an application may read the request as, normalized and as sent (a bracketed IPv6
+ * literal without its brackets, as rules list it): the Host field (Express,
  * Fastify), `:authority` (Koa and @hono/node-server prefer it on HTTP/2), the first and the last
  * entry of `X-Forwarded-Host` (Express with `trust proxy` and Koa with `proxy` take the first,
  * Fastify with `trustProxy` the last: icapkit cannot know whether the application trusts it)
@@ -63,6 +64,13 @@ export function hostReadings(
     if (!isPlainHost(raw)) return false;
     const h = normalizeRequestHost(raw);
     if (!out.includes(h)) out.push(h);
+    // As sent too (campaign-bj BJ3): find-my-way's host constraint compares the field as sent
+    // (case, port), Express's req.hostname keeps a trailing dot, so a host rule's name does
+    // not reach the application's host routing in another spelling. A rule names a host in
+    // lower case without port or trailing dot: only that spelling matches it as sent (under a
+    // `*.domain` rule, the domain so spelt).
+    const sent = raw.charCodeAt(0) === 0x5b && raw.endsWith(']') ? raw.slice(1, -1) : raw;
+    if (!out.includes(sent)) out.push(sent);
     return true;
   };
   const headers = facts.headers;

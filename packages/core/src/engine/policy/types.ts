@@ -60,8 +60,11 @@ export interface RuleMatch {
   /** A string is a prefix match: `'/upload'` is `{ prefix: ['/upload'] }`. */
   path?: StringMatch | string | undefined;
   /**
-   * Exact host names (port ignored, case-insensitive); `*.example.com` matches subdomains. Read
-   * from Host, `:authority`, X-Forwarded-Host (first and last) and an absolute-form target.
+   * Exact host names (no port); `*.example.com` matches subdomains. Read from Host,
+   * `:authority`, X-Forwarded-Host (first and last) and an absolute-form target, each both
+   * normalised (lower case, no port or trailing dot) and as sent: an `enable-icap` rule matches
+   * the host in any case, with any port; a `skip` rule skips only a host written as it names it
+   * (lower case, no port, no trailing dot), since host routing may compare the field as sent.
    */
   host?: readonly string[] | undefined;
   headers?: readonly HeaderCriterion[] | undefined;
