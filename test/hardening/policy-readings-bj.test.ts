@@ -8,6 +8,8 @@
  * - BJ3: a host skip rule matched the normalised Host (case, port, trailing dot dropped), which
  *   find-my-way's host constraint and Express's `req.hostname` do not drop; now the Host is a
  *   reading as sent too, and a skip applies only to the host written as the rule names it.
+ * - BJ4: `application/csp-report`, a default JSON type of koa-body, @koa/bodyparser and
+ *   co-body, reads as `application/json` to contentType rules.
  * Each case sends EICAR and asserts what the application saw: the status, whether the handler
  * got the body, and the log's action.
  */
@@ -139,6 +141,31 @@ describe.each(FRAMEWORKS)('%s', (framework) => {
       expect(await rawPost(a, 'static.example.com', Buffer.from('plain'))).toBe(200);
       expect(a.seen[0]?.raw?.toString()).toBe('plain');
       expect(logs[1]).toMatchObject({ action: 'ICAP_DISABLED', rule_name: 'skip-static-host' });
+    },
+  );
+
+  const scanJson: PolicyRule[] = [
+    {
+      name: 'scan-json',
+      match: { method: ['POST'], contentType: ['application/json'] },
+      action: 'enable-icap',
+    },
+  ];
+  const parsers: Array<AppOptions['koaParser']> =
+    framework === 'koa3' ? ['koa-body', '@koa/bodyparser'] : [undefined];
+  it.each(parsers)(
+    'BJ4: application/csp-report is scanned by a contentType application/json rule (%s)',
+    async (koaParser) => {
+      const a = await start(scanJson, { koaParser });
+      const r = await send(a.url, '/json', {
+        body: JSON.stringify({ doc: E }),
+        headers: { 'content-type': 'application/csp-report' },
+      });
+      // Koa's parsers read it as JSON; Express's express.json() and Fastify have no parser
+      // for it: scanned by the JSON rule all the same.
+      expect(r.status).toBe(403);
+      expect(delivered(a)).toBe(false);
+      expect(logs[0]).toMatchObject({ action: 'ICAP_BLOCKED', rule_name: 'scan-json' });
     },
   );
 });

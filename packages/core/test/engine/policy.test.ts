@@ -1613,6 +1613,47 @@ describe('readings applications make that the rules must cover (campaign-e)', ()
     expect(decide(readme, facts({ headers: { 'content-type': 'text/plain' } }))).toEqual(NO_MATCH);
   });
 
+  // Campaign BJ4: co-body, koa-body and @koa/bodyparser parse application/csp-report as JSON
+  // by default (their other default JSON and form types mention json or urlencoded).
+  it('BJ4: every default JSON or form type of the Koa and Express parsers reads as that type', () => {
+    const scanJson: PolicyRule[] = [
+      {
+        name: 'scan-json',
+        match: { method: ['POST'], contentType: ['application/json'] },
+        action: 'enable-icap',
+      },
+      {
+        name: 'scan-form',
+        match: { contentType: ['application/x-www-form-urlencoded'] },
+        action: 'enable-icap',
+      },
+    ];
+    for (const ct of [
+      'application/csp-report',
+      'Application/CSP-Report; charset=utf-8',
+      'application/json-patch+json',
+      'application/vnd.api+json',
+      'application/reports+json',
+      'application/scim+json',
+    ])
+      expect(decide(scanJson, facts({ headers: { 'content-type': ct } })), ct).toEqual(scanned('scan-json'));
+    expect(
+      decide(
+        scanJson,
+        facts({ headers: { 'content-type': 'application/x-www-form-urlencoded; charset=utf-8' } }),
+      ),
+    ).toEqual(scanned('scan-form'));
+    const skipReports: PolicyRule[] = [
+      { name: 'skip-reports', match: { contentType: ['application/csp-report'] }, action: 'skip' },
+      { name: 'scan-json', match: { contentType: ['application/json'] }, action: 'enable-icap' },
+    ];
+    expect(decide(skipReports, facts({ headers: { 'content-type': 'application/csp-report' } }))).toEqual(
+      scanned('scan-json'),
+    );
+    // Control: a type no default parser reads as fields stays out of the JSON rule.
+    expect(decide(scanJson, facts({ headers: { 'content-type': 'application/pdf' } }))).toEqual(NO_MATCH);
+  });
+
   it('F5: an absolute-form target is also read from the first / after scheme://', () => {
     const readme: PolicyRule[] = [
       { name: 'skip-health', match: { path: { exact: ['/health'] } }, action: 'skip' },

@@ -136,8 +136,8 @@ export function hostMatches(test: HostTest, host: string | undefined): boolean {
  * The media type of every Content-Type field, each reduced to what the configured lists can
  * tell apart: a listed type, `major/*` for a listed major, `*∕*` for any other when a rule lists
  * `*∕*`, else undefined (like no Content-Type at all). Without a Content-Type: [undefined].
- * A value that mentions `multipart`, `json`, `urlencoded` or `octet-stream` anywhere (in a
- * parameter too) also reads as multipart/form-data, application/json,
+ * A value that mentions `multipart`, `json` (or `csp-report`), `urlencoded` or `octet-stream`
+ * anywhere (in a parameter too) also reads as multipart/form-data, application/json,
  * application/x-www-form-urlencoded or application/octet-stream: formidable picks its parser
  * with `/multipart/i`, `/json/i`, `/urlencoded/i` and `/octet-stream/i` on the whole value, so
  * `image/png; x=multipart; boundary=b` is a form to it (a request scanned for it is then
@@ -164,10 +164,16 @@ export function contentTypeReadings(facts: RequestFacts, known: ContentTypeTest)
   return out;
 }
 
-/** What formidable's plugins look for in a Content-Type value, and the type they parse it as. */
+/**
+ * What formidable's plugins look for in a Content-Type value, and the type they parse it as;
+ * and `csp-report`, a JSON type to co-body, koa-body and @koa/bodyparser by default (their
+ * other default JSON types, `application/json-patch+json`, `application/vnd.api+json`,
+ * `application/scim+json`, mention `json`) (campaign-bj BJ4).
+ */
 const PARSER_MENTIONS: ReadonlyArray<readonly [RegExp, string]> = [
   [/multipart/i, 'multipart/form-data'],
   [/json/i, 'application/json'],
+  [/csp-report/i, 'application/json'],
   [/urlencoded/i, 'application/x-www-form-urlencoded'],
   [/octet-stream/i, 'application/octet-stream'],
 ];
