@@ -47,6 +47,17 @@ function writeThenStall(at: number, write: () => void, ms: number): void {
   );
 }
 
+/** An OPTIONS answer whose opt-body never ends: 64 KiB every ms, for 6 s at most. */
+function endlessOptions(q: Req): void {
+  q.sock.write('ICAP/1.0 200 OK\r\nMethods: REQMOD\r\nISTag: "x1"\r\nEncapsulated: opt-body=0\r\n\r\n');
+  const piece = `10000\r\n${'z'.repeat(0x10000)}\r\n`;
+  const end = performance.now() + 6_000;
+  const t = setInterval(() => {
+    if (q.sock.destroyed || performance.now() > end) clearInterval(t);
+    else q.sock.write(piece);
+  }, 1);
+}
+
 /** The upload's echo (200, its request head and body) with the threat named in the trailer only. */
 function echoWithTrailerThreat(r: Req): string {
   const reqHdr = r.encap.toString('latin1');
@@ -317,6 +328,50 @@ describe('the deadlines before the answer', () => {
       expect(performance.now() - started).toBeLessThan(2_500);
       expect(app.seen).toHaveLength(0);
       expect(b.requests.filter((q) => q.method === 'REQMOD')).toHaveLength(1);
+    });
+
+    it(`${mode}, two servers: an endless OPTIONS body written fast holds the upload one stallTimeout more at most: the next server blocks it (campaign-bk BK1)`, async () => {
+      const a = await scripted((q) => q.sock.write(THREAT_ANSWER), { options: (q) => endlessOptions(q) });
+      const b = await scripted((q) => q.sock.write(THREAT_ANSWER));
+      cleanups.push(a.close, b.close);
+      const { app, post } = await withServers(a, b, {
+        failAction: mode,
+        responseTimeout: 3000,
+        connection: { stallTimeout: 300 },
+      });
+      const started = performance.now();
+      const res = await post('some upload');
+      expect(res.status).toBe(403);
+      expect(performance.now() - started).toBeLessThan(2_500);
+      expect(app.seen).toHaveLength(0);
+      expect(b.requests.filter((q) => q.method === 'REQMOD')).toHaveLength(1);
+    });
+
+    it(`${mode}: the health check's endless OPTIONS body ends the check within the request's responseTimeout (campaign-bk BK3)`, async () => {
+      let optionsSeen = 0;
+      // The second OPTIONS is the check's.
+      const a = await scripted((q) => q.sock.write(SERVER_500), {
+        options: (q, answer) => (++optionsSeen === 1 ? q.sock.write(answer) : endlessOptions(q)),
+      });
+      cleanups.push(a.close);
+      const app = await startApp('express5', {
+        name: 't',
+        poolGroup: a.url,
+        serviceUri: '/avscan',
+        failAction: mode,
+        responseTimeout: 3000,
+        connection: { stallTimeout: 300 },
+      } as IcapProfile);
+      cleanups.push(app.close);
+      const started = performance.now();
+      const res = await send(app.url, '/raw', {
+        method: 'POST',
+        headers: { 'content-type': 'application/octet-stream' },
+        body: UPLOAD,
+      });
+      // The check fails (its server broken as far as it can see): the failure action.
+      expect(res.status).toBe(mode === 'fail-open' ? 200 : 503);
+      expect(performance.now() - started).toBeLessThan(2_500);
     });
 
     it(`${mode}: the connection made during a stall past connectTimeout is used (BD4)`, async () => {

@@ -88,8 +88,9 @@ export class AttemptWatch {
   #responseBytes = 0;
   /** The hooks' count of what was read from the server when the watchdog fired. */
   #heardAtFire = 0;
-  /** The hooks' count of OPTIONS bytes when the watchdog fired. */
+  /** The hooks' count of OPTIONS bytes when the watchdog fired; whether they gave their one re-arm. */
   #optionsAtFire = 0;
+  #optionsRearmed = false;
   /** The watchdog fired. */
   stalled = false;
 
@@ -293,11 +294,14 @@ export class AttemptWatch {
     // What was read meanwhile for this attempt counts as progress (a step of its bytes; a kept-alive
     // connection the server closed that the client now replaces: campaign-bf BF4), and an attempt
     // still waiting for its connection waits on, as at the timer's own look (campaign-bh BH1), as
-    // does one not yet sent while a step of the server's OPTIONS answer came (BF4's OPTIONS form;
-    // a step: an answer trickled a byte at a time does not hold it, campaign-bi).
+    // does one not yet sent while a step of the server's OPTIONS answer came (BF4's OPTIONS form),
+    // once: enough to read an answer that came in time, not an endless one (campaign-bk BK1; a
+    // step: nor one trickled a byte at a time, campaign-bi).
     const read = (this.#hooks.heard ?? 0) - this.#heardAtFire >= PROGRESS_STEP;
-    const options = (this.#hooks.optionsRead ?? 0) - this.#optionsAtFire >= PROGRESS_STEP;
+    const options =
+      !this.#optionsRearmed && (this.#hooks.optionsRead ?? 0) - this.#optionsAtFire >= PROGRESS_STEP;
     if (read || (!this.#opened && (options || this.#busy()))) {
+      if (options && !read) this.#optionsRearmed = true;
       this.#arm();
       return;
     }
