@@ -303,6 +303,7 @@ export class IcapClient {
     signal: AbortSignal,
     queueTimeout?: number | undefined,
     abortWhat?: string | undefined,
+    onLease?: () => void,
   ): Promise<IcapResponse> {
     let fresh = false;
     let dropped: IcapError | undefined;
@@ -322,6 +323,7 @@ export class IcapClient {
           cause: err,
         });
       }
+      onLease?.();
       const tx = new Transaction(
         lease.connection,
         lease.reused,
@@ -373,6 +375,7 @@ export class IcapClient {
       },
     };
     const { signal, cleanup } = this.#requestSignal(undefined, this.#timeout, label, heard, false);
+    let leased = false;
     try {
       const encoded = encodeIcapRequest({
         method: 'OPTIONS',
@@ -394,6 +397,11 @@ export class IcapClient {
           heard,
         },
         signal,
+        undefined,
+        undefined,
+        () => {
+          leased = true;
+        },
       );
       res.body?.resume();
       await res.done;
@@ -426,9 +434,27 @@ export class IcapClient {
       }
       this.#pool.setServerLimit(opts.maxConnections);
       return opts;
+    } catch (err) {
+      throw leased ? err : this.#queuedOptions(err, label);
     } finally {
       cleanup();
     }
+  }
+
+  /**
+   * An OPTIONS fetch's timeout that came while it waited for a connection, every one of the
+   * server's busy: ICAP_ERR_SATURATED, as a request's wait for one is (the engine's
+   * waitedForConnection: busy is not broken, and never the failure action when HTTP clients held
+   * those connections; campaign-bk BK4), not the server's silence.
+   */
+  #queuedOptions(err: unknown, label: string): unknown {
+    const s = this.#pool.stats;
+    if (!(err instanceof IcapError) || err.code !== IcapErrorCodes.TIMEOUT || s.busy < s.limit) return err;
+    return new IcapError(
+      IcapErrorCodes.SATURATED,
+      `${label} got no connection: all ${s.limit} connections to ICAP server ${this.label} stayed busy (${err.message})`,
+      { cause: err },
+    );
   }
 
   /** A request's count for its timeout: its answer's bytes, and with `withOptions` the OPTIONS it may wait for. */
