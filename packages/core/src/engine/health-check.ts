@@ -167,6 +167,10 @@ export class HealthCheck {
       get optionsRead() {
         return client.optionsRead;
       },
+      // (The check's client is its own: every connection it made is the check's.)
+      get connected() {
+        return client.stats.created;
+      },
     });
     watch.start();
     try {

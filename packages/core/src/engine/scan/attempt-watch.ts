@@ -27,6 +27,11 @@ export interface WatchHooks {
   readonly heard?: number;
   /** Bytes of OPTIONS answers read from the server so far (IcapClient.optionsRead). */
   readonly optionsRead?: number;
+  /**
+   * Connections made so far for this attempt alone (a client of its own: the health check's). One
+   * made since the last look is progress before the attempt is sent (a slow TLS handshake).
+   */
+  readonly connected?: number;
 }
 
 const NO_HOOKS: WatchHooks = {};
@@ -91,6 +96,8 @@ export class AttemptWatch {
   /** The hooks' count of OPTIONS bytes when the watchdog fired; whether they gave their one re-arm. */
   #optionsAtFire = 0;
   #optionsRearmed = false;
+  /** The hooks' count of connections made, at the last look. */
+  #connectedSeen = 0;
   /** The watchdog fired. */
   stalled = false;
 
@@ -270,8 +277,11 @@ export class AttemptWatch {
     if (controller === null || this.#done || controller.signal.aborted) return;
     // Paused: the wait is the client's. Watching resumes with its next chunk.
     if (this.#paused) return;
-    // Perhaps still waiting for a connection: bounded elsewhere; look again later.
-    if (!this.#opened && this.#busy()) {
+    // Perhaps still waiting for a connection: bounded elsewhere; look again later. One made
+    // since the last look starts the wait for the server anew (campaign-bk BK2).
+    const connected = this.#hooks.connected ?? 0;
+    if (!this.#opened && (this.#busy() || connected !== this.#connectedSeen)) {
+      this.#connectedSeen = connected;
       this.#arm();
       return;
     }
