@@ -372,7 +372,9 @@ describe('engine details', () => {
     const r = await post(a.url, 'x');
     expect(r.status).toBe(451);
     expect(r.text).toBe(page);
-    expect(r.headers['x-policy']).toBe('p1');
+    expect(r.headers['content-type']).toBe('text/html');
+    // Only the fields a block page needs go out (campaign-bl BL1).
+    expect(r.headers['x-policy']).toBeUndefined();
     expect(r.headers['set-cookie']).toBeUndefined();
   });
 

@@ -248,13 +248,44 @@ describe.each(FRAMEWORKS)('%s', (framework) => {
     expect(logs[0]!.action).toBe('ICAP_MODIFIED');
   });
 
-  it("relayed block pages: the server's cookies, framing and hop-by-hop headers stay out; a 2xx page is still a 403", async () => {
+  it('a relayed block page without a Content-Type, or with one that is not text, goes out as text/plain (campaign-bl BL1)', async () => {
+    const a = await start({ blockResponse: 'relay' });
+    const page = '<script>document.title = "ran"</script>';
+    for (const type of ['', 'Content-Type: application/xhtml+xml\r\n', 'Content-Type: image/svg+xml\r\n']) {
+      const http = `HTTP/1.1 403 Forbidden\r\n${type}Content-Length: ${page.length}\r\n\r\n`;
+      icap.setScript((r) =>
+        r.method === 'OPTIONS'
+          ? undefined
+          : {
+              kind: 'raw',
+              response:
+                `ICAP/1.0 200 OK\r\nISTag: "T1"\r\nX-Infection-Found: Type=1; Resolution=2; Threat=Policy;\r\n` +
+                `Encapsulated: res-hdr=0, res-body=${Buffer.byteLength(http)}\r\n\r\n` +
+                `${http}${page.length.toString(16)}\r\n${page}\r\n0\r\n\r\n`,
+            },
+      );
+      const r = await send(a.url, '/raw', {
+        body: 'x',
+        headers: { 'content-type': 'application/octet-stream' },
+      });
+      expect(r.status, type).toBe(403);
+      expect(r.headers['content-type'], type).toBe('text/plain; charset=utf-8');
+      expect(r.headers['x-content-type-options'], type).toBe('nosniff');
+    }
+    expect(a.seen).toHaveLength(0);
+  });
+
+  it("relayed block pages: only Content-Type (text), Content-Language and Retry-After of the server's go out, sandboxed and never sniffed; a 2xx page is still a 403 (campaign-bl BL1)", async () => {
     const a = await start({ blockResponse: 'relay' });
     const page = '<p>blocked by policy</p>';
     const http =
       'HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 99999\r\nTransfer-Encoding: chunked\r\n' +
       'Set-Cookie: session=attacker\r\nConnection: close, X-Internal\r\nX-Internal: 10.0.0.5\r\n' +
-      'X-Block-Reason: policy\r\n\r\n';
+      'X-Block-Reason: policy\r\nContent-Language: en\r\nRetry-After: 120\r\nLocation: https://attacker.invalid/\r\n' +
+      'WWW-Authenticate: Basic realm="re-enter your password"\r\nClear-Site-Data: "cookies"\r\n' +
+      'Strict-Transport-Security: max-age=0\r\nNEL: {"report_to":"a","max_age":31536000}\r\n' +
+      'Access-Control-Allow-Origin: https://attacker.invalid\r\nContent-Disposition: attachment; filename="a.exe"\r\n' +
+      'X-Accel-Redirect: /internal/secret\r\nX-Odd: a\x01b\r\n\r\n';
     icap.setScript((r) =>
       r.method === 'OPTIONS'
         ? undefined
@@ -273,8 +304,26 @@ describe.each(FRAMEWORKS)('%s', (framework) => {
     expect(r.status).toBe(403);
     expect(r.text).toBe(page);
     expect(r.headers['content-length']).toBe(String(page.length));
-    expect(r.headers['x-block-reason']).toBe('policy');
-    for (const h of ['set-cookie', 'x-internal', 'transfer-encoding'])
+    expect(r.headers['content-type']).toBe('text/html');
+    expect(r.headers['content-language']).toBe('en');
+    expect(r.headers['retry-after']).toBe('120');
+    expect(r.headers['x-content-type-options']).toBe('nosniff');
+    expect(r.headers['content-security-policy']).toMatch(/^sandbox; default-src 'none'/);
+    for (const h of [
+      'set-cookie',
+      'x-internal',
+      'transfer-encoding',
+      'x-block-reason',
+      'location',
+      'www-authenticate',
+      'clear-site-data',
+      'strict-transport-security',
+      'nel',
+      'access-control-allow-origin',
+      'content-disposition',
+      'x-accel-redirect',
+      'x-odd',
+    ])
       expect(r.headers[h], h).toBeUndefined();
     expect(a.seen).toHaveLength(0);
   });

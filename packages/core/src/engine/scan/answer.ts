@@ -102,7 +102,13 @@ export async function latencyOf(res: IcapResponse, started: number): Promise<str
   return String(Math.round((await res.done).latencyMs));
 }
 
-/** The ICAP server's own block response, relayed with sanitised headers and a bounded body. */
+/**
+ * The ICAP server's own block response, relayed with a bounded body and only the fields a block
+ * page needs (campaign-bl BL1): a scanner, if compromised, must not set policy on the
+ * application's origin (a credential prompt, Clear-Site-Data, HSTS, NEL reporting, CORS, a
+ * download, a front proxy's X-Accel-Redirect), nor run script there: the page goes out as text
+ * (HTML or plain), sandboxed and never sniffed.
+ */
 export async function readRelay(res: IcapResponse): Promise<ClientResponse> {
   const http = res.httpResponse!;
   const chunks: Buffer[] = [];
@@ -118,20 +124,41 @@ export async function readRelay(res: IcapResponse): Promise<ClientResponse> {
     }
   }
   const body = n > MAX_RELAY_BODY ? Buffer.from('Blocked\n') : Buffer.concat(chunks, n);
+  // A blocked upload never looks accepted: a 2xx (or odd) page goes out as 403; a redirect stays.
+  const status = http.status >= 300 && http.status <= 599 ? http.status : 403;
+  let type = 'text/plain; charset=utf-8';
   const headers: Array<[string, string]> = [];
   for (const [name, value] of endToEndHeaders(http.headers)) {
     const key = name.toLowerCase();
-    if (RELAY_DROP.has(key) || !isToken(name) || !isSafeFieldValue(value)) continue;
-    headers.push([name, value]);
+    if (!RELAY_KEEP.has(key) || !isToken(name) || !sendable(value)) continue;
+    if (key === 'content-type') {
+      if (TEXT_PAGE.test(value)) type = value;
+    } else if (key !== 'location' || (status >= 300 && status < 400)) headers.push([name, value]);
   }
-  headers.push(['Content-Length', String(body.length)], ['Cache-Control', 'no-store']);
-  // A blocked upload never looks accepted: a 2xx (or odd) page goes out as 403; a redirect stays.
-  const status = http.status >= 300 && http.status <= 599 ? http.status : 403;
+  headers.push(
+    ['Content-Type', type],
+    ['Content-Length', String(body.length)],
+    ['Cache-Control', 'no-store'],
+    ['X-Content-Type-Options', 'nosniff'],
+    ['Content-Security-Policy', "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:"],
+  );
   return { status, headers, body };
 }
 
-/** Besides the hop-by-hop fields: what a relayed block page must not set on our response. */
-const RELAY_DROP = new Set(['content-length', 'set-cookie', 'cache-control']);
+/** The fields of a relayed block page that go out (Location with a redirect only). */
+const RELAY_KEEP = new Set(['content-type', 'content-language', 'retry-after', 'location']);
+/** A Content-Type kept as the server sent it: HTML or plain text (anything else goes out as text/plain). */
+const TEXT_PAGE = /^\s*text\/(?:html|plain)\s*(?:;|$)/i;
+
+/** A value Node sends as it is: HTAB, visible ASCII and bytes 0x80-0xFF (others make it throw, BL2). */
+function sendable(v: string): boolean {
+  for (let i = 0; i < v.length; i++) {
+    const c = v.charCodeAt(i);
+    if (c === 0x09) continue;
+    if (c < 0x20 || c === 0x7f || c > 0xff) return false;
+  }
+  return isSafeFieldValue(v);
+}
 
 /**
  * An answer saying the body could not be scanned (an error verdict marked `unscannable`: an
