@@ -115,11 +115,14 @@ export class Headers implements Iterable<[name: string, value: string]> {
     for (const f of this.#fields) yield [f.name, f.value];
   }
 
-  /** A plain object with lower-case names; repeated fields become arrays. */
+  /**
+   * An object without a prototype, lower-case names; repeated fields become arrays (a field named
+   * `constructor` or `__proto__` is a field like any other: campaign-bl BL8).
+   */
   toObject(): Record<string, string | string[]> {
-    const out: Record<string, string | string[]> = {};
+    const out: Record<string, string | string[]> = Object.create(null);
     for (const f of this.#fields) {
-      const prev = out[f.key];
+      const prev = Object.hasOwn(out, f.key) ? out[f.key] : undefined;
       if (prev === undefined) out[f.key] = f.value;
       else if (Array.isArray(prev)) prev.push(f.value);
       else out[f.key] = [prev, f.value];

@@ -144,3 +144,23 @@ describe('parseHeaderBlock', () => {
     }
   });
 });
+
+describe('Headers.toObject (campaign-bl BL8)', () => {
+  it('a field named constructor or __proto__ is a field like any other', () => {
+    const o = new Headers([
+      ['constructor', 'c1'],
+      ['__proto__', 'p1'],
+      ['__proto__', 'p2'],
+      ['X-A', '1'],
+    ]).toObject();
+    expect(Object.getPrototypeOf(o)).toBeNull();
+    expect(Object.keys(o)).toEqual(['constructor', '__proto__', 'x-a']);
+    expect(o.constructor).toBe('c1');
+    expect(o.__proto__).toEqual(['p1', 'p2']);
+    expect(JSON.parse(JSON.stringify(o))).toEqual({
+      constructor: 'c1',
+      ['__proto__']: ['p1', 'p2'],
+      'x-a': '1',
+    });
+  });
+});

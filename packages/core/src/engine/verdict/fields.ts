@@ -8,8 +8,13 @@ import type { Resolution, Violation } from './types.js';
 /** Longest text kept from a header value for a reason, a threat name or a violation field. */
 const MAX_TEXT = 1024;
 
-/** Control characters (C0 and DEL), replaced by spaces so log lines and header values stay one line. */
-const CONTROL = /[\u0000-\u001f\u007f]+/g;
+/**
+ * Control characters (C0 and DEL), replaced by spaces so log lines and header values stay one
+ * line; and the invisible marks that reorder or break text (bidi overrides and isolates, U+2028
+ * and U+2029: a threat or file name shown reversed on the block page, campaign-bl BL7). C1 stays:
+ * a UTF-8 name read byte for byte has its continuation bytes there.
+ */
+const CONTROL = /[\u0000-\u001f\u007f\u200e\u200f\u2028-\u202e\u2066-\u2069]+/g;
 
 /** Trimmed, control characters replaced by a space, bounded; undefined when nothing is left. */
 export function cleanText(value: string | undefined): string | undefined {

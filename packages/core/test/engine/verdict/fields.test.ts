@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import {
+  cleanText,
   contentDispositionFilename,
   lastPathSegment,
   parseInfectionFound,
@@ -108,5 +109,16 @@ describe('verdict field readers', () => {
     expect(parseTaskUuid('deadbeef')).toBeUndefined();
     expect(parseTaskUuid('0123456789abcdef0123456789abcdef/../x')).toBeUndefined();
     expect(parseTaskUuid('--')).toBeUndefined();
+  });
+});
+
+describe('cleanText (campaign-bl BL7)', () => {
+  it('replaces C0, DEL and the marks that reorder or break text with a space', () => {
+    expect(cleanText('Trojan\u202etxt.exe')).toBe('Trojan txt.exe');
+    expect(cleanText('a\u2066b\u2069c\u200ed\u2028e\u2029f\x00g\x7fh')).toBe('a b c d e f g h');
+    // C1 stays: the continuation bytes of a UTF-8 name read byte for byte.
+    expect(cleanText(Buffer.from('Kaspersky—Trojan', 'utf8').toString('latin1'))).toBe(
+      Buffer.from('Kaspersky—Trojan', 'utf8').toString('latin1'),
+    );
   });
 });
