@@ -47,7 +47,32 @@ describe('refusalOf', () => {
     [503, 'unavailable', 'ICAP_ERR_CONNECT'],
   ])('%i: %s', (status, reason, code) => {
     const r = refusalOf(outcome(status, { error_code: code, error_message: 'why' }));
-    expect(r).toMatchObject({ status, reason, code, message: 'why', expose: status < 500 });
+    // A 5xx's message names nothing of the ICAP side (campaign-bl BL3): the record has the detail.
+    const message = status < 500 ? 'why' : `Upload refused: ${reason} (${status})`;
+    expect(r).toMatchObject({ status, reason, code, message, expose: status < 500 });
+    expect(r.log.error_message).toBe('why');
+  });
+
+  it('a 4xx message quotes what the client sent without markup; a 5xx one names no server (campaign-bl BL3, BL4)', () => {
+    const name = '<img src=x onerror=alert(document.cookie)>&.txt';
+    const r = refusalOf(
+      outcome(413, {
+        error_code: 'ICAP_ERR_REQUEST_TOO_LARGE',
+        error_message: `file "${name}" is too large`,
+      }),
+    );
+    expect(r.message).toBe(
+      'file "\\u003cimg src=x onerror=alert(document.cookie)\\u003e\\u0026.txt" is too large',
+    );
+    expect(r.log.error_message).toContain(name);
+    const down = refusalOf(
+      outcome(503, {
+        error_code: 'ICAP_ERR_CONNECT',
+        error_message: 'cannot connect to ICAP server icap://10.0.0.5:1344',
+      }),
+    );
+    expect(down.message).toBe('Upload refused: unavailable (503)');
+    expect(new IcapRefusalError(down).message).not.toContain('10.0.0.5');
   });
 
   it('a threat is blocked whatever else the record says', () => {

@@ -32,7 +32,11 @@ export interface IcapRefusal {
   status: number;
   /** Stable code: ICAP_ERR_BLOCKED for a threat, else the error's (ICAP_ERR_REQUEST_TOO_LARGE, ICAP_ERR_CONNECT...). */
   code: IcapErrorCode;
-  /** A sentence about it; safe to show the client when `expose` is true (status below 500). */
+  /**
+   * A sentence about it; safe to show the client when `expose` is true (status below 500): plain
+   * text, `<`, `>` and `&` written as `\u003c`-style escapes. For a 5xx a sentence that names no
+   * server (the detail is in `log.error_message`).
+   */
   message: string;
   /** Whether `message` may be shown to the client (http-errors' rule: status below 500). */
   expose: boolean;
@@ -115,7 +119,12 @@ export function refusalOf(outcome: RespondOutcome): IcapRefusal {
       outcome.threat === undefined
         ? 'Upload blocked: the content scanner refused it'
         : `Upload blocked: the content scanner found ${outcome.threat}`;
-  else message = log.error_message ?? `Upload refused (${reason})`;
+  // A 5xx says nothing of the ICAP side (its address, its reason phrase) to the client, even where
+  // a framework shows the message whatever `expose` says (Fastify's default error handler:
+  // campaign-bl BL3); the record keeps the detail. What a 4xx quotes of the request is written
+  // so that no HTML can come of it (an application showing the message as a page, BL4).
+  else if (!expose) message = `Upload refused: ${reason} (${outcome.status})`;
+  else message = (log.error_message ?? `Upload refused (${reason})`).replace(HTML_SPECIAL, htmlSafe);
   return {
     reason,
     status: outcome.status,
@@ -129,6 +138,10 @@ export function refusalOf(outcome: RespondOutcome): IcapRefusal {
     closeConnection: outcome.closeConnection,
   };
 }
+
+/** Characters that make text markup, in a message a page may show: written as JSON escapes. */
+const HTML_SPECIAL = /[<>&]/g;
+const htmlSafe = (c: string) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`;
 
 const REFUSAL_BRAND = Symbol.for('icapkit.refusal-error');
 
