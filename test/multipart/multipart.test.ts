@@ -166,6 +166,21 @@ describe('one clean and one infected file in one form', () => {
     expect(logs[0]!.file_names).toHaveLength(100);
   });
 
+  it('a long file name is logged cut at 256 characters, and reaches the handler whole (campaign-bl BL5)', async () => {
+    app = await startApp('express5', profile({ onLog: (l) => logs.push(l) }));
+    const long = `${'n'.repeat(3000)}.txt`;
+    const form = multipart([{ name: 'f', filename: long, type: 'text/plain', data: Buffer.from('hello') }]);
+    const r = await send(app.url, '/multipart', {
+      body: form.body,
+      headers: { 'content-type': form.contentType },
+    });
+    expect(r.status).toBe(200);
+    expect(app.seen[0]!.files![0]!.name).toBe(long);
+    expect(logs[0]!.file_names).toEqual([`${'n'.repeat(256)}…`]);
+    expect(logs[0]!.request_logs.map((e) => e.file_name)).toEqual([`${'n'.repeat(256)}…`]);
+    expect(JSON.stringify(logs[0]).length).toBeLessThan(6000);
+  });
+
   it('UTF-8 file names reach the log, and the ICAP server in filename* (RFC 6266)', async () => {
     app = await startApp('express5', profile({ onLog: (l) => logs.push(l) }));
     const form = multipart([

@@ -106,7 +106,7 @@ export async function scanParts(scan: FormScan): Promise<ScanOutcome> {
       (r): r is PromiseFulfilledResult<PartResult> => r.status === 'fulfilled' && r.value.type === 'blocked',
     );
     if (threat !== undefined && err instanceof IcapError && err.code === IcapErrorCodes.MULTIPART) {
-      log.file_names = parts.filter((x) => x.kind === 'file').map((x) => x.fileName ?? '');
+      log.file_names = parts.filter((x) => x.kind === 'file').map((x) => loggedName(x.fileName ?? ''));
       log.significance.push('MULTIPART_REFUSED');
       log.error_code = err.code;
       log.error_message = err.message;
@@ -136,7 +136,7 @@ export async function scanParts(scan: FormScan): Promise<ScanOutcome> {
     disposeParts();
     throw e;
   }
-  log.file_names = parts.filter((x) => x.kind === 'file').map((x) => x.fileName ?? '');
+  log.file_names = parts.filter((x) => x.kind === 'file').map((x) => loggedName(x.fileName ?? ''));
   const clientHeaders = results.flatMap((r) => r.verdict?.client_headers ?? []);
   if (results.some((r) => r.verdict?.unscannable)) log.significance.push('UNSCANNABLE');
 
@@ -355,9 +355,19 @@ function isPlainName(name: string): boolean {
   return true;
 }
 
+/**
+ * A part's name as the record holds it: at most LOGGED_NAME characters (a form of many parts with
+ * long names made a record twice the request's size, one a log pipeline splits or drops:
+ * campaign-bl BL5).
+ */
+function loggedName(name: string): string {
+  return name.length > LOGGED_NAME ? `${name.slice(0, LOGGED_NAME)}…` : name;
+}
+const LOGGED_NAME = 256;
+
 /** Names a part's log entry and its violations after the part. */
 function nameEntry(entry: IcapRequestLog, part: Part): void {
-  const name = part.fileName ?? part.field;
+  const name = loggedName(part.fileName ?? part.field);
   entry.file_name = name;
   for (const v of entry.violations ?? []) if (v.file_name === '' || v.file_name === '-') v.file_name = name;
 }
