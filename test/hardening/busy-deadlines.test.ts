@@ -47,6 +47,16 @@ function writeThenStall(at: number, write: () => void, ms: number): void {
   );
 }
 
+/** An OPTIONS answer whose head never ends: a byte every ms, for 5 s at most. */
+function trickledOptions(q: Req): void {
+  q.sock.write('ICAP/1.0 200 OK\r\nMethods: REQMOD\r\nX-Slow: ');
+  let n = 0;
+  const t = setInterval(() => {
+    if (q.sock.destroyed || ++n > 5_000) clearInterval(t);
+    else q.sock.write('z');
+  }, 1);
+}
+
 /** An OPTIONS answer whose opt-body never ends: 64 KiB every ms, for 6 s at most. */
 function endlessOptions(q: Req): void {
   q.sock.write('ICAP/1.0 200 OK\r\nMethods: REQMOD\r\nISTag: "x1"\r\nEncapsulated: opt-body=0\r\n\r\n');
@@ -232,120 +242,71 @@ describe('the deadlines before the answer', () => {
       expect(app.seen.filter((x) => x.raw?.toString().includes('EICAR'))).toHaveLength(0);
     });
 
-    it(`${mode}: the health check after a 500 answered in time, read after a stall past its bound: the failure is the upload's (503, BD3)`, async () => {
-      let checks = 0;
-      const r = await twoOrOne(
-        (q) => {
-          if (!q.encap.includes('icapkit.invalid')) q.sock.write(SERVER_500);
-          else {
-            checks++;
-            writeThenStall(250, () => q.sock.write(CLEAN_204), 400);
-          }
-        },
-        { failAction: mode, responseTimeout: 3000, connection },
-        {},
-        false,
-      );
-      expect(r.res.status).toBe(503);
-      expect(r.app.seen).toHaveLength(0);
-      // Under fail-open the check runs, and finds the server answering.
-      expect(checks).toBe(mode === 'fail-open' ? 1 : 0);
-      if (mode === 'fail-open')
-        expect(r.logs[0]?.error_message).toContain('answered its health check afterwards');
-    });
-
-    it(`${mode}: the health check's OPTIONS answered in time, read after a stall past stallTimeout: the check is made (BF4's OPTIONS form)`, async () => {
-      let checks = 0;
-      let optionsSeen = 0;
-      const r = await twoOrOne(
-        (q) => {
-          if (!q.encap.includes('icapkit.invalid')) q.sock.write(SERVER_500);
-          else {
-            checks++;
-            q.sock.write(CLEAN_204);
-          }
-        },
-        { failAction: mode, responseTimeout: 3000, connection },
-        // The second OPTIONS is the check's (a client of its own).
-        {
-          options: (q, answer) =>
-            ++optionsSeen === 2 ? writeThenStall(100, () => q.sock.write(answer), 600) : q.sock.write(answer),
-        },
-        false,
-      );
-      expect(r.res.status).toBe(503);
-      expect(r.app.seen).toHaveLength(0);
-      expect(checks).toBe(mode === 'fail-open' ? 1 : 0);
-      if (mode === 'fail-open')
-        expect(r.logs[0]?.error_message).toContain('answered its health check afterwards');
-    });
-
-    it(`${mode}: the health check's OPTIONS and REQMOD each answered within stallTimeout, their sum past it: the server answered its check (campaign-bi BI3)`, async () => {
-      let checks = 0;
-      let optionsSeen = 0;
-      const r = await twoOrOne(
-        (q) => {
-          if (!q.encap.includes('icapkit.invalid')) q.sock.write(SERVER_500);
-          else {
-            checks++;
-            setTimeout(() => q.sock.write(CLEAN_204), 200);
-          }
-        },
-        { failAction: mode, responseTimeout: 3000, connection },
-        // The second OPTIONS is the check's.
-        { options: (q, answer) => setTimeout(() => q.sock.write(answer), ++optionsSeen === 2 ? 200 : 0) },
-        false,
-      );
-      expect(r.res.status).toBe(503);
-      expect(r.app.seen).toHaveLength(0);
-      expect(checks).toBe(mode === 'fail-open' ? 1 : 0);
-      if (mode === 'fail-open')
-        expect(r.logs[0]?.error_message).toContain('answered its health check afterwards');
-    });
-
-    it(`${mode}, two servers: an OPTIONS answer trickled a byte at a time does not hold the upload past stallTimeout: the next server blocks it (campaign-bi)`, async () => {
-      const a = await scripted((q) => q.sock.write(THREAT_ANSWER), {
-        options: (q) => {
-          q.sock.write('ICAP/1.0 200 OK\r\nMethods: REQMOD\r\nX-Slow: ');
-          let n = 0;
-          const t = setInterval(() => {
-            if (q.sock.destroyed || ++n > 5_000) clearInterval(t);
-            else q.sock.write('z');
-          }, 1);
-        },
+    // The upload answered 500; the server answers its health check, after a stall or slowly: the
+    // failure is the upload's (503). `check` answers the check's REQMOD, `options` the OPTIONS
+    // (the second one is the check's: a client of its own).
+    for (const [what, check, options] of [
+      [
+        'the health check after a 500 answered in time, read after a stall past its bound (BD3)',
+        (q: Req) => writeThenStall(250, () => q.sock.write(CLEAN_204), 400),
+        (q: Req, answer: string) => q.sock.write(answer),
+      ],
+      [
+        "the health check's OPTIONS answered in time, read after a stall past stallTimeout (BF4's OPTIONS form)",
+        (q: Req) => q.sock.write(CLEAN_204),
+        (q: Req, answer: string, nth: number) =>
+          nth === 2 ? writeThenStall(100, () => q.sock.write(answer), 600) : q.sock.write(answer),
+      ],
+      [
+        "the health check's OPTIONS and REQMOD each answered within stallTimeout, their sum past it (campaign-bi BI3)",
+        (q: Req) => setTimeout(() => q.sock.write(CLEAN_204), 200),
+        (q: Req, answer: string, nth: number) => setTimeout(() => q.sock.write(answer), nth === 2 ? 200 : 0),
+      ],
+    ] as const)
+      it(`${mode}: ${what}: the failure is the upload's (503)`, async () => {
+        let checks = 0;
+        let optionsSeen = 0;
+        const r = await twoOrOne(
+          (q) => {
+            if (!q.encap.includes('icapkit.invalid')) q.sock.write(SERVER_500);
+            else {
+              checks++;
+              check(q);
+            }
+          },
+          { failAction: mode, responseTimeout: 3000, connection },
+          { options: (q, answer) => options(q, answer, ++optionsSeen) },
+          false,
+        );
+        expect(r.res.status).toBe(503);
+        expect(r.app.seen).toHaveLength(0);
+        // Under fail-open the check runs, and finds the server answering.
+        expect(checks).toBe(mode === 'fail-open' ? 1 : 0);
+        if (mode === 'fail-open')
+          expect(r.logs[0]?.error_message).toContain('answered its health check afterwards');
       });
-      const b = await scripted((q) => q.sock.write(THREAT_ANSWER));
-      cleanups.push(a.close, b.close);
-      // connectTimeout at its default: the OPTIONS's own bound is responseTimeout.
-      const { app, post } = await withServers(a, b, {
-        failAction: mode,
-        responseTimeout: 3000,
-        connection: { stallTimeout: 300 },
-      });
-      const started = performance.now();
-      const res = await post('some upload');
-      expect(res.status).toBe(403);
-      expect(performance.now() - started).toBeLessThan(2_500);
-      expect(app.seen).toHaveLength(0);
-      expect(b.requests.filter((q) => q.method === 'REQMOD')).toHaveLength(1);
-    });
 
-    it(`${mode}, two servers: an endless OPTIONS body written fast holds the upload one stallTimeout more at most: the next server blocks it (campaign-bk BK1)`, async () => {
-      const a = await scripted((q) => q.sock.write(THREAT_ANSWER), { options: (q) => endlessOptions(q) });
-      const b = await scripted((q) => q.sock.write(THREAT_ANSWER));
-      cleanups.push(a.close, b.close);
-      const { app, post } = await withServers(a, b, {
-        failAction: mode,
-        responseTimeout: 3000,
-        connection: { stallTimeout: 300 },
+    for (const [what, options, id] of [
+      ['an OPTIONS answer trickled a byte at a time does not hold', trickledOptions, 'campaign-bi'],
+      ['an endless OPTIONS body written fast holds', endlessOptions, 'campaign-bk BK1'],
+    ] as const)
+      it(`${mode}, two servers: ${what} the upload one stallTimeout more at most: the next server blocks it (${id})`, async () => {
+        const a = await scripted((q) => q.sock.write(THREAT_ANSWER), { options: (q) => options(q) });
+        const b = await scripted((q) => q.sock.write(THREAT_ANSWER));
+        cleanups.push(a.close, b.close);
+        // connectTimeout at its default: the OPTIONS's own bound is responseTimeout.
+        const { app, post } = await withServers(a, b, {
+          failAction: mode,
+          responseTimeout: 3000,
+          connection: { stallTimeout: 300 },
+        });
+        const started = performance.now();
+        const res = await post('some upload');
+        expect(res.status).toBe(403);
+        expect(performance.now() - started).toBeLessThan(2_500);
+        expect(app.seen).toHaveLength(0);
+        expect(b.requests.filter((q) => q.method === 'REQMOD')).toHaveLength(1);
       });
-      const started = performance.now();
-      const res = await post('some upload');
-      expect(res.status).toBe(403);
-      expect(performance.now() - started).toBeLessThan(2_500);
-      expect(app.seen).toHaveLength(0);
-      expect(b.requests.filter((q) => q.method === 'REQMOD')).toHaveLength(1);
-    });
 
     it(`${mode}: the health check's endless OPTIONS body ends the check within the request's responseTimeout (campaign-bk BK3)`, async () => {
       let optionsSeen = 0;
