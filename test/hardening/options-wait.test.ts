@@ -41,7 +41,7 @@ async function until(check: () => boolean, ms: number, what: string): Promise<vo
   }
 }
 
-/** A server whose OPTIONS last 1 s: a body holding `SLOW` is answered after 4 s, EICAR is blocked. */
+/** A server whose OPTIONS last 1 s (answered in 40 ms): a body holding `SLOW` is answered after 4 s, EICAR is blocked. */
 async function server() {
   const timers: NodeJS.Timeout[] = [];
   const s = await scripted(
@@ -50,7 +50,12 @@ async function server() {
         timers.push(setTimeout(() => q.sock.destroyed || q.sock.write(CLEAN_204), 4000));
       else q.sock.write(q.body.includes('EICAR') ? THREAT_ANSWER : CLEAN_204);
     },
-    { optionsHeaders: 'Options-TTL: 1\r\n' },
+    {
+      optionsHeaders: 'Options-TTL: 1\r\n',
+      // A server's usual OPTIONS latency (a fetch that gets its connection just before its bound
+      // has its answer after it).
+      options: (q, answer) => timers.push(setTimeout(() => q.sock.destroyed || q.sock.write(answer), 40)),
+    },
   );
   cleanups.push(s.close, () => timers.forEach(clearTimeout));
   return s;
@@ -90,52 +95,66 @@ describe.each(['express5', 'fastify', 'koa3'] as Framework[])(
       expect((await slow).status).toBe(200);
     }, 20_000);
 
-    it('held by HTTP clients still sending their uploads: 503 ICAP_ERR_SATURATED, never the handler', async () => {
-      const a = await server();
-      const logs: IcapLog[] = [];
-      // Two connections, both of which uploads still arriving may hold (maxStreamingUploads).
-      const app = await startApp(framework, {
-        name: 't',
-        poolGroup: a.url,
-        ...PROFILE,
-        connection: { ...PROFILE.connection, maxConnections: 2 },
-        maxStreamingUploads: 2,
-        onLog: (l: IcapLog) => logs.push(l),
-      } as IcapProfile);
-      cleanups.push(app.close);
-      const u = new URL(app.url);
-      for (let i = 0; i < 2; i++) {
-        const held: Socket = connect(Number(u.port), u.hostname);
-        held.on('error', () => {});
-        // Past holdBodySize at once (it streams, holding a connection), then 2000 bytes every 100 ms.
-        held.write(
-          `POST /raw HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 400000\r\n\r\n${'a'.repeat(100_000)}`,
+    for (const letGo of [false, true])
+      it(`held by HTTP clients still sending their uploads${letGo ? ', one let go just before the OPTIONS bound (campaign-bm BM1)' : ''}: never the failure action, never the handler`, async () => {
+        const a = await server();
+        const logs: IcapLog[] = [];
+        // Two connections, both of which uploads still arriving may hold (maxStreamingUploads).
+        const app = await startApp(framework, {
+          name: 't',
+          poolGroup: a.url,
+          ...PROFILE,
+          connection: { ...PROFILE.connection, maxConnections: 2 },
+          maxStreamingUploads: 2,
+          onLog: (l: IcapLog) => logs.push(l),
+        } as IcapProfile);
+        cleanups.push(app.close);
+        const u = new URL(app.url);
+        const holders: Socket[] = [];
+        for (let i = 0; i < 2; i++) {
+          const held: Socket = connect(Number(u.port), u.hostname);
+          held.on('error', () => {});
+          holders.push(held);
+          // Past holdBodySize at once (it streams, holding a connection), then 2000 bytes every 100 ms.
+          held.write(
+            `POST /raw HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 400000\r\n\r\n${'a'.repeat(100_000)}`,
+          );
+          let n = 0;
+          const feed = setInterval(
+            () => (++n > 70 || held.destroyed ? clearInterval(feed) : held.write('a'.repeat(2000))),
+            100,
+          );
+          cleanups.push(() => {
+            clearInterval(feed);
+            held.destroy();
+          });
+        }
+        await until(
+          () => app.engine.status()[0]?.connections.busy === 2,
+          5_000,
+          'the held uploads on both connections',
         );
-        let n = 0;
-        const feed = setInterval(
-          () => (++n > 70 || held.destroyed ? clearInterval(feed) : held.write('a'.repeat(2000))),
-          100,
-        );
-        cleanups.push(() => {
-          clearInterval(feed);
-          held.destroy();
+        await new Promise((r) => setTimeout(r, 1_100));
+        const res = send(app.url, '/raw', {
+          headers: { 'content-type': 'application/octet-stream' },
+          body: eicar(),
+          timeoutMs: 10_000,
         });
-      }
-      await until(
-        () => app.engine.status()[0]?.connections.busy === 2,
-        5_000,
-        'the held uploads on both connections',
-      );
-      await new Promise((r) => setTimeout(r, 1_100));
-      const res = await send(app.url, '/raw', {
-        headers: { 'content-type': 'application/octet-stream' },
-        body: eicar(),
-        timeoutMs: 10_000,
-      });
-      expect(res.status).toBe(503);
-      expect(app.seen.filter((s) => s.raw?.includes('EICAR'))).toHaveLength(0);
-      const log = logs.find((l) => l.error_code === 'ICAP_ERR_SATURATED');
-      expect(log?.significance).not.toContain('FAIL_OPEN');
-    }, 20_000);
+        if (letGo) {
+          // The OPTIONS queued; 20 ms before its 2 s bound a holder goes: the fetch gets a
+          // connection, its answer comes after the bound.
+          await until(
+            () => (app.engine.status()[0]?.connections.pending ?? 0) >= 1,
+            3_000,
+            'the OPTIONS queued',
+          );
+          await new Promise((r) => setTimeout(r, 2_000 - 20));
+          holders[0]!.destroy();
+        }
+        // Let go: blocked, or 503 when the OPTIONS came too late (never the failure action).
+        expect(letGo ? [403, 503] : [503]).toContain((await res).status);
+        expect(app.seen.filter((s) => s.raw?.includes('EICAR'))).toHaveLength(0);
+        for (const l of logs) expect(l.significance).not.toContain('FAIL_OPEN');
+      }, 20_000);
   },
 );
