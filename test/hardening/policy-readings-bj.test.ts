@@ -63,6 +63,32 @@ describe.each(FRAMEWORKS)('%s', (framework) => {
     { name: 'scan-everything', action: 'enable-icap' },
   ];
 
+  it('BM2: a skip prefix is a whole path segment: a skip on /ra does not skip /raw (scanned, 403)', async () => {
+    const a = await start(skipThen({ prefix: ['/ra'] }));
+    const r = await send(a.url, '/raw', { body: eicar(), headers: octet });
+    expect(r.status).toBe(403);
+    expect(delivered(a)).toBe(false);
+    expect(logs[0]?.action).toBe('ICAP_BLOCKED');
+  });
+
+  it('BM3: a skip on a header value skips it as sent, every value: GitHub, or a list of github and another, is scanned (403)', async () => {
+    const a = await start([
+      { name: 'skip-github', match: { headers: [{ name: 'X-Source', value: 'github' }] }, action: 'skip' },
+      { name: 'scan-everything', action: 'enable-icap' },
+    ]);
+    for (const source of ['GitHub', 'github, other']) {
+      const r = await send(a.url, '/raw', { body: eicar(), headers: { ...octet, 'x-source': source } });
+      expect(r.status, source).toBe(403);
+    }
+    expect(delivered(a)).toBe(false);
+    const ok = await send(a.url, '/raw', {
+      body: Buffer.from('hello'),
+      headers: { ...octet, 'x-source': 'github' },
+    });
+    expect(ok.status).toBe(200);
+    expect(logs.at(-1)?.action).toBe('ICAP_DISABLED');
+  });
+
   it.each([
     ['prefix', { prefix: ['/RAW'] }],
     ['exact', { exact: ['/Raw'] }],

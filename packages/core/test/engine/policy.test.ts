@@ -297,6 +297,74 @@ describe('path', () => {
     expect(decide(rules, facts({ target: '/PUBLIC/a' }))).toEqual(scanned('scan-outside-public'));
   });
 
+  // Campaign BM2: a skip rule's path prefix matches whole segments (routers send /webhooksx/a,
+  // /webhooks-evil/a and /webhooks;x/a elsewhere than /webhooks/a); an enable rule's, and a
+  // negated skip's inner test, any string prefix.
+  it('a skip prefix matches whole path segments; an enable prefix any string prefix (campaign-bm BM2)', () => {
+    const rules: PolicyRule[] = [
+      { name: 'skip', match: { path: { prefix: ['/webhooks'] } }, action: 'skip' },
+      { name: 'scan-rest', action: 'enable-icap' },
+    ];
+    for (const t of ['/webhooks', '/webhooks/a', '/webhooks?x=1'])
+      expect(decide(rules, facts({ target: t })), t).toEqual(skipped('skip'));
+    for (const t of ['/webhooksx/a', '/webhooks-evil/a', '/webhooks;x/a', '/webhooks.json'])
+      expect(decide(rules, facts({ target: t })), t).toEqual(scanned('scan-rest'));
+    // A prefix written with its '/' matches below it only.
+    const slash: PolicyRule[] = [
+      { name: 'skip', match: { path: '/static/' }, action: 'skip' },
+      { name: 'scan-rest', action: 'enable-icap' },
+    ];
+    expect(decide(slash, facts({ target: '/static/a.css' }))).toEqual(skipped('skip'));
+    expect(decide(slash, facts({ target: '/staticx/a' }))).toEqual(scanned('scan-rest'));
+    // Scanning side: any string prefix.
+    expect(decide(only({ path: '/api' }), facts({ target: '/apix/upload' }))).toEqual(scanned('r'));
+    // A negated skip ("skip everything outside /public"): /publicx is not skipped as outside.
+    const outside: PolicyRule[] = [
+      { name: 'skip-outside', match: { path: { prefix: ['/public'], negate: true } }, action: 'skip' },
+      { name: 'scan-rest', action: 'enable-icap' },
+    ];
+    expect(decide(outside, facts({ target: '/other/a' }))).toEqual(skipped('skip-outside'));
+    expect(decide(outside, facts({ target: '/publicx/a' }))).toEqual(scanned('scan-rest'));
+  });
+
+  // Campaign BM3: a skip rule's header or query value matches only when every value of the field
+  // or parameter does, as sent; an enable rule's when any does, in any case.
+  it('a skip rule needs every value of a header or parameter to match as sent; an enable rule any, in any case (campaign-bm BM3)', () => {
+    const rules: PolicyRule[] = [
+      {
+        name: 'skip',
+        match: {
+          headers: [{ name: 'X-Source', value: 'github' }],
+          query: [{ name: 'type', value: 'webhook' }],
+        },
+        action: 'skip',
+      },
+      { name: 'scan-rest', action: 'enable-icap' },
+    ];
+    const f = (source: string | string[], target: string) =>
+      facts({ headers: { 'x-source': source }, target });
+    expect(decide(rules, f('github', '/u?type=webhook'))).toEqual(skipped('skip'));
+    expect(decide(rules, f('GitHub', '/u?type=webhook'))).toEqual(scanned('scan-rest'));
+    expect(decide(rules, f('github', '/u?type=WEBHOOK'))).toEqual(scanned('scan-rest'));
+    expect(decide(rules, f('github', '/u?type=webhook&type=upload'))).toEqual(scanned('scan-rest'));
+    expect(decide(rules, f(['github', 'other'], '/u?type=webhook'))).toEqual(scanned('scan-rest'));
+    const scan = only({ headers: [{ name: 'X-Source', value: 'github' }] });
+    expect(decide(scan, f(['other', 'GitHub'], '/u'))).toEqual(scanned('r'));
+    // A negated value in a skip rule ("skip when the source is not internal"): compared in any
+    // case, every value.
+    const notInternal: PolicyRule[] = [
+      {
+        name: 'skip',
+        match: { headers: [{ name: 'X-Source', value: { exact: ['internal'], negate: true } }] },
+        action: 'skip',
+      },
+      { name: 'scan-rest', action: 'enable-icap' },
+    ];
+    expect(decide(notInternal, f('partner', '/u'))).toEqual(skipped('skip'));
+    expect(decide(notInternal, f('INTERNAL', '/u'))).toEqual(scanned('scan-rest'));
+    expect(decide(notInternal, f(['partner', 'internal'], '/u'))).toEqual(scanned('scan-rest'));
+  });
+
   it('lists are ORed', () => {
     const m: RuleMatch = { path: { exact: ['/a'], prefix: ['/b/'], suffix: ['.c'], regex: ['^/d'] } };
     for (const target of ['/a', '/b/1', '/x.c', '/dd'])

@@ -81,13 +81,14 @@ export function compileStringMatch(
   field: string,
   plain: 'exact' | 'prefix',
   isPath: boolean,
+  skips = false,
 ): TextTest {
   const slash = (s: string) =>
     isPath && !s.startsWith('/') && s !== '*' ? "must start with '/'" : undefined;
   if (typeof v === 'string') {
     const problem = slash(v);
     if (problem !== undefined) fail(field, `${problem} (got ${show(v)})`);
-    return compileStringMatch({ [plain]: [v] }, field, plain, isPath);
+    return compileStringMatch({ [plain]: [v] }, field, plain, isPath, skips);
   }
   if (!isRecord(v)) {
     fail(field, `must be a string or an object { ${STRING_MATCH_KEYS.join(', ')} } (got ${show(v)})`);
@@ -95,6 +96,10 @@ export function compileStringMatch(
   checkKeys(v, STRING_MATCH_KEYS, field, 'a string match');
   const caseSensitive = optionalBoolean(v.caseSensitive, `${field}.caseSensitive`) ?? false;
   const negate = optionalBoolean(v.negate, `${field}.negate`) ?? false;
+  // A skip rule's path prefix matches whole segments only (`/webhooks` is not `/webhooksx` nor
+  // `/webhooks;x`, which routers send elsewhere: campaign-bm BM2); an enable rule's, or a negated
+  // skip's inner test, any string prefix (matching more scans more).
+  const segments = isPath && skips !== negate;
   if (STRING_MATCH_LISTS.every((k) => v[k] === undefined)) {
     fail(field, `needs at least one of ${STRING_MATCH_LISTS.join(', ')}`);
   }
@@ -138,13 +143,18 @@ export function compileStringMatch(
     const s = f ? lowerValue : value;
     const m = f ? folded : written;
     if (m.exact.has(s)) return true;
-    for (const p of m.prefixes) if (s.startsWith(p)) return true;
+    for (const p of m.prefixes) if (s.startsWith(p) && (!segments || atSegment(s, p))) return true;
     for (const p of m.suffixes) if (s.endsWith(p)) return true;
     for (const p of m.contains) if (s.includes(p)) return true;
     for (const re of m.regexes) if (re.test(value)) return true;
     return false;
   };
   return negate ? (value, lowerValue, fold) => !test(value, lowerValue, fold) : test;
+}
+
+/** Whether prefix `p` of `s` ends at a segment boundary: at a '/' of its own, or before one, or at the end. */
+function atSegment(s: string, p: string): boolean {
+  return p.endsWith('/') || s.length === p.length || s.charCodeAt(p.length) === 0x2f;
 }
 
 /**
@@ -261,7 +271,12 @@ export function clientAddress(
   return { address: ip, family: version === 4 ? 'ipv4' : 'ipv6' };
 }
 
-export function compileCriteria(v: unknown, field: string, kind: 'headers' | 'query'): FixedTest[] {
+export function compileCriteria(
+  v: unknown,
+  field: string,
+  kind: 'headers' | 'query',
+  skips = false,
+): FixedTest[] {
   const shape = '{ name, present, value }';
   if (!Array.isArray(v) || v.length === 0)
     fail(field, `must be a non-empty array of ${shape} (got ${show(v)})`);
@@ -281,22 +296,24 @@ export function compileCriteria(v: unknown, field: string, kind: 'headers' | 'qu
       fail(`${cf}.value`, 'cannot be combined with present: false');
     }
     const value =
-      c.value === undefined ? undefined : compileStringMatch(c.value, `${cf}.value`, 'exact', false);
+      c.value === undefined ? undefined : compileStringMatch(c.value, `${cf}.value`, 'exact', false, skips);
+    // A skip rule's value matches a field or parameter only when every value of it does, each as
+    // sent (an application may read the first, the last, or compare case: campaign-bm BM3); an
+    // enable rule's, when any does in either case.
+    const fold = skips === (isRecord(c.value) && c.value.negate === true);
+    const matches = (values: readonly string[] | undefined): boolean => {
+      if (values === undefined || values.length === 0) return false;
+      for (const x of values) if (value!(x, x.toLowerCase(), fold) !== skips) return !skips;
+      return skips;
+    };
     if (kind === 'headers') {
       if (present === false) return ({ facts }) => !facts.headers.has(name);
       if (value === undefined) return ({ facts }) => facts.headers.has(name);
-      return ({ facts }) => {
-        for (const x of facts.headers.getAll(name)) if (value(x, x.toLowerCase(), true)) return true;
-        return false;
-      };
+      return ({ facts }) => matches(facts.headers.getAll(name));
     }
     if (present === false) return (ctx) => !queryOf(ctx).has(name);
     if (value === undefined) return (ctx) => queryOf(ctx).has(name);
-    return (ctx) => {
-      const values = queryOf(ctx).get(name);
-      if (values !== undefined) for (const x of values) if (value(x, x.toLowerCase(), true)) return true;
-      return false;
-    };
+    return (ctx) => matches(queryOf(ctx).get(name));
   });
 }
 
@@ -337,12 +354,12 @@ export function compileRule(rule: unknown, rf: string, names: Map<string, string
   checkKeys(m, MATCH_KEYS, mf, "a rule's match");
   const fixed: FixedTest[] = [];
   if (m.method !== undefined) compiled.methods = compileMethods(m.method, `${mf}.method`);
-  if (m.path !== undefined) compiled.path = compileStringMatch(m.path, `${mf}.path`, 'prefix', true);
+  if (m.path !== undefined) compiled.path = compileStringMatch(m.path, `${mf}.path`, 'prefix', true, !scan);
   if (m.host !== undefined) compiled.host = compileHosts(m.host, `${mf}.host`);
-  if (m.headers !== undefined) fixed.push(...compileCriteria(m.headers, `${mf}.headers`, 'headers'));
+  if (m.headers !== undefined) fixed.push(...compileCriteria(m.headers, `${mf}.headers`, 'headers', !scan));
   if (m.contentType !== undefined)
     compiled.contentType = compileContentTypes(m.contentType, `${mf}.contentType`);
-  if (m.query !== undefined) fixed.push(...compileCriteria(m.query, `${mf}.query`, 'query'));
+  if (m.query !== undefined) fixed.push(...compileCriteria(m.query, `${mf}.query`, 'query', !scan));
   if (m.clientIp !== undefined) fixed.push(compileClientIps(m.clientIp, `${mf}.clientIp`));
   compiled.fixed = fixed;
   return compiled;
