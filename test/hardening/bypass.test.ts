@@ -248,26 +248,28 @@ describe.each(FRAMEWORKS)('%s', (framework) => {
     expect(logs[0]!.action).toBe('ICAP_MODIFIED');
   });
 
+  /** An upload the server blocks with its own page (`http`, its head; `page`, its body). */
+  async function blockedWithPage(a: { url: string }, http: string, page: string) {
+    icap.setScript((r) =>
+      r.method === 'OPTIONS'
+        ? undefined
+        : {
+            kind: 'raw',
+            response:
+              `ICAP/1.0 200 OK\r\nISTag: "T1"\r\nX-Infection-Found: Type=1; Resolution=2; Threat=Policy;\r\n` +
+              `Encapsulated: res-hdr=0, res-body=${Buffer.byteLength(http)}\r\n\r\n` +
+              `${http}${page.length.toString(16)}\r\n${page}\r\n0\r\n\r\n`,
+          },
+    );
+    return send(a.url, '/raw', { body: 'x', headers: { 'content-type': 'application/octet-stream' } });
+  }
+
   it('a relayed block page without a Content-Type, or with one that is not text, goes out as text/plain (campaign-bl BL1)', async () => {
     const a = await start({ blockResponse: 'relay' });
     const page = '<script>document.title = "ran"</script>';
     for (const type of ['', 'Content-Type: application/xhtml+xml\r\n', 'Content-Type: image/svg+xml\r\n']) {
       const http = `HTTP/1.1 403 Forbidden\r\n${type}Content-Length: ${page.length}\r\n\r\n`;
-      icap.setScript((r) =>
-        r.method === 'OPTIONS'
-          ? undefined
-          : {
-              kind: 'raw',
-              response:
-                `ICAP/1.0 200 OK\r\nISTag: "T1"\r\nX-Infection-Found: Type=1; Resolution=2; Threat=Policy;\r\n` +
-                `Encapsulated: res-hdr=0, res-body=${Buffer.byteLength(http)}\r\n\r\n` +
-                `${http}${page.length.toString(16)}\r\n${page}\r\n0\r\n\r\n`,
-            },
-      );
-      const r = await send(a.url, '/raw', {
-        body: 'x',
-        headers: { 'content-type': 'application/octet-stream' },
-      });
+      const r = await blockedWithPage(a, http, page);
       expect(r.status, type).toBe(403);
       expect(r.headers['content-type'], type).toBe('text/plain; charset=utf-8');
       expect(r.headers['x-content-type-options'], type).toBe('nosniff');
@@ -286,21 +288,7 @@ describe.each(FRAMEWORKS)('%s', (framework) => {
       'Strict-Transport-Security: max-age=0\r\nNEL: {"report_to":"a","max_age":31536000}\r\n' +
       'Access-Control-Allow-Origin: https://attacker.invalid\r\nContent-Disposition: attachment; filename="a.exe"\r\n' +
       'X-Accel-Redirect: /internal/secret\r\nX-Odd: a\x01b\r\n\r\n';
-    icap.setScript((r) =>
-      r.method === 'OPTIONS'
-        ? undefined
-        : {
-            kind: 'raw',
-            response:
-              `ICAP/1.0 200 OK\r\nISTag: "T1"\r\nX-Infection-Found: Type=1; Resolution=2; Threat=Policy;\r\n` +
-              `Encapsulated: res-hdr=0, res-body=${Buffer.byteLength(http)}\r\n\r\n` +
-              `${http}${page.length.toString(16)}\r\n${page}\r\n0\r\n\r\n`,
-          },
-    );
-    const r = await send(a.url, '/raw', {
-      body: 'x',
-      headers: { 'content-type': 'application/octet-stream' },
-    });
+    const r = await blockedWithPage(a, http, page);
     expect(r.status).toBe(403);
     expect(r.text).toBe(page);
     expect(r.headers['content-length']).toBe(String(page.length));

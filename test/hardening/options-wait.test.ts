@@ -61,21 +61,28 @@ async function server() {
   return s;
 }
 
+/** The server, and `framework` scanning with it (PROFILE, `extra` added). */
+async function started(framework: Framework, extra: Partial<IcapProfile> = {}) {
+  const a = await server();
+  const logs: IcapLog[] = [];
+  const app = await startApp(framework, {
+    name: 't',
+    poolGroup: a.url,
+    ...PROFILE,
+    ...extra,
+    onLog: (l: IcapLog) => logs.push(l),
+  } as IcapProfile);
+  cleanups.push(app.close);
+  return { a, app, logs };
+}
+
 const reqmods = (s: Awaited<ReturnType<typeof server>>) => s.requests.filter((q) => q.method === 'REQMOD');
 
 describe.each(['express5', 'fastify', 'koa3'] as Framework[])(
   '%s, fail-open: the OPTIONS fetched again behind the only connection',
   (framework) => {
     it('held by a scan the server is slow on: 503 (the server answers its check), never the handler', async () => {
-      const a = await server();
-      const logs: IcapLog[] = [];
-      const app = await startApp(framework, {
-        name: 't',
-        poolGroup: a.url,
-        ...PROFILE,
-        onLog: (l) => logs.push(l),
-      } as IcapProfile);
-      cleanups.push(app.close);
+      const { a, app, logs } = await started(framework);
       const post = (body: Buffer) =>
         send(app.url, '/raw', {
           headers: { 'content-type': 'application/octet-stream' },
@@ -97,18 +104,11 @@ describe.each(['express5', 'fastify', 'koa3'] as Framework[])(
 
     for (const letGo of [false, true])
       it(`held by HTTP clients still sending their uploads${letGo ? ', one let go just before the OPTIONS bound (campaign-bm BM1)' : ''}: never the failure action, never the handler`, async () => {
-        const a = await server();
-        const logs: IcapLog[] = [];
         // Two connections, both of which uploads still arriving may hold (maxStreamingUploads).
-        const app = await startApp(framework, {
-          name: 't',
-          poolGroup: a.url,
-          ...PROFILE,
+        const { app, logs } = await started(framework, {
           connection: { ...PROFILE.connection, maxConnections: 2 },
           maxStreamingUploads: 2,
-          onLog: (l: IcapLog) => logs.push(l),
-        } as IcapProfile);
-        cleanups.push(app.close);
+        });
         const u = new URL(app.url);
         const holders: Socket[] = [];
         for (let i = 0; i < 2; i++) {
