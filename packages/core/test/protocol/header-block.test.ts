@@ -156,7 +156,7 @@ describe('Headers.toObject (campaign-bl BL8)', () => {
     expect(Object.getPrototypeOf(o)).toBeNull();
     expect(Object.keys(o)).toEqual(['constructor', '__proto__', 'x-a']);
     expect(o.constructor).toBe('c1');
-    expect(o.__proto__).toEqual(['p1', 'p2']);
+    expect(Object.getOwnPropertyDescriptor(o, '__proto__')?.value).toEqual(['p1', 'p2']);
     expect(JSON.parse(JSON.stringify(o))).toEqual({
       constructor: 'c1',
       ['__proto__']: ['p1', 'p2'],

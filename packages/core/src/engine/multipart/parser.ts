@@ -388,7 +388,7 @@ export class MultipartParser {
         );
       // @fastify/multipart JSON.parses a field labelled application/json (its escapes decoded into
       // a value the scanner never saw as such: campaign-bj BJ1).
-      if (readAsField && media !== undefined && media.type.includes('json'))
+      if (readAsField && media?.type.includes('json'))
         throw multipartError(
           400,
           `a field has Content-Type ${JSON.stringify(media.type)} (parsers would decode it as JSON; not accepted when the form is passed as sent: send the field without a Content-Type)`,
