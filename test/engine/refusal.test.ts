@@ -72,6 +72,11 @@ describe('refusalOf', () => {
       }),
     );
     expect(down.message).toBe('Upload refused: unavailable (503)');
+    // A threat name is the scanner's text: written without markup too (campaign-bn BN3).
+    const named = refusalOf(outcome(403, { significance: ['ICAP_BLOCKED'] }, '<img src=x onerror=alert(1)>'));
+    expect(named.message).toBe(
+      'Upload blocked: the content scanner found \\u003cimg src=x onerror=alert(1)\\u003e',
+    );
     expect(new IcapRefusalError(down).message).not.toContain('10.0.0.5');
   });
 

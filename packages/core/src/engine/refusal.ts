@@ -34,7 +34,8 @@ export interface IcapRefusal {
   code: IcapErrorCode;
   /**
    * A sentence about it; safe to show the client when `expose` is true (status below 500): plain
-   * text, `<`, `>` and `&` written as `\u003c`-style escapes. For a 5xx a sentence that names no
+   * text, `<`, `>` and `&` written as `\u003c`-style escapes (fit for an HTML text node, not an
+   * attribute value: quotes stay). For a 5xx a sentence that names no
    * server (the detail is in `log.error_message`).
    */
   message: string;
@@ -118,7 +119,7 @@ export function refusalOf(outcome: RespondOutcome): IcapRefusal {
     message =
       outcome.threat === undefined
         ? 'Upload blocked: the content scanner refused it'
-        : `Upload blocked: the content scanner found ${outcome.threat}`;
+        : `Upload blocked: the content scanner found ${outcome.threat}`.replace(HTML_SPECIAL, htmlSafe);
   // A 5xx says nothing of the ICAP side (its address, its reason phrase) to the client, even where
   // a framework shows the message whatever `expose` says (Fastify's default error handler:
   // campaign-bl BL3); the record keeps the detail. What a 4xx quotes of the request is written

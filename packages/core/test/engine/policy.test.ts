@@ -365,6 +365,36 @@ describe('path', () => {
     expect(decide(notInternal, f(['partner', 'internal'], '/u'))).toEqual(scanned('scan-rest'));
   });
 
+  it('a skip rule value: a field or parameter repeated, or written with brackets, is not skipped; a negated enable value scans an absent field (campaign-bn BN1, BN2, BN4)', () => {
+    const rules: PolicyRule[] = [
+      {
+        name: 'skip',
+        match: {
+          headers: [{ name: 'X-Source', value: 'github' }],
+          query: [{ name: 'type', value: 'webhook' }],
+        },
+        action: 'skip',
+      },
+      { name: 'scan-rest', action: 'enable-icap' },
+    ];
+    const f = (source: string | string[], target: string) =>
+      facts({ headers: { 'x-source': source }, target });
+    expect(decide(rules, f('github', '/u?type=webhook'))).toEqual(skipped('skip'));
+    // Repeated identically: the application gets a list, which is not the value.
+    expect(decide(rules, f(['github', 'github'], '/u?type=webhook'))).toEqual(scanned('scan-rest'));
+    expect(decide(rules, f('github', '/u?type=webhook&type=webhook'))).toEqual(scanned('scan-rest'));
+    // qs merges type[] and type[k] into type.
+    for (const q of ['type[]=upload', 'type%5B%5D=upload', 'type[x]=upload'])
+      expect(decide(rules, f('github', `/u?type=webhook&${q}`)), q).toEqual(scanned('scan-rest'));
+    // "Scan unless the source is github": an absent X-Source is not github.
+    const unlessGithub = only({
+      headers: [{ name: 'X-Source', value: { exact: ['github'], negate: true } }],
+    });
+    expect(decide(unlessGithub, facts({ headers: {} }))).toEqual(scanned('r'));
+    expect(decide(unlessGithub, f('gitlab', '/u'))).toEqual(scanned('r'));
+    expect(decide(unlessGithub, f('github', '/u'))).toEqual(NO_MATCH);
+  });
+
   it('lists are ORed', () => {
     const m: RuleMatch = { path: { exact: ['/a'], prefix: ['/b/'], suffix: ['.c'], regex: ['^/d'] } };
     for (const target of ['/a', '/b/1', '/x.c', '/dd'])

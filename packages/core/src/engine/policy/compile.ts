@@ -297,14 +297,17 @@ export function compileCriteria(
     }
     const value =
       c.value === undefined ? undefined : compileStringMatch(c.value, `${cf}.value`, 'exact', false, skips);
-    // A skip rule's value matches a field or parameter only when every value of it does, each as
-    // sent (an application may read the first, the last, or compare case: campaign-bm BM3); an
-    // enable rule's, when any does in either case.
-    const fold = skips === (isRecord(c.value) && c.value.negate === true);
+    // A skip rule's value matches a field or parameter that occurs once, its value as sent (an
+    // application may read the first, the last, all of them as a list, or compare case:
+    // campaign-bm BM3, campaign-bn BN1); an enable rule's, when any value does in either case,
+    // and a negated one when the field is absent too (nothing there is the value it names: BN4).
+    const negated = isRecord(c.value) && c.value.negate === true;
+    const fold = skips === negated;
     const matches = (values: readonly string[] | undefined): boolean => {
-      if (values === undefined || values.length === 0) return false;
-      for (const x of values) if (value!(x, x.toLowerCase(), fold) !== skips) return !skips;
-      return skips;
+      if (values === undefined || values.length === 0) return !skips && negated;
+      if (skips) return values.length === 1 && value!(values[0]!, values[0]!.toLowerCase(), fold);
+      for (const x of values) if (value!(x, x.toLowerCase(), fold)) return true;
+      return false;
     };
     if (kind === 'headers') {
       if (present === false) return ({ facts }) => !facts.headers.has(name);

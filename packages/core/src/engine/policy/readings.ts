@@ -190,21 +190,30 @@ export function queryOf(ctx: EvalContext): Map<string, string[]> {
   return ctx.query;
 }
 
-/** Query parameters by decoded name (`+` is a space, %XX decoded leniently), values in order. */
+/**
+ * Query parameters by decoded name (`+` is a space, %XX decoded leniently), values in order. A
+ * name with brackets (`type[]`, `type[k]`) is a value of its base name too: qs (Express 4's
+ * query parser) merges them into `type` (campaign-bn BN2).
+ */
 export function parseQuery(target: string): Map<string, string[]> {
   const out = new Map<string, string[]>();
   const q = target.indexOf('?');
   if (q === -1) return out;
   const hash = target.indexOf('#', q);
   const query = target.slice(q + 1, hash === -1 ? undefined : hash);
+  const add = (name: string, value: string) => {
+    const values = out.get(name);
+    if (values === undefined) out.set(name, [value]);
+    else values.push(value);
+  };
   for (const part of query.split('&')) {
     if (part === '') continue;
     const eq = part.indexOf('=');
     const name = decodeQueryPart(eq === -1 ? part : part.slice(0, eq));
     const value = eq === -1 ? '' : decodeQueryPart(part.slice(eq + 1));
-    const values = out.get(name);
-    if (values === undefined) out.set(name, [value]);
-    else values.push(value);
+    add(name, value);
+    const bracket = name.indexOf('[');
+    if (bracket > 0) add(name.slice(0, bracket), value);
   }
   return out;
 }

@@ -31,8 +31,8 @@ export interface StringMatch {
    * regexes without `i`): case folding is one more reading beside the path as sent, and a
    * request is skipped only when every reading skips, because case-sensitive routers (Fastify,
    * Hono) send `/WEBHOOKS/x` elsewhere than `/webhooks/x`. A header or query value: any case
-   * for an `enable-icap` rule; as sent for a `skip` rule, which needs every value of the field
-   * or parameter to match. True: every reading compares as written. (A `skip` rule's path
+   * for an `enable-icap` rule; as sent for a `skip` rule, which needs the field or parameter
+   * to occur once (`type[]` counting as `type`). True: every reading compares as written. (A `skip` rule's path
    * `prefix` matches whole segments: `/webhooks` is not `/webhooksx`.)
    */
   caseSensitive?: boolean | undefined;
