@@ -71,6 +71,21 @@ describe.each(FRAMEWORKS)('%s', (framework) => {
     expect(logs[0]?.action).toBe('ICAP_BLOCKED');
   });
 
+  it('BO1-BO3: a skip on a query value does not skip a query the parsers read apart: type[]=webhook, [type] (scanned, 403)', async () => {
+    const a = await start([
+      { name: 'skip-webhook', match: { query: [{ name: 'type', value: 'webhook' }] }, action: 'skip' },
+      { name: 'scan-everything', action: 'enable-icap' },
+    ]);
+    for (const q of ['type[]=webhook', 'type[x]=webhook', 'type=webhook&[type]=upload']) {
+      const r = await send(a.url, `/raw?${q}`, { body: eicar(), headers: octet });
+      expect(r.status, q).toBe(403);
+    }
+    expect(delivered(a)).toBe(false);
+    const ok = await send(a.url, '/raw?type=webhook', { body: Buffer.from('hello'), headers: octet });
+    expect(ok.status).toBe(200);
+    expect(logs.at(-1)?.action).toBe('ICAP_DISABLED');
+  });
+
   it('BM3: a skip on a header value skips it as sent, every value: GitHub, or a list of github and another, is scanned (403)', async () => {
     const a = await start([
       { name: 'skip-github', match: { headers: [{ name: 'X-Source', value: 'github' }] }, action: 'skip' },

@@ -146,7 +146,7 @@ export function compilePolicy(rules: readonly PolicyRule[] | undefined, field = 
       const lowerPaths = paths?.map((p) => p.toLowerCase());
       const hosts = usesHost ? hostReadings(facts, everyHost) : ANY;
       const contentTypes = usesType ? contentTypeReadings(facts, types) : ANY;
-      const ctx: EvalContext = { facts, query: undefined };
+      const ctx: EvalContext = { facts, query: undefined, queryOdd: undefined };
       // Results of each rule's fixed criteria: 0 not computed yet, 1 hold, 2 fail.
       const fixed = usesFixed ? new Uint8Array(active.length) : undefined;
       const pathCount = paths?.length ?? 1;

@@ -395,6 +395,39 @@ describe('path', () => {
     expect(decide(unlessGithub, f('github', '/u'))).toEqual(NO_MATCH);
   });
 
+  it("a skip rule's query criterion holds only where query parsers read the query alike (campaign-bo BO1-BO5)", () => {
+    const rules: PolicyRule[] = [
+      { name: 'skip', match: { query: [{ name: 'type', value: 'webhook' }] }, action: 'skip' },
+      { name: 'scan-rest', action: 'enable-icap' },
+    ];
+    expect(decide(rules, facts({ target: '/u?type=webhook' }))).toEqual(skipped('skip'));
+    for (const target of [
+      '/u?type[]=webhook',
+      '/u?type[x]=webhook',
+      '/u?type%5B%5D=webhook',
+      '/u?type=webhook&[type]=upload',
+      '/u?type=webhook&type.x=upload',
+      '/upload#?type=webhook',
+      '/u?type=webhook#',
+      '/u?type=webhook#&type=upload',
+      `/u?${'&'.repeat(999)}type=webhook`,
+      `/u?${'a=1&'.repeat(1000)}type=webhook`,
+    ])
+      expect(decide(rules, facts({ target })), target.slice(0, 40)).toEqual(scanned('scan-rest'));
+    // Presence and absence skips alike.
+    const debug: PolicyRule[] = [
+      { name: 'skip-no-debug', match: { query: [{ name: 'debug', present: false }] }, action: 'skip' },
+      { name: 'scan-rest', action: 'enable-icap' },
+    ];
+    expect(decide(debug, facts({ target: '/u?x=1' }))).toEqual(skipped('skip-no-debug'));
+    expect(decide(debug, facts({ target: '/u?[debug]=1' }))).toEqual(scanned('scan-rest'));
+    expect(decide(debug, facts({ target: '/u?debug.x=1' }))).toEqual(scanned('scan-rest'));
+    // Enable rules read the query as before.
+    expect(
+      decide(only({ query: [{ name: 'type', value: 'upload' }] }), facts({ target: '/u?type[]=upload' })),
+    ).toEqual(scanned('r'));
+  });
+
   it('lists are ORed', () => {
     const m: RuleMatch = { path: { exact: ['/a'], prefix: ['/b/'], suffix: ['.c'], regex: ['^/d'] } };
     for (const target of ['/a', '/b/1', '/x.c', '/dd'])

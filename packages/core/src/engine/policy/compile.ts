@@ -1,8 +1,8 @@
 import { BlockList, isIP } from 'node:net';
 import { IcapError, IcapErrorCodes } from '../../errors.js';
 import { unknownOptionHint } from '../suggest.js';
-import { queryOf } from './readings.js';
-import type { CompiledRule, ContentTypeTest, FixedTest, HostTest, TextTest } from './types.js';
+import { queryOddOf, queryOf } from './readings.js';
+import type { CompiledRule, ContentTypeTest, EvalContext, FixedTest, HostTest, TextTest } from './types.js';
 import {
   CRITERION_KEYS,
   HOST_LABELS,
@@ -314,9 +314,11 @@ export function compileCriteria(
       if (value === undefined) return ({ facts }) => facts.headers.has(name);
       return ({ facts }) => matches(facts.headers.getAll(name));
     }
-    if (present === false) return (ctx) => !queryOf(ctx).has(name);
-    if (value === undefined) return (ctx) => queryOf(ctx).has(name);
-    return (ctx) => matches(queryOf(ctx).get(name));
+    // A skip rule's query criterion holds only where the parsers read the query alike (campaign-bo).
+    const plain = skips ? (ctx: EvalContext) => queryOddOf(ctx)?.has(name) === false : () => true;
+    if (present === false) return (ctx) => plain(ctx) && !queryOf(ctx).has(name);
+    if (value === undefined) return (ctx) => plain(ctx) && queryOf(ctx).has(name);
+    return (ctx) => plain(ctx) && matches(queryOf(ctx).get(name));
   });
 }
 

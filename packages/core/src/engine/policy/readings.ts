@@ -218,6 +218,43 @@ export function parseQuery(target: string): Map<string, string[]> {
   return out;
 }
 
+/**
+ * The query names a skip rule's criterion cannot vouch for, where query parsers read the query
+ * apart (campaign-bo): null (none can) when the target has a `#` (find-my-way keeps it in the
+ * query, Express reads a query after it, icapkit cut it) or 1000 parameters or more (qs'
+ * parameterLimit and querystring's maxKeys drop the rest); else the names written in another
+ * form too (`type[]`, `type[k]`, `[type]`, `type.x`: qs merges them into `type`, other parsers do
+ * not), each under its plain name.
+ */
+export function queryOddOf(ctx: EvalContext): ReadonlySet<string> | null {
+  if (ctx.queryOdd === undefined) ctx.queryOdd = oddQueryNames(ctx.facts.target);
+  return ctx.queryOdd;
+}
+
+const NO_ODD_NAMES: ReadonlySet<string> = new Set();
+
+function oddQueryNames(target: string): ReadonlySet<string> | null {
+  if (target.includes('#')) return null;
+  const q = target.indexOf('?');
+  if (q === -1) return NO_ODD_NAMES;
+  const parts = target.slice(q + 1).split('&');
+  if (parts.length >= 1000) return null;
+  let odd: Set<string> | undefined;
+  for (const part of parts) {
+    const eq = part.indexOf('=');
+    const name = decodeQueryPart(eq === -1 ? part : part.slice(0, eq));
+    let n = name;
+    if (n.startsWith('[')) {
+      const close = n.indexOf(']');
+      n = close === -1 ? n.slice(1) : n.slice(1, close) + n.slice(close + 1);
+    }
+    const cut = n.search(/[[.\]]/);
+    if (cut >= 0) n = n.slice(0, cut);
+    if (n !== name) (odd ??= new Set()).add(n);
+  }
+  return odd ?? NO_ODD_NAMES;
+}
+
 export function decodeQueryPart(s: string): string {
   return percentDecode(s.includes('+') ? s.replaceAll('+', ' ') : s);
 }

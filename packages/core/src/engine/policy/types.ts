@@ -155,6 +155,8 @@ export type TextTest = (value: string, lower: string, fold: boolean) => boolean;
 export interface EvalContext {
   readonly facts: RequestFacts;
   query: Map<string, string[]> | undefined;
+  /** Query names a skip rule cannot vouch for (readings.ts queryOddOf); null: none; undefined: not read yet. */
+  queryOdd?: ReadonlySet<string> | null | undefined;
 }
 
 /** The criteria that do not vary between readings (headers, query, client IP). */
