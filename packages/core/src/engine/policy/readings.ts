@@ -250,7 +250,9 @@ function oddQueryNames(target: string): ReadonlySet<string> | null {
     }
     const cut = n.search(/[[.\]]/);
     if (cut >= 0) n = n.slice(0, cut);
-    if (n !== name) (odd ??= new Set()).add(n);
+    if (n === name) continue;
+    odd ??= new Set();
+    odd.add(n);
   }
   return odd ?? NO_ODD_NAMES;
 }
