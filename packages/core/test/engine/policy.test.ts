@@ -327,22 +327,26 @@ describe('path', () => {
     expect(decide(outside, facts({ target: '/publicx/a' }))).toEqual(scanned('scan-rest'));
   });
 
+  /** Skip X-Source: github with ?type=webhook, scan the rest (campaign-bm BM3, campaign-bn). */
+  const SKIP_GITHUB_WEBHOOK: PolicyRule[] = [
+    {
+      name: 'skip',
+      match: {
+        headers: [{ name: 'X-Source', value: 'github' }],
+        query: [{ name: 'type', value: 'webhook' }],
+      },
+      action: 'skip',
+    },
+    { name: 'scan-rest', action: 'enable-icap' },
+  ];
+  const withSource = (source: string | string[], target: string) =>
+    facts({ headers: { 'x-source': source }, target });
+
   // Campaign BM3: a skip rule's header or query value matches only when every value of the field
   // or parameter does, as sent; an enable rule's when any does, in any case.
   it('a skip rule needs every value of a header or parameter to match as sent; an enable rule any, in any case (campaign-bm BM3)', () => {
-    const rules: PolicyRule[] = [
-      {
-        name: 'skip',
-        match: {
-          headers: [{ name: 'X-Source', value: 'github' }],
-          query: [{ name: 'type', value: 'webhook' }],
-        },
-        action: 'skip',
-      },
-      { name: 'scan-rest', action: 'enable-icap' },
-    ];
-    const f = (source: string | string[], target: string) =>
-      facts({ headers: { 'x-source': source }, target });
+    const rules = SKIP_GITHUB_WEBHOOK;
+    const f = withSource;
     expect(decide(rules, f('github', '/u?type=webhook'))).toEqual(skipped('skip'));
     expect(decide(rules, f('GitHub', '/u?type=webhook'))).toEqual(scanned('scan-rest'));
     expect(decide(rules, f('github', '/u?type=WEBHOOK'))).toEqual(scanned('scan-rest'));
@@ -366,19 +370,8 @@ describe('path', () => {
   });
 
   it('a skip rule value: a field or parameter repeated, or written with brackets, is not skipped; a negated enable value scans an absent field (campaign-bn BN1, BN2, BN4)', () => {
-    const rules: PolicyRule[] = [
-      {
-        name: 'skip',
-        match: {
-          headers: [{ name: 'X-Source', value: 'github' }],
-          query: [{ name: 'type', value: 'webhook' }],
-        },
-        action: 'skip',
-      },
-      { name: 'scan-rest', action: 'enable-icap' },
-    ];
-    const f = (source: string | string[], target: string) =>
-      facts({ headers: { 'x-source': source }, target });
+    const rules = SKIP_GITHUB_WEBHOOK;
+    const f = withSource;
     expect(decide(rules, f('github', '/u?type=webhook'))).toEqual(skipped('skip'));
     // Repeated identically: the application gets a list, which is not the value.
     expect(decide(rules, f(['github', 'github'], '/u?type=webhook'))).toEqual(scanned('scan-rest'));
