@@ -388,7 +388,7 @@ describe('path', () => {
     expect(decide(unlessGithub, f('github', '/u'))).toEqual(NO_MATCH);
   });
 
-  it("a skip rule's query criterion holds only where query parsers read the query alike (campaign-bo BO1-BO5)", () => {
+  it("a skip rule's query criterion holds only where query parsers read the query alike (campaign-bo BO1-BO5, campaign-bp BP1-BP3)", () => {
     const rules: PolicyRule[] = [
       { name: 'skip', match: { query: [{ name: 'type', value: 'webhook' }] }, action: 'skip' },
       { name: 'scan-rest', action: 'enable-icap' },
@@ -405,6 +405,10 @@ describe('path', () => {
       '/u?type=webhook#&type=upload',
       `/u?${'&'.repeat(999)}type=webhook`,
       `/u?${'a=1&'.repeat(1000)}type=webhook`,
+      // campaign-bp: Koa's URLSearchParams drops a leading ?; qs splits a part at ]=.
+      '/u??type=upload&type=webhook',
+      '/u?type=webhook]=x',
+      '/u?type=webhook%5D=x',
     ])
       expect(decide(rules, facts({ target })), target.slice(0, 40)).toEqual(scanned('scan-rest'));
     // Presence and absence skips alike.
@@ -415,7 +419,11 @@ describe('path', () => {
     expect(decide(debug, facts({ target: '/u?x=1' }))).toEqual(skipped('skip-no-debug'));
     expect(decide(debug, facts({ target: '/u?[debug]=1' }))).toEqual(scanned('scan-rest'));
     expect(decide(debug, facts({ target: '/u?debug.x=1' }))).toEqual(scanned('scan-rest'));
-    // Enable rules read the query as before.
+    // Enable rules read the query as before, and the other names a parser may read (BP1, BP3).
+    for (const target of ['/u??type=upload', '/u?[type]=upload', '/u?%5Btype%5D=upload'])
+      expect(decide(only({ query: [{ name: 'type', value: 'upload' }] }), facts({ target })), target).toEqual(
+        scanned('r'),
+      );
     expect(
       decide(only({ query: [{ name: 'type', value: 'upload' }] }), facts({ target: '/u?type[]=upload' })),
     ).toEqual(scanned('r'));

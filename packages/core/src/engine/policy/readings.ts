@@ -192,8 +192,9 @@ export function queryOf(ctx: EvalContext): Map<string, string[]> {
 
 /**
  * Query parameters by decoded name (`+` is a space, %XX decoded leniently), values in order. A
- * name with brackets (`type[]`, `type[k]`) is a value of its base name too: qs (Express 4's
- * query parser) merges them into `type` (campaign-bn BN2).
+ * name written another way is a value of its plain name too ({@link plainName}: qs merges
+ * `type[]`, `type[k]` and `[type]` into `type`: campaign-bn BN2, campaign-bp BP3), and so is the
+ * first name after a `?` that opens the query (`??type=x`: Koa's URLSearchParams drops it, BP1).
  */
 export function parseQuery(target: string): Map<string, string[]> {
   const out = new Map<string, string[]>();
@@ -206,25 +207,51 @@ export function parseQuery(target: string): Map<string, string[]> {
     if (values === undefined) out.set(name, [value]);
     else values.push(value);
   };
-  for (const part of query.split('&')) {
+  const parts = query.split('&');
+  for (let i = 0; i < parts.length; i++) {
+    const part = parts[i]!;
     if (part === '') continue;
     const eq = part.indexOf('=');
     const name = decodeQueryPart(eq === -1 ? part : part.slice(0, eq));
     const value = eq === -1 ? '' : decodeQueryPart(part.slice(eq + 1));
     add(name, value);
-    const bracket = name.indexOf('[');
-    if (bracket > 0) add(name.slice(0, bracket), value);
+    for (const other of otherNames(name, i === 0)) add(other, value);
+  }
+  return out;
+}
+
+/** The plain name a query parser may read `name` as: `type[]`, `type[k]`, `[type]`, `type.x`: `type`. */
+function plainName(name: string): string {
+  let n = name;
+  if (n.startsWith('[')) {
+    const close = n.indexOf(']');
+    n = close === -1 ? n.slice(1) : n.slice(1, close) + n.slice(close + 1);
+  }
+  const cut = n.search(/[[.\]]/);
+  return cut >= 0 ? n.slice(0, cut) : n;
+}
+
+/** The names other than itself a parser may read a query name as (`first`: the query's first). */
+function otherNames(name: string, first: boolean): string[] {
+  const out: string[] = [];
+  const plain = plainName(name);
+  if (plain !== name && plain !== '') out.push(plain);
+  if (first && name.startsWith('?') && name.length > 1) {
+    const rest = name.slice(1);
+    out.push(rest);
+    const restPlain = plainName(rest);
+    if (restPlain !== rest && restPlain !== '') out.push(restPlain);
   }
   return out;
 }
 
 /**
  * The query names a skip rule's criterion cannot vouch for, where query parsers read the query
- * apart (campaign-bo): null (none can) when the target has a `#` (find-my-way keeps it in the
- * query, Express reads a query after it, icapkit cut it) or 1000 parameters or more (qs'
- * parameterLimit and querystring's maxKeys drop the rest); else the names written in another
- * form too (`type[]`, `type[k]`, `[type]`, `type.x`: qs merges them into `type`, other parsers do
- * not), each under its plain name.
+ * apart (campaign-bo, campaign-bp): null (none can) when the target has a `#` (find-my-way keeps
+ * it in the query, Express reads a query after it, icapkit cut it) or 1000 parameters or more
+ * (qs' parameterLimit and querystring's maxKeys drop the rest); else the names written another
+ * way too ({@link otherNames}), and a name whose value holds `]=` (qs splits the part there:
+ * `type=webhook]=x` is no `type` to it), each under its plain name.
  */
 export function queryOddOf(ctx: EvalContext): ReadonlySet<string> | null {
   if (ctx.queryOdd === undefined) ctx.queryOdd = oddQueryNames(ctx.facts.target);
@@ -240,19 +267,15 @@ function oddQueryNames(target: string): ReadonlySet<string> | null {
   const parts = target.slice(q + 1).split('&');
   if (parts.length >= 1000) return null;
   let odd: Set<string> | undefined;
-  for (const part of parts) {
+  for (let i = 0; i < parts.length; i++) {
+    const part = parts[i]!;
     const eq = part.indexOf('=');
     const name = decodeQueryPart(eq === -1 ? part : part.slice(0, eq));
-    let n = name;
-    if (n.startsWith('[')) {
-      const close = n.indexOf(']');
-      n = close === -1 ? n.slice(1) : n.slice(1, close) + n.slice(close + 1);
-    }
-    const cut = n.search(/[[.\]]/);
-    if (cut >= 0) n = n.slice(0, cut);
-    if (n === name) continue;
+    const others = otherNames(name, i === 0);
+    if (eq !== -1 && decodeQueryPart(part.slice(eq + 1)).includes(']=')) others.push(name, plainName(name));
+    if (others.length === 0) continue;
     odd ??= new Set();
-    odd.add(n);
+    for (const o of others) odd.add(o);
   }
   return odd ?? NO_ODD_NAMES;
 }
