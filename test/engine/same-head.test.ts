@@ -8,7 +8,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import type { HttpRequestFacts } from '../../packages/core/src/engine/request.js';
-import { sameRequestHead } from '../../packages/core/src/engine/scan/outcome.js';
+import { sameRequestHead } from '../../packages/core/src/engine/scan/returned-head.js';
 import { endToEndHeaders, Headers } from '../../packages/core/src/protocol/headers.js';
 import type { EncapsulatedHttpRequestHead } from '../../packages/core/src/protocol/parser.js';
 

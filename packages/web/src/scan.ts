@@ -258,12 +258,16 @@ async function scanWith(
     // A body nobody will read any more: release the request's stream.
     if (!source.destroyed && source.bodyOpened && !source.readableEnded) source.destroy();
   });
+  // The result's common fields are written out in each literal, not spread from a shared object
+  // (core's outcome.ts `disposeOnce` says why); `base` is for refuse().
   const base = { icap, log: outcome.log, dispose };
   switch (outcome.kind) {
     case 'aborted':
       dispose();
       return {
-        ...base,
+        icap,
+        log: outcome.log,
+        dispose,
         response: new Response(null, { status: 499 }),
         refusal: undefined,
         aborted: true,
@@ -285,7 +289,7 @@ async function scanWith(
               (err) => report(err, options.logger),
               http1,
             );
-      return { ...base, response, refusal, aborted: false };
+      return { icap, log: outcome.log, dispose, response, refusal, aborted: false };
     }
     case 'rewrite': {
       if (outcome.contentLength > 0 && /^(?:GET|HEAD)$/i.test(outcome.method)) {
@@ -294,7 +298,9 @@ async function scanWith(
         return refuse(base, request);
       }
       return {
-        ...base,
+        icap,
+        log: outcome.log,
+        dispose,
         request: approved(request, {
           method: outcome.method,
           url: targetUrl(request.url, outcome.url),
@@ -311,10 +317,12 @@ async function scanWith(
         // Untouched (not scanned, or given back whole by the engine after reading part of it).
         if (!source.bodyOpened) {
           dispose();
-          return { ...base, request, responseHeaders: outcome.responseHeaders };
+          return { icap, log: outcome.log, dispose, request, responseHeaders: outcome.responseHeaders };
         }
         return {
-          ...base,
+          icap,
+          log: outcome.log,
+          dispose,
           request: approved(request, {
             headers: pairsOf(request.headers),
             body: source,
@@ -334,10 +342,12 @@ async function scanWith(
           outcome.contentLength ?? 0,
           dispose,
         );
-        return { ...base, request, responseHeaders: outcome.responseHeaders };
+        return { icap, log: outcome.log, dispose, request, responseHeaders: outcome.responseHeaders };
       }
       return {
-        ...base,
+        icap,
+        log: outcome.log,
+        dispose,
         request: approved(request, {
           headers: outcome.headers ?? pairsOf(request.headers),
           body: outcome.body,
@@ -452,7 +462,9 @@ function refuse(base: ResultBase, request: Request): WebRefused {
     detail: 'The content scanner returned a request that cannot be handed to the application.',
   });
   return {
-    ...base,
+    icap: base.icap,
+    log: base.log,
+    dispose: base.dispose,
     response: new Response(new Uint8Array(page.body), { status: page.status, headers: page.headers }),
     refusal: undefined,
     aborted: false,

@@ -525,19 +525,22 @@ export class IcapParser<H extends IcapHead = IcapHead> {
         );
       }
       const parsed = parseHeaderBlock(section, `encapsulated ${entry.name}`, 'latin1');
+      // Fields named, not spread from `parsed` (engine/scan/outcome.ts disposeOnce says why).
+      const { startLine, headers } = parsed;
       if (entry.name === 'req-hdr') {
         const m = /^(\S+) +(\S+) +(HTTP\/\d\.\d)$/.exec(parsed.startLine);
         if (m === null)
           throw protocol(
             `invalid encapsulated request line ${JSON.stringify(parsed.startLine.slice(0, 80))}`,
           );
-        head.httpRequest = { ...parsed, raw: section, method: m[1]!, target: m[2]!, version: m[3]! };
+        head.httpRequest = { startLine, headers, raw: section, method: m[1]!, target: m[2]!, version: m[3]! };
       } else {
         const m = /^(HTTP\/\d\.\d) +(\d{3})(?: (.*))?$/.exec(parsed.startLine);
         if (m === null)
           throw protocol(`invalid encapsulated status line ${JSON.stringify(parsed.startLine.slice(0, 80))}`);
         head.httpResponse = {
-          ...parsed,
+          startLine,
+          headers,
           raw: section,
           status: Number(m[2]),
           reason: m[3] ?? '',

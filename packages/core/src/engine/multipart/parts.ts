@@ -6,7 +6,7 @@ import type { IcapAction, IcapLog, IcapRequestLog } from '../log.js';
 import type { HttpRequestFacts } from '../request.js';
 import { buildResponse } from '../respond.js';
 import { exchange } from '../scan/exchange.js';
-import { base, ReplayPass } from '../scan/outcome.js';
+import { disposeOnce, ReplayPass } from '../scan/outcome.js';
 import { takesFailAction } from '../scan/retry.js';
 import type { ExchangeContext, PartResult, RequestContext, ScanOutcome } from '../types.js';
 import { type CanonicalForm, canonicalForm } from './canonical.js';
@@ -63,7 +63,11 @@ export async function scanParts(scan: FormScan): Promise<ScanOutcome> {
       requestId: options.requestId,
     });
     return {
-      ...base('ICAP_BLOCKED', log, first.verdict?.threat_id, clientHeaders, () => {
+      action: 'ICAP_BLOCKED',
+      log,
+      threat: first.verdict?.threat_id,
+      responseHeaders: clientHeaders,
+      dispose: disposeOnce(() => {
         store.dispose();
         replay.dispose();
       }),
@@ -195,7 +199,11 @@ export async function scanParts(scan: FormScan): Promise<ScanOutcome> {
   }
   if (modified.length > 0) log.significance.push('ICAP_MODIFIED');
   return {
-    ...base('ICAP_MODIFIED', log, blocked[0]?.verdict?.threat_id, clientHeaders, disposeForm),
+    action: 'ICAP_MODIFIED',
+    log,
+    threat: blocked[0]?.verdict?.threat_id,
+    responseHeaders: clientHeaders,
+    dispose: disposeOnce(disposeForm),
     kind: 'rewrite',
     method: facts.method,
     url: facts.target,

@@ -1,32 +1,17 @@
 import type { Readable } from 'node:stream';
-import type { IcapResponse } from '../../client/transaction-types.js';
 import { type IcapError, type IcapErrorCode, IcapErrorCodes } from '../../errors.js';
-import {
-  connectionNamed,
-  endToEndHeaders,
-  type Headers,
-  HOP_BY_HOP_FIELDS,
-  isSafeFieldValue,
-  isToken,
-} from '../../protocol/headers.js';
 import { type Cursor, HELD_REPLAY, LazyReplay } from '../body/cursor.js';
 import type { BodyStore } from '../body.js';
 import { httpMethodEnum, type IcapAction, type IcapLog, type Significance } from '../log.js';
 import type { PolicyDecision } from '../policy.js';
 import type { PinoLike } from '../profile.js';
-import { absoluteTarget, type HttpRequestFacts, pathOf } from '../request.js';
+import { type HttpRequestFacts, pathOf } from '../request.js';
 import { buildResponse, type ClientResponse, type ResponseKind } from '../respond.js';
-import type {
-  AttemptResult,
-  OutcomeBase,
-  PassOutcome,
-  RequestContext,
-  RespondOutcome,
-  ScanOutcome,
-} from '../types.js';
+import type { AttemptResult, PassOutcome, RequestContext, RespondOutcome, ScanOutcome } from '../types.js';
 import { reportBodyConsumed } from './consumed.js';
 import { bodyComplete } from './intake.js';
 import { isContentProvoked, takesFailAction } from './retry.js';
+import { rewriteHead, sameRequestHead } from './returned-head.js';
 
 /**
  * The outcome stage: what a request becomes (pass, rewrite, respond, aborted), from ICAP's
@@ -97,7 +82,11 @@ export async function applyVerdict(
       });
     }
     return {
-      ...base('ICAP_BLOCKED', log, threat, clientHeaders, dispose),
+      action: 'ICAP_BLOCKED',
+      log,
+      threat,
+      responseHeaders: clientHeaders,
+      dispose: disposeOnce(dispose),
       kind: 'respond',
       status: response.status,
       headers: [...response.headers, ...clientHeaders],
@@ -129,7 +118,11 @@ export async function applyVerdict(
   store?.dispose();
   const rewritten = rewriteHead(head, facts, adapted.length);
   return {
-    ...base('ICAP_MODIFIED', log, undefined, clientHeaders, () => body.destroy()),
+    action: 'ICAP_MODIFIED',
+    log,
+    threat: undefined,
+    responseHeaders: clientHeaders,
+    dispose: disposeOnce(() => body.destroy()),
     kind: 'rewrite',
     method: rewritten.method,
     url: rewritten.url,
@@ -162,7 +155,15 @@ export async function failureOutcome(
   if (error.code === IcapErrorCodes.BODY_SOURCE || error.code === IcapErrorCodes.ABORTED) {
     log.significance.push('CLIENT_ABORTED');
     store?.dispose();
-    return { ...base('ICAP_FAILED', log, undefined, [], () => {}), kind: 'aborted', error };
+    return {
+      action: 'ICAP_FAILED',
+      log,
+      threat: undefined,
+      responseHeaders: [],
+      dispose: disposeOnce(() => {}),
+      kind: 'aborted',
+      error,
+    };
   }
   // Only a failure of the ICAP side may take the failure action; anything else fails closed.
   if (!takesFailAction(error)) return failed(ctx, error, store, false, canReplay);
@@ -308,24 +309,19 @@ function capitalise(s: string): string {
 
 // ---------------------------------------------------------------- building outcomes
 
-export function base(
-  action: IcapAction,
-  log: IcapLog,
-  threat: string | undefined,
-  responseHeaders: Array<[string, string]>,
-  dispose: () => void,
-): OutcomeBase {
+/**
+ * `f`, run at most once (an outcome's dispose). Outcomes are written as plain literals with their
+ * common fields first (action, log, threat, responseHeaders, dispose), not spread from a shared
+ * object: V8's object spread (CloneObjectIC) in code not yet optimised keeps each request's
+ * objects alive across scavenges, and the allocation sites it leaves tenured then keep doing so
+ * for the life of the process (bench/README.md, thirty-third round).
+ */
+export function disposeOnce(f: () => void): () => void {
   let disposed = false;
-  return {
-    action,
-    log,
-    threat,
-    responseHeaders,
-    dispose: () => {
-      if (disposed) return;
-      disposed = true;
-      dispose();
-    },
+  return () => {
+    if (disposed) return;
+    disposed = true;
+    f();
   };
 }
 
@@ -348,7 +344,11 @@ export function answer(
     closeConnection: closeConnection && !isHttp2(ctx.facts),
   });
   return {
-    ...base(action, ctx.log, undefined, [], () => {}),
+    action,
+    log: ctx.log,
+    threat: undefined,
+    responseHeaders: [],
+    dispose: disposeOnce(() => {}),
     kind: 'respond',
     status: response.status,
     headers: response.headers,
@@ -369,7 +369,11 @@ export function pass(
 ): PassOutcome {
   if (store === null) {
     return {
-      ...base(action, log, undefined, responseHeaders, () => {}),
+      action,
+      log,
+      threat: undefined,
+      responseHeaders,
+      dispose: disposeOnce(() => {}),
       kind: 'pass',
       body: null,
       contentLength: undefined,
@@ -406,12 +410,10 @@ export class ReplayPass implements PassOutcome {
     this.responseHeaders = responseHeaders;
     this.contentLength = contentLength;
     this[HELD_REPLAY] = replay;
-    let disposed = false;
-    this.dispose = () => {
-      if (disposed) return;
-      disposed = true;
-      free();
-    };
+    // Made by a call, not written here: V8 allocates a function literal assigned straight to a
+    // property in the old generation, where it keeps the request's objects alive across
+    // scavenges (see disposeOnce).
+    this.dispose = disposeOnce(free);
   }
 
   get body(): Readable {
@@ -445,7 +447,11 @@ export function passBody(
   dispose: () => void,
 ): PassOutcome {
   return {
-    ...base(action, log, undefined, responseHeaders, () => {
+    action,
+    log,
+    threat: undefined,
+    responseHeaders,
+    dispose: disposeOnce(() => {
       dispose();
       if (!body.readableEnded) body.destroy();
     }),
@@ -459,10 +465,12 @@ export function passBody(
 export function withDispose<T extends ScanOutcome>(outcome: T, store: BodyStore | undefined): T {
   if (store === undefined) return outcome;
   const inner = outcome.dispose;
-  outcome.dispose = () => {
+  // Through a local (see ReplayPass's dispose).
+  const both = () => {
     inner();
     store.dispose();
   };
+  outcome.dispose = both;
   return outcome;
 }
 
@@ -492,108 +500,4 @@ async function drainRequest(
   clearTimeout(timer);
   store.dispose();
   return ended;
-}
-
-/** Fields of a returned request head that do not make it a modification. */
-const IGNORED_IN_COMPARISON = new Set([
-  'via',
-  'content-length',
-  'transfer-encoding',
-  'date',
-  'connection',
-  'keep-alive',
-]);
-
-function comparable(key: string): boolean {
-  return !key.startsWith(':') && !IGNORED_IN_COMPARISON.has(key) && !key.startsWith('x-lastline-');
-}
-
-function comparableHeaders(pairs: Iterable<readonly [string, string]>): string[] {
-  const out: string[] = [];
-  for (const [n, v] of pairs) {
-    const key = n.toLowerCase();
-    if (!comparable(key)) continue;
-    out.push(`${key}:${v.trim()}`);
-  }
-  return out.sort();
-}
-
-/**
- * Whether the comparable fields of `a` and the end-to-end comparable fields of `sentPairs`
- * (endToEndHeaders(sentPairs), filtered here) are the same in the same order (as an echo
- * returns them), without building or sorting anything, `a` read by index (its names lower-cased
- * already). True implies the sorted comparison below is true too; false says nothing (it
- * decides then).
- */
-function sameFieldsInOrder(a: Headers, sentPairs: ReadonlyArray<readonly [string, string]>): boolean {
-  const named = connectionNamed(sentPairs);
-  const n = a.size;
-  let j = 0;
-  for (let i = 0; i < n; i++) {
-    const key = a.keyAt(i);
-    if (!comparable(key)) continue;
-    let other: readonly [string, string] | undefined;
-    let otherKey = '';
-    while (j < sentPairs.length) {
-      const candidate = sentPairs[j++]!;
-      const k = candidate[0].toLowerCase();
-      if (endToEnd(k, named) && comparable(k)) {
-        other = candidate;
-        otherKey = k;
-        break;
-      }
-    }
-    if (other === undefined || otherKey !== key || other[1].trim() !== a.valueAt(i).trim()) return false;
-  }
-  while (j < sentPairs.length) {
-    const k = sentPairs[j++]![0].toLowerCase();
-    if (endToEnd(k, named) && comparable(k)) return false;
-  }
-  return true;
-}
-
-/** What endToEndHeaders keeps of a field (`key` lower-cased; `named`: what Connection names). */
-function endToEnd(key: string, named: ReadonlySet<string>): boolean {
-  return !key.startsWith(':') && !HOP_BY_HOP_FIELDS.has(key) && !named.has(key);
-}
-
-/** Whether a returned request head is the one sent (an echo's): the fields compared, in order or not. Exported for tests. */
-export function sameRequestHead(
-  head: NonNullable<IcapResponse['httpRequest']>,
-  facts: HttpRequestFacts,
-  absolute: boolean,
-): boolean {
-  if (head.method.toUpperCase() !== facts.method) return false;
-  const sentTarget = absolute ? absoluteTarget(facts) : facts.target;
-  if (head.target !== sentTarget && originForm(head.target) !== originForm(facts.target)) return false;
-  if (sameFieldsInOrder(head.headers, facts.headerPairs)) return true;
-  const a = comparableHeaders(head.headers);
-  const b = comparableHeaders(endToEndHeaders(facts.headerPairs));
-  return a.length === b.length && a.every((x, i) => x === b[i]);
-}
-
-function originForm(target: string): string {
-  const m = /^[a-z][a-z0-9+.-]*:\/\/[^/?#]*(.*)$/i.exec(target);
-  if (m === null) return target;
-  return m[1] === '' ? '/' : m[1]!;
-}
-
-/** The request head for the application from a modified request: sanitised, with the new length. */
-function rewriteHead(
-  head: IcapResponse['httpRequest'],
-  facts: HttpRequestFacts,
-  length: number,
-): { method: string; url: string; headers: Array<[string, string]> } {
-  const source: Iterable<readonly [string, string]> = head?.headers ?? facts.headerPairs;
-  const headers: Array<[string, string]> = [];
-  for (const [name, value] of endToEndHeaders(source)) {
-    const key = name.toLowerCase();
-    if (key === 'content-length' || key.startsWith('x-lastline-')) continue;
-    if (!isToken(name) || !isSafeFieldValue(value)) continue;
-    headers.push([name, value]);
-  }
-  headers.push(['content-length', String(length)]);
-  const method = head !== null && isToken(head.method) ? head.method.toUpperCase() : facts.method;
-  const url = head !== null ? originForm(head.target) : facts.target;
-  return { method, url: url.startsWith('/') ? url : facts.target, headers };
 }

@@ -273,37 +273,44 @@ export function analyse(input: VerdictInput, rules: VendorRules = VENDOR_RULES.g
 export function decide(a: Analysis, rules: VendorRules = VENDOR_RULES.generic): Verdict {
   const { input } = a;
   const status = input.status;
-  const base = {
-    threat_id: a.threatId,
-    violations: a.violations,
-    unscannable: a.unscannable,
-    client_headers: [] as Array<[string, string]>,
-  };
   const described = a.blockedReason ?? a.responseDesc ?? a.responseDescription;
   const success = status === 200 || status === 201;
   if (a.blocked) {
-    if (a.repaired && success) return { kind: 'adapted', reason: described, ...base, repair: true };
-    return { kind: 'blocked', reason: blockReason(a, described), ...base };
+    if (a.repaired && success) return verdictOf('adapted', described, a, true);
+    return verdictOf('blocked', blockReason(a, described), a);
   }
   const rule = Object.hasOwn(rules.statuses, status) ? rules.statuses[status] : undefined;
   const ruleApplies =
     rule !== undefined && (rule.phrase === undefined || rule.phrase.test(input.reasonPhrase ?? ''));
   if (ruleApplies && rule.kind === 'blocked') {
-    return { kind: 'blocked', reason: described ?? rule.reason ?? statusText(input), ...base };
+    return verdictOf('blocked', described ?? rule.reason ?? statusText(input), a);
   }
-  if (status === 204) return { kind: 'clean', reason: described, ...base };
+  if (status === 204) return verdictOf('clean', described, a);
   if (success) {
-    if (input.httpRequest !== null || input.httpResponse !== null)
-      return { kind: 'adapted', reason: described, ...base };
-    if (a.explicitAllow) return { kind: 'clean', reason: described, ...base };
-    return {
-      kind: 'error',
-      reason: `${statusText(input)} without an encapsulated HTTP message`,
-      ...base,
-    };
+    if (input.httpRequest !== null || input.httpResponse !== null) return verdictOf('adapted', described, a);
+    if (a.explicitAllow) return verdictOf('clean', described, a);
+    return verdictOf('error', `${statusText(input)} without an encapsulated HTTP message`, a);
   }
-  if (ruleApplies && rule.unscannable === true) base.unscannable = true;
-  return { kind: 'error', reason: statusText(input), ...base };
+  const verdict = verdictOf('error', statusText(input), a);
+  if (ruleApplies && rule.unscannable === true) verdict.unscannable = true;
+  return verdict;
+}
+
+/**
+ * A verdict of `kind` with the analysis's threat, violations and unscannable flag: one literal
+ * with its fields in one order (no spread: outcome.ts disposeOnce says why).
+ */
+function verdictOf(kind: Verdict['kind'], reason: string | undefined, a: Analysis, repair?: true): Verdict {
+  const v: Verdict = {
+    kind,
+    reason,
+    threat_id: a.threatId,
+    violations: a.violations,
+    unscannable: a.unscannable,
+    client_headers: [],
+  };
+  if (repair === true) v.repair = true;
+  return v;
 }
 
 /** An error verdict carrying nothing but a reason (used when reading the response failed). */
