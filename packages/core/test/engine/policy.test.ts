@@ -1803,4 +1803,22 @@ describe('readings applications make that the rules must cover (campaign-e)', ()
     expect(pathCandidates('http://h/upload?x/y')).toEqual(['/upload']);
     expect(decide(skipRoot, facts({ target: 'http://h/?x' }))).toEqual(skipped('skip-root'));
   });
+
+  it("BQ1: an absolute-form target is also read as url.parse() cuts its authority (at '%', ';', a ':' before no port)", () => {
+    const skipWebhooks: PolicyRule[] = [
+      { name: 'skip-webhooks', match: { path: { prefix: ['/webhooks'] } }, action: 'skip' },
+      { name: 'scan-everything', action: 'enable-icap' },
+    ];
+    // Express and Koa (parseurl) read these paths: %2Fwebhooks/webhooks, ;x/webhooks/x, /:80x/webhooks/x.
+    expect(pathCandidates('http://h%2Fwebhooks/webhooks')).toContain('/%2Fwebhooks/webhooks');
+    expect(pathCandidates('http://h;x/webhooks/x?type=webhook')).toContain(';x/webhooks/x');
+    expect(pathCandidates('http://u@h:80x/webhooks/x')).toContain('/:80x/webhooks/x');
+    for (const target of ['http://h%2Fwebhooks/webhooks', 'http://h;x/webhooks/x', 'http://h:80x/webhooks/x'])
+      expect(decide(skipWebhooks, facts({ target })), target).toEqual(scanned('scan-everything'));
+    // Control: a plain authority, with a port or userinfo, is one reading; its path is skipped.
+    expect(pathCandidates('http://u;p@h.example:8080/webhooks/x')).toEqual(['/webhooks/x']);
+    expect(decide(skipWebhooks, facts({ target: 'http://h:8080/webhooks/x' }))).toEqual(
+      skipped('skip-webhooks'),
+    );
+  });
 });

@@ -9,7 +9,8 @@ import { MAX_PATH_STATES, PATH_READING_BUDGET } from './types.js';
  * on, deduplicated, the raw path first:
  * - the raw path: query and fragment removed; for an absolute-form target its path part
  *   (`/` when empty), and also what follows the first `/` after `scheme://` when that differs
- *   ({@link firstSlashPath}); also with a leading '/' when it has none;
+ *   ({@link firstSlashPath}), and the path Node's legacy `url.parse()` reads when it ends the
+ *   authority earlier ({@link legacyUrlPath}); also with a leading '/' when it has none;
  * - closed under: percent-decoding (at most twice, so `%252e` becomes `.`; `%2F` and `%5C`
  *   included; invalid escapes kept; UTF-8 when the bytes are UTF-8, else Latin-1), backslashes
  *   as slashes, dot segments removed per RFC 3986 §5.2.4 (`%2e` counting as `.`), repeated
@@ -33,8 +34,10 @@ export function pathCandidates(target: string): string[] {
 export function pathReadings(target: string): { paths: string[]; complete: boolean } {
   const raw = rawPath(target);
   // (An origin-form target, the usual case, has no other raw path.)
-  const cut = target.charCodeAt(0) === 0x2f ? undefined : firstSlashPath(target, raw);
-  if (cut === undefined && isPlainPath(raw)) return { paths: [raw], complete: true };
+  const absolute = target.charCodeAt(0) !== 0x2f;
+  const cut = absolute ? firstSlashPath(target, raw) : undefined;
+  const legacy = absolute ? legacyUrlPath(target, raw) : undefined;
+  if (cut === undefined && legacy === undefined && isPlainPath(raw)) return { paths: [raw], complete: true };
 
   const out = new Set<string>();
   const add = (s: string) => {
@@ -64,6 +67,10 @@ export function pathReadings(target: string): { paths: string[]; complete: boole
   push(raw, 2);
   if (!raw.startsWith('/')) push(`/${raw}`, 2);
   if (cut !== undefined) push(cut, 2);
+  if (legacy !== undefined) {
+    push(legacy, 2);
+    if (!legacy.startsWith('/')) push(`/${legacy}`, 2);
+  }
   // Once a reading is left out the list is incomplete whatever follows: no more work on it.
   for (let i = 0; i < queue.length && complete; i++) {
     const [s, decodes] = queue[i]!;
@@ -109,6 +116,46 @@ export function firstSlashPath(target: string, raw: string): string | undefined 
   const path = target.slice(slash, end);
   return path === raw ? undefined : path;
 }
+
+/**
+ * What Node's legacy `url.parse()` (parseurl: Express 4 and 5's `req.path` and routing, Koa's
+ * `ctx.path`) reads as the path of an absolute-form target, when it ends the authority before
+ * the first `/`, `\`, `?` or `#` (campaign-bq BQ1). After the userinfo (to the last `@`), it
+ * ends the host at the first character RFC 2396 never allows in one (`%`, `;`, `'`, `"`, `<`,
+ * `>`, `^`, `` ` ``, `{`, `|`, `}`, space, tab, CR, LF) and reads the path from there
+ * (`http://h%2Fwebhooks/x` is `%2Fwebhooks/x`, `http://h;x/webhooks` is `;x/webhooks`); and
+ * a host with a `:` but no port after it (`h:80x`) is cut at that `:` and read as a path
+ * segment (`/:80x/...`). Undefined when it reads the same path as {@link rawPath}.
+ */
+export function legacyUrlPath(target: string, raw: string): string | undefined {
+  const scheme = SCHEME.exec(target);
+  if (scheme === null) return undefined;
+  const start = scheme[0].length;
+  const end = authorityEnd(target, start);
+  const authority = target.slice(start, end);
+  const hostStart = authority.lastIndexOf('@') + 1;
+  let cut = hostStart;
+  while (cut < authority.length && !NON_HOST.includes(authority[cut]!)) cut++;
+  const host = authority.slice(hostStart, cut);
+  let path = authority.slice(cut);
+  if (!(host.startsWith('[') && host.endsWith(']'))) {
+    const port = /:[0-9]*$/.exec(host);
+    const name = port === null ? host : host.slice(0, port.index);
+    const colon = name.indexOf(':');
+    if (colon !== -1) path = `/${name.slice(colon)}${path}`;
+  }
+  if (path === '') return undefined;
+  let pathEnd = end;
+  for (; pathEnd < target.length; pathEnd++) {
+    const c = target.charCodeAt(pathEnd);
+    if (c === 0x3f || c === 0x23) break;
+  }
+  path += target.slice(end, pathEnd);
+  return path === raw ? undefined : path;
+}
+
+/** What legacy `url.parse()` never takes as part of a host (it starts the path there). */
+const NON_HOST = '%;\'"<>^`{|} \t\r\n';
 
 /** True when no reading can differ from the path itself. */
 export function isPlainPath(p: string): boolean {
