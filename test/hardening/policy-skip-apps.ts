@@ -140,7 +140,8 @@ async function startFastify(profile: IcapProfile, hook: string): Promise<SkipApp
     seen.push({
       route,
       method: req.method,
-      path: req.url.replace(/[?#].*$/s, ''),
+      // find-my-way routes an absolute-form target on its path (the authority ends at / ? #).
+      path: req.url.replace(/^[A-Za-z][A-Za-z0-9+.-]*:\/\/[^/?#]*/, '').replace(/[?#].*$/s, '') || '/',
       param: param(req),
       type: (req.query as Record<string, unknown>).type,
       source: req.headers['x-source'],
@@ -207,7 +208,7 @@ async function startKoa(profile: IcapProfile, hook: string): Promise<SkipApp> {
       path: ctx.path,
       param,
       type: ctx.query.type,
-      source: ctx.get('x-source'),
+      source: ctx.req.headers['x-source'],
       hostname: ctx.hostname,
       body: Buffer.concat(chunks),
     });
@@ -253,10 +254,15 @@ async function startWeb(framework: 'hono' | 'web', profile: IcapProfile, hook: s
     const mw = honoIcap(profile);
     const app = new Hono();
     app.use(mw);
-    // Hono's c.req.queries(): every value of the name (c.req.query() is the first).
-    const types = (c: { req: { queries(n: string): string[] | undefined } }) => {
+    // Hono's c.req.queries(): every value of the name; c.req.query(), the first, has a parser
+    // of its own (a scan of the URL for one name): both must agree.
+    const types = (c: {
+      req: { queries(n: string): string[] | undefined; query(n: string): string | undefined };
+    }) => {
       const all = c.req.queries('type');
-      return all === undefined ? undefined : all.length === 1 ? all[0] : all;
+      const first = c.req.query('type');
+      if (all === undefined && first === undefined) return undefined;
+      return all?.length === 1 && first === all[0] ? first : { first, all };
     };
     app.all(`${hook}/:x`, (c) => record(c.req.raw, 'webhook', c.req.param('x'), c.req.path, types(c)));
     app.all('/:tenant/upload', (c) =>
