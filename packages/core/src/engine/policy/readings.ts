@@ -273,11 +273,27 @@ function oddQueryNames(target: string): ReadonlySet<string> | null {
     const name = decodeQueryPart(eq === -1 ? part : part.slice(0, eq));
     const others = otherNames(name, i === 0);
     if (eq !== -1 && decodeQueryPart(part.slice(eq + 1)).includes(']=')) others.push(name, plainName(name));
+    // An escape that does not decode (a lone `%`, bytes that are not UTF-8) in the name or the
+    // value: qs and fast-querystring keep the whole part as sent, querystring and URLSearchParams
+    // write U+FFFD for it, icapkit Latin-1: `type=w%65b%` is `web%` here and `w%65b%` to Express 4
+    // and Fastify (campaign-bq BQ2).
+    if (!decodesCleanly(part)) others.push(name, plainName(name));
     if (others.length === 0) continue;
     odd ??= new Set();
     for (const o of others) odd.add(o);
   }
   return odd ?? NO_ODD_NAMES;
+}
+
+/** Whether every escape of a query part decodes (as UTF-8): where all parsers decode it alike. */
+function decodesCleanly(part: string): boolean {
+  if (!part.includes('%')) return true;
+  try {
+    decodeURIComponent(part);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 export function decodeQueryPart(s: string): string {
