@@ -140,8 +140,9 @@ async function startFastify(profile: IcapProfile, hook: string): Promise<SkipApp
     seen.push({
       route,
       method: req.method,
-      // find-my-way routes an absolute-form target on its path (the authority ends at / ? #).
-      path: req.url.replace(/^[A-Za-z][A-Za-z0-9+.-]*:\/\/[^/?#]*/, '').replace(/[?#].*$/s, '') || '/',
+      // find-my-way routes an http(s) absolute-form target on its path (the authority ends at
+      // / or ?), any other as it is.
+      path: req.url.replace(/^https?:\/\/[^/?]*/i, '').replace(/[?#].*$/s, '') || '/',
       param: param(req),
       type: (req.query as Record<string, unknown>).type,
       source: req.headers['x-source'],

@@ -319,6 +319,11 @@ const ABSOLUTE = [
   'http://api.example.com',
   'http://h?x',
   'HTTP://static.example.com',
+  'https://static.example.com',
+  'javascript://static.example.com',
+  'foo://static.example.com',
+  'http://static.example.com:80',
+  'http://u@static.example.com',
 ];
 const METHODS = ['POST', 'POST', 'POST', 'PUT', 'PATCH', 'DELETE'];
 const OVERRIDES = ['X-HTTP-Method-Override', 'X-HTTP-Method', 'X-Method-Override'];
@@ -501,6 +506,18 @@ const EXAMPLES: Array<[string, string, string, string]> = [
     'a query value some escape of which does not decode: qs (Express 4) and fast-querystring (Fastify) keep it as sent',
     'query prefix only',
     'POST /webhooks/github?type=w%65bhook% HTTP/1.1\r\nHost: static.example.com\r\nX-Source: github\r\nContent-Type: application/octet-stream\r\n',
+  ],
+  [
+    'BQ3',
+    'an absolute-form target of another scheme than http(s): find-my-way routes it as it is, url.parse reads javascript: as hostless',
+    'prefix+query+header',
+    'POST javascript://static.example.com/webhooks/x?type=webhook HTTP/1.1\r\nHost: static.example.com\r\nX-Source: github\r\nContent-Type: application/octet-stream\r\n',
+  ],
+  [
+    'BQ3',
+    'an absolute-form target of another scheme than http(s): find-my-way routes it as it is',
+    'case-sensitive prefix',
+    'POST foo://static.example.com/webhooks/x HTTP/1.1\r\nHost: static.example.com\r\nContent-Type: application/octet-stream\r\n',
   ],
 ];
 
