@@ -1829,6 +1829,21 @@ describe('readings applications make that the rules must cover (campaign-e)', ()
     expect(decide(skipRoot, facts({ target: 'http://h/?x' }))).toEqual(skipped('skip-root'));
   });
 
+  it('BQ3: an absolute-form target of another scheme than http(s) is read as itself too (find-my-way routes it so)', () => {
+    const skipWebhooks: PolicyRule[] = [
+      { name: 'skip-webhooks', match: { path: { prefix: ['/webhooks'] } }, action: 'skip' },
+      { name: 'scan-everything', action: 'enable-icap' },
+    ];
+    expect(pathCandidates('foo://h/webhooks/x?y')).toContain('foo://h/webhooks/x');
+    // Express and Koa: url.parse() reads no host after javascript:.
+    expect(pathCandidates('JavaScript://h/webhooks/x')).toContain('//h/webhooks/x');
+    for (const target of ['foo://h/webhooks/x', 'javascript://h/webhooks/x?type=webhook', 'ws://h/webhooks'])
+      expect(decide(skipWebhooks, facts({ target })), target).toEqual(scanned('scan-everything'));
+    // Control: http and https, in any case, are read from their authority on.
+    for (const target of ['HTTPS://h/webhooks/x', 'http://h/webhooks'])
+      expect(decide(skipWebhooks, facts({ target })), target).toEqual(skipped('skip-webhooks'));
+  });
+
   it("BQ1: an absolute-form target is also read as url.parse() cuts its authority (at '%', ';', a ':' before no port)", () => {
     const skipWebhooks: PolicyRule[] = [
       { name: 'skip-webhooks', match: { path: { prefix: ['/webhooks'] } }, action: 'skip' },

@@ -10,7 +10,8 @@ import { MAX_PATH_STATES, PATH_READING_BUDGET } from './types.js';
  * - the raw path: query and fragment removed; for an absolute-form target its path part
  *   (`/` when empty), and also what follows the first `/` after `scheme://` when that differs
  *   ({@link firstSlashPath}), and the path Node's legacy `url.parse()` reads when it ends the
- *   authority earlier ({@link legacyUrlPath}); also with a leading '/' when it has none;
+ *   authority earlier ({@link legacyUrlPath}), and for another scheme than http(s) the target
+ *   itself ({@link otherSchemePaths}); also with a leading '/' when it has none;
  * - closed under: percent-decoding (at most twice, so `%252e` becomes `.`; `%2F` and `%5C`
  *   included; invalid escapes kept; UTF-8 when the bytes are UTF-8, else Latin-1), backslashes
  *   as slashes, dot segments removed per RFC 3986 §5.2.4 (`%2e` counting as `.`), repeated
@@ -37,7 +38,9 @@ export function pathReadings(target: string): { paths: string[]; complete: boole
   const absolute = target.charCodeAt(0) !== 0x2f;
   const cut = absolute ? firstSlashPath(target, raw) : undefined;
   const legacy = absolute ? legacyUrlPath(target, raw) : undefined;
-  if (cut === undefined && legacy === undefined && isPlainPath(raw)) return { paths: [raw], complete: true };
+  const scheme = absolute ? otherSchemePaths(target) : NO_PATHS;
+  if (cut === undefined && legacy === undefined && scheme.length === 0 && isPlainPath(raw))
+    return { paths: [raw], complete: true };
 
   const out = new Set<string>();
   const add = (s: string) => {
@@ -67,9 +70,9 @@ export function pathReadings(target: string): { paths: string[]; complete: boole
   push(raw, 2);
   if (!raw.startsWith('/')) push(`/${raw}`, 2);
   if (cut !== undefined) push(cut, 2);
-  if (legacy !== undefined) {
-    push(legacy, 2);
-    if (!legacy.startsWith('/')) push(`/${legacy}`, 2);
+  for (const other of legacy === undefined ? scheme : [legacy, ...scheme]) {
+    push(other, 2);
+    if (!other.startsWith('/')) push(`/${other}`, 2);
   }
   // Once a reading is left out the list is incomplete whatever follows: no more work on it.
   for (let i = 0; i < queue.length && complete; i++) {
@@ -152,6 +155,28 @@ export function legacyUrlPath(target: string, raw: string): string | undefined {
   }
   path += target.slice(end, pathEnd);
   return path === raw ? undefined : path;
+}
+
+const NO_PATHS: readonly string[] = [];
+
+/**
+ * The paths of an absolute-form target of another scheme than `http` or `https` (campaign-bq
+ * BQ3): find-my-way (Fastify) takes only those two as absolute and routes any other target as
+ * it is (`foo://h/webhooks` up to its `?`), and legacy `url.parse()` (Express, Koa) reads no
+ * host after `javascript:` (`javascript://h/webhooks` is `//h/webhooks` to them).
+ */
+export function otherSchemePaths(target: string): readonly string[] {
+  const scheme = SCHEME.exec(target);
+  if (scheme === null) return NO_PATHS;
+  const name = scheme[0].slice(0, -3).toLowerCase();
+  if (name === 'http' || name === 'https') return NO_PATHS;
+  let end = 0;
+  for (; end < target.length; end++) {
+    const c = target.charCodeAt(end);
+    if (c === 0x3f || c === 0x23) break;
+  }
+  const whole = target.slice(0, end);
+  return name === 'javascript' ? [whole, whole.slice(name.length + 1)] : [whole];
 }
 
 /** What legacy `url.parse()` never takes as part of a host (it starts the path there). */
