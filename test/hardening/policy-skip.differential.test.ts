@@ -39,6 +39,8 @@ interface SkipProfile {
   name: string;
   /** How the app writes its webhook route (`<hook>/:x`). */
   hook: string;
+  /** The request the near-skip requests start from: `<first>/<second>` (default: the hook and `github`). */
+  near?: readonly [string, string];
   skip: NonNullable<PolicyRule['match']>;
   /** The skip rule restated over what the framework read: may this handler get the body unscanned? */
   accepts(d: Delivery): boolean;
@@ -106,6 +108,16 @@ const PROFILES: SkipProfile[] = [
     hook: '/webhooks',
     skip: { path: { prefix: ['/webhooks'], caseSensitive: true } },
     accepts: routedUnder('/webhooks'),
+  },
+  {
+    name: 'negated prefix (skip all but /acme)',
+    hook: '/webhooks',
+    near: ['/acme', 'upload'],
+    skip: { path: { prefix: ['/acme'], negate: true } },
+    // Express and the Koa app route /ACME/upload as /:tenant/upload too: no reading of it is under /acme.
+    accepts: (d) =>
+      !(d.route === 'upload' && decoded(d.param ?? '').toLowerCase() === 'acme') &&
+      ![d.path, decoded(d.path)].some((p) => p.toLowerCase().startsWith('/acme')),
   },
   {
     name: 'query prefix only',
@@ -423,13 +435,13 @@ const paramArb = fc.tuple(pick(QUERY_NAMES), fc.option(pick(QUERY_VALUES), { nil
  * parameters, headers and path segments added around them: where a spelling the policy and a
  * framework read apart meets every other criterion of a skip.
  */
-const nearArb = (hook: string) =>
+const nearArb = ([hook, second]: readonly [string, string]) =>
   fc
     .record({
       method: mostly('POST', pick(METHODS), 2),
       absolute: mostly('', pick(ABSOLUTE), 5),
       hook: mostly(hook, pick(HOOKS), 2),
-      param: mostly('github', pick(SEGMENTS), 2),
+      param: mostly(second, pick(SEGMENTS), 2),
       extra: mostly(
         [],
         fc.array(fc.tuple(pick(SEPARATORS), pick(SEGMENTS)), { minLength: 1, maxLength: 2 }),
@@ -474,7 +486,7 @@ const caseArb = fc.nat(PROFILES.length - 1).chain((profile) =>
     profile: fc.constant(profile),
     head: fc.oneof(
       { arbitrary: requestArb, weight: 1 },
-      { arbitrary: nearArb(PROFILES[profile]!.hook), weight: 3 },
+      { arbitrary: nearArb(PROFILES[profile]!.near ?? [PROFILES[profile]!.hook, 'github']), weight: 3 },
     ),
   }),
 );
