@@ -258,6 +258,9 @@ const QUERY_NAMES = [
   'type%3D',
   '__proto__',
   'type\xa0',
+  '[type]x',
+  '%5Btype%5Dtype',
+  '[ty]pe',
 ];
 const QUERY_VALUES = [
   'webhook',
@@ -530,6 +533,18 @@ const EXAMPLES: Array<[string, string, string, string]> = [
     'an absolute-form target of another scheme than http(s): find-my-way routes it as it is',
     'case-sensitive prefix',
     'POST foo://static.example.com/webhooks/x HTTP/1.1\r\nHost: static.example.com\r\nContent-Type: application/octet-stream\r\n',
+  ],
+  [
+    'BQ4',
+    'a name qs reads by its leading [segment] whatever follows: [type]x is type to Express 4',
+    'query exact only',
+    'POST /webhooks/x?[type]x=upload&type=webhook HTTP/1.1\r\nHost: static.example.com\r\nContent-Type: application/octet-stream\r\n',
+  ],
+  [
+    'BQ4',
+    'a name qs reads by its leading [segment] whatever follows: [type]type is type to Express 4',
+    'query absent',
+    'POST /webhooks/x?%5Btype%5Dtype=upload HTTP/1.1\r\nHost: static.example.com\r\nContent-Type: application/octet-stream\r\n',
   ],
 ];
 
