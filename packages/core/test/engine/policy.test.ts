@@ -454,6 +454,32 @@ describe('path', () => {
     ).toEqual(scanned('r'));
   });
 
+  it("BQ4: a skip rule's query criterion does not hold where qs reads a name by its leading [segment]: [type]x is type to it", () => {
+    const exact: PolicyRule[] = [
+      { name: 'skip', match: { query: [{ name: 'type', value: 'webhook' }] }, action: 'skip' },
+      { name: 'scan-rest', action: 'enable-icap' },
+    ];
+    const absent: PolicyRule[] = [
+      { name: 'skip', match: { query: [{ name: 'type', present: false }] }, action: 'skip' },
+      { name: 'scan-rest', action: 'enable-icap' },
+    ];
+    for (const target of [
+      '/u?[type]x=upload&type=webhook',
+      '/u?%5Btype%5Dtype=upload&type=webhook',
+      '/u?[type].x=1&type=webhook',
+    ])
+      expect(decide(exact, facts({ target })), target).toEqual(scanned('scan-rest'));
+    for (const target of ['/u?[type]x=upload', '/u?%5Btype%5Dtype'])
+      expect(decide(absent, facts({ target })), target).toEqual(scanned('scan-rest'));
+    // Control: a name qs reads as another (`[ty]pe` is `ty`, `a[type]` is `a`) leaves type alone.
+    expect(decide(exact, facts({ target: '/u?a[type]=1&type=webhook' }))).toEqual(skipped('skip'));
+    expect(decide(absent, facts({ target: '/u?a[type]=1' }))).toEqual(skipped('skip'));
+    // Enable rules read [type]x=upload as type=upload too.
+    expect(
+      decide(only({ query: [{ name: 'type', value: 'upload' }] }), facts({ target: '/u?[type]x=upload' })),
+    ).toEqual(scanned('r'));
+  });
+
   it('lists are ORed', () => {
     const m: RuleMatch = { path: { exact: ['/a'], prefix: ['/b/'], suffix: ['.c'], regex: ['^/d'] } };
     for (const target of ['/a', '/b/1', '/x.c', '/dd'])

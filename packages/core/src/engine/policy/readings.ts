@@ -231,16 +231,29 @@ function plainName(name: string): string {
   return cut >= 0 ? n.slice(0, cut) : n;
 }
 
+/**
+ * The top-level name qs reads a query name as (its parseKeys): the text before the first
+ * `[...]` segment (one without brackets inside), or that segment's content when no text comes
+ * before it, whatever follows: `[type]x` and `[type]type` are `type` to it (campaign-bq BQ4).
+ */
+function qsRoot(name: string): string {
+  const segment = /\[[^[\]]*]/.exec(name);
+  if (segment === null) return name;
+  return segment.index > 0 ? name.slice(0, segment.index) : segment[0].slice(1, -1);
+}
+
 /** The names other than itself a parser may read a query name as (`first`: the query's first). */
 function otherNames(name: string, first: boolean): string[] {
   const out: string[] = [];
-  const plain = plainName(name);
-  if (plain !== name && plain !== '') out.push(plain);
+  const add = (n: string) => {
+    for (const other of [plainName(n), qsRoot(n)])
+      if (other !== name && other !== '' && !out.includes(other)) out.push(other);
+  };
+  add(name);
   if (first && name.startsWith('?') && name.length > 1) {
     const rest = name.slice(1);
     out.push(rest);
-    const restPlain = plainName(rest);
-    if (restPlain !== rest && restPlain !== '') out.push(restPlain);
+    add(rest);
   }
   return out;
 }
@@ -272,12 +285,13 @@ function oddQueryNames(target: string): ReadonlySet<string> | null {
     const eq = part.indexOf('=');
     const name = decodeQueryPart(eq === -1 ? part : part.slice(0, eq));
     const others = otherNames(name, i === 0);
-    if (eq !== -1 && decodeQueryPart(part.slice(eq + 1)).includes(']=')) others.push(name, plainName(name));
+    if (eq !== -1 && decodeQueryPart(part.slice(eq + 1)).includes(']='))
+      others.push(name, plainName(name), qsRoot(name));
     // An escape that does not decode (a lone `%`, bytes that are not UTF-8) in the name or the
     // value: qs and fast-querystring keep the whole part as sent, querystring and URLSearchParams
     // write U+FFFD for it, icapkit Latin-1: `type=w%65b%` is `web%` here and `w%65b%` to Express 4
     // and Fastify (campaign-bq BQ2).
-    if (!decodesCleanly(part)) others.push(name, plainName(name));
+    if (!decodesCleanly(part)) others.push(name, plainName(name), qsRoot(name));
     if (others.length === 0) continue;
     odd ??= new Set();
     for (const o of others) odd.add(o);
