@@ -480,6 +480,18 @@ describe('path', () => {
     ).toEqual(scanned('r'));
   });
 
+  it('BQ5: HEAD reads as GET too (routers serve it by GET routes)', () => {
+    const scanGet: PolicyRule[] = [{ name: 'scan-get', match: { method: ['GET'] }, action: 'enable-icap' }];
+    expect(decide(scanGet, facts({ method: 'HEAD' }))).toEqual(scanned('scan-get'));
+    const skipGet: PolicyRule[] = [
+      { name: 'skip-get', match: { method: ['GET'] }, action: 'skip' },
+      { name: 'scan-head', match: { method: ['HEAD'] }, action: 'enable-icap' },
+    ];
+    expect(decide(skipGet, facts({ method: 'HEAD' }))).toEqual(scanned('scan-head'));
+    // Control: no other method reads as GET.
+    expect(decide(scanGet, facts({ method: 'POST' }))).toEqual(NO_MATCH);
+  });
+
   it('lists are ORed', () => {
     const m: RuleMatch = { path: { exact: ['/a'], prefix: ['/b/'], suffix: ['.c'], regex: ['^/d'] } };
     for (const target of ['/a', '/b/1', '/x.c', '/dd'])

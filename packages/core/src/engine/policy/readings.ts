@@ -6,7 +6,7 @@ import { METHOD_OVERRIDE_HEADERS, METHOD_OVERRIDE_PARAM } from './types.js';
 // Readings of a request
 
 /**
- * The method as received, every method-override header value, every `_method` query parameter
+ * The method as received (a HEAD also as GET), every method-override header value, every `_method` query parameter
  * (method-override's documented query getter, `methodOverride('_method')`, reads it), upper-cased.
  * A body a parser turns into named fields may carry a `_method` field too (the Rails/Laravel
  * convention, method-override's body getter `(req) => req.body._method`), which the application
@@ -23,6 +23,13 @@ export function methodReadings(facts: RequestFacts, known: ReadonlySet<string>):
     return known.has(u) ? u : undefined;
   };
   const out: Array<string | undefined> = [canon(facts.method)];
+  // Routers serve HEAD by GET routes (Express runs the GET handler, which may read a body that
+  // HEAD carries; Fastify's exposeHeadRoutes, @koa/router and Hono too): HEAD reads as GET
+  // too (campaign-bq BQ5).
+  if (facts.method.trim().toUpperCase() === 'HEAD') {
+    const get = canon('GET');
+    if (!out.includes(get)) out.push(get);
+  }
   const add = (value: string): void => {
     for (const part of value.split(',')) {
       if (part.trim() === '') continue;
