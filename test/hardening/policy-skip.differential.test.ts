@@ -15,6 +15,10 @@
  * that reached another handler, or a value parsed otherwise, is a bypass: the failure prints
  * the request bytes.
  *
+ * Two generators: a free grammar, and requests near each profile's skip (the request it skips
+ * with one to a few parts respelt), where a spelling read apart meets every other criterion.
+ * The bypasses found (campaign-bq BQ1-BQ4) stay below as fixed cases (EXAMPLES).
+ *
  * `ICAPKIT_POLICY_SKIP_RUNS` sets the requests per framework (default 600); fast-check's seed is
  * random, `ICAPKIT_FUZZ_SEED` (and `ICAPKIT_FUZZ_PATH`) replay a reported one.
  */
