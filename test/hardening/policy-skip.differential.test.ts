@@ -172,6 +172,15 @@ const PROFILES: SkipProfile[] = [
     accepts: (d) => d.hostname === 'static.example.com',
   },
   {
+    name: 'host wildcard',
+    hook: '/webhooks',
+    skip: { host: ['*.example.com'] },
+    accepts: (d) =>
+      typeof d.hostname === 'string' &&
+      d.hostname.length > '.example.com'.length &&
+      d.hostname.toLowerCase().endsWith('.example.com'),
+  },
+  {
     name: 'method',
     hook: '/webhooks',
     skip: { method: ['PUT'] },
@@ -332,6 +341,14 @@ const HOSTS = [
   'static.example.com#',
   'static.example.com%2e',
   '',
+  'example.com',
+  '.example.com',
+  'API.EXAMPLE.COM',
+  'a.example.com.evil.com',
+  'evil.com',
+  'a.example.com:8080',
+  'a_b.example.com',
+  '[::1]',
 ];
 const ABSOLUTE = [
   'http://static.example.com',
