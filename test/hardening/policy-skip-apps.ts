@@ -26,8 +26,17 @@ import Fastify from 'fastify';
 import { Hono } from 'hono';
 import Koa from 'koa';
 
-export type SkipFramework = 'express5' | 'express4' | 'fastify' | 'koa3' | 'hono' | 'web';
-export const SKIP_FRAMEWORKS: SkipFramework[] = ['express5', 'express4', 'fastify', 'koa3', 'hono', 'web'];
+export type SkipFramework = 'express5' | 'express4' | 'fastify' | 'fastify-options' | 'koa3' | 'hono' | 'web';
+/** `fastify-options`: Fastify with the router options applications turn on (see startFastify). */
+export const SKIP_FRAMEWORKS: SkipFramework[] = [
+  'express5',
+  'express4',
+  'fastify',
+  'fastify-options',
+  'koa3',
+  'hono',
+  'web',
+];
 
 /** What one handler got: the framework's readings of the request, and the body. */
 export interface Delivery {
@@ -59,7 +68,8 @@ export function startSkipApp(framework: SkipFramework, profile: IcapProfile, hoo
     case 'express4':
       return startExpress(framework, profile, hook);
     case 'fastify':
-      return startFastify(profile, hook);
+    case 'fastify-options':
+      return startFastify(profile, hook, framework === 'fastify-options');
     case 'koa3':
       return startKoa(profile, hook);
     default:
@@ -129,9 +139,19 @@ async function startExpress(
   };
 }
 
-async function startFastify(profile: IcapProfile, hook: string): Promise<SkipApp> {
+async function startFastify(profile: IcapProfile, hook: string, options: boolean): Promise<SkipApp> {
   const seen: Delivery[] = [];
-  const app = Fastify({ bodyLimit: LIMIT });
+  // The find-my-way options an application may turn on: `;` ends the path and starts the query
+  // (Fastify 4's default), a trailing slash, repeated slashes and case ignored.
+  const routerOptions = options
+    ? {
+        useSemicolonDelimiter: true,
+        ignoreTrailingSlash: true,
+        ignoreDuplicateSlashes: true,
+        caseSensitive: false,
+      }
+    : {};
+  const app = Fastify({ bodyLimit: LIMIT, routerOptions } as never) as unknown as ReturnType<typeof Fastify>;
   await app.register(fastifyIcap, { startupCheck: 'off', ...profile });
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', { parseAs: 'buffer' }, (_req, body, done) => done(null, body));
@@ -142,7 +162,7 @@ async function startFastify(profile: IcapProfile, hook: string): Promise<SkipApp
       method: req.method,
       // find-my-way routes an http(s) absolute-form target on its path (the authority ends at
       // / or ?), any other as it is.
-      path: req.url.replace(/^https?:\/\/[^/?]*/i, '').replace(/[?#].*$/s, '') || '/',
+      path: req.url.replace(/^https?:\/\/[^/?]*/i, '').replace(options ? /[?#;].*$/s : /[?#].*$/s, '') || '/',
       param: param(req),
       type: (req.query as Record<string, unknown>).type,
       source: req.headers['x-source'],

@@ -567,6 +567,18 @@ const EXAMPLES: Array<[string, string, string, string]> = [
     'query absent',
     'POST /webhooks/x?%5Btype%5Dtype=upload HTTP/1.1\r\nHost: static.example.com\r\nContent-Type: application/octet-stream\r\n',
   ],
+  [
+    'BQ6',
+    "a ';' before the query: find-my-way with useSemicolonDelimiter (Fastify 4's default) starts the query there",
+    'query exact only',
+    'POST /webhooks/x;type=upload?type=webhook HTTP/1.1\r\nHost: static.example.com\r\nContent-Type: application/octet-stream\r\n',
+  ],
+  [
+    'BQ6',
+    "a ';' and no query: find-my-way with useSemicolonDelimiter reads one from the ';'",
+    'query absent',
+    'POST /webhooks/x;type=upload HTTP/1.1\r\nHost: static.example.com\r\nContent-Type: application/octet-stream\r\n',
+  ],
 ];
 
 // ---------------------------------------------------------------------------------------------

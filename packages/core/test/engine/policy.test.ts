@@ -492,6 +492,27 @@ describe('path', () => {
     expect(decide(scanGet, facts({ method: 'POST' }))).toEqual(NO_MATCH);
   });
 
+  it("BQ6: a skip rule's query criterion does not hold for a target with a ';' before its query (find-my-way's useSemicolonDelimiter)", () => {
+    const exact: PolicyRule[] = [
+      { name: 'skip', match: { query: [{ name: 'type', value: 'webhook' }] }, action: 'skip' },
+      { name: 'scan-rest', action: 'enable-icap' },
+    ];
+    const absent: PolicyRule[] = [
+      { name: 'skip', match: { query: [{ name: 'type', present: false }] }, action: 'skip' },
+      { name: 'scan-rest', action: 'enable-icap' },
+    ];
+    for (const target of [
+      '/webhooks/x;type=upload?type=webhook',
+      '/webhooks/x;?type=webhook',
+      'http://h;x/y?type=webhook',
+    ])
+      expect(decide(exact, facts({ target })), target).toEqual(scanned('scan-rest'));
+    expect(decide(absent, facts({ target: '/webhooks/x;type=upload' }))).toEqual(scanned('scan-rest'));
+    // Control: a ';' in the query itself is a character of a value.
+    expect(decide(exact, facts({ target: '/webhooks/x?a=1;b&type=webhook' }))).toEqual(skipped('skip'));
+    expect(decide(absent, facts({ target: '/webhooks/x' }))).toEqual(skipped('skip'));
+  });
+
   it('lists are ORed', () => {
     const m: RuleMatch = { path: { exact: ['/a'], prefix: ['/b/'], suffix: ['.c'], regex: ['^/d'] } };
     for (const target of ['/a', '/b/1', '/x.c', '/dd'])

@@ -268,7 +268,8 @@ function otherNames(name: string, first: boolean): string[] {
 /**
  * The query names a skip rule's criterion cannot vouch for, where query parsers read the query
  * apart (campaign-bo, campaign-bp): null (none can) when the target has a `#` (find-my-way keeps
- * it in the query, Express reads a query after it, icapkit cut it) or 1000 parameters or more
+ * it in the query, Express reads a query after it, icapkit cut it), a `;` before its query
+ * (find-my-way's useSemicolonDelimiter reads the query from there) or 1000 parameters or more
  * (qs' parameterLimit and querystring's maxKeys drop the rest); else the names written another
  * way too ({@link otherNames}), and a name whose value holds `]=` (qs splits the part there:
  * `type=webhook]=x` is no `type` to it), each under its plain name.
@@ -283,6 +284,9 @@ const NO_ODD_NAMES: ReadonlySet<string> = new Set();
 function oddQueryNames(target: string): ReadonlySet<string> | null {
   if (target.includes('#')) return null;
   const q = target.indexOf('?');
+  // A `;` before the query: find-my-way with useSemicolonDelimiter (a Fastify option, Fastify
+  // 4's default) ends the path there and reads the query from it (campaign-bq BQ6).
+  if ((q === -1 ? target : target.slice(0, q)).includes(';')) return null;
   if (q === -1) return NO_ODD_NAMES;
   const parts = target.slice(q + 1).split('&');
   if (parts.length >= 1000) return null;
