@@ -579,6 +579,18 @@ const EXAMPLES: Array<[string, string, string, string]> = [
     'query absent',
     'POST /webhooks/x;type=upload HTTP/1.1\r\nHost: static.example.com\r\nContent-Type: application/octet-stream\r\n',
   ],
+  [
+    'BQ7',
+    "a ';' in the path: find-my-way with useSemicolonDelimiter routes the path up to it",
+    'suffix',
+    'POST /webhooks;x/github HTTP/1.1\r\nHost: static.example.com\r\nContent-Type: application/octet-stream\r\n',
+  ],
+  [
+    'BQ7',
+    "a ';' in the path: find-my-way with useSemicolonDelimiter routes /acme/upload;x/github to /:tenant/upload",
+    'suffix',
+    'POST /acme/upload;x/github HTTP/1.1\r\nHost: static.example.com\r\nContent-Type: application/octet-stream\r\n',
+  ],
 ];
 
 // ---------------------------------------------------------------------------------------------

@@ -513,6 +513,18 @@ describe('path', () => {
     expect(decide(absent, facts({ target: '/webhooks/x' }))).toEqual(skipped('skip'));
   });
 
+  it("BQ7: a path is also read up to its first ';' (find-my-way's useSemicolonDelimiter routes it so)", () => {
+    const skipPng: PolicyRule[] = [
+      { name: 'skip-png', match: { path: { suffix: ['.png'] } }, action: 'skip' },
+      { name: 'scan-everything', action: 'enable-icap' },
+    ];
+    expect(pathCandidates('/upload;x.png')).toContain('/upload');
+    expect(decide(skipPng, facts({ target: '/upload;x.png' }))).toEqual(scanned('scan-everything'));
+    expect(decide(skipPng, facts({ target: '/a;b/c.png' }))).toEqual(scanned('scan-everything'));
+    // Control: a path without ';' is still skipped.
+    expect(decide(skipPng, facts({ target: '/img/a.png' }))).toEqual(skipped('skip-png'));
+  });
+
   it('lists are ORed', () => {
     const m: RuleMatch = { path: { exact: ['/a'], prefix: ['/b/'], suffix: ['.c'], regex: ['^/d'] } };
     for (const target of ['/a', '/b/1', '/x.c', '/dd'])

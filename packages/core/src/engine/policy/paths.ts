@@ -15,7 +15,8 @@ import { MAX_PATH_STATES, PATH_READING_BUDGET } from './types.js';
  * - closed under: percent-decoding (at most twice, so `%252e` becomes `.`; `%2F` and `%5C`
  *   included; invalid escapes kept; UTF-8 when the bytes are UTF-8, else Latin-1), backslashes
  *   as slashes, dot segments removed per RFC 3986 §5.2.4 (`%2e` counting as `.`), repeated
- *   slashes collapsed, `;params` removed from segments; each in any order;
+ *   slashes collapsed, `;params` removed from segments, the path cut at its first `;`; each in
+ *   any order;
  * - and each of those without a trailing slash.
  *
  * At most MAX_PATH_STATES readings and PATH_READING_BUDGET characters of them are made: past
@@ -82,6 +83,7 @@ export function pathReadings(target: string): { paths: string[]; complete: boole
     push(removeDotSegments(s), decodes);
     push(collapseSlashes(s), decodes);
     push(removeParams(s), decodes);
+    push(cutAtSemicolon(s), decodes);
     if (decodes > 0) push(percentDecode(s), decodes - 1);
   }
   return { paths: [...out], complete };
@@ -213,6 +215,15 @@ export function backslashesToSlashes(s: string): string {
 
 export function collapseSlashes(s: string): string {
   return s.includes('//') ? s.replace(/\/{2,}/g, '/') : s;
+}
+
+/**
+ * `/a;x/b` -> `/a`: find-my-way with useSemicolonDelimiter (a Fastify option, Fastify 4's
+ * default) ends the path at its first `;` (campaign-bq BQ7).
+ */
+export function cutAtSemicolon(s: string): string {
+  const semi = s.indexOf(';');
+  return semi === -1 ? s : s.slice(0, semi);
 }
 
 /** `/a;x=1/b;y` -> `/a/b`. */
