@@ -3,8 +3,9 @@
  * without HTTP (the fast companion of policy-skip.differential.test.ts): wherever the policy
  * lets a criterion on `type` hold for a skip (the parameter there once with a value, or not
  * there at all), every parser an application behind icapkit may use must read `type` the same
- * way: qs as Express 4 calls it, node:querystring (Express 5), URLSearchParams (Koa 3, Web
- * handlers), fast-querystring (Fastify) and Hono's `c.req.query()` / `c.req.queries()`.
+ * way: qs as Express 4 calls it (and Express 5's 'extended' parser), node:querystring
+ * (Express 5), URLSearchParams (Koa 3, Web handlers), fast-querystring (Fastify) and Hono's
+ * `c.req.query()` / `c.req.queries()`.
  *
  * The queries are written from tokens that parsers split, decode or merge differently (names
  * with brackets and dots, `%` escapes valid and not, `+`, `?`, `;`, `=` and `&` runs,
@@ -27,6 +28,8 @@ const RUNS = runsFromEnv('ICAPKIT_POLICY_QUERY_RUNS', 3000);
 const qs = createRequire(createRequire(import.meta.url).resolve('express4/package.json'))('qs') as {
   parse(s: string, o: object): Record<string, unknown>;
 };
+/** Express 5's own qs, as its 'extended' query parser calls it. */
+const qs5 = createRequire(createRequire(import.meta.url).resolve('express/package.json'))('qs') as typeof qs;
 const fastQuerystring = createRequire(createRequire(import.meta.url).resolve('fastify/package.json'))(
   'fast-querystring',
 ) as { parse(s: string): Record<string, unknown> };
@@ -61,6 +64,7 @@ async function readings(query: string): Promise<Record<string, unknown>> {
   const h = (await res.json()) as { first: string | null; all: string[] | null };
   return {
     qs: own(qs.parse(query, { allowPrototypes: true, arrayLimit: 1000 })),
+    'qs (Express 5 extended)': own(qs5.parse(query, { allowPrototypes: true })),
     querystring: own(parseQuerystring(query)),
     URLSearchParams: url.has('type') ? url.getAll('type') : undefined,
     'fast-querystring': own(fastQuerystring.parse(query)),
