@@ -8,6 +8,7 @@ import { buildResponse } from '../respond.js';
 import { exchange } from '../scan/exchange.js';
 import { disposeOnce, ReplayPass } from '../scan/outcome.js';
 import { takesFailAction } from '../scan/retry.js';
+import { mayStartWithBom, withoutBom } from '../scan/second-object.js';
 import type { ExchangeContext, PartResult, RequestContext, ScanOutcome } from '../types.js';
 import { type CanonicalForm, canonicalForm } from './canonical.js';
 import { type Part, parseMultipart } from './parse.js';
@@ -249,6 +250,10 @@ async function scanPart(scan: FormScan, part: Part, signal: AbortSignal): Promis
   try {
     const result = await exchange(scan, subject, body, signal, entries);
     for (const entry of entries) nameEntry(entry, part);
+    if (result.type === 'clean' && result.skipped === undefined && mayStartWithBom(body)) {
+      const blocked = await scanWithoutBom(scan, part, body, signal, entries);
+      if (blocked !== null) return blocked;
+    }
     if (result.type === 'clean') return { part, type: 'clean', verdict: result.verdict ?? undefined };
     if (result.type === 'blocked') return { part, type: 'blocked', verdict: result.verdict };
     const identical = await result.adapted.identical();
@@ -256,6 +261,13 @@ async function scanPart(scan: FormScan, part: Part, signal: AbortSignal): Promis
     if (entry !== undefined) {
       entry.action = identical ? 'ICAP_PASSED' : 'ICAP_MODIFIED';
       if (!identical) entry.modified_content_length = result.adapted.length;
+    }
+    if (identical && mayStartWithBom(body)) {
+      const blocked = await scanWithoutBom(scan, part, body, signal, entries);
+      if (blocked !== null) {
+        result.adapted.dispose();
+        return blocked;
+      }
     }
     return identical
       ? { part, type: 'clean', verdict: result.verdict }
@@ -269,6 +281,43 @@ async function scanPart(scan: FormScan, part: Part, signal: AbortSignal): Promis
     )
       return { part, type: 'failed', error: err };
     throw err;
+  }
+}
+
+/**
+ * A part that starts with a UTF-8 BOM, once it passed with it: also scanned without it, as
+ * undici hands a field's value over (and `File.text()` reads a file): second-object.ts says why.
+ * Null when that is clean (or an identical echo), else the part blocked (a rewrite of it
+ * cannot be put back into the part the application gets). Throws what the exchange throws.
+ */
+async function scanWithoutBom(
+  scan: FormScan,
+  part: Part,
+  body: BodyStore,
+  signal: AbortSignal,
+  entries: IcapRequestLog[],
+): Promise<PartResult | null> {
+  const copy = await withoutBom(scan.profile, body);
+  if (copy === null) return null;
+  const start = entries.length;
+  try {
+    const result = await exchange(
+      scan,
+      partFacts(scan.scanFacts, part, copy.received),
+      copy,
+      signal,
+      entries,
+    );
+    for (const entry of entries.slice(start)) nameEntry(entry, part);
+    if (result.type === 'clean') return null;
+    if (result.type === 'blocked') return { part, type: 'blocked', verdict: result.verdict };
+    const identical = await result.adapted.identical();
+    result.adapted.dispose();
+    const entry = entries.at(-1);
+    if (entry !== undefined) entry.action = identical ? 'ICAP_PASSED' : 'ICAP_BLOCKED';
+    return identical ? null : { part, type: 'blocked', verdict: result.verdict };
+  } finally {
+    copy.dispose();
   }
 }
 

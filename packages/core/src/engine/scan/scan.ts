@@ -3,7 +3,7 @@ import { IcapError, IcapErrorCodes } from '../../errors.js';
 import { LightAbortController } from '../../light-signal.js';
 import type { BodyStore } from '../body.js';
 import { DecodedView, viewFacts } from '../decoded/view.js';
-import { type IcapLog, type IcapRequestLog, observe } from '../log.js';
+import { type IcapLog, observe } from '../log.js';
 import { isMultipartFormData } from '../multipart/parse.js';
 import { scanParts } from '../multipart/parts.js';
 import type { PolicyDecision } from '../policy.js';
@@ -37,6 +37,18 @@ import {
   withDispose,
 } from './outcome.js';
 import { takesFailAction } from './retry.js';
+import {
+  DECODED_NAME,
+  ENCODED_NAME,
+  mayStartWithBom,
+  NO_BOM_NAME,
+  REWROTE_DECODED,
+  REWROTE_ENCODED,
+  REWROTE_NO_BOM,
+  secondObject,
+  withLength,
+  withoutBom,
+} from './second-object.js';
 import { StageClock } from './stage-clock.js';
 
 /**
@@ -396,6 +408,17 @@ export class Scan {
       const blocked = await this.#scanDecoded(view, result);
       if (blocked !== null) result = blocked;
     }
+    // A leading UTF-8 BOM, which text readers drop: the body without it must pass too (a
+    // clean body has arrived: looked at now; an echo of it once it has: #scanWithoutBom).
+    if (
+      scanned !== null &&
+      passing(result) &&
+      scanned.retaining &&
+      (result.type !== 'clean' || mayStartWithBom(scanned))
+    ) {
+      const blocked = await this.#scanWithoutBom(scanned, result);
+      if (blocked !== null) result = blocked;
+    }
     this.#clock?.lap('exchange');
     this.#settle();
     if (this.#formCheck !== null && result.type !== 'blocked') {
@@ -419,7 +442,7 @@ export class Scan {
    * strings: the request goes on with one body, and the decoded copy's verdict is about another.
    */
   async #scanEncoded(store: BodyStore, first: AttemptResult): Promise<AttemptResult | null> {
-    return this.#secondObject(first, ENCODED_NAME, REWROTE_ENCODED, async (entries) => {
+    return secondObject(this.log, first, ENCODED_NAME, REWROTE_ENCODED, async (entries) => {
       await allArrived(store, this.signal, this.profile.bufferSize);
       const facts = this.facts;
       const sent =
@@ -439,7 +462,7 @@ export class Scan {
    */
   async #scanDecoded(view: DecodedView, first: AttemptResult): Promise<AttemptResult | null> {
     try {
-      return await this.#secondObject(first, DECODED_NAME, REWROTE_DECODED, async (entries) => {
+      return await secondObject(this.log, first, DECODED_NAME, REWROTE_DECODED, async (entries) => {
         const object = await view.result();
         if (object === null) return null;
         this.log.significance.push('DECODED_STRINGS');
@@ -451,44 +474,23 @@ export class Scan {
   }
 
   /**
-   * One more ICAP object for a request whose body passed (`first`): `send` runs its exchange
-   * (null: nothing to send), its log entries are named `name`. Null when it is clean (or an
-   * identical echo), else the block to answer with; a rewrite blocks (`rewrote` says why).
-   * Throws what the exchange throws (an ICAP failure takes the failure action).
+   * A body (as scanned) that starts with a UTF-8 BOM, once it passed with it (`first`): sent
+   * again without it (second-object.ts says why). Null when it is clean (or has no BOM after
+   * all), else the block to answer with; a rewrite blocks.
    */
-  async #secondObject(
-    first: AttemptResult,
-    name: string,
-    rewrote: string,
-    send: (entries: IcapRequestLog[]) => Promise<AttemptResult | null>,
-  ): Promise<AttemptResult | null> {
-    // What the request becomes instead of `first`: a block (or a failure) frees its adapted body.
-    const instead = () => {
-      if (first.type === 'adapted') first.adapted.dispose();
-    };
+  async #scanWithoutBom(scanned: BodyStore, first: AttemptResult): Promise<AttemptResult | null> {
+    let copy: BodyStore | null = null;
     try {
-      const entries: IcapRequestLog[] = [];
-      const second = await send(entries);
-      if (second === null) return null;
-      for (const entry of entries) entry.file_name = name;
-      const log = this.log;
-      if (second.verdict?.unscannable) log.significance.push('UNSCANNABLE');
-      if (second.type === 'clean') return null;
-      if (second.type === 'blocked') {
-        instead();
-        return second;
-      }
-      const identical = await second.adapted.identical();
-      second.adapted.dispose();
-      const entry = entries.at(-1);
-      if (entry !== undefined) entry.action = identical ? 'ICAP_PASSED' : 'ICAP_BLOCKED';
-      if (identical) return null;
-      log.error_message ??= rewrote;
-      instead();
-      return { type: 'blocked', res: second.res, verdict: second.verdict, relay: undefined };
-    } catch (err) {
-      instead();
-      throw err;
+      return await secondObject(this.log, first, NO_BOM_NAME, REWROTE_NO_BOM, async (entries) => {
+        await allArrived(scanned, this.signal, this.profile.bufferSize);
+        if (!mayStartWithBom(scanned)) return null;
+        copy = await withoutBom(this.profile, scanned);
+        if (copy === null) return null;
+        this.log.significance.push('DECODED_STRINGS');
+        return exchange(this, withLength(this.scanFacts, copy.received), copy, this.signal, entries);
+      });
+    } finally {
+      (copy as BodyStore | null)?.dispose();
     }
   }
 
@@ -570,16 +572,6 @@ export class Scan {
 }
 
 function NOTHING(): void {}
-
-/** The name the decoded strings' log entries carry (`file_name`). */
-const DECODED_NAME = '(decoded strings)';
-const REWROTE_DECODED =
-  'the ICAP server rewrote the decoded strings of the request body, which cannot be put back into it';
-
-/** The name the log entries of a compressed body as sent carry (its decoded copy is the body's). */
-const ENCODED_NAME = '(body as sent, compressed)';
-const REWROTE_ENCODED =
-  'the ICAP server rewrote the compressed request body as sent, while its decoded copy was scanned apart';
 
 /** A body (or none) that is all here: what bodyComplete() would wait for and accept at once. */
 function arrived(store: BodyStore | null): boolean {
