@@ -11,6 +11,7 @@ import {
 } from '@icapkit/core';
 import {
   createScanner,
+  disposeWhenSent,
   incomingOf,
   refusalError,
   type WebRefusalOptions,
@@ -126,8 +127,16 @@ export function icap(profile: IcapProfile, options: IcapHonoOptions = {}): IcapH
     }
     try {
       await next();
-    } finally {
+    } catch (err) {
       if (!approved.bodyUsed) result.dispose();
+      throw err;
+    }
+    // A body the handlers have not opened may still be read while the response streams
+    // (hono/streaming): freed once the response is done (@icapkit/web's disposeWhenSent).
+    if (!approved.bodyUsed) {
+      const res = c.res;
+      const watched = disposeWhenSent(res, result.dispose, c.env);
+      if (watched !== res) c.res = watched;
     }
     if (result.responseHeaders.length > 0) c.res = withHeaders(c.res, result.responseHeaders);
   };

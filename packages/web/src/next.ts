@@ -5,6 +5,7 @@ import {
   type IcapRequestInfo,
   type PinoLike,
 } from '@icapkit/core';
+import { disposeWhenSent } from './held.js';
 import { refusalError, type WebRefusalOptions } from './refusal.js';
 import { createScanner, incomingOf, type WebScanner, type WebScanResult } from './scan.js';
 
@@ -85,13 +86,17 @@ export function withIcap<Req extends Request = Request, Ctx = unknown, Res exten
       return result.response;
     }
     const approved = sameClass(request, result.request);
+    let response: Response;
     try {
-      const response = await handler(approved, context, result.icap);
-      return withHeaders(response, result.responseHeaders);
-    } finally {
-      // A body the handler never opened is not going to be read: free what holds it.
+      response = await handler(approved, context, result.icap);
+    } catch (err) {
       if (!approved.bodyUsed) result.dispose();
+      throw err;
     }
+    // A body the handler has not opened may still be read while its response streams: freed
+    // once the response is done (held.ts).
+    if (!approved.bodyUsed) response = disposeWhenSent(response, result.dispose, context);
+    return withHeaders(response, result.responseHeaders);
   };
   return Object.assign(route, {
     get scanner() {

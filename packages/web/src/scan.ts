@@ -22,6 +22,7 @@ import {
   type ScanOutcome,
 } from '@icapkit/core';
 import { toWebStream } from './body.js';
+import { onceDisposer } from './held.js';
 import { BODYLESS, incomingReadFirst, untouchedIncoming } from './node-server.js';
 import { defaultRefusalResponse, shapeRefusal, type WebOnRefusal } from './refusal.js';
 import { toScanRequest, unreadableRequest, type WebScanRequest } from './request.js';
@@ -253,7 +254,7 @@ async function scanWith(
     throw err;
   }
   const icap = requestInfo(outcome);
-  const dispose = once(() => {
+  const dispose = onceDisposer(() => {
     outcome.dispose();
     // A body nobody will read any more: release the request's stream.
     if (!source.destroyed && source.bodyOpened && !source.readableEnded) source.destroy();
@@ -495,13 +496,4 @@ function drain(source: Readable, limits: DrainLimits): void {
   source.once('end', cleanup);
   source.once('close', cleanup);
   source.resume();
-}
-
-function once(fn: () => void): () => void {
-  let done = false;
-  return () => {
-    if (done) return;
-    done = true;
-    fn();
-  };
 }
