@@ -56,6 +56,29 @@ export function untouchedIncoming(request: Request, incoming: unknown): Readable
   return incoming;
 }
 
+/**
+ * The Node request under @hono/node-server's lightweight `Request` (its own `incomingKey`
+ * field), for a scan that was not given it (`env.incoming`): an application that serves Hono
+ * through a fetch wrapper that drops the env (`serve({ fetch: (req) => app.fetch(req) })`,
+ * campaign-br BR7). Without it a TRACE request's body, which the Web Request does not carry but
+ * the lightweight Request's `text()` and `arrayBuffer()` read from the Node request, went unseen;
+ * and the client's address, the hand-back and the check for a body read first were lost.
+ * Undefined for any other object.
+ */
+export function incomingUnder(request: Request): IncomingMessageLike | undefined {
+  for (const key of Object.getOwnPropertySymbols(request)) {
+    if (key.description !== 'incomingKey') continue;
+    const value = (request as unknown as Record<symbol, unknown>)[key];
+    return value instanceof Readable && typeof (value as IncomingMessageLike).httpVersionMajor === 'number'
+      ? (value as IncomingMessageLike)
+      : undefined;
+  }
+  return undefined;
+}
+
+/** What {@link incomingUnder} finds: a Node request (`IncomingMessage` or `Http2ServerRequest`). */
+export type IncomingMessageLike = Readable & { httpVersionMajor: number };
+
 /** The methods a Web `Request` carries no body for (@hono/node-server makes TRACE a GET). */
 export const BODYLESS = /^(?:GET|HEAD|TRACE)$/i;
 

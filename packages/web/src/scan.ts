@@ -23,7 +23,7 @@ import {
 } from '@icapkit/core';
 import { toWebStream } from './body.js';
 import { onceDisposer } from './held.js';
-import { BODYLESS, incomingReadFirst, untouchedIncoming } from './node-server.js';
+import { BODYLESS, incomingReadFirst, incomingUnder, untouchedIncoming } from './node-server.js';
 import { defaultRefusalResponse, shapeRefusal, type WebOnRefusal } from './refusal.js';
 import { toScanRequest, unreadableRequest, type WebScanRequest } from './request.js';
 
@@ -189,6 +189,11 @@ async function scanWith(
     throw new IcapError(IcapErrorCodes.INVALID_ARGUMENT, '@icapkit/web: onRefusal must be a function', {
       field: 'onRefusal',
     });
+  // Not given (a fetch wrapper that drops @hono/node-server's env): the one the Request carries.
+  if (options.incoming === undefined) {
+    const under = incomingUnder(request);
+    if (under !== undefined) options = { ...options, incoming: under };
+  }
   const clientIp = options.clientIp ?? options.incoming?.socket?.remoteAddress ?? undefined;
   const http1 = options.incoming?.httpVersionMajor === 1;
   let source: WebScanRequest;
