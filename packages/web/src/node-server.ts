@@ -99,5 +99,22 @@ export const BODYLESS = /^(?:GET|HEAD|TRACE)$/i;
 export function incomingReadFirst(request: Request, incoming: unknown): Readable | undefined {
   if (!(incoming instanceof Readable) || BODYLESS.test(request.method) || 'rawBody' in incoming)
     return undefined;
-  return bodyConsumedReason(incoming) === undefined ? undefined : incoming;
+  if (bodyConsumedReason(incoming) === undefined) return undefined;
+  // A Request other than the lightweight one over `incoming`, once all of `incoming` was read
+  // (campaign-br BR4): nothing of the Node request is left for it to stream, so its body is
+  // its own, and what the handlers read of `c.req` is what the scan reads of it. icapkit's own
+  // approved Request (a second scan stacked on a first: a route's after a global one), or
+  // hono/body-limit's `new Request(c.req.raw, { body: buffer })` for an upload without a
+  // Content-Length. Refusing those (500) made the client's framing choose between a scan and
+  // a 500.
+  if (incoming.readableEnded && !carries(request, incoming)) return undefined;
+  return incoming;
+}
+
+/** Whether `request` is @hono/node-server's lightweight Request over `incoming` (its `incomingKey`). */
+function carries(request: Request, incoming: Readable): boolean {
+  for (const key of Object.getOwnPropertySymbols(request))
+    if (key.description === 'incomingKey')
+      return (request as unknown as Record<symbol, unknown>)[key] === incoming;
+  return false;
 }
