@@ -817,6 +817,44 @@ describe('query', () => {
     );
   });
 
+  it("every reading a router makes of the query: after a '#', or after a ';' (campaign-br BR1)", () => {
+    // find-my-way (Fastify, Nest on Fastify) reads the query from the first '?' or '#' to the end,
+    // and with useSemicolonDelimiter from a ';' before them: an enable rule matches in any reading.
+    const upload: RuleMatch = { query: [{ name: 'type', value: 'upload' }] };
+    for (const target of [
+      '/store#type=upload',
+      '/store?x#&type=upload',
+      '/store;type=upload',
+      '/s;a?x#&type=upload',
+    ])
+      expect(onlyDecides(upload, { target }), target).toEqual(scanned('r'));
+    for (const target of ['/store?x=1#type=upload', '/store?type=webhook;type=upload'])
+      expect(onlyDecides(upload, { target }), target).toEqual(NO_MATCH);
+    expect(
+      onlyDecides({ query: [{ name: 'type', present: false }] }, { target: '/store;type=upload' }),
+    ).toEqual(scanned('r'));
+    // A skip rule holds only when every reading agrees.
+    const skipWebhook: PolicyRule[] = [
+      { name: 'skip', match: { query: [{ name: 'type', value: 'webhook' }] }, action: 'skip' },
+      { name: 'scan-rest', action: 'enable-icap' },
+    ];
+    for (const target of ['/store;type=upload?type=webhook', '/store;x?type=webhook'])
+      expect(decide(skipWebhook, facts({ target })), target).toEqual(scanned('scan-rest'));
+    for (const target of [
+      '/store?type=webhook',
+      '/store?type=webhook&sig=a;b',
+      '/store?sig=a;b&type=webhook',
+    ])
+      expect(decide(skipWebhook, facts({ target })), target).toEqual(skipped('skip'));
+    const skipNoDebug: PolicyRule[] = [
+      { name: 'skip', match: { query: [{ name: 'debug', present: false }] }, action: 'skip' },
+      { name: 'scan-rest', action: 'enable-icap' },
+    ];
+    expect(decide(skipNoDebug, facts({ target: '/u;debug=1' }))).toEqual(scanned('scan-rest'));
+    expect(decide(skipNoDebug, facts({ target: '/u;[debug]=1?x=1' }))).toEqual(scanned('scan-rest'));
+    expect(decide(skipNoDebug, facts({ target: '/u?x=1' }))).toEqual(skipped('skip'));
+  });
+
   it('StringMatch values and absolute-form targets', () => {
     expect(
       onlyDecides({ query: [{ name: 'f', value: { suffix: ['.exe'] } }] }, { target: 'http://h/x?f=a.EXE' }),

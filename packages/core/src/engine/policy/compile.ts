@@ -1,8 +1,8 @@
 import { BlockList, isIP } from 'node:net';
 import { IcapError, IcapErrorCodes } from '../../errors.js';
 import { unknownOptionHint } from '../suggest.js';
-import { queryOddOf, queryOf } from './readings.js';
-import type { CompiledRule, ContentTypeTest, EvalContext, FixedTest, HostTest, TextTest } from './types.js';
+import { queryOddOf, queryReadingsOf } from './readings.js';
+import type { CompiledRule, ContentTypeTest, FixedTest, HostTest, TextTest } from './types.js';
 import {
   CRITERION_KEYS,
   HOST_LABELS,
@@ -314,11 +314,17 @@ export function compileCriteria(
       if (value === undefined) return ({ facts }) => facts.headers.has(name);
       return ({ facts }) => matches(facts.headers.getAll(name));
     }
-    // A skip rule's query criterion holds only where the parsers read the query alike (campaign-bo).
-    const plain = skips ? (ctx: EvalContext) => queryOddOf(ctx)?.has(name) === false : () => true;
-    if (present === false) return (ctx) => plain(ctx) && !queryOf(ctx).has(name);
-    if (value === undefined) return (ctx) => plain(ctx) && queryOf(ctx).has(name);
-    return (ctx) => plain(ctx) && matches(queryOf(ctx).get(name));
+    // Each query reading is judged (readings.ts queryStrings: find-my-way reads after a '#' or a
+    // ';' too): an enable rule's criterion holds when it does in any, a skip rule's only when it
+    // does in all of them and the parsers read the names alike (campaign-bo, campaign-br BR1).
+    const holds: (query: Map<string, string[]>) => boolean =
+      present === false
+        ? (query) => !query.has(name)
+        : value === undefined
+          ? (query) => query.has(name)
+          : (query) => matches(query.get(name));
+    if (!skips) return (ctx) => queryReadingsOf(ctx).some(holds);
+    return (ctx) => queryOddOf(ctx)?.has(name) === false && queryReadingsOf(ctx).every(holds);
   });
 }
 

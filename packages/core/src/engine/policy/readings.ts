@@ -192,9 +192,48 @@ export function contentTypeMatches(test: ContentTypeTest, key: string | undefine
   return slash > 0 && test.majors.has(key.slice(0, slash));
 }
 
-export function queryOf(ctx: EvalContext): Map<string, string[]> {
-  ctx.query ??= parseQuery(ctx.facts.target);
+/**
+ * The query as each parser reads it ({@link queryStrings}), parsed ({@link parseQueryString}):
+ * one map for most targets, never none (a target without a query has an empty one).
+ */
+export function queryReadingsOf(ctx: EvalContext): ReadonlyArray<Map<string, string[]>> {
+  ctx.query ??= queryStrings(ctx.facts.target).map(parseQueryString);
   return ctx.query;
+}
+
+/**
+ * The query strings parsers read in `target`, deduplicated, at least one (campaign-br BR1):
+ * - after the first `?`, up to a `#` after it (WHATWG URL, Express, Koa, Hono);
+ * - find-my-way's (Fastify, Nest on Fastify): from the first `?` or `#` to the end, the fragment
+ *   included (`/store#type=upload` has `type=upload` to it);
+ * - find-my-way's with `useSemicolonDelimiter`: from the first `?`, `#` or `;` (`/store;type=upload`).
+ */
+export function queryStrings(target: string): string[] {
+  const q = target.indexOf('?');
+  const hash = q === -1 ? -1 : target.indexOf('#', q);
+  const out = [q === -1 ? '' : target.slice(q + 1, hash === -1 ? undefined : hash)];
+  if (!target.includes('#') && !target.includes(';')) return out;
+  const router = firstOf(target.indexOf('?', 1), target.indexOf('#', 1));
+  const semicolon = firstOf(router, target.indexOf(';', 1));
+  for (const cut of [router, semicolon]) {
+    if (cut === -1) continue;
+    const query = target.slice(cut + 1);
+    if (!out.includes(query)) out.push(query);
+  }
+  return out;
+}
+
+/** The lesser of two indexOf results, -1 when both are. */
+function firstOf(a: number, b: number): number {
+  return a === -1 || (b !== -1 && b < a) ? b : a;
+}
+
+/** The query after the first `?` up to a `#` after it, parsed ({@link parseQueryString}). */
+export function parseQuery(target: string): Map<string, string[]> {
+  const q = target.indexOf('?');
+  if (q === -1) return new Map();
+  const hash = target.indexOf('#', q);
+  return parseQueryString(target.slice(q + 1, hash === -1 ? undefined : hash));
 }
 
 /**
@@ -203,12 +242,9 @@ export function queryOf(ctx: EvalContext): Map<string, string[]> {
  * `type[]`, `type[k]` and `[type]` into `type`: campaign-bn BN2, campaign-bp BP3), and so is the
  * first name after a `?` that opens the query (`??type=x`: Koa's URLSearchParams drops it, BP1).
  */
-export function parseQuery(target: string): Map<string, string[]> {
+export function parseQueryString(query: string): Map<string, string[]> {
   const out = new Map<string, string[]>();
-  const q = target.indexOf('?');
-  if (q === -1) return out;
-  const hash = target.indexOf('#', q);
-  const query = target.slice(q + 1, hash === -1 ? undefined : hash);
+  if (query === '') return out;
   const add = (name: string, value: string) => {
     const values = out.get(name);
     if (values === undefined) out.set(name, [value]);
@@ -272,7 +308,8 @@ function otherNames(name: string, first: boolean): string[] {
  * (find-my-way's useSemicolonDelimiter reads the query from there) or 1000 parameters or more
  * (qs' parameterLimit and querystring's maxKeys drop the rest); else the names written another
  * way too ({@link otherNames}), and a name whose value holds `]=` (qs splits the part there:
- * `type=webhook]=x` is no `type` to it), each under its plain name.
+ * `type=webhook]=x` is no `type` to it), each under its plain name, in any query reading
+ * ({@link queryStrings}).
  */
 export function queryOddOf(ctx: EvalContext): ReadonlySet<string> | null {
   if (ctx.queryOdd === undefined) ctx.queryOdd = oddQueryNames(ctx.facts.target);
@@ -288,24 +325,27 @@ function oddQueryNames(target: string): ReadonlySet<string> | null {
   // 4's default) ends the path there and reads the query from it (campaign-bq BQ6).
   if ((q === -1 ? target : target.slice(0, q)).includes(';')) return null;
   if (q === -1) return NO_ODD_NAMES;
-  const parts = target.slice(q + 1).split('&');
-  if (parts.length >= 1000) return null;
   let odd: Set<string> | undefined;
-  for (let i = 0; i < parts.length; i++) {
-    const part = parts[i]!;
-    const eq = part.indexOf('=');
-    const name = decodeQueryPart(eq === -1 ? part : part.slice(0, eq));
-    const others = otherNames(name, i === 0);
-    if (eq !== -1 && decodeQueryPart(part.slice(eq + 1)).includes(']='))
-      others.push(name, plainName(name), qsRoot(name));
-    // An escape that does not decode (a lone `%`, bytes that are not UTF-8) in the name or the
-    // value: qs and fast-querystring keep the whole part as sent, querystring and URLSearchParams
-    // write U+FFFD for it, icapkit Latin-1: `type=w%65b%` is `web%` here and `w%65b%` to Express 4
-    // and Fastify (campaign-bq BQ2).
-    if (!decodesCleanly(part)) others.push(name, plainName(name), qsRoot(name));
-    if (others.length === 0) continue;
-    odd ??= new Set();
-    for (const o of others) odd.add(o);
+  for (const query of queryStrings(target)) {
+    if (query === '') continue;
+    const parts = query.split('&');
+    if (parts.length >= 1000) return null;
+    for (let i = 0; i < parts.length; i++) {
+      const part = parts[i]!;
+      const eq = part.indexOf('=');
+      const name = decodeQueryPart(eq === -1 ? part : part.slice(0, eq));
+      const others = otherNames(name, i === 0);
+      if (eq !== -1 && decodeQueryPart(part.slice(eq + 1)).includes(']='))
+        others.push(name, plainName(name), qsRoot(name));
+      // An escape that does not decode (a lone `%`, bytes that are not UTF-8) in the name or the
+      // value: qs and fast-querystring keep the whole part as sent, querystring and URLSearchParams
+      // write U+FFFD for it, icapkit Latin-1: `type=w%65b%` is `web%` here and `w%65b%` to Express 4
+      // and Fastify (campaign-bq BQ2).
+      if (!decodesCleanly(part)) others.push(name, plainName(name), qsRoot(name));
+      if (others.length === 0) continue;
+      odd ??= new Set();
+      for (const o of others) odd.add(o);
+    }
   }
   return odd ?? NO_ODD_NAMES;
 }

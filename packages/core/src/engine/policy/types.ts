@@ -154,7 +154,8 @@ export type TextTest = (value: string, lower: string, fold: boolean) => boolean;
 
 export interface EvalContext {
   readonly facts: RequestFacts;
-  query: Map<string, string[]> | undefined;
+  /** The query as each parser reads it (readings.ts queryReadingsOf); undefined: not read yet. */
+  query: ReadonlyArray<Map<string, string[]>> | undefined;
   /** Query names a skip rule cannot vouch for (readings.ts queryOddOf); null: none; undefined: not read yet. */
   queryOdd?: ReadonlySet<string> | null | undefined;
 }
