@@ -1,4 +1,5 @@
 import type { IncomingMessage } from 'node:http';
+import { parse as parseUrl } from 'node:url';
 import type { IcapProfile } from '@icapkit/core';
 import { VERSION_NEUTRAL } from '@nestjs/common';
 import {
@@ -259,15 +260,24 @@ interface ExpressLayer {
 }
 
 /**
- * The path Express's router matches a request on (parseurl's pathname), or null when it is not
- * a plain origin-form path (absolute-form, spaces, '#'): those are scanned with the module's
- * profile.
+ * The path Express's router matches a request on: parseurl's pathname, which is the target up to
+ * its `?` for a plain origin-form target, and else what Node's `url.parse` reads (parseurl's
+ * fallback: a `#` fragment dropped, an absolute-form target's path, whitespace trimmed or
+ * escaped), so that `/files/upload#x` and `http://a/files/upload` find the route Express
+ * dispatches them to (campaign-br BR2). Null when Express routes it nowhere (no path, or
+ * `url.parse` throws: its router answers 404 then).
  */
 function routerPath(url: string | undefined): string | null {
-  if (url === undefined || url[0] !== '/') return null;
-  const q = url.indexOf('?');
-  const path = q === -1 ? url : url.slice(0, q);
-  return /[\t\n\f\r #\u00a0\ufeff]/u.test(path) ? null : path;
+  if (url === undefined) return null;
+  if (url[0] === '/' && !/[\t\n\f\r #\u00a0\ufeff]/u.test(url)) {
+    const q = url.indexOf('?');
+    return q === -1 ? url : url.slice(0, q);
+  }
+  try {
+    return parseUrl(url).pathname ?? null;
+  } catch {
+    return null;
+  }
 }
 
 /** The layer matches the path; true when Express cannot tell (it answers 400 itself then). */
