@@ -129,14 +129,24 @@ const plugin: FastifyPluginAsync<IcapPluginOptions> = async (fastify, profile) =
   const routeEngines: IcapEngine[] = [];
   fastify.decorate('icapEngine', engine);
   fastify.decorateRequest('icap', null as never);
-  // Which engine (or none) each route handler has, for Expect: 100-continue answers.
-  const byHandler = new Map<unknown, IcapEngine | false>();
+  // The engines (false: opted out) of the routes of each method, for Expect: 100-continue
+  // answers: fastify.findRoute() does not say which route it found (its handler is Fastify's
+  // routeHandler, one function for every route: campaign-br BR5), so a request is answered
+  // early only when every route of its method is scanned with the same engine.
+  const byMethod = new Map<string, Set<IcapEngine | false>>();
+  const record = (methods: string | readonly string[], routeEngine: IcapEngine | false): void => {
+    for (const m of [methods].flat()) {
+      const method = m.toUpperCase();
+      const engines = byMethod.get(method) ?? new Set();
+      byMethod.set(method, engines.add(routeEngine));
+    }
+  };
   // The engine of each route profile (`config: { icap: {...} }`), by the profile object.
   const byProfile = new WeakMap<object, IcapEngine>();
   fastify.addHook('onRoute', (route) => {
     const config = (route.config as { icap?: IcapRouteOptions } | undefined)?.icap;
     if (config === false) {
-      if (!byHandler.has(route.handler)) byHandler.set(route.handler, false);
+      record(route.method, false);
       // Marks the route as opted out for the coverage check (a no-op).
       route.preParsing = appendHook(route.preParsing, icapNotScanned);
       return;
@@ -156,7 +166,7 @@ const plugin: FastifyPluginAsync<IcapPluginOptions> = async (fastify, profile) =
         routeEngines.push(routeEngine);
       }
     }
-    byHandler.set(route.handler, routeEngine);
+    record(route.method, routeEngine);
   });
   // One context hook scans every request of this context and below: routes (also those
   // declared in this context before the plugin loaded: Fastify gives a route its context's
@@ -201,20 +211,31 @@ const plugin: FastifyPluginAsync<IcapPluginOptions> = async (fastify, profile) =
   // Requests with Expect: 100-continue that are refused anyway (413, 415) are answered before
   // they send their body.
   const unguard = guardExpectContinue(fastify.server as never, async (req) => {
-    const route = fastify.findRoute({
-      method: (req.method ?? 'GET') as 'GET',
-      url: (req.url ?? '/').split('?')[0] ?? '/',
-    });
-    const routeEngine = route === null ? engine : (byHandler.get(route.handler) ?? engine);
     // Refusals the application shapes go through the hook (after 100 Continue).
-    if (routeEngine === false || refusals.mode === 'error' || refusals.onRefusal !== undefined) return null;
-    return routeEngine.preflight(req);
+    if (refusals.mode === 'error' || refusals.onRefusal !== undefined) return null;
+    const method = (req.method ?? 'GET').toUpperCase();
+    const route = fastify.findRoute({ method: method as 'GET', url: (req.url ?? '/').split('?')[0] ?? '/' });
+    return preflightOf(route === null ? new Set([engine]) : (byMethod.get(method) ?? new Set([engine])), req);
   });
   fastify.addHook('onClose', async () => {
     unguard();
     await Promise.all([engine.close(), ...routeEngines.map((e) => e.close())]);
   });
 };
+
+/**
+ * The answer before its body for a request any of `engines` may scan (a route opted out: false):
+ * the engine's preflight when they are one engine, else null (100 Continue: the route's own
+ * engine decides in preParsing; asking each would log refusals that are not made).
+ */
+function preflightOf(
+  engines: ReadonlySet<IcapEngine | false>,
+  req: Parameters<IcapEngine['preflight']>[0],
+): Promise<RespondOutcome | null> | null {
+  if (engines.size !== 1) return null;
+  const [only] = engines;
+  return only === false || only === undefined ? null : only.preflight(req);
+}
 
 /** A route's engine: the plugin's profile with the route's fields; errors name the route. */
 function routeEngineOf(profile: IcapPluginOptions, config: object, where: string): IcapEngine {
