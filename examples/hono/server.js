@@ -59,8 +59,8 @@ export async function start(options = {}) {
 
   const server = createServer(getRequestListener(app.fetch));
   // Requests with `Expect: 100-continue` that would be refused anyway (413, 415) are answered
-  // before they send their body.
-  scan.guardExpectContinue(server);
+  // before they send their body (only those the app routes through `scan`).
+  scan.guardExpectContinue(server, app);
   const handle = await serve(server, {
     framework: 'Hono',
     config,

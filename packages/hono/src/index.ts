@@ -85,10 +85,19 @@ export type IcapHonoMiddleware = MiddlewareHandler<IcapEnv> & {
   /**
    * Node servers (`serve()` of @hono/node-server): answers requests with
    * `Expect: 100-continue` that would be refused anyway (413, 415) before they send their
-   * body: `mw.guardExpectContinue(serve({ fetch: app.fetch, port: 3000 }))`. Returns the server.
+   * body: `mw.guardExpectContinue(serve({ fetch: app.fetch, port: 3000 }), app)`. Returns the
+   * server. With the app, only requests its router sends through this middleware are answered
+   * so (others get 100 Continue); without it, every request of the server is judged with the
+   * profile: leave it out only when the middleware is mounted on every path (`app.use(mw)`).
    */
-  guardExpectContinue<S>(server: S): S;
+  guardExpectContinue<S>(server: S, app?: HonoRouting): S;
 };
+
+/** What `guardExpectContinue` reads of a Hono app: its router and its reading of the path. */
+export interface HonoRouting {
+  readonly router: { match(method: string, path: string): unknown };
+  getPath(request: Request, options?: { env?: unknown }): string;
+}
 
 export function icap(profile: IcapProfile, options: IcapHonoOptions = {}): IcapHonoMiddleware {
   const scanner = options.scanner ?? createScanner(options.engine ?? profile);
@@ -146,11 +155,13 @@ export function icap(profile: IcapProfile, options: IcapHonoOptions = {}): IcapH
     close: async () => {
       if (owned) await scanner.close();
     },
-    guardExpectContinue<S>(server: S): S {
+    guardExpectContinue<S>(server: S, app?: HonoRouting): S {
       // Refusals the application shapes go through the middleware (after 100 Continue).
       const shaped = onRefusal !== undefined || options.refusals === 'error';
       guardExpectContinue(server as unknown as ContinueServer, async (req: IncomingMessage) =>
-        shaped ? null : scanner.engine.preflight(req),
+        shaped || (app !== undefined && !routedThrough(app, middleware, req))
+          ? null
+          : scanner.engine.preflight(req),
       );
       return server;
     },
@@ -158,3 +169,31 @@ export function icap(profile: IcapProfile, options: IcapHonoOptions = {}): IcapH
 }
 
 export default icap;
+
+/** Hono's mark on a handler wrapping a sub-app's (`app.route()` of an app with an onError). */
+const COMPOSED_HANDLER = '__COMPOSED_HANDLER';
+
+/**
+ * Whether `app`'s router sends `req` through `middleware` (campaign-br BR6): a request to a
+ * route it is not mounted on is not answered before its body. True when the router cannot be
+ * read (the guard then judges the request as before).
+ */
+function routedThrough(app: HonoRouting, middleware: unknown, req: IncomingMessage): boolean {
+  try {
+    const target = req.url ?? '/';
+    const url = target.startsWith('/') ? `http://localhost${target}` : target;
+    const path = app.getPath({ url } as Request);
+    const method = req.method === 'HEAD' ? 'GET' : (req.method ?? 'GET');
+    const [handlers] = app.router.match(method, path) as [Array<[[unknown, ...unknown[]], ...unknown[]]>];
+    return handlers.some(([[handler]]) => {
+      let h = handler as Record<string, unknown> | undefined;
+      for (let depth = 0; h !== undefined && depth < 16; depth++) {
+        if (h === middleware) return true;
+        h = h[COMPOSED_HANDLER] as Record<string, unknown> | undefined;
+      }
+      return false;
+    });
+  } catch {
+    return true;
+  }
+}

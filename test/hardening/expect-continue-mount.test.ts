@@ -1,0 +1,69 @@
+/**
+ * campaign-br BR6: Hono's `guardExpectContinue(server)` judged every `Expect: 100-continue`
+ * request of the server with the middleware's profile, while the middleware only runs where it
+ * is mounted (`app.use('/upload/*', scan)`, the README's example): an upload to another route,
+ * never scanned, was refused 413 before its body whenever it sent Expect. Given the app
+ * (`guardExpectContinue(server, app)`), the guard answers early only for requests Hono's router
+ * sends through the middleware.
+ */
+import type { AddressInfo } from 'node:net';
+import { serve } from '@hono/node-server';
+import { icap as honoIcap } from '@icapkit/hono';
+import { type IcapTestServer, startIcapServer } from '@icapkit/testing';
+import { Hono } from 'hono';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { expectContinue } from '../support/expect-continue.js';
+
+let icap: IcapTestServer;
+beforeAll(async () => {
+  icap = await startIcapServer();
+});
+afterAll(() => icap?.close());
+
+const BODY = Buffer.alloc(5000, 0x61);
+
+describe('BR6 Hono: guardExpectContinue and routes the middleware is not mounted on', () => {
+  it('only requests routed through the middleware are answered before their body', async () => {
+    const scan = honoIcap({
+      name: 'br6',
+      poolGroup: icap.url(),
+      serviceUri: '/avscan',
+      startupCheck: 'off',
+      bufferSize: 1000,
+      bufferSizeExceedAction: 'fail-closed',
+    });
+    const read = async (c: { req: { arrayBuffer(): Promise<ArrayBuffer> }; text(s: string): Response }) =>
+      c.text(String((await c.req.arrayBuffer()).byteLength));
+    const api = new Hono();
+    api.use('/scanned/*', scan);
+    api.post('/scanned/file', read);
+    api.onError((err, c) => c.text(String(err), 500));
+    const app = new Hono();
+    app.use('/upload/*', scan);
+    app.post('/upload/file', read);
+    app.post('/import', read);
+    app.route('/api', api);
+    app.post('/api/other', read);
+    const server = scan.guardExpectContinue(serve({ fetch: app.fetch, port: 0, hostname: '127.0.0.1' }), app);
+    await new Promise<void>((r) => (server.listening ? r() : server.once('listening', () => r())));
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    try {
+      expect({
+        import: await expectContinue(url, 'POST', '/import', BODY),
+        apiOther: await expectContinue(url, 'POST', '/api/other', BODY),
+        upload: await expectContinue(url, 'POST', '/upload/file', BODY),
+        // Through a sub-app with its own onError (Hono wraps its handlers).
+        apiScanned: await expectContinue(url, 'POST', '/api/scanned/file', BODY),
+      }).toEqual({
+        import: { continued: true, status: 200 },
+        apiOther: { continued: true, status: 200 },
+        upload: { continued: false, status: 413 },
+        apiScanned: { continued: false, status: 413 },
+      });
+    } finally {
+      (server as unknown as { closeAllConnections(): void }).closeAllConnections();
+      await new Promise<void>((r) => server.close(() => r()));
+      await scan.close();
+    }
+  });
+});
