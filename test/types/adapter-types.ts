@@ -21,6 +21,10 @@ app.post('/upload', (req, res) => {
   const maybe: IcapRequestInfo | undefined = expressInfo(req);
   void maybe;
 });
+// The Expect: 100-continue guard reads the app's router (campaign-br BR6).
+const uploadScan = expressIcap(profile);
+app.use('/upload', uploadScan);
+uploadScan.guardExpectContinue(app.listen(0), app);
 // An error handler sees the refusal error and the scan's description.
 app.use((err: unknown, req: Request, res: Response, _next: express.NextFunction) => {
   if (err instanceof IcapRefusalError) {

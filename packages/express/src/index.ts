@@ -25,6 +25,7 @@ import {
   type StartupReport,
   watchResponse,
 } from '@icapkit/core';
+import { type ExpressRouting, routedThrough } from './mounted.js';
 import { shareRequestMap, shareResponseMap } from './shared-maps.js';
 
 export type {
@@ -36,6 +37,7 @@ export type {
 } from '@icapkit/core';
 export { IcapRefusalError, isIcapRefusalError } from '@icapkit/core';
 export * from './analytics.js';
+export type { ExpressRouting } from './mounted.js';
 
 declare global {
   // Express's own request type lives in this global namespace (@types/express, v4 and v5).
@@ -64,11 +66,14 @@ export interface IcapMiddleware {
   close(): Promise<void>;
   /**
    * Answers requests with `Expect: 100-continue` that would be refused anyway (413, 415)
-   * before they send their body: `mw.guardExpectContinue(app.listen(3000))`. Returns the server.
+   * before they send their body: `mw.guardExpectContinue(app.listen(3000), app)`. Returns the
+   * server. With the app, only requests its router may send through this middleware are
+   * answered so (others get 100 Continue); without it, every request of the server is judged
+   * with the profile: leave it out only when the middleware is mounted on every path.
    * With `onRefusal` or `refusals: 'error'` such requests get `100 Continue` instead, so the
    * refusal goes through the middleware and the application shapes it.
    */
-  guardExpectContinue<S extends ContinueServer>(server: S): S;
+  guardExpectContinue<S extends ContinueServer>(server: S, app?: ExpressRouting): S;
   /**
    * The start-up check: OPTIONS to every ICAP server. Per the profile's `startupCheck`, rejects
    * naming each server that did not answer ('fail', default), warns ('warn') or does nothing
@@ -169,11 +174,13 @@ export function icap<
     engine,
     close: () => engine.close(),
     ready: () => engine.ready(),
-    guardExpectContinue<S extends ContinueServer>(server: S): S {
+    guardExpectContinue<S extends ContinueServer>(server: S, app?: ExpressRouting): S {
       // Refusals the application shapes go through the middleware (after 100 Continue).
       const shaped = options.onRefusal !== undefined || options.refusals === 'error';
       guardExpectContinue(server, async (req) =>
-        shaped ? null : engine.preflight(req, { unscannedRoute: opts.unscannedRoute?.(req) }),
+        shaped || (app !== undefined && !routedThrough(app, middleware, req))
+          ? null
+          : engine.preflight(req, { unscannedRoute: opts.unscannedRoute?.(req) }),
       );
       return server;
     },
