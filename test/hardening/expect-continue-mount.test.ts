@@ -5,17 +5,20 @@
  * never scanned, was refused 413 before its body whenever it sent Expect. Given the app
  * (`guardExpectContinue(server, app)`), the guard answers early only for requests Hono's router
  * sends through the middleware. The same for Express (`guardExpectContinue(server, app)`, the
- * app's router read for a layer of the middleware that matches the path; Express 5 and 4).
+ * app's router read for a layer of the middleware that matches the path; Express 5 and 4), and
+ * Koa, whose chain cannot be read (`guardExpectContinue(server, runsFor)`).
  */
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { serve } from '@hono/node-server';
 import { icap as expressIcap } from '@icapkit/express';
 import { icap as honoIcap } from '@icapkit/hono';
+import { icap as koaIcap } from '@icapkit/koa';
 import { type IcapTestServer, startIcapServer } from '@icapkit/testing';
 import express5 from 'express';
 import express4 from 'express4';
 import { Hono } from 'hono';
+import Koa from 'koa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { expectContinue } from '../support/expect-continue.js';
 
@@ -119,6 +122,45 @@ describe.each([
         upload: { continued: false, status: 413 },
         route: { continued: false, status: 413 },
         apiScanned: { continued: false, status: 413 },
+      });
+    } finally {
+      server.closeAllConnections();
+      await new Promise<void>((r) => server.close(() => r()));
+      await scan.close();
+    }
+  });
+});
+
+describe('BR6 Koa: guardExpectContinue(server, runsFor)', () => {
+  it('requests runsFor says the middleware does not run for get 100 Continue', async () => {
+    const scan = koaIcap({
+      name: 'br6k',
+      poolGroup: icap.url(),
+      serviceUri: '/avscan',
+      startupCheck: 'off',
+      bufferSize: 1000,
+      bufferSizeExceedAction: 'fail-closed',
+    });
+    const app = new Koa();
+    const scanned = (path: string) => path.startsWith('/upload/');
+    app.use((ctx, next) => (scanned(ctx.path) ? scan(ctx as never, next) : next()));
+    app.use(async (ctx) => {
+      let n = 0;
+      for await (const d of ctx.req) n += (d as Buffer).length;
+      ctx.body = String(n);
+    });
+    const server: Server = scan.guardExpectContinue(app.listen(0, '127.0.0.1'), (req) =>
+      scanned(new URL(req.url ?? '/', 'http://x').pathname),
+    );
+    await new Promise<void>((r) => (server.listening ? r() : server.once('listening', () => r())));
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    try {
+      expect({
+        import: await expectContinue(url, 'POST', '/import', BODY),
+        upload: await expectContinue(url, 'POST', '/upload/file', BODY),
+      }).toEqual({
+        import: { continued: true, status: 200 },
+        upload: { continued: false, status: 413 },
       });
     } finally {
       server.closeAllConnections();

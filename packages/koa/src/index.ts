@@ -72,10 +72,14 @@ export interface IcapKoaMiddleware {
   /**
    * Answers requests with `Expect: 100-continue` that would be refused anyway (413, 415)
    * before they send their body: `mw.guardExpectContinue(app.listen(3000))`. Returns the server.
-   * With `onRefusal` or `refusals: 'error'` such requests get `100 Continue` instead, so the
-   * refusal goes through the middleware and the application shapes it.
+   * Every request of the server is judged with the profile (Koa's middleware chain cannot be
+   * read for where the middleware runs): when it runs for some requests only (koa-mount, a
+   * router's route), pass `runsFor(req)`, true for the requests it runs for; the others get
+   * 100 Continue (campaign-br BR6). With `onRefusal` or `refusals: 'error'` such requests get
+   * `100 Continue` instead, so the refusal goes through the middleware and the application
+   * shapes it.
    */
-  guardExpectContinue<S extends ContinueServer>(server: S): S;
+  guardExpectContinue<S extends ContinueServer>(server: S, runsFor?: (req: IncomingMessage) => boolean): S;
   /**
    * The start-up check: OPTIONS to every ICAP server. Per the profile's `startupCheck`, rejects
    * naming each server that did not answer ('fail', default), warns ('warn') or does nothing
@@ -188,10 +192,12 @@ export function icap<Ctx extends KoaContextLike = KoaContextLike>(
     engine,
     close: () => engine.close(),
     ready: () => engine.ready(),
-    guardExpectContinue<S extends ContinueServer>(server: S): S {
+    guardExpectContinue<S extends ContinueServer>(server: S, runsFor?: (req: IncomingMessage) => boolean): S {
       // Refusals the application shapes go through the middleware (after 100 Continue).
       const shaped = options.onRefusal !== undefined || options.refusals === 'error';
-      guardExpectContinue(server, async (req) => (shaped ? null : engine.preflight(req)));
+      guardExpectContinue(server, async (req) =>
+        shaped || (runsFor !== undefined && !runsFor(req)) ? null : engine.preflight(req),
+      );
       return server;
     },
   });
