@@ -65,7 +65,15 @@ export function blocksOutsideFinalHead(v: Verdict): boolean {
  */
 export function threatInHead(reading: HeadReading, head: IcapReceivedHead): Verdict | null {
   const v = verdictOfHead(reading, head, head.httpRequest ?? null);
-  return blocksOutsideFinalHead(v) ? v : null;
+  if (blocksOutsideFinalHead(v)) return v;
+  // A repair whose answer did not come whole (or came after the answer): the body it returns
+  // is not to be had, and the threats it names stand (campaign-bs BS1).
+  return v.kind === 'adapted' && namesThreat(v) ? unrepairedVerdict(v) : null;
+}
+
+/** Whether a verdict names a threat (an adapted one: a repair, a threat id, a violation). */
+export function namesThreat(v: Verdict): boolean {
+  return v.repair === true || v.threat_id !== undefined || v.violations.length > 0;
 }
 
 /**

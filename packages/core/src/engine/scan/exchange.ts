@@ -2,7 +2,7 @@ import { isSkipped } from '../../client/client.js';
 import type { IcapResponse } from '../../client/transaction-types.js';
 import { escapeControls, IcapError, IcapErrorCodes, type IcapReceivedHead } from '../../errors.js';
 import { threatAfterHead, threatInError, threatInHead } from '../beyond-head.js';
-import { AdaptedBody, type BodyStore } from '../body.js';
+import type { BodyStore } from '../body.js';
 import { httpMethodEnum, type IcapRequestLog, poolIdentity, redactHeaderBlock, vendorEnum } from '../log.js';
 import type { ServerHandle, TriedServers } from '../pool-group.js';
 import type { ResolvedProfile } from '../profile.js';
@@ -17,12 +17,11 @@ import {
   latencyOf,
   readingOf,
   readRelay,
-  unrepairedBlock,
   unscannableBlock,
   verdictOf,
 } from './answer.js';
 import { AttemptWatch, type WatchHooks } from './attempt-watch.js';
-import { allArrived, bodyComplete } from './intake.js';
+import { allArrived } from './intake.js';
 import {
   classifyFailure,
   clientHeld,
@@ -33,6 +32,7 @@ import {
   QUEUED,
   waitedForConnection,
 } from './retry.js';
+import { type ReturnedAttempt, readReturned } from './returned.js';
 
 /**
  * The exchange stage: one body (a whole request, or one multipart part) sent to ICAP as a
@@ -50,7 +50,7 @@ const NO_CLIENT_TIMEOUT = 2_147_483_647;
  * attempts' watch hooks and the set of servers tried (the first in a field, a Set only from a
  * second attempt on): no closures, hook object or Set per request.
  */
-class Exchange implements WatchHooks, TriedServers {
+class Exchange implements WatchHooks, TriedServers, ReturnedAttempt {
   readonly #ctx: ExchangeContext;
   readonly facts: HttpRequestFacts;
   readonly store: BodyStore | null;
@@ -410,59 +410,20 @@ class Exchange implements WatchHooks, TriedServers {
         entry.http_response_code = relay?.status ?? 403;
         return { type: 'blocked', res, verdict, relay };
       }
-      case 'adapted': {
-        const adapted = new AdaptedBody(store, p.bufferSize, {
-          memoryThreshold: p.memoryThreshold,
-          spoolDir: p.spoolDir,
-        });
-        try {
-          // The returned body as the transaction reads it (no Readable), when it has one;
-          // nothing to wait for when it came whole with the head.
-          const reading = adapted.readAnswer(
-            res,
-            (bytes) => watch.received(bytes),
-            () =>
-              new IcapError(
-                IcapErrorCodes.BODY_TOO_LARGE,
-                `the body returned by the ICAP server is larger than bufferSize (${p.bufferSize} bytes)`,
-              ),
-          );
-          if (reading !== undefined) {
-            try {
-              await reading;
-            } catch (err) {
-              // Over bufferSize: the rest of the answer was still read (and discarded) to its
-              // end, so a threat named after the body blocks; else the over-size failure stands.
-              // Broken off in its trailer: the fields that came name a threat just as well.
-              const late =
-                err instanceof IcapError ? await this.#blockedAfterHead(res, entry, started) : null;
-              if (late === null) throw err;
-              adapted.dispose();
-              return late;
-            }
-          }
-          entry.latency = String(Math.round((await res.done).latencyMs));
-          watch.stop();
-          const late = await this.#blockedAfterHead(res, entry, started);
-          if (late !== null) {
-            adapted.dispose();
-            return late;
-          }
-          // Whether the returned body equals the original can only be said once the original is complete.
-          await bodyComplete(store, p.bufferSize);
-          // A threat reported repaired, and the body handed back as it was: nothing was repaired.
-          if (verdict.repair === true && (await adapted.identical())) {
-            adapted.dispose();
-            return unrepairedBlock(entry, res, verdict, p.vendor);
-          }
-        } catch (err) {
-          // What was stored of the returned body (in memory or a temp file) goes with the attempt.
-          adapted.dispose();
-          throw err;
-        }
-        return { type: 'adapted', res, verdict, adapted };
-      }
+      case 'adapted':
+        // Read to its end and judged before any of it can reach the application (returned.ts).
+        return readReturned(this, watch, res, verdict, entry, started);
     }
+  }
+
+  /** ReturnedAttempt: the profile. */
+  get profile(): ResolvedProfile {
+    return this.#ctx.profile;
+  }
+
+  /** ReturnedAttempt: a threat named after the answer's head (#blockedAfterHead). */
+  blockedAfterHead(res: IcapResponse, entry: IcapRequestLog, started: number): Promise<AttemptResult | null> {
+    return this.#blockedAfterHead(res, entry, started);
   }
 
   /** The body read to its end: null, or when it broke off in its trailer, a threat named there. */

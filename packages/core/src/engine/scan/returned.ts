@@ -1,0 +1,120 @@
+import type { IcapResponse } from '../../client/transaction-types.js';
+import { IcapError, IcapErrorCodes } from '../../errors.js';
+import { namesThreat } from '../beyond-head.js';
+import { AdaptedBody, type BodyStore } from '../body.js';
+import type { IcapRequestLog } from '../log.js';
+import type { ResolvedProfile } from '../profile.js';
+import type { HttpRequestFacts } from '../request.js';
+import type { AttemptResult } from '../types.js';
+import type { Verdict } from '../verdict/index.js';
+import { unrepairedBlock } from './answer.js';
+import { bodyComplete } from './intake.js';
+
+/**
+ * An answer that returns the request (an adapted verdict: a 200/201 with a request head, an echo,
+ * a modification or a repair) read to its end by an attempt (exchange.ts), and judged before
+ * anything of it can reach the application:
+ * - a repair (the head named a threat) whose returned body cannot be had blocks: read error,
+ *   reset, broken framing, a stall or responseTimeout, the returned body or the upload past
+ *   bufferSize. The threat named is a verdict: never the failure action, never retried elsewhere
+ *   (campaign-bs BS1).
+ */
+
+/** What reading a returned body needs of the exchange. */
+export interface ReturnedAttempt {
+  readonly profile: ResolvedProfile;
+  /** The request as it was sent to ICAP (a returned head is compared with it). */
+  readonly facts: HttpRequestFacts;
+  /** The original body (null: none). */
+  readonly store: BodyStore | null;
+  /** A threat named after the answer's head (trailer, a second answer), as a block; else null. */
+  blockedAfterHead(res: IcapResponse, entry: IcapRequestLog, started: number): Promise<AttemptResult | null>;
+}
+
+/** The attempt's watch: told each byte received, stopped once the answer is read. */
+interface Watch {
+  received(bytes: number): void;
+  stop(): void;
+}
+
+/** Reads and judges the body an adapted answer returns: the adapted result, or a block. */
+export async function readReturned(
+  a: ReturnedAttempt,
+  watch: Watch,
+  res: IcapResponse,
+  verdict: Verdict,
+  entry: IcapRequestLog,
+  started: number,
+): Promise<AttemptResult> {
+  const p = a.profile;
+  const adapted = new AdaptedBody(a.store, p.bufferSize, {
+    memoryThreshold: p.memoryThreshold,
+    spoolDir: p.spoolDir,
+  });
+  try {
+    // The returned body as the transaction reads it (no Readable), when it has one;
+    // nothing to wait for when it came whole with the head.
+    const reading = adapted.readAnswer(
+      res,
+      (bytes) => watch.received(bytes),
+      () =>
+        new IcapError(
+          IcapErrorCodes.BODY_TOO_LARGE,
+          `the body returned by the ICAP server is larger than bufferSize (${p.bufferSize} bytes)`,
+        ),
+    );
+    if (reading !== undefined) {
+      try {
+        await reading;
+      } catch (err) {
+        // Over bufferSize: the rest of the answer was still read (and discarded) to its
+        // end, so a threat named after the body blocks; else the over-size failure stands.
+        // Broken off in its trailer: the fields that came name a threat just as well.
+        const late = err instanceof IcapError ? await a.blockedAfterHead(res, entry, started) : null;
+        if (late === null) throw err;
+        adapted.dispose();
+        return late;
+      }
+    }
+    entry.latency = String(Math.round((await res.done).latencyMs));
+    watch.stop();
+    const late = await a.blockedAfterHead(res, entry, started);
+    if (late !== null) {
+      adapted.dispose();
+      return late;
+    }
+    // Whether the returned body equals the original can only be said once the original is complete.
+    await bodyComplete(a.store, p.bufferSize);
+    // A threat reported repaired, and the body handed back as it was: nothing was repaired.
+    if (verdict.repair === true && (await adapted.identical())) {
+      adapted.dispose();
+      return unrepairedBlock(entry, res, verdict, p.vendor);
+    }
+  } catch (err) {
+    // What was stored of the returned body (in memory or a temp file) goes with the attempt.
+    adapted.dispose();
+    // A threat was named: the returned body that was to replace the upload cannot be had, so
+    // the threat stands (a block), whatever broke and whoever broke it.
+    if (namesThreat(verdict)) return uncollectedBlock(entry, res, verdict, p.vendor, err, started);
+    throw err;
+  }
+  return { type: 'adapted', res, verdict, adapted };
+}
+
+/** A threat named, and the returned body could not be had (`err`): the threat stands. */
+function uncollectedBlock(
+  entry: IcapRequestLog,
+  res: IcapResponse,
+  verdict: Verdict,
+  vendor: ResolvedProfile['vendor'],
+  err: unknown,
+  started: number,
+): AttemptResult {
+  res.done.catch(() => undefined);
+  const blocked = unrepairedBlock(entry, res, verdict, vendor);
+  if (entry.latency === '0') entry.latency = String(Math.round(performance.now() - started));
+  const e = err instanceof IcapError ? err : undefined;
+  if (e !== undefined) entry.error_code = e.code;
+  entry.error_message = `the ICAP server named a threat and its returned body could not be had: ${e?.message ?? String(err)}`;
+  return blocked;
+}
