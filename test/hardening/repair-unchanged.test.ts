@@ -24,9 +24,12 @@ afterEach(async () => {
 const EICAR = eicar();
 const FRAMEWORKS: Framework[] = ['express5', 'fastify', 'koa3', 'hono'];
 
-/** A 200 returning the request with `body` (its head as sent, or with a field added), and `fields`. */
+/**
+ * A 200 returning the request with `body` (its head as sent, or with a field added; its
+ * Content-Length the body's, as a whole answer declares it), and `fields`.
+ */
 function returned(r: Req, fields: string, body: Buffer, newHead = false): string {
-  let reqHdr = r.encap.toString('latin1');
+  let reqHdr = r.encap.toString('latin1').replace(/content-length: \d+/i, `Content-Length: ${body.length}`);
   if (newHead) reqHdr = reqHdr.replace(/\r\n\r\n$/, '\r\nX-Disinfected: yes\r\n\r\n');
   return (
     `ICAP/1.0 200 OK\r\nISTag: "x1"\r\n${fields}Encapsulated: req-hdr=0, req-body=${reqHdr.length}\r\n\r\n${reqHdr}` +

@@ -138,7 +138,9 @@ describe.each(FRAMEWORKS)('%s', (framework) => {
         it(`the next upload does not read the rest of an echo ended early as its answer (${name})`, async () => {
           const s = await scriptedApp(framework, miscountingServer(m), profile, cleanups);
           const a = await s.post(m.upload);
-          expect(a.status).toBe(200);
+          // Unframed, the echo ends after one byte of the upload: a partial answer, blocked
+          // (campaign-bs BS6); the other miscounts return as many bytes as were sent.
+          expect(a.status).toBe(m === UNFRAMED ? 403 : 200);
           const b = await s.post(UPLOAD_B);
           expect(b.status).toBe(403);
           expect(s.logs[1]?.action).toBe('ICAP_BLOCKED');
@@ -208,7 +210,8 @@ describe.each(FRAMEWORKS)('%s', (framework) => {
       cleanups,
     );
     for (const upload of ['echo one', 'echo two', 'shorten this', 'echo three', 'adapt this', 'echo four']) {
-      expect((await s.post(Buffer.from(upload))).status).toBe(200);
+      // The shortened answer is a prefix of the upload under its head: a partial answer (BS6).
+      expect((await s.post(Buffer.from(upload))).status).toBe(upload === 'shorten this' ? 403 : 200);
     }
     const conns = s.icap.requests.filter((r) => r.method === 'REQMOD').map((r) => r.conn);
     // Echoes share a connection; a shortened answer, or one of the same length with other bytes,
@@ -222,7 +225,7 @@ describe.each(FRAMEWORKS)('%s', (framework) => {
     expect(actions).toEqual([
       'ICAP_PASSED',
       'ICAP_PASSED',
-      'ICAP_MODIFIED',
+      'ICAP_BLOCKED',
       'ICAP_PASSED',
       'ICAP_MODIFIED',
       'ICAP_PASSED',

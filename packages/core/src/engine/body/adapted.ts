@@ -160,6 +160,22 @@ export class AdaptedBody {
     return sameBytes(original.open(), stored.open());
   }
 
+  /**
+   * True when the returned body is shorter than the (ended) original and either a strict prefix
+   * of it or cannot be told from one: said at once when the returned bytes were compared as they
+   * came, or when the original was not kept whole (streamed: nothing to compare the returned
+   * bytes with), else read back from the kept original (a temp file).
+   */
+  mayBePrefix(): boolean | Promise<boolean> {
+    const original = this.#original;
+    if (original === null || !original.ended || this.#offset >= original.received) return false;
+    if (this.#compare) return this.#divergedAt === -1;
+    if (!original.complete) return true;
+    const stored = this.#store();
+    stored.end();
+    return startsWith(original.open(), stored.open());
+  }
+
   /** The returned body as a stream (matching prefix from the original, then the stored bytes). */
   stream(): Readable {
     const stored = this.#store();
@@ -256,6 +272,33 @@ class AnswerReader implements BodySink {
     }
     this.#resolve = null;
     this.#reject = null;
+  }
+}
+
+/** Whether `whole` yields every byte `part` yields, first (chunked differently, maybe). Closes both. */
+async function startsWith(whole: AsyncIterator<Buffer>, part: AsyncIterator<Buffer>): Promise<boolean> {
+  let x: Buffer = Buffer.alloc(0);
+  let y: Buffer = Buffer.alloc(0);
+  try {
+    for (;;) {
+      if (y.length === 0) {
+        const r = await part.next();
+        if (r.done) return true;
+        y = r.value;
+      }
+      if (x.length === 0) {
+        const r = await whole.next();
+        if (r.done) return false;
+        x = r.value;
+      }
+      const n = Math.min(x.length, y.length);
+      if (!x.subarray(0, n).equals(y.subarray(0, n))) return false;
+      x = x.subarray(n);
+      y = y.subarray(n);
+    }
+  } finally {
+    void whole.return?.();
+    void part.return?.();
   }
 }
 

@@ -7,8 +7,9 @@ import type { ResolvedProfile } from '../profile.js';
 import type { HttpRequestFacts } from '../request.js';
 import type { AttemptResult } from '../types.js';
 import type { Verdict } from '../verdict/index.js';
-import { unrepairedBlock } from './answer.js';
+import { fillVerdict, unrepairedBlock } from './answer.js';
 import { bodyComplete } from './intake.js';
+import { sameRequestHead } from './returned-head.js';
 
 /**
  * An answer that returns the request (an adapted verdict: a 200/201 with a request head, an echo,
@@ -17,7 +18,13 @@ import { bodyComplete } from './intake.js';
  * - a repair (the head named a threat) whose returned body cannot be had blocks: read error,
  *   reset, broken framing, a stall or responseTimeout, the returned body or the upload past
  *   bufferSize. The threat named is a verdict: never the failure action, never retried elsewhere
- *   (campaign-bs BS1).
+ *   (campaign-bs BS1);
+ * - a returned body cut short blocks: its head declares a Content-Length the body does not have,
+ *   or it is a strict prefix of the original under the head sent (or, the original streamed and
+ *   not kept, shorter than it under the head sent: it cannot be told from a prefix). c-icap's
+ *   virus_scan with data trickling (SendPercentData) ends its echo so when it finds a virus
+ *   after it began sending: what it sent is an unscanned prefix, never a modification
+ *   (campaign-bs BS6).
  */
 
 /** What reading a returned body needs of the exchange. */
@@ -36,6 +43,9 @@ interface Watch {
   received(bytes: number): void;
   stop(): void;
 }
+
+/** Why a returned body cut short blocks (the log record's error_message). */
+export const PARTIAL_MESSAGE = 'the ICAP server returned the request with a partial body';
 
 /** Reads and judges the body an adapted answer returns: the adapted result, or a block. */
 export async function readReturned(
@@ -85,10 +95,16 @@ export async function readReturned(
     }
     // Whether the returned body equals the original can only be said once the original is complete.
     await bodyComplete(a.store, p.bufferSize);
+    const identical = await adapted.identical();
     // A threat reported repaired, and the body handed back as it was: nothing was repaired.
-    if (verdict.repair === true && (await adapted.identical())) {
+    if (verdict.repair === true && identical) {
       adapted.dispose();
       return unrepairedBlock(entry, res, verdict, p.vendor);
+    }
+    const partial = identical ? null : await partialReturn(a, res, adapted);
+    if (partial !== null) {
+      adapted.dispose();
+      return partialBlock(entry, res, verdict, p.vendor, partial);
     }
   } catch (err) {
     // What was stored of the returned body (in memory or a temp file) goes with the attempt.
@@ -99,6 +115,57 @@ export async function readReturned(
     throw err;
   }
   return { type: 'adapted', res, verdict, adapted };
+}
+
+/**
+ * Why a returned body (not the original byte for byte) is cut short, else null: its head
+ * declares another length (without a Transfer-Encoding), or, under the head sent, it is a strict
+ * prefix of the original.
+ */
+async function partialReturn(
+  a: ReturnedAttempt,
+  res: IcapResponse,
+  adapted: AdaptedBody,
+): Promise<string | null> {
+  const head = res.httpRequest;
+  if (head === null) return null;
+  const length = adapted.length;
+  // With a body: a null-body is the server saying there is none (what rewriteHead then says).
+  const withBody = res.encapsulated?.some((e) => e.name === 'req-body') === true;
+  if (withBody && !head.headers.has('transfer-encoding')) {
+    for (const value of head.headers.getAll('content-length')) {
+      for (const token of value.split(',')) {
+        const declared = token.trim();
+        if (declared !== String(length))
+          return `${PARTIAL_MESSAGE}: its head declares Content-Length ${declared.slice(0, 20)}, the body has ${length} bytes`;
+      }
+    }
+  }
+  const store = a.store;
+  if (store === null || length >= store.received) return null;
+  if (!sameRequestHead(head, a.facts, a.profile.absoluteUri)) return null;
+  if (!(await adapted.mayBePrefix())) return null;
+  // (Streamed and not kept, the original cannot be compared: a shorter body under the head sent
+  // cannot be told from c-icap's cut echo of a chunked upload, whose head declares no length.)
+  const kept = store.complete;
+  return `${PARTIAL_MESSAGE}: ${length} of the ${store.received} bytes sent, under the head sent (${kept ? 'their first bytes' : 'the original was not kept to compare'})`;
+}
+
+/** A returned body cut short: never a modification (no threat need be named). */
+function partialBlock(
+  entry: IcapRequestLog,
+  res: IcapResponse,
+  verdict: Verdict,
+  vendor: ResolvedProfile['vendor'],
+  why: string,
+): AttemptResult {
+  const blocked: Verdict = { ...verdict, kind: 'blocked', repair: false };
+  blocked.reason = verdict.reason ?? 'Partial answer';
+  fillVerdict(entry, blocked, vendor);
+  entry.action = 'ICAP_BLOCKED';
+  entry.http_response_code = 403;
+  entry.error_message = why;
+  return { type: 'blocked', res, verdict: blocked, relay: undefined };
 }
 
 /** A threat named, and the returned body could not be had (`err`): the threat stands. */
