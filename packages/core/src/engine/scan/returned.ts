@@ -1,5 +1,6 @@
 import type { IcapResponse } from '../../client/transaction-types.js';
 import { IcapError, IcapErrorCodes } from '../../errors.js';
+import type { Headers } from '../../protocol/headers.js';
 import { namesThreat } from '../beyond-head.js';
 import { AdaptedBody, type BodyStore } from '../body.js';
 import type { IcapRequestLog } from '../log.js';
@@ -95,13 +96,12 @@ export async function readReturned(
     }
     // Whether the returned body equals the original can only be said once the original is complete.
     await bodyComplete(a.store, p.bufferSize);
-    const identical = await adapted.identical();
     // A threat reported repaired, and the body handed back as it was: nothing was repaired.
-    if (verdict.repair === true && identical) {
+    if (verdict.repair === true && (await adapted.identical())) {
       adapted.dispose();
       return unrepairedBlock(entry, res, verdict, p.vendor);
     }
-    const partial = identical ? null : await partialReturn(a, res, adapted);
+    const partial = await partialReturn(a, res, adapted);
     if (partial !== null) {
       adapted.dispose();
       return partialBlock(entry, res, verdict, p.vendor, partial);
@@ -118,9 +118,9 @@ export async function readReturned(
 }
 
 /**
- * Why a returned body (not the original byte for byte) is cut short, else null: its head
- * declares another length (without a Transfer-Encoding), or, under the head sent, it is a strict
- * prefix of the original.
+ * Why a returned body is cut short, else null: it is not the original byte for byte and its
+ * head declares another length (without a Transfer-Encoding), or, under the head sent, it is a
+ * strict prefix of the original (or cannot be told from one).
  */
 async function partialReturn(
   a: ReturnedAttempt,
@@ -131,16 +131,11 @@ async function partialReturn(
   if (head === null) return null;
   const length = adapted.length;
   // With a body: a null-body is the server saying there is none (what rewriteHead then says).
-  const withBody = res.encapsulated?.some((e) => e.name === 'req-body') === true;
-  if (withBody && !head.headers.has('transfer-encoding')) {
-    for (const value of head.headers.getAll('content-length')) {
-      for (const token of value.split(',')) {
-        const declared = token.trim();
-        if (declared !== String(length))
-          return `${PARTIAL_MESSAGE}: its head declares Content-Length ${declared.slice(0, 20)}, the body has ${length} bytes`;
-      }
-    }
-  }
+  // (The original byte for byte under a wrong length is an echo: the original passes.)
+  const declared =
+    withBody(res) && !head.headers.has('transfer-encoding') ? otherLength(head.headers, length) : null;
+  if (declared !== null && !(await adapted.identical()))
+    return `${PARTIAL_MESSAGE}: its head declares Content-Length ${declared.slice(0, 20)}, the body has ${length} bytes`;
   const store = a.store;
   if (store === null || length >= store.received) return null;
   if (!sameRequestHead(head, a.facts, a.profile.absoluteUri)) return null;
@@ -149,6 +144,26 @@ async function partialReturn(
   // cannot be told from c-icap's cut echo of a chunked upload, whose head declares no length.)
   const kept = store.complete;
   return `${PARTIAL_MESSAGE}: ${length} of the ${store.received} bytes sent, under the head sent (${kept ? 'their first bytes' : 'the original was not kept to compare'})`;
+}
+
+/** Whether the answer encapsulates a request body. */
+function withBody(res: IcapResponse): boolean {
+  const entries = res.encapsulated;
+  if (entries === null) return false;
+  for (const e of entries) if (e.name === 'req-body') return true;
+  return false;
+}
+
+/** The first Content-Length value (of any field, in a comma list too) that is not `length`; else null. */
+function otherLength(headers: Headers, length: number): string | null {
+  const expected = String(length);
+  for (const value of headers.getAll('content-length')) {
+    for (const token of value.split(',')) {
+      const declared = token.trim();
+      if (declared !== expected) return declared;
+    }
+  }
+  return null;
 }
 
 /** A returned body cut short: never a modification (no threat need be named). */
