@@ -128,12 +128,14 @@ describe('a returned body cut short blocks (scripted, c-icap partiallyblocked sh
     expect(res.status).toBe(403);
   });
 
-  it('controls: a whole modification (its own length, not a prefix) and an identical echo are delivered', async () => {
+  it('controls: a whole modification (its own length, not a prefix) and an identical echo (even under a wrong length) are delivered', async () => {
     const s = await scriptedApp(
       'express5',
       (r) => {
         const body = r.body.toString('latin1');
         if (body.startsWith('echo')) return partialEcho(r, r.body.length);
+        // The upload byte for byte under a wrong length: an echo all the same.
+        if (body.startsWith('lying')) return partialEcho(r, r.body.length, 999);
         const h = r.encap.toString('latin1').replace(/content-length: \d+/i, 'Content-Length: 7');
         r.sock.write(
           `ICAP/1.0 200 OK\r\nISTag: "x1"\r\nEncapsulated: req-hdr=0, req-body=${h.length}\r\n\r\n${h}7\r\ncleaned\r\n0\r\n\r\n`,
@@ -144,8 +146,9 @@ describe('a returned body cut short blocks (scripted, c-icap partiallyblocked sh
     );
     expect((await s.post(Buffer.from('to be cleaned'))).status).toBe(200);
     expect((await s.post(Buffer.from('echo me'))).status).toBe(200);
-    expect(s.app.seen.map((x) => x.raw?.toString())).toEqual(['cleaned', 'echo me']);
-    expect(s.logs.map((l) => l.action)).toEqual(['ICAP_MODIFIED', 'ICAP_PASSED']);
+    expect((await s.post(Buffer.from('lying echo'))).status).toBe(200);
+    expect(s.app.seen.map((x) => x.raw?.toString())).toEqual(['cleaned', 'echo me', 'lying echo']);
+    expect(s.logs.map((l) => l.action)).toEqual(['ICAP_MODIFIED', 'ICAP_PASSED', 'ICAP_PASSED']);
   });
 });
 
@@ -218,6 +221,23 @@ describeWithCIcap(
         expect(logs[0]?.request_logs.at(-1)?.error_message).toMatch(PARTIAL);
       }, 60_000);
     }
+
+    it('/avscan (mode=simple), the same trickling settings: a whole block naming the threat', async () => {
+      const logs: IcapLog[] = [];
+      const app = await appOn('/avscan', 'fail-open', logs);
+      const res = await send(app.url, '/raw', {
+        body: BIG,
+        headers: { 'content-type': 'application/octet-stream' },
+        timeoutMs: 30_000,
+      });
+      const deadline = Date.now() + 5000;
+      while (logs.length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      expect(app.seen).toEqual([]);
+      expect(res.status).toBe(403);
+      const entry = logs[0]?.request_logs.at(-1);
+      expect(entry?.threat_id).toBeDefined();
+      expect(entry?.error_message ?? '').not.toMatch(PARTIAL);
+    }, 60_000);
 
     it('/avtrickle, multipart per-file: the infected file part is never delivered', async () => {
       const logs: IcapLog[] = [];
