@@ -1,6 +1,7 @@
 import { IcapError, IcapErrorCodes, type IcapReceivedHead, RfcErrorCodes } from '../errors.js';
 import { type EncapsulatedEntry, type EncapsulatedName, parseEncapsulated } from './encapsulated.js';
-import { chunkSizeLine, endsWithEmptyLine, findHeadEnd, plainHexSize } from './framing.js';
+import { readEncapsulatedHeads } from './encapsulated-heads.js';
+import { chunkSizeLine, findHeadEnd, plainHexSize } from './framing.js';
 import { parseHeaderBlock } from './headers.js';
 import type {
   BodyKind,
@@ -267,7 +268,7 @@ export class IcapParser<H extends IcapHead = IcapHead> {
             this.#headEndIn = data;
             this.#headEndAt = i + this.#encapLength;
             try {
-              this.#readEncapsulated(area);
+              readEncapsulatedHeads(this.#head!, area);
               if (this.#bodyless !== null) throw this.#bodyless;
             } catch (err) {
               // The encapsulated heads broke a rule, yet a threat named in them is still a threat:
@@ -509,45 +510,6 @@ export class IcapParser<H extends IcapHead = IcapHead> {
       body,
     };
     return head as H;
-  }
-
-  #readEncapsulated(area: Buffer): void {
-    const head = this.#head!;
-    const entries = head.encapsulated!;
-    for (let k = 0; k < entries.length - 1; k++) {
-      const entry = entries[k]!;
-      const section = area.subarray(entry.offset, entries[k + 1]!.offset);
-      // The section must end with its empty line: an offset that is off by a byte would
-      // otherwise move bytes between the headers and the body without anyone noticing.
-      if (!endsWithEmptyLine(section)) {
-        throw protocol(
-          `encapsulated ${entry.name} section does not end with an empty line (wrong Encapsulated offset?)`,
-        );
-      }
-      const parsed = parseHeaderBlock(section, `encapsulated ${entry.name}`, 'latin1');
-      // Fields named, not spread from `parsed` (engine/scan/outcome.ts disposeOnce says why).
-      const { startLine, headers } = parsed;
-      if (entry.name === 'req-hdr') {
-        const m = /^(\S+) +(\S+) +(HTTP\/\d\.\d)$/.exec(parsed.startLine);
-        if (m === null)
-          throw protocol(
-            `invalid encapsulated request line ${JSON.stringify(parsed.startLine.slice(0, 80))}`,
-          );
-        head.httpRequest = { startLine, headers, raw: section, method: m[1]!, target: m[2]!, version: m[3]! };
-      } else {
-        const m = /^(HTTP\/\d\.\d) +(\d{3})(?: (.*))?$/.exec(parsed.startLine);
-        if (m === null)
-          throw protocol(`invalid encapsulated status line ${JSON.stringify(parsed.startLine.slice(0, 80))}`);
-        head.httpResponse = {
-          startLine,
-          headers,
-          raw: section,
-          status: Number(m[2]),
-          reason: m[3] ?? '',
-          version: m[1]!,
-        };
-      }
-    }
   }
 
   /** After a head; `data` from `at` on is what follows it. */
