@@ -132,7 +132,7 @@ export function runParser(
     {
       onHead: (h) => {
         events.push({ type: 'head', head: summarize(h) });
-        if (!(h.kind === 'response' && h.status === 100)) {
+        if (!(h.kind === 'response' && h.status < 200 && h.status !== 101)) {
           current = h;
           continued = false;
         }

@@ -404,7 +404,7 @@ export function connectionInfo(conn: Connection, reused: boolean): ConnectionInf
   };
 }
 
-/** 100 Continue heads before an answer, one with fields counting 8 (campaign-an AN2: a flood). */
+/** Interim heads (100 Continue, any 1xx but 101) before an answer, one with fields counting 8 (campaign-an AN2: a flood). */
 const MAX_INTERIM = 64;
 
 /** The count of 100 Continue heads with one more; past the bound, a protocol error. */

@@ -1,6 +1,6 @@
 import { fromSocketError, type IcapError, IcapErrorCodes, type IcapReceivedHead } from '../errors.js';
 import { CRLF, chunkHeader, LAST_CHUNK, LAST_CHUNK_IEOF } from '../protocol/encoder.js';
-import { IcapParser, type IcapResponseHead, type ParserHandler } from '../protocol/parser.js';
+import { IcapParser, type IcapResponseHead, isInterim, type ParserHandler } from '../protocol/parser.js';
 import { receivedAnswer, salvageHeads, trailerHead } from '../protocol/salvage.js';
 import { abortReason } from './abort.js';
 import {
@@ -409,13 +409,14 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
   }
 
   onHead(head: IcapResponseHead): void {
-    if (head.status === 100) {
-      // Kept with its fields (a threat named in one is a threat); 64 bare ones, or 8 with fields.
+    if (isInterim(head.status)) {
+      // Any 1xx but 101 (RFC 9110 §15.2), kept with fields (a threat there is one): 64 bare, 8 fielded.
       const fielded = head.headers.size > 0;
       if (fielded) this.#continueHead = keepInterim(head, this.#continueHead);
       this.#interims = countInterim(this.#interims, fielded);
-      // A go-ahead before the preview's end counts; one nobody waits for is read past, as in HTTP.
-      const waiting = this.#writeState === 'awaiting-continue' || this.#writeState === 'preview';
+      // A go-ahead (a 100 only) before the preview's end counts; one nobody waits for is read past.
+      const state = this.#writeState;
+      const waiting = head.status === 100 && (state === 'awaiting-continue' || state === 'preview');
       if (this.#writeError !== undefined || !waiting || this.#continue === null || this.#goAhead) return;
       this.#goAhead = true;
       this.#req.onContinue?.();

@@ -26,8 +26,8 @@ export { parseEncapsulated };
  *
  * The same parser reads ICAP responses (for the client) and ICAP requests (for a server).
  * Body data is handed out as slices of the buffers given to {@link IcapParser.execute}, without
- * copying. A `100 Continue` response is an interim message: it is reported through `onHead`
- * and the parser goes straight on to the next message.
+ * copying. A `100 Continue` response (any 1xx but 101: isInterim) is an interim message: it is
+ * reported through `onHead` and the parser goes straight on to the next message.
  */
 
 export type {
@@ -478,7 +478,7 @@ export class IcapParser<H extends IcapHead = IcapHead> {
         });
       }
       this.#bodyless =
-        (status === 100 || status === 204) && body !== null
+        (isInterim(status) || status === 204) && body !== null
           ? protocol(`ICAP ${status} response must not carry a body (Encapsulated: ${encapsulatedValue})`)
           : null;
       const head: IcapResponseHead = {
@@ -515,11 +515,11 @@ export class IcapParser<H extends IcapHead = IcapHead> {
   /** After a head; `data` from `at` on is what follows it. */
   #afterHeaders(data: Buffer, at: number): void {
     const head = this.#head!;
-    const interim = head.kind === 'response' && head.status === 100;
+    const interim = head.kind === 'response' && isInterim(head.status);
     this.#handler.onHead(head);
     if (this.#closed) return;
     if (interim) {
-      // 100 Continue: the final response follows on the same connection.
+      // 100 Continue, 102, 103 (any 1xx but 101): the final response follows on the same connection.
       this.#state = State.Head;
       this.#head = null;
       return;
@@ -554,6 +554,14 @@ export class IcapParser<H extends IcapHead = IcapHead> {
       this.#after = null;
     }
   }
+}
+
+/**
+ * An interim status (RFC 9110 §15.2, whose codes ICAP's follow): any 1xx but 101 (Switching
+ * Protocols, which ICAP has no use for: a final answer). The final answer comes after it.
+ */
+export function isInterim(status: number): boolean {
+  return status < 200 && status !== 101;
 }
 
 function protocol(message: string): IcapError {
