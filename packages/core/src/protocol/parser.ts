@@ -1,8 +1,8 @@
-import { IcapError, IcapErrorCodes, type IcapReceivedHead, RfcErrorCodes } from '../errors.js';
+import { IcapError, IcapErrorCodes, type IcapReceivedHead } from '../errors.js';
 import { type EncapsulatedEntry, type EncapsulatedName, parseEncapsulated } from './encapsulated.js';
 import { readEncapsulatedHeads } from './encapsulated-heads.js';
 import { chunkSizeLine, findHeadEnd, plainHexSize } from './framing.js';
-import { parseHeaderBlock } from './headers.js';
+import { bodylessError, isInterim, parseIcapHead } from './icap-head.js';
 import type {
   BodyKind,
   EncapsulatedHttpHead,
@@ -16,7 +16,7 @@ import type {
 } from './parser-types.js';
 import { salvageEncapsulated, salvageLines, salvageResponseHead, withReceivedHead } from './salvage.js';
 
-export { parseEncapsulated };
+export { isInterim, parseEncapsulated };
 
 /**
  * Incremental ICAP message parser: a state machine over bytes that never needs the end of
@@ -403,7 +403,8 @@ export class IcapParser<H extends IcapHead = IcapHead> {
     this.#headEndIn = data;
     this.#headEndAt = end;
     try {
-      this.#head = this.#parseHead(data.subarray(i, end));
+      this.#head = parseIcapHead(this.#kind, data.subarray(i, end), this.#what) as H;
+      this.#bodyless = this.#head.kind === 'response' ? bodylessError(this.#head) : null;
     } catch (err) {
       // A head that breaks a rule may still name a threat: its fields, read leniently, go along.
       throw this.#withHead(err, () => salvageResponseHead(data.subarray(i, end)));
@@ -460,58 +461,6 @@ export class IcapParser<H extends IcapHead = IcapHead> {
     return this.#kind === 'response' ? withReceivedHead(err, head()) : err;
   }
 
-  #parseHead(block: Buffer): H {
-    const { startLine, headers, rawHeaders } = parseHeaderBlock(block, this.#what);
-    const encapsulatedValue = headers.get('encapsulated');
-    const encapsulated = encapsulatedValue === undefined ? null : parseEncapsulated(encapsulatedValue);
-    const last = encapsulated?.[encapsulated.length - 1];
-    const body = last === undefined || last.name === 'null-body' ? null : (last.name as BodyKind);
-    if (this.#kind === 'response') {
-      const m = /^(ICAP\/\d\.\d) +(\d{3})(?: (.*))?$/.exec(startLine);
-      if (m === null) {
-        throw protocol(`invalid ICAP status line ${JSON.stringify(startLine.slice(0, 80))}`);
-      }
-      const status = Number(m[2]);
-      if (status < 100 || status > 599) {
-        throw new IcapError(IcapErrorCodes.PROTOCOL, `unknown ICAP status code ${status}`, {
-          rfcCode: RfcErrorCodes.ICAP_SERVER_UNKNOWN_CODE,
-        });
-      }
-      this.#bodyless =
-        (isInterim(status) || status === 204) && body !== null
-          ? protocol(`ICAP ${status} response must not carry a body (Encapsulated: ${encapsulatedValue})`)
-          : null;
-      const head: IcapResponseHead = {
-        kind: 'response',
-        version: m[1]!,
-        status,
-        reason: m[3] ?? '',
-        headers,
-        rawHeaders,
-        encapsulated,
-        httpRequest: null,
-        httpResponse: null,
-        body,
-      };
-      return head as H;
-    }
-    const m = /^([!#$%&'*+\-.^_`|~0-9A-Za-z]+) +(\S+) +(ICAP\/\d\.\d)$/.exec(startLine);
-    if (m === null) throw protocol(`invalid ICAP request line ${JSON.stringify(startLine.slice(0, 80))}`);
-    const head: IcapRequestHead = {
-      kind: 'request',
-      method: m[1]!,
-      uri: m[2]!,
-      version: m[3]!,
-      headers,
-      rawHeaders,
-      encapsulated,
-      httpRequest: null,
-      httpResponse: null,
-      body,
-    };
-    return head as H;
-  }
-
   /** After a head; `data` from `at` on is what follows it. */
   #afterHeaders(data: Buffer, at: number): void {
     const head = this.#head!;
@@ -554,14 +503,6 @@ export class IcapParser<H extends IcapHead = IcapHead> {
       this.#after = null;
     }
   }
-}
-
-/**
- * An interim status (RFC 9110 §15.2, whose codes ICAP's follow): any 1xx but 101 (Switching
- * Protocols, which ICAP has no use for: a final answer). The final answer comes after it.
- */
-export function isInterim(status: number): boolean {
-  return status < 200 && status !== 101;
 }
 
 function protocol(message: string): IcapError {
