@@ -97,6 +97,8 @@ export function keepsConnection(
   const h = head.headers;
   if (/\bclose\b/i.test(h.get('connection') ?? '')) return false;
   if (req.closeAsked ?? req.head.includes('\r\nConnection: close\r\n')) return false;
+  // An answer announcing an ICAP trailer (parser.ts): where its message ends is the server's word.
+  if (h.has('trailer')) return false;
   const method = req.method;
   const status = head.status;
   if (method === 'OPTIONS') return status === 200;

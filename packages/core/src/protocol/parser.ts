@@ -90,6 +90,10 @@ export class IcapParser<H extends IcapHead = IcapHead> {
   #headEndAt = 0;
   /** The current message's trailer fields (response side), as received; null: none. */
   #trailer: string[] | null = null;
+  /** The final head announced an ICAP trailer (`Trailer`) not read yet: one more field section follows the message. */
+  #icapTrailer = false;
+  /** A final head without a body, not reported yet: its ICAP trailer is read first (#afterHeaders). */
+  #held = false;
   #executing = false;
   #closed = false;
   /** The last error a run threw, and the bytes from where it broke off (see bytesAfterFailure). */
@@ -174,13 +178,24 @@ export class IcapParser<H extends IcapHead = IcapHead> {
       return cut === null || cut.length === 0 || !head!.encapsulated
         ? head!
         : salvageEncapsulated(head!, head!.encapsulated, cut);
-    if (this.#state !== State.Trailer || (this.#trailer === null && (cut === null || cut.length === 0)))
+    const held = this.#held;
+    if (
+      this.#state !== State.Trailer ||
+      (!held && this.#trailer === null && (cut === null || cut.length === 0))
+    )
       return undefined;
+    // A head held for its ICAP trailer was never reported: its own fields (and heads) go first.
+    const own = held ? head!.rawHeaders : '';
     const lines = this.#trailer === null ? '' : `${this.#trailer.join('\r\n')}\r\n`;
     const rest = cut === null ? '' : cut.toString('latin1');
-    return salvageResponseHead(
-      Buffer.from(`ICAP/1.0 ${head!.status} ${head!.reason}\r\n${lines}${rest}`, 'latin1'),
+    const received = salvageResponseHead(
+      Buffer.from(`ICAP/1.0 ${head!.status} ${head!.reason}\r\n${own}${lines}${rest}`, 'latin1'),
     );
+    if (held) {
+      received.httpResponse = head!.httpResponse;
+      received.httpRequest = head!.httpRequest;
+    }
+    return received;
   }
 
   /** What came right after the last head read (encapsulated heads included) in the same bytes; only read for a threat. */
@@ -220,6 +235,8 @@ export class IcapParser<H extends IcapHead = IcapHead> {
     this.#state = State.Head;
     this.#head = null;
     this.#trailer = null;
+    this.#icapTrailer = false;
+    this.#held = false;
     this.#scanFrom = 0;
     this.#ieof = false;
     this.#resumePending();
@@ -358,7 +375,11 @@ export class IcapParser<H extends IcapHead = IcapHead> {
               this.#trailer.push(data.toString('latin1', i, i + lineLength));
             }
             i = nl + 1;
-            if (lineLength <= 0) this.#finish(this.#ieof, data, i);
+            if (lineLength > 0) break;
+            // The chunked body's trailer ended: an ICAP trailer announced follows (see #afterHeaders).
+            if (this.#icapTrailer) this.#readIcapTrailer();
+            else if (this.#held) this.#endHeld(data, i);
+            else this.#finish(this.#ieof, data, i);
             break;
           }
           case State.Done: {
@@ -465,6 +486,16 @@ export class IcapParser<H extends IcapHead = IcapHead> {
   #afterHeaders(data: Buffer, at: number): void {
     const head = this.#head!;
     const interim = head.kind === 'response' && isInterim(head.status);
+    // An ICAP trailer (draft-rousskov-icap-trailers, as Squid reads it): a final head with a
+    // `Trailer` field is followed by one more field section, right after the head when it has no
+    // body, else after the chunked body's end. Part of the message, read for a threat as the
+    // trailer is; a head without a body is reported with it (#endHeld): no answer before it.
+    this.#icapTrailer = !interim && head.kind === 'response' && head.headers.has('trailer');
+    if (this.#icapTrailer && head.body === null) {
+      this.#held = true;
+      this.#readIcapTrailer();
+      return;
+    }
     this.#handler.onHead(head);
     if (this.#closed) return;
     if (interim) {
@@ -478,6 +509,22 @@ export class IcapParser<H extends IcapHead = IcapHead> {
     } else {
       this.#state = State.ChunkSize;
     }
+  }
+
+  /** The ICAP trailer of a head held for it ended (`data` from `at` on follows): the head, then the end. */
+  #endHeld(data: Buffer, at: number): void {
+    this.#held = false;
+    this.#headEndIn = data;
+    this.#headEndAt = at;
+    this.#handler.onHead(this.#head!);
+    if (!this.#closed) this.#finish(false, data, at);
+  }
+
+  /** The ICAP trailer's field section is read next (as a trailer, bounded by maxTrailerSize). */
+  #readIcapTrailer(): void {
+    this.#icapTrailer = false;
+    this.#trailerBytes = 0;
+    this.#state = State.Trailer;
   }
 
   #readChunkSize(line: string): void {
