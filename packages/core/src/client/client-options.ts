@@ -99,6 +99,12 @@ export interface IcapRequestOptions {
    */
   strayBlocks?: ((head: IcapReceivedHead) => boolean) | undefined;
   /**
+   * After an ICAP 5xx answer (whole, nothing after it yet), wait as after a broken answer for
+   * what the server sends next, read for a threat (its real verdict may follow an error): for a
+   * caller that would pass the message on an error (fail-open). Default false.
+   */
+  waitAfterServerError?: boolean | undefined;
+  /**
    * The most bytes of the message body held to compare with an answer that returns a body (a
    * connection is kept after one only when it returns the body sent, byte for byte): at most and
    * by default 2 MiB; past it, such an answer costs the connection. The body's own buffers are

@@ -290,6 +290,7 @@ export class IcapClient {
       onStray: init.onStray,
       heard: init.heard,
       strayBlocks: init.strayBlocks,
+      waitAfterServerError: init.waitAfterServerError,
       echoHold: init.echoHold,
       // The only `Connection` line an encoded head can hold is one of these ICAP headers (the
       // encapsulated HTTP heads never carry one; no value holds a line break).

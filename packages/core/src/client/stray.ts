@@ -79,6 +79,21 @@ export function afterAnswer(
   else StrayWait.sieve(stray, conn, opts, settle, false);
 }
 
+const NOTHING = Buffer.alloc(0);
+
+/**
+ * What to wait on after a whole answer after which nothing came (afterAnswer's `stray`): after a
+ * 5xx, when the caller asked (IcapRequestOptions.waitAfterServerError: it would pass the message
+ * on it), nothing yet, so that the wait reads what follows (the server's real verdict after an
+ * error: campaign-bs BS5), as after a broken answer; else null (no wait).
+ */
+export function quietWait(
+  status: number,
+  req: { waitAfterServerError?: boolean | undefined },
+): Buffer | null {
+  return status >= 500 && req.waitAfterServerError === true ? NOTHING : null;
+}
+
 /**
  * `err` with the heads in the last body data read when the answer broke off in its chunked body
  * (the connection closed, went idle, the exchange was aborted): the server's answer may be what

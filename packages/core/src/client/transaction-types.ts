@@ -27,6 +27,8 @@ export interface TransactionRequest {
   onStray?: ((bytes: number) => void) | undefined;
   heard?: Heard | undefined;
   strayBlocks?: ((head: IcapReceivedHead) => boolean) | undefined;
+  /** See IcapRequestOptions.waitAfterServerError. */
+  waitAfterServerError?: boolean | undefined;
   /** See IcapRequestOptions.echoHold. */
   echoHold?: number | undefined;
   /**

@@ -21,7 +21,7 @@ import { type Deferred, deferred, noop } from './deferred.js';
 import { EchoCheck } from './echo.js';
 import { keepsConnection } from './reuse.js';
 import { asBuffer, closeIterator, takeNow } from './source.js';
-import { afterAnswer, afterFailure, failAfterHead, StrayWait, strayInChunk } from './stray.js';
+import { afterAnswer, afterFailure, failAfterHead, quietWait, StrayWait, strayInChunk } from './stray.js';
 import type {
   IcapResponse,
   TransactionOptions,
@@ -34,15 +34,14 @@ import { keepReadingAfterWriteError, writeBatch } from './write-error.js';
  * One ICAP exchange on one connection: write the request (preview first when asked), read the
  * response concurrently, and hand the connection back to the pool when both are over.
  *
- * Reading and writing are flow-controlled independently: the writer waits for `drain` and for
- * its body source, the reader pauses the socket when the consumer of the response body is
- * slow. A final response may arrive at any time, even while the body is being written (an
- * early verdict or error): the writer stops and the answer stands. A write that fails before
- * the answer was read (the server answered, then closed without reading the rest) ends only the
- * sending; its error is reported only when no complete answer came. The connection is reused
- * only when request and answer were read to their ends, nothing followed the answer, a body
- * returned is the one sent byte for byte (else it may be an echo the upload's own bytes ended
- * early: echo.ts), and `keepsConnection` allows it.
+ * Reading and writing are flow-controlled independently: the writer waits for `drain` and for its body
+ * source, the reader pauses the socket when the consumer of the response body is slow. A final response
+ * may arrive at any time, even while the body is being written (an early verdict or error): the writer
+ * stops and the answer stands. A write that fails before the answer was read (the server answered, then
+ * closed without reading the rest) ends only the sending; its error is reported only when no complete
+ * answer came. The connection is reused only when request and answer were read to their ends, nothing
+ * followed the answer, a body returned is the one sent byte for byte (else it may be an echo the
+ * upload's own bytes ended early: echo.ts), and `keepsConnection` allows it.
  */
 
 type WriteState = 'head' | 'preview' | 'awaiting-continue' | 'rest' | 'finished' | 'stopped';
@@ -493,9 +492,10 @@ export class Transaction implements SocketOwner, ParserHandler<IcapResponseHead>
     this.#finished = true;
     // The response is complete: anything of the request not yet sent will not be read.
     this.#stopWriting();
-    // A body not read (an error status's that does not fit): the real answer may follow it.
+    // A body not read (an error's that does not fit), or a 5xx (quietWait): the real answer may follow.
     const stray = forceClose ? (this.#parser.bytesAfterHead() ?? NOTHING) : this.#parser.leftoverBytes();
-    afterAnswer(stray, this.#conn, this.#opts, (all) => this.#settle(head, all, forceClose));
+    const after = stray ?? quietWait(head.status, this.#req);
+    afterAnswer(after, this.#conn, this.#opts, (all) => this.#settle(head, all, forceClose));
   }
 
   /** The exchange is over: the summary, the connection back to the pool. */

@@ -289,6 +289,7 @@ class Exchange implements WatchHooks, TriedServers, ReturnedAttempt {
       heard: this, // read on by responseTimeout and the watch (client/deadline.ts)
       // What follows is kept by the verdict's own reading (campaign-at AT6).
       strayBlocks: (h) => threatInHead(readingOf(p, this.facts.fileName), h) !== null,
+      waitAfterServerError: p.failAction === 'fail-open', // a 5xx's real verdict may follow (BS5)
       // A body spooled to disk is not held in memory to compare with an echo (campaign-ax AX4).
       echoHold: p.memoryThreshold,
       // Only a preview can be answered with 100 Continue (none without: no closure then).
@@ -552,8 +553,7 @@ export function previewOf(head: string): number | undefined {
   return undefined;
 }
 
-/** No extra ICAP header (shared, never written to). */
-const NO_HEADERS: Array<[string, string]> = [];
+const NO_HEADERS: Array<[string, string]> = []; // no extra ICAP header (shared, never written to)
 
 /** A body small enough to send whole: a preview would cost a round trip to spare a few bytes. */
 function smallBody(facts: HttpRequestFacts, limit: number): boolean {
