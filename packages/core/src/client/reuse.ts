@@ -15,21 +15,13 @@ import type { Headers } from '../protocol/headers.js';
 import { namesBlocked, pageBlocks } from '../protocol/headers.js';
 import type { IcapResponseHead } from '../protocol/parser.js';
 import { trailerHead } from '../protocol/salvage.js';
+import { PRESENCE_FIELDS } from '../protocol/threat-fields.js';
 import type { TransactionRequest } from './transaction-types.js';
 
-/** Fields that block by being there, whatever their value (the verdict reads them so, or as an error). */
-const PRESENCE_FIELDS = [
-  'x-infection-found',
-  'x-blocked-reason',
-  'x-block-reason',
-  'x-mwg-block-reason',
-  'x-blocked',
-  'x-error-code',
-  'x-fsecure-infection-name',
-  'x-fsecure-infected-filename',
-];
-
-/** Fields whose clean values are known: any other value closes the connection. */
+/**
+ * Fields whose clean values are known: any other value closes the connection (their names are
+ * protocol/threat-fields.ts VALUE_FIELD_NAMES; the fields blocking by presence, PRESENCE_FIELDS).
+ */
 const VALUE_FIELDS: ReadonlyArray<readonly [string, (v: string) => boolean]> = [
   ['x-virus-id', (v) => v === '' || v === 'no threats'],
   ['x-virus-name', (v) => v === '' || v === 'no threats'],

@@ -3,6 +3,7 @@ import { type EncapsulatedEntry, type EncapsulatedName, parseEncapsulated } from
 import { readEncapsulatedHeads } from './encapsulated-heads.js';
 import { chunkSizeLine, findHeadEnd, plainHexSize } from './framing.js';
 import { bodylessError, isInterim, parseIcapHead } from './icap-head.js';
+import { FieldSieve } from './over-size.js';
 import type {
   BodyKind,
   EncapsulatedHttpHead,
@@ -54,6 +55,9 @@ enum State {
   Done = 6,
   /** Encapsulated heads over maxHeaderSize: what fits is read for a threat, then the error. */
   EncapsulatedTooLarge = 7,
+  /** A response's head, or a trailer, past its bound: read on for a threat (#over), then the error. */
+  HeadTooLarge = 8,
+  TrailerTooLarge = 9,
 }
 
 const EMPTY = Buffer.alloc(0);
@@ -94,6 +98,9 @@ export class IcapParser<H extends IcapHead = IcapHead> {
   #icapTrailer = false;
   /** A final head without a body, not reported yet: its ICAP trailer is read first (#afterHeaders). */
   #held = false;
+  /** A section read past its bound (over-size.ts), and what fits of a head read so (a copy). */
+  #over: FieldSieve | null = null;
+  #overPrefix: Buffer | null = null;
   #executing = false;
   #closed = false;
   /** The last error a run threw, and the bytes from where it broke off (see bytesAfterFailure). */
@@ -173,21 +180,21 @@ export class IcapParser<H extends IcapHead = IcapHead> {
     if (this.#kind !== 'response') return undefined;
     const head = this.#head as unknown as IcapResponseHead | null;
     const cut = this.#pending;
+    if (this.#state === State.HeadTooLarge) return this.#overHead();
     if (this.#state === State.Head) return cut === null ? undefined : salvageLines(cut);
     if (this.#state === State.Encapsulated || this.#state === State.EncapsulatedTooLarge)
       return cut === null || cut.length === 0 || !head!.encapsulated
         ? head!
         : salvageEncapsulated(head!, head!.encapsulated, cut);
     const held = this.#held;
-    if (
-      this.#state !== State.Trailer ||
-      (!held && this.#trailer === null && (cut === null || cut.length === 0))
-    )
+    const over = this.#state === State.TrailerTooLarge;
+    // Past the bound, the lines kept (over-size.ts); else the line cut short.
+    const rest = over ? this.#over!.kept() : cut === null ? '' : cut.toString('latin1');
+    if ((this.#state !== State.Trailer && !over) || (!held && this.#trailer === null && rest === ''))
       return undefined;
     // A head held for its ICAP trailer was never reported: its own fields (and heads) go first.
     const own = held ? head!.rawHeaders : '';
     const lines = this.#trailer === null ? '' : `${this.#trailer.join('\r\n')}\r\n`;
-    const rest = cut === null ? '' : cut.toString('latin1');
     const received = salvageResponseHead(
       Buffer.from(`ICAP/1.0 ${head!.status} ${head!.reason}\r\n${own}${lines}${rest}`, 'latin1'),
     );
@@ -237,6 +244,8 @@ export class IcapParser<H extends IcapHead = IcapHead> {
     this.#trailer = null;
     this.#icapTrailer = false;
     this.#held = false;
+    this.#over = null;
+    this.#overPrefix = null;
     this.#scanFrom = 0;
     this.#ieof = false;
     this.#resumePending();
@@ -355,20 +364,21 @@ export class IcapParser<H extends IcapHead = IcapHead> {
           }
           case State.Trailer: {
             const nl = data.indexOf(LF, i);
-            // Over the bound, what fits of the line that crosses it is kept for receivedTrailer
-            // (a threat named there is still one), read no further.
             const room = this.#maxTrailer - this.#trailerBytes;
+            if (nl === -1 ? data.length - i > room : nl + 1 - i > room) {
+              // Over the bound, from the line that crosses it on, a response's is read on for a
+              // threat (over-size.ts: a threat named there is still one); a request's fails.
+              if (this.#kind === 'request') throw protocol('trailer section too large');
+              this.#over = new FieldSieve(this.#maxTrailer, false);
+              this.#state = State.TrailerTooLarge;
+              break;
+            }
             if (nl === -1) {
-              this.#pending = data.subarray(i, i + Math.max(0, room));
-              if (data.length - i > room) throw protocol('trailer section too large');
+              this.#pending = data.subarray(i);
               return;
             }
             const lineLength = nl - i - (data[nl - 1] === CR ? 1 : 0);
             this.#trailerBytes += nl + 1 - i;
-            if (this.#trailerBytes > this.#maxTrailer) {
-              this.#pending = data.subarray(i, i + Math.max(0, room));
-              throw protocol('trailer section too large');
-            }
             // Kept (bounded by maxTrailerSize) for what they may name: a verdict is never lost.
             if (lineLength > 0 && this.#kind === 'response') {
               this.#trailer ??= [];
@@ -381,6 +391,18 @@ export class IcapParser<H extends IcapHead = IcapHead> {
             else if (this.#held) this.#endHeld(data, i);
             else this.#finish(this.#ieof, data, i);
             break;
+          }
+          case State.HeadTooLarge:
+          case State.TrailerTooLarge: {
+            const over = this.#over!;
+            const end = over.read(data, i);
+            if (end === -1 && !over.full) return;
+            // The section ended (what follows it goes with the error), or OVER_SIZE_CAP was read.
+            if (end !== -1) i = end;
+            if (this.#state === State.TrailerTooLarge) throw protocol('trailer section too large');
+            this.#headEndIn = data;
+            this.#headEndAt = i;
+            throw this.#withHead(this.#headTooLarge(), () => this.#overHead());
           }
           case State.Done: {
             this.#pending = data.subarray(i);
@@ -414,12 +436,12 @@ export class IcapParser<H extends IcapHead = IcapHead> {
     }
     const end = findHeadEnd(data, i + Math.max(0, this.#scanFrom - 3));
     if (end === -1) {
-      if (data.length - i > this.#maxHeaderSize) throw this.#tooLarge(data, i);
+      if (data.length - i > this.#maxHeaderSize) return this.#tooLarge(data, i);
       this.#pending = data.subarray(i);
       this.#scanFrom = data.length - i;
       return -1;
     }
-    if (end - i > this.#maxHeaderSize) throw this.#tooLarge(data, i);
+    if (end - i > this.#maxHeaderSize) return this.#tooLarge(data, i);
     this.#scanFrom = 0;
     this.#headEndIn = data;
     this.#headEndAt = end;
@@ -466,15 +488,33 @@ export class IcapParser<H extends IcapHead = IcapHead> {
   }
 
   /**
-   * A head over maxHeaderSize, with what fits of it read leniently: a threat named in its first
-   * maxHeaderSize bytes (then a long list of infected entries, say) is still a threat.
+   * A head over maxHeaderSize at `at`: a request's fails; a response's is read on for a threat
+   * (over-size.ts: a threat named past its first maxHeaderSize bytes, after a long list of
+   * infected entries say, is still one), then fails (#run). Returns where the reading goes on.
    */
-  #tooLarge(data: Buffer, at: number): unknown {
-    const err = new IcapError(
-      IcapErrorCodes.HEADERS_TOO_LARGE,
-      `ICAP ${this.#kind} headers exceed maxHeaderSize (${this.#maxHeaderSize} bytes)`,
-    );
-    return this.#withHead(err, () => salvageResponseHead(data.subarray(at, at + this.#maxHeaderSize)));
+  #tooLarge(data: Buffer, at: number): number {
+    if (this.#kind === 'request') throw this.#headTooLarge();
+    const bound = at + this.#maxHeaderSize;
+    const lf = data.lastIndexOf(LF, bound - 1);
+    const from = lf >= at ? lf + 1 : bound;
+    // What fits, up to its last line end (a copy: reading goes on), then the lines kept after it.
+    this.#overPrefix = Buffer.from(data.subarray(at, from));
+    this.#over = new FieldSieve(this.#maxHeaderSize, lf < at);
+    this.#scanFrom = 0;
+    this.#state = State.HeadTooLarge;
+    return from;
+  }
+
+  #headTooLarge(): IcapError {
+    const what = `ICAP ${this.#kind} headers exceed maxHeaderSize (${this.#maxHeaderSize} bytes)`;
+    return new IcapError(IcapErrorCodes.HEADERS_TOO_LARGE, what);
+  }
+
+  /** What was read of a head over maxHeaderSize: what fits, then the lines kept past it, leniently. */
+  #overHead(): IcapReceivedHead {
+    const prefix = this.#overPrefix!;
+    const eol = prefix[prefix.length - 1] === LF ? '' : '\r\n';
+    return salvageResponseHead(Buffer.concat([prefix, Buffer.from(`${eol}${this.#over!.kept()}`, 'latin1')]));
   }
 
   /** A response parser's error with what was received of the head (see receivedHead). */
