@@ -139,10 +139,13 @@ async function partialReturn(
   const store = a.store;
   if (store === null || length >= store.received) return null;
   if (!sameRequestHead(head, a.facts, a.profile.absoluteUri)) return null;
-  if (!(await adapted.mayBePrefix())) return null;
-  // (Streamed and not kept, the original cannot be compared: a shorter body under the head sent
-  // cannot be told from c-icap's cut echo of a chunked upload, whose head declares no length.)
   const kept = store.complete;
+  // Streamed and not kept, the original cannot be compared: a shorter body under the head sent
+  // cannot be told from c-icap's cut echo of a chunked upload, whose head declares no length;
+  // one whose head declares the length it has is a modification (a cut echo of a body sent with
+  // a length keeps that length: the check above).
+  if (!kept && head.headers.has('content-length')) return null;
+  if (!(await adapted.mayBePrefix())) return null;
   return `${PARTIAL_MESSAGE}: ${length} of the ${store.received} bytes sent, under the head sent (${kept ? 'their first bytes' : 'the original was not kept to compare'})`;
 }
 
