@@ -5,57 +5,24 @@
  * `useBodyParser('text')` (iconv-lite), undici's multipart field values (`c.req.parseBody()`).
  * A scanner whose signature is anchored at offset 0 of the object (EICAR's own rule, ClamAV's
  * offset-0 body signatures, whole-object hashes) passed `BOM + EICAR` while the handler held
- * exactly the EICAR file. (Nest on Express: test/nestjs/bom-stripped-text.test.ts.) The scanner below models such a signature. Fix: a body (and a
+ * exactly the EICAR file. (Nest on Express: test/nestjs/bom-stripped-text.test.ts.) test/support/anchored-scanner.ts models such a signature. Fix: a body (and a
  * per-file multipart field part) that starts with a BOM is also scanned without it.
  * (The decoded JSON strings as one newline-joined object are campaign-bj BJ6: not covered here.)
  */
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { getRequestListener } from '@hono/node-server';
-import type { IcapProfile } from '@icapkit/core';
 import { icap as honoIcap } from '@icapkit/hono';
-import { eicar } from '@icapkit/testing';
 import { withIcap } from '@icapkit/web';
 import { Hono } from 'hono';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
+import { anchoredScanner, BOM, E, postText, THREAT } from '../support/anchored-scanner.js';
 import { rawExchange } from '../support/raw-http.js';
-import { chunked, type ScriptedIcap, scripted } from '../support/scripted-icap.js';
+import { chunked, scripted } from '../support/scripted-icap.js';
 
-const E = eicar();
-const BOM = Buffer.from([0xef, 0xbb, 0xbf]);
-const THREAT =
-  'ICAP/1.0 200 OK\r\nISTag: "x1"\r\nX-Infection-Found: Type=0; Resolution=2; Threat=Eicar-Test-Signature;\r\nEncapsulated: null-body=0\r\n\r\n';
-const CLEAN = 'ICAP/1.0 204 No Content\r\nISTag: "x1"\r\nEncapsulated: null-body=0\r\n\r\n';
-
-let scanner: ScriptedIcap;
-beforeAll(async () => {
-  // A signature anchored at offset 0 of the object (the EICAR file as the spec defines it).
-  scanner = await scripted((r) => r.sock.write(r.body.subarray(0, E.length).equals(E) ? THREAT : CLEAN));
-});
-afterAll(() => scanner?.close());
-
-const profile = (): IcapProfile => ({
-  name: 'br8',
-  poolGroup: scanner.url,
-  serviceUri: '/avscan',
-  startupCheck: 'off',
-});
-
-async function post(url: string, body: Buffer): Promise<number | undefined> {
-  const r = await rawExchange(
-    url,
-    [
-      Buffer.concat([
-        Buffer.from(
-          `POST /upload HTTP/1.1\r\nHost: a\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n`,
-        ),
-        body,
-      ]),
-    ],
-    { responses: 1, waitMs: 5000 },
-  );
-  return r.responses[0]?.status;
-}
+const anchored = anchoredScanner();
+const { profile } = anchored;
+const post = postText;
 
 async function listen(fetch: (req: Request, env: unknown) => Response | Promise<Response>) {
   const server: Server = createServer(getRequestListener(fetch as never));
@@ -162,7 +129,7 @@ describe('BR8 a BOM before a text body: also scanned without it', () => {
     });
     const { url, server } = await listen(app.fetch);
     try {
-      const reqmods = () => scanner.requests.filter((r) => r.method === 'REQMOD');
+      const reqmods = () => anchored.scanner.requests.filter((r) => r.method === 'REQMOD');
       const before = reqmods().length;
       expect(await post(url, Buffer.from('hello'))).toBe(200);
       expect(reqmods().length - before).toBe(1);
@@ -242,7 +209,7 @@ describe('BR8 a BOM before a text body: also scanned without it', () => {
     });
     const { url, server } = await listen(app.fetch);
     try {
-      const reqmods = () => scanner.requests.filter((r) => r.method === 'REQMOD').length;
+      const reqmods = () => anchored.scanner.requests.filter((r) => r.method === 'REQMOD').length;
       const pad = Buffer.alloc(20_000, 0x20);
       const before = reqmods();
       expect(await post(url, Buffer.concat([Buffer.from('hello'), pad]))).toBe(200);
