@@ -324,8 +324,13 @@ describe('failures an upload can provoke do not suspend a healthy server', () =>
             await until(() => run.app.engine.status()[0]?.state === 'suspended', 5_000, 'the suspension');
             // One check: the suspension's and the uploads' own (fail-open) share it. A check
             // whose connection drops is made once more (a process that crashed on an upload may
-            // have taken it down): two REQMODs then.
-            expect(checksSeen(server)).toBe(broken === 'crashes' ? 2 : 1);
+            // have taken it down): two REQMODs then. Under fail-open a 500 is followed by a quiet
+            // wait for a later verdict (campaign-bs BS5, up to 250 ms), so the last upload's 500
+            // may be judged after the first check ended: one more check then, never more.
+            const checks = checksSeen(server);
+            if (broken === 'crashes') expect(checks).toBe(2);
+            else if (broken === 'answers 500' && failAction === 'fail-open') expect([1, 2]).toContain(checks);
+            else expect(checks).toBe(1);
             if (broken === 'answers 500')
               expect(run.app.engine.status()[0]?.lastError).toMatch(/check was answered 500/);
             const after = await upload(run, EICAR);

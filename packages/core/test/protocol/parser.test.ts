@@ -177,10 +177,17 @@ describe('IcapParser (responses)', () => {
     const { parser } = collect('response', { maxHeaderSize: 1024 });
     const big = `ICAP/1.0 200 OK\r\nX-Big: ${'a'.repeat(2000)}\r\n\r\n`;
     expect(() => parser.execute(Buffer.from(big))).toThrowError(/exceed maxHeaderSize \(1024 bytes\)/);
+    // A response's head that never ends: read on past the bound for a threat field (campaign-bs
+    // BS2), 1 MiB at most, then the same error.
     const { parser: p2 } = collect('response', { maxHeaderSize: 1024 });
+    let fed = 0;
     expect(() => {
-      for (let i = 0; i < 40; i++) p2.execute(Buffer.from(`X-H${i}: ${'b'.repeat(40)}\r\n`));
+      for (let i = 0; i < 1200; i++) {
+        p2.execute(Buffer.from(`X-H${i}: ${'b'.repeat(1000)}\r\n`));
+        fed = i;
+      }
     }).toThrowError(expect.objectContaining({ code: 'ICAP_ERR_HEADERS_TOO_LARGE' }));
+    expect(fed).toBeGreaterThan(1000);
   });
 
   it('rejects encapsulated header areas over maxHeaderSize, once it has read what fits of them for a threat', () => {
