@@ -17,7 +17,7 @@
  *
  * Two generators: a free grammar, and requests near each profile's skip (the request it skips
  * with one to a few parts respelt), where a spelling read apart meets every other criterion.
- * The bypasses found (campaign-bq BQ1-BQ4) stay below as fixed cases (EXAMPLES).
+ * The bypasses found (campaign-bq BQ1-BQ4, campaign-bt BT2) stay below as fixed cases (EXAMPLES).
  *
  * `ICAPKIT_POLICY_SKIP_RUNS` sets the requests per framework (default 600); fast-check's seed is
  * random, `ICAPKIT_FUZZ_SEED` (and `ICAPKIT_FUZZ_PATH`) replay a reported one.
@@ -204,6 +204,18 @@ const caseArb = fc.nat(PROFILES.length - 1).chain((profile) =>
  * Bypasses the property found (campaign-bq), kept as fixed cases: [id, what, profile, head].
  */
 const EXAMPLES: Array<[string, string, string, string]> = [
+  [
+    'BT2',
+    "an origin-form target '//user@host/...#': url.parse (Express, Koa) reads an authority, routes the rest",
+    'negated prefix (skip all but /acme)',
+    'POST //a@b/acme/upload# HTTP/1.1\r\nHost: static.example.com\r\nContent-Type: application/octet-stream\r\n',
+  ],
+  [
+    'BT2',
+    "the same after a backslash: '/\\user@host/...#'",
+    'negated prefix (skip all but /acme)',
+    'POST /\\a@b/acme/upload#x HTTP/1.1\r\nHost: static.example.com\r\nContent-Type: application/octet-stream\r\n',
+  ],
   [
     'BQ1',
     "an absolute-form authority url.parse (Express, Koa) cuts at '%'",

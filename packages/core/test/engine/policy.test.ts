@@ -1953,6 +1953,19 @@ describe('readings applications make that the rules must cover (campaign-e)', ()
       expect(decide(skipWebhooks, facts({ target })), target).toEqual(skipped('skip-webhooks'));
   });
 
+  it("BT2: an origin-form target starting '//user@host' or '/\\user@host' is also read as url.parse() does", () => {
+    const rules: PolicyRule[] = [
+      { name: 'scan-raw', match: { path: { exact: ['/raw'] } }, action: 'enable-icap' },
+    ];
+    // parseurl (Express, Koa) falls back to url.parse for a target holding '#': '/raw' is routed.
+    expect(pathCandidates('//a@b/raw#x')).toContain('/raw');
+    expect(pathCandidates('/\\a@b/raw#x')).toContain('/raw');
+    for (const target of ['//a@b/raw#x', '//a@b/raw?#', '/\\a@b/raw#x'])
+      expect(decide(rules, facts({ target })), target).toEqual(scanned('scan-raw'));
+    // Control: a plain origin-form target is one reading.
+    expect(pathCandidates('/raw')).toEqual(['/raw']);
+  });
+
   it("BQ1: an absolute-form target is also read as url.parse() cuts its authority (at '%', ';', a ':' before no port)", () => {
     const skipWebhooks: PolicyRule[] = [
       { name: 'skip-webhooks', match: { path: { prefix: ['/webhooks'] } }, action: 'skip' },

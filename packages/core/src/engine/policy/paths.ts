@@ -1,4 +1,5 @@
 import { isUtf8 } from 'node:buffer';
+import { parse as legacyParse } from 'node:url';
 import { MAX_PATH_STATES, PATH_READING_BUDGET } from './types.js';
 
 // ---------------------------------------------------------------------------------------------
@@ -38,7 +39,7 @@ export function pathReadings(target: string): { paths: string[]; complete: boole
   // (An origin-form target, the usual case, has no other raw path.)
   const absolute = target.charCodeAt(0) !== 0x2f;
   const cut = absolute ? firstSlashPath(target, raw) : undefined;
-  const legacy = absolute ? legacyUrlPath(target, raw) : undefined;
+  const legacy = absolute ? legacyUrlPath(target, raw) : protocolRelativePath(target, raw);
   const scheme = absolute ? otherSchemePaths(target) : NO_PATHS;
   if (cut === undefined && legacy === undefined && scheme.length === 0 && isPlainPath(raw))
     return { paths: [raw], complete: true };
@@ -120,6 +121,25 @@ export function firstSlashPath(target: string, raw: string): string | undefined 
   }
   const path = target.slice(slash, end);
   return path === raw ? undefined : path;
+}
+
+/**
+ * The path Node's legacy `url.parse()` reads in an origin-form target that starts with `//` or
+ * `/\\`: parseurl (Express 4/5, Koa, Nest on Express) falls back to it for a target holding a `#`
+ * or white space, and it reads `//user@host` (backslashes as slashes first) as an authority:
+ * `POST //a@b/upload#x` is routed to `/upload` (campaign-bt BT2: EICAR delivered past an
+ * enable-icap rule on `/upload`). Undefined when it reads the raw path, or none.
+ */
+export function protocolRelativePath(target: string, raw: string): string | undefined {
+  const second = target.charCodeAt(1);
+  if (second !== 0x2f && second !== 0x5c) return undefined;
+  let path: string | null;
+  try {
+    path = legacyParse(target).pathname;
+  } catch {
+    return undefined;
+  }
+  return path === null || path === raw ? undefined : path;
 }
 
 /**
