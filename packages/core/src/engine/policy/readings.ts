@@ -209,9 +209,7 @@ export function queryReadingsOf(ctx: EvalContext): ReadonlyArray<Map<string, str
  * - find-my-way's with `useSemicolonDelimiter`: from the first `?`, `#` or `;` (`/store;type=upload`).
  */
 export function queryStrings(target: string): string[] {
-  const q = target.indexOf('?');
-  const hash = q === -1 ? -1 : target.indexOf('#', q);
-  const out = [q === -1 ? '' : target.slice(q + 1, hash === -1 ? undefined : hash)];
+  const out = [queryAsSent(target)];
   if (!target.includes('#') && !target.includes(';')) return out;
   const router = firstOf(target.indexOf('?', 1), target.indexOf('#', 1));
   const semicolon = firstOf(router, target.indexOf(';', 1));
@@ -230,10 +228,15 @@ function firstOf(a: number, b: number): number {
 
 /** The query after the first `?` up to a `#` after it, parsed ({@link parseQueryString}). */
 export function parseQuery(target: string): Map<string, string[]> {
+  return parseQueryString(queryAsSent(target));
+}
+
+/** The query after the first `?` up to a `#` after it (Express, Koa, Hono); '' without one. */
+function queryAsSent(target: string): string {
   const q = target.indexOf('?');
-  if (q === -1) return new Map();
+  if (q === -1) return '';
   const hash = target.indexOf('#', q);
-  return parseQueryString(target.slice(q + 1, hash === -1 ? undefined : hash));
+  return target.slice(q + 1, hash === -1 ? undefined : hash);
 }
 
 /**
@@ -308,8 +311,7 @@ function otherNames(name: string, first: boolean): string[] {
  * (find-my-way's useSemicolonDelimiter reads the query from there) or 1000 parameters or more
  * (qs' parameterLimit and querystring's maxKeys drop the rest); else the names written another
  * way too ({@link otherNames}), and a name whose value holds `]=` (qs splits the part there:
- * `type=webhook]=x` is no `type` to it), each under its plain name, in any query reading
- * ({@link queryStrings}).
+ * `type=webhook]=x` is no `type` to it), each under its plain name.
  */
 export function queryOddOf(ctx: EvalContext): ReadonlySet<string> | null {
   if (ctx.queryOdd === undefined) ctx.queryOdd = oddQueryNames(ctx.facts.target);
@@ -325,27 +327,25 @@ function oddQueryNames(target: string): ReadonlySet<string> | null {
   // 4's default) ends the path there and reads the query from it (campaign-bq BQ6).
   if ((q === -1 ? target : target.slice(0, q)).includes(';')) return null;
   if (q === -1) return NO_ODD_NAMES;
+  // (Without a `#` and a `;` before the `?`, every parser reads this one query: queryStrings.)
+  const parts = target.slice(q + 1).split('&');
+  if (parts.length >= 1000) return null;
   let odd: Set<string> | undefined;
-  for (const query of queryStrings(target)) {
-    if (query === '') continue;
-    const parts = query.split('&');
-    if (parts.length >= 1000) return null;
-    for (let i = 0; i < parts.length; i++) {
-      const part = parts[i]!;
-      const eq = part.indexOf('=');
-      const name = decodeQueryPart(eq === -1 ? part : part.slice(0, eq));
-      const others = otherNames(name, i === 0);
-      if (eq !== -1 && decodeQueryPart(part.slice(eq + 1)).includes(']='))
-        others.push(name, plainName(name), qsRoot(name));
-      // An escape that does not decode (a lone `%`, bytes that are not UTF-8) in the name or the
-      // value: qs and fast-querystring keep the whole part as sent, querystring and URLSearchParams
-      // write U+FFFD for it, icapkit Latin-1: `type=w%65b%` is `web%` here and `w%65b%` to Express 4
-      // and Fastify (campaign-bq BQ2).
-      if (!decodesCleanly(part)) others.push(name, plainName(name), qsRoot(name));
-      if (others.length === 0) continue;
-      odd ??= new Set();
-      for (const o of others) odd.add(o);
-    }
+  for (let i = 0; i < parts.length; i++) {
+    const part = parts[i]!;
+    const eq = part.indexOf('=');
+    const name = decodeQueryPart(eq === -1 ? part : part.slice(0, eq));
+    const others = otherNames(name, i === 0);
+    if (eq !== -1 && decodeQueryPart(part.slice(eq + 1)).includes(']='))
+      others.push(name, plainName(name), qsRoot(name));
+    // An escape that does not decode (a lone `%`, bytes that are not UTF-8) in the name or the
+    // value: qs and fast-querystring keep the whole part as sent, querystring and URLSearchParams
+    // write U+FFFD for it, icapkit Latin-1: `type=w%65b%` is `web%` here and `w%65b%` to Express 4
+    // and Fastify (campaign-bq BQ2).
+    if (!decodesCleanly(part)) others.push(name, plainName(name), qsRoot(name));
+    if (others.length === 0) continue;
+    odd ??= new Set();
+    for (const o of others) odd.add(o);
   }
   return odd ?? NO_ODD_NAMES;
 }
