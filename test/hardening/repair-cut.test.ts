@@ -211,8 +211,11 @@ describe('other paths to the same returned body (fail-open)', () => {
   });
 });
 
-/** POST /raw chunked: `first` at once, `rest` after `waitMs` (the ICAP answer came meanwhile). */
-function twoStepPost(url: string, first: Buffer, rest: Buffer, waitMs: number) {
+/**
+ * POST /raw chunked: `first` at once, `rest` once `answered()` holds (the scanner answered the
+ * preview) and `settleMs` more for the client to read that answer; `answered` within 10 s.
+ */
+function twoStepPost(url: string, first: Buffer, rest: Buffer, answered: () => boolean, settleMs = 200) {
   return new Promise<{ status: number }>((resolve, reject) => {
     const req = httpRequest(
       new URL('/raw', url),
@@ -227,10 +230,15 @@ function twoStepPost(url: string, first: Buffer, rest: Buffer, waitMs: number) {
     );
     req.on('error', reject);
     req.write(first);
-    setTimeout(() => {
-      req.write(rest);
-      req.end();
-    }, waitMs);
+    const deadline = Date.now() + 10_000;
+    const look = () => {
+      if (!answered() && Date.now() < deadline) return void setTimeout(look, 10);
+      setTimeout(() => {
+        req.write(rest);
+        req.end();
+      }, settleMs);
+    };
+    look();
   });
 }
 
@@ -254,7 +262,15 @@ describe('the HTTP client sends past bufferSize after a repair answer', () => {
       cleanups,
       { optionsHeaders: 'Preview: 64\r\n', continueHead: REPAIR_ANSWER },
     );
-    const res = await twoStepPost(s.app.url, Buffer.alloc(1500, 0x61), Buffer.alloc(8000, 0x62), 300);
+    // The rest only after the scanner answered the preview: under load the exchange took longer
+    // than the fixed 300 ms this test first waited, and the body then crossed bufferSize before
+    // any answer, which bufferSizeExceedAction 'fail-open' passes as configured.
+    const res = await twoStepPost(
+      s.app.url,
+      Buffer.alloc(1500, 0x61),
+      Buffer.alloc(8000, 0x62),
+      () => s.icap.previewsAnswered > 0,
+    );
     const log = await waitForLog(s.logs);
     expect(s.app.seen.map((x) => x.raw?.length)).toEqual([]);
     expect(res.status).toBe(403);

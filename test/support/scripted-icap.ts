@@ -21,6 +21,8 @@ export interface ScriptedIcap {
   url: string;
   server: Server;
   requests: Req[];
+  /** Previews answered so far (100 Continue or `continueHead`), before their request is whole. */
+  readonly previewsAnswered: number;
   close: () => Promise<void>;
 }
 
@@ -36,6 +38,7 @@ export interface ScriptedOptions {
 
 export async function scripted(handler: Handler, opts: ScriptedOptions = {}): Promise<ScriptedIcap> {
   const requests: Req[] = [];
+  let previewsAnswered = 0;
   const socks = new Set<Socket>();
   let connNo = 0;
   const server = createServer((sock) => {
@@ -89,6 +92,7 @@ export async function scripted(handler: Handler, opts: ScriptedOptions = {}): Pr
         const ieof = /ieof/.test(line);
         if (/\r\nPreview:/i.test(head) && !ieof) {
           sock.write(opts.continueHead ?? 'ICAP/1.0 100 Continue\r\n\r\n');
+          previewsAnswered++;
           head = head.replace(/\r\nPreview:[^\r]*/i, '');
           return true;
         }
@@ -123,6 +127,9 @@ export async function scripted(handler: Handler, opts: ScriptedOptions = {}): Pr
     url: `icap://127.0.0.1:${port}`,
     server,
     requests,
+    get previewsAnswered() {
+      return previewsAnswered;
+    },
     close: async () => {
       for (const s of socks) s.destroy();
       await new Promise<void>((r) => server.close(() => r()));
